@@ -1,0 +1,263 @@
+"""Typed records of the vault: what the public API takes and returns.
+
+Validation rules live here, once, so the library, the CLI and the importers
+refuse the same bad input with the same message.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import InvalidInputError
+
+MAX_FILE_BYTES = 1024 * 1024 * 1024
+MAX_PROMPT_CHARS = 65_536
+MAX_TITLE_CHARS = 300
+MAX_TAG_CHARS = 64
+MAX_TAGS = 64
+MAX_NAME_CHARS = 100
+MAX_DESCRIPTION_CHARS = 2_000
+MAX_MODEL_CHARS = 500
+MAX_SETTINGS_BYTES = 1024 * 1024
+MAX_SEED = 2**63 - 1
+WORKSPACE_TTL_DAYS = 7
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class AssetType(str, enum.Enum):
+    """Kind of asset, derived from the file's bytes."""
+
+    image = "image"
+    video = "video"
+
+
+class MediaType(str, enum.Enum):
+    """The four media types a vault accepts, decided by content sniffing."""
+
+    jpeg = "image/jpeg"
+    png = "image/png"
+    webp = "image/webp"
+    mp4 = "video/mp4"
+
+    @property
+    def extension(self) -> str:
+        return {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "video/mp4": "mp4"}[self.value]
+
+    @property
+    def asset_type(self) -> AssetType:
+        return AssetType.video if self is MediaType.mp4 else AssetType.image
+
+
+class Visibility(str, enum.Enum):
+    """Who may see a library asset once it is synced."""
+
+    private = "private"
+    unlisted = "unlisted"
+    public = "public"
+
+
+# ---------------------------------------------------------------- validators
+
+
+def check_uuid(value: str, what: str = "id") -> str:
+    """Return ``value`` as a lower-case canonical UUID or raise InvalidInputError."""
+    try:
+        return str(uuid.UUID(str(value).strip()))
+    except (ValueError, AttributeError, TypeError):
+        raise InvalidInputError(
+            f"{what} {value!r} is not a valid UUID; use the full id shown by 'localvault ls'"
+        ) from None
+
+
+def check_seed(value: Any) -> int:
+    """A generation seed: an integer from 0 to 2**63-1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
+            value = int(value)
+        else:
+            raise InvalidInputError(f"seed {value!r} is not a whole number; give an integer from 0 to {MAX_SEED}")
+    if not 0 <= value <= MAX_SEED:
+        raise InvalidInputError(f"seed {value} is out of range; give an integer from 0 to {MAX_SEED}")
+    return value
+
+
+def _check_text(value: Any, what: str, max_chars: int, *, allow_newlines: bool, allow_empty: bool) -> str:
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{what} must be text, not {type(value).__name__}")
+    if len(value) > max_chars:
+        raise InvalidInputError(f"{what} is {len(value):,} characters long; the limit is {max_chars:,}")
+    bad = value.replace("\n", "").replace("\t", "").replace("\r", "") if allow_newlines else value
+    if _CONTROL.search(bad):
+        raise InvalidInputError(f"{what} contains control characters; remove them")
+    if not allow_empty and not value.strip():
+        raise InvalidInputError(f"{what} must not be empty")
+    return value
+
+
+def check_prompt(value: Any) -> str:
+    return _check_text(value, "prompt", MAX_PROMPT_CHARS, allow_newlines=True, allow_empty=True)
+
+
+def check_model(value: Any) -> str:
+    return _check_text(value, "model", MAX_MODEL_CHARS, allow_newlines=False, allow_empty=True).strip()
+
+
+def check_title(value: Any) -> str | None:
+    if value is None:
+        return None
+    return _check_text(value, "title", MAX_TITLE_CHARS, allow_newlines=False, allow_empty=False).strip()
+
+
+def check_name(value: Any) -> str:
+    return _check_text(value, "collection name", MAX_NAME_CHARS, allow_newlines=False, allow_empty=False).strip()
+
+
+def check_description(value: Any) -> str | None:
+    if value is None:
+        return None
+    return _check_text(value, "description", MAX_DESCRIPTION_CHARS, allow_newlines=True, allow_empty=True)
+
+
+def check_tag(value: Any) -> str:
+    return _check_text(value, "tag", MAX_TAG_CHARS, allow_newlines=False, allow_empty=False).strip()
+
+
+def check_tags(values: Any) -> list[str]:
+    """Validate tags; strip them, drop repeats, keep the order given."""
+    if isinstance(values, str) or not hasattr(values, "__iter__"):
+        raise InvalidInputError("tags must be a list of strings")
+    out: list[str] = []
+    for value in values:
+        tag = check_tag(value)
+        if tag not in out:
+            out.append(tag)
+    if len(out) > MAX_TAGS:
+        raise InvalidInputError(f"{len(out)} tags given; at most {MAX_TAGS} are allowed")
+    return out
+
+
+def check_settings(value: Any) -> dict[str, Any]:
+    """Generation settings: a JSON object (given as a dict or as JSON text)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"generation settings are not valid JSON ({exc.msg}); give a JSON object") from None
+    if not isinstance(value, dict):
+        raise InvalidInputError(
+            f"generation settings must be a JSON object, not {type(value).__name__}; wrap values as {{\"key\": value}}"
+        )
+    try:
+        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"generation settings cannot be stored as JSON: {exc}") from None
+    if len(encoded.encode()) > MAX_SETTINGS_BYTES:
+        raise InvalidInputError(f"generation settings exceed {MAX_SETTINGS_BYTES:,} bytes of JSON")
+    return value
+
+
+def check_positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInputError(f"{what} must be a non-negative integer, not {value!r}")
+    return value
+
+
+# -------------------------------------------------------------------- models
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, use_enum_values=False)
+
+
+class GenerationInfo(_Record):
+    """What a generation rig recorded about how an image or video was made."""
+
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    seed: int | None = None
+    model: str | None = None
+    #: Everything else: steps, sampler, cfg, size, the raw graph…
+    settings: dict[str, Any] = Field(default_factory=dict)
+    #: Where the information came from: "a1111", "comfyui", "invokeai", "sidecar" or "none".
+    source: str = "none"
+    #: An id of the generation run, where the file carries one (groups files into a job).
+    run_id: str | None = None
+
+
+class WorkspaceAsset(_Record):
+    """A freshly generated asset in the staging area; it expires after 7 days."""
+
+    id: str
+    user_id: str
+    asset_type: AssetType
+    temp_storage_path: str
+    file_size_bytes: int
+    mime_type: MediaType
+    duration_seconds: float | None
+    job_id: str
+    asset_index: int
+    generation_seed: int
+    original_prompt: str
+    model_used: str
+    generation_settings: dict[str, Any]
+    created_at: datetime
+    expires_at: datetime
+    thumbnail_path: str | None
+    width: int | None
+    height: int | None
+    sha256: str
+
+
+class LibraryAsset(_Record):
+    """An asset the user keeps, with title, tags, favourite, visibility and collection."""
+
+    id: str
+    user_id: str
+    asset_type: AssetType
+    storage_path: str
+    file_size_bytes: int
+    mime_type: MediaType
+    duration_seconds: float | None
+    original_prompt: str
+    model_used: str
+    generation_seed: int
+    generation_settings: dict[str, Any]
+    title: str | None
+    tags: list[str]
+    is_favorite: bool
+    visibility: Visibility
+    collection_id: str | None
+    original_asset_id: str | None
+    thumbnail_path: str | None
+    width: int | None
+    height: int | None
+    sha256: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class Collection(_Record):
+    """A named group of library assets; ``asset_count`` is kept exact by the database."""
+
+    id: str
+    user_id: str
+    name: str
+    description: str | None
+    asset_count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class Page(BaseModel):
+    """One page of a listing; pass ``next_cursor`` back to get the next one."""
+
+    items: list[Any]
+    next_cursor: str | None = None
