@@ -44,6 +44,7 @@ CREATE TABLE workspace_assets (
 
 CREATE INDEX workspace_assets_user_created ON workspace_assets (user_id, created_at DESC, id DESC);
 CREATE INDEX workspace_assets_expires ON workspace_assets (expires_at);
+CREATE UNIQUE INDEX workspace_assets_path ON workspace_assets (temp_storage_path);
 
 -- local_seq is the rowid (a stable alias: VACUUM keeps it), used by FTS5 and
 -- the tag index; it also orders search results by recency of saving.
@@ -79,7 +80,8 @@ CREATE TABLE user_library (
 ) STRICT;
 
 CREATE INDEX user_library_user_created ON user_library (user_id, created_at DESC, id DESC);
-CREATE INDEX user_library_collection ON user_library (collection_id) WHERE collection_id IS NOT NULL;
+CREATE UNIQUE INDEX user_library_path ON user_library (storage_path);
+CREATE INDEX user_library_collection ON user_library (collection_id, created_at DESC, id DESC) WHERE collection_id IS NOT NULL;
 CREATE INDEX user_library_favorite ON user_library (user_id, created_at DESC, id DESC) WHERE is_favorite = 1;
 
 -- Tags in a searchable form: one row per (asset, tag), kept by triggers.

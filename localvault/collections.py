@@ -1,0 +1,95 @@
+"""user_collections: named groups of library assets.
+
+``asset_count`` is maintained by the database's triggers, never by this code.
+A collection is named by its id or by its name (names are unique per user).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+
+from . import models, rows
+from .db import Database
+from .errors import DuplicateError, InvalidInputError, NotFoundError
+from .models import Collection
+
+
+def resolve(conn: sqlite3.Connection, user_id: str, ref: str) -> str:
+    """The id of this user's collection named by id or name; NotFoundError otherwise."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise NotFoundError("no collection was named; give a collection's name or id")
+    try:
+        as_id = models.check_uuid(ref)
+    except InvalidInputError:
+        as_id = None
+    if as_id is not None:
+        row = conn.execute("SELECT id FROM user_collections WHERE id = ? AND user_id = ?", (as_id, user_id)).fetchone()
+        if row:
+            return str(row[0])
+    row = conn.execute("SELECT id FROM user_collections WHERE name = ? AND user_id = ?", (ref.strip(), user_id)).fetchone()
+    if row is None:
+        raise NotFoundError(f"no collection {ref!r} in this vault; list them with 'localvault collections ls'")
+    return str(row[0])
+
+
+class Collections:
+    """The current user's collections."""
+
+    def __init__(self, db: Database, user_id: str) -> None:
+        self._db = db
+        self.user_id = user_id
+
+    def create(self, name: str, description: str | None = None) -> Collection:
+        """Make a new, empty collection; DuplicateError if the name is taken."""
+        name = models.check_name(name)
+        description = models.check_description(description)
+        collection_id = str(uuid.uuid4())
+        with self._db.write() as conn:
+            self._check_free(conn, name)
+            conn.execute(
+                "INSERT INTO user_collections (id, user_id, name, description) VALUES (?, ?, ?, ?)",
+                (collection_id, self.user_id, name, description),
+            )
+        return self.get(collection_id)
+
+    def _check_free(self, conn: sqlite3.Connection, name: str) -> None:
+        if conn.execute("SELECT 1 FROM user_collections WHERE user_id = ? AND name = ?", (self.user_id, name)).fetchone():
+            raise DuplicateError(f"a collection named {name!r} already exists; choose another name")
+
+    def get(self, ref: str) -> Collection:
+        conn = self._db.conn
+        collection_id = resolve(conn, self.user_id, ref)
+        row = conn.execute(f"SELECT {rows.COLLECTION_COLUMNS} FROM user_collections WHERE id = ?", (collection_id,)).fetchone()
+        return rows.collection(row)
+
+    def list(self) -> list[Collection]:
+        """All collections of the user, by name."""
+        found = self._db.conn.execute(
+            f"SELECT {rows.COLLECTION_COLUMNS} FROM user_collections WHERE user_id = ? ORDER BY name COLLATE NOCASE, id",
+            (self.user_id,),
+        ).fetchall()
+        return [rows.collection(r) for r in found]
+
+    def rename(self, ref: str, new_name: str) -> Collection:
+        new_name = models.check_name(new_name)
+        with self._db.write() as conn:
+            collection_id = resolve(conn, self.user_id, ref)
+            current = conn.execute("SELECT name FROM user_collections WHERE id = ?", (collection_id,)).fetchone()[0]
+            if current != new_name:
+                self._check_free(conn, new_name)
+                conn.execute("UPDATE user_collections SET name = ? WHERE id = ?", (new_name, collection_id))
+        return self.get(collection_id)
+
+    def describe(self, ref: str, description: str | None) -> Collection:
+        description = models.check_description(description)
+        with self._db.write() as conn:
+            collection_id = resolve(conn, self.user_id, ref)
+            conn.execute("UPDATE user_collections SET description = ? WHERE id = ?", (description, collection_id))
+        return self.get(collection_id)
+
+    def delete(self, ref: str) -> None:
+        """Delete a collection; its assets stay in the library, outside any collection."""
+        with self._db.write() as conn:
+            collection_id = resolve(conn, self.user_id, ref)
+            conn.execute("DELETE FROM user_collections WHERE id = ?", (collection_id,))

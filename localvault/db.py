@@ -1,0 +1,231 @@
+"""The local SQLite store: open, configure, migrate, and run transactions.
+
+Every write runs in ``BEGIN IMMEDIATE``: a deferred transaction that later
+upgrades to a write fails at once with "database is locked" whatever
+busy_timeout says, so the write lock is taken up front and waits politely.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import warnings
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Iterator
+
+import sqlite_utils
+
+from .errors import SchemaVersionError, StorageError, VaultCorruptError
+
+DB_NAME = "vault.db"
+BUSY_TIMEOUT_MS = 60_000
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "fuse.sshfs", "sshfs", "9p", "afs", "ceph",
+     "glusterfs", "fuse.glusterfs", "davfs", "fuse.rclone", "fuse.s3fs", "lustre", "gpfs"}
+)
+
+
+class NetworkFilesystemWarning(UserWarning):
+    """The vault sits on a network filesystem, where SQLite's locking is unsafe."""
+
+
+def utc_now() -> str:
+    """Now as UTC ISO-8601 text with milliseconds, the vault's timestamp format."""
+    return format_time(datetime.now(timezone.utc))
+
+
+def format_time(moment: datetime) -> str:
+    moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def utc_in(delta: timedelta) -> str:
+    return format_time(datetime.now(timezone.utc) + delta)
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("localvault") / "schema" / "sqlite"
+    found = []
+    for entry in folder.iterdir():
+        match = re.match(r"(\d{4})_.*\.sql$", entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def schema_version() -> int:
+    """The newest local schema version this package knows."""
+    return _migrations()[-1][0]
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a SQL script into complete statements (triggers keep their bodies)."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                yield buffer
+            buffer = ""
+    if buffer.strip() and not all(l.strip().startswith("--") or not l.strip() for l in buffer.splitlines()):
+        yield buffer
+
+
+def _filesystem_type(path: Path) -> str | None:
+    """The type of the mount holding ``path`` (Linux /proc/mounts), or None."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    target = str(path.resolve())
+    best, best_type = "", None
+    for line in mounts:
+        parts = line.split()
+        if len(parts) >= 3:
+            mount_point = parts[1].replace("\\040", " ")
+            if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(mount_point) >= len(best):
+                best, best_type = mount_point, parts[2]
+    return best_type
+
+
+class Database:
+    """One SQLite connection to a vault's ``vault.db``, configured for several writers."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+        #: sqlite-utils view of the same connection, for schema and convenience queries.
+        self.utils = sqlite_utils.Database(conn)
+
+    @classmethod
+    def open(cls, path: Path, *, create: bool = False, readonly: bool = False) -> "Database":
+        """Open (and, with ``create``, make) a vault database and migrate it."""
+        if not create and not path.exists():
+            raise VaultCorruptError(f"{path} does not exist; is this a vault folder? Create one with 'localvault init'")
+        fs_type = _filesystem_type(path.parent)
+        if fs_type in NETWORK_FILESYSTEMS:
+            warnings.warn(
+                f"the vault at {path.parent} is on a network filesystem ({fs_type}); SQLite locking is unsafe there, "
+                "so use one process at a time or move the vault to a local disk",
+                NetworkFilesystemWarning,
+                stacklevel=3,
+            )
+        uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                                   check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if not readonly:
+                conn.execute("PRAGMA journal_mode = WAL")
+            # FULL: a committed import whose source was then deleted (--move)
+            # must survive a power cut, not only a process crash.
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            conn.execute("PRAGMA cache_size = -16000")
+            db = cls(conn, path)
+            if not readonly:
+                db._migrate()
+            else:
+                db._check_version()
+        except sqlite3.DatabaseError as exc:
+            text = str(exc)
+            if "not a database" in text or "malformed" in text or "file is encrypted" in text:
+                raise VaultCorruptError(
+                    f"{path} is not a readable localvault database ({text}); restore it from a backup"
+                ) from None
+            if "readonly" in text or "unable to open" in text:
+                raise StorageError(f"cannot open {path} for writing ({text}); check the folder's permissions") from None
+            raise
+        return db
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ------------------------------------------------------------ versions
+
+    def user_version(self) -> int:
+        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _check_version(self) -> int:
+        current, known = self.user_version(), schema_version()
+        if current > known:
+            raise SchemaVersionError(
+                f"{self.path} was written by a newer localvault (schema {current}, this one knows {known}); "
+                "upgrade localvault with 'pip install -U localvault'"
+            )
+        return current
+
+    def _migrate(self) -> None:
+        if self._check_version() == schema_version():
+            return
+        with self.write() as conn:
+            current = self._check_version()  # another process may have migrated meanwhile
+            if current == 0 and self._has_foreign_tables():
+                raise VaultCorruptError(f"{self.path} holds tables that are not a localvault's; pick another folder")
+            for number, script in _migrations():
+                if number > current:
+                    for statement in _statements(script):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {number}")
+
+    def _has_foreign_tables(self) -> bool:
+        row = self.conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()
+        return bool(row[0])
+
+    # -------------------------------------------------------- transactions
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``): commits on success, rolls back on error."""
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise _storage_error(exc, self.path) from None
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise _storage_error(exc, self.path) from None
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside sees one snapshot."""
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM vault_meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, conn: sqlite3.Connection, key: str, value: str) -> None:
+        """Set a meta value inside an open write transaction."""
+        conn.execute("INSERT INTO vault_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                     (key, value))
+
+
+def _storage_error(exc: sqlite3.OperationalError, path: Path) -> StorageError:
+    text = str(exc)
+    if "full" in text:
+        return StorageError(f"the disk holding {path} is full; free some space and try again")
+    if "readonly" in text:
+        return StorageError(f"{path} is read-only; check the folder's permissions")
+    if "locked" in text or "busy" in text:
+        return StorageError(f"{path} stayed locked by another process for {BUSY_TIMEOUT_MS // 1000} s; try again")
+    return StorageError(f"cannot write {path}: {text}")

@@ -1,0 +1,258 @@
+"""The vault's two buckets on an fsspec filesystem, written crash-safely.
+
+Layout: ``workspace-temp/<user_id>/<job_id>/<asset_index>.<ext>`` and
+``user-library/<user_id>/<asset_id>.<ext>``. A file is first written to a
+temporary name in its final folder, fsynced, then renamed into place; the
+caller inserts its row right after. Local disks get the fast paths (hard
+links, ``os.replace``, directory fsync); any other fsspec filesystem works
+through its own API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from .errors import StorageError
+
+WORKSPACE_BUCKET = "workspace-temp"
+LIBRARY_BUCKET = "user-library"
+BUCKETS = (WORKSPACE_BUCKET, LIBRARY_BUCKET)
+TEMP_PREFIX = ".tmp-"
+CHUNK = 1024 * 1024
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` on the local disk: temp file, fsync, rename, fsync folder."""
+    temp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        _unlink_quietly(temp)
+        raise _os_error(exc, path) from None
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _os_error(exc: OSError, path: object) -> StorageError:
+    import errno
+
+    if exc.errno == errno.ENOSPC:
+        return StorageError(f"the disk is full while writing {path}; free some space and try again")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return StorageError(f"cannot write {path}: {exc.strerror}; check the folder's permissions")
+    return StorageError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A file copied into a bucket under a temporary name, not yet visible."""
+
+    bucket: str
+    temp_path: str
+    sha256: str
+    size: int
+
+
+class FileStore:
+    """The two buckets under ``root`` on ``fs`` (the local disk by default)."""
+
+    def __init__(self, root: str | Path, fs: fsspec.AbstractFileSystem | None = None) -> None:
+        self.fs = fs or LocalFileSystem()
+        self.local = isinstance(self.fs, LocalFileSystem)
+        self.root = str(root).rstrip("/")
+
+    def full_path(self, bucket: str, relative: str) -> str:
+        return f"{self.root}/{bucket}/{relative}"
+
+    def local_path(self, bucket: str, relative: str) -> Path | None:
+        """The file's path on the local disk, or None for another filesystem."""
+        return Path(self.full_path(bucket, relative)) if self.local else None
+
+    def create_buckets(self) -> None:
+        for bucket in BUCKETS:
+            self.fs.makedirs(f"{self.root}/{bucket}", exist_ok=True)
+
+    # --------------------------------------------------------------- write
+
+    def stage(self, source: Path, bucket: str, folder: str, on_bytes: Callable[[int], None] | None = None) -> StagedFile:
+        """Copy ``source`` into ``bucket/folder`` under a temp name, hashing while copying; fsynced."""
+        directory = self.full_path(bucket, folder)
+        temp = f"{directory}/{TEMP_PREFIX}{uuid.uuid4().hex}"
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            self.fs.makedirs(directory, exist_ok=True)
+            with open(source, "rb") as reader:
+                if self.local:
+                    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                    try:
+                        while chunk := reader.read(CHUNK):
+                            digest.update(chunk)
+                            _write_all(fd, chunk)
+                            size += len(chunk)
+                            if on_bytes:
+                                on_bytes(len(chunk))
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                else:
+                    with self.fs.open(temp, "wb") as writer:
+                        while chunk := reader.read(CHUNK):
+                            digest.update(chunk)
+                            writer.write(chunk)
+                            size += len(chunk)
+                            if on_bytes:
+                                on_bytes(len(chunk))
+        except OSError as exc:
+            self._remove_path(temp)
+            raise _os_error(exc, source if not isinstance(exc, FileNotFoundError) else temp) from None
+        return StagedFile(bucket, temp, digest.hexdigest(), size)
+
+    def commit(self, staged: StagedFile, relative: str) -> None:
+        """Rename a staged file to its final name (replacing any orphan there) and make it durable."""
+        final = self.full_path(staged.bucket, relative)
+        try:
+            if self.local:
+                os.replace(staged.temp_path, final)
+                fsync_dir(Path(final).parent)
+            else:
+                self.fs.mv(staged.temp_path, final)
+        except OSError as exc:
+            raise _os_error(exc, final) from None
+
+    def discard(self, staged: StagedFile) -> None:
+        self._remove_path(staged.temp_path)
+
+    def link(self, source_bucket: str, source: str, bucket: str, relative: str) -> None:
+        """Make ``bucket/relative`` hold the same bytes as ``source``: a hard link where possible, else a copy."""
+        src = self.full_path(source_bucket, source)
+        final = self.full_path(bucket, relative)
+        temp = f"{os.path.dirname(final)}/{TEMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            self.fs.makedirs(os.path.dirname(final), exist_ok=True)
+            if self.local:
+                try:
+                    os.link(src, temp)
+                except OSError:
+                    with open(src, "rb") as reader, open(temp, "wb") as writer:
+                        shutil.copyfileobj(reader, writer, CHUNK)
+                        writer.flush()
+                        os.fsync(writer.fileno())
+                os.replace(temp, final)
+                fsync_dir(Path(final).parent)
+            else:
+                self.fs.copy(src, temp)
+                self.fs.mv(temp, final)
+        except FileNotFoundError:
+            self._remove_path(temp)
+            raise StorageError(f"the file {src} is missing; run 'localvault verify' to check the vault") from None
+        except OSError as exc:
+            self._remove_path(temp)
+            raise _os_error(exc, final) from None
+
+    def remove(self, bucket: str, relative: str) -> None:
+        """Delete a file if it exists (idempotent), and its folder if that is now empty."""
+        path = self.full_path(bucket, relative)
+        self._remove_path(path)
+        if self.local and bucket == WORKSPACE_BUCKET:
+            try:
+                os.rmdir(os.path.dirname(path))  # the job folder, once empty
+            except OSError:
+                pass
+
+    def _remove_path(self, path: str) -> None:
+        try:
+            if self.local:
+                os.unlink(path)
+            else:
+                self.fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _os_error(exc, path) from None
+
+    # ---------------------------------------------------------------- read
+
+    def open(self, bucket: str, relative: str) -> BinaryIO:
+        try:
+            return self.fs.open(self.full_path(bucket, relative), "rb")
+        except FileNotFoundError:
+            raise StorageError(f"the file {bucket}/{relative} is missing; run 'localvault verify'") from None
+
+    def exists(self, bucket: str, relative: str) -> bool:
+        path = self.full_path(bucket, relative)
+        return os.path.exists(path) if self.local else self.fs.exists(path)
+
+    def size(self, bucket: str, relative: str) -> int | None:
+        path = self.full_path(bucket, relative)
+        try:
+            return os.stat(path).st_size if self.local else int(self.fs.size(path))
+        except FileNotFoundError:
+            return None
+
+    def sha256(self, bucket: str, relative: str) -> str:
+        digest = hashlib.sha256()
+        with self.open(bucket, relative) as reader:
+            while chunk := reader.read(CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def walk(self, bucket: str) -> Iterator[str]:
+        """Every file in a bucket, as a path relative to the bucket (temp files included)."""
+        base = f"{self.root}/{bucket}"
+        if self.local:
+            for folder, _dirs, names in os.walk(base):
+                for name in names:
+                    yield os.path.relpath(os.path.join(folder, name), base)
+        else:
+            for path in self.fs.find(base):
+                yield path[len(base) + 1:] if path.startswith(base) else path.split(f"/{bucket}/", 1)[-1]
+
+    def export(self, bucket: str, relative: str, destination: Path) -> None:
+        """Copy a file out of the vault to a local path, atomically."""
+        temp = destination.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{destination.name}")
+        try:
+            with self.open(bucket, relative) as reader, open(temp, "xb") as writer:
+                shutil.copyfileobj(reader, writer, CHUNK)
+                writer.flush()
+                os.fsync(writer.fileno())
+            os.replace(temp, destination)
+        except OSError as exc:
+            _unlink_quietly(temp)
+            raise _os_error(exc, destination) from None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

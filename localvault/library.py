@@ -1,0 +1,321 @@
+"""user_library: what a user keeps, with title, tags, favourite, visibility and collection."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from . import models, pending, rows
+from .collections import resolve as resolve_collection
+from .db import Database, format_time
+from .errors import DuplicateError, InvalidInputError, NotFoundError
+from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
+from .ingest import prepare
+from .models import LibraryAsset, Page, Visibility
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+#: Marks an argument of :meth:`Library.update` that should not change.
+UNSET: Any = _Unset()
+
+
+def fts_query(text: str) -> str:
+    """User words as a safe FTS5 query: every word must match (quoted, so no syntax errors)."""
+    words = [w for w in text.split() if w.strip('"')]
+    if not words:
+        raise InvalidInputError("the search text is empty; give one or more words")
+    return " ".join('"' + w.replace('"', '""') + '"' for w in words)
+
+
+class Library:
+    """The current user's library."""
+
+    def __init__(self, db: Database, files: FileStore, user_id: str) -> None:
+        self._db = db
+        self._files = files
+        self.user_id = user_id
+
+    # ---------------------------------------------------------------- save
+
+    def save(
+        self,
+        workspace_asset_id: str,
+        *,
+        title: str | None = None,
+        tags: Iterable[str] = (),
+        collection: str | None = None,
+        favorite: bool = False,
+        visibility: Visibility | str = Visibility.private,
+    ) -> LibraryAsset:
+        """Keep a workspace asset for good: a library row and its own file (hard link or copy).
+
+        The workspace asset stays until it expires; its expiry never touches
+        the library's copy. DuplicateError if the same bytes are already kept.
+        """
+        workspace_asset_id = models.check_uuid(workspace_asset_id, "workspace asset id")
+        fields = self._check_fields(title, tags, favorite, visibility)
+        asset_id = str(uuid.uuid4())
+        linked: str | None = None
+        try:
+            with self._db.write() as conn:
+                source = conn.execute(
+                    "SELECT temp_storage_path, asset_type, file_size_bytes, mime_type, duration_seconds, original_prompt,"
+                    " model_used, generation_seed, generation_settings, thumbnail_path, width, height, sha256"
+                    " FROM workspace_assets WHERE id = ? AND user_id = ?",
+                    (workspace_asset_id, self.user_id),
+                ).fetchone()
+                if source is None:
+                    raise NotFoundError(f"no workspace asset {workspace_asset_id} in this vault; see 'localvault ls workspace'")
+                self._check_not_kept(conn, source[12])
+                collection_id = resolve_collection(conn, self.user_id, collection) if collection is not None else None
+                extension = models.MediaType(source[3]).extension
+                relative = f"{self.user_id}/{asset_id}.{extension}"
+                self._files.link(WORKSPACE_BUCKET, source[0], LIBRARY_BUCKET, relative)
+                linked = relative
+                conn.execute(
+                    "INSERT INTO user_library (id, user_id, asset_type, storage_path, file_size_bytes, mime_type,"
+                    " duration_seconds, original_prompt, model_used, generation_seed, generation_settings, thumbnail_path,"
+                    " width, height, sha256, title, tags, is_favorite, visibility, collection_id, original_asset_id)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (asset_id, self.user_id, source[1], relative, *source[2:12], source[12], *fields, collection_id,
+                     workspace_asset_id),
+                )
+        except BaseException:
+            if linked is not None:
+                self._files.remove(LIBRARY_BUCKET, linked)
+            raise
+        return self.get(asset_id)
+
+    def add(
+        self,
+        source: str | Path,
+        *,
+        prompt: str = "",
+        seed: int = 0,
+        model: str = "unknown",
+        settings: dict[str, Any] | str | None = None,
+        title: str | None = None,
+        tags: Iterable[str] = (),
+        collection: str | None = None,
+        favorite: bool = False,
+        visibility: Visibility | str = Visibility.private,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> LibraryAsset:
+        """Put a file straight into the library (no workspace step)."""
+        values = (
+            models.check_prompt(prompt), models.check_model(model) or "unknown", models.check_seed(seed),
+            json.dumps(models.check_settings(settings if settings is not None else {}), ensure_ascii=False),
+        )
+        fields = self._check_fields(title, tags, favorite, visibility)
+        asset_id = str(uuid.uuid4())
+        prepared = prepare(self._files, Path(source), LIBRARY_BUCKET, self.user_id, on_bytes)
+        relative = f"{self.user_id}/{asset_id}.{prepared.extension}"
+        committed = False
+        try:
+            with self._db.write() as conn:
+                self._check_not_kept(conn, prepared.staged.sha256)
+                collection_id = resolve_collection(conn, self.user_id, collection) if collection is not None else None
+                self._files.commit(prepared.staged, relative)
+                committed = True
+                facts = prepared.facts
+                conn.execute(
+                    "INSERT INTO user_library (id, user_id, asset_type, storage_path, file_size_bytes, mime_type,"
+                    " duration_seconds, original_prompt, model_used, generation_seed, generation_settings, width, height,"
+                    " sha256, title, tags, is_favorite, visibility, collection_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (asset_id, self.user_id, facts.media_type.asset_type.value, relative, prepared.staged.size,
+                     facts.media_type.value, facts.duration_seconds, *values, facts.width, facts.height,
+                     prepared.staged.sha256, *fields, collection_id),
+                )
+        except BaseException:
+            if committed:
+                self._files.remove(LIBRARY_BUCKET, relative)
+            else:
+                self._files.discard(prepared.staged)
+            raise
+        return self.get(asset_id)
+
+    @staticmethod
+    def _check_fields(title: str | None, tags: Iterable[str], favorite: bool, visibility: Visibility | str) -> tuple[Any, ...]:
+        if not isinstance(favorite, bool):
+            raise InvalidInputError(f"favorite must be true or false, not {favorite!r}")
+        return (models.check_title(title), json.dumps(models.check_tags(tags), ensure_ascii=False), int(favorite),
+                _visibility(visibility).value)
+
+    def _check_not_kept(self, conn: sqlite3.Connection, sha256: str) -> None:
+        row = conn.execute("SELECT id FROM user_library WHERE user_id = ? AND sha256 = ?", (self.user_id, sha256)).fetchone()
+        if row:
+            raise DuplicateError(f"this file is already in the library as {row[0]}; nothing was added")
+
+    # ---------------------------------------------------------------- read
+
+    def get(self, asset_id: str) -> LibraryAsset:
+        """One library asset of this user; NotFoundError otherwise (also for another user's id)."""
+        asset_id = models.check_uuid(asset_id, "library asset id")
+        row = self._db.conn.execute(
+            f"SELECT {rows.LIBRARY_COLUMNS} FROM user_library WHERE id = ? AND user_id = ?", (asset_id, self.user_id)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no library asset {asset_id} in this vault; list them with 'localvault ls library'")
+        return rows.library_asset(row)
+
+    def find_sha256(self, sha256: str) -> LibraryAsset | None:
+        row = self._db.conn.execute(
+            f"SELECT {rows.LIBRARY_COLUMNS} FROM user_library WHERE user_id = ? AND sha256 = ?", (self.user_id, sha256)
+        ).fetchone()
+        return rows.library_asset(row) if row else None
+
+    def count(self) -> int:
+        return int(self._db.conn.execute("SELECT count(*) FROM user_library WHERE user_id = ?", (self.user_id,)).fetchone()[0])
+
+    def file_path(self, asset: LibraryAsset) -> str:
+        return self._files.full_path(LIBRARY_BUCKET, asset.storage_path)
+
+    def list(
+        self,
+        *,
+        tags: Iterable[str] = (),
+        favorite: bool | None = None,
+        collection: str | None = None,
+        search: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """A page of the library, newest first, filtered by tags (all must match),
+        favourite, collection and full-text ``search`` over prompt, title and tags.
+
+        Search results are ordered by recency of saving (not by bm25 rank), so a
+        word found in most prompts still answers in milliseconds.
+        """
+        limit = rows.check_limit(limit)
+        tag_list = models.check_tags(tags)
+        conn = self._db.conn
+        filters, params = ["l.user_id = ?"], [self.user_id]
+        if favorite is not None:
+            filters.append("l.is_favorite = ?")
+            params.append(int(bool(favorite)))
+        if collection is not None:
+            filters.append("l.collection_id = ?")
+            params.append(resolve_collection(conn, self.user_id, collection))
+        for tag in tag_list[1:] if not search else tag_list:
+            filters.append("EXISTS (SELECT 1 FROM library_tags t2 WHERE t2.library_seq = l.local_seq AND t2.tag = ?)")
+            params.append(tag)
+        if search is not None:
+            return self._search_page(fts_query(search), filters, params, limit, cursor)
+        if tag_list:
+            source = "library_tags t JOIN user_library l ON l.local_seq = t.library_seq"
+            filters[0:0] = ["t.user_id = ?", "t.tag = ?"]
+            params[0:0] = [self.user_id, tag_list[0]]
+            order = ("t.created_at", "t.id")
+        else:
+            source, order = "user_library l", ("l.created_at", "l.id")
+        if cursor:
+            created_at, last_id = rows.decode_cursor(cursor, (str, str))
+            filters.append(f"({order[0]}, {order[1]}) < (?, ?)")
+            params += [created_at, last_id]
+        found = conn.execute(
+            f"SELECT {_prefixed(rows.LIBRARY_COLUMNS)} FROM {source} WHERE {' AND '.join(filters)}"
+            f" ORDER BY {order[0]} DESC, {order[1]} DESC LIMIT ?",
+            (*params, limit + 1),
+        ).fetchall()
+        items = [rows.library_asset(r) for r in found[:limit]]
+        more = len(found) > limit
+        return Page(items=items, next_cursor=rows.encode_cursor(format_time(items[-1].created_at), items[-1].id) if more else None)
+
+    def _search_page(self, query: str, filters: list[str], params: list[Any], limit: int, cursor: str | None) -> Page:
+        if cursor:
+            (last_seq,) = rows.decode_cursor(cursor, (int,))
+            filters = [*filters, "f.rowid < ?"]
+            params = [*params, last_seq]
+        try:
+            found = self._db.conn.execute(
+                f"SELECT {_prefixed(rows.LIBRARY_COLUMNS)}, l.local_seq FROM library_fts f"
+                f" JOIN user_library l ON l.local_seq = f.rowid WHERE library_fts MATCH ? AND {' AND '.join(filters)}"
+                " ORDER BY f.rowid DESC LIMIT ?",
+                (query, *params, limit + 1),
+            ).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise InvalidInputError(f"cannot search for {query!r}: {exc}") from None
+        items = [rows.library_asset(r[:-1]) for r in found[:limit]]
+        more = len(found) > limit
+        return Page(items=items, next_cursor=rows.encode_cursor(found[limit - 1][-1]) if more else None)
+
+    # -------------------------------------------------------------- update
+
+    def update(
+        self,
+        asset_id: str,
+        *,
+        title: str | None = UNSET,
+        tags: Iterable[str] = UNSET,
+        add_tags: Iterable[str] = (),
+        remove_tags: Iterable[str] = (),
+        favorite: bool = UNSET,
+        visibility: Visibility | str = UNSET,
+        collection: str | None = UNSET,
+    ) -> LibraryAsset:
+        """Change an asset's fields; arguments left UNSET stay as they are.
+
+        ``collection`` moves the asset (a name or id; None takes it out of any
+        collection); counts follow in the same transaction.
+        """
+        asset_id = models.check_uuid(asset_id, "library asset id")
+        changes: dict[str, Any] = {}
+        if title is not UNSET:
+            changes["title"] = models.check_title(title)
+        if favorite is not UNSET:
+            if not isinstance(favorite, bool):
+                raise InvalidInputError(f"favorite must be true or false, not {favorite!r}")
+            changes["is_favorite"] = int(favorite)
+        if visibility is not UNSET:
+            changes["visibility"] = _visibility(visibility).value
+        new_tags = models.check_tags(tags) if tags is not UNSET else None
+        added, removed = models.check_tags(add_tags), models.check_tags(remove_tags)
+        with self._db.write() as conn:
+            row = conn.execute("SELECT tags FROM user_library WHERE id = ? AND user_id = ?", (asset_id, self.user_id)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no library asset {asset_id} in this vault")
+            if new_tags is not None or added or removed:
+                result = list(new_tags if new_tags is not None else json.loads(row[0]))
+                result += [t for t in added if t not in result]
+                result = models.check_tags([t for t in result if t not in removed])
+                changes["tags"] = json.dumps(result, ensure_ascii=False)
+            if collection is not UNSET:
+                changes["collection_id"] = resolve_collection(conn, self.user_id, collection) if collection is not None else None
+            if changes:
+                assignments = ", ".join(f"{column} = ?" for column in changes)
+                conn.execute(f"UPDATE user_library SET {assignments} WHERE id = ?", (*changes.values(), asset_id))
+        return self.get(asset_id)
+
+    def move(self, asset_id: str, collection: str | None) -> LibraryAsset:
+        """Move an asset into a collection (by name or id), or out of any with None."""
+        return self.update(asset_id, collection=collection)
+
+    def delete(self, asset_id: str) -> None:
+        """Remove an asset from the library: its row now, its file right after."""
+        asset_id = models.check_uuid(asset_id, "library asset id")
+        with self._db.write() as conn:
+            row = conn.execute(
+                "DELETE FROM user_library WHERE id = ? AND user_id = ? RETURNING storage_path", (asset_id, self.user_id)
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no library asset {asset_id} in this vault")
+            pending.queue_delete(conn, LIBRARY_BUCKET, row[0])
+        pending.drain(self._db, self._files)
+
+
+def _visibility(value: Visibility | str) -> Visibility:
+    try:
+        return Visibility(value)
+    except ValueError:
+        raise InvalidInputError(f"visibility {value!r} is not one of private, unlisted, public") from None
+
+
+def _prefixed(columns: str) -> str:
+    return ", ".join(f"l.{c.strip()}" for c in columns.split(","))

@@ -1,0 +1,200 @@
+"""Decide a file's media type from its bytes, check it is whole, and read its size facts.
+
+Only JPEG, PNG, WebP and MP4 are accepted. The name's extension must agree
+with the bytes; a truncated file is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import EmptyFileError, FileTooLargeError, StorageError, UnsupportedMediaError
+from .models import MAX_FILE_BYTES, MediaType
+
+EXTENSIONS: dict[str, MediaType] = {
+    ".jpg": MediaType.jpeg, ".jpeg": MediaType.jpeg, ".jpe": MediaType.jpeg,
+    ".png": MediaType.png, ".webp": MediaType.webp, ".mp4": MediaType.mp4, ".m4v": MediaType.mp4,
+}
+_MP4_BRANDS = {b"isom", b"iso2", b"iso3", b"iso4", b"iso5", b"iso6", b"iso8", b"iso9", b"mp41", b"mp42",
+               b"avc1", b"dash", b"M4V ", b"mmp4", b"MSNV", b"f4v ", b"av01", b"3gp4", b"3gp5", b"3gp6"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+@dataclass(frozen=True)
+class MediaFacts:
+    """What the vault records about a file's content."""
+
+    media_type: MediaType
+    width: int | None = None
+    height: int | None = None
+    duration_seconds: float | None = None
+
+
+def sniff(head: bytes) -> MediaType | None:
+    """The media type the first bytes announce, or None for anything else."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return MediaType.jpeg
+    if head.startswith(_PNG_SIGNATURE):
+        return MediaType.png
+    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return MediaType.webp
+    if len(head) >= 12 and head[4:8] == b"ftyp":
+        brands = {head[8:12]} | {head[i:i + 4] for i in range(16, min(len(head), 8 + struct.unpack(">I", head[:4])[0]), 4)}
+        if brands & _MP4_BRANDS:
+            return MediaType.mp4
+    return None
+
+
+def expected_type(name: str) -> MediaType | None:
+    return EXTENSIONS.get(Path(name).suffix.lower())
+
+
+def check_source(path: Path) -> tuple[MediaType, int]:
+    """Refuse a file that is empty, too large, of another type or truncated.
+
+    Returns its media type and size. Reads only the head and the tail.
+    """
+    try:
+        size = os.stat(path).st_size
+        if size == 0:
+            raise EmptyFileError(f"{path} is empty (0 bytes); nothing to store")
+        if size > MAX_FILE_BYTES:
+            raise FileTooLargeError(f"{path} is {size:,} bytes; the limit is 1 GiB ({MAX_FILE_BYTES:,} bytes)")
+        with open(path, "rb") as handle:
+            media = check_stream(handle, size, str(path))
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    named = expected_type(path.name)
+    if named is None:
+        raise UnsupportedMediaError(
+            f"{path.name}: unknown extension {path.suffix!r}; the vault takes .jpg, .png, .webp and .mp4 files"
+        )
+    if named is not media:
+        raise UnsupportedMediaError(
+            f"{path.name} is named like {named.extension.upper()} but its bytes are {media.extension.upper()}; "
+            f"rename it to .{media.extension}"
+        )
+    return media, size
+
+
+def check_stream(handle: BinaryIO, size: int, name: str) -> MediaType:
+    """Sniff and check completeness of an open binary file of ``size`` bytes."""
+    head = handle.read(64)
+    media = sniff(head)
+    if media is None:
+        raise UnsupportedMediaError(f"{name} is not a JPEG, PNG, WebP or MP4 file (its bytes say otherwise)")
+    if not _is_whole(handle, media, size, head):
+        raise UnsupportedMediaError(f"{name} is a truncated or damaged {media.extension.upper()} file; export it again")
+    return media
+
+
+def _is_whole(handle: BinaryIO, media: MediaType, size: int, head: bytes) -> bool:
+    if media is MediaType.png:
+        handle.seek(max(0, size - 12))
+        return handle.read(12) == _PNG_END
+    if media is MediaType.jpeg:
+        tail_start = max(0, size - 1024)
+        handle.seek(tail_start)
+        return b"\xff\xd9" in handle.read()
+    if media is MediaType.webp:
+        declared = struct.unpack("<I", head[4:8])[0] + 8
+        return declared in (size, size - 1)
+    return _mp4_boxes(handle, size) is not None
+
+
+def _mp4_boxes(handle: BinaryIO, size: int) -> dict[bytes, tuple[int, int]] | None:
+    """Top-level boxes {type: (offset, length)} if they tile the file exactly and hold a moov."""
+    boxes: dict[bytes, tuple[int, int]] = {}
+    offset = 0
+    while offset < size:
+        handle.seek(offset)
+        header = handle.read(16)
+        if len(header) < 8:
+            return None
+        length, kind = struct.unpack(">I4s", header[:8])
+        if length == 1:
+            if len(header) < 16:
+                return None
+            length = struct.unpack(">Q", header[8:16])[0]
+        elif length == 0:
+            length = size - offset
+        if length < 8 or offset + length > size:
+            return None
+        boxes.setdefault(kind, (offset, length))
+        offset += length
+    return boxes if b"moov" in boxes and b"ftyp" in boxes else None
+
+
+def facts(path: Path, media: MediaType) -> MediaFacts:
+    """Width and height of an image (header only), or duration and size of an MP4."""
+    if media is MediaType.mp4:
+        return _mp4_facts(path)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UnsupportedMediaError(f"{path.name} cannot be read as {media.extension.upper()} ({exc})") from None
+    return MediaFacts(media, width or None, height or None)
+
+
+def _mp4_facts(path: Path) -> MediaFacts:
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        boxes = _mp4_boxes(handle, size)
+        if boxes is None:
+            raise UnsupportedMediaError(f"{path.name} is a truncated or damaged MP4 file; export it again")
+        offset, length = boxes[b"moov"]
+        if length > 64 * 1024 * 1024:
+            raise UnsupportedMediaError(f"{path.name} has an implausibly large moov box; export it again")
+        handle.seek(offset + 8)
+        moov = handle.read(length - 8)
+    duration = _mvhd_duration(moov)
+    width, height = _tkhd_size(moov)
+    return MediaFacts(MediaType.mp4, width, height, duration)
+
+
+def _children(data: bytes) -> dict[bytes, list[bytes]]:
+    out: dict[bytes, list[bytes]] = {}
+    offset = 0
+    while offset + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[offset:offset + 8])
+        header = 8
+        if length == 1 and offset + 16 <= len(data):
+            length, header = struct.unpack(">Q", data[offset + 8:offset + 16])[0], 16
+        if length < header or offset + length > len(data):
+            break
+        out.setdefault(kind, []).append(data[offset + header:offset + length])
+        offset += length
+    return out
+
+
+def _mvhd_duration(moov: bytes) -> float | None:
+    for mvhd in _children(moov).get(b"mvhd", []):
+        if not mvhd:
+            return None
+        if mvhd[0] == 1 and len(mvhd) >= 32:
+            timescale, duration = struct.unpack(">IQ", mvhd[20:32])
+        elif len(mvhd) >= 20:
+            timescale, duration = struct.unpack(">II", mvhd[12:20])
+        else:
+            return None
+        return round(duration / timescale, 3) if timescale else None
+    return None
+
+
+def _tkhd_size(moov: bytes) -> tuple[int | None, int | None]:
+    for trak in _children(moov).get(b"trak", []):
+        for tkhd in _children(trak).get(b"tkhd", []):
+            if len(tkhd) >= 8 and len(tkhd) >= (92 if tkhd[0] == 1 else 80):
+                width, height = struct.unpack(">II", tkhd[-8:])
+                width, height = width >> 16, height >> 16
+                if width and height:
+                    return width, height
+    return None, None

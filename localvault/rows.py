@@ -1,0 +1,67 @@
+"""Turning SQLite rows into models, and opaque page cursors."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+from typing import Any
+
+from .errors import InvalidInputError
+from .models import Collection, LibraryAsset, WorkspaceAsset
+
+WORKSPACE_COLUMNS = (
+    "id, user_id, asset_type, temp_storage_path, file_size_bytes, mime_type, duration_seconds, job_id, "
+    "asset_index, generation_seed, original_prompt, model_used, generation_settings, created_at, expires_at, "
+    "thumbnail_path, width, height, sha256"
+)
+LIBRARY_COLUMNS = (
+    "id, user_id, asset_type, storage_path, file_size_bytes, mime_type, duration_seconds, original_prompt, "
+    "model_used, generation_seed, generation_settings, title, tags, is_favorite, visibility, collection_id, "
+    "original_asset_id, thumbnail_path, width, height, sha256, created_at, updated_at"
+)
+COLLECTION_COLUMNS = "id, user_id, name, description, asset_count, created_at, updated_at"
+
+
+def _as_dict(row: sqlite3.Row | tuple[Any, ...], columns: str) -> dict[str, Any]:
+    return dict(zip((c.strip() for c in columns.split(",")), row))
+
+
+def workspace_asset(row: tuple[Any, ...]) -> WorkspaceAsset:
+    data = _as_dict(row, WORKSPACE_COLUMNS)
+    data["generation_settings"] = json.loads(data["generation_settings"])
+    return WorkspaceAsset(**data)
+
+
+def library_asset(row: tuple[Any, ...]) -> LibraryAsset:
+    data = _as_dict(row, LIBRARY_COLUMNS)
+    data["generation_settings"] = json.loads(data["generation_settings"])
+    data["tags"] = json.loads(data["tags"])
+    data["is_favorite"] = bool(data["is_favorite"])
+    return LibraryAsset(**data)
+
+
+def collection(row: tuple[Any, ...]) -> Collection:
+    return Collection(**_as_dict(row, COLLECTION_COLUMNS))
+
+
+def encode_cursor(*parts: Any) -> str:
+    """An opaque cursor for keyset pagination."""
+    return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, kinds: tuple[type, ...]) -> list[Any]:
+    """The parts of a cursor made by :func:`encode_cursor`, checked against ``kinds``."""
+    try:
+        parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if isinstance(parts, list) and len(parts) == len(kinds) and all(isinstance(p, k) for p, k in zip(parts, kinds)):
+            return parts
+    except (ValueError, TypeError):
+        pass
+    raise InvalidInputError(f"cursor {cursor!r} is not valid here; pass the next_cursor of the previous page")
+
+
+def check_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+        raise InvalidInputError(f"page size {limit!r} must be a whole number from 1 to 1000")
+    return limit

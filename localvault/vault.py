@@ -1,0 +1,161 @@
+"""Vault: one folder (vault.db, two buckets, localvault.toml) opened for one user."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import fsspec
+
+from . import models, pending
+from .collections import Collections
+from .config import RemoteConfig, VaultConfig
+from .db import DB_NAME, Database
+from .errors import DuplicateError, NotFoundError, StorageError
+from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
+from .library import Library
+from .progress import ProgressCallback
+from .verify import VerifyReport, verify
+from .workspace import CleanupReport, Workspace
+
+if TYPE_CHECKING:  # the core never imports sync at run time unless asked to sync
+    from .sync import Remote, SyncReport
+
+#: Expired assets removed when a vault opens for writing (at most once an hour);
+#: the rest wait for the next open or an explicit cleanup.
+AUTO_CLEANUP_BUDGET = 2_000
+AUTO_CLEANUP_INTERVAL = timedelta(hours=1)
+
+
+class Vault:
+    """A local vault, scoped to one user.
+
+    >>> vault = Vault.create("./vault")          # doctest: +SKIP
+    >>> asset = vault.workspace.add("fox.png", prompt="a red fox", seed=42, model="sdxl")  # doctest: +SKIP
+    >>> kept = vault.library.save(asset.id, title="Fox", tags=["fox"])                     # doctest: +SKIP
+    """
+
+    def __init__(self, root: Path, db: Database, files: FileStore, config: VaultConfig, user_id: str) -> None:
+        self.root = root
+        self.db = db
+        self.files = files
+        self.config = config
+        self.user_id = user_id
+        self.workspace = Workspace(db, files, user_id)
+        self.library = Library(db, files, user_id)
+        self.collections = Collections(db, user_id)
+
+    # ------------------------------------------------------------ opening
+
+    @classmethod
+    def create(cls, path: str | Path, *, user_id: str | None = None, fs: fsspec.AbstractFileSystem | None = None) -> "Vault":
+        """Make a new vault folder (or adopt an empty one) and open it.
+
+        ``user_id`` defaults to a new random UUID. DuplicateError if a vault is already there.
+        """
+        root = Path(path).expanduser().resolve()
+        owner = models.check_uuid(user_id, "user id") if user_id is not None else str(uuid.uuid4())
+        if (root / DB_NAME).exists():
+            raise DuplicateError(f"{root} already holds a vault; open it instead")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create {root}: {exc.strerror}") from None
+        files = FileStore(root, fs)
+        files.create_buckets()
+        config = VaultConfig(user_id=owner)
+        config.save(root)
+        db = Database.open(root / DB_NAME, create=True)
+        return cls(root, db, files, config, owner)
+
+    @classmethod
+    def open(cls, path: str | Path, *, user_id: str | None = None, readonly: bool = False,
+             fs: fsspec.AbstractFileSystem | None = None) -> "Vault":
+        """Open an existing vault as its default user (or ``user_id``).
+
+        Opening for writing also settles leftover file deletions and, at most
+        once an hour, removes up to 2,000 expired workspace assets.
+        """
+        root = Path(path).expanduser().resolve()
+        if not (root / DB_NAME).exists():
+            raise NotFoundError(f"no vault at {root}; create one with 'localvault init {root}'")
+        config = VaultConfig.load(root)
+        owner = models.check_uuid(user_id if user_id is not None else config.user_id, "user id")
+        db = Database.open(root / DB_NAME, readonly=readonly)
+        vault = cls(root, db, FileStore(root, fs), config, owner)
+        if not readonly:
+            vault._housekeeping()
+        return vault
+
+    def _housekeeping(self) -> None:
+        if self.db.conn.execute("SELECT 1 FROM pending_deletes LIMIT 1").fetchone():
+            pending.drain(self.db, self.files)
+        last = self.db.get_meta("last_cleanup")
+        if last is None or datetime.fromisoformat(last.replace("Z", "+00:00")) < datetime.now(timezone.utc) - AUTO_CLEANUP_INTERVAL:
+            self.workspace.cleanup(max_assets=AUTO_CLEANUP_BUDGET)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "Vault":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ actions
+
+    def cleanup(self, *, progress: ProgressCallback | None = None) -> CleanupReport:
+        """Remove every expired workspace asset, rows and files."""
+        return self.workspace.cleanup(progress=progress)
+
+    def verify(self, *, repair: bool = False, progress: ProgressCallback | None = None) -> VerifyReport:
+        """Check rows against files (orphans, missing files, hash mismatches); ``repair`` fixes what it can."""
+        return verify(self.db, self.files, repair=repair, progress=progress)
+
+    def export(self, asset_id: str, destination: str | Path) -> Path:
+        """Copy an asset's file (library or workspace) to ``destination`` (a file or a folder)."""
+        bucket, relative = self.locate(asset_id)
+        dest = Path(destination).expanduser()
+        if dest.is_dir():
+            dest = dest / f"{models.check_uuid(asset_id)}{Path(relative).suffix}"
+        if dest.exists():
+            raise DuplicateError(f"{dest} already exists; choose another destination")
+        self.files.export(bucket, relative, dest)
+        return dest
+
+    def locate(self, asset_id: str) -> tuple[str, str]:
+        """(bucket, path) of a library or workspace asset of this user."""
+        asset_id = models.check_uuid(asset_id, "asset id")
+        try:
+            return LIBRARY_BUCKET, self.library.get(asset_id).storage_path
+        except NotFoundError:
+            pass
+        try:
+            return WORKSPACE_BUCKET, self.workspace.get(asset_id).temp_storage_path
+        except NotFoundError:
+            raise NotFoundError(f"no asset {asset_id} in this vault (library or workspace)") from None
+
+    def delete(self, asset_id: str) -> str:
+        """Delete a library or workspace asset by id; returns which one it was."""
+        bucket, _ = self.locate(asset_id)
+        if bucket == LIBRARY_BUCKET:
+            self.library.delete(asset_id)
+            return "library"
+        self.workspace.delete(asset_id)
+        return "workspace"
+
+    # --------------------------------------------------------------- sync
+
+    def set_remote(self, database_url: str, bucket_url: str, storage_options: dict[str, Any] | None = None) -> None:
+        """Remember where ``sync`` pushes to (in localvault.toml, readable only by its owner)."""
+        self.config.remote = RemoteConfig(database_url, bucket_url, dict(storage_options or {}))
+        self.config.save(self.root)
+
+    def sync(self, remote: "Remote | None" = None, **options: Any) -> "SyncReport":
+        """Push the library to the server (needs the ``sync`` extra). See :func:`localvault.sync.push`."""
+        from .sync import push  # imported here so the core runs without the sync extra
+
+        return push(self, remote, **options)

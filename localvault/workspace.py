@@ -1,0 +1,246 @@
+"""workspace_assets: the staging area for fresh generations; they expire after 7 days."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+from . import models, pending, rows
+from .db import Database, format_time, utc_now
+from .errors import DuplicateError, NotFoundError
+from .files import WORKSPACE_BUCKET, FileStore
+from .ingest import Prepared, prepare
+from .models import GenerationInfo, Page, WorkspaceAsset
+from .progress import ProgressCallback, report
+
+UNKNOWN_MODEL = "unknown"
+CLEANUP_BATCH = 500
+
+
+@dataclass(frozen=True)
+class CleanupReport:
+    """What :meth:`Workspace.cleanup` removed."""
+
+    assets_removed: int
+    files_removed: int
+    complete: bool
+
+
+class Workspace:
+    """The current user's workspace assets."""
+
+    def __init__(self, db: Database, files: FileStore, user_id: str) -> None:
+        self._db = db
+        self._files = files
+        self.user_id = user_id
+
+    # ----------------------------------------------------------------- add
+
+    def add(
+        self,
+        source: str | Path,
+        *,
+        job_id: str | None = None,
+        asset_index: int | None = None,
+        seed: int | None = None,
+        prompt: str | None = None,
+        model: str | None = None,
+        settings: dict[str, Any] | str | None = None,
+        info: GenerationInfo | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> WorkspaceAsset:
+        """Copy a file into the workspace and record it.
+
+        Explicit arguments win over ``info`` (what a rig embedded in the file).
+        Missing values get placeholders: seed 0, prompt "", model "unknown".
+        ``job_id`` defaults to a new job; ``asset_index`` to the next free index
+        of the job. Raises :class:`DuplicateError` if this user already has the
+        same bytes in the workspace; nothing is left behind on any error.
+        """
+        info = info or GenerationInfo()
+        job = models.check_uuid(job_id, "job id") if job_id is not None else str(uuid.uuid4())
+        index = models.check_positive_int(asset_index, "asset index") if asset_index is not None else None
+        values = {
+            "seed": models.check_seed(seed if seed is not None else (info.seed if info.seed is not None else 0)),
+            "prompt": models.check_prompt(prompt if prompt is not None else (info.prompt or "")),
+            "model": models.check_model(model if model is not None else (info.model or UNKNOWN_MODEL)) or UNKNOWN_MODEL,
+            "settings": models.check_settings(settings if settings is not None else _settings_from(info)),
+        }
+        prepared = prepare(self._files, Path(source), WORKSPACE_BUCKET, f"{self.user_id}/{job}", on_bytes)
+        return self._record(prepared, job, index, values)
+
+    def _record(self, prepared: Prepared, job: str, index: int | None, values: dict[str, Any]) -> WorkspaceAsset:
+        committed_path: str | None = None
+        try:
+            with self._db.write() as conn:
+                existing = self._by_sha256(conn, prepared.staged.sha256)
+                if existing is not None:
+                    raise DuplicateError(
+                        f"this file is already in the workspace as {existing}; nothing was added"
+                    )
+                if index is None:
+                    index = conn.execute(
+                        "SELECT coalesce(max(asset_index) + 1, 0) FROM workspace_assets WHERE user_id = ? AND job_id = ?",
+                        (self.user_id, job),
+                    ).fetchone()[0]
+                elif conn.execute(
+                    "SELECT 1 FROM workspace_assets WHERE user_id = ? AND job_id = ? AND asset_index = ?",
+                    (self.user_id, job, index),
+                ).fetchone():
+                    raise DuplicateError(f"job {job} already has an asset at index {index}; use another --index")
+                relative = f"{self.user_id}/{job}/{index}.{prepared.extension}"
+                self._files.commit(prepared.staged, relative)
+                committed_path = relative
+                asset_id = str(uuid.uuid4())
+                facts = prepared.facts
+                conn.execute(
+                    "INSERT INTO workspace_assets (id, user_id, asset_type, temp_storage_path, file_size_bytes, mime_type,"
+                    " duration_seconds, job_id, asset_index, generation_seed, original_prompt, model_used,"
+                    " generation_settings, width, height, sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (asset_id, self.user_id, facts.media_type.asset_type.value, relative, prepared.staged.size,
+                     facts.media_type.value, facts.duration_seconds, job, index, values["seed"], values["prompt"],
+                     values["model"], json.dumps(values["settings"], ensure_ascii=False), facts.width, facts.height,
+                     prepared.staged.sha256),
+                )
+                row = conn.execute(f"SELECT {rows.WORKSPACE_COLUMNS} FROM workspace_assets WHERE id = ?", (asset_id,)).fetchone()
+        except BaseException:
+            if committed_path is not None:
+                self._files.remove(WORKSPACE_BUCKET, committed_path)
+            else:
+                self._files.discard(prepared.staged)
+            raise
+        return rows.workspace_asset(row)
+
+    def _by_sha256(self, conn: sqlite3.Connection, sha256: str) -> str | None:
+        row = conn.execute("SELECT id FROM workspace_assets WHERE user_id = ? AND sha256 = ?", (self.user_id, sha256)).fetchone()
+        return row[0] if row else None
+
+    # ---------------------------------------------------------------- read
+
+    def get(self, asset_id: str) -> WorkspaceAsset:
+        """One asset of this user; :class:`NotFoundError` otherwise (also for another user's id)."""
+        asset_id = models.check_uuid(asset_id, "workspace asset id")
+        row = self._db.conn.execute(
+            f"SELECT {rows.WORKSPACE_COLUMNS} FROM workspace_assets WHERE id = ? AND user_id = ?", (asset_id, self.user_id)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no workspace asset {asset_id} in this vault; list them with 'localvault ls workspace'")
+        return rows.workspace_asset(row)
+
+    def find_sha256(self, sha256: str) -> WorkspaceAsset | None:
+        row = self._db.conn.execute(
+            f"SELECT {rows.WORKSPACE_COLUMNS} FROM workspace_assets WHERE user_id = ? AND sha256 = ?", (self.user_id, sha256)
+        ).fetchone()
+        return rows.workspace_asset(row) if row else None
+
+    def list(self, *, limit: int = 50, cursor: str | None = None, job_id: str | None = None) -> Page:
+        """Newest first, ``limit`` per page; pass ``next_cursor`` for the next page."""
+        limit = rows.check_limit(limit)
+        where, params = ["user_id = ?"], [self.user_id]
+        if job_id is not None:
+            where.append("job_id = ?")
+            params.append(models.check_uuid(job_id, "job id"))
+        if cursor:
+            created_at, last_id = rows.decode_cursor(cursor, (str, str))
+            where.append("(created_at, id) < (?, ?)")
+            params += [created_at, last_id]
+        found = self._db.conn.execute(
+            f"SELECT {rows.WORKSPACE_COLUMNS} FROM workspace_assets WHERE {' AND '.join(where)}"
+            " ORDER BY created_at DESC, id DESC LIMIT ?",
+            (*params, limit + 1),
+        ).fetchall()
+        items = [rows.workspace_asset(r) for r in found[:limit]]
+        next_cursor = rows.encode_cursor(format_time(items[-1].created_at), items[-1].id) if len(found) > limit else None
+        return Page(items=items, next_cursor=next_cursor)
+
+    def count(self) -> int:
+        return int(self._db.conn.execute("SELECT count(*) FROM workspace_assets WHERE user_id = ?", (self.user_id,)).fetchone()[0])
+
+    def file_path(self, asset: WorkspaceAsset) -> str:
+        """Where the asset's file lives on the vault's filesystem."""
+        return self._files.full_path(WORKSPACE_BUCKET, asset.temp_storage_path)
+
+    # ------------------------------------------------------------- delete
+
+    def delete(self, asset_id: str) -> None:
+        """Remove a workspace asset: its row now, its file right after."""
+        asset_id = models.check_uuid(asset_id, "workspace asset id")
+        with self._db.write() as conn:
+            row = conn.execute(
+                "DELETE FROM workspace_assets WHERE id = ? AND user_id = ? RETURNING temp_storage_path",
+                (asset_id, self.user_id),
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no workspace asset {asset_id} in this vault")
+            pending.queue_delete(conn, WORKSPACE_BUCKET, row[0])
+        pending.drain(self._db, self._files)
+
+    def expire(self, asset_id: str, when: datetime | None = None) -> None:
+        """Set an asset's expiry (now by default); used by tests and by 'keep longer' tools."""
+        asset_id = models.check_uuid(asset_id, "workspace asset id")
+        moment = format_time(when) if when is not None else utc_now()
+        with self._db.write() as conn:
+            created = conn.execute(
+                "SELECT created_at FROM workspace_assets WHERE id = ? AND user_id = ?", (asset_id, self.user_id)
+            ).fetchone()
+            if created is None:
+                raise NotFoundError(f"no workspace asset {asset_id} in this vault")
+            if moment <= created[0]:
+                moment = format_time(datetime.fromisoformat(created[0].replace("Z", "+00:00")) + timedelta(milliseconds=1))
+            conn.execute("UPDATE workspace_assets SET expires_at = ? WHERE id = ?", (moment, asset_id))
+
+    def cleanup(self, *, progress: ProgressCallback | None = None, max_assets: int | None = None) -> CleanupReport:
+        """Remove expired workspace assets of every user of this vault, rows then files.
+
+        Works in short transactions of 500 assets, so other writers wait at
+        most a few milliseconds and readers never. Library assets saved from
+        an expired asset keep their own copy and are untouched.
+        """
+        now = utc_now()
+        total = self._db.conn.execute("SELECT count(*) FROM workspace_assets WHERE expires_at <= ?", (now,)).fetchone()[0]
+        if max_assets is not None:
+            total = min(total, max_assets)
+        report(progress, "cleanup", total=total)
+        removed = 0
+        complete = True
+        while True:
+            batch_size = CLEANUP_BATCH if max_assets is None else min(CLEANUP_BATCH, max_assets - removed)
+            if batch_size <= 0:
+                complete = False
+                break
+            with self._db.write() as conn:
+                doomed = conn.execute(
+                    "DELETE FROM workspace_assets WHERE id IN (SELECT id FROM workspace_assets WHERE expires_at <= ?"
+                    " LIMIT ?) RETURNING temp_storage_path",
+                    (now, batch_size),
+                ).fetchall()
+                conn.executemany(
+                    "INSERT OR IGNORE INTO pending_deletes (bucket, path) VALUES (?, ?)",
+                    [(WORKSPACE_BUCKET, row[0]) for row in doomed],
+                )
+            pending.drain(self._db, self._files)
+            removed += len(doomed)
+            report(progress, "cleanup", advance=len(doomed), total=total)
+            if len(doomed) < batch_size:
+                break
+        if complete:
+            with self._db.write() as conn:
+                self._db.set_meta(conn, "last_cleanup", now)
+        return CleanupReport(assets_removed=removed, files_removed=removed, complete=complete)
+
+
+def _settings_from(info: GenerationInfo) -> dict[str, Any]:
+    settings = dict(info.settings)
+    if info.negative_prompt and "negative_prompt" not in settings:
+        settings["negative_prompt"] = info.negative_prompt
+    if info.source != "none":
+        settings.setdefault("metadata_source", info.source)
+    return settings
+
+
+__all__ = ["Workspace", "CleanupReport", "UNKNOWN_MODEL"]
