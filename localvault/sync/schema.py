@@ -1,0 +1,310 @@
+"""The server schema: apply the PostgreSQL migrations and check their version.
+
+The SQL ships as package data in ``localvault/schema/postgres``:
+
+* ``compat/0000_supabase_compat.sql`` gives a plain PostgreSQL what Supabase
+  already has (roles ``anon``/``authenticated``/``service_role``, ``auth.users``,
+  ``auth.uid()``, ``storage.buckets``/``storage.objects``…). It is idempotent and
+  applied only on a plain PostgreSQL, before any pending migration.
+* ``NNNN_name.sql`` are the numbered migrations. Each is applied once, in its own
+  transaction, and recorded in ``localvault.schema_version``.
+
+Two appliers never race: every transaction of :func:`apply_schema` first takes
+the transaction-level advisory lock :data:`ADVISORY_LOCK_KEY` and re-reads the
+applied versions under it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import TYPE_CHECKING, Final, Literal
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from ..errors import OfflineError, SchemaVersionError, SyncError
+
+if TYPE_CHECKING:  # importlib.resources.abc is Python >= 3.11
+    from importlib.abc import Traversable
+
+__all__ = [
+    "ADVISORY_LOCK_KEY",
+    "SCHEMA_VERSION",
+    "VERSION_TABLE",
+    "Migration",
+    "SchemaReport",
+    "apply_schema",
+    "check_schema_version",
+    "connect",
+    "detect_flavour",
+    "migrations",
+    "server_schema_version",
+]
+
+Flavour = Literal["supabase", "postgres"]
+Progress = Callable[[str], object]
+
+#: Key of the advisory lock that serialises schema appliers (b"lvschema").
+ADVISORY_LOCK_KEY: Final[int] = 0x6C76736368656D61
+#: Schema and table recording the applied migrations.
+VERSION_SCHEMA: Final[str] = "localvault"
+VERSION_TABLE: Final[str] = "localvault.schema_version"
+#: Seconds to wait for the server to answer a connection attempt.
+CONNECT_TIMEOUT: Final[int] = 5
+#: The tables a usable server schema has.
+REQUIRED_TABLES: Final[tuple[str, ...]] = (
+    "public.user_collections",
+    "public.workspace_assets",
+    "public.user_library",
+)
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([A-Za-z0-9_]+)\.sql$")
+_COMPAT_FILE = "0000_supabase_compat.sql"
+
+_VERSION_TABLE_DDL = """
+CREATE SCHEMA IF NOT EXISTS localvault;
+CREATE TABLE IF NOT EXISTS localvault.schema_version (
+    version    integer PRIMARY KEY CHECK (version > 0),
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+GRANT USAGE ON SCHEMA localvault TO PUBLIC;
+GRANT SELECT ON localvault.schema_version TO PUBLIC;
+"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered SQL file of ``localvault/schema/postgres``."""
+
+    version: int
+    name: str
+    sql: str
+
+
+@dataclass(frozen=True)
+class SchemaReport:
+    """What :func:`apply_schema` found and did."""
+
+    #: ``"supabase"`` for a Supabase project, ``"postgres"`` for a plain server.
+    flavour: Flavour
+    #: Versions applied by this call, in order (empty when already up to date).
+    applied: tuple[int, ...] = field(default_factory=tuple)
+    #: Highest version recorded on the server after the call.
+    version: int = 0
+    #: Whether the Supabase compatibility layer was (re)applied by this call.
+    compat_applied: bool = False
+
+
+def _schema_dir() -> Traversable:
+    return resources.files("localvault") / "schema" / "postgres"
+
+
+def migrations() -> list[Migration]:
+    """Return the numbered migrations shipped with this package, in order."""
+    found: list[Migration] = []
+    for entry in _schema_dir().iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match is None or not entry.is_file():
+            continue
+        version = int(match.group(1))
+        if version == 0:
+            continue
+        found.append(Migration(version, entry.name, entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise SchemaVersionError(f"two PostgreSQL migrations share a number: {versions}")
+    return found
+
+
+def _compat_sql() -> str:
+    return (_schema_dir() / "compat" / _COMPAT_FILE).read_text(encoding="utf-8")
+
+
+#: Highest migration number this package knows.
+SCHEMA_VERSION: Final[int] = max((m.version for m in migrations()), default=0)
+
+
+def _describe(database_url: str) -> str:
+    """Return ``host:port/dbname`` of a DSN or URL, without credentials."""
+    try:
+        params = conninfo_to_dict(database_url)
+    except psycopg.Error:
+        return "the PostgreSQL server"
+    host = str(params.get("host") or params.get("hostaddr") or "localhost")
+    port = str(params.get("port") or 5432)
+    dbname = str(params.get("dbname") or "")
+    return f"{host}:{port}/{dbname}" if dbname else f"{host}:{port}"
+
+
+def connect(database_url: str) -> psycopg.Connection[tuple[object, ...]]:
+    """Open a connection (5 s timeout), mapping failures to :class:`OfflineError`."""
+    try:
+        return psycopg.connect(database_url, connect_timeout=CONNECT_TIMEOUT, autocommit=False)
+    except psycopg.ProgrammingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OfflineError(f"invalid PostgreSQL connection string: {first}") from exc
+    except psycopg.OperationalError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(exc).__name__
+        raise OfflineError(f"cannot connect to PostgreSQL at {_describe(database_url)}: {reason}") from exc
+
+
+def detect_flavour(conn: psycopg.Connection[tuple[object, ...]]) -> Flavour:
+    """Tell a Supabase project from a plain PostgreSQL.
+
+    Supabase has ``auth.users`` and ``storage.buckets`` and, unlike a server
+    given the compat layer, a ``supabase_admin`` role or the storage service's
+    ``storage.migrations`` table.
+    """
+    row = conn.execute(
+        """
+        SELECT to_regclass('auth.users') IS NOT NULL
+           AND to_regclass('storage.buckets') IS NOT NULL
+           AND (EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'supabase_admin')
+                OR to_regclass('storage.migrations') IS NOT NULL)
+        """
+    ).fetchone()
+    return "supabase" if row is not None and row[0] else "postgres"
+
+
+def _has_version_table(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (VERSION_TABLE,)).fetchone()
+    return bool(row and row[0])
+
+
+def _applied_versions(conn: psycopg.Connection[tuple[object, ...]]) -> set[int]:
+    if not _has_version_table(conn):
+        return set()
+    return {int(r[0]) for r in conn.execute("SELECT version FROM localvault.schema_version")}  # type: ignore[call-overload]
+
+
+def server_schema_version(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+    """Return the highest migration recorded on the server, 0 when none is."""
+    if not _has_version_table(conn):
+        return 0
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM localvault.schema_version").fetchone()
+    return int(row[0]) if row is not None else 0  # type: ignore[call-overload]
+
+
+def check_schema_version(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+    """Check that the server has exactly the schema this package knows.
+
+    Returns the server's version. Raises :class:`SchemaVersionError` when the
+    tables or the version record are missing, when the server is older than
+    this package (run ``localvault schema apply``) or newer (upgrade
+    localvault).
+    """
+    version = server_schema_version(conn)
+    missing = [
+        name
+        for name in REQUIRED_TABLES
+        if not (row := conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()) or not row[0]
+    ]
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"the server's localvault schema is version {version}, newer than this localvault knows "
+            f"(version {SCHEMA_VERSION}); upgrade localvault"
+        )
+    if version == 0 or missing:
+        what = ", ".join(missing) if missing else VERSION_TABLE
+        raise SchemaVersionError(
+            f"the server has no localvault schema (missing {what}); run `localvault schema apply`"
+        )
+    if version < SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"the server's localvault schema is version {version}, older than this localvault "
+            f"(version {SCHEMA_VERSION}); run `localvault schema apply`"
+        )
+    return version
+
+
+def _lock(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+
+
+def _run_sql(conn: psycopg.Connection[tuple[object, ...]], text: str, label: str) -> None:
+    try:
+        # No parameters: sent as is (simple protocol, several statements).
+        conn.execute(sql.SQL(text))  # type: ignore[arg-type]  # trusted package data
+    except psycopg.OperationalError as exc:
+        raise OfflineError(f"lost the connection to PostgreSQL while applying {label}: {exc}".splitlines()[0]) from exc
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SyncError(f"applying {label} failed: {reason}") from exc
+
+
+def apply_schema(database_url: str, *, progress: Progress | None = None) -> SchemaReport:
+    """Bring the server's schema up to :data:`SCHEMA_VERSION`.
+
+    Connects (5 s timeout), detects Supabase or a plain PostgreSQL, applies the
+    compat layer on a plain PostgreSQL when something is pending, then each
+    missing migration in order, each in one transaction under an advisory lock,
+    recording it in ``localvault.schema_version``. A second call applies
+    nothing. ``progress``, when given, is called with a one-line message before
+    each step.
+
+    Raises :class:`OfflineError` when the server cannot be reached,
+    :class:`SchemaVersionError` when the server's schema is newer than this
+    package, :class:`SyncError` when a migration fails (its transaction is
+    rolled back; earlier migrations stay applied).
+    """
+
+    def report(message: str) -> None:
+        if progress is not None:
+            progress(message)
+
+    wanted = migrations()
+    conn = connect(database_url)
+    try:
+        with conn.transaction():
+            flavour = detect_flavour(conn)
+            current = server_schema_version(conn)
+            done = _applied_versions(conn)
+            pending = [m for m in wanted if m.version not in done]
+        if current > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"the server's localvault schema is version {current}, newer than this localvault knows "
+                f"(version {SCHEMA_VERSION}); upgrade localvault"
+            )
+        applied: list[int] = []
+        compat_applied = False
+        if pending:
+            with conn.transaction():
+                _lock(conn)
+                if flavour == "postgres":
+                    report(f"applying the Supabase compatibility layer ({_COMPAT_FILE})")
+                    _run_sql(conn, _compat_sql(), f"compat/{_COMPAT_FILE}")
+                    compat_applied = True
+                _run_sql(conn, _VERSION_TABLE_DDL, VERSION_TABLE)
+            for migration in pending:
+                with conn.transaction():
+                    _lock(conn)
+                    if migration.version in _applied_versions(conn):
+                        continue  # another applier got there first
+                    newest = server_schema_version(conn)
+                    if newest > SCHEMA_VERSION:
+                        raise SchemaVersionError(
+                            f"the server's localvault schema is version {newest}, newer than this localvault "
+                            f"knows (version {SCHEMA_VERSION}); upgrade localvault"
+                        )
+                    report(f"applying migration {migration.name}")
+                    _run_sql(conn, migration.sql, migration.name)
+                    conn.execute(
+                        "INSERT INTO localvault.schema_version (version, name) VALUES (%s, %s)",
+                        (migration.version, migration.name),
+                    )
+                applied.append(migration.version)
+        with conn.transaction():
+            version = server_schema_version(conn)
+        report(f"server schema is at version {version}")
+        return SchemaReport(flavour=flavour, applied=tuple(applied), version=version, compat_applied=compat_applied)
+    except psycopg.OperationalError as exc:
+        raise OfflineError(f"lost the connection to PostgreSQL at {_describe(database_url)}") from exc
+    finally:
+        conn.close()

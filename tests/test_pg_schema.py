@@ -1,0 +1,574 @@
+"""The server schema against a real PostgreSQL: migrations, triggers, RLS, storage."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import errors as pgerrors
+from psycopg import sql
+
+from localvault.errors import OfflineError, SchemaVersionError
+from localvault.sync import schema as pgschema
+from localvault.sync.schema import (
+    SCHEMA_VERSION,
+    apply_schema,
+    check_schema_version,
+    server_schema_version,
+)
+
+Conn = psycopg.Connection[Any]
+
+
+# ------------------------------------------------------------------ helpers
+
+
+@pytest.fixture
+def db(pg_database: str) -> Iterator[Conn]:
+    """Superuser connection (autocommit) to a fresh database with the schema."""
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def users(db: Conn) -> tuple[uuid.UUID, uuid.UUID]:
+    """Two users, A and B, in auth.users."""
+    a, b = uuid.uuid4(), uuid.uuid4()
+    db.execute("INSERT INTO auth.users (id, email) VALUES (%s, 'a@example.com'), (%s, 'b@example.com')", (a, b))
+    return a, b
+
+
+@contextmanager
+def as_user(conn: Conn, user: uuid.UUID | None) -> Iterator[Conn]:
+    """A transaction run as Supabase would run a request: claims + SET LOCAL ROLE."""
+    role = "anon" if user is None else "authenticated"
+    claims = {"role": role} if user is None else {"sub": str(user), "role": role}
+    with conn.transaction():
+        conn.execute("SELECT set_config('request.jwt.claims', %s, true)", (json.dumps(claims),))
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+        yield conn
+
+
+def add_collection(conn: Conn, user: uuid.UUID, name: str | None = None) -> uuid.UUID:
+    cid = uuid.uuid4()
+    conn.execute(
+        "INSERT INTO public.user_collections (id, user_id, name) VALUES (%s, %s, %s)",
+        (cid, user, name or f"c-{cid.hex[:8]}"),
+    )
+    return cid
+
+
+def add_asset(
+    conn: Conn,
+    user: uuid.UUID,
+    collection: uuid.UUID | None = None,
+    visibility: str = "private",
+    storage_path: str | None = None,
+) -> uuid.UUID:
+    aid = uuid.uuid4()
+    conn.execute(
+        """
+        INSERT INTO public.user_library (id, user_id, asset_type, storage_path, file_size_bytes, mime_type,
+            original_prompt, model_used, generation_seed, generation_settings, tags, visibility,
+            collection_id, sha256)
+        VALUES (%s, %s, 'image', %s, 1234, 'image/png', 'a red fox in snow', 'sdxl', 42,
+            '{"steps": 30}', ARRAY['fox', 'snow'], %s, %s, %s)
+        """,
+        (aid, user, storage_path or f"{user}/{aid}.png", visibility, collection, secrets.token_hex(32)),
+    )
+    return aid
+
+
+def count_of(conn: Conn, collection: uuid.UUID) -> int:
+    row = conn.execute("SELECT asset_count FROM public.user_collections WHERE id = %s", (collection,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def real_count(conn: Conn, collection: uuid.UUID) -> int:
+    row = conn.execute("SELECT count(*) FROM public.user_library WHERE collection_id = %s", (collection,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def add_workspace(conn: Conn, user: uuid.UUID, *, expired: bool, thumbnail: bool = True) -> tuple[uuid.UUID, str]:
+    wid, job = uuid.uuid4(), uuid.uuid4()
+    path = f"{user}/{job}/0.png"
+    created, expires = ("now() - interval '8 days'", "now() - interval '1 day'") if expired else ("now()", "now() + interval '7 days'")
+    conn.execute(
+        sql.SQL(
+            """
+            INSERT INTO public.workspace_assets (id, user_id, asset_type, temp_storage_path, file_size_bytes,
+                mime_type, job_id, asset_index, generation_seed, original_prompt, model_used, sha256,
+                thumbnail_path, created_at, expires_at)
+            VALUES (%s, %s, 'image', %s, 10, 'image/png', %s, 0, 1, 'p', 'm', %s, %s, {}, {})
+            """
+        ).format(sql.SQL(created), sql.SQL(expires)),
+        (wid, user, path, job, secrets.token_hex(32), f"{user}/{job}/0.thumb.webp" if thumbnail else None),
+    )
+    conn.execute(
+        "INSERT INTO storage.objects (bucket_id, name, owner) VALUES ('workspace-temp', %s, %s)", (path, user)
+    )
+    if thumbnail:
+        conn.execute(
+            "INSERT INTO storage.objects (bucket_id, name, owner) VALUES ('workspace-temp', %s, %s)",
+            (f"{user}/{job}/0.thumb.webp", user),
+        )
+    return wid, path
+
+
+# -------------------------------------------------------------- migrations
+
+
+def test_apply_is_idempotent_and_recorded(pg_empty_database: str) -> None:
+    messages: list[str] = []
+    first = apply_schema(pg_empty_database, progress=messages.append)
+    assert first.flavour == "postgres"
+    assert first.compat_applied
+    assert first.applied == tuple(range(1, SCHEMA_VERSION + 1))
+    assert first.version == SCHEMA_VERSION
+    assert any("0001_tables.sql" in m for m in messages)
+
+    second = apply_schema(pg_empty_database)
+    assert second.applied == ()
+    assert second.version == SCHEMA_VERSION
+    assert not second.compat_applied
+
+    with psycopg.connect(pg_empty_database) as conn:
+        rows = conn.execute("SELECT version, name, applied_at FROM localvault.schema_version ORDER BY version").fetchall()
+        assert [r[0] for r in rows] == list(range(1, SCHEMA_VERSION + 1))
+        assert [r[1] for r in rows] == [m.name for m in pgschema.migrations()]
+        assert all(r[2] is not None for r in rows)
+        assert server_schema_version(conn) == SCHEMA_VERSION
+        assert check_schema_version(conn) == SCHEMA_VERSION
+
+
+def test_concurrent_appliers_apply_each_migration_once(pg_empty_database: str) -> None:
+    results: list[Any] = []
+
+    def run() -> None:
+        try:
+            results.append(apply_schema(pg_empty_database))
+        except Exception as exc:  # pragma: no cover - reported by the assert below
+            results.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert all(isinstance(r, pgschema.SchemaReport) for r in results), results
+    applied = sorted(v for r in results for v in r.applied)
+    assert applied == list(range(1, SCHEMA_VERSION + 1))
+    with psycopg.connect(pg_empty_database) as conn:
+        assert check_schema_version(conn) == SCHEMA_VERSION
+
+
+def test_schema_version_is_highest_migration() -> None:
+    names = [m.name for m in pgschema.migrations()]
+    assert names[0] == "0001_tables.sql"
+    assert SCHEMA_VERSION == max(m.version for m in pgschema.migrations())
+
+
+def test_check_schema_version_rejects_newer_older_and_empty(pg_database: str, pg_empty_database: str) -> None:
+    with psycopg.connect(pg_empty_database, autocommit=True) as conn:
+        with pytest.raises(SchemaVersionError, match="no localvault schema"):
+            check_schema_version(conn)
+        assert server_schema_version(conn) == 0
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO localvault.schema_version (version, name) VALUES (%s, 'from the future')",
+            (SCHEMA_VERSION + 1,),
+        )
+        with pytest.raises(SchemaVersionError, match="newer"):
+            check_schema_version(conn)
+        conn.execute("DELETE FROM localvault.schema_version WHERE version >= %s", (SCHEMA_VERSION,))
+        with pytest.raises(SchemaVersionError, match="older"):
+            check_schema_version(conn)
+    # apply_schema refuses to touch a newer server
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("INSERT INTO localvault.schema_version (version, name) VALUES (%s, 'x'), (%s, 'y')",
+                     (SCHEMA_VERSION, SCHEMA_VERSION + 5))
+    with pytest.raises(SchemaVersionError, match="newer"):
+        apply_schema(pg_database)
+
+
+def test_check_schema_version_missing_tables(db: Conn) -> None:
+    db.execute("DROP TABLE public.user_library CASCADE")
+    with pytest.raises(SchemaVersionError, match="user_library"):
+        check_schema_version(db)
+
+
+def test_unreachable_server_is_offline_error() -> None:
+    from servers import free_port
+
+    with pytest.raises(OfflineError) as info:
+        apply_schema(f"postgresql://u:secret@127.0.0.1:{free_port()}/x")
+    message = str(info.value)
+    assert "\n" not in message and "secret" not in message and "127.0.0.1" in message
+
+
+# ------------------------------------------------------------ table shapes
+
+
+def test_server_columns_and_buckets(db: Conn) -> None:
+    cols = dict(
+        db.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND table_name = 'user_library'"
+        ).fetchall()
+    )
+    assert cols["id"] == "uuid" and cols["tags"] == "ARRAY" and cols["is_favorite"] == "boolean"
+    assert cols["generation_seed"] == "bigint" and cols["generation_settings"] == "jsonb"
+    assert cols["created_at"] == "timestamp with time zone" and cols["sha256"] == "text"
+    assert "local_seq" not in cols
+    ws = dict(
+        db.execute(
+            "SELECT column_name, column_default FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND table_name = 'workspace_assets'"
+        ).fetchall()
+    )
+    assert "7 days" in ws["expires_at"]
+    buckets = db.execute(
+        "SELECT id, public, file_size_limit, allowed_mime_types FROM storage.buckets ORDER BY id"
+    ).fetchall()
+    mimes = ["image/jpeg", "image/png", "image/webp", "video/mp4"]
+    assert buckets == [("user-library", False, 1073741824, mimes), ("workspace-temp", False, 1073741824, mimes)]
+    indexes = {r[0] for r in db.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")}
+    assert {"workspace_assets_expires", "user_library_collection", "user_library_tags", "user_library_fts"} <= indexes
+    quals = [r[0] for r in db.execute("SELECT coalesce(qual, with_check) FROM pg_policies WHERE schemaname = 'public'")]
+    assert quals and all("auth.uid()" not in q or "SELECT auth.uid()" in q for q in quals)
+
+
+# ------------------------------------------------------------- asset_count
+
+
+def test_asset_count_insert_delete_and_move(db: Conn, users: tuple[uuid.UUID, uuid.UUID]) -> None:
+    a, _ = users
+    c1, c2 = add_collection(db, a), add_collection(db, a)
+    assets = [add_asset(db, a, c1) for _ in range(3)]
+    add_asset(db, a)  # outside any collection
+    assert (count_of(db, c1), count_of(db, c2)) == (3, 0)
+
+    db.execute("DELETE FROM public.user_library WHERE id = %s", (assets[0],))
+    assert count_of(db, c1) == 2
+
+    db.execute("UPDATE public.user_library SET collection_id = %s WHERE id = %s", (c2, assets[1]))
+    assert (count_of(db, c1), count_of(db, c2)) == (1, 1)
+
+    # several rows in one statement, some moving, some not
+    db.execute("UPDATE public.user_library SET collection_id = %s WHERE user_id = %s", (c2, a))
+    assert (count_of(db, c1), count_of(db, c2)) == (0, 3)
+
+    # an update that does not touch collection_id changes nothing
+    db.execute("UPDATE public.user_library SET title = 'fox' WHERE user_id = %s", (a,))
+    assert count_of(db, c2) == 3
+
+    # out of a collection, and an upsert that moves a row
+    db.execute("UPDATE public.user_library SET collection_id = NULL WHERE id = %s", (assets[1],))
+    db.execute(
+        "INSERT INTO public.user_library SELECT * FROM public.user_library WHERE id = %s "
+        "ON CONFLICT (id) DO UPDATE SET collection_id = %s",
+        (assets[2], c1),
+    )
+    assert (count_of(db, c1), count_of(db, c2)) == (1, 1)
+    for c in (c1, c2):
+        assert count_of(db, c) == real_count(db, c)
+
+
+def test_collection_delete_keeps_assets(db: Conn, users: tuple[uuid.UUID, uuid.UUID]) -> None:
+    a, _ = users
+    c1, c2 = add_collection(db, a), add_collection(db, a)
+    kept = [add_asset(db, a, c1) for _ in range(2)]
+    other = add_asset(db, a, c2)
+    db.execute("DELETE FROM public.user_collections WHERE id = %s", (c1,))
+    rows = db.execute(
+        "SELECT id, collection_id, user_id FROM public.user_library WHERE id = ANY(%s)", (kept,)
+    ).fetchall()
+    assert sorted(r[0] for r in rows) == sorted(kept)
+    assert all(r[1] is None and r[2] == a for r in rows)
+    assert count_of(db, c2) == 1
+    db.execute("DELETE FROM public.user_library WHERE id = %s", (other,))
+    assert count_of(db, c2) == 0
+
+
+def test_asset_count_not_writable_by_clients(db: Conn, users: tuple[uuid.UUID, uuid.UUID]) -> None:
+    a, _ = users
+    cid = uuid.uuid4()
+    with as_user(db, a) as conn:
+        conn.execute(
+            "INSERT INTO public.user_collections (id, user_id, name, asset_count) VALUES (%s, %s, 'x', 99)", (cid, a)
+        )
+        add_asset(conn, a, cid)
+        conn.execute("UPDATE public.user_collections SET asset_count = 42, name = 'y' WHERE id = %s", (cid,))
+        conn.execute(
+            "INSERT INTO public.user_collections (id, user_id, name, asset_count) VALUES (%s, %s, 'y', 7) "
+            "ON CONFLICT (id) DO UPDATE SET asset_count = excluded.asset_count",
+            (cid, a),
+        )
+        assert count_of(conn, cid) == 1
+    # even the superuser's direct writes are ignored
+    db.execute("UPDATE public.user_collections SET asset_count = -5 WHERE id = %s", (cid,))
+    assert count_of(db, cid) == real_count(db, cid) == 1
+
+
+def test_deleting_a_user_cascades(db: Conn, users: tuple[uuid.UUID, uuid.UUID]) -> None:
+    a, b = users
+    cid = add_collection(db, a)
+    add_asset(db, a, cid)
+    add_asset(db, b)
+    db.execute("DELETE FROM auth.users WHERE id = %s", (a,))
+    rows = db.execute("SELECT user_id FROM public.user_library").fetchall()
+    assert rows == [(b,)]
+    assert db.execute("SELECT count(*) FROM public.user_collections").fetchone() == (0,)
+
+
+# --------------------------------------------------- same-user collections
+
+
+def test_same_user_collection_enforced_even_for_superuser(db: Conn, users: tuple[uuid.UUID, uuid.UUID]) -> None:
+    a, b = users
+    cb = add_collection(db, b)
+    with pytest.raises(pgerrors.ForeignKeyViolation):
+        add_asset(db, a, cb)
+    mine = add_asset(db, a)
+    with pytest.raises(pgerrors.ForeignKeyViolation):
+        db.execute("UPDATE public.user_library SET collection_id = %s WHERE id = %s", (cb, mine))
+    assert count_of(db, cb) == 0
+
+
+# ---------------------------------------------------------------- updated_at
+
+
+def test_updated_at_trigger(db: Conn, users: tuple[uuid.UUID, uuid.UUID]) -> None:
+    a, _ = users
+    cid = add_collection(db, a)
+    aid = add_asset(db, a)
+    db.execute("UPDATE public.user_library SET updated_at = '2020-01-01T00:00:00Z' WHERE id = %s", (aid,))
+    db.execute("UPDATE public.user_collections SET updated_at = '2020-01-01T00:00:00Z' WHERE id = %s", (cid,))
+    # explicitly set values are kept (the sync sends the local edit time)
+    row = db.execute("SELECT extract(year FROM updated_at) FROM public.user_library WHERE id = %s", (aid,)).fetchone()
+    assert row == (2020,)
+
+    db.execute("UPDATE public.user_library SET title = 'renamed' WHERE id = %s", (aid,))
+    db.execute("UPDATE public.user_collections SET description = 'd' WHERE id = %s", (cid,))
+    for table, key in (("user_library", aid), ("user_collections", cid)):
+        fresh = db.execute(
+            sql.SQL("SELECT updated_at > now() - interval '1 minute' FROM public.{} WHERE id = %s").format(
+                sql.Identifier(table)
+            ),
+            (key,),
+        ).fetchone()
+        assert fresh == (True,), table
+
+    # a re-sent identical row (sync upsert with the same updated_at) changes nothing
+    db.execute("UPDATE public.user_library SET updated_at = '2021-01-01T00:00:00Z' WHERE id = %s", (aid,))
+    db.execute(
+        "INSERT INTO public.user_library AS t SELECT * FROM public.user_library WHERE id = %s "
+        "ON CONFLICT (id) DO UPDATE SET title = excluded.title, updated_at = excluded.updated_at "
+        "WHERE t.updated_at <= excluded.updated_at",
+        (aid,),
+    )
+    row = db.execute("SELECT extract(year FROM updated_at) FROM public.user_library WHERE id = %s", (aid,)).fetchone()
+    assert row == (2021,)
+
+    # asset_count maintenance does not count as an edit of the collection
+    db.execute("UPDATE public.user_collections SET updated_at = '2020-01-01T00:00:00Z' WHERE id = %s", (cid,))
+    add_asset(db, a, cid)
+    row = db.execute("SELECT extract(year FROM updated_at), asset_count FROM public.user_collections WHERE id = %s",
+                     (cid,)).fetchone()
+    assert row == (2020, 1)
+
+
+# ----------------------------------------------------------------------- RLS
+
+
+def test_rls_select_own_and_public(db: Conn, users: tuple[uuid.UUID, uuid.UUID]) -> None:
+    a, b = users
+    a_private = add_asset(db, a)
+    b_private = add_asset(db, b)
+    b_public = add_asset(db, b, visibility="public")
+    b_unlisted = add_asset(db, b, visibility="unlisted")
+    add_collection(db, b)
+    with as_user(db, a) as conn:
+        seen = {r[0] for r in conn.execute("SELECT id FROM public.user_library")}
+        assert seen == {a_private, b_public}
+        assert b_private not in seen and b_unlisted not in seen
+        assert conn.execute("SELECT count(*) FROM public.user_collections").fetchone() == (0,)
+
+
+def test_rls_cannot_write_other_users_rows(db: Conn, users: tuple[uuid.UUID, uuid.UUID]) -> None:
+    a, b = users
+    b_asset = add_asset(db, b, visibility="public")
+    b_coll = add_collection(db, b)
+    with pytest.raises(pgerrors.InsufficientPrivilege):
+        with as_user(db, a) as conn:
+            add_asset(conn, b)
+    with pytest.raises(pgerrors.InsufficientPrivilege):
+        with as_user(db, a) as conn:
+            add_collection(conn, b)
+    with as_user(db, a) as conn:
+        assert conn.execute("UPDATE public.user_library SET title = 'mine' WHERE id = %s", (b_asset,)).rowcount == 0
+        assert conn.execute("DELETE FROM public.user_library WHERE id = %s", (b_asset,)).rowcount == 0
+        assert conn.execute("UPDATE public.user_collections SET name = 'z' WHERE id = %s", (b_coll,)).rowcount == 0
+        assert conn.execute("DELETE FROM public.user_collections WHERE id = %s", (b_coll,)).rowcount == 0
+    # nor give its own row away
+    a_asset = add_asset(db, a)
+    with pytest.raises(pgerrors.InsufficientPrivilege):
+        with as_user(db, a) as conn:
+            conn.execute("UPDATE public.user_library SET user_id = %s WHERE id = %s", (b, a_asset))
+    row = db.execute("SELECT title, user_id FROM public.user_library WHERE id = %s", (b_asset,)).fetchone()
+    assert row == (None, b)
+    assert db.execute("SELECT count(*) FROM public.user_collections WHERE id = %s", (b_coll,)).fetchone() == (1,)
+
+
+def test_rls_cannot_move_into_other_users_collection(db: Conn, users: tuple[uuid.UUID, uuid.UUID]) -> None:
+    a, b = users
+    b_coll = add_collection(db, b)
+    a_coll = add_collection(db, a)
+    with as_user(db, a) as conn:
+        mine = add_asset(conn, a, a_coll)
+        assert count_of(conn, a_coll) == 1
+    with pytest.raises(pgerrors.ForeignKeyViolation):
+        with as_user(db, a) as conn:
+            conn.execute("UPDATE public.user_library SET collection_id = %s WHERE id = %s", (b_coll, mine))
+    with pytest.raises(pgerrors.ForeignKeyViolation):
+        with as_user(db, a) as conn:
+            add_asset(conn, a, b_coll)
+    assert (count_of(db, a_coll), count_of(db, b_coll)) == (1, 0)
+
+
+def test_anon_sees_only_public_rows(db: Conn, users: tuple[uuid.UUID, uuid.UUID]) -> None:
+    a, b = users
+    add_asset(db, a)
+    add_asset(db, a, visibility="unlisted")
+    public = {add_asset(db, a, visibility="public"), add_asset(db, b, visibility="public")}
+    add_collection(db, a)
+    with as_user(db, None) as conn:
+        assert {r[0] for r in conn.execute("SELECT id FROM public.user_library")} == public
+    for table in ("user_collections", "workspace_assets"):
+        with pytest.raises(pgerrors.InsufficientPrivilege):
+            with as_user(db, None) as conn:
+                conn.execute(sql.SQL("SELECT * FROM public.{}").format(sql.Identifier(table)))
+    with pytest.raises(pgerrors.InsufficientPrivilege):
+        with as_user(db, None) as conn:
+            conn.execute("DELETE FROM public.user_library")
+
+
+# ------------------------------------------------------------------- storage
+
+
+def test_storage_policies_owner_folder(db: Conn, users: tuple[uuid.UUID, uuid.UUID]) -> None:
+    a, b = users
+    with as_user(db, a) as conn:
+        conn.execute("INSERT INTO storage.objects (bucket_id, name, owner) VALUES ('user-library', %s, %s)",
+                     (f"{a}/x.png", a))
+        conn.execute("INSERT INTO storage.objects (bucket_id, name, owner) VALUES ('workspace-temp', %s, %s)",
+                     (f"{a}/job/0.png", a))
+    with pytest.raises(pgerrors.InsufficientPrivilege):
+        with as_user(db, a) as conn:
+            conn.execute("INSERT INTO storage.objects (bucket_id, name, owner) VALUES ('user-library', %s, %s)",
+                         (f"{b}/x.png", a))
+    db.execute("INSERT INTO storage.objects (bucket_id, name, owner) VALUES ('user-library', %s, %s)",
+               (f"{b}/secret.png", b))
+    with as_user(db, a) as conn:
+        names = {r[0] for r in conn.execute("SELECT name FROM storage.objects")}
+        assert names == {f"{a}/x.png", f"{a}/job/0.png"}
+        assert conn.execute("DELETE FROM storage.objects WHERE name = %s", (f"{b}/secret.png",)).rowcount == 0
+        assert conn.execute("UPDATE storage.objects SET metadata = '{}' WHERE name = %s",
+                            (f"{a}/x.png",)).rowcount == 1
+    with pytest.raises(pgerrors.InsufficientPrivilege):
+        with as_user(db, a) as conn:  # cannot move its object into B's folder
+            conn.execute("UPDATE storage.objects SET name = %s WHERE name = %s", (f"{b}/y.png", f"{a}/x.png"))
+
+
+def test_storage_public_library_objects_readable(db: Conn, users: tuple[uuid.UUID, uuid.UUID]) -> None:
+    a, b = users
+    public_path, private_path = f"{b}/{uuid.uuid4()}.png", f"{b}/{uuid.uuid4()}.png"
+    add_asset(db, b, visibility="public", storage_path=public_path)
+    add_asset(db, b, visibility="private", storage_path=private_path)
+    for name in (public_path, private_path):
+        db.execute("INSERT INTO storage.objects (bucket_id, name, owner) VALUES ('user-library', %s, %s)", (name, b))
+    for who in (None, a):
+        with as_user(db, who) as conn:
+            assert [r[0] for r in conn.execute("SELECT name FROM storage.objects")] == [public_path]
+
+
+def test_cleanup_expired_workspace_assets(db: Conn, users: tuple[uuid.UUID, uuid.UUID]) -> None:
+    a, b = users
+    old_a, old_a_path = add_workspace(db, a, expired=True)
+    old_b, _ = add_workspace(db, b, expired=True, thumbnail=False)
+    fresh, fresh_path = add_workspace(db, a, expired=False)
+    db.execute("INSERT INTO storage.objects (bucket_id, name) VALUES ('user-library', %s)", (old_a_path,))
+
+    rows = db.execute(
+        "SELECT asset_id, owner_id, object_path, objects_deleted FROM public.cleanup_expired_workspace_assets()"
+    ).fetchall()
+    assert {(r[0], r[3]) for r in rows} == {(old_a, 2), (old_b, 1)}
+    assert {r[0] for r in db.execute("SELECT id FROM public.workspace_assets")} == {fresh}
+    left = set(db.execute("SELECT bucket_id, name FROM storage.objects").fetchall())
+    # the fresh asset's objects and the same name in another bucket are kept
+    assert ("workspace-temp", fresh_path) in left
+    assert ("user-library", old_a_path) in left
+    assert len(left) == 3
+    assert db.execute("SELECT count(*) FROM public.cleanup_expired_workspace_assets()").fetchone() == (0,)
+    # clients cannot run it
+    with pytest.raises(pgerrors.InsufficientPrivilege):
+        with as_user(db, a) as conn:
+            conn.execute("SELECT * FROM public.cleanup_expired_workspace_assets()")
+
+
+def test_cleanup_when_storage_refuses_direct_deletes(db: Conn, users: tuple[uuid.UUID, uuid.UUID]) -> None:
+    """Supabase's storage.protect_delete refuses DELETEs on storage.objects (42501): rows still expire."""
+    a, _ = users
+    db.execute(
+        """
+        CREATE FUNCTION storage.protect_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION 'Direct deletion from storage tables is not allowed. Use the Storage API instead.'
+                USING ERRCODE = '42501';
+        END $$;
+        CREATE TRIGGER protect_objects_delete BEFORE DELETE ON storage.objects
+            FOR EACH STATEMENT EXECUTE FUNCTION storage.protect_delete();
+        """
+    )
+    old, path = add_workspace(db, a, expired=True)
+    rows = db.execute(
+        "SELECT asset_id, object_path, thumbnail_object_path, objects_deleted "
+        "FROM public.cleanup_expired_workspace_assets()"
+    ).fetchall()
+    assert rows == [(old, path, path.replace("0.png", "0.thumb.webp"), 0)]
+    assert db.execute("SELECT count(*) FROM public.workspace_assets").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM storage.objects").fetchone() == (2,)
+
+
+def test_collection_delete_by_its_owner_under_rls(db: Conn, users: tuple[uuid.UUID, uuid.UUID]) -> None:
+    a, _ = users
+    with as_user(db, a) as conn:
+        c1, c2 = add_collection(conn, a), add_collection(conn, a)
+        assets = [add_asset(conn, a, c1) for _ in range(3)]
+        conn.execute("UPDATE public.user_library SET collection_id = %s WHERE id = %s", (c2, assets[0]))
+        assert (count_of(conn, c1), count_of(conn, c2)) == (2, 1)
+        assert conn.execute("DELETE FROM public.user_collections WHERE id = %s", (c1,)).rowcount == 1
+        nulls = conn.execute(
+            "SELECT count(*) FROM public.user_library WHERE collection_id IS NULL AND id = ANY(%s)", (assets,)
+        ).fetchone()
+        assert nulls == (2,)
+        assert count_of(conn, c2) == 1
+
+
+def test_server_stop_is_offline_then_recovers(postgres_server: Any, pg_database: str) -> None:
+    postgres_server.stop()
+    try:
+        with pytest.raises(OfflineError):
+            apply_schema(pg_database)
+    finally:
+        postgres_server.start()
+    assert apply_schema(pg_database).applied == ()
