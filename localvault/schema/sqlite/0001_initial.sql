@@ -105,11 +105,29 @@ CREATE VIRTUAL TABLE library_fts USING fts5(
 -- Sync outbox: every change to the library and collections, in the same
 -- transaction as the change. Workspace assets are never queued.
 CREATE TABLE sync_outbox (
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-    table_name TEXT NOT NULL CHECK (table_name IN ('user_library', 'user_collections')),
-    row_id     TEXT NOT NULL,
-    op         TEXT NOT NULL CHECK (op IN ('insert', 'update', 'delete')),
-    queued_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    table_name   TEXT NOT NULL CHECK (table_name IN ('user_library', 'user_collections')),
+    row_id       TEXT NOT NULL,
+    op           TEXT NOT NULL CHECK (op IN ('insert', 'update', 'delete')),
+    user_id      TEXT NOT NULL,
+    -- For a deleted library row: its object, removed from the bucket after the server commit.
+    storage_path TEXT,
+    queued_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+) STRICT;
+CREATE INDEX sync_outbox_user ON sync_outbox (user_id, seq);
+
+-- Changes the server refused for good (SQLSTATE classes 22, 23, 42501): kept
+-- with the server's message until the user fixes them and retries.
+CREATE TABLE sync_rejected (
+    seq          INTEGER PRIMARY KEY,
+    table_name   TEXT NOT NULL,
+    row_id       TEXT NOT NULL,
+    op           TEXT NOT NULL,
+    user_id      TEXT NOT NULL,
+    storage_path TEXT,
+    sqlstate     TEXT NOT NULL,
+    message      TEXT NOT NULL,
+    rejected_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 ) STRICT;
 
 -- Files whose rows are gone: removed after the commit, idempotently.
@@ -130,16 +148,22 @@ CREATE TABLE vault_meta (
 
 -- Correction 3: updated_at on every update (recursive_triggers is off, so the
 -- inner UPDATE does not fire this again).
+-- updated_at only moves forward, at least 1 ms per update, so last-writer-wins
+-- on the server can tell every local edit from the one before it.
 CREATE TRIGGER user_library_touch AFTER UPDATE ON user_library
 WHEN NEW.updated_at IS OLD.updated_at
 BEGIN
-    UPDATE user_library SET updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE local_seq = NEW.local_seq;
+    UPDATE user_library SET updated_at = max(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                                             strftime('%Y-%m-%dT%H:%M:%fZ', OLD.updated_at, '+0.001 seconds'))
+    WHERE local_seq = NEW.local_seq;
 END;
 
 CREATE TRIGGER user_collections_touch AFTER UPDATE OF name, description ON user_collections
 WHEN NEW.updated_at IS OLD.updated_at
 BEGIN
-    UPDATE user_collections SET updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = NEW.id;
+    UPDATE user_collections SET updated_at = max(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                                                 strftime('%Y-%m-%dT%H:%M:%fZ', OLD.updated_at, '+0.001 seconds'))
+    WHERE id = NEW.id;
 END;
 
 -- Correction 1: asset_count exact through insert, delete, move and collection delete.
@@ -200,7 +224,7 @@ END;
 -- of a collection are not queued.
 CREATE TRIGGER user_library_outbox_insert AFTER INSERT ON user_library
 BEGIN
-    INSERT INTO sync_outbox (table_name, row_id, op) VALUES ('user_library', NEW.id, 'insert');
+    INSERT INTO sync_outbox (table_name, row_id, op, user_id) VALUES ('user_library', NEW.id, 'insert', NEW.user_id);
 END;
 -- Fires on the user's update, not on the updated_at touch that follows it.
 CREATE TRIGGER user_library_outbox_update AFTER UPDATE OF
@@ -209,21 +233,21 @@ CREATE TRIGGER user_library_outbox_update AFTER UPDATE OF
     is_favorite, visibility, collection_id, original_asset_id, thumbnail_path,
     width, height, sha256, created_at ON user_library
 BEGIN
-    INSERT INTO sync_outbox (table_name, row_id, op) VALUES ('user_library', NEW.id, 'update');
+    INSERT INTO sync_outbox (table_name, row_id, op, user_id) VALUES ('user_library', NEW.id, 'update', NEW.user_id);
 END;
 CREATE TRIGGER user_library_outbox_delete AFTER DELETE ON user_library
 BEGIN
-    INSERT INTO sync_outbox (table_name, row_id, op) VALUES ('user_library', OLD.id, 'delete');
+    INSERT INTO sync_outbox (table_name, row_id, op, user_id, storage_path) VALUES ('user_library', OLD.id, 'delete', OLD.user_id, OLD.storage_path);
 END;
 CREATE TRIGGER user_collections_outbox_insert AFTER INSERT ON user_collections
 BEGIN
-    INSERT INTO sync_outbox (table_name, row_id, op) VALUES ('user_collections', NEW.id, 'insert');
+    INSERT INTO sync_outbox (table_name, row_id, op, user_id) VALUES ('user_collections', NEW.id, 'insert', NEW.user_id);
 END;
 CREATE TRIGGER user_collections_outbox_update AFTER UPDATE OF name, description ON user_collections
 BEGIN
-    INSERT INTO sync_outbox (table_name, row_id, op) VALUES ('user_collections', NEW.id, 'update');
+    INSERT INTO sync_outbox (table_name, row_id, op, user_id) VALUES ('user_collections', NEW.id, 'update', NEW.user_id);
 END;
 CREATE TRIGGER user_collections_outbox_delete AFTER DELETE ON user_collections
 BEGIN
-    INSERT INTO sync_outbox (table_name, row_id, op) VALUES ('user_collections', OLD.id, 'delete');
+    INSERT INTO sync_outbox (table_name, row_id, op, user_id) VALUES ('user_collections', OLD.id, 'delete', OLD.user_id);
 END;

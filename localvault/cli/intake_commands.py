@@ -1,0 +1,1 @@
+"""Commands that take generations in: import and watch (filled in with the importer)."""

@@ -1,0 +1,255 @@
+"""Commands over the local vault: init, add, ls, save, update, rm, collections, cleanup, verify, export, show."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..library import UNSET
+from ..models import LibraryAsset, Visibility, WorkspaceAsset
+from ..vault import Vault
+from . import Context, main, output, pass_ctx
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path), required=False)
+@click.option("--user", "user_id", help="The owner's user id (a UUID; generated if omitted).")
+@json_option
+@pass_ctx
+def init(ctx: Context, path: Path | None, user_id: str | None, as_json: bool) -> None:
+    """Create a vault: vault.db, the two buckets and localvault.toml."""
+    vault = Vault.create(path or ctx.vault_path, user_id=user_id or ctx.user_id)
+    vault.close()
+    if as_json:
+        output.print_json({"path": str(vault.root), "user_id": vault.user_id})
+    else:
+        output.console.print(f"created vault at {vault.root} for user {vault.user_id}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--job", "job_id", help="Job id (UUID) grouping files of one generation run; new if omitted.")
+@click.option("--index", "asset_index", type=int, help="Position within the job (default: next free).")
+@click.option("--seed", type=str, help="Generation seed (0 … 2^63-1).")
+@click.option("--prompt", help="The prompt.")
+@click.option("--model", help="The model used.")
+@click.option("--settings", help="Other generation settings, as a JSON object.")
+@json_option
+@pass_ctx
+def add(ctx: Context, file: Path, job_id: str | None, asset_index: int | None, seed: str | None, prompt: str | None,
+        model: str | None, settings: str | None, as_json: bool) -> None:
+    """Add a file to the workspace (prompt, seed and model read from the file where it carries them)."""
+    from ..metadata import read as read_metadata
+
+    vault = ctx.vault()
+    info = read_metadata(file) if file.is_file() else None
+    asset = vault.workspace.add(file, job_id=job_id, asset_index=asset_index, seed=_seed(seed), prompt=prompt,
+                                model=model, settings=settings, info=info)
+    _emit_one(asset, as_json)
+
+
+def _seed(text: str | None) -> int | str | None:
+    if text is None:
+        return None
+    return int(text) if text.strip().lstrip("-").isdigit() else text  # check_seed explains what is wrong
+
+
+@main.command(name="ls")
+@click.argument("what", type=click.Choice(["workspace", "library"]), default="library")
+@click.option("--tag", "tags", multiple=True, help="Only assets with this tag (repeatable: all must match).")
+@click.option("--favorite", is_flag=True, default=None, help="Only favourites.")
+@click.option("--collection", help="Only assets of this collection (name or id).")
+@click.option("--search", help="Full-text search over prompt, title and tags (newest matches first).")
+@click.option("--limit", default=50, show_default=True, help="Page size.")
+@click.option("--cursor", help="Continue after a previous page (its next_cursor).")
+@json_option
+@pass_ctx
+def ls(ctx: Context, what: str, tags: tuple[str, ...], favorite: bool | None, collection: str | None,
+       search: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
+    """List workspace or library assets, newest first, one page at a time."""
+    vault = ctx.vault()
+    if what == "workspace":
+        page = vault.workspace.list(limit=limit, cursor=cursor)
+    else:
+        page = vault.library.list(tags=tags, favorite=favorite, collection=collection, search=search, limit=limit,
+                                  cursor=cursor)
+    if as_json:
+        output.print_json({"items": page.items, "next_cursor": page.next_cursor})
+        return
+    if what == "workspace":
+        rows = [(a.id, a.created_at.strftime("%Y-%m-%d %H:%M"), a.mime_type.extension, a.generation_seed, a.model_used,
+                 output.short(a.original_prompt)) for a in page.items]
+        output.table("workspace", ["id", "created", "type", "seed", "model", "prompt"], rows)
+    else:
+        rows = [(a.id, a.created_at.strftime("%Y-%m-%d %H:%M"), "★" if a.is_favorite else "", a.title or "",
+                 ", ".join(a.tags), output.short(a.original_prompt, 40)) for a in page.items]
+        output.table("library", ["id", "saved", "fav", "title", "tags", "prompt"], rows)
+    if page.next_cursor:
+        output.console.print(f"more: --cursor {page.next_cursor}", highlight=False)
+
+
+@main.command()
+@click.argument("workspace_asset_id")
+@click.option("--title")
+@click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
+@click.option("--collection", help="Put it in this collection (name or id).")
+@click.option("--favorite", is_flag=True)
+@click.option("--visibility", type=click.Choice([v.value for v in Visibility]), default="private", show_default=True)
+@json_option
+@pass_ctx
+def save(ctx: Context, workspace_asset_id: str, title: str | None, tags: tuple[str, ...], collection: str | None,
+         favorite: bool, visibility: str, as_json: bool) -> None:
+    """Keep a workspace asset in the library."""
+    asset = ctx.vault().library.save(workspace_asset_id, title=title, tags=tags, collection=collection,
+                                     favorite=favorite, visibility=visibility)
+    _emit_one(asset, as_json)
+
+
+@main.command()
+@click.argument("library_id")
+@click.option("--title")
+@click.option("--add-tag", "add_tags", multiple=True)
+@click.option("--remove-tag", "remove_tags", multiple=True)
+@click.option("--favorite/--no-favorite", default=None)
+@click.option("--visibility", type=click.Choice([v.value for v in Visibility]))
+@click.option("--move-to", help="Move into this collection (name or id).")
+@click.option("--no-collection", is_flag=True, help="Take it out of its collection.")
+@json_option
+@pass_ctx
+def update(ctx: Context, library_id: str, title: str | None, add_tags: tuple[str, ...], remove_tags: tuple[str, ...],
+           favorite: bool | None, visibility: str | None, move_to: str | None, no_collection: bool, as_json: bool) -> None:
+    """Change a library asset's title, tags, favourite, visibility or collection."""
+    collection = None if no_collection else (move_to if move_to is not None else UNSET)
+    asset = ctx.vault().library.update(
+        library_id, title=title if title is not None else UNSET, add_tags=add_tags, remove_tags=remove_tags,
+        favorite=favorite if favorite is not None else UNSET, visibility=visibility or UNSET, collection=collection)
+    _emit_one(asset, as_json)
+
+
+@main.command()
+@click.argument("asset_id")
+@pass_ctx
+def rm(ctx: Context, asset_id: str) -> None:
+    """Delete a library or workspace asset (row and file)."""
+    where = ctx.vault().delete(asset_id)
+    output.console.print(f"deleted {where} asset {asset_id}")
+
+
+@main.command()
+@click.argument("asset_id")
+@json_option
+@pass_ctx
+def show(ctx: Context, asset_id: str, as_json: bool) -> None:
+    """Show one asset with its prompt, seed, model and settings."""
+    vault = ctx.vault()
+    bucket, _ = vault.locate(asset_id)
+    asset = vault.library.get(asset_id) if bucket == "user-library" else vault.workspace.get(asset_id)
+    if as_json:
+        output.print_json(asset)
+        return
+    for key, value in asset.model_dump(mode="json").items():
+        if key != "generation_settings":
+            output.console.print(f"[bold]{key}[/]: {value}", highlight=False)
+    output.console.print("[bold]generation_settings[/]:")
+    output.console.print_json(json.dumps(asset.generation_settings, ensure_ascii=False))
+
+
+@main.command()
+@pass_ctx
+def cleanup(ctx: Context) -> None:
+    """Remove expired workspace assets, rows and files."""
+    with output.progress_bars() as progress:
+        result = ctx.vault().cleanup(progress=progress)
+    output.console.print(f"removed {result.assets_removed} expired workspace assets")
+
+
+@main.command()
+@click.option("--repair", is_flag=True, help="Fix what can be fixed (remove orphans, restore from twins).")
+@json_option
+@pass_ctx
+def verify(ctx: Context, repair: bool, as_json: bool) -> None:
+    """Check every row against its file: orphans, missing files, hash mismatches."""
+    with output.progress_bars(not as_json) as progress:
+        result = ctx.vault().verify(repair=repair, progress=progress)
+    if as_json:
+        output.print_json({**output.to_jsonable(result), "clean": result.clean})
+    else:
+        output.console.print(f"checked {result.checked} files")
+        for label, items in (("missing", result.missing), ("orphan", result.orphans), ("hash mismatch", result.mismatched),
+                             ("stale temp", result.stale_temps), ("repaired", result.repaired),
+                             ("unrepairable", result.unrepairable)):
+            for item in items:
+                output.console.print(f"{label}: {item}", highlight=False)
+        output.console.print("vault is clean" if result.clean else "problems found (run with --repair to fix)")
+    if not result.clean:
+        raise SystemExit(1)
+
+
+@main.command()
+@click.argument("asset_id")
+@click.argument("dest", type=click.Path(path_type=Path))
+@pass_ctx
+def export(ctx: Context, asset_id: str, dest: Path) -> None:
+    """Copy an asset's file out of the vault to DEST (a file or a folder)."""
+    written = ctx.vault().export(asset_id, dest)
+    output.console.print(f"wrote {written}")
+
+
+@main.group()
+def collections() -> None:
+    """Create, list, rename and delete collections."""
+
+
+@collections.command(name="create")
+@click.argument("name")
+@click.option("--description")
+@json_option
+@pass_ctx
+def collections_create(ctx: Context, name: str, description: str | None, as_json: bool) -> None:
+    """Create a collection."""
+    _emit_one(ctx.vault().collections.create(name, description), as_json)
+
+
+@collections.command(name="ls")
+@json_option
+@pass_ctx
+def collections_ls(ctx: Context, as_json: bool) -> None:
+    """List collections with their asset counts."""
+    found = ctx.vault().collections.list()
+    if as_json:
+        output.print_json(found)
+    else:
+        output.table("collections", ["id", "name", "assets", "description"],
+                     [(c.id, c.name, c.asset_count, output.short(c.description)) for c in found])
+
+
+@collections.command(name="rename")
+@click.argument("collection")
+@click.argument("new_name")
+@json_option
+@pass_ctx
+def collections_rename(ctx: Context, collection: str, new_name: str, as_json: bool) -> None:
+    """Rename a collection (named by name or id)."""
+    _emit_one(ctx.vault().collections.rename(collection, new_name), as_json)
+
+
+@collections.command(name="delete")
+@click.argument("collection")
+@pass_ctx
+def collections_delete(ctx: Context, collection: str) -> None:
+    """Delete a collection; its assets stay in the library."""
+    ctx.vault().collections.delete(collection)
+    output.console.print(f"deleted collection {collection}")
+
+
+def _emit_one(item: object, as_json: bool) -> None:
+    if as_json:
+        output.print_json(item)
+    elif isinstance(item, (WorkspaceAsset, LibraryAsset)):
+        output.console.print(f"{item.id}  {item.mime_type.extension}  {output.short(item.original_prompt)}", highlight=False)
+    else:
+        output.console.print(str(getattr(item, "id", item)), highlight=False)

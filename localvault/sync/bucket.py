@@ -1,0 +1,144 @@
+"""The remote bucket on any fsspec URL: upload, verify, delete.
+
+Keys are ``<user_id>/<asset_id>.<ext>`` under the bucket URL, so Supabase's
+storage policies (first folder = owner) hold. Existence and size checks never
+trust a cached listing: s3fs caches listings and goes stale, so every check
+invalidates the cache first or asks for a fresh listing.
+
+On S3 an object carries its sha256 as user metadata (``x-amz-meta-sha256``);
+a PUT's answer carries the server's MD5 of what it stored (the ETag of a
+single-part upload), which is compared with the MD5 computed while reading
+the file — a verification that costs no extra request. Where the ETag is not
+a plain MD5 (multipart, SSE-KMS), a fresh HEAD checks size and sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from ..errors import OfflineError, SyncError
+
+#: Files up to this size are sent in one PUT from memory; larger ones stream.
+SINGLE_PUT_BYTES = 8 * 1024 * 1024
+STREAM_BLOCK = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    size: int
+    sha256: str | None
+
+
+class Bucket:
+    """A bucket (or any folder) reachable through fsspec."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        options = dict(storage_options or {})
+        protocol = url.split("://", 1)[0] if "://" in url else "file"
+        if protocol in ("s3", "s3a", "gs", "gcs", "az", "abfs"):
+            options.setdefault("use_listings_cache", False)
+        try:
+            self.fs, root = fsspec.core.url_to_fs(url, **options)
+        except (ImportError, ValueError, TypeError) as exc:
+            raise SyncError(f"cannot use bucket URL {url!r}: {exc}") from None
+        self.url = url
+        self.root = root.rstrip("/")
+        self.is_s3 = protocol in ("s3", "s3a")
+
+    def path(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def check_reachable(self) -> None:
+        """Raise OfflineError if the bucket cannot be reached (or does not exist)."""
+        try:
+            self.fs.invalidate_cache(self.root)
+            if self.is_s3:
+                bucket = self.root.split("/", 1)[0]
+                self.fs.call_s3("head_bucket", Bucket=bucket)
+            elif not self.fs.exists(self.root):
+                self.fs.makedirs(self.root, exist_ok=True)
+        except FileNotFoundError:
+            raise SyncError(f"the bucket {self.url} does not exist; create it or fix 'localvault remote set'") from None
+        except PermissionError as exc:
+            raise SyncError(f"no access to the bucket {self.url}: {exc}; check the keys") from None
+        except Exception as exc:  # network errors come as many types (aiohttp, botocore, OSError)
+            raise OfflineError(f"cannot reach the bucket {self.url}: {_first_line(exc)}") from None
+
+    def listing(self, prefix: str) -> dict[str, int]:
+        """{key: size} of every object under ``prefix``, from a fresh listing."""
+        base = self.path(prefix).rstrip("/")
+        self.fs.invalidate_cache(base)
+        try:
+            found = self.fs.find(base, detail=True, refresh=True) if self.is_s3 else self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return {}
+        offset = len(self.root) + 1
+        return {name[offset:]: int(info.get("size") or 0) for name, info in found.items()
+                if info.get("type", "file") != "directory"}
+
+    def head(self, key: str) -> RemoteObject | None:
+        """Size and sha256 (where stored) of one object, asked of the store itself."""
+        path = self.path(key)
+        self.fs.invalidate_cache(path)
+        try:
+            if self.is_s3:
+                bucket, name = path.split("/", 1)
+                answer = self.fs.call_s3("head_object", Bucket=bucket, Key=name)
+                return RemoteObject(int(answer["ContentLength"]), answer.get("Metadata", {}).get("sha256"))
+            info = self.fs.info(path)
+            return RemoteObject(int(info["size"]), None)
+        except FileNotFoundError:
+            return None
+
+    def upload(self, local: Path, key: str, sha256: str, size: int, content_type: str) -> None:
+        """Send one file and check what the store received; SyncError if it differs."""
+        path = self.path(key)
+        if self.is_s3 and size <= SINGLE_PUT_BYTES:
+            data = local.read_bytes()
+            if len(data) != size:
+                raise SyncError(f"{local} changed size while syncing; run 'localvault verify'")
+            bucket, name = path.split("/", 1)
+            answer = self.fs.call_s3("put_object", Bucket=bucket, Key=name, Body=data, ContentType=content_type,
+                                     Metadata={"sha256": sha256})
+            etag = str(answer.get("ETag", "")).strip('"')
+            if etag == hashlib.md5(data, usedforsecurity=False).hexdigest():
+                return
+        elif self.is_s3:
+            with open(local, "rb") as reader, self.fs.open(path, "wb", block_size=STREAM_BLOCK, ContentType=content_type,
+                                                         Metadata={"sha256": sha256}) as writer:
+                while chunk := reader.read(STREAM_BLOCK):
+                    writer.write(chunk)
+        else:
+            parent = os.path.dirname(path)
+            if parent:
+                self.fs.makedirs(parent, exist_ok=True)
+            self.fs.put_file(str(local), path)
+        found = self.head(key)
+        if found is None or found.size != size or (found.sha256 is not None and found.sha256 != sha256):
+            raise SyncError(f"the bucket holds a different {key} than was sent; it will be sent again")
+
+    def delete(self, keys: list[str]) -> None:
+        """Remove objects; keys already gone are fine."""
+        if not keys:
+            return
+        paths = [self.path(k) for k in keys]
+        try:
+            self.fs.rm(paths)
+        except FileNotFoundError:
+            for path in paths:
+                try:
+                    self.fs.rm_file(path)
+                except FileNotFoundError:
+                    pass
+        self.fs.invalidate_cache(self.root)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,209 @@
+"""The PostgreSQL target: batched upserts and deletes under the vault user's claims.
+
+Every batch is one transaction that first sets the user's JWT claims and
+``SET LOCAL ROLE authenticated``, so row-level security applies even on a
+privileged connection. Rows travel as one JSON parameter per statement and are
+expanded on the server with ``jsonb_populate_recordset``: one round trip per
+table and batch, no per-row statements.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import psycopg
+
+from ..errors import OfflineError, SyncError
+from . import schema
+
+LIBRARY_COLUMNS = (
+    "id", "user_id", "asset_type", "storage_path", "file_size_bytes", "mime_type", "duration_seconds",
+    "original_prompt", "model_used", "generation_seed", "generation_settings", "title", "tags", "is_favorite",
+    "visibility", "collection_id", "original_asset_id", "thumbnail_path", "width", "height", "sha256",
+    "created_at", "updated_at",
+)
+#: asset_count is never pushed: the server's trigger keeps its own.
+COLLECTION_COLUMNS = ("id", "user_id", "name", "description", "created_at", "updated_at")
+
+#: SQLSTATE classes of a refusal that a retry cannot fix.
+PERMANENT_CLASSES = ("22", "23")
+PERMANENT_CODES = ("42501",)
+
+
+def is_permanent(error: psycopg.Error) -> bool:
+    code = error.sqlstate or ""
+    return code[:2] in PERMANENT_CLASSES or code in PERMANENT_CODES
+
+
+def _upsert_sql(table: str, columns: tuple[str, ...]) -> str:
+    names = ", ".join(columns)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in ("id", "user_id", "created_at"))
+    # Last writer wins on updated_at: a re-sent batch (equal updated_at) or an
+    # older local edit changes nothing (local updated_at grows on every edit).
+    return (
+        f"INSERT INTO public.{table} AS t ({names}) SELECT {names} "
+        f"FROM jsonb_populate_recordset(NULL::public.{table}, %s::jsonb) "
+        f"ON CONFLICT (id) DO UPDATE SET {updates} WHERE t.updated_at < EXCLUDED.updated_at "
+        "RETURNING t.id"
+    )
+
+
+LIBRARY_UPSERT = _upsert_sql("user_library", LIBRARY_COLUMNS)
+COLLECTION_UPSERT = _upsert_sql("user_collections", COLLECTION_COLUMNS)
+# A delete loses against a server row changed after the local delete.
+DELETE_SQL = (
+    "DELETE FROM public.{table} AS t USING jsonb_to_recordset(%s::jsonb) AS d(id uuid, deleted_at timestamptz) "
+    "WHERE t.id = d.id AND t.updated_at <= d.deleted_at RETURNING t.id"
+)
+
+
+@dataclass
+class BatchResult:
+    """What one batch did on the server."""
+
+    written: int = 0
+    deleted: int = 0
+    #: Rows the server kept because its copy was newer (last writer wins).
+    conflicts: int = 0
+    #: (table, row_id) → (sqlstate, message) for changes refused for good.
+    rejected: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    #: Library ids that no longer exist on the server (their objects may go).
+    gone_library_ids: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Changes:
+    """The rows of one batch, in push order."""
+
+    collections: list[dict[str, Any]] = field(default_factory=list)
+    library: list[dict[str, Any]] = field(default_factory=list)
+    library_deletes: list[dict[str, str]] = field(default_factory=list)
+    collection_deletes: list[dict[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.collections) + len(self.library) + len(self.library_deletes) + len(self.collection_deletes)
+
+
+class Remote:
+    """Where a vault syncs to: a PostgreSQL database and a bucket URL (any fsspec URL)."""
+
+    def __init__(self, database_url: str, bucket_url: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.database_url = database_url
+        self.bucket_url = bucket_url
+        self.storage_options = dict(storage_options or {})
+        self._conn: psycopg.Connection[Any] | None = None
+
+    # ------------------------------------------------------- connection
+
+    def connection(self) -> psycopg.Connection[Any]:
+        """An open connection; a dropped one (server restart) is detected and reopened."""
+        if self._conn is not None and (self._conn.closed or self._conn.broken):
+            self._conn = None
+        if self._conn is None:
+            self._conn = schema.connect(self.database_url)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def check(self) -> int:
+        """Connect and check the server's schema version (SchemaVersionError if it differs)."""
+        conn = self.connection()
+        try:
+            version = schema.check_schema_version(conn)
+            conn.rollback()
+            return version
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise OfflineError(f"lost the connection to PostgreSQL: {_first_line(exc)}") from None
+
+    # ------------------------------------------------------------- push
+
+    def apply(self, user_id: str, changes: Changes) -> BatchResult:
+        """Write a batch in one transaction; on a permanent refusal, isolate the refused rows.
+
+        Raises psycopg.OperationalError (connection trouble) for the caller to retry.
+        """
+        try:
+            return self._apply(user_id, changes, isolate=False)
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError) or not is_permanent(exc):
+                raise
+        return self._apply(user_id, changes, isolate=True)
+
+    def _apply(self, user_id: str, changes: Changes, *, isolate: bool) -> BatchResult:
+        conn = self.connection()
+        result = BatchResult()
+        try:
+            with conn.transaction():
+                conn.execute("SELECT set_config('request.jwt.claims', %s, true)",
+                             (json.dumps({"sub": user_id, "role": "authenticated"}),))
+                conn.execute("SET LOCAL ROLE authenticated")
+                steps: list[tuple[str, str, list[dict[str, Any]], bool]] = [
+                    ("user_collections", COLLECTION_UPSERT, changes.collections, False),
+                    ("user_library", LIBRARY_UPSERT, changes.library, False),
+                    ("user_library", DELETE_SQL.format(table="user_library"), changes.library_deletes, True),
+                    ("user_collections", DELETE_SQL.format(table="user_collections"), changes.collection_deletes, True),
+                ]
+                for table, statement, rows, is_delete in steps:
+                    if not rows:
+                        continue
+                    if isolate:
+                        done = self._one_by_one(conn, table, statement, rows, result)
+                    else:
+                        done = [r[0] for r in conn.execute(statement, (json.dumps(rows),)).fetchall()]
+                    if is_delete:
+                        result.deleted += len(done)
+                    else:
+                        result.written += len(done)
+                        result.conflicts += self._newer_on_server(conn, table, rows, done, result)
+                if changes.library_deletes:
+                    wanted = [d["id"] for d in changes.library_deletes]
+                    still = {str(r[0]) for r in conn.execute(
+                        "SELECT id FROM public.user_library WHERE id = ANY(%s::uuid[])", (wanted,))}
+                    result.gone_library_ids = set(wanted) - still
+        except psycopg.Error:
+            if conn.broken:
+                self.close()
+            raise
+        return result
+
+    @staticmethod
+    def _newer_on_server(conn: psycopg.Connection[Any], table: str, rows: list[dict[str, Any]], done: list[Any],
+                         result: BatchResult) -> int:
+        """How many rows were skipped because the server's copy is newer (not merely already there)."""
+        written = {str(d) for d in done}
+        skipped = [{"id": r["id"], "updated_at": r["updated_at"]} for r in rows
+                   if r["id"] not in written and (table, r["id"]) not in result.rejected]
+        if not skipped:
+            return 0
+        row = conn.execute(
+            f"SELECT count(*) FROM public.{table} AS t JOIN jsonb_to_recordset(%s::jsonb) AS s(id uuid, updated_at timestamptz)"
+            " ON t.id = s.id WHERE t.updated_at > s.updated_at", (json.dumps(skipped),)).fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def _one_by_one(conn: psycopg.Connection[Any], table: str, statement: str, rows: Iterable[dict[str, Any]],
+                    result: BatchResult) -> list[Any]:
+        done: list[Any] = []
+        for row in rows:
+            try:
+                with conn.transaction():  # a savepoint
+                    done += [r[0] for r in conn.execute(statement, (json.dumps([row]),)).fetchall()]
+            except psycopg.Error as exc:
+                if isinstance(exc, psycopg.OperationalError) or not is_permanent(exc):
+                    raise
+                result.rejected[(table, row["id"])] = (exc.sqlstate or "", _first_line(exc))
+        return done
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+__all__ = ["Remote", "Changes", "BatchResult", "is_permanent", "SyncError"]

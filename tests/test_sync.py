@@ -1,0 +1,242 @@
+"""Sync against a real PostgreSQL (started by the suite) and a real S3 server (moto)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import boto3
+import psycopg
+import pytest
+from PIL import Image
+
+from localvault import OfflineError, SchemaVersionError, SyncBusyError, Vault
+from localvault.sync import Remote, status
+from localvault.sync.engine import _SyncLock
+
+USER_A = "0a0a0a0a-0000-4000-8000-00000000000a"
+USER_B = "0b0b0b0b-0000-4000-8000-00000000000b"
+
+
+def _image(folder: Path, n: int) -> Path:
+    path = folder / f"img{n}.png"
+    Image.new("RGB", (16, 16), (n % 256, (n // 256) % 256, 7)).save(path)
+    return path
+
+
+@pytest.fixture
+def server(pg_database: str) -> str:
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        for user in (USER_A, USER_B):
+            conn.execute("INSERT INTO auth.users (id, email) VALUES (%s, %s)", (user, f"{user[:4]}@example.com"))
+    return pg_database
+
+
+@pytest.fixture
+def remote(server: str, s3_bucket: Any) -> Remote:
+    target = Remote(server, f"s3://{s3_bucket.name}", s3_bucket.storage_options)
+    yield target
+    target.close()
+
+
+@pytest.fixture
+def vault(tmp_path: Path) -> Vault:
+    v = Vault.create(tmp_path / "vault", user_id=USER_A)
+    yield v
+    v.close()
+
+
+def _fill(vault: Vault, folder: Path, count: int, start: int = 0, collection: str | None = None) -> list[str]:
+    ids = []
+    for n in range(start, start + count):
+        asset = vault.workspace.add(_image(folder, n), prompt=f"prompt {n}", seed=n, model="sdxl")
+        ids.append(vault.library.save(asset.id, title=f"t{n}", tags=["x", f"n{n}"], collection=collection).id)
+    return ids
+
+
+def _server_rows(dsn: str, table: str) -> dict[str, dict[str, Any]]:
+    with psycopg.connect(dsn) as conn:
+        cur = conn.execute(f"SELECT * FROM public.{table}")
+        names = [d.name for d in cur.description]
+        return {str(r[0]): dict(zip(names, r)) for r in cur.fetchall()}
+
+
+def _objects(s3: Any, bucket: str) -> dict[str, int]:
+    client = boto3.client("s3", endpoint_url=s3["client_kwargs"]["endpoint_url"], aws_access_key_id=s3["key"],
+                          aws_secret_access_key=s3["secret"], region_name="us-east-1")
+    out: dict[str, int] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            out[item["Key"]] = item["Size"]
+    return out
+
+
+def assert_mirrors(vault: Vault, remote: Remote, s3_bucket: Any) -> None:
+    """The server equals the local library row for row, and every object matches its file."""
+    local = {a.id: a for a in _all(vault)}
+    rows = _server_rows(remote.database_url, "user_library")
+    assert set(rows) == set(local)
+    for asset_id, asset in local.items():
+        row = rows[asset_id]
+        assert row["title"] == asset.title
+        assert row["tags"] == asset.tags
+        assert row["is_favorite"] == asset.is_favorite
+        assert row["visibility"] == asset.visibility.value
+        assert (str(row["collection_id"]) if row["collection_id"] else None) == asset.collection_id
+        assert row["sha256"] == asset.sha256
+        assert row["updated_at"] == asset.updated_at
+    collections = _server_rows(remote.database_url, "user_collections")
+    assert {c.id: (c.name, c.asset_count) for c in vault.collections.list()} == {
+        k: (v["name"], v["asset_count"]) for k, v in collections.items()}
+    objects = _objects(s3_bucket.storage_options, s3_bucket.name)
+    assert objects == {a.storage_path: a.file_size_bytes for a in local.values()}
+
+
+def _all(vault: Vault) -> list:
+    items, cursor = [], None
+    while True:
+        page = vault.library.list(limit=200, cursor=cursor)
+        items += page.items
+        if not page.next_cursor:
+            return items
+        cursor = page.next_cursor
+
+
+def test_first_and_incremental_push(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path) -> None:
+    vault.collections.create("Foxes")
+    _fill(vault, tmp_path, 5, collection="Foxes")
+    report = vault.sync(remote)
+    assert report.rows_written == 6 and report.files_uploaded == 5 and report.rejected == 0
+    assert_mirrors(vault, remote, s3_bucket)
+    assert status(vault, remote).pending_changes == 0
+
+    _fill(vault, tmp_path, 2, start=100)
+    report = vault.sync(remote)
+    assert report.rows_written == 2 and report.files_uploaded == 2 and report.files_skipped == 0
+    assert_mirrors(vault, remote, s3_bucket)
+
+    again = vault.sync(remote)
+    assert again.rows_written == 0 and again.files_uploaded == 0 and again.pending_changes == 0
+
+
+def test_edit_move_delete_propagate(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path) -> None:
+    vault.collections.create("A")
+    vault.collections.create("B")
+    ids = _fill(vault, tmp_path, 4, collection="A")
+    vault.sync(remote)
+    vault.library.update(ids[0], title="renamed", add_tags=["new"], favorite=True, visibility="public")
+    vault.library.move(ids[1], "B")
+    vault.library.delete(ids[2])
+    vault.collections.rename("B", "Bee")
+    report = vault.sync(remote)
+    assert report.rows_deleted == 1 and report.objects_deleted == 1
+    assert_mirrors(vault, remote, s3_bucket)
+    counts = {r["name"]: r["asset_count"] for r in _server_rows(remote.database_url, "user_collections").values()}
+    assert counts == {"A": 2, "Bee": 1}
+    vault.collections.delete("A")
+    vault.sync(remote)
+    assert_mirrors(vault, remote, s3_bucket)
+
+
+def test_crash_between_commit_and_ack_resends_without_duplicates(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fill(vault, tmp_path, 3)
+    from localvault.sync import engine
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt("simulated crash after the server commit")
+
+    monkeypatch.setattr(engine, "_acknowledge", crash)
+    with pytest.raises(KeyboardInterrupt):
+        vault.sync(remote)
+    assert len(_server_rows(remote.database_url, "user_library")) == 3
+    assert vault.db.conn.execute("SELECT count(*) FROM sync_outbox").fetchone()[0] == 3
+    monkeypatch.undo()
+    report = vault.sync(remote)
+    assert report.files_skipped == 3 and report.files_uploaded == 0
+    assert_mirrors(vault, remote, s3_bucket)
+
+
+def test_server_newer_row_is_kept(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path) -> None:
+    (asset_id,) = _fill(vault, tmp_path, 1)
+    vault.sync(remote)
+    vault.library.update(asset_id, title="local edit")
+    with psycopg.connect(remote.database_url, autocommit=True) as conn:
+        conn.execute("UPDATE public.user_library SET title = 'server edit', updated_at = now() + interval '1 hour' WHERE id = %s",
+                     (asset_id,))
+    report = vault.sync(remote)
+    assert report.conflicts == 1
+    assert _server_rows(remote.database_url, "user_library")[asset_id]["title"] == "server edit"
+
+
+def test_offline_is_clear_and_loses_nothing(vault: Vault, tmp_path: Path, s3_bucket: Any) -> None:
+    _fill(vault, tmp_path, 2)
+    dead = Remote("postgresql://nobody@127.0.0.1:1/none", f"s3://{s3_bucket.name}", s3_bucket.storage_options)
+    with pytest.raises(OfflineError) as caught:
+        vault.sync(dead)
+    assert "cannot connect" in str(caught.value)
+    state = status(vault, dead)
+    assert not state.online and state.pending_changes == 2
+
+
+def test_wrong_schema_version(vault: Vault, remote: Remote, tmp_path: Path) -> None:
+    _fill(vault, tmp_path, 1)
+    with psycopg.connect(remote.database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO localvault.schema_version (version, name) VALUES (999, 'future')")
+    with pytest.raises(SchemaVersionError):
+        vault.sync(remote)
+    assert vault.db.conn.execute("SELECT count(*) FROM sync_outbox").fetchone()[0] == 1
+
+
+def test_second_sync_refuses_while_one_runs(vault: Vault, remote: Remote, tmp_path: Path) -> None:
+    _fill(vault, tmp_path, 1)
+    with _SyncLock(vault.root):
+        with pytest.raises(SyncBusyError):
+            vault.sync(remote)
+
+
+def test_refused_change_is_kept_aside_and_retried(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path) -> None:
+    ids = _fill(vault, tmp_path, 3)
+    # The server refuses titles longer than 20 characters (a constraint the local store lacks).
+    with psycopg.connect(remote.database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE public.user_library ADD CONSTRAINT short_title CHECK (length(title) <= 20)")
+    vault.library.update(ids[1], title="x" * 30)
+    report = vault.sync(remote)
+    assert report.rejected == 1 and report.rows_written == 2
+    state = status(vault, remote)
+    assert [r.row_id for r in state.rejected] == [ids[1]] and "short_title" in state.rejected[0].message
+    assert state.pending_changes == 0
+    vault.library.update(ids[1], title="short")
+    vault.sync(remote, retry_rejected=True)
+    assert status(vault, remote).rejected == []
+    assert_mirrors(vault, remote, s3_bucket)
+
+
+def test_dry_run_changes_nothing(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path) -> None:
+    _fill(vault, tmp_path, 2)
+    report = vault.sync(remote, dry_run=True)
+    assert report.rows_written == 2 and report.files_uploaded == 2
+    assert _server_rows(remote.database_url, "user_library") == {}
+    assert _objects(s3_bucket.storage_options, s3_bucket.name) == {}
+    assert status(vault, remote).pending_changes == 2
+
+
+def test_rls_blocks_crafted_rows_of_another_user(vault: Vault, remote: Remote, tmp_path: Path) -> None:
+    """A vault of user A whose row carries B's asset id gets it refused (RLS), and B's row is untouched."""
+    (a_id,) = _fill(vault, tmp_path, 1)
+    vault.sync(remote)
+    other = Vault.create(tmp_path / "vault-b", user_id=USER_B)
+    (b_id,) = _fill(other, tmp_path, 1, start=50)
+    other.sync(remote)
+    other.close()
+    with vault.db.write() as conn:  # forge: A's row now claims B's id
+        conn.execute("UPDATE user_library SET id = ?, title = 'stolen' WHERE id = ?", (b_id, a_id))
+    report = vault.sync(remote)
+    assert report.rejected == 1
+    state = status(vault, remote)
+    assert state.rejected[0].row_id == b_id and state.rejected[0].sqlstate == "42501"
+    rows = {str(k): v for k, v in _server_rows(remote.database_url, "user_library").items()}
+    assert str(rows[b_id]["user_id"]) == USER_B and rows[b_id]["title"] == "t50"
