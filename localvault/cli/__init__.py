@@ -26,6 +26,9 @@ class VaultGroup(click.Group):
             except LocalVaultError as exc:
                 output.error(str(exc))
                 ctx.exit(exc.exit_code)
+            except OSError as exc:  # a file the user named could not be read or written
+                output.error(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+                ctx.exit(8)
             except KeyboardInterrupt:
                 output.error("interrupted")
                 ctx.exit(130)

@@ -1,1 +1,123 @@
-"""Commands of the sync: schema apply, remote set, sync, status (filled in with the sync)."""
+"""Commands of the sync: schema apply, remote set, sync, status."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..errors import InvalidInputError
+from . import Context, main, output, pass_ctx
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@main.group()
+def schema() -> None:
+    """The server's schema."""
+
+
+@schema.command(name="apply")
+@click.option("--database-url", required=True, envvar="LOCALVAULT_DATABASE_URL", help="postgresql://… of the server.")
+@json_option
+def schema_apply(database_url: str, as_json: bool) -> None:
+    """Create or upgrade the server's tables, RLS, buckets and policies (idempotent)."""
+    from ..sync import apply_schema
+
+    result = apply_schema(database_url, progress=None if as_json else (lambda m: output.console.print(m, highlight=False)))
+    if as_json:
+        output.print_json(result)
+    else:
+        applied = ", ".join(str(v) for v in result.applied) or "nothing (already up to date)"
+        output.console.print(f"{result.flavour}: schema version {result.version}; applied {applied}")
+
+
+@main.group()
+def remote() -> None:
+    """Where sync pushes to."""
+
+
+@remote.command(name="set")
+@click.option("--database-url", required=True, help="postgresql://user:password@host:port/db")
+@click.option("--bucket", "bucket_url", required=True, help="fsspec URL of the user-library bucket, e.g. s3://user-library")
+@click.option("--endpoint-url", help="S3 endpoint (Supabase Storage, MinIO, R2…).")
+@click.option("--key", help="S3 access key id.")
+@click.option("--secret", help="S3 secret access key.")
+@click.option("--region", help="S3 region.")
+@click.option("--option", "options", multiple=True, help="Extra storage option KEY=JSON_VALUE (repeatable).")
+@pass_ctx
+def remote_set(ctx: Context, database_url: str, bucket_url: str, endpoint_url: str | None, key: str | None,
+               secret: str | None, region: str | None, options: tuple[str, ...]) -> None:
+    """Remember the remote in localvault.toml (readable only by you)."""
+    storage: dict[str, object] = {}
+    if key:
+        storage["key"] = key
+    if secret:
+        storage["secret"] = secret
+    client: dict[str, str] = {}
+    if endpoint_url:
+        client["endpoint_url"] = endpoint_url
+    if region:
+        client["region_name"] = region
+    if client:
+        storage["client_kwargs"] = client
+    for item in options:
+        name, _, value = item.partition("=")
+        if not name or not _:
+            raise InvalidInputError(f"--option {item!r} must look like KEY=VALUE")
+        try:
+            storage[name] = json.loads(value)
+        except json.JSONDecodeError:
+            storage[name] = value
+    ctx.vault().set_remote(database_url, bucket_url, storage)
+    output.console.print(f"remote set: {bucket_url}")
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Show what would be pushed; change nothing.")
+@click.option("--retry-rejected", is_flag=True, help="Send again the changes the server refused before.")
+@json_option
+@pass_ctx
+def sync(ctx: Context, dry_run: bool, retry_rejected: bool, as_json: bool) -> None:
+    """Push the library (rows and files) to the remote; resumes after any interruption.
+
+    Exit codes: 0 done, 10 offline (nothing lost; run again later), 12 another sync is running.
+    """
+    from ..sync import push
+
+    vault = ctx.vault()
+    with output.progress_bars(not as_json, with_bytes=True) as progress:
+        result = push(vault, dry_run=dry_run, retry_rejected=retry_rejected, progress=progress)
+    if as_json:
+        output.print_json(result)
+        return
+    verb = "would push" if dry_run else "pushed"
+    output.console.print(
+        f"{verb} {result.rows_written} rows, deleted {result.rows_deleted}; uploaded {result.files_uploaded} files "
+        f"({result.bytes_uploaded:,} bytes), {result.files_skipped} already there; "
+        f"{result.conflicts} kept newer on server; {result.rejected} refused", highlight=False)
+    if result.rejected:
+        output.warning("some changes were refused by the server; see 'localvault status'")
+
+
+@main.command()
+@click.option("--offline", is_flag=True, help="Do not try to reach the remote.")
+@json_option
+@pass_ctx
+def status(ctx: Context, offline: bool, as_json: bool) -> None:
+    """Online or offline, pending changes, refused changes, last sync, remote."""
+    from ..sync import status as sync_status
+
+    state = sync_status(ctx.vault(), check_online=not offline)
+    if as_json:
+        output.print_json(state)
+        return
+    output.console.print(f"remote: {state.remote or 'not set'}", highlight=False)
+    output.console.print("online" if state.online else f"offline: {state.offline_reason}", highlight=False)
+    output.console.print(f"pending changes: {state.pending_changes}")
+    output.console.print(f"last sync: {state.last_sync or 'never'}")
+    for item in state.rejected:
+        output.console.print(f"refused {item.table_name} {item.row_id} ({item.op}): [{item.sqlstate}] {item.message}",
+                             highlight=False)
+    if state.rejected:
+        output.console.print("fix them, then run 'localvault sync --retry-rejected'")
