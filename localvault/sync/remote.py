@@ -111,15 +111,22 @@ class Remote:
             self._conn = None
 
     def check(self) -> int:
-        """Connect and check the server's schema version (SchemaVersionError if it differs)."""
-        conn = self.connection()
-        try:
-            version = schema.check_schema_version(conn)
-            conn.rollback()
-            return version
-        except psycopg.OperationalError as exc:
-            self.close()
-            raise OfflineError(f"lost the connection to PostgreSQL: {_first_line(exc)}") from None
+        """Connect and check the server's schema version (SchemaVersionError if it differs).
+
+        A connection dropped since its last use (a server restart) is reopened
+        once, transparently; a server that cannot be reached is OfflineError.
+        """
+        for attempt in (1, 2):
+            conn = self.connection()
+            try:
+                version = schema.check_schema_version(conn)
+                conn.rollback()
+                return version
+            except psycopg.OperationalError as exc:
+                self.close()
+                if attempt == 2:
+                    raise OfflineError(f"lost the connection to PostgreSQL: {_first_line(exc)}") from None
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------- push
 
