@@ -1,0 +1,120 @@
+"""The issue-2 CLI tour, end to end through click, plus the one-line error contract."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from localvault import Vault
+from localvault import db as db_module
+from localvault.cli import main
+
+USER = "6f1c0000-0000-4000-8000-000000000001"
+
+
+def _png(path: Path, shade: int) -> Path:
+    Image.new("RGB", (24, 24), (shade, 10, 200)).save(path)
+    return path
+
+
+@pytest.fixture
+def cli(tmp_path: Path):
+    runner = CliRunner()
+    vault_path = tmp_path / "vault"
+
+    def run(*args: str, code: int = 0) -> str:
+        result = runner.invoke(main, ["--vault", str(vault_path), *args], catch_exceptions=False)
+        assert result.exit_code == code, (args, result.output, result.stderr if hasattr(result, "stderr") else "")
+        return result.output
+
+    run("init", "--user", USER)
+    return run
+
+
+def test_tour(cli, tmp_path: Path) -> None:
+    first = json.loads(cli("add", str(_png(tmp_path / "a.png", 1)), "--seed", "42", "--prompt", "a red fox",
+                           "--model", "sdxl", "--json"))
+    assert first["generation_seed"] == 42 and first["model_used"] == "sdxl" and first["user_id"] == USER
+    second = json.loads(cli("add", str(_png(tmp_path / "b.png", 2)), "--job", first["job_id"], "--json"))
+    assert second["job_id"] == first["job_id"] and second["asset_index"] == 1
+    listing = json.loads(cli("ls", "workspace", "--json"))
+    assert [i["id"] for i in listing["items"]] == [second["id"], first["id"]]
+
+    collection = json.loads(cli("collections", "create", "Foxes", "--description", "red ones", "--json"))
+    kept = json.loads(cli("save", first["id"], "--title", "Fox", "--tag", "a", "--tag", "b", "--collection", "Foxes",
+                          "--favorite", "--json"))
+    assert kept["collection_id"] == collection["id"] and kept["tags"] == ["a", "b"] and kept["is_favorite"]
+    found = json.loads(cli("ls", "library", "--tag", "a", "--favorite", "--collection", "Foxes", "--search", "fox", "--json"))
+    assert [i["id"] for i in found["items"]] == [kept["id"]]
+    assert json.loads(cli("collections", "ls", "--json"))[0]["asset_count"] == 1
+
+    cli("collections", "create", "Other")
+    updated = json.loads(cli("update", kept["id"], "--title", "Fox 2", "--add-tag", "c", "--remove-tag", "a",
+                             "--visibility", "public", "--move-to", "Other", "--json"))
+    assert updated["title"] == "Fox 2" and updated["tags"] == ["b", "c"] and updated["visibility"] == "public"
+    counts = {c["name"]: c["asset_count"] for c in json.loads(cli("collections", "ls", "--json"))}
+    assert counts == {"Foxes": 0, "Other": 1}
+    cli("collections", "rename", "Other", "Renamed")
+    cli("collections", "delete", "Renamed")
+    assert json.loads(cli("ls", "library", "--json"))["items"][0]["collection_id"] is None
+
+    out = tmp_path / "out"
+    out.mkdir()
+    cli("export", kept["id"], str(out))
+    assert (out / f"{kept['id']}.png").read_bytes() == (tmp_path / "a.png").read_bytes()
+    assert "clean" in cli("verify")
+    assert "prompt" in cli("show", first["id"]) or "original_prompt" in cli("show", first["id"])
+    cli("rm", kept["id"])
+    cli("rm", second["id"])
+    assert json.loads(cli("ls", "library", "--json"))["items"] == []
+    assert len(json.loads(cli("ls", "workspace", "--json"))["items"]) == 1
+    assert "removed 0" in cli("cleanup")
+
+
+def test_paging_with_cursor(cli, tmp_path: Path) -> None:
+    for n in range(5):
+        cli("add", str(_png(tmp_path / f"p{n}.png", n)))
+    seen, cursor = [], None
+    while True:
+        args = ["ls", "workspace", "--limit", "2", "--json"] + (["--cursor", cursor] if cursor else [])
+        page = json.loads(cli(*args))
+        seen += [i["id"] for i in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert len(seen) == len(set(seen)) == 5
+
+
+@pytest.mark.parametrize(
+    "args, code, needle",
+    [
+        (["rm", "not-a-uuid"], 3, "not a valid UUID"),
+        (["rm", "00000000-0000-4000-8000-000000000000"], 2, "no asset"),
+        (["collections", "delete", "nope"], 2, "no collection"),
+        (["add", "/nonexistent/file.png"], 8, "not a file"),
+    ],
+)
+def test_errors_are_one_line_and_exit_codes(cli, args, code, needle) -> None:
+    output = cli(*args, code=code)
+    assert needle in output and "Traceback" not in output and len(output.strip().splitlines()) == 1
+
+
+def test_missing_vault_is_a_clear_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["--vault", str(tmp_path / "none"), "ls"])
+    assert result.exit_code == 2 and "no vault at" in result.output and "Traceback" not in result.output
+
+
+def test_network_filesystem_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Mounting NFS is impossible here; the mount-table lookup is the one thing faked.
+    monkeypatch.setattr(db_module, "_filesystem_type", lambda path: "nfs4")
+    with pytest.warns(db_module.NetworkFilesystemWarning, match="network filesystem"):
+        Vault.create(tmp_path / "v").close()
+
+
+def test_filesystem_type_reads_the_mount_table(tmp_path: Path) -> None:
+    assert db_module._filesystem_type(tmp_path) not in (None, "")
