@@ -14,6 +14,7 @@ import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
@@ -108,6 +109,16 @@ class _SyncLock:
             os.close(self.fd)
 
 
+@contextmanager
+def _closing(target: Remote | None) -> Iterator[None]:
+    """Close a Remote that push() opened itself (a caller's Remote stays open for reuse)."""
+    try:
+        yield
+    finally:
+        if target is not None:
+            target.close()
+
+
 def _retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | None = None) -> T:
     """Run ``action``, retrying connection trouble with backoff; OfflineError when it persists."""
     for delay in (*RETRY_DELAYS, None):
@@ -135,7 +146,7 @@ def push(vault: "Vault", remote: Remote | None = None, *, dry_run: bool = False,
     started = time.monotonic()
     target = remote_for(vault, remote)
     result = SyncReport(dry_run=dry_run)
-    with _SyncLock(vault.root):
+    with _SyncLock(vault.root), _closing(target if remote is None else None):
         target.check()
         if retry_rejected and not dry_run:
             _requeue_rejected(vault)
