@@ -188,6 +188,11 @@ class Database:
             raise _storage_error(exc, self.path) from None
         try:
             yield conn
+        except sqlite3.OperationalError as exc:
+            # A read-only vault, a full disk, a lock lost mid-transaction: a LocalVaultError, not a raw sqlite3 one.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise _storage_error(exc, self.path) from exc
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

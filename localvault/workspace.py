@@ -18,6 +18,34 @@ from .ingest import Prepared, prepare
 from .models import GenerationInfo, Page, WorkspaceAsset
 from .progress import ProgressCallback, report
 
+from typing import TYPE_CHECKING, Iterator  # noqa: E402
+
+from .files import StagedFile  # noqa: E402
+from .media import MediaFacts  # noqa: E402
+
+if TYPE_CHECKING:  # the importer is loaded on first use
+    from .importer import ImportReport
+
+_INSERT = ("INSERT INTO workspace_assets (id, user_id, asset_type, temp_storage_path, file_size_bytes, mime_type,"
+           " duration_seconds, job_id, asset_index, generation_seed, original_prompt, model_used,"
+           " generation_settings, width, height, sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """A file staged without fsync (``FileStore.stage(..., sync=False)``) for :meth:`Workspace.add_batch`.
+
+    The values are already validated (``models.check_*``); ``settings_json`` is JSON text.
+    """
+
+    staged: StagedFile
+    facts: MediaFacts
+    job_id: str
+    seed: int
+    prompt: str
+    model: str
+    settings_json: str
+
 UNKNOWN_MODEL = "unknown"
 CLEANUP_BATCH = 500
 
@@ -119,6 +147,98 @@ class Workspace:
     def _by_sha256(self, conn: sqlite3.Connection, sha256: str) -> str | None:
         row = conn.execute("SELECT id FROM workspace_assets WHERE user_id = ? AND sha256 = ?", (self.user_id, sha256)).fetchone()
         return row[0] if row else None
+
+    def import_folder(
+        self,
+        path: str | Path,
+        *,
+        recursive: bool = False,
+        mode: str = "copy",
+        model: str | None = None,
+        prompt: str | None = None,
+        progress: ProgressCallback | None = None,
+        workers: int | None = None,
+    ) -> "ImportReport":
+        """Import every image and video of a rig's output folder (``mode``: "copy", "move" or "link").
+
+        Idempotent: a file whose bytes this user already has (workspace or
+        library) is skipped as a duplicate. Metadata is read from each file;
+        ``model``/``prompt`` fill only what a file lacks. Files of one run share
+        a job id (see :mod:`localvault.importer`). A refused file is reported
+        with its reason and never stops the rest. ``--move`` deletes a source
+        only after its row is committed.
+        """
+        from .importer import import_folder
+
+        return import_folder(self._db, self._files, self.user_id, path, recursive=recursive, mode=mode,  # type: ignore[arg-type]
+                             model=model, prompt=prompt, progress=progress, workers=workers)
+
+    def add_batch(self, entries: list[BatchEntry], *,
+                  io_map: Callable[..., Iterator[Any]] = map) -> list[tuple[str, int] | None]:
+        """Commit many staged files in one transaction: ``(asset id, index)`` per entry, None for a duplicate.
+
+        In one ``BEGIN IMMEDIATE`` transaction: skip files this user already
+        has (workspace or library), give each file the next free index of its
+        job (in the order given), rename the files into place (``io_map`` may
+        be a thread pool's ``map``), make files and folders durable (one
+        ``syncfs``; else an fsync per file and per folder), then insert every
+        row and commit. A row never points at a missing or unsynced file; on
+        any error nothing is recorded and every file is removed.
+        """
+        if not entries:
+            return []
+        user = self.user_id
+        out: list[tuple[str, int] | None] = [None] * len(entries)
+        moves: list[tuple[StagedFile, str]] = []
+        try:
+            with self._db.write() as conn:
+                hashes = [e.staged.sha256 for e in entries]
+                marks = ",".join("?" * len(hashes))
+                taken = {r[0] for r in conn.execute(
+                    f"SELECT sha256 FROM workspace_assets WHERE user_id = ? AND sha256 IN ({marks}) UNION "
+                    f"SELECT sha256 FROM user_library WHERE user_id = ? AND sha256 IN ({marks})",
+                    (user, *hashes, user, *hashes))}
+                jobs = sorted({e.job_id for e in entries})
+                next_index = {job: 0 for job in jobs}
+                next_index.update(conn.execute(
+                    f"SELECT job_id, max(asset_index) + 1 FROM workspace_assets WHERE user_id = ? AND job_id IN"
+                    f" ({','.join('?' * len(jobs))}) GROUP BY job_id", (user, *jobs)).fetchall())
+                values = []
+                for position, entry in enumerate(entries):
+                    if entry.staged.sha256 in taken:
+                        continue
+                    taken.add(entry.staged.sha256)
+                    index = next_index[entry.job_id]
+                    next_index[entry.job_id] = index + 1
+                    relative = f"{user}/{entry.job_id}/{index}.{entry.facts.media_type.extension}"
+                    asset_id = str(uuid.uuid4())
+                    moves.append((entry.staged, relative))
+                    out[position] = (asset_id, index)
+                    facts = entry.facts
+                    values.append((asset_id, user, facts.media_type.asset_type.value, relative, entry.staged.size,
+                                   facts.media_type.value, facts.duration_seconds, entry.job_id, index, entry.seed,
+                                   entry.prompt, entry.model, entry.settings_json, facts.width, facts.height,
+                                   entry.staged.sha256))
+                folders = sorted({relative.rsplit("/", 1)[0] for _s, relative in moves})
+                for _ in io_map(lambda f: self._files.fs.makedirs(self._files.full_path(WORKSPACE_BUCKET, f),
+                                                                  exist_ok=True), folders):
+                    pass
+                for _ in io_map(lambda move: self._files.commit(move[0], move[1], sync_dir=False), moves):
+                    pass
+                if not self._files.syncfs():
+                    self._files.sync_files(WORKSPACE_BUCKET, [relative for _s, relative in moves], io_map)
+                    self._files.sync_dirs(WORKSPACE_BUCKET, {user, *folders})
+                conn.executemany(_INSERT, values)
+        except BaseException:
+            for staged, relative in moves:
+                self._files.remove(WORKSPACE_BUCKET, relative)
+            for entry in entries:
+                self._files.discard(entry.staged)
+            raise
+        for entry, result in zip(entries, out):
+            if result is None:
+                self._files.discard(entry.staged)
+        return out
 
     # ---------------------------------------------------------------- read
 
@@ -243,4 +363,4 @@ def _settings_from(info: GenerationInfo) -> dict[str, Any]:
     return settings
 
 
-__all__ = ["Workspace", "CleanupReport", "UNKNOWN_MODEL"]
+__all__ = ["Workspace", "CleanupReport", "BatchEntry", "UNKNOWN_MODEL"]

@@ -1,1 +1,129 @@
-"""Commands that take generations in: import and watch (filled in with the importer)."""
+"""Commands that take generations in: ``import`` (a folder, once) and ``watch`` (a folder, live)."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import click
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
+                           TimeElapsedColumn, TransferSpeedColumn)
+from rich.text import Text
+
+from ..importer import ImportReport
+from ..progress import ProgressCallback, ProgressEvent
+from . import Context, main, output, pass_ctx
+
+mode_options = [
+    click.option("--copy", "mode", flag_value="copy", default=True, help="Copy files into the vault (default)."),
+    click.option("--move", "mode", flag_value="move", help="Delete each source once its row is committed."),
+    click.option("--link", "mode", flag_value="link", help="Hard-link instead of copying (same filesystem; else copy)."),
+]
+
+
+def _with_modes(command):  # type: ignore[no-untyped-def]
+    for option in reversed(mode_options):
+        command = option(command)
+    return command
+
+
+class _FilesPerSecond(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} files/s" if speed else "– files/s", style="progress.data.speed")
+
+
+@contextmanager
+def _import_bar(enabled: bool) -> Iterator[ProgressCallback | None]:
+    """Two rows on stderr: files (count, files/s) and bytes (size, bytes/s)."""
+    if not enabled or not output.err_console.is_terminal:
+        yield None
+        return
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _FilesPerSecond(),
+                  TimeElapsedColumn(), console=output.err_console) as files_bar, \
+            Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                     console=output.err_console) as bytes_bar:
+        files_task = files_bar.add_task("files", total=None)
+        bytes_task = bytes_bar.add_task("bytes", total=None)
+
+        def on_event(event: ProgressEvent) -> None:
+            files_bar.update(files_task, advance=event.advance, total=event.total)
+            bytes_bar.update(bytes_task, advance=event.bytes_advance, total=event.bytes_total)
+
+        yield on_event
+
+
+def _print_summary(result: ImportReport, verb: str = "import") -> None:
+    rate = f" in {result.seconds:.1f} s" if result.seconds else ""
+    output.console.print(f"{verb}: {result.summary()}{rate}", highlight=False)
+    if result.imported and not result.duplicates and not result.refused:
+        return
+    if result.duplicates and not result.imported:
+        output.console.print("nothing new: every file is already in this vault", highlight=False)
+    for path, reason in sorted(result.refused.items()):
+        output.console.print(f"  refused {path}: {reason}", highlight=False, soft_wrap=True)
+
+
+@main.command(name="import")
+@click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--recursive", "-r", is_flag=True, help="Also import files in sub-folders.")
+@_with_modes
+@click.option("--model", help="Model for files whose metadata does not name one (else \"unknown\").")
+@click.option("--prompt", help="Prompt for files whose metadata has none (else \"\").")
+@click.option("--workers", type=click.IntRange(1, 64), help="Threads hashing and copying (default: 4 per core, ≤ 16).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@pass_ctx
+def import_(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | None, prompt: str | None,
+            workers: int | None, as_json: bool, no_progress: bool) -> None:
+    """Import a rig's output folder into the workspace (files already in the vault are skipped)."""
+    vault = ctx.vault()
+    with _import_bar(not as_json and not no_progress) as progress:
+        result = vault.workspace.import_folder(folder, recursive=recursive, mode=mode, model=model, prompt=prompt,
+                                               progress=progress, workers=workers)
+    if as_json:
+        output.print_json({"imported": result.imported, "duplicates": result.duplicates, "refused": result.refused,
+                           "ignored": result.ignored, "bytes_imported": result.bytes_imported,
+                           "seconds": round(result.seconds, 3)})
+    else:
+        _print_summary(result)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--recursive", "-r", is_flag=True, help="Also watch sub-folders.")
+@_with_modes
+@click.option("--model", help="Model for files whose metadata does not name one.")
+@click.option("--prompt", help="Prompt for files whose metadata has none.")
+@click.option("--quiet", "-q", is_flag=True, help="No line per file; only the summary at the end.")
+@pass_ctx
+def watch(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | None, prompt: str | None,
+          quiet: bool) -> None:
+    """Import files as a rig writes them, until Ctrl-C; then print a summary."""
+    from ..watch import WatchEvent, Watcher
+
+    def on_event(event: WatchEvent) -> None:
+        if quiet:
+            return
+        if event.kind == "imported":
+            output.console.print(f"imported {event.path} → {event.asset_id}", highlight=False)
+        elif event.kind == "duplicate":
+            output.console.print(f"already in the vault: {event.path}", highlight=False)
+        elif event.kind in ("refused", "error"):
+            output.warning(f"{event.kind} {event.path}: {event.message}")
+        else:
+            output.warning(f"{event.path}: {event.kind.replace('_', ' ')}")
+
+    watcher = Watcher(ctx.vault(), folder, mode=mode, recursive=recursive, model=model, prompt=prompt,  # type: ignore[arg-type]
+                      on_event=on_event)
+    watcher.start()
+    output.err_console.print(f"watching {watcher.folder} (Ctrl-C to stop)", highlight=False)
+    try:
+        while watcher.running:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    result = watcher.stop()
+    _print_summary(result, verb="watch")

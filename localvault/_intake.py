@@ -1,0 +1,138 @@
+"""How an import finds files and groups them into jobs (used by :mod:`localvault.importer` and the watcher).
+
+Files: regular files with a known extension; hidden and temporary names
+(``.x``, ``x.tmp``, ``x.part``, ``x.crdownload``, ``x~``) are ignored; a
+symbolic link leading outside the folder, or a path with ``..``, is refused.
+
+Jobs: a file carrying a run id joins ``uuid5(JOB_NAMESPACE, "<user>/run/<run id>")``.
+Other files with metadata, offered in ``(mtime, path)`` order, stay in the
+current job while prompt, negative prompt, model and settings (all but seeds
+and raw ComfyUI graphs) are equal and each is written within
+``JOB_WINDOW_SECONDS`` (60 s) of the previous one; a new job's id is
+``uuid5(JOB_NAMESPACE, "<user>/sha256/<its first file's sha256>")``. A file
+without any metadata is a job of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat as _stat
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .models import GenerationInfo
+
+JOB_WINDOW_SECONDS = 60.0
+#: Namespace of job ids derived from run ids or first files (never change it: ids must stay stable).
+JOB_NAMESPACE = uuid.UUID("6f0c2a5e-8f7e-5a61-9a43-0c1c6a1d7b21")
+TEMP_SUFFIXES = (".tmp", ".part", ".crdownload", "~", ".partial", ".download")
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".mp4")
+_GROUP_IGNORED = ("comfyui_prompt", "comfyui_workflow")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A file found by the scan: its path, size and modification time."""
+
+    path: str
+    size: int
+    mtime: float
+
+
+def is_ignored_name(name: str) -> bool:
+    """Hidden and temporary names (``.x``, ``x.tmp``, ``x.part``, ``x.crdownload``, ``x~``) are never imported."""
+    lower = name.lower()
+    return name.startswith(".") or lower.endswith(TEMP_SUFFIXES)
+
+
+def is_candidate_name(name: str) -> bool:
+    """A name an import considers: not hidden or temporary, with a known media extension."""
+    return not is_ignored_name(name) and os.path.splitext(name)[1].lower() in EXTENSIONS
+
+
+def check_path(path: str | os.PathLike[str], root: Path) -> tuple[Candidate | None, str | None]:
+    """(candidate, None) for an importable file under ``root``, (None, reason) when refused, (None, None) to ignore."""
+    text = os.fspath(path)
+    if ".." in Path(text).parts:
+        return None, "the path contains '..'; give a path inside the folder"
+    try:
+        st = os.lstat(text)
+        if _stat.S_ISLNK(st.st_mode):
+            target = Path(os.path.realpath(text))
+            if not target.is_relative_to(root):
+                return None, f"symbolic link leads outside the folder (to {target}); not followed"
+            st = os.stat(text)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"cannot read it: {exc.strerror or exc}"
+    if not _stat.S_ISREG(st.st_mode):
+        return None, None
+    return Candidate(text, st.st_size, st.st_mtime), None
+
+
+def scan(folder: Path, recursive: bool = False) -> tuple[list[Candidate], dict[str, str], int]:
+    """Candidates of ``folder`` sorted by (mtime, path), refused paths with reasons, and the ignored count."""
+    root = folder.resolve()
+    found: list[Candidate] = []
+    refused: dict[str, str] = {}
+    ignored = 0
+    stack = [str(folder)]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError as exc:
+            refused[current] = f"cannot list the folder: {exc.strerror or exc}"
+            continue
+        for entry in entries:
+            if is_ignored_name(entry.name):
+                ignored += 1
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                if recursive:
+                    stack.append(entry.path)
+                continue
+            if not is_candidate_name(entry.name):
+                ignored += 1
+                continue
+            candidate, reason = check_path(entry.path, root)
+            if candidate is not None:
+                found.append(candidate)
+            elif reason is not None:
+                refused[entry.path] = reason
+            else:
+                ignored += 1
+    found.sort(key=lambda c: (c.mtime, c.path))
+    return found, refused, ignored
+
+
+class JobGrouper:
+    """Gives each file its job id by the documented rule (module docstring); keeps state across calls."""
+
+    def __init__(self, user_id: str, window: float = JOB_WINDOW_SECONDS) -> None:
+        self.user_id = user_id
+        self.window = window
+        self._last: tuple[str, float, str] | None = None  # (group key, mtime, job id)
+
+    def job_for(self, info: GenerationInfo, sha256: str, mtime: float) -> str:
+        """The job id of a file, given files are offered in (mtime, path) order."""
+        if info.run_id:
+            return str(uuid.uuid5(JOB_NAMESPACE, f"{self.user_id}/run/{info.run_id}"))
+        if info.source == "none" and not info.prompt and not info.model:
+            return str(uuid.uuid5(JOB_NAMESPACE, f"{self.user_id}/sha256/{sha256}"))
+        key = group_key(info)
+        if self._last is not None and self._last[0] == key and 0 <= mtime - self._last[1] <= self.window:
+            job = self._last[2]
+        else:
+            job = str(uuid.uuid5(JOB_NAMESPACE, f"{self.user_id}/sha256/{sha256}"))
+        self._last = (key, mtime, job)
+        return job
+
+
+def group_key(info: GenerationInfo) -> str:
+    """What files of one run share: prompt, negative prompt, model, settings without seeds and raw graphs."""
+    settings = {k: v for k, v in info.settings.items() if "seed" not in k.lower() and k not in _GROUP_IGNORED}
+    return json.dumps([info.prompt, info.negative_prompt, info.model, settings], sort_keys=True, default=str)

@@ -1,0 +1,309 @@
+"""Every refusal raises its specific LocalVaultError subclass and leaves no row and no file behind."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+import localvault.files
+import localvault.ingest
+import localvault.media
+from conftest import USER_B, image_bytes, mp4_bytes, table_counts, vault_files, write_media
+from localvault import (
+    DuplicateError,
+    EmptyFileError,
+    FileTooLargeError,
+    InvalidInputError,
+    LocalVaultError,
+    NotFoundError,
+    StorageError,
+    UnsupportedMediaError,
+    Vault,
+)
+from localvault.models import MAX_FILE_BYTES, MAX_SEED, MAX_TAGS
+
+GOOD_UUID = "12345678-1234-4123-8123-123456789abc"
+
+
+@dataclass
+class Ctx:
+    vault: Vault
+    other: Vault
+    src: Path
+    saved_ws: Any  # a workspace asset already saved to the library
+    fresh_ws: Any  # a workspace asset not saved yet
+    kept: Any  # the library asset saved from saved_ws
+    direct: Any  # a library asset added directly
+    theirs: Any  # another user's collection
+    ro: Vault  # the same vault opened read-only
+    cursor: str  # a valid next_cursor of a plain workspace listing
+    search_cursor: str  # a valid next_cursor of a library search
+
+    def file(self, name: str, data: bytes) -> Path:
+        path = self.src / name
+        path.write_bytes(data)
+        return path
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    base = tmp_path_factory.mktemp("bad-input")
+    vault = Vault.create(base / "vault")
+    other = Vault.open(base / "vault", user_id=USER_B)
+    src = base / "src"
+    saved_ws = vault.workspace.add(write_media(src, "png", 1), prompt="fox one")
+    fresh_ws = vault.workspace.add(write_media(src, "jpg", 2), prompt="fox two")
+    vault.workspace.add(write_media(src, "webp", 3), prompt="fox three")
+    vault.collections.create("Mine")
+    kept = vault.library.save(saved_ws.id, title="kept", collection="Mine")
+    direct = vault.library.add(write_media(src, "mp4", 4), prompt="fox four")
+    theirs = other.collections.create("Theirs")
+    cursor = vault.workspace.list(limit=1).next_cursor
+    search_cursor = vault.library.list(search="fox", limit=1).next_cursor
+    assert cursor and search_cursor
+    ro = Vault.open(base / "vault", readonly=True)
+    yield Ctx(vault, other, src, saved_ws, fresh_ws, kept, direct, theirs, ro, cursor, search_cursor)
+    ro.close()
+    other.close()
+    vault.close()
+
+
+def _png(seed: int) -> bytes:
+    return image_bytes("png", 1000 + seed)
+
+
+def _tree(root: Path) -> set[str]:
+    """Every folder under the vault (a refused add must not leave an empty job folder either)."""
+    return {os.path.relpath(folder, root) for folder, _dirs, _names in os.walk(root)}
+
+
+Case = Callable[[Ctx], Any]
+
+CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
+    # ---- media type, wholeness, size
+    "png named .jpg": (UnsupportedMediaError, lambda c: c.vault.workspace.add(c.file("a.jpg", _png(1)))),
+    "png named .jpg (library)": (UnsupportedMediaError, lambda c: c.vault.library.add(c.file("b.jpg", _png(2)))),
+    "jpeg named .png": (UnsupportedMediaError, lambda c: c.vault.workspace.add(c.file("c.png", image_bytes("jpg", 3)))),
+    "mp4 named .webp": (UnsupportedMediaError, lambda c: c.vault.workspace.add(c.file("d.webp", mp4_bytes(4)))),
+    "truncated png": (UnsupportedMediaError, lambda c: c.vault.workspace.add(c.file("t.png", _png(5)[:-20]))),
+    "truncated png (library)": (UnsupportedMediaError, lambda c: c.vault.library.add(c.file("t2.png", _png(6)[:200]))),
+    "truncated jpeg": (UnsupportedMediaError,
+                       lambda c: c.vault.workspace.add(c.file("t.jpg", image_bytes("jpg", 7, (64, 64))[:-300]))),
+    "truncated webp": (UnsupportedMediaError, lambda c: c.vault.workspace.add(c.file("t.webp", image_bytes("webp", 8)[:-40]))),
+    "truncated mp4": (UnsupportedMediaError, lambda c: c.vault.workspace.add(c.file("t.mp4", mp4_bytes(9)[:-17]))),
+    "mp4 cut inside moov": (UnsupportedMediaError, lambda c: c.vault.library.add(c.file("t2.mp4", mp4_bytes(10)[:100]))),
+    "zero-byte png": (EmptyFileError, lambda c: c.vault.workspace.add(c.file("empty.png", b""))),
+    "zero-byte mp4 (library)": (EmptyFileError, lambda c: c.vault.library.add(c.file("empty.mp4", b""))),
+    "text named .mp4": (UnsupportedMediaError, lambda c: c.vault.workspace.add(c.file("notes.mp4", b"just some text\n" * 20))),
+    "text named .png (library)": (UnsupportedMediaError, lambda c: c.vault.library.add(c.file("notes.png", b"hello " * 50))),
+    "unknown extension .gif": (UnsupportedMediaError, lambda c: c.vault.workspace.add(c.file("pic.gif", _png(11)))),
+    "no extension": (UnsupportedMediaError, lambda c: c.vault.workspace.add(c.file("picture", _png(12)))),
+    "directory": (StorageError, lambda c: c.vault.workspace.add(c.src)),
+    "directory named .png": (StorageError, lambda c: c.vault.library.add(_mkdir(c.src / "folder.png"))),
+    "missing file": (StorageError, lambda c: c.vault.workspace.add(c.src / "does-not-exist.png")),
+    "missing file (library)": (StorageError, lambda c: c.vault.library.add(c.src / "does-not-exist.jpg")),
+    # ---- ids
+    "workspace get bad uuid": (InvalidInputError, lambda c: c.vault.workspace.get("not-a-uuid")),
+    "library get bad uuid": (InvalidInputError, lambda c: c.vault.library.get("1234")),
+    "library delete bad uuid": (InvalidInputError, lambda c: c.vault.library.delete("x" * 36)),
+    "workspace delete bad uuid": (InvalidInputError, lambda c: c.vault.workspace.delete("")),
+    "vault delete bad uuid": (InvalidInputError, lambda c: c.vault.delete("12345678-1234-4123-8123-12345678")),
+    "save bad uuid": (InvalidInputError, lambda c: c.vault.library.save("not-a-uuid", title="x")),
+    "update bad uuid": (InvalidInputError, lambda c: c.vault.library.update("nope", title="x")),
+    "expire bad uuid": (InvalidInputError, lambda c: c.vault.workspace.expire("nope")),
+    "job id bad uuid": (InvalidInputError, lambda c: c.vault.workspace.add(c.file("job.png", _png(13)), job_id="job-1")),
+    "job id bad uuid in list": (InvalidInputError, lambda c: c.vault.workspace.list(job_id="job-1")),
+    "unknown workspace asset": (NotFoundError, lambda c: c.vault.library.save(GOOD_UUID)),
+    "unknown library asset": (NotFoundError, lambda c: c.vault.library.delete(GOOD_UUID)),
+    "another user's workspace asset": (NotFoundError, lambda c: c.other.library.save(c.fresh_ws.id)),
+    "another user's library asset": (NotFoundError, lambda c: c.other.library.delete(c.kept.id)),
+    # ---- seed
+    "negative seed": (InvalidInputError, lambda c: c.vault.workspace.add(c.file("s1.png", _png(14)), seed=-1)),
+    "negative seed (library)": (InvalidInputError, lambda c: c.vault.library.add(c.file("s2.png", _png(15)), seed=-5)),
+    "non-integer seed text": (InvalidInputError, lambda c: c.vault.workspace.add(c.file("s3.png", _png(16)), seed="abc")),
+    "non-integer seed float": (InvalidInputError, lambda c: c.vault.workspace.add(c.file("s4.png", _png(17)), seed=1.5)),
+    "boolean seed": (InvalidInputError, lambda c: c.vault.workspace.add(c.file("s5.png", _png(18)), seed=True)),
+    "seed above 2**63-1": (InvalidInputError, lambda c: c.vault.workspace.add(c.file("s6.png", _png(19)), seed=MAX_SEED + 1)),
+    "seed above 2**63-1 as text": (InvalidInputError,
+                                   lambda c: c.vault.library.add(c.file("s7.png", _png(20)), seed=str(2**64))),
+    # ---- text
+    "prompt of 1 MB": (InvalidInputError, lambda c: c.vault.workspace.add(c.file("p1.png", _png(21)), prompt="x" * 1_000_000)),
+    "prompt of 1 MB (library)": (InvalidInputError, lambda c: c.vault.library.add(c.file("p2.png", _png(22)), prompt="y" * 2**20)),
+    "prompt with NUL": (InvalidInputError, lambda c: c.vault.workspace.add(c.file("p3.png", _png(23)), prompt="a\x00b")),
+    "model with newline": (InvalidInputError, lambda c: c.vault.workspace.add(c.file("m.png", _png(24)), model="sd\nxl")),
+    "tag with control character": (InvalidInputError, lambda c: c.vault.library.save(c.fresh_ws.id, tags=["ok", "bad\x07tag"])),
+    "tag with newline": (InvalidInputError, lambda c: c.vault.library.update(c.kept.id, add_tags=["two\nlines"])),
+    "tag with escape (library add)": (InvalidInputError, lambda c: c.vault.library.add(c.file("tg.png", _png(25)), tags=["\x1b[31m"])),
+    "empty tag": (InvalidInputError, lambda c: c.vault.library.save(c.fresh_ws.id, tags=["  "])),
+    "too many tags": (InvalidInputError, lambda c: c.vault.library.save(c.fresh_ws.id, tags=[f"t{i}" for i in range(MAX_TAGS + 1)])),
+    "too many tags by adding": (InvalidInputError,
+                                lambda c: c.vault.library.update(c.kept.id, add_tags=[f"t{i}" for i in range(MAX_TAGS + 1)])),
+    "tags as a string": (InvalidInputError, lambda c: c.vault.library.save(c.fresh_ws.id, tags="fox,red")),
+    "tags filter as a string": (InvalidInputError, lambda c: c.vault.library.list(tags="fox")),
+    "empty title": (InvalidInputError, lambda c: c.vault.library.save(c.fresh_ws.id, title="")),
+    "blank title": (InvalidInputError, lambda c: c.vault.library.update(c.kept.id, title="   ")),
+    "over-long title": (InvalidInputError, lambda c: c.vault.library.save(c.fresh_ws.id, title="t" * 301)),
+    "empty collection name": (InvalidInputError, lambda c: c.vault.collections.create("")),
+    "collection name with control char": (InvalidInputError, lambda c: c.vault.collections.create("a\x00b")),
+    "empty search": (InvalidInputError, lambda c: c.vault.library.list(search="   ")),
+    # ---- settings
+    "settings a list": (InvalidInputError, lambda c: c.vault.workspace.add(c.file("j1.png", _png(26)), settings=[1, 2])),
+    "settings a JSON list": (InvalidInputError, lambda c: c.vault.workspace.add(c.file("j2.png", _png(27)), settings="[1, 2]")),
+    "settings a JSON string": (InvalidInputError, lambda c: c.vault.workspace.add(c.file("j3.png", _png(28)), settings='"steps"')),
+    "settings plain text": (InvalidInputError, lambda c: c.vault.library.add(c.file("j4.png", _png(29)), settings="steps=20")),
+    "settings invalid JSON": (InvalidInputError, lambda c: c.vault.workspace.add(c.file("j5.png", _png(30)), settings='{"a": ')),
+    "settings with NaN": (InvalidInputError, lambda c: c.vault.workspace.add(c.file("j6.png", _png(31)), settings={"cfg": float("nan")})),
+    # ---- collections
+    "unknown collection on save": (NotFoundError, lambda c: c.vault.library.save(c.fresh_ws.id, collection="Nope")),
+    "unknown collection on add": (NotFoundError, lambda c: c.vault.library.add(c.file("uc.png", _png(32)), collection=GOOD_UUID)),
+    "unknown collection on move": (NotFoundError, lambda c: c.vault.library.move(c.kept.id, "Nope")),
+    "another user's collection on save": (NotFoundError, lambda c: c.vault.library.save(c.fresh_ws.id, collection=c.theirs.id)),
+    "another user's collection by name": (NotFoundError, lambda c: c.vault.library.save(c.fresh_ws.id, collection="Theirs")),
+    "another user's collection on add": (NotFoundError,
+                                         lambda c: c.vault.library.add(c.file("oc.png", _png(33)), collection=c.theirs.id)),
+    "another user's collection on move": (NotFoundError, lambda c: c.vault.library.move(c.direct.id, c.theirs.id)),
+    "delete another user's collection": (NotFoundError, lambda c: c.vault.collections.delete(c.theirs.id)),
+    "duplicate collection name": (DuplicateError, lambda c: c.vault.collections.create("Mine")),
+    "duplicate collection name with spaces": (DuplicateError, lambda c: c.vault.collections.create("  Mine ")),
+    "rename onto taken name": (DuplicateError, lambda c: c.other.collections.rename("Theirs", _other_collection(c))),
+    # ---- duplicates
+    "duplicate add of same bytes": (DuplicateError,
+                                    lambda c: c.vault.workspace.add(c.file("again.png", (c.src / "png-1-32x32.png").read_bytes()))),
+    "duplicate add into same job index": (DuplicateError, lambda c: c.vault.workspace.add(
+        c.file("idx.png", _png(34)), job_id=c.fresh_ws.job_id, asset_index=c.fresh_ws.asset_index)),
+    "duplicate library add of same bytes": (DuplicateError,
+                                            lambda c: c.vault.library.add(c.file("again.mp4", mp4_bytes(4)))),
+    "library add of bytes already saved": (DuplicateError,
+                                           lambda c: c.vault.library.add(c.file("again2.png", (c.src / "png-1-32x32.png").read_bytes()))),
+    "duplicate save": (DuplicateError, lambda c: c.vault.library.save(c.saved_ws.id, title="again")),
+    # ---- a vault opened read-only refuses every write
+    "add to a read-only vault": (StorageError, lambda c: c.ro.workspace.add(c.file("ro1.png", _png(36)))),
+    "library add to a read-only vault": (StorageError, lambda c: c.ro.library.add(c.file("ro2.png", _png(37)))),
+    "save in a read-only vault": (StorageError, lambda c: c.ro.library.save(c.fresh_ws.id)),
+    "update in a read-only vault": (StorageError, lambda c: c.ro.library.update(c.kept.id, title="ro")),
+    "delete in a read-only vault": (StorageError, lambda c: c.ro.library.delete(c.direct.id)),
+    "collection in a read-only vault": (StorageError, lambda c: c.ro.collections.create("ro")),
+    # ---- opening
+    "create with a bad user id": (InvalidInputError, lambda c: Vault.create(c.src / "new-vault", user_id="alice")),
+    "open with a bad user id": (InvalidInputError, lambda c: Vault.open(c.vault.root, user_id="bob")),
+    "create over an existing vault": (DuplicateError, lambda c: Vault.create(c.vault.root)),
+    # ---- enums, flags, paging
+    "bad visibility on save": (InvalidInputError, lambda c: c.vault.library.save(c.fresh_ws.id, visibility="secret")),
+    "bad visibility on update": (InvalidInputError, lambda c: c.vault.library.update(c.kept.id, visibility="PUBLIC")),
+    "favorite not a bool": (InvalidInputError, lambda c: c.vault.library.update(c.kept.id, favorite="yes")),
+    "negative asset index": (InvalidInputError, lambda c: c.vault.workspace.add(c.file("ai.png", _png(35)), asset_index=-1)),
+    "bad cursor": (InvalidInputError, lambda c: c.vault.workspace.list(cursor="garbage!")),
+    "bad cursor (library)": (InvalidInputError, lambda c: c.vault.library.list(cursor="eyJ4IjogMX0")),
+    "search cursor on plain listing": (InvalidInputError, lambda c: c.vault.library.list(cursor=c.search_cursor)),
+    "plain cursor on search": (InvalidInputError, lambda c: c.vault.library.list(search="fox", cursor=c.cursor)),
+    "page size 0": (InvalidInputError, lambda c: c.vault.workspace.list(limit=0)),
+    "page size negative": (InvalidInputError, lambda c: c.vault.library.list(limit=-3)),
+    "page size too big": (InvalidInputError, lambda c: c.vault.library.list(limit=1001)),
+    "page size text": (InvalidInputError, lambda c: c.vault.workspace.list(limit="10")),
+    "page size bool": (InvalidInputError, lambda c: c.vault.library.list(limit=True)),
+}
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _other_collection(c: Ctx) -> str:
+    try:
+        c.other.collections.get("Taken")
+    except NotFoundError:
+        c.other.collections.create("Taken")
+    return "Taken"
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_refusal_leaves_nothing_behind(ctx: Ctx, name: str):
+    expected, case = CASES[name]
+    ctx.src.mkdir(exist_ok=True)
+    if name == "rename onto taken name":
+        _other_collection(ctx)  # set up outside the measured step
+    rows_before, files_before, tree_before = table_counts(ctx.vault), vault_files(ctx.vault.root), _tree(ctx.vault.root)
+    with pytest.raises(expected) as info:
+        case(ctx)
+    assert type(info.value) is expected, f"{type(info.value).__name__}: {info.value}"
+    assert str(info.value)  # every refusal says what was wrong
+    assert table_counts(ctx.vault) == rows_before
+    assert vault_files(ctx.vault.root) == files_before
+    assert _tree(ctx.vault.root) == tree_before
+
+
+def test_nothing_changed_after_all_refusals(ctx: Ctx):
+    vault = ctx.vault
+    assert vault.verify().clean
+    kept = vault.library.get(ctx.kept.id)
+    assert kept.title == "kept" and kept.tags == [] and kept.visibility.value == "private"
+    assert vault.collections.get("Mine").asset_count == 1
+    assert ctx.other.collections.get("Theirs").asset_count == 0
+    assert vault.workspace.count() == 3 and vault.library.count() == 2
+    assert not (ctx.src / "new-vault").exists()
+
+
+class _Counting(io.RawIOBase):
+    pass
+
+
+def test_file_over_1_gib_is_refused_without_reading_it(ctx: Ctx, monkeypatch):
+    big = ctx.src / "huge.png"
+    with open(big, "wb") as handle:
+        handle.write(_png(40)[:64])
+    os.truncate(big, MAX_FILE_BYTES + 1)  # sparse: takes no disk space
+    assert big.stat().st_blocks * 512 < 1024 * 1024
+    read_bytes = []
+
+    real_open = open
+
+    class CountingFile:
+        def __init__(self, handle):
+            self._handle = handle
+
+        def read(self, *args):
+            data = self._handle.read(*args)
+            read_bytes.append(len(data))
+            return data
+
+        def __getattr__(self, name):
+            return getattr(self._handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._handle.close()
+
+    def spy(file, *args, **kwargs):
+        handle = real_open(file, *args, **kwargs)
+        return CountingFile(handle) if os.fspath(file) == os.fspath(big) else handle
+
+    for module in (localvault.media, localvault.files, localvault.ingest):
+        monkeypatch.setattr(module, "open", spy, raising=False)
+    rows_before, files_before = table_counts(ctx.vault), vault_files(ctx.vault.root)
+    started = time.perf_counter()
+    for call in (ctx.vault.workspace.add, ctx.vault.library.add):
+        with pytest.raises(FileTooLargeError):
+            call(big)
+    assert time.perf_counter() - started < 2.0
+    assert sum(read_bytes) < 1024 * 1024
+    assert table_counts(ctx.vault) == rows_before
+    assert vault_files(ctx.vault.root) == files_before
+    # exactly 1 GiB is within the limit: refused only for being truncated, never for its size
+    os.truncate(big, MAX_FILE_BYTES)
+    with pytest.raises(UnsupportedMediaError):
+        ctx.vault.workspace.add(big)
+    assert sum(read_bytes) < 1024 * 1024
+    big.unlink()
+
+
+def test_at_least_thirty_cases():
+    assert len(CASES) >= 30

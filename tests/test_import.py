@@ -1,0 +1,246 @@
+"""Batch import of a rig's output folder: `vault.workspace.import_folder` and `localvault import`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from localvault import Vault
+from localvault.cli import main
+from localvault.errors import StorageError
+from localvault.files import TEMP_PREFIX, WORKSPACE_BUCKET
+from localvault.progress import ProgressEvent
+from localvault.workspace import Workspace
+
+try:
+    from mediafiles import make_jpeg, make_png
+except ImportError:  # pragma: no cover - the shared helpers are written by another engineer
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    def make_png(path, size=(64, 64), text_chunks=None, color=0, **_):  # type: ignore[no-redef]
+        info = PngInfo()
+        for key, value in (text_chunks or {}).items():
+            info.add_text(key, value)
+        Image.new("RGB", size, (color * 7 % 256, color * 13 % 256, color * 29 % 256)).save(path, "PNG", pnginfo=info)
+        return Path(path)
+
+    def make_jpeg(path, exif_user_comment=None, size=(64, 64), color=0, **_):  # type: ignore[no-redef]
+        Image.new("RGB", size, (color * 7 % 256, 3, 9)).save(path, "JPEG")
+        return Path(path)
+
+
+USER = "0c0c0c0c-0000-4000-8000-00000000000c"
+
+
+def a1111(prompt: str, seed: int, model: str = "sdxl_base") -> dict[str, str]:
+    return {"parameters": f"{prompt}\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, CFG scale: 7, "
+                          f"Seed: {seed}, Size: 64x64, Model: {model}"}
+
+
+def rig_folder(folder: Path, start: float = 1_700_000_000.0) -> list[Path]:
+    """Two runs of three A1111 PNGs (seeds vary), then one JPEG with no metadata; mtimes 2 s apart."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(6):
+        prompt = "a red fox" if i < 3 else "a blue heron"
+        paths.append(make_png(folder / f"{i:05d}.png", text_chunks=a1111(prompt, 100 + i), color=i + 1))
+    paths.append(make_jpeg(folder / "photo.jpg", color=99))
+    for i, path in enumerate(paths):
+        os.utime(path, (start + 2 * i, start + 2 * i))
+    return paths
+
+
+@pytest.fixture
+def vault(tmp_path: Path):
+    v = Vault.create(tmp_path / "vault", user_id=USER)
+    yield v
+    v.close()
+
+
+def test_import_counts_jobs_and_idempotency(vault: Vault, tmp_path: Path) -> None:
+    paths = rig_folder(tmp_path / "out")
+    events: list[ProgressEvent] = []
+    first = vault.workspace.import_folder(tmp_path / "out", progress=events.append)
+    assert len(first.imported) == 7 and not first.duplicates and not first.refused
+    assert sum(e.advance for e in events) == 7
+    assert sum(e.bytes_advance for e in events) == sum(p.stat().st_size for p in paths)
+    by_source = {Path(item.source).name: item for item in first.imported}
+    fox = [by_source[f"0000{i}.png"] for i in range(3)]
+    heron = [by_source[f"0000{i}.png"] for i in range(3, 6)]
+    assert len({f.job_id for f in fox}) == 1 and [f.asset_index for f in fox] == [0, 1, 2]
+    assert len({h.job_id for h in heron}) == 1 and [h.asset_index for h in heron] == [0, 1, 2]
+    assert fox[0].job_id != heron[0].job_id
+    assert by_source["photo.jpg"].job_id not in (fox[0].job_id, heron[0].job_id)
+    asset = vault.workspace.get(fox[1].asset_id)
+    assert (asset.original_prompt, asset.generation_seed, asset.model_used) == ("a red fox", 101, "sdxl_base")
+    assert asset.generation_settings["negative_prompt"] == "blurry"
+    photo = vault.workspace.get(by_source["photo.jpg"].asset_id)
+    assert (photo.original_prompt, photo.generation_seed, photo.model_used) == ("", 0, "unknown")
+    assert vault.files.exists(WORKSPACE_BUCKET, asset.temp_storage_path)
+
+    second = vault.workspace.import_folder(tmp_path / "out")
+    assert not second.imported and len(second.duplicates) == 7 and not second.refused
+    assert second.summary().startswith("0 imported, 7 skipped as duplicates")
+    assert vault.workspace.count() == 7
+    assert not [n for _d, _s, names in os.walk(vault.root / WORKSPACE_BUCKET) for n in names if n.startswith(TEMP_PREFIX)]
+
+
+def test_library_copy_counts_as_duplicate(vault: Vault, tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    path = make_png(tmp_path / "out" / "a.png", color=5)
+    kept = vault.library.save(vault.workspace.add(path).id)
+    vault.workspace.delete(vault.workspace.list().items[0].id)
+    assert kept.sha256
+    result = vault.workspace.import_folder(tmp_path / "out")
+    assert not result.imported and result.duplicates == [str(path)]
+
+
+def test_bad_files_are_refused_with_reasons_and_the_rest_imported(vault: Vault, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    rig_folder(out)
+    (out / "garbage.png").write_bytes(b"this is not an image at all")
+    whole = make_png(tmp_path / "whole.png", color=42).read_bytes()
+    (out / "truncated.png").write_bytes(whole[: len(whole) // 2])
+    make_png(out / "jpeg-named.jpg", color=43)
+    (out / "empty.webp").write_bytes(b"")
+    result = vault.workspace.import_folder(out)
+    assert len(result.imported) == 7
+    assert set(map(lambda p: Path(p).name, result.refused)) == {"garbage.png", "truncated.png", "jpeg-named.jpg",
+                                                                "empty.webp"}
+    reasons = {Path(p).name: r for p, r in result.refused.items()}
+    assert "not a JPEG, PNG, WebP or MP4" in reasons["garbage.png"]
+    assert "truncated" in reasons["truncated.png"]
+    assert "rename it to .png" in reasons["jpeg-named.jpg"]
+    assert "empty" in reasons["empty.webp"]
+
+
+def test_hidden_temp_and_unknown_files_are_ignored(vault: Vault, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    make_png(out / "real.png", color=1)
+    for i, name in enumerate([".hidden.png", "a.png.tmp", "b.png.part", "c.png.crdownload", "d.png~", "notes.txt"]):
+        make_png(out / name, color=10 + i)
+    result = vault.workspace.import_folder(out)
+    assert [Path(i.source).name for i in result.imported] == ["real.png"]
+    assert not result.refused and not result.duplicates and result.ignored == 6
+
+
+def test_symlink_leading_outside_is_refused(vault: Vault, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    outside = make_png(tmp_path / "secret.png", color=3)
+    make_png(out / "inside.png", color=4)
+    (out / "escape.png").symlink_to(outside)
+    (out / "alias.png").symlink_to(out / "inside.png")
+    result = vault.workspace.import_folder(out)
+    assert "leads outside the folder" in result.refused[str(out / "escape.png")]
+    assert len(result.imported) == 1 and len(result.duplicates) == 1  # the inside link is the same bytes
+
+
+def test_recursive(vault: Vault, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "day1").mkdir(parents=True)
+    make_png(out / "day1" / "a.png", color=1)
+    make_png(out / "top.png", color=2)
+    assert len(vault.workspace.import_folder(out).imported) == 1
+    deep = vault.workspace.import_folder(out, recursive=True)
+    assert [Path(i.source).name for i in deep.imported] == ["a.png"] and len(deep.duplicates) == 1
+
+
+def test_move_deletes_sources_only_after_commit(vault: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = rig_folder(tmp_path / "out")
+    real = Workspace.add_batch
+    seen_at_commit: list[bool] = []
+
+    def watching(self, entries, **kw):  # type: ignore[no-untyped-def]
+        seen_at_commit.append(all(p.exists() for p in paths))
+        return real(self, entries, **kw)
+
+    monkeypatch.setattr(Workspace, "add_batch", watching)
+    result = vault.workspace.import_folder(tmp_path / "out", mode="move")
+    assert seen_at_commit == [True] and len(result.imported) == 7
+    assert not any(p.exists() for p in paths)
+    for item in result.imported:
+        assert vault.files.sha256(WORKSPACE_BUCKET, vault.workspace.get(item.asset_id).temp_storage_path) == item.sha256
+
+
+def test_move_keeps_sources_when_the_commit_fails(vault: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = rig_folder(tmp_path / "out")
+
+    def failing(self, entries, **kw):  # type: ignore[no-untyped-def]
+        raise StorageError("the disk is full")
+
+    monkeypatch.setattr(Workspace, "add_batch", failing)
+    result = vault.workspace.import_folder(tmp_path / "out", mode="move")
+    assert not result.imported and len(result.refused) == 7
+    assert all(p.exists() for p in paths)
+    assert vault.workspace.count() == 0
+
+
+def test_link_mode_shares_the_inode(vault: Vault, tmp_path: Path) -> None:
+    paths = rig_folder(tmp_path / "out")
+    result = vault.workspace.import_folder(tmp_path / "out", mode="link")
+    assert len(result.imported) == 7
+    for item in result.imported:
+        stored = vault.files.local_path(WORKSPACE_BUCKET, vault.workspace.get(item.asset_id).temp_storage_path)
+        assert stored.stat().st_ino == Path(item.source).stat().st_ino
+    assert all(p.exists() for p in paths)
+
+
+def test_job_ids_are_deterministic_across_vaults(tmp_path: Path) -> None:
+    rig_folder(tmp_path / "out")
+    layouts = []
+    for name in ("one", "two"):
+        with Vault.create(tmp_path / name, user_id=USER) as v:
+            result = v.workspace.import_folder(tmp_path / "out", workers=3 if name == "one" else 1)
+            layouts.append(sorted((Path(i.source).name, i.job_id, i.asset_index) for i in result.imported))
+    assert layouts[0] == layouts[1]
+
+
+def test_run_id_groups_and_later_files_take_next_indexes(vault: Vault, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    for i, (name, run) in enumerate([("a.png", "run-7"), ("b.png", "run-8"), ("c.png", "run-7")]):
+        path = make_png(out / name, color=20 + i)
+        (out / f"{path.stem}.json").write_text(json.dumps({"prompt": f"p{i}", "seed": i, "run_id": run}))
+        os.utime(path, (1_700_000_000 + 1000 * i,) * 2)  # far apart: only the run id can group them
+    first = {Path(i.source).name: i for i in vault.workspace.import_folder(out).imported}
+    assert first["a.png"].job_id == first["c.png"].job_id != first["b.png"].job_id
+    assert (first["a.png"].asset_index, first["c.png"].asset_index) == (0, 1)
+    later = make_png(out / "d.png", color=30)
+    (out / "d.json").write_text(json.dumps({"prompt": "p3", "run_id": "run-7"}))
+    again = vault.workspace.import_folder(out)
+    assert [(Path(i.source).name, i.job_id, i.asset_index) for i in again.imported] == [
+        (later.name, first["a.png"].job_id, 2)]
+
+
+def test_options_fill_only_what_files_lack(vault: Vault, tmp_path: Path) -> None:
+    rig_folder(tmp_path / "out")
+    result = vault.workspace.import_folder(tmp_path / "out", model="my-model", prompt="fallback")
+    models = {Path(i.source).name: vault.workspace.get(i.asset_id) for i in result.imported}
+    assert models["00000.png"].model_used == "sdxl_base" and models["00000.png"].original_prompt == "a red fox"
+    assert models["photo.jpg"].model_used == "my-model" and models["photo.jpg"].original_prompt == "fallback"
+
+
+def test_cli_import_summary_and_json(tmp_path: Path) -> None:
+    rig_folder(tmp_path / "out")
+    (tmp_path / "out" / "garbage.png").write_bytes(b"nope")
+    runner = CliRunner()
+    base = ["--vault", str(tmp_path / "v")]
+    assert runner.invoke(main, [*base, "init", "--user", USER]).exit_code == 0
+    first = runner.invoke(main, [*base, "import", str(tmp_path / "out")])
+    assert first.exit_code == 0, first.output
+    assert "7 imported, 0 skipped as duplicates, 1 refused" in first.output
+    assert "refused" in first.output and "garbage.png" in first.output
+    second = runner.invoke(main, [*base, "import", str(tmp_path / "out"), "--json"])
+    assert second.exit_code == 0, second.output
+    report = json.loads(second.output)
+    assert report["imported"] == [] and len(report["duplicates"]) == 7
+    assert list(report["refused"]) == [str(tmp_path / "out" / "garbage.png")]
+    third = runner.invoke(main, [*base, "import", str(tmp_path / "out")])
+    assert "nothing new" in third.output

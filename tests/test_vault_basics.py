@@ -1,0 +1,759 @@
+"""The vault's core behaviour: opening, adding, saving, listing, updating, deleting,
+expiry, isolation between users, verify/repair, migrations, counts and the outbox."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from conftest import USER_A, USER_B, bucket_files, mp4_bytes, raw_connection, write_media
+from localvault import (
+    DuplicateError,
+    InvalidInputError,
+    NotFoundError,
+    SchemaVersionError,
+    Vault,
+    VaultCorruptError,
+    Visibility,
+)
+from localvault.db import format_time, schema_version
+from localvault.files import LIBRARY_BUCKET, TEMP_PREFIX, WORKSPACE_BUCKET
+
+
+def add_many(vault: Vault, make_image, n: int, start: int = 0, **kwargs):
+    return [vault.workspace.add(make_image(seed=start + i), **kwargs) for i in range(n)]
+
+
+def collect(fetch, limit: int):
+    """Walk every page of a listing; return the items and the number of pages."""
+    items, cursor, pages = [], None, 0
+    while True:
+        page = fetch(limit=limit, cursor=cursor)
+        pages += 1
+        assert len(page.items) <= limit
+        items += page.items
+        cursor = page.next_cursor
+        if cursor is None:
+            return items, pages
+        assert pages < 1000
+
+
+def outbox(vault: Vault) -> list[tuple[str, str, str]]:
+    return vault.db.conn.execute("SELECT table_name, row_id, op FROM sync_outbox ORDER BY seq").fetchall()
+
+
+def real_count(vault: Vault, collection_id: str) -> int:
+    return vault.db.conn.execute("SELECT count(*) FROM user_library WHERE collection_id = ?", (collection_id,)).fetchone()[0]
+
+
+# ------------------------------------------------------------------ opening
+
+
+def test_create_open_reopen(tmp_path: Path, make_image):
+    root = tmp_path / "v"
+    with Vault.create(root, user_id=USER_A.upper()) as vault:
+        assert vault.user_id == USER_A  # canonical lower case
+        for name in ("vault.db", "workspace-temp", "user-library", "localvault.toml"):
+            assert (root / name).exists(), name
+        asset = vault.workspace.add(make_image(seed=1), prompt="kept across opens")
+    with pytest.raises(DuplicateError):
+        Vault.create(root)
+    with Vault.open(root) as again:
+        assert again.user_id == USER_A
+        assert again.workspace.get(asset.id).original_prompt == "kept across opens"
+    with Vault.open(root, user_id=USER_B) as other:
+        assert other.user_id == USER_B
+        assert other.workspace.count() == 0
+
+
+def test_open_missing_vault_is_not_found(tmp_path: Path):
+    with pytest.raises(NotFoundError):
+        Vault.open(tmp_path / "nothing-here")
+
+
+def test_default_user_id_is_generated_and_remembered(tmp_path: Path):
+    with Vault.create(tmp_path / "a") as first, Vault.create(tmp_path / "b") as second:
+        assert str(uuid.UUID(first.user_id)) == first.user_id
+        assert first.user_id != second.user_id
+        generated = first.user_id
+    with Vault.open(tmp_path / "a") as reopened:
+        assert reopened.user_id == generated
+
+
+# --------------------------------------------------------------------- add
+
+
+@pytest.mark.parametrize("kind, mime, asset_type", [
+    ("png", "image/png", "image"),
+    ("jpg", "image/jpeg", "image"),
+    ("webp", "image/webp", "image"),
+])
+def test_add_image(vault: Vault, make_image, kind, mime, asset_type):
+    path = make_image(kind=kind, seed=3, size=(40, 24))
+    asset = vault.workspace.add(path, prompt="a fox", seed=42, model="sdxl", settings={"steps": 20})
+    assert asset.mime_type.value == mime
+    assert asset.asset_type.value == asset_type
+    assert (asset.width, asset.height) == (40, 24)
+    assert asset.duration_seconds is None
+    assert asset.file_size_bytes == path.stat().st_size
+    assert asset.generation_seed == 42 and asset.model_used == "sdxl"
+    assert asset.generation_settings == {"steps": 20}
+    assert asset.temp_storage_path == f"{USER_A}/{asset.job_id}/0.{kind}"
+    stored = Path(vault.workspace.file_path(asset))
+    assert stored.read_bytes() == path.read_bytes()
+    assert asset.expires_at - asset.created_at == timedelta(days=7)
+    assert vault.workspace.get(asset.id) == asset
+
+
+def test_add_mp4_reads_duration_and_size(vault: Vault, tmp_path: Path):
+    path = write_media(tmp_path / "src", "mp4", seed=9)
+    asset = vault.workspace.add(path)
+    assert asset.mime_type.value == "video/mp4"
+    assert asset.asset_type.value == "video"
+    assert asset.duration_seconds == pytest.approx(2.5)
+    assert (asset.width, asset.height) == (64, 48)
+    kept = vault.library.add(write_media(tmp_path / "src2", "mp4", seed=10))
+    assert kept.duration_seconds == pytest.approx(2.5) and kept.asset_type.value == "video"
+    other = tmp_path / "clip.mp4"
+    other.write_bytes(mp4_bytes(seed=11, duration_seconds=1.5, size=(320, 200), timescale=90_000))
+    clip = vault.workspace.add(other)
+    assert clip.duration_seconds == pytest.approx(1.5)
+    assert (clip.width, clip.height) == (320, 200)
+
+
+def test_add_defaults_and_job_indexes(vault: Vault, make_image):
+    first = vault.workspace.add(make_image(seed=1))
+    assert (first.generation_seed, first.original_prompt, first.model_used) == (0, "", "unknown")
+    second = vault.workspace.add(make_image(seed=2), job_id=first.job_id)
+    third = vault.workspace.add(make_image(seed=3), job_id=first.job_id.upper(), asset_index=7)
+    assert (first.asset_index, second.asset_index, third.asset_index) == (0, 1, 7)
+    assert third.job_id == first.job_id
+    assert {a.id for a in vault.workspace.list(job_id=first.job_id).items} == {first.id, second.id, third.id}
+
+
+# ---------------------------------------------------------------- listing
+
+
+def test_workspace_list_newest_first_paging(vault: Vault, make_image):
+    added = add_many(vault, make_image, 23)
+    items, pages = collect(vault.workspace.list, limit=5)
+    assert pages == 5
+    ids = [a.id for a in items]
+    assert len(ids) == len(set(ids)) == 23  # no duplicates, no gaps
+    assert set(ids) == {a.id for a in added}
+    keys = [(a.created_at, a.id) for a in items]
+    assert keys == sorted(keys, reverse=True)
+    assert ids[0] == added[-1].id and ids[-1] == added[0].id
+    single, pages = collect(vault.workspace.list, limit=1)
+    assert [a.id for a in single] == ids and pages == 23
+    whole = vault.workspace.list(limit=23)
+    assert whole.next_cursor is None and [a.id for a in whole.items] == ids
+
+
+def test_paging_with_equal_timestamps(vault: Vault, make_image):
+    added = add_many(vault, make_image, 9)
+    with vault.db.write() as conn:  # all created in the same millisecond: ties broken by id
+        conn.execute("UPDATE workspace_assets SET created_at = '2020-01-01T00:00:00.000Z'")
+    items, _ = collect(vault.workspace.list, limit=2)
+    assert [a.id for a in items] == sorted((a.id for a in added), reverse=True)
+
+
+# ------------------------------------------------------------ save/library
+
+
+def test_save_with_fields(vault: Vault, make_image):
+    asset = vault.workspace.add(make_image(seed=1), prompt="a red fox", seed=5, model="flux")
+    trip = vault.collections.create("Trip", "summer")
+    kept = vault.library.save(asset.id, title="  Fox ", tags=["fox", "red", "fox"], collection="Trip", favorite=True,
+                              visibility="public")
+    assert kept.title == "Fox"
+    assert kept.tags == ["fox", "red"]
+    assert kept.collection_id == trip.id
+    assert kept.is_favorite is True
+    assert kept.visibility is Visibility.public
+    assert kept.original_asset_id == asset.id
+    assert (kept.original_prompt, kept.generation_seed, kept.model_used) == ("a red fox", 5, "flux")
+    assert kept.sha256 == asset.sha256
+    assert kept.storage_path == f"{USER_A}/{kept.id}.png"
+    assert vault.collections.get("Trip").asset_count == 1
+    assert vault.library.get(kept.id) == kept
+    # the workspace asset stays until it expires
+    assert vault.workspace.get(asset.id).id == asset.id
+
+
+def test_save_hard_links_on_same_filesystem(vault: Vault, make_image):
+    asset = vault.workspace.add(make_image(seed=1))
+    kept = vault.library.save(asset.id)
+    ws, lib = os.stat(vault.workspace.file_path(asset)), os.stat(vault.library.file_path(kept))
+    assert ws.st_ino == lib.st_ino
+    assert lib.st_nlink == 2
+
+
+def build_library(vault: Vault, make) -> list:
+    """Twelve library assets in two collections with tags, favourites and prompts."""
+    vault.collections.create("Animals")
+    birds = vault.collections.create("Birds")
+    assets = []
+    for i in range(12):
+        ws = vault.workspace.add(make(seed=100 + i), prompt=f"prompt number{i} {'sunset' if i % 3 == 0 else 'noon'}")
+        tags = ["all"] + (["even"] if i % 2 == 0 else ["odd"]) + (["three"] if i % 3 == 0 else [])
+        collection = "Animals" if i < 6 else (birds.id if i < 9 else None)
+        assets.append(vault.library.save(ws.id, title=f"Title {i}" + (" lighthouse" if i in (4, 7) else ""),
+                                         tags=tags, collection=collection, favorite=i % 4 == 0))
+    return assets
+
+
+@pytest.fixture
+def library(vault: Vault, make_image):
+    return build_library(vault, make_image)
+
+
+@pytest.fixture(scope="module")
+def shared_library(tmp_path_factory):
+    """A read-only vault with the twelve assets, shared by the filter tests."""
+    base = tmp_path_factory.mktemp("shared")
+    vault = Vault.create(base / "vault", user_id=USER_A)
+    assets = build_library(vault, lambda seed: write_media(base / "src", "png", seed))
+    yield vault, assets
+    vault.close()
+
+
+def ids_of(items) -> list[str]:
+    return [a.id for a in items]
+
+
+def newest_first(assets) -> list[str]:
+    return [a.id for a in sorted(assets, key=lambda a: (a.created_at, a.id), reverse=True)]
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({}, lambda i: True),
+    ({"tags": ["even"]}, lambda i: i % 2 == 0),
+    ({"tags": ["even", "three"]}, lambda i: i % 6 == 0),  # all tags must match
+    ({"tags": ["odd", "even"]}, lambda i: False),
+    ({"tags": ["nope"]}, lambda i: False),
+    ({"favorite": True}, lambda i: i % 4 == 0),
+    ({"favorite": False}, lambda i: i % 4 != 0),
+    ({"collection": "Animals"}, lambda i: i < 6),
+    ({"collection": "Birds"}, lambda i: 6 <= i < 9),
+    ({"search": "sunset"}, lambda i: i % 3 == 0),  # prompt
+    ({"search": "lighthouse"}, lambda i: i in (4, 7)),  # title
+    ({"search": "three"}, lambda i: i % 3 == 0),  # tags
+    ({"search": "number5"}, lambda i: i == 5),
+    ({"search": "sunset noon"}, lambda i: False),  # every word must match
+    ({"tags": ["even"], "favorite": True, "collection": "Animals"}, lambda i: i in (0, 4)),
+    ({"search": "sunset", "tags": ["even"]}, lambda i: i in (0, 6)),
+    ({"search": "title", "collection": "Animals", "favorite": False}, lambda i: i in (1, 2, 3, 5)),
+    ({"search": "sunset", "tags": ["all", "odd"], "collection": "Birds"}, lambda i: False),
+])
+def test_library_filters_and_paging(shared_library, kwargs, expected):
+    vault, library = shared_library
+    want = newest_first([a for i, a in enumerate(library) if expected(i)])
+    page = vault.library.list(**kwargs)
+    assert page.next_cursor is None
+    if "search" in kwargs:  # search orders by recency of saving
+        assert sorted(ids_of(page.items)) == sorted(want)
+    else:
+        assert ids_of(page.items) == want
+    for limit in (1, 2, 5):
+        items, _ = collect(lambda **kw: vault.library.list(**kwargs, **kw), limit=limit)
+        assert ids_of(items) == ids_of(page.items), limit
+
+
+def test_library_collection_filter_by_id(shared_library):
+    vault, library = shared_library
+    birds = vault.collections.get("Birds")
+    assert ids_of(vault.library.list(collection=birds.id).items) == newest_first(library[6:9])
+    with pytest.raises(NotFoundError):
+        vault.library.list(collection="No such collection")
+
+
+def test_search_survives_fts_syntax(shared_library):
+    vault, _ = shared_library
+    assert vault.library.list(search='"sunset AND OR (').items == []
+    assert vault.library.list(search="NEAR(") .items == []
+
+
+# --------------------------------------------------------------- update
+
+
+def test_update_fields(vault: Vault, library):
+    asset = library[1]
+    time.sleep(0.005)
+    updated = vault.library.update(asset.id, title="New title", add_tags=["new", "all"], remove_tags=["odd"],
+                                   visibility=Visibility.unlisted, favorite=True)
+    assert updated.title == "New title"
+    assert updated.tags == ["all", "new"]
+    assert updated.visibility is Visibility.unlisted
+    assert updated.is_favorite is True
+    assert updated.updated_at > asset.updated_at
+    assert updated.created_at == asset.created_at
+    assert asset.id in ids_of(vault.library.list(tags=["new"]).items)
+    assert asset.id not in ids_of(vault.library.list(tags=["odd"]).items)
+    assert asset.id in ids_of(vault.library.list(search="new title").items)
+    assert asset.id not in ids_of(vault.library.list(search="Title 1").items)
+    replaced = vault.library.update(asset.id, tags=["x"], title=None)
+    assert replaced.tags == ["x"] and replaced.title is None
+    unchanged = vault.library.update(asset.id)
+    assert unchanged.tags == ["x"] and unchanged.visibility is Visibility.unlisted
+
+
+def test_move_between_collections(vault: Vault, library):
+    animals, birds = vault.collections.get("Animals"), vault.collections.get("Birds")
+    moved = vault.library.move(library[0].id, "Birds")
+    assert moved.collection_id == birds.id
+    assert vault.collections.get("Animals").asset_count == 5
+    assert vault.collections.get("Birds").asset_count == 4
+    vault.library.update(library[1].id, collection=birds.id)
+    vault.library.move(library[11].id, animals.id)
+    vault.library.move(library[6].id, None)
+    assert vault.library.get(library[6].id).collection_id is None
+    for c in vault.collections.list():
+        assert c.asset_count == real_count(vault, c.id)
+    assert [c.asset_count for c in vault.collections.list()] == [5, 4]
+
+
+def test_updated_at_changes_on_every_update(vault: Vault, library):
+    asset = library[2]
+    stamps = [asset.updated_at]
+    for change in ({"favorite": True}, {"visibility": "public"}, {"collection": "Birds"}, {"add_tags": ["z"]}):
+        time.sleep(0.005)
+        stamps.append(vault.library.update(asset.id, **change).updated_at)
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+    time.sleep(0.005)
+    with vault.db.write() as conn:  # the trigger, not the app, sets it
+        conn.execute("UPDATE user_library SET title = 'raw' WHERE id = ?", (asset.id,))
+    assert vault.library.get(asset.id).updated_at > stamps[-1]
+
+
+# --------------------------------------------------------------- delete
+
+
+def test_delete_library_asset(vault: Vault, library):
+    asset = library[0]
+    path = Path(vault.library.file_path(asset))
+    assert path.exists()
+    vault.library.delete(asset.id)
+    assert not path.exists()
+    with pytest.raises(NotFoundError):
+        vault.library.get(asset.id)
+    assert vault.db.conn.execute("SELECT count(*) FROM library_tags WHERE id = ?", (asset.id,)).fetchone()[0] == 0
+    assert asset.id not in ids_of(vault.library.list(search="sunset").items)
+    assert vault.collections.get("Animals").asset_count == 5
+    assert vault.db.conn.execute("SELECT count(*) FROM pending_deletes").fetchone()[0] == 0
+    with pytest.raises(NotFoundError):
+        vault.library.delete(asset.id)
+
+
+def test_delete_workspace_asset_keeps_library_copy(vault: Vault, make_image):
+    asset = vault.workspace.add(make_image(seed=1))
+    kept = vault.library.save(asset.id)
+    path = Path(vault.workspace.file_path(asset))
+    vault.workspace.delete(asset.id)
+    assert not path.exists()
+    assert not path.parent.exists()  # the empty job folder goes too
+    with pytest.raises(NotFoundError):
+        vault.workspace.get(asset.id)
+    lib_path = Path(vault.library.file_path(kept))
+    assert lib_path.read_bytes() == make_image(seed=1).read_bytes()
+    assert vault.verify().clean
+
+
+def test_vault_delete_and_locate(vault: Vault, make_image):
+    asset = vault.workspace.add(make_image(seed=1))
+    kept = vault.library.save(asset.id)
+    assert vault.locate(kept.id) == (LIBRARY_BUCKET, kept.storage_path)
+    assert vault.locate(asset.id) == (WORKSPACE_BUCKET, asset.temp_storage_path)
+    assert vault.delete(kept.id) == "library"
+    assert vault.delete(asset.id) == "workspace"
+    assert bucket_files(vault.root) == set()
+    with pytest.raises(NotFoundError):
+        vault.delete(asset.id)
+
+
+def test_export(vault: Vault, make_image, tmp_path: Path):
+    source = make_image(kind="jpg", seed=4)
+    asset = vault.workspace.add(source)
+    kept = vault.library.save(asset.id)
+    out = tmp_path / "out"
+    out.mkdir()
+    exported = vault.export(kept.id, out)
+    assert exported == out / f"{kept.id}.jpg"
+    assert exported.read_bytes() == source.read_bytes()
+    named = vault.export(asset.id, out / "ws.jpg")
+    assert named.read_bytes() == source.read_bytes()
+    assert os.stat(named).st_ino != os.stat(vault.workspace.file_path(asset)).st_ino  # a copy, not a link
+    with pytest.raises(DuplicateError):
+        vault.export(kept.id, out / "ws.jpg")
+    assert not [p for p in out.iterdir() if p.name.startswith(TEMP_PREFIX)]
+
+
+# ---------------------------------------------------------------- expiry
+
+
+def test_expire_and_cleanup(vault: Vault, make_image):
+    doomed = add_many(vault, make_image, 3)
+    survivor = vault.workspace.add(make_image(seed=50))
+    kept = vault.library.save(doomed[0].id, title="kept")
+    paths = [Path(vault.workspace.file_path(a)) for a in doomed]
+    for asset in doomed:
+        vault.workspace.expire(asset.id)
+    report = vault.cleanup()
+    assert report.assets_removed == 3 and report.complete
+    assert not any(p.exists() for p in paths)
+    for asset in doomed:
+        with pytest.raises(NotFoundError):
+            vault.workspace.get(asset.id)
+    assert vault.workspace.get(survivor.id).id == survivor.id
+    lib = vault.library.get(kept.id)
+    lib_path = Path(vault.library.file_path(lib))
+    assert lib_path.read_bytes() == make_image(seed=0).read_bytes()
+    assert os.stat(lib_path).st_nlink == 1
+    assert vault.verify().clean
+    assert vault.cleanup().assets_removed == 0
+    assert vault.db.get_meta("last_cleanup") is not None
+
+
+def test_expire_future_keeps_asset(vault: Vault, make_image):
+    asset = vault.workspace.add(make_image(seed=1))
+    vault.workspace.expire(asset.id, datetime.now(timezone.utc) + timedelta(days=30))
+    assert vault.cleanup().assets_removed == 0
+    assert vault.workspace.get(asset.id).expires_at > datetime.now(timezone.utc) + timedelta(days=29)
+
+
+def _set_last_cleanup(root: Path, moment: datetime) -> None:
+    conn = raw_connection(root)
+    conn.execute("INSERT OR REPLACE INTO vault_meta (key, value) VALUES ('last_cleanup', ?)", (format_time(moment),))
+    conn.close()
+
+
+def test_auto_cleanup_on_open_when_last_cleanup_is_old(vault: Vault, make_image):
+    asset = vault.workspace.add(make_image(seed=1))
+    vault.workspace.expire(asset.id)
+    path = Path(vault.workspace.file_path(asset))
+    root = vault.root
+    vault.close()
+    _set_last_cleanup(root, datetime.now(timezone.utc) - timedelta(minutes=10))
+    with Vault.open(root) as recent:  # cleaned less than an hour ago: nothing happens on open
+        assert recent.workspace.count() == 1 and path.exists()
+    _set_last_cleanup(root, datetime.now(timezone.utc) - timedelta(hours=2))
+    with Vault.open(root) as stale:
+        assert stale.workspace.count() == 0
+        assert not path.exists()
+        last = datetime.fromisoformat(stale.db.get_meta("last_cleanup").replace("Z", "+00:00"))
+        assert last > datetime.now(timezone.utc) - timedelta(minutes=1)
+
+
+# ------------------------------------------------------------- isolation
+
+
+def test_other_user_sees_nothing(vault: Vault, other_user_vault: Vault, make_image, tmp_path: Path):
+    mine = vault.workspace.add(make_image(seed=1), prompt="secret fox")
+    kept = vault.library.save(mine.id, title="secret", tags=["fox"], collection=vault.collections.create("Mine").id)
+    coll = vault.collections.get("Mine")
+    other = other_user_vault
+    for call in (
+        lambda: other.workspace.get(mine.id),
+        lambda: other.library.get(kept.id),
+        lambda: other.library.save(mine.id),
+        lambda: other.library.update(kept.id, title="stolen"),
+        lambda: other.library.move(kept.id, None),
+        lambda: other.library.delete(kept.id),
+        lambda: other.workspace.delete(mine.id),
+        lambda: other.workspace.expire(mine.id),
+        lambda: other.collections.get(coll.id),
+        lambda: other.collections.get("Mine"),
+        lambda: other.collections.rename(coll.id, "x"),
+        lambda: other.collections.delete(coll.id),
+        lambda: other.collections.delete("Mine"),
+        lambda: other.locate(kept.id),
+        lambda: other.delete(mine.id),
+        lambda: other.export(kept.id, tmp_path / "stolen.png"),
+        lambda: other.library.list(collection=coll.id),
+    ):
+        with pytest.raises(NotFoundError):
+            call()
+    assert other.workspace.list().items == []
+    assert other.library.list().items == []
+    assert other.library.list(search="secret fox").items == []
+    assert other.library.list(tags=["fox"]).items == []
+    assert other.collections.list() == []
+    assert other.workspace.count() == other.library.count() == 0
+    # the same bytes are fine for another user, and their own things stay theirs
+    theirs = other.workspace.add(make_image(seed=1))
+    assert theirs.temp_storage_path.startswith(USER_B + "/")
+    their_kept = other.library.save(theirs.id, tags=["fox"])
+    assert their_kept.storage_path.startswith(USER_B + "/")
+    assert ids_of(vault.library.list(tags=["fox"]).items) == [kept.id]
+    assert ids_of(other.library.list(tags=["fox"]).items) == [their_kept.id]
+    # nothing of A was touched
+    assert vault.library.get(kept.id).title == "secret"
+    assert vault.collections.get("Mine").asset_count == 1
+    assert not (tmp_path / "stolen.png").exists()
+
+
+def test_cannot_save_into_another_users_collection(vault: Vault, other_user_vault: Vault, make_image):
+    theirs = other_user_vault.collections.create("Theirs")
+    asset = vault.workspace.add(make_image(seed=1))
+    with pytest.raises(NotFoundError):
+        vault.library.save(asset.id, collection=theirs.id)
+    with pytest.raises(NotFoundError):
+        vault.library.save(asset.id, collection="Theirs")
+    with pytest.raises(NotFoundError):
+        vault.library.add(make_image(seed=2), collection=theirs.id)
+    kept = vault.library.save(asset.id)
+    with pytest.raises(NotFoundError):
+        vault.library.move(kept.id, theirs.id)
+    assert vault.library.get(kept.id).collection_id is None
+    assert other_user_vault.collections.get(theirs.id).asset_count == 0
+    assert bucket_files(vault.root) == {(WORKSPACE_BUCKET, asset.temp_storage_path), (LIBRARY_BUCKET, kept.storage_path)}
+
+
+def test_database_enforces_same_user_collection(vault: Vault, other_user_vault: Vault, make_image):
+    theirs = other_user_vault.collections.create("Theirs")
+    kept = vault.library.add(make_image(seed=1))
+    with pytest.raises(sqlite3.IntegrityError):
+        with vault.db.write() as conn:
+            conn.execute("UPDATE user_library SET collection_id = ? WHERE id = ?", (theirs.id, kept.id))
+    assert vault.library.get(kept.id).collection_id is None
+    assert other_user_vault.collections.get(theirs.id).asset_count == 0
+
+
+def test_same_collection_name_for_two_users(vault: Vault, other_user_vault: Vault):
+    a = vault.collections.create("Shared name")
+    b = other_user_vault.collections.create("Shared name")
+    assert a.id != b.id
+    assert vault.collections.get("Shared name").id == a.id
+    assert other_user_vault.collections.get("Shared name").id == b.id
+
+
+# ---------------------------------------------------------------- verify
+
+
+def test_verify_clean_vault(shared_library):
+    vault, _ = shared_library
+    report = vault.verify()
+    assert report.clean
+    assert report.checked == 24  # 12 workspace + 12 library rows
+    assert not (report.missing or report.orphans or report.mismatched or report.stale_temps)
+
+
+def test_verify_detects_and_repairs_orphan(vault: Vault, make_image):
+    vault.workspace.add(make_image(seed=1))
+    orphan = vault.root / LIBRARY_BUCKET / USER_A / f"{uuid.uuid4()}.png"
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(make_image(seed=2).read_bytes())
+    report = vault.verify()
+    assert report.orphans == [f"{LIBRARY_BUCKET}/{USER_A}/{orphan.name}"]
+    assert not report.clean
+    assert orphan.exists()  # no repair without asking
+    repaired = vault.verify(repair=True)
+    assert repaired.repaired == report.orphans and repaired.clean
+    assert not orphan.exists()
+    assert vault.verify().clean and vault.workspace.count() == 1
+
+
+def test_verify_detects_missing_file(vault: Vault, make_image):
+    asset = vault.workspace.add(make_image(seed=1))
+    os.unlink(vault.workspace.file_path(asset))
+    report = vault.verify()
+    assert report.missing == [f"{WORKSPACE_BUCKET}/{asset.temp_storage_path}"]
+    assert not report.clean
+    vault.verify(repair=True)
+    with pytest.raises(NotFoundError):  # its file is gone for good: the row goes too
+        vault.workspace.get(asset.id)
+    assert vault.verify().clean
+
+
+def test_verify_restores_missing_file_from_twin(vault: Vault, make_image):
+    asset = vault.workspace.add(make_image(seed=1))
+    kept = vault.library.save(asset.id)
+    os.unlink(vault.library.file_path(kept))
+    report = vault.verify(repair=True)
+    assert report.missing == [f"{LIBRARY_BUCKET}/{kept.storage_path}"]
+    assert Path(vault.library.file_path(kept)).read_bytes() == make_image(seed=1).read_bytes()
+    assert vault.verify().clean
+
+
+def test_verify_detects_hash_mismatch(vault: Vault, make_image):
+    kept = vault.library.add(make_image(seed=1))
+    path = Path(vault.library.file_path(kept))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    report = vault.verify()
+    assert report.mismatched == [f"{LIBRARY_BUCKET}/{kept.storage_path}"]
+    assert not report.clean
+    assert not vault.verify(repair=True).clean  # no twin to restore from
+
+
+def test_verify_detects_stale_temp_file(vault: Vault, make_image):
+    vault.workspace.add(make_image(seed=1))
+    folder = vault.root / WORKSPACE_BUCKET / USER_A
+    stale = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+    fresh = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+    stale.write_bytes(b"half written")
+    fresh.write_bytes(b"being written right now")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    report = vault.verify()
+    assert report.stale_temps == [f"{WORKSPACE_BUCKET}/{USER_A}/{stale.name}"]
+    assert report.orphans == []  # a young temp file may be another process's write
+    assert not report.clean
+    assert vault.verify(repair=True).clean
+    assert not stale.exists() and fresh.exists()
+
+
+def test_pending_deletes_drained_on_open(vault: Vault, make_image):
+    keep = vault.library.add(make_image(seed=1))
+    orphan = vault.root / LIBRARY_BUCKET / USER_A / f"{uuid.uuid4()}.png"
+    orphan.write_bytes(make_image(seed=2).read_bytes())
+    root = vault.root
+    vault.close()
+    conn = raw_connection(root)  # a crash after the row delete committed, before the file went
+    conn.execute("INSERT INTO pending_deletes (bucket, path) VALUES (?, ?)", (LIBRARY_BUCKET, f"{USER_A}/{orphan.name}"))
+    conn.execute("INSERT INTO pending_deletes (bucket, path) VALUES (?, ?)", (LIBRARY_BUCKET, keep.storage_path))
+    conn.close()
+    with Vault.open(root) as reopened:
+        assert not orphan.exists()
+        assert Path(reopened.library.file_path(keep)).exists()  # a live row's file is never removed
+        assert reopened.db.conn.execute("SELECT count(*) FROM pending_deletes").fetchone()[0] == 0
+        assert reopened.verify().clean
+
+
+# ------------------------------------------------------------ migrations
+
+
+def test_schema_version_recorded(vault: Vault):
+    assert schema_version() >= 1
+    assert vault.db.conn.execute("PRAGMA user_version").fetchone()[0] == schema_version()
+    tables = {r[0] for r in vault.db.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"user_collections", "workspace_assets", "user_library", "sync_outbox", "pending_deletes"} <= tables
+
+
+def test_newer_schema_refused(vault: Vault):
+    root = vault.root
+    vault.close()
+    conn = raw_connection(root)
+    conn.execute(f"PRAGMA user_version = {schema_version() + 1}")
+    conn.close()
+    with pytest.raises(SchemaVersionError):
+        Vault.open(root)
+    with pytest.raises(SchemaVersionError):
+        Vault.open(root, readonly=True)
+
+
+def test_corrupt_database_refused(tmp_path: Path):
+    root = tmp_path / "v"
+    Vault.create(root).close()
+    for suffix in ("-wal", "-shm"):
+        (root / f"vault.db{suffix}").unlink(missing_ok=True)
+    (root / "vault.db").write_bytes(os.urandom(8192))
+    with pytest.raises(VaultCorruptError):
+        Vault.open(root)
+
+
+def test_foreign_sqlite_database_refused(tmp_path: Path):
+    root = tmp_path / "v"
+    Vault.create(root).close()
+    for suffix in ("", "-wal", "-shm"):
+        (root / f"vault.db{suffix}").unlink(missing_ok=True)
+    conn = sqlite3.connect(root / "vault.db")
+    conn.execute("CREATE TABLE someone_elses (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(VaultCorruptError):
+        Vault.open(root)
+    conn = sqlite3.connect(root / "vault.db")  # left as it was
+    assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["someone_elses"]
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+    conn.close()
+
+
+def test_search_ignores_case_and_diacritics(vault: Vault, make_image):
+    kept = vault.library.add(make_image(seed=1), prompt="Un café à Montréal", title="Crème brûlée")
+    vault.library.add(make_image(seed=2), prompt="a tea house")
+    for words in ("cafe", "CAFÉ", "montreal", "creme brulee", "Café Montréal"):
+        assert ids_of(vault.library.list(search=words).items) == [kept.id], words
+
+
+def test_reopen_does_not_migrate_again(vault: Vault, make_image):
+    asset = vault.workspace.add(make_image(seed=1))
+    root = vault.root
+    vault.close()
+    for _ in range(2):
+        with Vault.open(root) as again:
+            assert again.workspace.get(asset.id).id == asset.id
+            assert again.db.user_version() == schema_version()
+
+
+# ---------------------------------------------------------------- counts
+
+
+def test_asset_count_exact(vault: Vault, make_image):
+    a, b = vault.collections.create("A"), vault.collections.create("B")
+
+    def counts():
+        got = {c.name: c.asset_count for c in vault.collections.list()}
+        assert got == {c.name: real_count(vault, c.id) for c in vault.collections.list()}
+        return got
+
+    kept = [vault.library.add(make_image(seed=i), collection="A") for i in range(4)]
+    assert counts() == {"A": 4, "B": 0}
+    ws = vault.workspace.add(make_image(seed=10))
+    vault.library.save(ws.id, collection=b.id)
+    assert counts() == {"A": 4, "B": 1}
+    vault.library.move(kept[0].id, "B")
+    vault.library.move(kept[1].id, None)
+    vault.library.move(kept[2].id, "A")  # no-op move
+    assert counts() == {"A": 2, "B": 2}
+    vault.library.delete(kept[3].id)
+    assert counts() == {"A": 1, "B": 2}
+    vault.library.update(kept[1].id, collection="A", title="back")
+    assert counts() == {"A": 2, "B": 2}
+    vault.collections.delete("B")
+    assert counts() == {"A": 2}
+    assert vault.library.get(kept[0].id).collection_id is None  # released, not deleted
+    vault.collections.delete(a.id)
+    assert vault.collections.list() == []
+    assert vault.library.count() == 4
+    with pytest.raises(sqlite3.IntegrityError):  # the CHECK keeps it from going negative
+        with vault.db.write() as conn:
+            conn.execute("INSERT INTO user_collections (id, user_id, name, asset_count) VALUES (?, ?, 'neg', -1)",
+                         (str(uuid.uuid4()), USER_A))
+
+
+# ---------------------------------------------------------------- outbox
+
+
+def test_outbox_rows_for_library_and_collections_only(vault: Vault, make_image):
+    ws = vault.workspace.add(make_image(seed=1))
+    ws2 = vault.workspace.add(make_image(seed=2))
+    vault.workspace.expire(ws2.id)
+    vault.cleanup()
+    assert outbox(vault) == []  # workspace changes are never queued
+    coll = vault.collections.create("C")
+    assert outbox(vault) == [("user_collections", coll.id, "insert")]
+    kept = vault.library.save(ws.id, collection="C")
+    assert outbox(vault)[1:] == [("user_library", kept.id, "insert")]  # the count change is not queued
+    vault.library.update(kept.id, title="t")
+    vault.collections.rename("C", "D")
+    vault.library.move(kept.id, None)
+    direct = vault.library.add(make_image(seed=3))
+    vault.library.delete(direct.id)
+    vault.collections.delete("D")
+    vault.workspace.delete(ws.id)
+    assert outbox(vault)[2:] == [
+        ("user_library", kept.id, "update"),
+        ("user_collections", coll.id, "update"),
+        ("user_library", kept.id, "update"),
+        ("user_library", direct.id, "insert"),
+        ("user_library", direct.id, "delete"),
+        ("user_collections", coll.id, "delete"),
+    ]
