@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,8 +104,13 @@ class FileStore:
 
     # --------------------------------------------------------------- write
 
-    def stage(self, source: Path, bucket: str, folder: str, on_bytes: Callable[[int], None] | None = None) -> StagedFile:
-        """Copy ``source`` into ``bucket/folder`` under a temp name, hashing while copying; fsynced."""
+    def stage(self, source: Path, bucket: str, folder: str, on_bytes: Callable[[int], None] | None = None,
+              *, sync: bool = True) -> StagedFile:
+        """Copy ``source`` into ``bucket/folder`` under a temp name, hashing while copying.
+
+        Fsynced unless ``sync=False``: batch imports then make a whole batch
+        durable at once with :meth:`sync_staged` before committing it.
+        """
         directory = self.full_path(bucket, folder)
         temp = f"{directory}/{TEMP_PREFIX}{uuid.uuid4().hex}"
         digest = hashlib.sha256()
@@ -121,7 +127,8 @@ class FileStore:
                             size += len(chunk)
                             if on_bytes:
                                 on_bytes(len(chunk))
-                        os.fsync(fd)
+                        if sync:
+                            os.fsync(fd)
                     finally:
                         os.close(fd)
                 else:
@@ -137,13 +144,17 @@ class FileStore:
             raise _os_error(exc, source if not isinstance(exc, FileNotFoundError) else temp) from None
         return StagedFile(bucket, temp, digest.hexdigest(), size)
 
-    def commit(self, staged: StagedFile, relative: str) -> None:
-        """Rename a staged file to its final name (replacing any orphan there) and make it durable."""
+    def commit(self, staged: StagedFile, relative: str, *, sync_dir: bool = True) -> None:
+        """Rename a staged file to its final name (replacing any orphan there) and make it durable.
+
+        With ``sync_dir=False`` the caller fsyncs the folders itself (:meth:`sync_dirs`), once per batch.
+        """
         final = self.full_path(staged.bucket, relative)
         try:
             if self.local:
                 os.replace(staged.temp_path, final)
-                fsync_dir(Path(final).parent)
+                if sync_dir:
+                    fsync_dir(Path(final).parent)
             else:
                 self.fs.mv(staged.temp_path, final)
         except OSError as exc:
@@ -156,6 +167,92 @@ class FileStore:
                 os.rmdir(os.path.dirname(staged.temp_path))  # the job folder stage() made, if still empty
             except OSError:
                 pass
+
+    # ------------------------------------------------------- batch staging
+
+    def stage_data(self, data: bytes, sha256: str, bucket: str, folder: str, *, sync: bool = True) -> StagedFile:
+        """Write bytes already in memory (and hashed by the caller) into ``bucket/folder`` under a temp name."""
+        directory = self.full_path(bucket, folder)
+        temp = f"{directory}/{TEMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            if self.local:
+                for attempt in range(3):  # the folder is made on first use only (mkdir is not free)
+                    try:
+                        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                        break
+                    except FileNotFoundError:  # (or an empty folder was just removed by a discard)
+                        if attempt == 2:
+                            raise
+                        os.makedirs(directory, exist_ok=True)
+                try:
+                    _write_all(fd, data)
+                    if sync:
+                        os.fsync(fd)
+                    else:
+                        _start_writeback(fd)  # the disk starts now; the batch's sync then waits for less
+                finally:
+                    os.close(fd)
+            else:
+                self.fs.makedirs(directory, exist_ok=True)
+                with self.fs.open(temp, "wb") as writer:
+                    writer.write(data)
+        except OSError as exc:
+            self._remove_path(temp)
+            raise _os_error(exc, temp) from None
+        return StagedFile(bucket, temp, sha256, len(data))
+
+    def stage_link(self, source: Path, sha256: str, size: int, bucket: str, folder: str) -> StagedFile | None:
+        """Hard-link ``source`` into ``bucket/folder`` under a temp name; None where links are impossible.
+
+        The caller has hashed ``source``; the staged name shares its inode
+        (so no byte is copied). Other filesystems, or another device, get None.
+        """
+        if not self.local:
+            return None
+        directory = self.full_path(bucket, folder)
+        temp = f"{directory}/{TEMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            try:
+                os.link(source, temp)
+            except FileNotFoundError:
+                os.makedirs(directory, exist_ok=True)
+                os.link(source, temp)
+        except OSError:
+            return None
+        return StagedFile(bucket, temp, sha256, size)
+
+    def sync_staged(self, staged: "list[StagedFile]", fsync_map: Callable[..., Iterator[None]] = map) -> None:
+        """Make a batch of files staged with ``sync=False`` durable: fsync each file, then each folder once.
+
+        ``fsync_map`` may be a thread pool's ``map``, so the fsyncs overlap
+        (the filesystem then commits its journal once for many of them).
+        """
+        if not staged or not self.local:
+            return
+        for _ in fsync_map(_fsync_path, [s.temp_path for s in staged]):
+            pass
+        for folder in sorted({os.path.dirname(s.temp_path) for s in staged}):
+            fsync_dir(Path(folder))
+
+    def syncfs(self) -> bool:
+        """Flush everything written to the vault's filesystem in one call (Linux ``syncfs``).
+
+        False where it is not available (another OS, another fsspec filesystem,
+        or the call failed): then use :meth:`sync_staged` and :meth:`sync_dirs`.
+        """
+        return self.local and _syncfs(self.root)
+
+    def sync_files(self, bucket: str, relatives: "list[str]", fsync_map: Callable[..., Iterator[None]] = map) -> None:
+        """Fsync committed files (relative to ``bucket``); ``fsync_map`` as in :meth:`sync_staged`."""
+        if self.local:
+            for _ in fsync_map(_fsync_path, [self.full_path(bucket, r) for r in relatives]):
+                pass
+
+    def sync_dirs(self, bucket: str, folders: "set[str]") -> None:
+        """Fsync folders (relative to ``bucket``) after renames made with ``commit(..., sync_dir=False)``."""
+        if self.local:
+            for folder in sorted(folders):
+                fsync_dir(Path(self.full_path(bucket, folder)))
 
     def link(self, source_bucket: str, source: str, bucket: str, relative: str) -> None:
         """Make ``bucket/relative`` hold the same bytes as ``source``: a hard link where possible, else a copy."""
@@ -254,6 +351,57 @@ class FileStore:
         except OSError as exc:
             _unlink_quietly(temp)
             raise _os_error(exc, destination) from None
+
+
+_LIBC: object = None
+
+
+def _syncfs(path: str) -> bool:
+    """``syncfs(2)`` on the filesystem holding ``path``, via ctypes; False if unavailable or failing."""
+    global _LIBC
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        if _LIBC is None:
+            import ctypes
+
+            _LIBC = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return _LIBC.syncfs(fd) == 0  # type: ignore[attr-defined]
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        return False
+
+
+def _start_writeback(fd: int) -> None:
+    """Ask Linux to start writing a file's dirty pages (``sync_file_range(SYNC_FILE_RANGE_WRITE)``); no wait."""
+    global _LIBC
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        if _LIBC is None:
+            import ctypes
+
+            _LIBC = ctypes.CDLL(None, use_errno=True)
+        _LIBC.sync_file_range(fd, ctypes_off(0), ctypes_off(0), 2)  # type: ignore[attr-defined]
+    except (OSError, AttributeError):
+        pass
+
+
+def ctypes_off(value: int) -> object:
+    import ctypes
+
+    return ctypes.c_longlong(value)
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
