@@ -1,0 +1,216 @@
+"""Local faults: a full disk and a read-only vault folder (real tmpfs mounts).
+
+Each fault must give a clear StorageError (CLI: exit 8 and one line), leave
+nothing half-written (no temp file, no orphan, no row without its file, the
+database intact), and the next run after the fault is gone must complete.
+(PostgreSQL restarts and a stopped S3 server are covered by test_sync_faults.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from localvault import StorageError, Vault
+from localvault.files import TEMP_PREFIX
+from reliability.common import USER_A, run_cli, tiny_png
+
+SWEEP = [0, 512, 1024, 2048, 3072, 4096, 6144, 8192, 12288, 16384, 24576, 32768, 49152, 65536, 98304, 131072, 262144]
+
+
+def _mount(target: Path, options: str) -> None:
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}); needs root")
+
+
+def _umount(target: Path) -> None:
+    subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    _mount(mount_point, "size=2m,mode=0755")
+    try:
+        yield mount_point
+    finally:
+        _umount(mount_point)
+
+
+def _free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """A filler file that leaves about ``leave`` bytes free."""
+    filler = disk / "filler.bin"
+    filler.unlink(missing_ok=True)
+    size = max(0, _free(disk) - leave)
+    with open(filler, "wb") as out:
+        try:
+            out.write(b"\0" * size)  # tmpfs allocates zeros too
+        except OSError:
+            pass
+    return filler
+
+
+def _consistent(root: Path) -> tuple[int, int]:
+    """Rows and files agree one to one, no temp file is left, the database is intact; (rows, files)."""
+    conn = sqlite3.connect(root / "vault.db")
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        paths = {("workspace-temp", r[0]) for r in conn.execute("SELECT temp_storage_path FROM workspace_assets")}
+        paths |= {("user-library", r[0]) for r in conn.execute("SELECT storage_path FROM user_library")}
+        pending = conn.execute("SELECT count(*) FROM pending_deletes").fetchone()[0]
+    finally:
+        conn.close()
+    files = set()
+    for bucket in ("workspace-temp", "user-library"):
+        for folder, _dirs, names in os.walk(root / bucket):
+            for name in names:
+                assert not name.startswith(TEMP_PREFIX), f"temp file left: {folder}/{name}"
+                files.add((bucket, os.path.relpath(os.path.join(folder, name), root / bucket)))
+    assert pending == 0
+    assert files == paths, f"rows without files: {paths - files}; files without rows: {files - paths}"
+    return len(paths), len(files)
+
+
+def test_disk_full_sweep_gives_storage_error_and_leaves_nothing_half_written(small_disk: Path, tmp_path: Path) -> None:
+    """Every write of the vault, tried with 0 … 256 KB left on the disk: done whole or refused whole."""
+    src = tmp_path / "src"
+    src.mkdir()
+    vault = Vault.create(small_disk / "vault", user_id=USER_A)
+    keep = vault.workspace.add(_png(src, 0))
+    vault.collections.create("Keep")
+    refused = completed = 0
+    counter = [1]
+
+    def add_ws() -> None:
+        vault.workspace.add(_png(src, counter[0]))
+
+    def add_lib() -> None:
+        vault.library.add(_png(src, counter[0]), title="direct", tags=["t"])
+
+    def save() -> None:
+        fresh = [a for a in vault.workspace.list(limit=200).items if vault.library.find_sha256(a.sha256) is None]
+        if fresh:
+            vault.library.save(fresh[0].id, collection="Keep")
+
+    def edit() -> None:
+        if vault.library.count():
+            asset = vault.library.list(limit=1).items[0]
+            vault.library.update(asset.id, title="x" * 200, add_tags=[f"tag{counter[0]}"])
+
+    def collection() -> None:
+        vault.collections.create(f"c{counter[0]}", "d" * 1000)
+
+    def delete() -> None:
+        items = vault.library.list(limit=1).items
+        if items:
+            vault.library.delete(items[0].id)
+
+    operations: list[Callable[[], None]] = [add_ws, add_lib, save, edit, collection, delete]
+    for leave in SWEEP:
+        for operation in operations:
+            counter[0] += 1
+            filler = _fill(small_disk, leave)
+            try:
+                operation()
+                completed += 1
+            except StorageError as exc:
+                assert "full" in str(exc) or "space" in str(exc), exc
+                refused += 1
+            finally:
+                filler.unlink()
+            _consistent(vault.root)
+    vault.close()
+    # Space back: the vault opens, verify is clean, and every kind of write completes.
+    vault = Vault.open(small_disk / "vault")
+    assert vault.verify().clean
+    vault.workspace.get(keep.id)
+    for operation in operations:
+        counter[0] += 1
+        operation()
+    _consistent(vault.root)
+    vault.close()
+    print(f"\ndisk-full sweep: {len(SWEEP) * len(operations)} writes with 0–256 KB free: {refused} refused with "
+          f"StorageError, {completed} completed whole, 0 half-written")
+    assert refused > 0
+
+
+def _png(folder: Path, n: int) -> Path:
+    path = folder / f"p{n}.png"
+    path.write_bytes(tiny_png(n, salt=77))
+    return path
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def test_disk_full_through_the_cli_then_next_run_completes(small_disk: Path, tmp_path: Path) -> None:
+    root = small_disk / "vault"
+    assert run_cli(None, "init", str(root), "--user", USER_A).returncode == 0
+    src = tmp_path / "src"
+    src.mkdir()
+    big = src / "big.png"  # ~400 KB of incompressible pixels
+    from PIL import Image
+
+    Image.frombytes("RGB", (400, 340), os.urandom(400 * 340 * 3)).save(big, compress_level=0)
+    filler = _fill(small_disk, 64 * 1024)
+    before = _consistent(root)
+    result = run_cli(root, "add", str(big))
+    assert result.returncode == 8, result.stdout + result.stderr
+    line = _one_error_line(result)
+    assert "full" in line and "free some space" in line, line
+    assert _consistent(root) == before
+    filler.unlink()
+    result = run_cli(root, "add", str(big))
+    assert result.returncode == 0, result.stderr
+    assert _consistent(root) == (before[0] + 1, before[1] + 1)
+    assert run_cli(root, "verify").returncode == 0
+
+
+def test_read_only_vault_folder_gives_clear_error_and_loses_nothing(small_disk: Path, tmp_path: Path) -> None:
+    root = small_disk / "vault"
+    src = tmp_path / "src"
+    src.mkdir()
+    with Vault.create(root, user_id=USER_A) as vault:
+        kept = vault.library.add(_png(src, 1), title="kept")
+        vault.workspace.add(_png(src, 2))
+    before = _consistent(root)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        attempts = {
+            "add": run_cli(root, "add", str(_png(src, 3))),
+            "collections create": run_cli(root, "collections", "create", "New"),
+            "rm": run_cli(root, "rm", kept.id),
+            "cleanup": run_cli(root, "cleanup"),
+            "verify --repair": run_cli(root, "verify", "--repair"),
+        }
+        for name, result in attempts.items():
+            assert result.returncode == 8, (name, result.stdout, result.stderr)
+            line = _one_error_line(result)
+            assert "read-only" in line or "permissions" in line, (name, line)
+        with pytest.raises(StorageError) as caught:
+            Vault.open(root)
+        assert "read-only" in str(caught.value) or "permissions" in str(caught.value)
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    assert _consistent(root) == before
+    result = run_cli(root, "add", str(_png(src, 3)))
+    assert result.returncode == 0, result.stderr
+    with Vault.open(root) as vault:
+        assert vault.library.get(kept.id).title == "kept"
+        assert vault.verify().clean
+    assert _consistent(root) == (before[0] + 1, before[1] + 1)
