@@ -31,6 +31,10 @@ _INSERT = ("INSERT INTO workspace_assets (id, user_id, asset_type, temp_storage_
            " generation_settings, width, height, sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
 
+#: Batches of at least this many files are made durable with one syncfs; smaller ones file by file.
+SYNCFS_MIN_FILES = 32
+
+
 @dataclass(frozen=True)
 class BatchEntry:
     """A file staged without fsync (``FileStore.stage(..., sync=False)``) for :meth:`Workspace.add_batch`.
@@ -181,7 +185,7 @@ class Workspace:
         has (workspace or library), give each file the next free index of its
         job (in the order given), rename the files into place (``io_map`` may
         be a thread pool's ``map``), make files and folders durable (one
-        ``syncfs``; else an fsync per file and per folder), then insert every
+        ``syncfs`` for a big batch, else an fsync per file and folder), then insert every
         row and commit. A row never points at a missing or unsynced file; on
         any error nothing is recorded and every file is removed.
         """
@@ -225,7 +229,8 @@ class Workspace:
                     pass
                 for _ in io_map(lambda move: self._files.commit(move[0], move[1], sync_dir=False), moves):
                     pass
-                if not self._files.syncfs():
+                # syncfs flushes the whole filesystem (other programs' writes too): worth it for big batches only
+                if len(moves) < SYNCFS_MIN_FILES or not self._files.syncfs():
                     self._files.sync_files(WORKSPACE_BUCKET, [relative for _s, relative in moves], io_map)
                     self._files.sync_dirs(WORKSPACE_BUCKET, {user, *folders})
                 conn.executemany(_INSERT, values)
@@ -331,7 +336,8 @@ class Workspace:
         while True:
             batch_size = CLEANUP_BATCH if max_assets is None else min(CLEANUP_BATCH, max_assets - removed)
             if batch_size <= 0:
-                complete = False
+                complete = self._db.conn.execute(
+                    "SELECT 1 FROM workspace_assets WHERE expires_at <= ? LIMIT 1", (now,)).fetchone() is None
                 break
             with self._db.write() as conn:
                 doomed = conn.execute(
