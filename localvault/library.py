@@ -198,6 +198,8 @@ class Library:
         conn = self._db.conn
         filters, params = ["l.user_id = ?"], [self.user_id]
         if favorite is not None:
+            if not isinstance(favorite, bool):
+                raise InvalidInputError(f"favorite must be true, false or None, not {favorite!r}")
             filters.append("l.is_favorite = ?")
             params.append(int(bool(favorite)))
         if collection is not None:

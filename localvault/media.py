@@ -44,7 +44,7 @@ def sniff(head: bytes) -> MediaType | None:
     if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return MediaType.webp
     if len(head) >= 12 and head[4:8] == b"ftyp":
-        brands = {head[8:12]} | {head[i:i + 4] for i in range(16, min(len(head), 8 + struct.unpack(">I", head[:4])[0]), 4)}
+        brands = {head[8:12]} | {head[i:i + 4] for i in range(16, min(len(head), struct.unpack(">I", head[:4])[0]) - 3, 4)}
         if brands & _MP4_BRANDS:
             return MediaType.mp4
     return None

@@ -209,7 +209,7 @@ BEGIN
         VALUES ('delete', OLD.local_seq, OLD.original_prompt, OLD.title, OLD.tags);
 END;
 
-CREATE TRIGGER user_library_index_update AFTER UPDATE OF original_prompt, title, tags ON user_library
+CREATE TRIGGER user_library_index_update AFTER UPDATE OF original_prompt, title, tags, created_at ON user_library
 BEGIN
     DELETE FROM library_tags WHERE library_seq = OLD.local_seq;
     INSERT INTO library_tags (library_seq, user_id, tag, created_at, id)
