@@ -47,6 +47,8 @@ MODES = ("copy", "move", "link")
 BATCH_SIZE = 200
 #: Files up to this size are read once into memory (hash, then write); larger ones are streamed.
 IN_MEMORY_BYTES = 16 * 1024 * 1024
+#: Imports of at least this many files load the user's hashes first (see import_candidates).
+PRELOAD_MIN_FILES = 64
 #: What a file lacking metadata (and options) gets.
 PLACEHOLDERS = {"seed": 0, "prompt": "", "model": "unknown"}
 
@@ -194,7 +196,9 @@ class Importer:
         """Import candidates (in the order given, which grouping relies on); never raises for one bad file."""
         started = time.perf_counter()
         result = ImportReport()
-        known = self._known()
+        # Hashes this user has: loaded up front for big imports (a duplicate is then never written);
+        # a small batch (the watcher's) relies on the check inside the commit instead.
+        known = self._known() if (total or 0) >= PRELOAD_MIN_FILES else set()
         seen: set[str] = set()
         batch: list[_Ready] = []
         window: deque[tuple[Candidate, Future[_Ready]]] = deque()

@@ -269,6 +269,8 @@ class Watcher:
                 fresh.append(path)
         if not fresh:
             return
+        if len(self._done) > 50_000:  # forget files that are gone (moved, deleted) so memory stays flat
+            self._done = {p: v for p, v in self._done.items() if p in fresh or os.path.exists(p)}
         try:
             result = importer.import_paths(fresh, self.folder)
         except Exception as exc:  # noqa: BLE001 - the watch goes on
