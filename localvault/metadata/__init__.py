@@ -1,0 +1,101 @@
+"""Read how an image or video was generated: prompt, seed, model and settings.
+
+Supported: Stable Diffusion WebUI (A1111/Forge) ``parameters`` text in PNG
+chunks or JPEG/WebP EXIF UserComment; ComfyUI API/UI graphs in PNG chunks,
+WebP EXIF and MP4 comments (VideoHelperSuite); InvokeAI metadata chunks;
+sidecar files (``NAME.json``, ``NAME.txt``). Only headers and metadata
+chunks are read, never pixels::
+
+    info = read("out/00001.png")
+    info.prompt, info.seed, info.model, info.source, info.settings["steps"]
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from localvault.errors import StorageError
+from localvault.models import GenerationInfo
+
+from . import a1111, comfyui, images, invokeai, mp4, sidecar
+from ._clean import Found, finish, json_loads, merge
+
+__all__ = ["read", "read_chunks"]
+
+_COMMENT_KEYS = ("usercomment", "comment", "description")
+
+
+def _from_comment(text: Any, key: str, depth: int) -> Found:
+    """A free-text comment: JSON with ComfyUI graphs, or A1111 parameters."""
+    if not isinstance(text, str):
+        return Found()
+    data = json_loads(text) if text.lstrip().startswith("{") else None
+    if isinstance(data, dict):
+        return read_chunks(data, depth + 1) if depth == 0 else Found()
+    if key == "usercomment" or a1111.looks_like_parameters(text):
+        return a1111.parse(text)
+    return Found()
+
+
+def read_chunks(chunks: dict[str, Any], depth: int = 0) -> Found:
+    """Raw findings from a file's named text entries (PNG chunks, EXIF texts, MP4 tags)."""
+    found = Found()
+    if "parameters" in chunks:
+        found = merge(found, a1111.parse(chunks["parameters"]))
+    if "prompt" in chunks or "workflow" in chunks:
+        found = merge(found, comfyui.parse(chunks.get("prompt"), chunks.get("workflow"), extra=chunks))
+    if "invokeai_metadata" in chunks:
+        found = merge(found, invokeai.parse(chunks["invokeai_metadata"], chunks.get("invokeai_graph")))
+    if "sd-metadata" in chunks:
+        found = merge(found, invokeai.parse_sd_metadata(chunks["sd-metadata"]))
+    if "Dream" in chunks:
+        found = merge(found, invokeai.parse_dream(chunks["Dream"]))
+    for key in _COMMENT_KEYS:
+        if key in chunks:
+            found = merge(found, _from_comment(chunks[key], key, depth))
+    return found
+
+
+def _texts(f: BinaryIO) -> dict[str, str]:
+    """The named text entries of a stream, by its format (sniffed from the first bytes)."""
+    head = f.read(16)
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return images.png_texts(f)
+    if head.startswith(b"\xff\xd8\xff"):
+        return images.jpeg_texts(f)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return images.webp_texts(f)
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
+        return mp4.read_tags(f)
+    return {}
+
+
+def _embedded(path: Path) -> Found:
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below; only this may fail loudly
+    except OSError as exc:
+        raise StorageError(f"cannot open {os.fspath(path)!r} to read its metadata: {exc.strerror or exc}") from exc
+    with f:
+        try:
+            return read_chunks(_texts(f))
+        except Exception:  # noqa: BLE001 - odd metadata must never stop an import; the fuzz tests
+            return Found()  # exercise read_chunks() and the chunk readers without this net
+
+
+def read(path: str | os.PathLike[str]) -> GenerationInfo:
+    """How the file at ``path`` was generated, from its embedded metadata and any sidecar file.
+
+    Embedded metadata wins; a sidecar (``NAME.json``, ``NAME.ext.json``, ``NAME.txt``)
+    fills the gaps. Malformed metadata never raises: whatever could be read is
+    returned, with ``source="none"`` when nothing was. Raises
+    :class:`~localvault.errors.StorageError` only when the file cannot be opened.
+    """
+    path = Path(path)
+    found = _embedded(path)
+    try:
+        found = merge(found, sidecar.read(path))
+    except Exception:  # noqa: BLE001 - same contract as _embedded
+        pass
+    return finish(found)

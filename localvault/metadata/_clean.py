@@ -1,0 +1,187 @@
+"""What every reader hands back, and how it is made safe for the models.
+
+Readers fill a :class:`Found` with whatever they could read, raw; :func:`finish`
+turns it into a :class:`GenerationInfo` whose text and settings pass the
+validators of :mod:`localvault.models`, however odd the input was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from localvault.models import MAX_MODEL_CHARS, MAX_PROMPT_CHARS, MAX_SEED, MAX_SETTINGS_BYTES, GenerationInfo
+
+_PROMPT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_ALL_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_MAX_DEPTH = 64
+#: Keys that name a generation run, in order of preference.
+RUN_ID_KEYS = ("run_id", "job_id", "batch_id", "session_id", "prompt_id")
+
+
+@dataclass
+class Found:
+    """Raw findings of one reader; nothing here is validated yet."""
+
+    source: str = "none"
+    prompt: Any = None
+    negative_prompt: Any = None
+    seed: Any = None
+    model: Any = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    run_id: Any = None
+
+    def is_empty(self) -> bool:
+        """True when the reader found nothing worth keeping."""
+        values = (self.prompt, self.negative_prompt, self.seed, self.model, self.run_id)
+        return all(v is None or v == "" for v in values) and not self.settings
+
+
+def merge(first: Found, second: Found) -> Found:
+    """Fill the gaps of ``first`` from ``second``; ``first`` wins wherever it has a value."""
+    if second.is_empty():
+        return first
+    if first.is_empty():
+        return second
+
+    def pick(a: Any, b: Any) -> Any:
+        return b if a is None or a == "" else a
+
+    return Found(
+        source=first.source,
+        prompt=pick(first.prompt, second.prompt),
+        negative_prompt=pick(first.negative_prompt, second.negative_prompt),
+        seed=pick(first.seed, second.seed),
+        model=pick(first.model, second.model),
+        settings={**second.settings, **first.settings},
+        run_id=pick(first.run_id, second.run_id),
+    )
+
+
+def json_loads(text: Any) -> Any:
+    """Parse JSON text (str or bytes); None when it is not JSON."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8", "replace")
+    if not isinstance(text, str):
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def parse_seed(value: Any) -> int | None:
+    """A seed as an int in 0..2**63-1, or None (for -1, out of range, not a number)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    elif isinstance(value, str) and re.fullmatch(r"\s*\+?\d{1,25}\s*", value):
+        value = int(value)
+    if isinstance(value, int) and 0 <= value <= MAX_SEED:
+        return value
+    return None
+
+
+def snake_key(key: str) -> str:
+    """``"CFG scale"`` -> ``"cfg_scale"``; ``"Model hash"`` -> ``"model_hash"``."""
+    out = re.sub(r"[^0-9a-z]+", "_", key.strip().lower()).strip("_")
+    return out or "unnamed"
+
+
+def find_run_id(*mappings: Any) -> Any:
+    """The first run/batch id found under one of :data:`RUN_ID_KEYS` in the mappings."""
+    for key in RUN_ID_KEYS:
+        for mapping in mappings:
+            if isinstance(mapping, dict):
+                value = mapping.get(key)
+                if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+                    return value
+    return None
+
+
+def _fix_surrogates(text: str) -> str:
+    if _SURROGATE.search(text):
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def clean_prompt(value: Any) -> str | None:
+    """Prompt text without control characters (\\n, \\r and \\t stay), at most MAX_PROMPT_CHARS."""
+    if value is None or isinstance(value, (dict, list, bool)):
+        return None
+    text = _fix_surrogates(_PROMPT_CONTROL.sub("", str(value)))
+    return text[:MAX_PROMPT_CHARS].strip() or None
+
+
+def clean_model(value: Any) -> str | None:
+    """A model name on one line, at most MAX_MODEL_CHARS; None when empty."""
+    if value is None or isinstance(value, (dict, list, bool)):
+        return None
+    text = _fix_surrogates(_ALL_CONTROL.sub(" ", str(value))).strip()[:MAX_MODEL_CHARS].strip()
+    return text or None
+
+
+def clean_json(value: Any, depth: int = 0) -> Any:
+    """A JSON-safe copy: NaN/inf become None, bytes are dropped, other objects become text."""
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return _fix_surrogates(value)
+    if depth >= _MAX_DEPTH:
+        return None
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if isinstance(item, (bytes, bytearray)):
+                continue
+            out[_fix_surrogates(str(key))] = clean_json(item, depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [clean_json(item, depth + 1) for item in value if not isinstance(item, (bytes, bytearray))]
+    if isinstance(value, (bytes, bytearray)):
+        return None
+    try:
+        number = float(value)  # Pillow's IFDRational, Decimal, numpy scalars…
+        return number if math.isfinite(number) else None
+    except (TypeError, ValueError, OverflowError):
+        return _fix_surrogates(str(value))
+
+
+def _encoded_size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode())
+
+
+def clean_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """JSON-safe settings that fit MAX_SETTINGS_BYTES (the largest entries go first)."""
+    out = clean_json(settings)
+    while out and _encoded_size(out) > MAX_SETTINGS_BYTES:
+        largest = max(out, key=lambda k: _encoded_size(out[k]))
+        del out[largest]
+    return out
+
+
+def finish(found: Found) -> GenerationInfo:
+    """Validate-proof GenerationInfo from raw findings."""
+    settings = clean_settings(found.settings if isinstance(found.settings, dict) else {})
+    run_id = found.run_id
+    run_text = clean_model(run_id) if run_id is not None else None
+    info = GenerationInfo(
+        prompt=clean_prompt(found.prompt),
+        negative_prompt=clean_prompt(found.negative_prompt),
+        seed=parse_seed(found.seed),
+        model=clean_model(found.model),
+        settings=settings,
+        source=found.source if not found.is_empty() else "none",
+        run_id=run_text,
+    )
+    if info.prompt is None and info.negative_prompt is None and info.seed is None and info.model is None \
+            and not info.settings and info.run_id is None:
+        return GenerationInfo()
+    return info

@@ -1,0 +1,103 @@
+"""Stable Diffusion WebUI (A1111, Forge) "parameters" text.
+
+::
+
+    a prompt, possibly
+    on several lines
+    Negative prompt: what to avoid
+    Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 512x512, Model: sdxl
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from ._clean import Found, parse_seed, snake_key
+
+_PARAM = re.compile(r'\s*(\w[\w \-/+.()]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+_NEGATIVE = "negative prompt:"
+_MAX_PARAM_LINE = 100_000
+
+
+def parse_params_line(line: str) -> dict[str, str] | None:
+    """The ``Key: value, Key: "quoted, value"`` pairs of a line, or None if it is not one."""
+    if len(line) > _MAX_PARAM_LINE or ":" not in line:
+        return None
+    pairs: dict[str, str] = {}
+    pos = 0
+    while pos < len(line):
+        match = _PARAM.match(line, pos)
+        if match is None or match.end() == pos:
+            break
+        pairs.setdefault(match.group(1).strip(), _unquote(match.group(2).strip()))
+        pos = match.end()
+    if line[pos:].strip() or len(pairs) < 3:
+        return None
+    return pairs
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        try:
+            decoded = json.loads(value)
+            return decoded if isinstance(decoded, str) else value
+        except ValueError:
+            return value[1:-1]
+    return value
+
+
+def _number(value: str) -> Any:
+    if re.fullmatch(r"-?\d{1,18}", value):
+        return int(value)
+    if re.fullmatch(r"-?\d{1,18}\.\d{1,18}", value):
+        return float(value)
+    return value
+
+
+def looks_like_parameters(text: str) -> bool:
+    """True when the last line of ``text`` is an A1111 settings line."""
+    lines = text.strip().splitlines()
+    return bool(lines) and parse_params_line(lines[-1]) is not None
+
+
+def parse(text: Any) -> Found:
+    """Read prompt, negative prompt, seed, model and settings from A1111 parameters text."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8", "replace")
+    if not isinstance(text, str) or not text.strip():
+        return Found()
+    lines = text.strip().splitlines()
+    params = parse_params_line(lines[-1]) or {}
+    if params:
+        lines = lines[:-1]
+    prompt_lines: list[str] = []
+    negative_lines: list[str] = []
+    for line in lines:
+        if not negative_lines and line.strip().lower().startswith(_NEGATIVE):
+            negative_lines.append(line.strip()[len(_NEGATIVE):].strip())
+        elif negative_lines:
+            negative_lines.append(line)
+        else:
+            prompt_lines.append(line)
+    found = Found(source="a1111", prompt="\n".join(prompt_lines).strip())
+    if negative_lines:
+        found.negative_prompt = "\n".join(negative_lines).strip()
+        found.settings["negative_prompt"] = found.negative_prompt
+    _apply_params(found, params)
+    return found
+
+
+def _apply_params(found: Found, params: dict[str, str]) -> None:
+    for key, raw in params.items():
+        name = snake_key(key)
+        if name == "seed":
+            found.seed = parse_seed(raw)
+            if found.seed is None:
+                found.settings["seed"] = raw
+        elif name == "model":
+            found.model = raw
+        else:
+            found.settings.setdefault(name, _number(raw))
+

@@ -1,0 +1,270 @@
+"""ComfyUI: the API graph (``prompt`` chunk) and the UI graph (``workflow`` chunk).
+
+The API graph maps node ids to ``{"class_type": …, "inputs": {…}}``; an input
+that is ``[node_id, output_index]`` is a link to another node's output. The
+sampler is found first, then its seed, prompts, model and size are traced
+back along links (through LoRA loaders, ControlNets, guiders, primitives…).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from typing import Any, Iterator
+
+from ._clean import Found, find_run_id, json_loads, parse_seed
+
+Nodes = dict[str, dict[str, Any]]
+
+MAX_WORKFLOW_BYTES = 256 * 1024
+_MAX_HOPS = 64
+_SEED_KEYS = ("seed", "noise_seed", "value", "int", "number", "seed_value")
+_TEXT_KEYS = ("text", "text_g", "text_l", "prompt", "string", "value", "text_a")
+_PARAM_KEYS = ("steps", "cfg", "sampler_name", "scheduler", "denoise")
+_HELPER_INPUTS = ("sigmas", "sampler", "guider", "noise")
+_MODEL_KEYS = ("ckpt_name", "unet_name")
+#: Widget order of common nodes in the UI graph, to read a workflow without an API graph.
+_WIDGETS = {
+    "KSampler": ("seed", None, "steps", "cfg", "sampler_name", "scheduler", "denoise"),
+    "KSamplerAdvanced": ("add_noise", "noise_seed", None, "steps", "cfg", "sampler_name", "scheduler"),
+    "CLIPTextEncode": ("text",),
+    "CheckpointLoaderSimple": ("ckpt_name",),
+    "UNETLoader": ("unet_name",),
+    "EmptyLatentImage": ("width", "height", "batch_size"),
+}
+
+
+def is_link(value: Any) -> bool:
+    """True for ``[node_id, output_index]``."""
+    return (
+        isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int))
+        and not isinstance(value[0], bool) and isinstance(value[1], int) and not isinstance(value[1], bool)
+    )
+
+
+def api_nodes(data: Any) -> Nodes | None:
+    """The nodes of an API graph, or None if ``data`` is not one."""
+    if not isinstance(data, dict):
+        return None
+    nodes = {str(k): v for k, v in data.items() if isinstance(v, dict) and isinstance(v.get("inputs"), dict)}
+    if not nodes or not any(isinstance(v.get("class_type"), str) for v in nodes.values()):
+        return None
+    return nodes
+
+
+def _sort_key(node_id: str) -> tuple[int, str]:
+    head = node_id.split(":")[0]
+    return (int(head), node_id) if head.isdigit() and len(head) < 18 else (2**62, node_id)
+
+
+def _target(nodes: Nodes, link: Any) -> dict[str, Any] | None:
+    return nodes.get(str(link[0])) if is_link(link) else None
+
+
+def _resolve(nodes: Nodes, value: Any, keys: tuple[str, ...]) -> Any:
+    """Follow links from ``value`` to a plain value, through primitive/seed/string nodes."""
+    for _ in range(_MAX_HOPS):
+        if not is_link(value):
+            return value
+        node = _target(nodes, value)
+        if node is None:
+            return None
+        inputs = node["inputs"]
+        key = next((k for k in keys if k in inputs), None)
+        if key is None:
+            plain = [v for v in inputs.values() if isinstance(v, (str, int, float)) and not isinstance(v, bool)]
+            return plain[0] if len(plain) == 1 else None
+        value = inputs[key]
+    return None
+
+
+def _node_text(nodes: Nodes, inputs: dict[str, Any]) -> str | None:
+    if "text_g" in inputs or "text_l" in inputs:
+        parts = [_resolve(nodes, inputs.get(k), _TEXT_KEYS) for k in ("text_g", "text_l")]
+        texts = [p for p in parts if isinstance(p, str) and p.strip()]
+        return "\n".join(dict.fromkeys(texts)) if texts else ""
+    for key in ("text", "prompt"):
+        if key in inputs:
+            text = _resolve(nodes, inputs[key], _TEXT_KEYS)
+            return text if isinstance(text, str) else None
+    return None
+
+
+def _next_links(inputs: dict[str, Any], branch: str) -> list[Any]:
+    if is_link(inputs.get(branch)):
+        return [inputs[branch]]
+    cond = [v for k, v in inputs.items() if "conditioning" in k and is_link(v)]
+    return cond or [v for v in inputs.values() if is_link(v)]
+
+
+def _trace_text(nodes: Nodes, start: Any, branch: str) -> str | None:
+    """The prompt text that reaches a sampler's ``positive``/``negative`` input."""
+    queue, seen, texts = deque([start]), set(), []
+    while queue and len(seen) < 1000:
+        link = queue.popleft()
+        node = _target(nodes, link)
+        if node is None or str(link[0]) in seen:
+            continue
+        seen.add(str(link[0]))
+        text = _node_text(nodes, node["inputs"])
+        if text is not None:
+            texts.append(text)
+        else:
+            queue.extend(_next_links(node["inputs"], branch))
+    texts = [t for t in dict.fromkeys(texts) if t.strip()]
+    return "\n".join(texts) if texts else None
+
+
+def _upstream(nodes: Nodes, node_id: str) -> Iterator[str]:
+    """Ids of the nodes ``node_id`` depends on, nearest first."""
+    queue, seen = deque([node_id]), {node_id}
+    while queue:
+        for value in nodes[queue.popleft()]["inputs"].values():
+            target = str(value[0]) if is_link(value) else None
+            if target in nodes and target not in seen:
+                seen.add(target)
+                queue.append(target)
+                yield target
+
+
+def _find_sampler(nodes: Nodes) -> str | None:
+    def is_sampler(inputs: dict[str, Any]) -> bool:
+        return ("positive" in inputs or "guider" in inputs) and any(
+            k in inputs for k in ("seed", "noise_seed", "noise"))
+
+    candidates = [k for k in sorted(nodes, key=_sort_key) if is_sampler(nodes[k]["inputs"])]
+    for node_id in candidates:
+        if not any(up in candidates for up in _upstream(nodes, node_id)):
+            return node_id
+    return candidates[0] if candidates else None
+
+
+def _helpers(nodes: Nodes, sampler: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [sampler]
+    for name in _HELPER_INPUTS:
+        node = _target(nodes, sampler["inputs"].get(name))
+        if node is not None:
+            found.append(node)
+    return found
+
+
+def _cond_start(nodes: Nodes, sampler: dict[str, Any], branch: str) -> Any:
+    inputs = sampler["inputs"]
+    if branch in inputs:
+        return inputs[branch]
+    guider = _target(nodes, inputs.get("guider"))
+    if guider is None:
+        return None
+    if branch in guider["inputs"]:
+        return guider["inputs"][branch]
+    return guider["inputs"].get("conditioning") if branch == "positive" else None
+
+
+def _first_with(nodes: Nodes, ids: Iterator[str] | list[str], keys: tuple[str, ...]) -> dict[str, Any] | None:
+    for node_id in ids:
+        inputs = nodes[node_id]["inputs"]
+        if any(isinstance(_resolve(nodes, inputs.get(k), _TEXT_KEYS), str) for k in keys):
+            return inputs
+    return None
+
+
+def _model(nodes: Nodes, sampler_id: str | None) -> Any:
+    ids = list(_upstream(nodes, sampler_id)) if sampler_id else []
+    inputs = _first_with(nodes, ids, _MODEL_KEYS) or _first_with(nodes, sorted(nodes, key=_sort_key), _MODEL_KEYS)
+    if inputs is None:
+        return None
+    return next(_resolve(nodes, inputs[k], _TEXT_KEYS) for k in _MODEL_KEYS if k in inputs)
+
+
+def _size(nodes: Nodes, sampler_id: str | None) -> dict[str, Any]:
+    ids = list(_upstream(nodes, sampler_id)) if sampler_id else []
+    ids += [k for k in sorted(nodes, key=_sort_key) if "latent" in str(nodes[k].get("class_type", "")).lower()]
+    for node_id in ids:
+        inputs = nodes[node_id]["inputs"]
+        width, height = (_resolve(nodes, inputs.get(k), ("value", "int")) for k in ("width", "height"))
+        if isinstance(width, int) and isinstance(height, int):
+            return {"width": width, "height": height}
+    return {}
+
+
+def _sampler_fields(nodes: Nodes, found: Found, sampler_id: str) -> None:
+    sampler = nodes[sampler_id]
+    helpers = _helpers(nodes, sampler)
+    for node in helpers:
+        inputs = node["inputs"]
+        if found.seed is None:
+            key = next((k for k in ("seed", "noise_seed") if k in inputs), None)
+            found.seed = _resolve(nodes, inputs[key], _SEED_KEYS) if key else None
+        for key in _PARAM_KEYS:
+            if key in inputs and key not in found.settings:
+                found.settings[key] = _resolve(nodes, inputs[key], (key, "value"))
+    found.prompt = _trace_text(nodes, _cond_start(nodes, sampler, "positive"), "positive")
+    found.negative_prompt = _trace_text(nodes, _cond_start(nodes, sampler, "negative"), "negative")
+    if found.negative_prompt is not None:
+        found.settings["negative_prompt"] = found.negative_prompt
+    if found.seed is not None and parse_seed(found.seed) is None:
+        found.settings["seed"] = found.seed
+
+
+def from_nodes(nodes: Nodes) -> Found:
+    """Prompt, seed, model and settings from the nodes of an API graph."""
+    found = Found(source="comfyui")
+    sampler_id = _find_sampler(nodes)
+    if sampler_id is not None:
+        _sampler_fields(nodes, found, sampler_id)
+    found.model = _model(nodes, sampler_id)
+    found.settings.update(_size(nodes, sampler_id))
+    loras = [n["inputs"]["lora_name"] for n in nodes.values() if isinstance(n["inputs"].get("lora_name"), str)]
+    if loras:
+        found.settings["loras"] = loras
+    return found
+
+
+def workflow_nodes(workflow: Any) -> Nodes | None:
+    """An approximate API graph built from a UI workflow's nodes, links and widget values."""
+    if not isinstance(workflow, dict) or not isinstance(workflow.get("nodes"), list):
+        return None
+    sources: dict[Any, list[Any]] = {}
+    for link in workflow.get("links") or []:
+        if isinstance(link, list) and len(link) >= 4 and isinstance(link[2], int):
+            sources[str(link[0])] = [str(link[1]), link[2]]
+    nodes: Nodes = {}
+    for node in workflow["nodes"]:
+        if not isinstance(node, dict) or not isinstance(node.get("type"), str):
+            continue
+        inputs: dict[str, Any] = {}
+        widgets = node.get("widgets_values")
+        for name, value in zip(_WIDGETS.get(node["type"], ()), widgets if isinstance(widgets, list) else []):
+            if name is not None:
+                inputs[name] = value
+        for slot in node.get("inputs") or []:
+            if isinstance(slot, dict) and isinstance(slot.get("name"), str) and str(slot.get("link")) in sources:
+                inputs[slot["name"]] = sources[str(slot["link"])]
+        nodes[str(node.get("id"))] = {"class_type": node["type"], "inputs": inputs}
+    return nodes or None
+
+
+def _json_size(value: Any) -> int:
+    try:
+        return len(json.dumps(value, default=str).encode())
+    except (ValueError, RecursionError):
+        return MAX_WORKFLOW_BYTES + 1
+
+
+def parse(prompt: Any, workflow: Any = None, extra: dict[str, Any] | None = None) -> Found:
+    """Read the ``prompt`` (API graph) and ``workflow`` (UI graph) chunks; either may be JSON text."""
+    graph = prompt if isinstance(prompt, dict) else json_loads(prompt)
+    flow = workflow if isinstance(workflow, dict) else json_loads(workflow)
+    nodes = api_nodes(graph)
+    found = from_nodes(nodes) if nodes else Found()
+    if nodes is None and (ui_nodes := workflow_nodes(flow)) is not None:
+        found = from_nodes(ui_nodes)
+    if nodes is not None:
+        found.settings["comfyui_prompt"] = graph
+    if isinstance(flow, dict):
+        found.source = "comfyui"
+        if _json_size(flow) <= MAX_WORKFLOW_BYTES:
+            found.settings["comfyui_workflow"] = flow
+    extras = flow.get("extra") if isinstance(flow, dict) else None
+    found.run_id = find_run_id(extra, graph, flow, extras)
+    return found

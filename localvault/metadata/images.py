@@ -1,0 +1,171 @@
+"""Text metadata of PNG, JPEG and WebP files, read from their chunks without decoding pixels.
+
+Each reader returns ``{name: text}``: PNG text chunks by keyword; for EXIF,
+the UserComment as ``"usercomment"`` and ComfyUI's ``"prompt:{…}"`` /
+``"workflow:{…}"`` strings from IFD0 as ``"prompt"`` / ``"workflow"``; a JPEG
+COM segment as ``"comment"``.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+import zlib
+from typing import Any, BinaryIO
+
+from PIL import Image
+
+MAX_TEXT_BYTES = 32 * 1024 * 1024
+_MAX_CHUNKS = 200_000
+_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt", b"eXIf")
+_EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
+_IFD0_TEXT_TAGS = (0x010E, 0x010F, 0x0110, 0x010D, 0x013B)  # description, make, model, document, artist
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _inflate(data: bytes) -> bytes:
+    try:
+        return zlib.decompressobj().decompress(data, MAX_TEXT_BYTES)
+    except zlib.error:
+        return b""
+
+
+def _png_text(kind: bytes, data: bytes) -> tuple[str, str] | None:
+    key, sep, rest = data.partition(b"\0")
+    if not sep:
+        return None
+    name = key.decode("latin-1")
+    if kind == b"tEXt":
+        return name, _text(rest)
+    if kind == b"zTXt":
+        return name, _text(_inflate(rest[1:]))
+    compressed, rest = rest[:1] == b"\x01", rest[2:]
+    _lang, _, rest = rest.partition(b"\0")
+    _translated, _, rest = rest.partition(b"\0")
+    return name, (_inflate(rest) if compressed else rest).decode("utf-8", "replace")
+
+
+def png_texts(f: BinaryIO) -> dict[str, str]:
+    """Text chunks (tEXt, zTXt, iTXt, wherever they are) and the EXIF of a PNG stream."""
+    texts: dict[str, str] = {}
+    f.seek(8)
+    for _ in range(_MAX_CHUNKS):
+        head = f.read(8)
+        if len(head) < 8:
+            break
+        length, kind = struct.unpack(">I4s", head)
+        if kind == b"IEND":
+            break
+        if kind not in _TEXT_CHUNKS or length > MAX_TEXT_BYTES:
+            f.seek(length + 4, 1)
+            continue
+        data = f.read(length)
+        f.seek(4, 1)
+        if kind == b"eXIf":
+            _merge_new(texts, exif_texts(data))
+        elif (pair := _png_text(kind, data)) is not None:
+            texts.setdefault(*pair)
+    return texts
+
+
+def _merge_new(into: dict[str, str], new: dict[str, str]) -> None:
+    for key, value in new.items():
+        into.setdefault(key, value)
+
+
+def jpeg_texts(f: BinaryIO) -> dict[str, str]:
+    """The EXIF (APP1) and comment (COM) segments of a JPEG stream, up to the image data."""
+    texts: dict[str, str] = {}
+    f.seek(2)
+    for _ in range(_MAX_CHUNKS):
+        byte = f.read(1)
+        if byte != b"\xff":
+            break
+        marker = f.read(1)
+        while marker == b"\xff":
+            marker = f.read(1)
+        if not marker or marker in (b"\xda", b"\xd9"):
+            break
+        if marker in (b"\x01", b"\xd8") or b"\xd0" <= marker <= b"\xd7":
+            continue
+        size = f.read(2)
+        if len(size) < 2 or struct.unpack(">H", size)[0] < 2:
+            break
+        data = f.read(struct.unpack(">H", size)[0] - 2)
+        if marker == b"\xe1" and data.startswith(b"Exif\0\0"):
+            _merge_new(texts, exif_texts(data))
+        elif marker == b"\xfe":
+            texts.setdefault("comment", _text(data.rstrip(b"\0")))
+    return texts
+
+
+def webp_texts(f: BinaryIO) -> dict[str, str]:
+    """The EXIF chunk of a WebP (RIFF) stream."""
+    texts: dict[str, str] = {}
+    f.seek(12)
+    for _ in range(_MAX_CHUNKS):
+        head = f.read(8)
+        if len(head) < 8:
+            break
+        kind, length = struct.unpack("<4sI", head)
+        if kind == b"EXIF" and length <= MAX_TEXT_BYTES:
+            _merge_new(texts, exif_texts(f.read(length)))
+            f.seek(length % 2, 1)
+        else:
+            f.seek(length + length % 2, 1)
+    return texts
+
+
+def exif_texts(data: bytes) -> dict[str, str]:
+    """UserComment and ComfyUI's ``prompt:``/``workflow:`` strings from raw EXIF bytes."""
+    exif = Image.Exif()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exif.load(data)
+            ifd0 = {tag: exif.get(tag) for tag in _IFD0_TEXT_TAGS}
+            comment = exif.get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    except Exception:  # noqa: BLE001 - Pillow raises many kinds of error on malformed EXIF
+        return {}
+    texts: dict[str, str] = {}
+    for value in ifd0.values():
+        name, sep, rest = value.partition(":") if isinstance(value, str) else ("", "", "")
+        if sep and name.strip().lower() in ("prompt", "workflow"):
+            texts.setdefault(name.strip().lower(), rest)
+    text = decode_user_comment(comment)
+    if text is not None and text.strip():
+        texts["usercomment"] = text
+    return texts
+
+
+def _utf16(body: bytes) -> str:
+    if body[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return body.decode("utf-16", "replace")
+    even_zeros = body[0::2].count(0)
+    odd_zeros = body[1::2].count(0)
+    return body.decode("utf-16-be" if even_zeros > odd_zeros else "utf-16-le", "replace")
+
+
+def decode_user_comment(raw: Any) -> str | None:
+    """Text of an EXIF UserComment: an 8-byte charset prefix (UNICODE, ASCII, JIS, none) then the text."""
+    if isinstance(raw, str):
+        return raw
+    if not isinstance(raw, (bytes, bytearray)) or not raw:
+        return None
+    raw = bytes(raw)
+    prefix, body = raw[:8], raw[8:]
+    if prefix == b"UNICODE\0":
+        text = _utf16(body)
+    elif prefix in (b"ASCII\0\0\0", b"\0" * 8):
+        text = _text(body)
+    elif prefix == b"JIS\0\0\0\0\0":
+        text = body.decode("shift_jis", "replace")
+    else:
+        text = _text(raw)
+    return text.rstrip("\0")

@@ -1,0 +1,99 @@
+"""InvokeAI: the ``invokeai_metadata`` JSON chunk, and the older ``sd-metadata`` and ``Dream`` chunks."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any
+
+from ._clean import Found, find_run_id, json_loads, parse_seed
+
+_FIELD_KEYS = ("positive_prompt", "negative_prompt", "seed", "model")
+_DREAM_FLAGS = {"-s": "steps", "-S": "seed", "-W": "width", "-H": "height", "-C": "cfg_scale", "-A": "sampler"}
+
+
+def _as_dict(value: Any) -> dict[str, Any] | None:
+    data = value if isinstance(value, dict) else json_loads(value)
+    return data if isinstance(data, dict) else None
+
+
+def _model_name(model: Any) -> Any:
+    if isinstance(model, dict):
+        for key in ("name", "model_name", "key"):
+            if isinstance(model.get(key), str) and model[key].strip():
+                return model[key]
+        return None
+    return model if isinstance(model, str) else None
+
+
+def parse(text: Any, graph: Any = None) -> Found:
+    """Read an ``invokeai_metadata`` chunk (and run ids from the ``invokeai_graph`` chunk, if given)."""
+    data = _as_dict(text)
+    if data is None:
+        return Found()
+    found = Found(
+        source="invokeai",
+        prompt=data.get("positive_prompt"),
+        negative_prompt=data.get("negative_prompt"),
+        seed=data.get("seed"),
+        model=_model_name(data.get("model")),
+        run_id=find_run_id(data, _as_dict(graph) if graph is not None else None),
+    )
+    found.settings = {str(k): v for k, v in data.items() if k not in _FIELD_KEYS}
+    if isinstance(found.negative_prompt, str):
+        found.settings["negative_prompt"] = found.negative_prompt
+    if data.get("model") is not None:
+        found.settings["invokeai_model"] = data["model"]
+    if found.seed is not None and parse_seed(found.seed) is None:
+        found.settings["seed"] = found.seed
+    return found
+
+
+def _prompt_text(prompt: Any) -> Any:
+    if isinstance(prompt, list):
+        parts = [p["prompt"] for p in prompt if isinstance(p, dict) and isinstance(p.get("prompt"), str)]
+        return " ".join(parts) if parts else None
+    return prompt if isinstance(prompt, str) else None
+
+
+def _split_negative(prompt: Any) -> tuple[Any, Any]:
+    """``"a cat [blurry]"`` -> ``("a cat", "blurry")``."""
+    if not isinstance(prompt, str):
+        return prompt, None
+    match = re.search(r"\[([^\]]*)\]", prompt)
+    if match is None:
+        return prompt, None
+    return (prompt[: match.start()] + prompt[match.end():]).strip(), match.group(1)
+
+
+def parse_sd_metadata(text: Any) -> Found:
+    """Read InvokeAI 2.x ``sd-metadata``: ``{"model_weights": …, "image": {"prompt": …, "seed": …}}``."""
+    data = _as_dict(text)
+    if data is None:
+        return Found()
+    image = data.get("image") if isinstance(data.get("image"), dict) else {}
+    prompt, negative = _split_negative(_prompt_text(image.get("prompt")))
+    found = Found(source="invokeai", prompt=prompt, negative_prompt=negative, seed=image.get("seed"))
+    found.model = data.get("model_weights") or data.get("model")
+    found.settings = {str(k): v for k, v in image.items() if k not in ("prompt", "seed")}
+    for key in ("model_hash", "app_id", "app_version"):
+        if key in data:
+            found.settings[key] = data[key]
+    if negative is not None:
+        found.settings["negative_prompt"] = negative
+    return found
+
+
+def parse_dream(text: Any) -> Found:
+    """Read an InvokeAI 1.x ``Dream`` chunk: ``"a prompt [negative]" -s 50 -S 42 -W 512 -H 512``."""
+    if not isinstance(text, str) or not text.strip():
+        return Found()
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        words = text.split()
+    image: dict[str, Any] = {"prompt": words[0]} if words else {}
+    for flag, value in zip(words[1:], words[2:]):
+        if flag in _DREAM_FLAGS:
+            image[_DREAM_FLAGS[flag]] = value
+    return parse_sd_metadata({"image": image})

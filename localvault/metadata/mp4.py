@@ -1,0 +1,147 @@
+"""MP4/QuickTime metadata tags, read from box headers without touching the media data.
+
+ComfyUI VideoHelperSuite hands ffmpeg a ``comment`` holding JSON with the
+``prompt`` and ``workflow`` graphs; ffmpeg's MP4 muxer stores it in
+``moov/udta/meta/ilst/©cmt`` (or, with ``use_metadata_tags``, as an ``mdta``
+key in ``moov/meta/keys`` + ``ilst``). Both are read here.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import BinaryIO, Iterator
+
+_MAX_VALUE = 16 * 1024 * 1024
+_MAX_BOXES = 10_000
+_ITEM_NAMES = {b"\xa9cmt": "comment", b"\xa9nam": "title", b"desc": "description", b"\xa9too": "encoder"}
+
+Box = tuple[bytes, int, int]  # type, payload start, payload end
+
+
+def _boxes(f: BinaryIO, start: int, end: int) -> Iterator[Box]:
+    """The boxes between ``start`` and ``end``; a truncated last box is clipped to ``end``."""
+    pos = start
+    for _ in range(_MAX_BOXES):
+        if pos + 8 > end:
+            return
+        f.seek(pos)
+        header = f.read(8)
+        if len(header) < 8:
+            return
+        size, kind = struct.unpack(">I4s", header)
+        head = 8
+        if size == 1:
+            large = f.read(8)
+            if len(large) < 8:
+                return
+            size, head = struct.unpack(">Q", large)[0], 16
+        elif size == 0:
+            size = end - pos
+        if size < head:
+            return
+        yield kind, pos + head, min(pos + size, end)
+        pos += size
+
+
+def _child(f: BinaryIO, box: Box | None, kind: bytes) -> Box | None:
+    if box is None:
+        return None
+    return next((b for b in _boxes(f, box[1], box[2]) if b[0] == kind), None)
+
+
+def _meta_children(f: BinaryIO, meta: Box) -> Iterator[Box]:
+    """Children of a ``meta`` box, which is a full box in MP4 but not always in QuickTime."""
+    f.seek(meta[1])
+    first = f.read(8)
+    start = meta[1] if first[4:8] == b"hdlr" else meta[1] + 4
+    return _boxes(f, start, meta[2])
+
+
+def _read(f: BinaryIO, start: int, end: int) -> bytes:
+    f.seek(start)
+    return f.read(max(0, min(end - start, _MAX_VALUE)))
+
+
+def _keys(f: BinaryIO, box: Box) -> dict[int, str]:
+    data = _read(f, box[1], box[2])
+    names: dict[int, str] = {}
+    pos, index = 8, 1
+    while pos + 8 <= len(data):
+        size = struct.unpack(">I", data[pos:pos + 4])[0]
+        if size < 8:
+            break
+        names[index] = data[pos + 8:pos + size].decode("utf-8", "replace")
+        pos, index = pos + size, index + 1
+    return names
+
+
+def _item_value(f: BinaryIO, item: Box) -> str | None:
+    data = _child(f, item, b"data")
+    if data is None or data[2] - data[1] < 8:
+        return None
+    raw = _read(f, data[1], data[2])
+    kind = int.from_bytes(raw[1:4], "big")
+    return raw[8:].decode("utf-16-be" if kind == 2 else "utf-8", "replace")
+
+
+def _ilst_tags(f: BinaryIO, meta: Box) -> dict[str, str]:
+    children = list(_meta_children(f, meta))
+    keys_box = next((b for b in children if b[0] == b"keys"), None)
+    names = _keys(f, keys_box) if keys_box else {}
+    tags: dict[str, str] = {}
+    for ilst in (b for b in children if b[0] == b"ilst"):
+        for item in _boxes(f, ilst[1], ilst[2]):
+            name = _ITEM_NAMES.get(item[0]) or names.get(int.from_bytes(item[0], "big"))
+            value = _item_value(f, item) if name else None
+            if name and value is not None:
+                tags.setdefault(name, value)
+    return tags
+
+
+def _udta_text(f: BinaryIO, box: Box) -> str | None:
+    """A QuickTime ``udta/©cmt`` text: 16-bit length, 16-bit language, then the text."""
+    raw = _read(f, box[1], box[2])
+    if len(raw) < 4:
+        return None
+    length = struct.unpack(">H", raw[:2])[0]
+    return raw[4:4 + length].decode("utf-8", "replace")
+
+
+def read_tags(f: BinaryIO) -> dict[str, str]:
+    """Metadata tags of an MP4 stream (``comment``, ``title``, ``mdta`` keys…) by name."""
+    f.seek(0, 2)
+    size = f.tell()
+    moov = next((b for b in _boxes(f, 0, size) if b[0] == b"moov"), None)
+    if moov is None:
+        return {}
+    tags: dict[str, str] = {}
+    for box in _boxes(f, moov[1], moov[2]):
+        if box[0] == b"meta":
+            tags.update({k: v for k, v in _ilst_tags(f, box).items() if k not in tags})
+        elif box[0] == b"udta":
+            for child in _boxes(f, box[1], box[2]):
+                if child[0] == b"meta":
+                    tags.update({k: v for k, v in _ilst_tags(f, child).items() if k not in tags})
+                elif child[0] in _ITEM_NAMES and _ITEM_NAMES[child[0]] not in tags:
+                    text = _udta_text(f, child)
+                    if text is not None:
+                        tags[_ITEM_NAMES[child[0]]] = text
+    return tags
+
+
+def duration_seconds(f: BinaryIO) -> float | None:
+    """The movie duration from ``moov/mvhd`` (timescale and duration), or None."""
+    f.seek(0, 2)
+    size = f.tell()
+    moov = next((b for b in _boxes(f, 0, size) if b[0] == b"moov"), None)
+    mvhd = _child(f, moov, b"mvhd")
+    if mvhd is None:
+        return None
+    raw = _read(f, mvhd[1], min(mvhd[2], mvhd[1] + 32))
+    if raw[:1] == b"\x01" and len(raw) >= 32:
+        timescale, duration = struct.unpack(">IQ", raw[20:32])
+    elif len(raw) >= 20:
+        timescale, duration = struct.unpack(">II", raw[12:20])
+    else:
+        return None
+    return duration / timescale if timescale else None

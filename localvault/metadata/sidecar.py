@@ -1,0 +1,88 @@
+"""Sidecar files next to a media file: ``NAME.json``, ``NAME.ext.json``, ``NAME.txt``, ``NAME.ext.txt``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import a1111, comfyui
+from ._clean import Found, find_run_id, json_loads, parse_seed
+
+MAX_SIDECAR_BYTES = 8 * 1024 * 1024
+_ALIASES = {
+    "prompt": ("prompt", "positive_prompt", "positive", "original_prompt"),
+    "negative_prompt": ("negative_prompt", "negative", "negativePrompt"),
+    "seed": ("seed", "noise_seed", "generation_seed"),
+    "model": ("model", "model_name", "sd_model_name", "sd_model_checkpoint", "checkpoint", "ckpt_name", "model_used"),
+}
+
+
+def candidates(path: Path) -> list[Path]:
+    """Where a sidecar of ``path`` may be, in order of preference."""
+    return [
+        path.with_name(path.name + ".json"),
+        path.with_suffix(".json"),
+        path.with_suffix(".txt"),
+        path.with_name(path.name + ".txt"),
+    ]
+
+
+def _first(data: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    return next((data[k] for k in keys if data.get(k) is not None), None)
+
+
+def _model_name(model: Any) -> Any:
+    if isinstance(model, dict):
+        return _first(model, ("name", "model_name", "key"))
+    return model
+
+
+def from_mapping(data: dict[str, Any]) -> Found:
+    """A flat dict of ``prompt``, ``negative_prompt``, ``seed``, ``model`` and other settings."""
+    if isinstance(data.get("parameters"), str):
+        return a1111.parse(data["parameters"])
+    prompt = data.get("prompt")
+    if isinstance(prompt, dict) or (isinstance(prompt, str) and prompt.lstrip().startswith("{")):
+        found = comfyui.parse(prompt, data.get("workflow"), extra=data)
+        if not found.is_empty():
+            return found
+    found = Found(source="sidecar")
+    for name, keys in _ALIASES.items():
+        setattr(found, name, _first(data, keys))
+    found.model = _model_name(found.model)
+    if isinstance(found.prompt, (dict, list)):
+        found.prompt = None
+    used = {k for keys in _ALIASES.values() for k in keys}
+    found.settings = {str(k): v for k, v in data.items() if k not in used}
+    if found.negative_prompt is not None:
+        found.settings["negative_prompt"] = found.negative_prompt
+    if found.seed is not None and parse_seed(found.seed) is None:
+        found.settings["seed"] = found.seed
+    found.run_id = find_run_id(data)
+    return found
+
+
+def parse_text(text: str) -> Found:
+    """A sidecar's contents: JSON (flat dict, A1111-like dict or ComfyUI graph) or A1111 parameters text."""
+    data = json_loads(text) if text.lstrip().startswith(("{", "[")) else None
+    if isinstance(data, dict):
+        nodes = comfyui.api_nodes(data)
+        return comfyui.parse(data) if nodes else from_mapping(data)
+    return a1111.parse(text)
+
+
+def read(path: Path) -> Found:
+    """What the first readable sidecar of ``path`` says, with source "sidecar"; empty if none."""
+    for candidate in candidates(path):
+        try:
+            if candidate == path or not candidate.is_file() or candidate.stat().st_size > MAX_SIDECAR_BYTES:
+                continue
+            text = candidate.read_bytes().decode("utf-8-sig", "replace")
+        except OSError:
+            continue
+        found = parse_text(text)
+        if not found.is_empty():
+            found.source = "sidecar"
+            found.settings.setdefault("sidecar", candidate.name)
+            return found
+    return Found()

@@ -1,0 +1,477 @@
+"""localvault.metadata: prompt, seed, model and settings from real files made in tmp_path."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import ImageFile
+
+from localvault import metadata
+from localvault.errors import StorageError
+from localvault.metadata import _clean, images, mp4
+from localvault.models import MAX_PROMPT_CHARS, MAX_SEED, GenerationInfo, check_model, check_prompt, check_settings
+from mediafiles import make_jpeg, make_mp4, make_png, make_webp
+
+A1111 = (
+    "masterpiece, a cat sitting on a mat, (detailed fur:1.2)\n"
+    "golden hour lighting\n"
+    "Negative prompt: blurry, lowres\n"
+    "bad hands\n"
+    'Steps: 28, Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 1234567890, Size: 832x1216, '
+    'Model hash: 31e35c80fc, Model: sd_xl_base_1.0, Denoising strength: 0.4, '
+    'Lora hashes: "detail: 1a2b3c, style: 4d5e6f", Version: v1.9.4'
+)
+
+
+def assert_valid(info: GenerationInfo) -> None:
+    """What every read() result must satisfy, whatever the file held."""
+    for text in (info.prompt, info.negative_prompt):
+        if text is not None:
+            check_prompt(text)
+    if info.model is not None:
+        assert check_model(info.model) == info.model
+    check_settings(info.settings)
+    json.dumps(info.settings, allow_nan=False)
+    assert info.seed is None or 0 <= info.seed <= MAX_SEED
+    assert info.source in {"a1111", "comfyui", "invokeai", "sidecar", "none"}
+    assert info.run_id is None or (isinstance(info.run_id, str) and info.run_id.isprintable())
+
+
+# ------------------------------------------------------------------ A1111
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: make_png(p / "a.png", text_chunks={"parameters": A1111}),
+        lambda p: make_png(p / "a.png", text_chunks={"parameters": A1111}, compress=True),
+        lambda p: make_jpeg(p / "a.jpg", exif_user_comment=A1111),
+        lambda p: make_jpeg(p / "a.jpg", exif_user_comment=A1111, encoding="unicode-le"),
+        lambda p: make_jpeg(p / "a.jpg", exif_user_comment=A1111, encoding="ascii"),
+        lambda p: make_webp(p / "a.webp", exif_user_comment=A1111),
+    ],
+    ids=["png", "png-ztxt", "jpeg-utf16be", "jpeg-utf16le", "jpeg-ascii", "webp"],
+)
+def test_a1111_in_png_jpeg_webp(tmp_path: Path, make: Any) -> None:
+    info = metadata.read(make(tmp_path))
+    assert info.source == "a1111"
+    assert info.prompt == "masterpiece, a cat sitting on a mat, (detailed fur:1.2)\ngolden hour lighting"
+    assert info.negative_prompt == "blurry, lowres\nbad hands"
+    assert info.seed == 1234567890
+    assert info.model == "sd_xl_base_1.0"
+    s = info.settings
+    assert s["steps"] == 28 and s["sampler"] == "DPM++ 2M Karras" and s["cfg_scale"] == 6.5
+    assert s["size"] == "832x1216" and s["model_hash"] == "31e35c80fc"
+    assert s["negative_prompt"] == "blurry, lowres\nbad hands"
+    assert s["denoising_strength"] == 0.4 and s["version"] == "v1.9.4"
+    assert s["lora_hashes"] == "detail: 1a2b3c, style: 4d5e6f"
+    assert_valid(info)
+
+
+def test_a1111_without_negative_prompt_and_unicode(tmp_path: Path) -> None:
+    text = "ein Kätzchen 🐱 im Schnee\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 512x512"
+    info = metadata.read(str(make_png(tmp_path / "a.png", text_chunks={"parameters": text})))
+    assert info.prompt == "ein Kätzchen 🐱 im Schnee"
+    assert info.negative_prompt is None and "negative_prompt" not in info.settings
+    assert info.seed == 42 and info.model is None
+    assert info.settings == {"steps": 20, "sampler": "Euler a", "cfg_scale": 7, "size": "512x512"}
+
+
+@pytest.mark.parametrize("raw", ["-1", "9223372036854775808", "12abc"])
+def test_a1111_bad_seed_is_none_and_kept_raw(tmp_path: Path, raw: str) -> None:
+    text = f"a dog\nSteps: 20, Seed: {raw}, Size: 512x512"
+    info = metadata.read(make_png(tmp_path / "a.png", text_chunks={"parameters": text}))
+    assert info.seed is None and info.settings["seed"] == raw and info.prompt == "a dog"
+
+
+def test_a1111_max_seed_is_kept(tmp_path: Path) -> None:
+    text = f"a dog\nSteps: 20, Seed: {MAX_SEED}, Size: 512x512"
+    assert metadata.read(make_png(tmp_path / "a.png", text_chunks={"parameters": text})).seed == MAX_SEED
+
+
+def test_a1111_text_without_settings_line_is_all_prompt(tmp_path: Path) -> None:
+    text = "just a prompt, with: a colon\nand a second line"
+    info = metadata.read(make_png(tmp_path / "a.png", text_chunks={"parameters": text}))
+    assert info.source == "a1111" and info.prompt == text and info.seed is None and info.settings == {}
+
+
+def test_a1111_quoted_value_with_escaped_quote(tmp_path: Path) -> None:
+    text = 'x\nSteps: 5, Template: "a \\"quoted\\" thing, with commas", Seed: 7, Size: 64x64'
+    info = metadata.read(make_png(tmp_path / "a.png", text_chunks={"parameters": text}))
+    assert info.settings["template"] == 'a "quoted" thing, with commas' and info.seed == 7
+
+
+# ---------------------------------------------------------------- ComfyUI
+
+
+def comfy_graph(seed: int = 987654321) -> dict[str, Any]:
+    """A realistic API graph: SD1.5 + LoRA + ControlNet, seed from a primitive node, then a hires pass."""
+    return {
+        "3": {"class_type": "KSampler", "inputs": {
+            "seed": ["12", 0], "steps": 25, "cfg": 7.5, "sampler_name": "dpmpp_2m", "scheduler": "karras",
+            "denoise": 1.0, "model": ["10", 0], "positive": ["11", 0], "negative": ["11", 1],
+            "latent_image": ["5", 0]}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "dreamshaper_8.safetensors"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 768, "batch_size": 1}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a castle on a hill,\nsunset", "clip": ["10", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, watermark", "clip": ["10", 1]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["15", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}},
+        "10": {"class_type": "LoraLoader", "inputs": {
+            "lora_name": "castle_style.safetensors", "strength_model": 0.8, "strength_clip": 0.8,
+            "model": ["4", 0], "clip": ["4", 1]}},
+        "11": {"class_type": "ControlNetApplyAdvanced", "inputs": {
+            "positive": ["6", 0], "negative": ["7", 0], "control_net": ["13", 0], "image": ["14", 0],
+            "strength": 0.7, "start_percent": 0.0, "end_percent": 1.0}},
+        "12": {"class_type": "PrimitiveInt", "inputs": {"value": seed}},
+        "13": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "canny.pth"}},
+        "14": {"class_type": "LoadImage", "inputs": {"image": "edges.png"}},
+        "15": {"class_type": "KSampler", "inputs": {
+            "seed": 5, "steps": 10, "cfg": 5, "sampler_name": "euler", "scheduler": "normal", "denoise": 0.5,
+            "model": ["10", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["16", 0]}},
+        "16": {"class_type": "LatentUpscaleBy", "inputs": {"upscale_method": "nearest-exact", "scale_by": 1.5,
+                                                           "samples": ["3", 0]}},
+    }
+
+
+WORKFLOW = {"last_node_id": 16, "nodes": [{"id": 3, "type": "KSampler", "widgets_values": [1, "fixed"]}],
+            "links": [], "extra": {"ds": {"scale": 1}}, "version": 0.4}
+
+
+def test_comfyui_graph_with_links_through_nodes(tmp_path: Path) -> None:
+    chunks = {"prompt": json.dumps(comfy_graph()), "workflow": json.dumps(WORKFLOW)}
+    info = metadata.read(make_png(tmp_path / "c.png", text_chunks=chunks))
+    assert info.source == "comfyui"
+    assert info.prompt == "a castle on a hill,\nsunset"
+    assert info.negative_prompt == "blurry, watermark"
+    assert info.seed == 987654321
+    assert info.model == "dreamshaper_8.safetensors"
+    s = info.settings
+    assert (s["steps"], s["cfg"], s["sampler_name"], s["scheduler"], s["denoise"]) == (25, 7.5, "dpmpp_2m", "karras", 1.0)
+    assert (s["width"], s["height"]) == (512, 768)
+    assert s["loras"] == ["castle_style.safetensors"]
+    assert s["comfyui_prompt"] == comfy_graph() and s["comfyui_workflow"] == WORKFLOW
+    assert_valid(info)
+
+
+def test_comfyui_huge_workflow_is_not_stored(tmp_path: Path) -> None:
+    workflow = {"nodes": [], "notes": "x" * 300_000}
+    chunks = {"prompt": json.dumps(comfy_graph()), "workflow": json.dumps(workflow)}
+    info = metadata.read(make_png(tmp_path / "c.png", text_chunks=chunks, compress=True))
+    assert "comfyui_workflow" not in info.settings and info.settings["comfyui_prompt"] == comfy_graph()
+    assert info.seed == 987654321
+
+
+def test_comfyui_sdxl_text_g_l_and_unet_loader() -> None:
+    graph = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "fp8"}},
+        "2": {"class_type": "CLIPTextEncodeSDXL", "inputs": {"text_g": "a red fox", "text_l": "a red fox", "clip": ["9", 0]}},
+        "3": {"class_type": "CLIPTextEncodeSDXL", "inputs": {"text_g": "", "text_l": "", "clip": ["9", 0]}},
+        "4": {"class_type": "KSamplerAdvanced", "inputs": {"noise_seed": "77", "model": ["1", 0], "positive": ["2", 0],
+                                                           "negative": ["3", 0], "steps": 30, "cfg": 4}},
+    }
+    info = _clean.finish(metadata.read_chunks({"prompt": json.dumps(graph)}))
+    assert (info.prompt, info.negative_prompt, info.seed, info.model) == ("a red fox", None, 77, "flux1-dev.safetensors")
+
+
+def test_comfyui_flux_custom_sampler_with_guider_and_noise_nodes() -> None:
+    graph = {
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": ["30", 0], "clip": ["11", 0]}},
+        "30": {"class_type": "PrimitiveString", "inputs": {"value": "a lighthouse in a storm"}},
+        "26": {"class_type": "FluxGuidance", "inputs": {"guidance": 3.5, "conditioning": ["6", 0]}},
+        "22": {"class_type": "BasicGuider", "inputs": {"model": ["12", 0], "conditioning": ["26", 0]}},
+        "25": {"class_type": "RandomNoise", "inputs": {"noise_seed": 31337}},
+        "16": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "17": {"class_type": "BasicScheduler", "inputs": {"scheduler": "simple", "steps": 20, "denoise": 1, "model": ["12", 0]}},
+        "12": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-schnell.safetensors", "weight_dtype": "default"}},
+        "27": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 1024, "height": 576, "batch_size": 1}},
+        "13": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["25", 0], "guider": ["22", 0], "sampler": ["16", 0], "sigmas": ["17", 0], "latent_image": ["27", 0]}},
+    }
+    info = _clean.finish(metadata.read_chunks({"prompt": graph}))
+    assert info.prompt == "a lighthouse in a storm" and info.negative_prompt is None
+    assert info.seed == 31337 and info.model == "flux1-schnell.safetensors"
+    assert info.settings["sampler_name"] == "euler" and info.settings["steps"] == 20
+    assert (info.settings["width"], info.settings["height"]) == (1024, 576)
+
+
+def test_comfyui_link_cycle_does_not_hang() -> None:
+    graph = {
+        "1": {"class_type": "KSampler", "inputs": {"seed": ["2", 0], "positive": ["2", 0], "negative": ["1", 0]}},
+        "2": {"class_type": "Loop", "inputs": {"seed": ["1", 0], "conditioning": ["1", 0]}},
+    }
+    info = _clean.finish(metadata.read_chunks({"prompt": graph}))
+    assert info.source == "comfyui" and info.seed is None and info.prompt is None
+
+
+def test_comfyui_workflow_only_is_read_from_widgets() -> None:
+    workflow = {
+        "nodes": [
+            {"id": 3, "type": "KSampler", "inputs": [{"name": "model", "link": 1}, {"name": "positive", "link": 4},
+                                                     {"name": "negative", "link": 6}],
+             "widgets_values": [4242, "randomize", 20, 8, "euler", "normal", 1]},
+            {"id": 4, "type": "CheckpointLoaderSimple", "widgets_values": ["v1-5-pruned.safetensors"]},
+            {"id": 6, "type": "CLIPTextEncode", "widgets_values": ["a beach"]},
+            {"id": 7, "type": "CLIPTextEncode", "widgets_values": ["text, watermark"]},
+        ],
+        "links": [[1, 4, 0, 3, 0, "MODEL"], [4, 6, 0, 3, 1, "CONDITIONING"], [6, 7, 0, 3, 2, "CONDITIONING"]],
+    }
+    info = _clean.finish(metadata.read_chunks({"workflow": json.dumps(workflow)}))
+    assert (info.prompt, info.negative_prompt, info.seed, info.model) == (
+        "a beach", "text, watermark", 4242, "v1-5-pruned.safetensors")
+    assert info.settings["comfyui_workflow"] == workflow and "comfyui_prompt" not in info.settings
+
+
+def test_comfyui_webp_exif_prompt_and_run_id(tmp_path: Path) -> None:
+    workflow = {"nodes": [], "extra": {"prompt_id": "0f1e2d3c-aaaa-bbbb-cccc-111122223333"}}
+    path = make_webp(tmp_path / "c.webp", exif_ifd0={
+        0x0110: "prompt:" + json.dumps(comfy_graph(5)), 0x010F: "workflow:" + json.dumps(workflow)})
+    info = metadata.read(path)
+    assert info.source == "comfyui" and info.seed == 5 and info.prompt == "a castle on a hill,\nsunset"
+    assert info.run_id == "0f1e2d3c-aaaa-bbbb-cccc-111122223333"
+
+
+# ---------------------------------------------------------------- InvokeAI
+
+
+INVOKE = {
+    "generation_mode": "txt2img", "positive_prompt": "a koi pond, ukiyo-e", "negative_prompt": "photo",
+    "width": 768, "height": 512, "seed": 3141592653, "rand_device": "cpu", "cfg_scale": 7.5, "steps": 30,
+    "scheduler": "euler_a", "model": {"key": "abc-123", "hash": "blake3:ff", "name": "Juggernaut XL v9",
+                                      "base": "sdxl", "type": "main"},
+    "batch_id": "b7c1d2e3", "session_id": "s-99",
+}
+
+
+def test_invokeai_metadata(tmp_path: Path) -> None:
+    info = metadata.read(make_png(tmp_path / "i.png", text_chunks={"invokeai_metadata": json.dumps(INVOKE)}))
+    assert info.source == "invokeai"
+    assert (info.prompt, info.negative_prompt, info.seed, info.model) == (
+        "a koi pond, ukiyo-e", "photo", 3141592653, "Juggernaut XL v9")
+    assert info.settings["steps"] == 30 and info.settings["scheduler"] == "euler_a"
+    assert info.settings["invokeai_model"]["base"] == "sdxl" and info.settings["generation_mode"] == "txt2img"
+    assert info.run_id == "b7c1d2e3"
+    assert_valid(info)
+
+
+def test_invokeai_model_name_variants_and_nan() -> None:
+    data = '{"positive_prompt": "x", "seed": 1, "model": {"model_name": "sd-1.5"}, "cfg_scale": NaN, "x": Infinity}'
+    info = _clean.finish(metadata.read_chunks({"invokeai_metadata": data}))
+    assert info.model == "sd-1.5" and info.settings["cfg_scale"] is None and info.settings["x"] is None
+    assert_valid(info)
+
+
+def test_invokeai_legacy_sd_metadata_and_dream() -> None:
+    legacy = {"model_weights": "stable-diffusion-1.5", "app_id": "invoke-ai/InvokeAI", "app_version": "2.3.0",
+              "image": {"prompt": [{"prompt": "a snowy owl [blurry]", "weight": 1}], "seed": 99, "steps": 50,
+                        "cfg_scale": 7.5, "sampler": "k_lms", "width": 512, "height": 512}}
+    info = _clean.finish(metadata.read_chunks({"sd-metadata": json.dumps(legacy)}))
+    assert (info.prompt, info.negative_prompt, info.seed, info.model) == ("a snowy owl", "blurry", 99, "stable-diffusion-1.5")
+    dream = _clean.finish(metadata.read_chunks({"Dream": '"a red barn [fog]" -s 50 -S 1234 -W 512 -H 512 -C 7.5 -A k_lms'}))
+    assert (dream.prompt, dream.negative_prompt, dream.seed) == ("a red barn", "fog", 1234)
+    assert dream.settings["steps"] == "50" and dream.source == "invokeai"
+
+
+# ------------------------------------------------------------------- MP4
+
+
+def vhs_comment(graph: dict[str, Any]) -> str:
+    """The comment VideoHelperSuite gives ffmpeg: prompt as JSON text, workflow as an object."""
+    return json.dumps({"prompt": json.dumps(graph), "workflow": WORKFLOW})
+
+
+@pytest.mark.parametrize("faststart", [False, True])
+def test_mp4_comment_from_videohelpersuite(tmp_path: Path, faststart: bool) -> None:
+    path = make_mp4(tmp_path / "v.mp4", 3.5, comment=vhs_comment(comfy_graph(11)), faststart=faststart)
+    info = metadata.read(path)
+    assert info.source == "comfyui" and info.seed == 11 and info.model == "dreamshaper_8.safetensors"
+    assert info.negative_prompt == "blurry, watermark"
+    with open(path, "rb") as f:
+        assert mp4.duration_seconds(f) == 3.5
+
+
+def test_mp4_mdta_keys_and_a1111_comment(tmp_path: Path) -> None:
+    path = make_mp4(tmp_path / "k.mp4", mdta_tags={"comment": vhs_comment(comfy_graph(12))})
+    assert metadata.read(path).seed == 12
+    text = "a waterfall\nSteps: 20, Sampler: Euler, Seed: 8, Size: 512x512"
+    info = metadata.read(make_mp4(tmp_path / "a.mp4", comment=text, title="My video"))
+    assert (info.source, info.prompt, info.seed) == ("a1111", "a waterfall", 8)
+
+
+def test_mp4_plain_comment_is_not_a_prompt(tmp_path: Path) -> None:
+    assert metadata.read(make_mp4(tmp_path / "p.mp4", comment="made with love")).source == "none"
+
+
+# --------------------------------------------------------------- sidecars
+
+
+def test_sidecar_json_flat(tmp_path: Path) -> None:
+    img = make_png(tmp_path / "s.png")
+    (tmp_path / "s.json").write_text(json.dumps(
+        {"prompt": "a violin", "negative_prompt": "text", "seed": "555", "model": "mj-v6", "steps": 12, "job_id": "J1"}))
+    info = metadata.read(img)
+    assert (info.source, info.prompt, info.negative_prompt, info.seed, info.model) == (
+        "sidecar", "a violin", "text", 555, "mj-v6")
+    assert info.settings["steps"] == 12 and info.run_id == "J1"
+
+
+def test_sidecar_full_name_json_with_comfy_graph(tmp_path: Path) -> None:
+    img = make_jpeg(tmp_path / "s.jpg")
+    (tmp_path / "s.jpg.json").write_text(json.dumps(comfy_graph(21)))
+    info = metadata.read(img)
+    assert info.source == "sidecar" and info.seed == 21 and info.prompt == "a castle on a hill,\nsunset"
+
+
+def test_sidecar_txt_a1111(tmp_path: Path) -> None:
+    video = make_mp4(tmp_path / "s.mp4")
+    (tmp_path / "s.txt").write_text(A1111)
+    info = metadata.read(video)
+    assert info.source == "sidecar" and info.seed == 1234567890 and info.model == "sd_xl_base_1.0"
+
+
+def test_embedded_wins_and_sidecar_fills_gaps(tmp_path: Path) -> None:
+    text = "a tower\nSteps: 20, Seed: 3, Size: 64x64"
+    img = make_png(tmp_path / "e.png", text_chunks={"parameters": text})
+    (tmp_path / "e.json").write_text(json.dumps({"prompt": "other", "seed": 9, "model": "from-sidecar",
+                                                 "steps": 99, "run_id": "r-1"}))
+    info = metadata.read(img)
+    assert (info.source, info.prompt, info.seed, info.model, info.run_id) == ("a1111", "a tower", 3, "from-sidecar", "r-1")
+    assert info.settings["steps"] == 20
+
+
+def test_unreadable_or_garbage_sidecar_is_ignored(tmp_path: Path) -> None:
+    img = make_png(tmp_path / "g.png")
+    (tmp_path / "g.json").write_bytes(b"\xff\xfe{not json")
+    (tmp_path / "g.png.json").mkdir()
+    assert_valid(metadata.read(img))
+
+
+# --------------------------------------------------------- none and errors
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: make_png(p / "n.png"), lambda p: make_jpeg(p / "n.jpg"), lambda p: make_webp(p / "n.webp"),
+    lambda p: make_mp4(p / "n.mp4")])
+def test_files_without_metadata(tmp_path: Path, make: Any) -> None:
+    assert metadata.read(make(tmp_path)) == GenerationInfo()
+
+
+def test_unknown_and_empty_files_give_none(tmp_path: Path) -> None:
+    (tmp_path / "a.txt.bin").write_bytes(b"hello world")
+    (tmp_path / "empty.png").write_bytes(b"")
+    assert metadata.read(tmp_path / "a.txt.bin").source == "none"
+    assert metadata.read(tmp_path / "empty.png").source == "none"
+
+
+def test_missing_file_raises_storage_error(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="cannot open"):
+        metadata.read(tmp_path / "nope.png")
+    with pytest.raises(StorageError):
+        metadata.read(tmp_path)
+
+
+def test_pixels_are_never_decoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = make_png(tmp_path / "big.png", size=(512, 512), text_chunks={"parameters": A1111})
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("pixels decoded"))
+    assert metadata.read(path).seed == 1234567890
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_png_text_after_idat_and_itxt_is_read(tmp_path: Path) -> None:
+    path = make_png(tmp_path / "late.png")
+    raw = path.read_bytes()
+    itxt = _png_chunk(b"iTXt", b"parameters\0\x01\0\0\0" + zlib.compress("東京の夜\nSeed: 4, Steps: 1, Size: 1x1".encode()))
+    path.write_bytes(raw[:-12] + itxt + raw[-12:])
+    info = metadata.read(path)
+    assert (info.prompt, info.seed) == ("東京の夜", 4)
+
+
+def test_text_is_cleaned_to_fit_the_models(tmp_path: Path) -> None:
+    prompt = "a\x00b\x07c\td\ne" + "x" * (MAX_PROMPT_CHARS + 10)
+    data = {"positive_prompt": prompt, "model": "line1\nline2\x00", "seed": -5, "blob": "\ud800"}
+    info = _clean.finish(metadata.read_chunks({"invokeai_metadata": json.dumps(data)}))
+    assert info.prompt.startswith("abc\td\ne") and len(info.prompt) <= MAX_PROMPT_CHARS
+    assert info.model == "line1 line2" and info.seed is None and info.settings["seed"] == -5
+    assert_valid(info)
+
+
+# ---------------------------------------------------------------- fuzzing
+
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=8,
+)
+scalars = st.none() | st.integers() | st.floats() | st.text(max_size=20) | st.lists(st.integers(), max_size=3)
+keys = st.sampled_from(["seed", "noise_seed", "text", "text_g", "positive", "negative", "conditioning", "guider",
+                        "noise", "model", "ckpt_name", "unet_name", "width", "height", "value", "steps", "latent_image"])
+node_ids = st.sampled_from(["1", "2", "3", "4", "x"])
+links = st.tuples(node_ids, st.integers(0, 2)).map(list)
+graphs = st.dictionaries(node_ids, st.fixed_dictionaries({
+    "class_type": st.sampled_from(["KSampler", "CLIPTextEncode", "CheckpointLoaderSimple", "Foo", "EmptyLatentImage"]),
+    "inputs": st.dictionaries(keys, links | scalars, max_size=6)}), max_size=5)
+
+
+@pytest.fixture(scope="module")
+def fuzz_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
+
+
+@FUZZ
+@given(text=st.text(max_size=400) | st.lists(st.sampled_from(
+    ["Negative prompt:", "Steps: 1", ", ", "Seed: ", "-1", '"', "\\", "\n", "Model: ", "99999999999999999999", "a"]),
+    max_size=30).map("".join))
+def test_fuzz_a1111_parameters(fuzz_dir: Path, text: str) -> None:
+    assert_valid(metadata.read(make_png(fuzz_dir / "p.png", size=(2, 2), text_chunks={"parameters": text})))
+
+
+@FUZZ
+@given(prompt=graphs | json_values, workflow=json_values, invoke=json_values, as_text=st.booleans())
+def test_fuzz_json_chunks(prompt: Any, workflow: Any, invoke: Any, as_text: bool) -> None:
+    enc = (lambda v: json.dumps(v)) if as_text else (lambda v: v)
+    chunks = {"prompt": enc(prompt), "workflow": enc(workflow), "invokeai_metadata": enc(invoke),
+              "sd-metadata": enc(invoke), "comment": json.dumps({"prompt": prompt})}
+    assert_valid(_clean.finish(metadata.read_chunks(chunks)))
+
+
+@FUZZ
+@given(graph=graphs)
+def test_fuzz_comfy_graph_in_png(fuzz_dir: Path, graph: dict[str, Any]) -> None:
+    path = make_png(fuzz_dir / "g.png", size=(2, 2), text_chunks={"prompt": json.dumps(graph)})
+    assert_valid(metadata.read(path))
+
+
+@FUZZ
+@given(raw=st.binary(max_size=300), prefix=st.sampled_from([b"", b"UNICODE\0", b"ASCII\0\0\0", b"JIS\0\0\0\0\0", b"\0" * 8]))
+def test_fuzz_exif_user_comment(fuzz_dir: Path, raw: bytes, prefix: bytes) -> None:
+    assert_valid(metadata.read(make_jpeg(fuzz_dir / "u.jpg", size=(2, 2), exif_user_comment=prefix + raw)))
+    assert_valid(metadata.read(make_webp(fuzz_dir / "u.webp", size=(2, 2), exif_user_comment=prefix + raw)))
+
+
+@FUZZ
+@given(head=st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF\0\0\0\0WEBP", b"\0\0\0\x18ftypisom"]),
+       body=st.binary(max_size=400))
+def test_fuzz_truncated_and_garbage_containers(head: bytes, body: bytes) -> None:
+    for reader in (images.png_texts, images.jpeg_texts, images.webp_texts, mp4.read_tags, mp4.duration_seconds):
+        reader(io.BytesIO(head + body))  # must not raise, even without read()'s safety net
+    assert_valid(_clean.finish(metadata.read_chunks(metadata._texts(io.BytesIO(head + body)))))
+
+
+@FUZZ
+@given(comment=st.text(max_size=300) | json_values.map(json.dumps), sidecar=st.text(max_size=300))
+def test_fuzz_mp4_comment_and_sidecar(fuzz_dir: Path, comment: str, sidecar: str) -> None:
+    path = make_mp4(fuzz_dir / "f.mp4", comment=comment)
+    (fuzz_dir / "f.txt").write_text(sidecar, encoding="utf-8")
+    assert_valid(metadata.read(path))
