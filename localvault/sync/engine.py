@@ -333,19 +333,47 @@ def _upload_files(vault: "Vault", bucket: Bucket, known: _Objects, batch: _Batch
         result.bytes_uploaded += total
         return
 
-    def send(item: tuple[Path, str, str, int, str]) -> int:
+    vanished: list[str] = []
+
+    def send(item: tuple[Path, str, str, int, str]) -> int | None:
         local, key, sha, size, mime = item
-        if not local.exists():
-            raise SyncError(f"the file of library asset {key} is missing locally; run 'localvault verify --repair'")
-        _retrying(lambda: bucket.upload(local, key, sha, size, mime), f"uploading {key}")
+        try:
+            if not local.exists():
+                raise FileNotFoundError(str(local))
+            _retrying(lambda: bucket.upload(local, key, sha, size, mime), f"uploading {key}")
+        except FileNotFoundError:
+            vanished.append(key)  # deleted by another process since the batch was read? checked below
+            return None
         known.remember(key, size)
         report(progress, "upload", advance=1, bytes_advance=size, total=len(todo), bytes_total=total)
         return size
 
     with ThreadPoolExecutor(max_workers=min(UPLOAD_WORKERS, len(todo))) as pool:
         for size in pool.map(send, todo):
-            result.files_uploaded += 1
-            result.bytes_uploaded += size
+            if size is not None:
+                result.files_uploaded += 1
+                result.bytes_uploaded += size
+    if vanished:
+        _drop_deleted_meanwhile(vault, batch, set(vanished))
+
+
+def _drop_deleted_meanwhile(vault: "Vault", batch: _Batch, keys: set[str]) -> None:
+    """Leave out of the batch the rows whose file vanished because the row itself was deleted meanwhile.
+
+    The deleting transaction queued a newer outbox entry (a delete), which a
+    later batch pushes; a row still present without its file is a real loss.
+    """
+    kept = []
+    for row in batch.changes.library:
+        if row["storage_path"] not in keys:
+            kept.append(row)
+            continue
+        still = vault.db.conn.execute("SELECT 1 FROM user_library WHERE id = ?", (row["id"],)).fetchone()
+        if still is not None:
+            raise SyncError(f"the file of library asset {row['storage_path']} is missing locally; "
+                            "run 'localvault verify --repair'")
+        batch.files.pop(row["id"], None)
+    batch.changes.library[:] = kept
 
 
 def _delete_objects(bucket: Bucket, batch: _Batch, outcome: BatchResult, result: SyncReport) -> None:
