@@ -62,5 +62,5 @@ def test_four_processes_for_a_minute(pg_database: str, s3_bucket: Any, tmp_path:
     assert syncer["runs"] >= 1 and deleter["deleted"] >= 5 and app["saved"] >= 20, results
     print(f"\nconcurrency ({SECONDS:.0f} s, 4 processes, {results['watcher']['mode']}): imported {watcher['imported']}, "
           f"saved {app['saved']}, moved/edited {app['moved']} ({app['raced']} raced with a delete), "
-          f"CLI rm {deleter['deleted']}, syncs {syncer["runs"]} ({syncer.get("batches", 0)} batches, {syncer['rows']} rows, {syncer['files']} files); "
+          f"CLI rm {deleter['deleted']}, syncs {syncer['runs']} ({syncer.get('batches', 0)} batches, {syncer['rows']} rows, {syncer['files']} files); "
           f"final library {library} = server; 0 'database is locked', 0 errors")
