@@ -125,7 +125,7 @@ class Importer:
         self.db, self.files, self.user_id, self.mode = db, files, user_id, mode
         self.model = models.check_model(model) if model is not None else None
         self.prompt = models.check_prompt(prompt) if prompt is not None else None
-        self.workers = workers or min(16, (os.cpu_count() or 2) * 4)
+        self.workers = workers or min(8, (os.cpu_count() or 2) * 4)
         self.batch_size = batch_size
         self.grouper = grouper or JobGrouper(user_id)
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="localvault-import")

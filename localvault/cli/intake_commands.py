@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import signal
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,7 +58,7 @@ def _import_bar(enabled: bool) -> Iterator[ProgressCallback | None]:
 
 
 def _print_summary(result: ImportReport, verb: str = "import") -> None:
-    rate = f" in {result.seconds:.1f} s" if result.seconds else ""
+    rate = f" in {result.seconds:.1f} s" if result.seconds and verb == "import" else ""
     output.console.print(f"{verb}: {result.summary()}{rate}", highlight=False)
     if result.imported and not result.duplicates and not result.refused:
         return
@@ -72,7 +74,7 @@ def _print_summary(result: ImportReport, verb: str = "import") -> None:
 @_with_modes
 @click.option("--model", help="Model for files whose metadata does not name one (else \"unknown\").")
 @click.option("--prompt", help="Prompt for files whose metadata has none (else \"\").")
-@click.option("--workers", type=click.IntRange(1, 64), help="Threads hashing and copying (default: 4 per core, ≤ 16).")
+@click.option("--workers", type=click.IntRange(1, 64), help="Threads hashing and copying (default: 4 per core, at most 8).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @pass_ctx
@@ -89,6 +91,10 @@ def import_(ctx: Context, folder: Path, recursive: bool, mode: str, model: str |
                            "seconds": round(result.seconds, 3)})
     else:
         _print_summary(result)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @main.command()
@@ -118,12 +124,16 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | N
 
     watcher = Watcher(ctx.vault(), folder, mode=mode, recursive=recursive, model=model, prompt=prompt,  # type: ignore[arg-type]
                       on_event=on_event)
-    watcher.start()
-    output.err_console.print(f"watching {watcher.folder} (Ctrl-C to stop)", highlight=False)
+    logging.getLogger("localvault").addHandler(logging.NullHandler())  # on_event already shows every problem
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop ends it like Ctrl-C
     try:
+        watcher.start()
+        output.err_console.print(f"watching {watcher.folder} (Ctrl-C to stop)", highlight=False)
         while watcher.running:
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     result = watcher.stop()
     _print_summary(result, verb="watch")
