@@ -214,32 +214,52 @@ class Importer:
                 window.append((candidate, self._pool.submit(self._prepare, candidate, known)))
 
         refill()
-        while window:
-            candidate, future = window.popleft()
-            refill()
-            try:
-                ready = future.result()
-            except Exception as exc:  # noqa: BLE001 - one refused file never stops the rest
-                result.refused[candidate.path] = _reason(exc)
-                log.info("refused %s: %s", candidate.path, result.refused[candidate.path])
+        try:
+            while window:
+                candidate, future = window.popleft()
+                refill()
+                try:
+                    ready = future.result()
+                except Exception as exc:  # noqa: BLE001 - one refused file never stops the rest
+                    result.refused[candidate.path] = _reason(exc)
+                    log.info("refused %s: %s", candidate.path, result.refused[candidate.path])
+                    report(progress, "import", advance=1, total=total, bytes_advance=candidate.size,
+                           item=candidate.path)
+                    continue
+                ready.job_id = self.grouper.job_for(ready.info, ready.sha256, candidate.mtime)
+                if ready.sha256 in seen or ready.staged is None:
+                    if ready.staged is not None:
+                        self.files.discard(ready.staged)
+                    result.duplicates.append(candidate.path)
+                else:
+                    seen.add(ready.sha256)
+                    batch.append(ready)
                 report(progress, "import", advance=1, total=total, bytes_advance=candidate.size, item=candidate.path)
-                continue
-            ready.job_id = self.grouper.job_for(ready.info, ready.sha256, candidate.mtime)
-            if ready.sha256 in seen or ready.staged is None:
-                if ready.staged is not None:
-                    self.files.discard(ready.staged)
-                result.duplicates.append(candidate.path)
-            else:
-                seen.add(ready.sha256)
-                batch.append(ready)
-            report(progress, "import", advance=1, total=total, bytes_advance=candidate.size, item=candidate.path)
-            if len(batch) >= self.batch_size:
+                if len(batch) >= self.batch_size:
+                    self._commit(batch, result)
+                    batch = []
+            if batch:
                 self._commit(batch, result)
                 batch = []
-        if batch:
-            self._commit(batch, result)
+        except BaseException:  # interrupted (Ctrl-C) or the disk failed: leave no temporary file behind
+            self._abandon(window, batch)
+            raise
         result.seconds = time.perf_counter() - started
         return result
+
+    def _abandon(self, window: "deque[tuple[Candidate, Future[_Ready]]]", batch: list[_Ready]) -> None:
+        """Wait for the files in flight and remove what they and the pending batch staged."""
+        for _candidate, future in window:
+            future.cancel()
+        staged = [r.staged for r in batch if r.staged is not None]
+        for _candidate, future in window:
+            if not future.cancelled() and future.exception() is None and future.result().staged is not None:
+                staged.append(future.result().staged)  # type: ignore[arg-type]
+        for item in staged:
+            try:
+                self.files.discard(item)
+            except LocalVaultError:
+                log.warning("could not remove the temporary file %s", item.temp_path)
 
     def import_paths(self, paths: Iterable[str | os.PathLike[str]], root: Path,
                      progress: ProgressCallback | None = None) -> ImportReport:
@@ -263,7 +283,7 @@ class Importer:
         entries = [BatchEntry(r.staged, r.facts, r.job_id, *r.values) for r in batch]  # type: ignore[arg-type,misc]
         try:  # values were checked by the workers, so only the disk or the database can fail here
             outcome = self.workspace.add_batch(entries, io_map=self._io.map)
-        except (sqlite3.Error, LocalVaultError) as exc:
+        except (sqlite3.Error, LocalVaultError, OSError) as exc:
             log.error("a batch of %d files could not be committed: %s", len(batch), exc)
             result.refused.update((r.candidate.path, _reason(exc)) for r in batch)
             return

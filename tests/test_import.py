@@ -244,3 +244,27 @@ def test_cli_import_summary_and_json(tmp_path: Path) -> None:
     assert list(report["refused"]) == [str(tmp_path / "out" / "garbage.png")]
     third = runner.invoke(main, [*base, "import", str(tmp_path / "out")])
     assert "nothing new" in third.output
+
+
+def test_interrupted_import_leaves_no_temporary_files(vault: Vault, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from localvault.importer import Importer, scan
+
+    rig_folder(tmp_path / "out")
+    real = Workspace.add_batch
+    calls: list[int] = []
+
+    def interrupted(self, entries, **kw):  # type: ignore[no-untyped-def]
+        calls.append(len(entries))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, entries, **kw)
+
+    monkeypatch.setattr(Workspace, "add_batch", interrupted)
+    candidates, _refused, _ignored = scan(tmp_path / "out")
+    with Importer(vault.db, vault.files, vault.user_id, batch_size=2) as importer, pytest.raises(KeyboardInterrupt):
+        importer.import_candidates(candidates, total=len(candidates))
+    assert vault.workspace.count() == 2
+    leftovers = [n for _d, _s, names in os.walk(vault.root / WORKSPACE_BUCKET) for n in names if n.startswith(TEMP_PREFIX)]
+    assert leftovers == []
+    assert len(vault.verify().orphans) == 0
