@@ -109,7 +109,7 @@ class FileStore:
         """Copy ``source`` into ``bucket/folder`` under a temp name, hashing while copying.
 
         Fsynced unless ``sync=False``: batch imports then make a whole batch
-        durable at once with :meth:`sync_staged` before committing it.
+        durable at once (:meth:`syncfs`, or :meth:`sync_files`) before committing it.
         """
         directory = self.full_path(bucket, folder)
         temp = f"{directory}/{TEMP_PREFIX}{uuid.uuid4().hex}"
@@ -221,29 +221,16 @@ class FileStore:
             return None
         return StagedFile(bucket, temp, sha256, size)
 
-    def sync_staged(self, staged: "list[StagedFile]", fsync_map: Callable[..., Iterator[None]] = map) -> None:
-        """Make a batch of files staged with ``sync=False`` durable: fsync each file, then each folder once.
-
-        ``fsync_map`` may be a thread pool's ``map``, so the fsyncs overlap
-        (the filesystem then commits its journal once for many of them).
-        """
-        if not staged or not self.local:
-            return
-        for _ in fsync_map(_fsync_path, [s.temp_path for s in staged]):
-            pass
-        for folder in sorted({os.path.dirname(s.temp_path) for s in staged}):
-            fsync_dir(Path(folder))
-
     def syncfs(self) -> bool:
         """Flush everything written to the vault's filesystem in one call (Linux ``syncfs``).
 
         False where it is not available (another OS, another fsspec filesystem,
-        or the call failed): then use :meth:`sync_staged` and :meth:`sync_dirs`.
+        or the call failed): then use :meth:`sync_files` and :meth:`sync_dirs`.
         """
         return self.local and _syncfs(self.root)
 
     def sync_files(self, bucket: str, relatives: "list[str]", fsync_map: Callable[..., Iterator[None]] = map) -> None:
-        """Fsync committed files (relative to ``bucket``); ``fsync_map`` as in :meth:`sync_staged`."""
+        """Fsync files (relative to ``bucket``); ``fsync_map`` may be a thread pool's ``map`` (they overlap)."""
         if self.local:
             for _ in fsync_map(_fsync_path, [self.full_path(bucket, r) for r in relatives]):
                 pass
@@ -356,19 +343,25 @@ class FileStore:
 _LIBC: object = None
 
 
-def _syncfs(path: str) -> bool:
-    """``syncfs(2)`` on the filesystem holding ``path``, via ctypes; False if unavailable or failing."""
+def _libc() -> object | None:
+    """The C library through ctypes (Linux only), for syncfs and sync_file_range."""
     global _LIBC
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        if _LIBC is None:
-            import ctypes
+    if _LIBC is None and sys.platform.startswith("linux"):
+        import ctypes
 
-            _LIBC = ctypes.CDLL(None, use_errno=True)
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
+
+
+def _syncfs(path: str) -> bool:
+    """``syncfs(2)`` on the filesystem holding ``path``; False if unavailable or failing."""
+    try:
+        libc = _libc()
+        if libc is None:
+            return False
         fd = os.open(path, os.O_RDONLY)
         try:
-            return _LIBC.syncfs(fd) == 0  # type: ignore[attr-defined]
+            return libc.syncfs(fd) == 0  # type: ignore[attr-defined]
         finally:
             os.close(fd)
     except (OSError, AttributeError):
@@ -377,23 +370,14 @@ def _syncfs(path: str) -> bool:
 
 def _start_writeback(fd: int) -> None:
     """Ask Linux to start writing a file's dirty pages (``sync_file_range(SYNC_FILE_RANGE_WRITE)``); no wait."""
-    global _LIBC
-    if not sys.platform.startswith("linux"):
-        return
     try:
-        if _LIBC is None:
+        libc = _libc()
+        if libc is not None:
             import ctypes
 
-            _LIBC = ctypes.CDLL(None, use_errno=True)
-        _LIBC.sync_file_range(fd, ctypes_off(0), ctypes_off(0), 2)  # type: ignore[attr-defined]
+            libc.sync_file_range(fd, ctypes.c_longlong(0), ctypes.c_longlong(0), 2)  # type: ignore[attr-defined]
     except (OSError, AttributeError):
         pass
-
-
-def ctypes_off(value: int) -> object:
-    import ctypes
-
-    return ctypes.c_longlong(value)
 
 
 def _fsync_path(path: str) -> None:
