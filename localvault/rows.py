@@ -23,8 +23,14 @@ LIBRARY_COLUMNS = (
 COLLECTION_COLUMNS = "id, user_id, name, description, asset_count, created_at, updated_at"
 
 
+_NAMES: dict[str, tuple[str, ...]] = {}
+
+
 def _as_dict(row: sqlite3.Row | tuple[Any, ...], columns: str) -> dict[str, Any]:
-    return dict(zip((c.strip() for c in columns.split(",")), row))
+    names = _NAMES.get(columns)
+    if names is None:
+        names = _NAMES[columns] = tuple(c.strip() for c in columns.split(","))
+    return dict(zip(names, row))
 
 
 def workspace_asset(row: tuple[Any, ...]) -> WorkspaceAsset:
