@@ -119,6 +119,11 @@ class Database:
                                    check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             if not readonly:
+                # Refuse another program's database before WAL mode rewrites its header.
+                if (int(conn.execute("PRAGMA user_version").fetchone()[0]) == 0
+                        and conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1").fetchone()):
+                    conn.close()
+                    raise VaultCorruptError(f"{path} holds tables that are not a localvault's; pick another folder")
                 conn.execute("PRAGMA journal_mode = WAL")
             # FULL: a committed import whose source was then deleted (--move)
             # must survive a power cut, not only a process crash.
