@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from ..errors import OfflineError, SyncError
 #: Files up to this size are sent in one PUT from memory; larger ones stream.
 SINGLE_PUT_BYTES = 8 * 1024 * 1024
 STREAM_BLOCK = 16 * 1024 * 1024
+#: Pooled S3 connections (at least the engine's upload threads).
+UPLOAD_CONNECTIONS = 32
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class Bucket:
         protocol = url.split("://", 1)[0] if "://" in url else "file"
         if protocol in ("s3", "s3a", "gs", "gcs", "az", "abfs"):
             options.setdefault("use_listings_cache", False)
+        if protocol in ("s3", "s3a"):
+            _tune_s3(options)
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **options)
         except (ImportError, ValueError, TypeError) as exc:
@@ -137,6 +142,40 @@ class Bucket:
                 except FileNotFoundError:
                     pass
         self.fs.invalidate_cache(self.root)
+
+
+_SESSIONS: dict[Any, Any] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def _tune_s3(options: dict[str, Any]) -> None:
+    """Settings for many small parallel PUTs (the caller's own options win).
+
+    * One pooled connection per upload thread (aiobotocore's default pool is
+      10, fewer than the engine's upload threads).
+    * No ``Expect: 100-continue``: botocore adds it to every PUT of a file-like
+      body, which costs each upload a round trip (and an event-loop turn) before
+      the body is sent; our bodies are small and sent in one PUT.
+    """
+    config = dict(options.get("config_kwargs") or {})
+    config.setdefault("max_pool_connections", UPLOAD_CONNECTIONS)
+    options["config_kwargs"] = config
+    if "session" not in options and not options.get("anon"):
+        try:
+            import aiobotocore.session
+            from botocore.handlers import add_expect_header
+        except ImportError:  # pragma: no cover - s3fs brings both
+            return
+        profile = options.get("profile")
+        with _SESSIONS_LOCK:
+            session = _SESSIONS.get(profile)
+            if session is None:
+                session = aiobotocore.session.AioSession(profile=profile)
+                session.unregister("before-call.s3", add_expect_header)
+                _SESSIONS[profile] = session
+        # One session per profile, reused: fsspec then reuses its S3FileSystem
+        # (and client) for equal options, as it would without a session.
+        options["session"] = session
 
 
 def _first_line(exc: BaseException) -> str:

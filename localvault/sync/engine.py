@@ -249,7 +249,8 @@ def _rows(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], ids: l
         chunk = ids[start:start + 900]
         marks = ",".join("?" * len(chunk))
         for row in conn.execute(
-            f"SELECT {', '.join(columns)} FROM {table} WHERE user_id = ? AND id IN ({marks})", (user_id, *chunk)
+            # "+user_id": look rows up by id; on user_id, SQLite would scan all the user's rows per chunk.
+            f"SELECT {', '.join(columns)} FROM {table} WHERE +user_id = ? AND id IN ({marks})", (user_id, *chunk)
         ):
             record = dict(zip(columns, row))
             if table == "user_library":

@@ -1,0 +1,222 @@
+"""Sync under faults, against the real servers: PostgreSQL going down mid-sync or restarting
+between syncs, an unreachable S3 server, an upload that fails once.
+
+The PostgreSQL server is session-scoped: every test that stops it starts it
+again in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import boto3
+import psycopg
+import pytest
+from PIL import Image
+
+from localvault import OfflineError, Vault
+from localvault.progress import ProgressEvent
+from localvault.sync import Remote, engine, status
+from localvault.sync.bucket import Bucket
+
+USER_A = "0a0a0a0a-0000-4000-8000-00000000000a"
+
+
+def _image(folder: Path, n: int) -> Path:
+    path = folder / f"fault{n}.png"
+    Image.new("RGB", (12, 12), (n % 256, 99, (n * 13) % 256)).save(path)
+    return path
+
+
+def _fill(vault: Vault, folder: Path, count: int, start: int = 0) -> list[str]:
+    return [vault.library.add(_image(folder, n), prompt=f"fault {n}", seed=n, title=f"t{n}").id
+            for n in range(start, start + count)]
+
+
+@pytest.fixture
+def server(pg_database: str) -> str:
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("INSERT INTO auth.users (id, email) VALUES (%s, 'a@example.com')", (USER_A,))
+    return pg_database
+
+
+@pytest.fixture
+def remote(server: str, s3_bucket: Any) -> Iterator[Remote]:
+    target = Remote(server, f"s3://{s3_bucket.name}", s3_bucket.storage_options)
+    yield target
+    target.close()
+
+
+@pytest.fixture
+def vault(tmp_path: Path) -> Iterator[Vault]:
+    v = Vault.create(tmp_path / "vault", user_id=USER_A)
+    yield v
+    v.close()
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "RETRY_DELAYS", (0.05, 0.1, 0.2))
+
+
+def _outbox(vault: Vault) -> int:
+    return int(vault.db.conn.execute("SELECT count(*) FROM sync_outbox").fetchone()[0])
+
+
+def assert_mirrors(vault: Vault, remote: Remote, s3_bucket: Any) -> None:
+    """Server rows and bucket objects equal the local library: same ids, titles, sha256, one object each."""
+    local = {r[0]: r[1:] for r in vault.db.conn.execute(
+        "SELECT id, title, sha256, updated_at, storage_path, file_size_bytes FROM user_library")}
+    with psycopg.connect(remote.database_url) as conn:
+        rows = conn.execute("SELECT id, title, sha256, updated_at FROM public.user_library").fetchall()
+    assert len(rows) == len({r[0] for r in rows})  # no duplicates
+    assert {str(r[0]): (r[1], r[2]) for r in rows} == {k: (v[0], v[1]) for k, v in local.items()}
+    opts = s3_bucket.storage_options
+    client = boto3.client("s3", endpoint_url=opts["client_kwargs"]["endpoint_url"], aws_access_key_id=opts["key"],
+                          aws_secret_access_key=opts["secret"], region_name="us-east-1")
+    objects = {o["Key"]: o["Size"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket.name)
+               for o in page.get("Contents", [])}
+    assert objects == {v[3]: v[4] for v in local.values()}
+    assert _outbox(vault) == 0
+
+
+def test_postgres_stopped_mid_sync_then_back(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path,
+                                             postgres_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server dies once the upload stage began: the sync retries and completes when it is back."""
+    monkeypatch.setattr(engine, "RETRY_DELAYS", (0.5, 0.5, 1.0, 1.0, 2.0, 2.0, 4.0))
+    _fill(vault, tmp_path, 4)
+    stopped = threading.Event()
+    restarter: threading.Thread | None = None
+
+    def on_progress(event: ProgressEvent) -> None:
+        nonlocal restarter
+        if event.stage == "upload" and not stopped.is_set():
+            stopped.set()
+            postgres_server.stop("fast")
+            assert not postgres_server.is_running()
+
+            def back() -> None:
+                time.sleep(1.0)
+                postgres_server.start()
+
+            restarter = threading.Thread(target=back)
+            restarter.start()
+
+    try:
+        try:
+            report = vault.sync(remote, progress=on_progress)
+        except OfflineError:  # acceptable: the server was away longer than the retries
+            report = None
+        assert stopped.is_set()
+        if restarter is not None:
+            restarter.join(60)
+        postgres_server.ensure_running()
+        if report is None:
+            assert _outbox(vault) == 4
+            report = vault.sync(remote)
+        assert report.rows_written == 4 and report.rejected == 0
+        assert_mirrors(vault, remote, s3_bucket)
+        # The next sync after the outage works as usual, with no duplicates.
+        _fill(vault, tmp_path, 2, start=10)
+        report = vault.sync(remote)
+        assert report.rows_written == 2 and report.files_uploaded == 2
+        assert_mirrors(vault, remote, s3_bucket)
+    finally:
+        if restarter is not None:
+            restarter.join(60)
+        postgres_server.ensure_running()
+
+
+def test_postgres_stopped_for_good_is_offline_and_loses_nothing(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                                tmp_path: Path, postgres_server: Any,
+                                                                fast_retries: None) -> None:
+    _fill(vault, tmp_path, 3)
+
+    def on_progress(event: ProgressEvent) -> None:
+        if event.stage == "upload" and postgres_server.is_running():
+            postgres_server.stop("immediate")
+
+    try:
+        with pytest.raises(OfflineError) as caught:
+            vault.sync(remote, progress=on_progress)
+        assert "PostgreSQL" in str(caught.value) and "\n" not in str(caught.value)
+        assert _outbox(vault) == 3
+        assert not status(vault, remote).online
+    finally:
+        postgres_server.ensure_running()
+    report = vault.sync(remote)
+    assert report.rows_written == 3 and report.files_skipped == 3 and report.files_uploaded == 0
+    assert_mirrors(vault, remote, s3_bucket)
+
+
+def test_connection_dropped_by_restart_between_syncs_is_reopened(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                                  tmp_path: Path, postgres_server: Any) -> None:
+    _fill(vault, tmp_path, 2)
+    assert vault.sync(remote).rows_written == 2
+    old = remote.connection()
+    try:
+        postgres_server.stop("fast")
+    finally:
+        postgres_server.ensure_running()
+    _fill(vault, tmp_path, 2, start=20)
+    report = vault.sync(remote)  # same Remote object, its connection died with the old server
+    assert report.rows_written == 2 and report.files_uploaded == 2
+    assert remote.connection() is not old
+    assert_mirrors(vault, remote, s3_bucket)
+
+
+def test_s3_unreachable_is_offline_and_keeps_the_outbox(vault: Vault, server: str, tmp_path: Path,
+                                                        fast_retries: None) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    options = {"key": "testing", "secret": "testing",
+               "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"},
+               "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2}}
+    dead = Remote(server, "s3://nowhere", options)
+    _fill(vault, tmp_path, 2)
+    try:
+        started = time.monotonic()
+        with pytest.raises(OfflineError) as caught:
+            vault.sync(dead)
+        assert time.monotonic() - started < 60
+        assert "bucket" in str(caught.value)
+        assert _outbox(vault) == 2
+        state = status(vault, dead)
+        assert not state.online and "bucket" in (state.offline_reason or "") and state.pending_changes == 2
+    finally:
+        dead.close()
+    with psycopg.connect(server) as conn:
+        assert conn.execute("SELECT count(*) FROM public.user_library").fetchone()[0] == 0
+
+
+def test_upload_failing_once_is_retried(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch, fast_retries: None) -> None:
+    ids = _fill(vault, tmp_path, 3)
+    real = Bucket.upload
+    calls: list[str] = []
+    failed: list[str] = []
+    lock = threading.Lock()
+
+    def flaky(self: Bucket, local: Path, key: str, *args: Any) -> None:
+        with lock:
+            calls.append(key)
+            first = not failed
+            if first:
+                failed.append(key)
+        if first:
+            raise ConnectionResetError(104, "Connection reset by peer (injected)")
+        real(self, local, key, *args)
+
+    monkeypatch.setattr(Bucket, "upload", flaky)
+    report = vault.sync(remote)
+    assert report.files_uploaded == 3 and report.rows_written == 3
+    assert len(calls) == 4 and calls.count(failed[0]) == 2
+    assert_mirrors(vault, remote, s3_bucket)
+    assert {str(i) for i in ids} == set(vault.db.conn.execute("SELECT id FROM user_library").fetchall()[i][0]
+                                           for i in range(3))
