@@ -172,7 +172,7 @@ def push(vault: "Vault", remote: Remote | None = None, *, dry_run: bool = False,
                 continue
             outcome = _retrying(lambda: target.apply(vault.user_id, batch.changes), "writing rows to PostgreSQL",
                                 target.close)
-            _retrying(lambda: _delete_objects(bucket, batch, outcome, result), "deleting objects from the bucket")
+            _retrying(lambda: _delete_objects(bucket, batch, outcome, result, vault.user_id), "deleting objects from the bucket")
             _acknowledge(vault, batch, outcome)
             result.batches += 1
             result.rows_written += outcome.written
@@ -321,6 +321,9 @@ def _upload_files(vault: "Vault", bucket: Bucket, known: _Objects, batch: _Batch
     for row in batch.changes.library:
         local, sha, size, mime = batch.files[row["id"]]
         key = row["storage_path"]
+        if not _own_key(key, vault.user_id):
+            raise SyncError(f"library asset {row['id']} has the storage path {key!r}, outside the folder of user "
+                            f"{vault.user_id}; nothing was sent (run 'localvault verify')")
         if known.has(key, size, sha):
             result.files_skipped += 1
         else:
@@ -377,12 +380,18 @@ def _drop_deleted_meanwhile(vault: "Vault", batch: _Batch, keys: set[str]) -> No
     batch.changes.library[:] = kept
 
 
-def _delete_objects(bucket: Bucket, batch: _Batch, outcome: BatchResult, result: SyncReport) -> None:
+def _own_key(key: str, user_id: str) -> bool:
+    """Whether an object key lies in the user's own folder (``<user_id>/…``, no '..')."""
+    parts = key.split("/")
+    return len(parts) >= 2 and parts[0] == user_id and ".." not in parts and "" not in parts
+
+
+def _delete_objects(bucket: Bucket, batch: _Batch, outcome: BatchResult, result: SyncReport, user_id: str) -> None:
     keys = []
     for row in batch.changes.library_deletes:
         if row["id"] in outcome.gone_library_ids:
             _op, path, _seq = batch.entries[("user_library", row["id"])]
-            if path:
+            if path and _own_key(path, user_id):  # never another user's object, whatever the outbox says
                 keys.append(path)
     bucket.delete(keys)
     result.objects_deleted += len(keys)
