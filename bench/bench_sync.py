@@ -319,8 +319,6 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="localvault-bench-sync-"))
     try:
         with _servers.postgres() as pg, _servers.moto() as endpoint:
-            import psycopg
-
             with pg.connect() as conn:
                 version = conn.execute("SHOW server_version").fetchone()[0]
             log(f"servers: PostgreSQL {version} on 127.0.0.1:{pg.port} (fsync off); moto_server at {endpoint} "

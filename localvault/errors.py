@@ -84,3 +84,9 @@ class SyncBusyError(SyncError):
     """Another sync of this vault is running."""
 
     exit_code = 12
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type), for one-line error reports."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

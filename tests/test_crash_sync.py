@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from localvault import NotFoundError, Vault
+from localvault import Vault
 from reliability.common import (
     USER_A,
     add_users,

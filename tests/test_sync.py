@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -144,12 +141,12 @@ def test_edit_move_delete_propagate(vault: Vault, remote: Remote, s3_bucket: Any
 def test_crash_between_commit_and_ack_resends_without_duplicates(vault: Vault, remote: Remote, s3_bucket: Any,
                                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _fill(vault, tmp_path, 3)
-    from localvault.sync import engine
+    from localvault.sync import outbox
 
     def crash(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt("simulated crash after the server commit")
 
-    monkeypatch.setattr(engine, "_acknowledge", crash)
+    monkeypatch.setattr(outbox, "acknowledge", crash)
     with pytest.raises(KeyboardInterrupt):
         vault.sync(remote)
     assert len(_server_rows(remote.database_url, "user_library")) == 3

@@ -15,7 +15,6 @@ import pytest
 from conftest import USER_A, USER_B, bucket_files, mp4_bytes, raw_connection, write_media
 from localvault import (
     DuplicateError,
-    InvalidInputError,
     NotFoundError,
     SchemaVersionError,
     Vault,

@@ -5,7 +5,8 @@
 ...                   storage_options={"client_kwargs": {"endpoint_url": "…"}}))  # doctest: +SKIP
 """
 
-from .engine import RejectedChange, SyncReport, SyncStatus, push, status
+from .engine import SyncReport, push
+from .status import RejectedChange, SyncStatus, status
 from .remote import Remote
 from .schema import SCHEMA_VERSION, SchemaReport, apply_schema
 

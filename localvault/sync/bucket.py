@@ -23,7 +23,7 @@ from typing import Any
 
 import fsspec
 
-from ..errors import OfflineError, SyncError
+from ..errors import OfflineError, SyncError, first_line
 
 #: Files up to this size are sent in one PUT from memory; larger ones stream.
 SINGLE_PUT_BYTES = 8 * 1024 * 1024
@@ -73,7 +73,7 @@ class Bucket:
         except PermissionError as exc:
             raise SyncError(f"no access to the bucket {self.url}: {exc}; check the keys") from None
         except Exception as exc:  # network errors come as many types (aiohttp, botocore, OSError)
-            raise OfflineError(f"cannot reach the bucket {self.url}: {_first_line(exc)}") from None
+            raise OfflineError(f"cannot reach the bucket {self.url}: {first_line(exc)}") from None
 
     def listing(self, prefix: str) -> dict[str, int]:
         """{key: size} of every object under ``prefix``, from a fresh listing."""
@@ -176,8 +176,3 @@ def _tune_s3(options: dict[str, Any]) -> None:
         # One session per profile, reused: fsspec then reuses its S3FileSystem
         # (and client) for equal options, as it would without a session.
         options["session"] = session
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import psycopg
 
-from ..errors import OfflineError, SyncError
+from ..errors import OfflineError, SyncError, first_line
 from . import schema
 
 LIBRARY_COLUMNS = (
@@ -125,7 +125,7 @@ class Remote:
             except psycopg.OperationalError as exc:
                 self.close()
                 if attempt == 2:
-                    raise OfflineError(f"lost the connection to PostgreSQL: {_first_line(exc)}") from None
+                    raise OfflineError(f"lost the connection to PostgreSQL: {first_line(exc)}") from None
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------- push
@@ -204,13 +204,9 @@ class Remote:
             except psycopg.Error as exc:
                 if isinstance(exc, psycopg.OperationalError) or not is_permanent(exc):
                     raise
-                result.rejected[(table, row["id"])] = (exc.sqlstate or "", _first_line(exc))
+                result.rejected[(table, row["id"])] = (exc.sqlstate or "", first_line(exc))
         return done
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 __all__ = ["Remote", "Changes", "BatchResult", "is_permanent", "SyncError"]

@@ -1,0 +1,119 @@
+"""The local side of the push: read the outbox as coalesced batches, acknowledge them, keep refusals aside."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator
+
+from ..db import utc_now
+from ..files import LIBRARY_BUCKET
+from .remote import COLLECTION_COLUMNS, LIBRARY_COLUMNS, BatchResult, Changes
+
+if TYPE_CHECKING:
+    from ..vault import Vault
+
+
+@dataclass
+class Batch:
+    """Outbox entries of one user, coalesced by row, with the rows' state at one snapshot."""
+
+    seqs: list[int]
+    last_seq: int
+    keys: list[tuple[str, str]]
+    changes: Changes
+    #: (table, row_id) → (op, storage_path, last seq) of the newest entry.
+    entries: dict[tuple[str, str], tuple[str, str | None, int]]
+    #: library id → (local file path, sha256, size, mime type) of rows to upsert.
+    files: dict[str, tuple[str, str, int, str]]
+
+
+def pending_count(vault: "Vault") -> int:
+    row = vault.db.conn.execute(
+        "SELECT count(*) FROM (SELECT DISTINCT table_name, row_id FROM sync_outbox WHERE user_id = ?)", (vault.user_id,)
+    ).fetchone()
+    return int(row[0])
+
+
+def read_batch(vault: "Vault", limit: int, after_seq: int) -> Batch | None:
+    """The next outbox entries of this user, coalesced by row, with the rows' current state (one snapshot)."""
+    with vault.db.read() as conn:
+        entries = conn.execute(
+            "SELECT seq, table_name, row_id, op, storage_path, queued_at FROM sync_outbox"
+            " WHERE user_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (vault.user_id, after_seq, limit),
+        ).fetchall()
+        if not entries:
+            return None
+        newest: dict[tuple[str, str], tuple[str, str | None, int, str]] = {}
+        for seq, table, row_id, op, path, queued_at in entries:
+            previous = newest.get((table, row_id))
+            newest[(table, row_id)] = (op, path or (previous[1] if previous else None), seq, queued_at)
+        changes = Changes()
+        files: dict[str, tuple[str, str, int, str]] = {}
+        library_ids = [k[1] for k in newest if k[0] == "user_library"]
+        collection_ids = [k[1] for k in newest if k[0] == "user_collections"]
+        library_rows = {r["id"]: r for r in _rows(conn, "user_library", LIBRARY_COLUMNS, library_ids, vault.user_id)}
+        collection_rows = {r["id"]: r for r in _rows(conn, "user_collections", COLLECTION_COLUMNS, collection_ids, vault.user_id)}
+        for (table, row_id), (_op, _path, _seq, queued_at) in newest.items():
+            current = (library_rows if table == "user_library" else collection_rows).get(row_id)
+            if current is None:
+                target = changes.library_deletes if table == "user_library" else changes.collection_deletes
+                target.append({"id": row_id, "deleted_at": queued_at})
+            elif table == "user_library":
+                changes.library.append(current)
+                files[row_id] = (vault.files.full_path(LIBRARY_BUCKET, current["storage_path"]), current["sha256"],
+                                 current["file_size_bytes"], current["mime_type"])
+            else:
+                changes.collections.append(current)
+    return Batch(
+        seqs=[e[0] for e in entries], last_seq=entries[-1][0], keys=list(newest), changes=changes,
+        entries={k: (v[0], v[1], v[2]) for k, v in newest.items()}, files=files,
+    )
+
+
+def _rows(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], ids: list[str], user_id: str) -> Iterator[dict[str, Any]]:
+    for start in range(0, len(ids), 900):
+        chunk = ids[start:start + 900]
+        marks = ",".join("?" * len(chunk))
+        for row in conn.execute(
+            # "+user_id": look rows up by id; on user_id, SQLite would scan all the user's rows per chunk.
+            f"SELECT {', '.join(columns)} FROM {table} WHERE +user_id = ? AND id IN ({marks})", (user_id, *chunk)
+        ):
+            record = dict(zip(columns, row))
+            if table == "user_library":
+                record["tags"] = json.loads(record["tags"])
+                record["generation_settings"] = json.loads(record["generation_settings"])
+                record["is_favorite"] = bool(record["is_favorite"])
+            yield record
+
+
+def requeue_rejected(vault: "Vault") -> None:
+    with vault.db.write() as conn:
+        conn.execute(
+            "INSERT INTO sync_outbox (table_name, row_id, op, user_id, storage_path)"
+            " SELECT table_name, row_id, op, user_id, storage_path FROM sync_rejected WHERE user_id = ? ORDER BY seq",
+            (vault.user_id,),
+        )
+        conn.execute("DELETE FROM sync_rejected WHERE user_id = ?", (vault.user_id,))
+
+
+def acknowledge(vault: "Vault", batch: Batch, outcome: BatchResult) -> None:
+    """After the server commit: drop the batch's outbox entries; keep refused ones aside."""
+    with vault.db.write() as conn:
+        for (table, row_id), (sqlstate, message) in outcome.rejected.items():
+            op, path, seq = batch.entries[(table, row_id)]
+            conn.execute(
+                "INSERT OR REPLACE INTO sync_rejected (seq, table_name, row_id, op, user_id, storage_path, sqlstate, message)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (seq, table, row_id, op, vault.user_id, path, sqlstate, message),
+            )
+        conn.executemany("DELETE FROM sync_outbox WHERE seq = ?", [(s,) for s in batch.seqs])
+
+
+def mark_synced(vault: "Vault", dry_run: bool) -> None:
+    if dry_run:
+        return
+    with vault.db.write() as conn:
+        vault.db.set_meta(conn, f"last_sync:{vault.user_id}", utc_now())

@@ -1,0 +1,74 @@
+"""``localvault status``: is the remote reachable, what waits, what was refused, when we last synced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..errors import OfflineError, SyncError
+from .bucket import Bucket
+from .engine import remote_for
+from .outbox import pending_count
+from .remote import Remote
+
+if TYPE_CHECKING:
+    from ..vault import Vault
+
+
+@dataclass
+class RejectedChange:
+    table_name: str
+    row_id: str
+    op: str
+    sqlstate: str
+    message: str
+    rejected_at: str
+
+
+@dataclass
+class SyncStatus:
+    """``localvault status``: online or not, what waits, what was refused, when we last synced."""
+
+    online: bool
+    offline_reason: str | None
+    pending_changes: int
+    rejected: list[RejectedChange] = field(default_factory=list)
+    last_sync: str | None = None
+    remote: str | None = None
+
+
+def status(vault: "Vault", remote: Remote | None = None, *, check_online: bool = True) -> SyncStatus:
+    """Whether the remote answers, how many changes wait, which were refused, and the last sync."""
+    rejected = [
+        RejectedChange(*row)
+        for row in vault.db.conn.execute(
+            "SELECT table_name, row_id, op, sqlstate, message, rejected_at FROM sync_rejected WHERE user_id = ? ORDER BY seq",
+            (vault.user_id,),
+        )
+    ]
+    configured = remote or (remote_for(vault, None) if vault.config.remote else None)
+    online, reason = False, "no remote is set"
+    if configured is not None and check_online:
+        try:
+            configured.check()
+            Bucket(configured.bucket_url, configured.storage_options).check_reachable()
+            online, reason = True, None
+        except (OfflineError, SyncError) as exc:
+            online, reason = False, str(exc)
+        finally:
+            configured.close()
+    return SyncStatus(
+        online=online, offline_reason=reason, pending_changes=pending_count(vault), rejected=rejected,
+        last_sync=vault.db.get_meta(f"last_sync:{vault.user_id}"),
+        remote=f"{_safe_dsn(configured.database_url)} + {configured.bucket_url}" if configured else None,
+    )
+
+
+def _safe_dsn(dsn: str) -> str:
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        parts = conninfo_to_dict(dsn)
+        return f"postgresql://{parts.get('user', '')}@{parts.get('host', '')}:{parts.get('port', '5432')}/{parts.get('dbname', '')}"
+    except Exception:
+        return "postgresql://…"
