@@ -154,8 +154,10 @@ class PostgresServer:
             "listen_addresses": "'127.0.0.1'",
             "port": str(self.port),
             "unix_socket_directories": f"'{self.socket_dir}'",
+            # fsync off keeps tests fast; synchronous_commit stays on, so a
+            # commit reaches the OS before it returns and survives the
+            # immediate stops of the fault tests.
             "fsync": "off",
-            "synchronous_commit": "off",
             "full_page_writes": "off",
             "max_connections": "100",
             "shared_buffers": "'64MB'",
