@@ -21,8 +21,8 @@ import os
 import shutil
 import struct
 import sys
+import multiprocessing
 import tempfile
-import threading
 import time
 import uuid
 import zlib
@@ -127,38 +127,50 @@ def populate(vault: Vault, expired: int) -> None:
           f"({ASSETS_PER_JOB} per job folder), {LIBRARY_ROWS:,} library rows, in {time.perf_counter() - started:.1f} s")
 
 
-class Reader(threading.Thread):
-    """Queries the vault in a loop on its own read-only connection, recording each query's latency."""
+class Reader:
+    """Queries the vault in a loop from its OWN PROCESS (like another app would), on a read-only
+    connection, recording each query's latency; a thread would share our GIL and measure that instead."""
 
     def __init__(self, root: Path, pause: float) -> None:
-        super().__init__(name="reader", daemon=True)
-        self.root = root
-        self.pause = pause
-        self.stop = threading.Event()
-        self.latencies: dict[str, list[float]] = {"library.list": [], "workspace.list": [], "workspace.count": []}
-        self.error: BaseException | None = None
+        context = multiprocessing.get_context("fork")
+        self.stop = context.Event()
+        self._results = context.Queue()
+        self._process = context.Process(target=_read_loop, args=(root, pause, self.stop, self._results), daemon=True)
+        self.latencies: dict[str, list[float]] = {}
+        self.error: str | None = None
 
-    def run(self) -> None:
-        try:
-            vault = Vault.open(self.root, user_id=USER, readonly=True)
-            calls = (
-                ("library.list", lambda: vault.library.list(limit=50)),
-                ("workspace.list", lambda: vault.workspace.list(limit=50)),
-                ("workspace.count", vault.workspace.count),
-            )
-            clock = time.perf_counter
-            while not self.stop.is_set():
-                for name, call in calls:
-                    start = clock()
-                    call()
-                    self.latencies[name].append(clock() - start)
-                    time.sleep(self.pause)
-            vault.close()
-        except BaseException as exc:  # reported by the main thread
-            self.error = exc
+    def start(self) -> None:
+        self._process.start()
+
+    def join(self) -> None:
+        self.latencies, self.error = self._results.get(timeout=60)
+        self._process.join()
 
     def all(self) -> list[float]:
         return [s for samples in self.latencies.values() for s in samples]
+
+
+def _read_loop(root: Path, pause: float, stop: Any, results: Any) -> None:
+    latencies: dict[str, list[float]] = {"library.list": [], "workspace.list": [], "workspace.count": []}
+    error = None
+    try:
+        vault = Vault.open(root, user_id=USER, readonly=True)
+        calls = (
+            ("library.list", lambda: vault.library.list(limit=50)),
+            ("workspace.list", lambda: vault.workspace.list(limit=50)),
+            ("workspace.count", vault.workspace.count),
+        )
+        clock = time.perf_counter
+        while not stop.is_set():
+            for name, call in calls:
+                start = clock()
+                call()
+                latencies[name].append(clock() - start)
+                time.sleep(pause)
+        vault.close()
+    except BaseException as exc:  # reported by the main process
+        error = repr(exc)
+    results.put((latencies, error))
 
 
 def _count_files(folder: Path) -> int:
@@ -177,7 +189,7 @@ def run(root: Path, assets: int, pause: float) -> bool:
     idle.stop.set()
     idle.join()
     if idle.error:
-        raise idle.error
+        raise RuntimeError(idle.error)
 
     reader = Reader(root, pause)
     reader.start()
@@ -189,7 +201,7 @@ def run(root: Path, assets: int, pause: float) -> bool:
     reader.stop.set()
     reader.join()
     if reader.error:
-        raise reader.error
+        raise RuntimeError(reader.error)
 
     conn = vault.db.conn
     now = format_time(datetime.now(timezone.utc))
@@ -210,7 +222,7 @@ def run(root: Path, assets: int, pause: float) -> bool:
     print(f"  afterwards: expired rows left {expired_left}, files left {files_after:,} of {files_before:,} "
           f"(the {KEPT_WORKSPACE} live ones), live rows {live_left}, library rows {library_left:,}, "
           f"pending_deletes {pending_left}, folders left {folders_after:,}: {'OK' if ok else 'WRONG'}")
-    print(f"reader (own read-only connection, {pause * 1000:g} ms pause between queries), latency per query:")
+    print(f"reader (own process and read-only connection, {pause * 1000:g} ms pause between queries), latency per query:")
     for label, thread in (("  idle (before cleanup)", idle), ("  during cleanup", reader)):
         print(f"{label}: {summary(thread.all())}")
     for name, samples in reader.latencies.items():

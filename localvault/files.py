@@ -17,7 +17,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -268,13 +268,19 @@ class FileStore:
             self._remove_path(temp)
             raise _os_error(exc, final) from None
 
-    def remove(self, bucket: str, relative: str) -> None:
-        """Delete a file if it exists (idempotent), and its folder if that is now empty."""
-        path = self.full_path(bucket, relative)
-        self._remove_path(path)
-        if self.local and bucket == WORKSPACE_BUCKET:
+    def remove(self, bucket: str, relative: str, *, prune: bool = True) -> None:
+        """Delete a file if it exists (idempotent), and (with ``prune``) its job folder if now empty."""
+        self._remove_path(self.full_path(bucket, relative))
+        if prune:
+            self.prune_folders(bucket, [os.path.dirname(relative)])
+
+    def prune_folders(self, bucket: str, folders: Iterable[str]) -> None:
+        """Remove the given workspace job folders that are empty (others are left alone)."""
+        if not (self.local and bucket == WORKSPACE_BUCKET):
+            return
+        for folder in folders:
             try:
-                os.rmdir(os.path.dirname(path))  # the job folder, once empty
+                os.rmdir(self.full_path(bucket, folder))
             except OSError:
                 pass
 

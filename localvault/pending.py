@@ -9,6 +9,7 @@ next drain.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
 from .db import Database
@@ -30,19 +31,33 @@ def _still_used(conn: sqlite3.Connection, bucket: str, path: str) -> bool:
     return conn.execute(sql, (path,)).fetchone() is not None
 
 
+def settle(conn: sqlite3.Connection, files: FileStore, limit: int = BATCH) -> int:
+    """Inside an open write transaction: remove up to ``limit`` queued files; return how many were settled.
+
+    The entries were committed by an earlier transaction, so a crash here only
+    means the next drain removes them again (removal is idempotent).
+    """
+    batch = conn.execute("SELECT id, bucket, path FROM pending_deletes ORDER BY id LIMIT ?", (limit,)).fetchall()
+    folders: dict[str, set[str]] = {}
+    for _id, bucket, path in batch:
+        if not _still_used(conn, bucket, path):
+            files.remove(bucket, path, prune=False)
+            folders.setdefault(bucket, set()).add(os.path.dirname(path))
+    for bucket, names in folders.items():  # one rmdir per job folder, not per file
+        files.prune_folders(bucket, names)
+    conn.executemany("DELETE FROM pending_deletes WHERE id = ?", [(row[0],) for row in batch])
+    return len(batch)
+
+
 def drain(db: Database, files: FileStore) -> int:
     """Remove every queued file; return how many entries were settled."""
     settled = 0
     while True:
         with db.write() as conn:
-            batch = conn.execute("SELECT id, bucket, path FROM pending_deletes ORDER BY id LIMIT ?", (BATCH,)).fetchall()
-            for _id, bucket, path in batch:
-                if not _still_used(conn, bucket, path):
-                    files.remove(bucket, path)
-            conn.executemany("DELETE FROM pending_deletes WHERE id = ?", [(row[0],) for row in batch])
-        settled += len(batch)
-        if len(batch) < BATCH:
+            done = settle(conn, files)
+        settled += done
+        if done < BATCH:
             return settled
 
 
-__all__ = ["queue_delete", "drain", "LIBRARY_BUCKET", "WORKSPACE_BUCKET"]
+__all__ = ["queue_delete", "settle", "drain", "LIBRARY_BUCKET", "WORKSPACE_BUCKET"]
