@@ -48,12 +48,16 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
         raise _os_error(exc, path) from None
 
 
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def fsync_path(path: str | Path) -> None:
+    """fsync a file or a folder by path (a folder's fsync makes renames in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+fsync_dir = fsync_path
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -232,7 +236,7 @@ class FileStore:
     def sync_files(self, bucket: str, relatives: "list[str]", fsync_map: Callable[..., Iterator[None]] = map) -> None:
         """Fsync files (relative to ``bucket``); ``fsync_map`` may be a thread pool's ``map`` (they overlap)."""
         if self.local:
-            for _ in fsync_map(_fsync_path, [self.full_path(bucket, r) for r in relatives]):
+            for _ in fsync_map(fsync_path, [self.full_path(bucket, r) for r in relatives]):
                 pass
 
     def sync_dirs(self, bucket: str, folders: "set[str]") -> None:
@@ -384,14 +388,6 @@ def _start_writeback(fd: int) -> None:
             libc.sync_file_range(fd, ctypes.c_longlong(0), ctypes.c_longlong(0), 2)  # type: ignore[attr-defined]
     except (OSError, AttributeError):
         pass
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
