@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_line, peak_rss_mb  # noqa: E402
+from _common import machine_line, print_rss  # noqa: E402
 
 from localvault import Vault  # noqa: E402
 
@@ -108,8 +108,7 @@ def main() -> None:
         if args.size <= 10:
             rate = args.files / ours
             print(f"assets/s: {rate:.0f} (target >= 2000 for 10 KB files) {'OK' if rate >= 2000 else 'MISSED'}")
-        peak = peak_rss_mb()
-        print(f"peak RSS (ru_maxrss): {peak:.1f} MiB (target <= 200 MiB) {'OK' if peak <= 200 else 'OVER'}")
+        print_rss()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_line, peak_rss_mb, percentile  # noqa: E402
+from _common import machine_line, percentile, print_rss  # noqa: E402
 from bench_import import make_png  # noqa: E402
 
 from localvault import Vault  # noqa: E402
@@ -119,8 +119,7 @@ def main() -> None:
                 print(f"  {label}: p50 {percentile(part, 50) * 1000:.0f} ms  p95 {percentile(part, 95) * 1000:.0f} ms"
                       f"  max {max(part) * 1000:.0f} ms")
         print(f"watcher summary: {watcher.report.summary()}")
-        peak = peak_rss_mb()
-        print(f"peak RSS (ru_maxrss): {peak:.1f} MiB (target <= 200 MiB) {'OK' if peak <= 200 else 'OVER'}")
+        print_rss()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
