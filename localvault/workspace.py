@@ -131,9 +131,7 @@ class Workspace:
                 asset_id = str(uuid.uuid4())
                 facts = prepared.facts
                 conn.execute(
-                    "INSERT INTO workspace_assets (id, user_id, asset_type, temp_storage_path, file_size_bytes, mime_type,"
-                    " duration_seconds, job_id, asset_index, generation_seed, original_prompt, model_used,"
-                    " generation_settings, width, height, sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    _INSERT,
                     (asset_id, self.user_id, facts.media_type.asset_type.value, relative, prepared.staged.size,
                      facts.media_type.value, facts.duration_seconds, job, index, values["seed"], values["prompt"],
                      values["model"], json.dumps(values["settings"], ensure_ascii=False), facts.width, facts.height,
