@@ -176,17 +176,20 @@ def _children(data: bytes) -> dict[bytes, list[bytes]]:
 
 
 def _mvhd_duration(moov: bytes) -> float | None:
-    for mvhd in _children(moov).get(b"mvhd", []):
-        if not mvhd:
-            return None
-        if mvhd[0] == 1 and len(mvhd) >= 32:
-            timescale, duration = struct.unpack(">IQ", mvhd[20:32])
-        elif len(mvhd) >= 20:
-            timescale, duration = struct.unpack(">II", mvhd[12:20])
-        else:
-            return None
-        return round(duration / timescale, 3) if timescale else None
+    for payload in _children(moov).get(b"mvhd", []):
+        return mvhd_duration(payload)
     return None
+
+
+def mvhd_duration(payload: bytes) -> float | None:
+    """Seconds from an ``mvhd`` box's payload (version 0 or 1), to the millisecond; None if unreadable."""
+    if payload[:1] == b"\x01" and len(payload) >= 32:
+        timescale, duration = struct.unpack(">IQ", payload[20:32])
+    elif payload[:1] != b"\x01" and len(payload) >= 20:
+        timescale, duration = struct.unpack(">II", payload[12:20])
+    else:
+        return None
+    return round(duration / timescale, 3) if timescale else None
 
 
 def _tkhd_size(moov: bytes) -> tuple[int | None, int | None]:

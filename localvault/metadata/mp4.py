@@ -11,6 +11,8 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO, Iterator
 
+from ..media import mvhd_duration
+
 _MAX_VALUE = 16 * 1024 * 1024
 _MAX_BOXES = 10_000
 _ITEM_NAMES = {b"\xa9cmt": "comment", b"\xa9nam": "title", b"desc": "description", b"\xa9too": "encoder"}
@@ -137,11 +139,4 @@ def duration_seconds(f: BinaryIO) -> float | None:
     mvhd = _child(f, moov, b"mvhd")
     if mvhd is None:
         return None
-    raw = _read(f, mvhd[1], min(mvhd[2], mvhd[1] + 32))
-    if raw[:1] == b"\x01" and len(raw) >= 32:
-        timescale, duration = struct.unpack(">IQ", raw[20:32])
-    elif len(raw) >= 20:
-        timescale, duration = struct.unpack(">II", raw[12:20])
-    else:
-        return None
-    return duration / timescale if timescale else None
+    return mvhd_duration(_read(f, mvhd[1], min(mvhd[2], mvhd[1] + 32)))
