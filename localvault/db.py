@@ -169,17 +169,11 @@ class Database:
             return
         with self.write() as conn:
             current = self._check_version()  # another process may have migrated meanwhile
-            if current == 0 and self._has_foreign_tables():
-                raise VaultCorruptError(f"{self.path} holds tables that are not a localvault's; pick another folder")
             for number, script in _migrations():
                 if number > current:
                     for statement in _statements(script):
                         conn.execute(statement)
                     conn.execute(f"PRAGMA user_version = {number}")
-
-    def _has_foreign_tables(self) -> bool:
-        row = self.conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()
-        return bool(row[0])
 
     # -------------------------------------------------------- transactions
 

@@ -42,7 +42,7 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
         finally:
             os.close(fd)
         os.replace(temp, path)
-        fsync_dir(path.parent)
+        fsync_path(path.parent)
     except OSError as exc:
         _unlink_quietly(temp)
         raise _os_error(exc, path) from None
@@ -56,8 +56,6 @@ def fsync_path(path: str | Path) -> None:
     finally:
         os.close(fd)
 
-
-fsync_dir = fsync_path
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -158,7 +156,7 @@ class FileStore:
             if self.local:
                 os.replace(staged.temp_path, final)
                 if sync_dir:
-                    fsync_dir(Path(final).parent)
+                    fsync_path(Path(final).parent)
             else:
                 self.fs.mv(staged.temp_path, final)
         except OSError as exc:
@@ -243,7 +241,7 @@ class FileStore:
         """Fsync folders (relative to ``bucket``) after renames made with ``commit(..., sync_dir=False)``."""
         if self.local:
             for folder in sorted(folders):
-                fsync_dir(Path(self.full_path(bucket, folder)))
+                fsync_path(self.full_path(bucket, folder))
 
     def link(self, source_bucket: str, source: str, bucket: str, relative: str) -> None:
         """Make ``bucket/relative`` hold the same bytes as ``source``: a hard link where possible, else a copy."""
@@ -261,7 +259,7 @@ class FileStore:
                         writer.flush()
                         os.fsync(writer.fileno())
                 os.replace(temp, final)
-                fsync_dir(Path(final).parent)
+                fsync_path(Path(final).parent)
             else:
                 self.fs.copy(src, temp)
                 self.fs.mv(temp, final)
