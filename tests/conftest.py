@@ -151,3 +151,27 @@ def make_image(tmp_path: Path) -> Callable[..., Path]:
         return write_media(tmp_path / "src", kind, seed, size)
 
     return make
+
+
+# ------------------------------------------------------------------ sync
+
+
+@pytest.fixture
+def server(pg_database: str) -> str:
+    """A fresh server database (schema applied) in which users A and B exist."""
+    import psycopg
+
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        for user in (USER_A, USER_B):
+            conn.execute("INSERT INTO auth.users (id, email) VALUES (%s, %s)", (user, f"{user[:4]}@example.com"))
+    return pg_database
+
+
+@pytest.fixture
+def remote(server: str, s3_bucket):
+    """A sync target: the fresh database and a fresh bucket on the suite's S3 server."""
+    from localvault.sync import Remote
+
+    target = Remote(server, f"s3://{s3_bucket.name}", s3_bucket.storage_options)
+    yield target
+    target.close()

@@ -25,21 +25,6 @@ def _image(folder: Path, n: int) -> Path:
 
 
 @pytest.fixture
-def server(pg_database: str) -> str:
-    with psycopg.connect(pg_database, autocommit=True) as conn:
-        for user in (USER_A, USER_B):
-            conn.execute("INSERT INTO auth.users (id, email) VALUES (%s, %s)", (user, f"{user[:4]}@example.com"))
-    return pg_database
-
-
-@pytest.fixture
-def remote(server: str, s3_bucket: Any) -> Remote:
-    target = Remote(server, f"s3://{s3_bucket.name}", s3_bucket.storage_options)
-    yield target
-    target.close()
-
-
-@pytest.fixture
 def vault(tmp_path: Path) -> Vault:
     v = Vault.create(tmp_path / "vault", user_id=USER_A)
     yield v

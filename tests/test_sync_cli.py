@@ -40,13 +40,6 @@ def _image(folder: Path, n: int) -> Path:
 
 
 @pytest.fixture
-def server(pg_database: str) -> str:
-    with psycopg.connect(pg_database, autocommit=True) as conn:
-        conn.execute("INSERT INTO auth.users (id, email) VALUES (%s, 'a@example.com')", (USER_A,))
-    return pg_database
-
-
-@pytest.fixture
 def vault_path(tmp_path: Path) -> Path:
     path = tmp_path / "vault"
     Vault.create(path, user_id=USER_A).close()

@@ -37,20 +37,6 @@ def _fill(vault: Vault, folder: Path, count: int, start: int = 0) -> list[str]:
 
 
 @pytest.fixture
-def server(pg_database: str) -> str:
-    with psycopg.connect(pg_database, autocommit=True) as conn:
-        conn.execute("INSERT INTO auth.users (id, email) VALUES (%s, 'a@example.com')", (USER_A,))
-    return pg_database
-
-
-@pytest.fixture
-def remote(server: str, s3_bucket: Any) -> Iterator[Remote]:
-    target = Remote(server, f"s3://{s3_bucket.name}", s3_bucket.storage_options)
-    yield target
-    target.close()
-
-
-@pytest.fixture
 def vault(tmp_path: Path) -> Iterator[Vault]:
     v = Vault.create(tmp_path / "vault", user_id=USER_A)
     yield v
