@@ -56,7 +56,8 @@ def status(vault: "Vault", remote: Remote | None = None, *, check_online: bool =
         except (OfflineError, SyncError) as exc:
             online, reason = False, str(exc)
         finally:
-            configured.close()
+            if remote is None:  # a Remote the caller passed stays theirs to close
+                configured.close()
     return SyncStatus(
         online=online, offline_reason=reason, pending_changes=pending_count(vault), rejected=rejected,
         last_sync=vault.db.get_meta(f"last_sync:{vault.user_id}"),
