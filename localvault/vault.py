@@ -16,6 +16,7 @@ from .db import DB_NAME, Database
 from .errors import DuplicateError, NotFoundError, StorageError
 from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
 from .library import Library
+from .models import LibraryAsset, WorkspaceAsset
 from .progress import ProgressCallback
 from .verify import VerifyReport, verify
 from .workspace import CleanupReport, Workspace
@@ -126,17 +127,24 @@ class Vault:
         self.files.export(bucket, relative, dest)
         return dest
 
-    def locate(self, asset_id: str) -> tuple[str, str]:
-        """(bucket, path) of a library or workspace asset of this user."""
+    def get(self, asset_id: str) -> LibraryAsset | WorkspaceAsset:
+        """A library or workspace asset of this user, by id."""
         asset_id = models.check_uuid(asset_id, "asset id")
         try:
-            return LIBRARY_BUCKET, self.library.get(asset_id).storage_path
+            return self.library.get(asset_id)
         except NotFoundError:
             pass
         try:
-            return WORKSPACE_BUCKET, self.workspace.get(asset_id).temp_storage_path
+            return self.workspace.get(asset_id)
         except NotFoundError:
             raise NotFoundError(f"no asset {asset_id} in this vault (library or workspace)") from None
+
+    def locate(self, asset_id: str) -> tuple[str, str]:
+        """(bucket, path) of a library or workspace asset of this user."""
+        asset = self.get(asset_id)
+        if isinstance(asset, LibraryAsset):
+            return LIBRARY_BUCKET, asset.storage_path
+        return WORKSPACE_BUCKET, asset.temp_storage_path
 
     def delete(self, asset_id: str) -> str:
         """Delete a library or workspace asset by id; returns which one it was."""

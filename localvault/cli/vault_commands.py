@@ -145,9 +145,7 @@ def rm(ctx: Context, asset_id: str) -> None:
 @pass_ctx
 def show(ctx: Context, asset_id: str, as_json: bool) -> None:
     """Show one asset with its prompt, seed, model and settings."""
-    vault = ctx.vault()
-    bucket, _ = vault.locate(asset_id)
-    asset = vault.library.get(asset_id) if bucket == "user-library" else vault.workspace.get(asset_id)
+    asset = ctx.vault().get(asset_id)
     if as_json:
         output.print_json(asset)
         return
