@@ -23,7 +23,8 @@ def queue_delete(conn: sqlite3.Connection, bucket: str, path: str) -> None:
     conn.execute("INSERT OR IGNORE INTO pending_deletes (bucket, path) VALUES (?, ?)", (bucket, path))
 
 
-def _still_used(conn: sqlite3.Connection, bucket: str, path: str) -> bool:
+def still_used(conn: sqlite3.Connection, bucket: str, path: str) -> bool:
+    """Whether a row uses ``bucket/path`` (one may have taken it since the file was queued)."""
     if bucket == WORKSPACE_BUCKET:
         sql = "SELECT 1 FROM workspace_assets WHERE temp_storage_path = ?"
     else:
@@ -40,7 +41,7 @@ def settle(conn: sqlite3.Connection, files: FileStore, limit: int = BATCH) -> in
     batch = conn.execute("SELECT id, bucket, path FROM pending_deletes ORDER BY id LIMIT ?", (limit,)).fetchall()
     folders: dict[str, set[str]] = {}
     for _id, bucket, path in batch:
-        if not _still_used(conn, bucket, path):
+        if not still_used(conn, bucket, path):
             files.remove(bucket, path, prune=False)
             folders.setdefault(bucket, set()).add(os.path.dirname(path))
     for bucket, names in folders.items():  # one rmdir per job folder, not per file

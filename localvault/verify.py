@@ -97,7 +97,7 @@ def _repair(db: Database, files: FileStore, result: VerifyReport,
     for entry in result.orphans + result.stale_temps:
         bucket, relative = entry.split("/", 1)
         with db.write() as conn:  # under the lock: a row may have claimed the path meanwhile
-            if not pending._still_used(conn, bucket, relative):
+            if not pending.still_used(conn, bucket, relative):
                 files.remove(bucket, relative)
         result.repaired.append(entry)
     for entry in result.missing + result.mismatched:
