@@ -15,6 +15,7 @@ without any metadata is a job of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat as _stat
@@ -29,16 +30,22 @@ JOB_WINDOW_SECONDS = 60.0
 JOB_NAMESPACE = uuid.UUID("6f0c2a5e-8f7e-5a61-9a43-0c1c6a1d7b21")
 TEMP_SUFFIXES = (".tmp", ".part", ".crdownload", "~", ".partial", ".download")
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".mp4")
+SIDECAR_SUFFIXES = (".json", ".txt")
 _GROUP_IGNORED = ("comfyui_prompt", "comfyui_workflow")
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A file found by the scan: its path, size and modification time."""
+    """A file found by the scan: its path, size and modification time.
+
+    ``sidecars``: the names in its folder that could be sidecar files
+    (``.json``, ``.txt``) when the folder was listed; None when unknown.
+    """
 
     path: str
     size: int
     mtime: float
+    sidecars: frozenset[str] | None = None
 
 
 def is_ignored_name(name: str) -> bool:
@@ -87,6 +94,7 @@ def scan(folder: Path, recursive: bool = False) -> tuple[list[Candidate], dict[s
         except OSError as exc:
             refused[current] = f"cannot list the folder: {exc.strerror or exc}"
             continue
+        sidecars = frozenset(e.name for e in entries if e.name.endswith(SIDECAR_SUFFIXES))
         for entry in entries:
             if is_ignored_name(entry.name):
                 ignored += 1
@@ -100,7 +108,7 @@ def scan(folder: Path, recursive: bool = False) -> tuple[list[Candidate], dict[s
                 continue
             candidate, reason = check_path(entry.path, root)
             if candidate is not None:
-                found.append(candidate)
+                found.append(dataclasses.replace(candidate, sidecars=sidecars))
             elif reason is not None:
                 refused[entry.path] = reason
             else:

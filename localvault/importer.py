@@ -2,15 +2,22 @@
 
 Pipeline: scan the folder (regular files with a known extension; hidden and
 temporary names ignored; links leading outside refused), sort by
-``(mtime, path)``, then a thread pool checks, hashes and reads the metadata of
-each file and stages a copy (or hard link) under a temporary name without
-fsync. The calling thread alone touches SQLite: every ``BATCH_SIZE`` files it
-fsyncs the batch's staged files (in parallel) and their folder, then in one
-``BEGIN IMMEDIATE`` transaction renames them into place and inserts their
-rows, fsyncs the job folders and commits. A row therefore never points at a
-missing or unsynced file; a crash leaves at worst temporary or orphan files,
-which ``localvault verify --repair`` removes. ``--move`` deletes a source only
-after its row is committed.
+``(mtime, path)``. Then:
+
+1. examining workers (one per core) read each file once and, from those
+   bytes, check its type and wholeness, read its metadata and hash it;
+2. the calling thread, in order, gives each file its job (grouping needs the
+   order) and drops duplicates;
+3. staging threads write it (or hard-link it) under a temporary name into its
+   job's folder, without fsync;
+4. every ``BATCH_SIZE`` files (or ``BATCH_BYTES``) the calling thread, which
+   alone touches SQLite, makes the batch durable (one ``syncfs``, or an fsync
+   per file and folder) and, in one ``BEGIN IMMEDIATE`` transaction, renames
+   the files to their final names and inserts their rows.
+
+A row therefore never points at a missing or unsynced file; a crash leaves at
+worst temporary or orphan files, which ``localvault verify --repair`` removes.
+``--move`` deletes a source only after its row is committed.
 
 Which files are taken and how they are grouped into jobs: :mod:`localvault._intake`.
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -45,8 +53,16 @@ Mode = Literal["copy", "move", "link"]
 MODES = ("copy", "move", "link")
 #: Files a batch commits in one transaction (after one syncfs, or fsyncs, of the whole batch).
 BATCH_SIZE = 200
-#: Files up to this size are read once into memory (hash, then write); larger ones are streamed.
-IN_MEMORY_BYTES = 16 * 1024 * 1024
+#: ... or fewer, when their bytes reach this.
+BATCH_BYTES = 48 * 1024 * 1024
+#: Files up to this size are read once into memory (check, metadata, hash, then write); larger ones are streamed.
+IN_MEMORY_BYTES = 4 * 1024 * 1024
+#: Bytes of files read but not yet committed that the pipeline may hold in memory (plus one file).
+WINDOW_BYTES = 96 * 1024 * 1024
+#: Threads writing staged files.
+STAGING_THREADS = 8
+#: Files handed between threads at a time.
+CHUNK_FILES = 16
 #: Imports of at least this many files load the user's hashes first (see import_candidates).
 PRELOAD_MIN_FILES = 64
 #: What a file lacking metadata (and options) gets.
@@ -96,10 +112,13 @@ class _Ready:
     candidate: Candidate
     sha256: str
     info: GenerationInfo
-    staged: StagedFile | None = None
+    size: int
+    data: bytes | None = None  # the file's bytes until they are staged (files up to IN_MEMORY_BYTES)
     facts: media.MediaFacts | None = None
-    values: tuple[int, str, str, str] | None = None
+    values: tuple[int, str, str, str] | None = None  # None: this user already has the file
     job_id: str = ""
+    staging: "Future[StagedFile] | None" = None
+    staged: StagedFile | None = None
 
 
 def _settings_json(info: GenerationInfo) -> str:
@@ -114,7 +133,8 @@ def _settings_json(info: GenerationInfo) -> str:
 class Importer:
     """Imports lists of files into one user's workspace; reusable (the watcher keeps one).
 
-    Only the thread calling :meth:`import_candidates` writes to SQLite.
+    While :meth:`import_candidates` runs, only its committer thread uses the
+    vault's database connection.
     """
 
     def __init__(self, db: Database, files: FileStore, user_id: str, *, mode: Mode = "copy",
@@ -125,20 +145,24 @@ class Importer:
         self.db, self.files, self.user_id, self.mode = db, files, user_id, mode
         self.model = models.check_model(model) if model is not None else None
         self.prompt = models.check_prompt(prompt) if prompt is not None else None
-        # One worker per core: the per-file work holds the GIL often enough that more threads
+        # One examining worker per core: that work holds the GIL often enough that more threads
         # only contend (measured: 8 threads were ~40% slower than 2 on 2 cores).
         self.workers = workers or max(1, min(8, os.cpu_count() or 2))
         self.batch_size = batch_size
         self.grouper = grouper or JobGrouper(user_id)
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="localvault-import")
-        self._staging = user_id  # temp names live in workspace-temp/<user>/ until renamed into a job folder
+        # Writing files waits on the disk (folder and inode creation can take milliseconds each on a
+        # busy disk), so it has threads of its own, more of them, which mostly sleep in system calls.
+        self._io = ThreadPoolExecutor(STAGING_THREADS, thread_name_prefix="localvault-stage")
+        # One thread commits batches (the only one touching SQLite while an import runs).
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="localvault-commit")
         self.workspace = Workspace(db, files, user_id)
-        self._io = ThreadPoolExecutor(8, thread_name_prefix="localvault-commit")  # renames, apart from the workers
 
     def close(self) -> None:
         """Stop the worker threads."""
         self._pool.shutdown(wait=True)
         self._io.shutdown(wait=True)
+        self._committer.shutdown(wait=True)
 
     def __enter__(self) -> "Importer":
         return self
@@ -154,20 +178,26 @@ class Importer:
 
     # ------------------------------------------------------------- workers
 
-    def _prepare(self, candidate: Candidate, known: set[str]) -> _Ready:
+    def _examine(self, candidate: Candidate, known: set[str]) -> _Ready:
+        """Read a file once: check its type and wholeness, read its metadata, hash it."""
         from .metadata import read as read_metadata
 
         path = Path(candidate.path)
-        media_type, size = media.check_source(path)
-        info = read_metadata(path)
         data: bytes | None = None
         with open(path, "rb") as handle:
-            if size <= IN_MEMORY_BYTES:
+            if os.fstat(handle.fileno()).st_size <= IN_MEMORY_BYTES:
                 data = handle.read()
-                sha = hashlib.sha256(data).hexdigest()
-            else:
+        if data is not None:
+            size = len(data)
+            media_type = media.check_data(data, path)
+            info = read_metadata(path, data=data, siblings=candidate.sidecars)
+            sha = hashlib.sha256(data).hexdigest()
+        else:
+            media_type, size = media.check_source(path)
+            info = read_metadata(path, siblings=candidate.sidecars)
+            with open(path, "rb") as handle:
                 sha = _digest(handle)
-        ready = _Ready(candidate, sha, info)
+        ready = _Ready(candidate, sha, info, size)
         if sha in known:
             return ready
         if data is not None and media_type is not models.MediaType.mp4:
@@ -180,88 +210,158 @@ class Importer:
             models.check_model(info.model or self.model or PLACEHOLDERS["model"]) or PLACEHOLDERS["model"],
             _settings_json(info),
         )
-        if self.mode in ("link", "move"):
-            ready.staged = self.files.stage_link(path, sha, size, WORKSPACE_BUCKET, self._staging)
-        if ready.staged is None:
-            ready.staged = (self.files.stage_data(data, sha, WORKSPACE_BUCKET, self._staging, sync=False)
-                            if data is not None else
-                            self.files.stage(path, WORKSPACE_BUCKET, self._staging, sync=False))
-            if ready.staged.sha256 != sha or ready.staged.size != size:
-                self.files.discard(ready.staged)
-                raise StorageError(f"{path} changed while it was being imported; import it again")
+        ready.data = data
         return ready
+
+    def _stage(self, ready: _Ready) -> StagedFile:
+        """Write (or link) a file under a temporary name into its job's folder, without fsync."""
+        path = Path(ready.candidate.path)
+        folder = f"{self.user_id}/{ready.job_id}"
+        try:
+            staged = None
+            if self.mode in ("link", "move"):
+                staged = self.files.stage_link(path, ready.sha256, ready.size, WORKSPACE_BUCKET, folder)
+            if staged is None and ready.data is not None:
+                staged = self.files.stage_data(ready.data, ready.sha256, WORKSPACE_BUCKET, folder, sync=False)
+            elif staged is None:
+                staged = self.files.stage(path, WORKSPACE_BUCKET, folder, sync=False)
+                if staged.sha256 != ready.sha256 or staged.size != ready.size:
+                    self.files.discard(staged)
+                    raise StorageError(f"{path} changed while it was being imported; import it again")
+            return staged
+        finally:
+            ready.data = None
 
     # ---------------------------------------------------------- main loop
 
+    def _examine_chunk(self, chunk: list[Candidate], known: set[str]) -> list[_Ready | Exception]:
+        out: list[_Ready | Exception] = []
+        for candidate in chunk:
+            try:
+                out.append(self._examine(candidate, known))
+            except Exception as exc:  # noqa: BLE001 - reported as this file's refusal
+                out.append(exc)
+        return out
+
+    def _stage_chunk(self, chunk: list[_Ready]) -> list[StagedFile | Exception]:
+        out: list[StagedFile | Exception] = []
+        for ready in chunk:
+            try:
+                out.append(self._stage(ready))
+            except Exception as exc:  # noqa: BLE001 - reported as this file's refusal
+                out.append(exc)
+        return out
+
     def import_candidates(self, candidates: Iterable[Candidate], *, total: int | None = None,
                           progress: ProgressCallback | None = None) -> ImportReport:
-        """Import candidates (in the order given, which grouping relies on); never raises for one bad file."""
+        """Import candidates (in the order given, which grouping relies on); never raises for one bad file.
+
+        Files travel in chunks of :data:`CHUNK_FILES` (one hand-over between
+        threads per chunk, not per file). Workers examine chunks ahead of this
+        thread; this thread gives each file its job, in order, and hands the
+        chunk to the staging threads; a committer thread commits each batch
+        while the next one is prepared. Memory held is bounded by
+        :data:`WINDOW_BYTES`.
+        """
         started = time.perf_counter()
         result = ImportReport()
         # Hashes this user has: loaded up front for big imports (a duplicate is then never written);
         # a small batch (the watcher's) relies on the check inside the commit instead.
         known = self._known() if (total or 0) >= PRELOAD_MIN_FILES else set()
         seen: set[str] = set()
-        batch: list[_Ready] = []
-        window: deque[tuple[Candidate, Future[_Ready]]] = deque()
+        window: deque[tuple[list[Candidate], Future[list[_Ready | Exception]]]] = deque()
+        batch: list[tuple[list[_Ready], Future[list[StagedFile | Exception]]]] = []
+        batch_files = batch_held = 0
+        committing: deque[tuple[Future[ImportReport], int]] = deque()  # (commit, bytes it frees)
         source = iter(candidates)
         lookahead = max(self.workers * 4, self.batch_size * 3)
+        held = 0  # bytes of in-memory files read ahead, staged or being committed
+        in_window = 0
         report(progress, "import", total=total)
 
         def refill() -> None:
-            while len(window) < lookahead:
-                candidate = next(source, None)
-                if candidate is None:
+            nonlocal held, in_window
+            while in_window < lookahead and (not window or held < WINDOW_BYTES):
+                chunk = list(itertools.islice(source, min(CHUNK_FILES, self.batch_size)))
+                if not chunk:
                     return
-                window.append((candidate, self._pool.submit(self._prepare, candidate, known)))
+                held += sum(_held(c) for c in chunk)
+                in_window += len(chunk)
+                window.append((chunk, self._pool.submit(self._examine_chunk, chunk, known)))
+
+        def settle() -> None:
+            """Wait for the commit in flight and merge what it did."""
+            nonlocal held
+            while committing:
+                future, freed = committing.popleft()
+                result.merge(future.result())
+                held -= freed
+
+        def commit() -> None:
+            nonlocal batch, batch_files, batch_held
+            settle()  # one commit at a time: it runs while the next batch is examined and staged
+            committing.append((self._committer.submit(self._commit, batch), batch_held))
+            batch, batch_files, batch_held = [], 0, 0
 
         refill()
         try:
             while window:
-                candidate, future = window.popleft()
+                chunk, future = window.popleft()
+                in_window -= len(chunk)
+                to_stage: list[_Ready] = []
+                for candidate, ready in zip(chunk, future.result()):
+                    if isinstance(ready, Exception):
+                        held -= _held(candidate)
+                        result.refused[candidate.path] = _reason(ready)
+                        log.info("refused %s: %s", candidate.path, result.refused[candidate.path])
+                        continue
+                    ready.job_id = self.grouper.job_for(ready.info, ready.sha256, candidate.mtime)
+                    if ready.sha256 in seen or ready.values is None:
+                        held -= _held(candidate)
+                        result.duplicates.append(candidate.path)
+                    else:
+                        seen.add(ready.sha256)
+                        to_stage.append(ready)
+                if to_stage:
+                    batch.append((to_stage, self._io.submit(self._stage_chunk, to_stage)))
+                    batch_files += len(to_stage)
+                    batch_held += sum(_held(r.candidate) for r in to_stage)
+                report(progress, "import", advance=len(chunk), total=total,
+                       bytes_advance=sum(c.size for c in chunk), item=chunk[-1].path)
+                if batch_files >= self.batch_size or batch_held >= BATCH_BYTES:
+                    commit()
                 refill()
-                try:
-                    ready = future.result()
-                except Exception as exc:  # noqa: BLE001 - one refused file never stops the rest
-                    result.refused[candidate.path] = _reason(exc)
-                    log.info("refused %s: %s", candidate.path, result.refused[candidate.path])
-                    report(progress, "import", advance=1, total=total, bytes_advance=candidate.size,
-                           item=candidate.path)
-                    continue
-                ready.job_id = self.grouper.job_for(ready.info, ready.sha256, candidate.mtime)
-                if ready.sha256 in seen or ready.staged is None:
-                    if ready.staged is not None:
-                        self.files.discard(ready.staged)
-                    result.duplicates.append(candidate.path)
-                else:
-                    seen.add(ready.sha256)
-                    batch.append(ready)
-                report(progress, "import", advance=1, total=total, bytes_advance=candidate.size, item=candidate.path)
-                if len(batch) >= self.batch_size:
-                    self._commit(batch, result)
-                    batch = []
             if batch:
-                self._commit(batch, result)
-                batch = []
+                commit()
+            settle()
         except BaseException:  # interrupted (Ctrl-C) or the disk failed: leave no temporary file behind
-            self._abandon(window, batch)
+            self._abandon(window, batch, committing)
             raise
         result.seconds = time.perf_counter() - started
         return result
 
-    def _abandon(self, window: "deque[tuple[Candidate, Future[_Ready]]]", batch: list[_Ready]) -> None:
-        """Wait for the files in flight and remove what they and the pending batch staged."""
-        for _candidate, future in window:
+    def _abandon(self, window: "deque[tuple[list[Candidate], Future[Any]]]",
+                 batch: "list[tuple[list[_Ready], Future[list[StagedFile | Exception]]]]",
+                 committing: "deque[tuple[Future[ImportReport], int]]") -> None:
+        """Stop examining files, let commits under way end, and remove what the pending batch staged."""
+        for _chunk, future in window:
             future.cancel()
-        staged = [r.staged for r in batch if r.staged is not None]
-        for _candidate, future in window:
-            if not future.cancelled() and future.exception() is None and future.result().staged is not None:
-                staged.append(future.result().staged)  # type: ignore[arg-type]
-        for item in staged:
+        for future, _freed in committing:
             try:
-                self.files.discard(item)
-            except LocalVaultError:
-                log.warning("could not remove the temporary file %s", item.temp_path)
+                future.result()
+            except BaseException:  # noqa: BLE001 - the commit cleaned up after itself
+                pass
+        for _chunk, staging in batch:
+            try:
+                outcomes = staging.result()
+            except BaseException:  # noqa: BLE001 - nothing to remove
+                continue
+            for staged in outcomes:
+                if isinstance(staged, StagedFile):
+                    try:
+                        self.files.discard(staged)
+                    except LocalVaultError:
+                        log.warning("could not remove the temporary file %s", staged.temp_path)
 
     def import_paths(self, paths: Iterable[str | os.PathLike[str]], root: Path,
                      progress: ProgressCallback | None = None) -> ImportReport:
@@ -281,14 +381,31 @@ class Importer:
 
     # -------------------------------------------------------------- commit
 
-    def _commit(self, batch: list[_Ready], result: ImportReport) -> None:
+    def _commit(self, chunks: "list[tuple[list[_Ready], Future[list[StagedFile | Exception]]]]") -> ImportReport:
+        """Commit a batch (in the committer thread); what it did, as a report to merge."""
+        result = ImportReport()
+        batch: list[_Ready] = []
+        for chunk, staging in chunks:
+            for ready, staged in zip(chunk, staging.result()):
+                if isinstance(staged, Exception):  # e.g. the disk is full: this file is refused
+                    result.refused[ready.candidate.path] = _reason(staged)
+                else:
+                    ready.staged = staged
+                    batch.append(ready)
         entries = [BatchEntry(r.staged, r.facts, r.job_id, *r.values) for r in batch]  # type: ignore[arg-type,misc]
         try:  # values were checked by the workers, so only the disk or the database can fail here
-            outcome = self.workspace.add_batch(entries, io_map=self._io.map)
+            outcome = self.workspace.add_batch(entries)
         except (sqlite3.Error, LocalVaultError, OSError) as exc:
             log.error("a batch of %d files could not be committed: %s", len(batch), exc)
             result.refused.update((r.candidate.path, _reason(exc)) for r in batch)
-            return
+            return result
+        except BaseException:  # add_batch removes its files on its own errors; this covers any other way out
+            for ready in batch:
+                try:
+                    self.files.discard(ready.staged)  # type: ignore[arg-type]
+                except LocalVaultError:
+                    pass
+            raise
         done = []
         for ready, added in zip(batch, outcome):
             if added is None:
@@ -304,6 +421,12 @@ class Importer:
                     os.unlink(item.source)
                 except OSError as exc:
                     log.warning("imported %s but could not delete it: %s", item.source, exc)
+        return result
+
+
+def _held(candidate: Candidate) -> int:
+    """Bytes of a file the pipeline keeps in memory between reading and staging it."""
+    return candidate.size if candidate.size <= IN_MEMORY_BYTES else 0
 
 
 def _image_facts(data: bytes, media_type: models.MediaType, name: str) -> media.MediaFacts:

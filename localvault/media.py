@@ -6,6 +6,7 @@ with the bytes; a truncated file is refused.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from dataclasses import dataclass
@@ -61,14 +62,31 @@ def check_source(path: Path) -> tuple[MediaType, int]:
     """
     try:
         size = os.stat(path).st_size
-        if size == 0:
-            raise EmptyFileError(f"{path} is empty (0 bytes); nothing to store")
-        if size > MAX_FILE_BYTES:
-            raise FileTooLargeError(f"{path} is {size:,} bytes; the limit is 1 GiB ({MAX_FILE_BYTES:,} bytes)")
+        _check_size(size, path)
         with open(path, "rb") as handle:
             media = check_stream(handle, size, str(path))
     except OSError as exc:
         raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    _check_name(path, media)
+    return media, size
+
+
+def check_data(data: bytes, path: Path) -> MediaType:
+    """:func:`check_source` for a file already read into memory (``data`` is all of ``path``)."""
+    _check_size(len(data), path)
+    media = check_stream(io.BytesIO(data), len(data), str(path))
+    _check_name(path, media)
+    return media
+
+
+def _check_size(size: int, path: Path) -> None:
+    if size == 0:
+        raise EmptyFileError(f"{path} is empty (0 bytes); nothing to store")
+    if size > MAX_FILE_BYTES:
+        raise FileTooLargeError(f"{path} is {size:,} bytes; the limit is 1 GiB ({MAX_FILE_BYTES:,} bytes)")
+
+
+def _check_name(path: Path, media: MediaType) -> None:
     named = expected_type(path.name)
     if named is None:
         raise UnsupportedMediaError(
@@ -79,7 +97,6 @@ def check_source(path: Path) -> tuple[MediaType, int]:
             f"{path.name} is named like {named.extension.upper()} but its bytes are {media.extension.upper()}; "
             f"rename it to .{media.extension}"
         )
-    return media, size
 
 
 def check_stream(handle: BinaryIO, size: int, name: str) -> MediaType:

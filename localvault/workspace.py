@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import uuid
 from dataclasses import dataclass
@@ -29,6 +30,10 @@ if TYPE_CHECKING:  # the importer is loaded on first use
 _INSERT = ("INSERT INTO workspace_assets (id, user_id, asset_type, temp_storage_path, file_size_bytes, mime_type,"
            " duration_seconds, job_id, asset_index, generation_seed, original_prompt, model_used,"
            " generation_settings, width, height, sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+#: The same for many rows given as one JSON array of arrays: one statement, one step, however many rows
+#: (executemany steps once per row, and each step gives up and takes back Python's GIL).
+_INSERT_MANY = _INSERT.split(" VALUES ")[0] + " SELECT " + ", ".join(
+    f"json_extract(value, '$[{i}]')" for i in range(16)) + " FROM json_each(?)"
 
 
 #: Batches of at least this many files are made durable with one syncfs; smaller ones file by file.
@@ -222,8 +227,10 @@ class Workspace:
                                    entry.prompt, entry.model, entry.settings_json, facts.width, facts.height,
                                    entry.staged.sha256))
                 folders = sorted({relative.rsplit("/", 1)[0] for _s, relative in moves})
+                prefix = self._files.full_path(WORKSPACE_BUCKET, "")
+                staged_in = {os.path.dirname(s.temp_path)[len(prefix):] for s, _r in moves}
                 for _ in io_map(lambda f: self._files.fs.makedirs(self._files.full_path(WORKSPACE_BUCKET, f),
-                                                                  exist_ok=True), folders):
+                                                                  exist_ok=True), [f for f in folders if f not in staged_in]):
                     pass
                 for _ in io_map(lambda move: self._files.commit(move[0], move[1], sync_dir=False), moves):
                     pass
@@ -231,7 +238,7 @@ class Workspace:
                 if len(moves) < SYNCFS_MIN_FILES or not self._files.syncfs():
                     self._files.sync_files(WORKSPACE_BUCKET, [relative for _s, relative in moves], io_map)
                     self._files.sync_dirs(WORKSPACE_BUCKET, {user, *folders})
-                conn.executemany(_INSERT, values)
+                conn.execute(_INSERT_MANY, (json.dumps(values, ensure_ascii=False),))
         except BaseException:
             for staged, relative in moves:
                 self._files.remove(WORKSPACE_BUCKET, relative)

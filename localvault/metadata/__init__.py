@@ -12,7 +12,9 @@ chunks are read, never pixels::
 
 from __future__ import annotations
 
+import io
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -72,11 +74,14 @@ def _texts(f: BinaryIO) -> dict[str, str]:
     return {}
 
 
-def _embedded(path: Path) -> Found:
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below; only this may fail loudly
-    except OSError as exc:
-        raise StorageError(f"cannot open {os.fspath(path)!r} to read its metadata: {exc.strerror or exc}") from exc
+def _embedded(path: Path, data: bytes | None = None) -> Found:
+    if data is not None:
+        f: BinaryIO = io.BytesIO(data)
+    else:
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed below; only this may fail loudly
+        except OSError as exc:
+            raise StorageError(f"cannot open {os.fspath(path)!r} to read its metadata: {exc.strerror or exc}") from exc
     with f:
         try:
             return read_chunks(_texts(f))
@@ -84,18 +89,23 @@ def _embedded(path: Path) -> Found:
             return Found()  # exercise read_chunks() and the chunk readers without this net
 
 
-def read(path: str | os.PathLike[str]) -> GenerationInfo:
+def read(path: str | os.PathLike[str], *, data: bytes | None = None,
+         siblings: Collection[str] | None = None) -> GenerationInfo:
     """How the file at ``path`` was generated, from its embedded metadata and any sidecar file.
 
     Embedded metadata wins; a sidecar (``NAME.json``, ``NAME.ext.json``, ``NAME.txt``)
     fills the gaps. Malformed metadata never raises: whatever could be read is
     returned, with ``source="none"`` when nothing was. Raises
     :class:`~localvault.errors.StorageError` only when the file cannot be opened.
+
+    A caller that has already read the file passes its bytes as ``data``; one
+    that has listed the folder passes the names in it as ``siblings``, so that
+    absent sidecars are not looked for on disk.
     """
     path = Path(path)
-    found = _embedded(path)
+    found = _embedded(path, data)
     try:
-        found = merge(found, sidecar.read(path))
+        found = merge(found, sidecar.read(path, siblings))
     except Exception:  # noqa: BLE001 - same contract as _embedded
         pass
     return finish(found)

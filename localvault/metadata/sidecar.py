@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,14 @@ def parse_text(text: str) -> Found:
     return a1111.parse(text)
 
 
-def read(path: Path) -> Found:
-    """What the first readable sidecar of ``path`` says, with source "sidecar"; empty if none."""
+def read(path: Path, siblings: Collection[str] | None = None) -> Found:
+    """What the first readable sidecar of ``path`` says, with source "sidecar"; empty if none.
+
+    ``siblings``, when given, are the names in ``path``'s folder: others are not looked for.
+    """
     for candidate in candidates(path):
+        if siblings is not None and candidate.name not in siblings:
+            continue
         try:
             if candidate == path or not candidate.is_file() or candidate.stat().st_size > MAX_SIDECAR_BYTES:
                 continue
