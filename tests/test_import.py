@@ -268,3 +268,24 @@ def test_interrupted_import_leaves_no_temporary_files(vault: Vault, tmp_path: Pa
     leftovers = [n for _d, _s, names in os.walk(vault.root / WORKSPACE_BUCKET) for n in names if n.startswith(TEMP_PREFIX)]
     assert leftovers == []
     assert len(vault.verify().orphans) == 0
+
+
+def test_streamed_files_small_memory_window_and_sidecars(vault: Vault, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files over IN_MEMORY_BYTES take the streamed path; a tiny memory window still imports all, in order."""
+    import hashlib
+
+    from localvault import importer
+
+    monkeypatch.setattr(importer, "IN_MEMORY_BYTES", 200)  # every test file is streamed
+    monkeypatch.setattr(importer, "WINDOW_BYTES", 1)  # one chunk read ahead at a time
+    paths = rig_folder(tmp_path / "out")
+    (tmp_path / "out" / "photo.json").write_text(json.dumps({"prompt": "from a sidecar", "seed": 77}))
+    result = vault.workspace.import_folder(tmp_path / "out")
+    assert len(result.imported) == len(paths) and not result.refused
+    assert [item.source for item in result.imported] == [str(p) for p in paths]  # (mtime, path) order kept
+    photo = vault.workspace.get(result.imported[-1].asset_id)
+    assert (photo.original_prompt, photo.generation_seed) == ("from a sidecar", 77)
+    for item, path in zip(result.imported, paths):
+        stored = vault.root / "/".join(vault.locate(item.asset_id))
+        assert hashlib.sha256(stored.read_bytes()).hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()

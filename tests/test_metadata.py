@@ -347,6 +347,17 @@ def test_embedded_wins_and_sidecar_fills_gaps(tmp_path: Path) -> None:
     assert info.settings["steps"] == 20
 
 
+def test_read_from_bytes_and_listed_siblings_gives_the_same_answer(tmp_path: Path) -> None:
+    """The importer's fast path (bytes already read, folder already listed) must agree with the plain one."""
+    img = make_png(tmp_path / "f.png", text_chunks={"parameters": "a tower\nSteps: 20, Seed: 3, Size: 64x64"})
+    (tmp_path / "f.json").write_text(json.dumps({"model": "from-sidecar", "run_id": "r-2"}))
+    plain = metadata.read(img)
+    fast = metadata.read(img, data=img.read_bytes(), siblings={"f.json", "other.txt"})
+    assert fast == plain and fast.model == "from-sidecar" and fast.run_id == "r-2"
+    # A listing without the sidecar means it is not looked for (it appeared after the scan).
+    assert metadata.read(img, data=img.read_bytes(), siblings=set()).model is None
+
+
 def test_unreadable_or_garbage_sidecar_is_ignored(tmp_path: Path) -> None:
     img = make_png(tmp_path / "g.png")
     (tmp_path / "g.json").write_bytes(b"\xff\xfe{not json")
