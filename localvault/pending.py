@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from .db import Database
 from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
@@ -32,30 +34,41 @@ def still_used(conn: sqlite3.Connection, bucket: str, path: str) -> bool:
     return conn.execute(sql, (path,)).fetchone() is not None
 
 
-def settle(conn: sqlite3.Connection, files: FileStore, limit: int = BATCH) -> int:
+def settle(conn: sqlite3.Connection, files: FileStore, limit: int = BATCH,
+           io_map: Callable[..., Iterator[Any]] = map) -> int:
     """Inside an open write transaction: remove up to ``limit`` queued files; return how many were settled.
 
     The entries were committed by an earlier transaction, so a crash here only
-    means the next drain removes them again (removal is idempotent).
+    means the next drain removes them again (removal is idempotent). Files
+    are removed (and their emptied job folders) before the caller commits, so
+    while the write lock is held: no new row can take a path meanwhile.
+    ``io_map`` may be a thread pool's ``map``: removals then overlap, one job
+    folder per task (unlinking waits on the disk here far more than it works).
     """
     batch = conn.execute("SELECT id, bucket, path FROM pending_deletes ORDER BY id LIMIT ?", (limit,)).fetchall()
-    folders: dict[str, set[str]] = {}
+    by_folder: dict[tuple[str, str], list[str]] = {}
     for _id, bucket, path in batch:
         if not still_used(conn, bucket, path):
+            by_folder.setdefault((bucket, os.path.dirname(path)), []).append(path)
+
+    def remove(item: tuple[tuple[str, str], list[str]]) -> None:
+        (bucket, folder), paths = item
+        for path in paths:
             files.remove(bucket, path, prune=False)
-            folders.setdefault(bucket, set()).add(os.path.dirname(path))
-    for bucket, names in folders.items():  # one rmdir per job folder, not per file
-        files.prune_folders(bucket, names)
+        files.prune_folders(bucket, [folder])  # one rmdir per job folder, not per file
+
+    for _ in io_map(remove, list(by_folder.items())):
+        pass
     conn.executemany("DELETE FROM pending_deletes WHERE id = ?", [(row[0],) for row in batch])
     return len(batch)
 
 
-def drain(db: Database, files: FileStore) -> int:
-    """Remove every queued file; return how many entries were settled."""
+def drain(db: Database, files: FileStore, io_map: Callable[..., Iterator[Any]] = map) -> int:
+    """Remove every queued file; return how many entries were settled (``io_map``: see :func:`settle`)."""
     settled = 0
     while True:
         with db.write() as conn:
-            done = settle(conn, files)
+            done = settle(conn, files, io_map=io_map)
         settled += done
         if done < BATCH:
             return settled

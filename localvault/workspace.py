@@ -6,9 +6,11 @@ import json
 import os
 import sqlite3
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Callable
 
 from . import models, pending, rows
@@ -38,6 +40,8 @@ _INSERT_MANY = _INSERT.split(" VALUES ")[0] + " SELECT " + ", ".join(
 
 #: Batches of at least this many files are made durable with one syncfs; smaller ones file by file.
 SYNCFS_MIN_FILES = 32
+#: Threads removing expired files (each removal mostly waits on the disk).
+CLEANUP_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -337,6 +341,16 @@ class Workspace:
         if max_assets is not None:
             total = min(total, max_assets)
         report(progress, "cleanup", total=total)
+        with ThreadPoolExecutor(CLEANUP_THREADS, thread_name_prefix="localvault-cleanup") as pool:
+            complete, removed = self._cleanup_batches(now, total, max_assets, pool.map, progress)
+            pending.drain(self._db, self._files, pool.map)
+        if complete:
+            with self._db.write() as conn:
+                self._db.set_meta(conn, "last_cleanup", now)
+        return CleanupReport(assets_removed=removed, files_removed=removed, complete=complete)
+
+    def _cleanup_batches(self, now: str, total: int, max_assets: int | None, io_map: Callable[..., Iterator[Any]],
+                         progress: ProgressCallback | None) -> tuple[bool, int]:
         removed = 0
         complete = True
         while True:
@@ -348,7 +362,7 @@ class Workspace:
             with self._db.write() as conn:
                 # The files of the previous batch (queued, committed) go in this
                 # transaction: one commit, so one fsync, per batch.
-                pending.settle(conn, self._files, CLEANUP_BATCH)
+                pending.settle(conn, self._files, CLEANUP_BATCH, io_map)
                 doomed = conn.execute(
                     "DELETE FROM workspace_assets WHERE id IN (SELECT id FROM workspace_assets WHERE expires_at <= ?"
                     " LIMIT ?) RETURNING temp_storage_path",
@@ -362,11 +376,7 @@ class Workspace:
             report(progress, "cleanup", advance=len(doomed), total=total)
             if len(doomed) < batch_size:
                 break
-        pending.drain(self._db, self._files)
-        if complete:
-            with self._db.write() as conn:
-                self._db.set_meta(conn, "last_cleanup", now)
-        return CleanupReport(assets_removed=removed, files_removed=removed, complete=complete)
+        return complete, removed
 
 
 def _settings_from(info: GenerationInfo) -> dict[str, Any]:
