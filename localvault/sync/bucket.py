@@ -148,6 +148,14 @@ _SESSIONS: dict[Any, Any] = {}
 _SESSIONS_LOCK = threading.Lock()
 
 
+def _botocore_knows(option: str) -> bool:
+    try:
+        from botocore.config import Config
+    except ImportError:  # pragma: no cover - s3fs brings botocore
+        return False
+    return option in getattr(Config, "OPTION_DEFAULTS", {})
+
+
 def _tune_s3(options: dict[str, Any]) -> None:
     """Settings for many small parallel PUTs (the caller's own options win).
 
@@ -156,9 +164,16 @@ def _tune_s3(options: dict[str, Any]) -> None:
     * No ``Expect: 100-continue``: botocore adds it to every PUT of a file-like
       body, which costs each upload a round trip (and an event-loop turn) before
       the body is sent; our bodies are small and sent in one PUT.
+    * No CRC checksum on every PUT (botocore >= 1.36 adds one by default, and
+      the store checksums each body again): the ETag check covers what it would.
     """
     config = dict(options.get("config_kwargs") or {})
     config.setdefault("max_pool_connections", UPLOAD_CONNECTIONS)
+    # botocore >= 1.36 adds a CRC checksum to every PUT it can; the store then checksums each body
+    # a second time. Our check is the MD5 the PUT answers with (the ETag), so only send what is required.
+    if _botocore_knows("request_checksum_calculation"):
+        config.setdefault("request_checksum_calculation", "when_required")
+        config.setdefault("response_checksum_validation", "when_required")
     options["config_kwargs"] = config
     if "session" not in options and not options.get("anon"):
         try:
