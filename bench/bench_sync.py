@@ -14,7 +14,7 @@ a. ``--rows`` (100,000) library rows, no files: the rows go straight into the
    of moto's CPU.) Timed: ``vault.sync(remote)`` (listing + rows), beside a
    plain ``COPY public.user_library FROM STDIN`` of the same rows, streamed
    from the same SQLite table, into a fresh database of the same schema.
-b. ``--files`` (1,000) files of 100 KB (distinct noise PNGs, saved with
+b. (run first) ``--files`` (1,000) files of 100 KB (distinct noise PNGs, saved with
    ``vault.library.add``): ``vault.sync(remote)`` to an empty moto bucket,
    beside ``rclone copy --transfers 16 --s3-no-head --s3-no-check-bucket`` of the
    same files to another empty bucket of the same moto server.
@@ -223,6 +223,7 @@ def part_b(pg: Any, endpoint: str, work: Path, n_files: int, rounds: int) -> Non
     log(f"prepared: {n_files:,} PNGs ({total / n_files / 1024:.1f} KiB each, {total / 2**20:.0f} MiB) saved with "
         f"vault.library.add in {time.perf_counter() - began:.1f} s")
     files_dir = Path(vault.files.full_path("user-library", USER_B))
+    os.sync()  # the 100 MB just written are not flushed by the kernel during the timed rounds
     began = time.perf_counter()
     import s3fs  # noqa: F401  (a one-time import, ~1 s on a busy machine; not part of any sync)
 
@@ -316,7 +317,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000, help="library rows for part a (default 100,000)")
     parser.add_argument("--files", type=int, default=1_000, help="100 KB files for part b (default 1,000)")
     parser.add_argument("--noop-rows", type=int, default=1_000_000, help="library size for part c (default 1,000,000)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of part b, alternating rclone and ours")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of part b, alternating rclone and ours")
     parser.add_argument("--skip", default="", help="parts to skip, e.g. 'b' or 'ac'")
     args = parser.parse_args()
     log("bench_sync: " + machine_line())
@@ -328,10 +329,12 @@ def main() -> None:
             log(f"servers: PostgreSQL {version} on 127.0.0.1:{pg.port} (fsync off); moto_server at {endpoint} "
                 "(separate process)")
             vault = remote = None
-            if "a" not in args.skip or "c" not in args.skip:
-                vault, remote = part_a(pg, work, args.rows)
+            # Part b first: after part a the machine is still busy for a while (PostgreSQL's autovacuum of
+            # 200,000 new rows, write-back of 100,000 new files), which slowed both contenders unevenly.
             if "b" not in args.skip:
                 part_b(pg, endpoint, work, args.files, args.rounds)
+            if "a" not in args.skip or "c" not in args.skip:
+                vault, remote = part_a(pg, work, args.rows)
             if "c" not in args.skip and vault is not None and remote is not None:
                 part_c(vault, remote, args.rows, max(args.noop_rows, args.rows))
             if remote is not None:
