@@ -104,6 +104,25 @@ def test_first_and_incremental_push(vault: Vault, remote: Remote, s3_bucket: Any
     assert again.rows_written == 0 and again.files_uploaded == 0 and again.pending_changes == 0
 
 
+def test_every_column_reaches_the_server_intact(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path) -> None:
+    """Library rows travel as JSON built by SQLite: awkward text, big numbers and nested settings arrive unchanged."""
+    prompt = 'a "quoted" fox,\nsecond line\ttab, back\\slash, unicode \u00e9\u6f22\U0001f98a'
+    settings = {"steps": 30, "cfg": 7.5, "tiny": 1e-07, "nested": {"list": [1, "two", None, True]}, "quote": 'say "hi"'}
+    asset = vault.workspace.add(_image(tmp_path, 900), prompt=prompt, seed=2**63 - 1, model='m "x" \u00fc',
+                                settings=settings)
+    saved = vault.library.save(asset.id, title='T\u00eftle "1"', tags=["caf\u00e9", 'q"uote'], favorite=True)
+    vault.sync(remote)
+    row = _server_rows(remote.database_url, "user_library")[saved.id]
+    local = vault.library.get(saved.id)
+    assert (row["original_prompt"], row["generation_seed"], row["model_used"]) == (prompt, 2**63 - 1, local.model_used)
+    assert row["generation_settings"] == local.generation_settings and row["generation_settings"]["tiny"] == 1e-07
+    assert (row["title"], row["tags"], row["is_favorite"]) == (local.title, ["caf\u00e9", 'q"uote'], True)
+    assert (row["width"], row["height"], row["file_size_bytes"], row["mime_type"]) == (
+        16, 16, local.file_size_bytes, "image/png")
+    assert row["duration_seconds"] is None and row["created_at"] == local.created_at
+    assert row["updated_at"] == local.updated_at and row["storage_path"] == local.storage_path
+
+
 def test_edit_move_delete_propagate(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path) -> None:
     vault.collections.create("A")
     vault.collections.create("B")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ..db import utc_now
 from ..files import LIBRARY_BUCKET
-from .remote import COLLECTION_COLUMNS, LIBRARY_COLUMNS, BatchResult, Changes
+from .remote import COLLECTION_COLUMNS, LIBRARY_COLUMNS, BatchResult, Changes, JsonRow
 
 if TYPE_CHECKING:
     from ..vault import Vault
@@ -73,20 +72,32 @@ def read_batch(vault: "Vault", limit: int, after_seq: int) -> Batch | None:
     )
 
 
+def _json_value(column: str) -> str:
+    if column in ("tags", "generation_settings"):
+        return f"json({column})"  # stored JSON text, embedded as JSON
+    if column == "is_favorite":
+        return "json(CASE WHEN is_favorite THEN 'true' ELSE 'false' END)"
+    return column
+
+
+#: A library row as the server's JSON object, built by SQLite (no per-row Python), with what the engine reads.
+_LIBRARY_SELECT = ("SELECT json_object(" + ", ".join(f"'{c}', {_json_value(c)}" for c in LIBRARY_COLUMNS) + "),"
+                   " id, storage_path, sha256, file_size_bytes, mime_type, updated_at FROM user_library")
+
+
 def _rows(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], ids: list[str], user_id: str) -> Iterator[dict[str, Any]]:
     for start in range(0, len(ids), 900):
         chunk = ids[start:start + 900]
         marks = ",".join("?" * len(chunk))
-        for row in conn.execute(
-            # "+user_id": look rows up by id; on user_id, SQLite would scan all the user's rows per chunk.
-            f"SELECT {', '.join(columns)} FROM {table} WHERE +user_id = ? AND id IN ({marks})", (user_id, *chunk)
-        ):
-            record = dict(zip(columns, row))
-            if table == "user_library":
-                record["tags"] = json.loads(record["tags"])
-                record["generation_settings"] = json.loads(record["generation_settings"])
-                record["is_favorite"] = bool(record["is_favorite"])
-            yield record
+        # "+user_id": look rows up by id; on user_id, SQLite would scan all the user's rows per chunk.
+        where = f" WHERE +user_id = ? AND id IN ({marks})"
+        if table == "user_library":
+            for text, row_id, path, sha, size, mime, updated in conn.execute(_LIBRARY_SELECT + where, (user_id, *chunk)):
+                yield JsonRow(text, id=row_id, storage_path=path, sha256=sha, file_size_bytes=size, mime_type=mime,
+                              updated_at=updated)
+            continue
+        for row in conn.execute(f"SELECT {', '.join(columns)} FROM {table}" + where, (user_id, *chunk)):
+            yield dict(zip(columns, row))
 
 
 def requeue_rejected(vault: "Vault") -> None:

@@ -73,6 +73,21 @@ class BatchResult:
     gone_library_ids: set[str] = field(default_factory=set)
 
 
+class JsonRow(dict):  # type: ignore[type-arg]
+    """A row whose whole JSON object was built by SQLite (``json``); the dict holds the few fields read here."""
+
+    __slots__ = ("json",)
+
+    def __init__(self, json_text: str, **fields: Any) -> None:
+        super().__init__(fields)
+        self.json = json_text
+
+
+def json_array(rows: Iterable[dict[str, Any]]) -> str:
+    """The JSON array of rows sent to ``jsonb_populate_recordset`` (rows built by SQLite go as they are)."""
+    return "[" + ",".join(r.json if isinstance(r, JsonRow) else json.dumps(r) for r in rows) + "]"
+
+
 @dataclass
 class Changes:
     """The rows of one batch, in push order."""
@@ -162,7 +177,7 @@ class Remote:
                     if isolate:
                         done = self._one_by_one(conn, table, statement, rows, result)
                     else:
-                        done = [r[0] for r in conn.execute(statement, (json.dumps(rows),)).fetchall()]
+                        done = [r[0] for r in conn.execute(statement, (json_array(rows),)).fetchall()]
                     if is_delete:
                         result.deleted += len(done)
                     else:
@@ -200,7 +215,7 @@ class Remote:
         for row in rows:
             try:
                 with conn.transaction():  # a savepoint
-                    done += [r[0] for r in conn.execute(statement, (json.dumps([row]),)).fetchall()]
+                    done += [r[0] for r in conn.execute(statement, (json_array([row]),)).fetchall()]
             except psycopg.Error as exc:
                 if isinstance(exc, psycopg.OperationalError) or not is_permanent(exc):
                     raise
@@ -209,4 +224,4 @@ class Remote:
 
 
 
-__all__ = ["Remote", "Changes", "BatchResult", "is_permanent", "SyncError"]
+__all__ = ["Remote", "Changes", "JsonRow", "json_array", "BatchResult", "is_permanent", "SyncError"]
