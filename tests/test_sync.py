@@ -241,3 +241,24 @@ def test_rls_blocks_crafted_rows_of_another_user(vault: Vault, remote: Remote, t
     assert state.rejected[0].row_id == b_id and state.rejected[0].sqlstate == "42501"
     rows = {str(k): v for k, v in _server_rows(remote.database_url, "user_library").items()}
     assert str(rows[b_id]["user_id"]) == USER_B and rows[b_id]["title"] == "t50"
+
+
+@pytest.mark.parametrize("kind", ["s3", "file"])
+def test_bucket_listing_pages_and_keeps_key_and_size(kind: str, s3_bucket: Any, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine's one fresh listing: every object under the user's folder with its size, over several S3 pages."""
+    from localvault.sync import bucket as bucket_module
+    from localvault.sync.bucket import Bucket
+
+    monkeypatch.setattr(bucket_module, "LIST_PAGE_KEYS", 2)  # 5 objects: three pages
+    if kind == "s3":
+        store = Bucket(f"s3://{s3_bucket.name}/root", s3_bucket.storage_options)
+    else:
+        store = Bucket((tmp_path / "bucket").as_uri())
+    expected = {f"{USER_A}/{n}.png": 10 + n for n in range(5)}
+    for key, size in {**expected, f"{USER_A}x/other.png": 3, "elsewhere.png": 4}.items():
+        source = tmp_path / "obj"
+        source.write_bytes(b"x" * size)
+        store.upload(source, key, "0" * 64, size, "image/png")
+    assert store.listing(USER_A) == expected
+    assert store.listing("nobody") == {}

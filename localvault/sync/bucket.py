@@ -19,6 +19,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
@@ -28,6 +29,8 @@ from ..errors import OfflineError, SyncError, first_line
 #: Files up to this size are sent in one PUT from memory; larger ones stream.
 SINGLE_PUT_BYTES = 8 * 1024 * 1024
 STREAM_BLOCK = 16 * 1024 * 1024
+#: Keys per page of an S3 listing (the API's maximum).
+LIST_PAGE_KEYS = 1000
 #: Pooled S3 connections (at least the engine's upload threads).
 UPLOAD_CONNECTIONS = 32
 
@@ -55,6 +58,8 @@ class Bucket:
         self.url = url
         self.root = root.rstrip("/")
         self.is_s3 = protocol in ("s3", "s3a")
+        #: The bucket's folder on this machine (file:// URLs), else None.
+        self.local_root = self.root if protocol in ("file", "local") and os.path.isabs(self.root) else None
 
     def path(self, key: str) -> str:
         return f"{self.root}/{key}"
@@ -76,16 +81,37 @@ class Bucket:
             raise OfflineError(f"cannot reach the bucket {self.url}: {first_line(exc)}") from None
 
     def listing(self, prefix: str) -> dict[str, int]:
-        """{key: size} of every object under ``prefix``, from a fresh listing."""
+        """{key: size} of every object under ``prefix``, from a fresh listing.
+
+        S3 is listed page by page (1,000 keys each) and local folders walked
+        directly, keeping only key and size: fsspec's detailed listing of a
+        100,000-object folder held ~100 MB of dicts at once.
+        """
         base = self.path(prefix).rstrip("/")
+        offset = len(self.root) + 1
+        if self.is_s3:
+            return {name[offset:]: size for name, size in self._s3_objects(base)}
+        if self.local_root is not None:
+            return {name[offset:]: size for name, size in _walk_sizes(base)}
         self.fs.invalidate_cache(base)
         try:
-            found = self.fs.find(base, detail=True, refresh=True) if self.is_s3 else self.fs.find(base, detail=True)
+            found = self.fs.find(base, detail=True)
         except FileNotFoundError:
             return {}
-        offset = len(self.root) + 1
         return {name[offset:]: int(info.get("size") or 0) for name, info in found.items()
                 if info.get("type", "file") != "directory"}
+
+    def _s3_objects(self, base: str) -> Iterator[tuple[str, int]]:
+        bucket, _, key_prefix = base.partition("/")
+        request: dict[str, Any] = {"Bucket": bucket, "Prefix": f"{key_prefix}/" if key_prefix else "",
+                                   "MaxKeys": LIST_PAGE_KEYS}
+        while True:
+            page = self.fs.call_s3("list_objects_v2", **request)
+            for item in page.get("Contents", []):
+                yield f"{bucket}/{item['Key']}", int(item["Size"])
+            if not page.get("IsTruncated"):
+                return
+            request["ContinuationToken"] = page["NextContinuationToken"]
 
     def head(self, key: str) -> RemoteObject | None:
         """Size and sha256 (where stored) of one object, asked of the store itself."""
@@ -142,6 +168,17 @@ class Bucket:
                 except FileNotFoundError:
                     pass
         self.fs.invalidate_cache(self.root)
+
+
+def _walk_sizes(folder: str) -> Iterator[tuple[str, int]]:
+    """(path, size) of every file under a local folder; nothing if it does not exist."""
+    for directory, _folders, names in os.walk(folder):
+        for name in names:
+            path = f"{directory}/{name}"
+            try:
+                yield path.replace(os.sep, "/"), os.stat(path).st_size
+            except FileNotFoundError:  # removed meanwhile
+                continue
 
 
 _SESSIONS: dict[Any, Any] = {}
