@@ -57,7 +57,6 @@ def fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
-
 def _unlink_quietly(path: Path) -> None:
     try:
         os.unlink(path)

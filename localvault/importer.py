@@ -24,10 +24,7 @@ Which files are taken and how they are grouped into jobs: :mod:`localvault._inta
 
 from __future__ import annotations
 
-import hashlib
-import io
 import itertools
-import json
 import logging
 import os
 import sqlite3
@@ -36,18 +33,20 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal, TypeVar
 
-from . import media, models
+from . import models
+from ._examine import PLACEHOLDERS, Examined, examine
+from ._intake import Candidate, JobGrouper, check_path, is_candidate_name, is_ignored_name, scan
 from .db import Database
 from .errors import InvalidInputError, LocalVaultError, StorageError
 from .files import WORKSPACE_BUCKET, FileStore, StagedFile
-from ._intake import Candidate, JobGrouper, check_path, is_candidate_name, is_ignored_name, scan
-from .models import GenerationInfo
+from .import_report import ImportedFile, ImportReport
 from .progress import ProgressCallback, report
 from .workspace import BatchEntry, Workspace
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Mode = Literal["copy", "move", "link"]
 MODES = ("copy", "move", "link")
@@ -65,69 +64,6 @@ STAGING_THREADS = 8
 CHUNK_FILES = 16
 #: Imports of at least this many files load the user's hashes first (see import_candidates).
 PRELOAD_MIN_FILES = 64
-#: What a file lacking metadata (and options) gets.
-PLACEHOLDERS = {"seed": 0, "prompt": "", "model": "unknown"}
-
-
-@dataclass(frozen=True)
-class ImportedFile:
-    """One file that became a workspace asset."""
-
-    source: str
-    asset_id: str
-    job_id: str
-    asset_index: int
-    sha256: str
-    size: int
-
-
-@dataclass
-class ImportReport:
-    """What an import did: assets made, duplicates skipped, files refused (path → reason)."""
-
-    imported: list[ImportedFile] = field(default_factory=list)
-    duplicates: list[str] = field(default_factory=list)
-    refused: dict[str, str] = field(default_factory=dict)
-    ignored: int = 0
-    bytes_imported: int = 0
-    seconds: float = 0.0
-
-    def summary(self) -> str:
-        """One line: ``12 imported, 3 skipped as duplicates, 1 refused``."""
-        return (f"{len(self.imported)} imported, {len(self.duplicates)} skipped as duplicate"
-                f"{'' if len(self.duplicates) == 1 else 's'}, {len(self.refused)} refused")
-
-    def merge(self, other: "ImportReport") -> None:
-        """Add ``other``'s results to this report."""
-        self.imported += other.imported
-        self.duplicates += other.duplicates
-        self.refused.update(other.refused)
-        self.ignored += other.ignored
-        self.bytes_imported += other.bytes_imported
-        self.seconds += other.seconds
-
-
-@dataclass
-class _Ready:
-    candidate: Candidate
-    sha256: str
-    info: GenerationInfo
-    size: int
-    data: bytes | None = None  # the file's bytes until they are staged (files up to IN_MEMORY_BYTES)
-    facts: media.MediaFacts | None = None
-    values: tuple[int, str, str, str] | None = None  # None: this user already has the file
-    job_id: str = ""
-    staging: "Future[StagedFile] | None" = None
-    staged: StagedFile | None = None
-
-
-def _settings_json(info: GenerationInfo) -> str:
-    settings = dict(info.settings)
-    if info.negative_prompt and "negative_prompt" not in settings:
-        settings["negative_prompt"] = info.negative_prompt
-    if info.source != "none":
-        settings.setdefault("metadata_source", info.source)
-    return json.dumps(models.check_settings(settings), ensure_ascii=False)
 
 
 class Importer:
@@ -178,42 +114,7 @@ class Importer:
 
     # ------------------------------------------------------------- workers
 
-    def _examine(self, candidate: Candidate, known: set[str]) -> _Ready:
-        """Read a file once: check its type and wholeness, read its metadata, hash it."""
-        from .metadata import read as read_metadata
-
-        path = Path(candidate.path)
-        data: bytes | None = None
-        with open(path, "rb") as handle:
-            if os.fstat(handle.fileno()).st_size <= IN_MEMORY_BYTES:
-                data = handle.read()
-        if data is not None:
-            size = len(data)
-            media_type = media.check_data(data, path)
-            info = read_metadata(path, data=data, siblings=candidate.sidecars)
-            sha = hashlib.sha256(data).hexdigest()
-        else:
-            media_type, size = media.check_source(path)
-            info = read_metadata(path, siblings=candidate.sidecars)
-            with open(path, "rb") as handle:
-                sha = _digest(handle)
-        ready = _Ready(candidate, sha, info, size)
-        if sha in known:
-            return ready
-        if data is not None and media_type is not models.MediaType.mp4:
-            ready.facts = _image_facts(data, media_type, path.name)
-        else:
-            ready.facts = media.facts(path, media_type)
-        ready.values = (
-            models.check_seed(info.seed if info.seed is not None else PLACEHOLDERS["seed"]),
-            models.check_prompt(info.prompt or self.prompt or PLACEHOLDERS["prompt"]),
-            models.check_model(info.model or self.model or PLACEHOLDERS["model"]) or PLACEHOLDERS["model"],
-            _settings_json(info),
-        )
-        ready.data = data
-        return ready
-
-    def _stage(self, ready: _Ready) -> StagedFile:
+    def _stage(self, ready: Examined) -> StagedFile:
         """Write (or link) a file under a temporary name into its job's folder, without fsync."""
         path = Path(ready.candidate.path)
         folder = f"{self.user_id}/{ready.job_id}"
@@ -234,23 +135,8 @@ class Importer:
 
     # ---------------------------------------------------------- main loop
 
-    def _examine_chunk(self, chunk: list[Candidate], known: set[str]) -> list[_Ready | Exception]:
-        out: list[_Ready | Exception] = []
-        for candidate in chunk:
-            try:
-                out.append(self._examine(candidate, known))
-            except Exception as exc:  # noqa: BLE001 - reported as this file's refusal
-                out.append(exc)
-        return out
-
-    def _stage_chunk(self, chunk: list[_Ready]) -> list[StagedFile | Exception]:
-        out: list[StagedFile | Exception] = []
-        for ready in chunk:
-            try:
-                out.append(self._stage(ready))
-            except Exception as exc:  # noqa: BLE001 - reported as this file's refusal
-                out.append(exc)
-        return out
+    def _examine(self, candidate: Candidate, known: set[str]) -> Examined:
+        return examine(candidate, known, in_memory_bytes=IN_MEMORY_BYTES, prompt=self.prompt, model=self.model)
 
     def import_candidates(self, candidates: Iterable[Candidate], *, total: int | None = None,
                           progress: ProgressCallback | None = None) -> ImportReport:
@@ -269,69 +155,63 @@ class Importer:
         # a small batch (the watcher's) relies on the check inside the commit instead.
         known = self._known() if (total or 0) >= PRELOAD_MIN_FILES else set()
         seen: set[str] = set()
-        window: deque[tuple[list[Candidate], Future[list[_Ready | Exception]]]] = deque()
-        batch: list[tuple[list[_Ready], Future[list[StagedFile | Exception]]]] = []
-        batch_files = batch_held = 0
-        committing: deque[tuple[Future[ImportReport], int]] = deque()  # (commit, bytes it frees)
         source = iter(candidates)
         lookahead = max(self.workers * 4, self.batch_size * 3)
-        held = 0  # bytes of in-memory files read ahead, staged or being committed
-        in_window = 0
+        window: deque[_Chunk] = deque()  # being examined, in order
+        batch = _Batch()  # examined, being staged
+        committing: _Batch | None = None  # being committed (one at a time)
         report(progress, "import", total=total)
 
+        def held() -> int:
+            """Bytes of in-memory files read ahead, staged or being committed."""
+            return (sum(c.held for c in window) + batch.held
+                    + (committing.held if committing is not None else 0))
+
         def refill() -> None:
-            nonlocal held, in_window
-            while in_window < lookahead and (not window or held < WINDOW_BYTES):
-                chunk = list(itertools.islice(source, min(CHUNK_FILES, self.batch_size)))
-                if not chunk:
+            while sum(len(c.files) for c in window) < lookahead and (not window or held() < WINDOW_BYTES):
+                files = list(itertools.islice(source, min(CHUNK_FILES, self.batch_size)))
+                if not files:
                     return
-                held += sum(_held(c) for c in chunk)
-                in_window += len(chunk)
-                window.append((chunk, self._pool.submit(self._examine_chunk, chunk, known)))
+                window.append(_Chunk(files, self._pool.submit(_each, self._examine, files, known),
+                                     sum(_held(c) for c in files)))
 
         def settle() -> None:
             """Wait for the commit in flight and merge what it did."""
-            nonlocal held
-            while committing:
-                future, freed = committing.popleft()
-                result.merge(future.result())
-                held -= freed
+            nonlocal committing
+            if committing is not None:
+                done, committing = committing, None
+                result.merge(done.commit.result())  # type: ignore[union-attr]
 
         def commit() -> None:
-            nonlocal batch, batch_files, batch_held
+            nonlocal batch, committing
             settle()  # one commit at a time: it runs while the next batch is examined and staged
-            committing.append((self._committer.submit(self._commit, batch), batch_held))
-            batch, batch_files, batch_held = [], 0, 0
+            batch.commit = self._committer.submit(self._commit, batch)
+            committing, batch = batch, _Batch()
 
         refill()
         try:
             while window:
-                chunk, future = window.popleft()
-                in_window -= len(chunk)
-                to_stage: list[_Ready] = []
-                for candidate, ready in zip(chunk, future.result()):
-                    if isinstance(ready, Exception):
-                        held -= _held(candidate)
-                        result.refused[candidate.path] = _reason(ready)
+                chunk = window.popleft()
+                to_stage: list[Examined] = []
+                for candidate, examined in zip(chunk.files, chunk.work.result()):
+                    if isinstance(examined, Exception):
+                        result.refused[candidate.path] = _reason(examined)
                         log.info("refused %s: %s", candidate.path, result.refused[candidate.path])
                         continue
-                    ready.job_id = self.grouper.job_for(ready.info, ready.sha256, candidate.mtime)
-                    if ready.sha256 in seen or ready.values is None:
-                        held -= _held(candidate)
+                    examined.job_id = self.grouper.job_for(examined.info, examined.sha256, candidate.mtime)
+                    if examined.sha256 in seen or examined.values is None:
                         result.duplicates.append(candidate.path)
                     else:
-                        seen.add(ready.sha256)
-                        to_stage.append(ready)
+                        seen.add(examined.sha256)
+                        to_stage.append(examined)
                 if to_stage:
-                    batch.append((to_stage, self._io.submit(self._stage_chunk, to_stage)))
-                    batch_files += len(to_stage)
-                    batch_held += sum(_held(r.candidate) for r in to_stage)
-                report(progress, "import", advance=len(chunk), total=total,
-                       bytes_advance=sum(c.size for c in chunk), item=chunk[-1].path)
-                if batch_files >= self.batch_size or batch_held >= BATCH_BYTES:
+                    batch.add(to_stage, self._io.submit(_each, self._stage, to_stage))
+                report(progress, "import", advance=len(chunk.files), total=total,
+                       bytes_advance=sum(c.size for c in chunk.files), item=chunk.files[-1].path)
+                if batch.files >= self.batch_size or batch.held >= BATCH_BYTES:
                     commit()
                 refill()
-            if batch:
+            if batch.chunks:
                 commit()
             settle()
         except BaseException:  # interrupted (Ctrl-C) or the disk failed: leave no temporary file behind
@@ -340,18 +220,16 @@ class Importer:
         result.seconds = time.perf_counter() - started
         return result
 
-    def _abandon(self, window: "deque[tuple[list[Candidate], Future[Any]]]",
-                 batch: "list[tuple[list[_Ready], Future[list[StagedFile | Exception]]]]",
-                 committing: "deque[tuple[Future[ImportReport], int]]") -> None:
-        """Stop examining files, let commits under way end, and remove what the pending batch staged."""
-        for _chunk, future in window:
-            future.cancel()
-        for future, _freed in committing:
+    def _abandon(self, window: "deque[_Chunk]", batch: "_Batch", committing: "_Batch | None") -> None:
+        """Stop examining files, let a commit under way end, and remove what the pending batch staged."""
+        for chunk in window:
+            chunk.work.cancel()
+        if committing is not None:
             try:
-                future.result()
+                committing.commit.result()  # type: ignore[union-attr]
             except BaseException:  # noqa: BLE001 - the commit cleaned up after itself
                 pass
-        for _chunk, staging in batch:
+        for _examined, staging in batch.chunks:
             try:
                 outcomes = staging.result()
             except BaseException:  # noqa: BLE001 - nothing to remove
@@ -381,11 +259,11 @@ class Importer:
 
     # -------------------------------------------------------------- commit
 
-    def _commit(self, chunks: "list[tuple[list[_Ready], Future[list[StagedFile | Exception]]]]") -> ImportReport:
+    def _commit(self, pending: "_Batch") -> ImportReport:
         """Commit a batch (in the committer thread); what it did, as a report to merge."""
         result = ImportReport()
-        batch: list[_Ready] = []
-        for chunk, staging in chunks:
+        batch: list[Examined] = []
+        for chunk, staging in pending.chunks:
             for ready, staged in zip(chunk, staging.result()):
                 if isinstance(staged, Exception):  # e.g. the disk is full: this file is refused
                     result.refused[ready.candidate.path] = _reason(staged)
@@ -429,25 +307,39 @@ def _held(candidate: Candidate) -> int:
     return candidate.size if candidate.size <= IN_MEMORY_BYTES else 0
 
 
-def _image_facts(data: bytes, media_type: models.MediaType, name: str) -> media.MediaFacts:
-    if media_type is models.MediaType.png and data[12:16] == b"IHDR":  # width and height open every PNG
-        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-        return media.MediaFacts(media_type, width or None, height or None)
-    from PIL import Image, UnidentifiedImageError
+@dataclass
+class _Chunk:
+    """Candidates handed to an examining worker together."""
 
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InvalidInputError(f"{name} cannot be read as {media_type.extension.upper()} ({exc})") from None
-    return media.MediaFacts(media_type, width or None, height or None)
+    files: list[Candidate]
+    work: "Future[list[Examined | Exception]]"
+    held: int  # bytes of its files the pipeline keeps in memory
 
 
-def _digest(handle: Any) -> str:
-    digest = hashlib.sha256()
-    while chunk := handle.read(1024 * 1024):
-        digest.update(chunk)
-    return digest.hexdigest()
+@dataclass
+class _Batch:
+    """Examined files committed together: their chunks, each with its staging."""
+
+    chunks: "list[tuple[list[Examined], Future[list[StagedFile | Exception]]]]" = field(default_factory=list)
+    files: int = 0
+    held: int = 0
+    commit: "Future[ImportReport] | None" = None
+
+    def add(self, examined: list[Examined], staging: "Future[list[StagedFile | Exception]]") -> None:
+        self.chunks.append((examined, staging))
+        self.files += len(examined)
+        self.held += sum(_held(e.candidate) for e in examined)
+
+
+def _each(work: Callable[..., T], items: list[Any], *args: Any) -> list[T | Exception]:
+    """``work(item, *args)`` for each item, in a worker: a failure is that item's result, not the chunk's."""
+    out: list[T | Exception] = []
+    for item in items:
+        try:
+            out.append(work(item, *args))
+        except Exception as exc:  # noqa: BLE001 - reported as that file's refusal
+            out.append(exc)
+    return out
 
 
 def _reason(exc: BaseException) -> str:

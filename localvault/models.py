@@ -191,6 +191,15 @@ class GenerationInfo(_Record):
     #: An id of the generation run, where the file carries one (groups files into a job).
     run_id: str | None = None
 
+    def stored_settings(self) -> dict[str, Any]:
+        """The ``generation_settings`` an asset keeps: the settings plus negative prompt and metadata source."""
+        settings = dict(self.settings)
+        if self.negative_prompt and "negative_prompt" not in settings:
+            settings["negative_prompt"] = self.negative_prompt
+        if self.source != "none":
+            settings.setdefault("metadata_source", self.source)
+        return settings
+
 
 class WorkspaceAsset(_Record):
     """A freshly generated asset in the staging area; it expires after 7 days."""

@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from collections.abc import Iterator
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from . import models, pending, rows
 from .db import Database, format_time, utc_now
 from .errors import DuplicateError, NotFoundError
-from .files import WORKSPACE_BUCKET, FileStore
+from .files import WORKSPACE_BUCKET, FileStore, StagedFile
 from .ingest import Prepared, prepare
+from .media import MediaFacts
 from .models import GenerationInfo, Page, WorkspaceAsset
 from .progress import ProgressCallback, report
-
-from typing import TYPE_CHECKING, Iterator  # noqa: E402
-
-from .files import StagedFile  # noqa: E402
-from .media import MediaFacts  # noqa: E402
 
 if TYPE_CHECKING:  # the importer is loaded on first use
     from .importer import ImportReport
@@ -110,7 +105,7 @@ class Workspace:
             "seed": models.check_seed(seed if seed is not None else (info.seed if info.seed is not None else 0)),
             "prompt": models.check_prompt(prompt if prompt is not None else (info.prompt or "")),
             "model": models.check_model(model if model is not None else (info.model or UNKNOWN_MODEL)) or UNKNOWN_MODEL,
-            "settings": models.check_settings(settings if settings is not None else _settings_from(info)),
+            "settings": models.check_settings(settings if settings is not None else info.stored_settings()),
         }
         prepared = prepare(self._files, Path(source), WORKSPACE_BUCKET, f"{self.user_id}/{job}", on_bytes)
         return self._record(prepared, job, index, values)
@@ -188,9 +183,10 @@ class Workspace:
                   io_map: Callable[..., Iterator[Any]] = map) -> list[tuple[str, int] | None]:
         """Commit many staged files in one transaction: ``(asset id, index)`` per entry, None for a duplicate.
 
-        In one ``BEGIN IMMEDIATE`` transaction: skip files this user already
+        Each file must be staged in its job's folder (``<user>/<job_id>``). In
+        one ``BEGIN IMMEDIATE`` transaction: skip files this user already
         has (workspace or library), give each file the next free index of its
-        job (in the order given), rename the files into place (``io_map`` may
+        job (in the order given), rename the files in place (``io_map`` may
         be a thread pool's ``map``), make files and folders durable (one
         ``syncfs`` for a big batch, else an fsync per file and folder), then insert every
         row and commit. A row never points at a missing or unsynced file; on
@@ -230,12 +226,7 @@ class Workspace:
                                    facts.media_type.value, facts.duration_seconds, entry.job_id, index, entry.seed,
                                    entry.prompt, entry.model, entry.settings_json, facts.width, facts.height,
                                    entry.staged.sha256))
-                folders = sorted({relative.rsplit("/", 1)[0] for _s, relative in moves})
-                prefix = self._files.full_path(WORKSPACE_BUCKET, "")
-                staged_in = {os.path.dirname(s.temp_path)[len(prefix):] for s, _r in moves}
-                for _ in io_map(lambda f: self._files.fs.makedirs(self._files.full_path(WORKSPACE_BUCKET, f),
-                                                                  exist_ok=True), [f for f in folders if f not in staged_in]):
-                    pass
+                folders = {relative.rsplit("/", 1)[0] for _s, relative in moves}
                 for _ in io_map(lambda move: self._files.commit(move[0], move[1], sync_dir=False), moves):
                     pass
                 # syncfs flushes the whole filesystem (other programs' writes too): worth it for big batches only
@@ -377,15 +368,6 @@ class Workspace:
             if len(doomed) < batch_size:
                 break
         return complete, removed
-
-
-def _settings_from(info: GenerationInfo) -> dict[str, Any]:
-    settings = dict(info.settings)
-    if info.negative_prompt and "negative_prompt" not in settings:
-        settings["negative_prompt"] = info.negative_prompt
-    if info.source != "none":
-        settings.setdefault("metadata_source", info.source)
-    return settings
 
 
 __all__ = ["Workspace", "CleanupReport", "BatchEntry", "UNKNOWN_MODEL"]

@@ -1,0 +1,107 @@
+"""Read one file for an import, once: check it, read its metadata, hash it (used by :mod:`localvault.importer`).
+
+A file small enough is read into memory in one go and everything comes from
+those bytes; a larger one is checked and hashed as a stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from . import media, models
+from ._intake import Candidate
+from .errors import InvalidInputError
+from .files import StagedFile
+from .models import GenerationInfo
+
+#: What a file lacking metadata (and options) gets.
+PLACEHOLDERS = {"seed": 0, "prompt": "", "model": "unknown"}
+
+
+@dataclass
+class Examined:
+    """A file read for import, on its way through the pipeline."""
+
+    candidate: Candidate
+    sha256: str
+    info: GenerationInfo
+    size: int
+    data: bytes | None = None  # the file's bytes until they are staged (small files only)
+    facts: media.MediaFacts | None = None
+    values: tuple[int, str, str, str] | None = None  # (seed, prompt, model, settings JSON); None: already had
+    job_id: str = ""
+    staging: "Future[StagedFile] | None" = None
+    staged: StagedFile | None = None
+
+
+def examine(candidate: Candidate, known: set[str], *, in_memory_bytes: int, prompt: str | None = None,
+            model: str | None = None) -> Examined:
+    """Check a file's type and wholeness, read its metadata and hash it, reading it once.
+
+    Files up to ``in_memory_bytes`` keep their bytes (``data``) for staging.
+    A file whose hash is in ``known`` comes back without ``values``.
+    ``prompt`` and ``model`` fill what the file lacks.
+    """
+    from .metadata import read as read_metadata
+
+    path = Path(candidate.path)
+    data: bytes | None = None
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size <= in_memory_bytes:
+            data = handle.read()
+    if data is not None:
+        size = len(data)
+        media_type = media.check_data(data, path)
+        info = read_metadata(path, data=data, siblings=candidate.sidecars)
+        sha = hashlib.sha256(data).hexdigest()
+    else:
+        media_type, size = media.check_source(path)
+        info = read_metadata(path, siblings=candidate.sidecars)
+        with open(path, "rb") as handle:
+            sha = _digest(handle)
+    examined = Examined(candidate, sha, info, size)
+    if sha in known:
+        return examined
+    if data is not None and media_type is not models.MediaType.mp4:
+        examined.facts = _image_facts(data, media_type, path.name)
+    else:
+        examined.facts = media.facts(path, media_type)
+    examined.values = (
+        models.check_seed(info.seed if info.seed is not None else PLACEHOLDERS["seed"]),
+        models.check_prompt(info.prompt or prompt or PLACEHOLDERS["prompt"]),
+        models.check_model(info.model or model or PLACEHOLDERS["model"]) or PLACEHOLDERS["model"],
+        json.dumps(models.check_settings(info.stored_settings()), ensure_ascii=False),
+    )
+    examined.data = data
+    return examined
+
+
+def _image_facts(data: bytes, media_type: models.MediaType, name: str) -> media.MediaFacts:
+    if media_type is models.MediaType.png and data[12:16] == b"IHDR":  # width and height open every PNG
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        return media.MediaFacts(media_type, width or None, height or None)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInputError(f"{name} cannot be read as {media_type.extension.upper()} ({exc})") from None
+    return media.MediaFacts(media_type, width or None, height or None)
+
+
+def _digest(handle: BinaryIO) -> str:
+    digest = hashlib.sha256()  # hashlib.file_digest would do, from Python 3.11 (we support 3.10)
+    while chunk := handle.read(1024 * 1024):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+__all__ = ["Examined", "examine", "PLACEHOLDERS"]

@@ -1,0 +1,46 @@
+"""What an import did (:class:`ImportReport`), file by file; returned by imports and the watcher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ImportedFile:
+    """One file that became a workspace asset."""
+
+    source: str
+    asset_id: str
+    job_id: str
+    asset_index: int
+    sha256: str
+    size: int
+
+
+@dataclass
+class ImportReport:
+    """What an import did: assets made, duplicates skipped, files refused (path → reason)."""
+
+    imported: list[ImportedFile] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    ignored: int = 0
+    bytes_imported: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One line: ``12 imported, 3 skipped as duplicates, 1 refused``."""
+        return (f"{len(self.imported)} imported, {len(self.duplicates)} skipped as duplicate"
+                f"{'' if len(self.duplicates) == 1 else 's'}, {len(self.refused)} refused")
+
+    def merge(self, other: "ImportReport") -> None:
+        """Add ``other``'s results to this report."""
+        self.imported += other.imported
+        self.duplicates += other.duplicates
+        self.refused.update(other.refused)
+        self.ignored += other.ignored
+        self.bytes_imported += other.bytes_imported
+        self.seconds += other.seconds
+
+
+__all__ = ["ImportReport", "ImportedFile"]
