@@ -17,9 +17,9 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import fsspec
@@ -58,8 +58,7 @@ class Bucket:
         self.url = url
         self.root = root.rstrip("/")
         self.is_s3 = protocol in ("s3", "s3a")
-        #: The bucket's folder on this machine (file:// URLs), else None.
-        self.local_root = self.root if protocol in ("file", "local") and os.path.isabs(self.root) else None
+        self.is_local = protocol in ("file", "local")
 
     def path(self, key: str) -> str:
         return f"{self.root}/{key}"
@@ -91,7 +90,7 @@ class Bucket:
         offset = len(self.root) + 1
         if self.is_s3:
             return {name[offset:]: size for name, size in self._s3_objects(base)}
-        if self.local_root is not None:
+        if self.is_local:
             return {name[offset:]: size for name, size in _walk_sizes(base)}
         self.fs.invalidate_cache(base)
         try:
@@ -206,8 +205,6 @@ def _tune_s3(options: dict[str, Any]) -> None:
     """
     config = dict(options.get("config_kwargs") or {})
     config.setdefault("max_pool_connections", UPLOAD_CONNECTIONS)
-    # botocore >= 1.36 adds a CRC checksum to every PUT it can; the store then checksums each body
-    # a second time. Our check is the MD5 the PUT answers with (the ETag), so only send what is required.
     if _botocore_knows("request_checksum_calculation"):
         config.setdefault("request_checksum_calculation", "when_required")
         config.setdefault("response_checksum_validation", "when_required")
