@@ -12,7 +12,7 @@ import resource
 import sqlite3
 import sys
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = [
     "percentile",
@@ -94,7 +94,7 @@ class Stopwatch:
         self.total = 0.0
         self._start = 0.0
 
-    def __enter__(self) -> "Stopwatch":
+    def __enter__(self) -> Stopwatch:
         self._start = time.perf_counter()
         return self
 

@@ -17,18 +17,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 _TESTS = Path(__file__).resolve().parent.parent / "tests"
 if str(_TESTS) not in sys.path:
     sys.path.insert(0, str(_TESTS))
 
-from servers import (  # noqa: E402  (tests/servers.py)
-    PostgresServer,
+from servers import (
     S3_KEY,
     S3_REGION,
     S3_SECRET,
+    PostgresServer,
     find_pg_bindir,
     free_port,
 )

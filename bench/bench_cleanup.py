@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import struct
 import sys
-import multiprocessing
 import tempfile
 import time
 import uuid
@@ -34,11 +34,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_line, percentile, print_rss, summary, verdict  # noqa: E402
+from _common import machine_line, percentile, print_rss, summary, verdict
 
-from localvault import Vault  # noqa: E402
-from localvault.db import format_time  # noqa: E402
-from localvault.files import WORKSPACE_BUCKET  # noqa: E402
+from localvault import Vault
+from localvault.db import format_time
+from localvault.files import WORKSPACE_BUCKET
 
 USER = "cccccccc-0000-4000-8000-00000000000c"
 ASSETS_PER_JOB = 4
@@ -84,7 +84,7 @@ def workspace_rows(count: int, expired: bool, start: int) -> Iterator[tuple[tupl
         index = n % ASSETS_PER_JOB
         data = tiny_png(i)
         created = base + timedelta(milliseconds=n)
-        expires = created + (timedelta(days=7) if expired else timedelta(days=7))
+        expires = created + timedelta(days=7)
         if expired:
             expires = min(expires, now - timedelta(seconds=1))
         yield (

@@ -37,11 +37,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Stopwatch, machine_line, print_rss, summary, time_runs, percentile, verdict  # noqa: E402
+from _common import Stopwatch, machine_line, percentile, print_rss, summary, time_runs, verdict
 
-from localvault import Vault  # noqa: E402
-from localvault.db import format_time  # noqa: E402
-from localvault.rows import encode_cursor  # noqa: E402
+from localvault import Vault
+from localvault.db import format_time
+from localvault.rows import encode_cursor
 
 USER_A = "aaaaaaaa-0000-4000-8000-00000000000a"
 USER_B = "bbbbbbbb-0000-4000-8000-00000000000b"

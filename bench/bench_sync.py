@@ -42,17 +42,18 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_line, peak_rss_mb  # noqa: E402
-import _servers  # noqa: E402
+import _servers
+from _common import machine_line, peak_rss_mb
 
-from localvault import Vault  # noqa: E402
-from localvault.sync import Remote  # noqa: E402
+from localvault import Vault
+from localvault.sync import Remote
 
 USER_A = "aaaaaaaa-0000-4000-8000-00000000000a"
 USER_B = "bbbbbbbb-0000-4000-8000-00000000000b"

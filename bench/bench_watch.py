@@ -27,14 +27,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_line, percentile, print_rss  # noqa: E402
-from bench_import import make_png  # noqa: E402
+from _common import machine_line, percentile, print_rss
+from bench_import import make_png
 
-from localvault import Vault  # noqa: E402
-from localvault.watch import Watcher  # noqa: E402
+from localvault import Vault
+from localvault.watch import Watcher
 
 
-def writer(folder: str, rate: float, seconds: float, size_kb: int, out: "mp.Queue[tuple[str, float, int]]") -> None:
+def writer(folder: str, rate: float, seconds: float, size_kb: int, out: mp.Queue[tuple[str, float, int]]) -> None:
     """Write ``rate`` files per second for ``seconds``; put (sha256, time of close or rename) per file."""
     count = int(rate * seconds)
     payloads = [make_png(100_000 + i, size_kb) for i in range(count)]
@@ -87,7 +87,7 @@ def main() -> None:
         poller.start()
         written: dict[str, float] = {}
         kinds: dict[str, int] = {}
-        queue: "mp.Queue[tuple[str, float, int]]" = mp.Queue()
+        queue: mp.Queue[tuple[str, float, int]] = mp.Queue()
         with Watcher(vault, folder) as watcher:
             rig = mp.Process(target=writer, args=(str(folder), args.rate, args.seconds, args.size, queue))
             rig.start()

@@ -37,7 +37,7 @@ class Examined:
     facts: media.MediaFacts | None = None
     values: tuple[int, str, str, str] | None = None  # (seed, prompt, model, settings JSON); None: already had
     job_id: str = ""
-    staging: "Future[StagedFile] | None" = None
+    staging: Future[StagedFile] | None = None
     staged: StagedFile | None = None
 
 

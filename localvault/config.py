@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from platformdirs import user_data_dir
 
@@ -51,7 +52,7 @@ class VaultConfig:
     remote: RemoteConfig | None = None
 
     @classmethod
-    def load(cls, folder: Path) -> "VaultConfig":
+    def load(cls, folder: Path) -> VaultConfig:
         path = folder / CONFIG_NAME
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 import sqlite3
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
 
 import sqlite_utils
 
@@ -70,7 +70,7 @@ def _statements(script: str) -> Iterator[str]:
             if buffer.strip():
                 yield buffer
             buffer = ""
-    if buffer.strip() and not all(l.strip().startswith("--") or not l.strip() for l in buffer.splitlines()):
+    if buffer.strip() and not all(line.strip().startswith("--") or not line.strip() for line in buffer.splitlines()):
         yield buffer
 
 
@@ -101,7 +101,7 @@ class Database:
         self.utils = sqlite_utils.Database(conn)
 
     @classmethod
-    def open(cls, path: Path, *, create: bool = False, readonly: bool = False) -> "Database":
+    def open(cls, path: Path, *, create: bool = False, readonly: bool = False) -> Database:
         """Open (and, with ``create``, make) a vault database and migrate it."""
         if not create and not path.exists():
             raise VaultCorruptError(f"{path} does not exist; is this a vault folder? Create one with 'localvault init'")

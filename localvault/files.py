@@ -15,9 +15,10 @@ import os
 import shutil
 import sys
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -230,13 +231,13 @@ class FileStore:
         """
         return self.local and _syncfs(self.root)
 
-    def sync_files(self, bucket: str, relatives: "list[str]", fsync_map: Callable[..., Iterator[None]] = map) -> None:
+    def sync_files(self, bucket: str, relatives: list[str], fsync_map: Callable[..., Iterator[None]] = map) -> None:
         """Fsync files (relative to ``bucket``); ``fsync_map`` may be a thread pool's ``map`` (they overlap)."""
         if self.local:
             for _ in fsync_map(fsync_path, [self.full_path(bucket, r) for r in relatives]):
                 pass
 
-    def sync_dirs(self, bucket: str, folders: "set[str]") -> None:
+    def sync_dirs(self, bucket: str, folders: set[str]) -> None:
         """Fsync folders (relative to ``bucket``) after renames made with ``commit(..., sync_dir=False)``."""
         if self.local:
             for folder in sorted(folders):

@@ -33,7 +33,7 @@ class ImportReport:
         return (f"{len(self.imported)} imported, {len(self.duplicates)} skipped as duplicate"
                 f"{'' if len(self.duplicates) == 1 else 's'}, {len(self.refused)} refused")
 
-    def merge(self, other: "ImportReport") -> None:
+    def merge(self, other: ImportReport) -> None:
         """Add ``other``'s results to this report."""
         self.imported += other.imported
         self.duplicates += other.duplicates

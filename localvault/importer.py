@@ -30,10 +30,11 @@ import os
 import sqlite3
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from . import models
 from ._examine import PLACEHOLDERS, Examined, examine
@@ -100,7 +101,7 @@ class Importer:
         self._io.shutdown(wait=True)
         self._committer.shutdown(wait=True)
 
-    def __enter__(self) -> "Importer":
+    def __enter__(self) -> Importer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -193,7 +194,7 @@ class Importer:
             while window:
                 chunk = window.popleft()
                 to_stage: list[Examined] = []
-                for candidate, examined in zip(chunk.files, chunk.work.result()):
+                for candidate, examined in zip(chunk.files, chunk.work.result(), strict=True):
                     if isinstance(examined, Exception):
                         result.refused[candidate.path] = _reason(examined)
                         log.info("refused %s: %s", candidate.path, result.refused[candidate.path])
@@ -220,19 +221,19 @@ class Importer:
         result.seconds = time.perf_counter() - started
         return result
 
-    def _abandon(self, window: "deque[_Chunk]", batch: "_Batch", committing: "_Batch | None") -> None:
+    def _abandon(self, window: deque[_Chunk], batch: _Batch, committing: _Batch | None) -> None:
         """Stop examining files, let a commit under way end, and remove what the pending batch staged."""
         for chunk in window:
             chunk.work.cancel()
         if committing is not None:
             try:
                 committing.commit.result()  # type: ignore[union-attr]
-            except BaseException:  # noqa: BLE001 - the commit cleaned up after itself
+            except BaseException:
                 pass
         for _examined, staging in batch.chunks:
             try:
                 outcomes = staging.result()
-            except BaseException:  # noqa: BLE001 - nothing to remove
+            except BaseException:
                 continue
             for staged in outcomes:
                 if isinstance(staged, StagedFile):
@@ -259,12 +260,12 @@ class Importer:
 
     # -------------------------------------------------------------- commit
 
-    def _commit(self, pending: "_Batch") -> ImportReport:
+    def _commit(self, pending: _Batch) -> ImportReport:
         """Commit a batch (in the committer thread); what it did, as a report to merge."""
         result = ImportReport()
         batch: list[Examined] = []
         for chunk, staging in pending.chunks:
-            for ready, staged in zip(chunk, staging.result()):
+            for ready, staged in zip(chunk, staging.result(), strict=True):
                 if isinstance(staged, Exception):  # e.g. the disk is full: this file is refused
                     result.refused[ready.candidate.path] = _reason(staged)
                 else:
@@ -285,7 +286,7 @@ class Importer:
                     pass
             raise
         done = []
-        for ready, added in zip(batch, outcome):
+        for ready, added in zip(batch, outcome, strict=True):
             if added is None:
                 result.duplicates.append(ready.candidate.path)
             else:
@@ -312,7 +313,7 @@ class _Chunk:
     """Candidates handed to an examining worker together."""
 
     files: list[Candidate]
-    work: "Future[list[Examined | Exception]]"
+    work: Future[list[Examined | Exception]]
     held: int  # bytes of its files the pipeline keeps in memory
 
 
@@ -320,12 +321,12 @@ class _Chunk:
 class _Batch:
     """Examined files committed together: their chunks, each with its staging."""
 
-    chunks: "list[tuple[list[Examined], Future[list[StagedFile | Exception]]]]" = field(default_factory=list)
+    chunks: list[tuple[list[Examined], Future[list[StagedFile | Exception]]]] = field(default_factory=list)
     files: int = 0
     held: int = 0
-    commit: "Future[ImportReport] | None" = None
+    commit: Future[ImportReport] | None = None
 
-    def add(self, examined: list[Examined], staging: "Future[list[StagedFile | Exception]]") -> None:
+    def add(self, examined: list[Examined], staging: Future[list[StagedFile | Exception]]) -> None:
         self.chunks.append((examined, staging))
         self.files += len(examined)
         self.held += sum(_held(e.candidate) for e in examined)
@@ -337,7 +338,7 @@ def _each(work: Callable[..., T], items: list[Any], *args: Any) -> list[T | Exce
     for item in items:
         try:
             out.append(work(item, *args))
-        except Exception as exc:  # noqa: BLE001 - reported as that file's refusal
+        except Exception as exc:
             out.append(exc)
     return out
 

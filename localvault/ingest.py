@@ -5,9 +5,9 @@ Shared by the workspace (new generations) and the library (direct adds).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from . import media
 from .errors import StorageError

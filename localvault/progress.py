@@ -6,8 +6,8 @@ A long operation takes an optional ``progress`` callable and calls it with a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 
 @dataclass(frozen=True)
@@ -20,17 +20,17 @@ class ProgressEvent:
 
     stage: str
     advance: int = 0
-    total: Optional[int] = None
+    total: int | None = None
     bytes_advance: int = 0
-    bytes_total: Optional[int] = None
-    item: Optional[str] = None
-    message: Optional[str] = None
+    bytes_total: int | None = None
+    item: str | None = None
+    message: str | None = None
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
 
 
-def report(progress: Optional[ProgressCallback], stage: str, **fields: object) -> None:
+def report(progress: ProgressCallback | None, stage: str, **fields: object) -> None:
     """Call ``progress`` with a new event if a callback was given."""
     if progress is not None:
         progress(ProgressEvent(stage=stage, **fields))  # type: ignore[arg-type]

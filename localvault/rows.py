@@ -32,7 +32,7 @@ def _as_dict(row: sqlite3.Row | tuple[Any, ...], columns: str) -> dict[str, Any]
     names = _NAMES.get(columns)
     if names is None:
         names = _NAMES[columns] = tuple(c.strip() for c in columns.split(","))
-    return dict(zip(names, row))
+    return dict(zip(names, row, strict=True))
 
 
 def workspace_asset(row: tuple[Any, ...]) -> WorkspaceAsset:
@@ -63,7 +63,7 @@ def decode_cursor(cursor: str, kinds: tuple[type, ...]) -> list[Any]:
     """The parts of a cursor made by :func:`encode_cursor`, checked against ``kinds``."""
     try:
         parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if isinstance(parts, list) and len(parts) == len(kinds) and all(isinstance(p, k) for p, k in zip(parts, kinds)):
+        if isinstance(parts, list) and len(parts) == len(kinds) and all(isinstance(p, k) for p, k in zip(parts, kinds, strict=True)):
             return parts
     except (ValueError, TypeError):
         pass

@@ -51,7 +51,7 @@ class Vault:
     # ------------------------------------------------------------ opening
 
     @classmethod
-    def create(cls, path: str | Path, *, user_id: str | None = None, fs: fsspec.AbstractFileSystem | None = None) -> "Vault":
+    def create(cls, path: str | Path, *, user_id: str | None = None, fs: fsspec.AbstractFileSystem | None = None) -> Vault:
         """Make a new vault folder (or adopt an empty one) and open it.
 
         ``user_id`` defaults to a new random UUID. DuplicateError if a vault is already there.
@@ -73,7 +73,7 @@ class Vault:
 
     @classmethod
     def open(cls, path: str | Path, *, user_id: str | None = None, readonly: bool = False,
-             fs: fsspec.AbstractFileSystem | None = None) -> "Vault":
+             fs: fsspec.AbstractFileSystem | None = None) -> Vault:
         """Open an existing vault as its default user (or ``user_id``).
 
         Opening for writing also settles leftover file deletions and, at most
@@ -100,7 +100,7 @@ class Vault:
     def close(self) -> None:
         self.db.close()
 
-    def __enter__(self) -> "Vault":
+    def __enter__(self) -> Vault:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -162,7 +162,7 @@ class Vault:
         self.config.remote = RemoteConfig(database_url, bucket_url, dict(storage_options or {}))
         self.config.save(self.root)
 
-    def sync(self, remote: "Remote | None" = None, **options: Any) -> "SyncReport":
+    def sync(self, remote: Remote | None = None, **options: Any) -> SyncReport:
         """Push the library to the server (needs the ``sync`` extra). See :func:`localvault.sync.push`."""
         from .sync import push  # imported here so the core runs without the sync extra
 

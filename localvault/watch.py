@@ -23,15 +23,15 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from .errors import InvalidInputError
-from .importer import ImportReport, Importer, Mode, is_candidate_name, scan
+from .importer import Importer, ImportReport, Mode, is_candidate_name, scan
 from .vault import Vault
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class WatchEvent:
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, watcher: "Watcher") -> None:
+    def __init__(self, watcher: Watcher) -> None:
         self.watcher = watcher
 
     def on_closed(self, event: FileSystemEvent) -> None:
@@ -109,7 +109,7 @@ class Watcher:
 
     # ------------------------------------------------------------- control
 
-    def start(self) -> "Watcher":
+    def start(self) -> Watcher:
         """Start watching in a background thread; returns once the catch-up import is done."""
         if self._thread is not None:
             raise RuntimeError("this watcher was already started")
@@ -137,7 +137,7 @@ class Watcher:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def __enter__(self) -> "Watcher":
+    def __enter__(self) -> Watcher:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -182,7 +182,7 @@ class Watcher:
         try:
             vault = Vault.open(root, user_id=user_id, fs=fs)
             importer = Importer(vault.db, vault.files, vault.user_id, **self._options)  # type: ignore[arg-type]
-        except BaseException as exc:  # noqa: BLE001 - handed to start()
+        except BaseException as exc:
             self._error = exc
             self._started.set()
             return
@@ -197,7 +197,7 @@ class Watcher:
                 if paths:
                     self._import(importer, paths)
             self._import(importer, self._drain())  # what arrived while stopping
-        except BaseException as exc:  # noqa: BLE001 - never die silently
+        except BaseException as exc:
             log.exception("the watcher of %s stopped on an unexpected error", self.folder)
             self._error = exc
         finally:
@@ -238,7 +238,7 @@ class Watcher:
             try:
                 observer.stop()
                 observer.join(timeout=5)
-            except Exception:  # noqa: BLE001 - a vanished folder may upset the emitter
+            except Exception:
                 log.debug("observer stop failed", exc_info=True)
 
     def _wait_for_folder(self, importer: Importer) -> None:
@@ -273,7 +273,7 @@ class Watcher:
             self._done = {p: v for p, v in self._done.items() if p in fresh or os.path.exists(p)}
         try:
             result = importer.import_paths(fresh, self.folder)
-        except Exception as exc:  # noqa: BLE001 - the watch goes on
+        except Exception as exc:
             log.error("importing %d file(s) from %s failed: %s", len(fresh), self.folder, exc)
             for path in fresh:
                 self._done.pop(path, None)
@@ -294,7 +294,7 @@ class Watcher:
             return
         try:
             self.on_event(event)
-        except Exception:  # noqa: BLE001 - a faulty callback must not stop the watch
+        except Exception:
             log.exception("the watcher's on_event callback failed")
 
 

@@ -164,7 +164,7 @@ class Workspace:
         prompt: str | None = None,
         progress: ProgressCallback | None = None,
         workers: int | None = None,
-    ) -> "ImportReport":
+    ) -> ImportReport:
         """Import every image and video of a rig's output folder (``mode``: "copy", "move" or "link").
 
         Idempotent: a file whose bytes this user already has (workspace or
@@ -235,12 +235,12 @@ class Workspace:
                     self._files.sync_dirs(WORKSPACE_BUCKET, {user, *folders})
                 conn.execute(_INSERT_MANY, (json.dumps(values, ensure_ascii=False),))
         except BaseException:
-            for staged, relative in moves:
+            for _staged, relative in moves:
                 self._files.remove(WORKSPACE_BUCKET, relative)
             for entry in entries:
                 self._files.discard(entry.staged)
             raise
-        for entry, result in zip(entries, out):
+        for entry, result in zip(entries, out, strict=True):
             if result is None:
                 self._files.discard(entry.staged)
         return out

@@ -7,8 +7,8 @@ import random
 import sqlite3
 import struct
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from PIL import Image

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import Union
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-Color = Union[tuple[int, int, int], int]
+Color = tuple[int, int, int] | int
 
 EXIF_IFD = 0x8769
 USER_COMMENT = 0x9286

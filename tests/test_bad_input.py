@@ -5,16 +5,17 @@ from __future__ import annotations
 import io
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
+from conftest import USER_B, image_bytes, mp4_bytes, table_counts, vault_files, write_media
 
 import localvault.files
 import localvault.ingest
 import localvault.media
-from conftest import USER_B, image_bytes, mp4_bytes, table_counts, vault_files, write_media
 from localvault import (
     DuplicateError,
     EmptyFileError,

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from reliability.common import USER_A, USER_B, run_cli, tiny_png
 
 from localvault import InvalidInputError, Vault
-from reliability.common import USER_A, USER_B, run_cli, tiny_png
 
 # Exit codes of the error classes (localvault.errors).
 NOT_FOUND, INVALID, DUPLICATE, CORRUPT, SCHEMA, STORAGE = 2, 3, 4, 6, 7, 8

@@ -96,13 +96,14 @@ def _worker(root: str, index: int, barrier, results) -> None:  # runs in a spawn
                 assert len(vault.library.list(limit=20).items) <= 20
                 ops["list"] += 1
         vault.close()
-    except BaseException:  # noqa: BLE001 - everything is reported to the parent
+    except BaseException:
         error = traceback.format_exc()
     results.put((index, error, dict(ops), workspace, library))
 
 
 def test_four_processes_write_at_once(tmp_path: Path):
-    from conftest import USER_A as user, bucket_files
+    from conftest import USER_A as user
+    from conftest import bucket_files
 
     assert user == USER_A
     root = tmp_path / "vault"
@@ -206,7 +207,7 @@ def test_reader_latency_during_large_cleanup(tmp_path: Path, make_image):
                 latencies.append(time.perf_counter() - started)
                 assert len(page.items) == 10 and len(searched.items) == 5 and listed.items
                 time.sleep(0.001)
-        except BaseException:  # noqa: BLE001
+        except BaseException:
             reader_errors.append(traceback.format_exc())
 
     thread = threading.Thread(target=read)

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from reliability.common import USER_A, add_users, assert_server_mirrors, cli_env, remote_set_args, run_cli
 
 from localvault import Vault
-from reliability.common import USER_A, add_users, assert_server_mirrors, cli_env, remote_set_args, run_cli
 
 SECONDS = float(os.environ.get("LOCALVAULT_CONCURRENCY_SECONDS", "60"))
 TESTS_DIR = Path(__file__).resolve().parent

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
+from reliability.common import USER_A, kill_at, run_cli, spawn_cli, spawn_python, write_pngs
 
 from localvault import DuplicateError, Vault
 from localvault.files import TEMP_PREFIX, WORKSPACE_BUCKET
-from reliability.common import USER_A, kill_at, run_cli, spawn_cli, spawn_python, write_pngs
 
 KILLS = int(os.environ.get("LOCALVAULT_CRASH_LOCAL_KILLS", "30"))
 NEW_FILES_PER_TRIAL = 25
@@ -145,7 +145,7 @@ def test_sigkill_during_import_and_cleanup_loses_nothing(tmp_path: Path) -> None
                 assert vault.verify().clean
         after = _rows(root / "vault.db")
         now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-        for asset_id, (path, expires_at) in committed.items():
+        for asset_id, (_path, expires_at) in committed.items():
             if kind == "cleanup" and expires_at[:19] <= now:
                 continue  # an expired asset: cleanup may remove it
             if asset_id not in after:

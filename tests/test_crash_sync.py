@@ -21,8 +21,6 @@ from typing import Any
 
 import psycopg
 import pytest
-
-from localvault import Vault
 from reliability.common import (
     USER_A,
     add_users,
@@ -34,6 +32,8 @@ from reliability.common import (
     spawn_cli,
     write_pngs,
 )
+
+from localvault import Vault
 
 TRIALS = int(os.environ.get("LOCALVAULT_CRASH_TRIALS", "100"))
 INITIAL_ASSETS = 500

@@ -11,14 +11,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
+from reliability.common import USER_A, run_cli, tiny_png
 
 from localvault import StorageError, Vault
 from localvault.files import TEMP_PREFIX
-from reliability.common import USER_A, run_cli, tiny_png
 
 SWEEP = [0, 512, 1024, 2048, 3072, 4096, 6144, 8192, 12288, 16384, 24576, 32768, 49152, 65536, 98304, 131072, 262144]
 

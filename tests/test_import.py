@@ -286,6 +286,6 @@ def test_streamed_files_small_memory_window_and_sidecars(vault: Vault, tmp_path:
     assert [item.source for item in result.imported] == [str(p) for p in paths]  # (mtime, path) order kept
     photo = vault.workspace.get(result.imported[-1].asset_id)
     assert (photo.original_prompt, photo.generation_seed) == ("from a sidecar", 77)
-    for item, path in zip(result.imported, paths):
+    for item, path in zip(result.imported, paths, strict=True):
         stored = vault.root / "/".join(vault.locate(item.asset_id))
         assert hashlib.sha256(stored.read_bytes()).hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mediafiles import make_jpeg, make_mp4, make_png, make_webp
 from PIL import ImageFile
 
 from localvault import metadata
 from localvault.errors import StorageError
 from localvault.metadata import _clean, images, mp4
 from localvault.models import MAX_PROMPT_CHARS, MAX_SEED, GenerationInfo, check_model, check_prompt, check_settings
-from mediafiles import make_jpeg, make_mp4, make_png, make_webp
 
 A1111 = (
     "masterpiece, a cat sitting on a mat, (detailed fur:1.2)\n"

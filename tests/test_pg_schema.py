@@ -174,7 +174,7 @@ def test_concurrent_appliers_apply_each_migration_once(pg_empty_database: str) -
 def test_schema_version_is_highest_migration() -> None:
     names = [m.name for m in pgschema.migrations()]
     assert names[0] == "0001_tables.sql"
-    assert SCHEMA_VERSION == max(m.version for m in pgschema.migrations())
+    assert max(m.version for m in pgschema.migrations()) == SCHEMA_VERSION
 
 
 def test_check_schema_version_rejects_newer_older_and_empty(pg_database: str, pg_empty_database: str) -> None:

@@ -8,16 +8,17 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psycopg
 import pytest
+from reliability.common import USER_A, USER_B, add_users, s3_client, tiny_png
 
 from localvault import SyncError, Vault
 from localvault.sync import Remote, status
-from reliability.common import USER_A, USER_B, add_users, s3_client, tiny_png
 
 DENIED = ("42501",)  # insufficient_privilege / RLS violation
 
@@ -82,13 +83,13 @@ def _server_row(dsn: str, asset_id: str) -> dict[str, Any] | None:
     with psycopg.connect(dsn) as conn:
         cur = conn.execute("SELECT * FROM public.user_library WHERE id = %s", (asset_id,))
         row = cur.fetchone()
-        return dict(zip([d.name for d in cur.description], row)) if row else None
+        return dict(zip([d.name for d in cur.description], row, strict=True)) if row else None
 
 
 def _object(s3: Any, key: str) -> tuple[int, str | None] | None:
     try:
         head = s3_client(s3.storage_options).head_object(Bucket=s3.name, Key=key)
-    except Exception:  # noqa: BLE001 - botocore's 404
+    except Exception:
         return None
     return head["ContentLength"], head.get("Metadata", {}).get("sha256")
 

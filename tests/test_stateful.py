@@ -10,11 +10,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import USER_A, bucket_files, write_media
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from conftest import USER_A, bucket_files, write_media
 from localvault import DuplicateError, NotFoundError, Vault
 from localvault.files import LIBRARY_BUCKET, TEMP_PREFIX, WORKSPACE_BUCKET
 

@@ -43,7 +43,7 @@ def _server_rows(dsn: str, table: str) -> dict[str, dict[str, Any]]:
     with psycopg.connect(dsn) as conn:
         cur = conn.execute(f"SELECT * FROM public.{table}")
         names = [d.name for d in cur.description]
-        return {str(r[0]): dict(zip(names, r)) for r in cur.fetchall()}
+        return {str(r[0]): dict(zip(names, r, strict=True)) for r in cur.fetchall()}
 
 
 def _objects(s3: Any, bucket: str) -> dict[str, int]:

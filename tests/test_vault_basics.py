@@ -11,8 +11,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-
 from conftest import USER_A, USER_B, bucket_files, mp4_bytes, raw_connection, write_media
+
 from localvault import (
     DuplicateError,
     NotFoundError,

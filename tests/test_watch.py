@@ -7,13 +7,13 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from localvault import Vault
-from localvault.watch import WatchEvent, Watcher
+from localvault.watch import Watcher, WatchEvent
 
 try:
     from mediafiles import make_png

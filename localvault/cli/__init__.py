@@ -72,9 +72,11 @@ def main(ctx: click.Context, vault_path: Path | None, user_id: str | None) -> No
 
 
 # Commands register themselves on `main`.
-from . import vault_commands  # noqa: E402,F401
-from . import intake_commands  # noqa: E402,F401
-from . import sync_commands  # noqa: E402,F401
+from . import (  # noqa: E402 - the command modules import `main` from here
+    intake_commands,  # noqa: F401
+    sync_commands,  # noqa: F401
+    vault_commands,  # noqa: F401
+)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

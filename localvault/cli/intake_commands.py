@@ -5,13 +5,22 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import click
-from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
-                           TimeElapsedColumn, TransferSpeedColumn)
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 from rich.text import Text
 
 from ..importer import ImportReport
@@ -108,7 +117,7 @@ def _interrupt(_signum: int, _frame: object) -> None:
 def watch(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | None, prompt: str | None,
           quiet: bool) -> None:
     """Import files as a rig writes them, until Ctrl-C; then print a summary."""
-    from ..watch import WatchEvent, Watcher
+    from ..watch import Watcher, WatchEvent
 
     def on_event(event: WatchEvent) -> None:
         if quiet:

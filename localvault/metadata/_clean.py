@@ -78,9 +78,7 @@ def parse_seed(value: Any) -> int | None:
     """A seed as an int in 0..2**63-1, or None (for -1, out of range, not a number)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        value = int(value)
-    elif isinstance(value, str) and re.fullmatch(r"\s*\+?\d{1,25}\s*", value):
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() or isinstance(value, str) and re.fullmatch(r"\s*\+?\d{1,25}\s*", value):
         value = int(value)
     if isinstance(value, int) and 0 <= value <= MAX_SEED:
         return value

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from ._clean import Found, find_run_id, json_loads, parse_seed
 
@@ -234,7 +235,7 @@ def workflow_nodes(workflow: Any) -> Nodes | None:
             continue
         inputs: dict[str, Any] = {}
         widgets = node.get("widgets_values")
-        for name, value in zip(_WIDGETS.get(node["type"], ()), widgets if isinstance(widgets, list) else []):
+        for name, value in zip(_WIDGETS.get(node["type"], ()), widgets if isinstance(widgets, list) else [], strict=False):
             if name is not None:
                 inputs[name] = value
         for slot in node.get("inputs") or []:

@@ -93,7 +93,7 @@ def parse_dream(text: Any) -> Found:
     except ValueError:
         words = text.split()
     image: dict[str, Any] = {"prompt": words[0]} if words else {}
-    for flag, value in zip(words[1:], words[2:]):
+    for flag, value in zip(words[1:], words[2:], strict=False):
         if flag in _DREAM_FLAGS:
             image[_DREAM_FLAGS[flag]] = value
     return parse_sd_metadata({"image": image})

@@ -9,7 +9,8 @@ key in ``moov/meta/keys`` + ``ilst``). Both are read here.
 from __future__ import annotations
 
 import struct
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from ..media import mvhd_duration
 

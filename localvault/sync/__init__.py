@@ -6,9 +6,9 @@
 """
 
 from .engine import SyncReport, push
-from .status import RejectedChange, SyncStatus, status
 from .remote import Remote
 from .schema import SCHEMA_VERSION, SchemaReport, apply_schema
+from .status import RejectedChange, SyncStatus, status
 
 __all__ = ["Remote", "push", "status", "SyncReport", "SyncStatus", "RejectedChange", "apply_schema",
            "SchemaReport", "SCHEMA_VERSION"]

@@ -11,18 +11,20 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import psycopg
 
 from ..errors import InvalidInputError, OfflineError, SyncBusyError, SyncError, first_line
 from ..progress import ProgressCallback, report
-from .bucket import Bucket
 from . import outbox
+from .bucket import Bucket
 from .remote import BatchResult, Remote
 
 if TYPE_CHECKING:
@@ -54,7 +56,7 @@ class SyncReport:
     seconds: float = 0.0
 
 
-def remote_for(vault: "Vault", remote: Remote | None) -> Remote:
+def remote_for(vault: Vault, remote: Remote | None) -> Remote:
     if remote is not None:
         return remote
     if vault.config.remote is None:
@@ -70,7 +72,7 @@ class _SyncLock:
         self.path = root / ".sync.lock"
         self.fd: int | None = None
 
-    def __enter__(self) -> "_SyncLock":
+    def __enter__(self) -> _SyncLock:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -111,7 +113,7 @@ def _retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] |
     raise AssertionError("unreachable")
 
 
-def push(vault: "Vault", remote: Remote | None = None, *, dry_run: bool = False, retry_rejected: bool = False,
+def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, retry_rejected: bool = False,
          progress: ProgressCallback | None = None, batch_rows: int = BATCH_ROWS) -> SyncReport:
     """Push the vault user's library and collections to the remote.
 
@@ -146,9 +148,10 @@ def push(vault: "Vault", remote: Remote | None = None, *, dry_run: bool = False,
                 result.rows_written += len(batch.changes.collections) + len(batch.changes.library)
                 result.rows_deleted += len(batch.changes.library_deletes) + len(batch.changes.collection_deletes)
                 continue
-            outcome = _retrying(lambda: target.apply(vault.user_id, batch.changes), "writing rows to PostgreSQL",
+            outcome = _retrying(partial(target.apply, vault.user_id, batch.changes), "writing rows to PostgreSQL",
                                 target.close)
-            _retrying(lambda: _delete_objects(bucket, batch, outcome, result, vault.user_id), "deleting objects from the bucket")
+            _retrying(partial(_delete_objects, bucket, batch, outcome, result, vault.user_id),
+                      "deleting objects from the bucket")
             outbox.acknowledge(vault, batch, outcome)
             result.batches += 1
             result.rows_written += outcome.written
@@ -184,7 +187,7 @@ class _Objects:
             self.sizes[key] = size
 
 
-def _upload_files(vault: "Vault", bucket: Bucket, known: _Objects, batch: outbox.Batch, result: SyncReport,
+def _upload_files(vault: Vault, bucket: Bucket, known: _Objects, batch: outbox.Batch, result: SyncReport,
                   progress: ProgressCallback | None, dry_run: bool) -> None:
     todo = []
     for row in batch.changes.library:
@@ -230,7 +233,7 @@ def _upload_files(vault: "Vault", bucket: Bucket, known: _Objects, batch: outbox
         _drop_deleted_meanwhile(vault, batch, set(vanished))
 
 
-def _drop_deleted_meanwhile(vault: "Vault", batch: outbox.Batch, keys: set[str]) -> None:
+def _drop_deleted_meanwhile(vault: Vault, batch: outbox.Batch, keys: set[str]) -> None:
     """Leave out of the batch the rows whose file vanished because the row itself was deleted meanwhile.
 
     The deleting transaction queued a newer outbox entry (a delete), which a

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ..db import utc_now
 from ..files import LIBRARY_BUCKET
@@ -28,14 +29,14 @@ class Batch:
     files: dict[str, tuple[str, str, int, str]]
 
 
-def pending_count(vault: "Vault") -> int:
+def pending_count(vault: Vault) -> int:
     row = vault.db.conn.execute(
         "SELECT count(*) FROM (SELECT DISTINCT table_name, row_id FROM sync_outbox WHERE user_id = ?)", (vault.user_id,)
     ).fetchone()
     return int(row[0])
 
 
-def read_batch(vault: "Vault", limit: int, after_seq: int) -> Batch | None:
+def read_batch(vault: Vault, limit: int, after_seq: int) -> Batch | None:
     """The next outbox entries of this user, coalesced by row, with the rows' current state (one snapshot)."""
     with vault.db.read() as conn:
         entries = conn.execute(
@@ -97,10 +98,10 @@ def _rows(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], ids: l
                               updated_at=updated)
             continue
         for row in conn.execute(f"SELECT {', '.join(columns)} FROM {table}" + where, (user_id, *chunk)):
-            yield dict(zip(columns, row))
+            yield dict(zip(columns, row, strict=True))
 
 
-def requeue_rejected(vault: "Vault") -> None:
+def requeue_rejected(vault: Vault) -> None:
     with vault.db.write() as conn:
         conn.execute(
             "INSERT INTO sync_outbox (table_name, row_id, op, user_id, storage_path)"
@@ -110,7 +111,7 @@ def requeue_rejected(vault: "Vault") -> None:
         conn.execute("DELETE FROM sync_rejected WHERE user_id = ?", (vault.user_id,))
 
 
-def acknowledge(vault: "Vault", batch: Batch, outcome: BatchResult) -> None:
+def acknowledge(vault: Vault, batch: Batch, outcome: BatchResult) -> None:
     """After the server commit: drop the batch's outbox entries; keep refused ones aside."""
     with vault.db.write() as conn:
         for (table, row_id), (sqlstate, message) in outcome.rejected.items():
@@ -123,7 +124,7 @@ def acknowledge(vault: "Vault", batch: Batch, outcome: BatchResult) -> None:
         conn.executemany("DELETE FROM sync_outbox WHERE seq = ?", [(s,) for s in batch.seqs])
 
 
-def mark_synced(vault: "Vault", dry_run: bool) -> None:
+def mark_synced(vault: Vault, dry_run: bool) -> None:
     if dry_run:
         return
     with vault.db.write() as conn:

@@ -10,8 +10,9 @@ table and batch, no per-row statements.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import psycopg
 

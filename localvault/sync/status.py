@@ -37,7 +37,7 @@ class SyncStatus:
     remote: str | None = None
 
 
-def status(vault: "Vault", remote: Remote | None = None, *, check_online: bool = True) -> SyncStatus:
+def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = True) -> SyncStatus:
     """Whether the remote answers, how many changes wait, which were refused, and the last sync."""
     rejected = [
         RejectedChange(*row)

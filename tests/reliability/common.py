@@ -140,7 +140,7 @@ def local_rows(db_path: Path, user_id: str, table: str) -> dict[str, dict[str, A
     try:
         found = {}
         for row in conn.execute(f"SELECT {', '.join(columns)} FROM {table} WHERE user_id = ?", (user_id,)):
-            record = dict(zip(columns, row))
+            record = dict(zip(columns, row, strict=True))
             if table == "user_library":
                 record["tags"] = json.loads(record["tags"])
                 record["generation_settings"] = json.loads(record["generation_settings"])
@@ -156,7 +156,7 @@ def server_rows(dsn: str, user_id: str, table: str) -> dict[str, dict[str, Any]]
     with psycopg.connect(dsn) as conn:
         found = {}
         for row in conn.execute(f"SELECT {', '.join(columns)} FROM public.{table} WHERE user_id = %s", (user_id,)):
-            record = {k: _norm(v) for k, v in zip(columns, row)}
+            record = {k: _norm(v) for k, v in zip(columns, row, strict=True)}
             found[record["id"]] = record
         return found
 
