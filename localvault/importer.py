@@ -39,7 +39,7 @@ from typing import Any, Literal, TypeVar
 from . import models
 from ._examine import PLACEHOLDERS, Examined, examine
 from ._intake import Candidate, JobGrouper, check_path, is_candidate_name, is_ignored_name, scan
-from .db import Database
+from .db import Database, utc_now
 from .errors import InvalidInputError, LocalVaultError, StorageError
 from .files import WORKSPACE_BUCKET, FileStore, StagedFile
 from .import_report import ImportedFile, ImportReport
@@ -109,7 +109,9 @@ class Importer:
 
     def _known(self) -> set[str]:
         conn = self.db.conn
-        known = {r[0] for r in conn.execute("SELECT sha256 FROM workspace_assets WHERE user_id = ?", (self.user_id,))}
+        # An expired asset does not count (add_batch replaces it), even before cleanup removes it.
+        known = {r[0] for r in conn.execute("SELECT sha256 FROM workspace_assets WHERE user_id = ? AND expires_at > ?",
+                                            (self.user_id, utc_now()))}
         known.update(r[0] for r in conn.execute("SELECT sha256 FROM user_library WHERE user_id = ?", (self.user_id,)))
         return known
 

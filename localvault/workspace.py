@@ -96,7 +96,8 @@ class Workspace:
         Missing values get placeholders: seed 0, prompt "", model "unknown".
         ``job_id`` defaults to a new job; ``asset_index`` to the next free index
         of the job. Raises :class:`DuplicateError` if this user already has the
-        same bytes in the workspace; nothing is left behind on any error.
+        same bytes in the workspace (an expired asset not cleaned up yet does
+        not count: it is replaced); nothing is left behind on any error.
         """
         info = info or GenerationInfo()
         job = models.check_uuid(job_id, "job id") if job_id is not None else str(uuid.uuid4())
@@ -114,6 +115,7 @@ class Workspace:
         committed_path: str | None = None
         try:
             with self._db.write() as conn:
+                self._drop_expired(conn, [prepared.staged.sha256])
                 existing = self._by_sha256(conn, prepared.staged.sha256)
                 if existing is not None:
                     raise DuplicateError(
@@ -150,6 +152,19 @@ class Workspace:
             raise
         return rows.workspace_asset(row)
 
+    def _drop_expired(self, conn: sqlite3.Connection, hashes: list[str]) -> None:
+        """Inside a write transaction: delete this user's expired assets with these bytes, queueing their files.
+
+        An expired asset is as good as gone (cleanup only has not got to it yet), so the same bytes
+        added again make a new asset rather than count as a duplicate of one about to vanish.
+        """
+        marks = ",".join("?" * len(hashes))
+        doomed = conn.execute(
+            f"DELETE FROM workspace_assets WHERE user_id = ? AND expires_at <= ? AND sha256 IN ({marks})"
+            " RETURNING temp_storage_path", (self.user_id, utc_now(), *hashes)).fetchall()
+        for (path,) in doomed:
+            pending.queue_delete(conn, WORKSPACE_BUCKET, path)
+
     def _by_sha256(self, conn: sqlite3.Connection, sha256: str) -> str | None:
         row = conn.execute("SELECT id FROM workspace_assets WHERE user_id = ? AND sha256 = ?", (self.user_id, sha256)).fetchone()
         return row[0] if row else None
@@ -168,7 +183,8 @@ class Workspace:
         """Import every image and video of a rig's output folder (``mode``: "copy", "move" or "link").
 
         Idempotent: a file whose bytes this user already has (workspace or
-        library) is skipped as a duplicate. Metadata is read from each file;
+        library) is skipped as a duplicate; an expired workspace asset does not
+        count (it is replaced by the new one). Metadata is read from each file;
         ``model``/``prompt`` fill only what a file lacks. Files of one run share
         a job id (see :mod:`localvault.importer`). A refused file is reported
         with its reason and never stops the rest. ``--move`` deletes a source
@@ -200,6 +216,7 @@ class Workspace:
         try:
             with self._db.write() as conn:
                 hashes = [e.staged.sha256 for e in entries]
+                self._drop_expired(conn, hashes)
                 marks = ",".join("?" * len(hashes))
                 taken = {r[0] for r in conn.execute(
                     f"SELECT sha256 FROM workspace_assets WHERE user_id = ? AND sha256 IN ({marks}) UNION "

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from localvault import Vault
 from localvault.cli import main
-from localvault.errors import StorageError
+from localvault.errors import NotFoundError, StorageError
 from localvault.files import TEMP_PREFIX, WORKSPACE_BUCKET
 from localvault.progress import ProgressEvent
 from localvault.workspace import Workspace
@@ -88,6 +88,42 @@ def test_import_counts_jobs_and_idempotency(vault: Vault, tmp_path: Path) -> Non
     assert second.summary().startswith("0 imported, 7 skipped as duplicates")
     assert vault.workspace.count() == 7
     assert not [n for _d, _s, names in os.walk(vault.root / WORKSPACE_BUCKET) for n in names if n.startswith(TEMP_PREFIX)]
+
+
+def test_expired_assets_do_not_count_as_duplicates(vault: Vault, tmp_path: Path) -> None:
+    """An expired asset that cleanup has not removed yet is replaced, not reported as a duplicate."""
+    rig_folder(tmp_path / "out")
+    first = {Path(item.source).name: item for item in vault.workspace.import_folder(tmp_path / "out").imported}
+    old_fox = vault.workspace.get(first["00001.png"].asset_id)
+    vault.workspace.expire(old_fox.id)
+    vault.workspace.expire(first["photo.jpg"].asset_id)
+
+    again = vault.workspace.import_folder(tmp_path / "out")
+    assert sorted(Path(item.source).name for item in again.imported) == ["00001.png", "photo.jpg"]
+    assert len(again.duplicates) == 5 and not again.refused
+    assert vault.workspace.count() == 7
+    for gone in (old_fox.id, first["photo.jpg"].asset_id):
+        with pytest.raises(NotFoundError):
+            vault.workspace.get(gone)
+    by_source = {Path(item.source).name: item for item in again.imported}
+    fox = vault.workspace.get(by_source["00001.png"].asset_id)
+    assert fox.job_id == old_fox.job_id and fox.asset_index == 3  # its job's next free index
+    assert fox.sha256 == old_fox.sha256 and fox.expires_at > old_fox.created_at
+    photo = vault.workspace.get(by_source["photo.jpg"].asset_id)  # alone in its job: it takes the same path again
+    assert vault.files.exists(WORKSPACE_BUCKET, photo.temp_storage_path)
+
+    # The replaced fox's file was queued; cleanup (nothing is expired any more) drains it, and keeps the rest.
+    assert vault.workspace.cleanup().assets_removed == 0
+    assert not vault.files.exists(WORKSPACE_BUCKET, old_fox.temp_storage_path)
+    assert vault.files.exists(WORKSPACE_BUCKET, fox.temp_storage_path)
+    assert vault.files.exists(WORKSPACE_BUCKET, photo.temp_storage_path)
+    assert vault.verify().clean
+
+    # One file added by hand takes the same rule.
+    vault.workspace.expire(fox.id)
+    renewed = vault.workspace.add(tmp_path / "out" / "00001.png")
+    assert renewed.sha256 == fox.sha256 and renewed.id != fox.id
+    assert vault.workspace.count() == 7
 
 
 def test_library_copy_counts_as_duplicate(vault: Vault, tmp_path: Path) -> None:
