@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -13,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from localvault import Vault
+from localvault.files import TEMP_PREFIX, WORKSPACE_BUCKET
 from localvault.watch import Watcher, WatchEvent
 
 try:
@@ -144,3 +148,34 @@ def test_stop_is_clean_and_idempotent(vault: Vault, out: Path) -> None:
     watcher.stop()
     assert not [t for t in threading.enumerate() if t.name.startswith("localvault-")]
     assert vault.workspace.count() == 0  # the caller's vault stays usable
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_cli_watch_stops_cleanly_with_a_summary(tmp_path: Path, out: Path, stop: signal.Signals) -> None:
+    """`localvault watch` as a user runs it: catch up, take a new file, then Ctrl-C (or a service
+    manager's SIGTERM) ends it with exit code 0, a summary, every file committed and no temporary file."""
+    root = tmp_path / "vault"
+    Vault.create(root, user_id=USER).close()
+    make_png(out / "before.png", color=1)
+    env = {**os.environ, "COLUMNS": "200", "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "localvault.cli", "--vault", str(root), "watch", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        with Vault.open(root, readonly=True) as reader:
+            assert wait_for(lambda: reader.workspace.count() == 1, timeout=30), "the catch-up import did not happen"
+            (tmp_path / "during.png").write_bytes(png_bytes(tmp_path, 2))
+            os.rename(tmp_path / "during.png", out / "during.png")  # a rig's atomic write
+            assert wait_for(lambda: reader.workspace.count() == 2, timeout=30), "the new file was not taken"
+        proc.send_signal(stop)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr and "watching" in stderr
+    assert "watch: 2 imported, 0 skipped as duplicates, 0 refused" in stdout
+    with Vault.open(root) as vault:
+        assert vault.workspace.count() == 2 and vault.verify().clean
+    leftovers = [n for _d, _s, names in os.walk(root / WORKSPACE_BUCKET) for n in names if n.startswith(TEMP_PREFIX)]
+    assert not leftovers
