@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -77,7 +76,7 @@ def examine(candidate: Candidate, known: set[str], *, in_memory_bytes: int, prom
         models.check_seed(info.seed if info.seed is not None else PLACEHOLDERS["seed"]),
         models.check_prompt(info.prompt or prompt or PLACEHOLDERS["prompt"]),
         models.check_model(info.model or model or PLACEHOLDERS["model"]) or PLACEHOLDERS["model"],
-        json.dumps(models.check_settings(info.stored_settings()), ensure_ascii=False),
+        models.settings_json(info.stored_settings()),
     )
     examined.data = data
     return examined

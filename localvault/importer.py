@@ -119,15 +119,16 @@ class Importer:
 
     def _stage(self, ready: Examined) -> StagedFile:
         """Write (or link) a file under a temporary name into its job's folder, without fsync."""
-        path = Path(ready.candidate.path)
         folder = f"{self.user_id}/{ready.job_id}"
         try:
             staged = None
             if self.mode in ("link", "move"):
-                staged = self.files.stage_link(path, ready.sha256, ready.size, WORKSPACE_BUCKET, folder)
+                staged = self.files.stage_link(Path(ready.candidate.path), ready.sha256, ready.size, WORKSPACE_BUCKET,
+                                               folder)
             if staged is None and ready.data is not None:
                 staged = self.files.stage_data(ready.data, ready.sha256, WORKSPACE_BUCKET, folder, sync=False)
             elif staged is None:
+                path = Path(ready.candidate.path)
                 staged = self.files.stage(path, WORKSPACE_BUCKET, folder, sync=False)
                 if staged.sha256 != ready.sha256 or staged.size != ready.size:
                     self.files.discard(staged)

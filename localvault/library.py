@@ -112,7 +112,7 @@ class Library:
         """Put a file straight into the library (no workspace step)."""
         values = (
             models.check_prompt(prompt), models.check_model(model) or "unknown", models.check_seed(seed),
-            json.dumps(models.check_settings(settings if settings is not None else {}), ensure_ascii=False),
+            models.settings_json(settings if settings is not None else {}),
         )
         fields = self._check_fields(title, tags, favorite, visibility)
         asset_id = str(uuid.uuid4())

@@ -52,7 +52,7 @@ def sniff(head: bytes) -> MediaType | None:
 
 
 def expected_type(name: str) -> MediaType | None:
-    return EXTENSIONS.get(Path(name).suffix.lower())
+    return EXTENSIONS.get(os.path.splitext(name)[1].lower())
 
 
 def check_source(path: Path) -> tuple[MediaType, int]:

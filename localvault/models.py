@@ -146,6 +146,15 @@ def check_tags(values: Any) -> list[str]:
 
 def check_settings(value: Any) -> dict[str, Any]:
     """Generation settings: a JSON object (given as a dict or as JSON text)."""
+    return _checked_settings(value)[0]
+
+
+def settings_json(value: Any) -> str:
+    """:func:`check_settings`, returning the settings as the JSON text that is stored."""
+    return _checked_settings(value)[1]
+
+
+def _checked_settings(value: Any) -> tuple[dict[str, Any], str]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -161,7 +170,7 @@ def check_settings(value: Any) -> dict[str, Any]:
         raise InvalidInputError(f"generation settings cannot be stored as JSON: {exc}") from None
     if len(encoded.encode()) > MAX_SETTINGS_BYTES:
         raise InvalidInputError(f"generation settings exceed {MAX_SETTINGS_BYTES:,} bytes of JSON")
-    return value
+    return value, encoded
 
 
 def check_positive_int(value: Any, what: str) -> int:

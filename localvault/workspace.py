@@ -106,7 +106,7 @@ class Workspace:
             "seed": models.check_seed(seed if seed is not None else (info.seed if info.seed is not None else 0)),
             "prompt": models.check_prompt(prompt if prompt is not None else (info.prompt or "")),
             "model": models.check_model(model if model is not None else (info.model or UNKNOWN_MODEL)) or UNKNOWN_MODEL,
-            "settings": models.check_settings(settings if settings is not None else info.stored_settings()),
+            "settings": models.settings_json(settings if settings is not None else info.stored_settings()),
         }
         prepared = prepare(self._files, Path(source), WORKSPACE_BUCKET, f"{self.user_id}/{job}", on_bytes)
         return self._record(prepared, job, index, values)
@@ -140,7 +140,7 @@ class Workspace:
                     _INSERT,
                     (asset_id, self.user_id, facts.media_type.asset_type.value, relative, prepared.staged.size,
                      facts.media_type.value, facts.duration_seconds, job, index, values["seed"], values["prompt"],
-                     values["model"], json.dumps(values["settings"], ensure_ascii=False), facts.width, facts.height,
+                     values["model"], values["settings"], facts.width, facts.height,
                      prepared.staged.sha256),
                 )
                 row = conn.execute(f"SELECT {rows.WORKSPACE_COLUMNS} FROM workspace_assets WHERE id = ?", (asset_id,)).fetchone()

@@ -102,7 +102,7 @@ def read(path: str | os.PathLike[str], *, data: bytes | None = None,
     that has listed the folder passes the names in it as ``siblings``, so that
     absent sidecars are not looked for on disk.
     """
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)
     found = _embedded(path, data)
     try:
         found = merge(found, sidecar.read(path, siblings))

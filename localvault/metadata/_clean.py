@@ -7,6 +7,7 @@ validators of :mod:`localvault.models`, however odd the input was.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -18,6 +19,8 @@ from localvault.models import MAX_MODEL_CHARS, MAX_PROMPT_CHARS, MAX_SEED, MAX_S
 _PROMPT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _ALL_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+_NOT_SNAKE = re.compile(r"[^0-9a-z]+")
+_SEED_TEXT = re.compile(r"\s*\+?\d{1,25}\s*")
 _MAX_DEPTH = 64
 #: Keys that name a generation run, in order of preference.
 RUN_ID_KEYS = ("run_id", "job_id", "batch_id", "session_id", "prompt_id")
@@ -78,16 +81,17 @@ def parse_seed(value: Any) -> int | None:
     """A seed as an int in 0..2**63-1, or None (for -1, out of range, not a number)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer() or isinstance(value, str) and re.fullmatch(r"\s*\+?\d{1,25}\s*", value):
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() or isinstance(value, str) and _SEED_TEXT.fullmatch(value):
         value = int(value)
     if isinstance(value, int) and 0 <= value <= MAX_SEED:
         return value
     return None
 
 
+@functools.lru_cache(maxsize=1024)
 def snake_key(key: str) -> str:
     """``"CFG scale"`` -> ``"cfg_scale"``; ``"Model hash"`` -> ``"model_hash"``."""
-    out = re.sub(r"[^0-9a-z]+", "_", key.strip().lower()).strip("_")
+    out = _NOT_SNAKE.sub("_", key.strip().lower()).strip("_")
     return out or "unnamed"
 
 

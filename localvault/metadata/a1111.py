@@ -48,10 +48,14 @@ def _unquote(value: str) -> str:
     return value
 
 
+_INTEGER = re.compile(r"-?\d{1,18}")
+_DECIMAL = re.compile(r"-?\d{1,18}\.\d{1,18}")
+
+
 def _number(value: str) -> Any:
-    if re.fullmatch(r"-?\d{1,18}", value):
+    if _INTEGER.fullmatch(value):
         return int(value)
-    if re.fullmatch(r"-?\d{1,18}\.\d{1,18}", value):
+    if _DECIMAL.fullmatch(value):
         return float(value)
     return value
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,15 @@ _ALIASES = {
 }
 
 
+def candidate_names(name: str) -> list[str]:
+    """The names a sidecar of the file ``name`` may have, in order of preference."""
+    stem = os.path.splitext(name)[0]
+    return [name + ".json", stem + ".json", stem + ".txt", name + ".txt"]
+
+
 def candidates(path: Path) -> list[Path]:
     """Where a sidecar of ``path`` may be, in order of preference."""
-    return [
-        path.with_name(path.name + ".json"),
-        path.with_suffix(".json"),
-        path.with_suffix(".txt"),
-        path.with_name(path.name + ".txt"),
-    ]
+    return [path.with_name(name) for name in candidate_names(path.name)]
 
 
 def _first(data: dict[str, Any], keys: tuple[str, ...]) -> Any:
@@ -77,9 +79,10 @@ def read(path: Path, siblings: Collection[str] | None = None) -> Found:
 
     ``siblings``, when given, are the names in ``path``'s folder: others are not looked for.
     """
-    for candidate in candidates(path):
-        if siblings is not None and candidate.name not in siblings:
+    for name in candidate_names(path.name):
+        if siblings is not None and name not in siblings:  # most files have none: no Path, no stat
             continue
+        candidate = path.with_name(name)
         try:
             if candidate == path or not candidate.is_file() or candidate.stat().st_size > MAX_SIDECAR_BYTES:
                 continue
