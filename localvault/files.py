@@ -328,8 +328,10 @@ class FileStore:
         base = f"{self.root}/{bucket}"
         if self.local:
             for folder, _dirs, names in os.walk(base):
+                relative = os.path.relpath(folder, base)  # once per folder: relpath is slow
+                prefix = "" if relative == "." else relative.replace(os.sep, "/") + "/"
                 for name in names:
-                    yield os.path.relpath(os.path.join(folder, name), base)
+                    yield prefix + name
         else:
             for path in self.fs.find(base):
                 yield path[len(base) + 1:] if path.startswith(base) else path.split(f"/{bucket}/", 1)[-1]

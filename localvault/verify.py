@@ -1,18 +1,32 @@
-"""Check that rows and files agree: orphans, missing files, hash mismatches; optionally repair."""
+"""Check that rows and files agree: orphans, missing files, hash mismatches; optionally repair.
+
+Memory stays flat however large the vault: rows are read a page at a time
+(keyset pages on the unique path indexes, each page its own short read, so a
+long verify never pins the WAL), every file found on disk is looked up by its
+path, and only the problems are kept.
+"""
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from . import pending
 from .db import Database
+from .errors import StorageError
 from .files import LIBRARY_BUCKET, TEMP_PREFIX, WORKSPACE_BUCKET, FileStore
 from .progress import ProgressCallback, report
 
 #: A temporary file younger than this may belong to a write in progress in another process.
 STALE_TEMP_SECONDS = 3600
+#: Rows read per query.
+PAGE_ROWS = 2_000
+#: (bucket, table, path column) of each kind of asset.
+_TABLES = ((WORKSPACE_BUCKET, "workspace_assets", "temp_storage_path"),
+           (LIBRARY_BUCKET, "user_library", "storage_path"))
 
 
 @dataclass
@@ -34,14 +48,19 @@ class VerifyReport:
         return problems == 0 or (bool(self.repaired) and not self.unrepairable and len(self.repaired) == problems)
 
 
-def _rows(db: Database) -> dict[tuple[str, str], tuple[str, str, str]]:
-    """{(bucket, path): (table, id, sha256)} for every row of every user."""
-    found: dict[tuple[str, str], tuple[str, str, str]] = {}
-    for path, row_id, sha in db.conn.execute("SELECT temp_storage_path, id, sha256 FROM workspace_assets"):
-        found[(WORKSPACE_BUCKET, path)] = ("workspace_assets", row_id, sha)
-    for path, row_id, sha in db.conn.execute("SELECT storage_path, id, sha256 FROM user_library"):
-        found[(LIBRARY_BUCKET, path)] = ("user_library", row_id, sha)
-    return found
+def _rows(db: Database) -> Iterator[tuple[str, str, str, str, str]]:
+    """``(bucket, path, table, id, sha256)`` of every row of every user, a page at a time."""
+    for bucket, table, column in _TABLES:
+        last = ""
+        while True:
+            page = db.conn.execute(
+                f"SELECT {column}, id, sha256 FROM {table} WHERE {column} > ? ORDER BY {column} LIMIT ?",
+                (last, PAGE_ROWS)).fetchall()
+            for path, row_id, sha in page:
+                yield bucket, path, table, row_id, sha
+            if len(page) < PAGE_ROWS:
+                break
+            last = page[-1][0]
 
 
 def verify(db: Database, files: FileStore, *, repair: bool = False, check_hashes: bool = True,
@@ -55,33 +74,50 @@ def verify(db: Database, files: FileStore, *, repair: bool = False, check_hashes
     """
     pending.drain(db, files)
     result = VerifyReport()
-    expected = _rows(db)
-    report(progress, "verify", total=len(expected))
-    on_disk: set[tuple[str, str]] = set()
-    now = time.time()
-    for bucket in (WORKSPACE_BUCKET, LIBRARY_BUCKET):
-        for relative in files.walk(bucket):
-            name = os.path.basename(relative)
-            if name.startswith(TEMP_PREFIX):
-                if _age(files, bucket, relative, now) > STALE_TEMP_SECONDS:
-                    result.stale_temps.append(f"{bucket}/{relative}")
-                continue
-            on_disk.add((bucket, relative))
-            if (bucket, relative) not in expected:
-                result.orphans.append(f"{bucket}/{relative}")
-    by_hash: dict[str, tuple[str, str]] = {}
-    for (bucket, relative), (_table, _id, sha) in expected.items():
+    total = sum(db.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for _b, table, _c in _TABLES)
+    report(progress, "verify", total=total)
+    broken: dict[str, tuple[str, str, str]] = {}  # "bucket/path" -> (table, id, sha256), for repair
+    for bucket, relative, table, row_id, sha in _rows(db):
         result.checked += 1
-        if (bucket, relative) not in on_disk:
-            result.missing.append(f"{bucket}/{relative}")
-        elif check_hashes and files.sha256(bucket, relative) != sha:
-            result.mismatched.append(f"{bucket}/{relative}")
+        entry = f"{bucket}/{relative}"
+        if check_hashes:
+            digest = _sha256(files, bucket, relative)
+            problem = result.missing if digest is None else result.mismatched if digest != sha else None
         else:
-            by_hash.setdefault(sha, (bucket, relative))
-        report(progress, "verify", advance=1, total=len(expected))
+            problem = None if files.exists(bucket, relative) else result.missing
+        if problem is not None:
+            problem.append(entry)
+            broken[entry] = (table, row_id, sha)
+        report(progress, "verify", advance=1, total=total)
+    now = time.time()
+    for bucket, table, column in _TABLES:
+        # A walk lists a folder's files together: one query per folder says which have a row.
+        for folder, in_folder in itertools.groupby(files.walk(bucket), key=os.path.dirname):
+            with_rows = _paths_in(db, table, column, folder)
+            for relative in in_folder:
+                if os.path.basename(relative).startswith(TEMP_PREFIX):
+                    if _age(files, bucket, relative, now) > STALE_TEMP_SECONDS:
+                        result.stale_temps.append(f"{bucket}/{relative}")
+                elif relative not in with_rows:
+                    result.orphans.append(f"{bucket}/{relative}")
     if repair:
-        _repair(db, files, result, expected, by_hash)
+        _repair(db, files, result, broken)
     return result
+
+
+def _paths_in(db: Database, table: str, column: str, folder: str) -> set[str]:
+    """The paths of the rows whose file lies directly in ``folder`` (a range of the unique path index)."""
+    prefix = f"{folder}/" if folder else ""
+    return {path for (path,) in db.conn.execute(
+        f"SELECT {column} FROM {table} WHERE {column} >= ? AND {column} < ? AND instr(substr({column}, ?), '/') = 0",
+        (prefix, f"{folder}0" if folder else "\U0010ffff", len(prefix) + 1))}
+
+
+def _sha256(files: FileStore, bucket: str, relative: str) -> str | None:
+    try:
+        return files.sha256(bucket, relative)
+    except StorageError:  # no such file
+        return None
 
 
 def _age(files: FileStore, bucket: str, relative: str, now: float) -> float:
@@ -92,22 +128,34 @@ def _age(files: FileStore, bucket: str, relative: str, now: float) -> float:
         return 0.0
 
 
-def _repair(db: Database, files: FileStore, result: VerifyReport,
-            expected: dict[tuple[str, str], tuple[str, str, str]], by_hash: dict[str, tuple[str, str]]) -> None:
+def _twins(db: Database, files: FileStore, broken: dict[str, tuple[str, str, str]]) -> dict[str, tuple[str, str]]:
+    """For each hash of a broken file, a healthy file with the same bytes (any user, either bucket)."""
+    wanted = {sha for _table, _id, sha in broken.values()}
+    found: dict[str, tuple[str, str]] = {}
+    for bucket, relative, _table, _id, sha in _rows(db):
+        if sha in wanted and sha not in found and f"{bucket}/{relative}" not in broken \
+                and files.exists(bucket, relative):
+            found[sha] = (bucket, relative)
+    return found
+
+
+def _repair(db: Database, files: FileStore, result: VerifyReport, broken: dict[str, tuple[str, str, str]]) -> None:
     for entry in result.orphans + result.stale_temps:
         bucket, relative = entry.split("/", 1)
         with db.write() as conn:  # under the lock: a row may have claimed the path meanwhile
             if not pending.still_used(conn, bucket, relative):
                 files.remove(bucket, relative)
         result.repaired.append(entry)
+    twins = _twins(db, files, broken) if broken else {}
+    missing = set(result.missing)
     for entry in result.missing + result.mismatched:
         bucket, relative = entry.split("/", 1)
-        table, row_id, sha = expected[(bucket, relative)]
-        twin = by_hash.get(sha)
+        table, row_id, sha = broken[entry]
+        twin = twins.get(sha)
         if twin is not None:
             files.link(twin[0], twin[1], bucket, relative)
             result.repaired.append(entry)
-        elif entry in result.missing:
+        elif entry in missing:
             with db.write() as conn:
                 conn.execute(f"DELETE FROM {table} WHERE id = ?", (row_id,))
             result.repaired.append(entry)

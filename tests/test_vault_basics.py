@@ -756,3 +756,19 @@ def test_outbox_rows_for_library_and_collections_only(vault: Vault, make_image):
         ("user_library", direct.id, "delete"),
         ("user_collections", coll.id, "delete"),
     ]
+
+
+def test_verify_reads_rows_in_pages(vault: Vault, make_image, monkeypatch: pytest.MonkeyPatch):
+    """Rows are read a page at a time (pages of 2 here): each row is checked once, none skipped."""
+    from localvault import verify as verify_module
+
+    monkeypatch.setattr(verify_module, "PAGE_ROWS", 2)
+    assets = [vault.workspace.add(make_image(seed=n)) for n in range(5)]
+    kept = [vault.library.add(make_image(seed=n)) for n in range(10, 13)]
+    os.unlink(vault.workspace.file_path(assets[3]))
+    os.unlink(vault.library.file_path(kept[2]))
+    report = vault.verify()
+    assert report.checked == 8
+    assert sorted(report.missing) == sorted([f"{WORKSPACE_BUCKET}/{assets[3].temp_storage_path}",
+                                             f"{LIBRARY_BUCKET}/{kept[2].storage_path}"])
+    assert not report.orphans and not report.mismatched
