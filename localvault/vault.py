@@ -112,9 +112,14 @@ class Vault:
         """Remove every expired workspace asset, rows and files."""
         return self.workspace.cleanup(progress=progress)
 
-    def verify(self, *, repair: bool = False, progress: ProgressCallback | None = None) -> VerifyReport:
-        """Check rows against files (orphans, missing files, hash mismatches); ``repair`` fixes what it can."""
-        return verify(self.db, self.files, repair=repair, progress=progress)
+    def verify(self, *, repair: bool = False, check_hashes: bool = True,
+               progress: ProgressCallback | None = None) -> VerifyReport:
+        """Check rows against files (orphans, missing files, hash mismatches); ``repair`` fixes what it can.
+
+        ``check_hashes=False`` skips reading the files (only that each exists and has its row): quick, but
+        blind to damaged bytes.
+        """
+        return verify(self.db, self.files, repair=repair, check_hashes=check_hashes, progress=progress)
 
     def export(self, asset_id: str, destination: str | Path) -> Path:
         """Copy an asset's file (library or workspace) to ``destination`` (a file or a folder)."""

@@ -67,6 +67,7 @@ def test_tour(cli, tmp_path: Path) -> None:
     cli("export", kept["id"], str(out))
     assert (out / f"{kept['id']}.png").read_bytes() == (tmp_path / "a.png").read_bytes()
     assert "clean" in cli("verify")
+    assert json.loads(cli("verify", "--quick", "--json"))["checked"] == 3
     assert "prompt" in cli("show", first["id"]) or "original_prompt" in cli("show", first["id"])
     cli("rm", kept["id"])
     cli("rm", second["id"])

@@ -590,6 +590,10 @@ def test_verify_detects_hash_mismatch(vault: Vault, make_image):
     assert report.mismatched == [f"{LIBRARY_BUCKET}/{kept.storage_path}"]
     assert not report.clean
     assert not vault.verify(repair=True).clean  # no twin to restore from
+    quick = vault.verify(check_hashes=False)  # no hashing: damaged bytes go unseen, a missing file does not
+    assert quick.clean and quick.checked == 1
+    os.unlink(path)
+    assert vault.verify(check_hashes=False).missing == [f"{LIBRARY_BUCKET}/{kept.storage_path}"]
 
 
 def test_verify_detects_stale_temp_file(vault: Vault, make_image):

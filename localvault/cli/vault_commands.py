@@ -167,12 +167,13 @@ def cleanup(ctx: Context) -> None:
 
 @main.command()
 @click.option("--repair", is_flag=True, help="Fix what can be fixed (remove orphans, restore from twins).")
+@click.option("--quick", is_flag=True, help="Do not hash the files: only check that each exists and has its row.")
 @json_option
 @pass_ctx
-def verify(ctx: Context, repair: bool, as_json: bool) -> None:
+def verify(ctx: Context, repair: bool, quick: bool, as_json: bool) -> None:
     """Check every row against its file: orphans, missing files, hash mismatches."""
     with output.progress_bars(not as_json) as progress:
-        result = ctx.vault().verify(repair=repair, progress=progress)
+        result = ctx.vault().verify(repair=repair, check_hashes=not quick, progress=progress)
     if as_json:
         output.print_json({**output.to_jsonable(result), "clean": result.clean})
     else:

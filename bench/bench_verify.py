@@ -1,0 +1,107 @@
+"""`vault.verify()` over a large vault: its time and its peak memory (no target set; for the record).
+
+    python bench/bench_verify.py                    # 300,000 workspace assets
+    python bench/bench_verify.py --assets 20000     # quick
+
+The vault is built directly (rows by SQL, files as hard links of a few 64-byte
+files: creating 300,000 inodes would take minutes on a busy disk). Each row
+still has its own sha256, so hashing would find every file "mismatched"; the
+timed run therefore uses ``check_hashes=False`` and measures what verify keeps
+in memory and how fast it pairs rows with files. verify runs in a child
+process, so its peak RSS is its own, not the building's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from _common import machine_line, peak_rss_mb
+
+from localvault import Vault
+from localvault.files import WORKSPACE_BUCKET
+
+USER = "aaaaaaaa-0000-4000-8000-00000000000a"
+PER_JOB = 100
+LINKS_PER_BLOB = 60_000  # ext4 allows 65,000 links per inode
+BATCH = 10_000
+
+
+def build(root: Path, assets: int) -> float:
+    from conftest import raw_connection  # tests/conftest.py: a plain sqlite3 connection to the vault
+
+    began = time.perf_counter()
+    Vault.create(root, user_id=USER).close()
+    conn = raw_connection(root)
+    blob = root / "blob.png"
+    rows = []
+    for i in range(assets):
+        if i % LINKS_PER_BLOB == 0:
+            blob.unlink(missing_ok=True)
+            blob.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 56)
+        job = str(uuid.UUID(int=i // PER_JOB + 1, version=4))
+        relative = f"{USER}/{job}/{i % PER_JOB}.png"
+        path = root / WORKSPACE_BUCKET / relative
+        if i % PER_JOB == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        os.link(blob, path)
+        rows.append((str(uuid.uuid4()), USER, "image", relative, 64, "image/png", job, i % PER_JOB, 0, f"asset {i}",
+                     "unknown", hashlib.sha256(f"asset {i}".encode()).hexdigest()))
+        if len(rows) == BATCH or i == assets - 1:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "INSERT INTO workspace_assets (id, user_id, asset_type, temp_storage_path, file_size_bytes, mime_type,"
+                " job_id, asset_index, generation_seed, original_prompt, model_used, sha256)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            conn.execute("COMMIT")
+            rows.clear()
+    blob.unlink(missing_ok=True)
+    conn.close()
+    return time.perf_counter() - began
+
+
+def measure(root: Path) -> None:
+    """In the child: open the vault, run verify, print its figures."""
+    vault = Vault.open(root)
+    before = peak_rss_mb()
+    began = time.perf_counter()
+    result = vault.verify(check_hashes=False)
+    seconds = time.perf_counter() - began
+    assert result.clean and result.checked > 0, (result.checked, result.missing[:3], result.orphans[:3])
+    print(f"verify: {result.checked:,} assets checked in {seconds:.1f} s ({result.checked / seconds:,.0f}/s), "
+          f"clean; peak RSS {peak_rss_mb():.1f} MiB (opened vault: {before:.1f} MiB)")
+    vault.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--assets", type=int, default=300_000)
+    parser.add_argument("--dir", default=None, help="work folder (default: a temp folder)")
+    parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # the child's side
+    args = parser.parse_args()
+    if args.measure:
+        measure(Path(args.measure))
+        return
+    work = Path(tempfile.mkdtemp(prefix="lv-bench-verify-", dir=args.dir))
+    try:
+        print(machine_line())
+        seconds = build(work / "vault", args.assets)
+        print(f"built {args.assets:,} workspace assets (rows and hard-linked files) in {seconds:.1f} s")
+        subprocess.run([sys.executable, __file__, "--measure", str(work / "vault")], check=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
