@@ -115,12 +115,8 @@ class Workspace:
         committed_path: str | None = None
         try:
             with self._db.write() as conn:
-                self._drop_expired(conn, [prepared.staged.sha256])
-                existing = self._by_sha256(conn, prepared.staged.sha256)
-                if existing is not None:
-                    raise DuplicateError(
-                        f"this file is already in the workspace as {existing}; nothing was added"
-                    )
+                # The index first, counting expired rows too: the new file must never land on the path of
+                # a row whose deletion is not committed yet (a rollback would bring that row back).
                 if index is None:
                     index = conn.execute(
                         "SELECT coalesce(max(asset_index) + 1, 0) FROM workspace_assets WHERE user_id = ? AND job_id = ?",
@@ -131,6 +127,12 @@ class Workspace:
                     (self.user_id, job, index),
                 ).fetchone():
                     raise DuplicateError(f"job {job} already has an asset at index {index}; use another --index")
+                self._drop_expired(conn, [prepared.staged.sha256])
+                existing = self._by_sha256(conn, prepared.staged.sha256)
+                if existing is not None:
+                    raise DuplicateError(
+                        f"this file is already in the workspace as {existing}; nothing was added"
+                    )
                 relative = f"{self.user_id}/{job}/{index}.{prepared.extension}"
                 self._files.commit(prepared.staged, relative)
                 committed_path = relative
@@ -216,17 +218,19 @@ class Workspace:
         try:
             with self._db.write() as conn:
                 hashes = [e.staged.sha256 for e in entries]
+                # Next indexes first, counting expired rows too: no file may land on the path of a row
+                # whose deletion is not committed yet (a rollback would bring that row back).
+                jobs = sorted({e.job_id for e in entries})
+                next_index = {job: 0 for job in jobs}
+                next_index.update(conn.execute(
+                    f"SELECT job_id, max(asset_index) + 1 FROM workspace_assets WHERE user_id = ? AND job_id IN"
+                    f" ({','.join('?' * len(jobs))}) GROUP BY job_id", (user, *jobs)).fetchall())
                 self._drop_expired(conn, hashes)
                 marks = ",".join("?" * len(hashes))
                 taken = {r[0] for r in conn.execute(
                     f"SELECT sha256 FROM workspace_assets WHERE user_id = ? AND sha256 IN ({marks}) UNION "
                     f"SELECT sha256 FROM user_library WHERE user_id = ? AND sha256 IN ({marks})",
                     (user, *hashes, user, *hashes))}
-                jobs = sorted({e.job_id for e in entries})
-                next_index = {job: 0 for job in jobs}
-                next_index.update(conn.execute(
-                    f"SELECT job_id, max(asset_index) + 1 FROM workspace_assets WHERE user_id = ? AND job_id IN"
-                    f" ({','.join('?' * len(jobs))}) GROUP BY job_id", (user, *jobs)).fetchall())
                 values = []
                 for position, entry in enumerate(entries):
                     if entry.staged.sha256 in taken:

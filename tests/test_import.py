@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -109,12 +110,14 @@ def test_expired_assets_do_not_count_as_duplicates(vault: Vault, tmp_path: Path)
     fox = vault.workspace.get(by_source["00001.png"].asset_id)
     assert fox.job_id == old_fox.job_id and fox.asset_index == 3  # its job's next free index
     assert fox.sha256 == old_fox.sha256 and fox.expires_at > old_fox.created_at
-    photo = vault.workspace.get(by_source["photo.jpg"].asset_id)  # alone in its job: it takes the same path again
-    assert vault.files.exists(WORKSPACE_BUCKET, photo.temp_storage_path)
+    photo = vault.workspace.get(by_source["photo.jpg"].asset_id)  # alone in its job: the next index all the same
+    old_photo = first["photo.jpg"]
+    assert (photo.job_id, photo.asset_index) == (old_photo.job_id, old_photo.asset_index + 1)
 
     # The replaced fox's file was queued; cleanup (nothing is expired any more) drains it, and keeps the rest.
     assert vault.workspace.cleanup().assets_removed == 0
     assert not vault.files.exists(WORKSPACE_BUCKET, old_fox.temp_storage_path)
+    assert not vault.files.exists(WORKSPACE_BUCKET, photo.temp_storage_path.replace("/1.", "/0."))
     assert vault.files.exists(WORKSPACE_BUCKET, fox.temp_storage_path)
     assert vault.files.exists(WORKSPACE_BUCKET, photo.temp_storage_path)
     assert vault.verify().clean
@@ -124,6 +127,24 @@ def test_expired_assets_do_not_count_as_duplicates(vault: Vault, tmp_path: Path)
     renewed = vault.workspace.add(tmp_path / "out" / "00001.png")
     assert renewed.sha256 == fox.sha256 and renewed.id != fox.id
     assert vault.workspace.count() == 7
+
+
+def test_failed_replacement_of_an_expired_asset_keeps_it_whole(vault: Vault, tmp_path: Path) -> None:
+    """If adding the bytes of an expired asset fails, the rollback brings its row back, and its file is intact."""
+    rig_folder(tmp_path / "out")
+    first = {Path(item.source).name: item for item in vault.workspace.import_folder(tmp_path / "out").imported}
+    expired = vault.workspace.get(first["00002.png"].asset_id)  # the last of its job: the highest index
+    vault.workspace.expire(expired.id)
+    vault.db.conn.execute("CREATE TEMP TRIGGER refuse BEFORE INSERT ON workspace_assets"
+                          " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+    with pytest.raises(sqlite3.IntegrityError):  # one file, added by hand, in its original job
+        vault.workspace.add(tmp_path / "out" / "00002.png", job_id=expired.job_id)
+    result = vault.workspace.import_folder(tmp_path / "out")  # the importer's batch path
+    assert str(tmp_path / "out" / "00002.png") in result.refused and not result.imported  # the batch failed whole
+    vault.db.conn.execute("DROP TRIGGER refuse")
+    assert vault.workspace.get(expired.id).sha256 == expired.sha256
+    assert vault.files.sha256(WORKSPACE_BUCKET, expired.temp_storage_path) == expired.sha256
+    assert vault.verify().clean
 
 
 def test_library_copy_counts_as_duplicate(vault: Vault, tmp_path: Path) -> None:
