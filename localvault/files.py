@@ -309,6 +309,11 @@ class FileStore:
         path = self.full_path(bucket, relative)
         return os.path.exists(path) if self.local else self.fs.exists(path)
 
+    def is_file(self, bucket: str, relative: str) -> bool:
+        """Whether a regular file (not a folder) is there."""
+        path = self.full_path(bucket, relative)
+        return os.path.isfile(path) if self.local else self.fs.isfile(path)
+
     def size(self, bucket: str, relative: str) -> int | None:
         path = self.full_path(bucket, relative)
         try:
@@ -327,11 +332,7 @@ class FileStore:
         """Every file in a bucket, as a path relative to the bucket (temp files included)."""
         base = f"{self.root}/{bucket}"
         if self.local:
-            for folder, _dirs, names in os.walk(base):
-                relative = os.path.relpath(folder, base)  # once per folder: relpath is slow
-                prefix = "" if relative == "." else relative.replace(os.sep, "/") + "/"
-                for name in names:
-                    yield prefix + name
+            yield from _walk_files(base)
         else:
             for path in self.fs.find(base):
                 yield path[len(base) + 1:] if path.startswith(base) else path.split(f"/{bucket}/", 1)[-1]
@@ -351,6 +352,23 @@ class FileStore:
 
 
 _LIBC: object = None
+
+
+def _walk_files(base: str) -> Iterator[str]:
+    """Files under ``base`` (relative, "/"-separated), streamed: unlike ``os.walk``, a folder of a
+    million files is never held as one list. Links to folders are not followed (as ``os.walk``)."""
+    pending = [""]
+    while pending:
+        prefix = pending.pop()
+        try:
+            with os.scandir(f"{base}/{prefix}" if prefix else base) as entries:
+                for entry in entries:
+                    if not entry.is_dir():
+                        yield prefix + entry.name
+                    elif not entry.is_symlink():
+                        pending.append(f"{prefix}{entry.name}/")
+        except (FileNotFoundError, NotADirectoryError):  # removed meanwhile
+            continue
 
 
 def _libc() -> object | None:

@@ -90,7 +90,8 @@ def _check_name(path: Path, media: MediaType) -> None:
     named = expected_type(path.name)
     if named is None:
         raise UnsupportedMediaError(
-            f"{path.name}: unknown extension {path.suffix!r}; the vault takes .jpg, .png, .webp and .mp4 files"
+            f"{path.name}: unknown extension {os.path.splitext(path.name)[1]!r}; the vault takes .jpg, .png, .webp"
+            " and .mp4 files"
         )
     if named is not media:
         raise UnsupportedMediaError(

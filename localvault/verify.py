@@ -2,8 +2,8 @@
 
 Memory stays flat however large the vault: rows are read a page at a time
 (keyset pages on the unique path indexes, each page its own short read, so a
-long verify never pins the WAL), every file found on disk is looked up by its
-path, and only the problems are kept.
+long verify never pins the WAL), files are listed as a stream and looked up a
+page at a time by path, and only the problems are kept.
 """
 
 from __future__ import annotations
@@ -84,17 +84,17 @@ def verify(db: Database, files: FileStore, *, repair: bool = False, check_hashes
             digest = _sha256(files, bucket, relative)
             problem = result.missing if digest is None else result.mismatched if digest != sha else None
         else:
-            problem = None if files.exists(bucket, relative) else result.missing
+            problem = None if files.is_file(bucket, relative) else result.missing
         if problem is not None:
             problem.append(entry)
             broken[entry] = (table, row_id, sha)
         report(progress, "verify", advance=1, total=total)
     now = time.time()
     for bucket, table, column in _TABLES:
-        # A walk lists a folder's files together: one query per folder says which have a row.
-        for folder, in_folder in itertools.groupby(files.walk(bucket), key=os.path.dirname):
-            with_rows = _paths_in(db, table, column, folder)
-            for relative in in_folder:
+        walk = files.walk(bucket)
+        while found := list(itertools.islice(walk, PAGE_ROWS)):
+            with_rows = _with_rows(db, table, column, found)  # one query per page of files
+            for relative in found:
                 if os.path.basename(relative).startswith(TEMP_PREFIX):
                     if _age(files, bucket, relative, now) > STALE_TEMP_SECONDS:
                         result.stale_temps.append(f"{bucket}/{relative}")
@@ -105,18 +105,16 @@ def verify(db: Database, files: FileStore, *, repair: bool = False, check_hashes
     return result
 
 
-def _paths_in(db: Database, table: str, column: str, folder: str) -> set[str]:
-    """The paths of the rows whose file lies directly in ``folder`` (a range of the unique path index)."""
-    prefix = f"{folder}/" if folder else ""
-    return {path for (path,) in db.conn.execute(
-        f"SELECT {column} FROM {table} WHERE {column} >= ? AND {column} < ? AND instr(substr({column}, ?), '/') = 0",
-        (prefix, f"{folder}0" if folder else "\U0010ffff", len(prefix) + 1))}
+def _with_rows(db: Database, table: str, column: str, paths: list[str]) -> set[str]:
+    """Which of ``paths`` a row of ``table`` uses (lookups on the unique path index)."""
+    marks = ",".join("?" * len(paths))
+    return {path for (path,) in db.conn.execute(f"SELECT {column} FROM {table} WHERE {column} IN ({marks})", paths)}
 
 
 def _sha256(files: FileStore, bucket: str, relative: str) -> str | None:
     try:
         return files.sha256(bucket, relative)
-    except StorageError:  # no such file
+    except (StorageError, IsADirectoryError):  # no such file (or a folder where the file should be)
         return None
 
 
@@ -134,7 +132,7 @@ def _twins(db: Database, files: FileStore, broken: dict[str, tuple[str, str, str
     found: dict[str, tuple[str, str]] = {}
     for bucket, relative, _table, _id, sha in _rows(db):
         if sha in wanted and sha not in found and f"{bucket}/{relative}" not in broken \
-                and files.exists(bucket, relative):
+                and files.is_file(bucket, relative):
             found[sha] = (bucket, relative)
     return found
 
@@ -151,13 +149,17 @@ def _repair(db: Database, files: FileStore, result: VerifyReport, broken: dict[s
     for entry in result.missing + result.mismatched:
         bucket, relative = entry.split("/", 1)
         table, row_id, sha = broken[entry]
+        column = "temp_storage_path" if table == "workspace_assets" else "storage_path"
         twin = twins.get(sha)
-        if twin is not None:
-            files.link(twin[0], twin[1], bucket, relative)
-            result.repaired.append(entry)
-        elif entry in missing:
-            with db.write() as conn:
+        with db.write() as conn:  # under the lock, and only if the row is still the one that was checked
+            if conn.execute(f"SELECT 1 FROM {table} WHERE id = ? AND {column} = ? AND sha256 = ?",
+                            (row_id, relative, sha)).fetchone() is None:
+                result.repaired.append(entry)  # deleted or replaced since: no longer this problem
+            elif twin is not None:
+                files.link(twin[0], twin[1], bucket, relative)
+                result.repaired.append(entry)
+            elif entry in missing:
                 conn.execute(f"DELETE FROM {table} WHERE id = ?", (row_id,))
-            result.repaired.append(entry)
-        else:
-            result.unrepairable.append(entry)
+                result.repaired.append(entry)
+            else:
+                result.unrepairable.append(entry)

@@ -763,7 +763,7 @@ def test_outbox_rows_for_library_and_collections_only(vault: Vault, make_image):
 
 
 def test_verify_reads_rows_in_pages(vault: Vault, make_image, monkeypatch: pytest.MonkeyPatch):
-    """Rows are read a page at a time (pages of 2 here): each row is checked once, none skipped."""
+    """Rows and files are read a page at a time (pages of 2 here): each is checked once, none skipped."""
     from localvault import verify as verify_module
 
     monkeypatch.setattr(verify_module, "PAGE_ROWS", 2)
@@ -771,8 +771,20 @@ def test_verify_reads_rows_in_pages(vault: Vault, make_image, monkeypatch: pytes
     kept = [vault.library.add(make_image(seed=n)) for n in range(10, 13)]
     os.unlink(vault.workspace.file_path(assets[3]))
     os.unlink(vault.library.file_path(kept[2]))
-    report = vault.verify()
-    assert report.checked == 8
-    assert sorted(report.missing) == sorted([f"{WORKSPACE_BUCKET}/{assets[3].temp_storage_path}",
-                                             f"{LIBRARY_BUCKET}/{kept[2].storage_path}"])
-    assert not report.orphans and not report.mismatched
+    stray = [(WORKSPACE_BUCKET, "stray.png"), (WORKSPACE_BUCKET, f"{USER_A}/stray.png"),  # beside job folders
+             (LIBRARY_BUCKET, f"{USER_A}/stray.png"), (LIBRARY_BUCKET, "x/y/z/deep.png")]
+    for bucket, relative in stray:
+        path = vault.root / bucket / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"not an asset")
+    folder_instead = vault.workspace.file_path(assets[1])  # a folder where a row's file should be
+    os.unlink(folder_instead)
+    os.mkdir(folder_instead)
+    for quick in (False, True):
+        report = vault.verify(check_hashes=not quick)
+        assert report.checked == 8
+        assert sorted(report.missing) == sorted([f"{WORKSPACE_BUCKET}/{assets[1].temp_storage_path}",
+                                                 f"{WORKSPACE_BUCKET}/{assets[3].temp_storage_path}",
+                                                 f"{LIBRARY_BUCKET}/{kept[2].storage_path}"])
+        assert sorted(report.orphans) == sorted(f"{bucket}/{relative}" for bucket, relative in stray)
+        assert not report.mismatched
