@@ -788,3 +788,32 @@ def test_verify_reads_rows_in_pages(vault: Vault, make_image, monkeypatch: pytes
                                                  f"{LIBRARY_BUCKET}/{kept[2].storage_path}"])
         assert sorted(report.orphans) == sorted(f"{bucket}/{relative}" for bucket, relative in stray)
         assert not report.mismatched
+
+
+def test_vault_files_on_another_fsspec_filesystem(tmp_path: Path, make_image):
+    """The buckets on a non-local fsspec filesystem (memory://): add, import, save, delete and verify all work."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    fs = MemoryFileSystem()
+    vault = Vault.create(tmp_path / "vault", user_id=USER_A, fs=fs)
+    try:
+        first = vault.workspace.add(make_image(seed=1), prompt="one")
+        second = vault.workspace.add(make_image(seed=2))
+        kept = vault.library.save(first.id, title="kept")
+        rig = tmp_path / "rig"
+        rig.mkdir()
+        for n in range(3):
+            make_image(seed=10 + n).rename(rig / f"{n}.png")
+        assert len(vault.workspace.import_folder(rig).imported) == 3
+        assert not (tmp_path / "vault" / WORKSPACE_BUCKET / kept.storage_path).exists()  # nothing on the disk
+        assert fs.cat(vault.files.full_path(LIBRARY_BUCKET, kept.storage_path)) == make_image(seed=1).read_bytes()
+        assert vault.verify().clean and vault.verify().checked == 6
+        vault.workspace.delete(second.id)
+        vault.library.delete(kept.id)
+        assert not fs.exists(vault.files.full_path(LIBRARY_BUCKET, kept.storage_path))
+        fs.pipe(vault.files.full_path(LIBRARY_BUCKET, f"{USER_A}/orphan.png"), b"stray")
+        report = vault.verify(repair=True)
+        assert report.orphans == [f"{LIBRARY_BUCKET}/{USER_A}/orphan.png"] and report.clean
+        assert vault.verify().clean and vault.verify().checked == 4
+    finally:
+        vault.close()
