@@ -1,7 +1,8 @@
 """`vault.verify()` over a large vault: its time and its peak memory (no target set; for the record).
 
-    python bench/bench_verify.py                    # 300,000 workspace assets
+    python bench/bench_verify.py                    # 300,000 workspace assets, 100 per job folder
     python bench/bench_verify.py --assets 20000     # quick
+    python bench/bench_verify.py --library --assets 100000   # library assets: one flat folder of 100,000 files
 
 The vault is built directly (rows by SQL, files as hard links of a few 64-byte
 files: creating 300,000 inodes would take minutes on a busy disk). Each row
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from _common import machine_line, peak_rss_mb
 
 from localvault import Vault
-from localvault.files import WORKSPACE_BUCKET
+from localvault.files import LIBRARY_BUCKET, WORKSPACE_BUCKET
 
 USER = "aaaaaaaa-0000-4000-8000-00000000000a"
 PER_JOB = 100
@@ -38,7 +39,14 @@ LINKS_PER_BLOB = 60_000  # ext4 allows 65,000 links per inode
 BATCH = 10_000
 
 
-def build(root: Path, assets: int) -> float:
+_WORKSPACE_INSERT = ("INSERT INTO workspace_assets (id, user_id, asset_type, temp_storage_path, file_size_bytes,"
+                     " mime_type, job_id, asset_index, generation_seed, original_prompt, model_used, sha256)"
+                     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+_LIBRARY_INSERT = ("INSERT INTO user_library (id, user_id, asset_type, storage_path, file_size_bytes, mime_type,"
+                   " generation_seed, original_prompt, model_used, sha256) VALUES (?,?,?,?,?,?,?,?,?,?)")
+
+
+def build(root: Path, assets: int, library: bool) -> float:
     from conftest import raw_connection  # tests/conftest.py: a plain sqlite3 connection to the vault
 
     began = time.perf_counter()
@@ -50,20 +58,22 @@ def build(root: Path, assets: int) -> float:
         if i % LINKS_PER_BLOB == 0:
             blob.unlink(missing_ok=True)
             blob.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 56)
-        job = str(uuid.UUID(int=i // PER_JOB + 1, version=4))
-        relative = f"{USER}/{job}/{i % PER_JOB}.png"
-        path = root / WORKSPACE_BUCKET / relative
-        if i % PER_JOB == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
+        asset_id, sha = str(uuid.uuid4()), hashlib.sha256(f"asset {i}".encode()).hexdigest()
+        if library:  # the library's layout: one folder per user
+            relative = f"{USER}/{asset_id}.png"
+            path = root / LIBRARY_BUCKET / relative
+            rows.append((asset_id, USER, "image", relative, 64, "image/png", 0, f"asset {i}", "unknown", sha))
+        else:
+            job = str(uuid.UUID(int=i // PER_JOB + 1, version=4))
+            relative = f"{USER}/{job}/{i % PER_JOB}.png"
+            path = root / WORKSPACE_BUCKET / relative
+            rows.append((asset_id, USER, "image", relative, 64, "image/png", job, i % PER_JOB, 0, f"asset {i}",
+                         "unknown", sha))
+        path.parent.mkdir(parents=True, exist_ok=True)
         os.link(blob, path)
-        rows.append((str(uuid.uuid4()), USER, "image", relative, 64, "image/png", job, i % PER_JOB, 0, f"asset {i}",
-                     "unknown", hashlib.sha256(f"asset {i}".encode()).hexdigest()))
         if len(rows) == BATCH or i == assets - 1:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(
-                "INSERT INTO workspace_assets (id, user_id, asset_type, temp_storage_path, file_size_bytes, mime_type,"
-                " job_id, asset_index, generation_seed, original_prompt, model_used, sha256)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            conn.executemany(_LIBRARY_INSERT if library else _WORKSPACE_INSERT, rows)
             conn.execute("COMMIT")
             rows.clear()
     blob.unlink(missing_ok=True)
@@ -87,6 +97,7 @@ def measure(root: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--assets", type=int, default=300_000)
+    parser.add_argument("--library", action="store_true", help="library assets (one flat folder) instead")
     parser.add_argument("--dir", default=None, help="work folder (default: a temp folder)")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # the child's side
     args = parser.parse_args()
@@ -96,8 +107,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="lv-bench-verify-", dir=args.dir))
     try:
         print(machine_line())
-        seconds = build(work / "vault", args.assets)
-        print(f"built {args.assets:,} workspace assets (rows and hard-linked files) in {seconds:.1f} s")
+        seconds = build(work / "vault", args.assets, args.library)
+        kind = "library" if args.library else "workspace"
+        print(f"built {args.assets:,} {kind} assets (rows and hard-linked files) in {seconds:.1f} s")
         subprocess.run([sys.executable, __file__, "--measure", str(work / "vault")], check=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
