@@ -25,7 +25,7 @@ _TESTS = Path(__file__).resolve().parent.parent / "tests"
 if str(_TESTS) not in sys.path:
     sys.path.insert(0, str(_TESTS))
 
-from servers import (
+from servers import (  # tests/servers.py
     S3_KEY,
     S3_REGION,
     S3_SECRET,

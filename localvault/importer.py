@@ -231,12 +231,12 @@ class Importer:
         if committing is not None:
             try:
                 committing.commit.result()  # type: ignore[union-attr]
-            except BaseException:
+            except BaseException:  # the commit cleaned up after itself
                 pass
         for _examined, staging in batch.chunks:
             try:
                 outcomes = staging.result()
-            except BaseException:
+            except BaseException:  # nothing to remove
                 continue
             for staged in outcomes:
                 if isinstance(staged, StagedFile):
@@ -341,7 +341,7 @@ def _each(work: Callable[..., T], items: list[Any], *args: Any) -> list[T | Exce
     for item in items:
         try:
             out.append(work(item, *args))
-        except Exception as exc:
+        except Exception as exc:  # reported as that file's refusal
             out.append(exc)
     return out
 

@@ -182,7 +182,7 @@ class Watcher:
         try:
             vault = Vault.open(root, user_id=user_id, fs=fs)
             importer = Importer(vault.db, vault.files, vault.user_id, **self._options)  # type: ignore[arg-type]
-        except BaseException as exc:
+        except BaseException as exc:  # handed to start()
             self._error = exc
             self._started.set()
             return
@@ -197,7 +197,7 @@ class Watcher:
                 if paths:
                     self._import(importer, paths)
             self._import(importer, self._drain())  # what arrived while stopping
-        except BaseException as exc:
+        except BaseException as exc:  # never die silently
             log.exception("the watcher of %s stopped on an unexpected error", self.folder)
             self._error = exc
         finally:
@@ -238,7 +238,7 @@ class Watcher:
             try:
                 observer.stop()
                 observer.join(timeout=5)
-            except Exception:
+            except Exception:  # a vanished folder may upset the emitter
                 log.debug("observer stop failed", exc_info=True)
 
     def _wait_for_folder(self, importer: Importer) -> None:
@@ -273,7 +273,7 @@ class Watcher:
             self._done = {p: v for p, v in self._done.items() if p in fresh or os.path.exists(p)}
         try:
             result = importer.import_paths(fresh, self.folder)
-        except Exception as exc:
+        except Exception as exc:  # the watch goes on
             log.error("importing %d file(s) from %s failed: %s", len(fresh), self.folder, exc)
             for path in fresh:
                 self._done.pop(path, None)
@@ -294,7 +294,7 @@ class Watcher:
             return
         try:
             self.on_event(event)
-        except Exception:
+        except Exception:  # a faulty callback must not stop the watch
             log.exception("the watcher's on_event callback failed")
 
 

@@ -96,7 +96,7 @@ def _worker(root: str, index: int, barrier, results) -> None:  # runs in a spawn
                 assert len(vault.library.list(limit=20).items) <= 20
                 ops["list"] += 1
         vault.close()
-    except BaseException:
+    except BaseException:  # everything is reported to the parent
         error = traceback.format_exc()
     results.put((index, error, dict(ops), workspace, library))
 

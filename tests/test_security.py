@@ -89,7 +89,7 @@ def _server_row(dsn: str, asset_id: str) -> dict[str, Any] | None:
 def _object(s3: Any, key: str) -> tuple[int, str | None] | None:
     try:
         head = s3_client(s3.storage_options).head_object(Bucket=s3.name, Key=key)
-    except Exception:
+    except Exception:  # botocore's 404
         return None
     return head["ContentLength"], head.get("Metadata", {}).get("sha256")
 

@@ -81,7 +81,8 @@ def parse_seed(value: Any) -> int | None:
     """A seed as an int in 0..2**63-1, or None (for -1, out of range, not a number)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer() or isinstance(value, str) and _SEED_TEXT.fullmatch(value):
+    whole_float = isinstance(value, float) and math.isfinite(value) and value.is_integer()
+    if whole_float or (isinstance(value, str) and _SEED_TEXT.fullmatch(value)):
         value = int(value)
     if isinstance(value, int) and 0 <= value <= MAX_SEED:
         return value

@@ -131,7 +131,7 @@ def exif_texts(data: bytes) -> dict[str, str]:
             exif.load(data)
             ifd0 = {tag: exif.get(tag) for tag in _IFD0_TEXT_TAGS}
             comment = exif.get_ifd(_EXIF_IFD).get(_USER_COMMENT)
-    except Exception:
+    except Exception:  # Pillow raises many kinds of error on malformed EXIF
         return {}
     texts: dict[str, str] = {}
     for value in ifd0.values():

@@ -154,7 +154,7 @@ def main() -> None:
     result: dict[str, Any] = {"role": role, "errors": []}
     try:
         ROLES[role](root, seconds, result, extra)
-    except BaseException as exc:
+    except BaseException as exc:  # every failure must reach the test
         result["errors"].append(f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
     out.write_text(json.dumps(result))
 
