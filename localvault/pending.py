@@ -20,9 +20,10 @@ from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
 BATCH = 500
 
 
-def queue_delete(conn: sqlite3.Connection, bucket: str, path: str) -> None:
-    """Record that ``bucket/path`` must go (inside the deleting transaction)."""
-    conn.execute("INSERT OR IGNORE INTO pending_deletes (bucket, path) VALUES (?, ?)", (bucket, path))
+def queue_delete(conn: sqlite3.Connection, bucket: str, *paths: str) -> None:
+    """Record that ``bucket/path`` (for each path) must go (inside the deleting transaction)."""
+    conn.executemany("INSERT OR IGNORE INTO pending_deletes (bucket, path) VALUES (?, ?)",
+                     [(bucket, path) for path in paths])
 
 
 def still_used(conn: sqlite3.Connection, bucket: str, path: str) -> bool:

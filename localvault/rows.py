@@ -63,7 +63,8 @@ def decode_cursor(cursor: str, kinds: tuple[type, ...]) -> list[Any]:
     """The parts of a cursor made by :func:`encode_cursor`, checked against ``kinds``."""
     try:
         parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if isinstance(parts, list) and len(parts) == len(kinds) and all(isinstance(p, k) for p, k in zip(parts, kinds, strict=True)):
+        if (isinstance(parts, list) and len(parts) == len(kinds)
+                and all(isinstance(p, k) for p, k in zip(parts, kinds, strict=True))):
             return parts
     except (ValueError, TypeError):
         pass

@@ -51,7 +51,8 @@ class Vault:
     # ------------------------------------------------------------ opening
 
     @classmethod
-    def create(cls, path: str | Path, *, user_id: str | None = None, fs: fsspec.AbstractFileSystem | None = None) -> Vault:
+    def create(cls, path: str | Path, *, user_id: str | None = None,
+               fs: fsspec.AbstractFileSystem | None = None) -> Vault:
         """Make a new vault folder (or adopt an empty one) and open it.
 
         ``user_id`` defaults to a new random UUID. DuplicateError if a vault is already there.

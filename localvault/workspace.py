@@ -164,8 +164,7 @@ class Workspace:
         doomed = conn.execute(
             f"DELETE FROM workspace_assets WHERE user_id = ? AND expires_at <= ? AND sha256 IN ({marks})"
             " RETURNING temp_storage_path", (self.user_id, utc_now(), *hashes)).fetchall()
-        for (path,) in doomed:
-            pending.queue_delete(conn, WORKSPACE_BUCKET, path)
+        pending.queue_delete(conn, WORKSPACE_BUCKET, *(path for (path,) in doomed))
 
     def _by_sha256(self, conn: sqlite3.Connection, sha256: str) -> str | None:
         row = conn.execute("SELECT id FROM workspace_assets WHERE user_id = ? AND sha256 = ?", (self.user_id, sha256)).fetchone()
@@ -380,10 +379,7 @@ class Workspace:
                     " LIMIT ?) RETURNING temp_storage_path",
                     (now, batch_size),
                 ).fetchall()
-                conn.executemany(
-                    "INSERT OR IGNORE INTO pending_deletes (bucket, path) VALUES (?, ?)",
-                    [(WORKSPACE_BUCKET, row[0]) for row in doomed],
-                )
+                pending.queue_delete(conn, WORKSPACE_BUCKET, *(row[0] for row in doomed))
             removed += len(doomed)
             report(progress, "cleanup", advance=len(doomed), total=total)
             if len(doomed) < batch_size:

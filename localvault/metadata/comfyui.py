@@ -235,7 +235,8 @@ def workflow_nodes(workflow: Any) -> Nodes | None:
             continue
         inputs: dict[str, Any] = {}
         widgets = node.get("widgets_values")
-        for name, value in zip(_WIDGETS.get(node["type"], ()), widgets if isinstance(widgets, list) else [], strict=False):
+        values = widgets if isinstance(widgets, list) else []
+        for name, value in zip(_WIDGETS.get(node["type"], ()), values, strict=False):  # a graph may have more or fewer
             if name is not None:
                 inputs[name] = value
         for slot in node.get("inputs") or []:
