@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from . import pending
 from .db import Database
@@ -24,9 +25,18 @@ from .progress import ProgressCallback, report
 STALE_TEMP_SECONDS = 3600
 #: Rows read per query.
 PAGE_ROWS = 2_000
-#: (bucket, table, path column) of each kind of asset.
-_TABLES = ((WORKSPACE_BUCKET, "workspace_assets", "temp_storage_path"),
-           (LIBRARY_BUCKET, "user_library", "storage_path"))
+
+
+class _Kind(NamedTuple):
+    """Where one kind of asset lives: its bucket, its table and the table's path column."""
+
+    bucket: str
+    table: str
+    column: str
+
+
+_KINDS = (_Kind(WORKSPACE_BUCKET, "workspace_assets", "temp_storage_path"),
+          _Kind(LIBRARY_BUCKET, "user_library", "storage_path"))
 
 
 @dataclass
@@ -48,16 +58,16 @@ class VerifyReport:
         return problems == 0 or (bool(self.repaired) and not self.unrepairable and len(self.repaired) == problems)
 
 
-def _rows(db: Database) -> Iterator[tuple[str, str, str, str, str]]:
-    """``(bucket, path, table, id, sha256)`` of every row of every user, a page at a time."""
-    for bucket, table, column in _TABLES:
+def _rows(db: Database) -> Iterator[tuple[_Kind, str, str, str]]:
+    """``(kind, path, id, sha256)`` of every row of every user, a page at a time."""
+    for kind in _KINDS:
         last = ""
         while True:
             page = db.conn.execute(
-                f"SELECT {column}, id, sha256 FROM {table} WHERE {column} > ? ORDER BY {column} LIMIT ?",
-                (last, PAGE_ROWS)).fetchall()
+                f"SELECT {kind.column}, id, sha256 FROM {kind.table} WHERE {kind.column} > ?"
+                f" ORDER BY {kind.column} LIMIT ?", (last, PAGE_ROWS)).fetchall()
             for path, row_id, sha in page:
-                yield bucket, path, table, row_id, sha
+                yield kind, path, row_id, sha
             if len(page) < PAGE_ROWS:
                 break
             last = page[-1][0]
@@ -74,41 +84,42 @@ def verify(db: Database, files: FileStore, *, repair: bool = False, check_hashes
     """
     pending.drain(db, files)
     result = VerifyReport()
-    total = sum(db.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for _b, table, _c in _TABLES)
+    total = sum(db.conn.execute(f"SELECT count(*) FROM {kind.table}").fetchone()[0] for kind in _KINDS)
     report(progress, "verify", total=total)
-    broken: dict[str, tuple[str, str, str]] = {}  # "bucket/path" -> (table, id, sha256), for repair
-    for bucket, relative, table, row_id, sha in _rows(db):
+    broken: dict[str, tuple[_Kind, str, str]] = {}  # "bucket/path" -> (kind, id, sha256), for repair
+    for kind, relative, row_id, sha in _rows(db):
         result.checked += 1
-        entry = f"{bucket}/{relative}"
+        entry = f"{kind.bucket}/{relative}"
         if check_hashes:
-            digest = _sha256(files, bucket, relative)
+            digest = _sha256(files, kind.bucket, relative)
             problem = result.missing if digest is None else result.mismatched if digest != sha else None
         else:
-            problem = None if files.is_file(bucket, relative) else result.missing
+            problem = None if files.is_file(kind.bucket, relative) else result.missing
         if problem is not None:
             problem.append(entry)
-            broken[entry] = (table, row_id, sha)
+            broken[entry] = (kind, row_id, sha)
         report(progress, "verify", advance=1, total=total)
     now = time.time()
-    for bucket, table, column in _TABLES:
-        walk = files.walk(bucket)
+    for kind in _KINDS:
+        walk = files.walk(kind.bucket)
         while found := list(itertools.islice(walk, PAGE_ROWS)):
-            with_rows = _with_rows(db, table, column, found)  # one query per page of files
+            with_rows = _with_rows(db, kind, found)  # one query per page of files
             for relative in found:
                 if os.path.basename(relative).startswith(TEMP_PREFIX):
-                    if _age(files, bucket, relative, now) > STALE_TEMP_SECONDS:
-                        result.stale_temps.append(f"{bucket}/{relative}")
+                    if _age(files, kind.bucket, relative, now) > STALE_TEMP_SECONDS:
+                        result.stale_temps.append(f"{kind.bucket}/{relative}")
                 elif relative not in with_rows:
-                    result.orphans.append(f"{bucket}/{relative}")
+                    result.orphans.append(f"{kind.bucket}/{relative}")
     if repair:
         _repair(db, files, result, broken)
     return result
 
 
-def _with_rows(db: Database, table: str, column: str, paths: list[str]) -> set[str]:
-    """Which of ``paths`` a row of ``table`` uses (lookups on the unique path index)."""
+def _with_rows(db: Database, kind: _Kind, paths: list[str]) -> set[str]:
+    """Which of ``paths`` a row of this kind uses (lookups on the unique path index)."""
     marks = ",".join("?" * len(paths))
-    return {path for (path,) in db.conn.execute(f"SELECT {column} FROM {table} WHERE {column} IN ({marks})", paths)}
+    sql = f"SELECT {kind.column} FROM {kind.table} WHERE {kind.column} IN ({marks})"
+    return {path for (path,) in db.conn.execute(sql, paths)}
 
 
 def _sha256(files: FileStore, bucket: str, relative: str) -> str | None:
@@ -126,18 +137,18 @@ def _age(files: FileStore, bucket: str, relative: str, now: float) -> float:
         return 0.0
 
 
-def _twins(db: Database, files: FileStore, broken: dict[str, tuple[str, str, str]]) -> dict[str, tuple[str, str]]:
+def _twins(db: Database, files: FileStore, broken: dict[str, tuple[_Kind, str, str]]) -> dict[str, tuple[str, str]]:
     """For each hash of a broken file, a healthy file with the same bytes (any user, either bucket)."""
-    wanted = {sha for _table, _id, sha in broken.values()}
+    wanted = {sha for _kind, _id, sha in broken.values()}
     found: dict[str, tuple[str, str]] = {}
-    for bucket, relative, _table, _id, sha in _rows(db):
-        if sha in wanted and sha not in found and f"{bucket}/{relative}" not in broken \
-                and files.is_file(bucket, relative):
-            found[sha] = (bucket, relative)
+    for kind, relative, _id, sha in _rows(db):
+        healthy = f"{kind.bucket}/{relative}" not in broken
+        if sha in wanted and sha not in found and healthy and files.is_file(kind.bucket, relative):
+            found[sha] = (kind.bucket, relative)
     return found
 
 
-def _repair(db: Database, files: FileStore, result: VerifyReport, broken: dict[str, tuple[str, str, str]]) -> None:
+def _repair(db: Database, files: FileStore, result: VerifyReport, broken: dict[str, tuple[_Kind, str, str]]) -> None:
     for entry in result.orphans + result.stale_temps:
         bucket, relative = entry.split("/", 1)
         with db.write() as conn:  # under the lock: a row may have claimed the path meanwhile
@@ -148,18 +159,17 @@ def _repair(db: Database, files: FileStore, result: VerifyReport, broken: dict[s
     missing = set(result.missing)
     for entry in result.missing + result.mismatched:
         bucket, relative = entry.split("/", 1)
-        table, row_id, sha = broken[entry]
-        column = "temp_storage_path" if table == "workspace_assets" else "storage_path"
+        kind, row_id, sha = broken[entry]
         twin = twins.get(sha)
         with db.write() as conn:  # under the lock, and only if the row is still the one that was checked
-            if conn.execute(f"SELECT 1 FROM {table} WHERE id = ? AND {column} = ? AND sha256 = ?",
+            if conn.execute(f"SELECT 1 FROM {kind.table} WHERE id = ? AND {kind.column} = ? AND sha256 = ?",
                             (row_id, relative, sha)).fetchone() is None:
                 result.repaired.append(entry)  # deleted or replaced since: no longer this problem
             elif twin is not None:
                 files.link(twin[0], twin[1], bucket, relative)
                 result.repaired.append(entry)
             elif entry in missing:
-                conn.execute(f"DELETE FROM {table} WHERE id = ?", (row_id,))
+                conn.execute(f"DELETE FROM {kind.table} WHERE id = ?", (row_id,))
                 result.repaired.append(entry)
             else:
                 result.unrepairable.append(entry)
