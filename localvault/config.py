@@ -76,7 +76,7 @@ class VaultConfig:
 
     def save(self, folder: Path) -> None:
         """Write the file atomically, mode 0600."""
-        from .files import atomic_write_bytes  # files imports nothing of config
+        from ._disk import atomic_write_bytes
 
         lines = ["# localvault vault settings", f"user_id = {_toml_str(self.user_id)}", ""]
         if self.remote is not None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -23,56 +22,22 @@ from typing import BinaryIO
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from ._disk import (
+    TEMP_PREFIX,
+    fsync_path,
+    os_error,
+    start_writeback,
+    sync_filesystem,
+    unlink_quietly,
+    walk_files,
+    write_all,
+)
 from .errors import StorageError
 
 WORKSPACE_BUCKET = "workspace-temp"
 LIBRARY_BUCKET = "user-library"
 BUCKETS = (WORKSPACE_BUCKET, LIBRARY_BUCKET)
-TEMP_PREFIX = ".tmp-"
 CHUNK = 1024 * 1024
-
-
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` on the local disk: temp file, fsync, rename, fsync folder."""
-    temp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
-        fsync_path(path.parent)
-    except OSError as exc:
-        _unlink_quietly(temp)
-        raise _os_error(exc, path) from None
-
-
-def fsync_path(path: str | Path) -> None:
-    """fsync a file or a folder by path (a folder's fsync makes renames in it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _os_error(exc: OSError, path: object) -> StorageError:
-    import errno
-
-    if exc.errno == errno.ENOSPC:
-        return StorageError(f"the disk is full while writing {path}; free some space and try again")
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return StorageError(f"cannot write {path}: {exc.strerror}; check the folder's permissions")
-    return StorageError(f"cannot write {path}: {exc.strerror or exc}")
 
 
 @dataclass(frozen=True)
@@ -125,7 +90,7 @@ class FileStore:
                     try:
                         while chunk := reader.read(CHUNK):
                             digest.update(chunk)
-                            _write_all(fd, chunk)
+                            write_all(fd, chunk)
                             size += len(chunk)
                             if on_bytes:
                                 on_bytes(len(chunk))
@@ -143,7 +108,7 @@ class FileStore:
                                 on_bytes(len(chunk))
         except OSError as exc:
             self._remove_path(temp)
-            raise _os_error(exc, source if not isinstance(exc, FileNotFoundError) else temp) from None
+            raise os_error(exc, source if not isinstance(exc, FileNotFoundError) else temp) from None
         return StagedFile(bucket, temp, digest.hexdigest(), size)
 
     def commit(self, staged: StagedFile, relative: str, *, sync_dir: bool = True) -> None:
@@ -160,7 +125,7 @@ class FileStore:
             else:
                 self.fs.mv(staged.temp_path, final)
         except OSError as exc:
-            raise _os_error(exc, final) from None
+            raise os_error(exc, final) from None
 
     def discard(self, staged: StagedFile) -> None:
         self._remove_path(staged.temp_path)
@@ -187,11 +152,11 @@ class FileStore:
                             raise
                         os.makedirs(directory, exist_ok=True)
                 try:
-                    _write_all(fd, data)
+                    write_all(fd, data)
                     if sync:
                         os.fsync(fd)
                     else:
-                        _start_writeback(fd)  # the disk starts now; the batch's sync then waits for less
+                        start_writeback(fd)  # the disk starts now; the batch's sync then waits for less
                 finally:
                     os.close(fd)
             else:
@@ -200,7 +165,7 @@ class FileStore:
                     writer.write(data)
         except OSError as exc:
             self._remove_path(temp)
-            raise _os_error(exc, temp) from None
+            raise os_error(exc, temp) from None
         return StagedFile(bucket, temp, sha256, len(data))
 
     def stage_link(self, source: Path, sha256: str, size: int, bucket: str, folder: str) -> StagedFile | None:
@@ -229,7 +194,7 @@ class FileStore:
         False where it is not available (another OS, another fsspec filesystem,
         or the call failed): then use :meth:`sync_files` and :meth:`sync_dirs`.
         """
-        return self.local and _syncfs(self.root)
+        return self.local and sync_filesystem(self.root)
 
     def sync_files(self, bucket: str, relatives: list[str], fsync_map: Callable[..., Iterator[None]] = map) -> None:
         """Fsync files (relative to ``bucket``); ``fsync_map`` may be a thread pool's ``map`` (they overlap)."""
@@ -268,7 +233,7 @@ class FileStore:
             raise StorageError(f"the file {src} is missing; run 'localvault verify' to check the vault") from None
         except OSError as exc:
             self._remove_path(temp)
-            raise _os_error(exc, final) from None
+            raise os_error(exc, final) from None
 
     def remove(self, bucket: str, relative: str, *, prune: bool = True) -> None:
         """Delete a file if it exists (idempotent), and (with ``prune``) its job folder if now empty."""
@@ -295,7 +260,7 @@ class FileStore:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise _os_error(exc, path) from None
+            raise os_error(exc, path) from None
 
     # ---------------------------------------------------------------- read
 
@@ -332,7 +297,7 @@ class FileStore:
         """Every file in a bucket, as a path relative to the bucket (temp files included)."""
         base = f"{self.root}/{bucket}"
         if self.local:
-            yield from _walk_files(base)
+            yield from walk_files(base)
         else:
             for path in self.fs.find(base):
                 yield path[len(base) + 1:] if path.startswith(base) else path.split(f"/{bucket}/", 1)[-1]
@@ -347,69 +312,5 @@ class FileStore:
                 os.fsync(writer.fileno())
             os.replace(temp, destination)
         except OSError as exc:
-            _unlink_quietly(temp)
-            raise _os_error(exc, destination) from None
-
-
-_LIBC: object = None
-
-
-def _walk_files(base: str) -> Iterator[str]:
-    """Files under ``base`` (relative, "/"-separated), streamed: unlike ``os.walk``, a folder of a
-    million files is never held as one list. Links to folders are not followed (as ``os.walk``)."""
-    pending = [""]
-    while pending:
-        prefix = pending.pop()
-        try:
-            with os.scandir(f"{base}/{prefix}" if prefix else base) as entries:
-                for entry in entries:
-                    if not entry.is_dir():
-                        yield prefix + entry.name
-                    elif not entry.is_symlink():
-                        pending.append(f"{prefix}{entry.name}/")
-        except (FileNotFoundError, NotADirectoryError):  # removed meanwhile
-            continue
-
-
-def _libc() -> object | None:
-    """The C library through ctypes (Linux only), for syncfs and sync_file_range."""
-    global _LIBC
-    if _LIBC is None and sys.platform.startswith("linux"):
-        import ctypes
-
-        _LIBC = ctypes.CDLL(None, use_errno=True)
-    return _LIBC
-
-
-def _syncfs(path: str) -> bool:
-    """``syncfs(2)`` on the filesystem holding ``path``; False if unavailable or failing."""
-    try:
-        libc = _libc()
-        if libc is None:
-            return False
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            return libc.syncfs(fd) == 0  # type: ignore[attr-defined]
-        finally:
-            os.close(fd)
-    except (OSError, AttributeError):
-        return False
-
-
-def _start_writeback(fd: int) -> None:
-    """Ask Linux to start writing a file's dirty pages (``sync_file_range(SYNC_FILE_RANGE_WRITE)``); no wait."""
-    try:
-        libc = _libc()
-        if libc is not None:
-            import ctypes
-
-            libc.sync_file_range(fd, ctypes.c_longlong(0), ctypes.c_longlong(0), 2)  # type: ignore[attr-defined]
-    except (OSError, AttributeError):
-        pass
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+            unlink_quietly(temp)
+            raise os_error(exc, destination) from None

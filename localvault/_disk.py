@@ -1,0 +1,126 @@
+"""Durable writes and Linux disk calls on the local filesystem, for :mod:`localvault.files` and the config.
+
+Atomic writes (temporary file, fsync, rename, fsync of the folder), ``syncfs`` and
+``sync_file_range`` through ctypes where Linux has them, and a streamed listing.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import StorageError
+
+#: Names of files being written; never a final name.
+TEMP_PREFIX = ".tmp-"
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` on the local disk: temp file, fsync, rename, fsync folder."""
+    temp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+        fsync_path(path.parent)
+    except OSError as exc:
+        unlink_quietly(temp)
+        raise os_error(exc, path) from None
+
+
+def fsync_path(path: str | Path) -> None:
+    """fsync a file or a folder by path (a folder's fsync makes renames in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unlink_quietly(path: Path) -> None:
+    """Remove a file if it is there; any error is ignored (used while cleaning up after another)."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def os_error(exc: OSError, path: object) -> StorageError:
+    """The StorageError for a failed write to ``path``: what went wrong and what to do."""
+    if exc.errno == errno.ENOSPC:
+        return StorageError(f"the disk is full while writing {path}; free some space and try again")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return StorageError(f"cannot write {path}: {exc.strerror}; check the folder's permissions")
+    return StorageError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+_LIBC: object = None
+
+
+def walk_files(base: str) -> Iterator[str]:
+    """Files under ``base`` (relative, "/"-separated), streamed: unlike ``os.walk``, a folder of a
+    million files is never held as one list. Links to folders are not followed (as ``os.walk``)."""
+    pending = [""]
+    while pending:
+        prefix = pending.pop()
+        try:
+            with os.scandir(f"{base}/{prefix}" if prefix else base) as entries:
+                for entry in entries:
+                    if not entry.is_dir():
+                        yield prefix + entry.name
+                    elif not entry.is_symlink():
+                        pending.append(f"{prefix}{entry.name}/")
+        except (FileNotFoundError, NotADirectoryError):  # removed meanwhile
+            continue
+
+
+def _libc() -> object | None:
+    """The C library through ctypes (Linux only), for syncfs and sync_file_range."""
+    global _LIBC
+    if _LIBC is None and sys.platform.startswith("linux"):
+        import ctypes
+
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
+
+
+def sync_filesystem(path: str) -> bool:
+    """``syncfs(2)`` on the filesystem holding ``path``; False if unavailable or failing."""
+    try:
+        libc = _libc()
+        if libc is None:
+            return False
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return libc.syncfs(fd) == 0  # type: ignore[attr-defined]
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        return False
+
+
+def start_writeback(fd: int) -> None:
+    """Ask Linux to start writing a file's dirty pages (``sync_file_range(SYNC_FILE_RANGE_WRITE)``); no wait."""
+    try:
+        libc = _libc()
+        if libc is not None:
+            import ctypes
+
+            libc.sync_file_range(fd, ctypes.c_longlong(0), ctypes.c_longlong(0), 2)  # type: ignore[attr-defined]
+    except (OSError, AttributeError):
+        pass
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
