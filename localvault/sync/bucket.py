@@ -24,6 +24,7 @@ from typing import Any
 
 import fsspec
 
+from .._disk import walk_files
 from ..errors import OfflineError, SyncError, first_line
 
 #: Files up to this size are sent in one PUT from memory; larger ones stream.
@@ -171,13 +172,12 @@ class Bucket:
 
 def _walk_sizes(folder: str) -> Iterator[tuple[str, int]]:
     """(path, size) of every file under a local folder; nothing if it does not exist."""
-    for directory, _folders, names in os.walk(folder):
-        for name in names:
-            path = f"{directory}/{name}"
-            try:
-                yield path.replace(os.sep, "/"), os.stat(path).st_size
-            except FileNotFoundError:  # removed meanwhile
-                continue
+    for relative in walk_files(folder):
+        path = f"{folder}/{relative}"
+        try:
+            yield path, os.stat(path).st_size
+        except FileNotFoundError:  # removed meanwhile
+            continue
 
 
 _SESSIONS: dict[Any, Any] = {}
