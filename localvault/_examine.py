@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -36,7 +35,6 @@ class Examined:
     facts: media.MediaFacts | None = None
     values: tuple[int, str, str, str] | None = None  # (seed, prompt, model, settings JSON); None: already had
     job_id: str = ""
-    staging: Future[StagedFile] | None = None
     staged: StagedFile | None = None
 
 

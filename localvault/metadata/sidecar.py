@@ -25,11 +25,6 @@ def candidate_names(name: str) -> list[str]:
     return [name + ".json", stem + ".json", stem + ".txt", name + ".txt"]
 
 
-def candidates(path: Path) -> list[Path]:
-    """Where a sidecar of ``path`` may be, in order of preference."""
-    return [path.with_name(name) for name in candidate_names(path.name)]
-
-
 def _first(data: dict[str, Any], keys: tuple[str, ...]) -> Any:
     return next((data[k] for k in keys if data.get(k) is not None), None)
 
