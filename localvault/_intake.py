@@ -15,7 +15,6 @@ without any metadata is a job of its own.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import stat as _stat
@@ -64,6 +63,11 @@ def check_path(path: str | os.PathLike[str], root: Path) -> tuple[Candidate | No
     text = os.fspath(path)
     if ".." in Path(text).parts:
         return None, "the path contains '..'; give a path inside the folder"
+    return _candidate(text, root)
+
+
+def _candidate(text: str, root: Path, sidecars: frozenset[str] | None = None) -> tuple[Candidate | None, str | None]:
+    """check_path without the '..' check (a scan's own paths may start with '../', from the folder given)."""
     try:
         st = os.lstat(text)
         if _stat.S_ISLNK(st.st_mode):
@@ -77,7 +81,7 @@ def check_path(path: str | os.PathLike[str], root: Path) -> tuple[Candidate | No
         return None, f"cannot read it: {exc.strerror or exc}"
     if not _stat.S_ISREG(st.st_mode):
         return None, None
-    return Candidate(text, st.st_size, st.st_mtime), None
+    return Candidate(text, st.st_size, st.st_mtime, sidecars), None
 
 
 def scan(folder: Path, recursive: bool = False) -> tuple[list[Candidate], dict[str, str], int]:
@@ -106,9 +110,9 @@ def scan(folder: Path, recursive: bool = False) -> tuple[list[Candidate], dict[s
             if not is_candidate_name(entry.name):
                 ignored += 1
                 continue
-            candidate, reason = check_path(entry.path, root)
+            candidate, reason = _candidate(entry.path, root, sidecars)
             if candidate is not None:
-                found.append(dataclasses.replace(candidate, sidecars=sidecars))
+                found.append(candidate)
             elif reason is not None:
                 refused[entry.path] = reason
             else:

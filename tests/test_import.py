@@ -346,3 +346,12 @@ def test_streamed_files_small_memory_window_and_sidecars(vault: Vault, tmp_path:
     for item, path in zip(result.imported, paths, strict=True):
         stored = vault.root / "/".join(vault.locate(item.asset_id))
         assert hashlib.sha256(stored.read_bytes()).hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_folder_given_with_dot_dot_is_imported(vault: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """'..' is refused inside a given path, not in the folder the user names (`localvault import ../out`)."""
+    rig_folder(tmp_path / "out")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    result = vault.workspace.import_folder("../out")
+    assert len(result.imported) == 7 and not result.refused
