@@ -23,6 +23,7 @@ __all__ = [
     "machine_line",
     "verdict",
     "Stopwatch",
+    "TreeRss",
 ]
 
 
@@ -71,6 +72,56 @@ def print_rss(limit_mb: float = 200.0) -> None:
     peak = peak_rss_mb()
     verdict = "OK" if peak <= limit_mb else "OVER"
     print(f"peak RSS: {peak:.1f} MiB (target <= {limit_mb:.0f} MiB) {verdict}")
+
+
+class TreeRss:
+    """Samples, while in its ``with`` block, the RSS of this process plus its child processes (Linux).
+
+    ``peak_mb``: the largest sum seen. ru_maxrss cannot give this: it is per
+    process, and the import's worker processes are processes of their own.
+    """
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.peak_mb = 0.0
+        self._stop = False
+        self._thread: object = None
+
+    @staticmethod
+    def _rss_mb(pid: int) -> float:
+        try:
+            with open(f"/proc/{pid}/statm") as statm:
+                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    def _children(self) -> list[int]:
+        pid = os.getpid()
+        children: list[int] = []
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as listing:
+                    children += [int(c) for c in listing.read().split()]
+        except OSError:
+            pass
+        return children
+
+    def _sample(self) -> None:
+        while not self._stop:
+            total = self._rss_mb(os.getpid()) + sum(self._rss_mb(c) for c in self._children())
+            self.peak_mb = max(self.peak_mb, total)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> TreeRss:
+        import threading
+
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop = True
+        self._thread.join()  # type: ignore[attr-defined]
 
 
 def machine_line() -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_line, print_rss
+from _common import TreeRss, machine_line, print_rss
 
 from localvault import Vault
 
@@ -94,6 +94,7 @@ def main() -> None:
         bases: list[float] = []
         durables: list[float] = []  # the baseline plus the sync that makes its copies durable, as ours are
         ourses: list[float] = []
+        tree_peaks: list[float] = []  # the import with its worker processes, sampled
         for round_number in range(1, args.rounds + 1):
             warm_read(src)
             bases.append(baseline(src, work / f"copy{round_number}"))
@@ -104,8 +105,10 @@ def main() -> None:
             warm_read(src)
             vault = Vault.create(work / f"vault{round_number}")
             started = time.perf_counter()
-            result = vault.workspace.import_folder(src, workers=args.workers)
+            with TreeRss() as tree:
+                result = vault.workspace.import_folder(src, workers=args.workers)
             ourses.append(time.perf_counter() - started)
+            tree_peaks.append(tree.peak_mb)
             vault.close()
             assert len(result.imported) == args.files, result.summary()
             os.sync()
@@ -129,6 +132,9 @@ def main() -> None:
             rate = args.files / ours
             print(f"assets/s: {rate:.0f} (target >= 2000 for 10 KB files) {'OK' if rate >= 2000 else 'MISSED'}")
         print_rss()
+        tree_peak = max(tree_peaks)
+        print(f"peak RSS of the import with its worker processes (sampled every 20 ms, summed): {tree_peak:.1f} MiB "
+              f"(target <= 200 MiB) {'OK' if tree_peak <= 200 else 'OVER'}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

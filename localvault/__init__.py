@@ -3,6 +3,8 @@
 Public API: :class:`Vault`, the models and the errors. Everything else is internal.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     ConflictError,
     DuplicateError,
@@ -20,7 +22,9 @@ from .errors import (
     VaultCorruptError,
 )
 from .models import AssetType, Collection, GenerationInfo, LibraryAsset, MediaType, Page, Visibility, WorkspaceAsset
-from .vault import Vault
+
+if TYPE_CHECKING:
+    from .vault import Vault
 
 __version__ = "0.1.0"
 
@@ -31,3 +35,17 @@ __all__ = [
     "EmptyFileError", "DuplicateError", "ConflictError", "VaultCorruptError", "SchemaVersionError", "StorageError",
     "OfflineError", "SyncError", "SyncBusyError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Vault (and the database layer under it) is imported on first use, so that the import's worker
+    # processes (localvault._examiners), which never open a vault, start without it.
+    if name == "Vault":
+        from .vault import Vault
+
+        return Vault
+    raise AttributeError(f"module 'localvault' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "Vault"})

@@ -9,14 +9,15 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from . import media, models
-from ._intake import Candidate
-from .errors import InvalidInputError
-from .files import StagedFile
+from ._intake import Candidate, group_key
+from .errors import InvalidInputError, StorageError
+from .files import WORKSPACE_BUCKET, FileStore, StagedFile
 from .models import GenerationInfo
 
 #: What a file lacking metadata (and options) gets.
@@ -35,10 +36,11 @@ class Examined:
     facts: media.MediaFacts | None = None
     values: tuple[int, str, str, str] | None = None  # (seed, prompt, model, settings JSON); None: already had
     job_id: str = ""
+    group: str | None = None  # its _intake.group_key, computed by the worker (it is pure Python work)
     staged: StagedFile | None = None
 
 
-def examine(candidate: Candidate, known: set[str], *, in_memory_bytes: int, prompt: str | None = None,
+def examine(candidate: Candidate, known: Container[str], *, in_memory_bytes: int, prompt: str | None = None,
             model: str | None = None) -> Examined:
     """Check a file's type and wholeness, read its metadata and hash it, reading it once.
 
@@ -63,7 +65,7 @@ def examine(candidate: Candidate, known: set[str], *, in_memory_bytes: int, prom
         info = read_metadata(path, siblings=candidate.sidecars)
         with open(path, "rb") as handle:
             sha = _digest(handle)
-    examined = Examined(candidate, sha, info, size)
+    examined = Examined(candidate, sha, info, size, group=group_key(info))
     if sha in known:
         return examined
     if data is not None and media_type is not models.MediaType.mp4:
@@ -78,6 +80,29 @@ def examine(candidate: Candidate, known: set[str], *, in_memory_bytes: int, prom
     )
     examined.data = data
     return examined
+
+
+def stage(store: FileStore, ready: Examined, mode: str, folder: str) -> StagedFile:
+    """Write (or, for ``link`` and ``move``, hard-link) an examined file into the workspace's ``folder``.
+
+    Under a temporary name and without fsync: the batch commit makes it
+    durable and gives it its final name. Drops the bytes ``ready`` held.
+    """
+    try:
+        staged = None
+        if mode in ("link", "move"):
+            staged = store.stage_link(Path(ready.candidate.path), ready.sha256, ready.size, WORKSPACE_BUCKET, folder)
+        if staged is None and ready.data is not None:
+            staged = store.stage_data(ready.data, ready.sha256, WORKSPACE_BUCKET, folder, sync=False)
+        elif staged is None:
+            path = Path(ready.candidate.path)
+            staged = store.stage(path, WORKSPACE_BUCKET, folder, sync=False)
+            if staged.sha256 != ready.sha256 or staged.size != ready.size:
+                store.discard(staged)
+                raise StorageError(f"{path} changed while it was being imported; import it again")
+        return staged
+    finally:
+        ready.data = None
 
 
 def _image_facts(data: bytes, media_type: models.MediaType, name: str) -> media.MediaFacts:
@@ -101,4 +126,4 @@ def _digest(handle: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["Examined", "examine", "PLACEHOLDERS"]
+__all__ = ["Examined", "examine", "stage", "PLACEHOLDERS"]

@@ -129,13 +129,17 @@ class JobGrouper:
         self.window = window
         self._last: tuple[str, float, str] | None = None  # (group key, mtime, job id)
 
-    def job_for(self, info: GenerationInfo, sha256: str, mtime: float) -> str:
-        """The job id of a file, given files are offered in (mtime, path) order."""
+    def job_for(self, info: GenerationInfo, sha256: str, mtime: float, key: str | None = None) -> str:
+        """The job id of a file, given files are offered in (mtime, path) order.
+
+        ``key``: its :func:`group_key`, when the caller has it already.
+        """
         if info.run_id:
             return str(uuid.uuid5(JOB_NAMESPACE, f"{self.user_id}/run/{info.run_id}"))
         if info.source == "none" and not info.prompt and not info.model:
             return str(uuid.uuid5(JOB_NAMESPACE, f"{self.user_id}/sha256/{sha256}"))
-        key = group_key(info)
+        if key is None:
+            key = group_key(info)
         if self._last is not None and self._last[0] == key and 0 <= mtime - self._last[1] <= self.window:
             job = self._last[2]
         else:

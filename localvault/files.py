@@ -38,6 +38,9 @@ WORKSPACE_BUCKET = "workspace-temp"
 LIBRARY_BUCKET = "user-library"
 BUCKETS = (WORKSPACE_BUCKET, LIBRARY_BUCKET)
 CHUNK = 1024 * 1024
+#: A staged file at least this big starts its writeback at once (smaller ones: the batch's sync sends them
+#: together; starting each one alone costs more CPU than it saves, measured with 10 KB files).
+WRITEBACK_MIN_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,18 @@ class FileStore:
         except OSError as exc:
             raise os_error(exc, final) from None
 
+    def make_folders(self, bucket: str, folders: Iterable[str]) -> None:
+        """Make these folders of a bucket (and their parents) where they are missing."""
+        for folder in folders:
+            path = self.full_path(bucket, folder)
+            try:
+                if self.local:
+                    os.makedirs(path, exist_ok=True)
+                else:
+                    self.fs.makedirs(path, exist_ok=True)
+            except OSError as exc:
+                raise os_error(exc, path) from None
+
     def discard(self, staged: StagedFile) -> None:
         self._remove_path(staged.temp_path)
         if self.local and staged.bucket == WORKSPACE_BUCKET:
@@ -155,7 +170,7 @@ class FileStore:
                     write_all(fd, data)
                     if sync:
                         os.fsync(fd)
-                    else:
+                    elif len(data) >= WRITEBACK_MIN_BYTES:
                         start_writeback(fd)  # the disk starts now; the batch's sync then waits for less
                 finally:
                     os.close(fd)

@@ -19,6 +19,13 @@ A row therefore never points at a missing or unsynced file; a crash leaves at
 worst temporary or orphan files, which ``localvault verify --repair`` removes.
 ``--move`` deletes a source only after its row is committed.
 
+A big import (:data:`PROCESS_MIN_FILES` files or more, on two cores or more,
+local disk) runs steps 1 and 3 together in worker processes
+(:mod:`localvault._examiners`), which stage each new file in the user's
+folder; the commit then renames it into its job's folder. Threads alone
+would leave all but one core idle: the examining is Python work, and holds
+the GIL. Should the workers fail to start, the import goes on with threads.
+
 Which files are taken and how they are grouped into jobs: :mod:`localvault._intake`.
 """
 
@@ -37,11 +44,12 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from . import models
-from ._examine import PLACEHOLDERS, Examined, examine
+from ._examine import PLACEHOLDERS, Examined, examine, stage
+from ._examiners import ExaminerProcesses, WorkerSetup, WorkerStartError
 from ._intake import Candidate, JobGrouper, check_path, is_candidate_name, is_ignored_name, scan
 from .db import Database, utc_now
 from .errors import InvalidInputError, LocalVaultError, StorageError
-from .files import WORKSPACE_BUCKET, FileStore, StagedFile
+from .files import FileStore, StagedFile
 from .import_report import ImportedFile, ImportReport
 from .progress import ProgressCallback, report
 from .workspace import BatchEntry, Workspace
@@ -65,6 +73,8 @@ STAGING_THREADS = 8
 CHUNK_FILES = 16
 #: Imports of at least this many files load the user's hashes first (see import_candidates).
 PRELOAD_MIN_FILES = 64
+#: Imports of at least this many files examine and stage them in worker processes (see import_candidates).
+PROCESS_MIN_FILES = 1000
 
 
 class Importer:
@@ -119,23 +129,19 @@ class Importer:
 
     def _stage(self, ready: Examined) -> StagedFile:
         """Write (or link) a file under a temporary name into its job's folder, without fsync."""
-        folder = f"{self.user_id}/{ready.job_id}"
+        return stage(self.files, ready, self.mode, f"{self.user_id}/{ready.job_id}")
+
+    def _start_examiners(self, total: int | None) -> ExaminerProcesses | None:
+        """Worker processes for a big import on several cores; None where threads will do (or must)."""
+        if (total or 0) < PROCESS_MIN_FILES or self.workers < 2 or not self.files.local:
+            return None
+        setup = WorkerSetup(self.files.root, str(self.db.path), self.user_id, self.mode, IN_MEMORY_BYTES, self.prompt,
+                            self.model)
         try:
-            staged = None
-            if self.mode in ("link", "move"):
-                staged = self.files.stage_link(Path(ready.candidate.path), ready.sha256, ready.size, WORKSPACE_BUCKET,
-                                               folder)
-            if staged is None and ready.data is not None:
-                staged = self.files.stage_data(ready.data, ready.sha256, WORKSPACE_BUCKET, folder, sync=False)
-            elif staged is None:
-                path = Path(ready.candidate.path)
-                staged = self.files.stage(path, WORKSPACE_BUCKET, folder, sync=False)
-                if staged.sha256 != ready.sha256 or staged.size != ready.size:
-                    self.files.discard(staged)
-                    raise StorageError(f"{path} changed while it was being imported; import it again")
-            return staged
-        finally:
-            ready.data = None
+            return ExaminerProcesses(self.workers, setup)
+        except WorkerStartError as exc:
+            log.warning("%s; importing with threads instead", exc)
+            return None
 
     # ---------------------------------------------------------- main loop
 
@@ -155,9 +161,12 @@ class Importer:
         """
         started = time.perf_counter()
         result = ImportReport()
+        # A big import examines and stages in worker processes, which look up the user's hashes themselves.
+        examiners = self._start_examiners(total)
+        use_examiners = examiners is not None
         # Hashes this user has: loaded up front for big imports (a duplicate is then never written);
         # a small batch (the watcher's) relies on the check inside the commit instead.
-        known = self._known() if (total or 0) >= PRELOAD_MIN_FILES else set()
+        known = self._known() if examiners is None and (total or 0) >= PRELOAD_MIN_FILES else set()
         seen: set[str] = set()
         source = iter(candidates)
         lookahead = max(self.workers * 4, self.batch_size * 3)
@@ -176,8 +185,9 @@ class Importer:
                 files = list(itertools.islice(source, min(CHUNK_FILES, self.batch_size)))
                 if not files:
                     return
-                window.append(_Chunk(files, self._pool.submit(_each, self._examine, files, known),
-                                     sum(_held(c) for c in files)))
+                work = (examiners.submit(files) if examiners is not None and use_examiners
+                        else self._pool.submit(_each, self._examine, files, known))
+                window.append(_Chunk(files, work, sum(_held(c) for c in files)))
 
         def settle() -> None:
             """Wait for the commit in flight and merge what it did."""
@@ -195,21 +205,36 @@ class Importer:
         refill()
         try:
             while window:
-                chunk = window.popleft()
+                chunk = window[0]  # still in the window (for _abandon) until the batch holds its files
+                try:
+                    outcomes = chunk.work.result()
+                except WorkerStartError as exc:
+                    if use_examiners:  # this machine cannot run the workers: threads from now on
+                        log.warning("%s; importing with threads instead", exc)
+                        use_examiners, known = False, self._known()
+                    outcomes = _each(self._examine, chunk.files, known)  # (chunks sent before: examined here)
+                except StorageError as exc:  # a worker died on these files (it is replaced for the next ones)
+                    outcomes = [exc] * len(chunk.files)
                 to_stage: list[Examined] = []
-                for candidate, examined in zip(chunk.files, chunk.work.result(), strict=True):
+                for candidate, examined in zip(chunk.files, outcomes, strict=True):
                     if isinstance(examined, Exception):
                         result.refused[candidate.path] = _reason(examined)
                         log.info("refused %s: %s", candidate.path, result.refused[candidate.path])
                         continue
-                    examined.job_id = self.grouper.job_for(examined.info, examined.sha256, candidate.mtime)
+                    examined.job_id = self.grouper.job_for(examined.info, examined.sha256, candidate.mtime,
+                                                           examined.group)
                     if examined.sha256 in seen or examined.values is None:
                         result.duplicates.append(candidate.path)
+                        if examined.staged is not None:  # a worker wrote it before this duplicate was seen
+                            self._discard_quietly(examined.staged)
                     else:
                         seen.add(examined.sha256)
                         to_stage.append(examined)
-                if to_stage:
+                if to_stage and all(e.staged is not None for e in to_stage):  # the worker processes staged them
+                    batch.add(to_stage, _done([e.staged for e in to_stage]))
+                elif to_stage:
                     batch.add(to_stage, self._io.submit(_each, self._stage, to_stage))
+                window.popleft()
                 report(progress, "import", advance=len(chunk.files), total=total,
                        bytes_advance=sum(c.size for c in chunk.files), item=chunk.files[-1].path)
                 if batch.files >= self.batch_size or batch.held >= BATCH_BYTES:
@@ -221,13 +246,24 @@ class Importer:
         except BaseException:  # interrupted (Ctrl-C) or the disk failed: leave no temporary file behind
             self._abandon(window, batch, committing)
             raise
+        finally:
+            if examiners is not None:
+                examiners.close()
         result.seconds = time.perf_counter() - started
         return result
 
     def _abandon(self, window: deque[_Chunk], batch: _Batch, committing: _Batch | None) -> None:
         """Stop examining files, let a commit under way end, and remove what the pending batch staged."""
         for chunk in window:
-            chunk.work.cancel()
+            if chunk.work.cancel():
+                continue
+            try:  # a worker process may have staged its files already
+                outcomes = chunk.work.result()
+            except BaseException:  # it staged nothing
+                continue
+            for examined in outcomes:
+                if isinstance(examined, Examined) and examined.staged is not None:
+                    self._discard_quietly(examined.staged)
         if committing is not None:
             try:
                 committing.commit.result()  # type: ignore[union-attr]
@@ -240,10 +276,13 @@ class Importer:
                 continue
             for staged in outcomes:
                 if isinstance(staged, StagedFile):
-                    try:
-                        self.files.discard(staged)
-                    except LocalVaultError:
-                        log.warning("could not remove the temporary file %s", staged.temp_path)
+                    self._discard_quietly(staged)
+
+    def _discard_quietly(self, staged: StagedFile) -> None:
+        try:
+            self.files.discard(staged)
+        except LocalVaultError:
+            log.warning("could not remove the temporary file %s", staged.temp_path)
 
     def import_paths(self, paths: Iterable[str | os.PathLike[str]], root: Path,
                      progress: ProgressCallback | None = None) -> ImportReport:
@@ -333,6 +372,13 @@ class _Batch:
         self.chunks.append((examined, staging))
         self.files += len(examined)
         self.held += sum(_held(e.candidate) for e in examined)
+
+
+def _done(value: T) -> Future[T]:
+    """A future that already holds ``value``."""
+    future: Future[T] = Future()
+    future.set_result(value)
+    return future
 
 
 def _each(work: Callable[..., T], items: list[Any], *args: Any) -> list[T | Exception]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -200,7 +199,8 @@ class Workspace:
                   io_map: Callable[..., Iterator[Any]] = map) -> list[tuple[str, int] | None]:
         """Commit many staged files in one transaction: ``(asset id, index)`` per entry, None for a duplicate.
 
-        Each file must be staged in its job's folder (``<user>/<job_id>``). In
+        Each file must be staged in its job's folder (``<user>/<job_id>``) or
+        in the user's folder (the job's is then made). In
         one ``BEGIN IMMEDIATE`` transaction: skip files this user already
         has (workspace or library), give each file the next free index of its
         job (in the order given), rename the files in place (``io_map`` may
@@ -247,13 +247,18 @@ class Workspace:
                                    entry.prompt, entry.model, entry.settings_json, facts.width, facts.height,
                                    entry.staged.sha256))
                 folders = {relative.rsplit("/", 1)[0] for _s, relative in moves}
+                # The import's worker processes stage files in the user's folder, not yet knowing their jobs.
+                self._files.make_folders(WORKSPACE_BUCKET, {
+                    relative.rsplit("/", 1)[0] for staged, relative in moves
+                    if staged.temp_path.rsplit("/", 1)[0] != self._files.full_path(WORKSPACE_BUCKET,
+                                                                                   relative.rsplit("/", 1)[0])})
                 for _ in io_map(lambda move: self._files.commit(move[0], move[1], sync_dir=False), moves):
                     pass
                 # syncfs flushes the whole filesystem (other programs' writes too): worth it for big batches only
                 if len(moves) < SYNCFS_MIN_FILES or not self._files.syncfs():
                     self._files.sync_files(WORKSPACE_BUCKET, [relative for _s, relative in moves], io_map)
                     self._files.sync_dirs(WORKSPACE_BUCKET, {user, *folders})
-                conn.execute(_INSERT_MANY, (json.dumps(values, ensure_ascii=False),))
+                conn.executemany(_INSERT, values)
         except BaseException:
             for _staged, relative in moves:
                 self._files.remove(WORKSPACE_BUCKET, relative)

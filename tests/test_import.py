@@ -56,6 +56,15 @@ def rig_folder(folder: Path, start: float = 1_700_000_000.0) -> list[Path]:
     return paths
 
 
+@pytest.fixture(autouse=True, params=["threads", "processes"])
+def intake(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs twice: as small imports do (threads), and as big ones do (worker processes)."""
+    from localvault import importer
+
+    monkeypatch.setattr(importer, "PROCESS_MIN_FILES", 1 if request.param == "processes" else 10**9)
+    return str(request.param)
+
+
 @pytest.fixture
 def vault(tmp_path: Path):
     v = Vault.create(tmp_path / "vault", user_id=USER)
@@ -355,3 +364,4 @@ def test_a_folder_given_with_dot_dot_is_imported(vault: Vault, tmp_path: Path, m
     monkeypatch.chdir(tmp_path / "cwd")
     result = vault.workspace.import_folder("../out")
     assert len(result.imported) == 7 and not result.refused
+

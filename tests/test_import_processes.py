@@ -1,0 +1,163 @@
+"""The import's worker processes (localvault._examiners): same results as threads, and their failures handled.
+
+test_import.py runs every import test both ways; this file checks what is
+particular to the processes: that they are used, that a worker dying or
+failing to start never loses a file, and that workers ignore Ctrl-C and
+exit with their import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+from test_import import USER, a1111, make_png, rig_folder
+
+from localvault import Vault, importer
+from localvault._examiners import ExaminerProcesses, WorkerSetup, WorkerStartError
+from localvault._intake import scan
+from localvault.errors import StorageError
+from localvault.files import TEMP_PREFIX, WORKSPACE_BUCKET
+from localvault.importer import IN_MEMORY_BYTES
+
+
+def temp_files(vault: Vault) -> list[str]:
+    return [n for _d, _s, names in os.walk(vault.root / WORKSPACE_BUCKET) for n in names if n.startswith(TEMP_PREFIX)]
+
+
+def layout(vault: Vault, result: importer.ImportReport) -> list[tuple[str, ...]]:
+    rows = []
+    for item in result.imported:
+        asset = vault.workspace.get(item.asset_id)
+        rows.append((Path(item.source).name, item.job_id, str(item.asset_index), asset.temp_storage_path,
+                     str(asset.generation_seed), asset.original_prompt, asset.model_used,
+                     json.dumps(asset.generation_settings, sort_keys=True), str(asset.width)))
+    return rows
+
+
+def mixed_folder(folder: Path) -> None:
+    """The rig folder, plus a sidecar, a broken PNG, and a copy of a file (a duplicate within the folder)."""
+    rig_folder(folder)
+    (folder / "photo.json").write_text(json.dumps({"prompt": "from a sidecar", "seed": 77}))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (folder / "zcopy.png").write_bytes((folder / "00001.png").read_bytes())
+    os.utime(folder / "zcopy.png", (1_800_000_000,) * 2)
+
+
+def test_processes_give_the_same_vault_as_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mixed_folder(tmp_path / "out")
+    started: list[int] = []
+    real_init = ExaminerProcesses.__init__
+
+    def counting(self: ExaminerProcesses, count: int, setup: WorkerSetup) -> None:
+        started.append(count)
+        real_init(self, count, setup)
+
+    monkeypatch.setattr(ExaminerProcesses, "__init__", counting)
+    outcomes = {}
+    for name, minimum in (("threads", 10**9), ("processes", 1)):
+        monkeypatch.setattr(importer, "PROCESS_MIN_FILES", minimum)
+        with Vault.create(tmp_path / name, user_id=USER) as vault:
+            result = vault.workspace.import_folder(tmp_path / "out", workers=2)
+            again = vault.workspace.import_folder(tmp_path / "out", workers=2)
+            assert not again.imported and len(again.duplicates) == 8
+            assert temp_files(vault) == [] and vault.verify().clean
+            outcomes[name] = (layout(vault, result), sorted(Path(p).name for p in result.duplicates),
+                              {Path(p).name: reason for p, reason in result.refused.items()})
+    assert started == [2, 2]  # both imports of the second vault used two worker processes
+    assert outcomes["processes"] == outcomes["threads"]
+    rows, duplicates, refused = outcomes["processes"]
+    assert len(rows) == 7 and duplicates == ["zcopy.png"] and list(refused) == ["broken.png"]
+
+
+def test_workers_that_cannot_start_leave_the_import_to_threads(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    rig_folder(tmp_path / "out")
+    monkeypatch.setattr(importer, "PROCESS_MIN_FILES", 1)
+    monkeypatch.setattr(importer, "CHUNK_FILES", 2)  # several chunks are sent before the failure is known
+    # A Python that exits at once: the workers start, then never say they are ready.
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    with Vault.create(tmp_path / "v", user_id=USER) as vault:
+        result = vault.workspace.import_folder(tmp_path / "out", workers=2)
+        assert len(result.imported) == 7 and not result.refused
+        assert temp_files(vault) == [] and vault.verify().clean
+
+
+def test_a_frozen_app_imports_with_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rig_folder(tmp_path / "out")
+    monkeypatch.setattr(importer, "PROCESS_MIN_FILES", 1)
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    with pytest.raises(WorkerStartError):
+        ExaminerProcesses(2, WorkerSetup(str(tmp_path), str(tmp_path / "db"), USER, "copy", 1, None, None))
+    with Vault.create(tmp_path / "v", user_id=USER) as vault:
+        assert len(vault.workspace.import_folder(tmp_path / "out", workers=2).imported) == 7
+
+
+def setup_for(vault: Vault) -> WorkerSetup:
+    return WorkerSetup(vault.files.root, str(vault.db.path), vault.user_id, "copy", IN_MEMORY_BYTES, None, None)
+
+
+def test_a_dead_worker_fails_its_chunk_only_and_is_replaced(tmp_path: Path) -> None:
+    rig_folder(tmp_path / "out")
+    candidates, _refused, _ignored = scan(tmp_path / "out")
+    with Vault.create(tmp_path / "v", user_id=USER) as vault, ExaminerProcesses(1, setup_for(vault)) as workers:
+        first = workers.submit(candidates[:2]).result()
+        assert all(e.staged is not None for e in first)  # type: ignore[union-attr]
+        os.kill(workers._procs[0].pid, signal.SIGKILL)  # the fault: a worker dies (a crashing decoder, the OOM killer)
+        with pytest.raises(StorageError, match="stopped"):
+            workers.submit(candidates[2:4]).result()
+        later = workers.submit(candidates[4:]).result()
+        assert [e.candidate.path for e in later] == [c.path for c in candidates[4:]]  # type: ignore[union-attr]
+        assert all(e.staged is not None for e in later)  # type: ignore[union-attr]
+        for examined in [*first, *later]:
+            vault.files.discard(examined.staged)  # type: ignore[union-attr,arg-type]
+
+
+def test_the_importer_refuses_a_dead_workers_files_and_goes_on(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    rig_folder(tmp_path / "out")
+    monkeypatch.setattr(importer, "PROCESS_MIN_FILES", 1)
+    monkeypatch.setattr(importer, "CHUNK_FILES", 2)
+    real_submit = ExaminerProcesses.submit
+    calls: list[int] = []
+
+    def dying_once(self: ExaminerProcesses, files: list) -> Future:  # type: ignore[type-arg]
+        calls.append(len(files))
+        if len(calls) == 2:  # the fault a SIGKILL'd worker causes, at a chosen chunk
+            failed: Future = Future()  # type: ignore[type-arg]
+            failed.set_exception(StorageError("the import worker process examining these files stopped"))
+            return failed
+        return real_submit(self, files)
+
+    monkeypatch.setattr(ExaminerProcesses, "submit", dying_once)
+    with Vault.create(tmp_path / "v", user_id=USER) as vault:
+        result = vault.workspace.import_folder(tmp_path / "out", workers=2)
+        assert len(result.imported) == 5 and len(result.refused) == 2
+        assert all("stopped" in reason for reason in result.refused.values())
+        assert temp_files(vault) == []
+        again = vault.workspace.import_folder(tmp_path / "out", workers=2)  # importing again takes the two
+        assert len(again.imported) == 2 and len(again.duplicates) == 5
+
+
+def test_workers_ignore_ctrl_c_and_exit_with_their_import(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    make_png(tmp_path / "out" / "a.png", text_chunks=a1111("a fox", 1))
+    make_png(tmp_path / "out" / "b.png", text_chunks=a1111("a fox", 2), color=2)
+    candidates, _refused, _ignored = scan(tmp_path / "out")
+    with Vault.create(tmp_path / "v", user_id=USER) as vault:
+        workers = ExaminerProcesses(1, setup_for(vault))
+        (proc,) = workers._procs
+        assert os.getsid(proc.pid) == proc.pid != os.getsid(0)  # a terminal's Ctrl-C does not reach it
+        first = workers.submit(candidates[:1]).result()
+        os.kill(proc.pid, signal.SIGINT)  # nor does one sent to it
+        second = workers.submit(candidates[1:]).result()
+        for examined in [*first, *second]:
+            assert examined.staged is not None  # type: ignore[union-attr]
+            vault.files.discard(examined.staged)  # type: ignore[union-attr,arg-type]
+        workers.close()
+        assert proc.returncode == 0 and temp_files(vault) == []
