@@ -82,21 +82,23 @@ def examine(candidate: Candidate, known: Container[str], *, in_memory_bytes: int
     return examined
 
 
-def stage(store: FileStore, ready: Examined, mode: str, folder: str) -> StagedFile:
+def stage(store: FileStore, ready: Examined, mode: str, folder: str, name: str | None = None) -> StagedFile:
     """Write (or, for ``link`` and ``move``, hard-link) an examined file into the workspace's ``folder``.
 
-    Under a temporary name and without fsync: the batch commit makes it
-    durable and gives it its final name. Drops the bytes ``ready`` held.
+    Under a temporary name (``name``, or a random one) and without fsync: the
+    batch commit makes it durable and gives it its final name. Drops the
+    bytes ``ready`` held.
     """
     try:
         staged = None
         if mode in ("link", "move"):
-            staged = store.stage_link(Path(ready.candidate.path), ready.sha256, ready.size, WORKSPACE_BUCKET, folder)
+            staged = store.stage_link(Path(ready.candidate.path), ready.sha256, ready.size, WORKSPACE_BUCKET, folder,
+                                      name)
         if staged is None and ready.data is not None:
-            staged = store.stage_data(ready.data, ready.sha256, WORKSPACE_BUCKET, folder, sync=False)
+            staged = store.stage_data(ready.data, ready.sha256, WORKSPACE_BUCKET, folder, sync=False, name=name)
         elif staged is None:
             path = Path(ready.candidate.path)
-            staged = store.stage(path, WORKSPACE_BUCKET, folder, sync=False)
+            staged = store.stage(path, WORKSPACE_BUCKET, folder, sync=False, name=name)
             if staged.sha256 != ready.sha256 or staged.size != ready.size:
                 store.discard(staged)
                 raise StorageError(f"{path} changed while it was being imported; import it again")

@@ -7,17 +7,23 @@ chunk of files to one of a few worker processes, which examines and stages
 them exactly as the importer's threads would (:func:`examine_and_stage`) and
 sends the results back; the importer then groups and commits them as usual.
 
-The workers are plain subprocesses (``python -m localvault._examiners``)
-exchanging pickles over their stdin and stdout, not :mod:`multiprocessing`:
-its ``spawn`` and ``forkserver`` start methods re-import the caller's
+The workers are plain subprocesses, not :mod:`multiprocessing`: its
+``spawn`` and ``forkserver`` start methods re-import the caller's
 ``__main__`` (every script embedding the vault would need an ``if __name__ ==
-"__main__"`` guard), and ``fork`` is unsafe in a process with threads. A
-worker runs in a session of its own and ignores SIGINT, so a Ctrl-C reaches
-only its parent, which decides what stops; it exits when its stdin closes, so
-it never outlives the import that started it (even a killed one).
+"__main__"`` guard), and ``fork`` is unsafe in a process with threads.
 
-A worker learns which hashes the user already has from the vault's database
-(read-only, one indexed lookup per file) rather than from a copy of the set.
+- A worker is ``python -I -c BOOT`` with the caller's ``sys.path`` in its
+  arguments: isolated (no current folder on its path, no ``PYTHON*``
+  variables), it imports the very localvault its caller uses.
+- Requests (pickles) go down its stdin; replies come back on a pipe of their
+  own, so that nothing a module prints can garble them.
+- It runs in a session of its own and ignores SIGINT: a Ctrl-C reaches only
+  the import, which decides what stops. It exits when its stdin closes, so it
+  never outlives the import that started it, even a killed one.
+- It names each staged file after its chunk (``.tmp-<chunk token>-<i>``): if
+  it dies, the caller knows which files to remove.
+- It learns which hashes the user already has from the vault's database
+  (read-only, one indexed lookup per file), not from a copy of the set.
 """
 
 from __future__ import annotations
@@ -25,11 +31,13 @@ from __future__ import annotations
 import os
 import pickle
 import queue
+import select
 import signal
 import sqlite3
 import struct
 import subprocess
 import sys
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +46,16 @@ from typing import IO, Any
 from ._examine import Examined, examine, stage
 from ._intake import Candidate
 from .errors import LocalVaultError, StorageError
-from .files import FileStore
+from .files import TEMP_PREFIX, WORKSPACE_BUCKET, FileStore
 
 #: Frame header: the pickle's length.
 _HEADER = struct.Struct("<Q")
+#: No reply is this big (16 files' metadata); a bigger length means a garbled stream.
+_MAX_FRAME = 256 * 1024 * 1024
 _READY = "ready"
+#: Seconds a new worker may take to import localvault and say so.
+START_TIMEOUT = 60.0
+_BOOT = "import sys; sys.path[:] = sys.argv[2:]; from localvault._examiners import _serve; _serve(int(sys.argv[1]))"
 
 
 @dataclass(frozen=True)
@@ -62,25 +75,51 @@ class WorkerStartError(StorageError):
     """The worker processes could not be started (e.g. a frozen app without a Python to run them)."""
 
 
+class _Worker:
+    """One worker process and the ends of its two pipes."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], replies: IO[bytes]) -> None:
+        self.proc = proc
+        self.requests: IO[bytes] = proc.stdin  # type: ignore[assignment]
+        self.replies = replies
+        self.ready = False
+        self.broken: str | None = None  # why chunks cannot be sent to it (nor to a replacement)
+
+    def stop(self, *, kill: bool = False) -> int:
+        """Close its stdin (it then exits) or kill it; its exit code."""
+        if kill and self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.requests.close()
+        except OSError:
+            pass
+        try:
+            code = self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.replies.close()
+        return code
+
+
 class ExaminerProcesses:
     """A few worker processes that examine and stage chunks of files.
 
     :meth:`submit` returns a future of one result per file: an
     :class:`Examined` (staged under a temporary name in the user's folder
     when it is new) or the exception that refused it. The future raises
-    :class:`WorkerStartError` when a worker could not start, and
-    :class:`StorageError` when one died on that chunk (a new worker takes
-    its place for the next chunks).
+    :class:`WorkerStartError` when no worker can run (the caller should use
+    threads), and :class:`StorageError` when the worker died on that chunk
+    (its staged files are removed, and a new worker takes its place).
     """
 
     def __init__(self, count: int, setup: WorkerSetup) -> None:
-        if getattr(sys, "frozen", False) or not sys.executable:
-            # A frozen app's executable is the app itself, not a Python that can run "-m".
-            raise WorkerStartError("this program cannot start Python worker processes")
+        if not _can_start_python():
+            raise WorkerStartError(f"{sys.executable or 'this program'} cannot run Python worker processes")
         self._setup = setup
-        self._procs: list[subprocess.Popen[bytes]] = []
-        self._idle: queue.SimpleQueue[subprocess.Popen[bytes]] = queue.SimpleQueue()
-        self._ready: set[int] = set()
+        self._store = FileStore(setup.root)
+        self._workers: list[_Worker] = []
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._threads = ThreadPoolExecutor(count, thread_name_prefix="localvault-examiner")
         try:
             for _ in range(count):
@@ -89,64 +128,82 @@ class ExaminerProcesses:
             self.close()
             raise
 
-    def _start(self) -> subprocess.Popen[bytes]:
-        """A new worker, given its setup; it reports ready once its imports are done (read by its first chunk)."""
-        env = dict(os.environ)
-        # The worker must import this very localvault, wherever the caller found it.
-        package_parent = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    def _start(self) -> _Worker:
+        """A new worker, given its setup; it says it is ready once its imports are done (read by its first chunk)."""
+        read_end, write_end = os.pipe()
+        path = [entry or os.getcwd() for entry in sys.path]
         try:
-            proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-            self._procs.append(proc)
-            _send(proc.stdin, self._setup)  # type: ignore[arg-type]
+            proc = subprocess.Popen([sys.executable, "-I", "-c", _BOOT, str(write_end), *path], stdin=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(write_end,),
+                                    start_new_session=True)
         except (OSError, ValueError) as exc:
+            os.close(read_end)
             raise WorkerStartError(f"could not start the import's worker processes ({exc})") from None
-        return proc
+        finally:
+            os.close(write_end)
+        worker = _Worker(proc, os.fdopen(read_end, "rb"))
+        self._workers.append(worker)
+        try:
+            _send(worker.requests, self._setup)
+        except OSError as exc:
+            worker.stop(kill=True)
+            raise WorkerStartError(f"an import worker process did not start ({exc})") from None
+        return worker
 
     def submit(self, files: list[Candidate]) -> Future[list[Examined | Exception]]:
         """Examine and stage ``files`` in the next free worker."""
         return self._threads.submit(self._run, [_slim(c) for c in files])
 
     def _run(self, files: list[Candidate]) -> list[Examined | Exception]:
-        proc = self._idle.get()
+        worker = self._idle.get()
+        token = uuid.uuid4().hex
         try:
-            if proc.pid not in self._ready:
-                if _receive(proc.stdout) != _READY:  # type: ignore[arg-type]
-                    raise EOFError
-                self._ready.add(proc.pid)
-            _send(proc.stdin, files)  # type: ignore[arg-type]
-            results: list[Examined | Exception] = _receive(proc.stdout)  # type: ignore[arg-type]
-        except (OSError, EOFError, pickle.UnpicklingError) as exc:
-            if proc.poll() is None:  # alive but talking nonsense: it cannot be trusted with more files
-                proc.kill()
-            code = proc.wait()
-            if proc.pid not in self._ready:
-                self._idle.put(proc)  # so that every chunk after this one fails the same way, at once
-                raise WorkerStartError(f"an import worker process did not start (exit code {code})") from None
-            self._idle.put(self._start())
+            if worker.broken is not None:
+                raise WorkerStartError(worker.broken)
+            if not worker.ready:
+                if not select.select([worker.replies], [], [], START_TIMEOUT)[0] or _receive(worker.replies) != _READY:
+                    raise EOFError("no ready message")
+                worker.ready = True
+            _send(worker.requests, (token, files))
+            results: list[Examined | Exception] = _receive(worker.replies)
+            if len(results) != len(files):
+                raise EOFError(f"{len(results)} results for {len(files)} files")
+        except WorkerStartError:
+            self._idle.put(worker)  # so that every later chunk fails as fast
+            raise
+        except Exception as exc:  # a dead worker, or one whose replies cannot be trusted
+            code = worker.stop(kill=True)
+            self._remove_staged(token, len(files))
+            if not worker.ready:
+                worker.broken = f"an import worker process did not start (exit code {code})"
+                self._idle.put(worker)
+                raise WorkerStartError(worker.broken) from None
+            try:
+                self._idle.put(self._start())
+            except WorkerStartError as start_error:
+                worker.broken = str(start_error)
+                self._idle.put(worker)
             raise StorageError(f"the import worker process examining these files stopped (exit code {code}, "
                                f"{type(exc).__name__}); import them again") from None
-        self._idle.put(proc)
+        self._idle.put(worker)
         return results
+
+    def _remove_staged(self, token: str, count: int) -> None:
+        """Remove what a dead worker may have staged for a chunk (its names are known: the chunk's token)."""
+        folder = self._store.full_path(WORKSPACE_BUCKET, self._setup.user_id)
+        for index in range(count):
+            try:
+                os.unlink(f"{folder}/{TEMP_PREFIX}{token}-{index}")
+            except OSError:
+                pass
 
     def close(self) -> None:
         """Let chunks under way finish, then stop the workers (they exit when their stdin closes)."""
         self._threads.shutdown(wait=True, cancel_futures=True)
-        for proc in self._procs:
-            try:
-                proc.stdin.close()  # type: ignore[union-attr]
-            except OSError:
-                pass
-        for proc in self._procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
-        self._procs.clear()
+        for worker in self._workers:
+            if worker.proc.returncode is None:
+                worker.stop()
+        self._workers.clear()
 
     def __enter__(self) -> ExaminerProcesses:
         return self
@@ -155,26 +212,27 @@ class ExaminerProcesses:
         self.close()
 
 
-def examine_and_stage(candidate: Candidate, known: Any, store: FileStore, setup: WorkerSetup) -> Examined:
+def examine_and_stage(candidate: Candidate, known: Any, store: FileStore, setup: WorkerSetup,
+                      name: str | None = None) -> Examined:
     """What a worker does with one file: examine it and, when it is new, stage it in the user's folder."""
     examined = examine(candidate, known, in_memory_bytes=setup.in_memory_bytes, prompt=setup.prompt,
                        model=setup.model)
     if examined.values is not None:
-        examined.staged = stage(store, examined, setup.mode, setup.user_id)
+        examined.staged = stage(store, examined, setup.mode, setup.user_id, name)
     examined.data = None
     return examined
 
 
-def examine_chunk(files: list[Candidate], known: Any, store: FileStore,
+def examine_chunk(token: str, files: list[Candidate], known: Any, store: FileStore,
                   setup: WorkerSetup) -> list[Examined | Exception]:
-    """:func:`examine_and_stage` for each file; a file's failure is its result (one that pickles)."""
+    """:func:`examine_and_stage` for each file, staged as ``<token>-<i>``; a failure is that file's result."""
     results: list[Examined | Exception] = []
-    for candidate in files:
+    for index, candidate in enumerate(files):
         try:
-            results.append(examine_and_stage(candidate, known, store, setup))
+            results.append(examine_and_stage(candidate, known, store, setup, f"{token}-{index}"))
         except (LocalVaultError, OSError) as exc:
             results.append(exc)
-        except Exception as exc:  # an unexpected bug refuses the file, as in the threads
+        except Exception as exc:  # an unexpected bug refuses the file, as in the threads (and this one pickles)
             results.append(LocalVaultError(f"{type(exc).__name__}: {exc}"))
     return results
 
@@ -192,6 +250,14 @@ class _KnownHashes:
             " AND expires_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now') UNION ALL "
             "SELECT 1 FROM user_library WHERE user_id = ? AND sha256 = ? LIMIT 1",
             (self._user_id, sha256, self._user_id, sha256)).fetchone() is not None
+
+
+def _can_start_python() -> bool:
+    """Whether ``sys.executable`` is a Python we may start (not a frozen app, nor a host such as uWSGI)."""
+    if getattr(sys, "frozen", False) or not sys.executable or os.name != "posix":
+        return False
+    name = os.path.basename(sys.executable).lower()
+    return name.startswith(("python", "pypy"))
 
 
 def _slim(candidate: Candidate) -> Candidate:
@@ -215,19 +281,19 @@ def _receive(stream: IO[bytes]) -> Any:
     if len(header) < _HEADER.size:
         raise EOFError
     (size,) = _HEADER.unpack(header)
+    if size > _MAX_FRAME:
+        raise EOFError(f"a frame of {size} bytes")
     payload = stream.read(size)
     if len(payload) < size:
         raise EOFError
     return pickle.loads(payload)
 
 
-def _serve() -> None:
+def _serve(reply_fd: int) -> None:
     """A worker's life: setup, then one reply per chunk until stdin closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    requests = os.fdopen(os.dup(0), "rb")
-    replies = os.fdopen(os.dup(1), "wb")
-    # Anything else that writes to stdout must not corrupt the replies.
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    requests = sys.stdin.buffer
+    replies = os.fdopen(reply_fd, "wb")
     try:
         setup: WorkerSetup = _receive(requests)
     except EOFError:
@@ -237,11 +303,7 @@ def _serve() -> None:
     _send(replies, _READY)
     while True:
         try:
-            files: list[Candidate] = _receive(requests)
+            token, files = _receive(requests)
         except EOFError:
             return
-        _send(replies, examine_chunk(files, known, store, setup))
-
-
-if __name__ == "__main__":
-    _serve()
+        _send(replies, examine_chunk(token, files, known, store, setup))

@@ -75,14 +75,15 @@ class FileStore:
     # --------------------------------------------------------------- write
 
     def stage(self, source: Path, bucket: str, folder: str, on_bytes: Callable[[int], None] | None = None,
-              *, sync: bool = True) -> StagedFile:
+              *, sync: bool = True, name: str | None = None) -> StagedFile:
         """Copy ``source`` into ``bucket/folder`` under a temp name, hashing while copying.
 
         Fsynced unless ``sync=False``: batch imports then make a whole batch
         durable at once (:meth:`syncfs`, or :meth:`sync_files`) before committing it.
+        ``name``: the temp name after :data:`TEMP_PREFIX` (default: a random one).
         """
         directory = self.full_path(bucket, folder)
-        temp = f"{directory}/{TEMP_PREFIX}{uuid.uuid4().hex}"
+        temp = f"{directory}/{TEMP_PREFIX}{name or uuid.uuid4().hex}"
         digest = hashlib.sha256()
         size = 0
         try:
@@ -122,7 +123,14 @@ class FileStore:
         final = self.full_path(staged.bucket, relative)
         try:
             if self.local:
-                os.replace(staged.temp_path, final)
+                try:
+                    os.replace(staged.temp_path, final)
+                except FileNotFoundError:
+                    if not os.path.exists(staged.temp_path):
+                        raise
+                    # Its (empty, new) job folder was removed under us: another import's discard prunes those.
+                    os.makedirs(os.path.dirname(final), exist_ok=True)
+                    os.replace(staged.temp_path, final)
                 if sync_dir:
                     fsync_path(Path(final).parent)
             else:
@@ -152,10 +160,11 @@ class FileStore:
 
     # ------------------------------------------------------- batch staging
 
-    def stage_data(self, data: bytes, sha256: str, bucket: str, folder: str, *, sync: bool = True) -> StagedFile:
+    def stage_data(self, data: bytes, sha256: str, bucket: str, folder: str, *, sync: bool = True,
+                   name: str | None = None) -> StagedFile:
         """Write bytes already in memory (and hashed by the caller) into ``bucket/folder`` under a temp name."""
         directory = self.full_path(bucket, folder)
-        temp = f"{directory}/{TEMP_PREFIX}{uuid.uuid4().hex}"
+        temp = f"{directory}/{TEMP_PREFIX}{name or uuid.uuid4().hex}"
         try:
             if self.local:
                 for attempt in range(3):  # the folder is made on first use only (mkdir is not free)
@@ -183,7 +192,8 @@ class FileStore:
             raise os_error(exc, temp) from None
         return StagedFile(bucket, temp, sha256, len(data))
 
-    def stage_link(self, source: Path, sha256: str, size: int, bucket: str, folder: str) -> StagedFile | None:
+    def stage_link(self, source: Path, sha256: str, size: int, bucket: str, folder: str,
+                   name: str | None = None) -> StagedFile | None:
         """Hard-link ``source`` into ``bucket/folder`` under a temp name; None where links are impossible.
 
         The caller has hashed ``source``; the staged name shares its inode
@@ -192,7 +202,7 @@ class FileStore:
         if not self.local:
             return None
         directory = self.full_path(bucket, folder)
-        temp = f"{directory}/{TEMP_PREFIX}{uuid.uuid4().hex}"
+        temp = f"{directory}/{TEMP_PREFIX}{name or uuid.uuid4().hex}"
         try:
             try:
                 os.link(source, temp)

@@ -161,12 +161,9 @@ class Importer:
         """
         started = time.perf_counter()
         result = ImportReport()
-        # A big import examines and stages in worker processes, which look up the user's hashes themselves.
-        examiners = self._start_examiners(total)
-        use_examiners = examiners is not None
-        # Hashes this user has: loaded up front for big imports (a duplicate is then never written);
-        # a small batch (the watcher's) relies on the check inside the commit instead.
-        known = self._known() if examiners is None and (total or 0) >= PRELOAD_MIN_FILES else set()
+        examiners: ExaminerProcesses | None = None
+        use_examiners = False
+        known: set[str] = set()
         seen: set[str] = set()
         source = iter(candidates)
         lookahead = max(self.workers * 4, self.batch_size * 3)
@@ -202,8 +199,15 @@ class Importer:
             batch.commit = self._committer.submit(self._commit, batch)
             committing, batch = batch, _Batch()
 
-        refill()
         try:
+            # A big import examines and stages in worker processes, which look up the user's hashes themselves.
+            examiners = self._start_examiners(total)
+            use_examiners = examiners is not None
+            if not use_examiners and (total or 0) >= PRELOAD_MIN_FILES:
+                # Hashes this user has: loaded up front for big imports (a duplicate is then never written);
+                # a small batch (the watcher's) relies on the check inside the commit instead.
+                known = self._known()
+            refill()
             while window:
                 chunk = window[0]  # still in the window (for _abandon) until the batch holds its files
                 try:

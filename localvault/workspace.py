@@ -28,9 +28,6 @@ _INSERT = ("INSERT INTO workspace_assets (id, user_id, asset_type, temp_storage_
            " generation_settings, width, height, sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 #: The same for many rows given as one JSON array of arrays: one statement, one step, however many rows
 #: (executemany steps once per row, and each step gives up and takes back Python's GIL).
-_INSERT_MANY = _INSERT.split(" VALUES ")[0] + " SELECT " + ", ".join(
-    f"json_extract(value, '$[{i}]')" for i in range(16)) + " FROM json_each(?)"
-
 
 #: Batches of at least this many files are made durable with one syncfs; smaller ones file by file.
 SYNCFS_MIN_FILES = 32

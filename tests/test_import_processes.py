@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from test_import import USER, a1111, make_png, rig_folder
 
 from localvault import Vault, importer
 from localvault._examiners import ExaminerProcesses, WorkerSetup, WorkerStartError
-from localvault._intake import scan
+from localvault._intake import Candidate, scan
 from localvault.errors import StorageError
 from localvault.files import TEMP_PREFIX, WORKSPACE_BUCKET
 from localvault.importer import IN_MEMORY_BYTES
@@ -80,8 +81,11 @@ def test_workers_that_cannot_start_leave_the_import_to_threads(tmp_path: Path,
     rig_folder(tmp_path / "out")
     monkeypatch.setattr(importer, "PROCESS_MIN_FILES", 1)
     monkeypatch.setattr(importer, "CHUNK_FILES", 2)  # several chunks are sent before the failure is known
-    # A Python that exits at once: the workers start, then never say they are ready.
-    monkeypatch.setattr(sys, "executable", "/bin/false")
+    # A "Python" that exits at once: the workers start, then never say they are ready.
+    fake = tmp_path / "python3-broken"
+    fake.write_text("#!/bin/sh\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
     with Vault.create(tmp_path / "v", user_id=USER) as vault:
         result = vault.workspace.import_folder(tmp_path / "out", workers=2)
         assert len(result.imported) == 7 and not result.refused
@@ -108,7 +112,7 @@ def test_a_dead_worker_fails_its_chunk_only_and_is_replaced(tmp_path: Path) -> N
     with Vault.create(tmp_path / "v", user_id=USER) as vault, ExaminerProcesses(1, setup_for(vault)) as workers:
         first = workers.submit(candidates[:2]).result()
         assert all(e.staged is not None for e in first)  # type: ignore[union-attr]
-        os.kill(workers._procs[0].pid, signal.SIGKILL)  # the fault: a worker dies (a crashing decoder, the OOM killer)
+        os.kill(workers._workers[0].proc.pid, signal.SIGKILL)  # the fault: a worker dies (a crashing decoder, the OOM killer)
         with pytest.raises(StorageError, match="stopped"):
             workers.submit(candidates[2:4]).result()
         later = workers.submit(candidates[4:]).result()
@@ -151,7 +155,7 @@ def test_workers_ignore_ctrl_c_and_exit_with_their_import(tmp_path: Path) -> Non
     candidates, _refused, _ignored = scan(tmp_path / "out")
     with Vault.create(tmp_path / "v", user_id=USER) as vault:
         workers = ExaminerProcesses(1, setup_for(vault))
-        (proc,) = workers._procs
+        (proc,) = [w.proc for w in workers._workers]
         assert os.getsid(proc.pid) == proc.pid != os.getsid(0)  # a terminal's Ctrl-C does not reach it
         first = workers.submit(candidates[:1]).result()
         os.kill(proc.pid, signal.SIGINT)  # nor does one sent to it
@@ -161,3 +165,89 @@ def test_workers_ignore_ctrl_c_and_exit_with_their_import(tmp_path: Path) -> Non
             vault.files.discard(examined.staged)  # type: ignore[union-attr,arg-type]
         workers.close()
         assert proc.returncode == 0 and temp_files(vault) == []
+
+
+def user_temp_files(vault: Vault) -> list[str]:
+    return [n for n in os.listdir(vault.root / WORKSPACE_BUCKET / USER) if n.startswith(TEMP_PREFIX)]
+
+
+def test_a_worker_killed_mid_chunk_leaves_no_staged_file(tmp_path: Path) -> None:
+    rig_folder(tmp_path / "out")
+    fifo = tmp_path / "out" / "held.png"
+    os.mkfifo(fifo)  # opening it blocks the worker, after it has staged the files before it
+    candidates, _refused, _ignored = scan(tmp_path / "out")
+    chunk = [*candidates[:3], Candidate(str(fifo), 100, 0.0), *candidates[3:5]]
+    with Vault.create(tmp_path / "v", user_id=USER) as vault, ExaminerProcesses(1, setup_for(vault)) as workers:
+        future = workers.submit(chunk)
+        deadline = time.monotonic() + 30
+        while len(user_temp_files(vault) if (vault.root / WORKSPACE_BUCKET / USER).exists() else []) < 3:
+            assert time.monotonic() < deadline, "the worker never staged the first files"
+            time.sleep(0.05)
+        os.kill(workers._workers[0].proc.pid, signal.SIGKILL)
+        with pytest.raises(StorageError, match="stopped"):
+            future.result(timeout=30)
+        assert user_temp_files(vault) == []  # the chunk's staged files are removed with it
+        (examined,) = workers.submit(candidates[5:6]).result(timeout=30)  # a new worker took its place
+        assert examined.staged is not None  # type: ignore[union-attr]
+        vault.files.discard(examined.staged)  # type: ignore[union-attr,arg-type]
+
+
+def test_a_worker_that_cannot_be_replaced_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from localvault import _examiners
+
+    rig_folder(tmp_path / "out")
+    candidates, _refused, _ignored = scan(tmp_path / "out")
+    with Vault.create(tmp_path / "v", user_id=USER) as vault, ExaminerProcesses(1, setup_for(vault)) as workers:
+        for examined in workers.submit(candidates[:1]).result(timeout=30):
+            vault.files.discard(examined.staged)  # type: ignore[union-attr,arg-type]
+        os.kill(workers._workers[0].proc.pid, signal.SIGKILL)
+
+        def no_more_processes(*args: object, **kwargs: object) -> None:
+            raise OSError(11, "Resource temporarily unavailable")  # the fault: fork fails (EAGAIN)
+
+        monkeypatch.setattr(_examiners.subprocess, "Popen", no_more_processes)
+        with pytest.raises(StorageError, match="stopped"):
+            workers.submit(candidates[1:2]).result(timeout=30)
+        with pytest.raises(WorkerStartError):  # at once, not a wait for a worker that will never come
+            workers.submit(candidates[2:3]).result(timeout=30)
+
+
+def test_ctrl_c_while_the_first_chunks_are_sent_leaves_nothing(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    rig_folder(tmp_path / "out")
+    monkeypatch.setattr(importer, "PROCESS_MIN_FILES", 1)
+    monkeypatch.setattr(importer, "CHUNK_FILES", 1)
+    pools: list[ExaminerProcesses] = []
+    real_init = ExaminerProcesses.__init__
+
+    def recording(self: ExaminerProcesses, count: int, setup: WorkerSetup) -> None:
+        real_init(self, count, setup)
+        pools.append(self)
+
+    monkeypatch.setattr(ExaminerProcesses, "__init__", recording)
+    candidates, _refused, _ignored = scan(tmp_path / "out")
+
+    def interrupted():  # type: ignore[no-untyped-def]
+        yield from candidates[:4]
+        raise KeyboardInterrupt  # a Ctrl-C landing while the import hands out its first chunks
+
+    with Vault.create(tmp_path / "v", user_id=USER) as vault:
+        with importer.Importer(vault.db, vault.files, USER, workers=2) as running, pytest.raises(KeyboardInterrupt):
+            running.import_candidates(interrupted(), total=len(candidates))
+        assert pools and all(w.proc.returncode is not None for pool in pools for w in pool._workers) is True
+        assert temp_files(vault) == [] and vault.workspace.count() == 0
+
+
+def test_a_module_in_the_current_folder_does_not_shadow_the_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    rig_folder(tmp_path / "out")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "queue.py").write_text("raise SystemExit(7)\n")  # a user's script folder may hold anything
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(importer, "PROCESS_MIN_FILES", 1)
+    with Vault.create(tmp_path / "v", user_id=USER) as vault, caplog.at_level("WARNING"):
+        result = vault.workspace.import_folder(tmp_path / "out", workers=2)
+    assert len(result.imported) == 7
+    assert "threads instead" not in caplog.text  # the workers ran
+
