@@ -185,7 +185,9 @@ class Workspace:
         ``model``/``prompt`` fill only what a file lacks. Files of one run share
         a job id (see :mod:`localvault.importer`). A refused file is reported
         with its reason and never stops the rest. ``--move`` deletes a source
-        only after its row is committed.
+        only after its row is committed. ``workers``: examining workers (default
+        one per core, at most 8); an import of 1,000 files or more runs them as
+        worker processes (on a local vault), a smaller one as threads.
         """
         from .importer import import_folder
 

@@ -83,7 +83,7 @@ def _print_summary(result: ImportReport, verb: str = "import") -> None:
 @_with_modes
 @click.option("--model", help="Model for files whose metadata does not name one (else \"unknown\").")
 @click.option("--prompt", help="Prompt for files whose metadata has none (else \"\").")
-@click.option("--workers", type=click.IntRange(1, 64), help="Threads hashing and copying (default: one per core, at most 8).")
+@click.option("--workers", type=click.IntRange(1, 64), help="Examining workers (default: one per core, at most 8); processes for 1,000 files or more, else threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @pass_ctx
