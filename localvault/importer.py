@@ -59,8 +59,10 @@ T = TypeVar("T")
 
 Mode = Literal["copy", "move", "link"]
 MODES = ("copy", "move", "link")
-#: Files a batch commits in one transaction (after one syncfs, or fsyncs, of the whole batch).
-BATCH_SIZE = 200
+#: Files a batch commits in one transaction (after one syncfs, or fsyncs, of the whole batch). Each
+#: commit rewrites the index pages its random keys (sha256, job) touch: 500 rather than 200 a batch
+#: made 10,000-file imports 10-25 % faster (measured, fourth session).
+BATCH_SIZE = 500
 #: ... or fewer, when their bytes reach this.
 BATCH_BYTES = 48 * 1024 * 1024
 #: Files up to this size are read once into memory (check, metadata, hash, then write); larger ones are streamed.
