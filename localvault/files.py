@@ -128,7 +128,8 @@ class FileStore:
                 except FileNotFoundError:
                     if not os.path.exists(staged.temp_path):
                         raise
-                    # Its (empty, new) job folder was removed under us: another import's discard prunes those.
+                    # No folder yet: a file staged in the user's folder (by an import's worker process) meets
+                    # its job's folder here, and another import's discard may have pruned an empty one.
                     os.makedirs(os.path.dirname(final), exist_ok=True)
                     os.replace(staged.temp_path, final)
                 if sync_dir:
@@ -137,18 +138,6 @@ class FileStore:
                 self.fs.mv(staged.temp_path, final)
         except OSError as exc:
             raise os_error(exc, final) from None
-
-    def make_folders(self, bucket: str, folders: Iterable[str]) -> None:
-        """Make these folders of a bucket (and their parents) where they are missing."""
-        for folder in folders:
-            path = self.full_path(bucket, folder)
-            try:
-                if self.local:
-                    os.makedirs(path, exist_ok=True)
-                else:
-                    self.fs.makedirs(path, exist_ok=True)
-            except OSError as exc:
-                raise os_error(exc, path) from None
 
     def discard(self, staged: StagedFile) -> None:
         self._remove_path(staged.temp_path)

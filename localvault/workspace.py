@@ -199,7 +199,7 @@ class Workspace:
         """Commit many staged files in one transaction: ``(asset id, index)`` per entry, None for a duplicate.
 
         Each file must be staged in its job's folder (``<user>/<job_id>``) or
-        in the user's folder (the job's is then made). In
+        in the user's folder (the rename then makes the job's). In
         one ``BEGIN IMMEDIATE`` transaction: skip files this user already
         has (workspace or library), give each file the next free index of its
         job (in the order given), rename the files in place (``io_map`` may
@@ -246,11 +246,6 @@ class Workspace:
                                    entry.prompt, entry.model, entry.settings_json, facts.width, facts.height,
                                    entry.staged.sha256))
                 folders = {relative.rsplit("/", 1)[0] for _s, relative in moves}
-                # The import's worker processes stage files in the user's folder, not yet knowing their jobs.
-                self._files.make_folders(WORKSPACE_BUCKET, {
-                    relative.rsplit("/", 1)[0] for staged, relative in moves
-                    if staged.temp_path.rsplit("/", 1)[0] != self._files.full_path(WORKSPACE_BUCKET,
-                                                                                   relative.rsplit("/", 1)[0])})
                 for _ in io_map(lambda move: self._files.commit(move[0], move[1], sync_dir=False), moves):
                     pass
                 # syncfs flushes the whole filesystem (other programs' writes too): worth it for big batches only

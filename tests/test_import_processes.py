@@ -257,7 +257,7 @@ def test_commit_makes_a_job_folder_removed_under_it(tmp_path: Path) -> None:
     """Another import's discard prunes empty job folders; a file staged in the user's folder still lands."""
     with Vault.create(tmp_path / "v", user_id=USER) as vault:
         staged = vault.files.stage_data(b"bytes", "0" * 64, WORKSPACE_BUCKET, USER, sync=False)
-        vault.files.make_folders(WORKSPACE_BUCKET, [f"{USER}/job"])
+        os.makedirs(vault.root / WORKSPACE_BUCKET / USER / "job")
         os.rmdir(vault.root / WORKSPACE_BUCKET / USER / "job")  # the other import's prune
         vault.files.commit(staged, f"{USER}/job/0.png")
         assert (vault.root / WORKSPACE_BUCKET / USER / "job" / "0.png").read_bytes() == b"bytes"
