@@ -237,19 +237,28 @@ def examine_chunk(token: str, files: list[Candidate], known: Any, store: FileSto
     return results
 
 
+#: The bytes a user already has: an unexpired workspace asset's (an expired one is replaced, even before
+#: cleanup removes it) or a library item's. ``{hash}`` narrows it to one hash (an indexed lookup).
+_KNOWN_SQL = ("SELECT sha256 FROM workspace_assets WHERE user_id = :user{hash}"
+              " AND expires_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+              " UNION ALL SELECT sha256 FROM user_library WHERE user_id = :user{hash}")
+_HAS_HASH_SQL = _KNOWN_SQL.format(hash=" AND sha256 = :sha") + " LIMIT 1"
+
+
+def known_hashes(conn: sqlite3.Connection, user_id: str) -> set[str]:
+    """Every hash the user already has (see :data:`_KNOWN_SQL`)."""
+    return {row[0] for row in conn.execute(_KNOWN_SQL.format(hash=""), {"user": user_id})}
+
+
 class _KnownHashes:
-    """``sha256 in known``: does the user already have these bytes (an unexpired asset, or a library item)?"""
+    """``sha256 in known``, one lookup at a time: the worker's view of :func:`known_hashes`."""
 
     def __init__(self, database: str, user_id: str) -> None:
         self._conn = sqlite3.connect(f"{Path(database).as_uri()}?mode=ro", uri=True, timeout=30)
         self._user_id = user_id
 
     def __contains__(self, sha256: object) -> bool:
-        return self._conn.execute(
-            "SELECT 1 FROM workspace_assets WHERE user_id = ? AND sha256 = ?"
-            " AND expires_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now') UNION ALL "
-            "SELECT 1 FROM user_library WHERE user_id = ? AND sha256 = ? LIMIT 1",
-            (self._user_id, sha256, self._user_id, sha256)).fetchone() is not None
+        return self._conn.execute(_HAS_HASH_SQL, {"user": self._user_id, "sha": sha256}).fetchone() is not None
 
 
 def _can_start_python() -> bool:

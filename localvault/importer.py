@@ -45,9 +45,9 @@ from typing import Any, Literal, TypeVar
 
 from . import models
 from ._examine import PLACEHOLDERS, Examined, examine, stage
-from ._examiners import ExaminerProcesses, WorkerSetup, WorkerStartError
+from ._examiners import ExaminerProcesses, WorkerSetup, WorkerStartError, known_hashes
 from ._intake import Candidate, JobGrouper, check_path, is_candidate_name, is_ignored_name, scan
-from .db import Database, utc_now
+from .db import Database
 from .errors import InvalidInputError, LocalVaultError, StorageError
 from .files import FileStore, StagedFile
 from .import_report import ImportedFile, ImportReport
@@ -120,12 +120,7 @@ class Importer:
         self.close()
 
     def _known(self) -> set[str]:
-        conn = self.db.conn
-        # An expired asset does not count (add_batch replaces it), even before cleanup removes it.
-        known = {r[0] for r in conn.execute("SELECT sha256 FROM workspace_assets WHERE user_id = ? AND expires_at > ?",
-                                            (self.user_id, utc_now()))}
-        known.update(r[0] for r in conn.execute("SELECT sha256 FROM user_library WHERE user_id = ?", (self.user_id,)))
-        return known
+        return known_hashes(self.db.conn, self.user_id)
 
     # ------------------------------------------------------------- workers
 
