@@ -26,7 +26,7 @@ folder; the commit then renames it into its job's folder. Threads alone
 would leave all but one core idle: the examining is Python work, and holds
 the GIL. Should the workers fail to start, the import goes on with threads.
 
-Which files are taken and how they are grouped into jobs: :mod:`localvault._intake`.
+Which files are taken and how they are grouped into jobs: :mod:`localvault._intake`; how a batch is committed: :mod:`localvault._import_commit`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -46,13 +45,14 @@ from typing import Any, Literal, TypeVar
 from . import models
 from ._examine import PLACEHOLDERS, Examined, examine, stage
 from ._examiners import ExaminerProcesses, WorkerSetup, WorkerStartError, known_hashes
+from ._import_commit import commit_batch, discard_quietly, refusal_reason
 from ._intake import Candidate, JobGrouper, check_path, is_candidate_name, is_ignored_name, scan
 from .db import Database
-from .errors import InvalidInputError, LocalVaultError, StorageError
+from .errors import InvalidInputError, StorageError
 from .files import FileStore, StagedFile
 from .import_report import ImportedFile, ImportReport
 from .progress import ProgressCallback, report
-from .workspace import BatchEntry, Workspace
+from .workspace import Workspace
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -219,7 +219,7 @@ class Importer:
                 to_stage: list[Examined] = []
                 for candidate, examined in zip(chunk.files, outcomes, strict=True):
                     if isinstance(examined, Exception):
-                        result.refused[candidate.path] = _reason(examined)
+                        result.refused[candidate.path] = refusal_reason(examined)
                         log.info("refused %s: %s", candidate.path, result.refused[candidate.path])
                         continue
                     examined.job_id = self.grouper.job_for(examined.info, examined.sha256, candidate.mtime,
@@ -227,7 +227,7 @@ class Importer:
                     if examined.sha256 in seen or examined.values is None:
                         result.duplicates.append(candidate.path)
                         if examined.staged is not None:  # a worker wrote it before this duplicate was seen
-                            self._discard_quietly(examined.staged)
+                            discard_quietly(self.files, examined.staged)
                     else:
                         seen.add(examined.sha256)
                         to_stage.append(examined)
@@ -264,7 +264,7 @@ class Importer:
                 continue
             for examined in outcomes:
                 if isinstance(examined, Examined) and examined.staged is not None:
-                    self._discard_quietly(examined.staged)
+                    discard_quietly(self.files, examined.staged)
         if committing is not None:
             try:
                 committing.commit.result()  # type: ignore[union-attr]
@@ -277,13 +277,7 @@ class Importer:
                 continue
             for staged in outcomes:
                 if isinstance(staged, StagedFile):
-                    self._discard_quietly(staged)
-
-    def _discard_quietly(self, staged: StagedFile) -> None:
-        try:
-            self.files.discard(staged)
-        except LocalVaultError:
-            log.warning("could not remove the temporary file %s", staged.temp_path)
+                    discard_quietly(self.files, staged)
 
     def import_paths(self, paths: Iterable[str | os.PathLike[str]], root: Path,
                      progress: ProgressCallback | None = None) -> ImportReport:
@@ -305,45 +299,7 @@ class Importer:
 
     def _commit(self, pending: _Batch) -> ImportReport:
         """Commit a batch (in the committer thread); what it did, as a report to merge."""
-        result = ImportReport()
-        batch: list[Examined] = []
-        for chunk, staging in pending.chunks:
-            for ready, staged in zip(chunk, staging.result(), strict=True):
-                if isinstance(staged, Exception):  # e.g. the disk is full: this file is refused
-                    result.refused[ready.candidate.path] = _reason(staged)
-                else:
-                    ready.staged = staged
-                    batch.append(ready)
-        entries = [BatchEntry(r.staged, r.facts, r.job_id, *r.values) for r in batch]  # type: ignore[arg-type,misc]
-        try:  # values were checked by the workers, so only the disk or the database can fail here
-            outcome = self.workspace.add_batch(entries)
-        except (sqlite3.Error, LocalVaultError, OSError) as exc:
-            log.error("a batch of %d files could not be committed: %s", len(batch), exc)
-            result.refused.update((r.candidate.path, _reason(exc)) for r in batch)
-            return result
-        except BaseException:  # add_batch removes its files on its own errors; this covers any other way out
-            for ready in batch:
-                try:
-                    self.files.discard(ready.staged)  # type: ignore[arg-type]
-                except LocalVaultError:
-                    pass
-            raise
-        done = []
-        for ready, added in zip(batch, outcome, strict=True):
-            if added is None:
-                result.duplicates.append(ready.candidate.path)
-            else:
-                done.append(ImportedFile(ready.candidate.path, added[0], ready.job_id, added[1], ready.sha256,
-                                         ready.candidate.size))
-        result.imported += done
-        result.bytes_imported += sum(item.size for item in done)
-        if self.mode == "move":
-            for item in done:
-                try:
-                    os.unlink(item.source)
-                except OSError as exc:
-                    log.warning("imported %s but could not delete it: %s", item.source, exc)
-        return result
+        return commit_batch(self.workspace, self.files, self.mode, pending.chunks)
 
 
 def _held(candidate: Candidate) -> int:
@@ -391,12 +347,6 @@ def _each(work: Callable[..., T], items: list[Any], *args: Any) -> list[T | Exce
         except Exception as exc:  # reported as that file's refusal
             out.append(exc)
     return out
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, LocalVaultError):
-        return str(exc)
-    return f"cannot read it: {exc.strerror or exc}" if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
 
 
 def import_folder(db: Database, files: FileStore, user_id: str, path: str | os.PathLike[str], *,

@@ -1,0 +1,80 @@
+"""Committing one batch of an import: the committer thread's work (see :mod:`localvault.importer`).
+
+A batch arrives as chunks of examined files, each with the future of its
+staging. Files whose staging failed are refused; the rest go to
+:meth:`Workspace.add_batch` in one transaction; ``move`` sources are deleted
+only after that commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from concurrent.futures import Future
+
+from ._examine import Examined
+from .errors import LocalVaultError
+from .files import FileStore, StagedFile
+from .import_report import ImportedFile, ImportReport
+from .workspace import BatchEntry, Workspace
+
+log = logging.getLogger("localvault.importer")
+
+#: A batch as the importer hands it over: chunks of examined files, each with its staging's outcome per file.
+Chunks = list[tuple[list[Examined], "Future[list[StagedFile | Exception]]"]]
+
+
+def commit_batch(workspace: Workspace, files: FileStore, mode: str, chunks: Chunks) -> ImportReport:
+    """Commit a batch; what it did, as a report to merge. Raises only for an interruption (Ctrl-C)."""
+    result = ImportReport()
+    batch: list[Examined] = []
+    for chunk, staging in chunks:
+        for ready, staged in zip(chunk, staging.result(), strict=True):
+            if isinstance(staged, Exception):  # e.g. the disk is full: this file is refused
+                result.refused[ready.candidate.path] = refusal_reason(staged)
+            else:
+                ready.staged = staged
+                batch.append(ready)
+    entries = [BatchEntry(r.staged, r.facts, r.job_id, *r.values) for r in batch]  # type: ignore[arg-type,misc]
+    try:  # values were checked by the workers, so only the disk or the database can fail here
+        outcome = workspace.add_batch(entries)
+    except (sqlite3.Error, LocalVaultError, OSError) as exc:
+        log.error("a batch of %d files could not be committed: %s", len(batch), exc)
+        result.refused.update((r.candidate.path, refusal_reason(exc)) for r in batch)
+        return result
+    except BaseException:  # add_batch removes its files on its own errors; this covers any other way out
+        for ready in batch:
+            discard_quietly(files, ready.staged)  # type: ignore[arg-type]
+        raise
+    done = []
+    for ready, added in zip(batch, outcome, strict=True):
+        if added is None:
+            result.duplicates.append(ready.candidate.path)
+        else:
+            done.append(ImportedFile(ready.candidate.path, added[0], ready.job_id, added[1], ready.sha256,
+                                     ready.candidate.size))
+    result.imported += done
+    result.bytes_imported += sum(item.size for item in done)
+    if mode == "move":
+        for item in done:
+            try:
+                os.unlink(item.source)
+            except OSError as exc:
+                log.warning("imported %s but could not delete it: %s", item.source, exc)
+    return result
+
+
+def discard_quietly(files: FileStore, staged: StagedFile) -> None:
+    """Remove a staged file; a failure is logged (verify --repair removes what is left), never raised."""
+    try:
+        files.discard(staged)
+    except LocalVaultError:
+        log.warning("could not remove the temporary file %s", staged.temp_path)
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """The reason an import reports for a file that failed with ``exc``."""
+    if isinstance(exc, LocalVaultError):
+        return str(exc)
+    return f"cannot read it: {exc.strerror or exc}" if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
