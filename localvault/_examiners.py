@@ -190,11 +190,10 @@ class ExaminerProcesses:
 
     def _remove_staged(self, token: str, count: int) -> None:
         """Remove what a dead worker may have staged for a chunk (its names are known: the chunk's token)."""
-        folder = self._store.full_path(WORKSPACE_BUCKET, self._setup.user_id)
         for index in range(count):
             try:
-                os.unlink(f"{folder}/{TEMP_PREFIX}{token}-{index}")
-            except OSError:
+                self._store.remove(WORKSPACE_BUCKET, f"{self._setup.user_id}/{TEMP_PREFIX}{token}-{index}", prune=False)
+            except LocalVaultError:  # left for verify --repair
                 pass
 
     def close(self) -> None:
