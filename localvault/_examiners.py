@@ -135,7 +135,7 @@ class ExaminerProcesses:
         try:
             proc = subprocess.Popen([sys.executable, "-I", "-c", _BOOT, str(write_end), *path], stdin=subprocess.PIPE,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(write_end,),
-                                    start_new_session=True)
+                                    start_new_session=True, env=_worker_environment())
         except (OSError, ValueError) as exc:
             os.close(read_end)
             raise WorkerStartError(f"could not start the import's worker processes ({exc})") from None
@@ -282,6 +282,21 @@ def _send(stream: IO[bytes], value: Any) -> None:
     payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     stream.write(_HEADER.pack(len(payload)) + payload)
     stream.flush()
+
+
+def _worker_environment() -> dict[str, str]:
+    """The caller's environment, plus glibc malloc settings that keep a worker's freed file buffers for reuse.
+
+    A worker reads each file into a new bytes object and frees it after
+    staging it. glibc returns such memory to the kernel (the heap's top past
+    128 KiB, and any block of 128 KiB or more), so every file faulted in fresh
+    pages: about 160 µs of a 100 KB file's 260 µs read, measured on the 2-core VM.
+    Settings the caller made win; other C libraries ignore these variables.
+    """
+    return {**_MALLOC_TUNING, **os.environ}
+
+
+_MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(16 * 1024 * 1024), "MALLOC_TRIM_THRESHOLD_": str(64 * 1024 * 1024)}
 
 
 def _receive(stream: IO[bytes]) -> Any:

@@ -261,3 +261,21 @@ def test_commit_makes_a_job_folder_removed_under_it(tmp_path: Path) -> None:
         os.rmdir(vault.root / WORKSPACE_BUCKET / USER / "job")  # the other import's prune
         vault.files.commit(staged, f"{USER}/job/0.png")
         assert (vault.root / WORKSPACE_BUCKET / USER / "job" / "0.png").read_bytes() == b"bytes"
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads a process's environment from /proc")
+def test_workers_keep_freed_file_buffers_unless_the_caller_says_otherwise(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")  # the caller's own setting wins
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    with Vault.create(tmp_path / "v", user_id=USER) as vault:
+        workers = ExaminerProcesses(1, setup_for(vault))
+        try:
+            (proc,) = [w.proc for w in workers._workers]
+            environ = dict(item.split(b"=", 1) for item in Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+                           if b"=" in item)
+        finally:
+            workers.close()
+    assert environ[b"MALLOC_MMAP_THRESHOLD_"] == str(16 * 1024 * 1024).encode()  # above IN_MEMORY_BYTES
+    assert int(environ[b"MALLOC_MMAP_THRESHOLD_"]) > IN_MEMORY_BYTES
+    assert environ[b"MALLOC_TRIM_THRESHOLD_"] == b"12345"
