@@ -138,13 +138,15 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
         known = _Objects(bucket, vault.user_id, result.pending_changes)
         report(progress, "rows", total=result.pending_changes)
         after_seq = 0
+        taken: set[int] = set()  # a dry run acknowledges nothing: entries it has counted, past after_seq
         while True:
-            batch = outbox.read_batch(vault, batch_rows, after_seq if dry_run else 0)
+            batch = outbox.read_batch(vault, batch_rows, after_seq, skip=taken)
             if batch is None:
                 break
-            after_seq = batch.last_seq
             _upload_files(vault, bucket, known, batch, result, progress, dry_run)
             if dry_run:
+                after_seq = batch.last_seq
+                taken = {seq for seq in (*taken, *batch.seqs) if seq > after_seq}
                 result.rows_written += len(batch.changes.collections) + len(batch.changes.library)
                 result.rows_deleted += len(batch.changes.library_deletes) + len(batch.changes.collection_deletes)
                 continue

@@ -36,16 +36,52 @@ def pending_count(vault: Vault) -> int:
     return int(row[0])
 
 
-def read_batch(vault: Vault, limit: int, after_seq: int) -> Batch | None:
-    """The next outbox entries of this user, coalesced by row, with the rows' current state (one snapshot)."""
+#: Library rows of one batch, in bytes of their JSON: a batch is one query parameter (PostgreSQL's cap is 1 GiB).
+BATCH_BYTES = 64 * 1024 * 1024
+#: Entries a batch takes beyond its limit: every pending collection change and delete (see read_batch).
+EXTRA_ENTRIES = 200_000
+
+
+def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | frozenset[int] = frozenset()) -> Batch | None:
+    """The next outbox entries of this user, coalesced by row, with the rows' current state (one snapshot).
+
+    A batch sends each row as it is now, which may rest on changes queued
+    after the batch's ``limit`` entries: a library row moved into a collection
+    created later, a name freed by a later rename, a hash freed by a later
+    delete. So every batch also takes every pending collection change and
+    every pending delete (up to :data:`EXTRA_ENTRIES`): then no row of a batch
+    depends on a row the batch leaves out. Library rows stop at
+    :data:`BATCH_BYTES` of JSON; the rest wait for the next batch. ``skip``:
+    entries already taken (a dry run reads on without acknowledging).
+    """
     with vault.db.read() as conn:
-        entries = conn.execute(
+        while True:
+            read = conn.execute(
+                "SELECT seq, table_name, row_id, op, storage_path, queued_at FROM sync_outbox"
+                " WHERE user_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (vault.user_id, after_seq, limit),
+            ).fetchall()
+            if not read:
+                return None
+            after_seq = last_seq = read[-1][0]
+            entries = [e for e in read if e[0] not in skip]
+            if entries:
+                break
+        extra = conn.execute(
             "SELECT seq, table_name, row_id, op, storage_path, queued_at FROM sync_outbox"
-            " WHERE user_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (vault.user_id, after_seq, limit),
+            " WHERE user_id = ? AND seq > ? AND (table_name = 'user_collections' OR op = 'delete') ORDER BY seq LIMIT ?",
+            (vault.user_id, last_seq, EXTRA_ENTRIES),
         ).fetchall()
-        if not entries:
-            return None
+        # A deleted library row's other entries go with its delete (else a later batch would send the delete again).
+        deleted = sorted({e[2] for e in extra if e[1] == "user_library"})
+        for start in range(0, len(deleted), 900):
+            chunk = deleted[start:start + 900]
+            extra += conn.execute(
+                "SELECT seq, table_name, row_id, op, storage_path, queued_at FROM sync_outbox WHERE user_id = ?"
+                f" AND table_name = 'user_library' AND row_id IN ({','.join('?' * len(chunk))}) AND seq > ? AND op != 'delete'",
+                (vault.user_id, *chunk, last_seq)).fetchall()
+        extra.sort()
+        entries += [e for e in extra if e[0] not in skip]
         newest: dict[tuple[str, str], tuple[str, str | None, int, str]] = {}
         for seq, table, row_id, op, path, queued_at in entries:
             previous = newest.get((table, row_id))
@@ -56,20 +92,31 @@ def read_batch(vault: Vault, limit: int, after_seq: int) -> Batch | None:
         collection_ids = [k[1] for k in newest if k[0] == "user_collections"]
         library_rows = {r["id"]: r for r in _rows(conn, "user_library", LIBRARY_COLUMNS, library_ids, vault.user_id)}
         collection_rows = {r["id"]: r for r in _rows(conn, "user_collections", COLLECTION_COLUMNS, collection_ids, vault.user_id)}
-        for (table, row_id), (_op, _path, _seq, queued_at) in newest.items():
+        library_bytes = 0
+        left_out: set[tuple[str, str]] = set()
+        for key, (_op, _path, _seq, queued_at) in newest.items():
+            table, row_id = key
             current = (library_rows if table == "user_library" else collection_rows).get(row_id)
             if current is None:
                 target = changes.library_deletes if table == "user_library" else changes.collection_deletes
                 target.append({"id": row_id, "deleted_at": queued_at})
             elif table == "user_library":
+                size = len(current.json) if isinstance(current, JsonRow) else 0
+                if changes.library and library_bytes + size > BATCH_BYTES:
+                    left_out.add(key)  # in the next batch (its entries stay in the outbox)
+                    continue
+                library_bytes += size
                 changes.library.append(current)
                 files[row_id] = (vault.files.full_path(LIBRARY_BUCKET, current["storage_path"]), current["sha256"],
                                  current["file_size_bytes"], current["mime_type"])
             else:
                 changes.collections.append(current)
+    taken = [e for e in entries if (e[1], e[2]) not in left_out]
+    if left_out:  # a dry run reads on from the first entry left out
+        last_seq = min(e[0] for e in entries if (e[1], e[2]) in left_out) - 1
     return Batch(
-        seqs=[e[0] for e in entries], last_seq=entries[-1][0], keys=list(newest), changes=changes,
-        entries={k: (v[0], v[1], v[2]) for k, v in newest.items()}, files=files,
+        seqs=[e[0] for e in taken], last_seq=last_seq, keys=[k for k in newest if k not in left_out], changes=changes,
+        entries={k: (v[0], v[1], v[2]) for k, v in newest.items() if k not in left_out}, files=files,
     )
 
 
@@ -112,8 +159,18 @@ def requeue_rejected(vault: Vault) -> None:
 
 
 def acknowledge(vault: Vault, batch: Batch, outcome: BatchResult) -> None:
-    """After the server commit: drop the batch's outbox entries; keep refused ones aside."""
+    """After the server commit: drop the batch's outbox entries; keep refused ones aside.
+
+    A refusal kept from an earlier sync gives way to the newer state of its
+    row this batch sent: dropped once that went through (written, or kept
+    as older than the server's), replaced if it was refused too.
+    """
     with vault.db.write() as conn:
+        earlier = {(t, r) for t, r in conn.execute(
+            "SELECT table_name, row_id FROM sync_rejected WHERE user_id = ?", (vault.user_id,))}
+        settled = earlier.intersection(batch.keys)
+        conn.executemany("DELETE FROM sync_rejected WHERE user_id = ? AND table_name = ? AND row_id = ?",
+                         [(vault.user_id, t, r) for t, r in settled])
         for (table, row_id), (sqlstate, message) in outcome.rejected.items():
             op, path, seq = batch.entries[(table, row_id)]
             conn.execute(

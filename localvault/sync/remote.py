@@ -149,16 +149,32 @@ class Remote:
     def apply(self, user_id: str, changes: Changes) -> BatchResult:
         """Write a batch in one transaction; on a permanent refusal, isolate the refused rows.
 
-        Raises psycopg.OperationalError (connection trouble) for the caller to retry.
+        Raises psycopg.OperationalError (connection trouble) for the caller to
+        retry, and SyncError for any other error the server raises.
         """
         try:
             return self._apply(user_id, changes, isolate=False)
         except psycopg.Error as exc:
-            if isinstance(exc, psycopg.OperationalError) or not is_permanent(exc):
+            if isinstance(exc, psycopg.OperationalError):
                 raise
-        return self._apply(user_id, changes, isolate=True)
+            if not is_permanent(exc):
+                raise SyncError(f"PostgreSQL refused the batch ({exc.sqlstate}): {first_line(exc)}") from None
+        try:
+            return self._apply(user_id, changes, isolate=True)
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError):
+                raise
+            raise SyncError(f"PostgreSQL refused the batch ({exc.sqlstate}): {first_line(exc)}") from None
 
     def _apply(self, user_id: str, changes: Changes, *, isolate: bool) -> BatchResult:
+        """One transaction for the whole batch; with ``isolate``, each row in a savepoint of its own.
+
+        The server checks some constraints only at commit (unique names and
+        hashes: a batch may swap them). Isolating rows, they are checked after
+        each row, so the one at fault is refused rather than the commit failing;
+        a row refused is tried once more after all the others (a delete later in
+        the batch may be what frees its name or hash).
+        """
         conn = self.connection()
         result = BatchResult()
         try:
@@ -166,24 +182,31 @@ class Remote:
                 conn.execute("SELECT set_config('request.jwt.claims', %s, true)",
                              (json.dumps({"sub": user_id, "role": "authenticated"}),))
                 conn.execute("SET LOCAL ROLE authenticated")
+                if isolate:
+                    conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
                 steps: list[tuple[str, str, list[dict[str, Any]], bool]] = [
                     ("user_collections", COLLECTION_UPSERT, changes.collections, False),
                     ("user_library", LIBRARY_UPSERT, changes.library, False),
                     ("user_library", DELETE_SQL.format(table="user_library"), changes.library_deletes, True),
                     ("user_collections", DELETE_SQL.format(table="user_collections"), changes.collection_deletes, True),
                 ]
+                again: list[tuple[str, str, list[dict[str, Any]], bool]] = []
                 for table, statement, rows, is_delete in steps:
                     if not rows:
                         continue
+                    refused: list[tuple[dict[str, Any], tuple[str, str]]] = []
                     if isolate:
-                        done = self._one_by_one(conn, table, statement, rows, result)
+                        done, refused = self._one_by_one(conn, statement, rows)
+                        if refused:
+                            again.append((table, statement, [row for row, _error in refused], is_delete))
                     else:
                         done = [r[0] for r in conn.execute(statement, (json_array(rows),)).fetchall()]
-                    if is_delete:
-                        result.deleted += len(done)
-                    else:
-                        result.written += len(done)
-                        result.conflicts += self._newer_on_server(conn, table, rows, done, result)
+                    self._count(conn, table, _without(rows, refused), done, is_delete, result)
+                for table, statement, rows, is_delete in again:
+                    done, refused = self._one_by_one(conn, statement, rows)
+                    for row, error in refused:
+                        result.rejected[(table, row["id"])] = error
+                    self._count(conn, table, _without(rows, refused), done, is_delete, result)
                 if changes.library_deletes:
                     wanted = [d["id"] for d in changes.library_deletes]
                     still = {str(r[0]) for r in conn.execute(
@@ -195,13 +218,19 @@ class Remote:
             raise
         return result
 
+    def _count(self, conn: psycopg.Connection[Any], table: str, rows: list[dict[str, Any]], done: list[Any],
+               is_delete: bool, result: BatchResult) -> None:
+        if is_delete:
+            result.deleted += len(done)
+        else:
+            result.written += len(done)
+            result.conflicts += self._newer_on_server(conn, table, rows, done)
+
     @staticmethod
-    def _newer_on_server(conn: psycopg.Connection[Any], table: str, rows: list[dict[str, Any]], done: list[Any],
-                         result: BatchResult) -> int:
+    def _newer_on_server(conn: psycopg.Connection[Any], table: str, rows: list[dict[str, Any]], done: list[Any]) -> int:
         """How many rows were skipped because the server's copy is newer (not merely already there)."""
         written = {str(d) for d in done}
-        skipped = [{"id": r["id"], "updated_at": r["updated_at"]} for r in rows
-                   if r["id"] not in written and (table, r["id"]) not in result.rejected]
+        skipped = [{"id": r["id"], "updated_at": r["updated_at"]} for r in rows if r["id"] not in written]
         if not skipped:
             return 0
         row = conn.execute(
@@ -210,9 +239,11 @@ class Remote:
         return int(row[0]) if row else 0
 
     @staticmethod
-    def _one_by_one(conn: psycopg.Connection[Any], table: str, statement: str, rows: Iterable[dict[str, Any]],
-                    result: BatchResult) -> list[Any]:
+    def _one_by_one(conn: psycopg.Connection[Any], statement: str, rows: Iterable[dict[str, Any]],
+                    ) -> tuple[list[Any], list[tuple[dict[str, Any], tuple[str, str]]]]:
+        """Each row in a savepoint: the ids written, and the rows refused with (sqlstate, message)."""
         done: list[Any] = []
+        refused: list[tuple[dict[str, Any], tuple[str, str]]] = []
         for row in rows:
             try:
                 with conn.transaction():  # a savepoint
@@ -220,9 +251,13 @@ class Remote:
             except psycopg.Error as exc:
                 if isinstance(exc, psycopg.OperationalError) or not is_permanent(exc):
                     raise
-                result.rejected[(table, row["id"])] = (exc.sqlstate or "", first_line(exc))
-        return done
+                refused.append((row, (exc.sqlstate or "", first_line(exc))))
+        return done, refused
 
+
+def _without(rows: list[dict[str, Any]], refused: list[tuple[dict[str, Any], tuple[str, str]]]) -> list[dict[str, Any]]:
+    gone = {id(row) for row, _error in refused}
+    return [row for row in rows if id(row) not in gone]
 
 
 __all__ = ["Remote", "Changes", "JsonRow", "json_array", "BatchResult", "is_permanent", "SyncError"]

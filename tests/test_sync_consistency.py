@@ -1,0 +1,194 @@
+"""Sync keeps going, and stays right, when rows depend on each other or a change is refused at commit.
+
+Real PostgreSQL and S3 (moto), as in test_sync.py. Each test here was a bug
+found in review: a refusal the server makes only at COMMIT (a unique name or
+hash, checked deferred) blocked the queue for good; a batch cut at its entry
+limit sent rows resting on changes left for a later batch; a delete lost
+against the vault's own earlier edits; a refusal stayed listed after the row
+was fixed and pushed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from test_sync import _image, _objects, _server_rows, assert_mirrors
+
+from localvault import Vault
+from localvault.sync import Remote, outbox, status
+
+
+def server_sql(remote: Remote, sql: str, params: tuple[Any, ...] = ()) -> None:
+    """An edit made on the server by someone else (the web app), stamped by the server's clock."""
+    with psycopg.connect(remote.database_url, autocommit=True) as conn:
+        conn.execute(sql, params)
+
+
+def rejected(vault: Vault) -> list[tuple[str, str, str]]:
+    return vault.db.conn.execute("SELECT table_name, row_id, sqlstate FROM sync_rejected ORDER BY seq").fetchall()
+
+
+def test_a_name_taken_at_commit_is_refused_alone(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path) -> None:
+    holiday = vault.collections.create("Holiday")
+    vault.sync(remote)
+    vault.collections.rename(holiday.id, "Holiday 2025")
+    newcomer = vault.collections.create("Holiday")  # takes the name the rename frees
+    time.sleep(0.01)
+    # The web app edits the old collection after the local rename: the rename loses, so the name stays taken.
+    server_sql(remote, "UPDATE public.user_collections SET description = 'web' WHERE id = %s", (holiday.id,))
+    unrelated = vault.library.add(_image(tmp_path, 3), title="unrelated")
+
+    report = vault.sync(remote)
+
+    assert report.rejected == 1 and report.conflicts == 1
+    assert rejected(vault) == [("user_collections", newcomer.id, "23505")]
+    assert unrelated.id in _server_rows(remote.database_url, "user_library")  # the rest of the batch went through
+    assert status(vault, remote).pending_changes == 0
+    assert vault.sync(remote).rejected == 0  # the queue is not blocked
+
+
+def test_a_hash_taken_at_commit_is_refused_alone(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path) -> None:
+    source = _image(tmp_path, 5)
+    old = vault.library.add(source, title="first")
+    vault.sync(remote)
+    vault.library.delete(old.id)
+    new = vault.library.add(source, title="again")  # same bytes, new id
+    time.sleep(0.01)
+    server_sql(remote, "UPDATE public.user_library SET title = 'web edit' WHERE id = %s", (old.id,))
+    other = vault.library.add(_image(tmp_path, 6), title="unrelated")
+
+    report = vault.sync(remote)
+
+    rows = _server_rows(remote.database_url, "user_library")
+    assert report.rejected == 1 and rejected(vault) == [("user_library", new.id, "23505")]
+    assert other.id in rows and old.id in rows and rows[old.id]["title"] == "web edit" and new.id not in rows
+
+
+def test_a_hash_freed_by_a_delete_later_in_the_batch_is_not_refused(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                                      tmp_path: Path) -> None:
+    """Rows are isolated after an unrelated refusal; a row is tried again once the batch's deletes are done."""
+    source = _image(tmp_path, 7)
+    old = vault.library.add(source, title="first")
+    gone = vault.collections.create("Gone on the web")
+    vault.sync(remote)
+    server_sql(remote, "DELETE FROM public.user_collections WHERE id = %s", (gone.id,))
+    moved = vault.library.add(_image(tmp_path, 8), title="moved", collection=gone.id)  # refused: 23503
+    vault.library.delete(old.id)
+    new = vault.library.add(source, title="again")
+
+    report = vault.sync(remote)
+
+    rows = _server_rows(remote.database_url, "user_library")
+    assert rejected(vault) == [("user_library", moved.id, "23503")] and report.rejected == 1
+    assert new.id in rows and old.id not in rows
+
+
+def test_the_cli_reports_a_refusal_made_at_commit_without_a_traceback(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                                      tmp_path: Path) -> None:
+    holiday = vault.collections.create("Holiday")
+    vault.sync(remote)
+    vault.collections.rename(holiday.id, "Holiday 2025")
+    vault.collections.create("Holiday")
+    time.sleep(0.01)
+    server_sql(remote, "UPDATE public.user_collections SET description = 'web' WHERE id = %s", (holiday.id,))
+    vault.set_remote(remote.database_url, remote.bucket_url, remote.storage_options)
+    root = vault.root
+    vault.close()
+    done = subprocess.run([sys.executable, "-m", "localvault.cli", "--vault", str(root), "sync"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "refused" in (done.stdout + done.stderr)
+
+
+def test_batches_never_send_a_row_resting_on_a_later_batch(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                            tmp_path: Path) -> None:
+    holiday = vault.collections.create("Holiday")
+    vault.sync(remote)
+    inbox = vault.collections.create("Inbox")  # first entry of the next sync
+    first = vault.library.add(_image(tmp_path, 100), title="first")
+    for n in range(12):  # more entries than one batch takes
+        vault.library.add(_image(tmp_path, n), title=f"t{n}", collection="Inbox")
+    later = vault.collections.create("Later")
+    vault.library.move(first.id, later.id)  # the row of batch 1 now rests on a collection queued after it
+    vault.collections.rename(holiday.id, "Holiday 2024")  # a name freed after the batch limit...
+    vault.collections.rename(inbox.id, "Holiday")  # ...taken by a collection of batch 1
+
+    report = vault.sync(remote, batch_rows=5)
+
+    assert report.rejected == 0 and rejected(vault) == [] and report.batches >= 3
+    assert_mirrors(vault, remote, s3_bucket)
+
+
+def test_library_rows_are_batched_by_bytes_too(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path,
+                                               monkeypatch: Any) -> None:
+    monkeypatch.setattr(outbox, "BATCH_BYTES", 3000)  # about two rows' JSON
+    for n in range(7):
+        vault.library.add(_image(tmp_path, n), title=f"t{n}", settings={"workflow": "x" * 1000})
+    report = vault.sync(remote)
+    assert report.batches >= 4 and report.rows_written == 7
+    assert_mirrors(vault, remote, s3_bucket)
+
+
+def test_dry_run_counts_every_change_once(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path) -> None:
+    for n in range(6):
+        vault.collections.create(f"c{n}")
+        vault.library.add(_image(tmp_path, n), title=f"t{n}")
+    vault.library.delete(vault.library.list().items[0].id)
+    report = vault.sync(remote, dry_run=True, batch_rows=2)
+    assert (report.rows_written, report.rows_deleted) == (11, 1)
+    assert _server_rows(remote.database_url, "user_library") == {}
+
+
+def test_a_delete_wins_over_this_vaults_own_edits_stamped_ahead_of_the_clock(
+        vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path) -> None:
+    """updated_at runs ahead of the clock after a burst of edits (1 ms per edit at least) or a clock set back."""
+    asset = vault.library.add(_image(tmp_path, 1), title="start")
+    collection = vault.collections.create("Busy")
+    ahead = (datetime.now(timezone.utc) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    with vault.db.write() as conn:  # edits made while the clock was an hour ahead
+        conn.execute("UPDATE user_library SET title = 'edited', updated_at = ? WHERE id = ?", (ahead, asset.id))
+        conn.execute("UPDATE user_collections SET name = 'Busier', updated_at = ? WHERE id = ?", (ahead, collection.id))
+    vault.sync(remote)
+    vault.library.delete(asset.id)
+    vault.collections.delete(collection.id)
+
+    report = vault.sync(remote)
+
+    assert report.rows_deleted == 2 and report.conflicts == 0
+    assert _server_rows(remote.database_url, "user_library") == {}
+    assert _server_rows(remote.database_url, "user_collections") == {}
+    assert _objects(s3_bucket.storage_options, s3_bucket.name) == {}
+
+
+def test_a_refusal_is_dropped_once_a_later_edit_of_its_row_goes_through(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                                         tmp_path: Path) -> None:
+    asset = vault.library.add(_image(tmp_path, 1), title="a")
+    gone = vault.collections.create("Gone on the web")
+    vault.sync(remote)
+    server_sql(remote, "DELETE FROM public.user_collections WHERE id = %s", (gone.id,))
+    vault.library.move(asset.id, gone.id)
+    assert vault.sync(remote).rejected == 1 and len(status(vault, remote).rejected) == 1
+
+    vault.library.update(asset.id, collection=None, title="fixed")
+    vault.sync(remote)
+
+    assert status(vault, remote).rejected == [] and rejected(vault) == []
+    assert _server_rows(remote.database_url, "user_library")[asset.id]["title"] == "fixed"
+
+
+def test_a_refusal_refused_again_is_listed_once(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path) -> None:
+    asset = vault.library.add(_image(tmp_path, 1), title="a")
+    gone = vault.collections.create("Gone on the web")
+    vault.sync(remote)
+    server_sql(remote, "DELETE FROM public.user_collections WHERE id = %s", (gone.id,))
+    vault.library.move(asset.id, gone.id)
+    vault.sync(remote)
+    vault.library.update(asset.id, title="still in the deleted collection")
+    assert vault.sync(remote).rejected == 1
+    assert rejected(vault) == [("user_library", asset.id, "23503")]
