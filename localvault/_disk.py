@@ -7,16 +7,20 @@ Atomic writes (temporary file, fsync, rename, fsync of the folder), ``syncfs`` a
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import StorageError
 
 #: Names of files being written; never a final name.
 TEMP_PREFIX = ".tmp-"
+#: Bytes read at a time when hashing a stream.
+DIGEST_CHUNK = 1024 * 1024
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -124,3 +128,11 @@ def write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def stream_digest(reader: BinaryIO, algorithm: str = "sha256") -> str:
+    """The hex digest of everything ``reader`` has left (hashlib.file_digest would do, from Python 3.11)."""
+    digest = hashlib.new(algorithm, usedforsecurity=algorithm != "md5")  # MD5 only to compare with S3 ETags
+    while chunk := reader.read(DIGEST_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()

@@ -12,9 +12,9 @@ import os
 from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from . import media, models
+from ._disk import stream_digest
 from ._intake import Candidate, group_key
 from .errors import InvalidInputError, StorageError
 from .files import WORKSPACE_BUCKET, FileStore, StagedFile
@@ -68,7 +68,7 @@ def examine(candidate: Candidate, known: Container[str], *, in_memory_bytes: int
         media_type, size = media.check_source(path)
         info = read_metadata(path, siblings=candidate.sidecars)
         with open(path, "rb") as handle:
-            sha = _digest(handle)
+            sha = stream_digest(handle)
     examined = Examined(candidate, sha, info, size, group=group_key(info))
     if sha in known:
         return examined
@@ -134,13 +134,6 @@ def _read_all(fd: int, size: int) -> bytes:
     while part := os.read(fd, 1024 * 1024):
         parts.append(part)
     return b"".join(parts)
-
-
-def _digest(handle: BinaryIO) -> str:
-    digest = hashlib.sha256()  # hashlib.file_digest would do, from Python 3.11 (we support 3.10)
-    while chunk := handle.read(1024 * 1024):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 __all__ = ["Examined", "examine", "stage", "PLACEHOLDERS"]

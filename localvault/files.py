@@ -27,6 +27,7 @@ from ._disk import (
     fsync_path,
     os_error,
     start_writeback,
+    stream_digest,
     sync_filesystem,
     unlink_quietly,
     walk_files,
@@ -301,11 +302,8 @@ class FileStore:
             return None
 
     def sha256(self, bucket: str, relative: str) -> str:
-        digest = hashlib.sha256()
         with self.open(bucket, relative) as reader:
-            while chunk := reader.read(CHUNK):
-                digest.update(chunk)
-        return digest.hexdigest()
+            return stream_digest(reader)
 
     def walk(self, bucket: str) -> Iterator[str]:
         """Every file in a bucket, as a path relative to the bucket (temp files included)."""

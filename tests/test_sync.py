@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -259,6 +260,9 @@ def test_bucket_listing_pages_and_keeps_key_and_size(kind: str, s3_bucket: Any, 
     for key, size in {**expected, f"{USER_A}x/other.png": 3, "elsewhere.png": 4}.items():
         source = tmp_path / "obj"
         source.write_bytes(b"x" * size)
-        store.upload(source, key, "0" * 64, size, "image/png")
+        store.upload(source, key, hashlib.sha256(b"x" * size).hexdigest(), size, "image/png")
     assert store.listing(USER_A) == expected
     assert store.listing("nobody") == {}
+    # S3's ETag of a single-part object is the MD5 of its bytes, which the engine compares with the local file's
+    md5s = {key: (size, hashlib.md5(b"x" * size).hexdigest() if kind == "s3" else None) for key, size in expected.items()}
+    assert store.objects(USER_A) == md5s

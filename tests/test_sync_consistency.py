@@ -17,11 +17,14 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import boto3
 import psycopg
+import pytest
 from test_sync import _image, _objects, _server_rows, assert_mirrors
 
-from localvault import Vault
-from localvault.sync import Remote, outbox, status
+from localvault import SyncError, Vault
+from localvault.sync import Remote, bucket, outbox, status
+from localvault.sync.bucket import Bucket
 
 
 def server_sql(remote: Remote, sql: str, params: tuple[Any, ...] = ()) -> None:
@@ -192,3 +195,55 @@ def test_a_refusal_refused_again_is_listed_once(vault: Vault, remote: Remote, s3
     vault.library.update(asset.id, title="still in the deleted collection")
     assert vault.sync(remote).rejected == 1
     assert rejected(vault) == [("user_library", asset.id, "23503")]
+
+
+def _s3(s3_bucket: Any) -> Any:
+    options = s3_bucket.storage_options
+    return boto3.client("s3", endpoint_url=options["client_kwargs"]["endpoint_url"], aws_access_key_id=options["key"],
+                        aws_secret_access_key=options["secret"], region_name="us-east-1")
+
+
+@pytest.mark.parametrize("way", ["s3 put", "s3 stream", "file"])
+def test_a_damaged_file_is_never_stored_under_its_rows_checksum(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                               tmp_path: Path, monkeypatch: Any, way: str) -> None:
+    if way == "s3 stream":
+        monkeypatch.setattr(bucket, "SINGLE_PUT_BYTES", 0)  # files larger than this stream in parts
+    elif way == "file":
+        remote = Remote(remote.database_url, (tmp_path / "bucket").as_uri())
+    asset = vault.library.add(_image(tmp_path, 1), title="x")
+    path = Path(vault.library.file_path(asset))
+    good = path.read_bytes()
+    damaged = bytearray(good)
+    damaged[len(damaged) // 2] ^= 0xFF  # bit rot: same size, other bytes
+    path.write_bytes(bytes(damaged))
+
+    with pytest.raises(SyncError, match="no longer matches the sha256"):
+        vault.sync(remote)
+
+    store = Bucket(remote.bucket_url, remote.storage_options)
+    assert store.listing(vault.user_id) == {}
+    assert status(vault, remote).pending_changes == 1  # nothing acknowledged: the row waits for its file
+    path.write_bytes(good)  # restored from a backup
+    vault.sync(remote)
+    with store.fs.open(store.path(asset.storage_path), "rb") as stored:
+        assert stored.read() == good
+
+
+@pytest.mark.parametrize("pending", [2, 60], ids=["head", "listing"])
+def test_an_object_of_the_right_size_but_other_bytes_is_replaced(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                                 tmp_path: Path, pending: int) -> None:
+    """More than 50 files to check are looked up in one listing; fewer, by HEAD: both compare bytes, not just sizes."""
+    assets = [vault.library.add(_image(tmp_path, n), title=f"t{n}") for n in range(pending)]
+    target = assets[0]
+    good = Path(vault.library.file_path(target)).read_bytes()
+    _s3(s3_bucket).put_object(Bucket=s3_bucket.name, Key=target.storage_path, Body=b"\0" * len(good),
+                              Metadata={"sha256": "0" * 64})
+    _s3(s3_bucket).put_object(Bucket=s3_bucket.name, Key=assets[-1].storage_path,
+                              Body=Path(vault.library.file_path(assets[-1])).read_bytes(),
+                              Metadata={"sha256": assets[-1].sha256})  # already there, right bytes
+
+    report = vault.sync(remote)
+
+    body = _s3(s3_bucket).get_object(Bucket=s3_bucket.name, Key=target.storage_path)["Body"].read()
+    assert body == good
+    assert report.files_uploaded == pending - 1 and report.files_skipped == 1

@@ -24,7 +24,7 @@ from typing import Any
 
 import fsspec
 
-from .._disk import walk_files
+from .._disk import stream_digest, walk_files
 from ..errors import OfflineError, SyncError, first_line
 
 #: Files up to this size are sent in one PUT from memory; larger ones stream.
@@ -81,34 +81,39 @@ class Bucket:
             raise OfflineError(f"cannot reach the bucket {self.url}: {first_line(exc)}") from None
 
     def listing(self, prefix: str) -> dict[str, int]:
-        """{key: size} of every object under ``prefix``, from a fresh listing.
+        """{key: size} of every object under ``prefix``, from a fresh listing."""
+        return {key: size for key, (size, _md5) in self.objects(prefix).items()}
 
-        S3 is listed page by page (1,000 keys each) and local folders walked
-        directly, keeping only key and size: fsspec's detailed listing of a
-        100,000-object folder held ~100 MB of dicts at once.
+    def objects(self, prefix: str) -> dict[str, tuple[int, str | None]]:
+        """{key: (size, MD5 or None)} of every object under ``prefix``, from a fresh listing.
+
+        The MD5 is an S3 object's ETag where that is a plain MD5 of its bytes
+        (a single-part upload). S3 is listed page by page (1,000 keys each) and
+        local folders walked directly, keeping only these: fsspec's detailed
+        listing of a 100,000-object folder held ~100 MB of dicts at once.
         """
         base = self.path(prefix).rstrip("/")
         offset = len(self.root) + 1
         if self.is_s3:
-            return {name[offset:]: size for name, size in self._s3_objects(base)}
+            return {name[offset:]: (size, md5) for name, size, md5 in self._s3_objects(base)}
         if self.is_local:
-            return {name[offset:]: size for name, size in _walk_sizes(base)}
+            return {name[offset:]: (size, None) for name, size in _walk_sizes(base)}
         self.fs.invalidate_cache(base)
         try:
             found = self.fs.find(base, detail=True)
         except FileNotFoundError:
             return {}
-        return {name[offset:]: int(info.get("size") or 0) for name, info in found.items()
+        return {name[offset:]: (int(info.get("size") or 0), None) for name, info in found.items()
                 if info.get("type", "file") != "directory"}
 
-    def _s3_objects(self, base: str) -> Iterator[tuple[str, int]]:
+    def _s3_objects(self, base: str) -> Iterator[tuple[str, int, str | None]]:
         bucket, _, key_prefix = base.partition("/")
         request: dict[str, Any] = {"Bucket": bucket, "Prefix": f"{key_prefix}/" if key_prefix else "",
                                    "MaxKeys": LIST_PAGE_KEYS}
         while True:
             page = self.fs.call_s3("list_objects_v2", **request)
             for item in page.get("Contents", []):
-                yield f"{bucket}/{item['Key']}", int(item["Size"])
+                yield f"{bucket}/{item['Key']}", int(item["Size"]), _plain_md5(item.get("ETag"))
             if not page.get("IsTruncated"):
                 return
             request["ContinuationToken"] = page["NextContinuationToken"]
@@ -128,24 +133,35 @@ class Bucket:
             return None
 
     def upload(self, local: Path, key: str, sha256: str, size: int, content_type: str) -> None:
-        """Send one file and check what the store received; SyncError if it differs."""
+        """Send one file and check what the store received; SyncError if it differs.
+
+        The bytes sent are hashed first: a file that no longer matches its
+        row's sha256 (damaged or changed on disk) is refused, never stored
+        under a checksum it does not have.
+        """
         path = self.path(key)
         if self.is_s3 and size <= SINGLE_PUT_BYTES:
             data = local.read_bytes()
             if len(data) != size:
                 raise SyncError(f"{local} changed size while syncing; run 'localvault verify'")
+            _check_sha256(local, hashlib.sha256(data).hexdigest(), sha256)
             bucket, name = path.split("/", 1)
             answer = self.fs.call_s3("put_object", Bucket=bucket, Key=name, Body=data, ContentType=content_type,
                                      Metadata={"sha256": sha256})
-            etag = str(answer.get("ETag", "")).strip('"')
-            if etag == hashlib.md5(data, usedforsecurity=False).hexdigest():
+            if _plain_md5(answer.get("ETag")) == hashlib.md5(data, usedforsecurity=False).hexdigest():
                 return
         elif self.is_s3:
+            digest = hashlib.sha256()
             with open(local, "rb") as reader, self.fs.open(path, "wb", block_size=STREAM_BLOCK, ContentType=content_type,
                                                          Metadata={"sha256": sha256}) as writer:
                 while chunk := reader.read(STREAM_BLOCK):
+                    digest.update(chunk)
                     writer.write(chunk)
+            if digest.hexdigest() != sha256:
+                self.delete([key])  # what was sent is not the asset's bytes
+                _check_sha256(local, digest.hexdigest(), sha256)
         else:
+            _check_sha256(local, file_digest(local), sha256)
             parent = os.path.dirname(path)
             if parent:
                 self.fs.makedirs(parent, exist_ok=True)
@@ -168,6 +184,24 @@ class Bucket:
                 except FileNotFoundError:
                     pass
         self.fs.invalidate_cache(self.root)
+
+
+def _plain_md5(etag: object) -> str | None:
+    """An ETag that is the MD5 of the object's bytes (single-part upload), else None."""
+    text = str(etag or "").strip('"').lower()
+    return text if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else None
+
+
+def _check_sha256(local: Path, actual: str, expected: str) -> None:
+    if actual != expected:
+        raise SyncError(f"{local} no longer matches the sha256 its row records (damaged or changed on disk); "
+                        "nothing of it was kept in the bucket. Run 'localvault verify', then restore the file "
+                        "or delete the asset")
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    with open(path, "rb") as handle:
+        return stream_digest(handle, algorithm)
 
 
 def _walk_sizes(folder: str) -> Iterator[tuple[str, int]]:

@@ -24,7 +24,7 @@ import psycopg
 from ..errors import InvalidInputError, OfflineError, SyncBusyError, SyncError, first_line
 from ..progress import ProgressCallback, report
 from . import outbox
-from .bucket import Bucket
+from .bucket import Bucket, file_digest
 from .remote import BatchResult, Remote
 
 if TYPE_CHECKING:
@@ -174,19 +174,32 @@ class _Objects:
 
     def __init__(self, bucket: Bucket, user_id: str, pending: int) -> None:
         self.bucket = bucket
-        self.sizes: dict[str, int] | None = None
+        self.listed: dict[str, tuple[int, str | None]] | None = None
+        self.sent: dict[str, int] = {}  # uploaded (and verified) by this sync
         if pending > LISTING_THRESHOLD:
-            self.sizes = _retrying(lambda: bucket.listing(user_id), "listing the bucket")
+            self.listed = _retrying(lambda: bucket.objects(user_id), "listing the bucket")
 
-    def has(self, key: str, size: int, sha256: str) -> bool:
-        if self.sizes is not None:
-            return self.sizes.get(key) == size
+    def has(self, key: str, size: int, sha256: str, local: Path) -> bool:
+        """Whether the bucket holds this very file: same size, and same bytes where the store can tell.
+
+        From the listing: an S3 ETag that is an MD5 is compared with the local
+        file's; otherwise a HEAD reads the sha256 the object carries.
+        """
+        if key in self.sent:
+            return self.sent[key] == size
+        if self.listed is not None:
+            size_and_md5 = self.listed.get(key)
+            if size_and_md5 is None or size_and_md5[0] != size:
+                return False
+            if size_and_md5[1] is not None:
+                return local.exists() and file_digest(local, "md5") == size_and_md5[1]
+            if not self.bucket.is_s3:
+                return True  # nothing more to compare: a local or fsspec folder keeps no checksum
         found = _retrying(lambda: self.bucket.head(key), "checking the bucket")
         return found is not None and found.size == size and found.sha256 in (None, sha256)
 
     def remember(self, key: str, size: int) -> None:
-        if self.sizes is not None:
-            self.sizes[key] = size
+        self.sent[key] = size
 
 
 def _upload_files(vault: Vault, bucket: Bucket, known: _Objects, batch: outbox.Batch, result: SyncReport,
@@ -198,7 +211,7 @@ def _upload_files(vault: Vault, bucket: Bucket, known: _Objects, batch: outbox.B
         if not _own_key(key, vault.user_id):
             raise SyncError(f"library asset {row['id']} has the storage path {key!r}, outside the folder of user "
                             f"{vault.user_id}; nothing was sent (run 'localvault verify')")
-        if known.has(key, size, sha):
+        if known.has(key, size, sha, Path(local)):
             result.files_skipped += 1
         else:
             todo.append((Path(local), key, sha, size, mime))
