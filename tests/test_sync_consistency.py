@@ -247,3 +247,21 @@ def test_an_object_of_the_right_size_but_other_bytes_is_replaced(vault: Vault, r
     body = _s3(s3_bucket).get_object(Bucket=s3_bucket.name, Key=target.storage_path)["Body"].read()
     assert body == good
     assert report.files_uploaded == pending - 1 and report.files_skipped == 1
+
+
+def test_a_bucket_deleted_during_the_sync_is_named_as_the_cause(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                               tmp_path: Path, monkeypatch: Any) -> None:
+    vault.library.add(_image(tmp_path, 1), title="x")
+    reachable = Bucket.check_reachable
+
+    def then_deleted(self: Bucket) -> None:
+        reachable(self)
+        _s3(s3_bucket).delete_bucket(Bucket=s3_bucket.name)  # gone between the check and the uploads
+
+    monkeypatch.setattr(Bucket, "check_reachable", then_deleted)
+    try:
+        with pytest.raises(SyncError, match="no longer exists"):
+            vault.sync(remote)
+    finally:
+        _s3(s3_bucket).create_bucket(Bucket=s3_bucket.name)
+    assert status(vault, remote).pending_changes == 1

@@ -233,8 +233,14 @@ def _upload_files(vault: Vault, bucket: Bucket, known: _Objects, batch: outbox.B
                 raise FileNotFoundError(str(local))
             _retrying(lambda: bucket.upload(local, key, sha, size, mime), f"uploading {key}")
         except FileNotFoundError:
+            if local.exists():  # the store's "no such bucket", not our file
+                raise SyncError(f"the bucket {bucket.url} could not take {key}: it no longer exists; create it or "
+                                "fix 'localvault remote set'") from None
             vanished.append(key)  # deleted by another process since the batch was read? checked below
             return None
+        except PermissionError as exc:
+            raise SyncError(f"the bucket {bucket.url} refused {key} ({first_line(exc)}); check the keys and the "
+                            "bucket's policies") from None
         known.remember(key, size)
         report(progress, "upload", advance=1, bytes_advance=size, total=len(todo), bytes_total=total)
         return size
