@@ -38,6 +38,9 @@ class Examined:
     job_id: str = ""
     group: str | None = None  # its _intake.group_key, computed by the worker (it is pure Python work)
     staged: StagedFile | None = None
+    #: (device, inode, size, mtime_ns) of the file that was read: a hard link or a --move deletion must find
+    #: the very same file there (a rig may have replaced it meanwhile).
+    identity: tuple[int, int, int, int] | None = None
 
 
 def examine(candidate: Candidate, known: Container[str], *, in_memory_bytes: int, prompt: str | None = None,
@@ -54,7 +57,8 @@ def examine(candidate: Candidate, known: Container[str], *, in_memory_bytes: int
     data: bytes | None = None
     fd = os.open(candidate.path, os.O_RDONLY)
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        size = st.st_size
         if size <= in_memory_bytes:
             data = _read_all(fd, size)
     finally:
@@ -68,8 +72,9 @@ def examine(candidate: Candidate, known: Container[str], *, in_memory_bytes: int
         media_type, size = media.check_source(path)
         info = read_metadata(path, siblings=candidate.sidecars)
         with open(path, "rb") as handle:
+            st = os.fstat(handle.fileno())
             sha = stream_digest(handle)
-    examined = Examined(candidate, sha, info, size, group=group_key(info))
+    examined = Examined(candidate, sha, info, size, group=group_key(info), identity=file_identity(st))
     if sha in known:
         return examined
     if data is not None and media_type is not models.MediaType.mp4:
@@ -98,6 +103,9 @@ def stage(store: FileStore, ready: Examined, mode: str, folder: str, name: str |
         if mode in ("link", "move"):
             staged = store.stage_link(Path(ready.candidate.path), ready.sha256, ready.size, WORKSPACE_BUCKET, folder,
                                       name)
+            if staged is not None and linked_identity(staged) != ready.identity:  # replaced since it was read
+                store.discard(staged)
+                raise StorageError(f"{ready.candidate.path} changed while it was being imported; import it again")
         if staged is None and ready.data is not None:
             staged = store.stage_data(ready.data, ready.sha256, WORKSPACE_BUCKET, folder, sync=False, name=name)
         elif staged is None:
@@ -109,6 +117,18 @@ def stage(store: FileStore, ready: Examined, mode: str, folder: str, name: str |
         return staged
     finally:
         ready.data = None
+
+
+def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells one file from another put in its place: device, inode, size and mtime."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def linked_identity(staged: StagedFile) -> tuple[int, int, int, int] | None:
+    try:
+        return file_identity(os.lstat(staged.temp_path))
+    except OSError:
+        return None
 
 
 def _image_facts(data: bytes, media_type: models.MediaType, name: str) -> media.MediaFacts:
@@ -136,4 +156,4 @@ def _read_all(fd: int, size: int) -> bytes:
     return b"".join(parts)
 
 
-__all__ = ["Examined", "examine", "stage", "PLACEHOLDERS"]
+__all__ = ["Examined", "examine", "stage", "file_identity", "PLACEHOLDERS"]

@@ -13,7 +13,7 @@ import os
 import sqlite3
 from concurrent.futures import Future
 
-from ._examine import Examined
+from ._examine import Examined, file_identity
 from .errors import LocalVaultError
 from .files import FileStore, StagedFile
 from .import_report import ImportedFile, ImportReport
@@ -57,8 +57,12 @@ def commit_batch(workspace: Workspace, files: FileStore, mode: str, chunks: Chun
     result.imported += done
     result.bytes_imported += sum(item.size for item in done)
     if mode == "move":
+        identities = {r.candidate.path: r.identity for r in batch}
         for item in done:
             try:
+                if file_identity(os.lstat(item.source)) != identities[item.source]:
+                    log.warning("imported %s but kept it: another file has taken its place since", item.source)
+                    continue
                 os.unlink(item.source)
             except OSError as exc:
                 log.warning("imported %s but could not delete it: %s", item.source, exc)

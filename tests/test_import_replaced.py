@@ -1,0 +1,75 @@
+"""A rig may replace a file (write a new one, rename it over the old) while the import works on the old one.
+
+--link and --move hard-link the file that was read, and --move deletes the
+source after the commit: both must act on that very file, never on the one
+that has taken its place.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+from test_import import USER, a1111, make_png
+
+from localvault import Vault
+from localvault._examine import examine, stage
+from localvault._import_commit import commit_batch
+from localvault._intake import JobGrouper, scan
+from localvault.errors import StorageError
+from localvault.files import TEMP_PREFIX, WORKSPACE_BUCKET
+
+
+def replace(path: Path, color: int) -> None:
+    """What rigs do: write the new version beside it, then rename it over the old one."""
+    fresh = make_png(path.with_name("new.png.part"), text_chunks=a1111("v2", 2), color=color)
+    os.replace(fresh, path)
+
+
+def rig_file(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return make_png(folder / "a.png", text_chunks=a1111("v1", 1), color=1)
+
+
+def staged_names(vault: Vault) -> list[str]:
+    return [n for _d, _s, names in os.walk(vault.root / WORKSPACE_BUCKET) for n in names if n.startswith(TEMP_PREFIX)]
+
+
+@pytest.mark.parametrize("mode", ["link", "move"])
+def test_a_file_replaced_after_it_was_read_is_not_linked_in(tmp_path: Path, mode: str) -> None:
+    source = rig_file(tmp_path / "out")
+    (candidate,), _refused, _ignored = scan(tmp_path / "out")
+    with Vault.create(tmp_path / "v", user_id=USER) as vault:
+        examined = examine(candidate, set(), in_memory_bytes=1 << 20)
+        replace(source, color=2)
+        with pytest.raises(StorageError, match="changed while it was being imported"):
+            stage(vault.files, examined, mode, USER)
+        assert staged_names(vault) == []
+    assert source.read_bytes() != b"" and "v2" in source.read_bytes().decode("latin-1")
+
+
+def test_move_keeps_a_file_that_took_the_sources_place_after_the_commit_began(tmp_path: Path) -> None:
+    source = rig_file(tmp_path / "out")
+    (candidate,), _refused, _ignored = scan(tmp_path / "out")
+    with Vault.create(tmp_path / "v", user_id=USER) as vault:
+        examined = examine(candidate, set(), in_memory_bytes=1 << 20)
+        examined.job_id = JobGrouper(USER).job_for(examined.info, examined.sha256, candidate.mtime, examined.group)
+        staging: Future[list[object]] = Future()
+        staging.set_result([stage(vault.files, examined, "move", f"{USER}/{examined.job_id}")])
+        replace(source, color=2)  # after the vault's link was made, before the source is deleted
+
+        result = commit_batch(vault.workspace, vault.files, "move", [([examined], staging)])  # type: ignore[list-item]
+
+        assert len(result.imported) == 1
+        asset = vault.workspace.get(result.imported[0].asset_id)
+        assert vault.files.sha256(WORKSPACE_BUCKET, asset.temp_storage_path) == asset.sha256 == examined.sha256
+    assert source.exists() and "v2" in source.read_bytes().decode("latin-1")  # the new file was never imported: kept
+
+
+def test_move_still_deletes_the_source_it_imported(tmp_path: Path) -> None:
+    source = rig_file(tmp_path / "out")
+    with Vault.create(tmp_path / "v", user_id=USER) as vault:
+        result = vault.workspace.import_folder(tmp_path / "out", mode="move")
+        assert len(result.imported) == 1 and not source.exists()
