@@ -3,6 +3,7 @@
 Public API: :class:`Vault`, the models and the errors. Everything else is internal.
 """
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from .vault import Vault
 
 __version__ = "0.1.0"
+
+# A library logs, it does not print: without a handler configured by the app, logging would show warnings on stderr.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "Vault",

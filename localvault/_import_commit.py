@@ -42,6 +42,7 @@ def commit_batch(workspace: Workspace, files: FileStore, mode: str, chunks: Chun
     except (sqlite3.Error, LocalVaultError, OSError) as exc:
         log.error("a batch of %d files could not be committed: %s", len(batch), exc)
         result.refused.update((r.candidate.path, refusal_reason(exc)) for r in batch)
+        result.retryable += [r.candidate.path for r in batch]
         return result
     except BaseException:  # add_batch removes its files on its own errors; this covers any other way out
         for ready in batch:

@@ -27,6 +27,9 @@ class ImportReport:
     ignored: int = 0
     bytes_imported: int = 0
     seconds: float = 0.0
+    #: Refused files whose refusal may pass (their batch could not be committed: database busy, disk error);
+    #: the watcher tries them again.
+    retryable: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line: ``12 imported, 3 skipped as duplicates, 1 refused``."""
@@ -38,6 +41,9 @@ class ImportReport:
         self.imported += other.imported
         self.duplicates += other.duplicates
         self.refused.update(other.refused)
+        for path in [*(item.source for item in other.imported), *other.duplicates]:
+            self.refused.pop(path, None)  # refused before (a retry, or a file taken before it was whole), now taken
+        self.retryable = [p for p in self.retryable if p in self.refused] + other.retryable
         self.ignored += other.ignored
         self.bytes_imported += other.bytes_imported
         self.seconds += other.seconds

@@ -111,6 +111,18 @@ def check_stream(handle: BinaryIO, size: int, name: str) -> MediaType:
     return media
 
 
+def may_be_growing(handle: BinaryIO, size: int) -> bool:
+    """Whether a file looks unfinished: empty, or of a known type whose end is not there yet.
+
+    A file whose bytes are of no known type is not waited for (its import refuses it).
+    """
+    if size == 0:
+        return True
+    head = handle.read(64)
+    media = sniff(head)
+    return media is not None and not _is_whole(handle, media, size, head)
+
+
 def _is_whole(handle: BinaryIO, media: MediaType, size: int, head: bytes) -> bool:
     if media is MediaType.png:
         handle.seek(max(0, size - 12))

@@ -4,13 +4,22 @@ A file is taken when it is complete: on close-after-write (inotify's
 ``IN_CLOSE_WRITE``, watchdog's FileClosedEvent), on a move or rename into the
 folder, or — the fallback for rigs and platforms without close events — when
 its size and mtime have not changed for ``stable_seconds`` (1 s by default,
-polled every ``poll_seconds``). Hidden and temporary names are ignored until
-they are renamed. On start the watcher first imports what is already there
-(catch-up), then imports as files arrive, in small batches through the same
-:class:`~localvault.importer.Importer` as ``localvault import`` (so jobs,
-duplicates and ``--move`` behave the same). If the folder is deleted, the
-watcher waits for it to come back, watches it again and catches up. Errors on
-one file are reported (``on_event`` and ``logging``) and the watch goes on.
+polled every ``poll_seconds``). Whichever signal comes, a file must also be
+whole by its bytes (a PNG's IEND, a JPEG's end marker, a WebP's or MP4's
+declared sizes) — a file written in two opens, or whose writer pauses, waits —
+unless it has not changed for ``GIVE_UP_SECONDS``: then it is taken, and
+refused with the reason. A file that appears whole at once (renamed into the
+folder from elsewhere) is taken at once. Hidden and temporary names, and
+files in hidden or temporary sub-folders, are ignored until renamed. On
+start the watcher first imports what is already there (catch-up; files not
+whole yet wait like new ones), then imports as files arrive, in small
+batches through the same :class:`~localvault.importer.Importer` as
+``localvault import`` (so jobs, duplicates and ``--move`` behave the same).
+If the folder is deleted, renamed away or replaced by a new one, the watcher
+waits for it to come back, watches it again and catches up. Errors on one
+file are reported (``on_event`` and ``logging``) and the watch goes on; a
+file refused because its batch could not be committed (database busy, disk
+error) is tried again after ``RETRY_SECONDS``.
 
 >>> with Watcher(vault, "~/ComfyUI/output", on_event=print):   # doctest: +SKIP
 ...     time.sleep(60)
@@ -30,14 +39,21 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from .errors import InvalidInputError
-from .importer import Importer, ImportReport, Mode, is_candidate_name, scan
+from . import media
+from .errors import InvalidInputError, LocalVaultError, StorageError
+from .importer import Importer, ImportReport, Mode, is_candidate_name, is_ignored_name, scan
 from .vault import Vault
 
 log = logging.getLogger(__name__)
 
 STABLE_SECONDS = 1.0
 POLL_SECONDS = 0.25
+#: A file unchanged this long but still not whole is taken anyway (and refused, with the reason).
+GIVE_UP_SECONDS = 10.0
+#: A file whose batch could not be committed is tried again after this long.
+RETRY_SECONDS = 5.0
+#: Files of a catch-up imported together (the watcher checks for a stop between them).
+CATCH_UP_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -65,8 +81,8 @@ class _Handler(FileSystemEventHandler):
             self.watcher._offer(os.fsdecode(event.dest_path), ready=True)
 
     def on_created(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
-            self.watcher._offer(os.fsdecode(event.src_path), ready=False)
+        if not event.is_directory:  # a file renamed in from another folder comes as "created", already whole
+            self.watcher._offer(os.fsdecode(event.src_path), ready=True)
 
     def on_modified(self, event: FileSystemEvent) -> None:
         if not event.is_directory:
@@ -86,7 +102,7 @@ class Watcher:
                  on_event: Callable[[WatchEvent], None] | None = None,
                  stable_seconds: float = STABLE_SECONDS, poll_seconds: float = POLL_SECONDS,
                  workers: int | None = None) -> None:
-        self.folder = Path(folder).expanduser().absolute()
+        self.folder = Path(os.path.abspath(Path(folder).expanduser()))  # "../out" as /x/out: paths under it are checked
         if not self.folder.is_dir():
             raise InvalidInputError(f"{self.folder} is not a folder; give the rig's output folder")
         self._vault_args = (vault.root, vault.user_id, vault.files.fs)
@@ -99,6 +115,7 @@ class Watcher:
         self.report = ImportReport()
         self._queue: queue.Queue[str] = queue.Queue()
         self._unsettled: dict[str, tuple[int, int, float]] = {}  # path -> (size, mtime_ns, unchanged since)
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the folder being watched
         self._done: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns) when handled
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -112,19 +129,33 @@ class Watcher:
     def start(self) -> Watcher:
         """Start watching in a background thread; returns once the catch-up import is done."""
         if self._thread is not None:
-            raise RuntimeError("this watcher was already started")
+            raise InvalidInputError("this watcher was started already; make a new Watcher to watch again")
         self._thread = threading.Thread(target=self._run, name="localvault-watch", daemon=True)
         self._thread.start()
         self._started.wait()
         if self._error is not None:
-            raise self._error
+            raise _as_vault_error(self._error, self.folder)
         return self
 
     def stop(self) -> ImportReport:
-        """Stop watching (files already taken are finished), and return the report."""
+        """Stop watching (files already taken are finished), and return the report.
+
+        Raises StorageError if the watcher had stopped on its own, on an
+        unexpected error (``report`` still holds what it did). From
+        ``on_event`` it only asks the watcher to stop.
+        """
         self._stop.set()
+        if threading.current_thread() is self._thread:
+            return self.report
         self.join()
+        if self._error is not None and self._started.is_set():
+            raise _as_vault_error(self._error, self.folder)
         return self.report
+
+    @property
+    def error(self) -> BaseException | None:
+        """What stopped the watcher, if it stopped on an error."""
+        return self._error
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the watcher to end (after :meth:`stop`); True once it has."""
@@ -146,19 +177,27 @@ class Watcher:
     # ------------------------------------------------------- event intake
 
     def _offer(self, path: str, *, ready: bool) -> None:
-        """Called from the observer's thread for each interesting event."""
-        if not is_candidate_name(os.path.basename(path)):
+        """Called from the observer's thread for each interesting event; ``ready``: a close, move or create."""
+        if not is_candidate_name(os.path.basename(path)) or not self._in_scope(path):
             return
-        if not self.recursive and os.path.dirname(path) != str(self.folder):
-            return
-        if ready:
+        if ready and _is_whole(path):
             self._queue.put(path)
         else:
             with self._lock:
                 self._unsettled.setdefault(path, (-1, -1, time.monotonic()))
 
+    def _in_scope(self, path: str) -> bool:
+        """Directly in the folder, or (recursive) in a sub-folder that is neither hidden nor temporary, as a scan."""
+        folder = os.path.dirname(path)
+        if folder == str(self.folder):
+            return True
+        if not self.recursive:
+            return False
+        relative = os.path.relpath(folder, self.folder)
+        return not relative.startswith("..") and not any(is_ignored_name(part) for part in Path(relative).parts)
+
     def _settled(self) -> list[str]:
-        """Paths whose size and mtime have not changed for ``stable_seconds`` (the fallback)."""
+        """Paths unchanged for ``stable_seconds`` and whole (or unchanged for ``GIVE_UP_SECONDS``): the fallback."""
         now = time.monotonic()
         ready: list[str] = []
         with self._lock:
@@ -169,11 +208,18 @@ class Watcher:
                     del self._unsettled[path]
                     continue
                 if (st.st_size, st.st_mtime_ns) != (size, mtime):
-                    self._unsettled[path] = (st.st_size, st.st_mtime_ns, now)
-                elif now - since >= self.stable_seconds:
+                    self._unsettled[path] = (st.st_size, st.st_mtime_ns, max(now, since))
+                elif now - since >= self.stable_seconds and (now - since >= GIVE_UP_SECONDS or _is_whole(path)):
                     del self._unsettled[path]
                     ready.append(path)
         return ready
+
+    def _wait_for(self, paths: list[str], seconds: float = 0.0) -> None:
+        """Put paths back among the unsettled ones, to be taken once whole (after ``seconds`` at the earliest)."""
+        later = time.monotonic() + seconds
+        with self._lock:
+            for path in paths:
+                self._unsettled[path] = (-1, -1, later)
 
     # ---------------------------------------------------------- the thread
 
@@ -187,10 +233,14 @@ class Watcher:
             self._started.set()
             return
         try:
-            self._watch_folder(importer)
+            try:
+                self._watch_folder(importer)
+            except OSError as exc:  # removed before start: handed to start()
+                self._error = InvalidInputError(f"cannot watch {self.folder}: {exc.strerror or exc}")
+                return
             self._started.set()
             while not self._stop.is_set():
-                if not self.folder.is_dir():
+                if self._folder_lost():
                     self._wait_for_folder(importer)
                     continue
                 paths = self._next_paths()
@@ -223,14 +273,32 @@ class Watcher:
 
     def _watch_folder(self, importer: Importer) -> None:
         """Schedule a fresh observer on the folder, then catch up with what is already there."""
+        st = os.stat(self.folder)
+        self._identity = (st.st_dev, st.st_ino)
         observer = Observer()
+        self._observer = observer
         observer.schedule(_Handler(self), str(self.folder), recursive=self.recursive)
         observer.start()
-        self._observer = observer
         candidates, refused, _ignored = scan(self.folder, self.recursive)
-        self._import(importer, [c.path for c in candidates])
         for path, reason in refused.items():
             self._emit(WatchEvent("refused", path, time.time(), message=reason))
+        whole = [c.path for c in candidates if _is_whole(c.path)]
+        taken = set(whole)
+        self._wait_for([c.path for c in candidates if c.path not in taken])  # still being written
+        for start in range(0, len(whole), CATCH_UP_BATCH):
+            if self._stop.is_set():  # what is left is taken by the next watch
+                return
+            self._import(importer, whole[start:start + CATCH_UP_BATCH])
+
+    def _folder_lost(self) -> bool:
+        """Whether the folder watched is gone: deleted, renamed away, replaced by a new one, or its watch ended."""
+        try:
+            st = os.stat(self.folder)
+        except OSError:
+            return True
+        observer = self._observer
+        emitters_dead = observer is not None and not all(e.is_alive() for e in observer.emitters)
+        return (st.st_dev, st.st_ino) != self._identity or emitters_dead
 
     def _unschedule(self) -> None:
         observer, self._observer = self._observer, None
@@ -249,13 +317,17 @@ class Watcher:
         with self._lock:
             self._unsettled.clear()
         self._done.clear()
-        while not self._stop.is_set() and not self.folder.is_dir():
+        while not self._stop.is_set():
+            if self.folder.is_dir():
+                try:
+                    log.info("%s is back; watching it again", self.folder)
+                    self._emit(WatchEvent("folder_back", str(self.folder), time.time()))
+                    self._watch_folder(importer)
+                    return
+                except OSError:  # gone again while it was being watched: wait on
+                    log.warning("%s went away again; waiting for it to come back", self.folder)
+                    self._unschedule()
             self._stop.wait(self.poll_seconds)
-        if self._stop.is_set():
-            return
-        log.info("%s is back; watching it again", self.folder)
-        self._emit(WatchEvent("folder_back", str(self.folder), time.time()))
-        self._watch_folder(importer)
 
     def _import(self, importer: Importer, paths: list[str]) -> None:
         fresh: list[str] = []
@@ -279,6 +351,14 @@ class Watcher:
                 self._done.pop(path, None)
                 self._emit(WatchEvent("error", path, time.time(), message=str(exc)))
             return
+        gone = [path for path in result.refused if not os.path.exists(path)]
+        for path in gone:  # deleted or renamed away before it could be read: nothing to refuse
+            del result.refused[path]
+            self._done.pop(path, None)
+        retry = [path for path in result.retryable if path not in gone]
+        for path in retry:
+            self._done.pop(path, None)
+        self._wait_for(retry, RETRY_SECONDS)
         self.report.merge(result)
         now = time.time()
         for item in result.imported:
@@ -298,4 +378,19 @@ class Watcher:
             log.exception("the watcher's on_event callback failed")
 
 
-__all__ = ["Watcher", "WatchEvent", "STABLE_SECONDS", "POLL_SECONDS"]
+def _is_whole(path: str) -> bool:
+    """Whether a file is finished by its bytes (reads its head and tail only; its name is the import's business)."""
+    try:
+        with open(path, "rb") as handle:
+            return not media.may_be_growing(handle, os.fstat(handle.fileno()).st_size)
+    except OSError:
+        return False
+
+
+def _as_vault_error(exc: BaseException, folder: Path) -> LocalVaultError:
+    if isinstance(exc, LocalVaultError):
+        return exc
+    return StorageError(f"the watcher of {folder} stopped on an error: {type(exc).__name__}: {exc}")
+
+
+__all__ = ["Watcher", "WatchEvent", "STABLE_SECONDS", "POLL_SECONDS", "GIVE_UP_SECONDS", "RETRY_SECONDS"]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from localvault import Vault
+from localvault import InvalidInputError, Vault
 from localvault.files import TEMP_PREFIX, WORKSPACE_BUCKET
 from localvault.watch import Watcher, WatchEvent
 
@@ -116,12 +118,23 @@ def test_bad_file_is_reported_and_the_watch_goes_on(vault: Vault, out: Path, tmp
 
 
 def test_stable_size_fallback(vault: Vault, out: Path, tmp_path: Path) -> None:
-    """A file that produced no close event (created by a hard link here) is taken once its size is stable."""
+    """A file that gives no close event is taken once its size is stable and it is whole.
+
+    Here it is written through a hard link from another folder: the watched
+    folder sees it appear, half written, and never hears of the rest.
+    """
     seen = Recorder()
-    source = make_png(tmp_path / "linked-source.png", color=8)
+    data = png_bytes(tmp_path, 8)
+    outside = tmp_path / "linked-source.png"
+    outside.write_bytes(data[: len(data) // 2])
     with Watcher(vault, out, on_event=seen, stable_seconds=0.3, poll_seconds=0.05):
-        os.link(source, out / "linked.png")
+        os.link(outside, out / "linked.png")
+        time.sleep(0.8)  # stable, but not whole: waited for
+        assert seen.names("imported") == [] and seen.names("refused") == []
+        with open(outside, "ab") as rest:
+            rest.write(data[len(data) // 2:])
         assert wait_for(lambda: "linked.png" in seen.names("imported"))
+    assert seen.names("refused") == []
 
 
 def test_folder_deleted_and_recreated(vault: Vault, out: Path, tmp_path: Path) -> None:
@@ -179,3 +192,174 @@ def test_cli_watch_stops_cleanly_with_a_summary(tmp_path: Path, out: Path, stop:
         assert vault.workspace.count() == 2 and vault.verify().clean
     leftovers = [n for _d, _s, names in os.walk(root / WORKSPACE_BUCKET) for n in names if n.startswith(TEMP_PREFIX)]
     assert not leftovers
+
+
+def test_a_folder_replaced_faster_than_a_poll_is_watched_again(vault: Vault, out: Path, tmp_path: Path) -> None:
+    """`rm -rf out && mkdir out` (a rig's "clear output") or `mv out out.old && mkdir out`, in a few ms."""
+    seen = Recorder()
+    with Watcher(vault, out, on_event=seen) as watcher:
+        (out / "a.png").write_bytes(png_bytes(tmp_path, 1))
+        assert wait_for(lambda: "a.png" in seen.names("imported"))
+        shutil.rmtree(out)
+        out.mkdir()
+        assert wait_for(lambda: "folder_back" in [e.kind for e in seen.events])
+        (out / "b.png").write_bytes(png_bytes(tmp_path, 2))
+        assert wait_for(lambda: "b.png" in seen.names("imported"))
+        out.rename(tmp_path / "out.old")
+        out.mkdir()
+        assert wait_for(lambda: [e.kind for e in seen.events].count("folder_back") == 2)
+        (out / "c.png").write_bytes(png_bytes(tmp_path, 3))
+        (tmp_path / "out.old" / "stale.png").write_bytes(png_bytes(tmp_path, 4))  # no longer watched
+        assert wait_for(lambda: "c.png" in seen.names("imported"))
+        assert watcher.running
+    assert sorted(seen.names("imported")) == ["a.png", "b.png", "c.png"]
+
+
+def test_a_folder_that_keeps_vanishing_does_not_end_the_watch(vault: Vault, out: Path, tmp_path: Path) -> None:
+    seen = Recorder()
+    with Watcher(vault, out, on_event=seen, poll_seconds=0.01) as watcher:
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:  # gone and back, again and again, while the watcher re-watches it
+            shutil.rmtree(out)
+            out.mkdir()
+        (out / "after.png").write_bytes(png_bytes(tmp_path, 5))
+        assert wait_for(lambda: "after.png" in seen.names("imported"))
+        assert watcher.running and watcher.error is None
+
+
+def test_a_folder_given_with_dot_dot_is_watched(vault: Vault, out: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    (out / "before.png").write_bytes(png_bytes(tmp_path, 1))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    seen = Recorder()
+    with Watcher(vault, "../out", on_event=seen):
+        (out / "live.png").write_bytes(png_bytes(tmp_path, 2))
+        assert wait_for(lambda: "live.png" in seen.names("imported"))
+    assert sorted(seen.names("imported")) == ["before.png", "live.png"] and seen.names("refused") == []
+
+
+def test_a_file_renamed_in_from_another_folder_is_taken_at_once(vault: Vault, out: Path, tmp_path: Path) -> None:
+    """watchdog reports it as created, not moved; it is whole, so no size-stable wait (set to 30 s here)."""
+    seen = Recorder()
+    staged = tmp_path / "staging" / "fresh.png"
+    staged.parent.mkdir()
+    staged.write_bytes(png_bytes(tmp_path, 3))
+    with Watcher(vault, out, on_event=seen, stable_seconds=30):
+        os.rename(staged, out / "fresh.png")
+        assert wait_for(lambda: "fresh.png" in seen.names("imported"), timeout=5)
+
+
+def test_files_not_whole_yet_are_waited_for_not_refused(vault: Vault, out: Path, tmp_path: Path) -> None:
+    """Written in two opens, or still being written when the watch starts: taken once whole, never refused."""
+    data = png_bytes(tmp_path, 4)
+    half = len(data) // 2
+    (out / "at-start.png").write_bytes(data[:half])  # the catch-up finds it half written
+    seen = Recorder()
+    with Watcher(vault, out, on_event=seen, stable_seconds=0.2, poll_seconds=0.05):
+        (out / "two-opens.png").write_bytes(data[:half])  # closed once half written...
+        time.sleep(0.5)
+        for name in ("two-opens.png", "at-start.png"):
+            with open(out / name, "ab") as rest:  # ...then finished
+                rest.write(data[half:])
+        assert wait_for(lambda: len(seen.names("imported")) + len(seen.names("duplicate")) == 2)
+        time.sleep(0.3)
+    assert seen.names("refused") == [] and seen.names("error") == []
+
+
+def test_a_file_deleted_before_it_is_taken_is_not_refused(vault: Vault, out: Path, tmp_path: Path) -> None:
+    """Timing decides whether the watcher reads it before it goes (it went in ~4 % of tries): many tries."""
+    from PIL import Image
+
+    rng = random.Random(7)
+    noisy = []
+    for n in range(4):  # big enough to be read while it is deleted
+        Image.frombytes("RGB", (200, 200), rng.randbytes(200 * 200 * 3)).save(tmp_path / f"noisy{n}.png")
+        noisy.append((tmp_path / f"noisy{n}.png").read_bytes())
+    seen = Recorder()
+    with Watcher(vault, out, on_event=seen) as watcher:
+        for n in range(80):
+            (out / f"brief-{n}.png").write_bytes(noisy[n % 4])
+            time.sleep(rng.uniform(0, 0.02))
+            (out / f"brief-{n}.png").unlink()
+            time.sleep(0.01)
+        (out / "kept.png").write_bytes(png_bytes(tmp_path, 50))
+        assert wait_for(lambda: "kept.png" in seen.names("imported"))
+    assert seen.names("refused") == [] and watcher.report.refused == {}
+
+
+def test_recursive_watch_skips_hidden_and_temporary_folders(vault: Vault, out: Path, tmp_path: Path) -> None:
+    seen = Recorder()
+    with Watcher(vault, out, on_event=seen, recursive=True):
+        for folder in (".cache", "run.tmp", "batch"):
+            (out / folder).mkdir()
+        time.sleep(0.3)
+        for n, folder in enumerate((".cache", "run.tmp", "batch")):
+            (out / folder / f"f{n}.png").write_bytes(png_bytes(tmp_path, 60 + n))
+        assert wait_for(lambda: "f2.png" in seen.names("imported"))
+        time.sleep(0.5)
+    assert seen.names("imported") == ["f2.png"]  # as the catch-up (scan) would take them
+
+
+def test_a_batch_that_could_not_be_committed_is_tried_again(vault: Vault, out: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from localvault import db, watch
+
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)  # the watcher's connection gives up on a lock after 0.2 s
+    monkeypatch.setattr(watch, "RETRY_SECONDS", 0.5)
+    seen = Recorder()
+    with Watcher(vault, out, on_event=seen, poll_seconds=0.05) as watcher:
+        blocker = sqlite3.connect(vault.root / "vault.db", timeout=5)
+        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        (out / "during-lock.png").write_bytes(png_bytes(tmp_path, 70))
+        assert wait_for(lambda: "during-lock.png" in seen.names("refused"))
+        blocker.rollback()
+        blocker.close()
+        assert wait_for(lambda: "during-lock.png" in seen.names("imported"))
+    assert watcher.report.refused == {} and len(watcher.report.imported) == 1
+
+
+def test_misuse_raises_vault_errors(vault: Vault, out: Path, tmp_path: Path) -> None:
+    watcher = Watcher(vault, out).start()
+    with pytest.raises(InvalidInputError, match="started already"):
+        watcher.start()
+    watcher.stop()
+    gone = Watcher(vault, out)
+    shutil.rmtree(out)
+    with pytest.raises(InvalidInputError, match="cannot watch"):
+        gone.start()
+
+
+def test_stop_from_the_event_callback_stops_the_watch(vault: Vault, out: Path, tmp_path: Path) -> None:
+    holder: list[Watcher] = []
+    errors: list[BaseException] = []
+
+    def on_event(event: WatchEvent) -> None:
+        try:
+            holder[0].stop()
+        except BaseException as exc:
+            errors.append(exc)
+
+    watcher = Watcher(vault, out, on_event=on_event)
+    holder.append(watcher)
+    watcher.start()
+    (out / "a.png").write_bytes(png_bytes(tmp_path, 80))
+    assert wait_for(lambda: not watcher.running)
+    assert errors == [] and len(watcher.stop().imported) == 1
+
+
+def test_the_library_prints_nothing_without_logging_configured(tmp_path: Path, out: Path) -> None:
+    (out / "broken.png").write_bytes(b"not a png at all, but named like one")
+    script = f"""
+import sys
+from localvault import Vault
+from localvault.watch import Watcher
+vault = Vault.create({str(tmp_path / "v")!r})
+report = vault.workspace.import_folder({str(out)!r})
+assert report.refused, report
+with Watcher(vault, {str(out)!r}) as watcher:
+    pass
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "" and done.stdout == ""

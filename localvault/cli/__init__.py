@@ -66,6 +66,7 @@ pass_ctx = click.make_pass_decorator(Context)
 @click.pass_context
 def main(ctx: click.Context, vault_path: Path | None, user_id: str | None) -> None:
     """localvault: keep AI-generated images and videos in a local vault, and sync them."""
+    output.show_library_logs()
     state = Context(vault_path or default_vault_path(), user_id)
     ctx.obj = state
     ctx.call_on_close(state.close)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from ..errors import LocalVaultError
 from ..importer import ImportReport
 from ..progress import ProgressCallback, ProgressEvent
 from . import Context, main, output, pass_ctx
@@ -133,7 +133,7 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | N
 
     watcher = Watcher(ctx.vault(), folder, mode=mode, recursive=recursive, model=model, prompt=prompt,  # type: ignore[arg-type]
                       on_event=on_event)
-    logging.getLogger("localvault").addHandler(logging.NullHandler())  # on_event already shows every problem
+    output.show_library_logs(False)  # on_event already shows every problem
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop ends it like Ctrl-C
     try:
         watcher.start()
@@ -144,5 +144,13 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | N
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
-    result = watcher.stop()
+    while True:  # a second Ctrl-C must not cut short the files under way (their temporary files would stay)
+        try:
+            result = watcher.stop()
+            break
+        except KeyboardInterrupt:
+            output.warning("stopping: finishing the files under way")
+        except LocalVaultError:  # it stopped on an error: say what it did, then why
+            _print_summary(watcher.report, verb="watch")
+            raise
     _print_summary(result, verb="watch")

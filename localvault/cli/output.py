@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -52,6 +53,26 @@ def error(message: str) -> None:
 
 def warning(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+class LogToConsole(logging.Handler):
+    """Shows the library's log warnings and errors on stderr as ``warning:`` lines (the library never prints)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        warning(record.getMessage())
+
+
+def show_library_logs(show: bool = True) -> None:
+    """Route localvault's log warnings to stderr (once), or, with ``show=False``, hide them again."""
+    logger = logging.getLogger("localvault")
+    handler = next((h for h in logger.handlers if isinstance(h, LogToConsole)), None)
+    if handler is None:
+        handler = LogToConsole()
+        logger.addHandler(handler)
+    handler.setLevel(logging.WARNING if show else logging.CRITICAL + 1)
 
 
 def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
