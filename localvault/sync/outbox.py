@@ -72,14 +72,14 @@ def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | fro
             " WHERE user_id = ? AND seq > ? AND (table_name = 'user_collections' OR op = 'delete') ORDER BY seq LIMIT ?",
             (vault.user_id, last_seq, EXTRA_ENTRIES),
         ).fetchall()
-        # A deleted library row's other entries go with its delete (else a later batch would send the delete again).
-        deleted = sorted({e[2] for e in extra if e[1] == "user_library"})
-        for start in range(0, len(deleted), 900):
-            chunk = deleted[start:start + 900]
-            extra += conn.execute(
+        # A deleted library row's other entries go with its delete (else a later batch would send the delete
+        # again). They all come before it: one pass over the entries up to the last such delete.
+        deletes = {e[2]: e[0] for e in extra if e[1] == "user_library"}
+        if deletes:
+            extra += [e for e in conn.execute(
                 "SELECT seq, table_name, row_id, op, storage_path, queued_at FROM sync_outbox WHERE user_id = ?"
-                f" AND table_name = 'user_library' AND row_id IN ({','.join('?' * len(chunk))}) AND seq > ? AND op != 'delete'",
-                (vault.user_id, *chunk, last_seq)).fetchall()
+                " AND seq > ? AND seq < ? AND table_name = 'user_library' AND op != 'delete'",
+                (vault.user_id, last_seq, max(deletes.values()))) if e[2] in deletes]
         extra.sort()
         entries += [e for e in extra if e[0] not in skip]
         newest: dict[tuple[str, str], tuple[str, str | None, int, str]] = {}

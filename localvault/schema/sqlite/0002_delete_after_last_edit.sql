@@ -19,8 +19,5 @@ BEGIN
             max(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), strftime('%Y-%m-%dT%H:%M:%fZ', OLD.updated_at, '+0.001 seconds')));
 END;
 
--- A row's pending entries, found by row: a sync batch that takes a row's
--- delete takes all of its entries with it.
-CREATE INDEX sync_outbox_row ON sync_outbox (user_id, table_name, row_id);
 -- The entries every sync batch takes beyond its limit (collection changes and deletes), without a scan.
 CREATE INDEX sync_outbox_extra ON sync_outbox (user_id, seq) WHERE table_name = 'user_collections' OR op = 'delete';
