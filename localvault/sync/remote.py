@@ -153,17 +153,15 @@ class Remote:
         retry, and SyncError for any other error the server raises.
         """
         try:
-            return self._apply(user_id, changes, isolate=False)
-        except psycopg.Error as exc:
-            if isinstance(exc, psycopg.OperationalError):
-                raise
-            if not is_permanent(exc):
-                raise SyncError(f"PostgreSQL refused the batch ({exc.sqlstate}): {first_line(exc)}") from None
-        try:
+            try:
+                return self._apply(user_id, changes, isolate=False)
+            except psycopg.Error as exc:
+                if isinstance(exc, psycopg.OperationalError) or not is_permanent(exc):
+                    raise
             return self._apply(user_id, changes, isolate=True)
+        except psycopg.OperationalError:
+            raise
         except psycopg.Error as exc:
-            if isinstance(exc, psycopg.OperationalError):
-                raise
             raise SyncError(f"PostgreSQL refused the batch ({exc.sqlstate}): {first_line(exc)}") from None
 
     def _apply(self, user_id: str, changes: Changes, *, isolate: bool) -> BatchResult:
@@ -190,22 +188,19 @@ class Remote:
                     ("user_library", DELETE_SQL.format(table="user_library"), changes.library_deletes, True),
                     ("user_collections", DELETE_SQL.format(table="user_collections"), changes.collection_deletes, True),
                 ]
-                again: list[tuple[str, str, list[dict[str, Any]], bool]] = []
-                for table, statement, rows, is_delete in steps:
-                    if not rows:
-                        continue
+                # Isolating, a refused row comes back once at the end: `work` grows while it is walked.
+                work: list[tuple[str, str, list[dict[str, Any]], bool, bool]] = [
+                    (table, statement, rows, is_delete, False) for table, statement, rows, is_delete in steps if rows]
+                for table, statement, rows, is_delete, last_try in work:
                     refused: list[tuple[dict[str, Any], tuple[str, str]]] = []
                     if isolate:
                         done, refused = self._one_by_one(conn, statement, rows)
-                        if refused:
-                            again.append((table, statement, [row for row, _error in refused], is_delete))
+                        if refused and not last_try:
+                            work.append((table, statement, [row for row, _error in refused], is_delete, True))
+                        elif refused:
+                            result.rejected.update(((table, row["id"]), error) for row, error in refused)
                     else:
                         done = [r[0] for r in conn.execute(statement, (json_array(rows),)).fetchall()]
-                    self._count(conn, table, _without(rows, refused), done, is_delete, result)
-                for table, statement, rows, is_delete in again:
-                    done, refused = self._one_by_one(conn, statement, rows)
-                    for row, error in refused:
-                        result.rejected[(table, row["id"])] = error
                     self._count(conn, table, _without(rows, refused), done, is_delete, result)
                 if changes.library_deletes:
                     wanted = [d["id"] for d in changes.library_deletes]
