@@ -56,32 +56,14 @@ def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | fro
     """
     with vault.db.read() as conn:
         while True:
-            read = conn.execute(
-                "SELECT seq, table_name, row_id, op, storage_path, queued_at FROM sync_outbox"
-                " WHERE user_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (vault.user_id, after_seq, limit),
-            ).fetchall()
+            read = conn.execute(_ENTRY + " AND seq > ? ORDER BY seq LIMIT ?", (vault.user_id, after_seq, limit)).fetchall()
             if not read:
                 return None
             after_seq = last_seq = read[-1][0]
             entries = [e for e in read if e[0] not in skip]
             if entries:
                 break
-        extra = conn.execute(
-            "SELECT seq, table_name, row_id, op, storage_path, queued_at FROM sync_outbox"
-            " WHERE user_id = ? AND seq > ? AND (table_name = 'user_collections' OR op = 'delete') ORDER BY seq LIMIT ?",
-            (vault.user_id, last_seq, EXTRA_ENTRIES),
-        ).fetchall()
-        # A deleted library row's other entries go with its delete (else a later batch would send the delete
-        # again). They all come before it: one pass over the entries up to the last such delete.
-        deletes = {e[2]: e[0] for e in extra if e[1] == "user_library"}
-        if deletes:
-            extra += [e for e in conn.execute(
-                "SELECT seq, table_name, row_id, op, storage_path, queued_at FROM sync_outbox WHERE user_id = ?"
-                " AND seq > ? AND seq < ? AND table_name = 'user_library' AND op != 'delete'",
-                (vault.user_id, last_seq, max(deletes.values()))) if e[2] in deletes]
-        extra.sort()
-        entries += [e for e in extra if e[0] not in skip]
+        entries += [e for e in _entries_rested_on(conn, vault.user_id, last_seq) if e[0] not in skip]
         newest: dict[tuple[str, str], tuple[str, str | None, int, str]] = {}
         for seq, table, row_id, op, path, queued_at in entries:
             previous = newest.get((table, row_id))
@@ -118,6 +100,23 @@ def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | fro
         seqs=[e[0] for e in taken], last_seq=last_seq, keys=[k for k in newest if k not in left_out], changes=changes,
         entries={k: (v[0], v[1], v[2]) for k, v in newest.items() if k not in left_out}, files=files,
     )
+
+
+_ENTRY = "SELECT seq, table_name, row_id, op, storage_path, queued_at FROM sync_outbox WHERE user_id = ?"
+
+
+def _entries_rested_on(conn: sqlite3.Connection, user_id: str, last_seq: int) -> list[tuple[Any, ...]]:
+    """The entries after ``last_seq`` a batch takes too: collection changes, deletes, and a deleted row's others."""
+    extra = conn.execute(_ENTRY + " AND seq > ? AND (table_name = 'user_collections' OR op = 'delete') ORDER BY seq"
+                         " LIMIT ?", (user_id, last_seq, EXTRA_ENTRIES)).fetchall()
+    # A deleted library row's other entries go with its delete (else a later batch would send the delete
+    # again). They all come before it: one pass over the entries up to the last such delete.
+    deletes = {e[2]: e[0] for e in extra if e[1] == "user_library"}
+    if deletes:
+        extra += [e for e in conn.execute(
+            _ENTRY + " AND seq > ? AND seq < ? AND table_name = 'user_library' AND op != 'delete'",
+            (user_id, last_seq, max(deletes.values()))) if e[2] in deletes]
+    return sorted(extra)
 
 
 def _json_value(column: str) -> str:
