@@ -284,6 +284,9 @@ def _send(stream: IO[bytes], value: Any) -> None:
     stream.flush()
 
 
+_MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(16 * 1024 * 1024), "MALLOC_TRIM_THRESHOLD_": str(64 * 1024 * 1024)}
+
+
 def _worker_environment() -> dict[str, str]:
     """The caller's environment, plus glibc malloc settings that keep a worker's freed file buffers for reuse.
 
@@ -294,9 +297,6 @@ def _worker_environment() -> dict[str, str]:
     Settings the caller made win; other C libraries ignore these variables.
     """
     return {**_MALLOC_TUNING, **os.environ}
-
-
-_MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(16 * 1024 * 1024), "MALLOC_TRIM_THRESHOLD_": str(64 * 1024 * 1024)}
 
 
 def _receive(stream: IO[bytes]) -> Any:
