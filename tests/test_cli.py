@@ -118,3 +118,14 @@ def test_network_filesystem_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_filesystem_type_reads_the_mount_table(tmp_path: Path) -> None:
     assert db_module._filesystem_type(tmp_path) not in (None, "")
+
+
+def test_python_dash_m_localvault_runs_the_cli(tmp_path: Path) -> None:
+    """Where the ``localvault`` script is not on PATH (a venv not activated), ``python -m localvault`` does the same."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "localvault", "--vault", str(tmp_path / "v"), "init", "--user", USER],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert USER in done.stdout and (tmp_path / "v" / "vault.db").is_file()
