@@ -30,7 +30,8 @@ JOB_NAMESPACE = uuid.UUID("6f0c2a5e-8f7e-5a61-9a43-0c1c6a1d7b21")
 TEMP_SUFFIXES = (".tmp", ".part", ".crdownload", "~", ".partial", ".download")
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".mp4")
 SIDECAR_SUFFIXES = (".json", ".txt")
-_GROUP_IGNORED = ("comfyui_prompt", "comfyui_workflow")
+#: Settings that differ from file to file of one run (raw graphs, the name of the file's own sidecar).
+_GROUP_IGNORED = ("comfyui_prompt", "comfyui_workflow", "sidecar")
 
 
 @dataclass(frozen=True)

@@ -285,6 +285,19 @@ def test_run_id_groups_and_later_files_take_next_indexes(vault: Vault, tmp_path:
         (later.name, first["a.png"].job_id, 2)]
 
 
+def test_a_batch_with_a1111_text_sidecars_is_one_job(vault: Vault, tmp_path: Path) -> None:
+    """A1111's "save text information about generation parameters" writes NAME.txt beside each image."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for i in range(4):
+        path = make_png(out / f"0000{i}-{100 + i}.png", color=40 + i)
+        (out / f"{path.stem}.txt").write_text(a1111("a lighthouse at dusk", 100 + i)["parameters"])
+        os.utime(path, (1_700_000_000 + i,) * 2)
+    result = vault.workspace.import_folder(out)
+    assert sorted(i.asset_index for i in result.imported) == [0, 1, 2, 3]
+    assert len({i.job_id for i in result.imported}) == 1
+
+
 def test_options_fill_only_what_files_lack(vault: Vault, tmp_path: Path) -> None:
     rig_folder(tmp_path / "out")
     result = vault.workspace.import_folder(tmp_path / "out", model="my-model", prompt="fallback")

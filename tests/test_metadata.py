@@ -109,6 +109,23 @@ def test_a1111_quoted_value_with_escaped_quote(tmp_path: Path) -> None:
     assert info.settings["template"] == 'a "quoted" thing, with commas' and info.seed == 7
 
 
+def test_a1111_extension_dict_value_keeps_the_line(tmp_path: Path) -> None:
+    """Extensions put dicts in the line, which A1111 writes as bare JSON (Tiled Diffusion: quote() -> json.dumps)."""
+    text = ('a castle\nNegative prompt: blurry\nSteps: 28, Sampler: Euler, Seed: 1234567, Size: 832x1216, '
+            'Model: sdxl, Tiled Diffusion: {"Method": "MultiDiffusion", "Tile tile width": 96, "Tile Overlap": 48}, '
+            'Version: v1.10.1')
+    info = metadata.read(make_png(tmp_path / "a.png", text_chunks={"parameters": text}))
+    assert (info.prompt, info.negative_prompt, info.seed, info.model) == ("a castle", "blurry", 1234567, "sdxl")
+    assert info.settings["tiled_diffusion"] == {"Method": "MultiDiffusion", "Tile tile width": 96, "Tile Overlap": 48}
+    assert info.settings["version"] == "v1.10.1" and info.settings["steps"] == 28
+    assert_valid(info)
+
+
+def test_a1111_bracket_that_is_not_json_is_read_as_text() -> None:
+    pairs = metadata.a1111.parse_params_line("Steps: 5, Note: [not json, Seed: 7, Size: 64x64, Deep: " + "[" * 5000)
+    assert pairs is not None and pairs["Note"] == "[not json" and pairs["Seed"] == "7" and pairs["Deep"] == "[" * 5000
+
+
 # ---------------------------------------------------------------- ComfyUI
 
 
@@ -203,6 +220,77 @@ def test_comfyui_flux_custom_sampler_with_guider_and_noise_nodes() -> None:
     assert (info.settings["width"], info.settings["height"]) == (1024, 576)
 
 
+def _sampler(positive: Any, negative: Any, latent: Any, model: Any = ("4", 0)) -> dict[str, Any]:
+    return {"class_type": "KSampler", "inputs": {"seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "euler",
+                                                 "scheduler": "simple", "denoise": 1.0, "model": list(model),
+                                                 "positive": positive, "negative": negative, "latent_image": latent}}
+
+
+def test_comfyui_flux_and_sd3_text_encoders() -> None:
+    """CLIPTextEncodeFlux (clip_l, t5xxl) and CLIPTextEncodeSD3 (clip_l, clip_g, t5xxl): the T5 text first."""
+    flux = {
+        "4": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors"}},
+        "6": {"class_type": "CLIPTextEncodeFlux", "inputs": {"clip_l": "a red fox", "t5xxl": "a red fox in the snow",
+                                                             "guidance": 3.5, "clip": ["11", 0]}},
+        "7": {"class_type": "CLIPTextEncodeFlux", "inputs": {"clip_l": "", "t5xxl": "", "guidance": 3.5}},
+        "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 1024, "height": 768, "batch_size": 1}},
+        "3": _sampler(["6", 0], ["7", 0], ["5", 0]),
+    }
+    info = _clean.finish(metadata.read_chunks({"prompt": flux}))
+    assert info.prompt == "a red fox in the snow\na red fox" and info.negative_prompt is None
+    sd3 = dict(flux, **{"6": {"class_type": "CLIPTextEncodeSD3", "inputs": {
+        "clip_l": "owl", "clip_g": "owl", "t5xxl": "an owl at night", "empty_padding": "none"}}})
+    assert _clean.finish(metadata.read_chunks({"prompt": sd3})).prompt == "an owl at night\nowl"
+
+
+def test_comfyui_zeroed_negative_is_no_negative() -> None:
+    """Flux Kontext's template feeds the sampler's negative with ConditioningZeroOut of the positive text."""
+    graph = {
+        "37": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev-kontext.safetensors"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "Change the car color to red", "clip": ["38", 0]}},
+        "135": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["6", 0]}},
+        "177": {"class_type": "ReferenceLatent", "inputs": {"conditioning": ["6", 0], "latent": ["124", 0]}},
+        "35": {"class_type": "FluxGuidance", "inputs": {"guidance": 2.5, "conditioning": ["177", 0]}},
+        "124": {"class_type": "VAEEncode", "inputs": {"pixels": ["42", 0], "vae": ["39", 0]}},
+        "31": _sampler(["35", 0], ["135", 0], ["124", 0], model=("37", 0)),
+    }
+    info = _clean.finish(metadata.read_chunks({"prompt": graph}))
+    assert info.prompt == "Change the car color to red"
+    assert info.negative_prompt is None and "negative_prompt" not in info.settings
+
+
+def test_comfyui_size_is_the_latents_not_the_sdxl_encoders() -> None:
+    """CLIPTextEncodeSDXL has a conditioning width/height (4096 here) that is not the image size."""
+    encode = {"width": 4096, "height": 4096, "crop_w": 0, "crop_h": 0, "target_width": 1024, "target_height": 1024}
+    graph = {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
+        "6": {"class_type": "CLIPTextEncodeSDXL", "inputs": {**encode, "text_g": "a lighthouse", "text_l": "a lighthouse"}},
+        "7": {"class_type": "CLIPTextEncodeSDXL", "inputs": {**encode, "text_g": "blurry", "text_l": "blurry"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 896, "height": 1152, "batch_size": 1}},
+        "3": _sampler(["6", 0], ["7", 0], ["5", 0]),
+    }
+    info = _clean.finish(metadata.read_chunks({"prompt": graph}))
+    assert (info.settings["width"], info.settings["height"]) == (896, 1152)
+    assert (info.prompt, info.negative_prompt) == ("a lighthouse", "blurry")
+
+
+def test_comfyui_prompt_joined_by_a_string_node() -> None:
+    graph = {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5.safetensors"}},
+        "21": {"class_type": "PrimitiveString", "inputs": {"value": "in a hat"}},
+        "20": {"class_type": "StringConcatenate", "inputs": {"string_a": "a cat", "string_b": ["21", 0],
+                                                             "delimiter": ", "}},
+        "22": {"class_type": "Text Concatenate", "inputs": {"text_a": "blurry", "text_b": "lowres", "text_c": "",
+                                                            "delimiter": " | ", "clean_whitespace": "true"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": ["20", 0], "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": ["22", 0], "clip": ["4", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+        "3": _sampler(["6", 0], ["7", 0], ["5", 0]),
+    }
+    info = _clean.finish(metadata.read_chunks({"prompt": graph}))
+    assert (info.prompt, info.negative_prompt) == ("a cat, in a hat", "blurry | lowres")
+
+
 def test_comfyui_link_cycle_does_not_hang() -> None:
     graph = {
         "1": {"class_type": "KSampler", "inputs": {"seed": ["2", 0], "positive": ["2", 0], "negative": ["1", 0]}},
@@ -278,6 +366,8 @@ def test_invokeai_legacy_sd_metadata_and_dream() -> None:
     dream = _clean.finish(metadata.read_chunks({"Dream": '"a red barn [fog]" -s 50 -S 1234 -W 512 -H 512 -C 7.5 -A k_lms'}))
     assert (dream.prompt, dream.negative_prompt, dream.seed) == ("a red barn", "fog", 1234)
     assert dream.settings["steps"] == "50" and dream.source == "invokeai"
+    several = _clean.finish(metadata.read_chunks({"Dream": '"a cat [blurry] in a hat [lowres]" -S 5'}))
+    assert (several.prompt, several.negative_prompt) == ("a cat in a hat", "blurry lowres")  # every [...] is negative
 
 
 # ------------------------------------------------------------------- MP4

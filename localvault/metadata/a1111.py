@@ -16,23 +16,45 @@ from typing import Any
 
 from ._clean import Found, parse_seed, snake_key
 
-_PARAM = re.compile(r'\s*(\w[\w \-/+.()]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+_KEY = re.compile(r"\s*(\w[\w \-/+.()]*?):\s*")
+_VALUE = re.compile(r'("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+_AFTER_JSON = re.compile(r"\s*(?:,|$)")
+_JSON = json.JSONDecoder()
 _NEGATIVE = "negative prompt:"
 _MAX_PARAM_LINE = 100_000
 
 
-def parse_params_line(line: str) -> dict[str, str] | None:
-    """The ``Key: value, Key: "quoted, value"`` pairs of a line, or None if it is not one."""
+def parse_params_line(line: str) -> dict[str, Any] | None:
+    """The ``Key: value, Key: "quoted, value"`` pairs of a line, or None if it is not one.
+
+    A value may also be a JSON object or list, unquoted (A1111 writes an
+    extension's dict so, e.g. ``Tiled Diffusion: {"Method": …}``): it comes
+    back decoded.
+    """
     if len(line) > _MAX_PARAM_LINE or ":" not in line:
         return None
-    pairs: dict[str, str] = {}
+    pairs: dict[str, Any] = {}
     pos = 0
     while pos < len(line):
-        match = _PARAM.match(line, pos)
-        if match is None or match.end() == pos:
+        key = _KEY.match(line, pos)
+        if key is None:
             break
-        pairs.setdefault(match.group(1).strip(), _unquote(match.group(2).strip()))
-        pos = match.end()
+        name, start = key.group(1).strip(), key.end()
+        if line[start:start + 1] in ("{", "["):
+            try:
+                decoded, end = _JSON.raw_decode(line, start)
+            except (ValueError, RecursionError):  # not JSON after all (or absurdly nested): read as text
+                decoded, end = None, start
+            after = _AFTER_JSON.match(line, end) if end > start else None
+            if after is not None:
+                pairs.setdefault(name, decoded)
+                pos = after.end()
+                continue
+        value = _VALUE.match(line, start)
+        if value is None or value.end() == pos:
+            break
+        pairs.setdefault(name, _unquote(value.group(1).strip()))
+        pos = value.end()
     if line[pos:].strip() or len(pairs) < 3:
         return None
     return pairs
@@ -93,15 +115,14 @@ def parse(text: Any) -> Found:
     return found
 
 
-def _apply_params(found: Found, params: dict[str, str]) -> None:
+def _apply_params(found: Found, params: dict[str, Any]) -> None:
     for key, raw in params.items():
         name = snake_key(key)
         if name == "seed":
             found.seed = parse_seed(raw)
             if found.seed is None:
                 found.settings["seed"] = raw
-        elif name == "model":
+        elif name == "model" and isinstance(raw, str):
             found.model = raw
         else:
-            found.settings.setdefault(name, _number(raw))
-
+            found.settings.setdefault(name, _number(raw) if isinstance(raw, str) else raw)

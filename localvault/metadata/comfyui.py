@@ -24,6 +24,10 @@ _TEXT_KEYS = ("text", "text_g", "text_l", "prompt", "string", "value", "text_a")
 _PARAM_KEYS = ("steps", "cfg", "sampler_name", "scheduler", "denoise")
 _HELPER_INPUTS = ("sigmas", "sampler", "guider", "noise")
 _MODEL_KEYS = ("ckpt_name", "unet_name")
+#: Inputs holding one prompt for several text encoders (SDXL, SD3, Flux), the main one first.
+_ENCODER_TEXT_KEYS = ("t5xxl", "text_g", "clip_g", "text_l", "clip_l")
+#: Nodes whose output conditioning carries no text (Flux Kontext's negative is the positive, zeroed out).
+_NO_TEXT_NODES = frozenset({"ConditioningZeroOut"})
 #: Widget order of common nodes in the UI graph, to read a workflow without an API graph.
 _WIDGETS = {
     "KSampler": ("seed", None, "steps", "cfg", "sampler_name", "scheduler", "denoise"),
@@ -62,8 +66,12 @@ def _target(nodes: Nodes, link: Any) -> dict[str, Any] | None:
     return nodes.get(str(link[0])) if is_link(link) else None
 
 
-def _resolve(nodes: Nodes, value: Any, keys: tuple[str, ...]) -> Any:
-    """Follow links from ``value`` to a plain value, through primitive/seed/string nodes."""
+def _resolve(nodes: Nodes, value: Any, keys: tuple[str, ...], depth: int = 0) -> Any:
+    """Follow links from ``value`` to a plain value, through primitive/seed/string nodes.
+
+    A string-joining node (``StringConcatenate``, WAS ``Text Concatenate``)
+    gives its parts joined by its ``delimiter``.
+    """
     for _ in range(_MAX_HOPS):
         if not is_link(value):
             return value
@@ -71,6 +79,8 @@ def _resolve(nodes: Nodes, value: Any, keys: tuple[str, ...]) -> Any:
         if node is None:
             return None
         inputs = node["inputs"]
+        if "concat" in str(node.get("class_type", "")).lower() and depth < 8:
+            return _joined(nodes, inputs, keys, depth + 1)
         key = next((k for k in keys if k in inputs), None)
         if key is None:
             plain = [v for v in inputs.values() if isinstance(v, (str, int, float)) and not isinstance(v, bool)]
@@ -79,9 +89,18 @@ def _resolve(nodes: Nodes, value: Any, keys: tuple[str, ...]) -> Any:
     return None
 
 
+def _joined(nodes: Nodes, inputs: dict[str, Any], keys: tuple[str, ...], depth: int) -> str | None:
+    """The text a string-joining node makes: its ``string_*``/``text_*`` inputs in order, joined by ``delimiter``."""
+    names = sorted(k for k in inputs if k.startswith(("string_", "text_")))
+    parts = [_resolve(nodes, inputs[k], keys, depth) for k in names]
+    texts = [p for p in parts if isinstance(p, str) and p != ""]
+    delimiter = inputs.get("delimiter")
+    return (delimiter if isinstance(delimiter, str) else "").join(texts) if texts else None
+
+
 def _node_text(nodes: Nodes, inputs: dict[str, Any]) -> str | None:
-    if "text_g" in inputs or "text_l" in inputs:
-        parts = [_resolve(nodes, inputs.get(k), _TEXT_KEYS) for k in ("text_g", "text_l")]
+    if any(k in inputs for k in _ENCODER_TEXT_KEYS):  # one prompt per text encoder: the distinct ones, main first
+        parts = [_resolve(nodes, inputs.get(k), _TEXT_KEYS) for k in _ENCODER_TEXT_KEYS]
         texts = [p for p in parts if isinstance(p, str) and p.strip()]
         return "\n".join(dict.fromkeys(texts)) if texts else ""
     for key in ("text", "prompt"):
@@ -107,6 +126,8 @@ def _trace_text(nodes: Nodes, start: Any, branch: str) -> str | None:
         if node is None or str(link[0]) in seen:
             continue
         seen.add(str(link[0]))
+        if node.get("class_type") in _NO_TEXT_NODES:
+            continue
         text = _node_text(nodes, node["inputs"])
         if text is not None:
             texts.append(text)
@@ -178,9 +199,22 @@ def _model(nodes: Nodes, sampler_id: str | None) -> Any:
 
 
 def _size(nodes: Nodes, sampler_id: str | None) -> dict[str, Any]:
-    ids = list(_upstream(nodes, sampler_id)) if sampler_id else []
+    """The image size: from the latent the sampler starts from, else the nearest node upstream with one.
+
+    Text encoders are passed over: SDXL's take a conditioning ``width`` and
+    ``height`` (often 4096) that is not the image's.
+    """
+    ids: list[str] = []
+    if sampler_id:
+        latent = _target(nodes, nodes[sampler_id]["inputs"].get("latent_image"))
+        if latent is not None:
+            start = str(nodes[sampler_id]["inputs"]["latent_image"][0])
+            ids += [start, *_upstream(nodes, start)]
+        ids += list(_upstream(nodes, sampler_id))
     ids += [k for k in sorted(nodes, key=_sort_key) if "latent" in str(nodes[k].get("class_type", "")).lower()]
     for node_id in ids:
+        if "textencode" in str(nodes[node_id].get("class_type", "")).lower():
+            continue
         inputs = nodes[node_id]["inputs"]
         width, height = (_resolve(nodes, inputs.get(k), ("value", "int")) for k in ("width", "height"))
         if isinstance(width, int) and isinstance(height, int):

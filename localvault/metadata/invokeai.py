@@ -56,14 +56,17 @@ def _prompt_text(prompt: Any) -> Any:
     return prompt if isinstance(prompt, str) else None
 
 
+_NEGATIVE = re.compile(r"\[(.*?)\]")
+
+
 def _split_negative(prompt: Any) -> tuple[Any, Any]:
-    """``"a cat [blurry]"`` -> ``("a cat", "blurry")``."""
+    """``"a cat [blurry] [lowres]"`` -> ``("a cat", "blurry lowres")``: every bracketed part is negative, as in InvokeAI 2.x."""
     if not isinstance(prompt, str):
         return prompt, None
-    match = re.search(r"\[([^\]]*)\]", prompt)
-    if match is None:
+    negatives = _NEGATIVE.findall(prompt)
+    if not negatives:
         return prompt, None
-    return (prompt[: match.start()] + prompt[match.end():]).strip(), match.group(1)
+    return re.sub(r"[ \t]{2,}", " ", _NEGATIVE.sub(" ", prompt)).strip(), " ".join(negatives)
 
 
 def parse_sd_metadata(text: Any) -> Found:
