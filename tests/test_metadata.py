@@ -318,6 +318,26 @@ def test_comfyui_workflow_only_is_read_from_widgets() -> None:
     assert info.settings["comfyui_workflow"] == workflow and "comfyui_prompt" not in info.settings
 
 
+def test_comfyui_workflow_only_seed_and_text_from_primitive_nodes() -> None:
+    """A seed widget converted to an input and fed by a PrimitiveNode (its value is the node's first widget)."""
+    workflow = {
+        "nodes": [
+            {"id": 3, "type": "KSampler", "inputs": [{"name": "positive", "link": 4}, {"name": "negative", "link": 6},
+                                                     {"name": "seed", "link": 9, "widget": {"name": "seed"}}],
+             "widgets_values": [1, "fixed", 20, 8, "euler", "normal", 1]},
+            {"id": 6, "type": "CLIPTextEncode", "inputs": [{"name": "text", "link": 10, "widget": {"name": "text"}}],
+             "widgets_values": [""]},
+            {"id": 7, "type": "CLIPTextEncode", "widgets_values": ["blurry"]},
+            {"id": 12, "type": "PrimitiveNode", "widgets_values": [8675309, "randomize"]},
+            {"id": 13, "type": "PrimitiveStringMultiline", "widgets_values": ["a tide pool"]},
+        ],
+        "links": [[4, 6, 0, 3, 1, "CONDITIONING"], [6, 7, 0, 3, 2, "CONDITIONING"], [9, 12, 0, 3, 3, "INT"],
+                  [10, 13, 0, 6, 1, "STRING"]],
+    }
+    info = _clean.finish(metadata.read_chunks({"workflow": json.dumps(workflow)}))
+    assert (info.seed, info.prompt, info.negative_prompt) == (8675309, "a tide pool", "blurry")
+
+
 def test_comfyui_webp_exif_prompt_and_run_id(tmp_path: Path) -> None:
     workflow = {"nodes": [], "extra": {"prompt_id": "0f1e2d3c-aaaa-bbbb-cccc-111122223333"}}
     path = make_webp(tmp_path / "c.webp", exif_ifd0={

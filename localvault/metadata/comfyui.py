@@ -36,6 +36,11 @@ _WIDGETS = {
     "CheckpointLoaderSimple": ("ckpt_name",),
     "UNETLoader": ("unet_name",),
     "EmptyLatentImage": ("width", "height", "batch_size"),
+    # A widget turned into an input and fed by a primitive: the primitive holds the value.
+    "PrimitiveNode": ("value",),
+    "PrimitiveInt": ("value",),
+    "PrimitiveString": ("value",),
+    "PrimitiveStringMultiline": ("value",),
 }
 
 
