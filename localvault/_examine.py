@@ -105,7 +105,7 @@ def stage(store: FileStore, ready: Examined, mode: str, folder: str, name: str |
                                       name)
             if staged is not None and linked_identity(staged) != ready.identity:  # replaced since it was read
                 store.discard(staged)
-                raise StorageError(f"{ready.candidate.path} changed while it was being imported; import it again")
+                raise changed_while_importing(ready.candidate.path)
         if staged is None and ready.data is not None:
             staged = store.stage_data(ready.data, ready.sha256, WORKSPACE_BUCKET, folder, sync=False, name=name)
         elif staged is None:
@@ -113,10 +113,15 @@ def stage(store: FileStore, ready: Examined, mode: str, folder: str, name: str |
             staged = store.stage(path, WORKSPACE_BUCKET, folder, sync=False, name=name)
             if staged.sha256 != ready.sha256 or staged.size != ready.size:
                 store.discard(staged)
-                raise StorageError(f"{path} changed while it was being imported; import it again")
+                raise changed_while_importing(path)
         return staged
     finally:
         ready.data = None
+
+
+def changed_while_importing(path: str | os.PathLike[str]) -> StorageError:
+    """The refusal of a file whose bytes changed between its reading and its commit."""
+    return StorageError(f"{os.fspath(path)} changed while it was being imported; import it again")
 
 
 def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -156,4 +161,4 @@ def _read_all(fd: int, size: int) -> bytes:
     return b"".join(parts)
 
 
-__all__ = ["Examined", "examine", "stage", "file_identity", "PLACEHOLDERS"]
+__all__ = ["Examined", "examine", "stage", "file_identity", "changed_while_importing", "PLACEHOLDERS"]

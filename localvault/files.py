@@ -187,18 +187,21 @@ class FileStore:
         """Hard-link ``source`` into ``bucket/folder`` under a temp name; None where links are impossible.
 
         The caller has hashed ``source``; the staged name shares its inode
-        (so no byte is copied). Other filesystems, or another device, get None.
+        (so no byte is copied); a symbolic link is followed to its file
+        (Linux's link() would link the symlink itself). Other filesystems,
+        or another device, get None.
         """
         if not self.local:
             return None
         directory = self.full_path(bucket, folder)
         temp = f"{directory}/{TEMP_PREFIX}{name or uuid.uuid4().hex}"
+        target = os.path.realpath(source)
         try:
             try:
-                os.link(source, temp)
+                os.link(target, temp)
             except FileNotFoundError:
                 os.makedirs(directory, exist_ok=True)
-                os.link(source, temp)
+                os.link(target, temp)
         except OSError:
             return None
         return StagedFile(bucket, temp, sha256, size)

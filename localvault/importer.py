@@ -245,22 +245,26 @@ class Importer:
                 commit()
             settle()
         except BaseException:  # interrupted (Ctrl-C) or the disk failed: leave no temporary file behind
-            self._abandon(window, batch, committing)
+            _to_the_end(lambda: self._abandon(window, batch, committing))
             raise
         finally:
             if examiners is not None:
-                examiners.close()
+                _to_the_end(examiners.close)
         result.seconds = time.perf_counter() - started
         return result
 
     def _abandon(self, window: deque[_Chunk], batch: _Batch, committing: _Batch | None) -> None:
-        """Stop examining files, let a commit under way end, and remove what the pending batch staged."""
+        """Stop examining files, let a commit under way end, and remove what the pending batch staged.
+
+        Only the futures' own failures are caught: a Ctrl-C while waiting
+        goes up to :func:`_to_the_end`, which starts this over.
+        """
         for chunk in window:
             if chunk.work.cancel():
                 continue
             try:  # a worker process may have staged its files already
                 outcomes = chunk.work.result()
-            except BaseException:  # it staged nothing
+            except Exception:  # it staged nothing
                 continue
             for examined in outcomes:
                 if isinstance(examined, Examined) and examined.staged is not None:
@@ -268,12 +272,12 @@ class Importer:
         if committing is not None:
             try:
                 committing.commit.result()  # type: ignore[union-attr]
-            except BaseException:  # the commit cleaned up after itself
+            except Exception:  # the commit cleaned up after itself
                 pass
         for _examined, staging in batch.chunks:
             try:
                 outcomes = staging.result()
-            except BaseException:  # nothing to remove
+            except Exception:  # nothing to remove
                 continue
             for staged in outcomes:
                 if isinstance(staged, StagedFile):
@@ -300,6 +304,23 @@ class Importer:
     def _commit(self, pending: _Batch) -> ImportReport:
         """Commit a batch (in the committer thread); what it did, as a report to merge."""
         return commit_batch(self.workspace, self.files, self.mode, pending.chunks)
+
+
+def _to_the_end(cleanup: Callable[[], None]) -> None:
+    """Run a cleanup to its end even if Ctrl-C is pressed again meanwhile, then let that Ctrl-C through.
+
+    The cleanup is short (the chunks under way, one commit) and may run again
+    from the start: a second Ctrl-C cutting it short would leave temporary files.
+    """
+    again: KeyboardInterrupt | None = None
+    while True:
+        try:
+            cleanup()
+            break
+        except KeyboardInterrupt as exc:
+            again = exc
+    if again is not None:
+        raise again
 
 
 def _held(candidate: Candidate) -> int:

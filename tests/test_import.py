@@ -11,9 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 from localvault import Vault
+from localvault._intake import scan
 from localvault.cli import main
 from localvault.errors import NotFoundError, StorageError
 from localvault.files import TEMP_PREFIX, WORKSPACE_BUCKET
+from localvault.importer import Importer
 from localvault.progress import ProgressEvent
 from localvault.workspace import Workspace
 
@@ -298,6 +300,19 @@ def test_a_batch_with_a1111_text_sidecars_is_one_job(vault: Vault, tmp_path: Pat
     assert len({i.job_id for i in result.imported}) == 1
 
 
+def test_sizes_reported_are_those_of_the_bytes_imported(vault: Vault, tmp_path: Path) -> None:
+    """A rig rewriting a file between the scan and its reading: the report gives what was stored, not what was listed."""
+    rig_folder(tmp_path / "out")
+    candidates, _refused, _ignored = scan(tmp_path / "out")
+    grown = make_png(tmp_path / "out" / "00000.png", size=(200, 200), text_chunks=a1111("a red fox", 100), color=50)
+    with Importer(vault.db, vault.files, USER) as running:
+        result = running.import_candidates(candidates, total=len(candidates))
+    sizes = {Path(i.source).name: i.size for i in result.imported}
+    assert sizes["00000.png"] == grown.stat().st_size != next(c.size for c in candidates if c.path.endswith("00000.png"))
+    stored = {i.asset_id: vault.workspace.get(i.asset_id).file_size_bytes for i in result.imported}
+    assert result.bytes_imported == sum(stored.values()) == sum(sizes.values())
+
+
 def test_options_fill_only_what_files_lack(vault: Vault, tmp_path: Path) -> None:
     rig_folder(tmp_path / "out")
     result = vault.workspace.import_folder(tmp_path / "out", model="my-model", prompt="fallback")
@@ -327,7 +342,6 @@ def test_cli_import_summary_and_json(tmp_path: Path) -> None:
 
 def test_interrupted_import_leaves_no_temporary_files(vault: Vault, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from localvault.importer import Importer, scan
 
     rig_folder(tmp_path / "out")
     real = Workspace.add_batch

@@ -238,6 +238,37 @@ def test_ctrl_c_while_the_first_chunks_are_sent_leaves_nothing(tmp_path: Path,
         assert temp_files(vault) == [] and vault.workspace.count() == 0
 
 
+def test_a_second_ctrl_c_during_the_cleanup_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cleanup waits for the chunks under way; a second Ctrl-C landing then must not skip their files."""
+    rig_folder(tmp_path / "out")
+    monkeypatch.setattr(importer, "PROCESS_MIN_FILES", 1)
+    monkeypatch.setattr(importer, "CHUNK_FILES", 1)
+    first_ctrl_c_given, second_given = [False], [False]
+    real_run = ExaminerProcesses._run
+
+    def run_then_ctrl_c(self: ExaminerProcesses, files: list[Candidate]) -> list[object]:
+        results = real_run(self, files)
+        if first_ctrl_c_given[0] and not second_given[0]:
+            second_given[0] = True  # the user presses Ctrl-C again while the import cleans up after the first
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # (the importing thread, waiting for these results, takes it now)
+        return results  # type: ignore[return-value]
+
+    monkeypatch.setattr(ExaminerProcesses, "_run", run_then_ctrl_c)
+    candidates, _refused, _ignored = scan(tmp_path / "out")
+
+    def interrupted():  # type: ignore[no-untyped-def]
+        yield from candidates[:4]
+        first_ctrl_c_given[0] = True
+        raise KeyboardInterrupt
+
+    with Vault.create(tmp_path / "v", user_id=USER) as vault:
+        with importer.Importer(vault.db, vault.files, USER, workers=2) as running, pytest.raises(KeyboardInterrupt):
+            running.import_candidates(interrupted(), total=len(candidates))
+        assert second_given[0]
+        assert temp_files(vault) == [] and vault.workspace.count() == 0
+
+
 def test_a_module_in_the_current_folder_does_not_shadow_the_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     rig_folder(tmp_path / "out")

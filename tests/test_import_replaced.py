@@ -73,3 +73,43 @@ def test_move_still_deletes_the_source_it_imported(tmp_path: Path) -> None:
     with Vault.create(tmp_path / "v", user_id=USER) as vault:
         result = vault.workspace.import_folder(tmp_path / "out", mode="move")
         assert len(result.imported) == 1 and not source.exists()
+
+
+@pytest.mark.parametrize("mode", ["link", "move"])
+def test_a_file_rewritten_in_place_after_it_was_linked_is_refused(tmp_path: Path, mode: str) -> None:
+    """A rig saving over an existing name keeps the inode: the vault's link would hold bytes other than the hashed ones."""
+    source = rig_file(tmp_path / "out")
+    (candidate,), _refused, _ignored = scan(tmp_path / "out")
+    with Vault.create(tmp_path / "v", user_id=USER) as vault:
+        examined = examine(candidate, set(), in_memory_bytes=1 << 20)
+        examined.job_id = JobGrouper(USER).job_for(examined.info, examined.sha256, candidate.mtime, examined.group)
+        staging: Future[list[object]] = Future()
+        staging.set_result([stage(vault.files, examined, mode, f"{USER}/{examined.job_id}")])
+        newer = make_png(tmp_path / "newer.png", text_chunks=a1111("v2", 2), color=2).read_bytes()
+        with open(source, "r+b") as same_inode:  # after the vault's link was made, before the commit
+            same_inode.write(newer)
+            same_inode.truncate()
+
+        result = commit_batch(vault.workspace, vault.files, mode, [([examined], staging)])  # type: ignore[list-item]
+
+        assert result.imported == [] and "changed while it was being imported" in result.refused[str(source)]
+        assert vault.workspace.count() == 0 and staged_names(vault) == []
+    assert source.read_bytes() == newer  # kept, whatever the mode
+
+
+@pytest.mark.parametrize("mode", ["link", "move"])
+def test_a_symbolic_link_in_the_folder_brings_its_file_in(tmp_path: Path, mode: str) -> None:
+    """Linux's link() links a symlink itself: the import must link (and hash) the file it points to."""
+    out = tmp_path / "out"
+    target = rig_file(out)
+    os.symlink(target.name, out / "0-link-to-a.png")  # sorts first: taken before its target
+    data = target.read_bytes()
+    with Vault.create(tmp_path / "v", user_id=USER) as vault:
+        result = vault.workspace.import_folder(out, mode=mode)
+
+        assert result.refused == {} and len(result.imported) == 1 and len(result.duplicates) == 1
+        asset = vault.workspace.get(result.imported[0].asset_id)
+        assert Path(vault.workspace.file_path(asset)).read_bytes() == data
+        assert not Path(vault.workspace.file_path(asset)).is_symlink()
+        assert vault.verify().clean
+    assert os.path.exists(target) and target.read_bytes() == data  # the link went (--move); the file it pointed to stays
