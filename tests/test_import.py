@@ -342,7 +342,6 @@ def test_cli_import_summary_and_json(tmp_path: Path) -> None:
 
 def test_interrupted_import_leaves_no_temporary_files(vault: Vault, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-
     rig_folder(tmp_path / "out")
     real = Workspace.add_batch
     calls: list[int] = []
