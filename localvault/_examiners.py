@@ -47,6 +47,7 @@ from ._examine import Examined, examine, stage
 from ._intake import Candidate
 from .errors import LocalVaultError, StorageError
 from .files import TEMP_PREFIX, WORKSPACE_BUCKET, FileStore
+from .models import GenerationInfo
 
 #: Frame header: the pickle's length.
 _HEADER = struct.Struct("<Q")
@@ -219,6 +220,11 @@ def examine_and_stage(candidate: Candidate, known: Any, store: FileStore, setup:
     if examined.values is not None:
         examined.staged = stage(store, examined, setup.mode, setup.user_id, name)
     examined.data = None
+    # The importer reads only what grouping needs; the settings (a ComfyUI graph can be 100s of KB) already
+    # travel as JSON in ``values``: not pickled, sent and unpickled a second time.
+    info = examined.info
+    examined.info = GenerationInfo.model_construct(prompt=info.prompt, model=info.model, source=info.source,
+                                                   run_id=info.run_id)
     return examined
 
 

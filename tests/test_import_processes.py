@@ -122,6 +122,27 @@ def test_a_dead_worker_fails_its_chunk_only_and_is_replaced(tmp_path: Path) -> N
             vault.files.discard(examined.staged)  # type: ignore[union-attr,arg-type]
 
 
+def test_a_workers_reply_carries_the_settings_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ComfyUI graph (often 100s of KB) travels back as the row's JSON only, yet the row keeps all of it."""
+    monkeypatch.setattr(importer, "PROCESS_MIN_FILES", 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    graph = {str(i): {"class_type": "Note", "inputs": {"text": f"note {i} " + "x" * 1000}} for i in range(200)}
+    graph["1"] = {"class_type": "KSampler", "inputs": {"seed": 5, "positive": ["2", 0], "negative": ["2", 0]}}
+    graph["2"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a moth"}}
+    make_png(out / "comfy.png", text_chunks={"prompt": json.dumps(graph)})
+    candidates, _refused, _ignored = scan(out)
+    with Vault.create(tmp_path / "v", user_id=USER) as vault:
+        with ExaminerProcesses(1, setup_for(vault)) as workers:
+            (examined,) = workers.submit(candidates).result()
+            assert examined.info.settings == {} and examined.info.prompt == "a moth"  # type: ignore[union-attr]
+            assert json.loads(examined.values[3])["comfyui_prompt"] == graph  # type: ignore[union-attr,index]
+            vault.files.discard(examined.staged)  # type: ignore[union-attr,arg-type]
+        (item,) = vault.workspace.import_folder(out).imported
+        asset = vault.workspace.get(item.asset_id)
+        assert asset.generation_settings["comfyui_prompt"] == graph and asset.generation_seed == 5
+
+
 def test_the_importer_refuses_a_dead_workers_files_and_goes_on(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     rig_folder(tmp_path / "out")
