@@ -44,6 +44,66 @@ class RemoteConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
 
 
+_DATABASE_URL_FORM = "postgresql://user:password@host:port/dbname"
+
+
+def check_database_url(url: str) -> str:
+    """A PostgreSQL URL (or ``key=value`` DSN) that libpq will read as meant; InvalidInputError otherwise.
+
+    The message never repeats the URL: it may hold a password.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidInputError(f"the database URL is empty; give {_DATABASE_URL_FORM}")
+    url = url.strip()
+    if "://" not in url:
+        if "=" in url:  # a key=value connection string: libpq checks it
+            return url
+        raise InvalidInputError(f"the database URL has no scheme; give {_DATABASE_URL_FORM}")
+    scheme, rest = url.split("://", 1)
+    if scheme.lower() not in ("postgresql", "postgres"):
+        raise InvalidInputError(f"the database URL must start with postgresql:// (it starts with {scheme[:20]}://); "
+                                f"give {_DATABASE_URL_FORM}")
+    authority = rest.split("?", 1)[0]
+    if "@" in authority:
+        credentials = authority[: authority.rfind("@")]
+        if any(c in credentials for c in "@/ #?"):
+            raise InvalidInputError("the database URL's user or password holds '@', '/', '#', '?' or a space: "
+                                    "percent-encode them (@ as %40, / as %2F, # as %23, ? as %3F, space as %20)")
+    if any(c.isspace() for c in url):
+        raise InvalidInputError("the database URL holds a space: percent-encode it as %20")
+    return url
+
+
+def check_bucket_url(url: str) -> str:
+    """A bucket URL with a scheme fsspec knows (``s3://name``, ``gs://…``, ``file:///…``) or an absolute path."""
+    import fsspec
+
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidInputError("the bucket URL is empty; give e.g. s3://user-library")
+    url = url.strip()
+    if "://" not in url:
+        if os.path.isabs(url):
+            return url
+        raise InvalidInputError(f"the bucket {url!r} has no scheme: give a URL such as s3://{url.strip('/') or 'bucket'}"
+                                " (or file:///absolute/folder for a folder on this machine)")
+    protocol, rest = url.split("://", 1)
+    if protocol not in fsspec.available_protocols():
+        raise InvalidInputError(f"the bucket URL's scheme {protocol}:// is not one fsspec knows; use s3://, gs://, "
+                                "az://, file:// …")
+    if protocol in ("s3", "s3a", "gs", "gcs", "az", "abfs") and not rest.split("/", 1)[0]:
+        raise InvalidInputError(f"the bucket URL {url!r} names no bucket; give {protocol}://<bucket name>")
+    return url
+
+
+def check_storage_options(options: Mapping[str, Any]) -> None:
+    """The settings an S3 client cannot use, caught before any sync tries them."""
+    client = options.get("client_kwargs")
+    endpoint = client.get("endpoint_url") if isinstance(client, Mapping) else None
+    endpoint = endpoint or options.get("endpoint_url")
+    if endpoint is not None and not (isinstance(endpoint, str) and endpoint.startswith(("http://", "https://"))):
+        raise InvalidInputError(f"the endpoint URL {endpoint!r} must start with http:// or https://")
+
+
 @dataclass
 class VaultConfig:
     """Contents of localvault.toml."""

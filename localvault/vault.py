@@ -11,7 +11,7 @@ import fsspec
 
 from . import models, pending
 from .collections import Collections
-from .config import RemoteConfig, VaultConfig
+from .config import RemoteConfig, VaultConfig, check_bucket_url, check_database_url, check_storage_options
 from .db import DB_NAME, Database
 from .errors import DuplicateError, NotFoundError, StorageError
 from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
@@ -164,8 +164,16 @@ class Vault:
     # --------------------------------------------------------------- sync
 
     def set_remote(self, database_url: str, bucket_url: str, storage_options: dict[str, Any] | None = None) -> None:
-        """Remember where ``sync`` pushes to (in localvault.toml, readable only by its owner)."""
-        self.config.remote = RemoteConfig(database_url, bucket_url, dict(storage_options or {}))
+        """Remember where ``sync`` pushes to (in localvault.toml, readable only by its owner).
+
+        InvalidInputError for a URL that cannot work: a database URL that is
+        not ``postgresql://…`` (or whose password needs percent-encoding), a
+        bucket without a scheme (``user-library`` instead of
+        ``s3://user-library``), an endpoint without ``http(s)://``.
+        """
+        options = dict(storage_options or {})
+        check_storage_options(options)
+        self.config.remote = RemoteConfig(check_database_url(database_url), check_bucket_url(bucket_url), options)
         self.config.save(self.root)
 
     def sync(self, remote: Remote | None = None, **options: Any) -> SyncReport:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from localvault import Vault
 from localvault.cli import main
+from localvault.sync.bucket import Bucket
 
 USER_A = "0a0a0a0a-0000-4000-8000-00000000000a"
 
@@ -167,3 +168,92 @@ def test_retry_rejected(vault_path: Path, server: str, s3_bucket: Any, tmp_path:
     assert report["rejected"] == 0 and report["rows_written"] == 1
     assert as_json(run(*vault, "status", "--json"))["rejected"] == []
     assert _server_titles(server) == {ids[0]: "t0", ids[1]: "short"}
+
+
+# ----------------------------------------------- settings that cannot work
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--bucket", "user-library"], "has no scheme: give a URL such as s3://user-library"),
+    (["--bucket", "s3://"], "names no bucket"),
+    (["--bucket", "nosuchproto://x"], "not one fsspec knows"),
+    (["--bucket", "s3://lib", "--endpoint-url", "minio.lan:9000"], "must start with http:// or https://"),
+    (["--database-url", "mysql://u:pw@h/db"], "must start with postgresql://"),
+    (["--database-url", "postgresql://u:S3cr3t pass@h/db"], "percent-encode"),
+    (["--database-url", "postgresql://u:p@ss/w0rd@h/db"], "percent-encode"),
+])
+def test_remote_set_refuses_settings_that_cannot_work(vault_path: Path, args: list[str], needle: str) -> None:
+    """A bare bucket name once 'synced' into a local folder named after it, in whatever folder the command ran."""
+    given = {"--database-url": "postgresql://u:p@h/db", "--bucket": "s3://lib"}
+    given.update(dict(zip(args[::2], args[1::2], strict=True)))
+    result = run("--vault", str(vault_path), "remote", "set", *[x for pair in given.items() for x in pair])
+    assert result.exit_code == 3 and needle in result.stderr, (result.exit_code, result.stderr)
+    for secret in ("S3cr3t", "w0rd", "pw@"):  # a password is never repeated
+        assert secret not in result.stderr
+    with Vault.open(vault_path) as vault:
+        assert vault.config.remote is None  # nothing stored
+
+
+def test_a_refused_login_or_database_is_not_offline(vault_path: Path, server: str, s3_bucket: Any,
+                                                    tmp_path: Path) -> None:
+    """Wrong password, no such database: retrying later cannot help, so the exit code is not offline's (10)."""
+    _add(vault_path, tmp_path, 1)
+    vault = ["--vault", str(vault_path)]
+    base, _, _dbname = server.rpartition("/")
+    user_and_password, _, host = base.split("://", 1)[1].rpartition("@")
+    for dsn, needle in ((f"postgresql://{user_and_password.split(':')[0]}:wrong-pw@{host}/{_dbname}", "password"),
+                        (f"{base}/no_such_database", "does not exist")):
+        _set_remote(vault_path, dsn, s3_bucket)
+        result = run(*vault, "sync")
+        assert result.exit_code == 11 and needle in result.stderr and "remote set" in result.stderr, result.stderr
+        assert "wrong-pw" not in result.stderr
+        state = as_json(run(*vault, "status", "--json"))
+        assert state["online"] is False and state["problem"] == "not_ready" and state["pending_changes"] == 1
+        assert "not ready to sync:" in ok(run(*vault, "status")).stdout
+
+
+def test_status_reports_a_server_without_the_schema_instead_of_failing(vault_path: Path, pg_empty_database: str,
+                                                                       s3_bucket: Any, tmp_path: Path) -> None:
+    _add(vault_path, tmp_path, 2)
+    _set_remote(vault_path, pg_empty_database, s3_bucket)
+    state = as_json(run("--vault", str(vault_path), "status", "--json"))
+    assert state["problem"] == "not_ready" and "schema apply" in state["offline_reason"]
+    assert state["pending_changes"] == 2
+
+
+def test_a_user_missing_on_the_server_is_named_and_nothing_is_sent(vault_path: Path, pg_database: str,
+                                                                  s3_bucket: Any, tmp_path: Path) -> None:
+    """Every row would be refused (foreign key on auth.users) after its file was uploaded for nothing."""
+    _add(vault_path, tmp_path, 2)
+    _set_remote(vault_path, pg_database, s3_bucket)  # pg_database: the schema, but no users
+    result = run("--vault", str(vault_path), "sync")
+    assert result.exit_code == 11 and f"user {USER_A} does not exist on the server" in result.stderr, result.stderr
+    assert Bucket(f"s3://{s3_bucket.name}", s3_bucket.storage_options).objects("") == {}
+    with Vault.open(vault_path) as vault:
+        assert vault.db.conn.execute("SELECT count(*) FROM sync_rejected").fetchone()[0] == 0
+    state = as_json(run("--vault", str(vault_path), "status", "--json"))
+    assert state["problem"] == "not_ready" and state["pending_changes"] == 2
+
+
+def test_schema_apply_without_privileges_says_who_can(pg_empty_database: str) -> None:
+    role = "weak_" + pg_empty_database.rsplit("/", 1)[1][-8:]
+    with psycopg.connect(pg_empty_database, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'weak-pw'")  # no CREATEROLE: cannot make anon & co.
+    try:
+        _credentials, _, rest = pg_empty_database.split("://", 1)[1].rpartition("@")
+        result = run("schema", "apply", "--database-url", f"postgresql://{role}:weak-pw@{rest}")
+        assert result.exit_code == 11 and "superuser or a role with CREATEROLE" in result.stderr, result.stderr
+    finally:
+        with psycopg.connect(pg_empty_database, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
+def test_a_remote_made_in_python_is_checked_too() -> None:
+    from localvault import InvalidInputError
+    from localvault.sync import Remote
+
+    with pytest.raises(InvalidInputError, match="no scheme"):
+        Remote("postgresql://u:p@h/db", "user-library")
+    with pytest.raises(InvalidInputError, match="percent-encode"):
+        Remote("postgresql://u:p@ss@h/db", "s3://lib")

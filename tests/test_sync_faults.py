@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from PIL import Image
 
-from localvault import OfflineError, Vault
+from localvault import OfflineError, SyncError, Vault
 from localvault.progress import ProgressEvent
 from localvault.sync import Remote, engine, status
 from localvault.sync.bucket import Bucket
@@ -207,3 +207,38 @@ def test_upload_failing_once_is_retried(vault: Vault, remote: Remote, s3_bucket:
     assert_mirrors(vault, remote, s3_bucket)
     assert {str(i) for i in ids} == set(vault.db.conn.execute("SELECT id FROM user_library").fetchall()[i][0]
                                            for i in range(3))
+
+
+def test_a_key_the_bucket_refuses_is_a_clear_sync_error(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key that may list and write but not read (a HEAD is refused) once came out as a bare 'Forbidden' (exit 8).
+
+    The suite's moto server runs without IAM, so the store's refusal is injected.
+    """
+    for n in range(3):
+        vault.library.add(_image(tmp_path, n), title=f"t{n}")
+
+    def forbidden(self: Bucket, key: str) -> None:
+        raise PermissionError("Forbidden")
+
+    monkeypatch.setattr(Bucket, "head", forbidden)
+    with pytest.raises(SyncError, match="access denied .*check the keys and the bucket's policies") as caught:
+        vault.sync(remote)
+    assert caught.value.exit_code == 11 and status(vault, remote).pending_changes == 3
+
+
+def test_upload_progress_counts_over_the_whole_sync(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                    tmp_path: Path) -> None:
+    """One bar for all batches: the totals grow batch by batch and the count never passes them."""
+    for n in range(5):
+        vault.library.add(_image(tmp_path, n), title=f"t{n}")
+    events: list[ProgressEvent] = []
+    engine.push(vault, remote, batch_rows=2, progress=events.append)
+    uploads = [e for e in events if e.stage == "upload"]
+    totals = [e.total for e in uploads]
+    assert totals == sorted(totals) and totals[-1] == 5  # type: ignore[type-var]
+    done = 0
+    for event in uploads:
+        done += event.advance
+        assert event.total is not None and done <= event.total
+    assert done == 5 and sum(e.bytes_advance for e in uploads) == uploads[-1].bytes_total

@@ -10,18 +10,20 @@ from contextlib import contextmanager
 from typing import Any
 
 from pydantic import BaseModel
+from rich import filesize
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
-    TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from ..progress import ProgressCallback, ProgressEvent
 
@@ -89,22 +91,45 @@ def short(text: str | None, width: int = 50) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+class _BytesColumn(ProgressColumn):
+    """Bytes done / total and bytes per second, for the stages that report bytes (blank for the others)."""
+
+    def render(self, task: Task) -> Text:
+        done = task.fields.get("bytes_done")
+        if done is None:
+            return Text("")
+        total = task.fields.get("bytes_total")
+        speed = f"{filesize.decimal(int(done / task.elapsed))}/s" if task.elapsed else "–/s"
+        shown = f"{filesize.decimal(done)}/{filesize.decimal(total)}" if total else filesize.decimal(done)
+        return Text(f"{shown} {speed}", style="progress.download")
+
+
 @contextmanager
 def progress_bars(enabled: bool = True, with_bytes: bool = False) -> Iterator[ProgressCallback | None]:
-    """A progress callback drawing one rich bar per stage (on stderr), or None when disabled."""
+    """A progress callback drawing one rich bar per stage (on stderr), or None when disabled.
+
+    The bar counts items (rows, files); with ``with_bytes``, a stage that
+    reports bytes also shows them, with their rate.
+    """
     if not enabled or not err_console.is_terminal:
         yield None
         return
     columns: list[Any] = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     if with_bytes:
-        columns += [DownloadColumn(), TransferSpeedColumn()]
+        columns.append(_BytesColumn())
     tasks: dict[str, TaskID] = {}
+    bytes_done: dict[str, int] = {}
     with Progress(*columns, console=err_console, transient=False) as bar:
 
         def on_event(event: ProgressEvent) -> None:
             if event.stage not in tasks:
                 tasks[event.stage] = bar.add_task(event.stage, total=event.total)
             task = tasks[event.stage]
-            bar.update(task, advance=event.advance, total=event.total if event.total is not None else None)
+            fields: dict[str, Any] = {}
+            if event.bytes_total is not None or event.bytes_advance:
+                bytes_done[event.stage] = fields["bytes_done"] = bytes_done.get(event.stage, 0) + event.bytes_advance
+                if event.bytes_total is not None:
+                    fields["bytes_total"] = event.bytes_total
+            bar.update(task, advance=event.advance, total=event.total if event.total is not None else None, **fields)
 
         yield on_event

@@ -113,7 +113,12 @@ def status(ctx: Context, offline: bool, as_json: bool) -> None:
         output.print_json(state)
         return
     output.console.print(f"remote: {state.remote or 'not set'}", highlight=False)
-    output.console.print("online" if state.online else f"offline: {state.offline_reason}", highlight=False)
+    if state.online:
+        output.console.print("online")
+    elif state.problem == "not_ready":
+        output.console.print(f"not ready to sync: {state.offline_reason}", highlight=False)
+    else:
+        output.console.print(f"offline: {state.offline_reason}", highlight=False)
     output.console.print(f"pending changes: {state.pending_changes}")
     output.console.print(f"last sync: {state.last_sync or 'never'}")
     for item in state.rejected:

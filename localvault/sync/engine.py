@@ -103,7 +103,10 @@ def _retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] |
         try:
             return action()
         except (psycopg.OperationalError, OfflineError, OSError) as exc:
-            if isinstance(exc, (FileNotFoundError, PermissionError)):
+            if isinstance(exc, PermissionError):  # the store refuses these keys this access: retrying cannot help
+                raise SyncError(f"{what}: access denied ({first_line(exc)}); check the keys and the bucket's "
+                                "policies") from None
+            if isinstance(exc, FileNotFoundError):
                 raise
             if delay is None:
                 raise OfflineError(f"{what} failed after {len(RETRY_DELAYS) + 1} attempts: {first_line(exc)}") from None
@@ -126,6 +129,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
     result = SyncReport(dry_run=dry_run)
     with _SyncLock(vault.root), _closing(target if remote is None else None):
         target.check()
+        _retrying(partial(target.check_user, vault.user_id), "reading the server's users", target.close)
         if retry_rejected and not dry_run:
             outbox.requeue_rejected(vault)
         result.pending_changes = outbox.pending_count(vault)
@@ -218,7 +222,9 @@ def _upload_files(vault: Vault, bucket: Bucket, known: _Objects, batch: outbox.B
     if not todo:
         return
     total = sum(t[3] for t in todo)
-    report(progress, "upload", total=len(todo), bytes_total=total)
+    # Totals over the whole sync, not this batch: the bar keeps counting from one batch to the next.
+    files_total, bytes_total = result.files_uploaded + len(todo), result.bytes_uploaded + total
+    report(progress, "upload", total=files_total, bytes_total=bytes_total)
     if dry_run:
         result.files_uploaded += len(todo)
         result.bytes_uploaded += total
@@ -238,11 +244,8 @@ def _upload_files(vault: Vault, bucket: Bucket, known: _Objects, batch: outbox.B
                                 "fix 'localvault remote set'") from None
             vanished.append(key)  # deleted by another process since the batch was read? checked below
             return None
-        except PermissionError as exc:
-            raise SyncError(f"the bucket {bucket.url} refused {key} ({first_line(exc)}); check the keys and the "
-                            "bucket's policies") from None
         known.remember(key, size)
-        report(progress, "upload", advance=1, bytes_advance=size, total=len(todo), bytes_total=total)
+        report(progress, "upload", advance=1, bytes_advance=size, total=files_total, bytes_total=bytes_total)
         return size
 
     with ThreadPoolExecutor(max_workers=min(UPLOAD_WORKERS, len(todo))) as pool:

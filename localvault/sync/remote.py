@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 
+from ..config import check_bucket_url, check_database_url, check_storage_options
 from ..errors import OfflineError, SyncError, first_line
 from . import schema
 
@@ -106,9 +107,11 @@ class Remote:
     """Where a vault syncs to: a PostgreSQL database and a bucket URL (any fsspec URL)."""
 
     def __init__(self, database_url: str, bucket_url: str, storage_options: dict[str, Any] | None = None) -> None:
-        self.database_url = database_url
-        self.bucket_url = bucket_url
+        """InvalidInputError for settings that cannot work (see :meth:`Vault.set_remote`)."""
         self.storage_options = dict(storage_options or {})
+        check_storage_options(self.storage_options)
+        self.database_url = check_database_url(database_url)
+        self.bucket_url = check_bucket_url(bucket_url)
         self._conn: psycopg.Connection[Any] | None = None
 
     # ------------------------------------------------------- connection
@@ -143,6 +146,25 @@ class Remote:
                 if attempt == 2:
                     raise OfflineError(f"lost the connection to PostgreSQL: {first_line(exc)}") from None
         raise AssertionError("unreachable")
+
+    def check_user(self, user_id: str) -> None:
+        """SyncError if the server has no such user (``auth.users``): every row would be refused, files sent for nothing.
+
+        A role that may not read ``auth.users`` cannot tell; the push then goes on.
+        """
+        conn = self.connection()
+        try:
+            row = conn.execute("SELECT EXISTS (SELECT 1 FROM auth.users WHERE id = %s::uuid)", (user_id,)).fetchone()
+        except psycopg.errors.InsufficientPrivilege:
+            conn.rollback()
+            return
+        except psycopg.OperationalError:
+            self.close()
+            raise
+        conn.rollback()
+        if row is not None and not row[0]:
+            raise SyncError(f"the vault's user {user_id} does not exist on the server (auth.users): sign that user "
+                            "up in the app first, or use a vault of an existing user; nothing was sent")
 
     # ------------------------------------------------------------- push
 

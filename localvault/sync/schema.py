@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from ..errors import OfflineError, SchemaVersionError, SyncError
+from ..errors import InvalidInputError, OfflineError, SchemaVersionError, SyncError
 
 if TYPE_CHECKING:  # importlib.resources.abc is Python >= 3.11
     from importlib.abc import Traversable
@@ -142,17 +142,34 @@ def _describe(database_url: str) -> str:
     return f"{host}:{port}/{dbname}" if dbname else f"{host}:{port}"
 
 
+#: What a server answers to a connection it refuses for good (wrong password, no such database or role,
+#: no pg_hba.conf entry): waiting and retrying cannot fix these.
+_REFUSALS = ("password authentication failed", "no password supplied", "does not exist", "no pg_hba.conf entry",
+             "permission denied for database", "authentication failed")
+
+
 def connect(database_url: str) -> psycopg.Connection[tuple[object, ...]]:
-    """Open a connection (5 s timeout), mapping failures to :class:`OfflineError`."""
+    """Open a connection (5 s timeout).
+
+    A server that cannot be reached is :class:`OfflineError`; one that
+    refuses these credentials or this database is :class:`SyncError`; a
+    connection string libpq cannot read is :class:`InvalidInputError` (its
+    text is not repeated: it may hold the password).
+    """
     try:
         return psycopg.connect(database_url, connect_timeout=CONNECT_TIMEOUT, autocommit=False)
-    except psycopg.ProgrammingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OfflineError(f"invalid PostgreSQL connection string: {first}") from exc
+    except psycopg.ProgrammingError:
+        raise InvalidInputError("the database URL cannot be read; give postgresql://user:password@host:port/dbname "
+                                "(percent-encode special characters of the password)") from None
     except psycopg.OperationalError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reason = lines[-1] if lines else type(exc).__name__
-        raise OfflineError(f"cannot connect to PostgreSQL at {_describe(database_url)}: {reason}") from exc
+        where = _describe(database_url)
+        if any(refusal in reason.lower() for refusal in _REFUSALS):
+            reason = reason.split("FATAL:", 1)[-1].strip()
+            raise SyncError(f"PostgreSQL at {where} refused the connection: {reason}; check the user, password and "
+                            "database name of the database URL ('localvault remote set')") from None
+        raise OfflineError(f"cannot connect to PostgreSQL at {where}: {reason}") from exc
 
 
 def detect_flavour(conn: psycopg.Connection[tuple[object, ...]]) -> Flavour:
@@ -236,7 +253,18 @@ def _run_sql(conn: psycopg.Connection[tuple[object, ...]], text: str, label: str
         raise OfflineError(f"lost the connection to PostgreSQL while applying {label}: {exc}".splitlines()[0]) from exc
     except psycopg.Error as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SyncError(f"applying {label} failed: {reason}") from exc
+        raise SyncError(f"applying {label} failed: {reason}{_APPLY_HINTS.get(exc.sqlstate or '', '')}") from exc
+
+
+_CREATED_BY_HAND = ("; it exists, but the server has no record of its version (localvault.schema_version): was the "
+                    "schema created by hand? Drop it (or restore that record) and apply again")
+#: What to do about the usual refusals of ``schema apply``, by SQLSTATE.
+_APPLY_HINTS = {
+    "42501": ("; run 'localvault schema apply' as a superuser or a role with CREATEROLE (on Supabase, the "
+              "'postgres' role of the project's connection string)"),
+    "42P07": _CREATED_BY_HAND,  # duplicate table
+    "42710": _CREATED_BY_HAND,  # duplicate object (policy, trigger, role)
+}
 
 
 def apply_schema(database_url: str, *, progress: Progress | None = None) -> SchemaReport:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from ..errors import OfflineError, SyncError
+from ..errors import InvalidInputError, LocalVaultError, OfflineError
 from .bucket import Bucket
 from .engine import remote_for
 from .outbox import pending_count
@@ -35,6 +35,9 @@ class SyncStatus:
     rejected: list[RejectedChange] = field(default_factory=list)
     last_sync: str | None = None
     remote: str | None = None
+    #: Why not online: the server or bucket cannot be reached (``offline``), or it answers but a sync
+    #: cannot run until something is fixed (``not_ready``: credentials, settings, bucket, server schema).
+    problem: Literal["offline", "not_ready"] | None = None
 
 
 def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = True) -> SyncStatus:
@@ -46,22 +49,29 @@ def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = T
             (vault.user_id,),
         )
     ]
-    configured = remote or (remote_for(vault, None) if vault.config.remote else None)
     online, reason = False, "no remote is set"
+    problem: Literal["offline", "not_ready"] | None = None
+    try:
+        configured = remote or (remote_for(vault, None) if vault.config.remote else None)
+    except InvalidInputError as exc:  # settings stored before they were checked
+        configured, reason, problem = None, str(exc), "not_ready"
     if configured is not None and check_online:
         try:
             configured.check()
+            configured.check_user(vault.user_id)
             Bucket(configured.bucket_url, configured.storage_options).check_reachable()
             online, reason = True, None
-        except (OfflineError, SyncError) as exc:
-            online, reason = False, str(exc)
+        except OfflineError as exc:
+            online, reason, problem = False, str(exc), "offline"
+        except LocalVaultError as exc:  # it answered: a refusal, a wrong schema version, unusable settings
+            online, reason, problem = False, str(exc), "not_ready"
         finally:
             if remote is None:  # a Remote the caller passed stays theirs to close
                 configured.close()
     return SyncStatus(
-        online=online, offline_reason=reason, pending_changes=pending_count(vault), rejected=rejected,
+        online=online, offline_reason=reason, problem=problem, pending_changes=pending_count(vault), rejected=rejected,
         last_sync=vault.db.get_meta(f"last_sync:{vault.user_id}"),
-        remote=f"{_safe_dsn(configured.database_url)} + {configured.bucket_url}" if configured else None,
+        remote=f"{_safe_dsn(shown.database_url)} + {shown.bucket_url}" if (shown := configured or vault.config.remote) else None,
     )
 
 
