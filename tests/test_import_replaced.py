@@ -15,9 +15,9 @@ import pytest
 from test_import import USER, a1111, make_png
 
 from localvault import Vault
-from localvault._examine import examine, stage
+from localvault._examine import Examined, examine, stage
 from localvault._import_commit import commit_batch
-from localvault._intake import JobGrouper, scan
+from localvault._intake import Candidate, JobGrouper, scan
 from localvault.errors import StorageError
 from localvault.files import TEMP_PREFIX, WORKSPACE_BUCKET
 
@@ -37,6 +37,15 @@ def staged_names(vault: Vault) -> list[str]:
     return [n for _d, _s, names in os.walk(vault.root / WORKSPACE_BUCKET) for n in names if n.startswith(TEMP_PREFIX)]
 
 
+def examined_and_staged(vault: Vault, candidate: Candidate, mode: str) -> tuple[Examined, Future[list[object]]]:
+    """A file examined, given its job and staged in its job's folder: what a batch commit receives."""
+    examined = examine(candidate, set(), in_memory_bytes=1 << 20)
+    examined.job_id = JobGrouper(USER).job_for(examined.info, examined.sha256, candidate.mtime, examined.group)
+    staging: Future[list[object]] = Future()
+    staging.set_result([stage(vault.files, examined, mode, f"{USER}/{examined.job_id}")])
+    return examined, staging
+
+
 @pytest.mark.parametrize("mode", ["link", "move"])
 def test_a_file_replaced_after_it_was_read_is_not_linked_in(tmp_path: Path, mode: str) -> None:
     source = rig_file(tmp_path / "out")
@@ -54,10 +63,7 @@ def test_move_keeps_a_file_that_took_the_sources_place_after_the_commit_began(tm
     source = rig_file(tmp_path / "out")
     (candidate,), _refused, _ignored = scan(tmp_path / "out")
     with Vault.create(tmp_path / "v", user_id=USER) as vault:
-        examined = examine(candidate, set(), in_memory_bytes=1 << 20)
-        examined.job_id = JobGrouper(USER).job_for(examined.info, examined.sha256, candidate.mtime, examined.group)
-        staging: Future[list[object]] = Future()
-        staging.set_result([stage(vault.files, examined, "move", f"{USER}/{examined.job_id}")])
+        examined, staging = examined_and_staged(vault, candidate, "move")
         replace(source, color=2)  # after the vault's link was made, before the source is deleted
 
         result = commit_batch(vault.workspace, vault.files, "move", [([examined], staging)])  # type: ignore[list-item]
@@ -81,10 +87,7 @@ def test_a_file_rewritten_in_place_after_it_was_linked_is_refused(tmp_path: Path
     source = rig_file(tmp_path / "out")
     (candidate,), _refused, _ignored = scan(tmp_path / "out")
     with Vault.create(tmp_path / "v", user_id=USER) as vault:
-        examined = examine(candidate, set(), in_memory_bytes=1 << 20)
-        examined.job_id = JobGrouper(USER).job_for(examined.info, examined.sha256, candidate.mtime, examined.group)
-        staging: Future[list[object]] = Future()
-        staging.set_result([stage(vault.files, examined, mode, f"{USER}/{examined.job_id}")])
+        examined, staging = examined_and_staged(vault, candidate, mode)
         newer = make_png(tmp_path / "newer.png", text_chunks=a1111("v2", 2), color=2).read_bytes()
         with open(source, "r+b") as same_inode:  # after the vault's link was made, before the commit
             same_inode.write(newer)
