@@ -54,6 +54,8 @@ _HEADER = struct.Struct("<Q")
 #: No reply is this big (16 files' metadata); a bigger length means a garbled stream.
 _MAX_FRAME = 256 * 1024 * 1024
 _READY = "ready"
+#: Settings JSON longer than this is not sent back a second time as the parsed dict (see examine_and_stage).
+SLIM_SETTINGS_CHARS = 16 * 1024
 #: Seconds a new worker may take to import localvault and say so.
 START_TIMEOUT = 60.0
 _BOOT = "import sys; sys.path[:] = sys.argv[2:]; from localvault._examiners import _serve; _serve(int(sys.argv[1]))"
@@ -220,11 +222,13 @@ def examine_and_stage(candidate: Candidate, known: Any, store: FileStore, setup:
     if examined.values is not None:
         examined.staged = stage(store, examined, setup.mode, setup.user_id, name)
     examined.data = None
-    # The importer reads only what grouping needs; the settings (a ComfyUI graph can be 100s of KB) already
-    # travel as JSON in ``values``: not pickled, sent and unpickled a second time.
-    info = examined.info
-    examined.info = GenerationInfo.model_construct(prompt=info.prompt, model=info.model, source=info.source,
-                                                   run_id=info.run_id)
+    # The importer reads only what grouping needs; big settings (a ComfyUI graph can be 100s of KB) already
+    # travel as JSON in ``values``: not pickled, sent and unpickled a second time. (Small ones go as they
+    # are: a slimmer copy costs the worker more than it saves.)
+    if examined.values is not None and len(examined.values[3]) > SLIM_SETTINGS_CHARS:
+        info = examined.info
+        examined.info = GenerationInfo.model_construct(prompt=info.prompt, model=info.model, source=info.source,
+                                                       run_id=info.run_id)
     return examined
 
 
