@@ -242,3 +242,17 @@ def test_upload_progress_counts_over_the_whole_sync(vault: Vault, remote: Remote
         done += event.advance
         assert event.total is not None and done <= event.total
     assert done == 5 and sum(e.bytes_advance for e in uploads) == uploads[-1].bytes_total
+
+
+def test_a_local_file_that_cannot_be_read_is_not_blamed_on_the_keys(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                                   tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Injected: the suite runs as root, whom permissions do not stop.)"""
+    vault.library.add(_image(tmp_path, 1), title="t")
+
+    def unreadable(self: Bucket, local: Path, *args: Any) -> None:
+        raise PermissionError(13, "Permission denied", str(local))
+
+    monkeypatch.setattr(Bucket, "upload", unreadable)
+    with pytest.raises(SyncError, match="cannot read .*check its permissions"):
+        vault.sync(remote)
