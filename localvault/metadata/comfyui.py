@@ -84,7 +84,7 @@ def _resolve(nodes: Nodes, value: Any, keys: tuple[str, ...], depth: int = 0) ->
         if node is None:
             return None
         inputs = node["inputs"]
-        if "concat" in str(node.get("class_type", "")).lower() and depth < 8:
+        if "concat" in str(node.get("class_type", "")).lower() and depth < 4:  # (a cycle of them stays small)
             return _joined(nodes, inputs, keys, depth + 1)
         key = next((k for k in keys if k in inputs), None)
         if key is None:
