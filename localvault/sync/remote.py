@@ -150,12 +150,12 @@ class Remote:
     def check_user(self, user_id: str) -> None:
         """SyncError if the server has no such user (``auth.users``): every row would be refused, files sent for nothing.
 
-        A role that may not read ``auth.users`` cannot tell; the push then goes on.
+        A role that may not read ``auth.users`` (or a server without it) cannot tell; the push then goes on.
         """
         conn = self.connection()
         try:
             row = conn.execute("SELECT EXISTS (SELECT 1 FROM auth.users WHERE id = %s::uuid)", (user_id,)).fetchone()
-        except psycopg.errors.InsufficientPrivilege:
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedTable):  # cannot tell: go on
             conn.rollback()
             return
         except psycopg.OperationalError:
