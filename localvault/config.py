@@ -43,6 +43,17 @@ class RemoteConfig:
     bucket_url: str
     storage_options: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def checked(cls, database_url: str, bucket_url: str, storage_options: Mapping[str, Any] | None = None) -> RemoteConfig:
+        """Settings that can work, or InvalidInputError (see the ``check_*`` functions below).
+
+        Not done on load: settings stored before these checks existed must
+        not keep the vault from opening.
+        """
+        options = dict(storage_options or {})
+        check_storage_options(options)
+        return cls(check_database_url(database_url), check_bucket_url(bucket_url), options)
+
 
 _DATABASE_URL_FORM = "postgresql://user:password@host:port/dbname"
 

@@ -11,7 +11,7 @@ import fsspec
 
 from . import models, pending
 from .collections import Collections
-from .config import RemoteConfig, VaultConfig, check_bucket_url, check_database_url, check_storage_options
+from .config import RemoteConfig, VaultConfig
 from .db import DB_NAME, Database
 from .errors import DuplicateError, NotFoundError, StorageError
 from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
@@ -171,9 +171,7 @@ class Vault:
         bucket without a scheme (``user-library`` instead of
         ``s3://user-library``), an endpoint without ``http(s)://``.
         """
-        options = dict(storage_options or {})
-        check_storage_options(options)
-        self.config.remote = RemoteConfig(check_database_url(database_url), check_bucket_url(bucket_url), options)
+        self.config.remote = RemoteConfig.checked(database_url, bucket_url, storage_options)
         self.config.save(self.root)
 
     def sync(self, remote: Remote | None = None, **options: Any) -> SyncReport:

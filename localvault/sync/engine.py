@@ -130,8 +130,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
     target = remote_for(vault, remote)
     result = SyncReport(dry_run=dry_run)
     with _SyncLock(vault.root), _closing(target if remote is None else None):
-        target.check()
-        _retrying(partial(target.check_user, vault.user_id), "reading the server's users", target.close)
+        target.check(vault.user_id)
         if retry_rejected and not dry_run:
             outbox.requeue_rejected(vault)
         result.pending_changes = outbox.pending_count(vault)

@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from ..config import check_bucket_url, check_database_url, check_storage_options
+from ..config import RemoteConfig
 from ..errors import OfflineError, SyncError, first_line
 from . import schema
 
@@ -103,15 +103,26 @@ class Changes:
         return len(self.collections) + len(self.library) + len(self.library_deletes) + len(self.collection_deletes)
 
 
+def _check_user(conn: psycopg.Connection[Any], user_id: str) -> None:
+    """SyncError if ``auth.users`` has no such user; a role that may not read it (or no such table) cannot tell."""
+    try:
+        row = conn.execute("SELECT EXISTS (SELECT 1 FROM auth.users WHERE id = %s::uuid)", (user_id,)).fetchone()
+    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedTable):  # cannot tell: the push goes on
+        row = None
+    conn.rollback()
+    if row is not None and not row[0]:
+        raise SyncError(f"the vault's user {user_id} does not exist on the server (auth.users): sign that user "
+                        "up in the app first, or use a vault of an existing user; nothing was sent")
+
+
 class Remote:
     """Where a vault syncs to: a PostgreSQL database and a bucket URL (any fsspec URL)."""
 
     def __init__(self, database_url: str, bucket_url: str, storage_options: dict[str, Any] | None = None) -> None:
         """InvalidInputError for settings that cannot work (see :meth:`Vault.set_remote`)."""
-        self.storage_options = dict(storage_options or {})
-        check_storage_options(self.storage_options)
-        self.database_url = check_database_url(database_url)
-        self.bucket_url = check_bucket_url(bucket_url)
+        settings = RemoteConfig.checked(database_url, bucket_url, storage_options)
+        self.database_url, self.bucket_url = settings.database_url, settings.bucket_url
+        self.storage_options = settings.storage_options
         self._conn: psycopg.Connection[Any] | None = None
 
     # ------------------------------------------------------- connection
@@ -129,42 +140,28 @@ class Remote:
             self._conn.close()
             self._conn = None
 
-    def check(self) -> int:
-        """Connect and check the server's schema version (SchemaVersionError if it differs).
+    def check(self, user_id: str | None = None) -> int:
+        """Connect, check the server's schema version and, given ``user_id``, that the server has that user.
 
-        A connection dropped since its last use (a server restart) is reopened
-        once, transparently; a server that cannot be reached is OfflineError.
+        SchemaVersionError if the version differs; SyncError if the user is
+        missing (every row would be refused after its file was uploaded for
+        nothing). A connection dropped since its last use (a server restart)
+        is reopened once, transparently; a server that cannot be reached is
+        OfflineError.
         """
         for attempt in (1, 2):
             conn = self.connection()
             try:
                 version = schema.check_schema_version(conn)
                 conn.rollback()
+                if user_id is not None:
+                    _check_user(conn, user_id)
                 return version
             except psycopg.OperationalError as exc:
                 self.close()
                 if attempt == 2:
                     raise OfflineError(f"lost the connection to PostgreSQL: {first_line(exc)}") from None
         raise AssertionError("unreachable")
-
-    def check_user(self, user_id: str) -> None:
-        """SyncError if the server has no such user (``auth.users``): every row would be refused, files sent for nothing.
-
-        A role that may not read ``auth.users`` (or a server without it) cannot tell; the push then goes on.
-        """
-        conn = self.connection()
-        try:
-            row = conn.execute("SELECT EXISTS (SELECT 1 FROM auth.users WHERE id = %s::uuid)", (user_id,)).fetchone()
-        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedTable):  # cannot tell: go on
-            conn.rollback()
-            return
-        except psycopg.OperationalError:
-            self.close()
-            raise
-        conn.rollback()
-        if row is not None and not row[0]:
-            raise SyncError(f"the vault's user {user_id} does not exist on the server (auth.users): sign that user "
-                            "up in the app first, or use a vault of an existing user; nothing was sent")
 
     # ------------------------------------------------------------- push
 

@@ -144,8 +144,8 @@ def _describe(database_url: str) -> str:
 
 #: What a server answers to a connection it refuses for good (wrong password, no such database or role,
 #: no pg_hba.conf entry): waiting and retrying cannot fix these.
-_REFUSALS = ("password authentication failed", "no password supplied", "does not exist", "no pg_hba.conf entry",
-             "permission denied for database", "authentication failed")
+_REFUSALS = ("authentication failed", "no password supplied", "does not exist", "no pg_hba.conf entry",
+             "permission denied for database")
 
 
 def connect(database_url: str) -> psycopg.Connection[tuple[object, ...]]:

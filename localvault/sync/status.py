@@ -57,8 +57,7 @@ def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = T
         configured, reason, problem = None, str(exc), "not_ready"
     if configured is not None and check_online:
         try:
-            configured.check()
-            configured.check_user(vault.user_id)
+            configured.check(vault.user_id)
             Bucket(configured.bucket_url, configured.storage_options).check_reachable()
             online, reason = True, None
         except OfflineError as exc:
