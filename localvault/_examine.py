@@ -103,7 +103,7 @@ def stage(store: FileStore, ready: Examined, mode: str, folder: str, name: str |
         if mode in ("link", "move"):
             staged = store.stage_link(Path(ready.candidate.path), ready.sha256, ready.size, WORKSPACE_BUCKET, folder,
                                       name)
-            if staged is not None and linked_identity(staged) != ready.identity:  # replaced since it was read
+            if staged is not None and link_outdated(staged, ready):  # replaced since it was read
                 store.discard(staged)
                 raise changed_while_importing(ready.candidate.path)
         if staged is None and ready.data is not None:
@@ -129,11 +129,19 @@ def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def linked_identity(staged: StagedFile) -> tuple[int, int, int, int] | None:
+def link_outdated(staged: StagedFile, ready: Examined) -> bool:
+    """Whether a hard-linked staged file is no longer the file that was read (replaced, or rewritten in place).
+
+    Checked when the link is made, and again just before the commit: a rig
+    saving over an existing name keeps the inode, so the link would carry the
+    new bytes under the old sha256. A copy is never outdated.
+    """
+    if not staged.linked:
+        return False
     try:
-        return file_identity(os.lstat(staged.temp_path))
-    except OSError:
-        return None
+        return file_identity(os.lstat(staged.temp_path)) != ready.identity
+    except OSError:  # gone: nothing to commit
+        return True
 
 
 def _image_facts(data: bytes, media_type: models.MediaType, name: str) -> media.MediaFacts:
@@ -161,4 +169,4 @@ def _read_all(fd: int, size: int) -> bytes:
     return b"".join(parts)
 
 
-__all__ = ["Examined", "examine", "stage", "file_identity", "changed_while_importing", "PLACEHOLDERS"]
+__all__ = ["Examined", "examine", "stage", "file_identity", "link_outdated", "changed_while_importing", "PLACEHOLDERS"]

@@ -13,7 +13,7 @@ import os
 import sqlite3
 from concurrent.futures import Future
 
-from ._examine import Examined, changed_while_importing, file_identity
+from ._examine import Examined, changed_while_importing, file_identity, link_outdated
 from .errors import LocalVaultError
 from .files import FileStore, StagedFile
 from .import_report import ImportedFile, ImportReport
@@ -33,7 +33,7 @@ def commit_batch(workspace: Workspace, files: FileStore, mode: str, chunks: Chun
         for ready, staged in zip(chunk, staging.result(), strict=True):
             if isinstance(staged, Exception):  # e.g. the disk is full: this file is refused
                 result.refused[ready.candidate.path] = refusal_reason(staged)
-            elif mode in ("link", "move") and _rewritten_since_read(staged, ready):
+            elif link_outdated(staged, ready):  # rewritten in place since it was linked
                 discard_quietly(files, staged)
                 result.refused[ready.candidate.path] = refusal_reason(changed_while_importing(ready.candidate.path))
             else:
@@ -71,21 +71,6 @@ def commit_batch(workspace: Workspace, files: FileStore, mode: str, chunks: Chun
             except OSError as exc:
                 log.warning("imported %s but could not delete it: %s", item.source, exc)
     return result
-
-
-def _rewritten_since_read(staged: StagedFile, ready: Examined) -> bool:
-    """Whether a staged hard link's file was rewritten in place since it was read (its bytes are not the hashed ones).
-
-    Checked just before the commit: a rig saving over an existing name keeps
-    the inode, so the link made at staging would carry the new bytes under
-    the old sha256.
-    """
-    try:
-        st = os.lstat(staged.temp_path)
-    except OSError:  # the commit reports it
-        return False
-    linked = ready.identity is not None and (st.st_dev, st.st_ino) == ready.identity[:2]
-    return linked and file_identity(st) != ready.identity
 
 
 def discard_quietly(files: FileStore, staged: StagedFile) -> None:

@@ -52,6 +52,7 @@ class StagedFile:
     temp_path: str
     sha256: str
     size: int
+    linked: bool = False  # a hard link to the source (``stage_link``), not a copy
 
 
 class FileStore:
@@ -204,7 +205,7 @@ class FileStore:
                 os.link(target, temp)
         except OSError:
             return None
-        return StagedFile(bucket, temp, sha256, size)
+        return StagedFile(bucket, temp, sha256, size, linked=True)
 
     def syncfs(self) -> bool:
         """Flush everything written to the vault's filesystem in one call (Linux ``syncfs``).
