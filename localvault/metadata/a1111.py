@@ -40,24 +40,30 @@ def parse_params_line(line: str) -> dict[str, Any] | None:
         if key is None:
             break
         name, start = key.group(1).strip(), key.end()
-        if line[start:start + 1] in ("{", "["):
-            try:
-                decoded, end = _JSON.raw_decode(line, start)
-            except (ValueError, RecursionError):  # not JSON after all (or absurdly nested): read as text
-                decoded, end = None, start
-            after = _AFTER_JSON.match(line, end) if end > start else None
-            if after is not None:
-                pairs.setdefault(name, decoded)
-                pos = after.end()
-                continue
+        if (found := _json_value(line, start)) is not None:
+            pairs.setdefault(name, found[0])
+            pos = found[1]
+            continue
         value = _VALUE.match(line, start)
-        if value is None or value.end() == pos:
+        if value is None:
             break
         pairs.setdefault(name, _unquote(value.group(1).strip()))
         pos = value.end()
     if line[pos:].strip() or len(pairs) < 3:
         return None
     return pairs
+
+
+def _json_value(line: str, start: int) -> tuple[Any, int] | None:
+    """A bare JSON object or list at ``start``, ending the pair: (value, where the next pair starts); else None."""
+    if line[start:start + 1] not in ("{", "["):
+        return None
+    try:
+        decoded, end = _JSON.raw_decode(line, start)
+    except (ValueError, RecursionError):  # not JSON after all (or absurdly nested): read as text
+        return None
+    after = _AFTER_JSON.match(line, end)
+    return (decoded, after.end()) if after is not None else None
 
 
 def _unquote(value: str) -> str:
