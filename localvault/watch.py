@@ -282,9 +282,11 @@ class Watcher:
         candidates, refused, _ignored = scan(self.folder, self.recursive)
         for path, reason in refused.items():
             self._emit(WatchEvent("refused", path, time.time(), message=reason))
-        whole = [c.path for c in candidates if _is_whole(c.path)]
-        taken = set(whole)
-        self._wait_for([c.path for c in candidates if c.path not in taken])  # still being written
+        whole: list[str] = []
+        growing: list[str] = []  # still being written: waited for like new files
+        for candidate in candidates:
+            (whole if _is_whole(candidate.path) else growing).append(candidate.path)
+        self._wait_for(growing)
         for start in range(0, len(whole), CATCH_UP_BATCH):
             if self._stop.is_set():  # what is left is taken by the next watch
                 return
