@@ -211,13 +211,12 @@ def _size(nodes: Nodes, sampler_id: str | None) -> dict[str, Any]:
     """
     ids: list[str] = []
     if sampler_id:
-        latent = _target(nodes, nodes[sampler_id]["inputs"].get("latent_image"))
-        if latent is not None:
-            start = str(nodes[sampler_id]["inputs"]["latent_image"][0])
-            ids += [start, *_upstream(nodes, start)]
-        ids += list(_upstream(nodes, sampler_id))
+        latent = nodes[sampler_id]["inputs"].get("latent_image")
+        if _target(nodes, latent) is not None:
+            ids += [str(latent[0]), *_upstream(nodes, str(latent[0]))]
+        ids += _upstream(nodes, sampler_id)
     ids += [k for k in sorted(nodes, key=_sort_key) if "latent" in str(nodes[k].get("class_type", "")).lower()]
-    for node_id in ids:
+    for node_id in dict.fromkeys(ids):  # each node once, nearest the latent first
         if "textencode" in str(nodes[node_id].get("class_type", "")).lower():
             continue
         inputs = nodes[node_id]["inputs"]
