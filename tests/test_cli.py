@@ -104,6 +104,21 @@ def test_errors_are_one_line_and_exit_codes(cli, args, code, needle) -> None:
     assert needle in output and "Traceback" not in output and len(output.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("args, code, kind", [
+    (["show", "00000000-0000-4000-8000-000000000000"], 2, "NotFoundError"),
+    (["add", "/nonexistent/file.png"], 8, "StorageError"),
+])
+def test_with_json_a_failure_is_json_on_stdout_too(tmp_path: Path, args: list[str], code: int, kind: str) -> None:
+    vault_path = tmp_path / "vault"
+    Vault.create(vault_path, user_id=USER).close()
+    result = CliRunner().invoke(main, ["--vault", str(vault_path), *args, "--json"])
+    assert result.exit_code == code and result.stderr.startswith("error:"), (result.output, result.stderr)
+    failure = json.loads(result.stdout)["error"]
+    assert failure["exit_code"] == code and failure["kind"] == kind and failure["message"] in result.stderr
+    plain = CliRunner().invoke(main, ["--vault", str(vault_path), *args])
+    assert plain.exit_code == code and plain.stdout == ""  # without --json, stdout stays empty
+
+
 def test_missing_vault_is_a_clear_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--vault", str(tmp_path / "none"), "ls"])
     assert result.exit_code == 2 and "no vault at" in result.output and "Traceback" not in result.output

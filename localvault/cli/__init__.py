@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -13,6 +14,8 @@ from ..config import default_vault_path
 from ..errors import LocalVaultError
 from ..vault import Vault
 from . import output
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class VaultGroup(click.Group):
@@ -24,17 +27,23 @@ class VaultGroup(click.Group):
             try:
                 return super().invoke(ctx)
             except LocalVaultError as exc:
-                output.error(str(exc))
-                ctx.exit(exc.exit_code)
+                self._fail(ctx, str(exc), exc.exit_code, type(exc).__name__)
             except OSError as exc:  # a file the user named could not be read or written
-                output.error(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
-                ctx.exit(8)
+                self._fail(ctx, f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 8, "OSError")
             except KeyboardInterrupt:
-                output.error("interrupted")
-                ctx.exit(130)
+                self._fail(ctx, "interrupted", 130, "Interrupted")
             finally:
                 for item in caught:
                     output.warning(str(item.message))
+
+    @staticmethod
+    def _fail(ctx: click.Context, message: str, exit_code: int, kind: str) -> None:
+        """One ``error:`` line on stderr (and, under ``--json``, the error as JSON on stdout), then exit."""
+        output.error(message)
+        state = ctx.find_object(Context)
+        if state is not None and state.json_output:
+            output.print_json({"error": {"message": message, "exit_code": exit_code, "kind": kind}})
+        ctx.exit(exit_code)
 
 
 class Context:
@@ -43,6 +52,7 @@ class Context:
     def __init__(self, vault_path: Path, user_id: str | None) -> None:
         self.vault_path = vault_path
         self.user_id = user_id
+        self.json_output = False  # set by --json: errors then also go to stdout as JSON
         self._vault: Vault | None = None
 
     def vault(self, readonly: bool = False) -> Vault:
@@ -56,6 +66,18 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+
+def json_option(help: str = "Print JSON.") -> Callable[[F], F]:
+    """``--json``: the command prints JSON on stdout, and so does a failure (``{"error": {…}}``)."""
+
+    def remember(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+        state = ctx.find_object(Context)
+        if value and state is not None:
+            state.json_output = True
+        return value
+
+    return click.option("--json", "as_json", is_flag=True, help=help, callback=remember)
 
 
 @click.group(cls=VaultGroup)

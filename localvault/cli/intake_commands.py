@@ -25,7 +25,7 @@ from rich.text import Text
 from ..errors import LocalVaultError
 from ..importer import ImportReport
 from ..progress import ProgressCallback, ProgressEvent
-from . import Context, main, output, pass_ctx
+from . import Context, json_option, main, output, pass_ctx
 
 mode_options = [
     click.option("--copy", "mode", flag_value="copy", default=True, help="Copy files into the vault (default)."),
@@ -84,7 +84,7 @@ def _print_summary(result: ImportReport, verb: str = "import") -> None:
 @click.option("--model", help="Model for files whose metadata does not name one (else \"unknown\").")
 @click.option("--prompt", help="Prompt for files whose metadata has none (else \"\").")
 @click.option("--workers", type=click.IntRange(1, 64), help="Examining workers (default: one per core, at most 8); processes for 1,000 files or more, else threads.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option("Print the report as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @pass_ctx
 def import_(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | None, prompt: str | None,

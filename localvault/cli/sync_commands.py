@@ -7,9 +7,7 @@ import json
 import click
 
 from ..errors import InvalidInputError
-from . import Context, main, output, pass_ctx
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+from . import Context, json_option, main, output, pass_ctx
 
 
 @main.group()
@@ -19,7 +17,7 @@ def schema() -> None:
 
 @schema.command(name="apply")
 @click.option("--database-url", required=True, envvar="LOCALVAULT_DATABASE_URL", help="postgresql://… of the server.")
-@json_option
+@json_option()
 def schema_apply(database_url: str, as_json: bool) -> None:
     """Create or upgrade the server's tables, RLS, buckets and policies (idempotent)."""
     from ..sync import apply_schema
@@ -76,7 +74,7 @@ def remote_set(ctx: Context, database_url: str, bucket_url: str, endpoint_url: s
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Show what would be pushed; change nothing.")
 @click.option("--retry-rejected", is_flag=True, help="Send again the changes the server refused before.")
-@json_option
+@json_option()
 @pass_ctx
 def sync(ctx: Context, dry_run: bool, retry_rejected: bool, as_json: bool) -> None:
     """Push the library (rows and files) to the remote; resumes after any interruption.
@@ -102,7 +100,7 @@ def sync(ctx: Context, dry_run: bool, retry_rejected: bool, as_json: bool) -> No
 
 @main.command()
 @click.option("--offline", is_flag=True, help="Do not try to reach the remote.")
-@json_option
+@json_option()
 @pass_ctx
 def status(ctx: Context, offline: bool, as_json: bool) -> None:
     """Online or offline, pending changes, refused changes, last sync, remote."""

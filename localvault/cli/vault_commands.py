@@ -10,15 +10,13 @@ import click
 from ..library import UNSET
 from ..models import LibraryAsset, Visibility, WorkspaceAsset
 from ..vault import Vault
-from . import Context, main, output, pass_ctx
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+from . import Context, json_option, main, output, pass_ctx
 
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path), required=False)
 @click.option("--user", "user_id", help="The owner's user id (a UUID; generated if omitted).")
-@json_option
+@json_option("Print JSON instead of a table.")
 @pass_ctx
 def init(ctx: Context, path: Path | None, user_id: str | None, as_json: bool) -> None:
     """Create a vault: vault.db, the two buckets and localvault.toml."""
@@ -38,7 +36,7 @@ def init(ctx: Context, path: Path | None, user_id: str | None, as_json: bool) ->
 @click.option("--prompt", help="The prompt.")
 @click.option("--model", help="The model used.")
 @click.option("--settings", help="Other generation settings, as a JSON object.")
-@json_option
+@json_option("Print JSON instead of a table.")
 @pass_ctx
 def add(ctx: Context, file: Path, job_id: str | None, asset_index: int | None, seed: str | None, prompt: str | None,
         model: str | None, settings: str | None, as_json: bool) -> None:
@@ -66,7 +64,7 @@ def _seed(text: str | None) -> int | str | None:
 @click.option("--search", help="Full-text search over prompt, title and tags (newest matches first).")
 @click.option("--limit", default=50, show_default=True, help="Page size.")
 @click.option("--cursor", help="Continue after a previous page (its next_cursor).")
-@json_option
+@json_option("Print JSON instead of a table.")
 @pass_ctx
 def ls(ctx: Context, what: str, tags: tuple[str, ...], favorite: bool | None, collection: str | None,
        search: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
@@ -99,7 +97,7 @@ def ls(ctx: Context, what: str, tags: tuple[str, ...], favorite: bool | None, co
 @click.option("--collection", help="Put it in this collection (name or id).")
 @click.option("--favorite", is_flag=True)
 @click.option("--visibility", type=click.Choice([v.value for v in Visibility]), default="private", show_default=True)
-@json_option
+@json_option("Print JSON instead of a table.")
 @pass_ctx
 def save(ctx: Context, workspace_asset_id: str, title: str | None, tags: tuple[str, ...], collection: str | None,
          favorite: bool, visibility: str, as_json: bool) -> None:
@@ -118,7 +116,7 @@ def save(ctx: Context, workspace_asset_id: str, title: str | None, tags: tuple[s
 @click.option("--visibility", type=click.Choice([v.value for v in Visibility]))
 @click.option("--move-to", help="Move into this collection (name or id).")
 @click.option("--no-collection", is_flag=True, help="Take it out of its collection.")
-@json_option
+@json_option("Print JSON instead of a table.")
 @pass_ctx
 def update(ctx: Context, library_id: str, title: str | None, add_tags: tuple[str, ...], remove_tags: tuple[str, ...],
            favorite: bool | None, visibility: str | None, move_to: str | None, no_collection: bool, as_json: bool) -> None:
@@ -141,7 +139,7 @@ def rm(ctx: Context, asset_id: str) -> None:
 
 @main.command()
 @click.argument("asset_id")
-@json_option
+@json_option("Print JSON instead of a table.")
 @pass_ctx
 def show(ctx: Context, asset_id: str, as_json: bool) -> None:
     """Show one asset with its prompt, seed, model and settings."""
@@ -168,7 +166,7 @@ def cleanup(ctx: Context) -> None:
 @main.command()
 @click.option("--repair", is_flag=True, help="Fix what can be fixed (remove orphans, restore from twins).")
 @click.option("--quick", is_flag=True, help="Do not hash the files: only check that each exists and has its row.")
-@json_option
+@json_option("Print JSON instead of a table.")
 @pass_ctx
 def verify(ctx: Context, repair: bool, quick: bool, as_json: bool) -> None:
     """Check every row against its file: orphans, missing files, hash mismatches."""
@@ -206,7 +204,7 @@ def collections() -> None:
 @collections.command(name="create")
 @click.argument("name")
 @click.option("--description")
-@json_option
+@json_option("Print JSON instead of a table.")
 @pass_ctx
 def collections_create(ctx: Context, name: str, description: str | None, as_json: bool) -> None:
     """Create a collection."""
@@ -214,7 +212,7 @@ def collections_create(ctx: Context, name: str, description: str | None, as_json
 
 
 @collections.command(name="ls")
-@json_option
+@json_option("Print JSON instead of a table.")
 @pass_ctx
 def collections_ls(ctx: Context, as_json: bool) -> None:
     """List collections with their asset counts."""
@@ -229,7 +227,7 @@ def collections_ls(ctx: Context, as_json: bool) -> None:
 @collections.command(name="rename")
 @click.argument("collection")
 @click.argument("new_name")
-@json_option
+@json_option("Print JSON instead of a table.")
 @pass_ctx
 def collections_rename(ctx: Context, collection: str, new_name: str, as_json: bool) -> None:
     """Rename a collection (named by name or id)."""
