@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,7 +56,38 @@ class RemoteConfig:
         return cls(check_database_url(database_url), check_bucket_url(bucket_url), options)
 
 
+    def redacted(self) -> dict[str, Any]:
+        """These settings with every secret replaced by ``***``: safe to print or log."""
+        return {"database_url": redact_database_url(self.database_url), "bucket_url": self.bucket_url,
+                "storage_options": _redact_options(self.storage_options)}
+
+
 _DATABASE_URL_FORM = "postgresql://user:password@host:port/dbname"
+#: Storage option names whose values are secrets (``key``, an access key id, is shown).
+_SECRET_OPTION = re.compile(r"secret|token|password|passwd|credential|private|sas|account_key", re.IGNORECASE)
+_PASSWORD_PARAMETER = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)", re.IGNORECASE)
+
+
+def redact_database_url(url: str) -> str:
+    """A database URL or ``key=value`` string with its password (in any place libpq reads one) as ``***``."""
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        authority, slash, tail = rest.partition("/")
+        if "@" in authority:
+            credentials, _, host = authority.rpartition("@")
+            if ":" in credentials:
+                credentials = credentials.split(":", 1)[0] + ":***"
+            authority = f"{credentials}@{host}"
+        url = f"{scheme}://{authority}{slash}{tail}"
+    return _PASSWORD_PARAMETER.sub(lambda m: m.group(1) + "***", url)
+
+
+def _redact_options(value: Any, name: str = "") -> Any:
+    if isinstance(value, Mapping):
+        return {k: _redact_options(v, str(k)) for k, v in value.items()}
+    if name and _SECRET_OPTION.search(name) and value not in (None, ""):
+        return "***"
+    return value
 
 
 def check_database_url(url: str) -> str:

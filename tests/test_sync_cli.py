@@ -258,3 +258,43 @@ def test_a_remote_made_in_python_is_checked_too() -> None:
         Remote("postgresql://u:p@h/db", "user-library")
     with pytest.raises(InvalidInputError, match="percent-encode"):
         Remote("postgresql://u:p@ss@h/db", "s3://lib")
+
+
+def test_secrets_can_stay_off_the_command_line_and_show_hides_them(vault_path: Path, server: str, s3_bucket: Any,
+                                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ps` and shell history see no secret: the URL and keys come from the environment, the password from libpq's."""
+    ids = _add(vault_path, tmp_path, 2)
+    vault = ["--vault", str(vault_path)]
+    base, _, dbname = server.rpartition("/")
+    credentials, _, host = base.split("://", 1)[1].rpartition("@")
+    user, _, password = credentials.partition(":")
+    opts = s3_bucket.storage_options
+    monkeypatch.setenv("LOCALVAULT_DATABASE_URL", f"postgresql://{user}@{host}/{dbname}")  # no password in it
+    key, secret = "lv-key-id", "lv-secret-not-shown"  # moto takes any keys
+    monkeypatch.setenv("LOCALVAULT_S3_KEY", key)
+    monkeypatch.setenv("LOCALVAULT_S3_SECRET", secret)
+    ok(run(*vault, "remote", "set", "--bucket", f"s3://{s3_bucket.name}", "--endpoint-url",
+           opts["client_kwargs"]["endpoint_url"], "--region", "us-east-1"))
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    refused = run(*vault, "sync")
+    assert refused.exit_code == 11 and "password" in refused.stderr, refused.stderr
+    monkeypatch.setenv("PGPASSWORD", password)
+    assert as_json(run(*vault, "sync", "--json"))["rows_written"] == 2
+    assert set(_server_titles(server)) == set(ids)
+
+    with Vault.open(vault_path) as opened:  # what was stored came from the environment
+        assert opened.config.remote is not None and opened.config.remote.storage_options["secret"] == secret
+    shown = as_json(run(*vault, "remote", "show", "--json"))
+    assert shown["storage_options"]["secret"] == "***" and shown["storage_options"]["key"] == key
+    assert shown["bucket_url"] == f"s3://{s3_bucket.name}" and shown["database_url"] == f"postgresql://{user}@{host}/{dbname}"
+    text = ok(run(*vault, "remote", "show")).stdout
+    assert secret not in text and "secret: ***" in text and f"key: {key}" in text and f"s3://{s3_bucket.name}" in text
+
+    _set_remote(vault_path, server, s3_bucket)  # a password in the URL is hidden too
+    for output in (ok(run(*vault, "remote", "show")).stdout, json.dumps(as_json(run(*vault, "status", "--json")))):
+        assert password not in output and f"{user}:***@{host}" in output
+
+
+def test_remote_show_without_a_remote(vault_path: Path) -> None:
+    assert "no remote is set" in ok(run("--vault", str(vault_path), "remote", "show")).stdout
+    assert as_json(run("--vault", str(vault_path), "remote", "show", "--json")) is None

@@ -1,4 +1,4 @@
-"""Commands of the sync: schema apply, remote set, sync, status."""
+"""Commands of the sync: schema apply, remote set/show, sync, status."""
 
 from __future__ import annotations
 
@@ -36,11 +36,13 @@ def remote() -> None:
 
 
 @remote.command(name="set")
-@click.option("--database-url", required=True, help="postgresql://user:password@host:port/db")
+@click.option("--database-url", required=True, envvar="LOCALVAULT_DATABASE_URL",
+              help="postgresql://user:password@host:port/db (or $LOCALVAULT_DATABASE_URL; the password may be left "
+                   "out for libpq's $PGPASSWORD or ~/.pgpass).")
 @click.option("--bucket", "bucket_url", required=True, help="fsspec URL of the user-library bucket, e.g. s3://user-library")
 @click.option("--endpoint-url", help="S3 endpoint (Supabase Storage, MinIO, R2…).")
-@click.option("--key", help="S3 access key id.")
-@click.option("--secret", help="S3 secret access key.")
+@click.option("--key", envvar="LOCALVAULT_S3_KEY", help="S3 access key id (or $LOCALVAULT_S3_KEY).")
+@click.option("--secret", envvar="LOCALVAULT_S3_SECRET", help="S3 secret access key (or $LOCALVAULT_S3_SECRET).")
 @click.option("--region", help="S3 region.")
 @click.option("--option", "options", multiple=True, help="Extra storage option KEY=JSON_VALUE (repeatable).")
 @pass_ctx
@@ -69,6 +71,23 @@ def remote_set(ctx: Context, database_url: str, bucket_url: str, endpoint_url: s
             storage[name] = value
     ctx.vault().set_remote(database_url, bucket_url, storage)
     output.console.print(f"remote set: {bucket_url}")
+
+
+@remote.command(name="show")
+@json_option()
+@pass_ctx
+def remote_show(ctx: Context, as_json: bool) -> None:
+    """The remote sync pushes to, with the password and secrets shown as ***."""
+    configured = ctx.vault(readonly=True).config.remote
+    shown = configured.redacted() if configured is not None else None
+    if as_json:
+        output.print_json(shown)
+    elif shown is None:
+        output.console.print("no remote is set; see 'localvault remote set --help'")
+    else:
+        output.console.print(f"database: {shown['database_url']}\nbucket: {shown['bucket_url']}", highlight=False)
+        for name, value in shown["storage_options"].items():
+            output.console.print(f"{name}: {json.dumps(value) if isinstance(value, dict) else value}", highlight=False)
 
 
 @main.command()

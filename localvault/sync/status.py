@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from ..config import redact_database_url
 from ..errors import InvalidInputError, LocalVaultError, OfflineError
 from .bucket import Bucket
 from .engine import remote_for
@@ -70,15 +71,6 @@ def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = T
     return SyncStatus(
         online=online, offline_reason=reason, problem=problem, pending_changes=pending_count(vault), rejected=rejected,
         last_sync=vault.db.get_meta(f"last_sync:{vault.user_id}"),
-        remote=f"{_safe_dsn(shown.database_url)} + {shown.bucket_url}" if (shown := configured or vault.config.remote) else None,
+        remote=f"{redact_database_url(shown.database_url)} + {shown.bucket_url}" if (shown := configured or vault.config.remote) else None,
     )
 
-
-def _safe_dsn(dsn: str) -> str:
-    try:
-        from psycopg.conninfo import conninfo_to_dict
-
-        parts = conninfo_to_dict(dsn)
-        return f"postgresql://{parts.get('user', '')}@{parts.get('host', '')}:{parts.get('port', '5432')}/{parts.get('dbname', '')}"
-    except Exception:
-        return "postgresql://…"
