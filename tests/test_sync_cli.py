@@ -298,3 +298,19 @@ def test_secrets_can_stay_off_the_command_line_and_show_hides_them(vault_path: P
 def test_remote_show_without_a_remote(vault_path: Path) -> None:
     assert "no remote is set" in ok(run("--vault", str(vault_path), "remote", "show")).stdout
     assert as_json(run("--vault", str(vault_path), "remote", "show", "--json")) is None
+
+
+def test_a_missing_bucket_fails_the_sync_even_with_nothing_to_push(vault_path: Path, server: str, s3_bucket: Any,
+                                                                   tmp_path: Path) -> None:
+    vault = ["--vault", str(vault_path)]
+    opts = s3_bucket.storage_options
+    ok(run(*vault, "remote", "set", "--database-url", server, "--bucket", f"s3://{s3_bucket.name}-gone",
+           "--endpoint-url", opts["client_kwargs"]["endpoint_url"], "--key", opts["key"], "--secret", opts["secret"]))
+    for pending in (0, 2):
+        if pending:
+            _add(vault_path, tmp_path, pending)
+        result = run(*vault, "sync")
+        assert result.exit_code == 11 and "does not exist" in result.stderr, (pending, result.stderr)
+        state = as_json(run(*vault, "status", "--json"))
+        assert state["problem"] == "not_ready" and state["pending_changes"] == pending and state["last_sync"] is None
+    assert _server_titles(server) == {}

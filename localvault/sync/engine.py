@@ -134,12 +134,13 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
         if retry_rejected and not dry_run:
             outbox.requeue_rejected(vault)
         result.pending_changes = outbox.pending_count(vault)
+        # Checked even with nothing to push: a sync that "succeeds" against a bucket that is gone hides it.
+        bucket = Bucket(target.bucket_url, target.storage_options)
+        _retrying(bucket.check_reachable, "reaching the bucket")
         if result.pending_changes == 0:
             outbox.mark_synced(vault, dry_run)
             result.seconds = time.monotonic() - started
             return result
-        bucket = Bucket(target.bucket_url, target.storage_options)
-        _retrying(bucket.check_reachable, "reaching the bucket")
         known = _Objects(bucket, vault.user_id, result.pending_changes)
         report(progress, "rows", total=result.pending_changes)
         after_seq = 0
