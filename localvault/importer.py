@@ -161,7 +161,8 @@ class Importer:
         examiners: ExaminerProcesses | None = None
         use_examiners = False
         known: set[str] = set()
-        seen: set[str] = set()
+        first_copy: dict[str, str] = {}  # sha256 -> the path this import takes it from
+        later_copies: dict[str, list[Candidate]] = {}  # sha256 -> its other copies in this import
         source = iter(candidates)
         lookahead = max(self.workers * 4, self.batch_size * 3)
         window: deque[_Chunk] = deque()  # being examined, in order
@@ -224,12 +225,14 @@ class Importer:
                         continue
                     examined.job_id = self.grouper.job_for(examined.info, examined.sha256, candidate.mtime,
                                                            examined.group)
-                    if examined.sha256 in seen or examined.values is None:
+                    if examined.sha256 in first_copy or examined.values is None:
                         result.duplicates.append(candidate.path)
+                        if examined.values is not None:
+                            later_copies.setdefault(examined.sha256, []).append(candidate)
                         if examined.staged is not None:  # a worker wrote it before this duplicate was seen
                             discard_quietly(self.files, examined.staged)
                     else:
-                        seen.add(examined.sha256)
+                        first_copy[examined.sha256] = candidate.path
                         to_stage.append(examined)
                 if to_stage and all(e.staged is not None for e in to_stage):  # the worker processes staged them
                     batch.add(to_stage, _done([e.staged for e in to_stage]))
@@ -250,8 +253,23 @@ class Importer:
         finally:
             if examiners is not None:
                 _to_the_end(examiners.close)
+        self._offer_copies_again(result, first_copy, later_copies)
         result.seconds = time.perf_counter() - started
         return result
+
+    def _offer_copies_again(self, result: ImportReport, first_copy: dict[str, str],
+                            later_copies: dict[str, list[Candidate]]) -> None:
+        """Import the other copies of a file whose first copy was refused after they were counted as duplicates.
+
+        (The first copy can fail at its staging or commit: replaced meanwhile, the disk full.)
+        """
+        again = [copy for sha256, copies in later_copies.items() if first_copy[sha256] in result.refused
+                 for copy in copies]
+        if not again:
+            return
+        offered = {copy.path for copy in again}
+        result.duplicates = [path for path in result.duplicates if path not in offered]
+        result.merge(self.import_candidates(again, total=len(again)))
 
     def _abandon(self, window: deque[_Chunk], batch: _Batch, committing: _Batch | None) -> None:
         """Stop examining files, let a commit under way end, and remove what the pending batch staged.

@@ -116,3 +116,31 @@ def test_a_symbolic_link_in_the_folder_brings_its_file_in(tmp_path: Path, mode: 
         assert not Path(vault.workspace.file_path(asset)).is_symlink()
         assert vault.verify().clean
     assert os.path.exists(target) and target.read_bytes() == data  # the link went (--move); the file it pointed to stays
+
+
+def test_a_copy_counted_as_duplicate_is_imported_when_the_first_copy_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """a.png and b.png hold the same bytes; a.png is replaced before its link is made, so it is refused:
+    b.png, skipped as its duplicate, must then be imported, not reported as a duplicate of nothing."""
+    from localvault import importer
+
+    first = rig_file(tmp_path / "out")
+    copy = tmp_path / "out" / "b.png"
+    copy.write_bytes(first.read_bytes())
+    os.utime(first, (1_000_000, 1_000_000))  # a.png comes first
+    original = copy.read_bytes()
+    stage_for_real = importer.Importer._stage
+
+    def stage_after_the_rig_replaced_a(self: importer.Importer, ready: Examined) -> object:
+        if ready.candidate.path == str(first) and "v1" in first.read_bytes().decode("latin-1"):
+            replace(first, color=2)  # the timing is the only thing arranged: the replacement is real
+        return stage_for_real(self, ready)
+
+    monkeypatch.setattr(importer.Importer, "_stage", stage_after_the_rig_replaced_a)
+    with Vault.create(tmp_path / "v", user_id=USER) as vault:
+        result = vault.workspace.import_folder(tmp_path / "out", mode="link")
+        assert set(result.refused) == {str(first)} and "changed while" in result.refused[str(first)]
+        assert result.duplicates == [] and [item.source for item in result.imported] == [str(copy)]
+        asset = vault.workspace.get(result.imported[0].asset_id)
+        assert Path(vault.files.full_path(WORKSPACE_BUCKET, asset.temp_storage_path)).read_bytes() == original
+        assert staged_names(vault) == []
