@@ -16,7 +16,7 @@ from pathlib import Path
 from . import media, models
 from ._disk import stream_digest
 from ._intake import Candidate, group_key
-from .errors import InvalidInputError, StorageError
+from .errors import StorageError
 from .files import WORKSPACE_BUCKET, FileStore, StagedFile
 from .models import GenerationInfo
 
@@ -148,14 +148,7 @@ def _image_facts(data: bytes, media_type: models.MediaType, name: str) -> media.
     if media_type is models.MediaType.png and data[12:16] == b"IHDR":  # width and height open every PNG
         width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
         return media.MediaFacts(media_type, width or None, height or None)
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InvalidInputError(f"{name} cannot be read as {media_type.extension.upper()} ({exc})") from None
-    return media.MediaFacts(media_type, width or None, height or None)
+    return media.image_facts(io.BytesIO(data), media_type, name)
 
 
 def _read_all(fd: int, size: int) -> bytes:

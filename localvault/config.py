@@ -166,11 +166,17 @@ class VaultConfig:
         if "user_id" not in data:
             raise VaultCorruptError(f"{path} has no user_id; add a line user_id = \"<uuid>\"")
         remote = data.get("remote")
+        if remote is not None and not (isinstance(remote, dict) and isinstance(remote.get("database_url"), str)
+                                       and isinstance(remote.get("bucket_url"), str)
+                                       and isinstance(remote.get("storage_options", {}), dict)):
+            raise VaultCorruptError(f"{path}: the [remote] table needs database_url and bucket_url (text) and an "
+                                    "optional [remote.storage_options] table; fix it or set it again with "
+                                    "'localvault remote set'")
         return cls(
             user_id=str(data["user_id"]),
             remote=RemoteConfig(
-                database_url=str(remote["database_url"]),
-                bucket_url=str(remote["bucket_url"]),
+                database_url=remote["database_url"],
+                bucket_url=remote["bucket_url"],
                 storage_options=dict(remote.get("storage_options", {})),
             )
             if remote

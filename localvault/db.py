@@ -94,9 +94,10 @@ def _filesystem_type(path: Path) -> str | None:
 class Database:
     """One SQLite connection to a vault's ``vault.db``, configured for several writers."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool = False) -> None:
         self.conn = conn
         self.path = path
+        self.readonly = readonly
         #: sqlite-utils view of the same connection, for schema and convenience queries.
         self.utils = sqlite_utils.Database(conn)
 
@@ -131,7 +132,7 @@ class Database:
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA temp_store = MEMORY")
             conn.execute("PRAGMA cache_size = -16000")
-            db = cls(conn, path)
+            db = cls(conn, path, readonly)
             if not readonly:
                 db._migrate()
             else:

@@ -115,6 +115,9 @@ class FileStore:
         except OSError as exc:
             self._remove_path(temp)
             raise os_error(exc, source if not isinstance(exc, FileNotFoundError) else temp) from None
+        except BaseException:  # on_bytes refused (the file grew past the limit), or Ctrl-C: no temp file stays
+            self._remove_path(temp)
+            raise
         return StagedFile(bucket, temp, digest.hexdigest(), size)
 
     def commit(self, staged: StagedFile, relative: str, *, sync_dir: bool = True) -> None:

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import media
-from .errors import StorageError
+from . import media, models
+from .errors import EmptyFileError, FileTooLargeError, StorageError, UnsupportedMediaError
 from .files import FileStore, StagedFile
 from .media import MediaFacts
 
@@ -39,10 +39,50 @@ def prepare(
     Raises a specific :class:`~localvault.errors.LocalVaultError` and leaves
     nothing behind when the file is refused.
     """
-    source = Path(source)
+    source = models.check_path(source, "the file to add")
     if not source.is_file():
         raise StorageError(f"{source} is not a file; give the path of an image or video")
-    media_type, _size = media.check_source(source)
-    facts = media.facts(source, media_type)
-    staged = files.stage(source, bucket, folder, on_bytes=on_bytes)
+    media_type, _size = media.check_source(source)  # a wrong file is refused before it is copied
+    staged = files.stage(source, bucket, folder, on_bytes=_within_limit(source, on_bytes))
+    try:
+        facts = _check_copy(files, staged, media_type, source)
+    except BaseException:
+        files.discard(staged)
+        raise
     return Prepared(staged, facts)
+
+
+def _within_limit(source: Path, on_bytes: Callable[[int], None] | None) -> Callable[[int], None]:
+    """The copy's progress callback, which also stops a file that grows past the limit while it is copied."""
+    copied = 0
+
+    def count(n: int) -> None:
+        nonlocal copied
+        copied += n
+        if copied > models.MAX_FILE_BYTES:
+            raise FileTooLargeError(f"{source} grew past {models.MAX_FILE_BYTES:,} bytes while it was being added; "
+                                    "the limit is 1 GiB")
+        if on_bytes is not None:
+            on_bytes(n)
+
+    return count
+
+
+def _check_copy(files: FileStore, staged: StagedFile, media_type: models.MediaType, source: Path) -> MediaFacts:
+    """Check what was copied, not only the source (a rig may rewrite a file while it is added): its facts.
+
+    On a vault that is not on the local disk, the source's check stands.
+    """
+    if not files.local:
+        return media.facts(source, media_type)
+    copy = Path(staged.temp_path)
+    if staged.size == 0:
+        raise EmptyFileError(f"{source} was emptied while it was being added; add it again once it is written")
+    try:
+        with open(copy, "rb") as handle:
+            copied_type = media.check_stream(handle, staged.size, str(source))
+    except OSError as exc:
+        raise StorageError(f"cannot read the copy of {source}: {exc.strerror or exc}") from None
+    if copied_type is not media_type:
+        raise UnsupportedMediaError(f"{source} changed while it was being added; add it again")
+    return media.facts(copy, media_type, source.name)

@@ -29,6 +29,7 @@ UNSET: Any = _Unset()
 
 def fts_query(text: str) -> str:
     """User words as a safe FTS5 query: every word must match (quoted, so no syntax errors)."""
+    text = models.check_search(text)
     words = [w for w in text.split() if w.strip('"')]
     if not words:
         raise InvalidInputError("the search text is empty; give one or more words")
@@ -116,7 +117,7 @@ class Library:
         )
         fields = self._check_fields(title, tags, favorite, visibility)
         asset_id = str(uuid.uuid4())
-        prepared = prepare(self._files, Path(source), LIBRARY_BUCKET, self.user_id, on_bytes)
+        prepared = prepare(self._files, source, LIBRARY_BUCKET, self.user_id, on_bytes)
         relative = f"{self.user_id}/{asset_id}.{prepared.extension}"
         committed = False
         try:

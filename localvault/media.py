@@ -160,29 +160,45 @@ def _mp4_boxes(handle: BinaryIO, size: int) -> dict[bytes, tuple[int, int]] | No
     return boxes if b"moov" in boxes and b"ftyp" in boxes else None
 
 
-def facts(path: Path, media: MediaType) -> MediaFacts:
-    """Width and height of an image (header only), or duration and size of an MP4."""
+def facts(path: Path, media: MediaType, name: str | None = None) -> MediaFacts:
+    """Width and height of an image (header only), or duration and size of an MP4 (``name``: for messages)."""
     if media is MediaType.mp4:
-        return _mp4_facts(path)
-    from PIL import Image, UnidentifiedImageError
+        return _mp4_facts(path, name or path.name)
+    return image_facts(path, media, name or path.name)
 
+
+#: Pillow's reader of each image type (module, class).
+_IMAGE_READERS = {MediaType.jpeg: ("JpegImagePlugin", "JpegImageFile"), MediaType.png: ("PngImagePlugin", "PngImageFile"),
+                  MediaType.webp: ("WebPImagePlugin", "WebPImageFile")}
+
+
+def image_facts(source: Path | BinaryIO, media: MediaType, name: str) -> MediaFacts:
+    """Width and height from an image's header (nothing is decoded).
+
+    Pillow's reader class is used directly: ``Image.open`` refuses an image
+    over ~179 megapixels (a 14000×14000 upscale) as a decompression bomb,
+    which matters only to code that decodes it.
+    """
+    import importlib
+
+    module, reader = _IMAGE_READERS[media]
     try:
-        with Image.open(path) as image:
+        with getattr(importlib.import_module(f"PIL.{module}"), reader)(source) as image:
             width, height = image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UnsupportedMediaError(f"{path.name} cannot be read as {media.extension.upper()} ({exc})") from None
+    except (OSError, SyntaxError, ValueError, TypeError, EOFError, struct.error) as exc:
+        raise UnsupportedMediaError(f"{name} cannot be read as {media.extension.upper()} ({exc})") from None
     return MediaFacts(media, width or None, height or None)
 
 
-def _mp4_facts(path: Path) -> MediaFacts:
+def _mp4_facts(path: Path, name: str) -> MediaFacts:
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         boxes = _mp4_boxes(handle, size)
         if boxes is None:
-            raise UnsupportedMediaError(f"{path.name} is a truncated or damaged MP4 file; export it again")
+            raise UnsupportedMediaError(f"{name} is a truncated or damaged MP4 file; export it again")
         offset, length = boxes[b"moov"]
         if length > 64 * 1024 * 1024:
-            raise UnsupportedMediaError(f"{path.name} has an implausibly large moov box; export it again")
+            raise UnsupportedMediaError(f"{name} has an implausibly large moov box; export it again")
         handle.seek(offset + 8)
         moov = handle.read(length - 8)
     duration = _mvhd_duration(moov)

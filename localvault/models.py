@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import re
 import uuid
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,9 +29,15 @@ MAX_DESCRIPTION_CHARS = 2_000
 MAX_MODEL_CHARS = 500
 MAX_SETTINGS_BYTES = 1024 * 1024
 MAX_SEED = 2**63 - 1
+#: A job's positions (PostgreSQL's ``integer``).
+MAX_ASSET_INDEX = 2**31 - 1
+#: Nesting of generation settings (a ComfyUI graph is ~5 deep; JSON readers stop at 200 or so).
+MAX_SETTINGS_DEPTH = 64
 WORKSPACE_TTL_DAYS = 7
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Lone surrogates: what Python makes of bytes that are not UTF-8 (a shell argument, a file name); not storable.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class AssetType(str, enum.Enum):
@@ -80,7 +88,7 @@ def check_uuid(value: str, what: str = "id") -> str:
 def check_seed(value: Any) -> int:
     """A generation seed: an integer from 0 to 2**63-1."""
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
+        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value, re.ASCII):
             value = int(value)
         else:
             raise InvalidInputError(f"seed {value!r} is not a whole number; give an integer from 0 to {MAX_SEED}")
@@ -97,6 +105,8 @@ def _check_text(value: Any, what: str, max_chars: int, *, allow_newlines: bool, 
     bad = value.replace("\n", "").replace("\t", "").replace("\r", "") if allow_newlines else value
     if _CONTROL.search(bad):
         raise InvalidInputError(f"{what} contains control characters; remove them")
+    if _SURROGATE.search(value):
+        raise InvalidInputError(f"{what} is not valid Unicode (bytes that are not UTF-8?); give it as UTF-8 text")
     if not allow_empty and not value.strip():
         raise InvalidInputError(f"{what} must not be empty")
     return value
@@ -124,6 +134,19 @@ def check_description(value: Any) -> str | None:
     if value is None:
         return None
     return _check_text(value, "description", MAX_DESCRIPTION_CHARS, allow_newlines=True, allow_empty=True)
+
+
+def check_path(value: Any, what: str) -> Path:
+    """A file or folder path given as text or a path object (``~`` expanded)."""
+    if isinstance(value, (str, os.PathLike)) and not isinstance(value, bytes):
+        text = os.fspath(value)
+        if isinstance(text, str) and text.strip():
+            return Path(text).expanduser()
+    raise InvalidInputError(f"{what} must be a path (text or pathlib.Path), not {value!r}")
+
+
+def check_search(value: Any) -> str:
+    return _check_text(value, "the search text", MAX_PROMPT_CHARS, allow_newlines=True, allow_empty=True)
 
 
 def check_tag(value: Any) -> str:
@@ -156,26 +179,49 @@ def settings_json(value: Any) -> str:
 
 def _checked_settings(value: Any) -> tuple[dict[str, Any], str]:
     if isinstance(value, str):
+        if len(value) > MAX_SETTINGS_BYTES:
+            raise InvalidInputError(f"generation settings exceed {MAX_SETTINGS_BYTES:,} bytes of JSON")
         try:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
             raise InvalidInputError(f"generation settings are not valid JSON ({exc.msg}); give a JSON object") from None
+        except (ValueError, RecursionError) as exc:  # an integer of 4,300+ digits; nesting Python cannot follow
+            raise InvalidInputError(f"generation settings cannot be read as JSON ({exc}); give a simpler object") from None
     if not isinstance(value, dict):
         raise InvalidInputError(
             f"generation settings must be a JSON object, not {type(value).__name__}; wrap values as {{\"key\": value}}"
         )
+    if _nesting(value) > MAX_SETTINGS_DEPTH:
+        raise InvalidInputError(f"generation settings are nested more than {MAX_SETTINGS_DEPTH} levels deep; "
+                                "flatten them")
     try:
         encoded = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        size = len(encoded.encode())
+    except UnicodeEncodeError:
+        raise InvalidInputError("generation settings hold text that is not valid Unicode; give it as UTF-8") from None
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"generation settings cannot be stored as JSON: {exc}") from None
-    if len(encoded.encode()) > MAX_SETTINGS_BYTES:
+    if size > MAX_SETTINGS_BYTES:
         raise InvalidInputError(f"generation settings exceed {MAX_SETTINGS_BYTES:,} bytes of JSON")
     return value, encoded
 
 
-def check_positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInputError(f"{what} must be a non-negative integer, not {value!r}")
+def _nesting(value: Any) -> int:
+    """How deep dicts and lists nest in ``value`` (without recursion; stops counting past the limit)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, (dict, list, tuple)):
+            deepest = max(deepest, depth)
+            if depth > MAX_SETTINGS_DEPTH:
+                return depth
+            todo.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def check_positive_int(value: Any, what: str, maximum: int = MAX_SEED) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise InvalidInputError(f"{what} must be an integer from 0 to {maximum:,}, not {value!r}")
     return value
 
 

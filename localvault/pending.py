@@ -9,15 +9,19 @@ next drain.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from .db import Database
+from .errors import StorageError
 from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
 
 BATCH = 500
+
+log = logging.getLogger("localvault.pending")
 
 
 def queue_delete(conn: sqlite3.Connection, bucket: str, *paths: str) -> None:
@@ -46,22 +50,33 @@ def settle(conn: sqlite3.Connection, files: FileStore, limit: int = BATCH,
     ``io_map`` may be a thread pool's ``map``: removals then overlap, one job
     folder per task (unlinking waits on the disk here far more than it works).
     """
+    return _settle(conn, files, limit, io_map)[0]
+
+
+def _settle(conn: sqlite3.Connection, files: FileStore, limit: int,
+            io_map: Callable[..., Iterator[Any]]) -> tuple[int, int]:
+    """:func:`settle`, also telling how many entries it looked at (failed ones stay queued)."""
     batch = conn.execute("SELECT id, bucket, path FROM pending_deletes ORDER BY id LIMIT ?", (limit,)).fetchall()
-    by_folder: dict[tuple[str, str], list[str]] = {}
-    for _id, bucket, path in batch:
+    by_folder: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for entry_id, bucket, path in batch:
         if not still_used(conn, bucket, path):
-            by_folder.setdefault((bucket, os.path.dirname(path)), []).append(path)
+            by_folder.setdefault((bucket, os.path.dirname(path)), []).append((entry_id, path))
 
-    def remove(item: tuple[tuple[str, str], list[str]]) -> None:
-        (bucket, folder), paths = item
-        for path in paths:
-            files.remove(bucket, path, prune=False)
+    def remove(item: tuple[tuple[str, str], list[tuple[int, str]]]) -> list[int]:
+        (bucket, folder), entries = item
+        failed = []
+        for entry_id, path in entries:
+            try:
+                files.remove(bucket, path, prune=False)
+            except StorageError as exc:  # one file that cannot go must not stop the others (or every open)
+                log.warning("%s; it stays queued for deletion and is tried again later", exc)
+                failed.append(entry_id)
         files.prune_folders(bucket, [folder])  # one rmdir per job folder, not per file
+        return failed
 
-    for _ in io_map(remove, list(by_folder.items())):
-        pass
-    conn.executemany("DELETE FROM pending_deletes WHERE id = ?", [(row[0],) for row in batch])
-    return len(batch)
+    kept = {entry_id for failed in io_map(remove, list(by_folder.items())) for entry_id in failed}
+    conn.executemany("DELETE FROM pending_deletes WHERE id = ?", [(row[0],) for row in batch if row[0] not in kept])
+    return len(batch) - len(kept), len(batch)
 
 
 def drain(db: Database, files: FileStore, io_map: Callable[..., Iterator[Any]] = map) -> int:
@@ -69,9 +84,9 @@ def drain(db: Database, files: FileStore, io_map: Callable[..., Iterator[Any]] =
     settled = 0
     while True:
         with db.write() as conn:
-            done = settle(conn, files, io_map=io_map)
+            done, seen = _settle(conn, files, BATCH, io_map)
         settled += done
-        if done < BATCH:
+        if seen < BATCH or done == 0:  # the end, or only files that cannot go (yet) are left
             return settled
 
 

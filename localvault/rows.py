@@ -61,14 +61,17 @@ def encode_cursor(*parts: Any) -> str:
 
 def decode_cursor(cursor: str, kinds: tuple[type, ...]) -> list[Any]:
     """The parts of a cursor made by :func:`encode_cursor`, checked against ``kinds``."""
+    if not isinstance(cursor, str):
+        raise InvalidInputError(f"cursor must be text (a next_cursor of a previous page), not {type(cursor).__name__}")
     try:
         parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         if (isinstance(parts, list) and len(parts) == len(kinds)
                 and all(isinstance(p, k) for p, k in zip(parts, kinds, strict=True))):
             return parts
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         pass
-    raise InvalidInputError(f"cursor {cursor!r} is not valid here; pass the next_cursor of the previous page")
+    shown = cursor if len(cursor) <= 60 else cursor[:57] + "..."
+    raise InvalidInputError(f"cursor {shown!r} is not valid here; pass the next_cursor of the previous page")
 
 
 def check_limit(limit: int) -> int:

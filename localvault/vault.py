@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -11,9 +12,9 @@ import fsspec
 
 from . import models, pending
 from .collections import Collections
-from .config import RemoteConfig, VaultConfig
+from .config import CONFIG_NAME, RemoteConfig, VaultConfig
 from .db import DB_NAME, Database
-from .errors import DuplicateError, NotFoundError, StorageError
+from .errors import DuplicateError, InvalidInputError, NotFoundError, StorageError
 from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
 from .library import Library
 from .models import LibraryAsset, WorkspaceAsset
@@ -28,6 +29,20 @@ if TYPE_CHECKING:  # the core never imports sync at run time unless asked to syn
 #: the rest wait for the next open or an explicit cleanup.
 AUTO_CLEANUP_BUDGET = 2_000
 AUTO_CLEANUP_INTERVAL = timedelta(hours=1)
+
+
+#: What a vault folder holds (a create cut short may have left them without the database).
+_OWN_NAMES = frozenset({WORKSPACE_BUCKET, LIBRARY_BUCKET, CONFIG_NAME})
+
+
+def _entries(folder: Path) -> list[str]:
+    """The names in ``folder``; none if it does not exist (or is not a folder: mkdir then says so)."""
+    try:
+        return os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        raise StorageError(f"cannot read {folder}: {exc.strerror}") from None
 
 
 class Vault:
@@ -55,12 +70,17 @@ class Vault:
                fs: fsspec.AbstractFileSystem | None = None) -> Vault:
         """Make a new vault folder (or adopt an empty one) and open it.
 
-        ``user_id`` defaults to a new random UUID. DuplicateError if a vault is already there.
+        ``user_id`` defaults to a new random UUID. DuplicateError if a vault is
+        already there; InvalidInputError if the folder holds anything else.
         """
-        root = Path(path).expanduser().resolve()
+        root = models.check_path(path, "the vault folder").resolve()
         owner = models.check_uuid(user_id, "user id") if user_id is not None else str(uuid.uuid4())
         if (root / DB_NAME).exists():
             raise DuplicateError(f"{root} already holds a vault; open it instead")
+        strangers = sorted(name for name in _entries(root) if name not in _OWN_NAMES and not name.startswith(DB_NAME))
+        if strangers:  # (what a create cut short left behind is adopted)
+            raise InvalidInputError(f"{root} is not empty ({', '.join(strangers[:3])}{', …' if len(strangers) > 3 else ''}); "
+                                    "give a new or empty folder for the vault")
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -74,13 +94,14 @@ class Vault:
 
     @classmethod
     def open(cls, path: str | Path, *, user_id: str | None = None, readonly: bool = False,
-             fs: fsspec.AbstractFileSystem | None = None) -> Vault:
+             fs: fsspec.AbstractFileSystem | None = None, auto_cleanup: bool = True) -> Vault:
         """Open an existing vault as its default user (or ``user_id``).
 
         Opening for writing also settles leftover file deletions and, at most
-        once an hour, removes up to 2,000 expired workspace assets.
+        once an hour (unless ``auto_cleanup=False``), removes up to 2,000
+        expired workspace assets.
         """
-        root = Path(path).expanduser().resolve()
+        root = models.check_path(path, "the vault folder").resolve()
         if not (root / DB_NAME).exists():
             raise NotFoundError(f"no vault at {root}; create one with 'localvault init {root}'")
         config = VaultConfig.load(root)
@@ -88,12 +109,14 @@ class Vault:
         db = Database.open(root / DB_NAME, readonly=readonly)
         vault = cls(root, db, FileStore(root, fs), config, owner)
         if not readonly:
-            vault._housekeeping()
+            vault._housekeeping(auto_cleanup)
         return vault
 
-    def _housekeeping(self) -> None:
+    def _housekeeping(self, auto_cleanup: bool) -> None:
         if self.db.conn.execute("SELECT 1 FROM pending_deletes LIMIT 1").fetchone():
             pending.drain(self.db, self.files)
+        if not auto_cleanup:
+            return
         last = self.db.get_meta("last_cleanup")
         if last is None or datetime.fromisoformat(last.replace("Z", "+00:00")) < datetime.now(timezone.utc) - AUTO_CLEANUP_INTERVAL:
             self.workspace.cleanup(max_assets=AUTO_CLEANUP_BUDGET)
@@ -110,7 +133,11 @@ class Vault:
     # ------------------------------------------------------------ actions
 
     def cleanup(self, *, progress: ProgressCallback | None = None) -> CleanupReport:
-        """Remove every expired workspace asset, rows and files."""
+        """Remove every expired workspace asset, rows and files.
+
+        What :meth:`open` removed on its own is not in this report: open with
+        ``auto_cleanup=False`` to have it all counted here.
+        """
         return self.workspace.cleanup(progress=progress)
 
     def verify(self, *, repair: bool = False, check_hashes: bool = True,
@@ -123,10 +150,15 @@ class Vault:
         return verify(self.db, self.files, repair=repair, check_hashes=check_hashes, progress=progress)
 
     def export(self, asset_id: str, destination: str | Path) -> Path:
-        """Copy an asset's file (library or workspace) to ``destination`` (a file or a folder)."""
+        """Copy an asset's file (library or workspace) to ``destination``: a file, or a folder (one that
+        exists, or a path ending in ``/``, which is created)."""
+        dest = models.check_path(destination, "the destination")
         bucket, relative = self.locate(asset_id)
-        dest = Path(destination).expanduser()
-        if dest.is_dir():
+        if str(destination).endswith((os.sep, "/")) or dest.is_dir():
+            try:
+                dest.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot make the folder {dest}: {exc.strerror or exc}") from None
             dest = dest / f"{models.check_uuid(asset_id)}{Path(relative).suffix}"
         if dest.exists():
             raise DuplicateError(f"{dest} already exists; choose another destination")

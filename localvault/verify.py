@@ -79,10 +79,17 @@ def verify(db: Database, files: FileStore, *, repair: bool = False, check_hashes
 
     With ``repair``: orphan and stale temporary files are removed (they were
     never committed); a missing or damaged file is restored from a twin with
-    the same hash where one exists; a row whose file is gone for good is
-    removed (its asset was already lost) and listed as repaired.
+    the same hash where one exists; a workspace row whose file is gone for
+    good is removed (a staging area: the asset was already lost). A library
+    row without its file is never removed, since its deletion would be synced
+    and remove the server's good copy: it is listed as unrepairable, to
+    restore its file or delete it on purpose. Repair refuses to start when a
+    bucket's folder is missing altogether (a disk not mounted?).
     """
-    pending.drain(db, files)
+    if repair:
+        _check_repairable(db, files)
+    if not db.readonly:
+        pending.drain(db, files)
     result = VerifyReport()
     total = sum(db.conn.execute(f"SELECT count(*) FROM {kind.table}").fetchone()[0] for kind in _KINDS)
     report(progress, "verify", total=total)
@@ -110,9 +117,38 @@ def verify(db: Database, files: FileStore, *, repair: bool = False, check_hashes
                         result.stale_temps.append(f"{kind.bucket}/{relative}")
                 elif relative not in with_rows:
                     result.orphans.append(f"{kind.bucket}/{relative}")
+    _drop_settled(db, result, broken)
     if repair:
         _repair(db, files, result, broken)
     return result
+
+
+def _check_repairable(db: Database, files: FileStore) -> None:
+    if db.readonly:
+        raise StorageError("this vault is open read-only; open it for writing to repair it")
+    for bucket in (kind.bucket for kind in _KINDS):
+        if not files.fs.isdir(f"{files.root}/{bucket}"):
+            raise StorageError(f"the folder {files.root}/{bucket} is missing: is the disk mounted? Nothing was "
+                               "repaired; run 'localvault verify' without --repair to see what is wrong")
+
+
+def _drop_settled(db: Database, result: VerifyReport, broken: dict[str, tuple[_Kind, str, str]]) -> None:
+    """Forget problems another process settled while the check ran (a row deleted, a file's row committed)."""
+    for problems in (result.missing, result.mismatched):
+        problems[:] = [entry for entry in problems if _row_still_there(db, entry, broken[entry])]
+    for kind in _KINDS:
+        prefix = f"{kind.bucket}/"
+        mine = [entry[len(prefix):] for entry in result.orphans if entry.startswith(prefix)]
+        claimed = {path for start in range(0, len(mine), PAGE_ROWS)
+                   for path in _with_rows(db, kind, mine[start:start + PAGE_ROWS])}
+        result.orphans[:] = [e for e in result.orphans if not (e.startswith(prefix) and e[len(prefix):] in claimed)]
+
+
+def _row_still_there(db: Database, entry: str, problem: tuple[_Kind, str, str]) -> bool:
+    kind, row_id, sha = problem
+    relative = entry.split("/", 1)[1]
+    return db.conn.execute(f"SELECT 1 FROM {kind.table} WHERE id = ? AND {kind.column} = ? AND sha256 = ?",
+                           (row_id, relative, sha)).fetchone() is not None
 
 
 def _with_rows(db: Database, kind: _Kind, paths: list[str]) -> set[str]:
@@ -138,12 +174,16 @@ def _age(files: FileStore, bucket: str, relative: str, now: float) -> float:
 
 
 def _twins(db: Database, files: FileStore, broken: dict[str, tuple[_Kind, str, str]]) -> dict[str, tuple[str, str]]:
-    """For each hash of a broken file, a healthy file with the same bytes (any user, either bucket)."""
+    """For each hash of a broken file, a healthy file with the same bytes (any user, either bucket).
+
+    A twin is hashed before it is chosen, even by a quick verify: restoring from a damaged one would
+    only move the damage.
+    """
     wanted = {sha for _kind, _id, sha in broken.values()}
     found: dict[str, tuple[str, str]] = {}
     for kind, relative, _id, sha in _rows(db):
         healthy = f"{kind.bucket}/{relative}" not in broken
-        if sha in wanted and sha not in found and healthy and files.is_file(kind.bucket, relative):
+        if sha in wanted and sha not in found and healthy and _sha256(files, kind.bucket, relative) == sha:
             found[sha] = (kind.bucket, relative)
     return found
 
@@ -168,7 +208,7 @@ def _repair(db: Database, files: FileStore, result: VerifyReport, broken: dict[s
             elif twin is not None:
                 files.link(twin[0], twin[1], bucket, relative)
                 result.repaired.append(entry)
-            elif entry in missing:
+            elif entry in missing and kind.bucket == WORKSPACE_BUCKET:
                 conn.execute(f"DELETE FROM {kind.table} WHERE id = ?", (row_id,))
                 result.repaired.append(entry)
             else:

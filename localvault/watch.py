@@ -39,7 +39,7 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from . import media
+from . import media, models
 from .errors import InvalidInputError, LocalVaultError, StorageError
 from .importer import Importer, ImportReport, Mode, is_candidate_name, is_ignored_name, scan
 from .vault import Vault
@@ -102,7 +102,7 @@ class Watcher:
                  on_event: Callable[[WatchEvent], None] | None = None,
                  stable_seconds: float = STABLE_SECONDS, poll_seconds: float = POLL_SECONDS,
                  workers: int | None = None) -> None:
-        self.folder = Path(os.path.abspath(Path(folder).expanduser()))  # "../out" as /x/out: paths under it are checked
+        self.folder = Path(os.path.abspath(models.check_path(folder, "the folder to watch")))  # "../out" as /x/out: paths under it are checked
         if not self.folder.is_dir():
             raise InvalidInputError(f"{self.folder} is not a folder; give the rig's output folder")
         self._vault_args = (vault.root, vault.user_id, vault.files.fs)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import models, pending, rows
 from .db import Database, format_time, utc_now
-from .errors import DuplicateError, NotFoundError
+from .errors import DuplicateError, InvalidInputError, NotFoundError
 from .files import WORKSPACE_BUCKET, FileStore, StagedFile
 from .ingest import Prepared, prepare
 from .media import MediaFacts
@@ -59,6 +59,7 @@ class CleanupReport:
     """What :meth:`Workspace.cleanup` removed."""
 
     assets_removed: int
+    #: Their files, deleted or found already gone.
     files_removed: int
     complete: bool
 
@@ -97,14 +98,14 @@ class Workspace:
         """
         info = info or GenerationInfo()
         job = models.check_uuid(job_id, "job id") if job_id is not None else str(uuid.uuid4())
-        index = models.check_positive_int(asset_index, "asset index") if asset_index is not None else None
+        index = models.check_positive_int(asset_index, "asset index", models.MAX_ASSET_INDEX) if asset_index is not None else None
         values = {
             "seed": models.check_seed(seed if seed is not None else (info.seed if info.seed is not None else 0)),
             "prompt": models.check_prompt(prompt if prompt is not None else (info.prompt or "")),
             "model": models.check_model(model if model is not None else (info.model or UNKNOWN_MODEL)) or UNKNOWN_MODEL,
             "settings": models.settings_json(settings if settings is not None else info.stored_settings()),
         }
-        prepared = prepare(self._files, Path(source), WORKSPACE_BUCKET, f"{self.user_id}/{job}", on_bytes)
+        prepared = prepare(self._files, source, WORKSPACE_BUCKET, f"{self.user_id}/{job}", on_bytes)
         return self._record(prepared, job, index, values)
 
     def _record(self, prepared: Prepared, job: str, index: int | None, values: dict[str, Any]) -> WorkspaceAsset:
@@ -118,6 +119,9 @@ class Workspace:
                         "SELECT coalesce(max(asset_index) + 1, 0) FROM workspace_assets WHERE user_id = ? AND job_id = ?",
                         (self.user_id, job),
                     ).fetchone()[0]
+                    if index > models.MAX_ASSET_INDEX:
+                        raise InvalidInputError(f"job {job} has no index left after {models.MAX_ASSET_INDEX:,}; "
+                                                "add the file to another job")
                 elif conn.execute(
                     "SELECT 1 FROM workspace_assets WHERE user_id = ? AND job_id = ? AND asset_index = ?",
                     (self.user_id, job, index),
@@ -327,6 +331,8 @@ class Workspace:
     def expire(self, asset_id: str, when: datetime | None = None) -> None:
         """Set an asset's expiry (now by default); used by tests and by 'keep longer' tools."""
         asset_id = models.check_uuid(asset_id, "workspace asset id")
+        if when is not None and not isinstance(when, datetime):
+            raise InvalidInputError(f"when must be a datetime (timezone-aware), not {when!r}")
         moment = format_time(when) if when is not None else utc_now()
         with self._db.write() as conn:
             created = conn.execute(

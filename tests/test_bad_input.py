@@ -16,6 +16,7 @@ from conftest import USER_B, image_bytes, mp4_bytes, table_counts, vault_files, 
 import localvault.files
 import localvault.ingest
 import localvault.media
+import localvault.models
 from localvault import (
     DuplicateError,
     EmptyFileError,
@@ -153,6 +154,14 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "empty collection name": (InvalidInputError, lambda c: c.vault.collections.create("")),
     "collection name with control char": (InvalidInputError, lambda c: c.vault.collections.create("a\x00b")),
     "empty search": (InvalidInputError, lambda c: c.vault.library.list(search="   ")),
+    # lone surrogates: what Python makes of a shell argument that is not UTF-8 (SQLite cannot store them)
+    "prompt with a lone surrogate": (InvalidInputError,
+                                     lambda c: c.vault.workspace.add(c.file("u1.png", _png(44)), prompt="caf\udce9")),
+    "title with a lone surrogate": (InvalidInputError, lambda c: c.vault.library.save(c.fresh_ws.id, title="caf\udce9")),
+    "tag with a lone surrogate": (InvalidInputError, lambda c: c.vault.library.update(c.kept.id, add_tags=["\ud800"])),
+    "collection name with a lone surrogate": (InvalidInputError, lambda c: c.vault.collections.create("caf\udce9")),
+    "search with a lone surrogate": (InvalidInputError, lambda c: c.vault.library.list(search="caf\udce9")),
+    "search not text": (InvalidInputError, lambda c: c.vault.library.list(search=42)),
     # ---- settings
     "settings a list": (InvalidInputError, lambda c: c.vault.workspace.add(c.file("j1.png", _png(26)), settings=[1, 2])),
     "settings a JSON list": (InvalidInputError, lambda c: c.vault.workspace.add(c.file("j2.png", _png(27)), settings="[1, 2]")),
@@ -160,6 +169,15 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "settings plain text": (InvalidInputError, lambda c: c.vault.library.add(c.file("j4.png", _png(29)), settings="steps=20")),
     "settings invalid JSON": (InvalidInputError, lambda c: c.vault.workspace.add(c.file("j5.png", _png(30)), settings='{"a": ')),
     "settings with NaN": (InvalidInputError, lambda c: c.vault.workspace.add(c.file("j6.png", _png(31)), settings={"cfg": float("nan")})),
+    # (settings read back by pydantic stop at 200 levels: these were committed, then failed, then broke every listing)
+    "settings nested 201 deep": (InvalidInputError,
+                                 lambda c: c.vault.workspace.add(c.file("j7.png", _png(40)), settings=_nested(201))),
+    "settings nested 2,000 deep as text (library)": (
+        InvalidInputError, lambda c: c.vault.library.add(c.file("j8.png", _png(41)), settings='{"a":' * 2000 + "1" + "}" * 2000)),
+    "settings with a 5,000-digit number": (InvalidInputError,
+                                           lambda c: c.vault.workspace.add(c.file("j9.png", _png(42)), settings='{"a": 1' + "0" * 5000 + "}")),
+    "settings with a lone surrogate": (InvalidInputError,
+                                       lambda c: c.vault.workspace.add(c.file("j10.png", _png(43)), settings={"a": "caf\udce9"})),
     # ---- collections
     "unknown collection on save": (NotFoundError, lambda c: c.vault.library.save(c.fresh_ws.id, collection="Nope")),
     "unknown collection on add": (NotFoundError, lambda c: c.vault.library.add(c.file("uc.png", _png(32)), collection=GOOD_UUID)),
@@ -199,6 +217,19 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "bad visibility on update": (InvalidInputError, lambda c: c.vault.library.update(c.kept.id, visibility="PUBLIC")),
     "favorite not a bool": (InvalidInputError, lambda c: c.vault.library.update(c.kept.id, favorite="yes")),
     "negative asset index": (InvalidInputError, lambda c: c.vault.workspace.add(c.file("ai.png", _png(35)), asset_index=-1)),
+    "asset index 2**63 (past SQLite's integers)": (
+        InvalidInputError, lambda c: c.vault.workspace.add(c.file("ai2.png", _png(45)), asset_index=2**63)),
+    "asset index past PostgreSQL's integer": (
+        InvalidInputError, lambda c: c.vault.workspace.add(c.file("ai3.png", _png(46)), asset_index=2**31)),
+    "cursor nested 100,000 deep": (InvalidInputError, lambda c: c.vault.workspace.list(cursor=_deep_cursor())),
+    "cursor not text": (InvalidInputError, lambda c: c.vault.library.list(cursor=42)),
+    # ---- arguments of the wrong type
+    "add None": (InvalidInputError, lambda c: c.vault.workspace.add(None)),
+    "library add None": (InvalidInputError, lambda c: c.vault.library.add(None)),
+    "expire with a date as text": (InvalidInputError, lambda c: c.vault.workspace.expire(c.fresh_ws.id, when="2030-01-01")),
+    "export to None": (InvalidInputError, lambda c: c.vault.export(c.kept.id, None)),
+    "open None": (InvalidInputError, lambda c: Vault.open(None)),
+    "create in a folder holding other files": (InvalidInputError, lambda c: Vault.create(c.src)),
     "bad cursor": (InvalidInputError, lambda c: c.vault.workspace.list(cursor="garbage!")),
     "bad cursor (library)": (InvalidInputError, lambda c: c.vault.library.list(cursor="eyJ4IjogMX0")),
     "search cursor on plain listing": (InvalidInputError, lambda c: c.vault.library.list(cursor=c.search_cursor)),
@@ -209,6 +240,19 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "page size text": (InvalidInputError, lambda c: c.vault.workspace.list(limit="10")),
     "page size bool": (InvalidInputError, lambda c: c.vault.library.list(limit=True)),
 }
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+def _deep_cursor() -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(b"[" * 100_000 + b"]" * 100_000).decode()
 
 
 def _mkdir(path: Path) -> Path:
@@ -308,3 +352,53 @@ def test_file_over_1_gib_is_refused_without_reading_it(ctx: Ctx, monkeypatch):
 
 def test_at_least_thirty_cases():
     assert len(CASES) >= 30
+
+
+def _noise_png(path: Path, seed: int) -> Path:
+    """A PNG of ~3 MB (noise does not compress): several copy chunks, so it can change while it is copied."""
+    import random
+
+    from PIL import Image
+
+    Image.frombytes("RGB", (1024, 1024), random.Random(seed).randbytes(3 * 1024 * 1024)).save(path, "PNG")
+    return path
+
+
+def _while_copying(change: Callable[[], None]) -> Callable[[int], None]:
+    """A progress callback that changes the source once, after the first chunk (a rig rewriting it then)."""
+    done: list[bool] = []
+
+    def on_bytes(_n: int) -> None:
+        if not done:
+            done.append(True)
+            change()
+
+    return on_bytes
+
+
+@pytest.mark.parametrize("where", ["workspace", "library"])
+def test_a_file_damaged_while_it_is_copied_is_refused(ctx: Ctx, where: str):
+    """The check reads the source; the copy is read again: what is stored must be what was checked."""
+    source = _noise_png(ctx.src / f"rewritten-{where}.png", 50 if where == "workspace" else 51)
+
+    def scribble() -> None:
+        with open(source, "r+b") as handle:
+            handle.seek(1024 * 1024)
+            handle.write(b"not an image " * 1000)
+            handle.truncate(1024 * 1024 + 13_000)
+
+    rows_before, files_before, tree_before = table_counts(ctx.vault), vault_files(ctx.vault.root), _tree(ctx.vault.root)
+    add = ctx.vault.workspace.add if where == "workspace" else ctx.vault.library.add
+    with pytest.raises(UnsupportedMediaError, match="truncated or damaged"):
+        add(source, on_bytes=_while_copying(scribble))
+    assert (table_counts(ctx.vault), vault_files(ctx.vault.root), _tree(ctx.vault.root)) == (
+        rows_before, files_before, tree_before)
+
+
+def test_a_file_growing_past_the_limit_while_it_is_copied_is_refused(ctx: Ctx, monkeypatch):
+    source = _noise_png(ctx.src / "growing.png", 52)
+    monkeypatch.setattr(localvault.models, "MAX_FILE_BYTES", 4 * 1024 * 1024)  # (checked at stat time: 1 GiB)
+    rows_before, files_before = table_counts(ctx.vault), vault_files(ctx.vault.root)
+    with pytest.raises(FileTooLargeError, match="grew past"):
+        ctx.vault.workspace.add(source, on_bytes=_while_copying(lambda: os.truncate(source, 6 * 1024 * 1024)))
+    assert table_counts(ctx.vault) == rows_before and vault_files(ctx.vault.root) == files_before

@@ -15,8 +15,10 @@ from conftest import USER_A, USER_B, bucket_files, mp4_bytes, raw_connection, wr
 
 from localvault import (
     DuplicateError,
+    InvalidInputError,
     NotFoundError,
     SchemaVersionError,
+    StorageError,
     Vault,
     VaultCorruptError,
     Visibility,
@@ -391,6 +393,47 @@ def test_export(vault: Vault, make_image, tmp_path: Path):
     with pytest.raises(DuplicateError):
         vault.export(kept.id, out / "ws.jpg")
     assert not [p for p in out.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    made = vault.export(kept.id, f"{tmp_path}/new/")  # a path ending in / is a folder, made if needed
+    assert made == tmp_path / "new" / f"{kept.id}.jpg" and made.read_bytes() == source.read_bytes()
+
+
+def test_a_job_with_no_index_left_refuses_the_next_file(vault: Vault, make_image):
+    from localvault.models import MAX_ASSET_INDEX
+
+    last = vault.workspace.add(make_image(seed=1), asset_index=MAX_ASSET_INDEX)
+    before = set(bucket_files(vault.root))
+    with pytest.raises(InvalidInputError, match="no index left"):
+        vault.workspace.add(make_image(seed=2), job_id=last.job_id)
+    assert set(bucket_files(vault.root)) == before and vault.workspace.count() == 1
+    assert vault.workspace.add(make_image(seed=2), job_id=last.job_id, asset_index=0).asset_index == 0
+
+
+def _with_header_size(data: bytes, kind: str, width: int, height: int) -> bytes:
+    """A small real image whose header claims another size (what a 14000×14000 upscale's header says)."""
+    import struct
+    import zlib
+
+    if kind == "png":
+        ihdr = data[12:16] + struct.pack(">II", width, height) + data[24:29]
+        return data[:8] + data[8:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + data[33:]
+    sof = next(i for i in range(2, len(data) - 9) if data[i] == 0xFF and data[i + 1] in (0xC0, 0xC2))
+    return data[:sof + 5] + struct.pack(">HH", height, width) + data[sof + 9:]
+
+
+@pytest.mark.parametrize("kind", ["png", "jpg"])
+def test_an_image_over_pillows_bomb_limit_is_added_with_its_size(vault: Vault, tmp_path: Path, kind: str):
+    """Pillow's Image.open refuses ~179+ megapixels as a decompression bomb; nothing here decodes pixels."""
+    from conftest import image_bytes
+
+    source = tmp_path / f"upscale.{kind}"
+    source.write_bytes(_with_header_size(image_bytes(kind, 3, (16, 16)), kind, 14_000, 14_000))
+    added = vault.workspace.add(source)
+    assert (added.width, added.height) == (14_000, 14_000)
+    (tmp_path / "rig").mkdir()
+    os.replace(source, tmp_path / "rig" / f"again.{kind}")
+    vault.workspace.delete(added.id)
+    report = vault.workspace.import_folder(tmp_path / "rig")
+    assert not report.refused and vault.workspace.get(report.imported[0].asset_id).width == 14_000
 
 
 # ---------------------------------------------------------------- expiry
@@ -417,6 +460,17 @@ def test_expire_and_cleanup(vault: Vault, make_image):
     assert vault.verify().clean
     assert vault.cleanup().assets_removed == 0
     assert vault.db.get_meta("last_cleanup") is not None
+
+
+def test_cleanup_counts_what_it_removes_when_opened_without_auto_cleanup(vault: Vault, make_image):
+    for asset in add_many(vault, make_image, 3):
+        vault.workspace.expire(asset.id)
+    root = vault.root
+    vault.close()
+    _set_last_cleanup(root, datetime.now(timezone.utc) - timedelta(hours=2))  # an open would clean them up first
+    with Vault.open(root, auto_cleanup=False) as opened:
+        assert opened.workspace.count() == 3
+        assert opened.cleanup().assets_removed == 3 and opened.workspace.count() == 0
 
 
 def test_expire_future_keeps_asset(vault: Vault, make_image):
@@ -570,6 +624,40 @@ def test_verify_detects_missing_file(vault: Vault, make_image):
     assert vault.verify().clean
 
 
+def test_repair_keeps_a_library_row_whose_file_is_gone(vault: Vault, make_image):
+    """Deleting it would queue a sync delete of the server's good copy: it is reported, to restore or rm on purpose."""
+    collection = vault.collections.create("Kept")
+    kept = vault.library.add(make_image(seed=1), collection="Kept")
+    queued = outbox(vault)
+    os.unlink(vault.library.file_path(kept))
+    report = vault.verify(repair=True)
+    assert report.unrepairable == [f"{LIBRARY_BUCKET}/{kept.storage_path}"] and not report.clean
+    assert vault.library.get(kept.id).id == kept.id and vault.collections.get(collection.id).asset_count == 1
+    assert outbox(vault) == queued  # no delete queued for the server
+
+
+def test_repair_refuses_to_start_when_a_bucket_folder_is_missing(vault: Vault, make_image):
+    asset = vault.workspace.add(make_image(seed=1))
+    kept = vault.library.add(make_image(seed=2))
+    os.rename(vault.root / WORKSPACE_BUCKET, vault.root / "elsewhere")  # a disk not mounted, a folder moved
+    with pytest.raises(StorageError, match="is missing: is the disk mounted"):
+        vault.verify(repair=True)
+    assert vault.workspace.get(asset.id) and vault.library.get(kept.id)
+    assert vault.verify().missing == [f"{WORKSPACE_BUCKET}/{asset.temp_storage_path}"]  # reported, not repaired
+
+
+def test_quick_repair_does_not_restore_from_a_damaged_twin(vault: Vault, make_image):
+    asset = vault.workspace.add(make_image(seed=1))
+    kept = vault.library.save(asset.id)
+    os.unlink(vault.library.file_path(kept))
+    with open(vault.workspace.file_path(asset), "r+b") as twin:  # the twin is damaged too (in place)
+        twin.seek(40)
+        twin.write(b"\xff" * 16)
+    report = vault.verify(repair=True, check_hashes=False)
+    assert report.unrepairable == [f"{LIBRARY_BUCKET}/{kept.storage_path}"]
+    assert not Path(vault.library.file_path(kept)).exists()
+
+
 def test_verify_restores_missing_file_from_twin(vault: Vault, make_image):
     asset = vault.workspace.add(make_image(seed=1))
     kept = vault.library.save(asset.id)
@@ -628,6 +716,26 @@ def test_pending_deletes_drained_on_open(vault: Vault, make_image):
         assert Path(reopened.library.file_path(keep)).exists()  # a live row's file is never removed
         assert reopened.db.conn.execute("SELECT count(*) FROM pending_deletes").fetchone()[0] == 0
         assert reopened.verify().clean
+
+
+def test_a_queued_file_that_cannot_be_removed_does_not_lock_the_vault(vault: Vault, make_image,
+                                                                        caplog: pytest.LogCaptureFixture):
+    root = vault.root
+    stuck = root / LIBRARY_BUCKET / USER_A / f"{uuid.uuid4()}.png"
+    (stuck / "inside").mkdir(parents=True)  # a folder where the file was: unlink() fails (even for root)
+    gone = root / LIBRARY_BUCKET / USER_A / f"{uuid.uuid4()}.png"
+    gone.write_bytes(make_image(seed=2).read_bytes())
+    vault.close()
+    conn = raw_connection(root)  # two deletions queued, as a crash after their rows went would leave them
+    for path in (stuck, gone):
+        conn.execute("INSERT INTO pending_deletes (bucket, path) VALUES (?, ?)", (LIBRARY_BUCKET, f"{USER_A}/{path.name}"))
+    conn.close()
+    for _ in range(2):  # every open works, and the one that cannot go stays queued
+        with Vault.open(root) as reopened:
+            assert not gone.exists() and stuck.is_dir()
+            assert reopened.db.conn.execute("SELECT path FROM pending_deletes").fetchall() == [(f"{USER_A}/{stuck.name}",)]
+            assert reopened.library.count() == 0
+    assert stuck.name in caplog.text and "stays queued" in caplog.text
 
 
 # ------------------------------------------------------------ migrations
