@@ -144,3 +144,37 @@ def test_python_dash_m_localvault_runs_the_cli(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert USER in done.stdout and (tmp_path / "v" / "vault.db").is_file()
+
+
+def test_text_in_brackets_prints_as_it_is(cli, tmp_path: Path) -> None:
+    """A1111 prompts ("[red:blue:0.5]"), file names ("[1].png") and messages ("the [remote] table") are not markup."""
+    named = _png(tmp_path / "[1] fox.png", 5)
+    asset = json.loads(cli("add", str(named), "--prompt", "a [red] fox, [bold]sky[/bold]", "--json"))
+    assert "a [red] fox, [bold]sky[/bold]" in cli("show", asset["id"])
+    assert "a [red] fox" in cli("ls", "workspace")
+    assert f"already in the workspace as {asset['id']}" in cli("add", str(named), code=4)
+    (tmp_path / "vault" / "localvault.toml").write_text(f'user_id = "{USER}"\n[remote]\nbucket_url = "s3://b"\n')
+    assert "the [remote] table needs database_url" in cli("ls", code=6)
+
+
+def test_seed_in_other_digits_is_refused_in_one_line(cli, tmp_path: Path) -> None:
+    output = cli("add", str(_png(tmp_path / "s.png", 6)), "--seed", "²", code=3)  # isdigit() is true, int() refuses
+    assert "is not a whole number" in output and "Traceback" not in output
+    assert "out of range" in cli("add", str(_png(tmp_path / "s.png", 6)), "--seed", "-5", code=3)
+
+
+def test_cleanup_reports_every_asset_it_removes(cli, tmp_path: Path) -> None:
+    ids = [json.loads(cli("add", str(_png(tmp_path / f"c{n}.png", 10 + n)), "--json"))["id"] for n in range(3)]
+    with Vault.open(tmp_path / "vault") as vault:
+        for asset_id in ids:
+            vault.workspace.expire(asset_id)
+        with vault.db.write() as conn:  # the last cleanup long ago: opening the vault would clean up first
+            vault.db.set_meta(conn, "last_cleanup", "2000-01-01T00:00:00.000Z")
+    assert "removed 3 expired workspace assets" in cli("cleanup")
+
+
+def test_export_to_a_folder_path_that_does_not_exist_yet(cli, tmp_path: Path) -> None:
+    source = _png(tmp_path / "e.png", 20)
+    asset = json.loads(cli("add", str(source), "--json"))
+    assert "wrote" in cli("export", asset["id"], f"{tmp_path}/out/")
+    assert (tmp_path / "out" / f"{asset['id']}.png").read_bytes() == source.read_bytes()

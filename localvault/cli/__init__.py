@@ -55,9 +55,9 @@ class Context:
         self.json_output = False  # set by --json: errors then also go to stdout as JSON
         self._vault: Vault | None = None
 
-    def vault(self, readonly: bool = False) -> Vault:
+    def vault(self, readonly: bool = False, auto_cleanup: bool = True) -> Vault:
         if self._vault is None:
-            self._vault = Vault.open(self.vault_path, user_id=self.user_id, readonly=readonly)
+            self._vault = Vault.open(self.vault_path, user_id=self.user_id, readonly=readonly, auto_cleanup=auto_cleanup)
         return self._vault
 
     def close(self) -> None:

@@ -27,8 +27,9 @@ from rich.text import Text
 
 from ..progress import ProgressCallback, ProgressEvent
 
-console = Console()
-err_console = Console(stderr=True)
+# No markup: prompts ("a [red] fox"), file names ("[1].png") and messages ("the [remote] table") print as they are.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 
 def to_jsonable(value: Any) -> Any:
@@ -50,11 +51,11 @@ def print_json(value: Any) -> None:
 
 
 def error(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
 
 
 def warning(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(Text.assemble(("warning:", "yellow"), " ", message), highlight=False, soft_wrap=True)
 
 
 class LogToConsole(logging.Handler):

@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import click
+from rich.text import Text
 
+from .. import models
 from ..library import UNSET
 from ..models import LibraryAsset, Visibility, WorkspaceAsset
 from ..vault import Vault
@@ -50,10 +52,8 @@ def add(ctx: Context, file: Path, job_id: str | None, asset_index: int | None, s
     _emit_one(asset, as_json)
 
 
-def _seed(text: str | None) -> int | str | None:
-    if text is None:
-        return None
-    return int(text) if text.strip().lstrip("-").isdigit() else text  # check_seed explains what is wrong
+def _seed(text: str | None) -> int | None:
+    return None if text is None else models.check_seed(text)
 
 
 @main.command(name="ls")
@@ -149,8 +149,8 @@ def show(ctx: Context, asset_id: str, as_json: bool) -> None:
         return
     for key, value in asset.model_dump(mode="json").items():
         if key != "generation_settings":
-            output.console.print(f"[bold]{key}[/]: {value}", highlight=False)
-    output.console.print("[bold]generation_settings[/]:")
+            output.console.print(Text.assemble((key, "bold"), f": {value}"), highlight=False)
+    output.console.print(Text("generation_settings:", "bold"))
     output.console.print_json(json.dumps(asset.generation_settings, ensure_ascii=False))
 
 
@@ -159,7 +159,7 @@ def show(ctx: Context, asset_id: str, as_json: bool) -> None:
 def cleanup(ctx: Context) -> None:
     """Remove expired workspace assets, rows and files."""
     with output.progress_bars() as progress:
-        result = ctx.vault().cleanup(progress=progress)
+        result = ctx.vault(auto_cleanup=False).cleanup(progress=progress)  # so that the count is all of them
     output.console.print(f"removed {result.assets_removed} expired workspace assets")
 
 
@@ -181,17 +181,23 @@ def verify(ctx: Context, repair: bool, quick: bool, as_json: bool) -> None:
                              ("unrepairable", result.unrepairable)):
             for item in items:
                 output.console.print(f"{label}: {item}", highlight=False)
-        output.console.print("vault is clean" if result.clean else "problems found (run with --repair to fix)")
+        if result.clean:
+            output.console.print("vault is clean")
+        elif result.unrepairable:
+            output.console.print("some files could not be restored: put each back (from a backup or the bucket) "
+                                 "or delete its asset with 'localvault rm ID' (the ID is in its name)")
+        else:
+            output.console.print("problems found (run with --repair to fix)")
     if not result.clean:
         raise SystemExit(1)
 
 
 @main.command()
 @click.argument("asset_id")
-@click.argument("dest", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path())  # text: a trailing "/" (a folder to make) must survive
 @pass_ctx
-def export(ctx: Context, asset_id: str, dest: Path) -> None:
-    """Copy an asset's file out of the vault to DEST (a file or a folder)."""
+def export(ctx: Context, asset_id: str, dest: str) -> None:
+    """Copy an asset's file out of the vault to DEST (a file, or a folder: one that exists or DEST ending in /)."""
     written = ctx.vault().export(asset_id, dest)
     output.console.print(f"wrote {written}")
 
