@@ -12,6 +12,7 @@ import os
 from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import media, models
 from ._disk import stream_digest
@@ -21,7 +22,7 @@ from .files import WORKSPACE_BUCKET, FileStore, StagedFile
 from .models import GenerationInfo
 
 #: What a file lacking metadata (and options) gets.
-PLACEHOLDERS = {"seed": 0, "prompt": "", "model": "unknown"}
+PLACEHOLDERS: dict[str, Any] = {"seed": 0, "prompt": "", "model": "unknown"}
 
 
 @dataclass

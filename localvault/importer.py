@@ -235,7 +235,7 @@ class Importer:
                         first_copy[examined.sha256] = candidate.path
                         to_stage.append(examined)
                 if to_stage and all(e.staged is not None for e in to_stage):  # the worker processes staged them
-                    batch.add(to_stage, _done([e.staged for e in to_stage]))
+                    batch.add(to_stage, _done([e.staged for e in to_stage if e.staged is not None]))
                 elif to_stage:
                     batch.add(to_stage, self._io.submit(_each, self._stage, to_stage))
                 window.popleft()
@@ -294,10 +294,10 @@ class Importer:
                 pass
         for _examined, staging in batch.chunks:
             try:
-                outcomes = staging.result()
+                staged_files = staging.result()
             except Exception:  # nothing to remove
                 continue
-            for staged in outcomes:
+            for staged in staged_files:
                 if isinstance(staged, StagedFile):
                     discard_quietly(self.files, staged)
 

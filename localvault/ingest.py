@@ -5,6 +5,7 @@ Shared by the workspace (new generations) and the library (direct adds).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ class Prepared:
 
 def prepare(
     files: FileStore,
-    source: Path,
+    source: str | os.PathLike[str],
     bucket: str,
     folder: str,
     on_bytes: Callable[[int], None] | None = None,

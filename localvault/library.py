@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import uuid
@@ -198,7 +199,8 @@ class Library:
         limit = rows.check_limit(limit)
         tag_list = models.check_tags(tags)
         conn = self._db.conn
-        filters, params = ["l.user_id = ?"], [self.user_id]
+        filters: builtins.list[str] = ["l.user_id = ?"]
+        params: builtins.list[Any] = [self.user_id]
         if favorite is not None:
             if not isinstance(favorite, bool):
                 raise InvalidInputError(f"favorite must be true, false or None, not {favorite!r}")
@@ -232,7 +234,8 @@ class Library:
         more = len(found) > limit
         return Page(items=items, next_cursor=rows.encode_cursor(format_time(items[-1].created_at), items[-1].id) if more else None)
 
-    def _search_page(self, query: str, filters: list[str], params: list[Any], limit: int, cursor: str | None) -> Page:
+    def _search_page(self, query: str, filters: builtins.list[str], params: builtins.list[Any], limit: int,
+                     cursor: str | None) -> Page:
         if cursor:
             (last_seq,) = rows.decode_cursor(cursor, (int,))
             filters = [*filters, "f.rowid < ?"]

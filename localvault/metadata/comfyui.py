@@ -124,7 +124,7 @@ def _next_links(inputs: dict[str, Any], branch: str) -> list[Any]:
 
 def _trace_text(nodes: Nodes, start: Any, branch: str) -> str | None:
     """The prompt text that reaches a sampler's ``positive``/``negative`` input."""
-    queue, seen, texts = deque([start]), set(), []
+    queue, seen, texts = deque([start]), set[str](), list[str]()
     while queue and len(seen) < 1000:
         link = queue.popleft()
         node = _target(nodes, link)

@@ -74,7 +74,7 @@ def parse_sd_metadata(text: Any) -> Found:
     data = _as_dict(text)
     if data is None:
         return Found()
-    image = data.get("image") if isinstance(data.get("image"), dict) else {}
+    image: dict[str, Any] = data["image"] if isinstance(data.get("image"), dict) else {}
     prompt, negative = _split_negative(_prompt_text(image.get("prompt")))
     found = Found(source="invokeai", prompt=prompt, negative_prompt=negative, seed=image.get("seed"))
     found.model = data.get("model_weights") or data.get("model")

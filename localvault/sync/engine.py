@@ -251,10 +251,10 @@ def _upload_files(vault: Vault, bucket: Bucket, known: _Objects, batch: outbox.B
         return size
 
     with ThreadPoolExecutor(max_workers=min(UPLOAD_WORKERS, len(todo))) as pool:
-        for size in pool.map(send, todo):
-            if size is not None:
+        for sent in pool.map(send, todo):
+            if sent is not None:
                 result.files_uploaded += 1
-                result.bytes_uploaded += size
+                result.bytes_uploaded += sent
     if vanished:
         _drop_deleted_meanwhile(vault, batch, set(vanished))
 

@@ -50,7 +50,8 @@ def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = T
             (vault.user_id,),
         )
     ]
-    online, reason = False, "no remote is set"
+    online = False
+    reason: str | None = "no remote is set"
     problem: Literal["offline", "not_ready"] | None = None
     try:
         configured = remote or (remote_for(vault, None) if vault.config.remote else None)
