@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from platformdirs import user_data_dir
 
@@ -58,35 +59,76 @@ class RemoteConfig:
 
     def redacted(self) -> dict[str, Any]:
         """These settings with every secret replaced by ``***``: safe to print or log."""
-        return {"database_url": redact_database_url(self.database_url), "bucket_url": self.bucket_url,
+        return {"database_url": redact_database_url(self.database_url), "bucket_url": redact_url(self.bucket_url),
                 "storage_options": _redact_options(self.storage_options)}
+
+    def __repr__(self) -> str:
+        return f"RemoteConfig({self.redacted()!r})"  # a traceback or a log line never shows a secret
 
 
 _DATABASE_URL_FORM = "postgresql://user:password@host:port/dbname"
-#: Storage option names whose values are secrets (``key``, an access key id, is shown).
-_SECRET_OPTION = re.compile(r"secret|token|password|passwd|credential|private|sas|account_key", re.IGNORECASE)
-_PASSWORD_PARAMETER = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)", re.IGNORECASE)
+#: Storage options shown as they are by :meth:`RemoteConfig.redacted`; any other is a possible secret.
+_SHOWN_OPTIONS = frozenset({"key", "anon", "profile", "endpoint_url", "region_name", "use_ssl", "requester_pays",
+                            "version_aware", "default_block_size", "use_listings_cache", "listings_expiry_time",
+                            "max_concurrency", "config_kwargs", "client_kwargs", "project", "account_name"})
+_SHOWN_CLIENT_OPTIONS = frozenset({"endpoint_url", "region_name", "verify", "use_ssl", "api_version"})
+_PORTS = re.compile(r"(\d+(,\d*)*)?")
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^/?#@:\s]*):[^/?#@\s]*@")
+
+
+def redact_url(text: str) -> str:
+    """A URL with the password of its ``user:password@`` part as ``***``."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
 
 
 def redact_database_url(url: str) -> str:
-    """A database URL or ``key=value`` string with its password (in any place libpq reads one) as ``***``."""
-    if "://" in url:
-        scheme, rest = url.split("://", 1)
-        authority, slash, tail = rest.partition("/")
-        if "@" in authority:
-            credentials, _, host = authority.rpartition("@")
-            if ":" in credentials:
-                credentials = credentials.split(":", 1)[0] + ":***"
-            authority = f"{credentials}@{host}"
-        url = f"{scheme}://{authority}{slash}{tail}"
-    return _PASSWORD_PARAMETER.sub(lambda m: m.group(1) + "***", url)
+    """A database URL or ``key=value`` string as libpq reads it, without any password: safe to print.
+
+    Parsed the way libpq parses it (``password``, ``sslpassword`` and the
+    password part of the URL are all passwords to it); what cannot be parsed
+    is shown as ``postgresql://…``.
+    """
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:  # the sync extra is not installed: show nothing that could hold a password
+        return "postgresql://…"
+    try:
+        params = {k: str(v) for k, v in conninfo_to_dict(url).items()}
+    except Exception:  # psycopg.ProgrammingError and kin: not a connection string
+        return "postgresql://…"
+    secret = params.pop("password", None) is not None
+    secret = params.pop("sslpassword", None) is not None or secret
+    user = params.pop("user", "")
+    host, port, dbname = params.pop("host", ""), params.pop("port", ""), params.pop("dbname", "")
+    if host.startswith("/"):  # a socket folder reads better as ?host=
+        params["host"], host = host, ""
+    if not _PORTS.fullmatch(port) or "@" in host:  # a password taken for a port ("postgres:pw", no @host)
+        return "postgresql://…"
+    credentials = f"{quote(user, safe='')}{':***' if secret else ''}@" if user or secret else ""
+    host = ",".join(f"[{h}]" if ":" in h else h for h in host.split(","))
+    text = f"postgresql://{credentials}{host}{':' + port if port else ''}/{quote(dbname, safe='')}"
+    if params:
+        text += "?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in sorted(params.items()))
+    return text
 
 
-def _redact_options(value: Any, name: str = "") -> Any:
+def _redact_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    shown: dict[str, Any] = {}
+    for name, value in options.items():
+        if name not in _SHOWN_OPTIONS:
+            shown[name] = "***"
+        elif name == "client_kwargs" and isinstance(value, Mapping):
+            shown[name] = {k: _redact_value(v) if k in _SHOWN_CLIENT_OPTIONS else "***" for k, v in value.items()}
+        else:
+            shown[name] = _redact_value(value)
+    return shown
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_url(value)
     if isinstance(value, Mapping):
-        return {k: _redact_options(v, str(k)) for k, v in value.items()}
-    if name and _SECRET_OPTION.search(name) and value not in (None, ""):
-        return "***"
+        return {k: _redact_value(v) for k, v in value.items()}
     return value
 
 
@@ -114,6 +156,12 @@ def check_database_url(url: str) -> str:
                                     "percent-encode them (@ as %40, / as %2F, # as %23, ? as %3F, space as %20)")
     if any(c.isspace() for c in url):
         raise InvalidInputError("the database URL holds a space: percent-encode it as %20")
+    hosts = authority.rsplit("@", 1)[-1].split("/", 1)[0]
+    for host in hosts.split(","):
+        port = host.rsplit("]", 1)[-1].rpartition(":")[2] if ":" in host.rsplit("]", 1)[-1] else ""
+        if port and not port.isdigit():
+            raise InvalidInputError("the database URL's port is not a number (is '@host' missing after the "
+                                    f"password?); give {_DATABASE_URL_FORM}")
     return url
 
 

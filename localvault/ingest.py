@@ -41,7 +41,11 @@ def prepare(
     nothing behind when the file is refused.
     """
     source = models.check_path(source, "the file to add")
-    if not source.is_file():
+    try:
+        is_file = source.is_file()
+    except OSError as exc:  # a name too long, a loop of links
+        raise StorageError(f"cannot use {source}: {exc.strerror or exc}") from None
+    if not is_file:
         raise StorageError(f"{source} is not a file; give the path of an image or video")
     media_type, _size = media.check_source(source)  # a wrong file is refused before it is copied
     staged = files.stage(source, bucket, folder, on_bytes=_within_limit(source, on_bytes))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,10 +182,16 @@ def image_facts(source: Path | BinaryIO, media: MediaType, name: str) -> MediaFa
     """
     import importlib
 
+    from PIL.Image import DecompressionBombError
+
     module, reader = _IMAGE_READERS[media]
     try:
         with getattr(importlib.import_module(f"PIL.{module}"), reader)(source) as image:
             width, height = image.size
+    except DecompressionBombError as exc:  # WebP's reader checks its canvas itself (over ~358 megapixels)
+        pixels = next(iter(re.findall(r"\d+", str(exc))), "too many")
+        raise UnsupportedMediaError(f"{name} claims a canvas of {pixels} pixels, too large to read; export it "
+                                    "smaller") from None
     except (OSError, SyntaxError, ValueError, TypeError, EOFError, struct.error) as exc:
         raise UnsupportedMediaError(f"{name} cannot be read as {media.extension.upper()} ({exc})") from None
     return MediaFacts(media, width or None, height or None)

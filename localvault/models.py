@@ -140,9 +140,9 @@ def check_path(value: Any, what: str) -> Path:
     """A file or folder path given as text or a path object (``~`` expanded)."""
     if isinstance(value, (str, os.PathLike)) and not isinstance(value, bytes):
         text = os.fspath(value)
-        if isinstance(text, str) and text.strip():
+        if isinstance(text, str) and text.strip() and "\0" not in text:
             return Path(text).expanduser()
-    raise InvalidInputError(f"{what} must be a path (text or pathlib.Path), not {value!r}")
+    raise InvalidInputError(f"{what} must be a path (text or pathlib.Path, without NUL characters), not {value!r}")
 
 
 def check_search(value: Any) -> str:

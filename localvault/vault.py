@@ -14,7 +14,7 @@ from . import models, pending
 from .collections import Collections
 from .config import CONFIG_NAME, RemoteConfig, VaultConfig
 from .db import DB_NAME, Database
-from .errors import DuplicateError, InvalidInputError, NotFoundError, StorageError
+from .errors import DuplicateError, InvalidInputError, LocalVaultError, NotFoundError, StorageError, VaultCorruptError
 from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
 from .library import Library
 from .models import LibraryAsset, WorkspaceAsset
@@ -33,6 +33,15 @@ AUTO_CLEANUP_INTERVAL = timedelta(hours=1)
 
 #: What a vault folder holds (a create cut short may have left them without the database).
 _OWN_NAMES = frozenset({WORKSPACE_BUCKET, LIBRARY_BUCKET, CONFIG_NAME})
+#: What a new disk or a file manager puts in any folder.
+_SYSTEM_NAMES = frozenset({"lost+found", ".DS_Store", "Thumbs.db", "desktop.ini"})
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError as exc:  # a name too long, no permission to look
+        raise StorageError(f"cannot use {path}: {exc.strerror or exc}") from None
 
 
 def _entries(folder: Path) -> list[str]:
@@ -43,6 +52,34 @@ def _entries(folder: Path) -> list[str]:
         return []
     except OSError as exc:
         raise StorageError(f"cannot read {folder}: {exc.strerror}") from None
+
+
+def _holds_files(root: Path) -> bool:
+    """Whether either bucket folder of ``root`` holds a file (a vault's, whatever its database says)."""
+    for bucket in (WORKSPACE_BUCKET, LIBRARY_BUCKET):
+        for _folder, _dirs, names in os.walk(root / bucket):
+            if names:
+                return True
+    return False
+
+
+def _check_adoptable(root: Path) -> None:
+    """Refuse a folder holding anything but what a create cut short leaves (empty buckets, its settings)."""
+    strangers = sorted(name for name in _entries(root)
+                       if name not in _OWN_NAMES | _SYSTEM_NAMES and not name.startswith(DB_NAME))
+    if strangers:
+        raise InvalidInputError(f"{root} is not empty ({', '.join(strangers[:3])}{', …' if len(strangers) > 3 else ''}); "
+                                "give a new or empty folder for the vault")
+    if _holds_files(root):
+        raise VaultCorruptError(f"{root} holds a vault's files but no {DB_NAME}: restore {DB_NAME} from a backup "
+                                "rather than make a new vault there (it would take the files for orphans)")
+
+
+def _left_user_id(root: Path) -> str | None:
+    try:
+        return models.check_uuid(VaultConfig.load(root).user_id, "user id")
+    except LocalVaultError:  # none there, unreadable or not a UUID: a new id
+        return None
 
 
 class Vault:
@@ -70,17 +107,18 @@ class Vault:
                fs: fsspec.AbstractFileSystem | None = None) -> Vault:
         """Make a new vault folder (or adopt an empty one) and open it.
 
-        ``user_id`` defaults to a new random UUID. DuplicateError if a vault is
-        already there; InvalidInputError if the folder holds anything else.
+        ``user_id`` defaults to a new random UUID (or the one a create cut
+        short left in the folder). DuplicateError if a vault is already there;
+        VaultCorruptError if a vault's files are there without its database;
+        InvalidInputError if the folder holds anything else.
         """
         root = models.check_path(path, "the vault folder").resolve()
-        owner = models.check_uuid(user_id, "user id") if user_id is not None else str(uuid.uuid4())
-        if (root / DB_NAME).exists():
+        requested = models.check_uuid(user_id, "user id") if user_id is not None else None
+        if _exists(root / DB_NAME):
             raise DuplicateError(f"{root} already holds a vault; open it instead")
-        strangers = sorted(name for name in _entries(root) if name not in _OWN_NAMES and not name.startswith(DB_NAME))
-        if strangers:  # (what a create cut short left behind is adopted)
-            raise InvalidInputError(f"{root} is not empty ({', '.join(strangers[:3])}{', …' if len(strangers) > 3 else ''}); "
-                                    "give a new or empty folder for the vault")
+        _check_adoptable(root)
+        # A create cut short may have left its localvault.toml: its user id stays (nothing else was there yet).
+        owner = requested or _left_user_id(root) or str(uuid.uuid4())
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -102,7 +140,10 @@ class Vault:
         expired workspace assets.
         """
         root = models.check_path(path, "the vault folder").resolve()
-        if not (root / DB_NAME).exists():
+        if not _exists(root / DB_NAME):
+            if _holds_files(root):
+                raise VaultCorruptError(f"{root} holds a vault's files but no {DB_NAME}: restore {DB_NAME} from a "
+                                        "backup (a new vault there would take its files for orphans)")
             raise NotFoundError(f"no vault at {root}; create one with 'localvault init {root}'")
         config = VaultConfig.load(root)
         owner = models.check_uuid(user_id if user_id is not None else config.user_id, "user id")

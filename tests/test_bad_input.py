@@ -110,6 +110,10 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "directory named .png": (StorageError, lambda c: c.vault.library.add(_mkdir(c.src / "folder.png"))),
     "missing file": (StorageError, lambda c: c.vault.workspace.add(c.src / "does-not-exist.png")),
     "missing file (library)": (StorageError, lambda c: c.vault.library.add(c.src / "does-not-exist.jpg")),
+    "path with a NUL character": (InvalidInputError, lambda c: c.vault.workspace.add(f"{c.src}/a\0b.png")),
+    "file name too long for the disk": (StorageError, lambda c: c.vault.library.add(c.src / ("n" * 300 + ".png"))),
+    "webp whose header claims a 20000x20000 canvas": (
+        UnsupportedMediaError, lambda c: c.vault.workspace.add(c.file("canvas.webp", _webp_claiming(20_000, 20_000)))),
     # ---- ids
     "workspace get bad uuid": (InvalidInputError, lambda c: c.vault.workspace.get("not-a-uuid")),
     "library get bad uuid": (InvalidInputError, lambda c: c.vault.library.get("1234")),
@@ -240,6 +244,17 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "page size text": (InvalidInputError, lambda c: c.vault.workspace.list(limit="10")),
     "page size bool": (InvalidInputError, lambda c: c.vault.library.list(limit=True)),
 }
+
+
+def _webp_claiming(width: int, height: int) -> bytes:
+    """A small WebP inside a VP8X header that claims a huge canvas (Pillow's WebP reader refuses it as a bomb)."""
+    import struct
+
+    data = image_bytes("webp", 60, (8, 8))
+    vp8x = (b"VP8X" + struct.pack("<I", 10) + b"\0\0\0\0" + (width - 1).to_bytes(3, "little")
+            + (height - 1).to_bytes(3, "little"))
+    body = b"WEBP" + vp8x + data[12:]
+    return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
 def _nested(depth: int) -> dict[str, Any]:

@@ -314,3 +314,25 @@ def test_a_missing_bucket_fails_the_sync_even_with_nothing_to_push(vault_path: P
         state = as_json(run(*vault, "status", "--json"))
         assert state["problem"] == "not_ready" and state["pending_changes"] == pending and state["last_sync"] is None
     assert _server_titles(server) == {}
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://u:S3CRET@h/db", "postgresql://u@h/db?sslpassword=S3CRET", "host=h sslpassword=S3CRET",
+    "postgresql://u@h/db?pass%77ord=S3CRET", r"host=h password=ab\ S3CRET", "host=h password=ab&S3CRET",
+    "postgresql://u:pa/S3CRET@h/db", "postgresql://postgres:S3CRET", "postgresql://u:S3CRET@[::1]:5432,h2:5433/db",
+])
+def test_no_form_of_database_password_is_shown(url: str) -> None:
+    """Every place libpq reads a password from (and URLs it misreads) stays hidden in what status and remote show print."""
+    from localvault.config import RemoteConfig, redact_database_url
+
+    shown = redact_database_url(url)
+    assert "S3CRET" not in shown and shown.startswith("postgresql://")
+    config = RemoteConfig(url, "ftp://me:S3CRET@nas/lib", {"key": "AK", "connection_string": "AccountKey=S3CRET",
+                                                          "client_kwargs": {"endpoint_url": "http://u:S3CRET@x"}})
+    assert "S3CRET" not in json.dumps(config.redacted()) + repr(config) and "AK" in repr(config)
+
+
+def test_a_url_that_has_lost_its_host_is_refused_without_being_repeated(vault_path: Path) -> None:
+    result = run("--vault", str(vault_path), "remote", "set", "--database-url", "postgresql://postgres:S3CRET",
+                 "--bucket", "s3://b")
+    assert result.exit_code == 3 and "port is not a number" in result.stderr and "S3CRET" not in result.output

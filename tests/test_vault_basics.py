@@ -73,6 +73,31 @@ def test_create_open_reopen(tmp_path: Path, make_image):
         assert other.workspace.count() == 0
 
 
+def test_a_vault_whose_database_is_gone_is_not_taken_for_an_empty_folder(tmp_path: Path, make_image):
+    """A new vault there would take the files for orphans (and verify --repair would delete them)."""
+    with Vault.create(tmp_path / "v") as vault:
+        vault.library.add(make_image(seed=1))
+    os.unlink(tmp_path / "v" / "vault.db")
+    with pytest.raises(VaultCorruptError, match="restore vault.db"):
+        Vault.open(tmp_path / "v")
+    with pytest.raises(VaultCorruptError, match="restore vault.db"):
+        Vault.create(tmp_path / "v")
+    assert len(bucket_files(tmp_path / "v")) == 1
+
+
+def test_create_adopts_what_a_cut_short_create_left_and_a_new_disk_s_folders(tmp_path: Path):
+    with Vault.create(tmp_path / "cut", user_id=USER_A):
+        pass
+    for name in os.listdir(tmp_path / "cut"):
+        if name.startswith("vault.db"):
+            os.unlink(tmp_path / "cut" / name)  # killed before the database was made: settings and empty buckets
+    with Vault.create(tmp_path / "cut") as adopted:
+        assert adopted.user_id == USER_A
+    (tmp_path / "mnt" / "lost+found").mkdir(parents=True)
+    (tmp_path / "mnt" / ".DS_Store").write_bytes(b"x")
+    Vault.create(tmp_path / "mnt").close()
+
+
 def test_open_missing_vault_is_not_found(tmp_path: Path):
     with pytest.raises(NotFoundError):
         Vault.open(tmp_path / "nothing-here")

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from ..config import redact_url
 from ..errors import InvalidInputError
 from . import Context, json_option, main, output, pass_ctx
 
@@ -70,7 +71,7 @@ def remote_set(ctx: Context, database_url: str, bucket_url: str, endpoint_url: s
         except json.JSONDecodeError:
             storage[name] = value
     ctx.vault().set_remote(database_url, bucket_url, storage)
-    output.console.print(f"remote set: {bucket_url}")
+    output.console.print(f"remote set: {redact_url(bucket_url)}", highlight=False)
 
 
 @remote.command(name="show")

@@ -25,6 +25,7 @@ from typing import Any
 import fsspec
 
 from .._disk import stream_digest, walk_files
+from ..config import redact_url
 from ..errors import OfflineError, SyncError, first_line
 
 #: Files up to this size are sent in one PUT from memory; larger ones stream.
@@ -59,6 +60,7 @@ class Bucket:
         except (ImportError, ValueError, TypeError) as exc:
             raise SyncError(f"cannot use bucket URL {url!r}: {exc}") from None
         self.url = url
+        self.shown_url = redact_url(url)  # for messages: a URL may carry user:password@
         self.root = root.rstrip("/")
         self.is_s3 = protocol in ("s3", "s3a")
         self.is_local = protocol in ("file", "local")
@@ -76,16 +78,16 @@ class Bucket:
             elif not self.fs.exists(self.root):
                 self.fs.makedirs(self.root, exist_ok=True)
         except FileNotFoundError:
-            raise SyncError(f"the bucket {self.url} does not exist; create it or fix 'localvault remote set'") from None
+            raise SyncError(f"the bucket {self.shown_url} does not exist; create it or fix 'localvault remote set'") from None
         except PermissionError as exc:
-            raise SyncError(f"no access to the bucket {self.url}: {exc}; check the keys") from None
+            raise SyncError(f"no access to the bucket {self.shown_url}: {exc}; check the keys") from None
         except Exception as exc:  # network errors come as many types (aiohttp, botocore, OSError)
             if isinstance(exc, (ValueError, TypeError)) or type(exc).__name__ == "ParamValidationError":
                 # settings the client cannot use (an endpoint without http://, a bucket name S3 refuses): no retry helps
                 detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-                raise SyncError(f"the bucket {self.url} cannot be used with these settings: {detail}; fix "
+                raise SyncError(f"the bucket {self.shown_url} cannot be used with these settings: {detail}; fix "
                                 "'localvault remote set'") from None
-            raise OfflineError(f"cannot reach the bucket {self.url}: {first_line(exc)}") from None
+            raise OfflineError(f"cannot reach the bucket {self.shown_url}: {first_line(exc)}") from None
 
     def listing(self, prefix: str) -> dict[str, int]:
         """{key: size} of every object under ``prefix``, from a fresh listing."""

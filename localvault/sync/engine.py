@@ -242,7 +242,7 @@ def _upload_files(vault: Vault, bucket: Bucket, known: _Objects, batch: outbox.B
             _retrying(lambda: bucket.upload(local, key, sha, size, mime), f"uploading {key}")
         except FileNotFoundError:
             if local.exists():  # the store's "no such bucket", not our file
-                raise SyncError(f"the bucket {bucket.url} could not take {key}: it no longer exists; create it or "
+                raise SyncError(f"the bucket {bucket.shown_url} could not take {key}: it no longer exists; create it or "
                                 "fix 'localvault remote set'") from None
             vanished.append(key)  # deleted by another process since the batch was read? checked below
             return None

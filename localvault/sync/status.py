@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from ..config import redact_database_url
+from ..config import redact_database_url, redact_url
 from ..errors import InvalidInputError, LocalVaultError, OfflineError
 from .bucket import Bucket
 from .engine import remote_for
@@ -72,6 +72,6 @@ def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = T
     return SyncStatus(
         online=online, offline_reason=reason, problem=problem, pending_changes=pending_count(vault), rejected=rejected,
         last_sync=vault.db.get_meta(f"last_sync:{vault.user_id}"),
-        remote=f"{redact_database_url(shown.database_url)} + {shown.bucket_url}" if (shown := configured or vault.config.remote) else None,
+        remote=f"{redact_database_url(shown.database_url)} + {redact_url(shown.bucket_url)}" if (shown := configured or vault.config.remote) else None,
     )
 
