@@ -282,7 +282,7 @@ class FileStore:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise os_error(exc, path) from None
+            raise StorageError(f"cannot remove {path}: {exc.strerror or exc}") from None
 
     # ---------------------------------------------------------------- read
 

@@ -53,40 +53,47 @@ def settle(conn: sqlite3.Connection, files: FileStore, limit: int = BATCH,
     return _settle(conn, files, limit, io_map)[0]
 
 
-def _settle(conn: sqlite3.Connection, files: FileStore, limit: int,
-            io_map: Callable[..., Iterator[Any]]) -> tuple[int, int]:
-    """:func:`settle`, also telling how many entries it looked at (failed ones stay queued)."""
-    batch = conn.execute("SELECT id, bucket, path FROM pending_deletes ORDER BY id LIMIT ?", (limit,)).fetchall()
+def _settle(conn: sqlite3.Connection, files: FileStore, limit: int, io_map: Callable[..., Iterator[Any]],
+            after_id: int = 0) -> tuple[int, int, int]:
+    """:func:`settle` from the entry after ``after_id``: (settled, looked at, last id looked at).
+
+    An entry whose file cannot be removed stays queued (a warning says so), and a drain goes on past it.
+    """
+    batch = conn.execute("SELECT id, bucket, path FROM pending_deletes WHERE id > ? ORDER BY id LIMIT ?",
+                         (after_id, limit)).fetchall()
     by_folder: dict[tuple[str, str], list[tuple[int, str]]] = {}
     for entry_id, bucket, path in batch:
         if not still_used(conn, bucket, path):
             by_folder.setdefault((bucket, os.path.dirname(path)), []).append((entry_id, path))
 
-    def remove(item: tuple[tuple[str, str], list[tuple[int, str]]]) -> list[int]:
+    def remove(item: tuple[tuple[str, str], list[tuple[int, str]]]) -> list[tuple[int, str]]:
         (bucket, folder), entries = item
         failed = []
         for entry_id, path in entries:
             try:
                 files.remove(bucket, path, prune=False)
             except StorageError as exc:  # one file that cannot go must not stop the others (or every open)
-                log.warning("%s; it stays queued for deletion and is tried again later", exc)
-                failed.append(entry_id)
+                failed.append((entry_id, str(exc)))
         files.prune_folders(bucket, [folder])  # one rmdir per job folder, not per file
         return failed
 
-    kept = {entry_id for failed in io_map(remove, list(by_folder.items())) for entry_id in failed}
+    failures = [failure for failed in io_map(remove, list(by_folder.items())) for failure in failed]
+    if failures:
+        log.warning("%d queued file(s) could not be removed (%s%s); they stay queued and are tried again later",
+                    len(failures), failures[0][1], ", …" if len(failures) > 1 else "")
+    kept = {entry_id for entry_id, _reason in failures}
     conn.executemany("DELETE FROM pending_deletes WHERE id = ?", [(row[0],) for row in batch if row[0] not in kept])
-    return len(batch) - len(kept), len(batch)
+    return len(batch) - len(kept), len(batch), batch[-1][0] if batch else after_id
 
 
 def drain(db: Database, files: FileStore, io_map: Callable[..., Iterator[Any]] = map) -> int:
     """Remove every queued file; return how many entries were settled (``io_map``: see :func:`settle`)."""
-    settled = 0
+    settled, after_id = 0, 0
     while True:
         with db.write() as conn:
-            done, seen = _settle(conn, files, BATCH, io_map)
+            done, seen, after_id = _settle(conn, files, BATCH, io_map, after_id)
         settled += done
-        if seen < BATCH or done == 0:  # the end, or only files that cannot go (yet) are left
+        if seen < BATCH:
             return settled
 
 

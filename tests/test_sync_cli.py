@@ -336,3 +336,19 @@ def test_a_url_that_has_lost_its_host_is_refused_without_being_repeated(vault_pa
     result = run("--vault", str(vault_path), "remote", "set", "--database-url", "postgresql://postgres:S3CRET",
                  "--bucket", "s3://b")
     assert result.exit_code == 3 and "port is not a number" in result.stderr and "S3CRET" not in result.output
+
+
+def test_a_folder_bucket_on_a_disk_not_mounted_fails_and_a_dry_run_makes_no_folder(vault_path: Path, server: str,
+                                                                                   tmp_path: Path) -> None:
+    vault = ["--vault", str(vault_path)]
+    nas = tmp_path / "nas"  # the mount point is missing: the NAS is not mounted
+    ok(run(*vault, "remote", "set", "--database-url", server, "--bucket", f"file://{nas}/user-library"))
+    result = run(*vault, "sync")
+    assert result.exit_code == 11 and "is its disk mounted?" in result.stderr, result.stderr
+    assert not nas.exists()
+    nas.mkdir()  # mounted now
+    assert as_json(run(*vault, "sync", "--dry-run", "--json"))["rows_written"] == 0
+    assert not (nas / "user-library").exists()  # a dry run changes nothing, not even a folder
+    ids = _add(vault_path, tmp_path, 1)
+    assert as_json(run(*vault, "sync", "--json"))["files_uploaded"] == 1
+    assert [p.name for p in (nas / "user-library" / USER_A).iterdir()] == [f"{ids[0]}.png"]

@@ -62,23 +62,34 @@ class Bucket:
         self.url = url
         self.shown_url = redact_url(url)  # for messages: a URL may carry user:password@
         self.root = root.rstrip("/")
+        self.protocol = protocol
         self.is_s3 = protocol in ("s3", "s3a")
         self.is_local = protocol in ("file", "local")
 
     def path(self, key: str) -> str:
         return f"{self.root}/{key}"
 
-    def check_reachable(self) -> None:
-        """Raise OfflineError if the bucket cannot be reached (or does not exist)."""
+    def check_reachable(self, *, create: bool = True) -> None:
+        """Raise OfflineError if the bucket cannot be reached, SyncError if it does not exist.
+
+        A local (or in-memory) folder is made when its parent exists (``create``);
+        a missing parent is a disk not mounted, and a missing cloud bucket is never
+        made here.
+        """
         try:
             self.fs.invalidate_cache(self.root)
             if self.is_s3:
                 bucket = self.root.split("/", 1)[0]
                 self.fs.call_s3("head_bucket", Bucket=bucket)
             elif not self.fs.exists(self.root):
-                self.fs.makedirs(self.root, exist_ok=True)
+                parent = self.root.rsplit("/", 1)[0] if "/" in self.root.strip("/") else ""
+                if not (self.is_local or self.protocol == "memory") or (parent and not self.fs.isdir(parent)):
+                    raise FileNotFoundError(self.root)
+                if create:
+                    self.fs.makedirs(self.root, exist_ok=True)
         except FileNotFoundError:
-            raise SyncError(f"the bucket {self.shown_url} does not exist; create it or fix 'localvault remote set'") from None
+            raise SyncError(f"the bucket {self.shown_url} does not exist (for a folder: is its disk mounted?); create "
+                            "it or fix 'localvault remote set'") from None
         except PermissionError as exc:
             raise SyncError(f"no access to the bucket {self.shown_url}: {exc}; check the keys") from None
         except Exception as exc:  # network errors come as many types (aiohttp, botocore, OSError)

@@ -136,7 +136,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
         result.pending_changes = outbox.pending_count(vault)
         # Checked even with nothing to push: a sync that "succeeds" against a bucket that is gone hides it.
         bucket = Bucket(target.bucket_url, target.storage_options)
-        _retrying(bucket.check_reachable, "reaching the bucket")
+        _retrying(lambda: bucket.check_reachable(create=not dry_run), "reaching the bucket")
         if result.pending_changes == 0:
             outbox.mark_synced(vault, dry_run)
             result.seconds = time.monotonic() - started

@@ -60,7 +60,7 @@ def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = T
     if configured is not None and check_online:
         try:
             configured.check(vault.user_id)
-            Bucket(configured.bucket_url, configured.storage_options).check_reachable()
+            Bucket(configured.bucket_url, configured.storage_options).check_reachable(create=False)
             online, reason = True, None
         except OfflineError as exc:
             online, reason, problem = False, str(exc), "offline"
