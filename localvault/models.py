@@ -207,16 +207,15 @@ def _checked_settings(value: Any) -> tuple[dict[str, Any], str]:
 
 
 def _nesting(value: Any) -> int:
-    """How deep dicts and lists nest in ``value`` (without recursion; stops counting past the limit)."""
-    deepest, todo = 0, [(value, 1)]
-    while todo:
-        item, depth = todo.pop()
-        if isinstance(item, (dict, list, tuple)):
-            deepest = max(deepest, depth)
-            if depth > MAX_SETTINGS_DEPTH:
-                return depth
-            todo.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
+    """How deep dicts and lists nest in ``value``, level by level (no recursion; stops past the limit)."""
+    level, depth = ([value] if isinstance(value, (dict, list, tuple)) else []), 0
+    while level:
+        depth += 1
+        if depth > MAX_SETTINGS_DEPTH:
+            break
+        level = [child for item in level for child in (item.values() if isinstance(item, dict) else item)
+                 if isinstance(child, (dict, list, tuple))]  # only containers: a big graph has many leaves
+    return depth
 
 
 def check_positive_int(value: Any, what: str, maximum: int = MAX_SEED) -> int:

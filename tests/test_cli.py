@@ -119,6 +119,23 @@ def test_with_json_a_failure_is_json_on_stdout_too(tmp_path: Path, args: list[st
     assert plain.exit_code == code and plain.stdout == ""  # without --json, stdout stays empty
 
 
+def test_with_json_a_usage_error_or_a_bug_is_json_on_stdout_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    vault_path = tmp_path / "vault"
+    Vault.create(vault_path, user_id=USER).close()
+    usage = CliRunner().invoke(main, ["--vault", str(vault_path), "ls", "--json", "--limit", "abc"])
+    assert usage.exit_code == 2 and "Usage:" in usage.stderr
+    assert json.loads(usage.stdout)["error"] == {"message": "Invalid value for '--limit': 'abc' is not a valid integer.",
+                                                 "exit_code": 2, "kind": "BadParameter"}
+
+    def a_bug(*_args: object, **_kwargs: object) -> None:  # the one fault no input can cause: a bug in the library
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Vault, "verify", a_bug)
+    crashed = CliRunner().invoke(main, ["--vault", str(vault_path), "verify", "--json"])
+    assert crashed.exit_code == 1 and isinstance(crashed.exception, RuntimeError)
+    assert json.loads(crashed.stdout)["error"] == {"message": "RuntimeError: boom", "exit_code": 1, "kind": "InternalError"}
+
+
 def test_missing_vault_is_a_clear_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--vault", str(tmp_path / "none"), "ls"])
     assert result.exit_code == 2 and "no vault at" in result.output and "Traceback" not in result.output

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,7 +19,18 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class VaultGroup(click.Group):
-    """Turns every LocalVaultError into one clear line and its exit code, never a traceback."""
+    """Turns every LocalVaultError into one clear line and its exit code, never a traceback.
+
+    With ``--json``, every failure is also a JSON object on stdout: an error
+    of the library, a usage error, or (with its traceback on stderr) a bug.
+    """
+
+    json_in_args = False
+
+    def main(self, args: Sequence[str] | None = None, *rest: Any, **options: Any) -> Any:
+        # A usage error comes before --json's callback runs: the raw arguments tell.
+        self.json_in_args = "--json" in (sys.argv[1:] if args is None else list(args))
+        return super().main(args, *rest, **options)
 
     def invoke(self, ctx: click.Context) -> Any:
         with warnings.catch_warnings(record=True) as caught:
@@ -32,6 +43,18 @@ class VaultGroup(click.Group):
                 self._fail(ctx, f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 8, "OSError")
             except KeyboardInterrupt:
                 self._fail(ctx, "interrupted", 130, "Interrupted")
+            except (click.exceptions.Exit, click.exceptions.Abort):
+                raise
+            except click.ClickException as exc:  # click prints it (usage and all) on stderr
+                if self.json_in_args:
+                    output.print_json({"error": {"message": exc.format_message(), "exit_code": exc.exit_code,
+                                                 "kind": type(exc).__name__}})
+                raise
+            except Exception as exc:  # a bug: its traceback follows on stderr, for a report
+                if self.json_in_args:
+                    output.print_json({"error": {"message": f"{type(exc).__name__}: {exc}", "exit_code": 1,
+                                                 "kind": "InternalError"}})
+                raise
             finally:
                 for item in caught:
                     output.warning(str(item.message))
