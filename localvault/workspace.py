@@ -329,10 +329,10 @@ class Workspace:
         pending.drain(self._db, self._files)
 
     def expire(self, asset_id: str, when: datetime | None = None) -> None:
-        """Set an asset's expiry (now by default); used by tests and by 'keep longer' tools."""
+        """Set an asset's expiry (now by default; a naive datetime is local time); for 'keep longer' tools."""
         asset_id = models.check_uuid(asset_id, "workspace asset id")
         if when is not None and not isinstance(when, datetime):
-            raise InvalidInputError(f"when must be a datetime (timezone-aware), not {when!r}")
+            raise InvalidInputError(f"when must be a datetime, not {when!r}")
         moment = format_time(when) if when is not None else utc_now()
         with self._db.write() as conn:
             created = conn.execute(
