@@ -254,8 +254,8 @@ def test_a_bucket_deleted_during_the_sync_is_named_as_the_cause(vault: Vault, re
     vault.library.add(_image(tmp_path, 1), title="x")
     reachable = Bucket.check_reachable
 
-    def then_deleted(self: Bucket) -> None:
-        reachable(self)
+    def then_deleted(self: Bucket, **options: Any) -> None:
+        reachable(self, **options)
         _s3(s3_bucket).delete_bucket(Bucket=s3_bucket.name)  # gone between the check and the uploads
 
     monkeypatch.setattr(Bucket, "check_reachable", then_deleted)
