@@ -37,7 +37,7 @@ __all__ = [
     "AssetType", "Collection", "GenerationInfo", "LibraryAsset", "MediaType", "Page", "Visibility", "WorkspaceAsset",
     "LocalVaultError", "NotFoundError", "InvalidInputError", "UnsupportedMediaError", "FileTooLargeError",
     "EmptyFileError", "DuplicateError", "ConflictError", "VaultCorruptError", "SchemaVersionError", "StorageError",
-    "OfflineError", "SyncError", "SyncBusyError",
+    "OfflineError", "SyncError", "SyncBusyError", "NetworkFilesystemWarning",
 ]
 
 
@@ -48,8 +48,12 @@ def __getattr__(name: str) -> Any:
         from .vault import Vault
 
         return Vault
+    if name == "NetworkFilesystemWarning":
+        from .db import NetworkFilesystemWarning
+
+        return NetworkFilesystemWarning
     raise AttributeError(f"module 'localvault' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), "Vault"})
+    return sorted({*globals(), "Vault", "NetworkFilesystemWarning"})

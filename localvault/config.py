@@ -52,8 +52,8 @@ class RemoteConfig:
         Not done on load: settings stored before these checks existed must
         not keep the vault from opening.
         """
+        check_storage_options(storage_options or {})
         options = dict(storage_options or {})
-        check_storage_options(options)
         return cls(check_database_url(database_url), check_bucket_url(bucket_url), options)
 
 
@@ -188,6 +188,8 @@ def check_bucket_url(url: str) -> str:
 
 def check_storage_options(options: Mapping[str, Any]) -> None:
     """The settings an S3 client cannot use, caught before any sync tries them."""
+    if not isinstance(options, Mapping):
+        raise InvalidInputError(f"storage options must be a dict of fsspec options, not {type(options).__name__}")
     client = options.get("client_kwargs")
     endpoint = client.get("endpoint_url") if isinstance(client, Mapping) else None
     endpoint = endpoint or options.get("endpoint_url")

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import media, models
-from .errors import EmptyFileError, FileTooLargeError, StorageError, UnsupportedMediaError
+from .errors import EmptyFileError, FileTooLargeError, LocalVaultError, StorageError, UnsupportedMediaError
 from .files import FileStore, StagedFile
 from .media import MediaFacts
+from .models import GenerationInfo
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,19 @@ def prepare(
         files.discard(staged)
         raise
     return Prepared(staged, facts)
+
+
+def embedded_info(source: str | os.PathLike[str]) -> GenerationInfo:
+    """What the file at ``source`` says of its generation (prompt, seed, model…), or nothing where it cannot tell.
+
+    A file that cannot be read says nothing here: :func:`prepare` then reports why.
+    """
+    from .metadata import read
+
+    try:
+        return read(models.check_path(source, "the file to add"))
+    except (LocalVaultError, OSError, ValueError):
+        return GenerationInfo()
 
 
 def _within_limit(source: Path, on_bytes: Callable[[int], None] | None) -> Callable[[int], None]:

@@ -15,8 +15,8 @@ from .collections import resolve as resolve_collection
 from .db import Database, format_time
 from .errors import DuplicateError, InvalidInputError, NotFoundError
 from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
-from .ingest import prepare
-from .models import LibraryAsset, Page, Visibility
+from .ingest import embedded_info, prepare
+from .models import GenerationInfo, LibraryAsset, Page, Visibility
 
 
 class _Unset:
@@ -100,9 +100,9 @@ class Library:
         self,
         source: str | Path,
         *,
-        prompt: str = "",
-        seed: int = 0,
-        model: str = "unknown",
+        prompt: str | None = None,
+        seed: int | None = None,
+        model: str | None = None,
         settings: dict[str, Any] | str | None = None,
         title: str | None = None,
         tags: Iterable[str] = (),
@@ -111,10 +111,17 @@ class Library:
         visibility: Visibility | str = Visibility.private,
         on_bytes: Callable[[int], None] | None = None,
     ) -> LibraryAsset:
-        """Put a file straight into the library (no workspace step)."""
+        """Put a file straight into the library (no workspace step).
+
+        ``prompt``, ``seed``, ``model`` and ``settings`` default to what the
+        file (or its sidecar) says, then to "", 0, "unknown" and {}.
+        """
+        info = embedded_info(source) if None in (prompt, seed, model, settings) else GenerationInfo()
         values = (
-            models.check_prompt(prompt), models.check_model(model) or "unknown", models.check_seed(seed),
-            models.settings_json(settings if settings is not None else {}),
+            models.check_prompt(prompt if prompt is not None else info.prompt or ""),
+            models.check_model(model if model is not None else info.model or "unknown") or "unknown",
+            models.check_seed(seed if seed is not None else info.seed if info.seed is not None else 0),
+            models.settings_json(settings if settings is not None else info.stored_settings()),
         )
         fields = self._check_fields(title, tags, favorite, visibility)
         asset_id = str(uuid.uuid4())

@@ -15,7 +15,7 @@ from . import models, pending, rows
 from .db import Database, format_time, utc_now
 from .errors import DuplicateError, InvalidInputError, NotFoundError
 from .files import WORKSPACE_BUCKET, FileStore, StagedFile
-from .ingest import Prepared, prepare
+from .ingest import Prepared, embedded_info, prepare
 from .media import MediaFacts
 from .models import GenerationInfo, Page, WorkspaceAsset
 from .progress import ProgressCallback, report
@@ -89,14 +89,15 @@ class Workspace:
     ) -> WorkspaceAsset:
         """Copy a file into the workspace and record it.
 
-        Explicit arguments win over ``info`` (what a rig embedded in the file).
-        Missing values get placeholders: seed 0, prompt "", model "unknown".
+        Explicit arguments win over ``info``: what a rig embedded in the file
+        (or its sidecar), read from it unless given. Missing values get
+        placeholders: seed 0, prompt "", model "unknown".
         ``job_id`` defaults to a new job; ``asset_index`` to the next free index
         of the job. Raises :class:`DuplicateError` if this user already has the
         same bytes in the workspace (an expired asset not cleaned up yet does
         not count: it is replaced); nothing is left behind on any error.
         """
-        info = info or GenerationInfo()
+        info = info if info is not None else embedded_info(source)
         job = models.check_uuid(job_id, "job id") if job_id is not None else str(uuid.uuid4())
         index = models.check_positive_int(asset_index, "asset index", models.MAX_ASSET_INDEX) if asset_index is not None else None
         values = {

@@ -233,6 +233,8 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "expire with a date as text": (InvalidInputError, lambda c: c.vault.workspace.expire(c.fresh_ws.id, when="2030-01-01")),
     "export to None": (InvalidInputError, lambda c: c.vault.export(c.kept.id, None)),
     "open None": (InvalidInputError, lambda c: Vault.open(None)),
+    "import with -1 workers": (InvalidInputError, lambda c: c.vault.workspace.import_folder(c.src, workers=-1)),
+    "import with workers as text": (InvalidInputError, lambda c: c.vault.workspace.import_folder(c.src, workers="x")),
     "create in a folder holding other files": (InvalidInputError, lambda c: Vault.create(c.src)),
     "bad cursor": (InvalidInputError, lambda c: c.vault.workspace.list(cursor="garbage!")),
     "bad cursor (library)": (InvalidInputError, lambda c: c.vault.library.list(cursor="eyJ4IjogMX0")),

@@ -97,6 +97,7 @@ def test_paging_with_cursor(cli, tmp_path: Path) -> None:
         (["rm", "00000000-0000-4000-8000-000000000000"], 2, "no asset"),
         (["collections", "delete", "nope"], 2, "no collection"),
         (["add", "/nonexistent/file.png"], 8, "not a file"),
+        (["ls", "workspace", "--tag", "fox"], 3, "filter the library"),
     ],
 )
 def test_errors_are_one_line_and_exit_codes(cli, args, code, needle) -> None:

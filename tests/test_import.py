@@ -391,3 +391,16 @@ def test_a_folder_given_with_dot_dot_is_imported(vault: Vault, tmp_path: Path, m
     result = vault.workspace.import_folder("../out")
     assert len(result.imported) == 7 and not result.refused
 
+
+
+def test_add_from_python_reads_what_the_file_carries_like_the_cli(tmp_path: Path) -> None:
+    first = make_png(tmp_path / "a.png", text_chunks=a1111("a red fox", 4242), color=1)
+    second = make_png(tmp_path / "b.png", text_chunks=a1111("a blue heron", 77, model="flux"), color=2)
+    with Vault.create(tmp_path / "v", user_id=USER) as vault:
+        added = vault.workspace.add(first)
+        assert (added.original_prompt, added.generation_seed, added.model_used) == ("a red fox", 4242, "sdxl_base")
+        assert added.generation_settings["negative_prompt"] == "blurry" and added.generation_settings["steps"] == 20
+        kept = vault.library.add(second, seed=1)  # what is given wins; the rest comes from the file
+        assert (kept.original_prompt, kept.generation_seed, kept.model_used) == ("a blue heron", 1, "flux")
+        plain = vault.library.add(make_jpeg(tmp_path / "c.jpg", color=3))
+        assert (plain.original_prompt, plain.generation_seed, plain.model_used) == ("", 0, "unknown")

@@ -140,7 +140,9 @@ def test_offline_exit_code_one_line_and_status(vault_path: Path, s3_bucket: Any,
     assert state["online"] is False and "PostgreSQL" in state["offline_reason"] and state["pending_changes"] == 2
     text = ok(run(*vault, "status")).stdout
     assert "offline:" in text and "pending changes: 2" in text
-    assert "offline" in ok(run(*vault, "status", "--offline")).stdout
+    unchecked = ok(run(*vault, "status", "--offline")).stdout
+    assert "not checked (--offline)" in unchecked and "no remote is set" not in unchecked
+    assert as_json(run(*vault, "status", "--offline", "--json"))["offline_reason"] == "not checked (--offline)"
 
 
 def test_retry_rejected(vault_path: Path, server: str, s3_bucket: Any, tmp_path: Path) -> None:
@@ -258,6 +260,8 @@ def test_a_remote_made_in_python_is_checked_too() -> None:
         Remote("postgresql://u:p@h/db", "user-library")
     with pytest.raises(InvalidInputError, match="percent-encode"):
         Remote("postgresql://u:p@ss@h/db", "s3://lib")
+    with pytest.raises(InvalidInputError, match="must be a dict"):
+        Remote("postgresql://u:p@h/db", "s3://lib", storage_options="anon=true")  # type: ignore[arg-type]
 
 
 def test_secrets_can_stay_off_the_command_line_and_show_hides_them(vault_path: Path, server: str, s3_bucket: Any,

@@ -99,7 +99,9 @@ def remote_show(ctx: Context, as_json: bool) -> None:
 def sync(ctx: Context, dry_run: bool, retry_rejected: bool, as_json: bool) -> None:
     """Push the library (rows and files) to the remote; resumes after any interruption.
 
-    Exit codes: 0 done, 10 offline (nothing lost; run again later), 12 another sync is running.
+    Exit codes: 0 done (refused changes: see status), 3 remote settings that cannot work, 7 the server's
+    schema differs (schema apply), 10 offline (nothing lost; run again later), 11 refused by the server or
+    bucket (password, user, keys, bucket) or a local file missing, 12 another sync is running.
     """
     from ..sync import push
 
@@ -133,6 +135,8 @@ def status(ctx: Context, offline: bool, as_json: bool) -> None:
     output.console.print(f"remote: {state.remote or 'not set'}", highlight=False)
     if state.online:
         output.console.print("online")
+    elif state.remote is not None and state.problem is None:
+        output.console.print(state.offline_reason or "not checked", highlight=False)
     elif state.problem == "not_ready":
         output.console.print(f"not ready to sync: {state.offline_reason}", highlight=False)
     else:

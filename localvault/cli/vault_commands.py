@@ -9,6 +9,7 @@ import click
 from rich.text import Text
 
 from .. import models
+from ..errors import InvalidInputError
 from ..library import UNSET
 from ..models import LibraryAsset, Visibility, WorkspaceAsset
 from ..vault import Vault
@@ -43,12 +44,8 @@ def init(ctx: Context, path: Path | None, user_id: str | None, as_json: bool) ->
 def add(ctx: Context, file: Path, job_id: str | None, asset_index: int | None, seed: str | None, prompt: str | None,
         model: str | None, settings: str | None, as_json: bool) -> None:
     """Add a file to the workspace (prompt, seed and model read from the file where it carries them)."""
-    from ..metadata import read as read_metadata
-
-    vault = ctx.vault()
-    info = read_metadata(file) if file.is_file() else None
-    asset = vault.workspace.add(file, job_id=job_id, asset_index=asset_index, seed=_seed(seed), prompt=prompt,
-                                model=model, settings=settings, info=info)
+    asset = ctx.vault().workspace.add(file, job_id=job_id, asset_index=asset_index, seed=_seed(seed), prompt=prompt,
+                                      model=model, settings=settings)
     _emit_one(asset, as_json)
 
 
@@ -69,6 +66,9 @@ def _seed(text: str | None) -> int | None:
 def ls(ctx: Context, what: str, tags: tuple[str, ...], favorite: bool | None, collection: str | None,
        search: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
     """List workspace or library assets, newest first, one page at a time."""
+    if what == "workspace" and (tags or favorite is not None or collection is not None or search is not None):
+        raise InvalidInputError("--tag, --favorite, --collection and --search filter the library; "
+                                "'ls workspace' takes --limit and --cursor only")
     vault = ctx.vault()
     if what == "workspace":
         page = vault.workspace.list(limit=limit, cursor=cursor)

@@ -136,7 +136,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
         result.pending_changes = outbox.pending_count(vault)
         # Checked even with nothing to push: a sync that "succeeds" against a bucket that is gone hides it.
         bucket = Bucket(target.bucket_url, target.storage_options)
-        _retrying(lambda: bucket.check_reachable(create=not dry_run), "reaching the bucket")
+        bucket.check_reachable(create=not dry_run)  # at the start, offline is said at once (as for PostgreSQL)
         if result.pending_changes == 0:
             outbox.mark_synced(vault, dry_run)
             result.seconds = time.monotonic() - started
@@ -272,8 +272,9 @@ def _drop_deleted_meanwhile(vault: Vault, batch: outbox.Batch, keys: set[str]) -
             continue
         still = vault.db.conn.execute("SELECT 1 FROM user_library WHERE id = ?", (row["id"],)).fetchone()
         if still is not None:
-            raise SyncError(f"the file of library asset {row['storage_path']} is missing locally; "
-                            "run 'localvault verify --repair'")
+            raise SyncError(f"the file of library asset {row['storage_path']} is missing locally; run "
+                            "'localvault verify' (--repair restores it if an identical copy is in the vault; else "
+                            "put the file back or delete the asset)")
         batch.files.pop(row["id"], None)
     batch.changes.library[:] = kept
 

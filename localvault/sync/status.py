@@ -57,6 +57,8 @@ def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = T
         configured = remote or (remote_for(vault, None) if vault.config.remote else None)
     except InvalidInputError as exc:  # settings stored before they were checked
         configured, reason, problem = None, str(exc), "not_ready"
+    if configured is not None and not check_online:
+        reason = "not checked (--offline)"
     if configured is not None and check_online:
         try:
             configured.check(vault.user_id)
