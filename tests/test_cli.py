@@ -196,3 +196,24 @@ def test_export_to_a_folder_path_that_does_not_exist_yet(cli, tmp_path: Path) ->
     asset = json.loads(cli("add", str(source), "--json"))
     assert "wrote" in cli("export", asset["id"], f"{tmp_path}/out/")
     assert (tmp_path / "out" / f"{asset['id']}.png").read_bytes() == source.read_bytes()
+
+
+def test_every_command_that_changes_something_speaks_json(cli, tmp_path: Path) -> None:
+    asset = json.loads(cli("add", str(_png(tmp_path / "j.png", 30)), "--json"))
+    kept = json.loads(cli("save", asset["id"], "--title", "Fox", "--json"))
+    cleared = json.loads(cli("update", kept["id"], "--no-title", "--json"))
+    assert cleared["title"] is None
+    assert "not both" in cli("update", kept["id"], "--no-title", "--title", "x", code=3)
+    json.loads(cli("collections", "create", "Foxes", "--json"))
+    described = json.loads(cli("collections", "describe", "Foxes", "red ones", "--json"))
+    assert described["description"] == "red ones"
+    assert json.loads(cli("collections", "describe", "Foxes", "--json"))["description"] is None
+    assert json.loads(cli("collections", "delete", "Foxes", "--json")) == {"deleted": "Foxes"}
+    written = json.loads(cli("export", kept["id"], f"{tmp_path}/out/", "--json"))["written"]
+    assert Path(written).read_bytes() == (tmp_path / "j.png").read_bytes()
+    assert json.loads(cli("rm", kept["id"], "--json")) == {"deleted": kept["id"], "from": "library"}
+    assert json.loads(cli("cleanup", "--json")) == {"assets_removed": 0, "files_removed": 0, "complete": True}
+    stored = json.loads(cli("remote", "set", "--database-url", "postgresql://u:pw@db.example:5432/app", "--bucket",
+                            "s3://lib", "--secret", "not-shown", "--json"))
+    assert stored["database_url"] == "postgresql://u:***@db.example:5432/app" and stored["storage_options"] == {
+        "secret": "***"}

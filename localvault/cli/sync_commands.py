@@ -46,9 +46,10 @@ def remote() -> None:
 @click.option("--secret", envvar="LOCALVAULT_S3_SECRET", help="S3 secret access key (or $LOCALVAULT_S3_SECRET).")
 @click.option("--region", help="S3 region.")
 @click.option("--option", "options", multiple=True, help="Extra storage option KEY=JSON_VALUE (repeatable).")
+@json_option("Print the stored remote (secrets as ***) as JSON.")
 @pass_ctx
 def remote_set(ctx: Context, database_url: str, bucket_url: str, endpoint_url: str | None, key: str | None,
-               secret: str | None, region: str | None, options: tuple[str, ...]) -> None:
+               secret: str | None, region: str | None, options: tuple[str, ...], as_json: bool) -> None:
     """Remember the remote in localvault.toml (readable only by you)."""
     storage: dict[str, object] = {}
     if key:
@@ -70,8 +71,12 @@ def remote_set(ctx: Context, database_url: str, bucket_url: str, endpoint_url: s
             storage[name] = json.loads(value)
         except json.JSONDecodeError:
             storage[name] = value
-    ctx.vault().set_remote(database_url, bucket_url, storage)
-    output.console.print(f"remote set: {redact_url(bucket_url)}", highlight=False)
+    vault = ctx.vault()
+    vault.set_remote(database_url, bucket_url, storage)
+    if as_json and vault.config.remote is not None:
+        output.print_json(vault.config.remote.redacted())
+    else:
+        output.console.print(f"remote set: {redact_url(bucket_url)}", highlight=False)
 
 
 @remote.command(name="show")

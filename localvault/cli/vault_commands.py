@@ -110,6 +110,7 @@ def save(ctx: Context, workspace_asset_id: str, title: str | None, tags: tuple[s
 @main.command()
 @click.argument("library_id")
 @click.option("--title")
+@click.option("--no-title", is_flag=True, help="Remove the title.")
 @click.option("--add-tag", "add_tags", multiple=True)
 @click.option("--remove-tag", "remove_tags", multiple=True)
 @click.option("--favorite/--no-favorite", default=None)
@@ -118,23 +119,30 @@ def save(ctx: Context, workspace_asset_id: str, title: str | None, tags: tuple[s
 @click.option("--no-collection", is_flag=True, help="Take it out of its collection.")
 @json_option("Print JSON instead of a table.")
 @pass_ctx
-def update(ctx: Context, library_id: str, title: str | None, add_tags: tuple[str, ...], remove_tags: tuple[str, ...],
-           favorite: bool | None, visibility: str | None, move_to: str | None, no_collection: bool, as_json: bool) -> None:
+def update(ctx: Context, library_id: str, title: str | None, no_title: bool, add_tags: tuple[str, ...],
+           remove_tags: tuple[str, ...], favorite: bool | None, visibility: str | None, move_to: str | None,
+           no_collection: bool, as_json: bool) -> None:
     """Change a library asset's title, tags, favourite, visibility or collection."""
+    if no_title and title is not None:
+        raise InvalidInputError("give --title or --no-title, not both")
     collection = None if no_collection else (move_to if move_to is not None else UNSET)
     asset = ctx.vault().library.update(
-        library_id, title=title if title is not None else UNSET, add_tags=add_tags, remove_tags=remove_tags,
+        library_id, title=None if no_title else title if title is not None else UNSET, add_tags=add_tags, remove_tags=remove_tags,
         favorite=favorite if favorite is not None else UNSET, visibility=visibility or UNSET, collection=collection)
     _emit_one(asset, as_json)
 
 
 @main.command()
 @click.argument("asset_id")
+@json_option()
 @pass_ctx
-def rm(ctx: Context, asset_id: str) -> None:
+def rm(ctx: Context, asset_id: str, as_json: bool) -> None:
     """Delete a library or workspace asset (row and file)."""
     where = ctx.vault().delete(asset_id)
-    output.console.print(f"deleted {where} asset {asset_id}")
+    if as_json:
+        output.print_json({"deleted": asset_id, "from": where})
+    else:
+        output.console.print(f"deleted {where} asset {asset_id}")
 
 
 @main.command()
@@ -155,12 +163,16 @@ def show(ctx: Context, asset_id: str, as_json: bool) -> None:
 
 
 @main.command()
+@json_option()
 @pass_ctx
-def cleanup(ctx: Context) -> None:
+def cleanup(ctx: Context, as_json: bool) -> None:
     """Remove expired workspace assets, rows and files."""
-    with output.progress_bars() as progress:
+    with output.progress_bars(not as_json) as progress:
         result = ctx.vault(auto_cleanup=False).cleanup(progress=progress)  # so that the count is all of them
-    output.console.print(f"removed {result.assets_removed} expired workspace assets")
+    if as_json:
+        output.print_json(result)
+    else:
+        output.console.print(f"removed {result.assets_removed} expired workspace assets")
 
 
 @main.command()
@@ -195,11 +207,15 @@ def verify(ctx: Context, repair: bool, quick: bool, as_json: bool) -> None:
 @main.command()
 @click.argument("asset_id")
 @click.argument("dest", type=click.Path())  # text: a trailing "/" (a folder to make) must survive
+@json_option()
 @pass_ctx
-def export(ctx: Context, asset_id: str, dest: str) -> None:
+def export(ctx: Context, asset_id: str, dest: str, as_json: bool) -> None:
     """Copy an asset's file out of the vault to DEST (a file, or a folder: one that exists or DEST ending in /)."""
     written = ctx.vault().export(asset_id, dest)
-    output.console.print(f"wrote {written}")
+    if as_json:
+        output.print_json({"written": str(written)})
+    else:
+        output.console.print(f"wrote {written}", highlight=False)
 
 
 @main.group()
@@ -240,13 +256,27 @@ def collections_rename(ctx: Context, collection: str, new_name: str, as_json: bo
     _emit_one(ctx.vault().collections.rename(collection, new_name), as_json)
 
 
+@collections.command(name="describe")
+@click.argument("collection")
+@click.argument("description", required=False)
+@json_option("Print JSON instead of a table.")
+@pass_ctx
+def collections_describe(ctx: Context, collection: str, description: str | None, as_json: bool) -> None:
+    """Set a collection's description (none given: remove it)."""
+    _emit_one(ctx.vault().collections.describe(collection, description), as_json)
+
+
 @collections.command(name="delete")
 @click.argument("collection")
+@json_option()
 @pass_ctx
-def collections_delete(ctx: Context, collection: str) -> None:
+def collections_delete(ctx: Context, collection: str, as_json: bool) -> None:
     """Delete a collection; its assets stay in the library."""
     ctx.vault().collections.delete(collection)
-    output.console.print(f"deleted collection {collection}")
+    if as_json:
+        output.print_json({"deleted": collection})
+    else:
+        output.console.print(f"deleted collection {collection}", highlight=False)
 
 
 def _emit_one(item: object, as_json: bool) -> None:
