@@ -168,6 +168,8 @@ def facts(path: Path, media: MediaType, name: str | None = None) -> MediaFacts:
     return image_facts(path, media, name or path.name)
 
 
+#: The largest width or height the WebP format allows.
+WEBP_MAX_SIDE = 16383
 #: Pillow's reader of each image type (module, class).
 _IMAGE_READERS = {MediaType.jpeg: ("JpegImagePlugin", "JpegImageFile"), MediaType.png: ("PngImagePlugin", "PngImageFile"),
                   MediaType.webp: ("WebPImagePlugin", "WebPImageFile")}
@@ -194,6 +196,9 @@ def image_facts(source: Path | BinaryIO, media: MediaType, name: str) -> MediaFa
                                     "smaller") from None
     except (OSError, SyntaxError, ValueError, TypeError, EOFError, struct.error) as exc:
         raise UnsupportedMediaError(f"{name} cannot be read as {media.extension.upper()} ({exc})") from None
+    if media is MediaType.webp and max(width, height) > WEBP_MAX_SIDE:  # (a damaged or forged VP8X header)
+        raise UnsupportedMediaError(f"{name} claims {width}×{height} pixels, beyond WebP's {WEBP_MAX_SIDE}×"
+                                    f"{WEBP_MAX_SIDE}; export it again")
     return MediaFacts(media, width or None, height or None)
 
 
