@@ -217,6 +217,26 @@ def test_refused_change_is_kept_aside_and_retried(vault: Vault, remote: Remote, 
     assert_mirrors(vault, remote, s3_bucket)
 
 
+def test_a_refused_delete_sent_again_keeps_its_own_time(vault: Vault, remote: Remote, tmp_path: Path) -> None:
+    """Last writer wins: an edit made on the server after the local delete (while the delete was refused)
+    must survive the retry, which carries the delete's time, not the retry's."""
+    (asset_id,) = _fill(vault, tmp_path, 1)
+    vault.sync(remote)
+    with psycopg.connect(remote.database_url, autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION public.refuse_deletes() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                     " RAISE EXCEPTION 'deletes refused for now' USING ERRCODE = '23514'; END $$")
+        conn.execute("CREATE TRIGGER refuse_deletes BEFORE DELETE ON public.user_library"
+                     " FOR EACH ROW EXECUTE FUNCTION public.refuse_deletes()")
+    vault.library.delete(asset_id)
+    assert vault.sync(remote).rejected == 1
+    with psycopg.connect(remote.database_url, autocommit=True) as conn:  # edited on the server after the delete
+        conn.execute("UPDATE public.user_library SET title = 'edited later' WHERE id = %s", (asset_id,))
+        conn.execute("DROP TRIGGER refuse_deletes ON public.user_library")
+    report = vault.sync(remote, retry_rejected=True)
+    assert report.rows_deleted == 0 and report.conflicts == 1 and status(vault, remote).rejected == []
+    assert _server_rows(remote.database_url, "user_library")[asset_id]["title"] == "edited later"
+
+
 def test_dry_run_changes_nothing(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path) -> None:
     _fill(vault, tmp_path, 2)
     report = vault.sync(remote, dry_run=True)

@@ -289,7 +289,7 @@ def _delete_objects(bucket: Bucket, batch: outbox.Batch, outcome: BatchResult, r
     keys = []
     for row in batch.changes.library_deletes:
         if row["id"] in outcome.gone_library_ids:
-            _op, path, _seq = batch.entries[("user_library", row["id"])]
+            _op, path, _seq, _queued_at = batch.entries[("user_library", row["id"])]
             if path and _own_key(path, user_id):  # never another user's object, whatever the outbox says
                 keys.append(path)
     bucket.delete(keys)

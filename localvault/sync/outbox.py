@@ -23,8 +23,8 @@ class Batch:
     last_seq: int
     keys: list[tuple[str, str]]
     changes: Changes
-    #: (table, row_id) → (op, storage_path, last seq) of the newest entry.
-    entries: dict[tuple[str, str], tuple[str, str | None, int]]
+    #: (table, row_id) → (op, storage_path, last seq, queued_at) of the newest entry.
+    entries: dict[tuple[str, str], tuple[str, str | None, int, str]]
     #: library id → (local file path, sha256, size, mime type) of rows to upsert.
     files: dict[str, tuple[str, str, int, str]]
 
@@ -98,7 +98,7 @@ def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | fro
         last_seq = min(e[0] for e in entries if (e[1], e[2]) in left_out) - 1
     return Batch(
         seqs=[e[0] for e in taken], last_seq=last_seq, keys=[k for k in newest if k not in left_out], changes=changes,
-        entries={k: (v[0], v[1], v[2]) for k, v in newest.items() if k not in left_out}, files=files,
+        entries={k: v for k, v in newest.items() if k not in left_out}, files=files,
     )
 
 
@@ -149,9 +149,11 @@ def _rows(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], ids: l
 
 def requeue_rejected(vault: Vault) -> None:
     with vault.db.write() as conn:
-        conn.execute(
-            "INSERT INTO sync_outbox (table_name, row_id, op, user_id, storage_path)"
-            " SELECT table_name, row_id, op, user_id, storage_path FROM sync_rejected WHERE user_id = ? ORDER BY seq",
+        conn.execute(  # with the time each was queued at: a delete's is its last-writer-wins stamp
+            "INSERT INTO sync_outbox (table_name, row_id, op, user_id, storage_path, queued_at)"
+            " SELECT table_name, row_id, op, user_id, storage_path,"
+            " coalesce(queued_at, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"
+            " FROM sync_rejected WHERE user_id = ? ORDER BY seq",
             (vault.user_id,),
         )
         conn.execute("DELETE FROM sync_rejected WHERE user_id = ?", (vault.user_id,))
@@ -171,11 +173,11 @@ def acknowledge(vault: Vault, batch: Batch, outcome: BatchResult) -> None:
         conn.executemany("DELETE FROM sync_rejected WHERE user_id = ? AND table_name = ? AND row_id = ?",
                          [(vault.user_id, t, r) for t, r in settled])
         for (table, row_id), (sqlstate, message) in outcome.rejected.items():
-            op, path, seq = batch.entries[(table, row_id)]
+            op, path, seq, queued_at = batch.entries[(table, row_id)]
             conn.execute(
-                "INSERT OR REPLACE INTO sync_rejected (seq, table_name, row_id, op, user_id, storage_path, sqlstate, message)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (seq, table, row_id, op, vault.user_id, path, sqlstate, message),
+                "INSERT OR REPLACE INTO sync_rejected (seq, table_name, row_id, op, user_id, storage_path, sqlstate,"
+                " message, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (seq, table, row_id, op, vault.user_id, path, sqlstate, message, queued_at),
             )
         conn.executemany("DELETE FROM sync_outbox WHERE seq = ?", [(s,) for s in batch.seqs])
 

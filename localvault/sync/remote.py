@@ -236,6 +236,11 @@ class Remote:
                is_delete: bool, result: BatchResult) -> None:
         if is_delete:
             result.deleted += len(done)
+            gone = {str(d) for d in done}
+            kept = [r["id"] for r in rows if r["id"] not in gone]
+            if kept:  # still there: edited on the server after this delete (a row never sent is simply absent)
+                found = conn.execute(f"SELECT count(*) FROM public.{table} WHERE id = ANY(%s::uuid[])", (kept,)).fetchone()
+                result.conflicts += found[0] if found else 0
         else:
             result.written += len(done)
             result.conflicts += self._newer_on_server(conn, table, rows, done)
