@@ -71,6 +71,8 @@ IN_MEMORY_BYTES = 4 * 1024 * 1024
 WINDOW_BYTES = 96 * 1024 * 1024
 #: Threads writing staged files.
 STAGING_THREADS = 8
+#: How many times the copies of a refused file are offered again, each round taking the next copy as the first.
+REOFFERS = 3
 #: Files handed between threads at a time.
 CHUNK_FILES = 16
 #: Imports of at least this many files load the user's hashes first (see import_candidates).
@@ -105,6 +107,7 @@ class Importer:
         # Writing files waits on the disk (folder and inode creation can take milliseconds each on a
         # busy disk), so it has threads of its own, more of them, which mostly sleep in system calls.
         self._io = ThreadPoolExecutor(STAGING_THREADS, thread_name_prefix="localvault-stage")
+        self._offers_left = REOFFERS  # rounds of copies offered again (see _offer_copies_again)
         # One thread commits batches (the only one touching SQLite while an import runs).
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="localvault-commit")
         self.workspace = Workspace(db, files, user_id)
@@ -265,13 +268,21 @@ class Importer:
 
         (The first copy can fail at its staging or commit: replaced meanwhile, the disk full.)
         """
-        again = [copy for sha256, copies in later_copies.items() if first_copy[sha256] in result.refused
-                 for copy in copies]
+        again = [(copy, first_copy[sha256]) for sha256, copies in later_copies.items()
+                 if first_copy[sha256] in result.refused for copy in copies]
         if not again:
             return
-        offered = {copy.path for copy in again}
+        offered = {copy.path for copy, _first in again}
         result.duplicates = [path for path in result.duplicates if path not in offered]
-        result.merge(self.import_candidates(again, total=len(again)))
+        if self._offers_left == 0:  # many copies, each refused in turn (a full disk): say why, do not go on
+            result.refused.update((copy.path, f"a copy of {first}, which was refused: {result.refused[first]}")
+                                  for copy, first in again)
+            return
+        self._offers_left -= 1
+        try:
+            result.merge(self.import_candidates([copy for copy, _first in again], total=len(again)))
+        finally:
+            self._offers_left += 1
 
     def _abandon(self, window: deque[_Chunk], batch: _Batch, committing: _Batch | None) -> None:
         """Stop examining files, let a commit under way end, and remove what the pending batch staged.

@@ -144,3 +144,38 @@ def test_a_copy_counted_as_duplicate_is_imported_when_the_first_copy_is_refused(
         asset = vault.workspace.get(result.imported[0].asset_id)
         assert Path(vault.files.full_path(WORKSPACE_BUCKET, asset.temp_storage_path)).read_bytes() == original
         assert staged_names(vault) == []
+
+
+def test_copies_refused_one_after_another_are_all_reported_refused(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five identical files, each replaced before its link is made: each round offers the rest again, and
+    after REOFFERS rounds the last ones are refused with the reason, never left counted as duplicates."""
+    from localvault import importer
+
+    folder = tmp_path / "out"
+    first = rig_file(folder)
+    copies = [first]
+    for n in range(1, 5):
+        copy = folder / f"copy{n}.png"
+        copy.write_bytes(first.read_bytes())
+        os.utime(copy, (1_000_000 + n, 1_000_000 + n))
+        copies.append(copy)
+    os.utime(first, (1_000_000, 1_000_000))
+    stage_for_real = importer.Importer._stage
+    replaced: set[str] = set()
+
+    def stage_after_the_rig_replaced_it(self: importer.Importer, ready: Examined) -> object:
+        if ready.candidate.path not in replaced:
+            replaced.add(ready.candidate.path)
+            fresh = make_png(Path(ready.candidate.path).with_name("fresh.part"), text_chunks=a1111("v2", 2),
+                             color=len(replaced) + 10)
+            os.replace(fresh, ready.candidate.path)
+        return stage_for_real(self, ready)
+
+    monkeypatch.setattr(importer.Importer, "_stage", stage_after_the_rig_replaced_it)
+    with Vault.create(tmp_path / "v", user_id=USER) as vault:
+        result = vault.workspace.import_folder(folder, mode="link")
+        assert result.imported == [] and result.duplicates == []
+        assert set(result.refused) == {str(c) for c in copies}
+        assert result.refused[str(copies[-1])].startswith(f"a copy of {copies[-2]}, which was refused")
+        assert staged_names(vault) == []
