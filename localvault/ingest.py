@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from . import media, models
 from .errors import EmptyFileError, FileTooLargeError, LocalVaultError, StorageError, UnsupportedMediaError
@@ -56,6 +57,33 @@ def prepare(
         files.discard(staged)
         raise
     return Prepared(staged, facts)
+
+
+#: The model of a file that names none.
+UNKNOWN_MODEL = "unknown"
+
+
+class GenerationValues(NamedTuple):
+    """The generation columns of a row, checked: seed, prompt, model and settings (as stored JSON)."""
+
+    seed: int
+    prompt: str
+    model: str
+    settings: str
+
+
+def generation_values(source: str | os.PathLike[str], info: GenerationInfo | None, *, seed: Any, prompt: Any,
+                      model: Any, settings: Any) -> GenerationValues:
+    """What an added file's row records: the arguments given, else ``info`` (read from the file when not
+    given and something is missing), else seed 0, prompt "" and model "unknown"."""
+    if info is None:
+        info = embedded_info(source) if None in (seed, prompt, model, settings) else GenerationInfo()
+    return GenerationValues(
+        models.check_seed(seed if seed is not None else info.seed if info.seed is not None else 0),
+        models.check_prompt(prompt if prompt is not None else info.prompt or ""),
+        models.check_model(model if model is not None else info.model or UNKNOWN_MODEL) or UNKNOWN_MODEL,
+        models.settings_json(settings if settings is not None else info.stored_settings()),
+    )
 
 
 def embedded_info(source: str | os.PathLike[str]) -> GenerationInfo:

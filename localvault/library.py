@@ -15,8 +15,8 @@ from .collections import resolve as resolve_collection
 from .db import Database, format_time
 from .errors import DuplicateError, InvalidInputError, NotFoundError
 from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
-from .ingest import embedded_info, prepare
-from .models import GenerationInfo, LibraryAsset, Page, Visibility
+from .ingest import generation_values, prepare
+from .models import LibraryAsset, Page, Visibility
 
 
 class _Unset:
@@ -116,13 +116,7 @@ class Library:
         ``prompt``, ``seed``, ``model`` and ``settings`` default to what the
         file (or its sidecar) says, then to "", 0, "unknown" and {}.
         """
-        info = embedded_info(source) if None in (prompt, seed, model, settings) else GenerationInfo()
-        values = (
-            models.check_prompt(prompt if prompt is not None else info.prompt or ""),
-            models.check_model(model if model is not None else info.model or "unknown") or "unknown",
-            models.check_seed(seed if seed is not None else info.seed if info.seed is not None else 0),
-            models.settings_json(settings if settings is not None else info.stored_settings()),
-        )
+        values = generation_values(source, None, seed=seed, prompt=prompt, model=model, settings=settings)
         fields = self._check_fields(title, tags, favorite, visibility)
         asset_id = str(uuid.uuid4())
         prepared = prepare(self._files, source, LIBRARY_BUCKET, self.user_id, on_bytes)
@@ -140,7 +134,8 @@ class Library:
                     " duration_seconds, original_prompt, model_used, generation_seed, generation_settings, width, height,"
                     " sha256, title, tags, is_favorite, visibility, collection_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (asset_id, self.user_id, facts.media_type.asset_type.value, relative, prepared.staged.size,
-                     facts.media_type.value, facts.duration_seconds, *values, facts.width, facts.height,
+                     facts.media_type.value, facts.duration_seconds, values.prompt, values.model, values.seed,
+                     values.settings, facts.width, facts.height,
                      prepared.staged.sha256, *fields, collection_id),
                 )
         except BaseException:

@@ -15,7 +15,7 @@ from . import models, pending, rows
 from .db import Database, format_time, utc_now
 from .errors import DuplicateError, InvalidInputError, NotFoundError
 from .files import WORKSPACE_BUCKET, FileStore, StagedFile
-from .ingest import Prepared, embedded_info, prepare
+from .ingest import UNKNOWN_MODEL, GenerationValues, Prepared, generation_values, prepare
 from .media import MediaFacts
 from .models import GenerationInfo, Page, WorkspaceAsset
 from .progress import ProgressCallback, report
@@ -50,7 +50,6 @@ class BatchEntry:
     model: str
     settings_json: str
 
-UNKNOWN_MODEL = "unknown"
 CLEANUP_BATCH = 2_000
 
 
@@ -97,19 +96,14 @@ class Workspace:
         same bytes in the workspace (an expired asset not cleaned up yet does
         not count: it is replaced); nothing is left behind on any error.
         """
-        info = info if info is not None else embedded_info(source)
         job = models.check_uuid(job_id, "job id") if job_id is not None else str(uuid.uuid4())
-        index = models.check_positive_int(asset_index, "asset index", models.MAX_ASSET_INDEX) if asset_index is not None else None
-        values = {
-            "seed": models.check_seed(seed if seed is not None else (info.seed if info.seed is not None else 0)),
-            "prompt": models.check_prompt(prompt if prompt is not None else (info.prompt or "")),
-            "model": models.check_model(model if model is not None else (info.model or UNKNOWN_MODEL)) or UNKNOWN_MODEL,
-            "settings": models.settings_json(settings if settings is not None else info.stored_settings()),
-        }
+        index = (models.check_positive_int(asset_index, "asset index", models.MAX_ASSET_INDEX)
+                 if asset_index is not None else None)
+        values = generation_values(source, info, seed=seed, prompt=prompt, model=model, settings=settings)
         prepared = prepare(self._files, source, WORKSPACE_BUCKET, f"{self.user_id}/{job}", on_bytes)
         return self._record(prepared, job, index, values)
 
-    def _record(self, prepared: Prepared, job: str, index: int | None, values: dict[str, Any]) -> WorkspaceAsset:
+    def _record(self, prepared: Prepared, job: str, index: int | None, values: GenerationValues) -> WorkspaceAsset:
         committed_path: str | None = None
         try:
             with self._db.write() as conn:
@@ -142,8 +136,8 @@ class Workspace:
                 conn.execute(
                     _INSERT,
                     (asset_id, self.user_id, facts.media_type.asset_type.value, relative, prepared.staged.size,
-                     facts.media_type.value, facts.duration_seconds, job, index, values["seed"], values["prompt"],
-                     values["model"], values["settings"], facts.width, facts.height,
+                     facts.media_type.value, facts.duration_seconds, job, index, values.seed, values.prompt,
+                     values.model, values.settings, facts.width, facts.height,
                      prepared.staged.sha256),
                 )
                 row = conn.execute(f"SELECT {rows.WORKSPACE_COLUMNS} FROM workspace_assets WHERE id = ?", (asset_id,)).fetchone()
