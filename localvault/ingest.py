@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import media, models
-from .errors import EmptyFileError, FileTooLargeError, LocalVaultError, StorageError, UnsupportedMediaError
+from .errors import FileTooLargeError, LocalVaultError, StorageError, UnsupportedMediaError
 from .files import FileStore, StagedFile
 from .media import MediaFacts
 from .models import GenerationInfo
@@ -123,13 +123,6 @@ def _check_copy(files: FileStore, staged: StagedFile, media_type: models.MediaTy
     if not files.local:
         return media.facts(source, media_type)
     copy = Path(staged.temp_path)
-    if staged.size == 0:
-        raise EmptyFileError(f"{source} was emptied while it was being added; add it again once it is written")
-    try:
-        with open(copy, "rb") as handle:
-            copied_type = media.check_stream(handle, staged.size, str(source))
-    except OSError as exc:
-        raise StorageError(f"cannot read the copy of {source}: {exc.strerror or exc}") from None
-    if copied_type is not media_type:
+    if media.check_copy(copy, staged.size, source) is not media_type:
         raise UnsupportedMediaError(f"{source} changed while it was being added; add it again")
     return media.facts(copy, media_type, source.name)

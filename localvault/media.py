@@ -63,13 +63,25 @@ def check_source(path: Path) -> tuple[MediaType, int]:
     """
     try:
         size = os.stat(path).st_size
-        _check_size(size, path)
-        with open(path, "rb") as handle:
-            media = check_stream(handle, size, str(path))
     except OSError as exc:
         raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    _check_name(path, media)
-    return media, size
+    return _check_file(path, size, path), size
+
+
+def check_copy(copy: Path, size: int, source: Path) -> MediaType:
+    """:func:`check_source` for the ``size``-byte copy of ``source`` at ``copy`` (messages name the source)."""
+    return _check_file(copy, size, source)
+
+
+def _check_file(path: Path, size: int, named: Path) -> MediaType:
+    _check_size(size, named)
+    try:
+        with open(path, "rb") as handle:
+            media = check_stream(handle, size, str(named))
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    _check_name(named, media)
+    return media
 
 
 def check_data(data: bytes, path: Path) -> MediaType:
