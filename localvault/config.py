@@ -88,13 +88,8 @@ def redact_database_url(url: str) -> str:
     password part of the URL are all passwords to it); what cannot be parsed
     is shown as ``postgresql://…``.
     """
-    try:
-        from psycopg.conninfo import conninfo_to_dict
-    except ImportError:  # the sync extra is not installed: show nothing that could hold a password
-        return "postgresql://…"
-    try:
-        params = {k: str(v) for k, v in conninfo_to_dict(url).items()}
-    except Exception:  # psycopg.ProgrammingError and kin: not a connection string
+    params = database_params(url)
+    if params is None:
         return "postgresql://…"
     secret = params.pop("password", None) is not None
     secret = params.pop("sslpassword", None) is not None or secret
@@ -102,14 +97,28 @@ def redact_database_url(url: str) -> str:
     host, port, dbname = params.pop("host", ""), params.pop("port", ""), params.pop("dbname", "")
     if host.startswith("/"):  # a socket folder reads better as ?host=
         params["host"], host = host, ""
-    if not _PORTS.fullmatch(port) or "@" in host:  # a password taken for a port ("postgres:pw", no @host)
-        return "postgresql://…"
     credentials = f"{quote(user, safe='')}{':***' if secret else ''}@" if user or secret else ""
     host = ",".join(f"[{h}]" if ":" in h else h for h in host.split(","))
     text = f"postgresql://{credentials}{host}{':' + port if port else ''}/{quote(dbname, safe='')}"
     if params:
         text += "?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in sorted(params.items()))
     return text
+
+
+def database_params(url: str) -> dict[str, str] | None:
+    """A database URL or ``key=value`` string's parameters as libpq reads them; None if it cannot be read,
+    or where libpq would take a password for the host or port (``postgres:pw`` with ``@host`` left out)."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:  # the sync extra is not installed
+        return None
+    try:
+        params = {k: str(v) for k, v in conninfo_to_dict(url).items()}
+    except Exception:  # psycopg.ProgrammingError and kin: not a connection string
+        return None
+    if not _PORTS.fullmatch(params.get("port", "")) or "@" in params.get("host", ""):
+        return None
+    return params
 
 
 def _redact_options(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -356,3 +356,8 @@ def test_a_folder_bucket_on_a_disk_not_mounted_fails_and_a_dry_run_makes_no_fold
     ids = _add(vault_path, tmp_path, 1)
     assert as_json(run(*vault, "sync", "--json"))["files_uploaded"] == 1
     assert [p.name for p in (nas / "user-library" / USER_A).iterdir()] == [f"{ids[0]}.png"]
+
+
+def test_schema_apply_does_not_show_a_password_taken_for_a_port() -> None:
+    result = run("schema", "apply", "--database-url", "postgresql://postgres:S3CRET")  # "@host" left out
+    assert result.exit_code in (3, 10) and result.stderr.startswith("error:") and "S3CRET" not in result.output

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Final, Literal
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
+from ..config import database_params
 from ..errors import InvalidInputError, OfflineError, SchemaVersionError, SyncError
 
 if TYPE_CHECKING:  # importlib.resources.abc is Python >= 3.11
@@ -132,13 +132,12 @@ SCHEMA_VERSION: Final[int] = max((m.version for m in migrations()), default=0)
 
 def _describe(database_url: str) -> str:
     """Return ``host:port/dbname`` of a DSN or URL, without credentials."""
-    try:
-        params = conninfo_to_dict(database_url)
-    except psycopg.Error:
+    params = database_params(database_url)
+    if params is None:
         return "the PostgreSQL server"
-    host = str(params.get("host") or params.get("hostaddr") or "localhost")
-    port = str(params.get("port") or 5432)
-    dbname = str(params.get("dbname") or "")
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    port = params.get("port") or "5432"
+    dbname = params.get("dbname") or ""
     return f"{host}:{port}/{dbname}" if dbname else f"{host}:{port}"
 
 
