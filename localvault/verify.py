@@ -202,8 +202,7 @@ def _repair(db: Database, files: FileStore, result: VerifyReport, broken: dict[s
         kind, row_id, sha = broken[entry]
         twin = twins.get(sha)
         with db.write() as conn:  # under the lock, and only if the row is still the one that was checked
-            if conn.execute(f"SELECT 1 FROM {kind.table} WHERE id = ? AND {kind.column} = ? AND sha256 = ?",
-                            (row_id, relative, sha)).fetchone() is None:
+            if not _row_still_there(db, entry, broken[entry]):
                 result.repaired.append(entry)  # deleted or replaced since: no longer this problem
             elif twin is not None:
                 files.link(twin[0], twin[1], bucket, relative)
