@@ -28,7 +28,7 @@ class VaultGroup(click.Group):
     json_in_args = False
 
     def main(self, args: Sequence[str] | None = None, *rest: Any, **options: Any) -> Any:
-        # A usage error comes before --json's callback runs: the raw arguments tell.
+        # Read from the raw arguments: a usage error comes before any option is parsed.
         self.json_in_args = "--json" in (sys.argv[1:] if args is None else list(args))
         return super().main(args, *rest, **options)
 
@@ -46,27 +46,24 @@ class VaultGroup(click.Group):
             except (click.exceptions.Exit, click.exceptions.Abort):
                 raise
             except click.ClickException as exc:  # click prints it (usage and all) on stderr
-                if self.json_in_args:
-                    output.print_json({"error": {"message": exc.format_message(), "exit_code": exc.exit_code,
-                                                 "kind": type(exc).__name__}})
+                self._json_error(exc.format_message(), exc.exit_code, type(exc).__name__)
                 raise
             except Exception as exc:  # a bug: its traceback follows on stderr, for a report
-                if self.json_in_args:
-                    output.print_json({"error": {"message": f"{type(exc).__name__}: {exc}", "exit_code": 1,
-                                                 "kind": "InternalError"}})
+                self._json_error(f"{type(exc).__name__}: {exc}", 1, "InternalError")
                 raise
             finally:
                 for item in caught:
                     output.warning(str(item.message))
 
-    @staticmethod
-    def _fail(ctx: click.Context, message: str, exit_code: int, kind: str) -> None:
+    def _fail(self, ctx: click.Context, message: str, exit_code: int, kind: str) -> None:
         """One ``error:`` line on stderr (and, under ``--json``, the error as JSON on stdout), then exit."""
         output.error(message)
-        state = ctx.find_object(Context)
-        if state is not None and state.json_output:
-            output.print_json({"error": {"message": message, "exit_code": exit_code, "kind": kind}})
+        self._json_error(message, exit_code, kind)
         ctx.exit(exit_code)
+
+    def _json_error(self, message: str, exit_code: int, kind: str) -> None:
+        if self.json_in_args:
+            output.print_json({"error": {"message": message, "exit_code": exit_code, "kind": kind}})
 
 
 class Context:
@@ -75,7 +72,6 @@ class Context:
     def __init__(self, vault_path: Path, user_id: str | None) -> None:
         self.vault_path = vault_path
         self.user_id = user_id
-        self.json_output = False  # set by --json: errors then also go to stdout as JSON
         self._vault: Vault | None = None
 
     def vault(self, readonly: bool = False, auto_cleanup: bool = True) -> Vault:
@@ -92,15 +88,8 @@ pass_ctx = click.make_pass_decorator(Context)
 
 
 def json_option(help: str = "Print JSON.") -> Callable[[F], F]:
-    """``--json``: the command prints JSON on stdout, and so does a failure (``{"error": {…}}``)."""
-
-    def remember(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
-        state = ctx.find_object(Context)
-        if value and state is not None:
-            state.json_output = True
-        return value
-
-    return click.option("--json", "as_json", is_flag=True, help=help, callback=remember)
+    """``--json``: the command prints JSON on stdout, and so does a failure (``{"error": {…}}``, see VaultGroup)."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
 
 
 @click.group(cls=VaultGroup)
