@@ -26,7 +26,8 @@ folder; the commit then renames it into its job's folder. Threads alone
 would leave all but one core idle: the examining is Python work, and holds
 the GIL. Should the workers fail to start, the import goes on with threads.
 
-Which files are taken and how they are grouped into jobs: :mod:`localvault._intake`; how a batch is committed: :mod:`localvault._import_commit`.
+Which files are taken and how they are grouped into jobs: :mod:`localvault._intake`; what moves through
+the pipeline: :mod:`localvault._import_pipeline`; how a batch is committed: :mod:`localvault._import_commit`.
 """
 
 from __future__ import annotations
@@ -36,16 +37,16 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from . import models
 from ._examine import PLACEHOLDERS, Examined, examine, stage
 from ._examiners import ExaminerProcesses, WorkerSetup, WorkerStartError, known_hashes
 from ._import_commit import commit_batch, discard_quietly, refusal_reason
+from ._import_pipeline import Batch, Chunk, done_future, each, to_the_end
 from ._intake import Candidate, JobGrouper, check_path, is_candidate_name, is_ignored_name, scan
 from .db import Database
 from .errors import InvalidInputError, StorageError
@@ -170,9 +171,9 @@ class Importer:
         later_copies: dict[str, list[Candidate]] = {}  # sha256 -> its other copies in this import
         source = iter(candidates)
         lookahead = max(self.workers * 4, self.batch_size * 3)
-        window: deque[_Chunk] = deque()  # being examined, in order
-        batch = _Batch()  # examined, being staged
-        committing: _Batch | None = None  # being committed (one at a time)
+        window: deque[Chunk] = deque()  # being examined, in order
+        batch = Batch()  # examined, being staged
+        committing: Batch | None = None  # being committed (one at a time)
         report(progress, "import", total=total)
 
         def held() -> int:
@@ -186,8 +187,8 @@ class Importer:
                 if not files:
                     return
                 work = (examiners.submit(files) if examiners is not None and use_examiners
-                        else self._pool.submit(_each, self._examine, files, known))
-                window.append(_Chunk(files, work, sum(_held(c) for c in files)))
+                        else self._pool.submit(each, self._examine, files, known))
+                window.append(Chunk(files, work, sum(_held(c) for c in files)))
 
         def settle() -> None:
             """Wait for the commit in flight and merge what it did."""
@@ -200,7 +201,7 @@ class Importer:
             nonlocal batch, committing
             settle()  # one commit at a time: it runs while the next batch is examined and staged
             batch.commit = self._committer.submit(self._commit, batch)
-            committing, batch = batch, _Batch()
+            committing, batch = batch, Batch()
 
         try:
             # A big import examines and stages in worker processes, which look up the user's hashes themselves.
@@ -219,7 +220,7 @@ class Importer:
                     if use_examiners:  # this machine cannot run the workers: threads from now on
                         log.warning("%s; importing with threads instead", exc)
                         use_examiners, known = False, self._known()
-                    outcomes = _each(self._examine, chunk.files, known)  # (chunks sent before: examined here)
+                    outcomes = each(self._examine, chunk.files, known)  # (chunks sent before: examined here)
                 except StorageError as exc:  # a worker died on these files (it is replaced for the next ones)
                     outcomes = [exc] * len(chunk.files)
                 to_stage: list[Examined] = []
@@ -240,9 +241,10 @@ class Importer:
                         first_copy[examined.sha256] = candidate.path
                         to_stage.append(examined)
                 if to_stage and all(e.staged is not None for e in to_stage):  # the worker processes staged them
-                    batch.add(to_stage, _done([e.staged for e in to_stage if e.staged is not None]))
+                    staged: list[StagedFile | Exception] = [e.staged for e in to_stage if e.staged is not None]
+                    batch.add(to_stage, done_future(staged), _held_by(to_stage))
                 elif to_stage:
-                    batch.add(to_stage, self._io.submit(_each, self._stage, to_stage))
+                    batch.add(to_stage, self._io.submit(each, self._stage, to_stage), _held_by(to_stage))
                 window.popleft()
                 report(progress, "import", advance=len(chunk.files), total=total,
                        bytes_advance=sum(c.size for c in chunk.files), item=chunk.files[-1].path)
@@ -253,11 +255,11 @@ class Importer:
                 commit()
             settle()
         except BaseException:  # interrupted (Ctrl-C) or the disk failed: leave no temporary file behind
-            _to_the_end(lambda: self._abandon(window, batch, committing))
+            to_the_end(lambda: self._abandon(window, batch, committing))
             raise
         finally:
             if examiners is not None:
-                _to_the_end(examiners.close)
+                to_the_end(examiners.close)
         self._offer_copies_again(result, first_copy, later_copies)
         result.seconds = time.perf_counter() - started
         return result
@@ -284,11 +286,11 @@ class Importer:
         finally:
             self._offers_left += 1
 
-    def _abandon(self, window: deque[_Chunk], batch: _Batch, committing: _Batch | None) -> None:
+    def _abandon(self, window: deque[Chunk], batch: Batch, committing: Batch | None) -> None:
         """Stop examining files, let a commit under way end, and remove what the pending batch staged.
 
         Only the futures' own failures are caught: a Ctrl-C while waiting
-        goes up to :func:`_to_the_end`, which starts this over.
+        goes up to :func:`to_the_end`, which starts this over.
         """
         for chunk in window:
             if chunk.work.cancel():
@@ -332,26 +334,9 @@ class Importer:
 
     # -------------------------------------------------------------- commit
 
-    def _commit(self, pending: _Batch) -> ImportReport:
+    def _commit(self, pending: Batch) -> ImportReport:
         """Commit a batch (in the committer thread); what it did, as a report to merge."""
         return commit_batch(self.workspace, self.files, self.mode, pending.chunks)
-
-
-def _to_the_end(cleanup: Callable[[], None]) -> None:
-    """Run a cleanup to its end even if Ctrl-C is pressed again meanwhile, then let that Ctrl-C through.
-
-    The cleanup is short (the chunks under way, one commit) and may run again
-    from the start: a second Ctrl-C cutting it short would leave temporary files.
-    """
-    again: KeyboardInterrupt | None = None
-    while True:
-        try:
-            cleanup()
-            break
-        except KeyboardInterrupt as exc:
-            again = exc
-    if again is not None:
-        raise again
 
 
 def _held(candidate: Candidate) -> int:
@@ -359,46 +344,8 @@ def _held(candidate: Candidate) -> int:
     return candidate.size if candidate.size <= IN_MEMORY_BYTES else 0
 
 
-@dataclass
-class _Chunk:
-    """Candidates handed to an examining worker together."""
-
-    files: list[Candidate]
-    work: Future[list[Examined | Exception]]
-    held: int  # bytes of its files the pipeline keeps in memory
-
-
-@dataclass
-class _Batch:
-    """Examined files committed together: their chunks, each with its staging."""
-
-    chunks: list[tuple[list[Examined], Future[list[StagedFile | Exception]]]] = field(default_factory=list)
-    files: int = 0
-    held: int = 0
-    commit: Future[ImportReport] | None = None
-
-    def add(self, examined: list[Examined], staging: Future[list[StagedFile | Exception]]) -> None:
-        self.chunks.append((examined, staging))
-        self.files += len(examined)
-        self.held += sum(_held(e.candidate) for e in examined)
-
-
-def _done(value: T) -> Future[T]:
-    """A future that already holds ``value``."""
-    future: Future[T] = Future()
-    future.set_result(value)
-    return future
-
-
-def _each(work: Callable[..., T], items: list[Any], *args: Any) -> list[T | Exception]:
-    """``work(item, *args)`` for each item, in a worker: a failure is that item's result, not the chunk's."""
-    out: list[T | Exception] = []
-    for item in items:
-        try:
-            out.append(work(item, *args))
-        except Exception as exc:  # reported as that file's refusal
-            out.append(exc)
-    return out
+def _held_by(examined: list[Examined]) -> int:
+    return sum(_held(e.candidate) for e in examined)
 
 
 def import_folder(db: Database, files: FileStore, user_id: str, path: str | os.PathLike[str], *,
