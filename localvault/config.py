@@ -46,7 +46,8 @@ class RemoteConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def checked(cls, database_url: str, bucket_url: str, storage_options: Mapping[str, Any] | None = None) -> RemoteConfig:
+    def checked(cls, database_url: str, bucket_url: str,
+                storage_options: Mapping[str, Any] | None = None) -> RemoteConfig:
         """Settings that can work, or InvalidInputError (see the ``check_*`` functions below).
 
         Not done on load: settings stored before these checks existed must
@@ -55,7 +56,6 @@ class RemoteConfig:
         check_storage_options(storage_options or {})
         options = dict(storage_options or {})
         return cls(check_database_url(database_url), check_bucket_url(bucket_url), options)
-
 
     def redacted(self) -> dict[str, Any]:
         """These settings with every secret replaced by ``***``: safe to print or log."""

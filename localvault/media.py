@@ -183,7 +183,8 @@ def facts(path: Path, media: MediaType, name: str | None = None) -> MediaFacts:
 #: The largest width or height the WebP format allows.
 WEBP_MAX_SIDE = 16383
 #: Pillow's reader of each image type (module, class).
-_IMAGE_READERS = {MediaType.jpeg: ("JpegImagePlugin", "JpegImageFile"), MediaType.png: ("PngImagePlugin", "PngImageFile"),
+_IMAGE_READERS = {MediaType.jpeg: ("JpegImagePlugin", "JpegImageFile"),
+                  MediaType.png: ("PngImagePlugin", "PngImageFile"),
                   MediaType.webp: ("WebPImagePlugin", "WebPImageFile")}
 
 

@@ -186,7 +186,8 @@ def _checked_settings(value: Any) -> tuple[dict[str, Any], str]:
         except json.JSONDecodeError as exc:
             raise InvalidInputError(f"generation settings are not valid JSON ({exc.msg}); give a JSON object") from None
         except (ValueError, RecursionError) as exc:  # an integer of 4,300+ digits; nesting Python cannot follow
-            raise InvalidInputError(f"generation settings cannot be read as JSON ({exc}); give a simpler object") from None
+            raise InvalidInputError(f"generation settings cannot be read as JSON ({exc}); "
+                                    "give a simpler object") from None
     if not isinstance(value, dict):
         raise InvalidInputError(
             f"generation settings must be a JSON object, not {type(value).__name__}; wrap values as {{\"key\": value}}"

@@ -68,8 +68,8 @@ def _check_adoptable(root: Path) -> None:
     strangers = sorted(name for name in _entries(root)
                        if name not in _OWN_NAMES | _SYSTEM_NAMES and not name.startswith(DB_NAME))
     if strangers:
-        raise InvalidInputError(f"{root} is not empty ({', '.join(strangers[:3])}{', …' if len(strangers) > 3 else ''}); "
-                                "give a new or empty folder for the vault")
+        listed = ", ".join(strangers[:3]) + (", …" if len(strangers) > 3 else "")
+        raise InvalidInputError(f"{root} is not empty ({listed}); give a new or empty folder for the vault")
     if _holds_files(root):
         raise VaultCorruptError(f"{root} holds a vault's files but no {DB_NAME}: restore {DB_NAME} from a backup "
                                 "rather than make a new vault there (it would take the files for orphans)")

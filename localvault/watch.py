@@ -102,7 +102,8 @@ class Watcher:
                  on_event: Callable[[WatchEvent], None] | None = None,
                  stable_seconds: float = STABLE_SECONDS, poll_seconds: float = POLL_SECONDS,
                  workers: int | None = None) -> None:
-        self.folder = Path(os.path.abspath(models.check_path(folder, "the folder to watch")))  # "../out" as /x/out: paths under it are checked
+        # "../out" as /x/out: paths under it are checked
+        self.folder = Path(os.path.abspath(models.check_path(folder, "the folder to watch")))
         if not self.folder.is_dir():
             raise InvalidInputError(f"{self.folder} is not a folder; give the rig's output folder")
         self._vault_args = (vault.root, vault.user_id, vault.files.fs)

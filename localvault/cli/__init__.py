@@ -76,7 +76,8 @@ class Context:
 
     def vault(self, readonly: bool = False, auto_cleanup: bool = True) -> Vault:
         if self._vault is None:
-            self._vault = Vault.open(self.vault_path, user_id=self.user_id, readonly=readonly, auto_cleanup=auto_cleanup)
+            self._vault = Vault.open(self.vault_path, user_id=self.user_id, readonly=readonly,
+                                     auto_cleanup=auto_cleanup)
         return self._vault
 
     def close(self) -> None:

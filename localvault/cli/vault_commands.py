@@ -127,7 +127,8 @@ def update(ctx: Context, library_id: str, title: str | None, no_title: bool, add
         raise InvalidInputError("give --title or --no-title, not both")
     collection = None if no_collection else (move_to if move_to is not None else UNSET)
     asset = ctx.vault().library.update(
-        library_id, title=None if no_title else title if title is not None else UNSET, add_tags=add_tags, remove_tags=remove_tags,
+        library_id, title=None if no_title else title if title is not None else UNSET, add_tags=add_tags,
+        remove_tags=remove_tags,
         favorite=favorite if favorite is not None else UNSET, visibility=visibility or UNSET, collection=collection)
     _emit_one(asset, as_json)
 

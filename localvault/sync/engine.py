@@ -105,7 +105,8 @@ def _retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] |
         except (psycopg.OperationalError, OfflineError, OSError) as exc:
             if isinstance(exc, PermissionError):  # retrying cannot help
                 if exc.filename and os.path.exists(exc.filename):  # a local file we may not read
-                    raise SyncError(f"{what}: cannot read {exc.filename} ({exc.strerror}); check its permissions") from None
+                    raise SyncError(f"{what}: cannot read {exc.filename} ({exc.strerror}); "
+                                    "check its permissions") from None
                 raise SyncError(f"{what}: access denied ({first_line(exc)}); check the keys and the bucket's "
                                 "policies") from None
             if isinstance(exc, FileNotFoundError):

@@ -239,7 +239,8 @@ class Remote:
             gone = {str(d) for d in done}
             kept = [r["id"] for r in rows if r["id"] not in gone]
             if kept:  # still there: edited on the server after this delete (a row never sent is simply absent)
-                found = conn.execute(f"SELECT count(*) FROM public.{table} WHERE id = ANY(%s::uuid[])", (kept,)).fetchone()
+                found = conn.execute(f"SELECT count(*) FROM public.{table} WHERE id = ANY(%s::uuid[])",
+                                     (kept,)).fetchone()
                 result.conflicts += found[0] if found else 0
         else:
             result.written += len(done)

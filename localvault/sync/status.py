@@ -59,7 +59,7 @@ def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = T
         configured, reason, problem = None, str(exc), "not_ready"
     if configured is not None and not check_online:
         reason = "not checked (--offline)"
-    if configured is not None and check_online:
+    elif configured is not None:
         try:
             configured.check(vault.user_id)
             Bucket(configured.bucket_url, configured.storage_options).check_reachable(create=False)
@@ -71,9 +71,10 @@ def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = T
         finally:
             if remote is None:  # a Remote the caller passed stays theirs to close
                 configured.close()
+    shown = configured or vault.config.remote
     return SyncStatus(
         online=online, offline_reason=reason, problem=problem, pending_changes=pending_count(vault), rejected=rejected,
         last_sync=vault.db.get_meta(f"last_sync:{vault.user_id}"),
-        remote=f"{redact_database_url(shown.database_url)} + {redact_url(shown.bucket_url)}" if (shown := configured or vault.config.remote) else None,
+        remote=f"{redact_database_url(shown.database_url)} + {redact_url(shown.bucket_url)}" if shown else None,
     )
 
