@@ -26,8 +26,6 @@ if TYPE_CHECKING:  # the importer is loaded on first use
 _INSERT = ("INSERT INTO workspace_assets (id, user_id, asset_type, temp_storage_path, file_size_bytes, mime_type,"
            " duration_seconds, job_id, asset_index, generation_seed, original_prompt, model_used,"
            " generation_settings, width, height, sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
-#: The same for many rows given as one JSON array of arrays: one statement, one step, however many rows
-#: (executemany steps once per row, and each step gives up and takes back Python's GIL).
 
 #: Batches of at least this many files are made durable with one syncfs; smaller ones file by file.
 SYNCFS_MIN_FILES = 32
