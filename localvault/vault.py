@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,6 +78,33 @@ def _check_adoptable(root: Path) -> None:
                                 "rather than make a new vault there (it would take the files for orphans)")
 
 
+def _check_creatable(root: Path) -> None:
+    if _exists(root / DB_NAME):
+        raise DuplicateError(f"{root} already holds a vault; open it instead")
+    _check_adoptable(root)
+
+
+@contextmanager
+def _creating(root: Path) -> Iterator[None]:
+    """An exclusive lock on the vault folder itself (flock on its descriptor; the OS drops it if we die)."""
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise StorageError(f"cannot open {root}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_if_empty(root: Path) -> None:
+    try:
+        root.rmdir()
+    except OSError:  # not empty (or gone): leave it
+        pass
+
+
 def _left_user_id(root: Path) -> str | None:
     try:
         return models.check_uuid(VaultConfig.load(root).user_id, "user id")
@@ -110,24 +140,31 @@ class Vault:
         ``user_id`` defaults to a new random UUID (or the one a create cut
         short left in the folder). DuplicateError if a vault is already there;
         VaultCorruptError if a vault's files are there without its database;
-        InvalidInputError if the folder holds anything else.
+        InvalidInputError if the folder holds anything else. Processes
+        creating one folder at once: one makes the vault, the others get
+        DuplicateError.
         """
         root = models.check_path(path, "the vault folder").resolve()
         requested = models.check_uuid(user_id, "user id") if user_id is not None else None
-        if _exists(root / DB_NAME):
-            raise DuplicateError(f"{root} already holds a vault; open it instead")
-        _check_adoptable(root)
-        # A create cut short may have left its localvault.toml: its user id stays (nothing else was there yet).
-        owner = requested or _left_user_id(root) or str(uuid.uuid4())
+        made = not _exists(root)
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create {root}: {exc.strerror}") from None
-        files = FileStore(root, fs)
-        files.create_buckets()
-        config = VaultConfig(user_id=owner)
-        config.save(root)
-        db = Database.open(root / DB_NAME, create=True)
+        try:
+            with _creating(root):  # another create of this folder waits here, then finds the vault
+                _check_creatable(root)
+                # A create cut short may have left its localvault.toml: its user id stays (nothing else was there).
+                owner = requested or _left_user_id(root) or str(uuid.uuid4())
+                files = FileStore(root, fs)
+                files.create_buckets()
+                config = VaultConfig(user_id=owner)
+                config.save(root)
+                db = Database.open(root / DB_NAME, create=True)
+        except LocalVaultError:
+            if made:
+                _remove_if_empty(root)
+            raise
         return cls(root, db, files, config, owner)
 
     @classmethod

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -96,6 +98,42 @@ def test_create_adopts_what_a_cut_short_create_left_and_a_new_disk_s_folders(tmp
     (tmp_path / "mnt" / "lost+found").mkdir(parents=True)
     (tmp_path / "mnt" / ".DS_Store").write_bytes(b"x")
     Vault.create(tmp_path / "mnt").close()
+
+
+_RACING_CREATE = """
+import sys, time
+from localvault import DuplicateError, Vault
+start = float(sys.argv[1])
+for round, folder in enumerate(sys.argv[2:]):
+    time.sleep(max(0.0, start + 0.25 * round - time.time()))
+    try:
+        with Vault.create(folder) as vault:
+            print("created", vault.user_id)
+    except DuplicateError:
+        print("duplicate", "-")
+"""
+
+
+def test_racing_creates_of_one_folder_make_one_vault(tmp_path: Path):
+    """Processes creating a vault in one folder at once: one makes it, the others are told it exists.
+
+    Eight rounds, each on a new folder, as one round's race is often won cleanly by chance.
+    """
+    folders = [tmp_path / f"v{round}" for round in range(8)]
+    start = time.time() + 2.0  # every process is up by then, and they all go at once
+    procs = [subprocess.Popen([sys.executable, "-c", _RACING_CREATE, str(start), *map(str, folders)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    outcomes = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        outcomes.append([tuple(line.split()) for line in out.splitlines()])
+    for round, folder in enumerate(folders):
+        results = [lines[round] for lines in outcomes]
+        made = [user for word, user in results if word == "created"]
+        assert len(made) == 1, (folder, results)
+        with Vault.open(folder) as vault:
+            assert vault.user_id == made[0]
 
 
 def test_open_missing_vault_is_not_found(tmp_path: Path):
