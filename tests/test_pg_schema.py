@@ -501,6 +501,40 @@ def test_storage_public_library_objects_readable(db: Conn, users: tuple[uuid.UUI
             assert [r[0] for r in conn.execute("SELECT name FROM storage.objects")] == [public_path]
 
 
+def test_a_public_row_cannot_publish_another_user_s_object(db: Conn, users: tuple[uuid.UUID, uuid.UUID]) -> None:
+    """A's public row pointing (storage or thumbnail path) at B's private object does not make it readable."""
+    a, b = users
+    private_path = f"{b}/{uuid.uuid4()}.png"
+    add_asset(db, b, visibility="private", storage_path=private_path)
+    db.execute("INSERT INTO storage.objects (bucket_id, name, owner) VALUES ('user-library', %s, %s)", (private_path, b))
+    crafted = add_asset(db, a, visibility="public", storage_path=f"{a}/{uuid.uuid4()}.png")
+    db.execute("UPDATE public.user_library SET thumbnail_path = %s WHERE id = %s", (private_path, crafted))
+    add_asset(db, a, visibility="public", storage_path=private_path)
+    for who in (None, a):
+        with as_user(db, who) as conn:
+            assert conn.execute("SELECT count(*) FROM storage.objects").fetchone() == (0,)
+    with as_user(db, b) as conn:  # its owner still sees it
+        assert [r[0] for r in conn.execute("SELECT name FROM storage.objects")] == [private_path]
+
+
+def test_a_row_released_by_its_collection_s_deletion_keeps_updated_at(db: Conn,
+                                                                     users: tuple[uuid.UUID, uuid.UUID]) -> None:
+    """ON DELETE SET NULL must not stamp the row with the server's time: a vault's own later edits would lose."""
+    a, _ = users
+    collection = add_collection(db, a)
+    asset = add_asset(db, a, collection=collection)
+    db.execute("UPDATE public.user_library SET updated_at = '2020-01-01T00:00:00Z' WHERE id = %s", (asset,))
+    with as_user(db, a) as conn:
+        conn.execute("DELETE FROM public.user_collections WHERE id = %s", (collection,))
+    row = db.execute("SELECT collection_id, updated_at FROM public.user_library WHERE id = %s", (asset,)).fetchone()
+    assert row[0] is None
+    assert row[1].isoformat() == "2020-01-01T00:00:00+00:00"
+    with as_user(db, a) as conn:  # a direct edit still gets the server's time
+        conn.execute("UPDATE public.user_library SET title = 'edited' WHERE id = %s", (asset,))
+    assert db.execute("SELECT updated_at > now() - interval '1 minute' FROM public.user_library WHERE id = %s",
+                      (asset,)).fetchone() == (True,)
+
+
 def test_cleanup_expired_workspace_assets(db: Conn, users: tuple[uuid.UUID, uuid.UUID]) -> None:
     a, b = users
     old_a, old_a_path = add_workspace(db, a, expired=True)

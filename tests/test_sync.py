@@ -143,6 +143,28 @@ def test_edit_move_delete_propagate(vault: Vault, remote: Remote, s3_bucket: Any
     assert_mirrors(vault, remote, s3_bucket)
 
 
+def test_edits_queued_before_a_collection_delete_in_a_later_batch_still_win(vault: Vault, remote: Remote,
+                                                                          s3_bucket: Any, tmp_path: Path) -> None:
+    """A collection delete travels in the first batch, ahead of older library entries: the server's release of
+    its rows must not make them newer than those entries (the edit and the move would be dropped as conflicts)."""
+    vault.collections.create("C")
+    vault.collections.create("D")
+    kept, moved, other = _fill(vault, tmp_path, 3, collection="C")
+    vault.sync(remote)
+    for n in range(3):
+        vault.library.update(other, title=f"other {n}")  # entries ahead, so that the rest waits for batch 2
+    vault.library.update(kept, title="edited before the delete")
+    vault.library.move(moved, "D")
+    vault.collections.delete("C")
+    report = vault.sync(remote, batch_rows=2)
+    assert report.conflicts == 0
+    assert_mirrors(vault, remote, s3_bucket)
+    rows = _server_rows(remote.database_url, "user_library")
+    assert rows[kept]["title"] == "edited before the delete" and rows[kept]["collection_id"] is None
+    counts = {r["name"]: r["asset_count"] for r in _server_rows(remote.database_url, "user_collections").values()}
+    assert counts == {"D": 1}
+
+
 def test_crash_between_commit_and_ack_resends_without_duplicates(vault: Vault, remote: Remote, s3_bucket: Any,
                                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _fill(vault, tmp_path, 3)
@@ -262,6 +284,29 @@ def test_rls_blocks_crafted_rows_of_another_user(vault: Vault, remote: Remote, t
     assert state.rejected[0].row_id == b_id and state.rejected[0].sqlstate == "42501"
     rows = {str(k): v for k, v in _server_rows(remote.database_url, "user_library").items()}
     assert str(rows[b_id]["user_id"]) == USER_B and rows[b_id]["title"] == "t50"
+
+
+def test_claims_left_on_the_session_do_not_speak_for_another_user(vault: Vault, remote: Remote,
+                                                                   tmp_path: Path) -> None:
+    """auth.uid() reads request.jwt.claim.sub before the JSON claims: a stale one (here a database default)
+    must not make A's push act as B."""
+    other = Vault.create(tmp_path / "vault-b", user_id=USER_B)
+    (b_id,) = _fill(other, tmp_path, 1, start=50)
+    other.sync(remote)
+    other.close()
+    with psycopg.connect(remote.database_url, autocommit=True) as conn:
+        name = conn.execute("SELECT current_database()").fetchone()[0]
+        conn.execute(f'ALTER DATABASE "{name}" SET request.jwt.claim.sub = \'{USER_B}\'')
+    remote.close()  # the next connection starts with that default
+    (a_id,) = _fill(vault, tmp_path, 1)
+    with vault.db.write() as conn:  # and a forged delete of B's row
+        conn.execute("INSERT INTO sync_outbox (table_name, row_id, op, user_id, storage_path)"
+                     " VALUES ('user_library', ?, 'delete', ?, ?)", (b_id, USER_A, f"{USER_B}/{b_id}.png"))
+    report = vault.sync(remote)
+    assert report.rows_written == 1 and report.rejected == 0
+    rows = {str(k): v for k, v in _server_rows(remote.database_url, "user_library").items()}
+    assert str(rows[a_id]["user_id"]) == USER_A
+    assert str(rows[b_id]["user_id"]) == USER_B  # not deleted
 
 
 @pytest.mark.parametrize("kind", ["s3", "file"])

@@ -196,8 +196,12 @@ class Remote:
         result = BatchResult()
         try:
             with conn.transaction():
-                conn.execute("SELECT set_config('request.jwt.claims', %s, true)",
-                             (json.dumps({"sub": user_id, "role": "authenticated"}),))
+                # Every form auth.uid() and auth.role() read (the older single claims win over the JSON
+                # ones), so that none left on a pooled session, or set as a default, speaks for another user.
+                conn.execute("SELECT set_config('request.jwt.claims', %s, true), set_config('request.jwt.claim', %s,"
+                             " true), set_config('request.jwt.claim.sub', %s, true),"
+                             " set_config('request.jwt.claim.role', 'authenticated', true)",
+                             (claims := json.dumps({"sub": user_id, "role": "authenticated"}), claims, user_id))
                 conn.execute("SET LOCAL ROLE authenticated")
                 if isolate:
                     conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
