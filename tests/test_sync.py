@@ -268,6 +268,16 @@ def test_dry_run_changes_nothing(vault: Vault, remote: Remote, s3_bucket: Any, t
     assert status(vault, remote).pending_changes == 2
 
 
+def test_dry_run_counts_a_row_spanning_two_batches_once(vault: Vault, remote: Remote, tmp_path: Path) -> None:
+    """A row whose outbox entries fall in two batches is sent in both; the dry run counts it once, as a push does."""
+    first, _second, _third = _fill(vault, tmp_path, 3)  # entries: 3 inserts (and their workspace saves)
+    vault.library.update(first, title="edited")  # a 4th entry, for the first row
+    dry = vault.sync(remote, dry_run=True, batch_rows=2)
+    assert (dry.rows_written, dry.files_uploaded) == (3, 3)
+    real = vault.sync(remote, batch_rows=2)
+    assert (real.rows_written, real.files_uploaded) == (dry.rows_written, dry.files_uploaded)
+
+
 def test_rls_blocks_crafted_rows_of_another_user(vault: Vault, remote: Remote, tmp_path: Path) -> None:
     """A vault of user A whose row carries B's asset id gets it refused (RLS), and B's row is untouched."""
     (a_id,) = _fill(vault, tmp_path, 1)

@@ -182,6 +182,44 @@ def test_s3_unreachable_is_offline_and_keeps_the_outbox(vault: Vault, server: st
         assert conn.execute("SELECT count(*) FROM public.user_library").fetchone()[0] == 0
 
 
+def test_s3_server_gone_mid_sync_is_offline_and_keeps_the_outbox(vault: Vault, server: str, tmp_path: Path,
+                                                                  fast_retries: None) -> None:
+    """An S3 server that stops after the sync's start check: botocore's connection errors (not OSError) are
+    retried, then reported as offline, not raised as they are."""
+    from moto.server import ThreadedMotoServer
+    from servers import free_port
+
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    options = {"key": "testing", "secret": "testing",
+               "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+               "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2}}
+    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                 region_name="us-east-1").create_bucket(Bucket="gone-mid-sync")
+    remote = Remote(server, "s3://gone-mid-sync", options)
+    _fill(vault, tmp_path, 2)
+
+    def stop_before_uploads(event: ProgressEvent) -> None:
+        if event.stage == "upload" and event.advance == 0:
+            moto.stop()
+
+    try:
+        with pytest.raises(OfflineError) as caught:
+            vault.sync(remote, progress=stop_before_uploads)
+        assert "uploading" in str(caught.value)
+        assert _outbox(vault) == 2
+    finally:
+        remote.close()
+        try:
+            moto.stop()
+        except Exception:  # already stopped
+            pass
+    with psycopg.connect(server) as conn:
+        assert conn.execute("SELECT count(*) FROM public.user_library").fetchone()[0] == 0
+
+
 def test_upload_failing_once_is_retried(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch, fast_retries: None) -> None:
     ids = _fill(vault, tmp_path, 3)

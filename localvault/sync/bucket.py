@@ -39,6 +39,29 @@ UPLOAD_CONNECTIONS = 32
 CONNECT_TIMEOUT = 10
 
 
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions object stores raise for a lost connection that are not OSError (botocore's, aiohttp's)."""
+    found: list[type[BaseException]] = []
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+
+        found += [BotoConnectionError, HTTPClientError]  # refused, timed out, closed, cut short
+    except ImportError:  # pragma: no cover - s3fs brings botocore
+        pass
+    try:
+        from aiohttp import ClientError
+
+        found.append(ClientError)
+    except ImportError:  # pragma: no cover - s3fs brings aiohttp
+        pass
+    return tuple(found)
+
+
+#: Lost connections to the store, beside OSError: the engine retries them, then reports the sync offline.
+NETWORK_ERRORS = _network_errors()
+
+
 @dataclass(frozen=True)
 class RemoteObject:
     size: int

@@ -24,7 +24,7 @@ import psycopg
 from ..errors import InvalidInputError, OfflineError, SyncBusyError, SyncError, first_line
 from ..progress import ProgressCallback, report
 from . import outbox
-from .bucket import Bucket, file_digest
+from .bucket import NETWORK_ERRORS, Bucket, file_digest
 from .remote import BatchResult, Remote
 
 if TYPE_CHECKING:
@@ -97,12 +97,16 @@ def _closing(target: Remote | None) -> Iterator[None]:
             target.close()
 
 
+#: Connection trouble: retried with backoff, then reported as offline.
+_RETRYABLE: tuple[type[BaseException], ...] = (psycopg.OperationalError, OfflineError, OSError, *NETWORK_ERRORS)
+
+
 def _retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | None = None) -> T:
     """Run ``action``, retrying connection trouble with backoff; OfflineError when it persists."""
     for delay in (*RETRY_DELAYS, None):
         try:
             return action()
-        except (psycopg.OperationalError, OfflineError, OSError) as exc:
+        except _RETRYABLE as exc:
             if isinstance(exc, PermissionError):  # retrying cannot help
                 if exc.filename and os.path.exists(exc.filename):  # a local file we may not read
                     raise SyncError(f"{what}: cannot read {exc.filename} ({exc.strerror}); "
@@ -146,6 +150,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
         report(progress, "rows", total=result.pending_changes)
         after_seq = 0
         taken: set[int] = set()  # a dry run acknowledges nothing: entries it has counted, past after_seq
+        counted: set[str] = set()  # ... and counts each row once, though a row may go in two batches
         while True:
             batch = outbox.read_batch(vault, batch_rows, after_seq, skip=taken)
             if batch is None:
@@ -154,8 +159,11 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
             if dry_run:
                 after_seq = batch.last_seq
                 taken = {seq for seq in (*taken, *batch.seqs) if seq > after_seq}
-                result.rows_written += len(batch.changes.collections) + len(batch.changes.library)
-                result.rows_deleted += len(batch.changes.library_deletes) + len(batch.changes.collection_deletes)
+                written = {r["id"] for r in (*batch.changes.collections, *batch.changes.library)} - counted
+                deleted = {r["id"] for r in (*batch.changes.library_deletes, *batch.changes.collection_deletes)}
+                result.rows_written += len(written)
+                result.rows_deleted += len(deleted - counted)
+                counted |= written | deleted
                 continue
             outcome = _retrying(partial(target.apply, vault.user_id, batch.changes), "writing rows to PostgreSQL",
                                 target.close)
@@ -231,6 +239,8 @@ def _upload_files(vault: Vault, bucket: Bucket, known: _Objects, batch: outbox.B
     if dry_run:
         result.files_uploaded += len(todo)
         result.bytes_uploaded += total
+        for _local, key, _sha, size, _mime in todo:  # a later batch then finds it sent, as in a push
+            known.remember(key, size)
         return
 
     vanished: list[str] = []
