@@ -102,6 +102,27 @@ def test_import_counts_jobs_and_idempotency(vault: Vault, tmp_path: Path) -> Non
     assert not [n for _d, _s, names in os.walk(vault.root / WORKSPACE_BUCKET) for n in names if n.startswith(TEMP_PREFIX)]
 
 
+def test_jobs_follow_the_files_times_not_their_names(vault: Vault, tmp_path: Path) -> None:
+    """Grouping walks files in mtime order: names sorting against their times must not split or mix runs;
+    the same prompt again after more than the window (60 s) is a new job."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    start = 1_700_000_000.0
+    # (name, prompt, seconds after start): names sort z, y, x... against their times
+    plan = [("z.png", "fox", 0), ("y.png", "fox", 2), ("x.png", "heron", 4), ("w.png", "heron", 6),
+            ("v.png", "fox", 8), ("u.png", "fox", 10 + 120), ("t.png", "fox", 10 + 150)]
+    for n, (name, prompt, offset) in enumerate(plan):
+        make_png(folder / name, text_chunks=a1111(prompt, n), color=n + 1)
+        os.utime(folder / name, (start + offset, start + offset))
+    result = vault.workspace.import_folder(folder)
+    by_name = {Path(item.source).name: item for item in result.imported}
+    job = {name: by_name[name].job_id for name, _prompt, _offset in plan}
+    assert job["z.png"] == job["y.png"] and [by_name[n].asset_index for n in ("z.png", "y.png")] == [0, 1]
+    assert job["x.png"] == job["w.png"] and [by_name[n].asset_index for n in ("x.png", "w.png")] == [0, 1]
+    assert len({job["z.png"], job["x.png"], job["v.png"], job["u.png"]}) == 4  # heron between; 120 s gap
+    assert job["u.png"] == job["t.png"]  # 30 s apart: within the window
+
+
 def test_expired_assets_do_not_count_as_duplicates(vault: Vault, tmp_path: Path) -> None:
     """An expired asset that cleanup has not removed yet is replaced, not reported as a duplicate."""
     rig_folder(tmp_path / "out")

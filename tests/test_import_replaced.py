@@ -81,14 +81,37 @@ def test_move_still_deletes_the_source_it_imported(tmp_path: Path) -> None:
         assert len(result.imported) == 1 and not source.exists()
 
 
+def test_a_streamed_file_rewritten_between_its_reading_and_its_copy_is_refused(tmp_path: Path) -> None:
+    """A file too big to hold in memory is read twice (examined, then copied): the copy's hash must match the
+    examined one, or its row would carry the metadata and hash of bytes it does not hold."""
+    source = rig_file(tmp_path / "out")
+    (candidate,), _refused, _ignored = scan(tmp_path / "out")
+    with Vault.create(tmp_path / "v", user_id=USER) as vault:
+        examined = examine(candidate, set(), in_memory_bytes=0)  # streamed, as a file over IN_MEMORY_BYTES is
+        assert examined.data is None
+        changed = bytearray(source.read_bytes())
+        changed[-20] ^= 0xFF  # same size, other bytes
+        source.write_bytes(bytes(changed))
+        with pytest.raises(StorageError, match="changed while it was being imported"):
+            stage(vault.files, examined, "copy", USER)
+        assert staged_names(vault) == []
+
+
+@pytest.mark.parametrize("same_size", [False, True])
 @pytest.mark.parametrize("mode", ["link", "move"])
-def test_a_file_rewritten_in_place_after_it_was_linked_is_refused(tmp_path: Path, mode: str) -> None:
-    """A rig saving over an existing name keeps the inode: the vault's link would hold bytes other than the hashed ones."""
+def test_a_file_rewritten_in_place_after_it_was_linked_is_refused(tmp_path: Path, mode: str, same_size: bool) -> None:
+    """A rig saving over an existing name keeps the inode: the vault's link would hold bytes other than the hashed
+    ones. Bytes of the same length too: only the modification time tells them apart."""
     source = rig_file(tmp_path / "out")
     (candidate,), _refused, _ignored = scan(tmp_path / "out")
     with Vault.create(tmp_path / "v", user_id=USER) as vault:
         examined, staging = examined_and_staged(vault, candidate, mode)
-        newer = make_png(tmp_path / "newer.png", text_chunks=a1111("v2", 2), color=2).read_bytes()
+        if same_size:
+            changed = bytearray(source.read_bytes())
+            changed[-20] ^= 0xFF
+            newer = bytes(changed)
+        else:
+            newer = make_png(tmp_path / "newer.png", text_chunks=a1111("v2", 2), color=2).read_bytes()
         with open(source, "r+b") as same_inode:  # after the vault's link was made, before the commit
             same_inode.write(newer)
             same_inode.truncate()
