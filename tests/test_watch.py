@@ -137,6 +137,20 @@ def test_stable_size_fallback(vault: Vault, out: Path, tmp_path: Path) -> None:
     assert seen.names("refused") == []
 
 
+def test_stable_size_fallback_waits_the_stable_interval(vault: Vault, out: Path, tmp_path: Path) -> None:
+    """A file whose writer keeps it open (no close event) is taken once whole and stable that long, not before."""
+    seen = Recorder()
+    data = png_bytes(tmp_path, 9)
+    with Watcher(vault, out, on_event=seen, stable_seconds=1.5, poll_seconds=0.05):
+        with open(out / "held-open.png", "wb") as writer:
+            writer.write(data)
+            writer.flush()
+            written = time.monotonic()
+            assert wait_for(lambda: "held-open.png" in seen.names("imported"))
+            assert time.monotonic() - written >= 1.3
+    assert seen.names("refused") == []
+
+
 def test_folder_deleted_and_recreated(vault: Vault, out: Path, tmp_path: Path) -> None:
     seen = Recorder()
     with Watcher(vault, out, on_event=seen, poll_seconds=0.05) as watcher:
@@ -286,6 +300,14 @@ def test_a_file_deleted_before_it_is_taken_is_not_refused(vault: Vault, out: Pat
         (out / "kept.png").write_bytes(png_bytes(tmp_path, 50))
         assert wait_for(lambda: "kept.png" in seen.names("imported"))
     assert seen.names("refused") == [] and watcher.report.refused == {}
+
+
+def test_recursive_catch_up_takes_files_of_sub_folders(vault: Vault, out: Path, tmp_path: Path) -> None:
+    (out / "batch" / "inner").mkdir(parents=True)
+    (out / "batch" / "inner" / "early.png").write_bytes(png_bytes(tmp_path, 70))
+    seen = Recorder()
+    with Watcher(vault, out, on_event=seen, recursive=True):
+        assert wait_for(lambda: "early.png" in seen.names("imported"))
 
 
 def test_recursive_watch_skips_hidden_and_temporary_folders(vault: Vault, out: Path, tmp_path: Path) -> None:
