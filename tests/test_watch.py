@@ -143,7 +143,10 @@ def test_stable_size_fallback_waits_the_stable_interval(vault: Vault, out: Path,
     data = png_bytes(tmp_path, 9)
     with Watcher(vault, out, on_event=seen, stable_seconds=1.5, poll_seconds=0.05):
         with open(out / "held-open.png", "wb") as writer:
-            writer.write(data)
+            writer.write(data[: len(data) // 2])  # not whole when it appears (a whole new file is taken at once)
+            writer.flush()
+            time.sleep(0.5)
+            writer.write(data[len(data) // 2:])
             writer.flush()
             written = time.monotonic()
             assert wait_for(lambda: "held-open.png" in seen.names("imported"))
