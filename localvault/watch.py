@@ -121,6 +121,9 @@ class Watcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._started = threading.Event()
+        # Set as the thread's very last step. Waited on instead of Thread.join(): a Ctrl-C inside join() on
+        # Python 3.11 marks the thread stopped while it still runs, and a second stop() would not wait for it.
+        self._ended = threading.Event()
         self._thread: threading.Thread | None = None
         self._observer: Observer | None = None  # type: ignore[valid-type]
         self._error: BaseException | None = None
@@ -161,13 +164,12 @@ class Watcher:
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the watcher to end (after :meth:`stop`); True once it has."""
         if self._thread is not None:
-            self._thread.join(timeout)
-            return not self._thread.is_alive()
+            return self._ended.wait(timeout)
         return True
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread is not None and not self._ended.is_set()
 
     def __enter__(self) -> Watcher:
         return self.start()
@@ -232,6 +234,7 @@ class Watcher:
         except BaseException as exc:  # handed to start()
             self._error = exc
             self._started.set()
+            self._ended.set()
             return
         try:
             try:
@@ -252,10 +255,13 @@ class Watcher:
             log.exception("the watcher of %s stopped on an unexpected error", self.folder)
             self._error = exc
         finally:
-            self._started.set()
-            self._unschedule()
-            importer.close()
-            vault.close()
+            try:
+                self._started.set()
+                self._unschedule()
+                importer.close()
+                vault.close()
+            finally:
+                self._ended.set()
 
     def _next_paths(self) -> list[str]:
         try:

@@ -211,6 +211,38 @@ def test_cli_watch_stops_cleanly_with_a_summary(tmp_path: Path, out: Path, stop:
     assert not leftovers
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_cli_watch_stopped_twice_still_finishes_the_batch_under_way(tmp_path: Path, out: Path,
+                                                                    stop: signal.Signals) -> None:
+    """A second Ctrl-C or SIGTERM while the watch finishes a batch must neither kill it nor print an early
+    summary (a Ctrl-C inside Thread.join() on Python 3.11 marks the thread stopped while it still runs)."""
+    root = tmp_path / "vault"
+    Vault.create(root, user_id=USER).close()
+    template = png_bytes(tmp_path, 3)
+    for n in range(1000):  # two catch-up batches of 500
+        (out / f"pre-{n:04d}.png").write_bytes(template[:-12] + n.to_bytes(4, "big") + template[-12:])
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "localvault.cli", "--vault", str(root), "watch", "-q", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        with Vault.open(root, readonly=True) as reader:
+            assert wait_for(lambda: reader.workspace.count() >= 500, timeout=120), "the first batch was not committed"
+        proc.send_signal(stop)  # the second batch is under way
+        time.sleep(0.2)
+        proc.send_signal(stop)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    with Vault.open(root) as vault:
+        count = vault.workspace.count()
+        assert count >= 500 and f"watch: {count} imported" in stdout and vault.verify().clean
+    leftovers = [n for _d, _s, names in os.walk(root / WORKSPACE_BUCKET) for n in names if n.startswith(TEMP_PREFIX)]
+    assert not leftovers
+
+
 def test_a_folder_replaced_faster_than_a_poll_is_watched_again(vault: Vault, out: Path, tmp_path: Path) -> None:
     """`rm -rf out && mkdir out` (a rig's "clear output") or `mv out out.old && mkdir out`, in a few ms."""
     seen = Recorder()

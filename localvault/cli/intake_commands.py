@@ -136,21 +136,24 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | N
     output.show_library_logs(False)  # on_event already shows every problem
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop ends it like Ctrl-C
     try:
-        watcher.start()
-        output.err_console.print(f"watching {watcher.folder} (Ctrl-C to stop)", highlight=False)
-        while watcher.running:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+        try:
+            watcher.start()
+            output.err_console.print(f"watching {watcher.folder} (Ctrl-C to stop)", highlight=False)
+            while watcher.running:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        # A second Ctrl-C (or SIGTERM, still ours until the end) must not cut short the files under way:
+        # their temporary files would stay.
+        while True:
+            try:
+                result = watcher.stop()
+                break
+            except KeyboardInterrupt:
+                output.warning("stopping: finishing the files under way")
+            except LocalVaultError:  # it stopped on an error: say what it did, then why
+                _print_summary(watcher.report, verb="watch")
+                raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-    while True:  # a second Ctrl-C must not cut short the files under way (their temporary files would stay)
-        try:
-            result = watcher.stop()
-            break
-        except KeyboardInterrupt:
-            output.warning("stopping: finishing the files under way")
-        except LocalVaultError:  # it stopped on an error: say what it did, then why
-            _print_summary(watcher.report, verb="watch")
-            raise
     _print_summary(result, verb="watch")
