@@ -117,6 +117,9 @@ class Watcher:
         self._queue: queue.Queue[str] = queue.Queue()
         self._unsettled: dict[str, tuple[int, int, float]] = {}  # path -> (size, mtime_ns, unchanged since)
         self._identity: tuple[int, int] | None = None  # (device, inode) of the folder being watched
+        # The folder as watched: its real path (inotify on a symbolic link would watch the link, not the
+        # folder, and hear nothing); resolved again each time the folder comes back.
+        self._watched = Path(os.path.realpath(self.folder))
         self._done: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns) when handled
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -192,11 +195,11 @@ class Watcher:
     def _in_scope(self, path: str) -> bool:
         """Directly in the folder, or (recursive) in a sub-folder that is neither hidden nor temporary, as a scan."""
         folder = os.path.dirname(path)
-        if folder == str(self.folder):
+        if folder == str(self._watched):
             return True
         if not self.recursive:
             return False
-        relative = os.path.relpath(folder, self.folder)
+        relative = os.path.relpath(folder, self._watched)
         return not relative.startswith("..") and not any(is_ignored_name(part) for part in Path(relative).parts)
 
     def _settled(self) -> list[str]:
@@ -282,11 +285,12 @@ class Watcher:
         """Schedule a fresh observer on the folder, then catch up with what is already there."""
         st = os.stat(self.folder)
         self._identity = (st.st_dev, st.st_ino)
+        self._watched = Path(os.path.realpath(self.folder))
         observer = Observer()
         self._observer = observer
-        observer.schedule(_Handler(self), str(self.folder), recursive=self.recursive)
+        observer.schedule(_Handler(self), str(self._watched), recursive=self.recursive)
         observer.start()
-        candidates, refused, _ignored = scan(self.folder, self.recursive)
+        candidates, refused, _ignored = scan(self._watched, self.recursive)
         for path, reason in refused.items():
             self._emit(WatchEvent("refused", path, time.time(), message=reason))
         whole: list[str] = []
@@ -353,7 +357,7 @@ class Watcher:
         if len(self._done) > 50_000:  # forget files that are gone (moved, deleted) so memory stays flat
             self._done = {p: v for p, v in self._done.items() if p in fresh or os.path.exists(p)}
         try:
-            result = importer.import_paths(fresh, self.folder)
+            result = importer.import_paths(fresh, self._watched)
         except Exception as exc:  # the watch goes on
             log.error("importing %d file(s) from %s failed: %s", len(fresh), self.folder, exc)
             for path in fresh:

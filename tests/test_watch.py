@@ -264,6 +264,28 @@ def test_a_folder_replaced_faster_than_a_poll_is_watched_again(vault: Vault, out
     assert sorted(seen.names("imported")) == ["a.png", "b.png", "c.png"]
 
 
+def test_a_folder_given_as_a_symbolic_link_is_watched_live(vault: Vault, out: Path, tmp_path: Path) -> None:
+    """~/ComfyUI/output -> /mnt/big/output: inotify on the link itself hears nothing; the folder it leads to is
+    watched, and again when the link is turned to another folder."""
+    first, second = tmp_path / "disk1", tmp_path / "disk2"
+    first.mkdir()
+    second.mkdir()
+    link = tmp_path / "output-link"
+    os.symlink(first, link)
+    (first / "before.png").write_bytes(png_bytes(tmp_path, 80))
+    seen = Recorder()
+    with Watcher(vault, link, on_event=seen, poll_seconds=0.05):
+        assert wait_for(lambda: "before.png" in seen.names("imported"))
+        (link / "live.png").write_bytes(png_bytes(tmp_path, 81))
+        assert wait_for(lambda: "live.png" in seen.names("imported"))
+        os.symlink(second, tmp_path / "output-link.new")
+        os.replace(tmp_path / "output-link.new", link)  # the rig's output moved to another disk
+        assert wait_for(lambda: "folder_back" in [e.kind for e in seen.events])
+        (link / "after.png").write_bytes(png_bytes(tmp_path, 82))
+        assert wait_for(lambda: "after.png" in seen.names("imported"))
+    assert seen.names("imported") == ["before.png", "live.png", "after.png"]
+
+
 def test_a_folder_that_keeps_vanishing_does_not_end_the_watch(vault: Vault, out: Path, tmp_path: Path) -> None:
     seen = Recorder()
     with Watcher(vault, out, on_event=seen, poll_seconds=0.01) as watcher:
