@@ -100,29 +100,47 @@ def stage(store: FileStore, ready: Examined, mode: str, folder: str, name: str |
     bytes ``ready`` held.
     """
     try:
-        staged = None
-        if mode in ("link", "move"):
-            staged = store.stage_link(Path(ready.candidate.path), ready.sha256, ready.size, WORKSPACE_BUCKET, folder,
-                                      name)
-            if staged is not None and link_outdated(staged, ready):  # replaced since it was read
-                store.discard(staged)
-                raise changed_while_importing(ready.candidate.path)
-        if staged is None and ready.data is not None:
-            staged = store.stage_data(ready.data, ready.sha256, WORKSPACE_BUCKET, folder, sync=False, name=name)
-        elif staged is None:
-            path = Path(ready.candidate.path)
-            staged = store.stage(path, WORKSPACE_BUCKET, folder, sync=False, name=name)
-            if staged.sha256 != ready.sha256 or staged.size != ready.size:
-                store.discard(staged)
-                raise changed_while_importing(path)
-        return staged
+        return _stage(store, ready, mode, folder, name)
+    except (OSError, StorageError) as exc:  # (StorageError is an OSError)
+        if isinstance(exc, (StagingError, SourceChangedError)):
+            raise
+        reason = str(exc) if isinstance(exc, StorageError) else f"cannot write it into the vault: {exc.strerror or exc}"
+        raise StagingError(reason) from None
     finally:
         ready.data = None
 
 
+def _stage(store: FileStore, ready: Examined, mode: str, folder: str, name: str | None) -> StagedFile:
+    """:func:`stage` without its error handling."""
+    staged = None
+    if mode in ("link", "move"):
+        staged = store.stage_link(Path(ready.candidate.path), ready.sha256, ready.size, WORKSPACE_BUCKET, folder,
+                                  name)
+        if staged is not None and link_outdated(staged, ready):  # replaced since it was read
+            store.discard(staged)
+            raise changed_while_importing(ready.candidate.path)
+    if staged is None and ready.data is not None:
+        staged = store.stage_data(ready.data, ready.sha256, WORKSPACE_BUCKET, folder, sync=False, name=name)
+    elif staged is None:
+        path = Path(ready.candidate.path)
+        staged = store.stage(path, WORKSPACE_BUCKET, folder, sync=False, name=name)
+        if staged.sha256 != ready.sha256 or staged.size != ready.size:
+            store.discard(staged)
+            raise changed_while_importing(path)
+    return staged
+
+
+class StagingError(StorageError):
+    """A file could not be written into the vault (disk full, read-only, I/O error): worth trying again later."""
+
+
+class SourceChangedError(StorageError):
+    """A file's bytes changed between its reading and its staging or commit."""
+
+
 def changed_while_importing(path: str | os.PathLike[str]) -> StorageError:
     """The refusal of a file whose bytes changed between its reading and its commit."""
-    return StorageError(f"{os.fspath(path)} changed while it was being imported; import it again")
+    return SourceChangedError(f"{os.fspath(path)} changed while it was being imported; import it again")
 
 
 def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -163,4 +181,4 @@ def _read_all(fd: int, size: int) -> bytes:
     return b"".join(parts)
 
 
-__all__ = ["Examined", "examine", "stage", "file_identity", "link_outdated", "changed_while_importing", "PLACEHOLDERS"]
+__all__ = ["Examined", "examine", "stage", "StagingError", "SourceChangedError", "file_identity", "link_outdated", "changed_while_importing", "PLACEHOLDERS"]

@@ -13,7 +13,7 @@ import os
 import sqlite3
 from concurrent.futures import Future
 
-from ._examine import Examined, changed_while_importing, file_identity, link_outdated
+from ._examine import Examined, StagingError, changed_while_importing, file_identity, link_outdated
 from .errors import LocalVaultError
 from .files import FileStore, StagedFile
 from .import_report import ImportedFile, ImportReport
@@ -33,6 +33,8 @@ def commit_batch(workspace: Workspace, files: FileStore, mode: str, chunks: Chun
         for ready, staged in zip(chunk, staging.result(), strict=True):
             if isinstance(staged, Exception):  # e.g. the disk is full: this file is refused
                 result.refused[ready.candidate.path] = refusal_reason(staged)
+                if isinstance(staged, StagingError):  # the vault's side: the watcher tries it again
+                    result.retryable.append(ready.candidate.path)
             elif link_outdated(staged, ready):  # rewritten in place since it was linked
                 discard_quietly(files, staged)
                 result.refused[ready.candidate.path] = refusal_reason(changed_while_importing(ready.candidate.path))

@@ -27,8 +27,8 @@ class ImportReport:
     ignored: int = 0
     bytes_imported: int = 0
     seconds: float = 0.0
-    #: Refused files whose refusal may pass (their batch could not be committed: database busy, disk error);
-    #: the watcher tries them again.
+    #: Refused files whose refusal may pass (they could not be written into the vault, or their batch could not
+    #: be committed: disk full or read-only, database busy); the watcher tries them again.
     retryable: list[str] = field(default_factory=list)
 
     def summary(self) -> str:

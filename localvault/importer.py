@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from . import models
-from ._examine import PLACEHOLDERS, Examined, examine, stage
+from ._examine import PLACEHOLDERS, Examined, StagingError, examine, stage
 from ._examiners import ExaminerProcesses, WorkerSetup, WorkerStartError, known_hashes
 from ._import_commit import commit_batch, discard_quietly, refusal_reason
 from ._import_pipeline import Batch, Chunk, done_future, each, to_the_end
@@ -227,6 +227,8 @@ class Importer:
                 for candidate, examined in zip(chunk.files, outcomes, strict=True):
                     if isinstance(examined, Exception):
                         result.refused[candidate.path] = refusal_reason(examined)
+                        if isinstance(examined, StagingError):  # a worker process could not write it
+                            result.retryable.append(candidate.path)
                         log.info("refused %s: %s", candidate.path, result.refused[candidate.path])
                         continue
                     examined.job_id = self.grouper.job_for(examined.info, examined.sha256, candidate.mtime,

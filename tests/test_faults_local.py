@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -215,3 +216,44 @@ def test_read_only_vault_folder_gives_clear_error_and_loses_nothing(small_disk: 
         assert vault.library.get(kept.id).title == "kept"
         assert vault.verify().clean
     assert _consistent(root) == (before[0] + 1, before[1] + 1)
+
+
+def test_watch_takes_files_refused_by_a_full_disk_once_space_is_freed(small_disk: Path, tmp_path: Path) -> None:
+    """Files that could not be written into the vault (the disk full) are tried again, not left to the next
+    watch: they are taken once space is freed."""
+    from localvault.watch import Watcher, WatchEvent
+
+    root = small_disk / "vault"
+    out = tmp_path / "out"
+    out.mkdir()
+    Vault.create(root, user_id=USER_A).close()
+    events: list[WatchEvent] = []
+    with Vault.open(root) as vault, Watcher(vault, out, on_event=events.append, poll_seconds=0.05):
+        filler = _fill(small_disk, leave=8 * 1024)
+        for n in range(4):
+            (out / f"while-full-{n}.png").write_bytes(tiny_png(n, salt=7))
+            (out / f"big-{n}.png").write_bytes(_big_png(n))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(e.kind == "refused" for e in events):
+            time.sleep(0.05)
+        assert any(e.kind == "refused" and "full" in (e.message or "") for e in events), events
+        filler.unlink()
+        wanted = {f"while-full-{n}.png" for n in range(4)} | {f"big-{n}.png" for n in range(4)}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not wanted <= {Path(e.path).name for e in events if e.kind == "imported"}:
+            time.sleep(0.1)
+        assert wanted <= {Path(e.path).name for e in events if e.kind == "imported"}
+    _consistent(root)
+
+
+def _big_png(n: int) -> bytes:
+    """A ~60 KB PNG (noise does not compress): more than the full disk leaves."""
+    import io
+    import random
+
+    from PIL import Image
+
+    rng = random.Random(n)
+    out = io.BytesIO()
+    Image.frombytes("RGB", (150, 150), rng.randbytes(150 * 150 * 3)).save(out, format="PNG", compress_level=1)
+    return out.getvalue()
