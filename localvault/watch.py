@@ -88,6 +88,10 @@ class _Handler(FileSystemEventHandler):
         if not event.is_directory:
             self.watcher._offer(os.fsdecode(event.src_path), ready=False)
 
+    def on_attrib(self, event: FileSystemEvent) -> None:
+        """A mode change (watchdog >= 5; older ones report it as modified): a file refused as unreadable may pass."""
+        self.on_modified(event)
+
 
 class Watcher:
     """Watches ``folder`` and imports complete files into ``vault``'s workspace until stopped.
@@ -120,7 +124,9 @@ class Watcher:
         # The folder as watched: its real path (inotify on a symbolic link would watch the link, not the
         # folder, and hear nothing); resolved again each time the folder comes back.
         self._watched = Path(os.path.realpath(self.folder))
-        self._done: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns) when handled
+        # path -> (size, mtime_ns, ctime_ns of a refused file) when handled: a file refused for its mode is taken
+        # after a chmod, which changes only its ctime
+        self._done: dict[str, tuple[int, int, int | None]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._started = threading.Event()
@@ -349,8 +355,9 @@ class Watcher:
                 st = os.stat(path)
             except OSError:
                 continue  # gone already (a temp file renamed away, or moved by us)
-            if self._done.get(path) != (st.st_size, st.st_mtime_ns):
-                self._done[path] = (st.st_size, st.st_mtime_ns)
+            known = self._done.get(path)
+            if known is None or known[:2] != (st.st_size, st.st_mtime_ns) or known[2] not in (None, st.st_ctime_ns):
+                self._done[path] = (st.st_size, st.st_mtime_ns, None)
                 fresh.append(path)
         if not fresh:
             return
@@ -371,6 +378,13 @@ class Watcher:
         retry = [path for path in result.retryable if path not in gone]
         for path in retry:
             self._done.pop(path, None)
+        for path in result.refused:
+            known = self._done.get(path)
+            if known is not None and path not in retry:
+                try:
+                    self._done[path] = (*known[:2], os.stat(path).st_ctime_ns)
+                except OSError:
+                    self._done.pop(path, None)
         self._wait_for(retry, RETRY_SECONDS)
         self.report.merge(result)
         now = time.time()

@@ -12,7 +12,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -378,6 +379,51 @@ def test_recursive_watch_skips_hidden_and_temporary_folders(vault: Vault, out: P
         assert wait_for(lambda: "f2.png" in seen.names("imported"))
         time.sleep(0.5)
     assert seen.names("imported") == ["f2.png"]  # as the catch-up (scan) would take them
+
+
+@contextmanager
+def _without_dac_override() -> Iterator[None]:
+    """This thread (and threads it starts) obeys file modes even as root: CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH leave its effective set (capabilities are per thread), and come back after."""
+    import ctypes
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3
+    assert libc.capget(ctypes.byref(header), data) == 0
+    saved = data[0].effective
+    data[0].effective &= ~((1 << 1) | (1 << 2))
+    assert libc.capset(ctypes.byref(header), data) == 0
+    try:
+        yield
+    finally:
+        data[0].effective = saved
+        libc.capset(ctypes.byref(header), data)
+
+
+def test_a_file_refused_as_unreadable_is_taken_once_its_mode_is_fixed(vault: Vault, out: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chmod changes neither size nor mtime: the watcher must not take the refused file for done."""
+    from localvault import watch
+
+    monkeypatch.setattr(watch, "GIVE_UP_SECONDS", 1.0)
+    seen = Recorder()
+    data = png_bytes(tmp_path, 90)
+    with _without_dac_override():
+        with Watcher(vault, out, on_event=seen, poll_seconds=0.05):
+            fd = os.open(out / "locked.png", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0)  # never readable until fixed
+            os.write(fd, data)
+            os.close(fd)
+            (out / "open.png").write_bytes(png_bytes(tmp_path, 91))
+            assert wait_for(lambda: "locked.png" in seen.names("refused"))
+            assert "open.png" in seen.names("imported")
+            os.chmod(out / "locked.png", 0o644)
+            assert wait_for(lambda: "locked.png" in seen.names("imported"))
 
 
 def test_a_batch_that_could_not_be_committed_is_tried_again(vault: Vault, out: Path, tmp_path: Path,
