@@ -33,8 +33,7 @@ class ImportReport:
 
     def summary(self) -> str:
         """One line: ``12 imported, 3 skipped as duplicates, 1 refused``."""
-        return (f"{len(self.imported)} imported, {len(self.duplicates)} skipped as duplicate"
-                f"{'' if len(self.duplicates) == 1 else 's'}, {len(self.refused)} refused")
+        return summary_line(len(self.imported), len(self.duplicates), len(self.refused))
 
     def merge(self, other: ImportReport) -> None:
         """Add ``other``'s results to this report."""
@@ -49,4 +48,8 @@ class ImportReport:
         self.seconds += other.seconds
 
 
-__all__ = ["ImportReport", "ImportedFile"]
+def summary_line(imported: int, duplicates: int, refused: int) -> str:
+    return f"{imported} imported, {duplicates} skipped as duplicate{'' if duplicates == 1 else 's'}, {refused} refused"
+
+
+__all__ = ["ImportReport", "ImportedFile", "summary_line"]

@@ -41,6 +41,7 @@ from watchdog.observers import Observer
 
 from . import media, models
 from .errors import InvalidInputError, LocalVaultError, StorageError
+from .import_report import summary_line
 from .importer import Importer, ImportReport, Mode, is_candidate_name, is_ignored_name, scan
 from .vault import Vault
 
@@ -54,6 +55,33 @@ GIVE_UP_SECONDS = 10.0
 RETRY_SECONDS = 5.0
 #: Files of a catch-up imported together (the watcher checks for a stop between them).
 CATCH_UP_BATCH = 500
+#: Files of each kind (imported, duplicate, refused) the watcher's report lists; the rest are counted only.
+REPORT_KEEPS = 10_000
+#: Seconds a handled file is remembered: a late event for it (unchanged) is then not taken for a new file.
+REMEMBER_SECONDS = 600.0
+
+
+@dataclass
+class WatchReport(ImportReport):
+    """The watcher's running report: every file counted, the most recent :data:`REPORT_KEEPS` of each kind
+    listed (a watch runs for weeks: a full list would grow by ~800 bytes a file)."""
+
+    imported_total: int = 0
+    duplicates_total: int = 0
+    refused_forgotten: int = 0  # refusals dropped from ``refused`` to keep it short, still counted
+
+    def summary(self) -> str:
+        return summary_line(self.imported_total, self.duplicates_total, len(self.refused) + self.refused_forgotten)
+
+    def merge(self, other: ImportReport) -> None:
+        super().merge(other)
+        self.imported_total += len(other.imported)
+        self.duplicates_total += len(other.duplicates)
+        del self.imported[:-REPORT_KEEPS]
+        del self.duplicates[:-REPORT_KEEPS]
+        while len(self.refused) > REPORT_KEEPS:
+            del self.refused[next(iter(self.refused))]
+            self.refused_forgotten += 1
 
 
 @dataclass(frozen=True)
@@ -116,17 +144,17 @@ class Watcher:
         self.on_event = on_event
         self.stable_seconds = stable_seconds
         self.poll_seconds = poll_seconds
-        #: Everything done so far (all batches, catch-ups included).
-        self.report = ImportReport()
+        #: Everything done so far (all batches, catch-ups included): counts of all, the most recent files listed.
+        self.report = WatchReport()
         self._queue: queue.Queue[str] = queue.Queue()
         self._unsettled: dict[str, tuple[int, int, float]] = {}  # path -> (size, mtime_ns, unchanged since)
         self._identity: tuple[int, int] | None = None  # (device, inode) of the folder being watched
         # The folder as watched: its real path (inotify on a symbolic link would watch the link, not the
         # folder, and hear nothing); resolved again each time the folder comes back.
         self._watched = Path(os.path.realpath(self.folder))
-        # path -> (size, mtime_ns, ctime_ns of a refused file) when handled: a file refused for its mode is taken
-        # after a chmod, which changes only its ctime
-        self._done: dict[str, tuple[int, int, int | None]] = {}
+        # path -> (size, mtime_ns, ctime_ns of a refused file, when) of the files handled in the last
+        # REMEMBER_SECONDS, oldest first: a file refused for its mode is taken after a chmod (only its ctime changes)
+        self._done: dict[str, tuple[int, int, int | None, float]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._started = threading.Event()
@@ -150,7 +178,7 @@ class Watcher:
             raise _as_vault_error(self._error, self.folder)
         return self
 
-    def stop(self) -> ImportReport:
+    def stop(self) -> WatchReport:
         """Stop watching (files already taken are finished), and return the report.
 
         Raises StorageError if the watcher had stopped on its own, on an
@@ -350,6 +378,8 @@ class Watcher:
 
     def _import(self, importer: Importer, paths: list[str]) -> None:
         fresh: list[str] = []
+        now = time.monotonic()
+        self._forget_before(now - REMEMBER_SECONDS)
         for path in dict.fromkeys(paths):
             try:
                 st = os.stat(path)
@@ -357,12 +387,11 @@ class Watcher:
                 continue  # gone already (a temp file renamed away, or moved by us)
             known = self._done.get(path)
             if known is None or known[:2] != (st.st_size, st.st_mtime_ns) or known[2] not in (None, st.st_ctime_ns):
-                self._done[path] = (st.st_size, st.st_mtime_ns, None)
+                self._done.pop(path, None)  # (to the end: the newest)
+                self._done[path] = (st.st_size, st.st_mtime_ns, None, now)
                 fresh.append(path)
         if not fresh:
             return
-        if len(self._done) > 50_000:  # forget files that are gone (moved, deleted) so memory stays flat
-            self._done = {p: v for p, v in self._done.items() if p in fresh or os.path.exists(p)}
         try:
             result = importer.import_paths(fresh, self._watched)
         except Exception as exc:  # the watch goes on
@@ -382,7 +411,7 @@ class Watcher:
             known = self._done.get(path)
             if known is not None and path not in retry:
                 try:
-                    self._done[path] = (*known[:2], os.stat(path).st_ctime_ns)
+                    self._done[path] = (known[0], known[1], os.stat(path).st_ctime_ns, known[3])
                 except OSError:
                     self._done.pop(path, None)
         self._wait_for(retry, RETRY_SECONDS)
@@ -395,6 +424,14 @@ class Watcher:
         for path, reason in result.refused.items():
             log.warning("refused %s: %s", path, reason)
             self._emit(WatchEvent("refused", path, now, message=reason))
+
+    def _forget_before(self, cutoff: float) -> None:
+        """Forget files handled before ``cutoff`` (oldest first), so that memory stays flat over a long watch."""
+        while self._done:
+            oldest = next(iter(self._done))
+            if self._done[oldest][3] >= cutoff:
+                return
+            del self._done[oldest]
 
     def _emit(self, event: WatchEvent) -> None:
         if self.on_event is None:
@@ -420,4 +457,4 @@ def _as_vault_error(exc: BaseException, folder: Path) -> LocalVaultError:
     return StorageError(f"the watcher of {folder} stopped on an error: {type(exc).__name__}: {exc}")
 
 
-__all__ = ["Watcher", "WatchEvent", "STABLE_SECONDS", "POLL_SECONDS", "GIVE_UP_SECONDS", "RETRY_SECONDS"]
+__all__ = ["Watcher", "WatchEvent", "WatchReport", "STABLE_SECONDS", "POLL_SECONDS", "GIVE_UP_SECONDS", "RETRY_SECONDS"]

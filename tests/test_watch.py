@@ -171,6 +171,31 @@ def test_folder_deleted_and_recreated(vault: Vault, out: Path, tmp_path: Path) -
     assert vault.workspace.count() == 3
 
 
+def test_a_long_watch_keeps_its_memory_flat(vault: Vault, out: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report counts every file but lists only the most recent; handled files are forgotten after a while."""
+    from localvault import watch
+
+    monkeypatch.setattr(watch, "REPORT_KEEPS", 3)
+    monkeypatch.setattr(watch, "REMEMBER_SECONDS", 2.0)
+    seen = Recorder()
+    with Watcher(vault, out, on_event=seen, poll_seconds=0.05, stable_seconds=0.2) as watcher:
+        for n in range(8):
+            (out / f"f{n}.png").write_bytes(png_bytes(tmp_path, 100 + n))
+            (out / f"copy{n}.png").write_bytes(png_bytes(tmp_path, 100 + n))  # a duplicate of it
+            time.sleep(0.1)
+        assert wait_for(lambda: len(seen.names("imported")) + len(seen.names("duplicate")) == 16)
+        time.sleep(2.3)
+        (out / "last.png").write_bytes(png_bytes(tmp_path, 120))
+        assert wait_for(lambda: "last.png" in seen.names("imported"))
+        remembered = len(watcher._done)
+    report = watcher.report
+    assert report.summary() == "9 imported, 8 skipped as duplicates, 0 refused"
+    assert len(report.imported) == 3 and Path(report.imported[-1].source).name == "last.png"
+    assert len(report.duplicates) == 3
+    assert remembered <= 3  # the files of the last two seconds, not all 17
+
+
 def test_stop_is_clean_and_idempotent(vault: Vault, out: Path) -> None:
     watcher = Watcher(vault, out).start()
     assert watcher.running
