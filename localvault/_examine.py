@@ -93,7 +93,7 @@ def examine(candidate: Candidate, known: Container[str], *, in_memory_bytes: int
 
 
 def stage(store: FileStore, ready: Examined, mode: str, folder: str, name: str | None = None) -> StagedFile:
-    """Write (or, for ``link`` and ``move``, hard-link) an examined file into the workspace's ``folder``.
+    """Write (or, for ``link``, hard-link) an examined file into the workspace's ``folder``.
 
     Under a temporary name (``name``, or a random one) and without fsync: the
     batch commit makes it durable and gives it its final name. Drops the
@@ -113,7 +113,9 @@ def stage(store: FileStore, ready: Examined, mode: str, folder: str, name: str |
 def _stage(store: FileStore, ready: Examined, mode: str, folder: str, name: str | None) -> StagedFile:
     """:func:`stage` without its error handling."""
     staged = None
-    if mode in ("link", "move"):
+    # --move copies too: a link would share the inode with the source until it is deleted after the commit,
+    # and a rig saving over that name in place meanwhile would change the vault's bytes under their sha256.
+    if mode == "link":
         staged = store.stage_link(Path(ready.candidate.path), ready.sha256, ready.size, WORKSPACE_BUCKET, folder,
                                   name)
         if staged is not None and link_outdated(staged, ready):  # replaced since it was read

@@ -29,7 +29,7 @@ from . import Context, json_option, main, output, pass_ctx
 
 mode_options = [
     click.option("--copy", "mode", flag_value="copy", default=True, help="Copy files into the vault (default)."),
-    click.option("--move", "mode", flag_value="move", help="Delete each source once its row is committed."),
+    click.option("--move", "mode", flag_value="move", help="Copy, then delete each source once its row is committed."),
     click.option("--link", "mode", flag_value="link", help="Hard-link instead of copying (same filesystem; else copy)."),
 ]
 
