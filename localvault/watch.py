@@ -395,10 +395,12 @@ class Watcher:
         try:
             result = importer.import_paths(fresh, self._watched)
         except Exception as exc:  # the watch goes on
-            log.error("importing %d file(s) from %s failed: %s", len(fresh), self.folder, exc)
+            log.error("importing %d file(s) from %s failed: %s; trying again in %.0f s", len(fresh), self.folder, exc,
+                      RETRY_SECONDS)
             for path in fresh:
                 self._done.pop(path, None)
                 self._emit(WatchEvent("error", path, time.time(), message=str(exc)))
+            self._wait_for(fresh, RETRY_SECONDS)
             return
         gone = [path for path in result.refused if not os.path.exists(path)]
         for path in gone:  # deleted or renamed away before it could be read: nothing to refuse

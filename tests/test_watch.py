@@ -469,6 +469,31 @@ def test_a_batch_that_could_not_be_committed_is_tried_again(vault: Vault, out: P
     assert watcher.report.refused == {} and len(watcher.report.imported) == 1
 
 
+def test_files_of_an_import_that_failed_as_a_whole_are_tried_again(vault: Vault, out: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error of the whole import call (not of one file: a fault the tests cannot cause on demand, hence the
+    patch) is reported, and its files are tried again rather than forgotten until they change."""
+    from localvault import importer, watch
+
+    monkeypatch.setattr(watch, "RETRY_SECONDS", 0.5)
+    real = importer.Importer.import_paths
+    failures: list[int] = []
+
+    def fails_once(self: importer.Importer, *args: object, **kwargs: object) -> object:
+        if not failures:
+            failures.append(1)
+            raise sqlite3.OperationalError("database is locked")
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importer.Importer, "import_paths", fails_once)
+    seen = Recorder()
+    with Watcher(vault, out, on_event=seen, poll_seconds=0.05):
+        (tmp_path / "first-try-fails.png").write_bytes(png_bytes(tmp_path, 75))
+        os.rename(tmp_path / "first-try-fails.png", out / "first-try-fails.png")  # whole at once: one event
+        assert wait_for(lambda: "first-try-fails.png" in seen.names("imported"))
+    assert seen.names("error") == ["first-try-fails.png"]
+
+
 def test_misuse_raises_vault_errors(vault: Vault, out: Path, tmp_path: Path) -> None:
     watcher = Watcher(vault, out).start()
     with pytest.raises(InvalidInputError, match="started already"):
