@@ -315,6 +315,28 @@ def test_an_upload_the_bucket_stored_short_is_not_taken_for_sent(vault: Vault, s
     assert _server_rows(server, "user_library") == {}
 
 
+def test_a_name_swap_passes_beside_an_unrelated_refusal(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                       tmp_path: Path) -> None:
+    """Once a row of a batch is refused, rows go one at a time, and a swap of two names cannot: the rows refused
+    alone are tried again together (leaving each out in turn), so only the row really at fault is refused."""
+    vault.collections.create("C")
+    vault.collections.create("D")
+    vault.sync(remote)
+    with psycopg.connect(remote.database_url, autocommit=True) as conn:  # another device made "E" meanwhile
+        conn.execute("INSERT INTO public.user_collections (id, user_id, name) VALUES (gen_random_uuid(), %s, 'E')",
+                     (USER_A,))
+    vault.collections.rename("C", "swap")
+    vault.collections.rename("D", "C")
+    vault.collections.rename("swap", "D")
+    refused_id = vault.collections.create("E").id
+    report = vault.sync(remote)
+    assert report.rejected == 1
+    assert [r.row_id for r in status(vault, remote).rejected] == [refused_id]
+    local = {c.id: c.name for c in vault.collections.list() if c.id != refused_id}
+    server = {k: v["name"] for k, v in _server_rows(remote.database_url, "user_collections").items()}
+    assert all(server[k] == name for k, name in local.items())
+
+
 def test_a_refused_delete_sent_again_keeps_its_own_time(vault: Vault, remote: Remote, tmp_path: Path) -> None:
     """Last writer wins: an edit made on the server after the local delete (while the delete was refused)
     must survive the retry, which carries the delete's time, not the retry's."""

@@ -221,6 +221,8 @@ class Remote:
                         if refused and not last_try:
                             work.append((table, statement, [row for row, _error in refused], is_delete, True))
                         elif refused:
+                            passed, refused = self._together(conn, statement, refused)
+                            done += passed
                             result.rejected.update(((table, row["id"]), error) for row, error in refused)
                     else:
                         done = [r[0] for r in conn.execute(statement, (json_array(rows),)).fetchall()]
@@ -263,6 +265,31 @@ class Remote:
         return int(row[0]) if row else 0
 
     @staticmethod
+    def _together(conn: psycopg.Connection[Any], statement: str, refused: list[tuple[dict[str, Any], tuple[str, str]]],
+                  ) -> tuple[list[Any], list[tuple[dict[str, Any], tuple[str, str]]]]:
+        """Rows each refused alone, tried as a group with unique checks at the group's end: a swap of names or
+        hashes passes only whole. Up to :data:`GROUP_RETRY_ROWS` rows, each left out in turn if the whole group
+        fails (one unrelated refusal must not sink the swap). The ids written, and the rows still refused."""
+        rows = [row for row, _error in refused]
+        if not 2 <= len(rows) <= GROUP_RETRY_ROWS:
+            return [], refused
+        groups = [rows] + ([[r for r in rows if r is not left_out] for left_out in rows] if len(rows) > 2 else [])
+        for group in groups:
+            try:
+                with conn.transaction():  # a savepoint; SET CONSTRAINTS is undone with it if it fails
+                    conn.execute("SET CONSTRAINTS ALL DEFERRED")
+                    done = [r[0] for r in conn.execute(statement, (json_array(group),)).fetchall()]
+                    conn.execute("SET CONSTRAINTS ALL IMMEDIATE")  # the group's checks, now
+            except psycopg.Error as exc:
+                if isinstance(exc, psycopg.OperationalError) or not is_permanent(exc):
+                    raise
+                conn.execute("SET CONSTRAINTS ALL IMMEDIATE")  # (the savepoint's rollback restores it; to be sure)
+                continue
+            taken = {id(row) for row in group}
+            return done, [(row, error) for row, error in refused if id(row) not in taken]
+        return [], refused
+
+    @staticmethod
     def _one_by_one(conn: psycopg.Connection[Any], statement: str, rows: Iterable[dict[str, Any]],
                     ) -> tuple[list[Any], list[tuple[dict[str, Any], tuple[str, str]]]]:
         """Each row in a savepoint: the ids written, and the rows refused with (sqlstate, message)."""
@@ -277,6 +304,10 @@ class Remote:
                     raise
                 refused.append((row, (exc.sqlstate or "", first_line(exc))))
         return done, refused
+
+
+#: Rows refused one at a time that are tried again as a group (a swap); more are refused as they are.
+GROUP_RETRY_ROWS = 8
 
 
 def _without(rows: list[dict[str, Any]], refused: list[tuple[dict[str, Any], tuple[str, str]]]) -> list[dict[str, Any]]:
