@@ -17,9 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import temp_files
 
 from localvault import InvalidInputError, Vault
-from localvault.files import TEMP_PREFIX, WORKSPACE_BUCKET
 from localvault.watch import Watcher, WatchEvent
 
 try:
@@ -233,8 +233,7 @@ def test_cli_watch_stops_cleanly_with_a_summary(tmp_path: Path, out: Path, stop:
     assert "watch: 2 imported, 0 skipped as duplicates, 0 refused" in stdout
     with Vault.open(root) as vault:
         assert vault.workspace.count() == 2 and vault.verify().clean
-    leftovers = [n for _d, _s, names in os.walk(root / WORKSPACE_BUCKET) for n in names if n.startswith(TEMP_PREFIX)]
-    assert not leftovers
+    assert temp_files(root) == []
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
@@ -265,8 +264,7 @@ def test_cli_watch_stopped_twice_still_finishes_the_batch_under_way(tmp_path: Pa
     with Vault.open(root) as vault:
         count = vault.workspace.count()
         assert count >= 500 and f"watch: {count} imported" in stdout and vault.verify().clean
-    leftovers = [n for _d, _s, names in os.walk(root / WORKSPACE_BUCKET) for n in names if n.startswith(TEMP_PREFIX)]
-    assert not leftovers
+    assert temp_files(root) == []
 
 
 def test_a_folder_replaced_faster_than_a_poll_is_watched_again(vault: Vault, out: Path, tmp_path: Path) -> None:
