@@ -49,10 +49,10 @@ def _network_errors() -> tuple[type[BaseException], ...]:
         found += [BotoConnectionError, HTTPClientError]  # refused, timed out, closed, cut short
     except ImportError:  # pragma: no cover - s3fs brings botocore
         pass
-    try:
-        from aiohttp import ClientError
+    try:  # the connection's errors, not an HTTP answer's (a 403 from an https:// store is not offline)
+        from aiohttp import ClientConnectionError, ClientPayloadError
 
-        found.append(ClientError)
+        found += [ClientConnectionError, ClientPayloadError]
     except ImportError:  # pragma: no cover - s3fs brings aiohttp
         pass
     return tuple(found)
