@@ -18,7 +18,7 @@ from . import media, models
 from ._disk import stream_digest
 from ._intake import Candidate, group_key
 from .errors import StorageError
-from .files import WORKSPACE_BUCKET, FileStore, StagedFile
+from .files import WORKSPACE_BUCKET, FileStore, SourceReadError, StagedFile
 from .models import GenerationInfo
 
 #: What a file lacking metadata (and options) gets.
@@ -102,7 +102,7 @@ def stage(store: FileStore, ready: Examined, mode: str, folder: str, name: str |
     try:
         return _stage(store, ready, mode, folder, name)
     except (OSError, StorageError) as exc:  # (StorageError is an OSError)
-        if isinstance(exc, (StagingError, SourceChangedError)):
+        if isinstance(exc, (StagingError, SourceChangedError, SourceReadError)):  # (the source's side: final)
             raise
         reason = str(exc) if isinstance(exc, StorageError) else f"cannot write it into the vault: {exc.strerror or exc}"
         raise StagingError(reason) from None

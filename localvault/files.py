@@ -55,6 +55,24 @@ class StagedFile:
     linked: bool = False  # a hard link to the source (``stage_link``), not a copy
 
 
+class SourceReadError(StorageError):
+    """The file being copied in could not be read: its side's fault, not the vault's."""
+
+
+def _open_source(source: Path) -> BinaryIO:
+    try:
+        return open(source, "rb")
+    except OSError as exc:
+        raise SourceReadError(f"cannot read {source}: {exc.strerror or exc}") from None
+
+
+def _read_source(reader: BinaryIO, source: Path) -> bytes:
+    try:
+        return reader.read(CHUNK)
+    except OSError as exc:
+        raise SourceReadError(f"cannot read {source}: {exc.strerror or exc}") from None
+
+
 class FileStore:
     """The two buckets under ``root`` on ``fs`` (the local disk by default)."""
 
@@ -90,11 +108,11 @@ class FileStore:
         size = 0
         try:
             self.fs.makedirs(directory, exist_ok=True)
-            with open(source, "rb") as reader:
+            with _open_source(source) as reader:
                 if self.local:
                     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                     try:
-                        while chunk := reader.read(CHUNK):
+                        while chunk := _read_source(reader, source):
                             digest.update(chunk)
                             write_all(fd, chunk)
                             size += len(chunk)
@@ -106,15 +124,18 @@ class FileStore:
                         os.close(fd)
                 else:
                     with self.fs.open(temp, "wb") as writer:
-                        while chunk := reader.read(CHUNK):
+                        while chunk := _read_source(reader, source):
                             digest.update(chunk)
                             writer.write(chunk)
                             size += len(chunk)
                             if on_bytes:
                                 on_bytes(len(chunk))
+        except SourceReadError:
+            self._remove_path(temp)
+            raise
         except OSError as exc:
             self._remove_path(temp)
-            raise os_error(exc, source if not isinstance(exc, FileNotFoundError) else temp) from None
+            raise os_error(exc, temp) from None
         except BaseException:  # on_bytes refused (the file grew past the limit), or Ctrl-C: no temp file stays
             self._remove_path(temp)
             raise

@@ -42,7 +42,7 @@ class ImportReport:
         self.refused.update(other.refused)
         for path in [*(item.source for item in other.imported), *other.duplicates]:
             self.refused.pop(path, None)  # refused before (a retry, or a file taken before it was whole), now taken
-        self.retryable = [p for p in self.retryable if p in self.refused] + other.retryable
+        self.retryable = list(dict.fromkeys([*(p for p in self.retryable if p in self.refused), *other.retryable]))
         self.ignored += other.ignored
         self.bytes_imported += other.bytes_imported
         self.seconds += other.seconds

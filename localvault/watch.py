@@ -378,6 +378,7 @@ class Watcher:
 
     def _import(self, importer: Importer, paths: list[str]) -> None:
         fresh: list[str] = []
+        ctimes: dict[str, int] = {}  # as before the import: a chmod made while it runs must still count as new
         now = time.monotonic()
         self._forget_before(now - REMEMBER_SECONDS)
         for path in dict.fromkeys(paths):
@@ -389,6 +390,7 @@ class Watcher:
             if known is None or known[:2] != (st.st_size, st.st_mtime_ns) or known[2] not in (None, st.st_ctime_ns):
                 self._done.pop(path, None)  # (to the end: the newest)
                 self._done[path] = (st.st_size, st.st_mtime_ns, None, now)
+                ctimes[path] = st.st_ctime_ns
                 fresh.append(path)
         if not fresh:
             return
@@ -412,10 +414,7 @@ class Watcher:
         for path in result.refused:
             known = self._done.get(path)
             if known is not None and path not in retry:
-                try:
-                    self._done[path] = (known[0], known[1], os.stat(path).st_ctime_ns, known[3])
-                except OSError:
-                    self._done.pop(path, None)
+                self._done[path] = (known[0], known[1], ctimes.get(path), known[3])
         self._wait_for(retry, RETRY_SECONDS)
         self.report.merge(result)
         now = time.time()

@@ -7,7 +7,8 @@ import random
 import sqlite3
 import struct
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,31 @@ def bucket_files(root: Path) -> set[tuple[str, str]]:
 
 def temp_files(root: Path) -> list[str]:
     return [path for _bucket, path in bucket_files(root) if os.path.basename(path).startswith(TEMP_PREFIX)]
+
+
+@contextmanager
+def without_dac_override() -> Iterator[None]:
+    """This thread (and threads it starts) obeys file modes even as root: CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH leave its effective set (capabilities are per thread), and come back after."""
+    import ctypes
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3
+    assert libc.capget(ctypes.byref(header), data) == 0
+    saved = data[0].effective
+    data[0].effective &= ~((1 << 1) | (1 << 2))
+    assert libc.capset(ctypes.byref(header), data) == 0
+    try:
+        yield
+    finally:
+        data[0].effective = saved
+        libc.capset(ctypes.byref(header), data)
 
 
 def raw_connection(root: Path) -> sqlite3.Connection:

@@ -12,10 +12,11 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
+from conftest import without_dac_override
 from test_import import USER, a1111, make_png
 
 from localvault import Vault
-from localvault._examine import Examined, examine, stage
+from localvault._examine import Examined, StagingError, examine, stage
 from localvault._import_commit import commit_batch
 from localvault._intake import Candidate, JobGrouper, scan
 from localvault.errors import StorageError
@@ -120,6 +121,19 @@ def test_a_streamed_file_rewritten_between_its_reading_and_its_copy_is_refused(t
         source.write_bytes(bytes(changed))
         with pytest.raises(StorageError, match="changed while it was being imported"):
             stage(vault.files, examined, "copy", USER)
+        assert staged_names(vault) == []
+
+
+def test_a_streamed_source_unreadable_at_its_copy_is_refused_as_its_own_fault(tmp_path: Path) -> None:
+    """Not as the vault's (a StagingError, which the watcher retries every 5 s without end)."""
+    source = rig_file(tmp_path / "out")
+    (candidate,), _refused, _ignored = scan(tmp_path / "out")
+    with Vault.create(tmp_path / "v", user_id=USER) as vault, without_dac_override():
+        examined = examine(candidate, set(), in_memory_bytes=0)
+        os.chmod(source, 0)
+        with pytest.raises(StorageError, match="cannot read") as caught:
+            stage(vault.files, examined, "copy", USER)
+        assert not isinstance(caught.value, StagingError)
         assert staged_names(vault) == []
 
 

@@ -12,12 +12,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import temp_files
+from conftest import temp_files, without_dac_override
 
 from localvault import InvalidInputError, Vault
 from localvault.watch import Watcher, WatchEvent
@@ -404,31 +403,6 @@ def test_recursive_watch_skips_hidden_and_temporary_folders(vault: Vault, out: P
     assert seen.names("imported") == ["f2.png"]  # as the catch-up (scan) would take them
 
 
-@contextmanager
-def _without_dac_override() -> Iterator[None]:
-    """This thread (and threads it starts) obeys file modes even as root: CAP_DAC_OVERRIDE and
-    CAP_DAC_READ_SEARCH leave its effective set (capabilities are per thread), and come back after."""
-    import ctypes
-
-    class Header(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-    class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3
-    assert libc.capget(ctypes.byref(header), data) == 0
-    saved = data[0].effective
-    data[0].effective &= ~((1 << 1) | (1 << 2))
-    assert libc.capset(ctypes.byref(header), data) == 0
-    try:
-        yield
-    finally:
-        data[0].effective = saved
-        libc.capset(ctypes.byref(header), data)
-
-
 def test_a_file_refused_as_unreadable_is_taken_once_its_mode_is_fixed(vault: Vault, out: Path, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A chmod changes neither size nor mtime: the watcher must not take the refused file for done."""
@@ -437,7 +411,7 @@ def test_a_file_refused_as_unreadable_is_taken_once_its_mode_is_fixed(vault: Vau
     monkeypatch.setattr(watch, "GIVE_UP_SECONDS", 1.0)
     seen = Recorder()
     data = png_bytes(tmp_path, 90)
-    with _without_dac_override():
+    with without_dac_override():
         with Watcher(vault, out, on_event=seen, poll_seconds=0.05):
             fd = os.open(out / "locked.png", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0)  # never readable until fixed
             os.write(fd, data)
@@ -447,6 +421,40 @@ def test_a_file_refused_as_unreadable_is_taken_once_its_mode_is_fixed(vault: Vau
             assert "open.png" in seen.names("imported")
             os.chmod(out / "locked.png", 0o644)
             assert wait_for(lambda: "locked.png" in seen.names("imported"))
+
+
+def test_a_chmod_made_while_the_refusing_import_runs_is_not_missed(vault: Vault, out: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fix of a refused file's mode may land while the import that refused it is still running (a batch
+    takes seconds): the ctime remembered is the one from before that import, so the chmod still counts."""
+    from localvault import importer, watch
+
+    monkeypatch.setattr(watch, "GIVE_UP_SECONDS", 1.0)
+    real = importer.Importer.import_paths
+
+    def chmod_before_returning(self: importer.Importer, paths: list[str], *args: object, **kwargs: object) -> object:
+        result = real(self, paths, *args, **kwargs)  # type: ignore[arg-type]
+        for path in result.refused:
+            os.chmod(path, 0o644)  # the user fixes it just as the import ends (the timing is all that is arranged)
+        return result
+
+    monkeypatch.setattr(importer.Importer, "import_paths", chmod_before_returning)
+    seen = Recorder()
+    with without_dac_override(), Watcher(vault, out, on_event=seen, poll_seconds=0.05):
+        fd = os.open(out / "locked.png", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0)
+        os.write(fd, png_bytes(tmp_path, 92))
+        os.close(fd)
+        assert wait_for(lambda: "locked.png" in seen.names("refused"))
+        assert wait_for(lambda: "locked.png" in seen.names("imported"))
+
+
+def test_a_file_refused_again_and_again_is_listed_once_to_retry() -> None:
+    from localvault.import_report import ImportReport
+
+    report = ImportReport()
+    for _ in range(3):  # the watcher retrying a file while the disk stays full
+        report.merge(ImportReport(refused={"a.png": "the disk is full"}, retryable=["a.png"]))
+    assert report.retryable == ["a.png"] and report.refused == {"a.png": "the disk is full"}
 
 
 def test_a_batch_that_could_not_be_committed_is_tried_again(vault: Vault, out: Path, tmp_path: Path,
