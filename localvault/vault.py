@@ -92,7 +92,10 @@ def _creating(root: Path) -> Iterator[None]:
     except OSError as exc:
         raise StorageError(f"cannot open {root}: {exc.strerror}") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # ENOLCK on some network filesystems
+            raise StorageError(f"cannot lock {root} to create the vault: {exc.strerror or exc}") from None
         yield
     finally:
         os.close(fd)
