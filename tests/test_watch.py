@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -233,6 +234,33 @@ def test_cli_watch_stops_cleanly_with_a_summary(tmp_path: Path, out: Path, stop:
     with Vault.open(root) as vault:
         assert vault.workspace.count() == 2 and vault.verify().clean
     assert temp_files(root) == []
+
+
+def test_cli_watch_json_prints_one_event_per_line_then_the_summary(tmp_path: Path, out: Path) -> None:
+    root = tmp_path / "vault"
+    Vault.create(root, user_id=USER).close()
+    make_png(out / "before.png", color=1)
+    (out / "broken.png").write_bytes(b"this is not an image at all")
+    proc = subprocess.Popen([sys.executable, "-m", "localvault.cli", "--vault", str(root), "watch", "--json", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with Vault.open(root, readonly=True) as reader:
+            assert wait_for(lambda: reader.workspace.count() == 1, timeout=30), "the catch-up import did not happen"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    lines = [json.loads(line) for line in stdout.splitlines()]  # every line is one JSON object
+    events = {Path(line["path"]).name: line for line in lines if "event" in line}
+    assert events["before.png"]["event"] == "imported" and events["before.png"]["asset_id"]
+    assert events["broken.png"]["event"] == "refused" and events["broken.png"]["message"]
+    summary = lines[-1]["summary"]
+    assert (summary["imported"], summary["duplicates"], summary["refused"]) == (1, 0, 1)
+    assert Path(next(iter(summary["refusals"]))).name == "broken.png"
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

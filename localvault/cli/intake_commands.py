@@ -113,16 +113,20 @@ def _interrupt(_signum: int, _frame: object) -> None:
 @click.option("--model", help="Model for files whose metadata does not name one.")
 @click.option("--prompt", help="Prompt for files whose metadata has none.")
 @click.option("--quiet", "-q", is_flag=True, help="No line per file; only the summary at the end.")
+@json_option("Print one JSON object per line: each event as it happens, then the summary.")
 @pass_ctx
 def watch(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | None, prompt: str | None,
-          quiet: bool) -> None:
+          quiet: bool, as_json: bool) -> None:
     """Import files as a rig writes them, until Ctrl-C; then print a summary."""
-    from ..watch import Watcher, WatchEvent
+    from ..watch import Watcher, WatchEvent, WatchReport
 
     def on_event(event: WatchEvent) -> None:
         if quiet:
             return
-        if event.kind == "imported":
+        if as_json:
+            output.print_json_line({"event": event.kind, "path": event.path, "at": event.at,
+                                    "asset_id": event.asset_id, "job_id": event.job_id, "message": event.message})
+        elif event.kind == "imported":
             output.console.print(f"imported {event.path} → {event.asset_id}", highlight=False)
         elif event.kind == "duplicate":
             output.console.print(f"already in the vault: {event.path}", highlight=False)
@@ -130,6 +134,15 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | N
             output.warning(f"{event.kind} {event.path}: {event.message}")
         else:
             output.warning(f"{event.path}: {event.kind.replace('_', ' ')}")
+
+    def summarize(report: WatchReport) -> None:
+        if as_json:
+            output.print_json_line({"summary": {"imported": report.imported_total,
+                                                "duplicates": report.duplicates_total,
+                                                "refused": len(report.refused) + report.refused_forgotten,
+                                                "refusals": report.refused}})
+        else:
+            _print_summary(report, verb="watch")
 
     watcher = Watcher(ctx.vault(), folder, mode=mode, recursive=recursive, model=model, prompt=prompt,  # type: ignore[arg-type]
                       on_event=on_event)
@@ -152,8 +165,9 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | N
             except KeyboardInterrupt:
                 output.warning("stopping: finishing the files under way")
             except LocalVaultError:  # it stopped on an error: say what it did, then why
-                _print_summary(watcher.report, verb="watch")
+                summarize(watcher.report)
                 raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-    _print_summary(result, verb="watch")
+    summarize(result)
+

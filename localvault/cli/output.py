@@ -50,6 +50,12 @@ def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(to_jsonable(value), ensure_ascii=False, indent=2, default=str) + "\n")
 
 
+def print_json_line(value: Any) -> None:
+    """One compact JSON object on one line of stdout, flushed (JSON Lines, for a stream of events)."""
+    sys.stdout.write(json.dumps(to_jsonable(value), ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
 def error(message: str) -> None:
     err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
 
