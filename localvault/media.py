@@ -124,16 +124,22 @@ def check_stream(handle: BinaryIO, size: int, name: str) -> MediaType:
     return media
 
 
-def may_be_growing(handle: BinaryIO, size: int) -> bool:
-    """Whether a file looks unfinished: empty, or of a known type whose end is not there yet.
+def looks_finished(path: str | os.PathLike[str]) -> bool:
+    """Whether a file is finished by its bytes: not empty, and a known type's end is there (head and tail read).
 
-    A file whose bytes are of no known type is not waited for (its import refuses it).
+    A file whose bytes are of no known type counts as finished (its import
+    refuses it); one that cannot be opened does not.
     """
-    if size == 0:
-        return True
-    head = handle.read(64)
-    media = sniff(head)
-    return media is not None and not _is_whole(handle, media, size, head)
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size == 0:
+                return False
+            head = handle.read(64)
+            media = sniff(head)
+            return media is None or _is_whole(handle, media, size, head)
+    except OSError:
+        return False
 
 
 def _is_whole(handle: BinaryIO, media: MediaType, size: int, head: bytes) -> bool:

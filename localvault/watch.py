@@ -40,9 +40,9 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from . import media, models
+from ._watch_state import HandledFiles, WatchReport
 from .errors import InvalidInputError, LocalVaultError, StorageError
-from .import_report import summary_line
-from .importer import Importer, ImportReport, Mode, is_candidate_name, is_ignored_name, scan
+from .importer import Importer, Mode, is_candidate_name, is_ignored_name, scan
 from .vault import Vault
 
 log = logging.getLogger(__name__)
@@ -55,33 +55,6 @@ GIVE_UP_SECONDS = 10.0
 RETRY_SECONDS = 5.0
 #: Files of a catch-up imported together (the watcher checks for a stop between them).
 CATCH_UP_BATCH = 500
-#: Files of each kind (imported, duplicate, refused) the watcher's report lists; the rest are counted only.
-REPORT_KEEPS = 10_000
-#: Seconds a handled file is remembered: a late event for it (unchanged) is then not taken for a new file.
-REMEMBER_SECONDS = 600.0
-
-
-@dataclass
-class WatchReport(ImportReport):
-    """The watcher's running report: every file counted, the most recent :data:`REPORT_KEEPS` of each kind
-    listed (a watch runs for weeks: a full list would grow by ~800 bytes a file)."""
-
-    imported_total: int = 0
-    duplicates_total: int = 0
-    refused_forgotten: int = 0  # refusals dropped from ``refused`` to keep it short, still counted
-
-    def summary(self) -> str:
-        return summary_line(self.imported_total, self.duplicates_total, len(self.refused) + self.refused_forgotten)
-
-    def merge(self, other: ImportReport) -> None:
-        super().merge(other)
-        self.imported_total += len(other.imported)
-        self.duplicates_total += len(other.duplicates)
-        del self.imported[:-REPORT_KEEPS]
-        del self.duplicates[:-REPORT_KEEPS]
-        while len(self.refused) > REPORT_KEEPS:
-            del self.refused[next(iter(self.refused))]
-            self.refused_forgotten += 1
 
 
 @dataclass(frozen=True)
@@ -152,9 +125,7 @@ class Watcher:
         # The folder as watched: its real path (inotify on a symbolic link would watch the link, not the
         # folder, and hear nothing); resolved again each time the folder comes back.
         self._watched = Path(os.path.realpath(self.folder))
-        # path -> (size, mtime_ns, ctime_ns of a refused file, when) of the files handled in the last
-        # REMEMBER_SECONDS, oldest first: a file refused for its mode is taken after a chmod (only its ctime changes)
-        self._done: dict[str, tuple[int, int, int | None, float]] = {}
+        self._handled = HandledFiles()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._started = threading.Event()
@@ -220,7 +191,7 @@ class Watcher:
         """Called from the observer's thread for each interesting event; ``ready``: a close, move or create."""
         if not is_candidate_name(os.path.basename(path)) or not self._in_scope(path):
             return
-        if ready and _is_whole(path):
+        if ready and media.looks_finished(path):
             self._queue.put(path)
         else:
             with self._lock:
@@ -249,7 +220,7 @@ class Watcher:
                     continue
                 if (st.st_size, st.st_mtime_ns) != (size, mtime):
                     self._unsettled[path] = (st.st_size, st.st_mtime_ns, max(now, since))
-                elif now - since >= self.stable_seconds and (now - since >= GIVE_UP_SECONDS or _is_whole(path)):
+                elif now - since >= self.stable_seconds and (now - since >= GIVE_UP_SECONDS or media.looks_finished(path)):
                     del self._unsettled[path]
                     ready.append(path)
         return ready
@@ -330,7 +301,7 @@ class Watcher:
         whole: list[str] = []
         growing: list[str] = []  # still being written: waited for like new files
         for candidate in candidates:
-            (whole if _is_whole(candidate.path) else growing).append(candidate.path)
+            (whole if media.looks_finished(candidate.path) else growing).append(candidate.path)
         self._wait_for(growing)
         for start in range(0, len(whole), CATCH_UP_BATCH):
             if self._stop.is_set():  # what is left is taken by the next watch
@@ -363,7 +334,7 @@ class Watcher:
         self._drain()
         with self._lock:
             self._unsettled.clear()
-        self._done.clear()
+        self._handled.clear()
         while not self._stop.is_set():
             if self.folder.is_dir():
                 try:
@@ -377,21 +348,7 @@ class Watcher:
             self._stop.wait(self.poll_seconds)
 
     def _import(self, importer: Importer, paths: list[str]) -> None:
-        fresh: list[str] = []
-        ctimes: dict[str, int] = {}  # as before the import: a chmod made while it runs must still count as new
-        now = time.monotonic()
-        self._forget_before(now - REMEMBER_SECONDS)
-        for path in dict.fromkeys(paths):
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue  # gone already (a temp file renamed away, or moved by us)
-            known = self._done.get(path)
-            if known is None or known[:2] != (st.st_size, st.st_mtime_ns) or known[2] not in (None, st.st_ctime_ns):
-                self._done.pop(path, None)  # (to the end: the newest)
-                self._done[path] = (st.st_size, st.st_mtime_ns, None, now)
-                ctimes[path] = st.st_ctime_ns
-                fresh.append(path)
+        fresh = self._handled.take_new(paths)
         if not fresh:
             return
         try:
@@ -399,22 +356,17 @@ class Watcher:
         except Exception as exc:  # the watch goes on
             log.error("importing %d file(s) from %s failed: %s; trying again in %.0f s", len(fresh), self.folder, exc,
                       RETRY_SECONDS)
+            self._handled.forget(fresh)
             for path in fresh:
-                self._done.pop(path, None)
                 self._emit(WatchEvent("error", path, time.time(), message=str(exc)))
             self._wait_for(fresh, RETRY_SECONDS)
             return
         gone = [path for path in result.refused if not os.path.exists(path)]
         for path in gone:  # deleted or renamed away before it could be read: nothing to refuse
             del result.refused[path]
-            self._done.pop(path, None)
         retry = [path for path in result.retryable if path not in gone]
-        for path in retry:
-            self._done.pop(path, None)
-        for path in result.refused:
-            known = self._done.get(path)
-            if known is not None and path not in retry:
-                self._done[path] = (known[0], known[1], ctimes.get(path), known[3])
+        self._handled.forget([*gone, *retry])
+        self._handled.mark_refused(path for path in result.refused if path not in retry)
         self._wait_for(retry, RETRY_SECONDS)
         self.report.merge(result)
         now = time.time()
@@ -426,14 +378,6 @@ class Watcher:
             log.warning("refused %s: %s", path, reason)
             self._emit(WatchEvent("refused", path, now, message=reason))
 
-    def _forget_before(self, cutoff: float) -> None:
-        """Forget files handled before ``cutoff`` (oldest first), so that memory stays flat over a long watch."""
-        while self._done:
-            oldest = next(iter(self._done))
-            if self._done[oldest][3] >= cutoff:
-                return
-            del self._done[oldest]
-
     def _emit(self, event: WatchEvent) -> None:
         if self.on_event is None:
             return
@@ -441,15 +385,6 @@ class Watcher:
             self.on_event(event)
         except Exception:  # a faulty callback must not stop the watch
             log.exception("the watcher's on_event callback failed")
-
-
-def _is_whole(path: str) -> bool:
-    """Whether a file is finished by its bytes (reads its head and tail only; its name is the import's business)."""
-    try:
-        with open(path, "rb") as handle:
-            return not media.may_be_growing(handle, os.fstat(handle.fileno()).st_size)
-    except OSError:
-        return False
 
 
 def _as_vault_error(exc: BaseException, folder: Path) -> LocalVaultError:

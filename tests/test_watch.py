@@ -174,10 +174,10 @@ def test_folder_deleted_and_recreated(vault: Vault, out: Path, tmp_path: Path) -
 def test_a_long_watch_keeps_its_memory_flat(vault: Vault, out: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The report counts every file but lists only the most recent; handled files are forgotten after a while."""
-    from localvault import watch
+    from localvault import _watch_state
 
-    monkeypatch.setattr(watch, "REPORT_KEEPS", 3)
-    monkeypatch.setattr(watch, "REMEMBER_SECONDS", 2.0)
+    monkeypatch.setattr(_watch_state, "REPORT_KEEPS", 3)
+    monkeypatch.setattr(_watch_state, "REMEMBER_SECONDS", 2.0)
     seen = Recorder()
     with Watcher(vault, out, on_event=seen, poll_seconds=0.05, stable_seconds=0.2) as watcher:
         for n in range(8):
@@ -188,7 +188,7 @@ def test_a_long_watch_keeps_its_memory_flat(vault: Vault, out: Path, tmp_path: P
         time.sleep(2.3)
         (out / "last.png").write_bytes(png_bytes(tmp_path, 120))
         assert wait_for(lambda: "last.png" in seen.names("imported"))
-        remembered = len(watcher._done)
+        remembered = len(watcher._handled)
     report = watcher.report
     assert report.summary() == "9 imported, 8 skipped as duplicates, 0 refused"
     assert len(report.imported) == 3 and Path(report.imported[-1].source).name == "last.png"
