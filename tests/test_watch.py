@@ -13,7 +13,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -206,6 +207,20 @@ def test_stop_is_clean_and_idempotent(vault: Vault, out: Path) -> None:
     assert vault.workspace.count() == 0  # the caller's vault stays usable
 
 
+@contextmanager
+def cli_watch(root: Path, out: Path, *options: str) -> Iterator[subprocess.Popen[str]]:
+    """`localvault watch` in a process of its own (stdout and stderr piped); killed if a test leaves it running."""
+    env = {**os.environ, "COLUMNS": "200", "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "localvault.cli", "--vault", str(root), "watch", *options, str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_cli_watch_stops_cleanly_with_a_summary(tmp_path: Path, out: Path, stop: signal.Signals) -> None:
     """`localvault watch` as a user runs it: catch up, take a new file, then Ctrl-C (or a service
@@ -213,21 +228,13 @@ def test_cli_watch_stops_cleanly_with_a_summary(tmp_path: Path, out: Path, stop:
     root = tmp_path / "vault"
     Vault.create(root, user_id=USER).close()
     make_png(out / "before.png", color=1)
-    env = {**os.environ, "COLUMNS": "200", "PYTHONDONTWRITEBYTECODE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "localvault.cli", "--vault", str(root), "watch", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        with Vault.open(root, readonly=True) as reader:
-            assert wait_for(lambda: reader.workspace.count() == 1, timeout=30), "the catch-up import did not happen"
-            (tmp_path / "during.png").write_bytes(png_bytes(tmp_path, 2))
-            os.rename(tmp_path / "during.png", out / "during.png")  # a rig's atomic write
-            assert wait_for(lambda: reader.workspace.count() == 2, timeout=30), "the new file was not taken"
+    with cli_watch(root, out) as proc, Vault.open(root, readonly=True) as reader:
+        assert wait_for(lambda: reader.workspace.count() == 1, timeout=30), "the catch-up import did not happen"
+        (tmp_path / "during.png").write_bytes(png_bytes(tmp_path, 2))
+        os.rename(tmp_path / "during.png", out / "during.png")  # a rig's atomic write
+        assert wait_for(lambda: reader.workspace.count() == 2, timeout=30), "the new file was not taken"
         proc.send_signal(stop)
         stdout, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr and "watching" in stderr
     assert "watch: 2 imported, 0 skipped as duplicates, 0 refused" in stdout
@@ -241,18 +248,11 @@ def test_cli_watch_json_prints_one_event_per_line_then_the_summary(tmp_path: Pat
     Vault.create(root, user_id=USER).close()
     make_png(out / "before.png", color=1)
     (out / "broken.png").write_bytes(b"this is not an image at all")
-    proc = subprocess.Popen([sys.executable, "-m", "localvault.cli", "--vault", str(root), "watch", "--json", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        with Vault.open(root, readonly=True) as reader:
-            assert wait_for(lambda: reader.workspace.count() == 1, timeout=30), "the catch-up import did not happen"
+    with cli_watch(root, out, "--json") as proc, Vault.open(root, readonly=True) as reader:
+        assert wait_for(lambda: reader.workspace.count() == 1, timeout=30), "the catch-up import did not happen"
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, stderr
     lines = [json.loads(line) for line in stdout.splitlines()]  # every line is one JSON object
     events = {Path(line["path"]).name: line for line in lines if "event" in line}
@@ -273,20 +273,12 @@ def test_cli_watch_stopped_twice_still_finishes_the_batch_under_way(tmp_path: Pa
     template = png_bytes(tmp_path, 3)
     for n in range(1000):  # two catch-up batches of 500
         (out / f"pre-{n:04d}.png").write_bytes(template[:-12] + n.to_bytes(4, "big") + template[-12:])
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "localvault.cli", "--vault", str(root), "watch", "-q", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        with Vault.open(root, readonly=True) as reader:
-            assert wait_for(lambda: reader.workspace.count() >= 500, timeout=120), "the first batch was not committed"
+    with cli_watch(root, out, "-q") as proc, Vault.open(root, readonly=True) as reader:
+        assert wait_for(lambda: reader.workspace.count() >= 500, timeout=120), "the first batch was not committed"
         proc.send_signal(stop)  # the second batch is under way
         time.sleep(0.2)
         proc.send_signal(stop)
         stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, stderr
     with Vault.open(root) as vault:
         count = vault.workspace.count()
