@@ -14,6 +14,7 @@ a plain MD5 (multipart, SSE-KMS), a fresh HEAD checks size and sha256.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -39,8 +40,13 @@ UPLOAD_CONNECTIONS = 32
 CONNECT_TIMEOUT = 10
 
 
-def _network_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions object stores raise for a lost connection that are not OSError (botocore's, aiohttp's)."""
+@functools.cache
+def network_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions object stores raise for a lost connection that are not OSError (botocore's, aiohttp's).
+
+    Imported when first asked (after such an error, so the libraries are loaded already): a sync to a
+    folder bucket, or ``status``, does not load them for nothing.
+    """
     found: list[type[BaseException]] = []
     try:
         from botocore.exceptions import ConnectionError as BotoConnectionError
@@ -57,9 +63,6 @@ def _network_errors() -> tuple[type[BaseException], ...]:
         pass
     return tuple(found)
 
-
-#: Lost connections to the store, beside OSError: the engine retries them, then reports the sync offline.
-NETWORK_ERRORS = _network_errors()
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import psycopg
 from ..errors import InvalidInputError, OfflineError, SyncBusyError, SyncError, first_line
 from ..progress import ProgressCallback, report
 from . import outbox
-from .bucket import NETWORK_ERRORS, Bucket, file_digest
+from .bucket import Bucket, file_digest, network_errors
 from .remote import BatchResult, Remote
 
 if TYPE_CHECKING:
@@ -97,8 +97,8 @@ def _closing(target: Remote | None) -> Iterator[None]:
             target.close()
 
 
-#: Connection trouble: retried with backoff, then reported as offline.
-_RETRYABLE: tuple[type[BaseException], ...] = (psycopg.OperationalError, OfflineError, OSError, *NETWORK_ERRORS)
+#: Connection trouble: retried with backoff, then reported as offline (with the store's own, see network_errors).
+_RETRYABLE: tuple[type[BaseException], ...] = (psycopg.OperationalError, OfflineError, OSError)
 
 
 def _retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | None = None) -> T:
@@ -106,7 +106,9 @@ def _retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] |
     for delay in (*RETRY_DELAYS, None):
         try:
             return action()
-        except _RETRYABLE as exc:
+        except Exception as exc:
+            if not isinstance(exc, (*_RETRYABLE, *network_errors())):
+                raise
             if isinstance(exc, PermissionError):  # retrying cannot help
                 if exc.filename and os.path.exists(exc.filename):  # a local file we may not read
                     raise SyncError(f"{what}: cannot read {exc.filename} ({exc.strerror}); "
