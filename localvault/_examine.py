@@ -101,8 +101,8 @@ def stage(store: FileStore, ready: Examined, mode: str, folder: str, name: str |
     """
     try:
         return _stage(store, ready, mode, folder, name)
-    except (OSError, StorageError) as exc:  # (StorageError is an OSError)
-        if isinstance(exc, (StagingError, SourceChangedError, SourceReadError)):  # (the source's side: final)
+    except OSError as exc:  # (a StorageError is one too)
+        if isinstance(exc, (SourceChangedError, SourceReadError)):  # the source's side: final
             raise
         reason = str(exc) if isinstance(exc, StorageError) else f"cannot write it into the vault: {exc.strerror or exc}"
         raise StagingError(reason) from None

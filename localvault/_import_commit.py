@@ -32,12 +32,10 @@ def commit_batch(workspace: Workspace, files: FileStore, mode: str, chunks: Chun
     for chunk, staging in chunks:
         for ready, staged in zip(chunk, staging.result(), strict=True):
             if isinstance(staged, Exception):  # e.g. the disk is full: this file is refused
-                result.refused[ready.candidate.path] = refusal_reason(staged)
-                if isinstance(staged, StagingError):  # the vault's side: the watcher tries it again
-                    result.retryable.append(ready.candidate.path)
+                refuse(result, ready.candidate.path, staged)
             elif link_outdated(staged, ready):  # rewritten in place since it was linked
                 discard_quietly(files, staged)
-                result.refused[ready.candidate.path] = refusal_reason(changed_while_importing(ready.candidate.path))
+                refuse(result, ready.candidate.path, changed_while_importing(ready.candidate.path))
             else:
                 ready.staged = staged
                 batch.append(ready)
@@ -81,6 +79,13 @@ def discard_quietly(files: FileStore, staged: StagedFile) -> None:
         files.discard(staged)
     except LocalVaultError:
         log.warning("could not remove the temporary file %s", staged.temp_path)
+
+
+def refuse(result: ImportReport, path: str, exc: BaseException) -> None:
+    """Record a file's refusal; one the vault could not write is also listed to try again (the watcher does)."""
+    result.refused[path] = refusal_reason(exc)
+    if isinstance(exc, StagingError):
+        result.retryable.append(path)
 
 
 def refusal_reason(exc: BaseException) -> str:

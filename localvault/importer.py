@@ -40,12 +40,12 @@ from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
 from . import models
-from ._examine import PLACEHOLDERS, Examined, StagingError, examine, stage
+from ._examine import PLACEHOLDERS, Examined, examine, stage
 from ._examiners import ExaminerProcesses, WorkerSetup, WorkerStartError, known_hashes
-from ._import_commit import commit_batch, discard_quietly, refusal_reason
+from ._import_commit import commit_batch, discard_quietly, refuse
 from ._import_pipeline import Batch, Chunk, done_future, each, to_the_end
 from ._intake import Candidate, JobGrouper, check_path, is_candidate_name, is_ignored_name, scan
 from .db import Database
@@ -56,7 +56,6 @@ from .progress import ProgressCallback, report
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 Mode = Literal["copy", "move", "link"]
 MODES = ("copy", "move", "link")
@@ -225,10 +224,8 @@ class Importer:
                     outcomes = [exc] * len(chunk.files)
                 to_stage: list[Examined] = []
                 for candidate, examined in zip(chunk.files, outcomes, strict=True):
-                    if isinstance(examined, Exception):
-                        result.refused[candidate.path] = refusal_reason(examined)
-                        if isinstance(examined, StagingError):  # a worker process could not write it
-                            result.retryable.append(candidate.path)
+                    if isinstance(examined, Exception):  # (from a worker process: its staging too)
+                        refuse(result, candidate.path, examined)
                         log.info("refused %s: %s", candidate.path, result.refused[candidate.path])
                         continue
                     examined.job_id = self.grouper.job_for(examined.info, examined.sha256, candidate.mtime,

@@ -276,14 +276,13 @@ class Remote:
         groups = [rows] + ([[r for r in rows if r is not left_out] for left_out in rows] if len(rows) > 2 else [])
         for group in groups:
             try:
-                with conn.transaction():  # a savepoint; SET CONSTRAINTS is undone with it if it fails
+                with conn.transaction():  # a savepoint: its rollback also undoes the SET CONSTRAINTS
                     conn.execute("SET CONSTRAINTS ALL DEFERRED")
                     done = [r[0] for r in conn.execute(statement, (json_array(group),)).fetchall()]
                     conn.execute("SET CONSTRAINTS ALL IMMEDIATE")  # the group's checks, now
             except psycopg.Error as exc:
                 if isinstance(exc, psycopg.OperationalError) or not is_permanent(exc):
                     raise
-                conn.execute("SET CONSTRAINTS ALL IMMEDIATE")  # (the savepoint's rollback restores it; to be sure)
                 continue
             taken = {id(row) for row in group}
             return done, [(row, error) for row, error in refused if id(row) not in taken]
