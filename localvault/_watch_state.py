@@ -25,8 +25,12 @@ class WatchReport(ImportReport):
     duplicates_total: int = 0
     refused_forgotten: int = 0  # refusals dropped from ``refused`` to keep it short, still counted
 
+    @property
+    def refused_total(self) -> int:
+        return len(self.refused) + self.refused_forgotten
+
     def summary(self) -> str:
-        return summary_line(self.imported_total, self.duplicates_total, len(self.refused) + self.refused_forgotten)
+        return summary_line(self.imported_total, self.duplicates_total, self.refused_total)
 
     def merge(self, other: ImportReport) -> None:
         super().merge(other)

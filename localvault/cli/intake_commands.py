@@ -124,8 +124,8 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | N
         if quiet:
             return
         if as_json:
-            output.print_json_line({"event": event.kind, "path": event.path, "at": event.at,
-                                    "asset_id": event.asset_id, "job_id": event.job_id, "message": event.message})
+            output.print_json({"event": event.kind, "path": event.path, "at": event.at,
+                                    "asset_id": event.asset_id, "job_id": event.job_id, "message": event.message}, line=True)
         elif event.kind == "imported":
             output.console.print(f"imported {event.path} → {event.asset_id}", highlight=False)
         elif event.kind == "duplicate":
@@ -137,10 +137,10 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | N
 
     def summarize(report: WatchReport) -> None:
         if as_json:
-            output.print_json_line({"summary": {"imported": report.imported_total,
+            output.print_json({"summary": {"imported": report.imported_total,
                                                 "duplicates": report.duplicates_total,
-                                                "refused": len(report.refused) + report.refused_forgotten,
-                                                "refusals": report.refused}})
+                                                "refused": report.refused_total,
+                                                "refusals": report.refused}}, line=True)
         else:
             _print_summary(report, verb="watch")
 

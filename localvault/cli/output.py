@@ -46,14 +46,11 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-def print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(to_jsonable(value), ensure_ascii=False, indent=2, default=str) + "\n")
-
-
-def print_json_line(value: Any) -> None:
-    """One compact JSON object on one line of stdout, flushed (JSON Lines, for a stream of events)."""
-    sys.stdout.write(json.dumps(to_jsonable(value), ensure_ascii=False, default=str) + "\n")
-    sys.stdout.flush()
+def print_json(value: Any, *, line: bool = False) -> None:
+    """``value`` as JSON on stdout; ``line``: compact on one line and flushed (JSON Lines, for a stream of events)."""
+    sys.stdout.write(json.dumps(to_jsonable(value), ensure_ascii=False, indent=None if line else 2, default=str) + "\n")
+    if line:
+        sys.stdout.flush()
 
 
 def error(message: str) -> None:
