@@ -12,17 +12,14 @@ import os
 from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from . import media, models
 from ._disk import stream_digest
 from ._intake import Candidate, group_key
 from .errors import StorageError
 from .files import WORKSPACE_BUCKET, FileStore, SourceReadError, StagedFile
+from .ingest import PLACEHOLDERS
 from .models import GenerationInfo
-
-#: What a file lacking metadata (and options) gets.
-PLACEHOLDERS: dict[str, Any] = {"seed": 0, "prompt": "", "model": "unknown"}
 
 
 @dataclass

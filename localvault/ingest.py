@@ -61,6 +61,8 @@ def prepare(
 
 #: The model of a file that names none.
 UNKNOWN_MODEL = "unknown"
+#: What a file lacking metadata (and arguments or options) gets: seed, prompt and model.
+PLACEHOLDERS: dict[str, Any] = {"seed": 0, "prompt": "", "model": UNKNOWN_MODEL}
 
 
 class GenerationValues(NamedTuple):
@@ -79,9 +81,9 @@ def generation_values(source: str | os.PathLike[str], info: GenerationInfo | Non
     if info is None:
         info = embedded_info(source) if None in (seed, prompt, model, settings) else GenerationInfo()
     return GenerationValues(
-        models.check_seed(seed if seed is not None else info.seed if info.seed is not None else 0),
-        models.check_prompt(prompt if prompt is not None else info.prompt or ""),
-        models.check_model(model if model is not None else info.model or UNKNOWN_MODEL) or UNKNOWN_MODEL,
+        models.check_seed(seed if seed is not None else info.seed if info.seed is not None else PLACEHOLDERS["seed"]),
+        models.check_prompt(prompt if prompt is not None else info.prompt or PLACEHOLDERS["prompt"]),
+        models.check_model(model if model is not None else info.model or PLACEHOLDERS["model"]) or PLACEHOLDERS["model"],
         models.settings_json(settings if settings is not None else info.stored_settings()),
     )
 
