@@ -362,6 +362,7 @@ class Workspace:
                          progress: ProgressCallback | None) -> tuple[bool, int]:
         removed = 0
         complete = True
+        settled_to = 0  # queued entries looked at (a file that cannot go is left to the final drain)
         while True:
             batch_size = CLEANUP_BATCH if max_assets is None else min(CLEANUP_BATCH, max_assets - removed)
             if batch_size <= 0:
@@ -371,7 +372,7 @@ class Workspace:
             with self._db.write() as conn:
                 # The files of the previous batch (queued, committed) go in this
                 # transaction: one commit, so one fsync, per batch.
-                pending.settle(conn, self._files, CLEANUP_BATCH, io_map)
+                settled_to = pending.settle(conn, self._files, CLEANUP_BATCH, io_map, settled_to)
                 doomed = conn.execute(
                     "DELETE FROM workspace_assets WHERE id IN (SELECT id FROM workspace_assets WHERE expires_at <= ?"
                     " LIMIT ?) RETURNING temp_storage_path",
