@@ -229,6 +229,71 @@ def test_a_damaged_file_is_never_stored_under_its_rows_checksum(vault: Vault, re
         assert stored.read() == good
 
 
+@pytest.mark.parametrize("way", ["s3 put", "s3 stream", "file"])
+def test_a_local_file_the_disk_cannot_read_is_not_called_offline(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                                tmp_path: Path, monkeypatch: Any, way: str) -> None:
+    """A read error of the vault's own disk (here EISDIR: the file's path is now a folder) used to be retried as a
+    lost connection and then reported as "offline" (exit 10): the user was told to wait for a network."""
+    monkeypatch.setattr("localvault.sync.engine.RETRY_DELAYS", (0.01,))
+    if way == "s3 stream":
+        monkeypatch.setattr(bucket, "SINGLE_PUT_BYTES", 0)
+    elif way == "file":
+        remote = Remote(remote.database_url, (tmp_path / "bucket").as_uri())
+    asset = vault.library.add(_image(tmp_path, 1), title="x")
+    path = Path(vault.library.file_path(asset))
+    path.unlink()
+    path.mkdir()
+
+    with pytest.raises(SyncError, match=f"cannot read {path} .*disk may be failing") as caught:
+        vault.sync(remote)
+
+    assert caught.value.exit_code == 11  # not OfflineError's 10
+    assert Bucket(remote.bucket_url, remote.storage_options).listing(vault.user_id) == {}
+    assert status(vault, remote).pending_changes == 1
+    if way == "s3 stream":
+        assert "Uploads" not in _s3(s3_bucket).list_multipart_uploads(Bucket=s3_bucket.name)
+
+
+def test_a_big_file_unreadable_halfway_leaves_no_object_and_no_upload(vault: Vault, remote: Remote,
+                                                                      s3_bucket: Any, tmp_path: Path,
+                                                                      monkeypatch: Any) -> None:
+    """A read error after the first part was sent: the multipart upload is aborted, never completed with
+    the part that was read. (EIO halfway through a file cannot be caused on a healthy disk: injected.)"""
+    monkeypatch.setattr(bucket, "SINGLE_PUT_BYTES", 0)
+    monkeypatch.setattr(bucket, "STREAM_BLOCK", 100)
+    asset = vault.library.add(_image(tmp_path, 1), title="x")
+    path = Path(vault.library.file_path(asset))
+
+    class FailingHalfway:
+        def __init__(self) -> None:
+            self._file = path.open("rb")
+            self._reads = 0
+
+        def read(self, size: int) -> bytes:
+            self._reads += 1
+            if self._reads == 2:
+                raise OSError(5, "Input/output error")
+            return self._file.read(size)
+
+        def __enter__(self) -> FailingHalfway:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self._file.close()
+
+    monkeypatch.setattr(bucket, "open", lambda *args: FailingHalfway(), raising=False)
+    with pytest.raises(SyncError, match="cannot read .*Input/output error"):
+        vault.sync(remote)
+
+    assert "Contents" not in _s3(s3_bucket).list_objects_v2(Bucket=s3_bucket.name)
+    assert "Uploads" not in _s3(s3_bucket).list_multipart_uploads(Bucket=s3_bucket.name)
+    assert status(vault, remote).pending_changes == 1
+    monkeypatch.undo()
+    vault.sync(remote)
+    body = _s3(s3_bucket).get_object(Bucket=s3_bucket.name, Key=asset.storage_path)["Body"].read()
+    assert body == path.read_bytes()
+
+
 @pytest.mark.parametrize("pending", [2, 60], ids=["head", "listing"])
 def test_an_object_of_the_right_size_but_other_bytes_is_replaced(vault: Vault, remote: Remote, s3_bucket: Any,
                                                                  tmp_path: Path, pending: int) -> None:

@@ -19,6 +19,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,11 +184,13 @@ class Bucket:
 
         The bytes sent are hashed first: a file that no longer matches its
         row's sha256 (damaged or changed on disk) is refused, never stored
-        under a checksum it does not have.
+        under a checksum it does not have. A local file that cannot be read
+        is a :class:`SyncError` naming it, not a network error to retry.
         """
         path = self.path(key)
         if self.is_s3 and size <= SINGLE_PUT_BYTES:
-            data = local.read_bytes()
+            with _reading(local):
+                data = local.read_bytes()
             if len(data) != size:
                 raise SyncError(f"{local} changed size while syncing; run 'localvault verify'")
             _check_sha256(local, hashlib.sha256(data).hexdigest(), sha256)
@@ -197,17 +200,11 @@ class Bucket:
             if _plain_md5(answer.get("ETag")) == hashlib.md5(data, usedforsecurity=False).hexdigest():
                 return
         elif self.is_s3:
-            digest = hashlib.sha256()
-            with open(local, "rb") as reader, self.fs.open(path, "wb", block_size=STREAM_BLOCK, ContentType=content_type,
-                                                         Metadata={"sha256": sha256}) as writer:
-                while chunk := reader.read(STREAM_BLOCK):
-                    digest.update(chunk)
-                    writer.write(chunk)
-            if digest.hexdigest() != sha256:
-                self.delete([key])  # what was sent is not the asset's bytes
-                _check_sha256(local, digest.hexdigest(), sha256)
+            self._upload_in_parts(local, path, sha256, size, content_type)
         else:
-            _check_sha256(local, file_digest(local), sha256)
+            with _reading(local):
+                digest = file_digest(local)
+            _check_sha256(local, digest, sha256)
             parent = os.path.dirname(path)
             if parent:
                 self.fs.makedirs(parent, exist_ok=True)
@@ -215,6 +212,39 @@ class Bucket:
         found = self.head(key)
         if found is None or found.size != size or (found.sha256 is not None and found.sha256 != sha256):
             raise SyncError(f"the bucket holds a different {key} than was sent; it will be sent again")
+
+    def _upload_in_parts(self, local: Path, path: str, sha256: str, size: int, content_type: str) -> None:
+        """A multipart upload, completed only once every byte read has matched the row's size and sha256.
+
+        Anything else (the file damaged, a read or network error, an
+        interrupt) aborts it, so the store never completes an object from part
+        of a file, nor from bytes other than the asset's.
+        """
+        bucket, name = path.split("/", 1)
+        started = self.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=name, ContentType=content_type,
+                                  Metadata={"sha256": sha256})
+        upload = {"Bucket": bucket, "Key": name, "UploadId": started["UploadId"]}
+        try:
+            digest, sent = hashlib.sha256(), 0
+            parts: list[dict[str, Any]] = []
+            for number, chunk in enumerate(_chunks(local), start=1):
+                digest.update(chunk)
+                sent += len(chunk)
+                answer = self.fs.call_s3("upload_part", PartNumber=number, Body=chunk, **upload)
+                etag = _plain_md5(answer.get("ETag"))
+                if etag is not None and etag != hashlib.md5(chunk, usedforsecurity=False).hexdigest():
+                    raise SyncError(f"the bucket received part {number} of {name} damaged; it will be sent again")
+                parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+            if sent != size:
+                raise SyncError(f"{local} changed size while syncing; run 'localvault verify'")
+            _check_sha256(local, digest.hexdigest(), sha256)
+            self.fs.call_s3("complete_multipart_upload", MultipartUpload={"Parts": parts}, **upload)
+        except BaseException:
+            try:
+                self.fs.call_s3("abort_multipart_upload", **upload)
+            except Exception:  # the store unreachable now: parts left behind never become an object
+                pass
+            raise
 
     def delete(self, keys: list[str]) -> None:
         """Remove objects; keys already gone are fine."""
@@ -236,6 +266,31 @@ def _plain_md5(etag: object) -> str | None:
     """An ETag that is the MD5 of the object's bytes (single-part upload), else None."""
     text = str(etag or "").strip('"').lower()
     return text if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else None
+
+
+@contextmanager
+def _reading(local: Path) -> Iterator[None]:
+    """A local file that cannot be read is the vault's problem, not the network's: a SyncError at once.
+
+    Without this, an ``OSError`` such as EIO from a failing disk would be
+    retried as a lost connection and then reported as "offline". A file gone
+    stays ``FileNotFoundError`` (the engine tells a deleted row from a lost file).
+    """
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        what = "check its permissions" if isinstance(exc, PermissionError) else \
+            "the disk may be failing: run 'localvault verify' and check the disk"
+        raise SyncError(f"cannot read {local} ({exc.strerror or exc}); {what}") from None
+
+
+def _chunks(local: Path) -> Iterator[bytes]:
+    """The file's bytes, STREAM_BLOCK at a time; only its own reads are checked by :func:`_reading`."""
+    with _reading(local), open(local, "rb") as reader:
+        while chunk := reader.read(STREAM_BLOCK):
+            yield chunk
 
 
 def _check_sha256(local: Path, actual: str, expected: str) -> None:
