@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -292,6 +293,34 @@ def test_a_big_file_unreadable_halfway_leaves_no_object_and_no_upload(vault: Vau
     vault.sync(remote)
     body = _s3(s3_bucket).get_object(Bucket=s3_bucket.name, Key=asset.storage_path)["Body"].read()
     assert body == path.read_bytes()
+
+
+def test_big_files_go_up_a_few_at_a_time(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path,
+                                         monkeypatch: Any) -> None:
+    """Each multipart upload holds a 16 MiB part in memory: 16 upload threads must not all hold one."""
+    monkeypatch.setattr(bucket, "SINGLE_PUT_BYTES", 0)
+    monkeypatch.setattr(bucket, "BIG_UPLOADS", 3)
+    real_chunks = bucket._chunks
+    under_way: list[int] = [0, 0]  # now, most
+    lock = threading.Lock()
+
+    def counted(local: Path) -> Any:
+        with lock:
+            under_way[0] += 1
+            under_way[1] = max(under_way)
+        try:
+            time.sleep(0.05)
+            yield from real_chunks(local)
+        finally:
+            with lock:
+                under_way[0] -= 1
+
+    monkeypatch.setattr(bucket, "_chunks", counted)
+    for n in range(10):
+        vault.library.add(_image(tmp_path, n), title=f"t{n}")
+    assert vault.sync(remote).files_uploaded == 10
+    assert under_way[1] == 3
+    assert len(_s3(s3_bucket).list_objects_v2(Bucket=s3_bucket.name)["Contents"]) == 10
 
 
 @pytest.mark.parametrize("pending", [2, 60], ids=["head", "listing"])

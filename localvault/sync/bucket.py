@@ -33,6 +33,8 @@ from ..errors import OfflineError, SyncError, first_line
 #: Files up to this size are sent in one PUT from memory; larger ones stream.
 SINGLE_PUT_BYTES = 8 * 1024 * 1024
 STREAM_BLOCK = 16 * 1024 * 1024
+#: Multipart uploads at once per bucket (each holds a STREAM_BLOCK in memory; 16 at once would hold 256 MiB).
+BIG_UPLOADS = 4
 #: Keys per page of an S3 listing (the API's maximum).
 LIST_PAGE_KEYS = 1000
 #: Pooled S3 connections (at least the engine's upload threads).
@@ -92,6 +94,7 @@ class Bucket:
         self.protocol = protocol
         self.is_s3 = protocol in ("s3", "s3a")
         self.is_local = protocol in ("file", "local")
+        self._big_uploads = threading.BoundedSemaphore(BIG_UPLOADS)
 
     def path(self, key: str) -> str:
         return f"{self.root}/{key}"
@@ -200,7 +203,8 @@ class Bucket:
             if _plain_md5(answer.get("ETag")) == hashlib.md5(data, usedforsecurity=False).hexdigest():
                 return
         elif self.is_s3:
-            self._upload_in_parts(local, path, sha256, size, content_type)
+            with self._big_uploads:
+                self._upload_in_parts(local, path, sha256, size, content_type)
         else:
             with _reading(local):
                 digest = file_digest(local)
