@@ -180,22 +180,24 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (``BEGIN IMMEDIATE``): commits on success, rolls back on error."""
+        """One write transaction (``BEGIN IMMEDIATE``): commits on success, rolls back on error.
+
+        BEGIN runs inside the rollback's reach: a Ctrl-C that lands just after
+        it must not leave the transaction (and the vault's write lock) open.
+        """
         conn = self.conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise _storage_error(exc, self.path) from None
-        try:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise _storage_error(exc, self.path) from None
             yield conn
-        except sqlite3.OperationalError as exc:
-            # A read-only vault, a full disk, a lock lost mid-transaction: a LocalVaultError, not a raw sqlite3 one.
+        except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise _storage_error(exc, self.path) from exc
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):
+                # A read-only vault, a full disk, a lock lost mid-transaction: a LocalVaultError, not a raw sqlite3 one.
+                raise _storage_error(exc, self.path) from exc
             raise
         try:
             conn.execute("COMMIT")
@@ -204,12 +206,25 @@ class Database:
                 conn.execute("ROLLBACK")
             raise _storage_error(exc, self.path) from None
 
+    def has_row(self, table: str, row_id: str) -> bool:
+        """Whether ``table`` holds the committed row ``row_id``: asked after an error, before removing its file.
+
+        A Ctrl-C that lands while COMMIT runs is raised just after it, so an
+        error does not mean the row was not committed. When the database
+        cannot tell, True: a file without a row is repaired by ``verify
+        --repair``, a row without its file is lost.
+        """
+        try:
+            return self.conn.execute(f"SELECT 1 FROM {table} WHERE id = ?", (row_id,)).fetchone() is not None
+        except sqlite3.Error:
+            return True
+
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: every query inside sees one snapshot."""
         conn = self.conn
-        conn.execute("BEGIN")
         try:
+            conn.execute("BEGIN")
             yield conn
         finally:
             if conn.in_transaction:

@@ -91,7 +91,7 @@ class Library:
                      workspace_asset_id),
                 )
         except BaseException:
-            if linked is not None:
+            if linked is not None and not self._db.has_row("user_library", asset_id):  # committed: keep its file
                 self._files.remove(LIBRARY_BUCKET, linked)
             raise
         return self.get(asset_id)
@@ -139,6 +139,8 @@ class Library:
                      prepared.staged.sha256, *fields, collection_id),
                 )
         except BaseException:
+            if self._db.has_row("user_library", asset_id):  # a Ctrl-C during COMMIT, raised after it
+                raise
             if committed:
                 self._files.remove(LIBRARY_BUCKET, relative)
             else:

@@ -103,6 +103,7 @@ class Workspace:
 
     def _record(self, prepared: Prepared, job: str, index: int | None, values: GenerationValues) -> WorkspaceAsset:
         committed_path: str | None = None
+        asset_id = str(uuid.uuid4())
         try:
             with self._db.write() as conn:
                 # The index first, counting expired rows too: the new file must never land on the path of
@@ -129,7 +130,6 @@ class Workspace:
                 relative = f"{self.user_id}/{job}/{index}.{prepared.extension}"
                 self._files.commit(prepared.staged, relative)
                 committed_path = relative
-                asset_id = str(uuid.uuid4())
                 facts = prepared.facts
                 conn.execute(
                     _INSERT,
@@ -140,6 +140,8 @@ class Workspace:
                 )
                 row = conn.execute(f"SELECT {rows.WORKSPACE_COLUMNS} FROM workspace_assets WHERE id = ?", (asset_id,)).fetchone()
         except BaseException:
+            if self._db.has_row("workspace_assets", asset_id):  # a Ctrl-C during COMMIT, raised after it
+                raise
             if committed_path is not None:
                 self._files.remove(WORKSPACE_BUCKET, committed_path)
             else:
@@ -251,6 +253,9 @@ class Workspace:
                     self._files.sync_dirs(WORKSPACE_BUCKET, {user, *folders})
                 conn.executemany(_INSERT, values)
         except BaseException:
+            first = next((result[0] for result in out if result is not None), None)
+            if first is not None and self._db.has_row("workspace_assets", first):  # a Ctrl-C during COMMIT
+                raise
             for _staged, relative in moves:
                 self._files.remove(WORKSPACE_BUCKET, relative)
             for entry in entries:

@@ -1,0 +1,93 @@
+"""Ctrl-C at the edges of a transaction.
+
+Python raises a KeyboardInterrupt for a SIGINT only between bytecodes: one
+that arrives while SQLite runs COMMIT (its fsync is the slowest step, so the
+likeliest moment) is raised just after COMMIT returned, and one that arrives
+during BEGIN just after it. The exact moment cannot be hit with a real signal
+on demand, so the connection is wrapped to raise it there.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import USER_A, write_media
+
+from localvault import Vault
+
+
+class InterruptAfter:
+    """The vault's connection, raising KeyboardInterrupt right after the next ``statement`` ran."""
+
+    def __init__(self, conn: sqlite3.Connection, statement: str) -> None:
+        self._conn = conn
+        self._statement = statement
+        self.fired = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        result = self._conn.execute(sql, *args)
+        if sql == self._statement and not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+        return result
+
+
+def interrupted(vault: Vault, statement: str, action: Callable[[], object]) -> None:
+    """Run ``action`` with a Ctrl-C landing right after ``statement``; the vault's own connection after."""
+    real = vault.db.conn
+    proxy = InterruptAfter(real, statement)
+    vault.db.conn = proxy  # type: ignore[assignment]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            action()
+    finally:
+        vault.db.conn = real
+    assert proxy.fired
+
+
+def rows_and_files(vault: Vault) -> list[tuple[str, bool]]:
+    """(table, whether its file exists) of every row of both tables."""
+    found = [("workspace_assets", Path(vault.workspace.file_path(a)).is_file()) for a in vault.workspace.list().items]
+    found += [("user_library", Path(vault.library.file_path(a)).is_file()) for a in vault.library.list().items]
+    return found
+
+
+def test_a_ctrl_c_during_commit_keeps_the_committed_rows_file(vault: Vault, make_image: Callable[..., Path]) -> None:
+    """Before: the add's error path removed the file of the row COMMIT had just made durable."""
+    interrupted(vault, "COMMIT", lambda: vault.workspace.add(make_image(seed=1), seed=1, model="m"))
+    assert rows_and_files(vault) == [("workspace_assets", True)]
+
+    kept = vault.workspace.list().items[0]
+    interrupted(vault, "COMMIT", lambda: vault.library.save(kept.id, title="kept"))
+    interrupted(vault, "COMMIT", lambda: vault.library.add(make_image(seed=2), title="added"))
+    assert sorted(rows_and_files(vault)) == [("user_library", True), ("user_library", True),
+                                             ("workspace_assets", True)]
+    assert vault.verify(check_hashes=True).clean
+
+
+def test_a_ctrl_c_during_an_import_batchs_commit_keeps_its_files(vault: Vault, tmp_path: Path) -> None:
+    folder = tmp_path / "rig"
+    for seed in range(3):
+        write_media(folder, seed=seed)
+    interrupted(vault, "COMMIT", lambda: vault.workspace.import_folder(folder, workers=1))
+    assert rows_and_files(vault) == [("workspace_assets", True)] * 3
+    assert vault.verify(check_hashes=True).clean
+
+
+def test_a_ctrl_c_during_begin_leaves_no_transaction_open(vault: Vault, tmp_path: Path) -> None:
+    """Before: the transaction stayed open, every later write of this vault failed and other processes
+    waited for its lock until their busy timeout."""
+    interrupted(vault, "BEGIN IMMEDIATE", lambda: vault.collections.create("first"))
+    assert not vault.db.conn.in_transaction
+    vault.collections.create("second")  # this vault writes on
+    with Vault.open(vault.root, user_id=USER_A) as other:  # and the lock is free for another connection
+        other.db.conn.execute("PRAGMA busy_timeout = 0")
+        other.collections.create("third")
+    assert [c.name for c in vault.collections.list()] == ["second", "third"]
