@@ -38,8 +38,13 @@ def utc_now() -> str:
 
 
 def format_time(moment: datetime) -> str:
+    """``moment`` as the vault's timestamp text (UTC, milliseconds), which sorts as the moments do.
+
+    OverflowError for a moment that has no UTC time in ``datetime``'s range.
+    """
     moment = moment.astimezone(timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # The year always has 4 digits: glibc's %Y writes "900", which sorts after "2026".
+    return f"{moment.year:04d}-" + moment.strftime("%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def utc_in(delta: timedelta) -> str:

@@ -331,7 +331,10 @@ class Workspace:
         asset_id = models.check_uuid(asset_id, "workspace asset id")
         if when is not None and not isinstance(when, datetime):
             raise InvalidInputError(f"when must be a datetime, not {when!r}")
-        moment = format_time(when) if when is not None else utc_now()
+        try:
+            moment = format_time(when) if when is not None else utc_now()
+        except OverflowError:  # datetime.max in a zone west of UTC
+            raise InvalidInputError(f"when {when!r} is out of range; give a date between the years 1 and 9999") from None
         with self._db.write() as conn:
             created = conn.execute(
                 "SELECT created_at FROM workspace_assets WHERE id = ? AND user_id = ?", (asset_id, self.user_id)

@@ -543,6 +543,24 @@ def test_expire_future_keeps_asset(vault: Vault, make_image):
     assert vault.workspace.get(asset.id).expires_at > datetime.now(timezone.utc) + timedelta(days=29)
 
 
+def test_expire_to_a_year_before_1000_expires_it(vault: Vault, make_image):
+    """A typo such as 205 for 2025: the year used to be stored as "205-…", which sorts after "2026-…", so the
+    asset never expired and reading it back raised a raw pydantic error."""
+    asset = vault.workspace.add(make_image(seed=1))
+    vault.workspace.expire(asset.id, datetime(205, 1, 1, tzinfo=timezone.utc))
+    assert vault.workspace.get(asset.id).expires_at <= datetime.now(timezone.utc)
+    assert vault.cleanup().assets_removed == 1
+
+
+def test_expire_to_a_moment_without_a_utc_date_is_refused(vault: Vault, make_image):
+    asset = vault.workspace.add(make_image(seed=1))
+    before = vault.workspace.get(asset.id).expires_at
+    west = timezone(-timedelta(hours=5))
+    with pytest.raises(InvalidInputError, match="out of range"):
+        vault.workspace.expire(asset.id, datetime.max.replace(tzinfo=west))
+    assert vault.workspace.get(asset.id).expires_at == before
+
+
 def _set_last_cleanup(root: Path, moment: datetime) -> None:
     conn = raw_connection(root)
     conn.execute("INSERT OR REPLACE INTO vault_meta (key, value) VALUES ('last_cleanup', ?)", (format_time(moment),))
