@@ -59,6 +59,23 @@ class SourceReadError(StorageError):
     """The file being copied in could not be read: its side's fault, not the vault's."""
 
 
+def _create_temp(directory: str, temp: str) -> int:
+    """Create and open the new file ``temp`` in ``directory``, making the folder on first use only (mkdir is
+    not free). Another process may remove the folder, then empty, in between (a discard or a prune of a
+    job's folder): it is made again."""
+    for attempt in range(5):
+        try:
+            return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            if attempt == 4:
+                raise
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except FileNotFoundError:  # a parent removed while the folders were being made
+            pass
+    raise AssertionError("unreachable")
+
+
 def _open_source(source: Path) -> BinaryIO:
     try:
         return open(source, "rb")
@@ -107,10 +124,11 @@ class FileStore:
         digest = hashlib.sha256()
         size = 0
         try:
-            self.fs.makedirs(directory, exist_ok=True)
+            if not self.local:
+                self.fs.makedirs(directory, exist_ok=True)
             with _open_source(source) as reader:
                 if self.local:
-                    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                    fd = _create_temp(directory, temp)
                     try:
                         while chunk := _read_source(reader, source):
                             digest.update(chunk)
@@ -182,14 +200,7 @@ class FileStore:
         temp = f"{directory}/{TEMP_PREFIX}{name or uuid.uuid4().hex}"
         try:
             if self.local:
-                for attempt in range(3):  # the folder is made on first use only (mkdir is not free)
-                    try:
-                        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                        break
-                    except FileNotFoundError:  # (or an empty folder was just removed by a discard)
-                        if attempt == 2:
-                            raise
-                        os.makedirs(directory, exist_ok=True)
+                fd = _create_temp(directory, temp)
                 try:
                     write_all(fd, data)
                     if sync:

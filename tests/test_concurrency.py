@@ -230,3 +230,29 @@ def test_reader_latency_during_large_cleanup(tmp_path: Path, make_image):
     assert worst < 1.0
     reader.close()
     vault.close()
+
+
+def test_a_job_folder_pruned_by_another_process_meanwhile_is_made_again(tmp_path: Path, monkeypatch: object) -> None:
+    """Another process's rm or cleanup removes a job's folder the moment it is empty; an add into that job in
+    between used to fail with "cannot write …/.tmp-…: No such file or directory" (4-7 in 12,000 adds of two
+    processes sharing a job). The exact moment is hit by removing the folder right after it is made."""
+    import pytest
+    from conftest import write_media
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    vault = Vault.create(tmp_path / "vault", user_id=USER_A)
+    job = str(uuid.uuid4())
+    job_folder = os.path.join(vault.files.full_path(WORKSPACE_BUCKET, USER_A), job)
+    real_makedirs = os.makedirs
+    pruned: list[str] = []
+
+    def then_pruned(name: str, *args: object, **kwargs: object) -> None:
+        real_makedirs(name, *args, **kwargs)  # type: ignore[arg-type]
+        if os.path.normpath(name) == os.path.normpath(job_folder) and not pruned:
+            os.rmdir(name)  # the other process's prune of the (empty) job folder
+            pruned.append(name)
+
+    monkeypatch.setattr(os, "makedirs", then_pruned)
+    asset = vault.workspace.add(write_media(tmp_path / "src", seed=1), job_id=job)
+    assert pruned and asset.job_id == job and os.path.isfile(vault.workspace.file_path(asset))
+    vault.close()
