@@ -157,14 +157,12 @@ def check_tags(values: Any) -> list[str]:
     """Validate tags; strip them, drop repeats, keep the order given."""
     if isinstance(values, str) or not hasattr(values, "__iter__"):
         raise InvalidInputError("tags must be a list of strings")
-    out: list[str] = []
+    out: dict[str, None] = {}  # ordered, and a set's lookups: a list's made 200,000 tags take minutes
     for value in values:
-        tag = check_tag(value)
-        if tag not in out:
-            out.append(tag)
-    if len(out) > MAX_TAGS:
-        raise InvalidInputError(f"{len(out)} tags given; at most {MAX_TAGS} are allowed")
-    return out
+        out[check_tag(value)] = None
+        if len(out) > MAX_TAGS:  # stop here: the rest of a huge list is never read
+            raise InvalidInputError(f"more than {MAX_TAGS} tags given; at most {MAX_TAGS} are allowed")
+    return list(out)
 
 
 def check_settings(value: Any) -> dict[str, Any]:

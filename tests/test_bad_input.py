@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -365,6 +365,22 @@ def test_file_over_1_gib_is_refused_without_reading_it(ctx: Ctx, monkeypatch):
         ctx.vault.workspace.add(big)
     assert sum(read_bytes) < 1024 * 1024
     big.unlink()
+
+
+def test_a_huge_tag_list_is_refused_without_reading_it_all(ctx: Ctx):
+    """200,000 tags once took minutes of CPU (a list's lookups) before the count was checked."""
+    read = 0
+
+    def tags() -> Iterator[str]:
+        nonlocal read
+        for n in range(200_000):
+            read += 1
+            yield f"t{n}"
+
+    with pytest.raises(InvalidInputError, match=f"more than {MAX_TAGS} tags"):
+        ctx.vault.library.update(ctx.kept.id, tags=tags())
+    assert read == MAX_TAGS + 1
+    assert ctx.vault.library.get(ctx.kept.id).tags == ctx.kept.tags
 
 
 def test_at_least_thirty_cases():
