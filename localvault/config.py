@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from platformdirs import user_data_dir
 
-from .errors import InvalidInputError, VaultCorruptError
+from .errors import InvalidInputError, StorageError, VaultCorruptError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -222,8 +222,10 @@ class VaultConfig:
             raise VaultCorruptError(f"{path} is missing; recreate it with 'localvault init {folder} --user <id>'") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise VaultCorruptError(f"{path} is not valid TOML ({exc}); fix or recreate it") from None
-        if "user_id" not in data:
-            raise VaultCorruptError(f"{path} has no user_id; add a line user_id = \"<uuid>\"")
+        except OSError as exc:  # a folder in its place, no permission, a disk error
+            raise StorageError(f"cannot read {path}: {exc.strerror or exc}; check it and its permissions") from None
+        if not isinstance(data.get("user_id"), str):
+            raise VaultCorruptError(f"{path} has no user_id text; add a line user_id = \"<uuid>\"")
         remote = data.get("remote")
         if remote is not None and not (isinstance(remote, dict) and isinstance(remote.get("database_url"), str)
                                        and isinstance(remote.get("bucket_url"), str)

@@ -137,6 +137,15 @@ def _broken_vaults(world: dict[str, Any]) -> dict[str, Path]:
     Vault.create(bad_toml, user_id=USER_A).close()
     (bad_toml / "localvault.toml").write_text("user_id = [unclosed\n")
     out["bad_toml"] = bad_toml
+    toml_folder = base / "toml-folder"
+    Vault.create(toml_folder, user_id=USER_A).close()
+    (toml_folder / "localvault.toml").unlink()
+    (toml_folder / "localvault.toml").mkdir()
+    out["toml_folder"] = toml_folder
+    number_user = base / "number-user"
+    Vault.create(number_user, user_id=USER_A).close()
+    (number_user / "localvault.toml").write_text("user_id = 5\n")
+    out["number_user"] = number_user
     foreign = base / "foreign"
     foreign.mkdir(exist_ok=True)
     conn = sqlite3.connect(foreign / "vault.db")
@@ -214,6 +223,10 @@ def _cases(world: dict[str, Any]) -> list[Case]:
         Case("vault from a newer schema version", ["ls"], SCHEMA, ("newer",), vault=v["newer"]),
         Case("newer schema version, even for add", ["add", good], SCHEMA, ("newer",), vault=v["newer"]),
         Case("localvault.toml that is not TOML", ["ls"], CORRUPT, ("TOML",), vault=v["bad_toml"]),
+        Case("localvault.toml that is a folder", ["ls"], STORAGE, ("cannot read", "localvault.toml"),
+             vault=v["toml_folder"]),
+        Case("localvault.toml with a number for user_id", ["ls"], CORRUPT, ("localvault.toml", "user_id"),
+             vault=v["number_user"]),
         Case("vault.db of another program", ["ls"], CORRUPT, ("not a localvault",), vault=v["foreign"]),
         Case("no vault at the path", ["ls"], NOT_FOUND, ("no vault",), vault=v["missing"]),
     ]
