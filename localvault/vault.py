@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 
 from . import models, pending
+from ._disk import unlink_quietly
 from .collections import Collections
 from .config import CONFIG_NAME, RemoteConfig, VaultConfig
 from .db import DB_NAME, Database
 from .errors import DuplicateError, InvalidInputError, LocalVaultError, NotFoundError, StorageError, VaultCorruptError
-from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
+from .files import LIBRARY_BUCKET, TEMP_PREFIX, WORKSPACE_BUCKET, FileStore
 from .library import Library
 from .models import LibraryAsset, WorkspaceAsset
 from .progress import ProgressCallback
@@ -66,16 +67,43 @@ def _holds_files(root: Path) -> bool:
     return False
 
 
+def _cleanup_due(last: str | None) -> bool:
+    """Whether the last cleanup (vault_meta's text) is more than AUTO_CLEANUP_INTERVAL ago; a value that
+    cannot be read counts as none."""
+    try:
+        done = datetime.fromisoformat(last.replace("Z", "+00:00")) if last else None
+    except ValueError:
+        done = None
+    if done is None or done.tzinfo is None:
+        return True
+    return done < datetime.now(timezone.utc) - AUTO_CLEANUP_INTERVAL
+
+
 def _check_adoptable(root: Path) -> None:
     """Refuse a folder holding anything but what a create cut short leaves (empty buckets, its settings)."""
     strangers = sorted(name for name in _entries(root)
-                       if name not in _OWN_NAMES | _SYSTEM_NAMES and not name.startswith(DB_NAME))
+                       if name not in _OWN_NAMES | _SYSTEM_NAMES and not name.startswith(DB_NAME)
+                       and not _is_config_temp(name))
     if strangers:
         listed = ", ".join(strangers[:3]) + (", …" if len(strangers) > 3 else "")
         raise InvalidInputError(f"{root} is not empty ({listed}); give a new or empty folder for the vault")
     if _holds_files(root):
         raise VaultCorruptError(f"{root} holds a vault's files but no {DB_NAME}: restore {DB_NAME} from a backup "
                                 "rather than make a new vault there (it would take the files for orphans)")
+
+
+def _is_config_temp(name: str) -> bool:
+    """A ``localvault.toml`` write cut short (``.tmp-<hex>-localvault.toml``, see atomic_write_bytes)."""
+    return name.startswith(TEMP_PREFIX) and name.endswith(f"-{CONFIG_NAME}")
+
+
+def _empty_database(path: Path) -> bool:
+    """Whether ``vault.db`` is a zero-length file with no write-ahead log: a copy or restore cut short."""
+    try:
+        wal = path.with_name(f"{path.name}-wal")
+        return path.stat().st_size == 0 and (not wal.exists() or wal.stat().st_size == 0)
+    except OSError:
+        return False
 
 
 def _check_creatable(root: Path) -> None:
@@ -157,6 +185,8 @@ class Vault:
         try:
             with _creating(root):  # another create of this folder waits here, then finds the vault
                 _check_creatable(root)
+                for name in filter(_is_config_temp, _entries(root)):
+                    unlink_quietly(root / name)
                 # A create cut short may have left its localvault.toml: its user id stays (nothing else was there).
                 owner = requested or _left_user_id(root) or str(uuid.uuid4())
                 files = FileStore(root, fs)
@@ -185,6 +215,9 @@ class Vault:
                 raise VaultCorruptError(f"{root} holds a vault's files but no {DB_NAME}: restore {DB_NAME} from a "
                                         "backup (a new vault there would take its files for orphans)")
             raise NotFoundError(f"no vault at {root}; create one with 'localvault init {root}'")
+        if _empty_database(root / DB_NAME) and _holds_files(root):  # else it would open as a new, empty vault
+            raise VaultCorruptError(f"{root / DB_NAME} is empty (a copy or restore cut short?) but the vault holds "
+                                    f"files: restore {DB_NAME} from a backup; nothing was changed")
         config = VaultConfig.load(root)
         owner = models.check_uuid(user_id if user_id is not None else config.user_id, "user id")
         db = Database.open(root / DB_NAME, readonly=readonly)
@@ -198,8 +231,7 @@ class Vault:
             pending.drain(self.db, self.files)
         if not auto_cleanup:
             return
-        last = self.db.get_meta("last_cleanup")
-        if last is None or datetime.fromisoformat(last.replace("Z", "+00:00")) < datetime.now(timezone.utc) - AUTO_CLEANUP_INTERVAL:
+        if _cleanup_due(self.db.get_meta("last_cleanup")):
             self.workspace.cleanup(max_assets=AUTO_CLEANUP_BUDGET)
 
     def close(self) -> None:

@@ -100,6 +100,37 @@ def test_create_adopts_what_a_cut_short_create_left_and_a_new_disk_s_folders(tmp
     Vault.create(tmp_path / "mnt").close()
 
 
+def test_init_killed_while_writing_its_settings_can_be_run_again(tmp_path: Path):
+    """Before: 'init' said the folder was not empty (.tmp-…-localvault.toml) and 'ls' said there was no vault."""
+    root = tmp_path / "cut"
+    for bucket in (WORKSPACE_BUCKET, LIBRARY_BUCKET):
+        (root / bucket).mkdir(parents=True)
+    (root / f"{TEMP_PREFIX}0123abcd-localvault.toml").write_text('user_id = "')  # killed before its rename
+    with Vault.create(root, user_id=USER_A) as made:
+        assert made.user_id == USER_A
+    assert sorted(os.listdir(root)) == ["localvault.toml", "user-library", "vault.db", "workspace-temp"]
+
+
+def test_an_empty_vault_db_beside_the_vaults_files_is_refused(tmp_path: Path, make_image):
+    """A vault.db cut to zero bytes (a copy or restore cut short) used to open as a new, empty vault: every file
+    then looked like an orphan, and 'verify --repair' removed them."""
+    with Vault.create(tmp_path / "v", user_id=USER_A) as vault:
+        vault.library.add(make_image(seed=1), title="kept")
+        vault.workspace.add(make_image(seed=2))
+    files_before = bucket_files(tmp_path / "v")
+    (tmp_path / "v" / "vault.db").write_bytes(b"")
+    with pytest.raises(VaultCorruptError, match="is empty .*restore vault.db from a backup"):
+        Vault.open(tmp_path / "v")
+    assert (tmp_path / "v" / "vault.db").stat().st_size == 0 and bucket_files(tmp_path / "v") == files_before
+
+    (tmp_path / "new").mkdir()  # an empty one beside empty buckets: a create cut short, opened as the new vault
+    with Vault.create(tmp_path / "new", user_id=USER_A):
+        pass
+    (tmp_path / "new" / "vault.db").write_bytes(b"")
+    with Vault.open(tmp_path / "new") as reopened:
+        assert reopened.workspace.count() == 0 and reopened.verify().clean
+
+
 _RACING_CREATE = """
 import sys, time
 from localvault import DuplicateError, Vault
@@ -582,6 +613,18 @@ def test_auto_cleanup_on_open_when_last_cleanup_is_old(vault: Vault, make_image)
         assert not path.exists()
         last = datetime.fromisoformat(stale.db.get_meta("last_cleanup").replace("Z", "+00:00"))
         assert last > datetime.now(timezone.utc) - timedelta(minutes=1)
+
+
+def test_a_last_cleanup_that_cannot_be_read_counts_as_none(vault: Vault, make_image):
+    asset = vault.workspace.add(make_image(seed=1))
+    vault.workspace.expire(asset.id)
+    root = vault.root
+    vault.close()
+    conn = raw_connection(root)
+    conn.execute("INSERT OR REPLACE INTO vault_meta (key, value) VALUES ('last_cleanup', 'yesterday-ish')")
+    conn.close()
+    with Vault.open(root) as reopened:  # before: a raw ValueError on every open
+        assert reopened.workspace.count() == 0
 
 
 # ------------------------------------------------------------- isolation
