@@ -40,12 +40,14 @@ def still_used(conn: sqlite3.Connection, bucket: str, path: str) -> bool:
 
 
 def settle(conn: sqlite3.Connection, files: FileStore, limit: int = BATCH,
-           io_map: Callable[..., Iterator[Any]] = map, after_id: int = 0) -> int:
+           io_map: Callable[..., Iterator[Any]] = map, after_id: int = 0) -> tuple[int, int]:
     """Inside an open write transaction: remove up to ``limit`` queued files after entry ``after_id``.
 
-    Returns the last entry id looked at: given back as ``after_id``, the next
-    call goes on past files that could not be removed (they stay queued for
-    :func:`drain`) instead of trying them, and warning, again.
+    Returns how many entries were settled (the file removed, found gone, or
+    its path taken by a newer row) and the last entry id looked at: given
+    back as ``after_id``, the next call goes on past files that could not be
+    removed (they stay queued for :func:`drain`) instead of trying them, and
+    warning, again.
 
     The entries were committed by an earlier transaction, so a crash here only
     means the next drain removes them again (removal is idempotent). Files
@@ -54,7 +56,8 @@ def settle(conn: sqlite3.Connection, files: FileStore, limit: int = BATCH,
     ``io_map`` may be a thread pool's ``map``: removals then overlap, one job
     folder per task (unlinking waits on the disk here far more than it works).
     """
-    return _settle(conn, files, limit, io_map, after_id)[2]
+    settled, _seen, last_id = _settle(conn, files, limit, io_map, after_id)
+    return settled, last_id
 
 
 def _settle(conn: sqlite3.Connection, files: FileStore, limit: int, io_map: Callable[..., Iterator[Any]],

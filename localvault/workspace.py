@@ -56,7 +56,8 @@ class CleanupReport:
     """What :meth:`Workspace.cleanup` removed."""
 
     assets_removed: int
-    #: Their files, deleted or found already gone.
+    #: Queued files settled: deleted, found already gone, or their path taken by a newer asset. Files that
+    #: could not be removed (a warning says why) stay queued for a later cleanup and are not counted.
     files_removed: int
     complete: bool
 
@@ -359,16 +360,17 @@ class Workspace:
             total = min(total, max_assets)
         report(progress, "cleanup", total=total)
         with ThreadPoolExecutor(CLEANUP_THREADS, thread_name_prefix="localvault-cleanup") as pool:
-            complete, removed = self._cleanup_batches(now, total, max_assets, pool.map, progress)
-            pending.drain(self._db, self._files, pool.map)
+            complete, removed, files_removed = self._cleanup_batches(now, total, max_assets, pool.map, progress)
+            files_removed += pending.drain(self._db, self._files, pool.map)
         if complete:
             with self._db.write() as conn:
                 self._db.set_meta(conn, "last_cleanup", now)
-        return CleanupReport(assets_removed=removed, files_removed=removed, complete=complete)
+        return CleanupReport(assets_removed=removed, files_removed=files_removed, complete=complete)
 
     def _cleanup_batches(self, now: str, total: int, max_assets: int | None, io_map: Callable[..., Iterator[Any]],
-                         progress: ProgressCallback | None) -> tuple[bool, int]:
-        removed = 0
+                         progress: ProgressCallback | None) -> tuple[bool, int, int]:
+        """(whether no expired asset is left, assets removed, queued files settled)."""
+        removed = files_removed = 0
         complete = True
         settled_to = 0  # queued entries looked at (a file that cannot go is left to the final drain)
         while True:
@@ -380,7 +382,7 @@ class Workspace:
             with self._db.write() as conn:
                 # The files of the previous batch (queued, committed) go in this
                 # transaction: one commit, so one fsync, per batch.
-                settled_to = pending.settle(conn, self._files, CLEANUP_BATCH, io_map, settled_to)
+                settled, settled_to = pending.settle(conn, self._files, CLEANUP_BATCH, io_map, settled_to)
                 doomed = conn.execute(
                     "DELETE FROM workspace_assets WHERE id IN (SELECT id FROM workspace_assets WHERE expires_at <= ?"
                     " LIMIT ?) RETURNING temp_storage_path",
@@ -388,10 +390,11 @@ class Workspace:
                 ).fetchall()
                 pending.queue_delete(conn, WORKSPACE_BUCKET, *(row[0] for row in doomed))
             removed += len(doomed)
+            files_removed += settled
             report(progress, "cleanup", advance=len(doomed), total=total)
             if len(doomed) < batch_size:
                 break
-        return complete, removed
+        return complete, removed, files_removed
 
 
 __all__ = ["Workspace", "CleanupReport", "BatchEntry", "UNKNOWN_MODEL"]

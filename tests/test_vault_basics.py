@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from conftest import USER_A, USER_B, bucket_files, mp4_bytes, raw_connection, write_media
+from conftest import USER_A, USER_B, bucket_files, mp4_bytes, raw_connection, without_dac_override, write_media
 
 from localvault import (
     DuplicateError,
@@ -565,6 +565,26 @@ def test_cleanup_counts_what_it_removes_when_opened_without_auto_cleanup(vault: 
     with Vault.open(root, auto_cleanup=False) as opened:
         assert opened.workspace.count() == 3
         assert opened.cleanup().assets_removed == 3 and opened.workspace.count() == 0
+
+
+def test_cleanup_counts_only_the_files_it_removed(vault: Vault, make_image):
+    """Files that cannot be removed stay queued and are not counted as removed (they were, before)."""
+    job = str(uuid.uuid4())
+    assets = add_many(vault, make_image, 3, job_id=job)
+    for asset in assets:
+        vault.workspace.expire(asset.id)
+    folder = vault.root / WORKSPACE_BUCKET / USER_A / job
+    folder.chmod(0o555)
+    try:
+        with without_dac_override():  # root would remove them anyway
+            report = vault.cleanup()
+    finally:
+        folder.chmod(0o755)
+    assert (report.assets_removed, report.files_removed) == (3, 0)
+    assert all(Path(vault.workspace.file_path(a)).exists() for a in assets)
+    again = vault.cleanup()  # the queued files go once they can
+    assert (again.assets_removed, again.files_removed) == (0, 3)
+    assert not folder.exists() and vault.verify().clean
 
 
 def test_expire_future_keeps_asset(vault: Vault, make_image):
