@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import models, pending, rows
 from .db import Database, format_time, utc_now
-from .errors import DuplicateError, InvalidInputError, NotFoundError
+from .errors import DuplicateError, InvalidInputError, LocalVaultError, NotFoundError
 from .files import WORKSPACE_BUCKET, FileStore, StagedFile
 from .ingest import UNKNOWN_MODEL, GenerationValues, Prepared, generation_values, prepare
 from .media import MediaFacts
@@ -141,14 +141,27 @@ class Workspace:
                 )
                 row = conn.execute(f"SELECT {rows.WORKSPACE_COLUMNS} FROM workspace_assets WHERE id = ?", (asset_id,)).fetchone()
         except BaseException:
-            if self._db.has_row("workspace_assets", asset_id):  # a Ctrl-C during COMMIT, raised after it
-                raise
             if committed_path is not None:
-                self._files.remove(WORKSPACE_BUCKET, committed_path)
+                self._remove_unclaimed([committed_path])
             else:
                 self._files.discard(prepared.staged)
             raise
         return rows.workspace_asset(row)
+
+    def _remove_unclaimed(self, paths: list[str]) -> None:
+        """Remove files a failed transaction renamed into place, unless a row uses them: checked under the write
+        lock, since after the rollback another process may have committed its own file on the same path (the
+        job's next index), and a Ctrl-C during COMMIT is raised after it (the row then is ours). If the lock
+        cannot be had, they stay, for ``verify --repair``."""
+        if not paths:
+            return
+        try:
+            with self._db.write() as conn:
+                for path in paths:
+                    if not pending.still_used(conn, WORKSPACE_BUCKET, path):
+                        self._files.remove(WORKSPACE_BUCKET, path)
+        except LocalVaultError:
+            pass
 
     def _drop_expired(self, conn: sqlite3.Connection, hashes: list[str]) -> None:
         """Inside a write transaction: delete this user's expired assets with these bytes, queueing their files.
@@ -254,11 +267,7 @@ class Workspace:
                     self._files.sync_dirs(WORKSPACE_BUCKET, {user, *folders})
                 conn.executemany(_INSERT, values)
         except BaseException:
-            first = next((result[0] for result in out if result is not None), None)
-            if first is not None and self._db.has_row("workspace_assets", first):  # a Ctrl-C during COMMIT
-                raise
-            for _staged, relative in moves:
-                self._files.remove(WORKSPACE_BUCKET, relative)
+            self._remove_unclaimed([relative for _staged, relative in moves])
             for entry in entries:
                 self._files.discard(entry.staged)
             raise

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from conftest import USER_A, write_media
 
-from localvault import Vault
+from localvault import StorageError, Vault
 
 
 class InterruptAfter:
@@ -91,3 +91,45 @@ def test_a_ctrl_c_during_begin_leaves_no_transaction_open(vault: Vault, tmp_path
         other.db.conn.execute("PRAGMA busy_timeout = 0")
         other.collections.create("third")
     assert [c.name for c in vault.collections.list()] == ["second", "third"]
+
+
+class FailingCommit:
+    """The vault's connection, whose next COMMIT fails (a full disk); ``after_rollback`` runs once the
+    transaction is rolled back: what another process may do in that moment."""
+
+    def __init__(self, conn: sqlite3.Connection, after_rollback: Callable[[], object]) -> None:
+        self._conn = conn
+        self._after_rollback = after_rollback
+        self.failed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT" and not self.failed:
+            self.failed = True
+            raise sqlite3.OperationalError("database or disk is full")
+        result = self._conn.execute(sql, *args)
+        if sql == "ROLLBACK" and self.failed:
+            self._after_rollback()
+        return result
+
+
+def test_a_failed_add_never_removes_the_file_another_process_committed_on_its_path(
+        vault: Vault, make_image: Callable[..., Path]) -> None:
+    """B renames its file to job J's index 0, its COMMIT fails and rolls back; C adds to job J at once, gets
+    index 0 too and commits. B's clean-up used to unlink C's committed file."""
+    job = "5a5a5a5a-0000-4000-8000-00000000005a"
+    theirs: list[str] = []
+    with Vault.open(vault.root, user_id=USER_A) as other:
+        real = vault.db.conn
+        vault.db.conn = FailingCommit(real, lambda: theirs.append(
+            other.workspace.add(make_image(seed=2), job_id=job).temp_storage_path))  # type: ignore[assignment]
+        try:
+            with pytest.raises(StorageError, match="full"):
+                vault.workspace.add(make_image(seed=1), job_id=job)
+        finally:
+            vault.db.conn = real
+    assert theirs == [f"{USER_A}/{job}/0.png"]
+    assert rows_and_files(vault) == [("workspace_assets", True)]
+    assert vault.verify(check_hashes=True).clean
