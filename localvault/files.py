@@ -38,6 +38,8 @@ from .errors import StorageError
 WORKSPACE_BUCKET = "workspace-temp"
 LIBRARY_BUCKET = "user-library"
 BUCKETS = (WORKSPACE_BUCKET, LIBRARY_BUCKET)
+#: Where ``verify --repair`` moves files without a row (in the vault folder, beside the buckets).
+RECOVERED_FOLDER = "recovered"
 CHUNK = 1024 * 1024
 #: A staged file at least this big starts its writeback at once (smaller ones: the batch's sync sends them
 #: together; starting each one alone costs more CPU than it saves, measured with 10 KB files).
@@ -304,6 +306,29 @@ class FileStore:
                 os.rmdir(self.full_path(bucket, folder))
             except OSError:
                 pass
+
+    def recover(self, bucket: str, relative: str) -> str:
+        """Move a file out of its bucket to ``recovered/<bucket>/<relative>`` in the vault folder (a new
+        name if that is taken): a file without a row may be the only copy of an asset. Its new path."""
+        source = self.full_path(bucket, relative)
+        target = f"{self.root}/{RECOVERED_FOLDER}/{bucket}/{relative}"
+        stem, extension = os.path.splitext(target)
+        number = 1
+        while self.fs.exists(target):
+            target = f"{stem}-{number}{extension}"
+            number += 1
+        try:
+            self.fs.makedirs(os.path.dirname(target), exist_ok=True)
+            if self.local:
+                os.rename(source, target)
+                fsync_path(os.path.dirname(target))
+                fsync_path(os.path.dirname(source))
+            else:
+                self.fs.mv(source, target)
+        except OSError as exc:
+            raise os_error(exc, source) from None
+        self.prune_folders(bucket, [os.path.dirname(relative)])
+        return target
 
     def _remove_path(self, path: str) -> None:
         try:

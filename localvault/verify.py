@@ -48,13 +48,21 @@ class VerifyReport:
     orphans: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     stale_temps: list[str] = field(default_factory=list)
+    #: Files there that cannot be read (no permission, a disk error): fix that, then verify again.
+    unreadable: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     unrepairable: list[str] = field(default_factory=list)
+    #: Where repair moved the files without a row (under the vault's ``recovered/`` folder).
+    recovered: list[str] = field(default_factory=list)
+    #: The asset id of each missing, damaged or unreadable file (``bucket/path`` -> id).
+    asset_ids: dict[str, str] = field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
         """True when nothing is wrong (after repair, if repair ran and fixed everything)."""
         problems = len(self.missing) + len(self.orphans) + len(self.mismatched) + len(self.stale_temps)
+        if self.unreadable:
+            return False
         return problems == 0 or (bool(self.repaired) and not self.unrepairable and len(self.repaired) == problems)
 
 
@@ -77,8 +85,11 @@ def verify(db: Database, files: FileStore, *, repair: bool = False, check_hashes
            progress: ProgressCallback | None = None) -> VerifyReport:
     """Compare every row with its file and every file with its row.
 
-    With ``repair``: orphan and stale temporary files are removed (they were
-    never committed); a missing or damaged file is restored from a twin with
+    With ``repair``: stale temporary files are removed (they were never
+    committed); files without a row are moved to the vault's ``recovered/``
+    folder, not deleted (one may be the only copy of an asset whose row was
+    lost, e.g. after restoring an older ``vault.db``: add it back, or delete
+    it); a missing or damaged file is restored from a twin with
     the same hash where one exists; a workspace row whose file is gone for
     good is removed (a staging area: the asset was already lost). A library
     row without its file is never removed, since its deletion would be synced
@@ -98,13 +109,20 @@ def verify(db: Database, files: FileStore, *, repair: bool = False, check_hashes
         result.checked += 1
         entry = f"{kind.bucket}/{relative}"
         if check_hashes:
-            digest = _sha256(files, kind.bucket, relative)
+            try:
+                digest = _sha256(files, kind.bucket, relative)
+            except OSError:  # there, but not readable: nothing to repair, and not to be replaced
+                result.unreadable.append(entry)
+                result.asset_ids[entry] = row_id
+                report(progress, "verify", advance=1, total=total)
+                continue
             problem = result.missing if digest is None else result.mismatched if digest != sha else None
         else:
             problem = None if files.is_file(kind.bucket, relative) else result.missing
         if problem is not None:
             problem.append(entry)
             broken[entry] = (kind, row_id, sha)
+            result.asset_ids[entry] = row_id
         report(progress, "verify", advance=1, total=total)
     now = time.time()
     for kind in _KINDS:
@@ -159,16 +177,29 @@ def _with_rows(db: Database, kind: _Kind, paths: list[str]) -> set[str]:
 
 
 def _sha256(files: FileStore, bucket: str, relative: str) -> str | None:
+    """The file's sha256; None where no file is (or a folder is); OSError when one is there but unreadable."""
     try:
         return files.sha256(bucket, relative)
-    except (StorageError, IsADirectoryError):  # no such file (or a folder where the file should be)
+    except (StorageError, IsADirectoryError, NotADirectoryError):  # no such file, a folder, a file for a folder
+        return None
+
+
+def _healthy_sha256(files: FileStore, bucket: str, relative: str) -> str | None:
+    try:
+        return _sha256(files, bucket, relative)
+    except OSError:
         return None
 
 
 def _age(files: FileStore, bucket: str, relative: str, now: float) -> float:
+    """Seconds since the file was written, or linked: a temp file hard-linked from a rig's old output
+    (``--link``) shares that output's mtime, but its link made a new ctime."""
     path = files.local_path(bucket, relative)
     try:
-        return now - os.stat(path).st_mtime if path else STALE_TEMP_SECONDS + 1
+        if not path:
+            return STALE_TEMP_SECONDS + 1
+        stat = os.stat(path)
+        return now - (max(stat.st_mtime, stat.st_ctime) if stat.st_nlink > 1 else stat.st_mtime)
     except OSError:
         return 0.0
 
@@ -183,7 +214,7 @@ def _twins(db: Database, files: FileStore, broken: dict[str, tuple[_Kind, str, s
     found: dict[str, tuple[str, str]] = {}
     for kind, relative, _id, sha in _rows(db):
         healthy = f"{kind.bucket}/{relative}" not in broken
-        if sha in wanted and sha not in found and healthy and _sha256(files, kind.bucket, relative) == sha:
+        if sha in wanted and sha not in found and healthy and _healthy_sha256(files, kind.bucket, relative) == sha:
             found[sha] = (kind.bucket, relative)
     return found
 
@@ -192,8 +223,12 @@ def _repair(db: Database, files: FileStore, result: VerifyReport, broken: dict[s
     for entry in result.orphans + result.stale_temps:
         bucket, relative = entry.split("/", 1)
         with db.write() as conn:  # under the lock: a row may have claimed the path meanwhile
-            if not pending.still_used(conn, bucket, relative):
+            if pending.still_used(conn, bucket, relative):
+                pass
+            elif entry in result.stale_temps:
                 files.remove(bucket, relative)
+            else:
+                result.recovered.append(files.recover(bucket, relative))
         result.repaired.append(entry)
     twins = _twins(db, files, broken) if broken else {}
     missing = set(result.missing)

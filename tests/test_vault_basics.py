@@ -753,7 +753,61 @@ def test_verify_detects_and_repairs_orphan(vault: Vault, make_image):
     repaired = vault.verify(repair=True)
     assert repaired.repaired == report.orphans and repaired.clean
     assert not orphan.exists()
+    moved = vault.root / "recovered" / LIBRARY_BUCKET / USER_A / orphan.name  # kept: it may be the only copy
+    assert repaired.recovered == [str(moved)] and moved.read_bytes() == make_image(seed=2).read_bytes()
     assert vault.verify().clean and vault.workspace.count() == 1
+
+
+def test_repair_after_restoring_an_older_vault_db_keeps_the_newer_files(tmp_path: Path, make_image):
+    """Files committed after the backup have no row in it: they were deleted as orphans, lost for good."""
+    root = tmp_path / "v"
+    with Vault.create(root, user_id=USER_A) as vault:
+        vault.library.add(make_image(seed=1), title="before the backup")
+    backup = (root / "vault.db").read_bytes()
+    with Vault.open(root) as vault:
+        newer = vault.library.add(make_image(seed=2), title="after the backup")
+        newer_bytes = Path(vault.library.file_path(newer)).read_bytes()
+    (root / "vault.db").write_bytes(backup)
+    with Vault.open(root) as restored:
+        report = restored.verify(repair=True)
+        assert report.orphans == [f"{LIBRARY_BUCKET}/{newer.storage_path}"] and report.clean
+        assert Path(report.recovered[0]).read_bytes() == newer_bytes
+        again = restored.library.add(report.recovered[0], title="added back")  # as the CLI's message says
+        assert again.sha256 == newer.sha256 and restored.verify().clean
+
+
+def test_verify_reports_a_file_it_cannot_read_and_goes_on(vault: Vault, make_image):
+    """Before: a raw PermissionError at the first such file, nothing else checked."""
+    unreadable = vault.library.add(make_image(seed=1), title="locked")
+    fine = vault.library.add(make_image(seed=2), title="fine")
+    os.unlink(vault.library.file_path(fine))
+    path = Path(vault.library.file_path(unreadable))
+    path.chmod(0)
+    try:
+        with without_dac_override():
+            report = vault.verify()
+            repaired = vault.verify(repair=True)
+    finally:
+        path.chmod(0o644)
+    entry = f"{LIBRARY_BUCKET}/{unreadable.storage_path}"
+    assert report.unreadable == [entry] and report.asset_ids[entry] == unreadable.id and not report.clean
+    assert report.missing == [f"{LIBRARY_BUCKET}/{fine.storage_path}"]  # the check went on past it
+    assert repaired.unreadable == [entry] and not repaired.clean and path.is_file()  # never touched
+    assert vault.library.get(unreadable.id).id == unreadable.id
+
+
+def test_a_temp_file_linked_from_an_old_rig_file_is_not_stale(vault: Vault, make_image):
+    """import --link stages a hard link to the rig's file, which keeps that file's mtime (days ago): its age is
+    the link's (the ctime), or a repair running beside the import removed its staged files."""
+    source = make_image(seed=1)
+    old = time.time() - 3 * 86400
+    os.utime(source, (old, old))
+    folder = vault.root / WORKSPACE_BUCKET / USER_A
+    folder.mkdir(parents=True, exist_ok=True)
+    staged = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+    os.link(source, staged)
+    report = vault.verify(repair=True)
+    assert report.stale_temps == [] and staged.exists()
 
 
 def test_verify_detects_missing_file(vault: Vault, make_image):

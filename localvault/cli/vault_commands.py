@@ -10,6 +10,7 @@ from rich.text import Text
 
 from .. import models
 from ..errors import InvalidInputError
+from ..files import RECOVERED_FOLDER
 from ..library import UNSET
 from ..models import LibraryAsset, Visibility, WorkspaceAsset
 from ..vault import Vault
@@ -177,7 +178,9 @@ def cleanup(ctx: Context, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--repair", is_flag=True, help="Fix what can be fixed (remove orphans, restore from twins).")
+@click.option("--repair", is_flag=True, help="Fix what can be fixed: restore missing or damaged files from identical "
+              "twins, move files without a row to the vault's recovered/ folder, remove stale temporary files, "
+              "delete workspace rows whose file is gone for good (never a library row).")
 @click.option("--quick", is_flag=True, help="Do not hash the files: only check that each exists and has its row.")
 @json_option("Print JSON instead of a table.")
 @pass_ctx
@@ -190,15 +193,21 @@ def verify(ctx: Context, repair: bool, quick: bool, as_json: bool) -> None:
     else:
         output.console.print(f"checked {result.checked} files")
         for label, items in (("missing", result.missing), ("orphan", result.orphans), ("hash mismatch", result.mismatched),
-                             ("stale temp", result.stale_temps), ("repaired", result.repaired),
-                             ("unrepairable", result.unrepairable)):
+                             ("stale temp", result.stale_temps), ("unreadable", result.unreadable),
+                             ("repaired", result.repaired), ("unrepairable", result.unrepairable),
+                             ("moved to", result.recovered)):
             for item in items:
-                output.console.print(f"{label}: {item}", highlight=False)
+                asset = f" (asset {result.asset_ids[item]})" if item in result.asset_ids else ""
+                output.console.print(f"{label}: {item}{asset}", highlight=False)
+        if result.recovered:
+            output.console.print(f"{len(result.recovered)} files without a row were moved to "
+                                 f"{ctx.vault().root / RECOVERED_FOLDER}: add back what you want to keep "
+                                 "('localvault add FILE'), then delete the folder", highlight=False)
         if result.clean:
             output.console.print("vault is clean")
-        elif result.unrepairable:
-            output.console.print("some files could not be restored: put each back (from a backup or the bucket) "
-                                 "or delete its asset with 'localvault rm ID' (the ID is in its name)")
+        elif result.unrepairable or result.unreadable:
+            output.console.print("some files could not be restored or read: make each readable, or put it back "
+                                 "(from a backup or the bucket), or delete its asset with 'localvault rm ID'")
         else:
             output.console.print("problems found (run with --repair to fix)")
     if not result.clean:
