@@ -217,3 +217,34 @@ def test_every_command_that_changes_something_speaks_json(cli, tmp_path: Path) -
                             "s3://lib", "--secret", "not-shown", "--json"))
     assert stored["database_url"] == "postgresql://u:***@db.example:5432/app" and stored["storage_options"] == {
         "secret": "***"}
+
+
+def test_file_names_that_are_not_utf8_print_without_a_traceback(tmp_path: Path) -> None:
+    """Under a UTF-8 locale stdout is strict: the import (or export) was done, then its report raised
+    UnicodeEncodeError. JSON stays valid UTF-8, and its escapes give back the file name's bytes."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import write_media
+
+    source = tmp_path / "src"
+    write_media(source, seed=1, name="ok.png")
+    odd = os.fsencode(source) + b"/bad\xff.png"
+    os.rename(os.fsencode(write_media(source, seed=2, name="tmp.png")), odd)
+    Vault.create(tmp_path / "v").close()
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "COLUMNS": "200"}
+
+    def run(*args: str | bytes) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "localvault.cli", "--vault", str(tmp_path / "v"), *args],
+                              capture_output=True, env=env, timeout=120)
+
+    as_json = run("import", "--json", str(source))
+    assert as_json.returncode == 0 and b"Traceback" not in as_json.stderr, as_json.stderr
+    report = json.loads(as_json.stdout.decode("utf-8"))  # strict UTF-8: no raw \xff byte
+    odd_ones = [item for item in report["imported"] if os.fsencode(item["source"]) == odd]
+    assert len(report["imported"]) == 2 and len(odd_ones) == 1
+    asset_id = odd_ones[0]["asset_id"]
+    exported = run("export", asset_id, os.fsencode(tmp_path) + b"/out\xff/")
+    assert exported.returncode == 0 and b"Traceback" not in exported.stderr, exported.stderr
+    assert b"\\udcff" in exported.stdout and os.path.isdir(os.fsencode(tmp_path) + b"/out\xff")

@@ -30,6 +30,7 @@ class VaultGroup(click.Group):
     def main(self, args: Sequence[str] | None = None, *rest: Any, **options: Any) -> Any:
         # Read from the raw arguments: a usage error comes before any option is parsed.
         self.json_in_args = "--json" in (sys.argv[1:] if args is None else list(args))
+        output.tolerate_undecodable_names()
         return super().main(args, *rest, **options)
 
     def invoke(self, ctx: click.Context) -> Any:

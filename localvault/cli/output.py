@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from ..progress import ProgressCallback, ProgressEvent
 # No markup: prompts ("a [red] fox"), file names ("[1].png") and messages ("the [remote] table") print as they are.
 console = Console(markup=False)
 err_console = Console(stderr=True, markup=False)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def to_jsonable(value: Any) -> Any:
@@ -46,9 +48,24 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def tolerate_undecodable_names() -> None:
+    """Print a file name that is not UTF-8 (Python holds its bytes as lone surrogates) as ``\\udcff``, not
+    as an UnicodeEncodeError after the work is done: stdout and stderr are strict under a UTF-8 locale."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def print_json(value: Any, *, line: bool = False) -> None:
-    """``value`` as JSON on stdout; ``line``: compact on one line and flushed (JSON Lines, for a stream of events)."""
-    sys.stdout.write(json.dumps(to_jsonable(value), ensure_ascii=False, indent=None if line else 2, default=str) + "\n")
+    """``value`` as JSON on stdout; ``line``: compact on one line and flushed (JSON Lines, for a stream of events).
+
+    Always valid UTF-8: a file name that is not UTF-8 is written with JSON escapes (``"\\udcff"``), which a
+    JSON reader turns back into the same surrogate Python gave it (``os.fsencode`` then gives its bytes).
+    """
+    text = json.dumps(to_jsonable(value), ensure_ascii=False, indent=None if line else 2, default=str)
+    if _SURROGATE.search(text):
+        text = _SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+    sys.stdout.write(text + "\n")
     if line:
         sys.stdout.flush()
 
