@@ -19,6 +19,7 @@ def resolve(conn: sqlite3.Connection, user_id: str, ref: str) -> str:
     """The id of this user's collection named by id or name; NotFoundError otherwise."""
     if not isinstance(ref, str) or not ref.strip():
         raise NotFoundError("no collection was named; give a collection's name or id")
+    models.check_unicode(ref, "the collection's name")
     try:
         as_id = models.check_uuid(ref)
     except InvalidInputError:

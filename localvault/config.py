@@ -20,6 +20,7 @@ from urllib.parse import quote
 from platformdirs import user_data_dir
 
 from .errors import InvalidInputError, StorageError, VaultCorruptError
+from .models import check_unicode
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -148,7 +149,7 @@ def check_database_url(url: str) -> str:
     """
     if not isinstance(url, str) or not url.strip():
         raise InvalidInputError(f"the database URL is empty; give {_DATABASE_URL_FORM}")
-    url = url.strip()
+    url = check_unicode(url.strip(), "the database URL")
     if "://" not in url:
         if "=" in url:  # a key=value connection string: libpq checks it
             return url
@@ -180,7 +181,7 @@ def check_bucket_url(url: str) -> str:
 
     if not isinstance(url, str) or not url.strip():
         raise InvalidInputError("the bucket URL is empty; give e.g. s3://user-library")
-    url = url.strip()
+    url = check_unicode(url.strip(), "the bucket URL")
     if "://" not in url:
         if os.path.isabs(url):
             return url
@@ -199,11 +200,25 @@ def check_storage_options(options: Mapping[str, Any]) -> None:
     """The settings an S3 client cannot use, caught before any sync tries them."""
     if not isinstance(options, Mapping):
         raise InvalidInputError(f"storage options must be a dict of fsspec options, not {type(options).__name__}")
+    _check_option_text(options)
     client = options.get("client_kwargs")
     endpoint = client.get("endpoint_url") if isinstance(client, Mapping) else None
     endpoint = endpoint or options.get("endpoint_url")
     if endpoint is not None and not (isinstance(endpoint, str) and endpoint.startswith(("http://", "https://"))):
         raise InvalidInputError(f"the endpoint URL {endpoint!r} must start with http:// or https://")
+
+
+def _check_option_text(value: Any) -> None:
+    """Every text in the options (keys and values, nested) is storable Unicode."""
+    if isinstance(value, str):
+        check_unicode(value, "a storage option")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_option_text(key)
+            _check_option_text(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_option_text(item)
 
 
 @dataclass

@@ -97,6 +97,14 @@ def check_seed(value: Any) -> int:
     return value
 
 
+def check_unicode(value: str, what: str) -> str:
+    """``value`` if it can be stored (SQLite, TOML, PostgreSQL); InvalidInputError for the lone surrogates
+    Python makes of bytes that are not UTF-8 (a shell argument, a file name)."""
+    if _SURROGATE.search(value):
+        raise InvalidInputError(f"{what} is not valid Unicode (bytes that are not UTF-8?); give it as UTF-8 text")
+    return value
+
+
 def _check_text(value: Any, what: str, max_chars: int, *, allow_newlines: bool, allow_empty: bool) -> str:
     if not isinstance(value, str):
         raise InvalidInputError(f"{what} must be text, not {type(value).__name__}")
@@ -105,8 +113,7 @@ def _check_text(value: Any, what: str, max_chars: int, *, allow_newlines: bool, 
     bad = value.replace("\n", "").replace("\t", "").replace("\r", "") if allow_newlines else value
     if _CONTROL.search(bad):
         raise InvalidInputError(f"{what} contains control characters; remove them")
-    if _SURROGATE.search(value):
-        raise InvalidInputError(f"{what} is not valid Unicode (bytes that are not UTF-8?); give it as UTF-8 text")
+    check_unicode(value, what)
     if not allow_empty and not value.strip():
         raise InvalidInputError(f"{what} must not be empty")
     return value
