@@ -248,3 +248,21 @@ def test_file_names_that_are_not_utf8_print_without_a_traceback(tmp_path: Path) 
     exported = run("export", asset_id, os.fsencode(tmp_path) + b"/out\xff/")
     assert exported.returncode == 0 and b"Traceback" not in exported.stderr, exported.stderr
     assert b"\\udcff" in exported.stdout and os.path.isdir(os.fsencode(tmp_path) + b"/out\xff")
+
+
+def test_add_of_a_named_pipe_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """Reading its metadata opened the FIFO for reading, which waits for a writer: 'add' hung for ever."""
+    import os
+    import subprocess
+    import sys
+
+    from localvault import StorageError, metadata
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    Vault.create(tmp_path / "v").close()
+    result = subprocess.run([sys.executable, "-m", "localvault.cli", "--vault", str(tmp_path / "v"), "add", str(fifo)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 8 and "is not a file" in result.stderr, result.stderr
+    with pytest.raises(StorageError, match="not a regular file"):
+        metadata.read(fifo)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -74,14 +75,27 @@ def _texts(f: BinaryIO) -> dict[str, str]:
     return {}
 
 
+def _open_regular(path: Path) -> BinaryIO:
+    """The file at ``path`` opened for reading; StorageError if it cannot be, or is not a regular file.
+
+    Opened without blocking, then checked: opening a named pipe (a FIFO) for
+    reading would otherwise wait for a writer, for ever.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise StorageError(f"cannot open {os.fspath(path)!r} to read its metadata: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StorageError(f"{os.fspath(path)!r} is not a regular file; give the path of an image or video")
+    return os.fdopen(fd, "rb")
+
+
 def _embedded(path: Path, data: bytes | None = None) -> Found:
     if data is not None:
         f: BinaryIO = io.BytesIO(data)
     else:
-        try:
-            f = open(path, "rb")  # noqa: SIM115 - closed below; only this may fail loudly
-        except OSError as exc:
-            raise StorageError(f"cannot open {os.fspath(path)!r} to read its metadata: {exc.strerror or exc}") from exc
+        f = _open_regular(path)
     with f:
         try:
             return read_chunks(_texts(f))
