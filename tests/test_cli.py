@@ -266,3 +266,22 @@ def test_add_of_a_named_pipe_is_refused_not_waited_on(tmp_path: Path) -> None:
     assert result.returncode == 8 and "is not a file" in result.stderr, result.stderr
     with pytest.raises(StorageError, match="not a regular file"):
         metadata.read(fifo)
+
+
+def test_printed_paths_are_not_folded_when_piped(tmp_path: Path) -> None:
+    """OUT=$(localvault export ID DIR/) captured 'wrote \\n/…': lines were folded at 80 columns."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import write_media
+
+    root = tmp_path / ("a-long-folder-name-" * 4) / "v"
+    with Vault.create(root) as vault:
+        asset = vault.workspace.add(write_media(tmp_path / "src", seed=1))
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    out = subprocess.run([sys.executable, "-m", "localvault.cli", "--vault", str(root), "export", asset.id,
+                          f"{root.parent}/exported/"], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    (line,) = out.stdout.splitlines()
+    assert len(line) > 80 and Path(line.removeprefix("wrote ")).is_file()

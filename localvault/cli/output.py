@@ -29,7 +29,8 @@ from rich.text import Text
 from ..progress import ProgressCallback, ProgressEvent
 
 # No markup: prompts ("a [red] fox"), file names ("[1].png") and messages ("the [remote] table") print as they are.
-console = Console(markup=False)
+# No folding of printed lines (tables still fit the width): a path or id captured by a script stays whole.
+console = Console(markup=False, soft_wrap=True)
 err_console = Console(stderr=True, markup=False)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
