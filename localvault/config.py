@@ -20,7 +20,7 @@ from urllib.parse import quote
 from platformdirs import user_data_dir
 
 from .errors import InvalidInputError, StorageError, VaultCorruptError
-from .models import check_unicode
+from .models import check_unicode, check_uuid
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -234,13 +234,19 @@ class VaultConfig:
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise VaultCorruptError(f"{path} is missing; recreate it with 'localvault init {folder} --user <id>'") from None
+            raise VaultCorruptError(f"{path} is missing; recreate it with one line: user_id = \"<the vault user's "
+                                    "id>\" (the user_id column of the vault's rows)") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise VaultCorruptError(f"{path} is not valid TOML ({exc}); fix or recreate it") from None
         except OSError as exc:  # a folder in its place, no permission, a disk error
             raise StorageError(f"cannot read {path}: {exc.strerror or exc}; check it and its permissions") from None
         if not isinstance(data.get("user_id"), str):
             raise VaultCorruptError(f"{path} has no user_id text; add a line user_id = \"<uuid>\"")
+        try:
+            user_id = check_uuid(data["user_id"], "user id")
+        except InvalidInputError:
+            raise VaultCorruptError(f"{path}: user_id {data['user_id'][:80]!r} is not a UUID; put back the vault "
+                                    "user's id (user_id = \"<uuid>\")") from None
         remote = data.get("remote")
         if remote is not None and not (isinstance(remote, dict) and isinstance(remote.get("database_url"), str)
                                        and isinstance(remote.get("bucket_url"), str)
@@ -249,7 +255,7 @@ class VaultConfig:
                                     "optional [remote.storage_options] table; fix it or set it again with "
                                     "'localvault remote set'")
         return cls(
-            user_id=str(data["user_id"]),
+            user_id=user_id,
             remote=RemoteConfig(
                 database_url=remote["database_url"],
                 bucket_url=remote["bucket_url"],

@@ -146,6 +146,10 @@ def _broken_vaults(world: dict[str, Any]) -> dict[str, Path]:
     Vault.create(number_user, user_id=USER_A).close()
     (number_user / "localvault.toml").write_text("user_id = 5\n")
     out["number_user"] = number_user
+    text_user = base / "text-user"
+    Vault.create(text_user, user_id=USER_A).close()
+    (text_user / "localvault.toml").write_text('user_id = "notauuid"\n')
+    out["text_user"] = text_user
     foreign = base / "foreign"
     foreign.mkdir(exist_ok=True)
     conn = sqlite3.connect(foreign / "vault.db")
@@ -227,6 +231,8 @@ def _cases(world: dict[str, Any]) -> list[Case]:
              vault=v["toml_folder"]),
         Case("localvault.toml with a number for user_id", ["ls"], CORRUPT, ("localvault.toml", "user_id"),
              vault=v["number_user"]),
+        Case("localvault.toml whose user_id is not a UUID", ["ls"], CORRUPT, ("localvault.toml", "not a UUID"),
+             vault=v["text_user"]),
         Case("vault.db of another program", ["ls"], CORRUPT, ("not a localvault",), vault=v["foreign"]),
         Case("no vault at the path", ["ls"], NOT_FOUND, ("no vault",), vault=v["missing"]),
     ]
