@@ -285,3 +285,9 @@ def test_printed_paths_are_not_folded_when_piped(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     (line,) = out.stdout.splitlines()
     assert len(line) > 80 and Path(line.removeprefix("wrote ")).is_file()
+
+
+def test_status_without_a_remote_says_so_not_offline(cli) -> None:
+    text = cli("status")
+    assert "no remote is set" in text and "offline" not in text
+    assert json.loads(cli("status", "--json"))["problem"] is None

@@ -140,6 +140,8 @@ def status(ctx: Context, offline: bool, as_json: bool) -> None:
     output.console.print(f"remote: {state.remote or 'not set'}", highlight=False)
     if state.online:
         output.console.print("online")
+    elif state.remote is None and state.problem is None:
+        output.console.print("no remote is set: nothing to sync to ('localvault remote set --help')")
     elif state.remote is not None and state.problem is None:
         output.console.print(state.offline_reason or "not checked", highlight=False)
     elif state.problem == "not_ready":
