@@ -166,6 +166,8 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "collection name with a lone surrogate": (InvalidInputError, lambda c: c.vault.collections.create("caf\udce9")),
     "search with a lone surrogate": (InvalidInputError, lambda c: c.vault.library.list(search="caf\udce9")),
     "search not text": (InvalidInputError, lambda c: c.vault.library.list(search=42)),
+    "import with 0 workers": (InvalidInputError, lambda c: c.vault.workspace.import_folder(c.file("w0.png", _png(45)).parent,
+                                                                                          workers=0)),
     "collection named with a lone surrogate (save)": (InvalidInputError,
                                                       lambda c: c.vault.library.save(c.fresh_ws.id, collection="c\udcff")),
     "collection named with a lone surrogate (move)": (InvalidInputError,

@@ -216,6 +216,8 @@ def _cases(world: dict[str, Any]) -> list[Case]:
         Case("collections rename: unknown", ["collections", "rename", "Nowhere", "X"], NOT_FOUND, ()),
         Case("ls: garbage cursor", ["ls", "--cursor", "!!not-a-cursor!!"], INVALID, ("cursor",)),
         Case("ls: zero limit", ["ls", "--limit", "0"], INVALID, ("page size",)),
+        Case("update: --move-to with --no-collection", ["update", kept, "--move-to", "c", "--no-collection"], INVALID,
+             ("--move-to", "--no-collection")),
         Case("ls: empty search", ["ls", "--search", '""'], INVALID, ("search",)),
         Case("--user that is not a UUID", ["--user", "alice", "ls"], INVALID, ("UUID",)),
         Case("sync with no remote set", ["sync"], INVALID, ("remote",)),

@@ -126,6 +126,8 @@ def update(ctx: Context, library_id: str, title: str | None, no_title: bool, add
     """Change a library asset's title, tags, favourite, visibility or collection."""
     if no_title and title is not None:
         raise InvalidInputError("give --title or --no-title, not both")
+    if no_collection and move_to is not None:
+        raise InvalidInputError("give --move-to or --no-collection, not both")
     collection = None if no_collection else (move_to if move_to is not None else UNSET)
     asset = ctx.vault().library.update(
         library_id, title=None if no_title else title if title is not None else UNSET, add_tags=add_tags,
