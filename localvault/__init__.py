@@ -1,6 +1,9 @@
 """localvault: a local-first vault for AI-generated images and videos.
 
-Public API: :class:`Vault`, the models and the errors. Everything else is internal.
+Public API: :class:`Vault`, the models and the errors here; and, for what they name,
+:mod:`localvault.sync` (``Remote``, ``status``, ``apply_schema``), :mod:`localvault.watch`
+(``Watcher``), :mod:`localvault.metadata` (``read``) and :mod:`localvault.progress`
+(``ProgressEvent``). Modules whose names start with ``_`` are internal.
 """
 
 import logging

@@ -66,7 +66,7 @@ def _seed(text: str | None) -> int | None:
 @pass_ctx
 def ls(ctx: Context, what: str, tags: tuple[str, ...], favorite: bool | None, collection: str | None,
        search: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
-    """List workspace or library assets, newest first, one page at a time."""
+    """List library (the default) or workspace assets, newest first, one page at a time."""
     if what == "workspace" and (tags or favorite is not None or collection is not None or search is not None):
         raise InvalidInputError("--tag, --favorite, --collection and --search filter the library; "
                                 "'ls workspace' takes --limit and --cursor only")
