@@ -223,10 +223,15 @@ class Vault:
         db = Database.open(root / DB_NAME, readonly=readonly)
         vault = cls(root, db, FileStore(root, fs), config, owner)
         if not readonly:
-            vault._housekeeping(auto_cleanup)
+            vault.housekeeping(auto_cleanup=auto_cleanup)
         return vault
 
-    def _housekeeping(self, auto_cleanup: bool) -> None:
+    def housekeeping(self, *, auto_cleanup: bool = True) -> None:
+        """What opening a vault for writing does: settle queued file deletions and, at most once an hour
+        (unless ``auto_cleanup=False``), remove up to 2,000 expired workspace assets.
+
+        A long-running process (the watcher) calls it now and then, since it opens its vault only once.
+        """
         if self.db.conn.execute("SELECT 1 FROM pending_deletes LIMIT 1").fetchone():
             pending.drain(self.db, self.files)
         if not auto_cleanup:

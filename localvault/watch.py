@@ -53,6 +53,8 @@ POLL_SECONDS = 0.25
 GIVE_UP_SECONDS = 10.0
 #: A file whose batch could not be committed is tried again after this long.
 RETRY_SECONDS = 5.0
+#: How often the watcher runs the vault's housekeeping (which itself cleans up at most once an hour).
+HOUSEKEEPING_SECONDS = 60.0
 #: Files of a catch-up imported together (the watcher checks for a stop between them).
 CATCH_UP_BATCH = 500
 
@@ -251,7 +253,11 @@ class Watcher:
                 self._error = InvalidInputError(f"cannot watch {self.folder}: {exc.strerror or exc}")
                 return
             self._started.set()
+            tidied = time.monotonic()
             while not self._stop.is_set():
+                if time.monotonic() - tidied >= HOUSEKEEPING_SECONDS:
+                    self._housekeeping(vault)
+                    tidied = time.monotonic()
                 if self._folder_lost():
                     self._wait_for_folder(importer)
                     continue
@@ -270,6 +276,14 @@ class Watcher:
                 vault.close()
             finally:
                 self._ended.set()
+
+    def _housekeeping(self, vault: Vault) -> None:
+        """The vault's hourly cleanup of expired assets, and its queued deletions: a rig that only ever runs
+        the watcher opens its vault once, so they would otherwise never happen."""
+        try:
+            vault.housekeeping()
+        except LocalVaultError as exc:  # the watch goes on; tried again next time
+            log.warning("the workspace's cleanup did not run: %s", exc)
 
     def _next_paths(self) -> list[str]:
         try:

@@ -172,6 +172,24 @@ def test_folder_deleted_and_recreated(vault: Vault, out: Path, tmp_path: Path) -
     assert vault.workspace.count() == 3
 
 
+def test_a_long_watch_cleans_up_expired_assets(vault: Vault, out: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rig that only ever runs the watcher opens its vault once: expired assets stayed for good."""
+    from localvault import watch
+
+    monkeypatch.setattr(watch, "HOUSEKEEPING_SECONDS", 0.2)
+    source = tmp_path / "old.png"
+    source.write_bytes(png_bytes(tmp_path, 30))
+    old = vault.workspace.add(source)
+    path = Path(vault.workspace.file_path(old))
+    with Watcher(vault, out, poll_seconds=0.05):
+        time.sleep(0.5)  # opened, its own open's cleanup done: then the asset expires and an hour passes
+        vault.workspace.expire(old.id)
+        with vault.db.write() as conn:
+            vault.db.set_meta(conn, "last_cleanup", "2000-01-01T00:00:00.000Z")
+        assert wait_for(lambda: vault.workspace.count() == 0 and not path.exists())
+
+
 def test_a_long_watch_keeps_its_memory_flat(vault: Vault, out: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The report counts every file but lists only the most recent; handled files are forgotten after a while."""
