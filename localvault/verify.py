@@ -135,7 +135,8 @@ def verify(db: Database, files: FileStore, *, repair: bool = False, check_hashes
                         result.stale_temps.append(f"{kind.bucket}/{relative}")
                 elif relative not in with_rows:
                     result.orphans.append(f"{kind.bucket}/{relative}")
-    _drop_settled(db, result, broken)
+    _wait_for_writers(db)
+    _drop_settled(db, files, result, broken)
     if repair:
         _repair(db, files, result, broken)
     return result
@@ -150,8 +151,22 @@ def _check_repairable(db: Database, files: FileStore) -> None:
                                "repaired; run 'localvault verify' without --repair to see what is wrong")
 
 
-def _drop_settled(db: Database, result: VerifyReport, broken: dict[str, tuple[_Kind, str, str]]) -> None:
-    """Forget problems another process settled while the check ran (a row deleted, a file's row committed)."""
+def _wait_for_writers(db: Database) -> None:
+    """Let a write under way finish (commit or roll back): a file it renamed in was listed before its row
+    was committed, and would look like an orphan. Read-only, or locked for long: the check stands as it is."""
+    if db.readonly:
+        return
+    try:
+        with db.write():
+            pass
+    except StorageError:
+        pass
+
+
+def _drop_settled(db: Database, files: FileStore, result: VerifyReport,
+                  broken: dict[str, tuple[_Kind, str, str]]) -> None:
+    """Forget problems another process settled while the check ran (a row deleted, a file's row committed,
+    a file without a row removed by the writer whose transaction failed)."""
     for problems in (result.missing, result.mismatched):
         problems[:] = [entry for entry in problems if _row_still_there(db, entry, broken[entry])]
     for kind in _KINDS:
@@ -160,6 +175,7 @@ def _drop_settled(db: Database, result: VerifyReport, broken: dict[str, tuple[_K
         claimed = {path for start in range(0, len(mine), PAGE_ROWS)
                    for path in _with_rows(db, kind, mine[start:start + PAGE_ROWS])}
         result.orphans[:] = [e for e in result.orphans if not (e.startswith(prefix) and e[len(prefix):] in claimed)]
+    result.orphans[:] = [e for e in result.orphans if files.exists(*e.split("/", 1))]
 
 
 def _row_still_there(db: Database, entry: str, problem: tuple[_Kind, str, str]) -> bool:

@@ -10,6 +10,8 @@ on demand, so the connection is wrapped to raise it there.
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -133,3 +135,39 @@ def test_a_failed_add_never_removes_the_file_another_process_committed_on_its_pa
     assert theirs == [f"{USER_A}/{job}/0.png"]
     assert rows_and_files(vault) == [("workspace_assets", True)]
     assert vault.verify(check_hashes=True).clean
+
+
+class SlowCommit:
+    """A connection whose COMMIT waits: ``committing`` is set when it is reached (file renamed, row inserted)."""
+
+    def __init__(self, conn: sqlite3.Connection, seconds: float) -> None:
+        self._conn = conn
+        self._seconds = seconds
+        self.committing = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT" and not self.committing.is_set():
+            self.committing.set()
+            time.sleep(self._seconds)
+        return self._conn.execute(sql, *args)
+
+
+def test_verify_does_not_call_a_file_committed_meanwhile_an_orphan(vault: Vault,
+                                                                   make_image: Callable[..., Path]) -> None:
+    """A writer renamed its file in, verify listed it, and the row committed only after verify's re-check:
+    'orphan', and a vault reported damaged (a second verify was clean)."""
+    with Vault.open(vault.root, user_id=USER_A) as writer:
+        slow = SlowCommit(writer.db.conn, 1.0)
+        writer.db.conn = slow  # type: ignore[assignment]
+        adding = threading.Thread(target=lambda: writer.workspace.add(make_image(seed=1)))
+        adding.start()
+        try:
+            assert slow.committing.wait(30)
+            report = vault.verify()
+        finally:
+            adding.join(30)
+        writer.db.conn = slow._conn
+    assert report.orphans == [] and report.clean and vault.workspace.count() == 1
