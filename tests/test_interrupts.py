@@ -158,16 +158,23 @@ class SlowCommit:
 def test_verify_does_not_call_a_file_committed_meanwhile_an_orphan(vault: Vault,
                                                                    make_image: Callable[..., Path]) -> None:
     """A writer renamed its file in, verify listed it, and the row committed only after verify's re-check:
-    'orphan', and a vault reported damaged (a second verify was clean)."""
+    'orphan', and a vault reported damaged (a second verify was clean). The writer starts once verify has
+    begun (its first progress event: after its own start-up write, before it lists the files)."""
     with Vault.open(vault.root, user_id=USER_A) as writer:
         slow = SlowCommit(writer.db.conn, 1.0)
         writer.db.conn = slow  # type: ignore[assignment]
         adding = threading.Thread(target=lambda: writer.workspace.add(make_image(seed=1)))
-        adding.start()
+
+        def start_the_writer(_event: object) -> None:
+            if not adding.is_alive() and not slow.committing.is_set():
+                adding.start()
+                assert slow.committing.wait(30)
+
         try:
-            assert slow.committing.wait(30)
-            report = vault.verify()
+            report = vault.verify(progress=start_the_writer)
         finally:
-            adding.join(30)
+            if adding.is_alive():
+                adding.join(30)
         writer.db.conn = slow._conn
+    assert slow.committing.is_set()
     assert report.orphans == [] and report.clean and vault.workspace.count() == 1
