@@ -184,12 +184,27 @@ class Database:
     # -------------------------------------------------------- transactions
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self, *, wait_ms: int | None = None) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE``): commits on success, rolls back on error.
 
         BEGIN runs inside the rollback's reach: a Ctrl-C that lands just after
         it must not leave the transaction (and the vault's write lock) open.
+        ``wait_ms``: how long to wait for another writer's lock, if not the
+        usual 60 s (a clean-up after an error should not wait that long again).
         """
+        if wait_ms is None:
+            with self._write() as conn:
+                yield conn
+            return
+        self.conn.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
+        try:
+            with self._write() as conn:
+                yield conn
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
         conn = self.conn
         try:
             try:

@@ -31,6 +31,8 @@ _INSERT = ("INSERT INTO workspace_assets (id, user_id, asset_type, temp_storage_
 SYNCFS_MIN_FILES = 32
 #: Threads removing expired files (each removal mostly waits on the disk).
 CLEANUP_THREADS = 4
+#: How long undoing a failed add waits for the write lock (the failure may have been that lock: not 60 s again).
+UNDO_LOCK_WAIT_MS = 5_000
 
 
 @dataclass(frozen=True)
@@ -152,11 +154,11 @@ class Workspace:
         """Remove files a failed transaction renamed into place, unless a row uses them: checked under the write
         lock, since after the rollback another process may have committed its own file on the same path (the
         job's next index), and a Ctrl-C during COMMIT is raised after it (the row then is ours). If the lock
-        cannot be had, they stay, for ``verify --repair``."""
+        cannot be had within a few seconds, they stay, for ``verify --repair``."""
         if not paths:
             return
         try:
-            with self._db.write() as conn:
+            with self._db.write(wait_ms=UNDO_LOCK_WAIT_MS) as conn:
                 for path in paths:
                     if not pending.still_used(conn, WORKSPACE_BUCKET, path):
                         self._files.remove(WORKSPACE_BUCKET, path)

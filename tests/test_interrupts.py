@@ -178,3 +178,35 @@ def test_verify_does_not_call_a_file_committed_meanwhile_an_orphan(vault: Vault,
         writer.db.conn = slow._conn
     assert slow.committing.is_set()
     assert report.orphans == [] and report.clean and vault.workspace.count() == 1
+
+
+def test_undoing_a_failed_add_waits_for_the_lock_only_briefly(vault: Vault, make_image: Callable[..., Path],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The undo takes the write lock (to see whether a row took the path); another process holding it must not
+    keep the failed call waiting the full 60 s again. The file then stays, for verify --repair."""
+    from localvault import workspace
+
+    monkeypatch.setattr(workspace, "UNDO_LOCK_WAIT_MS", 200)
+    holder = sqlite3.connect(vault.root / "vault.db", isolation_level=None, check_same_thread=False)
+    real = vault.db.conn
+    vault.db.conn = FailingCommit(real, lambda: holder.execute("BEGIN IMMEDIATE"))  # type: ignore[assignment]
+    outcome: list[BaseException] = []
+
+    def add() -> None:
+        try:
+            vault.workspace.add(make_image(seed=1))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    adding = threading.Thread(target=add)
+    adding.start()
+    adding.join(20)
+    finished = not adding.is_alive()
+    holder.execute("ROLLBACK")
+    adding.join()
+    vault.db.conn = real
+    holder.close()
+    assert finished, "the failed add waited for the lock as long as a write would"
+    assert isinstance(outcome[0], StorageError)
+    report = vault.verify(repair=True)
+    assert len(report.orphans) == 1 and report.clean and vault.workspace.count() == 0
