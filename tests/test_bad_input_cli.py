@@ -133,23 +133,16 @@ def _broken_vaults(world: dict[str, Any]) -> dict[str, Path]:
     conn.execute("PRAGMA user_version = 9999")
     conn.close()
     out["newer"] = newer
-    bad_toml = base / "bad-toml"
-    Vault.create(bad_toml, user_id=USER_A).close()
-    (bad_toml / "localvault.toml").write_text("user_id = [unclosed\n")
-    out["bad_toml"] = bad_toml
-    toml_folder = base / "toml-folder"
-    Vault.create(toml_folder, user_id=USER_A).close()
-    (toml_folder / "localvault.toml").unlink()
-    (toml_folder / "localvault.toml").mkdir()
-    out["toml_folder"] = toml_folder
-    number_user = base / "number-user"
-    Vault.create(number_user, user_id=USER_A).close()
-    (number_user / "localvault.toml").write_text("user_id = 5\n")
-    out["number_user"] = number_user
-    text_user = base / "text-user"
-    Vault.create(text_user, user_id=USER_A).close()
-    (text_user / "localvault.toml").write_text('user_id = "notauuid"\n')
-    out["text_user"] = text_user
+    for name, settings in (("bad_toml", "user_id = [unclosed\n"), ("toml_folder", None),
+                           ("number_user", "user_id = 5\n"), ("text_user", 'user_id = "notauuid"\n')):
+        out[name] = base / name
+        Vault.create(out[name], user_id=USER_A).close()
+        toml = out[name] / "localvault.toml"
+        if settings is None:  # a folder where the file should be
+            toml.unlink()
+            toml.mkdir()
+        else:
+            toml.write_text(settings)
     foreign = base / "foreign"
     foreign.mkdir(exist_ok=True)
     conn = sqlite3.connect(foreign / "vault.db")

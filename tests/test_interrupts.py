@@ -12,7 +12,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,36 +23,72 @@ from conftest import USER_A, write_media
 from localvault import StorageError, Vault
 
 
-class InterruptAfter:
-    """The vault's connection, raising KeyboardInterrupt right after the next ``statement`` ran."""
+class Hooked:
+    """The vault's connection, with ``before(sql)`` run before each statement and ``after(sql)`` after it
+    (a hook may raise: the fault being simulated)."""
 
-    def __init__(self, conn: sqlite3.Connection, statement: str) -> None:
+    def __init__(self, conn: sqlite3.Connection, before: Callable[[str], None] | None,
+                 after: Callable[[str], None] | None) -> None:
         self._conn = conn
-        self._statement = statement
-        self.fired = False
+        self._before = before
+        self._after = after
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
 
     def execute(self, sql: str, *args: Any) -> Any:
+        if self._before is not None:
+            self._before(sql)
         result = self._conn.execute(sql, *args)
-        if sql == self._statement and not self.fired:
-            self.fired = True
-            raise KeyboardInterrupt
+        if self._after is not None:
+            self._after(sql)
         return result
 
 
-def interrupted(vault: Vault, statement: str, action: Callable[[], object]) -> None:
-    """Run ``action`` with a Ctrl-C landing right after ``statement``; the vault's own connection after."""
+@contextmanager
+def hooked(vault: Vault, *, before: Callable[[str], None] | None = None,
+           after: Callable[[str], None] | None = None) -> Iterator[None]:
     real = vault.db.conn
-    proxy = InterruptAfter(real, statement)
-    vault.db.conn = proxy  # type: ignore[assignment]
+    vault.db.conn = Hooked(real, before, after)  # type: ignore[assignment]
     try:
-        with pytest.raises(KeyboardInterrupt):
-            action()
+        yield
     finally:
         vault.db.conn = real
-    assert proxy.fired
+
+
+class Once:
+    """A hook that runs ``action`` the first time ``statement`` comes."""
+
+    def __init__(self, statement: str, action: Callable[[], object]) -> None:
+        self.statement = statement
+        self.action = action
+        self.fired = False
+
+    def __call__(self, sql: str) -> None:
+        if sql == self.statement and not self.fired:
+            self.fired = True
+            self.action()
+
+
+def _raise(error: BaseException) -> Callable[[], None]:
+    def action() -> None:
+        raise error
+    return action
+
+
+def interrupted(vault: Vault, statement: str, action: Callable[[], object]) -> None:
+    """Run ``action`` with a Ctrl-C landing right after ``statement``."""
+    ctrl_c = Once(statement, _raise(KeyboardInterrupt()))
+    with hooked(vault, after=ctrl_c), pytest.raises(KeyboardInterrupt):
+        action()
+    assert ctrl_c.fired
+
+
+def failing_commit(vault: Vault, after_rollback: Callable[[], object]) -> Any:
+    """The vault's next COMMIT fails (a full disk); ``after_rollback`` runs once the transaction is rolled
+    back: what another process may do in that moment."""
+    return hooked(vault, before=Once("COMMIT", _raise(sqlite3.OperationalError("database or disk is full"))),
+                  after=Once("ROLLBACK", after_rollback))
 
 
 def rows_and_files(vault: Vault) -> list[tuple[str, bool]]:
@@ -95,64 +132,19 @@ def test_a_ctrl_c_during_begin_leaves_no_transaction_open(vault: Vault, tmp_path
     assert [c.name for c in vault.collections.list()] == ["second", "third"]
 
 
-class FailingCommit:
-    """The vault's connection, whose next COMMIT fails (a full disk); ``after_rollback`` runs once the
-    transaction is rolled back: what another process may do in that moment."""
-
-    def __init__(self, conn: sqlite3.Connection, after_rollback: Callable[[], object]) -> None:
-        self._conn = conn
-        self._after_rollback = after_rollback
-        self.failed = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
-
-    def execute(self, sql: str, *args: Any) -> Any:
-        if sql == "COMMIT" and not self.failed:
-            self.failed = True
-            raise sqlite3.OperationalError("database or disk is full")
-        result = self._conn.execute(sql, *args)
-        if sql == "ROLLBACK" and self.failed:
-            self._after_rollback()
-        return result
-
-
 def test_a_failed_add_never_removes_the_file_another_process_committed_on_its_path(
         vault: Vault, make_image: Callable[..., Path]) -> None:
     """B renames its file to job J's index 0, its COMMIT fails and rolls back; C adds to job J at once, gets
     index 0 too and commits. B's clean-up used to unlink C's committed file."""
     job = "5a5a5a5a-0000-4000-8000-00000000005a"
     theirs: list[str] = []
-    with Vault.open(vault.root, user_id=USER_A) as other:
-        real = vault.db.conn
-        vault.db.conn = FailingCommit(real, lambda: theirs.append(
-            other.workspace.add(make_image(seed=2), job_id=job).temp_storage_path))  # type: ignore[assignment]
-        try:
-            with pytest.raises(StorageError, match="full"):
-                vault.workspace.add(make_image(seed=1), job_id=job)
-        finally:
-            vault.db.conn = real
+    with Vault.open(vault.root, user_id=USER_A) as other, failing_commit(vault, lambda: theirs.append(
+            other.workspace.add(make_image(seed=2), job_id=job).temp_storage_path)):
+        with pytest.raises(StorageError, match="full"):
+            vault.workspace.add(make_image(seed=1), job_id=job)
     assert theirs == [f"{USER_A}/{job}/0.png"]
     assert rows_and_files(vault) == [("workspace_assets", True)]
     assert vault.verify(check_hashes=True).clean
-
-
-class SlowCommit:
-    """A connection whose COMMIT waits: ``committing`` is set when it is reached (file renamed, row inserted)."""
-
-    def __init__(self, conn: sqlite3.Connection, seconds: float) -> None:
-        self._conn = conn
-        self._seconds = seconds
-        self.committing = threading.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
-
-    def execute(self, sql: str, *args: Any) -> Any:
-        if sql == "COMMIT" and not self.committing.is_set():
-            self.committing.set()
-            time.sleep(self._seconds)
-        return self._conn.execute(sql, *args)
 
 
 def test_verify_does_not_call_a_file_committed_meanwhile_an_orphan(vault: Vault,
@@ -160,23 +152,26 @@ def test_verify_does_not_call_a_file_committed_meanwhile_an_orphan(vault: Vault,
     """A writer renamed its file in, verify listed it, and the row committed only after verify's re-check:
     'orphan', and a vault reported damaged (a second verify was clean). The writer starts once verify has
     begun (its first progress event: after its own start-up write, before it lists the files)."""
-    with Vault.open(vault.root, user_id=USER_A) as writer:
-        slow = SlowCommit(writer.db.conn, 1.0)
-        writer.db.conn = slow  # type: ignore[assignment]
+    committing = threading.Event()
+
+    def slow_commit() -> None:
+        committing.set()
+        time.sleep(1.0)
+
+    with Vault.open(vault.root, user_id=USER_A) as writer, hooked(writer, before=Once("COMMIT", slow_commit)):
         adding = threading.Thread(target=lambda: writer.workspace.add(make_image(seed=1)))
 
         def start_the_writer(_event: object) -> None:
-            if not adding.is_alive() and not slow.committing.is_set():
+            if not adding.is_alive() and not committing.is_set():
                 adding.start()
-                assert slow.committing.wait(30)
+                assert committing.wait(30)
 
         try:
             report = vault.verify(progress=start_the_writer)
         finally:
             if adding.is_alive():
                 adding.join(30)
-        writer.db.conn = slow._conn
-    assert slow.committing.is_set()
+    assert committing.is_set()
     assert report.orphans == [] and report.clean and vault.workspace.count() == 1
 
 
@@ -188,8 +183,6 @@ def test_undoing_a_failed_add_waits_for_the_lock_only_briefly(vault: Vault, make
 
     monkeypatch.setattr(workspace, "UNDO_LOCK_WAIT_MS", 200)
     holder = sqlite3.connect(vault.root / "vault.db", isolation_level=None, check_same_thread=False)
-    real = vault.db.conn
-    vault.db.conn = FailingCommit(real, lambda: holder.execute("BEGIN IMMEDIATE"))  # type: ignore[assignment]
     outcome: list[BaseException] = []
 
     def add() -> None:
@@ -198,13 +191,13 @@ def test_undoing_a_failed_add_waits_for_the_lock_only_briefly(vault: Vault, make
         except BaseException as exc:
             outcome.append(exc)
 
-    adding = threading.Thread(target=add)
-    adding.start()
-    adding.join(20)
-    finished = not adding.is_alive()
-    holder.execute("ROLLBACK")
-    adding.join()
-    vault.db.conn = real
+    with failing_commit(vault, lambda: holder.execute("BEGIN IMMEDIATE")):
+        adding = threading.Thread(target=add)
+        adding.start()
+        adding.join(20)
+        finished = not adding.is_alive()
+        holder.execute("ROLLBACK")
+        adding.join()
     holder.close()
     assert finished, "the failed add waited for the lock as long as a write would"
     assert isinstance(outcome[0], StorageError)
