@@ -212,19 +212,14 @@ class Database:
             except sqlite3.OperationalError as exc:
                 raise _storage_error(exc, self.path) from None
             yield conn
-        except BaseException as exc:
+            conn.execute("COMMIT")
+        except BaseException as exc:  # a Ctrl-C just before COMMIT too: still in the transaction, so rolled back
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.OperationalError):
                 # A read-only vault, a full disk, a lock lost mid-transaction: a LocalVaultError, not a raw sqlite3 one.
                 raise _storage_error(exc, self.path) from exc
             raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise _storage_error(exc, self.path) from None
 
     def has_row(self, table: str, row_id: str) -> bool:
         """Whether ``table`` holds the committed row ``row_id``: asked after an error, before removing its file.

@@ -120,6 +120,15 @@ def test_a_ctrl_c_during_an_import_batchs_commit_keeps_its_files(vault: Vault, t
     assert vault.verify(check_hashes=True).clean
 
 
+def test_a_ctrl_c_just_before_commit_rolls_back(vault: Vault, make_image: Callable[..., Path]) -> None:
+    """Before: the transaction stayed open, holding the write lock, and the add kept its file for a row that
+    the next write of this vault then rolled back."""
+    with hooked(vault, before=Once("COMMIT", _raise(KeyboardInterrupt()))), pytest.raises(KeyboardInterrupt):
+        vault.workspace.add(make_image(seed=1))
+    assert not vault.db.conn.in_transaction
+    assert rows_and_files(vault) == [] and vault.verify().clean
+
+
 def test_a_ctrl_c_during_begin_leaves_no_transaction_open(vault: Vault, tmp_path: Path) -> None:
     """Before: the transaction stayed open, every later write of this vault failed and other processes
     waited for its lock until their busy timeout."""
