@@ -134,14 +134,20 @@ class Workspace:
                 self._files.commit(prepared.staged, relative)
                 committed_path = relative
                 facts = prepared.facts
-                conn.execute(
-                    _INSERT,
-                    (asset_id, self.user_id, facts.media_type.asset_type.value, relative, prepared.staged.size,
-                     facts.media_type.value, facts.duration_seconds, job, index, values.seed, values.prompt,
-                     values.model, values.settings, facts.width, facts.height,
-                     prepared.staged.sha256),
-                )
-                row = conn.execute(f"SELECT {rows.WORKSPACE_COLUMNS} FROM workspace_assets WHERE id = ?", (asset_id,)).fetchone()
+                try:
+                    conn.execute(
+                        _INSERT,
+                        (asset_id, self.user_id, facts.media_type.asset_type.value, relative, prepared.staged.size,
+                         facts.media_type.value, facts.duration_seconds, job, index, values.seed, values.prompt,
+                         values.model, values.settings, facts.width, facts.height,
+                         prepared.staged.sha256),
+                    )
+                    row = conn.execute(f"SELECT {rows.WORKSPACE_COLUMNS} FROM workspace_assets WHERE id = ?",
+                                       (asset_id,)).fetchone()
+                except BaseException:
+                    self._files.remove(WORKSPACE_BUCKET, relative)  # while the lock is ours: no one can take the path
+                    committed_path = None
+                    raise
         except BaseException:
             if committed_path is not None:
                 self._remove_unclaimed([committed_path])
@@ -151,10 +157,11 @@ class Workspace:
         return rows.workspace_asset(row)
 
     def _remove_unclaimed(self, paths: list[str]) -> None:
-        """Remove files a failed transaction renamed into place, unless a row uses them: checked under the write
-        lock, since after the rollback another process may have committed its own file on the same path (the
-        job's next index), and a Ctrl-C during COMMIT is raised after it (the row then is ours). If the lock
-        cannot be had within a few seconds, they stay, for ``verify --repair``."""
+        """Remove files renamed into place by a transaction whose COMMIT failed (or was interrupted), unless a
+        row uses them: checked under the write lock, since after the rollback another process may have
+        committed its own file on the same path (the job's next index), and a Ctrl-C during COMMIT is raised
+        after it (the row then is ours). If the lock cannot be had within a few seconds, they stay, for
+        ``verify --repair``. (A failure before COMMIT removes them while the transaction still holds the lock.)"""
         if not paths:
             return
         try:
@@ -261,13 +268,19 @@ class Workspace:
                                    entry.prompt, entry.model, entry.settings_json, facts.width, facts.height,
                                    entry.staged.sha256))
                 folders = {relative.rsplit("/", 1)[0] for _s, relative in moves}
-                for _ in io_map(lambda move: self._files.commit(move[0], move[1], sync_dir=False), moves):
-                    pass
-                # syncfs flushes the whole filesystem (other programs' writes too): worth it for big batches only
-                if len(moves) < SYNCFS_MIN_FILES or not self._files.syncfs():
-                    self._files.sync_files(WORKSPACE_BUCKET, [relative for _s, relative in moves], io_map)
-                    self._files.sync_dirs(WORKSPACE_BUCKET, {user, *folders})
-                conn.executemany(_INSERT, values)
+                try:
+                    for _ in io_map(lambda move: self._files.commit(move[0], move[1], sync_dir=False), moves):
+                        pass
+                    # syncfs flushes the whole filesystem (other programs' writes too): worth it for big batches only
+                    if len(moves) < SYNCFS_MIN_FILES or not self._files.syncfs():
+                        self._files.sync_files(WORKSPACE_BUCKET, [relative for _s, relative in moves], io_map)
+                        self._files.sync_dirs(WORKSPACE_BUCKET, {user, *folders})
+                    conn.executemany(_INSERT, values)
+                except BaseException:
+                    for _staged, relative in moves:  # while the lock is ours: no one can take these paths
+                        self._files.remove(WORKSPACE_BUCKET, relative)
+                    moves.clear()
+                    raise
         except BaseException:
             self._remove_unclaimed([relative for _staged, relative in moves])
             for entry in entries:

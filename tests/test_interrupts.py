@@ -212,3 +212,37 @@ def test_undoing_a_failed_add_waits_for_the_lock_only_briefly(vault: Vault, make
     assert isinstance(outcome[0], StorageError)
     report = vault.verify(repair=True)
     assert len(report.orphans) == 1 and report.clean and vault.workspace.count() == 0
+
+
+def test_a_failure_before_commit_removes_the_file_at_once(vault: Vault, make_image: Callable[..., Path],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C while the row is inserted: the renamed file goes while the transaction still holds the lock, so
+    another process that takes the lock right after the rollback neither delays the Ctrl-C nor keeps an orphan."""
+    from localvault import workspace
+
+    monkeypatch.setattr(workspace, "UNDO_LOCK_WAIT_MS", 30_000)
+    holder = sqlite3.connect(vault.root / "vault.db", isolation_level=None, check_same_thread=False)
+
+    def ctrl_c_at_insert(sql: str) -> None:
+        if sql.startswith("INSERT INTO workspace_assets"):
+            raise KeyboardInterrupt
+
+    outcome: list[BaseException] = []
+
+    def add() -> None:
+        try:
+            vault.workspace.add(make_image(seed=1))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with hooked(vault, before=ctrl_c_at_insert, after=Once("ROLLBACK", lambda: holder.execute("BEGIN IMMEDIATE"))):
+        adding = threading.Thread(target=add)
+        adding.start()
+        adding.join(10)
+        finished = not adding.is_alive()
+        holder.execute("ROLLBACK")
+        adding.join()
+    holder.close()
+    assert finished and isinstance(outcome[0], KeyboardInterrupt)
+    report = vault.verify()
+    assert report.clean and report.orphans == [] and vault.workspace.count() == 0
