@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 import sys
 import uuid
 from collections.abc import Iterator
@@ -38,6 +39,31 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     except OSError as exc:
         unlink_quietly(temp)
         raise os_error(exc, path) from None
+
+
+def move_durably(source: str, target: str) -> None:
+    """Move a file to ``target`` (which must not exist), durably; across filesystems by copy, fsync, rename
+    and unlink (a bucket folder may be a mount or a link to another disk)."""
+    try:
+        os.rename(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        temp = os.path.join(os.path.dirname(target), f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+        try:
+            with open(source, "rb") as reader, open(temp, "xb") as writer:
+                shutil.copyfileobj(reader, writer, 1024 * 1024)
+                writer.flush()
+                os.fsync(writer.fileno())
+            os.rename(temp, target)
+        except BaseException:
+            unlink_quietly(Path(temp))
+            raise
+        fsync_path(os.path.dirname(target))
+        os.unlink(source)
+    else:
+        fsync_path(os.path.dirname(target))
+    fsync_path(os.path.dirname(source))
 
 
 def fsync_path(path: str | Path) -> None:

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -25,6 +25,7 @@ from fsspec.implementations.local import LocalFileSystem
 from ._disk import (
     TEMP_PREFIX,
     fsync_path,
+    move_durably,
     os_error,
     start_writeback,
     stream_digest,
@@ -38,6 +39,7 @@ from .errors import StorageError
 WORKSPACE_BUCKET = "workspace-temp"
 LIBRARY_BUCKET = "user-library"
 BUCKETS = (WORKSPACE_BUCKET, LIBRARY_BUCKET)
+T = TypeVar("T")
 #: Where ``verify --repair`` moves files without a row (in the vault folder, beside the buckets).
 RECOVERED_FOLDER = "recovered"
 CHUNK = 1024 * 1024
@@ -61,13 +63,13 @@ class SourceReadError(StorageError):
     """The file being copied in could not be read: its side's fault, not the vault's."""
 
 
-def _create_temp(directory: str, temp: str) -> int:
-    """Create and open the new file ``temp`` in ``directory``, making the folder on first use only (mkdir is
-    not free). Another process may remove the folder, then empty, in between (a discard or a prune of a
-    job's folder): it is made again."""
+def _in_folder(directory: str, action: Callable[[], T]) -> T:
+    """``action()``: a create, link or rename into ``directory``, which is made when missing, on first use
+    (mkdir is not free) or when another process removed it, then empty, in between (a discard or a prune of
+    a job's folder)."""
     for attempt in range(5):
         try:
-            return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            return action()
         except FileNotFoundError:
             if attempt == 4:
                 raise
@@ -76,6 +78,11 @@ def _create_temp(directory: str, temp: str) -> int:
         except FileNotFoundError:  # a parent removed while the folders were being made
             pass
     raise AssertionError("unreachable")
+
+
+def _create_temp(directory: str, temp: str) -> int:
+    """Create and open the new file ``temp`` in ``directory`` (see :func:`_in_folder`)."""
+    return _in_folder(directory, lambda: os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
 
 
 def _open_source(source: Path) -> BinaryIO:
@@ -162,22 +169,16 @@ class FileStore:
         return StagedFile(bucket, temp, digest.hexdigest(), size)
 
     def commit(self, staged: StagedFile, relative: str, *, sync_dir: bool = True) -> None:
-        """Rename a staged file to its final name (replacing any orphan there) and make it durable.
+        """Rename a staged file to its final name (replacing a file there without a row, such as one queued
+        for deletion) and make it durable. The folder is made if missing: a file staged in the user's folder
+        (by an import's worker process) meets its job's folder here.
 
         With ``sync_dir=False`` the caller fsyncs the folders itself (:meth:`sync_dirs`), once per batch.
         """
         final = self.full_path(staged.bucket, relative)
         try:
             if self.local:
-                try:
-                    os.replace(staged.temp_path, final)
-                except FileNotFoundError:
-                    if not os.path.exists(staged.temp_path):
-                        raise
-                    # No folder yet: a file staged in the user's folder (by an import's worker process) meets
-                    # its job's folder here, and another import's discard may have pruned an empty one.
-                    os.makedirs(os.path.dirname(final), exist_ok=True)
-                    os.replace(staged.temp_path, final)
+                _in_folder(os.path.dirname(final), lambda: os.replace(staged.temp_path, final))
                 if sync_dir:
                     fsync_path(Path(final).parent)
             else:
@@ -235,11 +236,7 @@ class FileStore:
         temp = f"{directory}/{TEMP_PREFIX}{name or uuid.uuid4().hex}"
         target = os.path.realpath(source)
         try:
-            try:
-                os.link(target, temp)
-            except FileNotFoundError:
-                os.makedirs(directory, exist_ok=True)
-                os.link(target, temp)
+            _in_folder(directory, lambda: os.link(target, temp))
         except OSError:
             return None
         return StagedFile(bucket, temp, sha256, size, linked=True)
@@ -311,23 +308,31 @@ class FileStore:
         """Move a file out of its bucket to ``recovered/<bucket>/<relative>`` in the vault folder (a new
         name if that is taken): a file without a row may be the only copy of an asset. Its new path."""
         source = self.full_path(bucket, relative)
-        target = f"{self.root}/{RECOVERED_FOLDER}/{bucket}/{relative}"
+        target = self._free_recovered_path(bucket, relative)
+        try:
+            if self.local:
+                move_durably(source, target)
+            else:
+                self.fs.mv(source, target)
+        except OSError as exc:
+            raise StorageError(f"cannot move {source} to {target}: {exc.strerror or exc}") from None
+        self.prune_folders(bucket, [os.path.dirname(relative)])
+        return target
+
+    def _free_recovered_path(self, bucket: str, relative: str) -> str:
+        base = f"{self.root}/{RECOVERED_FOLDER}/{bucket}"
+        target = f"{base}/{relative}"
+        try:
+            self.fs.makedirs(os.path.dirname(target), exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # a file recovered earlier bears one of its folders' names
+            target = f"{base}/{uuid.uuid4().hex[:12]}-{os.path.basename(relative)}"
+        except OSError as exc:
+            raise StorageError(f"cannot make {os.path.dirname(target)}: {exc.strerror or exc}") from None
         stem, extension = os.path.splitext(target)
         number = 1
         while self.fs.exists(target):
             target = f"{stem}-{number}{extension}"
             number += 1
-        try:
-            self.fs.makedirs(os.path.dirname(target), exist_ok=True)
-            if self.local:
-                os.rename(source, target)
-                fsync_path(os.path.dirname(target))
-                fsync_path(os.path.dirname(source))
-            else:
-                self.fs.mv(source, target)
-        except OSError as exc:
-            raise os_error(exc, source) from None
-        self.prune_folders(bucket, [os.path.dirname(relative)])
         return target
 
     def _remove_path(self, path: str) -> None:

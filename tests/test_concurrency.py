@@ -256,3 +256,30 @@ def test_a_job_folder_pruned_by_another_process_meanwhile_is_made_again(tmp_path
     asset = vault.workspace.add(write_media(tmp_path / "src", seed=1), job_id=job)
     assert pruned and asset.job_id == job and os.path.isfile(vault.workspace.file_path(asset))
     vault.close()
+
+
+def test_a_job_folder_pruned_meanwhile_is_made_again_at_commit_too(tmp_path: Path, monkeypatch: object) -> None:
+    """An import's worker stages in the user's folder; the rename into the job's folder met the same race."""
+    import hashlib as _hashlib
+
+    import pytest
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    vault = Vault.create(tmp_path / "vault", user_id=USER_A)
+    job = str(uuid.uuid4())
+    job_folder = os.path.join(vault.files.full_path(WORKSPACE_BUCKET, USER_A), job)
+    data = b"staged bytes"
+    staged = vault.files.stage_data(data, _hashlib.sha256(data).hexdigest(), WORKSPACE_BUCKET, USER_A)
+    real_makedirs = os.makedirs
+    pruned: list[str] = []
+
+    def then_pruned(name: str, *args: object, **kwargs: object) -> None:
+        real_makedirs(name, *args, **kwargs)  # type: ignore[arg-type]
+        if os.path.normpath(name) == os.path.normpath(job_folder) and not pruned:
+            os.rmdir(name)
+            pruned.append(name)
+
+    monkeypatch.setattr(os, "makedirs", then_pruned)
+    vault.files.commit(staged, f"{USER_A}/{job}/0.png")
+    assert pruned and open(os.path.join(job_folder, "0.png"), "rb").read() == data
+    vault.close()

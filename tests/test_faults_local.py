@@ -9,6 +9,7 @@ database intact), and the next run after the fault is gone must complete.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import time
@@ -257,3 +258,24 @@ def _big_png(n: int) -> bytes:
     out = io.BytesIO()
     Image.frombytes("RGB", (150, 150), rng.randbytes(150 * 150 * 3)).save(out, format="PNG", compress_level=1)
     return out.getvalue()
+
+
+def test_repair_moves_an_orphan_off_a_bucket_on_another_disk(small_disk: Path, tmp_path: Path) -> None:
+    """recovered/ is beside the buckets; a bucket folder on another filesystem (a mount, or a link to one) made
+    the move fail with EXDEV, which stopped the whole repair."""
+    root = tmp_path / "v"
+    with Vault.create(root, user_id=USER_A) as vault:
+        kept = vault.library.add(_png(tmp_path, 1), title="kept")
+    library = root / "user-library"
+    shutil.copytree(library, small_disk / "user-library")
+    shutil.rmtree(library)
+    os.symlink(small_disk / "user-library", library)
+    orphan = library / USER_A / "0b0b0b0b-0000-4000-8000-00000000000b.png"
+    orphan.write_bytes(tiny_png(2))
+    with Vault.open(root) as vault:
+        Path(vault.library.file_path(kept)).unlink()  # and a missing file the same repair must still restore
+        vault.workspace.add(_png(tmp_path, 1))  # its twin, on the other disk
+        report = vault.verify(repair=True)
+        assert report.clean and not orphan.exists()
+        assert Path(report.recovered[0]).read_bytes() == tiny_png(2)
+        assert Path(vault.library.file_path(kept)).is_file() and vault.verify().clean
