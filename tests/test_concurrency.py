@@ -281,5 +281,5 @@ def test_a_job_folder_pruned_meanwhile_is_made_again_at_commit_too(tmp_path: Pat
 
     monkeypatch.setattr(os, "makedirs", then_pruned)
     vault.files.commit(staged, f"{USER_A}/{job}/0.png")
-    assert pruned and open(os.path.join(job_folder, "0.png"), "rb").read() == data
+    assert pruned and Path(job_folder, "0.png").read_bytes() == data
     vault.close()
