@@ -203,8 +203,9 @@ def verify(ctx: Context, repair: bool, quick: bool, as_json: bool) -> None:
                 output.console.print(f"{label}: {item}{asset}", highlight=False)
         if result.recovered:
             output.console.print(f"{len(result.recovered)} files without a row were moved to "
-                                 f"{ctx.vault().root / RECOVERED_FOLDER}: add back what you want to keep "
-                                 "('localvault add FILE'), then delete the folder", highlight=False)
+                                 f"{ctx.vault().root / RECOVERED_FOLDER}: take back what you want to keep with "
+                                 "'localvault add FILE' (then 'localvault save ID' for one that was in the library), "
+                                 "and delete the rest", highlight=False)
         if result.clean:
             output.console.print("vault is clean")
         elif result.unrepairable or result.unreadable:
