@@ -358,7 +358,7 @@ class Workspace:
             raise InvalidInputError(f"when must be a datetime, not {when!r}")
         try:
             moment = format_time(when) if when is not None else utc_now()
-        except OverflowError:  # datetime.max in a zone west of UTC
+        except (OverflowError, ValueError, OSError):  # datetime.max west of UTC; datetime.min as local time
             raise InvalidInputError(f"when {when!r} is out of range; give a date between the years 1 and 9999") from None
         with self._db.write() as conn:
             created = conn.execute(

@@ -609,6 +609,8 @@ def test_expire_to_a_moment_without_a_utc_date_is_refused(vault: Vault, make_ima
     west = timezone(-timedelta(hours=5))
     with pytest.raises(InvalidInputError, match="out of range"):
         vault.workspace.expire(asset.id, datetime.max.replace(tzinfo=west))
+    with pytest.raises(InvalidInputError, match="out of range"):
+        vault.workspace.expire(asset.id, datetime.min)  # naive: local time, which has no UTC date before year 1
     assert vault.workspace.get(asset.id).expires_at == before
 
 
