@@ -603,6 +603,20 @@ def test_expire_to_a_year_before_1000_expires_it(vault: Vault, make_image):
     assert vault.cleanup().assets_removed == 1
 
 
+def test_an_expiry_stored_with_a_three_digit_year_is_mended_on_open(vault: Vault, make_image):
+    """Vaults written before the fix hold "205-01-01…": migration 4 makes such an asset expire."""
+    asset = vault.workspace.add(make_image(seed=1))
+    root = vault.root
+    vault.close()
+    conn = raw_connection(root)
+    conn.execute("UPDATE workspace_assets SET expires_at = '205-01-01T00:00:00.000Z' WHERE id = ?", (asset.id,))
+    conn.execute("PRAGMA user_version = 3")
+    conn.close()
+    with Vault.open(root, auto_cleanup=False) as reopened:
+        assert reopened.workspace.get(asset.id).expires_at <= datetime.now(timezone.utc)
+        assert reopened.cleanup().assets_removed == 1
+
+
 def test_expire_to_a_moment_without_a_utc_date_is_refused(vault: Vault, make_image):
     asset = vault.workspace.add(make_image(seed=1))
     before = vault.workspace.get(asset.id).expires_at
