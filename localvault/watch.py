@@ -53,8 +53,9 @@ POLL_SECONDS = 0.25
 GIVE_UP_SECONDS = 10.0
 #: A file whose batch could not be committed is tried again after this long.
 RETRY_SECONDS = 5.0
-#: How often the watcher runs the vault's housekeeping (which itself cleans up at most once an hour).
-HOUSEKEEPING_SECONDS = 60.0
+#: How often the watcher runs the vault's housekeeping, as an open does (its cleanup runs at most hourly too;
+#: a queued deletion that cannot be done is retried, and warned about, that often, not every minute).
+HOUSEKEEPING_SECONDS = 3600.0
 #: Files of a catch-up imported together (the watcher checks for a stop between them).
 CATCH_UP_BATCH = 500
 
