@@ -98,8 +98,10 @@ class Importer:
         self.prompt = models.check_prompt(prompt) if prompt is not None else None
         # One examining worker per core: that work holds the GIL often enough that more threads
         # only contend (measured: 8 threads were ~40% slower than 2 on 2 cores).
-        if workers is not None and models.check_positive_int(workers, "workers", 64) == 0:
-            raise InvalidInputError("workers must be from 1 to 64, not 0 (leave it out for one per core)")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                    or not 1 <= workers <= 64):
+            raise InvalidInputError(f"workers must be an integer from 1 to 64 (leave it out for one per core), "
+                                    f"not {workers!r}")
         self.workers = workers or max(1, min(8, os.cpu_count() or 2))
         self.batch_size = batch_size
         self.grouper = grouper or JobGrouper(user_id)

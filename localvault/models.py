@@ -37,7 +37,7 @@ WORKSPACE_TTL_DAYS = 7
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: Lone surrogates: what Python makes of bytes that are not UTF-8 (a shell argument, a file name); not storable.
-_SURROGATE = re.compile("[\ud800-\udfff]")
+SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class AssetType(str, enum.Enum):
@@ -100,7 +100,7 @@ def check_seed(value: Any) -> int:
 def check_unicode(value: str, what: str) -> str:
     """``value`` if it can be stored (SQLite, TOML, PostgreSQL); InvalidInputError for the lone surrogates
     Python makes of bytes that are not UTF-8 (a shell argument, a file name)."""
-    if _SURROGATE.search(value):
+    if SURROGATES.search(value):
         raise InvalidInputError(f"{what} is not valid Unicode (bytes that are not UTF-8?); give it as UTF-8 text")
     return value
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -26,13 +25,13 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from ..models import SURROGATES
 from ..progress import ProgressCallback, ProgressEvent
 
 # No markup: prompts ("a [red] fox"), file names ("[1].png") and messages ("the [remote] table") print as they are.
 # No folding of printed lines (tables still fit the width): a path or id captured by a script stays whole.
 console = Console(markup=False, soft_wrap=True)
 err_console = Console(stderr=True, markup=False)
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def to_jsonable(value: Any) -> Any:
@@ -64,8 +63,8 @@ def print_json(value: Any, *, line: bool = False) -> None:
     JSON reader turns back into the same surrogate Python gave it (``os.fsencode`` then gives its bytes).
     """
     text = json.dumps(to_jsonable(value), ensure_ascii=False, indent=None if line else 2, default=str)
-    if _SURROGATE.search(text):
-        text = _SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+    if SURROGATES.search(text):
+        text = SURROGATES.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
     sys.stdout.write(text + "\n")
     if line:
         sys.stdout.flush()

@@ -14,11 +14,17 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from localvault.models import MAX_MODEL_CHARS, MAX_PROMPT_CHARS, MAX_SEED, MAX_SETTINGS_BYTES, GenerationInfo
+from localvault.models import (
+    MAX_MODEL_CHARS,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_SETTINGS_BYTES,
+    SURROGATES,
+    GenerationInfo,
+)
 
 _PROMPT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _ALL_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _NOT_SNAKE = re.compile(r"[^0-9a-z]+")
 _SEED_TEXT = re.compile(r"\s*\+?\d{1,25}\s*")
 _MAX_DEPTH = 64
@@ -108,7 +114,7 @@ def find_run_id(*mappings: Any) -> Any:
 
 
 def _fix_surrogates(text: str) -> str:
-    if _SURROGATE.search(text):
+    if SURROGATES.search(text):
         return text.encode("utf-8", "replace").decode("utf-8")
     return text
 
