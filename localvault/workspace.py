@@ -145,9 +145,10 @@ class Workspace:
                     row = conn.execute(f"SELECT {rows.WORKSPACE_COLUMNS} FROM workspace_assets WHERE id = ?",
                                        (asset_id,)).fetchone()
                 except BaseException:
-                    self._files.remove(WORKSPACE_BUCKET, relative)  # while the lock is ours: no one can take the path
-                    committed_path = None
-                    raise
+                    if conn.in_transaction:  # the lock is still ours: no one can have taken the path
+                        self._files.remove(WORKSPACE_BUCKET, relative)
+                        committed_path = None
+                    raise  # (else SQLite rolled back on its own, a full disk: see _remove_unclaimed)
         except BaseException:
             if committed_path is not None:
                 self._remove_unclaimed([committed_path])
@@ -161,7 +162,8 @@ class Workspace:
         row uses them: checked under the write lock, since after the rollback another process may have
         committed its own file on the same path (the job's next index), and a Ctrl-C during COMMIT is raised
         after it (the row then is ours). If the lock cannot be had within a few seconds, they stay, for
-        ``verify --repair``. (A failure before COMMIT removes them while the transaction still holds the lock.)"""
+        ``verify --repair``. (A failure before COMMIT removes them while the transaction still holds the lock,
+        unless SQLite has already rolled back on its own, as it does on a full disk.)"""
         if not paths:
             return
         try:
@@ -277,10 +279,11 @@ class Workspace:
                         self._files.sync_dirs(WORKSPACE_BUCKET, {user, *folders})
                     conn.executemany(_INSERT, values)
                 except BaseException:
-                    for _staged, relative in moves:  # while the lock is ours: no one can take these paths
-                        self._files.remove(WORKSPACE_BUCKET, relative)
-                    moves.clear()
-                    raise
+                    if conn.in_transaction:  # the lock is still ours: no one can have taken these paths
+                        for _staged, relative in moves:
+                            self._files.remove(WORKSPACE_BUCKET, relative)
+                        moves.clear()
+                    raise  # (else SQLite rolled back on its own, a full disk: see _remove_unclaimed)
         except BaseException:
             self._remove_unclaimed([relative for _staged, relative in moves])
             for entry in entries:

@@ -246,3 +246,24 @@ def test_a_failure_before_commit_removes_the_file_at_once(vault: Vault, make_ima
     assert finished and isinstance(outcome[0], KeyboardInterrupt)
     report = vault.verify()
     assert report.clean and report.orphans == [] and vault.workspace.count() == 0
+
+
+def test_a_failed_insert_after_sqlite_rolled_back_keeps_another_process_file(
+        vault: Vault, make_image: Callable[..., Path]) -> None:
+    """On a full disk SQLite rolls the transaction back by itself, releasing the lock before the error reaches
+    us: another process may commit its own file on the path in between, which must then stay."""
+    job = "6b6b6b6b-0000-4000-8000-00000000006b"
+    real = vault.db.conn
+    theirs: list[str] = []
+
+    with Vault.open(vault.root, user_id=USER_A) as other:
+        def full_disk_at_insert(sql: str) -> None:
+            if sql.startswith("INSERT INTO workspace_assets") and not theirs:
+                real.execute("ROLLBACK")  # what SQLite does on its own for SQLITE_FULL
+                theirs.append(other.workspace.add(make_image(seed=2), job_id=job).temp_storage_path)
+                raise sqlite3.OperationalError("database or disk is full")
+
+        with hooked(vault, before=full_disk_at_insert), pytest.raises(StorageError, match="full"):
+            vault.workspace.add(make_image(seed=1), job_id=job)
+    assert theirs == [f"{USER_A}/{job}/0.png"]
+    assert rows_and_files(vault) == [("workspace_assets", True)] and vault.verify(check_hashes=True).clean
