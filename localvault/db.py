@@ -196,8 +196,8 @@ class Database:
             with self._write() as conn:
                 yield conn
             return
-        self.conn.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
         try:
+            self.conn.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
             with self._write() as conn:
                 yield conn
         finally:

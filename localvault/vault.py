@@ -226,6 +226,10 @@ class Vault:
             vault.housekeeping(auto_cleanup=auto_cleanup)
         return vault
 
+    def cleanup_due(self) -> bool:
+        """Whether the last complete cleanup is more than an hour old (or none was ever finished)."""
+        return _cleanup_due(self.db.get_meta("last_cleanup"))
+
     def housekeeping(self, *, auto_cleanup: bool = True) -> None:
         """What opening a vault for writing does: settle queued file deletions and, at most once an hour
         (unless ``auto_cleanup=False``), remove up to 2,000 expired workspace assets.
@@ -236,7 +240,7 @@ class Vault:
             pending.drain(self.db, self.files)
         if not auto_cleanup:
             return
-        if _cleanup_due(self.db.get_meta("last_cleanup")):
+        if self.cleanup_due():
             self.workspace.cleanup(max_assets=AUTO_CLEANUP_BUDGET)
 
     def close(self) -> None:

@@ -53,9 +53,8 @@ POLL_SECONDS = 0.25
 GIVE_UP_SECONDS = 10.0
 #: A file whose batch could not be committed is tried again after this long.
 RETRY_SECONDS = 5.0
-#: How often the watcher runs the vault's housekeeping, as an open does (its cleanup runs at most hourly too;
-#: a queued deletion that cannot be done is retried, and warned about, that often, not every minute).
-HOUSEKEEPING_SECONDS = 3600.0
+#: How often the watcher asks whether the vault's cleanup is due (hourly, or unfinished: 2,000 assets a run).
+HOUSEKEEPING_SECONDS = 60.0
 #: Files of a catch-up imported together (the watcher checks for a stop between them).
 CATCH_UP_BATCH = 500
 
@@ -280,9 +279,12 @@ class Watcher:
 
     def _housekeeping(self, vault: Vault) -> None:
         """The vault's hourly cleanup of expired assets, and its queued deletions: a rig that only ever runs
-        the watcher opens its vault once, so they would otherwise never happen."""
+        the watcher opens its vault once, so they would otherwise never happen. Only when a cleanup is due
+        (a backlog of expired assets then goes 2,000 a minute; a queued deletion that cannot be done is
+        retried, and warned about, hourly, not every minute)."""
         try:
-            vault.housekeeping()
+            if vault.cleanup_due():
+                vault.housekeeping()
         except LocalVaultError as exc:  # the watch goes on; tried again next time
             log.warning("the workspace's cleanup did not run: %s", exc)
 

@@ -21,6 +21,7 @@ import pytest
 from conftest import temp_files, without_dac_override
 
 from localvault import InvalidInputError, Vault
+from localvault.db import utc_now
 from localvault.watch import Watcher, WatchEvent
 
 try:
@@ -188,6 +189,25 @@ def test_a_long_watch_cleans_up_expired_assets(vault: Vault, out: Path, tmp_path
         with vault.db.write() as conn:
             vault.db.set_meta(conn, "last_cleanup", "2000-01-01T00:00:00.000Z")
         assert wait_for(lambda: vault.workspace.count() == 0 and not path.exists())
+
+
+def test_a_long_watch_tries_a_stuck_deletion_only_when_a_cleanup_is_due(vault: Vault, out: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A queued deletion that cannot be done was tried, and warned about, at every housekeeping tick."""
+    from localvault import watch
+
+    monkeypatch.setattr(watch, "HOUSEKEEPING_SECONDS", 0.1)
+    stuck = vault.root / "workspace-temp" / vault.user_id / "not-a-file"
+    (stuck / "inside").mkdir(parents=True)  # a folder where a file was: unlink fails
+    with vault.db.write() as conn:
+        conn.execute("INSERT INTO pending_deletes (bucket, path) VALUES ('workspace-temp', ?)",
+                     (f"{vault.user_id}/not-a-file",))
+        vault.db.set_meta(conn, "last_cleanup", utc_now())
+    with caplog.at_level(logging.WARNING, logger="localvault"), Watcher(vault, out, poll_seconds=0.05):
+        time.sleep(1.0)
+    warnings = [r for r in caplog.records if "could not be removed" in r.getMessage()]
+    assert len(warnings) == 1  # the watcher's own open, then not again within the hour
 
 
 def test_a_long_watch_keeps_its_memory_flat(vault: Vault, out: Path, tmp_path: Path,
