@@ -55,6 +55,7 @@ def move_durably(source: str, target: str) -> None:
                 shutil.copyfileobj(reader, writer, 1024 * 1024)
                 writer.flush()
                 os.fsync(writer.fileno())
+            shutil.copystat(source, temp)  # its times and mode, which tell recovered files apart
             os.rename(temp, target)
         except BaseException:
             unlink_quietly(Path(temp))

@@ -272,10 +272,12 @@ def test_repair_moves_an_orphan_off_a_bucket_on_another_disk(small_disk: Path, t
     os.symlink(small_disk / "user-library", library)
     orphan = library / USER_A / "0b0b0b0b-0000-4000-8000-00000000000b.png"
     orphan.write_bytes(tiny_png(2))
+    os.utime(orphan, (1_700_000_000, 1_700_000_000))
     with Vault.open(root) as vault:
         Path(vault.library.file_path(kept)).unlink()  # and a missing file the same repair must still restore
         vault.workspace.add(_png(tmp_path, 1))  # its twin, on the other disk
         report = vault.verify(repair=True)
         assert report.clean and not orphan.exists()
         assert Path(report.recovered[0]).read_bytes() == tiny_png(2)
+        assert Path(report.recovered[0]).stat().st_mtime == 1_700_000_000  # when it was made, as before the move
         assert Path(vault.library.file_path(kept)).is_file() and vault.verify().clean
