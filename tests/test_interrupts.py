@@ -184,6 +184,31 @@ def test_verify_does_not_call_a_file_committed_meanwhile_an_orphan(vault: Vault,
     assert report.orphans == [] and report.clean and vault.workspace.count() == 1
 
 
+def add_while_another_takes_the_lock(vault: Vault, source: Path, faults: Callable[[Callable[[], object]], Any],
+                                     seconds: float) -> tuple[bool, BaseException | None]:
+    """Add ``source`` in a thread under ``faults(take_lock)``, where ``take_lock`` makes another connection
+    take the write lock (and hold it); whether the add ended within ``seconds``, and what it raised."""
+    holder = sqlite3.connect(vault.root / "vault.db", isolation_level=None, check_same_thread=False)
+    outcome: list[BaseException] = []
+
+    def add() -> None:
+        try:
+            vault.workspace.add(source)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with faults(lambda: holder.execute("BEGIN IMMEDIATE")):
+        adding = threading.Thread(target=add)
+        adding.start()
+        adding.join(seconds)
+        finished = not adding.is_alive()
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        adding.join()
+    holder.close()
+    return finished, outcome[0] if outcome else None
+
+
 def test_undoing_a_failed_add_waits_for_the_lock_only_briefly(vault: Vault, make_image: Callable[..., Path],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The undo takes the write lock (to see whether a row took the path); another process holding it must not
@@ -191,25 +216,10 @@ def test_undoing_a_failed_add_waits_for_the_lock_only_briefly(vault: Vault, make
     from localvault import workspace
 
     monkeypatch.setattr(workspace, "UNDO_LOCK_WAIT_MS", 200)
-    holder = sqlite3.connect(vault.root / "vault.db", isolation_level=None, check_same_thread=False)
-    outcome: list[BaseException] = []
-
-    def add() -> None:
-        try:
-            vault.workspace.add(make_image(seed=1))
-        except BaseException as exc:
-            outcome.append(exc)
-
-    with failing_commit(vault, lambda: holder.execute("BEGIN IMMEDIATE")):
-        adding = threading.Thread(target=add)
-        adding.start()
-        adding.join(20)
-        finished = not adding.is_alive()
-        holder.execute("ROLLBACK")
-        adding.join()
-    holder.close()
+    finished, outcome = add_while_another_takes_the_lock(
+        vault, make_image(seed=1), lambda take_lock: failing_commit(vault, take_lock), seconds=20)
     assert finished, "the failed add waited for the lock as long as a write would"
-    assert isinstance(outcome[0], StorageError)
+    assert isinstance(outcome, StorageError)
     report = vault.verify(repair=True)
     assert len(report.orphans) == 1 and report.clean and vault.workspace.count() == 0
 
@@ -221,29 +231,15 @@ def test_a_failure_before_commit_removes_the_file_at_once(vault: Vault, make_ima
     from localvault import workspace
 
     monkeypatch.setattr(workspace, "UNDO_LOCK_WAIT_MS", 30_000)
-    holder = sqlite3.connect(vault.root / "vault.db", isolation_level=None, check_same_thread=False)
 
     def ctrl_c_at_insert(sql: str) -> None:
         if sql.startswith("INSERT INTO workspace_assets"):
             raise KeyboardInterrupt
 
-    outcome: list[BaseException] = []
-
-    def add() -> None:
-        try:
-            vault.workspace.add(make_image(seed=1))
-        except BaseException as exc:
-            outcome.append(exc)
-
-    with hooked(vault, before=ctrl_c_at_insert, after=Once("ROLLBACK", lambda: holder.execute("BEGIN IMMEDIATE"))):
-        adding = threading.Thread(target=add)
-        adding.start()
-        adding.join(10)
-        finished = not adding.is_alive()
-        holder.execute("ROLLBACK")
-        adding.join()
-    holder.close()
-    assert finished and isinstance(outcome[0], KeyboardInterrupt)
+    finished, outcome = add_while_another_takes_the_lock(
+        vault, make_image(seed=1), lambda take_lock: hooked(vault, before=ctrl_c_at_insert,
+                                                            after=Once("ROLLBACK", take_lock)), seconds=10)
+    assert finished and isinstance(outcome, KeyboardInterrupt)
     report = vault.verify()
     assert report.clean and report.orphans == [] and vault.workspace.count() == 0
 
