@@ -49,22 +49,28 @@ def move_durably(source: str, target: str) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        temp = os.path.join(os.path.dirname(target), f"{TEMP_PREFIX}{uuid.uuid4().hex}")
-        try:
-            with open(source, "rb") as reader, open(temp, "xb") as writer:
-                shutil.copyfileobj(reader, writer, 1024 * 1024)
-                writer.flush()
-                os.fsync(writer.fileno())
-            shutil.copystat(source, temp)  # its times and mode, which tell recovered files apart
-            os.rename(temp, target)
-        except BaseException:
-            unlink_quietly(Path(temp))
-            raise
-        fsync_path(os.path.dirname(target))
+        copy_durably(source, target)
         os.unlink(source)
     else:
         fsync_path(os.path.dirname(target))
     fsync_path(os.path.dirname(source))
+
+
+def copy_durably(source: str, target: str) -> None:
+    """Copy a file to ``target`` (which must not exist) with its times and mode: temp file, fsync, rename,
+    fsync of the folder."""
+    temp = os.path.join(os.path.dirname(target), f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+    try:
+        with open(source, "rb") as reader, open(temp, "xb") as writer:
+            shutil.copyfileobj(reader, writer, 1024 * 1024)
+            writer.flush()
+            os.fsync(writer.fileno())
+        shutil.copystat(source, temp)  # its times and mode, which tell recovered files apart
+        os.rename(temp, target)
+    except BaseException:
+        unlink_quietly(Path(temp))
+        raise
+    fsync_path(os.path.dirname(target))
 
 
 def fsync_path(path: str | Path) -> None:

@@ -24,6 +24,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ._disk import (
     TEMP_PREFIX,
+    copy_durably,
     fsync_path,
     move_durably,
     os_error,
@@ -304,19 +305,45 @@ class FileStore:
             except OSError:
                 pass
 
-    def recover(self, bucket: str, relative: str) -> str:
+    def recover(self, bucket: str, relative: str, *, copied: str | None = None) -> str:
         """Move a file out of its bucket to ``recovered/<bucket>/<relative>`` in the vault folder (a new
-        name if that is taken): a file without a row may be the only copy of an asset. Its new path."""
+        name if that is taken): a file without a row may be the only copy of an asset. Its new path.
+
+        ``copied``: the copy :meth:`copy_to_recovered` made already; the file is then only removed.
+        """
         source = self.full_path(bucket, relative)
-        target = self._free_recovered_path(bucket, relative)
+        target = copied or self._free_recovered_path(bucket, relative)
         try:
-            if self.local:
+            if copied is not None:
+                os.unlink(source)
+                fsync_path(os.path.dirname(source))
+            elif self.local:
                 move_durably(source, target)
             else:
                 self.fs.mv(source, target)
         except OSError as exc:
             raise StorageError(f"cannot move {source} to {target}: {exc.strerror or exc}") from None
         self.prune_folders(bucket, [os.path.dirname(relative)])
+        return target
+
+    def copy_to_recovered(self, bucket: str, relative: str) -> str | None:
+        """Where ``recovered/`` is on another filesystem than the file (a bucket folder mounted or linked
+        elsewhere), a durable copy of it there, made before :meth:`recover` so that the part done under the
+        write lock stays quick; None where a rename will do (or the file is gone)."""
+        if not self.local:
+            return None
+        source = self.full_path(bucket, relative)
+        base = f"{self.root}/{RECOVERED_FOLDER}"
+        try:
+            os.makedirs(base, exist_ok=True)
+            if os.stat(source).st_dev == os.stat(base).st_dev:
+                return None
+            target = self._free_recovered_path(bucket, relative)
+            copy_durably(source, target)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot copy {source} to {base}: {exc.strerror or exc}") from None
         return target
 
     def _free_recovered_path(self, bucket: str, relative: str) -> str:

@@ -13,9 +13,11 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 from . import pending
+from ._disk import unlink_quietly
 from .db import Database
 from .errors import StorageError
 from .files import LIBRARY_BUCKET, TEMP_PREFIX, WORKSPACE_BUCKET, FileStore
@@ -238,13 +240,16 @@ def _twins(db: Database, files: FileStore, broken: dict[str, tuple[_Kind, str, s
 def _repair(db: Database, files: FileStore, result: VerifyReport, broken: dict[str, tuple[_Kind, str, str]]) -> None:
     for entry in result.orphans + result.stale_temps:
         bucket, relative = entry.split("/", 1)
+        stale = entry in result.stale_temps
+        copy = None if stale else files.copy_to_recovered(bucket, relative)  # a long copy: before the lock
         with db.write() as conn:  # under the lock: a row may have claimed the path meanwhile
             if pending.still_used(conn, bucket, relative):
-                pass
-            elif entry in result.stale_temps:
+                if copy is not None:
+                    unlink_quietly(Path(copy))
+            elif stale:
                 files.remove(bucket, relative)
             else:
-                result.recovered.append(files.recover(bucket, relative))
+                result.recovered.append(files.recover(bucket, relative, copied=copy))
         result.repaired.append(entry)
     twins = _twins(db, files, broken) if broken else {}
     missing = set(result.missing)

@@ -260,9 +260,29 @@ def _big_png(n: int) -> bytes:
     return out.getvalue()
 
 
-def test_repair_moves_an_orphan_off_a_bucket_on_another_disk(small_disk: Path, tmp_path: Path) -> None:
+def test_repair_moves_an_orphan_off_a_bucket_on_another_disk(small_disk: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """recovered/ is beside the buckets; a bucket folder on another filesystem (a mount, or a link to one) made
-    the move fail with EXDEV, which stopped the whole repair."""
+    the move fail with EXDEV, which stopped the whole repair. The copy it takes is made before the write lock
+    (a big file on a slow disk held other writers past their 60 s)."""
+    from localvault import files as files_module
+
+    real_copy = files_module.copy_durably
+    lock_free: list[bool] = []
+
+    def copy_while_others_write(source: str, target: str) -> None:
+        other = sqlite3.connect(root / "vault.db", isolation_level=None, timeout=0)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+            lock_free.append(True)
+        except sqlite3.OperationalError:
+            lock_free.append(False)
+        finally:
+            other.close()
+        real_copy(source, target)
+
+    monkeypatch.setattr(files_module, "copy_durably", copy_while_others_write)
     root = tmp_path / "v"
     with Vault.create(root, user_id=USER_A) as vault:
         kept = vault.library.add(_png(tmp_path, 1), title="kept")
@@ -281,3 +301,4 @@ def test_repair_moves_an_orphan_off_a_bucket_on_another_disk(small_disk: Path, t
         assert Path(report.recovered[0]).read_bytes() == tiny_png(2)
         assert Path(report.recovered[0]).stat().st_mtime == 1_700_000_000  # when it was made, as before the move
         assert Path(vault.library.file_path(kept)).is_file() and vault.verify().clean
+    assert lock_free == [True]
