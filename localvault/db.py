@@ -192,21 +192,10 @@ class Database:
         ``wait_ms``: how long to wait for another writer's lock, if not the
         usual 60 s (a clean-up after an error should not wait that long again).
         """
-        if wait_ms is None:
-            with self._write() as conn:
-                yield conn
-            return
-        try:
-            self.conn.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
-            with self._write() as conn:
-                yield conn
-        finally:
-            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
         conn = self.conn
         try:
+            if wait_ms is not None:
+                conn.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
@@ -220,6 +209,9 @@ class Database:
                 # A read-only vault, a full disk, a lock lost mid-transaction: a LocalVaultError, not a raw sqlite3 one.
                 raise _storage_error(exc, self.path) from exc
             raise
+        finally:
+            if wait_ms is not None:
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def has_row(self, table: str, row_id: str) -> bool:
         """Whether ``table`` holds the committed row ``row_id``: asked after an error, before removing its file.
