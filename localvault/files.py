@@ -24,9 +24,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ._disk import (
     TEMP_PREFIX,
-    copy_durably,
     fsync_path,
-    move_durably,
     os_error,
     start_writeback,
     stream_digest,
@@ -41,8 +39,6 @@ WORKSPACE_BUCKET = "workspace-temp"
 LIBRARY_BUCKET = "user-library"
 BUCKETS = (WORKSPACE_BUCKET, LIBRARY_BUCKET)
 T = TypeVar("T")
-#: Where ``verify --repair`` moves files without a row (in the vault folder, beside the buckets).
-RECOVERED_FOLDER = "recovered"
 CHUNK = 1024 * 1024
 #: A staged file at least this big starts its writeback at once (smaller ones: the batch's sync sends them
 #: together; starting each one alone costs more CPU than it saves, measured with 10 KB files).
@@ -304,63 +300,6 @@ class FileStore:
                 os.rmdir(self.full_path(bucket, folder))
             except OSError:
                 pass
-
-    def recover(self, bucket: str, relative: str, *, copied: str | None = None) -> str:
-        """Move a file out of its bucket to ``recovered/<bucket>/<relative>`` in the vault folder (a new
-        name if that is taken): a file without a row may be the only copy of an asset. Its new path.
-
-        ``copied``: the copy :meth:`copy_to_recovered` made already; the file is then only removed.
-        """
-        source = self.full_path(bucket, relative)
-        target = copied or self._free_recovered_path(bucket, relative)
-        try:
-            if copied is not None:
-                os.unlink(source)
-                fsync_path(os.path.dirname(source))
-            elif self.local:
-                move_durably(source, target)
-            else:
-                self.fs.mv(source, target)
-        except OSError as exc:
-            raise StorageError(f"cannot move {source} to {target}: {exc.strerror or exc}") from None
-        self.prune_folders(bucket, [os.path.dirname(relative)])
-        return target
-
-    def copy_to_recovered(self, bucket: str, relative: str) -> str | None:
-        """Where ``recovered/`` is on another filesystem than the file (a bucket folder mounted or linked
-        elsewhere), a durable copy of it there, made before :meth:`recover` so that the part done under the
-        write lock stays quick; None where a rename will do (or the file is gone)."""
-        if not self.local:
-            return None
-        source = self.full_path(bucket, relative)
-        base = f"{self.root}/{RECOVERED_FOLDER}"
-        try:
-            os.makedirs(base, exist_ok=True)
-            if os.stat(source).st_dev == os.stat(base).st_dev:
-                return None
-            target = self._free_recovered_path(bucket, relative)
-            copy_durably(source, target)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise StorageError(f"cannot copy {source} to {base}: {exc.strerror or exc}") from None
-        return target
-
-    def _free_recovered_path(self, bucket: str, relative: str) -> str:
-        base = f"{self.root}/{RECOVERED_FOLDER}/{bucket}"
-        target = f"{base}/{relative}"
-        try:
-            self.fs.makedirs(os.path.dirname(target), exist_ok=True)
-        except (FileExistsError, NotADirectoryError):  # a file recovered earlier bears one of its folders' names
-            target = f"{base}/{uuid.uuid4().hex[:12]}-{os.path.basename(relative)}"
-        except OSError as exc:
-            raise StorageError(f"cannot make {os.path.dirname(target)}: {exc.strerror or exc}") from None
-        stem, extension = os.path.splitext(target)
-        number = 1
-        while self.fs.exists(target):
-            target = f"{stem}-{number}{extension}"
-            number += 1
-        return target
 
     def _remove_path(self, path: str) -> None:
         try:

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from . import pending
 from ._disk import unlink_quietly
+from ._recovered import copy_to_recovered, recover
 from .db import Database
 from .errors import StorageError
 from .files import LIBRARY_BUCKET, TEMP_PREFIX, WORKSPACE_BUCKET, FileStore
@@ -241,7 +242,7 @@ def _repair(db: Database, files: FileStore, result: VerifyReport, broken: dict[s
     for entry in result.orphans + result.stale_temps:
         bucket, relative = entry.split("/", 1)
         stale = entry in result.stale_temps
-        copy = None if stale else files.copy_to_recovered(bucket, relative)  # a long copy: before the lock
+        copy = None if stale else copy_to_recovered(files, bucket, relative)  # a long copy: before the lock
         with db.write() as conn:  # under the lock: a row may have claimed the path meanwhile
             if pending.still_used(conn, bucket, relative):
                 if copy is not None:
@@ -249,7 +250,7 @@ def _repair(db: Database, files: FileStore, result: VerifyReport, broken: dict[s
             elif stale:
                 files.remove(bucket, relative)
             else:
-                result.recovered.append(files.recover(bucket, relative, copied=copy))
+                result.recovered.append(recover(files, bucket, relative, copied=copy))
         result.repaired.append(entry)
     twins = _twins(db, files, broken) if broken else {}
     missing = set(result.missing)

@@ -265,7 +265,7 @@ def test_repair_moves_an_orphan_off_a_bucket_on_another_disk(small_disk: Path, t
     """recovered/ is beside the buckets; a bucket folder on another filesystem (a mount, or a link to one) made
     the move fail with EXDEV, which stopped the whole repair. The copy it takes is made before the write lock
     (a big file on a slow disk held other writers past their 60 s)."""
-    from localvault import files as files_module
+    from localvault import _recovered as files_module
 
     real_copy = files_module.copy_durably
     lock_free: list[bool] = []

@@ -9,8 +9,8 @@ import click
 from rich.text import Text
 
 from .. import models
+from .._recovered import RECOVERED_FOLDER
 from ..errors import InvalidInputError
-from ..files import RECOVERED_FOLDER
 from ..library import UNSET
 from ..models import LibraryAsset, Visibility, WorkspaceAsset
 from ..vault import Vault

@@ -1,0 +1,77 @@
+"""Where ``verify --repair`` puts files without a row: ``recovered/<bucket>/<path>`` in the vault folder.
+
+A file without a row may be the only copy of an asset (its row lost, e.g.
+after an older ``vault.db`` was restored), so repair moves it aside rather
+than deleting it; the user takes back what they want with ``localvault add``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from ._disk import copy_durably, fsync_path, move_durably
+from .errors import StorageError
+from .files import FileStore
+
+#: The folder, in the vault folder beside the buckets.
+RECOVERED_FOLDER = "recovered"
+
+
+def recover(files: FileStore, bucket: str, relative: str, *, copied: str | None = None) -> str:
+    """Move a file out of its bucket into ``recovered/`` (a new name if that is taken); its new path.
+
+    ``copied``: the copy :func:`copy_to_recovered` made already; the file is then only removed.
+    """
+    source = files.full_path(bucket, relative)
+    target = copied or _free_path(files, bucket, relative)
+    try:
+        if copied is not None:
+            os.unlink(source)
+            fsync_path(os.path.dirname(source))
+        elif files.local:
+            move_durably(source, target)
+        else:
+            files.fs.mv(source, target)
+    except OSError as exc:
+        raise StorageError(f"cannot move {source} to {target}: {exc.strerror or exc}") from None
+    files.prune_folders(bucket, [os.path.dirname(relative)])
+    return target
+
+
+def copy_to_recovered(files: FileStore, bucket: str, relative: str) -> str | None:
+    """Where ``recovered/`` is on another filesystem than the file (a bucket folder mounted or linked
+    elsewhere), a durable copy of it there, made before :func:`recover` so that the part done under the
+    write lock stays quick; None where a rename will do (or the file is gone)."""
+    if not files.local:
+        return None
+    source = files.full_path(bucket, relative)
+    base = f"{files.root}/{RECOVERED_FOLDER}"
+    try:
+        os.makedirs(base, exist_ok=True)
+        if os.stat(source).st_dev == os.stat(base).st_dev:
+            return None
+        target = _free_path(files, bucket, relative)
+        copy_durably(source, target)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StorageError(f"cannot copy {source} to {base}: {exc.strerror or exc}") from None
+    return target
+
+
+def _free_path(files: FileStore, bucket: str, relative: str) -> str:
+    base = f"{files.root}/{RECOVERED_FOLDER}/{bucket}"
+    target = f"{base}/{relative}"
+    try:
+        files.fs.makedirs(os.path.dirname(target), exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file recovered earlier bears one of its folders' names
+        target = f"{base}/{uuid.uuid4().hex[:12]}-{os.path.basename(relative)}"
+    except OSError as exc:
+        raise StorageError(f"cannot make {os.path.dirname(target)}: {exc.strerror or exc}") from None
+    stem, extension = os.path.splitext(target)
+    number = 1
+    while files.fs.exists(target):
+        target = f"{stem}-{number}{extension}"
+        number += 1
+    return target
