@@ -5,20 +5,20 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import models, pending, rows
+from ._cleanup import CleanupReport, remove_expired
 from .db import Database, format_time, utc_now
 from .errors import DuplicateError, InvalidInputError, LocalVaultError, NotFoundError
 from .files import WORKSPACE_BUCKET, FileStore, StagedFile
 from .ingest import UNKNOWN_MODEL, GenerationValues, Prepared, generation_values, prepare
 from .media import MediaFacts
 from .models import GenerationInfo, Page, WorkspaceAsset
-from .progress import ProgressCallback, report
+from .progress import ProgressCallback
 
 if TYPE_CHECKING:  # the importer is loaded on first use
     from .importer import ImportReport
@@ -29,8 +29,6 @@ _INSERT = ("INSERT INTO workspace_assets (id, user_id, asset_type, temp_storage_
 
 #: Batches of at least this many files are made durable with one syncfs; smaller ones file by file.
 SYNCFS_MIN_FILES = 32
-#: Threads removing expired files (each removal mostly waits on the disk).
-CLEANUP_THREADS = 4
 #: How long undoing a failed add waits for the write lock (the failure may have been that lock: not 60 s again).
 UNDO_LOCK_WAIT_MS = 5_000
 
@@ -50,18 +48,6 @@ class BatchEntry:
     model: str
     settings_json: str
 
-CLEANUP_BATCH = 2_000
-
-
-@dataclass(frozen=True)
-class CleanupReport:
-    """What :meth:`Workspace.cleanup` removed."""
-
-    assets_removed: int
-    #: Queued files settled: deleted, found already gone, or their path taken by a newer asset. Files that
-    #: could not be removed (a warning says why) stay queued for a later cleanup and are not counted.
-    files_removed: int
-    complete: bool
 
 
 class Workspace:
@@ -381,47 +367,7 @@ class Workspace:
         second at most and readers never (WAL). Library assets saved from
         an expired asset keep their own copy and are untouched.
         """
-        now = utc_now()
-        total = self._db.conn.execute("SELECT count(*) FROM workspace_assets WHERE expires_at <= ?", (now,)).fetchone()[0]
-        if max_assets is not None:
-            total = min(total, max_assets)
-        report(progress, "cleanup", total=total)
-        with ThreadPoolExecutor(CLEANUP_THREADS, thread_name_prefix="localvault-cleanup") as pool:
-            complete, removed, files_removed = self._cleanup_batches(now, total, max_assets, pool.map, progress)
-            files_removed += pending.drain(self._db, self._files, pool.map)
-        if complete:
-            with self._db.write() as conn:
-                self._db.set_meta(conn, "last_cleanup", now)
-        return CleanupReport(assets_removed=removed, files_removed=files_removed, complete=complete)
-
-    def _cleanup_batches(self, now: str, total: int, max_assets: int | None, io_map: Callable[..., Iterator[Any]],
-                         progress: ProgressCallback | None) -> tuple[bool, int, int]:
-        """(whether no expired asset is left, assets removed, queued files settled)."""
-        removed = files_removed = 0
-        complete = True
-        settled_to = 0  # queued entries looked at (a file that cannot go is left to the final drain)
-        while True:
-            batch_size = CLEANUP_BATCH if max_assets is None else min(CLEANUP_BATCH, max_assets - removed)
-            if batch_size <= 0:
-                complete = self._db.conn.execute(
-                    "SELECT 1 FROM workspace_assets WHERE expires_at <= ? LIMIT 1", (now,)).fetchone() is None
-                break
-            with self._db.write() as conn:
-                # The files of the previous batch (queued, committed) go in this
-                # transaction: one commit, so one fsync, per batch.
-                settled, settled_to = pending.settle(conn, self._files, CLEANUP_BATCH, io_map, settled_to)
-                doomed = conn.execute(
-                    "DELETE FROM workspace_assets WHERE id IN (SELECT id FROM workspace_assets WHERE expires_at <= ?"
-                    " LIMIT ?) RETURNING temp_storage_path",
-                    (now, batch_size),
-                ).fetchall()
-                pending.queue_delete(conn, WORKSPACE_BUCKET, *(row[0] for row in doomed))
-            removed += len(doomed)
-            files_removed += settled
-            report(progress, "cleanup", advance=len(doomed), total=total)
-            if len(doomed) < batch_size:
-                break
-        return complete, removed, files_removed
+        return remove_expired(self._db, self._files, progress=progress, max_assets=max_assets)
 
 
 __all__ = ["Workspace", "CleanupReport", "BatchEntry", "UNKNOWN_MODEL"]
