@@ -1,5 +1,5 @@
-"""What the watcher keeps between events (see :mod:`localvault.watch`): the files it handled lately, and its
-running report. Both stay bounded over a watch of weeks."""
+"""What the watcher reports and keeps between events (see :mod:`localvault.watch`): its events, the files it
+handled lately, and its running report. What it keeps stays bounded over a watch of weeks."""
 
 from __future__ import annotations
 
@@ -14,6 +14,18 @@ from .import_report import ImportReport, summary_line
 REPORT_KEEPS = 10_000
 #: Seconds a handled file is remembered: a late event for it (unchanged) is then not taken for a new file.
 REMEMBER_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """What the watcher did: ``kind`` is imported, duplicate, refused, error, folder_gone or folder_back."""
+
+    kind: str
+    path: str
+    at: float
+    asset_id: str | None = None
+    job_id: str | None = None
+    message: str | None = None
 
 
 @dataclass

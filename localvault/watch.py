@@ -33,14 +33,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from . import media, models
-from ._watch_state import HandledFiles, WatchReport
+from ._watch_state import HandledFiles, WatchEvent, WatchReport
 from .errors import InvalidInputError, LocalVaultError, StorageError
 from .importer import Importer, Mode, is_candidate_name, is_ignored_name, scan
 from .vault import Vault
@@ -57,18 +56,6 @@ RETRY_SECONDS = 5.0
 HOUSEKEEPING_SECONDS = 60.0
 #: Files of a catch-up imported together (the watcher checks for a stop between them).
 CATCH_UP_BATCH = 500
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    """What the watcher did: ``kind`` is imported, duplicate, refused, error, folder_gone or folder_back."""
-
-    kind: str
-    path: str
-    at: float
-    asset_id: str | None = None
-    job_id: str | None = None
-    message: str | None = None
 
 
 class _Handler(FileSystemEventHandler):
