@@ -166,8 +166,8 @@ class FileStore:
         return StagedFile(bucket, temp, digest.hexdigest(), size)
 
     def commit(self, staged: StagedFile, relative: str, *, sync_dir: bool = True) -> None:
-        """Rename a staged file to its final name (replacing a file there without a row, such as one queued
-        for deletion) and make it durable. The folder is made if missing: a file staged in the user's folder
+        """Rename a staged file to its final name (replacing any file there: the workspace first sets aside
+        one that no row uses and no queued deletion covers) and make it durable. The folder is made if missing: a file staged in the user's folder
         (by an import's worker process) meets its job's folder here.
 
         With ``sync_dir=False`` the caller fsyncs the folders itself (:meth:`sync_dirs`), once per batch.

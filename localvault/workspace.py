@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import models, pending, rows
 from ._cleanup import CleanupReport, remove_expired
+from ._recovered import recover
 from .db import Database, format_time, utc_now
 from .errors import DuplicateError, InvalidInputError, LocalVaultError, NotFoundError
 from .files import WORKSPACE_BUCKET, FileStore, StagedFile
@@ -31,6 +33,8 @@ _INSERT = ("INSERT INTO workspace_assets (id, user_id, asset_type, temp_storage_
 SYNCFS_MIN_FILES = 32
 #: How long undoing a failed add waits for the write lock (the failure may have been that lock: not 60 s again).
 UNDO_LOCK_WAIT_MS = 5_000
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,7 @@ class Workspace:
                         f"this file is already in the workspace as {existing}; nothing was added"
                     )
                 relative = f"{self.user_id}/{job}/{index}.{prepared.extension}"
+                self._set_aside_strays(conn, [relative])
                 self._files.commit(prepared.staged, relative)
                 committed_path = relative
                 facts = prepared.facts
@@ -159,6 +164,26 @@ class Workspace:
                         self._files.remove(WORKSPACE_BUCKET, path)
         except LocalVaultError:
             pass
+
+    def _set_aside_strays(self, conn: sqlite3.Connection, paths: list[str]) -> None:
+        """Inside the write transaction, before new files are renamed onto ``paths``: move any file already
+        there that no row uses and no queued deletion covers to ``recovered/``. Such a file may be the only
+        copy of an asset whose row was lost (an older ``vault.db`` restored), as ``verify --repair`` assumes.
+
+        A free path costs one ``lstat``. A file whose deletion is queued is replaced as before (draining
+        then skips its path, which a row uses).
+        """
+        strays = [path for path in paths if self._files.exists(WORKSPACE_BUCKET, path)]
+        if not strays:
+            return
+        queued = {path for (path,) in conn.execute(
+            f"SELECT path FROM pending_deletes WHERE bucket = ? AND path IN ({','.join('?' * len(strays))})",
+            (WORKSPACE_BUCKET, *strays))}
+        for path in strays:
+            if path not in queued:
+                moved = recover(self._files, WORKSPACE_BUCKET, path)
+                log.warning("%s/%s had no row; moved to %s before a new asset took its path (add it back with"
+                            " 'localvault add' if you want it)", WORKSPACE_BUCKET, path, moved)
 
     def _drop_expired(self, conn: sqlite3.Connection, hashes: list[str]) -> None:
         """Inside a write transaction: delete this user's expired assets with these bytes, queueing their files.
@@ -256,6 +281,7 @@ class Workspace:
                                    entry.prompt, entry.model, entry.settings_json, facts.width, facts.height,
                                    entry.staged.sha256))
                 folders = {relative.rsplit("/", 1)[0] for _s, relative in moves}
+                self._set_aside_strays(conn, [relative for _s, relative in moves])
                 try:
                     for _ in io_map(lambda move: self._files.commit(move[0], move[1], sync_dir=False), moves):
                         pass

@@ -24,9 +24,12 @@ from localvault import (
     Vault,
     VaultCorruptError,
     Visibility,
+    media,
 )
 from localvault.db import format_time, schema_version
 from localvault.files import LIBRARY_BUCKET, TEMP_PREFIX, WORKSPACE_BUCKET
+from localvault.models import WorkspaceAsset
+from localvault.workspace import BatchEntry
 
 
 def add_many(vault: Vault, make_image, n: int, start: int = 0, **kwargs):
@@ -1144,3 +1147,55 @@ def test_vault_files_on_another_fsspec_filesystem(tmp_path: Path, make_image):
         assert vault.verify().clean and vault.verify().checked == 4
     finally:
         vault.close()
+
+
+def _restore_older_db_then_add(tmp_path: Path, make_image, add_again) -> tuple[Vault, bytes, str]:
+    """Asset 0 of a job, a backup, asset 1 of the job, then the backup restored: 1.png has no row any more."""
+    root = tmp_path / "v"
+    job = str(uuid.uuid4())
+    with Vault.create(root, user_id=USER_A) as vault:
+        vault.workspace.add(make_image(seed=1), job_id=job)
+    backup = (root / "vault.db").read_bytes()
+    with Vault.open(root) as vault:
+        lost = vault.workspace.add(make_image(seed=2), job_id=job)
+        assert lost.asset_index == 1
+        lost_path = vault.workspace.file_path(lost)
+        lost_bytes = Path(lost_path).read_bytes()
+    (root / "vault.db").write_bytes(backup)
+    restored = Vault.open(root)
+    added = add_again(restored, job)
+    assert Path(restored.workspace.file_path(added)).read_bytes() == make_image(seed=3).read_bytes()
+    return restored, lost_bytes, lost.temp_storage_path
+
+
+@pytest.mark.parametrize("how", ["add", "add_batch"])
+def test_an_add_sets_aside_a_file_without_a_row_at_its_path(tmp_path: Path, make_image, how: str):
+    """Before: the new file replaced 1.png, the only copy of the asset whose row the restore lost."""
+    def add_again(vault: Vault, job: str) -> WorkspaceAsset:
+        if how == "add":
+            return vault.workspace.add(make_image(seed=3), job_id=job)
+        staged = vault.files.stage(make_image(seed=3), WORKSPACE_BUCKET, f"{USER_A}/{job}")
+        facts = media.facts(Path(staged.temp_path), media.MediaType.png)
+        [(asset_id, index)] = vault.workspace.add_batch([BatchEntry(staged, facts, job, 0, "", "unknown", "{}")])
+        return vault.workspace.get(asset_id)
+
+    restored, lost_bytes, lost_path = _restore_older_db_then_add(tmp_path, make_image, add_again)
+    with restored:
+        moved = restored.root / "recovered" / WORKSPACE_BUCKET / lost_path
+        assert moved.read_bytes() == lost_bytes
+        assert restored.verify().clean and restored.workspace.count() == 2
+
+
+def test_an_add_replaces_a_file_queued_for_deletion_without_setting_it_aside(vault: Vault, make_image):
+    """A file whose row is gone and whose deletion is queued is rubbish, not a lost asset."""
+    job = str(uuid.uuid4())
+    vault.workspace.add(make_image(seed=1), job_id=job)
+    doomed = vault.workspace.add(make_image(seed=2), job_id=job)
+    with vault.db.write() as conn:  # what a delete does when removing the file fails: the file stays, queued
+        conn.execute("DELETE FROM workspace_assets WHERE id = ?", (doomed.id,))
+        conn.execute("INSERT INTO pending_deletes (bucket, path) VALUES (?, ?)",
+                     (WORKSPACE_BUCKET, doomed.temp_storage_path))
+    again = vault.workspace.add(make_image(seed=3), job_id=job)
+    assert again.temp_storage_path == doomed.temp_storage_path
+    assert not (vault.root / "recovered").exists()
+    assert Path(vault.workspace.file_path(again)).read_bytes() == make_image(seed=3).read_bytes()
