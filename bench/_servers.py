@@ -35,7 +35,7 @@ from servers import (  # tests/servers.py
 )
 
 __all__ = ["postgres", "moto", "PostgresServer", "S3_KEY", "S3_SECRET", "S3_REGION", "s3_options", "s3_client",
-           "create_database"]
+           "create_database", "MOTO_PIDS", "process_cpu"]
 
 
 @contextlib.contextmanager
@@ -64,6 +64,20 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) ->
             time.sleep(0.05)
 
 
+#: The process of each running moto server, by endpoint (for the CPU it spends: :func:`process_cpu`).
+MOTO_PIDS: dict[str, int] = {}
+
+
+def process_cpu(pid: int) -> float | None:
+    """User + system CPU seconds a process (all its threads) has used so far; None where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
 def moto() -> Iterator[str]:
     """Endpoint URL of a moto S3 server running in its own process."""
@@ -73,10 +87,13 @@ def moto() -> Iterator[str]:
     env = dict(os.environ)
     proc = subprocess.Popen([*command, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env)
+    endpoint = f"http://127.0.0.1:{port}"
     try:
         _wait_port(port, proc)
-        yield f"http://127.0.0.1:{port}"
+        MOTO_PIDS[endpoint] = proc.pid
+        yield endpoint
     finally:
+        MOTO_PIDS.pop(endpoint, None)
         proc.terminate()
         try:
             proc.wait(10)

@@ -217,6 +217,33 @@ def settle_after_part_a(pg: Any) -> None:
     log(f"settled: VACUUM ANALYZE of part a's databases and a sync of the disk in {time.perf_counter() - began:.1f} s")
 
 
+class _CpuMeter:
+    """CPU seconds the moto server and the client (rclone, a child; or this process) spend during one round.
+
+    The moto server handles requests one at a time in effect (Python threads under one GIL, a new
+    connection and thread per request), so its CPU is the floor of any client's time.
+    """
+
+    def __init__(self, endpoint: str, *, children: bool) -> None:
+        self.pid = _servers.MOTO_PIDS.get(endpoint)
+        self.children = children
+        self.server, self.client = self._server(), self._client()
+
+    def _server(self) -> float | None:
+        return _servers.process_cpu(self.pid) if self.pid is not None else None
+
+    def _client(self) -> float:
+        times = os.times()
+        return times.children_user + times.children_system if self.children else times.user + times.system
+
+    def spent(self) -> str:
+        server = self._server()
+        client = self._client() - self.client
+        if server is None or self.server is None:
+            return f"(client CPU {client:.2f} s)"
+        return f"(CPU: moto server {server - self.server:.2f} s, client {client:.2f} s)"
+
+
 def part_b(pg: Any, endpoint: str, work: Path, n_files: int, rounds: int) -> None:
     log(f"\n== b. {n_files:,} files of 100 KB ==")
     client = _servers.s3_client(endpoint)
@@ -268,11 +295,14 @@ def part_b(pg: Any, endpoint: str, work: Path, n_files: int, rounds: int) -> Non
             client.create_bucket(Bucket=bucket)
             command = [rclone, "copy", "--transfers", "16", "--s3-no-head", "--s3-no-check-bucket", str(files_dir),
                        f"moto:{bucket}/{USER_B}"]
+            cpu = _CpuMeter(endpoint, children=True)
             began = time.perf_counter()
             subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             rclone_times.append(time.perf_counter() - began)
+            spent = cpu.spent()
             assert count_objects(bucket) == n_files
-            log(f"round {round_no}: rclone copy        : {rclone_times[-1]:7.2f} s  {n_files / rclone_times[-1]:8.1f} files/s")
+            log(f"round {round_no}: rclone copy        : {rclone_times[-1]:7.2f} s  {n_files / rclone_times[-1]:8.1f} files/s"
+                f"  {spent}")
         bucket = f"bench-ours-{round_no}"
         client.create_bucket(Bucket=bucket)
         dsn = _servers.create_database(pg, f"bench_sync_files_{round_no}", users=(USER_A, USER_B))
@@ -281,14 +311,16 @@ def part_b(pg: Any, endpoint: str, work: Path, n_files: int, rounds: int) -> Non
                 conn.execute("INSERT INTO sync_outbox (table_name, row_id, op, user_id)"
                              " SELECT 'user_library', id, 'insert', user_id FROM user_library")
         remote = Remote(dsn, f"s3://{bucket}", _servers.s3_options(endpoint))
+        cpu = _CpuMeter(endpoint, children=False)
         began = time.perf_counter()
         report = vault.sync(remote)
         ours_times.append(time.perf_counter() - began)
+        spent = cpu.spent()
         remote.close()
         assert report.files_uploaded == n_files and report.rows_written == n_files, report
         assert count_objects(bucket) == n_files
         log(f"round {round_no}: vault.sync(remote) : {ours_times[-1]:7.2f} s  {n_files / ours_times[-1]:8.1f} files/s"
-            "  (rows and check included)")
+            f"  {spent} (rows and check included)")
     if rclone_times:
         ratio = min(ours_times) / min(rclone_times)
         log(f"best rclone {min(rclone_times):.2f} s, best vault.sync {min(ours_times):.2f} s; "
