@@ -10,6 +10,7 @@ import errno
 import hashlib
 import os
 import shutil
+import stat
 import sys
 import uuid
 from collections.abc import Iterator
@@ -22,6 +23,32 @@ from .errors import StorageError
 TEMP_PREFIX = ".tmp-"
 #: Bytes read at a time when hashing a stream.
 DIGEST_CHUNK = 1024 * 1024
+
+
+class NotRegularFileError(OSError):
+    """The path names something else than a regular file (a named pipe, a device, a folder)."""
+
+
+def open_regular_fd(path: str | os.PathLike[str]) -> int:
+    """A file descriptor for reading the regular file at ``path``; :class:`NotRegularFileError` for anything else.
+
+    Opened without blocking, then checked: opening a named pipe (a FIFO) for
+    reading would otherwise wait for a writer, for ever. (``O_NONBLOCK`` does
+    nothing to reads of a regular file.)
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFileError(errno.EINVAL, "not a regular file", os.fspath(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """:func:`open_regular_fd` as a binary file object."""
+    return os.fdopen(open_regular_fd(path), "rb")
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import media, models
-from ._disk import stream_digest
+from ._disk import NotRegularFileError, open_regular_fd, stream_digest
 from ._intake import Candidate, group_key
 from .errors import StorageError
 from .files import WORKSPACE_BUCKET, FileStore, SourceReadError, StagedFile
@@ -53,7 +53,10 @@ def examine(candidate: Candidate, known: Container[str], *, in_memory_bytes: int
 
     path = Path(candidate.path)
     data: bytes | None = None
-    fd = os.open(candidate.path, os.O_RDONLY)
+    try:
+        fd = open_regular_fd(candidate.path)  # a scan took a regular file, but a rig may have replaced it since
+    except NotRegularFileError:
+        raise StorageError(f"{candidate.path} is no longer a regular file") from None
     try:
         st = os.fstat(fd)
         size = st.st_size

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from ._disk import open_regular
 from .errors import EmptyFileError, FileTooLargeError, StorageError, UnsupportedMediaError
 from .models import MAX_FILE_BYTES, MediaType
 
@@ -131,7 +132,7 @@ def looks_finished(path: str | os.PathLike[str]) -> bool:
     refuses it); one that cannot be opened does not.
     """
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:  # a named pipe is not finished (nor taken), and must not block us
             size = os.fstat(handle.fileno()).st_size
             if size == 0:
                 return False

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -205,6 +206,9 @@ class Watcher:
                 try:
                     st = os.stat(path)
                 except OSError:
+                    del self._unsettled[path]
+                    continue
+                if not stat.S_ISREG(st.st_mode):  # a named pipe or a folder with an image's name: never taken
                     del self._unsettled[path]
                     continue
                 if (st.st_size, st.st_mtime_ns) != (size, mtime):

@@ -120,6 +120,30 @@ def test_bad_file_is_reported_and_the_watch_goes_on(vault: Vault, out: Path, tmp
     assert any("broken.png" in record.getMessage() for record in caplog.records)
 
 
+def test_a_named_pipe_with_an_image_name_is_ignored_and_blocks_nothing(vault: Vault, out: Path,
+                                                                       tmp_path: Path) -> None:
+    """Before: opening the pipe to see whether it was finished waited for a writer, on the observer's thread,
+    so no later file was ever taken."""
+    seen = Recorder()
+    pipe = out / "stuck.png"
+    watcher = Watcher(vault, out, on_event=seen).start()
+    try:
+        os.mkfifo(pipe)
+        os.symlink(pipe, out / "through-a-link.png")
+        time.sleep(0.3)
+        (out / "after.png").write_bytes(png_bytes(tmp_path, 8))
+        assert wait_for(lambda: "after.png" in seen.names("imported"))
+        time.sleep(0.3)
+        assert seen.names("imported") == ["after.png"] and not seen.names("refused")
+        assert wait_for(lambda: not {str(pipe), str(out / "through-a-link.png")} & set(watcher._unsettled))
+    finally:
+        try:  # with the bug, a writer must come for the blocked open to return and the watch to stop
+            os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        watcher.stop()
+
+
 def test_stable_size_fallback(vault: Vault, out: Path, tmp_path: Path) -> None:
     """A file that gives no close event is taken once its size is stable and it is whole.
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from localvault._disk import NotRegularFileError, open_regular
 from localvault.errors import StorageError
 from localvault.models import GenerationInfo
 
@@ -76,19 +76,14 @@ def _texts(f: BinaryIO) -> dict[str, str]:
 
 
 def _open_regular(path: Path) -> BinaryIO:
-    """The file at ``path`` opened for reading; StorageError if it cannot be, or is not a regular file.
-
-    Opened without blocking, then checked: opening a named pipe (a FIFO) for
-    reading would otherwise wait for a writer, for ever.
-    """
+    """The file at ``path`` opened for reading (never blocking on a named pipe); StorageError if it cannot be,
+    or is not a regular file."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        return open_regular(path)
+    except NotRegularFileError:
+        raise StorageError(f"{os.fspath(path)!r} is not a regular file; give the path of an image or video") from None
     except OSError as exc:
         raise StorageError(f"cannot open {os.fspath(path)!r} to read its metadata: {exc.strerror or exc}") from exc
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise StorageError(f"{os.fspath(path)!r} is not a regular file; give the path of an image or video")
-    return os.fdopen(fd, "rb")
 
 
 def _embedded(path: Path, data: bytes | None = None) -> Found:
