@@ -150,11 +150,37 @@ def _is_whole(handle: BinaryIO, media: MediaType, size: int, head: bytes) -> boo
     if media is MediaType.jpeg:
         tail_start = max(0, size - 1024)
         handle.seek(tail_start)
-        return b"\xff\xd9" in handle.read()
+        end = handle.read().rfind(b"\xff\xd9")
+        # The end marker must follow the first scan: an EXIF thumbnail, a whole JPEG inside the header, has
+        # its own, which a file cut off early has in its tail too.
+        return end >= 0 and tail_start + end > _jpeg_scan_start(handle, size)
     if media is MediaType.webp:
         declared = struct.unpack("<I", head[4:8])[0] + 8
         return declared in (size, size - 1)
     return _mp4_boxes(handle, size) is not None
+
+
+def _jpeg_scan_start(handle: BinaryIO, size: int) -> int:
+    """Offset of the first start-of-scan marker, found by walking the header's segments; -1 if the walk fails
+    (a header this simple walk does not understand is judged by its end marker alone, as before)."""
+    position = 2
+    while position + 4 <= size:
+        handle.seek(position)
+        marker = handle.read(4)
+        if marker[0] != 0xFF:
+            return -1
+        if marker[1] == 0xFF:  # fill byte before a marker
+            position += 1
+        elif marker[1] == 0xDA:
+            return position
+        elif marker[1] in _JPEG_STANDALONE:
+            position += 2
+        else:
+            position += 2 + struct.unpack(">H", marker[2:4])[0]
+    return -1
+
+
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 
 
 def _mp4_boxes(handle: BinaryIO, size: int) -> dict[bytes, tuple[int, int]] | None:

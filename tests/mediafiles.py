@@ -100,6 +100,27 @@ def make_jpeg(
     return path
 
 
+def jpeg_with_thumbnail(size: tuple[int, int] = (128, 128), seed: int = 0) -> bytes:
+    """A JPEG whose EXIF carries a 16×16 JPEG thumbnail (IFD1), as cameras and some tools write: its
+    header then holds an end-of-image marker of its own."""
+    import io
+    import random
+
+    rng = random.Random(seed)
+    thumbnail = io.BytesIO()
+    Image.frombytes("RGB", (16, 16), rng.randbytes(16 * 16 * 3)).save(thumbnail, "JPEG")
+    thumb = thumbnail.getvalue()
+    ifd0 = struct.pack("<H", 1) + struct.pack("<HHII", 0x0112, 3, 1, 1)  # Orientation, then a link to IFD1
+    ifd1_offset = 8 + len(ifd0) + 4
+    thumb_offset = ifd1_offset + 2 + 2 * 12 + 4
+    ifd1 = (struct.pack("<H", 2) + struct.pack("<HHII", 0x0201, 4, 1, thumb_offset)
+            + struct.pack("<HHII", 0x0202, 4, 1, len(thumb)) + struct.pack("<I", 0))
+    exif = b"Exif\0\0II*\0" + struct.pack("<I", 8) + ifd0 + struct.pack("<I", ifd1_offset) + ifd1 + thumb
+    out = io.BytesIO()
+    Image.frombytes("RGB", size, rng.randbytes(size[0] * size[1] * 3)).save(out, "JPEG", quality=90, exif=exif)
+    return out.getvalue()
+
+
 def make_webp(
     path: Path | str,
     exif_user_comment: str | bytes | None = None,

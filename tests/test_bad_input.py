@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import USER_B, image_bytes, mp4_bytes, table_counts, vault_files, write_media
+from mediafiles import jpeg_with_thumbnail
 
 import localvault.files
 import localvault.ingest
@@ -76,6 +77,13 @@ def ctx(tmp_path_factory):
     vault.close()
 
 
+def _cut_after_thumbnail(whole: bytes) -> bytes:
+    """The file as a crashed rig leaves it: the thumbnail's end marker (FF D9) lands in the last 1024 bytes."""
+    cut = whole[:whole.index(b"\xff\xd9") + 2 + 1000]
+    assert len(cut) < len(whole) and b"\xff\xda" in cut  # the scan had begun
+    return cut
+
+
 def _png(seed: int) -> bytes:
     return image_bytes("png", 1000 + seed)
 
@@ -97,6 +105,8 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "truncated png (library)": (UnsupportedMediaError, lambda c: c.vault.library.add(c.file("t2.png", _png(6)[:200]))),
     "truncated jpeg": (UnsupportedMediaError,
                        lambda c: c.vault.workspace.add(c.file("t.jpg", image_bytes("jpg", 7, (64, 64))[:-300]))),
+    "jpeg cut a little after its EXIF thumbnail": (UnsupportedMediaError, lambda c: c.vault.workspace.add(
+        c.file("t3.jpg", _cut_after_thumbnail(jpeg_with_thumbnail(seed=7))))),
     "truncated webp": (UnsupportedMediaError, lambda c: c.vault.workspace.add(c.file("t.webp", image_bytes("webp", 8)[:-40]))),
     "truncated mp4": (UnsupportedMediaError, lambda c: c.vault.workspace.add(c.file("t.mp4", mp4_bytes(9)[:-17]))),
     "mp4 cut inside moov": (UnsupportedMediaError, lambda c: c.vault.library.add(c.file("t2.mp4", mp4_bytes(10)[:100]))),
@@ -450,3 +460,15 @@ def test_a_file_growing_past_the_limit_while_it_is_copied_is_refused(ctx: Ctx, m
     with pytest.raises(FileTooLargeError, match="grew past"):
         ctx.vault.workspace.add(source, on_bytes=_while_copying(lambda: os.truncate(source, 6 * 1024 * 1024)))
     assert table_counts(ctx.vault) == rows_before and vault_files(ctx.vault.root) == files_before
+
+
+def test_a_jpeg_with_a_thumbnail_is_whole_only_once_its_own_end_is_written(tmp_path: Path) -> None:
+    """Before: the thumbnail's end marker in the last 1024 bytes passed a file cut off early as whole (and the
+    watcher took it while still being written)."""
+    from localvault import media
+
+    whole = jpeg_with_thumbnail(seed=8)
+    (tmp_path / "whole.jpg").write_bytes(whole)
+    (tmp_path / "cut.jpg").write_bytes(_cut_after_thumbnail(whole))
+    assert media.looks_finished(tmp_path / "whole.jpg") and not media.looks_finished(tmp_path / "cut.jpg")
+    assert media.check_data(whole, tmp_path / "whole.jpg") is media.MediaType.jpeg
