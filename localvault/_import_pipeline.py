@@ -59,7 +59,7 @@ def each(work: Callable[..., T], items: list[Any], *args: Any) -> list[T | Excep
     return out
 
 
-def to_the_end(cleanup: Callable[[], None]) -> None:
+def to_the_end(cleanup: Callable[[], object]) -> None:
     """Run a cleanup to its end even if Ctrl-C is pressed again meanwhile, then let that Ctrl-C through.
 
     The cleanup is short (the chunks under way, one commit) and may run again

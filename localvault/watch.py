@@ -40,6 +40,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from . import media, models
+from ._import_pipeline import to_the_end
 from ._watch_state import HandledFiles, WatchEvent, WatchReport
 from .errors import InvalidInputError, LocalVaultError, StorageError
 from .importer import Importer, Mode, is_candidate_name, is_ignored_name, scan
@@ -134,7 +135,12 @@ class Watcher:
             raise InvalidInputError("this watcher was started already; make a new Watcher to watch again")
         self._thread = threading.Thread(target=self._run, name="localvault-watch", daemon=True)
         self._thread.start()
-        self._started.wait()
+        try:
+            self._started.wait()
+        except BaseException:  # a Ctrl-C during the catch-up: stop as stop() does (files under way finished or removed)
+            self._stop.set()
+            to_the_end(self._ended.wait)
+            raise
         if self._error is not None:
             raise _as_vault_error(self._error, self.folder)
         return self

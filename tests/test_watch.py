@@ -144,6 +144,29 @@ def test_a_named_pipe_with_an_image_name_is_ignored_and_blocks_nothing(vault: Va
         watcher.stop()
 
 
+def test_ctrl_c_during_the_catch_up_stops_the_watcher_before_it_reaches_the_caller(vault: Vault, out: Path,
+                                                                                   tmp_path: Path) -> None:
+    """Before: the KeyboardInterrupt left start() (and ``with Watcher(...)``) while the watch thread went on,
+    to be frozen mid-batch when Python exited: temporary files left in the vault."""
+    for color in range(700):  # more than one commit's worth: the catch-up is still under way at the first event
+        (out / f"{color:04d}.png").write_bytes(png_bytes(tmp_path, color))
+    main = threading.main_thread().ident
+    assert main is not None
+    interrupted: list[WatchEvent] = []
+
+    def ctrl_c_at_the_first_commit(event: WatchEvent) -> None:
+        if not interrupted:
+            interrupted.append(event)
+            signal.pthread_kill(main, signal.SIGINT)
+
+    watcher = Watcher(vault, out, on_event=ctrl_c_at_the_first_commit)
+    with pytest.raises(KeyboardInterrupt):
+        watcher.start()
+    assert interrupted and not watcher.running  # stopped before the Ctrl-C went on
+    assert not temp_files(vault.root) and vault.verify().clean
+    assert vault.workspace.count() >= 500  # the batch under way was finished, not cut short
+
+
 def test_stable_size_fallback(vault: Vault, out: Path, tmp_path: Path) -> None:
     """A file that gives no close event is taken once its size is stable and it is whole.
 
