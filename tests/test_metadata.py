@@ -475,6 +475,17 @@ def test_unreadable_or_garbage_sidecar_is_ignored(tmp_path: Path) -> None:
     assert_valid(metadata.read(img))
 
 
+def test_a_json_sidecar_cut_off_while_written_says_nothing_and_the_txt_one_is_read(tmp_path: Path) -> None:
+    """Before: JSON that did not parse was read as A1111 text, so the raw JSON became the prompt."""
+    img = make_png(tmp_path / "h.png")
+    whole = json.dumps({"prompt": "a red fox in snow", "seed": 1234, "model": "sdxl_base", "steps": 30})
+    (tmp_path / "h.json").write_text(whole[:70])
+    assert metadata.read(img) == GenerationInfo()
+    (tmp_path / "h.txt").write_text("{red|blue} fox, [cat:dog:0.5]")  # dynamic-prompt syntax, in a .txt: a prompt
+    info = metadata.read(img)
+    assert (info.source, info.prompt, info.settings["sidecar"]) == ("sidecar", "{red|blue} fox, [cat:dog:0.5]", "h.txt")
+
+
 # --------------------------------------------------------- none and errors
 
 

@@ -60,13 +60,18 @@ def from_mapping(data: dict[str, Any]) -> Found:
     return found
 
 
-def parse_text(text: str) -> Found:
-    """A sidecar's contents: JSON (flat dict, A1111-like dict or ComfyUI graph) or A1111 parameters text."""
+def parse_text(text: str, *, json_only: bool = False) -> Found:
+    """A sidecar's contents: JSON (flat dict, A1111-like dict or ComfyUI graph) or A1111 parameters text.
+
+    With ``json_only`` (a ``.json`` file), text that is not a JSON object says nothing: a file cut off
+    while being written must not become the prompt. (A ``.txt`` file may hold a prompt that starts with
+    ``{`` or ``[``, as dynamic-prompt and prompt-editing syntax do.)
+    """
     data = json_loads(text) if text.lstrip().startswith(("{", "[")) else None
     if isinstance(data, dict):
         nodes = comfyui.api_nodes(data)
         return comfyui.parse(data) if nodes else from_mapping(data)
-    return a1111.parse(text)
+    return Found() if json_only else a1111.parse(text)
 
 
 def read(path: Path, siblings: Collection[str] | None = None) -> Found:
@@ -84,7 +89,7 @@ def read(path: Path, siblings: Collection[str] | None = None) -> Found:
             text = candidate.read_bytes().decode("utf-8-sig", "replace")
         except OSError:
             continue
-        found = parse_text(text)
+        found = parse_text(text, json_only=name.endswith(".json"))
         if not found.is_empty():
             found.source = "sidecar"
             found.settings.setdefault("sidecar", candidate.name)
