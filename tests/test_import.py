@@ -425,3 +425,20 @@ def test_add_from_python_reads_what_the_file_carries_like_the_cli(tmp_path: Path
         assert (kept.original_prompt, kept.generation_seed, kept.model_used) == ("a blue heron", 1, "flux")
         plain = vault.library.add(make_jpeg(tmp_path / "c.jpg", color=3))
         assert (plain.original_prompt, plain.generation_seed, plain.model_used) == ("", 0, "unknown")
+
+
+def test_settings_just_under_the_limit_are_trimmed_never_refuse_the_file(vault: Vault, tmp_path: Path) -> None:
+    """Before: the reader trimmed settings to 1 MiB, then the negative prompt and metadata source stored beside
+    them pushed the row over it, and the image itself was refused."""
+    from localvault.models import MAX_SETTINGS_BYTES
+
+    out = tmp_path / "out"
+    out.mkdir()
+    make_png(out / "img.png")
+    pad = MAX_SETTINGS_BYTES - len(json.dumps({"big": "", "sidecar": "img.json"}).encode())
+    (out / "img.json").write_text(json.dumps({"prompt": "a cat", "big": "x" * pad}))
+    report = vault.workspace.import_folder(out)
+    assert not report.refused and len(report.imported) == 1
+    [asset] = vault.workspace.list().items
+    assert asset.original_prompt == "a cat" and "big" not in asset.generation_settings
+    assert asset.generation_settings["metadata_source"] == "sidecar"

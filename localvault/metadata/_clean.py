@@ -167,10 +167,12 @@ def _encoded_size(value: Any) -> int:
     return len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode())
 
 
-def clean_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """JSON-safe settings that fit MAX_SETTINGS_BYTES (the largest entries go first)."""
+def clean_settings(settings: dict[str, Any], beside: dict[str, Any] | None = None) -> dict[str, Any]:
+    """JSON-safe settings that fit MAX_SETTINGS_BYTES together with the entries stored ``beside`` them
+    (the largest entries go first)."""
     out = clean_json(settings)
-    while out and _encoded_size(out) > MAX_SETTINGS_BYTES:
+    room = MAX_SETTINGS_BYTES - (_encoded_size(beside) if beside else 0)  # JSON of a merged dict: the sum
+    while out and _encoded_size(out) > room:
         largest = max(out, key=lambda k: _encoded_size(out[k]))
         del out[largest]
     return out
@@ -178,16 +180,20 @@ def clean_settings(settings: dict[str, Any]) -> dict[str, Any]:
 
 def finish(found: Found) -> GenerationInfo:
     """Validate-proof GenerationInfo from raw findings."""
-    settings = clean_settings(found.settings if isinstance(found.settings, dict) else {})
+    negative = clean_prompt(found.negative_prompt)
+    source = found.source if not found.is_empty() else "none"
+    # What an asset keeps adds these to the settings (GenerationInfo.stored_settings): room is kept for them.
+    beside = {"negative_prompt": negative or "", "metadata_source": source}
+    settings = clean_settings(found.settings if isinstance(found.settings, dict) else {}, beside)
     run_id = found.run_id
     run_text = clean_model(run_id) if run_id is not None else None
     info = GenerationInfo(
         prompt=clean_prompt(found.prompt),
-        negative_prompt=clean_prompt(found.negative_prompt),
+        negative_prompt=negative,
         seed=parse_seed(found.seed),
         model=clean_model(found.model),
         settings=settings,
-        source=found.source if not found.is_empty() else "none",
+        source=source,
         run_id=run_text,
     )
     if info.prompt is None and info.negative_prompt is None and info.seed is None and info.model is None \
