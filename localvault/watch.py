@@ -8,7 +8,9 @@ polled every ``poll_seconds``). Whichever signal comes, a file must also be
 whole by its bytes (a PNG's IEND, a JPEG's end marker, a WebP's or MP4's
 declared sizes) — a file written in two opens, or whose writer pauses, waits —
 unless it has not changed for ``GIVE_UP_SECONDS``: then it is taken, and
-refused with the reason. A file that appears whole at once (renamed into the
+refused with the reason. In a folder where sidecar files were seen, a file
+with no metadata of its own waits up to ``SIDECAR_WAIT_SECONDS`` for its
+sidecar (:mod:`localvault._watch_sidecars`). A file that appears whole at once (renamed into the
 folder from elsewhere) is taken at once. Hidden and temporary names, and
 files in hidden or temporary sub-folders, are ignored until renamed. On
 start the watcher first imports what is already there (catch-up; files not
@@ -41,6 +43,7 @@ from watchdog.observers import Observer
 
 from . import media, models
 from ._import_pipeline import to_the_end
+from ._watch_sidecars import SIDECAR_WAIT_SECONDS, SidecarWait, is_sidecar_name
 from ._watch_state import HandledFiles, WatchEvent, WatchReport
 from .errors import InvalidInputError, LocalVaultError, StorageError
 from .importer import Importer, Mode, is_candidate_name, is_ignored_name, scan
@@ -97,7 +100,7 @@ class Watcher:
                  model: str | None = None, prompt: str | None = None,
                  on_event: Callable[[WatchEvent], None] | None = None,
                  stable_seconds: float = STABLE_SECONDS, poll_seconds: float = POLL_SECONDS,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, sidecar_wait_seconds: float = SIDECAR_WAIT_SECONDS) -> None:
         # "../out" as /x/out: paths under it are checked
         self.folder = Path(os.path.abspath(models.check_path(folder, "the folder to watch")))
         if not self.folder.is_dir():
@@ -112,6 +115,7 @@ class Watcher:
         self.report = WatchReport()
         self._queue: queue.Queue[str] = queue.Queue()
         self._unsettled: dict[str, tuple[int, int, float]] = {}  # path -> (size, mtime_ns, unchanged since)
+        self._sidecars = SidecarWait(sidecar_wait_seconds)
         self._identity: tuple[int, int] | None = None  # (device, inode) of the folder being watched
         # The folder as watched: its real path (inotify on a symbolic link would watch the link, not the
         # folder, and hear nothing); resolved again each time the folder comes back.
@@ -185,10 +189,15 @@ class Watcher:
 
     def _offer(self, path: str, *, ready: bool) -> None:
         """Called from the observer's thread for each interesting event; ``ready``: a close, move or create."""
-        if not is_candidate_name(os.path.basename(path)) or not self._in_scope(path):
+        name = os.path.basename(path)
+        if ready and is_sidecar_name(name) and self._in_scope(path):
+            for waiting in self._sidecars.saw_sidecar(path):
+                self._queue.put(waiting)
+        if not is_candidate_name(name) or not self._in_scope(path):
             return
         if ready and media.looks_finished(path):
-            self._queue.put(path)
+            if not self._sidecars.hold(path):
+                self._queue.put(path)
         else:
             with self._lock:
                 self._unsettled.setdefault(path, (-1, -1, time.monotonic()))
@@ -222,7 +231,7 @@ class Watcher:
                 elif now - since >= self.stable_seconds and (now - since >= GIVE_UP_SECONDS or media.looks_finished(path)):
                     del self._unsettled[path]
                     ready.append(path)
-        return ready
+        return [path for path in ready if not self._sidecars.hold(path)]
 
     def _wait_for(self, paths: list[str], seconds: float = 0.0) -> None:
         """Put paths back among the unsettled ones, to be taken once whole (after ``seconds`` at the earliest)."""
@@ -261,7 +270,7 @@ class Watcher:
                 paths = self._next_paths()
                 if paths:
                     self._import(importer, paths)
-            self._import(importer, self._drain())  # what arrived while stopping
+            self._import(importer, [*self._drain(), *self._sidecars.release_all()])  # what arrived while stopping
         except BaseException as exc:  # never die silently
             log.exception("the watcher of %s stopped on an unexpected error", self.folder)
             self._error = exc
@@ -289,8 +298,8 @@ class Watcher:
         try:
             first = self._queue.get(timeout=self.poll_seconds)
         except queue.Empty:
-            return self._settled()
-        return [first, *self._drain(), *self._settled()]
+            return [*self._settled(), *self._sidecars.due()]
+        return [first, *self._drain(), *self._settled(), *self._sidecars.due()]
 
     def _drain(self) -> list[str]:
         paths: list[str] = []
@@ -312,6 +321,8 @@ class Watcher:
         candidates, refused, _ignored = scan(self._watched, self.recursive)
         for path, reason in refused.items():
             self._emit(WatchEvent("refused", path, time.time(), message=reason))
+        for candidate in candidates:  # (one listing per folder: the same names for each of its files)
+            self._sidecars.saw_folder(os.path.dirname(candidate.path), candidate.sidecars or ())
         whole: list[str] = []
         growing: list[str] = []  # still being written: waited for like new files
         for candidate in candidates:
@@ -348,6 +359,7 @@ class Watcher:
         self._drain()
         with self._lock:
             self._unsettled.clear()
+        self._sidecars.release_all()  # the catch-up on the folder's return finds them
         self._handled.clear()
         while not self._stop.is_set():
             if self.folder.is_dir():
@@ -407,4 +419,5 @@ def _as_vault_error(exc: BaseException, folder: Path) -> LocalVaultError:
     return StorageError(f"the watcher of {folder} stopped on an error: {type(exc).__name__}: {exc}")
 
 
-__all__ = ["Watcher", "WatchEvent", "WatchReport", "STABLE_SECONDS", "POLL_SECONDS", "GIVE_UP_SECONDS", "RETRY_SECONDS"]
+__all__ = ["Watcher", "WatchEvent", "WatchReport", "STABLE_SECONDS", "POLL_SECONDS", "GIVE_UP_SECONDS", "RETRY_SECONDS",
+           "SIDECAR_WAIT_SECONDS"]

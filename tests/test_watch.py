@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -165,6 +166,56 @@ def test_ctrl_c_during_the_catch_up_stops_the_watcher_before_it_reaches_the_call
     assert interrupted and not watcher.running  # stopped before the Ctrl-C went on
     assert not temp_files(vault.root) and vault.verify().clean
     assert vault.workspace.count() >= 500  # the batch under way was finished, not cut short
+
+
+A1111_TEXT = "a red fox in snow\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 4242, Size: 64x64, Model: sdxl"
+
+
+def write_by_rename(out: Path, name: str, data: bytes) -> None:
+    (out / f"{name}.tmp").write_bytes(data)
+    os.rename(out / f"{name}.tmp", out / name)
+
+
+def test_a_file_written_before_its_sidecar_waits_for_it(vault: Vault, out: Path, tmp_path: Path) -> None:
+    """A1111's "save text file": the image (no metadata of its own), then NAME.txt. Before: the image was taken
+    at once with placeholders, and importing it again later found only a duplicate: the prompt was lost."""
+    make_png(out / "00000-1.png", color=1)  # a folder where this rig has written sidecars before
+    (out / "00000-1.txt").write_text(A1111_TEXT)
+    seen = Recorder()
+    with Watcher(vault, out, on_event=seen, sidecar_wait_seconds=60) as watcher:
+        assert seen.names("imported") == ["00000-1.png"]
+        write_by_rename(out, "00001-2.png", png_bytes(tmp_path, 2))
+        time.sleep(0.5)
+        assert seen.names("imported") == ["00000-1.png"]  # held for its sidecar
+        (out / "00001-2.txt").write_text(A1111_TEXT.replace("4242", "4243"))
+        assert wait_for(lambda: "00001-2.png" in seen.names("imported"))  # at once: not after 60 s
+        # A file with metadata of its own is not held; nor is one whose sidecar came first.
+        make_png(tmp_path / "embedded.png", text_chunks={"parameters": A1111_TEXT.replace("4242", "7")}, color=3)
+        write_by_rename(out, "00002-3.png", (tmp_path / "embedded.png").read_bytes())
+        (out / "00003-4.json").write_text(json.dumps({"prompt": "a json fox", "seed": 8}))
+        write_by_rename(out, "00003-4.png", png_bytes(tmp_path, 4))
+        assert wait_for(lambda: {"00002-3.png", "00003-4.png"} <= set(seen.names("imported")))
+        write_by_rename(out, "00004-5.png", png_bytes(tmp_path, 5))  # its sidecar never comes
+        time.sleep(0.5)
+    assert seen.names("imported")[-1] == "00004-5.png"  # stopping takes what is held, without waiting
+    found = {Path(a.generation_settings.get("sidecar", "-")).stem: (a.original_prompt, a.generation_seed)
+             for a in vault.workspace.list(limit=10).items}
+    assert found["00001-2"] == ("a red fox in snow", 4243) and found["00003-4"] == ("a json fox", 8)
+    assert len(watcher.report.imported) == 5
+
+
+def test_a_held_file_is_taken_without_its_sidecar_once_the_wait_is_over(vault: Vault, out: Path,
+                                                                          tmp_path: Path) -> None:
+    make_png(out / "old.png", color=7)
+    (out / "old.txt").write_text(A1111_TEXT)
+    seen = Recorder()
+    with Watcher(vault, out, on_event=seen, sidecar_wait_seconds=0.5):
+        began = time.monotonic()
+        write_by_rename(out, "plain.png", png_bytes(tmp_path, 6))
+        assert wait_for(lambda: "plain.png" in seen.names("imported"))
+        assert time.monotonic() - began >= 0.5
+    asset = vault.workspace.find_sha256(hashlib.sha256(png_bytes(tmp_path, 6)).hexdigest())
+    assert asset is not None and (asset.original_prompt, asset.generation_seed, asset.model_used) == ("", 0, "unknown")
 
 
 def test_stable_size_fallback(vault: Vault, out: Path, tmp_path: Path) -> None:

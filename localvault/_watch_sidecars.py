@@ -1,0 +1,95 @@
+"""Files the watcher holds back for a moment, waiting for their sidecar (see :mod:`localvault.watch`).
+
+Rigs that write a sidecar do so *after* the image: A1111/Forge's "save text
+file" saves the image, then ``NAME.txt``. Taken at once, such an image gets
+placeholders, and importing it again later only finds a duplicate: its prompt,
+seed and model would be lost. So once a folder has shown a sidecar (a
+``.json`` or ``.txt`` file appearing in it, or beside a file found by the
+catch-up), a file there with no metadata of its own and no sidecar yet waits
+up to :data:`SIDECAR_WAIT_SECONDS` for one, and is taken as soon as it comes.
+Files that carry their metadata, and folders where no sidecar was ever seen,
+are taken at once, as before.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable
+
+from . import metadata
+from ._intake import SIDECAR_SUFFIXES, is_ignored_name
+from .metadata import sidecar
+
+#: How long a file with no metadata waits for its sidecar, in a folder where sidecars were seen.
+SIDECAR_WAIT_SECONDS = 3.0
+
+
+def is_sidecar_name(name: str) -> bool:
+    """A name a sidecar file may have (``.json`` or ``.txt``, neither hidden nor temporary)."""
+    return name.lower().endswith(SIDECAR_SUFFIXES) and not is_ignored_name(name)
+
+
+class SidecarWait:
+    """The folders whose rig writes sidecars, and the files held back waiting for theirs (thread-safe)."""
+
+    def __init__(self, wait_seconds: float = SIDECAR_WAIT_SECONDS) -> None:
+        self.wait_seconds = wait_seconds
+        self._folders: set[str] = set()
+        self._held: dict[str, float] = {}  # path -> when it is taken anyway
+        self._lock = threading.Lock()
+
+    def saw_folder(self, folder: str, names: Iterable[str]) -> None:
+        """The catch-up listed ``folder``: a sidecar among its ``names`` marks it."""
+        if any(is_sidecar_name(name) for name in names):
+            with self._lock:
+                self._folders.add(folder)
+
+    def saw_sidecar(self, path: str) -> list[str]:
+        """A sidecar file appeared (closed, created or renamed in): marks its folder; the held files it belongs
+        to, to be taken now."""
+        folder, name = os.path.split(path)
+        with self._lock:
+            self._folders.add(folder)
+            released = [held for held in self._held
+                        if os.path.dirname(held) == folder and name in sidecar.candidate_names(os.path.basename(held))]
+            for held in released:
+                del self._held[held]
+        return released
+
+    def hold(self, path: str) -> bool:
+        """Hold ``path`` back if its folder has shown sidecars and it has neither metadata nor a sidecar yet."""
+        folder, name = os.path.split(path)
+        with self._lock:
+            if folder not in self._folders or path in self._held:
+                return path in self._held
+        if any(os.path.exists(os.path.join(folder, candidate)) for candidate in sidecar.candidate_names(name)):
+            return False
+        try:
+            if metadata.read(path, siblings=()).source != "none":
+                return False
+        except Exception:  # unreadable now: the import will say why
+            return False
+        with self._lock:
+            self._held[path] = time.monotonic() + self.wait_seconds
+        if any(os.path.exists(os.path.join(folder, candidate)) for candidate in sidecar.candidate_names(name)):
+            with self._lock:  # it came meanwhile, perhaps before we held the file: no need to wait
+                return self._held.pop(path, None) is None
+        return True
+
+    def due(self) -> list[str]:
+        """Held files whose wait is over: taken without a sidecar."""
+        now = time.monotonic()
+        with self._lock:
+            due = [path for path, deadline in self._held.items() if deadline <= now]
+            for path in due:
+                del self._held[path]
+        return due
+
+    def release_all(self) -> list[str]:
+        """Every held file, to be taken now (the watch is stopping, or its folder went away)."""
+        with self._lock:
+            held = list(self._held)
+            self._held.clear()
+        return held
