@@ -121,7 +121,7 @@ class Workspace:
                         f"this file is already in the workspace as {existing}; nothing was added"
                     )
                 relative = f"{self.user_id}/{job}/{index}.{prepared.extension}"
-                self._set_aside_strays(conn, [relative])
+                self._set_aside_strays(conn, [(prepared.staged, relative)])
                 self._files.commit(prepared.staged, relative)
                 committed_path = relative
                 facts = prepared.facts
@@ -165,25 +165,34 @@ class Workspace:
         except LocalVaultError:
             pass
 
-    def _set_aside_strays(self, conn: sqlite3.Connection, paths: list[str]) -> None:
-        """Inside the write transaction, before new files are renamed onto ``paths``: move any file already
-        there that no row uses and no queued deletion covers to ``recovered/``. Such a file may be the only
-        copy of an asset whose row was lost (an older ``vault.db`` restored), as ``verify --repair`` assumes.
-
-        A free path costs one ``lstat``. A file whose deletion is queued is replaced as before (draining
-        then skips its path, which a row uses).
+    def _set_aside_strays(self, conn: sqlite3.Connection, moves: list[tuple[StagedFile, str]]) -> None:
+        """Inside the write transaction, before staged files are renamed onto their paths: move any file
+        already there that no row uses and no queued deletion covers to ``recovered/``. Such a file may be
+        the only copy of an asset whose row was lost (an older ``vault.db`` restored), as ``verify --repair``
+        assumes. One with the very bytes being added (left by an add that crashed before its commit, and
+        now run again) is simply replaced, as is one whose deletion is queued (draining then skips its
+        path, which a row uses). A free path costs one ``stat``.
         """
-        strays = [path for path in paths if self._files.exists(WORKSPACE_BUCKET, path)]
+        strays = [(staged, path) for staged, path in moves if self._files.exists(WORKSPACE_BUCKET, path)]
         if not strays:
             return
+        marks = ",".join("?" * len(strays))
         queued = {path for (path,) in conn.execute(
-            f"SELECT path FROM pending_deletes WHERE bucket = ? AND path IN ({','.join('?' * len(strays))})",
-            (WORKSPACE_BUCKET, *strays))}
-        for path in strays:
-            if path not in queued:
-                moved = recover(self._files, WORKSPACE_BUCKET, path)
-                log.warning("%s/%s had no row; moved to %s before a new asset took its path (add it back with"
-                            " 'localvault add' if you want it)", WORKSPACE_BUCKET, path, moved)
+            f"SELECT path FROM pending_deletes WHERE bucket = ? AND path IN ({marks})",
+            (WORKSPACE_BUCKET, *(path for _staged, path in strays)))}
+        for staged, path in strays:
+            if path in queued or self._same_bytes(path, staged):
+                continue
+            moved = recover(self._files, WORKSPACE_BUCKET, path)
+            log.warning("%s/%s had no row; moved to %s before a new asset took its path (add it back with"
+                        " 'localvault add' if you want it)", WORKSPACE_BUCKET, path, moved)
+
+    def _same_bytes(self, path: str, staged: StagedFile) -> bool:
+        try:
+            return (self._files.size(WORKSPACE_BUCKET, path) == staged.size
+                    and self._files.sha256(WORKSPACE_BUCKET, path) == staged.sha256)
+        except (LocalVaultError, OSError):  # unreadable: kept aside, never overwritten
+            return False
 
     def _drop_expired(self, conn: sqlite3.Connection, hashes: list[str]) -> None:
         """Inside a write transaction: delete this user's expired assets with these bytes, queueing their files.
@@ -281,7 +290,7 @@ class Workspace:
                                    entry.prompt, entry.model, entry.settings_json, facts.width, facts.height,
                                    entry.staged.sha256))
                 folders = {relative.rsplit("/", 1)[0] for _s, relative in moves}
-                self._set_aside_strays(conn, [relative for _s, relative in moves])
+                self._set_aside_strays(conn, moves)
                 try:
                     for _ in io_map(lambda move: self._files.commit(move[0], move[1], sync_dir=False), moves):
                         pass

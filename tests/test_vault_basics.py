@@ -3,6 +3,7 @@ expiry, isolation between users, verify/repair, migrations, counts and the outbo
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import subprocess
@@ -1199,3 +1200,16 @@ def test_an_add_replaces_a_file_queued_for_deletion_without_setting_it_aside(vau
     assert again.temp_storage_path == doomed.temp_storage_path
     assert not (vault.root / "recovered").exists()
     assert Path(vault.workspace.file_path(again)).read_bytes() == make_image(seed=3).read_bytes()
+
+
+def test_an_add_replaces_a_stray_with_its_own_bytes_silently(vault: Vault, make_image,
+                                                              caplog: pytest.LogCaptureFixture):
+    """What an add killed between its rename and its commit leaves: running it again must not set the file aside."""
+    job = str(uuid.uuid4())
+    first = vault.workspace.add(make_image(seed=1), job_id=job)
+    stray = Path(vault.workspace.file_path(first)).with_name("1.png")
+    stray.write_bytes(make_image(seed=3).read_bytes())
+    with caplog.at_level(logging.WARNING, logger="localvault"):
+        again = vault.workspace.add(make_image(seed=3), job_id=job)
+    assert Path(vault.workspace.file_path(again)) == stray and not (vault.root / "recovered").exists()
+    assert not caplog.records and vault.verify().clean
