@@ -291,3 +291,20 @@ def test_status_without_a_remote_says_so_not_offline(cli) -> None:
     text = cli("status")
     assert "no remote is set" in text and "offline" not in text
     assert json.loads(cli("status", "--json"))["problem"] is None
+
+
+def test_watch_still_shows_the_warning_of_a_file_set_aside(capsys: pytest.CaptureFixture[str]) -> None:
+    """`watch` hides the library's warnings (its events show every problem with a file), but a file the vault
+    moves to recovered/ has no event: before, the watch moved it without a word."""
+    import logging
+
+    from localvault.cli import output
+
+    output.show_library_logs(False, still_from=("localvault.workspace",))
+    try:
+        logging.getLogger("localvault.workspace").warning("workspace-temp/u/j/1.png had no row; moved")
+        logging.getLogger("localvault.importer").warning("refused x.png: shown by its watch event instead")
+        err = capsys.readouterr().err
+        assert "had no row; moved" in err and "x.png" not in err
+    finally:
+        output.show_library_logs(False)

@@ -83,19 +83,22 @@ class LogToConsole(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
+        self.only_from: tuple[str, ...] | None = None  # None: every logger of localvault
 
     def emit(self, record: logging.LogRecord) -> None:
-        warning(record.getMessage())
+        if self.only_from is None or record.name in self.only_from:
+            warning(record.getMessage())
 
 
-def show_library_logs(show: bool = True) -> None:
-    """Route localvault's log warnings to stderr (once), or, with ``show=False``, hide them again."""
+def show_library_logs(show: bool = True, *, still_from: tuple[str, ...] = ()) -> None:
+    """Route localvault's log warnings to stderr (once), or, with ``show=False``, hide them again, except
+    those of the loggers named in ``still_from``."""
     logger = logging.getLogger("localvault")
     handler = next((h for h in logger.handlers if isinstance(h, LogToConsole)), None)
     if handler is None:
         handler = LogToConsole()
         logger.addHandler(handler)
-    handler.setLevel(logging.WARNING if show else logging.CRITICAL + 1)
+    handler.only_from = None if show else still_from
 
 
 def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
