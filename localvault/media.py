@@ -139,7 +139,7 @@ def looks_finished(path: str | os.PathLike[str]) -> bool:
             head = handle.read(64)
             media = sniff(head)
             return media is None or _is_whole(handle, media, size, head)
-    except OSError:
+    except (OSError, ValueError, IndexError, struct.error):  # it changed while being read: not finished
         return False
 
 
@@ -161,12 +161,19 @@ def _is_whole(handle: BinaryIO, media: MediaType, size: int, head: bytes) -> boo
 
 
 def _jpeg_scan_start(handle: BinaryIO, size: int) -> int:
-    """Offset of the first start-of-scan marker, found by walking the header's segments; -1 if the walk fails
-    (a header this simple walk does not understand is judged by its end marker alone, as before)."""
+    """Offset of the first start-of-scan marker, found by walking the header's segments.
+
+    ``size`` (past the end: not whole) when the header runs to the end of the file, as in a file cut off
+    before its image data; -1 when the walk meets a byte that is no marker or takes more than
+    :data:`_JPEG_WALK_STEPS` steps (a header this simple walk does not follow is judged by its end marker
+    alone, as before).
+    """
     position = 2
-    while position + 4 <= size:
+    for _step in range(_JPEG_WALK_STEPS):
         handle.seek(position)
         marker = handle.read(4)
+        if len(marker) < 4:  # the end of the file (or a file cut shorter since its size was read)
+            return size
         if marker[0] != 0xFF:
             return -1
         if marker[1] == 0xFF:  # fill byte before a marker
@@ -180,6 +187,8 @@ def _jpeg_scan_start(handle: BinaryIO, size: int) -> int:
     return -1
 
 
+#: Segments (and fill bytes) the header walk follows at most: real headers have a few dozen.
+_JPEG_WALK_STEPS = 1_000
 _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 
 

@@ -472,3 +472,31 @@ def test_a_jpeg_with_a_thumbnail_is_whole_only_once_its_own_end_is_written(tmp_p
     (tmp_path / "cut.jpg").write_bytes(_cut_after_thumbnail(whole))
     assert media.looks_finished(tmp_path / "whole.jpg") and not media.looks_finished(tmp_path / "cut.jpg")
     assert media.check_data(whole, tmp_path / "whole.jpg") is media.MediaType.jpeg
+    # Cut before the image data begins, the header's walk runs off the end: not whole either.
+    thumbnail_end = whole.index(b"\xff\xd9") + 2
+    before_scan = whole[:thumbnail_end + 40]
+    assert len(before_scan) < whole.index(b"\xff\xda", thumbnail_end)  # the main image's scan
+    (tmp_path / "header-only.jpg").write_bytes(before_scan)
+    assert not media.looks_finished(tmp_path / "header-only.jpg")
+
+
+def test_judging_a_jpeg_that_shrinks_while_read_raises_nothing_and_reads_a_bounded_header() -> None:
+    """The size is read before the bytes: a file saved over in place may be shorter by then (before: an
+    IndexError that killed the watcher's event thread). And a header of junk is walked a bounded number of
+    steps (before: a seek and a read per fill byte, minutes per GiB)."""
+    from localvault import media
+
+    whole = jpeg_with_thumbnail(seed=9)
+    for cut in range(2, len(whole), 97):
+        assert media._is_whole(io.BytesIO(whole[:cut]), media.MediaType.jpeg, len(whole), whole[:64]) is False
+
+    class CountingReads(io.BytesIO):
+        reads = 0
+
+        def read(self, size: int | None = -1) -> bytes:
+            CountingReads.reads += 1
+            return super().read(size)
+
+    junk = b"\xff\xd8" + b"\xff" * 2_000_000 + b"\xff\xd9"
+    assert media._is_whole(CountingReads(junk), media.MediaType.jpeg, len(junk), junk[:64])  # judged by its end
+    assert CountingReads.reads <= 1_002
