@@ -46,12 +46,14 @@ class SidecarWait:
             with self._lock:
                 self._folders.add(folder)
 
-    def saw_sidecar(self, path: str) -> list[str]:
-        """A sidecar file appeared (closed, created or renamed in): marks its folder; the held files it belongs
-        to, to be taken now."""
+    def saw_sidecar(self, path: str, *, complete: bool) -> list[str]:
+        """A sidecar file appeared: marks its folder. Once ``complete`` (closed after writing, or renamed in),
+        the held files it belongs to, to be taken now; a file just created may have no text yet."""
         folder, name = os.path.split(path)
         with self._lock:
             self._folders.add(folder)
+            if not complete:
+                return []
             released = [held for held in self._held
                         if os.path.dirname(held) == folder and name in sidecar.candidate_names(os.path.basename(held))]
             for held in released:
@@ -64,7 +66,7 @@ class SidecarWait:
         with self._lock:
             if folder not in self._folders or path in self._held:
                 return path in self._held
-        if any(os.path.exists(os.path.join(folder, candidate)) for candidate in sidecar.candidate_names(name)):
+        if _has_sidecar(folder, name):
             return False
         try:
             if metadata.read(path, siblings=()).source != "none":
@@ -73,7 +75,7 @@ class SidecarWait:
             return False
         with self._lock:
             self._held[path] = time.monotonic() + self.wait_seconds
-        if any(os.path.exists(os.path.join(folder, candidate)) for candidate in sidecar.candidate_names(name)):
+        if _has_sidecar(folder, name):
             with self._lock:  # it came meanwhile, perhaps before we held the file: no need to wait
                 return self._held.pop(path, None) is None
         return True
@@ -87,9 +89,23 @@ class SidecarWait:
                 del self._held[path]
         return due
 
-    def release_all(self) -> list[str]:
-        """Every held file, to be taken now (the watch is stopping, or its folder went away)."""
+    def release_all(self, *, forget_folders: bool = False) -> list[str]:
+        """Every held file, to be taken now (the watch is stopping, or its folder went away: then, with
+        ``forget_folders``, what its folders showed is forgotten too; the catch-up of the new one tells)."""
         with self._lock:
             held = list(self._held)
             self._held.clear()
+            if forget_folders:
+                self._folders.clear()
         return held
+
+
+def _has_sidecar(folder: str, name: str) -> bool:
+    """Whether a sidecar of ``name`` with some text is there (an empty one is still being written)."""
+    for candidate in sidecar.candidate_names(name):
+        try:
+            if os.stat(os.path.join(folder, candidate)).st_size > 0:
+                return True
+        except OSError:
+            continue
+    return False

@@ -67,6 +67,12 @@ class _Handler(FileSystemEventHandler):
     def __init__(self, watcher: Watcher) -> None:
         self.watcher = watcher
 
+    def dispatch(self, event: FileSystemEvent) -> None:
+        try:
+            super().dispatch(event)
+        except Exception:  # the observer's thread must live on: it hears every later file
+            log.exception("the watcher of %s could not handle the event %s", self.watcher.folder, event)
+
     def on_closed(self, event: FileSystemEvent) -> None:
         if not event.is_directory:
             self.watcher._offer(os.fsdecode(event.src_path), ready=True)
@@ -77,7 +83,7 @@ class _Handler(FileSystemEventHandler):
 
     def on_created(self, event: FileSystemEvent) -> None:
         if not event.is_directory:  # a file renamed in from another folder comes as "created", already whole
-            self.watcher._offer(os.fsdecode(event.src_path), ready=True)
+            self.watcher._offer(os.fsdecode(event.src_path), ready=True, created=True)
 
     def on_modified(self, event: FileSystemEvent) -> None:
         if not event.is_directory:
@@ -138,15 +144,17 @@ class Watcher:
         if self._thread is not None:
             raise InvalidInputError("this watcher was started already; make a new Watcher to watch again")
         self._thread = threading.Thread(target=self._run, name="localvault-watch", daemon=True)
-        self._thread.start()
+        thread = self._thread
         try:
+            thread.start()
             self._started.wait()
+            if self._error is not None:
+                raise _as_vault_error(self._error, self.folder)
         except BaseException:  # a Ctrl-C during the catch-up: stop as stop() does (files under way finished or removed)
             self._stop.set()
-            to_the_end(self._ended.wait)
+            if thread.ident is not None:  # (a thread that never ran sees the stop at its first check)
+                to_the_end(self._ended.wait)
             raise
-        if self._error is not None:
-            raise _as_vault_error(self._error, self.folder)
         return self
 
     def stop(self) -> WatchReport:
@@ -187,11 +195,11 @@ class Watcher:
 
     # ------------------------------------------------------- event intake
 
-    def _offer(self, path: str, *, ready: bool) -> None:
+    def _offer(self, path: str, *, ready: bool, created: bool = False) -> None:
         """Called from the observer's thread for each interesting event; ``ready``: a close, move or create."""
         name = os.path.basename(path)
         if ready and is_sidecar_name(name) and self._in_scope(path):
-            for waiting in self._sidecars.saw_sidecar(path):
+            for waiting in self._sidecars.saw_sidecar(path, complete=not created):
                 self._queue.put(waiting)
         if not is_candidate_name(name) or not self._in_scope(path):
             return
@@ -359,7 +367,7 @@ class Watcher:
         self._drain()
         with self._lock:
             self._unsettled.clear()
-        self._sidecars.release_all()  # the catch-up on the folder's return finds them
+        self._sidecars.release_all(forget_folders=True)  # the catch-up on the folder's return finds them
         self._handled.clear()
         while not self._stop.is_set():
             if self.folder.is_dir():

@@ -204,6 +204,46 @@ def test_a_file_written_before_its_sidecar_waits_for_it(vault: Vault, out: Path,
     assert len(watcher.report.imported) == 5
 
 
+def test_a_sidecar_is_waited_for_until_it_is_written_not_just_created(vault: Vault, out: Path,
+                                                                       tmp_path: Path) -> None:
+    """Before: the sidecar's create event released the held file, whose import then read an empty sidecar."""
+    make_png(out / "00000-1.png", color=1)
+    (out / "00000-1.txt").write_text(A1111_TEXT)
+    seen = Recorder()
+    with Watcher(vault, out, on_event=seen, sidecar_wait_seconds=60):
+        write_by_rename(out, "00001-2.png", png_bytes(tmp_path, 2))
+        with open(out / "00001-2.txt", "w") as sidecar_file:  # created now, its text comes a moment later
+            time.sleep(0.5)
+            sidecar_file.write(A1111_TEXT.replace("4242", "4243"))
+        assert wait_for(lambda: "00001-2.png" in seen.names("imported"))
+    asset = vault.workspace.find_sha256(hashlib.sha256(png_bytes(tmp_path, 2)).hexdigest())
+    assert asset is not None and (asset.original_prompt, asset.generation_seed) == ("a red fox in snow", 4243)
+
+
+def test_an_error_handling_one_event_does_not_end_the_watch(vault: Vault, out: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Before: an exception in the observer's thread (a JPEG shortened while its header was walked) ended it,
+    and the watcher, still "running", heard no later file. The fault is injected: the race is too narrow."""
+    from localvault import media
+
+    real = media.looks_finished
+
+    def fails_once_for_bad(path: str | os.PathLike[str]) -> bool:
+        if os.path.basename(path) == "bad.png":
+            raise IndexError("index out of range")
+        return real(path)
+
+    monkeypatch.setattr(media, "looks_finished", fails_once_for_bad)
+    seen = Recorder()
+    with caplog.at_level(logging.ERROR, logger="localvault.watch"), Watcher(vault, out, on_event=seen):
+        write_by_rename(out, "bad.png", png_bytes(tmp_path, 3))
+        time.sleep(0.3)
+        write_by_rename(out, "after.png", png_bytes(tmp_path, 4))
+        assert wait_for(lambda: "after.png" in seen.names("imported"))
+    assert any("could not handle the event" in record.getMessage() for record in caplog.records)
+
+
 def test_a_held_file_is_taken_without_its_sidecar_once_the_wait_is_over(vault: Vault, out: Path,
                                                                           tmp_path: Path) -> None:
     make_png(out / "old.png", color=7)
