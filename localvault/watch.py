@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from watchdog.observers import Observer
 
 from . import media, models
 from ._import_pipeline import to_the_end
+from ._watch_settle import UnsettledFiles
 from ._watch_sidecars import SIDECAR_WAIT_SECONDS, SidecarWait, is_sidecar_name
 from ._watch_state import HandledFiles, WatchEvent, WatchReport
 from .errors import InvalidInputError, LocalVaultError, StorageError
@@ -115,19 +115,17 @@ class Watcher:
         self._options = dict(mode=mode, model=model, prompt=prompt, workers=workers)
         self.recursive = recursive
         self.on_event = on_event
-        self.stable_seconds = stable_seconds
         self.poll_seconds = poll_seconds
         #: Everything done so far (all batches, catch-ups included): counts of all, the most recent files listed.
         self.report = WatchReport()
         self._queue: queue.Queue[str] = queue.Queue()
-        self._unsettled: dict[str, tuple[int, int, float]] = {}  # path -> (size, mtime_ns, unchanged since)
+        self._unsettled = UnsettledFiles(stable_seconds, GIVE_UP_SECONDS)
         self._sidecars = SidecarWait(sidecar_wait_seconds)
         self._identity: tuple[int, int] | None = None  # (device, inode) of the folder being watched
         # The folder as watched: its real path (inotify on a symbolic link would watch the link, not the
         # folder, and hear nothing); resolved again each time the folder comes back.
         self._watched = Path(os.path.realpath(self.folder))
         self._handled = HandledFiles()
-        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._started = threading.Event()
         # Set as the thread's very last step. Waited on instead of Thread.join(): a Ctrl-C inside join() on
@@ -184,6 +182,15 @@ class Watcher:
         return True
 
     @property
+    def stable_seconds(self) -> float:
+        """How long a file without a close event must stay unchanged (and whole) to be taken."""
+        return self._unsettled.stable_seconds
+
+    @stable_seconds.setter
+    def stable_seconds(self, seconds: float) -> None:
+        self._unsettled.stable_seconds = seconds
+
+    @property
     def running(self) -> bool:
         return self._thread is not None and not self._ended.is_set()
 
@@ -207,8 +214,7 @@ class Watcher:
             if not self._sidecars.hold(path):
                 self._queue.put(path)
         else:
-            with self._lock:
-                self._unsettled.setdefault(path, (-1, -1, time.monotonic()))
+            self._unsettled.note(path)
 
     def _in_scope(self, path: str) -> bool:
         """Directly in the folder, or (recursive) in a sub-folder that is neither hidden nor temporary, as a scan."""
@@ -221,32 +227,11 @@ class Watcher:
         return not relative.startswith("..") and not any(is_ignored_name(part) for part in Path(relative).parts)
 
     def _settled(self) -> list[str]:
-        """Paths unchanged for ``stable_seconds`` and whole (or unchanged for ``GIVE_UP_SECONDS``): the fallback."""
-        now = time.monotonic()
-        ready: list[str] = []
-        with self._lock:
-            for path, (size, mtime, since) in list(self._unsettled.items()):
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    del self._unsettled[path]
-                    continue
-                if not stat.S_ISREG(st.st_mode):  # a named pipe or a folder with an image's name: never taken
-                    del self._unsettled[path]
-                    continue
-                if (st.st_size, st.st_mtime_ns) != (size, mtime):
-                    self._unsettled[path] = (st.st_size, st.st_mtime_ns, max(now, since))
-                elif now - since >= self.stable_seconds and (now - since >= GIVE_UP_SECONDS or media.looks_finished(path)):
-                    del self._unsettled[path]
-                    ready.append(path)
-        return [path for path in ready if not self._sidecars.hold(path)]
+        """Files taken by the stable-size fallback (unless held for their sidecar)."""
+        return [path for path in self._unsettled.settled() if not self._sidecars.hold(path)]
 
     def _wait_for(self, paths: list[str], seconds: float = 0.0) -> None:
-        """Put paths back among the unsettled ones, to be taken once whole (after ``seconds`` at the earliest)."""
-        later = time.monotonic() + seconds
-        with self._lock:
-            for path in paths:
-                self._unsettled[path] = (-1, -1, later)
+        self._unsettled.wait_for(paths, seconds)
 
     # ---------------------------------------------------------- the thread
 
@@ -365,8 +350,7 @@ class Watcher:
         self._emit(WatchEvent("folder_gone", str(self.folder), time.time()))
         self._unschedule()
         self._drain()
-        with self._lock:
-            self._unsettled.clear()
+        self._unsettled.clear()
         self._sidecars.release_all(forget_folders=True)  # the catch-up on the folder's return finds them
         self._handled.clear()
         while not self._stop.is_set():

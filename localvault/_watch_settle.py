@@ -1,0 +1,70 @@
+"""Files the watcher has seen but not taken yet: the stable-size fallback (see :mod:`localvault.watch`).
+
+A file is noted when an event says it changed but it is not whole yet (or no
+close event will come); it is taken once its size and mtime have not changed
+for ``stable_seconds`` and it is whole by its bytes, or once it has not
+changed for ``give_up_seconds`` (then its import refuses it, with the reason).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from collections.abc import Iterable, Iterator
+
+from . import media
+
+
+class UnsettledFiles:
+    """Paths waiting to be taken, with the size and mtime last seen (thread-safe)."""
+
+    def __init__(self, stable_seconds: float, give_up_seconds: float) -> None:
+        self.stable_seconds = stable_seconds
+        self.give_up_seconds = give_up_seconds
+        self._files: dict[str, tuple[int, int, float]] = {}  # path -> (size, mtime_ns, unchanged since)
+        self._lock = threading.Lock()
+
+    def note(self, path: str) -> None:
+        """An event said ``path`` changed and it is not whole yet: watch it."""
+        with self._lock:
+            self._files.setdefault(path, (-1, -1, time.monotonic()))
+
+    def wait_for(self, paths: Iterable[str], seconds: float = 0.0) -> None:
+        """Watch ``paths`` again, to be taken once whole (after ``seconds`` at the earliest)."""
+        later = time.monotonic() + seconds
+        with self._lock:
+            for path in paths:
+                self._files[path] = (-1, -1, later)
+
+    def settled(self) -> list[str]:
+        """Paths unchanged for ``stable_seconds`` and whole (or unchanged for ``give_up_seconds``), now
+        forgotten here; paths gone, or no longer regular files, are dropped."""
+        now = time.monotonic()
+        ready: list[str] = []
+        with self._lock:
+            for path, (size, mtime, since) in list(self._files.items()):
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    del self._files[path]
+                    continue
+                if not stat.S_ISREG(st.st_mode):  # a named pipe or a folder with an image's name: never taken
+                    del self._files[path]
+                    continue
+                if (st.st_size, st.st_mtime_ns) != (size, mtime):
+                    self._files[path] = (st.st_size, st.st_mtime_ns, max(now, since))
+                elif now - since >= self.stable_seconds and (now - since >= self.give_up_seconds
+                                                             or media.looks_finished(path)):
+                    del self._files[path]
+                    ready.append(path)
+        return ready
+
+    def clear(self) -> None:
+        with self._lock:
+            self._files.clear()
+
+    def __iter__(self) -> Iterator[str]:
+        with self._lock:
+            return iter(list(self._files))
