@@ -376,6 +376,27 @@ def test_dry_run_counts_a_row_spanning_two_batches_once(vault: Vault, remote: Re
     assert (real.rows_written, real.files_uploaded) == (dry.rows_written, dry.files_uploaded)
 
 
+def test_dry_run_with_retry_rejected_previews_the_refused_rows(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                              tmp_path: Path) -> None:
+    """`sync --dry-run --retry-rejected` counts the refused rows the real run then sends, and keeps them refused."""
+    ids = _fill(vault, tmp_path, 2)
+    with psycopg.connect(remote.database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE public.user_library ADD CONSTRAINT short_title CHECK (length(title) <= 20)")
+    vault.library.update(ids[1], title="x" * 30)
+    assert vault.sync(remote).rejected == 1
+    with psycopg.connect(remote.database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE public.user_library DROP CONSTRAINT short_title")
+    vault.library.update(ids[0], title="edited")  # one change waiting besides the refused one
+    _fill(vault, tmp_path, 1, start=5)  # and a new row with its file
+    dry = vault.sync(remote, dry_run=True, retry_rejected=True)
+    assert [r.row_id for r in status(vault, remote).rejected] == [ids[1]]  # the dry run requeued nothing
+    real = vault.sync(remote, retry_rejected=True)
+    assert (dry.pending_changes, dry.rows_written, dry.files_uploaded) == (3, 3, 1)
+    assert (real.pending_changes, real.rows_written, real.files_uploaded) == (3, 3, 1)
+    assert status(vault, remote).rejected == []
+    assert_mirrors(vault, remote, s3_bucket)
+
+
 def test_rls_blocks_crafted_rows_of_another_user(vault: Vault, remote: Remote, tmp_path: Path) -> None:
     """A vault of user A whose row carries B's asset id gets it refused (RLS), and B's row is untouched."""
     (a_id,) = _fill(vault, tmp_path, 1)

@@ -140,7 +140,8 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
         target.check(vault.user_id)
         if retry_rejected and not dry_run:
             outbox.requeue_rejected(vault)
-        result.pending_changes = outbox.pending_count(vault)
+        preview_rejected = retry_rejected and dry_run  # the refused rows counted as if requeued
+        result.pending_changes = outbox.pending_count(vault, with_rejected=preview_rejected)
         # Checked even with nothing to push: a sync that "succeeds" against a bucket that is gone hides it.
         bucket = Bucket(target.bucket_url, target.storage_options)
         bucket.check_reachable(create=not dry_run)  # at the start, offline is said at once (as for PostgreSQL)
@@ -154,7 +155,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
         taken: set[int] = set()  # a dry run acknowledges nothing: entries it has counted, past after_seq
         counted: set[str] = set()  # ... and counts each row once, though a row may go in two batches
         while True:
-            batch = outbox.read_batch(vault, batch_rows, after_seq, skip=taken)
+            batch = outbox.read_batch(vault, batch_rows, after_seq, skip=taken, with_rejected=preview_rejected)
             if batch is None:
                 break
             _upload_files(vault, bucket, known, batch, result, progress, dry_run)

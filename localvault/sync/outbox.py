@@ -29,10 +29,11 @@ class Batch:
     files: dict[str, tuple[str, str, int, str]]
 
 
-def pending_count(vault: Vault) -> int:
+def pending_count(vault: Vault, *, with_rejected: bool = False) -> int:
+    """Rows with changes waiting; ``with_rejected``: and the refused ones, as if requeued (a dry run's preview)."""
     row = vault.db.conn.execute(
-        "SELECT count(*) FROM (SELECT DISTINCT table_name, row_id FROM sync_outbox WHERE user_id = ?)", (vault.user_id,)
-    ).fetchone()
+        f"SELECT count(*) FROM (SELECT DISTINCT table_name, row_id FROM {_source(with_rejected)} WHERE user_id = ?)",
+        (vault.user_id,)).fetchone()
     return int(row[0])
 
 
@@ -42,7 +43,8 @@ BATCH_BYTES = 64 * 1024 * 1024
 EXTRA_ENTRIES = 200_000
 
 
-def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | frozenset[int] = frozenset()) -> Batch | None:
+def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | frozenset[int] = frozenset(),
+               with_rejected: bool = False) -> Batch | None:
     """The next outbox entries of this user, coalesced by row, with the rows' current state (one snapshot).
 
     A batch sends each row as it is now, which may rest on changes queued
@@ -53,17 +55,20 @@ def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | fro
     depends on a row the batch leaves out. Library rows stop at
     :data:`BATCH_BYTES` of JSON; the rest wait for the next batch. ``skip``:
     entries already taken (a dry run reads on without acknowledging).
+    ``with_rejected``: the refused entries too, after the outbox's, as
+    :func:`requeue_rejected` would queue them (a dry run changes nothing).
     """
     with vault.db.read() as conn:
         while True:
-            read = conn.execute(_ENTRY + " AND seq > ? ORDER BY seq LIMIT ?", (vault.user_id, after_seq, limit)).fetchall()
+            read = conn.execute(_entry_sql(with_rejected) + " AND seq > ? ORDER BY seq LIMIT ?",
+                                (vault.user_id, after_seq, limit)).fetchall()
             if not read:
                 return None
             after_seq = last_seq = read[-1][0]
             entries = [e for e in read if e[0] not in skip]
             if entries:
                 break
-        entries += [e for e in _entries_rested_on(conn, vault.user_id, last_seq) if e[0] not in skip]
+        entries += [e for e in _entries_rested_on(conn, vault.user_id, last_seq, with_rejected) if e[0] not in skip]
         newest: dict[tuple[str, str], tuple[str, str | None, int, str]] = {}
         for seq, table, row_id, op, path, queued_at in entries:
             previous = newest.get((table, row_id))
@@ -102,19 +107,35 @@ def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | fro
     )
 
 
-_ENTRY = "SELECT seq, table_name, row_id, op, storage_path, queued_at FROM sync_outbox WHERE user_id = ?"
+#: Added to a refused entry's seq when a dry run reads it with the outbox: after every outbox entry, in order.
+_REJECTED_SEQ_BASE = 1 << 48
 
 
-def _entries_rested_on(conn: sqlite3.Connection, user_id: str, last_seq: int) -> list[tuple[Any, ...]]:
+def _source(with_rejected: bool) -> str:
+    """The entries read: the outbox's, or (a dry run of --retry-rejected) those and the refused ones."""
+    if not with_rejected:
+        return "sync_outbox"
+    return (f"(SELECT seq, table_name, row_id, op, user_id, storage_path, queued_at FROM sync_outbox UNION ALL"
+            f" SELECT seq + {_REJECTED_SEQ_BASE}, table_name, row_id, op, user_id, storage_path,"
+            " coalesce(queued_at, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) FROM sync_rejected)")
+
+
+def _entry_sql(with_rejected: bool = False) -> str:
+    return f"SELECT seq, table_name, row_id, op, storage_path, queued_at FROM {_source(with_rejected)} WHERE user_id = ?"
+
+
+def _entries_rested_on(conn: sqlite3.Connection, user_id: str, last_seq: int,
+                       with_rejected: bool = False) -> list[tuple[Any, ...]]:
     """The entries after ``last_seq`` a batch takes too: collection changes, deletes, and a deleted row's others."""
-    extra = conn.execute(_ENTRY + " AND seq > ? AND (table_name = 'user_collections' OR op = 'delete') ORDER BY seq"
+    entry = _entry_sql(with_rejected)
+    extra = conn.execute(entry + " AND seq > ? AND (table_name = 'user_collections' OR op = 'delete') ORDER BY seq"
                          " LIMIT ?", (user_id, last_seq, EXTRA_ENTRIES)).fetchall()
     # A deleted library row's other entries go with its delete (else a later batch would send the delete
     # again). They all come before it: one pass over the entries up to the last such delete.
     deletes = {e[2]: e[0] for e in extra if e[1] == "user_library"}
     if deletes:
         extra += [e for e in conn.execute(
-            _ENTRY + " AND seq > ? AND seq < ? AND table_name = 'user_library' AND op != 'delete'",
+            entry + " AND seq > ? AND seq < ? AND table_name = 'user_library' AND op != 'delete'",
             (user_id, last_seq, max(deletes.values()))) if e[2] in deletes]
     return sorted(extra)
 
