@@ -415,6 +415,22 @@ def test_rls_blocks_crafted_rows_of_another_user(vault: Vault, remote: Remote, t
     assert str(rows[b_id]["user_id"]) == USER_B and rows[b_id]["title"] == "t50"
 
 
+def test_a_missing_grant_fails_the_sync_and_keeps_every_row_queued(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                                  tmp_path: Path) -> None:
+    """42501 "permission denied for table" (a GRANT missing on the server) is no row's refusal, unlike RLS's 42501."""
+    _fill(vault, tmp_path, 3)
+    with psycopg.connect(remote.database_url, autocommit=True) as conn:
+        conn.execute("REVOKE INSERT ON public.user_library FROM authenticated")
+    with pytest.raises(SyncError, match=r"\(42501\): permission denied for table user_library; .*grant it back"):
+        vault.sync(remote)
+    state = status(vault, remote)
+    assert state.rejected == [] and state.pending_changes == 3
+    with psycopg.connect(remote.database_url, autocommit=True) as conn:
+        conn.execute("GRANT INSERT ON public.user_library TO authenticated")
+    assert vault.sync(remote).rows_written == 3
+    assert_mirrors(vault, remote, s3_bucket)
+
+
 def test_claims_left_on_the_session_do_not_speak_for_another_user(vault: Vault, remote: Remote,
                                                                    tmp_path: Path) -> None:
     """auth.uid() reads request.jwt.claim.sub before the JSON claims: a stale one (here a database default)

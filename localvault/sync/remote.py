@@ -32,10 +32,16 @@ COLLECTION_COLUMNS = ("id", "user_id", "name", "description", "created_at", "upd
 #: SQLSTATE classes of a refusal that a retry cannot fix.
 PERMANENT_CLASSES = ("22", "23")
 PERMANENT_CODES = ("42501",)
+#: 42501 is a row's refusal only from a row-level security policy; "permission denied for table" (a missing
+#: GRANT) shares the code but refuses every row alike: the server's setup is at fault, not the row.
+ROW_REFUSAL_42501 = "row-level security"
 
 
 def is_permanent(error: psycopg.Error) -> bool:
+    """Whether the server refused this row for good (it goes to sync_rejected; the rest of the batch goes on)."""
     code = error.sqlstate or ""
+    if code == "42501":
+        return ROW_REFUSAL_42501 in (error.diag.message_primary or str(error))
     return code[:2] in PERMANENT_CLASSES or code in PERMANENT_CODES
 
 
@@ -181,6 +187,10 @@ class Remote:
         except psycopg.OperationalError:
             raise
         except psycopg.Error as exc:
+            if exc.sqlstate == "42501":
+                raise SyncError(f"PostgreSQL refused the batch ({exc.sqlstate}): {first_line(exc)}; the server's role "
+                                "'authenticated' lacks a privilege its schema grants (a setup problem, not a row's): "
+                                "grant it back on the server, then sync again; nothing was lost") from None
             raise SyncError(f"PostgreSQL refused the batch ({exc.sqlstate}): {first_line(exc)}") from None
 
     def _apply(self, user_id: str, changes: Changes, *, isolate: bool) -> BatchResult:
