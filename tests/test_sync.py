@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from localvault import OfflineError, SchemaVersionError, SyncBusyError, SyncError, Vault
-from localvault.sync import Remote, status
+from localvault.sync import Remote, engine, status
 from localvault.sync.engine import _SyncLock
 
 USER_A = "0a0a0a0a-0000-4000-8000-00000000000a"
@@ -313,6 +313,59 @@ def test_an_upload_the_bucket_stored_short_is_not_taken_for_sent(vault: Vault, s
         target.close()
     assert vault.db.conn.execute("SELECT count(*) FROM sync_outbox").fetchone()[0] == 1
     assert _server_rows(server, "user_library") == {}
+
+
+def _s3_client(s3_bucket: Any) -> Any:
+    opts = s3_bucket.storage_options
+    return boto3.client("s3", endpoint_url=opts["client_kwargs"]["endpoint_url"], aws_access_key_id=opts["key"],
+                        aws_secret_access_key=opts["secret"], region_name="us-east-1")
+
+
+@pytest.mark.parametrize("listed", [False, True], ids=["head", "listing"])
+def test_an_object_of_the_same_size_but_other_bytes_is_sent_again(listed: bool, vault: Vault, remote: Remote,
+                                                                 s3_bucket: Any, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Objects without x-amz-meta-sha256 at an asset's key (another tool's copy, a damaged one): the same size
+    is not enough; a plain-MD5 ETag equal to the file's is."""
+    if listed:
+        monkeypatch.setattr(engine, "LISTING_THRESHOLD", 0)
+    assets = [vault.library.get(i) for i in _fill(vault, tmp_path, 3)]
+    data = [Path(vault.library.file_path(a)).read_bytes() for a in assets]
+    client = _s3_client(s3_bucket)
+    client.put_object(Bucket=s3_bucket.name, Key=assets[0].storage_path, Body=b"\0" * len(data[0]))
+    started = client.create_multipart_upload(Bucket=s3_bucket.name, Key=assets[1].storage_path)  # ETag "…-1"
+    part = client.upload_part(Bucket=s3_bucket.name, Key=assets[1].storage_path, UploadId=started["UploadId"],
+                              PartNumber=1, Body=b"\1" * len(data[1]))
+    client.complete_multipart_upload(Bucket=s3_bucket.name, Key=assets[1].storage_path, UploadId=started["UploadId"],
+                                     MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})
+    client.put_object(Bucket=s3_bucket.name, Key=assets[2].storage_path, Body=data[2])  # the same bytes
+    report = vault.sync(remote)
+    assert (report.files_uploaded, report.files_skipped) == (2, 1)
+    for asset, body in zip(assets, data, strict=True):
+        assert client.get_object(Bucket=s3_bucket.name, Key=asset.storage_path)["Body"].read() == body
+    assert_mirrors(vault, remote, s3_bucket)
+
+
+@pytest.mark.parametrize("listed", [False, True], ids=["one-by-one", "listing"])
+def test_a_folder_bucket_file_of_the_same_size_but_other_bytes_is_sent_again(listed: bool, vault: Vault, server: str,
+                                                                             tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder keeps no checksum: a file of the right size at an asset's path is read to tell whether it is it."""
+    if listed:
+        monkeypatch.setattr(engine, "LISTING_THRESHOLD", 0)
+    assets = [vault.library.get(i) for i in _fill(vault, tmp_path, 2)]
+    data = [Path(vault.library.file_path(a)).read_bytes() for a in assets]
+    bucket = tmp_path / "bucket"
+    for asset, body in ((assets[0], b"\0" * len(data[0])), (assets[1], data[1])):
+        (bucket / asset.storage_path).parent.mkdir(parents=True, exist_ok=True)
+        (bucket / asset.storage_path).write_bytes(body)
+    target = Remote(server, bucket.as_uri())
+    try:
+        report = vault.sync(target)
+    finally:
+        target.close()
+    assert (report.files_uploaded, report.files_skipped) == (1, 1)
+    assert [(bucket / a.storage_path).read_bytes() for a in assets] == data
 
 
 def test_a_name_swap_passes_beside_an_unrelated_refusal(vault: Vault, remote: Remote, s3_bucket: Any,

@@ -71,8 +71,11 @@ def network_errors() -> tuple[type[BaseException], ...]:
 
 @dataclass(frozen=True)
 class RemoteObject:
+    """What a HEAD tells of one object: its size, the sha256 it carries and its ETag where that is a plain MD5."""
+
     size: int
     sha256: str | None
+    md5: str | None = None
 
 
 class Bucket:
@@ -177,10 +180,30 @@ class Bucket:
             if self.is_s3:
                 bucket, name = path.split("/", 1)
                 answer = self.fs.call_s3("head_object", Bucket=bucket, Key=name)
-                return RemoteObject(int(answer["ContentLength"]), answer.get("Metadata", {}).get("sha256"))
+                return RemoteObject(int(answer["ContentLength"]), answer.get("Metadata", {}).get("sha256"),
+                                    _plain_md5(answer.get("ETag")))
             info = self.fs.info(path)
             return RemoteObject(int(info["size"]), None)
         except FileNotFoundError:
+            return None
+
+    def sha256_of(self, key: str, size: int) -> str | None:
+        """The sha256 of an object read whole, where the store keeps no checksum (a folder); None if it is
+        missing or not ``size`` bytes long. Reading it costs no more than copying the file again would."""
+        path = self.path(key)
+        try:
+            if self.is_local:
+                with open(path, "rb", buffering=0) as handle:
+                    if os.fstat(handle.fileno()).st_size != size:
+                        return None
+                    return hashlib.sha256(handle.read()).hexdigest() if size <= SINGLE_PUT_BYTES \
+                        else stream_digest(handle, "sha256")
+            self.fs.invalidate_cache(path)
+            if int(self.fs.info(path).get("size") or 0) != size:
+                return None
+            with self.fs.open(path, "rb") as handle:
+                return stream_digest(handle, "sha256")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
 
     def upload(self, local: Path, key: str, sha256: str, size: int, content_type: str) -> None:

@@ -198,10 +198,12 @@ class _Objects:
             self.listed = _retrying(lambda: bucket.objects(user_id), "listing the bucket")
 
     def has(self, key: str, size: int, sha256: str, local: Path) -> bool:
-        """Whether the bucket holds this very file: same size, and same bytes where the store can tell.
+        """Whether the bucket holds this very file: same size and the same bytes; when unsure, no (it is sent).
 
         From the listing: an S3 ETag that is an MD5 is compared with the local
-        file's; otherwise a HEAD reads the sha256 the object carries.
+        file's; otherwise a HEAD reads the sha256 the object carries, or, for
+        an object without one (put there by another tool), its ETag if that is
+        an MD5. A folder keeps no checksum: the object itself is hashed.
         """
         if key in self.sent:
             return self.sent[key] == size
@@ -211,10 +213,14 @@ class _Objects:
                 return False
             if size_and_md5[1] is not None:
                 return local.exists() and file_digest(local, "md5") == size_and_md5[1]
-            if not self.bucket.is_s3:
-                return True  # nothing more to compare: a local or fsspec folder keeps no checksum
+        if not self.bucket.is_s3:
+            return _retrying(lambda: self.bucket.sha256_of(key, size), "checking the bucket") == sha256
         found = _retrying(lambda: self.bucket.head(key), "checking the bucket")
-        return found is not None and found.size == size and found.sha256 in (None, sha256)
+        if found is None or found.size != size:
+            return False
+        if found.sha256 is not None:
+            return found.sha256 == sha256
+        return found.md5 is not None and local.exists() and file_digest(local, "md5") == found.md5
 
     def remember(self, key: str, size: int) -> None:
         self.sent[key] = size
