@@ -21,23 +21,33 @@ Fixtures
 ``s3_bucket`` (function)
     ``S3Bucket(name, storage_options)``, a tuple: a fresh bucket and the s3fs
     storage options to reach it. AWS_* variables are set for the test only.
+
+Helper
+------
+:func:`s3_proxy` puts an HTTP proxy in front of the S3 server that answers
+chosen requests itself, as a real store does where moto cannot be made to
+(a per-key error in a DeleteObjects answer, a 413 for one PUT).
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import http.client
 import os
 import pwd
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import urlparse
 
 import psycopg
 import pytest
@@ -366,3 +376,60 @@ def s3_bucket(s3_server: str) -> Iterator[S3Bucket]:
                     if keys:
                         client.delete_objects(Bucket=name, Delete={"Objects": keys})
                 client.delete_bucket(Bucket=name)
+
+
+#: answer(method, path with query, body) -> (HTTP status, XML body) to answer a request, or None to pass it on.
+ProxyAnswer = Callable[[str, str, bytes], "tuple[int, bytes] | None"]
+
+
+def s3_error_xml(code: str, message: str) -> bytes:
+    """An S3 error document, as a store sends with a 4xx or 5xx."""
+    return (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message>'
+            "<RequestId>test</RequestId></Error>").encode()
+
+
+@contextlib.contextmanager
+def s3_proxy(upstream: str, answer: ProxyAnswer) -> Iterator[str]:
+    """Endpoint URL of an HTTP proxy in front of ``upstream`` that lets ``answer`` reply to some requests."""
+    target = urlparse(upstream)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _any(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            verdict = answer(self.command, self.path, body)
+            if verdict is not None:
+                status, data = verdict
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+            else:
+                conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "expect")}
+                conn.request(self.command, self.path, body=body or None, headers=headers)
+                reply = conn.getresponse()
+                status, data = reply.status, reply.read()
+                conn.close()
+                self.send_response(status)
+                for name, value in reply.getheaders():
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
+                        self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

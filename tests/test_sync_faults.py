@@ -294,3 +294,68 @@ def test_a_local_file_that_cannot_be_read_is_not_blamed_on_the_keys(vault: Vault
     monkeypatch.setattr(Bucket, "upload", unreadable)
     with pytest.raises(SyncError, match="cannot read .*check its permissions"):
         vault.sync(remote)
+
+
+def _s3_client(s3_bucket: Any) -> Any:
+    opts = s3_bucket.storage_options
+    return boto3.client("s3", endpoint_url=opts["client_kwargs"]["endpoint_url"], aws_access_key_id=opts["key"],
+                        aws_secret_access_key=opts["secret"], region_name="us-east-1")
+
+
+def _keys(s3_bucket: Any) -> set[str]:
+    return {o["Key"] for o in _s3_client(s3_bucket).list_objects_v2(Bucket=s3_bucket.name).get("Contents", [])}
+
+
+def test_an_object_the_bucket_refuses_to_delete_keeps_its_delete_queued(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                                        tmp_path: Path, fast_retries: None) -> None:
+    """DeleteObjects answers 200 with a per-key <Error> where a policy or an Object Lock denies one key (moto
+    cannot be made to: a proxy answers). That object is not counted as deleted and its delete stays queued; the
+    rest of the sync goes through; a store busy for one key (InternalError) is retried."""
+    import re
+
+    from servers import s3_proxy
+
+    ids = _fill(vault, tmp_path, 3)
+    vault.sync(remote)
+    paths = [vault.library.get(i).storage_path for i in ids]
+    client = _s3_client(s3_bucket)
+    codes = {paths[0]: ["AccessDenied"]}  # key → the per-key error codes of the next answers, one per answer
+
+    def delete_objects(method: str, path: str, body: bytes) -> tuple[int, bytes] | None:
+        if method != "POST" or "delete" not in path:
+            return None
+        out = []
+        for key in (k.decode() for k in re.findall(rb"<Key>(.*?)</Key>", body)):
+            code = codes.get(key, [None])[0]
+            if code is None:
+                client.delete_object(Bucket=s3_bucket.name, Key=key)
+                out.append(f"<Deleted><Key>{key}</Key></Deleted>")
+            else:
+                codes[key] = codes[key][1:] or codes[key]
+                out.append(f"<Error><Key>{key}</Key><Code>{code}</Code><Message>{code} for this key</Message></Error>")
+        return 200, ('<?xml version="1.0" encoding="UTF-8"?><DeleteResult xmlns="http://s3.amazonaws.com/doc/'
+                     '2006-03-01/">' + "".join(out) + "</DeleteResult>").encode()
+
+    with s3_proxy(s3_bucket.storage_options["client_kwargs"]["endpoint_url"], delete_objects) as endpoint:
+        options = dict(s3_bucket.storage_options, client_kwargs={"endpoint_url": endpoint, "region_name": "us-east-1"})
+        proxied = Remote(remote.database_url, remote.bucket_url, options)
+        try:
+            vault.library.delete(ids[0])
+            vault.library.delete(ids[1])
+            vault.library.update(ids[2], title="edited")
+            with pytest.raises(SyncError, match=f"refused to delete {paths[0]}: AccessDenied: AccessDenied for this "
+                                                "key; the rest was synced") as caught:
+                vault.sync(proxied)
+            assert caught.value.exit_code == 11
+            assert _keys(s3_bucket) == {paths[0], paths[2]}
+            assert vault.db.conn.execute("SELECT row_id, op, storage_path FROM sync_outbox").fetchall() == [
+                (ids[0], "delete", paths[0])]
+            with psycopg.connect(remote.database_url) as conn:
+                assert conn.execute("SELECT id::text, title FROM public.user_library").fetchall() == [(ids[2], "edited")]
+
+            codes[paths[0]] = ["InternalError", None]  # allowed now, after one busy answer
+            report = vault.sync(proxied)
+            assert (report.objects_deleted, report.rows_deleted) == (1, 0)
+        finally:
+            proxied.close()
+    assert_mirrors(vault, remote, s3_bucket)

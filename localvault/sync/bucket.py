@@ -42,6 +42,9 @@ LIST_PAGE_KEYS = 1000
 UPLOAD_CONNECTIONS = 32
 #: Seconds to open a connection to the store (botocore waits 60 by default; the engine retries on its own).
 CONNECT_TIMEOUT = 10
+#: Error codes of a store that is busy or hiccuped, not refusing: worth another try.
+TRANSIENT_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling",
+                             "ThrottlingException", "TooManyRequests", "RequestLimitExceeded", "OperationAborted"})
 
 
 @functools.cache
@@ -274,20 +277,48 @@ class Bucket:
                 pass
             raise
 
-    def delete(self, keys: list[str]) -> None:
-        """Remove objects; keys already gone are fine."""
+    def delete(self, keys: list[str]) -> dict[str, str]:
+        """Remove objects; keys already gone are fine. Returns {key: the store's reason} of those it refused.
+
+        On S3 the DeleteObjects answer is read key by key (s3fs drops its
+        errors): a key refused for now (the store busy) raises
+        :class:`OfflineError` for the caller to retry.
+        """
         if not keys:
-            return
-        paths = [self.path(k) for k in keys]
-        try:
-            self.fs.rm(paths)
-        except FileNotFoundError:
-            for path in paths:
-                try:
-                    self.fs.rm_file(path)
-                except FileNotFoundError:
-                    pass
+            return {}
+        refused: dict[str, str] = {}
+        if self.is_s3:
+            for start in range(0, len(keys), LIST_PAGE_KEYS):  # DeleteObjects takes 1,000 keys at most
+                refused.update(self._s3_delete(keys[start:start + LIST_PAGE_KEYS]))
+        else:
+            paths = [self.path(k) for k in keys]
+            try:
+                self.fs.rm(paths)
+            except FileNotFoundError:
+                for path in paths:
+                    try:
+                        self.fs.rm_file(path)
+                    except FileNotFoundError:
+                        pass
         self.fs.invalidate_cache(self.root)
+        return refused
+
+    def _s3_delete(self, keys: list[str]) -> dict[str, str]:
+        bucket = self.root.split("/", 1)[0]
+        names = {self.path(k).split("/", 1)[1]: k for k in keys}
+        answer = self.fs.call_s3("delete_objects", Bucket=bucket,
+                                 Delete={"Objects": [{"Key": name} for name in names], "Quiet": True})
+        refused: dict[str, str] = {}
+        for error in answer.get("Errors", []):
+            code = str(error.get("Code") or "")
+            if code == "NoSuchKey":
+                continue
+            key = names.get(str(error.get("Key")), str(error.get("Key")))
+            reason = f"{code}: {error.get('Message') or ''}".strip().rstrip(":")
+            if code in TRANSIENT_CODES:
+                raise OfflineError(f"the bucket {self.shown_url} could not delete {key} for now ({reason})")
+            refused[key] = reason
+        return refused
 
 
 def _plain_md5(etag: object) -> str | None:

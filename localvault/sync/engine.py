@@ -154,6 +154,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
         after_seq = 0
         taken: set[int] = set()  # a dry run acknowledges nothing: entries it has counted, past after_seq
         counted: set[str] = set()  # ... and counts each row once, though a row may go in two batches
+        undeleted: dict[str, str] = {}  # objects the bucket refused to delete → its reason (their deletes stay queued)
         while True:
             batch = outbox.read_batch(vault, batch_rows, after_seq, skip=taken, with_rejected=preview_rejected)
             if batch is None:
@@ -170,8 +171,13 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
                 continue
             outcome = _retrying(partial(target.apply, vault.user_id, batch.changes), "writing rows to PostgreSQL",
                                 target.close)
-            _retrying(partial(_delete_objects, bucket, batch, outcome, result, vault.user_id),
-                      "deleting objects from the bucket")
+            refused = _retrying(partial(_delete_objects, bucket, batch, outcome, result, vault.user_id),
+                                "deleting objects from the bucket")
+            if refused:  # their delete entries stay queued (skipped for the rest of this sync): the rest goes on
+                kept = {seq for _reason, seq in refused.values()}
+                batch.seqs[:] = [seq for seq in batch.seqs if seq not in kept]
+                taken |= kept
+                undeleted.update({key: reason for key, (reason, _seq) in refused.items()})
             outbox.acknowledge(vault, batch, outcome)
             result.batches += 1
             result.rows_written += outcome.written
@@ -179,6 +185,12 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
             result.conflicts += outcome.conflicts
             result.rejected += len(outcome.rejected)
             report(progress, "rows", advance=len(batch.keys), total=result.pending_changes)
+        if undeleted:
+            key, reason = next(iter(undeleted.items()))
+            more = f" (and {len(undeleted) - 1} more)" if len(undeleted) > 1 else ""
+            raise SyncError(f"the bucket {bucket.shown_url} refused to delete {key}{more}: {reason}; the rest was "
+                            "synced, and these deletes stay queued: check the bucket's policies (or an Object Lock) "
+                            "and sync again")
         outbox.mark_synced(vault, dry_run)
     result.seconds = time.monotonic() - started
     return result
@@ -305,12 +317,16 @@ def _own_key(key: str, user_id: str) -> bool:
     return len(parts) >= 2 and parts[0] == user_id and ".." not in parts and "" not in parts
 
 
-def _delete_objects(bucket: Bucket, batch: outbox.Batch, outcome: BatchResult, result: SyncReport, user_id: str) -> None:
-    keys = []
+def _delete_objects(bucket: Bucket, batch: outbox.Batch, outcome: BatchResult, result: SyncReport,
+                    user_id: str) -> dict[str, tuple[str, int]]:
+    """Remove the objects of the rows the server no longer has; {key: (the store's reason, seq of the row's
+    delete entry)} of those the bucket refused to remove."""
+    seqs: dict[str, int] = {}
     for row in batch.changes.library_deletes:
         if row["id"] in outcome.gone_library_ids:
-            _op, path, _seq, _queued_at = batch.entries[("user_library", row["id"])]
+            _op, path, seq, _queued_at = batch.entries[("user_library", row["id"])]
             if path and _own_key(path, user_id):  # never another user's object, whatever the outbox says
-                keys.append(path)
-    bucket.delete(keys)
-    result.objects_deleted += len(keys)
+                seqs[path] = seq
+    refused = bucket.delete(list(seqs))
+    result.objects_deleted += len(seqs) - len(refused)
+    return {key: (reason, seqs[key]) for key, reason in refused.items() if key in seqs}
