@@ -361,3 +361,24 @@ def test_a_folder_bucket_on_a_disk_not_mounted_fails_and_a_dry_run_makes_no_fold
 def test_schema_apply_does_not_show_a_password_taken_for_a_port() -> None:
     result = run("schema", "apply", "--database-url", "postgresql://postgres:S3CRET")  # "@host" left out
     assert result.exit_code in (3, 10) and result.stderr.startswith("error:") and "S3CRET" not in result.output
+
+
+@pytest.mark.parametrize("extra", [[], ["--option", "profile=nosuchprofile"]], ids=["no-credentials", "unknown-profile"])
+def test_s3_credentials_missing_are_not_offline(vault_path: Path, server: str, s3_bucket: Any, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch, extra: list[str]) -> None:
+    """No S3 keys anywhere, or a profile that does not exist: a settings problem (exit 11, 'not ready'), which
+    no retry fixes, not 'offline'."""
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.aws
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # nor an instance role to wait for
+    _add(vault_path, tmp_path, 1)
+    vault = ["--vault", str(vault_path)]
+    ok(run(*vault, "remote", "set", "--database-url", server, "--bucket", f"s3://{s3_bucket.name}", "--endpoint-url",
+           s3_bucket.storage_options["client_kwargs"]["endpoint_url"], "--region", "us-east-1", *extra))
+    result = run(*vault, "sync")
+    assert result.exit_code == 11, (result.exit_code, result.stderr)
+    assert "cannot be used" in result.stderr and "--key and --secret" in result.stderr
+    state = as_json(run(*vault, "status", "--json"))
+    assert state["problem"] == "not_ready" and state["pending_changes"] == 1
+    assert "not ready to sync:" in ok(run(*vault, "status")).stdout

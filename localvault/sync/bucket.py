@@ -71,6 +71,24 @@ def network_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+#: What to do about a :func:`settings_errors` error.
+SETTINGS_HINT = ("give --key and --secret (and --region) to 'localvault remote set', or fix them where AWS tools look "
+                 "($AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY, ~/.aws/credentials and ~/.aws/config, --option "
+                 "profile=NAME of an existing profile)")
+
+
+@functools.cache
+def settings_errors() -> tuple[type[BaseException], ...]:
+    """botocore's errors for credentials or a configuration it cannot use (none found, an unknown profile, a
+    config file it cannot read): no retry fixes these. Imported when first asked, as :func:`network_errors`."""
+    try:
+        from botocore import exceptions
+    except ImportError:  # pragma: no cover - s3fs brings botocore
+        return ()
+    names = ("NoCredentialsError", "PartialCredentialsError", "ProfileNotFound", "ConfigNotFound", "ConfigParseError",
+             "InvalidConfigError", "UnknownCredentialError", "NoRegionError")
+    return tuple(getattr(exceptions, name) for name in names if hasattr(exceptions, name))
+
 
 @dataclass(frozen=True)
 class RemoteObject:
@@ -130,6 +148,8 @@ class Bucket:
         except PermissionError as exc:
             raise SyncError(f"no access to the bucket {self.shown_url}: {exc}; check the keys") from None
         except Exception as exc:  # network errors come as many types (aiohttp, botocore, OSError)
+            if isinstance(exc, settings_errors()):
+                raise SyncError(f"the bucket {self.shown_url} cannot be used: {first_line(exc)}; {SETTINGS_HINT}") from None
             if isinstance(exc, (ValueError, TypeError)) or type(exc).__name__ == "ParamValidationError":
                 # settings the client cannot use (an endpoint without http://, a bucket name S3 refuses): no retry helps
                 detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())

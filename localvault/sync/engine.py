@@ -24,7 +24,7 @@ import psycopg
 from ..errors import InvalidInputError, OfflineError, SyncBusyError, SyncError, first_line
 from ..progress import ProgressCallback, report
 from . import outbox
-from .bucket import Bucket, file_digest, network_errors
+from .bucket import SETTINGS_HINT, Bucket, file_digest, network_errors, settings_errors
 from .remote import BatchResult, Remote
 
 if TYPE_CHECKING:
@@ -107,6 +107,8 @@ def _retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] |
         try:
             return action()
         except Exception as exc:
+            if isinstance(exc, settings_errors()):  # credentials or AWS settings: no retry helps
+                raise SyncError(f"{what}: {first_line(exc)}; {SETTINGS_HINT}") from None
             if not isinstance(exc, (*_RETRYABLE, *network_errors())):
                 raise
             if isinstance(exc, PermissionError):  # retrying cannot help
