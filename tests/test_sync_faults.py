@@ -359,3 +359,50 @@ def test_an_object_the_bucket_refuses_to_delete_keeps_its_delete_queued(vault: V
         finally:
             proxied.close()
     assert_mirrors(vault, remote, s3_bucket)
+
+
+def test_an_upload_the_store_refuses_for_good_is_a_sync_error_at_once(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                                      tmp_path: Path) -> None:
+    """A 413 EntityTooLarge (a Supabase bucket's file_size_limit; moto has no such limit: a proxy answers) is
+    not retried for ~15 s and reported offline: exit 11 at once, naming the file and the store's message."""
+    from servers import s3_error_xml, s3_proxy
+
+    (asset_id,) = _fill(vault, tmp_path, 1)
+    local = vault.library.file_path(vault.library.get(asset_id))
+
+    def too_large(method: str, path: str, body: bytes) -> tuple[int, bytes] | None:
+        if method == "PUT" and body:
+            return 413, s3_error_xml("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size")
+        return None
+
+    with s3_proxy(s3_bucket.storage_options["client_kwargs"]["endpoint_url"], too_large) as endpoint:
+        options = dict(s3_bucket.storage_options, client_kwargs={"endpoint_url": endpoint, "region_name": "us-east-1"})
+        proxied = Remote(remote.database_url, remote.bucket_url, options)
+        started = time.monotonic()
+        try:
+            with pytest.raises(SyncError, match="EntityTooLarge: Your proposed upload exceeds") as caught:
+                vault.sync(proxied)
+        finally:
+            proxied.close()
+    assert time.monotonic() - started < 5  # no retries (the engine's delays add up to 15.5 s)
+    assert caught.value.exit_code == 11 and str(local) in str(caught.value)
+    assert _outbox(vault) == 1
+
+
+def test_a_folder_bucket_on_a_full_disk_is_a_sync_error_not_offline(vault: Vault, server: str,
+                                                                    tmp_path: Path) -> None:
+    """ENOSPC from the bucket's disk (here the object's path leads to /dev/full) is not a lost connection."""
+    (asset_id,) = _fill(vault, tmp_path, 1)
+    key = vault.library.get(asset_id).storage_path
+    bucket = tmp_path / "bucket"
+    (bucket / key).parent.mkdir(parents=True)
+    (bucket / key).symlink_to("/dev/full")
+    target = Remote(server, bucket.as_uri())
+    started = time.monotonic()
+    try:
+        with pytest.raises(SyncError, match="No space left on device") as caught:
+            vault.sync(target)
+    finally:
+        target.close()
+    assert time.monotonic() - started < 5 and caught.value.exit_code == 11
+    assert _outbox(vault) == 1

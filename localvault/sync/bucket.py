@@ -15,6 +15,7 @@ a plain MD5 (multipart, SSE-KMS), a fresh HEAD checks size and sha256.
 from __future__ import annotations
 
 import base64
+import errno
 import functools
 import hashlib
 import os
@@ -90,6 +91,32 @@ def settings_errors() -> tuple[type[BaseException], ...]:
     return tuple(getattr(exceptions, name) for name in names if hasattr(exceptions, name))
 
 
+#: What a folder bucket's disk answers that no retry fixes: full, read-only, over quota, a file too big for it.
+_FOLDER_REFUSALS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG, errno.ENAMETOOLONG})
+
+
+def store_refusal(exc: BaseException) -> str | None:
+    """The store's reason when ``exc`` is its refusal for good (no retry helps), else None.
+
+    s3fs turns an S3 error answer into a plain OSError whose cause is
+    botocore's ClientError: a 4xx (EntityTooLarge, InvalidArgument,
+    MetadataTooLarge…) is a refusal; a 5xx, a throttling or timeout code is
+    the store being busy (retried). A folder bucket's full or read-only disk
+    is a refusal too.
+    """
+    response = getattr(exc.__cause__, "response", None) or getattr(exc, "response", None)
+    if isinstance(response, dict):
+        error = response.get("Error") or {}
+        code = str(error.get("Code") or "")
+        status = int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
+        if code in TRANSIENT_CODES or status >= 500 or status in (408, 429) or not 400 <= status < 500:
+            return None
+        return f"{code or status}: {error.get('Message') or ''}".strip().rstrip(":")
+    if isinstance(exc, OSError) and exc.errno in _FOLDER_REFUSALS:
+        return exc.strerror or str(exc)
+    return None
+
+
 @dataclass(frozen=True)
 class RemoteObject:
     """What a HEAD tells of one object: its size, the sha256 it carries and its ETag where that is a plain MD5."""
@@ -148,6 +175,9 @@ class Bucket:
         except PermissionError as exc:
             raise SyncError(f"no access to the bucket {self.shown_url}: {exc}; check the keys") from None
         except Exception as exc:  # network errors come as many types (aiohttp, botocore, OSError)
+            if (reason := store_refusal(exc)) is not None:
+                raise SyncError(f"the bucket {self.shown_url} refused the sync's first request ({reason}); fix "
+                                "'localvault remote set' or the bucket's settings") from None
             if isinstance(exc, settings_errors()):
                 raise SyncError(f"the bucket {self.shown_url} cannot be used: {first_line(exc)}; {SETTINGS_HINT}") from None
             if isinstance(exc, (ValueError, TypeError)) or type(exc).__name__ == "ParamValidationError":

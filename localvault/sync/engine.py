@@ -24,7 +24,7 @@ import psycopg
 from ..errors import InvalidInputError, OfflineError, SyncBusyError, SyncError, first_line
 from ..progress import ProgressCallback, report
 from . import outbox
-from .bucket import SETTINGS_HINT, Bucket, file_digest, network_errors, settings_errors
+from .bucket import SETTINGS_HINT, Bucket, file_digest, network_errors, settings_errors, store_refusal
 from .remote import BatchResult, Remote
 
 if TYPE_CHECKING:
@@ -119,6 +119,10 @@ def _retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] |
                                 "policies") from None
             if isinstance(exc, FileNotFoundError):
                 raise
+            if (reason := store_refusal(exc)) is not None:
+                raise SyncError(f"{what}: the bucket refused ({reason}); retrying will not help: fix what it names "
+                                "(the bucket's limits, such as the largest file it takes, or its settings; a full "
+                                "or read-only disk), or delete the asset, then sync again") from None
             if delay is None:
                 raise OfflineError(f"{what} failed after {len(RETRY_DELAYS) + 1} attempts: {first_line(exc)}") from None
             if on_retry:
@@ -273,7 +277,7 @@ def _upload_files(vault: Vault, bucket: Bucket, known: _Objects, batch: outbox.B
         try:
             if not local.exists():
                 raise FileNotFoundError(str(local))
-            _retrying(lambda: bucket.upload(local, key, sha, size, mime), f"uploading {key}")
+            _retrying(lambda: bucket.upload(local, key, sha, size, mime), f"uploading {local} as {key}")
         except FileNotFoundError:
             if local.exists():  # the store's "no such bucket", not our file
                 raise SyncError(f"the bucket {bucket.shown_url} could not take {key}: it no longer exists; create it or "
