@@ -7,6 +7,7 @@ again in a ``finally``.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -406,3 +407,28 @@ def test_a_folder_bucket_on_a_full_disk_is_a_sync_error_not_offline(vault: Vault
         target.close()
     assert time.monotonic() - started < 5 and caught.value.exit_code == 11
     assert _outbox(vault) == 1
+
+
+@pytest.mark.parametrize("own", ["", "keepalives_idle=60&tcp_user_timeout=9000"], ids=["defaults", "dsn-wins"])
+def test_the_connection_detects_a_dead_link(server: str, own: str) -> None:
+    """A server cut off without a reset (a partition: packets dropped, which needs a firewall rule this suite
+    does not set up) used to leave a sync blocked in a read for ever: TCP keepalives and a send timeout make the
+    kernel declare the link dead (an OperationalError: retried, then offline). A DSN's own settings win."""
+    import socket
+
+    from localvault.sync import schema
+
+    dsn = server + ("&" if "?" in server else "?") + own if own else server
+    with schema.connect(dsn) as conn:
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+        try:
+            got = {name: sock.getsockopt(socket.IPPROTO_TCP, option) for name, option in (
+                ("idle", socket.TCP_KEEPIDLE), ("interval", socket.TCP_KEEPINTVL), ("count", socket.TCP_KEEPCNT),
+                ("user_timeout", socket.TCP_USER_TIMEOUT))}
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        finally:
+            sock.close()
+    if own:
+        assert (got["idle"], got["user_timeout"]) == (60, 9000)
+    else:  # dead within a minute either way (the system's defaults: 2 h of silence first, no send timeout)
+        assert got["idle"] + got["interval"] * got["count"] <= 60 and 0 < got["user_timeout"] <= 60_000

@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import psycopg
 from psycopg import sql
@@ -55,6 +55,14 @@ VERSION_SCHEMA: Final[str] = "localvault"
 VERSION_TABLE: Final[str] = "localvault.schema_version"
 #: Seconds to wait for the server to answer a connection attempt.
 CONNECT_TIMEOUT: Final[int] = 5
+#: A connection cut off without a reset (a partition, a dead NAT mapping, a laptop's Wi-Fi gone) would wait for
+#: ever in a read: TCP keepalive probes after this many idle seconds, this often, this many unanswered...
+KEEPALIVES_IDLE = 15
+KEEPALIVES_INTERVAL = 5
+KEEPALIVES_COUNT = 3
+#: ... and at most this many milliseconds for the server to acknowledge what was sent. Either way the link is
+#: declared dead (an OperationalError: retried, then offline). A DSN's own settings of these win.
+TCP_USER_TIMEOUT_MS = 30_000
 #: The tables a usable server schema has.
 REQUIRED_TABLES: Final[tuple[str, ...]] = (
     "public.user_collections",
@@ -147,8 +155,16 @@ _REFUSALS = ("authentication failed", "no password supplied", "does not exist", 
              "permission denied for database")
 
 
+def _keepalive_settings(database_url: str) -> dict[str, Any]:
+    """The keepalive and send timeout settings the database URL does not set itself."""
+    given = database_params(database_url) or {}
+    wanted = {"keepalives": 1, "keepalives_idle": KEEPALIVES_IDLE, "keepalives_interval": KEEPALIVES_INTERVAL,
+              "keepalives_count": KEEPALIVES_COUNT, "tcp_user_timeout": TCP_USER_TIMEOUT_MS}
+    return {name: value for name, value in wanted.items() if name not in given}
+
+
 def connect(database_url: str) -> psycopg.Connection[tuple[object, ...]]:
-    """Open a connection (5 s timeout).
+    """Open a connection (5 s timeout; TCP keepalives and a send timeout: see :data:`KEEPALIVES_IDLE`).
 
     A server that cannot be reached is :class:`OfflineError`; one that
     refuses these credentials or this database is :class:`SyncError`; a
@@ -156,7 +172,8 @@ def connect(database_url: str) -> psycopg.Connection[tuple[object, ...]]:
     text is not repeated: it may hold the password).
     """
     try:
-        return psycopg.connect(database_url, connect_timeout=CONNECT_TIMEOUT, autocommit=False)
+        return psycopg.connect(database_url, connect_timeout=CONNECT_TIMEOUT, autocommit=False,
+                               **_keepalive_settings(database_url))
     except psycopg.ProgrammingError:
         raise InvalidInputError("the database URL cannot be read; give postgresql://user:password@host:port/dbname "
                                 "(percent-encode special characters of the password)") from None
