@@ -6,11 +6,11 @@ user when run as root) and a moto S3 server in a separate process
 
 a. ``--rows`` (100,000) library rows, no files: the rows go straight into the
    vault's ``user_library`` (``executemany``, the outbox triggers queue them).
-   Their objects are 1-byte files that already sit in the bucket, so the engine
+   Their objects are small files (each holding its row's bytes) that already sit in the bucket, so the engine
    uploads nothing: the bucket of this part is a local folder (``file://``,
-   the NAS case) holding one real 1-byte file per row, created beforehand, and
+   the NAS case) holding one real small file per row, created beforehand, and
    the engine's one fresh listing of the user's folder finds them all with the
-   right size. (Putting 100,000 objects into moto first would take ~10 minutes
+   right size and bytes. (Putting 100,000 objects into moto first would take ~10 minutes
    of moto's CPU.) Timed: ``vault.sync(remote)`` (listing + rows), beside a
    plain ``COPY public.user_library FROM STDIN`` of the same rows, streamed
    from the same SQLite table, into a fresh database of the same schema.
@@ -76,6 +76,11 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
+def object_bytes(user: str, n: int) -> bytes:
+    """The bytes of row ``n``'s object (a few dozen): its size and sha256 are the row's."""
+    return f"{user}:{n}".encode()
+
+
 def rows(user: str, start: int, count: int) -> Iterator[tuple[Any, ...]]:
     """Deterministic library rows number ``start`` … ``start + count - 1`` of ``user``."""
     rng = random.Random(start)
@@ -84,10 +89,10 @@ def rows(user: str, start: int, count: int) -> Iterator[tuple[Any, ...]]:
         words = " ".join(rng.choice(WORDS) for _ in range(8))
         stamp = f"2025-{1 + n % 12:02d}-{1 + n % 28:02d}T{n % 24:02d}:{n % 60:02d}:{(n // 60) % 60:02d}.{n % 1000:03d}Z"
         yield (
-            asset_id, user, "image", f"{user}/{asset_id}.png", 1, "image/png", None,
+            asset_id, user, "image", f"{user}/{asset_id}.png", len(object_bytes(user, n)), "image/png", None,
             f"{words} number {n}", "sdxl", n, json.dumps({"steps": 30, "cfg": 7.0}), f"asset {n}",
             json.dumps(["bench", WORDS[n % len(WORDS)]]), n % 7 == 0, "private", None, None, None, 512, 512,
-            hashlib.sha256(f"{user}:{n}".encode()).hexdigest(), stamp, stamp,
+            hashlib.sha256(object_bytes(user, n)).hexdigest(), stamp, stamp,
         )
 
 
@@ -127,11 +132,12 @@ def insert_rows(vault: Vault, start: int, count: int, *, index: bool = True) -> 
 
 
 def make_objects(folder: Path, vault: Vault) -> None:
-    """One real 1-byte file per library row of the vault, where the bucket (a local folder) keeps it."""
-    for (path,) in vault.db.conn.execute("SELECT storage_path FROM user_library"):
+    """One real file per library row of the vault, where the bucket (a local folder) keeps it, holding the
+    row's bytes (the engine hashes an object of a folder bucket before it takes it as already there)."""
+    for path, user, title in vault.db.conn.execute("SELECT storage_path, user_id, title FROM user_library"):
         target = folder / path
         with open(target, "wb") as out:
-            out.write(b"\0")
+            out.write(object_bytes(user, int(title.split()[1])))
 
 
 def copy_rows(dsn: str, vault: Vault) -> tuple[int, float]:
@@ -185,7 +191,7 @@ def part_a(pg: Any, work: Path, n_rows: int) -> tuple[Vault, Remote]:
     (bucket / USER_A).mkdir(parents=True)
     began = time.perf_counter()
     make_objects(bucket, vault)
-    log(f"prepared: {n_rows:,} 1-byte objects in the local-folder bucket in {time.perf_counter() - began:.1f} s")
+    log(f"prepared: {n_rows:,} small objects in the local-folder bucket in {time.perf_counter() - began:.1f} s")
 
     copied, copy_s = copy_rows(copy_dsn, vault)
     assert copied == n_rows == server_count(copy_dsn), (copied, n_rows)
