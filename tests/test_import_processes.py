@@ -192,12 +192,25 @@ def user_temp_files(vault: Vault) -> list[str]:
     return [n for n in os.listdir(vault.root / WORKSPACE_BUCKET / USER) if n.startswith(TEMP_PREFIX)]
 
 
+def slow_to_hash(path: Path, size: int = 512 * 1024 * 1024) -> Path:
+    """A PNG whose head and tail say whole, with a hole of ``size`` bytes between: hashing it keeps a worker
+    busy for a second or more (a sparse file: no disk space)."""
+    small = make_png(path.with_name("small.png")).read_bytes()
+    path.with_name("small.png").unlink()
+    with open(path, "wb") as out:
+        out.write(small)
+        out.truncate(size - 12)
+        out.seek(size - 12)
+        out.write(small[-12:])  # an IEND chunk again
+    return path
+
+
 def test_a_worker_killed_mid_chunk_leaves_no_staged_file(tmp_path: Path) -> None:
     rig_folder(tmp_path / "out")
-    fifo = tmp_path / "out" / "held.png"
-    os.mkfifo(fifo)  # opening it blocks the worker, after it has staged the files before it
+    big = slow_to_hash(tmp_path / "out" / "held.png")  # the worker is still hashing it when killed
     candidates, _refused, _ignored = scan(tmp_path / "out")
-    chunk = [*candidates[:3], Candidate(str(fifo), 100, 0.0), *candidates[3:5]]
+    candidates = [c for c in candidates if c.path != str(big)]
+    chunk = [*candidates[:3], Candidate(str(big), big.stat().st_size, 0.0), *candidates[3:5]]
     with Vault.create(tmp_path / "v", user_id=USER) as vault, ExaminerProcesses(1, setup_for(vault)) as workers:
         future = workers.submit(chunk)
         deadline = time.monotonic() + 30
