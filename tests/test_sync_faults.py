@@ -309,7 +309,7 @@ def _keys(s3_bucket: Any) -> set[str]:
 
 def test_an_object_the_bucket_refuses_to_delete_keeps_its_delete_queued(vault: Vault, remote: Remote, s3_bucket: Any,
                                                                         tmp_path: Path, fast_retries: None) -> None:
-    """DeleteObjects answers 200 with a per-key <Error> where a policy or an Object Lock denies one key (moto
+    """DeleteObjects answers 200 with a per-key <Error> where a bucket policy denies one key (moto
     cannot be made to: a proxy answers). That object is not counted as deleted and its delete stays queued; the
     rest of the sync goes through; a store busy for one key (InternalError) is retried."""
     import re

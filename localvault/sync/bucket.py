@@ -242,7 +242,7 @@ class Bucket:
 
     def sha256_of(self, key: str, size: int) -> str | None:
         """The sha256 of an object read whole, where the store keeps no checksum (a folder); None if it is
-        missing or not ``size`` bytes long. Reading it costs no more than copying the file again would."""
+        missing or not ``size`` bytes long."""
         path = self.path(key)
         try:
             if self.is_local:

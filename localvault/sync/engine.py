@@ -195,7 +195,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
             key, reason = next(iter(undeleted.items()))
             more = f" (and {len(undeleted) - 1} more)" if len(undeleted) > 1 else ""
             raise SyncError(f"the bucket {bucket.shown_url} refused to delete {key}{more}: {reason}; the rest was "
-                            "synced, and these deletes stay queued: check the bucket's policies (or an Object Lock) "
+                            "synced, and these deletes stay queued: check the bucket's policies "
                             "and sync again")
         outbox.mark_synced(vault, dry_run)
     result.seconds = time.monotonic() - started
@@ -215,13 +215,16 @@ class _Objects:
         if pending > LISTING_THRESHOLD:
             self.listed = _retrying(lambda: bucket.objects(user_id), "listing the bucket")
 
-    def has(self, key: str, size: int, sha256: str, local: Path) -> bool:
+    def has(self, key: str, size: int, sha256: str, local: Path, *, sent_before: bool = False) -> bool:
         """Whether the bucket holds this very file: same size and the same bytes; when unsure, no (it is sent).
 
         From the listing: an S3 ETag that is an MD5 is compared with the local
         file's; otherwise a HEAD reads the sha256 the object carries, or, for
         an object without one (put there by another tool), its ETag if that is
-        an MD5. A folder keeps no checksum: the object itself is hashed.
+        an MD5. A folder keeps no checksum: its object is hashed, unless
+        ``sent_before`` (the row's insert was synced: a sync of ours sent and
+        checked that object, and a library file never changes), so that an
+        edit of a title or tags does not read the file back from a NAS.
         """
         if key in self.sent:
             return self.sent[key] == size
@@ -231,11 +234,15 @@ class _Objects:
                 return False
             if size_and_md5[1] is not None:
                 return local.exists() and file_digest(local, "md5") == size_and_md5[1]
-        if not self.bucket.is_s3:
+        if not self.bucket.is_s3 and not sent_before:
             return _retrying(lambda: self.bucket.sha256_of(key, size), "checking the bucket") == sha256
+        if not self.bucket.is_s3 and self.listed is not None:
+            return True  # listed with this size, above
         found = _retrying(lambda: self.bucket.head(key), "checking the bucket")
         if found is None or found.size != size:
             return False
+        if not self.bucket.is_s3:
+            return True
         if found.sha256 is not None:
             return found.sha256 == sha256
         return found.md5 is not None and local.exists() and file_digest(local, "md5") == found.md5
@@ -253,7 +260,7 @@ def _upload_files(vault: Vault, bucket: Bucket, known: _Objects, batch: outbox.B
         if not _own_key(key, vault.user_id):
             raise SyncError(f"library asset {row['id']} has the storage path {key!r}, outside the folder of user "
                             f"{vault.user_id}; nothing was sent (run 'localvault verify')")
-        if known.has(key, size, sha, Path(local)):
+        if known.has(key, size, sha, Path(local), sent_before=row["id"] not in batch.inserted):
             result.files_skipped += 1
         else:
             todo.append((Path(local), key, sha, size, mime))

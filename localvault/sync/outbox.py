@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..db import utc_now
@@ -27,6 +27,8 @@ class Batch:
     entries: dict[tuple[str, str], tuple[str, str | None, int, str]]
     #: library id → (local file path, sha256, size, mime type) of rows to upsert.
     files: dict[str, tuple[str, str, int, str]]
+    #: library ids with an insert among the entries: rows whose object no sync of ours has sent yet.
+    inserted: set[str] = field(default_factory=set)
 
 
 def pending_count(vault: Vault, *, with_rejected: bool = False) -> int:
@@ -101,9 +103,10 @@ def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | fro
     taken = [e for e in entries if (e[1], e[2]) not in left_out]
     if left_out:  # a dry run reads on from the first entry left out
         last_seq = min(e[0] for e in entries if (e[1], e[2]) in left_out) - 1
+    inserted = {e[2] for e in taken if e[1] == "user_library" and e[3] == "insert"}
     return Batch(
         seqs=[e[0] for e in taken], last_seq=last_seq, keys=[k for k in newest if k not in left_out], changes=changes,
-        entries={k: v for k, v in newest.items() if k not in left_out}, files=files,
+        entries={k: v for k, v in newest.items() if k not in left_out}, files=files, inserted=inserted,
     )
 
 

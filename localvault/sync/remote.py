@@ -31,17 +31,17 @@ COLLECTION_COLUMNS = ("id", "user_id", "name", "description", "created_at", "upd
 
 #: SQLSTATE classes of a refusal that a retry cannot fix.
 PERMANENT_CLASSES = ("22", "23")
+#: 42501 is a row-level security policy's refusal of a row. A missing GRANT shares the code but refuses every
+#: row alike; :meth:`Remote.check` finds that before a sync (the server's messages, localized, cannot tell them).
 PERMANENT_CODES = ("42501",)
-#: 42501 is a row's refusal only from a row-level security policy; "permission denied for table" (a missing
-#: GRANT) shares the code but refuses every row alike: the server's setup is at fault, not the row.
-ROW_REFUSAL_42501 = "row-level security"
+#: What the vault's pushes do, as the role ``authenticated``, on each table (SELECT: RETURNING, ON CONFLICT).
+NEEDED_GRANTS = tuple((table, privilege) for table in ("user_library", "user_collections")
+                      for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE"))
 
 
 def is_permanent(error: psycopg.Error) -> bool:
     """Whether the server refused this row for good (it goes to sync_rejected; the rest of the batch goes on)."""
     code = error.sqlstate or ""
-    if code == "42501":
-        return ROW_REFUSAL_42501 in (error.diag.message_primary or str(error))
     return code[:2] in PERMANENT_CLASSES or code in PERMANENT_CODES
 
 
@@ -121,6 +121,27 @@ def _check_user(conn: psycopg.Connection[Any], user_id: str) -> None:
                         "up in the app first, or use a vault of an existing user; nothing was sent")
 
 
+def _check_grants(conn: psycopg.Connection[Any]) -> None:
+    """SyncError if the role ``authenticated`` lacks a privilege the pushes use: a server set-up problem that would
+    otherwise refuse every row (42501, as row-level security refuses one); a server that cannot tell is let be."""
+    try:
+        rows = conn.execute(
+            "SELECT t, p FROM unnest(%s::text[], %s::text[]) AS g(t, p)"
+            " WHERE NOT has_table_privilege('authenticated', 'public.' || t, p)",
+            ([table for table, _p in NEEDED_GRANTS], [privilege for _t, privilege in NEEDED_GRANTS])).fetchall()
+    except psycopg.OperationalError:
+        raise
+    except psycopg.Error:  # no such role or table: the schema check has said what there is to say
+        rows = []
+    conn.rollback()
+    if rows:
+        lacking = ", ".join(f"{privilege} on public.{table}" for table, privilege in rows)
+        table = rows[0][0]
+        raise SyncError(f"the server's role 'authenticated' lacks {lacking}, which localvault's schema grants (a "
+                        f"set-up problem, not a row's): run 'GRANT SELECT, INSERT, UPDATE, DELETE ON public.{table} "
+                        "TO authenticated' on the server, then sync again; nothing was sent")
+
+
 class Remote:
     """Where a vault syncs to: a PostgreSQL database and a bucket URL (any fsspec URL)."""
 
@@ -162,6 +183,7 @@ class Remote:
                 conn.rollback()
                 if user_id is not None:
                     _check_user(conn, user_id)
+                    _check_grants(conn)
                 return version
             except psycopg.OperationalError as exc:
                 self.close()
@@ -187,10 +209,6 @@ class Remote:
         except psycopg.OperationalError:
             raise
         except psycopg.Error as exc:
-            if exc.sqlstate == "42501":
-                raise SyncError(f"PostgreSQL refused the batch ({exc.sqlstate}): {first_line(exc)}; the server's role "
-                                "'authenticated' lacks a privilege its schema grants (a setup problem, not a row's): "
-                                "grant it back on the server, then sync again; nothing was lost") from None
             raise SyncError(f"PostgreSQL refused the batch ({exc.sqlstate}): {first_line(exc)}") from None
 
     def _apply(self, user_id: str, changes: Changes, *, isolate: bool) -> BatchResult:
