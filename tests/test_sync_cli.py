@@ -363,14 +363,17 @@ def test_schema_apply_does_not_show_a_password_taken_for_a_port() -> None:
     assert result.exit_code in (3, 10) and result.stderr.startswith("error:") and "S3CRET" not in result.output
 
 
-@pytest.mark.parametrize("extra", [[], ["--option", "profile=nosuchprofile"]], ids=["no-credentials", "unknown-profile"])
+@pytest.mark.parametrize("extra", [[], ["--option", "profile=nosuchprofile"], ["--option", "profile=broken"]],
+                         ids=["no-credentials", "unknown-profile", "failing-credential-process"])
 def test_s3_credentials_missing_are_not_offline(vault_path: Path, server: str, s3_bucket: Any, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch, extra: list[str]) -> None:
     """No S3 keys anywhere, or a profile that does not exist: a settings problem (exit 11, 'not ready'), which
     no retry fixes, not 'offline'."""
     for name in [n for n in os.environ if n.startswith("AWS_")]:
         monkeypatch.delenv(name)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.aws
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.aws but a profile whose keys come from a failing program
+    (tmp_path / "home" / ".aws").mkdir(parents=True)
+    (tmp_path / "home" / ".aws" / "config").write_text("[profile broken]\ncredential_process = /bin/false\n")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # nor an instance role to wait for
     _add(vault_path, tmp_path, 1)
     vault = ["--vault", str(vault_path)]

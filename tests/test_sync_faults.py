@@ -390,6 +390,56 @@ def test_an_upload_the_store_refuses_for_good_is_a_sync_error_at_once(vault: Vau
     assert _outbox(vault) == 1
 
 
+def test_a_body_damaged_on_the_way_is_sent_again_not_refused(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                               tmp_path: Path, fast_retries: None) -> None:
+    """400 BadDigest (or XAmzContentSHA256Mismatch): the body was damaged on the way, as botocore's and s3fs's own
+    retry rules know; a 4xx, but no refusal of the file. Five in a row: all of botocore's attempts."""
+    from servers import s3_error_xml, s3_proxy
+
+    _fill(vault, tmp_path, 1)
+    damaged = iter([("BadDigest", "The Content-MD5 you specified did not match what we received.")] * 5)
+
+    def damaged_twice(method: str, path: str, body: bytes) -> tuple[int, bytes] | None:
+        if method == "PUT" and body and (error := next(damaged, None)) is not None:
+            return 400, s3_error_xml(*error)
+        return None
+
+    with s3_proxy(s3_bucket.storage_options["client_kwargs"]["endpoint_url"], damaged_twice) as endpoint:
+        options = dict(s3_bucket.storage_options, client_kwargs={"endpoint_url": endpoint, "region_name": "us-east-1"})
+        proxied = Remote(remote.database_url, remote.bucket_url, options)
+        try:
+            assert vault.sync(proxied).files_uploaded == 1
+        finally:
+            proxied.close()
+    assert next(damaged, None) is None and _outbox(vault) == 0
+    assert_mirrors(vault, remote, s3_bucket)
+
+
+def test_a_bucket_gone_when_objects_are_deleted_is_a_sync_error(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                                 tmp_path: Path) -> None:
+    """Before: s3fs's FileNotFoundError for NoSuchBucket left the sync raw (the CLI took it for a file of the user's)."""
+    from servers import s3_error_xml, s3_proxy
+
+    ids = _fill(vault, tmp_path, 2)
+    vault.sync(remote)
+    vault.library.delete(ids[0])
+
+    def no_bucket_for_deletes(method: str, path: str, body: bytes) -> tuple[int, bytes] | None:
+        if method == "POST" and "delete" in path:
+            return 404, s3_error_xml("NoSuchBucket", "The specified bucket does not exist")
+        return None
+
+    with s3_proxy(s3_bucket.storage_options["client_kwargs"]["endpoint_url"], no_bucket_for_deletes) as endpoint:
+        options = dict(s3_bucket.storage_options, client_kwargs={"endpoint_url": endpoint, "region_name": "us-east-1"})
+        proxied = Remote(remote.database_url, remote.bucket_url, options)
+        try:
+            with pytest.raises(SyncError, match="no longer exists; create it") as caught:
+                vault.sync(proxied)
+        finally:
+            proxied.close()
+    assert caught.value.exit_code == 11 and _outbox(vault) == 1  # its delete stays queued
+
+
 def test_a_folder_bucket_on_a_full_disk_is_a_sync_error_not_offline(vault: Vault, server: str,
                                                                     tmp_path: Path) -> None:
     """ENOSPC from the bucket's disk (here the object's path leads to /dev/full) is not a lost connection."""

@@ -43,9 +43,17 @@ LIST_PAGE_KEYS = 1000
 UPLOAD_CONNECTIONS = 32
 #: Seconds to open a connection to the store (botocore waits 60 by default; the engine retries on its own).
 CONNECT_TIMEOUT = 10
-#: Error codes of a store that is busy or hiccuped, not refusing: worth another try.
-TRANSIENT_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling",
-                             "ThrottlingException", "TooManyRequests", "RequestLimitExceeded", "OperationAborted"})
+#: Error codes of a store that is busy or hiccuped, not refusing: worth another try. botocore's own transient and
+#: throttling codes (retries/standard.py), those its S3 policy and s3fs retry (a body damaged on the way), and
+#: S3's "a conflicting operation is under way".
+TRANSIENT_CODES = frozenset({
+    "InternalError", "ServiceUnavailable", "OperationAborted", "TooManyRequests",
+    "RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete",
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException", "TooManyRequestsException",
+    "ProvisionedThroughputExceededException", "TransactionInProgressException", "RequestLimitExceeded",
+    "BandwidthLimitExceeded", "LimitExceededException", "RequestThrottled", "SlowDown", "EC2ThrottledException",
+    "BadDigest", "XAmzContentSHA256Mismatch", "IncompleteBody",
+})
 
 
 @functools.cache
@@ -87,7 +95,10 @@ def settings_errors() -> tuple[type[BaseException], ...]:
     except ImportError:  # pragma: no cover - s3fs brings botocore
         return ()
     names = ("NoCredentialsError", "PartialCredentialsError", "ProfileNotFound", "ConfigNotFound", "ConfigParseError",
-             "InvalidConfigError", "UnknownCredentialError", "NoRegionError")
+             "InvalidConfigError", "UnknownCredentialError", "NoRegionError", "CredentialRetrievalError",
+             "TokenRetrievalError", "SSOError", "SSOTokenLoadError", "UnauthorizedSSOTokenError", "LoginError",
+             "LoginTokenLoadError", "LoginRefreshRequired", "NoAuthTokenError", "UnknownTokenProviderError",
+             "InvalidRegionError", "UnknownRegionError")
     return tuple(getattr(exceptions, name) for name in names if hasattr(exceptions, name))
 
 
@@ -338,8 +349,12 @@ class Bucket:
             return {}
         refused: dict[str, str] = {}
         if self.is_s3:
-            for start in range(0, len(keys), LIST_PAGE_KEYS):  # DeleteObjects takes 1,000 keys at most
-                refused.update(self._s3_delete(keys[start:start + LIST_PAGE_KEYS]))
+            try:
+                for start in range(0, len(keys), LIST_PAGE_KEYS):  # DeleteObjects takes 1,000 keys at most
+                    refused.update(self._s3_delete(keys[start:start + LIST_PAGE_KEYS]))
+            except FileNotFoundError:  # s3fs's NoSuchBucket: the keys are not a user's files here
+                raise SyncError(f"the bucket {self.shown_url} no longer exists; create it or 'localvault remote set' "
+                                "another, then sync again; nothing was lost") from None
         else:
             paths = [self.path(k) for k in keys]
             try:
