@@ -459,8 +459,10 @@ def test_a_folder_bucket_on_a_full_disk_is_a_sync_error_not_offline(vault: Vault
     assert _outbox(vault) == 1
 
 
-@pytest.mark.parametrize("own", ["", "keepalives_idle=60&tcp_user_timeout=9000"], ids=["defaults", "dsn-wins"])
-def test_the_connection_detects_a_dead_link(server: str, own: str) -> None:
+@pytest.mark.parametrize("own", ["", "keepalives_idle=60&tcp_user_timeout=9000", "service"],
+                         ids=["defaults", "dsn-wins", "service-file-wins"])
+def test_the_connection_detects_a_dead_link(server: str, own: str, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """A server cut off without a reset (a partition: packets dropped, which needs a firewall rule this suite
     does not set up) used to leave a sync blocked in a read for ever: TCP keepalives and a send timeout make the
     kernel declare the link dead (an OperationalError: retried, then offline). A DSN's own settings win."""
@@ -469,6 +471,14 @@ def test_the_connection_detects_a_dead_link(server: str, own: str) -> None:
     from localvault.sync import schema
 
     dsn = server + ("&" if "?" in server else "?") + own if own else server
+    if own == "service":  # the settings in a pg_service.conf section, the DSN naming only the section
+        from psycopg.conninfo import conninfo_to_dict
+
+        params = {k: v for k, v in conninfo_to_dict(server).items() if v is not None}
+        lines = [f"{k}={v}" for k, v in params.items()] + ["keepalives_idle=60", "tcp_user_timeout=9000"]
+        (tmp_path / "pg_service.conf").write_text("[lv]\n" + "\n".join(lines) + "\n")
+        monkeypatch.setenv("PGSERVICEFILE", str(tmp_path / "pg_service.conf"))
+        dsn = "postgresql:///?service=lv"
     with schema.connect(dsn) as conn:
         sock = socket.socket(fileno=os.dup(conn.fileno()))
         try:

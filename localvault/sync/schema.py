@@ -16,6 +16,7 @@ applied versions under it.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -156,8 +157,11 @@ _REFUSALS = ("authentication failed", "no password supplied", "does not exist", 
 
 
 def _keepalive_settings(database_url: str) -> dict[str, Any]:
-    """The keepalive and send timeout settings the database URL does not set itself."""
+    """The keepalive and send timeout settings the database URL does not set itself (none with a ``service``,
+    or ``PGSERVICE``: its file may set them, and what libpq is given directly would win over it)."""
     given = database_params(database_url) or {}
+    if "service" in given or os.environ.get("PGSERVICE"):
+        return {}
     wanted = {"keepalives": 1, "keepalives_idle": KEEPALIVES_IDLE, "keepalives_interval": KEEPALIVES_INTERVAL,
               "keepalives_count": KEEPALIVES_COUNT, "tcp_user_timeout": TCP_USER_TIMEOUT_MS}
     return {name: value for name, value in wanted.items() if name not in given}
