@@ -307,11 +307,12 @@ def _keys(s3_bucket: Any) -> set[str]:
     return {o["Key"] for o in _s3_client(s3_bucket).list_objects_v2(Bucket=s3_bucket.name).get("Contents", [])}
 
 
-def test_an_object_the_bucket_refuses_to_delete_keeps_its_delete_queued(vault: Vault, remote: Remote, s3_bucket: Any,
-                                                                        tmp_path: Path, fast_retries: None) -> None:
+def test_an_object_the_bucket_refuses_to_delete_is_a_refused_change(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                                     tmp_path: Path, fast_retries: None) -> None:
     """DeleteObjects answers 200 with a per-key <Error> where a bucket policy denies one key (moto
-    cannot be made to: a proxy answers). That object is not counted as deleted and its delete stays queued; the
-    rest of the sync goes through; a store busy for one key (InternalError) is retried."""
+    cannot be made to: a proxy answers; s3fs dropped those errors). That object is not counted as deleted; its
+    delete is set aside as a refused change, which status lists and --retry-rejected sends again, so it neither
+    blocks the queue nor fails every later sync; a store busy for one key (InternalError) is retried."""
     import re
 
     from servers import s3_proxy
@@ -344,19 +345,19 @@ def test_an_object_the_bucket_refuses_to_delete_keeps_its_delete_queued(vault: V
             vault.library.delete(ids[0])
             vault.library.delete(ids[1])
             vault.library.update(ids[2], title="edited")
-            with pytest.raises(SyncError, match=f"refused to delete {paths[0]}: AccessDenied: AccessDenied for this "
-                                                "key; the rest was synced") as caught:
-                vault.sync(proxied)
-            assert caught.value.exit_code == 11
-            assert _keys(s3_bucket) == {paths[0], paths[2]}
-            assert vault.db.conn.execute("SELECT row_id, op, storage_path FROM sync_outbox").fetchall() == [
-                (ids[0], "delete", paths[0])]
+            report = vault.sync(proxied)
+            assert (report.rows_written, report.rows_deleted, report.objects_deleted, report.rejected) == (1, 2, 1, 1)
+            assert _keys(s3_bucket) == {paths[0], paths[2]} and _outbox(vault) == 0
+            (refused,) = status(vault, remote).rejected
+            assert (refused.row_id, refused.op, refused.sqlstate) == (ids[0], "delete", "bucket")
+            assert f"refused to delete {paths[0]} (AccessDenied: AccessDenied for this key)" in refused.message
+            assert vault.sync(proxied).rejected == 0  # the next sync is not failed by it
             with psycopg.connect(remote.database_url) as conn:
                 assert conn.execute("SELECT id::text, title FROM public.user_library").fetchall() == [(ids[2], "edited")]
 
             codes[paths[0]] = ["InternalError", None]  # allowed now, after one busy answer
-            report = vault.sync(proxied)
-            assert (report.objects_deleted, report.rows_deleted) == (1, 0)
+            report = vault.sync(proxied, retry_rejected=True)
+            assert (report.objects_deleted, report.rejected) == (1, 0) and status(vault, remote).rejected == []
         finally:
             proxied.close()
     assert_mirrors(vault, remote, s3_bucket)

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 BATCH_ROWS = 5_000
 UPLOAD_WORKERS = 16
+#: The ``sqlstate`` of a refused change that the bucket, not PostgreSQL, refused (a delete of its object).
+REFUSED_BY_BUCKET = "bucket"
 #: With more files than this to check, one fresh listing beats a HEAD per file.
 LISTING_THRESHOLD = 50
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -160,7 +162,6 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
         after_seq = 0
         taken: set[int] = set()  # a dry run acknowledges nothing: entries it has counted, past after_seq
         counted: set[str] = set()  # ... and counts each row once, though a row may go in two batches
-        undeleted: dict[str, str] = {}  # objects the bucket refused to delete → its reason (their deletes stay queued)
         while True:
             batch = outbox.read_batch(vault, batch_rows, after_seq, skip=taken, with_rejected=preview_rejected)
             if batch is None:
@@ -179,11 +180,10 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
                                 target.close)
             refused = _retrying(partial(_delete_objects, bucket, batch, outcome, result, vault.user_id),
                                 "deleting objects from the bucket")
-            if refused:  # their delete entries stay queued (skipped for the rest of this sync): the rest goes on
-                kept = {seq for _reason, seq in refused.values()}
-                batch.seqs[:] = [seq for seq in batch.seqs if seq not in kept]
-                taken |= kept
-                undeleted.update({key: reason for key, (reason, _seq) in refused.items()})
+            for row_id, (key, reason) in refused.items():  # set aside as a refused change: status lists it
+                outcome.rejected[("user_library", row_id)] = (
+                    REFUSED_BY_BUCKET, f"the bucket refused to delete {key} ({reason}); check its policies, then "
+                                       "'localvault sync --retry-rejected'")
             outbox.acknowledge(vault, batch, outcome)
             result.batches += 1
             result.rows_written += outcome.written
@@ -191,12 +191,6 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
             result.conflicts += outcome.conflicts
             result.rejected += len(outcome.rejected)
             report(progress, "rows", advance=len(batch.keys), total=result.pending_changes)
-        if undeleted:
-            key, reason = next(iter(undeleted.items()))
-            more = f" (and {len(undeleted) - 1} more)" if len(undeleted) > 1 else ""
-            raise SyncError(f"the bucket {bucket.shown_url} refused to delete {key}{more}: {reason}; the rest was "
-                            "synced, and these deletes stay queued: check the bucket's policies "
-                            "and sync again")
         outbox.mark_synced(vault, dry_run)
     result.seconds = time.monotonic() - started
     return result
@@ -331,15 +325,15 @@ def _own_key(key: str, user_id: str) -> bool:
 
 
 def _delete_objects(bucket: Bucket, batch: outbox.Batch, outcome: BatchResult, result: SyncReport,
-                    user_id: str) -> dict[str, tuple[str, int]]:
-    """Remove the objects of the rows the server no longer has; {key: (the store's reason, seq of the row's
-    delete entry)} of those the bucket refused to remove."""
-    seqs: dict[str, int] = {}
+                    user_id: str) -> dict[str, tuple[str, str]]:
+    """Remove the objects of the rows the server no longer has; {row id: (key, the store's reason)} of those the
+    bucket refused to remove."""
+    rows: dict[str, str] = {}  # key → row id
     for row in batch.changes.library_deletes:
         if row["id"] in outcome.gone_library_ids:
-            _op, path, seq, _queued_at = batch.entries[("user_library", row["id"])]
+            _op, path, _seq, _queued_at = batch.entries[("user_library", row["id"])]
             if path and _own_key(path, user_id):  # never another user's object, whatever the outbox says
-                seqs[path] = seq
-    refused = bucket.delete(list(seqs))
-    result.objects_deleted += len(seqs) - len(refused)
-    return {key: (reason, seqs[key]) for key, reason in refused.items() if key in seqs}
+                rows[path] = row["id"]
+    refused = bucket.delete(list(rows))
+    result.objects_deleted += len(rows) - len(refused)
+    return {rows[key]: (key, reason) for key, reason in refused.items() if key in rows}
