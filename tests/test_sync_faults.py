@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,22 @@ def vault(tmp_path: Path) -> Iterator[Vault]:
 @pytest.fixture
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine, "RETRY_DELAYS", (0.05, 0.1, 0.2))
+
+
+@contextmanager
+def through_proxy(remote: Remote, s3_bucket: Any, answer: Callable[[str, str, bytes], tuple[int, bytes] | None],
+                  ) -> Iterator[Remote]:
+    """``remote`` with its bucket reached through a proxy in front of moto, where ``answer`` may reply instead of
+    the store (a fault moto cannot be made to give)."""
+    from servers import s3_proxy
+
+    with s3_proxy(s3_bucket.storage_options["client_kwargs"]["endpoint_url"], answer) as endpoint:
+        options = dict(s3_bucket.storage_options, client_kwargs={"endpoint_url": endpoint, "region_name": "us-east-1"})
+        proxied = Remote(remote.database_url, remote.bucket_url, options)
+        try:
+            yield proxied
+        finally:
+            proxied.close()
 
 
 def _outbox(vault: Vault) -> int:
@@ -315,7 +332,6 @@ def test_an_object_the_bucket_refuses_to_delete_is_a_refused_change(vault: Vault
     blocks the queue nor fails every later sync; a store busy for one key (InternalError) is retried."""
     import re
 
-    from servers import s3_proxy
 
     ids = _fill(vault, tmp_path, 3)
     vault.sync(remote)
@@ -338,28 +354,23 @@ def test_an_object_the_bucket_refuses_to_delete_is_a_refused_change(vault: Vault
         return 200, ('<?xml version="1.0" encoding="UTF-8"?><DeleteResult xmlns="http://s3.amazonaws.com/doc/'
                      '2006-03-01/">' + "".join(out) + "</DeleteResult>").encode()
 
-    with s3_proxy(s3_bucket.storage_options["client_kwargs"]["endpoint_url"], delete_objects) as endpoint:
-        options = dict(s3_bucket.storage_options, client_kwargs={"endpoint_url": endpoint, "region_name": "us-east-1"})
-        proxied = Remote(remote.database_url, remote.bucket_url, options)
-        try:
-            vault.library.delete(ids[0])
-            vault.library.delete(ids[1])
-            vault.library.update(ids[2], title="edited")
-            report = vault.sync(proxied)
-            assert (report.rows_written, report.rows_deleted, report.objects_deleted, report.rejected) == (1, 2, 1, 1)
-            assert _keys(s3_bucket) == {paths[0], paths[2]} and _outbox(vault) == 0
-            (refused,) = status(vault, remote).rejected
-            assert (refused.row_id, refused.op, refused.sqlstate) == (ids[0], "delete", "bucket")
-            assert f"refused to delete {paths[0]} (AccessDenied: AccessDenied for this key)" in refused.message
-            assert vault.sync(proxied).rejected == 0  # the next sync is not failed by it
-            with psycopg.connect(remote.database_url) as conn:
-                assert conn.execute("SELECT id::text, title FROM public.user_library").fetchall() == [(ids[2], "edited")]
+    with through_proxy(remote, s3_bucket, delete_objects) as proxied:
+        vault.library.delete(ids[0])
+        vault.library.delete(ids[1])
+        vault.library.update(ids[2], title="edited")
+        report = vault.sync(proxied)
+        assert (report.rows_written, report.rows_deleted, report.objects_deleted, report.rejected) == (1, 2, 1, 1)
+        assert _keys(s3_bucket) == {paths[0], paths[2]} and _outbox(vault) == 0
+        (refused,) = status(vault, remote).rejected
+        assert (refused.row_id, refused.op, refused.sqlstate) == (ids[0], "delete", "bucket")
+        assert f"refused to delete {paths[0]} (AccessDenied: AccessDenied for this key)" in refused.message
+        assert vault.sync(proxied).rejected == 0  # the next sync is not failed by it
+        with psycopg.connect(remote.database_url) as conn:
+            assert conn.execute("SELECT id::text, title FROM public.user_library").fetchall() == [(ids[2], "edited")]
 
-            codes[paths[0]] = ["InternalError", None]  # allowed now, after one busy answer
-            report = vault.sync(proxied, retry_rejected=True)
-            assert (report.objects_deleted, report.rejected) == (1, 0) and status(vault, remote).rejected == []
-        finally:
-            proxied.close()
+        codes[paths[0]] = ["InternalError", None]  # allowed now, after one busy answer
+        report = vault.sync(proxied, retry_rejected=True)
+        assert (report.objects_deleted, report.rejected) == (1, 0) and status(vault, remote).rejected == []
     assert_mirrors(vault, remote, s3_bucket)
 
 
@@ -367,7 +378,7 @@ def test_an_upload_the_store_refuses_for_good_is_a_sync_error_at_once(vault: Vau
                                                                       tmp_path: Path) -> None:
     """A 413 EntityTooLarge (a Supabase bucket's file_size_limit; moto has no such limit: a proxy answers) is
     not retried for ~15 s and reported offline: exit 11 at once, naming the file and the store's message."""
-    from servers import s3_error_xml, s3_proxy
+    from servers import s3_error_xml
 
     (asset_id,) = _fill(vault, tmp_path, 1)
     local = vault.library.file_path(vault.library.get(asset_id))
@@ -377,15 +388,10 @@ def test_an_upload_the_store_refuses_for_good_is_a_sync_error_at_once(vault: Vau
             return 413, s3_error_xml("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size")
         return None
 
-    with s3_proxy(s3_bucket.storage_options["client_kwargs"]["endpoint_url"], too_large) as endpoint:
-        options = dict(s3_bucket.storage_options, client_kwargs={"endpoint_url": endpoint, "region_name": "us-east-1"})
-        proxied = Remote(remote.database_url, remote.bucket_url, options)
+    with through_proxy(remote, s3_bucket, too_large) as proxied:
         started = time.monotonic()
-        try:
-            with pytest.raises(SyncError, match="EntityTooLarge: Your proposed upload exceeds") as caught:
-                vault.sync(proxied)
-        finally:
-            proxied.close()
+        with pytest.raises(SyncError, match="EntityTooLarge: Your proposed upload exceeds") as caught:
+            vault.sync(proxied)
     assert time.monotonic() - started < 5  # no retries (the engine's delays add up to 15.5 s)
     assert caught.value.exit_code == 11 and str(local) in str(caught.value)
     assert _outbox(vault) == 1
@@ -395,7 +401,7 @@ def test_a_body_damaged_on_the_way_is_sent_again_not_refused(vault: Vault, remot
                                                                tmp_path: Path, fast_retries: None) -> None:
     """400 BadDigest (or XAmzContentSHA256Mismatch): the body was damaged on the way, as botocore's and s3fs's own
     retry rules know; a 4xx, but no refusal of the file. Five in a row: all of botocore's attempts."""
-    from servers import s3_error_xml, s3_proxy
+    from servers import s3_error_xml
 
     _fill(vault, tmp_path, 1)
     damaged = iter([("BadDigest", "The Content-MD5 you specified did not match what we received.")] * 5)
@@ -405,13 +411,8 @@ def test_a_body_damaged_on_the_way_is_sent_again_not_refused(vault: Vault, remot
             return 400, s3_error_xml(*error)
         return None
 
-    with s3_proxy(s3_bucket.storage_options["client_kwargs"]["endpoint_url"], damaged_twice) as endpoint:
-        options = dict(s3_bucket.storage_options, client_kwargs={"endpoint_url": endpoint, "region_name": "us-east-1"})
-        proxied = Remote(remote.database_url, remote.bucket_url, options)
-        try:
-            assert vault.sync(proxied).files_uploaded == 1
-        finally:
-            proxied.close()
+    with through_proxy(remote, s3_bucket, damaged_twice) as proxied:
+        assert vault.sync(proxied).files_uploaded == 1
     assert next(damaged, None) is None and _outbox(vault) == 0
     assert_mirrors(vault, remote, s3_bucket)
 
@@ -419,7 +420,7 @@ def test_a_body_damaged_on_the_way_is_sent_again_not_refused(vault: Vault, remot
 def test_a_bucket_gone_when_objects_are_deleted_is_a_sync_error(vault: Vault, remote: Remote, s3_bucket: Any,
                                                                  tmp_path: Path) -> None:
     """Before: s3fs's FileNotFoundError for NoSuchBucket left the sync raw (the CLI took it for a file of the user's)."""
-    from servers import s3_error_xml, s3_proxy
+    from servers import s3_error_xml
 
     ids = _fill(vault, tmp_path, 2)
     vault.sync(remote)
@@ -430,14 +431,9 @@ def test_a_bucket_gone_when_objects_are_deleted_is_a_sync_error(vault: Vault, re
             return 404, s3_error_xml("NoSuchBucket", "The specified bucket does not exist")
         return None
 
-    with s3_proxy(s3_bucket.storage_options["client_kwargs"]["endpoint_url"], no_bucket_for_deletes) as endpoint:
-        options = dict(s3_bucket.storage_options, client_kwargs={"endpoint_url": endpoint, "region_name": "us-east-1"})
-        proxied = Remote(remote.database_url, remote.bucket_url, options)
-        try:
-            with pytest.raises(SyncError, match="no longer exists; create it") as caught:
-                vault.sync(proxied)
-        finally:
-            proxied.close()
+    with through_proxy(remote, s3_bucket, no_bucket_for_deletes) as proxied:
+        with pytest.raises(SyncError, match="no longer exists; create it") as caught:
+            vault.sync(proxied)
     assert caught.value.exit_code == 11 and _outbox(vault) == 1  # its delete stays queued
 
 
