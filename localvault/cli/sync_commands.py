@@ -122,7 +122,7 @@ def sync(ctx: Context, dry_run: bool, retry_rejected: bool, as_json: bool) -> No
         f"({result.bytes_uploaded:,} bytes), {result.files_skipped} already there; "
         f"{result.conflicts} kept newer on server; {result.rejected} refused", highlight=False)
     if result.rejected:
-        output.warning("some changes were refused by the server; see 'localvault status'")
+        output.warning("some changes were refused by the server or the bucket; see 'localvault status'")
 
 
 @main.command()
