@@ -506,14 +506,48 @@ def test_a_missing_grant_fails_the_sync_and_keeps_every_row_queued(vault: Vault,
     _fill(vault, tmp_path, 3)
     with psycopg.connect(remote.database_url, autocommit=True) as conn:
         conn.execute("REVOKE INSERT ON public.user_library FROM authenticated")
-    with pytest.raises(SyncError, match=r"lacks INSERT on public.user_library, .*GRANT SELECT, INSERT, UPDATE, DELETE"
-                                        r" ON public.user_library TO authenticated"):
+    with pytest.raises(SyncError, match=r"lacks INSERT ON public.user_library, .*run 'GRANT INSERT ON "
+                                        r"public.user_library TO authenticated' on the server"):
         vault.sync(remote)
     state = status(vault, remote)
     assert state.rejected == [] and state.pending_changes == 3
     with psycopg.connect(remote.database_url, autocommit=True) as conn:
         conn.execute("GRANT INSERT ON public.user_library TO authenticated")
     assert vault.sync(remote).rows_written == 3
+    assert_mirrors(vault, remote, s3_bucket)
+
+
+def test_a_schema_usage_missing_fails_the_sync_too(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                  tmp_path: Path) -> None:
+    """Also a 42501 for every row alike ("permission denied for schema public"): before, each went to
+    sync_rejected and the sync exited 0."""
+    _fill(vault, tmp_path, 2)
+    with psycopg.connect(remote.database_url, autocommit=True) as conn:
+        conn.execute("REVOKE USAGE ON SCHEMA public FROM authenticated, PUBLIC")
+    try:
+        with pytest.raises(SyncError, match=r"lacks USAGE ON SCHEMA public, .*GRANT USAGE ON SCHEMA public TO "
+                                            r"authenticated' on the server"):
+            vault.sync(remote)
+        assert status(vault, remote).rejected == [] and status(vault, remote).pending_changes == 2
+    finally:
+        with psycopg.connect(remote.database_url, autocommit=True) as conn:
+            conn.execute("GRANT USAGE ON SCHEMA public TO authenticated, PUBLIC")
+    assert vault.sync(remote).rows_written == 2
+
+
+def test_updates_granted_column_by_column_pass_the_check(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                         tmp_path: Path) -> None:
+    """Supabase's column-level security grants UPDATE per column: no table-wide UPDATE, yet a push works."""
+    (asset_id,) = _fill(vault, tmp_path, 1)
+    vault.sync(remote)
+    with psycopg.connect(remote.database_url, autocommit=True) as conn:
+        columns = [name for (name,) in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' AND table_name ="
+            " 'user_library'")]
+        conn.execute("REVOKE UPDATE ON public.user_library FROM authenticated")
+        conn.execute(f"GRANT UPDATE ({', '.join(columns)}) ON public.user_library TO authenticated")
+    vault.library.update(asset_id, title="edited")
+    assert vault.sync(remote).rows_written == 1
     assert_mirrors(vault, remote, s3_bucket)
 
 

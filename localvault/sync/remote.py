@@ -121,25 +121,39 @@ def _check_user(conn: psycopg.Connection[Any], user_id: str) -> None:
                         "up in the app first, or use a vault of an existing user; nothing was sent")
 
 
+#: The privileges of ``authenticated`` that the pushes need beyond the tables' (an SQL expression each, and what
+#: to grant if it is false): the schema's USAGE, and EXECUTE of auth.uid(), which every RLS policy calls.
+_OTHER_GRANTS = (
+    ("has_schema_privilege('authenticated', 'public', 'USAGE')", "USAGE ON SCHEMA public"),
+    ("has_function_privilege('authenticated', 'auth.uid()', 'EXECUTE')", "EXECUTE ON FUNCTION auth.uid()"),
+)
+
+
 def _check_grants(conn: psycopg.Connection[Any]) -> None:
     """SyncError if the role ``authenticated`` lacks a privilege the pushes use: a server set-up problem that would
-    otherwise refuse every row (42501, as row-level security refuses one); a server that cannot tell is let be."""
+    otherwise refuse every row (42501, as row-level security refuses one); a server that cannot tell is let be.
+
+    SELECT, INSERT and UPDATE may be granted column by column (Supabase's column-level security): any column
+    granted counts, and a column left out is one row's refusal, as before.
+    """
+    table_checks = [
+        (f"has_{'table' if privilege == 'DELETE' else 'any_column'}_privilege('authenticated', "
+         f"'public.{table}', '{privilege}')", f"{privilege} ON public.{table}")
+        for table, privilege in NEEDED_GRANTS]
+    checks = [*table_checks, *_OTHER_GRANTS]
     try:
-        rows = conn.execute(
-            "SELECT t, p FROM unnest(%s::text[], %s::text[]) AS g(t, p)"
-            " WHERE NOT has_table_privilege('authenticated', 'public.' || t, p)",
-            ([table for table, _p in NEEDED_GRANTS], [privilege for _t, privilege in NEEDED_GRANTS])).fetchall()
+        answers = conn.execute("SELECT " + ", ".join(sql for sql, _grant in checks)).fetchone() or ()
     except psycopg.OperationalError:
         raise
-    except psycopg.Error:  # no such role or table: the schema check has said what there is to say
-        rows = []
+    except psycopg.Error:  # no such role, table or function: the schema check has said what there is to say
+        answers = ()
     conn.rollback()
-    if rows:
-        lacking = ", ".join(f"{privilege} on public.{table}" for table, privilege in rows)
-        table = rows[0][0]
-        raise SyncError(f"the server's role 'authenticated' lacks {lacking}, which localvault's schema grants (a "
-                        f"set-up problem, not a row's): run 'GRANT SELECT, INSERT, UPDATE, DELETE ON public.{table} "
-                        "TO authenticated' on the server, then sync again; nothing was sent")
+    lacking = [grant for (_sql, grant), held in zip(checks, answers, strict=False) if held is False]
+    if lacking:
+        raise SyncError(f"the server's role 'authenticated' lacks {', '.join(lacking)}, which localvault's schema "
+                        "grants (a set-up problem, not a row's): run 'GRANT " + "; GRANT ".join(
+                            f"{grant} TO authenticated" for grant in lacking) + "' on the server, then sync again; "
+                        "nothing was sent")
 
 
 class Remote:
