@@ -456,8 +456,8 @@ def test_a_folder_bucket_on_a_full_disk_is_a_sync_error_not_offline(vault: Vault
     assert _outbox(vault) == 1
 
 
-@pytest.mark.parametrize("own", ["", "keepalives_idle=60&tcp_user_timeout=9000", "service"],
-                         ids=["defaults", "dsn-wins", "service-file-wins"])
+@pytest.mark.parametrize("own", ["", "keepalives_idle=60&tcp_user_timeout=9000", "service", "plain-service"],
+                         ids=["defaults", "dsn-wins", "service-file-wins", "service-file-without-them"])
 def test_the_connection_detects_a_dead_link(server: str, own: str, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A server cut off without a reset (a partition: packets dropped, which needs a firewall rule this suite
@@ -468,11 +468,13 @@ def test_the_connection_detects_a_dead_link(server: str, own: str, tmp_path: Pat
     from localvault.sync import schema
 
     dsn = server + ("&" if "?" in server else "?") + own if own else server
-    if own == "service":  # the settings in a pg_service.conf section, the DSN naming only the section
+    if own.endswith("service"):  # the settings in a pg_service.conf section, the DSN naming only the section
         from psycopg.conninfo import conninfo_to_dict
 
         params = {k: v for k, v in conninfo_to_dict(server).items() if v is not None}
-        lines = [f"{k}={v}" for k, v in params.items()] + ["keepalives_idle=60", "tcp_user_timeout=9000"]
+        lines = [f"{k}={v}" for k, v in params.items()]
+        if own == "service":
+            lines += ["keepalives_idle=60", "tcp_user_timeout=9000"]
         (tmp_path / "pg_service.conf").write_text("[lv]\n" + "\n".join(lines) + "\n")
         monkeypatch.setenv("PGSERVICEFILE", str(tmp_path / "pg_service.conf"))
         dsn = "postgresql:///?service=lv"
@@ -485,7 +487,7 @@ def test_the_connection_detects_a_dead_link(server: str, own: str, tmp_path: Pat
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         finally:
             sock.close()
-    if own:
+    if own and own != "plain-service":
         assert (got["idle"], got["user_timeout"]) == (60, 9000)
     else:  # dead within a minute either way (the system's defaults: 2 h of silence first, no send timeout)
         assert got["idle"] + got["interval"] * got["count"] <= 60 and 0 < got["user_timeout"] <= 60_000

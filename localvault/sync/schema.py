@@ -157,14 +157,32 @@ _REFUSALS = ("authentication failed", "no password supplied", "does not exist", 
 
 
 def _keepalive_settings(database_url: str) -> dict[str, Any]:
-    """The keepalive and send timeout settings the database URL does not set itself (none with a ``service``,
-    or ``PGSERVICE``: its file may set them, and what libpq is given directly would win over it)."""
-    given = database_params(database_url) or {}
-    if "service" in given or os.environ.get("PGSERVICE"):
-        return {}
+    """The keepalive and send timeout settings that neither the database URL nor its libpq service (``service``
+    or ``PGSERVICE``) sets: what libpq is given directly would win over the service file's."""
+    given = set(database_params(database_url) or {})
+    service = (database_params(database_url) or {}).get("service") or os.environ.get("PGSERVICE")
+    if service:
+        given |= _service_keys(str(service))
     wanted = {"keepalives": 1, "keepalives_idle": KEEPALIVES_IDLE, "keepalives_interval": KEEPALIVES_INTERVAL,
               "keepalives_count": KEEPALIVES_COUNT, "tcp_user_timeout": TCP_USER_TIMEOUT_MS}
     return {name: value for name, value in wanted.items() if name not in given}
+
+
+def _service_keys(service: str) -> set[str]:
+    """The settings a libpq service section names, in the files libpq reads (the user's first)."""
+    import configparser
+
+    files = [os.environ.get("PGSERVICEFILE") or os.path.expanduser("~/.pg_service.conf"),
+             os.path.join(os.environ.get("PGSYSCONFDIR") or "/etc/postgresql-common", "pg_service.conf")]
+    for path in files:
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(path, encoding="utf-8")
+        except (configparser.Error, UnicodeDecodeError):
+            continue  # libpq says what is wrong with it when it connects
+        if parser.has_section(service):
+            return {key.lower() for key in parser.options(service)}
+    return set()
 
 
 def connect(database_url: str) -> psycopg.Connection[tuple[object, ...]]:
