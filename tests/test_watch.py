@@ -451,8 +451,11 @@ def test_cli_watch_stopped_twice_still_finishes_the_batch_under_way(tmp_path: Pa
         (out / f"pre-{n:04d}.png").write_bytes(template[:-12] + n.to_bytes(4, "big") + template[-12:])
     with cli_watch(root, out, "-q") as proc, Vault.open(root, readonly=True) as reader:
         assert wait_for(lambda: reader.workspace.count() >= 500, timeout=120), "the first batch was not committed"
-        proc.send_signal(stop)  # the second batch is under way
-        time.sleep(0.2)
+        # The second batch under way (its files being staged): a stop landing between the two batches would end
+        # the watch at once, and a second signal after its end would find the default handler back.
+        assert wait_for(lambda: temp_files(root) != [], timeout=60), "the second batch did not start"
+        proc.send_signal(stop)
+        time.sleep(0.05)
         proc.send_signal(stop)
         stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
