@@ -24,8 +24,9 @@ import psycopg
 from ..errors import InvalidInputError, OfflineError, SyncBusyError, SyncError, first_line
 from ..progress import ProgressCallback, report
 from . import outbox
-from .bucket import SETTINGS_HINT, Bucket, file_digest, network_errors, settings_errors, store_refusal
+from .bucket import Bucket, file_digest
 from .remote import BatchResult, Remote
+from .store_errors import SETTINGS_HINT, network_errors, settings_errors, store_refusal
 
 if TYPE_CHECKING:
     from ..vault import Vault

@@ -159,8 +159,9 @@ _REFUSALS = ("authentication failed", "no password supplied", "does not exist", 
 def _keepalive_settings(database_url: str) -> dict[str, Any]:
     """The keepalive and send timeout settings that neither the database URL nor its libpq service (``service``
     or ``PGSERVICE``) sets: what libpq is given directly would win over the service file's."""
-    given = set(database_params(database_url) or {})
-    service = (database_params(database_url) or {}).get("service") or os.environ.get("PGSERVICE")
+    params = database_params(database_url) or {}
+    given = set(params)
+    service = params.get("service") or os.environ.get("PGSERVICE")
     if service:
         given |= _service_keys(str(service))
     wanted = {"keepalives": 1, "keepalives_idle": KEEPALIVES_IDLE, "keepalives_interval": KEEPALIVES_INTERVAL,
