@@ -7,12 +7,16 @@ than deleting it; the user takes back what they want with ``localvault add``.
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
 import uuid
 
 from ._disk import copy_durably, fsync_path, move_durably
-from .errors import StorageError
-from .files import FileStore
+from .errors import LocalVaultError, StorageError
+from .files import FileStore, StagedFile
+
+log = logging.getLogger(__name__)
 
 #: The folder, in the vault folder beside the buckets.
 RECOVERED_FOLDER = "recovered"
@@ -75,3 +79,33 @@ def _free_path(files: FileStore, bucket: str, relative: str) -> str:
         target = f"{stem}-{number}{extension}"
         number += 1
     return target
+
+
+def set_aside_strays(conn: sqlite3.Connection, files: FileStore, bucket: str,
+                     moves: list[tuple[StagedFile, str]]) -> None:
+    """Inside the write transaction, before staged files are renamed onto their paths: move any file already
+    there that no row uses and no queued deletion covers to ``recovered/``. Such a file may be the only copy
+    of an asset whose row was lost (an older ``vault.db`` restored), as ``verify --repair`` assumes. One
+    with the very bytes being added (left by an add that crashed before its commit, and now run again) is
+    simply replaced, as is one whose deletion is queued (draining then skips its path, which a row uses).
+    A free path costs one ``stat``.
+    """
+    strays = [(staged, path) for staged, path in moves if files.exists(bucket, path)]
+    if not strays:
+        return
+    queued = {path for (path,) in conn.execute(
+        f"SELECT path FROM pending_deletes WHERE bucket = ? AND path IN ({','.join('?' * len(strays))})",
+        (bucket, *(path for _staged, path in strays)))}
+    for staged, path in strays:
+        if path in queued or _same_bytes(files, bucket, path, staged):
+            continue
+        moved = recover(files, bucket, path)
+        log.warning("%s/%s had no row; moved to %s before a new asset took its path (add it back with"
+                    " 'localvault add' if you want it)", bucket, path, moved)
+
+
+def _same_bytes(files: FileStore, bucket: str, path: str, staged: StagedFile) -> bool:
+    try:
+        return files.size(bucket, path) == staged.size and files.sha256(bucket, path) == staged.sha256
+    except (LocalVaultError, OSError):  # unreadable: kept aside, never overwritten
+        return False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import models, pending, rows
 from ._cleanup import CleanupReport, remove_expired
-from ._recovered import recover
+from ._recovered import set_aside_strays
 from .db import Database, format_time, utc_now
 from .errors import DuplicateError, InvalidInputError, LocalVaultError, NotFoundError
 from .files import WORKSPACE_BUCKET, FileStore, StagedFile
@@ -33,8 +32,6 @@ _INSERT = ("INSERT INTO workspace_assets (id, user_id, asset_type, temp_storage_
 SYNCFS_MIN_FILES = 32
 #: How long undoing a failed add waits for the write lock (the failure may have been that lock: not 60 s again).
 UNDO_LOCK_WAIT_MS = 5_000
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -121,7 +118,7 @@ class Workspace:
                         f"this file is already in the workspace as {existing}; nothing was added"
                     )
                 relative = f"{self.user_id}/{job}/{index}.{prepared.extension}"
-                self._set_aside_strays(conn, [(prepared.staged, relative)])
+                set_aside_strays(conn, self._files, WORKSPACE_BUCKET, [(prepared.staged, relative)])
                 self._files.commit(prepared.staged, relative)
                 committed_path = relative
                 facts = prepared.facts
@@ -164,35 +161,6 @@ class Workspace:
                         self._files.remove(WORKSPACE_BUCKET, path)
         except LocalVaultError:
             pass
-
-    def _set_aside_strays(self, conn: sqlite3.Connection, moves: list[tuple[StagedFile, str]]) -> None:
-        """Inside the write transaction, before staged files are renamed onto their paths: move any file
-        already there that no row uses and no queued deletion covers to ``recovered/``. Such a file may be
-        the only copy of an asset whose row was lost (an older ``vault.db`` restored), as ``verify --repair``
-        assumes. One with the very bytes being added (left by an add that crashed before its commit, and
-        now run again) is simply replaced, as is one whose deletion is queued (draining then skips its
-        path, which a row uses). A free path costs one ``stat``.
-        """
-        strays = [(staged, path) for staged, path in moves if self._files.exists(WORKSPACE_BUCKET, path)]
-        if not strays:
-            return
-        marks = ",".join("?" * len(strays))
-        queued = {path for (path,) in conn.execute(
-            f"SELECT path FROM pending_deletes WHERE bucket = ? AND path IN ({marks})",
-            (WORKSPACE_BUCKET, *(path for _staged, path in strays)))}
-        for staged, path in strays:
-            if path in queued or self._same_bytes(path, staged):
-                continue
-            moved = recover(self._files, WORKSPACE_BUCKET, path)
-            log.warning("%s/%s had no row; moved to %s before a new asset took its path (add it back with"
-                        " 'localvault add' if you want it)", WORKSPACE_BUCKET, path, moved)
-
-    def _same_bytes(self, path: str, staged: StagedFile) -> bool:
-        try:
-            return (self._files.size(WORKSPACE_BUCKET, path) == staged.size
-                    and self._files.sha256(WORKSPACE_BUCKET, path) == staged.sha256)
-        except (LocalVaultError, OSError):  # unreadable: kept aside, never overwritten
-            return False
 
     def _drop_expired(self, conn: sqlite3.Connection, hashes: list[str]) -> None:
         """Inside a write transaction: delete this user's expired assets with these bytes, queueing their files.
@@ -290,7 +258,7 @@ class Workspace:
                                    entry.prompt, entry.model, entry.settings_json, facts.width, facts.height,
                                    entry.staged.sha256))
                 folders = {relative.rsplit("/", 1)[0] for _s, relative in moves}
-                self._set_aside_strays(conn, moves)
+                set_aside_strays(conn, self._files, WORKSPACE_BUCKET, moves)
                 try:
                     for _ in io_map(lambda move: self._files.commit(move[0], move[1], sync_dir=False), moves):
                         pass

@@ -300,9 +300,9 @@ def test_watch_still_shows_the_warning_of_a_file_set_aside(capsys: pytest.Captur
 
     from localvault.cli import output
 
-    output.show_library_logs(False, still_from=("localvault.workspace",))
+    output.show_library_logs(False, still_from=("localvault._recovered",))
     try:
-        logging.getLogger("localvault.workspace").warning("workspace-temp/u/j/1.png had no row; moved")
+        logging.getLogger("localvault._recovered").warning("workspace-temp/u/j/1.png had no row; moved")
         logging.getLogger("localvault.importer").warning("refused x.png: shown by its watch event instead")
         err = capsys.readouterr().err
         assert "had no row; moved" in err and "x.png" not in err

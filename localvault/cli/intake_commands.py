@@ -147,7 +147,7 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | N
     watcher = Watcher(ctx.vault(), folder, mode=mode, recursive=recursive, model=model, prompt=prompt,  # type: ignore[arg-type]
                       on_event=on_event)
     # on_event already shows every problem with a file; not a file the vault sets aside to recovered/
-    output.show_library_logs(False, still_from=("localvault.workspace",))
+    output.show_library_logs(False, still_from=("localvault._recovered",))
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop ends it like Ctrl-C
     try:
         try:
