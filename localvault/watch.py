@@ -37,11 +37,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from . import media, models
 from ._import_pipeline import to_the_end
+from ._watch_handler import EventHandler
 from ._watch_settle import UnsettledFiles
 from ._watch_sidecars import SIDECAR_WAIT_SECONDS, SidecarWait, is_sidecar_name
 from ._watch_state import HandledFiles, WatchEvent, WatchReport
@@ -61,37 +61,6 @@ RETRY_SECONDS = 5.0
 HOUSEKEEPING_SECONDS = 60.0
 #: Files of a catch-up imported together (the watcher checks for a stop between them).
 CATCH_UP_BATCH = 500
-
-
-class _Handler(FileSystemEventHandler):
-    def __init__(self, watcher: Watcher) -> None:
-        self.watcher = watcher
-
-    def dispatch(self, event: FileSystemEvent) -> None:
-        try:
-            super().dispatch(event)
-        except Exception:  # the observer's thread must live on: it hears every later file
-            log.exception("the watcher of %s could not handle the event %s", self.watcher.folder, event)
-
-    def on_closed(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
-            self.watcher._offer(os.fsdecode(event.src_path), ready=True)
-
-    def on_moved(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
-            self.watcher._offer(os.fsdecode(event.dest_path), ready=True)
-
-    def on_created(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:  # a file renamed in from another folder comes as "created", already whole
-            self.watcher._offer(os.fsdecode(event.src_path), ready=True, created=True)
-
-    def on_modified(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
-            self.watcher._offer(os.fsdecode(event.src_path), ready=False)
-
-    def on_attrib(self, event: FileSystemEvent) -> None:
-        """A mode change (watchdog >= 5; older ones report it as modified): a file refused as unreadable may pass."""
-        self.on_modified(event)
 
 
 class Watcher:
@@ -309,7 +278,7 @@ class Watcher:
         self._watched = Path(os.path.realpath(self.folder))
         observer = Observer()
         self._observer = observer
-        observer.schedule(_Handler(self), str(self._watched), recursive=self.recursive)
+        observer.schedule(EventHandler(self), str(self._watched), recursive=self.recursive)
         observer.start()
         candidates, refused, _ignored = scan(self._watched, self.recursive)
         for path, reason in refused.items():
