@@ -222,6 +222,8 @@ def facts(path: Path, media: MediaType, name: str | None = None) -> MediaFacts:
     return image_facts(path, media, name or path.name)
 
 
+#: The largest width or height an image may have: PNG's own limit, and PostgreSQL's ``integer`` columns'.
+MAX_SIDE = 2**31 - 1
 #: The largest width or height the WebP format allows.
 WEBP_MAX_SIDE = 16383
 #: Pillow's reader of each image type (module, class).
@@ -254,6 +256,9 @@ def image_facts(source: Path | BinaryIO, media: MediaType, name: str) -> MediaFa
     if media is MediaType.webp and max(width, height) > WEBP_MAX_SIDE:  # (a damaged or forged VP8X header)
         raise UnsupportedMediaError(f"{name} claims {width}×{height} pixels, beyond WebP's {WEBP_MAX_SIDE}×"
                                     f"{WEBP_MAX_SIDE}; export it again")
+    if max(width, height) > MAX_SIDE:  # a damaged or forged PNG header: its fields hold 32 bits
+        raise UnsupportedMediaError(f"{name} claims {width}×{height} pixels, beyond the {MAX_SIDE:,} a side may "
+                                    "have; export it again")
     return MediaFacts(media, width or None, height or None)
 
 

@@ -38,6 +38,9 @@ WORKSPACE_TTL_DAYS = 7
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: Lone surrogates: what Python makes of bytes that are not UTF-8 (a shell argument, a file name); not storable.
 SURROGATES = re.compile("[\ud800-\udfff]")
+#: A NUL character in JSON text: the escape ``\u0000`` after an even number of backslashes (an odd one
+#: escapes the backslash instead).
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class AssetType(str, enum.Enum):
@@ -209,6 +212,9 @@ def _checked_settings(value: Any) -> tuple[dict[str, Any], str]:
         raise InvalidInputError(f"generation settings cannot be stored as JSON: {exc}") from None
     if size > MAX_SETTINGS_BYTES:
         raise InvalidInputError(f"generation settings exceed {MAX_SETTINGS_BYTES:,} bytes of JSON")
+    if _JSON_NUL.search(encoded):
+        raise InvalidInputError("generation settings hold a NUL character (\\u0000), which PostgreSQL's jsonb cannot "
+                                "store; remove it")
     return value, encoded
 
 

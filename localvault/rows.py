@@ -10,7 +10,7 @@ from typing import Any
 from pydantic_core import from_json
 
 from .errors import InvalidInputError
-from .models import Collection, LibraryAsset, WorkspaceAsset
+from .models import SURROGATES, Collection, LibraryAsset, WorkspaceAsset
 
 WORKSPACE_COLUMNS = (
     "id, user_id, asset_type, temp_storage_path, file_size_bytes, mime_type, duration_seconds, job_id, "
@@ -66,12 +66,22 @@ def decode_cursor(cursor: str, kinds: tuple[type, ...]) -> list[Any]:
     try:
         parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         if (isinstance(parts, list) and len(parts) == len(kinds)
-                and all(isinstance(p, k) for p, k in zip(parts, kinds, strict=True))):
+                and all(_fits(p, k) for p, k in zip(parts, kinds, strict=True))):
             return parts
     except (ValueError, TypeError, RecursionError):
         pass
     shown = cursor if len(cursor) <= 60 else cursor[:57] + "..."
     raise InvalidInputError(f"cursor {shown!r} is not valid here; pass the next_cursor of the previous page")
+
+
+def _fits(part: Any, kind: type) -> bool:
+    """Whether a cursor's part is a value of ``kind`` SQLite can bind: no bool for an int (JSON's true), an
+    integer within 64 bits, text without lone surrogates (JSON's escapes can make them)."""
+    if kind is int:
+        return isinstance(part, int) and not isinstance(part, bool) and -2**63 <= part < 2**63
+    if kind is str:
+        return isinstance(part, str) and not SURROGATES.search(part)
+    return isinstance(part, kind)
 
 
 def check_limit(limit: int) -> int:

@@ -18,6 +18,7 @@ import localvault.files
 import localvault.ingest
 import localvault.media
 import localvault.models
+import localvault.rows
 from localvault import (
     DuplicateError,
     EmptyFileError,
@@ -124,6 +125,11 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "file name too long for the disk": (StorageError, lambda c: c.vault.library.add(c.src / ("n" * 300 + ".png"))),
     "webp whose header claims a 20000x20000 canvas": (
         UnsupportedMediaError, lambda c: c.vault.workspace.add(c.file("canvas.webp", _webp_claiming(20_000, 20_000)))),
+    # (the server's width and height are PostgreSQL integers: such a row was kept here and refused by every sync)
+    "png whose header claims 2**31 pixels wide": (
+        UnsupportedMediaError, lambda c: c.vault.workspace.add(c.file("wide.png", _png_claiming(2**31, 4)))),
+    "png whose header claims 2**32-1 pixels high (library)": (
+        UnsupportedMediaError, lambda c: c.vault.library.add(c.file("tall.png", _png_claiming(4, 2**32 - 1)))),
     # ---- ids
     "workspace get bad uuid": (InvalidInputError, lambda c: c.vault.workspace.get("not-a-uuid")),
     "library get bad uuid": (InvalidInputError, lambda c: c.vault.library.get("1234")),
@@ -205,6 +211,11 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
         InvalidInputError, lambda c: c.vault.library.add(c.file("j8.png", _png(41)), settings='{"a":' * 2000 + "1" + "}" * 2000)),
     "settings with a 5,000-digit number": (InvalidInputError,
                                            lambda c: c.vault.workspace.add(c.file("j9.png", _png(42)), settings='{"a": 1' + "0" * 5000 + "}")),
+    # (PostgreSQL's jsonb refuses \u0000: such settings were kept here and refused by every sync)
+    "settings with a NUL character": (InvalidInputError,
+                                      lambda c: c.vault.workspace.add(c.file("j11.png", _png(47)), settings={"s": "a\0b"})),
+    "settings as JSON text with \\u0000 in a key (library)": (
+        InvalidInputError, lambda c: c.vault.library.add(c.file("j12.png", _png(48)), settings='{"a\\u0000": 1}')),
     "settings with a lone surrogate": (InvalidInputError,
                                        lambda c: c.vault.workspace.add(c.file("j10.png", _png(43)), settings={"a": "caf\udce9"})),
     # ---- collections
@@ -265,6 +276,14 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "bad cursor (library)": (InvalidInputError, lambda c: c.vault.library.list(cursor="eyJ4IjogMX0")),
     "search cursor on plain listing": (InvalidInputError, lambda c: c.vault.library.list(cursor=c.search_cursor)),
     "plain cursor on search": (InvalidInputError, lambda c: c.vault.library.list(search="fox", cursor=c.cursor)),
+    "search cursor past 64 bits": (InvalidInputError,
+                                   lambda c: c.vault.library.list(search="fox", cursor=_cursor(2**64))),
+    "search cursor true (JSON's bool for rowid 1)": (InvalidInputError,
+                                                     lambda c: c.vault.library.list(search="fox", cursor=_cursor(True))),
+    "cursor with a lone surrogate": (InvalidInputError,
+                                     lambda c: c.vault.workspace.list(cursor=_cursor("\ud800", "x"))),
+    "cursor with a lone surrogate (library)": (InvalidInputError,
+                                               lambda c: c.vault.library.list(cursor=_cursor("2026", "\udfff"))),
     "page size 0": (InvalidInputError, lambda c: c.vault.workspace.list(limit=0)),
     "page size negative": (InvalidInputError, lambda c: c.vault.library.list(limit=-3)),
     "page size too big": (InvalidInputError, lambda c: c.vault.library.list(limit=1001)),
@@ -282,6 +301,21 @@ def _webp_claiming(width: int, height: int) -> bytes:
             + (height - 1).to_bytes(3, "little"))
     body = b"WEBP" + vp8x + data[12:]
     return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A small PNG whose IHDR (checksum made good) claims another size."""
+    import struct
+    import zlib
+
+    data = _png(49)
+    ihdr = b"IHDR" + struct.pack(">II", width, height) + data[24:29]
+    return data[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + data[33:]
+
+
+def _cursor(*parts: Any) -> str:
+    """A cursor shaped as the library makes them, holding any parts."""
+    return localvault.rows.encode_cursor(*parts)
 
 
 def _nested(depth: int) -> dict[str, Any]:

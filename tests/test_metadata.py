@@ -531,10 +531,12 @@ def test_png_text_after_idat_and_itxt_is_read(tmp_path: Path) -> None:
 
 def test_text_is_cleaned_to_fit_the_models(tmp_path: Path) -> None:
     prompt = "a\x00b\x07c\td\ne" + "x" * (MAX_PROMPT_CHARS + 10)
-    data = {"positive_prompt": prompt, "model": "line1\nline2\x00", "seed": -5, "blob": "\ud800"}
+    data = {"positive_prompt": prompt, "model": "line1\nline2\x00", "seed": -5, "blob": "\ud800",
+            "sampler\x00": ["euler\x00a"]}  # (PostgreSQL's jsonb refuses \u0000)
     info = _clean.finish(metadata.read_chunks({"invokeai_metadata": json.dumps(data)}))
     assert info.prompt.startswith("abc\td\ne") and len(info.prompt) <= MAX_PROMPT_CHARS
     assert info.model == "line1 line2" and info.seed is None and info.settings["seed"] == -5
+    assert info.settings["sampler"] == ["eulera"]
     assert_valid(info)
 
 

@@ -119,6 +119,11 @@ def _fix_surrogates(text: str) -> str:
     return text
 
 
+def _storable(text: str) -> str:
+    """Text a settings value or key can hold: valid Unicode, no NUL (PostgreSQL's jsonb refuses ``\\u0000``)."""
+    return _fix_surrogates(text).replace("\x00", "")
+
+
 def clean_prompt(value: Any) -> str | None:
     """Prompt text without control characters (\\n, \\r and \\t stay), at most MAX_PROMPT_CHARS."""
     if value is None or isinstance(value, (dict, list, bool)):
@@ -142,7 +147,7 @@ def clean_json(value: Any, depth: int = 0) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, str):
-        return _fix_surrogates(value)
+        return _storable(value)
     if depth >= _MAX_DEPTH:
         return None
     if isinstance(value, dict):
@@ -150,7 +155,7 @@ def clean_json(value: Any, depth: int = 0) -> Any:
         for key, item in value.items():
             if isinstance(item, (bytes, bytearray)):
                 continue
-            out[_fix_surrogates(str(key))] = clean_json(item, depth + 1)
+            out[_storable(str(key))] = clean_json(item, depth + 1)
         return out
     if isinstance(value, (list, tuple)):
         return [clean_json(item, depth + 1) for item in value if not isinstance(item, (bytes, bytearray))]
@@ -160,7 +165,7 @@ def clean_json(value: Any, depth: int = 0) -> Any:
         number = float(value)  # Pillow's IFDRational, Decimal, numpy scalars…
         return number if math.isfinite(number) else None
     except (TypeError, ValueError, OverflowError):
-        return _fix_surrogates(str(value))
+        return _storable(str(value))
 
 
 def _encoded_size(value: Any) -> int:
