@@ -86,7 +86,8 @@ class Collections:
         description = models.check_description(description)
         with self._db.write() as conn:
             collection_id = resolve(conn, self.user_id, ref)
-            conn.execute("UPDATE user_collections SET description = ? WHERE id = ?", (description, collection_id))
+            conn.execute("UPDATE user_collections SET description = ? WHERE id = ? AND description IS NOT ?",
+                         (description, collection_id, description))  # the same text: no change to sync
         return self.get(collection_id)
 
     def delete(self, ref: str) -> None:

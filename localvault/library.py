@@ -289,16 +289,23 @@ class Library:
         new_tags = models.check_tags(tags) if tags is not UNSET else None
         added, removed = models.check_tags(add_tags), models.check_tags(remove_tags)
         with self._db.write() as conn:
-            row = conn.execute("SELECT tags FROM user_library WHERE id = ? AND user_id = ?", (asset_id, self.user_id)).fetchone()
+            row = conn.execute(f"SELECT {', '.join(_UPDATABLE)} FROM user_library WHERE id = ? AND user_id = ?",
+                               (asset_id, self.user_id)).fetchone()
             if row is None:
                 raise NotFoundError(f"no library asset {asset_id} in this vault")
+            current = dict(zip(_UPDATABLE, row, strict=True))
             if new_tags is not None or added or removed:
-                result = list(new_tags if new_tags is not None else json.loads(row[0]))
+                result = list(new_tags if new_tags is not None else json.loads(current["tags"]))
                 result += [t for t in added if t not in result]
                 result = models.check_tags([t for t in result if t not in removed])
-                changes["tags"] = json.dumps(result, ensure_ascii=False)
+                if result != json.loads(current["tags"]):
+                    changes["tags"] = json.dumps(result, ensure_ascii=False)
             if collection is not UNSET:
                 changes["collection_id"] = resolve_collection(conn, self.user_id, collection) if collection is not None else None
+            # A value already there is no change: no UPDATE, so no outbox entry and no newer updated_at
+            # (which would win over a later edit made on the server).
+            changes = {column: value for column, value in changes.items()
+                       if column == "tags" or current[column] != value}
             if changes:
                 assignments = ", ".join(f"{column} = ?" for column in changes)
                 conn.execute(f"UPDATE user_library SET {assignments} WHERE id = ?", (*changes.values(), asset_id))
@@ -319,6 +326,10 @@ class Library:
                 raise NotFoundError(f"no library asset {asset_id} in this vault")
             pending.queue_delete(conn, LIBRARY_BUCKET, row[0])
         pending.drain(self._db, self._files)
+
+
+#: The columns :meth:`Library.update` may change.
+_UPDATABLE = ("title", "is_favorite", "visibility", "tags", "collection_id")
 
 
 def _visibility(value: Visibility | str) -> Visibility:

@@ -137,13 +137,23 @@ def check_title(value: Any) -> str | None:
 
 
 def check_name(value: Any) -> str:
-    return _check_text(value, "collection name", MAX_NAME_CHARS, allow_newlines=False, allow_empty=False).strip()
+    """A collection's name; not shaped as an id, since a collection is named by id or name (another
+    collection's id as a name would make every call by that name act on the other collection)."""
+    name = _check_text(value, "collection name", MAX_NAME_CHARS, allow_newlines=False, allow_empty=False).strip()
+    try:
+        uuid.UUID(name)
+    except ValueError:
+        return name
+    raise InvalidInputError(f"collection name {name!r} has the shape of an id, and collections are named by id "
+                            "or name; choose another name")
 
 
 def check_description(value: Any) -> str | None:
+    """A description; None (no description) for None or blank text."""
     if value is None:
         return None
-    return _check_text(value, "description", MAX_DESCRIPTION_CHARS, allow_newlines=True, allow_empty=True)
+    text = _check_text(value, "description", MAX_DESCRIPTION_CHARS, allow_newlines=True, allow_empty=True)
+    return text if text.strip() else None
 
 
 def check_path(value: Any, what: str) -> Path:

@@ -1093,6 +1093,43 @@ def test_outbox_rows_for_library_and_collections_only(vault: Vault, make_image):
     ]
 
 
+def test_an_update_that_changes_nothing_queues_nothing(vault: Vault, make_image):
+    """A value already there is no change: no outbox entry to sync, and updated_at (the last writer's
+    stamp, which would win over a later edit on the server) stays as it was."""
+    vault.collections.create("Foxes", description="red ones")
+    kept = vault.library.save(vault.workspace.add(make_image(seed=1)).id, title="Fox", tags=["fox"],
+                              collection="Foxes", favorite=True, visibility="unlisted")
+    before = outbox(vault)
+    for same in ({"title": "Fox"}, {"tags": ["fox"]}, {"add_tags": ["fox"]}, {"remove_tags": ["wolf"]},
+                 {"favorite": True}, {"visibility": "unlisted"}, {"collection": "Foxes"},
+                 {"title": "Fox", "favorite": True, "tags": ["fox"]}):
+        assert vault.library.update(kept.id, **same).updated_at == kept.updated_at, same
+    vault.collections.describe("Foxes", "red ones")
+    vault.collections.rename("Foxes", "Foxes")
+    assert outbox(vault) == before
+    changed = vault.library.update(kept.id, title="Fox", favorite=False)  # one change among same values
+    assert changed.title == "Fox" and changed.is_favorite is False
+    assert outbox(vault)[len(before):] == [("user_library", kept.id, "update")]
+
+
+def test_blank_description_is_no_description(vault: Vault):
+    assert vault.collections.create("A", description="").description is None
+    vault.collections.describe("A", "something")
+    assert vault.collections.describe("A", "  \n").description is None
+    assert vault.collections.create("B", description=" x ").description == " x "
+
+
+def test_collection_name_shaped_as_an_id_is_refused(vault: Vault):
+    """Collections are named by id or name: another's id as a name made calls by that name act on the other."""
+    holiday = vault.collections.create("Holiday")
+    for name in (holiday.id, holiday.id.upper(), str(uuid.uuid4())):
+        with pytest.raises(InvalidInputError, match="shape of an id"):
+            vault.collections.create(name)
+        with pytest.raises(InvalidInputError, match="shape of an id"):
+            vault.collections.rename("Holiday", name)
+    assert [c.name for c in vault.collections.list()] == ["Holiday"]
+
+
 def test_verify_reads_rows_in_pages(vault: Vault, make_image, monkeypatch: pytest.MonkeyPatch):
     """Rows and files are read a page at a time (pages of 2 here): each is checked once, none skipped."""
     from localvault import verify as verify_module
