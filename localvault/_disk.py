@@ -53,7 +53,7 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` on the local disk: temp file, fsync, rename, fsync folder."""
-    temp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+    temp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}")
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:

@@ -351,7 +351,8 @@ class FileStore:
 
     def export(self, bucket: str, relative: str, destination: Path) -> None:
         """Copy a file out of the vault to a local path, atomically."""
-        temp = destination.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{destination.name}")
+        # Only the random part: the name beside it would push a long legal name past the 255-byte limit.
+        temp = destination.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}")
         try:
             with self.open(bucket, relative) as reader, open(temp, "xb") as writer:
                 shutil.copyfileobj(reader, writer, CHUNK)

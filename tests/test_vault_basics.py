@@ -493,6 +493,8 @@ def test_export(vault: Vault, make_image, tmp_path: Path):
     assert not [p for p in out.iterdir() if p.name.startswith(TEMP_PREFIX)]
     made = vault.export(kept.id, f"{tmp_path}/new/")  # a path ending in / is a folder, made if needed
     assert made == tmp_path / "new" / f"{kept.id}.jpg" and made.read_bytes() == source.read_bytes()
+    longest = out / ("n" * 251 + ".jpg")  # 255 bytes, the most a name may have (the temp name once had 37 more)
+    assert vault.export(kept.id, longest).read_bytes() == source.read_bytes()
 
 
 def test_a_job_with_no_index_left_refuses_the_next_file(vault: Vault, make_image):
