@@ -72,7 +72,7 @@ def main() -> None:
         stop = threading.Event()
 
         def poll() -> None:
-            conn = sqlite3.connect(f"file:{work / 'vault' / 'vault.db'}?mode=ro", uri=True, isolation_level=None)
+            conn = sqlite3.connect(f"{(work / 'vault' / 'vault.db').as_uri()}?mode=ro", uri=True, isolation_level=None)
             last = 0
             while not stop.is_set():
                 rows = conn.execute("SELECT rowid, sha256 FROM workspace_assets WHERE rowid > ?", (last,)).fetchall()

@@ -119,7 +119,9 @@ class Database:
                 NetworkFilesystemWarning,
                 stacklevel=3,
             )
-        uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
+        # As a URI (for mode=ro), quoted: a folder named "renders #2" or "what?" or "50%" is a name, not a
+        # fragment, a query or an escape.
+        uri = f"{path.absolute().as_uri()}?mode={'ro' if readonly else 'rwc'}"
         try:
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
                                    check_same_thread=False)

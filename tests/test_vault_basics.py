@@ -79,6 +79,21 @@ def test_create_open_reopen(tmp_path: Path, make_image):
         assert other.workspace.count() == 0
 
 
+@pytest.mark.parametrize("name", ["renders #2", "what?", "50%20off", "100%", "a b&c=d"])
+def test_a_vault_folder_name_with_uri_characters_opens_its_own_database(tmp_path: Path, make_image, name: str):
+    """The database is opened by URI: '#', '?' and '%' in the folder's name once opened another file
+    (``renders `` beside the folder), and the vault looked empty after a rename."""
+    root = tmp_path / name
+    with Vault.create(root, user_id=USER_A) as vault:
+        asset = vault.workspace.add(make_image(seed=5))
+    assert {p.name for p in tmp_path.iterdir()} - {"src"} == {name}  # (src/: make_image's)
+    assert (root / "vault.db").stat().st_size > 0
+    with Vault.open(root) as vault:
+        assert vault.workspace.get(asset.id).sha256 == asset.sha256
+    with Vault.open(root, readonly=True) as vault:
+        assert vault.workspace.count() == 1
+
+
 def test_a_vault_whose_database_is_gone_is_not_taken_for_an_empty_folder(tmp_path: Path, make_image):
     """A new vault there would take the files for orphans (and verify --repair would delete them)."""
     with Vault.create(tmp_path / "v") as vault:
