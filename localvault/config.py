@@ -7,7 +7,6 @@ storage keys).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import tomli_w
 from platformdirs import user_data_dir
 
 from .errors import InvalidInputError, StorageError, VaultCorruptError
@@ -266,40 +266,21 @@ class VaultConfig:
         )
 
     def save(self, folder: Path) -> None:
-        """Write the file atomically, mode 0600."""
+        """Write the file atomically, mode 0600; InvalidInputError (nothing written) for a value TOML cannot hold."""
         from ._disk import atomic_write_bytes
 
-        lines = ["# localvault vault settings", f"user_id = {_toml_str(self.user_id)}", ""]
+        data: dict[str, Any] = {"user_id": self.user_id}
         if self.remote is not None:
-            lines += [
-                "[remote]",
-                f"database_url = {_toml_str(self.remote.database_url)}",
-                f"bucket_url = {_toml_str(self.remote.bucket_url)}",
-                "",
-            ]
+            data["remote"] = {"database_url": self.remote.database_url, "bucket_url": self.remote.bucket_url}
             if self.remote.storage_options:
-                lines += ["[remote.storage_options]"]
-                lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in self.remote.storage_options.items()]
-                lines.append("")
-        atomic_write_bytes(folder / CONFIG_NAME, "\n".join(lines).encode(), mode=0o600)
-
-
-def _toml_str(value: str) -> str:
-    # A JSON string is a valid TOML basic string.
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _toml_key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else _toml_str(key)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_str(value)
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise InvalidInputError(f"storage option value {value!r} cannot be saved; use text, numbers, booleans or tables")
+                data["remote"]["storage_options"] = dict(self.remote.storage_options)
+        try:
+            text = tomli_w.dumps(data)
+            written_back = tomllib.loads(text) == data  # what cannot be read back must not replace good settings
+        except (TypeError, ValueError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidInputError(f"these settings cannot be saved as TOML ({exc}); use text, numbers, booleans, "
+                                    "lists or tables") from None
+        if not written_back:
+            raise InvalidInputError("these settings do not read back the same from TOML; use text, numbers, booleans, "
+                                    "lists or tables")
+        atomic_write_bytes(folder / CONFIG_NAME, ("# localvault vault settings\n" + text).encode(), mode=0o600)

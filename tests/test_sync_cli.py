@@ -93,6 +93,28 @@ def test_remote_set_writes_a_private_toml(vault_path: Path, s3_bucket: Any) -> N
         assert vault.config.remote is not None and vault.config.remote.bucket_url == f"s3://{s3_bucket.name}"
 
 
+def test_remote_set_with_any_storable_text_writes_toml_that_reads_back(vault_path: Path) -> None:
+    """A non-ASCII option key (written bare, which TOML forbids) and a DEL character (left raw) made a
+    localvault.toml that no later command could read, 'remote set' included."""
+    url = "postgresql://u:p@h/db?application_name=a\x7fb"
+    ok(run("--vault", str(vault_path), "remote", "set", "--database-url", url, "--bucket", "s3://lib",
+           "--option", "région=1", "--option", 'tête={"clé": "\\u00e9"}'))
+    with Vault.open(vault_path) as vault:
+        assert vault.config.remote is not None
+        assert vault.config.remote.database_url == url
+        assert vault.config.remote.storage_options == {"région": 1, "tête": {"clé": "é"}}
+    assert "s3://lib" in ok(run("--vault", str(vault_path), "remote", "show")).stdout
+
+
+def test_remote_set_refuses_an_option_toml_cannot_hold_and_keeps_the_settings(vault_path: Path) -> None:
+    ok(run("--vault", str(vault_path), "remote", "set", "--database-url", "postgresql://u:p@h/db", "--bucket", "s3://lib"))
+    result = run("--vault", str(vault_path), "remote", "set", "--database-url", "postgresql://u:p@h/db2",
+                 "--bucket", "s3://lib2", "--option", "retries=null")
+    assert result.exit_code == 3 and "TOML" in result.stderr, (result.exit_code, result.stderr)
+    with Vault.open(vault_path) as vault:
+        assert vault.config.remote is not None and vault.config.remote.bucket_url == "s3://lib"
+
+
 def test_status_dry_run_sync_json(vault_path: Path, server: str, s3_bucket: Any, tmp_path: Path) -> None:
     _set_remote(vault_path, server, s3_bucket)
     ids = _add(vault_path, tmp_path, 3)
