@@ -214,6 +214,8 @@ class Vault:
             if _holds_files(root):
                 raise VaultCorruptError(f"{root} holds a vault's files but no {DB_NAME}: restore {DB_NAME} from a "
                                         "backup (a new vault there would take its files for orphans)")
+            if root.exists() and not root.is_dir():
+                raise NotFoundError(f"{root} is a file, not a vault folder; give the vault's folder")
             raise NotFoundError(f"no vault at {root}; create one with 'localvault init {root}'")
         if _empty_database(root / DB_NAME) and _holds_files(root):  # else it would open as a new, empty vault
             raise VaultCorruptError(f"{root / DB_NAME} is empty (a copy or restore cut short?) but the vault holds "

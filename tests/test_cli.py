@@ -115,6 +115,7 @@ def test_with_json_a_failure_is_json_on_stdout_too(tmp_path: Path, args: list[st
     result = CliRunner().invoke(main, ["--vault", str(vault_path), *args, "--json"])
     assert result.exit_code == code and result.stderr.startswith("error:"), (result.output, result.stderr)
     failure = json.loads(result.stdout)["error"]
+    assert result.stdout.count("\n") == 1  # one line: a JSON Lines record too, under 'watch --json'
     assert failure["exit_code"] == code and failure["kind"] == kind and failure["message"] in result.stderr
     plain = CliRunner().invoke(main, ["--vault", str(vault_path), *args])
     assert plain.exit_code == code and plain.stdout == ""  # without --json, stdout stays empty
@@ -137,9 +138,17 @@ def test_with_json_a_usage_error_or_a_bug_is_json_on_stdout_too(tmp_path: Path, 
     assert json.loads(crashed.stdout)["error"] == {"message": "RuntimeError: boom", "exit_code": 1, "kind": "InternalError"}
 
 
-def test_missing_vault_is_a_clear_error(tmp_path: Path) -> None:
+def test_missing_vault_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result = CliRunner().invoke(main, ["--vault", str(tmp_path / "none"), "ls"])
     assert result.exit_code == 2 and "no vault at" in result.output and "Traceback" not in result.output
+    (tmp_path / "notes.txt").write_text("x")
+    a_file = CliRunner().invoke(main, ["--vault", str(tmp_path / "notes.txt"), "ls"])
+    assert a_file.exit_code == 2 and "is a file, not a vault folder" in a_file.output and "init" not in a_file.output
+    # '--vault "$UNSET"' once acted on a vault in the current folder
+    Vault.create(tmp_path / "here", user_id=USER).close()
+    monkeypatch.chdir(tmp_path / "here")
+    empty = CliRunner().invoke(main, ["--vault", "", "ls", "workspace"])
+    assert empty.exit_code == 2 and "'--vault': is empty" in empty.output
 
 
 def test_network_filesystem_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,7 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from conftest import USER_A, USER_B, bucket_files, mp4_bytes, raw_connection, without_dac_override, write_media
@@ -510,6 +511,26 @@ def test_export(vault: Vault, make_image, tmp_path: Path):
     assert made == tmp_path / "new" / f"{kept.id}.jpg" and made.read_bytes() == source.read_bytes()
     longest = out / ("n" * 251 + ".jpg")  # 255 bytes, the most a name may have (the temp name once had 37 more)
     assert vault.export(kept.id, longest).read_bytes() == source.read_bytes()
+
+
+def test_export_cut_short_by_ctrl_c_leaves_no_temporary_file(vault: Vault, make_image, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch):
+    import localvault.files
+
+    kept = vault.library.save(vault.workspace.add(make_image(seed=6)).id)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def copy_then_ctrl_c(reader: BinaryIO, writer: BinaryIO, length: int = 0) -> None:  # a Ctrl-C after the first chunk
+        writer.write(reader.read(100))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(localvault.files.shutil, "copyfileobj", copy_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        vault.export(kept.id, out / "fox.png")
+    assert list(out.iterdir()) == []
+    monkeypatch.undo()
+    assert vault.export(kept.id, out / "fox.png").stat().st_size == kept.file_size_bytes
 
 
 def test_a_job_with_no_index_left_refuses_the_next_file(vault: Vault, make_image):

@@ -64,7 +64,8 @@ class VaultGroup(click.Group):
 
     def _json_error(self, message: str, exit_code: int, kind: str) -> None:
         if self.json_in_args:
-            output.print_json({"error": {"message": message, "exit_code": exit_code, "kind": kind}})
+            # On one line: valid JSON for any command, and a JSON Lines record under 'watch --json'.
+            output.print_json({"error": {"message": message, "exit_code": exit_code, "kind": kind}}, line=True)
 
 
 class Context:
@@ -95,15 +96,17 @@ def json_option(help: str = "Print JSON.") -> Callable[[F], F]:
 
 
 @click.group(cls=VaultGroup)
-@click.option("--vault", "vault_path", type=click.Path(path_type=Path), envvar="LOCALVAULT_PATH",
+@click.option("--vault", "vault_path", type=click.Path(), envvar="LOCALVAULT_PATH",
               help="Vault folder (default: $LOCALVAULT_PATH or the platform's user data folder).")
 @click.option("--user", "user_id", help="Act as this user of a shared vault (default: the vault's user).")
 @click.version_option(package_name="localvault")
 @click.pass_context
-def main(ctx: click.Context, vault_path: Path | None, user_id: str | None) -> None:
+def main(ctx: click.Context, vault_path: str | None, user_id: str | None) -> None:
     """localvault: keep AI-generated images and videos in a local vault, and sync them."""
     output.show_library_logs()
-    state = Context(vault_path or default_vault_path(), user_id)
+    if vault_path == "":  # ('--vault "$UNSET"' would otherwise act on a vault in the current folder)
+        raise click.BadParameter("is empty; give the vault's folder", param_hint="'--vault'")
+    state = Context(Path(vault_path) if vault_path is not None else default_vault_path(), user_id)
     ctx.obj = state
     ctx.call_on_close(state.close)
 
