@@ -7,6 +7,7 @@ busy_timeout says, so the write lock is taken up front and waits politely.
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import warnings
@@ -96,6 +97,21 @@ def _filesystem_type(path: Path) -> str | None:
     return best_type
 
 
+def on_read_only_filesystem(path: Path) -> bool:
+    """Whether ``path`` lies on a filesystem mounted read-only (a backup disk, a snapshot)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # (no statvfs on Windows)
+        return False
+
+
+def _wal_holds_changes(path: Path) -> bool:
+    try:
+        return os.stat(f"{path}-wal").st_size > 0
+    except OSError:
+        return False
+
+
 class Database:
     """One SQLite connection to a vault's ``vault.db``, configured for several writers."""
 
@@ -122,6 +138,15 @@ class Database:
         # As a URI (for mode=ro), quoted: a folder named "renders #2" or "what?" or "50%" is a name, not a
         # fragment, a query or an escape.
         uri = f"{path.absolute().as_uri()}?mode={'ro' if readonly else 'rwc'}"
+        if readonly and on_read_only_filesystem(path.parent):
+            # SQLite cannot make the -shm file a reader of a WAL database needs there. Nothing can change
+            # the file meanwhile, so it is read as immutable: unless its -wal holds changes not yet folded
+            # in, which that would not see.
+            if _wal_holds_changes(path):
+                raise StorageError(f"{path} is on a read-only filesystem and its {path.name}-wal holds changes not "
+                                   "yet written into it; mount it writable once (any localvault command there "
+                                   "folds them in), then read it")
+            uri += "&immutable=1"
         try:
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
                                    check_same_thread=False)
@@ -150,8 +175,13 @@ class Database:
                 raise VaultCorruptError(
                     f"{path} is not a readable localvault database ({text}); restore it from a backup"
                 ) from None
+            if not readonly and on_read_only_filesystem(path.parent):
+                raise StorageError(f"{path.parent} is on a read-only filesystem: mount it writable to change the "
+                                   "vault (reading it works: Vault.open(..., readonly=True), and the CLI's ls, show, "
+                                   "export and verify)") from None
             if "readonly" in text or "unable to open" in text:
-                raise StorageError(f"cannot open {path} for writing ({text}); check the folder's permissions") from None
+                doing = "to read it" if readonly else "for writing"
+                raise StorageError(f"cannot open {path} {doing} ({text}); check the folder's permissions") from None
             raise
         return db
 

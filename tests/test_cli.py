@@ -317,3 +317,54 @@ def test_watch_still_shows_the_warning_of_a_file_set_aside(capsys: pytest.Captur
         assert "had no row; moved" in err and "x.png" not in err
     finally:
         output.show_library_logs(False)
+
+
+_READ_ONLY_MEDIA_SCRIPT = """
+import json, subprocess, sys
+from pathlib import Path
+from click.testing import CliRunner
+from PIL import Image
+from localvault import Vault
+from localvault.cli import main
+
+mount, work, user = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
+Image.new("RGB", (8, 8), (1, 2, 3)).save(work / "a.png")
+with Vault.create(mount / "vault", user_id=user) as vault:
+    kept = vault.library.save(vault.workspace.add(work / "a.png").id, title="Fox")
+subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+root = str(mount / "vault")
+out = {}
+for name, args in {"ls": ["ls", "library", "--json"], "show": ["show", kept.id, "--json"],
+                   "verify": ["verify", "--json"], "export": ["export", kept.id, str(work / "out.png"), "--json"],
+                   "status": ["status", "--offline", "--json"], "save": ["collections", "create", "X", "--json"]}.items():
+    result = CliRunner().invoke(main, ["--vault", root, *args])
+    out[name] = [result.exit_code, result.stdout, result.stderr]
+with Vault.open(root, readonly=True) as vault:
+    out["api_title"] = vault.library.get(kept.id).title
+out["exported"] = (work / "out.png").read_bytes() == (work / "a.png").read_bytes()
+print(json.dumps(out))
+"""
+
+
+def test_a_vault_on_a_read_only_filesystem_can_be_read(tmp_path: Path) -> None:
+    """A backup disk or a snapshot: SQLite cannot make the -shm file a reader of a WAL database needs, so
+    every command failed ('cannot open … for writing'). Commands that only read now open it read-only
+    (immutable); one that writes says the filesystem is read-only. The filesystem is a real tmpfs mounted
+    read-only in a private mount namespace (unshare -m, as root)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "mnt").mkdir()
+    script = tmp_path / "script.py"
+    script.write_text(_READ_ONLY_MEDIA_SCRIPT)
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, str(script),
+                           str(tmp_path / "mnt"), str(tmp_path), USER], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"needs root (CAP_SYS_ADMIN) for unshare -m and mount: {done.stderr[-2000:]}"
+    out = json.loads(done.stdout.splitlines()[-1])
+    for name in ("ls", "show", "verify", "export", "status"):
+        assert out[name][0] == 0, (name, out[name])
+    assert json.loads(out["ls"][1])["items"][0]["title"] == "Fox" and json.loads(out["verify"][1])["clean"]
+    assert out["exported"] and out["api_title"] == "Fox"
+    code, _stdout, stderr = out["save"]
+    assert code == 8 and "read-only filesystem: mount it writable" in stderr, out["save"]

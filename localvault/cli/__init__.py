@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from ..config import default_vault_path
+from ..db import on_read_only_filesystem
 from ..errors import LocalVaultError
 from ..vault import Vault
 from . import output
@@ -76,8 +77,12 @@ class Context:
         self.user_id = user_id
         self._vault: Vault | None = None
 
-    def vault(self, readonly: bool = False, auto_cleanup: bool = True) -> Vault:
+    def vault(self, readonly: bool = False, auto_cleanup: bool = True, *, reads_only: bool = False) -> Vault:
+        """The vault, opened once. ``reads_only``: the command only reads, so a vault on a read-only
+        filesystem (a backup disk) is opened read-only rather than refused."""
         if self._vault is None:
+            if reads_only and not readonly and on_read_only_filesystem(self.vault_path):
+                readonly = True
             self._vault = Vault.open(self.vault_path, user_id=self.user_id, readonly=readonly,
                                      auto_cleanup=auto_cleanup)
         return self._vault

@@ -133,7 +133,7 @@ def status(ctx: Context, offline: bool, as_json: bool) -> None:
     """Online or offline, pending changes, refused changes, last sync, remote."""
     from ..sync import status as sync_status
 
-    state = sync_status(ctx.vault(), check_online=not offline)
+    state = sync_status(ctx.vault(reads_only=True), check_online=not offline)
     if as_json:
         output.print_json(state)
         return

@@ -70,7 +70,7 @@ def ls(ctx: Context, what: str, tags: tuple[str, ...], favorite: bool | None, co
     if what == "workspace" and (tags or favorite is not None or collection is not None or search is not None):
         raise InvalidInputError("--tag, --favorite, --collection and --search filter the library; "
                                 "'ls workspace' takes --limit and --cursor only")
-    vault = ctx.vault()
+    vault = ctx.vault(reads_only=True)
     if what == "workspace":
         page = vault.workspace.list(limit=limit, cursor=cursor)
     else:
@@ -155,7 +155,7 @@ def rm(ctx: Context, asset_id: str, as_json: bool) -> None:
 @pass_ctx
 def show(ctx: Context, asset_id: str, as_json: bool) -> None:
     """Show one asset with its prompt, seed, model and settings."""
-    asset = ctx.vault().get(asset_id)
+    asset = ctx.vault(reads_only=True).get(asset_id)
     if as_json:
         output.print_json(asset)
         return
@@ -189,7 +189,7 @@ def cleanup(ctx: Context, as_json: bool) -> None:
 def verify(ctx: Context, repair: bool, quick: bool, as_json: bool) -> None:
     """Check every row against its file: orphans, missing files, hash mismatches."""
     with output.progress_bars(not as_json) as progress:
-        result = ctx.vault().verify(repair=repair, check_hashes=not quick, progress=progress)
+        result = ctx.vault(reads_only=not repair).verify(repair=repair, check_hashes=not quick, progress=progress)
     if as_json:
         output.print_json({**output.to_jsonable(result), "clean": result.clean})
     else:
@@ -224,7 +224,7 @@ def verify(ctx: Context, repair: bool, quick: bool, as_json: bool) -> None:
 @pass_ctx
 def export(ctx: Context, asset_id: str, dest: str, as_json: bool) -> None:
     """Copy an asset's file out of the vault to DEST (a file, or a folder: one that exists or DEST ending in /)."""
-    written = ctx.vault().export(asset_id, dest)
+    written = ctx.vault(reads_only=True).export(asset_id, dest)
     if as_json:
         output.print_json({"written": str(written)})
     else:
@@ -251,7 +251,7 @@ def collections_create(ctx: Context, name: str, description: str | None, as_json
 @pass_ctx
 def collections_ls(ctx: Context, as_json: bool) -> None:
     """List collections with their asset counts."""
-    found = ctx.vault().collections.list()
+    found = ctx.vault(reads_only=True).collections.list()
     if as_json:
         output.print_json(found)
     else:
