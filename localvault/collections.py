@@ -52,7 +52,7 @@ class Collections:
                 "INSERT INTO user_collections (id, user_id, name, description) VALUES (?, ?, ?, ?)",
                 (collection_id, self.user_id, name, description),
             )
-        return self.get(collection_id)
+            return self.get(collection_id)  # in the transaction: what was committed, whatever comes next
 
     def _check_free(self, conn: sqlite3.Connection, name: str) -> None:
         if conn.execute("SELECT 1 FROM user_collections WHERE user_id = ? AND name = ?", (self.user_id, name)).fetchone():
@@ -80,7 +80,7 @@ class Collections:
             if current != new_name:
                 self._check_free(conn, new_name)
                 conn.execute("UPDATE user_collections SET name = ? WHERE id = ?", (new_name, collection_id))
-        return self.get(collection_id)
+            return self.get(collection_id)
 
     def describe(self, ref: str, description: str | None) -> Collection:
         description = models.check_description(description)
@@ -88,7 +88,7 @@ class Collections:
             collection_id = resolve(conn, self.user_id, ref)
             conn.execute("UPDATE user_collections SET description = ? WHERE id = ? AND description IS NOT ?",
                          (description, collection_id, description))  # the same text: no change to sync
-        return self.get(collection_id)
+            return self.get(collection_id)
 
     def delete(self, ref: str) -> None:
         """Delete a collection; its assets stay in the library, outside any collection."""

@@ -90,11 +90,12 @@ class Library:
                     (asset_id, self.user_id, source[1], relative, *source[2:12], source[12], *fields, collection_id,
                      workspace_asset_id),
                 )
+                saved = self.get(asset_id)  # in the transaction: what was committed, whatever comes next
         except BaseException:
             if linked is not None and not self._db.has_row("user_library", asset_id):  # committed: keep its file
                 self._files.remove(LIBRARY_BUCKET, linked)
             raise
-        return self.get(asset_id)
+        return saved
 
     def add(
         self,
@@ -138,6 +139,7 @@ class Library:
                      values.settings, facts.width, facts.height,
                      prepared.staged.sha256, *fields, collection_id),
                 )
+                added = self.get(asset_id)  # in the transaction: what was committed, whatever comes next
         except BaseException:
             if self._db.has_row("user_library", asset_id):  # a Ctrl-C during COMMIT, raised after it
                 raise
@@ -146,7 +148,7 @@ class Library:
             else:
                 self._files.discard(prepared.staged)
             raise
-        return self.get(asset_id)
+        return added
 
     @staticmethod
     def _check_fields(title: str | None, tags: Iterable[str], favorite: bool, visibility: Visibility | str) -> tuple[Any, ...]:
@@ -309,7 +311,7 @@ class Library:
             if changes:
                 assignments = ", ".join(f"{column} = ?" for column in changes)
                 conn.execute(f"UPDATE user_library SET {assignments} WHERE id = ?", (*changes.values(), asset_id))
-        return self.get(asset_id)
+            return self.get(asset_id)  # in the transaction: what was committed, whatever comes next
 
     def move(self, asset_id: str, collection: str | None) -> LibraryAsset:
         """Move an asset into a collection (by name or id), or out of any with None."""

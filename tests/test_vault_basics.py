@@ -10,9 +10,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pytest
 from conftest import USER_A, USER_B, bucket_files, mp4_bytes, raw_connection, without_dac_override, write_media
@@ -1129,6 +1130,43 @@ def test_outbox_rows_for_library_and_collections_only(vault: Vault, make_image):
         ("user_library", direct.id, "delete"),
         ("user_collections", coll.id, "delete"),
     ]
+
+
+def test_a_call_returns_what_it_committed_though_another_process_deletes_it_at_once(
+        vault: Vault, make_image, monkeypatch: pytest.MonkeyPatch):
+    """save, add, update, create, rename and describe once read their row back after the commit: another
+    process deleting it in between made a call that had succeeded raise NotFoundError."""
+    from contextlib import contextmanager
+
+    write = vault.db.write
+
+    @contextmanager
+    def others_delete_all_just_after_the_commit(**options: Any) -> Iterator[sqlite3.Connection]:
+        with write(**options) as conn:
+            yield conn
+        other = raw_connection(vault.root)  # another process, right after our COMMIT
+        other.execute("UPDATE user_library SET collection_id = NULL")
+        other.execute("DELETE FROM user_library")
+        other.execute("DELETE FROM user_collections")
+        other.close()
+
+    ws = vault.workspace.add(make_image(seed=1))
+    monkeypatch.setattr(vault.db, "write", others_delete_all_just_after_the_commit)
+    assert vault.library.save(ws.id, title="Fox").title == "Fox"
+    assert vault.library.add(make_image(seed=3), title="Wolf").title == "Wolf"
+    assert vault.collections.create("Foxes", description="red").description == "red"
+    monkeypatch.undo()
+    kept = vault.library.add(make_image(seed=4), title="a")
+    monkeypatch.setattr(vault.db, "write", others_delete_all_just_after_the_commit)
+    assert vault.library.update(kept.id, title="b").title == "b"
+    monkeypatch.undo()
+    vault.collections.create("C1")
+    monkeypatch.setattr(vault.db, "write", others_delete_all_just_after_the_commit)
+    assert vault.collections.rename("C1", "C2").name == "C2"
+    monkeypatch.undo()
+    vault.collections.create("C3")
+    monkeypatch.setattr(vault.db, "write", others_delete_all_just_after_the_commit)
+    assert vault.collections.describe("C3", "new").description == "new"
 
 
 def test_an_update_that_changes_nothing_queues_nothing(vault: Vault, make_image):
