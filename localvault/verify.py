@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -98,7 +99,8 @@ def verify(db: Database, files: FileStore, *, repair: bool = False, check_hashes
     row without its file is never removed, since its deletion would be synced
     and remove the server's good copy: it is listed as unrepairable, to
     restore its file or delete it on purpose. Repair refuses to start when a
-    bucket's folder is missing altogether (a disk not mounted?).
+    bucket's folder, or a user's folder in it, is missing while rows have
+    their files there (a disk not mounted?).
     """
     if repair:
         _check_repairable(db, files)
@@ -146,12 +148,46 @@ def verify(db: Database, files: FileStore, *, repair: bool = False, check_hashes
 
 
 def _check_repairable(db: Database, files: FileStore) -> None:
+    """Refuse a repair that would take an absent disk for lost files: a bucket's folder, or a user's folder in
+    it, missing while rows use it (a mount point not mounted is an empty folder: every row would look missing,
+    and every workspace row would be deleted)."""
     if db.readonly:
         raise StorageError("this vault is open read-only; open it for writing to repair it")
-    for bucket in (kind.bucket for kind in _KINDS):
-        if not files.fs.isdir(f"{files.root}/{bucket}"):
-            raise StorageError(f"the folder {files.root}/{bucket} is missing: is the disk mounted? Nothing was "
+    for kind in _KINDS:
+        base = f"{files.root}/{kind.bucket}"
+        if not _is_folder(files, base):
+            raise StorageError(f"the folder {base} is missing: is the disk mounted? Nothing was "
                                "repaired; run 'localvault verify' without --repair to see what is wrong")
+        for owner, rows in _row_owners(db, kind):
+            if not _is_folder(files, f"{base}/{owner}"):
+                raise _absent_folder(f"{base}/{owner}", rows)
+
+
+def _absent_folder(folder: str, rows: int) -> StorageError:
+    files_in_it = "asset has its file" if rows == 1 else "assets have their file"
+    return StorageError(f"the folder {folder} is missing, but {rows} {files_in_it} in it: is the disk mounted? "
+                        "Nothing was repaired; run 'localvault verify' without --repair to see what is wrong (if "
+                        "those files are gone for good, make that folder, empty, and repair again)")
+
+
+def _row_owners(db: Database, kind: _Kind) -> list[tuple[str, int]]:
+    """Each first folder of this kind's paths (the user's folder) and how many rows use it."""
+    folder = f"substr({kind.column}, 1, instr({kind.column}, '/') - 1)"
+    return db.conn.execute(f"SELECT {folder} AS owner, count(*) FROM {kind.table} "
+                           f"WHERE instr({kind.column}, '/') > 1 GROUP BY owner").fetchall()
+
+
+def _is_folder(files: FileStore, path: str) -> bool:
+    """Whether a folder is at ``path``; StorageError when that cannot be told (no permission to look)."""
+    if not files.local:
+        return bool(files.fs.isdir(path))
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise StorageError(f"cannot look at the folder {path}: {exc.strerror or exc}; fix its permissions, "
+                           "then repair again (nothing was repaired)") from None
 
 
 def _wait_for_writers(db: Database) -> None:

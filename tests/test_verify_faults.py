@@ -1,0 +1,82 @@
+"""verify and verify --repair facing a disk that is not there, files it cannot read and odd names.
+
+Real files throughout; permissions are made real for root by dropping CAP_DAC_OVERRIDE (``without_dac_override``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import USER_A, USER_B
+
+from localvault import Vault
+from localvault.errors import NotFoundError, StorageError
+from localvault.files import LIBRARY_BUCKET, WORKSPACE_BUCKET
+
+
+def _unmount(vault: Vault, bucket: str) -> Path:
+    """Emulate a bucket's disk not mounted: its files go aside, its folder stays, empty (a bare mount point)."""
+    folder = vault.root / bucket
+    aside = vault.root.parent / f"{bucket}-disk"
+    os.rename(folder, aside)
+    folder.mkdir()
+    return aside
+
+
+def _mount(vault: Vault, bucket: str, aside: Path) -> None:
+    os.rmdir(vault.root / bucket)
+    os.rename(aside, vault.root / bucket)
+
+
+# ------------------------------------------------------------- a disk not mounted
+
+
+def test_repair_refuses_when_a_bucket_folder_is_there_but_empty(vault: Vault, make_image):
+    """Before: an unmounted mount point passed the check, and repair deleted every workspace row."""
+    assets = [vault.workspace.add(make_image(seed=i), prompt=f"prompt {i}") for i in range(3)]
+    kept = vault.library.add(make_image(seed=9))
+    aside = _unmount(vault, WORKSPACE_BUCKET)
+    with pytest.raises(StorageError, match=f"{USER_A} is missing, but 3 assets .*is the disk mounted"):
+        vault.verify(repair=True)
+    assert vault.workspace.count() == 3 and vault.library.get(kept.id)
+    assert not any((vault.root / "recovered").rglob("*"))  # nothing moved either
+    assert len(vault.verify().missing) == 3  # reported, not repaired
+    _mount(vault, WORKSPACE_BUCKET, aside)
+    assert vault.verify().clean and all(vault.workspace.get(a.id).original_prompt == f"prompt {i}" for i, a in enumerate(assets))
+
+
+def test_repair_refuses_when_one_users_folder_is_missing(vault: Vault, other_user_vault: Vault, make_image):
+    """Another user's files there are no proof that this user's folder is not on a disk gone missing."""
+    vault.workspace.add(make_image(seed=1))
+    mine = other_user_vault.workspace.add(make_image(seed=2))
+    shutil.rmtree(vault.root / WORKSPACE_BUCKET / USER_B)
+    with pytest.raises(StorageError, match=f"{USER_B} is missing, but 1 asset has its file in it"):
+        vault.verify(repair=True)
+    assert other_user_vault.workspace.get(mine.id)
+    (vault.root / WORKSPACE_BUCKET / USER_B).mkdir()  # the way out the message gives: the files are gone for good
+    report = vault.verify(repair=True)
+    assert report.repaired == [f"{WORKSPACE_BUCKET}/{mine.temp_storage_path}"] and report.clean
+    with pytest.raises(NotFoundError):
+        other_user_vault.workspace.get(mine.id)
+
+
+def test_repair_of_one_lost_file_among_others_still_runs(vault: Vault, make_image):
+    lost = vault.workspace.add(make_image(seed=1))
+    other = vault.workspace.add(make_image(seed=2))
+    os.unlink(vault.workspace.file_path(lost))
+    os.unlink(vault.workspace.file_path(other))  # the bucket holds no file at all now, but its folders are there
+    report = vault.verify(repair=True)
+    assert sorted(report.repaired) == sorted(f"{WORKSPACE_BUCKET}/{a.temp_storage_path}" for a in (lost, other))
+    assert report.clean and vault.workspace.count() == 0
+
+
+def test_repair_refuses_when_the_library_bucket_is_empty(vault: Vault, make_image):
+    asset = vault.workspace.add(make_image(seed=1))
+    kept = vault.library.save(asset.id)
+    _unmount(vault, LIBRARY_BUCKET)
+    with pytest.raises(StorageError, match="is the disk mounted"):
+        vault.verify(repair=True)  # would restore the library file from its twin onto the bare mount point
+    assert not any((vault.root / LIBRARY_BUCKET).iterdir()) and vault.library.get(kept.id)
