@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -325,9 +326,15 @@ class FileStore:
         return os.path.exists(path) if self.local else self.fs.exists(path)
 
     def is_file(self, bucket: str, relative: str) -> bool:
-        """Whether a regular file (not a folder) is there."""
+        """Whether a regular file is there (False: nothing, or a folder). On the local disk, an OSError when
+        that cannot be told (no permission to look, a disk error): the file may well be there."""
         path = self.full_path(bucket, relative)
-        return os.path.isfile(path) if self.local else self.fs.isfile(path)
+        if not self.local:
+            return bool(self.fs.isfile(path))
+        try:
+            return stat.S_ISREG(os.stat(path).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     def size(self, bucket: str, relative: str) -> int | None:
         path = self.full_path(bucket, relative)

@@ -113,17 +113,13 @@ def verify(db: Database, files: FileStore, *, repair: bool = False, check_hashes
     for kind, relative, row_id, sha in _rows(db):
         result.checked += 1
         entry = f"{kind.bucket}/{relative}"
-        if check_hashes:
-            try:
-                digest = _sha256(files, kind.bucket, relative)
-            except OSError:  # there, but not readable: nothing to repair, and not to be replaced
-                result.unreadable.append(entry)
-                result.asset_ids[entry] = row_id
-                report(progress, "verify", advance=1, total=total)
-                continue
-            problem = result.missing if digest is None else result.mismatched if digest != sha else None
-        else:
-            problem = None if files.is_file(kind.bucket, relative) else result.missing
+        try:
+            problem = _problem(files, kind.bucket, relative, sha, result, check_hashes)
+        except OSError:  # there, but not readable: nothing to repair, and not to be replaced
+            result.unreadable.append(entry)
+            result.asset_ids[entry] = row_id
+            report(progress, "verify", advance=1, total=total)
+            continue
         if problem is not None:
             problem.append(entry)
             broken[entry] = (kind, row_id, sha)
@@ -229,6 +225,16 @@ def _with_rows(db: Database, kind: _Kind, paths: list[str]) -> set[str]:
     marks = ",".join("?" * len(paths))
     sql = f"SELECT {kind.column} FROM {kind.table} WHERE {kind.column} IN ({marks})"
     return {path for (path,) in db.conn.execute(sql, paths)}
+
+
+def _problem(files: FileStore, bucket: str, relative: str, sha: str, result: VerifyReport,
+             check_hashes: bool) -> list[str] | None:
+    """The list of ``result`` a row's file belongs in (missing, mismatched), None if it is fine; OSError when
+    a file may be there but cannot be read (or, without hashing, not even looked at)."""
+    if not check_hashes:
+        return None if files.is_file(bucket, relative) else result.missing
+    digest = _sha256(files, bucket, relative)
+    return result.missing if digest is None else result.mismatched if digest != sha else None
 
 
 def _sha256(files: FileStore, bucket: str, relative: str) -> str | None:

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import USER_A, USER_B
+from conftest import USER_A, USER_B, without_dac_override
 
 from localvault import Vault
 from localvault.errors import NotFoundError, StorageError
@@ -80,3 +80,25 @@ def test_repair_refuses_when_the_library_bucket_is_empty(vault: Vault, make_imag
     with pytest.raises(StorageError, match="is the disk mounted"):
         vault.verify(repair=True)  # would restore the library file from its twin onto the bare mount point
     assert not any((vault.root / LIBRARY_BUCKET).iterdir()) and vault.library.get(kept.id)
+
+
+# ------------------------------------------------------------- files it cannot read
+
+
+def test_quick_verify_calls_a_file_it_cannot_look_at_unreadable_and_repair_keeps_it(vault: Vault, make_image):
+    """Before: --quick asked os.path.isfile (False on EACCES), called the file missing, and --repair deleted
+    the workspace row, the only record of its prompt."""
+    asset = vault.workspace.add(make_image(seed=1), prompt="the only record of this prompt")
+    path = Path(vault.workspace.file_path(asset))
+    path.parent.chmod(0o644)  # listable, not searchable: a stat of the file in it fails with EACCES
+    try:
+        with without_dac_override():
+            report = vault.verify(check_hashes=False)
+            repaired = vault.verify(repair=True, check_hashes=False)
+    finally:
+        path.parent.chmod(0o755)
+    entry = f"{WORKSPACE_BUCKET}/{asset.temp_storage_path}"
+    assert report.unreadable == [entry] and report.missing == [] and report.asset_ids[entry] == asset.id
+    assert repaired.unreadable == [entry] and repaired.repaired == [] and not repaired.clean
+    assert vault.workspace.get(asset.id).original_prompt == "the only record of this prompt" and path.is_file()
+    assert vault.verify(check_hashes=False).clean
