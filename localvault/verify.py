@@ -222,9 +222,22 @@ def _row_still_there(db: Database, entry: str, problem: tuple[_Kind, str, str]) 
 
 def _with_rows(db: Database, kind: _Kind, paths: list[str]) -> set[str]:
     """Which of ``paths`` a row of this kind uses (lookups on the unique path index)."""
+    paths = [path for path in paths if _storable(path)]
+    if not paths:
+        return set()
     marks = ",".join("?" * len(paths))
     sql = f"SELECT {kind.column} FROM {kind.table} WHERE {kind.column} IN ({marks})"
     return {path for (path,) in db.conn.execute(sql, paths)}
+
+
+def _storable(path: str) -> bool:
+    """Whether a row can hold ``path``: a name that is not UTF-8 (Python holds its bytes as lone surrogates)
+    cannot be, so its file has no row."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _problem(files: FileStore, bucket: str, relative: str, sha: str, result: VerifyReport,
@@ -286,7 +299,7 @@ def _repair(db: Database, files: FileStore, result: VerifyReport, broken: dict[s
         stale = entry in result.stale_temps
         copy = None if stale else copy_to_recovered(files, bucket, relative)  # a long copy: before the lock
         with db.write() as conn:  # under the lock: a row may have claimed the path meanwhile
-            if pending.still_used(conn, bucket, relative):
+            if _storable(relative) and pending.still_used(conn, bucket, relative):
                 if copy is not None:
                     unlink_quietly(Path(copy))
             elif stale:

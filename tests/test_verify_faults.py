@@ -5,14 +5,17 @@ Real files throughout; permissions are made real for root by dropping CAP_DAC_OV
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from conftest import USER_A, USER_B, without_dac_override
 
 from localvault import Vault
+from localvault.cli import main
 from localvault.errors import NotFoundError, StorageError
 from localvault.files import LIBRARY_BUCKET, WORKSPACE_BUCKET
 
@@ -102,3 +105,37 @@ def test_quick_verify_calls_a_file_it_cannot_look_at_unreadable_and_repair_keeps
     assert repaired.unreadable == [entry] and repaired.repaired == [] and not repaired.clean
     assert vault.workspace.get(asset.id).original_prompt == "the only record of this prompt" and path.is_file()
     assert vault.verify(check_hashes=False).clean
+
+
+# ------------------------------------------------------------- odd names
+
+
+def test_a_file_whose_name_is_not_utf8_is_an_orphan_and_repair_moves_it(vault: Vault, make_image):
+    """Before: a UnicodeEncodeError from the row lookup, and neither verify nor repair could run."""
+    vault.workspace.add(make_image(seed=1))
+    folder = vault.root / LIBRARY_BUCKET / USER_A
+    folder.mkdir(parents=True, exist_ok=True)
+    name = os.fsdecode(b"bad\xff.png")  # copied in from another system
+    data = make_image(seed=2).read_bytes()
+    (folder / name).write_bytes(data)
+    entry = f"{LIBRARY_BUCKET}/{USER_A}/{name}"
+    assert vault.verify().orphans == [entry]
+    assert vault.verify(check_hashes=False).orphans == [entry]
+    repaired = vault.verify(repair=True)
+    assert repaired.orphans == [entry] and repaired.repaired == [entry] and repaired.clean
+    moved = Path(repaired.recovered[0])
+    assert moved == vault.root / "recovered" / LIBRARY_BUCKET / USER_A / name and moved.read_bytes() == data
+    assert not (folder / name).exists() and vault.verify().clean
+
+
+def test_cli_verify_prints_a_name_that_is_not_utf8(vault: Vault, make_image):
+    folder = vault.root / WORKSPACE_BUCKET / USER_A
+    folder.mkdir(parents=True, exist_ok=True)
+    name = os.fsdecode(b"bad\xff.png")
+    (folder / name).write_bytes(make_image(seed=2).read_bytes())
+    root = str(vault.root)
+    vault.close()
+    found = CliRunner().invoke(main, ["--vault", root, "verify", "--json"])
+    assert found.exit_code == 1 and json.loads(found.stdout)["orphans"] == [f"{WORKSPACE_BUCKET}/{USER_A}/{name}"]
+    repaired = CliRunner().invoke(main, ["--vault", root, "verify", "--repair"])
+    assert repaired.exit_code == 0 and "moved to: " in repaired.stdout and "vault is clean" in repaired.stdout
