@@ -13,7 +13,7 @@ import shutil
 import stat
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -129,9 +129,13 @@ def os_error(exc: OSError, path: object) -> StorageError:
 _LIBC: object = None
 
 
-def walk_files(base: str) -> Iterator[str]:
+def walk_files(base: str, on_error: Callable[[str, OSError], None] | None = None) -> Iterator[str]:
     """Files under ``base`` (relative, "/"-separated), streamed: unlike ``os.walk``, a folder of a
-    million files is never held as one list. Links to folders are not followed (as ``os.walk``)."""
+    million files is never held as one list. Links to folders are not followed (as ``os.walk``).
+
+    A folder that cannot be listed (no permission, a disk error) raises its OSError, or with ``on_error`` is
+    passed to it (its path relative to ``base``, ending in "/"; "" for ``base``) and the walk goes on.
+    """
     pending = [""]
     while pending:
         prefix = pending.pop()
@@ -144,6 +148,10 @@ def walk_files(base: str) -> Iterator[str]:
                         pending.append(f"{prefix}{entry.name}/")
         except (FileNotFoundError, NotADirectoryError):  # removed meanwhile
             continue
+        except OSError as exc:
+            if on_error is None:
+                raise
+            on_error(prefix, exc)
 
 
 def _libc() -> object | None:

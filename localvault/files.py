@@ -347,11 +347,12 @@ class FileStore:
         with self.open(bucket, relative) as reader:
             return stream_digest(reader)
 
-    def walk(self, bucket: str) -> Iterator[str]:
-        """Every file in a bucket, as a path relative to the bucket (temp files included)."""
+    def walk(self, bucket: str, on_error: Callable[[str, OSError], None] | None = None) -> Iterator[str]:
+        """Every file in a bucket, as a path relative to the bucket (temp files included); ``on_error``: see
+        :func:`walk_files` (local disk only)."""
         base = f"{self.root}/{bucket}"
         if self.local:
-            yield from walk_files(base)
+            yield from walk_files(base, on_error)
         else:
             for path in self.fs.find(base):
                 yield path[len(base) + 1:] if path.startswith(base) else path.split(f"/{bucket}/", 1)[-1]

@@ -12,7 +12,7 @@ import itertools
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -54,6 +54,8 @@ class VerifyReport:
     stale_temps: list[str] = field(default_factory=list)
     #: Files there that cannot be read (no permission, a disk error): fix that, then verify again.
     unreadable: list[str] = field(default_factory=list)
+    #: Folders that cannot be listed (``bucket/folder/``): files in them go unchecked, their rows untouched.
+    unreadable_folders: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     unrepairable: list[str] = field(default_factory=list)
     #: Where repair moved the files without a row (under the vault's ``recovered/`` folder).
@@ -65,7 +67,7 @@ class VerifyReport:
     def clean(self) -> bool:
         """True when nothing is wrong (after repair, if repair ran and fixed everything)."""
         problems = len(self.missing) + len(self.orphans) + len(self.mismatched) + len(self.stale_temps)
-        if self.unreadable:
+        if self.unreadable or self.unreadable_folders:
             return False
         return problems == 0 or (bool(self.repaired) and not self.unrepairable and len(self.repaired) == problems)
 
@@ -127,7 +129,7 @@ def verify(db: Database, files: FileStore, *, repair: bool = False, check_hashes
         report(progress, "verify", advance=1, total=total)
     now = time.time()
     for kind in _KINDS:
-        walk = files.walk(kind.bucket)
+        walk = files.walk(kind.bucket, _folder_noter(result, kind.bucket))
         while found := list(itertools.islice(walk, PAGE_ROWS)):
             with_rows = _with_rows(db, kind, found)  # one query per page of files
             for relative in found:
@@ -136,11 +138,30 @@ def verify(db: Database, files: FileStore, *, repair: bool = False, check_hashes
                         result.stale_temps.append(f"{kind.bucket}/{relative}")
                 elif relative not in with_rows:
                     result.orphans.append(f"{kind.bucket}/{relative}")
+    _keep_in_unreadable_folders(result, broken)
     _wait_for_writers(db)
     _drop_settled(db, files, result, broken)
     if repair:
         _repair(db, files, result, broken)
     return result
+
+
+def _folder_noter(result: VerifyReport, bucket: str) -> Callable[[str, OSError], None]:
+    """The ``on_error`` of a walk of ``bucket``: a folder that cannot be listed is reported, and the walk goes on."""
+    return lambda folder, _exc: result.unreadable_folders.append(f"{bucket}/{folder}")
+
+
+def _keep_in_unreadable_folders(result: VerifyReport, broken: dict[str, tuple[_Kind, str, str]]) -> None:
+    """A file that looked missing in a folder that cannot be listed is called unreadable, never repaired:
+    what is in there cannot be told."""
+    folders = tuple(result.unreadable_folders)
+    if not folders:
+        return
+    hidden = [entry for entry in result.missing if entry.startswith(folders)]
+    result.missing[:] = [entry for entry in result.missing if not entry.startswith(folders)]
+    result.unreadable.extend(hidden)
+    for entry in hidden:
+        del broken[entry]
 
 
 def _check_repairable(db: Database, files: FileStore) -> None:

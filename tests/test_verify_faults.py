@@ -139,3 +139,52 @@ def test_cli_verify_prints_a_name_that_is_not_utf8(vault: Vault, make_image):
     assert found.exit_code == 1 and json.loads(found.stdout)["orphans"] == [f"{WORKSPACE_BUCKET}/{USER_A}/{name}"]
     repaired = CliRunner().invoke(main, ["--vault", root, "verify", "--repair"])
     assert repaired.exit_code == 0 and "moved to: " in repaired.stdout and "vault is clean" in repaired.stdout
+
+
+# ------------------------------------------------------------- a folder it cannot list
+
+
+def test_verify_reports_a_folder_it_cannot_list_and_goes_on(vault: Vault, make_image):
+    """Before: the PermissionError of the listing stopped verify, and nothing at all was reported."""
+    locked = vault.workspace.add(make_image(seed=1))
+    fine = vault.workspace.add(make_image(seed=2))
+    orphan = vault.root / LIBRARY_BUCKET / USER_A / "orphan.png"
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(make_image(seed=3).read_bytes())
+    folder = Path(vault.workspace.file_path(locked)).parent
+    folder.chmod(0)
+    root = str(vault.root)
+    try:
+        with without_dac_override():
+            report = vault.verify()
+            quick = vault.verify(check_hashes=False, repair=True)
+            repaired = vault.verify(repair=True)
+            printed = CliRunner().invoke(main, ["--vault", root, "verify"])
+    finally:
+        folder.chmod(0o755)
+    listed = f"{WORKSPACE_BUCKET}/{os.path.dirname(locked.temp_storage_path)}/"
+    entry = f"{WORKSPACE_BUCKET}/{locked.temp_storage_path}"
+    assert report.unreadable_folders == [listed] and report.unreadable == [entry] and not report.clean
+    assert report.orphans == [f"{LIBRARY_BUCKET}/{USER_A}/orphan.png"]  # the rest was checked
+    assert quick.unreadable == [entry] and quick.missing == [] and quick.repaired == quick.orphans
+    assert repaired.unreadable_folders == [listed] and repaired.unreadable == [entry] and not repaired.clean
+    assert vault.workspace.get(locked.id) and vault.workspace.get(fine.id)  # never touched
+    assert printed.exit_code == 1 and f"unreadable folder: {listed}" in printed.stdout
+    assert vault.verify().clean
+
+
+def test_repair_keeps_the_rows_of_a_folder_it_cannot_list(vault: Vault, make_image):
+    """A folder that can be searched but not listed: a file that looks missing in it is not called missing
+    (what is in there cannot be told), and repair keeps its row."""
+    asset = vault.workspace.add(make_image(seed=1), prompt="kept")
+    path = Path(vault.workspace.file_path(asset))
+    os.unlink(path)
+    path.parent.chmod(0o311)
+    try:
+        with without_dac_override():
+            repaired = vault.verify(repair=True)
+    finally:
+        path.parent.chmod(0o755)
+    entry = f"{WORKSPACE_BUCKET}/{asset.temp_storage_path}"
+    assert repaired.unreadable == [entry] and repaired.missing == [] and repaired.asset_ids[entry] == asset.id
+    assert vault.workspace.get(asset.id).original_prompt == "kept" and not repaired.clean

@@ -196,6 +196,7 @@ def verify(ctx: Context, repair: bool, quick: bool, as_json: bool) -> None:
         output.console.print(f"checked {result.checked} files")
         for label, items in (("missing", result.missing), ("orphan", result.orphans), ("hash mismatch", result.mismatched),
                              ("stale temp", result.stale_temps), ("unreadable", result.unreadable),
+                             ("unreadable folder", result.unreadable_folders),
                              ("repaired", result.repaired), ("unrepairable", result.unrepairable),
                              ("moved to", result.recovered)):
             for item in items:
@@ -208,9 +209,10 @@ def verify(ctx: Context, repair: bool, quick: bool, as_json: bool) -> None:
                                  "and delete the rest", highlight=False)
         if result.clean:
             output.console.print("vault is clean")
-        elif result.unrepairable or result.unreadable:
-            output.console.print("some files could not be restored or read: make each readable, or put it back "
-                                 "(from a backup or the bucket), or delete its asset with 'localvault rm ID'")
+        elif result.unrepairable or result.unreadable or result.unreadable_folders:
+            output.console.print("some files or folders could not be restored or read: make each readable, or "
+                                 "put it back (from a backup or the bucket), or delete its asset with "
+                                 "'localvault rm ID'; then verify again")
         else:
             output.console.print("problems found (run with --repair to fix)")
     if not result.clean:
