@@ -29,6 +29,17 @@ class NotRegularFileError(OSError):
     """The path names something else than a regular file (a named pipe, a device, a folder)."""
 
 
+class FolderNotFileError(NotRegularFileError, IsADirectoryError):
+    """A folder is where a regular file was expected (an IsADirectoryError too, as ``open`` raises)."""
+
+
+def not_regular(mode: int, path: str | os.PathLike[str]) -> NotRegularFileError:
+    """The error for something of this ``st_mode`` found where a regular file was expected."""
+    if stat.S_ISDIR(mode):
+        return FolderNotFileError(errno.EISDIR, "a folder, not a file", os.fspath(path))
+    return NotRegularFileError(errno.EINVAL, "not a regular file", os.fspath(path))
+
+
 def open_regular_fd(path: str | os.PathLike[str]) -> int:
     """A file descriptor for reading the regular file at ``path``; :class:`NotRegularFileError` for anything else.
 
@@ -38,8 +49,9 @@ def open_regular_fd(path: str | os.PathLike[str]) -> int:
     """
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegularFileError(errno.EINVAL, "not a regular file", os.fspath(path))
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise not_regular(mode, path)
     except BaseException:
         os.close(fd)
         raise

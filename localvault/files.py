@@ -26,6 +26,8 @@ from fsspec.implementations.local import LocalFileSystem
 from ._disk import (
     TEMP_PREFIX,
     fsync_path,
+    not_regular,
+    open_regular,
     os_error,
     start_writeback,
     stream_digest,
@@ -316,8 +318,11 @@ class FileStore:
     # ---------------------------------------------------------------- read
 
     def open(self, bucket: str, relative: str) -> BinaryIO:
+        """The file, to read; on the local disk, :class:`NotRegularFileError` for a named pipe, a device or a
+        folder (opening a named pipe would wait for a writer, for ever)."""
+        path = self.full_path(bucket, relative)
         try:
-            return self.fs.open(self.full_path(bucket, relative), "rb")
+            return open_regular(path) if self.local else self.fs.open(path, "rb")
         except FileNotFoundError:
             raise StorageError(f"the file {bucket}/{relative} is missing; run 'localvault verify'") from None
 
@@ -327,14 +332,20 @@ class FileStore:
 
     def is_file(self, bucket: str, relative: str) -> bool:
         """Whether a regular file is there (False: nothing, or a folder). On the local disk, an OSError when
-        that cannot be told (no permission to look, a disk error): the file may well be there."""
+        that cannot be told (no permission to look, a disk error), or :class:`NotRegularFileError` for a named
+        pipe or a device: something is there, but no file to read."""
         path = self.full_path(bucket, relative)
         if not self.local:
             return bool(self.fs.isfile(path))
         try:
-            return stat.S_ISREG(os.stat(path).st_mode)
+            mode = os.stat(path).st_mode
         except (FileNotFoundError, NotADirectoryError):
             return False
+        if stat.S_ISDIR(mode):  # a folder where the file should be: no file
+            return False
+        if not stat.S_ISREG(mode):
+            raise not_regular(mode, path)
+        return True
 
     def size(self, bucket: str, relative: str) -> int | None:
         path = self.full_path(bucket, relative)

@@ -272,7 +272,8 @@ def _problem(files: FileStore, bucket: str, relative: str, sha: str, result: Ver
 
 
 def _sha256(files: FileStore, bucket: str, relative: str) -> str | None:
-    """The file's sha256; None where no file is (or a folder is); OSError when one is there but unreadable."""
+    """The file's sha256; None where no file is (or a folder is); OSError when one is there but unreadable,
+    or is no regular file (a named pipe, never opened for reading: that would wait for a writer, for ever)."""
     try:
         return files.sha256(bucket, relative)
     except (StorageError, IsADirectoryError, NotADirectoryError):  # no such file, a folder, a file for a folder

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,49 @@ def test_repair_keeps_the_rows_of_a_folder_it_cannot_list(vault: Vault, make_ima
     entry = f"{WORKSPACE_BUCKET}/{asset.temp_storage_path}"
     assert repaired.unreadable == [entry] and repaired.missing == [] and repaired.asset_ids[entry] == asset.id
     assert vault.workspace.get(asset.id).original_prompt == "kept" and not repaired.clean
+
+
+# ------------------------------------------------------------- a named pipe for a file
+
+
+def _pipe_for_file(vault: Vault, path: str) -> None:
+    os.unlink(path)
+    os.mkfifo(path)
+
+
+@pytest.mark.timeout(20)
+def test_verify_calls_a_named_pipe_unreadable_and_never_waits_on_it(vault: Vault, make_image):
+    """Before: hashing opened the pipe for reading, which waits for a writer, for ever."""
+    asset = vault.workspace.add(make_image(seed=1))
+    kept = vault.library.save(asset.id)  # a twin: repair must not restore over the pipe either
+    path = vault.workspace.file_path(asset)
+    _pipe_for_file(vault, path)
+    entry = f"{WORKSPACE_BUCKET}/{asset.temp_storage_path}"
+    for check_hashes in (True, False):
+        report = vault.verify(check_hashes=check_hashes)
+        assert report.unreadable == [entry] and report.missing == [] and report.asset_ids[entry] == asset.id
+        repaired = vault.verify(repair=True, check_hashes=check_hashes)
+        assert repaired.unreadable == [entry] and repaired.repaired == [] and not repaired.clean
+    assert stat.S_ISFIFO(os.stat(path).st_mode) and vault.workspace.get(asset.id) and vault.library.get(kept.id)
+    with pytest.raises(OSError, match="not a regular file"):
+        vault.files.sha256(WORKSPACE_BUCKET, asset.temp_storage_path)
+
+
+@pytest.mark.timeout(20)
+def test_a_named_pipe_is_no_twin_to_restore_from(vault: Vault, make_image):
+    asset = vault.workspace.add(make_image(seed=1))
+    kept = vault.library.save(asset.id)
+    _pipe_for_file(vault, vault.workspace.file_path(asset))
+    os.unlink(vault.library.file_path(kept))
+    repaired = vault.verify(repair=True)
+    assert repaired.unrepairable == [f"{LIBRARY_BUCKET}/{kept.storage_path}"]
+    assert not os.path.exists(vault.library.file_path(kept))
+
+
+def test_a_folder_where_a_file_should_be_is_still_missing(vault: Vault, make_image):
+    asset = vault.workspace.add(make_image(seed=1))
+    path = vault.workspace.file_path(asset)
+    os.unlink(path)
+    os.mkdir(path)
+    entry = f"{WORKSPACE_BUCKET}/{asset.temp_storage_path}"
+    assert vault.verify().missing == [entry] and vault.verify(check_hashes=False).missing == [entry]
