@@ -100,7 +100,7 @@ def copy_durably(source: str, target: str) -> None:
     fsync of the folder."""
     temp = os.path.join(os.path.dirname(target), f"{TEMP_PREFIX}{uuid.uuid4().hex}")
     try:
-        with open(source, "rb") as reader, open(temp, "xb") as writer:
+        with open_regular(source) as reader, open(temp, "xb") as writer:  # (a named pipe would block)
             shutil.copyfileobj(reader, writer, 1024 * 1024)
             writer.flush()
             os.fsync(writer.fileno())

@@ -373,7 +373,14 @@ class FileStore:
         # Only the random part: the name beside it would push a long legal name past the 255-byte limit.
         temp = destination.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}")
         try:
-            with self.open(bucket, relative) as reader, open(temp, "xb") as writer:
+            reader = self.open(bucket, relative)
+        except StorageError:  # missing: says so, and what to do
+            raise
+        except OSError as exc:  # the vault's file, not the destination
+            raise StorageError(f"cannot read {bucket}/{relative}: {exc.strerror or exc}; run 'localvault verify'"
+                               ) from None
+        try:
+            with reader, open(temp, "xb") as writer:
                 shutil.copyfileobj(reader, writer, CHUNK)
                 writer.flush()
                 os.fsync(writer.fileno())

@@ -215,6 +215,8 @@ def test_verify_calls_a_named_pipe_unreadable_and_never_waits_on_it(vault: Vault
     assert stat.S_ISFIFO(os.stat(path).st_mode) and vault.workspace.get(asset.id) and vault.library.get(kept.id)
     with pytest.raises(OSError, match="not a regular file"):
         vault.files.sha256(WORKSPACE_BUCKET, asset.temp_storage_path)
+    with pytest.raises(StorageError, match=f"cannot read {WORKSPACE_BUCKET}/.*not a regular file.*verify"):
+        vault.export(asset.id, Path(path).parent.parent / "out.png")  # (once: 'cannot write out.png')
 
 
 @pytest.mark.timeout(20)
@@ -235,3 +237,15 @@ def test_a_folder_where_a_file_should_be_is_still_missing(vault: Vault, make_ima
     os.mkdir(path)
     entry = f"{WORKSPACE_BUCKET}/{asset.temp_storage_path}"
     assert vault.verify().missing == [entry] and vault.verify(check_hashes=False).missing == [entry]
+
+
+@pytest.mark.timeout(20)
+def test_a_durable_copy_of_a_named_pipe_is_refused_not_waited_on(tmp_path: Path):
+    """repair copies a file without a row to recovered/ on another disk (copy_durably): a named pipe there
+    would have been opened for reading, which waits for a writer, for ever."""
+    from localvault._disk import NotRegularFileError, copy_durably
+
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(NotRegularFileError):
+        copy_durably(str(tmp_path / "pipe.png"), str(tmp_path / "copy.png"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.png"]
