@@ -65,7 +65,9 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` on the local disk: temp file, fsync, rename, fsync folder."""
-    temp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+    # The name after the random part: a leftover of a write cut short is known by it (Vault.create adopts
+    # a folder holding a cut-short localvault.toml); only short names are written this way.
+    temp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:

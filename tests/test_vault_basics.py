@@ -121,12 +121,25 @@ def test_create_adopts_what_a_cut_short_create_left_and_a_new_disk_s_folders(tmp
     Vault.create(tmp_path / "mnt").close()
 
 
+_KILLED_WRITING_SETTINGS = """
+import os, sys
+from localvault import Vault
+replace = os.replace
+def replace_or_die(src, dst, *args, **kwargs):
+    if str(dst).endswith("localvault.toml"):
+        os._exit(9)  # killed just before the settings' rename
+    return replace(src, dst, *args, **kwargs)
+os.replace = replace_or_die
+Vault.create(sys.argv[1], user_id=sys.argv[2])
+"""
+
+
 def test_init_killed_while_writing_its_settings_can_be_run_again(tmp_path: Path):
-    """Before: 'init' said the folder was not empty (.tmp-…-localvault.toml) and 'ls' said there was no vault."""
+    """Before: 'init' said the folder was not empty (.tmp-…-localvault.toml) and 'ls' said there was no vault.
+    The create is killed for real, in a child process, just before the settings' rename."""
     root = tmp_path / "cut"
-    for bucket in (WORKSPACE_BUCKET, LIBRARY_BUCKET):
-        (root / bucket).mkdir(parents=True)
-    (root / f"{TEMP_PREFIX}0123abcd-localvault.toml").write_text('user_id = "')  # killed before its rename
+    killed = subprocess.run([sys.executable, "-c", _KILLED_WRITING_SETTINGS, str(root), USER_A], timeout=60)
+    assert killed.returncode == 9 and [n for n in os.listdir(root) if n.startswith(TEMP_PREFIX)]
     with Vault.create(root, user_id=USER_A) as made:
         assert made.user_id == USER_A
     assert sorted(os.listdir(root)) == ["localvault.toml", "user-library", "vault.db", "workspace-temp"]
