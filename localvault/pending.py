@@ -39,6 +39,12 @@ def still_used(conn: sqlite3.Connection, bucket: str, path: str) -> bool:
     return conn.execute(sql, (path,)).fetchone() is not None
 
 
+def is_queued(conn: sqlite3.Connection, bucket: str, path: str) -> bool:
+    """Whether the deletion of ``bucket/path`` is queued (its row is gone; a drain removes the file)."""
+    return conn.execute("SELECT 1 FROM pending_deletes WHERE bucket = ? AND path = ?",
+                        (bucket, path)).fetchone() is not None
+
+
 def settle(conn: sqlite3.Connection, files: FileStore, limit: int = BATCH,
            io_map: Callable[..., Iterator[Any]] = map, after_id: int = 0) -> tuple[int, int]:
     """Inside an open write transaction: remove up to ``limit`` queued files after entry ``after_id``.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sqlite3
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -251,6 +252,16 @@ def _with_rows(db: Database, kind: _Kind, paths: list[str]) -> set[str]:
     return {path for (path,) in db.conn.execute(sql, paths)}
 
 
+def _settled_since(conn: sqlite3.Connection, files: FileStore, bucket: str, relative: str) -> bool:
+    """Whether a file seen without a row is no longer one to repair: a row has taken its path, its deletion
+    is queued (a delete committed its row's removal; its drain removes the file, which must not come back
+    in recovered/), or it is gone."""
+    if _storable(relative) and (pending.still_used(conn, bucket, relative)
+                                or pending.is_queued(conn, bucket, relative)):
+        return True
+    return not files.exists(bucket, relative)
+
+
 def _storable(path: str) -> bool:
     """Whether a row can hold ``path``: a name that is not UTF-8 (Python holds its bytes as lone surrogates)
     cannot be, so its file has no row."""
@@ -320,8 +331,8 @@ def _repair(db: Database, files: FileStore, result: VerifyReport, broken: dict[s
         bucket, relative = entry.split("/", 1)
         stale = entry in result.stale_temps
         copy = None if stale else copy_to_recovered(files, bucket, relative)  # a long copy: before the lock
-        with db.write() as conn:  # under the lock: a row may have claimed the path meanwhile
-            if _storable(relative) and pending.still_used(conn, bucket, relative):
+        with db.write() as conn:  # under the lock: another process may have settled it meanwhile
+            if _settled_since(conn, files, bucket, relative):
                 if copy is not None:
                     unlink_quietly(Path(copy))
             elif stale:

@@ -1,4 +1,5 @@
-"""verify and verify --repair facing a disk that is not there, files it cannot read and odd names.
+"""verify and verify --repair facing a disk that is not there, files it cannot read, odd names and a delete
+in another process.
 
 Real files throughout; permissions are made real for root by dropping CAP_DAC_OVERRIDE (``without_dac_override``).
 """
@@ -9,7 +10,9 @@ import json
 import os
 import shutil
 import stat
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -249,3 +252,39 @@ def test_a_durable_copy_of_a_named_pipe_is_refused_not_waited_on(tmp_path: Path)
     with pytest.raises(NotRegularFileError):
         copy_durably(str(tmp_path / "pipe.png"), str(tmp_path / "copy.png"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.png"]
+
+
+@pytest.mark.parametrize("drained", [False, True])
+def test_repair_beside_a_delete_in_another_process_neither_fails_nor_brings_the_file_back(
+        vault: Vault, make_image, monkeypatch: pytest.MonkeyPatch, drained: bool):
+    """Another process deletes an asset while verify --repair runs: its row goes (and its file is queued) after
+    verify read the rows, so the file looks like an orphan; its drain may remove the file before repair takes
+    the lock. Before: repair stopped with 'cannot move … No such file' (drained), or moved the deleted file to
+    recovered/ (not yet drained). The other process's steps run from hooks at those moments."""
+    import localvault.verify as verify_module
+    from localvault import pending
+
+    asset = vault.workspace.add(make_image(seed=1))
+    other = Vault.open(vault.root, auto_cleanup=False)
+    rows, drop_settled = verify_module._rows, verify_module._drop_settled
+
+    def rows_then_other_deletes(db: Any) -> Iterator[Any]:
+        yield from rows(db)
+        with other.db.write() as conn:  # Workspace.delete's transaction: the row goes, the file is queued
+            path = conn.execute("DELETE FROM workspace_assets WHERE id = ? RETURNING temp_storage_path",
+                                (asset.id,)).fetchone()[0]
+            pending.queue_delete(conn, WORKSPACE_BUCKET, path)
+
+    def re_check_then_other_drains(*args: Any) -> None:
+        drop_settled(*args)
+        if drained:
+            pending.drain(other.db, other.files)
+
+    monkeypatch.setattr(verify_module, "_rows", rows_then_other_deletes)
+    monkeypatch.setattr(verify_module, "_drop_settled", re_check_then_other_drains)
+    report = vault.verify(repair=True)
+    other.close()
+    assert report.recovered == [] and [files for _d, _s, files in os.walk(vault.root / "recovered") if files] == []
+    monkeypatch.undo()
+    pending.drain(vault.db, vault.files)
+    assert vault.verify().clean and not os.path.exists(vault.workspace.file_path(asset))
