@@ -180,11 +180,26 @@ class FileStore:
             if self.local:
                 _in_folder(os.path.dirname(final), lambda: os.replace(staged.temp_path, final))
                 if sync_dir:
-                    fsync_path(Path(final).parent)
+                    self._sync_folders_of(staged.bucket, relative, final)
             else:
                 self.fs.mv(staged.temp_path, final)
         except OSError as exc:
             raise os_error(exc, final) from None
+
+    def _sync_folders_of(self, bucket: str, relative: str, final: str) -> None:
+        """Make a file just renamed into place durable: fsync its folder and each one above it up to the
+        bucket's (a job's folder, or a user's, may be new: its own entry is in its parent). On failure or
+        Ctrl-C, the file is removed: the caller's transaction fails, and no row will point at it."""
+        try:
+            folder = os.path.dirname(relative)
+            while True:
+                fsync_path(self.full_path(bucket, folder))
+                if not folder:
+                    break
+                folder = os.path.dirname(folder)
+        except BaseException:
+            unlink_quietly(Path(final))
+            raise
 
     def discard(self, staged: StagedFile) -> None:
         self._remove_path(staged.temp_path)
@@ -277,7 +292,7 @@ class FileStore:
                         writer.flush()
                         os.fsync(writer.fileno())
                 os.replace(temp, final)
-                fsync_path(Path(final).parent)
+                self._sync_folders_of(bucket, relative, final)
             else:
                 self.fs.copy(src, temp)
                 self.fs.mv(temp, final)
@@ -287,6 +302,9 @@ class FileStore:
         except OSError as exc:
             self._remove_path(temp)
             raise os_error(exc, final) from None
+        except BaseException:  # a Ctrl-C: no temporary file stays (nor the file, see _sync_folders_of)
+            self._remove_path(temp)
+            raise
 
     def remove(self, bucket: str, relative: str, *, prune: bool = True) -> None:
         """Delete a file if it exists (idempotent), and (with ``prune``) its job folder if now empty."""

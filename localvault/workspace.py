@@ -265,7 +265,7 @@ class Workspace:
                     # syncfs flushes the whole filesystem (other programs' writes too): worth it for big batches only
                     if len(moves) < SYNCFS_MIN_FILES or not self._files.syncfs():
                         self._files.sync_files(WORKSPACE_BUCKET, [relative for _s, relative in moves], io_map)
-                        self._files.sync_dirs(WORKSPACE_BUCKET, {user, *folders})
+                        self._files.sync_dirs(WORKSPACE_BUCKET, {"", user, *folders})  # ("": a new user's folder)
                     conn.executemany(_INSERT, values)
                 except BaseException:
                     if conn.in_transaction:  # the lock is still ours: no one can have taken these paths

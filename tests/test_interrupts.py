@@ -263,3 +263,59 @@ def test_a_failed_insert_after_sqlite_rolled_back_keeps_another_process_file(
             vault.workspace.add(make_image(seed=1), job_id=job)
     assert theirs == [f"{USER_A}/{job}/0.png"]
     assert rows_and_files(vault) == [("workspace_assets", True)] and vault.verify(check_hashes=True).clean
+
+
+@pytest.mark.parametrize("fault", [KeyboardInterrupt, OSError])
+@pytest.mark.parametrize("call", ["workspace.add", "library.add", "library.save"])
+def test_a_fault_in_the_folder_fsync_after_the_rename_leaves_no_file(vault: Vault, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     fault: type[BaseException], call: str) -> None:
+    """The file is in place, its folder's fsync fails (a disk error) or is cut by Ctrl-C, so the call fails
+    and writes no row. Before: the renamed file stayed, an orphan (the caller only knew of its temp name)."""
+    import os
+
+    from conftest import bucket_files
+
+    import localvault.files
+
+    kept_ws = vault.workspace.add(write_media(tmp_path, "png", 1))
+    before = bucket_files(vault.root)
+    real = localvault.files.fsync_path
+
+    def failing(path: Any) -> None:
+        if os.path.isdir(path):  # the folder's fsync, after the rename
+            raise fault(5, "Input/output error") if fault is OSError else fault()
+        real(path)
+
+    monkeypatch.setattr(localvault.files, "fsync_path", failing)
+    action = {"workspace.add": lambda: vault.workspace.add(write_media(tmp_path, "png", 2)),
+              "library.add": lambda: vault.library.add(write_media(tmp_path, "png", 3)),
+              "library.save": lambda: vault.library.save(kept_ws.id)}[call]
+    with pytest.raises(KeyboardInterrupt if fault is KeyboardInterrupt else StorageError):
+        action()
+    monkeypatch.undo()
+    assert bucket_files(vault.root) == before
+    assert vault.workspace.count() == 1 and vault.library.list().items == []
+    assert vault.verify().clean
+
+
+def test_a_single_add_makes_the_folders_it_may_have_made_durable(vault: Vault, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new job's folder has its entry in the user's folder, and a new user's folder in the bucket's: each is
+    fsynced before the row is committed (once only the job's folder was, so a power cut could keep the row
+    and lose the folder)."""
+    import localvault.files
+
+    real, synced = localvault.files.fsync_path, []
+
+    def recording(path: Any) -> None:
+        synced.append(str(path).rstrip("/"))
+        real(path)
+
+    monkeypatch.setattr(localvault.files, "fsync_path", recording)
+    asset = vault.workspace.add(write_media(tmp_path, "png", 4))
+    kept = vault.library.add(write_media(tmp_path, "png", 5))
+    workspace, library = vault.root / "workspace-temp", vault.root / "user-library"
+    job = workspace / asset.temp_storage_path.rsplit("/", 1)[0]
+    assert {str(job), str(job.parent), str(workspace)} <= set(synced)
+    assert {str(library / kept.storage_path.split("/")[0]), str(library)} <= set(synced)
