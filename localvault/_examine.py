@@ -168,7 +168,7 @@ def link_outdated(staged: StagedFile, ready: Examined) -> bool:
 def _image_facts(data: bytes, media_type: models.MediaType, name: str) -> media.MediaFacts:
     if media_type is models.MediaType.png and data[12:16] == b"IHDR":  # width and height open every PNG
         width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-        return media.MediaFacts(media_type, width or None, height or None)
+        return media.sized_facts(media_type, width, height, name)
     return media.image_facts(io.BytesIO(data), media_type, name)
 
 

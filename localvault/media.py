@@ -253,10 +253,16 @@ def image_facts(source: Path | BinaryIO, media: MediaType, name: str) -> MediaFa
                                     "smaller") from None
     except (OSError, SyntaxError, ValueError, TypeError, EOFError, struct.error) as exc:
         raise UnsupportedMediaError(f"{name} cannot be read as {media.extension.upper()} ({exc})") from None
-    if media is MediaType.webp and max(width, height) > WEBP_MAX_SIDE:  # (a damaged or forged VP8X header)
+    return sized_facts(media, width, height, name)
+
+
+def sized_facts(media: MediaType, width: int, height: int, name: str) -> MediaFacts:
+    """An image's facts from the width and height its header gives; UnsupportedMediaError for a size its
+    format cannot have (a damaged or forged header)."""
+    if media is MediaType.webp and max(width, height) > WEBP_MAX_SIDE:  # (a VP8X header)
         raise UnsupportedMediaError(f"{name} claims {width}×{height} pixels, beyond WebP's {WEBP_MAX_SIDE}×"
                                     f"{WEBP_MAX_SIDE}; export it again")
-    if max(width, height) > MAX_SIDE:  # a damaged or forged PNG header: its fields hold 32 bits
+    if max(width, height) > MAX_SIDE:  # (a PNG header: its fields hold 32 bits)
         raise UnsupportedMediaError(f"{name} claims {width}×{height} pixels, beyond the {MAX_SIDE:,} a side may "
                                     "have; export it again")
     return MediaFacts(media, width or None, height or None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import zlib
 from pathlib import Path
 
 import pytest
@@ -197,15 +198,18 @@ def test_bad_files_are_refused_with_reasons_and_the_rest_imported(vault: Vault, 
     (out / "truncated.png").write_bytes(whole[: len(whole) // 2])
     make_png(out / "jpeg-named.jpg", color=43)
     (out / "empty.webp").write_bytes(b"")
+    ihdr = b"IHDR" + (2**31).to_bytes(4, "big") + whole[20:29]  # a header claiming 2**31 pixels wide
+    (out / "wide.png").write_bytes(whole[:12] + ihdr + zlib.crc32(ihdr).to_bytes(4, "big") + whole[33:])
     result = vault.workspace.import_folder(out)
     assert len(result.imported) == 7
     assert set(map(lambda p: Path(p).name, result.refused)) == {"garbage.png", "truncated.png", "jpeg-named.jpg",
-                                                                "empty.webp"}
+                                                                "empty.webp", "wide.png"}
     reasons = {Path(p).name: r for p, r in result.refused.items()}
     assert "not a JPEG, PNG, WebP or MP4" in reasons["garbage.png"]
     assert "truncated" in reasons["truncated.png"]
     assert "rename it to .png" in reasons["jpeg-named.jpg"]
     assert "empty" in reasons["empty.webp"]
+    assert "claims 2147483648×" in reasons["wide.png"]  # (the server's columns are integers)
 
 
 def test_hidden_temp_and_unknown_files_are_ignored(vault: Vault, tmp_path: Path) -> None:
