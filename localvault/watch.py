@@ -46,6 +46,7 @@ from ._watch_settle import UnsettledFiles
 from ._watch_sidecars import SIDECAR_WAIT_SECONDS, SidecarWait, is_sidecar_name
 from ._watch_state import HandledFiles, WatchEvent, WatchReport
 from .errors import InvalidInputError, LocalVaultError, StorageError
+from .import_report import ImportReport
 from .importer import Importer, Mode, is_candidate_name, is_ignored_name, scan
 from .vault import Vault
 
@@ -281,7 +282,9 @@ class Watcher:
         observer.schedule(EventHandler(self), str(self._watched), recursive=self.recursive)
         observer.start()
         candidates, refused, _ignored = scan(self._watched, self.recursive)
+        self.report.merge(ImportReport(refused=dict(refused)))  # (a link leading outside, a folder not listable)
         for path, reason in refused.items():
+            log.warning("refused %s: %s", path, reason)
             self._emit(WatchEvent("refused", path, time.time(), message=reason))
         for candidate in candidates:  # (one listing per folder: the same names for each of its files)
             self._sidecars.saw_folder(os.path.dirname(candidate.path), candidate.sidecars or ())

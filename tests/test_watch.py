@@ -743,3 +743,16 @@ with Watcher(vault, {str(out)!r}) as watcher:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stderr == "" and done.stdout == ""
+
+
+def test_the_report_counts_what_the_catch_up_refuses(vault: Vault, out: Path, tmp_path: Path) -> None:
+    """A link leading outside the folder, found by the catch-up's scan, was an event but not in the report."""
+    make_png(out / "before.png", color=1)
+    (out / "outside.png").symlink_to(make_png(tmp_path / "elsewhere.png", color=2))
+    (out / "bad.png").write_bytes(b"not an image")
+    seen = Recorder()
+    with Watcher(vault, out, on_event=seen) as watcher:
+        pass
+    assert sorted(seen.names("refused")) == ["bad.png", "outside.png"]
+    assert sorted(Path(p).name for p in watcher.report.refused) == ["bad.png", "outside.png"]
+    assert watcher.report.refused_total == 2 and [Path(i.source).name for i in watcher.report.imported] == ["before.png"]
