@@ -10,13 +10,15 @@ temporary names ignored; links leading outside refused), sort by
    order) and drops duplicates;
 3. staging threads write it (or hard-link it) under a temporary name into its
    job's folder, without fsync;
-4. every ``BATCH_SIZE`` files (or ``BATCH_BYTES``) the calling thread, which
-   alone touches SQLite, makes the batch durable (one ``syncfs``, or an fsync
-   per file and folder) and, in one ``BEGIN IMMEDIATE`` transaction, renames
-   the files to their final names and inserts their rows.
+4. every ``BATCH_SIZE`` files (or ``BATCH_BYTES``) a committer thread, which
+   alone touches SQLite while the import runs, commits the batch (while the
+   next one is prepared): in one ``BEGIN IMMEDIATE`` transaction it renames
+   the files to their final names, makes them durable (one ``syncfs``, or an
+   fsync per file and folder), then inserts their rows.
 
 A row therefore never points at a missing or unsynced file; a crash leaves at
-worst temporary or orphan files, which ``localvault verify --repair`` removes.
+worst temporary files, which ``localvault verify --repair`` removes, or files
+without rows, which it moves to ``recovered/``.
 ``--move`` deletes a source only after its row is committed.
 
 A big import (:data:`PROCESS_MIN_FILES` files or more, on two cores or more,

@@ -104,7 +104,7 @@ def _check_name(path: Path, media: MediaType) -> None:
     named = expected_type(path.name)
     if named is None:
         raise UnsupportedMediaError(
-            f"{path.name}: unknown extension {os.path.splitext(path.name)[1]!r}; the vault takes .jpg, .png, .webp"
+            f"{path.name}: unknown extension {os.path.splitext(path.name)[1]!r}; the vault takes .jpg (.jpeg), .png, .webp"
             " and .mp4 files"
         )
     if named is not media:

@@ -20,7 +20,7 @@ from . import Context, json_option, main, output, pass_ctx
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path), required=False)
 @click.option("--user", "user_id", help="The owner's user id (a UUID; generated if omitted).")
-@json_option("Print JSON instead of a table.")
+@json_option("Print the vault's path and user id as JSON.")
 @pass_ctx
 def init(ctx: Context, path: Path | None, user_id: str | None, as_json: bool) -> None:
     """Create a vault: vault.db, the two buckets and localvault.toml."""
@@ -40,7 +40,7 @@ def init(ctx: Context, path: Path | None, user_id: str | None, as_json: bool) ->
 @click.option("--prompt", help="The prompt.")
 @click.option("--model", help="The model used.")
 @click.option("--settings", help="Other generation settings, as a JSON object.")
-@json_option("Print JSON instead of a table.")
+@json_option("Print the new asset as JSON.")
 @pass_ctx
 def add(ctx: Context, file: Path, job_id: str | None, asset_index: int | None, seed: str | None, prompt: str | None,
         model: str | None, settings: str | None, as_json: bool) -> None:
@@ -98,7 +98,7 @@ def ls(ctx: Context, what: str, tags: tuple[str, ...], favorite: bool | None, co
 @click.option("--collection", help="Put it in this collection (name or id).")
 @click.option("--favorite", is_flag=True)
 @click.option("--visibility", type=click.Choice([v.value for v in Visibility]), default="private", show_default=True)
-@json_option("Print JSON instead of a table.")
+@json_option("Print the saved asset as JSON.")
 @pass_ctx
 def save(ctx: Context, workspace_asset_id: str, title: str | None, tags: tuple[str, ...], collection: str | None,
          favorite: bool, visibility: str, as_json: bool) -> None:
@@ -118,7 +118,7 @@ def save(ctx: Context, workspace_asset_id: str, title: str | None, tags: tuple[s
 @click.option("--visibility", type=click.Choice([v.value for v in Visibility]))
 @click.option("--move-to", help="Move into this collection (name or id).")
 @click.option("--no-collection", is_flag=True, help="Take it out of its collection.")
-@json_option("Print JSON instead of a table.")
+@json_option("Print the updated asset as JSON.")
 @pass_ctx
 def update(ctx: Context, library_id: str, title: str | None, no_title: bool, add_tags: tuple[str, ...],
            remove_tags: tuple[str, ...], favorite: bool | None, visibility: str | None, move_to: str | None,
@@ -151,7 +151,7 @@ def rm(ctx: Context, asset_id: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("asset_id")
-@json_option("Print JSON instead of a table.")
+@json_option("Print the asset as JSON.")
 @pass_ctx
 def show(ctx: Context, asset_id: str, as_json: bool) -> None:
     """Show one asset with its prompt, seed, model and settings."""
@@ -184,7 +184,7 @@ def cleanup(ctx: Context, as_json: bool) -> None:
               "twins, move files without a row to the vault's recovered/ folder, remove stale temporary files, "
               "delete workspace rows whose file is gone for good (never a library row).")
 @click.option("--quick", is_flag=True, help="Do not hash the files: only check that each exists and has its row.")
-@json_option("Print JSON instead of a table.")
+@json_option("Print the report as JSON.")
 @pass_ctx
 def verify(ctx: Context, repair: bool, quick: bool, as_json: bool) -> None:
     """Check every row against its file: orphans, missing files, hash mismatches."""
@@ -241,7 +241,7 @@ def collections() -> None:
 @collections.command(name="create")
 @click.argument("name")
 @click.option("--description")
-@json_option("Print JSON instead of a table.")
+@json_option("Print the collection as JSON.")
 @pass_ctx
 def collections_create(ctx: Context, name: str, description: str | None, as_json: bool) -> None:
     """Create a collection."""
@@ -264,7 +264,7 @@ def collections_ls(ctx: Context, as_json: bool) -> None:
 @collections.command(name="rename")
 @click.argument("collection")
 @click.argument("new_name")
-@json_option("Print JSON instead of a table.")
+@json_option("Print the collection as JSON.")
 @pass_ctx
 def collections_rename(ctx: Context, collection: str, new_name: str, as_json: bool) -> None:
     """Rename a collection (named by name or id)."""
@@ -274,7 +274,7 @@ def collections_rename(ctx: Context, collection: str, new_name: str, as_json: bo
 @collections.command(name="describe")
 @click.argument("collection")
 @click.argument("description", required=False)
-@json_option("Print JSON instead of a table.")
+@json_option("Print the collection as JSON.")
 @pass_ctx
 def collections_describe(ctx: Context, collection: str, description: str | None, as_json: bool) -> None:
     """Set a collection's description (none given: remove it)."""
