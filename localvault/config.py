@@ -7,6 +7,7 @@ storage keys).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -276,7 +277,9 @@ class VaultConfig:
                 data["remote"]["storage_options"] = dict(self.remote.storage_options)
         try:
             text = tomli_w.dumps(data)
-            written_back = tomllib.loads(text) == data  # what cannot be read back must not replace good settings
+            # What cannot be read back must not replace good settings (compared as JSON: NaN is NaN, a
+            # tuple a list).
+            written_back = _as_json(tomllib.loads(text)) == _as_json(data)
         except (TypeError, ValueError, tomllib.TOMLDecodeError) as exc:
             raise InvalidInputError(f"these settings cannot be saved as TOML ({exc}); use text, numbers, booleans, "
                                     "lists or tables") from None
@@ -284,3 +287,7 @@ class VaultConfig:
             raise InvalidInputError("these settings do not read back the same from TOML; use text, numbers, booleans, "
                                     "lists or tables")
         atomic_write_bytes(folder / CONFIG_NAME, ("# localvault vault settings\n" + text).encode(), mode=0o600)
+
+
+def _as_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)

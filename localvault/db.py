@@ -138,10 +138,11 @@ class Database:
         # As a URI (for mode=ro), quoted: a folder named "renders #2" or "what?" or "50%" is a name, not a
         # fragment, a query or an escape.
         uri = f"{path.absolute().as_uri()}?mode={'ro' if readonly else 'rwc'}"
-        if readonly and on_read_only_filesystem(path.parent):
-            # SQLite cannot make the -shm file a reader of a WAL database needs there. Nothing can change
-            # the file meanwhile, so it is read as immutable: unless its -wal holds changes not yet folded
-            # in, which that would not see.
+        if readonly and on_read_only_filesystem(path.parent) and not os.path.exists(f"{path}-shm"):
+            # SQLite cannot make the -shm file a reader of a WAL database needs there (where one is, as in
+            # a snapshot of a vault in use, it reads the -wal through it). Without one, the file is read as
+            # immutable: no locks, and no look at a -wal, so one holding changes is refused; and such a
+            # mount must be one nothing writes to meanwhile (see docs/reliability.md).
             if _wal_holds_changes(path):
                 raise StorageError(f"{path} is on a read-only filesystem and its {path.name}-wal holds changes not "
                                    "yet written into it; mount it writable once (any localvault command there "

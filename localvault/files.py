@@ -403,10 +403,13 @@ class FileStore:
                 writer.flush()
                 os.fsync(writer.fileno())
             os.replace(temp, destination)
-            fsync_path(destination.parent)
         except OSError as exc:
             unlink_quietly(temp)
             raise os_error(exc, destination) from None
         except BaseException:  # a Ctrl-C: no temporary file left in the user's folder
             unlink_quietly(temp)
             raise
+        try:  # best effort: the file is in place; a folder one may write to but not list cannot be opened
+            fsync_path(destination.parent)
+        except OSError:
+            pass

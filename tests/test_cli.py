@@ -332,6 +332,12 @@ subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], c
 Image.new("RGB", (8, 8), (1, 2, 3)).save(work / "a.png")
 with Vault.create(mount / "vault", user_id=user) as vault:
     kept = vault.library.save(vault.workspace.add(work / "a.png").id, title="Fox")
+# A snapshot of a vault in use: its -wal (with a second asset only there) and -shm are copied too.
+import shutil
+Image.new("RGB", (8, 8), (4, 5, 6)).save(work / "b.png")
+with Vault.open(mount / "vault") as writer:
+    writer.workspace.add(work / "b.png")
+    shutil.copytree(mount / "vault", mount / "snapshot")
 subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
 root = str(mount / "vault")
 out = {}
@@ -342,6 +348,12 @@ for name, args in {"ls": ["ls", "library", "--json"], "show": ["show", kept.id, 
     out[name] = [result.exit_code, result.stdout, result.stderr]
 with Vault.open(root, readonly=True) as vault:
     out["api_title"] = vault.library.get(kept.id).title
+snapshot = mount / "snapshot"
+out["snapshot_files"] = sorted(p.name for p in snapshot.iterdir())
+with Vault.open(snapshot, readonly=True) as vault:
+    out["snapshot_count"] = vault.workspace.count()
+result = CliRunner().invoke(main, ["--vault", str(snapshot), "ls", "workspace", "--json"])
+out["snapshot_ls"] = [result.exit_code, len(json.loads(result.stdout)["items"]) if result.exit_code == 0 else result.stderr]
 out["exported"] = (work / "out.png").read_bytes() == (work / "a.png").read_bytes()
 print(json.dumps(out))
 """
@@ -368,3 +380,6 @@ def test_a_vault_on_a_read_only_filesystem_can_be_read(tmp_path: Path) -> None:
     assert out["exported"] and out["api_title"] == "Fox"
     code, _stdout, stderr = out["save"]
     assert code == 8 and "read-only filesystem: mount it writable" in stderr, out["save"]
+    # the snapshot: read through its -shm, its -wal's asset included (it was once refused as 'holding changes')
+    assert {"vault.db-wal", "vault.db-shm"} <= set(out["snapshot_files"])
+    assert out["snapshot_count"] == 2 and out["snapshot_ls"] == [0, 2], out

@@ -527,6 +527,21 @@ def test_export(vault: Vault, make_image, tmp_path: Path):
     assert vault.export(kept.id, longest).read_bytes() == source.read_bytes()
 
 
+def test_export_into_a_folder_one_may_write_to_but_not_list(vault: Vault, make_image, tmp_path: Path):
+    """A drop box (mode 0333): the folder's fsync after the rename cannot open it, and export reported
+    'cannot write' (exit 8) for a file it had written. That fsync is now best effort."""
+    kept = vault.library.save(vault.workspace.add(make_image(seed=7)).id)
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    drop.chmod(0o333)
+    try:
+        with without_dac_override():
+            written = vault.export(kept.id, drop / "fox.png")
+    finally:
+        drop.chmod(0o755)
+    assert written == drop / "fox.png" and written.stat().st_size == kept.file_size_bytes
+
+
 def test_export_cut_short_by_ctrl_c_leaves_no_temporary_file(vault: Vault, make_image, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch):
     import localvault.files
