@@ -302,18 +302,19 @@ def test_collection_delete_keeps_assets(db: Conn, users: tuple[uuid.UUID, uuid.U
 def test_asset_count_not_writable_by_clients(db: Conn, users: tuple[uuid.UUID, uuid.UUID]) -> None:
     a, _ = users
     cid = uuid.uuid4()
-    with as_user(db, a) as conn:
+    with as_user(db, a) as conn:  # a count given on insert is ignored
         conn.execute(
             "INSERT INTO public.user_collections (id, user_id, name, asset_count) VALUES (%s, %s, 'x', 99)", (cid, a)
         )
         add_asset(conn, a, cid)
-        conn.execute("UPDATE public.user_collections SET asset_count = 42, name = 'y' WHERE id = %s", (cid,))
-        conn.execute(
-            "INSERT INTO public.user_collections (id, user_id, name, asset_count) VALUES (%s, %s, 'y', 7) "
-            "ON CONFLICT (id) DO UPDATE SET asset_count = excluded.asset_count",
-            (cid, a),
-        )
         assert count_of(conn, cid) == 1
+    for statement in ("UPDATE public.user_collections SET asset_count = 42, name = 'y' WHERE id = %s",
+                      "INSERT INTO public.user_collections (id, user_id, name, asset_count) VALUES (%s, %s, 'y', 7) "
+                      "ON CONFLICT (id) DO UPDATE SET asset_count = excluded.asset_count"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # no UPDATE on the column (migration 5)
+            with as_user(db, a) as conn:
+                conn.execute(statement, (cid, a) if "INSERT" in statement else (cid,))
+    assert count_of(db, cid) == 1
     # even the superuser's direct writes are ignored
     db.execute("UPDATE public.user_collections SET asset_count = -5 WHERE id = %s", (cid,))
     assert count_of(db, cid) == real_count(db, cid) == 1

@@ -209,3 +209,60 @@ def _fresh_png(folder: Path) -> Path:
     path = folder / "fresh-a.png"
     path.write_bytes(tiny_png(99, salt=555))
     return path
+
+
+def test_clients_get_only_what_row_level_security_governs(world: dict[str, Any]) -> None:
+    """Found by acting as anon and authenticated with plain SQL (migration 5, and the compat layer):
+    TRUNCATE ignores row-level security (anon emptied every user's objects, a user every user's library);
+    TRIGGER runs a user's code in others' sessions; an id changed while moving assets in the same statement
+    made asset_count drift; asset_count was writable; 'infinity' won every later edit; '..' in an object's
+    name climbed out of the owner's folder. Supabase's default ALL on new tables is put in place first."""
+    dsn = world["dsn"]
+    _va, a_col, (a_private, _a_public) = world["vaults"][USER_A]
+    with psycopg.connect(dsn, autocommit=True) as conn:  # what Supabase grants on every new table of public
+        conn.execute("GRANT ALL ON public.user_library, public.user_collections TO authenticated")
+    apply_schema_again(dsn)  # (migration 5 is applied again from nothing: its REVOKE must take that back)
+    for role, sql in (("authenticated", "TRUNCATE public.user_library CASCADE"),
+                      ("authenticated", "TRUNCATE public.user_collections CASCADE"),
+                      ("anon", "TRUNCATE storage.objects"),
+                      ("authenticated", "TRUNCATE storage.objects"),
+                      ("authenticated", "CREATE TEMP TABLE t (x int); CREATE TRIGGER zz BEFORE INSERT ON "
+                                        "public.user_library FOR EACH ROW EXECUTE FUNCTION "
+                                        "public.localvault_touch_updated_at()"),
+                      ("authenticated", "CREATE TRIGGER zz BEFORE INSERT ON storage.objects FOR EACH ROW "
+                                        "EXECUTE FUNCTION public.localvault_touch_updated_at()")):
+        with pytest.raises(psycopg.Error) as caught:
+            with as_role(dsn, USER_A if role == "authenticated" else None, role) as conn:
+                conn.execute(sql)
+        assert caught.value.sqlstate == "42501", (role, sql, caught.value)
+    # No id, owner, creation time or asset_count can be updated; the columns the sync sets can.
+    for sql in ("UPDATE public.user_collections SET id = gen_random_uuid() WHERE id = %s",
+                "UPDATE public.user_collections SET asset_count = 1000000 WHERE id = %s",
+                "UPDATE public.user_collections SET created_at = now() WHERE id = %s"):
+        _denied(dsn, sql, (a_col.id,))
+    _denied(dsn, "UPDATE public.user_library SET id = gen_random_uuid() WHERE id = %s", (a_private.id,))
+    _denied(dsn, "UPDATE public.user_library SET updated_at = 'infinity' WHERE id = %s", (a_private.id,))
+    with as_role(dsn, USER_A) as conn:
+        assert conn.execute("UPDATE public.user_library SET title = 'renamed', updated_at = now() WHERE id = %s",
+                            (a_private.id,)).rowcount == 1
+        assert conn.execute("UPDATE public.user_collections SET name = 'renamed' WHERE id = %s",
+                            (a_col.id,)).rowcount == 1
+    # Object names: the owner's folder, no '..', '.' or empty segment, no backslash.
+    for name in (f"{USER_A}/../{USER_B}/x.png", f"{USER_A}/./x.png", f"{USER_A}//x.png", f"{USER_A}/",
+                 f"{USER_A}/..\\{USER_B}\\x.png"):
+        _denied(dsn, "INSERT INTO storage.objects (bucket_id, name, owner) VALUES ('user-library', %s, %s)",
+                (name, USER_A))
+    with as_role(dsn, USER_A) as conn:
+        conn.execute("INSERT INTO storage.objects (bucket_id, name, owner) VALUES ('user-library', %s, %s)",
+                     (f"{USER_A}/{uuid.uuid4()}.png", USER_A))
+
+
+def apply_schema_again(dsn: str) -> None:
+    """Migration 5 (and the compat layer) once more, as an upgrade from version 4 would run them."""
+    from localvault.sync import schema
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM localvault.schema_version WHERE version = 5")
+        conn.execute("ALTER TABLE public.user_collections DROP CONSTRAINT IF EXISTS user_collections_finite_times")
+        conn.execute("ALTER TABLE public.user_library DROP CONSTRAINT IF EXISTS user_library_finite_times")
+    schema.apply_schema(dsn)

@@ -171,4 +171,8 @@ GRANT EXECUTE ON FUNCTION storage.foldername(text), storage.filename(text), stor
     TO anon, authenticated, service_role;
 GRANT SELECT ON storage.buckets TO anon, authenticated;
 GRANT ALL ON storage.buckets TO service_role;
-GRANT ALL ON storage.objects TO anon, authenticated, service_role;
+-- Only what row-level security governs: TRUNCATE and TRIGGER would let anon empty every user's objects, or run
+-- a user's code in others' sessions (the REVOKE repairs servers that took ALL from an earlier version).
+REVOKE TRUNCATE, TRIGGER, REFERENCES ON storage.objects FROM anon, authenticated;
+GRANT SELECT, INSERT, UPDATE, DELETE ON storage.objects TO anon, authenticated;
+GRANT ALL ON storage.objects TO service_role;
