@@ -247,6 +247,17 @@ def test_clients_get_only_what_row_level_security_governs(world: dict[str, Any])
                             (a_private.id,)).rowcount == 1
         assert conn.execute("UPDATE public.user_collections SET name = 'renamed' WHERE id = %s",
                             (a_col.id,)).rowcount == 1
+    # A whole-row upsert as PostgREST makes it (every column sent named in the SET, the key included) works, of
+    # a new row and of an existing one, as long as id, owner and creation time stay as they are.
+    columns = ("id", "user_id", "name", "description", "created_at", "updated_at")
+    upsert = (f"INSERT INTO public.user_collections ({', '.join(columns)}) VALUES (%s, %s, %s, %s, %s, %s) "
+              f"ON CONFLICT (id) DO UPDATE SET {', '.join(f'{c} = EXCLUDED.{c}' for c in columns)}")
+    with psycopg.connect(dsn) as conn:
+        created = conn.execute("SELECT created_at FROM public.user_collections WHERE id = %s", (a_col.id,)).fetchone()[0]
+    with as_role(dsn, USER_A) as conn:
+        conn.execute(upsert, (str(uuid.uuid4()), USER_A, "new one", None, created, created))
+        conn.execute(upsert, (a_col.id, USER_A, "upserted", "d", created, created))
+    _denied(dsn, upsert, (a_col.id, USER_A, "upserted", "d", "2020-01-01T00:00:00Z", created))
     # Object names: the owner's folder, no '..', '.' or empty segment, no backslash.
     for name in (f"{USER_A}/../{USER_B}/x.png", f"{USER_A}/./x.png", f"{USER_A}//x.png", f"{USER_A}/",
                  f"{USER_A}/..\\{USER_B}\\x.png"):
@@ -263,6 +274,14 @@ def apply_schema_again(dsn: str) -> None:
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM localvault.schema_version WHERE version = 5")
-        conn.execute("ALTER TABLE public.user_collections DROP CONSTRAINT IF EXISTS user_collections_finite_times")
-        conn.execute("ALTER TABLE public.user_library DROP CONSTRAINT IF EXISTS user_library_finite_times")
+        for table in ("user_collections", "user_library", "workspace_assets"):
+            conn.execute(f"ALTER TABLE public.{table} DROP CONSTRAINT IF EXISTS {table}_finite_times")
+            conn.execute(f"DROP TRIGGER IF EXISTS {table}_keep_identity ON public.{table}")
+        conn.execute("DROP FUNCTION IF EXISTS public.localvault_keep_identity()")
+        # A version-4 server let a user store 'infinity': the migration mends it rather than stop on it.
+        conn.execute("UPDATE public.user_library SET updated_at = 'infinity' WHERE user_id = %s", (USER_A,))
+        conn.execute("UPDATE public.user_collections SET created_at = '-infinity' WHERE user_id = %s", (USER_A,))
     schema.apply_schema(dsn)
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT bool_and(isfinite(updated_at)) FROM public.user_library").fetchone()[0]
+        assert conn.execute("SELECT bool_and(isfinite(created_at)) FROM public.user_collections").fetchone()[0]

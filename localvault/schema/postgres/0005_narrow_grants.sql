@@ -12,31 +12,64 @@ GRANT SELECT ON public.user_library TO anon;
 GRANT SELECT, INSERT, DELETE ON public.user_collections, public.workspace_assets, public.user_library
     TO authenticated;
 
--- 2. UPDATE column by column: never an id, an owner, a creation time, nor
---    asset_count. Changing a collection's id while moving its assets in the
---    same statement made the count drift (the foreign key is checked at the
---    statement's end, after the guard carried the old count over); the
---    counting trigger and the foreign key's ON DELETE action run as the owner,
---    so they need no grant. The sync's upserts set exactly these columns.
-GRANT UPDATE (name, description, updated_at) ON public.user_collections TO authenticated;
-GRANT UPDATE (asset_type, storage_path, file_size_bytes, mime_type, duration_seconds, original_prompt,
-              model_used, generation_seed, generation_settings, title, tags, is_favorite, visibility,
-              collection_id, original_asset_id, thumbnail_path, width, height, sha256, updated_at)
-    ON public.user_library TO authenticated;
-GRANT UPDATE (asset_type, temp_storage_path, file_size_bytes, mime_type, duration_seconds, job_id, asset_index,
-              generation_seed, original_prompt, model_used, generation_settings, expires_at, thumbnail_path,
-              width, height, sha256)
-    ON public.workspace_assets TO authenticated;
-
--- Trigger functions are called by their triggers, never by clients.
-REVOKE ALL ON FUNCTION public.localvault_touch_updated_at(), public.user_collections_guard() FROM PUBLIC;
-
--- 3. A time no client clock makes: 'infinity' would win every later edit and
---    delete for ever, and no client library can read it back.
+-- 2. A time no client clock makes: 'infinity' would win every later edit and
+--    delete for ever (or never expire), and no client library can read it
+--    back. Rows that hold one already are mended first: the constraint would
+--    otherwise stop this migration, and with it every sync.
+UPDATE public.user_collections
+   SET created_at = CASE WHEN isfinite(created_at) THEN created_at ELSE now() END,
+       updated_at = CASE WHEN isfinite(updated_at) THEN updated_at ELSE now() END
+ WHERE NOT (isfinite(created_at) AND isfinite(updated_at));
+UPDATE public.user_library
+   SET created_at = CASE WHEN isfinite(created_at) THEN created_at ELSE now() END,
+       updated_at = CASE WHEN isfinite(updated_at) THEN updated_at ELSE now() END
+ WHERE NOT (isfinite(created_at) AND isfinite(updated_at));
+UPDATE public.workspace_assets
+   SET created_at = CASE WHEN isfinite(created_at) THEN created_at ELSE now() END,
+       expires_at = CASE WHEN isfinite(expires_at) THEN expires_at ELSE now() + interval '7 days' END
+ WHERE NOT (isfinite(created_at) AND isfinite(expires_at));
 ALTER TABLE public.user_collections
     ADD CONSTRAINT user_collections_finite_times CHECK (isfinite(created_at) AND isfinite(updated_at));
 ALTER TABLE public.user_library
     ADD CONSTRAINT user_library_finite_times CHECK (isfinite(created_at) AND isfinite(updated_at));
+ALTER TABLE public.workspace_assets
+    ADD CONSTRAINT workspace_assets_finite_times CHECK (isfinite(created_at) AND isfinite(expires_at));
+
+-- 3. UPDATE: every column but asset_count (the database's own; writable
+--    before, and ignored by a guard a nested trigger could step around). An
+--    id, an owner or a creation time may be named in an UPDATE (PostgREST's
+--    upsert of a whole row names them all) but not changed: changing a
+--    collection's id while moving its assets in the same statement made the
+--    count drift (the foreign key is checked at the statement's end, after the
+--    guard carried the old count over). The counting trigger and the foreign
+--    key's ON DELETE action run as the owner, so they need no grant.
+GRANT UPDATE (id, user_id, name, description, created_at, updated_at) ON public.user_collections TO authenticated;
+GRANT UPDATE ON public.user_library, public.workspace_assets TO authenticated;
+
+CREATE FUNCTION public.localvault_keep_identity() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = ''
+AS $$
+BEGIN
+    IF NEW.id IS DISTINCT FROM OLD.id OR NEW.user_id IS DISTINCT FROM OLD.user_id
+       OR NEW.created_at IS DISTINCT FROM OLD.created_at THEN
+        RAISE EXCEPTION 'localvault: a row''s id, user_id and created_at cannot be changed'
+            USING ERRCODE = '42501';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER user_collections_keep_identity BEFORE UPDATE OF id, user_id, created_at ON public.user_collections
+    FOR EACH ROW EXECUTE FUNCTION public.localvault_keep_identity();
+CREATE TRIGGER user_library_keep_identity BEFORE UPDATE OF id, user_id, created_at ON public.user_library
+    FOR EACH ROW EXECUTE FUNCTION public.localvault_keep_identity();
+CREATE TRIGGER workspace_assets_keep_identity BEFORE UPDATE OF id, user_id, created_at ON public.workspace_assets
+    FOR EACH ROW EXECUTE FUNCTION public.localvault_keep_identity();
+
+-- Trigger functions are called by their triggers, never by clients (Supabase's default privileges grant
+-- EXECUTE to its roles by name; a trigger function cannot be called directly in any case).
+REVOKE ALL ON FUNCTION public.localvault_touch_updated_at(), public.user_collections_guard(),
+    public.localvault_keep_identity() FROM PUBLIC, anon, authenticated;
 
 -- 4. Object names: the owner's id first, then no empty, "." or ".." segment
 --    and no backslash (a store that maps names onto a filesystem would take
