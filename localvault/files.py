@@ -187,16 +187,10 @@ class FileStore:
             raise os_error(exc, final) from None
 
     def _sync_folders_of(self, bucket: str, relative: str, final: str) -> None:
-        """Make a file just renamed into place durable: fsync its folder and each one above it up to the
-        bucket's (a job's folder, or a user's, may be new: its own entry is in its parent). On failure or
-        Ctrl-C, the file is removed: the caller's transaction fails, and no row will point at it."""
+        """Make a file just renamed into place durable (:meth:`sync_dirs`). On failure or Ctrl-C, the file is
+        removed: the caller's transaction fails, and no row will point at it."""
         try:
-            folder = os.path.dirname(relative)
-            while True:
-                fsync_path(self.full_path(bucket, folder))
-                if not folder:
-                    break
-                folder = os.path.dirname(folder)
+            self.sync_dirs(bucket, [relative])
         except BaseException:
             unlink_quietly(Path(final))
             raise
@@ -270,10 +264,20 @@ class FileStore:
             for _ in fsync_map(fsync_path, [self.full_path(bucket, r) for r in relatives]):
                 pass
 
-    def sync_dirs(self, bucket: str, folders: set[str]) -> None:
-        """Fsync folders (relative to ``bucket``) after renames made with ``commit(..., sync_dir=False)``."""
+    def sync_dirs(self, bucket: str, relatives: Iterable[str]) -> None:
+        """Fsync the folders of files (relative to ``bucket``) and each folder above them up to the bucket's, each
+        once: after renames made with ``commit(..., sync_dir=False)`` (a new job's or user's folder has its own
+        entry in its parent)."""
         if self.local:
-            for folder in sorted(folders):
+            folders: set[str] = set()
+            for relative in relatives:
+                folder = os.path.dirname(relative)
+                while folder not in folders:
+                    folders.add(folder)
+                    if not folder:
+                        break
+                    folder = os.path.dirname(folder)
+            for folder in sorted(folders, reverse=True):  # the deepest first, the bucket's last
                 fsync_path(self.full_path(bucket, folder))
 
     def link(self, source_bucket: str, source: str, bucket: str, relative: str) -> None:

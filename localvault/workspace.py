@@ -257,7 +257,6 @@ class Workspace:
                                    facts.media_type.value, facts.duration_seconds, entry.job_id, index, entry.seed,
                                    entry.prompt, entry.model, entry.settings_json, facts.width, facts.height,
                                    entry.staged.sha256))
-                folders = {relative.rsplit("/", 1)[0] for _s, relative in moves}
                 set_aside_strays(conn, self._files, WORKSPACE_BUCKET, moves)
                 try:
                     for _ in io_map(lambda move: self._files.commit(move[0], move[1], sync_dir=False), moves):
@@ -265,7 +264,7 @@ class Workspace:
                     # syncfs flushes the whole filesystem (other programs' writes too): worth it for big batches only
                     if len(moves) < SYNCFS_MIN_FILES or not self._files.syncfs():
                         self._files.sync_files(WORKSPACE_BUCKET, [relative for _s, relative in moves], io_map)
-                        self._files.sync_dirs(WORKSPACE_BUCKET, {"", user, *folders})  # ("": a new user's folder)
+                        self._files.sync_dirs(WORKSPACE_BUCKET, [relative for _s, relative in moves])
                     conn.executemany(_INSERT, values)
                 except BaseException:
                     if conn.in_transaction:  # the lock is still ours: no one can have taken these paths
