@@ -100,18 +100,27 @@ def move_durably(source: str, target: str) -> None:
 def copy_durably(source: str, target: str) -> None:
     """Copy a file to ``target`` (which must not exist) with its times and mode: temp file, fsync, rename,
     fsync of the folder."""
+    with open_regular(source) as reader:  # (a named pipe would block)
+        write_durably(reader, target, times_from=source)  # its times and mode tell recovered files apart
+    fsync_path(os.path.dirname(target))
+
+
+def write_durably(reader: BinaryIO, target: str | os.PathLike[str], *, times_from: str | None = None) -> None:
+    """Write a stream to ``target`` through a temporary file in its folder: written, fsynced, then renamed; the
+    temporary file is removed on any failure, Ctrl-C included. The caller fsyncs the folder (or not).
+    ``times_from``: a file whose times and mode the copy takes."""
     temp = os.path.join(os.path.dirname(target), f"{TEMP_PREFIX}{uuid.uuid4().hex}")
     try:
-        with open_regular(source) as reader, open(temp, "xb") as writer:  # (a named pipe would block)
+        with open(temp, "xb") as writer:
             shutil.copyfileobj(reader, writer, 1024 * 1024)
             writer.flush()
             os.fsync(writer.fileno())
-        shutil.copystat(source, temp)  # its times and mode, which tell recovered files apart
-        os.rename(temp, target)
+        if times_from is not None:
+            shutil.copystat(times_from, temp)
+        os.replace(temp, target)
     except BaseException:
         unlink_quietly(Path(temp))
         raise
-    fsync_path(os.path.dirname(target))
 
 
 def fsync_path(path: str | Path) -> None:

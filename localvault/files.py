@@ -35,6 +35,7 @@ from ._disk import (
     unlink_quietly,
     walk_files,
     write_all,
+    write_durably,
 )
 from .errors import StorageError
 
@@ -392,8 +393,6 @@ class FileStore:
 
     def export(self, bucket: str, relative: str, destination: Path) -> None:
         """Copy a file out of the vault to a local path, atomically."""
-        # Only the random part: the name beside it would push a long legal name past the 255-byte limit.
-        temp = destination.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}")
         try:
             reader = self.open(bucket, relative)
         except StorageError:  # missing: says so, and what to do
@@ -402,17 +401,10 @@ class FileStore:
             raise StorageError(f"cannot read {bucket}/{relative}: {exc.strerror or exc}; run 'localvault verify'"
                                ) from None
         try:
-            with reader, open(temp, "xb") as writer:
-                shutil.copyfileobj(reader, writer, CHUNK)
-                writer.flush()
-                os.fsync(writer.fileno())
-            os.replace(temp, destination)
+            with reader:
+                write_durably(reader, destination)
         except OSError as exc:
-            unlink_quietly(temp)
             raise os_error(exc, destination) from None
-        except BaseException:  # a Ctrl-C: no temporary file left in the user's folder
-            unlink_quietly(temp)
-            raise
         try:  # best effort: the file is in place; a folder one may write to but not list cannot be opened
             fsync_path(destination.parent)
         except OSError:
