@@ -15,9 +15,11 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from .errors import StorageError
+
+T = TypeVar("T")
 
 #: Names of files being written; never a final name.
 TEMP_PREFIX = ".tmp-"
@@ -61,6 +63,28 @@ def open_regular_fd(path: str | os.PathLike[str]) -> int:
 def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
     """:func:`open_regular_fd` as a binary file object."""
     return os.fdopen(open_regular_fd(path), "rb")
+
+
+def in_folder(directory: str, action: Callable[[], T]) -> T:
+    """``action()``: a create, link or rename into ``directory``, which is made when missing, on first use
+    (mkdir is not free) or when another process removed it, then empty, in between (a discard or a prune of
+    a job's folder)."""
+    for attempt in range(5):
+        try:
+            return action()
+        except FileNotFoundError:
+            if attempt == 4:
+                raise
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except FileNotFoundError:  # a parent removed while the folders were being made
+            pass
+    raise AssertionError("unreachable")
+
+
+def create_in_folder(directory: str, temp: str) -> int:
+    """Create and open the new file ``temp`` in ``directory`` (see :func:`in_folder`)."""
+    return in_folder(directory, lambda: os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:

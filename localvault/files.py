@@ -18,14 +18,16 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ._disk import (
     TEMP_PREFIX,
+    create_in_folder,
     fsync_path,
+    in_folder,
     not_regular,
     open_regular,
     os_error,
@@ -42,7 +44,6 @@ from .errors import StorageError
 WORKSPACE_BUCKET = "workspace-temp"
 LIBRARY_BUCKET = "user-library"
 BUCKETS = (WORKSPACE_BUCKET, LIBRARY_BUCKET)
-T = TypeVar("T")
 CHUNK = 1024 * 1024
 #: A staged file at least this big starts its writeback at once (smaller ones: the batch's sync sends them
 #: together; starting each one alone costs more CPU than it saves, measured with 10 KB files).
@@ -62,28 +63,6 @@ class StagedFile:
 
 class SourceReadError(StorageError):
     """The file being copied in could not be read: its side's fault, not the vault's."""
-
-
-def _in_folder(directory: str, action: Callable[[], T]) -> T:
-    """``action()``: a create, link or rename into ``directory``, which is made when missing, on first use
-    (mkdir is not free) or when another process removed it, then empty, in between (a discard or a prune of
-    a job's folder)."""
-    for attempt in range(5):
-        try:
-            return action()
-        except FileNotFoundError:
-            if attempt == 4:
-                raise
-        try:
-            os.makedirs(directory, exist_ok=True)
-        except FileNotFoundError:  # a parent removed while the folders were being made
-            pass
-    raise AssertionError("unreachable")
-
-
-def _create_temp(directory: str, temp: str) -> int:
-    """Create and open the new file ``temp`` in ``directory`` (see :func:`_in_folder`)."""
-    return _in_folder(directory, lambda: os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
 
 
 def _open_source(source: Path) -> BinaryIO:
@@ -138,7 +117,7 @@ class FileStore:
                 self.fs.makedirs(directory, exist_ok=True)
             with _open_source(source) as reader:
                 if self.local:
-                    fd = _create_temp(directory, temp)
+                    fd = create_in_folder(directory, temp)
                     try:
                         while chunk := _read_source(reader, source):
                             digest.update(chunk)
@@ -179,7 +158,7 @@ class FileStore:
         final = self.full_path(staged.bucket, relative)
         try:
             if self.local:
-                _in_folder(os.path.dirname(final), lambda: os.replace(staged.temp_path, final))
+                in_folder(os.path.dirname(final), lambda: os.replace(staged.temp_path, final))
                 if sync_dir:
                     self._sync_folders_of(staged.bucket, relative, final)
             else:
@@ -213,7 +192,7 @@ class FileStore:
         temp = f"{directory}/{TEMP_PREFIX}{name or uuid.uuid4().hex}"
         try:
             if self.local:
-                fd = _create_temp(directory, temp)
+                fd = create_in_folder(directory, temp)
                 try:
                     write_all(fd, data)
                     if sync:
@@ -246,7 +225,7 @@ class FileStore:
         temp = f"{directory}/{TEMP_PREFIX}{name or uuid.uuid4().hex}"
         target = os.path.realpath(source)
         try:
-            _in_folder(directory, lambda: os.link(target, temp))
+            in_folder(directory, lambda: os.link(target, temp))
         except OSError:
             return None
         return StagedFile(bucket, temp, sha256, size, linked=True)
