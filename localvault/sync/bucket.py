@@ -29,6 +29,7 @@ import fsspec
 from .._disk import stream_digest, walk_files
 from ..config import redact_url
 from ..errors import OfflineError, SyncError, first_line
+from .s3_client import tune_s3
 from .store_errors import SETTINGS_HINT, TRANSIENT_CODES, settings_errors, store_refusal
 
 #: Files up to this size are sent in one PUT from memory; larger ones stream.
@@ -38,10 +39,8 @@ STREAM_BLOCK = 16 * 1024 * 1024
 BIG_UPLOADS = 4
 #: Keys per page of an S3 listing (the API's maximum).
 LIST_PAGE_KEYS = 1000
-#: Pooled S3 connections (at least the engine's upload threads).
-UPLOAD_CONNECTIONS = 32
-#: Seconds to open a connection to the store (botocore waits 60 by default; the engine retries on its own).
-CONNECT_TIMEOUT = 10
+
+
 @dataclass(frozen=True)
 class RemoteObject:
     """What a HEAD tells of one object: its size, the sha256 it carries and its ETag where that is a plain MD5."""
@@ -60,7 +59,7 @@ class Bucket:
         if protocol in ("s3", "s3a", "gs", "gcs", "az", "abfs"):
             options.setdefault("use_listings_cache", False)
         if protocol in ("s3", "s3a"):
-            _tune_s3(options)
+            tune_s3(options)
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **options)
         except (ImportError, ValueError, TypeError) as exc:
@@ -350,54 +349,3 @@ def _walk_sizes(folder: str) -> Iterator[tuple[str, int]]:
             yield path, os.stat(path).st_size
         except FileNotFoundError:  # removed meanwhile
             continue
-
-
-_SESSIONS: dict[Any, Any] = {}
-_SESSIONS_LOCK = threading.Lock()
-
-
-def _botocore_knows(option: str) -> bool:
-    try:
-        from botocore.config import Config
-    except ImportError:  # pragma: no cover - s3fs brings botocore
-        return False
-    return option in getattr(Config, "OPTION_DEFAULTS", {})
-
-
-def _tune_s3(options: dict[str, Any]) -> None:
-    """Settings for many small parallel PUTs (the caller's own options win).
-
-    * One pooled connection per upload thread (aiobotocore's default pool is
-      10, fewer than the engine's upload threads).
-    * A 10 s connect timeout instead of 60: an endpoint that does not answer
-      is reported as offline in a minute or so (the engine retries), not five.
-    * No ``Expect: 100-continue``: botocore adds it to every PUT of a file-like
-      body, which costs each upload a round trip (and an event-loop turn) before
-      the body is sent; our bodies are small and sent in one PUT.
-    * No CRC checksum on every PUT (botocore >= 1.36 adds one by default, and
-      the store checksums each body again): the ETag check (or, for parts,
-      their Content-MD5) covers what it would.
-    """
-    config = dict(options.get("config_kwargs") or {})
-    config.setdefault("max_pool_connections", UPLOAD_CONNECTIONS)
-    config.setdefault("connect_timeout", CONNECT_TIMEOUT)
-    if _botocore_knows("request_checksum_calculation"):
-        config.setdefault("request_checksum_calculation", "when_required")
-        config.setdefault("response_checksum_validation", "when_required")
-    options["config_kwargs"] = config
-    if "session" not in options and not options.get("anon"):
-        try:
-            import aiobotocore.session
-            from botocore.handlers import add_expect_header
-        except ImportError:  # pragma: no cover - s3fs brings both
-            return
-        profile = options.get("profile")
-        with _SESSIONS_LOCK:
-            session = _SESSIONS.get(profile)
-            if session is None:
-                session = aiobotocore.session.AioSession(profile=profile)
-                session.unregister("before-call.s3", add_expect_header)
-                _SESSIONS[profile] = session
-        # One session per profile, reused: fsspec then reuses its S3FileSystem
-        # (and client) for equal options, as it would without a session.
-        options["session"] = session
