@@ -24,6 +24,7 @@ from ._recovered import copy_to_recovered, recover
 from .db import Database
 from .errors import StorageError
 from .files import LIBRARY_BUCKET, TEMP_PREFIX, WORKSPACE_BUCKET, FileStore
+from .models import SURROGATES
 from .progress import ProgressCallback, report
 
 #: A temporary file younger than this may belong to a write in progress in another process.
@@ -265,11 +266,7 @@ def _settled_since(conn: sqlite3.Connection, files: FileStore, bucket: str, rela
 def _storable(path: str) -> bool:
     """Whether a row can hold ``path``: a name that is not UTF-8 (Python holds its bytes as lone surrogates)
     cannot be, so its file has no row."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return not SURROGATES.search(path)
 
 
 def _problem(files: FileStore, bucket: str, relative: str, sha: str, result: VerifyReport,
