@@ -59,6 +59,25 @@ def prepare(
     return Prepared(staged, facts)
 
 
+def prepare_with_values(files: FileStore, source: str | os.PathLike[str], bucket: str, folder: str,
+                        on_bytes: Callable[[int], None] | None, info: GenerationInfo | None, *, seed: Any,
+                        prompt: Any, model: Any, settings: Any) -> tuple[Prepared, GenerationValues]:
+    """:func:`prepare`, and the row's :func:`generation_values`, with the embedded metadata read from the
+    staged copy: the bytes the row describes, even if a rig rewrites the source meanwhile.
+
+    The arguments are checked before anything is copied; nothing is left behind on any error.
+    """
+    generation_values(source, GenerationInfo(), seed=seed, prompt=prompt, model=model, settings=settings)
+    prepared = prepare(files, source, bucket, folder, on_bytes)
+    try:
+        copy = prepared.staged.temp_path if files.local else None
+        values = generation_values(source, info, seed=seed, prompt=prompt, model=model, settings=settings, copy=copy)
+    except BaseException:
+        files.discard(prepared.staged)
+        raise
+    return prepared, values
+
+
 #: The model of a file that names none.
 UNKNOWN_MODEL = "unknown"
 #: What a file lacking metadata (and arguments or options) gets: seed, prompt and model.
@@ -75,11 +94,12 @@ class GenerationValues(NamedTuple):
 
 
 def generation_values(source: str | os.PathLike[str], info: GenerationInfo | None, *, seed: Any, prompt: Any,
-                      model: Any, settings: Any) -> GenerationValues:
+                      model: Any, settings: Any, copy: str | None = None) -> GenerationValues:
     """What an added file's row records: the arguments given, else ``info`` (read from the file when not
-    given and something is missing), else seed 0, prompt "" and model "unknown"."""
+    given and something is missing: from its ``copy`` in the vault when there is one), else seed 0, prompt ""
+    and model "unknown"."""
     if info is None:
-        info = embedded_info(source) if None in (seed, prompt, model, settings) else GenerationInfo()
+        info = embedded_info(source, copy) if None in (seed, prompt, model, settings) else GenerationInfo()
     return GenerationValues(
         models.check_seed(seed if seed is not None else info.seed if info.seed is not None else PLACEHOLDERS["seed"]),
         models.check_prompt(prompt if prompt is not None else info.prompt or PLACEHOLDERS["prompt"]),
@@ -88,15 +108,17 @@ def generation_values(source: str | os.PathLike[str], info: GenerationInfo | Non
     )
 
 
-def embedded_info(source: str | os.PathLike[str]) -> GenerationInfo:
+def embedded_info(source: str | os.PathLike[str], copy: str | None = None) -> GenerationInfo:
     """What the file at ``source`` says of its generation (prompt, seed, model…), or nothing where it cannot tell.
 
-    A file that cannot be read says nothing here: :func:`prepare` then reports why.
+    Read from ``copy`` (the file staged in the vault) when given, sidecars
+    from beside ``source``. A file that cannot be read says nothing here:
+    :func:`prepare` then reports why.
     """
     from .metadata import read
 
     try:
-        return read(models.check_path(source, "the file to add"))
+        return read(models.check_path(source, "the file to add"), contents=copy)
     except (LocalVaultError, OSError, ValueError):
         return GenerationInfo()
 

@@ -15,7 +15,7 @@ from .collections import resolve as resolve_collection
 from .db import Database, format_time
 from .errors import DuplicateError, InvalidInputError, NotFoundError
 from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
-from .ingest import generation_values, prepare
+from .ingest import prepare_with_values
 from .models import LibraryAsset, Page, Visibility
 
 
@@ -117,10 +117,10 @@ class Library:
         ``prompt``, ``seed``, ``model`` and ``settings`` default to what the
         file (or its sidecar) says, then to "", 0, "unknown" and {}.
         """
-        values = generation_values(source, None, seed=seed, prompt=prompt, model=model, settings=settings)
         fields = self._check_fields(title, tags, favorite, visibility)
         asset_id = str(uuid.uuid4())
-        prepared = prepare(self._files, source, LIBRARY_BUCKET, self.user_id, on_bytes)
+        prepared, values = prepare_with_values(self._files, source, LIBRARY_BUCKET, self.user_id, on_bytes, None,
+                                               seed=seed, prompt=prompt, model=model, settings=settings)
         relative = f"{self.user_id}/{asset_id}.{prepared.extension}"
         committed = False
         try:

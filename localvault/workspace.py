@@ -16,7 +16,7 @@ from ._recovered import set_aside_strays
 from .db import Database, format_time, utc_now
 from .errors import DuplicateError, InvalidInputError, LocalVaultError, NotFoundError
 from .files import WORKSPACE_BUCKET, FileStore, StagedFile
-from .ingest import UNKNOWN_MODEL, GenerationValues, Prepared, generation_values, prepare
+from .ingest import UNKNOWN_MODEL, GenerationValues, Prepared, prepare_with_values
 from .media import MediaFacts
 from .models import GenerationInfo, Page, WorkspaceAsset
 from .progress import ProgressCallback
@@ -87,8 +87,9 @@ class Workspace:
         job = models.check_uuid(job_id, "job id") if job_id is not None else str(uuid.uuid4())
         index = (models.check_positive_int(asset_index, "asset index", models.MAX_ASSET_INDEX)
                  if asset_index is not None else None)
-        values = generation_values(source, info, seed=seed, prompt=prompt, model=model, settings=settings)
-        prepared = prepare(self._files, source, WORKSPACE_BUCKET, f"{self.user_id}/{job}", on_bytes)
+        prepared, values = prepare_with_values(self._files, source, WORKSPACE_BUCKET, f"{self.user_id}/{job}",
+                                               on_bytes, info, seed=seed, prompt=prompt, model=model,
+                                               settings=settings)
         return self._record(prepared, job, index, values)
 
     def _record(self, prepared: Prepared, job: str, index: int | None, values: GenerationValues) -> WorkspaceAsset:

@@ -241,3 +241,33 @@ def test_copies_refused_one_after_another_are_all_reported_refused(tmp_path: Pat
         assert set(result.refused) == {str(c) for c in copies}
         assert result.refused[str(copies[-1])].startswith(f"a copy of {copies[-2]}, which was refused")
         assert staged_names(vault) == []
+
+
+@pytest.mark.parametrize("bucket", ["workspace", "library"])
+def test_a_file_added_while_a_rig_replaces_it_gets_the_metadata_of_the_bytes_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bucket: str) -> None:
+    """add() reads the prompt and seed from the copy it keeps, not from the source a moment earlier.
+
+    The rig's timing is forced: the file is replaced just before its copy starts (after its type was checked).
+    """
+    source = rig_file(tmp_path / "out")
+    import localvault.ingest as ingest
+
+    real_check = ingest.media.check_source
+    replaced: list[bool] = []
+
+    def check_then_replace(path: Path) -> object:
+        checked = real_check(path)
+        if not replaced:
+            replace(source, color=2)
+            replaced.append(True)
+        return checked
+
+    monkeypatch.setattr(ingest.media, "check_source", check_then_replace)
+    with Vault.create(tmp_path / "v", user_id=USER) as vault:
+        added = vault.workspace.add(source) if bucket == "workspace" else vault.library.add(source)
+        kept = (vault.root / ("workspace-temp" if bucket == "workspace" else "user-library")
+                / (added.temp_storage_path if bucket == "workspace" else added.storage_path))  # type: ignore[union-attr]
+        assert "v2" in kept.read_bytes().decode("latin-1")
+        assert (added.original_prompt, added.generation_seed) == ("v2", 2)
+    assert replaced

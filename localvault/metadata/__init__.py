@@ -99,7 +99,7 @@ def _embedded(path: Path, data: bytes | None = None) -> Found:
 
 
 def read(path: str | os.PathLike[str], *, data: bytes | None = None,
-         siblings: Collection[str] | None = None) -> GenerationInfo:
+         siblings: Collection[str] | None = None, contents: str | os.PathLike[str] | None = None) -> GenerationInfo:
     """How the file at ``path`` was generated, from its embedded metadata and any sidecar file.
 
     Embedded metadata wins; a sidecar (``NAME.json``, ``NAME.ext.json``, ``NAME.txt``)
@@ -109,10 +109,12 @@ def read(path: str | os.PathLike[str], *, data: bytes | None = None,
 
     A caller that has already read the file passes its bytes as ``data``; one
     that has listed the folder passes the names in it as ``siblings``, so that
-    absent sidecars are not looked for on disk.
+    absent sidecars are not looked for on disk. One that has copied the file
+    names the copy as ``contents``: the embedded metadata is read from it (the
+    very bytes it keeps), sidecars still beside ``path``.
     """
     path = path if isinstance(path, Path) else Path(path)
-    found = _embedded(path, data)
+    found = _embedded(Path(contents) if contents is not None and data is None else path, data)
     try:
         found = merge(found, sidecar.read(path, siblings))
     except Exception:  # same contract as _embedded
