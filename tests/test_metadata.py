@@ -126,6 +126,41 @@ def test_a1111_bracket_that_is_not_json_is_read_as_text() -> None:
     assert pairs is not None and pairs["Note"] == "[not json" and pairs["Seed"] == "7" and pairs["Deep"] == "[" * 5000
 
 
+@pytest.mark.parametrize("negative", [True, False])
+def test_a1111_dynamic_prompts_template_sections_after_the_settings_line(tmp_path: Path, negative: bool) -> None:
+    """sd-dynamic-prompts (pnginfo_saver.py) appends "Template: …" and "Negative Template: …" after the settings."""
+    text = ("a red fox\nin the snow\n" + ("Negative prompt: blurry\n" if negative else "")
+            + "Steps: 30, Sampler: DPM++ 2M, CFG scale: 7, Seed: 1234567890, Size: 832x1216, Model: sd_xl_base_1.0\n"
+            "Template: a {red|blue} fox\nin the {snow|rain}\nNegative Template: blurry")
+    info = metadata.read(make_png(tmp_path / "a.png", text_chunks={"parameters": text}))
+    assert (info.prompt, info.seed, info.model) == ("a red fox\nin the snow", 1234567890, "sd_xl_base_1.0")
+    assert info.negative_prompt == ("blurry" if negative else None)
+    assert info.settings["template"] == "a {red|blue} fox\nin the {snow|rain}"
+    assert info.settings["negative_template"] == "blurry" and info.settings["steps"] == 30
+    only_negative = text.replace("Template: a {red|blue} fox\nin the {snow|rain}\n", "")
+    info = metadata.read(make_png(tmp_path / "b.png", text_chunks={"parameters": only_negative}))
+    assert info.seed == 1234567890 and info.settings["negative_template"] == "blurry" and "template" not in info.settings
+
+
+@pytest.mark.parametrize("line", [
+    "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 512x512, Model: m1, NoiseInv, Version: v1.6.0",
+    "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 512x512, Hypernet: anime, cute, Model: m1",
+], ids=["key-written-alone", "old-unquoted-comma"])
+def test_a1111_settings_line_with_a_piece_that_is_not_a_pair(tmp_path: Path, line: str) -> None:
+    """A1111 writes a key alone when its value equals it, and old versions did not quote values with commas;
+    its own reader passes such pieces over."""
+    info = metadata.read(make_png(tmp_path / "a.png", text_chunks={"parameters": "a cat\n" + line}))
+    assert (info.prompt, info.seed, info.model) == ("a cat", 5, "m1")
+    assert info.settings["steps"] == 20
+
+
+def test_a1111_lenient_reading_is_only_for_a_steps_line(tmp_path: Path) -> None:
+    """A prompt's last line with a few "word: word" pieces among others stays prompt text."""
+    text = "portrait, style: anime, light: soft, lens: 85mm, bokeh"
+    info = metadata.read(make_png(tmp_path / "a.png", text_chunks={"parameters": text}))
+    assert info.prompt == text and info.settings == {}
+
+
 # ---------------------------------------------------------------- ComfyUI
 
 

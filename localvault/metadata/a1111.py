@@ -6,6 +6,10 @@
     on several lines
     Negative prompt: what to avoid
     Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 512x512, Model: sdxl
+
+The settings line is the last one, except for the sections the Dynamic
+Prompts extension adds after it (``Template: …``, ``Negative Template: …``),
+which are kept in the settings as ``template`` and ``negative_template``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ _AFTER_JSON = re.compile(r"\s*(?:,|$)")
 _JSON = json.JSONDecoder()
 _NEGATIVE = "negative prompt:"
 _MAX_PARAM_LINE = 100_000
+#: Sections the Dynamic Prompts extension writes after the settings line: (label, settings key).
+_TRAILING_SECTIONS = (("Template:", "template"), ("Negative Template:", "negative_template"))
 
 
 def parse_params_line(line: str) -> dict[str, Any] | None:
@@ -29,16 +35,24 @@ def parse_params_line(line: str) -> dict[str, Any] | None:
 
     A value may also be a JSON object or list, unquoted (A1111 writes an
     extension's dict so, e.g. ``Tiled Diffusion: {"Method": …}``): it comes
-    back decoded.
+    back decoded. A line that starts with ``Steps:`` (as every A1111 settings
+    line does) may hold pieces that are not pairs, as A1111's own reader
+    allows: a key written alone (A1111 writes ``k`` for ``k: k``), or an old
+    unquoted value holding a comma; they are passed over.
     """
     if len(line) > _MAX_PARAM_LINE or ":" not in line:
         return None
+    lenient = line.lstrip().startswith("Steps:")
     pairs: dict[str, Any] = {}
     pos = 0
     while pos < len(line):
         key = _KEY.match(line, pos)
         if key is None:
-            break
+            comma = line.find(",", pos)
+            if not lenient or comma < 0:
+                break
+            pos = comma + 1
+            continue
         name, start = key.group(1).strip(), key.end()
         if (found := _json_value(line, start)) is not None:
             pairs.setdefault(name, found[0])
@@ -89,9 +103,33 @@ def _number(value: str) -> Any:
 
 
 def looks_like_parameters(text: str) -> bool:
-    """True when the last line of ``text`` is an A1111 settings line."""
-    lines = text.strip().splitlines()
-    return bool(lines) and parse_params_line(lines[-1]) is not None
+    """True when ``text`` ends with an A1111 settings line (and perhaps Dynamic Prompts' sections)."""
+    return bool(_split(text.strip().splitlines())[1])
+
+
+def _split(lines: list[str]) -> tuple[list[str], dict[str, Any], dict[str, str]]:
+    """(the prompt's lines, the settings line's pairs, the trailing sections' texts) of parameters text."""
+    params = parse_params_line(lines[-1]) if lines else None
+    if params is not None:
+        return lines[:-1], params, {}
+    # Dynamic Prompts appends "Template: …" and/or "Negative Template: …", each of one or more lines.
+    labels = tuple(label for label, _key in _TRAILING_SECTIONS)
+    for index in range(1, len(lines)):
+        if lines[index].startswith(labels) and (params := parse_params_line(lines[index - 1])):
+            return lines[:index - 1], params, _sections("\n".join(lines[index:]))
+    return lines, {}, {}
+
+
+def _sections(text: str) -> dict[str, str]:
+    """``Template: a\nNegative Template: b`` as {"template": "a", "negative_template": "b"} (either may be absent)."""
+    (label, key), (negative_label, negative_key) = _TRAILING_SECTIONS
+    if text.startswith(negative_label):
+        return {negative_key: text[len(negative_label):].strip()}
+    template, found, negative = text[len(label):].partition("\n" + negative_label)
+    sections = {key: template.strip()}
+    if found:
+        sections[negative_key] = negative.strip()
+    return sections
 
 
 def parse(text: Any) -> Found:
@@ -100,10 +138,7 @@ def parse(text: Any) -> Found:
         text = bytes(text).decode("utf-8", "replace")
     if not isinstance(text, str) or not text.strip():
         return Found()
-    lines = text.strip().splitlines()
-    params = parse_params_line(lines[-1]) or {}
-    if params:
-        lines = lines[:-1]
+    lines, params, sections = _split(text.strip().splitlines())
     prompt_lines: list[str] = []
     negative_lines: list[str] = []
     for line in lines:
@@ -118,6 +153,8 @@ def parse(text: Any) -> Found:
         found.negative_prompt = "\n".join(negative_lines).strip()
         found.settings["negative_prompt"] = found.negative_prompt
     _apply_params(found, params)
+    for key, section in sections.items():
+        found.settings.setdefault(key, section)
     return found
 
 
