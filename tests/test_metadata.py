@@ -41,7 +41,7 @@ def assert_valid(info: GenerationInfo) -> None:
     check_settings(info.settings)
     json.dumps(info.settings, allow_nan=False)
     assert info.seed is None or 0 <= info.seed <= MAX_SEED
-    assert info.source in {"a1111", "comfyui", "invokeai", "sidecar", "none"}
+    assert info.source in {"a1111", "comfyui", "invokeai", "fooocus", "sidecar", "none"}
     assert info.run_id is None or (isinstance(info.run_id, str) and info.run_id.isprintable())
 
 
@@ -159,6 +159,28 @@ def test_a1111_lenient_reading_is_only_for_a_steps_line(tmp_path: Path) -> None:
     text = "portrait, style: anime, light: soft, lens: 85mm, bokeh"
     info = metadata.read(make_png(tmp_path / "a.png", text_chunks={"parameters": text}))
     assert info.prompt == text and info.settings == {}
+
+
+def test_fooocus_parameters_json(tmp_path: Path) -> None:
+    """Fooocus's own scheme (modules/meta_parser.py) writes a JSON object as the ``parameters`` chunk."""
+    fooocus = {"base_model": "juggernautXL_v8Rundiffusion", "full_prompt": ["a red fox, cinematic"],
+               "guidance_scale": 4, "negative_prompt": "blurry", "performance": "Speed", "prompt": "a red fox",
+               "resolution": "(1152, 896)", "sampler": "dpmpp_2m_sde_gpu", "seed": "1234567",
+               "version": "Fooocus v2.5.5", "metadata_scheme": "fooocus"}
+    info = metadata.read(make_png(tmp_path / "f.png", text_chunks={"parameters": json.dumps(fooocus),
+                                                                    "fooocus_scheme": "fooocus"}))
+    assert (info.prompt, info.negative_prompt, info.seed) == ("a red fox", "blurry", 1234567)
+    assert info.model == "juggernautXL_v8Rundiffusion" and info.source == "fooocus"
+    assert info.settings["sampler"] == "dpmpp_2m_sde_gpu" and info.stored_settings()["metadata_source"] == "fooocus"
+    assert_valid(info)
+
+
+@pytest.mark.parametrize("encoding", ["unicode", "unicode-le"])
+def test_user_comment_in_utf16_without_ascii_in_either_byte_order(tmp_path: Path, encoding: str) -> None:
+    """A prompt all in Japanese has no zero bytes to tell the byte order, and 最 (U+6700) has one on the wrong side."""
+    prompt = "赤い狐、雪の中、傑作、最高品質、美しい光、夕焼け、森の中で眠る狐、一匹"
+    info = metadata.read(make_jpeg(tmp_path / "a.jpg", exif_user_comment=prompt, encoding=encoding))
+    assert info.prompt == prompt
 
 
 # ---------------------------------------------------------------- ComfyUI
@@ -324,6 +346,76 @@ def test_comfyui_prompt_joined_by_a_string_node() -> None:
     }
     info = _clean.finish(metadata.read_chunks({"prompt": graph}))
     assert (info.prompt, info.negative_prompt) == ("a cat, in a hat", "blurry | lowres")
+
+
+def test_comfyui_prompt_of_a_long_chain_of_string_concatenate_nodes_keeps_every_piece() -> None:
+    """Core StringConcatenate (string_a, string_b, delimiter) chained to join pieces: none is lost, however long."""
+    pieces = ["masterpiece", "a red fox", "in the snow", "golden hour", "35mm photo", "bokeh", "sharp focus", "8k"]
+    graph: dict[str, Any] = {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5.safetensors"}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+        "3": _sampler(["6", 0], ["7", 0], ["5", 0]),
+    }
+    previous: Any = pieces[0]
+    for number, piece in enumerate(pieces[1:], start=100):
+        graph[str(number)] = {"class_type": "StringConcatenate",
+                              "inputs": {"string_a": previous, "string_b": piece, "delimiter": ", "}}
+        previous = [str(number), 0]
+    graph["6"] = {"class_type": "CLIPTextEncode", "inputs": {"text": previous, "clip": ["4", 1]}}
+    info = _clean.finish(metadata.read_chunks({"prompt": graph}))
+    assert info.prompt == ", ".join(pieces) and info.negative_prompt == "blurry"
+
+
+def test_comfyui_nested_string_joins_are_cut_to_a_prompts_length() -> None:
+    """Joins of joins of the same parts: each joined once, the text cut to what a prompt may hold."""
+    graph: dict[str, Any] = {"10": {"class_type": "PrimitiveString", "inputs": {"value": "x"}}}
+    for level in range(11, 17):
+        graph[str(level)] = {"class_type": "Text Concatenate", "inputs": {
+            **{f"text_{i:02d}": [str(level - 1), 0] for i in range(24)}, "delimiter": ", "}}
+    graph["6"] = {"class_type": "CLIPTextEncode", "inputs": {"text": ["16", 0]}}
+    graph["3"] = _sampler(["6", 0], None, None)
+    info = _clean.finish(metadata.read_chunks({"prompt": graph}))
+    assert info.prompt is not None and info.prompt.startswith("x, x, x") and len(info.prompt) <= MAX_PROMPT_CHARS
+
+
+def test_comfyui_efficiency_loader_takes_the_prompts_as_text() -> None:
+    """jags111/efficiency-nodes-comfyui: Efficient Loader holds positive/negative text and the latent's size."""
+    graph = {
+        "1": {"class_type": "Efficient Loader", "inputs": {
+            "ckpt_name": "dreamshaper_8.safetensors", "vae_name": "Baked VAE", "clip_skip": -2, "lora_name": "None",
+            "lora_model_strength": 1, "lora_clip_strength": 1, "positive": "a lighthouse in a storm",
+            "negative": "lowres, blurry", "empty_latent_width": 512, "empty_latent_height": 768, "batch_size": 1}},
+        "2": {"class_type": "KSampler (Efficient)", "inputs": {
+            "seed": 424242, "steps": 25, "cfg": 7, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1,
+            "model": ["1", 0], "positive": ["1", 1], "negative": ["1", 2], "latent_image": ["1", 3]}},
+    }
+    info = _clean.finish(metadata.read_chunks({"prompt": graph}))
+    assert (info.prompt, info.negative_prompt) == ("a lighthouse in a storm", "lowres, blurry")
+    assert (info.seed, info.model) == (424242, "dreamshaper_8.safetensors")
+    assert (info.settings["width"], info.settings["height"]) == (512, 768) and "loras" not in info.settings
+
+
+def test_comfyui_wan_video_wrapper_graph_in_an_mp4(tmp_path: Path) -> None:
+    """kijai/ComfyUI-WanVideoWrapper: WanVideoSampler(text_embeds) <- WanVideoTextEncode(positive_prompt,
+    negative_prompt); the model is WanVideoModelLoader's ``model`` file; saved by VideoHelperSuite."""
+    graph = {
+        "11": {"class_type": "LoadWanVideoT5TextEncoder", "inputs": {"model_name": "umt5-xxl-enc-bf16.safetensors"}},
+        "16": {"class_type": "WanVideoTextEncode", "inputs": {
+            "positive_prompt": "a cat surfing a wave at sunset", "negative_prompt": "static, blurry", "t5": ["11", 0]}},
+        "22": {"class_type": "WanVideoModelLoader", "inputs": {
+            "model": "Wan2_1-T2V-14B_fp8_e4m3fn.safetensors", "base_precision": "bf16"}},
+        "37": {"class_type": "WanVideoEmptyEmbeds", "inputs": {"width": 832, "height": 480, "num_frames": 81}},
+        "27": {"class_type": "WanVideoSampler", "inputs": {
+            "steps": 30, "cfg": 6, "shift": 5, "seed": 1057359483639287, "scheduler": "unipc",
+            "model": ["22", 0], "text_embeds": ["16", 0], "image_embeds": ["37", 0]}},
+        "38": {"class_type": "WanVideoVAELoader", "inputs": {"model_name": "Wan2_1_VAE_bf16.safetensors"}},
+        "28": {"class_type": "WanVideoDecode", "inputs": {"vae": ["38", 0], "samples": ["27", 0]}},
+    }
+    info = metadata.read(make_mp4(tmp_path / "wan.mp4", comment=json.dumps({"prompt": graph})))
+    assert (info.prompt, info.negative_prompt) == ("a cat surfing a wave at sunset", "static, blurry")
+    assert (info.seed, info.model) == (1057359483639287, "Wan2_1-T2V-14B_fp8_e4m3fn.safetensors")
+    assert (info.settings["width"], info.settings["height"], info.settings["steps"]) == (832, 480, 30)
 
 
 def test_comfyui_link_cycle_does_not_hang() -> None:

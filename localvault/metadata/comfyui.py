@@ -13,6 +13,8 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+from localvault.models import MAX_PROMPT_CHARS
+
 from ._clean import Found, find_run_id, json_loads, parse_seed
 
 Nodes = dict[str, dict[str, Any]]
@@ -24,6 +26,14 @@ _TEXT_KEYS = ("text", "text_g", "text_l", "prompt", "string", "value", "text_a")
 _PARAM_KEYS = ("steps", "cfg", "sampler_name", "scheduler", "denoise")
 _HELPER_INPUTS = ("sigmas", "sampler", "guider", "noise")
 _MODEL_KEYS = ("ckpt_name", "unet_name")
+#: A loader's ``model`` input holding a file name (kijai's WanVideoModelLoader and the like) names the model.
+_MODEL_FILE_SUFFIXES = (".safetensors", ".gguf", ".ckpt", ".pt", ".pth", ".sft", ".bin")
+#: Inputs that hold the image size: ComfyUI's latents, and loaders that make the latent (Efficiency Nodes).
+_SIZE_KEYS = (("width", "height"), ("empty_latent_width", "empty_latent_height"))
+#: String-joining nodes nested deeper than this (or more of them in one prompt) are not followed: a crafted
+#: graph must not stall an import.
+_MAX_JOIN_DEPTH = 64
+_MAX_JOINS = 1000
 #: Inputs holding one prompt for several text encoders (SDXL, SD3, Flux), the main one first.
 _ENCODER_TEXT_KEYS = ("t5xxl", "text_g", "clip_g", "text_l", "clip_l")
 #: Nodes whose output conditioning carries no text (Flux Kontext's negative is the positive, zeroed out).
@@ -71,7 +81,16 @@ def _target(nodes: Nodes, link: Any) -> dict[str, Any] | None:
     return nodes.get(str(link[0])) if is_link(link) else None
 
 
-def _resolve(nodes: Nodes, value: Any, keys: tuple[str, ...], depth: int = 0) -> Any:
+class _Joins:
+    """The string-joining nodes of one resolution: each joined once (a part shared by several is not joined
+    again: a graph of them could otherwise take exponential time), none inside itself (a cycle)."""
+
+    def __init__(self) -> None:
+        self.done: dict[str, str | None] = {}
+        self.active: set[str] = set()
+
+
+def _resolve(nodes: Nodes, value: Any, keys: tuple[str, ...], joins: _Joins | None = None) -> Any:
     """Follow links from ``value`` to a plain value, through primitive/seed/string nodes.
 
     A string-joining node (``StringConcatenate``, WAS ``Text Concatenate``)
@@ -84,8 +103,8 @@ def _resolve(nodes: Nodes, value: Any, keys: tuple[str, ...], depth: int = 0) ->
         if node is None:
             return None
         inputs = node["inputs"]
-        if "concat" in str(node.get("class_type", "")).lower() and depth < 4:  # (a cycle of them stays small)
-            return _joined(nodes, inputs, keys, depth + 1)
+        if "concat" in str(node.get("class_type", "")).lower():
+            return _joined(nodes, str(value[0]), inputs, keys, joins or _Joins())
         key = next((k for k in keys if k in inputs), None)
         if key is None:
             plain = [v for v in inputs.values() if isinstance(v, (str, int, float)) and not isinstance(v, bool)]
@@ -94,13 +113,22 @@ def _resolve(nodes: Nodes, value: Any, keys: tuple[str, ...], depth: int = 0) ->
     return None
 
 
-def _joined(nodes: Nodes, inputs: dict[str, Any], keys: tuple[str, ...], depth: int) -> str | None:
+def _joined(nodes: Nodes, node_id: str, inputs: dict[str, Any], keys: tuple[str, ...], joins: _Joins) -> str | None:
     """The text a string-joining node makes: its ``string_*``/``text_*`` inputs in order, joined by ``delimiter``."""
+    if node_id in joins.done:
+        return joins.done[node_id]
+    if node_id in joins.active or len(joins.active) >= _MAX_JOIN_DEPTH or len(joins.done) >= _MAX_JOINS:
+        return None
+    joins.active.add(node_id)
     names = sorted(k for k in inputs if k.startswith(("string_", "text_")))
-    parts = [_resolve(nodes, inputs[k], keys, depth) for k in names]
+    parts = [_resolve(nodes, inputs[k], keys, joins) for k in names]
+    joins.active.discard(node_id)
     texts = [p for p in parts if isinstance(p, str) and p != ""]
     delimiter = inputs.get("delimiter")
-    return (delimiter if isinstance(delimiter, str) else "").join(texts) if texts else None
+    # Cut to what a prompt may hold: nested joins of joins would otherwise grow it exponentially.
+    joined = (delimiter if isinstance(delimiter, str) else "").join(texts)[:MAX_PROMPT_CHARS] if texts else None
+    joins.done[node_id] = joined
+    return joined
 
 
 def _node_text(nodes: Nodes, inputs: dict[str, Any]) -> str | None:
@@ -113,6 +141,15 @@ def _node_text(nodes: Nodes, inputs: dict[str, Any]) -> str | None:
             text = _resolve(nodes, inputs[key], _TEXT_KEYS)
             return text if isinstance(text, str) else None
     return None
+
+
+def _branch_text(nodes: Nodes, inputs: dict[str, Any], branch: str) -> str | None:
+    """The text of a node that takes both prompts itself: ``positive``/``negative`` given as text (Efficiency
+    Nodes' and tinyterra's loaders) or ``positive_prompt``/``negative_prompt`` (WanVideoWrapper's encoder)."""
+    if isinstance(inputs.get(branch), str):
+        return str(inputs[branch])
+    text = _resolve(nodes, inputs.get(f"{branch}_prompt"), _TEXT_KEYS)
+    return text if isinstance(text, str) else None
 
 
 def _next_links(inputs: dict[str, Any], branch: str) -> list[Any]:
@@ -134,6 +171,8 @@ def _trace_text(nodes: Nodes, start: Any, branch: str) -> str | None:
         if node.get("class_type") in _NO_TEXT_NODES:
             continue
         text = _node_text(nodes, node["inputs"])
+        if text is None:
+            text = _branch_text(nodes, node["inputs"], branch)
         if text is not None:
             texts.append(text)
         else:
@@ -156,7 +195,7 @@ def _upstream(nodes: Nodes, node_id: str) -> Iterator[str]:
 
 def _find_sampler(nodes: Nodes) -> str | None:
     def is_sampler(inputs: dict[str, Any]) -> bool:
-        return ("positive" in inputs or "guider" in inputs) and any(
+        return ("positive" in inputs or "guider" in inputs or "text_embeds" in inputs) and any(
             k in inputs for k in ("seed", "noise_seed", "noise"))
 
     candidates = [k for k in sorted(nodes, key=_sort_key) if is_sampler(nodes[k]["inputs"])]
@@ -179,6 +218,8 @@ def _cond_start(nodes: Nodes, sampler: dict[str, Any], branch: str) -> Any:
     inputs = sampler["inputs"]
     if branch in inputs:
         return inputs[branch]
+    if "text_embeds" in inputs:  # WanVideoWrapper: one encoder node holds both prompts
+        return inputs["text_embeds"]
     guider = _target(nodes, inputs.get("guider"))
     if guider is None:
         return None
@@ -199,7 +240,8 @@ def _model(nodes: Nodes, sampler_id: str | None) -> Any:
     ids = list(_upstream(nodes, sampler_id)) if sampler_id else []
     inputs = _first_with(nodes, ids, _MODEL_KEYS) or _first_with(nodes, sorted(nodes, key=_sort_key), _MODEL_KEYS)
     if inputs is None:
-        return None
+        return next((m for m in (nodes[i]["inputs"].get("model") for i in [*ids, *sorted(nodes, key=_sort_key)])
+                     if isinstance(m, str) and m.lower().endswith(_MODEL_FILE_SUFFIXES)), None)
     return next(_resolve(nodes, inputs[k], _TEXT_KEYS) for k in _MODEL_KEYS if k in inputs)
 
 
@@ -220,9 +262,10 @@ def _size(nodes: Nodes, sampler_id: str | None) -> dict[str, Any]:
         if "textencode" in str(nodes[node_id].get("class_type", "")).lower():
             continue
         inputs = nodes[node_id]["inputs"]
-        width, height = (_resolve(nodes, inputs.get(k), ("value", "int")) for k in ("width", "height"))
-        if isinstance(width, int) and isinstance(height, int):
-            return {"width": width, "height": height}
+        for keys in _SIZE_KEYS:
+            width, height = (_resolve(nodes, inputs.get(k), ("value", "int")) for k in keys)
+            if isinstance(width, int) and isinstance(height, int):
+                return {"width": width, "height": height}
     return {}
 
 
@@ -253,7 +296,8 @@ def from_nodes(nodes: Nodes) -> Found:
         _sampler_fields(nodes, found, sampler_id)
     found.model = _model(nodes, sampler_id)
     found.settings.update(_size(nodes, sampler_id))
-    loras = [n["inputs"]["lora_name"] for n in nodes.values() if isinstance(n["inputs"].get("lora_name"), str)]
+    loras = [n["inputs"]["lora_name"] for n in nodes.values()
+             if isinstance(n["inputs"].get("lora_name"), str) and n["inputs"]["lora_name"] != "None"]
     if loras:
         found.settings["loras"] = loras
     return found
