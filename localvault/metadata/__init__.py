@@ -42,11 +42,21 @@ def _from_comment(text: Any, key: str, depth: int) -> Found:
     return Found()
 
 
+def _parameters(text: Any) -> Found:
+    """A ``parameters`` entry: A1111's text, or the JSON object Fooocus writes under that name."""
+    data = json_loads(text) if isinstance(text, str) and text.lstrip().startswith("{") else None
+    if not isinstance(data, dict):
+        return a1111.parse(text)
+    found = sidecar.from_mapping(data)
+    found.source = "fooocus"
+    return found
+
+
 def read_chunks(chunks: dict[str, Any], depth: int = 0) -> Found:
     """Raw findings from a file's named text entries (PNG chunks, EXIF texts, MP4 tags)."""
     found = Found()
     if "parameters" in chunks:
-        found = merge(found, a1111.parse(chunks["parameters"]))
+        found = merge(found, _parameters(chunks["parameters"]))
     if "prompt" in chunks or "workflow" in chunks:
         found = merge(found, comfyui.parse(chunks.get("prompt"), chunks.get("workflow"), extra=chunks))
     if "invokeai_metadata" in chunks:

@@ -9,6 +9,7 @@ COM segment as ``"comment"``.
 from __future__ import annotations
 
 import struct
+import unicodedata
 import warnings
 import zlib
 from typing import Any, BinaryIO
@@ -145,11 +146,24 @@ def exif_texts(data: bytes) -> dict[str, str]:
 
 
 def _utf16(body: bytes) -> str:
+    """UTF-16 text of either byte order. Without a byte-order mark, the zero bytes tell where a quarter of the
+    characters or more are ASCII (an A1111 settings line is all ASCII): big-endian puts their zero byte first.
+    Where fewer are (a prompt all in Chinese), a few zero bytes (U+4E00 "一" is 4E 00) tell nothing: the order
+    whose reading has fewer impossible characters wins, big-endian (as A1111, with piexif, writes) on a tie."""
     if body[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return body.decode("utf-16", "replace")
     even_zeros = body[0::2].count(0)
     odd_zeros = body[1::2].count(0)
-    return body.decode("utf-16-be" if even_zeros > odd_zeros else "utf-16-le", "replace")
+    if max(even_zeros, odd_zeros) * 4 >= len(body) // 2 and even_zeros != odd_zeros:
+        return body.decode("utf-16-be" if even_zeros > odd_zeros else "utf-16-le", "replace")
+    big, little = body.decode("utf-16-be", "replace"), body.decode("utf-16-le", "replace")
+    return little if _unlikely_characters(little) < _unlikely_characters(big) else big
+
+
+def _unlikely_characters(text: str) -> int:
+    """Characters that text in a wrong byte order is full of: undecodable, private-use, unassigned, controls."""
+    return sum(1 for c in text if c == "\ufffd" or (unicodedata.category(c) in ("Co", "Cn", "Cs", "Cc")
+                                                     and c not in "\n\r\t\0"))
 
 
 def decode_user_comment(raw: Any) -> str | None:

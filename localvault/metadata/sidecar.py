@@ -15,7 +15,8 @@ _ALIASES = {
     "prompt": ("prompt", "positive_prompt", "positive", "original_prompt"),
     "negative_prompt": ("negative_prompt", "negative", "negativePrompt"),
     "seed": ("seed", "noise_seed", "generation_seed"),
-    "model": ("model", "model_name", "sd_model_name", "sd_model_checkpoint", "checkpoint", "ckpt_name", "model_used"),
+    "model": ("model", "model_name", "sd_model_name", "sd_model_checkpoint", "checkpoint", "ckpt_name", "model_used",
+              "base_model"),
 }
 
 
