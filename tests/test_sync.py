@@ -441,6 +441,32 @@ def test_a_refused_delete_sent_again_keeps_its_own_time(vault: Vault, remote: Re
     assert _server_rows(remote.database_url, "user_library")[asset_id]["title"] == "edited later"
 
 
+def test_retry_rejected_sends_a_delete_made_after_the_refusal_with_the_deletes_time(
+        vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path) -> None:
+    """An edit refused, then an edit on the server, then the asset deleted locally (the newest change of all),
+    then --retry-rejected: the refused edit, queued again after the delete, must not stamp it with its older
+    time (the delete lost to the server's edit, and nothing was left queued or refused)."""
+    import time
+
+    (asset_id,) = _fill(vault, tmp_path, 1)
+    vault.sync(remote)
+    with psycopg.connect(remote.database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE public.user_library ADD CONSTRAINT short_title CHECK (length(title) <= 20)")
+    vault.library.update(asset_id, title="x" * 30)
+    assert vault.sync(remote).rejected == 1
+    time.sleep(0.05)
+    with psycopg.connect(remote.database_url, autocommit=True) as conn:
+        conn.execute("UPDATE public.user_library SET title = 'web edit' WHERE id = %s", (asset_id,))
+    time.sleep(0.05)
+    vault.library.delete(asset_id)
+    dry = vault.sync(remote, dry_run=True, retry_rejected=True)
+    report = vault.sync(remote, retry_rejected=True)
+    assert (report.rows_deleted, report.conflicts) == (1, 0) and (dry.rows_deleted, dry.conflicts) == (1, 0)
+    assert asset_id not in _server_rows(remote.database_url, "user_library")
+    assert _objects(s3_bucket.storage_options, s3_bucket.name) == {}
+    assert status(vault, remote).rejected == [] and status(vault, remote).pending_changes == 0
+
+
 def test_dry_run_changes_nothing(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path) -> None:
     _fill(vault, tmp_path, 2)
     report = vault.sync(remote, dry_run=True)

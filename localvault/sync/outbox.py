@@ -74,7 +74,10 @@ def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | fro
         newest: dict[tuple[str, str], tuple[str, str | None, int, str]] = {}
         for seq, table, row_id, op, path, queued_at in entries:
             previous = newest.get((table, row_id))
-            newest[(table, row_id)] = (op, path or (previous[1] if previous else None), seq, queued_at)
+            # A deleted row's time (its last-writer-wins stamp) is that of its newest change, not of its last
+            # entry: a refused edit queued again by --retry-rejected comes after the delete with an older time.
+            stamp = max(queued_at, previous[3]) if previous else queued_at
+            newest[(table, row_id)] = (op, path or (previous[1] if previous else None), seq, stamp)
         changes = Changes()
         files: dict[str, tuple[str, str, int, str]] = {}
         library_ids = [k[1] for k in newest if k[0] == "user_library"]
