@@ -398,3 +398,36 @@ def test_a_bucket_deleted_during_the_sync_is_named_as_the_cause(vault: Vault, re
     finally:
         _s3(s3_bucket).create_bucket(Bucket=s3_bucket.name)
     assert status(vault, remote).pending_changes == 1
+
+
+def test_an_asset_deleted_while_the_sync_compares_its_file_with_the_bucket(
+        vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More than LISTING_THRESHOLD changes whose objects the bucket already holds (a sync cut short after its
+    uploads): the sync hashes each local file to compare it with the listed ETag. Another process deleting an
+    asset at that moment ended the sync with a bare FileNotFoundError; its delete is pushed instead."""
+    from localvault.sync import engine
+
+    ids = [vault.library.save(vault.workspace.add(_image(tmp_path, n), prompt=f"p{n}").id).id
+           for n in range(engine.LISTING_THRESHOLD + 5)]
+    vault.sync(remote)
+    for asset_id in ids:  # pending again, as after a sync killed before it cleared the outbox
+        vault.library.update(asset_id, title="again")
+    victim = vault.library.get(ids[5])
+    victim_path = str(vault.library.file_path(victim))
+    real_digest = engine.file_digest
+    other = Vault.open(vault.root)
+
+    def digest_while_deleted(path: Any, algorithm: str = "sha256") -> str:
+        if str(path) == victim_path:  # the timing is forced: another process deletes it right now
+            other.library.delete(ids[5])
+        return real_digest(path, algorithm)
+
+    monkeypatch.setattr(engine, "file_digest", digest_while_deleted)
+    try:
+        report = vault.sync(remote)
+    finally:
+        other.close()
+    assert report.rows_written == len(ids) - 1 and report.rows_deleted == 1
+    monkeypatch.setattr(engine, "file_digest", real_digest)
+    assert vault.sync(remote).rows_written == 0
+    assert_mirrors(vault, remote, s3_bucket)

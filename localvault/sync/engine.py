@@ -228,7 +228,7 @@ class _Objects:
             if size_and_md5 is None or size_and_md5[0] != size:
                 return False
             if size_and_md5[1] is not None:
-                return local.exists() and file_digest(local, "md5") == size_and_md5[1]
+                return _md5_of(local) == size_and_md5[1]
         if not self.bucket.is_s3 and not sent_before:
             return _retrying(lambda: self.bucket.sha256_of(key, size), "checking the bucket") == sha256
         if not self.bucket.is_s3 and self.listed is not None:
@@ -240,10 +240,19 @@ class _Objects:
             return True
         if found.sha256 is not None:
             return found.sha256 == sha256
-        return found.md5 is not None and local.exists() and file_digest(local, "md5") == found.md5
+        return found.md5 is not None and _md5_of(local) == found.md5
 
     def remember(self, key: str, size: int) -> None:
         self.sent[key] = size
+
+
+def _md5_of(local: Path) -> str | None:
+    """The local file's MD5; None when it is gone (its asset deleted by another process meanwhile: the upload
+    then finds it gone and leaves its row out, as for a file that vanishes just before its upload)."""
+    try:
+        return file_digest(local, "md5")
+    except FileNotFoundError:
+        return None
 
 
 def _upload_files(vault: Vault, bucket: Bucket, known: _Objects, batch: outbox.Batch, result: SyncReport,
