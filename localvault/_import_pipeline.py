@@ -31,7 +31,8 @@ class Batch:
 
     chunks: list[tuple[list[Examined], Future[list[StagedFile | Exception]]]] = field(default_factory=list)
     files: int = 0
-    held: int = 0
+    held: int = 0  # bytes of its files held in memory (small ones only)
+    bytes: int = 0  # bytes of all its files: staged, not yet committed
     commit: Future[ImportReport] | None = None
 
     def add(self, examined: list[Examined], staging: Future[list[StagedFile | Exception]], held: int) -> None:
@@ -39,6 +40,7 @@ class Batch:
         self.chunks.append((examined, staging))
         self.files += len(examined)
         self.held += held
+        self.bytes += sum(e.size for e in examined)
 
 
 def done_future(value: T) -> Future[T]:

@@ -230,13 +230,14 @@ class FileStore:
             return None
         return StagedFile(bucket, temp, sha256, size, linked=True)
 
-    def syncfs(self) -> bool:
-        """Flush everything written to the vault's filesystem in one call (Linux ``syncfs``).
+    def syncfs(self, bucket: str, folder: str) -> bool:
+        """Flush everything written to the filesystem holding ``bucket/folder`` in one call (Linux ``syncfs``):
+        that folder's, not the vault's, for a bucket or a user's folder may be a disk of its own.
 
         False where it is not available (another OS, another fsspec filesystem,
         or the call failed): then use :meth:`sync_files` and :meth:`sync_dirs`.
         """
-        return self.local and sync_filesystem(self.root)
+        return self.local and sync_filesystem(self.full_path(bucket, folder))
 
     def sync_files(self, bucket: str, relatives: list[str], fsync_map: Callable[..., Iterator[None]] = map) -> None:
         """Fsync files (relative to ``bucket``); ``fsync_map`` may be a thread pool's ``map`` (they overlap)."""

@@ -251,7 +251,8 @@ class Importer:
                 window.popleft()
                 report(progress, "import", advance=len(chunk.files), total=total,
                        bytes_advance=sum(c.size for c in chunk.files), item=chunk.files[-1].path)
-                if batch.files >= self.batch_size or batch.held >= BATCH_BYTES:
+                # Cut by bytes too (videos): a commit is what a Ctrl-C keeps and what --move may delete.
+                if batch.files >= self.batch_size or batch.bytes >= BATCH_BYTES:
                     commit()
                 refill()
             if batch.chunks:

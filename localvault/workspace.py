@@ -263,7 +263,7 @@ class Workspace:
                     for _ in io_map(lambda move: self._files.commit(move[0], move[1], sync_dir=False), moves):
                         pass
                     # syncfs flushes the whole filesystem (other programs' writes too): worth it for big batches only
-                    if len(moves) < SYNCFS_MIN_FILES or not self._files.syncfs():
+                    if len(moves) < SYNCFS_MIN_FILES or not self._files.syncfs(WORKSPACE_BUCKET, user):
                         self._files.sync_files(WORKSPACE_BUCKET, [relative for _s, relative in moves], io_map)
                         self._files.sync_dirs(WORKSPACE_BUCKET, [relative for _s, relative in moves])
                     conn.executemany(_INSERT, values)

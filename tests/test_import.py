@@ -408,6 +408,44 @@ def test_streamed_files_small_memory_window_and_sidecars(vault: Vault, tmp_path:
         assert hashlib.sha256(stored.read_bytes()).hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def test_big_files_are_committed_in_batches_of_bytes_too(vault: Vault, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files too big to be held in memory (videos) still cut a batch at BATCH_BYTES: a commit is what a Ctrl-C
+    keeps and what --move may delete, so a folder of videos must not wait for 500 of them."""
+    from localvault import importer
+
+    paths = rig_folder(tmp_path / "out")
+    monkeypatch.setattr(importer, "IN_MEMORY_BYTES", 200)  # every test file is streamed, as a video is
+    monkeypatch.setattr(importer, "BATCH_BYTES", 1)  # each file fills a batch
+    monkeypatch.setattr(importer, "CHUNK_FILES", 1)
+    real = Workspace.add_batch
+    commits: list[int] = []
+
+    def counted(self, entries, **kw):  # type: ignore[no-untyped-def]
+        commits.append(len(entries))
+        return real(self, entries, **kw)
+
+    monkeypatch.setattr(Workspace, "add_batch", counted)
+    result = vault.workspace.import_folder(tmp_path / "out")
+    assert len(result.imported) == len(paths) and sum(commits) == len(paths)
+    assert commits == [1] * len(paths)
+
+
+def test_a_batch_is_flushed_on_the_filesystem_of_the_users_folder(vault: Vault, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """One syncfs makes a big batch durable: it must flush the disk the files are on, the bucket's (which may
+    be a disk of its own), not the vault's."""
+    from localvault import files, workspace
+
+    monkeypatch.setattr(workspace, "SYNCFS_MIN_FILES", 2)
+    flushed: list[str] = []
+    real = files.sync_filesystem
+    monkeypatch.setattr(files, "sync_filesystem", lambda path: flushed.append(path) or real(path))
+    rig_folder(tmp_path / "out")
+    assert len(vault.workspace.import_folder(tmp_path / "out").imported) == 7
+    assert flushed and set(flushed) == {str(vault.root / WORKSPACE_BUCKET / USER)}
+
+
 def test_a_folder_given_with_dot_dot_is_imported(vault: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """'..' is refused inside a given path, not in the folder the user names (`localvault import ../out`)."""
     rig_folder(tmp_path / "out")
