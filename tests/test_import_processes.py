@@ -343,3 +343,32 @@ def test_workers_keep_freed_file_buffers_unless_the_caller_says_otherwise(tmp_pa
     assert environ[b"MALLOC_MMAP_THRESHOLD_"] == str(16 * 1024 * 1024).encode()  # above IN_MEMORY_BYTES
     assert int(environ[b"MALLOC_MMAP_THRESHOLD_"]) > IN_MEMORY_BYTES
     assert environ[b"MALLOC_TRIM_THRESHOLD_"] == b"12345"
+
+
+def test_an_import_stopped_by_sigterm_cleans_up_like_ctrl_c(tmp_path: Path) -> None:
+    """`timeout`, `kill` or a service manager stop an import with SIGTERM: it must leave no temporary file (it
+    died at once, leaving hundreds that nothing but `verify --repair`, an hour later, removed)."""
+    import subprocess
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for i in range(1500):
+        make_png(out / f"{i:05d}.png", text_chunks=a1111("a fox", i), color=i)
+    vault_path = tmp_path / "v"
+    Vault.create(vault_path, user_id=USER).close()
+    user_folder = vault_path / WORKSPACE_BUCKET / USER
+    proc = subprocess.Popen([sys.executable, "-m", "localvault", "--vault", str(vault_path), "import", str(out),
+                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:  # once files are being staged
+        if user_folder.is_dir() and any(e.name.startswith(TEMP_PREFIX) for e in os.scandir(user_folder)):
+            break
+        time.sleep(0.002)
+    assert proc.poll() is None, "the import ended before a file was staged; make the folder bigger"
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and b"interrupted" in err
+    with Vault.open(vault_path) as vault:
+        assert temp_files(vault) == []
+        result = vault.verify()
+        assert not result.orphans and not result.missing and vault.workspace.count() < 1500

@@ -91,7 +91,8 @@ def import_(ctx: Context, folder: Path, recursive: bool, mode: str, model: str |
             workers: int | None, as_json: bool, no_progress: bool) -> None:
     """Import a rig's output folder into the workspace (files already in the vault are skipped)."""
     vault = ctx.vault()
-    with _import_bar(not as_json and not no_progress) as progress:
+    # A service manager's stop (or `timeout`) ends it like Ctrl-C: the files under way are cleaned up.
+    with _import_bar(not as_json and not no_progress) as progress, _sigterm_as_ctrl_c():
         result = vault.workspace.import_folder(folder, recursive=recursive, mode=mode, model=model, prompt=prompt,
                                                progress=progress, workers=workers)
     if as_json:
@@ -104,6 +105,16 @@ def import_(ctx: Context, folder: Path, recursive: bool, mode: str, model: str |
 
 def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
+
+
+@contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt in the main thread until the block ends (then the old handler is back)."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @main.command()
@@ -148,8 +159,7 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | N
                       on_event=on_event)
     # on_event already shows every problem with a file; not a file the vault sets aside to recovered/
     output.show_library_logs(False, still_from=("localvault._recovered",))
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop ends it like Ctrl-C
-    try:
+    with _sigterm_as_ctrl_c():  # a service manager's stop ends it like Ctrl-C
         try:
             watcher.start()
             output.err_console.print(f"watching {watcher.folder} (Ctrl-C to stop)", highlight=False)
@@ -168,7 +178,5 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | N
             except LocalVaultError:  # it stopped on an error: say what it did, then why
                 summarize(watcher.report)
                 raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     summarize(result)
 
