@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from typing import TYPE_CHECKING
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -45,3 +46,35 @@ class EventHandler(FileSystemEventHandler):
     def on_attrib(self, event: FileSystemEvent) -> None:
         """A mode change (watchdog >= 5; older ones report it as modified): a file refused as unreadable may pass."""
         self.on_modified(event)
+
+
+#: Watchers whose observers run: each is told when the kernel's queue of inotify events overflows.
+_WATCHERS: weakref.WeakSet[Watcher] = weakref.WeakSet()
+#: What watchdog (7.x) logs when inotify's queue overflowed; it tells its handlers nothing else.
+_OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
+_OVERFLOW_MESSAGE = "Inotify queue overflowed"
+
+
+class _OverflowFilter(logging.Filter):
+    """Passes every record; one saying the queue overflowed tells each watcher to catch up."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith(_OVERFLOW_MESSAGE):
+            for watcher in list(_WATCHERS):
+                watcher._overflow()
+        return True
+
+
+_FILTER = _OverflowFilter()
+
+
+def watch_overflows(watcher: Watcher) -> None:
+    """Have ``watcher`` told of an overflow of the kernel's event queue (events were lost: it must catch up).
+
+    Watchdog only logs it (a WARNING), so a filter on its logger listens;
+    an app that silences that logger below WARNING silences this too.
+    """
+    _WATCHERS.add(watcher)
+    logger = logging.getLogger(_OVERFLOW_LOGGER)
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)

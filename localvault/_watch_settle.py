@@ -31,6 +31,36 @@ class UnsettledFiles:
         with self._lock:
             self._files.setdefault(path, (-1, -1, time.monotonic()))
 
+    def note_as_is(self, path: str) -> None:
+        """An event said ``path`` is complete (closed, or renamed in): taken once nothing has changed it for
+        ``stable_seconds`` (a later event about it notes it again, from then)."""
+        try:
+            st = os.stat(path)
+        except OSError:  # gone already (renamed away): nothing to take
+            self.discard(path)
+            return
+        with self._lock:
+            self._files[path] = (st.st_size, st.st_mtime_ns, time.monotonic())
+
+    def discard(self, path: str) -> None:
+        with self._lock:
+            self._files.pop(path, None)
+
+    def seconds_to_next(self) -> float | None:
+        """How long until the earliest file may be taken (None: none waits)."""
+        with self._lock:
+            if not self._files:
+                return None
+            return max(0.0, min(since for _size, _mtime, since in self._files.values()) + self.stable_seconds
+                       - time.monotonic())
+
+    def take_all(self) -> list[str]:
+        """Every path waiting, now forgotten here (the watch is stopping: what was complete is taken)."""
+        with self._lock:
+            paths = list(self._files)
+            self._files.clear()
+        return paths
+
     def wait_for(self, paths: Iterable[str], seconds: float = 0.0) -> None:
         """Watch ``paths`` again, to be taken once whole (after ``seconds`` at the earliest)."""
         later = time.monotonic() + seconds

@@ -66,7 +66,11 @@ class SidecarWait:
         with self._lock:
             if folder not in self._folders or path in self._held:
                 return path in self._held
-        if _has_sidecar(folder, name):
+        try:
+            written = os.stat(path).st_mtime
+        except OSError:  # gone: the import will say nothing, or why
+            return False
+        if _has_sidecar(folder, name, written):
             return False
         try:
             if metadata.read(path, siblings=()).source != "none":
@@ -75,7 +79,7 @@ class SidecarWait:
             return False
         with self._lock:
             self._held[path] = time.monotonic() + self.wait_seconds
-        if _has_sidecar(folder, name):
+        if _has_sidecar(folder, name, written):
             with self._lock:  # it came meanwhile, perhaps before we held the file: no need to wait
                 return self._held.pop(path, None) is None
         return True
@@ -100,12 +104,19 @@ class SidecarWait:
         return held
 
 
-def _has_sidecar(folder: str, name: str) -> bool:
-    """Whether a sidecar of ``name`` with some text is there (an empty one is still being written)."""
+#: A sidecar written this much before its file still counts as its own (clocks of network disks differ a little).
+SIDECAR_SKEW_SECONDS = 1.0
+
+
+def _has_sidecar(folder: str, name: str, written: float) -> bool:
+    """Whether a sidecar of ``name`` with some text (an empty one is still being written) is there, written no
+    earlier than the file (at ``written``): an older one is a previous render's of the same name (A1111 naming
+    files by seed, with --move taking the images and leaving their text files), and the new one is to come."""
     for candidate in sidecar.candidate_names(name):
         try:
-            if os.stat(os.path.join(folder, candidate)).st_size > 0:
-                return True
+            st = os.stat(os.path.join(folder, candidate))
         except OSError:
             continue
+        if st.st_size > 0 and st.st_mtime >= written - SIDECAR_SKEW_SECONDS:
+            return True
     return False

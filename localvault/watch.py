@@ -1,24 +1,27 @@
 """Live import of a rig's output folder (``localvault watch``), on watchdog.
 
 A file is taken when it is complete: on close-after-write (inotify's
-``IN_CLOSE_WRITE``, watchdog's FileClosedEvent), on a move or rename into the
-folder, or — the fallback for rigs and platforms without close events — when
-its size and mtime have not changed for ``stable_seconds`` (1 s by default,
-polled every ``poll_seconds``). Whichever signal comes, a file must also be
+``IN_CLOSE_WRITE``, watchdog's FileClosedEvent) or a move or rename into the
+folder, once no other event has touched it for ``quiet_seconds`` (0.2 s by
+default: rigs and scripts often touch a file right after closing it — a copy
+setting its times, an EXIF block inserted, a rename to its final name), or —
+the fallback for rigs and platforms without close events — when its size and
+mtime have not changed for ``stable_seconds`` (1 s by default, polled every
+``poll_seconds``). Whichever signal comes, a file must also be
 whole by its bytes (a PNG's IEND, a JPEG's end marker, a WebP's or MP4's
 declared sizes) — a file written in two opens, or whose writer pauses, waits —
 unless it has not changed for ``GIVE_UP_SECONDS``: then it is taken, and
 refused with the reason. In a folder where sidecar files were seen, a file
 with no metadata of its own waits up to ``SIDECAR_WAIT_SECONDS`` for its
-sidecar (:mod:`localvault._watch_sidecars`). A file that appears whole at once (renamed into the
-folder from elsewhere) is taken at once. Hidden and temporary names, and
+sidecar (:mod:`localvault._watch_sidecars`). Hidden and temporary names, and
 files in hidden or temporary sub-folders, are ignored until renamed. On
 start the watcher first imports what is already there (catch-up; files not
 whole yet wait like new ones), then imports as files arrive, in small
 batches through the same :class:`~localvault.importer.Importer` as
 ``localvault import`` (so jobs, duplicates and ``--move`` behave the same).
 If the folder is deleted, renamed away or replaced by a new one, the watcher
-waits for it to come back, watches it again and catches up. Errors on one
+waits for it to come back, watches it again and catches up; if the kernel's
+queue of events overflows (a burst of thousands of files), it catches up too. Errors on one
 file are reported (``on_event`` and ``logging``) and the watch goes on; a
 file refused because its batch could not be committed (database busy, disk
 error) is tried again after ``RETRY_SECONDS``.
@@ -41,7 +44,7 @@ from watchdog.observers import Observer
 
 from . import media, models
 from ._import_pipeline import to_the_end
-from ._watch_handler import EventHandler
+from ._watch_handler import EventHandler, watch_overflows
 from ._watch_settle import UnsettledFiles
 from ._watch_sidecars import SIDECAR_WAIT_SECONDS, SidecarWait, is_sidecar_name
 from ._watch_state import HandledFiles, WatchEvent, WatchReport
@@ -53,6 +56,8 @@ from .vault import Vault
 log = logging.getLogger(__name__)
 
 STABLE_SECONDS = 1.0
+#: A complete file (closed, or renamed in) is taken once no event has touched it for this long.
+QUIET_SECONDS = 0.2
 POLL_SECONDS = 0.25
 #: A file unchanged this long but still not whole is taken anyway (and refused, with the reason).
 GIVE_UP_SECONDS = 10.0
@@ -76,7 +81,8 @@ class Watcher:
                  model: str | None = None, prompt: str | None = None,
                  on_event: Callable[[WatchEvent], None] | None = None,
                  stable_seconds: float = STABLE_SECONDS, poll_seconds: float = POLL_SECONDS,
-                 workers: int | None = None, sidecar_wait_seconds: float = SIDECAR_WAIT_SECONDS) -> None:
+                 workers: int | None = None, sidecar_wait_seconds: float = SIDECAR_WAIT_SECONDS,
+                 quiet_seconds: float = QUIET_SECONDS) -> None:
         # "../out" as /x/out: paths under it are checked
         self.folder = Path(os.path.abspath(models.check_path(folder, "the folder to watch")))
         if not self.folder.is_dir():
@@ -90,6 +96,8 @@ class Watcher:
         self.report = WatchReport()
         self._queue: queue.Queue[str] = queue.Queue()
         self._unsettled = UnsettledFiles(stable_seconds, GIVE_UP_SECONDS)
+        self._quieting = UnsettledFiles(quiet_seconds, GIVE_UP_SECONDS)  # complete, waiting for a quiet moment
+        self._overflowed = threading.Event()  # the kernel dropped events: catch up
         self._sidecars = SidecarWait(sidecar_wait_seconds)
         self._identity: tuple[int, int] | None = None  # (device, inode) of the folder being watched
         # The folder as watched: its real path (inotify on a symbolic link would watch the link, not the
@@ -102,6 +110,7 @@ class Watcher:
         # Python 3.11 marks the thread stopped while it still runs, and a second stop() would not wait for it.
         self._ended = threading.Event()
         self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
         self._observer: Observer | None = None  # type: ignore[valid-type]
         self._error: BaseException | None = None
 
@@ -109,10 +118,11 @@ class Watcher:
 
     def start(self) -> Watcher:
         """Start watching in a background thread; returns once the catch-up import is done."""
-        if self._thread is not None:
-            raise InvalidInputError("this watcher was started already; make a new Watcher to watch again")
-        self._thread = threading.Thread(target=self._run, name="localvault-watch", daemon=True)
-        thread = self._thread
+        with self._start_lock:  # two threads starting one watcher: one of them is told
+            if self._thread is not None:
+                raise InvalidInputError("this watcher was started already; make a new Watcher to watch again")
+            self._thread = threading.Thread(target=self._run, name="localvault-watch", daemon=True)
+            thread = self._thread
         try:
             thread.start()
             self._started.wait()
@@ -181,10 +191,14 @@ class Watcher:
         if not is_candidate_name(name) or not self._in_scope(path):
             return
         if ready and media.looks_finished(path):
-            if not self._sidecars.hold(path):
-                self._queue.put(path)
+            self._quieting.note_as_is(path)
         else:
+            self._quieting.discard(path)  # written to again: taken when complete again
             self._unsettled.note(path)
+
+    def _overflow(self) -> None:
+        """Called (from any thread) when the kernel dropped events: the watcher's thread catches up."""
+        self._overflowed.set()
 
     def _in_scope(self, path: str) -> bool:
         """Directly in the folder, or (recursive) in a sub-folder that is neither hidden nor temporary, as a scan."""
@@ -197,8 +211,10 @@ class Watcher:
         return not relative.startswith("..") and not any(is_ignored_name(part) for part in Path(relative).parts)
 
     def _settled(self) -> list[str]:
-        """Files taken by the stable-size fallback (unless held for their sidecar)."""
-        return [path for path in self._unsettled.settled() if not self._sidecars.hold(path)]
+        """Complete files left alone for a quiet moment, and files taken by the stable-size fallback (unless held
+        for their sidecar)."""
+        return [path for path in (*self._quieting.settled(), *self._unsettled.settled())
+                if not self._sidecars.hold(path)]
 
     def _wait_for(self, paths: list[str], seconds: float = 0.0) -> None:
         self._unsettled.wait_for(paths, seconds)
@@ -230,10 +246,17 @@ class Watcher:
                 if self._folder_lost():
                     self._wait_for_folder(importer)
                     continue
+                if self._overflowed.is_set():
+                    self._overflowed.clear()
+                    log.warning("events about files in %s were lost (the kernel's queue overflowed); catching up",
+                                self.folder)
+                    self._catch_up(importer)
+                    continue
                 paths = self._next_paths()
                 if paths:
                     self._import(importer, paths)
-            self._import(importer, [*self._drain(), *self._sidecars.release_all()])  # what arrived while stopping
+            # What arrived while stopping, complete files included
+            self._import(importer, [*self._drain(), *self._quieting.take_all(), *self._sidecars.release_all()])
         except BaseException as exc:  # never die silently
             log.exception("the watcher of %s stopped on an unexpected error", self.folder)
             self._error = exc
@@ -258,8 +281,12 @@ class Watcher:
             log.warning("the workspace's cleanup did not run: %s", exc)
 
     def _next_paths(self) -> list[str]:
+        wait = self.poll_seconds
+        quiet_in = self._quieting.seconds_to_next()
+        if quiet_in is not None:  # woken when the first complete file may be taken, not at the next poll
+            wait = min(wait, quiet_in + 0.001)
         try:
-            first = self._queue.get(timeout=self.poll_seconds)
+            first = self._queue.get(timeout=wait)
         except queue.Empty:
             return [*self._settled(), *self._sidecars.due()]
         return [first, *self._drain(), *self._settled(), *self._sidecars.due()]
@@ -281,6 +308,11 @@ class Watcher:
         self._observer = observer
         observer.schedule(EventHandler(self), str(self._watched), recursive=self.recursive)
         observer.start()
+        watch_overflows(self)
+        self._catch_up(importer)
+
+    def _catch_up(self, importer: Importer) -> None:
+        """Import what is in the folder (what is not whole yet is waited for, as new files are)."""
         candidates, refused, _ignored = scan(self._watched, self.recursive)
         self.report.merge(ImportReport(refused=dict(refused)))  # (a link leading outside, a folder not listable)
         for path, reason in refused.items():
@@ -323,6 +355,7 @@ class Watcher:
         self._unschedule()
         self._drain()
         self._unsettled.clear()
+        self._quieting.clear()
         self._sidecars.release_all(forget_folders=True)  # the catch-up on the folder's return finds them
         self._handled.clear()
         while not self._stop.is_set():
@@ -383,5 +416,5 @@ def _as_vault_error(exc: BaseException, folder: Path) -> LocalVaultError:
     return StorageError(f"the watcher of {folder} stopped on an error: {type(exc).__name__}: {exc}")
 
 
-__all__ = ["Watcher", "WatchEvent", "WatchReport", "STABLE_SECONDS", "POLL_SECONDS", "GIVE_UP_SECONDS", "RETRY_SECONDS",
+__all__ = ["Watcher", "WatchEvent", "WatchReport", "STABLE_SECONDS", "QUIET_SECONDS", "POLL_SECONDS", "GIVE_UP_SECONDS", "RETRY_SECONDS",
            "SIDECAR_WAIT_SECONDS"]

@@ -756,3 +756,107 @@ def test_the_report_counts_what_the_catch_up_refuses(vault: Vault, out: Path, tm
     assert sorted(seen.names("refused")) == ["bad.png", "outside.png"]
     assert sorted(Path(p).name for p in watcher.report.refused) == ["bad.png", "outside.png"]
     assert watcher.report.refused_total == 2 and [Path(i.source).name for i in watcher.report.imported] == ["before.png"]
+
+
+def test_a_file_touched_again_right_after_its_close_is_taken_once_as_it_ends(vault: Vault, out: Path,
+                                                                            tmp_path: Path) -> None:
+    """Rigs and scripts touch a file right after closing it: an EXIF block inserted (piexif.insert rewrites
+    it), a copy setting its times (shutil.copy2, shutil.move from another disk). Taken at its first close, it
+    became two assets (the first without its metadata), or a --move kept the source as replaced."""
+    seen = Recorder()
+    final = make_png(tmp_path / "final.png", text_chunks={"parameters": A1111_TEXT}, color=5).read_bytes()
+    with Watcher(vault, out, on_event=seen, mode="move", quiet_seconds=0.5):
+        (out / "rewritten.png").write_bytes(png_bytes(tmp_path, 4))  # whole, without its metadata yet
+        time.sleep(0.05)
+        (out / "rewritten.png").write_bytes(final)  # ... which is written in a moment later
+        (out / "copied.png").write_bytes(png_bytes(tmp_path, 6))
+        time.sleep(0.05)
+        os.utime(out / "copied.png", (1_700_000_000, 1_700_000_000))  # copystat, after the copy's close
+        assert wait_for(lambda: len(seen.names("imported")) == 2)
+        time.sleep(0.7)
+    assert sorted(seen.names("imported")) == ["copied.png", "rewritten.png"] and seen.names("duplicate") == []
+    assert vault.workspace.count() == 2 and list(out.iterdir()) == []  # --move took both sources
+    asset = vault.workspace.find_sha256(hashlib.sha256(final).hexdigest())
+    assert asset is not None and asset.original_prompt == "a red fox in snow"
+
+
+def test_a_previous_renders_sidecar_is_not_taken_for_the_new_files(vault: Vault, out: Path, tmp_path: Path) -> None:
+    """A1111 naming files by seed re-renders 1234.png; with --move the old image went into the vault and its
+    1234.txt stayed. The new image must wait for its own text file, not take the old one's prompt."""
+    seen = Recorder()
+    with Watcher(vault, out, on_event=seen, mode="move", sidecar_wait_seconds=30):
+        (out / "1234.txt").write_text(A1111_TEXT.replace("a red fox in snow", "an old prompt"))
+        old = time.time() - 120
+        os.utime(out / "1234.txt", (old, old))  # written by the previous render
+        write_by_rename(out, "1234.png", png_bytes(tmp_path, 7))
+        time.sleep(0.6)
+        assert seen.names("imported") == []  # held for its own sidecar
+        (out / "1234.txt").write_text(A1111_TEXT.replace("a red fox in snow", "a blue whale"))
+        assert wait_for(lambda: seen.names("imported") == ["1234.png"], timeout=5)
+    asset = vault.workspace.find_sha256(hashlib.sha256(png_bytes(tmp_path, 7)).hexdigest())
+    assert asset is not None and asset.original_prompt == "a blue whale"
+
+
+def test_files_whose_events_the_kernel_dropped_are_caught_up(vault: Vault, out: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """When inotify's queue overflows, the kernel drops events and watchdog only logs it. The drop is
+    simulated (the handler hears nothing for a while: no test can overflow the kernel's queue cheaply); the
+    signal is watchdog's own log record, on its own logger."""
+    import watchdog.observers.inotify_c as inotify_c
+
+    from localvault import _watch_handler
+
+    assert _watch_handler._OVERFLOW_MESSAGE in Path(inotify_c.__file__).read_text()  # what watchdog logs
+    assert inotify_c.logger.name == _watch_handler._OVERFLOW_LOGGER
+    seen = Recorder()
+    deaf = threading.Event()
+    real_dispatch = _watch_handler.EventHandler.dispatch
+    monkeypatch.setattr(_watch_handler.EventHandler, "dispatch",
+                        lambda self, event: None if deaf.is_set() else real_dispatch(self, event))
+    with Watcher(vault, out, on_event=seen):
+        deaf.set()
+        for n in range(3):
+            write_by_rename(out, f"lost{n}.png", png_bytes(tmp_path, 10 + n))
+        time.sleep(0.5)
+        assert seen.names("imported") == []  # their events were lost
+        deaf.clear()
+        inotify_c.logger.warning("Inotify queue overflowed; filesystem events were lost")
+        assert wait_for(lambda: sorted(seen.names("imported")) == ["lost0.png", "lost1.png", "lost2.png"])
+
+
+def test_a_watcher_started_from_two_threads_at_once_runs_once(vault: Vault, out: Path) -> None:
+    """Both calls used to pass the "started already?" check: two watch threads, one left running by stop()."""
+    for _attempt in range(20):  # a race: tried often enough to show
+        watcher = Watcher(vault, out)
+        barrier = threading.Barrier(2)
+        outcomes: list[str] = []
+
+        def start(watcher: Watcher = watcher, barrier: threading.Barrier = barrier,
+                  outcomes: list[str] = outcomes) -> None:
+            barrier.wait()
+            try:
+                watcher.start()
+                outcomes.append("started")
+            except InvalidInputError:
+                outcomes.append("refused")
+
+        threads = [threading.Thread(target=start) for _ in range(2)]
+        with _fast_thread_switching():
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        watcher.stop()
+        assert sorted(outcomes) == ["refused", "started"]
+        assert [t for t in threading.enumerate() if t.name == "localvault-watch"] == []
+
+
+@contextmanager
+def _fast_thread_switching() -> Iterator[None]:
+    """Switch threads as often as possible: a race between two checks shows at once."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
