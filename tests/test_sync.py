@@ -467,6 +467,35 @@ def test_retry_rejected_sends_a_delete_made_after_the_refusal_with_the_deletes_t
     assert status(vault, remote).rejected == [] and status(vault, remote).pending_changes == 0
 
 
+def test_full_sync_sends_again_what_the_server_lost(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                    tmp_path: Path) -> None:
+    """A vault restored from a backup (or a server that lost rows) has nothing queued for the rows the server no
+    longer holds: `sync --full` sends every row again; objects the bucket has are not sent again, and a row
+    edited on the server since is kept."""
+    vault.collections.create("trips")
+    ids = _fill(vault, tmp_path, 3, collection="trips")
+    vault.sync(remote)
+    lost = vault.library.get(ids[0])
+    with psycopg.connect(remote.database_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM public.user_library WHERE id = %s", (ids[0],))
+        conn.execute("UPDATE public.user_library SET title = 'edited on the web' WHERE id = %s", (ids[1],))
+    boto3.client("s3", endpoint_url=s3_bucket.storage_options["client_kwargs"]["endpoint_url"],
+                 aws_access_key_id=s3_bucket.storage_options["key"],
+                 aws_secret_access_key=s3_bucket.storage_options["secret"],
+                 region_name="us-east-1").delete_object(Bucket=s3_bucket.name, Key=lost.storage_path)
+    assert vault.sync(remote).pending_changes == 0  # nothing queued: a plain sync cannot mend it
+    dry = vault.sync(remote, full=True, dry_run=True)
+    assert (dry.pending_changes, dry.rows_written) == (4, 4)  # 3 rows and their collection
+    assert status(vault, remote).pending_changes == 0  # the dry run queued nothing
+    report = vault.sync(remote, full=True)
+    assert (report.pending_changes, report.files_uploaded, report.files_skipped) == (4, 1, 2)
+    assert report.conflicts == 1  # the server's newer edit is kept
+    rows = _server_rows(remote.database_url, "user_library")
+    assert set(rows) == set(ids) and rows[ids[1]]["title"] == "edited on the web"
+    assert _objects(s3_bucket.storage_options, s3_bucket.name)[lost.storage_path] == lost.file_size_bytes
+    assert status(vault, remote).pending_changes == 0
+
+
 def test_dry_run_changes_nothing(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path) -> None:
     _fill(vault, tmp_path, 2)
     report = vault.sync(remote, dry_run=True)

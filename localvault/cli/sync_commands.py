@@ -99,9 +99,11 @@ def remote_show(ctx: Context, as_json: bool) -> None:
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Show what would be pushed; change nothing.")
 @click.option("--retry-rejected", is_flag=True, help="Send again the changes the server refused before.")
+@click.option("--full", is_flag=True, help="Send every row again, not only the changes (after restoring the vault "
+                                           "from a backup); rows newer on the server are kept.")
 @json_option()
 @pass_ctx
-def sync(ctx: Context, dry_run: bool, retry_rejected: bool, as_json: bool) -> None:
+def sync(ctx: Context, dry_run: bool, retry_rejected: bool, full: bool, as_json: bool) -> None:
     """Push the library (rows and files) to the remote; resumes after any interruption.
 
     Exit codes: 0 done (refused changes: see status), 3 remote settings that cannot work, 7 the server's
@@ -112,7 +114,7 @@ def sync(ctx: Context, dry_run: bool, retry_rejected: bool, as_json: bool) -> No
 
     vault = ctx.vault()
     with output.progress_bars(not as_json, with_bytes=True) as progress:
-        result = push(vault, dry_run=dry_run, retry_rejected=retry_rejected, progress=progress)
+        result = push(vault, dry_run=dry_run, retry_rejected=retry_rejected, full=full, progress=progress)
     if as_json:
         output.print_json(result)
         return

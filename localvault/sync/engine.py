@@ -135,8 +135,13 @@ def _retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] |
 
 
 def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, retry_rejected: bool = False,
-         progress: ProgressCallback | None = None, batch_rows: int = BATCH_ROWS) -> SyncReport:
+         full: bool = False, progress: ProgressCallback | None = None, batch_rows: int = BATCH_ROWS) -> SyncReport:
     """Push the vault user's library and collections to the remote.
+
+    ``full`` sends every row again, not only those changed since the last
+    sync (after restoring the vault from a backup, or when the server lost
+    rows): rows newer on the server are kept, objects the bucket holds are
+    not sent again.
 
     Raises OfflineError when the server or bucket cannot be reached (nothing
     is lost: the outbox keeps every change), SchemaVersionError when the
@@ -149,11 +154,14 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
         target.check(vault.user_id)
         if retry_rejected and not dry_run:
             outbox.requeue_rejected(vault)
-        preview_rejected = retry_rejected and dry_run  # the refused rows counted as if requeued
-        result.pending_changes = outbox.pending_count(vault, with_rejected=preview_rejected)
         # Checked even with nothing to push: a sync that "succeeds" against a bucket that is gone hides it.
         bucket = Bucket(target.bucket_url, target.storage_options)
         bucket.check_reachable(create=not dry_run)  # at the start, offline is said at once (as for PostgreSQL)
+        if full and not dry_run:
+            outbox.queue_everything(vault)
+        preview = {"with_rejected": retry_rejected and dry_run,  # counted as if requeued, or queued
+                   "with_everything": full and dry_run}
+        result.pending_changes = outbox.pending_count(vault, **preview)
         if result.pending_changes == 0:
             outbox.mark_synced(vault, dry_run)
             result.seconds = time.monotonic() - started
@@ -164,7 +172,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
         taken: set[int] = set()  # a dry run acknowledges nothing: entries it has counted, past after_seq
         counted: set[str] = set()  # ... and counts each row once, though a row may go in two batches
         while True:
-            batch = outbox.read_batch(vault, batch_rows, after_seq, skip=taken, with_rejected=preview_rejected)
+            batch = outbox.read_batch(vault, batch_rows, after_seq, skip=taken, **preview)
             if batch is None:
                 break
             _upload_files(vault, bucket, known, batch, result, progress, dry_run)

@@ -31,10 +31,12 @@ class Batch:
     inserted: set[str] = field(default_factory=set)
 
 
-def pending_count(vault: Vault, *, with_rejected: bool = False) -> int:
-    """Rows with changes waiting; ``with_rejected``: and the refused ones, as if requeued (a dry run's preview)."""
+def pending_count(vault: Vault, *, with_rejected: bool = False, with_everything: bool = False) -> int:
+    """Rows with changes waiting; ``with_rejected``: and the refused ones, as if requeued; ``with_everything``:
+    and every row, as if all were queued (a dry run's previews)."""
+    source = _source(with_rejected, with_everything)
     row = vault.db.conn.execute(
-        f"SELECT count(*) FROM (SELECT DISTINCT table_name, row_id FROM {_source(with_rejected)} WHERE user_id = ?)",
+        f"SELECT count(*) FROM (SELECT DISTINCT table_name, row_id FROM {source} WHERE user_id = ?)",
         (vault.user_id,)).fetchone()
     return int(row[0])
 
@@ -46,7 +48,7 @@ EXTRA_ENTRIES = 200_000
 
 
 def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | frozenset[int] = frozenset(),
-               with_rejected: bool = False) -> Batch | None:
+               with_rejected: bool = False, with_everything: bool = False) -> Batch | None:
     """The next outbox entries of this user, coalesced by row, with the rows' current state (one snapshot).
 
     A batch sends each row as it is now, which may rest on changes queued
@@ -58,11 +60,13 @@ def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | fro
     :data:`BATCH_BYTES` of JSON; the rest wait for the next batch. ``skip``:
     entries already taken (a dry run reads on without acknowledging).
     ``with_rejected``: the refused entries too, after the outbox's, as
-    :func:`requeue_rejected` would queue them (a dry run changes nothing).
+    :func:`requeue_rejected` would queue them; ``with_everything``: an entry
+    for every row too, as :func:`queue_everything` would (a dry run changes
+    nothing).
     """
     with vault.db.read() as conn:
         while True:
-            read = conn.execute(_entry_sql(with_rejected) + " AND seq > ? ORDER BY seq LIMIT ?",
+            read = conn.execute(_entry_sql(with_rejected, with_everything) + " AND seq > ? ORDER BY seq LIMIT ?",
                                 (vault.user_id, after_seq, limit)).fetchall()
             if not read:
                 return None
@@ -70,7 +74,8 @@ def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | fro
             entries = [e for e in read if e[0] not in skip]
             if entries:
                 break
-        entries += [e for e in _entries_rested_on(conn, vault.user_id, last_seq, with_rejected) if e[0] not in skip]
+        entries += [e for e in _entries_rested_on(conn, vault.user_id, last_seq, with_rejected, with_everything)
+                    if e[0] not in skip]
         newest: dict[tuple[str, str], tuple[str, str | None, int, str]] = {}
         for seq, table, row_id, op, path, queued_at in entries:
             previous = newest.get((table, row_id))
@@ -117,23 +122,38 @@ def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | fro
 _REJECTED_SEQ_BASE = 1 << 48
 
 
-def _source(with_rejected: bool) -> str:
-    """The entries read: the outbox's, or (a dry run of --retry-rejected) those and the refused ones."""
-    if not with_rejected:
+#: ... and a row's entry when a dry run of --full reads every row as queued: after those, collections first.
+_EVERY_COLLECTION_SEQ_BASE = 1 << 50
+_EVERY_LIBRARY_SEQ_BASE = 1 << 51
+_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+
+
+def _source(with_rejected: bool, with_everything: bool = False) -> str:
+    """The entries read: the outbox's; for a dry run of --retry-rejected, the refused ones too; for a dry run of
+    --full, an update of every row too."""
+    if not with_rejected and not with_everything:
         return "sync_outbox"
-    return (f"(SELECT seq, table_name, row_id, op, user_id, storage_path, queued_at FROM sync_outbox UNION ALL"
-            f" SELECT seq + {_REJECTED_SEQ_BASE}, table_name, row_id, op, user_id, storage_path,"
-            " coalesce(queued_at, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) FROM sync_rejected)")
+    parts = ["SELECT seq, table_name, row_id, op, user_id, storage_path, queued_at FROM sync_outbox"]
+    if with_rejected:
+        parts.append(f"SELECT seq + {_REJECTED_SEQ_BASE}, table_name, row_id, op, user_id, storage_path,"
+                     f" coalesce(queued_at, {_NOW}) FROM sync_rejected")
+    if with_everything:
+        parts.append(f"SELECT rowid + {_EVERY_COLLECTION_SEQ_BASE}, 'user_collections', id, 'update', user_id, NULL,"
+                     f" {_NOW} FROM user_collections")
+        parts.append(f"SELECT local_seq + {_EVERY_LIBRARY_SEQ_BASE}, 'user_library', id, 'update', user_id, NULL,"
+                     f" {_NOW} FROM user_library")
+    return "(" + " UNION ALL ".join(parts) + ")"
 
 
-def _entry_sql(with_rejected: bool = False) -> str:
-    return f"SELECT seq, table_name, row_id, op, storage_path, queued_at FROM {_source(with_rejected)} WHERE user_id = ?"
+def _entry_sql(with_rejected: bool = False, with_everything: bool = False) -> str:
+    return ("SELECT seq, table_name, row_id, op, storage_path, queued_at"
+            f" FROM {_source(with_rejected, with_everything)} WHERE user_id = ?")
 
 
-def _entries_rested_on(conn: sqlite3.Connection, user_id: str, last_seq: int,
-                       with_rejected: bool = False) -> list[tuple[Any, ...]]:
+def _entries_rested_on(conn: sqlite3.Connection, user_id: str, last_seq: int, with_rejected: bool = False,
+                       with_everything: bool = False) -> list[tuple[Any, ...]]:
     """The entries after ``last_seq`` a batch takes too: collection changes, deletes, and a deleted row's others."""
-    entry = _entry_sql(with_rejected)
+    entry = _entry_sql(with_rejected, with_everything)
     extra = conn.execute(entry + " AND seq > ? AND (table_name = 'user_collections' OR op = 'delete') ORDER BY seq"
                          " LIMIT ?", (user_id, last_seq, EXTRA_ENTRIES)).fetchall()
     # A deleted library row's other entries go with its delete (else a later batch would send the delete
@@ -172,6 +192,16 @@ def _rows(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], ids: l
             continue
         for row in conn.execute(f"SELECT {', '.join(columns)} FROM {table}" + where, (user_id, *chunk)):
             yield dict(zip(columns, row, strict=True))
+
+
+def queue_everything(vault: Vault) -> None:
+    """Queue an update of every collection and library row of the user (``sync --full``): a vault restored
+    from a backup, or a server that lost rows, has nothing queued for rows the server no longer holds."""
+    with vault.db.write() as conn:
+        conn.execute("INSERT INTO sync_outbox (table_name, row_id, op, user_id) SELECT 'user_collections', id,"
+                     " 'update', user_id FROM user_collections WHERE user_id = ? ORDER BY rowid", (vault.user_id,))
+        conn.execute("INSERT INTO sync_outbox (table_name, row_id, op, user_id) SELECT 'user_library', id,"
+                     " 'update', user_id FROM user_library WHERE user_id = ? ORDER BY local_seq", (vault.user_id,))
 
 
 def requeue_rejected(vault: Vault) -> None:
