@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,6 +30,8 @@ _INSERT = ("INSERT INTO workspace_assets (id, user_id, asset_type, temp_storage_
            " generation_settings, width, height, sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
 #: Batches of at least this many files are made durable with one syncfs; smaller ones file by file.
+log = logging.getLogger(__name__)
+
 SYNCFS_MIN_FILES = 32
 #: How long undoing a failed add waits for the write lock (the failure may have been that lock: not 60 s again).
 UNDO_LOCK_WAIT_MS = 5_000
@@ -279,8 +282,11 @@ class Workspace:
                 self._files.discard(entry.staged)
             raise
         for entry, result in zip(entries, out, strict=True):
-            if result is None:
-                self._files.discard(entry.staged)
+            if result is None:  # a duplicate's copy; the batch is committed, whatever happens to it now
+                try:
+                    self._files.discard(entry.staged)
+                except LocalVaultError as exc:  # (verify --repair removes it, once an hour old)
+                    log.warning("could not remove the temporary copy of a duplicate: %s", exc)
         return out
 
     # ---------------------------------------------------------------- read

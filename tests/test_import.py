@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import zlib
@@ -444,6 +445,42 @@ def test_a_batch_is_flushed_on_the_filesystem_of_the_users_folder(vault: Vault, 
     rig_folder(tmp_path / "out")
     assert len(vault.workspace.import_folder(tmp_path / "out").imported) == 7
     assert flushed and set(flushed) == {str(vault.root / WORKSPACE_BUCKET / USER)}
+
+
+def test_a_duplicates_copy_that_cannot_be_removed_does_not_refuse_a_committed_batch(
+        vault: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The copies of files found to be duplicates are removed after the batch's commit; a failure there (a
+    disk error) reported the whole committed batch as refused, to be tried again."""
+    from localvault.errors import StorageError
+    from localvault.files import FileStore
+    from localvault.workspace import BatchEntry
+
+    paths = rig_folder(tmp_path / "out")
+    real_discard = FileStore.discard
+    in_add_batch: list[bool] = []
+
+    def discard_failing_after_commit(self: FileStore, staged: object) -> None:
+        if in_add_batch:
+            raise StorageError("cannot remove it: Input/output error")
+        real_discard(self, staged)  # type: ignore[arg-type]
+
+    real_add_batch = Workspace.add_batch
+
+    def add_batch(self: Workspace, entries: list[BatchEntry], **kw: object) -> object:
+        with Vault.open(vault.root) as other:  # another process adds the first file meanwhile: a duplicate now
+            other.workspace.add(paths[0])
+        in_add_batch.append(True)
+        try:
+            return real_add_batch(self, entries, **kw)  # type: ignore[arg-type]
+        finally:
+            in_add_batch.clear()
+
+    monkeypatch.setattr(FileStore, "discard", discard_failing_after_commit)
+    monkeypatch.setattr(Workspace, "add_batch", add_batch)
+    with caplog.at_level(logging.WARNING, logger="localvault.workspace"):
+        result = vault.workspace.import_folder(tmp_path / "out")
+    assert (len(result.imported), result.duplicates, result.refused) == (len(paths) - 1, [str(paths[0])], {})
+    assert "could not remove the temporary copy of a duplicate" in caplog.text
 
 
 def test_a_folder_given_with_dot_dot_is_imported(vault: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -388,7 +388,9 @@ def cli_watch(root: Path, out: Path, *options: str) -> Iterator[subprocess.Popen
     """`localvault watch` in a process of its own (stdout and stderr piped); killed if a test leaves it running."""
     env = {**os.environ, "COLUMNS": "200", "PYTHONDONTWRITEBYTECODE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "localvault.cli", "--vault", str(root), "watch", *options, str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            # as from a terminal, even when the suite runs under nohup
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     try:
         yield proc
     finally:
@@ -397,10 +399,11 @@ def cli_watch(root: Path, out: Path, *options: str) -> Iterator[subprocess.Popen
             proc.wait()
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup"])
 def test_cli_watch_stops_cleanly_with_a_summary(tmp_path: Path, out: Path, stop: signal.Signals) -> None:
     """`localvault watch` as a user runs it: catch up, take a new file, then Ctrl-C (or a service
-    manager's SIGTERM) ends it with exit code 0, a summary, every file committed and no temporary file."""
+    manager's SIGTERM, or its terminal closed: SIGHUP) ends it with exit code 0, a summary, every file
+    committed and no temporary file."""
     root = tmp_path / "vault"
     Vault.create(root, user_id=USER).close()
     make_png(out / "before.png", color=1)

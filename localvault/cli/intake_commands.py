@@ -109,12 +109,16 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 @contextmanager
 def _sigterm_as_ctrl_c() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt in the main thread until the block ends (then the old handler is back)."""
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    """SIGTERM, and SIGHUP (its terminal closed), raise KeyboardInterrupt in the main thread until the block
+    ends (then the old handlers are back). A SIGHUP ignored (``nohup``) stays ignored."""
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt)}
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @main.command()
