@@ -29,9 +29,9 @@ _INSERT = ("INSERT INTO workspace_assets (id, user_id, asset_type, temp_storage_
            " duration_seconds, job_id, asset_index, generation_seed, original_prompt, model_used,"
            " generation_settings, width, height, sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
-#: Batches of at least this many files are made durable with one syncfs; smaller ones file by file.
 log = logging.getLogger(__name__)
 
+#: Batches of at least this many files are made durable with one syncfs; smaller ones file by file.
 SYNCFS_MIN_FILES = 32
 #: How long undoing a failed add waits for the write lock (the failure may have been that lock: not 60 s again).
 UNDO_LOCK_WAIT_MS = 5_000

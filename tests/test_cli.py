@@ -383,3 +383,17 @@ def test_a_vault_on_a_read_only_filesystem_can_be_read(tmp_path: Path) -> None:
     # the snapshot: read through its -shm, its -wal's asset included (it was once refused as 'holding changes')
     assert {"vault.db-wal", "vault.db-shm"} <= set(out["snapshot_files"])
     assert out["snapshot_count"] == 2 and out["snapshot_ls"] == [0, 2], out
+
+
+def test_import_from_an_apps_thread(cli, tmp_path: Path) -> None:
+    """An app may run the CLI in a thread of its own: Python lets only the main thread set signal handlers."""
+    import threading
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _png(out / "a.png", 3)
+    results: list[str] = []
+    thread = threading.Thread(target=lambda: results.append(cli("import", str(out), "--json")))
+    thread.start()
+    thread.join()
+    assert len(results) == 1 and len(json.loads(results[0])["imported"]) == 1

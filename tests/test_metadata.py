@@ -41,7 +41,7 @@ def assert_valid(info: GenerationInfo) -> None:
     check_settings(info.settings)
     json.dumps(info.settings, allow_nan=False)
     assert info.seed is None or 0 <= info.seed <= MAX_SEED
-    assert info.source in {"a1111", "comfyui", "invokeai", "fooocus", "sidecar", "none"}
+    assert info.source in {"a1111", "comfyui", "invokeai", "fooocus", "swarmui", "sidecar", "none"}
     assert info.run_id is None or (isinstance(info.run_id, str) and info.run_id.isprintable())
 
 
@@ -181,6 +181,38 @@ def test_user_comment_in_utf16_without_ascii_in_either_byte_order(tmp_path: Path
     prompt = "赤い狐、雪の中、傑作、最高品質、美しい光、夕焼け、森の中で眠る狐、一匹"
     info = metadata.read(make_jpeg(tmp_path / "a.jpg", exif_user_comment=prompt, encoding=encoding))
     assert info.prompt == prompt
+
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+def test_utf16_user_comment_that_its_bytes_cannot_place_follows_the_exif_byte_order(endian: str) -> None:
+    """Chinese text whose two readings are both plausible: the EXIF block's own byte order decides."""
+    from PIL import Image
+
+    prompt = "赛博朋克城市夜景"
+    exif = Image.Exif()
+    exif.endian = endian
+    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\0" + prompt.encode("utf-16-le" if endian == "<" else "utf-16-be")
+    assert images.exif_texts(exif.tobytes())["usercomment"] == prompt
+
+
+def test_swarmui_parameters_json_and_other_json_in_parameters(tmp_path: Path) -> None:
+    """SwarmUI writes {"sui_image_params": {...}}; JSON that no known tool writes stays text, as before."""
+    swarm = {"sui_image_params": {"prompt": "a red fox in snow", "negativeprompt": "blurry", "model": "juggernautXL",
+                                  "seed": 1234, "steps": 30, "cfgscale": 7}, "sui_extra_data": {"date": "2024-06-01"}}
+    info = metadata.read(make_png(tmp_path / "s.png", text_chunks={"parameters": json.dumps(swarm)}))
+    assert (info.source, info.prompt, info.negative_prompt, info.seed, info.model) == (
+        "swarmui", "a red fox in snow", "blurry", 1234, "juggernautXL")
+    assert info.settings["steps"] == 30
+    other = json.dumps({"note": "made by hand", "quality": 9})
+    info = metadata.read(make_png(tmp_path / "o.png", text_chunks={"parameters": other}))
+    assert info.source == "a1111" and info.prompt == other
+
+
+def test_a_caption_starting_with_steps_is_not_a_settings_line(tmp_path: Path) -> None:
+    """Lenient reading is for A1111's own lines, which start with "Steps: <number>"."""
+    caption = "Steps: to the sky, masterpiece, Mood: calm, Style: ukiyo-e, Lighting: golden hour"
+    info = metadata.read(make_png(tmp_path / "a.png", text_chunks={"parameters": caption}))
+    assert info.prompt == caption and info.settings == {}
 
 
 # ---------------------------------------------------------------- ComfyUI
@@ -416,6 +448,24 @@ def test_comfyui_wan_video_wrapper_graph_in_an_mp4(tmp_path: Path) -> None:
     assert (info.prompt, info.negative_prompt) == ("a cat surfing a wave at sunset", "static, blurry")
     assert (info.seed, info.model) == (1057359483639287, "Wan2_1-T2V-14B_fp8_e4m3fn.safetensors")
     assert (info.settings["width"], info.settings["height"], info.settings["steps"]) == (832, 480, 30)
+
+
+def test_comfyui_model_file_rule_takes_only_a_loader_upstream_of_the_sampler() -> None:
+    """A segmentation or depth model after the sampler (or in a graph with no sampler) is not the model."""
+    graph = {
+        "1": {"class_type": "DiffusersLoader", "inputs": {"model_path": "sdxl-base"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+        "3": _sampler(["6", 0], None, ["5", 0], model=("1", 0)),
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["1", 2]}},
+        "9": {"class_type": "SAM2Segment", "inputs": {"image": ["8", 0], "model": "sam2_hiera_base_plus.safetensors"}},
+    }
+    info = _clean.finish(metadata.read_chunks({"prompt": graph}))
+    assert (info.prompt, info.seed, info.model) == ("a cat", 42, None)
+    depth = {"1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
+             "2": {"class_type": "DepthAnything", "inputs": {"image": ["1", 0],
+                                                             "model": "depth_anything_v2_vitl.safetensors"}}}
+    assert _clean.finish(metadata.read_chunks({"prompt": depth})).model is None
 
 
 def test_comfyui_link_cycle_does_not_hang() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -111,6 +112,9 @@ def _interrupt(_signum: int, _frame: object) -> None:
 def _sigterm_as_ctrl_c() -> Iterator[None]:
     """SIGTERM, and SIGHUP (its terminal closed), raise KeyboardInterrupt in the main thread until the block
     ends (then the old handlers are back). A SIGHUP ignored (``nohup``) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():  # (an app running the CLI in a thread)
+        yield
+        return
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt)}
     if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _interrupt)

@@ -42,14 +42,23 @@ def _from_comment(text: Any, key: str, depth: int) -> Found:
     return Found()
 
 
+#: Keys only Fooocus's own metadata scheme writes in its ``parameters`` JSON.
+_FOOOCUS_KEYS = ("full_prompt", "base_model", "fooocus_scheme", "metadata_scheme")
+
+
 def _parameters(text: Any) -> Found:
-    """A ``parameters`` entry: A1111's text, or the JSON object Fooocus writes under that name."""
+    """A ``parameters`` entry: A1111's text, or the JSON object Fooocus (or SwarmUI, as ``sui_image_params``)
+    writes under that name. Other JSON is read as A1111 text (the whole of it becomes the prompt)."""
     data = json_loads(text) if isinstance(text, str) and text.lstrip().startswith("{") else None
-    if not isinstance(data, dict):
-        return a1111.parse(text)
-    found = sidecar.from_mapping(data)
-    found.source = "fooocus"
-    return found
+    if isinstance(data, dict) and isinstance(data.get("sui_image_params"), dict):
+        found = sidecar.from_mapping(data["sui_image_params"])
+        found.source = "swarmui"
+        return found
+    if isinstance(data, dict) and any(key in data for key in _FOOOCUS_KEYS):
+        found = sidecar.from_mapping(data)
+        found.source = "fooocus"
+        return found
+    return a1111.parse(text)
 
 
 def read_chunks(chunks: dict[str, Any], depth: int = 0) -> Found:

@@ -25,6 +25,8 @@ _VALUE = re.compile(r'("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 _AFTER_JSON = re.compile(r"\s*(?:,|$)")
 _JSON = json.JSONDecoder()
 _NEGATIVE = "negative prompt:"
+#: How every A1111 settings line starts: "Steps: <a number>".
+_STEPS_FIRST = re.compile(r"\s*Steps: *\d+ *(?:,|$)")
 _MAX_PARAM_LINE = 100_000
 #: Sections the Dynamic Prompts extension writes after the settings line: (label, settings key).
 _TRAILING_SECTIONS = (("Template:", "template"), ("Negative Template:", "negative_template"))
@@ -35,14 +37,14 @@ def parse_params_line(line: str) -> dict[str, Any] | None:
 
     A value may also be a JSON object or list, unquoted (A1111 writes an
     extension's dict so, e.g. ``Tiled Diffusion: {"Method": …}``): it comes
-    back decoded. A line that starts with ``Steps:`` (as every A1111 settings
-    line does) may hold pieces that are not pairs, as A1111's own reader
+    back decoded. A line that starts with ``Steps: <number>`` (as every A1111
+    settings line does) may hold pieces that are not pairs, as A1111's own reader
     allows: a key written alone (A1111 writes ``k`` for ``k: k``), or an old
     unquoted value holding a comma; they are passed over.
     """
     if len(line) > _MAX_PARAM_LINE or ":" not in line:
         return None
-    lenient = line.lstrip().startswith("Steps:")
+    lenient = _STEPS_FIRST.match(line) is not None
     pairs: dict[str, Any] = {}
     pos = 0
     while pos < len(line):

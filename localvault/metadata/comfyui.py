@@ -239,8 +239,9 @@ def _first_with(nodes: Nodes, ids: Iterator[str] | list[str], keys: tuple[str, .
 def _model(nodes: Nodes, sampler_id: str | None) -> Any:
     ids = list(_upstream(nodes, sampler_id)) if sampler_id else []
     inputs = _first_with(nodes, ids, _MODEL_KEYS) or _first_with(nodes, sorted(nodes, key=_sort_key), _MODEL_KEYS)
-    if inputs is None:
-        return next((m for m in (nodes[i]["inputs"].get("model") for i in [*ids, *sorted(nodes, key=_sort_key)])
+    if inputs is None:  # a loader upstream of the sampler whose ``model`` names a file (not any node's: a
+        # segmentation or depth model after the sampler is not the one that generated)
+        return next((m for m in (nodes[i]["inputs"].get("model") for i in ids)
                      if isinstance(m, str) and m.lower().endswith(_MODEL_FILE_SUFFIXES)), None)
     return next(_resolve(nodes, inputs[k], _TEXT_KEYS) for k in _MODEL_KEYS if k in inputs)
 

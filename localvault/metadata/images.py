@@ -139,17 +139,18 @@ def exif_texts(data: bytes) -> dict[str, str]:
         name, sep, rest = value.partition(":") if isinstance(value, str) else ("", "", "")
         if sep and name.strip().lower() in ("prompt", "workflow"):
             texts.setdefault(name.strip().lower(), rest)
-    text = decode_user_comment(comment)
+    text = decode_user_comment(comment, big_endian=getattr(exif, "endian", ">") != "<")
     if text is not None and text.strip():
         texts["usercomment"] = text
     return texts
 
 
-def _utf16(body: bytes) -> str:
+def _utf16(body: bytes, big_endian: bool = True) -> str:
     """UTF-16 text of either byte order. Without a byte-order mark, the zero bytes tell where a quarter of the
     characters or more are ASCII (an A1111 settings line is all ASCII): big-endian puts their zero byte first.
     Where fewer are (a prompt all in Chinese), a few zero bytes (U+4E00 "一" is 4E 00) tell nothing: the order
-    whose reading has fewer impossible characters wins, big-endian (as A1111, with piexif, writes) on a tie."""
+    whose reading has fewer impossible characters wins; on a tie, ``big_endian``: the EXIF block's own byte
+    order (A1111, with piexif, writes big-endian text in a big-endian block)."""
     if body[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return body.decode("utf-16", "replace")
     even_zeros = body[0::2].count(0)
@@ -157,7 +158,10 @@ def _utf16(body: bytes) -> str:
     if max(even_zeros, odd_zeros) * 4 >= len(body) // 2 and even_zeros != odd_zeros:
         return body.decode("utf-16-be" if even_zeros > odd_zeros else "utf-16-le", "replace")
     big, little = body.decode("utf-16-be", "replace"), body.decode("utf-16-le", "replace")
-    return little if _unlikely_characters(little) < _unlikely_characters(big) else big
+    odd_big, odd_little = _unlikely_characters(big), _unlikely_characters(little)
+    if odd_big != odd_little:
+        return big if odd_big < odd_little else little
+    return big if big_endian else little
 
 
 def _unlikely_characters(text: str) -> int:
@@ -166,8 +170,10 @@ def _unlikely_characters(text: str) -> int:
                                                      and c not in "\n\r\t\0"))
 
 
-def decode_user_comment(raw: Any) -> str | None:
-    """Text of an EXIF UserComment: an 8-byte charset prefix (UNICODE, ASCII, JIS, none) then the text."""
+def decode_user_comment(raw: Any, *, big_endian: bool = True) -> str | None:
+    """Text of an EXIF UserComment: an 8-byte charset prefix (UNICODE, ASCII, JIS, none) then the text.
+
+    ``big_endian``: the byte order of the EXIF block, UNICODE text's when its bytes cannot tell."""
     if isinstance(raw, str):
         return raw
     if not isinstance(raw, (bytes, bytearray)) or not raw:
@@ -175,7 +181,7 @@ def decode_user_comment(raw: Any) -> str | None:
     raw = bytes(raw)
     prefix, body = raw[:8], raw[8:]
     if prefix == b"UNICODE\0":
-        text = _utf16(body)
+        text = _utf16(body, big_endian)
     elif prefix in (b"ASCII\0\0\0", b"\0" * 8):
         text = _text(body)
     elif prefix == b"JIS\0\0\0\0\0":

@@ -13,7 +13,7 @@ from ._clean import Found, find_run_id, json_loads, parse_seed
 MAX_SIDECAR_BYTES = 8 * 1024 * 1024
 _ALIASES = {
     "prompt": ("prompt", "positive_prompt", "positive", "original_prompt"),
-    "negative_prompt": ("negative_prompt", "negative", "negativePrompt"),
+    "negative_prompt": ("negative_prompt", "negative", "negativePrompt", "negativeprompt"),
     "seed": ("seed", "noise_seed", "generation_seed"),
     "model": ("model", "model_name", "sd_model_name", "sd_model_checkpoint", "checkpoint", "ckpt_name", "model_used",
               "base_model"),
