@@ -64,18 +64,17 @@ def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | fro
     for every row too, as :func:`queue_everything` would (a dry run changes
     nothing).
     """
+    arms = _arms(with_rejected, with_everything)
     with vault.db.read() as conn:
         while True:
-            read = conn.execute(_entry_sql(with_rejected, with_everything) + " AND seq > ? ORDER BY seq LIMIT ?",
-                                (vault.user_id, after_seq, limit)).fetchall()
+            read = _read(conn, arms, vault.user_id, after_seq, limit)
             if not read:
                 return None
             after_seq = last_seq = read[-1][0]
             entries = [e for e in read if e[0] not in skip]
             if entries:
                 break
-        entries += [e for e in _entries_rested_on(conn, vault.user_id, last_seq, with_rejected, with_everything)
-                    if e[0] not in skip]
+        entries += [e for e in _entries_rested_on(conn, arms, vault.user_id, last_seq) if e[0] not in skip]
         newest: dict[tuple[str, str], tuple[str, str | None, int, str]] = {}
         for seq, table, row_id, op, path, queued_at in entries:
             previous = newest.get((table, row_id))
@@ -145,24 +144,64 @@ def _source(with_rejected: bool, with_everything: bool = False) -> str:
     return "(" + " UNION ALL ".join(parts) + ")"
 
 
-def _entry_sql(with_rejected: bool = False, with_everything: bool = False) -> str:
-    return ("SELECT seq, table_name, row_id, op, storage_path, queued_at"
-            f" FROM {_source(with_rejected, with_everything)} WHERE user_id = ?")
+@dataclass(frozen=True)
+class _Arm:
+    """One kind of entries read: rows of one table, each entry's seq ``base`` plus an indexed key of its row."""
+
+    select: str  # SELECT seq, table_name, row_id, op, storage_path, queued_at FROM … WHERE user_id = ?
+    key: str  # the key the seq counts by, read in its order (an index's, or the rowid)
+    base: int
+    table: str | None = None  # the one table its entries are of (None: either)
+    deletes: bool = True  # whether it may hold deletes
 
 
-def _entries_rested_on(conn: sqlite3.Connection, user_id: str, last_seq: int, with_rejected: bool = False,
-                       with_everything: bool = False) -> list[tuple[Any, ...]]:
+_OUTBOX = _Arm("SELECT seq, table_name, row_id, op, storage_path, queued_at FROM sync_outbox WHERE user_id = ?",
+               "seq", 0)
+_REJECTED = _Arm(f"SELECT seq + {_REJECTED_SEQ_BASE}, table_name, row_id, op, storage_path, coalesce(queued_at, {_NOW})"
+                 " FROM sync_rejected WHERE user_id = ?", "seq", _REJECTED_SEQ_BASE)
+# "+user_id": read in rowid order, a page at a time (on the user_id index, each page would sort every row).
+_EVERY_COLLECTION = _Arm(f"SELECT rowid + {_EVERY_COLLECTION_SEQ_BASE}, 'user_collections', id, 'update', NULL, {_NOW}"
+                         " FROM user_collections WHERE +user_id = ?", "rowid", _EVERY_COLLECTION_SEQ_BASE,
+                         "user_collections", deletes=False)
+_EVERY_LIBRARY_ROW = _Arm(f"SELECT local_seq + {_EVERY_LIBRARY_SEQ_BASE}, 'user_library', id, 'update', NULL, {_NOW}"
+                          " FROM user_library WHERE +user_id = ?", "local_seq", _EVERY_LIBRARY_SEQ_BASE,
+                          "user_library", deletes=False)
+
+
+def _arms(with_rejected: bool, with_everything: bool) -> list[_Arm]:
+    """What a batch reads: the outbox; refused entries (a dry run of --retry-rejected); every row (of --full)."""
+    return [_OUTBOX, *([_REJECTED] if with_rejected else []),
+            *([_EVERY_COLLECTION, _EVERY_LIBRARY_ROW] if with_everything else [])]
+
+
+def _read(conn: sqlite3.Connection, arms: list[_Arm], user_id: str, after_seq: int, limit: int,
+          where: str = "", until_seq: int | None = None) -> list[tuple[Any, ...]]:
+    """Up to ``limit`` entries after ``after_seq`` (and before ``until_seq``), in seq order, each arm read on its
+    own key so that every page is a range of an index."""
+    entries: list[tuple[Any, ...]] = []
+    for arm in arms:
+        upper = "" if until_seq is None else f" AND {arm.key} < {until_seq - arm.base}"
+        entries += conn.execute(f"{arm.select} AND {arm.key} > ?{upper}{where} ORDER BY {arm.key} LIMIT ?",
+                                (user_id, after_seq - arm.base, limit)).fetchall()
+    return sorted(entries)[:limit]
+
+
+def _entries_rested_on(conn: sqlite3.Connection, arms: list[_Arm], user_id: str,
+                       last_seq: int) -> list[tuple[Any, ...]]:
     """The entries after ``last_seq`` a batch takes too: collection changes, deletes, and a deleted row's others."""
-    entry = _entry_sql(with_rejected, with_everything)
-    extra = conn.execute(entry + " AND seq > ? AND (table_name = 'user_collections' OR op = 'delete') ORDER BY seq"
-                         " LIMIT ?", (user_id, last_seq, EXTRA_ENTRIES)).fetchall()
+    mixed = [arm for arm in arms if arm.table is None]
+    extra = _read(conn, mixed, user_id, last_seq, EXTRA_ENTRIES,
+                  " AND (table_name = 'user_collections' OR op = 'delete')")
+    extra += _read(conn, [arm for arm in arms if arm.table == "user_collections"], user_id, last_seq,
+                   EXTRA_ENTRIES)
+    extra = sorted(extra)[:EXTRA_ENTRIES]
     # A deleted library row's other entries go with its delete (else a later batch would send the delete
     # again). They all come before it: one pass over the entries up to the last such delete.
     deletes = {e[2]: e[0] for e in extra if e[1] == "user_library"}
     if deletes:
-        extra += [e for e in conn.execute(
-            entry + " AND seq > ? AND seq < ? AND table_name = 'user_library' AND op != 'delete'",
-            (user_id, last_seq, max(deletes.values()))) if e[2] in deletes]
+        extra += [e for e in _read(conn, [arm for arm in arms if arm.deletes], user_id, last_seq, 2**62,
+                                   " AND table_name = 'user_library' AND op != 'delete'",
+                                   until_seq=max(deletes.values())) if e[2] in deletes]
     return sorted(extra)
 
 
