@@ -262,8 +262,8 @@ class GenerationInfo(_Record):
     model: str | None = None
     #: Everything else: steps, sampler, cfg, size, the raw graph…
     settings: dict[str, Any] = Field(default_factory=dict)
-    #: Where the information came from: "a1111", "comfyui", "invokeai", "fooocus", "swarmui", "sidecar" or
-    #: "none".
+    #: Where the information came from: "a1111", "comfyui", "invokeai", "fooocus", "swarmui", "novelai",
+    #: "easydiffusion", "drawthings", "embedded" (a plain "prompt" entry), "sidecar" or "none".
     source: str = "none"
     #: An id of the generation run, where the file carries one (groups files into a job).
     run_id: str | None = None

@@ -41,7 +41,8 @@ def assert_valid(info: GenerationInfo) -> None:
     check_settings(info.settings)
     json.dumps(info.settings, allow_nan=False)
     assert info.seed is None or 0 <= info.seed <= MAX_SEED
-    assert info.source in {"a1111", "comfyui", "invokeai", "fooocus", "swarmui", "sidecar", "none"}
+    assert info.source in {"a1111", "comfyui", "invokeai", "fooocus", "swarmui", "novelai", "easydiffusion",
+                           "drawthings", "embedded", "sidecar", "none"}
     assert info.run_id is None or (isinstance(info.run_id, str) and info.run_id.isprintable())
 
 
@@ -213,6 +214,129 @@ def test_a_caption_starting_with_steps_is_not_a_settings_line(tmp_path: Path) ->
     caption = "Steps: to the sky, masterpiece, Mood: calm, Style: ukiyo-e, Lighting: golden hour"
     info = metadata.read(make_png(tmp_path / "a.png", text_chunks={"parameters": caption}))
     assert info.prompt == caption and info.settings == {}
+
+
+NOVELAI_V3 = {"prompt": "1girl, masterpiece, {{silver hair}}", "steps": 28, "height": 1216, "width": 832,
+              "scale": 5.0, "seed": 2210581823, "sampler": "k_euler_ancestral", "noise_schedule": "native",
+              "uc": "lowres, {bad}, worst quality"}
+
+
+@pytest.mark.parametrize("version", ["v3", "v4.5", "v1"])
+def test_novelai_png_text_chunks(tmp_path: Path, version: str) -> None:
+    """NovelAI (sd-parsers' _novelai.py, stable-diffusion-prompt-reader's novelai.py): Description is the prompt,
+    Source the model and a hash, Comment the request (uc: the negative prompt; v4: v4_prompt captions)."""
+    comment: dict[str, Any] = dict(NOVELAI_V3)
+    chunks = {"Title": "NovelAI generated image", "Description": comment["prompt"], "Software": "NovelAI",
+              "Source": "Stable Diffusion XL C1E1DE52", "Generation time": "5.1"}
+    if version == "v4.5":
+        comment = dict(comment, v4_prompt={"caption": {"base_caption": comment["prompt"], "char_captions": [
+            {"char_caption": "girl, red hair", "centers": [{"x": 0.3, "y": 0.5}]}]}},
+                       v4_negative_prompt={"caption": {"base_caption": comment["uc"], "char_captions": []}})
+        del comment["uc"]
+        chunks["Source"] = "NovelAI Diffusion V4.5 4BDE2A90"
+    if version == "v1":
+        del comment["prompt"]
+        chunks["Source"] = "Stable Diffusion 1D44365E"
+    info = metadata.read(make_png(tmp_path / "n.png", text_chunks={**chunks, "Comment": json.dumps(comment)}))
+    model = {"v3": "Stable Diffusion XL", "v4.5": "NovelAI Diffusion V4.5", "v1": "Stable Diffusion"}[version]
+    assert (info.source, info.prompt, info.negative_prompt, info.seed, info.model) == (
+        "novelai", "1girl, masterpiece, {{silver hair}}", "lowres, {bad}, worst quality", 2210581823, model)
+    assert info.settings["steps"] == 28 and info.settings["sampler"] == "k_euler_ancestral"
+    if version == "v4.5":
+        assert info.settings["v4_prompt"]["caption"]["char_captions"][0]["char_caption"] == "girl, red hair"
+    assert_valid(info)
+
+
+EASY_DIFFUSION = {"prompt": "an astronaut riding a horse", "negative_prompt": "blurry, lowres", "seed": 3458372,
+                  "use_stable_diffusion_model": "C:\\EasyDiffusion\\models\\stable-diffusion\\sd-v1-5.safetensors",
+                  "sampler_name": "euler_a", "width": 512, "height": 768, "num_inference_steps": 25,
+                  "guidance_scale": 7.5, "use_vae_model": None}
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg", "txt-sidecar", "json-sidecar"])
+def test_easy_diffusion(tmp_path: Path, kind: str) -> None:
+    """Easy Diffusion (sdkit's save_dicts, easydiffusion's save_utils): a PNG text chunk per key (so "prompt"
+    holds plain text, not a ComfyUI graph), a JSON UserComment in JPEG/WebP, "Label: value" text sidecars."""
+    if kind == "png":
+        path = make_png(tmp_path / "e.png", text_chunks={k: str(v) for k, v in EASY_DIFFUSION.items()})
+    elif kind == "jpeg":
+        path = make_jpeg(tmp_path / "e.jpg", exif_user_comment=json.dumps(EASY_DIFFUSION))
+    else:
+        path = make_png(tmp_path / "e.png", color=3)
+        if kind == "json-sidecar":
+            (tmp_path / "e.json").write_text(json.dumps(EASY_DIFFUSION))
+        else:
+            labels = {"prompt": "Prompt", "negative_prompt": "Negative Prompt", "seed": "Seed",
+                      "use_stable_diffusion_model": "Stable Diffusion model", "sampler_name": "Sampler",
+                      "num_inference_steps": "Steps", "guidance_scale": "Guidance Scale"}
+            (tmp_path / "e.txt").write_text("".join(f"{labels[k]}: {EASY_DIFFUSION[k]}\n" for k in labels))
+    info = metadata.read(path)
+    assert (info.prompt, info.negative_prompt, info.seed, info.model) == (
+        "an astronaut riding a horse", "blurry, lowres", 3458372, "sd-v1-5.safetensors")
+    assert info.source == ("sidecar" if "sidecar" in kind else "easydiffusion")
+    assert_valid(info)
+
+
+def test_a_model_named_by_an_id_keeps_its_organisation() -> None:
+    found = metadata.sidecar.from_mapping({"prompt": "x", "model": "stabilityai/stable-diffusion-xl-base-1.0"})
+    assert found.model == "stabilityai/stable-diffusion-xl-base-1.0"
+
+
+DRAW_THINGS = {"c": "a red fox in snow, detailed", "uc": "blurry", "seed": 1893218212,
+               "model": "sd_xl_base_1.0_f16.ckpt", "sampler": "DPM++ 2M Karras", "scale": 5, "steps": 30}
+
+
+def _xmp(description: str = "", user_comment: str = "", doctype: str = "") -> str:
+    from xml.sax.saxutils import escape
+
+    return (f'{doctype}<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            '<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/"'
+            ' xmlns:exif="http://ns.adobe.com/exif/1.0/" xmlns:xmp="http://ns.adobe.com/xap/1.0/">'
+            f'<dc:description><rdf:Alt><rdf:li xml:lang="x-default">{escape(description)}</rdf:li></rdf:Alt>'
+            f'</dc:description><exif:UserComment><rdf:Alt><rdf:li xml:lang="x-default">{escape(user_comment)}'
+            '</rdf:li></rdf:Alt></exif:UserComment><xmp:CreatorTool>Draw Things</xmp:CreatorTool>'
+            '</rdf:Description></rdf:RDF></x:xmpmeta>')
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "JPEG"])
+def test_draw_things_and_a1111_text_in_xmp(tmp_path: Path, fmt: str) -> None:
+    """Draw Things writes XMP: its request as JSON in exif:UserComment (c, uc, seed, model…); other tools put
+    A1111 text in dc:description."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    def save(name: str, packet: str) -> Path:
+        path = tmp_path / f"{name}.{fmt.lower()}"
+        if fmt == "PNG":
+            info = PngInfo()
+            info.add_itxt("XML:com.adobe.xmp", packet)
+            Image.new("RGB", (32, 32)).save(path, "PNG", pnginfo=info)
+        else:
+            Image.new("RGB", (32, 32)).save(path, fmt, xmp=packet.encode())
+        return path
+
+    info = metadata.read(save("dt", _xmp("a red fox in snow\n-blurry\nSteps: 30", json.dumps(DRAW_THINGS))))
+    assert (info.source, info.prompt, info.negative_prompt, info.seed, info.model) == (
+        "drawthings", "a red fox in snow, detailed", "blurry", 1893218212, "sd_xl_base_1.0_f16.ckpt")
+    assert info.settings["steps"] == 30
+    info = metadata.read(save("a1", _xmp(A1111)))
+    assert (info.source, info.seed, info.model) == ("a1111", 1234567890, "sd_xl_base_1.0")
+    bomb = '<!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+    assert metadata.read(save("bomb", _xmp(A1111, doctype=bomb))).source == "none"
+
+
+def test_image_saver_webp_reads_the_text_it_wrote_before_its_graph(tmp_path: Path) -> None:
+    """ComfyUI's Image Saver writes A1111 text (UserComment) beside the graph (IFD0 "prompt:"): as in its PNGs,
+    the text it wrote wins over what tracing the graph finds."""
+    graph = {"3": _sampler(["6", 0], ["7", 0], ["5", 0]),
+             "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "other.safetensors"}},
+             "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+             "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "traced text", "clip": ["4", 1]}},
+             "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "traced negative", "clip": ["4", 1]}}}
+    path = make_webp(tmp_path / "s.webp", exif_user_comment=A1111, exif_ifd0={0x0110: "prompt:" + json.dumps(graph)})
+    info = metadata.read(path)
+    assert (info.source, info.seed, info.model) == ("a1111", 1234567890, "sd_xl_base_1.0")
+    assert info.prompt == "masterpiece, a cat sitting on a mat, (detailed fur:1.2)\ngolden hour lighting"
 
 
 # ---------------------------------------------------------------- ComfyUI
@@ -786,3 +910,18 @@ def test_fuzz_mp4_comment_and_sidecar(fuzz_dir: Path, comment: str, sidecar: str
     path = make_mp4(fuzz_dir / "f.mp4", comment=comment)
     (fuzz_dir / "f.txt").write_text(sidecar, encoding="utf-8")
     assert_valid(metadata.read(path))
+
+
+@FUZZ
+@given(comment=json_values, description=st.text(max_size=60) | st.none(), source=st.text(max_size=30),
+       xmp_text=st.text(max_size=200), user_comment=json_values, plain=st.text(max_size=40))
+def test_fuzz_novelai_xmp_and_plain_prompt_chunks(comment: Any, description: str | None, source: str,
+                                                  xmp_text: str, user_comment: Any, plain: str) -> None:
+    chunks: dict[str, Any] = {"Software": "NovelAI", "Comment": json.dumps(comment), "Source": source}
+    if description is not None:
+        chunks["Description"] = description
+    assert_valid(_clean.finish(metadata.read_chunks(chunks)))
+    packet = _xmp(xmp_text, json.dumps(user_comment) if not isinstance(user_comment, str) else user_comment)
+    for xmp_packet in (packet, xmp_text, packet[: len(packet) // 2]):
+        assert_valid(_clean.finish(metadata.read_chunks({"XML:com.adobe.xmp": xmp_packet})))
+    assert_valid(_clean.finish(metadata.read_chunks({"prompt": plain, "seed": plain, "model": plain})))

@@ -3,7 +3,8 @@
 Supported: Stable Diffusion WebUI (A1111/Forge) ``parameters`` text in PNG
 chunks or JPEG/WebP EXIF UserComment; ComfyUI API/UI graphs in PNG chunks,
 WebP EXIF and MP4 comments (VideoHelperSuite); InvokeAI metadata chunks;
-sidecar files (``NAME.json``, ``NAME.txt``). Only headers and metadata
+Fooocus, SwarmUI, NovelAI, Easy Diffusion and Draw Things (XMP); sidecar
+files (``NAME.json``, ``NAME.txt``). Only headers and metadata
 chunks are read, never pixels::
 
     info = read("out/00001.png")
@@ -22,7 +23,7 @@ from localvault._disk import NotRegularFileError, open_regular
 from localvault.errors import StorageError
 from localvault.models import GenerationInfo
 
-from . import a1111, comfyui, images, invokeai, mp4, sidecar
+from . import a1111, comfyui, images, invokeai, mp4, novelai, sidecar, xmp
 from ._clean import Found, finish, json_loads, merge
 
 __all__ = ["read", "read_chunks"]
@@ -61,21 +62,57 @@ def _parameters(text: Any) -> Found:
     return a1111.parse(text)
 
 
+#: Keys only Easy Diffusion writes (one PNG text chunk each, or a JSON object in EXIF).
+_EASY_DIFFUSION_KEYS = ("use_stable_diffusion_model", "num_inference_steps")
+
+
+def _plain_prompt(chunks: dict[str, Any]) -> Found:
+    """Entries that hold the prompt as plain text, each setting in an entry of its own (Easy Diffusion's PNG
+    chunks, or its JSON object in EXIF): not a ComfyUI graph, whose entry has the same name."""
+    prompt = chunks.get("prompt")
+    if not isinstance(prompt, str) or prompt.lstrip().startswith(("{", "[")) or "workflow" in chunks:
+        return Found()
+    found = sidecar.from_mapping({k: v for k, v in chunks.items() if k != "parameters"})
+    found.source = "easydiffusion" if any(key in chunks for key in _EASY_DIFFUSION_KEYS) else "embedded"
+    return found
+
+
+def _from_xmp(packet: Any) -> Found:
+    """Draw Things' request in the XMP's UserComment, else A1111 text in its description."""
+    texts = xmp.texts(packet)
+    found = xmp.draw_things(texts.get("usercomment"))
+    if found.is_empty() and a1111.looks_like_parameters(texts.get("description", "")):
+        found = a1111.parse(texts["description"])
+    return found
+
+
 def read_chunks(chunks: dict[str, Any], depth: int = 0) -> Found:
-    """Raw findings from a file's named text entries (PNG chunks, EXIF texts, MP4 tags)."""
+    """Raw findings from a file's named text entries (PNG chunks, EXIF texts, MP4 tags, XMP)."""
     found = Found()
     if "parameters" in chunks:
         found = merge(found, _parameters(chunks["parameters"]))
+    # A1111 text in the UserComment is what a saver (ComfyUI's Image Saver) wrote of its graph: it goes first,
+    # as "parameters" does in its PNGs.
+    comment = chunks.get("usercomment")
+    saver_text = isinstance(comment, str) and not comment.lstrip().startswith("{") and \
+        a1111.looks_like_parameters(comment)
+    if saver_text:
+        found = merge(found, a1111.parse(comment))
+    if novelai.is_novelai(chunks):
+        found = merge(found, novelai.parse(chunks))
     if "prompt" in chunks or "workflow" in chunks:
         found = merge(found, comfyui.parse(chunks.get("prompt"), chunks.get("workflow"), extra=chunks))
+        found = merge(found, _plain_prompt(chunks))
     if "invokeai_metadata" in chunks:
         found = merge(found, invokeai.parse(chunks["invokeai_metadata"], chunks.get("invokeai_graph")))
     if "sd-metadata" in chunks:
         found = merge(found, invokeai.parse_sd_metadata(chunks["sd-metadata"]))
     if "Dream" in chunks:
         found = merge(found, invokeai.parse_dream(chunks["Dream"]))
+    if images.XMP_KEY in chunks:
+        found = merge(found, _from_xmp(chunks[images.XMP_KEY]))
     for key in _COMMENT_KEYS:
-        if key in chunks:
+        if key in chunks and not (key == "usercomment" and saver_text):
             found = merge(found, _from_comment(chunks[key], key, depth))
     return found
 

@@ -3,7 +3,7 @@
 Each reader returns ``{name: text}``: PNG text chunks by keyword; for EXIF,
 the UserComment as ``"usercomment"`` and ComfyUI's ``"prompt:{…}"`` /
 ``"workflow:{…}"`` strings from IFD0 as ``"prompt"`` / ``"workflow"``; a JPEG
-COM segment as ``"comment"``.
+COM segment as ``"comment"``; an XMP packet as :data:`XMP_KEY`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ _MAX_CHUNKS = 200_000
 _TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt", b"eXIf")
 _EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
 _IFD0_TEXT_TAGS = (0x010E, 0x010F, 0x0110, 0x010D, 0x013B)  # description, make, model, document, artist
+#: The name an XMP packet is found under: a PNG's iTXt keyword for it; JPEG's and WebP's are filed so too.
+XMP_KEY = "XML:com.adobe.xmp"
+_XMP_APP1 = b"http://ns.adobe.com/xap/1.0/\0"
 
 
 def _text(raw: bytes) -> str:
@@ -81,7 +84,7 @@ def _merge_new(into: dict[str, str], new: dict[str, str]) -> None:
 
 
 def jpeg_texts(f: BinaryIO) -> dict[str, str]:
-    """The EXIF (APP1) and comment (COM) segments of a JPEG stream, up to the image data."""
+    """The EXIF and XMP (APP1) and comment (COM) segments of a JPEG stream, up to the image data."""
     texts: dict[str, str] = {}
     f.seek(2)
     for _ in range(_MAX_CHUNKS):
@@ -101,13 +104,15 @@ def jpeg_texts(f: BinaryIO) -> dict[str, str]:
         data = f.read(struct.unpack(">H", size)[0] - 2)
         if marker == b"\xe1" and data.startswith(b"Exif\0\0"):
             _merge_new(texts, exif_texts(data))
+        elif marker == b"\xe1" and data.startswith(_XMP_APP1):
+            texts.setdefault(XMP_KEY, _text(data[len(_XMP_APP1):]))
         elif marker == b"\xfe":
             texts.setdefault("comment", _text(data.rstrip(b"\0")))
     return texts
 
 
 def webp_texts(f: BinaryIO) -> dict[str, str]:
-    """The EXIF chunk of a WebP (RIFF) stream."""
+    """The EXIF and XMP chunks of a WebP (RIFF) stream."""
     texts: dict[str, str] = {}
     f.seek(12)
     for _ in range(_MAX_CHUNKS):
@@ -117,6 +122,9 @@ def webp_texts(f: BinaryIO) -> dict[str, str]:
         kind, length = struct.unpack("<4sI", head)
         if kind == b"EXIF" and length <= MAX_TEXT_BYTES:
             _merge_new(texts, exif_texts(f.read(length)))
+            f.seek(length % 2, 1)
+        elif kind == b"XMP " and length <= MAX_TEXT_BYTES:
+            texts.setdefault(XMP_KEY, _text(f.read(length)))
             f.seek(length % 2, 1)
         else:
             f.seek(length + length % 2, 1)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from . import a1111, comfyui
-from ._clean import Found, find_run_id, json_loads, parse_seed
+from ._clean import Found, find_run_id, json_loads, parse_seed, snake_key
 
 MAX_SIDECAR_BYTES = 8 * 1024 * 1024
 _ALIASES = {
@@ -16,7 +17,7 @@ _ALIASES = {
     "negative_prompt": ("negative_prompt", "negative", "negativePrompt", "negativeprompt"),
     "seed": ("seed", "noise_seed", "generation_seed"),
     "model": ("model", "model_name", "sd_model_name", "sd_model_checkpoint", "checkpoint", "ckpt_name", "model_used",
-              "base_model"),
+              "base_model", "use_stable_diffusion_model"),
 }
 
 
@@ -30,10 +31,37 @@ def _first(data: dict[str, Any], keys: tuple[str, ...]) -> Any:
     return next((data[k] for k in keys if data.get(k) is not None), None)
 
 
+_MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft")
+
+
 def _model_name(model: Any) -> Any:
     if isinstance(model, dict):
         return _first(model, ("name", "model_name", "key"))
+    if isinstance(model, str) and model.lower().endswith(_MODEL_FILE_SUFFIXES):  # a file's path (Easy
+        return re.split(r"[\\/]", model)[-1] or model  # Diffusion's): its name ("org/model" ids are kept)
     return model
+
+
+#: Easy Diffusion's text sidecar: one "Label: value" line each (its save_utils TASK_TEXT_MAPPING), the
+#: prompt first; the labels of the fields read.
+_EASY_DIFFUSION_LABELS = {"Prompt": "prompt", "Negative Prompt": "negative_prompt", "Seed": "seed",
+                          "Stable Diffusion model": "use_stable_diffusion_model"}
+_LABEL_LINE = re.compile(r"([A-Za-z][\w ()/.-]{0,60}): ?(.*)")
+
+
+def _labelled_lines(text: str) -> dict[str, Any] | None:
+    """Easy Diffusion's "Prompt: …\nNegative Prompt: …\nSeed: …" text as a mapping; None if it is not that."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines or not lines[0].startswith("Prompt:"):
+        return None
+    pairs: dict[str, Any] = {}
+    for line in lines:
+        labelled = _LABEL_LINE.fullmatch(line)
+        if labelled is None:
+            return None
+        label, value = labelled.group(1), labelled.group(2).strip()
+        pairs.setdefault(_EASY_DIFFUSION_LABELS.get(label, snake_key(label)), value)
+    return pairs if "seed" in pairs or "use_stable_diffusion_model" in pairs else None
 
 
 def from_mapping(data: dict[str, Any]) -> Found:
@@ -72,7 +100,10 @@ def parse_text(text: str, *, json_only: bool = False) -> Found:
     if isinstance(data, dict):
         nodes = comfyui.api_nodes(data)
         return comfyui.parse(data) if nodes else from_mapping(data)
-    return Found() if json_only else a1111.parse(text)
+    if json_only:
+        return Found()
+    labelled = _labelled_lines(text)
+    return from_mapping(labelled) if labelled is not None else a1111.parse(text)
 
 
 def read(path: Path, siblings: Collection[str] | None = None) -> Found:

@@ -1,0 +1,61 @@
+"""NovelAI's PNG text chunks.
+
+``Description`` holds the prompt, ``Source`` the model and a hash
+(``Stable Diffusion XL C1E1DE52``, ``NovelAI Diffusion V4.5 4BDE2A90``),
+``Software`` is ``NovelAI``, and ``Comment`` a JSON object of the request:
+``prompt``, ``uc`` (the negative prompt), ``seed``, ``steps``, ``scale``,
+``sampler``…; version 4 adds ``v4_prompt`` / ``v4_negative_prompt``, whose
+``caption.base_caption`` is the prompt and ``char_captions`` the characters'.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ._clean import Found, json_loads, parse_seed
+
+_SOURCE = re.compile(r"^(.*?)\s+([0-9A-F]{8})$")
+
+
+def _comment(chunks: dict[str, Any]) -> dict[str, Any] | None:
+    data = json_loads(chunks.get("Comment"))
+    return data if isinstance(data, dict) else None
+
+
+def is_novelai(chunks: dict[str, Any]) -> bool:
+    """Whether the chunks are NovelAI's: its ``Software``, or a ``Comment`` request with a ``uc``."""
+    if chunks.get("Software") == "NovelAI":
+        return True
+    comment = _comment(chunks)
+    return comment is not None and "uc" in comment
+
+
+def _base_caption(value: Any) -> Any:
+    caption = value.get("caption") if isinstance(value, dict) else None
+    return caption.get("base_caption") if isinstance(caption, dict) else None
+
+
+def parse(chunks: dict[str, Any]) -> Found:
+    """Prompt, negative prompt, seed, model and settings from NovelAI's chunks."""
+    comment = _comment(chunks) or {}
+    found = Found(source="novelai")
+    description = chunks.get("Description")
+    found.prompt = next((p for p in (description, comment.get("prompt"), _base_caption(comment.get("v4_prompt")))
+                         if isinstance(p, str) and p.strip()), None)
+    negative = next((n for n in (comment.get("uc"), _base_caption(comment.get("v4_negative_prompt")))
+                     if isinstance(n, str)), None)
+    found.negative_prompt = negative
+    found.seed = comment.get("seed")
+    source = chunks.get("Source")
+    if isinstance(source, str):
+        named = _SOURCE.match(source.strip())
+        found.model = named.group(1) if named else source.strip()
+        if named:
+            found.settings["model_hash"] = named.group(2)
+    found.settings.update({k: v for k, v in comment.items() if k not in ("prompt", "uc", "seed")})
+    if negative is not None:
+        found.settings["negative_prompt"] = negative
+    if found.seed is not None and parse_seed(found.seed) is None:
+        found.settings["seed"] = found.seed
+    return found
