@@ -592,6 +592,117 @@ def test_comfyui_model_file_rule_takes_only_a_loader_upstream_of_the_sampler() -
     assert _clean.finish(metadata.read_chunks({"prompt": depth})).model is None
 
 
+def _ks(positive: Any, negative: Any, latent: Any, model: Any, seed: int = 42) -> dict[str, Any]:
+    return {"class_type": "KSampler", "inputs": {"seed": seed, "steps": 20, "cfg": 7.0, "sampler_name": "euler",
+                                                 "scheduler": "normal", "denoise": 1.0, "model": model,
+                                                 "positive": positive, "negative": negative, "latent_image": latent}}
+
+
+def _graph_of_today(case: str) -> dict[str, Any]:
+    """Graphs of custom nodes and newer models, with each node's real input names (see the test's doc)."""
+    base: dict[str, Any] = {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "juggernautXL_v9.safetensors"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a fox in a red hat", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 1024, "height": 1024, "batch_size": 1}},
+        "3": _ks(["6", 0], ["7", 0], ["5", 0], ["4", 0]),
+    }
+    if case == "impact-wildcard":
+        base["20"] = {"class_type": "ImpactWildcardProcessor", "inputs": {
+            "wildcard_text": "a __animal__ in a {red|blue} hat", "populated_text": "a fox in a red hat", "mode": True,
+            "seed": 7, "Select to add Wildcard": "Select the Wildcard to add to the text"}}
+        base["6"]["inputs"]["text"] = ["20", 0]
+    elif case == "impact-wildcard-encode":
+        base["6"] = {"class_type": "ImpactWildcardEncode", "inputs": {
+            "model": ["4", 0], "clip": ["4", 1], "wildcard_text": "a __animal__", "populated_text": "a fox in a red hat",
+            "mode": True, "seed": 7}}
+        base["3"]["inputs"]["positive"] = ["6", 2]
+    elif case == "lumina2":
+        for node, text in (("6", "a fox in a red hat"), ("7", "blurry")):
+            base[node] = {"class_type": "CLIPTextEncodeLumina2",
+                          "inputs": {"system_prompt": "superior", "user_prompt": text, "clip": ["4", 1]}}
+    elif case == "hidream-llama":
+        base["6"] = {"class_type": "CLIPTextEncodeHiDream", "inputs": {
+            "clip": ["4", 1], "clip_l": "", "clip_g": "", "t5xxl": "", "llama": "a fox in a red hat"}}
+    elif case == "prompt-styler":
+        base["30"] = {"class_type": "SDXLPromptStyler", "inputs": {
+            "text_positive": "a fox in a red hat", "text_negative": "blurry", "style": "sai-cinematic", "log_prompt": "No"}}
+        base["6"]["inputs"]["text"], base["7"]["inputs"]["text"] = ["30", 0], ["30", 1]
+    elif case == "impact-basic-pipe-then-face-detailer":
+        base["8"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "detailed face", "clip": ["4", 1]}}
+        base["10"] = {"class_type": "ToBasicPipe", "inputs": {"model": ["4", 0], "clip": ["4", 1], "vae": ["4", 2],
+                                                              "positive": ["6", 0], "negative": ["7", 0]}}
+        base["3"] = {"class_type": "ImpactKSamplerBasicPipe", "inputs": {
+            "basic_pipe": ["10", 0], "seed": 42, "steps": 30, "cfg": 6, "sampler_name": "dpmpp_2m",
+            "scheduler": "karras", "latent_image": ["5", 0], "denoise": 1}}
+        base["12"] = {"class_type": "VAEDecode", "inputs": {"samples": ["3", 1], "vae": ["3", 2]}}
+        base["14"] = {"class_type": "FaceDetailer", "inputs": {
+            "image": ["12", 0], "model": ["4", 0], "clip": ["4", 1], "vae": ["4", 2], "seed": 555, "steps": 20,
+            "cfg": 8, "sampler_name": "euler", "scheduler": "normal", "positive": ["8", 0], "negative": ["7", 0],
+            "denoise": 0.5}}
+    elif case == "dual-cfg-guider":
+        base["8"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "oil painting", "clip": ["4", 1]}}
+        base["20"] = {"class_type": "DualCFGGuider", "inputs": {
+            "model": ["4", 0], "cond1": ["6", 0], "cond2": ["8", 0], "negative": ["7", 0], "cfg_conds": 5,
+            "cfg_cond2_negative": 2, "style": "regular"}}
+        base["21"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 42}}
+        base["3"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["21", 0], "guider": ["20", 0], "sampler": ["22", 0], "sigmas": ["23", 0], "latent_image": ["5", 0]}}
+    elif case == "pysssss-and-rgthree-loaders":
+        base["4"] = {"class_type": "CheckpointLoader|pysssss", "inputs": {"ckpt_name": {
+            "content": "juggernautXL_v9.safetensors", "image": "checkpoints/juggernautXL_v9.png"}}}
+        base["8"] = {"class_type": "LoraLoader|pysssss", "inputs": {
+            "lora_name": {"content": "detail.safetensors", "image": None}, "strength_model": 1, "strength_clip": 1,
+            "model": ["4", 0], "clip": ["4", 1]}}
+        base["9"] = {"class_type": "Power Lora Loader (rgthree)", "inputs": {
+            "PowerLoraLoaderHeaderWidget": {"type": "PowerLoraLoaderHeaderWidget"},
+            "lora_1": {"on": True, "lora": "add_detail.safetensors", "strength": 0.8},
+            "lora_2": {"on": False, "lora": "off.safetensors", "strength": 1}, "model": ["8", 0], "clip": ["8", 1]}}
+        base["3"]["inputs"]["model"] = ["9", 0]
+    elif case == "aspect-ratio-node":
+        base["40"] = {"class_type": "CR SDXL Aspect Ratio", "inputs": {
+            "width": 1024, "height": 1024, "aspect_ratio": "16:9 landscape 1344x768", "swap_dimensions": "On",
+            "upscale_factor": 1, "batch_size": 1}}
+        base["5"] = {"class_type": "EmptyLatentImage", "inputs": {"width": ["40", 0], "height": ["40", 1],
+                                                                  "batch_size": ["40", 3]}}
+    return base
+
+
+@pytest.mark.parametrize("case", ["impact-wildcard", "impact-wildcard-encode", "lumina2", "hidream-llama",
+                                  "prompt-styler", "impact-basic-pipe-then-face-detailer", "dual-cfg-guider",
+                                  "pysssss-and-rgthree-loaders", "aspect-ratio-node"])
+def test_comfyui_graphs_of_today(case: str) -> None:
+    """Input names from each node's source: Impact Pack (ImpactWildcardProcessor/Encode: wildcard_text is the
+    template, populated_text the prompt; ImpactKSamplerBasicPipe takes a basic_pipe, FaceDetailer runs a second
+    sampler after it), core CLIPTextEncodeLumina2 (system_prompt is a preset's name) and CLIPTextEncodeHiDream
+    (llama), twri's SDXLPromptStyler (output 0 the positive text, 1 the negative), core DualCFGGuider (cond1,
+    cond2), pysssss' loaders (a combo value is {"content": name}), rgthree's Power Lora Loader, Comfyroll's
+    CR SDXL Aspect Ratio (width/height only for "custom")."""
+    info = _clean.finish(metadata.read_chunks({"prompt": _graph_of_today(case)}))
+    prompt = "a fox in a red hat\noil painting" if case == "dual-cfg-guider" else "a fox in a red hat"
+    assert (info.prompt, info.negative_prompt, info.seed) == (prompt, "blurry", 42)
+    assert info.model == "juggernautXL_v9.safetensors"
+    if case == "pysssss-and-rgthree-loaders":
+        assert info.settings["loras"] == ["detail.safetensors", "add_detail.safetensors"]
+    size = (768, 1344) if case == "aspect-ratio-node" else (1024, 1024)
+    assert (info.settings["width"], info.settings["height"]) == size
+
+
+def test_comfyui_first_sampler_is_found_in_one_pass_over_a_big_graph() -> None:
+    """Many samplers fed by one long chain: the first is the one no other sampler feeds (found in one pass;
+    walking each candidate's ancestors, with a list lookup, took 11 s on a 200 KB graph)."""
+    graph: dict[str, Any] = {"1": {"class_type": "CLIPTextEncode", "inputs": {"text": "first"}},
+                             "2": _ks(["1", 0], None, None, None, seed=1)}
+    previous = ["2", 0]
+    for n in range(3, 400):
+        graph[str(n)] = {"class_type": "LatentUpscale", "inputs": {"samples": previous}}
+        previous = [str(n), 0]
+    for n in range(400, 800):
+        graph[str(n)] = _ks(["1", 0], None, previous, None, seed=n)
+    info = _clean.finish(metadata.read_chunks({"prompt": graph}))
+    assert (info.prompt, info.seed) == ("first", 1)
+
+
 def test_comfyui_link_cycle_does_not_hang() -> None:
     graph = {
         "1": {"class_type": "KSampler", "inputs": {"seed": ["2", 0], "positive": ["2", 0], "negative": ["1", 0]}},

@@ -9,6 +9,7 @@ back along links (through LoRA loaders, ControlNets, guiders, primitives…).
 from __future__ import annotations
 
 import json
+import re
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +23,14 @@ Nodes = dict[str, dict[str, Any]]
 MAX_WORKFLOW_BYTES = 256 * 1024
 _MAX_HOPS = 64
 _SEED_KEYS = ("seed", "noise_seed", "value", "int", "number", "seed_value")
-_TEXT_KEYS = ("text", "text_g", "text_l", "prompt", "string", "value", "text_a")
+# populated_text: Impact Pack's wildcard nodes (their wildcard_text is the template, not the prompt)
+_TEXT_KEYS = ("text", "text_g", "text_l", "prompt", "string", "value", "text_a", "populated_text")
+#: Keys of an encoder's one prompt (user_prompt: Lumina 2's; its system_prompt is a preset's name).
+_NODE_TEXT_KEYS = ("text", "prompt", "populated_text", "user_prompt")
+#: A node giving two texts on two outputs (SDXL Prompt Styler): the key of each output slot's.
+_SLOT_TEXT_KEYS = ("text_positive", "text_negative")
+#: A size named by an aspect-ratio choice ("16:9 landscape 1344x768", Comfyroll's SDXL Aspect Ratio).
+_RATIO_SIZE = re.compile(r"(\d{2,5}) ?x ?(\d{2,5})")
 _PARAM_KEYS = ("steps", "cfg", "sampler_name", "scheduler", "denoise")
 _HELPER_INPUTS = ("sigmas", "sampler", "guider", "noise")
 _MODEL_KEYS = ("ckpt_name", "unet_name")
@@ -35,7 +43,7 @@ _SIZE_KEYS = (("width", "height"), ("empty_latent_width", "empty_latent_height")
 _MAX_JOIN_DEPTH = 64
 _MAX_JOINS = 1000
 #: Inputs holding one prompt for several text encoders (SDXL, SD3, Flux), the main one first.
-_ENCODER_TEXT_KEYS = ("t5xxl", "text_g", "clip_g", "text_l", "clip_l")
+_ENCODER_TEXT_KEYS = ("t5xxl", "llama", "text_g", "clip_g", "text_l", "clip_l")
 #: Nodes whose output conditioning carries no text (Flux Kontext's negative is the positive, zeroed out).
 _NO_TEXT_NODES = frozenset({"ConditioningZeroOut"})
 #: Widget order of common nodes in the UI graph, to read a workflow without an API graph.
@@ -97,6 +105,8 @@ def _resolve(nodes: Nodes, value: Any, keys: tuple[str, ...], joins: _Joins | No
     gives its parts joined by its ``delimiter``.
     """
     for _ in range(_MAX_HOPS):
+        if isinstance(value, dict) and isinstance(value.get("content"), str):  # a pysssss combo: {"content": name}
+            return value["content"]
         if not is_link(value):
             return value
         node = _target(nodes, value)
@@ -105,6 +115,9 @@ def _resolve(nodes: Nodes, value: Any, keys: tuple[str, ...], joins: _Joins | No
         inputs = node["inputs"]
         if "concat" in str(node.get("class_type", "")).lower():
             return _joined(nodes, str(value[0]), inputs, keys, joins or _Joins())
+        if value[1] < len(_SLOT_TEXT_KEYS) and _SLOT_TEXT_KEYS[value[1]] in inputs:
+            value = inputs[_SLOT_TEXT_KEYS[value[1]]]
+            continue
         key = next((k for k in keys if k in inputs), None)
         if key is None:
             plain = [v for v in inputs.values() if isinstance(v, (str, int, float)) and not isinstance(v, bool)]
@@ -136,7 +149,7 @@ def _node_text(nodes: Nodes, inputs: dict[str, Any]) -> str | None:
         parts = [_resolve(nodes, inputs.get(k), _TEXT_KEYS) for k in _ENCODER_TEXT_KEYS]
         texts = [p for p in parts if isinstance(p, str) and p.strip()]
         return "\n".join(dict.fromkeys(texts)) if texts else ""
-    for key in ("text", "prompt"):
+    for key in _NODE_TEXT_KEYS:
         if key in inputs:
             text = _resolve(nodes, inputs[key], _TEXT_KEYS)
             return text if isinstance(text, str) else None
@@ -159,9 +172,9 @@ def _next_links(inputs: dict[str, Any], branch: str) -> list[Any]:
     return cond or [v for v in inputs.values() if is_link(v)]
 
 
-def _trace_text(nodes: Nodes, start: Any, branch: str) -> str | None:
-    """The prompt text that reaches a sampler's ``positive``/``negative`` input."""
-    queue, seen, texts = deque([start]), set[str](), list[str]()
+def _trace_text(nodes: Nodes, starts: list[Any], branch: str) -> str | None:
+    """The prompt text that reaches a sampler's ``positive``/``negative`` input (from the links ``starts``)."""
+    queue, seen, texts = deque(starts), set[str](), list[str]()
     while queue and len(seen) < 1000:
         link = queue.popleft()
         node = _target(nodes, link)
@@ -193,16 +206,33 @@ def _upstream(nodes: Nodes, node_id: str) -> Iterator[str]:
                 yield target
 
 
+#: A sampler's inputs for its prompts: conditionings, a guider, WanVideoWrapper's text_embeds, Impact's basic_pipe.
+_SAMPLER_INPUTS = ("positive", "guider", "text_embeds", "basic_pipe")
+
+
 def _find_sampler(nodes: Nodes) -> str | None:
+    """The first sampler: one with no other sampler upstream (a FaceDetailer or a refiner comes after it), the
+    lowest id among several. Found in one pass over the graph's links, whatever its size."""
     def is_sampler(inputs: dict[str, Any]) -> bool:
-        return ("positive" in inputs or "guider" in inputs or "text_embeds" in inputs) and any(
-            k in inputs for k in ("seed", "noise_seed", "noise"))
+        return any(k in inputs for k in _SAMPLER_INPUTS) and any(k in inputs for k in ("seed", "noise_seed", "noise"))
 
     candidates = [k for k in sorted(nodes, key=_sort_key) if is_sampler(nodes[k]["inputs"])]
-    for node_id in candidates:
-        if not any(up in candidates for up in _upstream(nodes, node_id)):
-            return node_id
-    return candidates[0] if candidates else None
+    if len(candidates) < 2:
+        return candidates[0] if candidates else None
+    downstream: dict[str, list[str]] = {}
+    for node_id, node in nodes.items():
+        for value in node["inputs"].values():
+            if is_link(value) and str(value[0]) in nodes:
+                downstream.setdefault(str(value[0]), []).append(node_id)
+    # Every node that some sampler feeds, directly or not: a candidate among them has a sampler upstream.
+    queue = deque(n for c in candidates for n in downstream.get(c, ()))
+    fed: set[str] = set()
+    while queue:
+        node_id = queue.popleft()
+        if node_id not in fed:
+            fed.add(node_id)
+            queue.extend(downstream.get(node_id, ()))
+    return next((c for c in candidates if c not in fed), candidates[0])
 
 
 def _helpers(nodes: Nodes, sampler: dict[str, Any]) -> list[dict[str, Any]]:
@@ -214,18 +244,22 @@ def _helpers(nodes: Nodes, sampler: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def _cond_start(nodes: Nodes, sampler: dict[str, Any], branch: str) -> Any:
+def _cond_start(nodes: Nodes, sampler: dict[str, Any], branch: str) -> list[Any]:
+    """The links the sampler's ``branch`` prompt comes in by."""
     inputs = sampler["inputs"]
     if branch in inputs:
-        return inputs[branch]
-    if "text_embeds" in inputs:  # WanVideoWrapper: one encoder node holds both prompts
-        return inputs["text_embeds"]
+        return [inputs[branch]]
+    for carrier in ("text_embeds", "basic_pipe"):  # one node holding both prompts (WanVideoWrapper's encoder,
+        if carrier in inputs:  # Impact's ToBasicPipe): the branch is told apart there
+            return [inputs[carrier]]
     guider = _target(nodes, inputs.get("guider"))
     if guider is None:
-        return None
+        return []
     if branch in guider["inputs"]:
-        return guider["inputs"][branch]
-    return guider["inputs"].get("conditioning") if branch == "positive" else None
+        return [guider["inputs"][branch]]
+    # BasicGuider's one conditioning; DualCFGGuider's two (cond1, then cond2)
+    return [guider["inputs"][k] for k in ("conditioning", "cond1", "cond2") if k in guider["inputs"]] \
+        if branch == "positive" else []
 
 
 def _first_with(nodes: Nodes, ids: Iterator[str] | list[str], keys: tuple[str, ...]) -> dict[str, Any] | None:
@@ -263,6 +297,12 @@ def _size(nodes: Nodes, sampler_id: str | None) -> dict[str, Any]:
         if "textencode" in str(nodes[node_id].get("class_type", "")).lower():
             continue
         inputs = nodes[node_id]["inputs"]
+        ratio = inputs.get("aspect_ratio")
+        named = _RATIO_SIZE.search(ratio) if isinstance(ratio, str) and ratio != "custom" else None
+        if named is not None:  # its width and height inputs are used for "custom" only
+            width, height = int(named.group(1)), int(named.group(2))
+            swapped = inputs.get("swap_dimensions") in ("On", True)
+            return {"width": height, "height": width} if swapped else {"width": width, "height": height}
         for keys in _SIZE_KEYS:
             width, height = (_resolve(nodes, inputs.get(k), ("value", "int")) for k in keys)
             if isinstance(width, int) and isinstance(height, int):
@@ -289,6 +329,16 @@ def _sampler_fields(nodes: Nodes, found: Found, sampler_id: str) -> None:
         found.settings["seed"] = found.seed
 
 
+def _loras(inputs: dict[str, Any]) -> list[str]:
+    """The LoRAs a node loads: its ``lora_name`` (a pysssss combo's ``content`` too), or the ones switched on in
+    rgthree's Power Lora Loader (``lora_1: {"on", "lora", "strength"}``…)."""
+    name = _resolve({}, inputs.get("lora_name"), ())
+    found = [name] if isinstance(name, str) and name != "None" else []
+    found += [v["lora"] for k, v in inputs.items() if k.startswith("lora_") and isinstance(v, dict)
+              and v.get("on") and isinstance(v.get("lora"), str) and v["lora"] != "None"]
+    return found
+
+
 def from_nodes(nodes: Nodes) -> Found:
     """Prompt, seed, model and settings from the nodes of an API graph."""
     found = Found(source="comfyui")
@@ -297,8 +347,7 @@ def from_nodes(nodes: Nodes) -> Found:
         _sampler_fields(nodes, found, sampler_id)
     found.model = _model(nodes, sampler_id)
     found.settings.update(_size(nodes, sampler_id))
-    loras = [n["inputs"]["lora_name"] for n in nodes.values()
-             if isinstance(n["inputs"].get("lora_name"), str) and n["inputs"]["lora_name"] != "None"]
+    loras = [lora for node in nodes.values() for lora in _loras(node["inputs"])]
     if loras:
         found.settings["loras"] = loras
     return found
