@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from . import _write_intents as write_intents
 from . import models, pending, rows
 from .collections import resolve as resolve_collection
 from .db import Database, format_time
@@ -66,7 +67,12 @@ class Library:
         fields = self._check_fields(title, tags, favorite, visibility)
         asset_id = str(uuid.uuid4())
         linked: str | None = None
+        note_id: int | None = None
         try:
+            # Noted first: a process killed between the link and the commit leaves nothing (_write_intents).
+            # (The file's extension is the source's type, read in the transaction: each one is noted.)
+            note_id = write_intents.note(self._db, LIBRARY_BUCKET,
+                                         [f"{self.user_id}/{asset_id}.{t.extension}" for t in models.MediaType])
             with self._db.write() as conn:
                 source = conn.execute(
                     "SELECT temp_storage_path, asset_type, file_size_bytes, mime_type, duration_seconds, original_prompt,"
@@ -91,9 +97,13 @@ class Library:
                      workspace_asset_id),
                 )
                 saved = self.get(asset_id)  # in the transaction: what was committed, whatever comes next
+                write_intents.drop(conn, note_id)
         except BaseException:
             if linked is not None and not self._db.has_row("user_library", asset_id):  # committed: keep its file
                 self._files.remove(LIBRARY_BUCKET, linked)
+                linked = None
+            if note_id is not None and linked is None:  # nothing linked, or removed: else left to a settle
+                write_intents.drop_quietly(self._db, note_id)
             raise
         return saved
 
@@ -123,7 +133,10 @@ class Library:
                                                seed=seed, prompt=prompt, model=model, settings=settings)
         relative = f"{self.user_id}/{asset_id}.{prepared.extension}"
         committed = False
+        note_id: int | None = None
         try:
+            # Noted first: a process killed between the rename and the commit leaves nothing (_write_intents).
+            note_id = write_intents.note(self._db, LIBRARY_BUCKET, [relative])
             with self._db.write() as conn:
                 self._check_not_kept(conn, prepared.staged.sha256)
                 collection_id = resolve_collection(conn, self.user_id, collection) if collection is not None else None
@@ -140,6 +153,7 @@ class Library:
                      prepared.staged.sha256, *fields, collection_id),
                 )
                 added = self.get(asset_id)  # in the transaction: what was committed, whatever comes next
+                write_intents.drop(conn, note_id)
         except BaseException:
             if self._db.has_row("user_library", asset_id):  # a Ctrl-C during COMMIT, raised after it
                 raise
@@ -147,6 +161,8 @@ class Library:
                 self._files.remove(LIBRARY_BUCKET, relative)
             else:
                 self._files.discard(prepared.staged)
+            if note_id is not None:  # (removed above; if that failed, the error goes up and the note stays)
+                write_intents.drop_quietly(self._db, note_id)
             raise
         return added
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import fsspec
 
+from . import _write_intents as write_intents
 from . import models, pending
 from ._disk import unlink_quietly
 from .collections import Collections
@@ -233,13 +234,15 @@ class Vault:
         return _cleanup_due(self.db.get_meta("last_cleanup"))
 
     def housekeeping(self, *, auto_cleanup: bool = True) -> None:
-        """What opening a vault for writing does: settle queued file deletions and, at most once an hour
+        """What opening a vault for writing does: settle queued file deletions, remove what a write killed
+        between its rename and its commit left (:mod:`localvault._write_intents`) and, at most once an hour
         (unless ``auto_cleanup=False``), remove up to 2,000 expired workspace assets.
 
         A long-running process (the watcher) calls it now and then, since it opens its vault only once.
         """
         if self.db.conn.execute("SELECT 1 FROM pending_deletes LIMIT 1").fetchone():
             pending.drain(self.db, self.files)
+        write_intents.settle_now(self.db, self.files)  # what a write killed before its commit left
         if not auto_cleanup:
             return
         if self.cleanup_due():

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from . import _write_intents as write_intents
 from . import pending
 from ._disk import unlink_quietly
 from ._recovered import copy_to_recovered, recover
@@ -60,6 +61,9 @@ class VerifyReport:
     unreadable_folders: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     unrepairable: list[str] = field(default_factory=list)
+    #: Files without a row that a write killed before its commit left (or one under way): not a problem; the
+    #: next opening of the vault for writing removes them.
+    unsettled: list[str] = field(default_factory=list)
     #: Where repair moved the files without a row (under the vault's ``recovered/`` folder).
     recovered: list[str] = field(default_factory=list)
     #: The asset id of each missing, damaged or unreadable file (``bucket/path`` -> id).
@@ -110,6 +114,7 @@ def verify(db: Database, files: FileStore, *, repair: bool = False, check_hashes
         _check_repairable(db, files)
     if not db.readonly:
         pending.drain(db, files)
+        write_intents.settle_now(db, files)
     result = VerifyReport()
     total = sum(db.conn.execute(f"SELECT count(*) FROM {kind.table}").fetchone()[0] for kind in _KINDS)
     report(progress, "verify", total=total)
@@ -143,6 +148,7 @@ def verify(db: Database, files: FileStore, *, repair: bool = False, check_hashes
     _keep_in_unreadable_folders(result, broken)
     _wait_for_writers(db)
     _drop_settled(db, files, result, broken)
+    _set_apart_unsettled_writes(db, files, result)
     if repair:
         _repair(db, files, result, broken)
     return result
@@ -234,6 +240,14 @@ def _drop_settled(db: Database, files: FileStore, result: VerifyReport,
                    for path in _with_rows(db, kind, mine[start:start + PAGE_ROWS])}
         result.orphans[:] = [e for e in result.orphans if not (e.startswith(prefix) and e[len(prefix):] in claimed)]
     result.orphans[:] = [e for e in result.orphans if files.exists(*e.split("/", 1))]
+
+
+def _set_apart_unsettled_writes(db: Database, files: FileStore, result: VerifyReport) -> None:
+    """Files without a row that a noted write left (killed before its commit, or under way): not orphans, but
+    ``unsettled``, which the next opening of the vault for writing removes (a read-only check cannot)."""
+    noted = {f"{bucket}/{path}" for bucket, path in write_intents.left_behind(db.conn, files)}
+    result.unsettled = [entry for entry in result.orphans if entry in noted]
+    result.orphans[:] = [entry for entry in result.orphans if entry not in noted]
 
 
 def _row_still_there(db: Database, entry: str, problem: tuple[_Kind, str, str]) -> bool:

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import _write_intents as write_intents
 from . import models, pending, rows
 from ._cleanup import CleanupReport, remove_expired
 from ._recovered import set_aside_strays
@@ -98,7 +99,10 @@ class Workspace:
     def _record(self, prepared: Prepared, job: str, index: int | None, values: GenerationValues) -> WorkspaceAsset:
         committed_path: str | None = None
         asset_id = str(uuid.uuid4())
+        note_id: int | None = None
         try:
+            # Noted first: a process killed between the rename and the commit leaves nothing (_write_intents).
+            note_id = write_intents.note(self._db, WORKSPACE_BUCKET, [f"{self.user_id}/{job}/"])
             with self._db.write() as conn:
                 # The index first, counting expired rows too: the new file must never land on the path of
                 # a row whose deletion is not committed yet (a rollback would bring that row back).
@@ -136,6 +140,7 @@ class Workspace:
                     )
                     row = conn.execute(f"SELECT {rows.WORKSPACE_COLUMNS} FROM workspace_assets WHERE id = ?",
                                        (asset_id,)).fetchone()
+                    write_intents.drop(conn, note_id)
                 except BaseException:
                     if conn.in_transaction:  # the lock is still ours: no one can have taken the path
                         self._files.remove(WORKSPACE_BUCKET, relative)
@@ -146,6 +151,8 @@ class Workspace:
                 self._remove_unclaimed([committed_path])
             else:
                 self._files.discard(prepared.staged)
+            if note_id is not None and committed_path is None:  # nothing renamed, or removed: else left to a settle
+                write_intents.drop_quietly(self._db, note_id)
             raise
         return rows.workspace_asset(row)
 
@@ -229,7 +236,10 @@ class Workspace:
         user = self.user_id
         out: list[tuple[str, int] | None] = [None] * len(entries)
         moves: list[tuple[StagedFile, str]] = []
+        note_id: int | None = None
         try:
+            # Noted first: a process killed between the renames and the commit leaves nothing (_write_intents).
+            note_id = write_intents.note(self._db, WORKSPACE_BUCKET, {f"{user}/{e.job_id}/" for e in entries})
             with self._db.write() as conn:
                 hashes = [e.staged.sha256 for e in entries]
                 # Next indexes first, counting expired rows too: no file may land on the path of a row
@@ -270,6 +280,7 @@ class Workspace:
                         self._files.sync_files(WORKSPACE_BUCKET, [relative for _s, relative in moves], io_map)
                         self._files.sync_dirs(WORKSPACE_BUCKET, [relative for _s, relative in moves])
                     conn.executemany(_INSERT, values)
+                    write_intents.drop(conn, note_id)
                 except BaseException:
                     if conn.in_transaction:  # the lock is still ours: no one can have taken these paths
                         for _staged, relative in moves:
@@ -280,6 +291,8 @@ class Workspace:
             self._remove_unclaimed([relative for _staged, relative in moves])
             for entry in entries:
                 self._files.discard(entry.staged)
+            if note_id is not None and not moves:  # nothing renamed, or removed already: else left to a settle
+                write_intents.drop_quietly(self._db, note_id)
             raise
         for entry, result in zip(entries, out, strict=True):
             if result is None:  # a duplicate's copy; the batch is committed, whatever happens to it now

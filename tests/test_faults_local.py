@@ -40,7 +40,7 @@ def _umount(target: Path) -> None:
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
-    _mount(mount_point, "size=2m,mode=0755")
+    _mount(mount_point, "size=8m,mode=0755")  # (room for the WAL to grow to its checkpoint: ~4 MB)
     try:
         yield mount_point
     finally:

@@ -63,11 +63,17 @@ class Once:
         self.statement = statement
         self.action = action
         self.fired = False
+        self.rows_written = False  # in the transaction under way: more than a write's note (_write_intents)
 
     def __call__(self, sql: str) -> None:
-        if sql == self.statement and not self.fired:
+        # A COMMIT is the one of a transaction that writes rows, not of the note taken before it.
+        if sql == self.statement and not self.fired and (sql != "COMMIT" or self.rows_written):
             self.fired = True
             self.action()
+        elif sql.startswith(("BEGIN", "COMMIT", "ROLLBACK")):
+            self.rows_written = False
+        elif not sql.startswith("INSERT INTO write_intents"):
+            self.rows_written = True
 
 
 def _raise(error: BaseException) -> Callable[[], None]:
@@ -212,16 +218,21 @@ def add_while_another_takes_the_lock(vault: Vault, source: Path, faults: Callabl
 def test_undoing_a_failed_add_waits_for_the_lock_only_briefly(vault: Vault, make_image: Callable[..., Path],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The undo takes the write lock (to see whether a row took the path); another process holding it must not
-    keep the failed call waiting the full 60 s again. The file then stays, for verify --repair."""
-    from localvault import workspace
+    keep the failed call waiting the full 60 s again. The file then stays, noted: verify (as the next opening
+    of the vault for writing) removes it."""
+    from localvault import _write_intents, workspace
 
     monkeypatch.setattr(workspace, "UNDO_LOCK_WAIT_MS", 200)
+    monkeypatch.setattr(_write_intents, "DROP_WAIT_MS", 200)
     finished, outcome = add_while_another_takes_the_lock(
         vault, make_image(seed=1), lambda take_lock: failing_commit(vault, take_lock), seconds=20)
     assert finished, "the failed add waited for the lock as long as a write would"
     assert isinstance(outcome, StorageError)
-    report = vault.verify(repair=True)
-    assert len(report.orphans) == 1 and report.clean and vault.workspace.count() == 0
+    with Vault.open(vault.root, readonly=True) as reader:  # (read-only: it cannot remove it)
+        assert len(reader.verify().unsettled) == 1
+    report = vault.verify()
+    assert report.orphans == [] and report.clean and vault.workspace.count() == 0
+    assert [p for p in (vault.root / "workspace-temp").rglob("*") if p.is_file()] == []
 
 
 def test_a_failure_before_commit_removes_the_file_at_once(vault: Vault, make_image: Callable[..., Path],

@@ -197,6 +197,8 @@ def verify(ctx: Context, repair: bool, quick: bool, as_json: bool) -> None:
         for label, items in (("missing", result.missing), ("orphan", result.orphans), ("hash mismatch", result.mismatched),
                              ("stale temp", result.stale_temps), ("unreadable", result.unreadable),
                              ("unreadable folder", result.unreadable_folders),
+                             ("left by a write cut short (removed when the vault is next opened for writing)",
+                              result.unsettled),
                              ("repaired", result.repaired), ("unrepairable", result.unrepairable),
                              ("moved to", result.recovered)):
             for item in items:

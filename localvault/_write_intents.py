@@ -1,0 +1,118 @@
+"""Files written into place before their rows commit: noted first, so that a killed process leaves none behind.
+
+A write renames (or hard-links) its file to its final name inside the
+transaction that inserts its row (DESIGN.md §3). A process killed between the
+two — a SIGKILL, the OOM killer, a power cut once the rename is on disk —
+would leave a file that no row names. So the write first notes where its
+files go, in a transaction of its own (:func:`note`), and the transaction
+that inserts its rows drops the note (:func:`drop`). Opening the vault for
+writing settles what notes remain (:func:`settle`): under the write lock, no
+write is between its rename and its commit, so a file a note covers that no
+row uses was left by a write that never committed, and is removed. Its bytes
+are not lost: each was copied or linked from a file the write leaves alone
+(the rig's source, which ``--move`` deletes only after the commit, or the
+workspace's file of a save).
+
+A note of a write still waiting for the lock may be met by a settle that
+finds nothing to remove: notes are forgotten only once
+:data:`FORGET_AFTER_SECONDS` old, so the write stays covered until it is done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable
+from datetime import timedelta
+
+from .db import Database, utc_in
+from .errors import LocalVaultError
+from .files import TEMP_PREFIX, FileStore
+from .pending import still_used
+
+#: A note this old is forgotten once what it covers was settled: its write ended long ago, one way or another.
+FORGET_AFTER_SECONDS = 600.0
+
+
+def note(db: Database, bucket: str, paths: Iterable[str]) -> int:
+    """Commit a note that files will be written at ``paths`` in ``bucket`` (a path ending in "/" covers the
+    files of that folder); its id, for :func:`drop`."""
+    with db.write() as conn:
+        cursor = conn.execute("INSERT INTO write_intents (bucket, paths) VALUES (?, ?)",
+                              (bucket, json.dumps(sorted(set(paths)))))
+        return int(cursor.lastrowid)  # type: ignore[arg-type]
+
+
+def drop(conn: sqlite3.Connection, note_id: int) -> None:
+    """In the transaction that inserts the rows: the write is done."""
+    conn.execute("DELETE FROM write_intents WHERE id = ?", (note_id,))
+
+
+#: How long a failed write waits for the lock to drop its note (it is an error path: not the usual 60 s).
+DROP_WAIT_MS = 2_000
+
+
+def drop_quietly(db: Database, note_id: int) -> None:
+    """After a write that failed and removed its files: the note is no longer needed. If the lock cannot be
+    had soon, or this fails too, the note stays: the next settle finds nothing and forgets it."""
+    try:
+        with db.write(wait_ms=DROP_WAIT_MS) as conn:
+            drop(conn, note_id)
+    except LocalVaultError:
+        pass
+
+
+def covered(files: FileStore, bucket: str, path: str) -> list[str]:
+    """The files at a noted path that are there: the file itself, or a folder's (temporary files aside: they
+    are a write's still under way, or :mod:`localvault.verify`'s to remove once stale)."""
+    if not path.endswith("/"):
+        return [path] if files.exists(bucket, path) else []
+    folder = path.rstrip("/")
+    full = files.full_path(bucket, folder)
+    try:
+        if files.local:
+            names = [entry.name for entry in os.scandir(full) if entry.is_file(follow_symlinks=False)]
+        else:
+            names = [os.path.basename(p) for p in files.fs.ls(full, detail=False) if files.fs.isfile(p)]
+    except FileNotFoundError:
+        return []
+    return [f"{folder}/{name}" for name in sorted(names) if not name.startswith(TEMP_PREFIX)]
+
+
+def left_behind(conn: sqlite3.Connection, files: FileStore) -> list[tuple[str, str]]:
+    """(bucket, path) of each file a note covers that no row uses (none in a vault of schema 4 or older, read
+    without being migrated: it has no notes)."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'write_intents'").fetchone() is None:
+        return []
+    found: list[tuple[str, str]] = []
+    for bucket, paths in conn.execute("SELECT bucket, paths FROM write_intents ORDER BY id").fetchall():
+        for path in json.loads(paths):
+            found += [(bucket, relative) for relative in covered(files, bucket, path)
+                      if not still_used(conn, bucket, relative)]
+    return list(dict.fromkeys(found))
+
+
+def settle(conn: sqlite3.Connection, files: FileStore) -> list[str]:
+    """Inside a write transaction: remove the files notes cover that no row uses, and forget old notes.
+
+    Returns the removed files, as ``bucket/path``.
+    """
+    removed = []
+    for bucket, relative in left_behind(conn, files):
+        files.remove(bucket, relative)
+        removed.append(f"{bucket}/{relative}")
+    cutoff = utc_in(timedelta(seconds=-FORGET_AFTER_SECONDS))
+    conn.execute("DELETE FROM write_intents WHERE noted_at < ?", (cutoff,))
+    return removed
+
+
+def settle_now(db: Database, files: FileStore) -> list[str]:
+    """:func:`settle` in a transaction of its own, if any note is there (one query otherwise)."""
+    if db.conn.execute("SELECT 1 FROM write_intents LIMIT 1").fetchone() is None:
+        return []
+    with db.write() as conn:
+        return settle(conn, files)
+
+
+__all__ = ["note", "drop", "drop_quietly", "settle", "settle_now", "left_behind", "FORGET_AFTER_SECONDS"]

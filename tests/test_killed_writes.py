@@ -1,0 +1,121 @@
+"""A process killed between a file's rename (or link) into place and its row's commit leaves nothing behind.
+
+Each write notes where its files go before its transaction (localvault._write_intents); the next opening of
+the vault for writing removes what a note covers that no row uses. The kill is real (SIGKILL, in a child
+process); its moment is forced by wrapping the rename or link so that the process kills itself right after.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import USER_A, write_media
+
+from localvault import Vault
+from localvault.files import TEMP_PREFIX
+
+CHILD = """
+import os, signal, sys
+from pathlib import Path
+from localvault import Vault
+from localvault.files import FileStore
+
+root, source, call = sys.argv[1], sys.argv[2], sys.argv[3]
+vault = Vault.open(root)
+saved_from = vault.workspace.add(Path(source).with_name("kept.png")).id if call == "library.save" else None
+
+def killed_after(real):
+    def wrapper(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)  # the crash: the file is in place, its row not committed
+    return wrapper
+
+FileStore.commit = killed_after(FileStore.commit)
+FileStore.link = killed_after(FileStore.link)
+if call == "workspace.add":
+    vault.workspace.add(source)
+elif call == "library.add":
+    vault.library.add(source, title="direct")
+elif call == "library.save":
+    vault.library.save(saved_from, title="kept")
+else:
+    vault.workspace.import_folder(Path(source).parent / "rig", workers=1)
+"""
+
+
+def final_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for bucket in ("workspace-temp", "user-library")
+                  for p in (root / bucket).rglob("*") if p.is_file() and not p.name.startswith(TEMP_PREFIX))
+
+
+@pytest.mark.parametrize("call", ["workspace.add", "library.add", "library.save", "import"])
+def test_a_write_killed_before_its_commit_leaves_no_file(tmp_path: Path, call: str) -> None:
+    root = tmp_path / "vault"
+    Vault.create(root, user_id=USER_A).close()
+    source = write_media(tmp_path / "src", seed=1)
+    write_media(tmp_path / "src", seed=2).rename(tmp_path / "src" / "kept.png")
+    for seed in range(3, 6):
+        write_media(tmp_path / "src" / "rig", seed=seed)
+    child = subprocess.run([sys.executable, "-c", CHILD, str(root), str(source), call], capture_output=True)
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()
+    before = final_files(root)
+    kept = 1 if call == "library.save" else 0  # the workspace asset the save copies from
+    assert len(before) == kept + 1, before  # the file put in place by the killed write
+    with Vault.open(root, readonly=True) as reader:  # a read-only check cannot remove it, but knows it
+        report = reader.verify()
+        assert report.orphans == [] and len(report.unsettled) == 1 and report.clean
+    with Vault.open(root) as vault:  # the next opening for writing settles it
+        assert vault.workspace.count() == kept and vault.library.count() == 0
+        assert len(final_files(root)) == kept
+        report = vault.verify()
+        assert report.clean and report.orphans == [] and report.unsettled == []
+        # Nothing was lost: the write can be done again.
+        if call == "workspace.add":
+            vault.workspace.add(source)
+        elif call == "library.add":
+            vault.library.add(source)
+        elif call == "library.save":
+            vault.library.save(vault.workspace.list().items[0].id)
+        else:
+            assert len(vault.workspace.import_folder(tmp_path / "src" / "rig").imported) == 3
+        assert vault.verify().clean
+
+
+def test_a_note_is_kept_until_it_is_old_whatever_a_settle_finds(tmp_path: Path) -> None:
+    """A note taken by a write still waiting for the lock covers nothing yet: a settle that meets it must keep
+    it, or the write, killed after its rename, would leave its file uncovered."""
+    from localvault import _write_intents
+    from localvault.files import WORKSPACE_BUCKET
+
+    with Vault.create(tmp_path / "vault", user_id=USER_A) as vault:
+        fresh = _write_intents.note(vault.db, WORKSPACE_BUCKET, [f"{USER_A}/job/"])
+        old = _write_intents.note(vault.db, WORKSPACE_BUCKET, [f"{USER_A}/other/"])
+        vault.db.conn.execute("UPDATE write_intents SET noted_at = '2020-01-01T00:00:00.000Z' WHERE id = ?", (old,))
+        assert _write_intents.settle_now(vault.db, vault.files) == []
+        assert [r[0] for r in vault.db.conn.execute("SELECT id FROM write_intents")] == [fresh]
+        stray = vault.root / WORKSPACE_BUCKET / USER_A / "job" / "0.png"
+        stray.parent.mkdir(parents=True)
+        stray.write_bytes(b"left by a killed write")
+        (stray.parent / f"{TEMP_PREFIX}staged").write_bytes(b"a write under way")
+        assert _write_intents.settle_now(vault.db, vault.files) == [f"{WORKSPACE_BUCKET}/{USER_A}/job/0.png"]
+        assert os.listdir(stray.parent) == [f"{TEMP_PREFIX}staged"]
+
+
+def test_a_vault_of_the_previous_schema_read_without_migration_is_verified(tmp_path: Path) -> None:
+    """A read-only opening does not migrate: a vault written before the notes has no table for them."""
+    import sqlite3
+
+    with Vault.create(tmp_path / "vault", user_id=USER_A) as vault:
+        vault.workspace.add(write_media(tmp_path / "src", seed=1))
+    conn = sqlite3.connect(tmp_path / "vault" / "vault.db")
+    conn.execute("DROP TABLE write_intents")
+    conn.execute("PRAGMA user_version = 4")
+    conn.close()
+    with Vault.open(tmp_path / "vault", readonly=True) as reader:
+        report = reader.verify()
+        assert report.clean and report.checked == 1 and report.unsettled == []
