@@ -8,8 +8,13 @@ files go, in a transaction of its own (:func:`note`), and the transaction
 that inserts its rows drops the note (:func:`drop`). Opening the vault for
 writing settles what notes remain (:func:`settle`): under the write lock, no
 write is between its rename and its commit, so a file a note covers that no
-row uses was left by a write that never committed, and is removed. Its bytes
-are not lost: each was copied or linked from a file the write leaves alone
+row uses was left by a write that never committed, and is removed. A note
+names a library file by its path (a fresh id: whatever is there is the
+write's); a workspace write, which takes its job's next index only under the
+lock, names its job folder and the sha256 of its files: another file without
+a row in that folder (the only copy of an asset whose row was lost, say) is
+left to ``verify --repair``, which sets such files aside. The bytes removed
+are not lost: each file was copied or linked from one the write leaves alone
 (the rig's source, which ``--move`` deletes only after the commit, or the
 workspace's file of a save).
 
@@ -21,6 +26,7 @@ finds nothing to remove: notes are forgotten only once
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Iterable
@@ -28,29 +34,32 @@ from datetime import timedelta
 
 from .db import Database, utc_in
 from .errors import LocalVaultError
-from .files import TEMP_PREFIX, FileStore
-from .pending import still_used
+from .files import TEMP_PREFIX, WORKSPACE_BUCKET, FileStore
+
+log = logging.getLogger(__name__)
 
 #: A note this old is forgotten once what it covers was settled: its write ended long ago, one way or another.
 FORGET_AFTER_SECONDS = 600.0
+#: How long a failed write waits for the lock to drop its note (it is an error path: not the usual 60 s).
+DROP_WAIT_MS = 2_000
+_ROWS_PAGE = 900
 
 
-def note(db: Database, bucket: str, paths: Iterable[str]) -> int:
-    """Commit a note that files will be written at ``paths`` in ``bucket`` (a path ending in "/" covers the
-    files of that folder); its id, for :func:`drop`."""
+def note(db: Database, bucket: str, paths: Iterable[str], hashes: Iterable[str] = ()) -> int:
+    """Commit a note that files will be written at ``paths`` in ``bucket``; its id, for :func:`drop`.
+
+    A path is a file's (a fresh name: whatever is found there is the write's), or a folder's, ending in
+    "/": then only a file there whose sha256 is among ``hashes`` is the write's.
+    """
     with db.write() as conn:
-        cursor = conn.execute("INSERT INTO write_intents (bucket, paths) VALUES (?, ?)",
-                              (bucket, json.dumps(sorted(set(paths)))))
+        cursor = conn.execute("INSERT INTO write_intents (bucket, paths, hashes) VALUES (?, ?, ?)",
+                              (bucket, json.dumps(sorted(set(paths))), json.dumps(sorted(set(hashes)))))
         return int(cursor.lastrowid)  # type: ignore[arg-type]
 
 
 def drop(conn: sqlite3.Connection, note_id: int) -> None:
     """In the transaction that inserts the rows: the write is done."""
     conn.execute("DELETE FROM write_intents WHERE id = ?", (note_id,))
-
-
-#: How long a failed write waits for the lock to drop its note (it is an error path: not the usual 60 s).
-DROP_WAIT_MS = 2_000
 
 
 def drop_quietly(db: Database, note_id: int) -> None:
@@ -63,7 +72,7 @@ def drop_quietly(db: Database, note_id: int) -> None:
         pass
 
 
-def covered(files: FileStore, bucket: str, path: str) -> list[str]:
+def _files_at(files: FileStore, bucket: str, path: str) -> list[str]:
     """The files at a noted path that are there: the file itself, or a folder's (temporary files aside: they
     are a write's still under way, or :mod:`localvault.verify`'s to remove once stale)."""
     if not path.endswith("/"):
@@ -75,35 +84,71 @@ def covered(files: FileStore, bucket: str, path: str) -> list[str]:
             names = [entry.name for entry in os.scandir(full) if entry.is_file(follow_symlinks=False)]
         else:
             names = [os.path.basename(p) for p in files.fs.ls(full, detail=False) if files.fs.isfile(p)]
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     return [f"{folder}/{name}" for name in sorted(names) if not name.startswith(TEMP_PREFIX)]
 
 
+def _unused(conn: sqlite3.Connection, bucket: str, paths: list[str]) -> list[str]:
+    """The paths no row uses (a page of rows looked up per query)."""
+    table, column = (("workspace_assets", "temp_storage_path") if bucket == WORKSPACE_BUCKET
+                     else ("user_library", "storage_path"))
+    used: set[str] = set()
+    for start in range(0, len(paths), _ROWS_PAGE):
+        page = paths[start:start + _ROWS_PAGE]
+        used.update(r[0] for r in conn.execute(
+            f"SELECT {column} FROM {table} WHERE {column} IN ({','.join('?' * len(page))})", page))
+    return [path for path in paths if path not in used]
+
+
+def _sha256(files: FileStore, bucket: str, relative: str) -> str | None:
+    try:
+        return files.sha256(bucket, relative)
+    except (LocalVaultError, OSError):
+        return None
+
+
 def left_behind(conn: sqlite3.Connection, files: FileStore) -> list[tuple[str, str]]:
-    """(bucket, path) of each file a note covers that no row uses (none in a vault of schema 4 or older, read
-    without being migrated: it has no notes)."""
+    """(bucket, path) of each file a note covers that no row uses and that is the noted write's (none in a
+    vault of schema 4 or older, read without being migrated: it has no notes)."""
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'write_intents'").fetchone() is None:
         return []
-    found: list[tuple[str, str]] = []
-    for bucket, paths in conn.execute("SELECT bucket, paths FROM write_intents ORDER BY id").fetchall():
+    covered: dict[tuple[str, str], set[str] | None] = {}  # each path once; None: any file found is the write's
+    for bucket, paths, hashes in conn.execute("SELECT bucket, paths, hashes FROM write_intents").fetchall():
         for path in json.loads(paths):
-            found += [(bucket, relative) for relative in covered(files, bucket, path)
-                      if not still_used(conn, bucket, relative)]
-    return list(dict.fromkeys(found))
+            if path.endswith("/"):
+                known = covered.setdefault((bucket, path), set())
+                if known is not None:
+                    known.update(json.loads(hashes))
+            else:
+                covered[(bucket, path)] = None
+    found: list[tuple[str, str]] = []
+    for (bucket, path), hashes in covered.items():
+        for relative in _unused(conn, bucket, _files_at(files, bucket, path)):
+            if hashes is None or _sha256(files, bucket, relative) in hashes:
+                found.append((bucket, relative))
+    return found
 
 
 def settle(conn: sqlite3.Connection, files: FileStore) -> list[str]:
-    """Inside a write transaction: remove the files notes cover that no row uses, and forget old notes.
-
-    Returns the removed files, as ``bucket/path``.
-    """
-    removed = []
+    """Inside a write transaction: remove the files the noted writes left that no row uses, and forget old
+    notes. A file that cannot be removed is warned about and its note kept (it does not stop the others, nor
+    the opening of the vault). Returns the removed files, as ``bucket/path``."""
+    removed: list[str] = []
+    failed = False
     for bucket, relative in left_behind(conn, files):
-        files.remove(bucket, relative)
+        try:
+            files.remove(bucket, relative)
+        except LocalVaultError as exc:
+            log.warning("could not remove %s/%s, left by a write cut short: %s", bucket, relative, exc)
+            failed = True
+            continue
         removed.append(f"{bucket}/{relative}")
-    cutoff = utc_in(timedelta(seconds=-FORGET_AFTER_SECONDS))
-    conn.execute("DELETE FROM write_intents WHERE noted_at < ?", (cutoff,))
+    if removed:
+        log.info("removed %d file(s) that writes cut short before their commit left: %s", len(removed),
+                 ", ".join(removed[:10]))
+    if not failed:  # (else every note stays, to be tried again)
+        conn.execute("DELETE FROM write_intents WHERE noted_at < ?", (utc_in(timedelta(seconds=-FORGET_AFTER_SECONDS)),))
     return removed
 
 

@@ -102,7 +102,8 @@ class Workspace:
         note_id: int | None = None
         try:
             # Noted first: a process killed between the rename and the commit leaves nothing (_write_intents).
-            note_id = write_intents.note(self._db, WORKSPACE_BUCKET, [f"{self.user_id}/{job}/"])
+            note_id = write_intents.note(self._db, WORKSPACE_BUCKET, [f"{self.user_id}/{job}/"],
+                                         [prepared.staged.sha256])
             with self._db.write() as conn:
                 # The index first, counting expired rows too: the new file must never land on the path of
                 # a row whose deletion is not committed yet (a rollback would bring that row back).
@@ -239,7 +240,8 @@ class Workspace:
         note_id: int | None = None
         try:
             # Noted first: a process killed between the renames and the commit leaves nothing (_write_intents).
-            note_id = write_intents.note(self._db, WORKSPACE_BUCKET, {f"{user}/{e.job_id}/" for e in entries})
+            note_id = write_intents.note(self._db, WORKSPACE_BUCKET, {f"{user}/{e.job_id}/" for e in entries},
+                                         [e.staged.sha256 for e in entries])
             with self._db.write() as conn:
                 hashes = [e.staged.sha256 for e in entries]
                 # Next indexes first, counting expired rows too: no file may land on the path of a row

@@ -7,5 +7,8 @@ CREATE TABLE write_intents (
     bucket   TEXT NOT NULL CHECK (bucket IN ('workspace-temp', 'user-library')),
     -- A JSON array of paths in the bucket: a file's, or a folder's (ending in "/": the files in it).
     paths    TEXT NOT NULL CHECK (json_valid(paths) AND json_type(paths) = 'array'),
+    -- A JSON array of the sha256 of the files written: in a folder, only a file with one of them is the
+    -- write's (another file without a row there may be the only copy of an asset whose row was lost).
+    hashes   TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(hashes) AND json_type(hashes) = 'array'),
     noted_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 ) STRICT;
