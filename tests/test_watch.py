@@ -863,3 +863,25 @@ def _fast_thread_switching() -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(previous)
+
+
+def test_cli_watch_started_with_sigint_ignored_says_how_to_stop_it(tmp_path: Path, out: Path) -> None:
+    """A shell that is not interactive starts "cmd &" with SIGINT ignored, and Python keeps it so: Ctrl-C (or a
+    script's SIGINT) would never reach the watch. It says so, and SIGTERM stops it as Ctrl-C would."""
+    root = tmp_path / "vault"
+    Vault.create(root, user_id=USER).close()
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "localvault.cli", "--vault", str(root), "watch", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert proc.stderr is not None
+        lines = [proc.stderr.readline() for _ in range(2)]
+        assert "watching" in lines[0] and "SIGINT" in lines[1] and "SIGTERM" in lines[1], lines
+        proc.send_signal(signal.SIGTERM)
+        stdout, _stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "watch: 0 imported" in stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

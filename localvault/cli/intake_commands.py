@@ -171,6 +171,9 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | N
         try:
             watcher.start()
             output.err_console.print(f"watching {watcher.folder} (Ctrl-C to stop)", highlight=False)
+            if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started with "&" by a shell that is not interactive
+                output.warning("Ctrl-C (SIGINT) is ignored in this process (started in the background?): "
+                               "stop it with SIGTERM ('kill PID')")
             while watcher.running:
                 time.sleep(0.5)
         except KeyboardInterrupt:
