@@ -339,6 +339,20 @@ def test_image_saver_webp_reads_the_text_it_wrote_before_its_graph(tmp_path: Pat
     assert info.prompt == "masterpiece, a cat sitting on a mat, (detailed fur:1.2)\ngolden hour lighting"
 
 
+def test_civitai_generator_names_its_checkpoint_among_its_resources(tmp_path: Path) -> None:
+    """Civitai's on-site generator writes no "Model:" pair: the checkpoint is the resource of type checkpoint."""
+    text = ('cinematic photo of a lighthouse, storm\nNegative prompt: cartoon\nSteps: 25, CFG scale: 4, '
+            'Sampler: DPM++ 2M Karras, Seed: 1514789347, Size: 832x1216, Clip skip: 2, Civitai resources: '
+            '[{"type":"lora","modelName":"Detail","modelVersionName":"v1"},{"type":"checkpoint",'
+            '"modelVersionId":290640,"modelName":"Juggernaut XL","modelVersionName":"X"}], '
+            'Civitai metadata: {"remixOfId":12345}')
+    info = metadata.read(make_jpeg(tmp_path / "c.jpg", exif_user_comment=text))
+    assert (info.seed, info.model) == (1514789347, "Juggernaut XL X")
+    assert info.settings["civitai_resources"][1]["modelVersionId"] == 290640
+    with_model = text.replace("Clip skip: 2,", "Clip skip: 2, Model: my_model,")
+    assert metadata.read(make_jpeg(tmp_path / "d.jpg", exif_user_comment=with_model)).model == "my_model"
+
+
 # ---------------------------------------------------------------- ComfyUI
 
 

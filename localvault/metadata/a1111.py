@@ -171,3 +171,17 @@ def _apply_params(found: Found, params: dict[str, Any]) -> None:
             found.model = raw
         else:
             found.settings.setdefault(name, _number(raw) if isinstance(raw, str) else raw)
+    if found.model is None:  # Civitai's generator names its checkpoint only among its resources
+        found.model = _civitai_checkpoint(found.settings.get("civitai_resources"))
+
+
+def _civitai_checkpoint(resources: Any) -> str | None:
+    """The checkpoint's name in a ``Civitai resources`` list (``{"type": "checkpoint", "modelName": …}``)."""
+    if not isinstance(resources, list):
+        return None
+    for resource in resources:
+        if isinstance(resource, dict) and resource.get("type") == "checkpoint":
+            name, version = resource.get("modelName"), resource.get("modelVersionName")
+            if isinstance(name, str) and name.strip():
+                return f"{name} {version}" if isinstance(version, str) and version.strip() else name
+    return None
