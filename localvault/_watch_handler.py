@@ -5,51 +5,51 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
-if TYPE_CHECKING:
-    from .watch import Watcher
+from ._watch_intake import Intake
 
 log = logging.getLogger("localvault.watch")
 
 
 class EventHandler(FileSystemEventHandler):
-    """Hands watchdog's events for files to the watcher (``Watcher._offer``), from the observer's thread."""
+    """Hands watchdog's events for files to the watcher's :class:`Intake`, from the observer's thread."""
 
-    def __init__(self, watcher: Watcher) -> None:
-        self.watcher = watcher
+    def __init__(self, intake: Intake, folder: Path) -> None:
+        self.intake = intake
+        self.folder = folder
 
     def dispatch(self, event: FileSystemEvent) -> None:
         try:
             super().dispatch(event)
         except Exception:  # the observer's thread must live on: it hears every later file
-            log.exception("the watcher of %s could not handle the event %s", self.watcher.folder, event)
+            log.exception("the watcher of %s could not handle the event %s", self.folder, event)
 
     def on_closed(self, event: FileSystemEvent) -> None:
         if not event.is_directory:
-            self.watcher._offer(os.fsdecode(event.src_path), ready=True)
+            self.intake.offer(os.fsdecode(event.src_path), ready=True)
 
     def on_moved(self, event: FileSystemEvent) -> None:
         if not event.is_directory:
-            self.watcher._offer(os.fsdecode(event.dest_path), ready=True)
+            self.intake.offer(os.fsdecode(event.dest_path), ready=True)
 
     def on_created(self, event: FileSystemEvent) -> None:
         if not event.is_directory:  # a file renamed in from another folder comes as "created", already whole
-            self.watcher._offer(os.fsdecode(event.src_path), ready=True, created=True)
+            self.intake.offer(os.fsdecode(event.src_path), ready=True, created=True)
 
     def on_modified(self, event: FileSystemEvent) -> None:
         if not event.is_directory:
-            self.watcher._offer(os.fsdecode(event.src_path), ready=False)
+            self.intake.offer(os.fsdecode(event.src_path), ready=False)
 
     def on_attrib(self, event: FileSystemEvent) -> None:
         """A mode change (watchdog >= 5; older ones report it as modified): a file refused as unreadable may pass."""
         self.on_modified(event)
 
 
-#: Watchers whose observers run: each is told when the kernel's queue of inotify events overflows.
-_WATCHERS: weakref.WeakSet[Watcher] = weakref.WeakSet()
+#: The intakes of watchers whose observers run: each is told when the kernel's queue of inotify events overflows.
+_INTAKES: weakref.WeakSet[Intake] = weakref.WeakSet()
 #: What watchdog (7.x) logs when inotify's queue overflowed; it tells its handlers nothing else.
 _OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
 _OVERFLOW_MESSAGE = "Inotify queue overflowed"
@@ -60,21 +60,22 @@ class _OverflowFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if str(record.msg).startswith(_OVERFLOW_MESSAGE):
-            for watcher in list(_WATCHERS):
-                watcher._overflow()
+            for intake in list(_INTAKES):
+                intake.overflowed.set()
         return True
 
 
 _FILTER = _OverflowFilter()
 
 
-def watch_overflows(watcher: Watcher) -> None:
-    """Have ``watcher`` told of an overflow of the kernel's event queue (events were lost: it must catch up).
+def watch_overflows(intake: Intake) -> None:
+    """Have ``intake`` told of an overflow of the kernel's event queue (events were lost: its watcher must
+    catch up).
 
     Watchdog only logs it (a WARNING), so a filter on its logger listens;
     an app that silences that logger below WARNING silences this too.
     """
-    _WATCHERS.add(watcher)
+    _INTAKES.add(intake)
     logger = logging.getLogger(_OVERFLOW_LOGGER)
     if _FILTER not in logger.filters:
         logger.addFilter(_FILTER)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -45,12 +44,12 @@ from watchdog.observers import Observer
 from . import media, models
 from ._import_pipeline import to_the_end
 from ._watch_handler import EventHandler, watch_overflows
-from ._watch_settle import UnsettledFiles
-from ._watch_sidecars import SIDECAR_WAIT_SECONDS, SidecarWait, is_sidecar_name
+from ._watch_intake import Intake
+from ._watch_sidecars import SIDECAR_WAIT_SECONDS
 from ._watch_state import HandledFiles, WatchEvent, WatchReport
 from .errors import InvalidInputError, LocalVaultError, StorageError
 from .import_report import ImportReport
-from .importer import Importer, Mode, is_candidate_name, is_ignored_name, scan
+from .importer import Importer, Mode, scan
 from .vault import Vault
 
 log = logging.getLogger(__name__)
@@ -94,15 +93,12 @@ class Watcher:
         self.poll_seconds = poll_seconds
         #: Everything done so far (all batches, catch-ups included): counts of all, the most recent files listed.
         self.report = WatchReport()
-        self._queue: queue.Queue[str] = queue.Queue()
-        self._unsettled = UnsettledFiles(stable_seconds, GIVE_UP_SECONDS)
-        self._quieting = UnsettledFiles(quiet_seconds, GIVE_UP_SECONDS)  # complete, waiting for a quiet moment
-        self._overflowed = threading.Event()  # the kernel dropped events: catch up
-        self._sidecars = SidecarWait(sidecar_wait_seconds)
         self._identity: tuple[int, int] | None = None  # (device, inode) of the folder being watched
         # The folder as watched: its real path (inotify on a symbolic link would watch the link, not the
         # folder, and hear nothing); resolved again each time the folder comes back.
         self._watched = Path(os.path.realpath(self.folder))
+        self._intake = Intake(self._watched, recursive, stable_seconds=stable_seconds, quiet_seconds=quiet_seconds,
+                              give_up_seconds=GIVE_UP_SECONDS, sidecar_wait_seconds=sidecar_wait_seconds)
         self._handled = HandledFiles()
         self._stop = threading.Event()
         self._started = threading.Event()
@@ -164,11 +160,11 @@ class Watcher:
     @property
     def stable_seconds(self) -> float:
         """How long a file without a close event must stay unchanged (and whole) to be taken."""
-        return self._unsettled.stable_seconds
+        return self._intake.unsettled.stable_seconds
 
     @stable_seconds.setter
     def stable_seconds(self, seconds: float) -> None:
-        self._unsettled.stable_seconds = seconds
+        self._intake.unsettled.stable_seconds = seconds
 
     @property
     def running(self) -> bool:
@@ -179,45 +175,6 @@ class Watcher:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    # ------------------------------------------------------- event intake
-
-    def _offer(self, path: str, *, ready: bool, created: bool = False) -> None:
-        """Called from the observer's thread for each interesting event; ``ready``: a close, move or create."""
-        name = os.path.basename(path)
-        if ready and is_sidecar_name(name) and self._in_scope(path):
-            for waiting in self._sidecars.saw_sidecar(path, complete=not created):
-                self._queue.put(waiting)
-        if not is_candidate_name(name) or not self._in_scope(path):
-            return
-        if ready and media.looks_finished(path):
-            self._quieting.note_as_is(path)
-        else:
-            self._quieting.discard(path)  # written to again: taken when complete again
-            self._unsettled.note(path)
-
-    def _overflow(self) -> None:
-        """Called (from any thread) when the kernel dropped events: the watcher's thread catches up."""
-        self._overflowed.set()
-
-    def _in_scope(self, path: str) -> bool:
-        """Directly in the folder, or (recursive) in a sub-folder that is neither hidden nor temporary, as a scan."""
-        folder = os.path.dirname(path)
-        if folder == str(self._watched):
-            return True
-        if not self.recursive:
-            return False
-        relative = os.path.relpath(folder, self._watched)
-        return not relative.startswith("..") and not any(is_ignored_name(part) for part in Path(relative).parts)
-
-    def _settled(self) -> list[str]:
-        """Complete files left alone for a quiet moment, and files taken by the stable-size fallback (unless held
-        for their sidecar)."""
-        return [path for path in (*self._quieting.settled(), *self._unsettled.settled())
-                if not self._sidecars.hold(path)]
-
-    def _wait_for(self, paths: list[str], seconds: float = 0.0) -> None:
-        self._unsettled.wait_for(paths, seconds)
 
     # ---------------------------------------------------------- the thread
 
@@ -246,17 +203,16 @@ class Watcher:
                 if self._folder_lost():
                     self._wait_for_folder(importer)
                     continue
-                if self._overflowed.is_set():
-                    self._overflowed.clear()
+                if self._intake.overflowed.is_set():
+                    self._intake.overflowed.clear()
                     log.warning("events about files in %s were lost (the kernel's queue overflowed); catching up",
                                 self.folder)
                     self._catch_up(importer)
                     continue
-                paths = self._next_paths()
+                paths = self._intake.next_paths(self.poll_seconds)
                 if paths:
                     self._import(importer, paths)
-            # What arrived while stopping, complete files included
-            self._import(importer, [*self._drain(), *self._quieting.take_all(), *self._sidecars.release_all()])
+            self._import(importer, self._intake.take_all())  # what arrived while stopping, complete files included
         except BaseException as exc:  # never die silently
             log.exception("the watcher of %s stopped on an unexpected error", self.folder)
             self._error = exc
@@ -280,35 +236,16 @@ class Watcher:
         except LocalVaultError as exc:  # the watch goes on; tried again next time
             log.warning("the workspace's cleanup did not run: %s", exc)
 
-    def _next_paths(self) -> list[str]:
-        wait = self.poll_seconds
-        quiet_in = self._quieting.seconds_to_next()
-        if quiet_in is not None:  # woken when the first complete file may be taken, not at the next poll
-            wait = min(wait, quiet_in + 0.001)
-        try:
-            first = self._queue.get(timeout=wait)
-        except queue.Empty:
-            return [*self._settled(), *self._sidecars.due()]
-        return [first, *self._drain(), *self._settled(), *self._sidecars.due()]
-
-    def _drain(self) -> list[str]:
-        paths: list[str] = []
-        while True:
-            try:
-                paths.append(self._queue.get_nowait())
-            except queue.Empty:
-                return paths
-
     def _watch_folder(self, importer: Importer) -> None:
         """Schedule a fresh observer on the folder, then catch up with what is already there."""
         st = os.stat(self.folder)
         self._identity = (st.st_dev, st.st_ino)
-        self._watched = Path(os.path.realpath(self.folder))
+        self._watched = self._intake.watched = Path(os.path.realpath(self.folder))
         observer = Observer()
         self._observer = observer
-        observer.schedule(EventHandler(self), str(self._watched), recursive=self.recursive)
+        observer.schedule(EventHandler(self._intake, self.folder), str(self._watched), recursive=self.recursive)
         observer.start()
-        watch_overflows(self)
+        watch_overflows(self._intake)
         self._catch_up(importer)
 
     def _catch_up(self, importer: Importer) -> None:
@@ -319,12 +256,12 @@ class Watcher:
             log.warning("refused %s: %s", path, reason)
             self._emit(WatchEvent("refused", path, time.time(), message=reason))
         for candidate in candidates:  # (one listing per folder: the same names for each of its files)
-            self._sidecars.saw_folder(os.path.dirname(candidate.path), candidate.sidecars or ())
+            self._intake.sidecars.saw_folder(os.path.dirname(candidate.path), candidate.sidecars or ())
         whole: list[str] = []
         growing: list[str] = []  # still being written: waited for like new files
         for candidate in candidates:
             (whole if media.looks_finished(candidate.path) else growing).append(candidate.path)
-        self._wait_for(growing)
+        self._intake.wait_for(growing)
         for start in range(0, len(whole), CATCH_UP_BATCH):
             if self._stop.is_set():  # what is left is taken by the next watch
                 return
@@ -353,10 +290,7 @@ class Watcher:
         log.warning("%s was removed; waiting for it to come back", self.folder)
         self._emit(WatchEvent("folder_gone", str(self.folder), time.time()))
         self._unschedule()
-        self._drain()
-        self._unsettled.clear()
-        self._quieting.clear()
-        self._sidecars.release_all(forget_folders=True)  # the catch-up on the folder's return finds them
+        self._intake.clear()  # the catch-up on the folder's return finds its files
         self._handled.clear()
         while not self._stop.is_set():
             if self.folder.is_dir():
@@ -382,7 +316,7 @@ class Watcher:
             self._handled.forget(fresh)
             for path in fresh:
                 self._emit(WatchEvent("error", path, time.time(), message=str(exc)))
-            self._wait_for(fresh, RETRY_SECONDS)
+            self._intake.wait_for(fresh, RETRY_SECONDS)
             return
         gone = [path for path in result.refused if not os.path.exists(path)]
         for path in gone:  # deleted or renamed away before it could be read: nothing to refuse
@@ -390,7 +324,7 @@ class Watcher:
         retry = [path for path in result.retryable if path not in gone]
         self._handled.forget([*gone, *retry])
         self._handled.mark_refused(path for path in result.refused if path not in retry)
-        self._wait_for(retry, RETRY_SECONDS)
+        self._intake.wait_for(retry, RETRY_SECONDS)
         self.report.merge(result)
         now = time.time()
         for item in result.imported:

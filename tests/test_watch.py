@@ -136,7 +136,7 @@ def test_a_named_pipe_with_an_image_name_is_ignored_and_blocks_nothing(vault: Va
         assert wait_for(lambda: "after.png" in seen.names("imported"))
         time.sleep(0.3)
         assert seen.names("imported") == ["after.png"] and not seen.names("refused")
-        assert wait_for(lambda: not {str(pipe), str(out / "through-a-link.png")} & set(watcher._unsettled))
+        assert wait_for(lambda: not {str(pipe), str(out / "through-a-link.png")} & set(watcher._intake.unsettled))
     finally:
         try:  # with the bug, a writer must come for the blocked open to return and the watch to stop
             os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
