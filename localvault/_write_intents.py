@@ -34,7 +34,8 @@ from datetime import timedelta
 
 from .db import Database, utc_in
 from .errors import LocalVaultError
-from .files import TEMP_PREFIX, WORKSPACE_BUCKET, FileStore
+from .files import TEMP_PREFIX, FileStore
+from .pending import paths_in_use
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 FORGET_AFTER_SECONDS = 600.0
 #: How long a failed write waits for the lock to drop its note (it is an error path: not the usual 60 s).
 DROP_WAIT_MS = 2_000
-_ROWS_PAGE = 900
 
 
 def note(db: Database, bucket: str, paths: Iterable[str], hashes: Iterable[str] = ()) -> int:
@@ -89,18 +89,6 @@ def _files_at(files: FileStore, bucket: str, path: str) -> list[str]:
     return [f"{folder}/{name}" for name in sorted(names) if not name.startswith(TEMP_PREFIX)]
 
 
-def _unused(conn: sqlite3.Connection, bucket: str, paths: list[str]) -> list[str]:
-    """The paths no row uses (a page of rows looked up per query)."""
-    table, column = (("workspace_assets", "temp_storage_path") if bucket == WORKSPACE_BUCKET
-                     else ("user_library", "storage_path"))
-    used: set[str] = set()
-    for start in range(0, len(paths), _ROWS_PAGE):
-        page = paths[start:start + _ROWS_PAGE]
-        used.update(r[0] for r in conn.execute(
-            f"SELECT {column} FROM {table} WHERE {column} IN ({','.join('?' * len(page))})", page))
-    return [path for path in paths if path not in used]
-
-
 def _sha256(files: FileStore, bucket: str, relative: str) -> str | None:
     try:
         return files.sha256(bucket, relative)
@@ -124,7 +112,9 @@ def left_behind(conn: sqlite3.Connection, files: FileStore) -> list[tuple[str, s
                 covered[(bucket, path)] = None
     found: list[tuple[str, str]] = []
     for (bucket, path), hashes in covered.items():
-        for relative in _unused(conn, bucket, _files_at(files, bucket, path)):
+        found_there = _files_at(files, bucket, path)
+        in_use = paths_in_use(conn, bucket, found_there)
+        for relative in (p for p in found_there if p not in in_use):
             if hashes is None or _sha256(files, bucket, relative) in hashes:
                 found.append((bucket, relative))
     return found

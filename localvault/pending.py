@@ -18,6 +18,7 @@ from typing import Any
 from .db import Database
 from .errors import StorageError
 from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
+from .models import SURROGATES
 
 BATCH = 500
 
@@ -30,13 +31,29 @@ def queue_delete(conn: sqlite3.Connection, bucket: str, *paths: str) -> None:
                      [(bucket, path) for path in paths])
 
 
+#: Each bucket's table, and the column holding its files' paths (unique, indexed).
+PATH_COLUMNS = {WORKSPACE_BUCKET: ("workspace_assets", "temp_storage_path"),
+                LIBRARY_BUCKET: ("user_library", "storage_path")}
+_PATHS_PAGE = 900
+
+
 def still_used(conn: sqlite3.Connection, bucket: str, path: str) -> bool:
     """Whether a row uses ``bucket/path`` (one may have taken it since the file was queued)."""
-    if bucket == WORKSPACE_BUCKET:
-        sql = "SELECT 1 FROM workspace_assets WHERE temp_storage_path = ?"
-    else:
-        sql = "SELECT 1 FROM user_library WHERE storage_path = ?"
-    return conn.execute(sql, (path,)).fetchone() is not None
+    table, column = PATH_COLUMNS[bucket]
+    return conn.execute(f"SELECT 1 FROM {table} WHERE {column} = ?", (path,)).fetchone() is not None
+
+
+def paths_in_use(conn: sqlite3.Connection, bucket: str, paths: list[str]) -> set[str]:
+    """Which of ``paths`` (in ``bucket``) a row uses: a page of them looked up per query. A name that is not
+    UTF-8 (Python holds its bytes as lone surrogates) can have no row."""
+    table, column = PATH_COLUMNS[bucket]
+    storable = [path for path in paths if not SURROGATES.search(path)]
+    used: set[str] = set()
+    for start in range(0, len(storable), _PATHS_PAGE):
+        page = storable[start:start + _PATHS_PAGE]
+        used.update(row[0] for row in conn.execute(
+            f"SELECT {column} FROM {table} WHERE {column} IN ({','.join('?' * len(page))})", page))
+    return used
 
 
 def is_queued(conn: sqlite3.Connection, bucket: str, path: str) -> bool:
@@ -110,4 +127,5 @@ def drain(db: Database, files: FileStore, io_map: Callable[..., Iterator[Any]] =
             return settled
 
 
-__all__ = ["queue_delete", "settle", "drain", "LIBRARY_BUCKET", "WORKSPACE_BUCKET"]
+__all__ = ["queue_delete", "settle", "drain", "still_used", "paths_in_use", "PATH_COLUMNS", "LIBRARY_BUCKET",
+           "WORKSPACE_BUCKET"]

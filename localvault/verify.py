@@ -42,8 +42,7 @@ class _Kind(NamedTuple):
     column: str
 
 
-_KINDS = (_Kind(WORKSPACE_BUCKET, "workspace_assets", "temp_storage_path"),
-          _Kind(LIBRARY_BUCKET, "user_library", "storage_path"))
+_KINDS = tuple(_Kind(bucket, *pending.PATH_COLUMNS[bucket]) for bucket in (WORKSPACE_BUCKET, LIBRARY_BUCKET))
 
 
 @dataclass
@@ -138,7 +137,7 @@ def verify(db: Database, files: FileStore, *, repair: bool = False, check_hashes
     for kind in _KINDS:
         walk = files.walk(kind.bucket, _folder_noter(result, kind.bucket))
         while found := list(itertools.islice(walk, PAGE_ROWS)):
-            with_rows = _with_rows(db, kind, found)  # one query per page of files
+            with_rows = pending.paths_in_use(db.conn, kind.bucket, found)  # one query per page of files
             for relative in found:
                 if os.path.basename(relative).startswith(TEMP_PREFIX):
                     if _age(files, kind.bucket, relative, now) > STALE_TEMP_SECONDS:
@@ -237,7 +236,7 @@ def _drop_settled(db: Database, files: FileStore, result: VerifyReport,
         prefix = f"{kind.bucket}/"
         mine = [entry[len(prefix):] for entry in result.orphans if entry.startswith(prefix)]
         claimed = {path for start in range(0, len(mine), PAGE_ROWS)
-                   for path in _with_rows(db, kind, mine[start:start + PAGE_ROWS])}
+                   for path in pending.paths_in_use(db.conn, kind.bucket, mine[start:start + PAGE_ROWS])}
         result.orphans[:] = [e for e in result.orphans if not (e.startswith(prefix) and e[len(prefix):] in claimed)]
     result.orphans[:] = [e for e in result.orphans if files.exists(*e.split("/", 1))]
 
@@ -255,16 +254,6 @@ def _row_still_there(db: Database, entry: str, problem: tuple[_Kind, str, str]) 
     relative = entry.split("/", 1)[1]
     return db.conn.execute(f"SELECT 1 FROM {kind.table} WHERE id = ? AND {kind.column} = ? AND sha256 = ?",
                            (row_id, relative, sha)).fetchone() is not None
-
-
-def _with_rows(db: Database, kind: _Kind, paths: list[str]) -> set[str]:
-    """Which of ``paths`` a row of this kind uses (lookups on the unique path index)."""
-    paths = [path for path in paths if _storable(path)]
-    if not paths:
-        return set()
-    marks = ",".join("?" * len(paths))
-    sql = f"SELECT {kind.column} FROM {kind.table} WHERE {kind.column} IN ({marks})"
-    return {path for (path,) in db.conn.execute(sql, paths)}
 
 
 def _settled_since(conn: sqlite3.Connection, files: FileStore, bucket: str, relative: str) -> bool:

@@ -148,3 +148,21 @@ def test_a_vault_of_the_previous_schema_read_without_migration_is_verified(tmp_p
     with Vault.open(tmp_path / "vault", readonly=True) as reader:
         report = reader.verify()
         assert report.clean and report.checked == 1 and report.unsettled == []
+
+
+def test_a_name_that_is_not_utf8_in_a_noted_folder_does_not_stop_the_opening(tmp_path: Path) -> None:
+    """Such a name (its bytes held as lone surrogates) cannot be looked up in SQLite: it has no row, and the
+    settle goes on."""
+    from localvault.files import WORKSPACE_BUCKET
+
+    with Vault.create(tmp_path / "vault", user_id=USER_A) as vault:
+        vault.workspace.add(write_media(tmp_path / "src", seed=1), job_id="00000000-0000-4000-8000-000000000001")
+    folder = tmp_path / "vault" / WORKSPACE_BUCKET / USER_A / "00000000-0000-4000-8000-000000000001"
+    with open(bytes(folder) + b"/odd-\xff.png", "wb") as odd:
+        odd.write(b"not the vault's")
+    from localvault import _write_intents
+
+    with Vault.open(tmp_path / "vault") as vault:
+        _write_intents.note(vault.db, WORKSPACE_BUCKET, [f"{USER_A}/00000000-0000-4000-8000-000000000001/"])
+        assert _write_intents.settle_now(vault.db, vault.files) == []
+    assert b"odd-\xff.png" in os.listdir(bytes(folder))
