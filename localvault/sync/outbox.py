@@ -34,10 +34,10 @@ class Batch:
 def pending_count(vault: Vault, *, with_rejected: bool = False, with_everything: bool = False) -> int:
     """Rows with changes waiting; ``with_rejected``: and the refused ones, as if requeued; ``with_everything``:
     and every row, as if all were queued (a dry run's previews)."""
-    source = _source(with_rejected, with_everything)
-    row = vault.db.conn.execute(
-        f"SELECT count(*) FROM (SELECT DISTINCT table_name, row_id FROM {source} WHERE user_id = ?)",
-        (vault.user_id,)).fetchone()
+    arms = _arms(with_rejected, with_everything)
+    union = " UNION ALL ".join(arm.select for arm in arms)  # (each arm's columns are named as the outbox's)
+    row = vault.db.conn.execute(f"SELECT count(*) FROM (SELECT DISTINCT table_name, row_id FROM ({union}))",
+                                (vault.user_id,) * len(arms)).fetchone()
     return int(row[0])
 
 
@@ -125,23 +125,6 @@ _REJECTED_SEQ_BASE = 1 << 48
 _EVERY_COLLECTION_SEQ_BASE = 1 << 50
 _EVERY_LIBRARY_SEQ_BASE = 1 << 51
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
-
-
-def _source(with_rejected: bool, with_everything: bool = False) -> str:
-    """The entries read: the outbox's; for a dry run of --retry-rejected, the refused ones too; for a dry run of
-    --full, an update of every row too."""
-    if not with_rejected and not with_everything:
-        return "sync_outbox"
-    parts = ["SELECT seq, table_name, row_id, op, user_id, storage_path, queued_at FROM sync_outbox"]
-    if with_rejected:
-        parts.append(f"SELECT seq + {_REJECTED_SEQ_BASE}, table_name, row_id, op, user_id, storage_path,"
-                     f" coalesce(queued_at, {_NOW}) FROM sync_rejected")
-    if with_everything:
-        parts.append(f"SELECT rowid + {_EVERY_COLLECTION_SEQ_BASE}, 'user_collections', id, 'update', user_id, NULL,"
-                     f" {_NOW} FROM user_collections")
-        parts.append(f"SELECT local_seq + {_EVERY_LIBRARY_SEQ_BASE}, 'user_library', id, 'update', user_id, NULL,"
-                     f" {_NOW} FROM user_library")
-    return "(" + " UNION ALL ".join(parts) + ")"
 
 
 @dataclass(frozen=True)
