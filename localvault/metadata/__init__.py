@@ -24,7 +24,7 @@ from localvault.errors import StorageError
 from localvault.models import GenerationInfo
 
 from . import a1111, comfyui, images, invokeai, mp4, novelai, sidecar, xmp
-from ._clean import Found, finish, json_loads, merge
+from ._clean import Found, finish, json_object, merge
 
 __all__ = ["read", "read_chunks"]
 
@@ -35,8 +35,8 @@ def _from_comment(text: Any, key: str, depth: int) -> Found:
     """A free-text comment: JSON with ComfyUI graphs, or A1111 parameters."""
     if not isinstance(text, str):
         return Found()
-    data = json_loads(text) if text.lstrip().startswith("{") else None
-    if isinstance(data, dict):
+    data = json_object(text)
+    if data is not None:
         return read_chunks(data, depth + 1) if depth == 0 else Found()
     if key == "usercomment" or a1111.looks_like_parameters(text):
         return a1111.parse(text)
@@ -50,15 +50,11 @@ _FOOOCUS_KEYS = ("full_prompt", "base_model", "fooocus_scheme", "metadata_scheme
 def _parameters(text: Any) -> Found:
     """A ``parameters`` entry: A1111's text, or the JSON object Fooocus (or SwarmUI, as ``sui_image_params``)
     writes under that name. Other JSON is read as A1111 text (the whole of it becomes the prompt)."""
-    data = json_loads(text) if isinstance(text, str) and text.lstrip().startswith("{") else None
-    if isinstance(data, dict) and isinstance(data.get("sui_image_params"), dict):
-        found = sidecar.from_mapping(data["sui_image_params"])
-        found.source = "swarmui"
-        return found
-    if isinstance(data, dict) and any(key in data for key in _FOOOCUS_KEYS):
-        found = sidecar.from_mapping(data)
-        found.source = "fooocus"
-        return found
+    data = json_object(text)
+    if data is not None and isinstance(data.get("sui_image_params"), dict):
+        return sidecar.from_mapping(data["sui_image_params"], source="swarmui")
+    if data is not None and any(key in data for key in _FOOOCUS_KEYS):
+        return sidecar.from_mapping(data, source="fooocus")
     return a1111.parse(text)
 
 
@@ -72,9 +68,9 @@ def _plain_prompt(chunks: dict[str, Any]) -> Found:
     prompt = chunks.get("prompt")
     if not isinstance(prompt, str) or prompt.lstrip().startswith(("{", "[")) or "workflow" in chunks:
         return Found()
-    found = sidecar.from_mapping({k: v for k, v in chunks.items() if k != "parameters"})
-    found.source = "easydiffusion" if any(key in chunks for key in _EASY_DIFFUSION_KEYS) else "embedded"
-    return found
+    return sidecar.from_mapping({k: v for k, v in chunks.items() if k != "parameters"},
+                                source="easydiffusion" if any(key in chunks for key in _EASY_DIFFUSION_KEYS)
+                                else "embedded")
 
 
 def _from_xmp(packet: Any) -> Found:

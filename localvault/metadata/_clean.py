@@ -71,6 +71,12 @@ def merge(first: Found, second: Found) -> Found:
     )
 
 
+def json_object(text: Any) -> dict[str, Any] | None:
+    """The JSON object ``text`` holds (text starting with "{"), or None."""
+    data = json_loads(text) if isinstance(text, str) and text.lstrip().startswith("{") else None
+    return data if isinstance(data, dict) else None
+
+
 def json_loads(text: Any) -> Any:
     """Parse JSON text (str or bytes); None when it is not JSON."""
     if isinstance(text, (bytes, bytearray)):

@@ -13,21 +13,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ._clean import Found, json_loads, parse_seed
+from ._clean import Found, json_object, parse_seed
 
 _SOURCE = re.compile(r"^(.*?)\s+([0-9A-F]{8})$")
-
-
-def _comment(chunks: dict[str, Any]) -> dict[str, Any] | None:
-    data = json_loads(chunks.get("Comment"))
-    return data if isinstance(data, dict) else None
 
 
 def is_novelai(chunks: dict[str, Any]) -> bool:
     """Whether the chunks are NovelAI's: its ``Software``, or a ``Comment`` request with a ``uc``."""
     if chunks.get("Software") == "NovelAI":
         return True
-    comment = _comment(chunks)
+    comment = json_object(chunks.get("Comment"))
     return comment is not None and "uc" in comment
 
 
@@ -38,7 +33,7 @@ def _base_caption(value: Any) -> Any:
 
 def parse(chunks: dict[str, Any]) -> Found:
     """Prompt, negative prompt, seed, model and settings from NovelAI's chunks."""
-    comment = _comment(chunks) or {}
+    comment = json_object(chunks.get("Comment")) or {}
     found = Found(source="novelai")
     description = chunks.get("Description")
     found.prompt = next((p for p in (description, comment.get("prompt"), _base_caption(comment.get("v4_prompt")))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import a1111, comfyui
-from ._clean import Found, find_run_id, json_loads, parse_seed, snake_key
+from ._clean import Found, find_run_id, json_object, parse_seed, snake_key
 
 MAX_SIDECAR_BYTES = 8 * 1024 * 1024
 _ALIASES = {
@@ -64,8 +64,9 @@ def _labelled_lines(text: str) -> dict[str, Any] | None:
     return pairs if "seed" in pairs or "use_stable_diffusion_model" in pairs else None
 
 
-def from_mapping(data: dict[str, Any]) -> Found:
-    """A flat dict of ``prompt``, ``negative_prompt``, ``seed``, ``model`` and other settings."""
+def from_mapping(data: dict[str, Any], source: str = "sidecar") -> Found:
+    """A flat dict of ``prompt``, ``negative_prompt``, ``seed``, ``model`` and other settings (``source``: the
+    tool that wrote it, when it is not a sidecar)."""
     if isinstance(data.get("parameters"), str):
         return a1111.parse(data["parameters"])
     prompt = data.get("prompt")
@@ -73,7 +74,7 @@ def from_mapping(data: dict[str, Any]) -> Found:
         found = comfyui.parse(prompt, data.get("workflow"), extra=data)
         if not found.is_empty():
             return found
-    found = Found(source="sidecar")
+    found = Found(source=source)
     for name, keys in _ALIASES.items():
         setattr(found, name, _first(data, keys))
     found.model = _model_name(found.model)
@@ -96,8 +97,8 @@ def parse_text(text: str, *, json_only: bool = False) -> Found:
     while being written must not become the prompt. (A ``.txt`` file may hold a prompt that starts with
     ``{`` or ``[``, as dynamic-prompt and prompt-editing syntax do.)
     """
-    data = json_loads(text) if text.lstrip().startswith(("{", "[")) else None
-    if isinstance(data, dict):
+    data = json_object(text)
+    if data is not None:
         nodes = comfyui.api_nodes(data)
         return comfyui.parse(data) if nodes else from_mapping(data)
     if json_only:

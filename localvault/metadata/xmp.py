@@ -10,7 +10,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ElementTree
 from typing import Any
 
-from ._clean import Found, json_loads, parse_seed
+from ._clean import Found, json_object, parse_seed
 
 #: Bigger XMP packets are not parsed (a rig's is a few KB).
 MAX_XMP_CHARS = 1024 * 1024
@@ -45,8 +45,8 @@ def texts(packet: Any) -> dict[str, str]:
 
 def draw_things(comment: Any) -> Found:
     """Draw Things' request (``exif:UserComment`` JSON with ``c``); empty when the text is not one."""
-    data = json_loads(comment) if isinstance(comment, str) and comment.lstrip().startswith("{") else None
-    if not isinstance(data, dict) or not isinstance(data.get("c"), str):
+    data = json_object(comment)
+    if data is None or not isinstance(data.get("c"), str):
         return Found()
     found = Found(source="drawthings", prompt=data["c"], seed=data.get("seed"), model=data.get("model"))
     if isinstance(data.get("uc"), str):
