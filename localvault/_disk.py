@@ -238,6 +238,20 @@ def start_writeback(fd: int) -> None:
         pass
 
 
+def drop_cached(path: str) -> None:
+    """Tell Linux a file's pages need not stay cached (``POSIX_FADV_DONTNEED``); only clean pages go. Best effort."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except (OSError, AttributeError):
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:

@@ -296,6 +296,8 @@ class Workspace:
             if note_id is not None and not moves:  # nothing renamed, or removed already: else left to a settle
                 write_intents.drop_quietly(self._db, note_id)
             raise
+        # Durable now: their pages need not push out what the user reads (a rig's checkpoints). A link's are the source's.
+        self._files.release_cached(WORKSPACE_BUCKET, [relative for staged, relative in moves if not staged.linked], io_map)
         for entry, result in zip(entries, out, strict=True):
             if result is None:  # a duplicate's copy; the batch is committed, whatever happens to it now
                 try:
