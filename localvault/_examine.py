@@ -52,36 +52,34 @@ def examine(candidate: Candidate, known: Container[str], *, in_memory_bytes: int
     from .metadata import read as read_metadata
 
     path = Path(candidate.path)
-    data: bytes | None = None
     try:
         fd = open_regular_fd(candidate.path)  # a scan took a regular file, but a rig may have replaced it since
     except NotRegularFileError:
         raise StorageError(f"{candidate.path} is no longer a regular file") from None
-    try:
+    # Everything comes from this one open file: a rig replacing the file meanwhile cannot pair one
+    # version's metadata or size with another's bytes.
+    with os.fdopen(fd, "rb") as handle:
         st = os.fstat(fd)
-        size = st.st_size
-        if size <= in_memory_bytes:
-            data = _read_all(fd, size)
-    finally:
-        os.close(fd)
-    if data is not None:
-        size = len(data)
-        media_type = media.check_data(data, path)
-        info = read_metadata(path, data=data, siblings=candidate.sidecars)
-        sha = hashlib.sha256(data).hexdigest()
-    else:
-        media_type, size = media.check_source(path)
-        info = read_metadata(path, siblings=candidate.sidecars)
-        with open(path, "rb") as handle:
-            st = os.fstat(handle.fileno())
+        data: bytes | None = None
+        if st.st_size <= in_memory_bytes:
+            data = whole = _read_all(fd, st.st_size)
+            media_type = media.check_data(whole, path)
+            info = read_metadata(path, data=whole, siblings=candidate.sidecars)
+            sha = hashlib.sha256(whole).hexdigest()
+            size = len(whole)
+        else:
+            size = st.st_size
+            media_type = media.check_open(handle, size, path)
+            info = read_metadata(path, handle=handle, siblings=candidate.sidecars)
+            handle.seek(0)
             sha = stream_digest(handle)
-    examined = Examined(candidate, sha, info, size, group=group_key(info), identity=file_identity(st))
-    if sha in known:
-        return examined
-    if data is not None and media_type is not models.MediaType.mp4:
-        examined.facts = _image_facts(data, media_type, path.name)
-    else:
-        examined.facts = media.facts(path, media_type)
+        examined = Examined(candidate, sha, info, size, group=group_key(info), identity=file_identity(st))
+        if sha in known:
+            return examined
+        if data is not None and media_type is not models.MediaType.mp4:
+            examined.facts = _image_facts(data, media_type, path.name)
+        else:
+            examined.facts = media.facts(io.BytesIO(data) if data is not None else handle, media_type, path.name)
     examined.values = (
         models.check_seed(info.seed if info.seed is not None else PLACEHOLDERS["seed"]),
         models.check_prompt(info.prompt or prompt or PLACEHOLDERS["prompt"]),

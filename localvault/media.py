@@ -87,8 +87,13 @@ def _check_file(path: Path, size: int, named: Path) -> MediaType:
 
 def check_data(data: bytes, path: Path) -> MediaType:
     """:func:`check_source` for a file already read into memory (``data`` is all of ``path``)."""
-    _check_size(len(data), path)
-    media = check_stream(io.BytesIO(data), len(data), str(path))
+    return check_open(io.BytesIO(data), len(data), path)
+
+
+def check_open(handle: BinaryIO, size: int, path: Path) -> MediaType:
+    """:func:`check_source` for ``path`` already open as ``handle`` (``size`` bytes, by its fstat)."""
+    _check_size(size, path)
+    media = check_stream(handle, size, str(path))
     _check_name(path, media)
     return media
 
@@ -215,11 +220,18 @@ def _mp4_boxes(handle: BinaryIO, size: int) -> dict[bytes, tuple[int, int]] | No
     return boxes if b"moov" in boxes and b"ftyp" in boxes else None
 
 
-def facts(path: Path, media: MediaType, name: str | None = None) -> MediaFacts:
-    """Width and height of an image (header only), or duration and size of an MP4 (``name``: for messages)."""
+def facts(source: Path | BinaryIO, media: MediaType, name: str | None = None) -> MediaFacts:
+    """Width and height of an image (header only), or duration and size of an MP4 (``name``: for messages;
+    needed when ``source`` is an open file)."""
+    name = name or (source.name if isinstance(source, Path) else "the file")
+    if not isinstance(source, Path):
+        source.seek(0)
     if media is MediaType.mp4:
-        return _mp4_facts(path, name or path.name)
-    return image_facts(path, media, name or path.name)
+        if isinstance(source, Path):
+            with open(source, "rb") as handle:
+                return _mp4_facts(handle, name)
+        return _mp4_facts(source, name)
+    return image_facts(source, media, name)
 
 
 #: The largest width or height an image may have: PNG's own limit, and PostgreSQL's ``integer`` columns'.
@@ -268,17 +280,16 @@ def sized_facts(media: MediaType, width: int, height: int, name: str) -> MediaFa
     return MediaFacts(media, width or None, height or None)
 
 
-def _mp4_facts(path: Path, name: str) -> MediaFacts:
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        boxes = _mp4_boxes(handle, size)
-        if boxes is None:
-            raise UnsupportedMediaError(f"{name} is a truncated or damaged MP4 file; export it again")
-        offset, length = boxes[b"moov"]
-        if length > 64 * 1024 * 1024:
-            raise UnsupportedMediaError(f"{name} has an implausibly large moov box; export it again")
-        handle.seek(offset + 8)
-        moov = handle.read(length - 8)
+def _mp4_facts(handle: BinaryIO, name: str) -> MediaFacts:
+    size = handle.seek(0, os.SEEK_END)
+    boxes = _mp4_boxes(handle, size)
+    if boxes is None:
+        raise UnsupportedMediaError(f"{name} is a truncated or damaged MP4 file; export it again")
+    offset, length = boxes[b"moov"]
+    if length > 64 * 1024 * 1024:
+        raise UnsupportedMediaError(f"{name} has an implausibly large moov box; export it again")
+    handle.seek(offset + 8)
+    moov = handle.read(length - 8)
     duration = _mvhd_duration(moov)
     width, height = _tkhd_size(moov)
     return MediaFacts(MediaType.mp4, width, height, duration)

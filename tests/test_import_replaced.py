@@ -7,6 +7,7 @@ that has taken its place.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import Future
 from pathlib import Path
@@ -271,3 +272,35 @@ def test_a_file_added_while_a_rig_replaces_it_gets_the_metadata_of_the_bytes_kep
         assert "v2" in kept.read_bytes().decode("latin-1")
         assert (added.original_prompt, added.generation_seed) == ("v2", 2)
     assert replaced
+
+
+@pytest.mark.parametrize("moment", ["after its metadata", "after its type check"])
+def test_a_streamed_file_replaced_while_it_is_examined_is_read_as_one_version(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moment: str) -> None:
+    """A file too big to hold in memory is checked, read for metadata and hashed as a stream: all from one open
+    file, so a rig renaming a new version over it between those steps cannot pair one version's prompt and
+    seed with the other's hash (the copy, which must match that hash, then keeps the other's bytes).
+
+    The rig's timing is forced: the file is replaced right after the step named by ``moment``.
+    """
+    import localvault.media
+    import localvault.metadata
+
+    source = rig_file(tmp_path / "out")
+    first = source.read_bytes()
+    (candidate,), _refused, _ignored = scan(tmp_path / "out")
+    name, module = (("read", localvault.metadata) if moment == "after its metadata"
+                    else ("check_open", localvault.media))
+    real = getattr(module, name)
+
+    def step_then_replace(*args: object, **kwargs: object) -> object:
+        outcome = real(*args, **kwargs)
+        replace(source, color=2)
+        return outcome
+
+    monkeypatch.setattr(module, name, step_then_replace)
+    examined = examine(candidate, set(), in_memory_bytes=0)  # streamed, as a file over IN_MEMORY_BYTES is
+    assert "v2" in source.read_bytes().decode("latin-1")  # the rig did replace it
+    assert examined.sha256 == hashlib.sha256(first).hexdigest() and examined.size == len(first)
+    assert (examined.info.prompt, examined.info.seed) == ("v1", 1)
+    assert examined.facts is not None and (examined.facts.width, examined.facts.height) == (64, 64)

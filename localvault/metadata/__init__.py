@@ -138,19 +138,22 @@ def _open_regular(path: Path) -> BinaryIO:
         raise StorageError(f"cannot open {os.fspath(path)!r} to read its metadata: {exc.strerror or exc}") from exc
 
 
-def _embedded(path: Path, data: bytes | None = None) -> Found:
-    if data is not None:
-        f: BinaryIO = io.BytesIO(data)
-    else:
-        f = _open_regular(path)
-    with f:
-        try:
-            return read_chunks(_texts(f))
-        except Exception:  # odd metadata must never stop an import; the fuzz tests
-            return Found()  # exercise read_chunks() and the chunk readers without this net
+def _embedded(path: Path, data: bytes | None = None, handle: BinaryIO | None = None) -> Found:
+    if handle is not None:
+        handle.seek(0)
+        return _chunks_of(handle)
+    with io.BytesIO(data) if data is not None else _open_regular(path) as f:
+        return _chunks_of(f)
 
 
-def read(path: str | os.PathLike[str], *, data: bytes | None = None,
+def _chunks_of(f: BinaryIO) -> Found:
+    try:
+        return read_chunks(_texts(f))
+    except Exception:  # odd metadata must never stop an import; the fuzz tests
+        return Found()  # exercise read_chunks() and the chunk readers without this net
+
+
+def read(path: str | os.PathLike[str], *, data: bytes | None = None, handle: BinaryIO | None = None,
          siblings: Collection[str] | None = None, contents: str | os.PathLike[str] | None = None) -> GenerationInfo:
     """How the file at ``path`` was generated, from its embedded metadata and any sidecar file.
 
@@ -163,10 +166,12 @@ def read(path: str | os.PathLike[str], *, data: bytes | None = None,
     that has listed the folder passes the names in it as ``siblings``, so that
     absent sidecars are not looked for on disk. One that has copied the file
     names the copy as ``contents``: the embedded metadata is read from it (the
-    very bytes it keeps), sidecars still beside ``path``.
+    very bytes it keeps), sidecars still beside ``path``. One that holds the
+    file open passes it as ``handle`` (read from its start, left open): the
+    metadata then comes from the very file the caller checks and hashes.
     """
     path = path if isinstance(path, Path) else Path(path)
-    found = _embedded(Path(contents) if contents is not None and data is None else path, data)
+    found = _embedded(Path(contents) if contents is not None and data is None else path, data, handle)
     try:
         found = merge(found, sidecar.read(path, siblings))
     except Exception:  # same contract as _embedded
