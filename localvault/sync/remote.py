@@ -50,10 +50,14 @@ def _upsert_sql(table: str, columns: tuple[str, ...]) -> str:
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in ("id", "user_id", "created_at"))
     # Last writer wins on updated_at: a re-sent batch (equal updated_at) or an
     # older local edit changes nothing (local updated_at grows on every edit).
+    # Another user's row always goes on to the UPDATE, which RLS refuses (42501): were it skipped when older,
+    # a crafted id would tell whether that row changed since a given time, and the vault's row would be
+    # counted as kept by the server while it is not there at all.
     return (
         f"INSERT INTO public.{table} AS t ({names}) SELECT {names} "
         f"FROM jsonb_populate_recordset(NULL::public.{table}, %s::jsonb) "
-        f"ON CONFLICT (id) DO UPDATE SET {updates} WHERE t.updated_at < EXCLUDED.updated_at "
+        f"ON CONFLICT (id) DO UPDATE SET {updates} "
+        "WHERE t.user_id IS DISTINCT FROM EXCLUDED.user_id OR t.updated_at < EXCLUDED.updated_at "
         "RETURNING t.id"
     )
 
