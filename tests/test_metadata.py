@@ -518,6 +518,28 @@ def test_comfyui_prompt_joined_by_a_string_node() -> None:
     assert (info.prompt, info.negative_prompt) == ("a cat, in a hat", "blurry | lowres")
 
 
+@pytest.mark.parametrize("kind,first,second", [("ConditioningConcat", "conditioning_to", "conditioning_from"),
+                                                 ("ConditioningCombine", "conditioning_1", "conditioning_2")])
+def test_comfyui_joined_conditionings_give_their_texts_in_input_order(kind: str, first: str, second: str) -> None:
+    """The first input's text comes first even when it passes through more nodes than the second's (a
+    breadth-first walk met the nearer encoder first and put its text ahead)."""
+    graph = {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5.safetensors"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": ["4", 1]}},
+        "8": {"class_type": "ConditioningSetArea", "inputs": {"conditioning": ["6", 0], "width": 512,
+                                                              "height": 256, "x": 0, "y": 0, "strength": 1.0}},
+        "9": {"class_type": "ConditioningSetTimestepRange", "inputs": {"conditioning": ["8", 0], "start": 0.0,
+                                                                       "end": 1.0}},
+        "10": {"class_type": "CLIPTextEncode", "inputs": {"text": "stormy sea", "clip": ["4", 1]}},
+        "11": {"class_type": kind, "inputs": {first: ["9", 0], second: ["10", 0]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+        "3": _sampler(["11", 0], ["7", 0], ["5", 0]),
+    }
+    info = _clean.finish(metadata.read_chunks({"prompt": graph}))
+    assert (info.prompt, info.negative_prompt) == ("a lighthouse\nstormy sea", "blurry")
+
+
 def test_comfyui_prompt_of_a_long_chain_of_string_concatenate_nodes_keeps_every_piece() -> None:
     """Core StringConcatenate (string_a, string_b, delimiter) chained to join pieces: none is lost, however long."""
     pieces = ["masterpiece", "a red fox", "in the snow", "golden hour", "35mm photo", "bokeh", "sharp focus", "8k"]

@@ -158,10 +158,14 @@ def _next_links(inputs: dict[str, Any], branch: str) -> list[Any]:
 
 
 def _trace_text(nodes: Nodes, starts: list[Any], branch: str) -> str | None:
-    """The prompt text that reaches a sampler's ``positive``/``negative`` input (from the links ``starts``)."""
-    queue, seen, texts = deque(starts), set[str](), list[str]()
-    while queue and len(seen) < 1000:
-        link = queue.popleft()
+    """The prompt text that reaches a sampler's ``positive``/``negative`` input (from the links ``starts``).
+
+    Walked depth first, each node's inputs in their order: joined conditionings (``ConditioningConcat``,
+    ``ConditioningCombine``) give their texts in the order the joined conditioning holds them.
+    """
+    stack, seen, texts = list(reversed(starts)), set[str](), list[str]()
+    while stack and len(seen) < 1000:
+        link = stack.pop()
         node = _target(nodes, link)
         if node is None or str(link[0]) in seen:
             continue
@@ -174,7 +178,7 @@ def _trace_text(nodes: Nodes, starts: list[Any], branch: str) -> str | None:
         if text is not None:
             texts.append(text)
         else:
-            queue.extend(_next_links(node["inputs"], branch))
+            stack.extend(reversed(_next_links(node["inputs"], branch)))
     texts = [t for t in dict.fromkeys(texts) if t.strip()]
     return "\n".join(texts) if texts else None
 
