@@ -10,16 +10,20 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import threading
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from .errors import SchemaVersionError, StorageError, VaultCorruptError
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 DB_NAME = "vault.db"
 BUSY_TIMEOUT_MS = 60_000
@@ -112,15 +116,71 @@ def _wal_holds_changes(path: Path) -> bool:
         return False
 
 
-class Database:
-    """One SQLite connection to a vault's ``vault.db``, configured for several writers."""
+class _Held:
+    """A thread's connection; closed when the thread ends (its ``threading.local`` goes) or the vault closes."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool = False) -> None:
+    __slots__ = ("conn", "__weakref__")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+
+    def __del__(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:  # (at interpreter exit, or closed already)
+            pass
+
+
+class Database:
+    """A vault's ``vault.db``: one SQLite connection per thread, configured for several writers.
+
+    Each thread that uses the vault gets a connection of its own, as each
+    process does: one thread's transaction is never another's, and SQLite's
+    locks order their writes. A thread's connection closes when the thread
+    ends; :meth:`close` closes them all.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool = False, uri: str | None = None) -> None:
         self.path = path
         self.readonly = readonly
-        #: sqlite-utils view of the same connection, for schema and convenience queries.
-        self.utils = sqlite_utils.Database(conn)
+        self._uri = uri
+        self._local = threading.local()
+        self._held: weakref.WeakSet[_Held] = weakref.WeakSet()
+        self._closed = False
+        self._local.held = self._hold(conn)
+
+    def _hold(self, conn: sqlite3.Connection) -> _Held:
+        held = _Held(conn)
+        self._held.add(held)
+        return held
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The calling thread's connection (opened on its first use)."""
+        if self._closed:
+            raise StorageError(f"the vault at {self.path.parent} is closed; open it again")
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is None:
+            if self._uri is None:  # (a database made from a bare connection: one thread only)
+                raise StorageError("this vault's database cannot be used from another thread")
+            try:
+                conn = _connect(self._uri)
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot open {self.path} for another thread ({exc})") from None
+            held = self._local.held = self._hold(conn)
+        return held.conn
+
+    @conn.setter
+    def conn(self, conn: sqlite3.Connection) -> None:  # (tests put a hooked connection in its place)
+        self.conn  # noqa: B018 - the thread's holder must exist
+        self._local.held.conn = conn
+
+    @property
+    def utils(self) -> sqlite_utils.Database:
+        """A sqlite-utils view of the calling thread's connection, for schema and convenience queries."""
+        import sqlite_utils
+
+        return sqlite_utils.Database(self.conn)
 
     @classmethod
     def open(cls, path: Path, *, create: bool = False, readonly: bool = False) -> Database:
@@ -159,13 +219,8 @@ class Database:
                     conn.close()
                     raise VaultCorruptError(f"{path} holds tables that are not a localvault's; pick another folder")
                 conn.execute("PRAGMA journal_mode = WAL")
-            # FULL: a committed import whose source was then deleted (--move)
-            # must survive a power cut, not only a process crash.
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA temp_store = MEMORY")
-            conn.execute("PRAGMA cache_size = -16000")
-            db = cls(conn, path, readonly)
+            _configure(conn)
+            db = cls(conn, path, readonly, uri)
             if not readonly:
                 db._migrate()
             else:
@@ -187,7 +242,10 @@ class Database:
         return db
 
     def close(self) -> None:
-        self.conn.close()
+        """Close every thread's connection; a thread using the vault after this gets a StorageError."""
+        self._closed = True
+        for held in list(self._held):
+            held.conn.close()
 
     # ------------------------------------------------------------ versions
 
@@ -278,6 +336,28 @@ class Database:
         """Set a meta value inside an open write transaction."""
         conn.execute("INSERT INTO vault_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                      (key, value))
+
+
+def _connect(uri: str) -> sqlite3.Connection:
+    """Another connection to a database already opened (and migrated) through ``uri``."""
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                           check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        _configure(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _configure(conn: sqlite3.Connection) -> None:
+    # FULL: a committed import whose source was then deleted (--move)
+    # must survive a power cut, not only a process crash.
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute("PRAGMA cache_size = -16000")
 
 
 def _storage_error(exc: sqlite3.OperationalError, path: Path) -> StorageError:

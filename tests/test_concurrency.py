@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import queue
 import random
 import threading
 import time
@@ -35,8 +36,11 @@ def _write_image(folder: Path, kind: str, seed: int) -> Path:
     return path
 
 
-def _worker(root: str, index: int, barrier, results) -> None:  # runs in a spawned process
-    """Run random writes for WORK_SECONDS; report (index, error, ops, workspace, library)."""
+def _worker(root: str, index: int, barrier, results, shared: Vault | None = None) -> None:  # a spawned process
+    """Run random writes for WORK_SECONDS; report (index, error, ops, workspace, library).
+
+    With ``shared``, the worker is a thread using that Vault object, as a threaded app's handlers do.
+    """
     ops: Counter[str] = Counter()
     workspace: dict[str, str] = {}  # id -> sha256, this worker's assets
     library: dict[str, str | None] = {}  # id -> collection id
@@ -44,7 +48,7 @@ def _worker(root: str, index: int, barrier, results) -> None:  # runs in a spawn
     try:
         rng = random.Random(index)
         src = Path(root).parent / f"src-{index}"
-        vault = Vault.open(root)
+        vault = shared or Vault.open(root)
         collection_ids = {c.name: c.id for c in vault.collections.list()}
         kept_shas: set[str] = set()
         seed = 10_000 * (index + 1)
@@ -95,7 +99,8 @@ def _worker(root: str, index: int, barrier, results) -> None:  # runs in a spawn
             if rng.random() < 0.2:  # readers run between the writes
                 assert len(vault.library.list(limit=20).items) <= 20
                 ops["list"] += 1
-        vault.close()
+        if shared is None:
+            vault.close()
     except BaseException:  # everything is reported to the parent
         error = traceback.format_exc()
     results.put((index, error, dict(ops), workspace, library))
@@ -103,7 +108,6 @@ def _worker(root: str, index: int, barrier, results) -> None:  # runs in a spawn
 
 def test_four_processes_write_at_once(tmp_path: Path):
     from conftest import USER_A as user
-    from conftest import bucket_files
 
     assert user == USER_A
     root = tmp_path / "vault"
@@ -121,6 +125,36 @@ def test_four_processes_write_at_once(tmp_path: Path):
     for process in processes:
         process.join(timeout=30)
         assert process.exitcode == 0
+    _check_outcome(root, reports, started)
+
+
+def test_four_threads_share_one_vault_object(tmp_path: Path):
+    """A threaded app (a web server's handlers) using one Vault: each thread's transactions are its own.
+
+    They shared one SQLite connection: one thread's BEGIN met another's open transaction, rows of one were
+    committed or rolled back by another, and raw sqlite3 errors and stray files came out of it."""
+    root = tmp_path / "vault"
+    with Vault.create(root, user_id=USER_A) as vault:
+        for name in COLLECTIONS:
+            vault.collections.create(name)
+        barrier = threading.Barrier(WORKERS)
+        results: queue.Queue[tuple[object, ...]] = queue.Queue()
+        threads = [threading.Thread(target=_worker, args=(str(root), i, barrier, results, vault))
+                   for i in range(WORKERS)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+            assert not thread.is_alive()
+        reports = [results.get_nowait() for _ in threads]
+    _check_outcome(root, reports, started)
+
+
+def _check_outcome(root: Path, reports: list, started: float) -> None:
+    """What the workers report is what the vault holds; counts exact, files and rows one to one."""
+    from conftest import bucket_files
+
     errors = [f"worker {index}:\n{error}" for index, error, *_ in reports if error]
     assert not errors, "\n".join(errors)  # no 'database is locked', no error of any kind
     total_ops = Counter()

@@ -562,6 +562,28 @@ def test_export_cut_short_by_ctrl_c_leaves_no_temporary_file(vault: Vault, make_
     assert vault.export(kept.id, out / "fox.png").stat().st_size == kept.file_size_bytes
 
 
+def test_export_never_overwrites_a_file_made_while_it_copied(vault: Vault, make_image, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch):
+    """Two exports (or an export and any program) to one path: it was checked before the copy and renamed over
+    after it, so both "succeeded" and the first file was lost. The copy is published by a hard link now."""
+    import localvault.files
+
+    kept = vault.library.save(vault.workspace.add(make_image(seed=8)).id)
+    out = tmp_path / "out"
+    out.mkdir()
+    real_copy = localvault.files.shutil.copyfileobj
+
+    def copy_while_another_writes_there(reader: BinaryIO, writer: BinaryIO, length: int = 0) -> None:
+        real_copy(reader, writer, length)
+        (out / "fox.png").write_bytes(b"another program's file")
+
+    monkeypatch.setattr(localvault.files.shutil, "copyfileobj", copy_while_another_writes_there)
+    with pytest.raises(DuplicateError, match="fox.png already exists; choose another destination"):
+        vault.export(kept.id, out / "fox.png")
+    assert [p.name for p in out.iterdir()] == ["fox.png"]  # no temporary file left either
+    assert (out / "fox.png").read_bytes() == b"another program's file"
+
+
 def test_a_job_with_no_index_left_refuses_the_next_file(vault: Vault, make_image):
     from localvault.models import MAX_ASSET_INDEX
 
@@ -1355,3 +1377,47 @@ def test_an_add_replaces_a_stray_with_its_own_bytes_silently(vault: Vault, make_
         again = vault.workspace.add(make_image(seed=3), job_id=job)
     assert Path(vault.workspace.file_path(again)) == stray and not (vault.root / "recovered").exists()
     assert not caplog.records and vault.verify().clean
+
+
+def test_each_thread_has_its_own_connection_closed_when_the_thread_ends(vault: Vault, make_image) -> None:
+    """A threaded app: a thread's connection does not outlive it (one per request thread would leak files)."""
+    import gc
+    import threading
+
+    vault.workspace.add(make_image())
+    fds_before = len(os.listdir("/proc/self/fd"))
+    seen: list[int] = []
+    for _ in range(30):
+        thread = threading.Thread(target=lambda: seen.append(vault.workspace.count()))
+        thread.start()
+        thread.join()
+    gc.collect()
+    assert seen == [1] * 30
+    assert len(os.listdir("/proc/self/fd")) <= fds_before + 2
+
+
+def test_a_closed_vault_says_so_in_every_thread(tmp_path: Path) -> None:
+    import threading
+
+    vault = Vault.create(tmp_path / "v", user_id=USER_A)
+    errors: list[BaseException] = []
+    ready, go = threading.Event(), threading.Event()
+
+    def use_after_close() -> None:
+        vault.library.count()  # this thread's connection is open
+        ready.set()
+        go.wait(10)
+        try:
+            vault.library.count()
+        except BaseException as exc:  # noqa: BLE001 - looked at below
+            errors.append(exc)
+
+    thread = threading.Thread(target=use_after_close)
+    thread.start()
+    ready.wait(10)
+    vault.close()
+    go.set()
+    thread.join(10)
+    with pytest.raises(StorageError, match="is closed; open it again"):
+        vault.workspace.count()
+    assert len(errors) == 1 and isinstance(errors[0], StorageError) and "is closed" in str(errors[0])
