@@ -129,10 +129,12 @@ def copy_durably(source: str, target: str) -> None:
     fsync_path(os.path.dirname(target))
 
 
-def write_durably(reader: BinaryIO, target: str | os.PathLike[str], *, times_from: str | None = None) -> None:
+def write_durably(reader: BinaryIO, target: str | os.PathLike[str], *, times_from: str | None = None,
+                  replace: bool = True) -> None:
     """Write a stream to ``target`` through a temporary file in its folder: written, fsynced, then renamed; the
     temporary file is removed on any failure, Ctrl-C included. The caller fsyncs the folder (or not).
-    ``times_from``: a file whose times and mode the copy takes."""
+    ``times_from``: a file whose times and mode the copy takes. ``replace=False``: FileExistsError if
+    ``target`` exists when the copy is done (a hard link publishes it: no check-then-rename gap)."""
     temp = os.path.join(os.path.dirname(target), f"{TEMP_PREFIX}{uuid.uuid4().hex}")
     try:
         with open(temp, "xb") as writer:
@@ -141,10 +143,27 @@ def write_durably(reader: BinaryIO, target: str | os.PathLike[str], *, times_fro
             os.fsync(writer.fileno())
         if times_from is not None:
             shutil.copystat(times_from, temp)
-        os.replace(temp, target)
+        if replace:
+            os.replace(temp, target)
+        else:
+            _publish_new(temp, target)
     except BaseException:
         unlink_quietly(Path(temp))
         raise
+
+
+def _publish_new(temp: str, target: str | os.PathLike[str]) -> None:
+    """Give ``temp`` the name ``target``, which must not exist (FileExistsError); ``temp`` is gone after."""
+    try:
+        os.link(temp, target)  # fails if target exists, atomically
+    except FileExistsError:
+        raise
+    except OSError:  # a filesystem without hard links (FAT, some network mounts): check, then rename
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(target)) from None
+        os.replace(temp, target)
+        return
+    os.unlink(temp)
 
 
 def fsync_path(path: str | Path) -> None:

@@ -10,6 +10,7 @@ through its own API.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -40,7 +41,7 @@ from ._disk import (
     write_all,
     write_durably,
 )
-from .errors import StorageError
+from .errors import DuplicateError, StorageError
 
 WORKSPACE_BUCKET = "workspace-temp"
 LIBRARY_BUCKET = "user-library"
@@ -247,8 +248,7 @@ class FileStore:
             for _ in fsync_map(fsync_path, [self.full_path(bucket, r) for r in relatives]):
                 pass
 
-    def release_cached(self, bucket: str, relatives: list[str],
-                       release_map: Callable[..., Iterator[None]] = map) -> None:
+    def release_cached(self, bucket: str, relatives: list[str], release_map: Callable[..., Iterator[None]] = map) -> None:
         """Let the page cache drop durable files' pages (an import's copies would push out a rig's checkpoints)."""
         if self.local:
             for _ in release_map(drop_cached, [self.full_path(bucket, r) for r in relatives]):
@@ -381,7 +381,7 @@ class FileStore:
                 yield path[len(base) + 1:] if path.startswith(base) else path.split(f"/{bucket}/", 1)[-1]
 
     def export(self, bucket: str, relative: str, destination: Path) -> None:
-        """Copy a file out of the vault to a local path, atomically."""
+        """Copy a file out of the vault to a local path that must not exist (DuplicateError), atomically."""
         try:
             reader = self.open(bucket, relative)
         except StorageError:  # missing: says so, and what to do
@@ -391,10 +391,10 @@ class FileStore:
                                ) from None
         try:
             with reader:
-                write_durably(reader, destination)
+                write_durably(reader, destination, replace=False)
+        except FileExistsError:  # made meanwhile (by another export, say): never overwritten
+            raise DuplicateError(f"{destination} already exists; choose another destination") from None
         except OSError as exc:
             raise os_error(exc, destination) from None
-        try:  # best effort: the file is in place; a folder one may write to but not list cannot be opened
+        with contextlib.suppress(OSError):  # best effort: a folder one may write to but not list cannot be opened
             fsync_path(destination.parent)
-        except OSError:
-            pass
