@@ -211,7 +211,7 @@ class Library:
         search: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
-    ) -> Page:
+    ) -> Page[LibraryAsset]:
         """A page of the library, newest first, filtered by tags (all must match),
         favourite, collection and full-text ``search`` over prompt, title and tags.
 
@@ -257,7 +257,7 @@ class Library:
         return Page(items=items, next_cursor=rows.encode_cursor(format_time(items[-1].created_at), items[-1].id) if more else None)
 
     def _search_page(self, query: str, filters: builtins.list[str], params: builtins.list[Any], limit: int,
-                     cursor: str | None) -> Page:
+                     cursor: str | None) -> Page[LibraryAsset]:
         if cursor:
             (last_seq,) = rows.decode_cursor(cursor, (int,))
             filters = [*filters, "f.rowid < ?"]

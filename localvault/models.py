@@ -13,7 +13,7 @@ import re
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -342,8 +342,12 @@ class Collection(_Record):
     updated_at: datetime
 
 
-class Page(BaseModel):
-    """One page of a listing; pass ``next_cursor`` back to get the next one."""
+AssetT = TypeVar("AssetT")
 
-    items: list[Any]
+
+class Page(BaseModel, Generic[AssetT]):
+    """One page of a listing (``Page[LibraryAsset]``, ``Page[WorkspaceAsset]``); pass ``next_cursor`` back to
+    get the next one."""
+
+    items: list[AssetT]
     next_cursor: str | None = None

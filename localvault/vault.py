@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import fsspec
 
@@ -278,7 +278,9 @@ class Vault:
 
     def export(self, asset_id: str, destination: str | Path) -> Path:
         """Copy an asset's file (library or workspace) to ``destination``: a file, or a folder (one that
-        exists, or a path ending in ``/``, which is created)."""
+        exists, or a ``str`` ending in ``/``, which is created: ``pathlib`` drops a trailing slash, so pass
+        a new folder as text). The file there is named ``<asset id>.<ext>``. DuplicateError if the file
+        exists, even one made while the copy ran: nothing is overwritten."""
         dest = models.check_path(destination, "the destination")
         bucket, relative = self.locate(asset_id)
         if str(destination).endswith((os.sep, "/")) or dest.is_dir():
@@ -311,7 +313,7 @@ class Vault:
             return LIBRARY_BUCKET, asset.storage_path
         return WORKSPACE_BUCKET, asset.temp_storage_path
 
-    def delete(self, asset_id: str) -> str:
+    def delete(self, asset_id: str) -> Literal["library", "workspace"]:
         """Delete a library or workspace asset by id; returns which one it was."""
         bucket, _ = self.locate(asset_id)
         if bucket == LIBRARY_BUCKET:

@@ -324,7 +324,7 @@ class Workspace:
         ).fetchone()
         return rows.workspace_asset(row) if row else None
 
-    def list(self, *, limit: int = 50, cursor: str | None = None, job_id: str | None = None) -> Page:
+    def list(self, *, limit: int = 50, cursor: str | None = None, job_id: str | None = None) -> Page[WorkspaceAsset]:
         """Newest first, ``limit`` per page; pass ``next_cursor`` for the next page."""
         limit = rows.check_limit(limit)
         where, params = ["user_id = ?"], [self.user_id]

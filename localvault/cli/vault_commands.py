@@ -12,7 +12,7 @@ from .. import models
 from .._recovered import RECOVERED_FOLDER
 from ..errors import InvalidInputError
 from ..library import UNSET
-from ..models import LibraryAsset, Visibility, WorkspaceAsset
+from ..models import LibraryAsset, Page, Visibility, WorkspaceAsset
 from ..vault import Vault
 from . import Context, json_option, main, output, pass_ctx
 
@@ -71,22 +71,23 @@ def ls(ctx: Context, what: str, tags: tuple[str, ...], favorite: bool | None, co
         raise InvalidInputError("--tag, --favorite, --collection and --search filter the library; "
                                 "'ls workspace' takes --limit and --cursor only")
     vault = ctx.vault(reads_only=True)
+    page: Page[WorkspaceAsset] | Page[LibraryAsset]
     if what == "workspace":
         page = vault.workspace.list(limit=limit, cursor=cursor)
+        rows: list[tuple[object, ...]] = [
+            (a.id, a.created_at.strftime("%Y-%m-%d %H:%M"), a.mime_type.extension, a.generation_seed, a.model_used,
+             output.short(a.original_prompt)) for a in page.items]
+        headers = ["id", "created", "type", "seed", "model", "prompt"]
     else:
         page = vault.library.list(tags=tags, favorite=favorite, collection=collection, search=search, limit=limit,
                                   cursor=cursor)
+        rows = [(a.id, a.created_at.strftime("%Y-%m-%d %H:%M"), "★" if a.is_favorite else "", a.title or "",
+                 ", ".join(a.tags), output.short(a.original_prompt, 40)) for a in page.items]
+        headers = ["id", "saved", "fav", "title", "tags", "prompt"]
     if as_json:
         output.print_json({"items": page.items, "next_cursor": page.next_cursor})
         return
-    if what == "workspace":
-        rows = [(a.id, a.created_at.strftime("%Y-%m-%d %H:%M"), a.mime_type.extension, a.generation_seed, a.model_used,
-                 output.short(a.original_prompt)) for a in page.items]
-        output.table("workspace", ["id", "created", "type", "seed", "model", "prompt"], rows)
-    else:
-        rows = [(a.id, a.created_at.strftime("%Y-%m-%d %H:%M"), "★" if a.is_favorite else "", a.title or "",
-                 ", ".join(a.tags), output.short(a.original_prompt, 40)) for a in page.items]
-        output.table("library", ["id", "saved", "fav", "title", "tags", "prompt"], rows)
+    output.table(what, headers, rows)
     if page.next_cursor:
         output.console.print(f"more: --cursor {page.next_cursor}", highlight=False)
 
