@@ -28,7 +28,11 @@ from .errors import (
 from .models import AssetType, Collection, GenerationInfo, LibraryAsset, MediaType, Page, Visibility, WorkspaceAsset
 
 if TYPE_CHECKING:
+    from ._cleanup import CleanupReport
+    from .db import NetworkFilesystemWarning
+    from .import_report import ImportReport
     from .vault import Vault
+    from .verify import VerifyReport
 
 __version__ = "0.1.0"
 
@@ -41,22 +45,22 @@ __all__ = [
     "LocalVaultError", "NotFoundError", "InvalidInputError", "UnsupportedMediaError", "FileTooLargeError",
     "EmptyFileError", "DuplicateError", "ConflictError", "VaultCorruptError", "SchemaVersionError", "StorageError",
     "OfflineError", "SyncError", "SyncBusyError", "NetworkFilesystemWarning",
+    "CleanupReport", "ImportReport", "VerifyReport",
 ]
+
+#: Imported on first use: Vault (and the database layer under it) and what comes with it, so that the
+#: import's worker processes (localvault._examiners), which never open a vault, start without them.
+_LAZY = {"Vault": "vault", "NetworkFilesystemWarning": "db", "CleanupReport": "_cleanup",
+         "ImportReport": "import_report", "VerifyReport": "verify"}
 
 
 def __getattr__(name: str) -> Any:
-    # Vault (and the database layer under it) is imported on first use, so that the import's worker
-    # processes (localvault._examiners), which never open a vault, start without it.
-    if name == "Vault":
-        from .vault import Vault
+    if name in _LAZY:
+        import importlib
 
-        return Vault
-    if name == "NetworkFilesystemWarning":
-        from .db import NetworkFilesystemWarning
-
-        return NetworkFilesystemWarning
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'localvault' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), "Vault", "NetworkFilesystemWarning"})
+    return sorted({*globals(), *_LAZY})

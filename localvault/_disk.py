@@ -238,7 +238,8 @@ def sync_filesystem(path: str) -> bool:
             return False
         fd = os.open(path, os.O_RDONLY)
         try:
-            return libc.syncfs(fd) == 0  # type: ignore[attr-defined]
+            result: int = libc.syncfs(fd)  # type: ignore[attr-defined]
+            return result == 0
         finally:
             os.close(fd)
     except (OSError, AttributeError):

@@ -17,7 +17,10 @@ from .models import Collection
 
 def resolve(conn: sqlite3.Connection, user_id: str, ref: str) -> str:
     """The id of this user's collection named by id or name; NotFoundError otherwise."""
-    if not isinstance(ref, str) or not ref.strip():
+    if not isinstance(ref, str):
+        raise InvalidInputError(f"a collection is named by its name or id (text), not {type(ref).__name__}; "
+                                "list them with 'localvault collections ls'")
+    if not ref.strip():
         raise NotFoundError("no collection was named; give a collection's name or id")
     models.check_unicode(ref, "the collection's name")
     try:

@@ -283,6 +283,9 @@ class Database:
         ``wait_ms``: how long to wait for another writer's lock, if not the
         usual 60 s (a clean-up after an error should not wait that long again).
         """
+        if self.readonly:
+            raise StorageError(f"the vault at {self.path.parent} was opened read-only (readonly=True); open it "
+                               "without readonly to change it")
         conn = self.conn
         try:
             if wait_ms is not None:

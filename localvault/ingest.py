@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import media, models
-from .errors import FileTooLargeError, LocalVaultError, StorageError, UnsupportedMediaError
+from .errors import (
+    FileTooLargeError,
+    InvalidInputError,
+    LocalVaultError,
+    NotFoundError,
+    StorageError,
+    UnsupportedMediaError,
+)
 from .files import FileStore, StagedFile
 from .media import MediaFacts
 from .models import GenerationInfo
@@ -48,6 +55,8 @@ def prepare(
     except OSError as exc:  # a name too long, a loop of links
         raise StorageError(f"cannot use {source}: {exc.strerror or exc}") from None
     if not is_file:
+        if not os.path.lexists(source):
+            raise NotFoundError(f"{source} does not exist; give the path of an image or video")
         raise StorageError(f"{source} is not a file; give the path of an image or video")
     media_type, _size = media.check_source(source)  # a wrong file is refused before it is copied
     staged = files.stage(source, bucket, folder, on_bytes=_within_limit(source, on_bytes))
@@ -67,6 +76,9 @@ def prepare_with_values(files: FileStore, source: str | os.PathLike[str], bucket
 
     The arguments are checked before anything is copied; nothing is left behind on any error.
     """
+    if info is not None and not isinstance(info, GenerationInfo):
+        raise InvalidInputError(f"info must be a GenerationInfo (what localvault.metadata.read returns), not "
+                                f"{type(info).__name__}; pass seed=, prompt=, model= and settings= for plain values")
     generation_values(source, GenerationInfo(), seed=seed, prompt=prompt, model=model, settings=settings)
     prepared = prepare(files, source, bucket, folder, on_bytes)
     try:

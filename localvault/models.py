@@ -97,7 +97,7 @@ def check_seed(value: Any) -> int:
             raise InvalidInputError(f"seed {value!r} is not a whole number; give an integer from 0 to {MAX_SEED}")
     if not 0 <= value <= MAX_SEED:
         raise InvalidInputError(f"seed {value} is out of range; give an integer from 0 to {MAX_SEED}")
-    return value
+    return int(value)
 
 
 def check_unicode(value: str, what: str) -> str:

@@ -119,8 +119,8 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "no extension": (UnsupportedMediaError, lambda c: c.vault.workspace.add(c.file("picture", _png(12)))),
     "directory": (StorageError, lambda c: c.vault.workspace.add(c.src)),
     "directory named .png": (StorageError, lambda c: c.vault.library.add(_mkdir(c.src / "folder.png"))),
-    "missing file": (StorageError, lambda c: c.vault.workspace.add(c.src / "does-not-exist.png")),
-    "missing file (library)": (StorageError, lambda c: c.vault.library.add(c.src / "does-not-exist.jpg")),
+    "missing file": (NotFoundError, lambda c: c.vault.workspace.add(c.src / "does-not-exist.png")),
+    "missing file (library)": (NotFoundError, lambda c: c.vault.library.add(c.src / "does-not-exist.jpg")),
     "path with a NUL character": (InvalidInputError, lambda c: c.vault.workspace.add(f"{c.src}/a\0b.png")),
     "file name too long for the disk": (StorageError, lambda c: c.vault.library.add(c.src / ("n" * 300 + ".png"))),
     "webp whose header claims a 20000x20000 canvas": (

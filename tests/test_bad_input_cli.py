@@ -170,7 +170,7 @@ def _cases(world: dict[str, Any]) -> list[Case]:
         # One argv string is capped at 128 KiB by Linux: the longest prompt a command line can carry.
         # (A 1 MB prompt given to the API is refused below; one embedded in a file is cut to 64 K by design.)
         Case("prompt of 128 KB on the command line", ["add", good, "--prompt", "x" * 131_000], INVALID, ("prompt",)),
-        Case("file that does not exist", ["add", str(world["src"] / "nope.png")], STORAGE, ("nope.png",)),
+        Case("file that does not exist", ["add", str(world["src"] / "nope.png")], NOT_FOUND, ("nope.png does not exist",)),
         Case("a folder given as a file", ["add", str(world["src"])], STORAGE, ("not a file",)),
         Case("negative seed", ["add", good, "--seed", "-1"], INVALID, ("seed",)),
         Case("non-integer seed", ["add", good, "--seed", "1.5"], INVALID, ("seed",)),

@@ -96,7 +96,7 @@ def test_paging_with_cursor(cli, tmp_path: Path) -> None:
         (["rm", "not-a-uuid"], 3, "not a valid UUID"),
         (["rm", "00000000-0000-4000-8000-000000000000"], 2, "no asset"),
         (["collections", "delete", "nope"], 2, "no collection"),
-        (["add", "/nonexistent/file.png"], 8, "not a file"),
+        (["add", "/nonexistent/file.png"], 2, "does not exist"),
         (["ls", "workspace", "--tag", "fox"], 3, "filter the library"),
     ],
 )
@@ -107,7 +107,7 @@ def test_errors_are_one_line_and_exit_codes(cli, args, code, needle) -> None:
 
 @pytest.mark.parametrize("args, code, kind", [
     (["show", "00000000-0000-4000-8000-000000000000"], 2, "NotFoundError"),
-    (["add", "/nonexistent/file.png"], 8, "StorageError"),
+    (["add", "/nonexistent/file.png"], 2, "NotFoundError"),
 ])
 def test_with_json_a_failure_is_json_on_stdout_too(tmp_path: Path, args: list[str], code: int, kind: str) -> None:
     vault_path = tmp_path / "vault"

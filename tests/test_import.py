@@ -169,7 +169,8 @@ def test_failed_replacement_of_an_expired_asset_keeps_it_whole(vault: Vault, tmp
     first = {Path(item.source).name: item for item in vault.workspace.import_folder(tmp_path / "out").imported}
     expired = vault.workspace.get(first["00002.png"].asset_id)  # the last of its job: the highest index
     vault.workspace.expire(expired.id)
-    vault.db.conn.execute("CREATE TEMP TRIGGER refuse BEFORE INSERT ON workspace_assets"
+    # (in the database, not TEMP: the importer commits on a connection of its own thread)
+    vault.db.conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON workspace_assets"
                           " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
     with pytest.raises(sqlite3.IntegrityError):  # one file, added by hand, in its original job
         vault.workspace.add(tmp_path / "out" / "00002.png", job_id=expired.job_id)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from rich.progress import (
@@ -35,7 +36,10 @@ mode_options = [
 ]
 
 
-def _with_modes(command):  # type: ignore[no-untyped-def]
+CommandFunction = TypeVar("CommandFunction", bound=Callable[..., Any])
+
+
+def _with_modes(command: CommandFunction) -> CommandFunction:
     for option in reversed(mode_options):
         command = option(command)
     return command

@@ -181,7 +181,7 @@ def _encoded_size(value: Any) -> int:
 def clean_settings(settings: dict[str, Any], beside: dict[str, Any] | None = None) -> dict[str, Any]:
     """JSON-safe settings that fit MAX_SETTINGS_BYTES together with the entries stored ``beside`` them
     (the largest entries go first)."""
-    out = clean_json(settings)
+    out: dict[str, Any] = clean_json(settings)
     room = MAX_SETTINGS_BYTES - (_encoded_size(beside) if beside else 0)  # JSON of a merged dict: the sum
     while out and _encoded_size(out) > room:
         largest = max(out, key=lambda k: _encoded_size(out[k]))

@@ -253,7 +253,7 @@ def _cond_start(nodes: Nodes, sampler: dict[str, Any], branch: str) -> list[Any]
 
 def _first_with(nodes: Nodes, ids: Iterator[str] | list[str], keys: tuple[str, ...]) -> dict[str, Any] | None:
     for node_id in ids:
-        inputs = nodes[node_id]["inputs"]
+        inputs: dict[str, Any] = nodes[node_id]["inputs"]
         if any(isinstance(_resolve(nodes, inputs.get(k), _TEXT_KEYS), str) for k in keys):
             return inputs
     return None

@@ -287,7 +287,7 @@ def _lock(conn: psycopg.Connection[tuple[object, ...]]) -> None:
 def _run_sql(conn: psycopg.Connection[tuple[object, ...]], text: str, label: str) -> None:
     try:
         # No parameters: sent as is (simple protocol, several statements).
-        conn.execute(sql.SQL(text))  # type: ignore[arg-type]  # trusted package data
+        conn.execute(sql.SQL(text))  # trusted package data
     except psycopg.OperationalError as exc:
         raise OfflineError(f"lost the connection to PostgreSQL while applying {label}: {exc}".splitlines()[0]) from exc
     except psycopg.Error as exc:
