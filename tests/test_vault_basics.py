@@ -96,6 +96,16 @@ def test_a_vault_folder_name_with_uri_characters_opens_its_own_database(tmp_path
         assert vault.workspace.count() == 1
 
 
+def test_a_write_on_a_vault_opened_read_only_says_so(tmp_path: Path, make_image):
+    """It said the database file was read-only and to check the folder's permissions, which were fine."""
+    with Vault.create(tmp_path / "v", user_id=USER_A) as vault:
+        kept = vault.library.add(make_image(seed=3))
+    with Vault.open(tmp_path / "v", readonly=True) as vault:
+        with pytest.raises(StorageError, match="was opened read-only .readonly=True.; open it without readonly"):
+            vault.library.update(kept.id, title="new")
+        assert vault.library.get(kept.id).title == kept.title
+
+
 def test_a_vault_whose_database_is_gone_is_not_taken_for_an_empty_folder(tmp_path: Path, make_image):
     """A new vault there would take the files for orphans (and verify --repair would delete them)."""
     with Vault.create(tmp_path / "v") as vault:
