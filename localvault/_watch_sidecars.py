@@ -7,8 +7,12 @@ seed and model would be lost. So once a folder has shown a sidecar (a
 ``.json`` or ``.txt`` file appearing in it, or beside a file found by the
 catch-up), a file there with no metadata of its own and no sidecar yet waits
 up to :data:`SIDECAR_WAIT_SECONDS` for one, and is taken as soon as it comes.
-Files that carry their metadata, and folders where no sidecar was ever seen,
-are taken at once, as before.
+A folder new to the watch takes the mark of its parent and of its sibling
+folders: a rig writing into a folder per day (A1111's
+``txt2img-images/2026-11-27/``) writes sidecars into the new day's too, and
+its first image there would otherwise be taken before its sidecar came.
+Files that carry their metadata, and folders where no sidecar was ever seen
+(nor beside them), are taken at once, as before.
 """
 
 from __future__ import annotations
@@ -64,8 +68,10 @@ class SidecarWait:
         """Hold ``path`` back if its folder has shown sidecars and it has neither metadata nor a sidecar yet."""
         folder, name = os.path.split(path)
         with self._lock:
-            if folder not in self._folders or path in self._held:
-                return path in self._held
+            if path in self._held:
+                return True
+            if not self._marked(folder):
+                return False
         try:
             written = os.stat(path).st_mtime
         except OSError:  # gone: the import will say nothing, or why
@@ -83,6 +89,13 @@ class SidecarWait:
             with self._lock:  # it came meanwhile, perhaps before we held the file: no need to wait
                 return self._held.pop(path, None) is None
         return True
+
+    def _marked(self, folder: str) -> bool:
+        """Whether ``folder``, its parent or a sibling has shown sidecars (the lock is held)."""
+        if folder in self._folders:
+            return True
+        parent = os.path.dirname(folder)
+        return any(marked == parent or os.path.dirname(marked) == parent for marked in self._folders)
 
     def due(self) -> list[str]:
         """Held files whose wait is over: taken without a sidecar."""

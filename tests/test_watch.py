@@ -889,3 +889,22 @@ def test_cli_watch_started_with_sigint_ignored_says_how_to_stop_it(tmp_path: Pat
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_first_file_of_a_new_day_folder_waits_for_its_sidecar(vault: Vault, out: Path, tmp_path: Path) -> None:
+    """A1111 writes into a folder per day; its sidecars go there too. The first image of a new day's folder was
+    taken at once (no sidecar had been seen in that folder yet) and lost its prompt and seed."""
+    (out / "2026-11-26").mkdir()
+    make_png(out / "2026-11-26" / "00000-1.png", color=1)  # yesterday's folder: the rig writes sidecars
+    (out / "2026-11-26" / "00000-1.txt").write_text(A1111_TEXT)
+    seen = Recorder()
+    with Watcher(vault, out, on_event=seen, recursive=True, sidecar_wait_seconds=60):
+        assert wait_for(lambda: seen.names("imported") == ["00000-1.png"])
+        (out / "2026-11-27").mkdir()
+        write_by_rename(out / "2026-11-27", "00000-9.png", png_bytes(tmp_path, 9))
+        time.sleep(0.6)
+        assert seen.names("imported") == ["00000-1.png"]  # held for its sidecar
+        (out / "2026-11-27" / "00000-9.txt").write_text(A1111_TEXT.replace("4242", "99"))
+        assert wait_for(lambda: "00000-9.png" in seen.names("imported"))
+    first_of_day = [a for a in vault.workspace.list(limit=10).items if a.generation_seed == 99]
+    assert len(first_of_day) == 1 and first_of_day[0].original_prompt == "a red fox in snow"
