@@ -170,11 +170,6 @@ class Database:
             held = self._local.held = self._hold(conn)
         return held.conn
 
-    @conn.setter
-    def conn(self, conn: sqlite3.Connection) -> None:  # (tests put a hooked connection in its place)
-        self.conn  # noqa: B018 - the thread's holder must exist
-        self._local.held.conn = conn
-
     @property
     def utils(self) -> sqlite_utils.Database:
         """A sqlite-utils view of the calling thread's connection, for schema and convenience queries."""

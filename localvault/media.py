@@ -109,12 +109,12 @@ def _check_name(path: Path, media: MediaType) -> None:
     named = expected_type(path.name)
     if named is None:
         raise UnsupportedMediaError(
-            f"{path.name}: unknown extension {os.path.splitext(path.name)[1]!r}; the vault takes .jpg (.jpeg), .png, .webp"
+            f"{path}: unknown extension {os.path.splitext(path.name)[1]!r}; the vault takes .jpg (.jpeg), .png, .webp"
             " and .mp4 files"
         )
     if named is not media:
         raise UnsupportedMediaError(
-            f"{path.name} is named like {named.extension.upper()} but its bytes are {media.extension.upper()}; "
+            f"{path} is named like {named.extension.upper()} but its bytes are {media.extension.upper()}; "
             f"rename it to .{media.extension}"
         )
 

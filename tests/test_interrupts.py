@@ -48,12 +48,20 @@ class Hooked:
 @contextmanager
 def hooked(vault: Vault, *, before: Callable[[str], None] | None = None,
            after: Callable[[str], None] | None = None) -> Iterator[None]:
-    real = vault.db.conn
-    vault.db.conn = Hooked(real, before, after)  # type: ignore[assignment]
+    """Hook this vault's connections, in every thread (an import commits in a thread of its own)."""
+    db = vault.db
+    original = type(db)
+
+    class HookedDatabase(original):  # type: ignore[valid-type,misc]
+        @property
+        def conn(self) -> Any:
+            return Hooked(original.conn.fget(self), before, after)  # type: ignore[attr-defined]
+
+    db.__class__ = HookedDatabase
     try:
         yield
     finally:
-        vault.db.conn = real
+        db.__class__ = original
 
 
 class Once:

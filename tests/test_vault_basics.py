@@ -1419,7 +1419,7 @@ def test_a_closed_vault_says_so_in_every_thread(tmp_path: Path) -> None:
         go.wait(10)
         try:
             vault.library.count()
-        except BaseException as exc:  # noqa: BLE001 - looked at below
+        except BaseException as exc:
             errors.append(exc)
 
     thread = threading.Thread(target=use_after_close)

@@ -77,7 +77,8 @@ def _print_summary(result: ImportReport, verb: str = "import") -> None:
     if result.imported and not result.duplicates and not result.refused:
         return
     if result.duplicates and not result.imported:
-        output.console.print("nothing new: every file is already in this vault", highlight=False)
+        output.console.print("nothing new: every file not refused is already in this vault" if result.refused
+                             else "nothing new: every file is already in this vault", highlight=False)
     for path, reason in sorted(result.refused.items()):
         output.console.print(f"  refused {path}: {reason}", highlight=False, soft_wrap=True)
 

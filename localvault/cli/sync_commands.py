@@ -118,9 +118,10 @@ def sync(ctx: Context, dry_run: bool, retry_rejected: bool, full: bool, as_json:
     if as_json:
         output.print_json(result)
         return
-    verb = "would push" if dry_run else "pushed"
+    push_, delete, upload = ("would push", "would delete", "would upload") if dry_run else ("pushed", "deleted",
+                                                                                           "uploaded")
     output.console.print(
-        f"{verb} {result.rows_written} rows, deleted {result.rows_deleted}; uploaded {result.files_uploaded} files "
+        f"{push_} {result.rows_written} rows, {delete} {result.rows_deleted}; {upload} {result.files_uploaded} files "
         f"({result.bytes_uploaded:,} bytes), {result.files_skipped} already there; "
         f"{result.conflicts} kept newer on server; {result.rejected} refused", highlight=False)
     if result.rejected:

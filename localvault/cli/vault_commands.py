@@ -217,7 +217,7 @@ def verify(ctx: Context, repair: bool, quick: bool, as_json: bool) -> None:
                                  "put it back (from a backup or the bucket), or delete its asset with "
                                  "'localvault rm ID'; then verify again")
         else:
-            output.console.print("problems found (run with --repair to fix)")
+            output.console.print("problems found: 'verify --repair' fixes what it can, and says what it cannot")
     if not result.clean:
         raise SystemExit(1)
 

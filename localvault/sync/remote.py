@@ -122,7 +122,8 @@ def _check_user(conn: psycopg.Connection[Any], user_id: str) -> None:
     conn.rollback()
     if row is not None and not row[0]:
         raise SyncError(f"the vault's user {user_id} does not exist on the server (auth.users): sign that user "
-                        "up in the app first, or use a vault of an existing user; nothing was sent")
+                        "up in the app first (on a plain PostgreSQL, as its owner: INSERT INTO auth.users (id) VALUES "
+                        f"('{user_id}')), or use a vault of an existing user; nothing was sent")
 
 
 #: The privileges of ``authenticated`` that the pushes need beyond the tables' (an SQL expression each, and what

@@ -369,7 +369,6 @@ def apply_schema(database_url: str, *, progress: Progress | None = None) -> Sche
                 applied.append(migration.version)
         with conn.transaction():
             version = server_schema_version(conn)
-        report(f"server schema is at version {version}")
         return SchemaReport(flavour=flavour, applied=tuple(applied), version=version, compat_applied=compat_applied)
     except psycopg.OperationalError as exc:
         raise OfflineError(f"lost the connection to PostgreSQL at {_describe(database_url)}") from exc
