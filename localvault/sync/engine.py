@@ -55,7 +55,7 @@ class SyncReport:
     conflicts: int = 0
     rejected: int = 0
     batches: int = 0
-    pending_changes: int = 0
+    pending_changes: int = 0  # queued when the sync began (status counts those left)
     seconds: float = 0.0
 
 
