@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import random
 import shutil
 import signal
@@ -876,17 +877,16 @@ def test_cli_watch_started_with_sigint_ignored_says_how_to_stop_it(tmp_path: Pat
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         assert proc.stderr is not None
-        assert "watching" in proc.stderr.readline()
-        import select
-
         # The warning comes right after that line (waited for: a SIGTERM sent before it would stop the watch
         # before it is printed, as on a loaded machine after a fixed sleep).
-        assert select.select([proc.stderr], [], [], 30)[0]
-        warning = proc.stderr.readline()
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+        assert "watching" in lines.get(timeout=30)
+        warning = lines.get(timeout=30)
         proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=30)
-        assert proc.returncode == 0 and "watch: 0 imported" in stdout
-        assert "SIGINT" in warning and "SIGTERM" in warning, warning + stderr
+        assert proc.wait(timeout=30) == 0
+        assert "watch: 0 imported" in proc.stdout.read()  # type: ignore[union-attr]
+        assert "SIGINT" in warning and "SIGTERM" in warning, warning
     finally:
         if proc.poll() is None:
             proc.kill()
