@@ -80,14 +80,20 @@ def examine(candidate: Candidate, known: Container[str], *, in_memory_bytes: int
             examined.facts = _image_facts(data, media_type, path.name)
         else:
             examined.facts = media.facts(io.BytesIO(data) if data is not None else handle, media_type, path.name)
-    examined.values = (
+    examined.values = row_values(info, prompt, model)
+    examined.data = data
+    return examined
+
+
+def row_values(info: GenerationInfo, prompt: str | None, model: str | None) -> tuple[int, str, str, str]:
+    """(seed, prompt, model, settings JSON) an imported file's row records: its metadata, else the import's
+    ``prompt`` and ``model``, else the placeholders."""
+    return (
         models.check_seed(info.seed if info.seed is not None else PLACEHOLDERS["seed"]),
         models.check_prompt(info.prompt or prompt or PLACEHOLDERS["prompt"]),
         models.check_model(info.model or model or PLACEHOLDERS["model"]) or PLACEHOLDERS["model"],
         models.settings_json(info.stored_settings()),
     )
-    examined.data = data
-    return examined
 
 
 def stage(store: FileStore, ready: Examined, mode: str, folder: str, name: str | None = None) -> StagedFile:
@@ -181,4 +187,4 @@ def _read_all(fd: int, size: int) -> bytes:
     return b"".join(parts)
 
 
-__all__ = ["Examined", "examine", "stage", "StagingError", "SourceChangedError", "file_identity", "link_outdated", "changed_while_importing", "PLACEHOLDERS"]
+__all__ = ["Examined", "examine", "row_values", "stage", "StagingError", "SourceChangedError", "file_identity", "link_outdated", "changed_while_importing", "PLACEHOLDERS"]

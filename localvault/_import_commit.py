@@ -57,7 +57,7 @@ def commit_batch(workspace: Workspace, files: FileStore, mode: str, chunks: Chun
             result.duplicates.append(ready.candidate.path)
         else:
             done.append(ImportedFile(ready.candidate.path, added[0], ready.job_id, added[1], ready.sha256,
-                                     ready.staged.size))  # type: ignore[union-attr]
+                                     ready.staged.size, ready.info.source))  # type: ignore[union-attr]
     result.imported += done
     result.bytes_imported += sum(item.size for item in done)
     if mode == "move":

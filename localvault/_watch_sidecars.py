@@ -28,6 +28,8 @@ from .metadata import sidecar
 
 #: How long a file with no metadata waits for its sidecar, in a folder where sidecars were seen.
 SIDECAR_WAIT_SECONDS = 3.0
+#: How long after a file with no metadata was taken its sidecar still fills the row's placeholders.
+LATE_SIDECAR_SECONDS = 10.0
 
 
 def is_sidecar_name(name: str) -> bool:
@@ -42,6 +44,8 @@ class SidecarWait:
         self.wait_seconds = wait_seconds
         self._folders: set[str] = set()
         self._held: dict[str, float] = {}  # path -> when it is taken anyway
+        self._taken_bare: dict[str, tuple[str, float]] = {}  # path -> (its asset's id, until when a sidecar counts)
+        self._late: list[tuple[str, str]] = []  # (path, asset id) whose sidecar came after it was taken
         self._lock = threading.Lock()
 
     def saw_folder(self, folder: str, names: Iterable[str]) -> None:
@@ -62,7 +66,29 @@ class SidecarWait:
                         if os.path.dirname(held) == folder and name in sidecar.candidate_names(os.path.basename(held))]
             for held in released:
                 del self._held[held]
+            now = time.monotonic()
+            for taken, (asset_id, until) in list(self._taken_bare.items()):
+                if until > now and os.path.dirname(taken) == folder and name in sidecar.candidate_names(
+                        os.path.basename(taken)):
+                    del self._taken_bare[taken]
+                    self._late.append((taken, asset_id))
         return released
+
+    def taken_without_metadata(self, path: str, asset_id: str) -> None:
+        """``path`` became ``asset_id`` with placeholders: a sidecar of its that comes within
+        :data:`LATE_SIDECAR_SECONDS` is handed out by :meth:`late_sidecars` (the first file of a watch is
+        taken before any sidecar was seen, and a slow rig may miss the wait)."""
+        now = time.monotonic()
+        with self._lock:
+            for old in [p for p, (_a, until) in self._taken_bare.items() if until <= now]:
+                del self._taken_bare[old]
+            self._taken_bare[path] = (asset_id, now + LATE_SIDECAR_SECONDS)
+
+    def late_sidecars(self) -> list[tuple[str, str]]:
+        """(path, asset id) of files taken with placeholders whose sidecar has come since."""
+        with self._lock:
+            late, self._late = self._late, []
+        return late
 
     def hold(self, path: str) -> bool:
         """Hold ``path`` back if its folder has shown sidecars and it has neither metadata nor a sidecar yet."""
@@ -114,6 +140,7 @@ class SidecarWait:
             self._held.clear()
             if forget_folders:
                 self._folders.clear()
+                self._taken_bare.clear()
         return held
 
 

@@ -18,7 +18,8 @@ REMEMBER_SECONDS = 600.0
 
 @dataclass(frozen=True)
 class WatchEvent:
-    """What the watcher did: ``kind`` is imported, duplicate, refused, error, folder_gone or folder_back."""
+    """What the watcher did: ``kind`` is imported, duplicate, refused, error, folder_gone, folder_back or
+    sidecar_read (a sidecar that came after its file was taken filled the asset's prompt, seed and model)."""
 
     kind: str
     path: str

@@ -15,6 +15,8 @@ class ImportedFile:
     asset_index: int
     sha256: str
     size: int
+    #: Where its prompt, seed and model came from (``a1111``, ``comfyui``, ``sidecar``…; ``none``: placeholders).
+    metadata_source: str = ""
 
 
 @dataclass

@@ -43,6 +43,7 @@ from watchdog.observers import Observer
 
 from . import media, models
 from ._import_pipeline import to_the_end
+from ._late_sidecars import fill_from_sidecar
 from ._watch_handler import EventHandler, watch_overflows
 from ._watch_intake import Intake
 from ._watch_sidecars import SIDECAR_WAIT_SECONDS
@@ -212,6 +213,7 @@ class Watcher:
                 paths = self._intake.next_paths(self.poll_seconds)
                 if paths:
                     self._import(importer, paths)
+                self._read_late_sidecars(vault, importer)
             self._import(importer, self._intake.take_all())  # what arrived while stopping, complete files included
         except BaseException as exc:  # never die silently
             log.exception("the watcher of %s stopped on an unexpected error", self.folder)
@@ -224,6 +226,12 @@ class Watcher:
                 vault.close()
             finally:
                 self._ended.set()
+
+    def _read_late_sidecars(self, vault: Vault, importer: Importer) -> None:
+        """Sidecars that came after their file was taken with placeholders: read into its row."""
+        for path, asset_id in self._intake.sidecars.late_sidecars():
+            if fill_from_sidecar(vault, path, asset_id, importer.prompt, importer.model):
+                self._emit(WatchEvent("sidecar_read", path, time.time(), asset_id=asset_id))
 
     def _housekeeping(self, vault: Vault) -> None:
         """The vault's hourly cleanup of expired assets, and its queued deletions: a rig that only ever runs
@@ -328,6 +336,8 @@ class Watcher:
         self.report.merge(result)
         now = time.time()
         for item in result.imported:
+            if item.metadata_source == "none":  # its sidecar may still come
+                self._intake.sidecars.taken_without_metadata(item.source, item.asset_id)
             self._emit(WatchEvent("imported", item.source, now, asset_id=item.asset_id, job_id=item.job_id))
         for path in result.duplicates:
             self._emit(WatchEvent("duplicate", path, now))

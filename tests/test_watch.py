@@ -910,3 +910,28 @@ def test_the_first_file_of_a_new_day_folder_waits_for_its_sidecar(vault: Vault, 
         assert wait_for(lambda: "00000-9.png" in seen.names("imported"))
     first_of_day = [a for a in vault.workspace.list(limit=10).items if a.generation_seed == 99]
     assert len(first_of_day) == 1 and first_of_day[0].original_prompt == "a red fox in snow"
+
+
+@pytest.mark.parametrize("mode", ["copy", "move"])
+def test_a_sidecar_that_comes_after_its_file_was_taken_fills_its_placeholders(vault: Vault, out: Path, tmp_path: Path,
+                                                                             mode: str) -> None:
+    """The first image of a watch is taken before any sidecar was seen (nothing says the rig writes them): its
+    sidecar, coming a moment later, was never read, and the prompt and seed were lost."""
+    seen = Recorder()
+    with Watcher(vault, out, on_event=seen, mode=mode):  # type: ignore[arg-type]
+        write_by_rename(out, "00000-7.png", png_bytes(tmp_path, 7))
+        assert wait_for(lambda: seen.names("imported") == ["00000-7.png"])
+        (out / "00000-7.txt").write_text(A1111_TEXT.replace("4242", "77"))
+        assert wait_for(lambda: seen.names("sidecar_read") == ["00000-7.png"])
+        # One with metadata of its own keeps it: a sidecar never overwrites.
+        make_png(tmp_path / "own.png", text_chunks={"parameters": A1111_TEXT.replace("4242", "8")}, color=8)
+        write_by_rename(out, "00001-8.png", (tmp_path / "own.png").read_bytes())
+        assert wait_for(lambda: "00001-8.png" in seen.names("imported"))
+        (out / "00001-8.txt").write_text("another prompt\\nSteps: 20, Seed: 999, Model: other")
+        time.sleep(1.0)
+    assert seen.names("sidecar_read") == ["00000-7.png"]
+    assets = {a.generation_seed: a for a in vault.workspace.list(limit=10).items}
+    assert set(assets) == {77, 8}
+    assert assets[77].original_prompt == "a red fox in snow" and assets[77].model_used == "sdxl"
+    assert assets[77].generation_settings["steps"] == 20 and assets[77].generation_settings["sidecar"] == "00000-7.txt"
+    assert assets[8].original_prompt == "a red fox in snow"

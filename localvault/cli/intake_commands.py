@@ -154,6 +154,8 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | N
             output.console.print(f"imported {event.path} → {event.asset_id}", highlight=False)
         elif event.kind == "duplicate":
             output.console.print(f"already in the vault: {event.path}", highlight=False)
+        elif event.kind == "sidecar_read":
+            output.console.print(f"read the late sidecar of {event.path} into {event.asset_id}", highlight=False)
         elif event.kind in ("refused", "error"):
             output.warning(f"{event.kind} {event.path}: {event.message}")
         else:
