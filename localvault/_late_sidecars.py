@@ -18,7 +18,7 @@ from .models import GenerationInfo
 if TYPE_CHECKING:
     from .vault import Vault
 
-log = logging.getLogger("localvault.watch")
+log = logging.getLogger("localvault.watch.notices")
 
 _FILL = ("UPDATE workspace_assets SET generation_seed = ?, original_prompt = ?, model_used = ?, generation_settings = ?"
          " WHERE id = ? AND user_id = ? AND generation_seed = ? AND original_prompt = ? AND model_used = ?"

@@ -79,10 +79,16 @@ class SidecarWait:
         :data:`LATE_SIDECAR_SECONDS` is handed out by :meth:`late_sidecars` (the first file of a watch is
         taken before any sidecar was seen, and a slow rig may miss the wait)."""
         now = time.monotonic()
+        folder, name = os.path.split(path)
+        # One there already came while the file was imported (its reading found none): its event may be past.
+        arrived = any(_has_text(os.path.join(folder, candidate)) for candidate in sidecar.candidate_names(name))
         with self._lock:
             for old in [p for p, (_a, until) in self._taken_bare.items() if until <= now]:
                 del self._taken_bare[old]
-            self._taken_bare[path] = (asset_id, now + LATE_SIDECAR_SECONDS)
+            if arrived:
+                self._late.append((path, asset_id))
+            else:
+                self._taken_bare[path] = (asset_id, now + LATE_SIDECAR_SECONDS)
 
     def late_sidecars(self) -> list[tuple[str, str]]:
         """(path, asset id) of files taken with placeholders whose sidecar has come since."""
@@ -142,6 +148,13 @@ class SidecarWait:
                 self._folders.clear()
                 self._taken_bare.clear()
         return held
+
+
+def _has_text(path: str) -> bool:
+    try:
+        return os.stat(path).st_size > 0
+    except OSError:
+        return False
 
 
 #: A sidecar written this much before its file still counts as its own (clocks of network disks differ a little).

@@ -54,6 +54,8 @@ from .importer import Importer, Mode, scan
 from .vault import Vault
 
 log = logging.getLogger(__name__)
+#: Warnings that no event carries (the CLI shows them; the per-file ones it shows as events).
+notices = logging.getLogger(f"{__name__}.notices")
 
 STABLE_SECONDS = 1.0
 #: A complete file (closed, or renamed in) is taken once no event has touched it for this long.
@@ -206,7 +208,7 @@ class Watcher:
                     continue
                 if self._intake.overflowed.is_set():
                     self._intake.overflowed.clear()
-                    log.warning("events about files in %s were lost (the kernel's queue overflowed); catching up",
+                    notices.warning("events about files in %s were lost (the kernel's queue overflowed); catching up",
                                 self.folder)
                     self._catch_up(importer)
                     continue
@@ -242,7 +244,7 @@ class Watcher:
             if vault.cleanup_due():
                 vault.housekeeping()
         except LocalVaultError as exc:  # the watch goes on; tried again next time
-            log.warning("the workspace's cleanup did not run: %s", exc)
+            notices.warning("the workspace's cleanup did not run: %s", exc)
 
     def _watch_folder(self, importer: Importer) -> None:
         """Schedule a fresh observer on the folder, then catch up with what is already there."""
@@ -308,7 +310,7 @@ class Watcher:
                     self._watch_folder(importer)
                     return
                 except OSError:  # gone again while it was being watched: wait on
-                    log.warning("%s went away again; waiting for it to come back", self.folder)
+                    notices.warning("%s went away again; waiting for it to come back", self.folder)
                     self._unschedule()
             self._stop.wait(self.poll_seconds)
 
@@ -342,6 +344,10 @@ class Watcher:
         for path in result.duplicates:
             self._emit(WatchEvent("duplicate", path, now))
         for path, reason in result.refused.items():
+            if path in retry:  # the vault could not take it now (disk full, database locked): not a refusal yet
+                log.warning("could not import %s now: %s; trying again in %.0f s", path, reason, RETRY_SECONDS)
+                self._emit(WatchEvent("error", path, now, message=f"{reason}; trying again in {RETRY_SECONDS:.0f} s"))
+                continue
             log.warning("refused %s: %s", path, reason)
             self._emit(WatchEvent("refused", path, now, message=reason))
 

@@ -172,8 +172,9 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | N
 
     watcher = Watcher(ctx.vault(), folder, mode=mode, recursive=recursive, model=model, prompt=prompt,  # type: ignore[arg-type]
                       on_event=on_event)
-    # on_event already shows every problem with a file; not a file the vault sets aside to recovered/
-    output.show_library_logs(False, still_from=("localvault._recovered",))
+    # on_event already shows every problem with a file; not a --move source kept, nor what no event carries
+    output.show_library_logs(False, still_from=("localvault._recovered", "localvault.importer",
+                                                "localvault.watch.notices"))
     with _sigterm_as_ctrl_c():  # a service manager's stop ends it like Ctrl-C
         try:
             watcher.start()
