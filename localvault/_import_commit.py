@@ -20,6 +20,8 @@ from .import_report import ImportedFile, ImportReport
 from .workspace import BatchEntry, Workspace
 
 log = logging.getLogger("localvault.importer")
+#: Warnings that no refusal carries (a --move source kept, a temporary file left): the watch CLI shows these.
+notices = logging.getLogger("localvault.importer.notices")
 
 #: A batch as the importer hands it over: chunks of examined files, each with its staging's outcome per file.
 Chunks = list[tuple[list[Examined], "Future[list[StagedFile | Exception]]"]]
@@ -65,11 +67,11 @@ def commit_batch(workspace: Workspace, files: FileStore, mode: str, chunks: Chun
         for item in done:
             try:  # (a symbolic link is compared by its file, and it is the link that goes)
                 if file_identity(os.stat(item.source)) != identities[item.source]:
-                    log.warning("imported %s but kept it: another file has taken its place since", item.source)
+                    notices.warning("imported %s but kept it: another file has taken its place since", item.source)
                     continue
                 os.unlink(item.source)
             except OSError as exc:
-                log.warning("imported %s but could not delete it: %s", item.source, exc)
+                notices.warning("imported %s but could not delete it: %s", item.source, exc)
     return result
 
 
@@ -78,7 +80,7 @@ def discard_quietly(files: FileStore, staged: StagedFile) -> None:
     try:
         files.discard(staged)
     except LocalVaultError:
-        log.warning("could not remove the temporary file %s", staged.temp_path)
+        notices.warning("could not remove the temporary file %s", staged.temp_path)
 
 
 def refuse(result: ImportReport, path: str, exc: BaseException) -> None:

@@ -12,11 +12,14 @@ from typing import TYPE_CHECKING
 
 from . import metadata
 from ._examine import row_values
-from .errors import LocalVaultError, NotFoundError
+from .errors import LocalVaultError
 from .models import GenerationInfo
 
 if TYPE_CHECKING:
     from .vault import Vault
+
+#: (seed, prompt, model, settings JSON) of a workspace row.
+RowValues = tuple[int, str, str, str]
 
 log = logging.getLogger("localvault.watch.notices")
 
@@ -25,27 +28,29 @@ _FILL = ("UPDATE workspace_assets SET generation_seed = ?, original_prompt = ?, 
          " AND generation_settings IS ?")
 
 
-def fill_from_sidecar(vault: Vault, path: str, asset_id: str, prompt: str | None, model: str | None) -> bool:
-    """Fill the placeholders of ``asset_id`` (taken from ``path``) from the sidecar now beside ``path``;
-    whether the row changed. Never raises: the watch goes on."""
+def fill_from_sidecar(vault: Vault, path: str, asset_id: str, prompt: str | None, model: str | None,
+                      expected: RowValues | None = None) -> RowValues | None:
+    """Fill the row of ``asset_id`` (taken from ``path``) from the sidecar now beside ``path``, if the row still
+    holds ``expected`` (by default the values of a file without metadata: a sidecar read while it was still
+    being written is read again at its close, over what that first reading wrote). What it wrote, or None.
+    Never raises: the watch goes on."""
     try:
-        asset = vault.workspace.get(asset_id)
-        # Embedded metadata from the vault's copy (the source may be gone: --move), the sidecar beside the source.
-        info = metadata.read(path, contents=vault.workspace.file_path(asset))
+        # The sidecar alone: the import found nothing embedded (and the vault's copy may be on another filesystem).
+        info = metadata.read(path, data=b"")
         if info.source == "none":
-            return False
-        bare = row_values(GenerationInfo(), prompt, model)
+            return None
         filled = row_values(info, prompt, model)
+        if expected is None:
+            expected = row_values(GenerationInfo(), prompt, model)
         with vault.db.write() as conn:
-            changed = conn.execute(_FILL, (*filled, asset_id, vault.user_id, *bare)).rowcount
-    except NotFoundError:  # deleted meanwhile
-        return False
+            changed = conn.execute(_FILL, (*filled, asset_id, vault.user_id, *expected)).rowcount
     except (LocalVaultError, OSError) as exc:
         log.warning("the sidecar of %s came after it was taken, and could not be read into its asset: %s", path, exc)
-        return False
-    if changed:
-        log.info("read the sidecar of %s into asset %s, which it reached after the file was taken", path, asset_id)
-    return changed == 1
+        return None
+    if not changed:  # deleted meanwhile, or its row holds other values
+        return None
+    log.info("read the sidecar of %s into asset %s, which it reached after the file was taken", path, asset_id)
+    return filled
 
 
 __all__ = ["fill_from_sidecar"]

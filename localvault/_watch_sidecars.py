@@ -85,10 +85,9 @@ class SidecarWait:
         with self._lock:
             for old in [p for p, (_a, until) in self._taken_bare.items() if until <= now]:
                 del self._taken_bare[old]
-            if arrived:
+            if arrived:  # read now; and again at its close, should it still have been written to
                 self._late.append((path, asset_id))
-            else:
-                self._taken_bare[path] = (asset_id, now + LATE_SIDECAR_SECONDS)
+            self._taken_bare[path] = (asset_id, now + LATE_SIDECAR_SECONDS)
 
     def late_sidecars(self) -> list[tuple[str, str]]:
         """(path, asset id) of files taken with placeholders whose sidecar has come since."""

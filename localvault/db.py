@@ -119,10 +119,11 @@ def _wal_holds_changes(path: Path) -> bool:
 class _Held:
     """A thread's connection; closed when the thread ends (its ``threading.local`` goes) or the vault closes."""
 
-    __slots__ = ("conn", "__weakref__")
+    __slots__ = ("conn", "utils", "__weakref__")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self.utils: sqlite_utils.Database | None = None
 
     def __del__(self) -> None:
         try:
@@ -147,18 +148,24 @@ class Database:
         self._local = threading.local()
         self._held: weakref.WeakSet[_Held] = weakref.WeakSet()
         self._closed = False
+        self._lock = threading.Lock()  # (close() against a thread opening its connection)
         self._local.held = self._hold(conn)
 
     def _hold(self, conn: sqlite3.Connection) -> _Held:
-        held = _Held(conn)
-        self._held.add(held)
+        with self._lock:
+            if self._closed:  # closed while this thread opened its connection
+                conn.close()
+                raise self._closed_error()
+            held = _Held(conn)
+            self._held.add(held)
         return held
 
-    @property
-    def conn(self) -> sqlite3.Connection:
-        """The calling thread's connection (opened on its first use)."""
+    def _closed_error(self) -> StorageError:
+        return StorageError(f"the vault at {self.path.parent} is closed; open it again")
+
+    def _thread_held(self) -> _Held:
         if self._closed:
-            raise StorageError(f"the vault at {self.path.parent} is closed; open it again")
+            raise self._closed_error()
         held: _Held | None = getattr(self._local, "held", None)
         if held is None:
             if self._uri is None:  # (a database made from a bare connection: one thread only)
@@ -168,14 +175,22 @@ class Database:
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot open {self.path} for another thread ({exc})") from None
             held = self._local.held = self._hold(conn)
-        return held.conn
+        return held
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The calling thread's connection (opened on its first use)."""
+        return self._thread_held().conn
 
     @property
     def utils(self) -> sqlite_utils.Database:
         """A sqlite-utils view of the calling thread's connection, for schema and convenience queries."""
-        import sqlite_utils
+        held = self._thread_held()
+        if held.utils is None:
+            import sqlite_utils
 
-        return sqlite_utils.Database(self.conn)
+            held.utils = sqlite_utils.Database(held.conn)
+        return held.utils
 
     @classmethod
     def open(cls, path: Path, *, create: bool = False, readonly: bool = False) -> Database:
@@ -238,9 +253,11 @@ class Database:
 
     def close(self) -> None:
         """Close every thread's connection; a thread using the vault after this gets a StorageError."""
-        self._closed = True
-        for held in list(self._held):
-            held.conn.close()
+        with self._lock:
+            self._closed = True
+            held = list(self._held)
+        for each in held:
+            each.conn.close()
 
     # ------------------------------------------------------------ versions
 
@@ -292,6 +309,8 @@ class Database:
             yield conn
             conn.execute("COMMIT")
         except BaseException as exc:  # a Ctrl-C just before COMMIT too: still in the transaction, so rolled back
+            if self._closed and isinstance(exc, sqlite3.ProgrammingError):  # another thread closed the vault
+                raise self._closed_error() from None
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.OperationalError):
@@ -299,7 +318,7 @@ class Database:
                 raise _storage_error(exc, self.path) from exc
             raise
         finally:
-            if wait_ms is not None:
+            if wait_ms is not None and not self._closed:
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def has_row(self, table: str, row_id: str) -> bool:
@@ -353,6 +372,8 @@ def _configure(conn: sqlite3.Connection) -> None:
     # FULL: a committed import whose source was then deleted (--move)
     # must survive a power cut, not only a process crash.
     conn.execute("PRAGMA synchronous = FULL")
+    # What sqlite-utils sets on a connection it wraps (the vault's one connection always was): every thread's alike.
+    conn.execute("PRAGMA recursive_triggers = ON")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA temp_store = MEMORY")
     conn.execute("PRAGMA cache_size = -16000")
@@ -365,5 +386,6 @@ def _storage_error(exc: sqlite3.OperationalError, path: Path) -> StorageError:
     if "readonly" in text:
         return StorageError(f"{path} is read-only; check the folder's permissions")
     if "locked" in text or "busy" in text:
-        return StorageError(f"{path} stayed locked by another process for {BUSY_TIMEOUT_MS // 1000} s; try again")
+        return StorageError(f"{path} stayed locked by another connection (another process, or another thread of "
+                            f"this one) for {BUSY_TIMEOUT_MS // 1000} s; try again")
     return StorageError(f"cannot write {path}: {text}")

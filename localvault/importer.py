@@ -58,6 +58,7 @@ from .progress import ProgressCallback, report
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
+notices = logging.getLogger(f"{__name__}.notices")  # (see _import_commit.notices)
 
 Mode = Literal["copy", "move", "link"]
 MODES = ("copy", "move", "link")
@@ -146,7 +147,7 @@ class Importer:
         try:
             return ExaminerProcesses(self.workers, setup)
         except WorkerStartError as exc:
-            log.warning("%s; importing with threads instead", exc)
+            notices.warning("%s; importing with threads instead", exc)
             return None
 
     # ---------------------------------------------------------- main loop
@@ -221,7 +222,7 @@ class Importer:
                     outcomes = chunk.work.result()
                 except WorkerStartError as exc:
                     if use_examiners:  # this machine cannot run the workers: threads from now on
-                        log.warning("%s; importing with threads instead", exc)
+                        notices.warning("%s; importing with threads instead", exc)
                         use_examiners, known = False, self._known()
                     outcomes = each(self._examine, chunk.files, known)  # (chunks sent before: examined here)
                 except StorageError as exc:  # a worker died on these files (it is replaced for the next ones)

@@ -65,6 +65,8 @@ POLL_SECONDS = 0.25
 GIVE_UP_SECONDS = 10.0
 #: A file whose batch could not be committed is tried again after this long.
 RETRY_SECONDS = 5.0
+#: Rows a late sidecar filled, remembered (with what it wrote) for a second reading of a sidecar still written.
+LATE_FILLS_KEPT = 1000
 #: How often the watcher asks whether the vault's cleanup is due (hourly, or unfinished: 2,000 assets a run).
 HOUSEKEEPING_SECONDS = 60.0
 #: Files of a catch-up imported together (the watcher checks for a stop between them).
@@ -103,6 +105,7 @@ class Watcher:
         self._intake = Intake(self._watched, recursive, stable_seconds=stable_seconds, quiet_seconds=quiet_seconds,
                               give_up_seconds=GIVE_UP_SECONDS, sidecar_wait_seconds=sidecar_wait_seconds)
         self._handled = HandledFiles()
+        self._late_filled: dict[str, tuple[int, str, str, str]] = {}  # asset id -> the values a sidecar filled in
         self._stop = threading.Event()
         self._started = threading.Event()
         # Set as the thread's very last step. Waited on instead of Thread.join(): a Ctrl-C inside join() on
@@ -232,8 +235,14 @@ class Watcher:
     def _read_late_sidecars(self, vault: Vault, importer: Importer) -> None:
         """Sidecars that came after their file was taken with placeholders: read into its row."""
         for path, asset_id in self._intake.sidecars.late_sidecars():
-            if fill_from_sidecar(vault, path, asset_id, importer.prompt, importer.model):
-                self._emit(WatchEvent("sidecar_read", path, time.time(), asset_id=asset_id))
+            before = self._late_filled.pop(asset_id, None)
+            written = fill_from_sidecar(vault, path, asset_id, importer.prompt, importer.model, before)
+            if written is not None:
+                self._late_filled[asset_id] = written  # (a second reading, at its close, may still improve it)
+                while len(self._late_filled) > LATE_FILLS_KEPT:
+                    del self._late_filled[next(iter(self._late_filled))]
+                if written != before:
+                    self._emit(WatchEvent("sidecar_read", path, time.time(), asset_id=asset_id))
 
     def _housekeeping(self, vault: Vault) -> None:
         """The vault's hourly cleanup of expired assets, and its queued deletions: a rig that only ever runs

@@ -1431,3 +1431,48 @@ def test_a_closed_vault_says_so_in_every_thread(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="is closed; open it again"):
         vault.workspace.count()
     assert len(errors) == 1 and isinstance(errors[0], StorageError) and "is closed" in str(errors[0])
+
+
+def test_every_threads_connection_is_configured_alike(vault: Vault) -> None:
+    """The one connection of before had sqlite-utils' recursive_triggers on; each thread's must too, whatever
+    touched it first (it depended on whether that thread had used ``db.utils``)."""
+    import threading
+
+    settings: list[tuple[int, int, int]] = []
+
+    def read_settings() -> None:
+        conn = vault.db.conn
+        settings.append(tuple(conn.execute(f"PRAGMA {name}").fetchone()[0]  # type: ignore[arg-type]
+                              for name in ("recursive_triggers", "foreign_keys", "busy_timeout")))
+
+    read_settings()
+    thread = threading.Thread(target=read_settings)
+    thread.start()
+    thread.join()
+    assert settings[0] == settings[1] == (1, 1, 60_000)
+    assert vault.db.utils is vault.db.utils  # one sqlite-utils view per thread, not one per use
+
+
+def test_closing_the_vault_during_another_threads_write_is_a_vault_error(tmp_path: Path) -> None:
+    import threading
+
+    vault = Vault.create(tmp_path / "v", user_id=USER_A)
+    inside, closed = threading.Event(), threading.Event()
+    outcome: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            with vault.db.write() as conn:
+                inside.set()
+                closed.wait(10)
+                conn.execute("SELECT 1")
+        except BaseException as exc:  # looked at below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    inside.wait(10)
+    vault.close()
+    closed.set()
+    thread.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], StorageError) and "is closed" in str(outcome[0])

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import temp_files, without_dac_override
@@ -914,13 +915,18 @@ def test_the_first_file_of_a_new_day_folder_waits_for_its_sidecar(vault: Vault, 
     assert len(first_of_day) == 1 and first_of_day[0].original_prompt == "a red fox in snow"
 
 
-@pytest.mark.parametrize("mode", ["copy", "move"])
+@pytest.mark.parametrize("mode", ["copy", "move", "copy, buckets on memory://"])
 def test_a_sidecar_that_comes_after_its_file_was_taken_fills_its_placeholders(vault: Vault, out: Path, tmp_path: Path,
                                                                              mode: str) -> None:
     """The first image of a watch is taken before any sidecar was seen (nothing says the rig writes them): its
-    sidecar, coming a moment later, was never read, and the prompt and seed were lost."""
+    sidecar, coming a moment later, was never read, and the prompt and seed were lost. (On a vault whose files
+    are on another fsspec filesystem, the first version read the vault's copy by a local path: never filled.)"""
+    if "memory" in mode:
+        from fsspec.implementations.memory import MemoryFileSystem
+
+        vault = Vault.create(tmp_path / "vault-mem", user_id=USER, fs=MemoryFileSystem())
     seen = Recorder()
-    with Watcher(vault, out, on_event=seen, mode=mode):  # type: ignore[arg-type]
+    with Watcher(vault, out, on_event=seen, mode=mode.split(",")[0]):  # type: ignore[arg-type]
         write_by_rename(out, "00000-7.png", png_bytes(tmp_path, 7))
         assert wait_for(lambda: seen.names("imported") == ["00000-7.png"])
         (out / "00000-7.txt").write_text(A1111_TEXT.replace("4242", "77"))
@@ -993,3 +999,32 @@ def test_a_sidecar_written_while_its_file_was_imported_is_not_missed(tmp_path: P
     (tmp_path / "b.txt").write_text("a heron")
     assert wait.saw_sidecar(str(tmp_path / "b.txt"), complete=True) == []
     assert wait.late_sidecars() == [(str(tmp_path / "b.png"), "asset-b")] and wait.late_sidecars() == []
+
+
+def test_a_sidecar_read_while_still_written_is_read_again_at_its_close(vault: Vault, out: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Half-written when its file's import ended: read then (a prompt cut short), and, before, never again: the
+    row no longer held placeholders when the whole sidecar was closed. The rig's timing is forced: the sidecar's
+    first half is written just as the file is noted as taken without metadata."""
+    from localvault import _watch_sidecars
+
+    real = _watch_sidecars.SidecarWait.taken_without_metadata
+    writer: list[Any] = []
+
+    def half_written_then_noted(self: Any, path: str, asset_id: str) -> None:
+        handle = open(os.path.splitext(path)[0] + ".txt", "w")  # noqa: SIM115 - closed below, by the "rig"
+        handle.write("a red fox in t")
+        handle.flush()
+        writer.append(handle)
+        real(self, path, asset_id)
+
+    monkeypatch.setattr(_watch_sidecars.SidecarWait, "taken_without_metadata", half_written_then_noted)
+    seen = Recorder()
+    with Watcher(vault, out, on_event=seen):
+        write_by_rename(out, "00000-3.png", png_bytes(tmp_path, 3))
+        assert wait_for(lambda: seen.names("sidecar_read") == ["00000-3.png"])  # the half
+        writer[0].write("he snow\nSteps: 20, Sampler: Euler a, Seed: 424242, Model: sdxl")
+        writer[0].close()
+        assert wait_for(lambda: seen.names("sidecar_read") == ["00000-3.png"] * 2)
+    (asset,) = vault.workspace.list().items
+    assert (asset.original_prompt, asset.generation_seed, asset.model_used) == ("a red fox in the snow", 424242, "sdxl")

@@ -173,8 +173,9 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | N
     watcher = Watcher(ctx.vault(), folder, mode=mode, recursive=recursive, model=model, prompt=prompt,  # type: ignore[arg-type]
                       on_event=on_event)
     # on_event already shows every problem with a file; not a --move source kept, nor what no event carries
-    output.show_library_logs(False, still_from=("localvault._recovered", "localvault.importer",
-                                                "localvault.watch.notices"))
+    output.show_library_logs(False, still_from=("localvault._recovered", "localvault.importer.notices",
+                                                "localvault.watch.notices", "localvault.pending",
+                                                "localvault._write_intents", "localvault.workspace"))
     with _sigterm_as_ctrl_c():  # a service manager's stop ends it like Ctrl-C
         try:
             watcher.start()
