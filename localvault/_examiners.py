@@ -43,10 +43,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from ._disk import TEMP_PREFIX
 from ._examine import Examined, examine, stage
 from ._intake import Candidate
 from .errors import LocalVaultError, StorageError
-from .files import TEMP_PREFIX, WORKSPACE_BUCKET, FileStore
+from .files import WORKSPACE_BUCKET, FileStore
 from .models import GenerationInfo
 
 #: Frame header: the pickle's length.

@@ -32,9 +32,10 @@ import sqlite3
 from collections.abc import Iterable
 from datetime import timedelta
 
+from ._disk import TEMP_PREFIX
 from .db import Database, utc_in
 from .errors import LocalVaultError
-from .files import TEMP_PREFIX, FileStore
+from .files import FileStore
 from .pending import paths_in_use
 
 log = logging.getLogger(__name__)

@@ -25,9 +25,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ._disk import (
-    TEMP_PREFIX as TEMP_PREFIX,  # (re-exported: the vault's modules know it as files.TEMP_PREFIX)
-)
-from ._disk import (
+    TEMP_PREFIX,
     create_in_folder,
     drop_cached,
     fsync_path,

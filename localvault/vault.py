@@ -15,12 +15,12 @@ import fsspec
 
 from . import _write_intents as write_intents
 from . import models, pending
-from ._disk import unlink_quietly
+from ._disk import TEMP_PREFIX, unlink_quietly
 from .collections import Collections
 from .config import CONFIG_NAME, RemoteConfig, VaultConfig
 from .db import DB_NAME, Database
 from .errors import DuplicateError, InvalidInputError, LocalVaultError, NotFoundError, StorageError, VaultCorruptError
-from .files import LIBRARY_BUCKET, TEMP_PREFIX, WORKSPACE_BUCKET, FileStore
+from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
 from .library import Library
 from .models import LibraryAsset, WorkspaceAsset
 from .progress import ProgressCallback

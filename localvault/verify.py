@@ -20,11 +20,11 @@ from typing import NamedTuple
 
 from . import _write_intents as write_intents
 from . import pending
-from ._disk import unlink_quietly
+from ._disk import TEMP_PREFIX, unlink_quietly
 from ._recovered import copy_to_recovered, recover
 from .db import Database
 from .errors import StorageError
-from .files import LIBRARY_BUCKET, TEMP_PREFIX, WORKSPACE_BUCKET, FileStore
+from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
 from .models import SURROGATES
 from .progress import ProgressCallback, report
 
