@@ -62,14 +62,12 @@ class SidecarWait:
             self._folders.add(folder)
             if not complete:
                 return []
-            released = [held for held in self._held
-                        if os.path.dirname(held) == folder and name in sidecar.candidate_names(os.path.basename(held))]
+            released = [held for held in self._held if _is_its_sidecar(path, held)]
             for held in released:
                 del self._held[held]
             now = time.monotonic()
             for taken, (asset_id, until) in list(self._taken_bare.items()):
-                if until > now and os.path.dirname(taken) == folder and name in sidecar.candidate_names(
-                        os.path.basename(taken)):
+                if until > now and _is_its_sidecar(path, taken):
                     del self._taken_bare[taken]
                     self._late.append((taken, asset_id))
         return released
@@ -79,9 +77,8 @@ class SidecarWait:
         :data:`LATE_SIDECAR_SECONDS` is handed out by :meth:`late_sidecars` (the first file of a watch is
         taken before any sidecar was seen, and a slow rig may miss the wait)."""
         now = time.monotonic()
-        folder, name = os.path.split(path)
         # One there already came while the file was imported (its reading found none): its event may be past.
-        arrived = any(_has_text(os.path.join(folder, candidate)) for candidate in sidecar.candidate_names(name))
+        arrived = _has_sidecar(*os.path.split(path), written=float("-inf"))
         with self._lock:
             for old in [p for p, (_a, until) in self._taken_bare.items() if until <= now]:
                 del self._taken_bare[old]
@@ -149,11 +146,10 @@ class SidecarWait:
         return held
 
 
-def _has_text(path: str) -> bool:
-    try:
-        return os.stat(path).st_size > 0
-    except OSError:
-        return False
+def _is_its_sidecar(sidecar_path: str, path: str) -> bool:
+    """Whether ``sidecar_path`` is a sidecar name of the file ``path`` (beside it)."""
+    folder, name = os.path.split(sidecar_path)
+    return os.path.dirname(path) == folder and name in sidecar.candidate_names(os.path.basename(path))
 
 
 #: A sidecar written this much before its file still counts as its own (clocks of network disks differ a little).

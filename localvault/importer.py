@@ -47,7 +47,7 @@ from typing import Literal
 from . import models
 from ._examine import PLACEHOLDERS, Examined, examine, stage
 from ._examiners import ExaminerProcesses, WorkerSetup, WorkerStartError, known_hashes
-from ._import_commit import commit_batch, discard_quietly, refuse
+from ._import_commit import commit_batch, discard_quietly, notices, refuse
 from ._import_pipeline import Batch, Chunk, done_future, each, to_the_end
 from ._intake import Candidate, JobGrouper, check_path, is_candidate_name, is_ignored_name, scan
 from .db import Database
@@ -58,7 +58,6 @@ from .progress import ProgressCallback, report
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
-notices = logging.getLogger(f"{__name__}.notices")  # (see _import_commit.notices)
 
 Mode = Literal["copy", "move", "link"]
 MODES = ("copy", "move", "link")

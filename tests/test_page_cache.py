@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,6 @@ from PIL import Image
 
 from localvault import Vault
 from localvault.files import WORKSPACE_BUCKET
-
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore and fadvise are Linux's")
 
 USER = "0d0d0d0d-0000-4000-8000-00000000000d"
 SIDE = 300  # 300x300 noise, stored: ~270 KB, 66 pages
