@@ -329,6 +329,42 @@ def test_deleting_a_user_cascades(db: Conn, users: tuple[uuid.UUID, uuid.UUID]) 
     rows = db.execute("SELECT user_id FROM public.user_library").fetchall()
     assert rows == [(b,)]
     assert db.execute("SELECT count(*) FROM public.user_collections").fetchone() == (0,)
+    # the user's rows leave no record of their deletion behind (migration 6), the other user's records stay
+    db.execute("DELETE FROM public.user_library WHERE user_id = %s", (b,))
+    assert db.execute("SELECT user_id FROM localvault.deleted_rows").fetchall() == [(b,)]
+
+
+# ------------------------------------------------------ deletions recorded
+
+
+def test_every_deletion_is_recorded_for_its_owner_alone(db: Conn, users: tuple[uuid.UUID, uuid.UUID]) -> None:
+    """Whoever deletes a library entry or collection (a vault, the web app as its user), the server records it
+    (migration 6); a user reads only their own records, may only re-time them, and can neither add nor remove one."""
+    a, b = users
+    a_coll, a_asset, b_asset = add_collection(db, a), add_asset(db, a), add_asset(db, b)
+    with as_user(db, a) as conn:
+        conn.execute("DELETE FROM public.user_library WHERE id = %s", (a_asset,))
+        conn.execute("DELETE FROM public.user_collections WHERE id = %s", (a_coll,))
+    db.execute("DELETE FROM public.user_library WHERE id = %s", (b_asset,))
+    records = db.execute("SELECT row_table, id, user_id FROM localvault.deleted_rows ORDER BY user_id = %s, row_table",
+                         (b,)).fetchall()
+    assert records == [("user_collections", a_coll, a), ("user_library", a_asset, a), ("user_library", b_asset, b)]
+    with as_user(db, a) as conn:
+        assert {r[0] for r in conn.execute("SELECT id FROM localvault.deleted_rows")} == {a_coll, a_asset}
+        assert conn.execute("UPDATE localvault.deleted_rows SET deleted_at = now() - interval '1 day' "
+                            "WHERE id = %s", (b_asset,)).rowcount == 0
+        assert conn.execute("UPDATE localvault.deleted_rows SET deleted_at = now() - interval '1 day' "
+                            "WHERE id = %s", (a_asset,)).rowcount == 1
+    for statement in ("INSERT INTO localvault.deleted_rows (row_table, id, user_id) VALUES ('user_library', %s, %s)",
+                      "DELETE FROM localvault.deleted_rows WHERE id = %s AND user_id = %s",
+                      "UPDATE localvault.deleted_rows SET user_id = %s WHERE user_id = %s"):
+        with pytest.raises(pgerrors.InsufficientPrivilege):
+            with as_user(db, a) as conn:
+                conn.execute(statement, (a_asset, a) if "INSERT" in statement or "DELETE" in statement else (b, a))
+    with pytest.raises(pgerrors.InsufficientPrivilege):
+        with as_user(db, None) as conn:
+            conn.execute("SELECT * FROM localvault.deleted_rows")
+    assert db.execute("SELECT count(*) FROM localvault.deleted_rows").fetchone() == (3,)
 
 
 # --------------------------------------------------- same-user collections

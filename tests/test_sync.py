@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -477,7 +479,9 @@ def test_full_sync_sends_again_what_the_server_lost(vault: Vault, remote: Remote
     vault.sync(remote)
     lost = vault.library.get(ids[0])
     with psycopg.connect(remote.database_url, autocommit=True) as conn:
+        # lost, not deleted: a server restored from an older backup keeps no record of the row's deletion either
         conn.execute("DELETE FROM public.user_library WHERE id = %s", (ids[0],))
+        conn.execute("DELETE FROM localvault.deleted_rows WHERE id = %s", (ids[0],))
         conn.execute("UPDATE public.user_library SET title = 'edited on the web' WHERE id = %s", (ids[1],))
     boto3.client("s3", endpoint_url=s3_bucket.storage_options["client_kwargs"]["endpoint_url"],
                  aws_access_key_id=s3_bucket.storage_options["key"],
@@ -494,6 +498,70 @@ def test_full_sync_sends_again_what_the_server_lost(vault: Vault, remote: Remote
     assert set(rows) == set(ids) and rows[ids[1]]["title"] == "edited on the web"
     assert _objects(s3_bucket.storage_options, s3_bucket.name)[lost.storage_path] == lost.file_size_bytes
     assert status(vault, remote).pending_changes == 0
+
+
+def _delete_on_the_web(dsn: str, table: str, row_id: str, user: str = USER_A) -> None:
+    """Delete a row as the web app does: as the user, through row-level security."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SELECT set_config('request.jwt.claims', %s, true)", (f'{{"sub": "{user}", "role": "authenticated"}}',))
+        conn.execute("SET LOCAL ROLE authenticated")
+        assert conn.execute(f"DELETE FROM public.{table} WHERE id = %s", (row_id,)).rowcount == 1
+
+
+def test_an_edit_older_than_the_server_s_delete_does_not_bring_the_row_back(vault: Vault, remote: Remote,
+                                                                            s3_bucket: Any, tmp_path: Path) -> None:
+    """Last writer wins between an edit and a delete: the server records what was deleted (and when), so an edit
+    made before a deletion on the web, pushed after it, or `sync --full`, leaves it deleted; an edit made after it
+    brings it back."""
+    ids = _fill(vault, tmp_path, 3)
+    vault.sync(remote)
+    vault.library.update(ids[0], title="edited on the rig, offline")  # before the web app's delete
+    _delete_on_the_web(remote.database_url, "user_library", ids[0])
+    _delete_on_the_web(remote.database_url, "user_library", ids[1])
+    report = vault.sync(remote)
+    assert (report.rows_written, report.conflicts) == (0, 1)
+    assert set(_server_rows(remote.database_url, "user_library")) == {ids[2]}
+    report = vault.sync(remote, full=True)
+    assert (report.rows_written, report.conflicts) == (0, 2)
+    assert set(_server_rows(remote.database_url, "user_library")) == {ids[2]}
+    vault.library.update(ids[1], title="edited after the delete")
+    report = vault.sync(remote)
+    assert (report.rows_written, report.conflicts) == (1, 0)
+    rows = _server_rows(remote.database_url, "user_library")
+    assert set(rows) == {ids[1], ids[2]} and rows[ids[1]]["title"] == "edited after the delete"
+
+
+def test_a_vault_s_delete_is_recorded_with_its_own_time(vault: Vault, remote: Remote, tmp_path: Path) -> None:
+    """A delete pushed later than it was made is recorded at the time it was made (as edits carry theirs): another
+    rig's edit made in between must still win over it."""
+    ids = _fill(vault, tmp_path, 2)
+    vault.sync(remote)
+    vault.library.delete(ids[0])
+    time.sleep(0.3)
+    with psycopg.connect(remote.database_url) as conn:
+        before_sync = conn.execute("SELECT now()").fetchone()[0]
+    assert vault.sync(remote).rows_deleted == 1
+    with psycopg.connect(remote.database_url) as conn:
+        (deleted_at,) = conn.execute("SELECT deleted_at FROM localvault.deleted_rows WHERE id = %s", (ids[0],)).fetchone()
+    assert deleted_at < before_sync - datetime.timedelta(seconds=0.2)
+
+
+def test_an_entry_whose_collection_was_deleted_on_the_web_arrives_outside_it(vault: Vault, remote: Remote,
+                                                                             s3_bucket: Any, tmp_path: Path) -> None:
+    """A collection deleted on the web stays deleted; entries a rig saved into it meanwhile arrive outside any
+    collection (as the server's own ON DELETE SET NULL leaves the others), not refused for good."""
+    collection = vault.collections.create("trips")
+    (kept,) = _fill(vault, tmp_path, 1, collection="trips")
+    vault.sync(remote)
+    _delete_on_the_web(remote.database_url, "user_collections", collection.id)
+    (new,) = _fill(vault, tmp_path, 1, start=1, collection="trips")
+    vault.library.update(kept, title="edited after the collection's deletion")
+    report = vault.sync(remote)
+    assert report.rejected == 0 and report.rows_written == 2
+    rows = _server_rows(remote.database_url, "user_library")
+    assert rows[new]["collection_id"] is None and rows[kept]["collection_id"] is None
+    assert rows[kept]["title"] == "edited after the collection's deletion"
+    assert _server_rows(remote.database_url, "user_collections") == {}
 
 
 def test_dry_run_changes_nothing(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path) -> None:
@@ -560,20 +628,20 @@ def test_rls_blocks_crafted_rows_of_another_user(vault: Vault, remote: Remote, t
     assert str(rows[b_id]["user_id"]) == USER_B and rows[b_id]["title"] == "t50"
 
 
-def test_a_missing_grant_fails_the_sync_and_keeps_every_row_queued(vault: Vault, remote: Remote, s3_bucket: Any,
-                                                                  tmp_path: Path) -> None:
+@pytest.mark.parametrize("grant", ["INSERT ON public.user_library", "SELECT ON localvault.deleted_rows"])
+def test_a_missing_grant_fails_the_sync_and_keeps_every_row_queued(grant: str, vault: Vault, remote: Remote,
+                                                                  s3_bucket: Any, tmp_path: Path) -> None:
     """42501 "permission denied for table" (a GRANT missing on the server) is no row's refusal, unlike RLS's 42501:
     found before the sync by asking the server, since its messages (perhaps localized) cannot tell them apart."""
     _fill(vault, tmp_path, 3)
     with psycopg.connect(remote.database_url, autocommit=True) as conn:
-        conn.execute("REVOKE INSERT ON public.user_library FROM authenticated")
-    with pytest.raises(SyncError, match=r"lacks INSERT ON public.user_library, .*run 'GRANT INSERT ON "
-                                        r"public.user_library TO authenticated' on the server"):
+        conn.execute(f"REVOKE {grant} FROM authenticated")
+    with pytest.raises(SyncError, match=rf"lacks {grant}, .*run 'GRANT {grant} TO authenticated' on the server"):
         vault.sync(remote)
     state = status(vault, remote)
     assert state.rejected == [] and state.pending_changes == 3
     with psycopg.connect(remote.database_url, autocommit=True) as conn:
-        conn.execute("GRANT INSERT ON public.user_library TO authenticated")
+        conn.execute(f"GRANT {grant} TO authenticated")
     assert vault.sync(remote).rows_written == 3
     assert_mirrors(vault, remote, s3_bucket)
 

@@ -420,6 +420,7 @@ def test_full_sync_from_the_cli(vault_path: Path, server: str, s3_bucket: Any, t
     ok(run(*vault, "sync"))
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute("DELETE FROM public.user_library WHERE id = %s", (ids[0],))
+        conn.execute("DELETE FROM localvault.deleted_rows WHERE id = %s", (ids[0],))  # lost: no record of a delete
     assert as_json(run(*vault, "sync", "--json"))["rows_written"] == 0
     assert as_json(run(*vault, "sync", "--full", "--dry-run", "--json"))["rows_written"] == 2
     report = as_json(run(*vault, "sync", "--full", "--json"))

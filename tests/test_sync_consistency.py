@@ -34,6 +34,13 @@ def server_sql(remote: Remote, sql: str, params: tuple[Any, ...] = ()) -> None:
         conn.execute(sql, params)
 
 
+def lose_on_server(remote: Remote, table: str, row_id: str) -> None:
+    """Remove a row as a server restored from an older backup lacks it: without the record a delete leaves (a
+    collection deleted on the web instead stays deleted, and its entries arrive outside it: no refusal)."""
+    server_sql(remote, f"DELETE FROM public.{table} WHERE id = %s", (row_id,))
+    server_sql(remote, "DELETE FROM localvault.deleted_rows WHERE id = %s", (row_id,))
+
+
 def rejected(vault: Vault) -> list[tuple[str, str, str]]:
     return vault.db.conn.execute("SELECT table_name, row_id, sqlstate FROM sync_rejected ORDER BY seq").fetchall()
 
@@ -79,9 +86,9 @@ def test_a_hash_freed_by_a_delete_later_in_the_batch_is_not_refused(vault: Vault
     """Rows are isolated after an unrelated refusal; a row is tried again once the batch's deletes are done."""
     source = _image(tmp_path, 7)
     old = vault.library.add(source, title="first")
-    gone = vault.collections.create("Gone on the web")
+    gone = vault.collections.create("Lost by the server")
     vault.sync(remote)
-    server_sql(remote, "DELETE FROM public.user_collections WHERE id = %s", (gone.id,))
+    lose_on_server(remote, "user_collections", gone.id)
     moved = vault.library.add(_image(tmp_path, 8), title="moved", collection=gone.id)  # refused: 23503
     vault.library.delete(old.id)
     new = vault.library.add(source, title="again")
@@ -173,9 +180,9 @@ def test_a_delete_wins_over_this_vaults_own_edits_stamped_ahead_of_the_clock(
 def test_a_refusal_is_dropped_once_a_later_edit_of_its_row_goes_through(vault: Vault, remote: Remote, s3_bucket: Any,
                                                                          tmp_path: Path) -> None:
     asset = vault.library.add(_image(tmp_path, 1), title="a")
-    gone = vault.collections.create("Gone on the web")
+    gone = vault.collections.create("Lost by the server")
     vault.sync(remote)
-    server_sql(remote, "DELETE FROM public.user_collections WHERE id = %s", (gone.id,))
+    lose_on_server(remote, "user_collections", gone.id)
     vault.library.move(asset.id, gone.id)
     assert vault.sync(remote).rejected == 1 and len(status(vault, remote).rejected) == 1
 
@@ -188,9 +195,9 @@ def test_a_refusal_is_dropped_once_a_later_edit_of_its_row_goes_through(vault: V
 
 def test_a_refusal_refused_again_is_listed_once(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path) -> None:
     asset = vault.library.add(_image(tmp_path, 1), title="a")
-    gone = vault.collections.create("Gone on the web")
+    gone = vault.collections.create("Lost by the server")
     vault.sync(remote)
-    server_sql(remote, "DELETE FROM public.user_collections WHERE id = %s", (gone.id,))
+    lose_on_server(remote, "user_collections", gone.id)
     vault.library.move(asset.id, gone.id)
     vault.sync(remote)
     vault.library.update(asset.id, title="still in the deleted collection")

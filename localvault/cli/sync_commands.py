@@ -123,7 +123,7 @@ def sync(ctx: Context, dry_run: bool, retry_rejected: bool, full: bool, as_json:
     output.console.print(
         f"{push_} {result.rows_written} rows, {delete} {result.rows_deleted}; {upload} {result.files_uploaded} files "
         f"({result.bytes_uploaded:,} bytes), {result.files_skipped} already there; "
-        f"{result.conflicts} kept newer on server; {result.rejected} refused", highlight=False)
+        f"{result.conflicts} kept newer on server (edited or deleted there later); {result.rejected} refused", highlight=False)
     if result.rejected:
         output.warning("some changes were refused by the server or the bucket; see 'localvault status'")
 

@@ -52,6 +52,7 @@ class SyncReport:
     bytes_uploaded: int = 0
     files_skipped: int = 0
     objects_deleted: int = 0
+    #: Changes the server kept its own newer state against: a row edited, or deleted, there after the change.
     conflicts: int = 0
     rejected: int = 0
     batches: int = 0

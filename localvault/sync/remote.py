@@ -34,9 +34,11 @@ PERMANENT_CLASSES = ("22", "23")
 #: 42501 is a row-level security policy's refusal of a row. A missing GRANT shares the code but refuses every
 #: row alike; :meth:`Remote.check` finds that before a sync (the server's messages, localized, cannot tell them).
 PERMANENT_CODES = ("42501",)
-#: What the vault's pushes do, as the role ``authenticated``, on each table (SELECT: RETURNING, ON CONFLICT).
-NEEDED_GRANTS = tuple((table, privilege) for table in ("user_library", "user_collections")
-                      for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE"))
+#: What the vault's pushes do, as the role ``authenticated``, on each table (SELECT: RETURNING, ON CONFLICT; the
+#: server's record of deletions is read by the upserts and stamped by the deletes).
+NEEDED_GRANTS = (*((f"public.{table}", privilege) for table in ("user_library", "user_collections")
+                    for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE")),
+                 ("localvault.deleted_rows", "SELECT"), ("localvault.deleted_rows", "UPDATE"))
 
 
 def is_permanent(error: psycopg.Error) -> bool:
@@ -45,22 +47,40 @@ def is_permanent(error: psycopg.Error) -> bool:
     return code[:2] in PERMANENT_CLASSES or code in PERMANENT_CODES
 
 
+#: A row deleted on the server at or after this row's ``updated_at`` (server migration 6): not brought back.
+_DELETED_SINCE = ("EXISTS (SELECT 1 FROM localvault.deleted_rows d WHERE d.row_table = '{table}' AND d.id = {id} "
+                  "AND d.deleted_at >= {time})")
+
+
 def _upsert_sql(table: str, columns: tuple[str, ...]) -> str:
     names = ", ".join(columns)
+    values = ", ".join(_COLUMN_VALUES.get((table, c), f"s.{c}") for c in columns)
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in ("id", "user_id", "created_at"))
     # Last writer wins on updated_at: a re-sent batch (equal updated_at) or an
-    # older local edit changes nothing (local updated_at grows on every edit).
+    # older local edit changes nothing (local updated_at grows on every edit);
+    # nor does an edit older than the row's deletion on the server.
     # Another user's row always goes on to the UPDATE, which RLS refuses (42501): were it skipped when older,
     # a crafted id would tell whether that row changed since a given time, and the vault's row would be
     # counted as kept by the server while it is not there at all.
+    deleted_since = _DELETED_SINCE.format(table=table, id="s.id", time="s.updated_at")
     return (
-        f"INSERT INTO public.{table} AS t ({names}) SELECT {names} "
-        f"FROM jsonb_populate_recordset(NULL::public.{table}, %s::jsonb) "
+        f"INSERT INTO public.{table} AS t ({names}) SELECT {values} "
+        f"FROM jsonb_populate_recordset(NULL::public.{table}, %s::jsonb) AS s WHERE NOT {deleted_since} "
         f"ON CONFLICT (id) DO UPDATE SET {updates} "
         "WHERE t.user_id IS DISTINCT FROM EXCLUDED.user_id OR t.updated_at < EXCLUDED.updated_at "
         "RETURNING t.id"
     )
 
+
+#: A library row whose collection was deleted on the server (and not brought back) arrives outside any
+#: collection, as the server's ``ON DELETE SET NULL`` would have left it, rather than refused for good.
+_COLUMN_VALUES = {
+    ("user_library", "collection_id"): (
+        "CASE WHEN s.collection_id IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM public.user_collections c WHERE c.id = s.collection_id) "
+        "AND EXISTS (SELECT 1 FROM localvault.deleted_rows d WHERE d.row_table = 'user_collections' "
+        "AND d.id = s.collection_id) THEN NULL ELSE s.collection_id END"),
+}
 
 LIBRARY_UPSERT = _upsert_sql("user_library", LIBRARY_COLUMNS)
 COLLECTION_UPSERT = _upsert_sql("user_collections", COLLECTION_COLUMNS)
@@ -68,6 +88,13 @@ COLLECTION_UPSERT = _upsert_sql("user_collections", COLLECTION_COLUMNS)
 DELETE_SQL = (
     "DELETE FROM public.{table} AS t USING jsonb_to_recordset(%s::jsonb) AS d(id uuid, deleted_at timestamptz) "
     "WHERE t.id = d.id AND t.updated_at <= d.deleted_at RETURNING t.id"
+)
+# ... and the server's record of the deletion (made by its trigger, at the server's time) takes the delete's
+# own time, as the rows' updated_at do: an edit by another rig made after this delete must still win.
+STAMP_DELETIONS_SQL = (
+    "UPDATE localvault.deleted_rows AS r SET deleted_at = d.deleted_at "
+    "FROM jsonb_to_recordset(%s::jsonb) AS d(id uuid, deleted_at timestamptz) "
+    "WHERE r.row_table = %s AND r.id = d.id AND r.id = ANY(%s::uuid[])"
 )
 
 
@@ -130,6 +157,7 @@ def _check_user(conn: psycopg.Connection[Any], user_id: str) -> None:
 #: to grant if it is false): the schema's USAGE, and EXECUTE of auth.uid(), which every RLS policy calls.
 _OTHER_GRANTS = (
     ("has_schema_privilege('authenticated', 'public', 'USAGE')", "USAGE ON SCHEMA public"),
+    ("has_schema_privilege('authenticated', 'localvault', 'USAGE')", "USAGE ON SCHEMA localvault"),
     ("has_function_privilege('authenticated', 'auth.uid()', 'EXECUTE')", "EXECUTE ON FUNCTION auth.uid()"),
 )
 
@@ -143,7 +171,7 @@ def _check_grants(conn: psycopg.Connection[Any]) -> None:
     """
     table_checks = [
         (f"has_{'table' if privilege == 'DELETE' else 'any_column'}_privilege('authenticated', "
-         f"'public.{table}', '{privilege}')", f"{privilege} ON public.{table}")
+         f"'{table}', '{privilege}')", f"{privilege} ON {table}")
         for table, privilege in NEEDED_GRANTS]
     checks = [*table_checks, *_OTHER_GRANTS]
     try:
@@ -273,6 +301,8 @@ class Remote:
                             result.rejected.update(((table, row["id"]), error) for row, error in refused)
                     else:
                         done = [r[0] for r in conn.execute(statement, (json_array(rows),)).fetchall()]
+                    if is_delete and done:
+                        conn.execute(STAMP_DELETIONS_SQL, (json_array(rows), table, [str(d) for d in done]))
                     self._count(conn, table, _without(rows, refused), done, is_delete, result)
                 if changes.library_deletes:
                     wanted = [d["id"] for d in changes.library_deletes]
@@ -301,14 +331,18 @@ class Remote:
 
     @staticmethod
     def _newer_on_server(conn: psycopg.Connection[Any], table: str, rows: list[dict[str, Any]], done: list[Any]) -> int:
-        """How many rows were skipped because the server's copy is newer (not merely already there)."""
+        """How many rows were skipped because the server's copy is newer, or its deletion is (not merely already
+        there)."""
         written = {str(d) for d in done}
         skipped = [{"id": r["id"], "updated_at": r["updated_at"]} for r in rows if r["id"] not in written]
         if not skipped:
             return 0
+        deleted_since = _DELETED_SINCE.format(table=table, id="s.id", time="s.updated_at")
         row = conn.execute(
-            f"SELECT count(*) FROM public.{table} AS t JOIN jsonb_to_recordset(%s::jsonb) AS s(id uuid, updated_at timestamptz)"
-            " ON t.id = s.id WHERE t.updated_at > s.updated_at", (json.dumps(skipped),)).fetchone()
+            "SELECT count(*) FROM jsonb_to_recordset(%s::jsonb) AS s(id uuid, updated_at timestamptz) WHERE "
+            f"EXISTS (SELECT 1 FROM public.{table} t WHERE t.id = s.id AND t.updated_at > s.updated_at) OR "
+            f"(NOT EXISTS (SELECT 1 FROM public.{table} t WHERE t.id = s.id) AND {deleted_since})",
+            (json.dumps(skipped),)).fetchone()
         return int(row[0]) if row else 0
 
     @staticmethod
