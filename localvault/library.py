@@ -17,7 +17,7 @@ from .db import Database, format_time
 from .errors import DuplicateError, InvalidInputError, NotFoundError
 from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
 from .ingest import prepare_with_values
-from .models import LibraryAsset, Page, Visibility
+from .models import GenerationInfo, LibraryAsset, Page, Visibility
 
 
 class _Unset:
@@ -115,6 +115,7 @@ class Library:
         seed: int | None = None,
         model: str | None = None,
         settings: dict[str, Any] | str | None = None,
+        info: GenerationInfo | None = None,
         title: str | None = None,
         tags: Iterable[str] = (),
         collection: str | None = None,
@@ -124,12 +125,13 @@ class Library:
     ) -> LibraryAsset:
         """Put a file straight into the library (no workspace step).
 
-        ``prompt``, ``seed``, ``model`` and ``settings`` default to what the
-        file (or its sidecar) says, then to "", 0, "unknown" and {}.
+        ``prompt``, ``seed``, ``model`` and ``settings`` default to ``info``
+        (what a rig embedded in the file or its sidecar, read from it unless
+        given), then to "", 0, "unknown" and {}.
         """
         fields = self._check_fields(title, tags, favorite, visibility)
         asset_id = str(uuid.uuid4())
-        prepared, values = prepare_with_values(self._files, source, LIBRARY_BUCKET, self.user_id, on_bytes, None,
+        prepared, values = prepare_with_values(self._files, source, LIBRARY_BUCKET, self.user_id, on_bytes, info,
                                                seed=seed, prompt=prompt, model=model, settings=settings)
         relative = f"{self.user_id}/{asset_id}.{prepared.extension}"
         committed = False

@@ -147,6 +147,8 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "another user's library asset": (NotFoundError, lambda c: c.other.library.delete(c.kept.id)),
     "info that is a dict, not a GenerationInfo": (
         InvalidInputError, lambda c: c.vault.workspace.add(c.file("i1.png", _png(60)), info={"prompt": "x"})),
+    "info that is a dict, not a GenerationInfo (library)": (
+        InvalidInputError, lambda c: c.vault.library.add(c.file("i2.png", _png(61)), info={"prompt": "x"})),
     "collection named by a number": (InvalidInputError, lambda c: c.vault.library.save(c.fresh_ws.id, collection=5)),
     # ---- seed
     "negative seed": (InvalidInputError, lambda c: c.vault.workspace.add(c.file("s1.png", _png(14)), seed=-1)),

@@ -276,6 +276,20 @@ def test_add_defaults_and_job_indexes(vault: Vault, make_image):
     assert {a.id for a in vault.workspace.list(job_id=first.job_id).items} == {first.id, second.id, third.id}
 
 
+@pytest.mark.parametrize("area", ["workspace", "library"])
+def test_add_takes_metadata_read_beforehand_and_explicit_values_win(area: str, vault: Vault, make_image):
+    """An app that read the metadata itself (or built it) hands it over as ``info``, in both areas alike."""
+    from localvault import GenerationInfo
+
+    info = GenerationInfo(prompt="a fox in snow", seed=77, model="sdxl", settings={"steps": 30})
+    add = getattr(vault, area).add
+    asset = add(make_image(seed=40), info=info)
+    assert (asset.original_prompt, asset.generation_seed, asset.model_used) == ("a fox in snow", 77, "sdxl")
+    assert asset.generation_settings["steps"] == 30
+    asset = add(make_image(seed=41), info=info, seed=5, model="flux")
+    assert (asset.original_prompt, asset.generation_seed, asset.model_used) == ("a fox in snow", 5, "flux")
+
+
 # ---------------------------------------------------------------- listing
 
 
