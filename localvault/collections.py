@@ -62,6 +62,7 @@ class Collections:
             raise DuplicateError(f"a collection named {name!r} already exists; choose another name")
 
     def get(self, ref: str) -> Collection:
+        """A collection of this user by name or id (with its exact ``asset_count``); NotFoundError otherwise."""
         conn = self._db.conn
         collection_id = resolve(conn, self.user_id, ref)
         row = conn.execute(f"SELECT {rows.COLLECTION_COLUMNS} FROM user_collections WHERE id = ?", (collection_id,)).fetchone()
@@ -76,6 +77,7 @@ class Collections:
         return [rows.collection(r) for r in found]
 
     def rename(self, ref: str, new_name: str) -> Collection:
+        """Give a collection (by name or id) a new name; DuplicateError if another collection has it."""
         new_name = models.check_name(new_name)
         with self._db.write() as conn:
             collection_id = resolve(conn, self.user_id, ref)
@@ -86,6 +88,7 @@ class Collections:
             return self.get(collection_id)
 
     def describe(self, ref: str, description: str | None) -> Collection:
+        """Set a collection's description (None clears it)."""
         description = models.check_description(description)
         with self._db.write() as conn:
             collection_id = resolve(conn, self.user_id, ref)

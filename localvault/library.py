@@ -193,15 +193,18 @@ class Library:
         return rows.library_asset(row)
 
     def find_sha256(self, sha256: str) -> LibraryAsset | None:
+        """This user's library asset holding these bytes (a hex sha256); None if none."""
         row = self._db.conn.execute(
             f"SELECT {rows.LIBRARY_COLUMNS} FROM user_library WHERE user_id = ? AND sha256 = ?", (self.user_id, sha256)
         ).fetchone()
         return rows.library_asset(row) if row else None
 
     def count(self) -> int:
+        """How many library assets this user has."""
         return int(self._db.conn.execute("SELECT count(*) FROM user_library WHERE user_id = ?", (self.user_id,)).fetchone()[0])
 
     def file_path(self, asset: LibraryAsset) -> str:
+        """Where the asset's file lives on the vault's filesystem."""
         return self._files.full_path(LIBRARY_BUCKET, asset.storage_path)
 
     def list(

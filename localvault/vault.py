@@ -249,6 +249,7 @@ class Vault:
             self.workspace.cleanup(max_assets=AUTO_CLEANUP_BUDGET)
 
     def close(self) -> None:
+        """Close the vault's database connections (every thread's); any later call raises StorageError."""
         self.db.close()
 
     def __enter__(self) -> Vault:

@@ -174,6 +174,7 @@ class Watcher:
 
     @property
     def running(self) -> bool:
+        """Whether the watcher is started and has not ended (stopped, or on an error)."""
         return self._thread is not None and not self._ended.is_set()
 
     def __enter__(self) -> Watcher:

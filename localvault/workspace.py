@@ -319,6 +319,7 @@ class Workspace:
         return rows.workspace_asset(row)
 
     def find_sha256(self, sha256: str) -> WorkspaceAsset | None:
+        """This user's workspace asset holding these bytes (a hex sha256), expired or not; None if none."""
         row = self._db.conn.execute(
             f"SELECT {rows.WORKSPACE_COLUMNS} FROM workspace_assets WHERE user_id = ? AND sha256 = ?", (self.user_id, sha256)
         ).fetchone()
@@ -345,6 +346,7 @@ class Workspace:
         return Page(items=items, next_cursor=next_cursor)
 
     def count(self) -> int:
+        """How many workspace assets this user has (expired ones not yet cleaned up included)."""
         return int(self._db.conn.execute("SELECT count(*) FROM workspace_assets WHERE user_id = ?", (self.user_id,)).fetchone()[0])
 
     def file_path(self, asset: WorkspaceAsset) -> str:

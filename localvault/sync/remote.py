@@ -210,6 +210,7 @@ class Remote:
         return self._conn
 
     def close(self) -> None:
+        """Close the PostgreSQL connection, if open (the next call opens a new one)."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class RejectedChange:
+    """A change the server or bucket refused for good (``sync_rejected``): sent again by ``retry_rejected``."""
+
     table_name: str
     row_id: str
     op: str
