@@ -531,6 +531,113 @@ def test_an_edit_older_than_the_server_s_delete_does_not_bring_the_row_back(vaul
     assert set(rows) == {ids[1], ids[2]} and rows[ids[1]]["title"] == "edited after the delete"
 
 
+def _s3_of(s3_bucket: Any) -> Any:
+    options = s3_bucket.storage_options
+    return boto3.client("s3", endpoint_url=options["client_kwargs"]["endpoint_url"], aws_access_key_id=options["key"],
+                        aws_secret_access_key=options["secret"], region_name="us-east-1")
+
+
+def test_the_files_of_rows_the_server_keeps_deleted_are_not_sent_again(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                                       tmp_path: Path) -> None:
+    """The web app deleted two entries, rows and objects; an older edit of one, then `sync --full`, keep them
+    deleted, and leave the bucket without their files (no object without a row)."""
+    ids = _fill(vault, tmp_path, 2)
+    vault.sync(remote)
+    vault.library.update(ids[0], title="edited offline, before the web delete")
+    for asset_id in ids:
+        _delete_on_the_web(remote.database_url, "user_library", asset_id)
+        _s3_of(s3_bucket).delete_object(Bucket=s3_bucket.name, Key=vault.library.get(asset_id).storage_path)
+    report = vault.sync(remote)
+    assert (report.rows_written, report.conflicts, report.files_uploaded) == (0, 1, 0)
+    report = vault.sync(remote, full=True)
+    assert (report.rows_written, report.conflicts, report.files_uploaded) == (0, 2, 0)
+    assert _server_rows(remote.database_url, "user_library") == {}
+    assert _objects(s3_bucket.storage_options, s3_bucket.name) == {}
+
+
+def test_a_file_sent_for_a_row_deleted_on_the_web_meanwhile_is_removed(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                                       tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deleted on the web between the check before the upload and the upsert: the object sent goes again."""
+    (asset_id,) = _fill(vault, tmp_path, 1)
+    vault.sync(remote)
+    vault.library.update(asset_id, title="edited offline")
+    _s3_of(s3_bucket).delete_object(Bucket=s3_bucket.name, Key=vault.library.get(asset_id).storage_path)
+    checked = Remote.kept_deleted
+
+    def then_deleted_on_the_web(self: Remote, user_id: str, rows: list[dict[str, Any]]) -> set[str]:
+        kept = checked(self, user_id, rows)
+        _delete_on_the_web(remote.database_url, "user_library", asset_id)
+        return kept
+
+    monkeypatch.setattr(Remote, "kept_deleted", then_deleted_on_the_web)
+    report = vault.sync(remote)
+    assert (report.rows_written, report.conflicts, report.files_uploaded, report.objects_deleted) == (0, 1, 1, 1)
+    assert _objects(s3_bucket.storage_options, s3_bucket.name) == {}
+
+
+def test_a_web_delete_stays_when_the_vault_s_clock_ran_ahead(vault: Vault, remote: Remote, tmp_path: Path) -> None:
+    """A row whose updated_at is ahead of the server's clock (a vault clock running fast) is deleted on the web:
+    sending that same version again must not pass for newer than its deletion."""
+    (asset_id,) = _fill(vault, tmp_path, 1)
+    with vault.db.write() as conn:
+        conn.execute("UPDATE user_library SET updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+120 seconds')"
+                     " WHERE id = ?", (asset_id,))
+    vault.sync(remote)
+    _delete_on_the_web(remote.database_url, "user_library", asset_id)
+    report = vault.sync(remote, full=True)
+    assert (report.rows_written, report.conflicts) == (0, 1)
+    assert _server_rows(remote.database_url, "user_library") == {}
+
+
+def test_another_user_cannot_undo_a_deletion_by_reusing_the_id(tmp_path: Path, remote: Remote) -> None:
+    """User A learns the id of B's public entry, and after B deletes it on the web, makes and deletes a row of
+    their own with that id: B's record of the deletion stays B's, and B's older edit still does not bring the
+    entry back."""
+    other = Vault.create(tmp_path / "b", user_id=USER_B)
+    (asset_id,) = _fill(other, tmp_path, 1)
+    other.library.update(asset_id, visibility="public")
+    other.sync(remote)
+    other.library.update(asset_id, title="edited on B's rig before B deleted it on the web")
+    _delete_on_the_web(remote.database_url, "user_library", asset_id, USER_B)
+    with psycopg.connect(remote.database_url) as conn:
+        conn.execute("SELECT set_config('request.jwt.claims', %s, true)", (f'{{"sub": "{USER_A}", "role": "authenticated"}}',))
+        conn.execute("SET LOCAL ROLE authenticated")
+        conn.execute("INSERT INTO public.user_library (id, user_id, asset_type, storage_path, file_size_bytes,"
+                     " mime_type, original_prompt, model_used, generation_seed, sha256) VALUES (%s, %s, 'image', %s, 1,"
+                     " 'image/png', 'p', 'm', 0, repeat('a', 64))", (asset_id, USER_A, f"{USER_A}/{asset_id}.png"))
+        conn.execute("DELETE FROM public.user_library WHERE id = %s", (asset_id,))
+    report = other.sync(remote)
+    other.close()
+    assert (report.rows_written, report.conflicts) == (0, 1)
+    assert _server_rows(remote.database_url, "user_library") == {}
+    with psycopg.connect(remote.database_url) as conn:
+        owners = sorted(str(r[0]) for r in conn.execute("SELECT user_id FROM localvault.deleted_rows WHERE id = %s",
+                                                          (asset_id,)))
+    assert owners == sorted([USER_A, USER_B])
+
+
+def test_an_entry_waits_for_its_collection_brought_back_but_refused_for_now(vault: Vault, remote: Remote,
+                                                                           s3_bucket: Any, tmp_path: Path) -> None:
+    """The collection was deleted on the web, then renamed in the vault (so it comes back) to a name the web app
+    took meanwhile: refused. An entry saved into it waits, refused too, and joins it once the name is fixed."""
+    trips = vault.collections.create("trips")
+    vault.sync(remote)
+    _delete_on_the_web(remote.database_url, "user_collections", trips.id)
+    with psycopg.connect(remote.database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO public.user_collections (user_id, name) VALUES (%s, 'beach')", (USER_A,))
+    vault.collections.rename(trips.id, "beach")
+    (entry,) = _fill(vault, tmp_path, 1, collection=trips.id)
+    report = vault.sync(remote)
+    assert (report.rows_written, report.rejected) == (0, 2)
+    vault.collections.rename(trips.id, "beach trip")
+    report = vault.sync(remote, retry_rejected=True)
+    assert (report.rows_written, report.rejected) == (2, 0)
+    assert str(_server_rows(remote.database_url, "user_library")[entry]["collection_id"]) == trips.id
+    counts = {r["name"]: r["asset_count"] for r in _server_rows(remote.database_url, "user_collections").values()}
+    assert counts == {"beach": 0, "beach trip": 1}
+
+
 def test_a_vault_s_delete_is_recorded_with_its_own_time(vault: Vault, remote: Remote, tmp_path: Path) -> None:
     """A delete pushed later than it was made is recorded at the time it was made (as edits carry theirs): another
     rig's edit made in between must still win over it."""

@@ -9,6 +9,7 @@ state is the same.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,8 @@ from . import outbox
 from .bucket import Bucket, file_digest
 from .remote import BatchResult, Remote
 from .store_errors import SETTINGS_HINT, network_errors, settings_errors, store_refusal
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ..vault import Vault
@@ -176,7 +179,11 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
             batch = outbox.read_batch(vault, batch_rows, after_seq, skip=taken, **preview)
             if batch is None:
                 break
-            _upload_files(vault, bucket, known, batch, result, progress, dry_run)
+            # Rows the server keeps deleted are skipped by the push (deleted on the web after their last local edit):
+            # their files are not sent, nor checked.
+            kept_deleted = _retrying(partial(target.kept_deleted, vault.user_id, batch.changes.library),
+                                     "reading the server's deletions", target.close)
+            _upload_files(vault, bucket, known, batch, result, progress, dry_run, skip=kept_deleted)
             if dry_run:
                 after_seq = batch.last_seq
                 taken = {seq for seq in (*taken, *batch.seqs) if seq > after_seq}
@@ -188,7 +195,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
                 continue
             outcome = _retrying(partial(target.apply, vault.user_id, batch.changes), "writing rows to PostgreSQL",
                                 target.close)
-            refused = _retrying(partial(_delete_objects, bucket, batch, outcome, result, vault.user_id),
+            refused = _retrying(partial(_delete_objects, bucket, batch, outcome, result, vault.user_id, known),
                                 "deleting objects from the bucket")
             for row_id, (key, reason) in refused.items():  # set aside as a refused change: status lists it
                 outcome.rejected[("user_library", row_id)] = (
@@ -265,9 +272,11 @@ def _md5_of(local: Path) -> str | None:
 
 
 def _upload_files(vault: Vault, bucket: Bucket, known: _Objects, batch: outbox.Batch, result: SyncReport,
-                  progress: ProgressCallback | None, dry_run: bool) -> None:
+                  progress: ProgressCallback | None, dry_run: bool, skip: set[str]) -> None:
     todo = []
     for row in batch.changes.library:
+        if row["id"] in skip:
+            continue
         local, sha, size, mime = batch.files[row["id"]]
         key = row["storage_path"]
         if not _own_key(key, vault.user_id):
@@ -344,15 +353,26 @@ def _own_key(key: str, user_id: str) -> bool:
 
 
 def _delete_objects(bucket: Bucket, batch: outbox.Batch, outcome: BatchResult, result: SyncReport,
-                    user_id: str) -> dict[str, tuple[str, str]]:
+                    user_id: str, known: _Objects) -> dict[str, tuple[str, str]]:
     """Remove the objects of the rows the server no longer has; {row id: (key, the store's reason)} of those the
-    bucket refused to remove."""
+    bucket refused to remove.
+
+    Also those this sync sent for rows the server then kept deleted (deleted on the web between the check
+    before the upload and the upsert): no row points at them. The bucket refusing that is only logged.
+    """
     rows: dict[str, str] = {}  # key → row id
     for row in batch.changes.library_deletes:
         if row["id"] in outcome.gone_library_ids:
             _op, path, _seq, _queued_at = batch.entries[("user_library", row["id"])]
             if path and _own_key(path, user_id):  # never another user's object, whatever the outbox says
                 rows[path] = row["id"]
-    refused = bucket.delete(list(rows))
-    result.objects_deleted += len(rows) - len(refused)
+    strays = [r["storage_path"] for r in batch.changes.library
+              if r["id"] in outcome.kept_deleted_library_ids and r["storage_path"] in known.sent]
+    refused = bucket.delete([*rows, *strays])
+    for key in strays:
+        if key in refused:
+            log.warning("the bucket refused to delete %s, sent for a row the server keeps deleted: %s", key,
+                        refused[key])
+        known.sent.pop(key, None)
+    result.objects_deleted += len(rows) + len(strays) - len(refused)
     return {rows[key]: (key, reason) for key, reason in refused.items() if key in rows}

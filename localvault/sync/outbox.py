@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..db import utc_now
 from ..files import LIBRARY_BUCKET
-from .remote import COLLECTION_COLUMNS, LIBRARY_COLUMNS, BatchResult, Changes, JsonRow
+from .remote import BatchResult, Changes, JsonRow
+from .statements import COLLECTION_COLUMNS, LIBRARY_COLUMNS
 
 if TYPE_CHECKING:
     from ..vault import Vault
@@ -197,7 +198,10 @@ def _json_value(column: str) -> str:
 
 
 #: A library row as the server's JSON object, built by SQLite (no per-row Python), with what the engine reads.
-_LIBRARY_SELECT = ("SELECT json_object(" + ", ".join(f"'{c}', {_json_value(c)}" for c in LIBRARY_COLUMNS) + "),"
+#: Beside the columns, the time of the row's collection (``collection_updated_at``; see statements.LIBRARY_UPSERT).
+_LIBRARY_SELECT = ("SELECT json_object(" + ", ".join(f"'{c}', {_json_value(c)}" for c in LIBRARY_COLUMNS)
+                   + ", 'collection_updated_at', (SELECT c.updated_at FROM user_collections c"
+                   " WHERE c.id = user_library.collection_id)),"
                    " id, storage_path, sha256, file_size_bytes, mime_type, updated_at FROM user_library")
 
 

@@ -19,15 +19,13 @@ import psycopg
 from ..config import RemoteConfig
 from ..errors import OfflineError, SyncError, first_line
 from . import schema
-
-LIBRARY_COLUMNS = (
-    "id", "user_id", "asset_type", "storage_path", "file_size_bytes", "mime_type", "duration_seconds",
-    "original_prompt", "model_used", "generation_seed", "generation_settings", "title", "tags", "is_favorite",
-    "visibility", "collection_id", "original_asset_id", "thumbnail_path", "width", "height", "sha256",
-    "created_at", "updated_at",
+from .statements import (
+    COLLECTION_UPSERT,
+    DELETE_SQL,
+    KEPT_DELETED_SQL,
+    LIBRARY_UPSERT,
+    STAMP_DELETIONS_SQL,
 )
-#: asset_count is never pushed: the server's trigger keeps its own.
-COLLECTION_COLUMNS = ("id", "user_id", "name", "description", "created_at", "updated_at")
 
 #: SQLSTATE classes of a refusal that a retry cannot fix.
 PERMANENT_CLASSES = ("22", "23")
@@ -47,57 +45,6 @@ def is_permanent(error: psycopg.Error) -> bool:
     return code[:2] in PERMANENT_CLASSES or code in PERMANENT_CODES
 
 
-#: A row deleted on the server at or after this row's ``updated_at`` (server migration 6): not brought back.
-_DELETED_SINCE = ("EXISTS (SELECT 1 FROM localvault.deleted_rows d WHERE d.row_table = '{table}' AND d.id = {id} "
-                  "AND d.deleted_at >= {time})")
-
-
-def _upsert_sql(table: str, columns: tuple[str, ...]) -> str:
-    names = ", ".join(columns)
-    values = ", ".join(_COLUMN_VALUES.get((table, c), f"s.{c}") for c in columns)
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in ("id", "user_id", "created_at"))
-    # Last writer wins on updated_at: a re-sent batch (equal updated_at) or an
-    # older local edit changes nothing (local updated_at grows on every edit);
-    # nor does an edit older than the row's deletion on the server.
-    # Another user's row always goes on to the UPDATE, which RLS refuses (42501): were it skipped when older,
-    # a crafted id would tell whether that row changed since a given time, and the vault's row would be
-    # counted as kept by the server while it is not there at all.
-    deleted_since = _DELETED_SINCE.format(table=table, id="s.id", time="s.updated_at")
-    return (
-        f"INSERT INTO public.{table} AS t ({names}) SELECT {values} "
-        f"FROM jsonb_populate_recordset(NULL::public.{table}, %s::jsonb) AS s WHERE NOT {deleted_since} "
-        f"ON CONFLICT (id) DO UPDATE SET {updates} "
-        "WHERE t.user_id IS DISTINCT FROM EXCLUDED.user_id OR t.updated_at < EXCLUDED.updated_at "
-        "RETURNING t.id"
-    )
-
-
-#: A library row whose collection was deleted on the server (and not brought back) arrives outside any
-#: collection, as the server's ``ON DELETE SET NULL`` would have left it, rather than refused for good.
-_COLUMN_VALUES = {
-    ("user_library", "collection_id"): (
-        "CASE WHEN s.collection_id IS NOT NULL "
-        "AND NOT EXISTS (SELECT 1 FROM public.user_collections c WHERE c.id = s.collection_id) "
-        "AND EXISTS (SELECT 1 FROM localvault.deleted_rows d WHERE d.row_table = 'user_collections' "
-        "AND d.id = s.collection_id) THEN NULL ELSE s.collection_id END"),
-}
-
-LIBRARY_UPSERT = _upsert_sql("user_library", LIBRARY_COLUMNS)
-COLLECTION_UPSERT = _upsert_sql("user_collections", COLLECTION_COLUMNS)
-# A delete loses against a server row changed after the local delete.
-DELETE_SQL = (
-    "DELETE FROM public.{table} AS t USING jsonb_to_recordset(%s::jsonb) AS d(id uuid, deleted_at timestamptz) "
-    "WHERE t.id = d.id AND t.updated_at <= d.deleted_at RETURNING t.id"
-)
-# ... and the server's record of the deletion (made by its trigger, at the server's time) takes the delete's
-# own time, as the rows' updated_at do: an edit by another rig made after this delete must still win.
-STAMP_DELETIONS_SQL = (
-    "UPDATE localvault.deleted_rows AS r SET deleted_at = d.deleted_at "
-    "FROM jsonb_to_recordset(%s::jsonb) AS d(id uuid, deleted_at timestamptz) "
-    "WHERE r.row_table = %s AND r.id = d.id AND r.id = ANY(%s::uuid[])"
-)
-
-
 @dataclass
 class BatchResult:
     """What one batch did on the server."""
@@ -110,6 +57,8 @@ class BatchResult:
     rejected: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     #: Library ids that no longer exist on the server (their objects may go).
     gone_library_ids: set[str] = field(default_factory=set)
+    #: Library ids not written because the server keeps them deleted (an object sent for one may go).
+    kept_deleted_library_ids: set[str] = field(default_factory=set)
 
 
 class JsonRow(dict):  # type: ignore[type-arg]
@@ -272,13 +221,7 @@ class Remote:
         result = BatchResult()
         try:
             with conn.transaction():
-                # Every form auth.uid() and auth.role() read (the older single claims win over the JSON
-                # ones), so that none left on a pooled session, or set as a default, speaks for another user.
-                conn.execute("SELECT set_config('request.jwt.claims', %s, true), set_config('request.jwt.claim', %s,"
-                             " true), set_config('request.jwt.claim.sub', %s, true),"
-                             " set_config('request.jwt.claim.role', 'authenticated', true)",
-                             (claims := json.dumps({"sub": user_id, "role": "authenticated"}), claims, user_id))
-                conn.execute("SET LOCAL ROLE authenticated")
+                _act_as(conn, user_id)
                 if isolate:
                     conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
                 steps: list[tuple[str, str, list[dict[str, Any]], bool]] = [
@@ -303,8 +246,8 @@ class Remote:
                     else:
                         done = [r[0] for r in conn.execute(statement, (json_array(rows),)).fetchall()]
                     if is_delete and done:
-                        conn.execute(STAMP_DELETIONS_SQL, (json_array(rows), table, [str(d) for d in done]))
-                    self._count(conn, table, _without(rows, refused), done, is_delete, result)
+                        conn.execute(STAMP_DELETIONS_SQL, (json_array(rows), user_id, table, [str(d) for d in done]))
+                    self._count(conn, user_id, table, _without(rows, refused), done, is_delete, result)
                 if changes.library_deletes:
                     wanted = [d["id"] for d in changes.library_deletes]
                     still = {str(r[0]) for r in conn.execute(
@@ -316,8 +259,23 @@ class Remote:
             raise
         return result
 
-    def _count(self, conn: psycopg.Connection[Any], table: str, rows: list[dict[str, Any]], done: list[Any],
-               is_delete: bool, result: BatchResult) -> None:
+    def kept_deleted(self, user_id: str, rows: list[dict[str, Any]]) -> set[str]:
+        """Ids of library ``rows`` (each with its ``updated_at``) the server keeps deleted: a push skips them, so
+        their files need not be sent. Read as the user (row-level security); changes nothing."""
+        if not rows:
+            return set()
+        conn = self.connection()
+        try:
+            with conn.transaction():
+                _act_as(conn, user_id)
+                return _kept_deleted(conn, user_id, "user_library", rows)
+        except psycopg.Error:
+            if conn.broken:
+                self.close()
+            raise
+
+    def _count(self, conn: psycopg.Connection[Any], user_id: str, table: str, rows: list[dict[str, Any]],
+               done: list[Any], is_delete: bool, result: BatchResult) -> None:
         if is_delete:
             result.deleted += len(done)
             gone = {str(d) for d in done}
@@ -326,25 +284,20 @@ class Remote:
                 found = conn.execute(f"SELECT count(*) FROM public.{table} WHERE id = ANY(%s::uuid[])",
                                      (kept,)).fetchone()
                 result.conflicts += found[0] if found else 0
-        else:
-            result.written += len(done)
-            result.conflicts += self._newer_on_server(conn, table, rows, done)
-
-    @staticmethod
-    def _newer_on_server(conn: psycopg.Connection[Any], table: str, rows: list[dict[str, Any]], done: list[Any]) -> int:
-        """How many rows were skipped because the server's copy is newer, or its deletion is (not merely already
-        there)."""
+            return
+        result.written += len(done)
         written = {str(d) for d in done}
-        skipped = [{"id": r["id"], "updated_at": r["updated_at"]} for r in rows if r["id"] not in written]
+        skipped = [r for r in rows if r["id"] not in written]
         if not skipped:
-            return 0
-        deleted_since = _DELETED_SINCE.format(table=table, id="s.id", time="s.updated_at")
-        row = conn.execute(
-            "SELECT count(*) FROM jsonb_to_recordset(%s::jsonb) AS s(id uuid, updated_at timestamptz) WHERE "
-            f"EXISTS (SELECT 1 FROM public.{table} t WHERE t.id = s.id AND t.updated_at > s.updated_at) OR "
-            f"(NOT EXISTS (SELECT 1 FROM public.{table} t WHERE t.id = s.id) AND {deleted_since})",
-            (json.dumps(skipped),)).fetchone()
-        return int(row[0]) if row else 0
+            return
+        # Kept by the server: its copy is newer, or its deletion is (not merely already there, the same).
+        deleted = _kept_deleted(conn, user_id, table, skipped)
+        if table == "user_library":
+            result.kept_deleted_library_ids |= deleted
+        newer = conn.execute(
+            f"SELECT count(*) FROM public.{table} AS t JOIN jsonb_to_recordset(%s::jsonb) AS s(id uuid, updated_at "
+            "timestamptz) ON t.id = s.id WHERE t.updated_at > s.updated_at", (_times(skipped),)).fetchone()
+        result.conflicts += len(deleted) + (int(newer[0]) if newer else 0)
 
     @staticmethod
     def _together(conn: psycopg.Connection[Any], statement: str, refused: list[tuple[dict[str, Any], tuple[str, str]]],
@@ -385,6 +338,28 @@ class Remote:
                     raise
                 refused.append((row, (exc.sqlstate or "", first_line(exc))))
         return done, refused
+
+
+def _act_as(conn: psycopg.Connection[Any], user_id: str) -> None:
+    """Run the rest of this transaction as the vault's user under row-level security, as Supabase's API would.
+
+    Every form auth.uid() and auth.role() read is set (the older single
+    claims win over the JSON ones), so that none left on a pooled session,
+    or set as a default, speaks for another user.
+    """
+    conn.execute("SELECT set_config('request.jwt.claims', %s, true), set_config('request.jwt.claim', %s, true),"
+                 " set_config('request.jwt.claim.sub', %s, true), set_config('request.jwt.claim.role', 'authenticated',"
+                 " true)", (claims := json.dumps({"sub": user_id, "role": "authenticated"}), claims, user_id))
+    conn.execute("SET LOCAL ROLE authenticated")
+
+
+def _times(rows: list[dict[str, Any]]) -> str:
+    return json.dumps([{"id": r["id"], "updated_at": r["updated_at"]} for r in rows])
+
+
+def _kept_deleted(conn: psycopg.Connection[Any], user_id: str, table: str, rows: list[dict[str, Any]]) -> set[str]:
+    """Ids of ``rows`` not on the server and deleted there at or after their ``updated_at``."""
+    return {str(r[0]) for r in conn.execute(KEPT_DELETED_SQL.format(table=table), (_times(rows), user_id))}
 
 
 #: Rows refused one at a time that are tried again as a group (a swap); more are refused as they are.

@@ -8,7 +8,8 @@
 -- the edit against.
 --
 -- Every deleted library entry or collection leaves a row here (a trigger, so
--- deletions by any client count). Its time is the server's clock; a vault's
+-- deletions by any client count). Its time is the server's clock (at least
+-- 1 ms after the row's own updated_at); a vault's
 -- own pushed delete then sets it to the delete's own time (the vault's clock,
 -- as its updated_at is), which is what an edit of another rig must beat. A
 -- vault's upsert skips a row whose deletion is at or after the row's
@@ -18,13 +19,14 @@
 -- The rows of a user deleted from auth.users go with that user.
 
 CREATE TABLE localvault.deleted_rows (
+    user_id    uuid NOT NULL REFERENCES auth.users (id) ON DELETE CASCADE,
     row_table  text NOT NULL CHECK (row_table IN ('user_library', 'user_collections')),
     id         uuid NOT NULL,
-    user_id    uuid NOT NULL REFERENCES auth.users (id) ON DELETE CASCADE,
     deleted_at timestamptz NOT NULL DEFAULT now() CHECK (isfinite(deleted_at)),
-    PRIMARY KEY (row_table, id)
+    -- The owner is part of the key: another user who takes a deleted row's id (any id of a public row can be
+    -- read) and deletes that row of theirs leaves a record of their own, never takes over this one.
+    PRIMARY KEY (user_id, row_table, id)
 );
-CREATE INDEX deleted_rows_user_id_idx ON localvault.deleted_rows (user_id);
 
 ALTER TABLE localvault.deleted_rows ENABLE ROW LEVEL SECURITY;
 REVOKE ALL ON localvault.deleted_rows FROM PUBLIC, anon, authenticated;
@@ -44,11 +46,12 @@ SECURITY DEFINER
 SET search_path = ''
 AS $$
 BEGIN
-    INSERT INTO localvault.deleted_rows (row_table, id, user_id, deleted_at)
-    SELECT TG_TABLE_NAME, OLD.id, OLD.user_id, pg_catalog.now()
+    -- At least 1 ms after the row's last change: a row whose time ran ahead of the server's clock (a vault's
+    -- clock running fast) must not pass for newer than its own deletion when it is sent again.
+    INSERT INTO localvault.deleted_rows (user_id, row_table, id, deleted_at)
+    SELECT OLD.user_id, TG_TABLE_NAME, OLD.id, GREATEST(pg_catalog.now(), OLD.updated_at + interval '1 millisecond')
      WHERE EXISTS (SELECT 1 FROM auth.users u WHERE u.id = OLD.user_id)
-    ON CONFLICT (row_table, id) DO UPDATE
-        SET user_id = EXCLUDED.user_id, deleted_at = EXCLUDED.deleted_at;
+    ON CONFLICT (user_id, row_table, id) DO UPDATE SET deleted_at = EXCLUDED.deleted_at;
     RETURN NULL;
 END
 $$;
