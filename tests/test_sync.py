@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -574,6 +575,95 @@ def test_a_file_sent_for_a_row_deleted_on_the_web_meanwhile_is_removed(vault: Va
     report = vault.sync(remote)
     assert (report.rows_written, report.conflicts, report.files_uploaded, report.objects_deleted) == (0, 1, 1, 1)
     assert _objects(s3_bucket.storage_options, s3_bucket.name) == {}
+
+
+def test_a_file_left_by_a_sync_cut_short_is_removed_by_the_next(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The object sent for a row deleted on the web meanwhile is removed even when the sync that sent it stopped
+    before it could (killed after the server's commit): the next sync knows the row is kept deleted."""
+    (asset_id,) = _fill(vault, tmp_path, 1)
+    vault.sync(remote)
+    vault.library.update(asset_id, title="edited offline")
+    _s3_of(s3_bucket).delete_object(Bucket=s3_bucket.name, Key=vault.library.get(asset_id).storage_path)
+    checked = Remote.kept_deleted
+
+    def then_deleted_on_the_web(self: Remote, user_id: str, rows: list[dict[str, Any]]) -> set[str]:
+        kept = checked(self, user_id, rows)
+        _delete_on_the_web(remote.database_url, "user_library", asset_id)
+        return kept
+
+    def killed(*_args: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Remote, "kept_deleted", then_deleted_on_the_web)
+    monkeypatch.setattr(engine, "_delete_objects", killed)
+    with pytest.raises(KeyboardInterrupt):
+        vault.sync(remote)
+    monkeypatch.undo()
+    assert len(_objects(s3_bucket.storage_options, s3_bucket.name)) == 1
+    report = vault.sync(remote)
+    assert (report.rows_written, report.conflicts, report.files_uploaded) == (0, 1, 0)
+    assert _objects(s3_bucket.storage_options, s3_bucket.name) == {}
+
+
+def test_a_vault_delete_of_a_row_deleted_on_the_web_before_keeps_the_later_time(vault: Vault, remote: Remote,
+                                                                              tmp_path: Path) -> None:
+    """Deleted on the web, then in the vault: the server's record takes the vault's later time, so an edit by
+    another rig made between the two deletions loses, whichever device syncs first."""
+    from localvault.sync.outbox import _rows
+    from localvault.sync.remote import Changes, JsonRow
+    from localvault.sync.statements import LIBRARY_COLUMNS
+
+    (asset_id,) = _fill(vault, tmp_path, 1)
+    vault.sync(remote)
+    (as_sent,) = _rows(vault.db.conn, "user_library", LIBRARY_COLUMNS, [asset_id], USER_A)
+    _delete_on_the_web(remote.database_url, "user_library", asset_id)
+    time.sleep(0.05)
+    between = datetime.datetime.now(datetime.timezone.utc)
+    time.sleep(0.05)
+    vault.library.delete(asset_id)
+    assert vault.sync(remote).rows_deleted == 0
+    # Another rig's edit of the row, made between the web's delete and the vault's
+    edited = {**json.loads(as_sent.json), "title": "edited on rig 2",
+              "updated_at": between.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+    outcome = remote.apply(USER_A, Changes(library=[JsonRow(json.dumps(edited), id=asset_id, updated_at=edited["updated_at"])]))
+    assert (outcome.written, outcome.conflicts) == (0, 1)
+    assert _server_rows(remote.database_url, "user_library") == {}
+
+
+def test_entries_rejoin_a_collection_the_vault_brings_back(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                           tmp_path: Path) -> None:
+    """A collection deleted on the web, then renamed in the vault (a newer edit: it comes back): its entries,
+    those the server released when it was deleted and one saved into it meanwhile (sent outside it), rejoin it."""
+    trips = vault.collections.create("trips")
+    before = _fill(vault, tmp_path, 2, collection="trips")
+    vault.sync(remote)
+    _delete_on_the_web(remote.database_url, "user_collections", trips.id)
+    (meanwhile,) = _fill(vault, tmp_path, 1, start=2, collection="trips")
+    vault.sync(remote)
+    assert _server_rows(remote.database_url, "user_library")[meanwhile]["collection_id"] is None
+    vault.collections.rename(trips.id, "trips 2")
+    report = vault.sync(remote)
+    assert report.rejected == 0
+    rows = _server_rows(remote.database_url, "user_library")
+    assert {asset_id: str(rows[asset_id]["collection_id"]) for asset_id in (*before, meanwhile)} == dict.fromkeys(
+        (*before, meanwhile), trips.id)
+    assert [(c["name"], c["asset_count"]) for c in _server_rows(remote.database_url, "user_collections").values()] == [
+        ("trips 2", 3)]
+    assert status(vault, remote).pending_changes == 0
+
+
+def test_a_dry_run_counts_rows_the_server_keeps_deleted_as_conflicts(vault: Vault, remote: Remote,
+                                                                     tmp_path: Path) -> None:
+    ids = _fill(vault, tmp_path, 3)
+    vault.sync(remote)
+    for asset_id in ids[:2]:
+        vault.library.update(asset_id, title="edited offline")
+        _delete_on_the_web(remote.database_url, "user_library", asset_id)
+    vault.library.update(ids[2], title="edited offline too")
+    dry = vault.sync(remote, dry_run=True)
+    real = vault.sync(remote)
+    assert (dry.rows_written, dry.conflicts) == (real.rows_written, real.conflicts) == (1, 2)
 
 
 def test_a_web_delete_stays_when_the_vault_s_clock_ran_ahead(vault: Vault, remote: Remote, tmp_path: Path) -> None:

@@ -189,12 +189,14 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
                 taken = {seq for seq in (*taken, *batch.seqs) if seq > after_seq}
                 written = {r["id"] for r in (*batch.changes.collections, *batch.changes.library)} - counted
                 deleted = {r["id"] for r in (*batch.changes.library_deletes, *batch.changes.collection_deletes)}
-                result.rows_written += len(written)
+                result.rows_written += len(written - kept_deleted)
+                result.conflicts += len(written & kept_deleted)
                 result.rows_deleted += len(deleted - counted)
                 counted |= written | deleted
                 continue
             outcome = _retrying(partial(target.apply, vault.user_id, batch.changes), "writing rows to PostgreSQL",
                                 target.close)
+            outcome.kept_deleted_library_ids |= kept_deleted
             refused = _retrying(partial(_delete_objects, bucket, batch, outcome, result, vault.user_id, known),
                                 "deleting objects from the bucket")
             for row_id, (key, reason) in refused.items():  # set aside as a refused change: status lists it
@@ -357,8 +359,9 @@ def _delete_objects(bucket: Bucket, batch: outbox.Batch, outcome: BatchResult, r
     """Remove the objects of the rows the server no longer has; {row id: (key, the store's reason)} of those the
     bucket refused to remove.
 
-    Also those this sync sent for rows the server then kept deleted (deleted on the web between the check
-    before the upload and the upsert): no row points at them. The bucket refusing that is only logged.
+    Also those of rows the server keeps deleted: sent by this sync for a row deleted on the web between the
+    check before the upload and the upsert, or by one cut short before it could remove it. No row points at
+    them (an object's key is its row's). Only those this sync sent are counted; the bucket refusing is logged.
     """
     rows: dict[str, str] = {}  # key → row id
     for row in batch.changes.library_deletes:
@@ -367,12 +370,13 @@ def _delete_objects(bucket: Bucket, batch: outbox.Batch, outcome: BatchResult, r
             if path and _own_key(path, user_id):  # never another user's object, whatever the outbox says
                 rows[path] = row["id"]
     strays = [r["storage_path"] for r in batch.changes.library
-              if r["id"] in outcome.kept_deleted_library_ids and r["storage_path"] in known.sent]
+              if r["id"] in outcome.kept_deleted_library_ids and _own_key(r["storage_path"], user_id)]
     refused = bucket.delete([*rows, *strays])
     for key in strays:
         if key in refused:
-            log.warning("the bucket refused to delete %s, sent for a row the server keeps deleted: %s", key,
-                        refused[key])
+            log.warning("the bucket refused to delete %s, of a row the server keeps deleted: %s", key, refused[key])
+        elif key in known.sent:
+            result.objects_deleted += 1
         known.sent.pop(key, None)
-    result.objects_deleted += len(rows) + len(strays) - len(refused)
+    result.objects_deleted += len(rows) - len([key for key in refused if key in rows])
     return {rows[key]: (key, reason) for key, reason in refused.items() if key in rows}

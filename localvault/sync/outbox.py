@@ -247,7 +247,8 @@ def acknowledge(vault: Vault, batch: Batch, outcome: BatchResult) -> None:
 
     A refusal kept from an earlier sync gives way to the newer state of its
     row this batch sent: dropped once that went through (written, or kept
-    as older than the server's), replaced if it was refused too.
+    as older than the server's), replaced if it was refused too. The entries
+    of a collection the batch brought back on the server are queued again.
     """
     with vault.db.write() as conn:
         earlier = {(t, r) for t, r in conn.execute(
@@ -263,6 +264,11 @@ def acknowledge(vault: Vault, batch: Batch, outcome: BatchResult) -> None:
                 (seq, table, row_id, op, vault.user_id, path, sqlstate, message, queued_at),
             )
         conn.executemany("DELETE FROM sync_outbox WHERE seq = ?", [(s,) for s in batch.seqs])
+        if outcome.revived_collection_ids:  # queued after the batch: this sync sends them too
+            ids = sorted(outcome.revived_collection_ids)
+            conn.execute("INSERT INTO sync_outbox (table_name, row_id, op, user_id) SELECT 'user_library', id, 'update',"
+                         f" user_id FROM user_library WHERE user_id = ? AND collection_id IN ({','.join('?' * len(ids))})"
+                         " ORDER BY local_seq", (vault.user_id, *ids))
 
 
 def mark_synced(vault: Vault, dry_run: bool) -> None:

@@ -24,6 +24,7 @@ from .statements import (
     DELETE_SQL,
     KEPT_DELETED_SQL,
     LIBRARY_UPSERT,
+    REVIVED_COLLECTIONS_SQL,
     STAMP_DELETIONS_SQL,
 )
 
@@ -59,6 +60,9 @@ class BatchResult:
     gone_library_ids: set[str] = field(default_factory=set)
     #: Library ids not written because the server keeps them deleted (an object sent for one may go).
     kept_deleted_library_ids: set[str] = field(default_factory=set)
+    #: Collections sent that the server had deleted once and holds again: their entries are to be sent again
+    #: (the server released them from the collection when it was deleted).
+    revived_collection_ids: set[str] = field(default_factory=set)
 
 
 class JsonRow(dict):  # type: ignore[type-arg]
@@ -245,9 +249,13 @@ class Remote:
                             result.rejected.update(((table, row["id"]), error) for row, error in refused)
                     else:
                         done = [r[0] for r in conn.execute(statement, (json_array(rows),)).fetchall()]
-                    if is_delete and done:
-                        conn.execute(STAMP_DELETIONS_SQL, (json_array(rows), user_id, table, [str(d) for d in done]))
+                    if is_delete:
+                        conn.execute(STAMP_DELETIONS_SQL.format(table=table),
+                                     ([str(d) for d in done], json_array(rows), user_id))
                     self._count(conn, user_id, table, _without(rows, refused), done, is_delete, result)
+                if changes.collections:
+                    result.revived_collection_ids = {str(r[0]) for r in conn.execute(
+                        REVIVED_COLLECTIONS_SQL, (user_id, [c["id"] for c in changes.collections]))}
                 if changes.library_deletes:
                     wanted = [d["id"] for d in changes.library_deletes]
                     still = {str(r[0]) for r in conn.execute(

@@ -17,7 +17,7 @@ _DELETED_SINCE = ("EXISTS (SELECT 1 FROM localvault.deleted_rows d WHERE d.user_
                   "AND d.id = {id} AND d.deleted_at >= {time})")
 
 
-def _upsert_sql(table: str, columns: tuple[str, ...], source: str, values: dict[str, str]) -> str:
+def _upsert_sql(table: str, columns: tuple[str, ...], source: str, values: dict[str, str], also: str = "") -> str:
     names = ", ".join(columns)
     selected = ", ".join(values.get(c, f"s.{c}") for c in columns)
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in ("id", "user_id", "created_at"))
@@ -31,7 +31,7 @@ def _upsert_sql(table: str, columns: tuple[str, ...], source: str, values: dict[
     return (
         f"INSERT INTO public.{table} AS t ({names}) SELECT {selected} FROM {source} WHERE NOT {deleted_since} "
         f"ON CONFLICT (id) DO UPDATE SET {updates} "
-        "WHERE t.user_id IS DISTINCT FROM EXCLUDED.user_id OR t.updated_at < EXCLUDED.updated_at "
+        f"WHERE t.user_id IS DISTINCT FROM EXCLUDED.user_id OR t.updated_at < EXCLUDED.updated_at{also} "
         "RETURNING t.id"
     )
 
@@ -48,10 +48,14 @@ _LIBRARY_COLLECTION = (
     + _DELETED_SINCE.format(user="s.user_id", table="user_collections", id="s.collection_id",
                             time="(j.doc->>'collection_updated_at')::timestamptz")
     + " THEN NULL ELSE s.collection_id END")
+# A row the server only released from its collection (its deletion, ON DELETE SET NULL, keeps the row's
+# updated_at; or the CASE above) is the vault's version less that: sent again once its collection is back
+# (the vault's newer edit of the collection brought it back), it rejoins the collection.
+_REJOINS = " OR (t.updated_at = EXCLUDED.updated_at AND t.collection_id IS NULL AND EXCLUDED.collection_id IS NOT NULL)"
 LIBRARY_UPSERT = _upsert_sql(
     "user_library", LIBRARY_COLUMNS,
     "jsonb_array_elements(%s::jsonb) AS j(doc) CROSS JOIN LATERAL jsonb_populate_record(NULL::public.user_library, j.doc) AS s",
-    {"collection_id": _LIBRARY_COLLECTION})
+    {"collection_id": _LIBRARY_COLLECTION}, _REJOINS)
 COLLECTION_UPSERT = _upsert_sql("user_collections", COLLECTION_COLUMNS,
                                 "jsonb_populate_recordset(NULL::public.user_collections, %s::jsonb) AS s", {})
 # A delete loses against a server row changed after the local delete.
@@ -59,12 +63,21 @@ DELETE_SQL = (
     "DELETE FROM public.{table} AS t USING jsonb_to_recordset(%s::jsonb) AS d(id uuid, deleted_at timestamptz) "
     "WHERE t.id = d.id AND t.updated_at <= d.deleted_at RETURNING t.id"
 )
-# ... and the server's record of the deletion (made by its trigger, at the server's time) takes the delete's
-# own time, as the rows' updated_at do: an edit by another rig made after this delete must still win.
+# ... and the server's record of the deletion takes the delete's own time, as the rows' updated_at do: an edit
+# by another rig made after this delete must still win. The record of a row this delete removed (made by the
+# trigger, at the server's time) takes it; that of a row deleted on the server before (by the web app) takes
+# the later of the two deletions.
 STAMP_DELETIONS_SQL = (
-    "UPDATE localvault.deleted_rows AS r SET deleted_at = d.deleted_at "
+    "UPDATE localvault.deleted_rows AS r SET deleted_at = CASE WHEN r.id = ANY(%s::uuid[]) THEN d.deleted_at "
+    "ELSE GREATEST(r.deleted_at, d.deleted_at) END "
     "FROM jsonb_to_recordset(%s::jsonb) AS d(id uuid, deleted_at timestamptz) "
-    "WHERE r.user_id = %s AND r.row_table = %s AND r.id = d.id AND r.id = ANY(%s::uuid[])"
+    "WHERE r.user_id = %s AND r.row_table = '{table}' AND r.id = d.id "
+    "AND NOT EXISTS (SELECT 1 FROM public.{table} t WHERE t.id = d.id)"
+)
+# Collections (of those sent) that are on the server though deleted there once: brought back by the vault.
+REVIVED_COLLECTIONS_SQL = (
+    "SELECT r.id FROM localvault.deleted_rows r WHERE r.user_id = %s AND r.row_table = 'user_collections' "
+    "AND r.id = ANY(%s::uuid[]) AND EXISTS (SELECT 1 FROM public.user_collections c WHERE c.id = r.id)"
 )
 # Rows (id, updated_at) the server keeps deleted: not there, and deleted at or after that time.
 KEPT_DELETED_SQL = (
