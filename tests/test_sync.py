@@ -606,6 +606,35 @@ def test_a_file_left_by_a_sync_cut_short_is_removed_by_the_next(vault: Vault, re
     assert _objects(s3_bucket.storage_options, s3_bucket.name) == {}
 
 
+def test_the_object_of_a_row_brought_back_during_the_upload_stays(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept deleted when the sync asked, brought back by another rig's newer edit before the upsert: the row is
+    live on the server, and its object must stay."""
+    (asset_id,) = _fill(vault, tmp_path, 1)
+    vault.sync(remote)
+    vault.library.update(asset_id, title="edited offline")
+    with psycopg.connect(remote.database_url) as conn:
+        (as_synced,) = conn.execute("SELECT row_to_json(l)::text FROM public.user_library l WHERE id = %s",
+                                    (asset_id,)).fetchone()
+    _delete_on_the_web(remote.database_url, "user_library", asset_id)
+    checked = Remote.kept_deleted
+
+    def then_brought_back(self: Remote, user_id: str, rows: list[dict[str, Any]]) -> set[str]:
+        kept = checked(self, user_id, rows)
+        with psycopg.connect(remote.database_url, autocommit=True) as conn:  # rig 2's push of a newer edit
+            conn.execute("INSERT INTO public.user_library SELECT * FROM json_populate_record(NULL::public.user_library,"
+                         " %s::json)", (as_synced,))
+            conn.execute("UPDATE public.user_library SET title = 'edited on rig 2', updated_at = now() WHERE id = %s",
+                         (asset_id,))
+        return kept
+
+    monkeypatch.setattr(Remote, "kept_deleted", then_brought_back)
+    report = vault.sync(remote)
+    assert (report.rows_written, report.conflicts, report.objects_deleted) == (0, 1, 0)
+    assert _server_rows(remote.database_url, "user_library")[asset_id]["title"] == "edited on rig 2"
+    assert vault.library.get(asset_id).storage_path in _objects(s3_bucket.storage_options, s3_bucket.name)
+
+
 def test_a_vault_delete_of_a_row_deleted_on_the_web_before_keeps_the_later_time(vault: Vault, remote: Remote,
                                                                               tmp_path: Path) -> None:
     """Deleted on the web, then in the vault: the server's record takes the vault's later time, so an edit by
@@ -651,6 +680,13 @@ def test_entries_rejoin_a_collection_the_vault_brings_back(vault: Vault, remote:
     assert [(c["name"], c["asset_count"]) for c in _server_rows(remote.database_url, "user_collections").values()] == [
         ("trips 2", 3)]
     assert status(vault, remote).pending_changes == 0
+    # with the vault's own times (stamped with the server's now(), they would beat edits made elsewhere since)
+    assert {asset_id: rows[asset_id]["updated_at"] for asset_id in rows} == {
+        asset_id: vault.library.get(asset_id).updated_at for asset_id in rows}
+    # brought back once: a later rename sends the collection alone, not its entries again
+    vault.collections.rename(trips.id, "trips 3")
+    report = vault.sync(remote)
+    assert (report.rows_written, report.conflicts, report.pending_changes) == (1, 0, 1)
 
 
 def test_a_dry_run_counts_rows_the_server_keeps_deleted_as_conflicts(vault: Vault, remote: Remote,

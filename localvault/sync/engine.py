@@ -196,14 +196,18 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
                 continue
             outcome = _retrying(partial(target.apply, vault.user_id, batch.changes), "writing rows to PostgreSQL",
                                 target.close)
-            outcome.kept_deleted_library_ids |= kept_deleted
             refused = _retrying(partial(_delete_objects, bucket, batch, outcome, result, vault.user_id, known),
                                 "deleting objects from the bucket")
             for row_id, (key, reason) in refused.items():  # set aside as a refused change: status lists it
                 outcome.rejected[("user_library", row_id)] = (
                     REFUSED_BY_BUCKET, f"the bucket refused to delete {key} ({reason}); check its policies, then "
                                        "'localvault sync --retry-rejected'")
-            outbox.acknowledge(vault, batch, outcome)
+            # Entries of a collection this batch brought back that the server holds outside it (released when
+            # it was deleted there): sent again (queued with the acknowledgement), they rejoin it.
+            released = _retrying(partial(target.released, vault.user_id,
+                                         outbox.entries_in(vault, outcome.revived_collection_ids)),
+                                 "reading the server's collections", target.close)
+            outbox.acknowledge(vault, batch, outcome, send_again=released)
             result.batches += 1
             result.rows_written += outcome.written
             result.rows_deleted += outcome.deleted
@@ -359,9 +363,11 @@ def _delete_objects(bucket: Bucket, batch: outbox.Batch, outcome: BatchResult, r
     """Remove the objects of the rows the server no longer has; {row id: (key, the store's reason)} of those the
     bucket refused to remove.
 
-    Also those of rows the server keeps deleted: sent by this sync for a row deleted on the web between the
-    check before the upload and the upsert, or by one cut short before it could remove it. No row points at
-    them (an object's key is its row's). Only those this sync sent are counted; the bucket refusing is logged.
+    Also those of rows the server kept deleted in this batch's transaction: sent by this sync for a row
+    deleted on the web between the check before the upload and the upsert, or by one cut short before it
+    could remove it. No row points at them (an object's key is its row's). (Not those the check before the
+    upload found: another rig may have brought such a row back since.) Only those this sync sent are
+    counted; the bucket refusing is logged.
     """
     rows: dict[str, str] = {}  # key → row id
     for row in batch.changes.library_deletes:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -242,13 +242,14 @@ def requeue_rejected(vault: Vault) -> None:
         conn.execute("DELETE FROM sync_rejected WHERE user_id = ?", (vault.user_id,))
 
 
-def acknowledge(vault: Vault, batch: Batch, outcome: BatchResult) -> None:
+def acknowledge(vault: Vault, batch: Batch, outcome: BatchResult, send_again: Iterable[str] = ()) -> None:
     """After the server commit: drop the batch's outbox entries; keep refused ones aside.
 
     A refusal kept from an earlier sync gives way to the newer state of its
     row this batch sent: dropped once that went through (written, or kept
-    as older than the server's), replaced if it was refused too. The entries
-    of a collection the batch brought back on the server are queued again.
+    as older than the server's), replaced if it was refused too.
+    ``send_again``: library ids queued again (after the batch: this sync
+    sends them too).
     """
     with vault.db.write() as conn:
         earlier = {(t, r) for t, r in conn.execute(
@@ -264,11 +265,20 @@ def acknowledge(vault: Vault, batch: Batch, outcome: BatchResult) -> None:
                 (seq, table, row_id, op, vault.user_id, path, sqlstate, message, queued_at),
             )
         conn.executemany("DELETE FROM sync_outbox WHERE seq = ?", [(s,) for s in batch.seqs])
-        if outcome.revived_collection_ids:  # queued after the batch: this sync sends them too
-            ids = sorted(outcome.revived_collection_ids)
-            conn.execute("INSERT INTO sync_outbox (table_name, row_id, op, user_id) SELECT 'user_library', id, 'update',"
-                         f" user_id FROM user_library WHERE user_id = ? AND collection_id IN ({','.join('?' * len(ids))})"
-                         " ORDER BY local_seq", (vault.user_id, *ids))
+        conn.executemany("INSERT INTO sync_outbox (table_name, row_id, op, user_id) VALUES ('user_library', ?,"
+                         " 'update', ?)", [(row_id, vault.user_id) for row_id in send_again])
+
+
+def entries_in(vault: Vault, collection_ids: Iterable[str]) -> list[dict[str, str]]:
+    """``id`` and ``updated_at`` of the user's library rows in these collections."""
+    ids = sorted(collection_ids)
+    out: list[dict[str, str]] = []
+    for start in range(0, len(ids), 900):
+        chunk = ids[start:start + 900]
+        out += [{"id": r[0], "updated_at": r[1]} for r in vault.db.conn.execute(
+            "SELECT id, updated_at FROM user_library WHERE user_id = ? AND collection_id IN"
+            f" ({','.join('?' * len(chunk))}) ORDER BY local_seq", (vault.user_id, *chunk))]
+    return out
 
 
 def mark_synced(vault: Vault, dry_run: bool) -> None:

@@ -10,7 +10,7 @@ table and batch, no per-row statements.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ from .statements import (
     DELETE_SQL,
     KEPT_DELETED_SQL,
     LIBRARY_UPSERT,
+    RELEASED_SQL,
     REVIVED_COLLECTIONS_SQL,
     STAMP_DELETIONS_SQL,
 )
@@ -60,8 +61,8 @@ class BatchResult:
     gone_library_ids: set[str] = field(default_factory=set)
     #: Library ids not written because the server keeps them deleted (an object sent for one may go).
     kept_deleted_library_ids: set[str] = field(default_factory=set)
-    #: Collections sent that the server had deleted once and holds again: their entries are to be sent again
-    #: (the server released them from the collection when it was deleted).
+    #: Collections sent that the server had deleted once and holds again: their entries the server released
+    #: when it deleted the collection are to be sent again (see Remote.released).
     revived_collection_ids: set[str] = field(default_factory=set)
 
 
@@ -270,13 +271,23 @@ class Remote:
     def kept_deleted(self, user_id: str, rows: list[dict[str, Any]]) -> set[str]:
         """Ids of library ``rows`` (each with its ``updated_at``) the server keeps deleted: a push skips them, so
         their files need not be sent. Read as the user (row-level security); changes nothing."""
+        return self._read_as(user_id, rows, lambda conn: _kept_deleted(conn, user_id, "user_library", rows))
+
+    def released(self, user_id: str, rows: list[dict[str, Any]]) -> set[str]:
+        """Ids of library ``rows`` (each with its ``updated_at``) the server holds with that very time outside
+        any collection: released by a collection's deletion there. Read as the user; changes nothing."""
+        return self._read_as(user_id, rows, lambda conn: {
+            str(r[0]) for r in conn.execute(RELEASED_SQL, (_times(rows),))})
+
+    def _read_as(self, user_id: str, rows: list[dict[str, Any]],
+                 read: Callable[[psycopg.Connection[Any]], set[str]]) -> set[str]:
         if not rows:
             return set()
         conn = self.connection()
         try:
             with conn.transaction():
                 _act_as(conn, user_id)
-                return _kept_deleted(conn, user_id, "user_library", rows)
+                return read(conn)
         except psycopg.Error:
             if conn.broken:
                 self.close()
@@ -353,11 +364,14 @@ def _act_as(conn: psycopg.Connection[Any], user_id: str) -> None:
 
     Every form auth.uid() and auth.role() read is set (the older single
     claims win over the JSON ones), so that none left on a pooled session,
-    or set as a default, speaks for another user.
+    or set as a default, speaks for another user; ``localvault.push`` tells
+    the server's updated_at trigger that rows come with their own time
+    (server migration 6).
     """
     conn.execute("SELECT set_config('request.jwt.claims', %s, true), set_config('request.jwt.claim', %s, true),"
                  " set_config('request.jwt.claim.sub', %s, true), set_config('request.jwt.claim.role', 'authenticated',"
-                 " true)", (claims := json.dumps({"sub": user_id, "role": "authenticated"}), claims, user_id))
+                 " true), set_config('localvault.push', 'on', true)",
+                 (claims := json.dumps({"sub": user_id, "role": "authenticated"}), claims, user_id))
     conn.execute("SET LOCAL ROLE authenticated")
 
 

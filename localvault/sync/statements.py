@@ -74,6 +74,12 @@ STAMP_DELETIONS_SQL = (
     "WHERE r.user_id = %s AND r.row_table = '{table}' AND r.id = d.id "
     "AND NOT EXISTS (SELECT 1 FROM public.{table} t WHERE t.id = d.id)"
 )
+# Rows (id, updated_at) the server holds outside any collection with the vault's very version: released by a
+# collection's deletion (a rejoin candidate; a row the web app moved out has a newer updated_at).
+RELEASED_SQL = (
+    "SELECT t.id FROM public.user_library t JOIN jsonb_to_recordset(%s::jsonb) AS s(id uuid, updated_at timestamptz)"
+    " ON t.id = s.id WHERE t.collection_id IS NULL AND t.updated_at = s.updated_at"
+)
 # Collections (of those sent) that are on the server though deleted there once: brought back by the vault.
 REVIVED_COLLECTIONS_SQL = (
     "SELECT r.id FROM localvault.deleted_rows r WHERE r.user_id = %s AND r.row_table = 'user_collections' "

@@ -61,3 +61,25 @@ CREATE TRIGGER user_library_record_deletion AFTER DELETE ON public.user_library
     FOR EACH ROW EXECUTE FUNCTION localvault.record_deletion();
 CREATE TRIGGER user_collections_record_deletion AFTER DELETE ON public.user_collections
     FOR EACH ROW EXECUTE FUNCTION localvault.record_deletion();
+
+-- A vault's push sends each row with its own updated_at. A row that differs
+-- from the server's only by the server's release from a collection (its
+-- deletion, ON DELETE SET NULL, keeps updated_at) is sent again with the same
+-- updated_at to rejoin the collection the vault brought back: stamping it with
+-- now() would make it newer than edits made elsewhere since the vault's.
+-- localvault's push says so with a transaction-local setting (any client may
+-- set it: it only lets an update of one's own rows keep their updated_at, which
+-- an update naming updated_at could set to any other value already).
+CREATE OR REPLACE FUNCTION public.localvault_touch_updated_at() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = ''
+AS $$
+BEGIN
+    IF NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at AND NEW IS DISTINCT FROM OLD
+       AND pg_catalog.pg_trigger_depth() = 1
+       AND pg_catalog.current_setting('localvault.push', true) IS DISTINCT FROM 'on' THEN
+        NEW.updated_at := pg_catalog.now();
+    END IF;
+    RETURN NEW;
+END
+$$;
