@@ -635,6 +635,26 @@ def test_the_object_of_a_row_brought_back_during_the_upload_stays(vault: Vault, 
     assert vault.library.get(asset_id).storage_path in _objects(s3_bucket.storage_options, s3_bucket.name)
 
 
+def test_a_push_step_never_runs_inside_a_transaction_left_open_on_the_remote_s_connection(
+        vault: Vault, remote: Remote, tmp_path: Path) -> None:
+    """Each step is a transaction of its own: inside one a caller left open, it would be a savepoint, and its
+    role, claims and push setting would outlive it (and a batch would never commit)."""
+    (asset_id,) = _fill(vault, tmp_path, 1)
+    vault.sync(remote)
+    conn = remote.connection()
+    conn.execute("SELECT 1")  # an app's statement: a transaction is open
+    remote.kept_deleted(USER_A, [{"id": asset_id, "updated_at": "2000-01-01T00:00:00.000Z"}])
+    settings = conn.execute("SELECT current_user, current_setting('localvault.push', true)").fetchone()
+    conn.rollback()
+    assert settings[0] != "authenticated" and settings[1] != "on"
+    vault.library.update(asset_id, title="renamed")
+    conn.execute("SELECT 1")
+    assert vault.sync(remote).rows_written == 1
+    with psycopg.connect(remote.database_url) as other:  # committed: seen from another session
+        assert other.execute("SELECT title FROM public.user_library WHERE id = %s", (asset_id,)).fetchone() == (
+            "renamed",)
+
+
 def test_a_vault_delete_of_a_row_deleted_on_the_web_before_keeps_the_later_time(vault: Vault, remote: Remote,
                                                                               tmp_path: Path) -> None:
     """Deleted on the web, then in the vault: the server's record takes the vault's later time, so an edit by

@@ -19,6 +19,7 @@ import psycopg
 from ..config import RemoteConfig
 from ..errors import OfflineError, SyncError, first_line
 from . import schema
+from .server_checks import check_grants, check_user
 from .statements import (
     COLLECTION_UPSERT,
     DELETE_SQL,
@@ -34,13 +35,6 @@ PERMANENT_CLASSES = ("22", "23")
 #: 42501 is a row-level security policy's refusal of a row. A missing GRANT shares the code but refuses every
 #: row alike; :meth:`Remote.check` finds that before a sync (the server's messages, localized, cannot tell them).
 PERMANENT_CODES = ("42501",)
-#: What the vault's pushes do, as the role ``authenticated``, on each table (SELECT: RETURNING, ON CONFLICT; the
-#: server's record of deletions is read by the upserts and stamped by the deletes).
-NEEDED_GRANTS = (*((f"public.{table}", privilege) for table in ("user_library", "user_collections")
-                    for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE")),
-                 ("localvault.deleted_rows", "SELECT"), ("localvault.deleted_rows", "UPDATE"))
-
-
 def is_permanent(error: psycopg.Error) -> bool:
     """Whether the server refused this row for good (it goes to sync_rejected; the rest of the batch goes on)."""
     code = error.sqlstate or ""
@@ -94,55 +88,6 @@ class Changes:
         return len(self.collections) + len(self.library) + len(self.library_deletes) + len(self.collection_deletes)
 
 
-def _check_user(conn: psycopg.Connection[Any], user_id: str) -> None:
-    """SyncError if ``auth.users`` has no such user; a role that may not read it (or no such table) cannot tell."""
-    try:
-        row = conn.execute("SELECT EXISTS (SELECT 1 FROM auth.users WHERE id = %s::uuid)", (user_id,)).fetchone()
-    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedTable):  # cannot tell: the push goes on
-        row = None
-    conn.rollback()
-    if row is not None and not row[0]:
-        raise SyncError(f"the vault's user {user_id} does not exist on the server (auth.users): sign that user "
-                        "up in the app first (on a plain PostgreSQL, as its owner: INSERT INTO auth.users (id) VALUES "
-                        f"('{user_id}')), or use a vault of an existing user; nothing was sent")
-
-
-#: The privileges of ``authenticated`` that the pushes need beyond the tables' (an SQL expression each, and what
-#: to grant if it is false): the schema's USAGE, and EXECUTE of auth.uid(), which every RLS policy calls.
-_OTHER_GRANTS = (
-    ("has_schema_privilege('authenticated', 'public', 'USAGE')", "USAGE ON SCHEMA public"),
-    ("has_schema_privilege('authenticated', 'localvault', 'USAGE')", "USAGE ON SCHEMA localvault"),
-    ("has_function_privilege('authenticated', 'auth.uid()', 'EXECUTE')", "EXECUTE ON FUNCTION auth.uid()"),
-)
-
-
-def _check_grants(conn: psycopg.Connection[Any]) -> None:
-    """SyncError if the role ``authenticated`` lacks a privilege the pushes use: a server set-up problem that would
-    otherwise refuse every row (42501, as row-level security refuses one); a server that cannot tell is let be.
-
-    SELECT, INSERT and UPDATE may be granted column by column (Supabase's column-level security): any column
-    granted counts, and a column left out is one row's refusal, as before.
-    """
-    table_checks = [
-        (f"has_{'table' if privilege == 'DELETE' else 'any_column'}_privilege('authenticated', "
-         f"'{table}', '{privilege}')", f"{privilege} ON {table}")
-        for table, privilege in NEEDED_GRANTS]
-    checks = [*table_checks, *_OTHER_GRANTS]
-    try:
-        answers = conn.execute("SELECT " + ", ".join(sql for sql, _grant in checks)).fetchone() or ()
-    except psycopg.OperationalError:
-        raise
-    except psycopg.Error:  # no such role, table or function: the schema check has said what there is to say
-        answers = ()
-    conn.rollback()
-    lacking = [grant for (_sql, grant), held in zip(checks, answers, strict=False) if held is False]
-    if lacking:
-        raise SyncError(f"the server's role 'authenticated' lacks {', '.join(lacking)}, which localvault's schema "
-                        "grants (a set-up problem, not a row's): run 'GRANT " + "; GRANT ".join(
-                            f"{grant} TO authenticated" for grant in lacking) + "' on the server, then sync again; "
-                        "nothing was sent")
-
-
 class Remote:
     """Where a vault syncs to: a PostgreSQL database and a bucket URL (any fsspec URL)."""
 
@@ -156,12 +101,23 @@ class Remote:
     # ------------------------------------------------------- connection
 
     def connection(self) -> psycopg.Connection[Any]:
-        """An open connection; a dropped one (server restart) is detected and reopened."""
+        """The remote's own open connection; a dropped one (server restart) is detected and reopened.
+
+        Each push step is a transaction of its own on it: a transaction a
+        caller leaves open on it is rolled back by the next one (were the step
+        a savepoint inside it, its role and claims would outlive it).
+        """
         if self._conn is not None and (self._conn.closed or self._conn.broken):
             self._conn = None
         if self._conn is None:
             self._conn = schema.connect(self.database_url)
         return self._conn
+
+    def _idle_connection(self) -> psycopg.Connection[Any]:
+        conn = self.connection()
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        return conn
 
     def close(self) -> None:
         """Close the PostgreSQL connection, if open (the next call opens a new one)."""
@@ -184,8 +140,8 @@ class Remote:
                 version = schema.check_schema_version(conn)
                 conn.rollback()
                 if user_id is not None:
-                    _check_user(conn, user_id)
-                    _check_grants(conn)
+                    check_user(conn, user_id)
+                    check_grants(conn)
                 return version
             except psycopg.OperationalError as exc:
                 self.close()
@@ -222,7 +178,7 @@ class Remote:
         a row refused is tried once more after all the others (a delete later in
         the batch may be what frees its name or hash).
         """
-        conn = self.connection()
+        conn = self._idle_connection()
         result = BatchResult()
         try:
             with conn.transaction():
@@ -283,7 +239,7 @@ class Remote:
                  read: Callable[[psycopg.Connection[Any]], set[str]]) -> set[str]:
         if not rows:
             return set()
-        conn = self.connection()
+        conn = self._idle_connection()
         try:
             with conn.transaction():
                 _act_as(conn, user_id)
