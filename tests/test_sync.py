@@ -556,10 +556,10 @@ def test_the_files_of_rows_the_server_keeps_deleted_are_not_sent_again(vault: Va
     assert _objects(s3_bucket.storage_options, s3_bucket.name) == {}
 
 
-def test_a_file_sent_for_a_row_deleted_on_the_web_meanwhile_is_removed(vault: Vault, remote: Remote, s3_bucket: Any,
-                                                                       tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """Deleted on the web between the check before the upload and the upsert: the object sent goes again."""
+def _deleted_on_the_web_after_the_check(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A synced entry edited in the vault, its object gone, and the entry deleted on the web by the next sync's
+    check before the upload (once it has found the entry there): so the sync sends its file."""
     (asset_id,) = _fill(vault, tmp_path, 1)
     vault.sync(remote)
     vault.library.update(asset_id, title="edited offline")
@@ -572,6 +572,13 @@ def test_a_file_sent_for_a_row_deleted_on_the_web_meanwhile_is_removed(vault: Va
         return kept
 
     monkeypatch.setattr(Remote, "kept_deleted", then_deleted_on_the_web)
+
+
+def test_a_file_sent_for_a_row_deleted_on_the_web_meanwhile_is_removed(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                                       tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deleted on the web between the check before the upload and the upsert: the object sent goes again."""
+    _deleted_on_the_web_after_the_check(vault, remote, s3_bucket, tmp_path, monkeypatch)
     report = vault.sync(remote)
     assert (report.rows_written, report.conflicts, report.files_uploaded, report.objects_deleted) == (0, 1, 1, 1)
     assert _objects(s3_bucket.storage_options, s3_bucket.name) == {}
@@ -581,21 +588,10 @@ def test_a_file_left_by_a_sync_cut_short_is_removed_by_the_next(vault: Vault, re
                                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The object sent for a row deleted on the web meanwhile is removed even when the sync that sent it stopped
     before it could (killed after the server's commit): the next sync knows the row is kept deleted."""
-    (asset_id,) = _fill(vault, tmp_path, 1)
-    vault.sync(remote)
-    vault.library.update(asset_id, title="edited offline")
-    _s3_of(s3_bucket).delete_object(Bucket=s3_bucket.name, Key=vault.library.get(asset_id).storage_path)
-    checked = Remote.kept_deleted
-
-    def then_deleted_on_the_web(self: Remote, user_id: str, rows: list[dict[str, Any]]) -> set[str]:
-        kept = checked(self, user_id, rows)
-        _delete_on_the_web(remote.database_url, "user_library", asset_id)
-        return kept
-
     def killed(*_args: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Remote, "kept_deleted", then_deleted_on_the_web)
+    _deleted_on_the_web_after_the_check(vault, remote, s3_bucket, tmp_path, monkeypatch)
     monkeypatch.setattr(engine, "_delete_objects", killed)
     with pytest.raises(KeyboardInterrupt):
         vault.sync(remote)
