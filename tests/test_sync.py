@@ -895,6 +895,31 @@ def test_a_missing_grant_fails_the_sync_and_keeps_every_row_queued(grant: str, v
     assert_mirrors(vault, remote, s3_bucket)
 
 
+def test_a_grant_revoked_during_the_sync_fails_it_and_keeps_every_row_queued(vault: Vault, remote: Remote,
+                                                                            tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Revoked after the check before the sync: the batch's 42501 is every row's alike, not each row's refusal
+    (before, every row went to sync_rejected and the sync exited 0)."""
+    _fill(vault, tmp_path, 3)
+    checked = Remote.check
+
+    def then_revoked(self: Remote, user_id: str | None = None) -> int:
+        version = checked(self, user_id)
+        with psycopg.connect(remote.database_url, autocommit=True) as conn:
+            conn.execute("REVOKE INSERT ON public.user_library FROM authenticated")
+        return version
+
+    monkeypatch.setattr(Remote, "check", then_revoked)
+    with pytest.raises(SyncError, match=r"lacks INSERT ON public.user_library"):
+        vault.sync(remote)
+    monkeypatch.undo()
+    state = status(vault, remote)
+    assert state.rejected == [] and state.pending_changes == 3
+    with psycopg.connect(remote.database_url, autocommit=True) as conn:
+        conn.execute("GRANT INSERT ON public.user_library TO authenticated")
+    assert vault.sync(remote).rows_written == 3
+
+
 def test_a_schema_usage_missing_fails_the_sync_too(vault: Vault, remote: Remote, s3_bucket: Any,
                                                   tmp_path: Path) -> None:
     """Also a 42501 for every row alike ("permission denied for schema public"): before, each went to

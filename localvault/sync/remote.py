@@ -163,6 +163,8 @@ class Remote:
             except psycopg.Error as exc:
                 if isinstance(exc, psycopg.OperationalError) or not is_permanent(exc):
                     raise
+                if exc.sqlstate == "42501":  # RLS's refusal of a row, or a privilege revoked since the sync began:
+                    check_grants(self._idle_connection())  # that refuses every row alike (SyncError, nothing moved)
             return self._apply(user_id, changes, isolate=True)
         except psycopg.OperationalError:
             raise
