@@ -140,9 +140,10 @@ class Watcher:
     def stop(self) -> WatchReport:
         """Stop watching (files already taken are finished), and return the report.
 
-        Raises StorageError if the watcher had stopped on its own, on an
-        unexpected error (``report`` still holds what it did). From
-        ``on_event`` it only asks the watcher to stop.
+        If the watcher had stopped on its own, on an error, raises it (a
+        LocalVaultError as it was, any other as StorageError; ``report``
+        still holds what it did). From ``on_event`` it only asks the watcher
+        to stop.
         """
         self._stop.set()
         if threading.current_thread() is self._thread:
