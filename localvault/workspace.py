@@ -54,7 +54,6 @@ class BatchEntry:
     settings_json: str
 
 
-
 class Workspace:
     """The current user's workspace assets."""
 

@@ -3,14 +3,15 @@
 Every batch is one transaction that first sets the user's JWT claims and
 ``SET LOCAL ROLE authenticated``, so row-level security applies even on a
 privileged connection. Rows travel as one JSON parameter per statement and are
-expanded on the server with ``jsonb_populate_recordset``: one round trip per
+expanded on the server (:mod:`localvault.sync.statements`): one round trip per
 table and batch, no per-row statements.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,8 @@ PERMANENT_CLASSES = ("22", "23")
 #: 42501 is a row-level security policy's refusal of a row. A missing GRANT shares the code but refuses every
 #: row alike; :meth:`Remote.check` finds that before a sync (the server's messages, localized, cannot tell them).
 PERMANENT_CODES = ("42501",)
+
+
 def is_permanent(error: psycopg.Error) -> bool:
     """Whether the server refused this row for good (it goes to sync_rejected; the rest of the batch goes on)."""
     code = error.sqlstate or ""
@@ -180,50 +183,43 @@ class Remote:
         a row refused is tried once more after all the others (a delete later in
         the batch may be what frees its name or hash).
         """
-        conn = self._idle_connection()
         result = BatchResult()
-        try:
-            with conn.transaction():
-                _act_as(conn, user_id)
+        with self._as_user(user_id) as conn:
+            if isolate:
+                conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            steps: list[tuple[str, str, list[dict[str, Any]], bool]] = [
+                ("user_collections", COLLECTION_UPSERT, changes.collections, False),
+                ("user_library", LIBRARY_UPSERT, changes.library, False),
+                ("user_library", DELETE_SQL.format(table="user_library"), changes.library_deletes, True),
+                ("user_collections", DELETE_SQL.format(table="user_collections"), changes.collection_deletes, True),
+            ]
+            # Isolating, a refused row comes back once at the end: `work` grows while it is walked.
+            work: list[tuple[str, str, list[dict[str, Any]], bool, bool]] = [
+                (table, statement, rows, is_delete, False) for table, statement, rows, is_delete in steps if rows]
+            for table, statement, rows, is_delete, last_try in work:
+                refused: list[tuple[dict[str, Any], tuple[str, str]]] = []
                 if isolate:
-                    conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
-                steps: list[tuple[str, str, list[dict[str, Any]], bool]] = [
-                    ("user_collections", COLLECTION_UPSERT, changes.collections, False),
-                    ("user_library", LIBRARY_UPSERT, changes.library, False),
-                    ("user_library", DELETE_SQL.format(table="user_library"), changes.library_deletes, True),
-                    ("user_collections", DELETE_SQL.format(table="user_collections"), changes.collection_deletes, True),
-                ]
-                # Isolating, a refused row comes back once at the end: `work` grows while it is walked.
-                work: list[tuple[str, str, list[dict[str, Any]], bool, bool]] = [
-                    (table, statement, rows, is_delete, False) for table, statement, rows, is_delete in steps if rows]
-                for table, statement, rows, is_delete, last_try in work:
-                    refused: list[tuple[dict[str, Any], tuple[str, str]]] = []
-                    if isolate:
-                        done, refused = self._one_by_one(conn, statement, rows)
-                        if refused and not last_try:
-                            work.append((table, statement, [row for row, _error in refused], is_delete, True))
-                        elif refused:
-                            passed, refused = self._together(conn, statement, refused)
-                            done += passed
-                            result.rejected.update(((table, row["id"]), error) for row, error in refused)
-                    else:
-                        done = [r[0] for r in conn.execute(statement, (json_array(rows),)).fetchall()]
-                    if is_delete:
-                        conn.execute(STAMP_DELETIONS_SQL.format(table=table),
-                                     ([str(d) for d in done], json_array(rows), user_id))
-                    self._count(conn, user_id, table, _without(rows, refused), done, is_delete, result)
-                if changes.collections:
-                    result.revived_collection_ids = {str(r[0]) for r in conn.execute(
-                        REVIVED_COLLECTIONS_SQL, (user_id, [c["id"] for c in changes.collections]))}
-                if changes.library_deletes:
-                    wanted = [d["id"] for d in changes.library_deletes]
-                    still = {str(r[0]) for r in conn.execute(
-                        "SELECT id FROM public.user_library WHERE id = ANY(%s::uuid[])", (wanted,))}
-                    result.gone_library_ids = set(wanted) - still
-        except psycopg.Error:
-            if conn.broken:
-                self.close()
-            raise
+                    done, refused = self._one_by_one(conn, statement, rows)
+                    if refused and not last_try:
+                        work.append((table, statement, [row for row, _error in refused], is_delete, True))
+                    elif refused:
+                        passed, refused = self._together(conn, statement, refused)
+                        done += passed
+                        result.rejected.update(((table, row["id"]), error) for row, error in refused)
+                else:
+                    done = [r[0] for r in conn.execute(statement, (json_array(rows),)).fetchall()]
+                if is_delete:
+                    conn.execute(STAMP_DELETIONS_SQL.format(table=table),
+                                 ([str(d) for d in done], json_array(rows), user_id))
+                self._count(conn, user_id, table, _without(rows, refused), done, is_delete, result)
+            if changes.collections:
+                result.revived_collection_ids = {str(r[0]) for r in conn.execute(
+                    REVIVED_COLLECTIONS_SQL, (user_id, [c["id"] for c in changes.collections]))}
+            if changes.library_deletes:
+                wanted = [d["id"] for d in changes.library_deletes]
+                still = {str(r[0]) for r in conn.execute(
+                    "SELECT id FROM public.user_library WHERE id = ANY(%s::uuid[])", (wanted,))}
+                result.gone_library_ids = set(wanted) - still
         return result
 
     def kept_deleted(self, user_id: str, rows: list[dict[str, Any]]) -> set[str]:
@@ -241,11 +237,18 @@ class Remote:
                  read: Callable[[psycopg.Connection[Any]], set[str]]) -> set[str]:
         if not rows:
             return set()
+        with self._as_user(user_id) as conn:
+            return read(conn)
+
+    @contextmanager
+    def _as_user(self, user_id: str) -> Iterator[psycopg.Connection[Any]]:
+        """A transaction of its own on the remote's connection, run as the vault's user (:func:`_act_as`); a
+        connection found broken on the way out is closed (the next call opens a new one)."""
         conn = self._idle_connection()
         try:
             with conn.transaction():
                 _act_as(conn, user_id)
-                return read(conn)
+                yield conn
         except psycopg.Error:
             if conn.broken:
                 self.close()

@@ -16,7 +16,6 @@ NEEDED_GRANTS = (*((f"public.{table}", privilege) for table in ("user_library", 
                  ("localvault.deleted_rows", "SELECT"), ("localvault.deleted_rows", "UPDATE"))
 
 
-
 def check_user(conn: psycopg.Connection[Any], user_id: str) -> None:
     """SyncError if ``auth.users`` has no such user; a role that may not read it (or no such table) cannot tell."""
     try:
