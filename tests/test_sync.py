@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from localvault import OfflineError, SchemaVersionError, SyncBusyError, SyncError, Vault
-from localvault.sync import Remote, engine, status
+from localvault.sync import Remote, engine, objects, status
 from localvault.sync.engine import _SyncLock
 
 USER_A = "0a0a0a0a-0000-4000-8000-00000000000a"
@@ -331,7 +331,7 @@ def test_an_object_of_the_same_size_but_other_bytes_is_sent_again(listed: bool, 
     """Objects without x-amz-meta-sha256 at an asset's key (another tool's copy, a damaged one): the same size
     is not enough; a plain-MD5 ETag equal to the file's is."""
     if listed:
-        monkeypatch.setattr(engine, "LISTING_THRESHOLD", 0)
+        monkeypatch.setattr(objects, "LISTING_THRESHOLD", 0)
     assets = [vault.library.get(i) for i in _fill(vault, tmp_path, 3)]
     data = [Path(vault.library.file_path(a)).read_bytes() for a in assets]
     client = _s3_client(s3_bucket)
@@ -355,7 +355,7 @@ def test_a_folder_bucket_file_of_the_same_size_but_other_bytes_is_sent_again(lis
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """A folder keeps no checksum: a file of the right size at an asset's path is read to tell whether it is it."""
     if listed:
-        monkeypatch.setattr(engine, "LISTING_THRESHOLD", 0)
+        monkeypatch.setattr(objects, "LISTING_THRESHOLD", 0)
     assets = [vault.library.get(i) for i in _fill(vault, tmp_path, 2)]
     data = [Path(vault.library.file_path(a)).read_bytes() for a in assets]
     bucket = tmp_path / "bucket"
@@ -379,7 +379,7 @@ def test_an_edit_of_a_synced_asset_does_not_read_its_folder_bucket_file_back(lis
     from localvault.sync.bucket import Bucket
 
     if listed:
-        monkeypatch.setattr(engine, "LISTING_THRESHOLD", 0)
+        monkeypatch.setattr(objects, "LISTING_THRESHOLD", 0)
     ids = _fill(vault, tmp_path, 3)
     target = Remote(server, (tmp_path / "bucket").as_uri())
     hashed: list[str] = []
@@ -592,7 +592,7 @@ def test_a_file_left_by_a_sync_cut_short_is_removed_by_the_next(vault: Vault, re
         raise KeyboardInterrupt
 
     _deleted_on_the_web_after_the_check(vault, remote, s3_bucket, tmp_path, monkeypatch)
-    monkeypatch.setattr(engine, "_delete_objects", killed)
+    monkeypatch.setattr(engine, "delete_objects", killed)
     with pytest.raises(KeyboardInterrupt):
         vault.sync(remote)
     monkeypatch.undo()

@@ -242,7 +242,7 @@ def test_a_local_file_the_disk_cannot_read_is_not_called_offline(vault: Vault, r
                                                                 tmp_path: Path, monkeypatch: Any, way: str) -> None:
     """A read error of the vault's own disk (here EISDIR: the file's path is now a folder) used to be retried as a
     lost connection and then reported as "offline" (exit 10): the user was told to wait for a network."""
-    monkeypatch.setattr("localvault.sync.engine.RETRY_DELAYS", (0.01,))
+    monkeypatch.setattr("localvault.sync.retry.RETRY_DELAYS", (0.01,))
     if way == "s3 stream":
         monkeypatch.setattr(bucket, "SINGLE_PUT_BYTES", 0)
     elif way == "file":
@@ -412,16 +412,16 @@ def test_an_asset_deleted_while_the_sync_compares_its_file_with_the_bucket(
     """More than LISTING_THRESHOLD changes whose objects the bucket already holds (a sync cut short after its
     uploads): the sync hashes each local file to compare it with the listed ETag. Another process deleting an
     asset at that moment ended the sync with a bare FileNotFoundError; its delete is pushed instead."""
-    from localvault.sync import engine
+    from localvault.sync import objects
 
     ids = [vault.library.save(vault.workspace.add(_image(tmp_path, n), prompt=f"p{n}").id).id
-           for n in range(engine.LISTING_THRESHOLD + 5)]
+           for n in range(objects.LISTING_THRESHOLD + 5)]
     vault.sync(remote)
     for asset_id in ids:  # pending again, as after a sync killed before it cleared the outbox
         vault.library.update(asset_id, title="again")
     victim = vault.library.get(ids[5])
     victim_path = str(vault.library.file_path(victim))
-    real_digest = engine.file_digest
+    real_digest = objects.file_digest
     other = Vault.open(vault.root)
 
     def digest_while_deleted(path: Any, algorithm: str = "sha256") -> str:
@@ -429,13 +429,13 @@ def test_an_asset_deleted_while_the_sync_compares_its_file_with_the_bucket(
             other.library.delete(ids[5])
         return real_digest(path, algorithm)
 
-    monkeypatch.setattr(engine, "file_digest", digest_while_deleted)
+    monkeypatch.setattr(objects, "file_digest", digest_while_deleted)
     try:
         report = vault.sync(remote)
     finally:
         other.close()
     assert report.rows_written == len(ids) - 1 and report.rows_deleted == 1
-    monkeypatch.setattr(engine, "file_digest", real_digest)
+    monkeypatch.setattr(objects, "file_digest", real_digest)
     assert vault.sync(remote).rows_written == 0
     assert_mirrors(vault, remote, s3_bucket)
 

@@ -22,7 +22,7 @@ from PIL import Image
 
 from localvault import OfflineError, SyncError, Vault
 from localvault.progress import ProgressEvent
-from localvault.sync import Remote, engine, status
+from localvault.sync import Remote, engine, retry, status
 from localvault.sync.bucket import Bucket
 
 USER_A = "0a0a0a0a-0000-4000-8000-00000000000a"
@@ -48,7 +48,7 @@ def vault(tmp_path: Path) -> Iterator[Vault]:
 
 @pytest.fixture
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "RETRY_DELAYS", (0.05, 0.1, 0.2))
+    monkeypatch.setattr(retry, "RETRY_DELAYS", (0.05, 0.1, 0.2))
 
 
 @contextmanager
@@ -91,7 +91,7 @@ def assert_mirrors(vault: Vault, remote: Remote, s3_bucket: Any) -> None:
 def test_postgres_stopped_mid_sync_then_back(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path,
                                              postgres_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The server dies once the upload stage began: the sync retries and completes when it is back."""
-    monkeypatch.setattr(engine, "RETRY_DELAYS", (0.5, 0.5, 1.0, 1.0, 2.0, 2.0, 4.0))
+    monkeypatch.setattr(retry, "RETRY_DELAYS", (0.5, 0.5, 1.0, 1.0, 2.0, 2.0, 4.0))
     _fill(vault, tmp_path, 4)
     stopped = threading.Event()
     restarter: threading.Thread | None = None

@@ -1,0 +1,191 @@
+"""The bucket's side of a push: which files it holds, sending those it lacks, removing those of deleted rows."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import SyncError
+from ..progress import ProgressCallback, report
+from . import outbox
+from .bucket import Bucket, file_digest
+from .remote import BatchResult
+from .report import SyncReport
+from .retry import retrying
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from ..vault import Vault
+
+UPLOAD_WORKERS = 16
+#: With more files than this to check, one fresh listing beats a HEAD per file.
+LISTING_THRESHOLD = 50
+
+
+class Objects:
+    """What the bucket holds under the user's folder, learnt fresh once per sync when there is much to check."""
+
+    def __init__(self, bucket: Bucket, user_id: str, pending: int) -> None:
+        self.bucket = bucket
+        self.listed: dict[str, tuple[int, str | None]] | None = None
+        self.sent: dict[str, int] = {}  # uploaded (and verified) by this sync
+        if pending > LISTING_THRESHOLD:
+            self.listed = retrying(lambda: bucket.objects(user_id), "listing the bucket")
+
+    def has(self, key: str, size: int, sha256: str, local: Path, *, sent_before: bool = False) -> bool:
+        """Whether the bucket holds this very file: same size and the same bytes; when unsure, no (it is sent).
+
+        From the listing: an S3 ETag that is an MD5 is compared with the local
+        file's; otherwise a HEAD reads the sha256 the object carries, or, for
+        an object without one (put there by another tool), its ETag if that is
+        an MD5. A folder keeps no checksum: its object is hashed, unless
+        ``sent_before`` (the row's insert was synced: a sync of ours sent and
+        checked that object, and a library file never changes), so that an
+        edit of a title or tags does not read the file back from a NAS.
+        """
+        if key in self.sent:
+            return self.sent[key] == size
+        if self.listed is not None:
+            size_and_md5 = self.listed.get(key)
+            if size_and_md5 is None or size_and_md5[0] != size:
+                return False
+            if size_and_md5[1] is not None:
+                return md5_of(local) == size_and_md5[1]
+        if not self.bucket.is_s3 and not sent_before:
+            return retrying(lambda: self.bucket.sha256_of(key, size), "checking the bucket") == sha256
+        if not self.bucket.is_s3 and self.listed is not None:
+            return True  # listed with this size, above
+        found = retrying(lambda: self.bucket.head(key), "checking the bucket")
+        if found is None or found.size != size:
+            return False
+        if not self.bucket.is_s3:
+            return True
+        if found.sha256 is not None:
+            return found.sha256 == sha256
+        return found.md5 is not None and md5_of(local) == found.md5
+
+    def remember(self, key: str, size: int) -> None:
+        self.sent[key] = size
+
+
+def md5_of(local: Path) -> str | None:
+    """The local file's MD5; None when it is gone (its asset deleted by another process meanwhile: the upload
+    then finds it gone and leaves its row out, as for a file that vanishes just before its upload)."""
+    try:
+        return file_digest(local, "md5")
+    except FileNotFoundError:
+        return None
+
+
+def upload_files(vault: Vault, bucket: Bucket, known: Objects, batch: outbox.Batch, result: SyncReport,
+                  progress: ProgressCallback | None, dry_run: bool, skip: set[str]) -> None:
+    todo = []
+    for row in batch.changes.library:
+        if row["id"] in skip:
+            continue
+        local, sha, size, mime = batch.files[row["id"]]
+        key = row["storage_path"]
+        if not own_key(key, vault.user_id):
+            raise SyncError(f"library asset {row['id']} has the storage path {key!r}, outside the folder of user "
+                            f"{vault.user_id}; nothing was sent (run 'localvault verify')")
+        if known.has(key, size, sha, Path(local), sent_before=row["id"] not in batch.inserted):
+            result.files_skipped += 1
+        else:
+            todo.append((Path(local), key, sha, size, mime))
+    if not todo:
+        return
+    total = sum(t[3] for t in todo)
+    # Totals over the whole sync, not this batch: the bar keeps counting from one batch to the next.
+    files_total, bytes_total = result.files_uploaded + len(todo), result.bytes_uploaded + total
+    report(progress, "upload", total=files_total, bytes_total=bytes_total)
+    if dry_run:
+        result.files_uploaded += len(todo)
+        result.bytes_uploaded += total
+        for _local, key, _sha, size, _mime in todo:  # a later batch then finds it sent, as in a push
+            known.remember(key, size)
+        return
+
+    vanished: list[str] = []
+
+    def send(item: tuple[Path, str, str, int, str]) -> int | None:
+        local, key, sha, size, mime = item
+        try:
+            if not local.exists():
+                raise FileNotFoundError(str(local))
+            retrying(lambda: bucket.upload(local, key, sha, size, mime), f"uploading {local} as {key}")
+        except FileNotFoundError:
+            if local.exists():  # the store's "no such bucket", not our file
+                raise SyncError(f"the bucket {bucket.shown_url} could not take {key}: it no longer exists; create it or "
+                                "fix 'localvault remote set'") from None
+            vanished.append(key)  # deleted by another process since the batch was read? checked below
+            return None
+        known.remember(key, size)
+        report(progress, "upload", advance=1, bytes_advance=size, total=files_total, bytes_total=bytes_total)
+        return size
+
+    with ThreadPoolExecutor(max_workers=min(UPLOAD_WORKERS, len(todo))) as pool:
+        for sent in pool.map(send, todo):
+            if sent is not None:
+                result.files_uploaded += 1
+                result.bytes_uploaded += sent
+    if vanished:
+        drop_deleted_meanwhile(vault, batch, set(vanished))
+
+
+def drop_deleted_meanwhile(vault: Vault, batch: outbox.Batch, keys: set[str]) -> None:
+    """Leave out of the batch the rows whose file vanished because the row itself was deleted meanwhile.
+
+    The deleting transaction queued a newer outbox entry (a delete), which a
+    later batch pushes; a row still present without its file is a real loss.
+    """
+    kept = []
+    for row in batch.changes.library:
+        if row["storage_path"] not in keys:
+            kept.append(row)
+            continue
+        still = vault.db.conn.execute("SELECT 1 FROM user_library WHERE id = ?", (row["id"],)).fetchone()
+        if still is not None:
+            raise SyncError(f"the file of library asset {row['storage_path']} is missing locally; run "
+                            "'localvault verify' (--repair restores it if an identical copy is in the vault; else "
+                            "put the file back or delete the asset)")
+        batch.files.pop(row["id"], None)
+    batch.changes.library[:] = kept
+
+
+def own_key(key: str, user_id: str) -> bool:
+    """Whether an object key lies in the user's own folder (``<user_id>/…``, no '..')."""
+    parts = key.split("/")
+    return len(parts) >= 2 and parts[0] == user_id and ".." not in parts and "" not in parts
+
+
+def delete_objects(bucket: Bucket, batch: outbox.Batch, outcome: BatchResult, result: SyncReport,
+                    user_id: str, known: Objects) -> dict[str, tuple[str, str]]:
+    """Remove the objects of the rows the server no longer has; {row id: (key, the store's reason)} of those the
+    bucket refused to remove.
+
+    Also those of rows the server kept deleted in this batch's transaction: sent by this sync for a row
+    deleted on the web between the check before the upload and the upsert, or by one cut short before it
+    could remove it. No row points at them (an object's key is its row's). (Not those the check before the
+    upload found: another rig may have brought such a row back since.) Only those this sync sent are
+    counted; the bucket refusing is logged.
+    """
+    rows: dict[str, str] = {}  # key → row id
+    for row in batch.changes.library_deletes:
+        if row["id"] in outcome.gone_library_ids:
+            _op, path, _seq, _queued_at = batch.entries[("user_library", row["id"])]
+            if path and own_key(path, user_id):  # never another user's object, whatever the outbox says
+                rows[path] = row["id"]
+    strays = [r["storage_path"] for r in batch.changes.library
+              if r["id"] in outcome.kept_deleted_library_ids and own_key(r["storage_path"], user_id)]
+    refused = bucket.delete([*rows, *strays])
+    for key in strays:
+        if key in refused:
+            log.warning("the bucket refused to delete %s, of a row the server keeps deleted: %s", key, refused[key])
+        elif key in known.sent:
+            result.objects_deleted += 1
+        known.sent.pop(key, None)
+    result.objects_deleted += len(rows) - len([key for key in refused if key in rows])
+    return {rows[key]: (key, reason) for key, reason in refused.items() if key in rows}

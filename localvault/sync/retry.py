@@ -1,0 +1,49 @@
+"""Connection trouble with PostgreSQL or the bucket: retried with backoff, then reported as offline."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import psycopg
+
+from ..errors import OfflineError, SyncError, first_line
+from .store_errors import SETTINGS_HINT, network_errors, settings_errors, store_refusal
+
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
+T = TypeVar("T")
+
+#: Connection trouble: retried with backoff, then reported as offline (with the store's own, see network_errors).
+_RETRYABLE: tuple[type[BaseException], ...] = (psycopg.OperationalError, OfflineError, OSError)
+
+
+def retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | None = None) -> T:
+    """Run ``action``, retrying connection trouble with backoff; OfflineError when it persists."""
+    for delay in (*RETRY_DELAYS, None):
+        try:
+            return action()
+        except Exception as exc:
+            if isinstance(exc, settings_errors()):  # credentials or AWS settings: no retry helps
+                raise SyncError(f"{what}: {first_line(exc)}; {SETTINGS_HINT}") from None
+            if not isinstance(exc, (*_RETRYABLE, *network_errors())):
+                raise
+            if isinstance(exc, PermissionError):  # retrying cannot help
+                if exc.filename and os.path.exists(exc.filename):  # a local file we may not read
+                    raise SyncError(f"{what}: cannot read {exc.filename} ({exc.strerror}); "
+                                    "check its permissions") from None
+                raise SyncError(f"{what}: access denied ({first_line(exc)}); check the keys and the bucket's "
+                                "policies") from None
+            if isinstance(exc, FileNotFoundError):
+                raise
+            if (reason := store_refusal(exc)) is not None:
+                raise SyncError(f"{what}: the bucket refused ({reason}); retrying will not help: fix what it names "
+                                "(the bucket's limits, such as the largest file it takes, or its settings; a full "
+                                "or read-only disk), or delete the asset, then sync again") from None
+            if delay is None:
+                raise OfflineError(f"{what} failed after {len(RETRY_DELAYS) + 1} attempts: {first_line(exc)}") from None
+            if on_retry:
+                on_retry()
+            time.sleep(delay)
+    raise AssertionError("unreachable")
