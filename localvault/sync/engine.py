@@ -21,7 +21,7 @@ from ..errors import InvalidInputError, SyncBusyError
 from ..progress import ProgressCallback, report
 from . import outbox
 from .bucket import Bucket
-from .objects import Objects, delete_objects, upload_files
+from .objects import Objects, delete_objects, restore_revived, upload_files
 from .remote import Remote
 from .report import SyncReport
 from .retry import retrying
@@ -122,7 +122,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
             # Rows the server keeps deleted are skipped by the push (deleted on the web after their last local edit):
             # their files are not sent, nor checked.
             kept_deleted = retrying(partial(target.kept_deleted, vault.user_id, batch.changes.library),
-                                     "reading the server's deletions", target.close)
+                                    "reading the server's deletions", target.close)
             upload_files(vault, bucket, known, batch, result, progress, dry_run, skip=kept_deleted)
             if dry_run:
                 after_seq = batch.last_seq
@@ -135,9 +135,10 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
                 counted |= written | deleted
                 continue
             outcome = retrying(partial(target.apply, vault.user_id, batch.changes), "writing rows to PostgreSQL",
-                                target.close)
-            refused = retrying(partial(delete_objects, bucket, batch, outcome, result, vault.user_id, known),
-                                "deleting objects from the bucket")
+                               target.close)
+            restore_revived(bucket, batch, outcome, result)
+            refused = retrying(partial(delete_objects, target, bucket, batch, outcome, result, vault.user_id, known),
+                               "deleting objects from the bucket", target.close)
             for row_id, (key, reason) in refused.items():  # set aside as a refused change: status lists it
                 outcome.rejected[("user_library", row_id)] = (
                     REFUSED_BY_BUCKET, f"the bucket refused to delete {key} ({reason}); check its policies, then "
@@ -145,8 +146,8 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
             # Entries of a collection this batch brought back that the server holds outside it (released when
             # it was deleted there): sent again (queued with the acknowledgement), they rejoin it.
             released = retrying(partial(target.released, vault.user_id,
-                                         outbox.entries_in(vault, outcome.revived_collection_ids)),
-                                 "reading the server's collections", target.close)
+                                        outbox.entries_in(vault, outcome.revived_collection_ids)),
+                                "reading the server's collections", target.close)
             outbox.acknowledge(vault, batch, outcome, send_again=released)
             result.batches += 1
             result.rows_written += outcome.written

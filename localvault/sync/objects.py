@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,7 @@ from ..errors import SyncError
 from ..progress import ProgressCallback, report
 from . import outbox
 from .bucket import Bucket, file_digest
-from .remote import BatchResult
+from .remote import BatchResult, Remote
 from .report import SyncReport
 from .retry import retrying
 
@@ -161,16 +162,17 @@ def own_key(key: str, user_id: str) -> bool:
     return len(parts) >= 2 and parts[0] == user_id and ".." not in parts and "" not in parts
 
 
-def delete_objects(bucket: Bucket, batch: outbox.Batch, outcome: BatchResult, result: SyncReport,
-                    user_id: str, known: Objects) -> dict[str, tuple[str, str]]:
+def delete_objects(remote: Remote, bucket: Bucket, batch: outbox.Batch, outcome: BatchResult, result: SyncReport,
+                   user_id: str, known: Objects) -> dict[str, tuple[str, str]]:
     """Remove the objects of the rows the server no longer has; {row id: (key, the store's reason)} of those the
     bucket refused to remove.
 
     Also those of rows the server kept deleted in this batch's transaction: sent by this sync for a row
     deleted on the web between the check before the upload and the upsert, or by one cut short before it
     could remove it. No row points at them (an object's key is its row's). (Not those the check before the
-    upload found: another rig may have brought such a row back since.) Only those this sync sent are
-    counted; the bucket refusing is logged.
+    upload found: another rig may have brought such a row back since.) Each goes only if its row is still
+    gone once the server holds its deletion (:meth:`Remote.absent_held`): another rig may have brought it
+    back since this batch's commit. Only those this sync sent are counted; the bucket refusing is logged.
     """
     rows: dict[str, str] = {}  # key → row id
     for row in batch.changes.library_deletes:
@@ -178,14 +180,32 @@ def delete_objects(bucket: Bucket, batch: outbox.Batch, outcome: BatchResult, re
             _op, path, _seq, _queued_at = batch.entries[("user_library", row["id"])]
             if path and own_key(path, user_id):  # never another user's object, whatever the outbox says
                 rows[path] = row["id"]
-    strays = [r["storage_path"] for r in batch.changes.library
-              if r["id"] in outcome.kept_deleted_library_ids and own_key(r["storage_path"], user_id)]
-    refused = bucket.delete([*rows, *strays])
+    strays = {r["storage_path"]: r["id"] for r in batch.changes.library
+              if r["id"] in outcome.kept_deleted_library_ids and own_key(r["storage_path"], user_id)}
+    with remote.absent_held(user_id, [*rows.values(), *strays.values()]) as absent:
+        doomed = [key for key, row_id in (*rows.items(), *strays.items()) if row_id in absent]
+        refused = bucket.delete(doomed)
     for key in strays:
         if key in refused:
             log.warning("the bucket refused to delete %s, of a row the server keeps deleted: %s", key, refused[key])
-        elif key in known.sent:
+        elif key in known.sent and key in doomed:
             result.objects_deleted += 1
         known.sent.pop(key, None)
-    result.objects_deleted += len(rows) - len([key for key in refused if key in rows])
+    result.objects_deleted += len([key for key in doomed if key in rows and key not in refused])
     return {rows[key]: (key, reason) for key, reason in refused.items() if key in rows}
+
+
+def restore_revived(bucket: Bucket, batch: outbox.Batch, outcome: BatchResult, result: SyncReport) -> None:
+    """After the batch's commit: send again the object of a row it brought back, if another sync removed it
+    meanwhile (see :func:`delete_objects`; the server made this batch wait for that removal to end)."""
+    for row in batch.changes.library:
+        if row["id"] not in outcome.revived_library_ids:
+            continue
+        local, sha, size, mime = batch.files[row["id"]]
+        key = row["storage_path"]
+        found = retrying(partial(bucket.head, key), "checking the bucket")
+        if found is None or found.size != size:
+            log.info("sending %s again: removed by another sync as this one brought its row back", key)
+            retrying(partial(bucket.upload, Path(local), key, sha, size, mime), f"uploading {local} as {key}")
+            result.files_uploaded += 1
+            result.bytes_uploaded += size

@@ -24,10 +24,12 @@ from .server_checks import check_grants, check_user
 from .statements import (
     COLLECTION_UPSERT,
     DELETE_SQL,
+    HOLD_DELETIONS_SQL,
     KEPT_DELETED_SQL,
+    LIBRARY_PRESENT_SQL,
     LIBRARY_UPSERT,
     RELEASED_SQL,
-    REVIVED_COLLECTIONS_SQL,
+    REVIVED_SQL,
     STAMP_DELETIONS_SQL,
 )
 
@@ -61,6 +63,9 @@ class BatchResult:
     #: Collections sent that the server had deleted once and holds again: their entries the server released
     #: when it deleted the collection are to be sent again (see Remote.released).
     revived_collection_ids: set[str] = field(default_factory=set)
+    #: Library rows sent that the server had deleted once and holds again: another sync may have removed their
+    #: object just before this batch's commit, so the push checks them after it (see Remote.absent_held).
+    revived_library_ids: set[str] = field(default_factory=set)
 
 
 class JsonRow(dict):  # type: ignore[type-arg]
@@ -212,15 +217,30 @@ class Remote:
                     conn.execute(STAMP_DELETIONS_SQL.format(table=table),
                                  ([str(d) for d in done], json_array(rows), user_id))
                 self._count(conn, user_id, table, _without(rows, refused), done, is_delete, result)
-            if changes.collections:
-                result.revived_collection_ids = {str(r[0]) for r in conn.execute(
-                    REVIVED_COLLECTIONS_SQL, (user_id, [c["id"] for c in changes.collections]))}
+            result.revived_collection_ids = _revived(conn, user_id, "user_collections", changes.collections)
+            result.revived_library_ids = _revived(conn, user_id, "user_library", changes.library)
             if changes.library_deletes:
                 wanted = [d["id"] for d in changes.library_deletes]
-                still = {str(r[0]) for r in conn.execute(
-                    "SELECT id FROM public.user_library WHERE id = ANY(%s::uuid[])", (wanted,))}
-                result.gone_library_ids = set(wanted) - still
+                result.gone_library_ids = set(wanted) - _present(conn, wanted)
         return result
+
+    @contextmanager
+    def absent_held(self, user_id: str, library_ids: list[str]) -> Iterator[set[str]]:
+        """The ids of ``library_ids`` the server does not hold, their deletion records held until the block ends.
+
+        Remove the objects of those rows inside the block: a push that brings
+        one of them back meanwhile waits for the block's end (server migration
+        7), then finds the object gone after its commit and sends it again
+        (:attr:`BatchResult.revived_library_ids`); one that brought it back
+        before is seen here, and its object stays. An error in the block rolls
+        back (nothing was changed on the server).
+        """
+        if not library_ids:
+            yield set()
+            return
+        with self._as_user(user_id) as conn:
+            conn.execute(HOLD_DELETIONS_SQL, (user_id, library_ids))
+            yield set(library_ids) - _present(conn, library_ids)  # read after the hold: a new snapshot
 
     def kept_deleted(self, user_id: str, rows: list[dict[str, Any]]) -> set[str]:
         """Ids of library ``rows`` (each with its ``updated_at``) the server keeps deleted: a push skips them, so
@@ -338,6 +358,16 @@ def _act_as(conn: psycopg.Connection[Any], user_id: str) -> None:
 
 def _times(rows: list[dict[str, Any]]) -> str:
     return json.dumps([{"id": r["id"], "updated_at": r["updated_at"]} for r in rows])
+
+
+def _present(conn: psycopg.Connection[Any], library_ids: list[str]) -> set[str]:
+    return {str(r[0]) for r in conn.execute(LIBRARY_PRESENT_SQL, (library_ids,))}
+
+
+def _revived(conn: psycopg.Connection[Any], user_id: str, table: str, rows: list[dict[str, Any]]) -> set[str]:
+    if not rows:
+        return set()
+    return {str(r[0]) for r in conn.execute(REVIVED_SQL.format(table=table), (user_id, [r["id"] for r in rows]))}
 
 
 def _kept_deleted(conn: psycopg.Connection[Any], user_id: str, table: str, rows: list[dict[str, Any]]) -> set[str]:

@@ -80,11 +80,18 @@ RELEASED_SQL = (
     "SELECT t.id FROM public.user_library t JOIN jsonb_to_recordset(%s::jsonb) AS s(id uuid, updated_at timestamptz)"
     " ON t.id = s.id WHERE t.collection_id IS NULL AND t.updated_at = s.updated_at"
 )
-# Collections (of those sent) that are on the server though deleted there once: brought back by the vault.
-REVIVED_COLLECTIONS_SQL = (
-    "SELECT r.id FROM localvault.deleted_rows r WHERE r.user_id = %s AND r.row_table = 'user_collections' "
-    "AND r.id = ANY(%s::uuid[]) AND EXISTS (SELECT 1 FROM public.user_collections c WHERE c.id = r.id)"
+# Rows (of those sent) that are on the server though deleted there once: brought back, by this vault or since.
+REVIVED_SQL = (
+    "SELECT r.id FROM localvault.deleted_rows r WHERE r.user_id = %s AND r.row_table = '{table}' "
+    "AND r.id = ANY(%s::uuid[]) AND EXISTS (SELECT 1 FROM public.{table} c WHERE c.id = r.id)"
 )
+# Before their objects go: the deletion records of the rows are held until the removal's transaction ends (an
+# insert of one of them waits for it, server migration 7), and the rows still on the server are read.
+HOLD_DELETIONS_SQL = (
+    "SELECT 1 FROM localvault.deleted_rows WHERE user_id = %s AND row_table = 'user_library' "
+    "AND id = ANY(%s::uuid[]) ORDER BY user_id, id FOR UPDATE"
+)
+LIBRARY_PRESENT_SQL = "SELECT id FROM public.user_library WHERE id = ANY(%s::uuid[])"
 # Rows (id, updated_at) the server keeps deleted: not there, and deleted at or after that time.
 KEPT_DELETED_SQL = (
     "SELECT s.id FROM jsonb_to_recordset(%s::jsonb) AS s(id uuid, updated_at timestamptz) "

@@ -1,0 +1,140 @@
+"""Two rigs of one user: one deletes an entry, the other brings it back with a newer edit, at the same time.
+
+The rig that deleted removes the entry's object after the server's commit; the
+other found that object in the bucket before its upload, so it sent none. Its
+row must never end up on the server without its object (real PostgreSQL and
+moto, two real vaults).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from test_sync import USER_A, _fill, _objects, _server_rows
+
+from localvault import Vault
+from localvault.sync import Remote
+from localvault.sync.bucket import Bucket
+from localvault.sync.remote import Changes
+
+
+def _two_rigs(tmp_path: Path, remote: Remote) -> tuple[Vault, Vault, str]:
+    """Rig 1 syncs an entry; rig 2 is a copy of it (the same library, synced)."""
+    rig1 = Vault.create(tmp_path / "rig1", user_id=USER_A)
+    (asset_id,) = _fill(rig1, tmp_path, 1)
+    rig1.sync(remote)
+    rig1.close()
+    shutil.copytree(tmp_path / "rig1", tmp_path / "rig2")
+    return Vault.open(tmp_path / "rig1"), Vault.open(tmp_path / "rig2"), asset_id
+
+
+def _sync_elsewhere(rig: Vault, remote: Remote) -> Any:
+    """Sync ``rig`` through a connection of its own (another machine's)."""
+    own = Remote(remote.database_url, remote.bucket_url, remote.storage_options)
+    try:
+        return rig.sync(own)
+    finally:
+        own.close()
+
+
+def test_the_object_of_a_deleted_entry_brought_back_before_its_removal_stays(
+        tmp_path: Path, remote: Remote, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rig 2's newer edit reaches the server between rig 1's delete and the removal of its object: the entry is
+    live again, so its object stays."""
+    rig1, rig2, asset_id = _two_rigs(tmp_path, remote)
+    key = rig1.library.get(asset_id).storage_path
+    rig1.library.delete(asset_id)
+    rig2.library.update(asset_id, title="kept on rig 2")  # after rig 1's delete: it wins
+    applied = Remote.apply
+
+    def then_rig_2_syncs(self: Remote, user_id: str, changes: Changes) -> Any:
+        outcome = applied(self, user_id, changes)
+        if changes.library_deletes:
+            report = _sync_elsewhere(rig2, remote)
+            assert (report.rows_written, report.files_uploaded) == (1, 0)  # the object was there
+        return outcome
+
+    monkeypatch.setattr(Remote, "apply", then_rig_2_syncs)
+    report = rig1.sync(remote)
+    assert (report.rows_deleted, report.objects_deleted) == (1, 0)
+    assert _server_rows(remote.database_url, "user_library")[asset_id]["title"] == "kept on rig 2"
+    assert key in _objects(s3_bucket.storage_options, s3_bucket.name)
+    rig1.close()
+    rig2.close()
+
+
+def test_an_entry_brought_back_while_its_object_is_removed_gets_its_object_again(
+        tmp_path: Path, remote: Remote, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rig 2 finds the object, writes its row while rig 1 removes that object: the server makes rig 2 wait until
+    the removal is done (migration 7), and rig 2, checking after its commit, sends the object again."""
+    rig1, rig2, asset_id = _two_rigs(tmp_path, remote)
+    key = rig1.library.get(asset_id).storage_path
+    rig1.library.delete(asset_id)
+    rig2.library.update(asset_id, title="kept on rig 2")
+    removing = Bucket.delete
+    rig2_reports: list[Any] = []
+    waited: list[bool] = []
+
+    def rig_2_syncs_meanwhile(self: Bucket, keys: list[str]) -> dict[str, str]:
+        if key in keys and not waited:
+            def sync_rig_2() -> None:
+                rig2_reports.append(_sync_elsewhere(rig2, remote))
+
+            rig2_thread = threading.Thread(target=sync_rig_2)
+            rig2_thread.start()
+            rig2_thread.join(2.0)  # rig 2 checked the bucket (the object is there) and writes its row ...
+            waited.append(rig2_thread.is_alive())  # ... which waits for this removal to be over
+            removed = removing(self, keys)
+            threads.append(rig2_thread)
+            return removed
+        return removing(self, keys)
+
+    threads: list[threading.Thread] = []
+    monkeypatch.setattr(Bucket, "delete", rig_2_syncs_meanwhile)
+    report = rig1.sync(remote)
+    threads[0].join(30)
+    assert waited == [True] and report.rows_deleted == 1
+    (rig2_report,) = rig2_reports
+    assert (rig2_report.rows_written, rig2_report.files_uploaded) == (1, 1)  # sent again after its commit
+    row = _server_rows(remote.database_url, "user_library")[asset_id]
+    assert row["title"] == "kept on rig 2"
+    assert _objects(s3_bucket.storage_options, s3_bucket.name) == {key: row["file_size_bytes"]}
+    rig1.close()
+    rig2.close()
+
+
+def test_a_row_inserted_again_waits_while_its_deletion_is_held(server: str) -> None:
+    """The server's side (migration 7): an insert of a row whose deletion record another transaction holds
+    (as a sync removing the row's object does) commits only once that transaction ends."""
+    row_id = "0a0a0a0a-0000-4000-8000-0000000000ff"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute("INSERT INTO localvault.deleted_rows (user_id, row_table, id) VALUES (%s, 'user_library', %s)",
+                     (USER_A, row_id))
+    holder = psycopg.connect(server)
+    holder.execute("SELECT 1 FROM localvault.deleted_rows WHERE id = %s FOR UPDATE", (row_id,))
+    done = threading.Event()
+
+    def insert_again() -> None:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO public.user_library (id, user_id, asset_type, storage_path, file_size_bytes, mime_type,"
+                " original_prompt, model_used, generation_seed, sha256) VALUES (%s, %s, 'image', %s, 1, 'image/png',"
+                " 'p', 'm', 1, repeat('a', 64))", (row_id, USER_A, f"{USER_A}/{row_id}.png"))
+        done.set()
+
+    inserter = threading.Thread(target=insert_again)
+    inserter.start()
+    try:
+        assert not done.wait(1.0)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert done.wait(10.0)
+    inserter.join()
+    with psycopg.connect(server) as conn:
+        assert conn.execute("SELECT count(*) FROM public.user_library WHERE id = %s", (row_id,)).fetchone() == (1,)
