@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from test_sync import USER_A, _fill, _objects, _server_rows
+from test_sync import USER_A, USER_B, _fill, _objects, _server_rows
 
 from localvault import Vault
 from localvault.sync import Remote
@@ -138,3 +139,57 @@ def test_a_row_inserted_again_waits_while_its_deletion_is_held(server: str) -> N
     inserter.join()
     with psycopg.connect(server) as conn:
         assert conn.execute("SELECT count(*) FROM public.user_library WHERE id = %s", (row_id,)).fetchone() == (1,)
+
+
+def test_another_user_taking_a_deleted_entry_s_id_does_not_keep_its_object(
+        vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """User B, who could read the id of A's public entry, makes a row of their own with it right after A's delete
+    commits: A's object (under A's folder) still goes; B's row is not A's entry brought back."""
+    (asset_id,) = _fill(vault, tmp_path, 1)
+    vault.library.update(asset_id, visibility="public")
+    vault.sync(remote)
+    key = vault.library.get(asset_id).storage_path
+    vault.library.delete(asset_id)
+    applied = Remote.apply
+
+    def then_user_b_takes_the_id(self: Remote, user_id: str, changes: Changes) -> Any:
+        outcome = applied(self, user_id, changes)
+        with psycopg.connect(remote.database_url) as conn:
+            conn.execute("SELECT set_config('request.jwt.claims', %s, true)",
+                         (f'{{"sub": "{USER_B}", "role": "authenticated"}}',))
+            conn.execute("SET LOCAL ROLE authenticated")
+            conn.execute(
+                "INSERT INTO public.user_library (id, user_id, asset_type, storage_path, file_size_bytes, mime_type,"
+                " original_prompt, model_used, generation_seed, sha256, visibility) VALUES (%s, %s, 'image', %s, 1,"
+                " 'image/png', 'p', 'm', 1, repeat('b', 64), 'public')", (asset_id, USER_B, f"{USER_B}/{asset_id}.png"))
+        return outcome
+
+    monkeypatch.setattr(Remote, "apply", then_user_b_takes_the_id)
+    report = vault.sync(remote)
+    assert (report.rows_deleted, report.objects_deleted) == (1, 1)
+    assert key not in _objects(s3_bucket.storage_options, s3_bucket.name)
+
+
+def test_a_server_s_idle_timeout_does_not_end_the_hold_while_objects_are_removed(
+        vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that ends sessions idle in a transaction for 0.5 s, a bucket that takes 1.5 s to delete: the hold
+    lasts the whole removal (the sync sets no limit for it), and the sync completes."""
+    (asset_id,) = _fill(vault, tmp_path, 1)
+    vault.sync(remote)
+    remote.close()
+    with psycopg.connect(remote.database_url, autocommit=True) as conn:
+        database = conn.info.dbname
+        conn.execute(f'ALTER DATABASE "{database}" SET idle_in_transaction_session_timeout = 500')
+    key = vault.library.get(asset_id).storage_path
+    vault.library.delete(asset_id)
+    removing = Bucket.delete
+
+    def slowly(self: Bucket, keys: list[str]) -> dict[str, str]:
+        if keys:
+            time.sleep(1.5)
+        return removing(self, keys)
+
+    monkeypatch.setattr(Bucket, "delete", slowly)
+    report = vault.sync(remote)
+    assert (report.rows_deleted, report.objects_deleted) == (1, 1)
+    assert key not in _objects(s3_bucket.storage_options, s3_bucket.name)

@@ -196,16 +196,30 @@ def delete_objects(remote: Remote, bucket: Bucket, batch: outbox.Batch, outcome:
 
 
 def restore_revived(bucket: Bucket, batch: outbox.Batch, outcome: BatchResult, result: SyncReport) -> None:
-    """After the batch's commit: send again the object of a row it brought back, if another sync removed it
-    meanwhile (see :func:`delete_objects`; the server made this batch wait for that removal to end)."""
-    for row in batch.changes.library:
-        if row["id"] not in outcome.revived_library_ids:
-            continue
-        local, sha, size, mime = batch.files[row["id"]]
-        key = row["storage_path"]
+    """After the batch's commit: send again the objects of rows it brought back that another sync removed
+    meanwhile (see :func:`delete_objects`; the server made this batch wait for that removal to end). A HEAD
+    each, in parallel; a local file gone meanwhile is left out (its row's delete is queued)."""
+    todo = [(row["storage_path"], *batch.files[row["id"]]) for row in batch.changes.library
+            if row["id"] in outcome.revived_library_ids]
+
+    def restore(item: tuple[str, str, str, int, str]) -> int:
+        key, local, sha, size, mime = item
         found = retrying(partial(bucket.head, key), "checking the bucket")
-        if found is None or found.size != size:
-            log.info("sending %s again: removed by another sync as this one brought its row back", key)
+        if found is not None and found.size == size:
+            return 0
+        log.info("sending %s again: removed by another sync as this one brought its row back", key)
+        try:
             retrying(partial(bucket.upload, Path(local), key, sha, size, mime), f"uploading {local} as {key}")
-            result.files_uploaded += 1
-            result.bytes_uploaded += size
+        except FileNotFoundError:
+            if Path(local).exists():
+                raise
+            return 0
+        return size
+
+    if not todo:
+        return
+    with ThreadPoolExecutor(max_workers=min(UPLOAD_WORKERS, len(todo))) as pool:
+        for sent in pool.map(restore, todo):
+            if sent:
+                result.files_uploaded += 1
+                result.bytes_uploaded += sent

@@ -221,7 +221,7 @@ class Remote:
             result.revived_library_ids = _revived(conn, user_id, "user_library", changes.library)
             if changes.library_deletes:
                 wanted = [d["id"] for d in changes.library_deletes]
-                result.gone_library_ids = set(wanted) - _present(conn, wanted)
+                result.gone_library_ids = set(wanted) - _present(conn, user_id, wanted)
         return result
 
     @contextmanager
@@ -239,8 +239,10 @@ class Remote:
             yield set()
             return
         with self._as_user(user_id) as conn:
+            # The block waits on the bucket: a server's idle timeout must not end the hold halfway.
+            conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
             conn.execute(HOLD_DELETIONS_SQL, (user_id, library_ids))
-            yield set(library_ids) - _present(conn, library_ids)  # read after the hold: a new snapshot
+            yield set(library_ids) - _present(conn, user_id, library_ids)  # read after the hold: a new snapshot
 
     def kept_deleted(self, user_id: str, rows: list[dict[str, Any]]) -> set[str]:
         """Ids of library ``rows`` (each with its ``updated_at``) the server keeps deleted: a push skips them, so
@@ -360,8 +362,8 @@ def _times(rows: list[dict[str, Any]]) -> str:
     return json.dumps([{"id": r["id"], "updated_at": r["updated_at"]} for r in rows])
 
 
-def _present(conn: psycopg.Connection[Any], library_ids: list[str]) -> set[str]:
-    return {str(r[0]) for r in conn.execute(LIBRARY_PRESENT_SQL, (library_ids,))}
+def _present(conn: psycopg.Connection[Any], user_id: str, library_ids: list[str]) -> set[str]:
+    return {str(r[0]) for r in conn.execute(LIBRARY_PRESENT_SQL, (user_id, library_ids))}
 
 
 def _revived(conn: psycopg.Connection[Any], user_id: str, table: str, rows: list[dict[str, Any]]) -> set[str]:

@@ -16,7 +16,9 @@ RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 T = TypeVar("T")
 
 #: Connection trouble: retried with backoff, then reported as offline (with the store's own, see network_errors).
-_RETRYABLE: tuple[type[BaseException], ...] = (psycopg.OperationalError, OfflineError, OSError)
+#: A session the server ended for idling in a transaction (25P03) is one too.
+_RETRYABLE: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg.errors.IdleInTransactionSessionTimeout,
+                                               OfflineError, OSError)
 
 
 def retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | None = None) -> T:

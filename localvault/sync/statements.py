@@ -83,7 +83,7 @@ RELEASED_SQL = (
 # Rows (of those sent) that are on the server though deleted there once: brought back, by this vault or since.
 REVIVED_SQL = (
     "SELECT r.id FROM localvault.deleted_rows r WHERE r.user_id = %s AND r.row_table = '{table}' "
-    "AND r.id = ANY(%s::uuid[]) AND EXISTS (SELECT 1 FROM public.{table} c WHERE c.id = r.id)"
+    "AND r.id = ANY(%s::uuid[]) AND EXISTS (SELECT 1 FROM public.{table} c WHERE c.id = r.id AND c.user_id = r.user_id)"
 )
 # Before their objects go: the deletion records of the rows are held until the removal's transaction ends (an
 # insert of one of them waits for it, server migration 7), and the rows still on the server are read.
@@ -91,7 +91,8 @@ HOLD_DELETIONS_SQL = (
     "SELECT 1 FROM localvault.deleted_rows WHERE user_id = %s AND row_table = 'user_library' "
     "AND id = ANY(%s::uuid[]) ORDER BY user_id, id FOR UPDATE"
 )
-LIBRARY_PRESENT_SQL = "SELECT id FROM public.user_library WHERE id = ANY(%s::uuid[])"
+# (The user's own rows: another user's public row that took a deleted row's id must not keep its object.)
+LIBRARY_PRESENT_SQL = "SELECT id FROM public.user_library WHERE user_id = %s AND id = ANY(%s::uuid[])"
 # Rows (id, updated_at) the server keeps deleted: not there, and deleted at or after that time.
 KEPT_DELETED_SQL = (
     "SELECT s.id FROM jsonb_to_recordset(%s::jsonb) AS s(id uuid, updated_at timestamptz) "
