@@ -193,3 +193,30 @@ def test_a_server_s_idle_timeout_does_not_end_the_hold_while_objects_are_removed
     report = vault.sync(remote)
     assert (report.rows_deleted, report.objects_deleted) == (1, 1)
     assert key not in _objects(s3_bucket.storage_options, s3_bucket.name)
+
+
+def test_an_older_edit_that_waited_on_a_concurrent_delete_leaves_the_row_deleted(
+        vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path) -> None:
+    """Another rig deletes the entry (a newer delete) while this vault's older edit is on its way: the upsert waits
+    for that delete; once it commits, the server's re-check (migration 7) makes the batch try again, and the row
+    stays deleted (a conflict) instead of coming back as it was before the delete."""
+    (asset_id,) = _fill(vault, tmp_path, 1)
+    vault.sync(remote)
+    vault.library.update(asset_id, title="edited on this rig, before the other's delete")
+    deleter = psycopg.connect(remote.database_url)  # the other rig's push, its transaction still open
+    deleter.execute("DELETE FROM public.user_library WHERE id = %s", (asset_id,))
+    deleter.execute("UPDATE localvault.deleted_rows SET deleted_at = now() + interval '1 minute' WHERE id = %s",
+                    (asset_id,))
+    reports: list[Any] = []
+    pushing = threading.Thread(target=lambda: reports.append(_sync_elsewhere(vault, remote)))
+    pushing.start()
+    try:
+        pushing.join(2.0)
+        assert pushing.is_alive()  # the upsert waits for the delete
+    finally:
+        deleter.commit()
+        deleter.close()
+    pushing.join(60)
+    (report,) = reports
+    assert (report.rows_written, report.conflicts) == (0, 1)
+    assert asset_id not in _server_rows(remote.database_url, "user_library")
