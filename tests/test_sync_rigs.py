@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import boto3
 import psycopg
 import pytest
 from test_sync import USER_A, _fill, _objects, _server_rows
@@ -21,6 +22,11 @@ from localvault import Vault
 from localvault.sync import Remote
 
 OPERATIONS = 40
+ENTRY_ACTIONS = ["edit", "edit", "move", "delete", "sync", "sync", "web edit", "web delete"]
+COLLECTION_ACTIONS = ["rename", "drop", "web rename", "web drop"]
+
+#: An entry's latest change anywhere: (title, collection id), or None once deleted.
+Change = tuple[str | None, str | None] | None
 
 
 def _as_the_web_app(dsn: str, statement: str, args: tuple[Any, ...]) -> int:
@@ -32,79 +38,148 @@ def _as_the_web_app(dsn: str, statement: str, args: tuple[Any, ...]) -> int:
         return conn.execute(statement, args).rowcount
 
 
+def _holds(vault: Vault, table: str, row_id: str) -> bool:
+    return vault.db.conn.execute(f"SELECT 1 FROM {table} WHERE id = ?", (row_id,)).fetchone() is not None
+
+
+class _World:
+    """Three rigs, the server, and what the latest change of each entry and of the collection was."""
+
+    def __init__(self, tmp_path: Path, remote: Remote, s3_bucket: Any) -> None:
+        self.remote, self.dsn, self.s3_bucket = remote, remote.database_url, s3_bucket
+        first = Vault.create(tmp_path / "rig0", user_id=USER_A)
+        self.foxes = first.collections.create("Foxes").id
+        self.ids = _fill(first, tmp_path, 4)
+        first.sync(remote)
+        first.close()
+        for n in (1, 2):
+            shutil.copytree(tmp_path / "rig0", tmp_path / f"rig{n}")
+        self.rigs = [Vault.open(tmp_path / f"rig{n}") for n in range(3)]
+        self.keys = {i: self.rigs[0].library.get(i).storage_path for i in self.ids}
+        self.latest: dict[str, Change] = {i: (self.rigs[0].library.get(i).title, None) for i in self.ids}
+        self.collection: str | None = "Foxes"  # its latest name anywhere; None once deleted
+        self.collection_ever_deleted = False
+        self.log: list[str] = []
+
+    def entry_action(self, action: str, rig_no: int, asset_id: str, step: int) -> bool:
+        rig = self.rigs[rig_no]
+        has = _holds(rig, "user_library", asset_id)
+        if action == "edit" and has:
+            asset = rig.library.update(asset_id, title=f"rig {rig_no}, step {step}")
+        elif action == "move" and has:
+            here = rig.library.get(asset_id).collection_id
+            if here is None and not _holds(rig, "user_collections", self.foxes):
+                return False
+            asset = rig.library.update(asset_id, collection=None if here else self.foxes)
+        elif action == "delete" and has:
+            rig.library.delete(asset_id)
+            self.latest[asset_id] = None
+            return True
+        elif action == "sync":
+            report = rig.sync(self.remote)
+            assert report.rejected == 0, (report, self.log)
+            return True
+        elif action == "web edit":
+            title = f"web, step {step}"
+            if not _as_the_web_app(self.dsn, "UPDATE public.user_library SET title = %s WHERE id = %s",
+                                   (title, asset_id)):
+                return False
+            row = _server_rows(self.dsn, "user_library")[asset_id]
+            self.latest[asset_id] = (title, str(row["collection_id"]) if row["collection_id"] else None)
+            return True
+        elif action == "web delete":
+            if not _as_the_web_app(self.dsn, "DELETE FROM public.user_library WHERE id = %s", (asset_id,)):
+                return False
+            options = self.s3_bucket.storage_options  # the web app removes its object too
+            boto3.client("s3", endpoint_url=options["client_kwargs"]["endpoint_url"], aws_access_key_id=options["key"],
+                         aws_secret_access_key=options["secret"], region_name="us-east-1",
+                         ).delete_object(Bucket=self.s3_bucket.name, Key=self.keys[asset_id])
+            self.latest[asset_id] = None
+            return True
+        else:
+            return False
+        self.latest[asset_id] = (asset.title, asset.collection_id)
+        return True
+
+    def collection_action(self, action: str, rig_no: int, step: int) -> bool:
+        rig = self.rigs[rig_no]
+        if action in ("rename", "drop") and not _holds(rig, "user_collections", self.foxes):
+            return False
+        if action == "rename":
+            self.collection = rig.collections.rename(self.foxes, f"Foxes {step}").name
+        elif action == "drop":
+            released = [a.id for a in rig.library.list(collection=self.foxes, limit=100).items]
+            rig.collections.delete(self.foxes)
+            for asset_id in released:  # the vault's release is an edit of each entry (sent as such)
+                self.latest[asset_id] = (rig.library.get(asset_id).title, None)
+            self.collection, self.collection_ever_deleted = None, True
+        elif action == "web rename":
+            if not _as_the_web_app(self.dsn, "UPDATE public.user_collections SET name = %s WHERE id = %s",
+                                   (f"Foxes {step}", self.foxes)):
+                return False
+            self.collection = f"Foxes {step}"
+        elif action == "web drop":
+            if not _as_the_web_app(self.dsn, "DELETE FROM public.user_collections WHERE id = %s", (self.foxes,)):
+                return False
+            self.collection, self.collection_ever_deleted = None, True
+        return True
+
+    def check(self) -> None:
+        """After a last sync of every rig, in any order: the server against the latest changes."""
+        rows = _server_rows(self.dsn, "user_library")
+        expected = {i: change for i, change in self.latest.items() if change is not None}
+        assert set(rows) == set(expected), self.log
+        for asset_id, (title, collection) in expected.items():
+            row = rows[asset_id]
+            got = str(row["collection_id"]) if row["collection_id"] else None
+            assert row["title"] == title, (asset_id, self.log)
+            # A collection deleted somewhere releases its entries (the server's ON DELETE SET NULL keeps their
+            # time): an entry last put in it is in it, or outside any collection once it was ever deleted.
+            if collection is None or not self.collection_ever_deleted:
+                assert got == collection, (asset_id, self.log)
+            else:
+                assert got in (collection, None), (asset_id, self.log)
+        collections = _server_rows(self.dsn, "user_collections")
+        assert {c["name"] for c in collections.values()} == ({self.collection} if self.collection else set()), \
+            self.log
+        for collection_id, c in collections.items():
+            assert c["asset_count"] == sum(1 for r in rows.values() if str(r["collection_id"]) == collection_id)
+        objects = _objects(self.s3_bucket.storage_options, self.s3_bucket.name)
+        assert objects == {self.keys[i]: rows[i]["file_size_bytes"] for i in expected}, self.log
+
+    def close(self) -> None:
+        for rig in self.rigs:
+            rig.close()
+
+
+def _run(seed: int, world: _World, actions: list[str]) -> None:
+    rng = random.Random(seed)
+    for step in range(OPERATIONS):
+        time.sleep(0.005)  # each change strictly later than the one before, on every clock
+        action, rig_no, asset_id = rng.choice(actions), rng.randrange(len(world.rigs)), rng.choice(world.ids)
+        if action in COLLECTION_ACTIONS:
+            done = world.collection_action(action, rig_no, step)
+        else:
+            done = world.entry_action(action, rig_no, asset_id, step)
+        if done:
+            world.log.append(f"{action} {world.ids.index(asset_id)} on rig {rig_no}")
+    for n in rng.sample(range(len(world.rigs)), len(world.rigs)):
+        report = world.rigs[n].sync(world.remote)
+        assert report.rejected == 0, (report, world.log)
+    world.check()
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_rigs_and_the_web_app_converge_on_the_latest_change(seed: int, tmp_path: Path, remote: Remote,
                                                             s3_bucket: Any) -> None:
-    rng = random.Random(seed)
-    first = Vault.create(tmp_path / "rig0", user_id=USER_A)
-    foxes = first.collections.create("Foxes").id
-    ids = _fill(first, tmp_path, 4)
-    first.sync(remote)
-    first.close()
-    for n in (1, 2):
-        shutil.copytree(tmp_path / "rig0", tmp_path / f"rig{n}")
-    rigs = [Vault.open(tmp_path / f"rig{n}") for n in range(3)]
-    keys = {asset_id: rigs[0].library.get(asset_id).storage_path for asset_id in ids}
-    # The latest change of each entry anywhere: (title, collection id), or None once deleted.
-    latest: dict[str, tuple[str | None, str | None] | None] = {
-        asset_id: (rigs[0].library.get(asset_id).title, None) for asset_id in ids}
-    dsn = remote.database_url
-    done: list[str] = []
-    for step in range(OPERATIONS):
-        time.sleep(0.005)  # each change strictly later than the one before, on every clock
-        rig_no, asset_id = rng.randrange(len(rigs)), rng.choice(ids)
-        rig = rigs[rig_no]
-        has = _holds(rig, asset_id)
-        action = rng.choice(["edit", "edit", "move", "delete", "sync", "sync", "web edit", "web delete"])
-        if action == "edit" and has:
-            asset = rig.library.update(asset_id, title=f"rig {rig_no}, step {step}")
-            latest[asset_id] = (asset.title, asset.collection_id)
-        elif action == "move" and has:
-            here = rig.library.get(asset_id).collection_id
-            asset = rig.library.update(asset_id, collection=None if here else foxes)
-            latest[asset_id] = (asset.title, asset.collection_id)
-        elif action == "delete" and has:
-            rig.library.delete(asset_id)
-            latest[asset_id] = None
-        elif action == "sync":
-            report = rig.sync(remote)
-            assert report.rejected == 0, report
-        elif action == "web edit":
-            title = f"web, step {step}"
-            if _as_the_web_app(dsn, "UPDATE public.user_library SET title = %s WHERE id = %s", (title, asset_id)):
-                row = _server_rows(dsn, "user_library")[asset_id]
-                latest[asset_id] = (title, str(row["collection_id"]) if row["collection_id"] else None)
-        elif action == "web delete":
-            if _as_the_web_app(dsn, "DELETE FROM public.user_library WHERE id = %s", (asset_id,)):
-                s3 = s3_bucket.storage_options
-                _delete_object(s3, s3_bucket.name, keys[asset_id])  # the web app removes its object too
-                latest[asset_id] = None
-        else:
-            continue
-        done.append(f"{action} {ids.index(asset_id)} on rig {rig_no}")
-    for n in rng.sample(range(len(rigs)), len(rigs)):
-        report = rigs[n].sync(remote)
-        assert report.rejected == 0, report
-    rows = _server_rows(dsn, "user_library")
-    expected = {asset_id: change for asset_id, change in latest.items() if change is not None}
-    got = {asset_id: (row["title"], str(row["collection_id"]) if row["collection_id"] else None)
-           for asset_id, row in rows.items()}
-    assert got == expected, done
-    objects = _objects(s3_bucket.storage_options, s3_bucket.name)
-    assert objects == {keys[asset_id]: rows[asset_id]["file_size_bytes"] for asset_id in expected}, done
-    (collection,) = _server_rows(dsn, "user_collections").values()
-    assert collection["asset_count"] == sum(1 for change in expected.values() if change[1] == foxes), done
-    for rig in rigs:
-        rig.close()
+    world = _World(tmp_path, remote, s3_bucket)
+    _run(seed, world, ENTRY_ACTIONS)
+    world.close()
 
 
-def _holds(vault: Vault, asset_id: str) -> bool:
-    return vault.db.conn.execute("SELECT 1 FROM user_library WHERE id = ?", (asset_id,)).fetchone() is not None
-
-
-def _delete_object(storage_options: dict[str, Any], bucket: str, key: str) -> None:
-    import boto3
-
-    boto3.client("s3", endpoint_url=storage_options["client_kwargs"]["endpoint_url"],
-                 aws_access_key_id=storage_options["key"], aws_secret_access_key=storage_options["secret"],
-                 region_name="us-east-1").delete_object(Bucket=bucket, Key=key)
+@pytest.mark.parametrize("seed", range(12))
+def test_with_the_collection_renamed_and_deleted_too(seed: int, tmp_path: Path, remote: Remote,
+                                                     s3_bucket: Any) -> None:
+    world = _World(tmp_path, remote, s3_bucket)
+    _run(seed, world, ENTRY_ACTIONS + COLLECTION_ACTIONS)
+    world.close()
