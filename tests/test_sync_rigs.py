@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -147,14 +148,40 @@ class _World:
         objects = _objects(self.s3_bucket.storage_options, self.s3_bucket.name)
         assert objects == {self.keys[i]: rows[i]["file_size_bytes"] for i in expected}, self.log
 
+    def sync_all_at_once(self) -> None:
+        """Every rig syncs at the same time, each through a connection of its own (three machines)."""
+        failures: list[BaseException] = []
+
+        def sync(rig: Vault) -> None:
+            own = Remote(self.remote.database_url, self.remote.bucket_url, self.remote.storage_options)
+            try:
+                report = rig.sync(own)
+                if report.rejected:
+                    failures.append(AssertionError(f"rejected: {report}"))
+            except BaseException as exc:  # reported below, with the steps that led to it
+                failures.append(exc)
+            finally:
+                own.close()
+
+        threads = [threading.Thread(target=sync, args=(rig,)) for rig in self.rigs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not failures, (failures, self.log)
+        self.log.append("all rigs synced at once")
+
     def close(self) -> None:
         for rig in self.rigs:
             rig.close()
 
 
-def _run(seed: int, world: _World, actions: list[str]) -> None:
+def _run(seed: int, world: _World, actions: list[str], *, at_once_every: int = 0) -> None:
     rng = random.Random(seed)
     for step in range(OPERATIONS):
+        if at_once_every and step % at_once_every == at_once_every - 1:
+            world.sync_all_at_once()
+            continue
         time.sleep(0.005)  # each change strictly later than the one before, on every clock
         action, rig_no, asset_id = rng.choice(actions), rng.randrange(len(world.rigs)), rng.choice(world.ids)
         if action in COLLECTION_ACTIONS:
@@ -182,4 +209,13 @@ def test_with_the_collection_renamed_and_deleted_too(seed: int, tmp_path: Path, 
                                                      s3_bucket: Any) -> None:
     world = _World(tmp_path, remote, s3_bucket)
     _run(seed, world, ENTRY_ACTIONS + COLLECTION_ACTIONS)
+    world.close()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_with_every_rig_syncing_at_the_same_time_now_and_then(seed: int, tmp_path: Path, remote: Remote,
+                                                               s3_bucket: Any) -> None:
+    """Deletes racing revivals, upserts waiting on deletes, removals holding deletion records: the same end."""
+    world = _World(tmp_path, remote, s3_bucket)
+    _run(seed, world, ENTRY_ACTIONS + COLLECTION_ACTIONS, at_once_every=4)
     world.close()
