@@ -19,9 +19,12 @@
 -- deletion records with its statement's snapshot: one that waited on a
 -- concurrent delete of the row (ON CONFLICT waits for it) then inserts the
 -- row as it was before that delete, though the delete is newer. The trigger
--- reads the records afresh; finding such a row, it fails the statement as a
--- serialization failure (40001), and the writer tries again: a vault's push
--- retries the batch, whose upsert then sees the deletion and skips the row.
+-- reads the records afresh; finding such a row in a vault's push (which says
+-- so with its transaction-local `localvault.push`, migration 6), it fails the
+-- statement as a serialization failure (40001), and the push retries the
+-- batch, whose upsert then sees the deletion and skips the row. Other clients'
+-- inserts are left alone, as before: an insert naming an old updated_at (say,
+-- a row restored from a backup by hand) is not refused.
 --
 -- One trigger per statement, over the rows it inserted (a transition table):
 -- an upsert of 5,000 rows costs one join with the user's deletion records, not
@@ -39,11 +42,12 @@ BEGIN
        AND (d.user_id, d.id) IN (SELECT i.user_id, i.id FROM inserted i)
      ORDER BY d.user_id, d.id
        FOR SHARE OF d;
-    IF EXISTS (SELECT 1 FROM inserted i JOIN localvault.deleted_rows d
+    IF pg_catalog.current_setting('localvault.push', true) = 'on'
+       AND EXISTS (SELECT 1 FROM inserted i JOIN localvault.deleted_rows d
                  ON d.user_id = i.user_id AND d.row_table = TG_TABLE_NAME AND d.id = i.id
                 WHERE d.deleted_at >= i.updated_at) THEN
-        RAISE EXCEPTION 'a row was deleted on the server, after this version of it, while this write waited'
-              USING ERRCODE = '40001', HINT = 'Try again: the row stays deleted.';
+        RAISE EXCEPTION 'a row was deleted on the server, after this version of it, while this push waited'
+              USING ERRCODE = '40001', HINT = 'Push again: the row stays deleted.';
     END IF;
     RETURN NULL;
 END
