@@ -78,6 +78,13 @@ class JsonRow(dict):  # type: ignore[type-arg]
         self.json = json_text
 
 
+def uuid_array(ids: Iterable[str]) -> str:
+    """Ids as one PostgreSQL array literal for ``%s::uuid[]``: psycopg adapting a list costs ~3 µs an element
+    (15 ms for a batch's 5,000), the server parses the literal in a fraction of that. Ids are the vault's
+    UUIDs (no commas or braces; one that is not a UUID fails the cast)."""
+    return "{" + ",".join(ids) + "}"
+
+
 def json_array(rows: Iterable[dict[str, Any]]) -> str:
     """The JSON array of rows sent to ``jsonb_populate_recordset`` (rows built by SQLite go as they are)."""
     return "[" + ",".join(r.json if isinstance(r, JsonRow) else json.dumps(r) for r in rows) + "]"
@@ -215,7 +222,7 @@ class Remote:
                     done = [r[0] for r in conn.execute(statement, (json_array(rows),)).fetchall()]
                 if is_delete:
                     conn.execute(STAMP_DELETIONS_SQL.format(table=table),
-                                 ([str(d) for d in done], json_array(rows), user_id))
+                                 (uuid_array(str(d) for d in done), json_array(rows), user_id))
                 self._count(conn, user_id, table, _without(rows, refused), done, is_delete, result)
             result.revived_collection_ids = _revived(conn, user_id, "user_collections", changes.collections)
             result.revived_library_ids = _revived(conn, user_id, "user_library", changes.library)
@@ -241,7 +248,7 @@ class Remote:
         with self._as_user(user_id) as conn:
             # The block waits on the bucket: a server's idle timeout must not end the hold halfway.
             conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
-            conn.execute(HOLD_DELETIONS_SQL, (user_id, library_ids))
+            conn.execute(HOLD_DELETIONS_SQL, (user_id, uuid_array(library_ids)))
             yield set(library_ids) - _present(conn, user_id, library_ids)  # read after the hold: a new snapshot
 
     def kept_deleted(self, user_id: str, rows: list[dict[str, Any]]) -> set[str]:
@@ -284,7 +291,7 @@ class Remote:
             kept = [r["id"] for r in rows if r["id"] not in gone]
             if kept:  # still there: edited on the server after this delete (a row never sent is simply absent)
                 found = conn.execute(f"SELECT count(*) FROM public.{table} WHERE id = ANY(%s::uuid[])",
-                                     (kept,)).fetchone()
+                                     (uuid_array(kept),)).fetchone()
                 result.conflicts += found[0] if found else 0
             return
         result.written += len(done)
@@ -363,13 +370,14 @@ def _times(rows: list[dict[str, Any]]) -> str:
 
 
 def _present(conn: psycopg.Connection[Any], user_id: str, library_ids: list[str]) -> set[str]:
-    return {str(r[0]) for r in conn.execute(LIBRARY_PRESENT_SQL, (user_id, library_ids))}
+    return {str(r[0]) for r in conn.execute(LIBRARY_PRESENT_SQL, (user_id, uuid_array(library_ids)))}
 
 
 def _revived(conn: psycopg.Connection[Any], user_id: str, table: str, rows: list[dict[str, Any]]) -> set[str]:
     if not rows:
         return set()
-    return {str(r[0]) for r in conn.execute(REVIVED_SQL.format(table=table), (user_id, [r["id"] for r in rows]))}
+    return {str(r[0]) for r in conn.execute(REVIVED_SQL.format(table=table),
+                                            (user_id, uuid_array(r["id"] for r in rows)))}
 
 
 def _kept_deleted(conn: psycopg.Connection[Any], user_id: str, table: str, rows: list[dict[str, Any]]) -> set[str]:
