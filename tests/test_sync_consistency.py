@@ -450,3 +450,22 @@ def test_a_dry_run_of_full_reads_each_page_as_a_range_of_an_index(tmp_path: Path
             steps = " / ".join(str(row[-1]) for row in plan)
             assert "TEMP B-TREE" not in steps and ("PRIMARY KEY" in steps or "INTEGER PRIMARY KEY" in steps
                                                    or "USING INDEX" in steps), (arm.select, steps)
+
+
+def test_a_row_whose_id_is_no_uuid_is_refused_alone(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                    tmp_path: Path) -> None:
+    """A vault.db edited by hand holds a library row whose id is not a UUID: that change is set aside as refused
+    (status says why), sends nothing, and the rest of the library goes up; a dry run counts it as refused."""
+    good, bad = (vault.library.save(vault.workspace.add(_image(tmp_path, n), prompt="p", seed=n, model="m").id).id
+                 for n in range(2))
+    not_a_uuid = "zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz"
+    with vault.db.write() as conn:
+        conn.execute("UPDATE user_library SET id = ? WHERE id = ?", (not_a_uuid, bad))
+        conn.execute("UPDATE sync_outbox SET row_id = ? WHERE row_id = ?", (not_a_uuid, bad))
+    assert vault.sync(remote, dry_run=True).rejected == 1
+    report = vault.sync(remote)
+    assert (report.rows_written, report.rejected, report.files_uploaded) == (1, 1, 1)
+    assert set(_server_rows(remote.database_url, "user_library")) == {good}
+    (refused,) = status(vault, remote).rejected
+    assert (refused.row_id, refused.sqlstate) == (not_a_uuid, "invalid id") and "not a UUID" in refused.message
+    assert status(vault, remote).pending_changes == 0

@@ -491,3 +491,21 @@ def test_the_connection_detects_a_dead_link(server: str, own: str, tmp_path: Pat
         assert (got["idle"], got["user_timeout"]) == (60, 9000)
     else:  # dead within a minute either way (the system's defaults: 2 h of silence first, no send timeout)
         assert got["idle"] + got["interval"] * got["count"] <= 60 and 0 < got["user_timeout"] <= 60_000
+
+
+def test_writers_colliding_through_every_retry_is_no_offline(vault: Vault, remote: Remote, tmp_path: Path,
+                                                             fast_retries: None,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serialization failures (40001) or deadlocks (40P01) on every try (a server busy with conflicting pushes;
+    forced here, one cannot make real ones last): the server is reachable, so the sync says so, not offline,
+    and keeps every change queued."""
+    _fill(vault, tmp_path, 1)
+
+    def colliding(*_args: Any) -> Any:
+        raise psycopg.errors.SerializationFailure("could not serialize access")
+
+    monkeypatch.setattr(Remote, "apply", colliding)
+    with pytest.raises(SyncError, match="colliding") as caught:
+        vault.sync(remote)
+    assert not isinstance(caught.value, OfflineError) and "sync again" in str(caught.value)
+    assert status(vault, remote).pending_changes == 1

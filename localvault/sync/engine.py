@@ -29,11 +29,13 @@ from .retry import retrying
 if TYPE_CHECKING:
     from ..vault import Vault
 
-__all__ = ["BATCH_ROWS", "REFUSED_BY_BUCKET", "SyncReport", "push", "remote_for"]
+__all__ = ["BATCH_ROWS", "INVALID_ID", "REFUSED_BY_BUCKET", "SyncReport", "push", "remote_for"]
 
 BATCH_ROWS = 5_000
 #: The ``sqlstate`` of a refused change that the bucket, not PostgreSQL, refused (a delete of its object).
 REFUSED_BY_BUCKET = "bucket"
+#: The ``sqlstate`` of a refused change whose row id is no UUID (a vault.db edited by hand): never sent.
+INVALID_ID = "invalid id"
 
 
 def remote_for(vault: Vault, remote: Remote | None) -> Remote:
@@ -132,6 +134,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
                 result.rows_written += len(written - kept_deleted)
                 result.conflicts += len(written & kept_deleted)
                 result.rows_deleted += len(deleted - counted)
+                result.rejected += len(batch.invalid)
                 counted |= written | deleted
                 continue
             outcome = retrying(partial(target.apply, vault.user_id, batch.changes), "writing rows to PostgreSQL",
@@ -139,6 +142,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
             restore_revived(bucket, batch, outcome, result)
             refused = retrying(partial(delete_objects, target, bucket, batch, outcome, result, vault.user_id, known),
                                "deleting objects from the bucket", target.close)
+            outcome.rejected.update({key: (INVALID_ID, why) for key, why in batch.invalid.items()})
             for row_id, (key, reason) in refused.items():  # set aside as a refused change: status lists it
                 outcome.rejected[("user_library", row_id)] = (
                     REFUSED_BY_BUCKET, f"the bucket refused to delete {key} ({reason}); check its policies, then "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ class Batch:
     files: dict[str, tuple[str, str, int, str]]
     #: library ids with an insert among the entries: rows whose object no sync of ours has sent yet.
     inserted: set[str] = field(default_factory=set)
+    #: (table, row_id) → why: entries whose id the server cannot take, not sent (refused changes).
+    invalid: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def pending_count(vault: Vault, *, with_rejected: bool = False, with_everything: bool = False) -> int:
@@ -91,8 +94,13 @@ def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | fro
         collection_rows = {r["id"]: r for r in _rows(conn, "user_collections", COLLECTION_COLUMNS, collection_ids, vault.user_id)}
         library_bytes = 0
         left_out: set[tuple[str, str]] = set()
+        invalid: dict[tuple[str, str], str] = {}
         for key, (_op, _path, _seq, queued_at) in newest.items():
             table, row_id = key
+            if not _CANONICAL_UUID.fullmatch(row_id):  # a vault.db edited by hand: refused, the rest goes on
+                invalid[key] = (f"the id {row_id!r} is not a UUID, which the server cannot take (was vault.db "
+                                "edited by hand?); delete or mend that row")
+                continue
             current = (library_rows if table == "user_library" else collection_rows).get(row_id)
             if current is None:
                 target = changes.library_deletes if table == "user_library" else changes.collection_deletes
@@ -115,6 +123,7 @@ def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | fro
     return Batch(
         seqs=[e[0] for e in taken], last_seq=last_seq, keys=[k for k in newest if k not in left_out], changes=changes,
         entries={k: v for k, v in newest.items() if k not in left_out}, files=files, inserted=inserted,
+        invalid=invalid,
     )
 
 
@@ -203,6 +212,9 @@ _LIBRARY_SELECT = ("SELECT json_object(" + ", ".join(f"'{c}', {_json_value(c)}" 
                    + ", 'collection_updated_at', (SELECT c.updated_at FROM user_collections c"
                    " WHERE c.id = user_library.collection_id)),"
                    " id, storage_path, sha256, file_size_bytes, mime_type, updated_at FROM user_library")
+
+
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def _rows(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], ids: list[str], user_id: str) -> Iterator[dict[str, Any]]:

@@ -80,8 +80,9 @@ class JsonRow(dict):  # type: ignore[type-arg]
 
 def uuid_array(ids: Iterable[str]) -> str:
     """Ids as one PostgreSQL array literal for ``%s::uuid[]``: psycopg adapting a list costs ~3 µs an element
-    (15 ms for a batch's 5,000), the server parses the literal in a fraction of that. Ids are the vault's
-    UUIDs (no commas or braces; one that is not a UUID fails the cast)."""
+    (15 ms for a batch's 5,000), the server parses the literal in a fraction of that. The ids are canonical
+    UUIDs (the outbox checks those it queues; the others come from the server), so no quote, comma or brace
+    can make the literal name other ids."""
     return "{" + ",".join(ids) + "}"
 
 

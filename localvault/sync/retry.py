@@ -43,6 +43,10 @@ def retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | 
                 raise SyncError(f"{what}: the bucket refused ({reason}); retrying will not help: fix what it names "
                                 "(the bucket's limits, such as the largest file it takes, or its settings; a full "
                                 "or read-only disk), or delete the asset, then sync again") from None
+            if delay is None and isinstance(exc, psycopg.Error) and (exc.sqlstate or "").startswith("40"):
+                # 40001, 40P01 (class 40, transaction rollback): the server answered; it is not offline
+                raise SyncError(f"{what}: other writers kept colliding with this sync ({first_line(exc)}); "
+                                "sync again in a moment") from None
             if delay is None:
                 raise OfflineError(f"{what} failed after {len(RETRY_DELAYS) + 1} attempts: {first_line(exc)}") from None
             if on_retry:
