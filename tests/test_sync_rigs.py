@@ -168,6 +168,7 @@ class _World:
             thread.start()
         for thread in threads:
             thread.join(120)
+        assert not any(thread.is_alive() for thread in threads), ("a sync hung", self.log)
         assert not failures, (failures, self.log)
         self.log.append("all rigs synced at once")
 
@@ -180,6 +181,15 @@ def _run(seed: int, world: _World, actions: list[str], *, at_once_every: int = 0
     rng = random.Random(seed)
     for step in range(OPERATIONS):
         if at_once_every and step % at_once_every == at_once_every - 1:
+            # Every rig pushes a change of the same entry at once: one deletes it, the others edit it (a delete
+            # racing revivals, upserts waiting on a delete, a removal holding its deletion record).
+            contested = rng.choice(world.ids)
+            for rig_no in range(len(world.rigs)):
+                time.sleep(0.005)
+                if world.entry_action("delete" if rig_no == step % len(world.rigs) else "edit", rig_no, contested,
+                                      step):
+                    world.log.append(f"{'delete' if rig_no == step % len(world.rigs) else 'edit'} "
+                                     f"{world.ids.index(contested)} on rig {rig_no}")
             world.sync_all_at_once()
             continue
         time.sleep(0.005)  # each change strictly later than the one before, on every clock
@@ -189,7 +199,8 @@ def _run(seed: int, world: _World, actions: list[str], *, at_once_every: int = 0
         else:
             done = world.entry_action(action, rig_no, asset_id, step)
         if done:
-            world.log.append(f"{action} {world.ids.index(asset_id)} on rig {rig_no}")
+            what = "" if action in ("sync", *COLLECTION_ACTIONS) else f" {world.ids.index(asset_id)}"
+            world.log.append(f"{action}{what} on rig {rig_no}")
     for n in rng.sample(range(len(world.rigs)), len(world.rigs)):
         report = world.rigs[n].sync(world.remote)
         assert report.rejected == 0, (report, world.log)
@@ -209,6 +220,16 @@ def test_with_the_collection_renamed_and_deleted_too(seed: int, tmp_path: Path, 
                                                      s3_bucket: Any) -> None:
     world = _World(tmp_path, remote, s3_bucket)
     _run(seed, world, ENTRY_ACTIONS + COLLECTION_ACTIONS)
+    world.close()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_with_the_collection_renamed_but_never_deleted(seed: int, tmp_path: Path, remote: Remote,
+                                                      s3_bucket: Any) -> None:
+    """Without deletions of the collection, each entry's collection is exactly that of its latest change."""
+    world = _World(tmp_path, remote, s3_bucket)
+    _run(seed, world, ENTRY_ACTIONS + ["rename", "web rename"])
+    assert not world.collection_ever_deleted
     world.close()
 
 
