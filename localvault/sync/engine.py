@@ -139,7 +139,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
                 continue
             outcome = retrying(partial(target.apply, vault.user_id, batch.changes), "writing rows to PostgreSQL",
                                target.close)
-            restore_revived(bucket, batch, outcome, result)
+            restore_revived(vault, bucket, known, batch, outcome, result, progress)
             refused = retrying(partial(delete_objects, target, bucket, batch, outcome, result, vault.user_id, known),
                                "deleting objects from the bucket", target.close)
             outcome.rejected.update({key: (INVALID_ID, why) for key, why in batch.invalid.items()})

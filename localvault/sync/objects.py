@@ -96,6 +96,14 @@ def upload_files(vault: Vault, bucket: Bucket, known: Objects, batch: outbox.Bat
             result.files_skipped += 1
         else:
             todo.append((Path(local), key, sha, size, mime))
+    _send(vault, bucket, known, batch, todo, result, progress, dry_run)
+
+
+def _send(vault: Vault, bucket: Bucket, known: Objects, batch: outbox.Batch,
+          todo: list[tuple[Path, str, str, int, str]], result: SyncReport, progress: ProgressCallback | None,
+          dry_run: bool) -> None:
+    """Upload ``todo`` (local path, key, sha256, size, mime type) in parallel; a file deleted meanwhile with its row
+    leaves the row out of the batch (a row still there without its file stops the sync)."""
     if not todo:
         return
     total = sum(t[3] for t in todo)
@@ -164,8 +172,8 @@ def own_key(key: str, user_id: str) -> bool:
 
 def delete_objects(remote: Remote, bucket: Bucket, batch: outbox.Batch, outcome: BatchResult, result: SyncReport,
                    user_id: str, known: Objects) -> dict[str, tuple[str, str]]:
-    """Remove the objects of the rows the server no longer has; {row id: (key, the store's reason)} of those the
-    bucket refused to remove.
+    """Remove the objects of the rows this batch deleted that the server no longer has; {row id: (key, the store's
+    reason)} of those the bucket refused to remove.
 
     Also those of rows the server kept deleted in this batch's transaction: sent by this sync for a row
     deleted on the web between the check before the upload and the upsert, or by one cut short before it
@@ -175,11 +183,10 @@ def delete_objects(remote: Remote, bucket: Bucket, batch: outbox.Batch, outcome:
     back since this batch's commit. Only those this sync sent are counted; the bucket refusing is logged.
     """
     rows: dict[str, str] = {}  # key → row id
-    for row in batch.changes.library_deletes:
-        if row["id"] in outcome.gone_library_ids:
-            _op, path, _seq, _queued_at = batch.entries[("user_library", row["id"])]
-            if path and own_key(path, user_id):  # never another user's object, whatever the outbox says
-                rows[path] = row["id"]
+    for row in batch.changes.library_deletes:  # (a delete that lost, or was refused, leaves its row: not absent)
+        _op, path, _seq, _queued_at = batch.entries[("user_library", row["id"])]
+        if path and own_key(path, user_id):  # never another user's object, whatever the outbox says
+            rows[path] = row["id"]
     strays = {r["storage_path"]: r["id"] for r in batch.changes.library
               if r["id"] in outcome.kept_deleted_library_ids and own_key(r["storage_path"], user_id)}
     with remote.absent_held(user_id, [*rows.values(), *strays.values()]) as absent:
@@ -195,31 +202,18 @@ def delete_objects(remote: Remote, bucket: Bucket, batch: outbox.Batch, outcome:
     return {rows[key]: (key, reason) for key, reason in refused.items() if key in rows}
 
 
-def restore_revived(bucket: Bucket, batch: outbox.Batch, outcome: BatchResult, result: SyncReport) -> None:
+def restore_revived(vault: Vault, bucket: Bucket, known: Objects, batch: outbox.Batch, outcome: BatchResult,
+                    result: SyncReport, progress: ProgressCallback | None) -> None:
     """After the batch's commit: send again the objects of rows it brought back that another sync removed
-    meanwhile (see :func:`delete_objects`; the server made this batch wait for that removal to end). A HEAD
-    each, in parallel; a local file gone meanwhile is left out (its row's delete is queued)."""
-    todo = [(row["storage_path"], *batch.files[row["id"]]) for row in batch.changes.library
-            if row["id"] in outcome.revived_library_ids]
-
-    def restore(item: tuple[str, str, str, int, str]) -> int:
-        key, local, sha, size, mime = item
-        found = retrying(partial(bucket.head, key), "checking the bucket")
-        if found is not None and found.size == size:
-            return 0
-        log.info("sending %s again: removed by another sync as this one brought its row back", key)
-        try:
-            retrying(partial(bucket.upload, Path(local), key, sha, size, mime), f"uploading {local} as {key}")
-        except FileNotFoundError:
-            if Path(local).exists():
-                raise
-            return 0
-        return size
-
-    if not todo:
-        return
-    with ThreadPoolExecutor(max_workers=min(UPLOAD_WORKERS, len(todo))) as pool:
-        for sent in pool.map(restore, todo):
-            if sent:
-                result.files_uploaded += 1
-                result.bytes_uploaded += sent
+    meanwhile (see :func:`delete_objects`; the server made this batch wait for that removal to end): a fresh
+    HEAD each, never the sync's listing or what it sent."""
+    todo = []
+    for row in batch.changes.library:
+        if row["id"] in outcome.revived_library_ids:
+            local, sha, size, mime = batch.files[row["id"]]
+            found = retrying(partial(bucket.head, row["storage_path"]), "checking the bucket")
+            if found is None or found.size != size:
+                log.info("sending %s again: removed by another sync as this one brought its row back",
+                         row["storage_path"])
+                todo.append((Path(local), row["storage_path"], sha, size, mime))
+    _send(vault, bucket, known, batch, todo, result, progress, dry_run=False)

@@ -56,8 +56,6 @@ class BatchResult:
     conflicts: int = 0
     #: (table, row_id) → (sqlstate, message) for changes refused for good.
     rejected: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
-    #: Library ids that no longer exist on the server (their objects may go).
-    gone_library_ids: set[str] = field(default_factory=set)
     #: Library ids not written because the server keeps them deleted (an object sent for one may go).
     kept_deleted_library_ids: set[str] = field(default_factory=set)
     #: Collections sent that the server had deleted once and holds again: their entries the server released
@@ -227,9 +225,6 @@ class Remote:
                 self._count(conn, user_id, table, _without(rows, refused), done, is_delete, result)
             result.revived_collection_ids = _revived(conn, user_id, "user_collections", changes.collections)
             result.revived_library_ids = _revived(conn, user_id, "user_library", changes.library)
-            if changes.library_deletes:
-                wanted = [d["id"] for d in changes.library_deletes]
-                result.gone_library_ids = set(wanted) - _present(conn, user_id, wanted)
         return result
 
     @contextmanager
@@ -250,7 +245,8 @@ class Remote:
             # The block waits on the bucket: a server's idle timeout must not end the hold halfway.
             conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
             conn.execute(HOLD_DELETIONS_SQL, (user_id, uuid_array(library_ids)))
-            yield set(library_ids) - _present(conn, user_id, library_ids)  # read after the hold: a new snapshot
+            present = {str(r[0]) for r in conn.execute(LIBRARY_PRESENT_SQL, (user_id, uuid_array(library_ids)))}
+            yield set(library_ids) - present  # read after the hold: a statement of its own, a new snapshot
 
     def kept_deleted(self, user_id: str, rows: list[dict[str, Any]]) -> set[str]:
         """Ids of library ``rows`` (each with its ``updated_at``) the server keeps deleted: a push skips them, so
@@ -368,10 +364,6 @@ def _act_as(conn: psycopg.Connection[Any], user_id: str) -> None:
 
 def _times(rows: list[dict[str, Any]]) -> str:
     return json.dumps([{"id": r["id"], "updated_at": r["updated_at"]} for r in rows])
-
-
-def _present(conn: psycopg.Connection[Any], user_id: str, library_ids: list[str]) -> set[str]:
-    return {str(r[0]) for r in conn.execute(LIBRARY_PRESENT_SQL, (user_id, uuid_array(library_ids)))}
 
 
 def _revived(conn: psycopg.Connection[Any], user_id: str, table: str, rows: list[dict[str, Any]]) -> set[str]:
