@@ -501,12 +501,17 @@ def test_full_sync_sends_again_what_the_server_lost(vault: Vault, remote: Remote
     assert status(vault, remote).pending_changes == 0
 
 
-def _delete_on_the_web(dsn: str, table: str, row_id: str, user: str = USER_A) -> None:
-    """Delete a row as the web app does: as the user, through row-level security."""
+def as_the_web_app(dsn: str, statement: str, args: tuple[Any, ...], user: str = USER_A) -> int:
+    """A statement run as the web app runs its own: as the user, through row-level security; the rows it touched."""
     with psycopg.connect(dsn) as conn:
         conn.execute("SELECT set_config('request.jwt.claims', %s, true)", (f'{{"sub": "{user}", "role": "authenticated"}}',))
         conn.execute("SET LOCAL ROLE authenticated")
-        assert conn.execute(f"DELETE FROM public.{table} WHERE id = %s", (row_id,)).rowcount == 1
+        return conn.execute(statement, args).rowcount
+
+
+def _delete_on_the_web(dsn: str, table: str, row_id: str, user: str = USER_A) -> None:
+    """Delete a row as the web app does: as the user, through row-level security."""
+    assert as_the_web_app(dsn, f"DELETE FROM public.{table} WHERE id = %s", (row_id,), user) == 1
 
 
 def test_an_edit_older_than_the_server_s_delete_does_not_bring_the_row_back(vault: Vault, remote: Remote,

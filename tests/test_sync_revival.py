@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from test_sync import USER_A, USER_B, _fill, _objects, _server_rows
+from test_sync import USER_A, USER_B, _fill, _objects, _server_rows, as_the_web_app
 
 from localvault import Vault
 from localvault.sync import Remote
@@ -154,14 +154,12 @@ def test_another_user_taking_a_deleted_entry_s_id_does_not_keep_its_object(
 
     def then_user_b_takes_the_id(self: Remote, user_id: str, changes: Changes) -> Any:
         outcome = applied(self, user_id, changes)
-        with psycopg.connect(remote.database_url) as conn:
-            conn.execute("SELECT set_config('request.jwt.claims', %s, true)",
-                         (f'{{"sub": "{USER_B}", "role": "authenticated"}}',))
-            conn.execute("SET LOCAL ROLE authenticated")
-            conn.execute(
-                "INSERT INTO public.user_library (id, user_id, asset_type, storage_path, file_size_bytes, mime_type,"
-                " original_prompt, model_used, generation_seed, sha256, visibility) VALUES (%s, %s, 'image', %s, 1,"
-                " 'image/png', 'p', 'm', 1, repeat('b', 64), 'public')", (asset_id, USER_B, f"{USER_B}/{asset_id}.png"))
+        as_the_web_app(
+            remote.database_url,
+            "INSERT INTO public.user_library (id, user_id, asset_type, storage_path, file_size_bytes, mime_type,"
+            " original_prompt, model_used, generation_seed, sha256, visibility) VALUES (%s, %s, 'image', %s, 1,"
+            " 'image/png', 'p', 'm', 1, repeat('b', 64), 'public')", (asset_id, USER_B, f"{USER_B}/{asset_id}.png"),
+            USER_B)
         return outcome
 
     monkeypatch.setattr(Remote, "apply", then_user_b_takes_the_id)

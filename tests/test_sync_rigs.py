@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
-import psycopg
 import pytest
-from test_sync import USER_A, _fill, _objects, _server_rows
+from test_sync import USER_A, _fill, _objects, _s3_of, _server_rows, as_the_web_app
+from test_sync_revival import _sync_elsewhere
 
 from localvault import Vault
 from localvault.sync import Remote
@@ -28,15 +27,6 @@ COLLECTION_ACTIONS = ["rename", "drop", "web rename", "web drop"]
 
 #: An entry's latest change anywhere: (title, collection id), or None once deleted.
 Change = tuple[str | None, str | None] | None
-
-
-def _as_the_web_app(dsn: str, statement: str, args: tuple[Any, ...]) -> int:
-    """A statement run as the user through row-level security, as the web app's are; the rows it touched."""
-    with psycopg.connect(dsn) as conn:
-        conn.execute("SELECT set_config('request.jwt.claims', %s, true)",
-                     (f'{{"sub": "{USER_A}", "role": "authenticated"}}',))
-        conn.execute("SET LOCAL ROLE authenticated")
-        return conn.execute(statement, args).rowcount
 
 
 def _holds(vault: Vault, table: str, row_id: str) -> bool:
@@ -82,19 +72,17 @@ class _World:
             return True
         elif action == "web edit":
             title = f"web, step {step}"
-            if not _as_the_web_app(self.dsn, "UPDATE public.user_library SET title = %s WHERE id = %s",
+            if not as_the_web_app(self.dsn, "UPDATE public.user_library SET title = %s WHERE id = %s",
                                    (title, asset_id)):
                 return False
             row = _server_rows(self.dsn, "user_library")[asset_id]
             self.latest[asset_id] = (title, str(row["collection_id"]) if row["collection_id"] else None)
             return True
         elif action == "web delete":
-            if not _as_the_web_app(self.dsn, "DELETE FROM public.user_library WHERE id = %s", (asset_id,)):
+            if not as_the_web_app(self.dsn, "DELETE FROM public.user_library WHERE id = %s", (asset_id,)):
                 return False
-            options = self.s3_bucket.storage_options  # the web app removes its object too
-            boto3.client("s3", endpoint_url=options["client_kwargs"]["endpoint_url"], aws_access_key_id=options["key"],
-                         aws_secret_access_key=options["secret"], region_name="us-east-1",
-                         ).delete_object(Bucket=self.s3_bucket.name, Key=self.keys[asset_id])
+            # the web app removes its object too
+            _s3_of(self.s3_bucket).delete_object(Bucket=self.s3_bucket.name, Key=self.keys[asset_id])
             self.latest[asset_id] = None
             return True
         else:
@@ -115,12 +103,12 @@ class _World:
                 self.latest[asset_id] = (rig.library.get(asset_id).title, None)
             self.collection, self.collection_ever_deleted = None, True
         elif action == "web rename":
-            if not _as_the_web_app(self.dsn, "UPDATE public.user_collections SET name = %s WHERE id = %s",
+            if not as_the_web_app(self.dsn, "UPDATE public.user_collections SET name = %s WHERE id = %s",
                                    (f"Foxes {step}", self.foxes)):
                 return False
             self.collection = f"Foxes {step}"
         elif action == "web drop":
-            if not _as_the_web_app(self.dsn, "DELETE FROM public.user_collections WHERE id = %s", (self.foxes,)):
+            if not as_the_web_app(self.dsn, "DELETE FROM public.user_collections WHERE id = %s", (self.foxes,)):
                 return False
             self.collection, self.collection_ever_deleted = None, True
         return True
@@ -153,15 +141,12 @@ class _World:
         failures: list[BaseException] = []
 
         def sync(rig: Vault) -> None:
-            own = Remote(self.remote.database_url, self.remote.bucket_url, self.remote.storage_options)
             try:
-                report = rig.sync(own)
+                report = _sync_elsewhere(rig, self.remote)
                 if report.rejected:
                     failures.append(AssertionError(f"rejected: {report}"))
             except BaseException as exc:  # reported below, with the steps that led to it
                 failures.append(exc)
-            finally:
-                own.close()
 
         threads = [threading.Thread(target=sync, args=(rig,)) for rig in self.rigs]
         for thread in threads:
