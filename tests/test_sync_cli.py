@@ -146,6 +146,47 @@ def test_status_dry_run_sync_json(vault_path: Path, server: str, s3_bucket: Any,
     assert "pushed 0 rows" in again.stdout
 
 
+def test_a_clock_far_from_the_servers_is_measured_and_warned_of(vault_path: Path, server: str, s3_bucket: Any,
+                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Last writer wins compares the machines' clocks: sync and status measure this one against the server's."""
+    from localvault.sync import server_checks
+
+    _set_remote(vault_path, server, s3_bucket)
+    _add(vault_path, tmp_path, 1)
+    vault = ["--vault", str(vault_path)]
+    in_step = ok(run(*vault, "status"))  # the suite's server runs on this machine: the same clock
+    assert abs(as_json(run(*vault, "status", "--json"))["clock_offset_seconds"]) < 1
+    assert "clock" not in in_step.stderr
+
+    # A rig's clock three hours fast (a fault this machine cannot cause: the server shares its clock).
+    real = server_checks.local_clock
+    monkeypatch.setattr(server_checks, "local_clock", lambda: real() + 3 * 3600)
+    report = as_json(run(*vault, "sync", "--json"))
+    assert report["rows_written"] == 1 and abs(report["clock_offset_seconds"] - 3 * 3600) < 1
+    state = as_json(run(*vault, "status", "--json"))
+    assert abs(state["clock_offset_seconds"] - 3 * 3600) < 1
+    for result in (ok(run(*vault, "sync")), ok(run(*vault, "status"))):
+        assert "this machine's clock is 3 h ahead of the server's" in result.stderr, result.stderr
+        assert "beats edits of the same entry made elsewhere up to 3 h after it" in result.stderr
+
+    monkeypatch.setattr(server_checks, "local_clock", lambda: real() - 90)  # within the warning's margin
+    quiet = ok(run(*vault, "sync"))
+    assert "clock" not in quiet.stderr
+    monkeypatch.setattr(server_checks, "local_clock", lambda: real() - 2 * 86400 - 5 * 3600)
+    assert "2 days 5 h behind the server's" in ok(run(*vault, "sync")).stderr
+
+
+def test_the_clock_warning_names_the_gap_and_its_effect() -> None:
+    from localvault.sync import clock_warning
+
+    assert clock_warning(None) is None and clock_warning(119) is None and clock_warning(-119) is None
+    ahead = clock_warning(130)
+    assert ahead is not None and "2 min 10 s ahead of" in ahead and "beats edits" in ahead and "NTP" in ahead
+    behind = clock_warning(-86400)
+    assert behind is not None and "1 day behind" in behind and "loses to edits" in behind
+    assert "1 h 1 min ahead" in (clock_warning(3660.4) or "") and "3 days ahead" in (clock_warning(3 * 86400 + 20) or "")
+
+
 def test_offline_exit_code_one_line_and_status(vault_path: Path, s3_bucket: Any, tmp_path: Path) -> None:
     _set_remote(vault_path, "postgresql://nobody:pw@127.0.0.1:1/none", s3_bucket)
     _add(vault_path, tmp_path, 2)

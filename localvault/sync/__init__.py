@@ -7,8 +7,9 @@
 
 from .engine import SyncReport, push
 from .remote import Remote
+from .report import clock_warning
 from .schema import SCHEMA_VERSION, SchemaReport, apply_schema
 from .status import RejectedChange, SyncStatus, status
 
 __all__ = ["Remote", "push", "status", "SyncReport", "SyncStatus", "RejectedChange", "apply_schema",
-           "SchemaReport", "SCHEMA_VERSION"]
+           "SchemaReport", "SCHEMA_VERSION", "clock_warning"]

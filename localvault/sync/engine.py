@@ -98,6 +98,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
     result = SyncReport(dry_run=dry_run)
     with _SyncLock(vault.root), _closing(target if remote is None else None):
         target.check(vault.user_id)
+        result.clock_offset_seconds = target.clock_offset
         if retry_rejected and not dry_run:
             outbox.requeue_rejected(vault)
         # Checked even with nothing to push: a sync that "succeeds" against a bucket that is gone hides it.

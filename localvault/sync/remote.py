@@ -20,7 +20,7 @@ import psycopg
 from ..config import RemoteConfig
 from ..errors import OfflineError, SyncError, first_line
 from . import schema
-from .server_checks import check_grants, check_user
+from .server_checks import check_grants, check_user, clock_offset
 from .statements import (
     COLLECTION_UPSERT,
     DELETE_SQL,
@@ -111,6 +111,8 @@ class Remote:
         self.database_url, self.bucket_url = settings.database_url, settings.bucket_url
         self.storage_options = settings.storage_options
         self._conn: psycopg.Connection[Any] | None = None
+        #: This machine's clock minus the server's, in seconds, as :meth:`check` (with a user) last measured it.
+        self.clock_offset: float | None = None
 
     # ------------------------------------------------------- connection
 
@@ -140,7 +142,8 @@ class Remote:
             self._conn = None
 
     def check(self, user_id: str | None = None) -> int:
-        """Connect, check the server's schema version and, given ``user_id``, that the server has that user.
+        """Connect, check the server's schema version and, given ``user_id``, that the server has that user
+        (and measure :attr:`clock_offset`).
 
         SchemaVersionError if the version differs; SyncError if the user is
         missing (every row would be refused after its file was uploaded for
@@ -156,6 +159,7 @@ class Remote:
                 if user_id is not None:
                     check_user(conn, user_id)
                     check_grants(conn)
+                    self.clock_offset = clock_offset(conn)
                 return version
             except psycopg.OperationalError as exc:
                 self.close()

@@ -22,3 +22,38 @@ class SyncReport:
     batches: int = 0
     pending_changes: int = 0  # queued when the sync began (status counts those left)
     seconds: float = 0.0
+    #: This machine's clock minus the server's, in seconds (positive: ahead), measured as the sync began;
+    #: see :func:`clock_warning`.
+    clock_offset_seconds: float | None = None
+
+
+#: A clock this far from the server's (either way) is worth a warning: see :func:`clock_warning`.
+CLOCK_WARNING_SECONDS = 120.0
+
+
+def clock_warning(offset: float | None) -> str | None:
+    """What to tell the user of a clock ``offset`` seconds from the server's; None within
+    :data:`CLOCK_WARNING_SECONDS` (or unknown).
+
+    Last writer wins compares the times of the edits: a vault stamps its own with this machine's clock, the
+    web app and other rigs with theirs. A clock running ahead makes this vault's edits beat newer ones made
+    elsewhere; one running behind makes them lose to older ones.
+    """
+    if offset is None or abs(offset) < CLOCK_WARNING_SECONDS:
+        return None
+    span = _span(abs(offset))
+    if offset > 0:
+        effect = f"an edit made here beats edits of the same entry made elsewhere up to {span} after it"
+    else:
+        effect = f"an edit made here loses to edits of the same entry made elsewhere up to {span} before it"
+    return (f"this machine's clock is {span} {'ahead of' if offset > 0 else 'behind'} the server's: last writer "
+            f"wins compares the times of the edits, so {effect}; set this machine's clock (NTP)")
+
+
+def _span(seconds: float) -> str:
+    """A length of time as people say it, its two largest units: '3 days 4 h', '2 h 5 min', '3 h', '4 min 10 s'."""
+    whole = round(seconds)
+    units = [(whole // 86400, "day"), (whole % 86400 // 3600, "h"), (whole % 3600 // 60, "min"), (whole % 60, "s")]
+    first = next((i for i, (count, _unit) in enumerate(units) if count), len(units))
+    return " ".join(f"{count} {unit}{'s' if unit == 'day' and count > 1 else ''}"
+                    for count, unit in units[first:first + 2] if count) or "0 s"

@@ -1,8 +1,10 @@
 """What a push checks on the server before it sends anything (used by :meth:`localvault.sync.remote.Remote.check`):
-that the vault's user exists, and that the role ``authenticated`` holds the privileges the push uses."""
+that the vault's user exists, that the role ``authenticated`` holds the privileges the push uses, and how far this
+machine's clock is from the server's."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import psycopg
@@ -63,3 +65,22 @@ def check_grants(conn: psycopg.Connection[Any]) -> None:
                         "grants (a set-up problem, not a row's): run 'GRANT " + "; GRANT ".join(
                             f"{grant} TO authenticated" for grant in lacking) + "' on the server, then sync again; "
                         "nothing was sent")
+
+
+def clock_offset(conn: psycopg.Connection[Any]) -> float:
+    """This machine's clock minus the server's, in seconds (positive: ahead), within half a round trip.
+
+    Last writer wins compares the times of the edits, and a vault stamps its
+    edits with this machine's clock, the web app with the server's.
+    """
+    before = local_clock()
+    row = conn.execute("SELECT extract(epoch FROM pg_catalog.clock_timestamp())::float8").fetchone()
+    after = local_clock()
+    conn.rollback()
+    assert row is not None
+    return (before + after) / 2 - float(row[0])
+
+
+def local_clock() -> float:
+    """This machine's clock (seconds since the epoch), the one the vault stamps its edits with."""
+    return time.time()

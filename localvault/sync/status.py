@@ -41,6 +41,9 @@ class SyncStatus:
     #: Why not online: the server or bucket cannot be reached (``offline``), or it answers but a sync
     #: cannot run until something is fixed (``not_ready``: credentials, settings, bucket, server schema).
     problem: Literal["offline", "not_ready"] | None = None
+    #: This machine's clock minus the server's, in seconds (positive: ahead), when the server was reached;
+    #: see :func:`localvault.sync.report.clock_warning`.
+    clock_offset_seconds: float | None = None
 
 
 def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = True) -> SyncStatus:
@@ -55,6 +58,7 @@ def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = T
     online = False
     reason: str | None = "no remote is set"
     problem: Literal["offline", "not_ready"] | None = None
+    offset: float | None = None
     try:
         configured = remote or (remote_for(vault, None) if vault.config.remote else None)
     except InvalidInputError as exc:  # settings stored before they were checked
@@ -64,6 +68,7 @@ def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = T
     elif configured is not None:
         try:
             configured.check(vault.user_id)
+            offset = configured.clock_offset
             Bucket(configured.bucket_url, configured.storage_options).check_reachable(create=False)
             online, reason = True, None
         except OfflineError as exc:
@@ -78,5 +83,6 @@ def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = T
         online=online, offline_reason=reason, problem=problem, pending_changes=pending_count(vault), rejected=rejected,
         last_sync=vault.db.get_meta(f"last_sync:{vault.user_id}"),
         remote=f"{redact_database_url(shown.database_url)} + {redact_url(shown.bucket_url)}" if shown else None,
+        clock_offset_seconds=offset,
     )
 
