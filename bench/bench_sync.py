@@ -10,7 +10,9 @@ a. ``--rows`` (100,000) library rows, no files: the rows go straight into the
    uploads nothing: the bucket of this part is a local folder (``file://``,
    the NAS case) holding one real small file per row, created beforehand, and
    the engine's one fresh listing of the user's folder finds them all with the
-   right size and bytes. (Putting 100,000 objects into moto first would take ~10 minutes
+   right size and bytes, and by the sha256 each carries as a sync of ours
+   leaves it (an extended attribute; ``--objects-unnoted``: none, so each is
+   read back and hashed, as objects put there by other tools are). (Putting 100,000 objects into moto first would take ~10 minutes
    of moto's CPU.) Timed: ``vault.sync(remote)`` (listing + rows), beside a
    plain ``COPY public.user_library FROM STDIN`` of the same rows, streamed
    from the same SQLite table, into a fresh database of the same schema.
@@ -55,7 +57,7 @@ import _servers
 from _common import machine_line, peak_rss_mb
 
 from localvault import Vault
-from localvault.sync import Remote
+from localvault.sync import Remote, folder_checksums
 
 USER_A = "aaaaaaaa-0000-4000-8000-00000000000a"
 USER_B = "bbbbbbbb-0000-4000-8000-00000000000b"
@@ -133,13 +135,18 @@ def insert_rows(vault: Vault, start: int, count: int, *, index: bool = True) -> 
     return time.perf_counter() - began
 
 
-def make_objects(folder: Path, vault: Vault) -> None:
+def make_objects(folder: Path, vault: Vault, *, noted: bool) -> None:
     """One real file per library row of the vault, where the bucket (a local folder) keeps it, holding the
-    row's bytes (the engine hashes an object of a folder bucket before it takes it as already there)."""
-    for path, user, title in vault.db.conn.execute("SELECT storage_path, user_id, title FROM user_library"):
+    row's bytes. ``noted``: each carries the sha256 a sync of ours notes on what it sends (an extended
+    attribute), as if an earlier sync (of a copy of this library) had sent it; else the engine reads each
+    file back whole to hash it before it takes it as already there (objects put there by other tools)."""
+    query = "SELECT storage_path, user_id, title, sha256 FROM user_library"
+    for path, user, title, sha256 in vault.db.conn.execute(query):
         target = folder / path
         with open(target, "wb") as out:
             out.write(object_bytes(user, int(title.split()[1])))
+        if noted:
+            folder_checksums.record(str(target), sha256)
 
 
 def copy_rows(dsn: str, vault: Vault) -> tuple[int, float]:
@@ -178,7 +185,7 @@ def noise_png(seed: int, size: int = 100 * 1024) -> bytes:
     return out.getvalue()
 
 
-def part_a(pg: Any, work: Path, n_rows: int) -> tuple[Vault, Remote]:
+def part_a(pg: Any, work: Path, n_rows: int, *, noted: bool) -> tuple[Vault, Remote]:
     log(f"\n== a. {n_rows:,} library rows, no files to send ==")
     sync_dsn = _servers.create_database(pg, "bench_sync_rows", users=(USER_A, USER_B))
     copy_dsn = _servers.create_database(pg, "bench_copy_rows", users=(USER_A, USER_B))
@@ -192,8 +199,9 @@ def part_a(pg: Any, work: Path, n_rows: int) -> tuple[Vault, Remote]:
     bucket = Path(tempfile.mkdtemp(prefix="localvault-bench-bucket-", dir=shm if shm.is_dir() else work))
     (bucket / USER_A).mkdir(parents=True)
     began = time.perf_counter()
-    make_objects(bucket, vault)
-    log(f"prepared: {n_rows:,} small objects in the local-folder bucket in {time.perf_counter() - began:.1f} s")
+    make_objects(bucket, vault, noted=noted)
+    log(f"prepared: {n_rows:,} small objects in the local-folder bucket in {time.perf_counter() - began:.1f} s"
+        f" ({'each noted with its sha256, as a sync of ours leaves them' if noted else 'not noted: each is read back'})")
 
     copied, copy_s = copy_rows(copy_dsn, vault)
     assert copied == n_rows == server_count(copy_dsn), (copied, n_rows)
@@ -393,6 +401,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5,
                         help="rounds of part b: rclone and ours back to back, who goes first alternating")
     parser.add_argument("--skip", default="", help="parts to skip, e.g. 'b' or 'ac'")
+    parser.add_argument("--objects-unnoted", action="store_true",
+                        help="part a: objects without the sha256 a sync of ours notes on them (read back to be hashed)")
     args = parser.parse_args()
     log("bench_sync: " + machine_line())
     work = Path(tempfile.mkdtemp(prefix="localvault-bench-sync-"))
@@ -404,7 +414,7 @@ def main() -> None:
                 "(separate process)")
             vault = remote = None
             if "a" not in args.skip or "c" not in args.skip:
-                vault, remote = part_a(pg, work, args.rows)
+                vault, remote = part_a(pg, work, args.rows, noted=not args.objects_unnoted)
                 # Part a leaves the machine busy for a while (PostgreSQL's autovacuum of its 200,000 new
                 # rows, write-back of 100,000 new files), which slowed part b's contenders unevenly
                 # (ours 7.4 s against 5.9-6.2 s on a calm machine): settle both before part b.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -369,6 +371,61 @@ def test_a_folder_bucket_file_of_the_same_size_but_other_bytes_is_sent_again(lis
         target.close()
     assert (report.files_uploaded, report.files_skipped) == (1, 1)
     assert [(bucket / a.storage_path).read_bytes() for a in assets] == data
+
+
+@pytest.mark.parametrize("listed", [False, True], ids=["one-by-one", "listing"])
+def test_a_folder_bucket_file_a_sync_sent_is_known_by_the_sha256_it_noted(listed: bool, server: str, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other vaults of the same library (copies made before the first sync, their inserts queued) find the
+    objects it sent without reading them back from the NAS; a file changed since, or whose note is not ours,
+    is read as before."""
+    from localvault.sync import bucket as bucket_module
+    from localvault.sync import folder_checksums
+
+    if listed:
+        monkeypatch.setattr(objects, "LISTING_THRESHOLD", 0)
+    with Vault.create(tmp_path / "rig1", user_id=USER_A) as rig1:
+        assets = [rig1.library.get(i) for i in _fill(rig1, tmp_path, 3)]
+        data = [Path(rig1.library.file_path(a)).read_bytes() for a in assets]
+    for n in (2, 3):
+        shutil.copytree(tmp_path / "rig1", tmp_path / f"rig{n}")
+    bucket = tmp_path / "bucket"
+    files = [bucket / a.storage_path for a in assets]
+
+    def sync(rig: str) -> Any:
+        with Vault.open(tmp_path / rig) as vault:
+            target = Remote(server, bucket.as_uri())
+            try:
+                return vault.sync(target)
+            finally:
+                target.close()
+
+    assert sync("rig1").files_uploaded == 3
+    for path, asset in zip(files, assets, strict=True):
+        assert os.getxattr(path, folder_checksums.ATTRIBUTE).decode().split()[:2] == [asset.sha256,
+                                                                                       str(asset.file_size_bytes)]
+    read: list[str] = []
+    real = bucket_module.stream_digest
+
+    def reading(handle: Any, algorithm: str) -> str:
+        if str(handle.name).startswith(str(bucket)):  # (not the vault's own file, hashed as it is sent)
+            read.append(handle.name)
+        return str(real(handle, algorithm))
+
+    monkeypatch.setattr(bucket_module, "stream_digest", reading)
+    report = sync("rig2")  # (its rows are rig 1's: the server has them already)
+    assert (report.files_uploaded, report.files_skipped, report.conflicts, report.rejected) == (0, 3, 0, 0)
+    assert read == []
+
+    # File 0 rewritten in place with other bytes of its size (its mtime moves on); file 1's note is not ours.
+    before = os.stat(files[0])
+    files[0].write_bytes(bytes(len(data[0])))
+    os.utime(files[0], ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
+    os.setxattr(files[1], folder_checksums.ATTRIBUTE, b"not a checksum")
+    report = sync("rig3")
+    assert (report.files_uploaded, report.files_skipped) == (1, 2)
+    assert sorted(read) == sorted(str(p) for p in files[:2])
+    assert [p.read_bytes() for p in files] == data
 
 
 @pytest.mark.parametrize("listed", [False, True], ids=["one-by-one", "listing"])

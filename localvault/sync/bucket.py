@@ -29,6 +29,7 @@ import fsspec
 from .._disk import stream_digest, walk_files
 from ..config import redact_url
 from ..errors import OfflineError, SyncError, first_line
+from . import folder_checksums
 from .s3_client import tune_s3
 from .store_errors import SETTINGS_HINT, TRANSIENT_CODES, settings_errors, store_refusal
 
@@ -165,15 +166,17 @@ class Bucket:
             return None
 
     def sha256_of(self, key: str, size: int) -> str | None:
-        """The sha256 of an object read whole, where the store keeps no checksum (a folder); None if it is
-        missing or not ``size`` bytes long."""
+        """The sha256 of an object read whole, where the store keeps no checksum (a folder), or as a sync of
+        ours noted it on a local folder's file (:mod:`.folder_checksums`); None if it is missing or not
+        ``size`` bytes long."""
         path = self.path(key)
         try:
             if self.is_local:  # the plain file: no fsspec wrapper (a first sync may hash 100,000 of them)
                 with open(path, "rb", buffering=0) as handle:
-                    if os.fstat(handle.fileno()).st_size != size:
+                    found_stat = os.fstat(handle.fileno())
+                    if found_stat.st_size != size:
                         return None
-                    return stream_digest(handle, "sha256")
+                    return folder_checksums.recorded(handle.fileno(), found_stat) or stream_digest(handle, "sha256")
             found = self.head(key)
             if found is None or found.size != size:
                 return None
@@ -216,6 +219,8 @@ class Bucket:
         found = self.head(key)
         if found is None or found.size != size or (found.sha256 is not None and found.sha256 != sha256):
             raise SyncError(f"the bucket holds a different {key} than was sent; it will be sent again")
+        if self.is_local:
+            folder_checksums.record(path, sha256)
 
     def _upload_in_parts(self, local: Path, path: str, sha256: str, size: int, content_type: str) -> None:
         """A multipart upload, completed only once every byte read has matched the row's size and sha256.
