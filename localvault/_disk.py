@@ -15,7 +15,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, Protocol, TypeVar
 
 from .errors import StorageError
 
@@ -129,7 +129,13 @@ def copy_durably(source: str, target: str) -> None:
     fsync_path(os.path.dirname(target))
 
 
-def write_durably(reader: BinaryIO, target: str | os.PathLike[str], *, times_from: str | None = None,
+class Readable(Protocol):
+    """What :func:`write_durably` reads from: a binary stream's ``read``."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def write_durably(reader: Readable, target: str | os.PathLike[str], *, times_from: str | None = None,
                   replace: bool = True) -> None:
     """Write a stream to ``target`` through a temporary file in its folder: written, fsynced, then renamed; the
     temporary file is removed on any failure, Ctrl-C included. The caller fsyncs the folder (or not).

@@ -161,8 +161,10 @@ def test_a_clock_far_from_the_servers_is_measured_and_warned_of(vault_path: Path
     # A rig's clock three hours fast (a fault this machine cannot cause: the server shares its clock).
     real = server_checks.local_clock
     monkeypatch.setattr(server_checks, "local_clock", lambda: real() + 3 * 3600)
-    report = as_json(run(*vault, "sync", "--json"))
+    pushed = run(*vault, "sync", "--json")
+    report = as_json(pushed)
     assert report["rows_written"] == 1 and abs(report["clock_offset_seconds"] - 3 * 3600) < 1
+    assert "clock is 3 h ahead" in pushed.stderr  # (stdout stays JSON)
     state = as_json(run(*vault, "status", "--json"))
     assert abs(state["clock_offset_seconds"] - 3 * 3600) < 1
     for result in (ok(run(*vault, "sync")), ok(run(*vault, "status"))):

@@ -437,14 +437,30 @@ def test_a_bucket_gone_when_objects_are_deleted_is_a_sync_error(vault: Vault, re
     assert caught.value.exit_code == 11 and _outbox(vault) == 1  # its delete stays queued
 
 
-def test_a_folder_bucket_on_a_full_disk_is_a_sync_error_not_offline(vault: Vault, server: str,
-                                                                    tmp_path: Path) -> None:
-    """ENOSPC from the bucket's disk (here the object's path leads to /dev/full) is not a lost connection."""
+def test_a_folder_bucket_on_a_full_disk_is_a_sync_error_not_offline(vault: Vault, server: str, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC from the bucket's disk is not a lost connection, and leaves no part of a file there.
+
+    The disk says so as the copy is made durable (a network disk reports a full disk at fsync): a fault
+    this suite cannot cause on a real disk without mounting one, so the fsync of files in the bucket's
+    folder is made to fail as such a disk's does. (It used to be caused with a link to /dev/full at the
+    object's path; the copy now goes through a temporary file renamed over that path.)
+    """
+    import errno
+
+    from localvault import _disk
+
     (asset_id,) = _fill(vault, tmp_path, 1)
     key = vault.library.get(asset_id).storage_path
     bucket = tmp_path / "bucket"
-    (bucket / key).parent.mkdir(parents=True)
-    (bucket / key).symlink_to("/dev/full")
+    real_fsync = os.fsync
+
+    def full_disk_fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(bucket / key).rsplit("/", 1)[0]):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(_disk.os, "fsync", full_disk_fsync)
     target = Remote(server, bucket.as_uri())
     started = time.monotonic()
     try:
@@ -454,6 +470,7 @@ def test_a_folder_bucket_on_a_full_disk_is_a_sync_error_not_offline(vault: Vault
         target.close()
     assert time.monotonic() - started < 5 and caught.value.exit_code == 11
     assert _outbox(vault) == 1
+    assert [p for p in bucket.rglob("*") if p.is_file()] == []
 
 
 @pytest.mark.parametrize("own", ["", "keepalives_idle=60&tcp_user_timeout=9000", "service", "plain-service"],

@@ -110,7 +110,7 @@ def sync(ctx: Context, dry_run: bool, retry_rejected: bool, full: bool, as_json:
     schema differs (schema apply), 10 offline (nothing lost; run again later), 11 refused by the server or
     bucket (password, user, keys, bucket) or a local file missing, 12 another sync is running.
     """
-    from ..sync import clock_warning, push
+    from ..sync import push
 
     vault = ctx.vault()
     with output.progress_bars(not as_json, with_bytes=True) as progress:
@@ -126,8 +126,6 @@ def sync(ctx: Context, dry_run: bool, retry_rejected: bool, full: bool, as_json:
         f"{result.conflicts} kept newer on server (edited or deleted there later); {result.rejected} refused", highlight=False)
     if result.rejected:
         output.warning("some changes were refused by the server or the bucket; see 'localvault status'")
-    if (clock := clock_warning(result.clock_offset_seconds)) is not None:
-        output.warning(clock)
 
 
 @main.command()
@@ -136,7 +134,6 @@ def sync(ctx: Context, dry_run: bool, retry_rejected: bool, full: bool, as_json:
 @pass_ctx
 def status(ctx: Context, offline: bool, as_json: bool) -> None:
     """Online or offline, pending changes, refused changes, last sync, remote."""
-    from ..sync import clock_warning
     from ..sync import status as sync_status
 
     state = sync_status(ctx.vault(reads_only=True), check_online=not offline)
@@ -161,5 +158,4 @@ def status(ctx: Context, offline: bool, as_json: bool) -> None:
                              highlight=False)
     if state.rejected:
         output.console.print("fix them, then run 'localvault sync --retry-rejected'")
-    if (clock := clock_warning(state.clock_offset_seconds)) is not None:
-        output.warning(clock)
+

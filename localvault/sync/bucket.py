@@ -22,11 +22,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import fsspec
 
-from .._disk import stream_digest, walk_files
+from .._disk import fsync_path, stream_digest, walk_files, write_durably
 from ..config import redact_url
 from ..errors import OfflineError, SyncError, first_line
 from . import folder_checksums
@@ -208,6 +208,8 @@ class Bucket:
         elif self.is_s3:
             with self._big_uploads:
                 self._upload_in_parts(local, path, sha256, size, content_type)
+        elif self.is_local:
+            self._copy_checked(local, path, sha256, size)
         else:
             with _reading(local):
                 digest = file_digest(local)
@@ -219,8 +221,19 @@ class Bucket:
         found = self.head(key)
         if found is None or found.size != size or (found.sha256 is not None and found.sha256 != sha256):
             raise SyncError(f"the bucket holds a different {key} than was sent; it will be sent again")
-        if self.is_local:
-            folder_checksums.record(path, sha256)
+
+    @staticmethod
+    def _copy_checked(local: Path, path: str, sha256: str, size: int) -> None:
+        """Copy to a local folder as the vault writes its own files (a temporary file, fsync, rename, fsync of
+        the folder), hashing the bytes as they are written: renamed only if they are the row's, then noted
+        (:mod:`.folder_checksums`), so the note is the hash of the very bytes the folder holds."""
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with _reading(local):
+            handle = open(local, "rb")  # noqa: SIM115 (closed below; read errors are the vault's, write errors not)
+        with handle:
+            write_durably(_CheckedReader(handle, local, sha256, size), path)
+        fsync_path(os.path.dirname(path))
+        folder_checksums.record(path, sha256)
 
     def _upload_in_parts(self, local: Path, path: str, sha256: str, size: int, content_type: str) -> None:
         """A multipart upload, completed only once every byte read has matched the row's size and sha256.
@@ -325,6 +338,27 @@ def _reading(local: Path) -> Iterator[None]:
         what = "check its permissions" if isinstance(exc, PermissionError) else \
             "the disk may be failing: run 'localvault verify' and check the disk"
         raise SyncError(f"cannot read {local} ({exc.strerror or exc}); {what}") from None
+
+
+class _CheckedReader:
+    """The vault's file as the copy reads it, hashed on the way; at its end, SyncError unless its bytes were the
+    row's (the copy is then never renamed into place). Its read errors are the vault's (see :func:`_reading`)."""
+
+    def __init__(self, handle: BinaryIO, local: Path, sha256: str, size: int) -> None:
+        self.handle, self.local, self.sha256, self.size = handle, local, sha256, size
+        self.digest, self.count = hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        with _reading(self.local):
+            chunk = self.handle.read(n)
+        if chunk:
+            self.digest.update(chunk)
+            self.count += len(chunk)
+        elif self.count != self.size:
+            raise SyncError(f"{self.local} changed size while syncing; run 'localvault verify'")
+        else:
+            _check_sha256(self.local, self.digest.hexdigest(), self.sha256)
+        return chunk
 
 
 def _chunks(local: Path) -> Iterator[bytes]:

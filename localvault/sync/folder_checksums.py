@@ -2,9 +2,12 @@
 of that file (a first sync of a library a NAS already holds, a ``--full`` sync) need not read it back whole.
 
 A folder keeps no checksum of its own, as an S3 object keeps its ETag and metadata. The attribute holds the
-sha256 with the file's size and mtime (in nanoseconds) when it was written; a file changed since (other bytes
-written in place change its mtime) no longer matches them and is hashed as before. A filesystem without user
-attributes (FAT, some network mounts; an OS whose ``os`` has no ``setxattr``) keeps none: its files are hashed.
+sha256 of the bytes the sync wrote, with the file's size and mtime (in nanoseconds) then. A note is believed only
+while the file still has that size and mtime and its ctime is within :data:`CTIME_SLACK_NS` of that mtime: a
+rewrite moves the mtime, and a rewrite whose old mtime was put back (``exiftool -P``, ``touch -r``, ``cp -p``
+over it) moves the ctime, which no call can set back. Such a file, a copy of one (``cp -a``: a new ctime), or
+one on a filesystem without user attributes (FAT, some network mounts; an OS whose ``os`` has no ``setxattr``)
+is read and hashed, as before the notes.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import os
 
 #: The extended attribute that holds "<sha256> <size> <mtime_ns>".
 ATTRIBUTE = "user.localvault.sha256"
+#: How long after its last write a noted file's inode may have changed last (the rename into place and the note
+#: itself come a moment after the write; a slow network disk may take seconds).
+CTIME_SLACK_NS = 60 * 10**9
 
 
 def record(path: str, sha256: str) -> None:
@@ -29,7 +35,7 @@ def record(path: str, sha256: str) -> None:
 
 def recorded(fd: int, found: os.stat_result) -> str | None:
     """The sha256 noted on the open file ``fd`` (whose ``fstat`` is ``found``), if it still has the size and
-    mtime it had then; else None."""
+    mtime it had then and its inode has not changed since (ctime); else None."""
     getxattr = getattr(os, "getxattr", None)
     if getxattr is None:
         return None
@@ -39,6 +45,6 @@ def recorded(fd: int, found: os.stat_result) -> str | None:
     except (OSError, UnicodeDecodeError, ValueError):  # none, unreadable, or not ours
         return None
     if size != str(found.st_size) or mtime_ns != str(found.st_mtime_ns) or len(sha256) != 64 or \
-            not all(c in "0123456789abcdef" for c in sha256):
+            not all(c in "0123456789abcdef" for c in sha256) or found.st_ctime_ns - found.st_mtime_ns > CTIME_SLACK_NS:
         return None
     return sha256
