@@ -57,7 +57,7 @@ import _servers
 from _common import machine_line, peak_rss_mb
 
 from localvault import Vault
-from localvault.sync import Remote, folder_checksums
+from localvault.sync import Remote, folder_bucket
 
 USER_A = "aaaaaaaa-0000-4000-8000-00000000000a"
 USER_B = "bbbbbbbb-0000-4000-8000-00000000000b"
@@ -146,7 +146,7 @@ def make_objects(folder: Path, vault: Vault, *, noted: bool) -> None:
         with open(target, "wb") as out:
             out.write(object_bytes(user, int(title.split()[1])))
         if noted:
-            folder_checksums.record(str(target), sha256)
+            folder_bucket.record(str(target), sha256)
 
 
 def copy_rows(dsn: str, vault: Vault) -> tuple[int, float]:
@@ -202,7 +202,7 @@ def part_a(pg: Any, work: Path, n_rows: int, *, noted: bool) -> tuple[Vault, Rem
     make_objects(bucket, vault, noted=noted)
     if noted:  # (a filesystem without user attributes keeps no note)
         with open(next((bucket / USER_A).iterdir()), "rb") as sample:
-            noted = folder_checksums.recorded(sample.fileno(), os.fstat(sample.fileno())) is not None
+            noted = folder_bucket.recorded(sample.fileno(), os.fstat(sample.fileno())) is not None
     log(f"prepared: {n_rows:,} small objects in the local-folder bucket in {time.perf_counter() - began:.1f} s"
         f" ({'each noted with its sha256, as a sync of ours leaves them' if noted else 'not noted: each is read back'})")
 

@@ -19,17 +19,17 @@ import hashlib
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import fsspec
 
-from .._disk import fsync_path, stream_digest, walk_files, write_durably
+from .._disk import stream_digest
 from ..config import redact_url
 from ..errors import OfflineError, SyncError, first_line
-from . import folder_checksums
+from . import folder_bucket
+from .local_reads import check_sha256, file_digest, reading
 from .s3_client import tune_s3
 from .store_errors import SETTINGS_HINT, TRANSIENT_CODES, settings_errors, store_refusal
 
@@ -72,6 +72,9 @@ class Bucket:
         self.is_s3 = protocol in ("s3", "s3a")
         self.is_local = protocol in ("file", "local")
         self._big_uploads = threading.BoundedSemaphore(BIG_UPLOADS)
+        #: Temporary files of copies cut short long ago (a sync killed mid-copy), found by a local folder's last
+        #: listing: see :meth:`remove_stale_temps`.
+        self.stale_temps: list[str] = []
 
     def path(self, key: str) -> str:
         return f"{self.root}/{key}"
@@ -129,7 +132,8 @@ class Bucket:
         if self.is_s3:
             return {name[offset:]: (size, md5) for name, size, md5 in self._s3_objects(base)}
         if self.is_local:
-            return {name[offset:]: (size, None) for name, size in _walk_sizes(base)}
+            self.stale_temps = []
+            return {name[offset:]: (size, None) for name, size in folder_bucket.walk_sizes(base, self.stale_temps)}
         self.fs.invalidate_cache(base)
         try:
             found = self.fs.find(base, detail=True)
@@ -137,6 +141,12 @@ class Bucket:
             return {}
         return {name[offset:]: (int(info.get("size") or 0), None) for name, info in found.items()
                 if info.get("type", "file") != "directory"}
+
+    def remove_stale_temps(self) -> None:
+        """Remove the temporary files of copies cut short long ago that the last listing of a local folder found
+        (a push calls this once it is done; a dry run does not)."""
+        folder_bucket.remove(self.stale_temps)
+        self.stale_temps = []
 
     def _s3_objects(self, base: str) -> Iterator[tuple[str, int, str | None]]:
         bucket, _, key_prefix = base.partition("/")
@@ -167,7 +177,7 @@ class Bucket:
 
     def sha256_of(self, key: str, size: int) -> str | None:
         """The sha256 of an object read whole, where the store keeps no checksum (a folder), or as a sync of
-        ours noted it on a local folder's file (:mod:`.folder_checksums`); None if it is missing or not
+        ours noted it on a local folder's file (:mod:`.folder_bucket`); None if it is missing or not
         ``size`` bytes long."""
         path = self.path(key)
         try:
@@ -176,7 +186,7 @@ class Bucket:
                     found_stat = os.fstat(handle.fileno())
                     if found_stat.st_size != size:
                         return None
-                    return folder_checksums.recorded(handle.fileno(), found_stat) or stream_digest(handle, "sha256")
+                    return folder_bucket.recorded(handle.fileno(), found_stat) or stream_digest(handle, "sha256")
             found = self.head(key)
             if found is None or found.size != size:
                 return None
@@ -195,11 +205,11 @@ class Bucket:
         """
         path = self.path(key)
         if self.is_s3 and size <= SINGLE_PUT_BYTES:
-            with _reading(local):
+            with reading(local):
                 data = local.read_bytes()
             if len(data) != size:
                 raise SyncError(f"{local} changed size while syncing; run 'localvault verify'")
-            _check_sha256(local, hashlib.sha256(data).hexdigest(), sha256)
+            check_sha256(local, hashlib.sha256(data).hexdigest(), sha256)
             bucket, name = path.split("/", 1)
             answer = self.fs.call_s3("put_object", Bucket=bucket, Key=name, Body=data, ContentType=content_type,
                                      Metadata={"sha256": sha256})
@@ -209,11 +219,11 @@ class Bucket:
             with self._big_uploads:
                 self._upload_in_parts(local, path, sha256, size, content_type)
         elif self.is_local:
-            self._copy_checked(local, path, sha256, size)
+            folder_bucket.copy_checked(local, path, sha256, size)
         else:
-            with _reading(local):
+            with reading(local):
                 digest = file_digest(local)
-            _check_sha256(local, digest, sha256)
+            check_sha256(local, digest, sha256)
             parent = os.path.dirname(path)
             if parent:
                 self.fs.makedirs(parent, exist_ok=True)
@@ -221,19 +231,6 @@ class Bucket:
         found = self.head(key)
         if found is None or found.size != size or (found.sha256 is not None and found.sha256 != sha256):
             raise SyncError(f"the bucket holds a different {key} than was sent; it will be sent again")
-
-    @staticmethod
-    def _copy_checked(local: Path, path: str, sha256: str, size: int) -> None:
-        """Copy to a local folder as the vault writes its own files (a temporary file, fsync, rename, fsync of
-        the folder), hashing the bytes as they are written: renamed only if they are the row's, then noted
-        (:mod:`.folder_checksums`), so the note is the hash of the very bytes the folder holds."""
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with _reading(local):
-            handle = open(local, "rb")  # noqa: SIM115 (closed below; read errors are the vault's, write errors not)
-        with handle:
-            write_durably(_CheckedReader(handle, local, sha256, size), path)
-        fsync_path(os.path.dirname(path))
-        folder_checksums.record(path, sha256)
 
     def _upload_in_parts(self, local: Path, path: str, sha256: str, size: int, content_type: str) -> None:
         """A multipart upload, completed only once every byte read has matched the row's size and sha256.
@@ -259,7 +256,7 @@ class Bucket:
                 parts.append({"PartNumber": number, "ETag": answer["ETag"]})
             if sent != size:
                 raise SyncError(f"{local} changed size while syncing; run 'localvault verify'")
-            _check_sha256(local, digest.hexdigest(), sha256)
+            check_sha256(local, digest.hexdigest(), sha256)
             self.fs.call_s3("complete_multipart_upload", MultipartUpload={"Parts": parts}, **upload)
         except BaseException:
             try:
@@ -322,69 +319,8 @@ def _plain_md5(etag: object) -> str | None:
     return text if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else None
 
 
-@contextmanager
-def _reading(local: Path) -> Iterator[None]:
-    """A local file that cannot be read is the vault's problem, not the network's: a SyncError at once.
-
-    Without this, an ``OSError`` such as EIO from a failing disk would be
-    retried as a lost connection and then reported as "offline". A file gone
-    stays ``FileNotFoundError`` (the engine tells a deleted row from a lost file).
-    """
-    try:
-        yield
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        what = "check its permissions" if isinstance(exc, PermissionError) else \
-            "the disk may be failing: run 'localvault verify' and check the disk"
-        raise SyncError(f"cannot read {local} ({exc.strerror or exc}); {what}") from None
-
-
-class _CheckedReader:
-    """The vault's file as the copy reads it, hashed on the way; at its end, SyncError unless its bytes were the
-    row's (the copy is then never renamed into place). Its read errors are the vault's (see :func:`_reading`)."""
-
-    def __init__(self, handle: BinaryIO, local: Path, sha256: str, size: int) -> None:
-        self.handle, self.local, self.sha256, self.size = handle, local, sha256, size
-        self.digest, self.count = hashlib.sha256(), 0
-
-    def read(self, n: int = -1) -> bytes:
-        with _reading(self.local):
-            chunk = self.handle.read(n)
-        if chunk:
-            self.digest.update(chunk)
-            self.count += len(chunk)
-        elif self.count != self.size:
-            raise SyncError(f"{self.local} changed size while syncing; run 'localvault verify'")
-        else:
-            _check_sha256(self.local, self.digest.hexdigest(), self.sha256)
-        return chunk
-
-
 def _chunks(local: Path) -> Iterator[bytes]:
-    """The file's bytes, STREAM_BLOCK at a time; only its own reads are checked by :func:`_reading`."""
-    with _reading(local), open(local, "rb") as reader:
+    """The file's bytes, STREAM_BLOCK at a time; only its own reads are checked by :func:`.local_reads.reading`."""
+    with reading(local), open(local, "rb") as reader:
         while chunk := reader.read(STREAM_BLOCK):
             yield chunk
-
-
-def _check_sha256(local: Path, actual: str, expected: str) -> None:
-    if actual != expected:
-        raise SyncError(f"{local} no longer matches the sha256 its row records (damaged or changed on disk); "
-                        "nothing of it was kept in the bucket. Run 'localvault verify', then restore the file "
-                        "or delete the asset")
-
-
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    with open(path, "rb") as handle:
-        return stream_digest(handle, algorithm)
-
-
-def _walk_sizes(folder: str) -> Iterator[tuple[str, int]]:
-    """(path, size) of every file under a local folder; nothing if it does not exist."""
-    for relative in walk_files(folder):
-        path = f"{folder}/{relative}"
-        try:
-            yield path, os.stat(path).st_size
-        except FileNotFoundError:  # removed meanwhile
-            continue

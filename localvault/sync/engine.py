@@ -166,5 +166,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
             result.rejected += len(outcome.rejected)
             report(progress, "rows", advance=len(batch.keys), total=result.pending_changes)
         outbox.mark_synced(vault, dry_run)
+        if not dry_run:
+            bucket.remove_stale_temps()
     result.seconds = time.monotonic() - started
     return result

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 from ..errors import SyncError
 from ..progress import ProgressCallback, report
 from . import outbox
-from .bucket import Bucket, file_digest
+from .bucket import Bucket
+from .local_reads import file_digest
 from .remote import BatchResult, Remote
 from .report import SyncReport
 from .retry import retrying
