@@ -170,6 +170,42 @@ def test_edits_queued_before_a_collection_delete_in_a_later_batch_still_win(vaul
     assert counts == {"D": 1}
 
 
+def test_the_next_batch_is_read_while_the_server_writes_one(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each batch after the first is read, and its files checked, while the server writes the one before it."""
+    import threading
+
+    from localvault.sync import outbox
+
+    ids = _fill(vault, tmp_path, 5)
+    readers: list[str] = []
+    real = outbox.read_batch
+
+    def read_batch(*args: Any, **kwargs: Any) -> Any:
+        readers.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(outbox, "read_batch", read_batch)
+    report = vault.sync(remote, batch_rows=2)
+    assert (report.batches, report.rows_written, report.files_uploaded) == (3, 5, 5)
+    assert set(_server_rows(remote.database_url, "user_library")) == set(ids)
+    assert sum(name.startswith("localvault-read-ahead") for name in readers) == 3  # batches 2, 3, and the end
+    assert_mirrors(vault, remote, s3_bucket)
+
+
+def test_a_batch_read_ahead_that_fails_leaves_the_one_before_it_acknowledged(vault: Vault, remote: Remote,
+                                                                             tmp_path: Path) -> None:
+    """The second batch's refusal (found while the first was written) comes after the first is acknowledged."""
+    ids = _fill(vault, tmp_path, 4)
+    with vault.db.write() as conn:
+        conn.execute("UPDATE user_library SET storage_path = ? WHERE id = ?", (f"{USER_B}/x.png", ids[3]))
+    with pytest.raises(SyncError, match="outside the folder"):
+        vault.sync(remote, batch_rows=2)
+    assert set(_server_rows(remote.database_url, "user_library")) == set(ids[:2])
+    queued = {r[0] for r in vault.db.conn.execute("SELECT row_id FROM sync_outbox")}
+    assert queued == set(ids[2:])
+
+
 def test_crash_between_commit_and_ack_resends_without_duplicates(vault: Vault, remote: Remote, s3_bucket: Any,
                                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _fill(vault, tmp_path, 3)

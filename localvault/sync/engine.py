@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -22,7 +23,7 @@ from ..errors import InvalidInputError, SyncBusyError
 from ..progress import ProgressCallback, report
 from . import outbox
 from .bucket import Bucket
-from .objects import Objects, delete_objects, restore_revived, upload_files
+from .objects import Objects, check_files, delete_objects, restore_revived, upload_files
 from .remote import Remote
 from .report import SyncReport, clock_warning
 from .retry import retrying
@@ -121,52 +122,79 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
         known = Objects(bucket, vault.user_id, result.pending_changes)
         report(progress, "rows", total=result.pending_changes)
         after_seq = 0
-        taken: set[int] = set()  # a dry run acknowledges nothing: entries it has counted, past after_seq
-        counted: set[str] = set()  # ... and counts each row once, though a row may go in two batches
-        while True:
-            batch = outbox.read_batch(vault, batch_rows, after_seq, skip=taken, **preview)
-            if batch is None:
-                break
-            # Rows the server keeps deleted are skipped by the push (deleted on the web after their last local edit):
-            # their files are not sent, nor checked.
-            kept_deleted = retrying(partial(target.kept_deleted, vault.user_id, batch.changes.library),
-                                    "reading the server's deletions", target.close)
-            upload_files(vault, bucket, known, batch, result, progress, dry_run, skip=kept_deleted)
-            if dry_run:
+        taken: set[int] = set()  # entries a batch took past its last_seq (deletes, collections): not read again
+        counted: set[str] = set()  # a dry run counts each row once, though a row may go in two batches
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="localvault-read-ahead") as ahead:
+            upcoming: Future[tuple[outbox.Batch | None, dict[str, bool] | None]] | None = None
+            while True:
+                batch, present = upcoming.result() if upcoming is not None else (None, None)
+                if batch is None:  # (read again when the read ahead found nothing: the last acknowledgement may
+                    # have queued entries to send again, and other processes queue theirs)
+                    batch, present = outbox.read_batch(vault, batch_rows, after_seq, skip=taken, **preview), None
+                if batch is None:
+                    break
                 after_seq = batch.last_seq
                 taken = {seq for seq in (*taken, *batch.seqs) if seq > after_seq}
-                written = {r["id"] for r in (*batch.changes.collections, *batch.changes.library)} - counted
-                deleted = {r["id"] for r in (*batch.changes.library_deletes, *batch.changes.collection_deletes)}
-                result.rows_written += len(written - kept_deleted)
-                result.conflicts += len(written & kept_deleted)
-                result.rows_deleted += len(deleted - counted)
-                result.rejected += len(batch.invalid)
-                counted |= written | deleted
-                continue
-            outcome = retrying(partial(target.apply, vault.user_id, batch.changes), "writing rows to PostgreSQL",
-                               target.close)
-            restore_revived(vault, bucket, known, batch, outcome, result, progress)
-            refused = retrying(partial(delete_objects, target, bucket, batch, outcome, result, vault.user_id, known),
-                               "deleting objects from the bucket", target.close)
-            outcome.rejected.update({key: (INVALID_ID, why) for key, why in batch.invalid.items()})
-            for row_id, (key, reason) in refused.items():  # set aside as a refused change: status lists it
-                outcome.rejected[("user_library", row_id)] = (
-                    REFUSED_BY_BUCKET, f"the bucket refused to delete {key} ({reason}); check its policies, then "
-                                       "'localvault sync --retry-rejected'")
-            # Entries of a collection this batch brought back that the server holds outside it (released when
-            # it was deleted there): sent again (queued with the acknowledgement), they rejoin it.
-            released = retrying(partial(target.released, vault.user_id,
-                                        outbox.entries_in(vault, outcome.revived_collection_ids)),
-                                "reading the server's collections", target.close)
-            outbox.acknowledge(vault, batch, outcome, send_again=released)
-            result.batches += 1
-            result.rows_written += outcome.written
-            result.rows_deleted += outcome.deleted
-            result.conflicts += outcome.conflicts
-            result.rejected += len(outcome.rejected)
-            report(progress, "rows", advance=len(batch.keys), total=result.pending_changes)
+                # Rows the server keeps deleted are skipped by the push (deleted on the web after their last local
+                # edit): their files are not sent.
+                kept_deleted = retrying(partial(target.kept_deleted, vault.user_id, batch.changes.library),
+                                        "reading the server's deletions", target.close)
+                upload_files(vault, bucket, known, batch, result, progress, dry_run, skip=kept_deleted,
+                             present=present)
+                if dry_run:
+                    _count_dry_run(result, batch, kept_deleted, counted)
+                    continue
+                # While the server writes this batch, the next one is read and its files checked (a thread with
+                # its own SQLite connection): the client's share of a batch overlaps the server's.
+                upcoming = ahead.submit(_read_ahead, vault, known, batch_rows, after_seq, set(taken))
+                _write_batch(vault, target, bucket, known, batch, result, progress)
         outbox.mark_synced(vault, dry_run)
         if not dry_run:
             bucket.remove_stale_temps()
     result.seconds = time.monotonic() - started
     return result
+
+
+def _read_ahead(vault: Vault, known: Objects, batch_rows: int, after_seq: int,
+                skip: set[int]) -> tuple[outbox.Batch | None, dict[str, bool] | None]:
+    """The next batch, and which of its files the bucket holds (see :func:`push`)."""
+    batch = outbox.read_batch(vault, batch_rows, after_seq, skip=skip)
+    return batch, (None if batch is None else check_files(vault, known, batch))
+
+
+def _write_batch(vault: Vault, target: Remote, bucket: Bucket, known: Objects, batch: outbox.Batch,
+                 result: SyncReport, progress: ProgressCallback | None) -> None:
+    """Write a batch's rows (its files are in the bucket), remove its deleted rows' objects, acknowledge it."""
+    outcome = retrying(partial(target.apply, vault.user_id, batch.changes), "writing rows to PostgreSQL",
+                       target.close)
+    restore_revived(vault, bucket, known, batch, outcome, result, progress)
+    refused = retrying(partial(delete_objects, target, bucket, batch, outcome, result, vault.user_id, known),
+                       "deleting objects from the bucket", target.close)
+    outcome.rejected.update({key: (INVALID_ID, why) for key, why in batch.invalid.items()})
+    for row_id, (key, reason) in refused.items():  # set aside as a refused change: status lists it
+        outcome.rejected[("user_library", row_id)] = (
+            REFUSED_BY_BUCKET, f"the bucket refused to delete {key} ({reason}); check its policies, then "
+                               "'localvault sync --retry-rejected'")
+    # Entries of a collection this batch brought back that the server holds outside it (released when it was
+    # deleted there): sent again (queued with the acknowledgement), they rejoin it.
+    released = retrying(partial(target.released, vault.user_id,
+                                outbox.entries_in(vault, outcome.revived_collection_ids)),
+                        "reading the server's collections", target.close)
+    outbox.acknowledge(vault, batch, outcome, send_again=released)
+    result.batches += 1
+    result.rows_written += outcome.written
+    result.rows_deleted += outcome.deleted
+    result.conflicts += outcome.conflicts
+    result.rejected += len(outcome.rejected)
+    report(progress, "rows", advance=len(batch.keys), total=result.pending_changes)
+
+
+def _count_dry_run(result: SyncReport, batch: outbox.Batch, kept_deleted: set[str], counted: set[str]) -> None:
+    """What a dry run reports of a batch: each row counted once over the whole run (``counted``)."""
+    written = {r["id"] for r in (*batch.changes.collections, *batch.changes.library)} - counted
+    deleted = {r["id"] for r in (*batch.changes.library_deletes, *batch.changes.collection_deletes)}
+    result.rows_written += len(written - kept_deleted)
+    result.conflicts += len(written & kept_deleted)
+    result.rows_deleted += len(deleted - counted)
+    result.rejected += len(batch.invalid)
+    counted |= written | deleted

@@ -82,21 +82,40 @@ def md5_of(local: Path) -> str | None:
         return None
 
 
-def upload_files(vault: Vault, bucket: Bucket, known: Objects, batch: outbox.Batch, result: SyncReport,
-                  progress: ProgressCallback | None, dry_run: bool, skip: set[str]) -> None:
-    todo = []
+def check_files(vault: Vault, known: Objects, batch: outbox.Batch, skip: set[str] | None = None) -> dict[str, bool]:
+    """{library row id: whether the bucket already holds its file} for the batch's rows but those in ``skip``.
+
+    A push runs it for the next batch while the server writes this one's rows (it reads nothing of the
+    server's: the rows the server keeps deleted are left out when the files are sent)."""
+    present = {}
     for row in batch.changes.library:
-        if row["id"] in skip:
+        if skip is not None and row["id"] in skip:
             continue
-        local, sha, size, mime = batch.files[row["id"]]
+        local, sha, size, _mime = batch.files[row["id"]]
         key = row["storage_path"]
         if not own_key(key, vault.user_id):
             raise SyncError(f"library asset {row['id']} has the storage path {key!r}, outside the folder of user "
                             f"{vault.user_id}; nothing was sent (run 'localvault verify')")
-        if known.has(key, size, sha, Path(local), sent_before=row["id"] not in batch.inserted):
+        present[row["id"]] = known.has(key, size, sha, Path(local), sent_before=row["id"] not in batch.inserted)
+    return present
+
+
+def upload_files(vault: Vault, bucket: Bucket, known: Objects, batch: outbox.Batch, result: SyncReport,
+                 progress: ProgressCallback | None, dry_run: bool, skip: set[str],
+                 present: dict[str, bool] | None = None) -> None:
+    """Send the files of the batch's rows (but those in ``skip``) that the bucket lacks; ``present``: what
+    :func:`check_files` found, if it ran already."""
+    if present is None:
+        present = check_files(vault, known, batch, skip)
+    todo = []
+    for row in batch.changes.library:
+        if row["id"] in skip:
+            continue
+        if present[row["id"]]:
             result.files_skipped += 1
         else:
-            todo.append((Path(local), key, sha, size, mime))
+            local, sha, size, mime = batch.files[row["id"]]
+            todo.append((Path(local), row["storage_path"], sha, size, mime))
     _send(vault, bucket, known, batch, todo, result, progress, dry_run)
 
 
