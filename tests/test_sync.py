@@ -193,6 +193,88 @@ def test_the_next_batch_is_read_while_the_server_writes_one(vault: Vault, remote
     assert_mirrors(vault, remote, s3_bucket)
 
 
+def test_a_batch_s_files_go_up_after_the_batch_before_it_is_acknowledged_and_no_entry_twice(
+        vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read ahead, a batch is only read: its uploads wait for the acknowledgement of the one before, and the
+    entries a batch took past its last one (a delete queued later) are not taken again by the next."""
+    from localvault.sync import outbox
+    from localvault.sync.bucket import Bucket
+
+    synced = _fill(vault, tmp_path, 2)
+    vault.sync(remote)
+    fresh = _fill(vault, tmp_path, 4, start=2)
+    vault.library.delete(synced[0])  # queued last: batch 1 takes it too
+    events: list[tuple[str, Any]] = []
+    real_ack, real_upload = outbox.acknowledge, Bucket.upload
+
+    def acknowledge(vault_: Vault, batch: Any, *args: Any, **kwargs: Any) -> None:
+        real_ack(vault_, batch, *args, **kwargs)
+        events.append(("ack", list(batch.seqs)))
+
+    def upload(self: Bucket, local: Path, key: str, *args: Any) -> None:
+        events.append(("upload", key))
+        real_upload(self, local, key, *args)
+
+    monkeypatch.setattr(outbox, "acknowledge", acknowledge)
+    monkeypatch.setattr(Bucket, "upload", upload)
+    report = vault.sync(remote, batch_rows=2)
+    assert (report.batches, report.rows_written, report.rows_deleted, report.files_uploaded) == (2, 4, 1, 4)
+    acknowledged = [seq for kind, seqs in events if kind == "ack" for seq in seqs]
+    assert len(acknowledged) == len(set(acknowledged))
+    first_ack = next(n for n, (kind, _) in enumerate(events) if kind == "ack")
+    second_batch = {vault.library.get(i).storage_path for i in fresh[2:]}
+    assert all(n > first_ack for n, (kind, key) in enumerate(events) if kind == "upload" and key in second_batch)
+    assert_mirrors(vault, remote, s3_bucket)
+
+
+def test_a_row_the_server_keeps_deleted_is_not_checked_even_when_read_ahead(vault: Vault, remote: Remote,
+                                                                          tmp_path: Path) -> None:
+    """A row of a later batch that the server keeps deleted is left out before its path is looked at, as in the
+    first batch: a path outside the user's folder (a vault.db edited by hand) does not stop the sync."""
+    ids = _fill(vault, tmp_path, 3)
+    vault.sync(remote)
+    for asset_id in ids[:2]:
+        vault.library.update(asset_id, title="edited")  # batch 1
+    with vault.db.write() as conn:  # batch 2
+        conn.execute("UPDATE user_library SET storage_path = ?, updated_at = ? WHERE id = ?",
+                     (f"{USER_B}/x.png", "2000-01-01T00:00:00.000Z", ids[2]))
+    _delete_on_the_web(remote.database_url, "user_library", ids[2])
+    report = vault.sync(remote, batch_rows=2)
+    assert (report.batches, report.rows_written, report.conflicts, report.rejected) == (2, 2, 1, 0)
+
+
+def test_an_error_while_a_batch_is_written_does_not_wait_for_the_read_ahead(
+        vault: Vault, remote: Remote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read ahead stops between files: Ctrl-C (or a failure) in the push is not held up by checks of the
+    next batch (md5 of local files, reads from a NAS, a bucket being retried)."""
+    import threading
+
+    from localvault.sync import objects as objects_module
+
+    _fill(vault, tmp_path, 6)
+    real_has = objects_module.Objects.has
+    checked_ahead: list[float] = []
+
+    def slow_has(self: Any, *args: Any, **kwargs: Any) -> bool:
+        if threading.current_thread().name.startswith("localvault-read-ahead"):
+            checked_ahead.append(time.monotonic())
+            time.sleep(1.0)
+        return bool(real_has(self, *args, **kwargs))
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.2)  # (the read ahead is into its checks)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(objects_module.Objects, "has", slow_has)
+    monkeypatch.setattr(Remote, "apply", interrupted)
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        vault.sync(remote, batch_rows=3)
+    assert time.monotonic() - started < 2.5  # the three checks of batch 2 alone would take 3 s
+    time.sleep(2.5)  # ... and the read ahead stopped after the check it was in
+    assert len(checked_ahead) == 1
+
+
 def test_a_batch_read_ahead_that_fails_leaves_the_one_before_it_acknowledged(vault: Vault, remote: Remote,
                                                                              tmp_path: Path) -> None:
     """The second batch's refusal (found while the first was written) comes after the first is acknowledged."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -124,7 +125,9 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
         after_seq = 0
         taken: set[int] = set()  # entries a batch took past its last_seq (deletes, collections): not read again
         counted: set[str] = set()  # a dry run counts each row once, though a row may go in two batches
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="localvault-read-ahead") as ahead:
+        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="localvault-read-ahead")
+        stop = threading.Event()  # an error or Ctrl-C here does not wait for the read ahead to finish its checks
+        try:
             upcoming: Future[tuple[outbox.Batch | None, dict[str, bool] | None]] | None = None
             while True:
                 batch, present = upcoming.result() if upcoming is not None else (None, None)
@@ -146,8 +149,11 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
                     continue
                 # While the server writes this batch, the next one is read and its files checked (a thread with
                 # its own SQLite connection): the client's share of a batch overlaps the server's.
-                upcoming = ahead.submit(_read_ahead, vault, known, batch_rows, after_seq, set(taken))
+                upcoming = ahead.submit(_read_ahead, vault, known, batch_rows, after_seq, set(taken), stop)
                 _write_batch(vault, target, bucket, known, batch, result, progress)
+        finally:
+            stop.set()
+            ahead.shutdown(wait=False, cancel_futures=True)
         outbox.mark_synced(vault, dry_run)
         if not dry_run:
             bucket.remove_stale_temps()
@@ -155,11 +161,11 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
     return result
 
 
-def _read_ahead(vault: Vault, known: Objects, batch_rows: int, after_seq: int,
-                skip: set[int]) -> tuple[outbox.Batch | None, dict[str, bool] | None]:
+def _read_ahead(vault: Vault, known: Objects, batch_rows: int, after_seq: int, skip: set[int],
+                stop: threading.Event) -> tuple[outbox.Batch | None, dict[str, bool] | None]:
     """The next batch, and which of its files the bucket holds (see :func:`push`)."""
     batch = outbox.read_batch(vault, batch_rows, after_seq, skip=skip)
-    return batch, (None if batch is None else check_files(vault, known, batch))
+    return batch, (None if batch is None else check_files(vault, known, batch, stop=stop))
 
 
 def _write_batch(vault: Vault, target: Remote, bucket: Bucket, known: Objects, batch: outbox.Batch,

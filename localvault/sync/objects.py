@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -48,8 +49,8 @@ class Objects:
         checked that object, and a library file never changes), so that an
         edit of a title or tags does not read the file back from a NAS.
         """
-        if key in self.sent:
-            return self.sent[key] == size
+        if (size_sent := self.sent.get(key)) is not None:  # (one read: the push's other thread may pop it)
+            return size_sent == size
         if self.listed is not None:
             size_and_md5 = self.listed.get(key)
             if size_and_md5 is None or size_and_md5[0] != size:
@@ -82,21 +83,22 @@ def md5_of(local: Path) -> str | None:
         return None
 
 
-def check_files(vault: Vault, known: Objects, batch: outbox.Batch, skip: set[str] | None = None) -> dict[str, bool]:
-    """{library row id: whether the bucket already holds its file} for the batch's rows but those in ``skip``.
+def check_files(vault: Vault, known: Objects, batch: outbox.Batch, skip: set[str] | None = None,
+                stop: threading.Event | None = None) -> dict[str, bool]:
+    """{library row id: whether the bucket already holds its file} for the batch's rows, but those in ``skip``
+    and those whose storage path lies outside the user's folder (:func:`upload_files` refuses them).
 
-    A push runs it for the next batch while the server writes this one's rows (it reads nothing of the
-    server's: the rows the server keeps deleted are left out when the files are sent)."""
+    A push runs it for the next batch while the server writes this one's rows (knowing nothing yet of which
+    rows the server keeps deleted); ``stop`` set, it returns at once with what it has."""
     present = {}
     for row in batch.changes.library:
-        if skip is not None and row["id"] in skip:
+        if (skip is not None and row["id"] in skip) or not own_key(row["storage_path"], vault.user_id):
             continue
+        if stop is not None and stop.is_set():
+            break
         local, sha, size, _mime = batch.files[row["id"]]
-        key = row["storage_path"]
-        if not own_key(key, vault.user_id):
-            raise SyncError(f"library asset {row['id']} has the storage path {key!r}, outside the folder of user "
-                            f"{vault.user_id}; nothing was sent (run 'localvault verify')")
-        present[row["id"]] = known.has(key, size, sha, Path(local), sent_before=row["id"] not in batch.inserted)
+        present[row["id"]] = known.has(row["storage_path"], size, sha, Path(local),
+                                       sent_before=row["id"] not in batch.inserted)
     return present
 
 
@@ -111,11 +113,15 @@ def upload_files(vault: Vault, bucket: Bucket, known: Objects, batch: outbox.Bat
     for row in batch.changes.library:
         if row["id"] in skip:
             continue
+        key = row["storage_path"]
+        if not own_key(key, vault.user_id):
+            raise SyncError(f"library asset {row['id']} has the storage path {key!r}, outside the folder of user "
+                            f"{vault.user_id}; nothing was sent (run 'localvault verify')")
         if present[row["id"]]:
             result.files_skipped += 1
         else:
             local, sha, size, mime = batch.files[row["id"]]
-            todo.append((Path(local), row["storage_path"], sha, size, mime))
+            todo.append((Path(local), key, sha, size, mime))
     _send(vault, bucket, known, batch, todo, result, progress, dry_run)
 
 
