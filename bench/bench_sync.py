@@ -10,9 +10,9 @@ a. ``--rows`` (100,000) library rows, no files: the rows go straight into the
    uploads nothing: the bucket of this part is a local folder (``file://``,
    the NAS case) holding one real small file per row, created beforehand, and
    the engine's one fresh listing of the user's folder finds them all with the
-   right size and bytes, and by the sha256 each carries as a sync of ours
-   leaves it (an extended attribute; ``--objects-unnoted``: none, so each is
-   read back and hashed, as objects put there by other tools are). (Putting 100,000 objects into moto first would take ~10 minutes
+   right size and bytes: each is read back and hashed, as objects put there
+   by other tools are (``--objects-noted``: each carries the sha256 a sync of
+   ours notes on what it sends, an extended attribute, and is not read). (Putting 100,000 objects into moto first would take ~10 minutes
    of moto's CPU.) Timed: ``vault.sync(remote)`` (listing + rows), beside a
    plain ``COPY public.user_library FROM STDIN`` of the same rows, streamed
    from the same SQLite table, into a fresh database of the same schema.
@@ -417,8 +417,8 @@ def main() -> None:
                         help="rounds of part b: rclone and ours back to back, who goes first alternating (after an uncounted "
                              "warm-up round)")
     parser.add_argument("--skip", default="", help="parts to skip, e.g. 'b' or 'ac'")
-    parser.add_argument("--objects-unnoted", action="store_true",
-                        help="part a: objects without the sha256 a sync of ours notes on them (read back to be hashed)")
+    parser.add_argument("--objects-noted", action="store_true",
+                        help="part a: objects carrying the sha256 a sync of ours notes on what it sends (not read back)")
     args = parser.parse_args()
     log("bench_sync: " + machine_line())
     work = Path(tempfile.mkdtemp(prefix="localvault-bench-sync-"))
@@ -430,7 +430,7 @@ def main() -> None:
                 "(separate process)")
             vault = remote = None
             if "a" not in args.skip or "c" not in args.skip:
-                vault, remote = part_a(pg, work, args.rows, noted=not args.objects_unnoted)
+                vault, remote = part_a(pg, work, args.rows, noted=args.objects_noted)
                 # Part a leaves the machine busy for a while (PostgreSQL's autovacuum of its 200,000 new
                 # rows, write-back of 100,000 new files), which slowed part b's contenders unevenly
                 # (ours 7.4 s against 5.9-6.2 s on a calm machine): settle both before part b.
