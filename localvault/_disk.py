@@ -23,6 +23,9 @@ T = TypeVar("T")
 
 #: Names of files being written; never a final name.
 TEMP_PREFIX = ".tmp-"
+#: A temporary file younger than this may belong to a write in progress in another process; an older one is
+#: left over from a write cut short.
+STALE_TEMP_SECONDS = 3600
 #: Bytes read at a time when hashing a stream.
 DIGEST_CHUNK = 1024 * 1024
 

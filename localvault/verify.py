@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from . import _write_intents as write_intents
 from . import pending
-from ._disk import TEMP_PREFIX, unlink_quietly
+from ._disk import STALE_TEMP_SECONDS, TEMP_PREFIX, unlink_quietly
 from ._recovered import copy_to_recovered, recover
 from .db import Database
 from .errors import StorageError
@@ -28,8 +28,6 @@ from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
 from .models import SURROGATES
 from .progress import ProgressCallback, report
 
-#: A temporary file younger than this may belong to a write in progress in another process.
-STALE_TEMP_SECONDS = 3600
 #: Rows read per query.
 PAGE_ROWS = 2_000
 

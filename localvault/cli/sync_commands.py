@@ -158,4 +158,3 @@ def status(ctx: Context, offline: bool, as_json: bool) -> None:
                              highlight=False)
     if state.rejected:
         output.console.print("fix them, then run 'localvault sync --retry-rejected'")
-

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .._disk import TEMP_PREFIX, fsync_path, unlink_quietly, walk_files, write_durably
+from .._disk import STALE_TEMP_SECONDS, TEMP_PREFIX, fsync_path, unlink_quietly, walk_files, write_durably
 from ..errors import SyncError
 from .local_reads import check_sha256, reading
 
@@ -34,8 +34,6 @@ ATTRIBUTE = "user.localvault.sha256"
 #: How far a noted file's ctime may move after the note (setting the note moves it a moment later; a network
 #: disk's clock may answer a little late).
 CTIME_SLACK_NS = 10 * 10**9
-#: A temporary file this old in the folder is a copy cut short (a sync killed mid-copy), not one being written.
-STALE_TEMP_SECONDS = 3600
 #: What a folder's own fsync may answer on mounts that do not support it (CIFS before Linux 4.17, some FUSE
 #: mounts): the file itself was fsynced, and the rename stands.
 _FOLDER_FSYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
