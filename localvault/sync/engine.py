@@ -9,7 +9,6 @@ state is the same.
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import threading
 import time
@@ -26,13 +25,11 @@ from . import outbox
 from .bucket import Bucket
 from .objects import Objects, check_files, delete_objects, restore_revived, upload_files
 from .remote import Remote
-from .report import SyncReport, clock_warning
+from .report import SyncReport
 from .retry import retrying
 
 if TYPE_CHECKING:
     from ..vault import Vault
-
-log = logging.getLogger(__name__)
 
 __all__ = ["BATCH_ROWS", "INVALID_ID", "REFUSED_BY_BUCKET", "SyncReport", "push", "remote_for"]
 
@@ -104,8 +101,6 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
     with _SyncLock(vault.root), _closing(target if remote is None else None):
         target.check(vault.user_id)
         result.clock_offset_seconds = target.clock_offset
-        if (clock := clock_warning(target.clock_offset)) is not None:
-            log.warning(clock)  # at the start: a sync that fails later has said it too
         if retry_rejected and not dry_run:
             outbox.requeue_rejected(vault)
         # Checked even with nothing to push: a sync that "succeeds" against a bucket that is gone hides it.

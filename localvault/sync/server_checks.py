@@ -4,12 +4,16 @@ machine's clock is from the server's."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import psycopg
 
 from ..errors import SyncError
+from .report import clock_warning
+
+log = logging.getLogger(__name__)
 
 #: What the vault's pushes do, as the role ``authenticated``, on each table (SELECT: RETURNING, ON CONFLICT; the
 #: server's record of deletions is read by the upserts and stamped by the deletes).
@@ -69,7 +73,8 @@ def check_grants(conn: psycopg.Connection[Any]) -> None:
 
 def clock_offset(conn: psycopg.Connection[Any]) -> float | None:
     """This machine's clock minus the server's, in seconds (positive: ahead), within half a round trip; None if
-    the server would not tell (only informative: the push goes on).
+    the server would not tell (only informative: the push goes on). A gap worth it is logged as a warning
+    (:func:`.report.clock_warning`), as a sync or ``status`` begins: a sync that fails later has said it too.
 
     Last writer wins compares the times of the edits, and a vault stamps its
     edits with this machine's clock, the web app with the server's.
@@ -83,7 +88,10 @@ def clock_offset(conn: psycopg.Connection[Any]) -> float | None:
         row = None
     after = local_clock()
     conn.rollback()
-    return None if row is None or row[0] is None else (before + after) / 2 - float(row[0])
+    offset = None if row is None or row[0] is None else (before + after) / 2 - float(row[0])
+    if (warning := clock_warning(offset)) is not None:
+        log.warning(warning)
+    return offset
 
 
 def local_clock() -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -12,12 +11,9 @@ from .bucket import Bucket
 from .engine import remote_for
 from .outbox import pending_count
 from .remote import Remote
-from .report import clock_warning
 
 if TYPE_CHECKING:
     from ..vault import Vault
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,8 +69,6 @@ def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = T
         try:
             configured.check(vault.user_id)
             offset = configured.clock_offset
-            if (clock := clock_warning(offset)) is not None:
-                log.warning(clock)
             Bucket(configured.bucket_url, configured.storage_options).check_reachable(create=False)
             online, reason = True, None
         except OfflineError as exc:
