@@ -52,6 +52,15 @@ def _server_rows(dsn: str, table: str) -> dict[str, dict[str, Any]]:
         return {str(r[0]): dict(zip(names, r, strict=True)) for r in cur.fetchall()}
 
 
+def _sync_to_folder(vault: Vault, server: str, folder: Path, **options: Any) -> Any:
+    """``vault.sync`` to the folder bucket ``folder`` (a Remote of its own, closed after)."""
+    target = Remote(server, folder.as_uri())
+    try:
+        return vault.sync(target, **options)
+    finally:
+        target.close()
+
+
 def _objects(s3: Any, bucket: str) -> dict[str, int]:
     client = boto3.client("s3", endpoint_url=s3["client_kwargs"]["endpoint_url"], aws_access_key_id=s3["key"],
                           aws_secret_access_key=s3["secret"], region_name="us-east-1")
@@ -403,12 +412,8 @@ def test_a_storage_path_outside_the_user_s_folder_is_never_sent(vault: Vault, se
     with vault.db.write() as conn:
         conn.execute("UPDATE user_library SET storage_path = ? WHERE id = ?", (path.format(a=USER_A, b=USER_B),
                                                                               asset_id))
-    target = Remote(server, bucket.as_uri())
-    try:
-        with pytest.raises(SyncError, match="outside the folder"):
-            vault.sync(target)
-    finally:
-        target.close()
+    with pytest.raises(SyncError, match="outside the folder"):
+        _sync_to_folder(vault, server, bucket)
     assert (bucket / USER_B / "x.png").read_bytes() == b"B's own"
     assert _server_rows(server, "user_library") == {}
 
@@ -493,19 +498,6 @@ def test_a_folder_bucket_file_of_the_same_size_but_other_bytes_is_sent_again(lis
     assert [(bucket / a.storage_path).read_bytes() for a in assets] == data
 
 
-def _user_attributes(folder: Path) -> bool:
-    """Whether files in ``folder`` take user extended attributes (Linux's ext4, xfs, btrfs, tmpfs do)."""
-    probe = folder / "xattr-probe"
-    probe.write_bytes(b"")
-    try:
-        os.setxattr(probe, "user.probe", b"1")
-        return True
-    except (AttributeError, OSError):
-        return False
-    finally:
-        probe.unlink()
-
-
 @pytest.mark.parametrize("listed", [False, True], ids=["one-by-one", "listing"])
 def test_a_folder_bucket_file_a_sync_sent_is_known_by_the_sha256_it_noted(listed: bool, server: str, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -515,8 +507,6 @@ def test_a_folder_bucket_file_a_sync_sent_is_known_by_the_sha256_it_noted(listed
     from localvault.sync import bucket as bucket_module
     from localvault.sync import folder_bucket
 
-    if not _user_attributes(tmp_path):
-        pytest.skip("this filesystem takes no user extended attributes: its files are always hashed")
     if listed:
         monkeypatch.setattr(objects, "LISTING_THRESHOLD", 0)
     with Vault.create(tmp_path / "rig1", user_id=USER_A) as rig1:
@@ -529,11 +519,7 @@ def test_a_folder_bucket_file_a_sync_sent_is_known_by_the_sha256_it_noted(listed
 
     def sync(rig: str) -> Any:
         with Vault.open(tmp_path / rig) as vault:
-            target = Remote(server, bucket.as_uri())
-            try:
-                return vault.sync(target)
-            finally:
-                target.close()
+            return _sync_to_folder(vault, server, bucket)
 
     assert sync("rig1").files_uploaded == 3
     for path, asset in zip(files, assets, strict=True):
@@ -575,12 +561,8 @@ def test_a_damaged_file_never_reaches_a_folder_bucket(vault: Vault, server: str,
     local.chmod(0o644)
     local.write_bytes(bytes(asset.file_size_bytes))  # damaged on disk, its size kept
     bucket = tmp_path / "bucket"
-    target = Remote(server, bucket.as_uri())
-    try:
-        with pytest.raises(SyncError, match="no longer matches the sha256"):
-            vault.sync(target)
-    finally:
-        target.close()
+    with pytest.raises(SyncError, match="no longer matches the sha256"):
+        _sync_to_folder(vault, server, bucket)
     assert [p for p in bucket.rglob("*") if p.is_file()] == []
 
 
@@ -600,13 +582,9 @@ def test_a_folder_bucket_keeps_no_copy_cut_short_and_lists_none(vault: Vault, se
         leftover.write_bytes(b"half a file")
     hours_ago = time.time() - folder_bucket.STALE_TEMP_SECONDS - 60
     os.utime(old, (hours_ago, hours_ago))
-    target = Remote(server, (tmp_path / "bucket").as_uri())
-    try:
-        assert vault.sync(target, dry_run=True).files_uploaded == 2
-        assert old.exists() and fresh.exists()
-        assert vault.sync(target).files_uploaded == 2
-    finally:
-        target.close()
+    assert _sync_to_folder(vault, server, tmp_path / "bucket", dry_run=True).files_uploaded == 2
+    assert old.exists() and fresh.exists()
+    assert _sync_to_folder(vault, server, tmp_path / "bucket").files_uploaded == 2
     assert not old.exists() and fresh.exists()
     assert all(not key.rsplit("/", 1)[1].startswith(".tmp-")
                for key in Bucket((tmp_path / "bucket").as_uri()).listing(USER_A))
@@ -627,16 +605,11 @@ def test_a_folder_bucket_whose_folders_refuse_fsync_still_takes_files(vault: Vau
     monkeypatch.setattr(folder_bucket, "fsync_path", refused)
     (asset_id,) = _fill(vault, tmp_path, 1)
     asset = vault.library.get(asset_id)
-    target = Remote(server, (tmp_path / "bucket").as_uri())
-    try:
-        report = vault.sync(target)
-    finally:
-        target.close()
+    report = _sync_to_folder(vault, server, tmp_path / "bucket")
     assert (report.files_uploaded, report.rows_written) == (1, 1)
     stored = tmp_path / "bucket" / asset.storage_path
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == asset.sha256
-    if _user_attributes(tmp_path):
-        assert os.getxattr(stored, folder_bucket.ATTRIBUTE).decode().startswith(asset.sha256)
+    assert os.getxattr(stored, folder_bucket.ATTRIBUTE).decode().startswith(asset.sha256)
 
 
 @pytest.mark.parametrize("listed", [False, True], ids=["one-by-one", "listing"])
