@@ -284,6 +284,42 @@ def test_an_error_while_a_batch_is_written_does_not_wait_for_the_read_ahead(
     assert len(checked_ahead) == 1
 
 
+def test_a_read_ahead_retrying_the_bucket_stops_with_the_push(vault: Vault, remote: Remote, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A check of the next batch that is waiting between retries (the bucket unreachable for it) ends when the
+    push ends: a CLI process does not wait out the retries (15 s) at its exit."""
+    import threading
+
+    from localvault.sync.bucket import Bucket
+
+    _fill(vault, tmp_path, 4)
+    real_head = Bucket.head
+    heads_ahead: list[float] = []
+
+    def unreachable_ahead(self: Any, key: str) -> Any:
+        if threading.current_thread().name.startswith("localvault-read-ahead"):
+            heads_ahead.append(time.monotonic())
+            raise ConnectionResetError("the bucket dropped the connection")
+        return real_head(self, key)
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        while not heads_ahead:  # (the read ahead is into its retries)
+            time.sleep(0.01)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Bucket, "head", unreachable_ahead)
+    monkeypatch.setattr(Remote, "apply", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        vault.sync(remote, batch_rows=2)
+    ended = time.monotonic()
+    for thread in threading.enumerate():
+        if thread.name.startswith("localvault-read-ahead"):
+            thread.join(timeout=5)
+            assert not thread.is_alive()
+    assert time.monotonic() - ended < 0.5  # its next attempt would come 0.5 s after the first, the last 15 s after
+    assert len(heads_ahead) == 1
+
+
 def test_a_batch_read_ahead_that_fails_leaves_the_one_before_it_acknowledged(vault: Vault, remote: Remote,
                                                                              tmp_path: Path) -> None:
     """The second batch's refusal (found while the first was written) comes after the first is acknowledged."""

@@ -38,7 +38,8 @@ class Objects:
         if pending > LISTING_THRESHOLD:
             self.listed = retrying(lambda: bucket.objects(user_id), "listing the bucket")
 
-    def has(self, key: str, size: int, sha256: str, local: Path, *, sent_before: bool = False) -> bool:
+    def has(self, key: str, size: int, sha256: str, local: Path, *, sent_before: bool = False,
+            stop: threading.Event | None = None) -> bool:
         """Whether the bucket holds this very file: same size and the same bytes; when unsure, no (it is sent).
 
         From the listing: an S3 ETag that is an MD5 is compared with the local
@@ -48,6 +49,7 @@ class Objects:
         ``sent_before`` (the row's insert was synced: a sync of ours sent and
         checked that object, and a library file never changes), so that an
         edit of a title or tags does not read the file back from a NAS.
+        ``stop`` set ends a wait between retries (:class:`RetryStopped`).
         """
         if (size_sent := self.sent.get(key)) is not None:  # (one read: the push's other thread may pop it)
             return size_sent == size
@@ -58,10 +60,10 @@ class Objects:
             if size_and_md5[1] is not None:
                 return md5_of(local) == size_and_md5[1]
         if not self.bucket.is_s3 and not sent_before:
-            return retrying(lambda: self.bucket.sha256_of(key, size), "checking the bucket") == sha256
+            return retrying(lambda: self.bucket.sha256_of(key, size), "checking the bucket", stop=stop) == sha256
         if not self.bucket.is_s3 and self.listed is not None:
             return True  # listed with this size, above
-        found = retrying(lambda: self.bucket.head(key), "checking the bucket")
+        found = retrying(lambda: self.bucket.head(key), "checking the bucket", stop=stop)
         if found is None or found.size != size:
             return False
         if not self.bucket.is_s3:
@@ -98,7 +100,7 @@ def check_files(vault: Vault, known: Objects, batch: outbox.Batch, skip: set[str
             break
         local, sha, size, _mime = batch.files[row["id"]]
         present[row["id"]] = known.has(row["storage_path"], size, sha, Path(local),
-                                       sent_before=row["id"] not in batch.inserted)
+                                       sent_before=row["id"] not in batch.inserted, stop=stop)
     return present
 
 

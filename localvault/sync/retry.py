@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import time
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -21,8 +21,17 @@ _RETRYABLE: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg
                                                OfflineError, OSError)
 
 
-def retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | None = None) -> T:
-    """Run ``action``, retrying connection trouble with backoff; OfflineError when it persists."""
+class RetryStopped(SyncError):
+    """A retry's wait was cut short by its ``stop`` event: the sync the work was for has stopped."""
+
+
+def retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | None = None,
+             stop: threading.Event | None = None) -> T:
+    """Run ``action``, retrying connection trouble with backoff; OfflineError when it persists.
+
+    ``stop``, once set, ends the waits between attempts with :class:`RetryStopped`.
+    """
+    stop = stop or threading.Event()
     for delay in (*RETRY_DELAYS, None):
         try:
             return action()
@@ -51,5 +60,6 @@ def retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | 
                 raise OfflineError(f"{what} failed after {len(RETRY_DELAYS) + 1} attempts: {first_line(exc)}") from None
             if on_retry:
                 on_retry()
-            time.sleep(delay)
+            if stop.wait(delay):
+                raise RetryStopped(f"{what}: the sync stopped") from None
     raise AssertionError("unreachable")
