@@ -10,6 +10,9 @@ a PUT's answer carries the server's MD5 of what it stored (the ETag of a
 single-part upload), which is compared with the MD5 computed while reading
 the file — a verification that costs no extra request. Where the ETag is not
 a plain MD5 (multipart, SSE-KMS), a fresh HEAD checks size and sha256.
+Those single PUTs go past s3fs where the settings allow (:mod:`.s3_direct`:
+signed by botocore's signer, sent on botocore's HTTP session); every other
+request, and any PUT that path cannot make, goes through s3fs.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import fsspec
 from .._disk import stream_digest
 from ..config import redact_url
 from ..errors import OfflineError, SyncError, first_line
-from . import folder_bucket
+from . import folder_bucket, s3_direct
 from .local_reads import check_sha256, file_digest, reading
 from .s3_client import tune_s3
 from .store_errors import SETTINGS_HINT, TRANSIENT_CODES, settings_errors, store_refusal
@@ -72,9 +75,15 @@ class Bucket:
         self.is_s3 = protocol in ("s3", "s3a")
         self.is_local = protocol in ("file", "local")
         self._big_uploads = threading.BoundedSemaphore(BIG_UPLOADS)
+        self._direct = s3_direct.direct_put_for(self.fs, self.root.split("/", 1)[0], options) if self.is_s3 else None
         #: Temporary files of copies cut short long ago (a sync killed mid-copy), found by a local folder's last
         #: listing: see :meth:`remove_stale_temps`.
         self.stale_temps: list[str] = []
+
+    def close(self) -> None:
+        """Close the connections of the small files' PUTs (s3fs keeps its own, shared with other instances)."""
+        if self._direct is not None:
+            self._direct.close()
 
     def path(self, key: str) -> str:
         return f"{self.root}/{key}"
@@ -211,9 +220,11 @@ class Bucket:
                 raise SyncError(f"{local} changed size while syncing; run 'localvault verify'")
             check_sha256(local, hashlib.sha256(data).hexdigest(), sha256)
             bucket, name = path.split("/", 1)
-            answer = self.fs.call_s3("put_object", Bucket=bucket, Key=name, Body=data, ContentType=content_type,
-                                     Metadata={"sha256": sha256})
-            if _plain_md5(answer.get("ETag")) == hashlib.md5(data, usedforsecurity=False).hexdigest():
+            etag = self._direct.put(name, data, sha256, content_type) if self._direct is not None else None
+            if etag is None:
+                etag = self.fs.call_s3("put_object", Bucket=bucket, Key=name, Body=data, ContentType=content_type,
+                                       Metadata={"sha256": sha256}).get("ETag")
+            if _plain_md5(etag) == hashlib.md5(data, usedforsecurity=False).hexdigest():
                 return
         elif self.is_s3:
             with self._big_uploads:

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -98,13 +98,14 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
     started = time.monotonic()
     target = remote_for(vault, remote)
     result = SyncReport(dry_run=dry_run)
-    with _SyncLock(vault.root), _closing(target if remote is None else None):
+    with _SyncLock(vault.root), _closing(target if remote is None else None), ExitStack() as stack:
         target.check(vault.user_id)
         result.clock_offset_seconds = target.clock_offset
         if retry_rejected and not dry_run:
             outbox.requeue_rejected(vault)
         # Checked even with nothing to push: a sync that "succeeds" against a bucket that is gone hides it.
         bucket = Bucket(target.bucket_url, target.storage_options)
+        stack.callback(bucket.close)
         bucket.check_reachable(create=not dry_run)  # at the start, offline is said at once (as for PostgreSQL)
         if full and not dry_run:
             outbox.queue_everything(vault)
