@@ -336,6 +336,12 @@ def part_b(pg: Any, endpoint: str, work: Path, n_files: int, rounds: int) -> Non
             conn.execute("DELETE FROM sync_outbox")
             conn.execute("INSERT INTO sync_outbox (table_name, row_id, op, user_id)"
                          " SELECT 'user_library', id, 'insert', user_id FROM user_library")
+        # The new database's pages and WAL, and the outbox's, are flushed now, not by whichever run comes first
+        # (that run was the slower one by ~10 % on average, ours or rclone's).
+        with pg.connect() as conn:
+            conn.execute("CHECKPOINT")
+        vault.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        os.sync()
         return bucket, Remote(dsn, f"s3://{bucket}", _servers.s3_options(endpoint))
 
     def run_ours(round_no: int, bucket: str, remote: Remote) -> float:
