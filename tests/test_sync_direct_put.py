@@ -5,7 +5,6 @@ settings or the store's answer call for it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +15,6 @@ from PIL import Image
 
 from localvault import Vault
 from localvault.sync import Remote
-
-USER_A = "0a0a0a0a-0000-4000-8000-00000000000a"
-
-
-@pytest.fixture
-def vault(tmp_path: Path) -> Iterator[Vault]:
-    v = Vault.create(tmp_path / "vault", user_id=USER_A)
-    yield v
-    v.close()
 
 
 @pytest.fixture
