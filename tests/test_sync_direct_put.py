@@ -1,6 +1,7 @@
 """Small files' PUTs signed by botocore and sent past s3fs (localvault.sync.s3_direct), against the suite's moto
-server: used with plain settings, checked by the store's own signature check, and handing over to s3fs when the
-settings or the store's answer call for it."""
+server: the first PUT of a sync goes through s3fs and shows where the others go; used with plain settings,
+checked by the store's own signature check, and handing over to s3fs when the settings, botocore's request or
+the store's answer call for it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,22 @@ from PIL import Image
 
 from localvault import Vault
 from localvault.sync import Remote
+
+
+@pytest.fixture
+def turned_off(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Why the direct path was turned off, each time it was."""
+    from localvault.sync.s3_direct import DirectPut
+
+    reasons: list[str] = []
+    real = DirectPut._turn_off
+
+    def recorded(self: Any, why: str) -> None:
+        reasons.append(why)
+        real(self, why)
+
+    monkeypatch.setattr(DirectPut, "_turn_off", recorded)
+    return reasons
 
 
 @pytest.fixture
@@ -49,10 +66,11 @@ def _client(options: dict[str, Any], **keys: str) -> Any:
 
 def test_small_files_go_up_past_s3fs_with_their_checksum_and_type(vault: Vault, remote: Remote, s3_bucket: Any,
                                                                     tmp_path: Path,
-                                                                    s3fs_puts: list[dict[str, Any]]) -> None:
+                                                                    s3fs_puts: list[dict[str, Any]],
+                                                                    turned_off: list[str]) -> None:
     assets = _fill(vault, tmp_path, 4)
     report = vault.sync(remote)
-    assert report.files_uploaded == 4 and s3fs_puts == []
+    assert report.files_uploaded == 4 and len(s3fs_puts) == 1 and turned_off == []  # (the first shows the way)
     client = _client(s3_bucket.storage_options)
     for asset in assets:
         found = client.get_object(Bucket=s3_bucket.name, Key=asset.storage_path)
@@ -62,7 +80,7 @@ def test_small_files_go_up_past_s3fs_with_their_checksum_and_type(vault: Vault, 
 
 def test_the_stores_signature_check_passes_them_and_refuses_them_signed_wrongly(
         vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path, s3fs_puts: list[dict[str, Any]],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        turned_off: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """moto checks SigV4 signatures once IAM is on (as AWS, Supabase and MinIO always do): a PUT signed wrongly
     here would pass the suite's default moto and fail on every real store. Signed with a wrong secret, the
     store refuses it, and the file goes through s3fs (signed right)."""
@@ -87,12 +105,13 @@ def test_the_stores_signature_check_passes_them_and_refuses_them_signed_wrongly(
     monkeypatch.setattr(ActionAuthenticatorMixin, "request_count", 0)
     try:
         assert vault.sync(signed).files_uploaded == 3
-        assert s3fs_puts == []  # signed right: the store took them all
+        assert len(s3fs_puts) == 1 and turned_off == []  # signed right: the store took the two sent past s3fs
         monkeypatch.setattr(DirectPut, "_credentials",
                             lambda self: Credentials(key["AccessKeyId"], "not-" + key["SecretAccessKey"]))
         later = _fill(vault, tmp_path, 2, start=3)
         assert vault.sync(signed).files_uploaded == 2
-        assert len(s3fs_puts) == 2  # signed wrongly: refused, sent again through s3fs, and the next one too
+        # signed wrongly: the second of this sync (after the one through s3fs) is refused, and sent again there
+        assert len(s3fs_puts) == 3 and turned_off == ["the store answered a PUT with 403"]
     finally:
         signed.close()
         monkeypatch.undo()  # (before the bucket's clean-up, which signs with the suite's keys)
@@ -101,49 +120,118 @@ def test_the_stores_signature_check_passes_them_and_refuses_them_signed_wrongly(
         assert client.head_object(Bucket=s3_bucket.name, Key=asset.storage_path)["Metadata"]["sha256"] == asset.sha256
 
 
+@pytest.mark.parametrize("given_in", ["storage options", "fsspec's configuration"])
 def test_settings_it_does_not_know_leave_the_puts_to_s3fs(vault: Vault, remote: Remote, s3_bucket: Any,
-                                                          tmp_path: Path, s3fs_puts: list[dict[str, Any]]) -> None:
+                                                          tmp_path: Path, s3fs_puts: list[dict[str, Any]],
+                                                          monkeypatch: pytest.MonkeyPatch, given_in: str) -> None:
     """Extra PUT arguments given to s3fs (server-side encryption here) must reach the store: such a bucket's
-    PUTs keep going through s3fs."""
-    options = dict(s3_bucket.storage_options, s3_additional_kwargs={"ServerSideEncryption": "AES256"})
+    PUTs keep going through s3fs, whether the sync's settings say so or fsspec's own (~/.config/fsspec,
+    $FSSPEC_S3…), which s3fs is made with too."""
+    import fsspec.config
+
+    extra = {"s3_additional_kwargs": {"ServerSideEncryption": "AES256"}}
+    options = s3_bucket.storage_options
+    if given_in == "storage options":
+        options = dict(options, **extra)
+    else:
+        monkeypatch.setitem(fsspec.config.conf, "s3", extra)
     target = Remote(remote.database_url, remote.bucket_url, options)
     try:
-        assets = _fill(vault, tmp_path, 2)
-        assert vault.sync(target).files_uploaded == 2
+        assets = _fill(vault, tmp_path, 3)
+        assert vault.sync(target).files_uploaded == 3
     finally:
         target.close()
-    assert len(s3fs_puts) == 2
+    assert len(s3fs_puts) == 3
     client = _client(s3_bucket.storage_options)
     for asset in assets:
         assert client.head_object(Bucket=s3_bucket.name, Key=asset.storage_path)["ServerSideEncryption"] == "AES256"
 
 
+def test_a_put_botocore_adds_a_checksum_to_stays_with_s3fs(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                            tmp_path: Path, s3fs_puts: list[dict[str, Any]],
+                                                            turned_off: list[str]) -> None:
+    """Told to (``request_checksum_calculation``), botocore sends a CRC32 the store keeps with the object: a PUT
+    without it would not be the same PUT."""
+    options = dict(s3_bucket.storage_options, config_kwargs={"request_checksum_calculation": "when_supported"})
+    target = Remote(remote.database_url, remote.bucket_url, options)
+    try:
+        assets = _fill(vault, tmp_path, 3)
+        assert vault.sync(target, batch_rows=1).files_uploaded == 3
+    finally:
+        target.close()
+    assert len(s3fs_puts) == 3 and all("x-amz-checksum-crc32" in why for why in turned_off)
+    client = _client(s3_bucket.storage_options)
+    for asset in assets:
+        found = client.head_object(Bucket=s3_bucket.name, Key=asset.storage_path, ChecksumMode="ENABLED")
+        assert found.get("ChecksumCRC32")
+
+
+@pytest.mark.parametrize(("settings", "url", "region"), [
+    ({"region_name": "eu-west-1"}, "https://lv-bucket.s3.eu-west-1.amazonaws.com/", "eu-west-1"),
+    ({"region_name": "eu-central-1"}, "https://lv-bucket.s3.eu-central-1.amazonaws.com/", "eu-central-1"),
+    ({"region_name": "us-east-1", "endpoint_url": "https://abc.supabase.co/storage/v1/s3"},
+     "https://abc.supabase.co/storage/v1/s3/lv-bucket/", "us-east-1"),
+])
+def test_later_puts_go_where_botocore_sends_the_first(settings: dict[str, str], url: str, region: str) -> None:
+    """The URL and signing region are botocore's for a PUT of the bucket (its regional host on AWS: a presigned
+    URL would have named the global one), read from the request it is about to send (not sent here)."""
+    import botocore.session
+    from botocore.config import Config
+    from botocore.handlers import add_expect_header
+
+    from localvault.sync.s3_direct import DirectPut
+
+    class NotSent(Exception):
+        pass
+
+    seen: list[Any] = []
+
+    def look(request: Any, **_kwargs: Any) -> None:
+        seen.append(request)
+        raise NotSent
+
+    session = botocore.session.get_session()  # set up as localvault's (sync/s3_client.py)
+    session.unregister("before-call.s3", add_expect_header)
+    client = session.create_client("s3", aws_access_key_id="k", aws_secret_access_key="s", **settings,
+                                   config=Config(request_checksum_calculation="when_required"))
+    client.meta.events.register_first("before-send.s3.PutObject", look)
+    key = "0a0a0a0a-0000-4000-8000-00000000000a/some asset.png"
+    with pytest.raises(NotSent):
+        client.put_object(Bucket="lv-bucket", Key=key, Body=b"png", ContentType="image/png", Metadata={"sha256": "0"})
+    fs = s3fs.S3FileSystem(key="k", secret="s", client_kwargs=settings, skip_instance_cache=True)
+    direct = DirectPut(fs, "lv-bucket", fs.storage_options)
+    direct._learn(seen[0], "0a0a0a0a-0000-4000-8000-00000000000a/some%20asset.png")
+    assert (direct._prefix, direct._region) == (url, region)
+    direct.close()
+
+
 def test_an_answer_other_than_200_hands_the_puts_over_to_s3fs(vault: Vault, remote: Remote, s3_bucket: Any,
-                                                                tmp_path: Path,
-                                                                s3fs_puts: list[dict[str, Any]]) -> None:
+                                                                tmp_path: Path, s3fs_puts: list[dict[str, Any]],
+                                                                turned_off: list[str]) -> None:
     """A store that is busy (503 SlowDown) or redirects: the file goes again through s3fs, which retries and
     follows as botocore does, and so do the sync's later PUTs."""
     from servers import s3_error_xml
     from test_sync_faults import through_proxy
 
-    busy = iter([True])
+    puts = iter(range(100))
 
-    def busy_once(method: str, path: str, body: bytes) -> tuple[int, bytes] | None:
-        if method == "PUT" and body and next(busy, False):
+    def second_busy(method: str, path: str, body: bytes) -> tuple[int, bytes] | None:
+        if method == "PUT" and body and next(puts) == 1:  # (the first goes through s3fs: the second is ours)
             return 503, s3_error_xml("SlowDown", "Please reduce your request rate.")
         return None
 
-    assets = _fill(vault, tmp_path, 3)
-    with through_proxy(remote, s3_bucket, busy_once) as proxied:
+    assets = _fill(vault, tmp_path, 4)
+    with through_proxy(remote, s3_bucket, second_busy) as proxied:
         report = vault.sync(proxied, batch_rows=1)  # (one file a batch: the PUTs go one after another)
-    assert report.files_uploaded == 3 and len(s3fs_puts) == 3
+    assert report.files_uploaded == 4 and len(s3fs_puts) == 4
+    assert turned_off == ["the store answered a PUT with 503"]
     client = _client(s3_bucket.storage_options)
     for asset in assets:
         assert client.head_object(Bucket=s3_bucket.name, Key=asset.storage_path)["Metadata"]["sha256"] == asset.sha256
 
 
 def test_keys_found_where_aws_tools_look_sign_them_too(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path,
-                                                        s3fs_puts: list[dict[str, Any]],
+                                                        s3fs_puts: list[dict[str, Any]], turned_off: list[str],
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """No keys in the settings: the session's (here $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY, set by the
     bucket's fixture), as s3fs's client takes them."""
@@ -153,8 +241,8 @@ def test_keys_found_where_aws_tools_look_sign_them_too(vault: Vault, remote: Rem
     options = {k: v for k, v in s3_bucket.storage_options.items() if k not in ("key", "secret")}
     target = Remote(remote.database_url, remote.bucket_url, options)
     try:
-        _fill(vault, tmp_path, 2)
-        assert vault.sync(target).files_uploaded == 2
+        _fill(vault, tmp_path, 3)
+        assert vault.sync(target).files_uploaded == 3
     finally:
         target.close()
-    assert s3fs_puts == []
+    assert len(s3fs_puts) == 1 and turned_off == []

@@ -10,9 +10,10 @@ a PUT's answer carries the server's MD5 of what it stored (the ETag of a
 single-part upload), which is compared with the MD5 computed while reading
 the file — a verification that costs no extra request. Where the ETag is not
 a plain MD5 (multipart, SSE-KMS), a fresh HEAD checks size and sha256.
-Those single PUTs go past s3fs where the settings allow (:mod:`.s3_direct`:
-signed by botocore's signer, sent on botocore's HTTP session); every other
-request, and any PUT that path cannot make, goes through s3fs.
+Those single PUTs go past s3fs where the settings allow, but the first of a
+sync (:mod:`.s3_direct`: botocore's request for the first one, signed by
+botocore's signer for other keys, sent on botocore's HTTP session); every
+other request, and any PUT that path cannot make, goes through s3fs.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class Bucket:
         self.is_s3 = protocol in ("s3", "s3a")
         self.is_local = protocol in ("file", "local")
         self._big_uploads = threading.BoundedSemaphore(BIG_UPLOADS)
-        self._direct = s3_direct.direct_put_for(self.fs, self.root.split("/", 1)[0], options) if self.is_s3 else None
+        self._direct = s3_direct.direct_put_for(self.fs, self.root.split("/", 1)[0]) if self.is_s3 else None
         #: Temporary files of copies cut short long ago (a sync killed mid-copy), found by a local folder's last
         #: listing: see :meth:`remove_stale_temps`.
         self.stale_temps: list[str] = []

@@ -5,16 +5,22 @@ serialisation, response parsing) and a hop to fsspec's event-loop thread and bac
 CPU per PUT on the bench machine against ~1 ms here. With many small files that CPU, not the network, sets
 the pace against a store on the same machine (bench/README.md, seventeenth session).
 
-The request is botocore's own for ``put_object``: the URL botocore presigns for a key of the bucket (its
-endpoint rules, addressing style and signing region), a SigV4 signature by botocore's ``S3SigV4Auth`` over
-the payload's sha256 (the row's, checked before sending), the Content-Type and the ``x-amz-meta-sha256``
-the s3fs path sends. It is used only with settings that mean the same here (:func:`direct_put_for`). Any
-answer but 200, or any error, and the bucket's PUTs go through s3fs for the rest of the sync: its retries,
-region redirects and errors are the ones the engine knows, and the file is sent again there.
+The first PUT of a bucket goes through s3fs, and botocore's request for it is looked at just before it is
+sent: its URL (endpoint rules, addressing style, regional or FIPS host), the region and service it is signed
+for, and its headers. Later PUTs are that request for another key: signed by botocore's ``S3SigV4Auth``
+(the payload's sha256 is the one computed from the bytes sent and checked against the row), sent on
+botocore's ``URLLib3Session`` with the client's timeouts and pool size and botocore's TLS verification.
+
+Used only where that is the same request: with the storage options s3fs was made with (fsspec's own
+configuration included) holding only settings this path keeps (:func:`direct_put_for`), and while
+botocore's PUT carries no header this one would not (a checksum, server-side encryption added by a
+session's handler, …). Any answer but 200, or any error, and the file goes again through s3fs, and so does
+every later PUT of that sync: retries, redirects and error messages stay botocore's and s3fs's.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -22,13 +28,13 @@ import threading
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import quote, urlsplit
 
 log = logging.getLogger(__name__)
 
 #: storage options (and of them, client and botocore config settings) whose meaning this path keeps; any other
-#: (extra PUT arguments such as server-side encryption, requester pays, anonymous access, proxies, region
-#: caches) leaves the PUTs to s3fs.
+#: (extra PUT arguments such as server-side encryption or ACLs, requester pays, anonymous access, proxies,
+#: region caches) leaves the PUTs to s3fs.
 KNOWN_OPTIONS = frozenset({"key", "secret", "token", "client_kwargs", "config_kwargs", "session", "profile",
                            "use_listings_cache", "listings_expiry_time", "skip_instance_cache", "use_ssl",
                            "endpoint_url"})
@@ -36,15 +42,19 @@ KNOWN_CLIENT_SETTINGS = frozenset({"endpoint_url", "region_name", "verify", "use
 KNOWN_CONFIG_SETTINGS = frozenset({"max_pool_connections", "connect_timeout", "read_timeout", "retries",
                                    "request_checksum_calculation", "response_checksum_validation",
                                    "signature_version", "s3"})
+#: Headers of botocore's PUT that this path sends too (or that say nothing of the object stored).
+SAME_HEADERS = frozenset({"host", "user-agent", "amz-sdk-invocation-id", "amz-sdk-request", "x-amz-date",
+                          "x-amz-content-sha256", "x-amz-security-token", "authorization", "content-type",
+                          "content-length", "x-amz-meta-sha256"})
 #: Frozen credentials are taken again after this many seconds (botocore refreshes expiring ones 10-15 min
 #: before their end, so a frozen copy this young is always valid).
 CREDENTIALS_SECONDS = 300.0
-_PROBE_KEY = "localvault-direct-put-probe"
 
 
-def direct_put_for(fs: Any, bucket: str, options: Mapping[str, Any]) -> DirectPut | None:
-    """A :class:`DirectPut` for ``bucket`` on the s3fs filesystem ``fs``, or None when ``options`` hold a setting
-    it does not keep the meaning of (the PUTs then go through s3fs, as every other request does)."""
+def direct_put_for(fs: Any, bucket: str) -> DirectPut | None:
+    """A :class:`DirectPut` for ``bucket`` on the s3fs filesystem ``fs``, or None when the options ``fs`` was
+    made with hold a setting this path does not keep the meaning of (its PUTs then go through s3fs)."""
+    options = fs.storage_options  # (fsspec's configuration merged in)
     client_kwargs = options.get("client_kwargs") or {}
     config = options.get("config_kwargs") or {}
     if not (set(options) <= KNOWN_OPTIONS and set(client_kwargs) <= KNOWN_CLIENT_SETTINGS
@@ -52,6 +62,22 @@ def direct_put_for(fs: Any, bucket: str, options: Mapping[str, Any]) -> DirectPu
             and config.get("signature_version", "s3v4") == "s3v4"):
         return None
     return DirectPut(fs, bucket, options)
+
+
+@functools.cache
+def _signer_class() -> type:
+    """botocore's ``S3SigV4Auth``, told the payload's sha256 (it would hash the body again)."""
+    from botocore.auth import S3SigV4Auth
+
+    class KnownPayloadAuth(S3SigV4Auth):  # type: ignore[misc]
+        def __init__(self, credentials: Any, region: str, payload_sha256: str) -> None:
+            super().__init__(credentials, "s3", region)
+            self._payload_sha256 = payload_sha256
+
+        def payload(self, request: Any) -> str:
+            return self._payload_sha256
+
+    return KnownPayloadAuth
 
 
 class DirectPut:
@@ -69,36 +95,38 @@ class DirectPut:
             self._static = Credentials(options["key"], options["secret"], options.get("token"))
         self._frozen: Any = None
         self._frozen_at = -math.inf
-        self._prefix: str | None = None  # the URL of a key, but the key
+        self._prefix: str | None = None  # the URL of a key, but the key (learnt from the first PUT)
         self._region = ""
+        self._http: Any = None  # botocore's URLLib3Session
         self._user_agent = _user_agent()
-        self._http: Any = None  # botocore's URLLib3Session, made with the first PUT (its errors are a PUT's)
-        #: Set once this path failed (or cannot be used): every later PUT goes through s3fs.
+        #: Set once this path failed or cannot be used: every later PUT goes through s3fs.
         self.off = False
 
     def put(self, key: str, data: bytes, sha256: str, content_type: str) -> str | None:
-        """Send ``data`` as the object ``key`` (a key in the bucket); the ETag the store answered with, or None
-        when this path did not store it (the caller sends it through s3fs)."""
-        if self.off:
+        """Send ``data`` (whose sha256 is ``sha256``) as the object ``key`` of the bucket; the ETag the store
+        answered with, or None when the caller is to send it through s3fs.
+
+        The first call sends through s3fs itself, and raises as s3fs does."""
+        if self._prefix is None and not self.off:
+            with self._lock:
+                if self._prefix is None and not self.off:
+                    return self._put_and_learn(key, data, sha256, content_type)
+        prefix = self._prefix
+        if self.off or prefix is None:
             return None
         try:
-            from botocore.auth import S3SigV4Auth
             from botocore.awsrequest import AWSRequest
 
-            url, region, credentials = self._url(key), self._region, self._credentials()
-            request = AWSRequest("PUT", url, data=data, headers={
-                "Content-Type": content_type, "x-amz-meta-sha256": sha256, "X-Amz-Content-SHA256": sha256,
-                "User-Agent": self._user_agent})
-            S3SigV4Auth(credentials, "s3", region).add_auth(request)
-            answer = self._http.send(request.prepare())  # (set up by _url)
+            credentials = self._credentials()
+            request = AWSRequest("PUT", prefix + quote(key, safe="/~"), data=data, headers={
+                "Content-Type": content_type, "x-amz-meta-sha256": sha256, "User-Agent": self._user_agent})
+            _signer_class()(credentials, self._region, sha256).add_auth(request)
+            answer = self._http.send(request.prepare())
         except Exception as exc:  # anything: s3fs sends it, and raises, retries or redirects as it knows how
-            log.debug("direct PUT of %s failed (%s: %s); PUTs go through s3fs from now on", key,
-                      type(exc).__name__, exc)
-            self.off = True
+            self._turn_off(f"a PUT failed ({type(exc).__name__}: {exc})")
             return None
         if answer.status_code != 200:
-            log.debug("direct PUT of %s answered %s; PUTs go through s3fs from now on", key, answer.status_code)
-            self.off = True
+            self._turn_off(f"the store answered a PUT with {answer.status_code}")
             return None
         return str(answer.headers.get("ETag", ""))
 
@@ -106,41 +134,56 @@ class DirectPut:
         if self._http is not None:
             self._http.close()
 
-    def _url(self, key: str) -> str:
-        from urllib.parse import quote
+    def _turn_off(self, why: str) -> None:
+        if not self.off:
+            log.info("PUTs to %s go through s3fs for the rest of this sync: %s", self._bucket, why)
+        self.off = True
 
-        with self._lock:
-            if self._prefix is None:
-                from botocore.httpsession import URLLib3Session
-
-                config = self._options.get("config_kwargs") or {}
-                prefix, self._region = self._presigned_prefix()
-                self._http = URLLib3Session(verify=self._verify(), max_pool_connections=int(
-                    config.get("max_pool_connections", 10)), timeout=(config.get("connect_timeout", 60),
-                                                                        config.get("read_timeout", 60)))
-                self._prefix = prefix
-        return self._prefix + quote(key, safe="/~")
-
-    def _presigned_prefix(self) -> tuple[str, str]:
-        """The URL botocore would send a PUT of a key to, without the key, and the region it signs for."""
-        from fsspec.asyn import sync
-
+    def _put_and_learn(self, key: str, data: bytes, sha256: str, content_type: str) -> str:
+        """Send through s3fs, and learn from botocore's request where and how later PUTs go."""
         client = self._fs.s3
-        url = sync(self._fs.loop, client.generate_presigned_url, "put_object",
-                   Params={"Bucket": self._bucket, "Key": _PROBE_KEY}, ExpiresIn=60)
-        parts = urlsplit(url)
-        if not parts.path.endswith("/" + _PROBE_KEY) or parts.scheme not in ("http", "https"):
-            raise ValueError(f"botocore presigns {parts.scheme}://{parts.netloc}{parts.path} for a key")
-        # The region a SigV4 presign signs for is the one PUTs are signed for; a SigV2 presign (botocore's
-        # default for presigned S3 URLs) tells none, and PUTs are signed for the client's region.
-        scope = parse_qs(parts.query).get("X-Amz-Credential", [""])[0].split("/")
-        region = scope[2] if len(scope) == 5 else client.meta.region_name
-        proxies = (self._options.get("config_kwargs") or {}).get("proxies")
+        seen: list[Any] = []
+        name = quote(key, safe="/~")
+
+        def look(request: Any, **_kwargs: Any) -> None:
+            if urlsplit(request.url).path.endswith("/" + name):
+                seen.append(request)
+
+        handler = f"localvault-direct-put-{id(self)}"
+        client.meta.events.register_first("before-send.s3.PutObject", look, unique_id=handler)
+        try:
+            answer = self._fs.call_s3("put_object", Bucket=self._bucket, Key=key, Body=data,
+                                      ContentType=content_type, Metadata={"sha256": sha256})
+        finally:
+            client.meta.events.unregister("before-send.s3.PutObject", unique_id=handler)
+            try:
+                self._learn(seen[-1] if seen else None, name)
+            except Exception as exc:
+                self._turn_off(str(exc))
+        return str(answer.get("ETag", ""))
+
+    def _learn(self, request: Any, name: str) -> None:
+        from botocore.httpsession import URLLib3Session
         from botocore.utils import get_environ_proxies
 
-        if proxies or get_environ_proxies(url):
+        if request is None:
+            raise ValueError("botocore's PUT was not seen")
+        url = urlsplit(request.url)
+        scope = str(request.headers.get("Authorization", "")).partition("Credential=")[2].split(",")[0].split("/")
+        others = {str(h).lower() for h in request.headers} - SAME_HEADERS
+        if url.query or not url.path.endswith("/" + name) or url.scheme not in ("http", "https"):
+            raise ValueError(f"botocore PUTs to {url.scheme}://{url.netloc}{url.path}?{url.query}")
+        if len(scope) != 5 or scope[3] != "s3":
+            raise ValueError("botocore's PUT is not signed with SigV4 for s3")
+        if others:
+            raise ValueError(f"botocore's PUT carries {', '.join(sorted(others))}")
+        if get_environ_proxies(request.url):
             raise ValueError("the store is reached through a proxy")
-        return f"{parts.scheme}://{parts.netloc}{parts.path[:-len(_PROBE_KEY)]}", region
+        config = self._fs.s3.meta.config
+        self._http = URLLib3Session(verify=self._verify(), max_pool_connections=config.max_pool_connections,
+                                    timeout=(config.connect_timeout, config.read_timeout))
+        self._region = scope[2]
+        self._prefix = request.url[:-len(name)]
 
     def _credentials(self) -> Any:
         if self._static is not None:
@@ -149,7 +192,6 @@ class DirectPut:
             if time.monotonic() - self._frozen_at > CREDENTIALS_SECONDS:
                 from fsspec.asyn import sync
 
-                self._fs.s3  # noqa: B018  (s3fs sets its session up on first use)
                 found = sync(self._fs.loop, self._fs.session.get_credentials)
                 if found is None:
                     raise ValueError("no credentials")
@@ -161,10 +203,10 @@ class DirectPut:
         """TLS verification as botocore's client decides it: the client setting, the profile's or
         $AWS_CA_BUNDLE's ca_bundle, $REQUESTS_CA_BUNDLE, else on with botocore's CA bundle."""
         verify = (self._options.get("client_kwargs") or {}).get("verify")
-        if verify is None and (session := self._options.get("session")) is not None:
-            verify = session.get_config_variable("ca_bundle")
         if verify is None:
-            verify = os.environ.get("AWS_CA_BUNDLE") or os.environ.get("REQUESTS_CA_BUNDLE")
+            verify = self._fs.session.get_config_variable("ca_bundle")
+        if verify is None:
+            verify = os.environ.get("REQUESTS_CA_BUNDLE")
         return True if verify is None else verify
 
 
