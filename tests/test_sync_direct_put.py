@@ -246,3 +246,67 @@ def test_keys_found_where_aws_tools_look_sign_them_too(vault: Vault, remote: Rem
     finally:
         target.close()
     assert len(s3fs_puts) == 1 and turned_off == []
+
+
+def test_the_first_put_learns_from_its_own_request_not_another_syncs(s3_bucket: Any, tmp_path: Path) -> None:
+    """Two syncs in one process with equal settings share s3fs's client: the other's PUT of the same key to
+    another bucket (a vault synced to two remotes), made while this one's first PUT is under way, must not
+    become where this sync's later PUTs go (the store would answer 200 with the right ETag)."""
+    import hashlib
+    import uuid
+
+    from localvault.sync.bucket import Bucket
+
+    options = s3_bucket.storage_options
+    other = f"lv-test-{uuid.uuid4().hex[:16]}"
+    client = _client(options)
+    client.create_bucket(Bucket=other)
+    ours, theirs = Bucket(f"s3://{s3_bucket.name}", options), Bucket(f"s3://{other}", options)
+    assert ours.fs is theirs.fs
+    files = {}
+    for n, name in enumerate(("first", "second")):
+        path = tmp_path / f"{name}.png"
+        Image.new("RGB", (8, 8), (n, 1, 2)).save(path)
+        files[name] = (path, hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size)
+    first_path, first_sha, first_size = files["first"]
+    meanwhile: list[str] = []
+
+    async def other_sync_puts(request: Any, **_kwargs: Any) -> None:
+        if not meanwhile and f"/{s3_bucket.name}/" in request.url:
+            meanwhile.append(request.url)
+            await theirs.fs._call_s3("put_object", Bucket=other, Key="u/first.png", Body=first_path.read_bytes(),
+                                     ContentType="image/png", Metadata={"sha256": first_sha})
+
+    events = ours.fs.s3.meta.events
+    events.register("before-send.s3.PutObject", other_sync_puts, unique_id="test-other-sync")
+    try:
+        ours.upload(first_path, "u/first.png", first_sha, first_size, "image/png")
+    finally:
+        events.unregister("before-send.s3.PutObject", unique_id="test-other-sync")
+    second_path, second_sha, second_size = files["second"]
+    ours.upload(second_path, "u/second.png", second_sha, second_size, "image/png")
+    try:
+        listed = {name: sorted(o["Key"] for o in client.list_objects_v2(Bucket=name).get("Contents", []))
+                  for name in (s3_bucket.name, other)}
+        assert meanwhile and ours._direct is not None and not ours._direct.off
+        assert listed == {s3_bucket.name: ["u/first.png", "u/second.png"], other: ["u/first.png"]}
+    finally:
+        ours.close()
+        theirs.close()
+        for key in ("u/first.png", "u/second.png"):
+            client.delete_object(Bucket=other, Key=key)
+        client.delete_bucket(Bucket=other)
+
+
+@pytest.mark.parametrize(("options", "used"), [
+    ({"anon": False, "requester_pays": False, "version_aware": True}, True),
+    ({"anon": True}, False),
+    ({"requester_pays": True}, False),
+    ({"cache_regions": True}, False),
+    ({"config_kwargs": {"s3": {"payload_signing_enabled": False}}}, False),
+])
+def test_which_settings_keep_the_direct_path(options: dict[str, Any], used: bool) -> None:
+    from localvault.sync.s3_direct import direct_put_for
+
+    fs = s3fs.S3FileSystem(key="k", secret="s", skip_instance_cache=True, **options)
+    assert (direct_put_for(fs, "lv-bucket") is not None) == used

@@ -37,7 +37,10 @@ log = logging.getLogger(__name__)
 #: region caches) leaves the PUTs to s3fs.
 KNOWN_OPTIONS = frozenset({"key", "secret", "token", "client_kwargs", "config_kwargs", "session", "profile",
                            "use_listings_cache", "listings_expiry_time", "skip_instance_cache", "use_ssl",
-                           "endpoint_url"})
+                           "endpoint_url", "version_aware", "default_block_size", "max_concurrency",
+                           "default_fill_cache", "default_cache_type"})
+#: Options that are fine while off.
+KNOWN_IF_FALSE = frozenset({"anon", "requester_pays"})
 KNOWN_CLIENT_SETTINGS = frozenset({"endpoint_url", "region_name", "verify", "use_ssl"})
 KNOWN_CONFIG_SETTINGS = frozenset({"max_pool_connections", "connect_timeout", "read_timeout", "retries",
                                    "request_checksum_calculation", "response_checksum_validation",
@@ -57,7 +60,8 @@ def direct_put_for(fs: Any, bucket: str) -> DirectPut | None:
     options = fs.storage_options  # (fsspec's configuration merged in)
     client_kwargs = options.get("client_kwargs") or {}
     config = options.get("config_kwargs") or {}
-    if not (set(options) <= KNOWN_OPTIONS and set(client_kwargs) <= KNOWN_CLIENT_SETTINGS
+    if not (set(options) <= KNOWN_OPTIONS | {k for k in KNOWN_IF_FALSE if not options.get(k, True)}
+            and set(client_kwargs) <= KNOWN_CLIENT_SETTINGS
             and set(config) <= KNOWN_CONFIG_SETTINGS and set(config.get("s3") or {}) <= {"addressing_style"}
             and config.get("signature_version", "s3v4") == "s3v4"):
         return None
@@ -146,7 +150,9 @@ class DirectPut:
         name = quote(key, safe="/~")
 
         def look(request: Any, **_kwargs: Any) -> None:
-            if urlsplit(request.url).path.endswith("/" + name):
+            # (The client may be another sync's too, in this process: its PUT of the same key to another bucket
+            # passes here as well.)
+            if self._names_bucket(request.url, name):
                 seen.append(request)
 
         handler = f"localvault-direct-put-{id(self)}"
@@ -156,17 +162,26 @@ class DirectPut:
                                       ContentType=content_type, Metadata={"sha256": sha256})
         finally:
             client.meta.events.unregister("before-send.s3.PutObject", unique_id=handler)
-            try:
-                self._learn(seen[-1] if seen else None, name)
-            except Exception as exc:
-                self._turn_off(str(exc))
+        try:
+            self._learn(seen[-1] if seen else None, name)  # (after a PUT that failed, the next one learns)
+        except Exception as exc:
+            self._turn_off(str(exc))
         return str(answer.get("ETag", ""))
+
+    def _names_bucket(self, url: str, name: str) -> bool:
+        """Whether ``url`` is that of object ``name`` of this bucket: path style (the bucket the path's folder
+        before the key), or virtual-host style (the bucket the first label of the client's endpoint host)."""
+        parts = urlsplit(url)
+        if parts.path.endswith(f"/{quote(self._bucket)}/{name}"):
+            return True
+        endpoint = urlsplit(self._fs.s3.meta.endpoint_url).netloc
+        return parts.netloc == f"{self._bucket}.{endpoint}" and parts.path.endswith(f"/{name}")
 
     def _learn(self, request: Any, name: str) -> None:
         from botocore.httpsession import URLLib3Session
         from botocore.utils import get_environ_proxies
 
-        if request is None:
+        if request is None or not self._names_bucket(request.url, name):
             raise ValueError("botocore's PUT was not seen")
         url = urlsplit(request.url)
         scope = str(request.headers.get("Authorization", "")).partition("Credential=")[2].split(",")[0].split("/")
