@@ -39,7 +39,7 @@ KNOWN_OPTIONS = frozenset({"key", "secret", "token", "client_kwargs", "config_kw
                            "use_listings_cache", "listings_expiry_time", "skip_instance_cache", "use_ssl",
                            "endpoint_url", "version_aware", "default_block_size", "max_concurrency",
                            "default_fill_cache", "default_cache_type"})
-#: Options that are fine while off.
+#: Options whose meaning this path keeps while they are false.
 KNOWN_IF_FALSE = frozenset({"anon", "requester_pays"})
 KNOWN_CLIENT_SETTINGS = frozenset({"endpoint_url", "region_name", "verify", "use_ssl"})
 KNOWN_CONFIG_SETTINGS = frozenset({"max_pool_connections", "connect_timeout", "read_timeout", "retries",
