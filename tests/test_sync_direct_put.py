@@ -310,3 +310,16 @@ def test_which_settings_keep_the_direct_path(options: dict[str, Any], used: bool
 
     fs = s3fs.S3FileSystem(key="k", secret="s", skip_instance_cache=True, **options)
     assert (direct_put_for(fs, "lv-bucket") is not None) == used
+
+
+def test_a_remote_set_from_the_cli_takes_the_direct_path(vault: Vault, server: str, s3_bucket: Any, tmp_path: Path,
+                                                          s3fs_puts: list[dict[str, Any]],
+                                                          turned_off: list[str]) -> None:
+    """`localvault remote set --endpoint-url … --key … --secret … --region …` stores settings the path keeps."""
+    from test_sync_cli import _set_remote, ok, run
+
+    _fill(vault, tmp_path, 3)
+    vault.close()  # (the CLI opens it itself)
+    _set_remote(vault.root, server, s3_bucket)
+    ok(run("--vault", str(vault.root), "sync"))
+    assert len(s3fs_puts) == 1 and turned_off == []
