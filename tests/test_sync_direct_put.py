@@ -323,3 +323,31 @@ def test_a_remote_set_from_the_cli_takes_the_direct_path(vault: Vault, server: s
     _set_remote(vault.root, server, s3_bucket)
     ok(run("--vault", str(vault.root), "sync"))
     assert len(s3fs_puts) == 1 and turned_off == []
+
+
+def test_session_credentials_are_frozen_for_a_while_then_taken_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys from the session (a profile, an instance role: refreshed by botocore) are asked for again once
+    CREDENTIALS_SECONDS have passed, not frozen for the whole sync; given keys are used as they are."""
+    from localvault.sync import s3_direct
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-the-environment")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, client_kwargs={"region_name": "us-east-1"})
+    fs.s3  # noqa: B018  (s3fs sets its session up)
+    asked: list[int] = []
+    real = fs.session.get_credentials
+
+    async def counted() -> Any:
+        asked.append(1)
+        return await real()
+
+    monkeypatch.setattr(fs.session, "get_credentials", counted)
+    direct = s3_direct.DirectPut(fs, "lv-bucket", fs.storage_options)
+    assert direct._credentials().access_key == "from-the-environment"
+    direct._credentials()
+    assert len(asked) == 1  # frozen
+    monkeypatch.setattr(s3_direct, "CREDENTIALS_SECONDS", 0.0)
+    direct._credentials()
+    assert len(asked) == 2  # taken again
+    given = s3fs.S3FileSystem(key="k", secret="s", skip_instance_cache=True)
+    assert s3_direct.DirectPut(given, "lv-bucket", given.storage_options)._credentials().access_key == "k"
