@@ -199,7 +199,7 @@ def test_later_puts_go_where_botocore_sends_the_first(settings: dict[str, str], 
     with pytest.raises(NotSent):
         client.put_object(Bucket="lv-bucket", Key=key, Body=b"png", ContentType="image/png", Metadata={"sha256": "0"})
     fs = s3fs.S3FileSystem(key="k", secret="s", client_kwargs=settings, skip_instance_cache=True)
-    direct = DirectPut(fs, "lv-bucket", fs.storage_options)
+    direct = DirectPut(fs, "lv-bucket")
     direct._learn(seen[0], "0a0a0a0a-0000-4000-8000-00000000000a/some%20asset.png")
     assert (direct._prefix, direct._region) == (url, region)
     direct.close()
@@ -342,7 +342,7 @@ def test_session_credentials_are_frozen_for_a_while_then_taken_again(monkeypatch
         return await real()
 
     monkeypatch.setattr(fs.session, "get_credentials", counted)
-    direct = s3_direct.DirectPut(fs, "lv-bucket", fs.storage_options)
+    direct = s3_direct.DirectPut(fs, "lv-bucket")
     assert direct._credentials().access_key == "from-the-environment"
     direct._credentials()
     assert len(asked) == 1  # frozen
@@ -350,4 +350,4 @@ def test_session_credentials_are_frozen_for_a_while_then_taken_again(monkeypatch
     direct._credentials()
     assert len(asked) == 2  # taken again
     given = s3fs.S3FileSystem(key="k", secret="s", skip_instance_cache=True)
-    assert s3_direct.DirectPut(given, "lv-bucket", given.storage_options)._credentials().access_key == "k"
+    assert s3_direct.DirectPut(given, "lv-bucket")._credentials().access_key == "k"

@@ -65,7 +65,7 @@ def direct_put_for(fs: Any, bucket: str) -> DirectPut | None:
             and set(config) <= KNOWN_CONFIG_SETTINGS and set(config.get("s3") or {}) <= {"addressing_style"}
             and config.get("signature_version", "s3v4") == "s3v4"):
         return None
-    return DirectPut(fs, bucket, options)
+    return DirectPut(fs, bucket)
 
 
 @functools.cache
@@ -87,10 +87,11 @@ def _signer_class() -> type:
 class DirectPut:
     """PUTs of whole small objects to one bucket (see the module's note); thread-safe."""
 
-    def __init__(self, fs: Any, bucket: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, fs: Any, bucket: str) -> None:
         self._fs = fs
         self._bucket = bucket
-        self._options = options
+        self._options: Mapping[str, Any] = fs.storage_options  # what s3fs was made with
+        options = fs.storage_options
         self._lock = threading.Lock()
         self._static = None
         if options.get("key") and options.get("secret"):
