@@ -146,6 +146,50 @@ def test_library_rows_are_batched_by_bytes_too(vault: Vault, remote: Remote, s3_
     assert_mirrors(vault, remote, s3_bucket)
 
 
+def test_batches_stop_at_the_bytes_of_the_files_they_send(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                         tmp_path: Path, monkeypatch: Any) -> None:
+    """Rows reach the server as their files do: a batch stops once its files reach BATCH_FILE_BYTES (and
+    BATCH_MIN_FILES files); a row whose file went in an earlier sync (an edit) does not count."""
+    edited = vault.library.add(_image(tmp_path, 100), title="synced before")
+    vault.sync(remote)
+    monkeypatch.setattr(outbox, "BATCH_FILE_BYTES", 1)
+    monkeypatch.setattr(outbox, "BATCH_MIN_FILES", 2)
+    vault.library.update(edited.id, title="edited")
+    added = [vault.library.add(_image(tmp_path, n), title=f"t{n}") for n in range(7)]
+    first = outbox.read_batch(vault, 5000, 0)
+    assert first is not None
+    assert {r["id"] for r in first.changes.library} == {edited.id, added[0].id, added[1].id}
+    report = vault.sync(remote)
+    assert report.batches == 4 and report.rows_written == 8 and report.files_uploaded == 7
+    assert_mirrors(vault, remote, s3_bucket)
+
+
+def test_an_interrupted_sync_keeps_the_batches_it_committed(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                            tmp_path: Path, monkeypatch: Any) -> None:
+    """Ctrl-C during the third batch's uploads: the first two batches' rows are on the server and acknowledged,
+    and the next sync sends only the rest."""
+    monkeypatch.setattr(outbox, "BATCH_FILE_BYTES", 1)
+    monkeypatch.setattr(outbox, "BATCH_MIN_FILES", 2)
+    assets = [vault.library.add(_image(tmp_path, n), title=f"t{n}") for n in range(6)]
+    real_upload = Bucket.upload
+
+    def interrupted(self: Bucket, local: Path, key: str, *args: Any, **kwargs: Any) -> Any:
+        if key == assets[4].storage_path:
+            raise KeyboardInterrupt
+        return real_upload(self, local, key, *args, **kwargs)
+
+    monkeypatch.setattr(Bucket, "upload", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        vault.sync(remote)
+    assert set(_server_rows(remote.database_url, "user_library")) == {a.id for a in assets[:4]}
+    assert status(vault, remote).pending_changes == 2
+
+    monkeypatch.setattr(Bucket, "upload", real_upload)
+    report = vault.sync(remote)
+    assert report.rows_written == 2 and report.files_uploaded <= 2
+    assert_mirrors(vault, remote, s3_bucket)
+
+
 def test_dry_run_counts_every_change_once(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path) -> None:
     for n in range(6):
         vault.collections.create(f"c{n}")

@@ -47,6 +47,12 @@ def pending_count(vault: Vault, *, with_rejected: bool = False, with_everything:
 
 #: Library rows of one batch, in bytes of their JSON: a batch is one query parameter (PostgreSQL's cap is 1 GiB).
 BATCH_BYTES = 64 * 1024 * 1024
+#: Files of the rows a batch inserts, in bytes: once a batch holds this much (and BATCH_MIN_FILES files), rows
+#: with more files wait for the next batch, so that rows reach the server as their files do, not after hours of
+#: uploads, and an interrupted sync keeps what it committed.
+BATCH_FILE_BYTES = 256 * 1024 * 1024
+#: ... but never fewer files than the uploads run at once (a batch of one video would send it alone).
+BATCH_MIN_FILES = 16
 #: Entries a batch takes beyond its limit: every pending collection change and delete (see read_batch).
 EXTRA_ENTRIES = 200_000
 
@@ -61,7 +67,8 @@ def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | fro
     delete. So every batch also takes every pending collection change and
     every pending delete (up to :data:`EXTRA_ENTRIES`): then no row of a batch
     depends on a row the batch leaves out. Library rows stop at
-    :data:`BATCH_BYTES` of JSON; the rest wait for the next batch. ``skip``:
+    :data:`BATCH_BYTES` of JSON, and those it inserts (whose files it sends)
+    at :data:`BATCH_FILE_BYTES` of files; the rest wait for the next batch. ``skip``:
     entries already taken (a dry run reads on without acknowledging).
     ``with_rejected``: the refused entries too, after the outbox's, as
     :func:`requeue_rejected` would queue them; ``with_everything``: an entry
@@ -92,7 +99,8 @@ def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | fro
         collection_ids = [k[1] for k in newest if k[0] == "user_collections"]
         library_rows = {r["id"]: r for r in _rows(conn, "user_library", LIBRARY_COLUMNS, library_ids, vault.user_id)}
         collection_rows = {r["id"]: r for r in _rows(conn, "user_collections", COLLECTION_COLUMNS, collection_ids, vault.user_id)}
-        library_bytes = 0
+        library_bytes = file_bytes = file_count = 0
+        inserting = {e[2] for e in entries if e[1] == "user_library" and e[3] == "insert"}
         left_out: set[tuple[str, str]] = set()
         invalid: dict[tuple[str, str], str] = {}
         for key, (_op, _path, _seq, queued_at) in newest.items():
@@ -107,10 +115,15 @@ def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | fro
                 target.append({"id": row_id, "deleted_at": queued_at})
             elif table == "user_library":
                 size = len(current.json) if isinstance(current, JsonRow) else 0
-                if changes.library and library_bytes + size > BATCH_BYTES:
+                sends_file = row_id in inserting
+                if changes.library and (library_bytes + size > BATCH_BYTES or (
+                        sends_file and file_bytes >= BATCH_FILE_BYTES and file_count >= BATCH_MIN_FILES)):
                     left_out.add(key)  # in the next batch (its entries stay in the outbox)
                     continue
                 library_bytes += size
+                if sends_file:
+                    file_bytes += current["file_size_bytes"]
+                    file_count += 1
                 changes.library.append(current)
                 files[row_id] = (vault.files.full_path(LIBRARY_BUCKET, current["storage_path"]), current["sha256"],
                                  current["file_size_bytes"], current["mime_type"])
