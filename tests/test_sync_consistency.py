@@ -159,6 +159,8 @@ def test_batches_stop_at_the_bytes_of_the_files_they_send(vault: Vault, remote: 
     first = outbox.read_batch(vault, 5000, 0)
     assert first is not None
     assert {r["id"] for r in first.changes.library} == {edited.id, added[0].id, added[1].id}
+    dry = vault.sync(remote, dry_run=True)
+    assert (dry.rows_written, dry.files_uploaded) == (8, 7)
     report = vault.sync(remote)
     assert report.batches == 4 and report.rows_written == 8 and report.files_uploaded == 7
     assert_mirrors(vault, remote, s3_bucket)
