@@ -192,6 +192,45 @@ def test_an_interrupted_sync_keeps_the_batches_it_committed(vault: Vault, remote
     assert_mirrors(vault, remote, s3_bucket)
 
 
+def test_the_same_image_kept_by_two_rigs_is_refused_with_what_to_do(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                                    tmp_path: Path) -> None:
+    """Two vaults of one user keep the same image under two ids: the second's row is refused (the server holds one
+    row per image) with what to do; deleting that copy there removes the object its sync sent."""
+    first = vault.library.add(_image(tmp_path, 5), title="from rig 1")
+    vault.sync(remote)
+    rig2 = Vault.create(tmp_path / "rig2", user_id=vault.user_id)
+    try:
+        copy = rig2.library.add(_image(tmp_path, 5), title="from rig 2")
+        assert rig2.sync(remote).rejected == 1
+        (refused,) = status(rig2, remote).rejected
+        assert refused.row_id == copy.id and refused.sqlstate == "23505"
+        assert "already holds this very image" in refused.message and "localvault rm" in refused.message
+        assert set(_objects(s3_bucket.storage_options, s3_bucket.name)) == {first.storage_path, copy.storage_path}
+
+        rig2.library.delete(copy.id)
+        rig2.sync(remote)
+        assert status(rig2, remote).rejected == [] and status(rig2, remote).pending_changes == 0
+    finally:
+        rig2.close()
+    assert set(_objects(s3_bucket.storage_options, s3_bucket.name)) == {first.storage_path}
+    assert_mirrors(vault, remote, s3_bucket)
+
+
+def test_a_collection_name_taken_on_the_server_is_refused_with_what_to_do(vault: Vault, remote: Remote,
+                                                                          tmp_path: Path) -> None:
+    rig2 = Vault.create(tmp_path / "rig2", user_id=vault.user_id)
+    try:
+        rig2.collections.create("Foxes")
+        rig2.sync(remote)
+        vault.collections.create("Foxes")
+        vault.sync(remote)
+    finally:
+        rig2.close()
+    (refused,) = status(vault, remote).rejected
+    assert "already has a collection of this name" in refused.message
+    assert "collections rename" in refused.message
+
+
 def test_dry_run_counts_every_change_once(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path) -> None:
     for n in range(6):
         vault.collections.create(f"c{n}")

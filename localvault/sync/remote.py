@@ -20,6 +20,7 @@ import psycopg
 from ..config import RemoteConfig
 from ..errors import OfflineError, SyncError, first_line
 from . import schema
+from .refusals import is_permanent, refusal_message
 from .server_checks import check_grants, check_user, clock_offset
 from .statements import (
     COLLECTION_UPSERT,
@@ -32,18 +33,6 @@ from .statements import (
     REVIVED_SQL,
     STAMP_DELETIONS_SQL,
 )
-
-#: SQLSTATE classes of a refusal that a retry cannot fix.
-PERMANENT_CLASSES = ("22", "23")
-#: 42501 is a row-level security policy's refusal of a row. A missing GRANT shares the code but refuses every
-#: row alike; :meth:`Remote.check` finds that before a sync (the server's messages, localized, cannot tell them).
-PERMANENT_CODES = ("42501",)
-
-
-def is_permanent(error: psycopg.Error) -> bool:
-    """Whether the server refused this row for good (it goes to sync_rejected; the rest of the batch goes on)."""
-    code = error.sqlstate or ""
-    return code[:2] in PERMANENT_CLASSES or code in PERMANENT_CODES
 
 
 @dataclass
@@ -346,7 +335,7 @@ class Remote:
             except psycopg.Error as exc:
                 if isinstance(exc, psycopg.OperationalError) or not is_permanent(exc):
                     raise
-                refused.append((row, (exc.sqlstate or "", first_line(exc))))
+                refused.append((row, (exc.sqlstate or "", refusal_message(exc))))
         return done, refused
 
 
