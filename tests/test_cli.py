@@ -178,7 +178,7 @@ def test_text_in_brackets_prints_as_it_is(cli, tmp_path: Path) -> None:
     named = _png(tmp_path / "[1] fox.png", 5)
     asset = json.loads(cli("add", str(named), "--prompt", "a [red] fox, [bold]sky[/bold]", "--json"))
     assert "a [red] fox, [bold]sky[/bold]" in cli("show", asset["id"])
-    assert "a [red] fox" in cli("ls", "workspace")
+    assert "[red]" in cli("ls", "workspace")  # (the narrow prompt column folds the rest)
     assert f"already in the workspace as {asset['id']}" in cli("add", str(named), code=4)
     (tmp_path / "vault" / "localvault.toml").write_text(f'user_id = "{USER}"\n[remote]\nbucket_url = "s3://b"\n')
     assert "the [remote] table needs database_url" in cli("ls", code=6)
@@ -397,3 +397,40 @@ def test_import_from_an_apps_thread(cli, tmp_path: Path) -> None:
     thread.start()
     thread.join()
     assert len(results) == 1 and len(json.loads(results[0])["imported"]) == 1
+
+
+@pytest.mark.parametrize("columns", ["60", "80"])
+def test_tables_show_ids_whole_however_narrow_the_terminal(tmp_path: Path, columns: str) -> None:
+    """An id is copied from a table into the next command: it never breaks over lines (the other columns fold)."""
+    runner = CliRunner(env={"COLUMNS": columns})
+    vault = ["--vault", str(tmp_path / "vault")]
+    assert runner.invoke(main, [*vault, "init", "--user", USER]).exit_code == 0
+    added = json.loads(runner.invoke(main, [*vault, "add", str(_png(tmp_path / "a.png", 3)), "--prompt", "fox " * 30,
+                                            "--json"]).output)
+    kept = json.loads(runner.invoke(main, [*vault, "save", added["id"], "--title", "a long title " * 3, "--tag",
+                                           "night sky", "--json"]).output)
+    collection = json.loads(runner.invoke(main, [*vault, "collections", "create", "Foxes of the north",
+                                                 "--description", "red " * 20, "--json"]).output)
+    assert added["id"] in runner.invoke(main, [*vault, "ls", "workspace"]).output
+    assert kept["id"] in runner.invoke(main, [*vault, "ls"]).output
+    assert collection["id"] in runner.invoke(main, [*vault, "collections", "ls"]).output
+
+
+def test_tags_holding_a_comma_are_shown_quoted(cli, tmp_path: Path) -> None:
+    added = json.loads(cli("add", str(_png(tmp_path / "a.png", 4)), "--json"))
+    kept = json.loads(cli("save", added["id"], "--tag", "a,b", "--tag", "owl", "--json"))
+    assert '"a,b",' in cli("ls")  # (the cell may fold after the comma)
+    assert 'tags: "a,b", owl' in cli("show", kept["id"])
+
+
+def test_show_sums_up_a_long_setting_and_leaves_out_empty_fields(cli, tmp_path: Path) -> None:
+    """A ComfyUI graph (hundreds of lines) does not bury the prompt and seed: 'show --json' prints it whole."""
+    graph = {str(n): {"class_type": "KSampler", "inputs": {"seed": n, "steps": 20}} for n in range(40)}
+    settings = json.dumps({"steps": 20, "comfyui_prompt": graph})
+    added = json.loads(cli("add", str(_png(tmp_path / "a.png", 6)), "--prompt", "a fox", "--settings", settings,
+                           "--json"))
+    shown = cli("show", added["id"])
+    assert "original_prompt: a fox" in shown and "  steps: 20" in shown
+    assert "comfyui_prompt: (dict of 40 entries" in shown and "KSampler" not in shown
+    assert ": None" not in shown
+    assert json.loads(cli("show", added["id"], "--json"))["generation_settings"]["comfyui_prompt"] == graph

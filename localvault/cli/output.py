@@ -101,13 +101,24 @@ def show_library_logs(show: bool = True, *, still_from: tuple[str, ...] = ()) ->
     handler.only_from = None if show else still_from
 
 
+#: Columns shown whole on one line however narrow the terminal (a UUID to copy into the next command).
+WHOLE_COLUMNS = {"id": 36}
+
+
 def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
+    """A table on stdout; the other columns narrow (folding their text) so that an id stays whole."""
     grid = Table(title=title, show_lines=False)
     for column in columns:
-        grid.add_column(column, overflow="fold")
+        width = WHOLE_COLUMNS.get(column)
+        grid.add_column(column, overflow="fold", no_wrap=width is not None, min_width=width)
     for row in rows:
         grid.add_row(*("" if v is None else str(v) for v in row))
     console.print(grid)
+
+
+def tag_list(tags: Iterable[str]) -> str:
+    """Tags as one line, separated by ", "; a tag that holds a comma (or a quote) is shown quoted."""
+    return ", ".join(json.dumps(tag, ensure_ascii=False) if "," in tag or '"' in tag else tag for tag in tags)
 
 
 def short(text: str | None, width: int = 50) -> str:

@@ -82,7 +82,7 @@ def ls(ctx: Context, what: str, tags: tuple[str, ...], favorite: bool | None, co
         page = vault.library.list(tags=tags, favorite=favorite, collection=collection, search=search, limit=limit,
                                   cursor=cursor)
         rows = [(a.id, a.created_at.strftime("%Y-%m-%d %H:%M"), "★" if a.is_favorite else "", a.title or "",
-                 ", ".join(a.tags), output.short(a.original_prompt, 40)) for a in page.items]
+                 output.tag_list(a.tags), output.short(a.original_prompt, 40)) for a in page.items]
         headers = ["id", "saved", "fav", "title", "tags", "prompt"]
     if as_json:
         output.print_json({"items": page.items, "next_cursor": page.next_cursor})
@@ -161,10 +161,26 @@ def show(ctx: Context, asset_id: str, as_json: bool) -> None:
         output.print_json(asset)
         return
     for key, value in asset.model_dump(mode="json").items():
-        if key != "generation_settings":
-            output.console.print(Text.assemble((key, "bold"), f": {value}"), highlight=False)
-    output.console.print(Text("generation_settings:", "bold"))
-    output.console.print_json(json.dumps(asset.generation_settings, ensure_ascii=False))
+        if value is not None and key != "generation_settings":
+            shown = output.tag_list(value) if key == "tags" else value
+            output.console.print(Text.assemble((key, "bold"), f": {shown}"), highlight=False)
+    if asset.generation_settings:
+        output.console.print(Text("generation_settings:", "bold"))
+    for name, setting in asset.generation_settings.items():
+        output.console.print(Text.assemble(f"  {name}: ", _setting_text(setting)), highlight=False)
+
+
+#: A setting longer than this as JSON (a ComfyUI graph: hundreds of lines) is summed up; --json shows it whole.
+SETTING_WIDTH = 300
+
+
+def _setting_text(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    if len(text) <= SETTING_WIDTH:
+        return text
+    if isinstance(value, (dict, list)):
+        return f"({type(value).__name__} of {len(value)} entries, {len(text):,} characters; 'show --json' prints it)"
+    return output.short(text, SETTING_WIDTH)
 
 
 @main.command()
