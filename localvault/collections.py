@@ -33,7 +33,8 @@ def resolve(conn: sqlite3.Connection, user_id: str, ref: str) -> str:
             return str(row[0])
     row = conn.execute("SELECT id FROM user_collections WHERE name = ? AND user_id = ?", (ref.strip(), user_id)).fetchone()
     if row is None:
-        raise NotFoundError(f"no collection {ref!r} in this vault; list them with 'localvault collections ls'")
+        create = "" if as_id is not None else f"create it first ('localvault collections create \"{ref.strip()}\"'), or "
+        raise NotFoundError(f"no collection {ref!r} in this vault; {create}list them with 'localvault collections ls'")
     return str(row[0])
 
 

@@ -81,7 +81,11 @@ class Library:
                     (workspace_asset_id, self.user_id),
                 ).fetchone()
                 if source is None:
-                    raise NotFoundError(f"no workspace asset {workspace_asset_id} in this vault; see 'localvault ls workspace'")
+                    kept = conn.execute("SELECT 1 FROM user_library WHERE id = ? AND user_id = ?",
+                                        (workspace_asset_id, self.user_id)).fetchone()
+                    hint = (f"it is a library asset already (kept): 'localvault update {workspace_asset_id}' edits it"
+                            if kept else "see 'localvault ls workspace'")
+                    raise NotFoundError(f"no workspace asset {workspace_asset_id} in this vault; {hint}")
                 self._check_not_kept(conn, source[12])
                 collection_id = resolve_collection(conn, self.user_id, collection) if collection is not None else None
                 extension = models.MediaType(source[3]).extension
@@ -189,7 +193,7 @@ class Library:
             f"SELECT {rows.LIBRARY_COLUMNS} FROM user_library WHERE id = ? AND user_id = ?", (asset_id, self.user_id)
         ).fetchone()
         if row is None:
-            raise NotFoundError(f"no library asset {asset_id} in this vault; list them with 'localvault ls library'")
+            raise _not_in_library(self._db.conn, asset_id, self.user_id)
         return rows.library_asset(row)
 
     def find_sha256(self, sha256: str) -> LibraryAsset | None:
@@ -315,7 +319,7 @@ class Library:
             row = conn.execute(f"SELECT {', '.join(_UPDATABLE)} FROM user_library WHERE id = ? AND user_id = ?",
                                (asset_id, self.user_id)).fetchone()
             if row is None:
-                raise NotFoundError(f"no library asset {asset_id} in this vault")
+                raise _not_in_library(conn, asset_id, self.user_id)
             current = dict(zip(_UPDATABLE, row, strict=True))
             if new_tags is not None or added or removed:
                 result = list(new_tags if new_tags is not None else json.loads(current["tags"]))
@@ -364,3 +368,11 @@ def _visibility(value: Visibility | str) -> Visibility:
 
 def _prefixed(columns: str) -> str:
     return ", ".join(f"l.{c.strip()}" for c in columns.split(","))
+
+
+def _not_in_library(conn: sqlite3.Connection, asset_id: str, user_id: str) -> NotFoundError:
+    """The error for an id that is not one of the user's library assets, pointing at what to do with it."""
+    staged = conn.execute("SELECT 1 FROM workspace_assets WHERE id = ? AND user_id = ?", (asset_id, user_id)).fetchone()
+    hint = (f"it is a workspace asset: keep it with 'localvault save {asset_id}' first" if staged
+            else "list them with 'localvault ls library'")
+    return NotFoundError(f"no library asset {asset_id} in this vault; {hint}")

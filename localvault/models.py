@@ -78,14 +78,20 @@ class Visibility(str, enum.Enum):
 # ---------------------------------------------------------------- validators
 
 
+#: Where a user finds a valid value, by what the id is of (:func:`check_uuid`).
+_UUID_HINTS = {
+    "user id": "use your account's id (on Supabase, auth.users.id), or leave it out for a new one",
+    "job id": "use a job_id shown by 'localvault ls workspace --json', or leave --job out for a new job",
+}
+
+
 def check_uuid(value: str, what: str = "id") -> str:
     """Return ``value`` as a lower-case canonical UUID or raise InvalidInputError."""
     try:
         return str(uuid.UUID(str(value).strip()))
     except (ValueError, AttributeError, TypeError):
-        raise InvalidInputError(
-            f"{what} {value!r} is not a valid UUID; use the full id shown by 'localvault ls'"
-        ) from None
+        hint = _UUID_HINTS.get(what, "use the full id shown by 'localvault ls'")
+        raise InvalidInputError(f"{what} {value!r} is not a valid UUID; {hint}") from None
 
 
 def check_seed(value: Any) -> int:

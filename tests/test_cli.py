@@ -434,3 +434,12 @@ def test_show_sums_up_a_long_setting_and_leaves_out_empty_fields(cli, tmp_path: 
     assert "comfyui_prompt: (dict of 40 entries" in shown and "KSampler" not in shown
     assert ": None" not in shown
     assert json.loads(cli("show", added["id"], "--json"))["generation_settings"]["comfyui_prompt"] == graph
+
+
+def test_a_refused_file_is_named_once_on_its_line(cli, tmp_path: Path) -> None:
+    rig = tmp_path / "rig"
+    rig.mkdir()
+    (rig / "empty.png").write_bytes(b"")
+    printed = cli("import", str(rig), "--no-progress")
+    (line,) = [line for line in printed.splitlines() if "refused" in line and "empty.png" in line]
+    assert line.count("empty.png") == 1 and "is empty" in line

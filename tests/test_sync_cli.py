@@ -145,6 +145,10 @@ def test_status_dry_run_sync_json(vault_path: Path, server: str, s3_bucket: Any,
     again = ok(run(*vault, "sync"))
     assert "pushed 0 rows" in again.stdout
 
+    ok(run(*vault, "rm", ids[0]))
+    one_less = ok(run(*vault, "sync")).stdout
+    assert "deleted 1; uploaded 0 files" in one_less and "removed 1 object of deleted rows from the bucket" in one_less
+
 
 def test_a_clock_far_from_the_servers_is_measured_and_warned_of(vault_path: Path, server: str, s3_bucket: Any,
                                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -304,6 +308,7 @@ def test_a_user_missing_on_the_server_is_named_and_nothing_is_sent(vault_path: P
         assert vault.db.conn.execute("SELECT count(*) FROM sync_rejected").fetchone()[0] == 0
     state = as_json(run("--vault", str(vault_path), "status", "--json"))
     assert state["problem"] == "not_ready" and state["pending_changes"] == 2
+    assert f"user {USER_A} does not exist" in state["offline_reason"] and "sent" not in state["offline_reason"]
 
 
 def test_schema_apply_without_privileges_says_who_can(pg_empty_database: str) -> None:

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -439,6 +440,9 @@ def test_cli_watch_json_prints_one_event_per_line_then_the_summary(tmp_path: Pat
     events = {Path(line["path"]).name: line for line in lines if "event" in line}
     assert events["before.png"]["event"] == "imported" and events["before.png"]["asset_id"]
     assert events["broken.png"]["event"] == "refused" and events["broken.png"]["message"]
+    # times as the vault's other JSON shows them (ISO 8601, UTC), within the run
+    at = datetime.strptime(events["before.png"]["at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    assert abs((datetime.now(timezone.utc) - at).total_seconds()) < 120
     summary = lines[-1]["summary"]
     assert (summary["imported"], summary["duplicates"], summary["refused"]) == (1, 0, 1)
     assert Path(next(iter(summary["refusals"]))).name == "broken.png"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 from rich.progress import (
@@ -24,15 +25,15 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from ..errors import LocalVaultError
+from ..errors import InvalidInputError, LocalVaultError
 from ..importer import ImportReport
 from ..progress import ProgressCallback, ProgressEvent
 from . import Context, json_option, main, output, pass_ctx
 
 mode_options = [
-    click.option("--copy", "mode", flag_value="copy", default=True, help="Copy files into the vault (default)."),
-    click.option("--move", "mode", flag_value="move", help="Copy, then delete each source once its row is committed."),
-    click.option("--link", "mode", flag_value="link", help="Hard-link instead of copying (same filesystem; else copy)."),
+    click.option("--copy", "copy_mode", is_flag=True, help="Copy files into the vault (default)."),
+    click.option("--move", "move_mode", is_flag=True, help="Copy, then delete each source once its row is committed."),
+    click.option("--link", "link_mode", is_flag=True, help="Hard-link instead of copying (same filesystem; else copy)."),
 ]
 
 
@@ -40,9 +41,18 @@ CommandFunction = TypeVar("CommandFunction", bound=Callable[..., Any])
 
 
 def _with_modes(command: CommandFunction) -> CommandFunction:
+    """Add --copy/--move/--link; the command gets ``mode``. Two of them together are refused: whichever came last
+    would win, and ``--copy --move`` deletes the sources."""
+    def with_one_mode(*args: Any, copy_mode: bool, move_mode: bool, link_mode: bool, **kwargs: Any) -> Any:
+        chosen = [name for name, given in (("copy", copy_mode), ("move", move_mode), ("link", link_mode)) if given]
+        if len(chosen) > 1:
+            raise InvalidInputError(f"give one of --copy, --move and --link, not {' and '.join('--' + c for c in chosen)}")
+        return command(*args, mode=chosen[0] if chosen else "copy", **kwargs)
+
+    wrapped: Any = functools.update_wrapper(with_one_mode, command)  # (keeps the options declared below it)
     for option in reversed(mode_options):
-        command = option(command)
-    return command
+        wrapped = option(wrapped)
+    return cast(CommandFunction, wrapped)
 
 
 class _FilesPerSecond(ProgressColumn):
@@ -80,7 +90,7 @@ def _print_summary(result: ImportReport, verb: str = "import") -> None:
         output.console.print("nothing new: every file not refused is already in this vault" if result.refused
                              else "nothing new: every file is already in this vault", highlight=False)
     for path, reason in sorted(result.refused.items()):
-        output.console.print(f"  refused {path}: {reason}", highlight=False, soft_wrap=True)
+        output.console.print(f"  refused {path}: {output.about(path, reason)}", highlight=False, soft_wrap=True)
 
 
 @main.command(name="import")
@@ -148,7 +158,7 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | N
         if quiet:
             return
         if as_json:
-            output.print_json({"event": event.kind, "path": event.path, "at": event.at,
+            output.print_json({"event": event.kind, "path": event.path, "at": output.iso_time(event.at),
                                     "asset_id": event.asset_id, "job_id": event.job_id, "message": event.message}, line=True)
         elif event.kind == "imported":
             output.console.print(f"imported {event.path} → {event.asset_id}", highlight=False)
@@ -157,7 +167,7 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | N
         elif event.kind == "sidecar_read":
             output.console.print(f"read the late sidecar of {event.path} into {event.asset_id}", highlight=False)
         elif event.kind in ("refused", "error"):
-            output.warning(f"{event.kind} {event.path}: {event.message}")
+            output.warning(f"{event.kind} {event.path}: {output.about(event.path, event.message or '')}")
         else:
             output.warning(f"{event.path}: {event.kind.replace('_', ' ')}")
 

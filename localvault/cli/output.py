@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Any
 
 from pydantic import BaseModel
@@ -119,6 +120,16 @@ def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any
 def tag_list(tags: Iterable[str]) -> str:
     """Tags as one line, separated by ", "; a tag that holds a comma (or a quote) is shown quoted."""
     return ", ".join(json.dumps(tag, ensure_ascii=False) if "," in tag or '"' in tag else tag for tag in tags)
+
+
+def about(path: str, reason: str) -> str:
+    """``reason`` without the path it starts with, for a line that names the path already ("refused PATH: …")."""
+    return reason[len(path):].lstrip(": ") if reason.startswith(f"{path} ") or reason.startswith(f"{path}:") else reason
+
+
+def iso_time(seconds: float) -> str:
+    """A time.time() value as the ISO-8601 UTC text the vault's other times are shown in."""
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def short(text: str | None, width: int = 50) -> str:

@@ -120,10 +120,13 @@ def sync(ctx: Context, dry_run: bool, retry_rejected: bool, full: bool, as_json:
         return
     push_, delete, upload = ("would push", "would delete", "would upload") if dry_run else ("pushed", "deleted",
                                                                                            "uploaded")
+    removed = f"; removed {_count(result.objects_deleted, 'object')} of deleted rows from the bucket" \
+        if result.objects_deleted else ""
     output.console.print(
-        f"{push_} {result.rows_written} rows, {delete} {result.rows_deleted}; {upload} {result.files_uploaded} files "
-        f"({result.bytes_uploaded:,} bytes), {result.files_skipped} already there; "
-        f"{result.conflicts} kept newer on server (edited or deleted there later); {result.rejected} refused", highlight=False)
+        f"{push_} {_count(result.rows_written, 'row')}, {delete} {result.rows_deleted}; {upload} "
+        f"{_count(result.files_uploaded, 'file')} ({result.bytes_uploaded:,} bytes), {result.files_skipped} already "
+        f"there{removed}; {result.conflicts} kept newer on server (edited or deleted there later); "
+        f"{result.rejected} refused", highlight=False)
     if result.rejected:
         output.warning("some changes were refused by the server or the bucket; see 'localvault status'")
 
@@ -158,3 +161,7 @@ def status(ctx: Context, offline: bool, as_json: bool) -> None:
                              highlight=False)
     if state.rejected:
         output.console.print("fix them, then run 'localvault sync --retry-rejected'")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"

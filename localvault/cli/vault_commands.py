@@ -129,6 +129,10 @@ def update(ctx: Context, library_id: str, title: str | None, no_title: bool, add
         raise InvalidInputError("give --title or --no-title, not both")
     if no_collection and move_to is not None:
         raise InvalidInputError("give --move-to or --no-collection, not both")
+    if not (title is not None or no_title or add_tags or remove_tags or favorite is not None or visibility
+            or move_to is not None or no_collection):
+        raise InvalidInputError("nothing to change: give --title, --no-title, --add-tag, --remove-tag, --favorite, "
+                                "--no-favorite, --visibility, --move-to or --no-collection")
     collection = None if no_collection else (move_to if move_to is not None else UNSET)
     asset = ctx.vault().library.update(
         library_id, title=None if no_title else title if title is not None else UNSET, add_tags=add_tags,
