@@ -20,6 +20,7 @@ from urllib.parse import quote
 import tomli_w
 from platformdirs import user_data_dir
 
+from ._s3_options import check_s3_options
 from .errors import InvalidInputError, StorageError, VaultCorruptError
 from .models import check_unicode, check_uuid
 
@@ -57,7 +58,10 @@ class RemoteConfig:
         """
         check_storage_options(storage_options or {})
         options = dict(storage_options or {})
-        return cls(check_database_url(database_url), check_bucket_url(bucket_url), options)
+        bucket_url = check_bucket_url(bucket_url)
+        if bucket_url.startswith(("s3://", "s3a://")):
+            check_s3_options(options)
+        return cls(check_database_url(database_url), bucket_url, options)
 
     def redacted(self) -> dict[str, Any]:
         """These settings with every secret replaced by ``***``: safe to print or log."""

@@ -118,7 +118,11 @@ class Bucket:
                                 "'localvault remote set' or the bucket's settings") from None
             if isinstance(exc, settings_errors()):
                 raise SyncError(f"the bucket {self.shown_url} cannot be used: {first_line(exc)}; {SETTINGS_HINT}") from None
-            if isinstance(exc, (ValueError, TypeError)) or type(exc).__name__ == "ParamValidationError":
+            # botocore's HTTP layer wraps what it raised itself: a setting of the wrong type is not a lost connection
+            inner = getattr(exc, "kwargs", {}).get("error") if type(exc).__name__ == "HTTPClientError" else None
+            if isinstance(inner, (ValueError, TypeError, AttributeError)):
+                exc = inner
+            if isinstance(exc, (ValueError, TypeError, AttributeError)) or type(exc).__name__ == "ParamValidationError":
                 # settings the client cannot use (an endpoint without http://, a bucket name S3 refuses): no retry helps
                 detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
                 raise SyncError(f"the bucket {self.shown_url} cannot be used with these settings: {detail}; fix "
