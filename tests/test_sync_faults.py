@@ -400,11 +400,12 @@ def test_an_upload_the_store_refuses_for_good_is_a_sync_error_at_once(vault: Vau
 def test_a_body_damaged_on_the_way_is_sent_again_not_refused(vault: Vault, remote: Remote, s3_bucket: Any,
                                                                tmp_path: Path, fast_retries: None) -> None:
     """400 BadDigest (or XAmzContentSHA256Mismatch): the body was damaged on the way, as botocore's and s3fs's own
-    retry rules know; a 4xx, but no refusal of the file. Five in a row: all of botocore's attempts."""
+    retry rules know; a 4xx, but no refusal of the file. Three in a row: more than botocore's attempts
+    (BOTOCORE_ATTEMPTS), so the engine's own retries take over."""
     from servers import s3_error_xml
 
     _fill(vault, tmp_path, 1)
-    damaged = iter([("BadDigest", "The Content-MD5 you specified did not match what we received.")] * 5)
+    damaged = iter([("BadDigest", "The Content-MD5 you specified did not match what we received.")] * 3)
 
     def damaged_twice(method: str, path: str, body: bytes) -> tuple[int, bytes] | None:
         if method == "PUT" and body and (error := next(damaged, None)) is not None:
@@ -526,3 +527,45 @@ def test_writers_colliding_through_every_retry_is_no_offline(vault: Vault, remot
         vault.sync(remote)
     assert not isinstance(caught.value, OfflineError) and "sync again" in str(caught.value)
     assert status(vault, remote).pending_changes == 1
+
+
+def _attempts_at_a_dropping_endpoint(config_kwargs: dict[str, Any] | None) -> int:
+    """Connections a bucket's first request opens to an endpoint that closes each one unanswered, until the
+    request fails as offline."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[bytes] = []
+
+    def drop_every_connection() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn.recv(100))
+            conn.close()
+
+    threading.Thread(target=drop_every_connection, daemon=True).start()
+    options: dict[str, Any] = {"key": "k", "secret": "s", "client_kwargs": {
+        "endpoint_url": f"http://127.0.0.1:{listener.getsockname()[1]}", "region_name": "us-east-1"}}
+    if config_kwargs is not None:
+        options["config_kwargs"] = config_kwargs
+    try:
+        with pytest.raises(OfflineError, match="cannot reach the bucket"):
+            Bucket("s3://dropped", options).check_reachable(create=False)
+    finally:
+        listener.close()
+    assert accepted and all(request.startswith(b"HEAD /dropped ") for request in accepted)
+    return len(accepted)
+
+
+def test_an_endpoint_that_drops_every_connection_is_offline_after_botocores_two_attempts() -> None:
+    """botocore makes BOTOCORE_ATTEMPTS of a request, not its default five (with up to 15 s of backoff between
+    them, which kept 'status' on a laptop offline waiting); the sync's own retries come on top."""
+    from localvault.sync.s3_client import BOTOCORE_ATTEMPTS
+
+    ours = _attempts_at_a_dropping_endpoint(None)
+    # (three, not five, to keep the test short: the count per botocore attempt is the same)
+    three = _attempts_at_a_dropping_endpoint({"retries": {"mode": "standard", "total_max_attempts": 3}})
+    assert BOTOCORE_ATTEMPTS == 2 and ours * 3 == three * 2, (ours, three)

@@ -9,6 +9,8 @@ from typing import Any
 UPLOAD_CONNECTIONS = 32
 #: Seconds to open a connection to the store (botocore waits 60 by default; the engine retries on its own).
 CONNECT_TIMEOUT = 10
+#: Attempts botocore makes of one request (the engine's own retries come on top: see retry.py).
+BOTOCORE_ATTEMPTS = 2
 
 _SESSIONS: dict[Any, Any] = {}
 _SESSIONS_LOCK = threading.Lock()
@@ -32,6 +34,10 @@ def tune_s3(options: dict[str, Any]) -> None:
     * No ``Expect: 100-continue``: botocore adds it to every PUT of a file-like
       body, which costs each upload a round trip (and an event-loop turn) before
       the body is sent; our bodies are small and sent in one PUT.
+    * Two attempts per request in botocore (its default is five, with up to
+      15 s of backoff): the engine retries on its own, with backoff, so an
+      endpoint that refuses connections (a laptop offline) is reported at once
+      by ``status`` and at the start of a sync, not after botocore's retries.
     * No CRC checksum on every PUT (botocore >= 1.36 adds one by default, and
       the store checksums each body again): the ETag check (or, for parts,
       their Content-MD5) covers what it would.
@@ -39,6 +45,7 @@ def tune_s3(options: dict[str, Any]) -> None:
     config = dict(options.get("config_kwargs") or {})
     config.setdefault("max_pool_connections", UPLOAD_CONNECTIONS)
     config.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    config.setdefault("retries", {"mode": "standard", "total_max_attempts": BOTOCORE_ATTEMPTS})
     if _botocore_knows("request_checksum_calculation"):
         config.setdefault("request_checksum_calculation", "when_required")
         config.setdefault("response_checksum_validation", "when_required")
