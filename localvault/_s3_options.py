@@ -24,7 +24,7 @@ def check_s3_options(options: Mapping[str, Any]) -> None:
     Checked only where s3fs is installed (the ``sync`` extra): without it no sync can run anyway.
     """
     try:
-        from botocore.config import Config
+        from aiobotocore.config import AioConfig  # what s3fs makes of config_kwargs (botocore's, and aiohttp's)
         from s3fs import S3FileSystem
     except ImportError:
         return
@@ -45,6 +45,6 @@ def check_s3_options(options: Mapping[str, Any]) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
             raise InvalidInputError(f"config_kwargs {name} must be a positive number, not {value!r}")
     try:
-        Config(**config)
+        AioConfig(**config)
     except Exception as exc:  # botocore's own check of names and values: TypeError, or one of its errors
         raise InvalidInputError(f"config_kwargs that botocore cannot use: {exc}") from None

@@ -49,17 +49,18 @@ class RemoteConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def checked(cls, database_url: str, bucket_url: str,
-                storage_options: Mapping[str, Any] | None = None) -> RemoteConfig:
+    def checked(cls, database_url: str, bucket_url: str, storage_options: Mapping[str, Any] | None = None, *,
+                s3_options: bool = True) -> RemoteConfig:
         """Settings that can work, or InvalidInputError (see the ``check_*`` functions below).
 
         Not done on load: settings stored before these checks existed must
-        not keep the vault from opening.
+        not keep the vault from opening. ``s3_options``: also judge an s3://
+        bucket's options by what s3fs and its client take.
         """
         check_storage_options(storage_options or {})
         options = dict(storage_options or {})
         bucket_url = check_bucket_url(bucket_url)
-        if bucket_url.startswith(("s3://", "s3a://")):
+        if s3_options and bucket_url.startswith(("s3://", "s3a://")):
             check_s3_options(options)
         return cls(check_database_url(database_url), bucket_url, options)
 

@@ -418,6 +418,11 @@ def s3_proxy(upstream: str, answer: ProxyAnswer) -> Iterator[str]:
                 for name, value in reply.getheaders():
                     if name.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
                         self.send_header(name, value)
+                if self.command == "HEAD":  # (the object's size, though no body follows)
+                    data = b""
+                    self.send_header("Content-Length", reply.getheader("Content-Length") or "0")
+                    self.end_headers()
+                    return
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             if self.command != "HEAD":

@@ -135,6 +135,28 @@ def test_remote_set_refuses_s3_options_the_client_cannot_use(vault_path: Path, o
         assert vault.config.remote is None
 
 
+def test_remote_set_takes_aiobotocores_own_config_kwargs(vault_path: Path) -> None:
+    """s3fs makes an aiobotocore AioConfig of config_kwargs: its aiohttp settings are not botocore's, and pass."""
+    option = 'config_kwargs={"connector_args": {"keepalive_timeout": 30}, "connect_timeout": 5}'
+    ok(run("--vault", str(vault_path), "remote", "set", "--database-url", "postgresql://u:p@h/db",
+           "--bucket", "s3://lib", "--option", option))
+
+
+def test_a_name_stored_before_the_check_existed_does_not_stop_a_sync(vault_path: Path, server: str,
+                                                                      s3_bucket: Any, tmp_path: Path) -> None:
+    """s3fs ignored an option name it does not take; a remote stored with one keeps syncing (remote set would
+    refuse it now)."""
+    _set_remote(vault_path, server, s3_bucket)
+    ids = _add(vault_path, tmp_path, 1)
+    toml = vault_path / "localvault.toml"
+    text = toml.read_text()
+    assert "[remote.storage_options]\n" in text
+    toml.write_text(text.replace("[remote.storage_options]\n", '[remote.storage_options]\nregion_name = "us-east-1"\n'))
+    ok(run("--vault", str(vault_path), "sync"))
+    assert set(_server_titles(server)) == set(ids)
+    assert as_json(run("--vault", str(vault_path), "status", "--json"))["online"] is True
+
+
 def test_settings_stored_by_hand_that_the_client_cannot_use_are_not_offline(vault_path: Path, server: str,
                                                                              s3_bucket: Any, tmp_path: Path) -> None:
     """localvault.toml edited by hand (not checked on load): a proxy given as a number fails inside botocore's

@@ -569,3 +569,53 @@ def test_an_endpoint_that_drops_every_connection_is_offline_after_botocores_two_
     # (three, not five, to keep the test short: the count per botocore attempt is the same)
     three = _attempts_at_a_dropping_endpoint({"retries": {"mode": "standard", "total_max_attempts": 3}})
     assert BOTOCORE_ATTEMPTS == 2 and ours * 3 == three * 2, (ours, three)
+
+
+@pytest.mark.parametrize("variable, value", [("AWS_MAX_ATTEMPTS", "3"), ("AWS_RETRY_MODE", "standard")])
+def test_botocores_retries_set_by_the_user_are_kept(monkeypatch: pytest.MonkeyPatch, variable: str,
+                                                     value: str) -> None:
+    """An AWS environment (or profile) that sets botocore's retries keeps them: ``retries`` would override it."""
+    from localvault.sync import s3_client
+
+    monkeypatch.setattr(s3_client, "_SESSIONS", {})  # (sessions read the environment when made)
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
+    ours: dict[str, Any] = {}
+    s3_client.tune_s3(ours)
+    assert ours["config_kwargs"]["retries"] == {"mode": "standard", "total_max_attempts": 2}
+    monkeypatch.setattr(s3_client, "_SESSIONS", {})
+    monkeypatch.setenv(variable, value)
+    theirs: dict[str, Any] = {}
+    s3_client.tune_s3(theirs)
+    assert "retries" not in theirs["config_kwargs"]
+
+
+def test_a_part_failing_for_a_moment_is_sent_again_by_itself(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                             tmp_path: Path, fast_retries: None,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A part refused three times by a busy store (500, more than botocore's attempts) goes again alone: the
+    multipart upload is not aborted and started again from the file's first byte."""
+    from servers import s3_error_xml
+
+    from localvault.sync import bucket as bucket_module
+
+    monkeypatch.setattr(bucket_module, "SINGLE_PUT_BYTES", 0)  # every file goes up in parts
+    _fill(vault, tmp_path, 1)
+    busy = iter([("InternalError", "We encountered an internal error. Please try again.")] * 3)
+    started: list[str] = []
+
+    def busy_on_parts(method: str, path: str, body: bytes) -> tuple[int, bytes] | None:
+        if method == "POST" and path.endswith("?uploads"):
+            started.append(path)
+        if method == "PUT" and "partNumber=" in path and (error := next(busy, None)) is not None:
+            return 500, s3_error_xml(*error)
+        return None
+
+    with through_proxy(remote, s3_bucket, busy_on_parts) as proxied:
+        assert vault.sync(proxied).files_uploaded == 1
+    assert next(busy, None) is None and len(started) == 1
+    assert "Uploads" not in boto3.client(
+        "s3", endpoint_url=s3_bucket.storage_options["client_kwargs"]["endpoint_url"], region_name="us-east-1",
+        aws_access_key_id=s3_bucket.storage_options["key"],
+        aws_secret_access_key=s3_bucket.storage_options["secret"]).list_multipart_uploads(Bucket=s3_bucket.name)
+    assert_mirrors(vault, remote, s3_bucket)

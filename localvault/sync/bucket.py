@@ -24,6 +24,7 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from ..config import redact_url
 from ..errors import OfflineError, SyncError, first_line
 from . import folder_bucket, s3_direct
 from .local_reads import check_sha256, file_digest, reading
+from .retry import retrying
 from .s3_client import tune_s3
 from .store_errors import SETTINGS_HINT, TRANSIENT_CODES, settings_errors, store_refusal
 
@@ -268,7 +270,10 @@ class Bucket:
                 # Content-MD5: the store checks each part itself. (Its ETag is not always the part's MD5:
                 # SSE-KMS and SSE-C buckets answer with another value, so it cannot be compared here.)
                 md5 = base64.b64encode(hashlib.md5(chunk, usedforsecurity=False).digest()).decode()
-                answer = self.fs.call_s3("upload_part", PartNumber=number, Body=chunk, ContentMD5=md5, **upload)
+                # A part that fails for a moment is sent again by itself (the part is in memory), not the whole
+                # file from its first byte: botocore makes only two attempts (s3_client.BOTOCORE_ATTEMPTS).
+                answer = retrying(partial(self.fs.call_s3, "upload_part", PartNumber=number, Body=chunk,
+                                          ContentMD5=md5, **upload), f"sending part {number} of {path}")
                 parts.append({"PartNumber": number, "ETag": answer["ETag"]})
             if sent != size:
                 raise SyncError(f"{local} changed size while syncing; run 'localvault verify'")

@@ -45,8 +45,7 @@ def remote_for(vault: Vault, remote: Remote | None) -> Remote:
         return remote
     if vault.config.remote is None:
         raise InvalidInputError("no remote is set; run 'localvault remote set --database-url … --bucket …' first")
-    cfg = vault.config.remote
-    return Remote(cfg.database_url, cfg.bucket_url, cfg.storage_options)
+    return Remote.from_stored(vault.config.remote)
 
 
 class _SyncLock:

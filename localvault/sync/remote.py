@@ -94,14 +94,21 @@ class Changes:
 class Remote:
     """Where a vault syncs to: a PostgreSQL database and a bucket URL (any fsspec URL)."""
 
-    def __init__(self, database_url: str, bucket_url: str, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(self, database_url: str, bucket_url: str, storage_options: dict[str, Any] | None = None, *,
+                 _stored: bool = False) -> None:
         """InvalidInputError for settings that cannot work (see :meth:`Vault.set_remote`)."""
-        settings = RemoteConfig.checked(database_url, bucket_url, storage_options)
+        settings = RemoteConfig.checked(database_url, bucket_url, storage_options, s3_options=not _stored)
         self.database_url, self.bucket_url = settings.database_url, settings.bucket_url
         self.storage_options = settings.storage_options
         self._conn: psycopg.Connection[Any] | None = None
         #: This machine's clock minus the server's, in seconds, as :meth:`check` (with a user) last measured it.
         self.clock_offset: float | None = None
+
+    @classmethod
+    def from_stored(cls, stored: RemoteConfig) -> Remote:
+        """The remote of the vault's localvault.toml. Its s3 options are not judged by name again: ones stored
+        before :func:`localvault._s3_options.check_s3_options` existed (which s3fs ignored) keep working."""
+        return cls(stored.database_url, stored.bucket_url, stored.storage_options, _stored=True)
 
     # ------------------------------------------------------- connection
 

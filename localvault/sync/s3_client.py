@@ -38,6 +38,9 @@ def tune_s3(options: dict[str, Any]) -> None:
       15 s of backoff): the engine retries on its own, with backoff, so an
       endpoint that refuses connections (a laptop offline) is reported at once
       by ``status`` and at the start of a sync, not after botocore's retries.
+      Not when the user set botocore's retries (``config_kwargs``, or
+      ``AWS_MAX_ATTEMPTS``/``AWS_RETRY_MODE`` and the profile's
+      ``max_attempts``/``retry_mode``, which ``retries`` would override).
     * No CRC checksum on every PUT (botocore >= 1.36 adds one by default, and
       the store checksums each body again): the ETag check (or, for parts,
       their Content-MD5) covers what it would.
@@ -45,24 +48,36 @@ def tune_s3(options: dict[str, Any]) -> None:
     config = dict(options.get("config_kwargs") or {})
     config.setdefault("max_pool_connections", UPLOAD_CONNECTIONS)
     config.setdefault("connect_timeout", CONNECT_TIMEOUT)
-    config.setdefault("retries", {"mode": "standard", "total_max_attempts": BOTOCORE_ATTEMPTS})
     if _botocore_knows("request_checksum_calculation"):
         config.setdefault("request_checksum_calculation", "when_required")
         config.setdefault("response_checksum_validation", "when_required")
     options["config_kwargs"] = config
     if "session" not in options and not options.get("anon"):
-        try:
-            import aiobotocore.session
-            from botocore.handlers import add_expect_header
-        except ImportError:  # pragma: no cover - s3fs brings both
-            return
-        profile = options.get("profile")
-        with _SESSIONS_LOCK:
-            session = _SESSIONS.get(profile)
-            if session is None:
-                session = aiobotocore.session.AioSession(profile=profile)
-                session.unregister("before-call.s3", add_expect_header)
-                _SESSIONS[profile] = session
-        # One session per profile, reused: fsspec then reuses its S3FileSystem
-        # (and client) for equal options, as it would without a session.
-        options["session"] = session
+        options["session"] = _shared_session(options.get("profile"))
+    if "retries" not in config and not _retries_set_by_user(options.get("session")):
+        config["retries"] = {"mode": "standard", "total_max_attempts": BOTOCORE_ATTEMPTS}
+
+
+def _retries_set_by_user(session: Any) -> bool:
+    """Whether the AWS environment or profile sets botocore's retries (a profile that does not exist fails at
+    the first request, where the sync names it: not here)."""
+    try:
+        return bool(session.get_config_variable("max_attempts") is not None
+                    or session.get_config_variable("retry_mode") not in (None, "legacy"))
+    except Exception:  # no session (anonymous access), or its profile cannot be read
+        return False
+
+
+def _shared_session(profile: str | None) -> Any:
+    """One aiobotocore session per profile, reused: fsspec then reuses its S3FileSystem (and client) for equal
+    options, as it would without a session. Without botocore's ``Expect: 100-continue`` (see :func:`tune_s3`)."""
+    import aiobotocore.session
+    from botocore.handlers import add_expect_header
+
+    with _SESSIONS_LOCK:
+        session = _SESSIONS.get(profile)
+        if session is None:
+            session = aiobotocore.session.AioSession(profile=profile)
+            session.unregister("before-call.s3", add_expect_header)
+            _SESSIONS[profile] = session
+    return session
