@@ -12,7 +12,6 @@ import re
 import sqlite3
 import threading
 import warnings
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -117,9 +116,10 @@ def _wal_holds_changes(path: Path) -> bool:
 
 
 class _Held:
-    """A thread's connection; closed when the thread ends (its ``threading.local`` goes) or the vault closes."""
+    """A thread's connection; closed when the thread ends (its ``threading.local`` goes), or by the thread itself
+    once the vault is closed."""
 
-    __slots__ = ("conn", "utils", "__weakref__")
+    __slots__ = ("conn", "utils")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -138,7 +138,7 @@ class Database:
     Each thread that uses the vault gets a connection of its own, as each
     process does: one thread's transaction is never another's, and SQLite's
     locks order their writes. A thread's connection closes when the thread
-    ends; :meth:`close` closes them all.
+    ends, or (after :meth:`close`) when the thread next uses the vault.
     """
 
     def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool = False, uri: str | None = None) -> None:
@@ -146,7 +146,6 @@ class Database:
         self.readonly = readonly
         self._uri = uri
         self._local = threading.local()
-        self._held: weakref.WeakSet[_Held] = weakref.WeakSet()
         self._closed = False
         self._lock = threading.Lock()  # (close() against a thread opening its connection)
         self._local.held = self._hold(conn)
@@ -156,17 +155,18 @@ class Database:
             if self._closed:  # closed while this thread opened its connection
                 conn.close()
                 raise self._closed_error()
-            held = _Held(conn)
-            self._held.add(held)
-        return held
+            return _Held(conn)
 
     def _closed_error(self) -> StorageError:
         return StorageError(f"the vault at {self.path.parent} is closed; open it again")
 
     def _thread_held(self) -> _Held:
-        if self._closed:
-            raise self._closed_error()
         held: _Held | None = getattr(self._local, "held", None)
+        if self._closed:
+            if held is not None:  # (this thread's own connection: closed here, never under another thread)
+                self._local.held = None
+                held.conn.close()
+            raise self._closed_error()
         if held is None:
             if self._uri is None:  # (a database made from a bare connection: one thread only)
                 raise StorageError("this vault's database cannot be used from another thread")
@@ -252,12 +252,20 @@ class Database:
         return db
 
     def close(self) -> None:
-        """Close every thread's connection; a thread using the vault after this gets a StorageError."""
+        """Close the vault: any later use, in any thread, gets a StorageError.
+
+        This thread's connection closes now; another thread's when that thread
+        next uses the vault, or ends. Never under a query another thread is
+        running: Python's sqlite3 frees what that query still uses (a
+        segmentation fault). A call already under way in another thread
+        completes.
+        """
         with self._lock:
             self._closed = True
-            held = list(self._held)
-        for each in held:
-            each.conn.close()
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is not None:
+            self._local.held = None
+            held.conn.close()
 
     # ------------------------------------------------------------ versions
 

@@ -249,7 +249,7 @@ class Vault:
             self.workspace.cleanup(max_assets=AUTO_CLEANUP_BUDGET)
 
     def close(self) -> None:
-        """Close the vault's database connections (every thread's); any later call raises StorageError."""
+        """Close the vault: any later call, in any thread, raises StorageError (see :meth:`Database.close`)."""
         self.db.close()
 
     def __enter__(self) -> Vault:
