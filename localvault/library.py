@@ -199,7 +199,8 @@ class Library:
     def find_sha256(self, sha256: str) -> LibraryAsset | None:
         """This user's library asset holding these bytes (a hex sha256); None if none."""
         row = self._db.conn.execute(
-            f"SELECT {rows.LIBRARY_COLUMNS} FROM user_library WHERE user_id = ? AND sha256 = ?", (self.user_id, sha256)
+            f"SELECT {rows.LIBRARY_COLUMNS} FROM user_library WHERE user_id = ? AND sha256 = ?",
+            (self.user_id, models.check_sha256(sha256)),
         ).fetchone()
         return rows.library_asset(row) if row else None
 
@@ -207,8 +208,12 @@ class Library:
         """How many library assets this user has."""
         return int(self._db.conn.execute("SELECT count(*) FROM user_library WHERE user_id = ?", (self.user_id,)).fetchone()[0])
 
-    def file_path(self, asset: LibraryAsset) -> str:
-        """Where the asset's file lives on the vault's filesystem."""
+    def file_path(self, asset: LibraryAsset | str) -> str:
+        """Where the asset's file lives on the vault's filesystem (``asset``: the asset, or its id)."""
+        if isinstance(asset, str):
+            asset = self.get(asset)
+        elif not isinstance(asset, LibraryAsset):
+            raise InvalidInputError(f"file_path takes a library asset or its id, not {type(asset).__name__}")
         return self._files.full_path(LIBRARY_BUCKET, asset.storage_path)
 
     def list(

@@ -100,10 +100,26 @@ def check_seed(value: Any) -> int:
         if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value, re.ASCII):
             value = int(value)
         else:
-            raise InvalidInputError(f"seed {value!r} is not a whole number; give an integer from 0 to {MAX_SEED}")
+            kind = "a float" if isinstance(value, float) else "not a whole number"
+            raise InvalidInputError(f"seed {value!r} is {kind}; give an integer (int, or its digits as text) from 0 "
+                                    f"to {MAX_SEED}")
     if not 0 <= value <= MAX_SEED:
         raise InvalidInputError(f"seed {value} is out of range; give an integer from 0 to {MAX_SEED}")
     return int(value)
+
+
+def check_flag(value: Any, what: str) -> bool:
+    """``value`` if it is True or False; InvalidInputError for anything else (``repair="no"`` is truthy)."""
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"{what} must be True or False, not {value!r}")
+    return value
+
+
+def check_sha256(value: Any) -> str:
+    """A sha256 as 64 hex digits, in lower case; InvalidInputError otherwise."""
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", value.strip()):
+        raise InvalidInputError(f"{value!r} is not a sha256 (64 hex digits)")
+    return value.strip().lower()
 
 
 def check_unicode(value: str, what: str) -> str:

@@ -275,7 +275,8 @@ class Vault:
         ``check_hashes=False`` skips reading the files (only that each exists and has its row): quick, but
         blind to damaged bytes.
         """
-        return verify(self.db, self.files, repair=repair, check_hashes=check_hashes, progress=progress)
+        return verify(self.db, self.files, repair=models.check_flag(repair, "repair"),
+                      check_hashes=models.check_flag(check_hashes, "check_hashes"), progress=progress)
 
     def export(self, asset_id: str, destination: str | Path) -> Path:
         """Copy an asset's file (library or workspace) to ``destination``: a file, or a folder (one that
@@ -333,6 +334,9 @@ class Vault:
         bucket without a scheme (``user-library`` instead of
         ``s3://user-library``), an endpoint without ``http(s)://``.
         """
+        if self.db.readonly:
+            raise StorageError(f"the vault at {self.root} was opened read-only (readonly=True); open it without "
+                               "readonly to set its remote")
         self.config.remote = RemoteConfig.checked(database_url, bucket_url, storage_options)
         self.config.save(self.root)
 

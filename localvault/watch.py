@@ -93,7 +93,7 @@ class Watcher:
             raise InvalidInputError(f"{self.folder} is not a folder; give the rig's output folder")
         self._vault_args = (vault.root, vault.user_id, vault.files.fs)
         self._options = dict(mode=mode, model=model, prompt=prompt, workers=workers)
-        self.recursive = recursive
+        self.recursive = models.check_flag(recursive, "recursive")
         self.on_event = on_event
         self.poll_seconds = poll_seconds
         #: Everything done so far (all batches, catch-ups included): counts of all, the most recent files listed.

@@ -214,6 +214,7 @@ class Workspace:
         """
         from .importer import import_folder
 
+        recursive = models.check_flag(recursive, "recursive")
         return import_folder(self._db, self._files, self.user_id, path, recursive=recursive, mode=mode,  # type: ignore[arg-type]
                              model=model, prompt=prompt, progress=progress, workers=workers)
 
@@ -320,7 +321,8 @@ class Workspace:
     def find_sha256(self, sha256: str) -> WorkspaceAsset | None:
         """This user's workspace asset holding these bytes (a hex sha256), expired or not; None if none."""
         row = self._db.conn.execute(
-            f"SELECT {rows.WORKSPACE_COLUMNS} FROM workspace_assets WHERE user_id = ? AND sha256 = ?", (self.user_id, sha256)
+            f"SELECT {rows.WORKSPACE_COLUMNS} FROM workspace_assets WHERE user_id = ? AND sha256 = ?",
+            (self.user_id, models.check_sha256(sha256)),
         ).fetchone()
         return rows.workspace_asset(row) if row else None
 
@@ -348,8 +350,12 @@ class Workspace:
         """How many workspace assets this user has (expired ones not yet cleaned up included)."""
         return int(self._db.conn.execute("SELECT count(*) FROM workspace_assets WHERE user_id = ?", (self.user_id,)).fetchone()[0])
 
-    def file_path(self, asset: WorkspaceAsset) -> str:
-        """Where the asset's file lives on the vault's filesystem."""
+    def file_path(self, asset: WorkspaceAsset | str) -> str:
+        """Where the asset's file lives on the vault's filesystem (``asset``: the asset, or its id)."""
+        if isinstance(asset, str):
+            asset = self.get(asset)
+        elif not isinstance(asset, WorkspaceAsset):
+            raise InvalidInputError(f"file_path takes a workspace asset or its id, not {type(asset).__name__}")
         return self._files.full_path(WORKSPACE_BUCKET, asset.temp_storage_path)
 
     # ------------------------------------------------------------- delete
@@ -394,6 +400,9 @@ class Workspace:
         second at most and readers never (WAL). Library assets saved from
         an expired asset keep their own copy and are untouched.
         """
+        if max_assets is not None and (isinstance(max_assets, bool) or not isinstance(max_assets, int)
+                                       or max_assets < 1):
+            raise InvalidInputError(f"max_assets must be a whole number of 1 or more (or None: all), not {max_assets!r}")
         return remove_expired(self._db, self._files, progress=progress, max_assets=max_assets)
 
 

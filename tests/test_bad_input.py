@@ -294,7 +294,27 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "page size too big": (InvalidInputError, lambda c: c.vault.library.list(limit=1001)),
     "page size text": (InvalidInputError, lambda c: c.vault.workspace.list(limit="10")),
     "page size bool": (InvalidInputError, lambda c: c.vault.library.list(limit=True)),
+    # ---- flags and numbers that must be what they say ("no" is truthy: a repair would run)
+    "verify repair as text": (InvalidInputError, lambda c: c.vault.verify(repair="no")),
+    "verify check_hashes as text": (InvalidInputError, lambda c: c.vault.verify(check_hashes="false")),
+    "import recursive as text": (InvalidInputError, lambda c: c.vault.workspace.import_folder(c.src, recursive="no")),
+    "sync full as text": (InvalidInputError, lambda c: c.vault.sync(_unreachable_remote(), full="no")),
+    "cleanup max_assets as text": (InvalidInputError, lambda c: c.vault.workspace.cleanup(max_assets="1")),
+    "cleanup max_assets negative": (InvalidInputError, lambda c: c.vault.workspace.cleanup(max_assets=-1)),
+    "find_sha256 not hex": (InvalidInputError, lambda c: c.vault.workspace.find_sha256("zz")),
+    "find_sha256 not hex (library)": (InvalidInputError, lambda c: c.vault.library.find_sha256("g" * 64)),
+    "seed as a float": (InvalidInputError, lambda c: c.vault.workspace.add(c.file("seed.png", _png(40)), seed=7.0)),
+    "file_path of a number": (InvalidInputError, lambda c: c.vault.library.file_path(42)),  # type: ignore[arg-type]
+    "file_path of an unknown id": (NotFoundError,
+                                   lambda c: c.vault.workspace.file_path("00000000-0000-4000-8000-000000000000")),
 }
+
+
+def _unreachable_remote() -> Any:
+    """A remote no sync could reach (a refused flag must be refused before anything is tried)."""
+    from localvault.sync import Remote
+
+    return Remote("postgresql://u:p@127.0.0.1:1/db", "memory://never")
 
 
 def _webp_claiming(width: int, height: int) -> bytes:
@@ -539,3 +559,27 @@ def test_judging_a_jpeg_that_shrinks_while_read_raises_nothing_and_reads_a_bound
     junk = b"\xff\xd8" + b"\xff" * 2_000_000 + b"\xff\xd9"
     assert media._is_whole(CountingReads(junk), media.MediaType.jpeg, len(junk), junk[:64])  # judged by its end
     assert CountingReads.reads <= 1_002
+
+
+def test_file_path_takes_an_asset_or_its_id(ctx: Ctx) -> None:
+    ctx.src.mkdir(exist_ok=True)
+    asset = ctx.vault.workspace.add(ctx.file("by-id.png", _png(41)))
+    kept = ctx.vault.library.save(asset.id)
+    assert ctx.vault.workspace.file_path(asset.id) == ctx.vault.workspace.file_path(asset)
+    assert ctx.vault.library.file_path(kept.id) == ctx.vault.library.file_path(kept)
+
+
+def test_a_read_only_vault_does_not_store_a_remote(ctx: Ctx) -> None:
+    """``readonly=True`` never writes: localvault.toml included."""
+    toml = (ctx.vault.root / "localvault.toml").read_bytes()
+    with Vault.open(ctx.vault.root, readonly=True) as reader:
+        with pytest.raises(StorageError, match="read-only"):
+            reader.set_remote("postgresql://u:p@h/db", "file:///tmp/bucket")
+    assert (ctx.vault.root / "localvault.toml").read_bytes() == toml
+
+
+def test_a_seed_given_as_a_float_is_named_so() -> None:
+    from localvault.models import check_seed
+
+    with pytest.raises(InvalidInputError, match=r"seed 7\.0 is a float; give an integer"):
+        check_seed(7.0)

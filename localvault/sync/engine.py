@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidInputError, SyncBusyError
+from ..models import check_flag
 from ..progress import ProgressCallback, report
 from . import outbox
 from .bucket import Bucket
@@ -95,6 +96,8 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
     server's schema differs, SyncBusyError when another sync runs.
     """
     started = time.monotonic()
+    for flag, name in ((dry_run, "dry_run"), (retry_rejected, "retry_rejected"), (full, "full")):
+        check_flag(flag, name)
     target = remote_for(vault, remote)
     result = SyncReport(dry_run=dry_run)
     with _SyncLock(vault.root), _closing(target if remote is None else None), ExitStack() as stack:
