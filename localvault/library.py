@@ -258,7 +258,7 @@ class Library:
         else:
             source, order = "user_library l", ("l.created_at", "l.id")
         if cursor:
-            created_at, last_id = rows.decode_cursor(cursor, (str, str))
+            created_at, last_id = rows.decode_cursor(cursor, "library", (str, str))
             filters.append(f"({order[0]}, {order[1]}) < (?, ?)")
             params += [created_at, last_id]
         found = conn.execute(
@@ -268,12 +268,13 @@ class Library:
         ).fetchall()
         items = [rows.library_asset(r) for r in found[:limit]]
         more = len(found) > limit
-        return Page(items=items, next_cursor=rows.encode_cursor(format_time(items[-1].created_at), items[-1].id) if more else None)
+        return Page(items=items, next_cursor=rows.encode_cursor("library", format_time(items[-1].created_at), items[-1].id)
+                    if more else None)
 
     def _search_page(self, query: str, filters: builtins.list[str], params: builtins.list[Any], limit: int,
                      cursor: str | None) -> Page[LibraryAsset]:
         if cursor:
-            (last_seq,) = rows.decode_cursor(cursor, (int,))
+            (last_seq,) = rows.decode_cursor(cursor, "library search", (int,))
             filters = [*filters, "f.rowid < ?"]
             params = [*params, last_seq]
         try:
@@ -287,7 +288,7 @@ class Library:
             raise InvalidInputError(f"cannot search for {query!r}: {exc}") from None
         items = [rows.library_asset(r[:-1]) for r in found[:limit]]
         more = len(found) > limit
-        return Page(items=items, next_cursor=rows.encode_cursor(found[limit - 1][-1]) if more else None)
+        return Page(items=items, next_cursor=rows.encode_cursor("library search", found[limit - 1][-1]) if more else None)
 
     # -------------------------------------------------------------- update
 

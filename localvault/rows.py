@@ -54,24 +54,25 @@ def collection(row: tuple[Any, ...]) -> Collection:
     return Collection(**_as_dict(row, COLLECTION_COLUMNS))
 
 
-def encode_cursor(*parts: Any) -> str:
-    """An opaque cursor for keyset pagination."""
-    return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode().rstrip("=")
+def encode_cursor(listing: str, *parts: Any) -> str:
+    """An opaque cursor for keyset pagination of ``listing`` (which listing made it: another's is refused)."""
+    return base64.urlsafe_b64encode(json.dumps([listing, *parts]).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, kinds: tuple[type, ...]) -> list[Any]:
-    """The parts of a cursor made by :func:`encode_cursor`, checked against ``kinds``."""
+def decode_cursor(cursor: str, listing: str, kinds: tuple[type, ...]) -> list[Any]:
+    """The parts of a cursor :func:`encode_cursor` made for ``listing``, checked against ``kinds``."""
     if not isinstance(cursor, str):
         raise InvalidInputError(f"cursor must be text (a next_cursor of a previous page), not {type(cursor).__name__}")
     try:
         parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if (isinstance(parts, list) and len(parts) == len(kinds)
-                and all(_fits(p, k) for p, k in zip(parts, kinds, strict=True))):
-            return parts
+        if (isinstance(parts, list) and len(parts) == len(kinds) + 1 and parts[0] == listing
+                and all(_fits(p, k) for p, k in zip(parts[1:], kinds, strict=True))):
+            return parts[1:]
     except (ValueError, TypeError, RecursionError):
         pass
     shown = cursor if len(cursor) <= 60 else cursor[:57] + "..."
-    raise InvalidInputError(f"cursor {shown!r} is not valid here; pass the next_cursor of the previous page")
+    raise InvalidInputError(f"cursor {shown!r} is not a cursor of this {listing} listing; pass the next_cursor of "
+                            "its previous page")
 
 
 def _fits(part: Any, kind: type) -> bool:

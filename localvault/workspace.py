@@ -334,7 +334,7 @@ class Workspace:
             where.append("job_id = ?")
             params.append(models.check_uuid(job_id, "job id"))
         if cursor:
-            created_at, last_id = rows.decode_cursor(cursor, (str, str))
+            created_at, last_id = rows.decode_cursor(cursor, "workspace", (str, str))
             where.append("(created_at, id) < (?, ?)")
             params += [created_at, last_id]
         found = self._db.conn.execute(
@@ -343,7 +343,8 @@ class Workspace:
             (*params, limit + 1),
         ).fetchall()
         items = [rows.workspace_asset(r) for r in found[:limit]]
-        next_cursor = rows.encode_cursor(format_time(items[-1].created_at), items[-1].id) if len(found) > limit else None
+        next_cursor = (rows.encode_cursor("workspace", format_time(items[-1].created_at), items[-1].id)
+                       if len(found) > limit else None)
         return Page(items=items, next_cursor=next_cursor)
 
     def count(self) -> int:

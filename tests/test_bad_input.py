@@ -280,15 +280,16 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "bad cursor": (InvalidInputError, lambda c: c.vault.workspace.list(cursor="garbage!")),
     "bad cursor (library)": (InvalidInputError, lambda c: c.vault.library.list(cursor="eyJ4IjogMX0")),
     "search cursor on plain listing": (InvalidInputError, lambda c: c.vault.library.list(cursor=c.search_cursor)),
+    "workspace cursor on the library": (InvalidInputError, lambda c: c.vault.library.list(cursor=c.cursor)),
     "plain cursor on search": (InvalidInputError, lambda c: c.vault.library.list(search="fox", cursor=c.cursor)),
     "search cursor past 64 bits": (InvalidInputError,
-                                   lambda c: c.vault.library.list(search="fox", cursor=_cursor(2**64))),
+                                   lambda c: c.vault.library.list(search="fox", cursor=_cursor("library search", 2**64))),
     "search cursor true (JSON's bool for rowid 1)": (InvalidInputError,
-                                                     lambda c: c.vault.library.list(search="fox", cursor=_cursor(True))),
+                                                     lambda c: c.vault.library.list(search="fox", cursor=_cursor("library search", True))),
     "cursor with a lone surrogate": (InvalidInputError,
-                                     lambda c: c.vault.workspace.list(cursor=_cursor("\ud800", "x"))),
+                                     lambda c: c.vault.workspace.list(cursor=_cursor("workspace", "\ud800", "x"))),
     "cursor with a lone surrogate (library)": (InvalidInputError,
-                                               lambda c: c.vault.library.list(cursor=_cursor("2026", "\udfff"))),
+                                               lambda c: c.vault.library.list(cursor=_cursor("library", "2026", "\udfff"))),
     "page size 0": (InvalidInputError, lambda c: c.vault.workspace.list(limit=0)),
     "page size negative": (InvalidInputError, lambda c: c.vault.library.list(limit=-3)),
     "page size too big": (InvalidInputError, lambda c: c.vault.library.list(limit=1001)),
@@ -338,9 +339,9 @@ def _png_claiming(width: int, height: int) -> bytes:
     return data[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + data[33:]
 
 
-def _cursor(*parts: Any) -> str:
-    """A cursor shaped as the library makes them, holding any parts."""
-    return localvault.rows.encode_cursor(*parts)
+def _cursor(listing: str, *parts: Any) -> str:
+    """A cursor shaped as the library makes them for ``listing``, holding any parts."""
+    return localvault.rows.encode_cursor(listing, *parts)
 
 
 def _nested(depth: int) -> dict[str, Any]:
