@@ -340,8 +340,11 @@ class Vault:
         self.config.remote = RemoteConfig.checked(database_url, bucket_url, storage_options)
         self.config.save(self.root)
 
-    def sync(self, remote: Remote | None = None, **options: Any) -> SyncReport:
+    def sync(self, remote: Remote | None = None, *, dry_run: bool = False, retry_rejected: bool = False,
+             full: bool = False, progress: ProgressCallback | None = None, batch_rows: int | None = None) -> SyncReport:
         """Push the library to the server (needs the ``sync`` extra). See :func:`localvault.sync.push`."""
         from .sync import push  # imported here so the core runs without the sync extra
+        from .sync.engine import BATCH_ROWS
 
-        return push(self, remote, **options)
+        return push(self, remote, dry_run=dry_run, retry_rejected=retry_rejected, full=full, progress=progress,
+                    batch_rows=BATCH_ROWS if batch_rows is None else batch_rows)

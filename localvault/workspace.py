@@ -24,7 +24,7 @@ from .models import GenerationInfo, Page, WorkspaceAsset
 from .progress import ProgressCallback
 
 if TYPE_CHECKING:  # the importer is loaded on first use
-    from .importer import ImportReport
+    from .importer import ImportReport, Mode
 
 _INSERT = ("INSERT INTO workspace_assets (id, user_id, asset_type, temp_storage_path, file_size_bytes, mime_type,"
            " duration_seconds, job_id, asset_index, generation_seed, original_prompt, model_used,"
@@ -194,7 +194,7 @@ class Workspace:
         path: str | Path,
         *,
         recursive: bool = False,
-        mode: str = "copy",
+        mode: Mode = "copy",
         model: str | None = None,
         prompt: str | None = None,
         progress: ProgressCallback | None = None,
@@ -215,7 +215,7 @@ class Workspace:
         from .importer import import_folder
 
         recursive = models.check_flag(recursive, "recursive")
-        return import_folder(self._db, self._files, self.user_id, path, recursive=recursive, mode=mode,  # type: ignore[arg-type]
+        return import_folder(self._db, self._files, self.user_id, path, recursive=recursive, mode=mode,
                              model=model, prompt=prompt, progress=progress, workers=workers)
 
     def add_batch(self, entries: list[BatchEntry], *,

@@ -26,7 +26,7 @@ from rich.progress import (
 from rich.text import Text
 
 from ..errors import InvalidInputError, LocalVaultError
-from ..importer import ImportReport
+from ..importer import ImportReport, Mode
 from ..progress import ProgressCallback, ProgressEvent
 from . import Context, json_option, main, output, pass_ctx
 
@@ -103,7 +103,7 @@ def _print_summary(result: ImportReport, verb: str = "import") -> None:
 @json_option("Print the report as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @pass_ctx
-def import_(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | None, prompt: str | None,
+def import_(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str | None, prompt: str | None,
             workers: int | None, as_json: bool, no_progress: bool) -> None:
     """Import a rig's output folder into the workspace (files already in the vault are skipped)."""
     vault = ctx.vault()
@@ -149,7 +149,7 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
 @click.option("--quiet", "-q", is_flag=True, help="No line per file; only the summary at the end.")
 @json_option("Print one JSON object per line: each event as it happens, then the summary.")
 @pass_ctx
-def watch(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | None, prompt: str | None,
+def watch(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str | None, prompt: str | None,
           quiet: bool, as_json: bool) -> None:
     """Import files as a rig writes them, until Ctrl-C; then print a summary."""
     from ..watch import Watcher, WatchEvent, WatchReport
@@ -180,7 +180,7 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: str, model: str | N
         else:
             _print_summary(report, verb="watch")
 
-    watcher = Watcher(ctx.vault(), folder, mode=mode, recursive=recursive, model=model, prompt=prompt,  # type: ignore[arg-type]
+    watcher = Watcher(ctx.vault(), folder, mode=mode, recursive=recursive, model=model, prompt=prompt,
                       on_event=on_event)
     # on_event already shows every problem with a file; not a --move source kept, nor what no event carries
     output.show_library_logs(False, still_from=("localvault._recovered", "localvault.importer.notices",
