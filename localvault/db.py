@@ -222,12 +222,12 @@ class Database:
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
                                    check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # Refuse another program's database (before WAL mode would rewrite its header).
+            if (int(conn.execute("PRAGMA user_version").fetchone()[0]) == 0
+                    and conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1").fetchone()):
+                conn.close()
+                raise VaultCorruptError(f"{path} holds tables that are not a localvault's; pick another folder")
             if not readonly:
-                # Refuse another program's database before WAL mode rewrites its header.
-                if (int(conn.execute("PRAGMA user_version").fetchone()[0]) == 0
-                        and conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1").fetchone()):
-                    conn.close()
-                    raise VaultCorruptError(f"{path} holds tables that are not a localvault's; pick another folder")
                 conn.execute("PRAGMA journal_mode = WAL")
             _configure(conn)
             db = cls(conn, path, readonly, uri)

@@ -221,7 +221,11 @@ class Vault:
         if _empty_database(root / DB_NAME) and _holds_files(root):  # else it would open as a new, empty vault
             raise VaultCorruptError(f"{root / DB_NAME} is empty (a copy or restore cut short?) but the vault holds "
                                     f"files: restore {DB_NAME} from a backup; nothing was changed")
-        config = VaultConfig.load(root)
+        try:
+            config = VaultConfig.load(root)
+        except VaultCorruptError:  # a damaged or foreign vault.db is the first thing to fix, if it is one
+            Database.open(root / DB_NAME, readonly=True).close()
+            raise
         owner = models.check_uuid(user_id if user_id is not None else config.user_id, "user id")
         db = Database.open(root / DB_NAME, readonly=readonly)
         vault = cls(root, db, FileStore(root, fs), config, owner)

@@ -1530,3 +1530,23 @@ print("ok")
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
+
+
+@pytest.mark.parametrize("readonly", [False, True], ids=["writable", "read-only"])
+def test_a_damaged_or_foreign_database_is_named_before_a_missing_toml(tmp_path: Path, readonly: bool) -> None:
+    """Following "localvault.toml is missing; recreate it" first only led to the real problem: the database."""
+    import sqlite3
+
+    junk, foreign = tmp_path / "junk", tmp_path / "foreign"
+    junk.mkdir()
+    (junk / "vault.db").write_bytes(b"x" * 5000)
+    foreign.mkdir()
+    conn = sqlite3.connect(foreign / "vault.db")
+    conn.execute("CREATE TABLE notes (text)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(VaultCorruptError, match="not a readable localvault database"):
+        Vault.open(junk, readonly=readonly)
+    with pytest.raises(VaultCorruptError, match="tables that are not a localvault's"):
+        Vault.open(foreign, readonly=readonly)
+    assert not (junk / "localvault.toml").exists() and not (foreign / "localvault.toml").exists()
