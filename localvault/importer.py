@@ -356,7 +356,7 @@ def import_folder(db: Database, files: FileStore, user_id: str, path: str | os.P
                   recursive: bool = False, mode: Mode = "copy", model: str | None = None, prompt: str | None = None,
                   progress: ProgressCallback | None = None, workers: int | None = None) -> ImportReport:
     """Import every media file of a folder into the workspace; see :meth:`Workspace.import_folder`."""
-    folder = models.check_path(path, "the folder to import")
+    folder, recursive = models.check_path(path, "the folder to import"), models.check_flag(recursive, "recursive")
     if not folder.is_dir():
         raise InvalidInputError(f"{folder} is not a folder; give the rig's output folder")
     candidates, refused, ignored = scan(folder, recursive)

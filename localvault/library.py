@@ -210,11 +210,7 @@ class Library:
 
     def file_path(self, asset: LibraryAsset | str) -> str:
         """Where the asset's file lives on the vault's filesystem (``asset``: the asset, or its id)."""
-        if isinstance(asset, str):
-            asset = self.get(asset)
-        elif not isinstance(asset, LibraryAsset):
-            raise InvalidInputError(f"file_path takes a library asset or its id, not {type(asset).__name__}")
-        return self._files.full_path(LIBRARY_BUCKET, asset.storage_path)
+        return self._files.full_path(LIBRARY_BUCKET, models.asset_given(asset, LibraryAsset, self.get).storage_path)
 
     def list(
         self,

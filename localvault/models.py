@@ -11,6 +11,7 @@ import json
 import os
 import re
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -112,6 +113,15 @@ def check_flag(value: Any, what: str) -> bool:
     """``value`` if it is True or False; InvalidInputError for anything else (``repair="no"`` is truthy)."""
     if not isinstance(value, bool):
         raise InvalidInputError(f"{what} must be True or False, not {value!r}")
+    return value
+
+
+def asset_given(value: Any, kind: type[AssetT], get: Callable[[str], AssetT]) -> AssetT:
+    """An asset given as itself or by its id (looked up with ``get``); InvalidInputError for anything else."""
+    if isinstance(value, str):
+        return get(value)
+    if not isinstance(value, kind):
+        raise InvalidInputError(f"give a {kind.__name__} or its id, not {type(value).__name__}")
     return value
 
 

@@ -202,19 +202,16 @@ class Workspace:
     ) -> ImportReport:
         """Import every image and video of a rig's output folder (``mode``: "copy", "move" or "link").
 
-        Idempotent: a file whose bytes this user already has (workspace or
-        library) is skipped as a duplicate; an expired workspace asset does not
-        count (it is replaced by the new one). Metadata is read from each file;
+        Idempotent: a file whose bytes this user already has (workspace or library; not an expired
+        workspace asset, which the new one replaces) is a duplicate. Metadata is read from each file;
         ``model``/``prompt`` fill only what a file lacks. Files of one run share
         a job id (see :mod:`localvault.importer`). A refused file is reported
-        with its reason and never stops the rest. ``--move`` deletes a source
-        only after its row is committed. ``workers``: examining workers (default
-        one per core, at most 8); an import of 1,000 files or more runs them as
-        worker processes (on a local vault), a smaller one as threads.
+        with its reason and never stops the rest. "move" deletes a source once
+        its row is committed. ``workers``: examining workers (default one per
+        core, at most 8): processes for 1,000 files or more (on a local vault).
         """
         from .importer import import_folder
 
-        recursive = models.check_flag(recursive, "recursive")
         return import_folder(self._db, self._files, self.user_id, path, recursive=recursive, mode=mode,
                              model=model, prompt=prompt, progress=progress, workers=workers)
 
@@ -353,11 +350,7 @@ class Workspace:
 
     def file_path(self, asset: WorkspaceAsset | str) -> str:
         """Where the asset's file lives on the vault's filesystem (``asset``: the asset, or its id)."""
-        if isinstance(asset, str):
-            asset = self.get(asset)
-        elif not isinstance(asset, WorkspaceAsset):
-            raise InvalidInputError(f"file_path takes a workspace asset or its id, not {type(asset).__name__}")
-        return self._files.full_path(WORKSPACE_BUCKET, asset.temp_storage_path)
+        return self._files.full_path(WORKSPACE_BUCKET, models.asset_given(asset, WorkspaceAsset, self.get).temp_storage_path)
 
     # ------------------------------------------------------------- delete
 
@@ -401,9 +394,6 @@ class Workspace:
         second at most and readers never (WAL). Library assets saved from
         an expired asset keep their own copy and are untouched.
         """
-        if max_assets is not None and (isinstance(max_assets, bool) or not isinstance(max_assets, int)
-                                       or max_assets < 1):
-            raise InvalidInputError(f"max_assets must be a whole number of 1 or more (or None: all), not {max_assets!r}")
         return remove_expired(self._db, self._files, progress=progress, max_assets=max_assets)
 
 
