@@ -32,7 +32,7 @@ def check_user(conn: psycopg.Connection[Any], user_id: str) -> None:
     if row is not None and not row[0]:
         raise SyncError(f"the vault's user {user_id} does not exist on the server (auth.users): sign that user "
                         "up in the app first (on a plain PostgreSQL, as its owner: INSERT INTO auth.users (id) VALUES "
-                        f"('{user_id}')), or use a vault of an existing user; nothing was sent")
+                        f"('{user_id}')), or use a vault of an existing user")
 
 
 #: The privileges of ``authenticated`` that the pushes need beyond the tables' (an SQL expression each, and what
@@ -67,8 +67,7 @@ def check_grants(conn: psycopg.Connection[Any]) -> None:
     if lacking:
         raise SyncError(f"the server's role 'authenticated' lacks {', '.join(lacking)}, which localvault's schema "
                         "grants (a set-up problem, not a row's): run 'GRANT " + "; GRANT ".join(
-                            f"{grant} TO authenticated" for grant in lacking) + "' on the server, then sync again; "
-                        "nothing was sent")
+                            f"{grant} TO authenticated" for grant in lacking) + "' on the server, then sync again")
 
 
 def clock_offset(conn: psycopg.Connection[Any]) -> float | None:

@@ -74,8 +74,7 @@ def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = T
         except OfflineError as exc:
             online, reason, problem = False, str(exc), "offline"
         except LocalVaultError as exc:  # it answered: a refusal, a wrong schema version, unusable settings
-            # (the sync's own words for the same check end with "nothing was sent": a status sends nothing)
-            online, reason, problem = False, str(exc).removesuffix("; nothing was sent"), "not_ready"
+            online, reason, problem = False, str(exc), "not_ready"
         finally:
             if remote is None:  # a Remote the caller passed stays theirs to close
                 configured.close()
