@@ -147,15 +147,13 @@ class Database:
         self._uri = uri
         self._local = threading.local()
         self._closed = False
-        self._lock = threading.Lock()  # (close() against a thread opening its connection)
         self._local.held = self._hold(conn)
 
     def _hold(self, conn: sqlite3.Connection) -> _Held:
-        with self._lock:
-            if self._closed:  # closed while this thread opened its connection
-                conn.close()
-                raise self._closed_error()
-            return _Held(conn)
+        if self._closed:  # closed while this thread opened its connection (if after this, its next use closes it)
+            conn.close()
+            raise self._closed_error()
+        return _Held(conn)
 
     def _closed_error(self) -> StorageError:
         return StorageError(f"the vault at {self.path.parent} is closed; open it again")
@@ -260,8 +258,7 @@ class Database:
         segmentation fault). A call already under way in another thread
         completes.
         """
-        with self._lock:
-            self._closed = True
+        self._closed = True
         held: _Held | None = getattr(self._local, "held", None)
         if held is not None:
             self._local.held = None

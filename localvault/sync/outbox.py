@@ -132,7 +132,7 @@ def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | fro
     taken = [e for e in entries if (e[1], e[2]) not in left_out]
     if left_out:  # a dry run reads on from the first entry left out
         last_seq = min(e[0] for e in entries if (e[1], e[2]) in left_out) - 1
-    inserted = {e[2] for e in taken if e[1] == "user_library" and e[3] == "insert"}
+    inserted = {row_id for row_id in inserting if ("user_library", row_id) not in left_out}
     return Batch(
         seqs=[e[0] for e in taken], last_seq=last_seq, keys=[k for k in newest if k not in left_out], changes=changes,
         entries={k: v for k, v in newest.items() if k not in left_out}, files=files, inserted=inserted,

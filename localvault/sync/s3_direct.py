@@ -90,8 +90,8 @@ class DirectPut:
     def __init__(self, fs: Any, bucket: str) -> None:
         self._fs = fs
         self._bucket = bucket
-        self._options: Mapping[str, Any] = fs.storage_options  # what s3fs was made with
-        options = fs.storage_options
+        options: Mapping[str, Any] = fs.storage_options  # what s3fs was made with
+        self._options = options
         self._lock = threading.Lock()
         self._static = None
         if options.get("key") and options.get("secret"):
