@@ -300,9 +300,7 @@ class Database:
         ``wait_ms``: how long to wait for another writer's lock, if not the
         usual 60 s (a clean-up after an error should not wait that long again).
         """
-        if self.readonly:
-            raise StorageError(f"the vault at {self.path.parent} was opened read-only (readonly=True); open it "
-                               "without readonly to change it")
+        self.refuse_if_readonly()
         conn = self.conn
         try:
             if wait_ms is not None:
@@ -325,6 +323,12 @@ class Database:
         finally:
             if wait_ms is not None and not self._closed:
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+    def refuse_if_readonly(self, to: str = "change it") -> None:
+        """StorageError when the vault was opened read-only: nothing of it (rows or its settings) may change."""
+        if self.readonly:
+            raise StorageError(f"the vault at {self.path.parent} was opened read-only (readonly=True); open it "
+                               f"without readonly to {to}")
 
     def has_row(self, table: str, row_id: str) -> bool:
         """Whether ``table`` holds the committed row ``row_id``: asked after an error, before removing its file.

@@ -338,9 +338,7 @@ class Vault:
         bucket without a scheme (``user-library`` instead of
         ``s3://user-library``), an endpoint without ``http(s)://``.
         """
-        if self.db.readonly:
-            raise StorageError(f"the vault at {self.root} was opened read-only (readonly=True); open it without "
-                               "readonly to set its remote")
+        self.db.refuse_if_readonly("set its remote")
         self.config.remote = RemoteConfig.checked(database_url, bucket_url, storage_options)
         self.config.save(self.root)
 
