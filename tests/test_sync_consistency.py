@@ -166,6 +166,24 @@ def test_batches_stop_at_the_bytes_of_the_files_they_send(vault: Vault, remote: 
     assert_mirrors(vault, remote, s3_bucket)
 
 
+def test_a_full_sync_counts_the_files_the_bucket_lacks_in_its_batches(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                                     tmp_path: Path, monkeypatch: Any) -> None:
+    """A full sync to a bucket that lost its objects sends every row's file again, though no row is an insert:
+    its batches stop at the bytes of the files they send too. Files the bucket holds do not count."""
+    assets = [vault.library.add(_image(tmp_path, n), title=f"t{n}") for n in range(7)]
+    vault.sync(remote)
+    for asset in assets[:6]:
+        _s3(s3_bucket).delete_object(Bucket=s3_bucket.name, Key=asset.storage_path)
+    monkeypatch.setattr(outbox, "BATCH_FILE_BYTES", 1)
+    monkeypatch.setattr(outbox, "BATCH_MIN_FILES", 2)
+    dry = vault.sync(remote, full=True, dry_run=True)
+    assert (dry.rows_written, dry.files_uploaded, dry.files_skipped) == (7, 6, 1)
+    report = vault.sync(remote, full=True)
+    assert (report.files_uploaded, report.files_skipped) == (6, 1)
+    assert report.batches == 3  # two files each; the row whose file the bucket holds rides along
+    assert_mirrors(vault, remote, s3_bucket)
+
+
 def test_an_interrupted_sync_keeps_the_batches_it_committed(vault: Vault, remote: Remote, s3_bucket: Any,
                                                             tmp_path: Path, monkeypatch: Any) -> None:
     """Ctrl-C during the third batch's uploads: the first two batches' rows are on the server and acknowledged,

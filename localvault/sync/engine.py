@@ -118,7 +118,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
             outbox.mark_synced(vault, dry_run)
             result.seconds = time.monotonic() - started
             return result
-        known = Objects(bucket, vault.user_id, result.pending_changes)
+        known = Objects(bucket, vault.user_id, result.pending_changes, list_all=full)
         report(progress, "rows", total=result.pending_changes)
         after_seq = 0
         taken: set[int] = set()  # entries a batch took past its last_seq (deletes, collections): not read again
@@ -131,7 +131,9 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
                 batch, present = upcoming.result() if upcoming is not None else (None, None)
                 if batch is None:  # (read again when the read ahead found nothing: the last acknowledgement may
                     # have queued entries to send again, and other processes queue theirs)
-                    batch, present = outbox.read_batch(vault, batch_rows, after_seq, skip=taken, **preview), None
+                    batch = outbox.read_batch(vault, batch_rows, after_seq, skip=taken, bucket_lacks=known.lacks,
+                                              **preview)
+                    present = None
                 if batch is None:
                     break
                 after_seq = batch.last_seq
@@ -162,7 +164,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
 def _read_ahead(vault: Vault, known: Objects, batch_rows: int, after_seq: int, skip: set[int],
                 stop: threading.Event) -> tuple[outbox.Batch | None, dict[str, bool] | None]:
     """The next batch, and which of its files the bucket holds (see :func:`push`)."""
-    batch = outbox.read_batch(vault, batch_rows, after_seq, skip=skip)
+    batch = outbox.read_batch(vault, batch_rows, after_seq, skip=skip, bucket_lacks=known.lacks)
     return batch, (None if batch is None else check_files(vault, known, batch, stop=stop))
 
 

@@ -31,11 +31,12 @@ LISTING_THRESHOLD = 50
 class Objects:
     """What the bucket holds under the user's folder, learnt fresh once per sync when there is much to check."""
 
-    def __init__(self, bucket: Bucket, user_id: str, pending: int) -> None:
+    def __init__(self, bucket: Bucket, user_id: str, pending: int, *, list_all: bool = False) -> None:
+        """``list_all``: list even with little to check (a full sync, whose rows' files the bucket may lack)."""
         self.bucket = bucket
         self.listed: dict[str, tuple[int, str | None]] | None = None
         self.sent: dict[str, int] = {}  # uploaded (and verified) by this sync
-        if pending > LISTING_THRESHOLD:
+        if pending > LISTING_THRESHOLD or list_all:
             self.listed = retrying(lambda: bucket.objects(user_id), "listing the bucket")
 
     def has(self, key: str, size: int, sha256: str, local: Path, *, sent_before: bool = False,
@@ -71,6 +72,16 @@ class Objects:
         if found.sha256 is not None:
             return found.sha256 == sha256
         return found.md5 is not None and md5_of(local) == found.md5
+
+    def lacks(self, key: str, size: int) -> bool | None:
+        """Whether the bucket lacks this object, from what the sync sent and listed (no request); None: unknown.
+        Not a reason to skip a file (:meth:`has` decides that): it sizes batches (:func:`outbox.read_batch`)."""
+        if (size_sent := self.sent.get(key)) is not None:
+            return size_sent != size
+        if self.listed is None:
+            return None
+        size_and_md5 = self.listed.get(key)
+        return size_and_md5 is None or size_and_md5[0] != size
 
     def remember(self, key: str, size: int) -> None:
         self.sent[key] = size

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,9 +47,9 @@ def pending_count(vault: Vault, *, with_rejected: bool = False, with_everything:
 
 #: Library rows of one batch, in bytes of their JSON: a batch is one query parameter (PostgreSQL's cap is 1 GiB).
 BATCH_BYTES = 64 * 1024 * 1024
-#: Files of the rows a batch inserts, in bytes: once a batch holds this much (and BATCH_MIN_FILES files), rows
-#: with more files wait for the next batch, so that rows reach the server as their files do, not after hours of
-#: uploads, and an interrupted sync keeps what it committed.
+#: Files a batch sends, in bytes: once a batch holds this much (and BATCH_MIN_FILES files), rows with more files
+#: wait for the next batch, so that rows reach the server as their files do, not after hours of uploads, and an
+#: interrupted sync keeps what it committed.
 BATCH_FILE_BYTES = 256 * 1024 * 1024
 #: ... but never fewer files than the uploads run at once (a batch of one video would send it alone).
 BATCH_MIN_FILES = 16
@@ -57,8 +57,13 @@ BATCH_MIN_FILES = 16
 EXTRA_ENTRIES = 200_000
 
 
+#: Whether the bucket lacks the object (key, size), as far as a sync knows without asking it; None: unknown.
+BucketLacks = Callable[[str, int], "bool | None"]
+
+
 def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | frozenset[int] = frozenset(),
-               with_rejected: bool = False, with_everything: bool = False) -> Batch | None:
+               with_rejected: bool = False, with_everything: bool = False,
+               bucket_lacks: BucketLacks | None = None) -> Batch | None:
     """The next outbox entries of this user, coalesced by row, with the rows' current state (one snapshot).
 
     A batch sends each row as it is now, which may rest on changes queued
@@ -67,8 +72,10 @@ def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | fro
     delete. So every batch also takes every pending collection change and
     every pending delete (up to :data:`EXTRA_ENTRIES`): then no row of a batch
     depends on a row the batch leaves out. Library rows stop at
-    :data:`BATCH_BYTES` of JSON, and those it inserts (whose files it sends)
-    at :data:`BATCH_FILE_BYTES` of files; the rest wait for the next batch. ``skip``:
+    :data:`BATCH_BYTES` of JSON, and those whose files it sends at
+    :data:`BATCH_FILE_BYTES` of files; the rest wait for the next batch. A
+    row sends its file when ``bucket_lacks`` says the bucket lacks it (a
+    sync's listing), or, not knowing, when the batch inserts it. ``skip``:
     entries already taken (a dry run reads on without acknowledging).
     ``with_rejected``: the refused entries too, after the outbox's, as
     :func:`requeue_rejected` would queue them; ``with_everything``: an entry
@@ -115,7 +122,9 @@ def read_batch(vault: Vault, limit: int, after_seq: int, *, skip: set[int] | fro
                 target.append({"id": row_id, "deleted_at": queued_at})
             elif table == "user_library":
                 size = len(current.json) if isinstance(current, JsonRow) else 0
-                sends_file = row_id in inserting
+                lacks = None if bucket_lacks is None else bucket_lacks(current["storage_path"],
+                                                                        current["file_size_bytes"])
+                sends_file = row_id in inserting if lacks is None else lacks
                 if changes.library and (library_bytes + size > BATCH_BYTES or (
                         sends_file and file_bytes >= BATCH_FILE_BYTES and file_count >= BATCH_MIN_FILES)):
                     left_out.add(key)  # in the next batch (its entries stay in the outbox)
