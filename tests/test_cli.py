@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -205,6 +206,25 @@ def test_export_to_a_folder_path_that_does_not_exist_yet(cli, tmp_path: Path) ->
     asset = json.loads(cli("add", str(source), "--json"))
     assert "wrote" in cli("export", asset["id"], f"{tmp_path}/out/")
     assert (tmp_path / "out" / f"{asset['id']}.png").read_bytes() == source.read_bytes()
+
+
+def test_commands_take_an_ids_first_characters(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """show, save, update, export and rm take the first characters of an id, as 'ls' shows it; assets whose ids
+    start alike ask for more (exit 3); none, exit 2 (not found)."""
+    made = iter(range(1, 200))  # every new id starts with abcdef, then two hex digits of its own
+    monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID(f"abcdef{next(made):02x}-1234-4000-8000-00000000000a"))
+    first, second = (json.loads(cli("add", str(_png(tmp_path / f"{n}.png", n)), "--json"))["id"] for n in (1, 2))
+    assert json.loads(cli("show", first[:8], "--json"))["id"] == first
+    kept = json.loads(cli("save", first[:8], "--title", "Fox", "--json"))
+    updated = json.loads(cli("update", kept["id"][:8], "--title", "Fox 2", "--json"))
+    assert (updated["id"], updated["title"]) == (kept["id"], "Fox 2")
+    assert "wrote" in cli("export", kept["id"][:8], str(tmp_path / "out") + "/")
+    assert (tmp_path / "out" / f"{kept['id']}.png").exists()
+    assert json.loads(cli("rm", second[:8], "--json")) == {"deleted": second, "from": "workspace"}
+    several = cli("rm", "abcdef", code=3)
+    assert "several assets" in several and first in several and kept["id"] in several
+    assert "no asset id in this vault starts with 'ffffff'" in cli("show", "ffffff", code=2)
+    assert json.loads(cli("ls", "library", "--json"))["items"][0]["title"] == "Fox 2"
 
 
 def test_every_command_that_changes_something_speaks_json(cli, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -1550,3 +1551,29 @@ def test_a_damaged_or_foreign_database_is_named_before_a_missing_toml(tmp_path: 
     with pytest.raises(VaultCorruptError, match="tables that are not a localvault's"):
         Vault.open(foreign, readonly=readonly)
     assert not (junk / "localvault.toml").exists() and not (foreign / "localvault.toml").exists()
+
+
+def test_an_id_prefix_names_the_one_asset_whose_id_starts_so(vault: Vault, other_user_vault: Vault, make_image,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a person types after 'ls': the first 6 or more hex digits of an id, with or without its hyphens, name
+    the one asset (library or workspace) of this user whose id starts so; several or none are said."""
+    made = iter(range(1, 200))  # every new id starts with abcdef, then two hex digits of its own
+    monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID(f"abcdef{next(made):02x}-1234-4000-8000-00000000000a"))
+    first = vault.workspace.add(make_image(seed=1))
+    second = vault.workspace.add(make_image(seed=2))
+    kept = vault.library.save(first.id)
+    theirs = other_user_vault.workspace.add(make_image(seed=3))  # another user's
+
+    assert vault.resolve_id(second.id[:8]) == second.id
+    assert vault.resolve_id(f" {kept.id[:11].upper()} ") == kept.id
+    assert vault.resolve_id(kept.id.replace("-", "")[:13]) == kept.id  # without the hyphens
+    assert vault.resolve_id(first.id.upper()) == first.id  # a whole id, as it is
+    assert vault.get(vault.resolve_id(first.id[:8])).id == first.id
+    with pytest.raises(InvalidInputError, match="several assets") as several:
+        vault.resolve_id("abcdef")
+    assert set(re.findall(r"[0-9a-f-]{36}", str(several.value))) == {first.id, second.id, kept.id}
+    with pytest.raises(NotFoundError, match=f"no asset id in this vault starts with '{theirs.id[:8]}'"):
+        vault.resolve_id(theirs.id[:8])
+    for not_a_prefix in ("abcde", "abcdeg", "", first.id + "0"):
+        with pytest.raises(InvalidInputError, match="nor the first 6 or more hex digits of one"):
+            vault.resolve_id(not_a_prefix)

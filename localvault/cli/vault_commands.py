@@ -103,9 +103,10 @@ def ls(ctx: Context, what: str, tags: tuple[str, ...], favorite: bool | None, co
 @pass_ctx
 def save(ctx: Context, workspace_asset_id: str, title: str | None, tags: tuple[str, ...], collection: str | None,
          favorite: bool, visibility: str, as_json: bool) -> None:
-    """Keep a workspace asset in the library."""
-    asset = ctx.vault().library.save(workspace_asset_id, title=title, tags=tags, collection=collection,
-                                     favorite=favorite, visibility=visibility)
+    """Keep a workspace asset in the library (its id, or the id's first 6 or more characters)."""
+    vault = ctx.vault()
+    asset = vault.library.save(vault.resolve_id(workspace_asset_id), title=title, tags=tags, collection=collection,
+                               favorite=favorite, visibility=visibility)
     _emit_one(asset, as_json)
 
 
@@ -124,7 +125,8 @@ def save(ctx: Context, workspace_asset_id: str, title: str | None, tags: tuple[s
 def update(ctx: Context, library_id: str, title: str | None, no_title: bool, add_tags: tuple[str, ...],
            remove_tags: tuple[str, ...], favorite: bool | None, visibility: str | None, move_to: str | None,
            no_collection: bool, as_json: bool) -> None:
-    """Change a library asset's title, tags, favourite, visibility or collection."""
+    """Change a library asset's title, tags, favourite, visibility or collection (LIBRARY_ID: its id, or the
+    id's first 6 or more characters)."""
     if no_title and title is not None:
         raise InvalidInputError("give --title or --no-title, not both")
     if no_collection and move_to is not None:
@@ -134,8 +136,9 @@ def update(ctx: Context, library_id: str, title: str | None, no_title: bool, add
         raise InvalidInputError("nothing to change: give --title, --no-title, --add-tag, --remove-tag, --favorite, "
                                 "--no-favorite, --visibility, --move-to or --no-collection")
     collection = None if no_collection else (move_to if move_to is not None else UNSET)
-    asset = ctx.vault().library.update(
-        library_id, title=None if no_title else title if title is not None else UNSET, add_tags=add_tags,
+    vault = ctx.vault()
+    asset = vault.library.update(
+        vault.resolve_id(library_id), title=None if no_title else title if title is not None else UNSET, add_tags=add_tags,
         remove_tags=remove_tags,
         favorite=favorite if favorite is not None else UNSET, visibility=visibility or UNSET, collection=collection)
     _emit_one(asset, as_json)
@@ -146,8 +149,10 @@ def update(ctx: Context, library_id: str, title: str | None, no_title: bool, add
 @json_option()
 @pass_ctx
 def rm(ctx: Context, asset_id: str, as_json: bool) -> None:
-    """Delete a library or workspace asset (row and file)."""
-    where = ctx.vault().delete(asset_id)
+    """Delete a library or workspace asset (row and file), by its id or the id's first 6 or more characters."""
+    vault = ctx.vault()
+    asset_id = vault.resolve_id(asset_id)
+    where = vault.delete(asset_id)
     if as_json:
         output.print_json({"deleted": asset_id, "from": where})
     else:
@@ -159,8 +164,10 @@ def rm(ctx: Context, asset_id: str, as_json: bool) -> None:
 @json_option("Print the asset as JSON.")
 @pass_ctx
 def show(ctx: Context, asset_id: str, as_json: bool) -> None:
-    """Show one asset with its prompt, seed, model and settings."""
-    asset = ctx.vault(reads_only=True).get(asset_id)
+    """Show one asset with its prompt, seed, model and settings (by its id, or the id's first 6 or more
+    characters)."""
+    vault = ctx.vault(reads_only=True)
+    asset = vault.get(vault.resolve_id(asset_id))
     if as_json:
         output.print_json(asset)
         return
@@ -249,7 +256,8 @@ def verify(ctx: Context, repair: bool, quick: bool, as_json: bool) -> None:
 @pass_ctx
 def export(ctx: Context, asset_id: str, dest: str, as_json: bool) -> None:
     """Copy an asset's file out of the vault to DEST (a file, or a folder: one that exists or DEST ending in /)."""
-    written = ctx.vault(reads_only=True).export(asset_id, dest)
+    vault = ctx.vault(reads_only=True)
+    written = vault.export(vault.resolve_id(asset_id), dest)
     if as_json:
         output.print_json({"written": str(written)})
     else:
