@@ -25,7 +25,17 @@ from .errors import (
     UnsupportedMediaError,
     VaultCorruptError,
 )
-from .models import AssetType, Collection, GenerationInfo, LibraryAsset, MediaType, Page, Visibility, WorkspaceAsset
+from .models import (
+    AssetType,
+    Collection,
+    GenerationInfo,
+    LibraryAsset,
+    MediaType,
+    Page,
+    Visibility,
+    VisibilityName,
+    WorkspaceAsset,
+)
 
 if TYPE_CHECKING:
     from ._cleanup import CleanupReport
@@ -41,7 +51,8 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "Vault",
-    "AssetType", "Collection", "GenerationInfo", "LibraryAsset", "MediaType", "Page", "Visibility", "WorkspaceAsset",
+    "AssetType", "Collection", "GenerationInfo", "LibraryAsset", "MediaType", "Page", "Visibility", "VisibilityName",
+    "WorkspaceAsset",
     "LocalVaultError", "NotFoundError", "InvalidInputError", "UnsupportedMediaError", "FileTooLargeError",
     "EmptyFileError", "DuplicateError", "ConflictError", "VaultCorruptError", "SchemaVersionError", "StorageError",
     "OfflineError", "SyncError", "SyncBusyError", "NetworkFilesystemWarning",

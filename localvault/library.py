@@ -17,7 +17,7 @@ from .db import Database, format_time
 from .errors import DuplicateError, InvalidInputError, NotFoundError
 from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
 from .ingest import prepare_with_values
-from .models import GenerationInfo, LibraryAsset, Page, Visibility
+from .models import GenerationInfo, LibraryAsset, Page, Visibility, VisibilityName
 
 
 class _Unset:
@@ -56,7 +56,7 @@ class Library:
         tags: Iterable[str] = (),
         collection: str | None = None,
         favorite: bool = False,
-        visibility: Visibility | str = Visibility.private,
+        visibility: Visibility | VisibilityName = Visibility.private,
     ) -> LibraryAsset:
         """Keep a workspace asset for good: a library row and its own file (hard link or copy).
 
@@ -124,7 +124,7 @@ class Library:
         tags: Iterable[str] = (),
         collection: str | None = None,
         favorite: bool = False,
-        visibility: Visibility | str = Visibility.private,
+        visibility: Visibility | VisibilityName = Visibility.private,
         on_bytes: Callable[[int], None] | None = None,
     ) -> LibraryAsset:
         """Put a file straight into the library (no workspace step).
@@ -173,7 +173,7 @@ class Library:
         return added
 
     @staticmethod
-    def _check_fields(title: str | None, tags: Iterable[str], favorite: bool, visibility: Visibility | str) -> tuple[Any, ...]:
+    def _check_fields(title: str | None, tags: Iterable[str], favorite: bool, visibility: Visibility | VisibilityName) -> tuple[Any, ...]:
         if not isinstance(favorite, bool):
             raise InvalidInputError(f"favorite must be true or false, not {favorite!r}")
         return (models.check_title(title), json.dumps(models.check_tags(tags), ensure_ascii=False), int(favorite),
@@ -297,7 +297,7 @@ class Library:
         add_tags: Iterable[str] = (),
         remove_tags: Iterable[str] = (),
         favorite: bool = UNSET,
-        visibility: Visibility | str = UNSET,
+        visibility: Visibility | VisibilityName = UNSET,
         collection: str | None = UNSET,
     ) -> LibraryAsset:
         """Change an asset's fields; arguments left UNSET stay as they are.
@@ -361,7 +361,7 @@ class Library:
 _UPDATABLE = ("title", "is_favorite", "visibility", "tags", "collection_id")
 
 
-def _visibility(value: Visibility | str) -> Visibility:
+def _visibility(value: object) -> Visibility:
     try:
         return Visibility(value)
     except ValueError:

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -74,6 +74,10 @@ class Visibility(str, enum.Enum):
     private = "private"
     unlisted = "unlisted"
     public = "public"
+
+
+#: A :class:`Visibility` by its name, as the library's calls take it too.
+VisibilityName = Literal["private", "unlisted", "public"]
 
 
 # ---------------------------------------------------------------- validators

@@ -77,3 +77,17 @@ def test_the_reference_names_every_method_and_its_parameters(cls: type) -> None:
         for parameter in list(inspect.signature(value).parameters)[1:]:  # past self / cls
             assert re.search(rf"\b{parameter}\b", section), (
                 f"docs/api.md, {cls.__name__}.{name}: its parameter {parameter} is not described")
+
+
+@pytest.mark.parametrize("method", [Library.save, Library.add, Library.update])
+def test_visibility_is_typed_as_its_names_so_a_type_checker_catches_a_typo(method: Any) -> None:
+    """An app checked by mypy learns of visibility="pubic" before it runs: the parameter takes a Visibility or
+    one of its names, not any text."""
+    import typing
+
+    from localvault import Visibility
+
+    hint = typing.get_type_hints(method)["visibility"]
+    names = {arg for part in typing.get_args(hint) for arg in typing.get_args(part)}
+    assert set(typing.get_args(hint)) - {Visibility} and names == {v.value for v in Visibility}
+    assert str not in typing.get_args(hint)

@@ -106,7 +106,7 @@ def save(ctx: Context, workspace_asset_id: str, title: str | None, tags: tuple[s
     """Keep a workspace asset in the library (its id, or the id's first 6 or more characters)."""
     vault = ctx.vault()
     asset = vault.library.save(vault.resolve_id(workspace_asset_id), title=title, tags=tags, collection=collection,
-                               favorite=favorite, visibility=visibility)
+                               favorite=favorite, visibility=Visibility(visibility))
     _emit_one(asset, as_json)
 
 
@@ -140,7 +140,8 @@ def update(ctx: Context, library_id: str, title: str | None, no_title: bool, add
     asset = vault.library.update(
         vault.resolve_id(library_id), title=None if no_title else title if title is not None else UNSET, add_tags=add_tags,
         remove_tags=remove_tags,
-        favorite=favorite if favorite is not None else UNSET, visibility=visibility or UNSET, collection=collection)
+        favorite=favorite if favorite is not None else UNSET, visibility=Visibility(visibility) if visibility else UNSET,
+        collection=collection)
     _emit_one(asset, as_json)
 
 
