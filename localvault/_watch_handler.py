@@ -41,11 +41,13 @@ class EventHandler(FileSystemEventHandler):
 
     def on_modified(self, event: FileSystemEvent) -> None:
         if not event.is_directory:
-            self.intake.offer(os.fsdecode(event.src_path), ready=False)
+            self.intake.offer(os.fsdecode(event.src_path), ready=False, written=True)
 
     def on_attrib(self, event: FileSystemEvent) -> None:
-        """A mode change (watchdog >= 5; older ones report it as modified): a file refused as unreadable may pass."""
-        self.on_modified(event)
+        """A change of mode or times: a file refused as unreadable may pass; not a write (a copy setting its times
+        after its close leaves no writer holding it)."""
+        if not event.is_directory:
+            self.intake.offer(os.fsdecode(event.src_path), ready=False)
 
 
 #: The intakes of watchers whose observers run: each is told when the kernel's queue of inotify events overflows.

@@ -3,7 +3,8 @@
 Events come in from the observer's thread (:meth:`Intake.offer`); the
 watcher's thread takes what is ready (:meth:`Intake.next_paths`): a complete
 file once no event has touched it for ``quiet_seconds``, a file without a
-close event once it stays unchanged for ``stable_seconds`` (both
+close event once it stays unchanged for ``stable_seconds`` (``open_seconds`` while its writer holds it open;
+both
 :class:`~localvault._watch_settle.UnsettledFiles`), a file held for its
 sidecar once that comes or its wait ends
 (:class:`~localvault._watch_sidecars.SidecarWait`); one still not whole after
@@ -29,29 +30,34 @@ class Intake:
     thread-safe."""
 
     def __init__(self, watched: Path, recursive: bool, *, stable_seconds: float, quiet_seconds: float,
-                 give_up_seconds: float, sidecar_wait_seconds: float) -> None:
+                 give_up_seconds: float, open_seconds: float, sidecar_wait_seconds: float) -> None:
         self.watched = watched
         self.recursive = recursive
+        #: Whether the observer tells of closes (inotify): then a file written to and not closed is still open.
+        self.hears_closes = False
         self._queue: queue.Queue[str] = queue.Queue()  # ready now (a sidecar came for a file held)
-        self.unsettled = UnsettledFiles(stable_seconds, give_up_seconds)
+        self.unsettled = UnsettledFiles(stable_seconds, give_up_seconds, open_seconds)
         self._quieting = UnsettledFiles(quiet_seconds, give_up_seconds)  # complete, waiting for a quiet moment
         self.sidecars = SidecarWait(sidecar_wait_seconds)
         #: Set when the kernel dropped events (its queue overflowed): the watcher's thread catches up.
         self.overflowed = threading.Event()
 
-    def offer(self, path: str, *, ready: bool, created: bool = False) -> None:
-        """Called from the observer's thread for each interesting event; ``ready``: a close, move or create."""
+    def offer(self, path: str, *, ready: bool, created: bool = False, written: bool = False) -> None:
+        """Called from the observer's thread for each interesting event; ``ready``: a close, move or create;
+        ``written``: a write (not a change of its mode or times)."""
         name = os.path.basename(path)
         if ready and is_sidecar_name(name) and self.in_scope(path):
             for waiting in self.sidecars.saw_sidecar(path, complete=not created):
                 self._queue.put(waiting)
         if not is_candidate_name(name) or not self.in_scope(path):
             return
+        if ready:
+            self.unsettled.closed(path)
         if ready and media.looks_finished(path):
             self._quieting.note_as_is(path)
         else:
             self._quieting.discard(path)  # written to again: taken when complete again
-            self.unsettled.note(path)
+            self.unsettled.note(path, writing=written and self.hears_closes)
 
     def in_scope(self, path: str) -> bool:
         """Directly in the folder, or (recursive) in a sub-folder that is neither hidden nor temporary, as a scan."""

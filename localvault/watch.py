@@ -7,7 +7,8 @@ default: rigs and scripts often touch a file right after closing it — a copy
 setting its times, an EXIF block inserted, a rename to its final name), or —
 the fallback for rigs and platforms without close events — when its size and
 mtime have not changed for ``stable_seconds`` (1 s by default, polled every
-``poll_seconds``). Whichever signal comes, a file must also be
+``poll_seconds``; where close events come, a file written to and not closed
+yet waits ``OPEN_SECONDS`` instead). Whichever signal comes, a file must also be
 whole by its bytes (a PNG's IEND, a JPEG's end marker, a WebP's or MP4's
 declared sizes) — a file written in two opens, or whose writer pauses, waits —
 unless it has not changed for ``GIVE_UP_SECONDS``: then it is taken, and
@@ -63,6 +64,10 @@ QUIET_SECONDS = 0.2
 POLL_SECONDS = 0.25
 #: A file unchanged this long but still not whole is taken anyway (and refused, with the reason).
 GIVE_UP_SECONDS = 10.0
+#: A file written to and not closed since (where the observer hears closes: inotify) is taken only once unchanged
+#: this long, whole or not: its writer may be pausing (an encoder between an MP4's fragments, each of which
+#: leaves the file whole by its bytes).
+OPEN_SECONDS = 60.0
 #: A file whose batch could not be committed is tried again after this long.
 RETRY_SECONDS = 5.0
 #: Rows a late sidecar filled, remembered (with what it wrote) for a second reading of a sidecar still written.
@@ -103,7 +108,8 @@ class Watcher:
         # folder, and hear nothing); resolved again each time the folder comes back.
         self._watched = Path(os.path.realpath(self.folder))
         self._intake = Intake(self._watched, recursive, stable_seconds=stable_seconds, quiet_seconds=quiet_seconds,
-                              give_up_seconds=GIVE_UP_SECONDS, sidecar_wait_seconds=sidecar_wait_seconds)
+                              give_up_seconds=GIVE_UP_SECONDS, open_seconds=OPEN_SECONDS,
+                              sidecar_wait_seconds=sidecar_wait_seconds)
         self._handled = HandledFiles()
         self._late_filled: dict[str, tuple[int, str, str, str]] = {}  # asset id -> the values a sidecar filled in
         self._stop = threading.Event()
@@ -264,6 +270,7 @@ class Watcher:
         self._watched = self._intake.watched = Path(os.path.realpath(self.folder))
         observer = Observer()
         self._observer = observer
+        self._intake.hears_closes = type(observer).__name__ == "InotifyObserver"  # (only inotify tells of closes)
         observer.schedule(EventHandler(self._intake, self.folder), str(self._watched), recursive=self.recursive)
         observer.start()
         watch_overflows(self._intake)
