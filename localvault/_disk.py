@@ -281,6 +281,28 @@ def drop_cached(path: str) -> None:
         os.close(fd)
 
 
+def try_hard_link(source: str, link: str) -> bool:
+    """Hard-link ``source`` as ``link``; False where it cannot be (another filesystem, or one without links)."""
+    try:
+        os.link(source, link)
+    except OSError:
+        return False
+    return True
+
+
+def copy_checked(source: str, temp: str, sha256: str | None) -> bool:
+    """Copy ``source`` to the new file ``temp``, fsynced; False (``temp`` left for the caller to remove) when the
+    bytes copied are not those of ``sha256`` (given)."""
+    digest = hashlib.sha256()
+    with open(source, "rb") as reader, open(temp, "xb") as writer:
+        while chunk := reader.read(DIGEST_CHUNK):
+            digest.update(chunk)
+            writer.write(chunk)
+        writer.flush()
+        os.fsync(writer.fileno())
+    return sha256 is None or digest.hexdigest() == sha256
+
+
 def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import stat
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -26,6 +25,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ._disk import (
     TEMP_PREFIX,
+    copy_checked,
     create_in_folder,
     drop_cached,
     fsync_path,
@@ -36,6 +36,7 @@ from ._disk import (
     start_writeback,
     stream_digest,
     sync_filesystem,
+    try_hard_link,
     unlink_quietly,
     walk_files,
     write_all,
@@ -153,11 +154,9 @@ class FileStore:
 
     def commit(self, staged: StagedFile, relative: str, *, sync_dir: bool = True) -> None:
         """Rename a staged file to its final name (replacing any file there: the workspace first sets aside
-        one that no row uses and no queued deletion covers) and make it durable. The folder is made if missing: a file staged in the user's folder
-        (by an import's worker process) meets its job's folder here.
-
-        With ``sync_dir=False`` the caller fsyncs the folders itself (:meth:`sync_dirs`), once per batch.
-        """
+        one that no row uses and no queued deletion covers) and make it durable. The folder is made if missing:
+        a file staged in the user's folder (by an import's worker process) meets its job's folder here. With
+        ``sync_dir=False`` the caller fsyncs the folders itself (:meth:`sync_dirs`), once per batch."""
         final = self.full_path(staged.bucket, relative)
         try:
             if self.local:
@@ -270,21 +269,20 @@ class FileStore:
             for folder in sorted(folders, reverse=True):  # the deepest first, the bucket's last
                 fsync_path(self.full_path(bucket, folder))
 
-    def link(self, source_bucket: str, source: str, bucket: str, relative: str) -> None:
-        """Make ``bucket/relative`` hold the same bytes as ``source``: a hard link where possible, else a copy."""
+    def link(self, source_bucket: str, source: str, bucket: str, relative: str, sha256: str | None = None) -> None:
+        """Make ``bucket/relative`` hold the same bytes as ``source``: a hard link where possible, else a copy
+        (checked against ``sha256``, if given: StorageError when the source's bytes changed). A source linked
+        from outside the vault too (imported with ``--link``) is copied: its rig may rewrite it in place."""
         src = self.full_path(source_bucket, source)
         final = self.full_path(bucket, relative)
         temp = f"{os.path.dirname(final)}/{TEMP_PREFIX}{uuid.uuid4().hex}"
         try:
             self.fs.makedirs(os.path.dirname(final), exist_ok=True)
             if self.local:
-                try:
-                    os.link(src, temp)
-                except OSError:
-                    with open(src, "rb") as reader, open(temp, "wb") as writer:
-                        shutil.copyfileobj(reader, writer, CHUNK)
-                        writer.flush()
-                        os.fsync(writer.fileno())
+                if (os.stat(src).st_nlink > 1 or not try_hard_link(src, temp)) and not copy_checked(src, temp, sha256):
+                    raise StorageError(f"the file {src} no longer holds the bytes it was stored with (changed in "
+                                       "place: was its source imported with --link, then rewritten?); run "
+                                       "'localvault verify'")
                 os.replace(temp, final)
                 self._sync_folders_of(bucket, relative, final)
             else:
@@ -295,7 +293,7 @@ class FileStore:
             raise StorageError(f"the file {src} is missing; run 'localvault verify' to check the vault") from None
         except OSError as exc:
             self._remove_path(temp)
-            raise os_error(exc, final) from None
+            raise (exc if isinstance(exc, StorageError) else os_error(exc, final)) from None
         except BaseException:  # a Ctrl-C: no temporary file stays (nor the file, see _sync_folders_of)
             self._remove_path(temp)
             raise
@@ -398,3 +396,4 @@ class FileStore:
             raise os_error(exc, destination) from None
         with contextlib.suppress(OSError):  # best effort: a folder one may write to but not list cannot be opened
             fsync_path(destination.parent)
+

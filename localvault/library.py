@@ -90,7 +90,7 @@ class Library:
                 collection_id = resolve_collection(conn, self.user_id, collection) if collection is not None else None
                 extension = models.MediaType(source[3]).extension
                 relative = f"{self.user_id}/{asset_id}.{extension}"
-                self._files.link(WORKSPACE_BUCKET, source[0], LIBRARY_BUCKET, relative)
+                self._files.link(WORKSPACE_BUCKET, source[0], LIBRARY_BUCKET, relative, source[12])
                 linked = relative
                 conn.execute(
                     "INSERT INTO user_library (id, user_id, asset_type, storage_path, file_size_bytes, mime_type,"

@@ -348,7 +348,7 @@ def _repair(db: Database, files: FileStore, result: VerifyReport, broken: dict[s
             if not _row_still_there(db, entry, broken[entry]):
                 result.repaired.append(entry)  # deleted or replaced since: no longer this problem
             elif twin is not None:
-                files.link(twin[0], twin[1], bucket, relative)
+                files.link(twin[0], twin[1], bucket, relative, sha)
                 result.repaired.append(entry)
             elif entry in missing and kind.bucket == WORKSPACE_BUCKET:
                 conn.execute(f"DELETE FROM {kind.table} WHERE id = ?", (row_id,))

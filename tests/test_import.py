@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from localvault import Vault
 from localvault._intake import scan
 from localvault.cli import main
 from localvault.errors import NotFoundError, StorageError
-from localvault.files import TEMP_PREFIX, WORKSPACE_BUCKET
+from localvault.files import LIBRARY_BUCKET, TEMP_PREFIX, WORKSPACE_BUCKET
 from localvault.importer import Importer
 from localvault.progress import ProgressEvent
 from localvault.workspace import Workspace
@@ -285,6 +286,30 @@ def test_link_mode_shares_the_inode(vault: Vault, tmp_path: Path) -> None:
         stored = vault.files.local_path(WORKSPACE_BUCKET, vault.workspace.get(item.asset_id).temp_storage_path)
         assert stored.stat().st_ino == Path(item.source).stat().st_ino
     assert all(p.exists() for p in paths)
+
+
+def test_a_library_copy_of_a_linked_import_is_its_own_file(vault: Vault, tmp_path: Path) -> None:
+    """Saving an asset imported with --link copies its file (the rig's, shared with the workspace): a rig that
+    rewrites its file in place then changes the workspace's copy only, never the library's. A file rewritten
+    before the save is refused, and the save leaves nothing behind."""
+    paths = rig_folder(tmp_path / "out")
+    result = vault.workspace.import_folder(tmp_path / "out", mode="link")
+    by_source = {Path(item.source): item.asset_id for item in result.imported}
+    kept_path, rewritten_path = [p for p in paths if p in by_source and p.suffix == ".png"][:2]
+    kept = vault.library.save(by_source[kept_path])
+    library_file = vault.files.local_path(LIBRARY_BUCKET, kept.storage_path)
+    assert library_file.stat().st_ino != kept_path.stat().st_ino and library_file.stat().st_nlink == 1
+
+    for source in (kept_path, rewritten_path):  # the rig writes over its files, in place
+        with open(source, "r+b") as rig:
+            rig.seek(-20, os.SEEK_END)
+            rig.write(b"\0" * 8)
+    assert vault.library.get(kept.id).sha256 == hashlib.sha256(library_file.read_bytes()).hexdigest()
+    with pytest.raises(StorageError, match="no longer holds the bytes it was stored with"):
+        vault.library.save(by_source[rewritten_path])
+    assert vault.library.count() == 1 and {p.name for p in (vault.root / LIBRARY_BUCKET / USER).iterdir()} == {
+        library_file.name}
+    assert vault.verify().mismatched and not any(LIBRARY_BUCKET in entry for entry in vault.verify().mismatched)
 
 
 def test_job_ids_are_deterministic_across_vaults(tmp_path: Path) -> None:

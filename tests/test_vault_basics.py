@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -569,8 +570,6 @@ def test_export_into_a_folder_one_may_write_to_but_not_list(vault: Vault, make_i
 
 def test_export_cut_short_by_ctrl_c_leaves_no_temporary_file(vault: Vault, make_image, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch):
-    import localvault.files
-
     kept = vault.library.save(vault.workspace.add(make_image(seed=6)).id)
     out = tmp_path / "out"
     out.mkdir()
@@ -579,7 +578,7 @@ def test_export_cut_short_by_ctrl_c_leaves_no_temporary_file(vault: Vault, make_
         writer.write(reader.read(100))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(localvault.files.shutil, "copyfileobj", copy_then_ctrl_c)
+    monkeypatch.setattr(shutil, "copyfileobj", copy_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         vault.export(kept.id, out / "fox.png")
     assert list(out.iterdir()) == []
@@ -591,18 +590,16 @@ def test_export_never_overwrites_a_file_made_while_it_copied(vault: Vault, make_
                                                              monkeypatch: pytest.MonkeyPatch):
     """Two exports (or an export and any program) to one path: it was checked before the copy and renamed over
     after it, so both "succeeded" and the first file was lost. The copy is published by a hard link now."""
-    import localvault.files
-
     kept = vault.library.save(vault.workspace.add(make_image(seed=8)).id)
     out = tmp_path / "out"
     out.mkdir()
-    real_copy = localvault.files.shutil.copyfileobj
+    real_copy = shutil.copyfileobj
 
     def copy_while_another_writes_there(reader: BinaryIO, writer: BinaryIO, length: int = 0) -> None:
         real_copy(reader, writer, length)
         (out / "fox.png").write_bytes(b"another program's file")
 
-    monkeypatch.setattr(localvault.files.shutil, "copyfileobj", copy_while_another_writes_there)
+    monkeypatch.setattr(shutil, "copyfileobj", copy_while_another_writes_there)
     with pytest.raises(DuplicateError, match="fox.png already exists; choose another destination"):
         vault.export(kept.id, out / "fox.png")
     assert [p.name for p in out.iterdir()] == ["fox.png"]  # no temporary file left either

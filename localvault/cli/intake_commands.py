@@ -33,7 +33,7 @@ from . import Context, json_option, main, output, pass_ctx
 mode_options = [
     click.option("--copy", "copy_mode", is_flag=True, help="Copy files into the vault (default)."),
     click.option("--move", "move_mode", is_flag=True, help="Copy, then delete each source once its row is committed."),
-    click.option("--link", "link_mode", is_flag=True, help="Hard-link instead of copying (same filesystem; else copy)."),
+    click.option("--link", "link_mode", is_flag=True, help="Hard-link instead of copying (same filesystem; else copy): the rig must never rewrite its files in place."),
 ]
 
 
