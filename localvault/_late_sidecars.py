@@ -42,6 +42,8 @@ def fill_from_sidecar(vault: Vault, path: str, asset_id: str, prompt: str | None
         filled = row_values(info, prompt, model)
         if expected is None:
             expected = row_values(GenerationInfo(), prompt, model)
+        if filled == expected:  # (read again, unchanged)
+            return filled
         with vault.db.write() as conn:
             changed = conn.execute(_FILL, (*filled, asset_id, vault.user_id, *expected)).rowcount
     except (LocalVaultError, OSError) as exc:
@@ -53,4 +55,11 @@ def fill_from_sidecar(vault: Vault, path: str, asset_id: str, prompt: str | None
     return filled
 
 
-__all__ = ["fill_from_sidecar"]
+def row_values_now(vault: Vault, asset_id: str) -> RowValues | None:
+    """What the row of ``asset_id`` holds now (None: deleted): the values its import read from a sidecar."""
+    row = vault.db.conn.execute("SELECT generation_seed, original_prompt, model_used, generation_settings"
+                                " FROM workspace_assets WHERE id = ? AND user_id = ?", (asset_id, vault.user_id)).fetchone()
+    return None if row is None else (row[0], row[1], row[2], row[3])
+
+
+__all__ = ["fill_from_sidecar", "row_values_now"]

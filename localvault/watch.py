@@ -44,7 +44,7 @@ from watchdog.observers import Observer
 
 from . import media, models
 from ._import_pipeline import to_the_end
-from ._late_sidecars import fill_from_sidecar
+from ._late_sidecars import fill_from_sidecar, row_values_now
 from ._watch_handler import EventHandler, watch_overflows
 from ._watch_intake import Intake
 from ._watch_sidecars import SIDECAR_WAIT_SECONDS
@@ -112,6 +112,7 @@ class Watcher:
                               sidecar_wait_seconds=sidecar_wait_seconds)
         self._handled = HandledFiles()
         self._late_filled: dict[str, tuple[int, str, str, str]] = {}  # asset id -> the values a sidecar filled in
+        self._sidecar_read: dict[str, None] = {}  # ids of assets whose import read their sidecar (newest last)
         self._stop = threading.Event()
         self._started = threading.Event()
         # Set as the thread's very last step. Waited on instead of Thread.join(): a Ctrl-C inside join() on
@@ -244,6 +245,10 @@ class Watcher:
         """Sidecars that came after their file was taken with placeholders: read into its row."""
         for path, asset_id in self._intake.sidecars.late_sidecars():
             before = self._late_filled.pop(asset_id, None)
+            if before is None and asset_id in self._sidecar_read:  # read at its import, perhaps half-written
+                before = row_values_now(vault, asset_id)
+                if before is None:
+                    continue
             written = fill_from_sidecar(vault, path, asset_id, importer.prompt, importer.model, before)
             if written is not None:
                 self._late_filled[asset_id] = written  # (a second reading, at its close, may still improve it)
@@ -356,8 +361,14 @@ class Watcher:
         self.report.merge(result)
         now = time.time()
         for item in result.imported:
-            if item.metadata_source == "none":  # its sidecar may still come
+            # Its sidecar may still come, or, read already, still be written: read again now (it may have been
+            # closed while the file was imported) and at its close.
+            if item.metadata_source in ("none", "sidecar"):
                 self._intake.sidecars.taken_without_metadata(item.source, item.asset_id)
+            if item.metadata_source == "sidecar":
+                self._sidecar_read[item.asset_id] = None
+                while len(self._sidecar_read) > LATE_FILLS_KEPT:
+                    del self._sidecar_read[next(iter(self._sidecar_read))]
             self._emit(WatchEvent("imported", item.source, now, asset_id=item.asset_id, job_id=item.job_id))
         for path in result.duplicates:
             self._emit(WatchEvent("duplicate", path, now))

@@ -1075,3 +1075,24 @@ def test_a_sidecar_read_while_still_written_is_read_again_at_its_close(vault: Va
         assert wait_for(lambda: seen.names("sidecar_read") == ["00000-3.png"] * 2)
     (asset,) = vault.workspace.list().items
     assert (asset.original_prompt, asset.generation_seed, asset.model_used) == ("a red fox in the snow", 424242, "sdxl")
+
+
+def test_a_sidecar_its_files_import_read_half_written_is_read_again_at_its_close(vault: Vault, out: Path,
+                                                                                 tmp_path: Path) -> None:
+    """The rig has written the sidecar's first line, not yet its settings, when its image is taken: the import
+    reads the half (the prompt, seed and model placeholders); its close brings the rest into the row."""
+    seen = Recorder()
+    with Watcher(vault, out, on_event=seen):
+        with open(out / "00001-7.txt", "w") as sidecar:
+            sidecar.write("a red fox in the snow\n")
+            sidecar.flush()
+            write_by_rename(out, "00001-7.png", png_bytes(tmp_path, 7))
+            assert wait_for(lambda: seen.names("imported") == ["00001-7.png"])
+            (asset,) = vault.workspace.list().items
+            assert (asset.original_prompt, asset.generation_seed, asset.model_used) == (
+                "a red fox in the snow", 0, "unknown")
+            time.sleep(0.3)
+            sidecar.write("Steps: 20, Sampler: Euler a, Seed: 424242, Model: sdxl")
+        assert wait_for(lambda: seen.names("sidecar_read") == ["00001-7.png"])
+    (asset,) = vault.workspace.list().items
+    assert (asset.original_prompt, asset.generation_seed, asset.model_used) == ("a red fox in the snow", 424242, "sdxl")
