@@ -368,6 +368,7 @@ def test_an_import_stopped_by_sigterm_cleans_up_like_ctrl_c(tmp_path: Path) -> N
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and b"interrupted" in err
+    assert b"run the same import again for the rest" in err  # what the stop kept, and what to do
     with Vault.open(vault_path) as vault:
         assert temp_files(vault) == []
         result = vault.verify()

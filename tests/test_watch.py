@@ -468,6 +468,28 @@ def test_cli_watch_stops_cleanly_with_a_summary(tmp_path: Path, out: Path, stop:
     assert temp_files(root) == []
 
 
+def test_cli_watch_again_sums_up_the_files_it_took_before(tmp_path: Path, out: Path) -> None:
+    """Watching a --copy folder again finds every file in the vault already: one line says how many, not a line
+    each (thousands, on a rig's output folder); a duplicate written while it watches still gets its line."""
+    root = tmp_path / "vault"
+    with Vault.create(root, user_id=USER) as vault:
+        for n in range(3):
+            make_png(out / f"before-{n}.png", color=n)
+        vault.workspace.import_folder(out)
+    with cli_watch(root, out) as proc:
+        time.sleep(2)  # the catch-up
+        shutil.copy(out / "before-0.png", tmp_path / "again.png")
+        os.rename(tmp_path / "again.png", out / "again.png")
+        time.sleep(2)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert "already in the vault: 3 files of the folder" in stdout
+    assert [line for line in stdout.splitlines() if line.startswith("already in the vault: /")] == [
+        f"already in the vault: {out / 'again.png'}"]
+    assert "watch: 0 imported, 4 skipped as duplicates, 0 refused" in stdout
+
+
 def test_cli_watch_json_prints_one_event_per_line_then_the_summary(tmp_path: Path, out: Path) -> None:
     root = tmp_path / "vault"
     Vault.create(root, user_id=USER).close()

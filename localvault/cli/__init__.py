@@ -43,8 +43,8 @@ class VaultGroup(click.Group):
                 self._fail(ctx, str(exc), exc.exit_code, type(exc).__name__)
             except OSError as exc:  # a file the user named could not be read or written
                 self._fail(ctx, f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 8, "OSError")
-            except KeyboardInterrupt:
-                self._fail(ctx, "interrupted", 130, "Interrupted")
+            except KeyboardInterrupt as exc:
+                self._fail(ctx, str(exc) or "interrupted", 130, "Interrupted")
             except (click.exceptions.Exit, click.exceptions.Abort):
                 raise
             except click.ClickException as exc:  # click prints it (usage and all) on stderr

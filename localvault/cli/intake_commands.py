@@ -108,9 +108,13 @@ def import_(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str 
     """Import a rig's output folder into the workspace (files already in the vault are skipped)."""
     vault = ctx.vault()
     # A service manager's stop (or `timeout`) ends it like Ctrl-C: the files under way are cleaned up.
-    with _import_bar(not as_json and not no_progress) as progress, _sigterm_as_ctrl_c():
-        result = vault.workspace.import_folder(folder, recursive=recursive, mode=mode, model=model, prompt=prompt,
-                                               progress=progress, workers=workers)
+    try:
+        with _import_bar(not as_json and not no_progress) as progress, _sigterm_as_ctrl_c():
+            result = vault.workspace.import_folder(folder, recursive=recursive, mode=mode, model=model,
+                                                   prompt=prompt, progress=progress, workers=workers)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("interrupted: the files committed before the stop are in the vault; run the same "
+                                "import again for the rest (files already in are skipped)") from None
     if as_json:
         output.print_json({"imported": result.imported, "duplicates": result.duplicates, "refused": result.refused,
                            "ignored": result.ignored, "bytes_imported": result.bytes_imported,
@@ -154,9 +158,11 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str | 
     """Import files as a rig writes them, until Ctrl-C; then print a summary."""
     from ..watch import Watcher, WatchEvent, WatchReport
 
+    caught_up = threading.Event()
+
     def on_event(event: WatchEvent) -> None:
-        if quiet:
-            return
+        if quiet or (event.kind == "duplicate" and not caught_up.is_set() and not as_json):
+            return  # (the catch-up's duplicates: a folder watched again holds thousands; counted once below)
         if as_json:
             output.print_json({"event": event.kind, "path": event.path, "at": output.iso_time(event.at),
                                     "asset_id": event.asset_id, "job_id": event.job_id, "message": event.message}, line=True)
@@ -189,6 +195,10 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str | 
     with _sigterm_as_ctrl_c():  # a service manager's stop ends it like Ctrl-C
         try:
             watcher.start()
+            caught_up.set()
+            if (known := watcher.report.duplicates_total) and not quiet and not as_json:
+                output.console.print(f"already in the vault: {known:,} file{'s' if known != 1 else ''} of the folder",
+                                     highlight=False)
             output.err_console.print(f"watching {watcher.folder} (Ctrl-C to stop)", highlight=False)
             if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started with "&" by a shell that is not interactive
                 output.warning("Ctrl-C (SIGINT) is ignored in this process (started in the background?): "
