@@ -21,7 +21,9 @@ import stat as _stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
+from .db import DB_NAME
 from .models import GenerationInfo
 
 JOB_WINDOW_SECONDS = 60.0
@@ -85,12 +87,22 @@ def _candidate(text: str, root: Path, sidecars: frozenset[str] | None = None) ->
     return Candidate(text, st.st_size, st.st_mtime, sidecars), None
 
 
-def scan(folder: Path, recursive: bool = False) -> tuple[list[Candidate], dict[str, str], int]:
-    """Candidates of ``folder`` sorted by (mtime, path), refused paths with reasons, and the ignored count."""
+class Scan(NamedTuple):
+    """What a folder holds for an import."""
+
+    candidates: list[Candidate]  # sorted by (mtime, path)
+    refused: dict[str, str]  # path -> reason
+    ignored: int
+    #: Sub-folders not looked in (not recursive; or recursive, a vault's own folder kept among the rig's).
+    folders_not_entered: int
+
+
+def scan(folder: Path, recursive: bool = False) -> Scan:
+    """The files of ``folder`` (``recursive``: and of its sub-folders, but a vault's) to import, refuse, ignore."""
     root = folder.resolve()
     found: list[Candidate] = []
     refused: dict[str, str] = {}
-    ignored = 0
+    ignored = not_entered = 0
     stack = [str(folder)]
     while stack:
         current = stack.pop()
@@ -105,8 +117,11 @@ def scan(folder: Path, recursive: bool = False) -> tuple[list[Candidate], dict[s
                 ignored += 1
                 continue
             if entry.is_dir(follow_symlinks=False):
-                if recursive:
+                # A vault kept in the rig's folder holds the vault's files, not new generations.
+                if recursive and not os.path.exists(os.path.join(entry.path, DB_NAME)):
                     stack.append(entry.path)
+                else:
+                    not_entered += 1
                 continue
             if not is_candidate_name(entry.name):
                 ignored += 1
@@ -119,7 +134,7 @@ def scan(folder: Path, recursive: bool = False) -> tuple[list[Candidate], dict[s
             else:
                 ignored += 1
     found.sort(key=lambda c: (c.mtime, c.path))
-    return found, refused, ignored
+    return Scan(found, refused, ignored, not_entered)
 
 
 class JobGrouper:

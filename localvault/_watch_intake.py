@@ -30,9 +30,12 @@ class Intake:
     thread-safe."""
 
     def __init__(self, watched: Path, recursive: bool, *, stable_seconds: float, quiet_seconds: float,
-                 give_up_seconds: float, open_seconds: float, sidecar_wait_seconds: float) -> None:
+                 give_up_seconds: float, open_seconds: float, sidecar_wait_seconds: float,
+                 vault_root: str | None = None) -> None:
         self.watched = watched
         self.recursive = recursive
+        # The vault's own folder (its real path), should it be kept in the one watched: not the rig's files.
+        self.vault_inside = None if vault_root is None else vault_root.rstrip(os.sep) + os.sep
         #: Whether the observer tells of closes (inotify): then a file written to and not closed is still open.
         self.hears_closes = False
         self._queue: queue.Queue[str] = queue.Queue()  # ready now (a sidecar came for a file held)
@@ -64,7 +67,7 @@ class Intake:
         folder = os.path.dirname(path)
         if folder == str(self.watched):
             return True
-        if not self.recursive:
+        if not self.recursive or (self.vault_inside is not None and path.startswith(self.vault_inside)):
             return False
         relative = os.path.relpath(folder, self.watched)
         return not relative.startswith("..") and not any(is_ignored_name(part) for part in Path(relative).parts)

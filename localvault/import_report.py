@@ -32,6 +32,8 @@ class ImportReport:
     #: Refused files whose refusal may pass (they could not be written into the vault, or their batch could not
     #: be committed: disk full or read-only, database busy); the watcher tries them again.
     retryable: list[str] = field(default_factory=list)
+    #: Sub-folders the import did not look in: it was not recursive (or they hold a vault).
+    folders_not_entered: int = 0
 
     def summary(self) -> str:
         """One line: ``12 imported, 3 skipped as duplicates, 1 refused``."""
@@ -46,6 +48,7 @@ class ImportReport:
             self.refused.pop(path, None)  # refused before (a retry, or a file taken before it was whole), now taken
         self.retryable = list(dict.fromkeys([*(p for p in self.retryable if p in self.refused), *other.retryable]))
         self.ignored += other.ignored
+        self.folders_not_entered += other.folders_not_entered
         self.bytes_imported += other.bytes_imported
         self.seconds += other.seconds
 

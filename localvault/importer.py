@@ -359,11 +359,12 @@ def import_folder(db: Database, files: FileStore, user_id: str, path: str | os.P
     folder, recursive = models.check_path(path, "the folder to import"), models.check_flag(recursive, "recursive")
     if not folder.is_dir():
         raise InvalidInputError(f"{folder} is not a folder; give the rig's output folder")
-    candidates, refused, ignored = scan(folder, recursive)
+    found = scan(folder, recursive)
     with Importer(db, files, user_id, mode=mode, model=model, prompt=prompt, workers=workers) as importer:
-        result = importer.import_candidates(candidates, total=len(candidates), progress=progress)
-    result.refused.update(refused)
-    result.ignored += ignored
+        result = importer.import_candidates(found.candidates, total=len(found.candidates), progress=progress)
+    result.refused.update(found.refused)
+    result.ignored += found.ignored
+    result.folders_not_entered += found.folders_not_entered
     return result
 
 

@@ -109,7 +109,7 @@ class Watcher:
         self._watched = Path(os.path.realpath(self.folder))
         self._intake = Intake(self._watched, recursive, stable_seconds=stable_seconds, quiet_seconds=quiet_seconds,
                               give_up_seconds=GIVE_UP_SECONDS, open_seconds=OPEN_SECONDS,
-                              sidecar_wait_seconds=sidecar_wait_seconds)
+                              sidecar_wait_seconds=sidecar_wait_seconds, vault_root=os.path.realpath(vault.root))
         self._handled = HandledFiles()
         self._late_filled: dict[str, tuple[int, str, str, str]] = {}  # asset id -> the values a sidecar filled in
         self._sidecar_read: dict[str, None] = {}  # ids of assets whose import read their sidecar (newest last)
@@ -283,8 +283,9 @@ class Watcher:
 
     def _catch_up(self, importer: Importer) -> None:
         """Import what is in the folder (what is not whole yet is waited for, as new files are)."""
-        candidates, refused, _ignored = scan(self._watched, self.recursive)
-        self.report.merge(ImportReport(refused=dict(refused)))  # (a link leading outside, a folder not listable)
+        candidates, refused, _ignored, not_entered = scan(self._watched, self.recursive)
+        # (a link leading outside, a folder not listable)
+        self.report.merge(ImportReport(refused=dict(refused), folders_not_entered=not_entered))
         for path, reason in refused.items():
             log.warning("refused %s: %s", path, reason)
             self._emit(WatchEvent("refused", path, time.time(), message=reason))

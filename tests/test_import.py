@@ -246,6 +246,28 @@ def test_recursive(vault: Vault, tmp_path: Path) -> None:
     assert len(vault.workspace.import_folder(out).imported) == 1
     deep = vault.workspace.import_folder(out, recursive=True)
     assert [Path(i.source).name for i in deep.imported] == ["a.png"] and len(deep.duplicates) == 1
+    assert deep.folders_not_entered == 0
+
+
+def test_an_import_says_which_sub_folders_it_did_not_look_in(tmp_path: Path) -> None:
+    """A1111 writes into a folder per day: an import of its output folder without -r found nothing and said
+    nothing. And a vault kept inside the rig's folder is not the rig's: -r does not walk into it."""
+    out = tmp_path / "out"
+    for day in ("2026-11-27", "2026-11-28"):
+        (out / day).mkdir(parents=True)
+        make_png(out / day / "00001.png", color=len(day) + int(day[-1]))
+    runner = CliRunner()
+    base = ["--vault", str(out / "vault")]  # the vault in the rig's folder
+    assert runner.invoke(main, [*base, "init", "--user", USER]).exit_code == 0
+    flat = runner.invoke(main, [*base, "import", str(out)])
+    assert flat.exit_code == 0 and "0 imported" in flat.output
+    assert "3 sub-folders not looked in: add --recursive (-r)" in flat.stderr
+    deep = runner.invoke(main, [*base, "import", "-r", str(out), "--json"])
+    report = json.loads(deep.stdout)
+    assert (len(report["imported"]), report["duplicates"], report["folders_not_entered"]) == (2, [], 1)
+    again = json.loads(runner.invoke(main, [*base, "import", "-r", str(out), "--json"]).stdout)
+    assert (again["imported"], len(again["duplicates"]), again["refused"]) == ([], 2, {})  # not the vault's copies
+    assert "not looked in" not in runner.invoke(main, [*base, "import", "-r", str(out)]).stderr
 
 
 def test_move_deletes_sources_only_after_commit(vault: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -355,7 +377,7 @@ def test_a_batch_with_a1111_text_sidecars_is_one_job(vault: Vault, tmp_path: Pat
 def test_sizes_reported_are_those_of_the_bytes_imported(vault: Vault, tmp_path: Path) -> None:
     """A rig rewriting a file between the scan and its reading: the report gives what was stored, not what was listed."""
     rig_folder(tmp_path / "out")
-    candidates, _refused, _ignored = scan(tmp_path / "out")
+    candidates = scan(tmp_path / "out").candidates
     grown = make_png(tmp_path / "out" / "00000.png", size=(200, 200), text_chunks=a1111("a red fox", 100), color=50)
     with Importer(vault.db, vault.files, USER) as running:
         result = running.import_candidates(candidates, total=len(candidates))
@@ -405,7 +427,7 @@ def test_interrupted_import_leaves_no_temporary_files(vault: Vault, tmp_path: Pa
         return real(self, entries, **kw)
 
     monkeypatch.setattr(Workspace, "add_batch", interrupted)
-    candidates, _refused, _ignored = scan(tmp_path / "out")
+    candidates = scan(tmp_path / "out").candidates
     with Importer(vault.db, vault.files, vault.user_id, batch_size=2) as importer, pytest.raises(KeyboardInterrupt):
         importer.import_candidates(candidates, total=len(candidates))
     assert vault.workspace.count() == 2

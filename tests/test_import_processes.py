@@ -108,7 +108,7 @@ def setup_for(vault: Vault) -> WorkerSetup:
 
 def test_a_dead_worker_fails_its_chunk_only_and_is_replaced(tmp_path: Path) -> None:
     rig_folder(tmp_path / "out")
-    candidates, _refused, _ignored = scan(tmp_path / "out")
+    candidates = scan(tmp_path / "out").candidates
     with Vault.create(tmp_path / "v", user_id=USER) as vault, ExaminerProcesses(1, setup_for(vault)) as workers:
         first = workers.submit(candidates[:2]).result()
         assert all(e.staged is not None for e in first)  # type: ignore[union-attr]
@@ -131,7 +131,7 @@ def test_a_workers_reply_carries_the_settings_once(tmp_path: Path, monkeypatch: 
     graph["1"] = {"class_type": "KSampler", "inputs": {"seed": 5, "positive": ["2", 0], "negative": ["2", 0]}}
     graph["2"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a moth"}}
     make_png(out / "comfy.png", text_chunks={"prompt": json.dumps(graph)})
-    candidates, _refused, _ignored = scan(out)
+    candidates = scan(out).candidates
     with Vault.create(tmp_path / "v", user_id=USER) as vault:
         with ExaminerProcesses(1, setup_for(vault)) as workers:
             (examined,) = workers.submit(candidates).result()
@@ -173,7 +173,7 @@ def test_workers_ignore_ctrl_c_and_exit_with_their_import(tmp_path: Path) -> Non
     (tmp_path / "out").mkdir()
     make_png(tmp_path / "out" / "a.png", text_chunks=a1111("a fox", 1))
     make_png(tmp_path / "out" / "b.png", text_chunks=a1111("a fox", 2), color=2)
-    candidates, _refused, _ignored = scan(tmp_path / "out")
+    candidates = scan(tmp_path / "out").candidates
     with Vault.create(tmp_path / "v", user_id=USER) as vault:
         workers = ExaminerProcesses(1, setup_for(vault))
         (proc,) = [w.proc for w in workers._workers]
@@ -208,7 +208,7 @@ def slow_to_hash(path: Path, size: int = 512 * 1024 * 1024) -> Path:
 def test_a_worker_killed_mid_chunk_leaves_no_staged_file(tmp_path: Path) -> None:
     rig_folder(tmp_path / "out")
     big = slow_to_hash(tmp_path / "out" / "held.png")  # the worker is still hashing it when killed
-    candidates, _refused, _ignored = scan(tmp_path / "out")
+    candidates = scan(tmp_path / "out").candidates
     candidates = [c for c in candidates if c.path != str(big)]
     chunk = [*candidates[:3], Candidate(str(big), big.stat().st_size, 0.0), *candidates[3:5]]
     with Vault.create(tmp_path / "v", user_id=USER) as vault, ExaminerProcesses(1, setup_for(vault)) as workers:
@@ -230,7 +230,7 @@ def test_a_worker_that_cannot_be_replaced_fails_fast(tmp_path: Path, monkeypatch
     from localvault import _examiners
 
     rig_folder(tmp_path / "out")
-    candidates, _refused, _ignored = scan(tmp_path / "out")
+    candidates = scan(tmp_path / "out").candidates
     with Vault.create(tmp_path / "v", user_id=USER) as vault, ExaminerProcesses(1, setup_for(vault)) as workers:
         for examined in workers.submit(candidates[:1]).result(timeout=30):
             vault.files.discard(examined.staged)  # type: ignore[union-attr,arg-type]
@@ -259,7 +259,7 @@ def test_ctrl_c_while_the_first_chunks_are_sent_leaves_nothing(tmp_path: Path,
         pools.append(self)
 
     monkeypatch.setattr(ExaminerProcesses, "__init__", recording)
-    candidates, _refused, _ignored = scan(tmp_path / "out")
+    candidates = scan(tmp_path / "out").candidates
 
     def interrupted():  # type: ignore[no-untyped-def]
         yield from candidates[:4]
@@ -289,7 +289,7 @@ def test_a_second_ctrl_c_during_the_cleanup_leaves_nothing(tmp_path: Path, monke
         return results  # type: ignore[return-value]
 
     monkeypatch.setattr(ExaminerProcesses, "_run", run_then_ctrl_c)
-    candidates, _refused, _ignored = scan(tmp_path / "out")
+    candidates = scan(tmp_path / "out").candidates
 
     def interrupted():  # type: ignore[no-untyped-def]
         yield from candidates[:4]

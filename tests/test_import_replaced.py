@@ -50,7 +50,7 @@ def examined_and_staged(vault: Vault, candidate: Candidate, mode: str) -> tuple[
 
 def test_a_file_replaced_after_it_was_read_is_not_linked_in(tmp_path: Path) -> None:
     source = rig_file(tmp_path / "out")
-    (candidate,), _refused, _ignored = scan(tmp_path / "out")
+    (candidate,) = scan(tmp_path / "out").candidates
     with Vault.create(tmp_path / "v", user_id=USER) as vault:
         examined = examine(candidate, set(), in_memory_bytes=1 << 20)
         replace(source, color=2)
@@ -66,7 +66,7 @@ def test_move_commits_the_bytes_it_read_and_keeps_a_source_changed_meanwhile(tmp
     vault's bytes (a shared inode would), and the changed source, never imported, is kept."""
     source = rig_file(tmp_path / "out")
     original = source.read_bytes()
-    (candidate,), _refused, _ignored = scan(tmp_path / "out")
+    (candidate,) = scan(tmp_path / "out").candidates
     with Vault.create(tmp_path / "v", user_id=USER) as vault:
         examined, staging = examined_and_staged(vault, candidate, "move")
         newer = make_png(tmp_path / "newer.png", text_chunks=a1111("v2", 2), color=2).read_bytes()
@@ -89,7 +89,7 @@ def test_move_commits_the_bytes_it_read_and_keeps_a_source_changed_meanwhile(tmp
 
 def test_move_keeps_a_file_that_took_the_sources_place_after_the_commit_began(tmp_path: Path) -> None:
     source = rig_file(tmp_path / "out")
-    (candidate,), _refused, _ignored = scan(tmp_path / "out")
+    (candidate,) = scan(tmp_path / "out").candidates
     with Vault.create(tmp_path / "v", user_id=USER) as vault:
         examined, staging = examined_and_staged(vault, candidate, "move")
         replace(source, color=2)  # after the vault's link was made, before the source is deleted
@@ -113,7 +113,7 @@ def test_a_streamed_file_rewritten_between_its_reading_and_its_copy_is_refused(t
     """A file too big to hold in memory is read twice (examined, then copied): the copy's hash must match the
     examined one, or its row would carry the metadata and hash of bytes it does not hold."""
     source = rig_file(tmp_path / "out")
-    (candidate,), _refused, _ignored = scan(tmp_path / "out")
+    (candidate,) = scan(tmp_path / "out").candidates
     with Vault.create(tmp_path / "v", user_id=USER) as vault:
         examined = examine(candidate, set(), in_memory_bytes=0)  # streamed, as a file over IN_MEMORY_BYTES is
         assert examined.data is None
@@ -128,7 +128,7 @@ def test_a_streamed_file_rewritten_between_its_reading_and_its_copy_is_refused(t
 def test_a_streamed_source_unreadable_at_its_copy_is_refused_as_its_own_fault(tmp_path: Path) -> None:
     """Not as the vault's (a StagingError, which the watcher retries every 5 s without end)."""
     source = rig_file(tmp_path / "out")
-    (candidate,), _refused, _ignored = scan(tmp_path / "out")
+    (candidate,) = scan(tmp_path / "out").candidates
     with Vault.create(tmp_path / "v", user_id=USER) as vault, without_dac_override():
         examined = examine(candidate, set(), in_memory_bytes=0)
         os.chmod(source, 0)
@@ -143,7 +143,7 @@ def test_a_file_rewritten_in_place_after_it_was_linked_is_refused(tmp_path: Path
     """A rig saving over an existing name keeps the inode: the vault's link would hold bytes other than the hashed
     ones. Bytes of the same length too: only the modification time tells them apart."""
     source = rig_file(tmp_path / "out")
-    (candidate,), _refused, _ignored = scan(tmp_path / "out")
+    (candidate,) = scan(tmp_path / "out").candidates
     with Vault.create(tmp_path / "v", user_id=USER) as vault:
         examined, staging = examined_and_staged(vault, candidate, "link")
         if same_size:
@@ -288,7 +288,7 @@ def test_a_streamed_file_replaced_while_it_is_examined_is_read_as_one_version(
 
     source = rig_file(tmp_path / "out")
     first = source.read_bytes()
-    (candidate,), _refused, _ignored = scan(tmp_path / "out")
+    (candidate,) = scan(tmp_path / "out").candidates
     name, module = (("read", localvault.metadata) if moment == "after its metadata"
                     else ("check_open", localvault.media))
     real = getattr(module, name)

@@ -1118,3 +1118,20 @@ def test_a_sidecar_its_files_import_read_half_written_is_read_again_at_its_close
         assert wait_for(lambda: seen.names("sidecar_read") == ["00001-7.png"])
     (asset,) = vault.workspace.list().items
     assert (asset.original_prompt, asset.generation_seed, asset.model_used) == ("a red fox in the snow", 424242, "sdxl")
+
+
+def test_a_recursive_watch_of_a_folder_holding_the_vault_leaves_the_vaults_files_alone(tmp_path: Path) -> None:
+    """The vault kept in the rig's output folder: each file the watcher stored came back as a duplicate event
+    of the vault's own copy, and the catch-up walked the vault's buckets."""
+    out = tmp_path / "out"
+    out.mkdir()
+    make_png(out / "before.png", color=1)
+    seen = Recorder()
+    with Vault.create(out / "vault", user_id=USER) as vault:
+        with Watcher(vault, out, recursive=True, on_event=seen, poll_seconds=0.05) as watcher:
+            for n in range(2, 5):
+                write_by_rename(out, f"{n}.png", png_bytes(tmp_path, n))
+            assert wait_for(lambda: len(seen.names("imported")) == 4)
+            time.sleep(1.5)  # the vault's files, written meanwhile, would have been taken by now
+        assert [e.kind for e in seen.events] == ["imported"] * 4
+        assert watcher.report.folders_not_entered == 1 and vault.workspace.count() == 4

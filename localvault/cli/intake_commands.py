@@ -81,6 +81,13 @@ def _import_bar(enabled: bool) -> Iterator[ProgressCallback | None]:
         yield on_event
 
 
+def _folders_hint(result: ImportReport, recursive: bool, what: str) -> None:
+    """Sub-folders a command that is not recursive did not look in: A1111 writes into a folder per day."""
+    if (count := result.folders_not_entered) and not recursive:
+        output.warning(f"{count} sub-folder{'s' if count != 1 else ''} not {what}: add --recursive (-r) to take "
+                       "their files too")
+
+
 def _print_summary(result: ImportReport, verb: str = "import") -> None:
     rate = f" in {result.seconds:.1f} s" if result.seconds and verb == "import" else ""
     output.console.print(f"{verb}: {result.summary()}{rate}", highlight=False)
@@ -117,10 +124,11 @@ def import_(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str 
                                 "import again for the rest (files already in are skipped)") from None
     if as_json:
         output.print_json({"imported": result.imported, "duplicates": result.duplicates, "refused": result.refused,
-                           "ignored": result.ignored, "bytes_imported": result.bytes_imported,
-                           "seconds": round(result.seconds, 3)})
+                           "ignored": result.ignored, "folders_not_entered": result.folders_not_entered,
+                           "bytes_imported": result.bytes_imported, "seconds": round(result.seconds, 3)})
     else:
         _print_summary(result)
+        _folders_hint(result, recursive, "looked in")
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
@@ -196,6 +204,8 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str | 
         try:
             watcher.start()
             caught_up.set()
+            if not as_json:
+                _folders_hint(watcher.report, recursive, "watched")
             if (known := watcher.report.duplicates_total) and not quiet and not as_json:
                 output.console.print(f"already in the vault: {known:,} file{'s' if known != 1 else ''} of the folder",
                                      highlight=False)
