@@ -77,6 +77,8 @@ def _candidate(text: str, root: Path, sidecars: frozenset[str] | None = None) ->
             target = Path(os.path.realpath(text))
             if not target.is_relative_to(root):
                 return None, f"symbolic link leads outside the folder (to {target}); not followed"
+            if not os.path.exists(text):
+                return None, f"symbolic link to {target}, which is not there (a disk not mounted?)"
             st = os.stat(text)
     except FileNotFoundError:
         return None, None

@@ -233,9 +233,12 @@ def test_symlink_leading_outside_is_refused(vault: Vault, tmp_path: Path) -> Non
     make_png(out / "inside.png", color=4)
     (out / "escape.png").symlink_to(outside)
     (out / "alias.png").symlink_to(out / "inside.png")
+    (out / "dangling.png").symlink_to(out / "unmounted" / "00001.png")  # said, not only counted as ignored
     result = vault.workspace.import_folder(out)
     assert "leads outside the folder" in result.refused[str(out / "escape.png")]
+    assert "which is not there (a disk not mounted?)" in result.refused[str(out / "dangling.png")]
     assert len(result.imported) == 1 and len(result.duplicates) == 1  # the inside link is the same bytes
+    assert result.ignored == 0
 
 
 def test_recursive(vault: Vault, tmp_path: Path) -> None:
