@@ -11,7 +11,8 @@ prints both rates and their ratio.
 It then times, for user A, ``vault.library.list`` pages of 50: newest first at
 page 1 and at a deep page (keyset cursor), a tag filter at page 1 and deep,
 and a full-text search for a rare word and for a word in most prompts. Search
-results are ordered by recency (local_seq descending), not by rank.
+results are ordered by recency (local_seq descending), not by rank. Last, the
+worst case of a search for a Japanese/Chinese word (a substring scan).
 
 Run ``python bench/bench_library.py`` (full size) or ``--rows 20000`` to try.
 """
@@ -256,7 +257,7 @@ def _cursor_at(vault: Vault, sql: str, params: tuple[Any, ...]) -> str:
     row = vault.db.conn.execute(sql, params).fetchone()
     if row is None:
         raise SystemExit("not enough rows for the deep page; use a larger --rows")
-    return encode_cursor(row[0], row[1])
+    return encode_cursor("library", row[0], row[1])
 
 
 def queries(vault: Vault, data: Dataset, runs: int, explain: bool) -> None:
@@ -314,6 +315,13 @@ def queries(vault: Vault, data: Dataset, runs: int, explain: bool) -> None:
         print(f"    {summary(samples)}  target p99 <= {target:g} ms {verdict(p99, target)}")
         if explain:
             _explain(vault, call)
+    # A word of a script written without spaces is a substring scan (localvault/_search.py), not the index: its
+    # worst case, a word in no prompt, reads every row of A. No target: reported so its cost is known.
+    unspaced = "狐"
+    assert library.list(search=unspaced).items == []
+    samples = time_runs(lambda: library.list(search=unspaced), 3, warmup=1)
+    print(f"  search a word of a script written without spaces ({unspaced!r}, in no prompt: every row of A read)")
+    print(f"    {summary(samples)}  (no target; a substring scan of the user's rows, newest first)")
 
 
 def main(argv: list[str] | None = None) -> int:

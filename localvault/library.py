@@ -12,6 +12,7 @@ from typing import Any
 
 from . import _write_intents as write_intents
 from . import models, pending, rows
+from ._search import SUBSTRING_FILTER, SearchQuery, search_query
 from .collections import resolve as resolve_collection
 from .db import Database, format_time
 from .errors import DuplicateError, InvalidInputError, NotFoundError
@@ -27,15 +28,6 @@ class _Unset:
 
 #: Marks an argument of :meth:`Library.update` that should not change.
 UNSET: Any = _Unset()
-
-
-def fts_query(text: str) -> str:
-    """User words as a safe FTS5 query: every word must match (quoted, so no syntax errors)."""
-    text = models.check_search(text)
-    words = [w for w in text.split() if w.strip('"')]
-    if not words:
-        raise InvalidInputError("the search text is empty; give one or more words")
-    return " ".join('"' + w.replace('"', '""') + '"' for w in words)
 
 
 class Library:
@@ -245,7 +237,7 @@ class Library:
             filters.append("EXISTS (SELECT 1 FROM library_tags t2 WHERE t2.library_seq = l.local_seq AND t2.tag = ?)")
             params.append(tag)
         if search is not None:
-            return self._search_page(fts_query(search), filters, params, limit, cursor)
+            return self._search_page(search_query(search), filters, params, limit, cursor)
         if tag_list:
             source = "library_tags t JOIN user_library l ON l.local_seq = t.library_seq"
             filters[0:0] = ["t.user_id = ?", "t.tag = ?"]
@@ -267,21 +259,30 @@ class Library:
         return Page(items=items, next_cursor=rows.encode_cursor("library", format_time(items[-1].created_at), items[-1].id)
                     if more else None)
 
-    def _search_page(self, query: str, filters: builtins.list[str], params: builtins.list[Any], limit: int,
+    def _search_page(self, query: SearchQuery, filters: builtins.list[str], params: builtins.list[Any], limit: int,
                      cursor: str | None) -> Page[LibraryAsset]:
+        filters = [*filters, *(SUBSTRING_FILTER for _ in query.substrings)]
+        params = [*params, *(p for word in query.substrings for p in (word, word, word))]
+        if query.match is not None:
+            source, seq = "library_fts f JOIN user_library l ON l.local_seq = f.rowid", "f.rowid"
+            filters.insert(0, "library_fts MATCH ?")
+            params.insert(0, query.match)
+        else:  # substrings only: the rows newest first (by rowid: "+" keeps SQLite off the user_id index, which
+            # would read and sort all the user's rows), until the page is full
+            source, seq = "user_library l", "l.local_seq"
+            filters = ["+l.user_id = ?" if f == "l.user_id = ?" else f for f in filters]
         if cursor:
             (last_seq,) = rows.decode_cursor(cursor, "library search", (int,))
-            filters = [*filters, "f.rowid < ?"]
-            params = [*params, last_seq]
+            filters.append(f"{seq} < ?")  # (on the full-text index's rowid, FTS5 starts its scan there)
+            params.append(last_seq)
         try:
             found = self._db.conn.execute(
-                f"SELECT {_prefixed(rows.LIBRARY_COLUMNS)}, l.local_seq FROM library_fts f"
-                f" JOIN user_library l ON l.local_seq = f.rowid WHERE library_fts MATCH ? AND {' AND '.join(filters)}"
-                " ORDER BY f.rowid DESC LIMIT ?",
-                (query, *params, limit + 1),
+                f"SELECT {_prefixed(rows.LIBRARY_COLUMNS)}, l.local_seq FROM {source} WHERE {' AND '.join(filters)}"
+                f" ORDER BY {seq} DESC LIMIT ?",
+                (*params, limit + 1),
             ).fetchall()
         except sqlite3.OperationalError as exc:
-            raise InvalidInputError(f"cannot search for {query!r}: {exc}") from None
+            raise InvalidInputError(f"cannot search for {query.match!r}: {exc}") from None
         items = [rows.library_asset(r[:-1]) for r in found[:limit]]
         more = len(found) > limit
         return Page(items=items, next_cursor=rows.encode_cursor("library search", found[limit - 1][-1]) if more else None)

@@ -435,6 +435,26 @@ def test_search_survives_fts_syntax(shared_library):
     assert vault.library.list(search="NEAR(") .items == []
 
 
+def test_search_finds_words_of_scripts_written_without_spaces(vault: Vault, make_image):
+    """FTS5 cuts text at spaces, so a Japanese prompt was one word: '日本語' found nothing in '日本語のプロンプト'.
+    Such words are found anywhere in the prompt, title or tags; with other words, all must match."""
+    first = vault.library.add(make_image(seed=1), prompt="日本語のプロンプト, 狐")
+    second = vault.library.add(make_image(seed=2), prompt="a red fox at dusk", title="夕焼けの狐", tags=["風景"])
+    third = vault.library.add(make_image(seed=3), prompt="여우가 숲에 있다")
+
+    def found(text: str, **kwargs: Any) -> list[str]:
+        return ids_of(vault.library.list(search=text, **kwargs).items)
+
+    assert found("日本語") == found("プロンプト") == [first.id]
+    assert found("狐") == [second.id, first.id]  # newest first
+    assert found("fox 夕焼け") == found("風景") == [second.id]
+    assert found("プロンプト red") == [] and found("夕焼け", favorite=True) == []
+    assert found("여우") == [third.id]
+    page = vault.library.list(search="狐", limit=1)
+    assert ids_of(page.items) == [second.id]
+    assert found("狐", limit=1, cursor=page.next_cursor) == [first.id]
+
+
 # --------------------------------------------------------------- update
 
 

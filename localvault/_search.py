@@ -1,0 +1,45 @@
+"""Library search text as SQL: the words FTS5 finds, and those it cannot (scripts written without spaces).
+
+FTS5's ``unicode61`` tokenizer cuts text at spaces and punctuation, so a
+Japanese or Chinese prompt (``日本語のプロンプト``) is one token: a search for
+``日本語`` found nothing. Such words are looked for as substrings of the prompt,
+title and tags instead (a scan of the user's rows, newest first, that stops at
+the page's end); every other word goes through the full-text index.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from . import models
+from .errors import InvalidInputError
+
+#: Scripts written without spaces between words: kana, CJK ideographs, Hangul syllables, Thai, half-width kana.
+_UNSPACED = re.compile("[\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+                       "\uff66-\uff9f\U00020000-\U0002fa1f]")
+
+#: One substring word as SQL, given thrice: in the prompt, the title or the tags (l the library row; its tags'
+#: JSON keeps such characters as they are, and a word of them holds no quote or backslash).
+SUBSTRING_FILTER = "(instr(l.original_prompt, ?) OR instr(coalesce(l.title, ''), ?) OR instr(l.tags, ?))"
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """What a search looks for: every word must match."""
+
+    #: An FTS5 MATCH expression of the words the index finds (each quoted: no syntax errors), or None.
+    match: str | None
+    #: Words of scripts written without spaces: found anywhere in the prompt, title or tags.
+    substrings: tuple[str, ...]
+
+
+def search_query(text: str) -> SearchQuery:
+    """The user's search words, split between the full-text index and substring matches."""
+    text = models.check_search(text)
+    words = [w for w in text.split() if w.strip('"')]
+    if not words:
+        raise InvalidInputError("the search text is empty; give one or more words")
+    indexed = [w for w in words if not _UNSPACED.search(w)]
+    return SearchQuery(match=" ".join('"' + w.replace('"', '""') + '"' for w in indexed) or None,
+                       substrings=tuple(w for w in words if _UNSPACED.search(w)))
