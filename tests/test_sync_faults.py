@@ -619,3 +619,42 @@ def test_a_part_failing_for_a_moment_is_sent_again_by_itself(vault: Vault, remot
         aws_access_key_id=s3_bucket.storage_options["key"],
         aws_secret_access_key=s3_bucket.storage_options["secret"]).list_multipart_uploads(Bucket=s3_bucket.name)
     assert_mirrors(vault, remote, s3_bucket)
+
+
+def test_a_store_that_stops_answering_mid_sync_is_offline_without_trying_every_file(
+        vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stalled link (a captive portal, a stuck Wi-Fi): the store takes connections and answers nothing. Each file
+    queued behind the uploads under way went through every retry of its own, each waiting out its timeouts: a
+    sync of 300 files ran 17 minutes before it said offline. Now the first file to fail for good stops the rest,
+    and retries stop a while after the first failure (RETRY_BUDGET_SECONDS)."""
+    monkeypatch.setattr(retry, "RETRY_BUDGET_SECONDS", 2.0)
+    _fill(vault, tmp_path, 60)
+    stalled = threading.Event()
+    released = threading.Event()
+    tried: set[str] = set()
+
+    def answer(method: str, path: str, body: bytes) -> tuple[int, bytes] | None:
+        if method == "PUT":
+            tried.add(path.split("?")[0])
+            if len(tried) > 5:
+                stalled.set()
+        if stalled.is_set():
+            released.wait(60)  # a connection taken, and no answer
+        return None
+
+    try:
+        with through_proxy(remote, s3_bucket, answer) as proxied:
+            proxied.storage_options["config_kwargs"] = {"read_timeout": 1, "connect_timeout": 1}
+            started = time.monotonic()
+            with pytest.raises(OfflineError, match="uploading"):
+                vault.sync(proxied)
+            elapsed = time.monotonic() - started
+            released.set()
+    finally:
+        released.set()
+    assert len(tried) < 40, f"{len(tried)} of 60 files were tried against a store that had stopped answering"
+    assert elapsed < 30
+    assert _outbox(vault) == 60  # nothing lost: the next sync sends it all
+    report = vault.sync(remote)
+    assert report.rows_written == 60
+    assert_mirrors(vault, remote, s3_bucket)

@@ -36,7 +36,7 @@ from ..errors import OfflineError, SyncError, first_line
 from . import folder_bucket, s3_direct
 from .local_reads import check_sha256, file_digest, reading
 from .retry import retrying
-from .s3_client import tune_s3
+from .s3_client import S3FS_ATTEMPTS, tune_s3
 from .store_errors import SETTINGS_HINT, TRANSIENT_CODES, settings_errors, store_refusal
 
 #: Files up to this size are sent in one PUT from memory; larger ones stream.
@@ -78,6 +78,8 @@ class Bucket:
         self.is_s3 = protocol in ("s3", "s3a")
         self.is_local = protocol in ("file", "local")
         self._big_uploads = threading.BoundedSemaphore(BIG_UPLOADS)
+        if self.is_s3 and hasattr(self.fs, "retries"):
+            self.fs.retries = S3FS_ATTEMPTS  # (its instance is the sync's own: its options hold our session)
         self._direct = s3_direct.direct_put_for(self.fs, self.root.split("/", 1)[0]) if self.is_s3 else None
         #: Temporary files of copies cut short long ago (a sync killed mid-copy), found by a local folder's last
         #: listing: see :meth:`remove_stale_temps`.

@@ -16,7 +16,7 @@ from .bucket import Bucket
 from .local_reads import file_digest
 from .remote import BatchResult, Remote
 from .report import SyncReport
-from .retry import retrying
+from .retry import RetryStopped, retrying
 
 log = logging.getLogger(__name__)
 
@@ -157,13 +157,30 @@ def _send(vault: Vault, bucket: Bucket, known: Objects, batch: outbox.Batch,
         return
 
     vanished: list[str] = []
+    # Set when the sends end early (a file failed for good, the store went offline, Ctrl-C): the files not started
+    # are not sent (each would retry against a store that answers no more), retry waits end.
+    stop = threading.Event()
+
+    failed: list[Exception] = []  # the first failure, which stopped the others
 
     def send(item: tuple[Path, str, str, int, str]) -> int | None:
+        try:
+            return send_one(item)
+        except RetryStopped:
+            raise
+        except Exception as exc:
+            failed.append(exc)
+            stop.set()
+            raise
+
+    def send_one(item: tuple[Path, str, str, int, str]) -> int | None:
         local, key, sha, size, mime = item
         try:
+            if stop.is_set():
+                raise RetryStopped("the sync stopped")
             if not local.exists():
                 raise FileNotFoundError(str(local))
-            retrying(lambda: bucket.upload(local, key, sha, size, mime), f"uploading {local} as {key}")
+            retrying(lambda: bucket.upload(local, key, sha, size, mime), f"uploading {local} as {key}", stop=stop)
         except FileNotFoundError:
             if local.exists():  # the store's "no such bucket", not our file
                 raise SyncError(f"the bucket {bucket.shown_url} could not take {key}: it no longer exists; create it or "
@@ -174,11 +191,20 @@ def _send(vault: Vault, bucket: Bucket, known: Objects, batch: outbox.Batch,
         report(progress, "upload", advance=1, bytes_advance=size, total=files_total, bytes_total=bytes_total)
         return size
 
-    with ThreadPoolExecutor(max_workers=min(UPLOAD_WORKERS, len(todo))) as pool:
+    pool = ThreadPoolExecutor(max_workers=min(UPLOAD_WORKERS, len(todo)), thread_name_prefix="localvault-upload")
+    try:
         for sent in pool.map(send, todo):
             if sent is not None:
                 result.files_uploaded += 1
                 result.bytes_uploaded += sent
+    except RetryStopped:
+        if failed:  # (met first in the files' order: the failure that stopped it is what to report)
+            raise failed[0] from None
+        raise
+    finally:
+        stop.set()
+        # Only the uploads under way are waited for (each ends at its store's answer or timeout), not the queue.
+        pool.shutdown(wait=True, cancel_futures=True)
     if vanished:
         drop_deleted_meanwhile(vault, batch, set(vanished))
 

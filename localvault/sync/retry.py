@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -13,6 +14,10 @@ from ..errors import OfflineError, SyncError, first_line
 from .store_errors import SETTINGS_HINT, network_errors, settings_errors, store_refusal
 
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
+#: No new attempt starts this long after the first failure: a store or server that takes connections and then
+#: answers nothing costs each attempt its read timeout (30 s for S3: two attempts of 15), and is offline after
+#: about a minute and a half, not after six timeouts.
+RETRY_BUDGET_SECONDS = 45.0
 T = TypeVar("T")
 
 #: Connection trouble: retried with backoff, then reported as offline (with the store's own, see network_errors).
@@ -29,10 +34,13 @@ def retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | 
              stop: threading.Event | None = None) -> T:
     """Run ``action``, retrying connection trouble with backoff; OfflineError when it persists.
 
-    ``stop``, once set, ends the waits between attempts with :class:`RetryStopped`.
+    Up to six attempts, none started :data:`RETRY_BUDGET_SECONDS` after the
+    first failure. ``stop``, once set, ends the waits between attempts with
+    :class:`RetryStopped`.
     """
     stop = stop or threading.Event()
-    for delay in (*RETRY_DELAYS, None):
+    deadline: float | None = None
+    for attempt, delay in enumerate((*RETRY_DELAYS, None), start=1):
         try:
             return action()
         except Exception as exc:
@@ -56,8 +64,13 @@ def retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | 
                 # 40001, 40P01 (class 40, transaction rollback): the server answered; it is not offline
                 raise SyncError(f"{what}: other writers kept colliding with this sync ({first_line(exc)}); "
                                 "sync again in a moment") from None
+            now = time.monotonic()
+            deadline = now + RETRY_BUDGET_SECONDS if deadline is None else deadline
+            if delay is not None and now + delay > deadline:
+                delay = None  # (the attempts waited out their timeouts: a link that answers nothing)
             if delay is None:
-                raise OfflineError(f"{what} failed after {len(RETRY_DELAYS) + 1} attempts: {first_line(exc)}") from None
+                raise OfflineError(f"{what} failed after {attempt} attempt{'s' if attempt > 1 else ''}: "
+                                   f"{first_line(exc)}") from None
             if on_retry:
                 on_retry()
             if stop.wait(delay):

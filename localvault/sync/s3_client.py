@@ -11,6 +11,9 @@ UPLOAD_CONNECTIONS = 32
 CONNECT_TIMEOUT = 10
 #: Attempts botocore makes of one request (the engine's own retries come on top: see retry.py).
 BOTOCORE_ATTEMPTS = 2
+#: Attempts s3fs makes of one call (its default is 5, each with botocore's attempts and its 15 s read timeout: a
+#: store that takes connections and answers nothing held each call 2.5 minutes): the engine retries instead.
+S3FS_ATTEMPTS = 1
 
 _SESSIONS: dict[Any, Any] = {}
 _SESSIONS_LOCK = threading.Lock()
