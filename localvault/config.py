@@ -88,6 +88,17 @@ def redact_url(text: str) -> str:
     return _URL_PASSWORD.sub(r"\1:***@", text)
 
 
+def remote_identity(database_url: str, bucket_url: str, storage_options: dict[str, Any] | None) -> str:
+    """Where a remote's rows and objects live (not how one logs in: a new password is the same remote): the
+    database's host, port and name, the bucket and its endpoint. A sync to another remote sends everything."""
+    params = database_params(database_url)
+    database = (f"{params.get('host', '')}:{params.get('port', '')}/{params.get('dbname', '')}" if params
+                else redact_database_url(database_url))
+    options = storage_options or {}
+    endpoint = (options.get("client_kwargs") or {}).get("endpoint_url") or options.get("endpoint_url") or ""
+    return f"{database} {bucket_url.rstrip('/')} {endpoint}".rstrip()
+
+
 def redact_database_url(url: str) -> str:
     """A database URL or ``key=value`` string as libpq reads it, without any password: safe to print.
 

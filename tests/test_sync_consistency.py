@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -572,3 +573,41 @@ def test_a_row_whose_id_is_no_uuid_is_refused_alone(vault: Vault, remote: Remote
     (refused,) = status(vault, remote).rejected
     assert (refused.row_id, refused.sqlstate) == (not_a_uuid, "invalid id") and "not a UUID" in refused.message
     assert status(vault, remote).pending_changes == 0
+
+
+def test_a_sync_to_another_remote_sends_everything(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path,
+                                                   postgres_server: Any, pg_template: str) -> None:
+    """'remote set' to a new database and bucket: the outbox held only changes since the last sync to the old
+    one, so the new one got nothing ('pushed 0 rows', exit 0). A sync to another remote is a full one."""
+    from servers import _create_database, _drop_database
+
+    vault.collections.create("Holiday")
+    assets = [vault.library.add(_image(tmp_path, n), title=f"t{n}", collection="Holiday") for n in range(3)]
+    vault.sync(remote)
+    name, bucket = f"lv_test_{uuid.uuid4().hex[:12]}", f"lv-test-{uuid.uuid4().hex[:16]}"
+    _create_database(postgres_server, name, template=pg_template)
+    _s3(s3_bucket).create_bucket(Bucket=bucket)
+    try:
+        dsn = postgres_server.dsn(name)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO auth.users (id, email) VALUES (%s, 'a@example.com')", (vault.user_id,))
+        vault.set_remote(dsn, f"s3://{bucket}", s3_bucket.storage_options)
+        before = status(vault)
+        assert before.remote_changed and before.pending_changes == 4
+        report = vault.sync()
+        assert report.remote_changed and (report.rows_written, report.files_uploaded) == (4, 3)
+        assert set(_server_rows(dsn, "user_library")) == {a.id for a in assets}
+        assert set(_objects(s3_bucket.storage_options, bucket)) == {a.storage_path for a in assets}
+        after = status(vault)
+        assert not after.remote_changed and after.pending_changes == 0
+        # The same remote reached with another password is not another remote.
+        vault.set_remote(dsn.replace(f":{postgres_server.password}@", ":a-new-password@", 1), f"s3://{bucket}/",
+                         s3_bucket.storage_options)
+        assert vault.config.remote is not None and "a-new-password" in vault.config.remote.database_url
+        assert not status(vault, check_online=False).remote_changed
+    finally:
+        _drop_database(postgres_server, name)
+        client = _s3(s3_bucket)
+        for key in _objects(s3_bucket.storage_options, bucket):
+            client.delete_object(Bucket=bucket, Key=key)
+        client.delete_bucket(Bucket=bucket)

@@ -424,8 +424,6 @@ def test_a_bucket_gone_when_objects_are_deleted_is_a_sync_error(vault: Vault, re
     from servers import s3_error_xml
 
     ids = _fill(vault, tmp_path, 2)
-    vault.sync(remote)
-    vault.library.delete(ids[0])
 
     def no_bucket_for_deletes(method: str, path: str, body: bytes) -> tuple[int, bytes] | None:
         if method == "POST" and "delete" in path:
@@ -433,6 +431,8 @@ def test_a_bucket_gone_when_objects_are_deleted_is_a_sync_error(vault: Vault, re
         return None
 
     with through_proxy(remote, s3_bucket, no_bucket_for_deletes) as proxied:
+        vault.sync(proxied)  # (through the proxy too: another endpoint would be another remote, synced in full)
+        vault.library.delete(ids[0])
         with pytest.raises(SyncError, match="no longer exists; create it") as caught:
             vault.sync(proxied)
     assert caught.value.exit_code == 11 and _outbox(vault) == 1  # its delete stays queued

@@ -127,6 +127,9 @@ def sync(ctx: Context, dry_run: bool, retry_rejected: bool, full: bool, as_json:
         f"{_count(result.files_uploaded, 'file')} ({result.bytes_uploaded:,} bytes), {result.files_skipped} already "
         f"there{removed}; {result.conflicts} kept newer on server (edited or deleted there later); "
         f"{result.rejected} refused", highlight=False)
+    if result.remote_changed:
+        output.console.print(f"the remote is not the one of the last sync: every row {'would be' if dry_run else 'was'}"
+                             " sent (as --full does)", highlight=False)
     if result.rejected:
         output.warning("some changes were refused by the server or the bucket; see 'localvault status'")
 
@@ -156,6 +159,8 @@ def status(ctx: Context, offline: bool, as_json: bool) -> None:
         output.console.print(f"offline: {state.offline_reason}", highlight=False)
     output.console.print(f"pending changes: {state.pending_changes}")
     output.console.print(f"last sync: {state.last_sync or 'never'}")
+    if state.remote_changed:
+        output.console.print("the remote is not the one of the last sync: the next sync sends every row (as --full)")
     for item in state.rejected:
         output.console.print(f"refused {item.table_name} {item.row_id} ({item.op}): [{item.sqlstate}] {item.message}",
                              highlight=False)

@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..config import remote_identity
 from ..errors import InvalidInputError, SyncBusyError
 from ..models import check_flag
 from ..progress import ProgressCallback, report
@@ -89,7 +90,8 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
     ``full`` sends every row again, not only those changed since the last
     sync (after restoring the vault from a backup, or when the server lost
     rows): rows newer on the server are kept, objects the bucket holds are
-    not sent again.
+    not sent again. A sync to another remote than the last one (another
+    database or bucket) is a full one by itself.
 
     Raises OfflineError when the server or bucket cannot be reached (nothing
     is lost: the outbox keeps every change), SchemaVersionError when the
@@ -103,6 +105,9 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
     with _SyncLock(vault.root), _closing(target if remote is None else None), ExitStack() as stack:
         target.check(vault.user_id)
         result.clock_offset_seconds = target.clock_offset
+        where = remote_identity(target.database_url, target.bucket_url, target.storage_options)
+        if outbox.remote_changed(vault, where):  # a new server and bucket: everything goes, as --full sends it
+            full = result.remote_changed = True
         if retry_rejected and not dry_run:
             outbox.requeue_rejected(vault)
         # Checked even with nothing to push: a sync that "succeeds" against a bucket that is gone hides it.
@@ -115,7 +120,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
                    "with_everything": full and dry_run}
         result.pending_changes = outbox.pending_count(vault, **preview)
         if result.pending_changes == 0:
-            outbox.mark_synced(vault, dry_run)
+            outbox.mark_synced(vault, dry_run, where)
             result.seconds = time.monotonic() - started
             return result
         known = Objects(bucket, vault.user_id, result.pending_changes, list_all=full)
@@ -154,7 +159,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
         finally:
             stop.set()
             ahead.shutdown(wait=False, cancel_futures=True)
-        outbox.mark_synced(vault, dry_run)
+        outbox.mark_synced(vault, dry_run, where)
         if not dry_run:
             bucket.remove_stale_temps()
     result.seconds = time.monotonic() - started

@@ -315,8 +315,17 @@ def entries_in(vault: Vault, collection_ids: Iterable[str]) -> list[dict[str, st
     return out
 
 
-def mark_synced(vault: Vault, dry_run: bool) -> None:
+def mark_synced(vault: Vault, dry_run: bool, remote: str) -> None:
+    """A sync to ``remote`` (its :func:`~localvault.config.remote_identity`) ended: when, and to where."""
     if dry_run:
         return
     with vault.db.write() as conn:
         vault.db.set_meta(conn, f"last_sync:{vault.user_id}", utc_now())
+        vault.db.set_meta(conn, f"synced_to:{vault.user_id}", remote)
+
+
+def remote_changed(vault: Vault, remote: str) -> bool:
+    """Whether this user's last sync went to another remote than ``remote``: what the outbox holds is relative to
+    that one, and the new one holds none of it (a vault that never recorded where it synced is taken at its word)."""
+    synced_to = vault.db.get_meta(f"synced_to:{vault.user_id}")
+    return synced_to is not None and synced_to != remote

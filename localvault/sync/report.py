@@ -21,6 +21,8 @@ class SyncReport:
     rejected: int = 0
     batches: int = 0
     pending_changes: int = 0  # queued when the sync began (status counts those left)
+    #: The last sync went to another database or bucket: this one sent every row (as ``full`` does).
+    remote_changed: bool = False
     seconds: float = 0.0
     #: This machine's clock minus the server's, in seconds (positive: ahead), measured as the sync began;
     #: see :func:`clock_warning`.

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from ..config import redact_database_url, redact_url
+from ..config import redact_database_url, redact_url, remote_identity
 from ..errors import InvalidInputError, LocalVaultError, OfflineError
 from .bucket import Bucket
 from .engine import remote_for
-from .outbox import pending_count
+from .outbox import pending_count, remote_changed
 from .remote import Remote
 
 if TYPE_CHECKING:
@@ -44,6 +44,9 @@ class SyncStatus:
     #: This machine's clock minus the server's, in seconds (positive: ahead), when the server was reached;
     #: see :func:`localvault.sync.report.clock_warning`.
     clock_offset_seconds: float | None = None
+    #: The last sync went to another database or bucket: the next one sends every row (``pending_changes``
+    #: counts them all; ``last_sync`` is of that other remote).
+    remote_changed: bool = False
 
 
 def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = True) -> SyncStatus:
@@ -79,8 +82,11 @@ def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = T
             if remote is None:  # a Remote the caller passed stays theirs to close
                 configured.close()
     shown = configured or vault.config.remote
+    moved = shown is not None and remote_changed(vault, remote_identity(shown.database_url, shown.bucket_url,
+                                                                        shown.storage_options))
     return SyncStatus(
-        online=online, offline_reason=reason, problem=problem, pending_changes=pending_count(vault), rejected=rejected,
+        online=online, offline_reason=reason, problem=problem, rejected=rejected, remote_changed=moved,
+        pending_changes=pending_count(vault, with_everything=moved),
         last_sync=vault.db.get_meta(f"last_sync:{vault.user_id}"),
         remote=f"{redact_database_url(shown.database_url)} + {redact_url(shown.bucket_url)}" if shown else None,
         clock_offset_seconds=offset,
