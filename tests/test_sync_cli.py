@@ -530,3 +530,21 @@ def test_full_sync_from_the_cli(vault_path: Path, server: str, s3_bucket: Any, t
     # The lost row is written again; the other, the same on both sides, is left as it is.
     assert (report["rows_written"], report["conflicts"], report["files_skipped"]) == (1, 0, 2)
     assert set(_server_titles(server)) == set(ids)
+
+
+def test_a_sync_interrupted_says_nothing_was_lost(vault_path: Path, server: str, s3_bucket: Any, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during the uploads: exit 130 with what it means for the user's data, not a bare 'interrupted'."""
+    _set_remote(vault_path, server, s3_bucket)
+    _add(vault_path, tmp_path, 2)
+
+    def ctrl_c(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Bucket, "upload", ctrl_c)
+    result = run("--vault", str(vault_path), "sync")
+    assert result.exit_code == 130
+    assert "interrupted: nothing was lost" in result.stderr and "the next 'localvault sync' sends the rest" in \
+        result.stderr
+    monkeypatch.undo()
+    assert "pushed 2 rows" in ok(run("--vault", str(vault_path), "sync")).stdout

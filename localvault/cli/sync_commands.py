@@ -113,8 +113,12 @@ def sync(ctx: Context, dry_run: bool, retry_rejected: bool, full: bool, as_json:
     from ..sync import push
 
     vault = ctx.vault()
-    with output.progress_bars(not as_json, with_bytes=True) as progress:
-        result = push(vault, dry_run=dry_run, retry_rejected=retry_rejected, full=full, progress=progress)
+    try:
+        with output.progress_bars(not as_json, with_bytes=True) as progress:
+            result = push(vault, dry_run=dry_run, retry_rejected=retry_rejected, full=full, progress=progress)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("interrupted: nothing was lost; what the server committed stays, and the next "
+                                "'localvault sync' sends the rest") from None
     if as_json:
         output.print_json(result)
         return
