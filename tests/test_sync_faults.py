@@ -658,3 +658,24 @@ def test_a_store_that_stops_answering_mid_sync_is_offline_without_trying_every_f
     report = vault.sync(remote)
     assert report.rows_written == 60
     assert_mirrors(vault, remote, s3_bucket)
+
+
+def test_a_row_locked_by_a_transaction_left_open_is_a_sync_error_not_a_wait_for_ever(
+        vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A web app's (or an admin's) transaction left open on one of the user's rows held the sync without a word,
+    for as long as it stayed open. Now the sync's statements wait LOCK_TIMEOUT, are retried, then it says so."""
+    from localvault.sync import remote as remote_module
+
+    monkeypatch.setattr(remote_module, "LOCK_TIMEOUT", "300ms")
+    monkeypatch.setattr(retry, "RETRY_DELAYS", (0.05, 0.1))
+    ids = _fill(vault, tmp_path, 2)
+    vault.sync(remote)
+    vault.library.update(ids[0], title="edited here")
+    with psycopg.connect(remote.database_url) as holder:
+        holder.execute("UPDATE public.user_library SET tags = tags WHERE id = %s", (ids[0],))  # and left open
+        with pytest.raises(SyncError, match="another session kept a lock on rows this sync writes") as caught:
+            vault.sync(remote)
+        assert caught.value.exit_code == 11 and _outbox(vault) == 1
+        holder.rollback()
+    assert vault.sync(remote).rows_written == 1
+    assert_mirrors(vault, remote, s3_bucket)

@@ -346,6 +346,12 @@ class Remote:
         return done, refused
 
 
+#: How long a statement of the sync waits for a row lock another session holds (PostgreSQL waits for ever): a web
+#: app's transaction left open on one of the user's rows held a sync without a word. Long enough for another
+#: rig's removal of objects, which a batch waits for on purpose (see :meth:`Remote.absent_held`).
+LOCK_TIMEOUT = "60s"
+
+
 def _act_as(conn: psycopg.Connection[Any], user_id: str) -> None:
     """Run the rest of this transaction as the vault's user under row-level security, as Supabase's API would.
 
@@ -357,7 +363,7 @@ def _act_as(conn: psycopg.Connection[Any], user_id: str) -> None:
     """
     conn.execute("SELECT set_config('request.jwt.claims', %s, true), set_config('request.jwt.claim', %s, true),"
                  " set_config('request.jwt.claim.sub', %s, true), set_config('request.jwt.claim.role', 'authenticated',"
-                 " true), set_config('localvault.push', 'on', true)",
+                 f" true), set_config('localvault.push', 'on', true), set_config('lock_timeout', '{LOCK_TIMEOUT}', true)",
                  (claims := json.dumps({"sub": user_id, "role": "authenticated"}), claims, user_id))
     conn.execute("SET LOCAL ROLE authenticated")
 

@@ -60,14 +60,17 @@ def retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | 
                 raise SyncError(f"{what}: the bucket refused ({reason}); retrying will not help: fix what it names "
                                 "(the bucket's limits, such as the largest file it takes, or its settings; a full "
                                 "or read-only disk), or delete the asset, then sync again") from None
-            if delay is None and isinstance(exc, psycopg.Error) and (exc.sqlstate or "").startswith("40"):
-                # 40001, 40P01 (class 40, transaction rollback): the server answered; it is not offline
-                raise SyncError(f"{what}: other writers kept colliding with this sync ({first_line(exc)}); "
-                                "sync again in a moment") from None
             now = time.monotonic()
             deadline = now + RETRY_BUDGET_SECONDS if deadline is None else deadline
             if delay is not None and now + delay > deadline:
                 delay = None  # (the attempts waited out their timeouts: a link that answers nothing)
+            if delay is None and isinstance(exc, psycopg.errors.LockNotAvailable):  # 55P03: lock_timeout, each time
+                raise SyncError(f"{what}: another session kept a lock on rows this sync writes ({first_line(exc)}; a "
+                                "web app's or an admin's transaction left open?); end it, then sync again") from None
+            if delay is None and isinstance(exc, psycopg.Error) and (exc.sqlstate or "").startswith("40"):
+                # 40001, 40P01 (class 40, transaction rollback): the server answered; it is not offline
+                raise SyncError(f"{what}: other writers kept colliding with this sync ({first_line(exc)}); "
+                                "sync again in a moment") from None
             if delay is None:
                 raise OfflineError(f"{what} failed after {attempt} attempt{'s' if attempt > 1 else ''}: "
                                    f"{first_line(exc)}") from None
