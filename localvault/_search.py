@@ -41,5 +41,8 @@ def search_query(text: str) -> SearchQuery:
     if not words:
         raise InvalidInputError("the search text is empty; give one or more words")
     indexed = [w for w in words if not _UNSPACED.search(w)]
+    # Cut at punctuation, as the index cuts words (`日本語,` or `"日本語"` or `「狐」`): each piece must be found.
+    pieces = [p for w in words if _UNSPACED.search(w) for p in re.split(r"[\W_]+", w) if p]
+    indexed += [p for p in pieces if not _UNSPACED.search(p)]
     return SearchQuery(match=" ".join('"' + w.replace('"', '""') + '"' for w in indexed) or None,
-                       substrings=tuple(w for w in words if _UNSPACED.search(w)))
+                       substrings=tuple(p for p in pieces if _UNSPACED.search(p)))

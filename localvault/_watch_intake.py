@@ -16,10 +16,12 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from . import media
+from ._intake import Candidate
 from ._watch_settle import UnsettledFiles
 from ._watch_sidecars import SidecarWait, is_sidecar_name
 from .importer import is_candidate_name, is_ignored_name
@@ -67,15 +69,31 @@ class Intake:
         folder = os.path.dirname(path)
         if folder == str(self.watched):
             return True
-        if not self.recursive or (self.vault_inside is not None and path.startswith(self.vault_inside)):
+        if not self.recursive or (self.vault_inside is not None and path.startswith(self.vault_inside)
+                                  and self.vault_inside.startswith(str(self.watched) + os.sep)):
             return False
         relative = os.path.relpath(folder, self.watched)
         return not relative.startswith("..") and not any(is_ignored_name(part) for part in Path(relative).parts)
 
-    def wait_for(self, paths: Iterable[str], seconds: float = 0.0) -> None:
+    def wait_for(self, paths: Iterable[str], seconds: float = 0.0, *, writing: bool = False) -> None:
         """Take ``paths`` again once whole (after ``seconds`` at the earliest): files still being written, or
-        whose import is to be tried again."""
-        self.unsettled.wait_for(paths, seconds)
+        whose import is to be tried again; ``writing``: as files a writer may hold open (see UnsettledFiles)."""
+        self.unsettled.wait_for(paths, seconds, writing=writing and self.hears_closes)
+
+    def whole_of(self, candidates: Iterable[Candidate]) -> list[str]:
+        """The paths a catch-up takes now: the others, not whole yet, are waited for like new files, and so is a
+        video written in the last ``open_seconds``, as one its writer may hold open (an encoder paused between
+        fragments: whole by its bytes at each pause)."""
+        whole: list[str] = []
+        recent = time.time() - self.unsettled.open_seconds
+        for candidate in candidates:
+            if candidate.path.lower().endswith(".mp4") and candidate.mtime > recent:
+                self.wait_for([candidate.path], writing=True)
+            elif media.looks_finished(candidate.path):
+                whole.append(candidate.path)
+            else:
+                self.wait_for([candidate.path])
+        return whole
 
     def next_paths(self, poll_seconds: float) -> list[str]:
         """The files ready now, waiting up to ``poll_seconds`` for one (less when a complete file's quiet

@@ -74,12 +74,13 @@ class UnsettledFiles:
             self._files.clear()
         return paths
 
-    def wait_for(self, paths: Iterable[str], seconds: float = 0.0) -> None:
-        """Watch ``paths`` again, to be taken once whole (after ``seconds`` at the earliest)."""
+    def wait_for(self, paths: Iterable[str], seconds: float = 0.0, *, writing: bool = False) -> None:
+        """Watch ``paths`` again, to be taken once whole (after ``seconds`` at the earliest); ``writing``: as files
+        whose writer may hold them open."""
         later = time.monotonic() + seconds
         with self._lock:
             for path in paths:
-                self._files[path] = (-1, -1, later, path in self._files and self._files[path][3])
+                self._files[path] = (-1, -1, later, writing or (path in self._files and self._files[path][3]))
 
     def settled(self) -> list[str]:
         """Paths unchanged for ``stable_seconds`` and whole (or unchanged for ``give_up_seconds``), now

@@ -92,11 +92,12 @@ def remote_identity(database_url: str, bucket_url: str, storage_options: dict[st
     """Where a remote's rows and objects live (not how one logs in: a new password is the same remote): the
     database's host, port and name, the bucket and its endpoint. A sync to another remote sends everything."""
     params = database_params(database_url)
-    database = (f"{params.get('host', '')}:{params.get('port', '')}/{params.get('dbname', '')}" if params
-                else redact_database_url(database_url))
+    # (libpq's defaults: port 5432, and a database named as the user)
+    database = (f"{params.get('host', '')}:{params.get('port') or '5432'}/{params.get('dbname') or params.get('user', '')}"
+                if params else redact_database_url(database_url))
     options = storage_options or {}
     endpoint = (options.get("client_kwargs") or {}).get("endpoint_url") or options.get("endpoint_url") or ""
-    return f"{database} {bucket_url.rstrip('/')} {endpoint}".rstrip()
+    return f"{database} {bucket_url.rstrip('/')} {str(endpoint).rstrip('/')}".rstrip()
 
 
 def redact_database_url(url: str) -> str:

@@ -282,7 +282,8 @@ class Library:
                 (*params, limit + 1),
             ).fetchall()
         except sqlite3.OperationalError as exc:
-            raise InvalidInputError(f"cannot search for {query.match!r}: {exc}") from None
+            raise InvalidInputError(f"cannot search for {' '.join(filter(None, (query.match, *query.substrings)))!r}:"
+                                    f" {exc}") from None
         items = [rows.library_asset(r[:-1]) for r in found[:limit]]
         more = len(found) > limit
         return Page(items=items, next_cursor=rows.encode_cursor("library search", found[limit - 1][-1]) if more else None)

@@ -18,7 +18,7 @@ from . import _write_intents as write_intents
 from . import models, pending
 from ._disk import TEMP_PREFIX, unlink_quietly
 from .collections import Collections
-from .config import CONFIG_NAME, RemoteConfig, VaultConfig
+from .config import CONFIG_NAME, RemoteConfig, VaultConfig, remote_identity
 from .db import DB_NAME, Database
 from .errors import DuplicateError, InvalidInputError, LocalVaultError, NotFoundError, StorageError, VaultCorruptError
 from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
@@ -377,7 +377,13 @@ class Vault:
         ``s3://user-library``), an endpoint without ``http(s)://``.
         """
         self.db.refuse_if_readonly("set its remote")
-        self.config.remote = RemoteConfig.checked(database_url, bucket_url, storage_options)
+        new = RemoteConfig.checked(database_url, bucket_url, storage_options)
+        if (old := self.config.remote) is not None:  # a sync before synced_to was kept synced to this one
+            with self.db.write() as conn:
+                conn.execute("INSERT OR IGNORE INTO vault_meta (key, value) SELECT 'synced_to:' || substr(key, 11), ?"
+                             " FROM vault_meta WHERE key LIKE 'last_sync:%'",
+                             (remote_identity(old.database_url, old.bucket_url, old.storage_options),))
+        self.config.remote = new
         self.config.save(self.root)
 
     def sync(self, remote: Remote | None = None, *, dry_run: bool = False, retry_rejected: bool = False,

@@ -20,12 +20,11 @@ start the watcher first imports what is already there (catch-up; files not
 whole yet wait like new ones), then imports as files arrive, in small
 batches through the same :class:`~localvault.importer.Importer` as
 ``localvault import`` (so jobs, duplicates and ``--move`` behave the same).
-If the folder is deleted, renamed away or replaced by a new one, the watcher
-waits for it to come back, watches it again and catches up; if the kernel's
-queue of events overflows (a burst of thousands of files), it catches up too. Errors on one
-file are reported (``on_event`` and ``logging``) and the watch goes on; a
-file refused because its batch could not be committed (database busy, disk
-error) is tried again after ``RETRY_SECONDS``.
+A folder deleted, renamed away or replaced is waited for, watched again and
+caught up with, as after an overflow of the kernel's event queue (a burst of
+thousands of files). Errors on one file are reported (``on_event``,
+``logging``) and the watch goes on; a batch that could not be committed (database
+busy, disk error) is tried again after ``RETRY_SECONDS``.
 
 >>> with Watcher(vault, "~/ComfyUI/output", on_event=print):   # doctest: +SKIP
 ...     time.sleep(60)
@@ -42,7 +41,7 @@ from pathlib import Path
 
 from watchdog.observers import Observer
 
-from . import media, models
+from . import models
 from ._import_pipeline import to_the_end
 from ._late_sidecars import fill_from_sidecar, row_values_now
 from ._watch_handler import EventHandler, watch_overflows
@@ -291,11 +290,7 @@ class Watcher:
             self._emit(WatchEvent("refused", path, time.time(), message=reason))
         for candidate in candidates:  # (one listing per folder: the same names for each of its files)
             self._intake.sidecars.saw_folder(os.path.dirname(candidate.path), candidate.sidecars or ())
-        whole: list[str] = []
-        growing: list[str] = []  # still being written: waited for like new files
-        for candidate in candidates:
-            (whole if media.looks_finished(candidate.path) else growing).append(candidate.path)
-        self._intake.wait_for(growing)
+        whole = self._intake.whole_of(candidates)  # (the others are waited for like new files)
         for start in range(0, len(whole), CATCH_UP_BATCH):
             if self._stop.is_set():  # what is left is taken by the next watch
                 return

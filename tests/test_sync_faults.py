@@ -679,3 +679,56 @@ def test_a_row_locked_by_a_transaction_left_open_is_a_sync_error_not_a_wait_for_
         holder.rollback()
     assert vault.sync(remote).rows_written == 1
     assert_mirrors(vault, remote, s3_bucket)
+
+
+def test_retries_stop_a_while_after_the_first_failure_unless_an_attempt_got_somewhere(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attempts that each wait out a timeout stop RETRY_BUDGET_SECONDS after the first failure; an attempt that ran
+    longer than that (a big file's upload, cut at its end) starts the budget over, as six attempts did before."""
+    monkeypatch.setattr(retry, "RETRY_BUDGET_SECONDS", 0.3)
+    monkeypatch.setattr(retry, "RETRY_DELAYS", (0.01,) * 5)
+    calls: list[float] = []
+
+    def hanging() -> None:
+        calls.append(time.monotonic())
+        time.sleep(0.2)  # a timeout waited out
+        raise ConnectionResetError("no answer")
+
+    with pytest.raises(OfflineError, match="failed after [23] attempts"):  # (not 6)
+        retry.retrying(hanging, "checking")
+
+    uploads: list[float] = []
+
+    def long_then_fine() -> str:
+        uploads.append(time.monotonic())
+        if len(uploads) <= 4:
+            time.sleep(0.4)  # each attempt got somewhere before the link dropped
+            raise ConnectionResetError("dropped")
+        return "sent"
+
+    assert retry.retrying(long_then_fine, "uploading") == "sent" and len(uploads) == 5
+
+
+def test_a_big_file_waiting_for_its_turn_is_not_sent_once_the_sync_stops(s3_bucket: Any, tmp_path: Path) -> None:
+    """The first file to fail stops the others: a multipart upload checks the stop when its turn comes and
+    between parts, and leaves no upload open on the store."""
+    import hashlib
+
+    from localvault.sync.bucket import SINGLE_PUT_BYTES
+    from localvault.sync.retry import RetryStopped
+
+    big = tmp_path / "big.mp4"
+    big.write_bytes(os.urandom(SINGLE_PUT_BYTES + 1))
+    bucket = Bucket(f"s3://{s3_bucket.name}", s3_bucket.storage_options)
+    stop = threading.Event()
+    stop.set()
+    try:
+        with pytest.raises(RetryStopped):
+            bucket.upload(big, "u/big.mp4", hashlib.sha256(big.read_bytes()).hexdigest(), big.stat().st_size,
+                          "video/mp4", stop)
+    finally:
+        bucket.close()
+    client = boto3.client("s3", endpoint_url=s3_bucket.storage_options["client_kwargs"]["endpoint_url"],
+                          aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
+    assert client.list_multipart_uploads(Bucket=s3_bucket.name).get("Uploads", []) == []
+    assert client.list_objects_v2(Bucket=s3_bucket.name).get("KeyCount") == 0

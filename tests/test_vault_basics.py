@@ -450,6 +450,8 @@ def test_search_finds_words_of_scripts_written_without_spaces(vault: Vault, make
     assert found("fox 夕焼け") == found("風景") == [second.id]
     assert found("プロンプト red") == [] and found("夕焼け", favorite=True) == []
     assert found("여우") == [third.id]
+    assert found('"日本語"') == found("日本語,") == found("「プロンプト」") == found("日本語、狐") == [first.id]
+    assert found("sdxl風") == []  # (in no prompt, title or tag)
     page = vault.library.list(search="狐", limit=1)
     assert ids_of(page.items) == [second.id]
     assert found("狐", limit=1, cursor=page.next_cursor) == [first.id]

@@ -1135,3 +1135,45 @@ def test_a_recursive_watch_of_a_folder_holding_the_vault_leaves_the_vaults_files
             time.sleep(1.5)  # the vault's files, written meanwhile, would have been taken by now
         assert [e.kind for e in seen.events] == ["imported"] * 4
         assert watcher.report.folders_not_entered == 1 and vault.workspace.count() == 4
+
+
+def test_only_a_vault_kept_inside_the_watched_folder_is_left_out(tmp_path: Path) -> None:
+    """The vault's own files are not the rig's when the vault sits in the folder watched; a folder watched inside
+    the vault's folder is the rig's all the same (its day folders were all left out)."""
+    from localvault._watch_intake import Intake
+
+    def intake(watched: Path, vault_root: Path) -> Intake:
+        return Intake(watched, True, stable_seconds=1, quiet_seconds=0.2, give_up_seconds=10, open_seconds=60,
+                      sidecar_wait_seconds=3, vault_root=str(vault_root))
+
+    ai = tmp_path / "ai"
+    inside = intake(ai, ai / "vault")
+    assert not inside.in_scope(str(ai / "vault" / "workspace-temp" / "u" / "j" / "0.png"))
+    assert inside.in_scope(str(ai / "2026-11-28" / "00001.png"))
+    around = intake(ai / "outputs", ai)
+    assert around.in_scope(str(ai / "outputs" / "2026-11-28" / "00001.png"))
+
+
+def test_a_video_the_catch_up_finds_just_written_waits_for_its_close(vault: Vault, out: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A watch (re)started while an encoder writes a fragmented MP4: the catch-up found it whole by its bytes at a
+    pause and took it (with --move, deleting it under the encoder). A video written in the last OPEN_SECONDS
+    waits for its close, or OPEN_SECONDS."""
+    if not sys.platform.startswith("linux"):
+        pytest.fail("inotify (close events) is what this test is about; run it on Linux")
+    monkeypatch.setattr(watch_module, "OPEN_SECONDS", 3.0)
+    base = mp4_bytes(5, duration_seconds=2.0)
+    seen = Recorder()
+    encoder = open(out / "clip.mp4", "wb")  # noqa: SIM115 - closed below, as the encoder ends
+    try:
+        encoder.write(base)
+        encoder.flush()  # whole by its bytes, still open
+        with Watcher(vault, out, mode="move", on_event=seen, stable_seconds=0.3, poll_seconds=0.05):
+            time.sleep(1.0)
+            assert seen.names("imported") == [] and (out / "clip.mp4").exists()
+            encoder.close()
+            assert wait_for(lambda: seen.names("imported") == ["clip.mp4"])
+    finally:
+        encoder.close()
+    (asset,) = vault.workspace.list().items
+    assert asset.sha256 == hashlib.sha256(base).hexdigest() and not (out / "clip.mp4").exists()

@@ -35,7 +35,7 @@ from ..config import redact_url
 from ..errors import OfflineError, SyncError, first_line
 from . import folder_bucket, s3_direct
 from .local_reads import check_sha256, file_digest, reading
-from .retry import retrying
+from .retry import RetryStopped, retrying
 from .s3_client import S3FS_ATTEMPTS, tune_s3
 from .store_errors import SETTINGS_HINT, TRANSIENT_CODES, settings_errors, store_refusal
 
@@ -214,13 +214,16 @@ class Bucket:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
 
-    def upload(self, local: Path, key: str, sha256: str, size: int, content_type: str) -> None:
+    def upload(self, local: Path, key: str, sha256: str, size: int, content_type: str,
+               stop: threading.Event | None = None) -> None:
         """Send one file and check what the store received; SyncError if it differs.
 
         The bytes sent are hashed first: a file that no longer matches its
         row's sha256 (damaged or changed on disk) is refused, never stored
         under a checksum it does not have. A local file that cannot be read
         is a :class:`SyncError` naming it, not a network error to retry.
+        ``stop`` set (the sync stopping) ends a multipart upload between parts
+        (:class:`RetryStopped`), and one waiting for its turn.
         """
         path = self.path(key)
         if self.is_s3 and size <= SINGLE_PUT_BYTES:
@@ -238,7 +241,7 @@ class Bucket:
                 return
         elif self.is_s3:
             with self._big_uploads:
-                self._upload_in_parts(local, path, sha256, size, content_type)
+                self._upload_in_parts(local, path, sha256, size, content_type, stop or threading.Event())
         elif self.is_local:
             folder_bucket.copy_checked(local, path, sha256, size)
         else:
@@ -253,7 +256,8 @@ class Bucket:
         if found is None or found.size != size or (found.sha256 is not None and found.sha256 != sha256):
             raise SyncError(f"the bucket holds a different {key} than was sent; it will be sent again")
 
-    def _upload_in_parts(self, local: Path, path: str, sha256: str, size: int, content_type: str) -> None:
+    def _upload_in_parts(self, local: Path, path: str, sha256: str, size: int, content_type: str,
+                         stop: threading.Event) -> None:
         """A multipart upload, completed only once every byte read has matched the row's size and sha256.
 
         Anything else (the file damaged, a read or network error, a part the
@@ -261,6 +265,8 @@ class Bucket:
         from part of a file, nor from bytes other than the asset's.
         """
         bucket, name = path.split("/", 1)
+        if stop.is_set():
+            raise RetryStopped(f"sending {path}: the sync stopped")
         started = self.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=name, ContentType=content_type,
                                   Metadata={"sha256": sha256})
         upload = {"Bucket": bucket, "Key": name, "UploadId": started["UploadId"]}
@@ -268,6 +274,8 @@ class Bucket:
             digest, sent = hashlib.sha256(), 0
             parts: list[dict[str, Any]] = []
             for number, chunk in enumerate(_chunks(local), start=1):
+                if stop.is_set():
+                    raise RetryStopped(f"sending {path}: the sync stopped")
                 digest.update(chunk)
                 sent += len(chunk)
                 # Content-MD5: the store checks each part itself. (Its ETag is not always the part's MD5:
@@ -276,7 +284,7 @@ class Bucket:
                 # A part that fails for a moment is sent again by itself (the part is in memory), not the whole
                 # file from its first byte: botocore makes only two attempts (s3_client.BOTOCORE_ATTEMPTS).
                 answer = retrying(partial(self.fs.call_s3, "upload_part", PartNumber=number, Body=chunk,
-                                          ContentMD5=md5, **upload), f"sending part {number} of {path}")
+                                          ContentMD5=md5, **upload), f"sending part {number} of {path}", stop=stop)
                 parts.append({"PartNumber": number, "ETag": answer["ETag"]})
             if sent != size:
                 raise SyncError(f"{local} changed size while syncing; run 'localvault verify'")

@@ -180,7 +180,8 @@ def _send(vault: Vault, bucket: Bucket, known: Objects, batch: outbox.Batch,
                 raise RetryStopped("the sync stopped")
             if not local.exists():
                 raise FileNotFoundError(str(local))
-            retrying(lambda: bucket.upload(local, key, sha, size, mime), f"uploading {local} as {key}", stop=stop)
+            retrying(lambda: bucket.upload(local, key, sha, size, mime, stop), f"uploading {local} as {key}",
+                     stop=stop)
         except FileNotFoundError:
             if local.exists():  # the store's "no such bucket", not our file
                 raise SyncError(f"the bucket {bucket.shown_url} could not take {key}: it no longer exists; create it or "

@@ -35,12 +35,13 @@ def retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | 
     """Run ``action``, retrying connection trouble with backoff; OfflineError when it persists.
 
     Up to six attempts, none started :data:`RETRY_BUDGET_SECONDS` after the
-    first failure. ``stop``, once set, ends the waits between attempts with
+    first failure (or after the last attempt that ran longer than that). ``stop``, once set, ends the waits between attempts with
     :class:`RetryStopped`.
     """
     stop = stop or threading.Event()
     deadline: float | None = None
     for attempt, delay in enumerate((*RETRY_DELAYS, None), start=1):
+        started = time.monotonic()
         try:
             return action()
         except Exception as exc:
@@ -61,7 +62,8 @@ def retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | 
                                 "(the bucket's limits, such as the largest file it takes, or its settings; a full "
                                 "or read-only disk), or delete the asset, then sync again") from None
             now = time.monotonic()
-            deadline = now + RETRY_BUDGET_SECONDS if deadline is None else deadline
+            if deadline is None or now - started > RETRY_BUDGET_SECONDS:  # (an attempt that long got somewhere: a
+                deadline = now + RETRY_BUDGET_SECONDS  # big file's upload; not a wait for an answer that never came)
             if delay is not None and now + delay > deadline:
                 delay = None  # (the attempts waited out their timeouts: a link that answers nothing)
             if delay is None and isinstance(exc, psycopg.errors.LockNotAvailable):  # 55P03: lock_timeout, each time
