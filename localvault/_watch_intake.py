@@ -85,14 +85,16 @@ class Intake:
         video written in the last ``open_seconds``, as one its writer may hold open (an encoder paused between
         fragments: whole by its bytes at each pause)."""
         whole: list[str] = []
+        growing: list[str] = []
+        maybe_open: list[str] = []
         recent = time.time() - self.unsettled.open_seconds
         for candidate in candidates:
             if candidate.path.lower().endswith(".mp4") and candidate.mtime > recent:
-                self.wait_for([candidate.path], writing=True)
-            elif media.looks_finished(candidate.path):
-                whole.append(candidate.path)
+                maybe_open.append(candidate.path)
             else:
-                self.wait_for([candidate.path])
+                (whole if media.looks_finished(candidate.path) else growing).append(candidate.path)
+        self.wait_for(growing)
+        self.wait_for(maybe_open, writing=True)
         return whole
 
     def next_paths(self, poll_seconds: float) -> list[str]:

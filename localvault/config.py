@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import tomli_w
@@ -88,16 +88,24 @@ def redact_url(text: str) -> str:
     return _URL_PASSWORD.sub(r"\1:***@", text)
 
 
-def remote_identity(database_url: str, bucket_url: str, storage_options: dict[str, Any] | None) -> str:
+class RemotePlaces(Protocol):
+    """What names a remote's database and bucket: a :class:`RemoteConfig`, or a ``sync.Remote``."""
+
+    database_url: str
+    bucket_url: str
+    storage_options: dict[str, Any]
+
+
+def remote_identity(remote: RemotePlaces) -> str:
     """Where a remote's rows and objects live (not how one logs in: a new password is the same remote): the
     database's host, port and name, the bucket and its endpoint. A sync to another remote sends everything."""
-    params = database_params(database_url)
+    params = database_params(remote.database_url)
     # (libpq's defaults: port 5432, and a database named as the user)
     database = (f"{params.get('host', '')}:{params.get('port') or '5432'}/{params.get('dbname') or params.get('user', '')}"
-                if params else redact_database_url(database_url))
-    options = storage_options or {}
+                if params else redact_database_url(remote.database_url))
+    options = remote.storage_options or {}
     endpoint = (options.get("client_kwargs") or {}).get("endpoint_url") or options.get("endpoint_url") or ""
-    return f"{database} {bucket_url.rstrip('/')} {str(endpoint).rstrip('/')}".rstrip()
+    return f"{database} {remote.bucket_url.rstrip('/')} {str(endpoint).rstrip('/')}".rstrip()
 
 
 def redact_database_url(url: str) -> str:

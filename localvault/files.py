@@ -279,7 +279,8 @@ class FileStore:
         try:
             self.fs.makedirs(os.path.dirname(final), exist_ok=True)
             if self.local:
-                if (os.stat(src).st_nlink > 1 or not try_hard_link(src, temp)) and not copy_checked(src, temp, sha256):
+                shared = os.stat(src).st_nlink > 1  # (a link from outside the vault too: copied, not linked)
+                if (shared or not try_hard_link(src, temp)) and not copy_checked(src, temp, sha256):
                     raise StorageError(f"the file {src} no longer holds the bytes it was stored with (changed in "
                                        "place: was its source imported with --link, then rewritten?); run "
                                        "'localvault verify'")
@@ -396,4 +397,3 @@ class FileStore:
             raise os_error(exc, destination) from None
         with contextlib.suppress(OSError):  # best effort: a folder one may write to but not list cannot be opened
             fsync_path(destination.parent)
-

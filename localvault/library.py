@@ -223,7 +223,9 @@ class Library:
         limit = rows.check_limit(limit)
         tag_list = models.check_tags(tags)
         conn = self._db.conn
-        filters: builtins.list[str] = ["l.user_id = ?"]
+        # A search reads rows by their rowid (the full-text index's, or newest first): "+" keeps SQLite off the
+        # user_id index, which would read and sort every row of the user.
+        filters: builtins.list[str] = ["+l.user_id = ?" if search is not None else "l.user_id = ?"]
         params: builtins.list[Any] = [self.user_id]
         if favorite is not None:
             if not isinstance(favorite, bool):
@@ -267,10 +269,8 @@ class Library:
             source, seq = "library_fts f JOIN user_library l ON l.local_seq = f.rowid", "f.rowid"
             filters.insert(0, "library_fts MATCH ?")
             params.insert(0, query.match)
-        else:  # substrings only: the rows newest first (by rowid: "+" keeps SQLite off the user_id index, which
-            # would read and sort all the user's rows), until the page is full
+        else:  # substrings only: the rows newest first, until the page is full
             source, seq = "user_library l", "l.local_seq"
-            filters = ["+l.user_id = ?" if f == "l.user_id = ?" else f for f in filters]
         if cursor:
             (last_seq,) = rows.decode_cursor(cursor, "library search", (int,))
             filters.append(f"{seq} < ?")  # (on the full-text index's rowid, FTS5 starts its scan there)

@@ -382,7 +382,7 @@ class Vault:
             with self.db.write() as conn:
                 conn.execute("INSERT OR IGNORE INTO vault_meta (key, value) SELECT 'synced_to:' || substr(key, 11), ?"
                              " FROM vault_meta WHERE key LIKE 'last_sync:%'",
-                             (remote_identity(old.database_url, old.bucket_url, old.storage_options),))
+                             (remote_identity(old),))
         self.config.remote = new
         self.config.save(self.root)
 

@@ -110,8 +110,8 @@ class Watcher:
                               give_up_seconds=GIVE_UP_SECONDS, open_seconds=OPEN_SECONDS,
                               sidecar_wait_seconds=sidecar_wait_seconds, vault_root=os.path.realpath(vault.root))
         self._handled = HandledFiles()
-        self._late_filled: dict[str, tuple[int, str, str, str]] = {}  # asset id -> the values a sidecar filled in
-        self._sidecar_read: dict[str, None] = {}  # ids of assets whose import read their sidecar (newest last)
+        # asset id -> the values a sidecar filled in (None: its import read the sidecar; what the row holds)
+        self._late_filled: dict[str, tuple[int, str, str, str] | None] = {}
         self._stop = threading.Event()
         self._started = threading.Event()
         # Set as the thread's very last step. Waited on instead of Thread.join(): a Ctrl-C inside join() on
@@ -243,18 +243,23 @@ class Watcher:
     def _read_late_sidecars(self, vault: Vault, importer: Importer) -> None:
         """Sidecars that came after their file was taken with placeholders: read into its row."""
         for path, asset_id in self._intake.sidecars.late_sidecars():
-            before = self._late_filled.pop(asset_id, None)
-            if before is None and asset_id in self._sidecar_read:  # read at its import, perhaps half-written
-                before = row_values_now(vault, asset_id)
-                if before is None:
+            before = None  # the placeholders of a file taken without metadata
+            if asset_id in self._late_filled:  # its sidecar was read before (by its import, perhaps half-written)
+                before = self._late_filled.pop(asset_id) or row_values_now(vault, asset_id)
+                if before is None:  # deleted meanwhile
                     continue
             written = fill_from_sidecar(vault, path, asset_id, importer.prompt, importer.model, before)
             if written is not None:
-                self._late_filled[asset_id] = written  # (a second reading, at its close, may still improve it)
-                while len(self._late_filled) > LATE_FILLS_KEPT:
-                    del self._late_filled[next(iter(self._late_filled))]
+                self._remember_fill(asset_id, written)  # (a second reading, at its close, may still improve it)
                 if written != before:
                     self._emit(WatchEvent("sidecar_read", path, time.time(), asset_id=asset_id))
+
+    def _remember_fill(self, asset_id: str, values: tuple[int, str, str, str] | None) -> None:
+        """What a sidecar filled into the row of ``asset_id`` (None: the row's values then), the newest
+        :data:`LATE_FILLS_KEPT` kept."""
+        self._late_filled[asset_id] = values
+        while len(self._late_filled) > LATE_FILLS_KEPT:
+            del self._late_filled[next(iter(self._late_filled))]
 
     def _housekeeping(self, vault: Vault) -> None:
         """The vault's hourly cleanup of expired assets, and its queued deletions: a rig that only ever runs
@@ -362,9 +367,7 @@ class Watcher:
             if item.metadata_source in ("none", "sidecar"):
                 self._intake.sidecars.taken_without_metadata(item.source, item.asset_id)
             if item.metadata_source == "sidecar":
-                self._sidecar_read[item.asset_id] = None
-                while len(self._sidecar_read) > LATE_FILLS_KEPT:
-                    del self._sidecar_read[next(iter(self._sidecar_read))]
+                self._remember_fill(item.asset_id, None)
             self._emit(WatchEvent("imported", item.source, now, asset_id=item.asset_id, job_id=item.job_id))
         for path in result.duplicates:
             self._emit(WatchEvent("duplicate", path, now))

@@ -105,7 +105,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
     with _SyncLock(vault.root), _closing(target if remote is None else None), ExitStack() as stack:
         target.check(vault.user_id)
         result.clock_offset_seconds = target.clock_offset
-        where = remote_identity(target.database_url, target.bucket_url, target.storage_options)
+        where = remote_identity(target)
         if outbox.remote_changed(vault, where):  # a new server and bucket: everything goes, as --full sends it
             full = result.remote_changed = True
         if retry_rejected and not dry_run:

@@ -82,8 +82,7 @@ def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = T
             if remote is None:  # a Remote the caller passed stays theirs to close
                 configured.close()
     shown = configured or vault.config.remote
-    moved = shown is not None and remote_changed(vault, remote_identity(shown.database_url, shown.bucket_url,
-                                                                        shown.storage_options))
+    moved = shown is not None and remote_changed(vault, remote_identity(shown))
     return SyncStatus(
         online=online, offline_reason=reason, problem=problem, rejected=rejected, remote_changed=moved,
         pending_changes=pending_count(vault, with_everything=moved),
