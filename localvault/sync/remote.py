@@ -20,6 +20,7 @@ import psycopg
 from ..config import RemoteConfig
 from ..errors import OfflineError, SyncError, first_line
 from . import schema
+from .answer_deadline import DeadlineConnection
 from .refusals import is_permanent, refusal_message
 from .server_checks import check_grants, check_user, clock_offset
 from .statements import (
@@ -122,7 +123,7 @@ class Remote:
         if self._conn is not None and (self._conn.closed or self._conn.broken):
             self._conn = None
         if self._conn is None:
-            self._conn = schema.connect(self.database_url)
+            self._conn = schema.connect(self.database_url, DeadlineConnection)
         return self._conn
 
     def _idle_connection(self) -> psycopg.Connection[Any]:

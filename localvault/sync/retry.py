@@ -11,6 +11,7 @@ from typing import TypeVar
 import psycopg
 
 from ..errors import OfflineError, SyncError, first_line
+from .answer_deadline import NoAnswerError
 from .store_errors import SETTINGS_HINT, network_errors, settings_errors, store_refusal
 
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -62,8 +63,9 @@ def retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | 
                                 "(the bucket's limits, such as the largest file it takes, or its settings; a full "
                                 "or read-only disk), or delete the asset, then sync again") from None
             now = time.monotonic()
-            if deadline is None or now - started > RETRY_BUDGET_SECONDS:  # (an attempt that long got somewhere: a
-                deadline = now + RETRY_BUDGET_SECONDS  # big file's upload; not a wait for an answer that never came)
+            if deadline is None or (now - started > RETRY_BUDGET_SECONDS  # (an attempt that long got somewhere: a
+                                    and not isinstance(exc, NoAnswerError)):  # big file's upload; not a wait for
+                deadline = now + RETRY_BUDGET_SECONDS  # an answer that never came)
             if delay is not None and now + delay > deadline:
                 delay = None  # (the attempts waited out their timeouts: a link that answers nothing)
             if delay is None and isinstance(exc, psycopg.errors.LockNotAvailable):  # 55P03: lock_timeout, each time

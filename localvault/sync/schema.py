@@ -186,8 +186,10 @@ def _service_keys(service: str) -> set[str]:
     return set()
 
 
-def connect(database_url: str) -> psycopg.Connection[tuple[object, ...]]:
-    """Open a connection (5 s timeout; TCP keepalives and a send timeout: see :data:`KEEPALIVES_IDLE`).
+def connect(database_url: str, connection_class: type[psycopg.Connection[Any]] = psycopg.Connection
+            ) -> psycopg.Connection[tuple[object, ...]]:
+    """Open a connection of ``connection_class`` (5 s timeout; TCP keepalives and a send timeout: see
+    :data:`KEEPALIVES_IDLE`).
 
     A server that cannot be reached is :class:`OfflineError`; one that
     refuses these credentials or this database is :class:`SyncError`; a
@@ -195,7 +197,7 @@ def connect(database_url: str) -> psycopg.Connection[tuple[object, ...]]:
     text is not repeated: it may hold the password).
     """
     try:
-        return psycopg.connect(database_url, connect_timeout=CONNECT_TIMEOUT, autocommit=False,
+        return connection_class.connect(database_url, connect_timeout=CONNECT_TIMEOUT, autocommit=False,
                                **_keepalive_settings(database_url))
     except psycopg.ProgrammingError:
         raise InvalidInputError("the database URL cannot be read; give postgresql://user:password@host:port/dbname "
