@@ -15,7 +15,7 @@ from . import models, pending, rows
 from ._search import SUBSTRING_FILTER, SearchQuery, search_query
 from .collections import resolve as resolve_collection
 from .db import Database, format_time
-from .errors import DuplicateError, InvalidInputError, NotFoundError
+from .errors import ConflictError, DuplicateError, InvalidInputError, NotFoundError, StorageError
 from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
 from .ingest import prepare_with_values
 from .models import GenerationInfo, LibraryAsset, Page, Visibility, VisibilityName
@@ -61,29 +61,24 @@ class Library:
         linked: str | None = None
         note_id: int | None = None
         try:
+            source, _ = self._save_source(self._db.conn, workspace_asset_id, collection)  # refusals before a copy
+            relative = f"{self.user_id}/{asset_id}.{models.MediaType(source[3]).extension}"
             # Noted first: a process killed between the link and the commit leaves nothing (_write_intents).
-            # (The file's extension is the source's type, read in the transaction: each one is noted.)
-            note_id = write_intents.note(self._db, LIBRARY_BUCKET,
-                                         [f"{self.user_id}/{asset_id}.{t.extension}" for t in models.MediaType])
-            with self._db.write() as conn:
-                source = conn.execute(
-                    "SELECT temp_storage_path, asset_type, file_size_bytes, mime_type, duration_seconds, original_prompt,"
-                    " model_used, generation_seed, generation_settings, thumbnail_path, width, height, sha256"
-                    " FROM workspace_assets WHERE id = ? AND user_id = ?",
-                    (workspace_asset_id, self.user_id),
-                ).fetchone()
-                if source is None:
-                    kept = conn.execute("SELECT 1 FROM user_library WHERE id = ? AND user_id = ?",
-                                        (workspace_asset_id, self.user_id)).fetchone()
-                    hint = (f"it is a library asset already (kept): 'localvault update {workspace_asset_id}' edits it"
-                            if kept else "see 'localvault ls workspace'")
-                    raise NotFoundError(f"no workspace asset {workspace_asset_id} in this vault; {hint}")
-                self._check_not_kept(conn, source[12])
-                collection_id = resolve_collection(conn, self.user_id, collection) if collection is not None else None
-                extension = models.MediaType(source[3]).extension
-                relative = f"{self.user_id}/{asset_id}.{extension}"
+            note_id = write_intents.note(self._db, LIBRARY_BUCKET, [relative])
+            # Before the write transaction: a copy (of a file with links outside the vault) of up to 1 GiB must not
+            # hold every other writer of the vault.
+            try:
                 self._files.link(WORKSPACE_BUCKET, source[0], LIBRARY_BUCKET, relative, source[12])
-                linked = relative
+            except StorageError:
+                self._save_source(self._db.conn, workspace_asset_id, None)  # expired meanwhile: NotFoundError
+                raise
+            linked = relative
+            with self._db.write() as conn:
+                now, collection_id = self._save_source(conn, workspace_asset_id, collection)
+                if (now[0], now[12]) != (source[0], source[12]):
+                    raise ConflictError(f"workspace asset {workspace_asset_id} changed while it was saved; save it "
+                                        "again")
+                source = now  # (its metadata as it is now: a late sidecar may have filled it meanwhile)
                 conn.execute(
                     "INSERT INTO user_library (id, user_id, asset_type, storage_path, file_size_bytes, mime_type,"
                     " duration_seconds, original_prompt, model_used, generation_seed, generation_settings, thumbnail_path,"
@@ -170,6 +165,26 @@ class Library:
             raise InvalidInputError(f"favorite must be true or false, not {favorite!r}")
         return (models.check_title(title), json.dumps(models.check_tags(tags), ensure_ascii=False), int(favorite),
                 _visibility(visibility).value)
+
+    def _save_source(self, conn: sqlite3.Connection, workspace_asset_id: str, collection: str | None,
+                     ) -> tuple[tuple[Any, ...], str | None]:
+        """The workspace row :meth:`save` keeps (path, type, size, …, sha256) and the collection's id; NotFoundError
+        or DuplicateError as :meth:`save` says."""
+        source = conn.execute(
+            "SELECT temp_storage_path, asset_type, file_size_bytes, mime_type, duration_seconds, original_prompt,"
+            " model_used, generation_seed, generation_settings, thumbnail_path, width, height, sha256"
+            " FROM workspace_assets WHERE id = ? AND user_id = ?",
+            (workspace_asset_id, self.user_id),
+        ).fetchone()
+        if source is None:
+            kept = conn.execute("SELECT 1 FROM user_library WHERE id = ? AND user_id = ?",
+                                (workspace_asset_id, self.user_id)).fetchone()
+            hint = (f"it is a library asset already (kept): 'localvault update {workspace_asset_id}' edits it"
+                    if kept else "see 'localvault ls workspace'")
+            raise NotFoundError(f"no workspace asset {workspace_asset_id} in this vault; {hint}")
+        self._check_not_kept(conn, source[12])
+        collection_id = resolve_collection(conn, self.user_id, collection) if collection is not None else None
+        return tuple(source), collection_id
 
     def _check_not_kept(self, conn: sqlite3.Connection, sha256: str) -> None:
         row = conn.execute("SELECT id FROM user_library WHERE user_id = ? AND sha256 = ?", (self.user_id, sha256)).fetchone()

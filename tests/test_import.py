@@ -337,6 +337,60 @@ def test_a_library_copy_of_a_linked_import_is_its_own_file(vault: Vault, tmp_pat
     assert vault.verify().mismatched and not any(LIBRARY_BUCKET in entry for entry in vault.verify().mismatched)
 
 
+def test_the_copy_of_a_save_does_not_hold_the_vault_s_write_lock(vault: Vault, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library's copy of a linked import (up to 1 GiB) was made inside the save's write transaction: every
+    other writer of the vault (a watcher, an app) waited for it. It is made before now; the row after."""
+    import localvault.files
+
+    paths = rig_folder(tmp_path / "out")
+    result = vault.workspace.import_folder(tmp_path / "out", mode="link")
+    asset_id = next(i.asset_id for i in result.imported if Path(i.source) in paths and i.source.endswith(".png"))
+    real_copy = localvault.files.copy_checked
+    others_wrote: list[bool] = []
+
+    def copy_while_another_writes(*args: object) -> bool:
+        other = sqlite3.connect(vault.root / "vault.db", timeout=0)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # "database is locked" at once if the save held the write lock
+            other.execute("INSERT INTO vault_meta (key, value) VALUES ('other-writer', 'here')")
+            other.commit()
+            others_wrote.append(True)
+        finally:
+            other.close()
+        return real_copy(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(localvault.files, "copy_checked", copy_while_another_writes)
+    kept = vault.library.save(asset_id, title="kept")
+    assert others_wrote == [True]
+    assert vault.db.get_meta("other-writer") == "here"
+    assert vault.library.get(kept.id).title == "kept" and vault.files.local_path(
+        LIBRARY_BUCKET, kept.storage_path).stat().st_nlink == 1
+
+
+def test_a_save_of_an_asset_deleted_during_its_copy_is_not_found_and_leaves_nothing(
+        vault: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The copy now runs outside the write transaction: the workspace asset may go meanwhile (its expiry's
+    cleanup, a delete from another process). The save then says it is not found, and leaves no file or row."""
+    import localvault.files
+
+    paths = rig_folder(tmp_path / "out")
+    result = vault.workspace.import_folder(tmp_path / "out", mode="link")
+    asset_id = next(i.asset_id for i in result.imported if Path(i.source) in paths and i.source.endswith(".png"))
+    real_copy = localvault.files.copy_checked
+
+    def deleted_before_its_copy(*args: object) -> bool:
+        Vault.open(vault.root).workspace.delete(asset_id)
+        return real_copy(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(localvault.files, "copy_checked", deleted_before_its_copy)
+    with pytest.raises(NotFoundError, match=f"no workspace asset {asset_id}"):
+        vault.library.save(asset_id)
+    assert vault.library.count() == 0
+    assert not list((vault.root / LIBRARY_BUCKET).rglob("*.*"))
+    assert not vault.db.conn.execute("SELECT count(*) FROM write_intents").fetchone()[0]
+
+
 def test_job_ids_are_deterministic_across_vaults(tmp_path: Path) -> None:
     rig_folder(tmp_path / "out")
     layouts = []
