@@ -100,9 +100,14 @@ def remote_identity(remote: RemotePlaces) -> str:
     """Where a remote's rows and objects live (not how one logs in: a new password is the same remote): the
     database's host, port and name, the bucket and its endpoint. A sync to another remote sends everything."""
     params = database_params(remote.database_url)
-    # (libpq's defaults: port 5432, and a database named as the user)
-    database = (f"{params.get('host', '')}:{params.get('port') or '5432'}/{params.get('dbname') or params.get('user', '')}"
-                if params else redact_database_url(remote.database_url))
+    if params is None:
+        database = redact_database_url(remote.database_url)
+    else:  # what the URL leaves out, libpq takes from PGHOST, PGPORT, PGDATABASE, PGUSER, then its defaults
+        def given(name: str, variable: str) -> str:
+            return params.get(name) or os.environ.get(variable, "")
+
+        user = given("user", "PGUSER")
+        database = f"{given('host', 'PGHOST')}:{given('port', 'PGPORT') or '5432'}/{given('dbname', 'PGDATABASE') or user}"
     options = remote.storage_options or {}
     endpoint = (options.get("client_kwargs") or {}).get("endpoint_url") or options.get("endpoint_url") or ""
     return f"{database} {remote.bucket_url.rstrip('/')} {str(endpoint).rstrip('/')}".rstrip()

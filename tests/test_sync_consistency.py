@@ -614,3 +614,27 @@ def test_a_sync_to_another_remote_sends_everything(vault: Vault, remote: Remote,
         for key in _objects(s3_bucket.storage_options, bucket):
             client.delete_object(Bucket=bucket, Key=key)
         client.delete_bucket(Bucket=bucket)
+
+
+def test_a_remote_named_by_libpq_s_environment_is_told_from_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database URL that leaves the host or database to PGHOST, PGPORT, PGDATABASE or PGUSER (as libpq does):
+    the remote's identity ignored them, so pointing PGHOST at another server was not another remote, and the
+    new server got only what changed since the last sync. What the URL says still wins."""
+    from types import SimpleNamespace
+
+    from localvault.config import remote_identity
+
+    for variable in ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER"):
+        monkeypatch.delenv(variable, raising=False)
+    bare = SimpleNamespace(database_url="postgresql://", bucket_url="s3://photos", storage_options={})
+    monkeypatch.setenv("PGHOST", "db-one.example")
+    monkeypatch.setenv("PGUSER", "alice")
+    one = remote_identity(bare)
+    assert one == "db-one.example:5432/alice s3://photos"
+    monkeypatch.setenv("PGHOST", "db-two.example")
+    monkeypatch.setenv("PGPORT", "6543")
+    monkeypatch.setenv("PGDATABASE", "gallery")
+    assert remote_identity(bare) == "db-two.example:6543/gallery s3://photos"
+    explicit = SimpleNamespace(database_url="postgresql://bob:pw@db.example:5433/main", bucket_url="s3://photos",
+                               storage_options={})
+    assert remote_identity(explicit) == "db.example:5433/main s3://photos"
