@@ -445,6 +445,7 @@ def test_comfyui_flux_custom_sampler_with_guider_and_noise_nodes() -> None:
     assert info.seed == 31337 and info.model == "flux1-schnell.safetensors"
     assert info.settings["sampler_name"] == "euler" and info.settings["steps"] == 20
     assert (info.settings["width"], info.settings["height"]) == (1024, 576)
+    assert info.settings["guidance"] == 3.5  # Flux's guidance, the number its users set (its cfg is 1)
 
 
 def _sampler(positive: Any, negative: Any, latent: Any, model: Any = ("4", 0)) -> dict[str, Any]:
@@ -465,6 +466,7 @@ def test_comfyui_flux_and_sd3_text_encoders() -> None:
     }
     info = _clean.finish(metadata.read_chunks({"prompt": flux}))
     assert info.prompt == "a red fox in the snow\na red fox" and info.negative_prompt is None
+    assert info.settings["guidance"] == 3.5 and info.settings["cfg"] == 1.0
     sd3 = dict(flux, **{"6": {"class_type": "CLIPTextEncodeSD3", "inputs": {
         "clip_l": "owl", "clip_g": "owl", "t5xxl": "an owl at night", "empty_padding": "none"}}})
     assert _clean.finish(metadata.read_chunks({"prompt": sd3})).prompt == "an owl at night\nowl"
@@ -482,7 +484,7 @@ def test_comfyui_zeroed_negative_is_no_negative() -> None:
         "31": _sampler(["35", 0], ["135", 0], ["124", 0], model=("37", 0)),
     }
     info = _clean.finish(metadata.read_chunks({"prompt": graph}))
-    assert info.prompt == "Change the car color to red"
+    assert info.prompt == "Change the car color to red" and info.settings["guidance"] == 2.5
     assert info.negative_prompt is None and "negative_prompt" not in info.settings
 
 

@@ -183,6 +183,25 @@ def _trace_text(nodes: Nodes, starts: list[Any], branch: str) -> str | None:
     return "\n".join(texts) if texts else None
 
 
+def _guidance(nodes: Nodes, starts: list[Any]) -> int | float | None:
+    """Flux's distilled guidance on the positive prompt's way to the sampler: a ``FluxGuidance`` node's, or that
+    of an encoder taking it itself (``CLIPTextEncodeFlux``). Its ``cfg`` is 1 then: this is the number users set."""
+    stack, seen = list(reversed(starts)), set[str]()
+    while stack and len(seen) < 1000:
+        link = stack.pop()
+        node = _target(nodes, link)
+        if node is None or str(link[0]) in seen:
+            continue
+        seen.add(str(link[0]))
+        inputs = node["inputs"]
+        value = _resolve(nodes, inputs["guidance"], ("value", "float", "number")) if "guidance" in inputs else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        if _node_text(nodes, inputs) is None:  # (not past the encoder)
+            stack.extend(reversed(_next_links(inputs, "positive")))
+    return None
+
+
 def _upstream(nodes: Nodes, node_id: str) -> Iterator[str]:
     """Ids of the nodes ``node_id`` depends on, nearest first."""
     queue, seen = deque([node_id]), {node_id}
@@ -311,6 +330,8 @@ def _sampler_fields(nodes: Nodes, found: Found, sampler_id: str) -> None:
             if key in inputs and key not in found.settings:
                 found.settings[key] = _resolve(nodes, inputs[key], (key, "value"))
     found.prompt = _trace_text(nodes, _cond_start(nodes, sampler, "positive"), "positive")
+    if (guidance := _guidance(nodes, _cond_start(nodes, sampler, "positive"))) is not None:
+        found.settings["guidance"] = guidance
     found.negative_prompt = _trace_text(nodes, _cond_start(nodes, sampler, "negative"), "negative")
     if found.negative_prompt is not None:
         found.settings["negative_prompt"] = found.negative_prompt
