@@ -21,7 +21,7 @@ def resolve(conn: sqlite3.Connection, user_id: str, ref: str) -> str:
         raise InvalidInputError(f"a collection is named by its name or id (text), not {type(ref).__name__}; "
                                 "list them with 'localvault collections ls'")
     if not ref.strip():
-        raise NotFoundError("no collection was named; give a collection's name or id")
+        raise InvalidInputError("no collection was named (an empty name); give a collection's name or id")
     models.check_unicode(ref, "the collection's name")
     try:
         as_id = models.check_uuid(ref)

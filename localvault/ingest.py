@@ -57,7 +57,7 @@ def prepare(
     if not is_file:
         if not os.path.lexists(source):
             raise NotFoundError(f"{source} does not exist; give the path of an image or video")
-        raise StorageError(f"{source} is not a file; give the path of an image or video")
+        raise InvalidInputError(f"{source} is not a file; give the path of an image or video")
     media_type, _size = media.check_source(source)  # a wrong file is refused before it is copied
     staged = files.stage(source, bucket, folder, on_bytes=_within_limit(source, on_bytes))
     try:

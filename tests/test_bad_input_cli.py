@@ -171,7 +171,7 @@ def _cases(world: dict[str, Any]) -> list[Case]:
         # (A 1 MB prompt given to the API is refused below; one embedded in a file is cut to 64 K by design.)
         Case("prompt of 128 KB on the command line", ["add", good, "--prompt", "x" * 131_000], INVALID, ("prompt",)),
         Case("file that does not exist", ["add", str(world["src"] / "nope.png")], NOT_FOUND, ("nope.png does not exist",)),
-        Case("a folder given as a file", ["add", str(world["src"])], STORAGE, ("not a file",)),
+        Case("a folder given as a file", ["add", str(world["src"])], INVALID, ("not a file",)),
         Case("negative seed", ["add", good, "--seed", "-1"], INVALID, ("seed",)),
         Case("non-integer seed", ["add", good, "--seed", "1.5"], INVALID, ("seed",)),
         Case("seed above 2^63-1", ["add", good, "--seed", str(2**63)], INVALID, ("seed",)),

@@ -292,7 +292,7 @@ def test_add_of_a_named_pipe_is_refused_not_waited_on(tmp_path: Path) -> None:
     Vault.create(tmp_path / "v").close()
     result = subprocess.run([sys.executable, "-m", "localvault.cli", "--vault", str(tmp_path / "v"), "add", str(fifo)],
                             capture_output=True, text=True, timeout=60)
-    assert result.returncode == 8 and "is not a file" in result.stderr, result.stderr
+    assert result.returncode == 3 and "is not a file" in result.stderr, result.stderr
     with pytest.raises(StorageError, match="not a regular file"):
         metadata.read(fifo)
 
