@@ -54,6 +54,7 @@ from .db import Database
 from .errors import InvalidInputError, StorageError
 from .files import FileStore, StagedFile
 from .import_report import ImportedFile, ImportReport
+from .metadata.sidecar import UNREADABLE
 from .progress import ProgressCallback, report
 from .workspace import Workspace
 
@@ -232,6 +233,9 @@ class Importer:
                         refuse(result, candidate.path, examined)
                         log.info("refused %s: %s", candidate.path, result.refused[candidate.path])
                         continue
+                    if unreadable := examined.info.settings.get(UNREADABLE):
+                        log.warning("%s: its sidecar could not be read (%s); what it says is not in the vault",
+                                    candidate.path, unreadable)
                     examined.job_id = self.grouper.job_for(examined.info, examined.sha256, candidate.mtime,
                                                            examined.group)
                     if examined.sha256 in first_copy or examined.values is None:

@@ -431,6 +431,34 @@ def test_a_batch_with_a1111_text_sidecars_is_one_job(vault: Vault, tmp_path: Pat
     assert len({i.job_id for i in result.imported}) == 1
 
 
+def test_an_unreadable_sidecar_is_warned_of_and_recorded(vault: Vault, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sidecar the import may not read (written by another user, mode 600) was passed over in silence: the
+    asset got the placeholders, and nothing said why. The import warns, and the asset's settings say so."""
+    from conftest import without_dac_override
+
+    from localvault import importer
+
+    # Examined in this process: a worker process started by root regains the right to read any file.
+    monkeypatch.setattr(importer, "PROCESS_MIN_FILES", 10**9)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    make_png(out / "00001-7.png")
+    sidecar = out / "00001-7.txt"
+    sidecar.write_text(a1111("a lighthouse at dusk", 7)["parameters"])
+    sidecar.chmod(0)
+    with without_dac_override(), caplog.at_level(logging.WARNING, logger="localvault"):
+        result = vault.workspace.import_folder(out)
+    asset = vault.workspace.get(result.imported[0].asset_id)
+    assert asset.original_prompt == "" and asset.generation_settings["sidecar_unreadable"] == (
+        "00001-7.txt: Permission denied")
+    assert [r.getMessage() for r in caplog.records if "sidecar" in r.getMessage()] == [
+        f"{out / '00001-7.png'}: its sidecar could not be read (00001-7.txt: Permission denied); what it says is "
+        "not in the vault"]
+
+
 def test_sizes_reported_are_those_of_the_bytes_imported(vault: Vault, tmp_path: Path) -> None:
     """A rig rewriting a file between the scan and its reading: the report gives what was stored, not what was listed."""
     rig_folder(tmp_path / "out")

@@ -21,6 +21,10 @@ _ALIASES = {
 }
 
 
+#: The settings key naming a sidecar found and not read (``NAME.txt: Permission denied``).
+UNREADABLE = "sidecar_unreadable"
+
+
 def candidate_names(name: str) -> list[str]:
     """The names a sidecar of the file ``name`` may have, in order of preference."""
     stem = os.path.splitext(name)[0]
@@ -112,6 +116,7 @@ def read(path: Path, siblings: Collection[str] | None = None) -> Found:
 
     ``siblings``, when given, are the names in ``path``'s folder: others are not looked for.
     """
+    unreadable: str | None = None
     for name in candidate_names(path.name):
         if siblings is not None and name not in siblings:  # most files have none: no Path, no stat
             continue
@@ -120,11 +125,15 @@ def read(path: Path, siblings: Collection[str] | None = None) -> Found:
             if candidate == path or not candidate.is_file() or candidate.stat().st_size > MAX_SIDECAR_BYTES:
                 continue
             text = candidate.read_bytes().decode("utf-8-sig", "replace")
-        except OSError:
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # (its permissions, a disk error): recorded, not fatal
+            unreadable = unreadable or f"{name}: {exc.strerror or type(exc).__name__}"
             continue
         found = parse_text(text, json_only=name.endswith(".json"))
         if not found.is_empty():
             found.source = "sidecar"
             found.settings.setdefault("sidecar", candidate.name)
             return found
-    return Found()
+    # Kept in the settings (an import warns of it): without it, a prompt missing from the vault said nothing why.
+    return Found(settings={UNREADABLE: unreadable}) if unreadable else Found()
