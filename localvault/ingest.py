@@ -96,6 +96,22 @@ UNKNOWN_MODEL = "unknown"
 PLACEHOLDERS: dict[str, Any] = {"seed": 0, "prompt": "", "model": UNKNOWN_MODEL}
 
 
+@dataclass(frozen=True)
+class BatchEntry:
+    """A file staged without fsync (``FileStore.stage(..., sync=False)``) for :meth:`localvault.workspace.Workspace.add_batch`.
+
+    The values are already validated (``models.check_*``); ``settings_json`` is JSON text.
+    """
+
+    staged: StagedFile
+    facts: MediaFacts
+    job_id: str
+    seed: int
+    prompt: str
+    model: str
+    settings_json: str
+
+
 class GenerationValues(NamedTuple):
     """The generation columns of a row, checked: seed, prompt, model and settings (as stored JSON)."""
 

@@ -6,7 +6,6 @@ import logging
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,8 +17,7 @@ from ._recovered import set_aside_strays
 from .db import Database, format_time, utc_now
 from .errors import DuplicateError, InvalidInputError, LocalVaultError, NotFoundError
 from .files import WORKSPACE_BUCKET, FileStore, StagedFile
-from .ingest import UNKNOWN_MODEL, GenerationValues, Prepared, prepare_with_values
-from .media import MediaFacts
+from .ingest import UNKNOWN_MODEL, BatchEntry, GenerationValues, Prepared, prepare_with_values
 from .models import GenerationInfo, Page, WorkspaceAsset
 from .progress import ProgressCallback
 
@@ -36,22 +34,6 @@ log = logging.getLogger(__name__)
 SYNCFS_MIN_FILES = 32
 #: How long undoing a failed add waits for the write lock (the failure may have been that lock: not 60 s again).
 UNDO_LOCK_WAIT_MS = 5_000
-
-
-@dataclass(frozen=True)
-class BatchEntry:
-    """A file staged without fsync (``FileStore.stage(..., sync=False)``) for :meth:`Workspace.add_batch`.
-
-    The values are already validated (``models.check_*``); ``settings_json`` is JSON text.
-    """
-
-    staged: StagedFile
-    facts: MediaFacts
-    job_id: str
-    seed: int
-    prompt: str
-    model: str
-    settings_json: str
 
 
 class Workspace:
@@ -99,6 +81,7 @@ class Workspace:
         committed_path: str | None = None
         asset_id = str(uuid.uuid4())
         note_id: int | None = None
+        replaced = False
         try:
             # Noted first: a process killed between the rename and the commit leaves nothing (_write_intents).
             note_id = write_intents.note(self._db, WORKSPACE_BUCKET, [f"{self.user_id}/{job}/"],
@@ -119,7 +102,7 @@ class Workspace:
                     (self.user_id, job, index),
                 ).fetchone():
                     raise DuplicateError(f"job {job} already has an asset at index {index}; use another --index")
-                self._drop_expired(conn, [prepared.staged.sha256])
+                replaced = self._drop_expired(conn, [prepared.staged.sha256])
                 existing = self._by_sha256(conn, prepared.staged.sha256)
                 if existing is not None:
                     raise DuplicateError(
@@ -154,6 +137,8 @@ class Workspace:
             if note_id is not None and committed_path is None:  # nothing renamed, or removed: else left to a settle
                 write_intents.drop_quietly(self._db, note_id)
             raise
+        if replaced:  # the expired asset's file, queued: removed now, not at the next delete or housekeeping
+            pending.drain(self._db, self._files)
         return rows.workspace_asset(row)
 
     def _remove_unclaimed(self, paths: list[str]) -> None:
@@ -173,8 +158,9 @@ class Workspace:
         except LocalVaultError:
             pass
 
-    def _drop_expired(self, conn: sqlite3.Connection, hashes: list[str]) -> None:
-        """Inside a write transaction: delete this user's expired assets with these bytes, queueing their files.
+    def _drop_expired(self, conn: sqlite3.Connection, hashes: list[str]) -> bool:
+        """Inside a write transaction: delete this user's expired assets with these bytes, queueing their files
+        (True if any: the caller drains the queue once it has committed).
 
         An expired asset is as good as gone (cleanup only has not got to it yet), so the same bytes
         added again make a new asset rather than count as a duplicate of one about to vanish.
@@ -184,6 +170,7 @@ class Workspace:
             f"DELETE FROM workspace_assets WHERE user_id = ? AND expires_at <= ? AND sha256 IN ({marks})"
             " RETURNING temp_storage_path", (self.user_id, utc_now(), *hashes)).fetchall()
         pending.queue_delete(conn, WORKSPACE_BUCKET, *(path for (path,) in doomed))
+        return bool(doomed)
 
     def _by_sha256(self, conn: sqlite3.Connection, sha256: str) -> str | None:
         row = conn.execute("SELECT id FROM workspace_assets WHERE user_id = ? AND sha256 = ?", (self.user_id, sha256)).fetchone()
@@ -235,6 +222,7 @@ class Workspace:
         out: list[tuple[str, int] | None] = [None] * len(entries)
         moves: list[tuple[StagedFile, str]] = []
         note_id: int | None = None
+        replaced = False
         try:
             # Noted first: a process killed between the renames and the commit leaves nothing (_write_intents).
             note_id = write_intents.note(self._db, WORKSPACE_BUCKET, {f"{user}/{e.job_id}/" for e in entries},
@@ -248,7 +236,7 @@ class Workspace:
                 next_index.update(conn.execute(
                     f"SELECT job_id, max(asset_index) + 1 FROM workspace_assets WHERE user_id = ? AND job_id IN"
                     f" ({','.join('?' * len(jobs))}) GROUP BY job_id", (user, *jobs)).fetchall())
-                self._drop_expired(conn, hashes)
+                replaced = self._drop_expired(conn, hashes)
                 marks = ",".join("?" * len(hashes))
                 taken = {r[0] for r in conn.execute(
                     f"SELECT sha256 FROM workspace_assets WHERE user_id = ? AND sha256 IN ({marks}) UNION "
@@ -301,6 +289,8 @@ class Workspace:
                     self._files.discard(entry.staged)
                 except LocalVaultError as exc:  # (verify --repair removes it, once an hour old)
                     log.warning("could not remove the temporary copy of a duplicate: %s", exc)
+        if replaced:
+            pending.drain(self._db, self._files)
         return out
 
     # ---------------------------------------------------------------- read
