@@ -1,7 +1,8 @@
 """Decide a file's media type from its bytes, check it is whole, and read its size facts.
 
 Only JPEG, PNG, WebP and MP4 are accepted. The name's extension must agree
-with the bytes; a truncated file is refused.
+with the bytes; a truncated file is refused, and so is a PNG whose image data
+fails its checksums (the one format here that carries them).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import io
 import os
 import re
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -26,6 +28,8 @@ _MP4_BRANDS = {b"isom", b"iso2", b"iso3", b"iso4", b"iso5", b"iso6", b"iso8", b"
                b"avc1", b"dash", b"M4V ", b"mmp4", b"MSNV", b"f4v ", b"av01", b"3gp4", b"3gp5", b"3gp6"}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+#: A PNG chunk's data is checked this many bytes at a time.
+_PNG_PIECE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -125,9 +129,35 @@ def check_stream(handle: BinaryIO, size: int, name: str) -> MediaType:
     media = sniff(head)
     if media is None:
         raise UnsupportedMediaError(f"{name} is not a JPEG, PNG, WebP or MP4 file (its bytes say otherwise)")
-    if not _is_whole(handle, media, size, head):
+    if not _is_whole(handle, media, size, head) or (media is MediaType.png and not _png_chunks_sound(handle, size)):
         raise UnsupportedMediaError(f"{name} is a truncated or damaged {media.extension.upper()} file; export it again")
     return media
+
+
+def _png_chunks_sound(handle: BinaryIO, size: int) -> bool:
+    """Whether a PNG's chunks run from its signature to an IEND at its end, each holding the CRC it was written
+    with: a bit flipped in the image data is found (Pillow checks the chunks before the image data only)."""
+    handle.seek(len(_PNG_SIGNATURE))
+    offset = len(_PNG_SIGNATURE)
+    while offset + 12 <= size:
+        header = handle.read(8)
+        if len(header) < 8:
+            return False
+        length, kind = int.from_bytes(header[:4], "big"), header[4:]
+        offset += 12 + length
+        if offset > size:
+            return False
+        crc, left = zlib.crc32(kind), length
+        while left:
+            piece = handle.read(min(left, _PNG_PIECE))
+            if not piece:
+                return False
+            crc, left = zlib.crc32(piece, crc), left - len(piece)
+        if handle.read(4) != crc.to_bytes(4, "big"):
+            return False
+        if kind == b"IEND":
+            return offset == size
+    return False
 
 
 def looks_finished(path: str | os.PathLike[str]) -> bool:

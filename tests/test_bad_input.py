@@ -89,6 +89,24 @@ def _png(seed: int) -> bytes:
     return image_bytes("png", 1000 + seed)
 
 
+def _with_bad_text_chunk_at_its_end(png: bytes) -> bytes:
+    """The PNG with a text chunk after its image data whose CRC is wrong (Pillow does not read that far)."""
+    import zlib
+
+    text = b"tEXt" + b"Comment\x00edited by hand"
+    bad_crc = ((zlib.crc32(text) + 1) & 0xFFFFFFFF).to_bytes(4, "big")
+    at = png.index(b"IEND") - 4
+    return png[:at] + (len(text) - 4).to_bytes(4, "big") + text + bad_crc + png[at:]
+
+
+def _flipped_in_image_data(png: bytes) -> bytes:
+    """The PNG with one bit flipped in the middle of its first IDAT chunk's data (a bad disk, a bad copy)."""
+    start = png.index(b"IDAT") + 4
+    length = int.from_bytes(png[start - 8:start - 4], "big")
+    at = start + length // 2
+    return png[:at] + bytes([png[at] ^ 0x10]) + png[at + 1:]
+
+
 def _tree(root: Path) -> set[str]:
     """Every folder under the vault (a refused add must not leave an empty job folder either)."""
     return {os.path.relpath(folder, root) for folder, _dirs, _names in os.walk(root)}
@@ -108,6 +126,12 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
                        lambda c: c.vault.workspace.add(c.file("t.jpg", image_bytes("jpg", 7, (64, 64))[:-300]))),
     "jpeg cut a little after its EXIF thumbnail": (UnsupportedMediaError, lambda c: c.vault.workspace.add(
         c.file("t3.jpg", _cut_after_thumbnail(jpeg_with_thumbnail(seed=7))))),
+    "png with a bit flipped in its image data": (UnsupportedMediaError, lambda c: c.vault.workspace.add(
+        c.file("flip.png", _flipped_in_image_data(image_bytes("png", 40, (64, 64)))))),
+    "png with a bit flipped (library)": (UnsupportedMediaError, lambda c: c.vault.library.add(
+        c.file("flip2.png", _flipped_in_image_data(image_bytes("png", 41, (64, 64)))))),
+    "png with a text chunk failing its checksum": (UnsupportedMediaError, lambda c: c.vault.workspace.add(
+        c.file("crc.png", _with_bad_text_chunk_at_its_end(image_bytes("png", 42, (16, 16)))))),
     "truncated webp": (UnsupportedMediaError, lambda c: c.vault.workspace.add(c.file("t.webp", image_bytes("webp", 8)[:-40]))),
     "truncated mp4": (UnsupportedMediaError, lambda c: c.vault.workspace.add(c.file("t.mp4", mp4_bytes(9)[:-17]))),
     "mp4 cut inside moov": (UnsupportedMediaError, lambda c: c.vault.library.add(c.file("t2.mp4", mp4_bytes(10)[:100]))),
@@ -587,3 +611,4 @@ def test_a_seed_given_as_a_float_is_named_so() -> None:
 
     with pytest.raises(InvalidInputError, match=r"seed 7\.0 is a float; give an integer"):
         check_seed(7.0)
+
