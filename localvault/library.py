@@ -343,7 +343,11 @@ class Library:
             if new_tags is not None or added or removed:
                 result = list(new_tags if new_tags is not None else json.loads(current["tags"]))
                 result += [t for t in added if t not in result]
-                result = models.check_tags([t for t in result if t not in removed])
+                result = [t for t in result if t not in removed]
+                if len(result) > models.MAX_TAGS:  # (check_tags would say "given": these are the asset's)
+                    raise InvalidInputError(f"the asset would hold {len(result)} tags; it may hold at most "
+                                            f"{models.MAX_TAGS}: remove some (remove_tags, --remove-tag)")
+                result = models.check_tags(result)
                 if result != json.loads(current["tags"]):
                     changes["tags"] = json.dumps(result, ensure_ascii=False)
             if collection is not UNSET:

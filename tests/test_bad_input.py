@@ -304,6 +304,7 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "import with -1 workers": (InvalidInputError, lambda c: c.vault.workspace.import_folder(c.src, workers=-1)),
     "import with workers as text": (InvalidInputError, lambda c: c.vault.workspace.import_folder(c.src, workers="x")),
     "create in a folder holding other files": (InvalidInputError, lambda c: Vault.create(c.src)),
+    "create on a file": (InvalidInputError, lambda c: Vault.create(c.file("not-a-folder", b"x"))),
     "bad cursor": (InvalidInputError, lambda c: c.vault.workspace.list(cursor="garbage!")),
     "bad cursor (library)": (InvalidInputError, lambda c: c.vault.library.list(cursor="eyJ4IjogMX0")),
     "search cursor on plain listing": (InvalidInputError, lambda c: c.vault.library.list(cursor=c.search_cursor)),
@@ -612,3 +613,13 @@ def test_a_seed_given_as_a_float_is_named_so() -> None:
     with pytest.raises(InvalidInputError, match=r"seed 7\.0 is a float; give an integer"):
         check_seed(7.0)
 
+
+
+def test_tags_added_past_the_limit_name_the_asset_s_count_not_what_was_given(ctx: Ctx) -> None:
+    """Two tags added to an asset holding 63 said 'more than 64 tags given': only two were given."""
+    asset = ctx.vault.library.add(ctx.file("tags63.png", _png(60)), tags=[f"t{i}" for i in range(MAX_TAGS - 1)])
+    with pytest.raises(InvalidInputError, match=f"the asset would hold {MAX_TAGS + 1} tags; it may hold at most "
+                                                f"{MAX_TAGS}"):
+        ctx.vault.library.update(asset.id, add_tags=["new one", "new two"])
+    assert len(ctx.vault.library.get(asset.id).tags) == MAX_TAGS - 1
+    ctx.vault.library.delete(asset.id)
