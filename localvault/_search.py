@@ -37,9 +37,11 @@ class SearchQuery:
 def search_query(text: str) -> SearchQuery:
     """The user's search words, split between the full-text index and substring matches."""
     text = models.check_search(text)
-    words = [w for w in text.split() if w.strip('"')]
+    # A word of punctuation alone is no word to the index (it found nothing); the search then looks for none.
+    words = [w for w in text.split() if re.search(r"[^\W_]", w)]
     if not words:
-        raise InvalidInputError("the search text is empty; give one or more words")
+        raise InvalidInputError("the search text has no word to look for (it is empty, or only punctuation); "
+                                "give one or more words")
     indexed = [w for w in words if not _UNSPACED.search(w)]
     # Cut at punctuation, as the index cuts words (`日本語,` or `"日本語"` or `「狐」`): each piece must be found.
     pieces = [p for w in words if _UNSPACED.search(w) for p in re.split(r"[\W_]+", w) if p]

@@ -203,6 +203,7 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "empty collection name": (InvalidInputError, lambda c: c.vault.collections.create("")),
     "collection name with control char": (InvalidInputError, lambda c: c.vault.collections.create("a\x00b")),
     "empty search": (InvalidInputError, lambda c: c.vault.library.list(search="   ")),
+    "search of punctuation alone": (InvalidInputError, lambda c: c.vault.library.list(search="( - *** {} _")),
     # lone surrogates: what Python makes of a shell argument that is not UTF-8 (SQLite cannot store them)
     "prompt with a lone surrogate": (InvalidInputError,
                                      lambda c: c.vault.workspace.add(c.file("u1.png", _png(44)), prompt="caf\udce9")),
