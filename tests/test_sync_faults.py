@@ -732,3 +732,32 @@ def test_a_big_file_waiting_for_its_turn_is_not_sent_once_the_sync_stops(s3_buck
                           aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
     assert client.list_multipart_uploads(Bucket=s3_bucket.name).get("Uploads", []) == []
     assert client.list_objects_v2(Bucket=s3_bucket.name).get("KeyCount") == 0
+
+
+def test_retried_uploads_are_warned_of_once_per_reason(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path,
+                                                       fast_retries: None, monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """While uploads were retried the progress bar stood still and nothing said why. Each retry is logged now
+    (the CLI prints localvault's warnings above its bar): a warning once per reason, the others alike at INFO."""
+    import logging
+
+    from servers import s3_error_xml
+
+    monkeypatch.setattr(retry, "_warned", {})
+    _fill(vault, tmp_path, 6)
+    failures = iter(range(24))  # the first PUTs all fail alike (botocore's own second attempt included)
+
+    def busy(method: str, path: str, body: bytes) -> tuple[int, bytes] | None:
+        if method == "PUT" and next(failures, None) is not None:
+            return 503, s3_error_xml("SlowDown", "Please reduce your request rate.")
+        return None
+
+    with caplog.at_level(logging.INFO, logger="localvault.sync.retry"), \
+            through_proxy(remote, s3_bucket, busy) as proxied:
+        assert vault.sync(proxied).files_uploaded == 6
+    retries = [r for r in caplog.records if "trying again in" in r.getMessage()]
+    warned = [r.getMessage() for r in retries if r.levelno == logging.WARNING]
+    assert len(retries) > 1 and len(warned) == 1, [r.getMessage() for r in retries]
+    assert warned[0].startswith("uploading ") and "reduce your request rate" in warned[0]
+    assert "trying again in 0.05 s (attempt 2 of 4)" in warned[0]  # (fast_retries: three delays)
+    assert_mirrors(vault, remote, s3_bucket)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import threading
 import time
@@ -19,7 +21,14 @@ RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 #: answers nothing costs each attempt its read timeout (30 s for S3: two attempts of 15), and is offline after
 #: about a minute and a half, not after six timeouts.
 RETRY_BUDGET_SECONDS = 45.0
+#: A retry is a warning (the CLI prints it above its progress bar) once per reason in this many seconds; the
+#: others alike (sixteen uploads cut by one dropped link) are logged at INFO.
+WARN_EVERY_SECONDS = 10.0
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+_warned: dict[str, float] = {}
+_warned_lock = threading.Lock()
 
 #: Connection trouble: retried with backoff, then reported as offline (with the store's own, see network_errors).
 #: A session the server ended for idling in a transaction (25P03) is one too.
@@ -78,8 +87,22 @@ def retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | 
             if delay is None:
                 raise OfflineError(f"{what} failed after {attempt} attempt{'s' if attempt > 1 else ''}: "
                                    f"{first_line(exc)}") from None
+            _tell_retry(what, exc, attempt, delay)
             if on_retry:
                 on_retry()
             if stop.wait(delay):
                 raise RetryStopped(f"{what}: the sync stopped") from None
     raise AssertionError("unreachable")
+
+
+def _tell_retry(what: str, exc: BaseException, attempt: int, delay: float) -> None:
+    """Log a retry: a sync that waits on a failing link says why (the progress bar stands still meanwhile)."""
+    reason, now = first_line(exc), time.monotonic()
+    with _warned_lock:
+        loud = now - _warned.get(reason, -math.inf) >= WARN_EVERY_SECONDS
+        if loud:
+            if len(_warned) > 256:  # (reasons naming files: bounded)
+                _warned.clear()
+            _warned[reason] = now
+    log.log(logging.WARNING if loud else logging.INFO, "%s: %s; trying again in %g s (attempt %d of %d)",
+            what, reason, delay, attempt + 1, len(RETRY_DELAYS) + 1)
