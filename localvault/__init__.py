@@ -25,22 +25,22 @@ from .errors import (
     UnsupportedMediaError,
     VaultCorruptError,
 )
-from .models import (
-    AssetType,
-    Collection,
-    GenerationInfo,
-    LibraryAsset,
-    MediaType,
-    Page,
-    Visibility,
-    VisibilityName,
-    WorkspaceAsset,
-)
 
 if TYPE_CHECKING:
     from ._cleanup import CleanupReport
     from .db import NetworkFilesystemWarning
     from .import_report import ImportReport
+    from .models import (
+        AssetType,
+        Collection,
+        GenerationInfo,
+        LibraryAsset,
+        MediaType,
+        Page,
+        Visibility,
+        VisibilityName,
+        WorkspaceAsset,
+    )
     from .vault import Vault
     from .verify import VerifyReport
 
@@ -60,9 +60,12 @@ __all__ = [
 ]
 
 #: Imported on first use: Vault (and the database layer under it) and what comes with it, so that the
-#: import's worker processes (localvault._examiners), which never open a vault, start without them.
+#: import's worker processes (localvault._examiners), which never open a vault, start without them; the models
+#: (pydantic), so that the command's entry point (localvault._entry) is loaded before them.
 _LAZY = {"Vault": "vault", "NetworkFilesystemWarning": "db", "CleanupReport": "_cleanup",
-         "ImportReport": "import_report", "VerifyReport": "verify"}
+         "ImportReport": "import_report", "VerifyReport": "verify",
+         **{name: "models" for name in ("AssetType", "Collection", "GenerationInfo", "LibraryAsset", "MediaType",
+                                        "Page", "Visibility", "VisibilityName", "WorkspaceAsset")}}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,5 @@
 """``python -m localvault``: the same as the ``localvault`` command (for when the script is not on PATH)."""
 
-from .cli import main
+from ._entry import main
 
-main(prog_name="localvault")
+main()

@@ -338,3 +338,30 @@ def test_a_single_add_makes_the_folders_it_may_have_made_durable(vault: Vault, t
     job = workspace / asset.temp_storage_path.rsplit("/", 1)[0]
     assert {str(job), str(job.parent), str(workspace)} <= set(synced)
     assert {str(library / kept.storage_path.split("/")[0]), str(library)} <= set(synced)
+
+
+def test_a_ctrl_c_while_the_command_loads_ends_it_with_one_line() -> None:
+    """A Ctrl-C in the command's first ~0.3 s (Python still importing it) printed a traceback. The entry point
+    loads the command itself, and the package's own import holds nothing heavy (pydantic, the database)."""
+    import json
+    import subprocess
+    import sys
+
+    interrupted_while_loading = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'localvault.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "sys.argv = ['localvault', 'ls', '--json']\n"
+        "from localvault._entry import main\n"
+        "main()\n")
+    result = subprocess.run([sys.executable, "-c", interrupted_while_loading], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 130 and result.stderr == "error: interrupted\n", result.stderr
+    assert json.loads(result.stdout) == {"error": {"message": "interrupted", "exit_code": 130, "kind": "Interrupted"}}
+    light = subprocess.run([sys.executable, "-c", "import sys, localvault._entry; print(sorted(m for m in "
+                            "('pydantic', 'sqlite3', 'click', 'localvault.models') if m in sys.modules))"],
+                           capture_output=True, text=True, timeout=60)
+    assert light.stdout.strip() == "[]", light.stdout + light.stderr
