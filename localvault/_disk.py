@@ -303,6 +303,18 @@ def copy_checked(source: str, temp: str, sha256: str | None) -> bool:
     return sha256 is None or digest.hexdigest() == sha256
 
 
+def link_or_copy_checked(source: str, temp: str, sha256: str | None) -> bool:
+    """Hard-link ``source`` as the new file ``temp`` (True), or copy it where links are impossible or where it
+    has other links (False): one linked from outside the vault (``--link``) may be rewritten in place by its rig.
+    A copy's bytes must be those of ``sha256`` (given): else StorageError, ``temp`` left for the caller."""
+    if os.stat(source).st_nlink == 1 and try_hard_link(source, temp):
+        return True
+    if not copy_checked(source, temp, sha256):
+        raise StorageError(f"the file {source} no longer holds the bytes it was stored with (changed in place: "
+                           "was its source imported with --link, then rewritten?); run 'localvault verify'")
+    return False
+
+
 def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:

@@ -25,18 +25,17 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ._disk import (
     TEMP_PREFIX,
-    copy_checked,
     create_in_folder,
     drop_cached,
     fsync_path,
     in_folder,
+    link_or_copy_checked,
     not_regular,
     open_regular,
     os_error,
     start_writeback,
     stream_digest,
     sync_filesystem,
-    try_hard_link,
     unlink_quietly,
     walk_files,
     write_all,
@@ -153,10 +152,9 @@ class FileStore:
         return StagedFile(bucket, temp, digest.hexdigest(), size)
 
     def commit(self, staged: StagedFile, relative: str, *, sync_dir: bool = True) -> None:
-        """Rename a staged file to its final name (replacing any file there: the workspace first sets aside
-        one that no row uses and no queued deletion covers) and make it durable. The folder is made if missing:
-        a file staged in the user's folder (by an import's worker process) meets its job's folder here. With
-        ``sync_dir=False`` the caller fsyncs the folders itself (:meth:`sync_dirs`), once per batch."""
+        """Rename a staged file to its final name, replacing any file there (the workspace first sets aside one
+        no row uses), in a folder made if missing, and make it durable (with ``sync_dir=False``, the caller
+        fsyncs the folders itself, once per batch: :meth:`sync_dirs`)."""
         final = self.full_path(staged.bucket, relative)
         try:
             if self.local:
@@ -269,34 +267,35 @@ class FileStore:
             for folder in sorted(folders, reverse=True):  # the deepest first, the bucket's last
                 fsync_path(self.full_path(bucket, folder))
 
-    def link(self, source_bucket: str, source: str, bucket: str, relative: str, sha256: str | None = None) -> None:
-        """Make ``bucket/relative`` hold the same bytes as ``source``: a hard link where possible, else a copy
-        (checked against ``sha256``, if given: StorageError when the source's bytes changed). A source linked
-        from outside the vault too (imported with ``--link``) is copied: its rig may rewrite it in place."""
+    def stage_from(self, source_bucket: str, source: str, bucket: str, folder: str,
+                   sha256: str | None = None) -> StagedFile:
+        """``source``'s bytes under a temporary name in ``bucket/folder``, for :meth:`commit`, made before the
+        write's transaction (a 1 GiB copy must not hold the write lock): a hard link, or a copy checked against
+        ``sha256`` (StorageError if the bytes changed) where links are impossible or the source has other links
+        (imported with ``--link``: its rig may rewrite it in place)."""
         src = self.full_path(source_bucket, source)
-        final = self.full_path(bucket, relative)
-        temp = f"{os.path.dirname(final)}/{TEMP_PREFIX}{uuid.uuid4().hex}"
+        directory = self.full_path(bucket, folder)
+        temp = f"{directory}/{TEMP_PREFIX}{uuid.uuid4().hex}"
         try:
-            self.fs.makedirs(os.path.dirname(final), exist_ok=True)
-            if self.local:
-                shared = os.stat(src).st_nlink > 1  # (a link from outside the vault too: copied, not linked)
-                if (shared or not try_hard_link(src, temp)) and not copy_checked(src, temp, sha256):
-                    raise StorageError(f"the file {src} no longer holds the bytes it was stored with (changed in "
-                                       "place: was its source imported with --link, then rewritten?); run "
-                                       "'localvault verify'")
-                os.replace(temp, final)
-                self._sync_folders_of(bucket, relative, final)
-            else:
-                self.fs.copy(src, temp)
-                self.fs.mv(temp, final)
-        except FileNotFoundError:
+            self.fs.makedirs(directory, exist_ok=True)
+            linked = link_or_copy_checked(src, temp, sha256) if self.local else bool(self.fs.copy(src, temp))  # None
+            size = int(self.fs.size(temp))
+        except BaseException as exc:  # (a Ctrl-C too: no temporary file stays)
             self._remove_path(temp)
-            raise StorageError(f"the file {src} is missing; run 'localvault verify' to check the vault") from None
-        except OSError as exc:
-            self._remove_path(temp)
-            raise (exc if isinstance(exc, StorageError) else os_error(exc, final)) from None
-        except BaseException:  # a Ctrl-C: no temporary file stays (nor the file, see _sync_folders_of)
-            self._remove_path(temp)
+            if isinstance(exc, FileNotFoundError):
+                raise StorageError(f"the file {src} is missing; run 'localvault verify' to check the vault") from None
+            if isinstance(exc, OSError) and not isinstance(exc, StorageError):
+                raise os_error(exc, temp) from None
+            raise
+        return StagedFile(bucket, temp, sha256 or "", size, linked=linked)
+
+    def link(self, source_bucket: str, source: str, bucket: str, relative: str, sha256: str | None = None) -> None:
+        """Make ``bucket/relative`` hold the same bytes as ``source`` (:meth:`stage_from`, then :meth:`commit`)."""
+        staged = self.stage_from(source_bucket, source, bucket, os.path.dirname(relative), sha256)
+        try:
+            self.commit(staged, relative)
+        except BaseException:
+            self.discard(staged)
             raise
 
     def remove(self, bucket: str, relative: str, *, prune: bool = True) -> None:

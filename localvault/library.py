@@ -16,7 +16,7 @@ from ._search import SUBSTRING_FILTER, SearchQuery, search_query
 from .collections import resolve as resolve_collection
 from .db import Database, format_time
 from .errors import ConflictError, DuplicateError, InvalidInputError, NotFoundError, StorageError
-from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
+from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore, StagedFile
 from .ingest import prepare_with_values
 from .models import GenerationInfo, LibraryAsset, Page, Visibility, VisibilityName
 
@@ -59,26 +59,27 @@ class Library:
         fields = self._check_fields(title, tags, favorite, visibility)
         asset_id = str(uuid.uuid4())
         linked: str | None = None
+        staged: StagedFile | None = None
         note_id: int | None = None
         try:
             source, _ = self._save_source(self._db.conn, workspace_asset_id, collection)  # refusals before a copy
             relative = f"{self.user_id}/{asset_id}.{models.MediaType(source[3]).extension}"
-            # Noted first: a process killed between the link and the commit leaves nothing (_write_intents).
+            # Noted first: a process killed between the rename and the commit leaves nothing (_write_intents).
             note_id = write_intents.note(self._db, LIBRARY_BUCKET, [relative])
-            # Before the write transaction: a copy (of a file with links outside the vault) of up to 1 GiB must not
-            # hold every other writer of the vault.
-            try:
-                self._files.link(WORKSPACE_BUCKET, source[0], LIBRARY_BUCKET, relative, source[12])
+            try:  # under a temporary name, before the transaction: a copy of 1 GiB must not hold other writers
+                staged = self._files.stage_from(WORKSPACE_BUCKET, source[0], LIBRARY_BUCKET, self.user_id,
+                                                source[12])
             except StorageError:
                 self._save_source(self._db.conn, workspace_asset_id, None)  # expired meanwhile: NotFoundError
                 raise
-            linked = relative
             with self._db.write() as conn:
                 now, collection_id = self._save_source(conn, workspace_asset_id, collection)
                 if (now[0], now[12]) != (source[0], source[12]):
                     raise ConflictError(f"workspace asset {workspace_asset_id} changed while it was saved; save it "
                                         "again")
                 source = now  # (its metadata as it is now: a late sidecar may have filled it meanwhile)
+                self._files.commit(staged, relative)
+                linked, staged = relative, None
                 conn.execute(
                     "INSERT INTO user_library (id, user_id, asset_type, storage_path, file_size_bytes, mime_type,"
                     " duration_seconds, original_prompt, model_used, generation_seed, generation_settings, thumbnail_path,"
@@ -90,6 +91,8 @@ class Library:
                 saved = self.get(asset_id)  # in the transaction: what was committed, whatever comes next
                 write_intents.drop(conn, note_id)
         except BaseException:
+            if staged is not None:
+                self._files.discard(staged)
             if linked is not None and not self._db.has_row("user_library", asset_id):  # committed: keep its file
                 self._files.remove(LIBRARY_BUCKET, linked)
                 linked = None
@@ -168,8 +171,7 @@ class Library:
 
     def _save_source(self, conn: sqlite3.Connection, workspace_asset_id: str, collection: str | None,
                      ) -> tuple[tuple[Any, ...], str | None]:
-        """The workspace row :meth:`save` keeps (path, type, size, …, sha256) and the collection's id; NotFoundError
-        or DuplicateError as :meth:`save` says."""
+        """The workspace row :meth:`save` keeps (path, type, size, …, sha256) and the collection's id."""
         source = conn.execute(
             "SELECT temp_storage_path, asset_type, file_size_bytes, mime_type, duration_seconds, original_prompt,"
             " model_used, generation_seed, generation_settings, thumbnail_path, width, height, sha256"
@@ -179,9 +181,9 @@ class Library:
         if source is None:
             kept = conn.execute("SELECT 1 FROM user_library WHERE id = ? AND user_id = ?",
                                 (workspace_asset_id, self.user_id)).fetchone()
-            hint = (f"it is a library asset already (kept): 'localvault update {workspace_asset_id}' edits it"
-                    if kept else "see 'localvault ls workspace'")
-            raise NotFoundError(f"no workspace asset {workspace_asset_id} in this vault; {hint}")
+            raise NotFoundError(f"no workspace asset {workspace_asset_id} in this vault; " + (
+                f"it is a library asset already (kept): 'localvault update {workspace_asset_id}' edits it"
+                if kept else "see 'localvault ls workspace'"))
         self._check_not_kept(conn, source[12])
         collection_id = resolve_collection(conn, self.user_id, collection) if collection is not None else None
         return tuple(source), collection_id

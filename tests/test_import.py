@@ -9,6 +9,7 @@ import os
 import sqlite3
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -17,7 +18,7 @@ from localvault import Vault
 from localvault._intake import scan
 from localvault.cli import main
 from localvault.errors import NotFoundError, StorageError
-from localvault.files import LIBRARY_BUCKET, TEMP_PREFIX, WORKSPACE_BUCKET
+from localvault.files import LIBRARY_BUCKET, TEMP_PREFIX, WORKSPACE_BUCKET, FileStore
 from localvault.importer import Importer
 from localvault.progress import ProgressEvent
 from localvault.workspace import Workspace
@@ -343,12 +344,12 @@ def test_the_copy_of_a_save_does_not_hold_the_vault_s_write_lock(vault: Vault, t
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The library's copy of a linked import (up to 1 GiB) was made inside the save's write transaction: every
     other writer of the vault (a watcher, an app) waited for it. It is made before now; the row after."""
-    import localvault.files
+    import localvault._disk
 
     paths = rig_folder(tmp_path / "out")
     result = vault.workspace.import_folder(tmp_path / "out", mode="link")
     asset_id = next(i.asset_id for i in result.imported if Path(i.source) in paths and i.source.endswith(".png"))
-    real_copy = localvault.files.copy_checked
+    real_copy = localvault._disk.copy_checked
     others_wrote: list[bool] = []
 
     def copy_while_another_writes(*args: object) -> bool:
@@ -362,7 +363,7 @@ def test_the_copy_of_a_save_does_not_hold_the_vault_s_write_lock(vault: Vault, t
             other.close()
         return real_copy(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(localvault.files, "copy_checked", copy_while_another_writes)
+    monkeypatch.setattr(localvault._disk, "copy_checked", copy_while_another_writes)
     kept = vault.library.save(asset_id, title="kept")
     assert others_wrote == [True]
     assert vault.db.get_meta("other-writer") == "here"
@@ -370,22 +371,45 @@ def test_the_copy_of_a_save_does_not_hold_the_vault_s_write_lock(vault: Vault, t
         LIBRARY_BUCKET, kept.storage_path).stat().st_nlink == 1
 
 
+def test_a_vault_opened_while_a_save_copies_leaves_the_save_s_file_alone(vault: Vault, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A vault opened for writing settles the notes of writes killed between their rename and their commit
+    (_write_intents): under the write lock no write is there, so a noted file without a row is a dead write's.
+    A save whose copy sat at its final name before the lock broke that: another process opening the vault
+    meanwhile removed the file of a save about to commit (the four-process test found a library row without its
+    file). The copy keeps a temporary name until the save's transaction renames it."""
+    paths = rig_folder(tmp_path / "out")
+    result = vault.workspace.import_folder(tmp_path / "out", mode="link")
+    asset_id = next(i.asset_id for i in result.imported if Path(i.source) in paths and i.source.endswith(".png"))
+    real_stage = FileStore.stage_from
+
+    def another_process_opens_the_vault_meanwhile(self: FileStore, *args: Any, **kwargs: Any) -> Any:
+        staged = real_stage(self, *args, **kwargs)
+        Vault.open(vault.root).close()  # settles the save's note, under the write lock
+        return staged
+
+    monkeypatch.setattr(FileStore, "stage_from", another_process_opens_the_vault_meanwhile)
+    kept = vault.library.save(asset_id)
+    assert vault.files.local_path(LIBRARY_BUCKET, kept.storage_path).is_file()
+    assert vault.verify().clean
+
+
 def test_a_save_of_an_asset_deleted_during_its_copy_is_not_found_and_leaves_nothing(
         vault: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The copy now runs outside the write transaction: the workspace asset may go meanwhile (its expiry's
     cleanup, a delete from another process). The save then says it is not found, and leaves no file or row."""
-    import localvault.files
+    import localvault._disk
 
     paths = rig_folder(tmp_path / "out")
     result = vault.workspace.import_folder(tmp_path / "out", mode="link")
     asset_id = next(i.asset_id for i in result.imported if Path(i.source) in paths and i.source.endswith(".png"))
-    real_copy = localvault.files.copy_checked
+    real_copy = localvault._disk.copy_checked
 
     def deleted_before_its_copy(*args: object) -> bool:
         Vault.open(vault.root).workspace.delete(asset_id)
         return real_copy(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(localvault.files, "copy_checked", deleted_before_its_copy)
+    monkeypatch.setattr(localvault._disk, "copy_checked", deleted_before_its_copy)
     with pytest.raises(NotFoundError, match=f"no workspace asset {asset_id}"):
         vault.library.save(asset_id)
     assert vault.library.count() == 0
