@@ -46,11 +46,14 @@ class FreezingProxy:
     """A TCP proxy to PostgreSQL that, once frozen, keeps every connection open and passes nothing on (new ones
     are accepted and left unanswered): a link whose far end still acknowledges."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, bytes_per_second: int | None = None) -> None:
         self.upstream = ("127.0.0.1", port)
+        self.bytes_per_second = bytes_per_second  # a slow link: what passes, passes at this pace
         self.frozen = threading.Event()
         self.closing = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
+        if bytes_per_second:  # (a small window, as a slow link's: what is not taken waits in the sender's queue)
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
         self.port = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = [self.listener]
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -75,7 +78,9 @@ class FreezingProxy:
                     selector.register(client, selectors.EVENT_READ)
                     selector.register(server, selectors.EVENT_READ)
                 elif not self.frozen.is_set():
-                    data = sock.recv(65536)
+                    data = sock.recv(4096 if self.bytes_per_second else 65536)
+                    if data and self.bytes_per_second:
+                        time.sleep(len(data) / self.bytes_per_second)
                     if data:
                         peers[sock].sendall(data)
                     else:
@@ -148,7 +153,7 @@ def test_a_link_that_freezes_mid_sync_is_offline_and_the_next_sync_sends_everyth
     assert elapsed < 30
     # (the first attempt cut after 1 s; the next could not connect through the frozen link)
     assert str(caught.value).startswith("writing rows to PostgreSQL failed")
-    assert "sent nothing for 1 s" in str(caught.value) or "timeout expired" in str(caught.value)
+    assert "passed nothing for 1 s" in str(caught.value) or "timeout expired" in str(caught.value)
     assert _outbox(vault) == 4
     with psycopg.connect(remote.database_url) as conn:
         assert conn.execute("SELECT count(*) FROM public.user_library").fetchone() == (0,)
@@ -158,10 +163,28 @@ def test_a_link_that_freezes_mid_sync_is_offline_and_the_next_sync_sends_everyth
 
 def test_a_wait_that_ends_in_time_is_not_cut(server: str, short_deadline: None) -> None:
     """A statement shorter than the deadline (with the watcher looking meanwhile) completes; the connection
-    stays usable; a wait longer than the deadline is cut as NoAnswerError, an OperationalError the sync retries."""
+    stays usable; a wait silent for longer than the deadline is cut as NoAnswerError, an OperationalError the sync
+    retries."""
     with DeadlineConnection.connect(server, autocommit=True) as conn:
         assert conn.execute("SELECT pg_sleep(0.6), 1").fetchone() == ("", 1)
         assert conn.execute("SELECT 2").fetchone() == (2,)
-        with pytest.raises(answer_deadline.NoAnswerError, match="sent nothing for 1 s"):
+        with pytest.raises(answer_deadline.NoAnswerError, match="passed nothing for 1 s"):
             conn.execute("SELECT pg_sleep(5)")
         assert conn.closed or conn.broken
+
+
+def test_a_slow_link_that_keeps_moving_is_not_cut(server: str, short_deadline: None) -> None:
+    """The deadline is on silence, not on a wait's length: a batch of 64 MiB over a link of a few Mbit/s takes
+    minutes to send, and must not be cut (then resent, and cut, each sync). Here 600 KB at 200 KB/s, 1 s
+    deadline: a 3 s wait that moves all along."""
+    params = psycopg.conninfo.conninfo_to_dict(server)
+    proxy = FreezingProxy(int(str(params["port"])), bytes_per_second=200_000)
+    try:
+        params["port"] = proxy.port
+        with DeadlineConnection.connect(psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in params.items()}),
+                                        autocommit=True) as conn:
+            started = time.monotonic()
+            assert conn.execute("SELECT length(%s)", ("x" * 600_000,)).fetchone() == (600_000,)
+            assert time.monotonic() - started > 2.0  # (it did take longer than the deadline)
+    finally:
+        proxy.close()

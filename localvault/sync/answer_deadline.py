@@ -4,18 +4,21 @@ TCP keepalives and ``tcp_user_timeout`` (:func:`localvault.sync.schema.connect`)
 acknowledging. They cannot see a link whose far end still acknowledges and passes nothing on (a proxy or a
 pooler that froze), nor a server process that was stopped (its kernel still answers the probes): there a read
 waits for ever. So every wait of a sync's connection for the server (a statement, a COPY's write, a commit) is
-watched, and one that lasts :data:`ANSWER_DEADLINE_SECONDS` has its socket shut down. The wait then fails as
-:class:`NoAnswerError`, an ``OperationalError``: the sync retries on a new connection, then reports offline.
+watched, and one that sees no byte move either way for :data:`ANSWER_DEADLINE_SECONDS` has its socket shut
+down (bytes the kernel still sends, a query bigger than its send queue, count as moving). The wait then fails
+as :class:`NoAnswerError`, an ``OperationalError``: the sync retries on a new connection, then reports
+offline. A batch of 64 MiB sent over a slow link keeps moving, and is not cut.
 
-No statement of a sync waits that long on a server that works: each waits at most a minute for a lock (its
-``lock_timeout``), and a batch is at most 5,000 rows. ``schema apply`` (an index built over a big table may
-take longer) does not use this.
+No statement of a sync keeps a server that works silent that long: each waits at most a minute for a lock (its
+``lock_timeout``). ``schema apply`` (an index built over a big table may take longer) does not use this.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -23,58 +26,102 @@ from typing import Any
 
 import psycopg
 
+try:
+    import fcntl
+    import termios
+except ImportError:  # (Windows: silence alone is watched)
+    pass
+
+log = logging.getLogger(__name__)
+
 __all__ = ["ANSWER_DEADLINE_SECONDS", "DeadlineConnection", "NoAnswerError"]
 
-#: Seconds one wait for the server may last before its connection is cut.
+#: Seconds a wait for the server may see nothing move before its connection is cut.
 ANSWER_DEADLINE_SECONDS = 120.0
 #: How often the watcher looks at the waits in progress (a wait is cut at most this late).
 _LOOK_EVERY_SECONDS = 1.0
 
 
 class NoAnswerError(psycopg.OperationalError):
-    """The server sent nothing for :data:`ANSWER_DEADLINE_SECONDS` during one wait; the connection was cut."""
+    """Nothing moved for :data:`ANSWER_DEADLINE_SECONDS` during one wait for the server; the connection was cut."""
 
 
 class DeadlineConnection(psycopg.Connection[Any]):
-    """A psycopg connection whose every wait for the server is cut after :data:`ANSWER_DEADLINE_SECONDS`."""
+    """A psycopg connection whose waits for the server are cut after :data:`ANSWER_DEADLINE_SECONDS` without
+    progress (no byte sent or received: a big batch on a slow link goes on as long as it moves)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._waiting_since: float | None = None
+        self._quiet_since: float | None = None
         self._cut = False
+        self._socket_copy: int | None = None  # the wait's own descriptor of the socket: libpq cannot close it
+        self._unsent: int | None = None  # bytes in the socket's send queue when last looked at
         self._guard = threading.Lock()
 
-    def wait(self, *args: Any, **kwargs: Any) -> Any:  # (psycopg's signature differs between versions)
+    def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:  # (psycopg's signature differs between versions)
         """psycopg's wait, watched (see the module's docstring)."""
-        self._waiting_since = time.monotonic()
+        with self._guard:
+            self._cut, self._unsent = False, None
+            self._socket_copy = os.dup(self.pgconn.socket)
+            self._quiet_since = time.monotonic()
         _watcher.watch(self)
         try:
-            return super().wait(*args, **kwargs)
+            return super().wait(self._moving(gen), *args, **kwargs)
         except psycopg.OperationalError as exc:
             if self._cut:
-                raise NoAnswerError(f"PostgreSQL sent nothing for {ANSWER_DEADLINE_SECONDS:.0f} s (a frozen link or "
-                                    "a stopped server); the connection was closed") from exc
+                raise NoAnswerError(f"PostgreSQL passed nothing for {ANSWER_DEADLINE_SECONDS:.0f} s (a frozen link "
+                                    "or a stopped server); the connection was closed") from exc
             raise
         finally:
             with self._guard:
-                self._waiting_since = None
+                self._quiet_since = None
+                os.close(self._socket_copy)
+                self._socket_copy = None
+
+    def _moving(self, gen: Any) -> Any:
+        """``gen``, noting each time the socket was ready (bytes moved) as progress."""
+        try:
+            state = next(gen)
+            while True:
+                ready = yield state
+                if ready:  # (0: the wait's periodic wake-up, nothing moved)
+                    self._quiet_since = time.monotonic()
+                state = gen.send(ready)
+        except StopIteration as stop:
+            return stop.value
 
     def cut_if_late(self, now: float) -> None:
-        """Shut the socket down if the wait in progress began :data:`ANSWER_DEADLINE_SECONDS` ago."""
+        """Shut the socket down if the wait in progress has seen nothing move for the deadline."""
         with self._guard:
-            since = self._waiting_since
-            if since is None or now - since < ANSWER_DEADLINE_SECONDS or self.closed:
+            since = self._quiet_since
+            if since is None or self._socket_copy is None:
+                return
+            unsent = _unsent_bytes(self._socket_copy)
+            if unsent is not None and unsent != self._unsent:  # what was sent is being taken: the link moves
+                self._unsent, self._quiet_since = unsent, now
+                return
+            if now - since < ANSWER_DEADLINE_SECONDS:
+                return
+            self._cut = True
+            try:  # (through the wait's own descriptor: the socket it waits on, whatever libpq did meanwhile)
+                sock = socket.socket(fileno=self._socket_copy)
+            except OSError:
                 return
             try:
-                fd = os.dup(self.pgconn.socket)
-            except (psycopg.OperationalError, OSError):
-                return  # libpq has closed it already: the wait is ending
-            self._cut = True
-        with socket.socket(fileno=fd) as sock:  # a duplicate: shutting it down wakes the waiting read
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the waiting read
             except OSError:
                 pass
+            finally:
+                sock.detach()  # (the descriptor stays the wait's, closed by it)
+
+
+def _unsent_bytes(fd: int) -> int | None:
+    """The bytes a socket's send queue holds (sent by libpq, not yet acknowledged): SIOCOUTQ, where the system
+    has it. A query bigger than the queue leaves libpq waiting on a read while the kernel still sends."""
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, termios.TIOCOUTQ, bytes(4)), sys.byteorder, signed=True)
+    except (OSError, AttributeError, NameError):
+        return None
 
 
 class _Watcher:
@@ -105,7 +152,10 @@ class _Watcher:
                     return
             now = time.monotonic()
             for conn in live:
-                conn.cut_if_late(now)
+                try:
+                    conn.cut_if_late(now)
+                except Exception:  # (this thread must outlive any one connection's trouble)
+                    log.exception("watching a PostgreSQL connection's answer failed")
             del live
 
 
