@@ -19,6 +19,9 @@ from .errors import InvalidInputError
 _UNSPACED = re.compile("[\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
                        "\uff66-\uff9f\U00020000-\U0002fa1f]")
 
+#: What makes a word for the full-text index: a letter or digit, or a character beyond U+FFFF (emoji).
+_WORDLIKE = re.compile("[^\\W_]|[\U00010000-\U0010ffff]")
+
 #: One substring word as SQL, given thrice: in the prompt, the title or the tags (l the library row; its tags'
 #: JSON keeps such characters as they are, and a word of them holds no quote or backslash).
 SUBSTRING_FILTER = "(instr(l.original_prompt, ?) OR instr(coalesce(l.title, ''), ?) OR instr(l.tags, ?))"
@@ -37,8 +40,9 @@ class SearchQuery:
 def search_query(text: str) -> SearchQuery:
     """The user's search words, split between the full-text index and substring matches."""
     text = models.check_search(text)
-    # A word of punctuation alone is no word to the index (it found nothing); the search then looks for none.
-    words = [w for w in text.split() if re.search(r"[^\W_]", w)]
+    # A word of punctuation or symbols alone is none to the index (it found nothing): it is not looked for. The
+    # index's tokenizer (unicode61) keeps letters, digits and characters beyond U+FFFF (emoji: 🦊) as words.
+    words = [w for w in text.split() if _WORDLIKE.search(w)]
     if not words:
         raise InvalidInputError("the search text has no word to look for (it is empty, or only punctuation); "
                                 "give one or more words")

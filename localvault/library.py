@@ -377,7 +377,7 @@ class Library:
             if row is None:
                 raise NotFoundError(f"no library asset {asset_id} in this vault")
             pending.queue_delete(conn, LIBRARY_BUCKET, row[0])
-        pending.drain(self._db, self._files)
+        pending.drain_after_commit(self._db, self._files)
 
 
 #: The columns :meth:`Library.update` may change.

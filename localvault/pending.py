@@ -16,11 +16,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .db import Database
-from .errors import StorageError
+from .errors import LocalVaultError, StorageError
 from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
 from .models import SURROGATES
 
 BATCH = 500
+#: How long :func:`drain_after_commit` waits for the write lock (its call is done: not the vault's 60 s).
+AFTER_COMMIT_WAIT_MS = 5_000
 
 log = logging.getLogger("localvault.pending")
 
@@ -116,16 +118,28 @@ def _settle(conn: sqlite3.Connection, files: FileStore, limit: int, io_map: Call
     return len(batch) - len(kept), len(batch), batch[-1][0] if batch else after_id
 
 
-def drain(db: Database, files: FileStore, io_map: Callable[..., Iterator[Any]] = map) -> int:
-    """Remove every queued file; return how many entries were settled (``io_map``: see :func:`settle`)."""
+def drain(db: Database, files: FileStore, io_map: Callable[..., Iterator[Any]] = map, *,
+          wait_ms: int | None = None) -> int:
+    """Remove every queued file; return how many entries were settled (``io_map``: see :func:`settle`;
+    ``wait_ms``: how long to wait for the write lock, by default the vault's)."""
     settled, after_id = 0, 0
     while True:
-        with db.write() as conn:
+        with db.write(wait_ms=wait_ms) as conn:
             done, seen, after_id = _settle(conn, files, BATCH, io_map, after_id)
         settled += done
         if seen < BATCH:
             return settled
 
 
-__all__ = ["queue_delete", "settle", "drain", "still_used", "paths_in_use", "PATH_COLUMNS", "LIBRARY_BUCKET",
+def drain_after_commit(db: Database, files: FileStore) -> None:
+    """:func:`drain` after a call's own write committed: a failure here (the write lock held too long, a file
+    that cannot be removed) must not report that committed call as failed; the files stay queued for the next
+    drain (a delete, housekeeping, the vault's next open)."""
+    try:
+        drain(db, files, wait_ms=AFTER_COMMIT_WAIT_MS)
+    except LocalVaultError as exc:
+        log.warning("queued file(s) could not be removed now (%s); they are tried again later", exc)
+
+
+__all__ = ["queue_delete", "settle", "drain", "drain_after_commit", "still_used", "paths_in_use", "PATH_COLUMNS", "LIBRARY_BUCKET",
            "WORKSPACE_BUCKET"]

@@ -138,7 +138,7 @@ class Workspace:
                 write_intents.drop_quietly(self._db, note_id)
             raise
         if replaced:  # the expired asset's file, queued: removed now, not at the next delete or housekeeping
-            pending.drain(self._db, self._files)
+            pending.drain_after_commit(self._db, self._files)
         return rows.workspace_asset(row)
 
     def _remove_unclaimed(self, paths: list[str]) -> None:
@@ -290,7 +290,7 @@ class Workspace:
                 except LocalVaultError as exc:  # (verify --repair removes it, once an hour old)
                     log.warning("could not remove the temporary copy of a duplicate: %s", exc)
         if replaced:
-            pending.drain(self._db, self._files)
+            pending.drain_after_commit(self._db, self._files)
         return out
 
     # ---------------------------------------------------------------- read
@@ -355,7 +355,7 @@ class Workspace:
             if row is None:
                 raise NotFoundError(f"no workspace asset {asset_id} in this vault")
             pending.queue_delete(conn, WORKSPACE_BUCKET, row[0])
-        pending.drain(self._db, self._files)
+        pending.drain_after_commit(self._db, self._files)
 
     def expire(self, asset_id: str, when: datetime | None = None) -> None:
         """Set an asset's expiry (now by default; a naive datetime is local time); for 'keep longer' tools."""

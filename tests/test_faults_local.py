@@ -304,3 +304,42 @@ def test_repair_moves_an_orphan_off_a_bucket_on_another_disk(small_disk: Path, t
         assert Path(report.recovered[0]).stat().st_mtime == 1_700_000_000  # when it was made, as before the move
         assert Path(vault.library.file_path(kept)).is_file() and vault.verify().clean
     assert lock_free == [True]
+
+
+def test_a_committed_delete_is_not_reported_failed_when_its_file_cannot_be_removed_yet(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A delete commits the row's removal, then removes the queued file under the write lock. Another process
+    holding that lock made the delete wait the vault's 60 s, then fail (exit 8) though the row was gone. Now it
+    waits a few seconds, warns, and the file stays queued for the next drain."""
+    import logging
+
+    from localvault import pending
+
+    monkeypatch.setattr(pending, "AFTER_COMMIT_WAIT_MS", 200)
+    source = tmp_path / "a.png"
+    source.write_bytes(tiny_png(7))
+    with Vault.create(tmp_path / "v", user_id=USER_A) as vault:
+        kept = vault.library.add(source)
+        path = vault.files.local_path("user-library", kept.storage_path)
+        real_drain = pending.drain
+
+        def drain_while_another_process_writes(*args: object, **kwargs: object) -> int:
+            other = sqlite3.connect(tmp_path / "v" / "vault.db", timeout=0)
+            other.execute("BEGIN IMMEDIATE")  # another process's write, under way
+            try:
+                return real_drain(*args, **kwargs)  # type: ignore[arg-type]
+            finally:
+                other.rollback()
+                other.close()
+
+        monkeypatch.setattr(pending, "drain", drain_while_another_process_writes)
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="localvault"):
+            vault.library.delete(kept.id)  # no error: the delete is committed
+        assert time.monotonic() - started < 10
+        assert vault.library.count() == 0 and path is not None and path.exists()
+        assert any("tried again later" in r.getMessage() for r in caplog.records)
+        monkeypatch.undo()
+        vault.housekeeping()
+        assert not path.exists()
+        assert vault.verify().clean

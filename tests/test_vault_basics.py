@@ -1152,6 +1152,18 @@ def test_search_ignores_case_and_diacritics(vault: Vault, make_image):
         assert ids_of(vault.library.list(search=words).items) == [kept.id], words
 
 
+def test_search_finds_emoji_and_passes_over_punctuation(vault: Vault, make_image):
+    """The index keeps emoji beyond U+FFFF as words (🦊), not symbols such as ✨ or punctuation: a search for 🦊
+    finds it, one for 'fox ✨' looks for fox, one of punctuation alone is refused (it found nothing)."""
+    emoji = vault.library.add(make_image(seed=1), prompt="a fox 🦊 in the snow ✨")
+    plain = vault.library.add(make_image(seed=2), prompt="a fox in the rain")
+    assert ids_of(vault.library.list(search="🦊").items) == [emoji.id]
+    assert ids_of(vault.library.list(search="fox 🦊").items) == [emoji.id]
+    assert set(ids_of(vault.library.list(search="fox ✨").items)) == {emoji.id, plain.id}
+    with pytest.raises(InvalidInputError, match="no word to look for"):
+        vault.library.list(search="✨ ( -")
+
+
 def test_reopen_does_not_migrate_again(vault: Vault, make_image):
     asset = vault.workspace.add(make_image(seed=1))
     root = vault.root
