@@ -30,6 +30,9 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 #: A PNG chunk's data is checked this many bytes at a time.
 _PNG_PIECE = 1 << 20
+#: More chunks than this is no PNG a program writes (1 GiB in IDATs of 8 KB, libpng's size, is 131,072): a file
+#: crafted of millions of empty chunks would take minutes to walk.
+_PNG_MAX_CHUNKS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -62,9 +65,9 @@ def expected_type(name: str) -> MediaType | None:
 
 
 def check_source(path: Path) -> tuple[MediaType, int]:
-    """Refuse a file that is empty, too large, of another type or truncated.
+    """Refuse a file that is empty, too large, of another type, truncated or (a PNG) failing its checksums.
 
-    Returns its media type and size. Reads only the head and the tail.
+    Returns its media type and size. Reads the head and the tail (and all of a PNG, to check its chunks).
     """
     try:
         size = os.stat(path).st_size
@@ -135,18 +138,22 @@ def check_stream(handle: BinaryIO, size: int, name: str) -> MediaType:
 
 
 def _png_chunks_sound(handle: BinaryIO, size: int) -> bool:
-    """Whether a PNG's chunks run from its signature to an IEND at its end, each holding the CRC it was written
-    with: a bit flipped in the image data is found (Pillow checks the chunks before the image data only)."""
+    """Whether a PNG's chunks run from its signature to an IEND at its end, each critical one (IHDR, PLTE, IDAT,
+    IEND) holding the CRC it was written with: a bit flipped in the image data is found (Pillow's read of the
+    header never gets there). An ancillary chunk's bad CRC is passed over, as libpng does."""
     handle.seek(len(_PNG_SIGNATURE))
-    offset = len(_PNG_SIGNATURE)
-    while offset + 12 <= size:
+    offset, chunks = len(_PNG_SIGNATURE), 0
+    while offset + 12 <= size and chunks < _PNG_MAX_CHUNKS:
         header = handle.read(8)
         if len(header) < 8:
             return False
         length, kind = int.from_bytes(header[:4], "big"), header[4:]
-        offset += 12 + length
+        offset, chunks = offset + 12 + length, chunks + 1
         if offset > size:
             return False
+        if kind[0] & 0x20:  # ancillary (its name's first letter in lower case)
+            handle.seek(length + 4, io.SEEK_CUR)
+            continue
         crc, left = zlib.crc32(kind), length
         while left:
             piece = handle.read(min(left, _PNG_PIECE))
