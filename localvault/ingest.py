@@ -55,8 +55,9 @@ def prepare(
     except OSError as exc:  # a name too long, a loop of links
         raise StorageError(f"cannot use {source}: {exc.strerror or exc}") from None
     if not is_file:
-        if not os.path.lexists(source):
-            raise NotFoundError(f"{source} does not exist; give the path of an image or video")
+        if not os.path.exists(source):  # (a symbolic link to nothing too: a disk not mounted)
+            link = f" (a symbolic link to {os.readlink(source)}, which does not)" if os.path.islink(source) else ""
+            raise NotFoundError(f"{source} does not exist{link}; give the path of an image or video")
         raise InvalidInputError(f"{source} is not a file; give the path of an image or video")
     media_type, _size = media.check_source(source)  # a wrong file is refused before it is copied
     staged = files.stage(source, bucket, folder, on_bytes=_within_limit(source, on_bytes))

@@ -186,9 +186,9 @@ class Vault:
         made = not _exists(root)
         try:
             root.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:  # (a file, or a link to one, where the folder would be)
-            raise InvalidInputError(f"{root} is a file, not a folder; give a new or empty folder for the vault"
-                                    ) from None
+        except (FileExistsError, NotADirectoryError):  # (a file where the folder, or one above it, would be)
+            raise InvalidInputError(f"{root} (or a folder above it) is a file; give a new or empty folder for the "
+                                    "vault") from None
         except OSError as exc:
             raise StorageError(f"cannot create {root}: {exc.strerror}") from None
         try:

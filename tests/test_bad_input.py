@@ -85,6 +85,13 @@ def _cut_after_thumbnail(whole: bytes) -> bytes:
     return cut
 
 
+def _dangling(link: Path) -> Path:
+    """A symbolic link to a file that is not there (on a disk not mounted, say)."""
+    if not link.is_symlink():
+        link.symlink_to(link.parent / "not-mounted" / "image.png")
+    return link
+
+
 def _png(seed: int) -> bytes:
     return image_bytes("png", 1000 + seed)
 
@@ -304,6 +311,8 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "import with workers as text": (InvalidInputError, lambda c: c.vault.workspace.import_folder(c.src, workers="x")),
     "create in a folder holding other files": (InvalidInputError, lambda c: Vault.create(c.src)),
     "create on a file": (InvalidInputError, lambda c: Vault.create(c.file("not-a-folder", b"x"))),
+    "create under a file": (InvalidInputError, lambda c: Vault.create(c.file("not-a-folder-2", b"x") / "vault")),
+    "a symbolic link to nothing": (NotFoundError, lambda c: c.vault.library.add(_dangling(c.src / "gone.png"))),
     "bad cursor": (InvalidInputError, lambda c: c.vault.workspace.list(cursor="garbage!")),
     "bad cursor (library)": (InvalidInputError, lambda c: c.vault.library.list(cursor="eyJ4IjogMX0")),
     "search cursor on plain listing": (InvalidInputError, lambda c: c.vault.library.list(cursor=c.search_cursor)),
