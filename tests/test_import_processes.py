@@ -193,15 +193,15 @@ def user_temp_files(vault: Vault) -> list[str]:
 
 
 def slow_to_hash(path: Path, size: int = 512 * 1024 * 1024) -> Path:
-    """A PNG whose head and tail say whole, with a hole of ``size`` bytes between: hashing it keeps a worker
-    busy for a second or more (a sparse file: no disk space)."""
+    """A PNG holding, after its image data, an ancillary chunk of ``size`` zero bytes (a sparse file: no disk
+    space): checking it is quick (an ancillary chunk's CRC is not checked), hashing it keeps a worker busy for a
+    second or more."""
     small = make_png(path.with_name("small.png")).read_bytes()
     path.with_name("small.png").unlink()
     with open(path, "wb") as out:
-        out.write(small)
-        out.truncate(size - 12)
-        out.seek(size - 12)
-        out.write(small[-12:])  # an IEND chunk again
+        out.write(small[:-12] + size.to_bytes(4, "big") + b"hoLe")
+        out.seek(size, os.SEEK_CUR)  # the chunk's data: a hole
+        out.write(bytes(4) + small[-12:])  # its CRC, then the IEND chunk
     return path
 
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -522,7 +523,9 @@ def test_cli_watch_stopped_twice_still_finishes_the_batch_under_way(tmp_path: Pa
     Vault.create(root, user_id=USER).close()
     template = png_bytes(tmp_path, 3)
     for n in range(1000):  # two catch-up batches of 500
-        (out / f"pre-{n:04d}.png").write_bytes(template[:-12] + n.to_bytes(4, "big") + template[-12:])
+        text = b"tEXt" + b"n\0" + str(n).encode()  # distinct bytes: a text chunk (with its CRC) before IEND
+        chunk = (len(text) - 4).to_bytes(4, "big") + text + zlib.crc32(text).to_bytes(4, "big")
+        (out / f"pre-{n:04d}.png").write_bytes(template[:-12] + chunk + template[-12:])
     with cli_watch(root, out, "-q") as proc, Vault.open(root, readonly=True) as reader:
         assert wait_for(lambda: reader.workspace.count() >= 500, timeout=120), "the first batch was not committed"
         # The second batch under way (its files being staged): a stop landing between the two batches would end
