@@ -26,15 +26,6 @@ from localvault import OfflineError, Vault
 from localvault.sync import Remote, answer_deadline, retry, schema
 from localvault.sync.answer_deadline import DeadlineConnection
 
-USER_A = "0a0a0a0a-0000-4000-8000-00000000000a"
-
-
-@pytest.fixture
-def vault(tmp_path: Path) -> Iterator[Vault]:
-    v = Vault.create(tmp_path / "vault", user_id=USER_A)
-    yield v
-    v.close()
-
 
 @pytest.fixture
 def short_deadline(monkeypatch: pytest.MonkeyPatch) -> None:

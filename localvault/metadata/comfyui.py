@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from localvault.models import MAX_PROMPT_CHARS
@@ -157,35 +157,9 @@ def _next_links(inputs: dict[str, Any], branch: str) -> list[Any]:
     return cond or [v for v in inputs.values() if is_link(v)]
 
 
-def _trace_text(nodes: Nodes, starts: list[Any], branch: str) -> str | None:
-    """The prompt text that reaches a sampler's ``positive``/``negative`` input (from the links ``starts``).
-
-    Walked depth first, each node's inputs in their order: joined conditionings (``ConditioningConcat``,
-    ``ConditioningCombine``) give their texts in the order the joined conditioning holds them.
-    """
-    stack, seen, texts = list(reversed(starts)), set[str](), list[str]()
-    while stack and len(seen) < 1000:
-        link = stack.pop()
-        node = _target(nodes, link)
-        if node is None or str(link[0]) in seen:
-            continue
-        seen.add(str(link[0]))
-        if node.get("class_type") in _NO_TEXT_NODES:
-            continue
-        text = _node_text(nodes, node["inputs"])
-        if text is None:
-            text = _branch_text(nodes, node["inputs"], branch)
-        if text is not None:
-            texts.append(text)
-        else:
-            stack.extend(reversed(_next_links(node["inputs"], branch)))
-    texts = [t for t in dict.fromkeys(texts) if t.strip()]
-    return "\n".join(texts) if texts else None
-
-
-def _guidance(nodes: Nodes, starts: list[Any]) -> int | float | None:
-    """Flux's distilled guidance on the positive prompt's way to the sampler: a ``FluxGuidance`` node's, or that
-    of an encoder taking it itself (``CLIPTextEncodeFlux``). Its ``cfg`` is 1 then: this is the number users set."""
+def _walk(nodes: Nodes, starts: list[Any], branch: str, visit: Callable[[dict[str, Any]], bool]) -> None:
+    """Depth first from the links ``starts``, each node once (1,000 at most), its inputs in their order: ``visit``
+    says whether to go on to the node's inputs (along ``branch``)."""
     stack, seen = list(reversed(starts)), set[str]()
     while stack and len(seen) < 1000:
         link = stack.pop()
@@ -193,13 +167,48 @@ def _guidance(nodes: Nodes, starts: list[Any]) -> int | float | None:
         if node is None or str(link[0]) in seen:
             continue
         seen.add(str(link[0]))
+        if visit(node):
+            stack.extend(reversed(_next_links(node["inputs"], branch)))
+
+
+def _trace_text(nodes: Nodes, starts: list[Any], branch: str) -> str | None:
+    """The prompt text that reaches a sampler's ``positive``/``negative`` input (from the links ``starts``).
+
+    Joined conditionings (``ConditioningConcat``, ``ConditioningCombine``) give their texts in the order the
+    joined conditioning holds them.
+    """
+    texts: list[str] = []
+
+    def visit(node: dict[str, Any]) -> bool:
+        if node.get("class_type") in _NO_TEXT_NODES:
+            return False
+        text = _node_text(nodes, node["inputs"])
+        if text is None:
+            text = _branch_text(nodes, node["inputs"], branch)
+        if text is None:
+            return True
+        texts.append(text)
+        return False
+
+    _walk(nodes, starts, branch, visit)
+    texts = [t for t in dict.fromkeys(texts) if t.strip()]
+    return "\n".join(texts) if texts else None
+
+
+def _guidance(nodes: Nodes, starts: list[Any]) -> int | float | None:
+    """Flux's distilled guidance on the positive prompt's way to the sampler: a ``FluxGuidance`` node's, or that
+    of an encoder taking it itself (``CLIPTextEncodeFlux``). Its ``cfg`` is 1 then: this is the number users set."""
+    found: list[int | float] = []
+
+    def visit(node: dict[str, Any]) -> bool:
         inputs = node["inputs"]
         value = _resolve(nodes, inputs["guidance"], ("value", "float", "number")) if "guidance" in inputs else None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return value
-        if _node_text(nodes, inputs) is None:  # (not past the encoder)
-            stack.extend(reversed(_next_links(inputs, "positive")))
-    return None
+            found.append(value)
+        return not found and _node_text(nodes, inputs) is None  # (not past the encoder)
+
+    _walk(nodes, starts, "positive", visit)
+    return found[0] if found else None
 
 
 def _upstream(nodes: Nodes, node_id: str) -> Iterator[str]:
