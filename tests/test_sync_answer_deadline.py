@@ -166,8 +166,8 @@ def test_a_wait_that_ends_in_time_is_not_cut(server: str, short_deadline: None) 
 
 def test_a_slow_link_that_keeps_moving_is_not_cut(server: str, short_deadline: None) -> None:
     """The deadline is on silence, not on a wait's length: a batch of 64 MiB over a link of a few Mbit/s takes
-    minutes to send, and must not be cut (then resent, and cut, each sync). Here 600 KB at 200 KB/s, 1 s
-    deadline: a 3 s wait that moves all along."""
+    minutes to send, and must not be cut (then resent, and cut, each sync). Here 600 KB at 200 KB/s each way,
+    1 s deadline: 3 s waits that move all along."""
     params = psycopg.conninfo.conninfo_to_dict(server)
     proxy = FreezingProxy(int(str(params["port"])), bytes_per_second=200_000)
     try:
@@ -175,7 +175,10 @@ def test_a_slow_link_that_keeps_moving_is_not_cut(server: str, short_deadline: N
         with DeadlineConnection.connect(psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in params.items()}),
                                         autocommit=True) as conn:
             started = time.monotonic()
-            assert conn.execute("SELECT length(%s)", ("x" * 600_000,)).fetchone() == (600_000,)
+            assert conn.execute("SELECT length(%s)", ("x" * 600_000,)).fetchone() == (600_000,)  # sent slowly
             assert time.monotonic() - started > 2.0  # (it did take longer than the deadline)
+            started = time.monotonic()
+            assert conn.execute("SELECT repeat('y', 600000)").fetchone() == ("y" * 600_000,)  # received slowly
+            assert time.monotonic() - started > 2.0
     finally:
         proxy.close()

@@ -5,9 +5,9 @@ acknowledging. They cannot see a link whose far end still acknowledges and passe
 pooler that froze), nor a server process that was stopped (its kernel still answers the probes): there a read
 waits for ever. So every wait of a sync's connection for the server (a statement, a COPY's write, a commit) is
 watched, and one that sees no byte move either way for :data:`ANSWER_DEADLINE_SECONDS` has its socket shut
-down (bytes the kernel still sends, a query bigger than its send queue, count as moving). The wait then fails
-as :class:`NoAnswerError`, an ``OperationalError``: the sync retries on a new connection, then reports
-offline. A batch of 64 MiB sent over a slow link keeps moving, and is not cut.
+down: no byte received, none of what was sent acknowledged (Linux's ``TCP_INFO``; elsewhere, the wait's length).
+The wait then fails as :class:`NoAnswerError`, an ``OperationalError``: the sync retries on a new connection,
+then reports offline. A batch of 64 MiB sent over a slow link keeps moving, and is not cut.
 
 No statement of a sync keeps a server that works silent that long: each waits at most a minute for a lock (its
 ``lock_timeout``). ``schema apply`` (an index built over a big table may take longer) does not use this.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import struct
 import sys
 import threading
 import time
@@ -25,12 +26,6 @@ import weakref
 from typing import Any
 
 import psycopg
-
-try:
-    import fcntl
-    import termios
-except ImportError:  # (Windows: silence alone is watched)
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -48,25 +43,27 @@ class NoAnswerError(psycopg.OperationalError):
 
 class DeadlineConnection(psycopg.Connection[Any]):
     """A psycopg connection whose waits for the server are cut after :data:`ANSWER_DEADLINE_SECONDS` without
-    progress (no byte sent or received: a big batch on a slow link goes on as long as it moves)."""
+    progress (no byte taken or received: a big batch on a slow link goes on as long as it moves)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._quiet_since: float | None = None
         self._cut = False
         self._socket_copy: int | None = None  # the wait's own descriptor of the socket: libpq cannot close it
-        self._unsent: int | None = None  # bytes in the socket's send queue when last looked at
+        self._moved: tuple[int, int] | None = None  # the socket's (bytes acknowledged, bytes received), last seen
         self._guard = threading.Lock()
 
-    def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:  # (psycopg's signature differs between versions)
+    def wait(self, *args: Any, **kwargs: Any) -> Any:  # (psycopg's signature differs between versions)
         """psycopg's wait, watched (see the module's docstring)."""
         with self._guard:
-            self._cut, self._unsent = False, None
-            self._socket_copy = os.dup(self.pgconn.socket)
-            self._quiet_since = time.monotonic()
+            self._cut, self._moved, self._quiet_since = False, None, time.monotonic()
+            try:
+                self._socket_copy = os.dup(self.pgconn.socket)
+            except (OSError, psycopg.OperationalError):  # (no descriptor to copy: Windows; a closed connection)
+                self._socket_copy = None
         _watcher.watch(self)
         try:
-            return super().wait(self._moving(gen), *args, **kwargs)
+            return super().wait(*args, **kwargs)
         except psycopg.OperationalError as exc:
             if self._cut:
                 raise NoAnswerError(f"PostgreSQL passed nothing for {ANSWER_DEADLINE_SECONDS:.0f} s (a frozen link "
@@ -75,53 +72,41 @@ class DeadlineConnection(psycopg.Connection[Any]):
         finally:
             with self._guard:
                 self._quiet_since = None
-                os.close(self._socket_copy)
-                self._socket_copy = None
-
-    def _moving(self, gen: Any) -> Any:
-        """``gen``, noting each time the socket was ready (bytes moved) as progress."""
-        try:
-            state = next(gen)
-            while True:
-                ready = yield state
-                if ready:  # (0: the wait's periodic wake-up, nothing moved)
-                    self._quiet_since = time.monotonic()
-                state = gen.send(ready)
-        except StopIteration as stop:
-            return stop.value
+                if self._socket_copy is not None:
+                    os.close(self._socket_copy)
+                    self._socket_copy = None
 
     def cut_if_late(self, now: float) -> None:
         """Shut the socket down if the wait in progress has seen nothing move for the deadline."""
         with self._guard:
-            since = self._quiet_since
-            if since is None or self._socket_copy is None:
+            if self._quiet_since is None or self._socket_copy is None:
                 return
-            unsent = _unsent_bytes(self._socket_copy)
-            if unsent is not None and unsent != self._unsent:  # what was sent is being taken: the link moves
-                self._unsent, self._quiet_since = unsent, now
-                return
-            if now - since < ANSWER_DEADLINE_SECONDS:
-                return
-            self._cut = True
             try:  # (through the wait's own descriptor: the socket it waits on, whatever libpq did meanwhile)
                 sock = socket.socket(fileno=self._socket_copy)
             except OSError:
                 return
             try:
-                sock.shutdown(socket.SHUT_RDWR)  # wakes the waiting read
+                moved = _bytes_moved(sock)
+                if moved is not None and moved != self._moved:  # the link moves (either way)
+                    self._moved, self._quiet_since = moved, now
+                elif now - self._quiet_since >= ANSWER_DEADLINE_SECONDS:
+                    self._cut = True
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes the waiting read
             except OSError:
                 pass
             finally:
                 sock.detach()  # (the descriptor stays the wait's, closed by it)
 
 
-def _unsent_bytes(fd: int) -> int | None:
-    """The bytes a socket's send queue holds (sent by libpq, not yet acknowledged): SIOCOUTQ, where the system
-    has it. A query bigger than the queue leaves libpq waiting on a read while the kernel still sends."""
+def _bytes_moved(sock: socket.socket) -> tuple[int, int] | None:
+    """(bytes the far end acknowledged, bytes received) of a TCP socket, from Linux's ``TCP_INFO`` (its
+    ``tcpi_bytes_acked`` and ``tcpi_bytes_received``); None where the system does not tell (another system, a
+    Unix socket): silence is then the wait's length."""
     try:
-        return int.from_bytes(fcntl.ioctl(fd, termios.TIOCOUTQ, bytes(4)), sys.byteorder, signed=True)
-    except (OSError, AttributeError, NameError):
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    except (OSError, AttributeError):
         return None
+    return struct.unpack_from("=QQ", info, 120) if len(info) >= 136 and sys.platform == "linux" else None
 
 
 class _Watcher:
