@@ -33,6 +33,7 @@ _PNG_PIECE = 1 << 20
 #: More chunks than this is no PNG a program writes (1 GiB in IDATs of 8 KB, libpng's size, is 131,072): a file
 #: crafted of millions of empty chunks would take minutes to walk.
 _PNG_MAX_CHUNKS = 1_000_000
+_PNG_CRITICAL = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND"})
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,9 @@ def _png_chunks_sound(handle: BinaryIO, size: int) -> bool:
         offset, chunks = offset + 12 + length, chunks + 1
         if offset > size:
             return False
-        if kind[0] & 0x20:  # ancillary (its name's first letter in lower case)
+        # Ancillary (a lower-case first letter): passed over, unless one bit away from a critical name (IDAT with
+        # its case bit flipped would skip image data unchecked); its CRC, made for the critical name, then fails.
+        if kind[0] & 0x20 and bytes([kind[0] ^ 0x20]) + kind[1:] not in _PNG_CRITICAL:
             handle.seek(length + 4, io.SEEK_CUR)
             continue
         crc, left = zlib.crc32(kind), length

@@ -106,6 +106,12 @@ def _with_bad_text_chunk_at_its_end(png: bytes) -> bytes:
     return png[:at] + (len(text) - 4).to_bytes(4, "big") + text + bad_crc + png[at:]
 
 
+def _idat_named_ancillary(png: bytes) -> bytes:
+    """The PNG with one bit flipped in its last IDAT chunk's name ("iDAT": an ancillary chunk's, by its case)."""
+    at = png.rindex(b"IDAT")
+    return png[:at] + b"i" + png[at + 1:]
+
+
 def _flipped_in_image_data(png: bytes) -> bytes:
     """The PNG with one bit flipped in the middle of its first IDAT chunk's data (a bad disk, a bad copy)."""
     start = png.index(b"IDAT") + 4
@@ -135,6 +141,8 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
         c.file("t3.jpg", _cut_after_thumbnail(jpeg_with_thumbnail(seed=7))))),
     "png with a bit flipped in its image data": (UnsupportedMediaError, lambda c: c.vault.workspace.add(
         c.file("flip.png", _flipped_in_image_data(image_bytes("png", 40, (64, 64)))))),
+    "png whose IDAT's name lost its case bit": (UnsupportedMediaError, lambda c: c.vault.workspace.add(
+        c.file("idat.png", _idat_named_ancillary(image_bytes("png", 43, (256, 256)))))),
     "png with a bit flipped (library)": (UnsupportedMediaError, lambda c: c.vault.library.add(
         c.file("flip2.png", _flipped_in_image_data(image_bytes("png", 41, (64, 64)))))),
     "truncated webp": (UnsupportedMediaError, lambda c: c.vault.workspace.add(c.file("t.webp", image_bytes("webp", 8)[:-40]))),
