@@ -9,7 +9,11 @@ the page's end); every other word goes through the full-text index.
 
 from __future__ import annotations
 
+import functools
 import re
+import sqlite3
+import threading
+import unicodedata
 from dataclasses import dataclass
 
 from . import models
@@ -19,8 +23,8 @@ from .errors import InvalidInputError
 _UNSPACED = re.compile("[\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
                        "\uff66-\uff9f\U00020000-\U0002fa1f]")
 
-#: What makes a word for the full-text index: a letter or digit, or a character beyond U+FFFF (emoji).
-_WORDLIKE = re.compile("[^\\W_]|[\U00010000-\U0010ffff]")
+#: The full-text index's tokenizer, as the vault's schema makes it (localvault/schema/sqlite/0001_initial.sql).
+TOKENIZER = "unicode61 remove_diacritics 2"
 
 #: One substring word as SQL, given thrice: in the prompt, the title or the tags (l the library row; its tags'
 #: JSON keeps such characters as they are, and a word of them holds no quote or backslash).
@@ -33,22 +37,52 @@ class SearchQuery:
 
     #: An FTS5 MATCH expression of the words the index finds (each quoted: no syntax errors), or None.
     match: str | None
-    #: Words of scripts written without spaces: found anywhere in the prompt, title or tags.
+    #: Words of scripts written without spaces, and symbols the index drops: found anywhere in the prompt, title
+    #: or tags.
     substrings: tuple[str, ...]
 
 
 def search_query(text: str) -> SearchQuery:
     """The user's search words, split between the full-text index and substring matches."""
     text = models.check_search(text)
-    # A word of punctuation or symbols alone is none to the index (it found nothing): it is not looked for. The
-    # index's tokenizer (unicode61) keeps letters, digits and characters beyond U+FFFF (emoji: 🦊) as words.
-    words = [w for w in text.split() if _WORDLIKE.search(w)]
-    if not words:
-        raise InvalidInputError("the search text has no word to look for (it is empty, or only punctuation); "
-                                "give one or more words")
-    indexed = [w for w in words if not _UNSPACED.search(w)]
+    words = text.split()
+    indexed = [w for w in words if not _UNSPACED.search(w) and _index_keeps(w)]
     # Cut at punctuation, as the index cuts words (`日本語,` or `"日本語"` or `「狐」`): each piece must be found.
     pieces = [p for w in words if _UNSPACED.search(w) for p in re.split(r"[\W_]+", w) if p]
     indexed += [p for p in pieces if not _UNSPACED.search(p)]
+    # Symbols the index drops (😀, ✨: unicode61 keeps some emoji, 🦊, and not others) are looked for as they are;
+    # a word of punctuation alone is no word (it found nothing).
+    pieces += [p for w in words if not _UNSPACED.search(w) and not _index_keeps(w) for p in _symbols(w)]
+    substrings = tuple(p for p in pieces if _UNSPACED.search(p) or not _index_keeps(p))
+    if not indexed and not substrings:
+        raise InvalidInputError("the search text has no word to look for (it is empty, or only punctuation); "
+                                "give one or more words")
     return SearchQuery(match=" ".join('"' + w.replace('"', '""') + '"' for w in indexed) or None,
-                       substrings=tuple(p for p in pieces if _UNSPACED.search(p)))
+                       substrings=substrings)
+
+
+def _symbols(word: str) -> list[str]:
+    """The runs of symbols beyond ASCII in ``word`` (emoji, ✨): what it holds besides punctuation."""
+    return "".join(c if ord(c) > 127 and unicodedata.category(c) in ("So", "Sk") else " " for c in word).split()
+
+
+_tokenizer_lock = threading.Lock()
+_tokenizer: list[sqlite3.Connection] = []
+
+
+@functools.lru_cache(maxsize=4096)
+def _index_keeps(word: str) -> bool:
+    """Whether the full-text index's tokenizer keeps anything of ``word`` as a term (asked of SQLite itself:
+    which emoji unicode61 keeps depends on its Unicode tables)."""
+    with _tokenizer_lock:
+        if not _tokenizer:
+            conn = sqlite3.connect(":memory:", check_same_thread=False)
+            conn.execute(f"CREATE VIRTUAL TABLE words USING fts5(w, tokenize = '{TOKENIZER}')")
+            conn.execute("CREATE VIRTUAL TABLE terms USING fts5vocab(words, 'row')")
+            _tokenizer.append(conn)
+        conn = _tokenizer[0]
+        conn.execute("INSERT INTO words (w) VALUES (?)", (word,))
+        try:
+            return bool(conn.execute("SELECT count(*) FROM terms").fetchone()[0])
+        finally:
+            conn.execute("DELETE FROM words")
