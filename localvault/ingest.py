@@ -37,6 +37,13 @@ class Prepared:
         return self.facts.media_type.extension
 
 
+def _link_target(link: Path) -> str:
+    try:
+        return os.readlink(link)
+    except OSError:  # (removed meanwhile)
+        return "?"
+
+
 def prepare(
     files: FileStore,
     source: str | os.PathLike[str],
@@ -55,9 +62,13 @@ def prepare(
     except OSError as exc:  # a name too long, a loop of links
         raise StorageError(f"cannot use {source}: {exc.strerror or exc}") from None
     if not is_file:
-        if not os.path.exists(source):  # (a symbolic link to nothing too: a disk not mounted)
-            link = f" (a symbolic link to {os.readlink(source)}, which does not)" if os.path.islink(source) else ""
-            raise NotFoundError(f"{source} does not exist{link}; give the path of an image or video")
+        try:
+            os.stat(source)
+        except FileNotFoundError:  # (a symbolic link to nothing too: a disk not mounted)
+            link = f" (a symbolic link to {_link_target(source)}, which does not)" if os.path.islink(source) else ""
+            raise NotFoundError(f"{source} does not exist{link}; give the path of an image or video") from None
+        except OSError as exc:  # a loop of links, a folder one may not look in
+            raise StorageError(f"cannot use {source}: {exc.strerror or exc}") from None
         raise InvalidInputError(f"{source} is not a file; give the path of an image or video")
     media_type, _size = media.check_source(source)  # a wrong file is refused before it is copied
     staged = files.stage(source, bucket, folder, on_bytes=_within_limit(source, on_bytes))

@@ -52,9 +52,8 @@ class Library:
     ) -> LibraryAsset:
         """Keep a workspace asset for good: a library row and its own file (hard link or copy).
 
-        The workspace asset stays until it expires; its expiry never touches
-        the library's copy. DuplicateError if the same bytes are already kept.
-        """
+        The workspace asset stays until it expires; its expiry never touches the library's copy.
+        DuplicateError if the same bytes are already kept."""
         workspace_asset_id = models.check_uuid(workspace_asset_id, "workspace asset id")
         fields = self._check_fields(title, tags, favorite, visibility)
         asset_id = str(uuid.uuid4())
@@ -64,22 +63,22 @@ class Library:
         try:
             source, _ = self._save_source(self._db.conn, workspace_asset_id, collection)  # refusals before a copy
             relative = f"{self.user_id}/{asset_id}.{models.MediaType(source[3]).extension}"
-            # Noted first: a process killed between the rename and the commit leaves nothing (_write_intents).
-            note_id = write_intents.note(self._db, LIBRARY_BUCKET, [relative])
             try:  # under a temporary name, before the transaction: a copy of 1 GiB must not hold other writers
                 staged = self._files.stage_from(WORKSPACE_BUCKET, source[0], LIBRARY_BUCKET, self.user_id,
                                                 source[12])
             except StorageError:
                 self._save_source(self._db.conn, workspace_asset_id, None)  # expired meanwhile: NotFoundError
                 raise
+            # Noted before the rename: a process killed between the rename and the commit leaves no file.
+            note_id = write_intents.note(self._db, LIBRARY_BUCKET, [relative])
             with self._db.write() as conn:
                 now, collection_id = self._save_source(conn, workspace_asset_id, collection)
                 if (now[0], now[12]) != (source[0], source[12]):
-                    raise ConflictError(f"workspace asset {workspace_asset_id} changed while it was saved; save it "
-                                        "again")
+                    raise ConflictError(f"workspace asset {workspace_asset_id} changed while saved; save it again")
                 source = now  # (its metadata as it is now: a late sidecar may have filled it meanwhile)
+                linked = relative  # (before the rename: a Ctrl-C just after it leaves no file behind)
                 self._files.commit(staged, relative)
-                linked, staged = relative, None
+                staged = None
                 conn.execute(
                     "INSERT INTO user_library (id, user_id, asset_type, storage_path, file_size_bytes, mime_type,"
                     " duration_seconds, original_prompt, model_used, generation_seed, generation_settings, thumbnail_path,"
@@ -175,9 +174,7 @@ class Library:
         source = conn.execute(
             "SELECT temp_storage_path, asset_type, file_size_bytes, mime_type, duration_seconds, original_prompt,"
             " model_used, generation_seed, generation_settings, thumbnail_path, width, height, sha256"
-            " FROM workspace_assets WHERE id = ? AND user_id = ?",
-            (workspace_asset_id, self.user_id),
-        ).fetchone()
+            " FROM workspace_assets WHERE id = ? AND user_id = ?", (workspace_asset_id, self.user_id)).fetchone()
         if source is None:
             kept = conn.execute("SELECT 1 FROM user_library WHERE id = ? AND user_id = ?",
                                 (workspace_asset_id, self.user_id)).fetchone()
@@ -189,8 +186,8 @@ class Library:
         return tuple(source), collection_id
 
     def _check_not_kept(self, conn: sqlite3.Connection, sha256: str) -> None:
-        row = conn.execute("SELECT id FROM user_library WHERE user_id = ? AND sha256 = ?", (self.user_id, sha256)).fetchone()
-        if row:
+        if row := conn.execute("SELECT id FROM user_library WHERE user_id = ? AND sha256 = ?",
+                               (self.user_id, sha256)).fetchone():
             raise DuplicateError(f"this file is already in the library as {row[0]}; nothing was added")
 
     # ---------------------------------------------------------------- read

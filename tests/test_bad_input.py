@@ -92,6 +92,13 @@ def _dangling(link: Path) -> Path:
     return link
 
 
+def _looped(link: Path) -> Path:
+    """A symbolic link to itself (a loop of links)."""
+    if not link.is_symlink():
+        link.symlink_to(link.name)
+    return link
+
+
 def _png(seed: int) -> bytes:
     return image_bytes("png", 1000 + seed)
 
@@ -321,6 +328,7 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "create on a file": (InvalidInputError, lambda c: Vault.create(c.file("not-a-folder", b"x"))),
     "create under a file": (InvalidInputError, lambda c: Vault.create(c.file("not-a-folder-2", b"x") / "vault")),
     "a symbolic link to nothing": (NotFoundError, lambda c: c.vault.library.add(_dangling(c.src / "gone.png"))),
+    "a symbolic link to itself": (StorageError, lambda c: c.vault.library.add(_looped(c.src / "loop.png"))),
     "bad cursor": (InvalidInputError, lambda c: c.vault.workspace.list(cursor="garbage!")),
     "bad cursor (library)": (InvalidInputError, lambda c: c.vault.library.list(cursor="eyJ4IjogMX0")),
     "search cursor on plain listing": (InvalidInputError, lambda c: c.vault.library.list(cursor=c.search_cursor)),

@@ -388,8 +388,17 @@ def test_a_vault_opened_while_a_save_copies_leaves_the_save_s_file_alone(vault: 
         Vault.open(vault.root).close()  # settles the save's note, under the write lock
         return staged
 
+    real_commit = FileStore.commit
+    renamed_in_a_transaction: list[bool] = []
+
+    def commit(self: FileStore, *args: Any, **kwargs: Any) -> None:
+        renamed_in_a_transaction.append(vault.db.conn.in_transaction)  # (the save's, under the write lock)
+        real_commit(self, *args, **kwargs)
+
     monkeypatch.setattr(FileStore, "stage_from", another_process_opens_the_vault_meanwhile)
+    monkeypatch.setattr(FileStore, "commit", commit)
     kept = vault.library.save(asset_id)
+    assert renamed_in_a_transaction == [True]
     assert vault.files.local_path(LIBRARY_BUCKET, kept.storage_path).is_file()
     assert vault.verify().clean
 
