@@ -61,7 +61,7 @@ __all__ = [
 
 #: Imported on first use: Vault (and the database layer under it) and what comes with it, so that the
 #: import's worker processes (localvault._examiners), which never open a vault, start without them; the models
-#: (pydantic), so that the command's entry point (localvault._entry) is loaded before them.
+#: (pydantic), so that the command's entry point (localvault.cli.run) is loaded before them.
 _LAZY = {"Vault": "vault", "NetworkFilesystemWarning": "db", "CleanupReport": "_cleanup",
          "ImportReport": "import_report", "VerifyReport": "verify",
          **{name: "models" for name in ("AssetType", "Collection", "GenerationInfo", "LibraryAsset", "MediaType",

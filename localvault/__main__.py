@@ -1,5 +1,5 @@
 """``python -m localvault``: the same as the ``localvault`` command (for when the script is not on PATH)."""
 
-from ._entry import main
+from .cli import run
 
-main()
+run()

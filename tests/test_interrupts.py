@@ -351,17 +351,17 @@ def test_a_ctrl_c_while_the_command_loads_ends_it_with_one_line() -> None:
         "import sys\n"
         "class Interrupt:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'localvault.cli':\n"
+        "        if name == 'localvault.cli.app':\n"
         "            raise KeyboardInterrupt\n"
         "sys.meta_path.insert(0, Interrupt())\n"
         "sys.argv = ['localvault', 'ls', '--json']\n"
-        "from localvault._entry import main\n"
-        "main()\n")
+        "from localvault.cli import run\n"
+        "run()\n")
     result = subprocess.run([sys.executable, "-c", interrupted_while_loading], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 130 and result.stderr == "error: interrupted\n", result.stderr
     assert json.loads(result.stdout) == {"error": {"message": "interrupted", "exit_code": 130, "kind": "Interrupted"}}
-    light = subprocess.run([sys.executable, "-c", "import sys, localvault._entry; print(sorted(m for m in "
+    light = subprocess.run([sys.executable, "-c", "import sys, localvault.cli; print(sorted(m for m in "
                             "('pydantic', 'sqlite3', 'click', 'localvault.models') if m in sys.modules))"],
                            capture_output=True, text=True, timeout=60)
     assert light.stdout.strip() == "[]", light.stdout + light.stderr

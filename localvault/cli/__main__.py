@@ -1,5 +1,5 @@
 """``python -m localvault.cli``: the same as the ``localvault`` command."""
 
-from . import main
+from . import run
 
-main(prog_name="localvault")
+run()

@@ -28,7 +28,8 @@ from rich.text import Text
 from ..errors import InvalidInputError, LocalVaultError
 from ..importer import ImportReport, Mode
 from ..progress import ProgressCallback, ProgressEvent
-from . import Context, json_option, main, output, pass_ctx
+from . import output
+from .app import Context, json_option, main, pass_ctx
 
 mode_options = [
     click.option("--copy", "copy_mode", is_flag=True, help="Copy files into the vault (default)."),

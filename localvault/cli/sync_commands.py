@@ -8,7 +8,8 @@ import click
 
 from ..config import redact_url
 from ..errors import InvalidInputError
-from . import Context, json_option, main, output, pass_ctx
+from . import output
+from .app import Context, json_option, main, pass_ctx
 
 
 @main.group()

@@ -14,7 +14,8 @@ from ..errors import InvalidInputError
 from ..library import UNSET
 from ..models import LibraryAsset, Page, Visibility, WorkspaceAsset
 from ..vault import Vault
-from . import Context, json_option, main, output, pass_ctx
+from . import output
+from .app import Context, json_option, main, pass_ctx
 
 
 @main.command()
