@@ -281,40 +281,6 @@ def drop_cached(path: str) -> None:
         os.close(fd)
 
 
-def try_hard_link(source: str, link: str) -> bool:
-    """Hard-link ``source`` as ``link``; False where it cannot be (another filesystem, or one without links)."""
-    try:
-        os.link(source, link)
-    except OSError:
-        return False
-    return True
-
-
-def copy_checked(source: str, temp: str, sha256: str | None) -> bool:
-    """Copy ``source`` to the new file ``temp``, fsynced; False (``temp`` left for the caller to remove) when the
-    bytes copied are not those of ``sha256`` (given)."""
-    digest = hashlib.sha256()
-    with open(source, "rb") as reader, open(temp, "xb") as writer:
-        while chunk := reader.read(DIGEST_CHUNK):
-            digest.update(chunk)
-            writer.write(chunk)
-        writer.flush()
-        os.fsync(writer.fileno())
-    return sha256 is None or digest.hexdigest() == sha256
-
-
-def link_or_copy_checked(source: str, temp: str, sha256: str | None) -> bool:
-    """Hard-link ``source`` as the new file ``temp`` (True), or copy it where links are impossible or where it
-    has other links (False): one linked from outside the vault (``--link``) may be rewritten in place by its rig.
-    A copy's bytes must be those of ``sha256`` (given): else StorageError, ``temp`` left for the caller."""
-    if os.stat(source).st_nlink == 1 and try_hard_link(source, temp):
-        return True
-    if not copy_checked(source, temp, sha256):
-        raise StorageError(f"the file {source} no longer holds the bytes it was stored with (changed in place: "
-                           "was its source imported with --link, then rewritten?); run 'localvault verify'")
-    return False
-
-
 def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:

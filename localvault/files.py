@@ -29,7 +29,6 @@ from ._disk import (
     drop_cached,
     fsync_path,
     in_folder,
-    link_or_copy_checked,
     not_regular,
     open_regular,
     os_error,
@@ -270,24 +269,40 @@ class FileStore:
     def stage_from(self, source_bucket: str, source: str, bucket: str, folder: str,
                    sha256: str | None = None) -> StagedFile:
         """``source``'s bytes under a temporary name in ``bucket/folder``, for :meth:`commit`, made before the
-        write's transaction (a 1 GiB copy must not hold the write lock): a hard link, or a copy checked against
-        ``sha256`` (StorageError if the bytes changed) where links are impossible or the source has other links
-        (imported with ``--link``: its rig may rewrite it in place)."""
+        write's transaction (a 1 GiB copy must not hold the write lock): a hard link (:meth:`stage_link`), or a
+        copy (:meth:`stage`) whose bytes must be ``sha256``'s (StorageError if they changed) where links are
+        impossible or the source has other links (imported with ``--link``: its rig may rewrite it in place)."""
         src = self.full_path(source_bucket, source)
-        directory = self.full_path(bucket, folder)
-        temp = f"{directory}/{TEMP_PREFIX}{uuid.uuid4().hex}"
+        if not self.local:  # another fsspec filesystem: its own copy
+            return self._stage_remote_copy(src, bucket, folder, sha256)
         try:
-            self.fs.makedirs(directory, exist_ok=True)
-            linked = link_or_copy_checked(src, temp, sha256) if self.local else bool(self.fs.copy(src, temp))  # None
-            size = int(self.fs.size(temp))
+            found = os.stat(src)
+        except FileNotFoundError:
+            raise StorageError(f"the file {src} is missing; run 'localvault verify' to check the vault") from None
+        linked = self.stage_link(Path(src), sha256, found.st_size, bucket, folder) \
+            if sha256 is not None and found.st_nlink == 1 else None
+        if linked is not None:
+            return linked
+        staged = self.stage(Path(src), bucket, folder)
+        if sha256 is not None and staged.sha256 != sha256:
+            self.discard(staged)
+            raise StorageError(f"the file {src} no longer holds the bytes it was stored with (changed in place: "
+                               "was its source imported with --link, then rewritten?); run 'localvault verify'")
+        return staged
+
+    def _stage_remote_copy(self, src: str, bucket: str, folder: str, sha256: str | None) -> StagedFile:
+        temp = f"{self.full_path(bucket, folder)}/{TEMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            self.fs.makedirs(os.path.dirname(temp), exist_ok=True)
+            self.fs.copy(src, temp)
+            return StagedFile(bucket, temp, sha256 or "", int(self.fs.size(temp)))
         except BaseException as exc:  # (a Ctrl-C too: no temporary file stays)
             self._remove_path(temp)
             if isinstance(exc, FileNotFoundError):
                 raise StorageError(f"the file {src} is missing; run 'localvault verify' to check the vault") from None
-            if isinstance(exc, OSError) and not isinstance(exc, StorageError):
+            if isinstance(exc, OSError):
                 raise os_error(exc, temp) from None
             raise
-        return StagedFile(bucket, temp, sha256 or "", size, linked=linked)
 
     def link(self, source_bucket: str, source: str, bucket: str, relative: str, sha256: str | None = None) -> None:
         """Make ``bucket/relative`` hold the same bytes as ``source`` (:meth:`stage_from`, then :meth:`commit`)."""

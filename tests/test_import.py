@@ -344,15 +344,13 @@ def test_the_copy_of_a_save_does_not_hold_the_vault_s_write_lock(vault: Vault, t
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The library's copy of a linked import (up to 1 GiB) was made inside the save's write transaction: every
     other writer of the vault (a watcher, an app) waited for it. It is made before now; the row after."""
-    import localvault._disk
-
     paths = rig_folder(tmp_path / "out")
     result = vault.workspace.import_folder(tmp_path / "out", mode="link")
     asset_id = next(i.asset_id for i in result.imported if Path(i.source) in paths and i.source.endswith(".png"))
-    real_copy = localvault._disk.copy_checked
+    real_copy = FileStore.stage
     others_wrote: list[bool] = []
 
-    def copy_while_another_writes(*args: object) -> bool:
+    def copy_while_another_writes(self: FileStore, *args: Any, **kwargs: Any) -> Any:
         other = sqlite3.connect(vault.root / "vault.db", timeout=0)
         try:
             other.execute("BEGIN IMMEDIATE")  # "database is locked" at once if the save held the write lock
@@ -361,9 +359,9 @@ def test_the_copy_of_a_save_does_not_hold_the_vault_s_write_lock(vault: Vault, t
             others_wrote.append(True)
         finally:
             other.close()
-        return real_copy(*args)  # type: ignore[arg-type]
+        return real_copy(self, *args, **kwargs)
 
-    monkeypatch.setattr(localvault._disk, "copy_checked", copy_while_another_writes)
+    monkeypatch.setattr(FileStore, "stage", copy_while_another_writes)
     kept = vault.library.save(asset_id, title="kept")
     assert others_wrote == [True]
     assert vault.db.get_meta("other-writer") == "here"
@@ -407,18 +405,16 @@ def test_a_save_of_an_asset_deleted_during_its_copy_is_not_found_and_leaves_noth
         vault: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The copy now runs outside the write transaction: the workspace asset may go meanwhile (its expiry's
     cleanup, a delete from another process). The save then says it is not found, and leaves no file or row."""
-    import localvault._disk
-
     paths = rig_folder(tmp_path / "out")
     result = vault.workspace.import_folder(tmp_path / "out", mode="link")
     asset_id = next(i.asset_id for i in result.imported if Path(i.source) in paths and i.source.endswith(".png"))
-    real_copy = localvault._disk.copy_checked
+    real_copy = FileStore.stage
 
-    def deleted_before_its_copy(*args: object) -> bool:
+    def deleted_before_its_copy(self: FileStore, *args: Any, **kwargs: Any) -> Any:
         Vault.open(vault.root).workspace.delete(asset_id)
-        return real_copy(*args)  # type: ignore[arg-type]
+        return real_copy(self, *args, **kwargs)
 
-    monkeypatch.setattr(localvault._disk, "copy_checked", deleted_before_its_copy)
+    monkeypatch.setattr(FileStore, "stage", deleted_before_its_copy)
     with pytest.raises(NotFoundError, match=f"no workspace asset {asset_id}"):
         vault.library.save(asset_id)
     assert vault.library.count() == 0
