@@ -45,20 +45,21 @@ class SearchQuery:
 def search_query(text: str) -> SearchQuery:
     """The user's search words, split between the full-text index and substring matches."""
     text = models.check_search(text)
-    words = text.split()
-    indexed = [w for w in words if not _UNSPACED.search(w) and _index_keeps(w)]
-    # Cut at punctuation, as the index cuts words (`日本語,` or `"日本語"` or `「狐」`): each piece must be found.
-    pieces = [p for w in words if _UNSPACED.search(w) for p in re.split(r"[\W_]+", w) if p]
-    indexed += [p for p in pieces if not _UNSPACED.search(p)]
-    # Symbols the index drops (😀, ✨: unicode61 keeps some emoji, 🦊, and not others) are looked for as they are;
-    # a word of punctuation alone is no word (it found nothing).
-    pieces += [p for w in words if not _UNSPACED.search(w) and not _index_keeps(w) for p in _symbols(w)]
-    substrings = tuple(p for p in pieces if _UNSPACED.search(p) or not _index_keeps(p))
+    indexed: list[str] = []
+    substrings: list[str] = []
+    for word in text.split():
+        if _UNSPACED.search(word):  # cut at punctuation, as the index cuts words (`日本語,`, `「狐」`)
+            for piece in filter(None, re.split(r"[\W_]+", word)):
+                (substrings if _UNSPACED.search(piece) else indexed).append(piece)
+        elif _index_keeps(word):
+            indexed.append(word)
+        else:  # symbols the index drops (😀, ✨: unicode61 keeps 🦊, not these); punctuation alone is no word
+            substrings += _symbols(word)
     if not indexed and not substrings:
         raise InvalidInputError("the search text has no word to look for (it is empty, or only punctuation); "
                                 "give one or more words")
     return SearchQuery(match=" ".join('"' + w.replace('"', '""') + '"' for w in indexed) or None,
-                       substrings=substrings)
+                       substrings=tuple(substrings))
 
 
 def _symbols(word: str) -> list[str]:
