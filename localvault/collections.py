@@ -10,6 +10,7 @@ import sqlite3
 import uuid
 
 from . import models, rows
+from ._spelling import composed, spellings
 from .db import Database
 from .errors import DuplicateError, InvalidInputError, NotFoundError
 from .models import Collection
@@ -31,11 +32,21 @@ def resolve(conn: sqlite3.Connection, user_id: str, ref: str) -> str:
         row = conn.execute("SELECT id FROM user_collections WHERE id = ? AND user_id = ?", (as_id, user_id)).fetchone()
         if row:
             return str(row[0])
-    row = conn.execute("SELECT id FROM user_collections WHERE name = ? AND user_id = ?", (ref.strip(), user_id)).fetchone()
+    row = named(conn, user_id, composed(ref.strip()))
     if row is None:
         create = "" if as_id is not None else f"create it first ('localvault collections create \"{ref.strip()}\"'), or "
         raise NotFoundError(f"no collection {ref!r} in this vault; {create}list them with 'localvault collections ls'")
     return str(row[0])
+
+
+def named(conn: sqlite3.Connection, user_id: str, name: str, *, besides: str | None = None) -> tuple[str] | None:
+    """The row (its id) of this user's collection called ``name`` (composed), in either of its spellings
+    (:func:`._spelling.spellings`), the composed one first; ``besides`` leaves out that collection."""
+    forms = spellings(name)
+    return conn.execute(  # type: ignore[no-any-return]
+        f"SELECT id FROM user_collections WHERE user_id = ? AND {rows.matches('name', forms)} AND id IS NOT ?"
+        " ORDER BY name = ? DESC LIMIT 1",
+        (user_id, *forms, besides, name)).fetchone()
 
 
 class Collections:
@@ -58,8 +69,8 @@ class Collections:
             )
             return self.get(collection_id)  # in the transaction: what was committed, whatever comes next
 
-    def _check_free(self, conn: sqlite3.Connection, name: str) -> None:
-        if conn.execute("SELECT 1 FROM user_collections WHERE user_id = ? AND name = ?", (self.user_id, name)).fetchone():
+    def _check_free(self, conn: sqlite3.Connection, name: str, besides: str | None = None) -> None:
+        if named(conn, self.user_id, name, besides=besides):
             raise DuplicateError(f"a collection named {name!r} already exists; choose another name")
 
     def get(self, ref: str) -> Collection:
@@ -84,7 +95,7 @@ class Collections:
             collection_id = resolve(conn, self.user_id, ref)
             current = conn.execute("SELECT name FROM user_collections WHERE id = ?", (collection_id,)).fetchone()[0]
             if current != new_name:
-                self._check_free(conn, new_name)
+                self._check_free(conn, new_name, besides=collection_id)
                 conn.execute("UPDATE user_collections SET name = ? WHERE id = ?", (new_name, collection_id))
             return self.get(collection_id)
 

@@ -13,6 +13,7 @@ from typing import Any
 from . import _write_intents as write_intents
 from . import models, pending, rows
 from ._search import SUBSTRING_FILTER, SearchQuery, search_query
+from ._spelling import composed, tag_spellings_held
 from .collections import resolve as resolve_collection
 from .db import Database, format_time
 from .errors import ConflictError, DuplicateError, InvalidInputError, NotFoundError, StorageError
@@ -218,16 +219,8 @@ class Library:
         """Where the asset's file lives on the vault's filesystem (``asset``: the asset, or its id)."""
         return self._files.full_path(LIBRARY_BUCKET, models.asset_given(asset, LibraryAsset, self.get).storage_path)
 
-    def list(
-        self,
-        *,
-        tags: Iterable[str] = (),
-        favorite: bool | None = None,
-        collection: str | None = None,
-        search: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> Page[LibraryAsset]:
+    def list(self, *, tags: Iterable[str] = (), favorite: bool | None = None, collection: str | None = None,
+             search: str | None = None, limit: int = 50, cursor: str | None = None) -> Page[LibraryAsset]:
         """A page of the library, newest first, filtered by tags (all must match),
         favourite, collection and full-text ``search`` over prompt, title and tags.
 
@@ -250,14 +243,17 @@ class Library:
             filters.append("l.collection_id = ?")
             params.append(resolve_collection(conn, self.user_id, collection))
         for tag in tag_list[1:] if not search else tag_list:
-            filters.append("EXISTS (SELECT 1 FROM library_tags t2 WHERE t2.library_seq = l.local_seq AND t2.tag = ?)")
-            params.append(tag)
+            spellings = tag_spellings_held(conn, self.user_id, tag)
+            filters.append("EXISTS (SELECT 1 FROM library_tags t2 WHERE t2.library_seq = l.local_seq"
+                           f" AND {rows.matches('t2.tag', spellings)})")
+            params += spellings
         if search is not None:
             return self._search_page(search_query(search), filters, params, limit, cursor)
         if tag_list:
             source = "library_tags t JOIN user_library l ON l.local_seq = t.library_seq"
-            filters[0:0] = ["t.user_id = ?", "t.tag = ?"]
-            params[0:0] = [self.user_id, tag_list[0]]
+            spellings = tag_spellings_held(conn, self.user_id, tag_list[0])
+            filters[0:0] = ["t.user_id = ?", rows.matches("t.tag", spellings)]
+            params[0:0] = [self.user_id, *spellings]
             order = ("t.created_at", "t.id")
         else:
             source, order = "user_library l", ("l.created_at", "l.id")
@@ -340,7 +336,7 @@ class Library:
                 raise _not_in_library(conn, asset_id, self.user_id)
             current = dict(zip(_UPDATABLE, row, strict=True))
             if new_tags is not None or added or removed:
-                result = list(new_tags if new_tags is not None else json.loads(current["tags"]))
+                result = list(new_tags if new_tags is not None else map(composed, json.loads(current["tags"])))
                 result += [t for t in added if t not in result]
                 result = [t for t in result if t not in removed]
                 if len(result) > models.MAX_TAGS:  # (check_tags would say "given": these are the asset's)

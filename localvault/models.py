@@ -18,6 +18,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ._spelling import composed
 from .errors import InvalidInputError
 
 MAX_FILE_BYTES = 1024 * 1024 * 1024
@@ -173,8 +174,9 @@ def check_title(value: Any) -> str | None:
 
 
 def check_name(value: Any) -> str:
-    """A collection's name; not shaped as an id, since a collection is named by id or name (another
-    collection's id as a name would make every call by that name act on the other collection)."""
+    """A collection's name, composed (:func:`._spelling.composed`); not shaped as an id, since a collection is named by
+    id or name (another collection's id as a name would make every call by that name act on the other one)."""
+    value = composed(value) if isinstance(value, str) else value  # (composed first: its length is the stored one)
     name = _check_text(value, "collection name", MAX_NAME_CHARS, allow_newlines=False, allow_empty=False).strip()
     try:
         uuid.UUID(name)
@@ -206,11 +208,13 @@ def check_search(value: Any) -> str:
 
 
 def check_tag(value: Any) -> str:
+    """A tag, stripped and composed (:func:`._spelling.composed`)."""
+    value = composed(value) if isinstance(value, str) else value
     return _check_text(value, "tag", MAX_TAG_CHARS, allow_newlines=False, allow_empty=False).strip()
 
 
 def check_tags(values: Any) -> list[str]:
-    """Validate tags; strip them, drop repeats, keep the order given."""
+    """Validate tags; strip and compose them (:func:`check_tag`), drop repeats, keep the order given."""
     if isinstance(values, str) or not hasattr(values, "__iter__"):
         raise InvalidInputError("tags must be a list of strings")
     out: dict[str, None] = {}  # ordered, and a set's lookups: a list's made 200,000 tags take minutes

@@ -85,6 +85,11 @@ def _fits(part: Any, kind: type) -> bool:
     return isinstance(part, kind)
 
 
+def matches(column: str, values: tuple[str, ...]) -> str:
+    """The SQL test of ``column`` against one of ``values``: ``= ?`` for one, else ``IN (?, …)``."""
+    return f"{column} = ?" if len(values) == 1 else f"{column} IN ({', '.join('?' * len(values))})"
+
+
 def check_limit(limit: int) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
         raise InvalidInputError(f"page size {limit!r} must be a whole number from 1 to 1000")

@@ -885,6 +885,39 @@ def test_same_collection_name_for_two_users(vault: Vault, other_user_vault: Vaul
     assert other_user_vault.collections.get("Shared name").id == b.id
 
 
+CAFE_COMPOSED, CAFE_DECOMPOSED = "Caf\u00e9", "Cafe\u0301"  # as Linux and as macOS keyboards give "Café"
+
+
+def test_names_and_tags_typed_composed_or_decomposed_are_one(vault: Vault, make_image):
+    made = vault.collections.create(CAFE_DECOMPOSED)
+    assert made.name == CAFE_COMPOSED
+    with pytest.raises(DuplicateError):
+        vault.collections.create(CAFE_COMPOSED)
+    assert vault.collections.get(CAFE_COMPOSED).id == made.id
+    assert vault.collections.get(CAFE_DECOMPOSED).id == made.id
+    kept = vault.library.save(vault.workspace.add(make_image(seed=1)).id, tags=[CAFE_DECOMPOSED])
+    assert kept.tags == [CAFE_COMPOSED]
+    assert vault.library.update(kept.id, add_tags=[CAFE_COMPOSED]).tags == [CAFE_COMPOSED]
+    assert ids_of(vault.library.list(tags=[CAFE_DECOMPOSED]).items) == [kept.id]
+    assert ids_of(vault.library.list(tags=[CAFE_COMPOSED], search="cafe").items) == [kept.id]
+
+
+def test_decomposed_names_and_tags_of_an_older_vault_are_still_found(vault: Vault, make_image):
+    older = vault.collections.create("older")
+    kept = vault.library.save(vault.workspace.add(make_image(seed=1)).id, tags=["x"])
+    conn = raw_connection(vault.root)  # as a vault written before names and tags were composed holds them
+    conn.execute("UPDATE user_collections SET name = ? WHERE id = ?", (CAFE_DECOMPOSED, older.id))
+    conn.execute("UPDATE user_library SET tags = ? WHERE id = ?", (f'["{CAFE_DECOMPOSED}", "x"]', kept.id))
+    conn.close()
+    assert vault.collections.get(CAFE_COMPOSED).id == older.id
+    with pytest.raises(DuplicateError):
+        vault.collections.create(CAFE_COMPOSED)
+    assert vault.collections.rename(older.id, CAFE_COMPOSED).name == CAFE_COMPOSED  # its own old spelling
+    for tags in ([CAFE_COMPOSED], ["x", CAFE_COMPOSED], [CAFE_COMPOSED, "x"]):
+        assert ids_of(vault.library.list(tags=tags).items) == [kept.id]
+    assert vault.library.update(kept.id, remove_tags=[CAFE_COMPOSED]).tags == ["x"]
+
+
 # ---------------------------------------------------------------- verify
 
 
