@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ._disk import open_regular
-from .errors import EmptyFileError, FileTooLargeError, StorageError, UnsupportedMediaError
+from .errors import EmptyFileError, FileTooLargeError, InvalidInputError, StorageError, UnsupportedMediaError
 from .models import MAX_FILE_BYTES, MediaType
 
 EXTENSIONS: dict[str, MediaType] = {
@@ -63,6 +63,16 @@ def sniff(head: bytes) -> MediaType | None:
 
 def expected_type(name: str) -> MediaType | None:
     return EXTENSIONS.get(os.path.splitext(name)[1].lower())
+
+
+def check_export_name(destination: Path, stored_as: str) -> None:
+    """InvalidInputError unless ``destination`` is named with the extension of the file stored as ``stored_as``
+    (no extension, or another type's, would leave a file that viewers open wrongly or not at all)."""
+    media = expected_type(stored_as)
+    if media is not None and expected_type(destination.name) is not media:
+        raise InvalidInputError(
+            f"{destination} does not end in .{media.extension}, and the asset is {media.extension.upper()}: name the "
+            f"file {destination.name}.{media.extension}, or give a folder (one that exists, or a path ending in '/')")
 
 
 def check_source(path: Path) -> tuple[MediaType, int]:

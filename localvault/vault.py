@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import fsspec
 
 from . import _write_intents as write_intents
-from . import models, pending
+from . import media, models, pending
 from ._disk import TEMP_PREFIX, unlink_quietly
 from .collections import Collections
 from .config import CONFIG_NAME, RemoteConfig, VaultConfig, remote_identity
@@ -291,9 +291,9 @@ class Vault:
                       check_hashes=models.check_flag(check_hashes, "check_hashes"), progress=progress)
 
     def export(self, asset_id: str, destination: str | Path) -> Path:
-        """Copy an asset's file (library or workspace) to ``destination``: a file, or a folder (one that
-        exists, or a ``str`` ending in ``/``, which is created: ``pathlib`` drops a trailing slash, so pass
-        a new folder as text). The file there is named ``<asset id>.<ext>``. DuplicateError if the file
+        """Copy an asset's file (library or workspace) to ``destination``: a file named with the asset's extension
+        (InvalidInputError otherwise), or a folder (one that exists, or a ``str`` ending in ``/``, which is made:
+        ``pathlib`` drops a trailing slash) where it is named ``<asset id>.<ext>``. DuplicateError if the file
         exists, even one made while the copy ran: nothing is overwritten."""
         dest = models.check_path(destination, "the destination")
         bucket, relative = self.locate(asset_id)
@@ -303,6 +303,7 @@ class Vault:
             except OSError as exc:
                 raise StorageError(f"cannot make the folder {dest}: {exc.strerror or exc}") from None
             dest = dest / f"{models.check_uuid(asset_id)}{Path(relative).suffix}"
+        media.check_export_name(dest, relative)
         if dest.exists():
             raise DuplicateError(f"{dest} already exists; choose another destination")
         self.files.export(bucket, relative, dest)

@@ -573,6 +573,16 @@ def test_export(vault: Vault, make_image, tmp_path: Path):
     assert made == tmp_path / "new" / f"{kept.id}.jpg" and made.read_bytes() == source.read_bytes()
     longest = out / ("n" * 251 + ".jpg")  # 255 bytes, the most a name may have (the temp name once had 37 more)
     assert vault.export(kept.id, longest).read_bytes() == source.read_bytes()
+    assert vault.export(kept.id, out / "upper.JPEG").read_bytes() == source.read_bytes()
+
+
+@pytest.mark.parametrize("name", ["exported", "fox.png", "fox.jpg.txt"])
+def test_export_to_a_file_named_without_the_assets_extension_is_refused(vault: Vault, make_image, tmp_path: Path,
+                                                                        name: str):
+    kept = vault.library.save(vault.workspace.add(make_image(kind="jpg", seed=4)).id)
+    with pytest.raises(InvalidInputError, match=r"\.jpg"):  # (a folder of that name was meant, say)
+        vault.export(kept.id, tmp_path / name)
+    assert not (tmp_path / name).exists()
 
 
 def test_export_into_a_folder_one_may_write_to_but_not_list(vault: Vault, make_image, tmp_path: Path):

@@ -257,7 +257,8 @@ def verify(ctx: Context, repair: bool, quick: bool, as_json: bool) -> None:
 @json_option()
 @pass_ctx
 def export(ctx: Context, asset_id: str, dest: str, as_json: bool) -> None:
-    """Copy an asset's file out of the vault to DEST (a file, or a folder: one that exists or DEST ending in /)."""
+    """Copy an asset's file out of the vault to DEST: a file named with the asset's extension (.png, …), or a
+    folder (one that exists, or DEST ending in /)."""
     vault = ctx.vault(reads_only=True)
     written = vault.export(vault.resolve_id(asset_id), dest)
     if as_json:
