@@ -218,3 +218,34 @@ def test_an_older_edit_that_waited_on_a_concurrent_delete_leaves_the_row_deleted
     (report,) = reports
     assert (report.rows_written, report.conflicts) == (0, 1)
     assert asset_id not in _server_rows(remote.database_url, "user_library")
+
+
+def test_a_collection_deleted_on_one_rig_brings_back_nothing_deleted_and_undoes_no_edit_made_on_the_other(
+        tmp_path: Path, remote: Remote, s3_bucket: Any) -> None:
+    """Rig 2 deletes a collection after rig 1 deleted one of its assets and renamed another: the server releases
+    the rest itself. Sent again with a new updated_at, the released rows brought back the deleted one (its file
+    uploaded again) and undid the rename."""
+    rig1 = Vault.create(tmp_path / "rig1", user_id=USER_A)
+    rig1.collections.create("Birds")
+    gone, renamed, untouched = _fill(rig1, tmp_path, 3, collection="Birds")
+    rig1.sync(remote)
+    rig1.close()
+    shutil.copytree(tmp_path / "rig1", tmp_path / "rig2")
+    rig1, rig2 = Vault.open(tmp_path / "rig1"), Vault.open(tmp_path / "rig2")
+    gone_key = rig1.library.get(gone).storage_path
+    rig1.library.delete(gone)
+    rig1.library.update(renamed, title="renamed on rig 1")
+    rig1.sync(remote)
+
+    rig2.collections.delete("Birds")
+    report = _sync_elsewhere(rig2, remote)
+
+    assert (report.rows_written, report.files_uploaded, report.conflicts) == (0, 0, 0)
+    rows = _server_rows(remote.database_url, "user_library")
+    assert set(rows) == {renamed, untouched}
+    assert rows[renamed]["title"] == "renamed on rig 1" and rows[renamed]["collection_id"] is None
+    assert rows[untouched]["collection_id"] is None
+    assert _server_rows(remote.database_url, "user_collections") == {}
+    assert gone_key not in _objects(s3_bucket.storage_options, s3_bucket.name)
+    rig1.close()
+    rig2.close()

@@ -1289,6 +1289,24 @@ def test_outbox_rows_for_library_and_collections_only(vault: Vault, make_image):
     ]
 
 
+def test_a_collection_delete_releases_its_assets_unstamped_and_unqueued(vault: Vault, make_image):
+    """The server releases them itself, keeping their updated_at: sent again with a new one, they won over newer
+    edits made on another machine and brought back rows deleted there."""
+    birds = vault.collections.create("Birds")
+    vault.collections.create("Other")
+    inside = [vault.library.save(vault.workspace.add(make_image(seed=n)).id, collection="Birds") for n in (1, 2)]
+    outside = vault.library.save(vault.workspace.add(make_image(seed=3)).id, collection="Other")
+    before = {a.id: vault.library.get(a.id).updated_at for a in (*inside, outside)}
+    queued = len(outbox(vault))
+    vault.collections.delete("Birds")
+    assert outbox(vault)[queued:] == [("user_collections", birds.id, "delete")]
+    assert [vault.library.get(a.id).collection_id for a in inside] == [None, None]
+    assert {a.id: vault.library.get(a.id).updated_at for a in (*inside, outside)} == before
+    assert vault.collections.get("Other").asset_count == 1
+    moved = vault.library.move(outside.id, None)  # a move out of a collection that is still there is an edit
+    assert moved.updated_at > before[outside.id] and outbox(vault)[-1] == ("user_library", outside.id, "update")
+
+
 def test_a_call_returns_what_it_committed_though_another_process_deletes_it_at_once(
         vault: Vault, make_image, monkeypatch: pytest.MonkeyPatch):
     """save, add, update, create, rename and describe once read their row back after the commit: another
