@@ -281,6 +281,35 @@ def test_a_delete_wins_over_this_vaults_own_edits_stamped_ahead_of_the_clock(
     assert _objects(s3_bucket.storage_options, s3_bucket.name) == {}
 
 
+def test_entries_refused_with_their_collection_go_with_the_sync_that_sends_it(vault: Vault, remote: Remote,
+                                                                             s3_bucket: Any, tmp_path: Path) -> None:
+    """A collection refused for a name taken on the server (another rig's) takes its entries down with it
+    (23503). After the rename, a plain sync sent the collection alone: its entries stayed refused, listed as to
+    fix, until --retry-rejected."""
+    from test_sync import USER_A
+
+    other_rig = Vault.create(tmp_path / "other rig", user_id=USER_A)
+    other_rig.collections.create("Birds")
+    other_rig.sync(remote)
+    other_rig.close()
+    vault.collections.create("Birds")
+    entries = [vault.library.add(_image(tmp_path, n), collection="Birds").id for n in (1, 2)]
+    assert vault.sync(remote).rejected == 3
+    refusals = {r.row_id: r.message for r in status(vault, remote).rejected}
+    assert all("goes with the sync that sends the collection" in refusals[e] for e in entries), refusals
+
+    vault.collections.rename("Birds", "Birds (rig 2)")
+    report = vault.sync(remote)
+
+    assert report.rejected == 0 and rejected(vault) == [] and status(vault, remote).rejected == []
+    rows = _server_rows(remote.database_url, "user_library")
+    assert {str(rows[e]["collection_id"]) for e in entries} == {vault.collections.get("Birds (rig 2)").id}
+    counts = {r["name"]: r["asset_count"] for r in _server_rows(remote.database_url, "user_collections").values()}
+    assert counts == {"Birds": 0, "Birds (rig 2)": 2}
+    objects = _objects(s3_bucket.storage_options, s3_bucket.name)
+    assert all(vault.library.get(e).storage_path in objects for e in entries)
+
+
 def test_a_refusal_is_dropped_once_a_later_edit_of_its_row_goes_through(vault: Vault, remote: Remote, s3_bucket: Any,
                                                                          tmp_path: Path) -> None:
     asset = vault.library.add(_image(tmp_path, 1), title="a")

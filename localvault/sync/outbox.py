@@ -301,6 +301,25 @@ def acknowledge(vault: Vault, batch: Batch, outcome: BatchResult, send_again: It
         conn.executemany("DELETE FROM sync_outbox WHERE seq = ?", [(s,) for s in batch.seqs])
         conn.executemany("INSERT INTO sync_outbox (table_name, row_id, op, user_id) VALUES ('user_library', ?,"
                          " 'update', ?)", [(row_id, vault.user_id) for row_id in send_again])
+        sent = [row_id for (table, row_id), (op, *_rest) in batch.entries.items()
+                if table == "user_collections" and op != "delete" and (table, row_id) not in outcome.rejected]
+        _requeue_waiting_for(conn, vault.user_id, sent)
+
+
+def _requeue_waiting_for(conn: sqlite3.Connection, user_id: str, collection_ids: list[str]) -> None:
+    """Queue again the library entries refused because their collection was not on the server (23503, the
+    collection refused itself, say for a name taken) now that it is: they go with this sync, no
+    --retry-rejected needed."""
+    for start in range(0, len(collection_ids), 900):
+        chunk = collection_ids[start:start + 900]
+        waiting = ("FROM sync_rejected r JOIN user_library l ON l.id = r.row_id AND l.user_id = r.user_id"
+                   " WHERE r.user_id = ? AND r.table_name = 'user_library' AND r.sqlstate = '23503'"
+                   f" AND l.collection_id IN ({','.join('?' * len(chunk))})")
+        conn.execute("INSERT INTO sync_outbox (table_name, row_id, op, user_id, storage_path, queued_at)"
+                     " SELECT r.table_name, r.row_id, r.op, r.user_id, r.storage_path,"
+                     f" coalesce(r.queued_at, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) {waiting} ORDER BY r.seq",
+                     (user_id, *chunk))
+        conn.execute(f"DELETE FROM sync_rejected WHERE seq IN (SELECT r.seq {waiting})", (user_id, *chunk))
 
 
 def entries_in(vault: Vault, collection_ids: Iterable[str]) -> list[dict[str, str]]:

@@ -21,6 +21,10 @@ _WHAT_TO_DO = {
     "user_collections_user_id_name_key": (
         "your account already has a collection of this name (made on another rig or on the web); rename this "
         "one ('localvault collections rename'), then 'localvault sync --retry-rejected'"),
+    "user_library_collection_fkey": (
+        "its collection is not on the server: refused itself (see above) or deleted there; this entry goes with "
+        "the sync that sends the collection, or take it out of the collection ('localvault update ID "
+        "--no-collection')"),
 }
 
 
