@@ -761,3 +761,24 @@ def test_retried_uploads_are_warned_of_once_per_reason(vault: Vault, remote: Rem
     assert warned[0].startswith("uploading ") and "reduce your request rate" in warned[0]
     assert "trying again in 0.05 s (attempt 2 of 4)" in warned[0]  # (fast_retries: three delays)
     assert_mirrors(vault, remote, s3_bucket)
+
+
+def test_retries_whose_reasons_name_each_file_are_warned_of_once(monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A store cut off mid-upload fails each file with its own URL in the reason: 19 warnings of 300 characters,
+    one per file, were printed where one says it all."""
+    import logging
+
+    from botocore.exceptions import EndpointConnectionError
+
+    monkeypatch.setattr(retry, "_warned", {})
+    with caplog.at_level(logging.INFO, logger="localvault.sync.retry"):
+        for n in range(5):
+            cut = EndpointConnectionError(endpoint_url=f"http://127.0.0.1:9/user-library/u/{n:04d}.png")
+            retry._tell_retry(f"uploading /vault/user-library/u/{n:04d}.png", cut, 1, 0.5)
+        retry._tell_retry("uploading /vault/user-library/u/9.png", ConnectionRefusedError(111, "Connection refused"),
+                          1, 0.5)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2 and "0000.png" in warned[0] and "Connection refused" in warned[1], warned
+    assert len([r for r in caplog.records if r.levelno == logging.INFO]) == 4
+

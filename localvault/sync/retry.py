@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,8 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 _warned: dict[str, float] = {}
+#: What a reason names that differs from one file to the next: quoted text, URLs, paths.
+_NAMED = re.compile(r""""[^"]*"|'[^']*'|\S+://\S*|\S*/\S*""")
 _warned_lock = threading.Lock()
 
 #: Connection trouble: retried with backoff, then reported as offline (with the store's own, see network_errors).
@@ -98,11 +101,12 @@ def retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | 
 def _tell_retry(what: str, exc: BaseException, attempt: int, delay: float) -> None:
     """Log a retry: a sync that waits on a failing link says why (the progress bar stands still meanwhile)."""
     reason, now = first_line(exc), time.monotonic()
+    kind = f"{type(exc).__name__}: {_NAMED.sub('…', reason)}"  # one upload's reason is the next one's
     with _warned_lock:
-        loud = now - _warned.get(reason, -math.inf) >= WARN_EVERY_SECONDS
+        loud = now - _warned.get(kind, -math.inf) >= WARN_EVERY_SECONDS
         if loud:
-            if len(_warned) > 256:  # (reasons naming files: bounded)
+            if len(_warned) > 256:  # (bounded, whatever the reasons name)
                 _warned.clear()
-            _warned[reason] = now
+            _warned[kind] = now
     log.log(logging.WARNING if loud else logging.INFO, "%s: %s; trying again in %g s (attempt %d of %d)",
             what, reason, delay, attempt + 1, len(RETRY_DELAYS) + 1)
