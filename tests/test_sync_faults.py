@@ -782,3 +782,29 @@ def test_retries_whose_reasons_name_each_file_are_warned_of_once(monkeypatch: py
     assert len(warned) == 2 and "0000.png" in warned[0] and "Connection refused" in warned[1], warned
     assert len([r for r in caplog.records if r.levelno == logging.INFO]) == 4
 
+
+def test_a_multipart_upload_left_by_a_killed_sync_is_aborted_when_its_file_is_sent_again(
+        s3_bucket: Any, tmp_path: Path) -> None:
+    """A sync killed (SIGKILL, power cut) while sending a big file left its upload open on the store, its parts
+    billed for ever (Ctrl-C aborts it). The next sync sends the file again, and aborts what the killed one left
+    of that very key, not another key's upload under way."""
+    import hashlib
+
+    from localvault.sync.bucket import SINGLE_PUT_BYTES
+
+    client = boto3.client("s3", endpoint_url=s3_bucket.storage_options["client_kwargs"]["endpoint_url"],
+                          aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
+    left = client.create_multipart_upload(Bucket=s3_bucket.name, Key="u/big.mp4")["UploadId"]
+    client.upload_part(Bucket=s3_bucket.name, Key="u/big.mp4", UploadId=left, PartNumber=1, Body=b"x" * 1024)
+    other = client.create_multipart_upload(Bucket=s3_bucket.name, Key="u/big.mp4.other")["UploadId"]
+    big = tmp_path / "big.mp4"
+    big.write_bytes(os.urandom(SINGLE_PUT_BYTES + 1))
+    bucket = Bucket(f"s3://{s3_bucket.name}", s3_bucket.storage_options)
+    try:
+        bucket.upload(big, "u/big.mp4", hashlib.sha256(big.read_bytes()).hexdigest(), big.stat().st_size,
+                      "video/mp4", threading.Event())
+    finally:
+        bucket.close()
+    open_uploads = client.list_multipart_uploads(Bucket=s3_bucket.name).get("Uploads", [])
+    assert [(u["Key"], u["UploadId"]) for u in open_uploads] == [("u/big.mp4.other", other)]
+    assert client.head_object(Bucket=s3_bucket.name, Key="u/big.mp4")["ContentLength"] == big.stat().st_size

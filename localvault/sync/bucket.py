@@ -19,6 +19,7 @@ other request, and any PUT that path cannot make, goes through s3fs.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import threading
@@ -267,6 +268,7 @@ class Bucket:
         bucket, name = path.split("/", 1)
         if stop.is_set():
             raise RetryStopped(f"sending {path}: the sync stopped")
+        self._abort_left_behind(bucket, name)
         started = self.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=name, ContentType=content_type,
                                   Metadata={"sha256": sha256})
         upload = {"Bucket": bucket, "Key": name, "UploadId": started["UploadId"]}
@@ -296,6 +298,18 @@ class Bucket:
             except Exception:  # the store unreachable now: parts left behind never become an object
                 pass
             raise
+
+    def _abort_left_behind(self, bucket: str, name: str) -> None:
+        """Abort the unfinished multipart uploads of this very key: a sync killed while sending it left its
+        parts, billed by the store (never an object) until aborted, and this sync sends the file again."""
+        try:
+            listed = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=name)
+        except Exception:  # a store without the call, or the link down (the upload's own call will say so)
+            return
+        for upload in listed.get("Uploads", []):
+            if upload.get("Key") == name:
+                with contextlib.suppress(Exception):  # gone meanwhile, or refused: a lifecycle rule remains
+                    self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=name, UploadId=upload["UploadId"])
 
     def delete(self, keys: list[str]) -> dict[str, str]:
         """Remove objects; keys already gone are fine. Returns {key: the store's reason} of those it refused.
