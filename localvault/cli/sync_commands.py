@@ -109,7 +109,8 @@ def sync(ctx: Context, dry_run: bool, retry_rejected: bool, full: bool, as_json:
 
     Exit codes: 0 done (refused changes: see status), 3 remote settings that cannot work, 7 the server's
     schema differs (schema apply), 10 offline (nothing lost; run again later), 11 refused by the server or
-    bucket (password, user, keys, bucket) or a local file missing, 12 another sync is running.
+    bucket (password, user, keys, bucket) or a local file missing, 12 another sync is running, 130 interrupted
+    (Ctrl-C: nothing lost; run it again to go on).
     """
     from ..sync import push
 
