@@ -202,7 +202,7 @@ def test_status_dry_run_sync_json(vault_path: Path, server: str, s3_bucket: Any,
 
     ok(run(*vault, "rm", ids[0]))
     one_less = ok(run(*vault, "sync")).stdout
-    assert "deleted 1; uploaded 0 files" in one_less and "removed 1 object of deleted rows from the bucket" in one_less
+    assert "deleted 1; uploaded 0 files" in one_less and "1 object of deleted rows gone from the bucket" in one_less
 
 
 def test_a_clock_far_from_the_servers_is_measured_and_warned_of(vault_path: Path, server: str, s3_bucket: Any,

@@ -126,7 +126,7 @@ def sync(ctx: Context, dry_run: bool, retry_rejected: bool, full: bool, as_json:
         return
     push_, delete, upload = ("would push", "would delete", "would upload") if dry_run else ("pushed", "deleted",
                                                                                            "uploaded")
-    removed = f"; removed {_count(result.objects_deleted, 'object')} of deleted rows from the bucket" \
+    removed = f"; {_count(result.objects_deleted, 'object')} of deleted rows gone from the bucket" \
         if result.objects_deleted else ""
     output.console.print(
         f"{push_} {_count(result.rows_written, 'row')}, {delete} {result.rows_deleted}; {upload} "
