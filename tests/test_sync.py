@@ -361,7 +361,7 @@ def test_server_newer_row_is_kept(vault: Vault, remote: Remote, s3_bucket: Any, 
         conn.execute("UPDATE public.user_library SET title = 'server edit', updated_at = now() + interval '1 hour' WHERE id = %s",
                      (asset_id,))
     report = vault.sync(remote)
-    assert report.conflicts == 1
+    assert report.conflicts == 1 and report.conflicted == [{"table": "user_library", "id": asset_id}]
     assert _server_rows(remote.database_url, "user_library")[asset_id]["title"] == "server edit"
 
 
@@ -718,6 +718,7 @@ def test_a_refused_delete_sent_again_keeps_its_own_time(vault: Vault, remote: Re
         conn.execute("DROP TRIGGER refuse_deletes ON public.user_library")
     report = vault.sync(remote, retry_rejected=True)
     assert report.rows_deleted == 0 and report.conflicts == 1 and status(vault, remote).rejected == []
+    assert report.conflicted == [{"table": "user_library", "id": asset_id}]  # (a delete that lost)
     assert _server_rows(remote.database_url, "user_library")[asset_id]["title"] == "edited later"
 
 
@@ -803,6 +804,7 @@ def test_an_edit_older_than_the_server_s_delete_does_not_bring_the_row_back(vaul
     _delete_on_the_web(remote.database_url, "user_library", ids[1])
     report = vault.sync(remote)
     assert (report.rows_written, report.conflicts) == (0, 1)
+    assert report.conflicted == [{"table": "user_library", "id": ids[0]}]  # (an edit older than a deletion)
     assert set(_server_rows(remote.database_url, "user_library")) == {ids[2]}
     report = vault.sync(remote, full=True)
     assert (report.rows_written, report.conflicts) == (0, 2)
@@ -998,6 +1000,7 @@ def test_a_dry_run_counts_rows_the_server_keeps_deleted_as_conflicts(vault: Vaul
     dry = vault.sync(remote, dry_run=True)
     real = vault.sync(remote)
     assert (dry.rows_written, dry.conflicts) == (real.rows_written, real.conflicts) == (1, 2)
+    assert sorted(c["id"] for c in dry.conflicted) == sorted(c["id"] for c in real.conflicted) == sorted(ids[:2])
 
 
 def test_a_web_delete_stays_when_the_vault_s_clock_ran_ahead(vault: Vault, remote: Remote, tmp_path: Path) -> None:

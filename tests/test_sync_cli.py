@@ -204,6 +204,13 @@ def test_status_dry_run_sync_json(vault_path: Path, server: str, s3_bucket: Any,
     one_less = ok(run(*vault, "sync")).stdout
     assert "deleted 1; uploaded 0 files" in one_less and "1 object of deleted rows gone from the bucket" in one_less
 
+    ok(run(*vault, "update", ids[1], "--title", "edited here"))
+    with psycopg.connect(server, autocommit=True) as conn:  # and later on the web
+        conn.execute("UPDATE public.user_library SET title = 'web', updated_at = now() + interval '1 hour'"
+                     " WHERE id = %s", (ids[1],))
+    kept = ok(run(*vault, "sync")).stdout
+    assert "1 kept newer on server" in kept and f"kept newer on server: library {ids[1]};" in kept
+
 
 def test_a_clock_far_from_the_servers_is_measured_and_warned_of(vault_path: Path, server: str, s3_bucket: Any,
                                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -133,6 +133,11 @@ def sync(ctx: Context, dry_run: bool, retry_rejected: bool, full: bool, as_json:
         f"{_count(result.files_uploaded, 'file')} ({result.bytes_uploaded:,} bytes), {result.files_skipped} already "
         f"there{removed}; {result.conflicts} kept newer on server (edited or deleted there later); "
         f"{result.rejected} refused", highlight=False)
+    if result.conflicted:
+        named = ", ".join(f"{c['table'].removeprefix('user_')} {c['id']}" for c in result.conflicted[:5])
+        more = f" and {result.conflicts - 5} more (--json lists them)" if result.conflicts > 5 else ""
+        output.console.print(f"kept newer on server: {named}{more}; this vault keeps its own version of each",
+                             highlight=False, soft_wrap=True)
     if result.remote_changed:
         output.console.print(f"the remote is not the one of the last sync: every row {'would be' if dry_run else 'was'}"
                              " sent (as --full does)", highlight=False)

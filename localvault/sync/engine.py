@@ -27,7 +27,7 @@ from . import outbox
 from .bucket import Bucket
 from .objects import Objects, check_files, delete_objects, restore_revived, upload_files
 from .remote import Remote
-from .report import SyncReport
+from .report import SyncReport, name_conflicts
 from .retry import retrying
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ def _write_batch(vault: Vault, target: Remote, bucket: Bucket, known: Objects, b
     result.batches += 1
     result.rows_written += outcome.written
     result.rows_deleted += outcome.deleted
-    result.conflicts += outcome.conflicts
+    name_conflicts(result, outcome.conflicted)
     result.rejected += len(outcome.rejected)
     report(progress, "rows", advance=len(batch.keys), total=result.pending_changes)
 
@@ -205,7 +205,9 @@ def _count_dry_run(result: SyncReport, batch: outbox.Batch, kept_deleted: set[st
     written = {r["id"] for r in (*batch.changes.collections, *batch.changes.library)} - counted
     deleted = {r["id"] for r in (*batch.changes.library_deletes, *batch.changes.collection_deletes)}
     result.rows_written += len(written - kept_deleted)
-    result.conflicts += len(written & kept_deleted)
+    name_conflicts(result, [(table, row["id"]) for table, rows in (("user_collections", batch.changes.collections),
+                                                                   ("user_library", batch.changes.library))
+                            for row in rows if row["id"] in written & kept_deleted])
     result.rows_deleted += len(deleted - counted)
     result.rejected += len(batch.invalid)
     counted |= written | deleted

@@ -42,8 +42,8 @@ class BatchResult:
 
     written: int = 0
     deleted: int = 0
-    #: Rows the server kept because its copy was newer (last writer wins).
-    conflicts: int = 0
+    #: (table, row id) of rows the server kept because its copy was newer (last writer wins), or its deletion was.
+    conflicted: list[tuple[str, str]] = field(default_factory=list)
     #: (table, row_id) → (sqlstate, message) for changes refused for good.
     rejected: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     #: Library ids not written because the server keeps them deleted (an object sent for one may go).
@@ -54,6 +54,10 @@ class BatchResult:
     #: Library rows sent that the server had deleted once and holds again: another sync may have removed their
     #: object just before this batch's commit, so the push checks them after it (see Remote.absent_held).
     revived_library_ids: set[str] = field(default_factory=set)
+
+    @property
+    def conflicts(self) -> int:
+        return len(self.conflicted)
 
 
 class JsonRow(dict):  # type: ignore[type-arg]
@@ -288,9 +292,8 @@ class Remote:
             gone = {str(d) for d in done}
             kept = [r["id"] for r in rows if r["id"] not in gone]
             if kept:  # still there: edited on the server after this delete (a row never sent is simply absent)
-                found = conn.execute(f"SELECT count(*) FROM public.{table} WHERE id = ANY(%s::uuid[])",
-                                     (uuid_array(kept),)).fetchone()
-                result.conflicts += found[0] if found else 0
+                result.conflicted += [(table, str(r[0])) for r in conn.execute(
+                    f"SELECT id FROM public.{table} WHERE id = ANY(%s::uuid[])", (uuid_array(kept),))]
             return
         result.written += len(done)
         written = {str(d) for d in done}
@@ -301,10 +304,9 @@ class Remote:
         deleted = _kept_deleted(conn, user_id, table, skipped)
         if table == "user_library":
             result.kept_deleted_library_ids |= deleted
-        newer = conn.execute(
-            f"SELECT count(*) FROM public.{table} AS t JOIN jsonb_to_recordset(%s::jsonb) AS s(id uuid, updated_at "
-            "timestamptz) ON t.id = s.id WHERE t.updated_at > s.updated_at", (_times(skipped),)).fetchone()
-        result.conflicts += len(deleted) + (int(newer[0]) if newer else 0)
+        result.conflicted += [(table, row_id) for row_id in sorted(deleted)] + [(table, str(r[0])) for r in conn.execute(
+            f"SELECT t.id FROM public.{table} AS t JOIN jsonb_to_recordset(%s::jsonb) AS s(id uuid, updated_at "
+            "timestamptz) ON t.id = s.id WHERE t.updated_at > s.updated_at", (_times(skipped),))]
 
     @staticmethod
     def _together(conn: psycopg.Connection[Any], statement: str, refused: list[tuple[dict[str, Any], tuple[str, str]]],

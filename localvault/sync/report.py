@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+#: Conflicts a report names (it counts them all): a sync after a long time offline may meet many.
+MAX_NAMED_CONFLICTS = 1000
 
 
 @dataclass
@@ -18,6 +21,9 @@ class SyncReport:
     objects_deleted: int = 0
     #: Changes the server kept its own newer state against: a row edited, or deleted, there after the change.
     conflicts: int = 0
+    #: The first :data:`MAX_NAMED_CONFLICTS` of them: ``{"table": ..., "id": ...}`` (this vault keeps its own
+    #: version of each; the server's is the newer).
+    conflicted: list[dict[str, str]] = field(default_factory=list)
     rejected: int = 0
     batches: int = 0
     pending_changes: int = 0  # queued when the sync began (status counts those left)
@@ -59,3 +65,10 @@ def _span(seconds: float) -> str:
     first = next((i for i, (count, _unit) in enumerate(units) if count), len(units))
     return " ".join(f"{count} {unit}{'s' if unit == 'day' and count > 1 else ''}"
                     for count, unit in units[first:first + 2] if count) or "0 s"
+
+
+def name_conflicts(report: SyncReport, rows: list[tuple[str, str]]) -> None:
+    """Count conflicts of (table, row id) in ``report``, naming them up to :data:`MAX_NAMED_CONFLICTS`."""
+    report.conflicts += len(rows)
+    room = MAX_NAMED_CONFLICTS - len(report.conflicted)
+    report.conflicted += [{"table": table, "id": row_id} for table, row_id in rows[:max(room, 0)]]
