@@ -16,8 +16,7 @@ PERMANENT_CODES = ("42501",)
 _WHAT_TO_DO = {
     "user_library_user_id_sha256_key": (
         "your account already holds this very image under another id (saved from another vault or rig); this copy "
-        "is not needed there: delete it here ('localvault rm ID'; the next sync removes the object it sent), or "
-        "keep it local only"),
+        "is not needed there: delete it here ('localvault rm ID'; the next sync removes the object it sent)"),
     "user_collections_user_id_name_key": (
         "your account already has a collection of this name (made on another rig or on the web); rename this "
         "one ('localvault collections rename'), then 'localvault sync --retry-rejected'"),
