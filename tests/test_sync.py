@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from localvault import OfflineError, SchemaVersionError, SyncBusyError, SyncError, Vault
-from localvault.sync import Remote, engine, objects, status
+from localvault.sync import Remote, engine, objects, outbox, status
 from localvault.sync.engine import _SyncLock
 
 USER_A = "0a0a0a0a-0000-4000-8000-00000000000a"
@@ -1284,3 +1284,40 @@ def test_bucket_listing_pages_and_keeps_key_and_size(kind: str, s3_bucket: Any, 
     # S3's ETag of a single-part object is the MD5 of its bytes, which the engine compares with the local file's
     md5s = {key: (size, hashlib.md5(b"x" * size).hexdigest() if kind == "s3" else None) for key, size in expected.items()}
     assert store.objects(USER_A) == md5s
+
+
+def test_a_batch_finds_a_deleted_rows_other_entries_by_row_not_by_reading_the_queue(vault: Vault,
+                                                                                    tmp_path: Path) -> None:
+    """A delete queued after a long queue (a library edited for months offline) takes its row's other entries
+    with it: each batch read every entry up to that delete, a million tuples at a time (544 MiB, 8 s a batch).
+    Counted in SQLite's steps, not timed: a batch's reading must not grow with the queue."""
+    ids = _fill(vault, tmp_path, 3)
+
+    def steps_of_a_batch_reading() -> tuple[int, outbox.Batch | None]:
+        steps = 0
+
+        def count() -> int:
+            nonlocal steps
+            steps += 1
+            return 0
+
+        vault.db.conn.set_progress_handler(count, 10)
+        try:
+            batch = outbox.read_batch(vault, 2, 0)
+            return steps, batch
+        finally:
+            vault.db.conn.set_progress_handler(None, 0)
+
+    vault.library.update(ids[0], title="edited, then deleted")
+    vault.library.delete(ids[0])
+    short_steps, batch = steps_of_a_batch_reading()
+    assert batch is not None and [d["id"] for d in batch.changes.library_deletes] == [ids[0]]
+    assert batch.seqs == [1, 2, 4, 5]  # the first two inserts (the limit), and the deleted row's edit and delete
+    with vault.db.write() as conn:  # a long queue ahead of the delete
+        conn.executemany("INSERT INTO sync_outbox (table_name, row_id, op, user_id, seq) VALUES"
+                         " ('user_library', ?, 'update', ?, ?)", [(ids[2], vault.user_id, n) for n in range(10, 30_010)])
+        conn.execute("UPDATE sync_outbox SET seq = seq + 100000 WHERE row_id = ? AND op = 'delete'", (ids[0],))
+    long_steps, batch = steps_of_a_batch_reading()
+    assert batch is not None and [d["id"] for d in batch.changes.library_deletes] == [ids[0]]
+    assert batch.seqs == [1, 2, 4, 100_005]
+    assert long_steps < short_steps + 50, (short_steps, long_steps)

@@ -190,13 +190,12 @@ def _arms(with_rejected: bool, with_everything: bool) -> list[_Arm]:
 
 
 def _read(conn: sqlite3.Connection, arms: list[_Arm], user_id: str, after_seq: int, limit: int,
-          where: str = "", until_seq: int | None = None) -> list[tuple[Any, ...]]:
-    """Up to ``limit`` entries after ``after_seq`` (and before ``until_seq``), in seq order, each arm read on its
-    own key so that every page is a range of an index."""
+          where: str = "") -> list[tuple[Any, ...]]:
+    """Up to ``limit`` entries after ``after_seq``, in seq order, each arm read on its own key so that every page
+    is a range of an index."""
     entries: list[tuple[Any, ...]] = []
     for arm in arms:
-        upper = "" if until_seq is None else f" AND {arm.key} < {until_seq - arm.base}"
-        entries += conn.execute(f"{arm.select} AND {arm.key} > ?{upper}{where} ORDER BY {arm.key} LIMIT ?",
+        entries += conn.execute(f"{arm.select} AND {arm.key} > ?{where} ORDER BY {arm.key} LIMIT ?",
                                 (user_id, after_seq - arm.base, limit)).fetchall()
     return sorted(entries)[:limit]
 
@@ -211,12 +210,15 @@ def _entries_rested_on(conn: sqlite3.Connection, arms: list[_Arm], user_id: str,
                    EXTRA_ENTRIES)
     extra = sorted(extra)[:EXTRA_ENTRIES]
     # A deleted library row's other entries go with its delete (else a later batch would send the delete
-    # again). They all come before it: one pass over the entries up to the last such delete.
+    # again). They all come before it, anywhere in the queue: looked up by row (an index), not read through.
     deletes = {e[2]: e[0] for e in extra if e[1] == "user_library"}
-    if deletes:
-        extra += [e for e in _read(conn, [arm for arm in arms if arm.deletes], user_id, last_seq, 2**62,
-                                   " AND table_name = 'user_library' AND op != 'delete'",
-                                   until_seq=max(deletes.values())) if e[2] in deletes]
+    ids = sorted(deletes)
+    for arm in (arm for arm in arms if arm.deletes):
+        for start in range(0, len(ids), 900):
+            chunk = ids[start:start + 900]
+            extra += [e for e in conn.execute(
+                f"{arm.select} AND table_name = 'user_library' AND op != 'delete'"
+                f" AND row_id IN ({','.join('?' * len(chunk))})", (user_id, *chunk)) if last_seq < e[0] < deletes[e[2]]]
     return sorted(extra)
 
 
