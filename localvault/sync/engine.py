@@ -158,7 +158,9 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
                 _write_batch(vault, target, bucket, known, batch, result, progress)
         finally:
             stop.set()
-            ahead.shutdown(wait=False, cancel_futures=True)
+            # An idle read ahead (the sync done) ends now, and its SQLite connection with it: a copy of the vault
+            # made right after the sync saw its -wal and -shm files go. A busy one (an error) is not waited for.
+            ahead.shutdown(wait=upcoming is None or upcoming.done(), cancel_futures=True)
         outbox.mark_synced(vault, dry_run, where)
         if not dry_run:
             bucket.remove_stale_temps()
