@@ -759,6 +759,7 @@ def test_an_expiry_stored_with_a_three_digit_year_is_mended_on_open(vault: Vault
     conn = raw_connection(root)
     conn.execute("UPDATE workspace_assets SET expires_at = '205-01-01T00:00:00.000Z' WHERE id = ?", (asset.id,))
     conn.execute("DROP TABLE write_intents")  # (a vault of version 3 had none: migration 5 makes it)
+    conn.execute("DROP INDEX sync_outbox_row")  # (nor this index: migration 7)
     conn.execute("PRAGMA user_version = 3")
     conn.close()
     with Vault.open(root, auto_cleanup=False) as reopened:
