@@ -13,7 +13,7 @@ from typing import Any
 from . import _write_intents as write_intents
 from . import models, pending, rows
 from ._search import SUBSTRING_FILTER, SearchQuery, search_query
-from ._spelling import composed, tag_spellings_held
+from ._spelling import composed, tags_rarest_first
 from .collections import resolve as resolve_collection
 from .db import Database, format_time
 from .errors import ConflictError, DuplicateError, InvalidInputError, NotFoundError, StorageError
@@ -242,16 +242,16 @@ class Library:
         if collection is not None:
             filters.append("l.collection_id = ?")
             params.append(resolve_collection(conn, self.user_id, collection))
-        for tag in tag_list[1:] if not search else tag_list:
-            spellings = tag_spellings_held(conn, self.user_id, tag)
-            filters.append("EXISTS (SELECT 1 FROM library_tags t2 WHERE t2.library_seq = l.local_seq"
-                           f" AND {rows.matches('t2.tag', spellings)})")
-            params += spellings
+        tagged = tags_rarest_first(conn, self.user_id, tag_list, count=len(tag_list) > 1 or search is not None)
+        for held, spellings in tagged[1:] if not search else tagged:
+            filters.append("0" if not held else "EXISTS (SELECT 1 FROM library_tags t2 WHERE t2.library_seq"
+                           f" = l.local_seq AND {rows.matches('t2.tag', spellings)})")  # ("0": SQLite reads no row)
+            params += spellings if held else ()
         if search is not None:
             return self._search_page(search_query(search), filters, params, limit, cursor)
-        if tag_list:
+        if tagged:
             source = "library_tags t JOIN user_library l ON l.local_seq = t.library_seq"
-            spellings = tag_spellings_held(conn, self.user_id, tag_list[0])
+            spellings = tagged[0][1]
             filters[0:0] = ["t.user_id = ?", rows.matches("t.tag", spellings)]
             params[0:0] = [self.user_id, *spellings]
             order = ("t.created_at", "t.id")
