@@ -31,8 +31,8 @@ from .workspace import CleanupReport, Workspace
 if TYPE_CHECKING:  # the core never imports sync at run time unless asked to sync
     from .sync import Remote, SyncReport
 
-#: Expired assets removed when a vault opens for writing (at most once an hour);
-#: the rest wait for the next open or an explicit cleanup.
+#: Expired assets removed when a vault opens for writing; the rest wait for the next open (each one removes
+#: more, until one finds none left: then none does for an hour) or an explicit cleanup.
 AUTO_CLEANUP_BUDGET = 2_000
 AUTO_CLEANUP_INTERVAL = timedelta(hours=1)
 
@@ -214,9 +214,8 @@ class Vault:
              fs: fsspec.AbstractFileSystem | None = None, auto_cleanup: bool = True) -> Vault:
         """Open an existing vault as its default user (or ``user_id``).
 
-        Opening for writing also settles leftover file deletions and, at most
-        once an hour (unless ``auto_cleanup=False``), removes up to 2,000
-        expired workspace assets.
+        Opening for writing also settles leftover file deletions and (see
+        :meth:`housekeeping`) removes up to 2,000 expired workspace assets.
         """
         root = models.check_path(path, "the vault folder").resolve()
         if not _exists(root / DB_NAME):
@@ -247,8 +246,9 @@ class Vault:
 
     def housekeeping(self, *, auto_cleanup: bool = True) -> None:
         """What opening a vault for writing does: settle queued file deletions, remove what a write killed
-        between its rename and its commit left (:mod:`localvault._write_intents`) and, at most once an hour
-        (unless ``auto_cleanup=False``), remove up to 2,000 expired workspace assets.
+        between its rename and its commit left (:mod:`localvault._write_intents`) and (unless
+        ``auto_cleanup=False``) remove up to 2,000 expired workspace assets, unless a cleanup that left none
+        expired finished less than an hour ago.
 
         A long-running process (the watcher) calls it now and then, since it opens its vault only once.
         """
