@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from PIL import Image
@@ -25,6 +26,7 @@ except ImportError:  # pragma: no cover
 USER_A = "0a0a0a0a-0000-4000-8000-00000000000a"
 USER_B = "0b0b0b0b-0000-4000-8000-00000000000b"
 
+T = TypeVar("T")
 VAULT_DB_FILES = {"vault.db", "vault.db-wal", "vault.db-shm", "vault.db-journal"}
 TABLES = ("user_collections", "workspace_assets", "user_library", "library_tags", "sync_outbox",
           "pending_deletes", "vault_meta")
@@ -144,6 +146,24 @@ def without_dac_override() -> Iterator[None]:
     finally:
         data[0].effective = saved
         libc.capset(ctypes.byref(header), data)
+
+
+def sqlite_steps(conn: sqlite3.Connection, call: Callable[[], T], every: int = 1000) -> tuple[int, T]:
+    """``call()``'s result, and how many times ``every`` virtual machine steps SQLite took on ``conn`` for it:
+    the work of a query, counted rather than timed (a test of it does not depend on the machine's speed)."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    conn.set_progress_handler(count, every)
+    try:
+        result = call()
+        return steps, result
+    finally:
+        conn.set_progress_handler(None, 0)
 
 
 def raw_connection(root: Path) -> sqlite3.Connection:

@@ -15,6 +15,7 @@ from typing import Any
 import boto3
 import psycopg
 import pytest
+from conftest import sqlite_steps
 from PIL import Image
 
 from localvault import OfflineError, SchemaVersionError, SyncBusyError, SyncError, Vault
@@ -1295,19 +1296,7 @@ def test_a_batch_finds_a_deleted_rows_other_entries_by_row_not_by_reading_the_qu
     ids = _fill(vault, tmp_path, 3)
 
     def steps_of_a_batch_reading() -> tuple[int, outbox.Batch | None]:
-        steps = 0
-
-        def count() -> int:
-            nonlocal steps
-            steps += 1
-            return 0
-
-        vault.db.conn.set_progress_handler(count, 10)
-        try:
-            batch = outbox.read_batch(vault, 2, 0)
-            return steps, batch
-        finally:
-            vault.db.conn.set_progress_handler(None, 0)
+        return sqlite_steps(vault.db.conn, lambda: outbox.read_batch(vault, 2, 0), every=10)
 
     vault.library.update(ids[0], title="edited, then deleted")
     vault.library.delete(ids[0])

@@ -12,13 +12,22 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
-from conftest import USER_A, USER_B, bucket_files, mp4_bytes, raw_connection, without_dac_override, write_media
+from conftest import (
+    USER_A,
+    USER_B,
+    bucket_files,
+    mp4_bytes,
+    raw_connection,
+    sqlite_steps,
+    without_dac_override,
+    write_media,
+)
 
 from localvault import (
     DuplicateError,
@@ -1308,23 +1317,6 @@ def test_a_collection_delete_releases_its_assets_unstamped_and_unqueued(vault: V
     assert moved.updated_at > before[outside.id] and outbox(vault)[-1] == ("user_library", outside.id, "update")
 
 
-def _sqlite_steps(vault: Vault, call: Callable[[], Any]) -> tuple[int, Any]:
-    """``call()``'s result, and how many thousand virtual machine steps SQLite took for it (not a time)."""
-    steps = 0
-
-    def count() -> int:
-        nonlocal steps
-        steps += 1
-        return 0
-
-    vault.db.conn.set_progress_handler(count, 1000)
-    try:
-        result = call()
-        return steps, result
-    finally:
-        vault.db.conn.set_progress_handler(None, 0)
-
-
 def test_a_filter_of_tags_reads_the_rarest_tags_rows_and_none_for_a_tag_no_row_has(vault: Vault):
     """It read every row of the first tag given (or of a searched word) to check the others: 1.5 s over a
     million rows for a tag no row has."""
@@ -1335,14 +1327,14 @@ def test_a_filter_of_tags_reads_the_rarest_tags_rows_and_none_for_a_tag_no_row_h
             " 'a cinematic shot', 'm', 0, ?, ?)",
             ((str(uuid.uuid4()), vault.user_id, f"{vault.user_id}/{n}.png", f"{n:064x}",
               '["common", "rare"]' if n == 7 else '["common"]') for n in range(20_000)))
-    rare_first, page = _sqlite_steps(vault, lambda: vault.library.list(tags=["rare", "common"]))
-    common_first, same = _sqlite_steps(vault, lambda: vault.library.list(tags=["common", "rare"]))
+    rare_first, page = sqlite_steps(vault.db.conn, lambda: vault.library.list(tags=["rare", "common"]))
+    common_first, same = sqlite_steps(vault.db.conn, lambda: vault.library.list(tags=["common", "rare"]))
     assert len(page.items) == 1 and [a.id for a in same.items] == [page.items[0].id]
     assert common_first <= rare_first + 5, (rare_first, common_first)
     for tags, search in ((["common", "missing"], None), (["missing"], "cinematic"), (["common", "missing"], "shot")):
-        steps, empty = _sqlite_steps(vault, lambda t=tags, s=search: vault.library.list(tags=t, search=s))
+        steps, empty = sqlite_steps(vault.db.conn, lambda t=tags, s=search: vault.library.list(tags=t, search=s))
         assert empty.items == [] and steps <= rare_first + 5, (tags, search, steps)
-    steps, found = _sqlite_steps(vault, lambda: vault.library.list(tags=["common", "rare"], search="cinematic"))
+    steps, found = sqlite_steps(vault.db.conn, lambda: vault.library.list(tags=["common", "rare"], search="cinematic"))
     assert [a.id for a in found.items] == [page.items[0].id]
 
 
