@@ -36,6 +36,7 @@ from ..config import redact_url
 from ..errors import OfflineError, SyncError, first_line
 from . import folder_bucket, s3_direct
 from .local_reads import check_sha256, file_digest, reading
+from .open_uploads import OpenUploads
 from .retry import RetryStopped, retrying
 from .s3_client import S3FS_ATTEMPTS, tune_s3
 from .store_errors import SETTINGS_HINT, TRANSIENT_CODES, settings_errors, store_refusal
@@ -74,6 +75,8 @@ class Bucket:
             raise SyncError(f"cannot use bucket URL {url!r}: {exc}") from None
         self.url = url
         self.shown_url = redact_url(url)  # for messages: a URL may carry user:password@
+        #: Where multipart uploads under way are noted (set by a sync; see :mod:`.open_uploads`).
+        self.open_uploads: OpenUploads | None = None
         self.root = root.rstrip("/")
         self.protocol = protocol
         self.is_s3 = protocol in ("s3", "s3a")
@@ -268,10 +271,11 @@ class Bucket:
         bucket, name = path.split("/", 1)
         if stop.is_set():
             raise RetryStopped(f"sending {path}: the sync stopped")
-        self._abort_left_behind(bucket, name)
         started = self.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=name, ContentType=content_type,
                                   Metadata={"sha256": sha256})
         upload = {"Bucket": bucket, "Key": name, "UploadId": started["UploadId"]}
+        if self.open_uploads is not None:
+            self.open_uploads.opened(bucket, name, started["UploadId"])
         try:
             digest, sent = hashlib.sha256(), 0
             parts: list[dict[str, Any]] = []
@@ -293,23 +297,27 @@ class Bucket:
             check_sha256(local, digest.hexdigest(), sha256)
             self.fs.call_s3("complete_multipart_upload", MultipartUpload={"Parts": parts}, **upload)
         except BaseException:
-            try:
+            with contextlib.suppress(Exception):  # the store unreachable now: the note stays, for the next sync
                 self.fs.call_s3("abort_multipart_upload", **upload)
-            except Exception:  # the store unreachable now: parts left behind never become an object
-                pass
+                self._closed(started["UploadId"])
             raise
+        self._closed(started["UploadId"])
 
-    def _abort_left_behind(self, bucket: str, name: str) -> None:
-        """Abort the unfinished multipart uploads of this very key: a sync killed while sending it left its
-        parts, billed by the store (never an object) until aborted, and this sync sends the file again."""
-        try:
-            listed = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=name)
-        except Exception:  # a store without the call, or the link down (the upload's own call will say so)
-            return
-        for upload in listed.get("Uploads", []):
-            if upload.get("Key") == name:
-                with contextlib.suppress(Exception):  # gone meanwhile, or refused: a lifecycle rule remains
-                    self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=name, UploadId=upload["UploadId"])
+    def _closed(self, upload_id: str) -> None:
+        if self.open_uploads is not None:
+            self.open_uploads.closed(upload_id)
+
+    def abort_left(self) -> None:
+        """Abort the multipart uploads a sync killed outright left (noted in :attr:`open_uploads`); one the
+        store cannot abort now stays noted for the next sync."""
+        for bucket, key, upload_id in self.open_uploads.left() if self.open_uploads is not None else []:
+            try:
+                self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+            except FileNotFoundError:  # (NoSuchUpload: aborted or completed already)
+                pass
+            except Exception:  # unreachable now, or refused: tried again by the next sync
+                continue
+            self._closed(upload_id)
 
     def delete(self, keys: list[str]) -> dict[str, str]:
         """Remove objects; keys already gone are fine. Returns {key: the store's reason} of those it refused.

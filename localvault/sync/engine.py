@@ -26,6 +26,7 @@ from ..progress import ProgressCallback, report
 from . import outbox
 from .bucket import Bucket
 from .objects import Objects, check_files, delete_objects, restore_revived, upload_files
+from .open_uploads import OpenUploads
 from .remote import Remote
 from .report import SyncReport, name_conflicts
 from .retry import retrying
@@ -114,6 +115,9 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
         bucket = Bucket(target.bucket_url, target.storage_options)
         stack.callback(bucket.close)
         bucket.check_reachable(create=not dry_run)  # at the start, offline is said at once (as for PostgreSQL)
+        if not dry_run:
+            bucket.open_uploads = OpenUploads(vault.db)
+            bucket.abort_left()  # what a sync killed outright left
         if full and not dry_run:
             outbox.queue_everything(vault)
         preview = {"with_rejected": retry_rejected and dry_run,  # counted as if requeued, or queued
