@@ -310,6 +310,31 @@ def test_entries_refused_with_their_collection_go_with_the_sync_that_sends_it(va
     assert all(vault.library.get(e).storage_path in objects for e in entries)
 
 
+def test_entries_refused_with_their_collection_go_once_it_is_deleted_here(vault: Vault, remote: Remote,
+                                                                         s3_bucket: Any, tmp_path: Path) -> None:
+    """The other way out of a collection refused for a name taken on the server: deleting it here. Its entries,
+    released, are queued again (they were not, since a release is no longer an edit to send), and go outside any
+    collection."""
+    from test_sync import USER_A
+
+    other_rig = Vault.create(tmp_path / "other rig", user_id=USER_A)
+    other_rig.collections.create("Birds")
+    other_rig.sync(remote)
+    other_rig.close()
+    vault.collections.create("Birds")
+    entries = [vault.library.add(_image(tmp_path, n), collection="Birds").id for n in (1, 2)]
+    assert vault.sync(remote).rejected == 3
+
+    vault.collections.delete("Birds")
+    report = vault.sync(remote)
+
+    assert report.rejected == 0 and report.rows_written == 2 and rejected(vault) == []
+    rows = _server_rows(remote.database_url, "user_library")
+    assert all(rows[e]["collection_id"] is None for e in entries)
+    objects = _objects(s3_bucket.storage_options, s3_bucket.name)
+    assert all(vault.library.get(e).storage_path in objects for e in entries)
+
+
 def test_a_refusal_is_dropped_once_a_later_edit_of_its_row_goes_through(vault: Vault, remote: Remote, s3_bucket: Any,
                                                                          tmp_path: Path) -> None:
     asset = vault.library.add(_image(tmp_path, 1), title="a")

@@ -22,8 +22,8 @@ _WHAT_TO_DO = {
         "one ('localvault collections rename'), then 'localvault sync --retry-rejected'"),
     "user_library_collection_fkey": (
         "its collection is not on the server: refused itself (see above) or deleted there; this entry goes with "
-        "the sync that sends the collection, or take it out of the collection ('localvault update ID "
-        "--no-collection')"),
+        "the sync that sends the collection (or deletes it here), or take it out of the collection "
+        "('localvault update ID --no-collection')"),
 }
 
 

@@ -8,9 +8,22 @@
 -- A row is released when its collection is gone: the release now runs after
 -- the collection's deletion (foreign keys are checked at the statement's end).
 
+-- Its entries the server refused for lack of it (23503: the collection refused itself, say for a name
+-- taken there) are queued again, as they were refused: released, they can go now.
 DROP TRIGGER user_collections_release;
 CREATE TRIGGER user_collections_release AFTER DELETE ON user_collections
 BEGIN
+    INSERT INTO sync_outbox (table_name, row_id, op, user_id, storage_path, queued_at)
+        SELECT r.table_name, r.row_id, r.op, r.user_id, r.storage_path,
+               coalesce(r.queued_at, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+        FROM sync_rejected r JOIN user_library l ON l.id = r.row_id AND l.user_id = r.user_id
+        WHERE r.user_id = OLD.user_id AND r.table_name = 'user_library' AND r.sqlstate = '23503'
+          AND l.collection_id = OLD.id
+        ORDER BY r.seq;
+    DELETE FROM sync_rejected WHERE seq IN (
+        SELECT r.seq FROM sync_rejected r JOIN user_library l ON l.id = r.row_id AND l.user_id = r.user_id
+        WHERE r.user_id = OLD.user_id AND r.table_name = 'user_library' AND r.sqlstate = '23503'
+          AND l.collection_id = OLD.id);
     UPDATE user_library SET collection_id = NULL WHERE collection_id = OLD.id;
 END;
 
