@@ -261,8 +261,9 @@ class Library:
             created_at, last_id = rows.decode_cursor(cursor, "library", (str, str))
             filters.append(f"({order[0]}, {order[1]}) < (?, ?)")
             params += [created_at, last_id]
+        distinct = "DISTINCT " if tagged and len(tagged[0][1]) > 1 else ""  # (an entry may hold both spellings)
         found = conn.execute(
-            f"SELECT {_prefixed(rows.LIBRARY_COLUMNS)} FROM {source} WHERE {' AND '.join(filters)}"
+            f"SELECT {distinct}{_prefixed(rows.LIBRARY_COLUMNS)} FROM {source} WHERE {' AND '.join(filters)}"
             f" ORDER BY {order[0]} DESC, {order[1]} DESC LIMIT ?",
             (*params, limit + 1),
         ).fetchall()

@@ -935,6 +935,12 @@ def test_decomposed_names_and_tags_of_an_older_vault_are_still_found(vault: Vaul
     assert vault.collections.rename(older.id, CAFE_COMPOSED).name == CAFE_COMPOSED  # its own old spelling
     for tags in ([CAFE_COMPOSED], ["x", CAFE_COMPOSED], [CAFE_COMPOSED, "x"]):
         assert ids_of(vault.library.list(tags=tags).items) == [kept.id]
+    both = vault.library.save(vault.workspace.add(make_image(seed=2)).id)
+    conn = raw_connection(vault.root)  # an entry of an older vault holding the tag in both spellings
+    conn.execute("UPDATE user_library SET tags = ? WHERE id = ?", (f'["{CAFE_DECOMPOSED}", "{CAFE_COMPOSED}"]', both.id))
+    conn.close()
+    page = vault.library.list(tags=[CAFE_COMPOSED], limit=2)
+    assert ids_of(page.items) == [both.id, kept.id] and page.next_cursor is None
     assert vault.library.update(kept.id, remove_tags=[CAFE_COMPOSED]).tags == ["x"]
 
 

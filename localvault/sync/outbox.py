@@ -210,7 +210,8 @@ def _entries_rested_on(conn: sqlite3.Connection, arms: list[_Arm], user_id: str,
                    EXTRA_ENTRIES)
     extra = sorted(extra)[:EXTRA_ENTRIES]
     # A deleted library row's other entries go with its delete (else a later batch would send the delete
-    # again). They all come before it, anywhere in the queue: looked up by row (an index), not read through.
+    # again), wherever they lie in the queue (after it too: a refused edit --retry-rejected queued again):
+    # looked up by row (an index), not read through.
     deletes = {e[2]: e[0] for e in extra if e[1] == "user_library"}
     ids = sorted(deletes)
     for arm in (arm for arm in arms if arm.deletes):
@@ -218,7 +219,7 @@ def _entries_rested_on(conn: sqlite3.Connection, arms: list[_Arm], user_id: str,
             chunk = ids[start:start + 900]
             extra += [e for e in conn.execute(
                 f"{arm.select} AND table_name = 'user_library' AND op != 'delete'"
-                f" AND row_id IN ({','.join('?' * len(chunk))})", (user_id, *chunk)) if last_seq < e[0] < deletes[e[2]]]
+                f" AND row_id IN ({','.join('?' * len(chunk))})", (user_id, *chunk)) if e[0] > last_seq]
     return sorted(extra)
 
 
