@@ -110,6 +110,6 @@ class Collections:
 
     def delete(self, ref: str) -> None:
         """Delete a collection; its assets stay in the library, outside any collection."""
-        with self._db.write() as conn:
+        with self._db.spilling(), self._db.write() as conn:  # (its release of every entry is one statement)
             collection_id = resolve(conn, self.user_id, ref)
             conn.execute("DELETE FROM user_collections WHERE id = ?", (collection_id,))

@@ -283,12 +283,11 @@ class Vault:
     def verify(self, *, repair: bool = False, check_hashes: bool = True,
                progress: ProgressCallback | None = None) -> VerifyReport:
         """Check rows against files (orphans, missing files, hash mismatches); ``repair`` fixes what it can.
-
         ``check_hashes=False`` skips reading the files (only that each exists and has its row): quick, but
-        blind to damaged bytes.
-        """
-        return verify(self.db, self.files, repair=models.check_flag(repair, "repair"),
-                      check_hashes=models.check_flag(check_hashes, "check_hashes"), progress=progress)
+        blind to damaged bytes."""
+        with self.db.spilling():  # (a repair's statements may touch every row)
+            return verify(self.db, self.files, repair=models.check_flag(repair, "repair"),
+                          check_hashes=models.check_flag(check_hashes, "check_hashes"), progress=progress)
 
     def export(self, asset_id: str, destination: str | Path) -> Path:
         """Copy an asset's file (library or workspace) to ``destination``: a file named with the asset's extension
