@@ -211,9 +211,10 @@ def _count_dry_run(result: SyncReport, batch: outbox.Batch, kept_deleted: set[st
     written = {r["id"] for r in (*batch.changes.collections, *batch.changes.library)} - counted
     deleted = {r["id"] for r in (*batch.changes.library_deletes, *batch.changes.collection_deletes)}
     result.rows_written += len(written - kept_deleted)
+    kept = written & kept_deleted
     name_conflicts(result, [(table, row["id"]) for table, rows in (("user_collections", batch.changes.collections),
                                                                    ("user_library", batch.changes.library))
-                            for row in rows if row["id"] in written & kept_deleted])
+                            for row in rows if row["id"] in kept])
     result.rows_deleted += len(deleted - counted)
     result.rejected += len(batch.invalid)
     counted |= written | deleted

@@ -11,7 +11,7 @@ machine's sync fail).
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
 
 from ..db import Database
 
@@ -36,7 +36,6 @@ class OpenUploads:
         """The upload was completed or aborted."""
         self._change(lambda noted: [entry for entry in noted if entry[2] != upload_id])
 
-    def _change(self, change: Any) -> None:
-        with self._db.write() as conn:
-            row = conn.execute("SELECT value FROM vault_meta WHERE key = ?", (_META_KEY,)).fetchone()
-            self._db.set_meta(conn, _META_KEY, json.dumps(change(json.loads(row[0]) if row else [])))
+    def _change(self, change: Callable[[list[list[str]]], list[list[str]]]) -> None:
+        with self._db.write() as conn:  # (left() reads on this thread's connection: inside the transaction)
+            self._db.set_meta(conn, _META_KEY, json.dumps(change(self.left())))

@@ -212,15 +212,19 @@ def _entries_rested_on(conn: sqlite3.Connection, arms: list[_Arm], user_id: str,
     # A deleted library row's other entries go with its delete (else a later batch would send the delete
     # again), wherever they lie in the queue (after it too: a refused edit --retry-rejected queued again):
     # looked up by row (an index), not read through.
-    deletes = {e[2]: e[0] for e in extra if e[1] == "user_library"}
-    ids = sorted(deletes)
+    deleted = sorted({e[2] for e in extra if e[1] == "user_library"})
     for arm in (arm for arm in arms if arm.deletes):
-        for start in range(0, len(ids), 900):
-            chunk = ids[start:start + 900]
+        for chunk in _chunks(deleted):
             extra += [e for e in conn.execute(
                 f"{arm.select} AND table_name = 'user_library' AND op != 'delete'"
                 f" AND row_id IN ({','.join('?' * len(chunk))})", (user_id, *chunk)) if e[0] > last_seq]
     return sorted(extra)
+
+
+def _chunks(values: list[str]) -> Iterator[list[str]]:
+    """``values`` in lists of at most 900: SQLite's bound parameters per statement, with room for a few more."""
+    for start in range(0, len(values), 900):
+        yield values[start:start + 900]
 
 
 def _json_value(column: str) -> str:
@@ -313,8 +317,7 @@ def _requeue_waiting_for(conn: sqlite3.Connection, user_id: str, collection_ids:
     """Queue again the library entries refused because their collection was not on the server (23503, the
     collection refused itself, say for a name taken) now that it is: they go with this sync, no
     --retry-rejected needed."""
-    for start in range(0, len(collection_ids), 900):
-        chunk = collection_ids[start:start + 900]
+    for chunk in _chunks(collection_ids):
         waiting = ("FROM sync_rejected r JOIN user_library l ON l.id = r.row_id AND l.user_id = r.user_id"
                    " WHERE r.user_id = ? AND r.table_name = 'user_library' AND r.sqlstate = '23503'"
                    f" AND l.collection_id IN ({','.join('?' * len(chunk))})")
@@ -329,8 +332,7 @@ def entries_in(vault: Vault, collection_ids: Iterable[str]) -> list[dict[str, st
     """``id`` and ``updated_at`` of the user's library rows in these collections."""
     ids = sorted(collection_ids)
     out: list[dict[str, str]] = []
-    for start in range(0, len(ids), 900):
-        chunk = ids[start:start + 900]
+    for chunk in _chunks(ids):
         out += [{"id": r[0], "updated_at": r[1]} for r in vault.db.conn.execute(
             "SELECT id, updated_at FROM user_library WHERE user_id = ? AND collection_id IN"
             f" ({','.join('?' * len(chunk))}) ORDER BY local_seq", (vault.user_id, *chunk))]

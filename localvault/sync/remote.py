@@ -304,9 +304,10 @@ class Remote:
         deleted = _kept_deleted(conn, user_id, table, skipped)
         if table == "user_library":
             result.kept_deleted_library_ids |= deleted
-        result.conflicted += [(table, row_id) for row_id in sorted(deleted)] + [(table, str(r[0])) for r in conn.execute(
+        newer = conn.execute(
             f"SELECT t.id FROM public.{table} AS t JOIN jsonb_to_recordset(%s::jsonb) AS s(id uuid, updated_at "
-            "timestamptz) ON t.id = s.id WHERE t.updated_at > s.updated_at", (_times(skipped),))]
+            "timestamptz) ON t.id = s.id WHERE t.updated_at > s.updated_at", (_times(skipped),))
+        result.conflicted += [(table, row_id) for row_id in sorted(deleted)] + [(table, str(r[0])) for r in newer]
 
     @staticmethod
     def _together(conn: psycopg.Connection[Any], statement: str, refused: list[tuple[dict[str, Any], tuple[str, str]]],
