@@ -281,11 +281,9 @@ def test_a_delete_wins_over_this_vaults_own_edits_stamped_ahead_of_the_clock(
     assert _objects(s3_bucket.storage_options, s3_bucket.name) == {}
 
 
-def test_entries_refused_with_their_collection_go_with_the_sync_that_sends_it(vault: Vault, remote: Remote,
-                                                                             s3_bucket: Any, tmp_path: Path) -> None:
-    """A collection refused for a name taken on the server (another rig's) takes its entries down with it
-    (23503). After the rename, a plain sync sent the collection alone: its entries stayed refused, listed as to
-    fix, until --retry-rejected."""
+def _entries_refused_with_their_collection(vault: Vault, remote: Remote, tmp_path: Path) -> list[str]:
+    """Two entries of a collection "Birds" that another rig of the user made first on the server: the sync
+    refuses the collection (its name taken) and both entries with it (23503)."""
     from test_sync import USER_A
 
     other_rig = Vault.create(tmp_path / "other rig", user_id=USER_A)
@@ -295,6 +293,15 @@ def test_entries_refused_with_their_collection_go_with_the_sync_that_sends_it(va
     vault.collections.create("Birds")
     entries = [vault.library.add(_image(tmp_path, n), collection="Birds").id for n in (1, 2)]
     assert vault.sync(remote).rejected == 3
+    return entries
+
+
+def test_entries_refused_with_their_collection_go_with_the_sync_that_sends_it(vault: Vault, remote: Remote,
+                                                                             s3_bucket: Any, tmp_path: Path) -> None:
+    """A collection refused for a name taken on the server (another rig's) takes its entries down with it
+    (23503). After the rename, a plain sync sent the collection alone: its entries stayed refused, listed as to
+    fix, until --retry-rejected."""
+    entries = _entries_refused_with_their_collection(vault, remote, tmp_path)
     refusals = {r.row_id: r.message for r in status(vault, remote).rejected}
     assert all("goes with the sync that sends the collection" in refusals[e] for e in entries), refusals
 
@@ -315,15 +322,7 @@ def test_entries_refused_with_their_collection_go_once_it_is_deleted_here(vault:
     """The other way out of a collection refused for a name taken on the server: deleting it here. Its entries,
     released, are queued again (they were not, since a release is no longer an edit to send), and go outside any
     collection."""
-    from test_sync import USER_A
-
-    other_rig = Vault.create(tmp_path / "other rig", user_id=USER_A)
-    other_rig.collections.create("Birds")
-    other_rig.sync(remote)
-    other_rig.close()
-    vault.collections.create("Birds")
-    entries = [vault.library.add(_image(tmp_path, n), collection="Birds").id for n in (1, 2)]
-    assert vault.sync(remote).rejected == 3
+    entries = _entries_refused_with_their_collection(vault, remote, tmp_path)
 
     vault.collections.delete("Birds")
     report = vault.sync(remote)
