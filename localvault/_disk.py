@@ -294,3 +294,46 @@ def stream_digest(reader: BinaryIO, algorithm: str = "sha256") -> str:
     while chunk := reader.read(DIGEST_CHUNK):
         digest.update(chunk)
     return digest.hexdigest()
+
+
+def filesystem_type(path: Path) -> str | None:
+    """The type of the mount holding ``path`` (Linux /proc/mounts), or None."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    target = str(path.resolve())
+    best, best_type = "", None
+    for line in mounts:
+        parts = line.split()
+        if len(parts) >= 3:
+            mount_point = parts[1].replace("\\040", " ")
+            if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(mount_point) >= len(best):
+                best, best_type = mount_point, parts[2]
+    return best_type
+
+
+def on_read_only_filesystem(path: Path) -> bool:
+    """Whether ``path`` lies on a filesystem mounted read-only (a backup disk, a snapshot)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # (no statvfs on Windows)
+        return False
+
+
+class SourceReadError(StorageError):
+    """The file being copied in could not be read: its side's fault, not the vault's."""
+
+
+def open_source(source: Path) -> BinaryIO:
+    try:
+        return open(source, "rb")
+    except OSError as exc:
+        raise SourceReadError(f"cannot read {source}: {exc.strerror or exc}") from None
+
+
+def read_source(reader: BinaryIO, source: Path) -> bytes:
+    try:
+        return reader.read(DIGEST_CHUNK)
+    except OSError as exc:
+        raise SourceReadError(f"cannot read {source}: {exc.strerror or exc}") from None

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import media, models
-from ._disk import NotRegularFileError, open_regular_fd, stream_digest
+from ._disk import NotRegularFileError, SourceReadError, open_regular_fd, stream_digest
 from ._intake import Candidate, group_key
 from .errors import StorageError
-from .files import WORKSPACE_BUCKET, FileStore, SourceReadError, StagedFile
+from .files import WORKSPACE_BUCKET, FileStore, StagedFile
 from .ingest import PLACEHOLDERS
 from .models import GenerationInfo
 

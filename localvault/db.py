@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._disk import filesystem_type, on_read_only_filesystem
 from .errors import SchemaVersionError, StorageError, VaultCorruptError
 
 if TYPE_CHECKING:
@@ -82,31 +83,6 @@ def _statements(script: str) -> Iterator[str]:
             buffer = ""
     if buffer.strip() and not all(line.strip().startswith("--") or not line.strip() for line in buffer.splitlines()):
         yield buffer
-
-
-def _filesystem_type(path: Path) -> str | None:
-    """The type of the mount holding ``path`` (Linux /proc/mounts), or None."""
-    try:
-        mounts = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return None
-    target = str(path.resolve())
-    best, best_type = "", None
-    for line in mounts:
-        parts = line.split()
-        if len(parts) >= 3:
-            mount_point = parts[1].replace("\\040", " ")
-            if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(mount_point) >= len(best):
-                best, best_type = mount_point, parts[2]
-    return best_type
-
-
-def on_read_only_filesystem(path: Path) -> bool:
-    """Whether ``path`` lies on a filesystem mounted read-only (a backup disk, a snapshot)."""
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):  # (no statvfs on Windows)
-        return False
 
 
 def _wal_holds_changes(path: Path) -> bool:
@@ -196,7 +172,7 @@ class Database:
         """Open (and, with ``create``, make) a vault database and migrate it."""
         if not create and not path.exists():
             raise VaultCorruptError(f"{path} does not exist; is this a vault folder? Create one with 'localvault init'")
-        fs_type = _filesystem_type(path.parent)
+        fs_type = filesystem_type(path.parent)
         if fs_type in NETWORK_FILESYSTEMS:
             warnings.warn(
                 f"the vault at {path.parent} is on a network filesystem ({fs_type}); SQLite locking is unsafe there, "

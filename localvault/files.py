@@ -25,13 +25,16 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ._disk import (
     TEMP_PREFIX,
+    SourceReadError,
     create_in_folder,
     drop_cached,
     fsync_path,
     in_folder,
     not_regular,
     open_regular,
+    open_source,
     os_error,
+    read_source,
     start_writeback,
     stream_digest,
     sync_filesystem,
@@ -45,7 +48,6 @@ from .errors import DuplicateError, StorageError
 WORKSPACE_BUCKET = "workspace-temp"
 LIBRARY_BUCKET = "user-library"
 BUCKETS = (WORKSPACE_BUCKET, LIBRARY_BUCKET)
-CHUNK = 1024 * 1024
 #: A staged file at least this big starts its writeback at once (smaller ones: the batch's sync sends them
 #: together; starting each one alone cost more than it saved, measured with 10 KB and 100 KB files; 2 MB
 #: files gained a little).
@@ -61,24 +63,6 @@ class StagedFile:
     sha256: str
     size: int
     linked: bool = False  # a hard link to the source (``stage_link``), not a copy
-
-
-class SourceReadError(StorageError):
-    """The file being copied in could not be read: its side's fault, not the vault's."""
-
-
-def _open_source(source: Path) -> BinaryIO:
-    try:
-        return open(source, "rb")
-    except OSError as exc:
-        raise SourceReadError(f"cannot read {source}: {exc.strerror or exc}") from None
-
-
-def _read_source(reader: BinaryIO, source: Path) -> bytes:
-    try:
-        return reader.read(CHUNK)
-    except OSError as exc:
-        raise SourceReadError(f"cannot read {source}: {exc.strerror or exc}") from None
 
 
 class FileStore:
@@ -117,11 +101,11 @@ class FileStore:
         try:
             if not self.local:
                 self.fs.makedirs(directory, exist_ok=True)
-            with _open_source(source) as reader:
+            with open_source(source) as reader:
                 if self.local:
                     fd = create_in_folder(directory, temp)
                     try:
-                        while chunk := _read_source(reader, source):
+                        while chunk := read_source(reader, source):
                             digest.update(chunk)
                             write_all(fd, chunk)
                             size += len(chunk)
@@ -133,7 +117,7 @@ class FileStore:
                         os.close(fd)
                 else:
                     with self.fs.open(temp, "wb") as writer:
-                        while chunk := _read_source(reader, source):
+                        while chunk := read_source(reader, source):
                             digest.update(chunk)
                             writer.write(chunk)
                             size += len(chunk)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from localvault import Vault
 from localvault import db as db_module
+from localvault._disk import filesystem_type
 from localvault.cli import main
 
 USER = "6f1c0000-0000-4000-8000-000000000001"
@@ -154,13 +155,13 @@ def test_missing_vault_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_network_filesystem_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Mounting NFS is impossible here; the mount-table lookup is the one thing faked.
-    monkeypatch.setattr(db_module, "_filesystem_type", lambda path: "nfs4")
+    monkeypatch.setattr(db_module, "filesystem_type", lambda path: "nfs4")
     with pytest.warns(db_module.NetworkFilesystemWarning, match="network filesystem"):
         Vault.create(tmp_path / "v").close()
 
 
 def test_filesystem_type_reads_the_mount_table(tmp_path: Path) -> None:
-    assert db_module._filesystem_type(tmp_path) not in (None, "")
+    assert filesystem_type(tmp_path) not in (None, "")
 
 
 def test_python_dash_m_localvault_runs_the_cli(tmp_path: Path) -> None:

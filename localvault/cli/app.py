@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 
 import click
 
+from .._disk import on_read_only_filesystem
 from ..config import default_vault_path
-from ..db import on_read_only_filesystem
 from ..errors import LocalVaultError
 from ..vault import Vault
 from . import output
