@@ -296,6 +296,12 @@ def stream_digest(reader: BinaryIO, algorithm: str = "sha256") -> str:
     return digest.hexdigest()
 
 
+def path_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
+    """The hex digest of the file at ``path``, read a chunk at a time."""
+    with open(path, "rb") as reader:
+        return stream_digest(reader, algorithm)
+
+
 def filesystem_type(path: Path) -> str | None:
     """The type of the mount holding ``path`` (Linux /proc/mounts), or None."""
     try:

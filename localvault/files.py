@@ -34,6 +34,7 @@ from ._disk import (
     open_regular,
     open_source,
     os_error,
+    path_digest,
     read_source,
     start_writeback,
     stream_digest,
@@ -265,13 +266,14 @@ class FileStore:
             raise StorageError(f"the file {src} is missing; run 'localvault verify' to check the vault") from None
         linked = self.stage_link(Path(src), sha256, found.st_size, bucket, folder) \
             if sha256 is not None and found.st_nlink == 1 else None
-        if linked is not None:
-            return linked
-        staged = self.stage(Path(src), bucket, folder)
-        if sha256 is not None and staged.sha256 != sha256:
+        # A link's bytes are hashed too, through the link itself (the very inode the commit names): a file
+        # edited in place, truncated or rotten must not enter under the hash its row recorded.
+        staged = linked or self.stage(Path(src), bucket, folder)
+        if sha256 is not None and (path_digest(staged.temp_path) if linked else staged.sha256) != sha256:
             self.discard(staged)
             raise StorageError(f"the file {src} no longer holds the bytes it was stored with (changed in place: "
-                               "was its source imported with --link, then rewritten?); run 'localvault verify'")
+                               "edited, or imported with --link and then rewritten?); nothing was changed; run "
+                               "'localvault verify' to find the damaged files")
         return staged
 
     def _stage_remote_copy(self, src: str, bucket: str, folder: str, sha256: str | None) -> StagedFile:

@@ -54,7 +54,8 @@ class Library:
         """Keep a workspace asset for good: a library row and its own file (hard link or copy).
 
         The workspace asset stays until it expires; its expiry never touches the library's copy.
-        DuplicateError if the same bytes are already kept."""
+        DuplicateError if the same bytes are already kept; StorageError if the workspace file no longer
+        holds the bytes its row recorded."""
         workspace_asset_id = models.check_uuid(workspace_asset_id, "workspace asset id")
         fields = self._check_fields(title, tags, favorite, visibility)
         asset_id = str(uuid.uuid4())

@@ -25,6 +25,7 @@ from conftest import (
     mp4_bytes,
     raw_connection,
     sqlite_steps,
+    temp_files,
     without_dac_override,
     write_media,
 )
@@ -357,6 +358,25 @@ def test_save_hard_links_on_same_filesystem(vault: Vault, make_image):
     ws, lib = os.stat(vault.workspace.file_path(asset)), os.stat(vault.library.file_path(kept))
     assert ws.st_ino == lib.st_ino
     assert lib.st_nlink == 2
+
+
+@pytest.mark.parametrize("damage", ["edited in place", "truncated"])
+def test_save_refuses_to_link_a_workspace_file_that_no_longer_holds_its_bytes(vault: Vault, make_image, damage):
+    """Before: the link path trusted the row's sha256, so a damaged file entered the library under a hash and a
+    size it did not have (the copy path already refused); verify then found both, with no twin to restore."""
+    asset = vault.workspace.add(make_image(seed=1))
+    path = Path(vault.workspace.file_path(asset))
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        del data[-5:]
+    else:
+        data[-30] ^= 0xFF
+    path.write_bytes(bytes(data))
+    before = bucket_files(vault.root)
+    with pytest.raises(StorageError, match="no longer holds the bytes it was stored with.*nothing was changed"):
+        vault.library.save(asset.id)
+    assert vault.library.count() == 0 and bucket_files(vault.root) == before and not temp_files(vault.root)
+    assert os.stat(path).st_nlink == 1
 
 
 def build_library(vault: Vault, make) -> list:
