@@ -51,8 +51,8 @@ def search_query(text: str) -> SearchQuery:
         if _UNSPACED.search(word):  # cut at punctuation, as the index cuts words (`日本語,`, `「狐」`)
             for piece in filter(None, re.split(r"[\W_]+", word)):
                 (substrings if _UNSPACED.search(piece) else indexed).append(piece)
-        elif _index_keeps(word):
-            indexed.append(word)
+        elif terms := _index_terms(word):  # each a word of its own: `red,fox` is red and fox, in any order
+            indexed += terms
         else:  # symbols the index drops (😀, ✨: unicode61 keeps 🦊, not these); punctuation alone is no word
             substrings += _symbols(word)
     if not indexed and not substrings:
@@ -72,9 +72,10 @@ _tokenizer: list[sqlite3.Connection] = []
 
 
 @functools.lru_cache(maxsize=4096)
-def _index_keeps(word: str) -> bool:
-    """Whether the full-text index's tokenizer keeps anything of ``word`` as a term (asked of SQLite itself:
-    which emoji unicode61 keeps depends on its Unicode tables)."""
+def _index_terms(word: str) -> tuple[str, ...]:
+    """The terms the full-text index's tokenizer makes of ``word``, asked of SQLite itself (which emoji
+    unicode61 keeps depends on its Unicode tables): none for punctuation alone, several where punctuation
+    joins words (``1girl,solo``; quoted together, FTS5 would take them as a phrase, in that order)."""
     with _tokenizer_lock:
         if not _tokenizer:
             conn = sqlite3.connect(":memory:", check_same_thread=False)
@@ -84,6 +85,6 @@ def _index_keeps(word: str) -> bool:
         conn = _tokenizer[0]
         conn.execute("INSERT INTO words (w) VALUES (?)", (word,))
         try:
-            return bool(conn.execute("SELECT count(*) FROM terms").fetchone()[0])
+            return tuple(term for (term,) in conn.execute("SELECT term FROM terms"))
         finally:
             conn.execute("DELETE FROM words")

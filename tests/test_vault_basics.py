@@ -1231,6 +1231,16 @@ def test_search_ignores_case_and_diacritics(vault: Vault, make_image):
         assert ids_of(vault.library.list(search=words).items) == [kept.id], words
 
 
+def test_search_words_joined_by_punctuation_match_in_any_order(vault: Vault, make_image):
+    """Before: ``solo,1girl`` went to FTS5 as one quoted string, which it reads as a phrase, in that order: a
+    prompt pasted the usual comma-separated way (``1girl, solo, …``) was not found by its own words reordered."""
+    kept = vault.library.add(make_image(seed=1), prompt="1girl, solo, masterpiece, red fox", title="title card foo")
+    vault.library.add(make_image(seed=2), prompt="1girl, crowd, red panda")
+    for words in ("solo,1girl", "fox,red", "masterpiece,fox", "title:foo", "Fox;RED!", "card-foo"):
+        assert ids_of(vault.library.list(search=words).items) == [kept.id], words
+    assert ids_of(vault.library.list(search="red,panda,solo").items) == []
+
+
 def test_search_finds_emoji_and_passes_over_punctuation(vault: Vault, make_image):
     """SQLite's unicode61 tokenizer keeps some emoji as words (🦊) and drops others (😀) and symbols (✨): those it
     drops are looked for as substrings, so every word the user gives must match; punctuation alone is no word
