@@ -302,7 +302,10 @@ class Database:
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def refuse_if_readonly(self, to: str = "change it") -> None:
-        """StorageError when the vault was opened read-only: nothing of it (rows or its settings) may change."""
+        """StorageError when the vault is closed, or was opened read-only: nothing of it (rows or its settings)
+        may change."""
+        if self._closed:
+            raise self._closed_error()
         if self.readonly:
             raise StorageError(f"the vault at {self.path.parent} was opened read-only (readonly=True); open it "
                                f"without readonly to {to}")

@@ -218,6 +218,7 @@ class Vault:
         :meth:`housekeeping`) removes up to 2,000 expired workspace assets.
         """
         root = models.check_path(path, "the vault folder").resolve()
+        readonly, auto_cleanup = models.check_flag(readonly, "readonly"), models.check_flag(auto_cleanup, "auto_cleanup")
         if not _exists(root / DB_NAME):
             if _holds_files(root):
                 raise VaultCorruptError(f"{root} holds a vault's files but no {DB_NAME}: restore {DB_NAME} from a "
@@ -252,6 +253,7 @@ class Vault:
 
         A long-running process (the watcher) calls it now and then, since it opens its vault only once.
         """
+        auto_cleanup = models.check_flag(auto_cleanup, "auto_cleanup")
         if self.db.conn.execute("SELECT 1 FROM pending_deletes LIMIT 1").fetchone():
             pending.drain(self.db, self.files)
         write_intents.settle_now(self.db, self.files)  # what a write killed before its commit left
@@ -293,8 +295,11 @@ class Vault:
         """Copy an asset's file (library or workspace) to ``destination``: a file named with the asset's extension
         (InvalidInputError otherwise), or a folder (one that exists, or a ``str`` ending in ``/``, which is made:
         ``pathlib`` drops a trailing slash) where it is named ``<asset id>.<ext>``. DuplicateError if the file
-        exists, even one made while the copy ran: nothing is overwritten."""
+        exists, even one made while the copy ran: nothing is overwritten. InvalidInputError for a destination
+        inside the vault's folder (the copy would be a file without a row there)."""
         dest = models.check_path(destination, "the destination")
+        if Path(os.path.realpath(dest)).is_relative_to(self.root):  # (a symlink into it too)
+            raise InvalidInputError(f"{dest} is inside the vault at {self.root}: export to a folder outside it")
         bucket, relative = self.locate(asset_id)
         if str(destination).endswith((os.sep, "/")) or dest.is_dir():
             try:

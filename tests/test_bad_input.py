@@ -321,6 +321,11 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "library add None": (InvalidInputError, lambda c: c.vault.library.add(None)),
     "expire with a date as text": (InvalidInputError, lambda c: c.vault.workspace.expire(c.fresh_ws.id, when="2030-01-01")),
     "export to None": (InvalidInputError, lambda c: c.vault.export(c.kept.id, None)),
+    "export into a bucket of the vault": (InvalidInputError,
+                                          lambda c: c.vault.export(c.kept.id, f"{c.vault.root}/user-library/")),
+    "export into the vault's folder": (InvalidInputError, lambda c: c.vault.export(c.kept.id, c.vault.root / "k.png")),
+    "export through a link into the vault": (InvalidInputError,
+                                             lambda c: c.vault.export(c.kept.id, _link_to(c.src / "in", c.vault.root))),
     "open None": (InvalidInputError, lambda c: Vault.open(None)),
     "import with -1 workers": (InvalidInputError, lambda c: c.vault.workspace.import_folder(c.src, workers=-1)),
     "import with workers as text": (InvalidInputError, lambda c: c.vault.workspace.import_folder(c.src, workers="x")),
@@ -352,6 +357,9 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "verify check_hashes as text": (InvalidInputError, lambda c: c.vault.verify(check_hashes="false")),
     "import recursive as text": (InvalidInputError, lambda c: c.vault.workspace.import_folder(c.src, recursive="no")),
     "sync full as text": (InvalidInputError, lambda c: c.vault.sync(_unreachable_remote(), full="no")),
+    "open readonly as text": (InvalidInputError, lambda c: Vault.open(c.vault.root, readonly="no")),
+    "open auto_cleanup as text": (InvalidInputError, lambda c: Vault.open(c.vault.root, auto_cleanup="no")),
+    "housekeeping auto_cleanup as text": (InvalidInputError, lambda c: c.vault.housekeeping(auto_cleanup="no")),
     "cleanup max_assets as text": (InvalidInputError, lambda c: c.vault.workspace.cleanup(max_assets="1")),
     "cleanup max_assets negative": (InvalidInputError, lambda c: c.vault.workspace.cleanup(max_assets=-1)),
     "find_sha256 not hex": (InvalidInputError, lambda c: c.vault.workspace.find_sha256("zz")),
@@ -407,6 +415,13 @@ def _deep_cursor() -> str:
     import base64
 
     return base64.urlsafe_b64encode(b"[" * 100_000 + b"]" * 100_000).decode()
+
+
+def _link_to(link: Path, target: Path) -> str:
+    """A symbolic link at ``link`` to the folder ``target``: the path of a new folder made through it."""
+    if not link.is_symlink():
+        link.symlink_to(target, target_is_directory=True)
+    return f"{link}/out/"
 
 
 def _mkdir(path: Path) -> Path:

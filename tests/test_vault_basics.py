@@ -1643,6 +1643,16 @@ def test_a_closed_vault_says_so_in_every_thread(tmp_path: Path) -> None:
     assert len(errors) == 1 and isinstance(errors[0], StorageError) and "is closed" in str(errors[0])
 
 
+def test_a_closed_vault_does_not_take_a_remote(vault: Vault) -> None:
+    """Before: set_remote touched the database only when a remote was set already, so a closed vault wrote its
+    localvault.toml anyway."""
+    settings = (vault.root / "localvault.toml").read_bytes()
+    vault.close()
+    with pytest.raises(StorageError, match="is closed; open it again"):
+        vault.set_remote("postgresql://u@db.example/app", "s3://user-library")
+    assert (vault.root / "localvault.toml").read_bytes() == settings
+
+
 def test_every_threads_connection_is_configured_alike(vault: Vault) -> None:
     """The one connection of before had sqlite-utils' recursive_triggers on; each thread's must too, whatever
     touched it first (it depended on whether that thread had used ``db.utils``)."""
