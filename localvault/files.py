@@ -124,14 +124,10 @@ class FileStore:
                             size += len(chunk)
                             if on_bytes:
                                 on_bytes(len(chunk))
-        except SourceReadError:
-            self._remove_path(temp)
-            raise
-        except OSError as exc:
-            self._remove_path(temp)
-            raise os_error(exc, temp) from None
-        except BaseException:  # on_bytes refused (the file grew past the limit), or Ctrl-C: no temp file stays
-            self._remove_path(temp)
+        except BaseException as exc:  # also on_bytes refusing (the file grew past the limit), or Ctrl-C
+            self._drop_temp(temp, bucket)  # no temporary file (nor the job's folder made for it) stays
+            if isinstance(exc, OSError) and not isinstance(exc, SourceReadError):  # the vault's side
+                raise os_error(exc, temp) from None
             raise
         return StagedFile(bucket, temp, digest.hexdigest(), size)
 
@@ -160,12 +156,14 @@ class FileStore:
             raise
 
     def discard(self, staged: StagedFile) -> None:
-        self._remove_path(staged.temp_path)
-        if self.local and staged.bucket == WORKSPACE_BUCKET:
-            try:
-                os.rmdir(os.path.dirname(staged.temp_path))  # the job folder stage() made, if still empty
-            except OSError:
-                pass
+        self._drop_temp(staged.temp_path, staged.bucket)
+
+    def _drop_temp(self, temp: str, bucket: str) -> None:
+        """Remove a temporary file, and the workspace job folder made for it if that is now empty."""
+        self._remove_path(temp)
+        if self.local and bucket == WORKSPACE_BUCKET:
+            with contextlib.suppress(OSError):  # not empty: another file of the job is in it
+                os.rmdir(os.path.dirname(temp))
 
     # ------------------------------------------------------- batch staging
 
@@ -190,7 +188,7 @@ class FileStore:
                 with self.fs.open(temp, "wb") as writer:
                     writer.write(data)
         except OSError as exc:
-            self._remove_path(temp)
+            self._drop_temp(temp, bucket)
             raise os_error(exc, temp) from None
         return StagedFile(bucket, temp, sha256, len(data))
 

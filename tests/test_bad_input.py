@@ -583,10 +583,24 @@ def test_a_file_damaged_while_it_is_copied_is_refused(ctx: Ctx, where: str):
 def test_a_file_growing_past_the_limit_while_it_is_copied_is_refused(ctx: Ctx, monkeypatch):
     source = _noise_png(ctx.src / "growing.png", 52)
     monkeypatch.setattr(localvault.models, "MAX_FILE_BYTES", 4 * 1024 * 1024)  # (checked at stat time: 1 GiB)
-    rows_before, files_before = table_counts(ctx.vault), vault_files(ctx.vault.root)
+    before = table_counts(ctx.vault), vault_files(ctx.vault.root), _tree(ctx.vault.root)
     with pytest.raises(FileTooLargeError, match="grew past"):
         ctx.vault.workspace.add(source, on_bytes=_while_copying(lambda: os.truncate(source, 6 * 1024 * 1024)))
-    assert table_counts(ctx.vault) == rows_before and vault_files(ctx.vault.root) == files_before
+    # (before, the job's folder made for the copy stayed, empty, one per attempt)
+    assert (table_counts(ctx.vault), vault_files(ctx.vault.root), _tree(ctx.vault.root)) == before
+
+
+def test_a_copy_cut_short_by_ctrl_c_leaves_no_folder_behind(ctx: Ctx):
+    source = _noise_png(ctx.src / "interrupted.png", 53)
+    before = table_counts(ctx.vault), vault_files(ctx.vault.root), _tree(ctx.vault.root)
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    for _ in range(2):
+        with pytest.raises(KeyboardInterrupt):
+            ctx.vault.workspace.add(source, on_bytes=_while_copying(interrupt))
+    assert (table_counts(ctx.vault), vault_files(ctx.vault.root), _tree(ctx.vault.root)) == before
 
 
 def test_a_jpeg_with_a_thumbnail_is_whole_only_once_its_own_end_is_written(tmp_path: Path) -> None:
