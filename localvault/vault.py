@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import fsspec
 
+from . import _id_prefix as id_prefix
 from . import _write_intents as write_intents
 from . import media, models, pending
 from ._disk import TEMP_PREFIX, unlink_quietly
@@ -36,10 +36,6 @@ if TYPE_CHECKING:  # the core never imports sync at run time unless asked to syn
 AUTO_CLEANUP_BUDGET = 2_000
 AUTO_CLEANUP_INTERVAL = timedelta(hours=1)
 
-
-#: Hex digits an id prefix needs (:meth:`Vault.resolve_id`): fewer would name a random asset in a big vault.
-MIN_ID_PREFIX = 6
-_HEX = re.compile(r"[0-9a-f]+")
 
 #: What a vault folder holds (a create cut short may have left them without the database).
 _OWN_NAMES = frozenset({WORKSPACE_BUCKET, LIBRARY_BUCKET, CONFIG_NAME})
@@ -327,36 +323,13 @@ class Vault:
 
     def resolve_id(self, text: str) -> str:
         """The whole id of this user's one library or workspace asset whose id starts with ``text``: at least
-        :data:`MIN_ID_PREFIX` hex digits, with or without the hyphens (what a person types after ``ls``; an app
+        :data:`localvault._id_prefix.MIN_ID_PREFIX` hex digits, with or without the hyphens (what a person types after ``ls``; an app
         keeps whole ids). A whole id is returned as it is (canonical), without a lookup.
 
         InvalidInputError when ``text`` is no id prefix, or when several assets' ids start with it (more
         characters tell them apart); NotFoundError when none does.
         """
-        if not isinstance(text, str):
-            return models.check_uuid(text, "asset id")  # (its message names the type)
-        typed = text.strip().lower()
-        try:
-            return str(uuid.UUID(typed))
-        except ValueError:
-            pass
-        digits = typed.replace("-", "")
-        if len(digits) < MIN_ID_PREFIX or len(digits) > 32 or not _HEX.fullmatch(digits):
-            raise InvalidInputError(f"asset id {text!r} is not a valid UUID, nor the first {MIN_ID_PREFIX} or more "
-                                    "hex digits of one; use an id shown by 'localvault ls'")
-        # Hyphens where a canonical id has them: the prefix is then a range of the ids' index.
-        prefix = "-".join(digits[a:b] for a, b in ((0, 8), (8, 12), (12, 16), (16, 20), (20, 32)) if digits[a:b])
-        found = self.db.conn.execute(
-            "SELECT id FROM (SELECT id FROM user_library WHERE user_id = ?1 AND id >= ?2 AND id < ?2 || 'g' LIMIT 6)"
-            " UNION SELECT id FROM (SELECT id FROM workspace_assets WHERE user_id = ?1 AND id >= ?2"
-            " AND id < ?2 || 'g' LIMIT 6) ORDER BY id", (self.user_id, prefix)).fetchall()
-        if not found:
-            raise NotFoundError(f"no asset id in this vault starts with {text!r} (library or workspace); list them "
-                                "with 'localvault ls' or 'localvault ls workspace'")
-        if len(found) > 1:
-            shown = ", ".join(row[0] for row in found[:5]) + (", …" if len(found) > 5 else "")
-            raise InvalidInputError(f"{text!r} starts the ids of several assets ({shown}); give more of the id")
-        return str(found[0][0])
+        return id_prefix.resolve(self.db.conn, self.user_id, text)
 
     def locate(self, asset_id: str) -> tuple[str, str]:
         """(bucket, path) of a library or workspace asset of this user."""
