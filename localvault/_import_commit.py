@@ -14,6 +14,8 @@ import sqlite3
 from concurrent.futures import Future
 
 from ._examine import Examined, StagingError, changed_while_importing, file_identity, link_outdated
+from ._late_sidecars import SIDECAR, RowValues, fill_duplicates
+from .db import Database
 from .errors import LocalVaultError
 from .files import FileStore, StagedFile
 from .import_report import ImportedFile, ImportReport
@@ -27,8 +29,10 @@ notices = logging.getLogger("localvault.importer.notices")
 Chunks = list[tuple[list[Examined], "Future[list[StagedFile | Exception]]"]]
 
 
-def commit_batch(workspace: Workspace, files: FileStore, mode: str, chunks: Chunks) -> ImportReport:
-    """Commit a batch; what it did, as a report to merge. Raises only for an interruption (Ctrl-C)."""
+def commit_batch(workspace: Workspace, files: FileStore, mode: str, chunks: Chunks, db: Database,
+                 placeholders: RowValues) -> ImportReport:
+    """Commit a batch; what it did, as a report to merge. Raises only for an interruption (Ctrl-C).
+    ``placeholders``: the row values of a file without metadata (see :func:`fill_duplicates`)."""
     result = ImportReport()
     batch: list[Examined] = []
     for chunk, staging in chunks:
@@ -53,14 +57,18 @@ def commit_batch(workspace: Workspace, files: FileStore, mode: str, chunks: Chun
         for ready in batch:
             discard_quietly(files, ready.staged)  # type: ignore[arg-type]
         raise
-    done = []
+    done: list[ImportedFile] = []
+    sidecars: dict[str, tuple[str, RowValues]] = {}
     for ready, added in zip(batch, outcome, strict=True):
         if added is None:
             result.duplicates.append(ready.candidate.path)
+            if SIDECAR in ready.info.settings and ready.values is not None:
+                sidecars[ready.candidate.path] = (ready.sha256, ready.values)
         else:
             done.append(ImportedFile(ready.candidate.path, added[0], ready.job_id, added[1], ready.sha256,
                                      ready.staged.size, ready.info.source))  # type: ignore[union-attr]
     result.imported += done
+    result.filled = fill_duplicates(db, workspace.user_id, sidecars, placeholders)
     result.bytes_imported += sum(item.size for item in done)
     if mode == "move":
         identities = {r.candidate.path: r.identity for r in batch}

@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING
 from . import metadata
 from ._examine import row_values
 from .errors import LocalVaultError
+from .metadata.sidecar import SIDECAR
 from .models import GenerationInfo
 
 if TYPE_CHECKING:
+    from .db import Database
     from .vault import Vault
 
 #: (seed, prompt, model, settings JSON) of a workspace row.
@@ -55,6 +57,27 @@ def fill_from_sidecar(vault: Vault, path: str, asset_id: str, prompt: str | None
     return filled
 
 
+def fill_duplicates(db: Database, user_id: str, found: dict[str, tuple[str, RowValues]],
+                    placeholders: RowValues) -> dict[str, str]:
+    """Fill from a sidecar the workspace rows that still hold ``placeholders`` (their file was taken without
+    metadata) when a later import of the same bytes found that sidecar beside them: one that came while no
+    watch ran, which the watch's own late reading (in memory) could not see. ``found``: the duplicate's path
+    -> (sha256, the row values its reading gave). The paths filled -> their asset id."""
+    filled: dict[str, str] = {}
+    if not found:
+        return filled
+    with db.write() as conn:
+        for path, (sha256, values) in found.items():
+            row = conn.execute("SELECT id FROM workspace_assets WHERE user_id = ? AND sha256 = ?",
+                               (user_id, sha256)).fetchone()
+            if row is not None and values != placeholders and conn.execute(
+                    _FILL, (*values, row[0], user_id, *placeholders)).rowcount:
+                filled[path] = row[0]
+                log.info("read the sidecar of %s into asset %s, which it reached after the file was taken",
+                         path, row[0])
+    return filled
+
+
 def row_values_now(vault: Vault, asset_id: str) -> RowValues | None:
     """What the row of ``asset_id`` holds now (None: deleted): the values its import read from a sidecar."""
     row = vault.db.conn.execute("SELECT generation_seed, original_prompt, model_used, generation_settings"
@@ -62,4 +85,4 @@ def row_values_now(vault: Vault, asset_id: str) -> RowValues | None:
     return None if row is None else (row[0], row[1], row[2], row[3])
 
 
-__all__ = ["fill_from_sidecar", "row_values_now"]
+__all__ = ["SIDECAR", "RowValues", "fill_duplicates", "fill_from_sidecar", "row_values_now"]

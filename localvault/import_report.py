@@ -34,6 +34,9 @@ class ImportReport:
     retryable: list[str] = field(default_factory=list)
     #: Sub-folders the import did not look in: it was not recursive (or they hold a vault).
     folders_not_entered: int = 0
+    #: Duplicates whose sidecar (come after the first copy was taken without metadata) filled that asset's
+    #: placeholders: path -> the asset's id.
+    filled: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line: ``12 imported, 3 skipped as duplicates, 1 refused``."""
@@ -49,6 +52,7 @@ class ImportReport:
         self.retryable = list(dict.fromkeys([*(p for p in self.retryable if p in self.refused), *other.retryable]))
         self.ignored += other.ignored
         self.folders_not_entered += other.folders_not_entered
+        self.filled.update(other.filled)
         self.bytes_imported += other.bytes_imported
         self.seconds += other.seconds
 

@@ -45,16 +45,18 @@ from pathlib import Path
 from typing import Literal
 
 from . import models
-from ._examine import PLACEHOLDERS, Examined, examine, stage
+from ._examine import PLACEHOLDERS, Examined, examine, row_values, stage
 from ._examiners import ExaminerProcesses, WorkerSetup, WorkerStartError, known_hashes
 from ._import_commit import commit_batch, discard_quietly, notices, refuse
 from ._import_pipeline import Batch, Chunk, done_future, each, to_the_end
 from ._intake import Candidate, JobGrouper, check_path, is_candidate_name, is_ignored_name, scan
+from ._late_sidecars import SIDECAR, RowValues, fill_duplicates
 from .db import Database
 from .errors import InvalidInputError, StorageError
 from .files import FileStore, StagedFile
 from .import_report import ImportedFile, ImportReport
 from .metadata.sidecar import UNREADABLE
+from .models import GenerationInfo
 from .progress import ProgressCallback, report
 from .workspace import Workspace
 
@@ -116,6 +118,7 @@ class Importer:
         # One thread commits batches (the only one touching SQLite while an import runs).
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="localvault-commit")
         self.workspace = Workspace(db, files, user_id)
+        self._placeholders = row_values(GenerationInfo(), self.prompt, self.model)  # a file without metadata's
 
     def close(self) -> None:
         """Stop the worker threads."""
@@ -173,6 +176,7 @@ class Importer:
         known: set[str] = set()
         first_copy: dict[str, str] = {}  # sha256 -> the path this import takes it from
         later_copies: dict[str, list[Candidate]] = {}  # sha256 -> its other copies in this import
+        sidecars: dict[str, tuple[str, RowValues]] = {}  # a duplicate with a sidecar -> (sha256, its row values)
         source = iter(candidates)
         lookahead = max(self.workers * 4, self.batch_size * 3)
         window: deque[Chunk] = deque()  # being examined, in order
@@ -240,6 +244,9 @@ class Importer:
                                                            examined.group)
                     if examined.sha256 in first_copy or examined.values is None:
                         result.duplicates.append(candidate.path)
+                        if examined.values is None and SIDECAR in examined.info.settings:  # known: fill it?
+                            sidecars[candidate.path] = (examined.sha256, row_values(examined.info, self.prompt,
+                                                                                    self.model))
                         if examined.values is not None:
                             later_copies.setdefault(examined.sha256, []).append(candidate)
                         if examined.staged is not None:  # a worker wrote it before this duplicate was seen
@@ -262,6 +269,7 @@ class Importer:
             if batch.chunks:
                 commit()
             settle()
+            result.filled.update(fill_duplicates(self.db, self.user_id, sidecars, self._placeholders))
         except BaseException:  # interrupted (Ctrl-C) or the disk failed: leave no temporary file behind
             to_the_end(lambda: self._abandon(window, batch, committing))
             raise
@@ -344,7 +352,7 @@ class Importer:
 
     def _commit(self, pending: Batch) -> ImportReport:
         """Commit a batch (in the committer thread); what it did, as a report to merge."""
-        return commit_batch(self.workspace, self.files, self.mode, pending.chunks)
+        return commit_batch(self.workspace, self.files, self.mode, pending.chunks, self.db, self._placeholders)
 
 
 def _held(candidate: Candidate) -> int:

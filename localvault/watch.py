@@ -371,6 +371,8 @@ class Watcher:
             self._emit(WatchEvent("imported", item.source, now, asset_id=item.asset_id, job_id=item.job_id))
         for path in result.duplicates:
             self._emit(WatchEvent("duplicate", path, now))
+        for path, asset_id in result.filled.items():  # its sidecar came while no watch ran
+            self._emit(WatchEvent("sidecar_read", path, now, asset_id=asset_id))
         for path, reason in result.refused.items():
             if path in retry:  # the vault could not take it now (disk full, database locked): not a refusal yet
                 log.warning("could not import %s now: %s; trying again in %.0f s", path, reason, RETRY_SECONDS)

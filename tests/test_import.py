@@ -462,6 +462,28 @@ def test_a_batch_with_a1111_text_sidecars_is_one_job(vault: Vault, tmp_path: Pat
     assert len({i.job_id for i in result.imported}) == 1
 
 
+def test_an_import_again_fills_placeholders_from_a_sidecar_that_came_since(vault: Vault, tmp_path: Path) -> None:
+    """A file first taken without metadata is a duplicate the next time; a sidecar now beside it fills the
+    placeholders of the asset (never metadata it has: a sidecar does not overwrite)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    bare = make_png(out / "00001-7.png", color=41)
+    own = make_png(out / "00002-8.png", color=42, text_chunks=a1111("its own prompt", 8))
+    first = vault.workspace.import_folder(out)
+    assert first.filled == {} and len(first.imported) == 2
+    (out / "00001-7.txt").write_text(a1111("a lighthouse at dusk", 7)["parameters"])
+    (out / "00002-8.txt").write_text(a1111("another prompt", 999)["parameters"])
+    again = vault.workspace.import_folder(out)
+    bare_id = next(i.asset_id for i in first.imported if i.source == str(bare))
+    assert sorted(again.duplicates) == sorted([str(bare), str(own)]) and again.filled == {str(bare): bare_id}
+    assets = {a.id: a for a in vault.workspace.list(limit=10).items}
+    assert (assets[bare_id].generation_seed, assets[bare_id].original_prompt) == (7, "a lighthouse at dusk")
+    assert assets[bare_id].generation_settings["sidecar"] == "00001-7.txt"
+    assert {(a.generation_seed, a.original_prompt) for a in assets.values() if a.id != bare_id} == {
+        (8, "its own prompt")}
+    assert vault.workspace.import_folder(out).filled == {}  # filled once
+
+
 def test_an_unreadable_sidecar_is_warned_of_and_recorded(vault: Vault, tmp_path: Path,
                                                          caplog: pytest.LogCaptureFixture,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,11 +17,12 @@ from conftest import without_dac_override
 from test_import import USER, a1111, make_png
 
 from localvault import Vault
-from localvault._examine import Examined, StagingError, examine, stage
+from localvault._examine import Examined, StagingError, examine, row_values, stage
 from localvault._import_commit import commit_batch
 from localvault._intake import Candidate, JobGrouper, scan
 from localvault.errors import StorageError
 from localvault.files import TEMP_PREFIX, WORKSPACE_BUCKET
+from localvault.models import GenerationInfo
 
 
 def replace(path: Path, color: int) -> None:
@@ -78,7 +79,8 @@ def test_move_commits_the_bytes_it_read_and_keeps_a_source_changed_meanwhile(tmp
                 same_inode.write(newer)
                 same_inode.truncate()
 
-        result = commit_batch(vault.workspace, vault.files, "move", [([examined], staging)])  # type: ignore[list-item]
+        result = commit_batch(vault.workspace, vault.files, "move", [([examined], staging)], vault.db,  # type: ignore[list-item]
+                              row_values(GenerationInfo(), None, None))
 
         assert len(result.imported) == 1
         asset = vault.workspace.get(result.imported[0].asset_id)
@@ -94,7 +96,8 @@ def test_move_keeps_a_file_that_took_the_sources_place_after_the_commit_began(tm
         examined, staging = examined_and_staged(vault, candidate, "move")
         replace(source, color=2)  # after the vault's link was made, before the source is deleted
 
-        result = commit_batch(vault.workspace, vault.files, "move", [([examined], staging)])  # type: ignore[list-item]
+        result = commit_batch(vault.workspace, vault.files, "move", [([examined], staging)], vault.db,  # type: ignore[list-item]
+                              row_values(GenerationInfo(), None, None))
 
         assert len(result.imported) == 1
         asset = vault.workspace.get(result.imported[0].asset_id)
@@ -156,7 +159,8 @@ def test_a_file_rewritten_in_place_after_it_was_linked_is_refused(tmp_path: Path
             same_inode.write(newer)
             same_inode.truncate()
 
-        result = commit_batch(vault.workspace, vault.files, "link", [([examined], staging)])  # type: ignore[list-item]
+        result = commit_batch(vault.workspace, vault.files, "link", [([examined], staging)], vault.db,  # type: ignore[list-item]
+                              row_values(GenerationInfo(), None, None))
 
         assert result.imported == [] and "changed while it was being imported" in result.refused[str(source)]
         assert vault.workspace.count() == 0 and staged_names(vault) == []

@@ -1017,6 +1017,23 @@ def test_a_sidecar_that_comes_after_its_file_was_taken_fills_its_placeholders(va
     assert assets[8].original_prompt == "a red fox in snow"
 
 
+def test_a_sidecar_that_came_while_no_watch_ran_fills_its_placeholders_at_the_next_watch(
+        vault: Vault, out: Path, tmp_path: Path) -> None:
+    """The late reading of a sidecar lived only in the watch's memory: a watch stopped (killed, a reboot) before
+    the sidecar came, and the next one called the file a duplicate and left its placeholders for good."""
+    seen = Recorder()
+    with Watcher(vault, out, on_event=seen):
+        write_by_rename(out, "00000-7.png", png_bytes(tmp_path, 7))
+        assert wait_for(lambda: seen.names("imported") == ["00000-7.png"])
+    (out / "00000-7.txt").write_text(A1111_TEXT.replace("4242", "77"))
+    with Watcher(vault, out, on_event=seen):
+        assert wait_for(lambda: seen.names("sidecar_read") == ["00000-7.png"])
+    asset = vault.workspace.list(limit=10).items[0]
+    assert vault.workspace.count() == 1 and seen.names("duplicate") == ["00000-7.png"]
+    assert (asset.generation_seed, asset.original_prompt, asset.model_used) == (77, "a red fox in snow", "sdxl")
+    assert [e.asset_id for e in seen.events if e.kind == "sidecar_read"] == [asset.id]
+
+
 def _without_dac_override_after_exec() -> None:  # a child's preexec_fn: root obeys file modes from then on
     import ctypes
 

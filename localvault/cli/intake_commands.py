@@ -92,6 +92,8 @@ def _folders_hint(result: ImportReport, recursive: bool, what: str) -> None:
 def _print_summary(result: ImportReport, verb: str = "import") -> None:
     rate = f" in {result.seconds:.1f} s" if result.seconds and verb == "import" else ""
     output.console.print(f"{verb}: {result.summary()}{rate}", highlight=False)
+    for path, asset_id in sorted(result.filled.items()):
+        output.console.print(f"read the sidecar of {path}, come since it was taken, into {asset_id}", highlight=False)
     if result.imported and not result.duplicates and not result.refused:
         return
     if result.duplicates and not result.imported:

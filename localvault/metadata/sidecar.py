@@ -12,6 +12,8 @@ from . import a1111, comfyui
 from ._clean import Found, find_run_id, json_object, parse_seed, snake_key
 
 MAX_SIDECAR_BYTES = 8 * 1024 * 1024
+#: The key of a file's settings that names the sidecar its metadata was read from.
+SIDECAR = "sidecar"
 _ALIASES = {
     "prompt": ("prompt", "positive_prompt", "positive", "original_prompt"),
     "negative_prompt": ("negative_prompt", "negative", "negativePrompt", "negativeprompt"),
@@ -133,7 +135,7 @@ def read(path: Path, siblings: Collection[str] | None = None) -> Found:
         found = parse_text(text, json_only=name.endswith(".json"))
         if not found.is_empty():
             found.source = "sidecar"
-            found.settings.setdefault("sidecar", candidate.name)
+            found.settings.setdefault(SIDECAR, candidate.name)
             return found
     # Kept in the settings (an import warns of it): without it, a prompt missing from the vault said nothing why.
     return Found(settings={UNREADABLE: unreadable}) if unreadable else Found()
