@@ -149,8 +149,12 @@ class Watcher:
         If the watcher had stopped on its own, on an error, raises it (a
         LocalVaultError as it was, any other as StorageError; ``report``
         still holds what it did). From ``on_event`` it only asks the watcher
-        to stop.
+        to stop. Before :meth:`start`, there is nothing to stop: it changes
+        nothing (a later ``start()`` watches as usual).
         """
+        with self._start_lock:
+            if self._thread is None:
+                return self.report
         self._stop.set()
         if threading.current_thread() is self._thread:
             return self.report
