@@ -37,6 +37,9 @@ class WatchReport(ImportReport):
     imported_total: int = 0
     duplicates_total: int = 0
     refused_forgotten: int = 0  # refusals dropped from ``refused`` to keep it short, still counted
+    #: Files the catch-up passed over: written more than the workspace's lifetime (7 days) ago, they would have
+    #: expired already, and each restart would take them again (``localvault import`` takes them).
+    too_old: int = 0
 
     @property
     def refused_total(self) -> int:

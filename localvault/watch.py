@@ -50,8 +50,9 @@ from ._watch_sidecars import SIDECAR_WAIT_SECONDS
 from ._watch_state import HandledFiles, WatchEvent, WatchReport
 from .errors import InvalidInputError, LocalVaultError, StorageError
 from .import_report import ImportReport
-from .importer import Importer, Mode, scan
+from .importer import Candidate, Importer, Mode, scan
 from .vault import Vault
+from .workspace import LIFETIME
 
 log = logging.getLogger(__name__)
 #: Warnings that no event carries (the CLI shows them; the per-file ones it shows as events).
@@ -299,11 +300,25 @@ class Watcher:
             self._emit(WatchEvent("refused", path, time.time(), message=reason))
         for candidate in candidates:  # (one listing per folder: the same names for each of its files)
             self._intake.sidecars.saw_folder(os.path.dirname(candidate.path), candidate.sidecars or ())
+        candidates = self._younger_than_the_workspace(candidates)
         whole = self._intake.whole_of(candidates)  # (the others are waited for like new files)
         for start in range(0, len(whole), CATCH_UP_BATCH):
             if self._stop.is_set():  # what is left is taken by the next watch
                 return
             self._import(importer, whole[start:start + CATCH_UP_BATCH])
+
+    def _younger_than_the_workspace(self, candidates: list[Candidate]) -> list[Candidate]:
+        """The files written (their mtime) within the workspace's lifetime. An older one, had the watch taken it
+        when it was written, would have expired: taken now, it would expire and come back at every restart (a
+        rig's output folder keeps its files for good), so the catch-up leaves it to ``localvault import``."""
+        cutoff = time.time() - LIFETIME.total_seconds()
+        young = [c for c in candidates if c.mtime >= cutoff]
+        if old := len(candidates) - len(young):
+            self.report.too_old += old
+            notices.warning("%d file%s in %s written more than %d days ago not taken (they would have expired "
+                            "already); take them with 'localvault import'", old, "" if old == 1 else "s",
+                            self.folder, LIFETIME.days)
+        return young
 
     def _folder_lost(self) -> bool:
         """Whether the folder watched is gone: deleted, renamed away, replaced by a new one, or its watch ended."""

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Batches of at least this many files are made durable with one syncfs; smaller ones file by file.
 SYNCFS_MIN_FILES = 32
+#: How long a workspace asset lives (the schema's default ``expires_at``: 7 days after it was taken).
+LIFETIME = timedelta(days=7)
 #: How long undoing a failed add waits for the write lock (the failure may have been that lock: not 60 s again).
 UNDO_LOCK_WAIT_MS = 5_000
 

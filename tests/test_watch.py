@@ -1047,6 +1047,28 @@ def test_a_stop_before_start_changes_nothing(vault: Vault, out: Path, tmp_path: 
         assert wait_for(lambda: seen.names("imported") == ["00000-7.png"])
 
 
+def test_the_catch_up_leaves_files_older_than_the_workspace_to_import(vault: Vault, out: Path, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Before: a file the workspace had let expire was taken again by every watch's catch-up (a rig's output
+    folder keeps its files), with a new week to live: every restart copied the folder's whole history again."""
+    eight_days_ago = time.time() - 8 * 86400
+    (out / "old.png").write_bytes(png_bytes(tmp_path, 1))
+    os.utime(out / "old.png", (eight_days_ago, eight_days_ago))
+    (out / "young.png").write_bytes(png_bytes(tmp_path, 2))
+    seen = Recorder()
+    with caplog.at_level(logging.WARNING, logger="localvault.watch.notices"), Watcher(vault, out, on_event=seen) as w:
+        assert seen.names("imported") == ["young.png"]
+        # Moved in while watching, an old file is new to the folder: taken.
+        (tmp_path / "moved.png").write_bytes(png_bytes(tmp_path, 3))
+        os.utime(tmp_path / "moved.png", (eight_days_ago, eight_days_ago))
+        os.rename(tmp_path / "moved.png", out / "moved.png")
+        assert wait_for(lambda: "moved.png" in seen.names("imported"))
+    assert w.report.too_old == 1 and vault.workspace.count() == 2
+    assert any("1 file in" in r.getMessage() and "more than 7 days ago not taken" in r.getMessage()
+               for r in caplog.records)
+    assert vault.workspace.import_folder(out).summary() == "1 imported, 2 skipped as duplicates, 0 refused"
+
+
 def _without_dac_override_after_exec() -> None:  # a child's preexec_fn: root obeys file modes from then on
     import ctypes
 
