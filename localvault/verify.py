@@ -284,7 +284,8 @@ def _states(files: FileStore, rows: Iterator[tuple[_Kind, str, str, str]], check
         for row in rows:
             yield row, _state(files, row, check_hashes)
         return
-    with ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="localvault-verify") as pool:
+    pool = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="localvault-verify")
+    try:
         window: deque[tuple[tuple[_Kind, str, str, str], Future[str | None]]] = deque()
         for row in rows:
             window.append((row, pool.submit(_state, files, row, check_hashes)))
@@ -294,6 +295,8 @@ def _states(files: FileStore, rows: Iterator[tuple[_Kind, str, str, str]], check
         while window:
             done, state = window.popleft()
             yield done, state.result()
+    finally:  # cut short (Ctrl-C, a progress callback's error): the files not yet begun are not read
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _state(files: FileStore, row: tuple[_Kind, str, str, str], check_hashes: bool) -> str | None:

@@ -342,3 +342,32 @@ def test_verify_hashes_files_on_several_threads(vault: Vault, make_image, monkey
     report = vault.verify()
     assert report.clean and report.checked == 24
     assert peak >= 2
+
+
+def test_a_verify_cut_short_does_not_hash_the_rest_of_its_window(vault: Vault, make_image, monkeypatch):
+    """Before: the thread pool's exit waited for every file queued in the window: a Ctrl-C (here a progress
+    callback's error) still read up to 64 files, each perhaps a video of hundreds of MB."""
+    import threading
+    import time
+
+    from localvault import verify as verify_module
+    from localvault.files import FileStore
+
+    for i in range(verify_module.HASH_WINDOW + 8):
+        vault.library.add(make_image(seed=i))
+    hashed, lock, hash_file = [0], threading.Lock(), FileStore.sha256
+
+    def slow_sha256(self: FileStore, bucket: str, relative: str) -> str:
+        time.sleep(0.05)
+        with lock:
+            hashed[0] += 1
+        return hash_file(self, bucket, relative)
+
+    def stop_at_the_first(event: Any) -> None:
+        if event.advance:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(FileStore, "sha256", slow_sha256)
+    with pytest.raises(KeyboardInterrupt):
+        vault.verify(progress=stop_at_the_first)
+    assert hashed[0] <= 2 * verify_module.HASH_THREADS, hashed[0]
