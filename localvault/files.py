@@ -267,11 +267,17 @@ class FileStore:
         # A link's bytes are hashed too, through the link itself (the very inode the commit names): a file
         # edited in place, truncated or rotten must not enter under the hash its row recorded.
         staged = linked or self.stage(Path(src), bucket, folder)
-        if sha256 is not None and (path_digest(staged.temp_path) if linked else staged.sha256) != sha256:
+        try:
+            if sha256 is not None and (path_digest(staged.temp_path) if linked else staged.sha256) != sha256:
+                raise StorageError(f"the file {src} no longer holds the bytes it was stored with (changed in "
+                                   "place: edited, or imported with --link and then rewritten?); nothing was "
+                                   "changed; run 'localvault verify' to find the damaged files")
+        except BaseException as exc:  # that, a disk error, Ctrl-C: the staged file goes
             self.discard(staged)
-            raise StorageError(f"the file {src} no longer holds the bytes it was stored with (changed in place: "
-                               "edited, or imported with --link and then rewritten?); nothing was changed; run "
-                               "'localvault verify' to find the damaged files")
+            if isinstance(exc, OSError) and not isinstance(exc, StorageError):
+                raise StorageError(f"cannot read {src}: {exc.strerror or exc}; nothing was changed; run "
+                                   "'localvault verify'") from None
+            raise
         return staged
 
     def _stage_remote_copy(self, src: str, bucket: str, folder: str, sha256: str | None) -> StagedFile:

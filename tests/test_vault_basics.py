@@ -379,6 +379,25 @@ def test_save_refuses_to_link_a_workspace_file_that_no_longer_holds_its_bytes(va
     assert os.stat(path).st_nlink == 1
 
 
+@pytest.mark.parametrize("fault", [OSError(5, "Input/output error"), KeyboardInterrupt()])
+def test_a_save_whose_link_cannot_be_hashed_leaves_no_link(vault: Vault, make_image, monkeypatch, fault):
+    """A disk error (or Ctrl-C) while the linked file was hashed left its temporary link in the library's
+    folder: the workspace file then had two links, and its next save copied it."""
+    import localvault.files
+
+    asset = vault.workspace.add(make_image(seed=1))
+
+    def failing(path: Any, algorithm: str = "sha256") -> str:
+        raise fault
+
+    monkeypatch.setattr(localvault.files, "path_digest", failing)
+    with pytest.raises(StorageError if isinstance(fault, OSError) else KeyboardInterrupt) as raised:
+        vault.library.save(asset.id)
+    assert isinstance(fault, KeyboardInterrupt) or "cannot read" in str(raised.value)
+    assert vault.library.count() == 0 and not temp_files(vault.root)
+    assert os.stat(vault.workspace.file_path(asset)).st_nlink == 1
+
+
 def build_library(vault: Vault, make) -> list:
     """Twelve library assets in two collections with tags, favourites and prompts."""
     vault.collections.create("Animals")
