@@ -226,7 +226,7 @@ class Watcher:
                     self._intake.overflowed.clear()
                     notices.warning("events about files in %s were lost (the kernel's queue overflowed); catching up",
                                 self.folder)
-                    self._catch_up(importer)
+                    self._catch_up(importer, at_start=False)  # old files moved in meanwhile are new to it
                     continue
                 paths = self._intake.next_paths(self.poll_seconds)
                 if paths:
@@ -290,8 +290,9 @@ class Watcher:
         watch_overflows(self._intake)
         self._catch_up(importer)
 
-    def _catch_up(self, importer: Importer) -> None:
-        """Import what is in the folder (what is not whole yet is waited for, as new files are)."""
+    def _catch_up(self, importer: Importer, at_start: bool = True) -> None:
+        """Import what is in the folder (what is not whole yet is waited for, as new files are); ``at_start``
+        (the watch's, or the folder's come back), only what was written within the workspace's lifetime."""
         candidates, refused, _ignored, not_entered = scan(self._watched, self.recursive)
         # (a link leading outside, a folder not listable)
         self.report.merge(ImportReport(refused=dict(refused), folders_not_entered=not_entered))
@@ -300,7 +301,8 @@ class Watcher:
             self._emit(WatchEvent("refused", path, time.time(), message=reason))
         for candidate in candidates:  # (one listing per folder: the same names for each of its files)
             self._intake.sidecars.saw_folder(os.path.dirname(candidate.path), candidate.sidecars or ())
-        candidates = self._younger_than_the_workspace(candidates)
+        if at_start:
+            candidates = self._younger_than_the_workspace(candidates)
         whole = self._intake.whole_of(candidates)  # (the others are waited for like new files)
         for start in range(0, len(whole), CATCH_UP_BATCH):
             if self._stop.is_set():  # what is left is taken by the next watch

@@ -894,8 +894,12 @@ def test_files_whose_events_the_kernel_dropped_are_caught_up(vault: Vault, out: 
                         lambda self, event: None if deaf.is_set() else real_dispatch(self, event))
     with Watcher(vault, out, on_event=seen):
         deaf.set()
-        for n in range(3):
+        for n in range(2):
             write_by_rename(out, f"lost{n}.png", png_bytes(tmp_path, 10 + n))
+        # An old render moved in (a burst of them overflows the queue): new to the folder, whatever its mtime.
+        (tmp_path / "lost2.png").write_bytes(png_bytes(tmp_path, 12))
+        os.utime(tmp_path / "lost2.png", (time.time() - 30 * 86400,) * 2)
+        os.rename(tmp_path / "lost2.png", out / "lost2.png")
         time.sleep(0.5)
         assert seen.names("imported") == []  # their events were lost
         deaf.clear()
