@@ -14,7 +14,7 @@ import sqlite3
 from concurrent.futures import Future
 
 from ._examine import Examined, StagingError, changed_while_importing, file_identity, link_outdated
-from ._late_sidecars import SIDECAR, RowValues, fill_duplicates
+from ._late_sidecars import RowValues, came_with_its_file, fill_duplicates
 from .db import Database
 from .errors import LocalVaultError
 from .files import FileStore, StagedFile
@@ -62,13 +62,12 @@ def commit_batch(workspace: Workspace, files: FileStore, mode: str, chunks: Chun
     for ready, added in zip(batch, outcome, strict=True):
         if added is None:
             result.duplicates.append(ready.candidate.path)
-            if SIDECAR in ready.info.settings and ready.values is not None:
+            if ready.values is not None and came_with_its_file(ready.candidate.path, ready.candidate.mtime, ready.info):
                 sidecars[ready.candidate.path] = (ready.sha256, ready.values)
         else:
             done.append(ImportedFile(ready.candidate.path, added[0], ready.job_id, added[1], ready.sha256,
                                      ready.staged.size, ready.info.source))  # type: ignore[union-attr]
     result.imported += done
-    result.filled = fill_duplicates(db, workspace.user_id, sidecars, placeholders)
     result.bytes_imported += sum(item.size for item in done)
     if mode == "move":
         identities = {r.candidate.path: r.identity for r in batch}
@@ -80,6 +79,7 @@ def commit_batch(workspace: Workspace, files: FileStore, mode: str, chunks: Chun
                 os.unlink(item.source)
             except OSError as exc:
                 notices.warning("imported %s but could not delete it: %s", item.source, exc)
+    result.filled = fill_duplicates(db, workspace.user_id, sidecars, placeholders)
     return result
 
 

@@ -8,6 +8,8 @@ what a file without metadata was given (placeholders, or the watch's
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
 from typing import TYPE_CHECKING
 
 from . import metadata
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
 
 #: (seed, prompt, model, settings JSON) of a workspace row.
 RowValues = tuple[int, str, str, str]
+#: Seconds between a file and its sidecar for an import of the file again to fill its asset from the sidecar.
+FILL_WINDOW_SECONDS = 60.0
 
 log = logging.getLogger("localvault.watch.notices")
 
@@ -66,16 +70,35 @@ def fill_duplicates(db: Database, user_id: str, found: dict[str, tuple[str, RowV
     filled: dict[str, str] = {}
     if not found:
         return filled
-    with db.write() as conn:
-        for path, (sha256, values) in found.items():
-            row = conn.execute("SELECT id FROM workspace_assets WHERE user_id = ? AND sha256 = ?",
-                               (user_id, sha256)).fetchone()
-            if row is not None and values != placeholders and conn.execute(
-                    _FILL, (*values, row[0], user_id, *placeholders)).rowcount:
-                filled[path] = row[0]
-                log.info("read the sidecar of %s into asset %s, which it reached after the file was taken",
-                         path, row[0])
+    try:
+        with db.write() as conn:
+            for path, (sha256, values) in found.items():
+                row = conn.execute("SELECT id FROM workspace_assets WHERE user_id = ? AND sha256 = ?",
+                                   (user_id, sha256)).fetchone()
+                if row is not None and values != placeholders and conn.execute(
+                        _FILL, (*values, row[0], user_id, *placeholders)).rowcount:
+                    filled[path] = row[0]
+    except (LocalVaultError, sqlite3.Error, OSError) as exc:  # the import's own work is done: it stands
+        log.warning("the sidecars of %d file(s) taken before without metadata could not be read into their "
+                    "assets: %s", len(found), exc)
+        return {}
+    for path, asset_id in filled.items():
+        log.info("read the sidecar of %s into asset %s, which it reached after the file was taken", path, asset_id)
     return filled
+
+
+def came_with_its_file(path: str, mtime: float, info: GenerationInfo) -> bool:
+    """Whether ``info`` (a duplicate's reading) came from a sidecar written with its file, within
+    :data:`FILL_WINDOW_SECONDS` of the file's ``mtime``: one a rig wrote while no watch ran. A caption that a
+    tagger wrote beside the image later (kohya's or WD14's ``NAME.txt``) is no generation's metadata."""
+    name = info.settings.get(SIDECAR)
+    if not isinstance(name, str):
+        return False
+    try:
+        written = os.stat(os.path.join(os.path.dirname(path), name)).st_mtime
+    except OSError:
+        return False
+    return abs(written - mtime) <= FILL_WINDOW_SECONDS
 
 
 def row_values_now(vault: Vault, asset_id: str) -> RowValues | None:
@@ -85,4 +108,4 @@ def row_values_now(vault: Vault, asset_id: str) -> RowValues | None:
     return None if row is None else (row[0], row[1], row[2], row[3])
 
 
-__all__ = ["SIDECAR", "RowValues", "fill_duplicates", "fill_from_sidecar", "row_values_now"]
+__all__ = ["SIDECAR", "RowValues", "came_with_its_file", "fill_duplicates", "fill_from_sidecar", "row_values_now"]

@@ -50,7 +50,7 @@ from ._examiners import ExaminerProcesses, WorkerSetup, WorkerStartError, known_
 from ._import_commit import commit_batch, discard_quietly, notices, refuse
 from ._import_pipeline import Batch, Chunk, done_future, each, to_the_end
 from ._intake import Candidate, JobGrouper, check_path, is_candidate_name, is_ignored_name, scan
-from ._late_sidecars import SIDECAR, RowValues, fill_duplicates
+from ._late_sidecars import RowValues, came_with_its_file, fill_duplicates
 from .db import Database
 from .errors import InvalidInputError, StorageError
 from .files import FileStore, StagedFile
@@ -244,7 +244,8 @@ class Importer:
                                                            examined.group)
                     if examined.sha256 in first_copy or examined.values is None:
                         result.duplicates.append(candidate.path)
-                        if examined.values is None and SIDECAR in examined.info.settings:  # known: fill it?
+                        if examined.values is None and came_with_its_file(candidate.path, candidate.mtime,
+                                                                           examined.info):  # known: fill it?
                             sidecars[candidate.path] = (examined.sha256, row_values(examined.info, self.prompt,
                                                                                     self.model))
                         if examined.values is not None:

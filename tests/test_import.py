@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -482,6 +483,41 @@ def test_an_import_again_fills_placeholders_from_a_sidecar_that_came_since(vault
     assert {(a.generation_seed, a.original_prompt) for a in assets.values() if a.id != bare_id} == {
         (8, "its own prompt")}
     assert vault.workspace.import_folder(out).filled == {}  # filled once
+
+
+def test_a_caption_written_long_after_its_image_fills_nothing(vault: Vault, tmp_path: Path) -> None:
+    """A tagger (kohya, WD14) writes NAME.txt beside each image, days later: a caption, no generation's
+    metadata. Only a sidecar written within a minute of its image fills the asset an import finds again."""
+    out = tmp_path / "out"
+    out.mkdir()
+    image = make_png(out / "00001-7.png", color=41)
+    vault.workspace.import_folder(out)
+    caption = out / "00001-7.txt"
+    caption.write_text("1girl, solo, red hair")
+    os.utime(image, (time.time() - 2 * 86400,) * 2)
+    again = vault.workspace.import_folder(out)
+    assert again.duplicates == [str(image)] and again.filled == {}
+    assert vault.workspace.list(limit=1).items[0].original_prompt == ""
+
+
+def test_a_fill_that_fails_leaves_the_import_as_it_was(vault: Vault, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """The import's rows are committed (and --move's sources deleted) before the fill: a fill that fails (the
+    database locked for long, the disk full) is a warning, not the import's error."""
+    import localvault._late_sidecars
+
+    out = tmp_path / "out"
+    out.mkdir()
+    make_png(out / "00001-7.png", color=41)
+    vault.workspace.import_folder(out)
+    (out / "00001-7.txt").write_text(a1111("a lighthouse at dusk", 7)["parameters"])
+    new = make_png(out / "00002-8.png", color=42)
+    monkeypatch.setattr(localvault._late_sidecars, "_FILL", "UPDATE no_such_table SET x = 1")  # (a fault)
+    with caplog.at_level(logging.WARNING):
+        again = vault.workspace.import_folder(out, mode="move")
+    assert [Path(i.source) for i in again.imported] == [new] and not new.exists() and again.filled == {}
+    assert any("could not be read into their assets" in r.getMessage() for r in caplog.records)
 
 
 def test_an_unreadable_sidecar_is_warned_of_and_recorded(vault: Vault, tmp_path: Path,
