@@ -23,6 +23,9 @@ from .errors import InvalidInputError
 _UNSPACED = re.compile("[\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
                        "\uff66-\uff9f\U00020000-\U0002fa1f]")
 
+#: What separates search words: spaces, and the list separators of prompts (`1girl, solo`; `a | b`).
+_SEPARATORS = re.compile(r"[\s,;|]+")
+
 #: The full-text index's tokenizer, as the vault's schema makes it (localvault/schema/sqlite/0001_initial.sql).
 TOKENIZER = "unicode61 remove_diacritics 2"
 
@@ -47,12 +50,12 @@ def search_query(text: str) -> SearchQuery:
     text = models.check_search(text)
     indexed: list[str] = []
     substrings: list[str] = []
-    for word in text.split():
+    for word in filter(None, _SEPARATORS.split(text)):
         if _UNSPACED.search(word):  # cut at punctuation, as the index cuts words (`日本語,`, `「狐」`)
             for piece in filter(None, re.split(r"[\W_]+", word)):
                 (substrings if _UNSPACED.search(piece) else indexed).append(piece)
-        elif terms := _index_terms(word):  # each a word of its own: `red,fox` is red and fox, in any order
-            indexed += terms
+        elif _index_keeps(word):  # other punctuation binds its terms, in order: `add_detail:0.8`, `1.5`, `don't`
+            indexed.append(word)
         else:  # symbols the index drops (😀, ✨: unicode61 keeps 🦊, not these); punctuation alone is no word
             substrings += _symbols(word)
     if not indexed and not substrings:
@@ -72,10 +75,9 @@ _tokenizer: list[sqlite3.Connection] = []
 
 
 @functools.lru_cache(maxsize=4096)
-def _index_terms(word: str) -> tuple[str, ...]:
-    """The terms the full-text index's tokenizer makes of ``word``, asked of SQLite itself (which emoji
-    unicode61 keeps depends on its Unicode tables): none for punctuation alone, several where punctuation
-    joins words (``1girl,solo``; quoted together, FTS5 would take them as a phrase, in that order)."""
+def _index_keeps(word: str) -> bool:
+    """Whether the full-text index's tokenizer keeps anything of ``word`` as a term (asked of SQLite itself:
+    which emoji unicode61 keeps depends on its Unicode tables)."""
     with _tokenizer_lock:
         if not _tokenizer:
             conn = sqlite3.connect(":memory:", check_same_thread=False)
@@ -85,6 +87,6 @@ def _index_terms(word: str) -> tuple[str, ...]:
         conn = _tokenizer[0]
         conn.execute("INSERT INTO words (w) VALUES (?)", (word,))
         try:
-            return tuple(term for (term,) in conn.execute("SELECT term FROM terms"))
+            return bool(conn.execute("SELECT count(*) FROM terms").fetchone()[0])
         finally:
             conn.execute("DELETE FROM words")

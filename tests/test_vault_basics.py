@@ -1250,14 +1250,19 @@ def test_search_ignores_case_and_diacritics(vault: Vault, make_image):
         assert ids_of(vault.library.list(search=words).items) == [kept.id], words
 
 
-def test_search_words_joined_by_punctuation_match_in_any_order(vault: Vault, make_image):
+def test_search_words_joined_by_a_list_separator_match_in_any_order(vault: Vault, make_image):
     """Before: ``solo,1girl`` went to FTS5 as one quoted string, which it reads as a phrase, in that order: a
-    prompt pasted the usual comma-separated way (``1girl, solo, …``) was not found by its own words reordered."""
-    kept = vault.library.add(make_image(seed=1), prompt="1girl, solo, masterpiece, red fox", title="title card foo")
-    vault.library.add(make_image(seed=2), prompt="1girl, crowd, red panda")
-    for words in ("solo,1girl", "fox,red", "masterpiece,fox", "title:foo", "Fox;RED!", "card-foo"):
+    prompt pasted the usual comma-separated way (``1girl, solo, …``) was not found by its own words reordered.
+    Other punctuation still binds its words, in order (a LoRA's weight, a version, an apostrophe)."""
+    kept = vault.library.add(make_image(seed=1), prompt="1girl, solo, masterpiece, red fox <lora:add_detail:0.8>",
+                             title="title card foo, sdxl 1.5, don't panic")
+    other = vault.library.add(make_image(seed=2), prompt="1girl, crowd, red panda <lora:add_detail:0.5>, <lora:film:0.8>",
+                              title="version 5.1, t-shirt, don panic")
+    for words in ("solo,1girl", "fox,red", "masterpiece;fox", "Fox|RED!", "card-foo", "add_detail:0.8", "1.5",
+                  "don't"):
         assert ids_of(vault.library.list(search=words).items) == [kept.id], words
     assert ids_of(vault.library.list(search="red,panda,solo").items) == []
+    assert ids_of(vault.library.list(search="film:0.8").items) == [other.id]
 
 
 def test_search_finds_emoji_and_passes_over_punctuation(vault: Vault, make_image):
