@@ -130,6 +130,8 @@ class Watcher:
         with self._start_lock:  # two threads starting one watcher: one of them is told
             if self._thread is not None:
                 raise InvalidInputError("this watcher was started already; make a new Watcher to watch again")
+            if self._stop.is_set():  # (before, it started, saw the stop and ended a moment later, silently)
+                raise InvalidInputError("this watcher was stopped before it started; make a new Watcher to watch")
             self._thread = threading.Thread(target=self._run, name="localvault-watch", daemon=True)
             thread = self._thread
         try:
@@ -150,12 +152,9 @@ class Watcher:
         If the watcher had stopped on its own, on an error, raises it (a
         LocalVaultError as it was, any other as StorageError; ``report``
         still holds what it did). From ``on_event`` it only asks the watcher
-        to stop. Before :meth:`start`, there is nothing to stop: it changes
-        nothing (a later ``start()`` watches as usual).
+        to stop. Before :meth:`start`, it stops the watcher for good: a later
+        ``start()`` (another thread's, racing this stop) refuses to run it.
         """
-        with self._start_lock:
-            if self._thread is None:
-                return self.report
         self._stop.set()
         if threading.current_thread() is self._thread:
             return self.report
