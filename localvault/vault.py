@@ -17,6 +17,7 @@ from . import _id_prefix as id_prefix
 from . import _write_intents as write_intents
 from . import media, models, pending
 from ._disk import TEMP_PREFIX, unlink_quietly
+from ._id_prefix import MIN_ID_PREFIX as MIN_ID_PREFIX  # (where it was)
 from .collections import Collections
 from .config import CONFIG_NAME, RemoteConfig, VaultConfig, remote_identity
 from .db import DB_NAME, Database
@@ -323,7 +324,7 @@ class Vault:
 
     def resolve_id(self, text: str) -> str:
         """The whole id of this user's one library or workspace asset whose id starts with ``text``: at least
-        :data:`localvault._id_prefix.MIN_ID_PREFIX` hex digits, with or without the hyphens (what a person types after ``ls``; an app
+        :data:`MIN_ID_PREFIX` hex digits, with or without the hyphens (what a person types after ``ls``; an app
         keeps whole ids). A whole id is returned as it is (canonical), without a lookup.
 
         InvalidInputError when ``text`` is no id prefix, or when several assets' ids start with it (more

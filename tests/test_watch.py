@@ -495,6 +495,7 @@ def test_cli_watch_json_prints_one_event_per_line_then_the_summary(tmp_path: Pat
     root = tmp_path / "vault"
     Vault.create(root, user_id=USER).close()
     make_png(out / "before.png", color=1)
+    os.utime(make_png(out / "last-month.png", color=2), (time.time() - 30 * 86400,) * 2)  # passed over
     (out / "broken.png").write_bytes(b"this is not an image at all")
     with cli_watch(root, out, "--json") as proc, Vault.open(root, readonly=True) as reader:
         assert wait_for(lambda: reader.workspace.count() == 1, timeout=30), "the catch-up import did not happen"
@@ -510,7 +511,7 @@ def test_cli_watch_json_prints_one_event_per_line_then_the_summary(tmp_path: Pat
     at = datetime.strptime(events["before.png"]["at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
     assert abs((datetime.now(timezone.utc) - at).total_seconds()) < 120
     summary = lines[-1]["summary"]
-    assert (summary["imported"], summary["duplicates"], summary["refused"]) == (1, 0, 1)
+    assert (summary["imported"], summary["duplicates"], summary["refused"], summary["too_old"]) == (1, 0, 1, 1)
     assert Path(next(iter(summary["refusals"]))).name == "broken.png"
 
 

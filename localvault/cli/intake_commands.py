@@ -193,6 +193,7 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str | 
             output.print_json({"summary": {"imported": report.imported_total,
                                                 "duplicates": report.duplicates_total,
                                                 "refused": report.refused_total,
+                                                "too_old": report.too_old,
                                                 "refusals": report.refused}}, line=True)
         else:
             _print_summary(report, verb="watch")
