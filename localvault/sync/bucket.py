@@ -271,11 +271,12 @@ class Bucket:
         bucket, name = path.split("/", 1)
         if stop.is_set():
             raise RetryStopped(f"sending {path}: the sync stopped")
+        intent = self.open_uploads.creating(bucket, name) if self.open_uploads is not None else None
         started = self.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=name, ContentType=content_type,
-                                  Metadata={"sha256": sha256})
+                                  Metadata={"sha256": sha256})  # (its answer lost: the intent stays noted)
         upload = {"Bucket": bucket, "Key": name, "UploadId": started["UploadId"]}
         if self.open_uploads is not None:
-            self.open_uploads.opened(bucket, name, started["UploadId"])
+            self.open_uploads.opened(bucket, name, started["UploadId"], intent)
         try:
             digest, sent = hashlib.sha256(), 0
             parts: list[dict[str, Any]] = []
@@ -312,12 +313,25 @@ class Bucket:
         store cannot abort now stays noted for the next sync."""
         for bucket, key, upload_id in self.open_uploads.left() if self.open_uploads is not None else []:
             try:
+                if not upload_id:  # its creation's answer never came: the store's unfinished uploads of the key
+                    self._abort_unnamed([bucket, key, upload_id])
+                    continue
                 self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
             except FileNotFoundError:  # (NoSuchUpload: aborted or completed already)
                 pass
             except Exception:  # unreachable now, or refused: tried again by the next sync
                 continue
             self._closed(upload_id)
+
+    def _abort_unnamed(self, intent: list[str]) -> None:
+        bucket, key = intent[0], intent[1]
+        listed = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key).get("Uploads", [])
+        for upload in listed:
+            if upload["Key"] == key:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+        if self.open_uploads is not None:
+            self.open_uploads.dropped(intent)
 
     def delete(self, keys: list[str]) -> dict[str, str]:
         """Remove objects; keys already gone are fine. Returns {key: the store's reason} of those it refused.

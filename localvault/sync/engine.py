@@ -168,6 +168,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
         outbox.mark_synced(vault, dry_run, where)
         if not dry_run:
             bucket.remove_stale_temps()
+            bucket.abort_left()  # an upload whose creation's answer was lost, then made again, is not left open
     result.seconds = time.monotonic() - started
     return result
 

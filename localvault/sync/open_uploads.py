@@ -6,6 +6,15 @@ one killed outright (SIGKILL, a power cut) cannot: the next sync of the vault
 aborts what the note still names. The note names this vault's own uploads
 only, never another machine's still running (aborting those by key made that
 machine's sync fail).
+
+An upload is noted twice: before the store is asked to create it (its key: the
+store may create it and its answer be lost, to a kill or a dropped connection,
+leaving an upload no id names) and once created (its id). For a key noted
+without an id, the sync's end (or the next sync) aborts the store's unfinished
+uploads of that key: the one exception to "this vault's own only" (another
+machine's upload of the very same asset, from a copy of this vault, at that
+moment; its sync then sends it again). The store's dates of its uploads cannot
+tell them apart: clocks differ, and some stores (moto) give a fixed date.
 """
 
 from __future__ import annotations
@@ -19,7 +28,8 @@ _META_KEY = "open_multipart_uploads"
 
 
 class OpenUploads:
-    """The note: ``[bucket, key, upload id]`` of each multipart upload under way, in the vault's meta table."""
+    """The note: ``[bucket, key, upload id]`` of each multipart upload under way, and ``[bucket, key, ""]`` of
+    each one being created, in the vault's meta table."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -29,8 +39,19 @@ class OpenUploads:
         value = self._db.get_meta(_META_KEY)
         return list(json.loads(value)) if value else []
 
-    def opened(self, bucket: str, key: str, upload_id: str) -> None:
-        self._change(lambda noted: [*noted, [bucket, key, upload_id]])
+    def creating(self, bucket: str, key: str) -> list[str]:
+        """Note an upload about to be created; the note to hand to :meth:`opened` once it is."""
+        intent = [bucket, key, ""]
+        self._change(lambda noted: [*noted, intent])
+        return intent
+
+    def opened(self, bucket: str, key: str, upload_id: str, intent: list[str] | None = None) -> None:
+        """The upload was created: its id replaces the note made by :meth:`creating` (``intent``)."""
+        self._change(lambda noted: [*_without(noted, intent), [bucket, key, upload_id]])
+
+    def dropped(self, intent: list[str]) -> None:
+        """The uploads begun under ``intent`` are aborted, or none was."""
+        self._change(lambda noted: _without(noted, intent))
 
     def closed(self, upload_id: str) -> None:
         """The upload was completed or aborted."""
@@ -39,3 +60,11 @@ class OpenUploads:
     def _change(self, change: Callable[[list[list[str]]], list[list[str]]]) -> None:
         with self._db.write() as conn:  # (left() reads on this thread's connection: inside the transaction)
             self._db.set_meta(conn, _META_KEY, json.dumps(change(self.left())))
+
+
+def _without(noted: list[list[str]], entry: list[str] | None) -> list[list[str]]:
+    """``noted`` less its first entry equal to ``entry``."""
+    if entry is None or entry not in noted:
+        return noted
+    at = noted.index(entry)
+    return noted[:at] + noted[at + 1:]
