@@ -264,6 +264,7 @@ def test_offline_exit_code_one_line_and_status(vault_path: Path, s3_bucket: Any,
     assert result.exception is None or isinstance(result.exception, SystemExit)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "PostgreSQL" in lines[0], result.stderr
+    assert "nothing was lost: sync again once it can be reached" in lines[0]  # what to do, not only what failed
     assert "Traceback" not in result.stderr + result.stdout
     result = run(*vault, "sync", "--json")  # a script reading stdout learns of the failure there too
     assert result.exit_code == 10 and "Traceback" not in result.stderr + result.stdout

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import remote_identity
-from ..errors import InvalidInputError, SyncBusyError
+from ..errors import InvalidInputError, OfflineError, SyncBusyError
 from ..models import check_flag
 from ..progress import ProgressCallback, report
 from . import outbox
@@ -103,7 +103,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
         check_flag(flag, name)
     target = remote_for(vault, remote)
     result = SyncReport(dry_run=dry_run)
-    with _SyncLock(vault.root), _closing(target if remote is None else None), ExitStack() as stack:
+    with _said_offline(), _SyncLock(vault.root), _closing(target if remote is None else None), ExitStack() as stack:
         target.check(vault.user_id)
         result.clock_offset_seconds = target.clock_offset
         where = remote_identity(target)
@@ -171,6 +171,16 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
             bucket.abort_left()  # an upload whose creation's answer was lost, then made again, is not left open
     result.seconds = time.monotonic() - started
     return result
+
+
+@contextmanager
+def _said_offline() -> Iterator[None]:
+    """An OfflineError that also says what to do about it."""
+    try:
+        yield
+    except OfflineError as exc:
+        raise OfflineError(f"{exc}; nothing was lost: sync again once it can be reached (the next sync goes on "
+                           "from where this one stopped)") from None
 
 
 def _read_ahead(vault: Vault, known: Objects, batch_rows: int, after_seq: int, skip: set[int],
