@@ -155,7 +155,8 @@ class Watcher:
         to stop. Before :meth:`start`, it stops the watcher for good: a later
         ``start()`` (another thread's, racing this stop) refuses to run it.
         """
-        self._stop.set()
+        with self._start_lock:  # a start() under way has either seen this stop or made its thread
+            self._stop.set()
         if threading.current_thread() is self._thread:
             return self.report
         self.join()

@@ -1050,6 +1050,21 @@ def test_a_watcher_stopped_before_it_started_refuses_to_start(vault: Vault, out:
     assert not watcher.running
 
 
+def test_a_stop_racing_a_start_is_seen_by_it_or_waits_for_its_thread(vault: Vault, out: Path) -> None:
+    """Before: a stop() landing while another thread's start() made its thread (after its check of the stop)
+    found no thread, returned at once, and that start went on to a watcher ended a moment later, silently."""
+    watcher = Watcher(vault, out)
+    stopped = threading.Event()
+    with watcher._start_lock:  # a start() under way, between its check and its thread
+        stopping = threading.Thread(target=lambda: (watcher.stop(), stopped.set()))
+        stopping.start()
+        assert not stopped.wait(0.3)
+    stopping.join(10)
+    assert stopped.is_set()
+    with pytest.raises(InvalidInputError, match="stopped before it started"):
+        watcher.start()
+
+
 def test_the_catch_up_leaves_files_older_than_the_workspace_to_import(vault: Vault, out: Path, tmp_path: Path,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     """Before: a file the workspace had let expire was taken again by every watch's catch-up (a rig's output
