@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -48,6 +49,8 @@ STREAM_BLOCK = 16 * 1024 * 1024
 BIG_UPLOADS = 4
 #: Keys per page of an S3 listing (the API's maximum).
 LIST_PAGE_KEYS = 1000
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -276,7 +279,9 @@ class Bucket:
                                   Metadata={"sha256": sha256})  # (its answer lost: the intent stays noted)
         upload = {"Bucket": bucket, "Key": name, "UploadId": started["UploadId"]}
         if self.open_uploads is not None:
-            self.open_uploads.opened(bucket, name, started["UploadId"], intent)
+            # An answer botocore had to ask for again may be the second upload the store made: the intent stays.
+            retried = started.get("ResponseMetadata", {}).get("RetryAttempts", 0) > 0
+            self.open_uploads.opened(bucket, name, started["UploadId"], None if retried else intent)
         try:
             digest, sent = hashlib.sha256(), 0
             parts: list[dict[str, Any]] = []
@@ -325,7 +330,12 @@ class Bucket:
 
     def _abort_unnamed(self, intent: list[str]) -> None:
         bucket, key = intent[0], intent[1]
-        listed = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key).get("Uploads", [])
+        try:
+            listed = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key).get("Uploads", [])
+        except (PermissionError, NotImplementedError, AttributeError) as exc:  # never will: not noted for ever
+            log.warning("could not list the unfinished uploads of %s to abort one a lost answer left (%s); a "
+                        "lifecycle rule (AbortIncompleteMultipartUpload) removes it", key, exc)
+            listed = []
         for upload in listed:
             if upload["Key"] == key:
                 with contextlib.suppress(FileNotFoundError):

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -168,7 +168,8 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
         outbox.mark_synced(vault, dry_run, where)
         if not dry_run:
             bucket.remove_stale_temps()
-            bucket.abort_left()  # an upload whose creation's answer was lost, then made again, is not left open
+            with suppress(Exception):  # a tidy-up: what it cannot do now, the next sync does
+                bucket.abort_left()  # an upload whose creation's answer was lost, then made again, is not left open
     result.seconds = time.monotonic() - started
     return result
 
@@ -178,9 +179,10 @@ def _said_offline() -> Iterator[None]:
     """An OfflineError that also says what to do about it."""
     try:
         yield
-    except OfflineError as exc:
-        raise OfflineError(f"{exc}; nothing was lost: sync again once it can be reached (the next sync goes on "
-                           "from where this one stopped)") from None
+    except OfflineError as exc:  # (its type, cause and traceback kept)
+        exc.args = (f"{exc}; nothing was lost: sync again once it can be reached (the next sync goes on from "
+                    "where this one stopped)", *exc.args[1:])
+        raise
 
 
 def _read_ahead(vault: Vault, known: Objects, batch_rows: int, after_seq: int, skip: set[int],
