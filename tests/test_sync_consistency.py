@@ -25,7 +25,7 @@ import pytest
 from test_sync import _image, _objects, _server_rows, assert_mirrors
 
 from localvault import SyncError, Vault
-from localvault.sync import Remote, bucket, outbox, status
+from localvault.sync import Remote, bucket, multipart, outbox, status
 from localvault.sync.bucket import Bucket
 
 
@@ -425,7 +425,7 @@ def test_a_big_file_unreadable_halfway_leaves_no_object_and_no_upload(vault: Vau
     """A read error after the first part was sent: the multipart upload is aborted, never completed with
     the part that was read. (EIO halfway through a file cannot be caused on a healthy disk: injected.)"""
     monkeypatch.setattr(bucket, "SINGLE_PUT_BYTES", 0)
-    monkeypatch.setattr(bucket, "STREAM_BLOCK", 100)
+    monkeypatch.setattr(multipart, "STREAM_BLOCK", 100)
     asset = vault.library.add(_image(tmp_path, 1), title="x")
     path = Path(vault.library.file_path(asset))
 
@@ -446,7 +446,7 @@ def test_a_big_file_unreadable_halfway_leaves_no_object_and_no_upload(vault: Vau
         def __exit__(self, *exc: object) -> None:
             self._file.close()
 
-    monkeypatch.setattr(bucket, "open", lambda *args: FailingHalfway(), raising=False)
+    monkeypatch.setattr(multipart, "open", lambda *args: FailingHalfway(), raising=False)
     with pytest.raises(SyncError, match="cannot read .*Input/output error"):
         vault.sync(remote)
 
@@ -503,7 +503,7 @@ def test_big_files_go_up_a_few_at_a_time(vault: Vault, remote: Remote, s3_bucket
     """Each multipart upload holds a 16 MiB part in memory: 16 upload threads must not all hold one."""
     monkeypatch.setattr(bucket, "SINGLE_PUT_BYTES", 0)
     monkeypatch.setattr(bucket, "BIG_UPLOADS", 3)
-    real_chunks = bucket._chunks
+    real_chunks = multipart._chunks
     under_way: list[int] = [0, 0]  # now, most
     lock = threading.Lock()
 
@@ -518,7 +518,7 @@ def test_big_files_go_up_a_few_at_a_time(vault: Vault, remote: Remote, s3_bucket
             with lock:
                 under_way[0] -= 1
 
-    monkeypatch.setattr(bucket, "_chunks", counted)
+    monkeypatch.setattr(multipart, "_chunks", counted)
     for n in range(10):
         vault.library.add(_image(tmp_path, n), title=f"t{n}")
     assert vault.sync(remote).files_uploaded == 10

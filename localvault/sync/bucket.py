@@ -18,15 +18,12 @@ other request, and any PUT that path cannot make, goes through s3fs.
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import hashlib
 import logging
 import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +32,15 @@ import fsspec
 from .._disk import stream_digest
 from ..config import redact_url
 from ..errors import OfflineError, SyncError, first_line
-from . import folder_bucket, s3_direct
+from . import folder_bucket, multipart, s3_direct
 from .local_reads import check_sha256, file_digest, reading
 from .open_uploads import OpenUploads
-from .retry import RetryStopped, retrying
 from .s3_client import S3FS_ATTEMPTS, tune_s3
 from .store_errors import SETTINGS_HINT, TRANSIENT_CODES, settings_errors, store_refusal
 
 #: Files up to this size are sent in one PUT from memory; larger ones stream.
 SINGLE_PUT_BYTES = 8 * 1024 * 1024
-STREAM_BLOCK = 16 * 1024 * 1024
-#: Multipart uploads at once per bucket (each holds a STREAM_BLOCK in memory; 16 at once would hold 256 MiB).
+#: Multipart uploads at once per bucket (each holds a multipart.STREAM_BLOCK in memory; 16 would hold 256 MiB).
 BIG_UPLOADS = 4
 #: Keys per page of an S3 listing (the API's maximum).
 LIST_PAGE_KEYS = 1000
@@ -248,7 +243,8 @@ class Bucket:
                 return
         elif self.is_s3:
             with self._big_uploads:
-                self._upload_in_parts(local, path, sha256, size, content_type, stop or threading.Event())
+                multipart.send_in_parts(self.fs, self.open_uploads, local, path, sha256, size, content_type,
+                                        stop or threading.Event())
         elif self.is_local:
             folder_bucket.copy_checked(local, path, sha256, size)
         else:
@@ -263,85 +259,10 @@ class Bucket:
         if found is None or found.size != size or (found.sha256 is not None and found.sha256 != sha256):
             raise SyncError(f"the bucket holds a different {key} than was sent; it will be sent again")
 
-    def _upload_in_parts(self, local: Path, path: str, sha256: str, size: int, content_type: str,
-                         stop: threading.Event) -> None:
-        """A multipart upload, completed only once every byte read has matched the row's size and sha256.
-
-        Anything else (the file damaged, a read or network error, a part the
-        store found damaged) aborts it, so the store never completes an object
-        from part of a file, nor from bytes other than the asset's.
-        """
-        bucket, name = path.split("/", 1)
-        if stop.is_set():
-            raise RetryStopped(f"sending {path}: the sync stopped")
-        intent = self.open_uploads.creating(bucket, name) if self.open_uploads is not None else None
-        started = self.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=name, ContentType=content_type,
-                                  Metadata={"sha256": sha256})  # (its answer lost: the intent stays noted)
-        upload = {"Bucket": bucket, "Key": name, "UploadId": started["UploadId"]}
-        if self.open_uploads is not None:
-            # An answer botocore had to ask for again may be the second upload the store made: the intent stays.
-            retried = started.get("ResponseMetadata", {}).get("RetryAttempts", 0) > 0
-            self.open_uploads.opened(bucket, name, started["UploadId"], None if retried else intent)
-        try:
-            digest, sent = hashlib.sha256(), 0
-            parts: list[dict[str, Any]] = []
-            for number, chunk in enumerate(_chunks(local), start=1):
-                if stop.is_set():
-                    raise RetryStopped(f"sending {path}: the sync stopped")
-                digest.update(chunk)
-                sent += len(chunk)
-                # Content-MD5: the store checks each part itself. (Its ETag is not always the part's MD5:
-                # SSE-KMS and SSE-C buckets answer with another value, so it cannot be compared here.)
-                md5 = base64.b64encode(hashlib.md5(chunk, usedforsecurity=False).digest()).decode()
-                # A part that fails for a moment is sent again by itself (the part is in memory), not the whole
-                # file from its first byte: botocore makes only two attempts (s3_client.BOTOCORE_ATTEMPTS).
-                answer = retrying(partial(self.fs.call_s3, "upload_part", PartNumber=number, Body=chunk,
-                                          ContentMD5=md5, **upload), f"sending part {number} of {path}", stop=stop)
-                parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-            if sent != size:
-                raise SyncError(f"{local} changed size while syncing; run 'localvault verify'")
-            check_sha256(local, digest.hexdigest(), sha256)
-            self.fs.call_s3("complete_multipart_upload", MultipartUpload={"Parts": parts}, **upload)
-        except BaseException:
-            with contextlib.suppress(Exception):  # the store unreachable now: the note stays, for the next sync
-                self.fs.call_s3("abort_multipart_upload", **upload)
-                self._closed(started["UploadId"])
-            raise
-        self._closed(started["UploadId"])
-
-    def _closed(self, upload_id: str) -> None:
-        if self.open_uploads is not None:
-            self.open_uploads.closed(upload_id)
-
     def abort_left(self) -> None:
-        """Abort the multipart uploads a sync killed outright left (noted in :attr:`open_uploads`); one the
-        store cannot abort now stays noted for the next sync."""
-        for bucket, key, upload_id in self.open_uploads.left() if self.open_uploads is not None else []:
-            try:
-                if not upload_id:  # its creation's answer never came: the store's unfinished uploads of the key
-                    self._abort_unnamed([bucket, key, upload_id])
-                    continue
-                self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
-            except FileNotFoundError:  # (NoSuchUpload: aborted or completed already)
-                pass
-            except Exception:  # unreachable now, or refused: tried again by the next sync
-                continue
-            self._closed(upload_id)
-
-    def _abort_unnamed(self, intent: list[str]) -> None:
-        bucket, key = intent[0], intent[1]
-        try:
-            listed = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key).get("Uploads", [])
-        except (PermissionError, NotImplementedError, AttributeError) as exc:  # never will: not noted for ever
-            log.warning("could not list the unfinished uploads of %s to abort one a lost answer left (%s); a "
-                        "lifecycle rule (AbortIncompleteMultipartUpload) removes it", key, exc)
-            listed = []
-        for upload in listed:
-            if upload["Key"] == key:
-                with contextlib.suppress(FileNotFoundError):
-                    self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload["UploadId"])
-        if self.open_uploads is not None:
-            self.open_uploads.dropped(intent)
+        """Abort the multipart uploads a sync killed outright left (noted in :attr:`open_uploads`); see
+        :func:`.multipart.abort_left`."""
+        multipart.abort_left(self.fs, self.open_uploads)
 
     def delete(self, keys: list[str]) -> dict[str, str]:
         """Remove objects; keys already gone are fine. Returns {key: the store's reason} of those it refused.
@@ -396,9 +317,3 @@ def _plain_md5(etag: object) -> str | None:
     text = str(etag or "").strip('"').lower()
     return text if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else None
 
-
-def _chunks(local: Path) -> Iterator[bytes]:
-    """The file's bytes, STREAM_BLOCK at a time; only its own reads are checked by :func:`.local_reads.reading`."""
-    with reading(local), open(local, "rb") as reader:
-        while chunk := reader.read(STREAM_BLOCK):
-            yield chunk
