@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from . import metadata
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 RowValues = tuple[int, str, str, str]
 #: Seconds between a file and its sidecar for an import of the file again to fill its asset from the sidecar.
 FILL_WINDOW_SECONDS = 60.0
+#: Rows a late sidecar filled, remembered (with what it wrote) for a second reading of a sidecar still written.
+LATE_FILLS_KEPT = 1000
 
 log = logging.getLogger("localvault.watch.notices")
 
@@ -59,6 +62,37 @@ def fill_from_sidecar(vault: Vault, path: str, asset_id: str, prompt: str | None
         return None
     log.info("read the sidecar of %s into asset %s, which it reached after the file was taken", path, asset_id)
     return filled
+
+
+class LateFills:
+    """The watch's late sidecars: read into their rows, and what each wrote, the newest :data:`LATE_FILLS_KEPT`
+    kept for a second reading of a sidecar that was still being written."""
+
+    def __init__(self) -> None:
+        self._filled: dict[str, RowValues | None] = {}
+
+    def read(self, vault: Vault, late: Iterable[tuple[str, str]], prompt: str | None,
+             model: str | None) -> list[tuple[str, str]]:
+        """Read each ``(path, asset_id)`` sidecar into its row; those that changed it."""
+        changed = []
+        for path, asset_id in late:
+            before = None  # the placeholders of a file taken without metadata
+            if asset_id in self._filled:  # its sidecar was read before (by its import, perhaps half-written)
+                before = self._filled.pop(asset_id) or row_values_now(vault, asset_id)
+                if before is None:  # deleted meanwhile
+                    continue
+            written = fill_from_sidecar(vault, path, asset_id, prompt, model, before)
+            if written is not None:
+                self.remember(asset_id, written)  # (a second reading, at its close, may still improve it)
+                if written != before:
+                    changed.append((path, asset_id))
+        return changed
+
+    def remember(self, asset_id: str, values: RowValues | None) -> None:
+        """What a sidecar filled into the row of ``asset_id`` (None: the row's values then)."""
+        self._filled[asset_id] = values
+        while len(self._filled) > LATE_FILLS_KEPT:
+            del self._filled[next(iter(self._filled))]
 
 
 def fill_duplicates(db: Database, user_id: str, found: dict[str, tuple[str, RowValues]],
@@ -108,4 +142,4 @@ def row_values_now(vault: Vault, asset_id: str) -> RowValues | None:
     return None if row is None else (row[0], row[1], row[2], row[3])
 
 
-__all__ = ["SIDECAR", "RowValues", "came_with_its_file", "fill_duplicates", "fill_from_sidecar", "row_values_now"]
+__all__ = ["SIDECAR", "LateFills", "RowValues", "came_with_its_file", "fill_duplicates", "fill_from_sidecar", "row_values_now"]

@@ -27,6 +27,13 @@ from ._watch_sidecars import SidecarWait, is_sidecar_name
 from .importer import is_candidate_name, is_ignored_name
 
 
+def written_lately(candidates: list[Candidate], seconds: float) -> tuple[list[Candidate], int]:
+    """The files written (their mtime) within the last ``seconds``, and how many others there were."""
+    cutoff = time.time() - seconds
+    young = [c for c in candidates if c.mtime >= cutoff]
+    return young, len(candidates) - len(young)
+
+
 class Intake:
     """The files heard of in the folder watched (``watched``, its real path; ``recursive``: its sub-folders too),
     thread-safe."""

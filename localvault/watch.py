@@ -43,14 +43,14 @@ from watchdog.observers import Observer
 
 from . import models
 from ._import_pipeline import to_the_end
-from ._late_sidecars import fill_from_sidecar, row_values_now
+from ._late_sidecars import LateFills
 from ._watch_handler import EventHandler, watch_overflows
-from ._watch_intake import Intake
+from ._watch_intake import Intake, written_lately
 from ._watch_sidecars import SIDECAR_WAIT_SECONDS
 from ._watch_state import HandledFiles, WatchEvent, WatchReport
 from .errors import InvalidInputError, LocalVaultError, StorageError
 from .import_report import ImportReport
-from .importer import Candidate, Importer, Mode, scan
+from .importer import Importer, Mode, scan
 from .vault import Vault
 from .workspace import LIFETIME
 
@@ -70,8 +70,6 @@ GIVE_UP_SECONDS = 10.0
 OPEN_SECONDS = 60.0
 #: A file whose batch could not be committed is tried again after this long.
 RETRY_SECONDS = 5.0
-#: Rows a late sidecar filled, remembered (with what it wrote) for a second reading of a sidecar still written.
-LATE_FILLS_KEPT = 1000
 #: How often the watcher asks whether the vault's cleanup is due (hourly, or unfinished: 2,000 assets a run).
 HOUSEKEEPING_SECONDS = 60.0
 #: Files of a catch-up imported together (the watcher checks for a stop between them).
@@ -112,7 +110,7 @@ class Watcher:
                               sidecar_wait_seconds=sidecar_wait_seconds, vault_root=os.path.realpath(vault.root))
         self._handled = HandledFiles()
         # asset id -> the values a sidecar filled in (None: its import read the sidecar; what the row holds)
-        self._late_filled: dict[str, tuple[int, str, str, str] | None] = {}
+        self._late_fills = LateFills()
         self._stop = threading.Event()
         self._started = threading.Event()
         # Set as the thread's very last step. Waited on instead of Thread.join(): a Ctrl-C inside join() on
@@ -247,24 +245,9 @@ class Watcher:
 
     def _read_late_sidecars(self, vault: Vault, importer: Importer) -> None:
         """Sidecars that came after their file was taken with placeholders: read into its row."""
-        for path, asset_id in self._intake.sidecars.late_sidecars():
-            before = None  # the placeholders of a file taken without metadata
-            if asset_id in self._late_filled:  # its sidecar was read before (by its import, perhaps half-written)
-                before = self._late_filled.pop(asset_id) or row_values_now(vault, asset_id)
-                if before is None:  # deleted meanwhile
-                    continue
-            written = fill_from_sidecar(vault, path, asset_id, importer.prompt, importer.model, before)
-            if written is not None:
-                self._remember_fill(asset_id, written)  # (a second reading, at its close, may still improve it)
-                if written != before:
-                    self._emit(WatchEvent("sidecar_read", path, time.time(), asset_id=asset_id))
-
-    def _remember_fill(self, asset_id: str, values: tuple[int, str, str, str] | None) -> None:
-        """What a sidecar filled into the row of ``asset_id`` (None: the row's values then), the newest
-        :data:`LATE_FILLS_KEPT` kept."""
-        self._late_filled[asset_id] = values
-        while len(self._late_filled) > LATE_FILLS_KEPT:
-            del self._late_filled[next(iter(self._late_filled))]
+        late = self._intake.sidecars.late_sidecars()
+        for path, asset_id in self._late_fills.read(vault, late, importer.prompt, importer.model):
+            self._emit(WatchEvent("sidecar_read", path, time.time(), asset_id=asset_id))
 
     def _housekeeping(self, vault: Vault) -> None:
         """The vault's hourly cleanup of expired assets, and its queued deletions: a rig that only ever runs
@@ -301,26 +284,18 @@ class Watcher:
             self._emit(WatchEvent("refused", path, time.time(), message=reason))
         for candidate in candidates:  # (one listing per folder: the same names for each of its files)
             self._intake.sidecars.saw_folder(os.path.dirname(candidate.path), candidate.sidecars or ())
-        if at_start:
-            candidates = self._younger_than_the_workspace(candidates)
+        if at_start:  # one older would have expired: taken, it would come back at every restart
+            candidates, old = written_lately(candidates, LIFETIME.total_seconds())
+            if old:
+                self.report.too_old += old
+                notices.warning("%d file%s in %s written more than %d days ago not taken (they would have expired "
+                                "already); take them with 'localvault import'", old, "" if old == 1 else "s",
+                                self.folder, LIFETIME.days)
         whole = self._intake.whole_of(candidates)  # (the others are waited for like new files)
         for start in range(0, len(whole), CATCH_UP_BATCH):
             if self._stop.is_set():  # what is left is taken by the next watch
                 return
             self._import(importer, whole[start:start + CATCH_UP_BATCH])
-
-    def _younger_than_the_workspace(self, candidates: list[Candidate]) -> list[Candidate]:
-        """The files written (their mtime) within the workspace's lifetime. An older one, had the watch taken it
-        when it was written, would have expired: taken now, it would expire and come back at every restart (a
-        rig's output folder keeps its files for good), so the catch-up leaves it to ``localvault import``."""
-        cutoff = time.time() - LIFETIME.total_seconds()
-        young = [c for c in candidates if c.mtime >= cutoff]
-        if old := len(candidates) - len(young):
-            self.report.too_old += old
-            notices.warning("%d file%s in %s written more than %d days ago not taken (they would have expired "
-                            "already); take them with 'localvault import'", old, "" if old == 1 else "s",
-                            self.folder, LIFETIME.days)
-        return young
 
     def _folder_lost(self) -> bool:
         """Whether the folder watched is gone: deleted, renamed away, replaced by a new one, or its watch ended."""
@@ -388,7 +363,7 @@ class Watcher:
             if item.metadata_source in ("none", "sidecar"):
                 self._intake.sidecars.taken_without_metadata(item.source, item.asset_id)
             if item.metadata_source == "sidecar":
-                self._remember_fill(item.asset_id, None)
+                self._late_fills.remember(item.asset_id, None)
             self._emit(WatchEvent("imported", item.source, now, asset_id=item.asset_id, job_id=item.job_id))
         for path in result.duplicates:
             self._emit(WatchEvent("duplicate", path, now))
