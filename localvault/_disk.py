@@ -296,8 +296,8 @@ def stream_digest(reader: BinaryIO, algorithm: str = "sha256") -> str:
     return digest.hexdigest()
 
 
-def path_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
-    """The hex digest of the file at ``path``, read a chunk at a time."""
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
+    """The hex digest of the whole local file at ``path``, read a chunk at a time."""
     with open(path, "rb") as reader:
         return stream_digest(reader, algorithm)
 

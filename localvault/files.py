@@ -28,13 +28,13 @@ from ._disk import (
     SourceReadError,
     create_in_folder,
     drop_cached,
+    file_digest,
     fsync_path,
     in_folder,
     not_regular,
     open_regular,
     open_source,
     os_error,
-    path_digest,
     read_source,
     start_writeback,
     stream_digest,
@@ -268,7 +268,7 @@ class FileStore:
         # edited in place, truncated or rotten must not enter under the hash its row recorded.
         staged = linked or self.stage(Path(src), bucket, folder)
         try:
-            if sha256 is not None and (path_digest(staged.temp_path) if linked else staged.sha256) != sha256:
+            if sha256 is not None and (file_digest(staged.temp_path) if linked else staged.sha256) != sha256:
                 raise StorageError(f"the file {src} no longer holds the bytes it was stored with (changed in "
                                    "place: edited, or imported with --link and then rewritten?); nothing was "
                                    "changed; run 'localvault verify' to find the damaged files")

@@ -390,7 +390,7 @@ def test_a_save_whose_link_cannot_be_hashed_leaves_no_link(vault: Vault, make_im
     def failing(path: Any, algorithm: str = "sha256") -> str:
         raise fault
 
-    monkeypatch.setattr(localvault.files, "path_digest", failing)
+    monkeypatch.setattr(localvault.files, "file_digest", failing)
     with pytest.raises(StorageError if isinstance(fault, OSError) else KeyboardInterrupt) as raised:
         vault.library.save(asset.id)
     assert isinstance(fault, KeyboardInterrupt) or "cannot read" in str(raised.value)

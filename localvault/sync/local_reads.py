@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .._disk import stream_digest
+from .._disk import file_digest as file_digest  # (the sync's callers import it from here)
 from ..errors import SyncError
 
 
@@ -35,9 +35,3 @@ def check_sha256(local: Path, actual: str, expected: str) -> None:
         raise SyncError(f"{local} no longer matches the sha256 its row records (damaged or changed on disk); "
                         "nothing of it was kept in the bucket. Run 'localvault verify', then restore the file "
                         "or delete the asset")
-
-
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    """The digest of a whole local file."""
-    with open(path, "rb") as handle:
-        return stream_digest(handle, algorithm)
