@@ -99,6 +99,16 @@ class FileStore:
         temp = f"{directory}/{TEMP_PREFIX}{name or uuid.uuid4().hex}"
         digest = hashlib.sha256()
         size = 0
+
+        def copy(reader: BinaryIO, write: Callable[[bytes], object]) -> None:
+            nonlocal size
+            while chunk := read_source(reader, source):
+                digest.update(chunk)
+                write(chunk)
+                size += len(chunk)
+                if on_bytes:
+                    on_bytes(len(chunk))
+
         try:
             if not self.local:
                 self.fs.makedirs(directory, exist_ok=True)
@@ -106,24 +116,14 @@ class FileStore:
                 if self.local:
                     fd = create_in_folder(directory, temp)
                     try:
-                        while chunk := read_source(reader, source):
-                            digest.update(chunk)
-                            write_all(fd, chunk)
-                            size += len(chunk)
-                            if on_bytes:
-                                on_bytes(len(chunk))
+                        copy(reader, lambda chunk: write_all(fd, chunk))
                         if sync:
                             os.fsync(fd)
                     finally:
                         os.close(fd)
                 else:
                     with self.fs.open(temp, "wb") as writer:
-                        while chunk := read_source(reader, source):
-                            digest.update(chunk)
-                            writer.write(chunk)
-                            size += len(chunk)
-                            if on_bytes:
-                                on_bytes(len(chunk))
+                        copy(reader, writer.write)
         except BaseException as exc:  # also on_bytes refusing (the file grew past the limit), or Ctrl-C
             self._drop_temp(temp, bucket)  # no temporary file (nor the job's folder made for it) stays
             if isinstance(exc, OSError) and not isinstance(exc, SourceReadError):  # the vault's side
