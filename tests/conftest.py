@@ -4,6 +4,7 @@ pytest_plugins = ["servers"]
 import io
 import os
 import random
+import signal
 import sqlite3
 import struct
 import tempfile
@@ -17,6 +18,15 @@ from PIL import Image
 
 from localvault import Vault
 from localvault.files import BUCKETS, TEMP_PREFIX
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C is what several tests send (to this process, and to the CLI in a child). A suite started in the
+    background of a shell without job control (``cmd &`` in a script, some CI runners) inherits SIGINT
+    ignored, and so would every child: they would never see it. Python's own handler is put back, and a child
+    started after that inherits SIGINT's default (an exec resets a handled signal, not an ignored one)."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 try:  # another engineer's media builders; our own minimal MP4 below otherwise
     from mediafiles import make_mp4
