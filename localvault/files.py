@@ -256,17 +256,19 @@ class FileStore:
         copy (:meth:`stage`) whose bytes must be ``sha256``'s (StorageError if they changed) where links are
         impossible or the source has other links (imported with ``--link``: its rig may rewrite it in place)."""
         src = self.full_path(source_bucket, source)
-        if not self.local:  # another fsspec filesystem: its own copy
-            return self._stage_remote_copy(src, bucket, folder, sha256)
-        try:
-            found = os.stat(src)
-        except FileNotFoundError:
-            raise StorageError(f"the file {src} is missing; run 'localvault verify' to check the vault") from None
-        linked = self.stage_link(Path(src), sha256, found.st_size, bucket, folder) \
-            if sha256 is not None and found.st_nlink == 1 else None
-        # A link's bytes are hashed too, through the link itself (the very inode the commit names): a file
-        # edited in place, truncated or rotten must not enter under the hash its row recorded.
-        staged = linked or self.stage(Path(src), bucket, folder)
+        linked = None
+        if not self.local:  # another fsspec filesystem: its own copy, hashed
+            staged = self._stage_remote_copy(src, bucket, folder)
+        else:
+            try:
+                found = os.stat(src)
+            except FileNotFoundError:
+                raise StorageError(f"the file {src} is missing; run 'localvault verify' to check the vault") from None
+            linked = self.stage_link(Path(src), sha256, found.st_size, bucket, folder) \
+                if sha256 is not None and found.st_nlink == 1 else None
+            # A link's bytes are hashed too, through the link itself (the very inode the commit names): a file
+            # edited in place, truncated or rotten must not enter under the hash its row recorded.
+            staged = linked or self.stage(Path(src), bucket, folder)
         try:
             if sha256 is not None and (file_digest(staged.temp_path) if linked else staged.sha256) != sha256:
                 raise StorageError(f"the file {src} no longer holds the bytes it was stored with (changed in "
@@ -280,12 +282,14 @@ class FileStore:
             raise
         return staged
 
-    def _stage_remote_copy(self, src: str, bucket: str, folder: str, sha256: str | None) -> StagedFile:
+    def _stage_remote_copy(self, src: str, bucket: str, folder: str) -> StagedFile:
         temp = f"{self.full_path(bucket, folder)}/{TEMP_PREFIX}{uuid.uuid4().hex}"
         try:
             self.fs.makedirs(os.path.dirname(temp), exist_ok=True)
             self.fs.copy(src, temp)
-            return StagedFile(bucket, temp, sha256 or "", int(self.fs.size(temp)))
+            with self.fs.open(temp, "rb") as copied:
+                digest = stream_digest(copied)
+            return StagedFile(bucket, temp, digest, int(self.fs.size(temp)))
         except BaseException as exc:  # (a Ctrl-C too: no temporary file stays)
             self._remove_path(temp)
             if isinstance(exc, FileNotFoundError):

@@ -379,6 +379,27 @@ def test_save_refuses_to_link_a_workspace_file_that_no_longer_holds_its_bytes(va
     assert os.stat(path).st_nlink == 1
 
 
+def test_save_on_another_fsspec_filesystem_refuses_a_workspace_file_that_changed(tmp_path: Path, make_image):
+    """Before: on a non-local filesystem the copy was not hashed, and the library row took the workspace row's
+    sha256: a file rewritten in place entered the library under a hash it did not have."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    fs = MemoryFileSystem()
+    vault = Vault.create(tmp_path / "vault", user_id=USER_A, fs=fs)
+    try:
+        asset = vault.workspace.add(make_image(seed=1))
+        fs.pipe(vault.workspace.file_path(asset), make_image(seed=2).read_bytes())
+        before = sorted(fs.find(vault.files.full_path(LIBRARY_BUCKET, "")))
+        with pytest.raises(StorageError, match="no longer holds the bytes it was stored with"):
+            vault.library.save(asset.id)
+        assert vault.library.count() == 0 and sorted(fs.find(vault.files.full_path(LIBRARY_BUCKET, ""))) == before
+        unchanged = vault.workspace.add(make_image(seed=3))
+        kept = vault.library.save(unchanged.id)  # an unchanged file is still saved, under its own hash
+        assert kept.sha256 == unchanged.sha256 and fs.cat(vault.library.file_path(kept)) == make_image(seed=3).read_bytes()
+    finally:
+        vault.close()
+
+
 @pytest.mark.parametrize("fault", [OSError(5, "Input/output error"), KeyboardInterrupt()])
 def test_a_save_whose_link_cannot_be_hashed_leaves_no_link(vault: Vault, make_image, monkeypatch, fault):
     """A disk error (or Ctrl-C) while the linked file was hashed left its temporary link in the library's
