@@ -34,7 +34,7 @@ from datetime import timedelta
 
 from ._disk import TEMP_PREFIX
 from .db import Database, utc_in
-from .errors import LocalVaultError
+from .errors import LocalVaultError, StorageError
 from .files import FileStore
 from .pending import paths_in_use
 
@@ -87,6 +87,8 @@ def _files_at(files: FileStore, bucket: str, path: str) -> list[str]:
             names = [os.path.basename(p) for p in files.fs.ls(full, detail=False) if files.fs.isfile(p)]
     except (FileNotFoundError, NotADirectoryError):
         return []
+    except OSError as exc:  # no permission to list it, a disk error
+        raise StorageError(f"cannot list {full}: {exc.strerror or exc}; check the folder and its permissions") from None
     return [f"{folder}/{name}" for name in sorted(names) if not name.startswith(TEMP_PREFIX)]
 
 
@@ -127,7 +129,13 @@ def settle(conn: sqlite3.Connection, files: FileStore) -> list[str]:
     the opening of the vault). Returns the removed files, as ``bucket/path``."""
     removed: list[str] = []
     failed = False
-    for bucket, relative in left_behind(conn, files):
+    try:
+        leftovers = left_behind(conn, files)
+    except LocalVaultError as exc:
+        log.warning("could not look for the files that writes cut short left (every note is kept, to look again "
+                    "at the next opening): %s", exc)
+        return removed
+    for bucket, relative in leftovers:
         try:
             files.remove(bucket, relative)
         except LocalVaultError as exc:

@@ -166,3 +166,27 @@ def test_a_name_that_is_not_utf8_in_a_noted_folder_does_not_stop_the_opening(tmp
         _write_intents.note(vault.db, WORKSPACE_BUCKET, [f"{USER_A}/00000000-0000-4000-8000-000000000001/"])
         assert _write_intents.settle_now(vault.db, vault.files) == []
     assert b"odd-\xff.png" in os.listdir(bytes(folder))
+
+
+def test_a_noted_folder_that_cannot_be_listed_does_not_stop_the_vault_opening(tmp_path: Path) -> None:
+    """Before: the PermissionError of listing it escaped from Vault.open as it was. Now it is warned about and
+    every note is kept, to look again at the next opening (as for a file that cannot be removed)."""
+    from conftest import without_dac_override
+
+    from localvault import _write_intents
+    from localvault.files import WORKSPACE_BUCKET
+
+    root = tmp_path / "vault"
+    with Vault.create(root, user_id=USER_A) as vault:
+        _write_intents.note(vault.db, WORKSPACE_BUCKET, [f"{USER_A}/job/"])
+    folder = root / WORKSPACE_BUCKET / USER_A / "job"
+    folder.mkdir(parents=True)
+    folder.chmod(0o000)
+    try:
+        with without_dac_override(), Vault.open(root) as vault:
+            assert vault.db.conn.execute("SELECT count(*) FROM write_intents").fetchone()[0] == 1
+            assert vault.workspace.count() == 0
+    finally:
+        folder.chmod(0o755)
+    with Vault.open(root) as vault:
+        assert vault.verify().clean
