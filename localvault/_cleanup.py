@@ -9,8 +9,8 @@ from typing import Any
 
 from . import pending
 from .db import Database, utc_now
-from .errors import InvalidInputError
 from .files import WORKSPACE_BUCKET, FileStore
+from .models import check_whole_number
 from .progress import ProgressCallback, report
 
 #: Threads removing expired files (each removal mostly waits on the disk).
@@ -38,8 +38,8 @@ def remove_expired(db: Database, files: FileStore, *, progress: ProgressCallback
     previous one queued), so other writers wait a fraction of a second at most
     and readers never (WAL). ``last_cleanup`` is recorded only when none is left.
     """
-    if max_assets is not None and (isinstance(max_assets, bool) or not isinstance(max_assets, int) or max_assets < 1):
-        raise InvalidInputError(f"max_assets must be a whole number of 1 or more (or None: all), not {max_assets!r}")
+    if max_assets is not None:
+        check_whole_number(max_assets, "max_assets", 1, hint=" (or None: all)")
     now = utc_now()
     total = db.conn.execute("SELECT count(*) FROM workspace_assets WHERE expires_at <= ?", (now,)).fetchone()[0]
     if max_assets is not None:

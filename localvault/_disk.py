@@ -98,7 +98,7 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
-            os.write(fd, data)
+            write_all(fd, data)  # a write may be short (a signal, a nearly full disk)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -21,9 +21,11 @@ import stat as _stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from . import models
 from .db import DB_NAME
+from .errors import InvalidInputError
 from .models import GenerationInfo
 
 JOB_WINDOW_SECONDS = 60.0
@@ -59,6 +61,18 @@ def is_ignored_name(name: str) -> bool:
 def is_candidate_name(name: str) -> bool:
     """A name an import considers: not hidden or temporary, with a known media extension."""
     return not is_ignored_name(name) and os.path.splitext(name)[1].lower() in EXTENSIONS
+
+
+def check_folder(value: Any, what: str) -> Path:
+    """The folder ``value`` names (text or a path, ``~`` expanded); InvalidInputError if it is none we can use."""
+    folder = models.check_path(value, what)
+    try:
+        is_folder = folder.is_dir()
+    except OSError as exc:  # a name too long, a parent we may not enter
+        raise InvalidInputError(f"cannot use {folder} as {what}: {exc.strerror or exc}") from None
+    if not is_folder:
+        raise InvalidInputError(f"{folder} is not a folder; give the rig's output folder")
+    return folder
 
 
 def check_path(path: str | os.PathLike[str], root: Path) -> tuple[Candidate | None, str | None]:

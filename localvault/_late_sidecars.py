@@ -55,7 +55,7 @@ def fill_from_sidecar(vault: Vault, path: str, asset_id: str, prompt: str | None
             return filled
         with vault.db.write() as conn:
             changed = conn.execute(_FILL, (*filled, asset_id, vault.user_id, *expected)).rowcount
-    except (LocalVaultError, OSError) as exc:
+    except (LocalVaultError, sqlite3.Error, OSError) as exc:
         log.warning("the sidecar of %s came after it was taken, and could not be read into its asset: %s", path, exc)
         return None
     if not changed:  # deleted meanwhile, or its row holds other values
@@ -136,9 +136,14 @@ def came_with_its_file(path: str, mtime: float, info: GenerationInfo) -> bool:
 
 
 def row_values_now(vault: Vault, asset_id: str) -> RowValues | None:
-    """What the row of ``asset_id`` holds now (None: deleted): the values its import read from a sidecar."""
-    row = vault.db.conn.execute("SELECT generation_seed, original_prompt, model_used, generation_settings"
-                                " FROM workspace_assets WHERE id = ? AND user_id = ?", (asset_id, vault.user_id)).fetchone()
+    """What the row of ``asset_id`` holds now (None: deleted, or unreadable: the watch goes on without it): the
+    values its import read from a sidecar."""
+    try:
+        row = vault.db.conn.execute("SELECT generation_seed, original_prompt, model_used, generation_settings FROM"
+                                    " workspace_assets WHERE id = ? AND user_id = ?", (asset_id, vault.user_id)).fetchone()
+    except (LocalVaultError, sqlite3.Error) as exc:
+        log.warning("cannot read asset %s back to note what its sidecar gave: %s", asset_id, exc)
+        return None
     return None if row is None else (row[0], row[1], row[2], row[3])
 
 

@@ -300,6 +300,10 @@ class VaultConfig:
         """Write the file atomically, mode 0600; InvalidInputError (nothing written) for a value TOML cannot hold."""
         from ._disk import atomic_write_bytes
 
+        atomic_write_bytes(folder / CONFIG_NAME, self.as_toml(), mode=0o600)
+
+    def as_toml(self) -> bytes:
+        """The file's contents; InvalidInputError for a value TOML cannot hold (or would not read back the same)."""
         data: dict[str, Any] = {"user_id": self.user_id}
         if self.remote is not None:
             data["remote"] = {"database_url": self.remote.database_url, "bucket_url": self.remote.bucket_url}
@@ -316,7 +320,7 @@ class VaultConfig:
         if not written_back:
             raise InvalidInputError("these settings do not read back the same from TOML; use text, numbers, booleans, "
                                     "lists or tables")
-        atomic_write_bytes(folder / CONFIG_NAME, ("# localvault vault settings\n" + text).encode(), mode=0o600)
+        return ("# localvault vault settings\n" + text).encode()
 
 
 def _as_json(value: Any) -> str:

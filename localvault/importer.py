@@ -16,9 +16,11 @@ temporary names ignored; links leading outside refused), sort by
    the files to their final names, makes them durable (one ``syncfs``, or an
    fsync per file and folder), then inserts their rows.
 
-A row therefore never points at a missing or unsynced file; a crash leaves at
+A row therefore never points at a missing or unsynced file. A crash leaves at
 worst temporary files, which ``localvault verify --repair`` removes, or files
-without rows, which it moves to ``recovered/``.
+renamed into place before their rows were committed: each batch notes its
+files first (:mod:`localvault._write_intents`), and the next opening of the
+vault for writing removes those no row uses.
 ``--move`` deletes a source only after its row is committed.
 
 A big import (:data:`PROCESS_MIN_FILES` files or more, on two cores or more,
@@ -42,14 +44,14 @@ from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from . import models
 from ._examine import PLACEHOLDERS, Examined, examine, row_values, stage
 from ._examiners import ExaminerProcesses, WorkerSetup, WorkerStartError, known_hashes
 from ._import_commit import commit_batch, discard_quietly, notices, refuse
 from ._import_pipeline import Batch, Chunk, done_future, each, to_the_end
-from ._intake import Candidate, JobGrouper, check_path, is_candidate_name, is_ignored_name, scan
+from ._intake import Candidate, JobGrouper, check_folder, check_path, is_candidate_name, is_ignored_name, scan
 from ._late_sidecars import RowValues, came_with_its_file, fill_duplicates
 from .db import Database
 from .errors import InvalidInputError, StorageError
@@ -86,6 +88,16 @@ PRELOAD_MIN_FILES = 64
 PROCESS_MIN_FILES = 1000
 
 
+def checked_options(*, mode: Mode, model: str | None, prompt: str | None, workers: int | None) -> dict[str, Any]:
+    """The options an :class:`Importer` takes, checked (model and prompt cleaned); InvalidInputError for a bad one."""
+    if mode not in MODES:
+        raise InvalidInputError(f"import mode {mode!r} is unknown; use one of {', '.join(MODES)}")
+    if workers is not None:
+        models.check_whole_number(workers, "workers", 1, 64, hint=" (leave it out for one per core)")
+    return {"mode": mode, "model": models.check_model(model) if model is not None else None,
+            "prompt": models.check_prompt(prompt) if prompt is not None else None, "workers": workers}
+
+
 class Importer:
     """Imports lists of files into one user's workspace; reusable (the watcher keeps one).
 
@@ -96,18 +108,12 @@ class Importer:
     def __init__(self, db: Database, files: FileStore, user_id: str, *, mode: Mode = "copy",
                  model: str | None = None, prompt: str | None = None, workers: int | None = None,
                  batch_size: int = BATCH_SIZE, grouper: JobGrouper | None = None) -> None:
-        if mode not in MODES:
-            raise InvalidInputError(f"import mode {mode!r} is unknown; use one of {', '.join(MODES)}")
-        self.db, self.files, self.user_id, self.mode = db, files, user_id, mode
-        self.model = models.check_model(model) if model is not None else None
-        self.prompt = models.check_prompt(prompt) if prompt is not None else None
+        options = checked_options(mode=mode, model=model, prompt=prompt, workers=workers)
+        self.db, self.files, self.user_id, self.mode = db, files, user_id, options["mode"]
+        self.model, self.prompt = options["model"], options["prompt"]
         # One examining worker per core: that work holds the GIL often enough that more threads
         # only contend (measured: 8 threads were ~40% slower than 2 on 2 cores).
-        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                    or not 1 <= workers <= 64):
-            raise InvalidInputError(f"workers must be an integer from 1 to 64 (leave it out for one per core), "
-                                    f"not {workers!r}")
-        self.workers = workers or max(1, min(8, os.cpu_count() or 2))
+        self.workers = options["workers"] or max(1, min(8, os.cpu_count() or 2))
         self.batch_size = batch_size
         self.grouper = grouper or JobGrouper(user_id)
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="localvault-import")
@@ -369,9 +375,7 @@ def import_folder(db: Database, files: FileStore, user_id: str, path: str | os.P
                   recursive: bool = False, mode: Mode = "copy", model: str | None = None, prompt: str | None = None,
                   progress: ProgressCallback | None = None, workers: int | None = None) -> ImportReport:
     """Import every media file of a folder into the workspace; see :meth:`Workspace.import_folder`."""
-    folder, recursive = models.check_path(path, "the folder to import"), models.check_flag(recursive, "recursive")
-    if not folder.is_dir():
-        raise InvalidInputError(f"{folder} is not a folder; give the rig's output folder")
+    folder, recursive = check_folder(path, "the folder to import"), models.check_flag(recursive, "recursive")
     found = scan(folder, recursive)
     with Importer(db, files, user_id, mode=mode, model=model, prompt=prompt, workers=workers) as importer:
         result = importer.import_candidates(found.candidates, total=len(found.candidates), progress=progress)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import os
 import re
 import uuid
@@ -35,7 +36,6 @@ MAX_SEED = 2**63 - 1
 MAX_ASSET_INDEX = 2**31 - 1
 #: Nesting of generation settings (a ComfyUI graph is ~5 deep; JSON readers stop at 200 or so).
 MAX_SETTINGS_DEPTH = 64
-WORKSPACE_TTL_DAYS = 7
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: Lone surrogates: what Python makes of bytes that are not UTF-8 (a shell argument, a file name); not storable.
@@ -280,10 +280,24 @@ def _nesting(value: Any) -> int:
     return depth
 
 
-def check_positive_int(value: Any, what: str, maximum: int = MAX_SEED) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
-        raise InvalidInputError(f"{what} must be an integer from 0 to {maximum:,}, not {value!r}")
+def check_whole_number(value: Any, what: str, minimum: int, maximum: int | None = None, *, hint: str = "") -> int:
+    """``value`` if it is an int (not a bool) from ``minimum`` to ``maximum`` (no upper bound if None);
+    InvalidInputError otherwise, naming ``what`` and the range (``hint`` adds what to do instead)."""
+    if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
+            or (maximum is not None and value > maximum)):
+        allowed = f"from {minimum:,} to {maximum:,}" if maximum is not None else f"of {minimum:,} or more"
+        raise InvalidInputError(f"{what} must be a whole number {allowed}{hint}, not {value!r}")
     return value
+
+
+def check_seconds(value: Any, what: str, *, above_zero: bool = False) -> float:
+    """A duration: a finite int or float (not a bool) of 0 or more (more than 0 if ``above_zero``);
+    InvalidInputError otherwise."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value < 0 or (above_zero and value == 0)):
+        raise InvalidInputError(f"{what} must be a number of seconds {'above 0' if above_zero else 'of 0 or more'}, "
+                                f"not {value!r}")
+    return float(value)
 
 
 # -------------------------------------------------------------------- models

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic_core import from_json
 
 from .errors import InvalidInputError
-from .models import SURROGATES, Collection, LibraryAsset, WorkspaceAsset
+from .models import SURROGATES, Collection, LibraryAsset, WorkspaceAsset, check_whole_number
 
 WORKSPACE_COLUMNS = (
     "id, user_id, asset_type, temp_storage_path, file_size_bytes, mime_type, duration_seconds, job_id, "
@@ -91,6 +91,4 @@ def matches(column: str, values: tuple[str, ...]) -> str:
 
 
 def check_limit(limit: int) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
-        raise InvalidInputError(f"page size {limit!r} must be a whole number from 1 to 1000")
-    return limit
+    return check_whole_number(limit, "page size", 1, 1000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import uuid
@@ -235,7 +236,11 @@ class Vault:
         db = Database.open(root / DB_NAME, readonly=readonly)
         vault = cls(root, db, FileStore(root, fs), config, owner)
         if not readonly:
-            vault.housekeeping(auto_cleanup=auto_cleanup)
+            try:
+                vault.housekeeping(auto_cleanup=auto_cleanup)
+            except BaseException:  # (the write lock held too long, a disk error, Ctrl-C): no connection left open
+                vault.close()
+                raise
         return vault
 
     def cleanup_due(self) -> bool:
@@ -298,7 +303,11 @@ class Vault:
         if Path(os.path.realpath(dest)).is_relative_to(self.root):  # (a symlink into it too)
             raise InvalidInputError(f"{dest} is inside the vault at {self.root}: export to a folder outside it")
         bucket, relative = self.locate(asset_id)
-        if str(destination).endswith((os.sep, "/")) or dest.is_dir():
+        try:
+            into_folder = str(destination).endswith((os.sep, "/")) or dest.is_dir()
+        except OSError as exc:  # a name too long, a parent we may not enter
+            raise InvalidInputError(f"cannot use {dest} as the destination: {exc.strerror or exc}") from None
+        if into_folder:
             try:
                 dest.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -360,13 +369,15 @@ class Vault:
         """
         self.db.refuse_if_readonly("set its remote")
         new = RemoteConfig.checked(database_url, bucket_url, storage_options)
+        updated = dataclasses.replace(self.config, remote=new)
+        updated.as_toml()  # settings TOML cannot hold are refused before anything changes
         if (old := self.config.remote) is not None:  # a sync before synced_to was kept synced to this one
             with self.db.write() as conn:
                 conn.execute("INSERT OR IGNORE INTO vault_meta (key, value) SELECT 'synced_to:' || substr(key, 11), ?"
                              " FROM vault_meta WHERE key LIKE 'last_sync:%'",
                              (remote_identity(old),))
-        self.config.remote = new
-        self.config.save(self.root)
+        updated.save(self.root)
+        self.config = updated  # only once on disk: a refused call leaves the old remote in use
 
     def sync(self, remote: Remote | None = None, *, dry_run: bool = False, retry_rejected: bool = False,
              full: bool = False, progress: ProgressCallback | None = None, batch_rows: int | None = None) -> SyncReport:

@@ -43,6 +43,7 @@ from watchdog.observers import Observer
 
 from . import models
 from ._import_pipeline import to_the_end
+from ._intake import check_folder
 from ._late_sidecars import LateFills
 from ._watch_handler import EventHandler, watch_overflows
 from ._watch_intake import Intake, written_lately
@@ -50,7 +51,7 @@ from ._watch_sidecars import SIDECAR_WAIT_SECONDS
 from ._watch_state import HandledFiles, WatchEvent, WatchReport
 from .errors import InvalidInputError, LocalVaultError, StorageError
 from .import_report import ImportReport
-from .importer import Importer, Mode, scan
+from .importer import Importer, Mode, checked_options, scan
 from .vault import Vault
 from .workspace import LIFETIME
 
@@ -91,14 +92,16 @@ class Watcher:
                  workers: int | None = None, sidecar_wait_seconds: float = SIDECAR_WAIT_SECONDS,
                  quiet_seconds: float = QUIET_SECONDS) -> None:
         # "../out" as /x/out: paths under it are checked
-        self.folder = Path(os.path.abspath(models.check_path(folder, "the folder to watch")))
-        if not self.folder.is_dir():
-            raise InvalidInputError(f"{self.folder} is not a folder; give the rig's output folder")
+        self.folder = Path(os.path.abspath(check_folder(folder, "the folder to watch")))
         self._vault_args = (vault.root, vault.user_id, vault.files.fs)
-        self._options = dict(mode=mode, model=model, prompt=prompt, workers=workers)
+        # Checked here, not first in the watcher's thread: a bad option is the caller's InvalidInputError.
+        self._options = checked_options(mode=mode, model=model, prompt=prompt, workers=workers)
         self.recursive = models.check_flag(recursive, "recursive")
         self.on_event = on_event
-        self.poll_seconds = poll_seconds
+        self.poll_seconds = models.check_seconds(poll_seconds, "poll_seconds", above_zero=True)
+        stable_seconds = models.check_seconds(stable_seconds, "stable_seconds")
+        quiet_seconds = models.check_seconds(quiet_seconds, "quiet_seconds")
+        sidecar_wait_seconds = models.check_seconds(sidecar_wait_seconds, "sidecar_wait_seconds")
         #: Everything done so far (all batches, catch-ups included): counts of all, the most recent files listed.
         self.report = WatchReport()
         self._identity: tuple[int, int] | None = None  # (device, inode) of the folder being watched
@@ -180,7 +183,7 @@ class Watcher:
 
     @stable_seconds.setter
     def stable_seconds(self, seconds: float) -> None:
-        self._intake.unsettled.stable_seconds = seconds
+        self._intake.unsettled.stable_seconds = models.check_seconds(seconds, "stable_seconds")
 
     @property
     def running(self) -> bool:
@@ -197,10 +200,13 @@ class Watcher:
 
     def _run(self) -> None:
         root, user_id, fs = self._vault_args
+        vault: Vault | None = None
         try:
             vault = Vault.open(root, user_id=user_id, fs=fs)
-            importer = Importer(vault.db, vault.files, vault.user_id, **self._options)  # type: ignore[arg-type]
+            importer = Importer(vault.db, vault.files, vault.user_id, **self._options)
         except BaseException as exc:  # handed to start()
+            if vault is not None:
+                vault.close()
             self._error = exc
             self._started.set()
             self._ended.set()

@@ -72,7 +72,7 @@ class Workspace:
         not count: it is replaced); nothing is left behind on any error.
         """
         job = models.check_uuid(job_id, "job id") if job_id is not None else str(uuid.uuid4())
-        index = (models.check_positive_int(asset_index, "asset index", models.MAX_ASSET_INDEX)
+        index = (models.check_whole_number(asset_index, "asset index", 0, models.MAX_ASSET_INDEX)
                  if asset_index is not None else None)
         prepared, values = prepare_with_values(self._files, source, WORKSPACE_BUCKET, f"{self.user_id}/{job}",
                                                on_bytes, info, seed=seed, prompt=prompt, model=model,

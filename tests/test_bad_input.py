@@ -31,6 +31,7 @@ from localvault import (
     Vault,
 )
 from localvault.models import MAX_FILE_BYTES, MAX_SEED, MAX_TAGS
+from localvault.watch import Watcher
 
 GOOD_UUID = "12345678-1234-4123-8123-123456789abc"
 
@@ -368,6 +369,28 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "file_path of a number": (InvalidInputError, lambda c: c.vault.library.file_path(42)),  # type: ignore[arg-type]
     "file_path of an unknown id": (NotFoundError,
                                    lambda c: c.vault.workspace.file_path("00000000-0000-4000-8000-000000000000")),
+    # ---- a sync's batch size (0 sent nothing yet said it had synced; -1 left a row behind each time)
+    "sync batch_rows 0": (InvalidInputError, lambda c: c.vault.sync(_unreachable_remote(), batch_rows=0)),
+    "sync batch_rows negative": (InvalidInputError, lambda c: c.vault.sync(_unreachable_remote(), batch_rows=-1)),
+    "sync batch_rows as a flag": (InvalidInputError, lambda c: c.vault.sync(_unreachable_remote(), batch_rows=True)),
+    # (it uploaded and committed on the server, then could not acknowledge: every sync sent the same again)
+    "sync of a read-only vault": (StorageError, lambda c: c.ro.sync(_unreachable_remote())),
+    # ---- a watcher's options are checked when it is made, not first in its thread (a StorageError at stop())
+    "watch poll_seconds negative": (InvalidInputError, lambda c: Watcher(c.vault, c.src, poll_seconds=-1)),
+    "watch poll_seconds 0": (InvalidInputError, lambda c: Watcher(c.vault, c.src, poll_seconds=0)),
+    "watch stable_seconds NaN": (InvalidInputError, lambda c: Watcher(c.vault, c.src, stable_seconds=float("nan"))),
+    "watch quiet_seconds as text": (InvalidInputError, lambda c: Watcher(c.vault, c.src, quiet_seconds="1")),
+    "watch sidecar_wait_seconds negative": (InvalidInputError,
+                                            lambda c: Watcher(c.vault, c.src, sidecar_wait_seconds=-0.5)),
+    "watch with an unknown mode": (InvalidInputError, lambda c: Watcher(c.vault, c.src, mode="hardlink")),
+    "watch with 0 workers": (InvalidInputError, lambda c: Watcher(c.vault, c.src, workers=0)),
+    "watch stable_seconds set negative": (InvalidInputError, lambda c: setattr(Watcher(c.vault, c.src),
+                                                                               "stable_seconds", -1)),
+    # ---- paths the system cannot look at (a name over 255 bytes): an OSError escaped
+    "import a folder whose name is too long": (InvalidInputError,
+                                               lambda c: c.vault.workspace.import_folder(c.src / ("x" * 300))),
+    "watch a folder whose name is too long": (InvalidInputError, lambda c: Watcher(c.vault, c.src / ("x" * 300))),
+    "export under a name too long": (InvalidInputError, lambda c: c.vault.export(c.kept.id, c.src / ("x" * 300) / "k")),
 }
 
 
@@ -685,3 +708,25 @@ def test_a_png_whose_text_chunk_fails_its_checksum_is_taken(ctx: Ctx) -> None:
     asset = ctx.vault.workspace.add(ctx.file("crc.png", png))
     assert asset.mime_type == "image/png" and asset.file_size_bytes == len(png)
     ctx.vault.workspace.delete(asset.id)
+
+
+def test_a_refused_remote_leaves_the_remote_in_use_as_it_was(tmp_path: Path) -> None:
+    """Before: the new remote was kept in memory before localvault.toml refused it, so the next sync of the same
+    Vault object went to the refused database and bucket."""
+    with Vault.create(tmp_path / "vault") as vault:
+        vault.set_remote("postgresql://u@db.example/one", "file:///tmp/bucket-a")
+        toml = (tmp_path / "vault" / "localvault.toml").read_bytes()
+        with pytest.raises(InvalidInputError, match="TOML"):
+            vault.set_remote("postgresql://u@db.example/other", "file:///tmp/bucket-b", {"anon": None})
+        assert vault.config.remote is not None
+        assert (vault.config.remote.database_url, vault.config.remote.bucket_url) == (
+            "postgresql://u@db.example/one", "file:///tmp/bucket-a")
+        assert (tmp_path / "vault" / "localvault.toml").read_bytes() == toml
+
+
+def test_a_sync_lock_that_cannot_be_opened_is_a_storage_error(tmp_path: Path) -> None:
+    """Before: the IsADirectoryError (or EACCES, or ENOLCK on a network share) escaped as it was."""
+    with Vault.create(tmp_path / "vault") as vault:
+        (tmp_path / "vault" / ".sync.lock").mkdir()
+        with pytest.raises(StorageError, match=r"cannot open .*\.sync\.lock.*Is a directory"):
+            vault.sync(_unreachable_remote())

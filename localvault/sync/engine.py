@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import remote_identity
-from ..errors import InvalidInputError, OfflineError, SyncBusyError
-from ..models import check_flag
+from ..errors import InvalidInputError, OfflineError, StorageError, SyncBusyError
+from ..models import check_flag, check_whole_number
 from ..progress import ProgressCallback, report
 from . import outbox
 from .bucket import Bucket
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 __all__ = ["BATCH_ROWS", "INVALID_ID", "REFUSED_BY_BUCKET", "SyncReport", "push", "remote_for"]
 
 BATCH_ROWS = 5_000
+#: The most rows a batch may hold (``push(batch_rows=…)``): one batch is read and held in memory.
+MAX_BATCH_ROWS = 100_000
 #: The ``sqlstate`` of a refused change that the bucket, not PostgreSQL, refused (a delete of its object).
 REFUSED_BY_BUCKET = "bucket"
 #: The ``sqlstate`` of a refused change whose row id is no UUID (a vault.db edited by hand): never sent.
@@ -59,12 +61,20 @@ class _SyncLock:
         self.fd: int | None = None
 
     def __enter__(self) -> _SyncLock:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StorageError(f"cannot open {self.path}, which keeps two syncs of this vault apart: "
+                               f"{exc.strerror or exc}; check that the vault folder is yours to write") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
             raise SyncBusyError("another sync of this vault is running; wait for it to finish") from None
+        except OSError as exc:  # ENOLCK on some network filesystems
+            os.close(self.fd)
+            raise StorageError(f"cannot lock {self.path}: {exc.strerror or exc}; keep the vault on a local "
+                               "filesystem that supports locks") from None
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -101,6 +111,9 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
     started = time.monotonic()
     for flag, name in ((dry_run, "dry_run"), (retry_rejected, "retry_rejected"), (full, "full")):
         check_flag(flag, name)
+    batch_rows = check_whole_number(batch_rows, "batch_rows", 1, MAX_BATCH_ROWS)
+    if not dry_run:  # a read-only vault could not acknowledge: every sync would send the same rows again
+        vault.db.refuse_if_readonly("sync it (or sync with dry_run=True to see what would go)")
     target = remote_for(vault, remote)
     result = SyncReport(dry_run=dry_run)
     with _said_offline(), _SyncLock(vault.root), _closing(target if remote is None else None), ExitStack() as stack:

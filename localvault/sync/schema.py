@@ -51,8 +51,7 @@ Progress = Callable[[str], object]
 
 #: Key of the advisory lock that serialises schema appliers (b"lvschema").
 ADVISORY_LOCK_KEY: Final[int] = 0x6C76736368656D61
-#: Schema and table recording the applied migrations.
-VERSION_SCHEMA: Final[str] = "localvault"
+#: The table recording the applied migrations (in the schema ``localvault``).
 VERSION_TABLE: Final[str] = "localvault.schema_version"
 #: Seconds to wait for the server to answer a connection attempt.
 CONNECT_TIMEOUT: Final[int] = 5
