@@ -122,12 +122,13 @@ def check_flag(value: Any, what: str) -> bool:
 
 
 def asset_given(value: Any, kind: type[AssetT], get: Callable[[str], AssetT]) -> AssetT:
-    """An asset given as itself or by its id (looked up with ``get``); InvalidInputError for anything else."""
+    """The stored asset, given as itself or by its id, looked up with ``get`` either way: an asset object of another
+    user, or one deleted since, is NotFoundError as its id would be. InvalidInputError for anything else."""
+    if isinstance(value, kind):
+        return get(value.id)
     if isinstance(value, str):
         return get(value)
-    if not isinstance(value, kind):
-        raise InvalidInputError(f"give a {kind.__name__} or its id, not {type(value).__name__}")
-    return value
+    raise InvalidInputError(f"give a {kind.__name__} or its id, not {type(value).__name__}")
 
 
 def check_sha256(value: Any) -> str:
@@ -396,7 +397,7 @@ class Collection(_Record):
     updated_at: datetime
 
 
-AssetT = TypeVar("AssetT")
+AssetT = TypeVar("AssetT", WorkspaceAsset, LibraryAsset)
 
 
 class Page(BaseModel, Generic[AssetT]):

@@ -276,13 +276,13 @@ class Vault:
 
     # ------------------------------------------------------------ actions
 
-    def cleanup(self, *, progress: ProgressCallback | None = None) -> CleanupReport:
-        """Remove every expired workspace asset, rows and files.
+    def cleanup(self, *, progress: ProgressCallback | None = None, max_assets: int | None = None) -> CleanupReport:
+        """Remove every expired workspace asset (or up to ``max_assets``), rows and files.
 
         What :meth:`open` removed on its own is not in this report: open with
         ``auto_cleanup=False`` to have it all counted here.
         """
-        return self.workspace.cleanup(progress=progress)
+        return self.workspace.cleanup(progress=progress, max_assets=max_assets)
 
     def verify(self, *, repair: bool = False, check_hashes: bool = True,
                progress: ProgressCallback | None = None) -> VerifyReport:

@@ -363,6 +363,7 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "housekeeping auto_cleanup as text": (InvalidInputError, lambda c: c.vault.housekeeping(auto_cleanup="no")),
     "cleanup max_assets as text": (InvalidInputError, lambda c: c.vault.workspace.cleanup(max_assets="1")),
     "cleanup max_assets negative": (InvalidInputError, lambda c: c.vault.workspace.cleanup(max_assets=-1)),
+    "vault cleanup max_assets 0": (InvalidInputError, lambda c: c.vault.cleanup(max_assets=0)),
     "find_sha256 not hex": (InvalidInputError, lambda c: c.vault.workspace.find_sha256("zz")),
     "find_sha256 not hex (library)": (InvalidInputError, lambda c: c.vault.library.find_sha256("g" * 64)),
     "seed as a float": (InvalidInputError, lambda c: c.vault.workspace.add(c.file("seed.png", _png(40)), seed=7.0)),
@@ -672,6 +673,21 @@ def test_file_path_takes_an_asset_or_its_id(ctx: Ctx) -> None:
     kept = ctx.vault.library.save(asset.id)
     assert ctx.vault.workspace.file_path(asset.id) == ctx.vault.workspace.file_path(asset)
     assert ctx.vault.library.file_path(kept.id) == ctx.vault.library.file_path(kept)
+
+
+def test_file_path_of_an_asset_object_not_this_users_or_deleted_is_not_found(tmp_path: Path) -> None:
+    """Before: given the object, not its id, it returned a path (of another user's file, or of none)."""
+    with Vault.create(tmp_path / "vault") as vault, Vault.open(tmp_path / "vault", user_id=USER_B) as other:
+        theirs = other.workspace.add(write_media(tmp_path / "src", "png", 1))
+        their_kept = other.library.save(theirs.id)
+        with pytest.raises(NotFoundError):
+            vault.workspace.file_path(theirs)
+        with pytest.raises(NotFoundError):
+            vault.library.file_path(their_kept)
+        other.library.delete(their_kept.id)
+        with pytest.raises(NotFoundError):
+            other.library.file_path(their_kept)
+        assert other.workspace.file_path(theirs) == other.workspace.file_path(theirs.id)
 
 
 def test_a_read_only_vault_does_not_store_a_remote(ctx: Ctx) -> None:
