@@ -305,6 +305,18 @@ def image_facts(source: Path | BinaryIO, media: MediaType, name: str) -> MediaFa
 
     from PIL.Image import DecompressionBombError
 
+    if media is MediaType.png:
+        # Its IHDR, which opens every PNG, is enough. Pillow's reader would also check the CRC of each chunk
+        # before the image data, a text chunk's too, which libpng (and _png_chunks_sound) pass over.
+        if isinstance(source, Path):
+            with open(source, "rb") as handle:
+                head = handle.read(24)
+        else:
+            at = source.tell()
+            head = source.read(24)
+            source.seek(at)
+        if (size := png_header_size(head)) is not None:
+            return sized_facts(media, *size, name)
     module, reader = _IMAGE_READERS[media]
     try:
         with getattr(importlib.import_module(f"PIL.{module}"), reader)(source) as image:
@@ -316,6 +328,14 @@ def image_facts(source: Path | BinaryIO, media: MediaType, name: str) -> MediaFa
     except (OSError, SyntaxError, ValueError, TypeError, EOFError, struct.error) as exc:
         raise UnsupportedMediaError(f"{name} cannot be read as {media.extension.upper()} ({exc})") from None
     return sized_facts(media, width, height, name)
+
+
+def png_header_size(head: bytes) -> tuple[int, int] | None:
+    """A PNG's width and height from its first 24 bytes (signature, then IHDR's length, name and first two
+    fields); None if they do not hold an IHDR there."""
+    if len(head) < 24 or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
 def sized_facts(media: MediaType, width: int, height: int, name: str) -> MediaFacts:

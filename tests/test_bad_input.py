@@ -114,6 +114,18 @@ def _with_bad_text_chunk_at_its_end(png: bytes) -> bytes:
     return png[:at] + (len(text) - 4).to_bytes(4, "big") + text + bad_crc + png[at:]
 
 
+def _with_bad_parameters_chunk_before_its_data(png: bytes) -> bytes:
+    """The PNG with an A1111 ``parameters`` text chunk where Pillow and A1111 write it, before the image data,
+    one bit of its text flipped after its CRC was made."""
+    import zlib
+
+    text = b"tEXt" + b"parameters\x00a red fox\nSteps: 20, Seed: 7, Model: sdxl"
+    crc = zlib.crc32(text).to_bytes(4, "big")
+    text = text[:-1] + bytes([text[-1] ^ 0x01])
+    at = png.index(b"IDAT") - 4
+    return png[:at] + (len(text) - 4).to_bytes(4, "big") + text + crc + png[at:]
+
+
 def _idat_named_ancillary(png: bytes) -> bytes:
     """The PNG with one bit flipped in its last IDAT chunk's name ("iDAT": an ancillary chunk's, by its case)."""
     at = png.rindex(b"IDAT")
@@ -717,13 +729,26 @@ def test_tags_added_past_the_limit_name_the_asset_s_count_not_what_was_given(ctx
     ctx.vault.library.delete(asset.id)
 
 
-def test_a_png_whose_text_chunk_fails_its_checksum_is_taken(ctx: Ctx) -> None:
-    """Only the image's own chunks must pass their CRC, as libpng reads a PNG: a text chunk after the image data
-    with a bad CRC (a careless metadata tool) does not make the image damaged."""
-    png = _with_bad_text_chunk_at_its_end(image_bytes("png", 42, (16, 16)))
+@pytest.mark.parametrize("where", ["after the image data", "before the image data"])
+def test_a_png_whose_text_chunk_fails_its_checksum_is_taken(ctx: Ctx, tmp_path: Path, where: str) -> None:
+    """Only the image's own chunks must pass their CRC, as libpng reads a PNG: a text chunk with a bad CRC (a
+    careless metadata tool) does not make the image damaged. Before: one before the image data, where A1111
+    writes its parameters, was refused by add and library.add (Pillow's header reader checks it) and taken by
+    import, which reads the header itself."""
+    damage = _with_bad_text_chunk_at_its_end if where.startswith("after") else _with_bad_parameters_chunk_before_its_data
+    png = damage(image_bytes("png", 42, (16, 16)))
     asset = ctx.vault.workspace.add(ctx.file("crc.png", png))
-    assert asset.mime_type == "image/png" and asset.file_size_bytes == len(png)
+    assert asset.mime_type == "image/png" and asset.file_size_bytes == len(png) and asset.width == 16
     ctx.vault.workspace.delete(asset.id)
+    direct = ctx.vault.library.add(ctx.file("crc.png", png))
+    assert direct.height == 16
+    ctx.vault.library.delete(direct.id)
+    rig = tmp_path / "rig"
+    rig.mkdir()
+    (rig / "crc.png").write_bytes(png)
+    report = ctx.vault.workspace.import_folder(rig)
+    assert len(report.imported) == 1 and not report.refused
+    ctx.vault.workspace.delete(report.imported[0].asset_id)
 
 
 def test_a_refused_remote_leaves_the_remote_in_use_as_it_was(tmp_path: Path) -> None:
