@@ -485,6 +485,22 @@ def test_an_import_again_fills_placeholders_from_a_sidecar_that_came_since(vault
     assert vault.workspace.import_folder(out).filled == {}  # filled once
 
 
+def test_cli_import_json_names_the_assets_a_late_sidecar_filled(tmp_path: Path) -> None:
+    """Before: the text output said so, the --json report left "filled" out."""
+    out = tmp_path / "out"
+    out.mkdir()
+    bare = make_png(out / "00001-7.png", color=41)
+    base = ["--vault", str(tmp_path / "v")]
+    runner = CliRunner()
+    assert runner.invoke(main, [*base, "init", "--user", USER]).exit_code == 0
+    first = json.loads(runner.invoke(main, [*base, "import", str(out), "--json"]).output)
+    assert first["filled"] == {}
+    (out / "00001-7.txt").write_text(a1111("a lighthouse at dusk", 7)["parameters"])
+    again = runner.invoke(main, [*base, "import", str(out), "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output)["filled"] == {str(bare): first["imported"][0]["asset_id"]}
+
+
 def test_a_caption_written_long_after_its_image_fills_nothing(vault: Vault, tmp_path: Path) -> None:
     """A tagger (kohya, WD14) writes NAME.txt beside each image, days later: a caption, no generation's
     metadata. Only a sidecar written within a minute of its image fills the asset an import finds again."""

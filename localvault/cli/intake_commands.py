@@ -128,7 +128,8 @@ def import_(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str 
     if as_json:
         output.print_json({"imported": result.imported, "duplicates": result.duplicates, "refused": result.refused,
                            "ignored": result.ignored, "folders_not_entered": result.folders_not_entered,
-                           "bytes_imported": result.bytes_imported, "seconds": round(result.seconds, 3)})
+                           "filled": result.filled, "bytes_imported": result.bytes_imported,
+                           "seconds": round(result.seconds, 3)})
     else:
         _print_summary(result)
         _folders_hint(result, recursive, "looked in")
