@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -464,3 +465,17 @@ def test_a_refused_file_is_named_once_on_its_line(cli, tmp_path: Path) -> None:
     printed = cli("import", str(rig), "--no-progress")
     (line,) = [line for line in printed.splitlines() if "refused" in line and "empty.png" in line]
     assert line.count("empty.png") == 1 and "is empty" in line
+
+
+def test_times_the_cli_prints_are_to_the_millisecond(cli, tmp_path: Path) -> None:
+    """As docs/api.md says (``2026-11-27T19:20:00.000Z``), in --json and in show's text. Before: six digits
+    (``.443000Z``), pydantic's form of the same moment."""
+    asset = json.loads(cli("add", str(_png(tmp_path / "a.png", 1)), "--json"))
+    millis = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+    assert re.fullmatch(millis, asset["created_at"]) and re.fullmatch(millis, asset["expires_at"])
+    shown = json.loads(cli("show", asset["id"], "--json"))
+    assert shown["created_at"] == asset["created_at"]
+    assert re.search(rf"created_at: {millis}\n", cli("show", asset["id"]))
+    listed = json.loads(cli("ls", "--json"))
+    items = listed["items"] if isinstance(listed, dict) else listed
+    assert all(re.fullmatch(millis, item["created_at"]) for item in items)

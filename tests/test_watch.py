@@ -8,6 +8,7 @@ import logging
 import os
 import queue
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -508,6 +509,7 @@ def test_cli_watch_json_prints_one_event_per_line_then_the_summary(tmp_path: Pat
     assert events["before.png"]["event"] == "imported" and events["before.png"]["asset_id"]
     assert events["broken.png"]["event"] == "refused" and events["broken.png"]["message"]
     # times as the vault's other JSON shows them (ISO 8601, UTC), within the run
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", events["before.png"]["at"])  # (milliseconds)
     at = datetime.strptime(events["before.png"]["at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
     assert abs((datetime.now(timezone.utc) - at).total_seconds()) < 120
     summary = lines[-1]["summary"]

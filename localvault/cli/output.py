@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import sys
@@ -26,6 +27,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from ..db import format_time
 from ..models import SURROGATES
 from ..progress import ProgressCallback, ProgressEvent
 
@@ -36,8 +38,13 @@ err_console = Console(stderr=True, markup=False)
 
 
 def to_jsonable(value: Any) -> Any:
+    """``value`` as JSON types; times as the vault's text (UTC, milliseconds: ``2026-11-27T19:20:00.000Z``)."""
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+        return to_jsonable(value.model_dump(mode="python"))
+    if isinstance(value, datetime):
+        return format_time(value)
+    if isinstance(value, enum.Enum):
+        return value.value
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
     if isinstance(value, dict):
@@ -128,8 +135,8 @@ def about(path: str, reason: str) -> str:
 
 
 def iso_time(seconds: float) -> str:
-    """A time.time() value as the ISO-8601 UTC text the vault's other times are shown in."""
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """A time.time() value as the ISO-8601 UTC text the vault's other times are shown in (milliseconds)."""
+    return format_time(datetime.fromtimestamp(seconds, tz=timezone.utc))
 
 
 def short(text: str | None, width: int = 50) -> str:

@@ -173,7 +173,7 @@ def show(ctx: Context, asset_id: str, as_json: bool) -> None:
     if as_json:
         output.print_json(asset)
         return
-    for key, value in asset.model_dump(mode="json").items():
+    for key, value in output.to_jsonable(asset).items():
         if value is not None and key != "generation_settings":
             shown = output.tag_list(value) if key == "tags" else value
             output.console.print(Text.assemble((key, "bold"), f": {shown}"), highlight=False)
