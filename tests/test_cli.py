@@ -479,3 +479,24 @@ def test_times_the_cli_prints_are_to_the_millisecond(cli, tmp_path: Path) -> Non
     listed = json.loads(cli("ls", "--json"))
     items = listed["items"] if isinstance(listed, dict) else listed
     assert all(re.fullmatch(millis, item["created_at"]) for item in items)
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_a_closed_pipe_ends_the_output_quietly(cli, tmp_path: Path, as_json: bool) -> None:
+    """`localvault ls --json | head -1`: the reader goes, the rest is not wanted. Before, under --json, the
+    closed pipe was reported as a failure ("error: Broken pipe") on stderr."""
+    import os
+    import subprocess
+    import sys
+
+    for n in range(40):
+        cli("add", str(_png(tmp_path / f"{n}.png", n)))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # gone before the first write
+    try:
+        done = subprocess.run([sys.executable, "-m", "localvault.cli", "--vault", str(tmp_path / "vault"), "ls",
+                               "--limit", "1000", *(["--json"] if as_json else [])],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 1 and done.stderr == ""

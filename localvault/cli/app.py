@@ -42,6 +42,8 @@ class VaultGroup(click.Group):
                 return super().invoke(ctx)
             except LocalVaultError as exc:
                 self._fail(ctx, str(exc), exc.exit_code, type(exc).__name__)
+            except BrokenPipeError:  # stdout closed (`| head`): click's main ends quietly, exit 1
+                raise
             except OSError as exc:  # a file the user named could not be read or written
                 self._fail(ctx, f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 8, "OSError")
             except KeyboardInterrupt as exc:
