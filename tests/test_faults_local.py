@@ -8,6 +8,7 @@ database intact), and the next run after the fault is gone must complete.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -182,6 +183,35 @@ def test_disk_full_through_the_cli_then_next_run_completes(small_disk: Path, tmp
     assert result.returncode == 0, result.stderr
     assert _consistent(root) == (before[0] + 1, before[1] + 1)
     assert run_cli(root, "verify").returncode == 0
+
+
+def test_an_import_onto_a_full_disk_fails_with_one_line_and_the_next_run_takes_the_rest(small_disk: Path,
+                                                                                          tmp_path: Path) -> None:
+    """Before: exit 0, a "refused" line per file (3,000 of them for a big folder), as if the files were at fault.
+    Now: one line for those the vault could not take, the error, exit 8; the same import again takes them."""
+    root = small_disk / "vault"
+    assert run_cli(None, "init", str(root), "--user", USER_A).returncode == 0
+    src = tmp_path / "src"
+    src.mkdir()
+    for n in range(40):
+        _png(src, n)
+    (src / "junk.png").write_bytes(b"not a png")  # refused for itself: named on a line of its own
+    filler = _fill(small_disk, 64 * 1024)
+    result = run_cli(root, "import", str(src), "--no-progress")
+    assert result.returncode == 8, result.stdout + result.stderr
+    kept_back = [line for line in result.stdout.splitlines() if "could not be written into the vault" in line]
+    assert len(kept_back) == 1 and "full" in kept_back[0], result.stdout
+    assert [line for line in result.stdout.splitlines() if line.lstrip().startswith("refused")] == [
+        f"  refused {src / 'junk.png'}: is not a JPEG, PNG, WebP or MP4 file (its bytes say otherwise)"]
+    line = result.stderr.strip().splitlines()[-1]  # (after the log's warning of the batch, which says why)
+    assert line.startswith("error: 40 file(s) could not be written into the vault") and "run the same import" \
+        " again" in line and "Traceback" not in result.stderr, result.stderr
+    as_json = run_cli(root, "import", str(src), "--json")
+    assert as_json.returncode == 8 and len(json.loads(as_json.stdout)["retryable"]) == 40 - _consistent(root)[0]
+    filler.unlink()
+    again = run_cli(root, "import", str(src), "--no-progress")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert _consistent(root)[0] == 40 and run_cli(root, "verify").returncode == 0
 
 
 def test_read_only_vault_folder_gives_clear_error_and_loses_nothing(small_disk: Path, tmp_path: Path) -> None:

@@ -99,8 +99,14 @@ def _print_summary(result: ImportReport, verb: str = "import") -> None:
     if result.duplicates and not result.imported:
         output.console.print("nothing new: every file not refused is already in this vault" if result.refused
                              else "nothing new: every file is already in this vault", highlight=False)
+    kept_back = set(result.retryable)  # refused by the vault's side (a full disk): one line, not one per file
     for path, reason in sorted(result.refused.items()):
-        output.console.print(f"  refused {path}: {output.about(path, reason)}", highlight=False, soft_wrap=True)
+        if path not in kept_back:
+            output.console.print(f"  refused {path}: {output.about(path, reason)}", highlight=False, soft_wrap=True)
+    if kept_back:
+        first = min(kept_back)
+        output.console.print(f"  {len(kept_back)} file(s) could not be written into the vault, {first} first: "
+                             f"{output.about(first, result.refused.get(first, ''))}", highlight=False, soft_wrap=True)
 
 
 @main.command(name="import")
@@ -109,7 +115,7 @@ def _print_summary(result: ImportReport, verb: str = "import") -> None:
 @_with_modes
 @click.option("--model", help="Model for files whose metadata does not name one (else \"unknown\").")
 @click.option("--prompt", help="Prompt for files whose metadata has none (else \"\").")
-@click.option("--workers", type=click.IntRange(1, 64), help="Examining workers (default: one per core, at most 8); processes for 1,000 files or more, else threads.")
+@click.option("--workers", type=click.IntRange(1, 64), help="Examining workers, 1 to 64 (default: one per core, at most 8); processes for 1,000 files or more, else threads.")
 @json_option("Print the report as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @pass_ctx
@@ -128,11 +134,16 @@ def import_(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str 
     if as_json:
         output.print_json({"imported": result.imported, "duplicates": result.duplicates, "refused": result.refused,
                            "ignored": result.ignored, "folders_not_entered": result.folders_not_entered,
-                           "filled": result.filled, "bytes_imported": result.bytes_imported,
-                           "seconds": round(result.seconds, 3)})
+                           "filled": result.filled, "retryable": result.retryable,
+                           "bytes_imported": result.bytes_imported, "seconds": round(result.seconds, 3)})
     else:
         _print_summary(result)
         _folders_hint(result, recursive, "looked in")
+    if result.retryable:  # not the files' fault: the run did not do what was asked, and a script must see it
+        output.error(f"{len(result.retryable)} file(s) could not be written into the vault (the disk full or "
+                     "read-only, the database locked too long); fix that and run the same import again: the files "
+                     "already in are skipped")
+        click.get_current_context().exit(8)
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
