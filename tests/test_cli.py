@@ -500,3 +500,24 @@ def test_a_closed_pipe_ends_the_output_quietly(cli, tmp_path: Path, as_json: boo
     finally:
         os.close(write_end)
     assert done.returncode == 1 and done.stderr == ""
+
+
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+def test_json_output_that_cannot_be_written_is_one_error_line_not_a_traceback(cli, tmp_path: Path,
+                                                                               stdout: str) -> None:
+    """`ls --json > /dev/full` (or with stdout closed, `>&-`). Before: two tracebacks (the JSON error was written
+    to the stdout that had just failed), exit 1. Now: the error on stderr, exit 8, as without --json."""
+    import os
+    import subprocess
+    import sys
+
+    cli("add", str(_png(tmp_path / "a.png", 1)))
+    command = [sys.executable, "-m", "localvault.cli", "--vault", str(tmp_path / "vault"), "ls", "--json"]
+    if stdout == "full":
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    else:
+        done = subprocess.run(command, preexec_fn=lambda: os.close(1), stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode == 8 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: No space left on device" if stdout == "full" else "error: standard output is closed"]

@@ -69,7 +69,10 @@ class VaultGroup(click.Group):
     def _json_error(self, message: str, exit_code: int, kind: str) -> None:
         if self.json_in_args:
             # On one line: valid JSON for any command, and a JSON Lines record under 'watch --json'.
-            output.print_json({"error": {"message": message, "exit_code": exit_code, "kind": kind}}, line=True)
+            try:
+                output.print_json({"error": {"message": message, "exit_code": exit_code, "kind": kind}}, line=True)
+            except (OSError, ValueError):  # stdout is what failed (full, closed): the error line on stderr says it
+                pass
 
 
 class Context:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import errno
 import json
 import logging
 import sys
@@ -73,6 +74,8 @@ def print_json(value: Any, *, line: bool = False) -> None:
     text = json.dumps(to_jsonable(value), ensure_ascii=False, indent=None if line else 2, default=str)
     if SURROGATES.search(text):
         text = SURROGATES.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+    if sys.stdout is None:  # started with stdout closed (`>&-`)
+        raise OSError(errno.EBADF, "standard output is closed")
     sys.stdout.write(text + "\n")
     if line:
         sys.stdout.flush()
