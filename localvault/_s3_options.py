@@ -35,6 +35,10 @@ def check_s3_options(options: Mapping[str, Any]) -> None:
         if name not in known:
             raise InvalidInputError(f"s3fs takes no storage option {name!r} (an s3:// bucket's options are "
                                     f"{', '.join(sorted(known))}); fix or remove it")
+    if ("key" in options) != ("secret" in options):  # botocore would stop at the first request, as "offline"
+        given, missing = ("key", "secret") if "key" in options else ("secret", "key")
+        raise InvalidInputError(f"an s3:// bucket's {given} was given without its {missing}; give both (--key and "
+                                "--secret), or neither to use the environment or ~/.aws")
     config = options.get("config_kwargs")
     if config is None:
         return

@@ -74,6 +74,8 @@ class RemoteConfig:
 
 
 _DATABASE_URL_FORM = "postgresql://user:password@host:port/dbname"
+#: libpq's sslmode values.
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 #: Storage options shown as they are by :meth:`RemoteConfig.redacted`; any other is a possible secret.
 _SHOWN_OPTIONS = frozenset({"key", "anon", "profile", "endpoint_url", "region_name", "use_ssl", "requester_pays",
                             "version_aware", "default_block_size", "use_listings_cache", "listings_expiry_time",
@@ -196,13 +198,20 @@ def check_database_url(url: str) -> str:
             raise InvalidInputError("the database URL's user or password holds '@', '/', '#', '?' or a space: "
                                     "percent-encode them (@ as %40, / as %2F, # as %23, ? as %3F, space as %20)")
     if any(c.isspace() for c in url):
-        raise InvalidInputError("the database URL holds a space: percent-encode it as %20")
+        raise InvalidInputError("the database URL holds a space or a line break: percent-encode a space as %20, "
+                                "and remove a line break")
     hosts = authority.rsplit("@", 1)[-1].split("/", 1)[0]
     for host in hosts.split(","):
         port = host.rsplit("]", 1)[-1].rpartition(":")[2] if ":" in host.rsplit("]", 1)[-1] else ""
         if port and not port.isdigit():
             raise InvalidInputError("the database URL's port is not a number (is '@host' missing after the "
                                     f"password?); give {_DATABASE_URL_FORM}")
+        if port and not 0 < int(port) < 65536:
+            raise InvalidInputError(f"the database URL's port {port} is not one from 1 to 65535")
+    sslmode = (database_params(url) or {}).get("sslmode")
+    if sslmode is not None and sslmode not in _SSL_MODES:
+        raise InvalidInputError(f"sslmode={sslmode[:20]!r} is not one PostgreSQL knows; use one of "
+                                f"{', '.join(_SSL_MODES)}")
     return url
 
 

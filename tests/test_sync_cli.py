@@ -319,6 +319,12 @@ def test_retry_rejected(vault_path: Path, server: str, s3_bucket: Any, tmp_path:
     (["--database-url", "mysql://u:pw@h/db"], "must start with postgresql://"),
     (["--database-url", "postgresql://u:S3cr3t pass@h/db"], "percent-encode"),
     (["--database-url", "postgresql://u:p@ss/w0rd@h/db"], "percent-encode"),
+    # (before, these were kept, and every sync said "offline: sync again once it can be reached", exit 10)
+    (["--database-url", "postgresql://u:S3cr3t@127.0.0.1:99999/db"], "port 99999 is not one from 1 to 65535"),
+    (["--database-url", "postgresql://u:S3cr3t@h/db?sslmode=bogus"], "sslmode='bogus' is not one PostgreSQL knows"),
+    (["--database-url", "postgresql://u:S3cr3t@h/db\nx"], "a line break"),
+    (["--key", "AKIAEXAMPLE"], "key was given without its secret"),
+    (["--secret", "S3cr3t"], "secret was given without its key"),
 ])
 def test_remote_set_refuses_settings_that_cannot_work(vault_path: Path, args: list[str], needle: str) -> None:
     """A bare bucket name once 'synced' into a local folder named after it, in whatever folder the command ran."""
@@ -496,7 +502,15 @@ def test_a_folder_bucket_on_a_disk_not_mounted_fails_and_a_dry_run_makes_no_fold
 
 def test_schema_apply_does_not_show_a_password_taken_for_a_port() -> None:
     result = run("schema", "apply", "--database-url", "postgresql://postgres:S3CRET")  # "@host" left out
-    assert result.exit_code in (3, 10) and result.stderr.startswith("error:") and "S3CRET" not in result.output
+    assert result.exit_code == 3 and result.stderr.startswith("error:") and "S3CRET" not in result.output
+
+
+@pytest.mark.parametrize(("url", "needle"), [("", "the database URL is empty"),
+                                             ("postgresql://u@127.0.0.1:99999/db", "not one from 1 to 65535")])
+def test_schema_apply_refuses_a_url_that_cannot_work_as_remote_set_does(url: str, needle: str) -> None:
+    """Before: exit 10, "cannot connect … sync again once it can be reached", for a URL no retry makes work."""
+    result = run("schema", "apply", "--database-url", url)
+    assert result.exit_code == 3 and needle in result.stderr, (result.exit_code, result.stderr)
 
 
 @pytest.mark.parametrize("extra", [[], ["--option", "profile=nosuchprofile"], ["--option", "profile=broken"]],

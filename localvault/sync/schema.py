@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import psycopg
 from psycopg import sql
 
-from ..config import database_params
+from ..config import check_database_url, database_params
 from ..errors import InvalidInputError, OfflineError, SchemaVersionError, SyncError
 
 if TYPE_CHECKING:  # importlib.resources.abc is Python >= 3.11
@@ -317,7 +317,8 @@ def apply_schema(database_url: str, *, progress: Progress | None = None) -> Sche
     nothing. ``progress``, when given, is called with a one-line message before
     each step.
 
-    Raises :class:`OfflineError` when the server cannot be reached,
+    Raises :class:`InvalidInputError` for a URL that cannot work (as
+    :meth:`Vault.set_remote` does), :class:`OfflineError` when the server cannot be reached,
     :class:`SchemaVersionError` when the server's schema is newer than this
     package, :class:`SyncError` when a migration fails (its transaction is
     rolled back; earlier migrations stay applied).
@@ -328,7 +329,7 @@ def apply_schema(database_url: str, *, progress: Progress | None = None) -> Sche
             progress(message)
 
     wanted = migrations()
-    conn = connect(database_url)
+    conn = connect(check_database_url(database_url))  # (settings that cannot work are not "offline")
     try:
         with conn.transaction():
             flavour = detect_flavour(conn)
