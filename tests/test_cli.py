@@ -521,3 +521,10 @@ def test_json_output_that_cannot_be_written_is_one_error_line_not_a_traceback(cl
     assert done.returncode == 8 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines() == [
         "error: No space left on device" if stdout == "full" else "error: standard output is closed"]
+
+
+def test_init_with_an_empty_user_id_is_refused(tmp_path: Path) -> None:
+    """`init --user "$UNSET"`: before, a vault for a new random user, without a word."""
+    result = CliRunner().invoke(main, ["init", str(tmp_path / "v"), "--user", ""])
+    assert result.exit_code == 3 and "not a valid UUID" in result.output, result.output
+    assert not (tmp_path / "v").exists()

@@ -25,7 +25,7 @@ from .app import Context, json_option, main, pass_ctx
 @pass_ctx
 def init(ctx: Context, path: Path | None, user_id: str | None, as_json: bool) -> None:
     """Create a vault: vault.db, the two buckets and localvault.toml."""
-    vault = Vault.create(path or ctx.vault_path, user_id=user_id or ctx.user_id)
+    vault = Vault.create(path or ctx.vault_path, user_id=user_id if user_id is not None else ctx.user_id)
     vault.close()
     if as_json:
         output.print_json({"path": str(vault.root), "user_id": vault.user_id})
