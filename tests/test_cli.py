@@ -245,9 +245,9 @@ def test_every_command_that_changes_something_speaks_json(cli, tmp_path: Path) -
     assert json.loads(cli("rm", kept["id"], "--json")) == {"deleted": kept["id"], "from": "library"}
     assert json.loads(cli("cleanup", "--json")) == {"assets_removed": 0, "files_removed": 0, "complete": True}
     stored = json.loads(cli("remote", "set", "--database-url", "postgresql://u:pw@db.example:5432/app", "--bucket",
-                            "s3://lib", "--secret", "not-shown", "--json"))
+                            "s3://lib", "--key", "AKIAEXAMPLE", "--secret", "not-shown", "--json"))
     assert stored["database_url"] == "postgresql://u:***@db.example:5432/app" and stored["storage_options"] == {
-        "secret": "***"}
+        "key": "AKIAEXAMPLE", "secret": "***"}
 
 
 def test_file_names_that_are_not_utf8_print_without_a_traceback(tmp_path: Path) -> None:
@@ -528,3 +528,14 @@ def test_init_with_an_empty_user_id_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["init", str(tmp_path / "v"), "--user", ""])
     assert result.exit_code == 3 and "not a valid UUID" in result.output, result.output
     assert not (tmp_path / "v").exists()
+
+
+def test_a_table_written_to_a_pipe_keeps_each_row_on_one_line(cli, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`localvault ls | grep 2026-11-28`: before, rich folded every cell to 80 columns when stdout was no terminal
+    ("2026-1" / "1-28"), so a grep for a date or a word of the prompt found nothing."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    prompt = "a lighthouse on a cliff at dusk, waves crashing, cinematic lighting, volumetric fog, 35mm"
+    asset = json.loads(cli("add", str(_png(tmp_path / "a.png", 1)), "--prompt", prompt, "--json"))
+    (row,) = [line for line in cli("ls", "workspace").splitlines() if asset["id"] in line]
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", row) and "unknown" in row and "lighthouse on a cliff" in row

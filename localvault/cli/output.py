@@ -6,6 +6,7 @@ import enum
 import errno
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -112,6 +113,8 @@ def show_library_logs(show: bool = True, *, still_from: tuple[str, ...] = ()) ->
     handler.only_from = None if show else still_from
 
 
+#: The width of a table written to a pipe or a file (no terminal to fit): as wide as its rows need, up to this.
+PIPED_WIDTH = 1000
 #: Columns shown whole on one line however narrow the terminal (a UUID to copy into the next command).
 WHOLE_COLUMNS = {"id": 36}
 
@@ -124,7 +127,9 @@ def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any
         grid.add_column(column, overflow="fold", no_wrap=width is not None, min_width=width)
     for row in rows:
         grid.add_row(*("" if v is None else str(v) for v in row))
-    console.print(grid)
+    # Piped or redirected (`ls | grep 2026-11-28`), rich would fold every cell to 80 columns: each row on one line.
+    piped = not console.is_terminal and "COLUMNS" not in os.environ
+    (Console(markup=False, soft_wrap=True, width=PIPED_WIDTH) if piped else console).print(grid)
 
 
 def tag_list(tags: Iterable[str]) -> str:
