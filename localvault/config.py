@@ -267,6 +267,8 @@ class VaultConfig:
 
     user_id: str
     remote: RemoteConfig | None = None
+    #: Why the file's [remote] table could not be read (then ``remote`` is None); a sync raises it.
+    remote_problem: str | None = None
 
     @classmethod
     def load(cls, folder: Path) -> VaultConfig:
@@ -288,14 +290,17 @@ class VaultConfig:
             raise VaultCorruptError(f"{path}: user_id {data['user_id'][:80]!r} is not a UUID; put back the vault "
                                     "user's id (user_id = \"<uuid>\")") from None
         remote = data.get("remote")
+        problem = None
         if remote is not None and not (isinstance(remote, dict) and isinstance(remote.get("database_url"), str)
                                        and isinstance(remote.get("bucket_url"), str)
                                        and isinstance(remote.get("storage_options", {}), dict)):
-            raise VaultCorruptError(f"{path}: the [remote] table needs database_url and bucket_url (text) and an "
-                                    "optional [remote.storage_options] table; fix it or set it again with "
-                                    "'localvault remote set'")
+            # Only a sync needs it: the vault opens, and 'remote set' (which writes a whole new file) mends it.
+            problem = (f"{path}: the [remote] table needs database_url and bucket_url (text) and an optional "
+                       "[remote.storage_options] table; fix it or set it again with 'localvault remote set'")
+            remote = None
         return cls(
             user_id=user_id,
+            remote_problem=problem,
             remote=RemoteConfig(
                 database_url=remote["database_url"],
                 bucket_url=remote["bucket_url"],

@@ -184,7 +184,22 @@ def test_text_in_brackets_prints_as_it_is(cli, tmp_path: Path) -> None:
     assert "[red]" in cli("ls", "workspace")  # (the narrow prompt column folds the rest)
     assert f"already in the workspace as {asset['id']}" in cli("add", str(named), code=4)
     (tmp_path / "vault" / "localvault.toml").write_text(f'user_id = "{USER}"\n[remote]\nbucket_url = "s3://b"\n')
-    assert "the [remote] table needs database_url" in cli("ls", code=6)
+    assert "the [remote] table needs database_url" in cli("sync", code=6)
+
+
+def test_a_broken_remote_table_stops_only_the_sync_and_remote_set_mends_it(cli, tmp_path: Path) -> None:
+    """Before: every command, local ones included, failed on it (exit 6), 'remote set' too, which its message
+    named as the way out."""
+    toml = tmp_path / "vault" / "localvault.toml"
+    toml.write_text(f'user_id = "{USER}"\n[remote]\ndatabase_url = 5\n')
+    asset = json.loads(cli("add", str(_png(tmp_path / "a.png", 1)), "--json"))
+    assert asset["id"] in cli("ls", "workspace")
+    assert "the [remote] table needs database_url" in cli("sync", code=6)
+    status = json.loads(cli("status", "--json"))
+    assert status["problem"] == "not_ready" and "the [remote] table needs database_url" in status["offline_reason"]
+    cli("remote", "set", "--database-url", "postgresql://u@db.example/app", "--bucket", "s3://lib")
+    assert json.loads(cli("remote", "show", "--json"))["bucket_url"] == "s3://lib"
+    assert USER in toml.read_text()
 
 
 def test_seed_in_other_digits_is_refused_in_one_line(cli, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import remote_identity
-from ..errors import InvalidInputError, OfflineError, StorageError, SyncBusyError
+from ..errors import InvalidInputError, OfflineError, StorageError, SyncBusyError, VaultCorruptError
 from ..models import check_flag, check_whole_number
 from ..progress import ProgressCallback, report
 from . import outbox
@@ -48,6 +48,8 @@ INVALID_ID = "invalid id"
 def remote_for(vault: Vault, remote: Remote | None) -> Remote:
     if remote is not None:
         return remote
+    if vault.config.remote is None and vault.config.remote_problem is not None:
+        raise VaultCorruptError(vault.config.remote_problem)
     if vault.config.remote is None:
         raise InvalidInputError("no remote is set; run 'localvault remote set --database-url … --bucket …' first")
     return Remote.from_stored(vault.config.remote)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from ..config import redact_database_url, redact_url, remote_identity
-from ..errors import InvalidInputError, LocalVaultError, OfflineError
+from ..errors import InvalidInputError, LocalVaultError, OfflineError, VaultCorruptError
 from .bucket import Bucket
 from .engine import remote_for
 from .outbox import pending_count, remote_changed
@@ -63,8 +63,9 @@ def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = T
     problem: Literal["offline", "not_ready"] | None = None
     offset: float | None = None
     try:
-        configured = remote or (remote_for(vault, None) if vault.config.remote else None)
-    except InvalidInputError as exc:  # settings stored before they were checked
+        configured = remote or (remote_for(vault, None) if vault.config.remote or vault.config.remote_problem
+                                else None)
+    except (InvalidInputError, VaultCorruptError) as exc:  # settings stored before they were checked, or broken
         configured, reason, problem = None, str(exc), "not_ready"
     if configured is not None and not check_online:
         reason = "not checked (--offline)"
