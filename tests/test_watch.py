@@ -447,6 +447,28 @@ def cli_watch(root: Path, out: Path, *options: str) -> Iterator[subprocess.Popen
             proc.wait()
 
 
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_cli_watch_ends_when_its_reader_goes(tmp_path: Path, out: Path, as_json: bool) -> None:
+    """`localvault watch --json | head -1`: before, with --json it went on importing for as long as it lived,
+    its output unread; in text it ended with "stopped on an error: SystemExit: 1", exit 8. Now it finishes the
+    files under way and ends as click does on a closed pipe: exit 1, nothing on stderr but its start."""
+    root = tmp_path / "vault"
+    Vault.create(root, user_id=USER).close()
+    make_png(out / "before.png", color=1)
+    with cli_watch(root, out, *(["--json"] if as_json else [])) as proc, Vault.open(root, readonly=True) as reader:
+        assert proc.stdout is not None and proc.stdout.readline()  # the catch-up's event: the reader has read it
+        proc.stdout.close()  # `head -1` is done
+        for n in range(2, 5):  # the next event's write finds the pipe closed
+            (tmp_path / f"{n}.png").write_bytes(png_bytes(tmp_path, n))
+            (tmp_path / f"{n}.png").rename(out / f"{n}.png")
+            time.sleep(0.3)
+        assert proc.wait(timeout=30) == 1
+        stderr = proc.stderr.read() if proc.stderr else ""
+        assert "error" not in stderr and "Traceback" not in stderr, stderr
+        assert reader.verify().clean and reader.workspace.count() >= 2
+    assert temp_files(root) == []
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup"])
 def test_cli_watch_stops_cleanly_with_a_summary(tmp_path: Path, out: Path, stop: signal.Signals) -> None:
     """`localvault watch` as a user runs it: catch up, take a new file, then Ctrl-C (or a service

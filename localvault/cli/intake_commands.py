@@ -182,10 +182,18 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str | 
     from ..watch import Watcher, WatchEvent, WatchReport
 
     caught_up = threading.Event()
+    reader_gone = threading.Event()  # stdout closed (`watch --json | head -1`): the watch ends, as `yes | head`
 
     def on_event(event: WatchEvent) -> None:
         if quiet or (event.kind == "duplicate" and not caught_up.is_set() and not as_json):
             return  # (the catch-up's duplicates: a folder watched again holds thousands; counted once below)
+        try:
+            show(event)
+        except (BrokenPipeError, SystemExit):  # (rich turns a broken pipe into SystemExit(1))
+            reader_gone.set()
+            watcher.stop()  # (from on_event: asks it to stop; the files under way are finished)
+
+    def show(event: WatchEvent) -> None:
         if as_json:
             output.print_json({"event": event.kind, "path": event.path, "at": output.iso_time(event.at),
                                     "asset_id": event.asset_id, "job_id": event.job_id, "message": event.message}, line=True)
@@ -244,5 +252,7 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str | 
             except LocalVaultError:  # it stopped on an error: say what it did, then why
                 summarize(watcher.report)
                 raise
+    if reader_gone.is_set():  # nobody to read a summary: end as click does on a closed pipe
+        click.get_current_context().exit(1)
     summarize(result)
 
