@@ -16,8 +16,9 @@ from .errors import DuplicateError, InvalidInputError, NotFoundError
 from .models import Collection
 
 
-def resolve(conn: sqlite3.Connection, user_id: str, ref: str) -> str:
-    """The id of this user's collection named by id or name; NotFoundError otherwise."""
+def resolve(conn: sqlite3.Connection, user_id: str, ref: str, *, to_put_in: bool = False) -> str:
+    """The id of this user's collection named by id or name; NotFoundError otherwise (``to_put_in``: an asset is
+    to go in, so the error suggests creating it; a rename or a deletion of a collection gone does not)."""
     if not isinstance(ref, str):
         raise InvalidInputError(f"a collection is named by its name or id (text), not {type(ref).__name__}; "
                                 "list them with 'localvault collections ls'")
@@ -34,7 +35,7 @@ def resolve(conn: sqlite3.Connection, user_id: str, ref: str) -> str:
             return str(row[0])
     row = named(conn, user_id, composed(ref.strip()))
     if row is None:
-        create = "" if as_id is not None else f"create it first ('localvault collections create \"{ref.strip()}\"'), or "
+        create = "" if as_id is not None or not to_put_in else f"create it first ('localvault collections create \"{ref.strip()}\"'), or "
         raise NotFoundError(f"no collection {ref!r} in this vault; {create}list them with 'localvault collections ls'")
     return str(row[0])
 

@@ -136,7 +136,7 @@ class Library:
             note_id = write_intents.note(self._db, LIBRARY_BUCKET, [relative])
             with self._db.write() as conn:
                 self._check_not_kept(conn, prepared.staged.sha256)
-                collection_id = resolve_collection(conn, self.user_id, collection) if collection is not None else None
+                collection_id = resolve_collection(conn, self.user_id, collection, to_put_in=True) if collection is not None else None
                 self._files.commit(prepared.staged, relative)
                 committed = True
                 facts = prepared.facts
@@ -184,7 +184,7 @@ class Library:
                 f"it is a library asset already (kept): 'localvault update {workspace_asset_id}' edits it"
                 if kept else "see 'localvault ls workspace'"))
         self._check_not_kept(conn, source[12])
-        collection_id = resolve_collection(conn, self.user_id, collection) if collection is not None else None
+        collection_id = resolve_collection(conn, self.user_id, collection, to_put_in=True) if collection is not None else None
         return tuple(source), collection_id
 
     def _check_not_kept(self, conn: sqlite3.Connection, sha256: str) -> None:
@@ -348,7 +348,7 @@ class Library:
                 if result != json.loads(current["tags"]):
                     changes["tags"] = json.dumps(result, ensure_ascii=False)
             if collection is not UNSET:
-                changes["collection_id"] = resolve_collection(conn, self.user_id, collection) if collection is not None else None
+                changes["collection_id"] = resolve_collection(conn, self.user_id, collection, to_put_in=True) if collection is not None else None
             # A value already there is no change: no UPDATE, so no outbox entry and no newer updated_at
             # (which would win over a later edit made on the server).
             changes = {column: value for column, value in changes.items()

@@ -554,3 +554,13 @@ def test_a_table_written_to_a_pipe_keeps_each_row_on_one_line(cli, tmp_path: Pat
     asset = json.loads(cli("add", str(_png(tmp_path / "a.png", 1)), "--prompt", prompt, "--json"))
     (row,) = [line for line in cli("ls", "workspace").splitlines() if asset["id"] in line]
     assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", row) and "unknown" in row and "lighthouse on a cliff" in row
+
+
+def test_a_missing_collection_suggests_creating_it_only_where_an_asset_is_to_go_in(cli, tmp_path: Path) -> None:
+    """Before: `collections delete Nope` (or a rename of one renamed since) also said "create it first"."""
+    for command in (("collections", "delete", "Nope"), ("collections", "rename", "Nope", "Other")):
+        said = cli(*command, code=2)
+        assert "no collection 'Nope'" in said and "create it first" not in said and "collections ls" in said
+    asset = json.loads(cli("add", str(_png(tmp_path / "a.png", 1)), "--json"))
+    said = cli("save", asset["id"], "--collection", "Nope", code=2)
+    assert "create it first ('localvault collections create \"Nope\"')" in said
