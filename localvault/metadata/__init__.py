@@ -83,7 +83,10 @@ def _from_xmp(packet: Any) -> Found:
 
 
 def read_chunks(chunks: dict[str, Any], depth: int = 0) -> Found:
-    """Raw findings from a file's named text entries (PNG chunks, EXIF texts, MP4 tags, XMP)."""
+    """Raw findings from a file's named text entries (PNG chunks, EXIF texts, MP4 tags, XMP).
+
+    ``depth``: how deep in a comment's JSON these entries were found (0 for a file's own; a JSON comment is
+    read as entries once, not again inside itself)."""
     found = Found()
     if "parameters" in chunks:
         found = merge(found, _parameters(chunks["parameters"]))
