@@ -759,3 +759,17 @@ def test_settings_just_under_the_limit_are_trimmed_never_refuse_the_file(vault: 
     [asset] = vault.workspace.list().items
     assert asset.original_prompt == "a cat" and "big" not in asset.generation_settings
     assert asset.generation_settings["metadata_source"] == "sidecar"
+
+
+def test_cli_import_prints_a_file_name_with_a_line_break_on_one_line(tmp_path: Path) -> None:
+    """A file named "bad\\n  refused x.png" printed raw made a second, fake "refused" line in the report."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "bad\n  refused x.png").write_bytes(b"junk")
+    base = ["--vault", str(tmp_path / "v")]
+    runner = CliRunner()
+    assert runner.invoke(main, [*base, "init", "--user", USER]).exit_code == 0
+    result = runner.invoke(main, [*base, "import", str(out), "--no-progress"])
+    refusals = [line for line in result.output.splitlines() if "refused" in line and "imported" not in line]
+    assert refusals == [f"  refused {out}/bad\\n  refused x.png: is not a JPEG, PNG, WebP or MP4 file (its bytes say "
+                        "otherwise)"], result.output

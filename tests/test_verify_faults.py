@@ -265,6 +265,7 @@ def test_repair_beside_a_delete_in_another_process_neither_fails_nor_brings_the_
     from localvault import pending
 
     asset = vault.workspace.add(make_image(seed=1))
+    where = vault.workspace.file_path(asset)  # (once deleted, file_path says it is not found)
     other = Vault.open(vault.root, auto_cleanup=False)
     rows, drop_settled = verify_module._rows, verify_module._drop_settled
 
@@ -287,7 +288,7 @@ def test_repair_beside_a_delete_in_another_process_neither_fails_nor_brings_the_
     assert report.recovered == [] and [files for _d, _s, files in os.walk(vault.root / "recovered") if files] == []
     monkeypatch.undo()
     pending.drain(vault.db, vault.files)
-    assert vault.verify().clean and not os.path.exists(vault.workspace.file_path(asset))
+    assert vault.verify().clean and not os.path.exists(where)
 
 
 # ------------------------------------------------------------- hashing on several threads

@@ -93,7 +93,8 @@ def _print_summary(result: ImportReport, verb: str = "import") -> None:
     rate = f" in {result.seconds:.1f} s" if result.seconds and verb == "import" else ""
     output.console.print(f"{verb}: {result.summary()}{rate}", highlight=False)
     for path, asset_id in sorted(result.filled.items()):
-        output.console.print(f"read the sidecar of {path}, come since it was taken, into {asset_id}", highlight=False)
+        output.console.print(output.printable(f"read the sidecar of {path}, come since it was taken, into {asset_id}"),
+                             highlight=False)
     if result.imported and not result.duplicates and not result.refused:
         return
     if result.duplicates and not result.imported:
@@ -102,11 +103,13 @@ def _print_summary(result: ImportReport, verb: str = "import") -> None:
     kept_back = set(result.retryable)  # refused by the vault's side (a full disk): one line, not one per file
     for path, reason in sorted(result.refused.items()):
         if path not in kept_back:
-            output.console.print(f"  refused {path}: {output.about(path, reason)}", highlight=False, soft_wrap=True)
+            output.console.print(output.printable(f"  refused {path}: {output.about(path, reason)}"), highlight=False,
+                                 soft_wrap=True)
     if kept_back:
         first = min(kept_back)
-        output.console.print(f"  {len(kept_back)} file(s) could not be written into the vault, {first} first: "
-                             f"{output.about(first, result.refused.get(first, ''))}", highlight=False, soft_wrap=True)
+        output.console.print(output.printable(f"  {len(kept_back)} file(s) could not be written into the vault, "
+                                              f"{first} first: {output.about(first, result.refused.get(first, ''))}"),
+                             highlight=False, soft_wrap=True)
 
 
 @main.command(name="import")
@@ -198,15 +201,16 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str | 
             output.print_json({"event": event.kind, "path": event.path, "at": output.iso_time(event.at),
                                     "asset_id": event.asset_id, "job_id": event.job_id, "message": event.message}, line=True)
         elif event.kind == "imported":
-            output.console.print(f"imported {event.path} → {event.asset_id}", highlight=False)
+            output.console.print(output.printable(f"imported {event.path} → {event.asset_id}"), highlight=False)
         elif event.kind == "duplicate":
-            output.console.print(f"already in the vault: {event.path}", highlight=False)
+            output.console.print(output.printable(f"already in the vault: {event.path}"), highlight=False)
         elif event.kind == "sidecar_read":
-            output.console.print(f"read the late sidecar of {event.path} into {event.asset_id}", highlight=False)
+            output.console.print(output.printable(f"read the late sidecar of {event.path} into {event.asset_id}"),
+                                 highlight=False)
         elif event.kind in ("refused", "error"):
-            output.warning(f"{event.kind} {event.path}: {output.about(event.path, event.message or '')}")
+            output.warning(output.printable(f"{event.kind} {event.path}: {output.about(event.path, event.message or '')}"))
         else:
-            output.warning(f"{event.path}: {event.kind.replace('_', ' ')}")
+            output.warning(output.printable(f"{event.path}: {event.kind.replace('_', ' ')}"))
 
     def summarize(report: WatchReport) -> None:
         if as_json:

@@ -7,6 +7,7 @@ import errno
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -135,6 +136,15 @@ def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any
 def tag_list(tags: Iterable[str]) -> str:
     """Tags as one line, separated by ", "; a tag that holds a comma (or a quote) is shown quoted."""
     return ", ".join(json.dumps(tag, ensure_ascii=False) if "," in tag or '"' in tag else tag for tag in tags)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters as escapes (``\\n``): a file named ``a\\n  refused b.png`` must not
+    print as two lines of a report."""
+    return _CONTROL.sub(lambda found: repr(found.group())[1:-1], text)
 
 
 def about(path: str, reason: str) -> str:
