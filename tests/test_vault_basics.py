@@ -787,6 +787,7 @@ def test_cleanup_counts_only_the_files_it_removed(vault: Vault, make_image):
     """Files that cannot be removed stay queued and are not counted as removed (they were, before)."""
     job = str(uuid.uuid4())
     assets = add_many(vault, make_image, 3, job_id=job)
+    paths = [Path(vault.workspace.file_path(a)) for a in assets]  # (once removed, file_path says not found)
     for asset in assets:
         vault.workspace.expire(asset.id)
     folder = vault.root / WORKSPACE_BUCKET / USER_A / job
@@ -797,7 +798,7 @@ def test_cleanup_counts_only_the_files_it_removed(vault: Vault, make_image):
     finally:
         folder.chmod(0o755)
     assert (report.assets_removed, report.files_removed) == (3, 0)
-    assert all(Path(vault.workspace.file_path(a)).exists() for a in assets)
+    assert all(path.exists() for path in paths)
     again = vault.cleanup()  # the queued files go once they can
     assert (again.assets_removed, again.files_removed) == (0, 3)
     assert not folder.exists() and vault.verify().clean
