@@ -259,7 +259,7 @@ class Library:
         else:
             source, order = "user_library l", ("l.created_at", "l.id")
         if cursor:
-            created_at, last_id = rows.decode_cursor(cursor, "library", (str, str))
+            created_at, last_id = rows.decode_cursor(cursor, "library", (rows.CURSOR_TIME, rows.CURSOR_ID))
             filters.append(f"({order[0]}, {order[1]}) < (?, ?)")
             params += [created_at, last_id]
         distinct = "DISTINCT " if tagged and len(tagged[0][1]) > 1 else ""  # (an entry may hold both spellings)

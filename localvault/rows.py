@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import sqlite3
 from typing import Any
 
@@ -59,8 +60,14 @@ def encode_cursor(listing: str, *parts: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps([listing, *parts]).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, listing: str, kinds: tuple[type, ...]) -> list[Any]:
-    """The parts of a cursor :func:`encode_cursor` made for ``listing``, checked against ``kinds``."""
+#: A keyset cursor's parts as listings make them: a row's ``created_at`` (the vault's timestamp text), its id.
+CURSOR_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+CURSOR_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def decode_cursor(cursor: str, listing: str, kinds: tuple[type | re.Pattern[str], ...]) -> list[Any]:
+    """The parts of a cursor :func:`encode_cursor` made for ``listing``, checked against ``kinds`` (a type, or
+    the pattern a text part must match whole: a hand-made cursor with another date is refused, not paged by)."""
     if not isinstance(cursor, str):
         raise InvalidInputError(f"cursor must be text (a next_cursor of a previous page), not {type(cursor).__name__}")
     try:
@@ -75,9 +82,11 @@ def decode_cursor(cursor: str, listing: str, kinds: tuple[type, ...]) -> list[An
                             "its previous page")
 
 
-def _fits(part: Any, kind: type) -> bool:
+def _fits(part: Any, kind: type | re.Pattern[str]) -> bool:
     """Whether a cursor's part is a value of ``kind`` SQLite can bind: no bool for an int (JSON's true), an
     integer within 64 bits, text without lone surrogates (JSON's escapes can make them)."""
+    if isinstance(kind, re.Pattern):
+        return isinstance(part, str) and kind.fullmatch(part) is not None
     if kind is int:
         return isinstance(part, int) and not isinstance(part, bool) and -2**63 <= part < 2**63
     if kind is str:

@@ -323,7 +323,7 @@ class Workspace:
             where.append("job_id = ?")
             params.append(models.check_uuid(job_id, "job id"))
         if cursor:
-            created_at, last_id = rows.decode_cursor(cursor, "workspace", (str, str))
+            created_at, last_id = rows.decode_cursor(cursor, "workspace", (rows.CURSOR_TIME, rows.CURSOR_ID))
             where.append("(created_at, id) < (?, ?)")
             params += [created_at, last_id]
         found = self._db.conn.execute(

@@ -349,6 +349,11 @@ CASES: dict[str, tuple[type[LocalVaultError], Case]] = {
     "a symbolic link to itself": (StorageError, lambda c: c.vault.library.add(_looped(c.src / "loop.png"))),
     "bad cursor": (InvalidInputError, lambda c: c.vault.workspace.list(cursor="garbage!")),
     "bad cursor (library)": (InvalidInputError, lambda c: c.vault.library.list(cursor="eyJ4IjogMX0")),
+    # (a cursor made by hand: it paged by whatever text it held)
+    "cursor with a date that is none": (InvalidInputError, lambda c: c.vault.workspace.list(
+        cursor=localvault.rows.encode_cursor("workspace", "notadate", c.fresh_ws.id))),
+    "cursor with an id that is none": (InvalidInputError, lambda c: c.vault.library.list(
+        cursor=localvault.rows.encode_cursor("library", "2026-11-28T10:00:00.000Z", "zz"))),
     "search cursor on plain listing": (InvalidInputError, lambda c: c.vault.library.list(cursor=c.search_cursor)),
     "workspace cursor on the library": (InvalidInputError, lambda c: c.vault.library.list(cursor=c.cursor)),
     "plain cursor on search": (InvalidInputError, lambda c: c.vault.library.list(search="fox", cursor=c.cursor)),
