@@ -1335,3 +1335,10 @@ def test_once_a_sync_returns_and_the_vault_closes_no_connection_of_it_is_left_op
     root = vault.root
     vault.close()
     assert not (root / "vault.db-wal").exists() and not (root / "vault.db-shm").exists()
+
+
+def test_a_remote_is_a_context_manager_that_closes_its_connection(pg_database: str) -> None:
+    with Remote(pg_database, "memory://context-bucket") as remote:
+        conn = remote.connection()
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert conn.closed

@@ -142,6 +142,12 @@ class Remote:
             self._conn.close()
             self._conn = None
 
+    def __enter__(self) -> Remote:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def check(self, user_id: str | None = None) -> int:
         """Connect, check the server's schema version and, given ``user_id``, that the server has that user
         (and measure :attr:`clock_offset`).
