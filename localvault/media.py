@@ -288,9 +288,8 @@ def facts(source: Path | BinaryIO, media: MediaType, name: str | None = None) ->
 MAX_SIDE = 2**31 - 1
 #: The largest width or height the WebP format allows.
 WEBP_MAX_SIDE = 16383
-#: Pillow's reader of each image type (module, class).
+#: Pillow's reader of each image type (module, class); a PNG's header is read here (:func:`png_header_size`).
 _IMAGE_READERS = {MediaType.jpeg: ("JpegImagePlugin", "JpegImageFile"),
-                  MediaType.png: ("PngImagePlugin", "PngImageFile"),
                   MediaType.webp: ("WebPImagePlugin", "WebPImageFile")}
 
 
@@ -310,13 +309,15 @@ def image_facts(source: Path | BinaryIO, media: MediaType, name: str) -> MediaFa
         # before the image data, a text chunk's too, which libpng (and _png_chunks_sound) pass over.
         if isinstance(source, Path):
             with open(source, "rb") as handle:
-                head = handle.read(24)
+                head = handle.read(29)
         else:
             at = source.tell()
-            head = source.read(24)
+            head = source.read(29)
             source.seek(at)
-        if (size := png_header_size(head)) is not None:
-            return sized_facts(media, *size, name)
+        if (size := png_header_size(head)) is None:
+            raise UnsupportedMediaError(f"{name} cannot be read as PNG (its IHDR header is missing or holds values "
+                                        "no decoder takes); export it again")
+        return sized_facts(media, *size, name)
     module, reader = _IMAGE_READERS[media]
     try:
         with getattr(importlib.import_module(f"PIL.{module}"), reader)(source) as image:
@@ -330,10 +331,18 @@ def image_facts(source: Path | BinaryIO, media: MediaType, name: str) -> MediaFa
     return sized_facts(media, width, height, name)
 
 
+#: The bit depths each PNG colour type allows (greyscale, RGB, palette, greyscale+alpha, RGBA).
+_PNG_BIT_DEPTHS = {0: {1, 2, 4, 8, 16}, 2: {8, 16}, 3: {1, 2, 4, 8}, 4: {8, 16}, 6: {8, 16}}
+
+
 def png_header_size(head: bytes) -> tuple[int, int] | None:
-    """A PNG's width and height from its first 24 bytes (signature, then IHDR's length, name and first two
-    fields); None if they do not hold an IHDR there."""
-    if len(head) < 24 or head[12:16] != b"IHDR":
+    """A PNG's width and height from its first 29 bytes (signature, then its IHDR chunk's length, name and
+    fields); None unless they hold an IHDR a decoder can use (a bit depth its colour type allows, the one
+    compression and filter method, interlace 0 or 1)."""
+    if len(head) < 29 or head[8:16] != b"\x00\x00\x00\x0dIHDR":
+        return None
+    depth, colour, compression, filtering, interlace = head[24:29]
+    if depth not in _PNG_BIT_DEPTHS.get(colour, ()) or compression or filtering or interlace > 1:
         return None
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 

@@ -756,6 +756,31 @@ def test_a_png_whose_text_chunk_fails_its_checksum_is_taken(ctx: Ctx, tmp_path: 
     ctx.vault.workspace.delete(report.imported[0].asset_id)
 
 
+@pytest.mark.parametrize("field", ["bit depth 3", "colour type 5", "interlace 2"])
+def test_a_png_whose_header_no_decoder_can_use_is_refused_on_every_path(ctx: Ctx, tmp_path: Path,
+                                                                        field: str) -> None:
+    """Its CRCs are right, its IHDR impossible. The size is read from the IHDR, not by Pillow: that reading
+    must still refuse such a header (add, library.add and import alike), as Pillow did."""
+    import zlib
+
+    png = bytearray(image_bytes("png", 43, (4, 4)))
+    at = {"bit depth 3": 24, "colour type 5": 25, "interlace 2": 28}[field]
+    png[at] = int(field.split()[-1])
+    png[29:33] = zlib.crc32(bytes(png[12:29])).to_bytes(4, "big")  # the IHDR's CRC, made again
+    png = bytes(png)
+    before = (table_counts(ctx.vault), vault_files(ctx.vault.root))
+    with pytest.raises(UnsupportedMediaError, match="cannot be read as PNG"):
+        ctx.vault.workspace.add(ctx.file("ihdr.png", png))
+    with pytest.raises(UnsupportedMediaError, match="cannot be read as PNG"):
+        ctx.vault.library.add(ctx.file("ihdr.png", png))
+    rig = tmp_path / "rig"
+    rig.mkdir()
+    (rig / "ihdr.png").write_bytes(png)
+    report = ctx.vault.workspace.import_folder(rig)
+    assert not report.imported and "cannot be read as PNG" in report.refused[str(rig / "ihdr.png")]
+    assert (table_counts(ctx.vault), vault_files(ctx.vault.root)) == before
+
+
 def test_a_refused_remote_leaves_the_remote_in_use_as_it_was(tmp_path: Path) -> None:
     """Before: the new remote was kept in memory before localvault.toml refused it, so the next sync of the same
     Vault object went to the refused database and bucket."""
