@@ -35,8 +35,14 @@ def check_s3_options(options: Mapping[str, Any]) -> None:
         if name not in known:
             raise InvalidInputError(f"s3fs takes no storage option {name!r} (an s3:// bucket's options are "
                                     f"{', '.join(sorted(known))}); fix or remove it")
-    if ("key" in options) != ("secret" in options):  # botocore would stop at the first request, as "offline"
-        given, missing = ("key", "secret") if "key" in options else ("secret", "key")
+    client = options.get("client_kwargs")
+    client = client if isinstance(client, Mapping) else {}
+    # s3fs's names and aliases, and botocore's own in client_kwargs: half a pair stops botocore at the first
+    # request, which a sync would call offline.
+    has_key = any(n in options for n in ("key", "username")) or "aws_access_key_id" in client
+    has_secret = any(n in options for n in ("secret", "password")) or "aws_secret_access_key" in client
+    if has_key != has_secret:
+        given, missing = ("key", "secret") if has_key else ("secret", "key")
         raise InvalidInputError(f"an s3:// bucket's {given} was given without its {missing}; give both (--key and "
                                 "--secret), or neither to use the environment or ~/.aws")
     config = options.get("config_kwargs")

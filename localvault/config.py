@@ -184,7 +184,8 @@ def check_database_url(url: str) -> str:
         raise InvalidInputError(f"the database URL is empty; give {_DATABASE_URL_FORM}")
     url = check_unicode(url.strip(), "the database URL")
     if "://" not in url:
-        if "=" in url:  # a key=value connection string: libpq checks it
+        if "=" in url:  # a key=value connection string: libpq reads it; what it could never use is refused
+            _check_libpq_settings(url)
             return url
         raise InvalidInputError(f"the database URL has no scheme; give {_DATABASE_URL_FORM}")
     scheme, rest = url.split("://", 1)
@@ -206,13 +207,29 @@ def check_database_url(url: str) -> str:
         if port and not port.isdigit():
             raise InvalidInputError("the database URL's port is not a number (is '@host' missing after the "
                                     f"password?); give {_DATABASE_URL_FORM}")
-        if port and not 0 < int(port) < 65536:
-            raise InvalidInputError(f"the database URL's port {port} is not one from 1 to 65535")
-    sslmode = (database_params(url) or {}).get("sslmode")
+    _check_libpq_settings(url)
+    return url
+
+
+def _check_libpq_settings(url: str) -> None:
+    """InvalidInputError for a port (in the host part, ``?port=`` or ``port=``) that is not one from 1 to 65535,
+    or an sslmode libpq does not know. The port is not repeated: with ``@host`` left out, it is the password."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:  # the sync extra is not installed: no sync will read it
+        return
+    try:
+        params = {k: str(v) for k, v in conninfo_to_dict(url).items()}
+    except Exception:  # psycopg.ProgrammingError and kin: the checks above, or libpq, say why
+        return
+    for port in params.get("port", "").split(","):
+        if port and (not port.isdigit() or not 0 < int(port) < 65536):
+            raise InvalidInputError("the database URL's port is not one from 1 to 65535 (is '@host' missing after "
+                                    f"the password?); give {_DATABASE_URL_FORM}")
+    sslmode = params.get("sslmode")
     if sslmode is not None and sslmode not in _SSL_MODES:
         raise InvalidInputError(f"sslmode={sslmode[:20]!r} is not one PostgreSQL knows; use one of "
                                 f"{', '.join(_SSL_MODES)}")
-    return url
 
 
 def check_bucket_url(url: str) -> str:

@@ -311,6 +311,20 @@ def test_retry_rejected(vault_path: Path, server: str, s3_bucket: Any, tmp_path:
 # ----------------------------------------------- settings that cannot work
 
 
+@pytest.mark.parametrize("options", [["--key", "AK", "--option", "password=S3cr3t"],
+                                     ["--option", "username=AK", "--secret", "S3cr3t"],
+                                     ["--key", "AK", "--option", 'client_kwargs={"aws_secret_access_key": "S3cr3t"}']],
+                         ids=["key+password", "username+secret", "key+client_kwargs"])
+def test_remote_set_takes_a_key_and_secret_under_any_name_s3fs_takes(vault_path: Path, options: list[str]) -> None:
+    """s3fs takes username/password for key/secret, and botocore its own names in client_kwargs: a pair so
+    given is whole, and must not be refused as half of one."""
+    result = run("--vault", str(vault_path), "remote", "set", "--database-url", "postgresql://u@h/db", "--bucket",
+                 "s3://lib", *options)
+    assert result.exit_code == 0, result.stderr
+    with Vault.open(vault_path) as vault:
+        assert vault.config.remote is not None
+
+
 @pytest.mark.parametrize(("args", "needle"), [
     (["--bucket", "user-library"], "has no scheme: give a URL such as s3://user-library"),
     (["--bucket", "s3://"], "names no bucket"),
@@ -320,11 +334,15 @@ def test_retry_rejected(vault_path: Path, server: str, s3_bucket: Any, tmp_path:
     (["--database-url", "postgresql://u:S3cr3t pass@h/db"], "percent-encode"),
     (["--database-url", "postgresql://u:p@ss/w0rd@h/db"], "percent-encode"),
     # (before, these were kept, and every sync said "offline: sync again once it can be reached", exit 10)
-    (["--database-url", "postgresql://u:S3cr3t@127.0.0.1:99999/db"], "port 99999 is not one from 1 to 65535"),
+    (["--database-url", "postgresql://u:S3cr3t@127.0.0.1:99999/db"], "port is not one from 1 to 65535"),
+    (["--database-url", "postgresql://u:S3cr3t@h/db?port=99999"], "port is not one from 1 to 65535"),
+    (["--database-url", "host=h port=99999 password=S3cr3t"], "port is not one from 1 to 65535"),
     (["--database-url", "postgresql://u:S3cr3t@h/db?sslmode=bogus"], "sslmode='bogus' is not one PostgreSQL knows"),
+    (["--database-url", "host=h sslmode=bogus password=S3cr3t"], "sslmode='bogus' is not one PostgreSQL knows"),
     (["--database-url", "postgresql://u:S3cr3t@h/db\nx"], "a line break"),
     (["--key", "AKIAEXAMPLE"], "key was given without its secret"),
     (["--secret", "S3cr3t"], "secret was given without its key"),
+    (["--option", "username=AKIAEXAMPLE"], "key was given without its secret"),  # (s3fs's alias of key)
 ])
 def test_remote_set_refuses_settings_that_cannot_work(vault_path: Path, args: list[str], needle: str) -> None:
     """A bare bucket name once 'synced' into a local folder named after it, in whatever folder the command ran."""
