@@ -469,6 +469,37 @@ def test_cli_watch_ends_when_its_reader_goes(tmp_path: Path, out: Path, as_json:
     assert temp_files(root) == []
 
 
+def test_cli_watch_stops_its_watcher_when_its_own_line_finds_stdout_closed(tmp_path: Path, out: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`watch out | true` on a folder already in the vault: the command's own line ("already in the vault: …")
+    meets the closed pipe, not an event's. Before: the command ended there, its watcher never stopped (its
+    thread killed at exit, whatever it was doing). The closed pipe is forced (the one mock here): CliRunner's
+    stdout cannot be closed, and a real pipe's closing could not be timed against that line."""
+    from click.testing import CliRunner
+
+    from localvault.cli import main, output
+
+    root = tmp_path / "vault"
+    make_png(out / "before.png", color=1)
+    with Vault.create(root, user_id=USER) as vault:
+        vault.workspace.import_folder(out)
+    real_print, real_stop, stops = output.console.print, Watcher.stop, []
+
+    def closed_pipe(*args: Any, **kwargs: Any) -> None:
+        if args and str(args[0]).startswith("already in the vault"):
+            raise BrokenPipeError(32, "Broken pipe")
+        real_print(*args, **kwargs)
+
+    def counted_stop(self: Watcher) -> Any:
+        stops.append(self)
+        return real_stop(self)
+
+    monkeypatch.setattr(output.console, "print", closed_pipe)
+    monkeypatch.setattr(Watcher, "stop", counted_stop)
+    result = CliRunner().invoke(main, ["--vault", str(root), "watch", str(out)])
+    assert result.exit_code == 1 and len(stops) == 1 and not stops[0].running
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup"])
 def test_cli_watch_stops_cleanly_with_a_summary(tmp_path: Path, out: Path, stop: signal.Signals) -> None:
     """`localvault watch` as a user runs it: catch up, take a new file, then Ctrl-C (or a service

@@ -245,6 +245,8 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str | 
                 time.sleep(0.5)
         except KeyboardInterrupt:
             pass
+        except (BrokenPipeError, SystemExit):  # a line of this thread's found stdout closed (rich: SystemExit)
+            reader_gone.set()
         # A second Ctrl-C (or SIGTERM, still ours until the end) must not cut short the files under way:
         # their temporary files would stay.
         while True:
