@@ -564,3 +564,17 @@ def test_a_missing_collection_suggests_creating_it_only_where_an_asset_is_to_go_
     asset = json.loads(cli("add", str(_png(tmp_path / "a.png", 1)), "--json"))
     said = cli("save", asset["id"], "--collection", "Nope", code=2)
     assert "create it first ('localvault collections create \"Nope\"')" in said
+
+
+def test_an_error_naming_a_file_with_a_line_break_is_one_line(cli, tmp_path: Path) -> None:
+    """`localvault add $'bad\\n  refused other.png'`: the error printed the name raw, as two lines."""
+    import subprocess
+    import sys
+
+    odd = tmp_path / "bad\n  refused other.png"
+    odd.write_bytes(b"not an image")
+    done = subprocess.run([sys.executable, "-m", "localvault.cli", "--vault", str(tmp_path / "vault"), "add", str(odd)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3
+    assert done.stderr.splitlines() == [f"error: {tmp_path}/bad\\n  refused other.png is not a JPEG, PNG, WebP or MP4 "
+                                        "file (its bytes say otherwise)"], done.stderr

@@ -208,9 +208,9 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str | 
             output.console.print(output.printable(f"read the late sidecar of {event.path} into {event.asset_id}"),
                                  highlight=False)
         elif event.kind in ("refused", "error"):
-            output.warning(output.printable(f"{event.kind} {event.path}: {output.about(event.path, event.message or '')}"))
+            output.warning(f"{event.kind} {event.path}: {output.about(event.path, event.message or '')}")
         else:
-            output.warning(output.printable(f"{event.path}: {event.kind.replace('_', ' ')}"))
+            output.warning(f"{event.path}: {event.kind.replace('_', ' ')}")
 
     def summarize(report: WatchReport) -> None:
         if as_json:

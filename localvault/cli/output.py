@@ -84,11 +84,13 @@ def print_json(value: Any, *, line: bool = False) -> None:
 
 
 def error(message: str) -> None:
-    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
+    """One ``error:`` line on stderr (a file name's line break escaped: one line, whatever it names)."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", printable(message)), highlight=False, soft_wrap=True)
 
 
 def warning(message: str) -> None:
-    err_console.print(Text.assemble(("warning:", "yellow"), " ", message), highlight=False, soft_wrap=True)
+    """One ``warning:`` line on stderr, as :func:`error`."""
+    err_console.print(Text.assemble(("warning:", "yellow"), " ", printable(message)), highlight=False, soft_wrap=True)
 
 
 class LogToConsole(logging.Handler):
