@@ -369,7 +369,7 @@ class Vault:
         """
         self.db.refuse_if_readonly("set its remote")
         new = RemoteConfig.checked(database_url, bucket_url, storage_options)
-        updated = dataclasses.replace(self.config, remote=new)
+        updated = dataclasses.replace(self.config, remote=new, remote_problem=None)
         updated.as_toml()  # settings TOML cannot hold are refused before anything changes
         if (old := self.config.remote) is not None:  # a sync before synced_to was kept synced to this one
             with self.db.write() as conn:

@@ -197,6 +197,12 @@ def test_a_broken_remote_table_stops_only_the_sync_and_remote_set_mends_it(cli, 
     assert "the [remote] table needs database_url" in cli("sync", code=6)
     status = json.loads(cli("status", "--json"))
     assert status["problem"] == "not_ready" and "the [remote] table needs database_url" in status["offline_reason"]
+    assert "the [remote] table needs database_url" in cli("remote", "show", code=6)  # (not "no remote is set")
+    with Vault.open(tmp_path / "vault") as vault:  # (in Python, the same way out)
+        assert vault.config.remote_problem is not None
+        vault.set_remote("postgresql://u@db.example/app", "s3://lib")
+        assert vault.config.remote_problem is None and vault.config.remote is not None
+    toml.write_text(f'user_id = "{USER}"\n[remote]\ndatabase_url = 5\n')
     cli("remote", "set", "--database-url", "postgresql://u@db.example/app", "--bucket", "s3://lib")
     assert json.loads(cli("remote", "show", "--json"))["bucket_url"] == "s3://lib"
     assert USER in toml.read_text()

@@ -7,7 +7,7 @@ import json
 import click
 
 from ..config import redact_url
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, VaultCorruptError
 from . import output
 from .app import Context, json_option, main, pass_ctx
 
@@ -85,8 +85,10 @@ def remote_set(ctx: Context, database_url: str, bucket_url: str, endpoint_url: s
 @pass_ctx
 def remote_show(ctx: Context, as_json: bool) -> None:
     """The remote sync pushes to, with the password and secrets shown as ***."""
-    configured = ctx.vault(readonly=True).config.remote
-    shown = configured.redacted() if configured is not None else None
+    config = ctx.vault(readonly=True).config
+    if config.remote is None and config.remote_problem is not None:  # (not "no remote is set": one is, broken)
+        raise VaultCorruptError(config.remote_problem)
+    shown = config.remote.redacted() if config.remote is not None else None
     if as_json:
         output.print_json(shown)
     elif shown is None:
