@@ -99,9 +99,11 @@ def _sha256(files: FileStore, bucket: str, relative: str) -> str | None:
         return None
 
 
-def left_behind(conn: sqlite3.Connection, files: FileStore) -> list[tuple[str, str]]:
+def left_behind(conn: sqlite3.Connection, files: FileStore,
+                unlisted: list[str] | None = None) -> list[tuple[str, str]]:
     """(bucket, path) of each file a note covers that no row uses and that is the noted write's (none in a
-    vault of schema 4 or older, read without being migrated: it has no notes)."""
+    vault of schema 4 or older, read without being migrated: it has no notes). A noted folder that cannot be
+    listed raises StorageError, or, given ``unlisted``, is added to it (why) and passed over."""
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'write_intents'").fetchone() is None:
         return []
     covered: dict[tuple[str, str], set[str] | None] = {}  # each path once; None: any file found is the write's
@@ -115,7 +117,13 @@ def left_behind(conn: sqlite3.Connection, files: FileStore) -> list[tuple[str, s
                 covered[(bucket, path)] = None
     found: list[tuple[str, str]] = []
     for (bucket, path), hashes in covered.items():
-        found_there = _files_at(files, bucket, path)
+        try:
+            found_there = _files_at(files, bucket, path)
+        except StorageError as exc:
+            if unlisted is None:
+                raise
+            unlisted.append(str(exc))
+            continue
         in_use = paths_in_use(conn, bucket, found_there)
         for relative in (p for p in found_there if p not in in_use):
             if hashes is None or _sha256(files, bucket, relative) in hashes:
@@ -128,13 +136,12 @@ def settle(conn: sqlite3.Connection, files: FileStore) -> list[str]:
     notes. A file that cannot be removed is warned about and its note kept (it does not stop the others, nor
     the opening of the vault). Returns the removed files, as ``bucket/path``."""
     removed: list[str] = []
-    failed = False
-    try:
-        leftovers = left_behind(conn, files)
-    except LocalVaultError as exc:
-        log.warning("could not look for the files that writes cut short left (every note is kept, to look again "
-                    "at the next opening): %s", exc)
-        return removed
+    unlisted: list[str] = []
+    leftovers = left_behind(conn, files, unlisted)
+    for problem in unlisted:
+        log.warning("could not look for the files a write cut short left (every note is kept, to look again at "
+                    "the next opening): %s", problem)
+    failed = bool(unlisted)
     for bucket, relative in leftovers:
         try:
             files.remove(bucket, relative)

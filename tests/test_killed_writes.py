@@ -176,16 +176,24 @@ def test_a_noted_folder_that_cannot_be_listed_does_not_stop_the_vault_opening(tm
     from localvault import _write_intents
     from localvault.files import WORKSPACE_BUCKET
 
+    import hashlib
+
     root = tmp_path / "vault"
+    left = b"left by a killed write"
     with Vault.create(root, user_id=USER_A) as vault:
         _write_intents.note(vault.db, WORKSPACE_BUCKET, [f"{USER_A}/job/"])
+        _write_intents.note(vault.db, WORKSPACE_BUCKET, [f"{USER_A}/other/"], [hashlib.sha256(left).hexdigest()])
+    other = root / WORKSPACE_BUCKET / USER_A / "other"
+    other.mkdir(parents=True)
+    (other / "0.png").write_bytes(left)
     folder = root / WORKSPACE_BUCKET / USER_A / "job"
     folder.mkdir(parents=True)
     folder.chmod(0o000)
     try:
         with without_dac_override(), Vault.open(root) as vault:
-            assert vault.db.conn.execute("SELECT count(*) FROM write_intents").fetchone()[0] == 1
+            assert vault.db.conn.execute("SELECT count(*) FROM write_intents").fetchone()[0] == 2
             assert vault.workspace.count() == 0
+        assert not (other / "0.png").exists()  # the other noted folder's leftover went all the same
     finally:
         folder.chmod(0o755)
     with Vault.open(root) as vault:
