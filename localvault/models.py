@@ -6,9 +6,11 @@ refuse the same bad input with the same message.
 
 from __future__ import annotations
 
+import decimal
 import enum
 import json
 import math
+import numbers
 import os
 import re
 import uuid
@@ -292,10 +294,10 @@ def check_whole_number(value: Any, what: str, minimum: int, maximum: int | None 
 
 
 def check_seconds(value: Any, what: str, *, above_zero: bool = False) -> float:
-    """A duration: a finite int or float (not a bool) of 0 or more (more than 0 if ``above_zero``);
-    InvalidInputError otherwise."""
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-            or value < 0 or (above_zero and value == 0)):
+    """A duration: a finite real number (an int, a float, numpy's or a Decimal; not a bool) of 0 or more (more
+    than 0 if ``above_zero``), as a float; InvalidInputError otherwise."""
+    if (isinstance(value, bool) or not isinstance(value, (numbers.Real, decimal.Decimal))
+            or not math.isfinite(value) or value < 0 or (above_zero and value == 0)):
         raise InvalidInputError(f"{what} must be a number of seconds {'above 0' if above_zero else 'of 0 or more'}, "
                                 f"not {value!r}")
     return float(value)

@@ -801,3 +801,15 @@ def test_a_sync_lock_that_cannot_be_opened_is_a_storage_error(tmp_path: Path) ->
         (tmp_path / "vault" / ".sync.lock").mkdir()
         with pytest.raises(StorageError, match=r"cannot open .*\.sync\.lock.*Is a directory"):
             vault.sync(_unreachable_remote())
+
+
+def test_a_watcher_takes_any_real_number_of_seconds(ctx: Ctx) -> None:
+    """Durations as an app may hold them (a Decimal from its settings, a Fraction, numpy's floats): the checks
+    added when the Watcher is made must not refuse what its thread always took."""
+    from decimal import Decimal
+    from fractions import Fraction
+
+    watcher = Watcher(ctx.vault, ctx.src, stable_seconds=Decimal("0.5"), poll_seconds=Fraction(1, 4),
+                      quiet_seconds=0, sidecar_wait_seconds=2)
+    assert watcher.stable_seconds == 0.5 and watcher.poll_seconds == 0.25
+    watcher.stop()

@@ -171,12 +171,12 @@ def test_a_name_that_is_not_utf8_in_a_noted_folder_does_not_stop_the_opening(tmp
 def test_a_noted_folder_that_cannot_be_listed_does_not_stop_the_vault_opening(tmp_path: Path) -> None:
     """Before: the PermissionError of listing it escaped from Vault.open as it was. Now it is warned about and
     every note is kept, to look again at the next opening (as for a file that cannot be removed)."""
+    import hashlib
+
     from conftest import without_dac_override
 
     from localvault import _write_intents
     from localvault.files import WORKSPACE_BUCKET
-
-    import hashlib
 
     root = tmp_path / "vault"
     left = b"left by a killed write"
