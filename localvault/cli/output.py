@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 from rich import filesize
 from rich.console import Console
 from rich.progress import (
@@ -42,8 +43,9 @@ err_console = Console(stderr=True, markup=False)
 
 def to_jsonable(value: Any) -> Any:
     """``value`` as JSON types; times as the vault's text (UTC, milliseconds: ``2026-11-27T19:20:00.000Z``)."""
-    if isinstance(value, BaseModel):
-        return to_jsonable(value.model_dump(mode="python"))
+    if isinstance(value, BaseModel):  # field by field: pydantic's own JSON of a time has six digits
+        return {name: to_jsonable(field) if isinstance(field, (BaseModel, datetime, list, tuple))
+                else to_jsonable_python(field) for name, field in value}
     if isinstance(value, datetime):
         return format_time(value)
     if isinstance(value, enum.Enum):
