@@ -7,6 +7,7 @@ import json
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +219,9 @@ class Library:
 
     def file_path(self, asset: LibraryAsset | str) -> str:
         """Where the asset's file lives on the vault's filesystem (``asset``: the asset, or its id)."""
-        return self._files.full_path(LIBRARY_BUCKET, models.asset_given(asset, LibraryAsset, self.get).storage_path)
+        given = models.asset_given(asset, LibraryAsset, self.get, partial(rows.held, self._db.conn, "user_library",
+                                                                         self.user_id))
+        return self._files.full_path(LIBRARY_BUCKET, given.storage_path)
 
     def list(self, *, tags: Iterable[str] = (), favorite: bool | None = None, collection: str | None = None,
              search: str | None = None, limit: int = 50, cursor: str | None = None) -> Page[LibraryAsset]:

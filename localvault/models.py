@@ -123,11 +123,12 @@ def check_flag(value: Any, what: str) -> bool:
     return value
 
 
-def asset_given(value: Any, kind: type[AssetT], get: Callable[[str], AssetT]) -> AssetT:
-    """The stored asset, given as itself or by its id, looked up with ``get`` either way: an asset object of another
-    user, or one deleted since, is NotFoundError as its id would be. InvalidInputError for anything else."""
+def asset_given(value: Any, kind: type[AssetT], get: Callable[[str], AssetT], held: Callable[[str], bool]) -> AssetT:
+    """The stored asset, given as itself or by its id (looked up with ``get``). An asset object is checked with
+    ``held`` (one indexed lookup, not a whole row): another user's, or one deleted since, is NotFoundError as its
+    id would be. InvalidInputError for anything else."""
     if isinstance(value, kind):
-        return get(value.id)
+        return value if held(value.id) else get(value.id)  # (get raises its NotFoundError)
     if isinstance(value, str):
         return get(value)
     raise InvalidInputError(f"give a {kind.__name__} or its id, not {type(value).__name__}")

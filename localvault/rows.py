@@ -99,5 +99,10 @@ def matches(column: str, values: tuple[str, ...]) -> str:
     return f"{column} = ?" if len(values) == 1 else f"{column} IN ({', '.join('?' * len(values))})"
 
 
+def held(conn: sqlite3.Connection, table: str, user_id: str, row_id: str) -> bool:
+    """Whether ``table`` (``user_library`` or ``workspace_assets``) holds the row ``row_id`` of ``user_id``."""
+    return conn.execute(f"SELECT 1 FROM {table} WHERE id = ? AND user_id = ?", (row_id, user_id)).fetchone() is not None
+
+
 def check_limit(limit: int) -> int:
     return check_whole_number(limit, "page size", 1, 1000)

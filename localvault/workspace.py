@@ -7,6 +7,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -342,7 +343,9 @@ class Workspace:
 
     def file_path(self, asset: WorkspaceAsset | str) -> str:
         """Where the asset's file lives on the vault's filesystem (``asset``: the asset, or its id)."""
-        return self._files.full_path(WORKSPACE_BUCKET, models.asset_given(asset, WorkspaceAsset, self.get).temp_storage_path)
+        given = models.asset_given(asset, WorkspaceAsset, self.get, partial(rows.held, self._db.conn,
+                                                                           "workspace_assets", self.user_id))
+        return self._files.full_path(WORKSPACE_BUCKET, given.temp_storage_path)
 
     # ------------------------------------------------------------- delete
 
