@@ -207,7 +207,9 @@ def test_an_import_onto_a_full_disk_fails_with_one_line_and_the_next_run_takes_t
     assert line.startswith("error: 40 file(s) could not be written into the vault") and "run the same import" \
         " again" in line and "Traceback" not in result.stderr, result.stderr
     as_json = run_cli(root, "import", str(src), "--json")
-    assert as_json.returncode == 8 and len(json.loads(as_json.stdout)["retryable"]) == 40 - _consistent(root)[0]
+    report = json.loads(as_json.stdout)  # one object: the report, and the error every --json failure carries
+    assert as_json.returncode == 8 and len(report["retryable"]) == 40 - _consistent(root)[0]
+    assert report["error"]["exit_code"] == 8 and "run the same import again" in report["error"]["message"]
     filler.unlink()
     again = run_cli(root, "import", str(src), "--no-progress")
     assert again.returncode == 0, again.stdout + again.stderr

@@ -134,18 +134,23 @@ def import_(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str 
     except KeyboardInterrupt:
         raise KeyboardInterrupt("interrupted: the files committed before the stop are in the vault; run the same "
                                 "import again for the rest (files already in are skipped)") from None
+    # Files the vault could not take are not the files' fault: the run did not do what was asked (exit 8).
+    failure = (f"{len(result.retryable)} file(s) could not be written into the vault (the disk full or read-only, "
+               "the database locked too long); fix that and run the same import again: the files already in are "
+               "skipped") if result.retryable else None
     if as_json:
-        output.print_json({"imported": result.imported, "duplicates": result.duplicates, "refused": result.refused,
-                           "ignored": result.ignored, "folders_not_entered": result.folders_not_entered,
-                           "filled": result.filled, "retryable": result.retryable,
-                           "bytes_imported": result.bytes_imported, "seconds": round(result.seconds, 3)})
+        report = {"imported": result.imported, "duplicates": result.duplicates, "refused": result.refused,
+                  "ignored": result.ignored, "folders_not_entered": result.folders_not_entered,
+                  "filled": result.filled, "retryable": result.retryable,
+                  "bytes_imported": result.bytes_imported, "seconds": round(result.seconds, 3)}
+        if failure:  # one JSON object on stdout, with the error every --json failure carries
+            report["error"] = {"message": failure, "exit_code": 8, "kind": "StorageError"}
+        output.print_json(report)
     else:
         _print_summary(result)
         _folders_hint(result, recursive, "looked in")
-    if result.retryable:  # not the files' fault: the run did not do what was asked, and a script must see it
-        output.error(f"{len(result.retryable)} file(s) could not be written into the vault (the disk full or "
-                     "read-only, the database locked too long); fix that and run the same import again: the files "
-                     "already in are skipped")
+    if failure:
+        output.error(failure)
         click.get_current_context().exit(8)
 
 
