@@ -62,3 +62,13 @@ def summary_line(imported: int, duplicates: int, refused: int) -> str:
 
 
 __all__ = ["ImportReport", "ImportedFile", "summary_line"]
+
+
+class ImportInterrupted(KeyboardInterrupt):
+    """A Ctrl-C (or the CLI's SIGTERM) that stopped an import: a :class:`KeyboardInterrupt`, with ``report``,
+    what the import had committed before the stop (those files stay in the vault; the same import again takes
+    the rest). Files under way were finished or removed, never left as temporary files."""
+
+    def __init__(self, report: ImportReport) -> None:
+        super().__init__(f"the import was stopped after {len(report.imported)} file(s) were committed")
+        self.report = report

@@ -42,6 +42,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterable
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -56,7 +57,7 @@ from ._late_sidecars import RowValues, came_with_its_file, fill_duplicates
 from .db import Database
 from .errors import InvalidInputError, StorageError
 from .files import FileStore, StagedFile
-from .import_report import ImportedFile, ImportReport
+from .import_report import ImportedFile, ImportInterrupted, ImportReport
 from .metadata.sidecar import UNREADABLE
 from .models import GenerationInfo
 from .progress import ProgressCallback, report
@@ -188,6 +189,7 @@ class Importer:
         window: deque[Chunk] = deque()  # being examined, in order
         batch = Batch()  # examined, being staged
         committing: Batch | None = None  # being committed (one at a time)
+        settling: Batch | None = None  # the commit being waited for (a Ctrl-C may land in that wait)
         report(progress, "import", total=total)
 
         def held() -> int:
@@ -206,10 +208,12 @@ class Importer:
 
         def settle() -> None:
             """Wait for the commit in flight and merge what it did."""
-            nonlocal committing
+            nonlocal committing, settling
             if committing is not None:
                 done, committing = committing, None
+                settling = done
                 result.merge(done.commit.result())  # type: ignore[union-attr]
+                settling = None
 
         def commit() -> None:
             nonlocal batch, committing
@@ -277,8 +281,14 @@ class Importer:
                 commit()
             settle()
             result.filled.update(fill_duplicates(self.db, self.user_id, sidecars, self._placeholders))
-        except BaseException:  # interrupted (Ctrl-C) or the disk failed: leave no temporary file behind
+        except BaseException as exc:  # interrupted (Ctrl-C) or the disk failed: leave no temporary file behind
             to_the_end(lambda: self._abandon(window, batch, committing))
+            if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, ImportInterrupted):
+                for ended in (committing, settling):  # a commit under way at the stop counts, if it ended well
+                    if ended is not None and _wait_committed(ended):
+                        result.merge(ended.commit.result())  # type: ignore[union-attr]
+                result.seconds = time.perf_counter() - started
+                raise ImportInterrupted(result) from exc
             raise
         finally:
             if examiners is not None:
@@ -365,6 +375,15 @@ class Importer:
 def _held(candidate: Candidate) -> int:
     """Bytes of a file the pipeline keeps in memory between reading and staging it."""
     return candidate.size if candidate.size <= IN_MEMORY_BYTES else 0
+
+
+def _wait_committed(batch: Batch) -> bool:
+    """Whether a batch's commit ended well, once it has ended (a Ctrl-C meanwhile waits again: see to_the_end)."""
+    commit = batch.commit
+    if commit is None:
+        return False
+    to_the_end(lambda: futures.wait([commit]))  # (the wait raises nothing of the commit's own)
+    return not commit.cancelled() and commit.exception() is None
 
 
 def _held_by(examined: list[Examined]) -> int:

@@ -20,6 +20,7 @@ from localvault._intake import scan
 from localvault.cli import main
 from localvault.errors import NotFoundError, StorageError
 from localvault.files import LIBRARY_BUCKET, TEMP_PREFIX, WORKSPACE_BUCKET, FileStore
+from localvault.import_report import ImportInterrupted
 from localvault.importer import Importer
 from localvault.progress import ProgressEvent
 from localvault.workspace import Workspace
@@ -618,9 +619,12 @@ def test_interrupted_import_leaves_no_temporary_files(vault: Vault, tmp_path: Pa
 
     monkeypatch.setattr(Workspace, "add_batch", interrupted)
     candidates = scan(tmp_path / "out").candidates
-    with Importer(vault.db, vault.files, vault.user_id, batch_size=2) as importer, pytest.raises(KeyboardInterrupt):
+    with Importer(vault.db, vault.files, vault.user_id, batch_size=2) as importer, \
+            pytest.raises(KeyboardInterrupt) as stopped:
         importer.import_candidates(candidates, total=len(candidates))
     assert vault.workspace.count() == 2
+    # what it committed before the stop, told (before: a bare KeyboardInterrupt, the CLI could not say how many)
+    assert isinstance(stopped.value, ImportInterrupted) and len(stopped.value.report.imported) == 2
     leftovers = [n for _d, _s, names in os.walk(vault.root / WORKSPACE_BUCKET) for n in names if n.startswith(TEMP_PREFIX)]
     assert leftovers == []
     assert len(vault.verify().orphans) == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -369,7 +370,10 @@ def test_an_import_stopped_by_sigterm_cleans_up_like_ctrl_c(tmp_path: Path) -> N
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and b"interrupted" in err
     assert b"run the same import again for the rest" in err  # what the stop kept, and what to do
+    told = re.search(rb"interrupted: ([\d,]+) file\(s\) committed before the stop are in the vault", err)
+    assert told is not None, err
     with Vault.open(vault_path) as vault:
         assert temp_files(vault) == []
         result = vault.verify()
         assert not result.orphans and not result.missing and vault.workspace.count() < 1500
+        assert int(told.group(1).replace(b",", b"")) == vault.workspace.count()  # how many, told right

@@ -26,6 +26,7 @@ from rich.progress import (
 from rich.text import Text
 
 from ..errors import InvalidInputError, LocalVaultError
+from ..import_report import ImportInterrupted
 from ..importer import ImportReport, Mode
 from ..progress import ProgressCallback, ProgressEvent
 from . import output
@@ -131,9 +132,11 @@ def import_(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str 
         with _import_bar(not as_json and not no_progress) as progress, _sigterm_as_ctrl_c():
             result = vault.workspace.import_folder(folder, recursive=recursive, mode=mode, model=model,
                                                    prompt=prompt, progress=progress, workers=workers)
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt("interrupted: the files committed before the stop are in the vault; run the same "
-                                "import again for the rest (files already in are skipped)") from None
+    except KeyboardInterrupt as exc:
+        done = (f"{len(exc.report.imported):,} file(s) committed before the stop"
+                if isinstance(exc, ImportInterrupted) else "the files committed before the stop")
+        raise KeyboardInterrupt(f"interrupted: {done} are in the vault; run the same import again for the rest "
+                                "(files already in are skipped)") from None
     # Files the vault could not take are not the files' fault: the run did not do what was asked (exit 8).
     failure = (f"{len(result.retryable)} file(s) could not be written into the vault (the disk full or read-only, "
                "the database locked too long); fix that and run the same import again: the files already in are "
