@@ -212,8 +212,9 @@ class Importer:
             if committing is not None:
                 done, committing = committing, None
                 settling = done
-                result.merge(done.commit.result())  # type: ignore[union-attr]
-                settling = None
+                outcome = done.commit.result()  # type: ignore[union-attr]
+                settling = None  # (before the merge: a Ctrl-C between the two must not count it twice)
+                result.merge(outcome)
 
         def commit() -> None:
             nonlocal batch, committing
