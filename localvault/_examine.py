@@ -170,9 +170,7 @@ def link_outdated(staged: StagedFile, ready: Examined) -> bool:
 
 
 def _image_facts(data: bytes, media_type: models.MediaType, name: str) -> media.MediaFacts:
-    if media_type is models.MediaType.png and (size := media.png_header_size(data[:29])) is not None:
-        return media.sized_facts(media_type, *size, name)  # (as image_facts would, without a copy of the bytes)
-    return media.image_facts(io.BytesIO(data), media_type, name)
+    return media.image_facts(io.BytesIO(data), media_type, name)  # (a BytesIO of bytes shares them: no copy)
 
 
 def _read_all(fd: int, size: int) -> bytes:

@@ -11,11 +11,11 @@ import io
 import os
 import re
 import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from . import _png as png
 from ._disk import open_regular
 from .errors import EmptyFileError, FileTooLargeError, InvalidInputError, StorageError, UnsupportedMediaError
 from .models import MAX_FILE_BYTES, MediaType
@@ -26,14 +26,6 @@ EXTENSIONS: dict[str, MediaType] = {
 }
 _MP4_BRANDS = {b"isom", b"iso2", b"iso3", b"iso4", b"iso5", b"iso6", b"iso8", b"iso9", b"mp41", b"mp42",
                b"avc1", b"dash", b"M4V ", b"mmp4", b"MSNV", b"f4v ", b"av01", b"3gp4", b"3gp5", b"3gp6"}
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-#: A PNG chunk's data is checked this many bytes at a time.
-_PNG_PIECE = 1 << 20
-#: More chunks than this is no PNG a program writes (1 GiB in IDATs of 8 KB, libpng's size, is 131,072): a file
-#: crafted of millions of empty chunks would take minutes to walk.
-_PNG_MAX_CHUNKS = 1_000_000
-_PNG_CRITICAL = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND"})
 
 
 @dataclass(frozen=True)
@@ -50,7 +42,7 @@ def sniff(head: bytes) -> MediaType | None:
     """The media type the first bytes announce, or None for anything else."""
     if head.startswith(b"\xff\xd8\xff"):
         return MediaType.jpeg
-    if head.startswith(_PNG_SIGNATURE):
+    if head.startswith(png.SIGNATURE):
         return MediaType.png
     if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return MediaType.webp
@@ -143,41 +135,9 @@ def check_stream(handle: BinaryIO, size: int, name: str) -> MediaType:
     media = sniff(head)
     if media is None:
         raise UnsupportedMediaError(f"{name} is not a JPEG, PNG, WebP or MP4 file (its bytes say otherwise)")
-    if not _is_whole(handle, media, size, head) or (media is MediaType.png and not _png_chunks_sound(handle, size)):
+    if not _is_whole(handle, media, size, head) or (media is MediaType.png and not png.chunks_sound(handle, size)):
         raise UnsupportedMediaError(f"{name} is a truncated or damaged {media.extension.upper()} file; export it again")
     return media
-
-
-def _png_chunks_sound(handle: BinaryIO, size: int) -> bool:
-    """Whether a PNG's chunks run from its signature to an IEND at its end, each critical one (IHDR, PLTE, IDAT,
-    IEND) holding the CRC it was written with: a bit flipped in the image data is found (Pillow's read of the
-    header never gets there). An ancillary chunk's bad CRC is passed over, as libpng does."""
-    handle.seek(len(_PNG_SIGNATURE))
-    offset, chunks = len(_PNG_SIGNATURE), 0
-    while offset + 12 <= size and chunks < _PNG_MAX_CHUNKS:
-        header = handle.read(8)
-        if len(header) < 8:
-            return False
-        length, kind = int.from_bytes(header[:4], "big"), header[4:]
-        offset, chunks = offset + 12 + length, chunks + 1
-        if offset > size:
-            return False
-        # Ancillary (a lower-case first letter): passed over, unless one bit away from a critical name (IDAT with
-        # its case bit flipped would skip image data unchecked); its CRC, made for the critical name, then fails.
-        if kind[0] & 0x20 and bytes([kind[0] ^ 0x20]) + kind[1:] not in _PNG_CRITICAL:
-            handle.seek(length + 4, io.SEEK_CUR)
-            continue
-        crc, left = zlib.crc32(kind), length
-        while left:
-            piece = handle.read(min(left, _PNG_PIECE))
-            if not piece:
-                return False
-            crc, left = zlib.crc32(piece, crc), left - len(piece)
-        if handle.read(4) != crc.to_bytes(4, "big"):
-            return False
-        if kind == b"IEND":
-            return offset == size
-    return False
 
 
 def looks_finished(path: str | os.PathLike[str]) -> bool:
@@ -201,7 +161,7 @@ def looks_finished(path: str | os.PathLike[str]) -> bool:
 def _is_whole(handle: BinaryIO, media: MediaType, size: int, head: bytes) -> bool:
     if media is MediaType.png:
         handle.seek(max(0, size - 12))
-        return handle.read(12) == _PNG_END
+        return handle.read(12) == png.END
     if media is MediaType.jpeg:
         tail_start = max(0, size - 1024)
         handle.seek(tail_start)
@@ -288,7 +248,7 @@ def facts(source: Path | BinaryIO, media: MediaType, name: str | None = None) ->
 MAX_SIDE = 2**31 - 1
 #: The largest width or height the WebP format allows.
 WEBP_MAX_SIDE = 16383
-#: Pillow's reader of each image type (module, class); a PNG's header is read here (:func:`png_header_size`).
+#: Pillow's reader of each image type (module, class); a PNG's header is read here (:func:`localvault._png.header_size`).
 _IMAGE_READERS = {MediaType.jpeg: ("JpegImagePlugin", "JpegImageFile"),
                   MediaType.webp: ("WebPImagePlugin", "WebPImageFile")}
 
@@ -306,15 +266,15 @@ def image_facts(source: Path | BinaryIO, media: MediaType, name: str) -> MediaFa
 
     if media is MediaType.png:
         # Its IHDR, which opens every PNG, is enough. Pillow's reader would also check the CRC of each chunk
-        # before the image data, a text chunk's too, which libpng (and _png_chunks_sound) pass over.
+        # before the image data, a text chunk's too, which libpng (and png.chunks_sound) pass over.
         if isinstance(source, Path):
             with open(source, "rb") as handle:
-                head = handle.read(29)
+                head = handle.read(png.HEADER_BYTES)
         else:
             at = source.tell()
-            head = source.read(29)
+            head = source.read(png.HEADER_BYTES)
             source.seek(at)
-        if (size := png_header_size(head)) is None:
+        if (size := png.header_size(head)) is None:
             raise UnsupportedMediaError(f"{name} cannot be read as PNG (its IHDR header is missing or holds values "
                                         "no decoder takes); export it again")
         return sized_facts(media, *size, name)
@@ -329,22 +289,6 @@ def image_facts(source: Path | BinaryIO, media: MediaType, name: str) -> MediaFa
     except (OSError, SyntaxError, ValueError, TypeError, EOFError, struct.error) as exc:
         raise UnsupportedMediaError(f"{name} cannot be read as {media.extension.upper()} ({exc})") from None
     return sized_facts(media, width, height, name)
-
-
-#: The bit depths each PNG colour type allows (greyscale, RGB, palette, greyscale+alpha, RGBA).
-_PNG_BIT_DEPTHS = {0: {1, 2, 4, 8, 16}, 2: {8, 16}, 3: {1, 2, 4, 8}, 4: {8, 16}, 6: {8, 16}}
-
-
-def png_header_size(head: bytes) -> tuple[int, int] | None:
-    """A PNG's width and height from its first 29 bytes (signature, then its IHDR chunk's length, name and
-    fields); None unless they hold an IHDR a decoder can use (a bit depth its colour type allows, the one
-    compression and filter method, interlace 0 or 1)."""
-    if len(head) < 29 or head[8:16] != b"\x00\x00\x00\x0dIHDR":
-        return None
-    depth, colour, compression, filtering, interlace = head[24:29]
-    if depth not in _PNG_BIT_DEPTHS.get(colour, ()) or compression or filtering or interlace > 1:
-        return None
-    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
 def sized_facts(media: MediaType, width: int, height: int, name: str) -> MediaFacts:
