@@ -142,17 +142,23 @@ def redact_database_url(url: str) -> str:
 def database_params(url: str) -> dict[str, str] | None:
     """A database URL or ``key=value`` string's parameters as libpq reads them; None if it cannot be read,
     or where libpq would take a password for the host or port (``postgres:pw`` with ``@host`` left out)."""
-    try:
-        from psycopg.conninfo import conninfo_to_dict
-    except ImportError:  # the sync extra is not installed
-        return None
-    try:
-        params = {k: str(v) for k, v in conninfo_to_dict(url).items()}
-    except Exception:  # psycopg.ProgrammingError and kin: not a connection string
-        return None
-    if not _PORTS.fullmatch(params.get("port", "")) or "@" in params.get("host", ""):
+    params = _libpq_reading(url)
+    if params is None or not _PORTS.fullmatch(params.get("port", "")) or "@" in params.get("host", ""):
         return None
     return params
+
+
+def _libpq_reading(url: str) -> dict[str, str] | None:
+    """A database URL or ``key=value`` string's parameters as libpq reads them, unchecked; None if it cannot
+    be read, or without the sync extra (psycopg)."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return None
+    try:
+        return {k: str(v) for k, v in conninfo_to_dict(url).items()}
+    except Exception:  # psycopg.ProgrammingError and kin: not a connection string
+        return None
 
 
 def _redact_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -214,13 +220,8 @@ def check_database_url(url: str) -> str:
 def _check_libpq_settings(url: str) -> None:
     """InvalidInputError for a port (in the host part, ``?port=`` or ``port=``) that is not one from 1 to 65535,
     or an sslmode libpq does not know. The port is not repeated: with ``@host`` left out, it is the password."""
-    try:
-        from psycopg.conninfo import conninfo_to_dict
-    except ImportError:  # the sync extra is not installed: no sync will read it
-        return
-    try:
-        params = {k: str(v) for k, v in conninfo_to_dict(url).items()}
-    except Exception:  # psycopg.ProgrammingError and kin: the checks above, or libpq, say why
+    params = _libpq_reading(url)
+    if params is None:  # (no sync extra: no sync will read it; or unreadable: the checks before, or libpq, say why)
         return
     for port in params.get("port", "").split(","):
         if port and (not port.isdigit() or not 0 < int(port) < 65536):
