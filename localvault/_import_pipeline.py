@@ -4,6 +4,7 @@ examined, batches being staged and committed, and the helpers that run work on t
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -76,3 +77,12 @@ def to_the_end(cleanup: Callable[[], object]) -> None:
             again = exc
     if again is not None:
         raise again
+
+
+def committed_well(batch: Batch) -> bool:
+    """Whether a batch's commit ended well, once it has ended (a Ctrl-C meanwhile waits again: see to_the_end)."""
+    commit = batch.commit
+    if commit is None:
+        return False
+    to_the_end(lambda: futures.wait([commit]))  # (the wait raises nothing of the commit's own)
+    return not commit.cancelled() and commit.exception() is None

@@ -42,7 +42,6 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterable
-from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -51,7 +50,7 @@ from . import models
 from ._examine import PLACEHOLDERS, Examined, examine, row_values, stage
 from ._examiners import ExaminerProcesses, WorkerSetup, WorkerStartError, known_hashes
 from ._import_commit import commit_batch, discard_quietly, notices, refuse
-from ._import_pipeline import Batch, Chunk, done_future, each, to_the_end
+from ._import_pipeline import Batch, Chunk, committed_well, done_future, each, to_the_end
 from ._intake import Candidate, JobGrouper, check_folder, check_path, is_candidate_name, is_ignored_name, scan
 from ._late_sidecars import RowValues, came_with_its_file, fill_duplicates
 from .db import Database
@@ -286,7 +285,7 @@ class Importer:
             to_the_end(lambda: self._abandon(window, batch, committing))
             if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, ImportInterrupted):
                 for ended in (committing, settling):  # a commit under way at the stop counts, if it ended well
-                    if ended is not None and _wait_committed(ended):
+                    if ended is not None and committed_well(ended):
                         result.merge(ended.commit.result())  # type: ignore[union-attr]
                 result.seconds = time.perf_counter() - started
                 raise ImportInterrupted(result) from exc
@@ -376,15 +375,6 @@ class Importer:
 def _held(candidate: Candidate) -> int:
     """Bytes of a file the pipeline keeps in memory between reading and staging it."""
     return candidate.size if candidate.size <= IN_MEMORY_BYTES else 0
-
-
-def _wait_committed(batch: Batch) -> bool:
-    """Whether a batch's commit ended well, once it has ended (a Ctrl-C meanwhile waits again: see to_the_end)."""
-    commit = batch.commit
-    if commit is None:
-        return False
-    to_the_end(lambda: futures.wait([commit]))  # (the wait raises nothing of the commit's own)
-    return not commit.cancelled() and commit.exception() is None
 
 
 def _held_by(examined: list[Examined]) -> int:
