@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import decimal
 import enum
-import json
 import math
 import numbers
 import os
@@ -21,6 +20,11 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Re-exported: where the other checks of input are looked for (``models.check_settings``).
+from ._settings_check import MAX_SETTINGS_BYTES as MAX_SETTINGS_BYTES
+from ._settings_check import MAX_SETTINGS_DEPTH as MAX_SETTINGS_DEPTH
+from ._settings_check import check_settings as check_settings
+from ._settings_check import settings_json as settings_json
 from ._spelling import composed
 from .errors import InvalidInputError
 
@@ -32,19 +36,14 @@ MAX_TAGS = 64
 MAX_NAME_CHARS = 100
 MAX_DESCRIPTION_CHARS = 2_000
 MAX_MODEL_CHARS = 500
-MAX_SETTINGS_BYTES = 1024 * 1024
 MAX_SEED = 2**63 - 1
 #: A job's positions (PostgreSQL's ``integer``).
 MAX_ASSET_INDEX = 2**31 - 1
-#: Nesting of generation settings (a ComfyUI graph is ~5 deep; JSON readers stop at 200 or so).
-MAX_SETTINGS_DEPTH = 64
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Control characters (a line break, a tab, NUL): none may stand in a one-line name, nor be printed raw.
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: Lone surrogates: what Python makes of bytes that are not UTF-8 (a shell argument, a file name); not storable.
 SURROGATES = re.compile("[\ud800-\udfff]")
-#: A NUL character in JSON text: the escape ``\u0000`` after an even number of backslashes (an odd one
-#: escapes the backslash instead).
-_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class AssetType(str, enum.Enum):
@@ -155,7 +154,7 @@ def _check_text(value: Any, what: str, max_chars: int, *, allow_newlines: bool, 
     if len(value) > max_chars:
         raise InvalidInputError(f"{what} is {len(value):,} characters long; the limit is {max_chars:,}")
     bad = value.replace("\n", "").replace("\t", "").replace("\r", "") if allow_newlines else value
-    if _CONTROL.search(bad):
+    if CONTROL.search(bad):
         raise InvalidInputError(f"{what} contains control characters; remove them")
     check_unicode(value, what)
     if not allow_empty and not value.strip():
@@ -227,61 +226,6 @@ def check_tags(values: Any) -> list[str]:
         if len(out) > MAX_TAGS:  # stop here: the rest of a huge list is never read
             raise InvalidInputError(f"more than {MAX_TAGS} tags given; at most {MAX_TAGS} are allowed")
     return list(out)
-
-
-def check_settings(value: Any) -> dict[str, Any]:
-    """Generation settings: a JSON object (given as a dict or as JSON text)."""
-    return _checked_settings(value)[0]
-
-
-def settings_json(value: Any) -> str:
-    """:func:`check_settings`, returning the settings as the JSON text that is stored."""
-    return _checked_settings(value)[1]
-
-
-def _checked_settings(value: Any) -> tuple[dict[str, Any], str]:
-    if isinstance(value, str):
-        if len(value) > MAX_SETTINGS_BYTES:
-            raise InvalidInputError(f"generation settings exceed {MAX_SETTINGS_BYTES:,} bytes of JSON")
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise InvalidInputError(f"generation settings are not valid JSON ({exc.msg}); give a JSON object") from None
-        except (ValueError, RecursionError) as exc:  # an integer of 4,300+ digits; nesting Python cannot follow
-            raise InvalidInputError(f"generation settings cannot be read as JSON ({exc}); "
-                                    "give a simpler object") from None
-    if not isinstance(value, dict):
-        raise InvalidInputError(
-            f"generation settings must be a JSON object, not {type(value).__name__}; wrap values as {{\"key\": value}}"
-        )
-    if _nesting(value) > MAX_SETTINGS_DEPTH:
-        raise InvalidInputError(f"generation settings are nested more than {MAX_SETTINGS_DEPTH} levels deep; "
-                                "flatten them")
-    try:
-        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False)
-        size = len(encoded.encode())
-    except UnicodeEncodeError:
-        raise InvalidInputError("generation settings hold text that is not valid Unicode; give it as UTF-8") from None
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"generation settings cannot be stored as JSON: {exc}") from None
-    if size > MAX_SETTINGS_BYTES:
-        raise InvalidInputError(f"generation settings exceed {MAX_SETTINGS_BYTES:,} bytes of JSON")
-    if _JSON_NUL.search(encoded):
-        raise InvalidInputError("generation settings hold a NUL character (\\u0000), which PostgreSQL's jsonb cannot "
-                                "store; remove it")
-    return value, encoded
-
-
-def _nesting(value: Any) -> int:
-    """How deep dicts and lists nest in ``value``, level by level (no recursion; stops past the limit)."""
-    level, depth = ([value] if isinstance(value, (dict, list, tuple)) else []), 0
-    while level:
-        depth += 1
-        if depth > MAX_SETTINGS_DEPTH:
-            break
-        level = [child for item in level for child in (item.values() if isinstance(item, dict) else item)
-                 if isinstance(child, (dict, list, tuple))]  # only containers: a big graph has many leaves
-    return depth
 
 
 def check_whole_number(value: Any, what: str, minimum: int, maximum: int | None = None, *, hint: str = "") -> int:

@@ -7,7 +7,6 @@ import errno
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -32,7 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..db import format_time
-from ..models import SURROGATES
+from ..models import CONTROL, SURROGATES
 from ..progress import ProgressCallback, ProgressEvent
 
 # No markup: prompts ("a [red] fox"), file names ("[1].png") and messages ("the [remote] table") print as they are.
@@ -142,13 +141,10 @@ def tag_list(tags: Iterable[str]) -> str:
     return ", ".join(json.dumps(tag, ensure_ascii=False) if "," in tag or '"' in tag else tag for tag in tags)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
 def printable(text: str) -> str:
     """``text`` with its control characters as escapes (``\\n``): a file named ``a\\n  refused b.png`` must not
     print as two lines of a report."""
-    return _CONTROL.sub(lambda found: repr(found.group())[1:-1], text)
+    return CONTROL.sub(lambda found: repr(found.group())[1:-1], text)
 
 
 def about(path: str, reason: str) -> str:
