@@ -246,6 +246,9 @@ class Workspace:
                     f"SELECT sha256 FROM user_library WHERE user_id = ? AND sha256 IN ({marks})",
                     (user, *hashes, user, *hashes))}
                 values = []
+                # Ascending ids in batch order: the batch shares one created_at, and the list breaks that tie by id,
+                # so it shows the batch newest (last) first rather than in random order. Each id is still a uuid4.
+                ids = sorted(str(uuid.uuid4()) for _ in entries)
                 for position, entry in enumerate(entries):
                     if entry.staged.sha256 in taken:
                         continue
@@ -253,7 +256,7 @@ class Workspace:
                     index = next_index[entry.job_id]
                     next_index[entry.job_id] = index + 1
                     relative = f"{user}/{entry.job_id}/{index}.{entry.facts.media_type.extension}"
-                    asset_id = str(uuid.uuid4())
+                    asset_id = ids[position]
                     moves.append((entry.staged, relative))
                     out[position] = (asset_id, index)
                     facts = entry.facts

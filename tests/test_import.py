@@ -129,6 +129,29 @@ def test_jobs_follow_the_files_times_not_their_names(vault: Vault, tmp_path: Pat
     assert job["u.png"] == job["t.png"]  # 30 s apart: within the window
 
 
+def test_an_import_lists_newest_file_first_not_in_random_order(vault: Vault, tmp_path: Path) -> None:
+    """A batch's rows share one created_at; the list must still show them as the files came, the newest first,
+    page after page (its tie was broken by random ids)."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    start = 1_700_000_000.0
+    names = [f"{chr(ord('z') - n)}.png" for n in range(24)]  # names sort against their times
+    for n, name in enumerate(names):
+        make_png(folder / name, text_chunks=a1111("fox", n), color=n + 1)
+        os.utime(folder / name, (start + 2 * n, start + 2 * n))
+    result = vault.workspace.import_folder(folder)
+    assert len(result.imported) == 24
+    name_of = {item.asset_id: Path(item.source).name for item in result.imported}
+    listed: list[str] = []
+    cursor = None
+    while True:
+        page = vault.workspace.list(limit=5, cursor=cursor)
+        listed += [name_of[a.id] for a in page.items]
+        if (cursor := page.next_cursor) is None:
+            break
+    assert listed == names[::-1]
+
+
 def test_expired_assets_do_not_count_as_duplicates(vault: Vault, tmp_path: Path) -> None:
     """An expired asset that cleanup has not removed yet is replaced, not reported as a duplicate."""
     rig_folder(tmp_path / "out")
