@@ -691,3 +691,38 @@ def test_a_remote_named_by_libpq_s_environment_is_told_from_another(monkeypatch:
     explicit = SimpleNamespace(database_url="postgresql://bob:pw@db.example:5433/main", bucket_url="s3://photos",
                                storage_options={})
     assert remote_identity(explicit) == "db.example:5433/main s3://photos"
+
+
+def test_a_sync_whose_remote_an_older_localvault_switched_sends_everything(
+        vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path, postgres_server: Any, pg_template: str) -> None:
+    """A localvault older than `synced_to` recorded only when it last synced; its own 'remote set' to a new
+    server recorded nothing. The first sync after the upgrade trusted the queue, and the new server got only the
+    rows edited since (refused for lack of their collection) and none of the rest. It is a full one now."""
+    from servers import _create_database, _drop_database
+
+    vault.collections.create("Holiday")
+    assets = [vault.library.add(_image(tmp_path, n), title=f"t{n}", collection="Holiday") for n in range(3)]
+    vault.sync(remote)
+    name, bucket = f"lv_test_{uuid.uuid4().hex[:12]}", f"lv-test-{uuid.uuid4().hex[:16]}"
+    _create_database(postgres_server, name, template=pg_template)
+    _s3(s3_bucket).create_bucket(Bucket=bucket)
+    try:
+        dsn = postgres_server.dsn(name)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO auth.users (id, email) VALUES (%s, 'a@example.com')", (vault.user_id,))
+        vault.set_remote(dsn, f"s3://{bucket}", s3_bucket.storage_options)
+        vault.library.update(assets[0].id, title="edited since")
+        with vault.db.write() as conn:  # what the older version left: a last sync, and no word of where to
+            conn.execute("DELETE FROM vault_meta WHERE key LIKE 'synced_to:%'")
+        assert status(vault, check_online=False).remote_changed
+        report = vault.sync()
+        assert report.remote_changed and (report.rows_written, report.files_uploaded, report.rejected) == (4, 3, 0)
+        assert set(_server_rows(dsn, "user_library")) == {a.id for a in assets}
+        assert set(_objects(s3_bucket.storage_options, bucket)) == {a.storage_path for a in assets}
+        assert not status(vault).remote_changed and vault.sync().rows_written == 0
+    finally:
+        _drop_database(postgres_server, name)
+        client = _s3(s3_bucket)
+        for key in _objects(s3_bucket.storage_options, bucket):
+            client.delete_object(Bucket=bucket, Key=key)
+        client.delete_bucket(Bucket=bucket)

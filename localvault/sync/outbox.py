@@ -349,7 +349,11 @@ def mark_synced(vault: Vault, dry_run: bool, remote: str) -> None:
 
 
 def remote_changed(vault: Vault, remote: str) -> bool:
-    """Whether this user's last sync went to another remote than ``remote``: what the outbox holds is relative to
-    that one, and the new one holds none of it (a vault that never recorded where it synced is taken at its word)."""
+    """Whether this user's last sync went to another remote than ``remote``, or to one not recorded: what the
+    outbox holds is relative to that one, and the new one holds none of it. A sync made by a localvault older than
+    ``synced_to`` (whose own ``remote set`` recorded nothing) counts as another: sending everything once more is
+    harmless, while trusting it lost every row that older version's switch of remote left behind."""
     synced_to = vault.db.get_meta(f"synced_to:{vault.user_id}")
-    return synced_to is not None and synced_to != remote
+    if synced_to is None:
+        return vault.db.get_meta(f"last_sync:{vault.user_id}") is not None
+    return synced_to != remote
