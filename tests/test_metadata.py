@@ -990,6 +990,75 @@ def test_text_is_cleaned_to_fit_the_models(tmp_path: Path) -> None:
     assert_valid(info)
 
 
+# ----------------------------------------------- bombs (hostile files)
+
+
+def _with_chunks(path: Path, chunks: list[bytes]) -> Path:
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-12] + b"".join(chunks) + raw[-12:])  # before IEND
+    return path
+
+
+def test_compressed_text_chunks_inflate_within_one_budget_per_file(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each zTXt chunk was capped, the file was not: 20 chunks of 800 KB inflating to 32 MiB each took 712 MiB,
+    and 100 under one keyword, each inflated again though only the first is kept, hours of CPU in a 1 GiB file."""
+    monkeypatch.setattr(images, "MAX_TEXTS_BYTES", 1_000_000)
+    inflated: list[int] = []
+    real_inflate = images._inflate
+    monkeypatch.setattr(images, "_inflate", lambda data, limit: inflated.append(limit) or real_inflate(data, limit))
+    bomb = zlib.compress(b"a" * 600_000, 9)
+    same = [_png_chunk(b"zTXt", b"same\0\0" + bomb) for _ in range(50)]
+    many = [_png_chunk(b"zTXt", f"k{n}".encode() + b"\0\0" + bomb) for n in range(50)]
+    path = _with_chunks(make_png(tmp_path / "bomb.png", text_chunks={"parameters": A1111}), same + many)
+    with path.open("rb") as f:
+        texts = images.png_texts(f)
+    assert texts["parameters"] == A1111 and texts["same"] == "a" * 600_000
+    assert sum(map(len, texts.values())) <= 1_000_000 + len(A1111)  # the last one cut to the room left
+    assert len(inflated) == 2 and inflated[1] <= 1_000_000 - 600_000  # never a taken name, never past the budget
+
+
+def test_exif_blocks_are_parsed_a_few_times_per_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """60 EXIF segments of 60 KB took Pillow 3 s (a 1 GiB JPEG of them, 15 minutes): a real file has one."""
+    parsed: list[int] = []
+    real = images.exif_texts
+    monkeypatch.setattr(images, "exif_texts", lambda data: parsed.append(len(data)) or real(data))
+    path = make_jpeg(tmp_path / "many.jpg", exif_user_comment=A1111)
+    raw = path.read_bytes()
+    start = raw.index(b"Exif\0\0") - 4
+    segment = raw[start:start + 2 + struct.unpack(">H", raw[start + 2:start + 4])[0]]
+    path.write_bytes(raw[:start] + segment * 40 + raw[start + len(segment):])
+    assert metadata.read(path).seed == 1234567890
+    assert len(parsed) == images.MAX_EXIF_BLOCKS
+
+
+def test_json_longer_than_the_cap_is_not_parsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 30 KB zTXt inflating to 32 MiB of `[0,0,…]` took 237 MiB once parsed, a graph of tiny nodes 866 MiB:
+    JSON text longer than MAX_JSON_CHARS reads as no JSON (the file is still taken, without those settings)."""
+    monkeypatch.setattr(_clean, "MAX_JSON_CHARS", 2000)
+    graph = {str(n): {"class_type": "KSampler", "inputs": {"seed": 7, "steps": n}} for n in range(40)}
+    assert len(json.dumps(graph)) > 2000
+    assert _clean.json_loads(json.dumps(graph)) is None and _clean.json_loads('{"a": [0, 0]}') == {"a": [0, 0]}
+    info = metadata.read(make_png(tmp_path / "wide.png", text_chunks={"prompt": json.dumps(graph)}, compress=True))
+    assert "comfyui_prompt" not in info.settings and info.seed is None
+    assert_valid(info)
+
+
+def test_settings_of_thousands_of_keys_are_cut_to_size_measuring_each_entry_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each entry dropped measured the whole dict and every value again: a 14 KB PNG of 3,000 Fooocus keys took
+    68 s, a 2.5 MB sidecar of 100,000 keys never ended."""
+    measured = [0]
+    real = _clean._encoded_size
+    monkeypatch.setattr(_clean, "_encoded_size", lambda value: measured.__setitem__(0, measured[0] + 1) or real(value))
+    settings = {f"key_{n}": "v" * (1000 + n % 7) for n in range(3000)}
+    kept = _clean.clean_settings(settings)
+    assert 0 < len(json.dumps(kept).encode()) <= _clean.MAX_SETTINGS_BYTES < len(json.dumps(settings).encode())
+    dropped = set(settings) - set(kept)
+    assert min(len(settings[k]) for k in dropped) >= max(len(settings[k]) for k in kept)  # the largest went
+    assert measured[0] <= 2 * len(settings) + 2
+
+
 # ---------------------------------------------------------------- fuzzing
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -17,6 +17,11 @@ from typing import Any, BinaryIO
 from PIL import Image
 
 MAX_TEXT_BYTES = 32 * 1024 * 1024
+#: What one file's texts may come to in all, inflated: a bomb of compressed chunks, each under MAX_TEXT_BYTES,
+#: took gigabytes of memory, or hours of CPU under one keyword inflated again and again.
+MAX_TEXTS_BYTES = 32 * 1024 * 1024
+#: EXIF blocks parsed in one file (a real one has one; Pillow takes ~50 ms for each block of 64 KB).
+MAX_EXIF_BLOCKS = 4
 _MAX_CHUNKS = 200_000
 _TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt", b"eXIf")
 _EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
@@ -33,38 +38,63 @@ def _text(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
-def _inflate(data: bytes) -> bytes:
+class _Texts:
+    """The texts found in one file, the first under each name, within MAX_TEXTS_BYTES and MAX_EXIF_BLOCKS."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, str] = {}
+        self.room = MAX_TEXTS_BYTES
+        self._exif_blocks = 0
+
+    def wants(self, name: str) -> bool:
+        """Whether a text under ``name`` would be kept: read (inflate) it only then."""
+        return name not in self.found and self.room > 0
+
+    def add(self, name: str, text: str) -> None:
+        if self.wants(name):
+            self.found[name] = text
+            self.room -= len(text)
+
+    def add_exif(self, data: bytes) -> None:
+        if self._exif_blocks < MAX_EXIF_BLOCKS and self.room > 0:
+            self._exif_blocks += 1
+            for name, text in exif_texts(data).items():
+                self.add(name, text)
+
+
+def _inflate(data: bytes, limit: int) -> bytes:
     try:
-        return zlib.decompressobj().decompress(data, MAX_TEXT_BYTES)
+        return zlib.decompressobj().decompress(data, max(1, min(limit, MAX_TEXT_BYTES)))
     except zlib.error:
         return b""
 
 
-def _png_text(kind: bytes, data: bytes) -> tuple[str, str] | None:
+def _add_png_text(texts: _Texts, kind: bytes, data: bytes) -> None:
     key, sep, rest = data.partition(b"\0")
-    if not sep:
-        return None
     name = key.decode("latin-1")
+    if not sep or not texts.wants(name):  # (the keyword first: a chunk whose name is taken is never inflated)
+        return
     if kind == b"tEXt":
-        return name, _text(rest)
-    if kind == b"zTXt":
-        return name, _text(_inflate(rest[1:]))
-    compressed, rest = rest[:1] == b"\x01", rest[2:]
-    _lang, _, rest = rest.partition(b"\0")
-    _translated, _, rest = rest.partition(b"\0")
-    return name, (_inflate(rest) if compressed else rest).decode("utf-8", "replace")
+        texts.add(name, _text(rest))
+    elif kind == b"zTXt":
+        texts.add(name, _text(_inflate(rest[1:], texts.room)))
+    else:
+        compressed, rest = rest[:1] == b"\x01", rest[2:]
+        _lang, _, rest = rest.partition(b"\0")
+        _translated, _, rest = rest.partition(b"\0")
+        texts.add(name, (_inflate(rest, texts.room) if compressed else rest).decode("utf-8", "replace"))
 
 
 def png_texts(f: BinaryIO) -> dict[str, str]:
     """Text chunks (tEXt, zTXt, iTXt, wherever they are) and the EXIF of a PNG stream."""
-    texts: dict[str, str] = {}
+    texts = _Texts()
     f.seek(8)
     for _ in range(_MAX_CHUNKS):
         head = f.read(8)
         if len(head) < 8:
             break
         length, kind = struct.unpack(">I4s", head)
-        if kind == b"IEND":
+        if kind == b"IEND" or texts.room <= 0:
             break
         if kind not in _TEXT_CHUNKS or length > MAX_TEXT_BYTES:
             f.seek(length + 4, 1)
@@ -72,20 +102,15 @@ def png_texts(f: BinaryIO) -> dict[str, str]:
         data = f.read(length)
         f.seek(4, 1)
         if kind == b"eXIf":
-            _merge_new(texts, exif_texts(data))
-        elif (pair := _png_text(kind, data)) is not None:
-            texts.setdefault(*pair)
-    return texts
-
-
-def _merge_new(into: dict[str, str], new: dict[str, str]) -> None:
-    for key, value in new.items():
-        into.setdefault(key, value)
+            texts.add_exif(data)
+        else:
+            _add_png_text(texts, kind, data)
+    return texts.found
 
 
 def jpeg_texts(f: BinaryIO) -> dict[str, str]:
     """The EXIF and XMP (APP1) and comment (COM) segments of a JPEG stream, up to the image data."""
-    texts: dict[str, str] = {}
+    texts = _Texts()
     f.seek(2)
     for _ in range(_MAX_CHUNKS):
         byte = f.read(1)
@@ -103,17 +128,17 @@ def jpeg_texts(f: BinaryIO) -> dict[str, str]:
             break
         data = f.read(struct.unpack(">H", size)[0] - 2)
         if marker == b"\xe1" and data.startswith(b"Exif\0\0"):
-            _merge_new(texts, exif_texts(data))
-        elif marker == b"\xe1" and data.startswith(_XMP_APP1):
-            texts.setdefault(XMP_KEY, _text(data[len(_XMP_APP1):]))
-        elif marker == b"\xfe":
-            texts.setdefault("comment", _text(data.rstrip(b"\0")))
-    return texts
+            texts.add_exif(data)
+        elif marker == b"\xe1" and data.startswith(_XMP_APP1) and texts.wants(XMP_KEY):
+            texts.add(XMP_KEY, _text(data[len(_XMP_APP1):]))
+        elif marker == b"\xfe" and texts.wants("comment"):
+            texts.add("comment", _text(data.rstrip(b"\0")))
+    return texts.found
 
 
 def webp_texts(f: BinaryIO) -> dict[str, str]:
     """The EXIF and XMP chunks of a WebP (RIFF) stream."""
-    texts: dict[str, str] = {}
+    texts = _Texts()
     f.seek(12)
     for _ in range(_MAX_CHUNKS):
         head = f.read(8)
@@ -121,14 +146,14 @@ def webp_texts(f: BinaryIO) -> dict[str, str]:
             break
         kind, length = struct.unpack("<4sI", head)
         if kind == b"EXIF" and length <= MAX_TEXT_BYTES:
-            _merge_new(texts, exif_texts(f.read(length)))
+            texts.add_exif(f.read(length))
             f.seek(length % 2, 1)
-        elif kind == b"XMP " and length <= MAX_TEXT_BYTES:
-            texts.setdefault(XMP_KEY, _text(f.read(length)))
+        elif kind == b"XMP " and length <= MAX_TEXT_BYTES and texts.wants(XMP_KEY):
+            texts.add(XMP_KEY, _text(f.read(length)))
             f.seek(length % 2, 1)
         else:
             f.seek(length + length % 2, 1)
-    return texts
+    return texts.found
 
 
 def exif_texts(data: bytes) -> dict[str, str]:
