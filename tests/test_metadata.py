@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -934,6 +935,44 @@ def test_a_json_sidecar_cut_off_while_written_says_nothing_and_the_txt_one_is_re
     (tmp_path / "h.txt").write_text("{red|blue} fox, [cat:dog:0.5]")  # dynamic-prompt syntax, in a .txt: a prompt
     info = metadata.read(img)
     assert (info.source, info.prompt, info.settings["sidecar"]) == ("sidecar", "{red|blue} fox, [cat:dog:0.5]", "h.txt")
+
+
+def test_a_sidecar_link_leading_out_of_its_folder_is_not_read(tmp_path: Path) -> None:
+    """A link planted beside an image (`p1.txt -> ../secret/creds`) made the file of secrets the asset's prompt,
+    which a sync may make public; a link within the folder is read as before."""
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "creds").write_text("AWS_SECRET_ACCESS_KEY=abc123")
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    img = make_png(out / "p1.png")
+    (out / "p1.txt").symlink_to("../secret/creds")
+    assert metadata.read(img) == GenerationInfo()
+    (out / "sub" / "real.txt").write_text("a heron at dawn")
+    (out / "p1.txt").unlink()
+    (out / "p1.txt").symlink_to("sub/real.txt")
+    assert metadata.read(img).prompt == "a heron at dawn"
+
+
+def test_a_sidecar_that_is_a_named_pipe_or_too_big_is_skipped_without_waiting(tmp_path: Path) -> None:
+    """A FIFO in a sidecar's place, or a sidecar over MAX_SIDECAR_BYTES, is skipped without waiting. The read
+    itself checks both now; before, an `is_file()` and a size check came first, and a plain open after them
+    could be raced (a race this test cannot cause: it guards the outcome)."""
+    import threading
+
+    from localvault.metadata import sidecar
+
+    img = make_png(tmp_path / "q.png")
+    os.mkfifo(tmp_path / "q.json")
+    (tmp_path / "q.txt").write_bytes(b"x" * (sidecar.MAX_SIDECAR_BYTES + 1))
+    results: list[GenerationInfo] = []
+    reader = threading.Thread(target=lambda: results.append(metadata.read(img)), daemon=True)
+    reader.start()
+    reader.join(20)
+    if reader.is_alive():  # unblock it, so the suite goes on
+        with open(tmp_path / "q.json", "wb"):
+            pass
+        pytest.fail("reading the sidecars waited on a named pipe")
+    assert results == [GenerationInfo()]
 
 
 # --------------------------------------------------------- none and errors

@@ -8,6 +8,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from .._disk import NotRegularFileError, open_regular
 from . import a1111, comfyui
 from ._clean import Found, find_run_id, json_object, parse_seed, snake_key
 
@@ -113,6 +114,22 @@ def parse_text(text: str, *, json_only: bool = False) -> Found:
     return from_mapping(labelled) if labelled is not None else a1111.parse(text)
 
 
+def _text_of(candidate: Path) -> str | None:
+    """A sidecar's text; None when there is none to read: no regular file (a FIFO would block the read for ever),
+    over MAX_SIDECAR_BYTES, or a link leading out of its folder (a link planted beside an image to a file of
+    secrets made them its prompt, which a sync may publish)."""
+    if candidate.is_symlink():
+        folder = os.path.realpath(candidate.parent)
+        if os.path.commonpath([folder, os.path.realpath(candidate)]) != folder:
+            return None
+    try:
+        with open_regular(candidate) as f:
+            data = f.read(MAX_SIDECAR_BYTES + 1)  # (no more: one that is still growing is not read whole)
+    except NotRegularFileError:
+        return None
+    return data.decode("utf-8-sig", "replace") if len(data) <= MAX_SIDECAR_BYTES else None
+
+
 def read(path: Path, siblings: Collection[str] | None = None) -> Found:
     """What the first readable sidecar of ``path`` says, with source "sidecar"; empty if none.
 
@@ -124,9 +141,8 @@ def read(path: Path, siblings: Collection[str] | None = None) -> Found:
             continue
         candidate = path.with_name(name)
         try:
-            if candidate == path or not candidate.is_file() or candidate.stat().st_size > MAX_SIDECAR_BYTES:
+            if candidate == path or (text := _text_of(candidate)) is None:
                 continue
-            text = candidate.read_bytes().decode("utf-8-sig", "replace")
         except FileNotFoundError:
             continue
         except OSError as exc:  # (its permissions, a disk error): recorded, not fatal
