@@ -333,7 +333,7 @@ class SourceReadError(StorageError):
 
 def open_source(source: Path) -> BinaryIO:
     try:
-        return open(source, "rb")
+        return open_regular(source)
     except OSError as exc:
         raise SourceReadError(f"cannot read {source}: {exc.strerror or exc}") from None
 

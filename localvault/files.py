@@ -23,6 +23,7 @@ from typing import BinaryIO
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from . import models
 from ._disk import (
     TEMP_PREFIX,
     SourceReadError,
@@ -42,9 +43,8 @@ from ._disk import (
     unlink_quietly,
     walk_files,
     write_all,
-    write_durably,
 )
-from .errors import DuplicateError, StorageError
+from .errors import FileTooLargeError, StorageError
 
 WORKSPACE_BUCKET = "workspace-temp"
 LIBRARY_BUCKET = "user-library"
@@ -89,7 +89,9 @@ class FileStore:
 
     def stage(self, source: Path, bucket: str, folder: str, on_bytes: Callable[[int], None] | None = None,
               *, sync: bool = True, name: str | None = None) -> StagedFile:
-        """Copy ``source`` into ``bucket/folder`` under a temp name, hashing while copying.
+        """Copy ``source`` into ``bucket/folder`` under a temp name, hashing while copying; FileTooLargeError once
+        past 1 GiB (a file growing while copied, or a vault's file replaced by a link to ``/dev/zero``), and
+        SourceReadError for a source that is no regular file (a named pipe would block the read for ever).
 
         Fsynced unless ``sync=False``: batch imports then make a whole batch
         durable at once (:meth:`syncfs`, or :meth:`sync_files`) before committing it.
@@ -103,9 +105,12 @@ class FileStore:
         def copy(reader: BinaryIO, write: Callable[[bytes], object]) -> None:
             nonlocal size
             while chunk := read_source(reader, source):
+                size += len(chunk)
+                if size > models.MAX_FILE_BYTES:
+                    raise FileTooLargeError(f"{source} grew past {models.MAX_FILE_BYTES:,} bytes while it was "
+                                            "copied into the vault; the limit is 1 GiB")
                 digest.update(chunk)
                 write(chunk)
-                size += len(chunk)
                 if on_bytes:
                     on_bytes(len(chunk))
 
@@ -264,6 +269,8 @@ class FileStore:
                 found = os.stat(src)
             except FileNotFoundError:
                 raise StorageError(f"the file {src} is missing; run 'localvault verify' to check the vault") from None
+            if not stat.S_ISREG(found.st_mode):  # (a named pipe would be linked, then block its hashing for ever)
+                raise StorageError(f"{src} is not a regular file; run 'localvault verify' to check the vault")
             linked = self.stage_link(Path(src), sha256, found.st_size, bucket, folder) \
                 if sha256 is not None and found.st_nlink == 1 else None
             # A link's bytes are hashed too, through the link itself (the very inode the commit names): a file
@@ -386,22 +393,3 @@ class FileStore:
         else:
             for path in self.fs.find(base):
                 yield path[len(base) + 1:] if path.startswith(base) else path.split(f"/{bucket}/", 1)[-1]
-
-    def export(self, bucket: str, relative: str, destination: Path) -> None:
-        """Copy a file out of the vault to a local path that must not exist (DuplicateError), atomically."""
-        try:
-            reader = self.open(bucket, relative)
-        except StorageError:  # missing: says so, and what to do
-            raise
-        except OSError as exc:  # the vault's file, not the destination
-            raise StorageError(f"cannot read {bucket}/{relative}: {exc.strerror or exc}; run 'localvault verify'"
-                               ) from None
-        try:
-            with reader:
-                write_durably(reader, destination, replace=False)
-        except FileExistsError:  # made meanwhile (by another export, say): never overwritten
-            raise DuplicateError(f"{destination} already exists; choose another destination") from None
-        except OSError as exc:
-            raise os_error(exc, destination) from None
-        with contextlib.suppress(OSError):  # best effort: a folder one may write to but not list cannot be opened
-            fsync_path(destination.parent)

@@ -13,7 +13,6 @@ from typing import Any, NamedTuple
 
 from . import media, models
 from .errors import (
-    FileTooLargeError,
     InvalidInputError,
     LocalVaultError,
     NotFoundError,
@@ -71,7 +70,7 @@ def prepare(
             raise StorageError(f"cannot use {source}: {exc.strerror or exc}") from None
         raise InvalidInputError(f"{source} is not a file; give the path of an image or video")
     media_type, _size = media.check_source(source)  # a wrong file is refused before it is copied
-    staged = files.stage(source, bucket, folder, on_bytes=_within_limit(source, on_bytes))
+    staged = files.stage(source, bucket, folder, on_bytes=on_bytes)  # (it stops a file growing past 1 GiB)
     try:
         facts = _check_copy(files, staged, media_type, source)
     except BaseException:
@@ -161,22 +160,6 @@ def embedded_info(source: str | os.PathLike[str], copy: str | None = None) -> Ge
         return read(models.check_path(source, "the file to add"), contents=copy)
     except (LocalVaultError, OSError, ValueError):
         return GenerationInfo()
-
-
-def _within_limit(source: Path, on_bytes: Callable[[int], None] | None) -> Callable[[int], None]:
-    """The copy's progress callback, which also stops a file that grows past the limit while it is copied."""
-    copied = 0
-
-    def count(n: int) -> None:
-        nonlocal copied
-        copied += n
-        if copied > models.MAX_FILE_BYTES:
-            raise FileTooLargeError(f"{source} grew past {models.MAX_FILE_BYTES:,} bytes while it was being added; "
-                                    "the limit is 1 GiB")
-        if on_bytes is not None:
-            on_bytes(n)
-
-    return count
 
 
 def _check_copy(files: FileStore, staged: StagedFile, media_type: models.MediaType, source: Path) -> MediaFacts:

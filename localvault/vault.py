@@ -18,6 +18,7 @@ from . import _id_prefix as id_prefix
 from . import _write_intents as write_intents
 from . import media, models, pending
 from ._disk import TEMP_PREFIX, unlink_quietly
+from ._export import export_file
 from ._id_prefix import MIN_ID_PREFIX as MIN_ID_PREFIX  # (where it was)
 from .collections import Collections
 from .config import CONFIG_NAME, RemoteConfig, VaultConfig, remote_identity
@@ -302,7 +303,8 @@ class Vault:
         dest = models.check_path(destination, "the destination")
         if Path(os.path.realpath(dest)).is_relative_to(self.root):  # (a symlink into it too)
             raise InvalidInputError(f"{dest} is inside the vault at {self.root}: export to a folder outside it")
-        bucket, relative = self.locate(asset_id)
+        asset = self.get(asset_id)
+        bucket, relative = self._where(asset)
         try:
             into_folder = str(destination).endswith((os.sep, "/")) or dest.is_dir()
         except OSError as exc:  # a name too long, a parent we may not enter
@@ -316,7 +318,7 @@ class Vault:
         media.check_export_name(dest, relative)
         if dest.exists():
             raise DuplicateError(f"{dest} already exists; choose another destination")
-        self.files.export(bucket, relative, dest)
+        export_file(self.files, bucket, relative, asset.sha256, asset.file_size_bytes, dest)
         return dest
 
     def get(self, asset_id: str) -> LibraryAsset | WorkspaceAsset:
@@ -343,7 +345,10 @@ class Vault:
 
     def locate(self, asset_id: str) -> tuple[str, str]:
         """(bucket, path) of a library or workspace asset of this user."""
-        asset = self.get(asset_id)
+        return self._where(self.get(asset_id))
+
+    @staticmethod
+    def _where(asset: LibraryAsset | WorkspaceAsset) -> tuple[str, str]:
         if isinstance(asset, LibraryAsset):
             return LIBRARY_BUCKET, asset.storage_path
         return WORKSPACE_BUCKET, asset.temp_storage_path

@@ -813,3 +813,62 @@ def test_a_watcher_takes_any_real_number_of_seconds(ctx: Ctx) -> None:
                       quiet_seconds=0, sidecar_wait_seconds=2)
     assert watcher.stable_seconds == 0.5 and watcher.poll_seconds == 0.25
     watcher.stop()
+
+
+@pytest.mark.parametrize("replacement", ["named pipe", "link to /dev/zero"])
+def test_saving_an_asset_whose_file_was_replaced_by_no_regular_file_is_refused_at_once(
+        tmp_path: Path, replacement: str) -> None:
+    """A workspace file replaced by a named pipe was hard-linked into the library, whose hashing then waited for
+    ever; one replaced by a link to /dev/zero was copied without end (7.5 GB in a minute). Both are refused at
+    once, and leave nothing behind (a security review)."""
+    import threading
+
+    with Vault.create(tmp_path / "vault") as vault:
+        asset = vault.workspace.add(write_media(tmp_path / "src", "png", 7))
+        path = Path(vault.workspace.file_path(asset))
+        path.unlink()
+        if replacement == "named pipe":
+            os.mkfifo(path)
+        else:
+            path.symlink_to("/dev/zero")
+        before = table_counts(vault), _tree(vault.root)
+        outcome: list[BaseException | None] = []
+
+        def save() -> None:
+            try:
+                vault.library.save(asset.id)
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        saving = threading.Thread(target=save, daemon=True)
+        saving.start()
+        saving.join(30)
+        if saving.is_alive():  # unblock it, so the suite goes on
+            if replacement == "named pipe":
+                with open(path, "wb"):
+                    pass
+            pytest.fail(f"save of a file replaced by a {replacement} did not end")
+        (error,) = outcome
+        assert isinstance(error, StorageError) and "not a regular file" in str(error), error
+        assert (table_counts(vault), _tree(vault.root)) == before
+
+
+def test_exporting_an_asset_whose_file_no_longer_holds_its_bytes_writes_nothing(tmp_path: Path) -> None:
+    """A vault's file swapped for a link to another file (or rewritten in place) was exported as it was, with
+    no check against its row (a security review): the copy now fails before it is published."""
+    with Vault.create(tmp_path / "vault") as vault:
+        kept = vault.library.add(write_media(tmp_path / "src", "png", 8))
+        path = Path(vault.library.file_path(kept))
+        outside = write_media(tmp_path / "elsewhere", "png", 9)
+        path.unlink()
+        path.symlink_to(outside)
+        out = tmp_path / "out"
+        out.mkdir()
+        with pytest.raises(StorageError, match="no longer holds the bytes"):
+            vault.export(kept.id, out)
+        path.unlink()
+        path.write_bytes(outside.read_bytes()[:kept.file_size_bytes] + b"\0" * 64)  # longer than its row says
+        with pytest.raises(StorageError, match="no longer holds the bytes"):
+            vault.export(kept.id, out / "k.png")
+        assert list(out.iterdir()) == []
