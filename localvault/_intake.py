@@ -19,11 +19,13 @@ import json
 import os
 import stat as _stat
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import models
+from ._recovered import RECOVERED_FOLDER
 from .db import DB_NAME
 from .errors import InvalidInputError
 from .models import GenerationInfo
@@ -63,8 +65,9 @@ def is_candidate_name(name: str) -> bool:
     return not is_ignored_name(name) and os.path.splitext(name)[1].lower() in EXTENSIONS
 
 
-def check_folder(value: Any, what: str) -> Path:
-    """The folder ``value`` names (text or a path, ``~`` expanded); InvalidInputError if it is none we can use."""
+def check_folder(value: Any, what: str, vault_folders: Iterable[str] = ()) -> Path:
+    """The folder ``value`` names (text or a path, ``~`` expanded); InvalidInputError if it is none we can use, or
+    one of ``vault_folders`` (a vault's folder, its buckets' where they are elsewhere) or inside one."""
     folder = models.check_path(value, what)
     try:
         is_folder = folder.is_dir()
@@ -72,7 +75,21 @@ def check_folder(value: Any, what: str) -> Path:
         raise InvalidInputError(f"cannot use {folder} as {what}: {exc.strerror or exc}") from None
     if not is_folder:
         raise InvalidInputError(f"{folder} is not a folder; give the rig's output folder")
+    _refuse_inside_vault(folder, vault_folders, what)
     return folder
+
+
+def _refuse_inside_vault(folder: Path, vault_folders: Iterable[str], what: str) -> None:
+    """InvalidInputError for a folder to take files from that is a vault's (its folder, or its buckets' when
+    they are elsewhere), or inside one: its files are the vault's own, another user's too, and ``--move``
+    deleted them once taken. Its ``recovered/`` folder, where the vault sets strays aside to be taken again,
+    is allowed."""
+    real = Path(os.path.realpath(folder))
+    for vault_folder in map(Path, map(os.path.realpath, vault_folders)):
+        if real.is_relative_to(vault_folder) and not real.is_relative_to(vault_folder / RECOVERED_FOLDER):
+            raise InvalidInputError(f"{folder} is inside the vault at {vault_folder}: its files are the vault's own;"
+                                    f" give the rig's output folder as {what} (files set aside are in"
+                                    f" {vault_folder / RECOVERED_FOLDER})")
 
 
 def check_path(path: str | os.PathLike[str], root: Path) -> tuple[Candidate | None, str | None]:

@@ -872,3 +872,25 @@ def test_exporting_an_asset_whose_file_no_longer_holds_its_bytes_writes_nothing(
         with pytest.raises(StorageError, match="no longer holds the bytes"):
             vault.export(kept.id, out / "k.png")
         assert list(out.iterdir()) == []
+
+
+def test_importing_or_watching_a_folder_of_the_vault_is_refused(tmp_path: Path) -> None:
+    """User A's `import VAULT --recursive --move` took user B's files as new ones (duplicates are per user) and
+    deleted them; a watch of B's job folder took each as B committed it (a multi-user journey). The vault's
+    folders are refused as a source; its recovered/ folder, where strays are set aside to be taken again, is not."""
+    with Vault.create(tmp_path / "vault") as vault, Vault.open(tmp_path / "vault", user_id=USER_B) as other:
+        theirs = other.workspace.add(write_media(tmp_path / "src", "png", 11))
+        their_kept = other.library.save(theirs.id)
+        job_folder = Path(other.workspace.file_path(theirs)).parent
+        (tmp_path / "link").symlink_to(vault.root / "workspace-temp", target_is_directory=True)
+        before = table_counts(vault), _tree(vault.root)
+        for folder in (vault.root, job_folder, Path(other.library.file_path(their_kept)).parent, tmp_path / "link"):
+            with pytest.raises(InvalidInputError, match="inside the vault"):
+                vault.workspace.import_folder(folder, recursive=True, mode="move")
+            with pytest.raises(InvalidInputError, match="inside the vault"):
+                Watcher(vault, folder, mode="move")
+        assert (table_counts(vault), _tree(vault.root)) == before
+        recovered = vault.root / "recovered" / "user-library"
+        recovered.mkdir(parents=True)
+        (recovered / "stray.png").write_bytes(write_media(tmp_path / "src2", "png", 12).read_bytes())
+        assert len(vault.workspace.import_folder(recovered).imported) == 1
