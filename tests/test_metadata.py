@@ -953,16 +953,34 @@ def test_a_sidecar_link_leading_out_of_its_folder_is_not_read(tmp_path: Path) ->
     assert metadata.read(img).prompt == "a heron at dawn"
 
 
-def test_a_sidecar_that_is_a_named_pipe_or_too_big_is_skipped_without_waiting(tmp_path: Path) -> None:
+def test_a_sidecar_link_swapped_in_after_a_look_at_the_name_is_not_read(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The link check looked at the name, then opened it again: a link swapped in between was read (a review
+    raced it: 131 reads of 33,798 returned the secrets). What was opened is checked now; here the name looks
+    like a plain file to any look before the open."""
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "creds").write_text("AWS_SECRET_ACCESS_KEY=abc123")
+    (tmp_path / "out").mkdir()
+    img = make_png(tmp_path / "out" / "p1.png")
+    (tmp_path / "out" / "p1.txt").symlink_to("../secret/creds")
+    real_is_symlink = Path.is_symlink
+    monkeypatch.setattr(Path, "is_symlink", lambda self: self.name != "p1.txt" and real_is_symlink(self))
+    assert metadata.read(img) == GenerationInfo()
+
+
+def test_a_sidecar_that_is_a_named_pipe_or_too_big_is_skipped_without_waiting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A FIFO in a sidecar's place, or a sidecar over MAX_SIDECAR_BYTES, is skipped without waiting. The read
     itself checks both now; before, an `is_file()` and a size check came first, and a plain open after them
-    could be raced (a race this test cannot cause: it guards the outcome)."""
+    could be raced: the FIFO is made to pass that check, as if swapped in just after it."""
     import threading
 
     from localvault.metadata import sidecar
 
     img = make_png(tmp_path / "q.png")
     os.mkfifo(tmp_path / "q.json")
+    real_is_file = Path.is_file
+    monkeypatch.setattr(Path, "is_file", lambda self: self.name == "q.json" or real_is_file(self))
     (tmp_path / "q.txt").write_bytes(b"x" * (sidecar.MAX_SIDECAR_BYTES + 1))
     results: list[GenerationInfo] = []
     reader = threading.Thread(target=lambda: results.append(metadata.read(img)), daemon=True)

@@ -118,15 +118,17 @@ def _text_of(candidate: Path) -> str | None:
     """A sidecar's text; None when there is none to read: no regular file (a FIFO would block the read for ever),
     over MAX_SIDECAR_BYTES, or a link leading out of its folder (a link planted beside an image to a file of
     secrets made them its prompt, which a sync may publish)."""
-    if candidate.is_symlink():
-        folder = os.path.realpath(candidate.parent)
-        if os.path.commonpath([folder, os.path.realpath(candidate)]) != folder:
-            return None
     try:
-        with open_regular(candidate) as f:
-            data = f.read(MAX_SIDECAR_BYTES + 1)  # (no more: one that is still growing is not read whole)
+        f = open_regular(candidate)
     except NotRegularFileError:
         return None
+    with f:
+        # What was opened is checked, not the name before: a link swapped in between was read (a race).
+        folder, real = os.path.realpath(candidate.parent), os.path.realpath(candidate)
+        opened = os.fstat(f.fileno())
+        if os.path.commonpath([folder, real]) != folder or not os.path.samestat(opened, os.stat(real)):
+            return None
+        data = f.read(MAX_SIDECAR_BYTES + 1)  # (no more: one that is still growing is not read whole)
     return data.decode("utf-8-sig", "replace") if len(data) <= MAX_SIDECAR_BYTES else None
 
 
