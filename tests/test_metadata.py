@@ -1075,6 +1075,18 @@ def test_compressed_text_chunks_inflate_within_one_budget_per_file(tmp_path: Pat
     assert len(inflated) == 2 and inflated[1] <= 1_000_000 - 600_000  # never a taken name, never past the budget
 
 
+def test_the_text_budget_counts_bytes_not_characters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget counted characters while the inflating counted bytes: text of 4-byte characters got four
+    times the budget (a review: 128 MiB kept from a 2.6 MB PNG, against 32 MiB)."""
+    monkeypatch.setattr(images, "MAX_TEXTS_BYTES", 1_000_000)
+    wide = zlib.compress(("😀" * 150_000).encode(), 9)  # 600,000 bytes inflated
+    chunks = [_png_chunk(b"iTXt", f"k{n}".encode() + b"\0\x01\0\0\0" + wide) for n in range(10)]
+    path = _with_chunks(make_png(tmp_path / "wide.png"), chunks)
+    with path.open("rb") as f:
+        texts = images.png_texts(f)
+    assert 600_000 <= sum(len(t.encode()) for t in texts.values()) <= 1_000_000
+
+
 def test_exif_blocks_are_parsed_a_few_times_per_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """60 EXIF segments of 60 KB took Pillow 3 s (a 1 GiB JPEG of them, 15 minutes): a real file has one."""
     parsed: list[int] = []

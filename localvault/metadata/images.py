@@ -50,16 +50,19 @@ class _Texts:
         """Whether a text under ``name`` would be kept: read (inflate) it only then."""
         return name not in self.found and self.room > 0
 
-    def add(self, name: str, text: str) -> None:
+    def add(self, name: str, raw: bytes, text: str) -> None:
+        """Keep ``text``, read from ``raw`` (the bytes it cost: a character may take four)."""
         if self.wants(name):
             self.found[name] = text
-            self.room -= len(text)
+            self.room -= len(raw)
 
     def add_exif(self, data: bytes) -> None:
         if self._exif_blocks < MAX_EXIF_BLOCKS and self.room > 0:
             self._exif_blocks += 1
+            self.room -= len(data)
             for name, text in exif_texts(data).items():
-                self.add(name, text)
+                if name not in self.found:
+                    self.found[name] = text
 
 
 def _inflate(data: bytes, limit: int) -> bytes:
@@ -75,14 +78,16 @@ def _add_png_text(texts: _Texts, kind: bytes, data: bytes) -> None:
     if not sep or not texts.wants(name):  # (the keyword first: a chunk whose name is taken is never inflated)
         return
     if kind == b"tEXt":
-        texts.add(name, _text(rest))
+        texts.add(name, rest, _text(rest))
     elif kind == b"zTXt":
-        texts.add(name, _text(_inflate(rest[1:], texts.room)))
+        inflated = _inflate(rest[1:], texts.room)
+        texts.add(name, inflated, _text(inflated))
     else:
         compressed, rest = rest[:1] == b"\x01", rest[2:]
         _lang, _, rest = rest.partition(b"\0")
         _translated, _, rest = rest.partition(b"\0")
-        texts.add(name, (_inflate(rest, texts.room) if compressed else rest).decode("utf-8", "replace"))
+        raw = _inflate(rest, texts.room) if compressed else rest
+        texts.add(name, raw, raw.decode("utf-8", "replace"))
 
 
 def png_texts(f: BinaryIO) -> dict[str, str]:
@@ -130,9 +135,9 @@ def jpeg_texts(f: BinaryIO) -> dict[str, str]:
         if marker == b"\xe1" and data.startswith(b"Exif\0\0"):
             texts.add_exif(data)
         elif marker == b"\xe1" and data.startswith(_XMP_APP1) and texts.wants(XMP_KEY):
-            texts.add(XMP_KEY, _text(data[len(_XMP_APP1):]))
+            texts.add(XMP_KEY, data, _text(data[len(_XMP_APP1):]))
         elif marker == b"\xfe" and texts.wants("comment"):
-            texts.add("comment", _text(data.rstrip(b"\0")))
+            texts.add("comment", data, _text(data.rstrip(b"\0")))
     return texts.found
 
 
@@ -149,7 +154,8 @@ def webp_texts(f: BinaryIO) -> dict[str, str]:
             texts.add_exif(f.read(length))
             f.seek(length % 2, 1)
         elif kind == b"XMP " and length <= MAX_TEXT_BYTES and texts.wants(XMP_KEY):
-            texts.add(XMP_KEY, _text(f.read(length)))
+            data = f.read(length)
+            texts.add(XMP_KEY, data, _text(data))
             f.seek(length % 2, 1)
         else:
             f.seek(length + length % 2, 1)
