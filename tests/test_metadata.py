@@ -1113,6 +1113,21 @@ def test_json_longer_than_the_cap_is_not_parsed(tmp_path: Path, monkeypatch: pyt
     assert_valid(info)
 
 
+def test_json_too_long_to_read_is_never_read_as_a1111_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """JSON over the cap reads as no JSON, and the readers' next try took it as A1111 text: the raw JSON became
+    the prompt (a review: a 5 MiB `.txt` sidecar). It says nothing now, in a sidecar, a `parameters` chunk and an
+    EXIF UserComment alike."""
+    monkeypatch.setattr(_clean, "MAX_JSON_CHARS", 200)
+    text = json.dumps({"prompt": "a red fox", "seed": 42, "model": "sdxl", "notes": "n" * 300})
+    img = make_png(tmp_path / "s.png")
+    (tmp_path / "s.txt").write_text(text)
+    assert metadata.read(img) == GenerationInfo()
+    for path in (make_png(tmp_path / "p.png", text_chunks={"parameters": text}),
+                 make_jpeg(tmp_path / "u.jpg", exif_user_comment=text)):
+        info = metadata.read(path)
+        assert info.prompt is None and not (info.prompt or "").startswith("{"), (path, info)
+
+
 def test_settings_of_thousands_of_keys_are_cut_to_size_measuring_each_entry_once(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Each entry dropped measured the whole dict and every value again: a 14 KB PNG of 3,000 Fooocus keys took

@@ -80,6 +80,12 @@ def json_object(text: Any) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def json_too_long(text: Any) -> bool:
+    """Whether ``text`` is JSON left unread for its length (over :data:`MAX_JSON_CHARS`, starting with "{" or
+    "["): then it says nothing, and is not to be read as anything else (as A1111 text, it all became the prompt)."""
+    return isinstance(text, str) and len(text) > MAX_JSON_CHARS and text.lstrip()[:1] in ("{", "[")
+
+
 def json_loads(text: Any) -> Any:
     """Parse JSON text (str or bytes); None when it is not JSON, or longer than :data:`MAX_JSON_CHARS`."""
     if isinstance(text, (bytes, bytearray)):
