@@ -48,6 +48,8 @@ def export_file(files: FileStore, bucket: str, relative: str, sha256: str, size:
             write_durably(_Checked(reader, f"{bucket}/{relative}", sha256, size), destination, replace=False)
     except FileExistsError:  # made meanwhile (by another export, say): never overwritten
         raise DuplicateError(f"{destination} already exists; choose another destination") from None
+    except StorageError:  # (an OSError too) the vault's file failed its check: said as it is
+        raise
     except OSError as exc:
         raise os_error(exc, destination) from None
     with contextlib.suppress(OSError):  # best effort: a folder one may write to but not list cannot be opened

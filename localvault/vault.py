@@ -21,7 +21,7 @@ from ._disk import TEMP_PREFIX, unlink_quietly
 from ._export import export_file
 from ._id_prefix import MIN_ID_PREFIX as MIN_ID_PREFIX  # (where it was)
 from .collections import Collections
-from .config import CONFIG_NAME, RemoteConfig, VaultConfig, remote_identity
+from .config import CONFIG_NAME, RemoteConfig, VaultConfig
 from .db import DB_NAME, Database
 from .errors import DuplicateError, InvalidInputError, LocalVaultError, NotFoundError, StorageError, VaultCorruptError
 from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
@@ -376,11 +376,6 @@ class Vault:
         new = RemoteConfig.checked(database_url, bucket_url, storage_options)
         updated = dataclasses.replace(self.config, remote=new, remote_problem=None)
         updated.as_toml()  # settings TOML cannot hold are refused before anything changes
-        if (old := self.config.remote) is not None:  # a sync before synced_to was kept synced to this one
-            with self.db.write() as conn:
-                conn.execute("INSERT OR IGNORE INTO vault_meta (key, value) SELECT 'synced_to:' || substr(key, 11), ?"
-                             " FROM vault_meta WHERE key LIKE 'last_sync:%'",
-                             (remote_identity(old),))
         updated.save(self.root)
         self.config = updated  # only once on disk: a refused call leaves the old remote in use
 

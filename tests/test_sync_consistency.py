@@ -638,7 +638,7 @@ def test_a_sync_to_another_remote_sends_everything(vault: Vault, remote: Remote,
     assets = [vault.library.add(_image(tmp_path, n), title=f"t{n}", collection="Holiday") for n in range(3)]
     vault.set_remote(remote.database_url, remote.bucket_url, remote.storage_options)
     vault.sync()
-    with vault.db.write() as conn:  # as a vault synced before it kept where to: 'remote set' records it
+    with vault.db.write() as conn:  # as a vault synced before it kept where to: that counts as another remote
         conn.execute("DELETE FROM vault_meta WHERE key LIKE 'synced_to:%'")
     name, bucket = f"lv_test_{uuid.uuid4().hex[:12]}", f"lv-test-{uuid.uuid4().hex[:16]}"
     _create_database(postgres_server, name, template=pg_template)
@@ -714,6 +714,9 @@ def test_a_sync_whose_remote_an_older_localvault_switched_sends_everything(
         vault.library.update(assets[0].id, title="edited since")
         with vault.db.write() as conn:  # what the older version left: a last sync, and no word of where to
             conn.execute("DELETE FROM vault_meta WHERE key LIKE 'synced_to:%'")
+        assert status(vault, check_online=False).remote_changed
+        # 'remote set' again (a new password, say) took the configured remote for the last sync's: it is not
+        vault.set_remote(dsn, f"s3://{bucket}", s3_bucket.storage_options)
         assert status(vault, check_online=False).remote_changed
         report = vault.sync()
         assert report.remote_changed and (report.rows_written, report.files_uploaded, report.rejected) == (4, 3, 0)
