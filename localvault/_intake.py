@@ -87,7 +87,8 @@ def _refuse_inside_vault(folder: Path, vault_folders: Iterable[str], what: str) 
     real = Path(os.path.realpath(folder))
     for vault_folder in map(Path, map(os.path.realpath, vault_folders)):
         if real.is_relative_to(vault_folder) and not real.is_relative_to(vault_folder / RECOVERED_FOLDER):
-            raise InvalidInputError(f"{folder} is inside the vault at {vault_folder}: its files are the vault's own;"
+            where = "the folder of the vault" if real == vault_folder else "inside the vault"
+            raise InvalidInputError(f"{folder} is {where} at {vault_folder}: its files are the vault's own;"
                                     f" give the rig's output folder as {what} (files set aside are in"
                                     f" {vault_folder / RECOVERED_FOLDER})")
 
