@@ -10,11 +10,13 @@ was fixed and pushed.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -632,21 +634,13 @@ def test_a_sync_to_another_remote_sends_everything(vault: Vault, remote: Remote,
                                                    postgres_server: Any, pg_template: str) -> None:
     """'remote set' to a new database and bucket: the outbox held only changes since the last sync to the old
     one, so the new one got nothing ('pushed 0 rows', exit 0). A sync to another remote is a full one."""
-    from servers import _create_database, _drop_database
-
     vault.collections.create("Holiday")
     assets = [vault.library.add(_image(tmp_path, n), title=f"t{n}", collection="Holiday") for n in range(3)]
     vault.set_remote(remote.database_url, remote.bucket_url, remote.storage_options)
     vault.sync()
     with vault.db.write() as conn:  # as a vault synced before it kept where to: that counts as another remote
         conn.execute("DELETE FROM vault_meta WHERE key LIKE 'synced_to:%'")
-    name, bucket = f"lv_test_{uuid.uuid4().hex[:12]}", f"lv-test-{uuid.uuid4().hex[:16]}"
-    _create_database(postgres_server, name, template=pg_template)
-    _s3(s3_bucket).create_bucket(Bucket=bucket)
-    try:
-        dsn = postgres_server.dsn(name)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("INSERT INTO auth.users (id, email) VALUES (%s, 'a@example.com')", (vault.user_id,))
+    with _another_remote(vault, postgres_server, pg_template, s3_bucket) as (dsn, bucket):
         vault.set_remote(dsn, f"s3://{bucket}", s3_bucket.storage_options)
         before = status(vault)
         assert before.remote_changed and before.pending_changes == 4
@@ -661,6 +655,21 @@ def test_a_sync_to_another_remote_sends_everything(vault: Vault, remote: Remote,
                          s3_bucket.storage_options)
         assert vault.config.remote is not None and "a-new-password" in vault.config.remote.database_url
         assert not status(vault, check_online=False).remote_changed
+
+
+@contextlib.contextmanager
+def _another_remote(vault: Vault, postgres_server: Any, pg_template: str, s3_bucket: Any) -> Iterator[tuple[str, str]]:
+    """(database URL, bucket name) of a second server and bucket, which know the vault's user; gone after."""
+    from servers import _create_database, _drop_database
+
+    name, bucket = f"lv_test_{uuid.uuid4().hex[:12]}", f"lv-test-{uuid.uuid4().hex[:16]}"
+    _create_database(postgres_server, name, template=pg_template)
+    _s3(s3_bucket).create_bucket(Bucket=bucket)
+    try:
+        dsn = postgres_server.dsn(name)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO auth.users (id, email) VALUES (%s, 'a@example.com')", (vault.user_id,))
+        yield dsn, bucket
     finally:
         _drop_database(postgres_server, name)
         client = _s3(s3_bucket)
@@ -698,18 +707,10 @@ def test_a_sync_whose_remote_an_older_localvault_switched_sends_everything(
     """A localvault older than `synced_to` recorded only when it last synced; its own 'remote set' to a new
     server recorded nothing. The first sync after the upgrade trusted the queue, and the new server got only the
     rows edited since (refused for lack of their collection) and none of the rest. It is a full one now."""
-    from servers import _create_database, _drop_database
-
     vault.collections.create("Holiday")
     assets = [vault.library.add(_image(tmp_path, n), title=f"t{n}", collection="Holiday") for n in range(3)]
     vault.sync(remote)
-    name, bucket = f"lv_test_{uuid.uuid4().hex[:12]}", f"lv-test-{uuid.uuid4().hex[:16]}"
-    _create_database(postgres_server, name, template=pg_template)
-    _s3(s3_bucket).create_bucket(Bucket=bucket)
-    try:
-        dsn = postgres_server.dsn(name)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("INSERT INTO auth.users (id, email) VALUES (%s, 'a@example.com')", (vault.user_id,))
+    with _another_remote(vault, postgres_server, pg_template, s3_bucket) as (dsn, bucket):
         vault.set_remote(dsn, f"s3://{bucket}", s3_bucket.storage_options)
         vault.library.update(assets[0].id, title="edited since")
         with vault.db.write() as conn:  # what the older version left: a last sync, and no word of where to
@@ -723,9 +724,3 @@ def test_a_sync_whose_remote_an_older_localvault_switched_sends_everything(
         assert set(_server_rows(dsn, "user_library")) == {a.id for a in assets}
         assert set(_objects(s3_bucket.storage_options, bucket)) == {a.storage_path for a in assets}
         assert not status(vault).remote_changed and vault.sync().rows_written == 0
-    finally:
-        _drop_database(postgres_server, name)
-        client = _s3(s3_bucket)
-        for key in _objects(s3_bucket.storage_options, bucket):
-            client.delete_object(Bucket=bucket, Key=key)
-        client.delete_bucket(Bucket=bucket)
