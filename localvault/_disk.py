@@ -45,14 +45,16 @@ def not_regular(mode: int, path: str | os.PathLike[str]) -> NotRegularFileError:
     return NotRegularFileError(errno.EINVAL, "not a regular file", os.fspath(path))
 
 
-def open_regular_fd(path: str | os.PathLike[str]) -> int:
+def open_regular_fd(path: str | os.PathLike[str], *, follow: bool = True) -> int:
     """A file descriptor for reading the regular file at ``path``; :class:`NotRegularFileError` for anything else.
 
     Opened without blocking, then checked: opening a named pipe (a FIFO) for
     reading would otherwise wait for a writer, for ever. (``O_NONBLOCK`` does
-    nothing to reads of a regular file.)
+    nothing to reads of a regular file.) ``follow=False``: OSError (ELOOP) if
+    ``path`` is a symbolic link.
     """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow else getattr(os, "O_NOFOLLOW", 0))
+    fd = os.open(path, flags)
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):

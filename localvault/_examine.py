@@ -6,6 +6,7 @@ those bytes; a larger one is checked and hashed as a stream.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -52,10 +53,14 @@ def examine(candidate: Candidate, known: Container[str], *, in_memory_bytes: int
     from .metadata import read as read_metadata
 
     path = Path(candidate.path)
-    try:
-        fd = open_regular_fd(candidate.path)  # a scan took a regular file, but a rig may have replaced it since
-    except NotRegularFileError:
+    try:  # what the scan found, never followed: a link swapped in since could lead out of the folder
+        fd = open_regular_fd(candidate.target or candidate.path, follow=False)
+    except NotRegularFileError:  # a scan took a regular file, but a rig may have replaced it since
         raise StorageError(f"{candidate.path} is no longer a regular file") from None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise StorageError(f"{candidate.path} became a symbolic link since it was found; not followed") from None
     # Everything comes from this one open file: a rig replacing the file meanwhile cannot pair one
     # version's metadata or size with another's bytes.
     with os.fdopen(fd, "rb") as handle:

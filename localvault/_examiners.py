@@ -28,6 +28,7 @@ The workers are plain subprocesses, not :mod:`multiprocessing`: its
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import queue
@@ -286,7 +287,7 @@ def _slim(candidate: Candidate) -> Candidate:
     from .metadata.sidecar import candidate_names
 
     mine = frozenset(n for n in candidate_names(os.path.basename(candidate.path)) if n in candidate.sidecars)
-    return Candidate(candidate.path, candidate.size, candidate.mtime, mine)
+    return dataclasses.replace(candidate, sidecars=mine)
 
 
 def _send(stream: IO[bytes], value: Any) -> None:

@@ -46,12 +46,15 @@ class Candidate:
 
     ``sidecars``: the names in its folder that could be sidecar files
     (``.json``, ``.txt``) when the folder was listed; None when unknown.
+    ``target``: for a symbolic link, the file it led to, inside the folder, when it was found: that is what
+    is read, not whatever the link leads to by then.
     """
 
     path: str
     size: int
     mtime: float
     sidecars: frozenset[str] | None = None
+    target: str | None = None
 
 
 def is_ignored_name(name: str) -> bool:
@@ -103,6 +106,7 @@ def check_path(path: str | os.PathLike[str], root: Path) -> tuple[Candidate | No
 
 def _candidate(text: str, root: Path, sidecars: frozenset[str] | None = None) -> tuple[Candidate | None, str | None]:
     """check_path without the '..' check (a scan's own paths may start with '../', from the folder given)."""
+    target = None
     try:
         st = os.lstat(text)
         if _stat.S_ISLNK(st.st_mode):
@@ -118,7 +122,7 @@ def _candidate(text: str, root: Path, sidecars: frozenset[str] | None = None) ->
         return None, f"cannot read it: {exc.strerror or exc}"
     if not _stat.S_ISREG(st.st_mode):
         return None, None
-    return Candidate(text, st.st_size, st.st_mtime, sidecars), None
+    return Candidate(text, st.st_size, st.st_mtime, sidecars, None if target is None else str(target)), None
 
 
 class Scan(NamedTuple):

@@ -601,6 +601,31 @@ def test_sizes_reported_are_those_of_the_bytes_imported(vault: Vault, tmp_path: 
     assert result.bytes_imported == sum(stored.values()) == sum(sizes.values())
 
 
+def test_a_link_swapped_in_between_the_scan_and_the_reading_is_not_followed(vault: Vault, tmp_path: Path) -> None:
+    """The scan checks where a link leads, the reading opened the name again and followed whatever link was
+    there by then: a file of the folder replaced by a link to an image elsewhere took that image in (a security
+    review, reasoned). A link the scan approved is read at the file it led to then."""
+    out = tmp_path / "out"
+    for folder in (out / "kept", tmp_path / "elsewhere"):
+        folder.mkdir(parents=True)
+    inside = make_png(out / "a.png", text_chunks=a1111("a red fox", 1), color=1)
+    secret = make_png(tmp_path / "elsewhere" / "private.png", text_chunks=a1111("private", 2), color=2)
+    kept = make_png(out / "kept" / "b.png", text_chunks=a1111("a heron", 3), color=3)
+    (out / "b.png").symlink_to("kept/b.png")
+    candidates = scan(out).candidates
+    inside.unlink()
+    inside.symlink_to(secret)
+    (out / "b.png").unlink()
+    (out / "b.png").symlink_to(secret)
+    with Importer(vault.db, vault.files, USER) as running:
+        result = running.import_candidates(candidates, total=len(candidates))
+    assert "symbolic link" in result.refused[str(inside)]
+    (taken,) = result.imported
+    assert taken.source == str(out / "b.png") and vault.workspace.get(taken.asset_id).original_prompt == "a heron"
+    assert vault.workspace.find_sha256(hashlib.sha256(secret.read_bytes()).hexdigest()) is None
+    assert kept.exists()
+
+
 def test_options_fill_only_what_files_lack(vault: Vault, tmp_path: Path) -> None:
     rig_folder(tmp_path / "out")
     result = vault.workspace.import_folder(tmp_path / "out", model="my-model", prompt="fallback")
