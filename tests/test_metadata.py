@@ -798,6 +798,46 @@ def test_comfyui_webp_exif_prompt_and_run_id(tmp_path: Path) -> None:
     assert info.run_id == "0f1e2d3c-aaaa-bbbb-cccc-111122223333"
 
 
+def test_a_node_many_others_link_to_is_resolved_once_per_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each node's model input linked to one join of many parts: the join was made again for each node (N x M;
+    a 315 KB PNG took hours, a security review). One graph's reading now shares what it resolved."""
+    from localvault.metadata import comfyui, comfyui_links
+
+    follows = [0]
+    real = comfyui_links._follow
+    monkeypatch.setattr(comfyui_links, "_follow", lambda *a: follows.__setitem__(0, follows[0] + 1) or real(*a))
+    n, m = 300, 300
+    graph: dict[str, Any] = {"J": {"class_type": "StringConcatenate",
+                                   "inputs": {f"string_{k}": ["nowhere", 0] for k in range(m)}}}
+    graph.update({str(i): {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ["J", 0]}} for i in range(n)})
+    graph["s"] = {"class_type": "KSampler", "inputs": {"seed": 7, "positive": ["p", 0], "model": ["0", 0]}}
+    graph["p"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat"}}
+    found = comfyui.parse(json.dumps(graph))
+    assert (found.prompt, found.seed) == ("a cat", 7)
+    assert follows[0] <= 3 * (n + m), follows[0]
+
+
+def test_one_graph_s_reading_stops_at_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Links followed and inputs looked through have one budget per graph: parts each walking a long chain of
+    their own (no sharing helps) stop there."""
+    from localvault.metadata import comfyui, comfyui_links
+
+    monkeypatch.setattr(comfyui_links, "MAX_GRAPH_STEPS", 2000, raising=False)
+    steps = [0]
+    real = comfyui_links.target
+    monkeypatch.setattr(comfyui_links, "target", lambda *a: steps.__setitem__(0, steps[0] + 1) or real(*a))
+    graph: dict[str, Any] = {}
+    for chain in range(200):  # 200 chains of 50 primitives: 10,000 links to follow
+        for hop in range(50):
+            graph[f"c{chain}_{hop}"] = {"class_type": "PrimitiveNode",
+                                        "inputs": {"value": [f"c{chain}_{hop + 1}", 0] if hop < 49 else "end"}}
+    graph["J"] = {"class_type": "StringConcatenate", "inputs": {f"string_{c:03}": [f"c{c}_0", 0] for c in range(200)}}
+    graph["s"] = {"class_type": "KSampler", "inputs": {"seed": 7, "positive": ["p", 0]}}
+    graph["p"] = {"class_type": "CLIPTextEncode", "inputs": {"text": ["J", 0]}}
+    found = comfyui.parse(json.dumps(graph))
+    assert found.seed == 7 and steps[0] <= 2000 + 200
+
+
 # ---------------------------------------------------------------- InvokeAI
 
 

@@ -14,20 +14,17 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from localvault.models import MAX_PROMPT_CHARS
-
 from ._clean import Found, find_run_id, json_loads, parse_seed
+from .comfyui_links import is_link, reading, target
+from .comfyui_links import resolve as _resolve
 from .comfyui_workflow import Nodes, workflow_nodes
 
 MAX_WORKFLOW_BYTES = 256 * 1024
-_MAX_HOPS = 64
 _SEED_KEYS = ("seed", "noise_seed", "value", "int", "number", "seed_value")
 # populated_text: Impact Pack's wildcard nodes (their wildcard_text is the template, not the prompt)
 _TEXT_KEYS = ("text", "text_g", "text_l", "prompt", "string", "value", "text_a", "populated_text")
 #: Keys of an encoder's one prompt (user_prompt: Lumina 2's; its system_prompt is a preset's name).
 _NODE_TEXT_KEYS = ("text", "prompt", "populated_text", "user_prompt")
-#: A node giving two texts on two outputs (SDXL Prompt Styler): the key of each output slot's.
-_SLOT_TEXT_KEYS = ("text_positive", "text_negative")
 #: A size named by an aspect-ratio choice ("16:9 landscape 1344x768", Comfyroll's SDXL Aspect Ratio).
 _RATIO_SIZE = re.compile(r"(\d{2,5}) ?x ?(\d{2,5})")
 _PARAM_KEYS = ("steps", "cfg", "sampler_name", "scheduler", "denoise")
@@ -37,22 +34,10 @@ _MODEL_KEYS = ("ckpt_name", "unet_name")
 _MODEL_FILE_SUFFIXES = (".safetensors", ".gguf", ".ckpt", ".pt", ".pth", ".sft", ".bin")
 #: Inputs that hold the image size: ComfyUI's latents, and loaders that make the latent (Efficiency Nodes).
 _SIZE_KEYS = (("width", "height"), ("empty_latent_width", "empty_latent_height"))
-#: String-joining nodes nested deeper than this (or more of them in one prompt) are not followed: a crafted
-#: graph must not stall an import.
-_MAX_JOIN_DEPTH = 64
-_MAX_JOINS = 1000
 #: Inputs holding one prompt for several text encoders (SDXL, SD3, Flux), the main one first.
 _ENCODER_TEXT_KEYS = ("t5xxl", "llama", "text_g", "clip_g", "text_l", "clip_l")
 #: Nodes whose output conditioning carries no text (Flux Kontext's negative is the positive, zeroed out).
 _NO_TEXT_NODES = frozenset({"ConditioningZeroOut"})
-
-
-def is_link(value: Any) -> bool:
-    """True for ``[node_id, output_index]``."""
-    return (
-        isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int))
-        and not isinstance(value[0], bool) and isinstance(value[1], int) and not isinstance(value[1], bool)
-    )
 
 
 def api_nodes(data: Any) -> Nodes | None:
@@ -68,65 +53,6 @@ def api_nodes(data: Any) -> Nodes | None:
 def _sort_key(node_id: str) -> tuple[int, str]:
     head = node_id.split(":")[0]
     return (int(head), node_id) if head.isdigit() and len(head) < 18 else (2**62, node_id)
-
-
-def _target(nodes: Nodes, link: Any) -> dict[str, Any] | None:
-    return nodes.get(str(link[0])) if is_link(link) else None
-
-
-class _Joins:
-    """The string-joining nodes of one resolution: each joined once (a part shared by several is not joined
-    again: a graph of them could otherwise take exponential time), none inside itself (a cycle)."""
-
-    def __init__(self) -> None:
-        self.done: dict[str, str | None] = {}
-        self.active: set[str] = set()
-
-
-def _resolve(nodes: Nodes, value: Any, keys: tuple[str, ...], joins: _Joins | None = None) -> Any:
-    """Follow links from ``value`` to a plain value, through primitive/seed/string nodes.
-
-    A string-joining node (``StringConcatenate``, WAS ``Text Concatenate``)
-    gives its parts joined by its ``delimiter``.
-    """
-    for _ in range(_MAX_HOPS):
-        if isinstance(value, dict) and isinstance(value.get("content"), str):  # a pysssss combo: {"content": name}
-            return value["content"]
-        if not is_link(value):
-            return value
-        node = _target(nodes, value)
-        if node is None:
-            return None
-        inputs = node["inputs"]
-        if "concat" in str(node.get("class_type", "")).lower():
-            return _joined(nodes, str(value[0]), inputs, keys, joins or _Joins())
-        if value[1] < len(_SLOT_TEXT_KEYS) and _SLOT_TEXT_KEYS[value[1]] in inputs:
-            value = inputs[_SLOT_TEXT_KEYS[value[1]]]
-            continue
-        key = next((k for k in keys if k in inputs), None)
-        if key is None:
-            plain = [v for v in inputs.values() if isinstance(v, (str, int, float)) and not isinstance(v, bool)]
-            return plain[0] if len(plain) == 1 else None
-        value = inputs[key]
-    return None
-
-
-def _joined(nodes: Nodes, node_id: str, inputs: dict[str, Any], keys: tuple[str, ...], joins: _Joins) -> str | None:
-    """The text a string-joining node makes: its ``string_*``/``text_*`` inputs in order, joined by ``delimiter``."""
-    if node_id in joins.done:
-        return joins.done[node_id]
-    if node_id in joins.active or len(joins.active) >= _MAX_JOIN_DEPTH or len(joins.done) >= _MAX_JOINS:
-        return None
-    joins.active.add(node_id)
-    names = sorted(k for k in inputs if k.startswith(("string_", "text_")))
-    parts = [_resolve(nodes, inputs[k], keys, joins) for k in names]
-    joins.active.discard(node_id)
-    texts = [p for p in parts if isinstance(p, str) and p != ""]
-    delimiter = inputs.get("delimiter")
-    # Cut to what a prompt may hold: nested joins of joins would otherwise grow it exponentially.
-    joined = (delimiter if isinstance(delimiter, str) else "").join(texts)[:MAX_PROMPT_CHARS] if texts else None
-    joins.done[node_id] = joined
-    return joined
 
 
 def _node_text(nodes: Nodes, inputs: dict[str, Any]) -> str | None:
@@ -163,7 +89,7 @@ def _walk(nodes: Nodes, starts: list[Any], branch: str, visit: Callable[[dict[st
     stack, seen = list(reversed(starts)), set[str]()
     while stack and len(seen) < 1000:
         link = stack.pop()
-        node = _target(nodes, link)
+        node = target(nodes, link)
         if node is None or str(link[0]) in seen:
             continue
         seen.add(str(link[0]))
@@ -255,7 +181,7 @@ def _find_sampler(nodes: Nodes) -> str | None:
 def _helpers(nodes: Nodes, sampler: dict[str, Any]) -> list[dict[str, Any]]:
     found = [sampler]
     for name in _HELPER_INPUTS:
-        node = _target(nodes, sampler["inputs"].get(name))
+        node = target(nodes, sampler["inputs"].get(name))
         if node is not None:
             found.append(node)
     return found
@@ -269,7 +195,7 @@ def _cond_start(nodes: Nodes, sampler: dict[str, Any], branch: str) -> list[Any]
     for carrier in ("text_embeds", "basic_pipe"):  # one node holding both prompts (WanVideoWrapper's encoder,
         if carrier in inputs:  # Impact's ToBasicPipe): the branch is told apart there
             return [inputs[carrier]]
-    guider = _target(nodes, inputs.get("guider"))
+    guider = target(nodes, inputs.get("guider"))
     if guider is None:
         return []
     if branch in guider["inputs"]:
@@ -306,7 +232,7 @@ def _size(nodes: Nodes, sampler_id: str | None) -> dict[str, Any]:
     ids: list[str] = []
     if sampler_id:
         latent = nodes[sampler_id]["inputs"].get("latent_image")
-        if _target(nodes, latent) is not None:
+        if target(nodes, latent) is not None:
             ids += [str(latent[0]), *_upstream(nodes, str(latent[0]))]
         ids += _upstream(nodes, sampler_id)
     ids += [k for k in sorted(nodes, key=_sort_key) if "latent" in str(nodes[k].get("class_type", "")).lower()]
@@ -360,6 +286,11 @@ def _loras(inputs: dict[str, Any]) -> list[str]:
 
 def from_nodes(nodes: Nodes) -> Found:
     """Prompt, seed, model and settings from the nodes of an API graph."""
+    with reading():
+        return _from_nodes(nodes)
+
+
+def _from_nodes(nodes: Nodes) -> Found:
     found = Found(source="comfyui")
     sampler_id = _find_sampler(nodes)
     if sampler_id is not None:

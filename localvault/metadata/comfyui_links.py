@@ -1,0 +1,132 @@
+"""Following links in a ComfyUI API graph to the plain values they lead to, within one budget per graph.
+
+An input that is ``[node_id, output_index]`` links to another node's output;
+:func:`resolve` follows such links through primitive, seed and string nodes, and
+joins the parts of string-joining nodes. Everything one graph's reading
+resolves is shared (:func:`reading`): a node that thousands of others link to
+is followed once, and the whole reading takes at most :data:`MAX_GRAPH_STEPS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from localvault.models import MAX_PROMPT_CHARS
+
+from .comfyui_workflow import Nodes
+
+MAX_HOPS = 64
+#: String-joining nodes nested deeper than this (or more of them in one graph) are not followed: a crafted
+#: graph must not stall an import.
+MAX_JOIN_DEPTH = 64
+MAX_JOINS = 1000
+#: Links followed and inputs looked through in one graph's reading, in all: a graph that made one node be
+#: resolved again for each of thousands of others (or each part of a join walk a long chain) took hours.
+MAX_GRAPH_STEPS = 200_000
+#: A node giving two texts on two outputs (SDXL Prompt Styler): the key of each output slot's.
+SLOT_TEXT_KEYS = ("text_positive", "text_negative")
+
+
+def is_link(value: Any) -> bool:
+    """True for ``[node_id, output_index]``."""
+    return (
+        isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int))
+        and not isinstance(value[0], bool) and isinstance(value[1], int) and not isinstance(value[1], bool)
+    )
+
+
+def target(nodes: Nodes, link: Any) -> dict[str, Any] | None:
+    """The node ``link`` leads to; None for no link, or a link to no node."""
+    return nodes.get(str(link[0])) if is_link(link) else None
+
+
+class _Reading:
+    """What one graph's reading has resolved: each link from the top once, each join once per set of keys,
+    none inside itself (a cycle), and at most MAX_GRAPH_STEPS steps in all."""
+
+    def __init__(self) -> None:
+        self.resolved: dict[tuple[int, str, int, tuple[str, ...]], Any] = {}
+        self.joined: dict[tuple[str, tuple[str, ...]], str | None] = {}
+        self.active: set[str] = set()
+        self.steps_left = MAX_GRAPH_STEPS
+
+    def spend(self, steps: int) -> bool:
+        """Take ``steps`` from the budget; False once it is spent."""
+        self.steps_left -= steps
+        return self.steps_left >= 0
+
+
+_CURRENT: ContextVar[_Reading | None] = ContextVar("localvault_comfyui_reading", default=None)
+
+
+@contextmanager
+def reading() -> Iterator[None]:
+    """One graph's reading: the resolutions made inside share what they found, and one budget."""
+    token = _CURRENT.set(_Reading())
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
+
+
+def resolve(nodes: Nodes, value: Any, keys: tuple[str, ...]) -> Any:
+    """Follow links from ``value`` to a plain value, through primitive/seed/string nodes; None where there is
+    none, or once the graph's budget is spent.
+
+    A string-joining node (``StringConcatenate``, WAS ``Text Concatenate``)
+    gives its parts joined by its ``delimiter``.
+    """
+    state = _CURRENT.get() or _Reading()
+    if not is_link(value) or state.active:  # (inside a join, a cycle may cut a result: not kept for others)
+        return _follow(nodes, value, keys, state)
+    key = (id(nodes), str(value[0]), value[1], keys)
+    if key not in state.resolved:
+        state.resolved[key] = _follow(nodes, value, keys, state)
+    return state.resolved[key]
+
+
+def _follow(nodes: Nodes, value: Any, keys: tuple[str, ...], state: _Reading) -> Any:
+    for _ in range(MAX_HOPS):
+        if isinstance(value, dict) and isinstance(value.get("content"), str):  # a pysssss combo: {"content": name}
+            return value["content"]
+        if not is_link(value):
+            return value
+        node = target(nodes, value)
+        if node is None or not state.spend(1):
+            return None
+        inputs = node["inputs"]
+        if "concat" in str(node.get("class_type", "")).lower():
+            return _joined(nodes, str(value[0]), inputs, keys, state)
+        if value[1] < len(SLOT_TEXT_KEYS) and SLOT_TEXT_KEYS[value[1]] in inputs:
+            value = inputs[SLOT_TEXT_KEYS[value[1]]]
+            continue
+        key = next((k for k in keys if k in inputs), None)
+        if key is None:
+            if not state.spend(len(inputs)):
+                return None
+            plain = [v for v in inputs.values() if isinstance(v, (str, int, float)) and not isinstance(v, bool)]
+            return plain[0] if len(plain) == 1 else None
+        value = inputs[key]
+    return None
+
+
+def _joined(nodes: Nodes, node_id: str, inputs: dict[str, Any], keys: tuple[str, ...], state: _Reading) -> str | None:
+    """The text a string-joining node makes: its ``string_*``/``text_*`` inputs in order, joined by ``delimiter``."""
+    done = (node_id, keys)
+    if done in state.joined:
+        return state.joined[done]
+    if node_id in state.active or len(state.active) >= MAX_JOIN_DEPTH or len(state.joined) >= MAX_JOINS:
+        return None
+    state.active.add(node_id)
+    names = sorted(k for k in inputs if k.startswith(("string_", "text_")))
+    parts = [_follow(nodes, inputs[k], keys, state) for k in names]
+    state.active.discard(node_id)
+    texts = [p for p in parts if isinstance(p, str) and p != ""]
+    delimiter = inputs.get("delimiter")
+    # Cut to what a prompt may hold: nested joins of joins would otherwise grow it exponentially.
+    joined = (delimiter if isinstance(delimiter, str) else "").join(texts)[:MAX_PROMPT_CHARS] if texts else None
+    state.joined[done] = joined
+    return joined
