@@ -6,7 +6,9 @@ import io
 import json
 import os
 import struct
+import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -836,6 +838,30 @@ def test_one_graph_s_reading_stops_at_its_budget(monkeypatch: pytest.MonkeyPatch
     graph["p"] = {"class_type": "CLIPTextEncode", "inputs": {"text": ["J", 0]}}
     found = comfyui.parse(json.dumps(graph))
     assert found.seed == 7 and steps[0] <= 2000 + 200
+
+
+def _within(seconds: float, call: Callable[[], Any]) -> Any:
+    """``call()``'s result, failing when it took longer: a quadratic reading of these inputs took 10-17 s (of
+    files ten times longer, minutes to hours); it takes milliseconds now. (A regex holds the GIL: no thread
+    could be timed out instead.)"""
+    started = time.perf_counter()
+    result = call()
+    assert time.perf_counter() - started < seconds, f"took {time.perf_counter() - started:.1f} s"
+    return result
+
+
+def test_crafted_novelai_and_invokeai_texts_are_read_in_linear_time() -> None:
+    """NovelAI's Source of a run of spaces (65 s from a 355-byte file) and an InvokeAI prompt of unclosed `[`
+    (69 s from 362 bytes): their patterns retried every start (a complexity review). Same results, one pass."""
+    novelai = {"Software": "NovelAI", "Description": "a fox", "Source": "a" + " " * 40_000 + "b"}
+    assert _within(3, lambda: metadata.read_chunks(novelai)).model == "a" + " " * 40_000 + "b"
+    named = metadata.read_chunks({**novelai, "Source": "Stable Diffusion XL C1E1DE52"})
+    assert (named.model, named.settings["model_hash"]) == ("Stable Diffusion XL", "C1E1DE52")
+    dream = '"' + "[" * 40_000 + ' a cat [blurry]" -S 42'
+    info = _within(3, lambda: _clean.finish(metadata.read_chunks({"Dream": dream})))
+    assert info.seed == 42 and info.negative_prompt.startswith("[[[")  # (the first "[" runs to the first "]")
+    two_lines = metadata.read_chunks({"sd-metadata": json.dumps({"image": {"prompt": "[[a\ncat [blurry] dog [x"}})})
+    assert (two_lines.prompt, two_lines.negative_prompt) == ("[[a\ncat dog [x", "blurry")
 
 
 # ---------------------------------------------------------------- InvokeAI

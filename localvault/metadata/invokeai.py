@@ -6,9 +6,13 @@ import re
 import shlex
 from typing import Any
 
+from localvault.models import MAX_PROMPT_CHARS
+
 from ._clean import Found, find_run_id, json_loads, parse_seed
 
 _FIELD_KEYS = ("positive_prompt", "negative_prompt", "seed", "model")
+#: A Dream chunk read: its prompt, quoted, and its flags fit in this.
+_MAX_DREAM_CHARS = 2 * MAX_PROMPT_CHARS + 4096
 _DREAM_FLAGS = {"-s": "steps", "-S": "seed", "-W": "width", "-H": "height", "-C": "cfg_scale", "-A": "sampler"}
 
 
@@ -56,17 +60,39 @@ def _prompt_text(prompt: Any) -> Any:
     return prompt if isinstance(prompt, str) else None
 
 
-_NEGATIVE = re.compile(r"\[(.*?)\]")
-
-
 def _split_negative(prompt: Any) -> tuple[Any, Any]:
     """``"a cat [blurry] [lowres]"`` -> ``("a cat", "blurry lowres")``: every bracketed part is negative, as in InvokeAI 2.x."""
     if not isinstance(prompt, str):
         return prompt, None
-    negatives = _NEGATIVE.findall(prompt)
+    kept, negatives = _brackets(prompt)
     if not negatives:
         return prompt, None
-    return re.sub(r"[ \t]{2,}", " ", _NEGATIVE.sub(" ", prompt)).strip(), " ".join(negatives)
+    return re.sub(r"[ \t]{2,}", " ", kept).strip(), " ".join(negatives)
+
+
+def _brackets(text: str) -> tuple[str, list[str]]:
+    """(``text`` with each ``[…]`` on one line made a space, the parts inside), as ``re.findall(r"\\[(.*?)\\]")``
+    finds them, in one pass: that pattern tried every ``[`` to the line's end (quadratic: 69 s for a line of
+    100,000 of them, a review)."""
+    kept: list[str] = []
+    negatives: list[str] = []
+    at = line_end = 0
+    while (start := text.find("[", at)) >= 0:
+        if start >= line_end:
+            line_end = text.find("\n", start)
+            line_end = len(text) if line_end < 0 else line_end
+        end = text.find("]", start + 1, line_end)
+        if end < 0:  # no "]" after it on its line: nor after any later "[" of that line
+            kept.append(text[at:line_end])
+            at = line_end
+            if at >= len(text):
+                break
+            continue
+        kept += [text[at:start], " "]
+        negatives.append(text[start + 1:end])
+        at = end + 1
+    kept.append(text[at:])
+    return "".join(kept), negatives
 
 
 def parse_sd_metadata(text: Any) -> Found:
@@ -91,6 +117,7 @@ def parse_dream(text: Any) -> Found:
     """Read an InvokeAI 1.x ``Dream`` chunk: ``"a prompt [negative]" -s 50 -S 42 -W 512 -H 512``."""
     if not isinstance(text, str) or not text.strip():
         return Found()
+    text = text[:_MAX_DREAM_CHARS]  # (shlex takes ~0.5 s a MiB: the prompt, quoted, and its flags fit in this)
     try:
         words = shlex.split(text)
     except ValueError:
