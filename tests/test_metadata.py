@@ -864,6 +864,31 @@ def test_crafted_novelai_and_invokeai_texts_are_read_in_linear_time() -> None:
     assert (two_lines.prompt, two_lines.negative_prompt) == ("[[a\ncat dog [x", "blurry")
 
 
+def test_an_mp4_s_tags_share_the_file_s_text_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An MP4's tags had no budget: four keys naming entries the readers look for, 15.5 MiB each, took 36 s (a
+    complexity review). They now take the budget of an image's texts, and a name taken reads no more."""
+    monkeypatch.setattr(images, "MAX_TEXTS_BYTES", 1_000_000)
+    tags = {name: "x" * 400_000 for name in ("usercomment", "description", "comment", "Dream")}
+    with make_mp4(tmp_path / "t.mp4", mdta_tags=tags).open("rb") as f:
+        found = mp4.read_tags(f)
+    assert sum(map(len, found.values())) <= 1_000_000 and found["usercomment"] == "x" * 400_000
+
+
+def test_crafted_parameters_text_is_read_at_its_two_ends() -> None:
+    """8 MiB of settings-like lines before a `Template:` line, each tried as the settings line (twice, for a
+    UserComment) took seconds a MiB (a complexity review); a text over MAX_PARAMETERS_CHARS is read at its
+    first and last halves of it: the prompt starts it, the settings end it."""
+    from localvault.metadata import a1111
+
+    crafted = ("Steps: 1" + "," * 99_900 + "\nTemplate: x\n") * 84
+    assert_valid(_within(3, lambda: _clean.finish(metadata.read_chunks({"usercomment": crafted}))))
+    long_prompt = "a red fox, " + "snow " * (a1111.MAX_PARAMETERS_CHARS // 2) + "\nNegative prompt: blurry\n" + \
+        "Steps: 20, Sampler: Euler a, Seed: 77, Model: sdxl"
+    read = metadata.read_chunks({"parameters": long_prompt})
+    assert read.prompt.startswith("a red fox, snow") and (read.seed, read.model) == (77, "sdxl")
+    assert read.negative_prompt == "blurry"
+
+
 # ---------------------------------------------------------------- InvokeAI
 
 

@@ -104,9 +104,19 @@ def _number(value: str) -> Any:
     return value
 
 
+#: Parameters text read: its first and last halves of this, where it is longer (no real one comes near; a
+#: crafted one of 32 MiB of settings-like lines took 15-28 s, a review). The prompt starts it, the settings end it.
+MAX_PARAMETERS_CHARS = 1024 * 1024
+
+
+def _ends(text: str) -> str:
+    half = MAX_PARAMETERS_CHARS // 2
+    return text if len(text) <= MAX_PARAMETERS_CHARS else f"{text[:half]}\n{text[-half:]}"
+
+
 def looks_like_parameters(text: str) -> bool:
     """True when ``text`` ends with an A1111 settings line (and perhaps Dynamic Prompts' sections)."""
-    return bool(_split(text.strip().splitlines())[1])
+    return bool(_split(_ends(text).strip().splitlines())[1])
 
 
 def _split(lines: list[str]) -> tuple[list[str], dict[str, Any], dict[str, str]]:
@@ -140,7 +150,7 @@ def parse(text: Any) -> Found:
         text = bytes(text).decode("utf-8", "replace")
     if not isinstance(text, str) or not text.strip():
         return Found()
-    lines, params, sections = _split(text.strip().splitlines())
+    lines, params, sections = _split(_ends(text).strip().splitlines())
     prompt_lines: list[str] = []
     negative_lines: list[str] = []
     for line in lines:

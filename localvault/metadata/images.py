@@ -38,8 +38,9 @@ def _text(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
-class _Texts:
-    """The texts found in one file, the first under each name, within MAX_TEXTS_BYTES and MAX_EXIF_BLOCKS."""
+class Texts:
+    """The texts found in one file, the first under each name, within MAX_TEXTS_BYTES and MAX_EXIF_BLOCKS (an
+    MP4's tags too)."""
 
     def __init__(self) -> None:
         self.found: dict[str, str] = {}
@@ -72,7 +73,7 @@ def _inflate(data: bytes, limit: int) -> bytes:
         return b""
 
 
-def _add_png_text(texts: _Texts, kind: bytes, data: bytes) -> None:
+def _add_png_text(texts: Texts, kind: bytes, data: bytes) -> None:
     key, sep, rest = data.partition(b"\0")
     name = key.decode("latin-1")
     if not sep or not texts.wants(name):  # (the keyword first: a chunk whose name is taken is never inflated)
@@ -92,7 +93,7 @@ def _add_png_text(texts: _Texts, kind: bytes, data: bytes) -> None:
 
 def png_texts(f: BinaryIO) -> dict[str, str]:
     """Text chunks (tEXt, zTXt, iTXt, wherever they are) and the EXIF of a PNG stream."""
-    texts = _Texts()
+    texts = Texts()
     f.seek(8)
     for _ in range(_MAX_CHUNKS):
         head = f.read(8)
@@ -115,7 +116,7 @@ def png_texts(f: BinaryIO) -> dict[str, str]:
 
 def jpeg_texts(f: BinaryIO) -> dict[str, str]:
     """The EXIF and XMP (APP1) and comment (COM) segments of a JPEG stream, up to the image data."""
-    texts = _Texts()
+    texts = Texts()
     f.seek(2)
     for _ in range(_MAX_CHUNKS):
         byte = f.read(1)
@@ -143,7 +144,7 @@ def jpeg_texts(f: BinaryIO) -> dict[str, str]:
 
 def webp_texts(f: BinaryIO) -> dict[str, str]:
     """The EXIF and XMP chunks of a WebP (RIFF) stream."""
-    texts = _Texts()
+    texts = Texts()
     f.seek(12)
     for _ in range(_MAX_CHUNKS):
         head = f.read(8)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from ..media import mvhd_duration
+from .images import Texts
 
 _MAX_VALUE = 16 * 1024 * 1024
 _MAX_BOXES = 10_000
@@ -78,36 +79,32 @@ def _keys(f: BinaryIO, box: Box) -> dict[int, str]:
     return names
 
 
-def _item_value(f: BinaryIO, item: Box) -> str | None:
+def _add_item(f: BinaryIO, item: Box, name: str, tags: Texts) -> None:
     data = _child(f, item, b"data")
     if data is None or data[2] - data[1] < 8:
-        return None
-    raw = _read(f, data[1], data[2])
+        return
+    raw = _read(f, data[1], min(data[2], data[1] + 8 + tags.room))
     kind = int.from_bytes(raw[1:4], "big")
-    return raw[8:].decode("utf-16-be" if kind == 2 else "utf-8", "replace")
+    tags.add(name, raw, raw[8:].decode("utf-16-be" if kind == 2 else "utf-8", "replace"))
 
 
-def _ilst_tags(f: BinaryIO, meta: Box) -> dict[str, str]:
+def _add_ilst_tags(f: BinaryIO, meta: Box, tags: Texts) -> None:
     children = list(_meta_children(f, meta))
     keys_box = next((b for b in children if b[0] == b"keys"), None)
     names = _keys(f, keys_box) if keys_box else {}
-    tags: dict[str, str] = {}
     for ilst in (b for b in children if b[0] == b"ilst"):
         for item in _boxes(f, ilst[1], ilst[2]):
             name = _ITEM_NAMES.get(item[0]) or names.get(int.from_bytes(item[0], "big"))
-            value = _item_value(f, item) if name else None
-            if name and value is not None:
-                tags.setdefault(name, value)
-    return tags
+            if name and tags.wants(name):  # (read only then: a taken name, or a spent budget, reads nothing)
+                _add_item(f, item, name, tags)
 
 
-def _udta_text(f: BinaryIO, box: Box) -> str | None:
+def _add_udta_text(f: BinaryIO, box: Box, name: str, tags: Texts) -> None:
     """A QuickTime ``udta/©cmt`` text: 16-bit length, 16-bit language, then the text."""
     raw = _read(f, box[1], box[2])
-    if len(raw) < 4:
-        return None
-    length = struct.unpack(">H", raw[:2])[0]
-    return raw[4:4 + length].decode("utf-8", "replace")
+    if len(raw) >= 4:
+        length = struct.unpack(">H", raw[:2])[0]
+        tags.add(name, raw, raw[4:4 + length].decode("utf-8", "replace"))
 
 
 def read_tags(f: BinaryIO) -> dict[str, str]:
@@ -117,19 +114,17 @@ def read_tags(f: BinaryIO) -> dict[str, str]:
     moov = next((b for b in _boxes(f, 0, size) if b[0] == b"moov"), None)
     if moov is None:
         return {}
-    tags: dict[str, str] = {}
+    tags = Texts()  # (one budget for the file's tags, as for an image's texts)
     for box in _boxes(f, moov[1], moov[2]):
         if box[0] == b"meta":
-            tags.update({k: v for k, v in _ilst_tags(f, box).items() if k not in tags})
+            _add_ilst_tags(f, box, tags)
         elif box[0] == b"udta":
             for child in _boxes(f, box[1], box[2]):
                 if child[0] == b"meta":
-                    tags.update({k: v for k, v in _ilst_tags(f, child).items() if k not in tags})
-                elif child[0] in _ITEM_NAMES and _ITEM_NAMES[child[0]] not in tags:
-                    text = _udta_text(f, child)
-                    if text is not None:
-                        tags[_ITEM_NAMES[child[0]]] = text
-    return tags
+                    _add_ilst_tags(f, child, tags)
+                elif child[0] in _ITEM_NAMES and tags.wants(_ITEM_NAMES[child[0]]):
+                    _add_udta_text(f, child, _ITEM_NAMES[child[0]], tags)
+    return tags.found
 
 
 def duration_seconds(f: BinaryIO) -> float | None:
