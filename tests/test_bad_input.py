@@ -894,3 +894,18 @@ def test_importing_or_watching_a_folder_of_the_vault_is_refused(tmp_path: Path) 
         recovered.mkdir(parents=True)
         (recovered / "stray.png").write_bytes(write_media(tmp_path / "src2", "png", 12).read_bytes())
         assert len(vault.workspace.import_folder(recovered).imported) == 1
+
+
+def test_an_mp4_of_too_many_top_level_boxes_is_refused(tmp_path: Path) -> None:
+    """Millions of empty top-level boxes took minutes to walk, three times an add (a complexity review): past
+    100,000 (a fragmented video has a few thousand) the file is refused as damaged; a thousand are fine."""
+    from mediafiles import make_mp4
+
+    many = make_mp4(tmp_path / "many.mp4")
+    many.write_bytes(many.read_bytes() + b"\0\0\0\x08free" * 100_001)
+    some = make_mp4(tmp_path / "some.mp4", color=3)
+    some.write_bytes(some.read_bytes() + b"\0\0\0\x08free" * 1000)
+    with Vault.create(tmp_path / "vault") as vault:
+        with pytest.raises(UnsupportedMediaError, match="truncated or damaged MP4"):
+            vault.workspace.add(many)
+        assert vault.workspace.add(some).file_size_bytes == some.stat().st_size
