@@ -24,7 +24,7 @@ from localvault.errors import StorageError
 from localvault.models import GenerationInfo
 
 from . import a1111, comfyui, images, invokeai, mp4, novelai, sidecar, xmp
-from ._clean import Found, finish, json_object, json_too_long, merge
+from ._clean import Found, finish, json_object, merge
 
 __all__ = ["read", "read_chunks"]
 
@@ -38,8 +38,6 @@ def _from_comment(text: Any, key: str, depth: int) -> Found:
     data = json_object(text)
     if data is not None:
         return read_chunks(data, depth + 1) if depth == 0 else Found()
-    if json_too_long(text):
-        return Found()
     if key == "usercomment" or a1111.looks_like_parameters(text):
         return a1111.parse(text)
     return Found()
@@ -57,7 +55,7 @@ def _parameters(text: Any) -> Found:
         return sidecar.from_mapping(data["sui_image_params"], source="swarmui")
     if data is not None and any(key in data for key in _FOOOCUS_KEYS):
         return sidecar.from_mapping(data, source="fooocus")
-    return Found() if json_too_long(text) else a1111.parse(text)
+    return a1111.parse(text)
 
 
 #: Keys only Easy Diffusion writes (one PNG text chunk each, or a JSON object in EXIF).

@@ -18,7 +18,7 @@ import json
 import re
 from typing import Any
 
-from ._clean import Found, parse_seed, snake_key
+from ._clean import Found, json_too_long, parse_seed, snake_key
 
 _KEY = re.compile(r"\s*(\w[\w \-/+.()]*?):\s*")
 _VALUE = re.compile(r'("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
@@ -116,7 +116,7 @@ def _ends(text: str) -> str:
 
 def looks_like_parameters(text: str) -> bool:
     """True when ``text`` ends with an A1111 settings line (and perhaps Dynamic Prompts' sections)."""
-    return bool(_split(_ends(text).strip().splitlines())[1])
+    return not json_too_long(text) and bool(_split(_ends(text).strip().splitlines())[1])
 
 
 def _split(lines: list[str]) -> tuple[list[str], dict[str, Any], dict[str, str]]:
@@ -148,7 +148,7 @@ def parse(text: Any) -> Found:
     """Read prompt, negative prompt, seed, model and settings from A1111 parameters text."""
     if isinstance(text, (bytes, bytearray)):
         text = bytes(text).decode("utf-8", "replace")
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str) or not text.strip() or json_too_long(text):  # (that is JSON, left unread)
         return Found()
     lines, params, sections = _split(_ends(text).strip().splitlines())
     prompt_lines: list[str] = []

@@ -10,7 +10,7 @@ from typing import Any
 
 from .._disk import NotRegularFileError, open_regular
 from . import a1111, comfyui
-from ._clean import Found, find_run_id, json_object, json_too_long, parse_seed, snake_key
+from ._clean import Found, find_run_id, json_object, parse_seed, snake_key
 
 MAX_SIDECAR_BYTES = 8 * 1024 * 1024
 #: The key of a file's settings that names the sidecar its metadata was read from.
@@ -108,7 +108,7 @@ def parse_text(text: str, *, json_only: bool = False) -> Found:
     if data is not None:
         nodes = comfyui.api_nodes(data)
         return comfyui.parse(data) if nodes else from_mapping(data)
-    if json_only or json_too_long(text):
+    if json_only:
         return Found()
     labelled = _labelled_lines(text)
     return from_mapping(labelled) if labelled is not None else a1111.parse(text)
