@@ -22,13 +22,16 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import models
 from ._recovered import RECOVERED_FOLDER
 from .db import DB_NAME
 from .errors import InvalidInputError
 from .models import GenerationInfo
+
+if TYPE_CHECKING:
+    from .files import FileStore
 
 JOB_WINDOW_SECONDS = 60.0
 #: Namespace of job ids derived from run ids or first files (never change it: ids must stay stable).
@@ -68,9 +71,9 @@ def is_candidate_name(name: str) -> bool:
     return not is_ignored_name(name) and os.path.splitext(name)[1].lower() in EXTENSIONS
 
 
-def check_folder(value: Any, what: str, vault_folders: Iterable[str] = ()) -> Path:
+def check_folder(value: Any, what: str, vault: tuple[Path, FileStore] | None = None) -> Path:
     """The folder ``value`` names (text or a path, ``~`` expanded); InvalidInputError if it is none we can use, or
-    one of ``vault_folders`` (a vault's folder, its buckets' where they are elsewhere) or inside one."""
+    the ``vault``'s (its folder, and its files' where they are elsewhere) or inside one."""
     folder = models.check_path(value, what)
     try:
         is_folder = folder.is_dir()
@@ -78,7 +81,8 @@ def check_folder(value: Any, what: str, vault_folders: Iterable[str] = ()) -> Pa
         raise InvalidInputError(f"cannot use {folder} as {what}: {exc.strerror or exc}") from None
     if not is_folder:
         raise InvalidInputError(f"{folder} is not a folder; give the rig's output folder")
-    _refuse_inside_vault(folder, vault_folders, what)
+    if vault is not None:
+        _refuse_inside_vault(folder, [str(vault[0]), *([vault[1].root] if vault[1].local else [])], what)
     return folder
 
 

@@ -385,7 +385,7 @@ def import_folder(db: Database, files: FileStore, user_id: str, path: str | os.P
                   recursive: bool = False, mode: Mode = "copy", model: str | None = None, prompt: str | None = None,
                   progress: ProgressCallback | None = None, workers: int | None = None) -> ImportReport:
     """Import every media file of a folder into the workspace; see :meth:`Workspace.import_folder`."""
-    folder = check_folder(path, "the folder to import", [str(db.path.parent), *([files.root] if files.local else [])])
+    folder = check_folder(path, "the folder to import", (db.path.parent, files))
     recursive = models.check_flag(recursive, "recursive")
     found = scan(folder, recursive)
     with Importer(db, files, user_id, mode=mode, model=model, prompt=prompt, workers=workers) as importer:

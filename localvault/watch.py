@@ -92,8 +92,7 @@ class Watcher:
                  workers: int | None = None, sidecar_wait_seconds: float = SIDECAR_WAIT_SECONDS,
                  quiet_seconds: float = QUIET_SECONDS) -> None:
         # "../out" as /x/out: paths under it are checked
-        self.folder = Path(os.path.abspath(check_folder(
-            folder, "the folder to watch", [str(vault.root), *([vault.files.root] if vault.files.local else [])])))
+        self.folder = Path(os.path.abspath(check_folder(folder, "the folder to watch", (vault.root, vault.files))))
         self._vault_args = (vault.root, vault.user_id, vault.files.fs)
         # Checked here, not first in the watcher's thread: a bad option is the caller's InvalidInputError.
         self._options = checked_options(mode=mode, model=model, prompt=prompt, workers=workers)
