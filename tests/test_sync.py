@@ -941,8 +941,8 @@ def test_a_vault_delete_of_a_row_deleted_on_the_web_before_keeps_the_later_time(
                                                                               tmp_path: Path) -> None:
     """Deleted on the web, then in the vault: the server's record takes the vault's later time, so an edit by
     another rig made between the two deletions loses, whichever device syncs first."""
+    from localvault.sync.batch import Changes, JsonRow
     from localvault.sync.outbox import _rows
-    from localvault.sync.remote import Changes, JsonRow
     from localvault.sync.statements import LIBRARY_COLUMNS
 
     (asset_id,) = _fill(vault, tmp_path, 1)

@@ -20,8 +20,8 @@ from test_sync import USER_A, USER_B, _fill, _objects, _server_rows, as_the_web_
 
 from localvault import Vault
 from localvault.sync import Remote
+from localvault.sync.batch import Changes
 from localvault.sync.bucket import Bucket
-from localvault.sync.remote import Changes
 
 
 def _two_rigs(tmp_path: Path, remote: Remote) -> tuple[Vault, Vault, str]:

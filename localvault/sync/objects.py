@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 from ..errors import SyncError
 from ..progress import ProgressCallback, report
 from . import outbox
+from .batch import BatchResult
 from .bucket import Bucket
 from .local_reads import file_digest
-from .remote import BatchResult, Remote
+from .remote import Remote
 from .report import SyncReport
 from .retry import RetryStopped, retrying
 

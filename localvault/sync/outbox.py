@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..db import utc_now
 from ..files import LIBRARY_BUCKET
-from .remote import BatchResult, Changes, JsonRow
+from .batch import BatchResult, Changes, JsonRow
 from .statements import COLLECTION_COLUMNS, LIBRARY_COLUMNS
 
 if TYPE_CHECKING:
