@@ -169,7 +169,7 @@ class Library:
         if not isinstance(favorite, bool):
             raise InvalidInputError(f"favorite must be true or false, not {favorite!r}")
         return (models.check_title(title), json.dumps(models.check_tags(tags), ensure_ascii=False), int(favorite),
-                _visibility(visibility).value)
+                models.check_visibility(visibility).value)
 
     def _save_source(self, conn: sqlite3.Connection, workspace_asset_id: str, collection: str | None,
                      ) -> tuple[tuple[Any, ...], str | None]:
@@ -331,7 +331,7 @@ class Library:
                 raise InvalidInputError(f"favorite must be true or false, not {favorite!r}")
             changes["is_favorite"] = int(favorite)
         if visibility is not UNSET:
-            changes["visibility"] = _visibility(visibility).value
+            changes["visibility"] = models.check_visibility(visibility).value
         new_tags = models.check_tags(tags) if tags is not UNSET else None
         added, removed = models.check_tags(add_tags), models.check_tags(remove_tags)
         with self._db.write() as conn:
@@ -380,13 +380,6 @@ class Library:
 
 #: The columns :meth:`Library.update` may change.
 _UPDATABLE = ("title", "is_favorite", "visibility", "tags", "collection_id")
-
-
-def _visibility(value: object) -> Visibility:
-    try:
-        return Visibility(value)
-    except ValueError:
-        raise InvalidInputError(f"visibility {value!r} is not one of private, unlisted, public") from None
 
 
 def _prefixed(columns: str) -> str:

@@ -170,6 +170,14 @@ def check_model(value: Any) -> str:
     return _check_text(value, "model", MAX_MODEL_CHARS, allow_newlines=False, allow_empty=True).strip()
 
 
+def check_visibility(value: object) -> Visibility:
+    """A visibility, given as the enum or its name."""
+    try:
+        return Visibility(value)
+    except ValueError:
+        raise InvalidInputError(f"visibility {value!r} is not one of private, unlisted, public") from None
+
+
 def check_title(value: Any) -> str | None:
     if value is None:
         return None
