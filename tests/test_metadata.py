@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mediafiles import make_jpeg, make_mp4, make_png, make_webp
+from mediafiles import box, make_jpeg, make_mp4, make_png, make_webp
 from PIL import ImageFile
 
 from localvault import metadata
@@ -872,6 +872,27 @@ def test_an_mp4_s_tags_share_the_file_s_text_budget(tmp_path: Path, monkeypatch:
     with make_mp4(tmp_path / "t.mp4", mdta_tags=tags).open("rb") as f:
         found = mp4.read_tags(f)
     assert sum(map(len, found.values())) <= 1_000_000 and found["usercomment"] == "x" * 400_000
+
+
+def test_an_mp4_s_boxes_are_walked_within_one_budget(tmp_path: Path) -> None:
+    """Each list of boxes was walked to 10,000 entries, but lists nest: 80 MB of empty items in 1,000 `meta`
+    boxes of one `udta` took 14 s to read, and 1 GiB would take minutes (a complexity review). One file's
+    reading now visits at most `_MAX_WALK` box headers in all; a real movie's tags come long before that."""
+    ilst = box(b"ilst", box(b"\xa9zzz") * 4_000)
+    meta = box(b"meta", b"\0\0\0\0" + box(b"hdlr", bytes(25)) + ilst)
+    comment = box(b"\xa9cmt", box(b"data", struct.pack(">I", 1) + bytes(4) + b"a red fox"))
+    early = box(b"meta", b"\0\0\0\0" + box(b"hdlr", bytes(25)) + box(b"ilst", comment))
+    crafted = box(b"ftyp", b"isom\0\0\0\0isom") + box(b"moov", box(b"udta", early + meta * 100))
+
+    class CountingReads(io.BytesIO):
+        reads = 0
+
+        def read(self, size: int | None = -1, /) -> bytes:
+            CountingReads.reads += 1
+            return super().read(size)
+
+    assert mp4.read_tags(CountingReads(crafted)) == {"comment": "a red fox"}
+    assert CountingReads.reads <= 2 * mp4._MAX_WALK < 400_000  # (two reads at most a box; 400,000 boxes there)
 
 
 def test_crafted_parameters_text_is_read_at_its_two_ends() -> None:

@@ -17,17 +17,30 @@ from .images import Texts
 
 _MAX_VALUE = 16 * 1024 * 1024
 _MAX_BOXES = 10_000
+#: Box headers one file's reading may visit in all: a real movie's ``moov`` holds a few hundred, while nested
+#: lists of empty boxes (each list within ``_MAX_BOXES``) would otherwise be walked for minutes.
+_MAX_WALK = 100_000
 _ITEM_NAMES = {b"\xa9cmt": "comment", b"\xa9nam": "title", b"desc": "description", b"\xa9too": "encoder"}
 
 Box = tuple[bytes, int, int]  # type, payload start, payload end
 
 
-def _boxes(f: BinaryIO, start: int, end: int) -> Iterator[Box]:
+class _Walk:
+    """One file being read, and the box headers its reading may still visit."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.left = _MAX_WALK
+
+
+def _boxes(walk: _Walk, start: int, end: int) -> Iterator[Box]:
     """The boxes between ``start`` and ``end``; a truncated last box is clipped to ``end``."""
+    f = walk.f
     pos = start
     for _ in range(_MAX_BOXES):
-        if pos + 8 > end:
+        if pos + 8 > end or walk.left <= 0:
             return
+        walk.left -= 1
         f.seek(pos)
         header = f.read(8)
         if len(header) < 8:
@@ -47,18 +60,18 @@ def _boxes(f: BinaryIO, start: int, end: int) -> Iterator[Box]:
         pos += size
 
 
-def _child(f: BinaryIO, box: Box | None, kind: bytes) -> Box | None:
+def _child(walk: _Walk, box: Box | None, kind: bytes) -> Box | None:
     if box is None:
         return None
-    return next((b for b in _boxes(f, box[1], box[2]) if b[0] == kind), None)
+    return next((b for b in _boxes(walk, box[1], box[2]) if b[0] == kind), None)
 
 
-def _meta_children(f: BinaryIO, meta: Box) -> Iterator[Box]:
+def _meta_children(walk: _Walk, meta: Box) -> Iterator[Box]:
     """Children of a ``meta`` box, which is a full box in MP4 but not always in QuickTime."""
-    f.seek(meta[1])
-    first = f.read(8)
+    walk.f.seek(meta[1])
+    first = walk.f.read(8)
     start = meta[1] if first[4:8] == b"hdlr" else meta[1] + 4
-    return _boxes(f, start, meta[2])
+    return _boxes(walk, start, meta[2])
 
 
 def _read(f: BinaryIO, start: int, end: int) -> bytes:
@@ -79,29 +92,29 @@ def _keys(f: BinaryIO, box: Box) -> dict[int, str]:
     return names
 
 
-def _add_item(f: BinaryIO, item: Box, name: str, tags: Texts) -> None:
-    data = _child(f, item, b"data")
+def _add_item(walk: _Walk, item: Box, name: str, tags: Texts) -> None:
+    data = _child(walk, item, b"data")
     if data is None or data[2] - data[1] < 8:
         return
-    raw = _read(f, data[1], min(data[2], data[1] + 8 + tags.room))
+    raw = _read(walk.f, data[1], min(data[2], data[1] + 8 + tags.room))
     kind = int.from_bytes(raw[1:4], "big")
     tags.add(name, raw, raw[8:].decode("utf-16-be" if kind == 2 else "utf-8", "replace"))
 
 
-def _add_ilst_tags(f: BinaryIO, meta: Box, tags: Texts) -> None:
-    children = list(_meta_children(f, meta))
+def _add_ilst_tags(walk: _Walk, meta: Box, tags: Texts) -> None:
+    children = list(_meta_children(walk, meta))
     keys_box = next((b for b in children if b[0] == b"keys"), None)
-    names = _keys(f, keys_box) if keys_box else {}
+    names = _keys(walk.f, keys_box) if keys_box else {}
     for ilst in (b for b in children if b[0] == b"ilst"):
-        for item in _boxes(f, ilst[1], ilst[2]):
+        for item in _boxes(walk, ilst[1], ilst[2]):
             name = _ITEM_NAMES.get(item[0]) or names.get(int.from_bytes(item[0], "big"))
             if name and tags.wants(name):  # (read only then: a taken name, or a spent budget, reads nothing)
-                _add_item(f, item, name, tags)
+                _add_item(walk, item, name, tags)
 
 
-def _add_udta_text(f: BinaryIO, box: Box, name: str, tags: Texts) -> None:
+def _add_udta_text(walk: _Walk, box: Box, name: str, tags: Texts) -> None:
     """A QuickTime ``udta/©cmt`` text: 16-bit length, 16-bit language, then the text."""
-    raw = _read(f, box[1], box[2])
+    raw = _read(walk.f, box[1], box[2])
     if len(raw) >= 4:
         length = struct.unpack(">H", raw[:2])[0]
         tags.add(name, raw, raw[4:4 + length].decode("utf-8", "replace"))
@@ -110,29 +123,29 @@ def _add_udta_text(f: BinaryIO, box: Box, name: str, tags: Texts) -> None:
 def read_tags(f: BinaryIO) -> dict[str, str]:
     """Metadata tags of an MP4 stream (``comment``, ``title``, ``mdta`` keys…) by name."""
     f.seek(0, 2)
-    size = f.tell()
-    moov = next((b for b in _boxes(f, 0, size) if b[0] == b"moov"), None)
+    walk = _Walk(f)
+    moov = next((b for b in _boxes(walk, 0, f.tell()) if b[0] == b"moov"), None)
     if moov is None:
         return {}
     tags = Texts()  # (one budget for the file's tags, as for an image's texts)
-    for box in _boxes(f, moov[1], moov[2]):
+    for box in _boxes(walk, moov[1], moov[2]):
         if box[0] == b"meta":
-            _add_ilst_tags(f, box, tags)
+            _add_ilst_tags(walk, box, tags)
         elif box[0] == b"udta":
-            for child in _boxes(f, box[1], box[2]):
+            for child in _boxes(walk, box[1], box[2]):
                 if child[0] == b"meta":
-                    _add_ilst_tags(f, child, tags)
+                    _add_ilst_tags(walk, child, tags)
                 elif child[0] in _ITEM_NAMES and tags.wants(_ITEM_NAMES[child[0]]):
-                    _add_udta_text(f, child, _ITEM_NAMES[child[0]], tags)
+                    _add_udta_text(walk, child, _ITEM_NAMES[child[0]], tags)
     return tags.found
 
 
 def duration_seconds(f: BinaryIO) -> float | None:
     """The movie duration from ``moov/mvhd`` (timescale and duration), or None."""
     f.seek(0, 2)
-    size = f.tell()
-    moov = next((b for b in _boxes(f, 0, size) if b[0] == b"moov"), None)
-    mvhd = _child(f, moov, b"mvhd")
+    walk = _Walk(f)
+    moov = next((b for b in _boxes(walk, 0, f.tell()) if b[0] == b"moov"), None)
+    mvhd = _child(walk, moov, b"mvhd")
     if mvhd is None:
         return None
     return mvhd_duration(_read(f, mvhd[1], min(mvhd[2], mvhd[1] + 32)))
