@@ -87,6 +87,38 @@ def in_folder(directory: str, action: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
+#: What opening a folder to fsync it, or its fsync, may answer where that cannot be done: a parent we may write
+#: to but not read (mode -wx), a mount that cannot fsync a folder (CIFS before Linux 4.17, some FUSE mounts).
+FOLDER_FSYNC_UNAVAILABLE = frozenset({errno.EACCES, errno.EPERM, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+def fsync_folder(path: str | os.PathLike[str]) -> None:
+    """fsync a folder, making the entries made or removed in it durable; where the folder cannot be fsynced
+    (:data:`FOLDER_FSYNC_UNAVAILABLE`), nothing better can be done and nothing is raised."""
+    try:
+        fsync_path(path)
+    except OSError as exc:
+        if exc.errno not in FOLDER_FSYNC_UNAVAILABLE:
+            raise
+
+
+def make_folders_durably(path: str | os.PathLike[str]) -> None:
+    """``os.makedirs(path, exist_ok=True)``, then fsync the parent of each folder it made, deepest first: a new
+    folder's entry in its parent is durable only once that parent is fsynced (the files later renamed into it,
+    and its own fsync, do not make it so)."""
+    missing = []
+    folder = os.path.abspath(path)
+    while not os.path.isdir(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    os.makedirs(path, exist_ok=True)
+    for made in missing:
+        fsync_folder(os.path.dirname(made))
+
+
 def create_in_folder(directory: str, temp: str) -> int:
     """Create and open the new file ``temp`` in ``directory`` (see :func:`in_folder`)."""
     return in_folder(directory, lambda: os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
@@ -177,7 +209,7 @@ def _publish_new(temp: str, target: str | os.PathLike[str]) -> None:
     os.unlink(temp)
 
 
-def fsync_path(path: str | Path) -> None:
+def fsync_path(path: str | os.PathLike[str]) -> None:
     """fsync a file or a folder by path (a folder's fsync makes renames in it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import uuid
 
-from ._disk import copy_durably, fsync_path, move_durably
+from ._disk import copy_durably, fsync_path, make_folders_durably, move_durably
 from .errors import LocalVaultError, StorageError
 from .files import FileStore, StagedFile
 
@@ -52,7 +52,7 @@ def copy_to_recovered(files: FileStore, bucket: str, relative: str) -> str | Non
     source = files.full_path(bucket, relative)
     base = f"{files.root}/{RECOVERED_FOLDER}"
     try:
-        os.makedirs(base, exist_ok=True)
+        make_folders_durably(base)
         if os.stat(source).st_dev == os.stat(base).st_dev:
             return None
         target = _free_path(files, bucket, relative)
@@ -68,7 +68,10 @@ def _free_path(files: FileStore, bucket: str, relative: str) -> str:
     base = f"{files.root}/{RECOVERED_FOLDER}/{bucket}"
     target = f"{base}/{relative}"
     try:
-        files.fs.makedirs(os.path.dirname(target), exist_ok=True)
+        if files.local:
+            make_folders_durably(os.path.dirname(target))
+        else:
+            files.fs.makedirs(os.path.dirname(target), exist_ok=True)
     except (FileExistsError, NotADirectoryError):  # a file recovered earlier bears one of its folders' names
         target = f"{base}/{uuid.uuid4().hex[:12]}-{os.path.basename(relative)}"
     except OSError as exc:

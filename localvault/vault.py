@@ -17,7 +17,7 @@ import fsspec
 from . import _id_prefix as id_prefix
 from . import _write_intents as write_intents
 from . import media, models, pending
-from ._disk import TEMP_PREFIX, unlink_quietly
+from ._disk import TEMP_PREFIX, make_folders_durably, unlink_quietly
 from ._export import export_file
 from ._id_prefix import MIN_ID_PREFIX as MIN_ID_PREFIX  # (where it was)
 from .collections import Collections
@@ -184,7 +184,7 @@ class Vault:
         requested = models.check_uuid(user_id, "user id") if user_id is not None else None
         made = not _exists(root)
         try:
-            root.mkdir(parents=True, exist_ok=True)
+            make_folders_durably(root)
         except (FileExistsError, NotADirectoryError):  # (a file where the folder, or one above it, would be)
             raise InvalidInputError(f"{root} (or a folder above it) is a file; give a new or empty folder for the "
                                     "vault") from None
@@ -311,7 +311,7 @@ class Vault:
             raise InvalidInputError(f"cannot use {dest} as the destination: {exc.strerror or exc}") from None
         if into_folder:
             try:
-                dest.mkdir(parents=True, exist_ok=True)
+                make_folders_durably(dest)
             except OSError as exc:
                 raise StorageError(f"cannot make the folder {dest}: {exc.strerror or exc}") from None
             dest = dest / f"{models.check_uuid(asset_id)}{Path(relative).suffix}"

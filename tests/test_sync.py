@@ -634,13 +634,19 @@ def test_a_folder_bucket_whose_folders_refuse_fsync_still_takes_files(vault: Vau
     """Some mounts answer a folder's fsync with EINVAL (CIFS before Linux 4.17, some FUSE mounts): a fault of
     mounts this suite cannot make, hence the patch. The file itself was fsynced: the copy stands, noted."""
     import errno
+    import stat
 
     from localvault.sync import folder_bucket
 
-    def refused(path: Any) -> None:
-        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), str(path))
+    real_fsync = os.fsync
+    bucket_folder = str(tmp_path / "bucket")
 
-    monkeypatch.setattr(folder_bucket, "fsync_path", refused)
+    def refused_for_its_folders(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode) and os.readlink(f"/proc/self/fd/{fd}").startswith(bucket_folder):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", refused_for_its_folders)
     (asset_id,) = _fill(vault, tmp_path, 1)
     asset = vault.library.get(asset_id)
     report = _sync_to_folder(vault, server, tmp_path / "bucket")

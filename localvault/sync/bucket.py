@@ -29,7 +29,7 @@ from typing import Any
 
 import fsspec
 
-from .._disk import stream_digest
+from .._disk import make_folders_durably, stream_digest
 from ..config import redact_url
 from ..errors import OfflineError, SyncError, first_line
 from . import folder_bucket, multipart, s3_direct
@@ -112,7 +112,10 @@ class Bucket:
                 if not (self.is_local or self.protocol == "memory") or (parent and not self.fs.isdir(parent)):
                     raise FileNotFoundError(self.root)
                 if create:
-                    self.fs.makedirs(self.root, exist_ok=True)
+                    if self.is_local:
+                        make_folders_durably(self.root)
+                    else:
+                        self.fs.makedirs(self.root, exist_ok=True)
         except FileNotFoundError:
             raise SyncError(f"the bucket {self.shown_url} does not exist (for a folder: is its disk mounted?); create "
                             "it or fix 'localvault remote set' (a bucket made anew is empty: then run 'localvault sync "
@@ -291,6 +294,8 @@ class Bucket:
                         self.fs.rm_file(path)
                     except FileNotFoundError:
                         pass
+            if self.is_local:
+                folder_bucket.removals_made_durable(paths)
         self.fs.invalidate_cache(self.root)
         return refused
 

@@ -17,7 +17,6 @@ an OS whose ``os`` has no ``setxattr``) is read and hashed.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import time
@@ -25,7 +24,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .._disk import STALE_TEMP_SECONDS, TEMP_PREFIX, fsync_path, unlink_quietly, walk_files, write_durably
+from .._disk import (
+    STALE_TEMP_SECONDS,
+    TEMP_PREFIX,
+    fsync_folder,
+    make_folders_durably,
+    unlink_quietly,
+    walk_files,
+    write_durably,
+)
 from ..errors import SyncError
 from .local_reads import check_sha256, reading
 
@@ -34,25 +41,28 @@ ATTRIBUTE = "user.localvault.sha256"
 #: How far a noted file's ctime may move after the note (setting the note moves it a moment later; a network
 #: disk's clock may answer a little late).
 CTIME_SLACK_NS = 10 * 10**9
-#: What a folder's own fsync may answer on mounts that do not support it (CIFS before Linux 4.17, some FUSE
-#: mounts): the file itself was fsynced, and the rename stands.
-_FOLDER_FSYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
 def copy_checked(local: Path, path: str, sha256: str, size: int) -> None:
     """Copy the vault's file ``local`` to ``path`` in the folder, checked and durable, and note its sha256."""
     folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
+    make_folders_durably(folder)
     with reading(local):
         handle = open(local, "rb")  # noqa: SIM115 (closed below; read errors are the vault's, write errors not)
     with handle:
         write_durably(_CheckedReader(handle, local, sha256, size), path)
-    try:
-        fsync_path(folder)
-    except OSError as exc:
-        if exc.errno not in _FOLDER_FSYNC_UNSUPPORTED:
-            raise
+    fsync_folder(folder)  # (where a folder cannot be fsynced, the file itself was, and the rename stands)
     record(path, sha256)
+
+
+def removals_made_durable(paths: list[str]) -> None:
+    """fsync the folders objects were just removed from: once the server's deletion of their rows is committed
+    and acknowledged, a power cut must not bring the objects back (a deleted private image left in the bucket)."""
+    for folder in sorted({os.path.dirname(path) for path in paths}):
+        try:
+            fsync_folder(folder)
+        except FileNotFoundError:  # (its last object gone, the folder too: nothing to make durable there)
+            pass
 
 
 class _CheckedReader:

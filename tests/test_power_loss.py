@@ -1,0 +1,134 @@
+"""Power-loss durability: every folder a call makes must have its entry in its parent made durable (an fsync
+of the parent) before the call returns, else a power cut can drop the folder and every file renamed into it,
+however well those files and the folder itself were fsynced. And the vault's SQLite runs synchronous=FULL.
+
+Each test records the folders os.fsync was given (by /proc/self/fd) and the folders that did not exist before
+the call; a new folder whose parent was never fsynced fails the test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import write_media
+
+from localvault import Vault
+
+
+@contextmanager
+def recorded_fsyncs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    real = os.fsync
+    synced: list[str] = []
+
+    def recording(fd: int) -> None:
+        real(fd)
+        try:
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+
+    monkeypatch.setattr(os, "fsync", recording)
+    yield synced
+    monkeypatch.undo()
+
+
+def folders(top: Path) -> set[str]:
+    found = {str(top)} if top.is_dir() else set()
+    for base, dirs, _names in os.walk(top):
+        found.update(os.path.join(base, d) for d in dirs)
+    return found
+
+
+def new_folders_not_durable(top: Path, monkeypatch: pytest.MonkeyPatch, call: Callable[[], object]) -> list[str]:
+    before = folders(top)
+    with recorded_fsyncs(monkeypatch) as synced:
+        call()
+    made = sorted(folders(top) - before)
+    assert made, "the call made no folder: the test does not test anything"
+    return [f for f in made if os.path.dirname(f) not in synced]
+
+
+def test_a_new_vault_folder_is_durable_in_its_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "data" / "localvault" / "vault"  # as the default vault path: new parents too
+
+    def create() -> None:
+        Vault.create(root).close()
+
+    assert new_folders_not_durable(tmp_path, monkeypatch, create) == []
+
+
+def test_repair_makes_the_recovered_folders_durable(vault: Vault, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """verify --repair renames an orphan (perhaps an asset's only copy) out of its bucket, whose folder it fsyncs:
+    the file must be durable where it went, recovered/<bucket>/<user>/… included."""
+    kept = vault.library.add(write_media(tmp_path, "png", 1))
+    stray = Path(vault.library.file_path(kept)).with_name("stray.png")
+    stray.write_bytes(write_media(tmp_path / "s", "png", 2).read_bytes())
+    assert new_folders_not_durable(vault.root, monkeypatch, lambda: vault.verify(repair=True)) == []
+    assert (vault.root / "recovered" / "user-library" / vault.user_id / "stray.png").exists()
+
+
+def test_an_upload_to_a_folder_bucket_makes_its_folders_durable(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first upload makes the bucket's folder and the user's: once the server row is committed and the vault
+    has acknowledged it, a power cut must not take the object away with a folder entry never fsynced."""
+    from localvault.sync.bucket import Bucket
+
+    (tmp_path / "nas").mkdir()
+    local = write_media(tmp_path / "src", "png", 3)
+    data = local.read_bytes()
+    bucket = Bucket(f"file://{tmp_path}/nas/user-library")
+
+    def upload() -> None:
+        bucket.check_reachable()
+        bucket.upload(local, "0f0f0f0f-0000-4000-8000-000000000000/a.png", hashlib.sha256(data).hexdigest(),
+                      len(data), "image/png")
+
+    assert new_folders_not_durable(tmp_path / "nas", monkeypatch, upload) == []
+
+
+def test_objects_removed_from_a_folder_bucket_stay_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The objects of deleted rows are removed after the server's commit, and the deletion is then acknowledged:
+    their folder must be fsynced first, else a power cut brings back a deleted (perhaps private) image."""
+    from localvault.sync.bucket import Bucket
+
+    (tmp_path / "nas").mkdir()
+    local = write_media(tmp_path / "src", "png", 5)
+    data = local.read_bytes()
+    bucket = Bucket(f"file://{tmp_path}/nas/user-library")
+    bucket.check_reachable()
+    keys = [f"0f0f0f0f-0000-4000-8000-000000000000/{name}.png" for name in ("a", "b")]
+    for key in keys:
+        bucket.upload(local, key, hashlib.sha256(data).hexdigest(), len(data), "image/png")
+    with recorded_fsyncs(monkeypatch) as synced:
+        assert bucket.delete([*keys, "0f0f0f0f-0000-4000-8000-000000000000/never-there.png"]) == {}
+    folder = tmp_path / "nas" / "user-library" / "0f0f0f0f-0000-4000-8000-000000000000"
+    assert not any(folder.glob("*.png")) and synced.count(str(folder)) == 1
+
+
+def test_an_export_into_a_new_folder_is_durable(vault: Vault, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    asset = vault.workspace.add(write_media(tmp_path, "png", 4))
+    out = tmp_path / "out"
+
+    def export() -> None:
+        vault.export(asset.id, f"{out}/sub/")
+
+    assert new_folders_not_durable(tmp_path, monkeypatch, export) == []
+
+
+def test_every_connection_commits_with_synchronous_full(vault: Vault) -> None:
+    """WAL with synchronous=NORMAL may lose the last commits on a power cut: a delete's row removal whose file
+    is already gone, an import --move whose source is already deleted, a sync's acknowledgement."""
+    found = [vault.db.conn.execute("PRAGMA synchronous").fetchone()[0]]
+    thread = threading.Thread(target=lambda: found.append(vault.db.conn.execute("PRAGMA synchronous").fetchone()[0]))
+    thread.start()
+    thread.join()
+    assert vault.db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert found == [2, 2]  # FULL
