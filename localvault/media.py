@@ -153,12 +153,15 @@ def looks_finished(path: str | os.PathLike[str]) -> bool:
                 return False
             head = handle.read(64)
             media = sniff(head)
-            return media is None or _is_whole(handle, media, size, head)
+            # (an MP4 whose last box runs "to the end of the file" may be growing still: one appended to in
+            # separate opens would have each close taken as a new asset)
+            return media is None or _is_whole(handle, media, size, head, to_the_end=False)
     except (OSError, ValueError, IndexError, struct.error):  # it changed while being read: not finished
         return False
 
 
-def _is_whole(handle: BinaryIO, media: MediaType, size: int, head: bytes) -> bool:
+def _is_whole(handle: BinaryIO, media: MediaType, size: int, head: bytes, *, to_the_end: bool = True) -> bool:
+    """Whether the file's end is there by its bytes; ``to_the_end``: see :func:`_mp4_boxes`."""
     if media is MediaType.png:
         handle.seek(max(0, size - 12))
         return handle.read(12) == png.END
@@ -172,7 +175,7 @@ def _is_whole(handle: BinaryIO, media: MediaType, size: int, head: bytes) -> boo
     if media is MediaType.webp:
         declared = struct.unpack("<I", head[4:8])[0] + 8
         return declared in (size, size - 1)
-    return _mp4_boxes(handle, size) is not None
+    return _mp4_boxes(handle, size, to_the_end=to_the_end) is not None
 
 
 def _jpeg_scan_start(handle: BinaryIO, size: int) -> int:
@@ -212,8 +215,9 @@ _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 _MP4_TOP_BOXES = 100_000
 
 
-def _mp4_boxes(handle: BinaryIO, size: int) -> dict[bytes, tuple[int, int]] | None:
-    """Top-level boxes {type: (offset, length)} if they tile the file exactly and hold a moov."""
+def _mp4_boxes(handle: BinaryIO, size: int, *, to_the_end: bool = True) -> dict[bytes, tuple[int, int]] | None:
+    """Top-level boxes {type: (offset, length)} if they tile the file exactly and hold a moov; ``to_the_end``:
+    whether a box of size 0 (running to the end of the file) may be one of them."""
     boxes: dict[bytes, tuple[int, int]] = {}
     offset = 0
     for _ in range(_MP4_TOP_BOXES + 1):
@@ -229,6 +233,8 @@ def _mp4_boxes(handle: BinaryIO, size: int) -> dict[bytes, tuple[int, int]] | No
                 return None
             length = struct.unpack(">Q", header[8:16])[0]
         elif length == 0:
+            if not to_the_end:
+                return None
             length = size - offset
         if length < 8 or offset + length > size:
             return None

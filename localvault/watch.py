@@ -36,6 +36,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -274,6 +275,9 @@ class Watcher:
         observer = Observer()
         self._observer = observer
         self._intake.hears_closes = type(observer).__name__ == "InotifyObserver"  # (only inotify tells of closes)
+        # watchdog warns each time a folder moved back in is watched again, with the repr of every watch: noise,
+        # thousands of lines a day in a busy tree (first among the filters, each time: a caller's may be before)
+        warnings.filterwarnings("ignore", "Callback with id", RuntimeWarning)
         observer.schedule(EventHandler(self._intake, self.folder), str(self._watched), recursive=self.recursive)
         observer.start()
         watch_overflows(self._intake)

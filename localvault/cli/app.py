@@ -36,8 +36,10 @@ class VaultGroup(click.Group):
         return super().main(args, *rest, **options)
 
     def invoke(self, ctx: click.Context) -> Any:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings():
             warnings.simplefilter("always")
+            # Shown as they come, not kept for the end: a watch runs for days.
+            warnings.showwarning = _show_warning
             try:
                 return super().invoke(ctx)
             except LocalVaultError as exc:
@@ -56,9 +58,6 @@ class VaultGroup(click.Group):
             except Exception as exc:  # a bug: its traceback follows on stderr, for a report
                 self._json_error(f"{type(exc).__name__}: {exc}", 1, "InternalError")
                 raise
-            finally:
-                for item in caught:
-                    output.warning(str(item.message))
 
     def _fail(self, ctx: click.Context, message: str, exit_code: int, kind: str) -> None:
         """One ``error:`` line on stderr (and, under ``--json``, the error as JSON on stdout), then exit."""
@@ -104,6 +103,11 @@ pass_ctx = click.make_pass_decorator(Context)
 def json_option(help: str = "Print JSON.") -> Callable[[F], F]:
     """``--json``: the command prints JSON on stdout, and so does a failure (``{"error": {…}}``, see VaultGroup)."""
     return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    output.warning(str(message))
 
 
 @click.group(cls=VaultGroup)

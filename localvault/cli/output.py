@@ -115,6 +115,11 @@ def show_library_logs(show: bool = True, *, still_from: tuple[str, ...] = ()) ->
         handler = LogToConsole()
         logger.addHandler(handler)
     handler.only_from = None if show else still_from
+    # Other libraries' records are not the user's business (the watcher turns watchdog's "queue overflowed"
+    # into its own warning): without a handler, Python's last resort would print them raw on stderr.
+    dependencies = logging.getLogger("watchdog")
+    if not dependencies.handlers:
+        dependencies.addHandler(logging.NullHandler())
 
 
 #: The width of a table written to a pipe or a file (no terminal to fit): as wide as its rows need, up to this.
