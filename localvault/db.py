@@ -96,15 +96,21 @@ class _Held:
     """A thread's connection; closed when the thread ends (its ``threading.local`` goes), or by the thread itself
     once the vault is closed."""
 
-    __slots__ = ("conn", "utils")
+    __slots__ = ("conn", "utils", "pid")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.utils: sqlite_utils.Database | None = None
+        self.pid = os.getpid()
+
+    def close(self) -> None:
+        """Close the connection, unless this is a process forked since it was opened: the parent's, not ours."""
+        if os.getpid() == self.pid:
+            self.conn.close()
 
     def __del__(self) -> None:
         try:
-            self.conn.close()
+            self.close()
         except Exception:  # (at interpreter exit, or closed already)
             pass
 
@@ -124,6 +130,7 @@ class Database:
         self._uri = uri
         self._local = threading.local()
         self._closed = False
+        self._pid = os.getpid()
         self._local.held = self._hold(conn)
 
     def _hold(self, conn: sqlite3.Connection) -> _Held:
@@ -136,11 +143,16 @@ class Database:
         return StorageError(f"the vault at {self.path.parent} is closed; open it again")
 
     def _thread_held(self) -> _Held:
+        if os.getpid() != self._pid:  # SQLite's connections must not cross a fork: a child's commits were lost
+            raise StorageError(f"this vault was opened by process {self._pid}, before a fork; open the vault again "
+                               "in this process (open it after forking, not before)")
         held: _Held | None = getattr(self._local, "held", None)
         if self._closed:
+            if held is not None and held.conn.in_transaction:  # a call under way in this thread: it completes
+                return held
             if held is not None:  # (this thread's own connection: closed here, never under another thread)
                 self._local.held = None
-                held.conn.close()
+                held.close()
             raise self._closed_error()
         if held is None:
             if self._uri is None:  # (a database made from a bare connection: one thread only)
@@ -239,7 +251,7 @@ class Database:
         held: _Held | None = getattr(self._local, "held", None)
         if held is not None:
             self._local.held = None
-            held.conn.close()
+            held.close()
 
     # ------------------------------------------------------------ versions
 

@@ -385,6 +385,7 @@ def import_folder(db: Database, files: FileStore, user_id: str, path: str | os.P
                   recursive: bool = False, mode: Mode = "copy", model: str | None = None, prompt: str | None = None,
                   progress: ProgressCallback | None = None, workers: int | None = None) -> ImportReport:
     """Import every media file of a folder into the workspace; see :meth:`Workspace.import_folder`."""
+    db.refuse_if_readonly("import files")  # (else each file was staged, then refused one by one)
     folder = check_folder(path, "the folder to import", (db.path.parent, files))
     recursive = models.check_flag(recursive, "recursive")
     found = scan(folder, recursive)

@@ -59,7 +59,10 @@ def paths_in_use(conn: sqlite3.Connection, bucket: str, paths: list[str]) -> set
 
 
 def is_queued(conn: sqlite3.Connection, bucket: str, path: str) -> bool:
-    """Whether the deletion of ``bucket/path`` is queued (its row is gone; a drain removes the file)."""
+    """Whether the deletion of ``bucket/path`` is queued (its row is gone; a drain removes the file); never for
+    a name that is not UTF-8 (no row could hold it)."""
+    if SURROGATES.search(path):
+        return False
     return conn.execute("SELECT 1 FROM pending_deletes WHERE bucket = ? AND path = ?",
                         (bucket, path)).fetchone() is not None
 

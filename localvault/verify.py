@@ -230,19 +230,27 @@ def _drop_settled(db: Database, files: FileStore, result: VerifyReport,
     a file without a row removed by the writer whose transaction failed)."""
     for problems in (result.missing, result.mismatched):
         problems[:] = [entry for entry in problems if _row_still_there(db, entry, broken[entry])]
+    _drop_claimed(db, files, result)
+
+
+def _drop_claimed(db: Database, files: FileStore, result: VerifyReport) -> None:
+    """Forget orphans settled since they were listed: a row committed for the file, or its row's deletion
+    committed and queued (its drain removes it), or the file gone."""
     for kind in _KINDS:
         prefix = f"{kind.bucket}/"
         mine = [entry[len(prefix):] for entry in result.orphans if entry.startswith(prefix)]
         claimed = {path for start in range(0, len(mine), PAGE_ROWS)
                    for path in pending.paths_in_use(db.conn, kind.bucket, mine[start:start + PAGE_ROWS])}
         result.orphans[:] = [e for e in result.orphans if not (e.startswith(prefix) and e[len(prefix):] in claimed)]
-    result.orphans[:] = [e for e in result.orphans if files.exists(*e.split("/", 1))]
+    result.orphans[:] = [e for e in result.orphans
+                         if not pending.is_queued(db.conn, *e.split("/", 1)) and files.exists(*e.split("/", 1))]
 
 
 def _set_apart_unsettled_writes(db: Database, files: FileStore, result: VerifyReport) -> None:
     """Files without a row that a noted write left (killed before its commit, or under way): not orphans, but
     ``unsettled``, which the next opening of the vault for writing removes (a read-only check cannot)."""
     noted = {f"{bucket}/{path}" for bucket, path in write_intents.left_behind(db.conn, files)}
+    _drop_claimed(db, files, result)  # a write that committed meanwhile dropped its note: its row claims the file now
     result.unsettled = [entry for entry in result.orphans if entry in noted]
     result.orphans[:] = [entry for entry in result.orphans if entry not in noted]
 

@@ -92,6 +92,7 @@ class Watcher:
                  stable_seconds: float = STABLE_SECONDS, poll_seconds: float = POLL_SECONDS,
                  workers: int | None = None, sidecar_wait_seconds: float = SIDECAR_WAIT_SECONDS,
                  quiet_seconds: float = QUIET_SECONDS) -> None:
+        vault.db.refuse_if_readonly("watch a folder")  # (the watcher writes through a connection of its own)
         # "../out" as /x/out: paths under it are checked
         self.folder = Path(os.path.abspath(check_folder(folder, "the folder to watch", (vault.root, vault.files))))
         self._vault_args = (vault.root, vault.user_id, vault.files.fs)

@@ -26,7 +26,7 @@ from localvault.models import GenerationInfo
 from . import a1111, comfyui, images, invokeai, mp4, novelai, sidecar, xmp
 from ._clean import Found, finish, json_object, merge
 
-__all__ = ["read", "read_chunks"]
+__all__ = ["Found", "read", "read_chunks"]
 
 _COMMENT_KEYS = ("usercomment", "comment", "description")
 
