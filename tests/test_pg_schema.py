@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ import pytest
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from localvault.errors import OfflineError, SchemaVersionError
+from localvault.errors import OfflineError, SchemaVersionError, SyncError
 from localvault.sync import schema as pgschema
 from localvault.sync.schema import (
     SCHEMA_VERSION,
@@ -643,3 +644,61 @@ def test_server_stop_is_offline_then_recovers(postgres_server: Any, pg_database:
     finally:
         postgres_server.start()
     assert apply_schema(pg_database).applied == ()
+
+
+def test_a_migration_held_up_by_a_long_transaction_gives_up_its_wait_and_is_tried_again(
+        pg_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Supabase every policy statement of `postgres` takes ACCESS EXCLUSIVE locks on auth.* and storage.*
+    until the commit: a migration queued behind a long transaction held every sign-in and upload behind it (15
+    minutes in a Supabase-fidelity review). A migration now waits at most LOCK_TIMEOUT_MS for a lock, and is
+    tried again; then it gives up with what to do."""
+    locking = pgschema.Migration(SCHEMA_VERSION + 1, f"{SCHEMA_VERSION + 1:04d}_locking.sql",
+                                 "LOCK TABLE public.user_collections IN ACCESS EXCLUSIVE MODE;")
+    shipped = pgschema.migrations()
+    monkeypatch.setattr(pgschema, "migrations", lambda: [*shipped, locking])
+    monkeypatch.setattr(pgschema, "LOCK_TIMEOUT_MS", 300)
+    monkeypatch.setattr(pgschema, "LOCK_RETRY_SECONDS", 0.1)
+    monkeypatch.setattr(pgschema, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    said: list[str] = []
+    with psycopg.connect(pg_database) as reader:  # a long transaction that read the table
+        reader.execute("SELECT count(*) FROM public.user_collections")
+        with pytest.raises(SyncError, match="busy"):
+            apply_schema(pg_database, progress=said.append)
+        assert said.count(f"{locking.name}: its tables are busy; trying again") == pgschema.LOCK_ATTEMPTS - 1
+        reader.rollback()
+        done: list[Any] = []
+
+        def release_soon() -> None:
+            time.sleep(0.5)
+            reader.rollback()
+
+        reader.execute("SELECT count(*) FROM public.user_collections")
+        releaser = threading.Thread(target=release_soon)
+        releaser.start()
+        done.append(apply_schema(pg_database))
+        releaser.join()
+    assert done[0].applied == (locking.version,)
+
+
+def test_a_sync_role_that_row_security_hides_auth_users_from_cannot_tell_rather_than_says_no_user(
+        pg_database: str) -> None:
+    """Supabase's auth.users has row-level security and no policy: a least-privilege sync role granted SELECT on
+    it (without BYPASSRLS) saw no user at all, and every sync stopped on "the vault's user does not exist"."""
+    from localvault.sync.server_checks import check_user
+
+    role = f"lv_sync_{secrets.token_hex(4)}"
+    user = uuid.uuid4()
+    with psycopg.connect(pg_database, autocommit=True) as admin:
+        admin.execute("INSERT INTO auth.users (id) VALUES (%s)", (user,))
+        admin.execute("ALTER TABLE auth.users ENABLE ROW LEVEL SECURITY")
+        admin.execute(sql.SQL("CREATE ROLE {} NOBYPASSRLS").format(sql.Identifier(role)))
+        admin.execute(sql.SQL("GRANT USAGE ON SCHEMA auth TO {0}; GRANT SELECT ON auth.users TO {0}").format(
+            sql.Identifier(role)))
+        try:
+            with psycopg.connect(pg_database) as conn:
+                conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+                conn.commit()
+                check_user(conn, str(user))  # cannot tell: no SyncError
+                assert conn.execute("SHOW row_security").fetchone() == ("on",)  # (SET LOCAL: its transaction only)
+        finally:
+            admin.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))

@@ -23,7 +23,7 @@ import pytest
 from test_sync_faults import _fill, _outbox, assert_mirrors
 
 from localvault import OfflineError, Vault
-from localvault.sync import Remote, answer_deadline, retry, schema
+from localvault.sync import Remote, answer_deadline, connection, retry
 from localvault.sync.answer_deadline import DeadlineConnection
 
 
@@ -125,7 +125,7 @@ def test_a_link_that_freezes_mid_sync_is_offline_and_the_next_sync_sends_everyth
     """Every packet held from the moment the sync sends its rows: the sync says offline in bounded time, rather
     than waiting for ever, and nothing is lost."""
     monkeypatch.setattr(retry, "RETRY_BUDGET_SECONDS", 3.0)
-    monkeypatch.setattr(schema, "CONNECT_TIMEOUT", 2)
+    monkeypatch.setattr(connection, "CONNECT_TIMEOUT", 2)
     _fill(vault, tmp_path, 4)
     with frozen_link_remote(remote, s3_bucket) as (proxied, proxy):
         proxied.check(vault.user_id)

@@ -483,7 +483,7 @@ def test_the_connection_detects_a_dead_link(server: str, own: str, tmp_path: Pat
     kernel declare the link dead (an OperationalError: retried, then offline). A DSN's own settings win."""
     import socket
 
-    from localvault.sync import schema
+    from localvault.sync import connection
 
     dsn = server + ("&" if "?" in server else "?") + own if own else server
     if own.endswith("service"):  # the settings in a pg_service.conf section, the DSN naming only the section
@@ -496,7 +496,7 @@ def test_the_connection_detects_a_dead_link(server: str, own: str, tmp_path: Pat
         (tmp_path / "pg_service.conf").write_text("[lv]\n" + "\n".join(lines) + "\n")
         monkeypatch.setenv("PGSERVICEFILE", str(tmp_path / "pg_service.conf"))
         dsn = "postgresql:///?service=lv"
-    with schema.connect(dsn) as conn:
+    with connection.connect(dsn) as conn:
         sock = socket.socket(fileno=os.dup(conn.fileno()))
         try:
             got = {name: sock.getsockopt(socket.IPPROTO_TCP, option) for name, option in (

@@ -1,6 +1,6 @@
 """A deadline on each wait for PostgreSQL's answer: a connection that stays open and passes nothing is cut.
 
-TCP keepalives and ``tcp_user_timeout`` (:func:`localvault.sync.schema.connect`) end a link that stops
+TCP keepalives and ``tcp_user_timeout`` (:func:`localvault.sync.connection.connect`) end a link that stops
 acknowledging. They cannot see a link whose far end still acknowledges and passes nothing on (a proxy or a
 pooler that froze), nor a server process that was stopped (its kernel still answers the probes): there a read
 waits for ever. So every wait of a sync's connection for the server (a statement, a COPY's write, a commit) is

@@ -18,7 +18,7 @@ import psycopg
 
 from ..config import RemoteConfig
 from ..errors import OfflineError, SyncError, first_line
-from . import schema
+from . import connection, schema
 from .answer_deadline import DeadlineConnection
 from .batch import BatchResult, Changes, json_array, uuid_array
 from .refusals import is_permanent, refusal_message
@@ -67,7 +67,7 @@ class Remote:
         if self._conn is not None and (self._conn.closed or self._conn.broken):
             self._conn = None
         if self._conn is None:
-            self._conn = schema.connect(self.database_url, DeadlineConnection)
+            self._conn = connection.connect(self.database_url, DeadlineConnection)
         return self._conn
 
     def _idle_connection(self) -> psycopg.Connection[Any]:

@@ -16,18 +16,19 @@ applied versions under it.
 
 from __future__ import annotations
 
-import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import psycopg
 from psycopg import sql
 
-from ..config import check_database_url, database_params
-from ..errors import InvalidInputError, OfflineError, SchemaVersionError, SyncError
+from ..config import check_database_url
+from ..errors import OfflineError, SchemaVersionError, SyncError
+from .connection import connect, describe
 
 if TYPE_CHECKING:  # importlib.resources.abc is Python >= 3.11
     from importlib.abc import Traversable
@@ -53,16 +54,11 @@ Progress = Callable[[str], object]
 ADVISORY_LOCK_KEY: Final[int] = 0x6C76736368656D61
 #: The table recording the applied migrations (in the schema ``localvault``).
 VERSION_TABLE: Final[str] = "localvault.schema_version"
-#: Seconds to wait for the server to answer a connection attempt.
-CONNECT_TIMEOUT: Final[int] = 5
-#: A connection cut off without a reset (a partition, a dead NAT mapping, a laptop's Wi-Fi gone) would wait for
-#: ever in a read: TCP keepalive probes after this many idle seconds, this often, this many unanswered...
-KEEPALIVES_IDLE = 15
-KEEPALIVES_INTERVAL = 5
-KEEPALIVES_COUNT = 3
-#: ... and at most this many milliseconds for the server to acknowledge what was sent. Either way the link is
-#: declared dead (an OperationalError: retried, then offline). A DSN's own settings of these win.
-TCP_USER_TIMEOUT_MS = 30_000
+#: A migration waits at most this long for each lock it takes, and is tried this many times, LOCK_RETRY_SECONDS
+#: times its attempt's number apart (see _apply_migration).
+LOCK_TIMEOUT_MS: Final[int] = 2000
+LOCK_ATTEMPTS: Final[int] = 5
+LOCK_RETRY_SECONDS: Final[float] = 1.0
 #: The tables a usable server schema has.
 REQUIRED_TABLES: Final[tuple[str, ...]] = (
     "public.user_collections",
@@ -136,80 +132,6 @@ def _compat_sql() -> str:
 
 #: Highest migration number this package knows.
 SCHEMA_VERSION: Final[int] = max((m.version for m in migrations()), default=0)
-
-
-def _describe(database_url: str) -> str:
-    """Return ``host:port/dbname`` of a DSN or URL, without credentials."""
-    params = database_params(database_url)
-    if params is None:
-        return "the PostgreSQL server"
-    host = params.get("host") or params.get("hostaddr") or "localhost"
-    port = params.get("port") or "5432"
-    dbname = params.get("dbname") or ""
-    return f"{host}:{port}/{dbname}" if dbname else f"{host}:{port}"
-
-
-#: What a server answers to a connection it refuses for good (wrong password, no such database or role,
-#: no pg_hba.conf entry): waiting and retrying cannot fix these.
-_REFUSALS = ("authentication failed", "no password supplied", "does not exist", "no pg_hba.conf entry",
-             "permission denied for database")
-
-
-def _keepalive_settings(database_url: str) -> dict[str, Any]:
-    """The keepalive and send timeout settings that neither the database URL nor its libpq service (``service``
-    or ``PGSERVICE``) sets: what libpq is given directly would win over the service file's."""
-    params = database_params(database_url) or {}
-    given = set(params)
-    service = params.get("service") or os.environ.get("PGSERVICE")
-    if service:
-        given |= _service_keys(str(service))
-    wanted = {"keepalives": 1, "keepalives_idle": KEEPALIVES_IDLE, "keepalives_interval": KEEPALIVES_INTERVAL,
-              "keepalives_count": KEEPALIVES_COUNT, "tcp_user_timeout": TCP_USER_TIMEOUT_MS}
-    return {name: value for name, value in wanted.items() if name not in given}
-
-
-def _service_keys(service: str) -> set[str]:
-    """The settings a libpq service section names, in the files libpq reads (the user's first)."""
-    import configparser
-
-    files = [os.environ.get("PGSERVICEFILE") or os.path.expanduser("~/.pg_service.conf"),
-             os.path.join(os.environ.get("PGSYSCONFDIR") or "/etc/postgresql-common", "pg_service.conf")]
-    for path in files:
-        parser = configparser.ConfigParser(interpolation=None)
-        try:
-            parser.read(path, encoding="utf-8")
-        except (configparser.Error, UnicodeDecodeError):
-            continue  # libpq says what is wrong with it when it connects
-        if parser.has_section(service):
-            return {key.lower() for key in parser.options(service)}
-    return set()
-
-
-def connect(database_url: str, connection_class: type[psycopg.Connection[Any]] = psycopg.Connection
-            ) -> psycopg.Connection[tuple[object, ...]]:
-    """Open a connection of ``connection_class`` (5 s timeout; TCP keepalives and a send timeout: see
-    :data:`KEEPALIVES_IDLE`).
-
-    A server that cannot be reached is :class:`OfflineError`; one that
-    refuses these credentials or this database is :class:`SyncError`; a
-    connection string libpq cannot read is :class:`InvalidInputError` (its
-    text is not repeated: it may hold the password).
-    """
-    try:
-        return connection_class.connect(database_url, connect_timeout=CONNECT_TIMEOUT, autocommit=False,
-                               **_keepalive_settings(database_url))
-    except psycopg.ProgrammingError:
-        raise InvalidInputError("the database URL cannot be read; give postgresql://user:password@host:port/dbname "
-                                "(percent-encode special characters of the password)") from None
-    except psycopg.OperationalError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        reason = lines[-1] if lines else type(exc).__name__
-        where = _describe(database_url)
-        if any(refusal in reason.lower() for refusal in _REFUSALS):
-            reason = reason.split("FATAL:", 1)[-1].strip()
-            raise SyncError(f"PostgreSQL at {where} refused the connection: {reason}; check the user, password and "
-                            "database name of the database URL ('localvault remote set')") from None
-        raise OfflineError(f"cannot connect to PostgreSQL at {where}: {reason}") from exc
 
 
 def detect_flavour(conn: psycopg.Connection[tuple[object, ...]]) -> Flavour:
@@ -289,9 +211,10 @@ def _run_sql(conn: psycopg.Connection[tuple[object, ...]], text: str, label: str
     try:
         # No parameters: sent as is (simple protocol, several statements).
         conn.execute(sql.SQL(text))  # trusted package data
-    except psycopg.OperationalError as exc:
-        raise OfflineError(f"lost the connection to PostgreSQL while applying {label}: {exc}".splitlines()[0]) from exc
     except psycopg.Error as exc:
+        if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg.errors.LockNotAvailable):
+            raise OfflineError(f"lost the connection to PostgreSQL while applying {label}: {exc}".splitlines()[0]) \
+                from exc
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SyncError(f"applying {label} failed: {reason}{_APPLY_HINTS.get(exc.sqlstate or '', '')}") from exc
 
@@ -301,10 +224,38 @@ _CREATED_BY_HAND = ("; it exists, but the server has no record of its version (l
 #: What to do about the usual refusals of ``schema apply``, by SQLSTATE.
 _APPLY_HINTS = {
     "42501": ("; run 'localvault schema apply' as a superuser or a role with CREATEROLE (on Supabase, the "
-              "'postgres' role of the project's connection string)"),
+              "'postgres' role of the project's connection string; if that is the role used, a refusal on "
+              "storage.objects means the project's supautils.policy_grants does not list it for 'postgres': "
+              "see SHOW supautils.policy_grants)"),
+    "55P03": ("; other transactions kept its tables busy: apply again when the server is quieter, or end the "
+              "long transactions (pg_stat_activity)"),
     "42P07": _CREATED_BY_HAND,  # duplicate table
     "42710": _CREATED_BY_HAND,  # duplicate object (policy, trigger, role)
 }
+
+
+def _apply_migration(conn: psycopg.Connection[tuple[object, ...]], migration: Migration,
+                     report: Progress) -> bool:
+    """Apply one migration in its own transaction under the advisory lock; False if another applier did."""
+    with conn.transaction():
+        _lock(conn)
+        if migration.version in _applied_versions(conn):
+            return False
+        newest = server_schema_version(conn)
+        if newest > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"the server's localvault schema is version {newest}, newer than this localvault knows "
+                f"(version {SCHEMA_VERSION}); upgrade localvault"
+            )
+        report(f"applying migration {migration.name}")
+        # Each policy statement of Supabase's `postgres` takes ACCESS EXCLUSIVE locks on auth.* and storage.*
+        # (supautils' policy grants) until the commit: a migration queued behind a long transaction would hold
+        # every sign-in and upload behind it. It gives up the wait instead, and is tried again.
+        conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
+        _run_sql(conn, migration.sql, migration.name)
+        conn.execute("INSERT INTO localvault.schema_version (version, name) VALUES (%s, %s)",
+                     (migration.version, migration.name))
+    return True
 
 
 def apply_schema(database_url: str, *, progress: Progress | None = None) -> SchemaReport:
@@ -352,27 +303,20 @@ def apply_schema(database_url: str, *, progress: Progress | None = None) -> Sche
                     compat_applied = True
                 _run_sql(conn, _VERSION_TABLE_DDL, VERSION_TABLE)
             for migration in pending:
-                with conn.transaction():
-                    _lock(conn)
-                    if migration.version in _applied_versions(conn):
-                        continue  # another applier got there first
-                    newest = server_schema_version(conn)
-                    if newest > SCHEMA_VERSION:
-                        raise SchemaVersionError(
-                            f"the server's localvault schema is version {newest}, newer than this localvault "
-                            f"knows (version {SCHEMA_VERSION}); upgrade localvault"
-                        )
-                    report(f"applying migration {migration.name}")
-                    _run_sql(conn, migration.sql, migration.name)
-                    conn.execute(
-                        "INSERT INTO localvault.schema_version (version, name) VALUES (%s, %s)",
-                        (migration.version, migration.name),
-                    )
-                applied.append(migration.version)
+                for attempt in range(1, LOCK_ATTEMPTS + 1):
+                    try:
+                        if _apply_migration(conn, migration, report):
+                            applied.append(migration.version)
+                        break
+                    except SyncError as exc:
+                        if not isinstance(exc.__cause__, psycopg.errors.LockNotAvailable) or attempt == LOCK_ATTEMPTS:
+                            raise
+                        report(f"{migration.name}: its tables are busy; trying again")
+                        time.sleep(attempt * LOCK_RETRY_SECONDS)
         with conn.transaction():
             version = server_schema_version(conn)
         return SchemaReport(flavour=flavour, applied=tuple(applied), version=version, compat_applied=compat_applied)
     except psycopg.OperationalError as exc:
-        raise OfflineError(f"lost the connection to PostgreSQL at {_describe(database_url)}") from exc
+        raise OfflineError(f"lost the connection to PostgreSQL at {describe(database_url)}") from exc
     finally:
         conn.close()

@@ -25,6 +25,9 @@ NEEDED_GRANTS = (*((f"public.{table}", privilege) for table in ("user_library", 
 def check_user(conn: psycopg.Connection[Any], user_id: str) -> None:
     """SyncError if ``auth.users`` has no such user; a role that may not read it (or no such table) cannot tell."""
     try:
+        # Supabase's auth.users has row-level security and no policy: a role without BYPASSRLS would see no user
+        # at all. With row_security off, such a role is refused instead (cannot tell). (This transaction only.)
+        conn.execute("SET LOCAL row_security = off")
         row = conn.execute("SELECT EXISTS (SELECT 1 FROM auth.users WHERE id = %s::uuid)", (user_id,)).fetchone()
     except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedTable):  # cannot tell: the push goes on
         row = None
