@@ -32,11 +32,15 @@ class EventHandler(FileSystemEventHandler):
             self.intake.offer(os.fsdecode(event.src_path), ready=True)
 
     def on_moved(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
+        if event.is_directory:
+            self.intake.folder_appeared(os.fsdecode(event.dest_path))
+        else:
             self.intake.offer(os.fsdecode(event.dest_path), ready=True)
 
     def on_created(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:  # a file renamed in from another folder comes as "created", already whole
+        if event.is_directory:
+            self.intake.folder_appeared(os.fsdecode(event.src_path))
+        else:  # a file renamed in from another folder comes as "created", already whole
             self.intake.offer(os.fsdecode(event.src_path), ready=True, created=True)
 
     def on_modified(self, event: FileSystemEvent) -> None:

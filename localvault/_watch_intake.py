@@ -53,6 +53,7 @@ class Intake:
         self.sidecars = SidecarWait(sidecar_wait_seconds)
         #: Set when the kernel dropped events (its queue overflowed): the watcher's thread catches up.
         self.overflowed = threading.Event()
+        self._new_folders: queue.Queue[str] = queue.Queue()  # sub-folders made or moved in
 
     def offer(self, path: str, *, ready: bool, created: bool = False, written: bool = False) -> None:
         """Called from the observer's thread for each interesting event; ``ready``: a close, move or create;
@@ -70,6 +71,23 @@ class Intake:
         else:
             self._quieting.discard(path)  # written to again: taken when complete again
             self.unsettled.note(path, writing=written and self.hears_closes)
+
+    def folder_appeared(self, path: str) -> None:
+        """Called from the observer's thread for a folder made or moved in: one a scan would enter (recursive),
+        or one right in the folder watched (not recursive: the watcher says it is not looked in)."""
+        if is_ignored_name(os.path.basename(path)):
+            return
+        if self.in_scope(os.path.join(path, "x")) or os.path.dirname(path) == str(self.watched):
+            self._new_folders.put(path)
+
+    def new_folders(self) -> list[str]:
+        """The sub-folders that appeared since the last call."""
+        folders: list[str] = []
+        while True:
+            try:
+                folders.append(self._new_folders.get_nowait())
+            except queue.Empty:
+                return folders
 
     def in_scope(self, path: str) -> bool:
         """Directly in the folder, or (recursive) in a sub-folder that is neither hidden nor temporary, as a scan."""

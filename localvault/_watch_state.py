@@ -18,8 +18,9 @@ REMEMBER_SECONDS = 600.0
 
 @dataclass(frozen=True)
 class WatchEvent:
-    """What the watcher did: ``kind`` is imported, duplicate, refused, error, folder_gone, folder_back or
-    sidecar_read (a sidecar that came after its file was taken filled the asset's prompt, seed and model)."""
+    """What the watcher did: ``kind`` is imported, duplicate, refused, error, folder_gone, folder_back,
+    folder_not_entered (a sub-folder made or moved into a watch that is not recursive) or sidecar_read (a
+    sidecar that came after its file was taken filled the asset's prompt, seed and model)."""
 
     kind: str
     path: str

@@ -36,18 +36,16 @@ import logging
 import os
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
-
-from watchdog.observers import Observer
 
 from . import models
 from ._import_pipeline import to_the_end
 from ._intake import check_folder
 from ._late_sidecars import LateFills
-from ._watch_handler import EventHandler, watch_overflows
+from ._watch_coverage import LIST_SECONDS, UnwatchedFolders
 from ._watch_intake import Intake, written_lately
+from ._watch_observer import FolderObserver
 from ._watch_sidecars import SIDECAR_WAIT_SECONDS
 from ._watch_state import HandledFiles, WatchEvent, WatchReport
 from .errors import InvalidInputError, LocalVaultError, StorageError
@@ -106,14 +104,13 @@ class Watcher:
         sidecar_wait_seconds = models.check_seconds(sidecar_wait_seconds, "sidecar_wait_seconds")
         #: Everything done so far (all batches, catch-ups included): counts of all, the most recent files listed.
         self.report = WatchReport()
-        self._identity: tuple[int, int] | None = None  # (device, inode) of the folder being watched
-        # The folder as watched: its real path (inotify on a symbolic link would watch the link, not the
-        # folder, and hear nothing); resolved again each time the folder comes back.
+        # The folder as watched: its real path (see FolderObserver.start)
         self._watched = Path(os.path.realpath(self.folder))
         self._intake = Intake(self._watched, recursive, stable_seconds=stable_seconds, quiet_seconds=quiet_seconds,
                               give_up_seconds=GIVE_UP_SECONDS, open_seconds=OPEN_SECONDS,
                               sidecar_wait_seconds=sidecar_wait_seconds, vault_root=os.path.realpath(vault.root))
         self._handled = HandledFiles()
+        self._unwatched = UnwatchedFolders()  # (recursive) sub-folders inotify does not watch, listed instead
         # asset id -> the values a sidecar filled in (None: its import read the sidecar; what the row holds)
         self._late_fills = LateFills()
         self._stop = threading.Event()
@@ -123,7 +120,7 @@ class Watcher:
         self._ended = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._observer = FolderObserver(self.folder, self._intake, self.recursive)
         self._error: BaseException | None = None
 
     # ------------------------------------------------------------- control
@@ -225,7 +222,7 @@ class Watcher:
                 if time.monotonic() - tidied >= HOUSEKEEPING_SECONDS:
                     self._housekeeping(vault)
                     tidied = time.monotonic()
-                if self._folder_lost():
+                if self._observer.lost():
                     self._wait_for_folder(importer)
                     continue
                 if self._intake.overflowed.is_set():
@@ -234,6 +231,7 @@ class Watcher:
                                 self.folder)
                     self._catch_up(importer, at_start=False)  # old files moved in meanwhile are new to it
                     continue
+                self._look_at_new_folders()
                 paths = self._intake.next_paths(self.poll_seconds)
                 if paths:
                     self._import(importer, paths)
@@ -245,7 +243,7 @@ class Watcher:
         finally:
             try:
                 self._started.set()
-                self._unschedule()
+                self._observer.stop()
                 importer.close()
                 vault.close()
             finally:
@@ -270,19 +268,33 @@ class Watcher:
 
     def _watch_folder(self, importer: Importer) -> None:
         """Schedule a fresh observer on the folder, then catch up with what is already there."""
-        st = os.stat(self.folder)
-        self._identity = (st.st_dev, st.st_ino)
-        self._watched = self._intake.watched = Path(os.path.realpath(self.folder))
-        observer = Observer()
-        self._observer = observer
-        self._intake.hears_closes = type(observer).__name__ == "InotifyObserver"  # (only inotify tells of closes)
-        # watchdog warns each time a folder moved back in is watched again, with the repr of every watch: noise,
-        # thousands of lines a day in a busy tree (first among the filters, each time: a caller's may be before)
-        warnings.filterwarnings("ignore", "Callback with id", RuntimeWarning)
-        observer.schedule(EventHandler(self._intake, self.folder), str(self._watched), recursive=self.recursive)
-        observer.start()
-        watch_overflows(self._intake)
+        self._watched = self._observer.start()
         self._catch_up(importer)
+        self._unwatched.clear()
+        if self.recursive:
+            self._check_watches(caught_up=True)
+
+    def _look_at_new_folders(self) -> None:
+        """Sub-folders that appeared (not recursive: said to be not looked in), and those without a watch: checked
+        for, and listed now and then (:mod:`localvault._watch_coverage`)."""
+        for folder in self._intake.new_folders():
+            if self.recursive:
+                self._unwatched.check_soon()
+            else:
+                self.report.folders_not_entered += 1
+                log.warning("%s is a new sub-folder, not watched (watch with recursive=True to take its files)", folder)
+                self._emit(WatchEvent("folder_not_entered", folder, time.time()))
+        if self._unwatched.check_due():
+            self._check_watches(caught_up=False)
+        for path in self._unwatched.changed_files():
+            self._intake.offer(path, ready=False)  # (as a write: taken once unchanged and whole)
+
+    def _check_watches(self, *, caught_up: bool) -> None:
+        if new := self._unwatched.check(str(self._watched), caught_up=caught_up):
+            notices.warning("%d sub-folder%s of %s could not be watched (%s first): the inotify watch limit "
+                            "reached (fs.inotify.max_user_watches), or a folder not readable; its files are looked "
+                            "for every %.0f s instead", len(new), "" if len(new) == 1 else "s", self.folder, new[0],
+                            LIST_SECONDS)
 
     def _catch_up(self, importer: Importer, at_start: bool = True) -> None:
         """Import what is in the folder (what is not whole yet is waited for, as new files are); ``at_start``
@@ -308,29 +320,10 @@ class Watcher:
                 return
             self._import(importer, whole[start:start + CATCH_UP_BATCH])
 
-    def _folder_lost(self) -> bool:
-        """Whether the folder watched is gone: deleted, renamed away, replaced by a new one, or its watch ended."""
-        try:
-            st = os.stat(self.folder)
-        except OSError:
-            return True
-        observer = self._observer
-        emitters_dead = observer is not None and not all(e.is_alive() for e in observer.emitters)
-        return (st.st_dev, st.st_ino) != self._identity or emitters_dead
-
-    def _unschedule(self) -> None:
-        observer, self._observer = self._observer, None
-        if observer is not None:
-            try:
-                observer.stop()
-                observer.join(timeout=5)
-            except Exception:  # a vanished folder may upset the emitter
-                log.debug("observer stop failed", exc_info=True)
-
     def _wait_for_folder(self, importer: Importer) -> None:
         log.warning("%s was removed; waiting for it to come back", self.folder)
         self._emit(WatchEvent("folder_gone", str(self.folder), time.time()))
-        self._unschedule()
+        self._observer.stop()
         self._intake.clear()  # the catch-up on the folder's return finds its files
         self._handled.clear()
         while not self._stop.is_set():
@@ -342,7 +335,7 @@ class Watcher:
                     return
                 except OSError:  # gone again while it was being watched: wait on
                     notices.warning("%s went away again; waiting for it to come back", self.folder)
-                    self._unschedule()
+                    self._observer.stop()
             self._stop.wait(self.poll_seconds)
 
     def _import(self, importer: Importer, paths: list[str]) -> None:

@@ -551,6 +551,7 @@ def test_cli_watch_json_prints_one_event_per_line_then_the_summary(tmp_path: Pat
     make_png(out / "before.png", color=1)
     os.utime(make_png(out / "last-month.png", color=2), (time.time() - 30 * 86400,) * 2)  # passed over
     (out / "broken.png").write_bytes(b"this is not an image at all")
+    (out / "2026-11-27").mkdir()  # not looked in (the summary said nothing of it)
     with cli_watch(root, out, "--json") as proc, Vault.open(root, readonly=True) as reader:
         assert wait_for(lambda: reader.workspace.count() == 1, timeout=30), "the catch-up import did not happen"
         time.sleep(0.5)
@@ -567,6 +568,7 @@ def test_cli_watch_json_prints_one_event_per_line_then_the_summary(tmp_path: Pat
     assert abs((datetime.now(timezone.utc) - at).total_seconds()) < 120
     summary = lines[-1]["summary"]
     assert (summary["imported"], summary["duplicates"], summary["refused"], summary["too_old"]) == (1, 0, 1, 1)
+    assert summary["folders_not_entered"] == 1
     assert Path(next(iter(summary["refusals"]))).name == "broken.png"
 
 

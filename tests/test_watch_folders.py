@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import mp4_bytes
+from conftest import mp4_bytes, without_dac_override
 from test_watch import USER, Recorder, png_bytes, wait_for
 
 from localvault import Vault, media
@@ -85,3 +85,45 @@ def test_an_open_ended_mp4_is_not_whole_to_the_watcher_but_imports(tmp_path: Pat
     path.write_bytes(_open_ended_mp4() + bytes(1000))
     assert not media.looks_finished(path)
     assert media.check_source(path)[0] is media.MediaType.mp4
+
+
+def test_a_sub_folder_made_during_a_watch_that_is_not_recursive_is_said_to_be_not_watched(vault: Vault, out: Path,
+                                                                                          tmp_path: Path) -> None:
+    """A1111's folder of the day, made after the watch started, without --recursive: its files were never taken
+    and nothing said so (a folder there at the start was counted, and named in a warning)."""
+    seen = Recorder()
+    with Watcher(vault, out, on_event=seen, poll_seconds=0.05) as watcher:
+        (out / "2026-11-28").mkdir()
+        (out / "2026-11-28" / "a.png").write_bytes(png_bytes(tmp_path, 4))
+        (out / ".partial").mkdir()  # (hidden: never a rig's folder)
+        assert wait_for(lambda: seen.names("folder_not_entered") == ["2026-11-28"])
+        time.sleep(0.3)
+    assert watcher.report.folders_not_entered == 1 and seen.names("imported") == []
+    assert seen.names("folder_not_entered") == ["2026-11-28"]
+
+
+def test_a_sub_folder_inotify_could_not_watch_is_listed_instead(vault: Vault, out: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """A folder another user made 0700 when it appeared in a recursive watch got no inotify watch, and watchdog
+    said nothing (as when the per-user watch limit is reached): its files were never taken, even once the folder
+    was opened up. It is named in a warning, then listed now and then: its files are taken."""
+    from localvault import _watch_coverage
+
+    monkeypatch.setattr(_watch_coverage, "LIST_SECONDS", 0.2)
+    batch = tmp_path / "elsewhere" / "batch"
+    batch.mkdir(parents=True)
+    (batch / "a.png").write_bytes(png_bytes(tmp_path, 5))
+    os.chown(batch, 65534, 65534)  # (nobody's)
+    os.chmod(batch, 0o700)
+    seen = Recorder()
+    with without_dac_override():  # (the watcher's threads, started here, obey file modes; this one not after)
+        watcher = Watcher(vault, out, recursive=True, on_event=seen, poll_seconds=0.05).start()
+    try:
+        os.rename(batch, out / "batch")
+        assert wait_for(lambda: "could not be watched" in caplog.text)
+        os.chmod(out / "batch", 0o755)
+        assert wait_for(lambda: seen.names("imported") == ["a.png"])
+    finally:
+        watcher.stop()
+    assert str(out / "batch") in caplog.text

@@ -217,6 +217,9 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str | 
                                  highlight=False)
         elif event.kind in ("refused", "error"):
             output.warning(f"{event.kind} {event.path}: {output.about(event.path, event.message or '')}")
+        elif event.kind == "folder_not_entered":
+            output.warning(output.printable(f"{event.path}: a new sub-folder, not watched: add --recursive (-r) to "
+                                            "take its files"))
         else:
             output.warning(f"{event.path}: {event.kind.replace('_', ' ')}")
 
@@ -226,6 +229,7 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str | 
                                                 "duplicates": report.duplicates_total,
                                                 "refused": report.refused_total,
                                                 "too_old": report.too_old,
+                                                "folders_not_entered": report.folders_not_entered,
                                                 "refusals": report.refused}}, line=True)
         else:
             _print_summary(report, verb="watch")
