@@ -261,6 +261,9 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str | 
             reader_gone.set()
         # A second Ctrl-C (or SIGTERM, still ours until the end) must not cut short the files under way:
         # their temporary files would stay.
+        slow_stop = threading.Timer(1.0, output.warning, ["stopping: finishing the files under way"])
+        slow_stop.daemon = True
+        slow_stop.start()  # (a backlog of thousands of files takes seconds: say why nothing seems to happen)
         while True:
             try:
                 result = watcher.stop()
@@ -270,6 +273,8 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str | 
             except LocalVaultError:  # it stopped on an error: say what it did, then why
                 summarize(watcher.report)
                 raise
+            finally:
+                slow_stop.cancel()
     if reader_gone.is_set():  # nobody to read a summary: end as click does on a closed pipe
         click.get_current_context().exit(1)
     summarize(result)
