@@ -82,12 +82,7 @@ class Intake:
 
     def new_folders(self) -> list[str]:
         """The sub-folders that appeared since the last call."""
-        folders: list[str] = []
-        while True:
-            try:
-                folders.append(self._new_folders.get_nowait())
-            except queue.Empty:
-                return folders
+        return _emptied(self._new_folders)
 
     def in_scope(self, path: str) -> bool:
         """Directly in the folder, or (recursive) in a sub-folder that is neither hidden nor temporary, as a scan."""
@@ -153,12 +148,17 @@ class Intake:
                 if not self.sidecars.hold(path)]
 
     def _drain(self) -> list[str]:
-        paths: list[str] = []
-        while True:
-            try:
-                paths.append(self._queue.get_nowait())
-            except queue.Empty:
-                return paths
+        return _emptied(self._queue)
+
+
+def _emptied(waiting: queue.Queue[str]) -> list[str]:
+    """What ``waiting`` holds, taken out."""
+    taken: list[str] = []
+    while True:
+        try:
+            taken.append(waiting.get_nowait())
+        except queue.Empty:
+            return taken
 
 
 __all__ = ["Intake"]

@@ -8,12 +8,31 @@ import os
 import warnings
 from pathlib import Path
 
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+)
 from watchdog.observers import Observer
 
 from ._watch_handler import EventHandler, watch_overflows
 from ._watch_intake import Intake
 
 log = logging.getLogger("localvault.watch")
+
+#: The events asked of inotify: those the handler acts on (and deletions, for watchdog's own bookkeeping). Not
+#: opens, nor closes without a write: each listing of a folder (a catch-up's scan, a check of the watches) made
+#: four of those a folder, enough in a tree of 6,000 folders to overflow the kernel's queue again and again.
+HANDLED_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, DirCreatedEvent, FileMovedEvent, DirMovedEvent, FileModifiedEvent, FileAttribEvent,
+    FileClosedEvent, FileDeletedEvent, DirDeletedEvent]
 
 
 class FolderObserver:
@@ -39,7 +58,8 @@ class FolderObserver:
         # watchdog warns each time a folder moved back in is watched again, with the repr of every watch: noise,
         # thousands of lines a day in a busy tree (first among the filters, each time: a caller's may be before)
         warnings.filterwarnings("ignore", "Callback with id", RuntimeWarning)
-        observer.schedule(EventHandler(self._intake, self.folder), str(watched), recursive=self._recursive)
+        observer.schedule(EventHandler(self._intake, self.folder), str(watched), recursive=self._recursive,
+                          event_filter=list(HANDLED_EVENTS))
         observer.start()
         watch_overflows(self._intake)
         return watched

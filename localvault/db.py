@@ -244,8 +244,11 @@ class Database:
         This thread's connection closes now; another thread's when that thread
         next uses the vault, or ends. Never under a query another thread is
         running: Python's sqlite3 frees what that query still uses (a
-        segmentation fault). A call already under way in another thread
-        completes.
+        segmentation fault). A call of another thread already inside its
+        transaction completes; one that has not reached it yet gets a
+        StorageError (and leaves nothing behind). In a process forked since
+        the vault was opened, nothing is closed: the connections are the
+        parent's.
         """
         self._closed = True
         held: _Held | None = getattr(self._local, "held", None)

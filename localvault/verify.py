@@ -144,7 +144,7 @@ def verify(db: Database, files: FileStore, *, repair: bool = False, check_hashes
                     result.orphans.append(f"{kind.bucket}/{relative}")
     _keep_in_unreadable_folders(result, broken)
     _wait_for_writers(db)
-    _drop_settled(db, files, result, broken)
+    _drop_settled(db, result, broken)
     _set_apart_unsettled_writes(db, files, result)
     if repair:
         _repair(db, files, result, broken)
@@ -224,18 +224,17 @@ def _wait_for_writers(db: Database) -> None:
         pass
 
 
-def _drop_settled(db: Database, files: FileStore, result: VerifyReport,
-                  broken: dict[str, tuple[_Kind, str, str]]) -> None:
-    """Forget problems another process settled while the check ran (a row deleted, a file's row committed,
-    a file without a row removed by the writer whose transaction failed)."""
+def _drop_settled(db: Database, result: VerifyReport, broken: dict[str, tuple[_Kind, str, str]]) -> None:
+    """Forget missing or mismatched files another process settled while the check ran (their row deleted or
+    changed); orphans settled meanwhile are dropped by :func:`_drop_claimed`."""
     for problems in (result.missing, result.mismatched):
         problems[:] = [entry for entry in problems if _row_still_there(db, entry, broken[entry])]
-    _drop_claimed(db, files, result)
 
 
 def _drop_claimed(db: Database, files: FileStore, result: VerifyReport) -> None:
     """Forget orphans settled since they were listed: a row committed for the file, or its row's deletion
-    committed and queued (its drain removes it), or the file gone."""
+    committed and queued (its drain removes it), or the file gone (removed by the writer whose transaction
+    failed)."""
     for kind in _KINDS:
         prefix = f"{kind.bucket}/"
         mine = [entry[len(prefix):] for entry in result.orphans if entry.startswith(prefix)]

@@ -1,30 +1,23 @@
 """Live import of a rig's output folder (``localvault watch``), on watchdog.
 
-A file is taken when it is complete: on close-after-write (inotify's
-``IN_CLOSE_WRITE``, watchdog's FileClosedEvent) or a move or rename into the
-folder, once no other event has touched it for ``quiet_seconds`` (0.2 s by
-default: rigs and scripts often touch a file right after closing it — a copy
-setting its times, an EXIF block inserted, a rename to its final name), or —
-the fallback for rigs and platforms without close events — when its size and
-mtime have not changed for ``stable_seconds`` (1 s by default, polled every
-``poll_seconds``; where close events come, a file written to and not closed
-yet waits ``OPEN_SECONDS`` instead). Whichever signal comes, a file must also be
-whole by its bytes (a PNG's IEND, a JPEG's end marker, a WebP's or MP4's
-declared sizes) — a file written in two opens, or whose writer pauses, waits —
-unless it has not changed for ``GIVE_UP_SECONDS``: then it is taken, and
-refused with the reason. In a folder where sidecar files were seen, a file
-with no metadata of its own waits up to ``SIDECAR_WAIT_SECONDS`` for its
-sidecar (:mod:`localvault._watch_sidecars`). Hidden and temporary names, and
-files in hidden or temporary sub-folders, are ignored until renamed. On
-start the watcher first imports what is already there (catch-up; files not
-whole yet wait like new ones), then imports as files arrive, in small
-batches through the same :class:`~localvault.importer.Importer` as
-``localvault import`` (so jobs, duplicates and ``--move`` behave the same).
-A folder deleted, renamed away or replaced is waited for, watched again and
-caught up with, as after an overflow of the kernel's event queue (a burst of
-thousands of files). Errors on one file are reported (``on_event``,
-``logging``) and the watch goes on; a batch that could not be committed (database
-busy, disk error) is tried again after ``RETRY_SECONDS``.
+A file is taken when it is complete: on close-after-write (inotify's ``IN_CLOSE_WRITE``, watchdog's
+FileClosedEvent) or a move or rename into the folder, once no other event has touched it for ``quiet_seconds`` (0.2
+s by default: rigs and scripts often touch a file right after closing it — a copy setting its times, an EXIF block
+inserted, a rename to its final name), or — the fallback for rigs and platforms without close events — when its
+size and mtime have not changed for ``stable_seconds`` (1 s by default, polled every ``poll_seconds``; where close
+events come, a file written to and not closed yet waits ``OPEN_SECONDS`` instead). Whichever signal comes, a file
+must also be whole by its bytes (a PNG's IEND, a JPEG's end marker, a WebP's or MP4's declared sizes) — a file
+written in two opens, or whose writer pauses, waits — unless it has not changed for ``GIVE_UP_SECONDS``: then it is
+taken, and refused with the reason. In a folder where sidecar files were seen, a file with no metadata of its own
+waits up to ``SIDECAR_WAIT_SECONDS`` for its sidecar (:mod:`localvault._watch_sidecars`). Hidden and temporary
+names, and files in hidden or temporary sub-folders, are ignored until renamed. On start the watcher first imports
+what is already there (catch-up; files not whole yet wait like new ones), then imports as files arrive, in small
+batches through the same :class:`~localvault.importer.Importer` as ``localvault import`` (so jobs, duplicates and
+``--move`` behave the same). A folder deleted, renamed away or replaced is waited for, watched again and caught up
+with, as after an overflow of the kernel's event queue (a burst of thousands of files). Errors on one file are
+reported (``on_event``, ``logging``) and the watch goes on; a batch that could not be committed (database busy,
+disk error) is tried again after ``RETRY_SECONDS``. Sub-folders inotify could not watch (its watch limit reached, a
+folder not readable) are listed now and then instead (:mod:`localvault._watch_coverage`).
 
 >>> with Watcher(vault, "~/ComfyUI/output", on_event=print):   # doctest: +SKIP
 ...     time.sleep(60)
@@ -39,11 +32,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import models
+from . import _watch_coverage, models
 from ._import_pipeline import to_the_end
 from ._intake import check_folder
 from ._late_sidecars import LateFills
-from ._watch_coverage import LIST_SECONDS, UnwatchedFolders
+from ._watch_coverage import UnwatchedFolders
 from ._watch_intake import Intake, written_lately
 from ._watch_observer import FolderObserver
 from ._watch_sidecars import SIDECAR_WAIT_SECONDS
@@ -230,6 +223,8 @@ class Watcher:
                     notices.warning("events about files in %s were lost (the kernel's queue overflowed); catching up",
                                 self.folder)
                     self._catch_up(importer, at_start=False)  # old files moved in meanwhile are new to it
+                    if self.recursive:
+                        self._unwatched.check_soon()  # (a new folder's event may be among those lost)
                     continue
                 self._look_at_new_folders()
                 paths = self._intake.next_paths(self.poll_seconds)
@@ -269,10 +264,10 @@ class Watcher:
     def _watch_folder(self, importer: Importer) -> None:
         """Schedule a fresh observer on the folder, then catch up with what is already there."""
         self._watched = self._observer.start()
-        self._catch_up(importer)
         self._unwatched.clear()
-        if self.recursive:
+        if self.recursive:  # (listed before the catch-up's scan: what comes meanwhile is new to the listing)
             self._check_watches(caught_up=True)
+        self._catch_up(importer)
 
     def _look_at_new_folders(self) -> None:
         """Sub-folders that appeared (not recursive: said to be not looked in), and those without a watch: checked
@@ -294,7 +289,7 @@ class Watcher:
             notices.warning("%d sub-folder%s of %s could not be watched (%s first): the inotify watch limit "
                             "reached (fs.inotify.max_user_watches), or a folder not readable; its files are looked "
                             "for every %.0f s instead", len(new), "" if len(new) == 1 else "s", self.folder, new[0],
-                            LIST_SECONDS)
+                            _watch_coverage.LIST_SECONDS)
 
     def _catch_up(self, importer: Importer, at_start: bool = True) -> None:
         """Import what is in the folder (what is not whole yet is waited for, as new files are); ``at_start``

@@ -193,6 +193,14 @@ def vault(tmp_path: Path):
 
 
 @pytest.fixture
+def out(tmp_path: Path) -> Path:
+    """A rig's output folder, empty."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
 def other_user_vault(vault: Vault):
     v = Vault.open(vault.root, user_id=USER_B)
     yield v

@@ -79,13 +79,6 @@ def vault(tmp_path: Path):
     v.close()
 
 
-@pytest.fixture
-def out(tmp_path: Path) -> Path:
-    folder = tmp_path / "out"
-    folder.mkdir()
-    return folder
-
-
 def test_catch_up_then_close_after_write_and_rename(vault: Vault, out: Path, tmp_path: Path) -> None:
     make_png(out / "before.png", color=1)
     seen = Recorder()
