@@ -26,10 +26,15 @@ SETTLE_SECONDS = 0.5
 Listed = tuple[int, int]
 
 
-def watched_inodes() -> set[int] | None:
-    """The inode numbers of the folders this process's inotify instances watch; None where that cannot be
-    read (no ``/proc``, or no inotify: then every folder is taken for watched)."""
-    inodes: set[int] = set()
+#: A folder as inotify names it: (the kernel's device number, ``major << 20 | minor``; the inode number). A device
+#: is needed: btrfs subvolumes, or mounts inside the tree, repeat inode numbers.
+Identity = tuple[int, int]
+
+
+def watched_folders() -> set[Identity] | None:
+    """The folders this process's inotify instances watch; None where that cannot be read (no ``/proc``, or no
+    inotify: then every folder is taken for watched)."""
+    inodes: set[Identity] = set()
     found = False
     try:
         descriptors = os.listdir("/proc/self/fd")
@@ -43,14 +48,15 @@ def watched_inodes() -> set[int] | None:
                 found = True
                 for line in info:
                     if line.startswith("inotify wd:"):
-                        inodes.update(int(field[4:], 16) for field in line.split() if field.startswith("ino:"))
-        except (OSError, ValueError):  # (closed meanwhile)
+                        fields = dict(field.split(":", 1) for field in line.split()[1:] if ":" in field)
+                        inodes.add((int(fields["sdev"], 16), int(fields["ino"], 16)))
+        except (OSError, ValueError, KeyError):  # (closed meanwhile)
             continue
     return inodes if found else None
 
 
-def sub_folders(root: str) -> Iterator[tuple[str, int]]:
-    """(path, inode) of each sub-folder a recursive scan of ``root`` enters (not hidden or temporary ones,
+def sub_folders(root: str) -> Iterator[tuple[str, Identity]]:
+    """(path, identity) of each sub-folder a recursive scan of ``root`` enters (not hidden or temporary ones,
     nor a vault's own); one that cannot be listed is yielded, and not entered."""
     stack = [root]
     while stack:
@@ -64,7 +70,8 @@ def sub_folders(root: str) -> Iterator[tuple[str, int]]:
                     continue
                 if os.path.exists(os.path.join(entry.path, DB_NAME)):
                     continue
-                yield entry.path, entry.inode()
+                st = entry.stat(follow_symlinks=False)
+                yield entry.path, ((os.major(st.st_dev) << 20) | os.minor(st.st_dev), st.st_ino)
             except OSError:
                 continue
             stack.append(entry.path)
@@ -94,10 +101,10 @@ class UnwatchedFolders:
         """Compare the tree under ``root`` with the watches held; the folders newly found without one.
         ``caught_up``: the catch-up has just taken what these folders hold (else all of it is new)."""
         self._check_at = None
-        watched = watched_inodes()
+        watched = watched_folders()
         if watched is None:
             return []
-        unwatched = {path for path, inode in sub_folders(root) if inode not in watched}
+        unwatched = {path for path, identity in sub_folders(root) if identity not in watched}
         new = sorted(unwatched - self._listed.keys())
         self._listed = {path: self._listed.get(path) for path in unwatched}
         for path in new:
