@@ -425,10 +425,12 @@ def test_stop_is_clean_and_idempotent(vault: Vault, out: Path) -> None:
 
 
 @contextmanager
-def cli_watch(root: Path, out: Path, *options: str) -> Iterator[subprocess.Popen[str]]:
-    """`localvault watch` in a process of its own (stdout and stderr piped); killed if a test leaves it running."""
+def cli_watch(root: Path, out: Path, *options: str, prefix: tuple[str, ...] = ()) -> Iterator[subprocess.Popen[str]]:
+    """`localvault watch` in a process of its own (stdout and stderr piped), run through ``prefix`` (a command
+    that runs the rest of its arguments); killed if a test leaves it running."""
     env = {**os.environ, "COLUMNS": "200", "PYTHONDONTWRITEBYTECODE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "localvault.cli", "--vault", str(root), "watch", *options, str(out)],
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "localvault.cli", "--vault", str(root), "watch", *options,
+                             str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             # as from a terminal, even when the suite runs under nohup
                             preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import mp4_bytes, without_dac_override
-from test_watch import Recorder, png_bytes, wait_for
+from test_watch import Recorder, cli_watch, png_bytes, wait_for
 
 from localvault import Vault, media
 from localvault import watch as watch_module
@@ -121,8 +121,6 @@ def test_a_watch_past_the_inotify_watch_limit_still_takes_every_file(tmp_path: P
     files were taken in a journey's run. Now a warning names them, and every file is taken."""
     import json
     import signal
-    import subprocess
-    import sys
     import threading
 
     from conftest import USER_A
@@ -133,14 +131,11 @@ def test_a_watch_past_the_inotify_watch_limit_still_takes_every_file(tmp_path: P
     for day in days:
         day.mkdir()
     cap = 'echo 3 > /proc/sys/user/max_inotify_watches && exec "$@"'
-    command = ["unshare", "--user", "--map-root-user", "sh", "-c", cap, "sh", sys.executable, "-m", "localvault.cli",
-               "--vault", str(root), "watch", "--recursive", "--json", str(out)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
     errors: list[str] = []
-    reader = threading.Thread(target=lambda: errors.extend(proc.stderr or ()), daemon=True)
-    reader.start()
-    try:
+    with cli_watch(root, out, "--recursive", "--json",
+                   prefix=("unshare", "--user", "--map-root-user", "sh", "-c", cap, "sh")) as proc:
+        reader = threading.Thread(target=lambda: errors.extend(proc.stderr or ()), daemon=True)
+        reader.start()
         assert wait_for(lambda: any("watching" in line for line in errors), timeout=60), \
             f"the watch did not start (is `unshare --user` allowed here?): {errors}"
         for number, day in enumerate(days):
@@ -151,11 +146,7 @@ def test_a_watch_past_the_inotify_watch_limit_still_takes_every_file(tmp_path: P
             assert wait_for(lambda: reader_vault.workspace.count() == len(days) + 1, timeout=30)
         proc.send_signal(signal.SIGINT)
         stdout, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    reader.join(10)
+        reader.join(10)
     assert proc.returncode == 0, errors
     assert any("could not be watched" in line and "max_user_watches" in line for line in errors), errors
     assert json.loads(stdout.splitlines()[-1])["summary"]["imported"] == len(days) + 1
