@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_line, percentile, print_rss, summary, verdict
 
 from localvault import Vault
-from localvault.db import format_time
 from localvault.files import WORKSPACE_BUCKET
+from localvault.timestamps import format_time
 
 USER = "cccccccc-0000-4000-8000-00000000000c"
 ASSETS_PER_JOB = 4

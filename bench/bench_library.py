@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Stopwatch, machine_line, percentile, print_rss, summary, time_runs, verdict
 
 from localvault import Vault
-from localvault.db import format_time
 from localvault.rows import encode_cursor
+from localvault.timestamps import format_time
 
 USER_A = "aaaaaaaa-0000-4000-8000-00000000000a"
 USER_B = "bbbbbbbb-0000-4000-8000-00000000000b"

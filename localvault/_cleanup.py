@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import pending
-from .db import Database, utc_now
+from .db import Database
 from .files import WORKSPACE_BUCKET, FileStore
 from .models import check_whole_number
 from .progress import ProgressCallback, report
+from .timestamps import utc_now
 
 #: Threads removing expired files (each removal mostly waits on the disk).
 CLEANUP_THREADS = 4

@@ -33,10 +33,11 @@ from collections.abc import Iterable
 from datetime import timedelta
 
 from ._disk import TEMP_PREFIX
-from .db import Database, utc_in
+from .db import Database
 from .errors import LocalVaultError, StorageError
 from .files import FileStore
 from .pending import paths_in_use
+from .timestamps import utc_in
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,25 +35,6 @@ NETWORK_FILESYSTEMS = frozenset(
 
 class NetworkFilesystemWarning(UserWarning):
     """The vault sits on a network filesystem, where SQLite's locking is unsafe."""
-
-
-def utc_now() -> str:
-    """Now as UTC ISO-8601 text with milliseconds, the vault's timestamp format."""
-    return format_time(datetime.now(timezone.utc))
-
-
-def format_time(moment: datetime) -> str:
-    """``moment`` as the vault's timestamp text (UTC, milliseconds), which sorts as the moments do.
-
-    OverflowError for a moment that has no UTC time in ``datetime``'s range.
-    """
-    moment = moment.astimezone(timezone.utc)
-    # The year always has 4 digits: glibc's %Y writes "900", which sorts after "2026".
-    return f"{moment.year:04d}-" + moment.strftime("%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def utc_in(delta: timedelta) -> str:
-    return format_time(datetime.now(timezone.utc) + delta)
 
 
 def _migrations() -> list[tuple[int, str]]:

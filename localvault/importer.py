@@ -109,6 +109,7 @@ class Importer:
                  model: str | None = None, prompt: str | None = None, workers: int | None = None,
                  batch_size: int = BATCH_SIZE, grouper: JobGrouper | None = None) -> None:
         options = checked_options(mode=mode, model=model, prompt=prompt, workers=workers)
+        db.refuse_if_readonly("import files")  # (before anything is staged: each file was, then refused)
         self.db, self.files, self.user_id, self.mode = db, files, user_id, options["mode"]
         self.model, self.prompt = options["model"], options["prompt"]
         # One examining worker per core: that work holds the GIL often enough that more threads
@@ -299,10 +300,8 @@ class Importer:
 
     def _offer_copies_again(self, result: ImportReport, first_copy: dict[str, str],
                             later_copies: dict[str, list[Candidate]]) -> None:
-        """Import the other copies of a file whose first copy was refused after they were counted as duplicates.
-
-        (The first copy can fail at its staging or commit: replaced meanwhile, the disk full.)
-        """
+        """Import the other copies of a file whose first copy was refused after they were counted as duplicates
+        (the first copy can fail at its staging or commit: replaced meanwhile, the disk full)."""
         again = [(copy, first_copy[sha256]) for sha256, copies in later_copies.items()
                  if first_copy[sha256] in result.refused for copy in copies]
         if not again:
@@ -385,11 +384,10 @@ def import_folder(db: Database, files: FileStore, user_id: str, path: str | os.P
                   recursive: bool = False, mode: Mode = "copy", model: str | None = None, prompt: str | None = None,
                   progress: ProgressCallback | None = None, workers: int | None = None) -> ImportReport:
     """Import every media file of a folder into the workspace; see :meth:`Workspace.import_folder`."""
-    db.refuse_if_readonly("import files")  # (else each file was staged, then refused one by one)
     folder = check_folder(path, "the folder to import", (db.path.parent, files))
     recursive = models.check_flag(recursive, "recursive")
-    found = scan(folder, recursive)
     with Importer(db, files, user_id, mode=mode, model=model, prompt=prompt, workers=workers) as importer:
+        found = scan(folder, recursive)
         result = importer.import_candidates(found.candidates, total=len(found.candidates), progress=progress)
     result.refused.update(found.refused)
     result.ignored += found.ignored

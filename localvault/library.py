@@ -16,11 +16,12 @@ from . import models, pending, rows
 from ._search import SUBSTRING_FILTER, SearchQuery, search_query
 from ._spelling import composed, tags_rarest_first
 from .collections import resolve as resolve_collection
-from .db import Database, format_time
+from .db import Database
 from .errors import ConflictError, DuplicateError, InvalidInputError, NotFoundError, StorageError
 from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore, StagedFile
 from .ingest import prepare_with_values
 from .models import GenerationInfo, LibraryAsset, Page, Visibility, VisibilityName
+from .timestamps import format_time
 
 
 class _Unset:

@@ -15,12 +15,13 @@ from . import _write_intents as write_intents
 from . import models, pending, rows
 from ._cleanup import CleanupReport, remove_expired
 from ._recovered import set_aside_strays
-from .db import Database, format_time, utc_now
+from .db import Database
 from .errors import DuplicateError, InvalidInputError, LocalVaultError, NotFoundError
 from .files import WORKSPACE_BUCKET, FileStore, StagedFile
 from .ingest import UNKNOWN_MODEL, BatchEntry, GenerationValues, Prepared, prepare_with_values
 from .models import GenerationInfo, Page, WorkspaceAsset
 from .progress import ProgressCallback
+from .timestamps import format_time, utc_now
 
 if TYPE_CHECKING:  # the importer is loaded on first use
     from .importer import ImportReport, Mode

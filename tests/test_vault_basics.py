@@ -41,9 +41,10 @@ from localvault import (
     Visibility,
     media,
 )
-from localvault.db import format_time, schema_version
+from localvault.db import schema_version
 from localvault.files import LIBRARY_BUCKET, TEMP_PREFIX, WORKSPACE_BUCKET
 from localvault.models import WorkspaceAsset
+from localvault.timestamps import format_time
 from localvault.workspace import BatchEntry
 
 

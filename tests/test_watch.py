@@ -29,7 +29,7 @@ from conftest import mp4_bytes, temp_files, without_dac_override
 
 from localvault import InvalidInputError, Vault
 from localvault import watch as watch_module
-from localvault.db import utc_now
+from localvault.timestamps import utc_now
 from localvault.watch import Watcher, WatchEvent
 
 try:

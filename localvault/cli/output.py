@@ -30,9 +30,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from ..db import format_time
 from ..models import CONTROL, SURROGATES
 from ..progress import ProgressCallback, ProgressEvent
+from ..timestamps import format_time
 
 # No markup: prompts ("a [red] fox"), file names ("[1].png") and messages ("the [remote] table") print as they are.
 # No folding of printed lines (tables still fit the width): a path or id captured by a script stays whole.

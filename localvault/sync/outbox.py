@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..db import utc_now
 from ..files import LIBRARY_BUCKET
+from ..timestamps import utc_now
 from .batch import BatchResult, Changes, JsonRow
 from .statements import COLLECTION_COLUMNS, LIBRARY_COLUMNS
 

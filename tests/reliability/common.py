@@ -21,8 +21,8 @@ import boto3
 import psycopg
 from PIL import Image
 
-from localvault.db import format_time
 from localvault.sync.statements import COLLECTION_COLUMNS, LIBRARY_COLUMNS
+from localvault.timestamps import format_time
 
 USER_A = "0a0a0a0a-0000-4000-8000-00000000000a"
 USER_B = "0b0b0b0b-0000-4000-8000-00000000000b"
