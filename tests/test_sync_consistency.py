@@ -724,3 +724,34 @@ def test_a_sync_whose_remote_an_older_localvault_switched_sends_everything(
         assert set(_server_rows(dsn, "user_library")) == {a.id for a in assets}
         assert set(_objects(s3_bucket.storage_options, bucket)) == {a.storage_path for a in assets}
         assert not status(vault).remote_changed and vault.sync().rows_written == 0
+
+
+def test_a_sync_gives_freed_parts_back_to_the_system() -> None:
+    """Parts (and small files sent whole) are read into memory and freed by the hundred. glibc maps a block of
+    that size, but once one is freed its threshold moves up, later ones come from the heap, and the heap keeps
+    what is freed: a sync of four 0.5-1 GiB files peaked at 361 MiB of RSS with 161 MiB in use (a large-file
+    journey; 161 MiB with this). Measured in a process of its own: RSS after blocks are freed."""
+    import subprocess
+    import sys
+
+    script = """
+import os, sys
+from localvault.sync import multipart
+if sys.argv[1] == "given back":
+    multipart.give_big_blocks_back()
+def rss(): return int(open("/proc/self/statm").read().split()[1]) * 4096 // 2**20
+first = os.urandom(multipart.STREAM_BLOCK)
+del first  # (a mapped block freed: glibc's threshold moves up to its size)
+parts = [bytearray(os.urandom(multipart.STREAM_BLOCK - 2**20)) for _ in range(30)]
+last = parts.pop()  # (still in use, above the others on the heap)
+before = rss()
+del parts
+print(before, rss())
+"""
+    rss: dict[str, tuple[int, int]] = {}
+    for how in ("kept", "given back"):
+        done = subprocess.run([sys.executable, "-c", script, how], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        rss[how] = tuple(map(int, done.stdout.split()))  # type: ignore[assignment]
+    assert rss["kept"][1] > rss["kept"][0] - 50  # (what this test stands on: glibc keeps them otherwise)
+    assert rss["given back"][1] < rss["given back"][0] - 150

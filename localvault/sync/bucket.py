@@ -40,7 +40,7 @@ from .store_errors import SETTINGS_HINT, TRANSIENT_CODES, settings_errors, store
 
 #: Files up to this size are sent in one PUT from memory; larger ones stream.
 SINGLE_PUT_BYTES = 8 * 1024 * 1024
-#: Multipart uploads at once per bucket (each holds a multipart.STREAM_BLOCK in memory; 16 would hold 256 MiB).
+#: Multipart uploads at once per bucket (each holds a multipart.STREAM_BLOCK in memory, and aiohttp a copy).
 BIG_UPLOADS = 4
 #: Keys per page of an S3 listing (the API's maximum).
 LIST_PAGE_KEYS = 1000
@@ -83,6 +83,8 @@ class Bucket:
         if self.is_s3 and hasattr(self.fs, "retries"):
             self.fs.retries = S3FS_ATTEMPTS  # (its instance is the sync's own: its options hold our session)
         self._direct = s3_direct.direct_put_for(self.fs, self.root.split("/", 1)[0]) if self.is_s3 else None
+        if self.is_s3:
+            multipart.give_big_blocks_back()  # (files and parts are read whole into memory, and freed)
         #: Temporary files of copies cut short long ago (a sync killed mid-copy), found by a local folder's last
         #: listing: see :meth:`remove_stale_temps`.
         self.stale_temps: list[str] = []

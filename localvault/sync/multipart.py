@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
+import functools
 import hashlib
 import logging
+import platform
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -19,8 +22,10 @@ from .local_reads import check_sha256, reading
 from .open_uploads import OpenUploads
 from .retry import RetryStopped, retrying
 
-#: Bytes a part holds (in memory while it is sent).
-STREAM_BLOCK = 16 * 1024 * 1024
+#: Bytes a part holds (in memory while it is sent, and copied once by aiohttp: BIG_UPLOADS of them at once).
+STREAM_BLOCK = 8 * 1024 * 1024
+#: Blocks this big or bigger are mapped from the system, and given back when freed (see give_big_blocks_back).
+MAPPED_BLOCKS = 4 * 1024 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +112,21 @@ def _abort_unnamed(fs: Any, notes: OpenUploads, bucket: str, key: str) -> None:
 def _closed(notes: OpenUploads | None, upload_id: str) -> None:
     if notes is not None:
         notes.closed(upload_id)
+
+
+@functools.cache
+def give_big_blocks_back() -> None:
+    """Have glibc map blocks of MAPPED_BLOCKS and more, and unmap them when freed, for the rest of the process.
+
+    Its threshold for that moves up to the size of a mapped block once one is freed, so later parts (and small
+    files sent whole) came from the heap, which keeps what is freed: a sync of four 0.5-1 GiB files peaked at
+    361 MiB of RSS with 161 MiB in use (a large-file journey). Elsewhere than glibc, nothing is done."""
+    if platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        ctypes.CDLL(None).mallopt(-3, MAPPED_BLOCKS)  # M_MMAP_THRESHOLD (fixed from then on)
+    except (OSError, AttributeError):
+        log.debug("mallopt is not available", exc_info=True)
 
 
 def _chunks(local: Path) -> Iterator[bytes]:
