@@ -18,8 +18,9 @@ The workers are plain subprocesses, not :mod:`multiprocessing`: its
 - Requests (pickles) go down its stdin; replies come back on a pipe of their
   own, so that nothing a module prints can garble them.
 - It runs in a session of its own and ignores SIGINT: a Ctrl-C reaches only
-  the import, which decides what stops. It exits when its stdin closes, so it
-  never outlives the import that started it, even a killed one.
+  the import, which decides what stops. It exits when its stdin closes, and
+  stops at its next file once its import is dead (a killed one: it is given
+  another parent), so it never stages a chunk's files for nobody.
 - It names each staged file after its chunk (``.tmp-<chunk token>-<i>``): if
   it dies, the caller knows which files to remove.
 - It learns which hashes the user already has from the vault's database
@@ -39,6 +40,7 @@ import struct
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,11 +236,15 @@ def examine_and_stage(candidate: Candidate, known: Any, store: FileStore, setup:
     return examined
 
 
-def examine_chunk(token: str, files: list[Candidate], known: Any, store: FileStore,
-                  setup: WorkerSetup) -> list[Examined | Exception]:
-    """:func:`examine_and_stage` for each file, staged as ``<token>-<i>``; a failure is that file's result."""
+def examine_chunk(token: str, files: list[Candidate], known: Any, store: FileStore, setup: WorkerSetup,
+                  orphaned: Callable[[], bool] = lambda: False) -> list[Examined | Exception]:
+    """:func:`examine_and_stage` for each file, staged as ``<token>-<i>``; a failure is that file's result. Stops
+    early once ``orphaned()``: its import is dead, and the rest of a chunk (16 files, up to 16 GiB) would be
+    staged for nobody."""
     results: list[Examined | Exception] = []
     for index, candidate in enumerate(files):
+        if orphaned():
+            break
         try:
             results.append(examine_and_stage(candidate, known, store, setup, f"{token}-{index}"))
         except (LocalVaultError, OSError) as exc:
@@ -335,10 +341,11 @@ def _serve(reply_fd: int) -> None:
         return
     store = FileStore(setup.root)
     known = _KnownHashes(setup.database, setup.user_id)
+    parent = os.getppid()  # (a killed import's workers are given to another parent: they stop at the next file)
     _send(replies, _READY)
     while True:
         try:
             token, files = _receive(requests)
         except EOFError:
             return
-        _send(replies, examine_chunk(token, files, known, store, setup))
+        _send(replies, examine_chunk(token, files, known, store, setup, lambda: os.getppid() != parent))

@@ -377,3 +377,25 @@ def test_an_import_stopped_by_sigterm_cleans_up_like_ctrl_c(tmp_path: Path) -> N
         result = vault.verify()
         assert not result.orphans and not result.missing and vault.workspace.count() < 1500
         assert int(told.group(1).replace(b",", b"")) == vault.workspace.count()  # how many, told right
+
+
+def test_a_workers_chunk_stops_at_its_next_file_once_its_import_is_dead(tmp_path: Path) -> None:
+    """A worker noticed its import's death only when the chunk under way was done: up to 16 files, 1.5 GiB staged
+    for nobody after a SIGKILL in a large-file journey. It now asks before each file whether it was given another
+    parent (measured with the journey's script: gone 0.2 s after the kill, 102 MiB staged, against 6.9 s and
+    1,452 MiB)."""
+    from localvault._examiners import _KnownHashes, examine_chunk
+
+    rig_folder(tmp_path / "out")
+    candidates = scan(tmp_path / "out").candidates
+    asked: list[bool] = []
+
+    def orphaned() -> bool:
+        asked.append(True)
+        return len(asked) > 1  # (the import dies while the first file is staged)
+
+    with Vault.create(tmp_path / "v", user_id=USER) as vault:
+        known = _KnownHashes(str(vault.db.path), USER)
+        results = examine_chunk("t", candidates[:4], known, vault.files, setup_for(vault), orphaned)
+        assert len(candidates) >= 4 and len(results) == 1 and len(asked) == 2
+        vault.files.discard(results[0].staged)  # type: ignore[union-attr,arg-type]
