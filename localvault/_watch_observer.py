@@ -45,10 +45,10 @@ class FolderObserver:
         self._identity: tuple[int, int] | None = None  # (device, inode) of the folder being watched
         self._observer: Observer | None = None  # type: ignore[valid-type]
 
-    def start(self) -> Path:
-        """Schedule a fresh observer on the folder; its real path (inotify on a symbolic link would watch the
-        link, not the folder, and hear nothing), resolved anew each time the folder comes back. OSError if the
-        folder is gone or cannot be watched."""
+    def start(self) -> None:
+        """Schedule a fresh observer on the folder's real path (inotify on a symbolic link would watch the link,
+        not the folder, and hear nothing), resolved anew each time the folder comes back, and given to the
+        intake as ``watched``. OSError if the folder is gone or cannot be watched."""
         st = os.stat(self.folder)
         self._identity = (st.st_dev, st.st_ino)
         watched = self._intake.watched = Path(os.path.realpath(self.folder))
@@ -62,7 +62,6 @@ class FolderObserver:
                           event_filter=list(HANDLED_EVENTS))
         observer.start()
         watch_overflows(self._intake)
-        return watched
 
     def lost(self) -> bool:
         """Whether the folder watched is gone: deleted, renamed away, replaced by a new one, or its watch ended."""

@@ -97,9 +97,8 @@ class Watcher:
         sidecar_wait_seconds = models.check_seconds(sidecar_wait_seconds, "sidecar_wait_seconds")
         #: Everything done so far (all batches, catch-ups included): counts of all, the most recent files listed.
         self.report = WatchReport()
-        # The folder as watched: its real path (see FolderObserver.start)
-        self._watched = Path(os.path.realpath(self.folder))
-        self._intake = Intake(self._watched, recursive, stable_seconds=stable_seconds, quiet_seconds=quiet_seconds,
+        # The folder as watched, its real path, is the intake's (FolderObserver.start resolves it anew).
+        self._intake = Intake(Path(os.path.realpath(self.folder)), recursive, stable_seconds=stable_seconds, quiet_seconds=quiet_seconds,
                               give_up_seconds=GIVE_UP_SECONDS, open_seconds=OPEN_SECONDS,
                               sidecar_wait_seconds=sidecar_wait_seconds, vault_root=os.path.realpath(vault.root))
         self._handled = HandledFiles()
@@ -263,7 +262,7 @@ class Watcher:
 
     def _watch_folder(self, importer: Importer) -> None:
         """Schedule a fresh observer on the folder, then catch up with what is already there."""
-        self._watched = self._observer.start()
+        self._observer.start()
         self._unwatched.clear()
         if self.recursive:  # (listed before the catch-up's scan: what comes meanwhile is new to the listing)
             self._check_watches(caught_up=True)
@@ -285,7 +284,7 @@ class Watcher:
             self._intake.offer(path, ready=False)  # (as a write: taken once unchanged and whole)
 
     def _check_watches(self, *, caught_up: bool) -> None:
-        if new := self._unwatched.check(str(self._watched), caught_up=caught_up):
+        if new := self._unwatched.check(str(self._intake.watched), caught_up=caught_up):
             notices.warning("%d sub-folder%s of %s could not be watched (%s first): the inotify watch limit "
                             "reached (fs.inotify.max_user_watches), or a folder not readable; its files are looked "
                             "for every %.0f s instead", len(new), "" if len(new) == 1 else "s", self.folder, new[0],
@@ -294,7 +293,7 @@ class Watcher:
     def _catch_up(self, importer: Importer, at_start: bool = True) -> None:
         """Import what is in the folder (what is not whole yet is waited for, as new files are); ``at_start``
         (the watch's, or the folder's come back), only what was written within the workspace's lifetime."""
-        candidates, refused, _ignored, not_entered = scan(self._watched, self.recursive)
+        candidates, refused, _ignored, not_entered = scan(self._intake.watched, self.recursive)
         # (a link leading outside, a folder not listable)
         self.report.merge(ImportReport(refused=dict(refused), folders_not_entered=not_entered))
         for path, reason in refused.items():
@@ -338,7 +337,7 @@ class Watcher:
         if not fresh:
             return
         try:
-            result = importer.import_paths(fresh, self._watched)
+            result = importer.import_paths(fresh, self._intake.watched)
         except Exception as exc:  # the watch goes on
             log.error("importing %d file(s) from %s failed: %s; trying again in %.0f s", len(fresh), self.folder, exc,
                       RETRY_SECONDS)
