@@ -808,9 +808,100 @@ def test_a_multipart_upload_left_by_a_killed_sync_is_aborted_by_the_next_one(
     assert OpenUploads(vault.db).left() == []  # the killed one's note, and this sync's own upload's, are gone
 
 
-def _s3_client(s3_bucket: Any) -> Any:
-    return boto3.client("s3", endpoint_url=s3_bucket.storage_options["client_kwargs"]["endpoint_url"],
-                        aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
+@pytest.fixture
+def small_parts(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Every file goes up in parts of 4 KiB (moto takes parts that small, as real stores do not)."""
+    import moto.s3.models
+
+    from localvault.sync import bucket as bucket_module
+    from localvault.sync import multipart
+
+    monkeypatch.setattr(bucket_module, "SINGLE_PUT_BYTES", 0)
+    monkeypatch.setattr(multipart, "STREAM_BLOCK", 4096)
+    monkeypatch.setattr(moto.s3.models, "S3_UPLOAD_PART_MIN_SIZE", 256)
+    return 4096
+
+
+def _interrupted_after_two_parts(vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path,
+                                 part_size: int) -> tuple[str, int]:
+    """A sync of one file of several parts that loses the store after its second part (offline); the asset's id
+    and its number of parts."""
+    import re
+
+    from servers import s3_error_xml
+
+    noise = tmp_path / "noise.png"
+    Image.frombytes("RGB", (64, 64), os.urandom(64 * 64 * 3)).save(noise)
+    asset = vault.library.add(noise)
+    parts = -(-asset.file_size_bytes // part_size)
+    assert parts >= 3
+
+    def down_after_two_parts(method: str, path: str, body: bytes) -> tuple[int, bytes] | None:
+        found = re.search(r"partNumber=(\d+)", path)
+        if method == "PUT" and found and int(found.group(1)) > 2:
+            return 503, s3_error_xml("ServiceUnavailable", "Please reduce your request rate.")
+        return None
+
+    with through_proxy(remote, s3_bucket, down_after_two_parts) as proxied, pytest.raises(OfflineError):
+        vault.sync(proxied)
+    return asset.id, parts
+
+
+def test_an_interrupted_big_upload_goes_on_from_the_parts_the_store_holds(
+        vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path, fast_retries: None, small_parts: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A link lost in the middle of a big file (or Ctrl-C, or a kill) aborted its multipart upload, and the next
+    attempt sent the file again from its first byte: a 1 GiB video over a slow uplink lost what it had sent at
+    each drop. The upload now stays open, noted with the file's sha256, and the next sync (or the sync's own
+    retry) sends only the parts the store lacks."""
+    import re
+
+    from localvault.sync.open_uploads import OpenUploads
+
+    monkeypatch.setattr(retry, "RETRY_BUDGET_SECONDS", 1.0)
+    asset_id, parts = _interrupted_after_two_parts(vault, remote, s3_bucket, tmp_path, small_parts)
+    open_now = _s3_client(s3_bucket).list_multipart_uploads(Bucket=s3_bucket.name).get("Uploads", [])
+    assert len(open_now) == 1 and len(OpenUploads(vault.db).left()) == 1
+
+    seen: list[tuple[str, str]] = []
+    with through_proxy(remote, s3_bucket, lambda method, path, body: seen.append((method, path))) as proxied:
+        assert vault.sync(proxied).files_uploaded == 1
+
+    assert not [path for method, path in seen if method == "POST" and path.endswith("?uploads")]  # none created
+    sent = sorted(int(re.search(r"partNumber=(\d+)", path).group(1))  # type: ignore[union-attr]
+                  for method, path in seen if method == "PUT" and "partNumber=" in path)
+    assert sent == list(range(3, parts + 1))
+    assert _s3_client(s3_bucket).list_multipart_uploads(Bucket=s3_bucket.name).get("Uploads", []) == []
+    assert OpenUploads(vault.db).left() == []
+    assert_mirrors(vault, remote, s3_bucket)  # the object is the file, byte for byte (its sha256)
+    assert vault.library.get(asset_id).storage_path in _keys(s3_bucket)
+
+
+def test_an_upload_left_open_is_aborted_once_its_file_is_not_to_be_sent(
+        vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path, fast_retries: None, small_parts: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upload kept open for the next sync, whose asset is deleted meanwhile: that sync's end aborts it (its
+    parts are billed until then). And a file that no longer matches its row when the upload is gone on with
+    aborts it, as a first attempt's would."""
+    from localvault.sync.open_uploads import OpenUploads
+
+    monkeypatch.setattr(retry, "RETRY_BUDGET_SECONDS", 1.0)
+    asset_id, _ = _interrupted_after_two_parts(vault, remote, s3_bucket, tmp_path, small_parts)
+    vault.library.delete(asset_id)
+    vault.sync(remote)
+    assert _s3_client(s3_bucket).list_multipart_uploads(Bucket=s3_bucket.name).get("Uploads", []) == []
+    assert OpenUploads(vault.db).left() == []
+
+    damaged_id, _ = _interrupted_after_two_parts(vault, remote, s3_bucket, tmp_path, small_parts)
+    local = Path(vault.library.file_path(damaged_id))
+    data = bytearray(local.read_bytes())
+    data[-100] ^= 0xFF  # the same size, other bytes: in a part not yet sent
+    local.chmod(0o644)
+    local.write_bytes(bytes(data))
+    with pytest.raises(SyncError, match="no longer matches the sha256"):
+        vault.sync(remote)
+    assert _s3_client(s3_bucket).list_multipart_uploads(Bucket=s3_bucket.name).get("Uploads", []) == []
+    assert OpenUploads(vault.db).left() == []
 
 
 def test_an_upload_created_just_before_a_kill_is_aborted_by_the_next_sync(

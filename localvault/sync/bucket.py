@@ -264,10 +264,10 @@ class Bucket:
         if found is None or found.size != size or (found.sha256 is not None and found.sha256 != sha256):
             raise SyncError(f"the bucket holds a different {key} than was sent; it will be sent again")
 
-    def abort_left(self) -> None:
-        """Abort the multipart uploads a sync killed outright left (noted in :attr:`open_uploads`); see
-        :func:`.multipart.abort_left`."""
-        multipart.abort_left(self.fs, self.open_uploads)
+    def abort_left(self, *, resumable_too: bool = True) -> None:
+        """Abort the multipart uploads a sync killed outright left (noted in :attr:`open_uploads`), and unless
+        ``resumable_too=False``, those an interruption left to go on with; see :func:`.multipart.abort_left`."""
+        multipart.abort_left(self.fs, self.open_uploads, resumable_too=resumable_too)
 
     def delete(self, keys: list[str]) -> dict[str, str]:
         """Remove objects; keys already gone are fine. Returns {key: the store's reason} of those it refused.

@@ -132,7 +132,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
         bucket.check_reachable(create=not dry_run)  # at the start, offline is said at once (as for PostgreSQL)
         if not dry_run:
             bucket.open_uploads = OpenUploads(vault.db)
-            bucket.abort_left()  # what a sync killed outright left
+            bucket.abort_left(resumable_too=False)  # what a sync killed outright left (and cannot go on with)
         if full and not dry_run:
             outbox.queue_everything(vault)
         preview = {"with_rejected": retry_rejected and dry_run,  # counted as if requeued, or queued
@@ -140,6 +140,8 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
         result.pending_changes = outbox.pending_count(vault, **preview)
         if result.pending_changes == 0:
             outbox.mark_synced(vault, dry_run, where)
+            if not dry_run:
+                _tidy_up(bucket)
             result.seconds = time.monotonic() - started
             return result
         known = Objects(bucket, vault.user_id, result.pending_changes, list_all=full)
@@ -182,11 +184,18 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
             ahead.shutdown(wait=upcoming is None or upcoming.done(), cancel_futures=True)
         outbox.mark_synced(vault, dry_run, where)
         if not dry_run:
-            bucket.remove_stale_temps()
-            with suppress(Exception):  # a tidy-up: what it cannot do now, the next sync does
-                bucket.abort_left()  # an upload whose creation's answer was lost, then made again, is not left open
+            _tidy_up(bucket)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _tidy_up(bucket: Bucket) -> None:
+    """At a sync's end, every file sent: a folder bucket's stale temporary files removed, and the multipart uploads
+    still noted aborted (one whose creation's answer was lost, then made again; one left open for a file no longer
+    to be sent). What cannot be done now, the next sync does."""
+    bucket.remove_stale_temps()
+    with suppress(Exception):
+        bucket.abort_left()
 
 
 @contextmanager

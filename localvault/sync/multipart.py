@@ -17,10 +17,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..errors import SyncError
+from ..errors import OfflineError, SyncError
 from .local_reads import check_sha256, reading
 from .open_uploads import OpenUploads
-from .retry import RetryStopped, retrying
+from .retry import RetryStopped, is_connection_trouble, retrying
 
 #: Bytes a part holds (in memory while it is sent, and copied once by aiohttp: BIG_UPLOADS of them at once).
 STREAM_BLOCK = 8 * 1024 * 1024
@@ -34,21 +34,21 @@ def send_in_parts(fs: Any, notes: OpenUploads | None, local: Path, path: str, sh
                   content_type: str, stop: threading.Event) -> None:
     """A multipart upload, completed only once every byte read has matched the row's size and sha256.
 
-    Anything else (the file damaged, a read or network error, a part the
-    store found damaged) aborts it, so the store never completes an object
-    from part of a file, nor from bytes other than the asset's.
+    The file's content in question (damaged, changed, unreadable, gone) or the
+    store refusing aborts the upload, so the store never completes an object
+    from part of a file, nor from bytes other than the asset's. An
+    interruption (the sync stopped or offline, Ctrl-C, a lost connection; a
+    kill) leaves an upload that got parts to the store open, noted with the
+    file's sha256: the next attempt at the file, in this sync or the next,
+    goes on from the parts the store holds (see :func:`_resumable`).
     """
     bucket, name = path.split("/", 1)
     if stop.is_set():
         raise RetryStopped(f"sending {path}: the sync stopped")
-    intent = notes.creating(bucket, name) if notes is not None else None
-    started = fs.call_s3("create_multipart_upload", Bucket=bucket, Key=name, ContentType=content_type,
-                         Metadata={"sha256": sha256})  # (its answer lost: the intent stays noted)
-    upload = {"Bucket": bucket, "Key": name, "UploadId": started["UploadId"]}
-    if notes is not None:
-        # An answer botocore had to ask for again may be the second upload the store made: the intent stays.
-        retried = started.get("ResponseMetadata", {}).get("RetryAttempts", 0) > 0
-        notes.opened(bucket, name, started["UploadId"], None if retried else intent)
+    upload_id, held = _resumable(fs, notes, bucket, name, sha256) or (_created(fs, notes, bucket, name, sha256,
+                                                                                content_type), {})
+    upload = {"Bucket": bucket, "Key": name, "UploadId": upload_id}
+    stored = bool(held)
     try:
         digest, sent = hashlib.sha256(), 0
         parts: list[dict[str, Any]] = []
@@ -57,32 +57,94 @@ def send_in_parts(fs: Any, notes: OpenUploads | None, local: Path, path: str, sh
                 raise RetryStopped(f"sending {path}: the sync stopped")
             digest.update(chunk)
             sent += len(chunk)
+            md5 = hashlib.md5(chunk, usedforsecurity=False).digest()
+            if held.get(number, ("", -1))[1:] == (md5.hex(), len(chunk)):  # sent by an earlier attempt
+                parts.append({"PartNumber": number, "ETag": held[number][0]})
+                continue
             # Content-MD5: the store checks each part itself. (Its ETag is not always the part's MD5:
             # SSE-KMS and SSE-C buckets answer with another value, so it cannot be compared here.)
-            md5 = base64.b64encode(hashlib.md5(chunk, usedforsecurity=False).digest()).decode()
             # A part that fails for a moment is sent again by itself (the part is in memory), not the whole
             # file from its first byte: botocore makes only two attempts (s3_client.BOTOCORE_ATTEMPTS).
             answer = retrying(partial(fs.call_s3, "upload_part", PartNumber=number, Body=chunk,
-                                      ContentMD5=md5, **upload), f"sending part {number} of {path}", stop=stop)
+                                      ContentMD5=base64.b64encode(md5).decode(), **upload),
+                              f"sending part {number} of {path}", stop=stop)
+            stored = True
             parts.append({"PartNumber": number, "ETag": answer["ETag"]})
         if sent != size:
             raise SyncError(f"{local} changed size while syncing; run 'localvault verify'")
         check_sha256(local, digest.hexdigest(), sha256)
         fs.call_s3("complete_multipart_upload", MultipartUpload={"Parts": parts}, **upload)
-    except BaseException:
+    except BaseException as exc:
+        if notes is not None and stored and _interrupted(exc):
+            log.info("the upload of %s stays open, for the next attempt to go on from its parts: %s", path, exc)
+            raise
         with contextlib.suppress(Exception):  # the store unreachable now: the note stays, for the next sync
             fs.call_s3("abort_multipart_upload", **upload)
-            _closed(notes, started["UploadId"])
+            _closed(notes, upload_id)
         raise
-    _closed(notes, started["UploadId"])
+    _closed(notes, upload_id)
 
 
-def abort_left(fs: Any, notes: OpenUploads | None) -> None:
+def _created(fs: Any, notes: OpenUploads | None, bucket: str, name: str, sha256: str, content_type: str) -> str:
+    """A new multipart upload's id, noted (before it is asked for, then with its id) in ``notes``."""
+    intent = notes.creating(bucket, name) if notes is not None else None
+    started = fs.call_s3("create_multipart_upload", Bucket=bucket, Key=name, ContentType=content_type,
+                         Metadata={"sha256": sha256})  # (its answer lost: the intent stays noted)
+    if notes is not None:
+        # An answer botocore had to ask for again may be the second upload the store made: the intent stays.
+        retried = started.get("ResponseMetadata", {}).get("RetryAttempts", 0) > 0
+        notes.opened(bucket, name, started["UploadId"], None if retried else intent, sha256)
+    return str(started["UploadId"])
+
+
+def _resumable(fs: Any, notes: OpenUploads | None, bucket: str, name: str,
+               sha256: str) -> tuple[str, dict[int, tuple[str, str, int]]] | None:
+    """An upload of this very file (same key and sha256) an interrupted attempt left open, and the parts the store
+    holds of it: ``{number: (ETag, MD5 hex, size)}``. A part whose ETag is not its MD5 (SSE-KMS) is sent again.
+    None if there is none, or the store cannot list its parts (the new upload's sync aborts it at its end)."""
+    for upload_id in notes.resumable(bucket, name, sha256) if notes is not None else ():
+        try:
+            held = _parts_held(fs, bucket, name, upload_id)
+        except FileNotFoundError:  # (NoSuchUpload: aborted, expired or completed meanwhile)
+            assert notes is not None
+            notes.closed(upload_id)
+            continue
+        except Exception as exc:  # not resumed: a new upload is made; the sync's end aborts this one
+            log.info("could not list the parts of an upload of %s left open (%s); sending it whole", name, exc)
+            continue
+        log.info("going on with an upload of %s left open: %d parts held", name, len(held))
+        return upload_id, held
+    return None
+
+
+def _parts_held(fs: Any, bucket: str, name: str, upload_id: str) -> dict[int, tuple[str, str, int]]:
+    """The parts the store holds of an upload (ListParts, a page at a time: s3fs has no paginators)."""
+    held: dict[int, tuple[str, str, int]] = {}
+    marker = 0
+    while True:
+        page = fs.call_s3("list_parts", Bucket=bucket, Key=name, UploadId=upload_id, PartNumberMarker=marker)
+        for part in page.get("Parts", []):
+            etag = str(part["ETag"])
+            held[int(part["PartNumber"])] = (etag, etag.strip('"').lower(), int(part["Size"]))
+        if not page.get("IsTruncated"):
+            return held
+        marker = int(page["NextPartNumberMarker"])
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether an upload failed for want of time or a connection (worth going on with), not for its content."""
+    return isinstance(exc, (RetryStopped, OfflineError, KeyboardInterrupt, SystemExit)) or is_connection_trouble(exc)
+
+
+def abort_left(fs: Any, notes: OpenUploads | None, *, resumable_too: bool = True) -> None:
     """Abort the multipart uploads ``notes`` still names (a sync killed outright left them); one the store
-    cannot abort now stays noted for the next sync."""
+    cannot abort now stays noted for the next sync. ``resumable_too=False`` (a sync's start) keeps those
+    an interruption left to go on with (:func:`send_in_parts`): the sync's end aborts any it did not finish."""
     if notes is None:
         return
-    for bucket, key, upload_id in notes.left():
+    for bucket, key, upload_id, *sha256 in notes.left():
+        if sha256 and upload_id and not resumable_too:
+            continue
         try:
             if not upload_id:  # its creation's answer never came: the store's unfinished uploads of the key
                 _abort_unnamed(fs, notes, bucket, key)

@@ -28,8 +28,9 @@ _META_KEY = "open_multipart_uploads"
 
 
 class OpenUploads:
-    """The note: ``[bucket, key, upload id]`` of each multipart upload under way, and ``[bucket, key, ""]`` of
-    each one being created, in the vault's meta table."""
+    """The note: ``[bucket, key, upload id, sha256]`` of each multipart upload under way or left open by an
+    interruption (``[bucket, key, upload id]`` as older versions noted them), and ``[bucket, key, ""]`` of each
+    one being created, in the vault's meta table."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -45,9 +46,16 @@ class OpenUploads:
         self._change(lambda noted: [*noted, intent])
         return intent
 
-    def opened(self, bucket: str, key: str, upload_id: str, intent: list[str] | None = None) -> None:
-        """The upload was created: its id replaces the note made by :meth:`creating` (``intent``)."""
-        self._change(lambda noted: [*_without(noted, intent), [bucket, key, upload_id]])
+    def opened(self, bucket: str, key: str, upload_id: str, intent: list[str] | None = None, sha256: str = "") -> None:
+        """The upload was created: its id (and the sha256 of the file it sends, which lets an interrupted
+        upload be gone on with) replaces the note made by :meth:`creating` (``intent``)."""
+        entry = [bucket, key, upload_id, sha256] if sha256 else [bucket, key, upload_id]
+        self._change(lambda noted: [*_without(noted, intent), entry])
+
+    def resumable(self, bucket: str, key: str, sha256: str) -> list[str]:
+        """The ids of the uploads noted that send this very file (``sha256``) to ``key``, the latest first."""
+        return [entry[2] for entry in reversed(self.left())
+                if entry[:2] == [bucket, key] and entry[2] and entry[3:] == [sha256]]
 
     def dropped(self, intent: list[str]) -> None:
         """The uploads begun under ``intent`` are aborted, or none was."""

@@ -58,22 +58,11 @@ def retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | 
         try:
             return action()
         except Exception as exc:
-            if isinstance(exc, settings_errors()):  # credentials or AWS settings: no retry helps
-                raise SyncError(f"{what}: {first_line(exc)}; {SETTINGS_HINT}") from None
-            if not isinstance(exc, (*_RETRYABLE, *network_errors())):
-                raise
-            if isinstance(exc, PermissionError):  # retrying cannot help
-                if exc.filename and os.path.exists(exc.filename):  # a local file we may not read
-                    raise SyncError(f"{what}: cannot read {exc.filename} ({exc.strerror}); "
-                                    "check its permissions") from None
-                raise SyncError(f"{what}: access denied ({first_line(exc)}); check the keys and the bucket's "
-                                "policies") from None
-            if isinstance(exc, FileNotFoundError):
-                raise
-            if (reason := store_refusal(exc)) is not None:
-                raise SyncError(f"{what}: the bucket refused ({reason}); retrying will not help: fix what it names "
-                                "(the bucket's limits, such as the largest file it takes, or its settings; a full "
-                                "or read-only disk), or delete the asset, then sync again") from None
+            if not is_connection_trouble(exc):
+                given_up = _not_retried(exc, what)
+                if given_up is exc:
+                    raise
+                raise given_up from None
             now = time.monotonic()
             if deadline is None or (now - started > RETRY_BUDGET_SECONDS  # (an attempt that long got somewhere: a
                                     and not isinstance(exc, NoAnswerError)):  # big file's upload; not a wait for
@@ -96,6 +85,30 @@ def retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | 
             if stop.wait(delay):
                 raise RetryStopped(f"{what}: the sync stopped") from None
     raise AssertionError("unreachable")
+
+
+def is_connection_trouble(exc: BaseException) -> bool:
+    """Whether :func:`retrying` would try ``exc``'s action again (a lost connection, a busy store), rather than
+    give up at once (a refusal, a file or bucket gone, settings no retry fixes)."""
+    return (isinstance(exc, (*_RETRYABLE, *network_errors()))
+            and not isinstance(exc, (PermissionError, FileNotFoundError, *settings_errors()))
+            and store_refusal(exc) is None)
+
+
+def _not_retried(exc: Exception, what: str) -> Exception:
+    """What :func:`retrying` raises for an error it does not retry: ``exc`` itself, or a SyncError that says what
+    to do."""
+    if isinstance(exc, settings_errors()):  # credentials or AWS settings: no retry helps
+        return SyncError(f"{what}: {first_line(exc)}; {SETTINGS_HINT}")
+    if not isinstance(exc, (*_RETRYABLE, *network_errors())) or isinstance(exc, FileNotFoundError):
+        return exc
+    if isinstance(exc, PermissionError):
+        if exc.filename and os.path.exists(exc.filename):  # a local file we may not read
+            return SyncError(f"{what}: cannot read {exc.filename} ({exc.strerror}); check its permissions")
+        return SyncError(f"{what}: access denied ({first_line(exc)}); check the keys and the bucket's policies")
+    return SyncError(f"{what}: the bucket refused ({store_refusal(exc)}); retrying will not help: fix what it names "
+                     "(the bucket's limits, such as the largest file it takes, or its settings; a full or read-only "
+                     "disk), or delete the asset, then sync again")
 
 
 def _tell_retry(what: str, exc: BaseException, attempt: int, delay: float) -> None:
