@@ -110,6 +110,10 @@ def _settle(conn: sqlite3.Connection, files: FileStore, limit: int, io_map: Call
             except StorageError as exc:  # one file that cannot go must not stop the others (or every open)
                 failed.append((entry_id, str(exc)))
         files.prune_folders(bucket, [folder])  # one rmdir per job folder, not per file
+        try:
+            files.make_removals_durable(bucket, [folder])
+        except StorageError as exc:  # the entries stay queued: the next drain finds the files gone, and settles
+            return [(entry_id, str(exc)) for entry_id, _path in entries]
         return failed
 
     failures = [failure for failed in io_map(remove, list(by_folder.items())) for failure in failed]

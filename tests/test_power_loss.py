@@ -132,3 +132,78 @@ def test_every_connection_commits_with_synchronous_full(vault: Vault) -> None:
     thread.join()
     assert vault.db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert found == [2, 2]  # FULL
+
+
+def test_a_queued_deletion_is_forgotten_only_once_the_removal_is_durable(vault: Vault, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deleted asset's file is removed by the drain, and its queue entry dropped in the drain's commit. With the
+    removal not yet on disk at that commit, a power cut brought the file back (a deleted, perhaps private, image)
+    with no row and no entry to say it must go. The folder it left (its parent, for a workspace job folder then
+    emptied and removed) is fsynced while the entry is still there."""
+    import sqlite3
+
+    kept = vault.library.add(write_media(tmp_path, "png", 1))
+    staged = vault.workspace.add(write_media(tmp_path, "png", 2))
+    library_folder = os.path.dirname(vault.library.file_path(kept))
+    job_folder = os.path.dirname(vault.workspace.file_path(staged))
+    reader = sqlite3.connect(vault.root / "vault.db")
+    entries_when_synced: dict[str, int] = {}
+    real = os.fsync
+
+    def recording(fd: int) -> None:
+        real(fd)
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        entries_when_synced[path] = reader.execute("SELECT count(*) FROM pending_deletes").fetchone()[0]
+
+    monkeypatch.setattr(os, "fsync", recording)
+    vault.library.delete(kept.id)
+    vault.workspace.delete(staged.id)
+    monkeypatch.undo()
+
+    assert not os.path.exists(job_folder)  # emptied, and removed
+    assert entries_when_synced.get(library_folder) == 1
+    assert entries_when_synced.get(os.path.dirname(job_folder)) == 1
+    assert reader.execute("SELECT count(*) FROM pending_deletes").fetchone()[0] == 0
+    reader.close()
+
+
+def test_a_file_a_killed_write_left_is_removed_durably_before_its_note_is_forgotten(
+        vault: Vault, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The opening's settle removes the file a killed write left and forgets the write's old note in one commit:
+    the removal is made durable first, or a power cut would bring back a file no note covers."""
+    from localvault import _write_intents
+    from localvault.files import LIBRARY_BUCKET
+
+    left = f"{vault.user_id}/00000000-0000-4000-8000-000000000001.png"
+    _write_intents.note(vault.db, LIBRARY_BUCKET, [left])
+    vault.db.conn.execute("UPDATE write_intents SET noted_at = '2020-01-01T00:00:00.000Z'")
+    placed = Path(vault.files.full_path(LIBRARY_BUCKET, left))
+    placed.parent.mkdir(parents=True, exist_ok=True)
+    placed.write_bytes(b"renamed into place, never committed")
+    with recorded_fsyncs(monkeypatch) as synced:
+        assert _write_intents.settle_now(vault.db, vault.files) == [f"{LIBRARY_BUCKET}/{left}"]
+    assert os.path.dirname(vault.files.full_path(LIBRARY_BUCKET, left)) in synced
+    assert vault.db.conn.execute("SELECT count(*) FROM write_intents").fetchone()[0] == 0
+
+
+def test_a_removal_that_cannot_be_made_durable_stays_queued(vault: Vault, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder's fsync failing (EIO: a fault only a failing disk gives, so it is injected) keeps the entries
+    queued: the next drain finds the files gone, makes that durable, and settles them."""
+    from localvault import pending
+    from localvault.errors import StorageError
+    from localvault.files import FileStore
+
+    kept = vault.library.add(write_media(tmp_path, "png", 1))
+    real = FileStore.make_removals_durable
+
+    def failing(self: FileStore, bucket: str, folders: object) -> None:
+        raise StorageError("cannot make the removals durable: Input/output error")
+
+    monkeypatch.setattr(FileStore, "make_removals_durable", failing)
+    vault.library.delete(kept.id)
+    assert not os.path.exists(vault.files.full_path("user-library", kept.storage_path))
+    assert vault.db.conn.execute("SELECT count(*) FROM pending_deletes").fetchone()[0] == 1
+    monkeypatch.setattr(FileStore, "make_removals_durable", real)
+    assert pending.drain(vault.db, vault.files) == 1
+    assert vault.db.conn.execute("SELECT count(*) FROM pending_deletes").fetchone()[0] == 0
