@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import fsspec
 
 from . import _id_prefix as id_prefix
+from . import _stale_temps as stale_temps
 from . import _write_intents as write_intents
 from . import media, models, pending
 from ._disk import TEMP_PREFIX, make_folders_durably, unlink_quietly
@@ -250,7 +251,8 @@ class Vault:
 
     def housekeeping(self, *, auto_cleanup: bool = True) -> None:
         """What opening a vault for writing does: settle queued file deletions, remove what a write killed
-        between its rename and its commit left (:mod:`localvault._write_intents`) and (unless
+        between its rename and its commit left (:mod:`localvault._write_intents`), once a day the temporary files
+        one killed before its rename left (:mod:`localvault._stale_temps`), and (unless
         ``auto_cleanup=False``) remove up to 2,000 expired workspace assets, unless a cleanup that left none
         expired finished less than an hour ago.
 
@@ -260,6 +262,8 @@ class Vault:
         if self.db.conn.execute("SELECT 1 FROM pending_deletes LIMIT 1").fetchone():
             pending.drain(self.db, self.files)
         write_intents.settle_now(self.db, self.files)  # what a write killed before its commit left
+        if stale_temps.sweep_due(self.db):  # and what one killed before its rename left
+            stale_temps.sweep(self.db, self.files)
         if not auto_cleanup:
             return
         if self.cleanup_due():

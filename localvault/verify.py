@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from . import _stale_temps as stale_temps
 from . import _write_intents as write_intents
 from . import pending
-from ._disk import STALE_TEMP_SECONDS, TEMP_PREFIX, unlink_quietly
+from ._disk import TEMP_PREFIX, unlink_quietly
 from ._recovered import copy_to_recovered, recover
 from .db import Database
 from .errors import StorageError
@@ -138,7 +139,7 @@ def verify(db: Database, files: FileStore, *, repair: bool = False, check_hashes
             with_rows = pending.paths_in_use(db.conn, kind.bucket, found)  # one query per page of files
             for relative in found:
                 if os.path.basename(relative).startswith(TEMP_PREFIX):
-                    if _age(files, kind.bucket, relative, now) > STALE_TEMP_SECONDS:
+                    if stale_temps.is_stale(files, kind.bucket, relative, now):
                         result.stale_temps.append(f"{kind.bucket}/{relative}")
                 elif relative not in with_rows:
                     result.orphans.append(f"{kind.bucket}/{relative}")
@@ -333,19 +334,6 @@ def _healthy_sha256(files: FileStore, bucket: str, relative: str) -> str | None:
         return _sha256(files, bucket, relative)
     except OSError:
         return None
-
-
-def _age(files: FileStore, bucket: str, relative: str, now: float) -> float:
-    """Seconds since the file was written, or linked: a temp file hard-linked from a rig's old output
-    (``--link``) shares that output's mtime, but its link made a new ctime."""
-    path = files.local_path(bucket, relative)
-    try:
-        if not path:
-            return STALE_TEMP_SECONDS + 1
-        stat = os.stat(path)
-        return now - (max(stat.st_mtime, stat.st_ctime) if stat.st_nlink > 1 else stat.st_mtime)
-    except OSError:
-        return 0.0
 
 
 def _twins(db: Database, files: FileStore, broken: dict[str, tuple[_Kind, str, str]]) -> dict[str, tuple[str, str]]:

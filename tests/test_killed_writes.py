@@ -11,12 +11,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from conftest import USER_A, write_media
 
-from localvault import Vault
+from localvault import Vault, _stale_temps
 from localvault.files import TEMP_PREFIX
 
 CHILD = """
@@ -26,13 +27,15 @@ from localvault import Vault
 from localvault.files import FileStore
 
 root, source, call = sys.argv[1], sys.argv[2], sys.argv[3]
+before_rename = sys.argv[4:] == ["before"]
 vault = Vault.open(root)
 saved_from = vault.workspace.add(Path(source).with_name("kept.png")).id if call == "library.save" else None
 
 def killed_after(real):
     def wrapper(self, *args, **kwargs):
-        real(self, *args, **kwargs)
-        os.kill(os.getpid(), signal.SIGKILL)  # the crash: the file is in place, its row not committed
+        if not before_rename:
+            real(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)  # the crash: the file in place (or still staged), its row not committed
     return wrapper
 
 FileStore.commit = killed_after(FileStore.commit)
@@ -83,6 +86,38 @@ def test_a_write_killed_before_its_commit_leaves_no_file(tmp_path: Path, call: s
             vault.library.save(vault.workspace.list().items[0].id)
         else:
             assert len(vault.workspace.import_folder(tmp_path / "src" / "rig").imported) == 3
+        assert vault.verify().clean
+
+
+@pytest.mark.parametrize("call", ["workspace.add", "library.add", "library.save", "import"])
+def test_a_temporary_file_a_write_killed_before_its_rename_left_is_swept_once_stale(
+        tmp_path: Path, call: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write killed while its file was staged (before the rename) left the copy, up to 1 GiB, under its
+    temporary name until a 'verify --repair' that few users run. Opening the vault for writing now removes such
+    files once an hour old (a write under way keeps its file's mtime fresh), walking the buckets once a day."""
+    root = tmp_path / "vault"
+    Vault.create(root, user_id=USER_A).close()
+    source = write_media(tmp_path / "src", seed=1)
+    write_media(tmp_path / "src", seed=2).rename(tmp_path / "src" / "kept.png")
+    for seed in range(3, 6):
+        write_media(tmp_path / "src" / "rig", seed=seed)
+    child = subprocess.run([sys.executable, "-c", CHILD, str(root), str(source), call, "before"], capture_output=True)
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()
+    left = [p for bucket in ("workspace-temp", "user-library") for p in (root / bucket).rglob(f"{TEMP_PREFIX}*")]
+    assert left and len(final_files(root)) == (1 if call == "library.save" else 0)  # staged, never in place
+    # An hour, made a second: a save's staged file is a hard link, whose fresh ctime no utime can set back.
+    monkeypatch.setattr(_stale_temps, "STALE_TEMP_SECONDS", 1.0)
+    time.sleep(1.1)
+    under_way = root / "user-library" / USER_A / f"{TEMP_PREFIX}another-process-writing"
+    under_way.parent.mkdir(parents=True, exist_ok=True)
+    under_way.write_bytes(b"being copied")
+    with Vault.open(root) as vault:  # the killed process's own opening swept less than a day ago
+        assert all(temp.exists() for temp in left)
+        vault.db.conn.execute("UPDATE vault_meta SET value = '2020-01-01T00:00:00.000Z' WHERE key = 'last_temp_sweep'")
+    with Vault.open(root) as vault:
+        assert [temp for temp in left if temp.exists()] == [] and under_way.exists()
+        assert vault.db.get_meta("last_temp_sweep") > "2020-01-01T00:00:00.000Z"
+        under_way.unlink()
         assert vault.verify().clean
 
 
