@@ -136,7 +136,7 @@ class Scan(NamedTuple):
     refused: dict[str, str]  # path -> reason
     ignored: int
     #: Sub-folders not looked in (not recursive; or recursive, a vault's own folder kept among the rig's).
-    folders_not_entered: int
+    folders_not_entered: list[str]
 
 
 def scan(folder: Path, recursive: bool = False) -> Scan:
@@ -144,7 +144,8 @@ def scan(folder: Path, recursive: bool = False) -> Scan:
     root = folder.resolve()
     found: list[Candidate] = []
     refused: dict[str, str] = {}
-    ignored = not_entered = 0
+    ignored = 0
+    not_entered: list[str] = []
     stack = [str(folder)]
     while stack:
         current = stack.pop()
@@ -163,7 +164,7 @@ def scan(folder: Path, recursive: bool = False) -> Scan:
                 if recursive and not os.path.exists(os.path.join(entry.path, DB_NAME)):
                     stack.append(entry.path)
                 else:
-                    not_entered += 1
+                    not_entered.append(entry.path)
                 continue
             if not is_candidate_name(entry.name):
                 ignored += 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .import_report import ImportReport, summary_line
 
@@ -41,6 +41,16 @@ class WatchReport(ImportReport):
     #: Files the catch-up passed over: written more than the workspace's lifetime (7 days) ago, they would have
     #: expired already, and each restart would take them again (``localvault import`` takes them).
     too_old: int = 0
+    #: The sub-folders counted in ``folders_not_entered``: each once, however often met.
+    _folders_not_entered: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
+
+    def not_entered(self, folder: str) -> bool:
+        """Count a sub-folder not looked in (each catch-up's scan, or its event, meets it): whether it is new."""
+        if folder in self._folders_not_entered:
+            return False
+        self._folders_not_entered.add(folder)
+        self.folders_not_entered += 1
+        return True
 
     @property
     def refused_total(self) -> int:

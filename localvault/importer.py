@@ -391,7 +391,7 @@ def import_folder(db: Database, files: FileStore, user_id: str, path: str | os.P
         result = importer.import_candidates(found.candidates, total=len(found.candidates), progress=progress)
     result.refused.update(found.refused)
     result.ignored += found.ignored
-    result.folders_not_entered += found.folders_not_entered
+    result.folders_not_entered += len(found.folders_not_entered)
     return result
 
 

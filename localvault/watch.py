@@ -274,8 +274,7 @@ class Watcher:
         for folder in self._intake.new_folders():
             if self.recursive:
                 self._unwatched.check_soon()
-            else:
-                self.report.folders_not_entered += 1
+            elif self.report.not_entered(folder):
                 log.warning("%s is a new sub-folder, not watched (watch with recursive=True to take its files)", folder)
                 self._emit(WatchEvent("folder_not_entered", folder, time.time()))
         if self._unwatched.check_due():
@@ -294,8 +293,9 @@ class Watcher:
         """Import what is in the folder (what is not whole yet is waited for, as new files are); ``at_start``
         (the watch's, or the folder's come back), only what was written within the workspace's lifetime."""
         candidates, refused, _ignored, not_entered = scan(self._intake.watched, self.recursive)
-        # (a link leading outside, a folder not listable)
-        self.report.merge(ImportReport(refused=dict(refused), folders_not_entered=not_entered))
+        for folder in not_entered:
+            self.report.not_entered(folder)
+        self.report.merge(ImportReport(refused=dict(refused)))  # (a link leading outside, a folder not listable)
         for path, reason in refused.items():
             log.warning("refused %s: %s", path, reason)
             self._emit(WatchEvent("refused", path, time.time(), message=reason))

@@ -240,3 +240,32 @@ def test_listing_the_folders_watched_is_no_event(vault: Vault, out: Path) -> Non
                 continue
     assert folders <= masks.keys()
     assert [hex(masks[ino]) for ino in folders if masks[ino] & (in_open | in_close_nowrite)] == []
+
+
+def test_a_sub_folder_not_entered_is_counted_once_however_often_it_is_met(vault: Vault, out: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each catch-up (after an overflow, or the folder's return) counted every sub-folder of a watch that is not
+    recursive again, and one made while the watch started was counted by its event and by the first catch-up:
+    the summary's folders_not_entered grew with every overflow."""
+    import threading
+
+    from localvault import _watch_handler
+
+    (out / "2026-11-27").mkdir()
+    seen = Recorder()
+    deaf = threading.Event()
+    real_dispatch = _watch_handler.EventHandler.dispatch
+    monkeypatch.setattr(_watch_handler.EventHandler, "dispatch",
+                        lambda self, event: None if deaf.is_set() else real_dispatch(self, event))
+    with Watcher(vault, out, on_event=seen, poll_seconds=0.05) as watcher:
+        (out / "2026-11-28").mkdir()
+        assert wait_for(lambda: seen.names("folder_not_entered") == ["2026-11-28"])
+        for n in range(3):  # three overflows, each caught up: the file whose event was lost shows it is done
+            deaf.set()
+            (out / f"lost{n}.png").write_bytes(png_bytes(tmp_path, 20 + n))
+            time.sleep(0.2)
+            deaf.clear()
+            watcher._intake.overflowed.set()  # (what the overflow's log record sets)
+            assert wait_for(lambda n=n: f"lost{n}.png" in seen.names("imported"))
+        assert watcher.report.folders_not_entered == 2
+    assert seen.names("folder_not_entered") == ["2026-11-28"]
