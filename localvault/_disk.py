@@ -1,7 +1,6 @@
-"""Durable writes and Linux disk calls on the local filesystem, for :mod:`localvault.files` and the config.
-
-Atomic writes (temporary file, fsync, rename, fsync of the folder), ``syncfs`` and
-``sync_file_range`` through ctypes where Linux has them, and a streamed listing.
+"""Linux disk calls on the local filesystem, for :mod:`localvault.files` and the rest: opening regular files
+only, fsyncs of files and folders, ``syncfs`` and ``sync_file_range`` through ctypes where Linux has them, a
+streamed listing, hashing. Whole-file durable writes are :mod:`localvault._durable`'s.
 """
 
 from __future__ import annotations
@@ -9,13 +8,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import shutil
 import stat
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypeVar
+from typing import BinaryIO, TypeVar
 
 from .errors import StorageError
 
@@ -122,91 +119,6 @@ def make_folders_durably(path: str | os.PathLike[str]) -> None:
 def create_in_folder(directory: str, temp: str) -> int:
     """Create and open the new file ``temp`` in ``directory`` (see :func:`in_folder`)."""
     return in_folder(directory, lambda: os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-
-
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` on the local disk: temp file, fsync, rename, fsync folder."""
-    # The name after the random part: a leftover of a write cut short is known by it (Vault.create adopts
-    # a folder holding a cut-short localvault.toml); only short names are written this way.
-    temp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        try:
-            write_all(fd, data)  # a write may be short (a signal, a nearly full disk)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
-        fsync_path(path.parent)
-    except OSError as exc:
-        unlink_quietly(temp)
-        raise os_error(exc, path) from None
-
-
-def move_durably(source: str, target: str) -> None:
-    """Move a file to ``target`` (which must not exist), durably; across filesystems by copy, fsync, rename
-    and unlink (a bucket folder may be a mount or a link to another disk)."""
-    try:
-        os.rename(source, target)
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-        copy_durably(source, target)
-        os.unlink(source)
-    else:
-        fsync_path(os.path.dirname(target))
-    fsync_path(os.path.dirname(source))
-
-
-def copy_durably(source: str, target: str) -> None:
-    """Copy a file to ``target`` (which must not exist) with its times and mode: temp file, fsync, rename,
-    fsync of the folder."""
-    with open_regular(source) as reader:  # (a named pipe would block)
-        write_durably(reader, target, times_from=source)  # its times and mode tell recovered files apart
-    fsync_path(os.path.dirname(target))
-
-
-class Readable(Protocol):
-    """What :func:`write_durably` reads from: a binary stream's ``read``."""
-
-    def read(self, size: int = -1, /) -> bytes: ...
-
-
-def write_durably(reader: Readable, target: str | os.PathLike[str], *, times_from: str | None = None,
-                  replace: bool = True) -> None:
-    """Write a stream to ``target`` through a temporary file in its folder: written, fsynced, then renamed; the
-    temporary file is removed on any failure, Ctrl-C included. The caller fsyncs the folder (or not).
-    ``times_from``: a file whose times and mode the copy takes. ``replace=False``: FileExistsError if
-    ``target`` exists when the copy is done (a hard link publishes it: no check-then-rename gap)."""
-    temp = os.path.join(os.path.dirname(target), f"{TEMP_PREFIX}{uuid.uuid4().hex}")
-    try:
-        with open(temp, "xb") as writer:
-            shutil.copyfileobj(reader, writer, 1024 * 1024)
-            writer.flush()
-            os.fsync(writer.fileno())
-        if times_from is not None:
-            shutil.copystat(times_from, temp)
-        if replace:
-            os.replace(temp, target)
-        else:
-            _publish_new(temp, target)
-    except BaseException:
-        unlink_quietly(Path(temp))
-        raise
-
-
-def _publish_new(temp: str, target: str | os.PathLike[str]) -> None:
-    """Give ``temp`` the name ``target``, which must not exist (FileExistsError); ``temp`` is gone after."""
-    try:
-        os.link(temp, target)  # fails if target exists, atomically
-    except FileExistsError:
-        raise
-    except OSError:  # a filesystem without hard links (FAT, some network mounts): check, then rename
-        if os.path.lexists(target):
-            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(target)) from None
-        os.replace(temp, target)
-        return
-    os.unlink(temp)
 
 
 def fsync_path(path: str | os.PathLike[str]) -> None:

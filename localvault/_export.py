@@ -7,7 +7,8 @@ import hashlib
 from pathlib import Path
 from typing import BinaryIO
 
-from ._disk import fsync_path, os_error, write_durably
+from ._disk import fsync_path, os_error
+from ._durable import write_durably
 from .errors import DuplicateError, StorageError
 from .files import FileStore
 

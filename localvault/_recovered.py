@@ -12,7 +12,8 @@ import os
 import sqlite3
 import uuid
 
-from ._disk import copy_durably, fsync_path, make_folders_durably, move_durably
+from ._disk import fsync_path, make_folders_durably
+from ._durable import copy_durably, move_durably
 from .errors import LocalVaultError, StorageError
 from .files import FileStore, StagedFile
 

@@ -330,7 +330,7 @@ class VaultConfig:
 
     def save(self, folder: Path) -> None:
         """Write the file atomically, mode 0600; InvalidInputError (nothing written) for a value TOML cannot hold."""
-        from ._disk import atomic_write_bytes
+        from ._durable import atomic_write_bytes
 
         atomic_write_bytes(folder / CONFIG_NAME, self.as_toml(), mode=0o600)
 

@@ -688,6 +688,35 @@ def test_export_cut_short_by_ctrl_c_leaves_no_temporary_file(vault: Vault, make_
     assert vault.export(kept.id, out / "fox.png").stat().st_size == kept.file_size_bytes
 
 
+def test_export_killed_mid_copy_leaves_nothing_in_the_destination(vault: Vault, make_image, tmp_path: Path):
+    """A SIGKILL (or the OOM killer) in the middle of an export left its temporary file (``.tmp-…``) in the
+    user's folder, which no later call looks at. The copy is an unnamed file (O_TMPFILE) until it is linked
+    in as the destination now: the kernel frees it with the killed process."""
+    import signal
+    import subprocess
+    import sys
+
+    kept = vault.library.save(vault.workspace.add(make_image(seed=9)).id)
+    out = tmp_path / "out"
+    out.mkdir()
+    child = f"""
+import os, shutil, signal
+from localvault import Vault
+
+def copy_then_killed(reader, writer, length=0):
+    writer.write(reader.read(100))
+    writer.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+shutil.copyfileobj = copy_then_killed
+Vault.open({str(vault.root)!r}).export({kept.id!r}, {str(out / "fox.png")!r})
+"""
+    ran = subprocess.run([sys.executable, "-c", child], capture_output=True)
+    assert ran.returncode == -signal.SIGKILL, ran.stderr.decode()
+    assert list(out.iterdir()) == []
+    assert vault.export(kept.id, out / "fox.png").read_bytes() == Path(vault.library.file_path(kept)).read_bytes()
+
+
 def test_export_never_overwrites_a_file_made_while_it_copied(vault: Vault, make_image, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch):
     """Two exports (or an export and any program) to one path: it was checked before the copy and renamed over

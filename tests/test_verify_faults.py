@@ -246,7 +246,8 @@ def test_a_folder_where_a_file_should_be_is_still_missing(vault: Vault, make_ima
 def test_a_durable_copy_of_a_named_pipe_is_refused_not_waited_on(tmp_path: Path):
     """repair copies a file without a row to recovered/ on another disk (copy_durably): a named pipe there
     would have been opened for reading, which waits for a writer, for ever."""
-    from localvault._disk import NotRegularFileError, copy_durably
+    from localvault._disk import NotRegularFileError
+    from localvault._durable import copy_durably
 
     os.mkfifo(tmp_path / "pipe.png")
     with pytest.raises(NotRegularFileError):

@@ -31,8 +31,8 @@ from .._disk import (
     make_folders_durably,
     unlink_quietly,
     walk_files,
-    write_durably,
 )
+from .._durable import write_durably
 from ..errors import SyncError
 from .local_reads import check_sha256, reading
 
