@@ -10,7 +10,7 @@ import hashlib
 import os
 import stat
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -97,6 +97,29 @@ def fsync_folder(path: str | os.PathLike[str]) -> None:
     except OSError as exc:
         if exc.errno not in FOLDER_FSYNC_UNAVAILABLE:
             raise
+
+
+def fsync_folders_left(top: str, folders: Iterable[str]) -> None:
+    """fsync each of ``folders`` (paths under ``top``) files were removed from, once each, or where one is gone
+    (an emptied job folder removed, a user folder removed by hand) its nearest parent that exists, up to ``top``.
+    An OSError names the folder (``filename``)."""
+    def nearest(path: str) -> str:
+        while path != top and len(path) > len(top) and not os.path.isdir(path):
+            path = os.path.dirname(path)
+        return path
+
+    for path in {nearest(folder.rstrip("/")) for folder in folders}:
+        while True:
+            try:
+                fsync_folder(path)
+                break
+            except FileNotFoundError:  # removed meanwhile (by another process)
+                if path == top:  # (``top`` itself gone: no removal left to make durable)
+                    break
+                path = nearest(os.path.dirname(path))
+            except OSError as exc:
+                exc.filename = exc.filename or path
+                raise
 
 
 def make_folders_durably(path: str | os.PathLike[str]) -> None:

@@ -35,12 +35,12 @@ def is_stale(files: FileStore, bucket: str, relative: str, now: float) -> bool:
     if path is None:
         return True
     try:
-        found = os.stat(path)
+        found = os.lstat(path)
     except OSError:
         return False
-    # A temp file hard-linked from a rig's old output (--link) shares that output's mtime; its link made a new ctime.
-    written = max(found.st_mtime, found.st_ctime) if found.st_nlink > 1 else found.st_mtime
-    return now - written > STALE_TEMP_SECONDS
+    # A temp file hard-linked from a rig's old output (--link) shares that output's mtime; its link made a new
+    # ctime (and so did the rig file's removal, which left the link the only copy): the later of the two counts.
+    return now - max(found.st_mtime, found.st_ctime) > STALE_TEMP_SECONDS
 
 
 def sweep_due(db: Database) -> bool:

@@ -36,7 +36,7 @@ from ._disk import TEMP_PREFIX
 from .db import Database
 from .errors import LocalVaultError, StorageError
 from .files import FileStore
-from .pending import paths_in_use
+from .pending import make_removals_durable, paths_in_use
 from .timestamps import utc_in
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def settle(conn: sqlite3.Connection, files: FileStore) -> list[str]:
     if removed:
         for bucket in {bucket for bucket, _relative in leftovers}:
             try:
-                files.make_removals_durable(bucket, {os.path.dirname(r) for b, r in leftovers if b == bucket})
+                make_removals_durable(files, bucket, {os.path.dirname(r) for b, r in leftovers if b == bucket})
             except StorageError as exc:
                 log.warning("could not make the removal of files a write cut short left durable: %s", exc)
                 failed = True

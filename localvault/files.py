@@ -30,7 +30,6 @@ from ._disk import (
     create_in_folder,
     drop_cached,
     file_digest,
-    fsync_folder,
     fsync_path,
     in_folder,
     not_regular,
@@ -330,22 +329,6 @@ class FileStore:
                 os.rmdir(self.full_path(bucket, folder))
             except OSError:
                 pass
-
-    def make_removals_durable(self, bucket: str, folders: Iterable[str]) -> None:
-        """fsync each folder files were removed from (its parent, where :meth:`prune_folders` removed it), before
-        the record of their deletion is dropped: after a power cut, a removal never made durable brings the file
-        back (a deleted, perhaps private, image) with nothing left to say it must go. Local disks only."""
-        if not self.local:
-            return
-        for folder in set(folders):
-            path = self.full_path(bucket, folder)
-            try:
-                try:
-                    fsync_folder(path)
-                except FileNotFoundError:
-                    fsync_folder(os.path.dirname(path))
-            except OSError as exc:
-                raise StorageError(f"cannot make the removals from {path} durable: {exc.strerror or exc}") from None
 
     def _remove_path(self, path: str) -> None:
         try:

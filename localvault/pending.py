@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ._disk import fsync_folders_left
 from .db import Database
 from .errors import LocalVaultError, StorageError
 from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
@@ -56,6 +57,20 @@ def paths_in_use(conn: sqlite3.Connection, bucket: str, paths: list[str]) -> set
         used.update(row[0] for row in conn.execute(
             f"SELECT {column} FROM {table} WHERE {column} IN ({','.join('?' * len(page))})", page))
     return used
+
+
+def make_removals_durable(files: FileStore, bucket: str, folders: Iterable[str]) -> None:
+    """fsync each folder files were removed from (its parent, where an emptied job folder went too) before the
+    record of their deletion is dropped: after a power cut, a removal never made durable brings the file back (a
+    deleted, perhaps private, image) with nothing left to say it must go. Local disks only."""
+    if not files.local:
+        return
+    top = files.full_path(bucket, "").rstrip("/")
+    try:
+        fsync_folders_left(top, [files.full_path(bucket, folder) for folder in folders])
+    except OSError as exc:
+        raise StorageError(f"cannot make the removals from {exc.filename or top} durable: {exc.strerror or exc}"
+                           ) from None
 
 
 def is_queued(conn: sqlite3.Connection, bucket: str, path: str) -> bool:
@@ -110,10 +125,6 @@ def _settle(conn: sqlite3.Connection, files: FileStore, limit: int, io_map: Call
             except StorageError as exc:  # one file that cannot go must not stop the others (or every open)
                 failed.append((entry_id, str(exc)))
         files.prune_folders(bucket, [folder])  # one rmdir per job folder, not per file
-        try:
-            files.make_removals_durable(bucket, [folder])
-        except StorageError as exc:  # the entries stay queued: the next drain finds the files gone, and settles
-            return [(entry_id, str(exc)) for entry_id, _path in entries]
         return failed
 
     failures = [failure for failed in io_map(remove, list(by_folder.items())) for failure in failed]
@@ -121,6 +132,13 @@ def _settle(conn: sqlite3.Connection, files: FileStore, limit: int, io_map: Call
         log.warning("%d queued file(s) could not be removed (%s%s); they stay queued and are tried again later",
                     len(failures), failures[0][1], ", …" if len(failures) > 1 else "")
     kept = {entry_id for entry_id, _reason in failures}
+    for bucket in {bucket for bucket, _folder in by_folder}:  # one fsync per folder left (pruned: their parent)
+        try:
+            make_removals_durable(files, bucket, [folder for (b, folder) in by_folder if b == bucket])
+        except StorageError as exc:  # the entries stay queued: the next drain finds the files gone, and settles
+            log.warning("%s; the deletions stay queued and are tried again later", exc)
+            kept.update(entry_id for (b, _folder), entries in by_folder.items() if b == bucket
+                        for entry_id, _path in entries)
     conn.executemany("DELETE FROM pending_deletes WHERE id = ?", [(row[0],) for row in batch if row[0] not in kept])
     return len(batch) - len(kept), len(batch), batch[-1][0] if batch else after_id
 
@@ -148,5 +166,5 @@ def drain_after_commit(db: Database, files: FileStore) -> None:
         log.warning("queued file(s) could not be removed now (%s); they are tried again later", exc)
 
 
-__all__ = ["queue_delete", "settle", "drain", "drain_after_commit", "still_used", "paths_in_use", "PATH_COLUMNS", "LIBRARY_BUCKET",
+__all__ = ["queue_delete", "settle", "make_removals_durable", "drain", "drain_after_commit", "still_used", "paths_in_use", "PATH_COLUMNS", "LIBRARY_BUCKET",
            "WORKSPACE_BUCKET"]

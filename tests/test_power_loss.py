@@ -190,20 +190,34 @@ def test_a_removal_that_cannot_be_made_durable_stays_queued(vault: Vault, tmp_pa
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A folder's fsync failing (EIO: a fault only a failing disk gives, so it is injected) keeps the entries
     queued: the next drain finds the files gone, makes that durable, and settles them."""
-    from localvault import pending
-    from localvault.errors import StorageError
-    from localvault.files import FileStore
+    from localvault import _disk, pending
 
     kept = vault.library.add(write_media(tmp_path, "png", 1))
-    real = FileStore.make_removals_durable
 
-    def failing(self: FileStore, bucket: str, folders: object) -> None:
-        raise StorageError("cannot make the removals durable: Input/output error")
+    def failing(path: str) -> None:
+        raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(FileStore, "make_removals_durable", failing)
+    monkeypatch.setattr(_disk, "fsync_folder", failing)
     vault.library.delete(kept.id)
     assert not os.path.exists(vault.files.full_path("user-library", kept.storage_path))
     assert vault.db.conn.execute("SELECT count(*) FROM pending_deletes").fetchone()[0] == 1
-    monkeypatch.setattr(FileStore, "make_removals_durable", real)
+    monkeypatch.undo()
+    assert pending.drain(vault.db, vault.files) == 1
+    assert vault.db.conn.execute("SELECT count(*) FROM pending_deletes").fetchone()[0] == 0
+
+
+def test_a_queued_deletion_settles_when_its_folders_are_gone(vault: Vault, tmp_path: Path) -> None:
+    """The user's workspace folder removed by hand (its job folder with it) before the drain: the removal is
+    done, and nothing is left to fsync there but the bucket. The entry stayed queued for good, and warned of at
+    every opening (a review)."""
+    import shutil
+
+    from localvault import pending
+
+    staged = vault.workspace.add(write_media(tmp_path, "png", 3))
+    with vault.db.write() as conn:
+        conn.execute("DELETE FROM workspace_assets WHERE id = ?", (staged.id,))
+        pending.queue_delete(conn, "workspace-temp", staged.temp_storage_path)
+    shutil.rmtree(vault.root / "workspace-temp" / vault.user_id)
     assert pending.drain(vault.db, vault.files) == 1
     assert vault.db.conn.execute("SELECT count(*) FROM pending_deletes").fetchone()[0] == 0

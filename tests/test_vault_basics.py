@@ -1113,6 +1113,13 @@ def test_a_temp_file_linked_from_an_old_rig_file_is_not_stale(vault: Vault, make
     os.link(source, staged)
     report = vault.verify(repair=True)
     assert report.stale_temps == [] and staged.exists()
+    # The rig file removed before the commit (a review): the link, its only copy now, counts from then too.
+    source.unlink()
+    assert vault.verify(repair=True).stale_temps == [] and staged.exists()
+    from localvault import _stale_temps
+
+    _stale_temps.sweep(vault.db, vault.files)
+    assert staged.exists()
 
 
 def test_verify_detects_missing_file(vault: Vault, make_image):
@@ -1187,15 +1194,17 @@ def test_verify_detects_hash_mismatch(vault: Vault, make_image):
     assert vault.verify(check_hashes=False).missing == [f"{LIBRARY_BUCKET}/{kept.storage_path}"]
 
 
-def test_verify_detects_stale_temp_file(vault: Vault, make_image):
+def test_verify_detects_stale_temp_file(vault: Vault, make_image, monkeypatch: pytest.MonkeyPatch):
+    from localvault import _stale_temps
+
     vault.workspace.add(make_image(seed=1))
     folder = vault.root / WORKSPACE_BUCKET / USER_A
     stale = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
     fresh = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
     stale.write_bytes(b"half written")
+    monkeypatch.setattr(_stale_temps, "STALE_TEMP_SECONDS", 1.0)  # (an hour: a ctime cannot be set back)
+    time.sleep(1.1)
     fresh.write_bytes(b"being written right now")
-    old = time.time() - 2 * 3600
-    os.utime(stale, (old, old))
     report = vault.verify()
     assert report.stale_temps == [f"{WORKSPACE_BUCKET}/{USER_A}/{stale.name}"]
     assert report.orphans == []  # a young temp file may be another process's write

@@ -1,6 +1,6 @@
-"""S3 multipart uploads: one file sent in parts, checked before it is completed, and the uploads a sync left
-unfinished aborted (their parts are billed until then). Each upload is noted in the vault while under way
-(:mod:`.open_uploads`)."""
+"""S3 multipart uploads: one file sent in parts, checked before it is completed. An upload an interruption cut
+short is gone on with by the next attempt at its file; the others a sync left unfinished are aborted (their
+parts are billed until then). Each upload is noted in the vault while under way (:mod:`.open_uploads`)."""
 
 from __future__ import annotations
 
@@ -101,16 +101,22 @@ def _resumable(fs: Any, notes: OpenUploads | None, bucket: str, name: str,
                sha256: str) -> tuple[str, dict[int, tuple[str, str, int]]] | None:
     """An upload of this very file (same key and sha256) an interrupted attempt left open, and the parts the store
     holds of it: ``{number: (ETag, MD5 hex, size)}``. A part whose ETag is not its MD5 (SSE-KMS) is sent again.
-    None if there is none, or the store cannot list its parts (the new upload's sync aborts it at its end)."""
+    None if there is none, or if the store will not list its parts (``s3:ListMultipartUploadParts`` not granted):
+    that upload is aborted, and the file sent whole. A lost connection is raised: the attempt is retried."""
     for upload_id in notes.resumable(bucket, name, sha256) if notes is not None else ():
+        assert notes is not None
         try:
             held = _parts_held(fs, bucket, name, upload_id)
         except FileNotFoundError:  # (NoSuchUpload: aborted, expired or completed meanwhile)
-            assert notes is not None
             notes.closed(upload_id)
             continue
-        except Exception as exc:  # not resumed: a new upload is made; the sync's end aborts this one
+        except Exception as exc:
+            if is_connection_trouble(exc):
+                raise
             log.info("could not list the parts of an upload of %s left open (%s); sending it whole", name, exc)
+            with contextlib.suppress(Exception):  # (else it stays noted, for the sync's end to abort)
+                fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=name, UploadId=upload_id)
+                notes.closed(upload_id)
             continue
         log.info("going on with an upload of %s left open: %d parts held", name, len(held))
         return upload_id, held
@@ -147,7 +153,7 @@ def abort_left(fs: Any, notes: OpenUploads | None, *, resumable_too: bool = True
             continue
         try:
             if not upload_id:  # its creation's answer never came: the store's unfinished uploads of the key
-                _abort_unnamed(fs, notes, bucket, key)
+                _abort_unnamed(fs, notes, bucket, key, sparing=set() if resumable_too else _kept(notes, bucket, key))
                 continue
             fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
         except FileNotFoundError:  # (NoSuchUpload: aborted or completed already)
@@ -157,7 +163,13 @@ def abort_left(fs: Any, notes: OpenUploads | None, *, resumable_too: bool = True
         _closed(notes, upload_id)
 
 
-def _abort_unnamed(fs: Any, notes: OpenUploads, bucket: str, key: str) -> None:
+def _kept(notes: OpenUploads, bucket: str, key: str) -> set[str]:
+    """The ids of the key's uploads noted to be gone on with (those with a sha256)."""
+    return {entry[2] for entry in notes.left() if entry[:2] == [bucket, key] and entry[2] and entry[3:]}
+
+
+def _abort_unnamed(fs: Any, notes: OpenUploads, bucket: str, key: str, sparing: set[str]) -> None:
+    """Abort the store's unfinished uploads of ``key`` but those in ``sparing``; drop the note of the intent."""
     try:
         listed = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key).get("Uploads", [])
     except (PermissionError, NotImplementedError, AttributeError) as exc:  # never will: not noted for ever
@@ -165,7 +177,7 @@ def _abort_unnamed(fs: Any, notes: OpenUploads, bucket: str, key: str) -> None:
                     "lifecycle rule (AbortIncompleteMultipartUpload) removes it", key, exc)
         listed = []
     for upload in listed:
-        if upload["Key"] == key:
+        if upload["Key"] == key and upload["UploadId"] not in sparing:
             with contextlib.suppress(FileNotFoundError):
                 fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload["UploadId"])
     notes.dropped([bucket, key, ""])

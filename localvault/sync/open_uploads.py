@@ -1,20 +1,23 @@
 """Multipart uploads a sync started and has not finished, noted in the vault.
 
 A store keeps (and bills) the parts of an unfinished multipart upload until
-it is aborted. A sync aborts its own when an upload fails or is stopped, but
-one killed outright (SIGKILL, a power cut) cannot: the next sync of the vault
-aborts what the note still names. The note names this vault's own uploads
-only, never another machine's still running (aborting those by key made that
-machine's sync fail).
+it is completed or aborted. An upload an interruption cut short (a lost
+connection, Ctrl-C, a kill) stays noted with the sha256 of its file: the next
+attempt at that file goes on with it (:mod:`.multipart`). A sync that ends with
+every file sent aborts what the note still names, and a sync's start aborts
+what cannot be gone on with (a note without a sha256, an older version's).
+The note names this vault's own uploads only, never another machine's still
+running (aborting those by key made that machine's sync fail).
 
 An upload is noted twice: before the store is asked to create it (its key: the
 store may create it and its answer be lost, to a kill or a dropped connection,
 leaving an upload no id names) and once created (its id). For a key noted
 without an id, the sync's end (or the next sync) aborts the store's unfinished
-uploads of that key: the one exception to "this vault's own only" (another
-machine's upload of the very same asset, from a copy of this vault, at that
-moment; its sync then sends it again). The store's dates of its uploads cannot
-tell them apart: clocks differ, and some stores (moto) give a fixed date.
+uploads of that key, but those noted to be gone on with: the one exception to
+"this vault's own only" (another machine's upload of the very same asset, from
+a copy of this vault, at that moment; its sync then sends it again). The
+store's dates of its uploads cannot tell them apart: clocks differ, and some
+stores (moto) give a fixed date.
 """
 
 from __future__ import annotations
