@@ -1356,3 +1356,71 @@ def test_fuzz_novelai_xmp_and_plain_prompt_chunks(comment: Any, description: str
     for xmp_packet in (packet, xmp_text, packet[: len(packet) // 2]):
         assert_valid(_clean.finish(metadata.read_chunks({"XML:com.adobe.xmp": xmp_packet})))
     assert_valid(_clean.finish(metadata.read_chunks({"prompt": plain, "seed": plain, "model": plain})))
+
+
+def _branches() -> dict[str, Any]:
+    """An A/B graph: two independent branches (ids 3–9 and 103–109), each saving under its own prefix."""
+    def branch(offset: int, seed: int, model: str, text: str, prefix: str) -> dict[str, Any]:
+        def link(n: int) -> list[Any]:
+            return [str(n + offset), 0]
+        return {
+            str(3 + offset): {"class_type": "KSampler", "inputs": {
+                "seed": seed, "steps": 20, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+                "model": link(4), "positive": link(6), "negative": link(7), "latent_image": link(5)}},
+            str(4 + offset): {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": model}},
+            str(5 + offset): {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+            str(6 + offset): {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": [str(4 + offset), 1]}},
+            str(7 + offset): {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": [str(4 + offset), 1]}},
+            str(8 + offset): {"class_type": "VAEDecode", "inputs": {"samples": link(3), "vae": [str(4 + offset), 2]}},
+            str(9 + offset): {"class_type": "SaveImage", "inputs": {"filename_prefix": prefix, "images": link(8)}},
+        }
+    return {**branch(0, 111, "flux1-dev-fp8.safetensors", "branch A", "compare/flux"),
+            **branch(100, 222, "sd_xl_base_1.0.safetensors", "branch B", "sdxl")}
+
+
+def test_a_graph_of_independent_branches_is_read_for_the_branch_that_saved_the_file(tmp_path: Path) -> None:
+    """ComfyUI puts the whole graph in every output: an A/B graph's SDXL image was given the Flux branch's seed,
+    model and prompt (the lowest id's), worse than none. The save node whose prefix names the file tells."""
+    graph = json.dumps(_branches())
+    sdxl = metadata.read(make_png(tmp_path / "sdxl_00001_.png", text_chunks={"prompt": graph}))
+    flux = metadata.read(make_png(tmp_path / "flux_00007_.png", text_chunks={"prompt": graph}))
+    assert (sdxl.seed, sdxl.model, sdxl.prompt) == (222, "sd_xl_base_1.0.safetensors", "branch B")
+    assert (flux.seed, flux.model, flux.prompt) == (111, "flux1-dev-fp8.safetensors", "branch A")
+    renamed = metadata.read(make_png(tmp_path / "best.png", text_chunks={"prompt": graph}))
+    assert renamed.seed == 111  # no save node names it: the lowest id's, as before
+
+
+def test_comfyui_animated_png_comf_chunks(tmp_path: Path) -> None:
+    """SaveAnimatedPNG writes its graphs in private ``comf`` chunks (tEXt's layout), after the frames: such
+    files came in with no metadata."""
+    path = make_png(tmp_path / "anim.png")
+    data = path.read_bytes()
+    payload = b"prompt\0" + json.dumps(comfy_graph(seed=2025)).encode("latin-1")
+    chunk = struct.pack(">I", len(payload)) + b"comf" + payload + struct.pack(">I", zlib.crc32(b"comf" + payload))
+    path.write_bytes(data[:-12] + chunk + data[-12:])  # before IEND
+    info = metadata.read(path)
+    assert (info.source, info.seed, info.model) == ("comfyui", 2025, "dreamshaper_8.safetensors")
+
+
+@pytest.mark.parametrize("kind", ["jpg", "webp"])
+def test_fooocus_and_swarmui_jpeg_and_webp(tmp_path: Path, kind: str) -> None:
+    """Fooocus writes its JSON in a UserComment in IFD0 (modules/meta_parser.get_exif), SwarmUI its
+    ``sui_image_params`` JSON in the Exif IFD's: both came in with no metadata, read only from PNGs."""
+    from PIL import Image
+
+    fooocus = {"prompt": "a knight on a horse", "negative_prompt": "blurry", "seed": "8402729104612930451",
+               "base_model": "juggernautXL_v8Rundiffusion.safetensors", "full_prompt": ["a knight on a horse"],
+               "steps": 30, "metadata_scheme": "fooocus", "version": "Fooocus v2.5.5"}
+    exif = Image.Exif()
+    exif[0x9286] = json.dumps(fooocus)
+    path = tmp_path / f"fooocus.{kind}"
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(path, "JPEG" if kind == "jpg" else "WEBP", exif=exif)
+    info = metadata.read(path)
+    assert (info.source, info.prompt, info.seed, info.model) == (
+        "fooocus", "a knight on a horse", 8402729104612930451, "juggernautXL_v8Rundiffusion.safetensors")
+    swarm = {"sui_image_params": {"prompt": "a castle on a cliff", "negativeprompt": "people",
+                                  "model": "Flux/flux1-dev-fp8", "seed": 305223794, "steps": 25}}
+    make = make_jpeg if kind == "jpg" else make_webp
+    info = metadata.read(make(tmp_path / f"swarm.{kind}", exif_user_comment=json.dumps(swarm)))
+    assert (info.source, info.prompt, info.negative_prompt, info.seed, info.model) == (
+        "swarmui", "a castle on a cliff", "people", 305223794, "Flux/flux1-dev-fp8")

@@ -31,13 +31,16 @@ __all__ = ["Found", "read", "read_chunks"]
 _COMMENT_KEYS = ("usercomment", "comment", "description")
 
 
-def _from_comment(text: Any, key: str, depth: int) -> Found:
-    """A free-text comment: JSON with ComfyUI graphs, or A1111 parameters."""
+def _from_comment(text: Any, key: str, depth: int, file_name: str | None) -> Found:
+    """A free-text comment: JSON with ComfyUI graphs (or SwarmUI's or Fooocus's, as their JPEG and WebP files
+    hold them in the UserComment), or A1111 parameters."""
     if not isinstance(text, str):
         return Found()
     data = json_object(text)
+    if data is not None and (isinstance(data.get("sui_image_params"), dict) or any(k in data for k in _FOOOCUS_KEYS)):
+        return _parameters(text)
     if data is not None:
-        return read_chunks(data, depth + 1) if depth == 0 else Found()
+        return read_chunks(data, depth + 1, file_name=file_name) if depth == 0 else Found()
     if key == "usercomment" or a1111.looks_like_parameters(text):
         return a1111.parse(text)
     return Found()
@@ -82,11 +85,12 @@ def _from_xmp(packet: Any) -> Found:
     return found
 
 
-def read_chunks(chunks: dict[str, Any], depth: int = 0) -> Found:
+def read_chunks(chunks: dict[str, Any], depth: int = 0, *, file_name: str | None = None) -> Found:
     """Raw findings from a file's named text entries (PNG chunks, EXIF texts, MP4 tags, XMP).
 
     ``depth``: how deep in a comment's JSON these entries were found (0 for a file's own; a JSON comment is
-    read as entries once, not again inside itself)."""
+    read as entries once, not again inside itself). ``file_name``: the file's name, which tells which branch of a
+    ComfyUI graph of several saved it."""
     found = Found()
     if "parameters" in chunks:
         found = merge(found, _parameters(chunks["parameters"]))
@@ -100,7 +104,8 @@ def read_chunks(chunks: dict[str, Any], depth: int = 0) -> Found:
     if novelai.is_novelai(chunks):
         found = merge(found, novelai.parse(chunks))
     if "prompt" in chunks or "workflow" in chunks:
-        found = merge(found, comfyui.parse(chunks.get("prompt"), chunks.get("workflow"), extra=chunks))
+        found = merge(found, comfyui.parse(chunks.get("prompt"), chunks.get("workflow"), extra=chunks,
+                                           file_name=file_name))
         found = merge(found, _plain_prompt(chunks))
     if "invokeai_metadata" in chunks:
         found = merge(found, invokeai.parse(chunks["invokeai_metadata"], chunks.get("invokeai_graph")))
@@ -112,7 +117,7 @@ def read_chunks(chunks: dict[str, Any], depth: int = 0) -> Found:
         found = merge(found, _from_xmp(chunks[images.XMP_KEY]))
     for key in _COMMENT_KEYS:
         if key in chunks and not (key == "usercomment" and saver_text):
-            found = merge(found, _from_comment(chunks[key], key, depth))
+            found = merge(found, _from_comment(chunks[key], key, depth, file_name))
     return found
 
 
@@ -141,17 +146,18 @@ def _open_regular(path: Path) -> BinaryIO:
         raise StorageError(f"cannot open {os.fspath(path)!r} to read its metadata: {exc.strerror or exc}") from exc
 
 
-def _embedded(path: Path, data: bytes | None = None, handle: BinaryIO | None = None) -> Found:
+def _embedded(path: Path, data: bytes | None = None, handle: BinaryIO | None = None,
+              file_name: str | None = None) -> Found:
     if handle is not None:
         handle.seek(0)
-        return _chunks_of(handle)
+        return _chunks_of(handle, file_name)
     with io.BytesIO(data) if data is not None else _open_regular(path) as f:
-        return _chunks_of(f)
+        return _chunks_of(f, file_name)
 
 
-def _chunks_of(f: BinaryIO) -> Found:
+def _chunks_of(f: BinaryIO, file_name: str | None) -> Found:
     try:
-        return read_chunks(_texts(f))
+        return read_chunks(_texts(f), file_name=file_name)
     except Exception:  # odd metadata must never stop an import; the fuzz tests
         return Found()  # exercise read_chunks() and the chunk readers without this net
 
@@ -174,7 +180,7 @@ def read(path: str | os.PathLike[str], *, data: bytes | None = None, handle: Bin
     metadata then comes from the very file the caller checks and hashes.
     """
     path = path if isinstance(path, Path) else Path(path)
-    found = _embedded(Path(contents) if contents is not None and data is None else path, data, handle)
+    found = _embedded(Path(contents) if contents is not None and data is None else path, data, handle, path.name)
     try:
         found = merge(found, sidecar.read(path, siblings))
     except Exception:  # same contract as _embedded

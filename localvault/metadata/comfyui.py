@@ -153,9 +153,22 @@ def _upstream(nodes: Nodes, node_id: str) -> Iterator[str]:
 _SAMPLER_INPUTS = ("positive", "guider", "text_embeds", "basic_pipe")
 
 
-def _find_sampler(nodes: Nodes) -> str | None:
-    """The first sampler: one with no other sampler upstream (a FaceDetailer or a refiner comes after it), the
-    lowest id among several. Found in one pass over the graph's links, whatever its size."""
+def _saved_by(nodes: Nodes, roots: list[str], file_name: str) -> str | None:
+    """Of several first samplers (independent branches: ComfyUI saves the whole graph in each output), the one
+    upstream of the save node that named this file (``<filename_prefix>_00001_.png``); None if that cannot be told
+    (no such node, or one that several branches feed)."""
+    name = file_name.lower()
+    savers = [node_id for node_id, node in nodes.items()
+              if isinstance(prefix := node["inputs"].get("filename_prefix"), str) and prefix
+              and re.match(re.escape(prefix.replace("\\", "/").rsplit("/", 1)[-1].lower()) + r"_\d", name)]
+    matched = {node_id for saver in savers for node_id in _upstream(nodes, saver) if node_id in roots}
+    return matched.pop() if len(matched) == 1 else None
+
+
+def _find_sampler(nodes: Nodes, file_name: str | None = None) -> str | None:
+    """The first sampler: one with no other sampler upstream (a FaceDetailer or a refiner comes after it); among
+    several, the one whose branch saved the file named ``file_name``, else the lowest id. Found in one pass over
+    the graph's links, whatever its size."""
     def is_sampler(inputs: dict[str, Any]) -> bool:
         return any(k in inputs for k in _SAMPLER_INPUTS) and any(k in inputs for k in ("seed", "noise_seed", "noise"))
 
@@ -175,7 +188,8 @@ def _find_sampler(nodes: Nodes) -> str | None:
         if node_id not in fed:
             fed.add(node_id)
             queue.extend(downstream.get(node_id, ()))
-    return next((c for c in candidates if c not in fed), candidates[0])
+    roots = [c for c in candidates if c not in fed] or candidates[:1]
+    return (_saved_by(nodes, roots, file_name) if len(roots) > 1 and file_name else None) or roots[0]
 
 
 def _helpers(nodes: Nodes, sampler: dict[str, Any]) -> list[dict[str, Any]]:
@@ -284,15 +298,15 @@ def _loras(inputs: dict[str, Any]) -> list[str]:
     return found
 
 
-def from_nodes(nodes: Nodes) -> Found:
-    """Prompt, seed, model and settings from the nodes of an API graph."""
+def from_nodes(nodes: Nodes, file_name: str | None = None) -> Found:
+    """Prompt, seed, model and settings from the nodes of an API graph (of the branch that saved ``file_name``)."""
     with reading():
-        return _from_nodes(nodes)
+        return _from_nodes(nodes, file_name)
 
 
-def _from_nodes(nodes: Nodes) -> Found:
+def _from_nodes(nodes: Nodes, file_name: str | None) -> Found:
     found = Found(source="comfyui")
-    sampler_id = _find_sampler(nodes)
+    sampler_id = _find_sampler(nodes, file_name)
     if sampler_id is not None:
         _sampler_fields(nodes, found, sampler_id)
     found.model = _model(nodes, sampler_id)
@@ -310,14 +324,16 @@ def _json_size(value: Any) -> int:
         return MAX_WORKFLOW_BYTES + 1
 
 
-def parse(prompt: Any, workflow: Any = None, extra: dict[str, Any] | None = None) -> Found:
-    """Read the ``prompt`` (API graph) and ``workflow`` (UI graph) chunks; either may be JSON text."""
+def parse(prompt: Any, workflow: Any = None, extra: dict[str, Any] | None = None,
+          file_name: str | None = None) -> Found:
+    """Read the ``prompt`` (API graph) and ``workflow`` (UI graph) chunks; either may be JSON text. ``file_name``:
+    the file's, which tells which branch of a graph saved it."""
     graph = prompt if isinstance(prompt, dict) else json_loads(prompt)
     flow = workflow if isinstance(workflow, dict) else json_loads(workflow)
     nodes = api_nodes(graph)
-    found = from_nodes(nodes) if nodes else Found()
+    found = from_nodes(nodes, file_name) if nodes else Found()
     if nodes is None and (ui_nodes := workflow_nodes(flow)) is not None:
-        found = from_nodes(ui_nodes)
+        found = from_nodes(ui_nodes, file_name)
     if nodes is not None:
         found.settings["comfyui_prompt"] = graph
     if isinstance(flow, dict):

@@ -23,7 +23,7 @@ MAX_TEXTS_BYTES = 32 * 1024 * 1024
 #: EXIF blocks parsed in one file (a real one has one; Pillow takes ~50 ms for each block of 64 KB).
 MAX_EXIF_BLOCKS = 4
 _MAX_CHUNKS = 200_000
-_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt", b"eXIf")
+_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"comf")  # comf: ComfyUI's SaveAnimatedPNG, as tEXt
 _EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
 _IFD0_TEXT_TAGS = (0x010E, 0x010F, 0x0110, 0x010D, 0x013B)  # description, make, model, document, artist
 #: The name an XMP packet is found under: a PNG's iTXt keyword for it; JPEG's and WebP's are filed so too.
@@ -78,7 +78,7 @@ def _add_png_text(texts: Texts, kind: bytes, data: bytes) -> None:
     name = key.decode("latin-1")
     if not sep or not texts.wants(name):  # (the keyword first: a chunk whose name is taken is never inflated)
         return
-    if kind == b"tEXt":
+    if kind in (b"tEXt", b"comf"):
         texts.add(name, rest, _text(rest))
     elif kind == b"zTXt":
         inflated = _inflate(rest[1:], texts.room)
@@ -171,7 +171,8 @@ def exif_texts(data: bytes) -> dict[str, str]:
             warnings.simplefilter("ignore")
             exif.load(data)
             ifd0 = {tag: exif.get(tag) for tag in _IFD0_TEXT_TAGS}
-            comment = exif.get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+            # (Fooocus writes its UserComment in IFD0, not in the Exif IFD where it belongs.)
+            comment = exif.get_ifd(_EXIF_IFD).get(_USER_COMMENT) or exif.get(_USER_COMMENT)
     except Exception:  # Pillow raises many kinds of error on malformed EXIF
         return {}
     texts: dict[str, str] = {}
