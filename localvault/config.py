@@ -243,9 +243,17 @@ def check_bucket_url(url: str) -> str:
     if "://" not in url:
         if os.path.isabs(url):
             return url
+        if url.startswith((".", "~")) or "/" in url:  # a folder meant, given relative
+            raise InvalidInputError(f"the bucket {url!r} is a relative folder: give it whole, such as "
+                                    f"file://{os.path.abspath(os.path.expanduser(url))} (a relative one would move "
+                                    "with the folder each command runs in)")
         raise InvalidInputError(f"the bucket {url!r} has no scheme: give a URL such as s3://{url.strip('/') or 'bucket'}"
                                 " (or file:///absolute/folder for a folder on this machine)")
     protocol, rest = url.split("://", 1)
+    if protocol in ("file", "local") and not os.path.isabs(rest):
+        raise InvalidInputError(f"the bucket URL {url!r} names a relative folder: give it whole, such as "
+                                f"file://{os.path.abspath(os.path.expanduser(rest))} (a relative one would move "
+                                "with the folder each command runs in)")
     if protocol not in fsspec.available_protocols():
         raise InvalidInputError(f"the bucket URL's scheme {protocol}:// is not one fsspec knows; use s3://, gs://, "
                                 "az://, file:// …")

@@ -328,6 +328,9 @@ def test_remote_set_takes_a_key_and_secret_under_any_name_s3fs_takes(vault_path:
 @pytest.mark.parametrize(("args", "needle"), [
     (["--bucket", "user-library"], "has no scheme: give a URL such as s3://user-library"),
     (["--bucket", "s3://"], "names no bucket"),
+    # (a review: kept as given, then each sync made a bucket in whatever folder it ran in)
+    (["--bucket", "file://./bucket"], "names a relative folder: give it whole, such as file:///"),
+    (["--bucket", "./bucket"], "is a relative folder: give it whole, such as file:///"),
     (["--bucket", "nosuchproto://x"], "not one fsspec knows"),
     (["--bucket", "s3://lib", "--endpoint-url", "minio.lan:9000"], "must start with http:// or https://"),
     (["--database-url", "mysql://u:pw@h/db"], "must start with postgresql://"),
