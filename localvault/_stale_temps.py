@@ -18,7 +18,7 @@ from ._disk import STALE_TEMP_SECONDS, TEMP_PREFIX
 from .db import Database
 from .errors import LocalVaultError
 from .files import BUCKETS, FileStore
-from .timestamps import utc_in, utc_now
+from .timestamps import due, utc_now
 
 SWEEP_INTERVAL = timedelta(days=1)
 _META_KEY = "last_temp_sweep"
@@ -40,13 +40,14 @@ def is_stale(files: FileStore, bucket: str, relative: str, now: float) -> bool:
         return False
     # A temp file hard-linked from a rig's old output (--link) shares that output's mtime; its link made a new
     # ctime (and so did the rig file's removal, which left the link the only copy): the later of the two counts.
-    return now - max(found.st_mtime, found.st_ctime) > STALE_TEMP_SECONDS
+    # One written over an hour "in the future" was written before the clock was set back: no write under way.
+    return abs(now - max(found.st_mtime, found.st_ctime)) > STALE_TEMP_SECONDS
 
 
 def sweep_due(db: Database) -> bool:
-    """Whether the last sweep is more than :data:`SWEEP_INTERVAL` ago (or none was ever made)."""
-    last = db.get_meta(_META_KEY)
-    return last is None or last < utc_in(-SWEEP_INTERVAL)
+    """Whether the last sweep is more than :data:`SWEEP_INTERVAL` ago (or none was ever made, or the clock was
+    set back since it was)."""
+    return due(db.get_meta(_META_KEY), SWEEP_INTERVAL)
 
 
 def sweep(db: Database, files: FileStore) -> list[str]:

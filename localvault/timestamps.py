@@ -24,3 +24,22 @@ def format_time(moment: datetime) -> str:
 def utc_in(delta: timedelta) -> str:
     """``delta`` from now, as the vault's timestamp text."""
     return format_time(datetime.now(timezone.utc) + delta)
+
+
+#: How far in the future a recorded time may be (another machine's clock, on a vault shared over a network) before
+#: it counts as the mark of a clock set back since.
+CLOCK_SLACK = timedelta(minutes=5)
+
+
+def due(last: str | None, interval: timedelta) -> bool:
+    """Whether ``interval`` has passed since ``last`` (a vault timestamp's text; None, or text that cannot be read:
+    never done). A ``last`` in the future marks a clock set back since: counting from it would put the work off
+    until the clock caught up (a year, for a clock that was a year ahead), so it is due."""
+    try:
+        done = datetime.fromisoformat(last.replace("Z", "+00:00")) if last else None
+    except ValueError:
+        done = None
+    if done is None or done.tzinfo is None:
+        return True
+    now = datetime.now(timezone.utc)
+    return done < now - interval or done > now + CLOCK_SLACK

@@ -8,7 +8,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,6 +29,7 @@ from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
 from .library import Library
 from .models import LibraryAsset, WorkspaceAsset
 from .progress import ProgressCallback
+from .timestamps import due
 from .verify import VerifyReport, verify
 from .workspace import CleanupReport, Workspace
 
@@ -71,18 +72,6 @@ def _holds_files(root: Path) -> bool:
             if names:
                 return True
     return False
-
-
-def _cleanup_due(last: str | None) -> bool:
-    """Whether the last cleanup (vault_meta's text) is more than AUTO_CLEANUP_INTERVAL ago; a value that
-    cannot be read counts as none."""
-    try:
-        done = datetime.fromisoformat(last.replace("Z", "+00:00")) if last else None
-    except ValueError:
-        done = None
-    if done is None or done.tzinfo is None:
-        return True
-    return done < datetime.now(timezone.utc) - AUTO_CLEANUP_INTERVAL
 
 
 def _check_adoptable(root: Path) -> None:
@@ -247,7 +236,7 @@ class Vault:
 
     def cleanup_due(self) -> bool:
         """Whether the last complete cleanup is more than an hour old (or none was ever finished)."""
-        return _cleanup_due(self.db.get_meta("last_cleanup"))
+        return due(self.db.get_meta("last_cleanup"), AUTO_CLEANUP_INTERVAL)
 
     def housekeeping(self, *, auto_cleanup: bool = True) -> None:
         """What opening a vault for writing does: settle queued file deletions, remove what a write killed

@@ -374,7 +374,8 @@ class Workspace:
         try:
             moment = format_time(when) if when is not None else utc_now()
         except (OverflowError, ValueError, OSError):  # datetime.max west of UTC; datetime.min as local time
-            raise InvalidInputError(f"when {when!r} is out of range; give a date between the years 1 and 9999") from None
+            raise InvalidInputError(f"when {when!r} is out of range in UTC; give a date at least a day inside the "
+                                    "years 1 to 9999, or a timezone-aware datetime") from None
         with self._db.write() as conn:
             created = conn.execute(
                 "SELECT created_at FROM workspace_assets WHERE id = ? AND user_id = ?", (asset_id, self.user_id)

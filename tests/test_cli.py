@@ -256,6 +256,17 @@ def test_cleanup_reports_every_asset_it_removes(cli, tmp_path: Path) -> None:
     assert "removed 3 expired workspace assets" in cli("cleanup")
 
 
+def test_ls_workspace_shows_when_each_asset_expires(cli, tmp_path: Path) -> None:
+    """An expired asset stays listed until the next cleanup (up to an hour), and looked as live as the others."""
+    kept, gone = (json.loads(cli("add", str(_png(tmp_path / f"e{n}.png", 20 + n)), "--json"))["id"] for n in range(2))
+    with Vault.open(tmp_path / "vault") as vault:
+        vault.workspace.expire(gone)
+        expires = vault.workspace.get(kept).expires_at.strftime("%Y-%m-%d %H:%M")
+    table = cli("ls", "workspace")
+    assert "expires" in table and expires in table and "expired" in table
+    assert "removed 1 expired workspace asset\n" in cli("cleanup")
+
+
 def test_export_to_a_folder_path_that_does_not_exist_yet(cli, tmp_path: Path) -> None:
     source = _png(tmp_path / "e.png", 20)
     asset = json.loads(cli("add", str(source), "--json"))

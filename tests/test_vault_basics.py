@@ -1866,3 +1866,41 @@ def test_an_id_prefix_names_the_one_asset_whose_id_starts_so(vault: Vault, other
     for not_a_prefix in ("abcde", "abcdeg", "", first.id + "0"):
         with pytest.raises(InvalidInputError, match="nor the first 6 or more hex digits of one"):
             vault.resolve_id(not_a_prefix)
+
+
+def test_a_clock_set_back_after_a_cleanup_does_not_stop_the_cleanups(vault: Vault, make_image):
+    """A cleanup made while the clock was a day (or a year) ahead recorded that time: once the clock was set right,
+    no automatic cleanup ran, nor the daily sweep of temporary files, until it caught up (a journey)."""
+    from datetime import datetime, timedelta, timezone
+
+    from localvault import _stale_temps
+    from localvault.timestamps import format_time
+
+    asset = vault.workspace.add(make_image(seed=4))
+    vault.workspace.expire(asset.id)
+    ahead = format_time(datetime.now(timezone.utc) + timedelta(days=365))
+    with vault.db.write() as conn:
+        vault.db.set_meta(conn, "last_cleanup", ahead)
+        vault.db.set_meta(conn, "last_temp_sweep", ahead)
+    assert vault.cleanup_due() and _stale_temps.sweep_due(vault.db)
+    root = vault.root
+    vault.close()
+    with Vault.open(root) as again:
+        assert again.workspace.count() == 0 and not again.cleanup_due() and not _stale_temps.sweep_due(again.db)
+        slightly = format_time(datetime.now(timezone.utc) + timedelta(minutes=1))  # another machine's clock
+        with again.db.write() as conn:
+            again.db.set_meta(conn, "last_cleanup", slightly)
+        assert not again.cleanup_due()
+
+
+def test_a_temp_file_written_before_the_clock_was_set_back_is_stale(vault: Vault, make_image):
+    from localvault import _stale_temps
+
+    folder = vault.root / WORKSPACE_BUCKET / USER_A
+    folder.mkdir(parents=True, exist_ok=True)
+    temp = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+    temp.write_bytes(b"half written, a day ahead")
+    ahead = time.time() + 86400
+    os.utime(temp, (ahead, ahead))
+    _stale_temps.sweep(vault.db, vault.files)
+    assert not temp.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import click
@@ -75,10 +76,12 @@ def ls(ctx: Context, what: str, tags: tuple[str, ...], favorite: bool | None, co
     page: Page[WorkspaceAsset] | Page[LibraryAsset]
     if what == "workspace":
         page = vault.workspace.list(limit=limit, cursor=cursor)
+        now = datetime.now(timezone.utc)  # (an expired asset stays listed until the next cleanup: up to an hour)
         rows: list[tuple[object, ...]] = [
-            (a.id, a.created_at.strftime("%Y-%m-%d %H:%M"), a.mime_type.extension, a.generation_seed, a.model_used,
-             output.short(a.original_prompt)) for a in page.items]
-        headers = ["id", "created", "type", "seed", "model", "prompt"]
+            (a.id, a.created_at.strftime("%Y-%m-%d %H:%M"),
+             "expired" if a.expires_at <= now else a.expires_at.strftime("%Y-%m-%d %H:%M"), a.mime_type.extension,
+             a.generation_seed, a.model_used, output.short(a.original_prompt)) for a in page.items]
+        headers = ["id", "created", "expires", "type", "seed", "model", "prompt"]
     else:
         page = vault.library.list(tags=tags, favorite=favorite, collection=collection, search=search, limit=limit,
                                   cursor=cursor)
@@ -206,7 +209,8 @@ def cleanup(ctx: Context, as_json: bool) -> None:
     if as_json:
         output.print_json(result)
     else:
-        output.console.print(f"removed {result.assets_removed} expired workspace assets")
+        output.console.print(f"removed {result.assets_removed} expired workspace asset"
+                             f"{'' if result.assets_removed == 1 else 's'}")
 
 
 @main.command()
