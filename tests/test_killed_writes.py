@@ -56,16 +56,23 @@ def final_files(root: Path) -> list[str]:
                   for p in (root / bucket).rglob("*") if p.is_file() and not p.name.startswith(TEMP_PREFIX))
 
 
-@pytest.mark.parametrize("call", ["workspace.add", "library.add", "library.save", "import"])
-def test_a_write_killed_before_its_commit_leaves_no_file(tmp_path: Path, call: str) -> None:
+def _killed_write(tmp_path: Path, call: str, when: str) -> tuple[Path, Path]:
+    """A new vault, and a child process that makes ``call`` and is SIGKILLed ``when`` ("before" or "after") its
+    file's rename; the vault's folder and the source file."""
     root = tmp_path / "vault"
     Vault.create(root, user_id=USER_A).close()
     source = write_media(tmp_path / "src", seed=1)
     write_media(tmp_path / "src", seed=2).rename(tmp_path / "src" / "kept.png")
     for seed in range(3, 6):
         write_media(tmp_path / "src" / "rig", seed=seed)
-    child = subprocess.run([sys.executable, "-c", CHILD, str(root), str(source), call], capture_output=True)
+    child = subprocess.run([sys.executable, "-c", CHILD, str(root), str(source), call, when], capture_output=True)
     assert child.returncode == -signal.SIGKILL, child.stderr.decode()
+    return root, source
+
+
+@pytest.mark.parametrize("call", ["workspace.add", "library.add", "library.save", "import"])
+def test_a_write_killed_before_its_commit_leaves_no_file(tmp_path: Path, call: str) -> None:
+    root, source = _killed_write(tmp_path, call, "after")
     before = final_files(root)
     kept = 1 if call == "library.save" else 0  # the workspace asset the save copies from
     assert len(before) == kept + 1, before  # the file put in place by the killed write
@@ -95,14 +102,7 @@ def test_a_temporary_file_a_write_killed_before_its_rename_left_is_swept_once_st
     """A write killed while its file was staged (before the rename) left the copy, up to 1 GiB, under its
     temporary name until a 'verify --repair' that few users run. Opening the vault for writing now removes such
     files once an hour old (a write under way keeps its file's mtime fresh), walking the buckets once a day."""
-    root = tmp_path / "vault"
-    Vault.create(root, user_id=USER_A).close()
-    source = write_media(tmp_path / "src", seed=1)
-    write_media(tmp_path / "src", seed=2).rename(tmp_path / "src" / "kept.png")
-    for seed in range(3, 6):
-        write_media(tmp_path / "src" / "rig", seed=seed)
-    child = subprocess.run([sys.executable, "-c", CHILD, str(root), str(source), call, "before"], capture_output=True)
-    assert child.returncode == -signal.SIGKILL, child.stderr.decode()
+    root, _source = _killed_write(tmp_path, call, "before")
     left = [p for bucket in ("workspace-temp", "user-library") for p in (root / bucket).rglob(f"{TEMP_PREFIX}*")]
     assert left and len(final_files(root)) == (1 if call == "library.save" else 0)  # staged, never in place
     # An hour, made a second: a save's staged file is a hard link, whose fresh ctime no utime can set back.
