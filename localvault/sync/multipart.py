@@ -65,15 +65,17 @@ def send_in_parts(fs: Any, notes: OpenUploads | None, local: Path, path: str, sh
             # SSE-KMS and SSE-C buckets answer with another value, so it cannot be compared here.)
             # A part that fails for a moment is sent again by itself (the part is in memory), not the whole
             # file from its first byte: botocore makes only two attempts (s3_client.BOTOCORE_ATTEMPTS).
-            answer = retrying(partial(fs.call_s3, "upload_part", PartNumber=number, Body=chunk,
-                                      ContentMD5=base64.b64encode(md5).decode(), **upload),
-                              f"sending part {number} of {path}", stop=stop)
+            with _gone_meanwhile(path):
+                answer = retrying(partial(fs.call_s3, "upload_part", PartNumber=number, Body=chunk,
+                                          ContentMD5=base64.b64encode(md5).decode(), **upload),
+                                  f"sending part {number} of {path}", stop=stop)
             stored = True
             parts.append({"PartNumber": number, "ETag": answer["ETag"]})
         if sent != size:
             raise SyncError(f"{local} changed size while syncing; run 'localvault verify'")
         check_sha256(local, digest.hexdigest(), sha256)
-        fs.call_s3("complete_multipart_upload", MultipartUpload={"Parts": parts}, **upload)
+        with _gone_meanwhile(path):
+            fs.call_s3("complete_multipart_upload", MultipartUpload={"Parts": parts}, **upload)
     except BaseException as exc:
         if notes is not None and stored and _interrupted(exc):
             log.info("the upload of %s stays open, for the next attempt to go on from its parts: %s", path, exc)
@@ -83,6 +85,20 @@ def send_in_parts(fs: Any, notes: OpenUploads | None, local: Path, path: str, sh
             _closed(notes, upload_id)
         raise
     _closed(notes, upload_id)
+
+
+class UploadGone(OfflineError):
+    """The store no longer has the upload (NoSuchUpload: a lifecycle rule, or a copy of this vault tidying up,
+    aborted it meanwhile): retried as connection trouble is, the next attempt at the file makes a new one (the
+    note of this one is dropped by :func:`_resumable`, which finds it gone)."""
+
+
+@contextlib.contextmanager
+def _gone_meanwhile(path: str) -> Iterator[None]:
+    try:
+        yield
+    except FileNotFoundError:  # (s3fs's NoSuchUpload; a bucket gone too: the next attempt's creation says so)
+        raise UploadGone(f"the multipart upload of {path} was aborted meanwhile; it is sent again") from None
 
 
 def _created(fs: Any, notes: OpenUploads | None, bucket: str, name: str, sha256: str, content_type: str) -> str:
@@ -148,8 +164,8 @@ def abort_left(fs: Any, notes: OpenUploads | None, *, resumable_too: bool = True
     an interruption left to go on with (:func:`send_in_parts`): the sync's end aborts any it did not finish."""
     if notes is None:
         return
-    for bucket, key, upload_id, *sha256 in notes.left():
-        if sha256 and upload_id and not resumable_too:
+    for bucket, key, upload_id in notes.left():
+        if upload_id and not resumable_too and notes.goes_on(upload_id):
             continue
         try:
             if not upload_id:  # its creation's answer never came: the store's unfinished uploads of the key
@@ -164,8 +180,8 @@ def abort_left(fs: Any, notes: OpenUploads | None, *, resumable_too: bool = True
 
 
 def _kept(notes: OpenUploads, bucket: str, key: str) -> set[str]:
-    """The ids of the key's uploads noted to be gone on with (those with a sha256)."""
-    return {entry[2] for entry in notes.left() if entry[:2] == [bucket, key] and entry[2] and entry[3:]}
+    """The ids of the key's uploads noted to be gone on with."""
+    return {entry[2] for entry in notes.left() if entry[:2] == [bucket, key] and entry[2] and notes.goes_on(entry[2])}
 
 
 def _abort_unnamed(fs: Any, notes: OpenUploads, bucket: str, key: str, sparing: set[str]) -> None:

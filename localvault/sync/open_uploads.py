@@ -28,12 +28,15 @@ from collections.abc import Callable
 from ..db import Database
 
 _META_KEY = "open_multipart_uploads"
+#: ``{upload id: sha256}`` of the noted uploads that may be gone on with: a key of its own, so that the note itself
+#: keeps the ``[bucket, key, id]`` entries every version reads (an older one aborts these, as it did its own).
+_FILES_KEY = "multipart_upload_files"
 
 
 class OpenUploads:
-    """The note: ``[bucket, key, upload id, sha256]`` of each multipart upload under way or left open by an
-    interruption (``[bucket, key, upload id]`` as older versions noted them), and ``[bucket, key, ""]`` of each
-    one being created, in the vault's meta table."""
+    """The note: ``[bucket, key, upload id]`` of each multipart upload under way or left open by an interruption,
+    and ``[bucket, key, ""]`` of each one being created, in the vault's meta table; beside it, the sha256 of the
+    file each upload that may be gone on with sends."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -41,7 +44,7 @@ class OpenUploads:
     def left(self) -> list[list[str]]:
         """The uploads noted and not finished (a killed sync's, or those a failed abort left)."""
         value = self._db.get_meta(_META_KEY)
-        return list(json.loads(value)) if value else []
+        return [list(entry[:3]) for entry in json.loads(value)] if value else []
 
     def creating(self, bucket: str, key: str) -> list[str]:
         """Note an upload about to be created; the note to hand to :meth:`opened` once it is."""
@@ -52,13 +55,18 @@ class OpenUploads:
     def opened(self, bucket: str, key: str, upload_id: str, intent: list[str] | None = None, sha256: str = "") -> None:
         """The upload was created: its id (and the sha256 of the file it sends, which lets an interrupted
         upload be gone on with) replaces the note made by :meth:`creating` (``intent``)."""
-        entry = [bucket, key, upload_id, sha256] if sha256 else [bucket, key, upload_id]
-        self._change(lambda noted: [*_without(noted, intent), entry])
+        self._change(lambda noted: [*_without(noted, intent), [bucket, key, upload_id]],
+                     {upload_id: sha256} if sha256 else {})
 
     def resumable(self, bucket: str, key: str, sha256: str) -> list[str]:
         """The ids of the uploads noted that send this very file (``sha256``) to ``key``, the latest first."""
-        return [entry[2] for entry in reversed(self.left())
-                if entry[:2] == [bucket, key] and entry[2] and entry[3:] == [sha256]]
+        files = self._files()
+        return [upload_id for noted_bucket, noted_key, upload_id in reversed(self.left())
+                if (noted_bucket, noted_key) == (bucket, key) and upload_id and files.get(upload_id) == sha256]
+
+    def goes_on(self, upload_id: str) -> bool:
+        """Whether the upload may be gone on with (its file's sha256 is noted)."""
+        return upload_id in self._files()
 
     def dropped(self, intent: list[str]) -> None:
         """The uploads begun under ``intent`` are aborted, or none was."""
@@ -68,9 +76,18 @@ class OpenUploads:
         """The upload was completed or aborted."""
         self._change(lambda noted: [entry for entry in noted if entry[2] != upload_id])
 
-    def _change(self, change: Callable[[list[list[str]]], list[list[str]]]) -> None:
+    def _files(self) -> dict[str, str]:
+        value = self._db.get_meta(_FILES_KEY)
+        return dict(json.loads(value)) if value else {}
+
+    def _change(self, change: Callable[[list[list[str]]], list[list[str]]], files: dict[str, str] | None = None
+                ) -> None:
         with self._db.write() as conn:  # (left() reads on this thread's connection: inside the transaction)
-            self._db.set_meta(conn, _META_KEY, json.dumps(change(self.left())))
+            noted = change(self.left())
+            ids = {entry[2] for entry in noted}
+            kept = {upload_id: sha for upload_id, sha in {**self._files(), **(files or {})}.items() if upload_id in ids}
+            self._db.set_meta(conn, _META_KEY, json.dumps(noted))
+            self._db.set_meta(conn, _FILES_KEY, json.dumps(kept))
 
 
 def _without(noted: list[list[str]], entry: list[str] | None) -> list[list[str]]:
