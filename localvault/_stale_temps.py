@@ -4,7 +4,8 @@ A write copies its file under a temporary name (:data:`TEMP_PREFIX`) in its fina
 place. A process killed before the rename (SIGKILL, the OOM killer, a power cut) leaves that copy, up to 1 GiB,
 which nothing names. Opening a vault for writing (and the watcher's hourly housekeeping) removes those written
 (or linked) more than :data:`STALE_TEMP_SECONDS` ago, once a day (:data:`SWEEP_INTERVAL`): a walk of the buckets
-of a million files took 1.5 s (files in the page cache). ``verify`` reports them at any time, and ``--repair`` removes them.
+of a million files took 1.5 s (files in the page cache). ``verify`` reports them at any time, and ``--repair``
+removes them.
 """
 
 from __future__ import annotations
