@@ -1424,3 +1424,23 @@ def test_fooocus_and_swarmui_jpeg_and_webp(tmp_path: Path, kind: str) -> None:
     info = metadata.read(make(tmp_path / f"swarm.{kind}", exif_user_comment=json.dumps(swarm)))
     assert (info.source, info.prompt, info.negative_prompt, info.seed, info.model) == (
         "swarmui", "a castle on a cliff", "people", 305223794, "Flux/flux1-dev-fp8")
+
+
+@pytest.mark.parametrize("generator", [
+    {"class_type": "OllamaGenerate", "inputs": {"prompt": "Write a vivid one-sentence image prompt about a cat.",
+                                                "model": "llama3.2:3b", "url": "http://127.0.0.1:11434",
+                                                "keep_alive": 5, "seed": 42}},
+    {"class_type": "Florence2Run", "inputs": {"text_input": "", "task": "more_detailed_caption", "max_new_tokens": 1024,
+                                              "image": ["30", 0], "florence2_model": ["31", 0], "seed": 1}},
+], ids=["ollama", "florence2"])
+def test_a_prompt_a_language_model_writes_as_the_graph_runs_is_not_its_instruction(
+        tmp_path: Path, generator: dict[str, Any]) -> None:
+    """The text of an LLM node is made when the graph runs: the file recorded the instruction given to the model
+    ("Write a vivid one-sentence image prompt…") as its prompt (a journey). None is recorded now; the seed and
+    model are still read."""
+    graph = comfy_graph(seed=333)
+    graph["6"]["inputs"]["text"] = ["40", 0]
+    graph["40"] = generator
+    info = metadata.read(make_png(tmp_path / "llm.png", text_chunks={"prompt": json.dumps(graph)}))
+    assert info.prompt is None and info.seed == 333 and info.model == "dreamshaper_8.safetensors"
+    assert info.negative_prompt == "blurry, watermark"

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._clean import Found, find_run_id, json_loads, parse_seed
-from .comfyui_links import is_link, reading, target
+from .comfyui_links import GENERATOR_INPUTS, is_link, reading, target
 from .comfyui_links import resolve as _resolve
 from .comfyui_workflow import Nodes, workflow_nodes
 
@@ -106,8 +106,8 @@ def _trace_text(nodes: Nodes, starts: list[Any], branch: str) -> str | None:
     texts: list[str] = []
 
     def visit(node: dict[str, Any]) -> bool:
-        if node.get("class_type") in _NO_TEXT_NODES:
-            return False
+        if node.get("class_type") in _NO_TEXT_NODES or not GENERATOR_INPUTS.isdisjoint(node["inputs"]):
+            return False  # (a language model's text is made as the graph runs; its "prompt" is an instruction)
         text = _node_text(nodes, node["inputs"])
         if text is None:
             text = _branch_text(nodes, node["inputs"], branch)

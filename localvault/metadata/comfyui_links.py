@@ -28,6 +28,9 @@ MAX_JOINS = 1000
 MAX_GRAPH_STEPS = 200_000
 #: A node giving two texts on two outputs (SDXL Prompt Styler): the key of each output slot's.
 SLOT_TEXT_KEYS = ("text_positive", "text_negative")
+#: Inputs only a language model's node has (Ollama, Florence-2, JoyCaption, API chat nodes): the text it gives is
+#: generated when the graph runs, and not in the graph; its ``prompt`` is the instruction it was given.
+GENERATOR_INPUTS = frozenset({"temperature", "max_tokens", "max_new_tokens", "top_p", "keep_alive", "url", "api_key"})
 
 
 def is_link(value: Any) -> bool:
@@ -98,6 +101,8 @@ def _follow(nodes: Nodes, value: Any, keys: tuple[str, ...], state: _Reading) ->
         if node is None or not state.spend(1):
             return None
         inputs = node["inputs"]
+        if not GENERATOR_INPUTS.isdisjoint(inputs):  # a text written by a model as the graph ran: not known here
+            return None
         if "concat" in str(node.get("class_type", "")).lower():
             return _joined(nodes, str(value[0]), inputs, keys, state)
         if value[1] < len(SLOT_TEXT_KEYS) and SLOT_TEXT_KEYS[value[1]] in inputs:
