@@ -8,7 +8,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from ._disk import TEMP_PREFIX, fsync_path, open_regular, os_error, unlink_quietly, write_all
 
@@ -74,9 +74,7 @@ def write_durably(reader: Readable, target: str | os.PathLike[str], *, times_fro
     temp = os.path.join(os.path.dirname(target), f"{TEMP_PREFIX}{uuid.uuid4().hex}")
     try:
         with open(temp, "xb") as writer:
-            shutil.copyfileobj(reader, writer, 1024 * 1024)
-            writer.flush()
-            os.fsync(writer.fileno())
+            _copy_in(reader, writer)
         if times_from is not None:
             shutil.copystat(times_from, temp)
         if replace:
@@ -107,9 +105,7 @@ def _write_unnamed(reader: Readable, target: str | os.PathLike[str], times_from:
             return False
         raise
     with open(fd, "wb") as writer:
-        shutil.copyfileobj(reader, writer, 1024 * 1024)
-        writer.flush()
-        os.fsync(fd)
+        _copy_in(reader, writer)
         if times_from is not None:
             shutil.copystat(times_from, f"/proc/self/fd/{fd}")
         # linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N needs no privilege (AT_EMPTY_PATH does). Python calls plain
@@ -120,6 +116,13 @@ def _write_unnamed(reader: Readable, target: str | os.PathLike[str], times_from:
         finally:
             os.close(proc)
     return True
+
+
+def _copy_in(reader: Readable, writer: BinaryIO) -> None:
+    """The stream's bytes into ``writer``, flushed and fsynced."""
+    shutil.copyfileobj(reader, writer, 1024 * 1024)
+    writer.flush()
+    os.fsync(writer.fileno())
 
 
 def _publish_new(temp: str, target: str | os.PathLike[str]) -> None:

@@ -152,12 +152,11 @@ def settle(conn: sqlite3.Connection, files: FileStore) -> list[str]:
             continue
         removed.append(f"{bucket}/{relative}")
     if removed:
-        for bucket in {bucket for bucket, _relative in leftovers}:
-            try:
-                make_removals_durable(files, bucket, {os.path.dirname(r) for b, r in leftovers if b == bucket})
-            except StorageError as exc:
-                log.warning("could not make the removal of files a write cut short left durable: %s", exc)
-                failed = True
+        try:
+            make_removals_durable(files, {(bucket, os.path.dirname(relative)) for bucket, relative in leftovers})
+        except StorageError as exc:
+            log.warning("could not make the removal of files a write cut short left durable: %s", exc)
+            failed = True
         log.info("removed %d file(s) that writes cut short before their commit left: %s", len(removed),
                  ", ".join(removed[:10]))
     if not failed:  # (else every note stays, to be tried again)

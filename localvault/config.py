@@ -244,22 +244,24 @@ def check_bucket_url(url: str) -> str:
         if os.path.isabs(url):
             return url
         if url.startswith((".", "~")) or "/" in url:  # a folder meant, given relative
-            raise InvalidInputError(f"the bucket {url!r} is a relative folder: give it whole, such as "
-                                    f"file://{os.path.abspath(os.path.expanduser(url))} (a relative one would move "
-                                    "with the folder each command runs in)")
+            raise _relative_folder(f"the bucket {url!r} is", url)
         raise InvalidInputError(f"the bucket {url!r} has no scheme: give a URL such as s3://{url.strip('/') or 'bucket'}"
                                 " (or file:///absolute/folder for a folder on this machine)")
     protocol, rest = url.split("://", 1)
     if protocol in ("file", "local") and not os.path.isabs(rest):
-        raise InvalidInputError(f"the bucket URL {url!r} names a relative folder: give it whole, such as "
-                                f"file://{os.path.abspath(os.path.expanduser(rest))} (a relative one would move "
-                                "with the folder each command runs in)")
+        raise _relative_folder(f"the bucket URL {url!r} names", rest)
     if protocol not in fsspec.available_protocols():
         raise InvalidInputError(f"the bucket URL's scheme {protocol}:// is not one fsspec knows; use s3://, gs://, "
                                 "az://, file:// …")
     if protocol in ("s3", "s3a", "gs", "gcs", "az", "abfs") and not rest.split("/", 1)[0]:
         raise InvalidInputError(f"the bucket URL {url!r} names no bucket; give {protocol}://<bucket name>")
     return url
+
+
+def _relative_folder(what: str, folder: str) -> InvalidInputError:
+    return InvalidInputError(f"{what} a relative folder: give it whole, such as "
+                             f"file://{os.path.abspath(os.path.expanduser(folder))} (a relative one would move with "
+                             "the folder each command runs in)")
 
 
 def check_storage_options(options: Mapping[str, Any]) -> None:

@@ -59,18 +59,23 @@ def paths_in_use(conn: sqlite3.Connection, bucket: str, paths: list[str]) -> set
     return used
 
 
-def make_removals_durable(files: FileStore, bucket: str, folders: Iterable[str]) -> None:
-    """fsync each folder files were removed from (its parent, where an emptied job folder went too) before the
-    record of their deletion is dropped: after a power cut, a removal never made durable brings the file back (a
-    deleted, perhaps private, image) with nothing left to say it must go. Local disks only."""
+def make_removals_durable(files: FileStore, places: Iterable[tuple[str, str]]) -> None:
+    """fsync each folder files were removed from (``(bucket, folder)``; its parent, where an emptied job folder
+    went too) before the record of their deletion is dropped: after a power cut, a removal never made durable
+    brings the file back (a deleted, perhaps private, image) with nothing left to say it must go. Local disks
+    only."""
     if not files.local:
         return
-    top = files.full_path(bucket, "").rstrip("/")
-    try:
-        fsync_folders_left(top, [files.full_path(bucket, folder) for folder in folders])
-    except OSError as exc:
-        raise StorageError(f"cannot make the removals from {exc.filename or top} durable: {exc.strerror or exc}"
-                           ) from None
+    by_bucket: dict[str, list[str]] = {}
+    for bucket, folder in places:
+        by_bucket.setdefault(bucket, []).append(files.full_path(bucket, folder))
+    for bucket, folders in by_bucket.items():
+        top = files.full_path(bucket, "").rstrip("/")
+        try:
+            fsync_folders_left(top, folders)
+        except OSError as exc:
+            raise StorageError(f"cannot make the removals from {exc.filename or top} durable: "
+                               f"{exc.strerror or exc}") from None
 
 
 def is_queued(conn: sqlite3.Connection, bucket: str, path: str) -> bool:
@@ -132,13 +137,11 @@ def _settle(conn: sqlite3.Connection, files: FileStore, limit: int, io_map: Call
         log.warning("%d queued file(s) could not be removed (%s%s); they stay queued and are tried again later",
                     len(failures), failures[0][1], ", …" if len(failures) > 1 else "")
     kept = {entry_id for entry_id, _reason in failures}
-    for bucket in {bucket for bucket, _folder in by_folder}:  # one fsync per folder left (pruned: their parent)
-        try:
-            make_removals_durable(files, bucket, [folder for (b, folder) in by_folder if b == bucket])
-        except StorageError as exc:  # the entries stay queued: the next drain finds the files gone, and settles
-            log.warning("%s; the deletions stay queued and are tried again later", exc)
-            kept.update(entry_id for (b, _folder), entries in by_folder.items() if b == bucket
-                        for entry_id, _path in entries)
+    try:  # one fsync per folder left (pruned: their parent)
+        make_removals_durable(files, by_folder)
+    except StorageError as exc:  # the entries stay queued: the next drain finds the files gone, and settles
+        log.warning("%s; the deletions stay queued and are tried again later", exc)
+        kept.update(entry_id for entries in by_folder.values() for entry_id, _path in entries)
     conn.executemany("DELETE FROM pending_deletes WHERE id = ?", [(row[0],) for row in batch if row[0] not in kept])
     return len(batch) - len(kept), len(batch), batch[-1][0] if batch else after_id
 

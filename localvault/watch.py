@@ -98,8 +98,8 @@ class Watcher:
         #: Everything done so far (all batches, catch-ups included): counts of all, the most recent files listed.
         self.report = WatchReport()
         # The folder as watched, its real path, is the intake's (FolderObserver.start resolves it anew).
-        self._intake = Intake(Path(os.path.realpath(self.folder)), recursive, stable_seconds=stable_seconds, quiet_seconds=quiet_seconds,
-                              give_up_seconds=GIVE_UP_SECONDS, open_seconds=OPEN_SECONDS,
+        self._intake = Intake(Path(os.path.realpath(self.folder)), recursive, stable_seconds=stable_seconds,
+                              quiet_seconds=quiet_seconds, give_up_seconds=GIVE_UP_SECONDS, open_seconds=OPEN_SECONDS,
                               sidecar_wait_seconds=sidecar_wait_seconds, vault_root=os.path.realpath(vault.root))
         self._handled = HandledFiles()
         self._unwatched = UnwatchedFolders()  # (recursive) sub-folders inotify does not watch, listed instead

@@ -37,8 +37,8 @@ def _from_comment(text: Any, key: str, depth: int, file_name: str | None) -> Fou
     if not isinstance(text, str):
         return Found()
     data = json_object(text)
-    if data is not None and (isinstance(data.get("sui_image_params"), dict) or any(k in data for k in _FOOOCUS_KEYS)):
-        return _parameters(text)
+    if (found := _tool_json(data)) is not None:
+        return found
     if data is not None:
         return read_chunks(data, depth + 1, file_name=file_name) if depth == 0 else Found()
     if key == "usercomment" or a1111.looks_like_parameters(text):
@@ -50,15 +50,20 @@ def _from_comment(text: Any, key: str, depth: int, file_name: str | None) -> Fou
 _FOOOCUS_KEYS = ("full_prompt", "base_model", "fooocus_scheme", "metadata_scheme")
 
 
-def _parameters(text: Any) -> Found:
-    """A ``parameters`` entry: A1111's text, or the JSON object Fooocus (or SwarmUI, as ``sui_image_params``)
-    writes under that name. Other JSON is read as A1111 text (the whole of it becomes the prompt)."""
-    data = json_object(text)
+def _tool_json(data: dict[str, Any] | None) -> Found | None:
+    """What the JSON object Fooocus (or SwarmUI, as ``sui_image_params``) writes holds; None for other JSON."""
     if data is not None and isinstance(data.get("sui_image_params"), dict):
         return sidecar.from_mapping(data["sui_image_params"], source="swarmui")
     if data is not None and any(key in data for key in _FOOOCUS_KEYS):
         return sidecar.from_mapping(data, source="fooocus")
-    return a1111.parse(text)
+    return None
+
+
+def _parameters(text: Any) -> Found:
+    """A ``parameters`` entry: A1111's text, or Fooocus's or SwarmUI's JSON object (:func:`_tool_json`). Other
+    JSON is read as A1111 text (the whole of it becomes the prompt)."""
+    found = _tool_json(json_object(text))
+    return found if found is not None else a1111.parse(text)
 
 
 #: Keys only Easy Diffusion writes (one PNG text chunk each, or a JSON object in EXIF).

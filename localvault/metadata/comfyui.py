@@ -151,6 +151,8 @@ def _upstream(nodes: Nodes, node_id: str) -> Iterator[str]:
 
 #: A sampler's inputs for its prompts: conditionings, a guider, WanVideoWrapper's text_embeds, Impact's basic_pipe.
 _SAMPLER_INPUTS = ("positive", "guider", "text_embeds", "basic_pipe")
+#: Save nodes naming one file looked through (a real graph has one or two with the same prefix).
+_MAX_SAVERS = 16
 
 
 def _saved_by(nodes: Nodes, roots: list[str], file_name: str) -> str | None:
@@ -161,7 +163,10 @@ def _saved_by(nodes: Nodes, roots: list[str], file_name: str) -> str | None:
     savers = [node_id for node_id, node in nodes.items()
               if isinstance(prefix := node["inputs"].get("filename_prefix"), str) and prefix
               and re.match(re.escape(prefix.replace("\\", "/").rsplit("/", 1)[-1].lower()) + r"_\d", name)]
-    matched = {node_id for saver in savers for node_id in _upstream(nodes, saver) if node_id in roots}
+    if len(savers) > _MAX_SAVERS:  # (a crafted graph: each is a walk of the whole graph)
+        return None
+    firsts = set(roots)
+    matched = {node_id for saver in savers for node_id in _upstream(nodes, saver) if node_id in firsts}
     return matched.pop() if len(matched) == 1 else None
 
 

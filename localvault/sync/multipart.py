@@ -164,12 +164,13 @@ def abort_left(fs: Any, notes: OpenUploads | None, *, resumable_too: bool = True
     an interruption left to go on with (:func:`send_in_parts`): the sync's end aborts any it did not finish."""
     if notes is None:
         return
+    kept = set() if resumable_too else notes.going_on()
     for bucket, key, upload_id in notes.left():
-        if upload_id and not resumable_too and notes.goes_on(upload_id):
+        if upload_id in kept:
             continue
         try:
             if not upload_id:  # its creation's answer never came: the store's unfinished uploads of the key
-                _abort_unnamed(fs, notes, bucket, key, sparing=set() if resumable_too else _kept(notes, bucket, key))
+                _abort_unnamed(fs, notes, bucket, key, sparing=kept)
                 continue
             fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
         except FileNotFoundError:  # (NoSuchUpload: aborted or completed already)
@@ -177,11 +178,6 @@ def abort_left(fs: Any, notes: OpenUploads | None, *, resumable_too: bool = True
         except Exception:  # unreachable now, or refused: tried again by the next sync
             continue
         _closed(notes, upload_id)
-
-
-def _kept(notes: OpenUploads, bucket: str, key: str) -> set[str]:
-    """The ids of the key's uploads noted to be gone on with."""
-    return {entry[2] for entry in notes.left() if entry[:2] == [bucket, key] and entry[2] and notes.goes_on(entry[2])}
 
 
 def _abort_unnamed(fs: Any, notes: OpenUploads, bucket: str, key: str, sparing: set[str]) -> None:

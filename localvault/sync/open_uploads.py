@@ -64,9 +64,9 @@ class OpenUploads:
         return [upload_id for noted_bucket, noted_key, upload_id in reversed(self.left())
                 if (noted_bucket, noted_key) == (bucket, key) and upload_id and files.get(upload_id) == sha256]
 
-    def goes_on(self, upload_id: str) -> bool:
-        """Whether the upload may be gone on with (its file's sha256 is noted)."""
-        return upload_id in self._files()
+    def going_on(self) -> set[str]:
+        """The ids of the uploads that may be gone on with (their file's sha256 is noted)."""
+        return set(self._files())
 
     def dropped(self, intent: list[str]) -> None:
         """The uploads begun under ``intent`` are aborted, or none was."""
