@@ -1,18 +1,21 @@
-"""Expiry: remove the expired workspace assets of every user, rows then files (for :meth:`Workspace.cleanup`)."""
+"""Expiry: set a workspace asset's (:meth:`Workspace.expire`), and remove the expired assets of every user, rows
+then files (:meth:`Workspace.cleanup`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from . import pending
 from .db import Database
+from .errors import InvalidInputError, NotFoundError
 from .files import WORKSPACE_BUCKET, FileStore
 from .models import check_whole_number
 from .progress import ProgressCallback, report
-from .timestamps import utc_now
+from .timestamps import format_time, utc_now
 
 #: Threads removing expired files (each removal mostly waits on the disk).
 CLEANUP_THREADS = 4
@@ -29,6 +32,31 @@ class CleanupReport:
     #: could not be removed (a warning says why) stay queued for a later cleanup and are not counted.
     files_removed: int
     complete: bool
+
+
+def set_expiry(db: Database, user_id: str, asset_id: str, when: datetime | None) -> None:
+    """Set the expiry of ``user_id``'s workspace asset ``asset_id`` to ``when`` (now when None), 1 ms after its
+    creation at the earliest."""
+    if when is not None and not isinstance(when, datetime):
+        raise InvalidInputError(f"when must be a datetime, not {when!r}")
+    try:
+        moment = format_time(when) if when is not None else utc_now()
+    except (OverflowError, ValueError, OSError):  # datetime.max west of UTC; datetime.min as local time
+        raise InvalidInputError(f"when {when!r} is out of range in UTC; give a date at least a day inside the "
+                                "years 1 to 9999, or a timezone-aware datetime") from None
+    with db.write() as conn:
+        found = conn.execute(
+            "SELECT created_at FROM workspace_assets WHERE id = ? AND user_id = ?", (asset_id, user_id)
+        ).fetchone()
+        if found is None:
+            raise NotFoundError(f"no workspace asset {asset_id} in this vault")
+        # A creation later than now was stamped while the clock ran ahead: it is taken as now, or the asset
+        # would outlive an expiry asked for now until the clock caught up (an expiry follows its creation).
+        created = min(found[0], utc_now())
+        if moment <= created:
+            moment = format_time(datetime.fromisoformat(created.replace("Z", "+00:00")) + timedelta(milliseconds=1))
+        conn.execute("UPDATE workspace_assets SET created_at = ?, expires_at = ? WHERE id = ?",
+                     (created, moment, asset_id))
 
 
 def remove_expired(db: Database, files: FileStore, *, progress: ProgressCallback | None = None,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _write_intents as write_intents
 from . import models, pending, rows
-from ._cleanup import CleanupReport, remove_expired
+from ._cleanup import CleanupReport, remove_expired, set_expiry
 from ._recovered import set_aside_strays
 from .db import Database
 from .errors import DuplicateError, InvalidInputError, LocalVaultError, NotFoundError
@@ -368,23 +368,7 @@ class Workspace:
 
     def expire(self, asset_id: str, when: datetime | None = None) -> None:
         """Set an asset's expiry (now by default; a naive datetime is local time); for 'keep longer' tools."""
-        asset_id = models.check_uuid(asset_id, "workspace asset id")
-        if when is not None and not isinstance(when, datetime):
-            raise InvalidInputError(f"when must be a datetime, not {when!r}")
-        try:
-            moment = format_time(when) if when is not None else utc_now()
-        except (OverflowError, ValueError, OSError):  # datetime.max west of UTC; datetime.min as local time
-            raise InvalidInputError(f"when {when!r} is out of range in UTC; give a date at least a day inside the "
-                                    "years 1 to 9999, or a timezone-aware datetime") from None
-        with self._db.write() as conn:
-            created = conn.execute(
-                "SELECT created_at FROM workspace_assets WHERE id = ? AND user_id = ?", (asset_id, self.user_id)
-            ).fetchone()
-            if created is None:
-                raise NotFoundError(f"no workspace asset {asset_id} in this vault")
-            if moment <= created[0]:
-                moment = format_time(datetime.fromisoformat(created[0].replace("Z", "+00:00")) + timedelta(milliseconds=1))
-            conn.execute("UPDATE workspace_assets SET expires_at = ? WHERE id = ?", (moment, asset_id))
+        set_expiry(self._db, self.user_id, models.check_uuid(asset_id, "workspace asset id"), when)
 
     def cleanup(self, *, progress: ProgressCallback | None = None, max_assets: int | None = None) -> CleanupReport:
         """Remove expired workspace assets of every user of this vault, rows then files.

@@ -1893,6 +1893,33 @@ def test_a_clock_set_back_after_a_cleanup_does_not_stop_the_cleanups(vault: Vaul
         assert not again.cleanup_due()
 
 
+def test_expire_now_an_asset_made_while_the_clock_was_ahead(vault: Vault, make_image):
+    """Made while the clock ran a year ahead, the asset kept its expiry at 1 ms after that creation: expiring it
+    now left it for a year (a journey). A creation later than now is taken as now."""
+    from datetime import datetime, timedelta, timezone
+
+    from localvault.timestamps import format_time
+
+    asset = vault.workspace.add(make_image(seed=4))
+    ahead = datetime.now(timezone.utc) + timedelta(days=365)
+    with vault.db.write() as conn:
+        conn.execute("UPDATE workspace_assets SET created_at = ?, expires_at = ? WHERE id = ?",
+                     (format_time(ahead), format_time(ahead + timedelta(days=7)), asset.id))
+    vault.workspace.expire(asset.id)
+    time.sleep(0.002)  # (1 ms after its creation, now)
+    expired = vault.workspace.get(asset.id)
+    assert expired.created_at <= datetime.now(timezone.utc) and expired.expires_at <= datetime.now(timezone.utc)
+    assert vault.cleanup().assets_removed == 1
+    later = vault.workspace.add(make_image(seed=5))  # a later date given is kept
+    with vault.db.write() as conn:
+        conn.execute("UPDATE workspace_assets SET created_at = ?, expires_at = ? WHERE id = ?",
+                     (format_time(ahead), format_time(ahead + timedelta(days=7)), later.id))
+    vault.workspace.expire(later.id, ahead + timedelta(days=30))
+    kept = vault.workspace.get(later.id)
+    assert format_time(kept.expires_at) == format_time(ahead + timedelta(days=30))
+    assert kept.created_at <= datetime.now(timezone.utc)
+
+
 def test_a_temp_file_written_before_the_clock_was_set_back_is_stale(vault: Vault, make_image):
     from localvault import _stale_temps
 
