@@ -172,6 +172,51 @@ def test_concurrent_appliers_apply_each_migration_once(pg_empty_database: str) -
         assert check_schema_version(conn) == SCHEMA_VERSION
 
 
+#: Supabase's default privileges on what its `postgres` role creates in public (supabase/postgres's init scripts).
+SUPABASE_DEFAULT_GRANTS = ("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON FUNCTIONS "
+                           "TO anon, authenticated, service_role")
+
+
+def _our_trigger_functions(conn: Conn) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT n.nspname || '.' || p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE p.prorettype = 'trigger'::regtype AND n.nspname IN ('public', 'localvault')"
+        " AND p.proowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)").fetchall()]
+
+
+def test_no_client_can_attach_a_trigger_function_of_ours_to_a_table_of_its_own(pg_empty_database: str) -> None:
+    """EXECUTE is what CREATE TRIGGER checks: Supabase's default privileges gave it to anon and authenticated by
+    name, and on a temporary table of its own a client ran the SECURITY DEFINER count as its owner, setting any
+    user's asset_count (a study of Supabase)."""
+    with psycopg.connect(pg_empty_database, autocommit=True) as conn:
+        conn.execute(sql.SQL(pgschema._compat_sql()))  # (the roles the default privileges name)
+        conn.execute(SUPABASE_DEFAULT_GRANTS)
+    apply_schema(pg_empty_database)
+    with psycopg.connect(pg_empty_database, autocommit=True) as conn:
+        functions = _our_trigger_functions(conn)
+        assert {"public.user_library_count_assets", "localvault.record_deletion"} <= set(functions)
+        for role in ("anon", "authenticated", "service_role"):
+            for function in functions:
+                with pytest.raises(pgerrors.InsufficientPrivilege), conn.transaction():
+                    conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+                    conn.execute("CREATE TEMP TABLE mine (id uuid, collection_id uuid)")
+                    conn.execute(sql.SQL("CREATE TRIGGER t AFTER INSERT ON mine FOR EACH ROW EXECUTE FUNCTION {}()")
+                                 .format(sql.Identifier(*function.split("."))))
+
+
+def test_schema_apply_with_nothing_pending_takes_back_a_grant_of_a_trigger_function(pg_database: str) -> None:
+    """A server at the current version (applied before privileges.sql existed) is mended by the next apply,
+    with no new version, which would make every older rig refuse the server."""
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("GRANT EXECUTE ON FUNCTION public.user_library_count_assets() TO anon, authenticated")
+    report = apply_schema(pg_database)
+    assert report.applied == () and report.version == SCHEMA_VERSION
+    with psycopg.connect(pg_database) as conn:
+        for role in ("anon", "authenticated"):
+            assert not conn.execute("SELECT has_function_privilege(%s, 'public.user_library_count_assets()', "
+                                    "'EXECUTE')", (role,)).fetchone()[0]
+
+
 def test_schema_version_is_highest_migration() -> None:
     names = [m.name for m in pgschema.migrations()]
     assert names[0] == "0001_tables.sql"

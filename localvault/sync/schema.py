@@ -8,6 +8,9 @@ The SQL ships as package data in ``localvault/schema/postgres``:
   applied only on a plain PostgreSQL, before any pending migration.
 * ``NNNN_name.sql`` are the numbered migrations. Each is applied once, in its own
   transaction, and recorded in ``localvault.schema_version``.
+* ``privileges.sql`` is re-asserted by every apply, after the migrations: idempotent
+  privileges no client depends on, which therefore change no version (a newer
+  server's version makes older clients refuse it until upgraded).
 
 Two appliers never race: every transaction of :func:`apply_schema` first takes
 the transaction-level advisory lock :data:`ADVISORY_LOCK_KEY` and re-reads the
@@ -68,6 +71,7 @@ REQUIRED_TABLES: Final[tuple[str, ...]] = (
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([A-Za-z0-9_]+)\.sql$")
 _COMPAT_FILE = "0000_supabase_compat.sql"
+_PRIVILEGES_FILE = "privileges.sql"
 
 _VERSION_TABLE_DDL = """
 CREATE SCHEMA IF NOT EXISTS localvault;
@@ -128,6 +132,15 @@ def migrations() -> list[Migration]:
 
 def _compat_sql() -> str:
     return (_schema_dir() / "compat" / _COMPAT_FILE).read_text(encoding="utf-8")
+
+
+def _reassert_privileges(conn: psycopg.Connection[tuple[object, ...]], report: Progress) -> None:
+    """Run ``privileges.sql`` in a transaction of its own, under the advisory lock."""
+    report(f"re-asserting the privileges of {_PRIVILEGES_FILE}")
+    with conn.transaction():
+        _lock(conn)
+        conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
+        _run_sql(conn, (_schema_dir() / _PRIVILEGES_FILE).read_text(encoding="utf-8"), _PRIVILEGES_FILE)
 
 
 #: Highest migration number this package knows.
@@ -264,9 +277,10 @@ def apply_schema(database_url: str, *, progress: Progress | None = None) -> Sche
     Connects (5 s timeout), detects Supabase or a plain PostgreSQL, applies the
     compat layer on a plain PostgreSQL when something is pending, then each
     missing migration in order, each in one transaction under an advisory lock,
-    recording it in ``localvault.schema_version``. A second call applies
-    nothing. ``progress``, when given, is called with a one-line message before
-    each step.
+    recording it in ``localvault.schema_version``, and last re-asserts the
+    privileges of ``privileges.sql``. A second call applies no migration.
+    ``progress``, when given, is called with a one-line message before each
+    step.
 
     Raises :class:`InvalidInputError` for a URL that cannot work (as
     :meth:`Vault.set_remote` does), :class:`OfflineError` when the server cannot be reached,
@@ -313,6 +327,7 @@ def apply_schema(database_url: str, *, progress: Progress | None = None) -> Sche
                             raise
                         report(f"{migration.name}: its tables are busy; trying again")
                         time.sleep(attempt * LOCK_RETRY_SECONDS)
+        _reassert_privileges(conn, report)
         with conn.transaction():
             version = server_schema_version(conn)
         return SchemaReport(flavour=flavour, applied=tuple(applied), version=version, compat_applied=compat_applied)
