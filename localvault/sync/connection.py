@@ -81,8 +81,11 @@ def connect(database_url: str, connection_class: type[psycopg.Connection[Any]] =
     text is not repeated: it may hold the password).
     """
     try:
+        # prepare_threshold=None: no server-side prepared statements. A pooler in transaction mode (Supabase's
+        # Supavisor on port 6543, PgBouncer) runs each transaction on any of its server connections, where a
+        # statement psycopg prepared on another one (after its 5th use) does not exist.
         return connection_class.connect(database_url, connect_timeout=CONNECT_TIMEOUT, autocommit=False,
-                               **_keepalive_settings(database_url))
+                                        prepare_threshold=None, **_keepalive_settings(database_url))
     except psycopg.ProgrammingError:
         raise InvalidInputError("the database URL cannot be read; give postgresql://user:password@host:port/dbname "
                                 "(percent-encode special characters of the password)") from None
