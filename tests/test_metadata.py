@@ -791,6 +791,155 @@ def test_comfyui_workflow_only_seed_and_text_from_primitive_nodes() -> None:
     assert (info.seed, info.prompt, info.negative_prompt) == (8675309, "a tide pool", "blurry")
 
 
+def _ui_node(node_id: int, kind: str, widgets: list[Any], *inputs: tuple[str, int | None, bool]) -> dict[str, Any]:
+    """A UI node as the frontend writes it: input slots (name, link id, whether a widget of the node's)."""
+    slots = [{"name": name, "type": "*", "link": link, **({"widget": {"name": name}} if widget else {})}
+             for name, link, widget in inputs]
+    return {"id": node_id, "type": kind, "mode": 0, "inputs": slots, "widgets_values": widgets}
+
+
+def _definition(subgraph_id: str, inputs: list[str], outputs: list[str], nodes: list[dict[str, Any]],
+                links: list[tuple[int, int, int, int, int]]) -> dict[str, Any]:
+    """A subgraph as the frontend writes it in ``definitions.subgraphs`` (see browser_tests/assets/subgraphs in
+    Comfy-Org/ComfyUI_frontend): its inputs' links start at node -10, its outputs' end at -20, links are objects."""
+    def io(names: list[str], end: int, at: int) -> list[dict[str, Any]]:
+        return [{"id": f"{subgraph_id}-{end}-{i}", "name": name, "type": "*",
+                 "linkIds": [link[0] for link in links if link[at] == end and link[at + 1] == i]}
+                for i, name in enumerate(names)]
+    return {"id": subgraph_id, "version": 1, "revision": 0, "name": "New Subgraph", "config": {},
+            "state": {"lastGroupId": 0, "lastNodeId": 30, "lastLinkId": 30, "lastRerouteId": 0},
+            "inputNode": {"id": -10, "bounding": [0, 0, 120, 60]}, "outputNode": {"id": -20, "bounding": [900, 0, 120, 60]},
+            "inputs": io(inputs, -10, 1), "outputs": io(outputs, -20, 3), "widgets": [], "nodes": nodes, "groups": [],
+            "links": [{"id": i, "origin_id": o, "origin_slot": os_, "target_id": t, "target_slot": ts, "type": "*"}
+                      for i, o, os_, t, ts in links], "extra": {}}
+
+
+_SAMPLER_UUID = "5526b801-03ef-4797-9052-cbc171512972"
+
+
+def _sampler_subgraph_workflow() -> dict[str, Any]:
+    """The frontend's own fixture (browser_tests/assets/subgraphs/link-seed.json): the KSampler in a subgraph, its
+    model, prompts and latent from outside, its seed a widget promoted to the subgraph's node (written there,
+    not among the node's inputs)."""
+    ksampler = _ui_node(3, "KSampler", [156680208700286, "increment", 20, 8, "euler", "normal", 1],
+                        ("model", 1, False), ("positive", 4, False), ("negative", 6, False),
+                        ("latent_image", 2, False), ("seed", 15, True))
+    definition = _definition(_SAMPLER_UUID, ["model", "positive", "negative", "latent_image", "seed"], ["LATENT"],
+                             [ksampler], [(1, -10, 0, 3, 0), (4, -10, 1, 3, 1), (6, -10, 2, 3, 2),
+                                          (2, -10, 3, 3, 3), (15, -10, 4, 3, 4), (7, 3, 0, -20, 0)])
+    instance = _ui_node(10, _SAMPLER_UUID, [8675309], ("model", 10, False), ("positive", 11, False),
+                        ("negative", 12, False), ("latent_image", 13, False))
+    instance["properties"] = {"proxyWidgets": [["-1", "seed"]]}
+    return {
+        "id": "ca685f6a-7402-42cc-84ae-b659b06cc8b1", "revision": 0, "last_node_id": 10, "last_link_id": 15,
+        "nodes": [_ui_node(4, "CheckpointLoaderSimple", ["v1-5-pruned-emaonly-fp16.safetensors"]),
+                  _ui_node(6, "CLIPTextEncode", ["purple galaxy bottle"], ("clip", 3, False)),
+                  _ui_node(7, "CLIPTextEncode", ["text, watermark"], ("clip", 5, False)),
+                  _ui_node(5, "EmptyLatentImage", [512, 768, 1]),
+                  _ui_node(8, "VAEDecode", [], ("samples", 14, False), ("vae", 8, False)),
+                  _ui_node(9, "SaveImage", ["ComfyUI"], ("images", 9, False)), instance],
+        "links": [[3, 4, 1, 6, 0, "CLIP"], [5, 4, 1, 7, 0, "CLIP"], [8, 4, 2, 8, 1, "VAE"], [9, 8, 0, 9, 0, "IMAGE"],
+                  [10, 4, 0, 10, 0, "MODEL"], [11, 6, 0, 10, 1, "CONDITIONING"], [12, 7, 0, 10, 2, "CONDITIONING"],
+                  [13, 5, 0, 10, 3, "LATENT"], [14, 10, 0, 8, 0, "LATENT"]],
+        "groups": [], "definitions": {"subgraphs": [definition]}, "config": {},
+        "extra": {"ds": {"offset": [0, 0], "scale": 1}, "frontendVersion": "1.40.0"}, "version": 0.4,
+    }
+
+
+def test_comfyui_workflow_only_sampler_in_a_subgraph_takes_what_its_node_is_given(tmp_path: Path) -> None:
+    """The sampler inside a subgraph read as in a flat workflow: its prompts, model and size from the nodes
+    feeding the subgraph's node, its seed from the widget promoted there (the one the graph ran with)."""
+    workflow = _sampler_subgraph_workflow()
+    info = metadata.read(make_png(tmp_path / "ComfyUI_00001_.png", text_chunks={"workflow": json.dumps(workflow)}))
+    assert (info.prompt, info.negative_prompt, info.seed, info.model) == (
+        "purple galaxy bottle", "text, watermark", 8675309, "v1-5-pruned-emaonly-fp16.safetensors")
+    assert (info.settings["steps"], info.settings["width"], info.settings["height"]) == (20, 512, 768)
+    assert info.settings["comfyui_workflow"] == workflow
+    assert_valid(info)
+
+
+def test_comfyui_workflow_only_subgraph_of_the_whole_generation_reads_its_own_widgets() -> None:
+    """Checkpoint, prompts, latent and sampler all in one subgraph; only the save node outside."""
+    inner = [_ui_node(4, "CheckpointLoaderSimple", ["sdxl.safetensors"]),
+             _ui_node(6, "CLIPTextEncode", ["a lighthouse at dusk"], ("clip", 1, False)),
+             _ui_node(7, "CLIPTextEncode", ["blurry"], ("clip", 2, False)),
+             _ui_node(5, "EmptyLatentImage", [1024, 1024, 1]),
+             _ui_node(3, "KSampler", [4242, "fixed", 30, 6, "euler", "normal", 1], ("model", 3, False),
+                      ("positive", 4, False), ("negative", 5, False), ("latent_image", 6, False))]
+    definition = _definition("aaaaaaaa-0000-4000-8000-000000000001", [], ["LATENT"], inner,
+                             [(1, 4, 1, 6, 0), (2, 4, 1, 7, 0), (3, 4, 0, 3, 0), (4, 6, 0, 3, 1), (5, 7, 0, 3, 2),
+                              (6, 5, 0, 3, 3), (7, 3, 0, -20, 0)])
+    workflow = {"nodes": [_ui_node(1, definition["id"], []), _ui_node(2, "SaveLatent", ["x"], ("samples", 1, False))],
+                "links": [[1, 1, 0, 2, 0, "LATENT"]], "definitions": {"subgraphs": [definition]}, "version": 0.4}
+    info = _clean.finish(metadata.read_chunks({"workflow": json.dumps(workflow)}))
+    assert (info.prompt, info.negative_prompt, info.seed, info.model) == (
+        "a lighthouse at dusk", "blurry", 4242, "sdxl.safetensors")
+    assert (info.settings["width"], info.settings["height"]) == (1024, 1024)
+
+
+def test_comfyui_workflow_only_nested_subgraphs_follow_values_across_both_boundaries() -> None:
+    """A subgraph in a subgraph: the prompt and the seed (a primitive at the top) cross two boundaries in; the
+    negative is the outer subgraph's own; the latent comes out through both to the top graph's decoder."""
+    inner_id, outer_id = "bbbbbbbb-0000-4000-8000-000000000002", "cccccccc-0000-4000-8000-000000000003"
+    inner = _definition(inner_id, ["model", "positive", "negative", "seed"], ["LATENT"], [
+        _ui_node(5, "EmptyLatentImage", [832, 1216, 1]),
+        _ui_node(3, "KSampler", [1, "fixed", 25, 7, "dpmpp_2m", "karras", 1], ("model", 1, False),
+                 ("positive", 2, False), ("negative", 3, False), ("latent_image", 5, False), ("seed", 4, True))],
+        [(1, -10, 0, 3, 0), (2, -10, 1, 3, 1), (3, -10, 2, 3, 2), (4, -10, 3, 3, 4), (5, 5, 0, 3, 3),
+         (6, 3, 0, -20, 0)])
+    outer = _definition(outer_id, ["model", "positive", "seed", "clip"], ["LATENT"], [
+        _ui_node(7, "CLIPTextEncode", ["lowres"], ("clip", 13, False)),
+        _ui_node(20, inner_id, [], ("model", 10, False), ("positive", 11, False), ("negative", 12, False),
+                 ("seed", 14, True))],
+        [(10, -10, 0, 20, 0), (11, -10, 1, 20, 1), (12, 7, 0, 20, 2), (13, -10, 3, 7, 0), (14, -10, 2, 20, 3),
+         (15, 20, 0, -20, 0)])
+    workflow = {
+        "nodes": [_ui_node(4, "CheckpointLoaderSimple", ["flux1-dev.safetensors"]),
+                  _ui_node(6, "CLIPTextEncode", ["a koi pond in the rain"], ("clip", 2, False)),
+                  _ui_node(12, "PrimitiveNode", [31337, "fixed"]),
+                  _ui_node(10, outer_id, [], ("model", 1, False), ("positive", 3, False), ("seed", 4, True),
+                           ("clip", 6, False)),
+                  _ui_node(8, "VAEDecode", [], ("samples", 5, False))],
+        "links": [[1, 4, 0, 10, 0, "MODEL"], [2, 4, 1, 6, 0, "CLIP"], [3, 6, 0, 10, 1, "CONDITIONING"],
+                  [4, 12, 0, 10, 2, "INT"], [5, 10, 0, 8, 0, "LATENT"], [6, 4, 1, 10, 3, "CLIP"]],
+        "definitions": {"subgraphs": [inner, outer]}, "version": 0.4,
+    }
+    from localvault.metadata.comfyui_workflow import workflow_nodes
+
+    nodes = workflow_nodes(workflow)
+    assert nodes is not None and nodes["8"]["inputs"]["samples"] == ["10:20:3", 0]
+    info = _clean.finish(metadata.read_chunks({"workflow": json.dumps(workflow)}))
+    assert (info.prompt, info.negative_prompt, info.seed, info.model) == (
+        "a koi pond in the rain", "lowres", 31337, "flux1-dev.safetensors")
+    assert (info.settings["steps"], info.settings["width"], info.settings["height"]) == (25, 832, 1216)
+
+
+def test_comfyui_crafted_subgraphs_are_opened_within_bounds() -> None:
+    """A subgraph placed inside itself, and subgraphs each placing the next 40 times (40**6 samplers if all were
+    opened): read within the bounds, quickly, the first placements still read."""
+    from localvault.metadata import comfyui_subgraphs
+    from localvault.metadata.comfyui_workflow import workflow_nodes
+
+    looping = _sampler_subgraph_workflow()
+    definition = looping["definitions"]["subgraphs"][0]
+    definition["nodes"].append(_ui_node(99, definition["id"], [1]))
+    info = _within(3, lambda: _clean.finish(metadata.read_chunks({"workflow": json.dumps(looping)})))
+    assert (info.prompt, info.seed) == ("purple galaxy bottle", 8675309)
+
+    levels = [_definition("level-0", [], ["LATENT"], [
+        _ui_node(6, "CLIPTextEncode", ["deep"]),
+        _ui_node(3, "KSampler", [7, "fixed", 20, 8, "euler", "normal", 1], ("positive", 1, False))],
+        [(1, 6, 0, 3, 1), (2, 3, 0, -20, 0)])]
+    for level in range(1, 7):
+        levels.append(_definition(f"level-{level}", [], ["LATENT"],
+                                  [_ui_node(n, f"level-{level - 1}", []) for n in range(1, 41)], [(1, 1, 0, -20, 0)]))
+    crafted = {"nodes": [_ui_node(1, "level-6", [])], "links": [], "definitions": {"subgraphs": levels}}
+    nodes = _within(3, lambda: workflow_nodes(crafted))
+    assert nodes is not None and len(nodes) <= comfyui_subgraphs.MAX_ITEMS
+    info = _within(3, lambda: _clean.finish(metadata.read_chunks({"workflow": json.dumps(crafted)})))
+    assert (info.prompt, info.seed) == ("deep", 7)
+
+
 def test_comfyui_webp_exif_prompt_and_run_id(tmp_path: Path) -> None:
     workflow = {"nodes": [], "extra": {"prompt_id": "0f1e2d3c-aaaa-bbbb-cccc-111122223333"}}
     path = make_webp(tmp_path / "c.webp", exif_ifd0={

@@ -3,14 +3,19 @@
 The UI graph lists nodes with their widgets' values in the order the node
 shows them, and links as ``[id, from node, from slot, to node, to slot, type]``;
 the widget order of common nodes (:data:`_WIDGETS`) names the values.
+
+Subgraphs (the frontend's ``definitions.subgraphs``: each with nodes and links
+of its own, placed in a graph by a node whose ``type`` is its id) are flattened
+as ComfyUI flattens them to run the graph (:mod:`.comfyui_subgraphs`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-#: An API graph: node id -> {"class_type": …, "inputs": {…}}.
-Nodes = dict[str, dict[str, Any]]
+from .comfyui_subgraphs import Nodes, Scope, origin, scopes, slots
+
+__all__ = ["Nodes", "workflow_nodes"]
 
 #: Widget order of common nodes in the UI graph, to read a workflow without an API graph.
 _WIDGETS = {
@@ -29,25 +34,31 @@ _WIDGETS = {
 
 
 def workflow_nodes(workflow: Any) -> Nodes | None:
-    """An approximate API graph built from a UI workflow's nodes, links and widget values."""
+    """An approximate API graph built from a UI workflow's nodes, links and widget values, its subgraphs
+    flattened (an inner node's id is the path of subgraph nodes to it, ``"12:5"``, as in ComfyUI's API graph)."""
     if not isinstance(workflow, dict) or not isinstance(workflow.get("nodes"), list):
         return None
-    sources: dict[Any, list[Any]] = {}
-    for link in workflow.get("links") or []:
-        if isinstance(link, list) and len(link) >= 4 and isinstance(link[2], int):
-            sources[str(link[0])] = [str(link[1]), link[2]]
     nodes: Nodes = {}
-    for node in workflow["nodes"]:
-        if not isinstance(node, dict) or not isinstance(node.get("type"), str):
-            continue
-        inputs: dict[str, Any] = {}
-        widgets = node.get("widgets_values")
-        values = widgets if isinstance(widgets, list) else []
-        for name, value in zip(_WIDGETS.get(node["type"], ()), values, strict=False):  # a graph may have more or fewer
-            if name is not None:
-                inputs[name] = value
-        for slot in node.get("inputs") or []:
-            if isinstance(slot, dict) and isinstance(slot.get("name"), str) and str(slot.get("link")) in sources:
-                inputs[slot["name"]] = sources[str(slot["link"])]
-        nodes[str(node.get("id"))] = {"class_type": node["type"], "inputs": inputs}
+    for scope in scopes(workflow):
+        for node in scope.nodes:
+            node_id = str(node.get("id"))
+            if node_id not in scope.children:  # (a subgraph's node: its inner nodes stand for it)
+                nodes[scope.prefix + node_id] = _api_node(scope, node)
     return nodes or None
+
+
+def _api_node(scope: Scope, node: dict[str, Any]) -> dict[str, Any]:
+    """One UI node as an API node: its widgets' values by name, then its linked inputs (a link that leads to
+    nothing known leaves the widget's value)."""
+    inputs: dict[str, Any] = {}
+    widgets = node.get("widgets_values")
+    values = widgets if isinstance(widgets, list) else []
+    for name, value in zip(_WIDGETS.get(node["type"], ()), values, strict=False):  # a graph may have more or fewer
+        if name is not None:
+            inputs[name] = value
+    for slot in slots(node):
+        if isinstance(slot.get("name"), str) and slot.get("link") is not None:
+            value = origin(scope, str(slot["link"]))
+            if value is not None:
+                inputs[slot["name"]] = value
+    return {"class_type": node["type"], "inputs": inputs}
