@@ -940,6 +940,28 @@ def test_comfyui_crafted_subgraphs_are_opened_within_bounds() -> None:
     assert (info.prompt, info.seed) == ("deep", 7)
 
 
+@pytest.mark.parametrize("chunks", ["swapped", "ui-under-prompt-only", "api-under-workflow-only"])
+def test_comfyui_graphs_are_told_apart_by_shape_not_by_chunk_name(tmp_path: Path, chunks: str) -> None:
+    """A custom save node that writes the UI graph under ``prompt`` and the API graph under ``workflow`` (or only
+    one of them, under the other's name): each is read for what its shape says it is."""
+    ui = _sampler_subgraph_workflow()
+    written = {"swapped": {"prompt": ui, "workflow": comfy_graph()}, "ui-under-prompt-only": {"prompt": ui},
+               "api-under-workflow-only": {"workflow": comfy_graph()}}[chunks]
+    path = make_png(tmp_path / "c.png", text_chunks={k: json.dumps(v) for k, v in written.items()})
+    info = metadata.read(path)
+    assert info.source == "comfyui"
+    if chunks == "ui-under-prompt-only":
+        assert (info.prompt, info.seed, info.model) == (
+            "purple galaxy bottle", 8675309, "v1-5-pruned-emaonly-fp16.safetensors")
+        assert info.settings["comfyui_workflow"] == ui and "comfyui_prompt" not in info.settings
+    else:
+        assert (info.prompt, info.negative_prompt, info.seed, info.model) == (
+            "a castle on a hill,\nsunset", "blurry, watermark", 987654321, "dreamshaper_8.safetensors")
+        assert info.settings["comfyui_prompt"] == comfy_graph()
+        assert info.settings.get("comfyui_workflow") == (ui if chunks == "swapped" else None)
+    assert_valid(info)
+
+
 def test_comfyui_webp_exif_prompt_and_run_id(tmp_path: Path) -> None:
     workflow = {"nodes": [], "extra": {"prompt_id": "0f1e2d3c-aaaa-bbbb-cccc-111122223333"}}
     path = make_webp(tmp_path / "c.webp", exif_ifd0={
