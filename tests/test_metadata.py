@@ -576,6 +576,27 @@ def test_comfyui_nested_string_joins_are_cut_to_a_prompts_length() -> None:
     assert info.prompt is not None and info.prompt.startswith("x, x, x") and len(info.prompt) <= MAX_PROMPT_CHARS
 
 
+@pytest.mark.parametrize("kind", ["ConditioningCombine", "ConditioningSetTimestepRange"])
+def test_comfyui_prompt_of_a_chain_of_thousands_of_conditioning_nodes_is_kept(kind: str) -> None:
+    """3,000 conditioning nodes between the encoders and the sampler: joins each adding an encoder's text (all
+    kept, in order), or a chain passing one encoder's on. The walk stopped at 1,000 nodes and lost them."""
+    graph: dict[str, Any] = {"e0": {"class_type": "CLIPTextEncode", "inputs": {"text": "a harbour at dawn"}},
+                             "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry"}}}
+    previous, pieces = ["e0", 0], ["a harbour at dawn"]
+    for n in range(1, 3001):
+        if kind == "ConditioningCombine":
+            pieces.append(f"detail {n}")
+            graph[f"e{n}"] = {"class_type": "CLIPTextEncode", "inputs": {"text": pieces[-1]}}
+            inputs = {"conditioning_1": previous, "conditioning_2": [f"e{n}", 0]}
+        else:
+            inputs = {"conditioning": previous, "start": 0.0, "end": 1.0}
+        graph[f"c{n}"] = {"class_type": kind, "inputs": inputs}
+        previous = [f"c{n}", 0]
+    graph["3"] = _sampler(previous, ["7", 0], None)
+    info = _within(3, lambda: _clean.finish(metadata.read_chunks({"prompt": json.dumps(graph)})))
+    assert (info.prompt, info.negative_prompt) == ("\n".join(pieces), "blurry")
+
+
 def test_comfyui_efficiency_loader_takes_the_prompts_as_text() -> None:
     """jags111/efficiency-nodes-comfyui: Efficient Loader holds positive/negative text and the latent's size."""
     graph = {

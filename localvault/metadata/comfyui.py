@@ -38,6 +38,9 @@ _SIZE_KEYS = (("width", "height"), ("empty_latent_width", "empty_latent_height")
 _ENCODER_TEXT_KEYS = ("t5xxl", "llama", "text_g", "clip_g", "text_l", "clip_l")
 #: Nodes whose output conditioning carries no text (Flux Kontext's negative is the positive, zeroed out).
 _NO_TEXT_NODES = frozenset({"ConditioningZeroOut"})
+#: Nodes one walk of a sampler's conditioning visits: a chain of thousands of joins (ConditioningConcat or
+#: ConditioningCombine, each with its encoder) is real. Each node is visited once, in linear time.
+MAX_WALK_NODES = 20_000
 
 
 def api_nodes(data: Any) -> Nodes | None:
@@ -84,10 +87,10 @@ def _next_links(inputs: dict[str, Any], branch: str) -> list[Any]:
 
 
 def _walk(nodes: Nodes, starts: list[Any], branch: str, visit: Callable[[dict[str, Any]], bool]) -> None:
-    """Depth first from the links ``starts``, each node once (1,000 at most), its inputs in their order: ``visit``
-    says whether to go on to the node's inputs (along ``branch``)."""
+    """Depth first from the links ``starts``, each node once (:data:`MAX_WALK_NODES` at most), its inputs in their
+    order: ``visit`` says whether to go on to the node's inputs (along ``branch``)."""
     stack, seen = list(reversed(starts)), set[str]()
-    while stack and len(seen) < 1000:
+    while stack and len(seen) < MAX_WALK_NODES:
         link = stack.pop()
         node = target(nodes, link)
         if node is None or str(link[0]) in seen:
