@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._disk import filesystem_type, on_read_only_filesystem
+from ._held_connections import Held, refuse_if_forked_mid_transaction
 from .errors import SchemaVersionError, StorageError, VaultCorruptError
 
 if TYPE_CHECKING:
@@ -72,29 +73,6 @@ def _wal_holds_changes(path: Path) -> bool:
         return False
 
 
-class _Held:
-    """A thread's connection; closed when the thread ends (its ``threading.local`` goes), or by the thread itself
-    once the vault is closed."""
-
-    __slots__ = ("conn", "utils", "pid")
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        self.utils: sqlite_utils.Database | None = None
-        self.pid = os.getpid()
-
-    def close(self) -> None:
-        """Close the connection, unless this is a process forked since it was opened: the parent's, not ours."""
-        if os.getpid() == self.pid:
-            self.conn.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # (at interpreter exit, or closed already)
-            pass
-
-
 class Database:
     """A vault's ``vault.db``: one SQLite connection per thread, configured for several writers.
 
@@ -113,20 +91,20 @@ class Database:
         self._pid = os.getpid()
         self._local.held = self._hold(conn)
 
-    def _hold(self, conn: sqlite3.Connection) -> _Held:
+    def _hold(self, conn: sqlite3.Connection) -> Held:
         if self._closed:  # closed while this thread opened its connection (if after this, its next use closes it)
             conn.close()
             raise self._closed_error()
-        return _Held(conn)
+        return Held(conn, str(self.path))
 
     def _closed_error(self) -> StorageError:
         return StorageError(f"the vault at {self.path.parent} is closed; open it again")
 
-    def _thread_held(self) -> _Held:
+    def _thread_held(self) -> Held:
         if os.getpid() != self._pid:  # SQLite's connections must not cross a fork: a child's commits were lost
             raise StorageError(f"this vault was opened by process {self._pid}, before a fork; open the vault again "
                                "in this process (open it after forking, not before)")
-        held: _Held | None = getattr(self._local, "held", None)
+        held: Held | None = getattr(self._local, "held", None)
         if self._closed:
             if held is not None and held.conn.in_transaction:  # a call under way in this thread: it completes
                 return held
@@ -164,6 +142,7 @@ class Database:
         """Open (and, with ``create``, make) a vault database and migrate it."""
         if not create and not path.exists():
             raise VaultCorruptError(f"{path} does not exist; is this a vault folder? Create one with 'localvault init'")
+        refuse_if_forked_mid_transaction(str(path))
         fs_type = filesystem_type(path.parent)
         if fs_type in NETWORK_FILESYSTEMS:
             warnings.warn(
@@ -227,11 +206,11 @@ class Database:
         segmentation fault). A call of another thread already inside its
         transaction completes; one that has not reached it yet gets a
         StorageError (and leaves nothing behind). In a process forked since
-        the vault was opened, nothing is closed: the connections are the
-        parent's.
+        the vault was opened, its connections were closed at the fork (see
+        :mod:`localvault._held_connections`): the parent's stay as they are.
         """
         self._closed = True
-        held: _Held | None = getattr(self._local, "held", None)
+        held: Held | None = getattr(self._local, "held", None)
         if held is not None:
             self._local.held = None
             held.close()
@@ -300,6 +279,7 @@ class Database:
         """StorageError when the vault is closed, or was opened read-only: nothing of it (rows or its settings)
         may change."""
         if self._closed:
+            self._thread_held()  # (which closes this thread's connection, as any other use after the close does)
             raise self._closed_error()
         if self.readonly:
             raise StorageError(f"the vault at {self.path.parent} was opened read-only (readonly=True); open it "

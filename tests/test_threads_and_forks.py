@@ -68,6 +68,114 @@ def test_a_vault_opened_before_a_fork_is_refused_in_the_child(tmp_path: Path) ->
         assert sorted(c.name for c in again.collections.list()) == ["after", "before"]
 
 
+def _posix_locks_on(path: Path, pid: int) -> int:
+    """How many POSIX locks process ``pid`` holds on ``path`` (/proc/locks)."""
+    inode = os.stat(path).st_ino
+    return sum(1 for fields in map(str.split, Path("/proc/locks").read_text().splitlines())
+               if fields[1] == "POSIX" and int(fields[4]) == pid and int(fields[5].split(":")[2]) == inode)
+
+
+def test_a_child_forked_with_the_vault_open_opens_it_again_with_locks_of_its_own(tmp_path: Path) -> None:
+    """The child that opened the vault again, as it must, shared SQLite's record of the parent's locks, which
+    said they were held: it took none. Once the parent closed its vault, another process's checkpoint reset the
+    log under the child, and 50 of its 60 commits were lost (an embedding journey; a daemonised child's database
+    came out malformed). The child's inherited connections are closed at the fork: its own take their locks."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "v"
+    vault = Vault.create(root, user_id=USER)
+    collection = vault.collections.create("titles")
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never back into pytest
+        code = 9
+        try:
+            os.close(reader)
+            mine = Vault.open(root)  # (the parent's vault stays referenced here, as gunicorn's --preload keeps it)
+            mine.collections.list()
+            os.write(writer, b"%d\n" % _posix_locks_on(root / "vault.db", os.getpid()))
+            for n in range(40):
+                mine.collections.rename(collection.id, f"child {n}")
+            mine.close()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(writer)
+    with os.fdopen(reader) as said:
+        child_locks = int(said.readline())
+        vault.close()  # the parent is done with the vault while the child writes
+        subprocess.run([sys.executable, "-m", "localvault", "--vault", str(root), "ls", "--json"], check=True,
+                       capture_output=True)  # (another process opens and closes it)
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and child_locks >= 1
+    with Vault.open(root) as again:
+        assert [c.name for c in again.collections.list()] == ["child 39"]
+        assert again.db.conn.execute("PRAGMA quick_check").fetchone() == ("ok",)
+
+
+def test_a_child_forked_while_another_thread_writes_refuses_that_vault(tmp_path: Path) -> None:
+    """An inherited connection in a transaction cannot be closed in the child (its rollback would write into the
+    log's index the parent shares): it is left alone, and the child cannot open that vault."""
+    root = tmp_path / "v"
+    vault = Vault.create(root, user_id=USER)
+    inside, done = threading.Event(), threading.Event()
+
+    def write_slowly() -> None:
+        with vault.db.write() as conn:
+            conn.execute("INSERT INTO vault_meta (key, value) VALUES ('mid-fork', 'kept')")
+            inside.set()
+            done.wait(30)
+
+    thread = threading.Thread(target=write_slowly)
+    thread.start()
+    assert inside.wait(30)
+    pid = os.fork()
+    if pid == 0:
+        code = 9
+        try:
+            Vault.open(root)
+            code = 1
+        except StorageError as exc:
+            code = 0 if "forked while another thread of its parent was writing" in str(exc) else 2
+        finally:
+            os._exit(code)
+    _pid, status = os.waitpid(pid, 0)
+    done.set()
+    thread.join(30)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert vault.db.get_meta("mid-fork") == "kept"
+    vault.close()
+
+
+def test_a_thread_whose_next_call_after_the_close_is_a_write_lets_its_connection_go(tmp_path: Path) -> None:
+    """The write was refused (the vault is closed), but the thread's connection stayed open until the thread
+    ended: a pool's threads never do (an embedding journey)."""
+    vault = Vault.create(tmp_path / "v", user_id=USER)
+    used, closed, after = threading.Event(), threading.Event(), threading.Event()
+    seen: list[object] = []
+
+    def worker() -> None:
+        vault.collections.create("mine")
+        used.set()
+        closed.wait(30)
+        try:
+            vault.collections.create("refused")
+        except StorageError as exc:
+            seen.append(exc)
+        seen.append(getattr(vault.db._local, "held", None))
+        after.set()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert used.wait(30)
+    vault.close()
+    closed.set()
+    assert after.wait(30)
+    thread.join(30)
+    assert isinstance(seen[0], StorageError) and seen[1] is None
+
+
 def test_a_file_whose_deletion_is_queued_is_no_orphan_to_verify(tmp_path: Path) -> None:
     """Between a deletion's commit and the removal of its file (the drain), the file has no row, and verify
     (read-only here, as an app's health check or `verify` beside a busy app) called it an orphan: 1,210 of
