@@ -183,10 +183,8 @@ class Database:
                 db._check_version()
         except sqlite3.DatabaseError as exc:
             text = str(exc)
-            if "not a database" in text or "malformed" in text or "file is encrypted" in text:
-                raise VaultCorruptError(
-                    f"{path} is not a readable localvault database ({text}); restore it from a backup"
-                ) from None
+            if (damaged := corruption_error(exc, path)) is not None:
+                raise damaged from None
             if not readonly and on_read_only_filesystem(path.parent):
                 raise StorageError(f"{path.parent} is on a read-only filesystem: mount it writable to change the "
                                    "vault (reading it works: Vault.open(..., readonly=True), and the CLI's ls, show, "
@@ -266,10 +264,13 @@ class Database:
             if self._closed and isinstance(exc, sqlite3.ProgrammingError):  # another thread closed the vault
                 raise self._closed_error() from None
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.DatabaseError):  # (a damaged database may refuse that too)
+                    conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.OperationalError):
                 # A read-only vault, a full disk, a lock lost mid-transaction: a LocalVaultError, not a raw sqlite3 one.
                 raise _storage_error(exc, self.path) from exc
+            if isinstance(exc, sqlite3.DatabaseError) and (damaged := corruption_error(exc, self.path)) is not None:
+                raise damaged from exc
             raise
         finally:
             if wait_ms is not None and not self._closed:
@@ -284,6 +285,15 @@ class Database:
         if self.readonly:
             raise StorageError(f"the vault at {self.path.parent} was opened read-only (readonly=True); open it "
                                f"without readonly to {to}")
+
+    def damage(self) -> list[str]:
+        """What SQLite's own check of the database (``PRAGMA quick_check``, its first 10 findings) says is wrong;
+        empty when the database is sound."""
+        try:
+            found = [str(row[0]) for row in self.conn.execute("PRAGMA quick_check(10)")]
+        except sqlite3.DatabaseError as exc:
+            return [str(exc)]
+        return [] if found == ["ok"] else found
 
     def has_row(self, table: str, row_id: str) -> bool:
         """Whether ``table`` holds the committed row ``row_id``: asked after an error, before removing its file.
@@ -354,6 +364,15 @@ def _configure(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA temp_store = MEMORY")  # (see Database.spilling: for the few statements that touch many rows)
     conn.execute("PRAGMA cache_size = -16000")
+
+
+def corruption_error(exc: sqlite3.DatabaseError, path: Path) -> VaultCorruptError | None:
+    """The VaultCorruptError a damaged (or foreign) database file's error stands for; None for another error."""
+    text = str(exc)
+    if "not a database" in text or "malformed" in text or "file is encrypted" in text:
+        return VaultCorruptError(f"{path} is not a readable localvault database ({text}); restore it from a backup "
+                                 "(the files in the buckets are not affected)")
+    return None
 
 
 def _storage_error(exc: sqlite3.OperationalError, path: Path) -> StorageError:

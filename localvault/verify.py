@@ -71,12 +71,14 @@ class VerifyReport:
     recovered: list[str] = field(default_factory=list)
     #: The asset id of each missing, damaged or unreadable file (``bucket/path`` -> id).
     asset_ids: dict[str, str] = field(default_factory=dict)
+    #: What SQLite's own check found wrong in ``vault.db`` (then nothing else was checked): restore it.
+    database_damage: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
         """True when nothing is wrong (after repair, if repair ran and fixed everything)."""
         problems = len(self.missing) + len(self.orphans) + len(self.mismatched) + len(self.stale_temps)
-        if self.unreadable or self.unreadable_folders:
+        if self.unreadable or self.unreadable_folders or self.database_damage:
             return False
         return problems == 0 or (bool(self.repaired) and not self.unrepairable and len(self.repaired) == problems)
 
@@ -111,14 +113,18 @@ def verify(db: Database, files: FileStore, *, repair: bool = False, check_hashes
     and remove the server's good copy: it is listed as unrepairable, to
     restore its file or delete it on purpose. Repair refuses to start when a
     bucket's folder, or a user's folder in it, is missing while rows have
-    their files there (a disk not mounted?).
+    their files there (a disk not mounted?). SQLite's own check of the
+    database comes first: a damaged one is reported (``database_damage``),
+    and nothing else is checked or repaired.
     """
+    result = VerifyReport(database_damage=db.damage())
+    if result.database_damage:  # (its rows cannot be trusted, nor its repairs made)
+        return result
     if repair:
         _check_repairable(db, files)
     if not db.readonly:
         pending.drain(db, files)
         write_intents.settle_now(db, files)
-    result = VerifyReport()
     total = sum(db.conn.execute(f"SELECT count(*) FROM {kind.table}").fetchone()[0] for kind in _KINDS)
     report(progress, "verify", total=total)
     broken: dict[str, tuple[_Kind, str, str]] = {}  # "bucket/path" -> (kind, id, sha256), for repair

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import USER_A, USER_B, without_dac_override
+from conftest import USER_A, USER_B, without_dac_override, write_media
 
 from localvault import Vault
 from localvault.cli import main
@@ -373,3 +373,32 @@ def test_a_verify_cut_short_does_not_hash_the_rest_of_its_window(vault: Vault, m
     with pytest.raises(KeyboardInterrupt):
         vault.verify(progress=stop_at_the_first)
     assert hashed[0] <= 2 * verify_module.HASH_THREADS, hashed[0]
+
+
+def test_a_damaged_database_is_reported_by_verify_and_by_the_cli_in_one_line(tmp_path: Path) -> None:
+    """One damaged index page (a bad sector, a torn copy): verify said 'vault is clean', reads and writes that met
+    the page raised a raw sqlite3.DatabaseError, and the CLI printed a traceback (an embedding journey)."""
+    import sqlite3
+
+    from localvault.errors import VaultCorruptError
+
+    root = tmp_path / "v"
+    with Vault.create(root, user_id=USER_A) as vault:
+        ids = [vault.library.add(write_media(tmp_path / "src", "png", n), title=f"t{n}").id for n in range(150)]
+    conn = sqlite3.connect(root / "vault.db")
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    (index_root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'user_library_favorite'").fetchone()
+    conn.close()
+    with open(root / "vault.db", "r+b") as db_file:  # the index's b-tree page header: garbage
+        db_file.seek((index_root - 1) * page_size)
+        db_file.write(b"\x0d\xff\xff\xff\x00\x00\xff\xff")
+    with Vault.open(root) as vault:
+        report = vault.verify()
+        assert not report.clean and report.database_damage and "Page" in report.database_damage[0]
+        with pytest.raises(VaultCorruptError, match="restore it from a backup"):
+            vault.library.update(ids[0], favorite=True)
+    listed = CliRunner().invoke(main, ["--vault", str(root), "ls", "--favorite"])
+    assert listed.exit_code == 6 and "is not a readable localvault database" in listed.output
+    assert "Traceback" not in listed.output
+    checked = CliRunner().invoke(main, ["--vault", str(root), "verify"])
+    assert checked.exit_code == 1 and "database damaged:" in checked.output and "vault is clean" not in checked.output

@@ -3,6 +3,7 @@ and renders (the commands are in the ``*_commands`` modules)."""
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -13,6 +14,7 @@ import click
 
 from .._disk import on_read_only_filesystem
 from ..config import default_vault_path
+from ..db import DB_NAME, corruption_error
 from ..errors import LocalVaultError
 from ..vault import Vault
 from . import output
@@ -55,6 +57,12 @@ class VaultGroup(click.Group):
             except click.ClickException as exc:  # click prints it (usage and all) on stderr
                 self._json_error(exc.format_message(), exc.exit_code, type(exc).__name__)
                 raise
+            except sqlite3.DatabaseError as exc:  # a damaged database, met by a read (writes say it themselves)
+                where = ctx.obj.vault_path / DB_NAME if isinstance(ctx.obj, Context) else Path(DB_NAME)
+                if (damaged := corruption_error(exc, where)) is None:
+                    self._json_error(f"{type(exc).__name__}: {exc}", 1, "InternalError")
+                    raise
+                self._fail(ctx, str(damaged), damaged.exit_code, type(damaged).__name__)
             except Exception as exc:  # a bug: its traceback follows on stderr, for a report
                 self._json_error(f"{type(exc).__name__}: {exc}", 1, "InternalError")
                 raise

@@ -227,6 +227,8 @@ def verify(ctx: Context, repair: bool, quick: bool, as_json: bool) -> None:
     if as_json:
         output.print_json({**output.to_jsonable(result), "clean": result.clean})
     else:
+        for finding in result.database_damage:
+            output.console.print(f"database damaged: {finding}", highlight=False)
         output.console.print(f"checked {result.checked} files")
         for label, items in (("missing", result.missing), ("orphan", result.orphans), ("hash mismatch", result.mismatched),
                              ("stale temp", result.stale_temps), ("unreadable", result.unreadable),
@@ -245,6 +247,9 @@ def verify(ctx: Context, repair: bool, quick: bool, as_json: bool) -> None:
                                  "and delete the rest", highlight=False)
         if result.clean:
             output.console.print("vault is clean")
+        elif result.database_damage:
+            output.console.print(f"{ctx.vault().db.path} is damaged: restore it from a backup (the files in the "
+                                 "buckets are not affected), then verify again", highlight=False)
         elif result.unrepairable or result.unreadable or result.unreadable_folders:
             output.console.print("some files or folders could not be restored or read: make each readable, or "
                                  "put it back (from a backup or the bucket), or delete its asset with "
