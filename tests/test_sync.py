@@ -399,6 +399,30 @@ def test_wrong_schema_version(vault: Vault, remote: Remote, tmp_path: Path) -> N
     assert vault.db.conn.execute("SELECT count(*) FROM sync_outbox").fetchone()[0] == 1
 
 
+def test_a_schema_upgraded_while_a_sync_runs_stops_it_at_the_next_batch(vault: Vault, remote: Remote,
+                                                                        tmp_path: Path) -> None:
+    """The version was checked once, as the sync began: a sync under way wrote its every batch into a schema a
+    newer localvault had upgraded meanwhile (an upgrade journey). Each batch checks it, under the appliers' lock."""
+    from localvault.progress import ProgressEvent
+    from localvault.sync import SCHEMA_VERSION
+
+    _fill(vault, tmp_path, 6)
+    written: list[int] = []
+
+    def upgrade_after_the_first_batch(event: ProgressEvent) -> None:
+        if event.stage == "rows" and event.advance:
+            written.append(event.advance)
+            if len(written) == 1:
+                with psycopg.connect(remote.database_url, autocommit=True) as conn:
+                    conn.execute("INSERT INTO localvault.schema_version (version, name) VALUES (%s, 'future')",
+                                 (SCHEMA_VERSION + 1,))
+
+    with pytest.raises(SchemaVersionError, match="changed while this sync ran"):
+        vault.sync(remote, batch_rows=2, progress=upgrade_after_the_first_batch)
+    assert len(_server_rows(remote.database_url, "user_library")) == 2
+    assert vault.db.conn.execute("SELECT count(*) FROM sync_outbox").fetchone()[0] == 4
+
+
 def test_second_sync_refuses_while_one_runs(vault: Vault, remote: Remote, tmp_path: Path) -> None:
     _fill(vault, tmp_path, 1)
     with _SyncLock(vault.root):
@@ -1336,16 +1360,16 @@ def test_once_a_sync_returns_and_the_vault_closes_no_connection_of_it_is_left_op
         vault: Vault, remote: Remote, s3_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The read ahead's thread ended after the sync returned, its SQLite connection with it: a copy of the vault
     made right after close() saw its -wal and -shm files vanish mid-copy (a flaky two-rig test)."""
-    from localvault import db
+    from localvault import _held_connections
 
-    closing = db._Held.__del__
+    closing = _held_connections.Held.__del__
 
     def slowly(held: Any) -> None:  # a thread's end slowed, as a busy machine may: the race made sure
         if threading.current_thread() is not threading.main_thread():  # (a thread ending has no name left)
             time.sleep(0.2)
         closing(held)
 
-    monkeypatch.setattr(db._Held, "__del__", slowly)
+    monkeypatch.setattr(_held_connections.Held, "__del__", slowly)
     ids = _fill(vault, tmp_path, 4)
     for round_number in range(3):
         for asset_id in ids[:2]:

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 
 from ..config import RemoteConfig
-from ..errors import OfflineError, SyncError, first_line
+from ..errors import OfflineError, SchemaVersionError, SyncError, first_line
 from . import connection, schema
 from .answer_deadline import DeadlineConnection
 from .batch import BatchResult, Changes, json_array, uuid_array
@@ -148,6 +148,7 @@ class Remote:
         """
         result = BatchResult()
         with self._as_user(user_id) as conn:
+            _same_schema(conn)
             if isolate:
                 conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
             steps: list[tuple[str, str, list[dict[str, Any]], bool]] = [
@@ -309,6 +310,20 @@ class Remote:
 #: app's transaction left open on one of the user's rows held a sync without a word. Long enough for another
 #: rig's removal of objects, which a batch waits for on purpose (see :meth:`Remote.absent_held`).
 LOCK_TIMEOUT = "60s"
+
+
+def _same_schema(conn: psycopg.Connection[Any]) -> None:
+    """SchemaVersionError if the server's schema changed since the sync checked it: a batch takes the schema
+    appliers' lock shared, so a migration waits for the batches under way, and the batches after it see it
+    (the version was checked once, as the sync began: a sync under way wrote its every batch into the schema a
+    newer localvault had upgraded meanwhile; an upgrade journey)."""
+    conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (schema.ADVISORY_LOCK_KEY,))
+    row = conn.execute(f"SELECT coalesce(max(version), 0) FROM {schema.VERSION_TABLE}").fetchone()
+    if row is None or row[0] != schema.SCHEMA_VERSION:
+        raise SchemaVersionError(f"the server's localvault schema changed while this sync ran (now version "
+                                 f"{row[0] if row else 0}, this localvault knows {schema.SCHEMA_VERSION}): "
+                                 "upgrade localvault (or run `localvault schema apply`), then sync again; nothing "
+                                 "was lost")
 
 
 def _act_as(conn: psycopg.Connection[Any], user_id: str) -> None:
