@@ -223,7 +223,8 @@ class Database:
         if current > known:
             raise SchemaVersionError(
                 f"{self.path} was written by a newer localvault (schema {current}, this one knows {known}); "
-                "upgrade localvault with 'pip install -U localvault'"
+                "upgrade localvault (from its checkout: 'git pull', then 'pip install -e .'; the name "
+                "'localvault' on PyPI is another project's)"
             )
         return current
 

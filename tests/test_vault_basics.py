@@ -1271,8 +1271,10 @@ def test_newer_schema_refused(vault: Vault):
     conn = raw_connection(root)
     conn.execute(f"PRAGMA user_version = {schema_version() + 1}")
     conn.close()
-    with pytest.raises(SchemaVersionError):
+    with pytest.raises(SchemaVersionError) as refused:
         Vault.open(root)
+    # (never 'pip install -U localvault': that name on PyPI is another project's; an upgrade journey)
+    assert "from its checkout" in str(refused.value) and "pip install -U" not in str(refused.value)
     with pytest.raises(SchemaVersionError):
         Vault.open(root, readonly=True)
 
