@@ -145,14 +145,16 @@ def test_remote_set_takes_aiobotocores_own_config_kwargs(vault_path: Path) -> No
 def test_a_name_stored_before_the_check_existed_does_not_stop_a_sync(vault_path: Path, server: str,
                                                                       s3_bucket: Any, tmp_path: Path) -> None:
     """s3fs ignored an option name it does not take; a remote stored with one keeps syncing (remote set would
-    refuse it now)."""
+    refuse it now), and says so: a misspelt 'endpoint' sent the sync to AWS, 'offline' for ever, without a word
+    (an upgrade journey)."""
     _set_remote(vault_path, server, s3_bucket)
     ids = _add(vault_path, tmp_path, 1)
     toml = vault_path / "localvault.toml"
     text = toml.read_text()
     assert "[remote.storage_options]\n" in text
     toml.write_text(text.replace("[remote.storage_options]\n", '[remote.storage_options]\nregion_name = "us-east-1"\n'))
-    ok(run("--vault", str(vault_path), "sync"))
+    synced = ok(run("--vault", str(vault_path), "sync"))
+    assert "s3fs takes no storage option 'region_name'" in synced.stderr and "remote set" in synced.stderr
     assert set(_server_titles(server)) == set(ids)
     assert as_json(run("--vault", str(vault_path), "status", "--json"))["online"] is True
 

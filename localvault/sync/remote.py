@@ -10,14 +10,16 @@ table and batch, no per-row statements.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 
+from .._s3_options import check_s3_options
 from ..config import RemoteConfig
-from ..errors import OfflineError, SchemaVersionError, SyncError, first_line
+from ..errors import InvalidInputError, OfflineError, SchemaVersionError, SyncError, first_line
 from . import connection, schema
 from .answer_deadline import DeadlineConnection
 from .batch import BatchResult, Changes, json_array, uuid_array
@@ -52,9 +54,18 @@ class Remote:
 
     @classmethod
     def from_stored(cls, stored: RemoteConfig) -> Remote:
-        """The remote of the vault's localvault.toml. Its s3 options are not judged by name again: ones stored
-        before :func:`localvault._s3_options.check_s3_options` existed (which s3fs ignored) keep working."""
-        return cls(stored.database_url, stored.bucket_url, stored.storage_options, _stored=True)
+        """The remote of the vault's localvault.toml. Its s3 options are not refused by name: ones stored before
+        :func:`localvault._s3_options.check_s3_options` existed (which s3fs ignored) keep working, with a
+        warning, for one s3fs ignores may be what sends the sync elsewhere (``endpoint`` for ``endpoint_url``:
+        to AWS, offline for ever; an upgrade journey)."""
+        remote = cls(stored.database_url, stored.bucket_url, stored.storage_options, _stored=True)
+        if remote.bucket_url.startswith(("s3://", "s3a://")):
+            try:
+                check_s3_options(remote.storage_options)
+            except InvalidInputError as exc:
+                warnings.warn(f"the remote stored in localvault.toml (by an older localvault, which did not check "
+                              f"it): {exc} with 'localvault remote set'", UserWarning, stacklevel=2)
+        return remote
 
     # ------------------------------------------------------- connection
 
