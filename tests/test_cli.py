@@ -627,3 +627,14 @@ def test_an_error_naming_a_file_with_a_line_break_is_one_line(cli, tmp_path: Pat
     assert done.returncode == 3
     assert done.stderr.splitlines() == [f"error: {tmp_path}/bad\\n  refused other.png is not a JPEG, PNG, WebP or MP4 "
                                         "file (its bytes say otherwise)"], done.stderr
+
+
+def test_version_names_the_schemas_this_localvault_knows() -> None:
+    """Every release said 'version 0.1.0', so a user told to upgrade (exit 7) could not tell one localvault from
+    another (an upgrade journey): the vault and server schemas it knows are what an upgrade changes."""
+    from localvault.db import schema_version
+    from localvault.sync import SCHEMA_VERSION
+
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert f"(vault schema {schema_version()}; server schema {SCHEMA_VERSION})" in result.output

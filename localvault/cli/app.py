@@ -122,7 +122,8 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 @click.option("--vault", "vault_path", type=click.Path(), envvar="LOCALVAULT_PATH",
               help="Vault folder (default: $LOCALVAULT_PATH or the platform's user data folder).")
 @click.option("--user", "user_id", help="Act as this user of a shared vault (default: the vault's user).")
-@click.version_option(package_name="localvault")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=lambda ctx, _param, asked:
+              _version(ctx, asked), help="Show the version, and the vault and server schemas it knows, and exit.")
 @click.pass_context
 def main(ctx: click.Context, vault_path: str | None, user_id: str | None) -> None:
     """localvault: keep AI-generated images and videos in a local vault, and sync them."""
@@ -132,6 +133,23 @@ def main(ctx: click.Context, vault_path: str | None, user_id: str | None) -> Non
     state = Context(Path(vault_path) if vault_path is not None else default_vault_path(), user_id)
     ctx.obj = state
     ctx.call_on_close(state.close)
+
+
+def _version(ctx: click.Context, asked: bool) -> None:
+    """``--version``: the package's, and the schema versions it knows (what an upgrade is about: the release
+    number alone does not change with them)."""
+    if not asked or ctx.resilient_parsing:
+        return
+    from .. import __version__
+    from ..db import schema_version
+
+    try:
+        from ..sync.schema import SCHEMA_VERSION
+        server = f"server schema {SCHEMA_VERSION}"
+    except ImportError:  # (without the sync extra)
+        server = "no sync (pip install -e '.[sync]')"
+    click.echo(f"localvault, version {__version__} (vault schema {schema_version()}; {server})")
+    ctx.exit()
 
 
 # Commands register themselves on `main`.
