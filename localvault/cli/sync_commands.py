@@ -141,9 +141,8 @@ def sync(ctx: Context, dry_run: bool, retry_rejected: bool, full: bool, as_json:
         output.console.print(f"kept newer on server: {named}{more}; this vault keeps its own version of each",
                              highlight=False, soft_wrap=True)
     if result.remote_changed:
-        output.console.print("the last sync went to another remote (or, made by an older localvault, to one that "
-                             "holds none of the rows it synced): every row "
-                             f"{'would be' if dry_run else 'was'} sent (as --full does)", highlight=False)
+        output.console.print("the last sync went to another remote, or to one an older localvault did not record:"
+                             f" every row {'would be' if dry_run else 'was'} sent (as --full does)", highlight=False)
     if result.rejected:
         output.warning("some changes were refused by the server or the bucket; see 'localvault status'")
 
@@ -174,8 +173,8 @@ def status(ctx: Context, offline: bool, as_json: bool) -> None:
     output.console.print(f"pending changes: {state.pending_changes}")
     output.console.print(f"last sync: {state.last_sync or 'never'}")
     if state.remote_changed:
-        output.console.print("the last sync went to another remote (or, made by an older localvault, to one that "
-                             "holds none of the rows it synced): the next sync sends every row (as --full)")
+        output.console.print("the last sync went to another remote, or to one an older localvault did not record:"
+                             " the next sync sends every row (as --full)")
     for item in state.rejected:
         output.console.print(f"refused {item.table_name} {item.row_id} ({item.op}): [{item.sqlstate}] {item.message}",
                              highlight=False)

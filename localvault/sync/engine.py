@@ -34,7 +34,7 @@ from .retry import retrying
 if TYPE_CHECKING:
     from ..vault import Vault
 
-__all__ = ["BATCH_ROWS", "INVALID_ID", "REFUSED_BY_BUCKET", "SyncReport", "push", "reached_before", "remote_for"]
+__all__ = ["BATCH_ROWS", "INVALID_ID", "REFUSED_BY_BUCKET", "SyncReport", "push", "remote_for"]
 
 BATCH_ROWS = 5_000
 #: The most rows a batch may hold (``push(batch_rows=…)``): one batch is read and held in memory.
@@ -96,19 +96,6 @@ def _closing(target: Remote | None) -> Iterator[None]:
 
 
 
-def reached_before(vault: Vault, target: Remote, went: outbox.LastSync) -> bool:
-    """Whether the outbox holds what ``target`` lacks: the last sync went there (or there was none), or, where an
-    older localvault did not record it, the server holds a row of this vault that a sync acknowledged (or recorded
-    its deletion). A vault with no such row has everything queued. Otherwise ``target`` is another remote, which
-    gets everything (as ``--full`` sends it): rows missing on the server the vault synced to were deleted there,
-    which a deletion older than the server's records (migration 6) does not show, and must not come back."""
-    if went != "unrecorded":
-        return went == "here"
-    library, collections = outbox.acknowledged_sample(vault)
-    return not (library or collections) or retrying(partial(target.holds_any, vault.user_id, library, collections),
-                                                    "reading which rows the server holds", target.close)
-
-
 def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, retry_rejected: bool = False,
          full: bool = False, progress: ProgressCallback | None = None, batch_rows: int = BATCH_ROWS) -> SyncReport:
     """Push the vault user's library and collections to the remote.
@@ -135,8 +122,8 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
         target.check(vault.user_id)
         result.clock_offset_seconds = target.clock_offset
         where = remote_identity(target)
-        if not reached_before(vault, target, outbox.last_sync_went(vault, where)):
-            full = result.remote_changed = True  # a new server and bucket: everything goes, as --full sends it
+        if outbox.remote_changed(vault, where):  # a new server and bucket: everything goes, as --full sends it
+            full = result.remote_changed = True
         if retry_rejected and not dry_run:
             outbox.requeue_rejected(vault)
         # Checked even with nothing to push: a sync that "succeeds" against a bucket that is gone hides it.

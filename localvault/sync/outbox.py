@@ -6,7 +6,7 @@ import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from ..files import LIBRARY_BUCKET
 from ..timestamps import utc_now
@@ -16,8 +16,6 @@ from .statements import COLLECTION_COLUMNS, LIBRARY_COLUMNS
 if TYPE_CHECKING:
     from ..vault import Vault
 
-#: Where a user's last sync went (:func:`last_sync_went`).
-LastSync = Literal["here", "elsewhere", "unrecorded"]
 
 @dataclass
 class Batch:
@@ -350,28 +348,12 @@ def mark_synced(vault: Vault, dry_run: bool, remote: str) -> None:
         vault.db.set_meta(conn, f"synced_to:{vault.user_id}", remote)
 
 
-def last_sync_went(vault: Vault, remote: str) -> LastSync:
-    """Where this user's last sync went: ``"here"`` (to ``remote``, or no sync yet: the outbox holds what it
-    lacks), ``"elsewhere"`` (another remote, which holds none of the outbox's past), or ``"unrecorded"`` (made by
-    a localvault older than ``synced_to``, whose own ``remote set`` recorded nothing: see
-    :func:`localvault.sync.engine.reached_before`)."""
+def remote_changed(vault: Vault, remote: str) -> bool:
+    """Whether this user's last sync went to another remote than ``remote``, or to one not recorded: what the
+    outbox holds is relative to that one, and the new one holds none of it. A sync made by a localvault older than
+    ``synced_to`` (whose own ``remote set`` recorded nothing) counts as another: sending everything once more is
+    harmless, while trusting it lost every row that older version's switch of remote left behind."""
     synced_to = vault.db.get_meta(f"synced_to:{vault.user_id}")
     if synced_to is None:
-        return "here" if vault.db.get_meta(f"last_sync:{vault.user_id}") is None else "unrecorded"
-    return "here" if synced_to == remote else "elsewhere"
-
-
-def acknowledged_sample(vault: Vault, limit: int = 1_000) -> tuple[list[str], list[str]]:
-    """Ids of up to ``limit`` library rows and collections of the user, the latest, that a sync acknowledged:
-    neither queued nor refused."""
-    def sample(conn: sqlite3.Connection, table: str) -> list[str]:
-        order = "local_seq" if table == "user_library" else "rowid"
-        return [r[0] for r in conn.execute(
-            f"SELECT id FROM {table} t WHERE user_id = ?1"
-            f" AND NOT EXISTS (SELECT 1 FROM sync_outbox o WHERE o.user_id = ?1 AND o.table_name = '{table}'"
-            " AND o.row_id = t.id)"
-            f" AND NOT EXISTS (SELECT 1 FROM sync_rejected r WHERE r.table_name = '{table}' AND r.row_id = t.id)"
-            f" ORDER BY {order} DESC LIMIT ?2", (vault.user_id, limit))]
-
-    with vault.db.read() as conn:
-        return sample(conn, "user_library"), sample(conn, "user_collections")
+        return vault.db.get_meta(f"last_sync:{vault.user_id}") is not None
+    return synced_to != remote

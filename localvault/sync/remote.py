@@ -29,7 +29,6 @@ from .statements import (
     COLLECTION_UPSERT,
     DELETE_SQL,
     HOLD_DELETIONS_SQL,
-    HOLDS_ANY_SQL,
     KEPT_DELETED_SQL,
     LIBRARY_PRESENT_SQL,
     LIBRARY_UPSERT,
@@ -211,14 +210,6 @@ class Remote:
             conn.execute(HOLD_DELETIONS_SQL, (user_id, uuid_array(library_ids)))
             present = {str(r[0]) for r in conn.execute(LIBRARY_PRESENT_SQL, (user_id, uuid_array(library_ids)))}
             yield set(library_ids) - present  # read after the hold: a statement of its own, a new snapshot
-
-    def holds_any(self, user_id: str, library_ids: list[str], collection_ids: list[str]) -> bool:
-        """Whether the server holds any of these library rows and collections of the user, or recorded the
-        deletion of one. Read as the user; changes nothing."""
-        with self._as_user(user_id) as conn:
-            row = conn.execute(HOLDS_ANY_SQL, {"user": user_id, "library": uuid_array(library_ids),
-                                               "collections": uuid_array(collection_ids)}).fetchone()
-        return bool(row and row[0])
 
     def kept_deleted(self, user_id: str, rows: list[dict[str, Any]]) -> set[str]:
         """Ids of library ``rows`` (each with its ``updated_at``) the server keeps deleted: a push skips them, so

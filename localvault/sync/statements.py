@@ -93,14 +93,6 @@ HOLD_DELETIONS_SQL = (
 )
 # (The user's own rows: another user's public row that took a deleted row's id must not keep its object.)
 LIBRARY_PRESENT_SQL = "SELECT id FROM public.user_library WHERE user_id = %s AND id = ANY(%s::uuid[])"
-#: Whether the server holds, or recorded the deletion of, any of these library rows and collections of the user.
-HOLDS_ANY_SQL = (
-    "SELECT EXISTS (SELECT 1 FROM public.user_library WHERE user_id = %(user)s AND id = ANY(%(library)s::uuid[]))"
-    " OR EXISTS (SELECT 1 FROM public.user_collections WHERE user_id = %(user)s AND id = ANY(%(collections)s::uuid[]))"
-    " OR EXISTS (SELECT 1 FROM localvault.deleted_rows WHERE user_id = %(user)s AND ("
-    "(row_table = 'user_library' AND id = ANY(%(library)s::uuid[]))"
-    " OR (row_table = 'user_collections' AND id = ANY(%(collections)s::uuid[]))))"
-)
 # Rows (id, updated_at) the server keeps deleted: not there, and deleted at or after that time.
 KEPT_DELETED_SQL = (
     "SELECT s.id FROM jsonb_to_recordset(%s::jsonb) AS s(id uuid, updated_at timestamptz) "

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Literal
 from ..config import redact_database_url, redact_url, remote_identity
 from ..errors import InvalidInputError, LocalVaultError, OfflineError, VaultCorruptError
 from .bucket import Bucket
-from .engine import reached_before, remote_for
-from .outbox import last_sync_went, pending_count
+from .engine import remote_for
+from .outbox import pending_count, remote_changed
 from .remote import Remote
 
 if TYPE_CHECKING:
@@ -44,8 +44,7 @@ class SyncStatus:
     #: This machine's clock minus the server's, in seconds (positive: ahead), when the server was reached;
     #: see :func:`localvault.sync.report.clock_warning`.
     clock_offset_seconds: float | None = None
-    #: The last sync went to another database or bucket (where an older localvault did not record it, one that
-    #: holds none of the rows it synced: told only online): the next one sends every row (``pending_changes``
+    #: The last sync went to another database or bucket: the next one sends every row (``pending_changes``
     #: counts them all; ``last_sync`` is of that other remote).
     remote_changed: bool = False
 
@@ -68,9 +67,6 @@ def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = T
                                 else None)
     except (InvalidInputError, VaultCorruptError) as exc:  # settings stored before they were checked, or broken
         configured, reason, problem = None, str(exc), "not_ready"
-    shown = configured or vault.config.remote
-    went = last_sync_went(vault, remote_identity(shown)) if shown is not None else "here"
-    moved = went == "elsewhere"
     if configured is not None and not check_online:
         reason = "not checked (--offline)"
     elif configured is not None:
@@ -79,8 +75,6 @@ def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = T
             offset = configured.clock_offset
             Bucket(configured.bucket_url, configured.storage_options).check_reachable(create=False)
             online, reason = True, None
-            # (where an older localvault did not record it, only the server can tell; offline, the sync will)
-            moved = moved or not reached_before(vault, configured, went)
         except OfflineError as exc:
             online, reason, problem = False, str(exc), "offline"
         except LocalVaultError as exc:  # it answered: a refusal, a wrong schema version, unusable settings
@@ -88,6 +82,8 @@ def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = T
         finally:
             if remote is None:  # a Remote the caller passed stays theirs to close
                 configured.close()
+    shown = configured or vault.config.remote
+    moved = shown is not None and remote_changed(vault, remote_identity(shown))
     return SyncStatus(
         online=online, offline_reason=reason, problem=problem, rejected=rejected, remote_changed=moved,
         pending_changes=pending_count(vault, with_everything=moved),
