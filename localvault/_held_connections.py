@@ -4,19 +4,20 @@ SQLite keeps one record per process of the locks held on a file. A child forked 
 inherits the parent's connections and that record, which says the locks are held: they are the parent's, in the
 kernel, for POSIX locks are not inherited. A connection the child opened itself took none of its own, so another
 process saw no reader and reset the write-ahead log under it: the child's commits were lost, and the database
-could be damaged (an embedding journey: 50 of 60 commits lost; three of three daemonised runs malformed). So the
-child closes every inherited connection at the fork (:func:`_close_inherited`), which leaves the parent's as they
-are, and its own connections then take their locks.
+could be damaged (an embedding journey: 50 of 60 commits lost; three of three daemonised runs malformed).
 
-A connection another thread of the parent had in a transaction cannot be closed in the child: its rollback would
-write into the log's index, which the parent shares. It is kept open, unused, and the child refuses to open that
-vault (:func:`refuse_if_forked_mid_transaction`). Python's own clean-up after a fork frees the other threads'
-objects, which closes their connections whatever their state: the strong references here keep them for the check.
+Nor can the child close them: closing takes mutexes a thread of the parent may have held at the fork (the child
+hung, 7 of 40 times), rolls back into the log's index the parent shares what a thread of the parent had under way
+(its transaction then read a malformed database), and leaves a connection with a statement under way open anyway
+(a review). So at the fork, with no call into SQLite, the child keeps every inherited connection open for good,
+unused (:func:`_keep_inherited`), and refuses to open those vaults (:func:`refuse_if_inherited`). Python's own
+clean-up after a fork frees the other threads' objects, and would close their connections: the references here
+keep them.
 """
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
 import os
 import sqlite3
 from typing import TYPE_CHECKING
@@ -26,16 +27,20 @@ from .errors import StorageError
 if TYPE_CHECKING:
     import sqlite_utils
 
-#: This process's open connections (their vault database's real path), by ``id`` of their :class:`Held`.
-_OPEN: dict[int, tuple[sqlite3.Connection, str]] = {}
-#: Connections a fork left in a transaction, kept open in this child, and their databases' paths.
-_KEPT_FROM_PARENT: list[sqlite3.Connection] = []
-_FORKED_MID_TRANSACTION: set[str] = set()
+#: This process's open connections, and their database file's (device, inode), by ``id`` of their :class:`Held`.
+_OPEN: dict[int, tuple[sqlite3.Connection, tuple[int, int]]] = {}
+#: The (device, inode) of the databases this process inherited open connections to through a fork.
+_INHERITED: set[tuple[int, int]] = set()
+
+
+def _file_key(path: str) -> tuple[int, int]:
+    found = os.stat(path)
+    return found.st_dev, found.st_ino
 
 
 class Held:
     """A thread's connection; closed when the thread ends (its ``threading.local`` goes), or by the thread itself
-    once the vault is closed; in a process forked since, at the fork."""
+    once the vault is closed; never in a process forked since (see the module's docstring)."""
 
     __slots__ = ("conn", "utils", "pid")
 
@@ -43,10 +48,10 @@ class Held:
         self.conn = conn
         self.utils: sqlite_utils.Database | None = None
         self.pid = os.getpid()
-        _OPEN[id(self)] = (conn, os.path.realpath(path))
+        _OPEN[id(self)] = (conn, _file_key(path))
 
     def close(self) -> None:
-        """Close the connection, unless this is a process forked since it was opened (closed at the fork)."""
+        """Close the connection, unless this is a process forked since it was opened."""
         if os.getpid() == self.pid:
             _OPEN.pop(id(self), None)
             self.conn.close()
@@ -58,24 +63,21 @@ class Held:
             pass
 
 
-def refuse_if_forked_mid_transaction(path: str) -> None:
-    """StorageError if this process was forked while its parent had the database at ``path`` in a transaction."""
-    if os.path.realpath(path) in _FORKED_MID_TRANSACTION:
-        raise StorageError(f"this process was forked while another thread of its parent was writing to {path}; "
-                           "SQLite's locks cannot work for it here: open the vault in a process forked before the "
-                           "vault was opened, or started with multiprocessing's 'spawn' or 'forkserver'")
+def refuse_if_inherited(path: str) -> None:
+    """StorageError if this process inherited, through a fork, an open connection to the database at ``path``."""
+    if _INHERITED and os.path.exists(path) and _file_key(path) in _INHERITED:
+        raise StorageError(f"this process was forked from one that had {path} open: SQLite cannot lock it for this "
+                           "process (its writes could be lost, the database damaged). Open the vault in a process "
+                           "that did not inherit it open: fork before opening it (gunicorn without --preload, or "
+                           "open it in post_fork), or start workers with multiprocessing's 'spawn' or 'forkserver'")
 
 
-def _close_inherited() -> None:
-    inherited = list(_OPEN.values())
+def _keep_inherited() -> None:
+    """At a fork, in the child: keep every inherited connection open for good, and note its database."""
+    for conn, key in _OPEN.values():
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))  # never freed, so never closed, here
+        _INHERITED.add(key)
     _OPEN.clear()
-    for conn, path in inherited:
-        with contextlib.suppress(sqlite3.Error):
-            if conn.in_transaction:
-                _KEPT_FROM_PARENT.append(conn)
-                _FORKED_MID_TRANSACTION.add(path)
-            else:
-                conn.close()
 
 
-os.register_at_fork(after_in_child=_close_inherited)
+os.register_at_fork(after_in_child=_keep_inherited)

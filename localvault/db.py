@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._disk import filesystem_type, on_read_only_filesystem
-from ._held_connections import Held, refuse_if_forked_mid_transaction
+from ._held_connections import Held, refuse_if_inherited
 from .errors import SchemaVersionError, StorageError, VaultCorruptError
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ class Database:
         """Open (and, with ``create``, make) a vault database and migrate it."""
         if not create and not path.exists():
             raise VaultCorruptError(f"{path} does not exist; is this a vault folder? Create one with 'localvault init'")
-        refuse_if_forked_mid_transaction(str(path))
+        refuse_if_inherited(str(path))
         fs_type = filesystem_type(path.parent)
         if fs_type in NETWORK_FILESYSTEMS:
             warnings.warn(
@@ -204,8 +204,8 @@ class Database:
         segmentation fault). A call of another thread already inside its
         transaction completes; one that has not reached it yet gets a
         StorageError (and leaves nothing behind). In a process forked since
-        the vault was opened, its connections were closed at the fork (see
-        :mod:`localvault._held_connections`): the parent's stay as they are.
+        the vault was opened, nothing is closed: the connections are the
+        parent's, kept open and unused (see :mod:`localvault._held_connections`).
         """
         self._closed = True
         held: Held | None = getattr(self._local, "held", None)
