@@ -960,6 +960,13 @@ def test_comfyui_crafted_subgraphs_are_opened_within_bounds() -> None:
     info = _within(3, lambda: _clean.finish(metadata.read_chunks({"workflow": json.dumps(crafted)})))
     assert (info.prompt, info.seed) == ("deep", 7)
 
+    # A definition with no nodes nor links but 200,000 inputs, placed 2,000 times (645 KB): each placement walked
+    # every input (45 s; about 30 min at the 4 MiB cap).
+    hollow = {"id": "hollow", "nodes": [], "links": [], "inputs": [{}] * 200_000}
+    bomb = {"nodes": [{"id": n, "type": "hollow"} for n in range(2_000)], "links": [],
+            "definitions": {"subgraphs": [hollow]}}
+    _within(3, lambda: metadata.read_chunks({"workflow": json.dumps(bomb)}))
+
 
 @pytest.mark.parametrize("chunks", ["swapped", "ui-under-prompt-only", "api-under-workflow-only"])
 def test_comfyui_graphs_are_told_apart_by_shape_not_by_chunk_name(tmp_path: Path, chunks: str) -> None:

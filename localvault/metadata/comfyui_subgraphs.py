@@ -116,10 +116,13 @@ def _definitions(workflow: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _size(definition: dict[str, Any]) -> int:
-    """What opening a subgraph once takes in: its nodes, their input slots, its links."""
-    links = definition.get("links")
+    """What opening a subgraph once takes in: itself, its nodes, their input slots, its links, and its own inputs
+    and outputs (each placement walks them: an empty definition of many inputs, placed many times, cost their
+    product; a review)."""
     nodes = [n for n in definition["nodes"] if isinstance(n, dict)]
-    return len(nodes) + sum(len(slots(n)) for n in nodes) + (len(links) if isinstance(links, (list, dict)) else 0)
+    listed = (definition.get(key) for key in ("links", "inputs", "outputs"))
+    return 1 + len(nodes) + sum(len(slots(n)) for n in nodes) + sum(
+        len(each) for each in listed if isinstance(each, (list, dict)))
 
 
 def _on_path(scope: Scope | None, definition: dict[str, Any]) -> bool:
