@@ -402,3 +402,17 @@ def test_a_damaged_database_is_reported_by_verify_and_by_the_cli_in_one_line(tmp
     assert "Traceback" not in listed.output
     checked = CliRunner().invoke(main, ["--vault", str(root), "verify"])
     assert checked.exit_code == 1 and "database damaged:" in checked.output and "vault is clean" not in checked.output
+
+
+def test_a_check_that_cannot_run_is_no_verdict_of_damage(tmp_path: Path) -> None:
+    """Any error of SQLite's check (interrupted, locked, an I/O error) was reported as damage, and the CLI said to
+    restore vault.db from a backup, which would lose what the sound one holds (a review)."""
+    with Vault.create(tmp_path / "v", user_id=USER_A) as vault:
+        vault.collections.create("kept")
+        vault.db.conn.set_progress_handler(lambda: 1, 500)  # SQLITE_INTERRUPT past 500 steps, as interrupt() does
+        try:
+            with pytest.raises(StorageError, match="cannot check"):
+                vault.verify()
+        finally:
+            vault.db.conn.set_progress_handler(None, 1)
+        assert vault.verify().clean
