@@ -423,6 +423,23 @@ def test_a_schema_upgraded_while_a_sync_runs_stops_it_at_the_next_batch(vault: V
     assert vault.db.conn.execute("SELECT count(*) FROM sync_outbox").fetchone()[0] == 4
 
 
+def test_a_sync_that_waits_out_a_long_schema_apply_says_so(vault: Vault, remote: Remote, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch waits for a migration under way, its lock_timeout at most: the retries' message then blamed a web
+    app's transaction on the user's rows (a review)."""
+    from localvault.sync import remote as remote_module
+    from localvault.sync.schema import ADVISORY_LOCK_KEY
+
+    monkeypatch.setattr(remote_module, "LOCK_TIMEOUT", "300ms")
+    _fill(vault, tmp_path, 1)
+    with psycopg.connect(remote.database_url, autocommit=True) as applier:
+        applier.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))  # as a migration holds it
+        with pytest.raises(SyncError, match="schema apply"):
+            vault.sync(remote)
+    assert vault.db.conn.execute("SELECT count(*) FROM sync_outbox").fetchone()[0] == 1
+    assert vault.sync(remote).rows_written == 1
+
+
 def test_second_sync_refuses_while_one_runs(vault: Vault, remote: Remote, tmp_path: Path) -> None:
     _fill(vault, tmp_path, 1)
     with _SyncLock(vault.root):

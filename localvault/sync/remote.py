@@ -319,7 +319,11 @@ def _same_schema(conn: psycopg.Connection[Any]) -> None:
     appliers' lock shared, so a migration waits for the batches under way, and the batches after it see it
     (the version was checked once, as the sync began: a sync under way wrote its every batch into the schema a
     newer localvault had upgraded meanwhile; an upgrade journey)."""
-    conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (schema.ADVISORY_LOCK_KEY,))
+    try:
+        conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (schema.ADVISORY_LOCK_KEY,))
+    except psycopg.errors.LockNotAvailable:  # (lock_timeout: not a row lock of a web app's, as retrying would say)
+        raise SyncError(f"a `schema apply` has held the server's schema for over {LOCK_TIMEOUT}: sync again once "
+                        "it is done; nothing was lost") from None
     row = conn.execute(f"SELECT coalesce(max(version), 0) FROM {schema.VERSION_TABLE}").fetchone()
     if row is None or row[0] != schema.SCHEMA_VERSION:
         raise SchemaVersionError(f"the server's localvault schema changed while this sync ran (now version "
