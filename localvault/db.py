@@ -108,9 +108,7 @@ class Database:
         if self._closed:
             if held is not None and held.conn.in_transaction:  # a call under way in this thread: it completes
                 return held
-            if held is not None:  # (this thread's own connection: closed here, never under another thread)
-                self._local.held = None
-                held.close()
+            self._let_go_of_this_threads()
             raise self._closed_error()
         if held is None:
             if self._uri is None:  # (a database made from a bare connection: one thread only)
@@ -121,6 +119,14 @@ class Database:
                 raise StorageError(f"cannot open {self.path} for another thread ({exc})") from None
             held = self._local.held = self._hold(conn)
         return held
+
+    def _let_go_of_this_threads(self) -> None:
+        """Close this thread's connection, unless a call of this thread is inside its transaction (closed here,
+        never under another thread)."""
+        held: Held | None = getattr(self._local, "held", None)
+        if held is not None and not held.conn.in_transaction:
+            self._local.held = None
+            held.close()
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -281,7 +287,7 @@ class Database:
         """StorageError when the vault is closed, or was opened read-only: nothing of it (rows or its settings)
         may change."""
         if self._closed:
-            self._thread_held()  # (which closes this thread's connection, as any other use after the close does)
+            self._let_go_of_this_threads()  # (as any other use after the close does)
             raise self._closed_error()
         if self.readonly:
             raise StorageError(f"the vault at {self.path.parent} was opened read-only (readonly=True); open it "

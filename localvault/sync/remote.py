@@ -324,10 +324,10 @@ def _same_schema(conn: psycopg.Connection[Any]) -> None:
     except psycopg.errors.LockNotAvailable:  # (lock_timeout: not a row lock of a web app's, as retrying would say)
         raise SyncError(f"a `schema apply` has held the server's schema for over {LOCK_TIMEOUT}: sync again once "
                         "it is done; nothing was lost") from None
-    row = conn.execute(f"SELECT coalesce(max(version), 0) FROM {schema.VERSION_TABLE}").fetchone()
-    if row is None or row[0] != schema.SCHEMA_VERSION:
+    version = schema.server_schema_version(conn)
+    if version != schema.SCHEMA_VERSION:
         raise SchemaVersionError(f"the server's localvault schema changed while this sync ran (now version "
-                                 f"{row[0] if row else 0}, this localvault knows {schema.SCHEMA_VERSION}): "
+                                 f"{version}, this localvault knows {schema.SCHEMA_VERSION}): "
                                  "upgrade localvault (or run `localvault schema apply`), then sync again; nothing "
                                  "was lost")
 
