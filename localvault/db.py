@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from ._disk import filesystem_type, on_read_only_filesystem
 from ._held_connections import Held, refuse_if_inherited
+from ._sqlite_errors import corruption_error, is_corruption
 from .errors import SchemaVersionError, StorageError, VaultCorruptError
 
 if TYPE_CHECKING:
@@ -299,7 +300,7 @@ class Database:
         try:
             found = [str(row[0]) for row in self.conn.execute("PRAGMA quick_check(10)")]
         except sqlite3.DatabaseError as exc:
-            if not _is_corruption(exc):  # locked, interrupted, an I/O error: no verdict (restoring would lose data)
+            if not is_corruption(exc):  # locked, interrupted, an I/O error: no verdict (restoring would lose data)
                 raise StorageError(f"cannot check {self.path}: {exc}; try again") from None
             return [str(exc)]
         return [] if found == ["ok"] else found
@@ -373,24 +374,6 @@ def _configure(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA temp_store = MEMORY")  # (see Database.spilling: for the few statements that touch many rows)
     conn.execute("PRAGMA cache_size = -16000")
-
-
-def corruption_error(exc: sqlite3.DatabaseError, path: Path) -> VaultCorruptError | None:
-    """The VaultCorruptError a damaged (or foreign) database file's error stands for; None for another error."""
-    if _is_corruption(exc):
-        return VaultCorruptError(f"{path} is not a readable localvault database ({exc}); restore it from a backup "
-                                 "(the files in the buckets are not affected)")
-    return None
-
-
-def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
-    """Whether SQLite said the file is damaged, or not a database (SQLITE_CORRUPT, SQLITE_NOTADB)."""
-    code = getattr(exc, "sqlite_errorcode", None)  # (Python 3.11 and later)
-    if code is not None:
-        return code & 0xFF in (11, 26)
-    text = str(exc)
-    return not isinstance(exc, sqlite3.OperationalError) and (
-        "not a database" in text or "malformed" in text or "file is encrypted" in text)
 
 
 def _storage_error(exc: sqlite3.OperationalError, path: Path) -> StorageError:

@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 import click
 
 from .._disk import on_read_only_filesystem
+from .._sqlite_errors import corruption_error
 from ..config import default_vault_path
-from ..db import DB_NAME, corruption_error
+from ..db import DB_NAME
 from ..errors import LocalVaultError
 from ..vault import Vault
 from . import output
