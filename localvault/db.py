@@ -103,8 +103,9 @@ class Database:
 
     def _thread_held(self) -> Held:
         if os.getpid() != self._pid:  # SQLite's connections must not cross a fork: a child's commits were lost
-            raise StorageError(f"this vault was opened by process {self._pid}, before a fork; open the vault again "
-                               "in this process (open it after forking, not before)")
+            raise StorageError(f"this vault was opened by process {self._pid}, before a fork: it cannot be used in "
+                               "this process, nor opened again here; open it in processes that did not inherit it "
+                               "open (fork before opening it, or start them with multiprocessing's 'spawn')")
         held: Held | None = getattr(self._local, "held", None)
         if self._closed:
             if held is not None and held.conn.in_transaction:  # a call under way in this thread: it completes
