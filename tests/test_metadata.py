@@ -966,6 +966,14 @@ def test_comfyui_crafted_subgraphs_are_opened_within_bounds() -> None:
     bomb = {"nodes": [{"id": n, "type": "hollow"} for n in range(2_000)], "links": [],
             "definitions": {"subgraphs": [hollow]}}
     _within(3, lambda: metadata.read_chunks({"workflow": json.dumps(bomb)}))
+    # Nor do entries that are not objects pass uncounted: 100,000 of them as nodes, or as one node's inputs, placed
+    # 1,000 times (222 KB) took 5-10 s (a second review).
+    for junk in ({"id": "junk", "nodes": [0] * 100_000, "links": []},
+                 {"id": "junk", "nodes": [{"id": 1, "type": "X", "inputs": [0] * 100_000}], "links": []}):
+        placed = {"nodes": [{"id": n, "type": "junk"} for n in range(1_000)], "links": [],
+                  "definitions": {"subgraphs": [junk]}}
+        text = json.dumps(placed)
+        _within(1.5, lambda text=text: metadata.read_chunks({"workflow": text}))
 
 
 @pytest.mark.parametrize("chunks", ["swapped", "ui-under-prompt-only", "api-under-workflow-only"])

@@ -119,9 +119,11 @@ def _size(definition: dict[str, Any]) -> int:
     """What opening a subgraph once takes in: itself, its nodes, their input slots, its links, and its own inputs
     and outputs (each placement walks them: an empty definition of many inputs, placed many times, cost their
     product; a review)."""
-    nodes = [n for n in definition["nodes"] if isinstance(n, dict)]
+    # Every entry counts, objects or not: each placement walks them all before it keeps the objects (a review).
+    nodes = definition["nodes"]
+    node_inputs = (n.get("inputs") for n in nodes if isinstance(n, dict))
     listed = (definition.get(key) for key in ("links", "inputs", "outputs"))
-    return 1 + len(nodes) + sum(len(slots(n)) for n in nodes) + sum(
+    return 1 + len(nodes) + sum(len(each) for each in node_inputs if isinstance(each, list)) + sum(
         len(each) for each in listed if isinstance(each, (list, dict)))
 
 
