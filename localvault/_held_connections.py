@@ -17,9 +17,12 @@ keep them.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from .errors import StorageError
@@ -31,6 +34,10 @@ if TYPE_CHECKING:
 _OPEN: dict[int, tuple[sqlite3.Connection, tuple[int, int]]] = {}
 #: The (device, inode) of the databases this process inherited open connections to through a fork.
 _INHERITED: set[tuple[int, int]] = set()
+#: Connections being made (in ``sqlite3.connect``, which lets go of the GIL), by their database's (device, inode).
+_OPENING: collections.Counter[tuple[int, int]] = collections.Counter()
+#: Resolved here rather than in a child at its fork.
+_INCREF = ctypes.pythonapi.Py_IncRef
 
 
 def _file_key(path: str) -> tuple[int, int]:
@@ -45,6 +52,8 @@ class Held:
     __slots__ = ("conn", "utils", "pid")
 
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        """Hold ``conn``, a connection just made to the database at ``path``, before its first statement (a fork
+        while it runs must count it open)."""
         self.conn = conn
         self.utils: sqlite_utils.Database | None = None
         self.pid = os.getpid()
@@ -53,14 +62,33 @@ class Held:
     def close(self) -> None:
         """Close the connection, unless this is a process forked since it was opened."""
         if os.getpid() == self.pid:
-            _OPEN.pop(id(self), None)
-            self.conn.close()
+            try:
+                self.conn.close()
+            finally:  # (only once closed: a fork while it closes must count it open)
+                _OPEN.pop(id(self), None)
 
     def __del__(self) -> None:
         try:
             self.close()
         except Exception:  # (at interpreter exit, or closed already)
             pass
+
+
+@contextmanager
+def opening(path: str) -> Iterator[None]:
+    """Around the making of a connection to the database at ``path`` (one that exists): a fork meanwhile counts it
+    open, for SQLite's mutexes may be held in it."""
+    key = _file_key(path) if os.path.exists(path) else None
+    if key is None:  # (a new vault's: made before anything else uses it)
+        yield
+        return
+    _OPENING[key] += 1
+    try:
+        yield
+    finally:
+        _OPENING[key] -= 1
+        if not _OPENING[key]:
+            del _OPENING[key]
 
 
 def refuse_if_inherited(path: str) -> None:
@@ -75,9 +103,11 @@ def refuse_if_inherited(path: str) -> None:
 def _keep_inherited() -> None:
     """At a fork, in the child: keep every inherited connection open for good, and note its database."""
     for conn, key in _OPEN.values():
-        ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))  # never freed, so never closed, here
+        _INCREF(ctypes.py_object(conn))  # never freed, so never closed, here
         _INHERITED.add(key)
+    _INHERITED.update(_OPENING)
     _OPEN.clear()
+    _OPENING.clear()
 
 
 os.register_at_fork(after_in_child=_keep_inherited)

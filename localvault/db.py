@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._disk import filesystem_type, on_read_only_filesystem
-from ._held_connections import Held, refuse_if_inherited
+from ._held_connections import Held, opening, refuse_if_inherited
 from ._sqlite_errors import corruption_error, is_corruption
 from .errors import SchemaVersionError, StorageError, VaultCorruptError
 
@@ -83,20 +83,20 @@ class Database:
     ends, or (after :meth:`close`) when the thread next uses the vault.
     """
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool = False, uri: str | None = None) -> None:
+    def __init__(self, held: Held, path: Path, readonly: bool = False, uri: str | None = None) -> None:
         self.path = path
         self.readonly = readonly
         self._uri = uri
         self._local = threading.local()
         self._closed = False
         self._pid = os.getpid()
-        self._local.held = self._hold(conn)
+        self._local.held = self._hold(held)
 
-    def _hold(self, conn: sqlite3.Connection) -> Held:
+    def _hold(self, held: Held) -> Held:
         if self._closed:  # closed while this thread opened its connection (if after this, its next use closes it)
-            conn.close()
+            held.close()
             raise self._closed_error()
-        return Held(conn, str(self.path))
+        return held
 
     def _closed_error(self) -> StorageError:
         return StorageError(f"the vault at {self.path.parent} is closed; open it again")
@@ -116,10 +116,10 @@ class Database:
             if self._uri is None:  # (a database made from a bare connection: one thread only)
                 raise StorageError("this vault's database cannot be used from another thread")
             try:
-                conn = _connect(self._uri)
+                made = _connect(self._uri, self.path)
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot open {self.path} for another thread ({exc})") from None
-            held = self._local.held = self._hold(conn)
+            held = self._local.held = self._hold(made)
         return held
 
     def _let_go_of_this_threads(self) -> None:
@@ -173,18 +173,20 @@ class Database:
                                    "folds them in), then read it")
             uri += "&immutable=1"
         try:
-            conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
-                                   check_same_thread=False)
+            with opening(str(path)):
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                                       check_same_thread=False)
+                held = Held(conn, str(path))
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             # Refuse another program's database (before WAL mode would rewrite its header).
             if (int(conn.execute("PRAGMA user_version").fetchone()[0]) == 0
                     and conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1").fetchone()):
-                conn.close()
+                held.close()
                 raise VaultCorruptError(f"{path} holds tables that are not a localvault's; pick another folder")
             if not readonly:
                 conn.execute("PRAGMA journal_mode = WAL")
             _configure(conn)
-            db = cls(conn, path, readonly, uri)
+            db = cls(held, path, readonly, uri)
             if not readonly:
                 db._migrate()
             else:
@@ -268,8 +270,11 @@ class Database:
             except sqlite3.OperationalError as exc:
                 raise _storage_error(exc, self.path) from None
             yield conn
+            self._refuse_if_forked_inside()
             conn.execute("COMMIT")
         except BaseException as exc:  # a Ctrl-C just before COMMIT too: still in the transaction, so rolled back
+            if os.getpid() != self._pid:  # (the parent's transaction: nothing of it is this process's to end)
+                raise
             if self._closed and isinstance(exc, sqlite3.ProgrammingError):  # another thread closed the vault
                 raise self._closed_error() from None
             if conn.in_transaction:
@@ -282,8 +287,13 @@ class Database:
                 raise damaged from exc
             raise
         finally:
-            if wait_ms is not None and not self._closed:
+            if wait_ms is not None and not self._closed and os.getpid() == self._pid:
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+    def _refuse_if_forked_inside(self) -> None:
+        if os.getpid() != self._pid:  # a fork inside a transaction: the child must not end the parent's
+            raise StorageError("this process was forked inside a transaction of the vault's; it is its parent's "
+                               "to end: nothing of it was committed here")
 
     def refuse_if_readonly(self, to: str = "change it") -> None:
         """StorageError when the vault is closed, or was opened read-only: nothing of it (rows or its settings)
@@ -327,7 +337,7 @@ class Database:
             conn.execute("BEGIN")
             yield conn
         finally:
-            if conn.in_transaction:
+            if conn.in_transaction and os.getpid() == self._pid:  # (a fork inside: the parent's to end)
                 conn.execute("COMMIT")
 
     @contextmanager
@@ -353,17 +363,18 @@ class Database:
                      (key, value))
 
 
-def _connect(uri: str) -> sqlite3.Connection:
-    """Another connection to a database already opened (and migrated) through ``uri``."""
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
-                           check_same_thread=False)
+def _connect(uri: str, path: Path) -> Held:
+    """Another connection to the database at ``path``, already opened (and migrated) through ``uri``."""
+    with opening(str(path)):
+        held = Held(sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                                    check_same_thread=False), str(path))
     try:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        _configure(conn)
+        held.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        _configure(held.conn)
     except BaseException:
-        conn.close()
+        held.close()
         raise
-    return conn
+    return held
 
 
 def _configure(conn: sqlite3.Connection) -> None:
