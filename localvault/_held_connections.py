@@ -94,8 +94,10 @@ def opening(path: str) -> Iterator[None]:
 def refuse_if_inherited(path: str) -> None:
     """StorageError if this process inherited, through a fork, an open connection to the database at ``path``."""
     if _INHERITED and os.path.exists(path) and _file_key(path) in _INHERITED:
-        raise StorageError(f"this process was forked from one that had {path} open: SQLite cannot lock it for this "
-                           "process (its writes could be lost, the database damaged). Open the vault in a process "
+        raise StorageError(f"this process was forked from one that had {path} open (in some thread: after close(), "
+                           "a thread's connection goes when that thread next uses the vault, or ends): SQLite cannot "
+                           "lock it for this process (its writes could be lost, the database damaged). Open the "
+                           "vault in a process "
                            "that did not inherit it open: fork before opening it (gunicorn without --preload, or "
                            "open it in post_fork), or start workers with multiprocessing's 'spawn' or 'forkserver'")
 
