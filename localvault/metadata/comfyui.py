@@ -332,23 +332,27 @@ def _json_size(value: Any) -> int:
         return MAX_WORKFLOW_BYTES + 1
 
 
-def _by_shape(graph: Any, flow: Any) -> tuple[Any, Any]:
-    """The API graph and the UI graph of the ``prompt`` and ``workflow`` chunks, told apart by their shape (a
-    custom save node may write the UI graph under ``prompt`` and the API graph under ``workflow``)."""
+def _by_shape(graph: Any, flow: Any) -> tuple[Any, Nodes | None, Any]:
+    """The API graph, its nodes (None if neither chunk holds one) and the UI graph of the ``prompt`` and
+    ``workflow`` chunks, told apart by their shape (a custom save node may write the UI graph under ``prompt``
+    and the API graph under ``workflow``)."""
     def is_ui(value: Any) -> bool:
         return isinstance(value, dict) and isinstance(value.get("nodes"), list)
 
-    swapped = api_nodes(flow) is not None or (is_ui(graph) and not is_ui(flow))
-    return (flow, graph) if api_nodes(graph) is None and swapped else (graph, flow)
+    nodes = api_nodes(graph)
+    if nodes is None and (swapped := api_nodes(flow)) is not None:
+        return flow, swapped, graph
+    if nodes is None and is_ui(graph) and not is_ui(flow):
+        return flow, None, graph
+    return graph, nodes, flow
 
 
 def parse(prompt: Any, workflow: Any = None, extra: dict[str, Any] | None = None,
           file_name: str | None = None) -> Found:
     """Read the ``prompt`` (API graph) and ``workflow`` (UI graph) chunks, whichever holds which; either may be JSON
     text. ``file_name``: the file's, which tells which branch of a graph saved it."""
-    graph, flow = _by_shape(prompt if isinstance(prompt, dict) else json_loads(prompt),
-                            workflow if isinstance(workflow, dict) else json_loads(workflow))
-    nodes = api_nodes(graph)
+    graph, nodes, flow = _by_shape(prompt if isinstance(prompt, dict) else json_loads(prompt),
+                                   workflow if isinstance(workflow, dict) else json_loads(workflow))
     found = from_nodes(nodes, file_name) if nodes else Found()
     if nodes is None and (ui_nodes := workflow_nodes(flow)) is not None:
         found = from_nodes(ui_nodes, file_name)
