@@ -15,7 +15,7 @@ from .errors import InvalidInputError, NotFoundError
 from .files import WORKSPACE_BUCKET, FileStore
 from .models import check_whole_number
 from .progress import ProgressCallback, report
-from .timestamps import format_time, utc_now
+from .timestamps import format_time, parse_time, utc_now
 
 #: Threads removing expired files (each removal mostly waits on the disk).
 CLEANUP_THREADS = 4
@@ -54,7 +54,7 @@ def set_expiry(db: Database, user_id: str, asset_id: str, when: datetime | None)
         # would outlive an expiry asked for now until the clock caught up (an expiry follows its creation).
         created = min(found[0], utc_now())
         if moment <= created:
-            moment = format_time(datetime.fromisoformat(created.replace("Z", "+00:00")) + timedelta(milliseconds=1))
+            moment = format_time(parse_time(created) + timedelta(milliseconds=1))
         conn.execute("UPDATE workspace_assets SET created_at = ?, expires_at = ? WHERE id = ?",
                      (created, moment, asset_id))
 

@@ -21,6 +21,11 @@ def format_time(moment: datetime) -> str:
     return f"{moment.year:04d}-" + moment.strftime("%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+def parse_time(text: str) -> datetime:
+    """A vault timestamp's text as an aware ``datetime`` (ValueError for text that is not one)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def utc_in(delta: timedelta) -> str:
     """``delta`` from now, as the vault's timestamp text."""
     return format_time(datetime.now(timezone.utc) + delta)
@@ -36,7 +41,7 @@ def due(last: str | None, interval: timedelta) -> bool:
     never done). A ``last`` in the future marks a clock set back since: counting from it would put the work off
     until the clock caught up (a year, for a clock that was a year ahead), so it is due."""
     try:
-        done = datetime.fromisoformat(last.replace("Z", "+00:00")) if last else None
+        done = parse_time(last) if last else None
     except ValueError:
         done = None
     if done is None or done.tzinfo is None:
