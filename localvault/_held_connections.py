@@ -21,8 +21,7 @@ import collections
 import ctypes
 import os
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import StorageError
@@ -51,13 +50,13 @@ class Held:
 
     __slots__ = ("conn", "utils", "pid")
 
-    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
-        """Hold ``conn``, a connection just made to the database at ``path``, before its first statement (a fork
-        while it runs must count it open)."""
+    def __init__(self, conn: sqlite3.Connection, key: tuple[int, int]) -> None:
+        """Hold ``conn``, a connection just made to the database file ``key`` (device, inode), before its first
+        statement (a fork while it runs must count it open); see :func:`hold_new`."""
         self.conn = conn
         self.utils: sqlite_utils.Database | None = None
         self.pid = os.getpid()
-        _OPEN[id(self)] = (conn, _file_key(path))
+        _OPEN[id(self)] = (conn, key)
 
     def close(self) -> None:
         """Close the connection, unless this is a process forked since it was opened."""
@@ -74,21 +73,21 @@ class Held:
             pass
 
 
-@contextmanager
-def opening(path: str) -> Iterator[None]:
-    """Around the making of a connection to the database at ``path`` (one that exists): a fork meanwhile counts it
-    open, for SQLite's mutexes may be held in it."""
+def hold_new(path: str, connect: Callable[[], sqlite3.Connection]) -> Held:
+    """The connection ``connect`` makes to the database at ``path``, held. It counts as open from before it is made
+    (``sqlite3.connect`` lets go of the GIL, and SQLite's mutexes may be held while a fork happens) to after its
+    close; a new vault's file, which does not exist before, counts only once made."""
     key = _file_key(path) if os.path.exists(path) else None
-    if key is None:  # (a new vault's: made before anything else uses it)
-        yield
-        return
-    _OPENING[key] += 1
+    if key is not None:
+        _OPENING[key] += 1
     try:
-        yield
+        conn = connect()
+        return Held(conn, key or _file_key(path))
     finally:
-        _OPENING[key] -= 1
-        if not _OPENING[key]:
-            del _OPENING[key]
+        if key is not None:
+            _OPENING[key] -= 1
+            if not _OPENING[key]:
+                del _OPENING[key]
 
 
 def refuse_if_inherited(path: str) -> None:

@@ -15,12 +15,13 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._disk import filesystem_type, on_read_only_filesystem
-from ._held_connections import Held, opening, refuse_if_inherited
+from ._held_connections import Held, hold_new, refuse_if_inherited
 from ._sqlite_errors import corruption_error, is_corruption
 from .errors import SchemaVersionError, StorageError, VaultCorruptError
 
@@ -173,10 +174,8 @@ class Database:
                                    "folds them in), then read it")
             uri += "&immutable=1"
         try:
-            with opening(str(path)):
-                conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
-                                       check_same_thread=False)
-                held = Held(conn, str(path))
+            held = hold_new(str(path), partial(_sqlite_connect, uri))
+            conn = held.conn
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             # Refuse another program's database (before WAL mode would rewrite its header).
             if (int(conn.execute("PRAGMA user_version").fetchone()[0]) == 0
@@ -270,7 +269,9 @@ class Database:
             except sqlite3.OperationalError as exc:
                 raise _storage_error(exc, self.path) from None
             yield conn
-            self._refuse_if_forked_inside()
+            if os.getpid() != self._pid:  # a fork inside a transaction: the child must not end the parent's
+                raise StorageError("this process was forked inside a transaction of the vault's; it is its parent's "
+                                   "to end: nothing of it was committed here")
             conn.execute("COMMIT")
         except BaseException as exc:  # a Ctrl-C just before COMMIT too: still in the transaction, so rolled back
             if os.getpid() != self._pid:  # (the parent's transaction: nothing of it is this process's to end)
@@ -289,11 +290,6 @@ class Database:
         finally:
             if wait_ms is not None and not self._closed and os.getpid() == self._pid:
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-
-    def _refuse_if_forked_inside(self) -> None:
-        if os.getpid() != self._pid:  # a fork inside a transaction: the child must not end the parent's
-            raise StorageError("this process was forked inside a transaction of the vault's; it is its parent's "
-                               "to end: nothing of it was committed here")
 
     def refuse_if_readonly(self, to: str = "change it") -> None:
         """StorageError when the vault is closed, or was opened read-only: nothing of it (rows or its settings)
@@ -365,9 +361,7 @@ class Database:
 
 def _connect(uri: str, path: Path) -> Held:
     """Another connection to the database at ``path``, already opened (and migrated) through ``uri``."""
-    with opening(str(path)):
-        held = Held(sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
-                                    check_same_thread=False), str(path))
+    held = hold_new(str(path), partial(_sqlite_connect, uri))
     try:
         held.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         _configure(held.conn)
@@ -375,6 +369,10 @@ def _connect(uri: str, path: Path) -> Held:
         held.close()
         raise
     return held
+
+
+def _sqlite_connect(uri: str) -> sqlite3.Connection:
+    return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
 
 
 def _configure(conn: sqlite3.Connection) -> None:
