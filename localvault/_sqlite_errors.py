@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
-from .errors import VaultCorruptError
+from .errors import LocalVaultError, VaultCorruptError
+
+Class = TypeVar("Class", bound=type)
+
+
+class _Translates(Protocol):
+    def vault_error(self, exc: sqlite3.DatabaseError) -> LocalVaultError | None: ...
 
 
 def corruption_error(exc: sqlite3.DatabaseError, path: Path) -> VaultCorruptError | None:
@@ -24,3 +34,28 @@ def is_corruption(exc: sqlite3.DatabaseError) -> bool:
     text = str(exc)
     return not isinstance(exc, sqlite3.OperationalError) and (
         "not a database" in text or "malformed" in text or "file is encrypted" in text)
+
+
+def raising_vault_errors(database: str) -> Callable[[Class], Class]:
+    """A class decorator: what SQLite raises inside the class's public methods reaches their callers as the
+    LocalVaultError it stands for (a read that meets a damaged page: VaultCorruptError), through the
+    ``vault_error`` of the Database at ``self.<database>``. A bug's error (a broken constraint) stays raw."""
+    def decorate(cls: Class) -> Class:
+        for name, member in list(vars(cls).items()):
+            if not name.startswith("_") and inspect.isfunction(member):  # (not the classmethods that open a vault)
+                setattr(cls, name, _raising_vault_errors(member, database))
+        return cls
+    return decorate
+
+
+def _raising_vault_errors(method: Callable[..., Any], database: str) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(self: object, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            db: _Translates = getattr(self, database)
+            if (translated := db.vault_error(exc)) is None:
+                raise
+            raise translated from exc
+    return call

@@ -11,6 +11,7 @@ import uuid
 
 from . import models, rows
 from ._spelling import composed, spellings
+from ._sqlite_errors import raising_vault_errors
 from .db import Database
 from .errors import DuplicateError, InvalidInputError, NotFoundError
 from .models import Collection
@@ -50,6 +51,7 @@ def named(conn: sqlite3.Connection, user_id: str, name: str, *, besides: str | N
         (user_id, *forms, besides, name)).fetchone()
 
 
+@raising_vault_errors("_db")
 class Collections:
     """The current user's collections."""
 

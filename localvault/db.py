@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from ._disk import filesystem_type, on_read_only_filesystem
 from ._held_connections import Held, hold_new, refuse_if_inherited
 from ._sqlite_errors import corruption_error, is_corruption
-from .errors import SchemaVersionError, StorageError, VaultCorruptError
+from .errors import LocalVaultError, SchemaVersionError, StorageError, VaultCorruptError
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -281,15 +281,19 @@ class Database:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.DatabaseError):  # (a damaged database may refuse that too)
                     conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.OperationalError):
-                # A read-only vault, a full disk, a lock lost mid-transaction: a LocalVaultError, not a raw sqlite3 one.
-                raise _storage_error(exc, self.path) from exc
-            if isinstance(exc, sqlite3.DatabaseError) and (damaged := corruption_error(exc, self.path)) is not None:
-                raise damaged from exc
+            if isinstance(exc, sqlite3.DatabaseError) and (translated := self.vault_error(exc)) is not None:
+                raise translated from exc
             raise
         finally:
             if wait_ms is not None and not self._closed and os.getpid() == self._pid:
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+    def vault_error(self, exc: sqlite3.DatabaseError) -> LocalVaultError | None:
+        """The LocalVaultError one of SQLite's errors stands for (a read-only vault, a full disk, a lock held too
+        long, a damaged database); None for another (a bug's, such as a broken constraint)."""
+        if isinstance(exc, sqlite3.OperationalError):
+            return _storage_error(exc, self.path)
+        return corruption_error(exc, self.path)
 
     def refuse_if_readonly(self, to: str = "change it") -> None:
         """StorageError when the vault is closed, or was opened read-only: nothing of it (rows or its settings)
@@ -395,4 +399,4 @@ def _storage_error(exc: sqlite3.OperationalError, path: Path) -> StorageError:
     if "locked" in text or "busy" in text:
         return StorageError(f"{path} stayed locked by another connection (another process, or another thread of "
                             f"this one) for {BUSY_TIMEOUT_MS // 1000} s; try again")
-    return StorageError(f"cannot write {path}: {text}")
+    return StorageError(f"cannot use {path}: {text}")

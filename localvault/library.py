@@ -15,6 +15,7 @@ from . import _write_intents as write_intents
 from . import models, pending, rows
 from ._search import SUBSTRING_FILTER, SearchQuery, search_query
 from ._spelling import composed, tags_rarest_first
+from ._sqlite_errors import raising_vault_errors
 from .collections import resolve as resolve_collection
 from .db import Database
 from .errors import ConflictError, DuplicateError, InvalidInputError, NotFoundError, StorageError
@@ -33,6 +34,7 @@ class _Unset:
 UNSET: Any = _Unset()
 
 
+@raising_vault_errors("_db")
 class Library:
     """The current user's library."""
 

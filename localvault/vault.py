@@ -21,6 +21,7 @@ from . import media, models, pending
 from ._disk import TEMP_PREFIX, make_folders_durably, unlink_quietly
 from ._export import export_file
 from ._id_prefix import MIN_ID_PREFIX as MIN_ID_PREFIX  # (where it was)
+from ._sqlite_errors import raising_vault_errors
 from .collections import Collections
 from .config import CONFIG_NAME, RemoteConfig, VaultConfig
 from .db import DB_NAME, Database
@@ -138,6 +139,7 @@ def _left_user_id(root: Path) -> str | None:
         return None
 
 
+@raising_vault_errors("db")
 class Vault:
     """A local vault, scoped to one user.
 

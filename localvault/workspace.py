@@ -15,6 +15,7 @@ from . import _write_intents as write_intents
 from . import models, pending, rows
 from ._cleanup import CleanupReport, remove_expired, set_expiry
 from ._recovered import set_aside_strays
+from ._sqlite_errors import raising_vault_errors
 from .db import Database
 from .errors import DuplicateError, InvalidInputError, LocalVaultError, NotFoundError
 from .files import WORKSPACE_BUCKET, FileStore, StagedFile
@@ -40,6 +41,7 @@ LIFETIME = timedelta(days=7)
 UNDO_LOCK_WAIT_MS = 5_000
 
 
+@raising_vault_errors("_db")
 class Workspace:
     """The current user's workspace assets."""
 

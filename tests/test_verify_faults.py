@@ -416,3 +416,54 @@ def test_a_check_that_cannot_run_is_no_verdict_of_damage(tmp_path: Path) -> None
         finally:
             vault.db.conn.set_progress_handler(None, 1)
         assert vault.verify().clean
+
+
+def _scribble_root_pages(path: Path, table: str) -> None:
+    """Garbage in the b-tree page headers of ``table``'s root page and its indexes' (a bad sector)."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    root_pages = [row[0] for row in conn.execute("SELECT rootpage FROM sqlite_master WHERE tbl_name = ? AND rootpage",
+                                                 (table,))]
+    conn.close()
+    with open(path, "r+b") as db_file:
+        for root_page in root_pages:
+            db_file.seek((root_page - 1) * page_size)
+            db_file.write(b"\x0d\xff\xff\xff\x00\x00\xff\xff")
+
+
+def test_reads_that_meet_a_damaged_page_raise_vault_corrupt_error(tmp_path: Path) -> None:
+    """A public read that met a damaged page raised sqlite3.DatabaseError, which an app catching LocalVaultError
+    missed; every public call now says the vault is damaged, and what to do."""
+    from localvault.errors import LocalVaultError, VaultCorruptError
+
+    root = tmp_path / "v"
+    with Vault.create(root, user_id=USER_A) as vault:
+        album = vault.collections.create("album")
+        ids = [vault.library.add(write_media(tmp_path / "src", "png", n), title=f"t{n}", collection=album.id).id
+               for n in range(150)]
+        staged = [vault.workspace.add(write_media(tmp_path / "src", "png", 1000 + n)).id for n in range(150)]
+    for name in ("user_library", "workspace_assets", "user_collections"):
+        _scribble_root_pages(root / "vault.db", name)
+    reads: dict[str, Any] = {
+        "library.list": lambda v: v.library.list(),
+        "library.get": lambda v: v.library.get(ids[-1]),
+        "library.count": lambda v: v.library.count(),
+        "workspace.list": lambda v: v.workspace.list(),
+        "workspace.get": lambda v: v.workspace.get(staged[-1]),
+        "collections.list": lambda v: v.collections.list(),
+        "vault.get": lambda v: v.get(ids[0]),
+        "vault.resolve_id": lambda v: v.resolve_id(ids[1][:8]),
+    }
+    with pytest.raises(VaultCorruptError, match="restore it from a backup"):
+        Vault.open(root)  # (its clean-up of expired assets meets the damage)
+    with Vault.open(root, auto_cleanup=False) as vault:
+        for what, read in reads.items():
+            try:
+                read(vault)
+            except LocalVaultError as exc:
+                assert isinstance(exc, VaultCorruptError), (what, exc)
+                assert "restore it from a backup" in str(exc), (what, exc)
+            else:
+                raise AssertionError(f"{what} read a damaged table without an error")

@@ -58,7 +58,7 @@ class VaultGroup(click.Group):
             except click.ClickException as exc:  # click prints it (usage and all) on stderr
                 self._json_error(exc.format_message(), exc.exit_code, type(exc).__name__)
                 raise
-            except sqlite3.DatabaseError as exc:  # a damaged database, met by a read (writes say it themselves)
+            except sqlite3.DatabaseError as exc:  # a damaged database, met outside Vault and its parts (status, watch)
                 where = ctx.obj.vault_path / DB_NAME if isinstance(ctx.obj, Context) else Path(DB_NAME)
                 if (damaged := corruption_error(exc, where)) is None:
                     self._json_error(f"{type(exc).__name__}: {exc}", 1, "InternalError")
