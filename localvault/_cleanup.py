@@ -13,7 +13,7 @@ from . import pending
 from .db import Database
 from .errors import InvalidInputError, NotFoundError
 from .files import WORKSPACE_BUCKET, FileStore
-from .models import check_whole_number
+from .models import check_callback, check_whole_number
 from .progress import ProgressCallback, report
 from .timestamps import format_time, parse_time, utc_now
 
@@ -67,6 +67,7 @@ def remove_expired(db: Database, files: FileStore, *, progress: ProgressCallback
     previous one queued), so other writers wait a fraction of a second at most
     and readers never (WAL). ``last_cleanup`` is recorded only when none is left.
     """
+    check_callback(progress, "progress")
     if max_assets is not None:
         check_whole_number(max_assets, "max_assets", 1, hint=" (or None: all)")
     now = utc_now()

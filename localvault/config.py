@@ -110,8 +110,7 @@ def remote_identity(remote: RemotePlaces) -> str:
 
         user = given("user", "PGUSER")
         database = f"{given('host', 'PGHOST')}:{given('port', 'PGPORT') or '5432'}/{given('dbname', 'PGDATABASE') or user}"
-    options = remote.storage_options or {}
-    endpoint = (options.get("client_kwargs") or {}).get("endpoint_url") or options.get("endpoint_url") or ""
+    endpoint = endpoint_of(remote.storage_options or {}) or ""
     return f"{database} {remote.bucket_url.rstrip('/')} {str(endpoint).rstrip('/')}".rstrip()
 
 
@@ -269,11 +268,19 @@ def check_storage_options(options: Mapping[str, Any]) -> None:
     if not isinstance(options, Mapping):
         raise InvalidInputError(f"storage options must be a dict of fsspec options, not {type(options).__name__}")
     _check_option_text(options)
-    client = options.get("client_kwargs")
-    endpoint = client.get("endpoint_url") if isinstance(client, Mapping) else None
-    endpoint = endpoint or options.get("endpoint_url")
+    for name in ("client_kwargs", "config_kwargs"):  # (s3fs reads them as dicts, at every sync and status)
+        if options.get(name) is not None and not isinstance(options[name], Mapping):
+            raise InvalidInputError(f"the storage option {name} must be a dict of settings (such as "
+                                    f"{{'endpoint_url': 'https://…'}}), not {options[name]!r}")
+    endpoint = endpoint_of(options)
     if endpoint is not None and not (isinstance(endpoint, str) and endpoint.startswith(("http://", "https://"))):
         raise InvalidInputError(f"the endpoint URL {endpoint!r} must start with http:// or https://")
+
+
+def endpoint_of(options: Mapping[str, Any]) -> Any:
+    """The endpoint URL of storage options (``client_kwargs.endpoint_url``, or s3fs's ``endpoint_url``), unchecked."""
+    client = options.get("client_kwargs")
+    return (client.get("endpoint_url") if isinstance(client, Mapping) else None) or options.get("endpoint_url")
 
 
 def _check_option_text(value: Any) -> None:

@@ -44,7 +44,7 @@ from ._disk import (
     walk_files,
     write_all,
 )
-from .errors import FileTooLargeError, StorageError
+from .errors import FileTooLargeError, InvalidInputError, StorageError
 
 WORKSPACE_BUCKET = "workspace-temp"
 LIBRARY_BUCKET = "user-library"
@@ -70,6 +70,8 @@ class FileStore:
     """The two buckets under ``root`` on ``fs`` (the local disk by default)."""
 
     def __init__(self, root: str | Path, fs: fsspec.AbstractFileSystem | None = None) -> None:
+        if fs is not None and not isinstance(fs, fsspec.AbstractFileSystem):
+            raise InvalidInputError(f"fs must be an fsspec filesystem (such as fsspec.filesystem('file')), not {fs!r}")
         self.fs = fs or LocalFileSystem()
         self.local = isinstance(self.fs, LocalFileSystem)
         self.root = str(root).rstrip("/")

@@ -386,6 +386,7 @@ def import_folder(db: Database, files: FileStore, user_id: str, path: str | os.P
     """Import every media file of a folder into the workspace; see :meth:`Workspace.import_folder`."""
     folder = check_folder(path, "the folder to import", (db.path.parent, files))
     recursive = models.check_flag(recursive, "recursive")
+    models.check_callback(progress, "progress")
     with Importer(db, files, user_id, mode=mode, model=model, prompt=prompt, workers=workers) as importer:
         found = scan(folder, recursive)
         result = importer.import_candidates(found.candidates, total=len(found.candidates), progress=progress)

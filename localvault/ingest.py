@@ -56,6 +56,7 @@ def prepare(
     nothing behind when the file is refused.
     """
     source = models.check_path(source, "the file to add")
+    models.check_callback(on_bytes, "on_bytes")
     try:
         is_file = source.is_file()
     except OSError as exc:  # a name too long, a loop of links

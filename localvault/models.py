@@ -95,7 +95,11 @@ _UUID_HINTS = {
 def check_uuid(value: str, what: str = "id") -> str:
     """Return ``value`` as a lower-case canonical UUID or raise InvalidInputError."""
     try:
-        return str(uuid.UUID(str(value).strip()))
+        text = str(value).strip()
+        # (uuid.UUID reads the digits with int(): it takes "+0f25…" for "00f25…", and "6_7f" for "67f")
+        if not re.fullmatch(r"[0-9a-f-]+", text.lower().removeprefix("urn:uuid:").strip("{}"), re.ASCII):
+            raise ValueError(text)
+        return str(uuid.UUID(text))
     except (ValueError, AttributeError, TypeError):
         hint = _UUID_HINTS.get(what, "use the full id shown by 'localvault ls'")
         raise InvalidInputError(f"{what} {value!r} is not a valid UUID; {hint}") from None
@@ -119,6 +123,14 @@ def check_flag(value: Any, what: str) -> bool:
     """``value`` if it is True or False; InvalidInputError for anything else (``repair="no"`` is truthy)."""
     if not isinstance(value, bool):
         raise InvalidInputError(f"{what} must be True or False, not {value!r}")
+    return value
+
+
+def check_callback(value: Any, what: str) -> Any:
+    """``value`` if it is None or callable; InvalidInputError for anything else (which would fail only at the
+    first event, with a TypeError, after part of the work was done)."""
+    if value is not None and not callable(value):
+        raise InvalidInputError(f"{what} must be a function (or None), not {value!r}")
     return value
 
 

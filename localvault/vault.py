@@ -26,7 +26,7 @@ from .collections import Collections
 from .config import CONFIG_NAME, RemoteConfig, VaultConfig
 from .db import DB_NAME, Database
 from .errors import DuplicateError, InvalidInputError, LocalVaultError, NotFoundError, StorageError, VaultCorruptError
-from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
+from .files import BUCKETS, LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
 from .library import Library
 from .models import LibraryAsset, WorkspaceAsset
 from .progress import ProgressCallback
@@ -182,9 +182,11 @@ class Vault:
                                     "vault") from None
         except OSError as exc:
             raise StorageError(f"cannot create {root}: {exc.strerror}") from None
+        buckets_made: list[Path] = []
         try:
             with _creating(root):  # another create of this folder waits here, then finds the vault
                 _check_creatable(root)
+                buckets_made = [root / bucket for bucket in BUCKETS if not _exists(root / bucket)]
                 for name in filter(_is_config_temp, _entries(root)):
                     unlink_quietly(root / name)
                 # A create cut short may have left its localvault.toml: its user id stays (nothing else was there).
@@ -194,7 +196,9 @@ class Vault:
                 config = VaultConfig(user_id=owner)
                 config.save(root)
                 db = Database.open(root / DB_NAME, create=True)
-        except LocalVaultError:
+        except BaseException:  # (a full disk, Ctrl-C): the folders this call made go, if nothing else is in them
+            for folder in buckets_made:
+                _remove_if_empty(folder)
             if made:
                 _remove_if_empty(root)
             raise

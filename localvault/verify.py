@@ -28,7 +28,7 @@ from ._recovered import copy_to_recovered, recover
 from .db import Database
 from .errors import StorageError
 from .files import LIBRARY_BUCKET, WORKSPACE_BUCKET, FileStore
-from .models import SURROGATES
+from .models import SURROGATES, check_callback
 from .progress import ProgressCallback, report
 
 #: Rows read per query.
@@ -117,6 +117,7 @@ def verify(db: Database, files: FileStore, *, repair: bool = False, check_hashes
     database comes first: a damaged one is reported (``database_damage``),
     and nothing else is checked or repaired.
     """
+    check_callback(progress, "progress")
     result = VerifyReport(database_damage=db.damage())
     if result.database_damage:  # (its rows cannot be trusted, nor its repairs made)
         return result

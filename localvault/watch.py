@@ -90,7 +90,7 @@ class Watcher:
         # Checked here, not first in the watcher's thread: a bad option is the caller's InvalidInputError.
         self._options = checked_options(mode=mode, model=model, prompt=prompt, workers=workers)
         self.recursive = models.check_flag(recursive, "recursive")
-        self.on_event = on_event
+        self.on_event = models.check_callback(on_event, "on_event")
         self.poll_seconds = models.check_seconds(poll_seconds, "poll_seconds", above_zero=True)
         stable_seconds = models.check_seconds(stable_seconds, "stable_seconds")
         quiet_seconds = models.check_seconds(quiet_seconds, "quiet_seconds")

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from localvault._disk import NotRegularFileError, open_regular
-from localvault.errors import StorageError
-from localvault.models import GenerationInfo
+from localvault.errors import InvalidInputError, StorageError
+from localvault.models import GenerationInfo, check_path
 
 from . import a1111, comfyui, images, invokeai, mp4, novelai, sidecar, xmp
 from ._clean import Found, finish, json_object, merge
@@ -154,7 +154,11 @@ def _open_regular(path: Path) -> BinaryIO:
 def _embedded(path: Path, data: bytes | None = None, handle: BinaryIO | None = None,
               file_name: str | None = None) -> Found:
     if handle is not None:
-        handle.seek(0)
+        try:
+            handle.seek(0)
+        except (OSError, ValueError) as exc:  # a pipe, a closed file
+            raise StorageError(f"cannot read the metadata of {file_name!r} from its handle: {exc}; give a file "
+                               "open for reading, which can seek") from None
         return _chunks_of(handle, file_name)
     with io.BytesIO(data) if data is not None else _open_regular(path) as f:
         return _chunks_of(f, file_name)
@@ -174,7 +178,8 @@ def read(path: str | os.PathLike[str], *, data: bytes | None = None, handle: Bin
     Embedded metadata wins; a sidecar (``NAME.json``, ``NAME.ext.json``, ``NAME.txt``)
     fills the gaps. Malformed metadata never raises: whatever could be read is
     returned, with ``source="none"`` when nothing was. Raises
-    :class:`~localvault.errors.StorageError` only when the file cannot be opened.
+    :class:`~localvault.errors.StorageError` only when the file cannot be opened
+    (or ``handle`` read from its start), InvalidInputError for an argument of the wrong kind.
 
     A caller that has already read the file passes its bytes as ``data``; one
     that has listed the folder passes the names in it as ``siblings``, so that
@@ -184,7 +189,11 @@ def read(path: str | os.PathLike[str], *, data: bytes | None = None, handle: Bin
     file open passes it as ``handle`` (read from its start, left open): the
     metadata then comes from the very file the caller checks and hashes.
     """
-    path = path if isinstance(path, Path) else Path(path)
+    path = check_path(path, "the file to read")
+    if contents is not None:
+        contents = check_path(contents, "contents")
+    if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidInputError(f"data must be the file's bytes, not {type(data).__name__}")
     found = _embedded(Path(contents) if contents is not None and data is None else path, data, handle, path.name)
     try:
         found = merge(found, sidecar.read(path, siblings))

@@ -69,8 +69,11 @@ class Bucket:
             tune_s3(options)
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **options)
-        except (ImportError, ValueError, TypeError) as exc:
-            raise SyncError(f"cannot use bucket URL {url!r}: {exc}") from None
+        except (ImportError, ValueError, TypeError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+                PermissionError) as exc:
+            raise SyncError(f"cannot use bucket URL {redact_url(url)!r}: {exc}") from None
+        except OSError as exc:  # a filesystem that connects as it is made (ftp://, sftp://, github://)
+            raise OfflineError(f"cannot reach the bucket {redact_url(url)}: {exc}") from None
         self.url = url
         self.shown_url = redact_url(url)  # for messages: a URL may carry user:password@
         #: Where multipart uploads under way are noted (set by a sync; see :mod:`.open_uploads`).

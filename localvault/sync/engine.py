@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from ..config import remote_identity
 from ..errors import InvalidInputError, OfflineError, StorageError, SyncBusyError, VaultCorruptError
-from ..models import check_flag, check_whole_number
+from ..models import check_callback, check_flag, check_whole_number
 from ..progress import ProgressCallback, report
 from . import outbox
 from .bucket import Bucket
@@ -47,6 +47,9 @@ INVALID_ID = "invalid id"
 
 def remote_for(vault: Vault, remote: Remote | None) -> Remote:
     if remote is not None:
+        if not isinstance(remote, Remote):
+            raise InvalidInputError(f"remote must be a localvault.sync.Remote (or None: the vault's own), not "
+                                    f"{type(remote).__name__}; make one with Remote(database_url, bucket_url)")
         return remote
     if vault.config.remote is None and vault.config.remote_problem is not None:
         raise VaultCorruptError(vault.config.remote_problem)
@@ -113,6 +116,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
     started = time.monotonic()
     for flag, name in ((dry_run, "dry_run"), (retry_rejected, "retry_rejected"), (full, "full")):
         check_flag(flag, name)
+    check_callback(progress, "progress")
     batch_rows = check_whole_number(batch_rows, "batch_rows", 1, MAX_BATCH_ROWS)
     if not dry_run:  # a read-only vault could not acknowledge: every sync would send the same rows again
         vault.db.refuse_if_readonly("sync it (or sync with dry_run=True to see what would go)")

@@ -20,6 +20,7 @@ import psycopg
 from .._s3_options import check_s3_options
 from ..config import RemoteConfig
 from ..errors import InvalidInputError, OfflineError, SchemaVersionError, SyncError, first_line
+from ..models import check_uuid
 from . import connection, schema
 from .answer_deadline import DeadlineConnection
 from .batch import BatchResult, Changes, json_array, uuid_array
@@ -109,6 +110,8 @@ class Remote:
         is reopened once, transparently; a server that cannot be reached is
         OfflineError.
         """
+        if user_id is not None:
+            user_id = check_uuid(user_id, "user id")
         for attempt in (1, 2):
             conn = self.connection()
             try:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 from ..config import redact_database_url, redact_url, remote_identity
 from ..errors import InvalidInputError, LocalVaultError, OfflineError, VaultCorruptError
+from ..models import check_flag
 from .bucket import Bucket
 from .engine import remote_for
 from .outbox import pending_count, remote_changed
@@ -51,6 +52,9 @@ class SyncStatus:
 
 def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = True) -> SyncStatus:
     """Whether the remote answers, how many changes wait, which were refused, and the last sync."""
+    check_online = check_flag(check_online, "check_online")
+    if remote is not None:
+        remote_for(vault, remote)  # (a Remote, not its URL: InvalidInputError)
     rejected = [
         RejectedChange(*row)
         for row in vault.db.conn.execute(
