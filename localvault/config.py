@@ -270,8 +270,8 @@ def check_storage_options(options: Mapping[str, Any]) -> None:
     _check_option_text(options)
     for name in ("client_kwargs", "config_kwargs"):  # (s3fs reads them as dicts, at every sync and status)
         if options.get(name) is not None and not isinstance(options[name], Mapping):
-            raise InvalidInputError(f"the storage option {name} must be a dict of settings (such as "
-                                    f"{{'endpoint_url': 'https://…'}}), not {options[name]!r}")
+            raise InvalidInputError(f"the storage option {name} must be a table of settings (in Python a dict, "
+                                    f"such as {{'endpoint_url': 'https://…'}}), not {options[name]!r}")
     endpoint = endpoint_of(options)
     if endpoint is not None and not (isinstance(endpoint, str) and endpoint.startswith(("http://", "https://"))):
         raise InvalidInputError(f"the endpoint URL {endpoint!r} must start with http:// or https://")

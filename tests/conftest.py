@@ -27,6 +27,9 @@ def pytest_configure(config: pytest.Config) -> None:
     started after that inherits SIGINT's default (an exec resets a handled signal, not an ignored one)."""
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # (xdist's workers set an 80-column terminal: the CLI would fold)
+        for name in ("COLUMNS", "LINES"):
+            os.environ.pop(name, None)
 
 try:  # another engineer's media builders; our own minimal MP4 below otherwise
     from mediafiles import make_mp4

@@ -69,7 +69,7 @@ def test_client_settings_that_are_not_a_dict_are_refused_and_a_stored_one_is_rep
     """They were accepted, then every status and sync failed with AttributeError until the remote was set
     again; one stored by an older localvault is now a `not_ready` status with the reason."""
     for name in ("client_kwargs", "config_kwargs"):
-        with pytest.raises(InvalidInputError, match=f"{name} must be a dict"):
+        with pytest.raises(InvalidInputError, match=f"{name} must be a table of settings"):
             vault.set_remote(DATABASE_URL, "s3://bucket", {name: value})
     assert vault.config.remote is None
     vault.set_remote(DATABASE_URL, "s3://bucket", {"client_kwargs": {"endpoint_url": "http://127.0.0.1:1"}})
@@ -78,7 +78,7 @@ def test_client_settings_that_are_not_a_dict_are_refused_and_a_stored_one_is_rep
     (vault.root / "localvault.toml").write_text(tomli_w.dumps(settings))
     with Vault.open(vault.root) as reopened:
         found = status(reopened, check_online=False)
-    assert found.problem == "not_ready" and "client_kwargs must be a dict" in (found.offline_reason or "")
+    assert found.problem == "not_ready" and "client_kwargs must be a table of settings" in (found.offline_reason or "")
 
 
 def test_a_bucket_that_connects_as_it_is_made_is_offline_or_refused_never_a_raw_os_error(tmp_path: Path) -> None:
