@@ -298,12 +298,16 @@ class Database:
     def refuse_if_readonly(self, to: str = "change it") -> None:
         """StorageError when the vault is closed, or was opened read-only: nothing of it (rows or its settings)
         may change."""
-        if self._closed:
-            self._let_go_of_this_threads()  # (as any other use after the close does)
-            raise self._closed_error()
+        self.refuse_if_closed()
         if self.readonly:
             raise StorageError(f"the vault at {self.path.parent} was opened read-only (readonly=True); open it "
                                f"without readonly to {to}")
+
+    def refuse_if_closed(self) -> None:
+        """StorageError when the vault is closed (before a call that would first meet a server or a file)."""
+        if self._closed:
+            self._let_go_of_this_threads()  # (as any other use after the close does)
+            raise self._closed_error()
 
     def damage(self) -> list[str]:
         """What SQLite's own check of the database (``PRAGMA quick_check``, its first 10 findings) says is wrong;

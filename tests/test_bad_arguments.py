@@ -140,3 +140,10 @@ def test_create_cut_short_by_a_full_disk_leaves_no_folder(tmp_path: Path, monkey
     with pytest.raises(StorageError, match="is full"):
         Vault.create(tmp_path / "kept", user_id=USER_A)
     assert (tmp_path / "kept").is_dir() and list((tmp_path / "kept").iterdir()) == []
+
+
+def test_a_dry_run_sync_of_a_closed_vault_says_it_is_closed(vault: Vault, tmp_path: Path) -> None:
+    """It said the server was offline (met first), not that the vault was closed."""
+    vault.close()
+    with pytest.raises(StorageError, match="closed"):
+        vault.sync(Remote(DATABASE_URL, (tmp_path / "b").as_uri()), dry_run=True)

@@ -118,6 +118,7 @@ def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, r
         check_flag(flag, name)
     check_callback(progress, "progress")
     batch_rows = check_whole_number(batch_rows, "batch_rows", 1, MAX_BATCH_ROWS)
+    vault.db.refuse_if_closed()  # (not an OfflineError from the server, met first)
     if not dry_run:  # a read-only vault could not acknowledge: every sync would send the same rows again
         vault.db.refuse_if_readonly("sync it (or sync with dry_run=True to see what would go)")
     target = remote_for(vault, remote)
