@@ -7,11 +7,13 @@ import inspect
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 from .errors import LocalVaultError, VaultCorruptError
 
 Class = TypeVar("Class", bound=type)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class _Translates(Protocol):
@@ -48,13 +50,18 @@ def raising_vault_errors(database: str) -> Callable[[Class], Class]:
     return decorate
 
 
-def _raising_vault_errors(method: Callable[..., Any], database: str) -> Callable[..., Any]:
-    @functools.wraps(method)
-    def call(self: object, *args: Any, **kwargs: Any) -> Any:
+def function_raising_vault_errors(database: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """The same for a public function whose first argument holds the Database (``vault``: ``"db"``)."""
+    return functools.partial(_raising_vault_errors, database=database)
+
+
+def _raising_vault_errors(function: Callable[P, R], database: str) -> Callable[P, R]:
+    @functools.wraps(function)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return method(self, *args, **kwargs)
+            return function(*args, **kwargs)
         except sqlite3.DatabaseError as exc:
-            db: _Translates = getattr(self, database)
+            db: _Translates = getattr(args[0], database)
             if (translated := db.vault_error(exc)) is None:
                 raise
             raise translated from exc

@@ -437,6 +437,7 @@ def test_reads_that_meet_a_damaged_page_raise_vault_corrupt_error(tmp_path: Path
     """A public read that met a damaged page raised sqlite3.DatabaseError, which an app catching LocalVaultError
     missed; every public call now says the vault is damaged, and what to do."""
     from localvault.errors import LocalVaultError, VaultCorruptError
+    from localvault.sync import status as sync_status
 
     root = tmp_path / "v"
     with Vault.create(root, user_id=USER_A) as vault:
@@ -444,7 +445,7 @@ def test_reads_that_meet_a_damaged_page_raise_vault_corrupt_error(tmp_path: Path
         ids = [vault.library.add(write_media(tmp_path / "src", "png", n), title=f"t{n}", collection=album.id).id
                for n in range(150)]
         staged = [vault.workspace.add(write_media(tmp_path / "src", "png", 1000 + n)).id for n in range(150)]
-    for name in ("user_library", "workspace_assets", "user_collections"):
+    for name in ("user_library", "workspace_assets", "user_collections", "sync_outbox"):
         _scribble_root_pages(root / "vault.db", name)
     reads: dict[str, Any] = {
         "library.list": lambda v: v.library.list(),
@@ -455,6 +456,7 @@ def test_reads_that_meet_a_damaged_page_raise_vault_corrupt_error(tmp_path: Path
         "collections.list": lambda v: v.collections.list(),
         "vault.get": lambda v: v.get(ids[0]),
         "vault.resolve_id": lambda v: v.resolve_id(ids[1][:8]),
+        "sync.status": lambda v: sync_status(v, check_online=False),
     }
     with pytest.raises(VaultCorruptError, match="restore it from a backup"):
         Vault.open(root)  # (its clean-up of expired assets meets the damage)

@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._sqlite_errors import function_raising_vault_errors
 from ..config import remote_identity
 from ..errors import InvalidInputError, OfflineError, StorageError, SyncBusyError, VaultCorruptError
 from ..models import check_callback, check_flag, check_whole_number
@@ -99,6 +100,7 @@ def _closing(target: Remote | None) -> Iterator[None]:
 
 
 
+@function_raising_vault_errors("db")
 def push(vault: Vault, remote: Remote | None = None, *, dry_run: bool = False, retry_rejected: bool = False,
          full: bool = False, progress: ProgressCallback | None = None, batch_rows: int = BATCH_ROWS) -> SyncReport:
     """Push the vault user's library and collections to the remote.

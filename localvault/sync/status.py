@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from .._sqlite_errors import function_raising_vault_errors
 from ..config import redact_database_url, redact_url, remote_identity
 from ..errors import InvalidInputError, LocalVaultError, OfflineError, VaultCorruptError
 from ..models import check_flag
@@ -50,6 +51,7 @@ class SyncStatus:
     remote_changed: bool = False
 
 
+@function_raising_vault_errors("db")
 def status(vault: Vault, remote: Remote | None = None, *, check_online: bool = True) -> SyncStatus:
     """Whether the remote answers, how many changes wait, which were refused, and the last sync."""
     check_online = check_flag(check_online, "check_online")
