@@ -1,4 +1,4 @@
-"""SIGKILL ``localvault sync`` at random moments, 60 times (``LOCALVAULT_CRASH_TRIALS``), over one growing library.
+"""SIGKILL ``localvault sync`` at random moments, 100 times (``LOCALVAULT_CRASH_TRIALS``), over one growing library.
 
 The sync runs as a real subprocess (``python -m localvault.cli sync``) against
 the suite's PostgreSQL and moto S3 servers. Between kills the library grows
@@ -35,9 +35,9 @@ from reliability.common import (
 
 from localvault import Vault
 
-# 60 by default: each trial is mostly the CLI starting (~1 s); the suite must stay well under 15 minutes on
-# 2 cores. LOCALVAULT_CRASH_TRIALS=100 gives the run docs/reliability.md records.
-TRIALS = int(os.environ.get("LOCALVAULT_CRASH_TRIALS", "60"))
+# 100, as the reliability issue asks (~3 minutes, mostly the CLI starting: one of the suite's two workers);
+# LOCALVAULT_CRASH_TRIALS=10 for a quick run.
+TRIALS = int(os.environ.get("LOCALVAULT_CRASH_TRIALS", "100"))
 INITIAL_ASSETS = 500
 
 
