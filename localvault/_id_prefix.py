@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import uuid
 
 from . import models
 from .errors import InvalidInputError, NotFoundError
@@ -20,10 +19,8 @@ def resolve(conn: sqlite3.Connection, user_id: str, text: str) -> str:
     if not isinstance(text, str):
         return models.check_uuid(text, "asset id")  # (its message names the type)
     typed = text.strip().lower()
-    try:
-        return str(uuid.UUID(typed))
-    except ValueError:
-        pass
+    if (whole := models.canonical_uuid(typed)) is not None:
+        return whole
     digits = typed.replace("-", "")
     if len(digits) < MIN_ID_PREFIX or len(digits) > 32 or not _HEX.fullmatch(digits):
         raise InvalidInputError(f"asset id {text!r} is not a valid UUID, nor the first {MIN_ID_PREFIX} or more "

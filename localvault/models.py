@@ -92,17 +92,24 @@ _UUID_HINTS = {
 }
 
 
+def canonical_uuid(text: str) -> str | None:
+    """``text`` as a lower-case canonical UUID, or None if it is not one."""
+    text = text.strip()
+    # (uuid.UUID reads the digits with int(): it takes "+0f25…" for "00f25…", and "6_7f" for "67f")
+    if not re.fullmatch(r"[0-9a-f-]+", text.lower().removeprefix("urn:uuid:").strip("{}"), re.ASCII):
+        return None
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        return None
+
+
 def check_uuid(value: str, what: str = "id") -> str:
     """Return ``value`` as a lower-case canonical UUID or raise InvalidInputError."""
-    try:
-        text = str(value).strip()
-        # (uuid.UUID reads the digits with int(): it takes "+0f25…" for "00f25…", and "6_7f" for "67f")
-        if not re.fullmatch(r"[0-9a-f-]+", text.lower().removeprefix("urn:uuid:").strip("{}"), re.ASCII):
-            raise ValueError(text)
-        return str(uuid.UUID(text))
-    except (ValueError, AttributeError, TypeError):
+    if (canonical := canonical_uuid(str(value))) is None:
         hint = _UUID_HINTS.get(what, "use the full id shown by 'localvault ls'")
-        raise InvalidInputError(f"{what} {value!r} is not a valid UUID; {hint}") from None
+        raise InvalidInputError(f"{what} {value!r} is not a valid UUID; {hint}")
+    return canonical
 
 
 def check_seed(value: Any) -> int:

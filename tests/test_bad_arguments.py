@@ -101,6 +101,26 @@ def test_an_id_with_a_sign_or_an_underscore_is_not_read_as_another_id(vault: Vau
         vault.library.get("{0F25CED3-35A7-4B8E-9C1D-2A3B4C5D6E7F}")
 
 
+def test_an_id_with_a_sign_or_an_underscore_does_not_name_another_asset_in_the_cli(vault: Vault, tmp_path: Path) -> None:
+    """`localvault rm +d7ddb97-…` deleted the asset 0d7ddb97-… (resolve_id read ids with uuid.UUID itself)."""
+    from click.testing import CliRunner
+
+    from localvault.cli import main
+
+    for seed in range(400):  # until an id starts with 0 (1 in 16)
+        asset = vault.workspace.add(write_media(tmp_path / "src", "png", seed))
+        if asset.id.startswith("0"):
+            break
+    signed, underscored = "+" + asset.id[1:], asset.id[1:3] + "_" + asset.id[3:]
+    for text in (signed, underscored):
+        with pytest.raises(InvalidInputError, match="not a valid UUID"):
+            vault.resolve_id(text)
+        removed = CliRunner().invoke(main, ["--vault", str(vault.root), "rm", text])
+        assert removed.exit_code == 3, removed.output
+    assert vault.workspace.get(asset.id).id == asset.id
+    assert vault.resolve_id(asset.id.upper()) == vault.resolve_id(asset.id[:8]) == asset.id
+
+
 def test_metadata_read_refuses_arguments_of_the_wrong_kind(tmp_path: Path) -> None:
     image = write_media(tmp_path, "png", 1)
     read_end, write_end = os.pipe()
