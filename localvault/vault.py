@@ -120,6 +120,8 @@ def _creating(root: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as exc:  # ENOLCK on some network filesystems
             raise StorageError(f"cannot lock {root} to create the vault: {exc.strerror or exc}") from None
+        if os.fstat(fd).st_nlink == 0:  # another create, which had made the folder, failed and removed it
+            raise StorageError(f"another create of {root} failed meanwhile (and removed the folder); try again")
         yield
     finally:
         os.close(fd)
@@ -182,9 +184,11 @@ class Vault:
                                     "vault") from None
         except OSError as exc:
             raise StorageError(f"cannot create {root}: {exc.strerror}") from None
-        buckets_made: list[Path] = []
-        try:
-            with _creating(root):  # another create of this folder waits here, then finds the vault
+        with _creating(root):  # another create of this folder waits here, then finds the vault
+            # Cleaned up under the lock: a create waiting for it must not find folders that then vanish.
+            buckets_made: list[Path] = []
+            db: Database | None = None
+            try:
                 _check_creatable(root)
                 buckets_made = [root / bucket for bucket in BUCKETS if not _exists(root / bucket)]
                 for name in filter(_is_config_temp, _entries(root)):
@@ -196,13 +200,16 @@ class Vault:
                 config = VaultConfig(user_id=owner)
                 config.save(root)
                 db = Database.open(root / DB_NAME, create=True)
-        except BaseException:  # (a full disk, Ctrl-C): the folders this call made go, if nothing else is in them
-            for folder in buckets_made:
-                _remove_if_empty(folder)
-            if made:
-                _remove_if_empty(root)
-            raise
-        return cls(root, db, files, config, owner)
+                return cls(root, db, files, config, owner)
+            except BaseException:  # (a full disk, Ctrl-C): what this call made goes, if nothing else is in it
+                if db is not None:  # (a Ctrl-C at the very end: the vault is whole, and stays)
+                    db.close()
+                elif not _exists(root / DB_NAME):
+                    for folder in buckets_made:
+                        _remove_if_empty(folder)
+                    if made:
+                        _remove_if_empty(root)
+                raise
 
     @classmethod
     def open(cls, path: str | Path, *, user_id: str | None = None, readonly: bool = False,

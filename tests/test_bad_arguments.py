@@ -5,6 +5,7 @@ documents), raised before anything is done, never a raw TypeError, AttributeErro
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +168,73 @@ def test_a_dry_run_sync_of_a_closed_vault_says_it_is_closed(vault: Vault, tmp_pa
     vault.close()
     with pytest.raises(StorageError, match="closed"):
         vault.sync(Remote(DATABASE_URL, (tmp_path / "b").as_uri()), dry_run=True)
+
+
+@pytest.mark.parametrize("folder", ["made by the user", "made by the create"])
+def test_a_create_that_fails_beside_another_never_removes_the_others_folders(tmp_path: Path, folder: str,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two creates of one folder: A fails (a full disk as its database is made) while B waits for the folder's
+    lock. A's clean-up ran after it let go of the lock, and removed B's new, empty buckets (a review: 2 runs
+    in 40 with real processes); it runs under the lock now."""
+    import threading
+
+    import localvault.vault as vault_module
+
+    root = tmp_path / "v"
+    if folder == "made by the user":
+        root.mkdir()
+    b_started, b_done = threading.Event(), threading.Event()
+    real_open, real_remove = vault_module.Database.open, vault_module._remove_if_empty
+
+    def open_database(path: Path, **options: Any) -> Any:
+        if threading.current_thread().name == "A":
+            b_started.wait(5)
+            time.sleep(0.2)  # B now waits for the lock
+            raise StorageError(f"the disk holding {path} is full; free some space and try again")
+        return real_open(path, **options)
+
+    def remove_if_empty(folder: Path) -> None:
+        if threading.current_thread().name == "A":
+            b_done.wait(1)  # (once, after the lock was let go, B made its vault here)
+        real_remove(folder)
+
+    if folder == "made by the user":
+        monkeypatch.setattr(vault_module.Database, "open", staticmethod(open_database))
+    else:  # (failing before its settings are written: the folder is empty again, and goes)
+        real_save = vault_module.VaultConfig.save
+
+        def save_settings(self: Any, where: Path) -> None:
+            if threading.current_thread().name == "A":
+                open_database(where / "vault.db")
+            real_save(self, where)
+
+        monkeypatch.setattr(vault_module.VaultConfig, "save", save_settings)
+    monkeypatch.setattr(vault_module, "_remove_if_empty", remove_if_empty)
+    made: dict[str, Any] = {}
+
+    def create(name: str) -> None:
+        if name == "B":
+            b_started.set()
+        try:
+            made[name] = Vault.create(root, user_id=USER_A)
+        except StorageError as exc:
+            made[name] = exc
+        finally:
+            if name == "B":
+                b_done.set()
+
+    a = threading.Thread(target=create, args=("A",), name="A")
+    a.start()
+    time.sleep(0.1)
+    b = threading.Thread(target=create, args=("B",), name="B")
+    b.start()
+    a.join()
+    b.join()
+    assert isinstance(made["A"], StorageError), made
+    if folder == "made by the create":  # A removed it, under the lock B then took: B says so
+        assert isinstance(made["B"], StorageError) and "try again" in str(made["B"]), made
+        assert not root.exists()
+        made["B"] = Vault.create(root, user_id=USER_A)
+    with made["B"] as vault:
+        assert vault.verify(repair=True).clean
+        vault.workspace.add(write_media(tmp_path / "src", "png", 1))
