@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import inspect
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import ParamSpec, Protocol, TypeVar
 
@@ -36,6 +37,25 @@ def is_corruption(exc: sqlite3.DatabaseError) -> bool:
     text = str(exc)
     return not isinstance(exc, sqlite3.OperationalError) and (
         "not a database" in text or "malformed" in text or "file is encrypted" in text)
+
+
+_CALLERS_OWN = "_localvault_callers_own"
+
+
+@contextmanager
+def callers_own_errors() -> Iterator[None]:
+    """Around a call of the caller's callback (a progress report): an SQLite error it raises is about the
+    caller's own database, and reaches the caller as it is, not as the vault's."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        setattr(exc, _CALLERS_OWN, True)
+        raise
+
+
+def is_callers_own(exc: sqlite3.DatabaseError) -> bool:
+    """Whether the error came from the caller's callback (see :func:`callers_own_errors`)."""
+    return bool(getattr(exc, _CALLERS_OWN, False))
 
 
 def raising_vault_errors(database: str) -> Callable[[Class], Class]:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from ._disk import filesystem_type, on_read_only_filesystem
 from ._held_connections import Held, hold_new, refuse_if_inherited
-from ._sqlite_errors import corruption_error, is_corruption
+from ._sqlite_errors import corruption_error, is_callers_own, is_corruption
 from .errors import LocalVaultError, SchemaVersionError, StorageError, VaultCorruptError
 
 if TYPE_CHECKING:
@@ -290,7 +290,10 @@ class Database:
 
     def vault_error(self, exc: sqlite3.DatabaseError) -> LocalVaultError | None:
         """The LocalVaultError one of SQLite's errors stands for (a read-only vault, a full disk, a lock held too
-        long, a damaged database); None for another (a bug's, such as a broken constraint)."""
+        long, a damaged database); None for another (a bug's, such as a broken constraint), or one the caller's
+        callback raised about its own database."""
+        if is_callers_own(exc):
+            return None
         if isinstance(exc, sqlite3.OperationalError):
             return _storage_error(exc, self.path)
         return corruption_error(exc, self.path)

@@ -44,6 +44,7 @@ from ._disk import (
     walk_files,
     write_all,
 )
+from ._sqlite_errors import callers_own_errors
 from .errors import FileTooLargeError, InvalidInputError, StorageError
 
 WORKSPACE_BUCKET = "workspace-temp"
@@ -114,7 +115,8 @@ class FileStore:
                 digest.update(chunk)
                 write(chunk)
                 if on_bytes:
-                    on_bytes(len(chunk))
+                    with callers_own_errors():
+                        on_bytes(len(chunk))
 
         try:
             if not self.local:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ._sqlite_errors import callers_own_errors
+
 
 @dataclass(frozen=True)
 class ProgressEvent:
@@ -33,4 +35,5 @@ ProgressCallback = Callable[[ProgressEvent], None]
 def report(progress: ProgressCallback | None, stage: str, **fields: object) -> None:
     """Call ``progress`` with a new event if a callback was given."""
     if progress is not None:
-        progress(ProgressEvent(stage=stage, **fields))  # type: ignore[arg-type]
+        with callers_own_errors():
+            progress(ProgressEvent(stage=stage, **fields))  # type: ignore[arg-type]

@@ -238,3 +238,24 @@ def test_a_create_that_fails_beside_another_never_removes_the_others_folders(tmp
     with made["B"] as vault:
         assert vault.verify(repair=True).clean
         vault.workspace.add(write_media(tmp_path / "src", "png", 1))
+
+
+def test_a_callbacks_own_sqlite_error_is_not_blamed_on_the_vault(vault: Vault, tmp_path: Path) -> None:
+    """A progress callback writing to the app's own (locked) database made verify and import_folder say that
+    vault.db stayed locked for 60 s (a review): the callback's error is the app's, and reaches it as it is."""
+    import sqlite3
+
+    app_db = sqlite3.connect(tmp_path / "app.db", timeout=0, isolation_level=None)
+    app_db.execute("CREATE TABLE events (stage TEXT)")
+    holder = sqlite3.connect(tmp_path / "app.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process of the app holds its database
+
+    def record(event: Any) -> None:
+        app_db.execute("INSERT INTO events VALUES (?)", (event.stage,))
+
+    source = write_media(tmp_path / "src", "png", 1)
+    for call in (lambda: vault.verify(progress=record), lambda: vault.workspace.import_folder(source.parent,
+                                                                                                  progress=record)):
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            call()
+    holder.rollback()
