@@ -173,6 +173,7 @@ class Database:
                                    "yet written into it; mount it writable once (any localvault command there "
                                    "folds them in), then read it")
             uri += "&immutable=1"
+        held: Held | None = None
         try:
             held = hold_new(str(path), partial(_sqlite_connect, uri))
             conn = held.conn
@@ -191,6 +192,8 @@ class Database:
             else:
                 db._check_version()
         except sqlite3.DatabaseError as exc:
+            if held is not None:
+                held.close()
             text = str(exc)
             if (damaged := corruption_error(exc, path)) is not None:
                 raise damaged from None
@@ -201,6 +204,12 @@ class Database:
             if "readonly" in text or "unable to open" in text:
                 doing = "to read it" if readonly else "for writing"
                 raise StorageError(f"cannot open {path} {doing} ({text}); check the folder's permissions") from None
+            if isinstance(exc, sqlite3.OperationalError):  # (locked by a program that holds it exclusively)
+                raise _storage_error(exc, path) from exc
+            raise
+        except BaseException:  # (a newer schema, Ctrl-C): no connection left open
+            if held is not None:
+                held.close()
             raise
         return db
 

@@ -259,3 +259,26 @@ def test_a_callbacks_own_sqlite_error_is_not_blamed_on_the_vault(vault: Vault, t
         with pytest.raises(sqlite3.OperationalError, match="database is locked"):
             call()
     holder.rollback()
+
+
+@pytest.mark.parametrize("readonly", [True, False])
+def test_opening_a_vault_another_program_holds_exclusively_is_a_storage_error(tmp_path: Path, readonly: bool,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """It raised sqlite3.OperationalError "database is locked" (a review)."""
+    import sqlite3
+
+    from localvault import db
+
+    with Vault.create(tmp_path / "v", user_id=USER_A):
+        pass
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
+    holder = sqlite3.connect(tmp_path / "v" / "vault.db", isolation_level=None)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StorageError, match="stayed locked by another connection"):
+            Vault.open(tmp_path / "v", readonly=readonly)
+    finally:
+        holder.close()
+    with Vault.open(tmp_path / "v", readonly=readonly) as vault:
+        assert vault.workspace.count() == 0
