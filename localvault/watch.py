@@ -41,7 +41,7 @@ from ._watch_intake import Intake, written_lately
 from ._watch_observer import FolderObserver
 from ._watch_sidecars import SIDECAR_WAIT_SECONDS
 from ._watch_state import HandledFiles, WatchEvent, WatchReport
-from .errors import InvalidInputError, LocalVaultError, StorageError
+from .errors import InvalidInputError, LocalVaultError, StorageError, VaultCorruptError
 from .import_report import ImportReport
 from .importer import Importer, Mode, checked_options, scan
 from .vault import Vault
@@ -257,6 +257,8 @@ class Watcher:
         try:
             if vault.cleanup_due():
                 vault.housekeeping()
+        except VaultCorruptError:  # (every import would fail too: the watcher stops, saying why)
+            raise
         except LocalVaultError as exc:  # the watch goes on; tried again next time
             notices.warning("the workspace's cleanup did not run: %s", exc)
 
