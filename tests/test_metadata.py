@@ -1172,7 +1172,8 @@ def test_invokeai_legacy_sd_metadata_and_dream() -> None:
     assert (info.prompt, info.negative_prompt, info.seed, info.model) == ("a snowy owl", "blurry", 99, "stable-diffusion-1.5")
     dream = _clean.finish(metadata.read_chunks({"Dream": '"a red barn [fog]" -s 50 -S 1234 -W 512 -H 512 -C 7.5 -A k_lms'}))
     assert (dream.prompt, dream.negative_prompt, dream.seed) == ("a red barn", "fog", 1234)
-    assert dream.settings["steps"] == "50" and dream.source == "invokeai"
+    assert dream.source == "invokeai"  # (numbers as numbers: they were text, unlike every other format's)
+    assert (dream.settings["steps"], dream.settings["cfg_scale"], dream.settings["width"]) == (50, 7.5, 512)
     several = _clean.finish(metadata.read_chunks({"Dream": '"a cat [blurry] in a hat [lowres]" -S 5'}))
     assert (several.prompt, several.negative_prompt) == ("a cat in a hat", "blurry lowres")  # every [...] is negative
 

@@ -229,3 +229,16 @@ def finish(found: Found) -> GenerationInfo:
             and not info.settings and info.run_id is None:
         return GenerationInfo()
     return info
+
+
+_INTEGER = re.compile(r"-?\d{1,18}")
+_DECIMAL = re.compile(r"-?\d{1,18}\.\d{1,18}")
+
+
+def number_or_text(value: str) -> Any:
+    """A setting written as text (``"50"``, ``"7.5"``) as the number it is; any other text as it is."""
+    if _INTEGER.fullmatch(value):
+        return int(value)
+    if _DECIMAL.fullmatch(value):
+        return float(value)
+    return value

@@ -18,7 +18,7 @@ import json
 import re
 from typing import Any
 
-from ._clean import Found, json_too_long, parse_seed, snake_key
+from ._clean import Found, json_too_long, number_or_text, parse_seed, snake_key
 
 _KEY = re.compile(r"\s*(\w[\w \-/+.()]*?):\s*")
 _VALUE = re.compile(r'("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
@@ -89,18 +89,6 @@ def _unquote(value: str) -> str:
             return decoded if isinstance(decoded, str) else value
         except ValueError:
             return value[1:-1]
-    return value
-
-
-_INTEGER = re.compile(r"-?\d{1,18}")
-_DECIMAL = re.compile(r"-?\d{1,18}\.\d{1,18}")
-
-
-def _number(value: str) -> Any:
-    if _INTEGER.fullmatch(value):
-        return int(value)
-    if _DECIMAL.fullmatch(value):
-        return float(value)
     return value
 
 
@@ -180,7 +168,7 @@ def _apply_params(found: Found, params: dict[str, Any]) -> None:
         elif name == "model" and isinstance(raw, str):
             found.model = raw
         else:
-            found.settings.setdefault(name, _number(raw) if isinstance(raw, str) else raw)
+            found.settings.setdefault(name, number_or_text(raw) if isinstance(raw, str) else raw)
     if found.model is None:  # Civitai's generator names its checkpoint only among its resources
         found.model = _civitai_checkpoint(found.settings.get("civitai_resources"))
 

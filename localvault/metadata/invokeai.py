@@ -8,7 +8,7 @@ from typing import Any
 
 from localvault.models import MAX_PROMPT_CHARS
 
-from ._clean import Found, find_run_id, json_loads, parse_seed
+from ._clean import Found, find_run_id, json_loads, number_or_text, parse_seed
 
 _FIELD_KEYS = ("positive_prompt", "negative_prompt", "seed", "model")
 #: A Dream chunk read: its prompt, quoted, and its flags fit in this.
@@ -125,5 +125,5 @@ def parse_dream(text: Any) -> Found:
     image: dict[str, Any] = {"prompt": words[0]} if words else {}
     for flag, value in zip(words[1:], words[2:], strict=False):
         if flag in _DREAM_FLAGS:
-            image[_DREAM_FLAGS[flag]] = value
+            image[_DREAM_FLAGS[flag]] = number_or_text(value)  # (as the JSON of later versions has them)
     return parse_sd_metadata({"image": image})
