@@ -774,6 +774,131 @@ def test_comfyui_link_cycle_does_not_hang() -> None:
     assert info.source == "comfyui" and info.seed is None and info.prompt is None
 
 
+def _switch_graph(switch: Any) -> dict[str, Any]:
+    """ComfyUI's basic_switch_node template (API graph): a ComfySwitchNode, its ``switch`` fed by a
+    PrimitiveBoolean, picks the prompt; another picks the model (on_true a LoRA on the UNet)."""
+    graph = {
+        "60": {"class_type": "UNETLoader", "inputs": {"unet_name": "z_image_turbo_bf16.safetensors"}},
+        "61": {"class_type": "ComfySwitchNode", "inputs": {"switch": ["66", 0], "on_false": ["60", 0],
+                                                            "on_true": ["62", 0]}},
+        "62": {"class_type": "LoraLoaderModelOnly", "inputs": {"lora_name": "pixel_art.safetensors",
+                                                               "strength_model": 1, "model": ["60", 0]}},
+        "65": {"class_type": "ComfySwitchNode", "inputs": {"switch": ["66", 0], "on_false": ["67", 0],
+                                                            "on_true": ["68", 0]}},
+        "66": {"class_type": "PrimitiveBoolean", "inputs": {"value": switch}},
+        "67": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "a man holding a bat"}},
+        "68": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "Pixel art style, a man holding a bat"}},
+        "56": {"class_type": "CLIPTextEncode", "inputs": {"text": ["65", 0], "clip": ["52", 0]}},
+        "54": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["56", 0]}},
+        "57": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 1024, "height": 1024, "batch_size": 1}},
+        "58": _ks(["56", 0], ["54", 0], ["57", 0], ["59", 0]),
+        "59": {"class_type": "ModelSamplingAuraFlow", "inputs": {"shift": 3, "model": ["61", 0]}},
+    }
+    return graph
+
+
+@pytest.mark.parametrize("switch", [True, False])
+def test_comfyui_core_switch_node_passes_on_the_input_its_switch_picks(switch: bool) -> None:
+    """Core's ComfySwitchNode (comfy_extras/nodes_logic.py: ``on_true if switch else on_false``) was a dead end:
+    the basic_switch_node template came in with no prompt."""
+    info = _clean.finish(metadata.read_chunks({"prompt": json.dumps(_switch_graph(switch))}))
+    prompt = "Pixel art style, a man holding a bat" if switch else "a man holding a bat"
+    assert (info.prompt, info.seed, info.model) == (prompt, 42, "z_image_turbo_bf16.safetensors")
+    graph = _switch_graph(switch)
+    graph["65"]["inputs"]["switch"] = not switch  # the widget's own value
+    info = _clean.finish(metadata.read_chunks({"prompt": json.dumps(graph)}))
+    assert info.prompt == ("a man holding a bat" if switch else "Pixel art style, a man holding a bat")
+
+
+def test_comfyui_switches_of_custom_nodes_and_a_switch_decided_as_the_graph_runs() -> None:
+    """rgthree's Any Switch passes on its first connected input (any_01, any_02…); WAS's Text Input Switch
+    text_a if its boolean is true, else text_b. A boolean made as the graph runs (a comparison of the checkpoint's
+    name, as in a real graph) is not known: the switch gives nothing, and the join around it its other parts
+    (the prompt was "score_9, …, a gnome in the forest", the text_a the graph did not take)."""
+    graph = _graph_of_today("base")
+    graph["6"]["inputs"]["text"] = ["48", 0]
+    graph.update({
+        "45": {"class_type": "Power Prompt - Simple (rgthree)", "inputs": {"prompt": "a gnome in the forest"}},
+        "19": {"class_type": "Any Switch (rgthree)", "inputs": {"any_02": ["46", 0], "any_01": ["45", 1]}},
+        "46": {"class_type": "Simple String", "inputs": {"string": "not taken"}},
+        "43": {"class_type": "Text Contains", "inputs": {"text": ["4", 3], "sub_text": "pony", "case_insensitive": True}},
+        "80": {"class_type": "Logic Comparison AND", "inputs": {"boolean_a": ["43", 0], "boolean_b": ["75", 0]}},
+        "75": {"class_type": "Logic Boolean Primitive", "inputs": {"boolean": True}},
+        "44": {"class_type": "Text Input Switch", "inputs": {"text_a": ["47", 0], "text_b": ["49", 0],
+                                                             "boolean": ["80", 0]}},
+        "47": {"class_type": "Simple String", "inputs": {"string": "score_9, score_8_up"}},
+        "49": {"class_type": "Simple String", "inputs": {"string": ""}},
+        "48": {"class_type": "Text Concatenate", "inputs": {"delimiter": ", ", "clean_whitespace": "false",
+                                                            "text_a": ["44", 0], "text_b": ["19", 0]}},
+    })
+    info = _clean.finish(metadata.read_chunks({"prompt": json.dumps(graph)}))
+    assert (info.prompt, info.negative_prompt, info.seed) == ("a gnome in the forest", "blurry", 42)
+    graph["44"]["inputs"]["boolean"] = ["75", 0]
+    info = _clean.finish(metadata.read_chunks({"prompt": json.dumps(graph)}))
+    assert info.prompt == "score_9, score_8_up, a gnome in the forest"
+
+
+def test_comfyui_switches_fed_by_each_other_or_in_a_chain_are_read_within_bounds() -> None:
+    """A switch whose boolean comes through itself is not known; a long chain of switches stops at the bounds."""
+    graph = _graph_of_today("base")
+    graph["6"]["inputs"]["text"] = ["s0", 0]
+    graph["s0"] = {"class_type": "ComfySwitchNode", "inputs": {"switch": ["s0", 0], "on_true": "a", "on_false": "b"}}
+    info = _clean.finish(metadata.read_chunks({"prompt": json.dumps(graph)}))
+    assert (info.prompt, info.seed) == (None, 42)
+    for n in range(5000):  # each switch's boolean through the next one's
+        graph[f"s{n}"] = {"class_type": "ComfySwitchNode",
+                          "inputs": {"switch": [f"s{n + 1}", 0], "on_true": True, "on_false": False}}
+    info = _within(5, lambda: _clean.finish(metadata.read_chunks({"prompt": json.dumps(graph)})))
+    assert info.seed == 42
+
+
+def test_comfyui_workflow_only_switch_to_primitives_and_no_unknown_settings() -> None:
+    """The video_wan_vace_flf2v template: the sampler's steps and cfg through ComfySwitchNodes, their switch a
+    PrimitiveBoolean, to primitives (steps and cfg were stored as None). A setting not known is not stored."""
+    workflow = {
+        "nodes": [
+            _ui_node(3, "KSampler", [4242, "fixed", 4, 1, "uni_pc", "simple", 1], ("positive", 4, False),
+                     ("steps", 5, True), ("cfg", 6, True), ("denoise", 12, True)),
+            _ui_node(6, "CLIPTextEncode", ["a girl dancing"]),
+            _ui_node(210, "PrimitiveBoolean", [False]),
+            _ui_node(207, "ComfySwitchNode", [True], ("on_false", 7, False), ("on_true", 8, False),
+                     ("switch", 9, True)),
+            _ui_node(208, "ComfySwitchNode", [True], ("on_false", 10, False), ("on_true", 11, False),
+                     ("switch", 13, True)),
+            _ui_node(214, "PrimitiveInt", [20, "fixed"]), _ui_node(204, "PrimitiveInt", [4, "fixed"]),
+            _ui_node(203, "PrimitiveFloat", [6]), _ui_node(205, "PrimitiveFloat", [1]),
+            _ui_node(300, "SomethingUnknown", [0.5]),
+        ],
+        "links": [[4, 6, 0, 3, 0, "CONDITIONING"], [5, 207, 0, 3, 1, "INT"], [6, 208, 0, 3, 2, "FLOAT"],
+                  [7, 214, 0, 207, 0, "INT"], [8, 204, 0, 207, 1, "INT"], [9, 210, 0, 207, 2, "BOOLEAN"],
+                  [10, 203, 0, 208, 0, "FLOAT"], [11, 205, 0, 208, 1, "FLOAT"], [13, 210, 0, 208, 2, "BOOLEAN"],
+                  [12, 300, 0, 3, 3, "FLOAT"]],
+    }
+    info = _clean.finish(metadata.read_chunks({"workflow": json.dumps(workflow)}))
+    assert (info.prompt, info.seed, info.settings["steps"], info.settings["cfg"]) == ("a girl dancing", 4242, 20, 6)
+    assert "denoise" not in info.settings
+
+
+def test_comfyui_prompt_switched_behind_a_preview_node_into_an_encoder_of_both_prompts() -> None:
+    """The Qwen Image 2.1 templates: a ComfySwitchNode picks the user's text (on_false) or a language model's
+    rewrite of it (on_true); a PreviewAny shows the pick and passes it on to an encoder taking both prompts."""
+    graph = _graph_of_today("base")
+    graph["6"] = {"class_type": "TextEncodeQwenImage21", "inputs": {
+        "clip": ["4", 1], "prompt": ["72", 0], "negative_prompt": "", "max_length": 1024}}
+    graph["3"]["inputs"]["negative"] = ["6", 1]
+    graph["71"] = {"class_type": "TextGenerate", "inputs": {"clip": ["4", 1], "prompt": "a fox in a red hat",
+                                                            "system_prompt": "Rewrite the user's prompt.",
+                                                            "sampling_mode": "on", "temperature": 0.7}}
+    graph["72"] = {"class_type": "PreviewAny", "inputs": {"source": ["74", 0]}}
+    graph["74"] = {"class_type": "ComfySwitchNode", "inputs": {"switch": False, "on_false": "a fox in a red hat",
+                                                               "on_true": ["71", 0]}}
+    info = _clean.finish(metadata.read_chunks({"prompt": json.dumps(graph)}))
+    assert (info.prompt, info.negative_prompt, info.seed) == ("a fox in a red hat", None, 42)
+    graph["6"]["inputs"]["negative_prompt"] = "blurry"
+    info = _clean.finish(metadata.read_chunks({"prompt": json.dumps(graph)}))
+    assert (info.prompt, info.negative_prompt) == ("a fox in a red hat", "blurry")
+
+
 def test_comfyui_workflow_only_is_read_from_widgets() -> None:
     workflow = {
         "nodes": [

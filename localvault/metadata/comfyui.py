@@ -3,7 +3,7 @@
 The API graph maps node ids to ``{"class_type": …, "inputs": {…}}``; an input
 that is ``[node_id, output_index]`` is a link to another node's output. The
 sampler is found first, then its seed, prompts, model and size are traced
-back along links (through LoRA loaders, ControlNets, guiders, primitives…).
+back along links (through LoRA loaders, ControlNets, guiders, primitives, switches…).
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._clean import Found, find_run_id, json_loads, parse_seed
-from .comfyui_links import GENERATOR_INPUTS, is_link, reading, target
+from .comfyui_links import GENERATOR_INPUTS, is_link, reading, target, through
 from .comfyui_links import resolve as _resolve
 from .comfyui_workflow import Nodes, workflow_nodes
 
 MAX_WORKFLOW_BYTES = 256 * 1024
 _SEED_KEYS = ("seed", "noise_seed", "value", "int", "number", "seed_value")
-# populated_text: Impact Pack's wildcard nodes (their wildcard_text is the template, not the prompt)
-_TEXT_KEYS = ("text", "text_g", "text_l", "prompt", "string", "value", "text_a", "populated_text")
+# populated_text: Impact Pack's wildcard nodes (their wildcard_text is the template, not the prompt); source:
+# core's PreviewAny, which passes on what it shows (a switch's pick, say)
+_TEXT_KEYS = ("text", "text_g", "text_l", "prompt", "string", "value", "text_a", "populated_text", "source")
 #: Keys of an encoder's one prompt (user_prompt: Lumina 2's; its system_prompt is a preset's name).
 _NODE_TEXT_KEYS = ("text", "prompt", "populated_text", "user_prompt")
 #: A size named by an aspect-ratio choice ("16:9 landscape 1344x768", Comfyroll's SDXL Aspect Ratio).
@@ -88,10 +89,11 @@ def _next_links(inputs: dict[str, Any], branch: str) -> list[Any]:
 
 def _walk(nodes: Nodes, starts: list[Any], branch: str, visit: Callable[[dict[str, Any]], bool]) -> None:
     """Depth first from the links ``starts``, each node once (:data:`MAX_WALK_NODES` at most), its inputs in their
-    order: ``visit`` says whether to go on to the node's inputs (along ``branch``)."""
+    order, through switches along the input each picks: ``visit`` says whether to go on to the node's inputs
+    (along ``branch``)."""
     stack, seen = list(reversed(starts)), set[str]()
     while stack and len(seen) < MAX_WALK_NODES:
-        link = stack.pop()
+        link = through(nodes, stack.pop())
         node = target(nodes, link)
         if node is None or str(link[0]) in seen:
             continue
@@ -111,9 +113,9 @@ def _trace_text(nodes: Nodes, starts: list[Any], branch: str) -> str | None:
     def visit(node: dict[str, Any]) -> bool:
         if node.get("class_type") in _NO_TEXT_NODES or not GENERATOR_INPUTS.isdisjoint(node["inputs"]):
             return False  # (a language model's text is made as the graph runs; its "prompt" is an instruction)
-        text = _node_text(nodes, node["inputs"])
-        if text is None:
-            text = _branch_text(nodes, node["inputs"], branch)
+        text = _branch_text(nodes, node["inputs"], branch)  # (an encoder of both prompts: its ``prompt`` is the
+        if text is None:  # positive one, as Qwen Image 2.1's ``prompt`` and ``negative_prompt``)
+            text = _node_text(nodes, node["inputs"])
         if text is None:
             return True
         texts.append(text)
@@ -141,10 +143,10 @@ def _guidance(nodes: Nodes, starts: list[Any]) -> int | float | None:
 
 
 def _upstream(nodes: Nodes, node_id: str) -> Iterator[str]:
-    """Ids of the nodes ``node_id`` depends on, nearest first."""
+    """Ids of the nodes ``node_id`` depends on, nearest first (through switches, along the input each picks)."""
     queue, seen = deque([node_id]), {node_id}
     while queue:
-        for value in nodes[queue.popleft()]["inputs"].values():
+        for value in (through(nodes, v) for v in nodes[queue.popleft()]["inputs"].values()):
             target = str(value[0]) if is_link(value) else None
             if target in nodes and target not in seen:
                 seen.add(target)
@@ -203,7 +205,7 @@ def _find_sampler(nodes: Nodes, file_name: str | None = None) -> str | None:
 def _helpers(nodes: Nodes, sampler: dict[str, Any]) -> list[dict[str, Any]]:
     found = [sampler]
     for name in _HELPER_INPUTS:
-        node = target(nodes, sampler["inputs"].get(name))
+        node = target(nodes, through(nodes, sampler["inputs"].get(name)))
         if node is not None:
             found.append(node)
     return found
@@ -217,7 +219,7 @@ def _cond_start(nodes: Nodes, sampler: dict[str, Any], branch: str) -> list[Any]
     for carrier in ("text_embeds", "basic_pipe"):  # one node holding both prompts (WanVideoWrapper's encoder,
         if carrier in inputs:  # Impact's ToBasicPipe): the branch is told apart there
             return [inputs[carrier]]
-    guider = target(nodes, inputs.get("guider"))
+    guider = target(nodes, through(nodes, inputs.get("guider")))
     if guider is None:
         return []
     if branch in guider["inputs"]:
@@ -253,7 +255,7 @@ def _size(nodes: Nodes, sampler_id: str | None) -> dict[str, Any]:
     """
     ids: list[str] = []
     if sampler_id:
-        latent = nodes[sampler_id]["inputs"].get("latent_image")
+        latent = through(nodes, nodes[sampler_id]["inputs"].get("latent_image"))
         if target(nodes, latent) is not None:
             ids += [str(latent[0]), *_upstream(nodes, str(latent[0]))]
         ids += _upstream(nodes, sampler_id)
@@ -285,7 +287,9 @@ def _sampler_fields(nodes: Nodes, found: Found, sampler_id: str) -> None:
             found.seed = _resolve(nodes, inputs[key], _SEED_KEYS) if key else None
         for key in _PARAM_KEYS:
             if key in inputs and key not in found.settings:
-                found.settings[key] = _resolve(nodes, inputs[key], (key, "value"))
+                value = _resolve(nodes, inputs[key], (key, "value"))
+                if value is not None:  # (not known: a helper further on may tell it)
+                    found.settings[key] = value
     found.prompt = _trace_text(nodes, _cond_start(nodes, sampler, "positive"), "positive")
     if (guidance := _guidance(nodes, _cond_start(nodes, sampler, "positive"))) is not None:
         found.settings["guidance"] = guidance

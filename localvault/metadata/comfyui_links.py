@@ -2,13 +2,15 @@
 
 An input that is ``[node_id, output_index]`` links to another node's output;
 :func:`resolve` follows such links through primitive, seed and string nodes, and
-joins the parts of string-joining nodes. Everything one graph's reading
+joins the parts of string-joining nodes, and passes through switch nodes
+along the input they pick (:func:`through`). Everything one graph's reading
 resolves is shared (:func:`reading`): a node that thousands of others link to
 is followed once, and the whole reading takes at most :data:`MAX_GRAPH_STEPS`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -31,6 +33,11 @@ SLOT_TEXT_KEYS = ("text_positive", "text_negative")
 #: Inputs only a language model's node has (Ollama, Florence-2, JoyCaption, API chat nodes): the text it gives is
 #: generated when the graph runs, and not in the graph; its ``prompt`` is the instruction it was given.
 GENERATOR_INPUTS = frozenset({"temperature", "max_tokens", "max_new_tokens", "top_p", "keep_alive", "url", "api_key"})
+#: What a switch's boolean may be given as (a primitive's value, or text from an untyped widget).
+_BOOLEAN_KEYS = ("value", "boolean")
+_BOOLEAN_TEXT = {"true": True, "false": False}
+#: rgthree's Any Switch: its inputs any_01, any_02…
+_ANY_INPUT = re.compile(r"any_(\d{1,4})")
 
 
 def is_link(value: Any) -> bool:
@@ -53,6 +60,7 @@ class _Reading:
     def __init__(self) -> None:
         self.resolved: dict[tuple[int, str, int, tuple[str, ...]], Any] = {}
         self.joined: dict[tuple[str, tuple[str, ...]], str | None] = {}
+        self.switched: dict[tuple[int, str], tuple[bool, Any]] = {}
         self.active: set[str] = set()
         self.steps_left = MAX_GRAPH_STEPS
 
@@ -103,6 +111,10 @@ def _follow(nodes: Nodes, value: Any, keys: tuple[str, ...], state: _Reading) ->
         inputs = node["inputs"]
         if not GENERATOR_INPUTS.isdisjoint(inputs):  # a text written by a model as the graph ran: not known here
             return None
+        is_switch, picked = _switched(nodes, str(value[0]), node, state)
+        if is_switch:
+            value = picked
+            continue
         if "concat" in str(node.get("class_type", "")).lower():
             return _joined(nodes, str(value[0]), inputs, keys, state)
         if value[1] < len(SLOT_TEXT_KEYS) and SLOT_TEXT_KEYS[value[1]] in inputs:
@@ -135,3 +147,61 @@ def _joined(nodes: Nodes, node_id: str, inputs: dict[str, Any], keys: tuple[str,
     joined = (delimiter if isinstance(delimiter, str) else "").join(texts)[:MAX_PROMPT_CHARS] if texts else None
     state.joined[done] = joined
     return joined
+
+
+def through(nodes: Nodes, value: Any) -> Any:
+    """``value`` followed through switch nodes: the link to the output a chain of switches passes on (``value``
+    itself when it leads to no switch), or a plain value, or None where a switch's choice is not known."""
+    state = _CURRENT.get() or _Reading()
+    for _ in range(MAX_HOPS):
+        # (a look at the node, as the walks calling this take anyway: only a switch's choice spends the budget)
+        node = nodes.get(str(value[0])) if is_link(value) else None
+        if node is None:
+            return value
+        is_switch, picked = _switched(nodes, str(value[0]), node, state)
+        if not is_switch:
+            return value
+        value = picked
+    return None
+
+
+def _switched(nodes: Nodes, node_id: str, node: dict[str, Any], state: _Reading) -> tuple[bool, Any]:
+    """Whether ``node`` is a switch, and if so what it passes on (:func:`_choice`): each switch's choice is made
+    once per graph, its inputs looked through within the budget."""
+    if "switch" not in str(node.get("class_type", "")).lower():
+        return False, None
+    key = (id(nodes), node_id)
+    if key in state.switched:
+        return state.switched[key]
+    if node_id in state.active or len(state.active) >= MAX_JOIN_DEPTH or not state.spend(1 + len(node["inputs"])):
+        return True, None  # (a switch its own boolean depends on, or a crafted chain of them)
+    cached = not state.active  # (inside a join or a switch, a cycle may cut a result: not kept for others)
+    state.active.add(node_id)
+    found = _choice(nodes, node["inputs"], state)
+    state.active.discard(node_id)
+    if cached:
+        state.switched[key] = found
+    return found
+
+
+def _choice(nodes: Nodes, inputs: dict[str, Any], state: _Reading) -> tuple[bool, Any]:
+    """Whether a node named a switch has a switch's inputs, and if so what it passes on: one of its inputs (a link
+    or a value), or None when that is not known.
+
+    Core's ``ComfySwitchNode`` passes ``on_true`` if its ``switch`` is true, else ``on_false``; WAS's switches
+    (``Text Input Switch``…) ``<name>_a`` if their ``boolean`` is true, else ``<name>_b``; rgthree's
+    ``Any Switch`` the first of its ``any_01``… inputs that is connected (rgthree's rule: the first not None). A
+    switch whose boolean is made as the graph runs (a comparison of texts, say) passes on nothing: either input
+    may be the wrong one, and a wrong prompt is worse than none (the other parts of a join around it are kept).
+    """
+    if "on_true" in inputs or "on_false" in inputs:
+        choices, flag = ("on_true", "on_false"), "switch"
+    elif (name := next((k[:-2] for k in inputs if k.endswith(("_a", "_b"))), None)) is not None and "boolean" in inputs:
+        choices, flag = (f"{name}_a", f"{name}_b"), "boolean"
+    else:
+        listed = sorted((int(m.group(1)), k) for k in inputs if (m := _ANY_INPUT.fullmatch(k)))
+        return bool(listed), next((inputs[k] for _, k in listed if inputs[k] is not None), None)
+    on = _follow(nodes, inputs.get(flag), _BOOLEAN_KEYS, state)
+    if isinstance(on, str):
+        on = _BOOLEAN_TEXT.get(on.strip().lower())
+    return True, inputs.get(choices[0] if on else choices[1]) if isinstance(on, bool) else None

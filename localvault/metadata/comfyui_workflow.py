@@ -30,6 +30,10 @@ _WIDGETS = {
     "PrimitiveInt": ("value",),
     "PrimitiveString": ("value",),
     "PrimitiveStringMultiline": ("value",),
+    "PrimitiveFloat": ("value",),
+    "PrimitiveBoolean": ("value",),
+    # Core's switch: its ``switch`` widget picks ``on_true`` or ``on_false`` (see comfyui_links).
+    "ComfySwitchNode": ("switch",),
 }
 
 
