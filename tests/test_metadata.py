@@ -937,6 +937,45 @@ def test_comfyui_workflow_only_seed_and_text_from_primitive_nodes() -> None:
     assert (info.seed, info.prompt, info.negative_prompt) == (8675309, "a tide pool", "blurry")
 
 
+def test_comfyui_workflow_only_custom_samplers_flux_and_qwen_edit_nodes_are_read_from_widgets() -> None:
+    """Widget orders from each node's definition (nodes.py, comfy_extras): SamplerCustom (add_noise, noise_seed,
+    its "control after generate", cfg), RandomNoise, KSamplerSelect, BasicScheduler (scheduler, steps, denoise),
+    CLIPTextEncodeFlux (clip_l, t5xxl, guidance), TextEncodeQwenImageEdit (prompt), EmptySD3LatentImage,
+    LoraLoaderModelOnly. 84 of 644 templates lost their prompt or seed."""
+    flux = {
+        "nodes": [
+            _ui_node(13, "SamplerCustomAdvanced", [], ("noise", 1, False), ("guider", 2, False), ("sampler", 3, False),
+                     ("sigmas", 4, False), ("latent_image", 5, False)),
+            _ui_node(25, "RandomNoise", [31337, "randomize"]),
+            _ui_node(22, "BasicGuider", [], ("model", 6, False), ("conditioning", 7, False)),
+            _ui_node(16, "KSamplerSelect", ["euler"]),
+            _ui_node(17, "BasicScheduler", ["beta", 28, 1], ("model", 8, False)),
+            _ui_node(27, "EmptySD3LatentImage", [1024, 576, 1]),
+            _ui_node(6, "CLIPTextEncodeFlux", ["a lighthouse", "a lighthouse in a storm", 3.5]),
+            _ui_node(12, "UNETLoader", ["flux1-dev.safetensors", "default"]),
+            _ui_node(30, "LoraLoaderModelOnly", ["storm.safetensors", 0.8], ("model", 9, False)),
+        ],
+        "links": [[1, 25, 0, 13, 0, "NOISE"], [2, 22, 0, 13, 1, "GUIDER"], [3, 16, 0, 13, 2, "SAMPLER"],
+                  [4, 17, 0, 13, 3, "SIGMAS"], [5, 27, 0, 13, 4, "LATENT"], [6, 30, 0, 22, 0, "MODEL"],
+                  [7, 6, 0, 22, 1, "CONDITIONING"], [8, 30, 0, 17, 0, "MODEL"], [9, 12, 0, 30, 0, "MODEL"]],
+    }
+    info = _clean.finish(metadata.read_chunks({"workflow": json.dumps(flux)}))
+    assert (info.prompt, info.seed, info.model) == ("a lighthouse in a storm\na lighthouse", 31337, "flux1-dev.safetensors")
+    s = info.settings
+    assert (s["sampler_name"], s["scheduler"], s["steps"], s["denoise"], s["guidance"]) == ("euler", "beta", 28, 1, 3.5)
+    assert (s["width"], s["height"], s["loras"]) == (1024, 576, ["storm.safetensors"])
+    edit = {
+        "nodes": [
+            _ui_node(3, "SamplerCustom", [True, 4242, "fixed", 2.5], ("positive", 1, False), ("negative", 2, False)),
+            _ui_node(6, "TextEncodeQwenImageEdit", ["make it night"]),
+            _ui_node(7, "TextEncodeQwenImageEdit", ["blurry"]),
+        ],
+        "links": [[1, 6, 0, 3, 0, "CONDITIONING"], [2, 7, 0, 3, 1, "CONDITIONING"]],
+    }
+    info = _clean.finish(metadata.read_chunks({"workflow": json.dumps(edit)}))
+    assert (info.prompt, info.negative_prompt, info.seed, info.settings["cfg"]) == ("make it night", "blurry", 4242, 2.5)
+
+
 def _ui_node(node_id: int, kind: str, widgets: list[Any], *inputs: tuple[str, int | None, bool]) -> dict[str, Any]:
     """A UI node as the frontend writes it: input slots (name, link id, whether a widget of the node's)."""
     slots = [{"name": name, "type": "*", "link": link, **({"widget": {"name": name}} if widget else {})}

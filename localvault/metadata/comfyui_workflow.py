@@ -21,10 +21,21 @@ __all__ = ["Nodes", "workflow_nodes"]
 _WIDGETS = {
     "KSampler": ("seed", None, "steps", "cfg", "sampler_name", "scheduler", "denoise"),
     "KSamplerAdvanced": ("add_noise", "noise_seed", None, "steps", "cfg", "sampler_name", "scheduler"),
+    # The custom samplers' (comfy_extras/nodes_custom_sampler.py): a seed widget is followed by its
+    # "control after generate" (None here).
+    "SamplerCustom": ("add_noise", "noise_seed", None, "cfg"),
+    "RandomNoise": ("noise_seed", None),
+    "KSamplerSelect": ("sampler_name",),
+    "BasicScheduler": ("scheduler", "steps", "denoise"),
     "CLIPTextEncode": ("text",),
+    "CLIPTextEncodeFlux": ("clip_l", "t5xxl", "guidance"),
+    "TextEncodeQwenImageEdit": ("prompt",),
+    "TextEncodeQwenImageEditPlus": ("prompt",),
     "CheckpointLoaderSimple": ("ckpt_name",),
     "UNETLoader": ("unet_name",),
+    "LoraLoaderModelOnly": ("lora_name", "strength_model"),
     "EmptyLatentImage": ("width", "height", "batch_size"),
+    "EmptySD3LatentImage": ("width", "height", "batch_size"),
     # A widget turned into an input and fed by a primitive: the primitive holds the value.
     "PrimitiveNode": ("value",),
     "PrimitiveInt": ("value",),
