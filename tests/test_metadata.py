@@ -750,6 +750,58 @@ def test_comfyui_graphs_of_today(case: str) -> None:
     assert (info.settings["width"], info.settings["height"]) == size
 
 
+def _lotus_depth_graph(estimator: str) -> dict[str, Any]:
+    """The flux_depth_lora_example template (API graph): a Lotus depth subgraph (a SamplerCustomAdvanced whose
+    noise is a DisableNoise, on its own UNet) makes the depth map the real sampler is conditioned on; so it is
+    upstream of it. ``estimator`` varies how that first sampler adds no noise."""
+    graph: dict[str, Any] = {
+        "17": {"class_type": "LoadImage", "inputs": {"image": "room.png"}},
+        "150:3": _ks(["150:35", 0], ["150:35", 1], ["150:35", 2], ["150:37", 0], seed=229472716717627),
+        "150:23": {"class_type": "CLIPTextEncode", "inputs": {"text": "a ghost-shaped ornament", "clip": ["150:34", 0]}},
+        "150:26": {"class_type": "FluxGuidance", "inputs": {"guidance": 10, "conditioning": ["150:23", 0]}},
+        "150:31": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev-fp8.safetensors"}},
+        "150:34": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "clip_l.safetensors"}},
+        "150:35": {"class_type": "InstructPixToPixConditioning", "inputs": {
+            "positive": ["150:26", 0], "negative": ["150:106", 0], "vae": ["150:32", 0], "pixels": ["150:41:99", 0]}},
+        "150:37": {"class_type": "LoraLoaderModelOnly", "inputs": {"lora_name": "flux1-depth-dev-lora.safetensors",
+                                                                   "strength_model": 1, "model": ["150:31", 0]}},
+        "150:106": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["150:23", 0]}},
+        "150:41:87": {"class_type": "UNETLoader", "inputs": {"unet_name": "lotus-depth-d-v1-1.safetensors"}},
+        "150:41:92": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["150:41:93", 0], "guider": ["150:41:94", 0], "sampler": ["150:41:100", 0],
+            "sigmas": ["150:41:101", 0], "latent_image": ["150:41:97", 0]}},
+        "150:41:93": {"class_type": "DisableNoise", "inputs": {}},
+        "150:41:94": {"class_type": "BasicGuider", "inputs": {"model": ["150:41:87", 0],
+                                                              "conditioning": ["150:41:96", 0]}},
+        "150:41:95": {"class_type": "BasicScheduler", "inputs": {"scheduler": "normal", "steps": 1, "denoise": 1,
+                                                                 "model": ["150:41:87", 0]}},
+        "150:41:96": {"class_type": "LotusConditioning", "inputs": {}},
+        "150:41:97": {"class_type": "VAEEncode", "inputs": {"pixels": ["17", 0], "vae": ["150:41:89", 0]}},
+        "150:41:98": {"class_type": "VAEDecode", "inputs": {"samples": ["150:41:92", 0], "vae": ["150:41:89", 0]}},
+        "150:41:99": {"class_type": "ImageInvert", "inputs": {"image": ["150:41:98", 0]}},
+        "150:41:100": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "150:41:101": {"class_type": "SetFirstSigma", "inputs": {"sigma": 999, "sigmas": ["150:41:95", 0]}},
+    }
+    if estimator != "disable-noise-node":
+        graph["150:41:92"] = {"class_type": "KSamplerAdvanced", "inputs": {
+            "noise_seed": 0, "steps": 1, "cfg": 1, "sampler_name": "euler", "scheduler": "normal",
+            "start_at_step": 0, "end_at_step": 1, "return_with_leftover_noise": "disable",
+            "model": ["150:41:87", 0], "positive": ["150:41:96", 0], "negative": ["150:41:96", 0],
+            "latent_image": ["150:41:97", 0], "add_noise": "disable" if estimator == "ksampler-advanced" else ["5", 0]}}
+        graph["5"] = {"class_type": "PrimitiveBoolean", "inputs": {"value": False}}
+    return graph
+
+
+@pytest.mark.parametrize("estimator", ["disable-noise-node", "ksampler-advanced", "add-noise-false-from-a-primitive"])
+def test_comfyui_a_sampler_adding_no_noise_upstream_is_not_the_generation_s(estimator: str) -> None:
+    """A sampler that adds no noise (a depth estimator's, as Lotus) feeding the real one was taken as the first
+    sampler: three depth templates came in with the depth model, and neither prompt nor seed."""
+    info = _clean.finish(metadata.read_chunks({"prompt": json.dumps(_lotus_depth_graph(estimator))}))
+    assert (info.prompt, info.seed, info.model) == (
+        "a ghost-shaped ornament", 229472716717627, "flux1-dev-fp8.safetensors")
+    assert (info.settings["steps"], info.settings["guidance"]) == (20, 10)
+
+
 def test_comfyui_first_sampler_is_found_in_one_pass_over_a_big_graph() -> None:
     """Many samplers fed by one long chain: the first is the one no other sampler feeds (found in one pass;
     walking each candidate's ancestors, with a list lookup, took 11 s on a 200 KB graph)."""

@@ -175,14 +175,27 @@ def _saved_by(nodes: Nodes, roots: list[str], file_name: str) -> str | None:
     return matched.pop() if len(matched) == 1 else None
 
 
+def _adds_noise(nodes: Nodes, inputs: dict[str, Any]) -> bool:
+    """Whether a sampler starts from noise it adds: not if its ``add_noise`` is off (KSamplerAdvanced's "disable",
+    SamplerCustom's false) or its ``noise`` a ``DisableNoise`` (a refiner's pass, or a depth estimator's such as
+    Lotus, which samples the image it is given)."""
+    noise = target(nodes, through(nodes, inputs.get("noise")))
+    if noise is not None and noise.get("class_type") == "DisableNoise":
+        return False
+    return "add_noise" not in inputs or _resolve(nodes, inputs["add_noise"], ("value", "boolean")) not in (
+        False, "disable")
+
+
 def _find_sampler(nodes: Nodes, file_name: str | None = None) -> str | None:
     """The first sampler: one with no other sampler upstream (a FaceDetailer or a refiner comes after it); among
-    several, the one whose branch saved the file named ``file_name``, else the lowest id. Found in one pass over
-    the graph's links, whatever its size."""
+    several, the one whose branch saved the file named ``file_name``, else the lowest id. Samplers that add no
+    noise are passed over if another adds some (:func:`_adds_noise`: a depth estimator feeding the generation is
+    upstream of it). Found in one pass over the graph's links, whatever its size."""
     def is_sampler(inputs: dict[str, Any]) -> bool:
         return any(k in inputs for k in _SAMPLER_INPUTS) and any(k in inputs for k in ("seed", "noise_seed", "noise"))
 
     candidates = [k for k in sorted(nodes, key=_sort_key) if is_sampler(nodes[k]["inputs"])]
+    candidates = [k for k in candidates if _adds_noise(nodes, nodes[k]["inputs"])] or candidates
     if len(candidates) < 2:
         return candidates[0] if candidates else None
     downstream: dict[str, list[str]] = {}
