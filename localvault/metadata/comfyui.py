@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._clean import Found, find_run_id, json_loads, parse_seed
 from .comfyui_links import GENERATOR_INPUTS, is_link, reading, target, through
 from .comfyui_links import resolve as _resolve
+from .comfyui_samplers import find_sampler, sort_key, upstream
 from .comfyui_workflow import Nodes, workflow_nodes
 
 MAX_WORKFLOW_BYTES = 256 * 1024
@@ -52,11 +52,6 @@ def api_nodes(data: Any) -> Nodes | None:
     if not nodes or not any(isinstance(v.get("class_type"), str) for v in nodes.values()):
         return None
     return nodes
-
-
-def _sort_key(node_id: str) -> tuple[int, str]:
-    head = node_id.split(":")[0]
-    return (int(head), node_id) if head.isdigit() and len(head) < 18 else (2**62, node_id)
 
 
 def _node_text(nodes: Nodes, inputs: dict[str, Any]) -> str | None:
@@ -142,79 +137,6 @@ def _guidance(nodes: Nodes, starts: list[Any]) -> int | float | None:
     return found[0] if found else None
 
 
-def _upstream(nodes: Nodes, node_id: str) -> Iterator[str]:
-    """Ids of the nodes ``node_id`` depends on, nearest first (through switches, along the input each picks)."""
-    queue, seen = deque([node_id]), {node_id}
-    while queue:
-        for value in (through(nodes, v) for v in nodes[queue.popleft()]["inputs"].values()):
-            target = str(value[0]) if is_link(value) else None
-            if target in nodes and target not in seen:
-                seen.add(target)
-                queue.append(target)
-                yield target
-
-
-#: A sampler's inputs for its prompts: conditionings, a guider, WanVideoWrapper's text_embeds, Impact's basic_pipe.
-_SAMPLER_INPUTS = ("positive", "guider", "text_embeds", "basic_pipe")
-#: Save nodes naming one file looked through (a real graph has one or two with the same prefix).
-_MAX_SAVERS = 16
-
-
-def _saved_by(nodes: Nodes, roots: list[str], file_name: str) -> str | None:
-    """Of several first samplers (independent branches: ComfyUI saves the whole graph in each output), the one
-    upstream of the save node that named this file (``<filename_prefix>_00001_.png``); None if that cannot be told
-    (no such node, or one that several branches feed)."""
-    name = file_name.lower()
-    savers = [node_id for node_id, node in nodes.items()
-              if isinstance(prefix := node["inputs"].get("filename_prefix"), str) and prefix
-              and re.match(re.escape(prefix.replace("\\", "/").rsplit("/", 1)[-1].lower()) + r"_\d", name)]
-    if len(savers) > _MAX_SAVERS:  # (a crafted graph: each is a walk of the whole graph)
-        return None
-    firsts = set(roots)
-    matched = {node_id for saver in savers for node_id in _upstream(nodes, saver) if node_id in firsts}
-    return matched.pop() if len(matched) == 1 else None
-
-
-def _adds_noise(nodes: Nodes, inputs: dict[str, Any]) -> bool:
-    """Whether a sampler starts from noise it adds: not if its ``add_noise`` is off (KSamplerAdvanced's "disable",
-    SamplerCustom's false) or its ``noise`` a ``DisableNoise`` (a refiner's pass, or a depth estimator's such as
-    Lotus, which samples the image it is given)."""
-    noise = target(nodes, through(nodes, inputs.get("noise")))
-    if noise is not None and noise.get("class_type") == "DisableNoise":
-        return False
-    return "add_noise" not in inputs or _resolve(nodes, inputs["add_noise"], ("value", "boolean")) not in (
-        False, "disable")
-
-
-def _find_sampler(nodes: Nodes, file_name: str | None = None) -> str | None:
-    """The first sampler: one with no other sampler upstream (a FaceDetailer or a refiner comes after it); among
-    several, the one whose branch saved the file named ``file_name``, else the lowest id. Samplers that add no
-    noise are passed over if another adds some (:func:`_adds_noise`: a depth estimator feeding the generation is
-    upstream of it). Found in one pass over the graph's links, whatever its size."""
-    def is_sampler(inputs: dict[str, Any]) -> bool:
-        return any(k in inputs for k in _SAMPLER_INPUTS) and any(k in inputs for k in ("seed", "noise_seed", "noise"))
-
-    candidates = [k for k in sorted(nodes, key=_sort_key) if is_sampler(nodes[k]["inputs"])]
-    candidates = [k for k in candidates if _adds_noise(nodes, nodes[k]["inputs"])] or candidates
-    if len(candidates) < 2:
-        return candidates[0] if candidates else None
-    downstream: dict[str, list[str]] = {}
-    for node_id, node in nodes.items():
-        for value in node["inputs"].values():
-            if is_link(value) and str(value[0]) in nodes:
-                downstream.setdefault(str(value[0]), []).append(node_id)
-    # Every node that some sampler feeds, directly or not: a candidate among them has a sampler upstream.
-    queue = deque(n for c in candidates for n in downstream.get(c, ()))
-    fed: set[str] = set()
-    while queue:
-        node_id = queue.popleft()
-        if node_id not in fed:
-            fed.add(node_id)
-            queue.extend(downstream.get(node_id, ()))
-    roots = [c for c in candidates if c not in fed] or candidates[:1]
-    return (_saved_by(nodes, roots, file_name) if len(roots) > 1 and file_name else None) or roots[0]
-
-
 def _helpers(nodes: Nodes, sampler: dict[str, Any]) -> list[dict[str, Any]]:
     found = [sampler]
     for name in _HELPER_INPUTS:
@@ -251,8 +173,8 @@ def _first_with(nodes: Nodes, ids: Iterator[str] | list[str], keys: tuple[str, .
 
 
 def _model(nodes: Nodes, sampler_id: str | None) -> Any:
-    ids = list(_upstream(nodes, sampler_id)) if sampler_id else []
-    inputs = _first_with(nodes, ids, _MODEL_KEYS) or _first_with(nodes, sorted(nodes, key=_sort_key), _MODEL_KEYS)
+    ids = list(upstream(nodes, sampler_id)) if sampler_id else []
+    inputs = _first_with(nodes, ids, _MODEL_KEYS) or _first_with(nodes, sorted(nodes, key=sort_key), _MODEL_KEYS)
     if inputs is None:  # a loader upstream of the sampler whose ``model`` names a file (not any node's: a
         # segmentation or depth model after the sampler is not the one that generated)
         return next((m for m in (nodes[i]["inputs"].get("model") for i in ids)
@@ -270,9 +192,9 @@ def _size(nodes: Nodes, sampler_id: str | None) -> dict[str, Any]:
     if sampler_id:
         latent = through(nodes, nodes[sampler_id]["inputs"].get("latent_image"))
         if target(nodes, latent) is not None:
-            ids += [str(latent[0]), *_upstream(nodes, str(latent[0]))]
-        ids += _upstream(nodes, sampler_id)
-    ids += [k for k in sorted(nodes, key=_sort_key) if "latent" in str(nodes[k].get("class_type", "")).lower()]
+            ids += [str(latent[0]), *upstream(nodes, str(latent[0]))]
+        ids += upstream(nodes, sampler_id)
+    ids += [k for k in sorted(nodes, key=sort_key) if "latent" in str(nodes[k].get("class_type", "")).lower()]
     for node_id in dict.fromkeys(ids):  # each node once, nearest the latent first
         if "textencode" in str(nodes[node_id].get("class_type", "")).lower():
             continue
@@ -331,7 +253,7 @@ def from_nodes(nodes: Nodes, file_name: str | None = None) -> Found:
 
 def _from_nodes(nodes: Nodes, file_name: str | None) -> Found:
     found = Found(source="comfyui")
-    sampler_id = _find_sampler(nodes, file_name)
+    sampler_id = find_sampler(nodes, file_name)
     if sampler_id is not None:
         _sampler_fields(nodes, found, sampler_id)
     found.model = _model(nodes, sampler_id)
