@@ -451,6 +451,36 @@ def test_comfyui_flux_custom_sampler_with_guider_and_noise_nodes() -> None:
     assert info.settings["guidance"] == 3.5  # Flux's guidance, the number its users set (its cfg is 1)
 
 
+def test_comfyui_steps_and_scheduler_of_sigmas_split_before_the_sampler() -> None:
+    """A real Flux graph splits its scheduler's sigmas (SplitSigmasDenoise) between two SamplerCustomAdvanced,
+    noise injected between them: the steps and scheduler were missing, and the denoise read was the split's
+    share of the steps (0.4), not the scheduler's."""
+    graph = {
+        "1": {"class_type": "CLIPTextEncode", "inputs": {"text": "prompt text", "clip": ["14", 0]}},
+        "3": {"class_type": "FluxGuidance", "inputs": {"guidance": 3.5, "conditioning": ["1", 0]}},
+        "8": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["11", 0], "guider": ["12", 0], "sampler": ["9", 0], "sigmas": ["18", 0], "latent_image": ["7", 0]}},
+        "7": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 512, "height": 768, "batch_size": 1}},
+        "9": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "deis"}},
+        "10": {"class_type": "BasicScheduler", "inputs": {"scheduler": "beta", "steps": 30, "denoise": 1,
+                                                          "model": ["13", 0]}},
+        "11": {"class_type": "RandomNoise", "inputs": {"noise_seed": 149684926930931}},
+        "12": {"class_type": "BasicGuider", "inputs": {"model": ["13", 0], "conditioning": ["3", 0]}},
+        "13": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}},
+        "14": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "t5.safetensors", "type": "flux"}},
+        "18": {"class_type": "SplitSigmasDenoise", "inputs": {"denoise": 0.4, "sigmas": ["10", 0]}},
+        "19": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["21", 0], "guider": ["12", 0], "sampler": ["9", 0], "sigmas": ["18", 1], "latent_image": ["20", 0]}},
+        "20": {"class_type": "InjectLatentNoise+", "inputs": {"noise_seed": 49328841076664, "noise_strength": 0.3,
+                                                              "normalize": "true", "latent": ["8", 0]}},
+        "21": {"class_type": "DisableNoise", "inputs": {}},
+    }
+    info = _clean.finish(metadata.read_chunks({"prompt": json.dumps(graph)}))
+    assert (info.prompt, info.seed, info.model) == ("prompt text", 149684926930931, "flux1-dev.safetensors")
+    s = info.settings
+    assert (s["steps"], s["scheduler"], s["denoise"], s["sampler_name"]) == (30, "beta", 1, "deis")
+
+
 def _sampler(positive: Any, negative: Any, latent: Any, model: Any = ("4", 0)) -> dict[str, Any]:
     return {"class_type": "KSampler", "inputs": {"seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "euler",
                                                  "scheduler": "simple", "denoise": 1.0, "model": list(model),
