@@ -409,6 +409,16 @@ def test_comfyui_graph_with_links_through_nodes(tmp_path: Path) -> None:
     assert_valid(info)
 
 
+def test_comfyui_negative_prompt_in_the_settings_is_the_cleaned_one(tmp_path: Path) -> None:
+    """The settings kept the negative prompt as the graph wrote it ("watermark, text\\n" in a real img2img file),
+    unlike negative_prompt: both are the cleaned text now."""
+    graph = comfy_graph()
+    graph["7"]["inputs"]["text"] = "watermark,\x07 text\n"
+    info = metadata.read(make_png(tmp_path / "c.png", text_chunks={"prompt": json.dumps(graph)}))
+    assert info.negative_prompt == info.settings["negative_prompt"] == "watermark, text"
+    assert info.stored_settings()["negative_prompt"] == "watermark, text"
+
+
 def test_comfyui_huge_workflow_is_not_stored(tmp_path: Path) -> None:
     workflow = {"nodes": [], "notes": "x" * 300_000}
     chunks = {"prompt": json.dumps(comfy_graph()), "workflow": json.dumps(workflow)}

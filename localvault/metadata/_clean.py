@@ -213,7 +213,10 @@ def finish(found: Found) -> GenerationInfo:
     source = found.source if not found.is_empty() else "none"
     # What an asset keeps adds these to the settings (GenerationInfo.stored_settings): room is kept for them.
     beside = {"negative_prompt": negative or "", "metadata_source": source}
-    settings = clean_settings(found.settings if isinstance(found.settings, dict) else {}, beside)
+    raw = found.settings if isinstance(found.settings, dict) else {}
+    if negative is not None and raw.get("negative_prompt") == found.negative_prompt:  # (a reader's copy of it)
+        raw = {**raw, "negative_prompt": negative}  # the same text as negative_prompt, cleaned
+    settings = clean_settings(raw, beside)
     run_id = found.run_id
     run_text = clean_model(run_id) if run_id is not None else None
     info = GenerationInfo(
