@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sqlite3
 import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._disk import filesystem_type, on_read_only_filesystem
 from ._held_connections import Held, hold_new, refuse_if_inherited
 from ._sqlite_errors import corruption_error, is_callers_own, is_corruption
+from ._sqlite_migrations import migrations, schema_version, statements
 from .errors import LocalVaultError, SchemaVersionError, StorageError, VaultCorruptError
 
 if TYPE_CHECKING:
@@ -38,34 +37,6 @@ NETWORK_FILESYSTEMS = frozenset(
 
 class NetworkFilesystemWarning(UserWarning):
     """The vault sits on a network filesystem, where SQLite's locking is unsafe."""
-
-
-def _migrations() -> list[tuple[int, str]]:
-    folder = resources.files("localvault") / "schema" / "sqlite"
-    found = []
-    for entry in folder.iterdir():
-        match = re.match(r"(\d{4})_.*\.sql$", entry.name)
-        if match:
-            found.append((int(match.group(1)), entry.read_text(encoding="utf-8")))
-    return sorted(found)
-
-
-def schema_version() -> int:
-    """The newest local schema version this package knows."""
-    return _migrations()[-1][0]
-
-
-def _statements(script: str) -> Iterator[str]:
-    """Split a SQL script into complete statements (triggers keep their bodies)."""
-    buffer = ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            if buffer.strip():
-                yield buffer
-            buffer = ""
-    if buffer.strip() and not all(line.strip().startswith("--") or not line.strip() for line in buffer.splitlines()):
-        yield buffer
 
 
 def _wal_holds_changes(path: Path) -> bool:
@@ -251,9 +222,9 @@ class Database:
             return
         with self.write() as conn:
             current = self._check_version()  # another process may have migrated meanwhile
-            for number, script in _migrations():
+            for number, script in migrations():
                 if number > current:
-                    for statement in _statements(script):
+                    for statement in statements(script):
                         conn.execute(statement)
                     conn.execute(f"PRAGMA user_version = {number}")
 

@@ -632,7 +632,7 @@ def test_an_error_naming_a_file_with_a_line_break_is_one_line(cli, tmp_path: Pat
 def test_version_names_the_schemas_this_localvault_knows() -> None:
     """Every release said 'version 0.1.0', so a user told to upgrade (exit 7) could not tell one localvault from
     another (an upgrade journey): the vault and server schemas it knows are what an upgrade changes."""
-    from localvault.db import schema_version
+    from localvault._sqlite_migrations import schema_version
     from localvault.sync import SCHEMA_VERSION
 
     result = CliRunner().invoke(main, ["--version"])

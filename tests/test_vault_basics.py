@@ -41,7 +41,7 @@ from localvault import (
     Visibility,
     media,
 )
-from localvault.db import schema_version
+from localvault._sqlite_migrations import schema_version
 from localvault.files import LIBRARY_BUCKET, TEMP_PREFIX, WORKSPACE_BUCKET
 from localvault.models import WorkspaceAsset
 from localvault.timestamps import format_time

@@ -142,7 +142,7 @@ def _version(ctx: click.Context, asked: bool) -> None:
     if not asked or ctx.resilient_parsing:
         return
     from .. import __version__
-    from ..db import schema_version
+    from .._sqlite_migrations import schema_version
 
     try:
         from ..sync.schema import SCHEMA_VERSION
