@@ -40,7 +40,7 @@ TEMP_SUFFIXES = (".tmp", ".part", ".crdownload", "~", ".partial", ".download")
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".mp4")
 SIDECAR_SUFFIXES = (".json", ".txt")
 #: Settings that differ from file to file of one run (raw graphs, the name of the file's own sidecar).
-_GROUP_IGNORED = ("comfyui_prompt", "comfyui_workflow", "sidecar")
+_GROUP_IGNORED = ("comfyui_prompt", "comfyui_workflow", "comfyui_workflow_not_kept_bytes", "sidecar")
 
 
 @dataclass(frozen=True)

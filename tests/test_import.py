@@ -825,3 +825,28 @@ def test_cli_import_prints_a_file_name_with_a_line_break_on_one_line(tmp_path: P
     refusals = [line for line in result.output.splitlines() if "refused" in line and "imported" not in line]
     assert refusals == [f"  refused {out}/bad\\n  refused x.png: is not a JPEG, PNG, WebP or MP4 file (its bytes say "
                         "otherwise)"], result.output
+
+
+def test_a_prompt_cut_short_and_a_workflow_too_big_to_keep_are_said_in_the_settings(vault: Vault,
+                                                                                      tmp_path: Path) -> None:
+    """A 140,000-character prompt came in cut to 65,536 characters without a word, and a file holding only a
+    350 KB ComfyUI workflow (a real power user's) came in as metadata source "none" (a rig user's journey).
+    Two such workflows of one run, their seeds of other lengths, still make one job."""
+    out = tmp_path / "out"
+    out.mkdir()
+    make_png(out / "long.png", text_chunks={"parameters": "word, " * 20_000 + "END\nSteps: 20, Sampler: Euler, Seed: 1"})
+    for n, seed in enumerate((7, 123456789012)):
+        nodes = [{"id": i, "type": "Note", "widgets_values": ["x" * 1000]} for i in range(300)]
+        nodes.append({"id": 900, "type": "KSampler", "widgets_values": [seed, "fixed", 20, 7, "euler", "normal", 1]})
+        make_png(out / f"big{n}.png", color=n + 1, text_chunks={"workflow": json.dumps({"nodes": nodes, "links": []})})
+        os.utime(out / f"big{n}.png", (1_700_000_000 + n,) * 2)
+    found = {Path(i.source).name: i for i in vault.workspace.import_folder(out).imported}
+    long = vault.workspace.get(found["long.png"].asset_id)
+    assert len(long.original_prompt or "") == 65_536
+    assert long.generation_settings["prompt_cut_from_chars"] == len("word, " * 20_000 + "END")
+    big = [vault.workspace.get(found[f"big{n}.png"].asset_id) for n in range(2)]
+    assert all(a.generation_settings["metadata_source"] == "comfyui" for a in big)
+    assert all(a.generation_settings["comfyui_workflow_not_kept_bytes"] > 256 * 1024 for a in big)
+    assert big[0].generation_settings["comfyui_workflow_not_kept_bytes"] != big[1].generation_settings[
+        "comfyui_workflow_not_kept_bytes"]
+    assert big[0].job_id == big[1].job_id

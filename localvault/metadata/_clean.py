@@ -141,10 +141,15 @@ def _storable(text: str) -> str:
 
 def clean_prompt(value: Any) -> str | None:
     """Prompt text without control characters (\\n, \\r and \\t stay), at most MAX_PROMPT_CHARS."""
+    return _cleaned_prompt(value)[0]
+
+
+def _cleaned_prompt(value: Any) -> tuple[str | None, int]:
+    """:func:`clean_prompt`'s text, and its length before it was cut to MAX_PROMPT_CHARS."""
     if value is None or isinstance(value, (dict, list, bool)):
-        return None
+        return None, 0
     text = _fix_surrogates(_PROMPT_CONTROL.sub("", str(value)))
-    return text[:MAX_PROMPT_CHARS].strip() or None
+    return text[:MAX_PROMPT_CHARS].strip() or None, len(text)
 
 
 def clean_model(value: Any) -> str | None:
@@ -209,18 +214,24 @@ def clean_settings(settings: dict[str, Any], beside: dict[str, Any] | None = Non
 
 def finish(found: Found) -> GenerationInfo:
     """Validate-proof GenerationInfo from raw findings."""
-    negative = clean_prompt(found.negative_prompt)
+    prompt, prompt_chars = _cleaned_prompt(found.prompt)
+    negative, negative_chars = _cleaned_prompt(found.negative_prompt)
     source = found.source if not found.is_empty() else "none"
     # What an asset keeps adds these to the settings (GenerationInfo.stored_settings): room is kept for them.
     beside = {"negative_prompt": negative or "", "metadata_source": source}
     raw = found.settings if isinstance(found.settings, dict) else {}
     if negative is not None and raw.get("negative_prompt") == found.negative_prompt:  # (a reader's copy of it)
         raw = {**raw, "negative_prompt": negative}  # the same text as negative_prompt, cleaned
+    # A prompt longer than an asset keeps is cut: how long it was says so (a rig cannot be asked for a shorter one).
+    cut = {f"{name}_cut_from_chars": chars for name, chars in (("prompt", prompt_chars), ("negative_prompt",
+                                                                                       negative_chars))
+           if chars > MAX_PROMPT_CHARS}
+    raw = {**raw, **cut} if cut else raw
     settings = clean_settings(raw, beside)
     run_id = found.run_id
     run_text = clean_model(run_id) if run_id is not None else None
     info = GenerationInfo(
-        prompt=clean_prompt(found.prompt),
+        prompt=prompt,
         negative_prompt=negative,
         seed=parse_seed(found.seed),
         model=clean_model(found.model),

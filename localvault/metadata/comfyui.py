@@ -314,8 +314,10 @@ def parse(prompt: Any, workflow: Any = None, extra: dict[str, Any] | None = None
         found.settings["comfyui_prompt"] = graph
     if isinstance(flow, dict):
         found.source = "comfyui"
-        if _json_size(flow) <= MAX_WORKFLOW_BYTES:
+        if (size := _json_size(flow)) <= MAX_WORKFLOW_BYTES:
             found.settings["comfyui_workflow"] = flow
+        else:  # (not kept: said, with its size; a file holding nothing else came in as "none")
+            found.settings["comfyui_workflow_not_kept_bytes"] = size
     extras = flow.get("extra") if isinstance(flow, dict) else None
     found.run_id = find_run_id(extra, graph, flow, extras)
     return found
