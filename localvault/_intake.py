@@ -80,7 +80,8 @@ def check_folder(value: Any, what: str, vault: tuple[Path, FileStore] | None = N
     except OSError as exc:  # a name too long, a parent we may not enter
         raise InvalidInputError(f"cannot use {folder} as {what}: {exc.strerror or exc}") from None
     if not is_folder:
-        raise InvalidInputError(f"{folder} is not a folder; give the rig's output folder")
+        one_file = " (one file goes in with Workspace.add, or 'localvault add')" if folder.is_file() else ""
+        raise InvalidInputError(f"{folder} is not a folder; give the rig's output folder{one_file}")
     if vault is not None:
         _refuse_inside_vault(folder, [str(vault[0]), *([vault[1].root] if vault[1].local else [])], what)
     return folder

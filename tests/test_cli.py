@@ -531,6 +531,24 @@ def test_a_refused_file_is_named_once_on_its_line(cli, tmp_path: Path) -> None:
     assert line.count("empty.png") == 1 and "is empty" in line
 
 
+def test_an_import_says_how_many_files_it_did_not_look_at(cli, tmp_path: Path) -> None:
+    """A rig's .webm (ComfyUI's SaveVideo), its workflow_api.json and a licence were counted only in --json: the
+    text said "1 imported, 0 skipped as duplicates, 0 refused" (a rig user's journey)."""
+    rig = tmp_path / "rig"
+    rig.mkdir()
+    _png(rig / "a.png", 1)
+    for name in ("clip.webm", "workflow_api.json", "LICENSE.txt"):
+        (rig / name).write_bytes(b"x")
+    printed = cli("import", str(rig), "--no-progress")
+    assert "1 imported" in printed and "3 other file(s) not looked at" in printed
+    only_images = tmp_path / "only"
+    only_images.mkdir()
+    _png(only_images / "b.png", 2)
+    assert "not looked at" not in cli("import", str(only_images), "--no-progress")
+    one_file = cli("import", str(rig / "a.png"), code=3)
+    assert "is not a folder" in one_file and "localvault add" in one_file
+
+
 def test_times_the_cli_prints_are_to_the_millisecond(cli, tmp_path: Path) -> None:
     """As docs/api.md says (``2026-11-27T19:20:00.000Z``), in --json and in show's text. Before: six digits
     (``.443000Z``), pydantic's form of the same moment."""

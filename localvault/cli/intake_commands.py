@@ -93,6 +93,9 @@ def _folders_hint(result: ImportReport, recursive: bool, what: str) -> None:
 def _print_summary(result: ImportReport, verb: str = "import") -> None:
     rate = f" in {result.seconds:.1f} s" if result.seconds and verb == "import" else ""
     output.console.print(f"{verb}: {result.summary()}{rate}", highlight=False)
+    if result.ignored and verb == "import":  # (else a .webm a rig wrote would seem lost: only --json counted it)
+        output.console.print(f"  {result.ignored} other file(s) not looked at: their names are not .png, .jpg, "
+                             ".jpeg, .webp or .mp4 (sidecars, temporary files, other kinds)", highlight=False)
     for path, asset_id in sorted(result.filled.items()):
         output.console.print(output.printable(f"read the sidecar of {path}, come since it was taken, into {asset_id}"),
                              highlight=False)
@@ -114,7 +117,7 @@ def _print_summary(result: ImportReport, verb: str = "import") -> None:
 
 
 @main.command(name="import")
-@click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("folder", type=click.Path(path_type=Path, exists=True))  # (a file: the library says what to do)
 @click.option("--recursive", "-r", is_flag=True, help="Also import files in sub-folders.")
 @_with_modes
 @click.option("--model", help="Model for files whose metadata does not name one (else \"unknown\").")

@@ -229,7 +229,7 @@ def verify(ctx: Context, repair: bool, quick: bool, as_json: bool) -> None:
     else:
         for finding in result.database_damage:
             output.console.print(f"database damaged: {finding}", highlight=False)
-        output.console.print(f"checked {result.checked} files")
+        output.console.print(f"checked {result.checked:,} file{'' if result.checked == 1 else 's'}")
         for label, items in (("missing", result.missing), ("orphan", result.orphans), ("hash mismatch", result.mismatched),
                              ("stale temp", result.stale_temps), ("unreadable", result.unreadable),
                              ("unreadable folder", result.unreadable_folders),
@@ -241,7 +241,7 @@ def verify(ctx: Context, repair: bool, quick: bool, as_json: bool) -> None:
                 asset = f" (asset {result.asset_ids[item]})" if item in result.asset_ids else ""
                 output.console.print(f"{label}: {item}{asset}", highlight=False)
         if result.recovered:
-            output.console.print(f"{len(result.recovered)} files without a row were moved to "
+            output.console.print(f"{len(result.recovered)} file(s) without a row were moved to "
                                  f"{ctx.vault().root / RECOVERED_FOLDER}: take back what you want to keep with "
                                  "'localvault add FILE' (then 'localvault save ID' for one that was in the library), "
                                  "and delete the rest", highlight=False)
