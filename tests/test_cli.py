@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from pathlib import Path
 
@@ -486,8 +487,9 @@ def test_import_from_an_apps_thread(cli, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("columns", ["60", "80"])
-def test_tables_show_ids_whole_however_narrow_the_terminal(tmp_path: Path, columns: str) -> None:
-    """An id is copied from a table into the next command: it never breaks over lines (the other columns fold)."""
+def test_tables_show_ids_unbroken_however_narrow_the_terminal(tmp_path: Path, columns: str) -> None:
+    """An id is copied from a table into the next command: it never breaks over lines (the other columns fold).
+    Below 120 columns it is its first 8 digits, which every command takes."""
     runner = CliRunner(env={"COLUMNS": columns})
     vault = ["--vault", str(tmp_path / "vault")]
     assert runner.invoke(main, [*vault, "init", "--user", USER]).exit_code == 0
@@ -497,9 +499,13 @@ def test_tables_show_ids_whole_however_narrow_the_terminal(tmp_path: Path, colum
                                            "night sky", "--json"]).output)
     collection = json.loads(runner.invoke(main, [*vault, "collections", "create", "Foxes of the north",
                                                  "--description", "red " * 20, "--json"]).output)
-    assert added["id"] in runner.invoke(main, [*vault, "ls", "workspace"]).output
-    assert kept["id"] in runner.invoke(main, [*vault, "ls"]).output
-    assert collection["id"] in runner.invoke(main, [*vault, "collections", "ls"]).output
+    assert added["id"][:8] in runner.invoke(main, [*vault, "ls", "workspace"]).output
+    assert kept["id"][:8] in runner.invoke(main, [*vault, "ls"]).output
+    assert collection["id"] in runner.invoke(main, [*vault, "collections", "ls"]).output  # (named by name or id)
+    shown = json.loads(runner.invoke(main, [*vault, "show", kept["id"][:8], "--json"]).output)
+    assert shown["id"] == kept["id"]
+    wide = CliRunner(env={"COLUMNS": "160"})
+    assert kept["id"] in wide.invoke(main, [*vault, "ls"]).output
 
 
 def test_tags_holding_a_comma_are_shown_quoted(cli, tmp_path: Path) -> None:
@@ -547,6 +553,25 @@ def test_an_import_says_how_many_files_it_did_not_look_at(cli, tmp_path: Path) -
     assert "not looked at" not in cli("import", str(only_images), "--no-progress")
     one_file = cli("import", str(rig / "a.png"), code=3)
     assert "is not a folder" in one_file and "localvault add" in one_file
+
+
+def test_a_narrow_terminal_lists_ids_by_their_first_digits_and_an_empty_list_says_so(
+        cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 80 columns the whole id left 44 to the six other columns: a date folded over five lines (a rig user's
+    journey). A short id is one every command takes; a pipe still gets whole ids."""
+    from localvault.cli import output
+
+    assert cli("ls", "workspace").strip() == "the workspace is empty"
+    added = json.loads(cli("add", str(_png(tmp_path / "a.png", 1)), "--prompt", "a red fox", "--json"))
+    assert added["id"] in cli("ls", "workspace")  # (no terminal: whole ids)
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setattr(output.console, "width", 80)
+    narrow = cli("ls", "workspace")
+    assert added["id"][:8] in narrow and added["id"] not in narrow
+    row = next(line for line in narrow.splitlines() if added["id"][:8] in line)
+    assert "a red fox" in row and time.strftime("%Y-%m-%d") in row  # one line, the date whole
+    assert json.loads(cli("show", added["id"][:8], "--json"))["id"] == added["id"]
+    assert cli("ls", "--search", "nothing-like-it").strip() == "no library asset matches"
 
 
 def test_times_the_cli_prints_are_to_the_millisecond(cli, tmp_path: Path) -> None:

@@ -126,18 +126,30 @@ def show_library_logs(show: bool = True, *, still_from: tuple[str, ...] = ()) ->
 PIPED_WIDTH = 1000
 #: Columns shown whole on one line however narrow the terminal (a UUID to copy into the next command).
 WHOLE_COLUMNS = {"id": 36}
+#: Below this width, a terminal's table shows ids by their first 8 digits (which every command takes, as a
+#: prefix): a whole one left 44 of 80 columns to the six others, folding a date over five lines.
+WHOLE_IDS_FROM = 120
+SHORT_ID = 8
 
 
-def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
-    """A table on stdout; the other columns narrow (folding their text) so that an id stays whole."""
+def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]], *,
+          ids_by_prefix: bool = True) -> None:
+    """A table on stdout; the other columns narrow (folding their text) so that an id stays whole (on a
+    terminal narrower than :data:`WHOLE_IDS_FROM`, its first :data:`SHORT_ID` digits, for ids the commands
+    take by a prefix: ``ids_by_prefix``)."""
+    # Piped or redirected (`ls | grep 2026-11-28`), rich would fold every cell to 80 columns: each row on one line.
+    piped = not console.is_terminal and "COLUMNS" not in os.environ
+    short_ids = ids_by_prefix and not piped and console.width < WHOLE_IDS_FROM
+    columns = list(columns)
     grid = Table(title=title, show_lines=False)
     for column in columns:
         width = WHOLE_COLUMNS.get(column)
-        grid.add_column(column, overflow="fold", no_wrap=width is not None, min_width=width)
+        grid.add_column(column, overflow="fold", no_wrap=width is not None,
+                        min_width=SHORT_ID if width and short_ids else width)
     for row in rows:
-        grid.add_row(*("" if v is None else str(v) for v in row))
-    # Piped or redirected (`ls | grep 2026-11-28`), rich would fold every cell to 80 columns: each row on one line.
-    piped = not console.is_terminal and "COLUMNS" not in os.environ
+        cells = ["" if v is None else str(v) for v in row]
+        grid.add_row(*(c[:SHORT_ID] if short_ids and name in WHOLE_COLUMNS else c for name, c in zip(columns, cells,
+                                                                                                     strict=True)))
     (Console(markup=False, soft_wrap=True, width=PIPED_WIDTH) if piped else console).print(grid)
 
 

@@ -91,6 +91,11 @@ def ls(ctx: Context, what: str, tags: tuple[str, ...], favorite: bool | None, co
     if as_json:
         output.print_json({"items": page.items, "next_cursor": page.next_cursor})
         return
+    if not rows:  # (not an empty table)
+        filtered = tags or favorite is not None or collection is not None or search is not None
+        output.console.print(f"no {what} asset matches" if filtered else
+                             "no asset further on" if cursor else f"the {what} is empty", highlight=False)
+        return
     output.table(what, headers, rows)
     if page.next_cursor:
         output.console.print(f"more: --cursor {page.next_cursor}", highlight=False)
@@ -301,7 +306,8 @@ def collections_ls(ctx: Context, as_json: bool) -> None:
         output.print_json(found)
     else:
         output.table("collections", ["id", "name", "assets", "description"],
-                     [(c.id, c.name, c.asset_count, output.short(c.description)) for c in found])
+                     [(c.id, c.name, c.asset_count, output.short(c.description)) for c in found],
+                     ids_by_prefix=False)  # (a collection is named by its name, or its whole id)
 
 
 @collections.command(name="rename")
