@@ -3,7 +3,8 @@
 An input that is ``[node_id, output_index]`` links to another node's output;
 :func:`resolve` follows such links through primitive, seed and string nodes, and
 joins the parts of string-joining nodes, and passes through switch nodes
-along the input they pick (:func:`through`). Everything one graph's reading
+along the input they pick (:func:`through`), and through rgthree's contexts
+to the link that set each field (:mod:`.comfyui_contexts`). Everything one graph's reading
 resolves is shared (:func:`reading`): a node that thousands of others link to
 is followed once, and the whole reading takes at most :data:`MAX_GRAPH_STEPS`.
 """
@@ -18,6 +19,7 @@ from typing import Any
 
 from localvault.models import MAX_PROMPT_CHARS
 
+from .comfyui_contexts import Kind, context_kind, contexts_in, field_at
 from .comfyui_workflow import Nodes
 
 MAX_HOPS = 64
@@ -60,9 +62,17 @@ class _Reading:
     def __init__(self) -> None:
         self.resolved: dict[tuple[int, str, int, tuple[str, ...]], Any] = {}
         self.joined: dict[tuple[str, tuple[str, ...]], str | None] = {}
-        self.switched: dict[tuple[int, str], tuple[bool, Any]] = {}
+        self.switched: dict[tuple[int, str, int], tuple[bool, Any]] = {}
+        self.fields: dict[tuple[int, str, str], Any] = {}
         self.active: set[str] = set()
         self.steps_left = MAX_GRAPH_STEPS
+
+    def enter(self, node_id: str) -> bool:
+        """Mark ``node_id`` as being looked through; False if it already is (a cycle), or too many are."""
+        if node_id in self.active or len(self.active) >= MAX_JOIN_DEPTH:
+            return False
+        self.active.add(node_id)
+        return True
 
     def spend(self, steps: int) -> bool:
         """Take ``steps`` from the budget; False once it is spent."""
@@ -111,7 +121,7 @@ def _follow(nodes: Nodes, value: Any, keys: tuple[str, ...], state: _Reading) ->
         inputs = node["inputs"]
         if not GENERATOR_INPUTS.isdisjoint(inputs):  # a text written by a model as the graph ran: not known here
             return None
-        is_switch, picked = _switched(nodes, str(value[0]), node, state)
+        is_switch, picked = _switched(nodes, value, node, state)
         if is_switch:
             value = picked
             continue
@@ -135,9 +145,8 @@ def _joined(nodes: Nodes, node_id: str, inputs: dict[str, Any], keys: tuple[str,
     done = (node_id, keys)
     if done in state.joined:
         return state.joined[done]
-    if node_id in state.active or len(state.active) >= MAX_JOIN_DEPTH or len(state.joined) >= MAX_JOINS:
+    if len(state.joined) >= MAX_JOINS or not state.enter(node_id):
         return None
-    state.active.add(node_id)
     names = sorted(k for k in inputs if k.startswith(("string_", "text_")))
     parts = [_follow(nodes, inputs[k], keys, state) for k in names]
     state.active.discard(node_id)
@@ -150,38 +159,91 @@ def _joined(nodes: Nodes, node_id: str, inputs: dict[str, Any], keys: tuple[str,
 
 
 def through(nodes: Nodes, value: Any) -> Any:
-    """``value`` followed through switch nodes: the link to the output a chain of switches passes on (``value``
-    itself when it leads to no switch), or a plain value, or None where a switch's choice is not known."""
+    """``value`` followed through switch nodes and rgthree's contexts: the link to the output a chain of them passes
+    on (``value`` itself when it leads to none), or a plain value, or None where a switch's choice (or a context's
+    field) is not known."""
     state = _CURRENT.get() or _Reading()
     for _ in range(MAX_HOPS):
         # (a look at the node, as the walks calling this take anyway: only a switch's choice spends the budget)
         node = nodes.get(str(value[0])) if is_link(value) else None
         if node is None:
             return value
-        is_switch, picked = _switched(nodes, str(value[0]), node, state)
+        is_switch, picked = _switched(nodes, value, node, state)
         if not is_switch:
             return value
         value = picked
     return None
 
 
-def _switched(nodes: Nodes, node_id: str, node: dict[str, Any], state: _Reading) -> tuple[bool, Any]:
-    """Whether ``node`` is a switch, and if so what it passes on (:func:`_choice`): each switch's choice is made
-    once per graph, its inputs looked through within the budget."""
-    if "switch" not in str(node.get("class_type", "")).lower():
+def _switched(nodes: Nodes, link: Any, node: dict[str, Any], state: _Reading) -> tuple[bool, Any]:
+    """Whether the output ``link`` leads to passes on something the node was given, and if so what: a switch's
+    pick (:func:`_choice`), or a field of one of rgthree's contexts (:func:`_context_output`). Each is found once
+    per graph, the node's inputs looked through within the budget."""
+    context = context_kind(node)
+    if context is None and "switch" not in str(node.get("class_type", "")).lower():
         return False, None
-    key = (id(nodes), node_id)
+    if context is not None and context[0] != "switch" and link[1] == 0:
+        return False, None  # (the context itself: its fields are read from the outputs that give them)
+    node_id = str(link[0])
+    key = (id(nodes), node_id, link[1])
     if key in state.switched:
         return state.switched[key]
-    if node_id in state.active or len(state.active) >= MAX_JOIN_DEPTH or not state.spend(1 + len(node["inputs"])):
+    if not state.spend(1 + len(node["inputs"])) or not state.enter(node_id):
         return True, None  # (a switch its own boolean depends on, or a crafted chain of them)
-    cached = not state.active  # (inside a join or a switch, a cycle may cut a result: not kept for others)
-    state.active.add(node_id)
-    found = _choice(nodes, node["inputs"], state)
+    cached = len(state.active) == 1  # (inside a join or a switch, a cycle may cut a result: not kept for others)
+    found = _choice(nodes, node["inputs"], state) if context is None else \
+        (True, _context_output(nodes, node["inputs"], *context, link[1], state))
     state.active.discard(node_id)
     if cached:
         state.switched[key] = found
     return found
+
+
+def _context_output(nodes: Nodes, inputs: dict[str, Any], kind: Kind, fields: tuple[str, ...], slot: int,
+                    state: _Reading) -> Any:
+    """What an output of a context node gives (the link or value it was given): a Context Switch's output 0 its
+    first context, any other output the field it is for (None if no context on the way sets it)."""
+    name = field_at(fields, slot)
+    if kind == "switch":
+        picked = next(iter(contexts_in(inputs)), None)
+        return picked if slot == 0 else _field(nodes, picked, name, state) if name else None
+    if name is None:
+        return None
+    return _merged(nodes, inputs, name, state) if kind == "merge" else _own_field(nodes, inputs, name, state)
+
+
+def _own_field(nodes: Nodes, inputs: dict[str, Any], name: str, state: _Reading) -> Any:
+    """A Context's field ``name``: its own input, else its base context's."""
+    return inputs[name] if inputs.get(name) is not None else _field(nodes, inputs.get("base_ctx"), name, state)
+
+
+def _merged(nodes: Nodes, inputs: dict[str, Any], name: str, state: _Reading) -> Any:
+    """A Context Merge's field ``name``: that of the last of its contexts that has it."""
+    found = (_field(nodes, ctx, name, state) for ctx in reversed(contexts_in(inputs)))
+    return next((value for value in found if value is not None), None)
+
+
+def _field(nodes: Nodes, link: Any, name: str, state: _Reading) -> Any:
+    """The field ``name`` of the context ``link`` gives, down a chain of contexts (each set what it is given, and
+    keeps its base context's others) through switches, :data:`MAX_HOPS` contexts at most; None if none sets it."""
+    for _ in range(MAX_HOPS):
+        link = through(nodes, link)
+        node = target(nodes, link)
+        context = context_kind(node) if node is not None and link[1] == 0 else None
+        if node is None or context is None or not state.spend(1):
+            return None
+        if context[0] == "merge":  # (merges of merges, each of several before it: each field found once)
+            key = (id(nodes), str(link[0]), name)
+            if key not in state.fields:
+                if not state.enter(key[1]):
+                    return None
+                state.fields[key] = _merged(nodes, node["inputs"], name, state)
+                state.active.discard(key[1])
+            return state.fields[key]
+        if node["inputs"].get(name) is not None:
+            return node["inputs"][name]
+        link = node["inputs"].get("base_ctx")
+    return None
 
 
 def _choice(nodes: Nodes, inputs: dict[str, Any], state: _Reading) -> tuple[bool, Any]:
