@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+from .comfyui_contexts import is_context
 from .comfyui_links import is_link, target, through
 from .comfyui_links import resolve as _resolve
 from .comfyui_workflow import Nodes
@@ -74,10 +75,12 @@ def find_sampler(nodes: Nodes, file_name: str | None = None) -> str | None:
     several, the one whose branch saved the file named ``file_name``, else the lowest id. Samplers that add no
     noise are passed over if another adds some (:func:`_adds_noise`: a depth estimator feeding the generation is
     upstream of it). Found in one pass over the graph's links, whatever its size."""
-    def is_sampler(inputs: dict[str, Any]) -> bool:
-        return any(k in inputs for k in _SAMPLER_INPUTS) and any(k in inputs for k in ("seed", "noise_seed", "noise"))
+    def is_sampler(node: dict[str, Any]) -> bool:  # (not one of rgthree's contexts: they carry a seed and prompts on)
+        inputs = node["inputs"]
+        return any(k in inputs for k in _SAMPLER_INPUTS) and any(k in inputs for k in ("seed", "noise_seed", "noise")) \
+            and not is_context(node)
 
-    candidates = [k for k in sorted(nodes, key=sort_key) if is_sampler(nodes[k]["inputs"])]
+    candidates = [k for k in sorted(nodes, key=sort_key) if is_sampler(nodes[k])]
     candidates = [k for k in candidates if _adds_noise(nodes, nodes[k]["inputs"])] or candidates
     if len(candidates) < 2:
         return candidates[0] if candidates else None
