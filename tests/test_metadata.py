@@ -995,6 +995,19 @@ def test_comfyui_sampler_fed_through_rgthree_contexts() -> None:
         "not taken", "blurry", 99, 32)
 
 
+def test_comfyui_setting_computed_as_the_graph_runs_is_not_stored() -> None:
+    """The ghostsquad graph's steps are a pysssss MathExpression's (``ceil(a / b)`` of a literal and the denoise):
+    its one plain input, the expression, was stored as the steps."""
+    graph = _graph_of_today("base")
+    graph["3"]["inputs"]["steps"] = ["30", 0]
+    graph["30"] = {"class_type": "MathExpression|pysssss", "inputs": {"expression": "ceil(a / b)", "a": ["31", 0],
+                                                                      "b": ["32", 0]}}
+    graph["31"] = {"class_type": "Int Literal", "inputs": {"int": 32}}
+    graph["32"] = {"class_type": "ImpactFloat", "inputs": {"value": 0.5}}
+    info = _clean.finish(metadata.read_chunks({"prompt": graph}))
+    assert "steps" not in info.settings and (info.settings["cfg"], info.settings["scheduler"]) == (7.0, "normal")
+
+
 def test_comfyui_long_chains_of_rgthree_contexts_are_read_within_bounds() -> None:
     """A crafted chain of 100,000 contexts (or of switches, or of merges each of the one before twice: 2**n ways
     up, each merge's field is found once) reads in 0.7 s here, 0.6 s of which any graph of 100,000 nodes takes: a

@@ -28,7 +28,10 @@ _TEXT_KEYS = ("text", "text_g", "text_l", "prompt", "string", "value", "text_a",
 _NODE_TEXT_KEYS = ("text", "prompt", "populated_text", "user_prompt")
 #: A size named by an aspect-ratio choice ("16:9 landscape 1344x768", Comfyroll's SDXL Aspect Ratio).
 _RATIO_SIZE = re.compile(r"(\d{2,5}) ?x ?(\d{2,5})")
-_PARAM_KEYS = ("steps", "cfg", "sampler_name", "scheduler", "denoise")
+#: The sampler's settings, and what each is: a value of another kind is not the setting but a parameter of a node
+#: making it as the graph runs (a math node's expression, ``ceil(a / b)``, for the steps).
+_PARAM_TYPES: dict[str, tuple[type, ...]] = {
+    "steps": (int, float), "cfg": (int, float), "sampler_name": (str,), "scheduler": (str,), "denoise": (int, float)}
 _HELPER_INPUTS = ("sigmas", "sampler", "guider", "noise")
 _MODEL_KEYS = ("ckpt_name", "unet_name")
 #: A loader's ``model`` input holding a file name (kijai's WanVideoModelLoader and the like) names the model.
@@ -235,10 +238,10 @@ def _sampler_fields(nodes: Nodes, found: Found, sampler_id: str) -> None:
         if found.seed is None:
             key = next((k for k in ("seed", "noise_seed") if k in inputs), None)
             found.seed = _resolve(nodes, inputs[key], _SEED_KEYS) if key else None
-        for key in _PARAM_KEYS:
+        for key, kinds in _PARAM_TYPES.items():
             if key in inputs and key not in found.settings:
                 value = _resolve(nodes, inputs[key], (key, "value"))
-                if value is not None:  # (not known: a helper further on may tell it)
+                if isinstance(value, kinds) and not isinstance(value, bool):  # (else a helper further on may tell it)
                     found.settings[key] = value
     found.prompt = _trace_text(nodes, _cond_start(nodes, sampler, "positive"), "positive")
     if (guidance := _guidance(nodes, _cond_start(nodes, sampler, "positive"))) is not None:
