@@ -1081,6 +1081,35 @@ def test_comfyui_prompt_switched_behind_a_preview_node_into_an_encoder_of_both_p
     assert (info.prompt, info.negative_prompt) == ("a fox in a red hat", "blurry")
 
 
+def test_comfyui_workflow_only_bypassed_and_muted_nodes() -> None:
+    """A bypassed node (mode 4) passes on, by type, its input at the same slot or its first of the type the next
+    node takes (as the frontend sends the graph to run); a muted one (mode 2) gives nothing. Both were read as if
+    they ran: the bypassed first pass taken for the sampler, the bypassed LoRA's name and the muted negative kept."""
+    def node(node_id: int, kind: str, widgets: list[Any], *inputs: tuple[str, str, int | None],
+             mode: int = 0) -> dict[str, Any]:
+        return {"id": node_id, "type": kind, "mode": mode, "widgets_values": widgets,
+                "inputs": [{"name": name, "type": kind_, "link": link} for name, kind_, link in inputs]}
+
+    workflow = {
+        "nodes": [
+            node(4, "CheckpointLoaderSimple", ["sdxl.safetensors"]),
+            node(5, "LoraLoaderModelOnly", ["pixel.safetensors", 1], ("model", "MODEL", 1), mode=4),
+            node(6, "CLIPTextEncode", ["a fox"]), node(7, "CLIPTextEncode", ["blurry"], mode=2),
+            node(8, "EmptyLatentImage", [832, 1216, 1]),
+            node(2, "KSampler", [7, "fixed", 4, 1, "lcm", "simple", 1], ("model", "MODEL", 2),
+                 ("positive", "CONDITIONING", 3), ("latent_image", "LATENT", 4), mode=4),
+            node(3, "KSampler", [4242, "fixed", 20, 6, "euler", "normal", 1], ("model", "MODEL", 5),
+                 ("positive", "CONDITIONING", 6), ("negative", "CONDITIONING", 7), ("latent_image", "LATENT", 8)),
+        ],
+        "links": [[1, 4, 0, 5, 0, "MODEL"], [2, 5, 0, 2, 0, "MODEL"], [3, 6, 0, 2, 1, "CONDITIONING"],
+                  [4, 8, 0, 2, 2, "LATENT"], [5, 5, 0, 3, 0, "MODEL"], [6, 6, 0, 3, 1, "CONDITIONING"],
+                  [7, 7, 0, 3, 2, "CONDITIONING"], [8, 2, 0, 3, 3, "LATENT"]],
+    }
+    info = _clean.finish(metadata.read_chunks({"workflow": json.dumps(workflow)}))
+    assert (info.prompt, info.negative_prompt, info.seed, info.model) == ("a fox", None, 4242, "sdxl.safetensors")
+    assert (info.settings["steps"], info.settings["width"], "loras" in info.settings) == (20, 832, False)
+
+
 def test_comfyui_workflow_only_is_read_from_widgets() -> None:
     workflow = {
         "nodes": [

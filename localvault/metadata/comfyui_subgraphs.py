@@ -33,6 +33,8 @@ MAX_ITEMS = 20_000
 #: Boundaries one link is followed across; and hops in all, for one workflow.
 MAX_HOPS = 64
 MAX_STEPS = 200_000
+#: A node's ``mode`` when muted (it runs not, and gives nothing) and bypassed (it passes an input on, by type).
+MUTED, BYPASSED = 2, 4
 #: What a seed widget's companion ("control after generate") holds: older frontends wrote it among a subgraph
 #: node's values, after the seed's.
 _CONTROL_MODES = frozenset({"fixed", "increment", "decrement", "randomize"})
@@ -59,6 +61,8 @@ class Scope:
     feeds: dict[int, str] = field(default_factory=dict)
     #: a subgraph's input slot -> the value its node's promoted widget holds
     given: dict[int, Any] = field(default_factory=dict)
+    #: node id -> node, of ``nodes``
+    by_id: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: hops left for the whole workflow (shared by its scopes)
     budget: list[int] = field(default_factory=lambda: [MAX_STEPS])
 
@@ -74,7 +78,7 @@ def scopes(workflow: dict[str, Any]) -> list[Scope]:
         for node in scope.nodes:
             definition = definitions.get(node["type"])
             if definition is None or scope.depth >= MAX_DEPTH or items + sizes[node["type"]] > MAX_ITEMS \
-                    or _on_path(scope, definition):
+                    or _on_path(scope, definition) or node.get("mode") in (MUTED, BYPASSED):
                 continue
             items += sizes[node["type"]]
             child = _scope(definition, f"{scope.prefix}{node.get('id')}:", scope, node, definition)
@@ -84,9 +88,10 @@ def scopes(workflow: dict[str, Any]) -> list[Scope]:
     return found
 
 
-def origin(scope: Scope, link_id: str) -> Any:
-    """What feeds the input joined by link ``link_id`` in ``scope``: ``[node id, slot]`` of a real node's output
-    (through subgraph boundaries, either way), the value given on a subgraph's node, or None."""
+def origin(scope: Scope, link_id: str, kind: Any = None) -> Any:
+    """What feeds the input (of type ``kind``) joined by link ``link_id`` in ``scope``: ``[node id, slot]`` of a
+    real node's output (through subgraph boundaries, either way, and bypassed nodes), the value given on a
+    subgraph's node, or None (a muted node's output: it gives nothing)."""
     source = scope.links.get(link_id)
     for _ in range(MAX_HOPS):
         scope.budget[0] -= 1
@@ -99,12 +104,24 @@ def origin(scope: Scope, link_id: str) -> Any:
                 return scope.given.get(slot)
             scope = scope.parent
             source = scope.links.get(link)
+        elif (mode := scope.by_id.get(node_id, {}).get("mode")) in (MUTED, BYPASSED):
+            link = _bypassed(scope.by_id[node_id], slot, kind) if mode == BYPASSED else None
+            source = scope.links.get(link) if link is not None else None
         elif node_id in scope.children:  # out of a subgraph, from what feeds its output inside
             scope = scope.children[node_id]
             source = scope.outputs.get(slot)
         else:
             return [scope.prefix + node_id, slot]
     return None
+
+
+def _bypassed(node: dict[str, Any], slot: int, kind: Any) -> str | None:
+    """The link into the input a bypassed node passes its output ``slot`` on from, to an input of type ``kind``:
+    its input at the same slot if of that type, else its first of that type (as the frontend sends the graph)."""
+    inputs = slots(node)
+    order = ([inputs[slot]] if 0 <= slot < len(inputs) else []) + inputs
+    match = next((s for s in order if kind is not None and s.get("type") == kind), None)
+    return str(match["link"]) if match is not None and match.get("link") is not None else None
 
 
 def _definitions(workflow: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -149,7 +166,7 @@ def _scope(graph: dict[str, Any], prefix: str, parent: Scope | None, instance: d
             if link[3] == _OUTPUT_ID and isinstance(link[4], int):
                 outputs[link[4]] = (link[1], link[2])
     scope = Scope(prefix, nodes, links, outputs, definition, instance, parent,
-                  parent.depth + 1 if parent else 0)
+                  parent.depth + 1 if parent else 0, by_id={str(n.get("id")): n for n in nodes})
     if parent is not None:
         scope.budget = parent.budget
         scope.feeds, scope.given = _feeds(scope), _given(scope)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .comfyui_subgraphs import Nodes, Scope, origin, scopes, slots
+from .comfyui_subgraphs import BYPASSED, MUTED, Nodes, Scope, origin, scopes, slots
 
 __all__ = ["Nodes", "workflow_nodes"]
 
@@ -57,7 +57,8 @@ def workflow_nodes(workflow: Any) -> Nodes | None:
     for scope in scopes(workflow):
         for node in scope.nodes:
             node_id = str(node.get("id"))
-            if node_id not in scope.children:  # (a subgraph's node: its inner nodes stand for it)
+            # (a subgraph's node: its inner nodes stand for it; a muted or bypassed node runs not)
+            if node_id not in scope.children and node.get("mode") not in (MUTED, BYPASSED):
                 nodes[scope.prefix + node_id] = _api_node(scope, node)
     return nodes or None
 
@@ -73,7 +74,7 @@ def _api_node(scope: Scope, node: dict[str, Any]) -> dict[str, Any]:
             inputs[name] = value
     for slot in slots(node):
         if isinstance(slot.get("name"), str) and slot.get("link") is not None:
-            value = origin(scope, str(slot["link"]))
+            value = origin(scope, str(slot["link"]), slot.get("type"))
             if value is not None:
                 inputs[slot["name"]] = value
     return {"class_type": node["type"], "inputs": inputs}
