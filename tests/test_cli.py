@@ -508,6 +508,19 @@ def test_tables_show_ids_unbroken_however_narrow_the_terminal(tmp_path: Path, co
     assert kept["id"] in wide.invoke(main, [*vault, "ls"]).output
 
 
+def test_show_names_the_collection_beside_its_id(cli, tmp_path: Path) -> None:
+    """show printed the collection's id alone (a rig user's journey)."""
+    collection = json.loads(cli("collections", "create", "Foxes of the north", "--json"))
+    added = json.loads(cli("add", str(_png(tmp_path / "a.png", 9)), "--json"))
+    kept = json.loads(cli("save", added["id"], "--collection", "Foxes of the north", "--json"))
+    assert f"collection_id: {collection['id']} (Foxes of the north)" in cli("show", kept["id"])
+    # save and update print what they set, not only the id, type and prompt
+    updated = cli("update", kept["id"], "--title", "Red fox", "--add-tag", "snow", "--favorite")
+    assert updated.startswith(kept["id"]) and "Red fox" in updated and "tags: snow" in updated and "★" in updated
+    renamed = cli("collections", "rename", "Foxes of the north", "Foxes")
+    assert renamed.strip() == f"{collection['id']}  Foxes"
+
+
 def test_tags_holding_a_comma_are_shown_quoted(cli, tmp_path: Path) -> None:
     added = json.loads(cli("add", str(_png(tmp_path / "a.png", 4)), "--json"))
     kept = json.loads(cli("save", added["id"], "--tag", "a,b", "--tag", "owl", "--json"))

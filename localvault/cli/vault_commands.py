@@ -13,7 +13,7 @@ from .. import models
 from .._recovered import RECOVERED_FOLDER
 from ..errors import InvalidInputError
 from ..library import UNSET
-from ..models import LibraryAsset, Page, Visibility, WorkspaceAsset
+from ..models import Collection, LibraryAsset, Page, Visibility, WorkspaceAsset
 from ..vault import Vault
 from . import output
 from .app import Context, json_option, main, pass_ctx
@@ -184,6 +184,8 @@ def show(ctx: Context, asset_id: str, as_json: bool) -> None:
     for key, value in output.to_jsonable(asset).items():
         if value is not None and key != "generation_settings":
             shown = output.tag_list(value) if key == "tags" else value
+            if key == "collection_id":  # (its name beside it: the id alone says nothing to a person)
+                shown = f"{value} ({vault.collections.get(value).name})"
             output.console.print(Text.assemble((key, "bold"), f": {shown}"), highlight=False)
     if asset.generation_settings:
         output.console.print(Text("generation_settings:", "bold"))
@@ -346,7 +348,14 @@ def collections_delete(ctx: Context, collection: str, as_json: bool) -> None:
 def _emit_one(item: object, as_json: bool) -> None:
     if as_json:
         output.print_json(item)
-    elif isinstance(item, (WorkspaceAsset, LibraryAsset)):
+    elif isinstance(item, LibraryAsset):  # (what save and update set: title, tags, favourite, visibility)
+        kept = [item.title or "(no title)", f"tags: {output.tag_list(item.tags)}" if item.tags else "",
+                "★" if item.is_favorite else "", item.visibility.value]
+        output.console.print("  ".join([item.id, item.mime_type.extension, *filter(None, kept),
+                                        output.short(item.original_prompt)]), highlight=False)
+    elif isinstance(item, WorkspaceAsset):
         output.console.print(f"{item.id}  {item.mime_type.extension}  {output.short(item.original_prompt)}", highlight=False)
+    elif isinstance(item, Collection):
+        output.console.print(f"{item.id}  {item.name}", highlight=False)
     else:
         output.console.print(str(getattr(item, "id", item)), highlight=False)
