@@ -152,7 +152,6 @@ class Database:
             # Refuse another program's database (before WAL mode would rewrite its header).
             if (int(conn.execute("PRAGMA user_version").fetchone()[0]) == 0
                     and conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1").fetchone()):
-                held.close()
                 raise VaultCorruptError(f"{path} holds tables that are not a localvault's; pick another folder")
             if not readonly:
                 conn.execute("PRAGMA journal_mode = WAL")
@@ -162,25 +161,11 @@ class Database:
                 db._migrate()
             else:
                 db._check_version()
-        except sqlite3.DatabaseError as exc:
+        except BaseException as exc:  # (a damaged file, a newer schema, Ctrl-C): no connection left open
             if held is not None:
                 held.close()
-            text = str(exc)
-            if (damaged := corruption_error(exc, path)) is not None:
-                raise damaged from None
-            if not readonly and on_read_only_filesystem(path.parent):
-                raise StorageError(f"{path.parent} is on a read-only filesystem: mount it writable to change the "
-                                   "vault (reading it works: Vault.open(..., readonly=True), and the CLI's ls, show, "
-                                   "export and verify)") from None
-            if "readonly" in text or "unable to open" in text:
-                doing = "to read it" if readonly else "for writing"
-                raise StorageError(f"cannot open {path} {doing} ({text}); check the folder's permissions") from None
-            if isinstance(exc, sqlite3.OperationalError):  # (locked by a program that holds it exclusively)
-                raise _storage_error(exc, path) from exc
-            raise
-        except BaseException:  # (a newer schema, Ctrl-C): no connection left open
-            if held is not None:
-                held.close()
+            if isinstance(exc, sqlite3.DatabaseError) and (error := _open_error(exc, path, readonly)) is not None:
+                raise error from None
             raise
         return db
 
@@ -375,6 +360,23 @@ def _configure(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA temp_store = MEMORY")  # (see Database.spilling: for the few statements that touch many rows)
     conn.execute("PRAGMA cache_size = -16000")
+
+
+def _open_error(exc: sqlite3.DatabaseError, path: Path, readonly: bool) -> LocalVaultError | None:
+    """The LocalVaultError an error met while opening the database at ``path`` stands for; None for another."""
+    text = str(exc)
+    if (damaged := corruption_error(exc, path)) is not None:
+        return damaged
+    if not readonly and on_read_only_filesystem(path.parent):
+        return StorageError(f"{path.parent} is on a read-only filesystem: mount it writable to change the vault "
+                            "(reading it works: Vault.open(..., readonly=True), and the CLI's ls, show, export and "
+                            "verify)")
+    if "readonly" in text or "unable to open" in text:
+        doing = "to read it" if readonly else "for writing"
+        return StorageError(f"cannot open {path} {doing} ({text}); check the folder's permissions")
+    if isinstance(exc, sqlite3.OperationalError):  # (locked by a program that holds it exclusively)
+        return _storage_error(exc, path)
+    return None
 
 
 def _storage_error(exc: sqlite3.OperationalError, path: Path) -> StorageError:
