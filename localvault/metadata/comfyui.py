@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._clean import Found, find_run_id, json_loads, parse_seed
-from .comfyui_links import GENERATOR_INPUTS, MAX_HOPS, is_link, reading, target, through
+from .comfyui_links import GENERATOR_INPUTS, MAX_HOPS, is_link, reading, source, target, through
 from .comfyui_links import resolve as _resolve
 from .comfyui_samplers import find_sampler, sort_key, upstream
 from .comfyui_workflow import Nodes, workflow_nodes
@@ -145,7 +145,7 @@ def _helpers(nodes: Nodes, sampler: dict[str, Any]) -> list[dict[str, Any]]:
     scheduler its sigmas come from."""
     found = [sampler]
     for name in _HELPER_INPUTS:
-        node = target(nodes, through(nodes, sampler["inputs"].get(name)))
+        node = source(nodes, sampler["inputs"].get(name))
         if name == "sigmas":
             node = _scheduler(nodes, node)
         if node is not None:
@@ -157,7 +157,7 @@ def _scheduler(nodes: Nodes, node: dict[str, Any] | None) -> dict[str, Any] | No
     """The node that made the sigmas ``node`` gives: past the nodes that split, flip or set them (the ``denoise``
     of SplitSigmasDenoise is the share of the steps it splits off, not the generation's)."""
     for _ in range(MAX_HOPS):
-        before = target(nodes, through(nodes, node["inputs"].get("sigmas"))) if node is not None else None
+        before = source(nodes, node["inputs"].get("sigmas")) if node is not None else None
         if before is None:
             return node
         node = before
@@ -172,7 +172,7 @@ def _cond_start(nodes: Nodes, sampler: dict[str, Any], branch: str) -> list[Any]
     for carrier in ("text_embeds", "basic_pipe"):  # one node holding both prompts (WanVideoWrapper's encoder,
         if carrier in inputs:  # Impact's ToBasicPipe): the branch is told apart there
             return [inputs[carrier]]
-    guider = target(nodes, through(nodes, inputs.get("guider")))
+    guider = source(nodes, inputs.get("guider"))
     if guider is None:
         return []
     if branch in guider["inputs"]:

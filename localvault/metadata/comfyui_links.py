@@ -55,6 +55,12 @@ def target(nodes: Nodes, link: Any) -> dict[str, Any] | None:
     return nodes.get(str(link[0])) if is_link(link) else None
 
 
+def source(nodes: Nodes, value: Any) -> dict[str, Any] | None:
+    """The node that gives what ``value`` links to, through switches and contexts (:func:`through`); None for no
+    link, or one to no node."""
+    return target(nodes, through(nodes, value))
+
+
 class _Reading:
     """What one graph's reading has resolved: each link from the top once, each join once per set of keys,
     none inside itself (a cycle), and at most MAX_GRAPH_STEPS steps in all."""

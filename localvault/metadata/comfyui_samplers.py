@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .comfyui_contexts import is_context
-from .comfyui_links import is_link, target, through
+from .comfyui_links import is_link, source, through
 from .comfyui_links import resolve as _resolve
 from .comfyui_workflow import Nodes
 
@@ -63,7 +63,7 @@ def _adds_noise(nodes: Nodes, inputs: dict[str, Any]) -> bool:
     """Whether a sampler starts from noise it adds: not if its ``add_noise`` is off (KSamplerAdvanced's "disable",
     SamplerCustom's false) or its ``noise`` a ``DisableNoise`` (a refiner's pass, or a depth estimator's such as
     Lotus, which samples the image it is given)."""
-    noise = target(nodes, through(nodes, inputs.get("noise")))
+    noise = source(nodes, inputs.get("noise"))
     if noise is not None and noise.get("class_type") == "DisableNoise":
         return False
     return "add_noise" not in inputs or _resolve(nodes, inputs["add_noise"], ("value", "boolean")) not in (
