@@ -46,10 +46,8 @@ def check_s3_options(options: Mapping[str, Any]) -> None:
         raise InvalidInputError(f"an s3:// bucket's {given} was given without its {missing}; give both (--key and "
                                 "--secret), or neither to use the environment or ~/.aws")
     config = options.get("config_kwargs")
-    if config is None:
+    if not isinstance(config, Mapping):  # (none; one not a table is refused first, by config.check_storage_options)
         return
-    if not isinstance(config, Mapping):
-        raise InvalidInputError(f"config_kwargs must be a table of botocore settings, not {config!r}")
     for name in _POSITIVE:
         value = config.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):

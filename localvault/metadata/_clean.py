@@ -223,10 +223,8 @@ def finish(found: Found) -> GenerationInfo:
     if negative is not None and raw.get("negative_prompt") == found.negative_prompt:  # (a reader's copy of it)
         raw = {**raw, "negative_prompt": negative}  # the same text as negative_prompt, cleaned
     # A prompt longer than an asset keeps is cut: how long it was says so (a rig cannot be asked for a shorter one).
-    cut = {f"{name}_cut_from_chars": chars for name, chars in (("prompt", prompt_chars), ("negative_prompt",
-                                                                                       negative_chars))
-           if chars > MAX_PROMPT_CHARS}
-    raw = {**raw, **cut} if cut else raw
+    lengths = {"prompt_cut_from_chars": prompt_chars, "negative_prompt_cut_from_chars": negative_chars}
+    raw = {**raw, **{name: chars for name, chars in lengths.items() if chars > MAX_PROMPT_CHARS}}
     settings = clean_settings(raw, beside)
     run_id = found.run_id
     run_text = clean_model(run_id) if run_id is not None else None
