@@ -257,11 +257,7 @@ class Database:
         """The LocalVaultError one of SQLite's errors stands for (a read-only vault, a full disk, a lock held too
         long, a damaged database); None for another (a bug's, such as a broken constraint), or one the caller's
         callback raised about its own database."""
-        if is_callers_own(exc):
-            return None
-        if isinstance(exc, sqlite3.OperationalError):
-            return _storage_error(exc, self.path)
-        return corruption_error(exc, self.path)
+        return None if is_callers_own(exc) else _vault_error(exc, self.path)
 
     def refuse_if_readonly(self, to: str = "change it") -> None:
         """StorageError when the vault is closed, or was opened read-only: nothing of it (rows or its settings)
@@ -365,18 +361,23 @@ def _configure(conn: sqlite3.Connection) -> None:
 def _open_error(exc: sqlite3.DatabaseError, path: Path, readonly: bool) -> LocalVaultError | None:
     """The LocalVaultError an error met while opening the database at ``path`` stands for; None for another."""
     text = str(exc)
+    if not is_corruption(exc):
+        if not readonly and on_read_only_filesystem(path.parent):
+            return StorageError(f"{path.parent} is on a read-only filesystem: mount it writable to change the vault "
+                                "(reading it works: Vault.open(..., readonly=True), and the CLI's ls, show, export "
+                                "and verify)")
+        if "readonly" in text or "unable to open" in text:
+            doing = "to read it" if readonly else "for writing"
+            return StorageError(f"cannot open {path} {doing} ({text}); check the folder's permissions")
+    return _vault_error(exc, path)  # (a damaged file; locked by a program that holds it exclusively)
+
+
+def _vault_error(exc: sqlite3.DatabaseError, path: Path) -> LocalVaultError | None:
+    """What one of SQLite's errors on the database at ``path`` stands for: a damaged database, or (a lock held too
+    long, a full disk, a read-only file) a StorageError; None for another (a bug's)."""
     if (damaged := corruption_error(exc, path)) is not None:
         return damaged
-    if not readonly and on_read_only_filesystem(path.parent):
-        return StorageError(f"{path.parent} is on a read-only filesystem: mount it writable to change the vault "
-                            "(reading it works: Vault.open(..., readonly=True), and the CLI's ls, show, export and "
-                            "verify)")
-    if "readonly" in text or "unable to open" in text:
-        doing = "to read it" if readonly else "for writing"
-        return StorageError(f"cannot open {path} {doing} ({text}); check the folder's permissions")
-    if isinstance(exc, sqlite3.OperationalError):  # (locked by a program that holds it exclusively)
-        return _storage_error(exc, path)
-    return None
+    return _storage_error(exc, path) if isinstance(exc, sqlite3.OperationalError) else None
 
 
 def _storage_error(exc: sqlite3.OperationalError, path: Path) -> StorageError:
