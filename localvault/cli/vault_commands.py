@@ -348,13 +348,11 @@ def collections_delete(ctx: Context, collection: str, as_json: bool) -> None:
 def _emit_one(item: object, as_json: bool) -> None:
     if as_json:
         output.print_json(item)
-    elif isinstance(item, LibraryAsset):  # (what save and update set: title, tags, favourite, visibility)
+    elif isinstance(item, (WorkspaceAsset, LibraryAsset)):  # (a library asset: what save and update set too)
         kept = [item.title or "(no title)", f"tags: {output.tag_list(item.tags)}" if item.tags else "",
-                "★" if item.is_favorite else "", item.visibility.value]
+                "★" if item.is_favorite else "", item.visibility.value] if isinstance(item, LibraryAsset) else []
         output.console.print("  ".join([item.id, item.mime_type.extension, *filter(None, kept),
                                         output.short(item.original_prompt)]), highlight=False)
-    elif isinstance(item, WorkspaceAsset):
-        output.console.print(f"{item.id}  {item.mime_type.extension}  {output.short(item.original_prompt)}", highlight=False)
     elif isinstance(item, Collection):
         output.console.print(f"{item.id}  {item.name}", highlight=False)
     else:
