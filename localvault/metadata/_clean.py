@@ -26,7 +26,7 @@ from localvault.models import (
 _PROMPT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _ALL_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NOT_SNAKE = re.compile(r"[^0-9a-z]+")
-_SEED_TEXT = re.compile(r"\s*\+?\d{1,25}\s*")
+_SEED_TEXT = re.compile(r"\+?\d{1,25}")
 _MAX_DEPTH = 64
 #: JSON text longer than this is not parsed: its objects take ~28 times its size in memory (a 31 MiB graph of
 #: tiny nodes took 866 MiB), and no settings over MAX_SETTINGS_BYTES are kept anyway.
@@ -103,7 +103,11 @@ def parse_seed(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     whole_float = isinstance(value, float) and math.isfinite(value) and value.is_integer()
-    if whole_float or (isinstance(value, str) and _SEED_TEXT.fullmatch(value)):
+    if isinstance(value, str):
+        # str.strip, not the pattern's \s: int() refuses the separators U+001C..U+001F that \s takes as space.
+        value = value.strip()
+        value = int(value) if _SEED_TEXT.fullmatch(value) else None
+    elif whole_float:
         value = int(value)
     if isinstance(value, int) and 0 <= value <= MAX_SEED:
         return value
