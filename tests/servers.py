@@ -36,6 +36,7 @@ import glob
 import http.client
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -60,11 +61,32 @@ S3_SECRET = "testing"
 S3_REGION = "us-east-1"
 
 
+_PORTS_PER_WORKER = 1500
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now, and never the same one twice in a process.
+
+    The kernel's ``bind(0)`` draws from the range its outgoing connections use, which every xdist worker shares:
+    two workers could be handed the same port between one's check and its server's start. Each worker looks
+    in its own block below that range instead, and a port once handed out (the PostgreSQL of a test that stopped
+    it for a while) is not handed out again."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    first = 20000 + (int(worker) % 8 if worker.isdigit() else 0) * _PORTS_PER_WORKER
+    start = random.randrange(_PORTS_PER_WORKER)
+    for step in range(_PORTS_PER_WORKER):
+        port = first + (start + step) % _PORTS_PER_WORKER
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    pytest.fail(f"no free TCP port in {first}..{first + _PORTS_PER_WORKER - 1}", pytrace=False)
 
 
 def find_pg_bindir() -> Path:

@@ -177,11 +177,9 @@ def test_connection_dropped_by_restart_between_syncs_is_reopened(vault: Vault, r
 
 def test_s3_unreachable_is_offline_and_keeps_the_outbox(vault: Vault, server: str, tmp_path: Path,
                                                         fast_retries: None) -> None:
-    import socket
+    from servers import free_port
 
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # a port nothing listens on
     options = {"key": "testing", "secret": "testing",
                "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"},
                "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2}}
