@@ -694,3 +694,58 @@ def test_version_names_the_schemas_this_localvault_knows() -> None:
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0
     assert f"(vault schema {schema_version()}; server schema {SCHEMA_VERSION})" in result.output
+
+
+def _rm_at_a_terminal(vault_path: Path, asset_id: str, answer: bytes, *extra: str) -> tuple[int, str, str]:
+    """``localvault rm`` with its stdin and stderr on a pseudo-terminal, answering ``answer`` when it asks:
+    (exit code, stdout, what the terminal showed)."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    try:
+        child = subprocess.Popen([sys.executable, "-m", "localvault", "--vault", str(vault_path), "rm", asset_id,
+                                  *extra], stdin=follower, stdout=subprocess.PIPE, stderr=follower)
+        shown = b""
+        deadline = time.monotonic() + 60
+        while b"?" not in shown and child.poll() is None and time.monotonic() < deadline:
+            if select.select([leader], [], [], 0.2)[0]:
+                shown += os.read(leader, 4096)
+        if b"?" in shown:
+            os.write(leader, answer)
+        stdout, _ = child.communicate(timeout=60)
+        while select.select([leader], [], [], 0.2)[0]:
+            try:
+                shown += os.read(leader, 4096)
+            except OSError:
+                break
+        return child.returncode, stdout.decode(), shown.decode(errors="replace")
+    finally:
+        os.close(leader)
+        os.close(follower)
+
+
+def test_rm_of_a_library_asset_asks_at_a_terminal_and_a_no_keeps_it(tmp_path: Path) -> None:
+    vault = Vault.create(tmp_path / "v", user_id=USER)
+    kept = vault.library.add(_png(tmp_path / "a.png", 1), title="Fox at dawn")
+    draft = vault.workspace.add(_png(tmp_path / "b.png", 2))
+    vault.close()
+    code, out, shown = _rm_at_a_terminal(tmp_path / "v", kept.id[:8], b"n\n")
+    assert code == 0 and out == "" and '"Fox at dawn"' in shown and "server" in shown and "nothing deleted" in shown
+    code, out, shown = _rm_at_a_terminal(tmp_path / "v", kept.id[:8], b"\x04")  # end of input at the question
+    assert code == 130 and "nothing deleted" in shown
+    with Vault.open(tmp_path / "v") as vault:
+        assert vault.library.get(kept.id).title == "Fox at dawn"
+    code, out, shown = _rm_at_a_terminal(tmp_path / "v", kept.id[:8], b"y\n")
+    assert code == 0 and out.strip() == f"deleted library asset {kept.id}"
+    code, out, shown = _rm_at_a_terminal(tmp_path / "v", draft.id, b"n\n")  # a workspace draft: no question
+    assert code == 0 and "?" not in shown and out.strip() == f"deleted workspace asset {draft.id}"
+    with Vault.open(tmp_path / "v") as vault:
+        other = vault.library.add(_png(tmp_path / "c.png", 3))
+    code, out, shown = _rm_at_a_terminal(tmp_path / "v", other.id, b"n\n", "--yes")
+    assert code == 0 and "?" not in shown and out.strip() == f"deleted library asset {other.id}"
+    with Vault.open(tmp_path / "v") as vault:
+        assert vault.library.list().items == [] and vault.workspace.list().items == []

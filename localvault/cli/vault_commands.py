@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -156,17 +157,35 @@ def update(ctx: Context, library_id: str, title: str | None, no_title: bool, add
 
 @main.command()
 @click.argument("asset_id")
+@click.option("--yes", "-y", is_flag=True, help="Delete a library asset without asking, even on a terminal.")
 @json_option()
 @pass_ctx
-def rm(ctx: Context, asset_id: str, as_json: bool) -> None:
-    """Delete a library or workspace asset (row and file), by its id or the id's first 6 or more characters."""
+def rm(ctx: Context, asset_id: str, yes: bool, as_json: bool) -> None:
+    """Delete a library or workspace asset (row and file), by its id or the id's first 6 or more characters.
+
+    A library asset is what its user kept for good, and the next sync deletes it on the server too: typed on a
+    terminal, rm asks first (--yes does not). Piped or in a script, it asks nothing."""
     vault = ctx.vault()
     asset_id = vault.resolve_id(asset_id)
+    if not yes and sys.stdin.isatty() and not _confirm_library_delete(vault.get(asset_id)):
+        output.err_console.print("nothing deleted")
+        return
     where = vault.delete(asset_id)
     if as_json:
         output.print_json({"deleted": asset_id, "from": where})
     else:
         output.console.print(f"deleted {where} asset {asset_id}")
+
+
+def _confirm_library_delete(asset: LibraryAsset | WorkspaceAsset) -> bool:
+    """Whether the person at the terminal says yes to deleting ``asset`` (a workspace asset needs no yes)."""
+    if isinstance(asset, WorkspaceAsset):
+        return True
+    named = f'"{asset.title}" ({asset.id})' if asset.title else asset.id
+    try:
+        return click.confirm(f"delete library asset {named}, here and at the next sync on the server?", err=True)
+    except click.Abort:  # (click's answer to Ctrl-C or to the end of input)
+        raise KeyboardInterrupt("no answer (Ctrl-C or end of input): nothing deleted") from None
 
 
 @main.command()
