@@ -9,10 +9,13 @@ different bytes.
     make_jpeg(tmp_path / "a.jpg", exif_user_comment="a cat\\nSteps: 20, ...")
     make_webp(tmp_path / "a.webp", exif_user_comment="...")
     make_mp4(tmp_path / "a.mp4", duration_seconds=2.0, comment='{"prompt": "..."}')
+    make_stealth_png(tmp_path / "a.png", "a cat\nSteps: 20, ...", mode="alpha", compressed=True)
 """
 
 from __future__ import annotations
 
+import gzip
+import random
 import struct
 from pathlib import Path
 
@@ -137,6 +140,69 @@ def make_webp(
     if exif_user_comment is not None or exif_ifd0:
         options["exif"] = exif
     _image(size, color).save(path, "WEBP", **options)
+    return path
+
+
+def stealth_bits(payload: str | bytes, *, mode: str = "alpha", compressed: bool = False,
+                 signature: bytes | None = None, length_bits: int | None = None) -> str:
+    """The bits stealth pnginfo hides: its signature (``stealth_pnginfo``, ``stealth_pngcomp``,
+    ``stealth_rgbinfo``, ``stealth_rgbcomp``, or ``signature``), the payload's length in bits (or
+    ``length_bits``) on 32 bits, then the payload (gzip if ``compressed``), as "0"/"1" characters."""
+    data = payload.encode("utf-8") if isinstance(payload, str) else payload
+    if compressed:
+        data = gzip.compress(data)
+    if signature is None:
+        signature = f"stealth_{'png' if mode == 'alpha' else 'rgb'}{'comp' if compressed else 'info'}".encode()
+    length = 8 * len(data) if length_bits is None else length_bits
+    return "".join(f"{byte:08b}" for byte in signature + length.to_bytes(4, "big") + data)
+
+
+def make_stealth_png(
+    path: Path | str,
+    payload: str | bytes,
+    *,
+    mode: str = "alpha",
+    compressed: bool = False,
+    size: tuple[int, int] = (64, 64),
+    seed: int = 0,
+    signature: bytes | None = None,
+    length_bits: int | None = None,
+    text_chunks: dict[str, str] | None = None,
+    image_format: str = "PNG",
+) -> Path:
+    """An image of random pixels (RGBA for ``mode="alpha"``, RGB for ``"rgb"``) hiding ``payload`` in their least
+    significant bits as sd_webui_stealth_pnginfo's ``add_data`` writes them: column by column (x outer, y
+    inner), one bit a pixel in the alpha, or three in red, green and blue. NovelAI writes its gzip JSON so too
+    (``mode="alpha"``, ``compressed=True``). ``text_chunks`` are written beside; ``image_format="WEBP"`` saves
+    a lossless WebP."""
+    path = Path(path)
+    bits = stealth_bits(payload, mode=mode, compressed=compressed, signature=signature, length_bits=length_bits)
+    width, height = size
+    image = Image.frombytes("RGB", size, random.Random(seed).randbytes(width * height * 3))
+    if mode == "alpha":
+        image.putalpha(255)
+    pixels = image.load()
+    assert pixels is not None
+    channels = (3,) if mode == "alpha" else (0, 1, 2)
+    index = 0
+    for x in range(width):
+        for y in range(height):
+            if index >= len(bits):
+                break
+            values = list(pixels[x, y])  # type: ignore[arg-type]
+            for channel in channels:
+                if index < len(bits):
+                    values[channel] = values[channel] & ~1 | int(bits[index])
+                    index += 1
+            pixels[x, y] = tuple(values)
+    assert index >= len(bits), "the payload does not fit in the image"
+    if image_format == "WEBP":
+        image.save(path, "WEBP", lossless=True)
+    else:
+        info = PngInfo()
+        for key, value in (text_chunks or {}).items():
+            info.add_text(key, value)
+        image.save(path, "PNG", pnginfo=info)
     return path
 
 
