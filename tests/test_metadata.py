@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
 import struct
 import time
+import tracemalloc
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -15,12 +17,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mediafiles import box, make_jpeg, make_mp4, make_png, make_webp
-from PIL import ImageFile
+from mediafiles import box, make_jpeg, make_mp4, make_png, make_stealth_png, make_webp
+from PIL import Image, ImageFile, WebPImagePlugin
 
 from localvault import metadata
 from localvault.errors import StorageError
-from localvault.metadata import _clean, images, mp4
+from localvault.metadata import _clean, images, mp4, stealth
 from localvault.models import MAX_PROMPT_CHARS, MAX_SEED, GenerationInfo, check_model, check_prompt, check_settings
 
 A1111 = (
@@ -256,6 +258,166 @@ def test_novelai_png_text_chunks(tmp_path: Path, version: str) -> None:
     if version == "v4.5":
         assert info.settings["v4_prompt"]["caption"]["char_captions"][0]["char_caption"] == "girl, red hair"
     assert_valid(info)
+
+
+# ------------------------------------------- stealth pnginfo (parameters hidden in the pixels' low bits)
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "WEBP"])
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize("mode", ["alpha", "rgb"])
+def test_a1111_parameters_hidden_in_the_pixels_are_read_as_from_a_text_chunk(tmp_path: Path, mode: str,
+                                                                             compressed: bool,
+                                                                             image_format: str) -> None:
+    """sd_webui_stealth_pnginfo (and Forge's copy of it) hides A1111's parameters in the pixels' least significant
+    bits: a file whose chunks were stripped (a re-save, an upload) kept only those, and came in with nothing. A
+    PNG made a lossless WebP keeps them too."""
+    path = make_stealth_png(tmp_path / f"h.{image_format.lower()}", A1111, mode=mode, compressed=compressed,
+                            image_format=image_format)
+    info = metadata.read(path)
+    assert (info.source, info.prompt, info.negative_prompt, info.seed, info.model) == (
+        "a1111", "masterpiece, a cat sitting on a mat, (detailed fur:1.2)\ngolden hour lighting",
+        "blurry, lowres\nbad hands", 1234567890, "sd_xl_base_1.0")
+    assert info.settings["steps"] == 28 and info.settings["cfg_scale"] == 6.5
+    assert info.settings["lora_hashes"] == "detail: 1a2b3c, style: 4d5e6f"
+    assert info == metadata.read(make_png(tmp_path / "chunk.png", text_chunks={"parameters": A1111}))
+    assert_valid(info)
+
+
+NOVELAI_V4_CHUNKS = {
+    "Description": "1girl, masterpiece, {{silver hair}}", "Software": "NovelAI",
+    "Source": "NovelAI Diffusion V4.5 4BDE2A90", "Generation time": "5.1",
+    "Comment": json.dumps({**NOVELAI_V3, "v4_prompt": {"caption": {
+        "base_caption": "1girl, masterpiece, {{silver hair}}", "char_captions": []}}})}
+
+
+def test_novelai_json_hidden_in_the_alpha_is_read_as_its_chunks(tmp_path: Path) -> None:
+    """NovelAI writes its chunks (less its Title) as gzip JSON in the alpha's low bits (nai_meta_writer.py), the
+    Comment as JSON text; a reader may meet it as an object. Read as the chunks are."""
+    chunks = NOVELAI_V4_CHUNKS
+    info = metadata.read(make_stealth_png(tmp_path / "n.png", json.dumps(chunks), compressed=True, size=(96, 96)))
+    assert (info.source, info.prompt, info.negative_prompt, info.seed, info.model) == (
+        "novelai", "1girl, masterpiece, {{silver hair}}", "lowres, {bad}, worst quality", 2210581823,
+        "NovelAI Diffusion V4.5")
+    assert info.settings["model_hash"] == "4BDE2A90" and info.settings["steps"] == 28
+    assert info == metadata.read(make_png(tmp_path / "t.png", text_chunks={"Title": "NovelAI generated image",
+                                                                           **chunks}))
+    as_object = json.dumps({**chunks, "Comment": json.loads(chunks["Comment"])})
+    assert metadata.read(make_stealth_png(tmp_path / "o.png", as_object, compressed=True, size=(96, 96))) == info
+    assert_valid(info)
+
+
+def test_a_comfyui_graph_hidden_in_the_alpha_is_read(tmp_path: Path) -> None:
+    """comfyui_stealth_pnginfo's SaveImageStealth hides ``{"prompt": graph JSON, "workflow": …}`` (plain)."""
+    payload = json.dumps({"prompt": json.dumps(comfy_graph(seed=2025))})
+    info = metadata.read(make_stealth_png(tmp_path / "c.png", payload, size=(160, 160)))
+    assert (info.source, info.seed, info.model) == ("comfyui", 2025, "dreamshaper_8.safetensors")
+
+
+def test_text_chunks_win_over_hidden_bits_which_are_then_not_decoded(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    hidden = A1111.replace("Seed: 1234567890", "Seed: 7")
+    stripped = make_stealth_png(tmp_path / "stripped.png", hidden)
+    both = make_stealth_png(tmp_path / "both.png", hidden, text_chunks={"parameters": A1111})
+    assert metadata.read(stripped).seed == 7
+    monkeypatch.setattr(Image, "frombytes", lambda *a, **k: pytest.fail("pixels decoded"))
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("pixels decoded"))
+    assert metadata.read(both).seed == 1234567890
+
+
+def test_pixels_are_decoded_only_as_far_as_the_signature_until_one_is_found(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoding costs far more than reading chunks, and every PNG without metadata is looked at: of one that
+    hides nothing, only the rows holding a signature (152 bits: 152 rows of alpha, 51 of RGB) are decoded. A
+    lossy WebP without alpha cannot keep such bits: it is not decoded at all."""
+    decoded: list[tuple[int, int]] = []
+    frombytes = Image.frombytes
+
+    def spy(mode: str, size: tuple[int, int], *args: Any, **kwargs: Any) -> Image.Image:
+        decoded.append(size)
+        return frombytes(mode, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "frombytes", spy)
+    Image.new("RGBA", (64, 512), (1, 2, 3, 255)).save(tmp_path / "rgba.png")
+    assert metadata.read(tmp_path / "rgba.png") == GenerationInfo() and decoded == [(64, 152)]
+    decoded.clear()
+    Image.new("RGB", (64, 512), (1, 2, 3)).save(tmp_path / "rgb.png")
+    assert metadata.read(tmp_path / "rgb.png") == GenerationInfo() and decoded == [(64, 51)]
+    hidden = make_stealth_png(tmp_path / "h.png", A1111, size=(64, 512))
+    lossy = make_stealth_png(tmp_path / "lossy.png", A1111, mode="rgb", size=(64, 512))
+    decoded.clear()
+    assert metadata.read(hidden).seed == 1234567890
+    assert decoded == [(64, 152), (64, 512)]  # (its payload spans columns: all rows)
+    Image.open(lossy).save(tmp_path / "lossy.webp", "WEBP", quality=90)
+    monkeypatch.setattr(WebPImagePlugin.WebPImageFile, "load", lambda self: pytest.fail("pixels decoded"))
+    assert metadata.read(tmp_path / "lossy.webp") == GenerationInfo()
+
+
+def _cut_file(path: Path) -> Path:
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    return path
+
+
+#: Files hiding bad data: each must give nothing, without raising.
+_BAD_HIDDEN: dict[str, Callable[[Path], Path]] = {
+    "gzip-cut-short": lambda p: make_stealth_png(p, gzip.compress(A1111.encode())[:-12],
+                                                 signature=b"stealth_pngcomp"),
+    "not-gzip": lambda p: make_stealth_png(p, A1111, signature=b"stealth_pngcomp"),
+    "file-cut-short": lambda p: _cut_file(make_stealth_png(p, A1111)),
+    "length-over-the-pixels": lambda p: make_stealth_png(p, A1111, length_bits=64 * 64 - 152 + 8),
+    "length-of-4-gib": lambda p: make_stealth_png(p, A1111, length_bits=2**32 - 8),
+    "length-zero": lambda p: make_stealth_png(p, A1111, length_bits=0),
+    "wrong-signature": lambda p: make_stealth_png(p, A1111, signature=b"stealth_pnginfx"),
+    "rgb-signature-in-the-alpha": lambda p: make_stealth_png(p, A1111, signature=b"stealth_rgbinfo"),
+    "opaque-rgb-without-payload": lambda p: make_png(p, color=7),
+    "rgba-without-payload": lambda p: make_stealth_png(p, b"", signature=b"\0" * 15, length_bits=0),
+}
+
+
+@pytest.mark.parametrize("case", list(_BAD_HIDDEN))
+def test_bad_or_missing_hidden_data_gives_nothing_and_never_raises(tmp_path: Path, case: str) -> None:
+    assert stealth.hidden_texts(io.BytesIO(make_stealth_png(tmp_path / "good.png", A1111).read_bytes())) == {
+        "parameters": A1111}
+    bad = _BAD_HIDDEN[case](tmp_path / "bad.png")
+    with open(bad, "rb") as f:
+        assert stealth.hidden_texts(f) is None
+    assert metadata.read(bad) == GenerationInfo()
+
+
+def test_a_hidden_gzip_bomb_is_inflated_within_bounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """8 MiB of zeros in 8 KB of gzip: inflated no further than the limit (4 MiB; 64 KiB here), then refused."""
+    monkeypatch.setattr(stealth, "MAX_HIDDEN_BYTES", 64 * 1024)
+    bomb = make_stealth_png(tmp_path / "bomb.png", gzip.compress(bytes(8 * 1024 * 1024), 9), size=(260, 260),
+                            signature=b"stealth_pngcomp")
+    data = bomb.read_bytes()
+    tracemalloc.start()
+    try:
+        assert stealth.hidden_texts(io.BytesIO(data)) is None
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 1024 * 1024
+    assert metadata.read(bomb) == GenerationInfo()
+    fits = make_stealth_png(tmp_path / "fits.png", gzip.compress(A1111.encode() + b" " * 60_000), size=(260, 260),
+                            signature=b"stealth_pngcomp")
+    assert metadata.read(fits).seed == 1234567890
+
+
+def test_a_hidden_payload_bigger_than_its_limit_is_refused_before_its_pixels_are_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = make_stealth_png(tmp_path / "big.png", A1111)
+    assert metadata.read(path).seed == 1234567890
+    monkeypatch.setattr(stealth, "MAX_HIDDEN_BYTES", len(A1111.encode()) - 1)
+    assert stealth.hidden_texts(io.BytesIO(path.read_bytes())) is None
+
+
+def test_an_image_over_pillow_s_pixel_limit_is_not_decoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = make_stealth_png(tmp_path / "h.png", A1111)
+    assert metadata.read(path).seed == 1234567890
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 - 1)
+    monkeypatch.setattr(Image, "frombytes", lambda *a, **k: pytest.fail("pixels decoded"))
+    assert metadata.read(path) == GenerationInfo()
 
 
 EASY_DIFFUSION = {"prompt": "an astronaut riding a horse", "negative_prompt": "blurry, lowres", "seed": 3458372,
@@ -1921,9 +2083,27 @@ def test_fuzz_exif_user_comment(fuzz_dir: Path, raw: bytes, prefix: bytes) -> No
 @given(head=st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF\0\0\0\0WEBP", b"\0\0\0\x18ftypisom"]),
        body=st.binary(max_size=400))
 def test_fuzz_truncated_and_garbage_containers(head: bytes, body: bytes) -> None:
-    for reader in (images.png_texts, images.jpeg_texts, images.webp_texts, mp4.read_tags, mp4.duration_seconds):
+    for reader in (images.png_texts, images.jpeg_texts, images.webp_texts, mp4.read_tags, mp4.duration_seconds,
+                   stealth.hidden_texts):
         reader(io.BytesIO(head + body))  # must not raise, even without read()'s safety net
     assert_valid(_clean.finish(metadata.read_chunks(metadata._texts(io.BytesIO(head + body)))))
+
+
+@FUZZ
+@given(payload=st.binary(max_size=200) | json_values.map(json.dumps) | st.text(max_size=200),
+       mode=st.sampled_from(["alpha", "rgb"]), compressed=st.booleans(),
+       signature=st.sampled_from([None, b"stealth_pngcomp", b"stealth_rgbcomp"]),
+       length=st.none() | st.integers(0, 2**32 - 1))
+def test_fuzz_hidden_payloads(fuzz_dir: Path, payload: str | bytes, mode: str, compressed: bool,
+                              signature: bytes | None, length: int | None) -> None:
+    path = make_stealth_png(fuzz_dir / "s.png", payload, mode=mode, compressed=compressed, size=(96, 96),
+                            signature=signature, length_bits=length)
+    assert_valid(metadata.read(path))
+    hidden = stealth.hidden_texts(io.BytesIO(path.read_bytes()))  # must not raise, even without read()'s net
+    if signature is None and length is None and payload:  # what was written is read back
+        text = payload if isinstance(payload, str) else payload.decode("utf-8", "replace")
+        assert hidden is not None
+        assert hidden == {"parameters": text} or isinstance(json.loads(text), dict)
 
 
 @FUZZ

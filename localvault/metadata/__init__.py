@@ -5,7 +5,8 @@ chunks or JPEG/WebP EXIF UserComment; ComfyUI API/UI graphs in PNG chunks,
 WebP EXIF and MP4 comments (VideoHelperSuite); InvokeAI metadata chunks;
 Fooocus, SwarmUI, NovelAI, Easy Diffusion and Draw Things (XMP); sidecar
 files (``NAME.json``, ``NAME.txt``). Only headers and metadata
-chunks are read, never pixels::
+chunks are read; pixels only of a PNG or WebP whose chunks held nothing, for
+parameters hidden in them (:mod:`.stealth`)::
 
     info = read("out/00001.png")
     info.prompt, info.seed, info.model, info.source, info.settings["steps"]
@@ -23,7 +24,7 @@ from localvault._disk import NotRegularFileError, open_regular
 from localvault.errors import InvalidInputError, StorageError
 from localvault.models import GenerationInfo, check_path
 
-from . import a1111, comfyui, images, invokeai, mp4, novelai, sidecar, xmp
+from . import a1111, comfyui, images, invokeai, mp4, novelai, sidecar, stealth, xmp
 from ._clean import Found, finish, json_object, merge
 
 __all__ = ["Found", "read", "read_chunks"]
@@ -166,7 +167,11 @@ def _embedded(path: Path, data: bytes | None = None, handle: BinaryIO | None = N
 
 def _chunks_of(f: BinaryIO, file_name: str | None) -> Found:
     try:
-        return read_chunks(_texts(f), file_name=file_name)
+        found = read_chunks(_texts(f), file_name=file_name)
+        # Decoding pixels costs far more than reading chunks: only for a file that gave nothing else.
+        if found.is_empty() and (hidden := stealth.hidden_texts(f)) is not None:
+            found = read_chunks(hidden, file_name=file_name)
+        return found
     except Exception:  # odd metadata must never stop an import; the fuzz tests
         return Found()  # exercise read_chunks() and the chunk readers without this net
 
