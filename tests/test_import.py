@@ -796,6 +796,29 @@ def test_add_from_python_reads_what_the_file_carries_like_the_cli(tmp_path: Path
         assert (plain.original_prompt, plain.generation_seed, plain.model_used) == ("", 0, "unknown")
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["in-memory", "streamed"])
+def test_parameters_hidden_in_the_pixels_are_imported(vault: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      streamed: bool) -> None:
+    """A PNG whose chunks were stripped (a re-save, an upload) keeps its parameters only in its pixels' low bits
+    (stealth pnginfo): it came in with the placeholders; now with what they hold."""
+    from mediafiles import make_stealth_png
+
+    from localvault import importer
+
+    if streamed:
+        monkeypatch.setattr(importer, "IN_MEMORY_BYTES", 200)
+    (tmp_path / "out").mkdir()
+    make_stealth_png(tmp_path / "out" / "stripped.png", a1111("a hidden fox", 31337)["parameters"], compressed=True)
+    result = vault.workspace.import_folder(tmp_path / "out")
+    asset = vault.workspace.get(result.imported[0].asset_id)
+    assert (asset.original_prompt, asset.generation_seed, asset.model_used) == ("a hidden fox", 31337, "sdxl_base")
+    assert asset.generation_settings["metadata_source"] == "a1111"
+    assert asset.generation_settings["negative_prompt"] == "blurry" and asset.generation_settings["steps"] == 20
+    added = vault.workspace.add(make_stealth_png(tmp_path / "added.png", a1111("a hidden heron", 5)["parameters"],
+                                                 mode="rgb", seed=1))
+    assert (added.original_prompt, added.generation_seed) == ("a hidden heron", 5)
+
+
 def test_settings_just_under_the_limit_are_trimmed_never_refuse_the_file(vault: Vault, tmp_path: Path) -> None:
     """Before: the reader trimmed settings to 1 MiB, then the negative prompt and metadata source stored beside
     them pushed the row over it, and the image itself was refused."""
