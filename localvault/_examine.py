@@ -17,6 +17,7 @@ from pathlib import Path
 from . import media, models
 from ._disk import NotRegularFileError, SourceReadError, open_regular_fd, stream_digest
 from ._intake import Candidate, group_key
+from ._source_file import settings_with_name
 from .errors import StorageError
 from .files import WORKSPACE_BUCKET, FileStore, StagedFile
 from .ingest import PLACEHOLDERS
@@ -85,19 +86,21 @@ def examine(candidate: Candidate, known: Container[str], *, in_memory_bytes: int
             examined.facts = _image_facts(data, media_type, path.name)
         else:
             examined.facts = media.facts(io.BytesIO(data) if data is not None else handle, media_type, path.name)
-    examined.values = row_values(info, prompt, model)
+    examined.values = row_values(info, prompt, model, candidate.source_file)
     examined.data = data
     return examined
 
 
-def row_values(info: GenerationInfo, prompt: str | None, model: str | None) -> tuple[int, str, str, str]:
+def row_values(info: GenerationInfo, prompt: str | None, model: str | None,
+               source_file: str | None = None) -> tuple[int, str, str, str]:
     """(seed, prompt, model, settings JSON) an imported file's row records: its metadata, else the import's
-    ``prompt`` and ``model``, else the placeholders."""
+    ``prompt`` and ``model``, else the placeholders; its settings name the file it came from (``source_file``,
+    see :mod:`localvault._source_file`) when given."""
     return (
         models.check_seed(info.seed if info.seed is not None else PLACEHOLDERS["seed"]),
         models.check_prompt(info.prompt or prompt or PLACEHOLDERS["prompt"]),
         models.check_model(info.model or model or PLACEHOLDERS["model"]) or PLACEHOLDERS["model"],
-        models.settings_json(info.stored_settings()),
+        settings_with_name(info.stored_settings(), source_file),
     )
 
 

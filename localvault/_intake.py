@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import models
 from ._recovered import RECOVERED_FOLDER
+from ._source_file import relative_name, storable_name
 from .db import DB_NAME
 from .errors import InvalidInputError
 from .models import GenerationInfo
@@ -51,6 +52,8 @@ class Candidate:
     (``.json``, ``.txt``) when the folder was listed; None when unknown.
     ``target``: for a symbolic link, the file it led to, inside the folder, when it was found: that is what
     is read, not whatever the link leads to by then.
+    ``name``: its path relative to the folder imported or watched (``/`` between the parts), when that is not
+    its base name (a file in a sub-folder); see :attr:`source_file`.
     """
 
     path: str
@@ -58,6 +61,12 @@ class Candidate:
     mtime: float
     sidecars: frozenset[str] | None = None
     target: str | None = None
+    name: str | None = None
+
+    @property
+    def source_file(self) -> str:
+        """The name its asset keeps (``source_file``): its path relative to the folder, as storable text."""
+        return storable_name(self.name if self.name is not None else os.path.basename(self.path))
 
 
 def is_ignored_name(name: str) -> bool:
@@ -106,10 +115,22 @@ def check_path(path: str | os.PathLike[str], root: Path) -> tuple[Candidate | No
     text = os.fspath(path)
     if ".." in Path(text).parts:
         return None, "the path contains '..'; give a path inside the folder"
-    return _candidate(text, root)
+    return _candidate(text, root, name=_name_under(text, root))
 
 
-def _candidate(text: str, root: Path, sidecars: frozenset[str] | None = None) -> tuple[Candidate | None, str | None]:
+def _name_under(text: str, root: Path) -> str | None:
+    """The path of the file ``text`` relative to the folder ``root`` (its real path), when that is not its base
+    name; the file itself is not followed (a link keeps its own name)."""
+    absolute = os.path.abspath(text)
+    relative = relative_name(absolute, str(root))
+    if relative is None:  # reached through a link to the folder (or to a folder above it)
+        folder, name = os.path.split(absolute)
+        relative = relative_name(os.path.join(os.path.realpath(folder), name), str(root))
+    return relative if relative is not None and "/" in relative else None
+
+
+def _candidate(text: str, root: Path, sidecars: frozenset[str] | None = None,
+               name: str | None = None) -> tuple[Candidate | None, str | None]:
     """check_path without the '..' check (a scan's own paths may start with '../', from the folder given)."""
     target = None
     try:
@@ -127,7 +148,7 @@ def _candidate(text: str, root: Path, sidecars: frozenset[str] | None = None) ->
         return None, f"cannot read it: {exc.strerror or exc}"
     if not _stat.S_ISREG(st.st_mode):
         return None, None
-    return Candidate(text, st.st_size, st.st_mtime, sidecars, None if target is None else str(target)), None
+    return Candidate(text, st.st_size, st.st_mtime, sidecars, None if target is None else str(target), name), None
 
 
 class Scan(NamedTuple):
@@ -147,9 +168,9 @@ def scan(folder: Path, recursive: bool = False) -> Scan:
     refused: dict[str, str] = {}
     ignored = 0
     not_entered: list[str] = []
-    stack = [str(folder)]
+    stack = [(str(folder), "")]  # (a folder, its path relative to the one scanned, with "/" after it)
     while stack:
-        current = stack.pop()
+        current, prefix = stack.pop()
         try:
             entries = list(os.scandir(current))
         except OSError as exc:
@@ -163,14 +184,14 @@ def scan(folder: Path, recursive: bool = False) -> Scan:
             if entry.is_dir(follow_symlinks=False):
                 # A vault kept in the rig's folder holds the vault's files, not new generations.
                 if recursive and not os.path.exists(os.path.join(entry.path, DB_NAME)):
-                    stack.append(entry.path)
+                    stack.append((entry.path, f"{prefix}{entry.name}/"))
                 else:
                     not_entered.append(entry.path)
                 continue
             if not is_candidate_name(entry.name):
                 ignored += 1
                 continue
-            candidate, reason = _candidate(entry.path, root, sidecars)
+            candidate, reason = _candidate(entry.path, root, sidecars, f"{prefix}{entry.name}" if prefix else None)
             if candidate is not None:
                 found.append(candidate)
             elif reason is not None:

@@ -2,7 +2,8 @@
 
 Used by :mod:`localvault.watch`. The row is changed only while it still holds
 what a file without metadata was given (placeholders, or the watch's
-``--prompt``/``--model``): a sidecar never overwrites metadata.
+``--prompt``/``--model``, and the name of its file, ``source_file``): a
+sidecar never overwrites metadata. The row keeps its ``source_file``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from . import metadata
 from ._examine import row_values
+from ._source_file import RowValues, name_in, renamed
 from .errors import LocalVaultError
 from .metadata.sidecar import SIDECAR
 from .models import GenerationInfo
@@ -23,8 +25,6 @@ if TYPE_CHECKING:
     from .db import Database
     from .vault import Vault
 
-#: (seed, prompt, model, settings JSON) of a workspace row.
-RowValues = tuple[int, str, str, str]
 #: Seconds between a file and its sidecar for an import of the file again to fill its asset from the sidecar.
 FILL_WINDOW_SECONDS = 60.0
 #: Rows a late sidecar filled, remembered (with what it wrote) for a second reading of a sidecar still written.
@@ -41,19 +41,24 @@ def fill_from_sidecar(vault: Vault, path: str, asset_id: str, prompt: str | None
                       expected: RowValues | None = None) -> RowValues | None:
     """Fill the row of ``asset_id`` (taken from ``path``) from the sidecar now beside ``path``, if the row still
     holds ``expected`` (by default the values of a file without metadata: a sidecar read while it was still
-    being written is read again at its close, over what that first reading wrote). What it wrote, or None.
-    Never raises: the watch goes on."""
+    being written is read again at its close, over what that first reading wrote), keeping the row's
+    ``source_file``. What it wrote, or None. Never raises: the watch goes on."""
     try:
         # The sidecar alone: the import found nothing embedded (and the vault's copy may be on another filesystem).
         info = metadata.read(path, data=b"")
         if info.source == "none":
             return None
-        filled = row_values(info, prompt, model)
-        if expected is None:
-            expected = row_values(GenerationInfo(), prompt, model)
-        if filled == expected:  # (read again, unchanged)
-            return filled
         with vault.db.write() as conn:
+            row = conn.execute("SELECT generation_settings FROM workspace_assets WHERE id = ? AND user_id = ?",
+                               (asset_id, vault.user_id)).fetchone()
+            if row is None:  # deleted meanwhile
+                return None
+            name = name_in(row[0])  # (what its import named it: kept)
+            filled = row_values(info, prompt, model, name)
+            if expected is None:
+                expected = row_values(GenerationInfo(), prompt, model, name)
+            if filled == expected:  # (read again, unchanged)
+                return filled
             changed = conn.execute(_FILL, (*filled, asset_id, vault.user_id, *expected)).rowcount
     except (LocalVaultError, sqlite3.Error, OSError) as exc:
         log.warning("the sidecar of %s came after it was taken, and could not be read into its asset: %s", path, exc)
@@ -100,17 +105,22 @@ def fill_duplicates(db: Database, user_id: str, found: dict[str, tuple[str, RowV
     """Fill from a sidecar the workspace rows that still hold ``placeholders`` (their file was taken without
     metadata) when a later import of the same bytes found that sidecar beside them: one that came while no
     watch ran, which the watch's own late reading (in memory) could not see. ``found``: the duplicate's path
-    -> (sha256, the row values its reading gave). The paths filled -> their asset id."""
+    -> (sha256, the row values its reading gave). ``placeholders`` are compared, and the values written, with the
+    row's own ``source_file`` (the duplicate's name is another). The paths filled -> their asset id."""
     filled: dict[str, str] = {}
     if not found:
         return filled
     try:
         with db.write() as conn:
             for path, (sha256, values) in found.items():
-                row = conn.execute("SELECT id FROM workspace_assets WHERE user_id = ? AND sha256 = ?",
-                                   (user_id, sha256)).fetchone()
-                if row is not None and values != placeholders and conn.execute(
-                        _FILL, (*values, row[0], user_id, *placeholders)).rowcount:
+                row = conn.execute("SELECT id, generation_settings FROM workspace_assets WHERE user_id = ? AND"
+                                   " sha256 = ? AND generation_seed = ? AND original_prompt = ? AND model_used = ?",
+                                   (user_id, sha256, *placeholders[:3])).fetchone()  # (only a row without metadata)
+                if row is None:
+                    continue
+                name = name_in(row[1])
+                expected, wanted = renamed(placeholders, name), renamed(values, name)
+                if wanted != expected and conn.execute(_FILL, (*wanted, row[0], user_id, *expected)).rowcount:
                     filled[path] = row[0]
     except (LocalVaultError, sqlite3.Error, OSError) as exc:  # the import's own work is done: it stands
         log.warning("the sidecars of %d file(s) taken before without metadata could not be read into their "

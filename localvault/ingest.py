@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import media, models
+from ._source_file import settings_with_name, storable_name
 from .errors import (
     InvalidInputError,
     LocalVaultError,
@@ -137,14 +138,15 @@ def generation_values(source: str | os.PathLike[str], info: GenerationInfo | Non
                       model: Any, settings: Any, copy: str | None = None) -> GenerationValues:
     """What an added file's row records: the arguments given, else ``info`` (read from the file when not
     given and something is missing: from its ``copy`` in the vault when there is one), else seed 0, prompt ""
-    and model "unknown"."""
+    and model "unknown". Settings not given name the file (``source_file``: ``source``'s base name)."""
     if info is None:
         info = embedded_info(source, copy) if None in (seed, prompt, model, settings) else GenerationInfo()
     return GenerationValues(
         models.check_seed(seed if seed is not None else info.seed if info.seed is not None else PLACEHOLDERS["seed"]),
         models.check_prompt(prompt if prompt is not None else info.prompt or PLACEHOLDERS["prompt"]),
         models.check_model(model if model is not None else info.model or PLACEHOLDERS["model"]) or PLACEHOLDERS["model"],
-        models.settings_json(settings if settings is not None else info.stored_settings()),
+        models.settings_json(settings) if settings is not None else settings_with_name(
+            info.stored_settings(), storable_name(models.check_path(source, "the file to add").name)),
     )
 
 
