@@ -10,9 +10,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from click.testing import CliRunner
+from conftest import USER_A
 from mediafiles import make_png
 
 from localvault import Vault
@@ -186,6 +189,20 @@ def test_a_name_that_is_not_utf8_is_kept_as_valid_text(vault: Vault, tmp_path: P
     added = vault.workspace.add(folder / os.fsdecode(b"caf\xe9-\xc3\xa9.png"))
     assert added.generation_settings == {"source_file": "caf\ufffd-\u00e9.png"}
     stored_settings(vault, added.id).decode("utf-8")
+
+
+def test_a_name_that_is_not_utf8_reaches_the_server(tmp_path: Path, remote: Any) -> None:
+    """PostgreSQL's jsonb takes the settings naming it (a lone surrogate, or \\u0000, would stop every sync)."""
+    out = tmp_path / "out"
+    (out / "day").mkdir(parents=True)
+    make_png(out / "day" / os.fsdecode(b"\xff\xfe-fox.png"), color=8)
+    with Vault.create(tmp_path / "v", user_id=USER_A) as vault:
+        imported = vault.workspace.import_folder(out, recursive=True).imported[0]
+        saved = vault.library.save(imported.asset_id)
+        assert vault.sync(remote).rows_written == 1
+    with psycopg.connect(remote.database_url) as conn:
+        row = conn.execute("SELECT generation_settings FROM public.user_library WHERE id = %s", (saved.id,)).fetchone()
+    assert row[0] == {"source_file": "day/\ufffd\ufffd-fox.png"} == saved.generation_settings
 
 
 # ---------------------------------------------------------------- watch
