@@ -163,6 +163,7 @@ def _send(vault: Vault, bucket: Bucket, known: Objects, batch: outbox.Batch,
     stop = threading.Event()
 
     failed: list[Exception] = []  # the first failure, which stopped the others
+    under_way: set[str] = set()  # the keys being sent now
 
     def send(item: tuple[Path, str, str, int, str]) -> int | None:
         try:
@@ -181,6 +182,7 @@ def _send(vault: Vault, bucket: Bucket, known: Objects, batch: outbox.Batch,
                 raise RetryStopped("the sync stopped")
             if not local.exists():
                 raise FileNotFoundError(str(local))
+            under_way.add(key)
             retrying(lambda: bucket.upload(local, key, sha, size, mime, stop), f"uploading {local} as {key}",
                      stop=stop)
         except FileNotFoundError:
@@ -189,6 +191,8 @@ def _send(vault: Vault, bucket: Bucket, known: Objects, batch: outbox.Batch,
                                 "fix 'localvault remote set'") from None
             vanished.append(key)  # deleted by another process since the batch was read? checked below
             return None
+        finally:
+            under_way.discard(key)
         known.remember(key, size)
         report(progress, "upload", advance=1, bytes_advance=size, total=files_total, bytes_total=bytes_total)
         return size
@@ -202,6 +206,11 @@ def _send(vault: Vault, bucket: Bucket, known: Objects, batch: outbox.Batch,
     except RetryStopped:
         if failed:  # (met first in the files' order: the failure that stopped it is what to report)
             raise failed[0] from None
+        raise
+    except KeyboardInterrupt:
+        if under_way:  # (said, or a Ctrl-C seems unheard while a part's send ends)
+            log.warning("stopping: waiting for the %d upload(s) under way to end (at most a minute or two; what "
+                        "they sent stays, for the next sync to go on from)", len(under_way))
         raise
     finally:
         stop.set()

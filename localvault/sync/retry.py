@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -43,6 +44,32 @@ class RetryStopped(SyncError):
     """A retry's wait was cut short by its ``stop`` event: the sync the work was for has stopped."""
 
 
+class RetriesExhausted(OfflineError):
+    """:func:`retrying` gave up: a ``retrying`` around it (a file's upload around its parts') gives up too, rather
+    than start its own attempts at what was just tried for as long as the budget allows."""
+
+
+def stalled(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection the system cut because what it sent made no progress (``ETIMEDOUT``: the
+    send timeout of :mod:`.s3_client`, or TCP's own retransmissions): a store that stopped reading."""
+    seen: BaseException | None = exc
+    for _ in range(16):  # (a chain of causes is short; a cycle is not followed for ever)
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno == errno.ETIMEDOUT:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def reason(exc: BaseException) -> str:
+    """What went wrong, in one line: the error's first line, or what a stall means (botocore words it as a
+    connection that could not be made)."""
+    if stalled(exc):
+        return "the store stopped taking data (what was sent went unacknowledged; the connection was cut)"
+    return first_line(exc)
+
+
 def retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | None = None,
              stop: threading.Event | None = None) -> T:
     """Run ``action``, retrying connection trouble with backoff; OfflineError when it persists.
@@ -57,6 +84,8 @@ def retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | 
         started = time.monotonic()
         try:
             return action()
+        except RetriesExhausted:
+            raise
         except Exception as exc:
             if not is_connection_trouble(exc):
                 given_up = _not_retried(exc, what)
@@ -65,8 +94,9 @@ def retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | 
                 raise given_up from None
             now = time.monotonic()
             if deadline is None or (now - started > RETRY_BUDGET_SECONDS  # (an attempt that long got somewhere: a
-                                    and not isinstance(exc, NoAnswerError)):  # big file's upload; not a wait for
-                deadline = now + RETRY_BUDGET_SECONDS  # an answer that never came)
+                                    and not isinstance(exc, NoAnswerError)  # big file's upload; not a wait for an
+                                    and not stalled(exc)):  # answer that never came, nor a send that stalled)
+                deadline = now + RETRY_BUDGET_SECONDS
             if delay is not None and now + delay > deadline:
                 delay = None  # (the attempts waited out their timeouts: a link that answers nothing)
             if delay is None and isinstance(exc, psycopg.errors.LockNotAvailable):  # 55P03: lock_timeout, each time
@@ -77,8 +107,8 @@ def retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | 
                 raise SyncError(f"{what}: other writers kept colliding with this sync ({first_line(exc)}); "
                                 "sync again in a moment") from None
             if delay is None:
-                raise OfflineError(f"{what} failed after {attempt} attempt{'s' if attempt > 1 else ''}: "
-                                   f"{first_line(exc)}") from None
+                raise RetriesExhausted(f"{what} failed after {attempt} attempt{'s' if attempt > 1 else ''}: "
+                                       f"{reason(exc)}") from None
             _tell_retry(what, exc, attempt, delay)
             if on_retry:
                 on_retry()
@@ -113,8 +143,8 @@ def _not_retried(exc: Exception, what: str) -> Exception:
 
 def _tell_retry(what: str, exc: BaseException, attempt: int, delay: float) -> None:
     """Log a retry: a sync that waits on a failing link says why (the progress bar stands still meanwhile)."""
-    reason, now = first_line(exc), time.monotonic()
-    kind = f"{type(exc).__name__}: {_NAMED.sub('…', reason)}"  # one upload's reason is the next one's
+    why, now = reason(exc), time.monotonic()
+    kind = f"{type(exc).__name__}: {_NAMED.sub('…', why)}"  # one upload's reason is the next one's
     with _warned_lock:
         loud = now - _warned.get(kind, -math.inf) >= WARN_EVERY_SECONDS
         if loud:
@@ -122,4 +152,4 @@ def _tell_retry(what: str, exc: BaseException, attempt: int, delay: float) -> No
                 _warned.clear()
             _warned[kind] = now
     log.log(logging.WARNING if loud else logging.INFO, "%s: %s; trying again in %g s (attempt %d of %d)",
-            what, reason, delay, attempt + 1, len(RETRY_DELAYS) + 1)
+            what, why, delay, attempt + 1, len(RETRY_DELAYS) + 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from typing import Any
 
@@ -14,6 +15,13 @@ BOTOCORE_ATTEMPTS = 2
 #: Attempts s3fs makes of one call (its default is 5, each with botocore's attempts and its 15 s read timeout: a
 #: store that takes connections and answers nothing held each call 2.5 minutes): the engine retries instead.
 S3FS_ATTEMPTS = 1
+
+#: Milliseconds what a connection to the store sent may go unacknowledged, or wait untransmitted before a
+#: window the store keeps shut, before the system cuts the connection (Linux's TCP_USER_TIMEOUT). A part's
+#: 8 MiB sent to a store that stopped reading (a stopped process, a frozen proxy: its kernel still answers the
+#: window probes) waited for ever: botocore's read timeout covers the wait for an answer, not a send. A slow
+#: link that keeps moving is not cut: the time counts from the last progress.
+SEND_TIMEOUT_MS = 30_000
 
 _SESSIONS: dict[Any, Any] = {}
 _SESSIONS_LOCK = threading.Lock()
@@ -32,6 +40,7 @@ def tune_s3(options: dict[str, Any]) -> None:
 
     * One pooled connection per upload thread (aiobotocore's default pool is
       10, fewer than the engine's upload threads).
+    * A send timeout on each connection (:data:`SEND_TIMEOUT_MS`, through aiohttp's ``socket_factory``).
     * A 10 s connect timeout instead of 60: an endpoint that does not answer
       is reported as offline in a minute or so (the engine retries), not five.
     * No ``Expect: 100-continue``: botocore adds it to every PUT of a file-like
@@ -50,6 +59,9 @@ def tune_s3(options: dict[str, Any]) -> None:
     """
     config = dict(options.get("config_kwargs") or {})
     config.setdefault("max_pool_connections", UPLOAD_CONNECTIONS)
+    connector = dict(config.get("connector_args") or {})
+    connector.setdefault("socket_factory", store_socket)
+    config["connector_args"] = connector
     config.setdefault("connect_timeout", CONNECT_TIMEOUT)
     if _botocore_knows("request_checksum_calculation"):
         config.setdefault("request_checksum_calculation", "when_required")
@@ -59,6 +71,16 @@ def tune_s3(options: dict[str, Any]) -> None:
         options["session"] = _shared_session(options.get("profile"))
     if "retries" not in config and not _retries_set_by_user(options.get("session")):
         config["retries"] = {"mode": "standard", "total_max_attempts": BOTOCORE_ATTEMPTS}
+
+
+def store_socket(addr_info: Any) -> socket.socket:
+    """A socket for a connection to the store (aiohttp's ``socket_factory``), cut by the system when what it
+    sends makes no progress for :data:`SEND_TIMEOUT_MS` (where the system has ``TCP_USER_TIMEOUT``)."""
+    family, kind, proto, _name, _address = addr_info
+    sock = socket.socket(family=family, type=kind, proto=proto)
+    if hasattr(socket, "TCP_USER_TIMEOUT") and family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, SEND_TIMEOUT_MS)
+    return sock
 
 
 def _retries_set_by_user(session: Any) -> bool:

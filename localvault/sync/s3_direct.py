@@ -30,6 +30,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from .s3_client import store_socket
+
 log = logging.getLogger(__name__)
 
 #: storage options (and of them, client and botocore config settings) whose meaning this path keeps; any other
@@ -59,7 +61,9 @@ def direct_put_for(fs: Any, bucket: str) -> DirectPut | None:
     made with hold a setting this path does not keep the meaning of (its PUTs then go through s3fs)."""
     options = fs.storage_options  # (fsspec's configuration merged in)
     client_kwargs = options.get("client_kwargs") or {}
-    config = options.get("config_kwargs") or {}
+    config = dict(options.get("config_kwargs") or {})
+    if config.get("connector_args") == {"socket_factory": store_socket}:  # (tune_s3's, for aiohttp: a send here
+        del config["connector_args"]  # is bounded by urllib3's socket timeout)
     if not (set(options) <= KNOWN_OPTIONS | {k for k in KNOWN_IF_FALSE if not options.get(k, True)}
             and set(client_kwargs) <= KNOWN_CLIENT_SETTINGS
             and set(config) <= KNOWN_CONFIG_SETTINGS and set(config.get("s3") or {}) <= {"addressing_style"}
