@@ -593,3 +593,74 @@ def test_a_sync_interrupted_says_nothing_was_lost(vault_path: Path, server: str,
         result.stderr
     monkeypatch.undo()
     assert "pushed 2 rows" in ok(run("--vault", str(vault_path), "sync")).stdout
+
+
+def test_an_http_bucket_that_refuses_the_upload_is_one_line_not_a_traceback(vault_path: Path, server: str,
+                                                                             tmp_path: Path) -> None:
+    """An endpoint and a bucket pasted as one http:// bucket URL: fsspec's HTTP filesystem finds the bucket (a
+    HEAD answers 200), then the store refuses the upload with a 403, which aiohttp raises as ClientResponseError:
+    the store's refusal (exit 11, one line), as an s3:// bucket's 4xx is, not a traceback."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Store(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _answer(self, status: int, body: bytes = b"") -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def do_GET(self) -> None:  # the bucket is there (an empty listing); nothing in it
+            self._answer(200, b"<html><body></body></html>") if self.path.rstrip("/") == "/library" else \
+                self._answer(404)
+
+        do_HEAD = do_GET
+
+        def do_PUT(self) -> None:  # read the body (chunked, as aiohttp sends a file), then refuse it
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    self.rfile.read(size + 2)
+                self.rfile.readline()
+            else:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self._answer(403, b"Forbidden")
+
+        do_POST = do_PUT
+
+    store = ThreadingHTTPServer(("127.0.0.1", 0), Store)
+    threading.Thread(target=store.serve_forever, daemon=True).start()
+    try:
+        _add(vault_path, tmp_path, 1)
+        ok(run("--vault", str(vault_path), "remote", "set", "--database-url", server,
+               "--bucket", f"http://127.0.0.1:{store.server_address[1]}/library"))
+        result = run("--vault", str(vault_path), "sync")
+    finally:
+        store.shutdown()
+        store.server_close()
+    assert result.exit_code == 11, (result.exit_code, result.stderr, result.exception)
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "the bucket refused (403: Forbidden)" in lines[0], \
+        result.stderr
+    assert "retrying will not help" in lines[0]
+    with Vault.open(vault_path) as vault:  # nothing lost: the row stays queued
+        assert vault.db.conn.execute("SELECT count(*) FROM sync_outbox").fetchone()[0] >= 1
+
+
+def test_an_http_stores_answer_is_judged_by_its_status() -> None:
+    """A 4xx from an HTTP store is its refusal for good; a 5xx, 408 or 429 is the store being busy (retried)."""
+    from aiohttp import ClientResponseError
+
+    from localvault.sync.retry import is_connection_trouble
+    from localvault.sync.store_errors import store_refusal
+
+    def answer(status: int) -> ClientResponseError:
+        return ClientResponseError(None, (), status=status, message="Forbidden" if status == 403 else "busy")  # type: ignore[arg-type]
+
+    assert store_refusal(answer(403)) == "403: Forbidden" and not is_connection_trouble(answer(403))
+    for busy in (500, 503, 408, 429):
+        assert store_refusal(answer(busy)) is None and is_connection_trouble(answer(busy)), busy

@@ -16,7 +16,7 @@ import psycopg
 
 from ..errors import OfflineError, SyncError, first_line
 from .answer_deadline import NoAnswerError
-from .store_errors import SETTINGS_HINT, network_errors, settings_errors, store_refusal
+from .store_errors import SETTINGS_HINT, http_answer_errors, network_errors, settings_errors, store_refusal
 
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 #: No new attempt starts this long after the first failure: a store or server that takes connections and then
@@ -120,7 +120,7 @@ def retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | 
 def is_connection_trouble(exc: BaseException) -> bool:
     """Whether :func:`retrying` would try ``exc``'s action again (a lost connection, a busy store), rather than
     give up at once (a refusal, a file or bucket gone, settings no retry fixes)."""
-    return (isinstance(exc, (*_RETRYABLE, *network_errors()))
+    return (isinstance(exc, (*_RETRYABLE, *network_errors(), *http_answer_errors()))
             and not isinstance(exc, (PermissionError, FileNotFoundError, *settings_errors()))
             and store_refusal(exc) is None)
 
@@ -130,7 +130,7 @@ def _not_retried(exc: Exception, what: str) -> Exception:
     to do."""
     if isinstance(exc, settings_errors()):  # credentials or AWS settings: no retry helps
         return SyncError(f"{what}: {first_line(exc)}; {SETTINGS_HINT}")
-    if not isinstance(exc, (*_RETRYABLE, *network_errors())) or isinstance(exc, FileNotFoundError):
+    if not isinstance(exc, (*_RETRYABLE, *network_errors(), *http_answer_errors())) or isinstance(exc, FileNotFoundError):
         return exc
     if isinstance(exc, PermissionError):
         if exc.filename and os.path.exists(exc.filename):  # a local file we may not read

@@ -43,6 +43,18 @@ def network_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+@functools.cache
+def http_answer_errors() -> tuple[type[BaseException], ...]:
+    """aiohttp's error for an HTTP answer that is no success, from a store fsspec speaks to over plain HTTP (an
+    ``http(s)://`` bucket URL): the answer's status, not the connection, says whether the store refused (4xx) or
+    was busy (5xx). Imported when first asked, as :func:`network_errors`."""
+    try:
+        from aiohttp import ClientResponseError
+    except ImportError:  # pragma: no cover - s3fs brings aiohttp
+        return ()
+    return (ClientResponseError,)
+
+
 #: What to do about a :func:`settings_errors` error.
 SETTINGS_HINT = ("give --key and --secret (and --region) to 'localvault remote set', or fix them where AWS tools look "
                  "($AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY, ~/.aws/credentials and ~/.aws/config, --option "
@@ -75,8 +87,9 @@ def store_refusal(exc: BaseException) -> str | None:
     s3fs turns an S3 error answer into a plain OSError whose cause is
     botocore's ClientError: a 4xx (EntityTooLarge, InvalidArgument,
     MetadataTooLarge…) is a refusal; a 5xx, a throttling or timeout code is
-    the store being busy (retried). A folder bucket's full or read-only disk
-    is a refusal too.
+    the store being busy (retried). An HTTP store's answer (aiohttp's
+    ClientResponseError) is judged by its status alike. A folder bucket's
+    full or read-only disk is a refusal too.
     """
     response = getattr(exc.__cause__, "response", None) or getattr(exc, "response", None)
     if isinstance(response, dict):
@@ -86,6 +99,12 @@ def store_refusal(exc: BaseException) -> str | None:
         if code in TRANSIENT_CODES or status in (408, 429) or not 400 <= status < 500:  # 5xx: busy
             return None
         return f"{code or status}: {error.get('Message') or ''}".strip().rstrip(":")
+    if isinstance(exc, http_answer_errors()):
+        status = int(getattr(exc, "status", 0) or 0)
+        if status in (408, 429) or not 400 <= status < 500:  # busy, or no status at all: retried
+            return None
+        message = str(getattr(exc, "message", "") or "").strip()  # (aiohttp's may run over lines: the first)
+        return f"{status}: {message.splitlines()[0] if message else ''}".strip().rstrip(":")
     if isinstance(exc, OSError) and exc.errno in _FOLDER_REFUSALS:
         return exc.strerror or str(exc)
     return None
