@@ -239,6 +239,11 @@ def check_bucket_url(url: str) -> str:
     if not isinstance(url, str) or not url.strip():
         raise InvalidInputError("the bucket URL is empty; give e.g. s3://user-library")
     url = check_unicode(url.strip(), "the bucket URL")
+    if (one_slash := re.match(r"([a-z][a-z0-9+.-]*):/(?!/)", url)) and len(one_slash.group(1)) > 1:
+        scheme, rest = one_slash.group(1), url[one_slash.end():]  # (one letter and a colon: a Windows drive)
+        meant = f"{scheme}:///{rest}" if scheme in ("file", "local") else f"{scheme}://{rest}"
+        raise InvalidInputError(f"the bucket URL {redact_url(url)!r} has one slash after {scheme}:; did you mean "
+                                f"{redact_url(meant)}?")
     if "://" not in url:
         if os.path.isabs(url):
             return url
@@ -249,12 +254,27 @@ def check_bucket_url(url: str) -> str:
     protocol, rest = url.split("://", 1)
     if protocol in ("file", "local") and not os.path.isabs(rest):
         raise _relative_folder(f"the bucket URL {url!r} names", rest)
+    if protocol in ("http", "https"):
+        raise _web_address(redact_url(url))
     if protocol not in fsspec.available_protocols():
         raise InvalidInputError(f"the bucket URL's scheme {protocol}:// is not one fsspec knows; use s3://, gs://, "
                                 "az://, file:// …")
     if protocol in ("s3", "s3a", "gs", "gcs", "az", "abfs") and not rest.split("/", 1)[0]:
         raise InvalidInputError(f"the bucket URL {url!r} names no bucket; give {protocol}://<bucket name>")
     return url
+
+
+def _web_address(url: str) -> InvalidInputError:
+    """The error for a bucket given as a web address (``url``, its password hidden): fsspec reads one as web
+    pages, which a sync cannot list reliably nor delete from (an S3 endpoint and its bucket pasted as one URL)."""
+    protocol, rest = url.split("://", 1)
+    host, _, path = rest.partition("/")
+    path = path.strip("/")
+    # One part after the host: that part is the bucket; more (Supabase's …/storage/v1/s3): the URL is the endpoint.
+    bucket, endpoint = (path, f"{protocol}://{host}") if path and "/" not in path else ("<bucket name>", url)
+    return InvalidInputError(f"the bucket URL {url!r} is a web address, which a sync cannot list or delete from; "
+                             f"for an S3-compatible store (Supabase Storage, MinIO, R2…) give the bucket and its "
+                             f"endpoint apart: --bucket s3://{bucket} --endpoint-url {endpoint}")
 
 
 def _relative_folder(what: str, folder: str) -> InvalidInputError:
