@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -1102,3 +1103,26 @@ def test_an_offline_error_keeps_its_cause_and_says_what_to_do(vault: Vault) -> N
         vault.sync(Remote("postgresql://nobody:pw@127.0.0.1:1/none", "memory://never"))
     assert "nothing was lost: sync again once it can be reached" in str(raised.value)
     assert raised.value.__cause__ is not None
+
+
+@pytest.mark.parametrize(("change", "kind", "needle"), [
+    # (a sync user's journey: these said "offline ... sync again once it can be reached", exit 10)
+    (lambda dsn: dsn + ("&" if "?" in dsn else "?") + "sslmode=require", SyncError,
+     "remove sslmode=require (or verify-…) from the database URL, or turn SSL on at the server"),
+    (lambda dsn: re.sub(r":[^:@/]*@", "@", dsn, count=1), SyncError, "in $PGPASSWORD or ~/.pgpass"),
+    (lambda dsn: re.sub(r"@[^:/]+:", "@no-such-host.invalid:", dsn, count=1), OfflineError,
+     "offline, or is the host name right?"),
+])
+def test_a_database_url_no_retry_can_fix_says_what_to_change(server: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch, change: Any,
+                                                              kind: type[Exception], needle: str) -> None:
+    from localvault.sync import connection
+
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "no-pgpass"))
+    dsn = change(server)
+    assert dsn != server
+    with pytest.raises(kind) as caught:
+        connection.connect(dsn)
+    assert needle in str(caught.value), caught.value
+    assert type(caught.value) is kind

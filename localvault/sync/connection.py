@@ -37,7 +37,7 @@ def describe(database_url: str) -> str:
 #: What a server answers to a connection it refuses for good (wrong password, no such database or role,
 #: no pg_hba.conf entry): waiting and retrying cannot fix these.
 _REFUSALS = ("authentication failed", "no password supplied", "does not exist", "no pg_hba.conf entry",
-             "permission denied for database")
+             "permission denied for database", "server does not support ssl")
 
 
 def _keepalive_settings(database_url: str) -> dict[str, Any]:
@@ -95,6 +95,20 @@ def connect(database_url: str, connection_class: type[psycopg.Connection[Any]] =
         where = describe(database_url)
         if any(refusal in reason.lower() for refusal in _REFUSALS):
             reason = reason.split("FATAL:", 1)[-1].strip()
-            raise SyncError(f"PostgreSQL at {where} refused the connection: {reason}; check the user, password and "
-                            "database name of the database URL ('localvault remote set')") from None
+            raise SyncError(f"PostgreSQL at {where} refused the connection: {reason}; {_refusal_hint(reason)}") \
+                from None
+        # (libpq's words, and psycopg's, which resolves names itself: offline, or a typo; both are possible)
+        if "could not translate host name" in reason.lower() or "failed to resolve host" in reason.lower():
+            reason += "; offline, or is the host name right?"
         raise OfflineError(f"cannot connect to PostgreSQL at {where}: {reason}") from exc
+
+
+def _refusal_hint(reason: str) -> str:
+    """What to check, for a server's refusal of the connection."""
+    lowered = reason.lower()
+    if "does not support ssl" in lowered:
+        return "remove sslmode=require (or verify-…) from the database URL, or turn SSL on at the server"
+    if "no password supplied" in lowered:
+        return ("give the password in the database URL ('localvault remote set'), or in $PGPASSWORD or ~/.pgpass "
+                "for libpq to find")
+    return "check the user, password and database name of the database URL ('localvault remote set')"
