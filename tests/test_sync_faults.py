@@ -1126,3 +1126,27 @@ def test_a_database_url_no_retry_can_fix_says_what_to_change(server: str, tmp_pa
         connection.connect(dsn)
     assert needle in str(caught.value), caught.value
     assert type(caught.value) is kind
+
+
+def test_a_big_files_upload_moves_the_bar_part_by_part(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bar stood at 0 bytes until a whole file was sent (a sync user's journey: a 1 GiB video on a slow
+    uplink looked frozen for minutes). It now moves as each part is taken, and adds up to the file's size."""
+    from localvault.sync import bucket as bucket_module
+    from localvault.sync import multipart
+
+    monkeypatch.setattr(bucket_module, "SINGLE_PUT_BYTES", 0)
+    big = tmp_path / "big.png"
+    # Two whole parts and a last one (a store takes no part under 5 MiB but the last).
+    Image.frombytes("RGB", (2560, 2304), os.urandom(2560 * 2304 * 3)).save(big, compress_level=0)
+    size, part = big.stat().st_size, multipart.STREAM_BLOCK
+    assert 2 * part < size < 3 * part
+    vault.library.add(big, prompt="big")
+    events: list[ProgressEvent] = []
+    vault.sync(remote, progress=events.append)
+    uploads = [e for e in events if e.stage == "upload" and (e.advance or e.bytes_advance)]
+    assert sum(e.bytes_advance for e in uploads) == size
+    before_done = [e.bytes_advance for e in uploads if e.advance == 0]
+    assert before_done[:2] == [part, part], before_done
+    assert uploads[-1].advance == 1 and uploads[-1].bytes_advance < part
+    assert_mirrors(vault, remote, s3_bucket)

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import platform
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def send_in_parts(fs: Any, notes: OpenUploads | None, local: Path, path: str, sha256: str, size: int,
-                  content_type: str, stop: threading.Event) -> None:
+                  content_type: str, stop: threading.Event, on_bytes: Callable[[int], None] | None = None) -> None:
     """A multipart upload, completed only once every byte read has matched the row's size and sha256.
 
     The file's content in question (damaged, changed, unreadable, gone) or the
@@ -40,7 +40,8 @@ def send_in_parts(fs: Any, notes: OpenUploads | None, local: Path, path: str, sh
     interruption (the sync stopped or offline, Ctrl-C, a lost connection; a
     kill) leaves an upload that got parts to the store open, noted with the
     file's sha256: the next attempt at the file, in this sync or the next,
-    goes on from the parts the store holds (see :func:`_resumable`).
+    goes on from the parts the store holds (see :func:`_resumable`). ``on_bytes(n)`` is told of each part the
+    store holds, sent now or before.
     """
     bucket, name = path.split("/", 1)
     if stop.is_set():
@@ -60,6 +61,8 @@ def send_in_parts(fs: Any, notes: OpenUploads | None, local: Path, path: str, sh
             md5 = hashlib.md5(chunk, usedforsecurity=False).digest()
             if held.get(number, ("", -1))[1:] == (md5.hex(), len(chunk)):  # sent by an earlier attempt
                 parts.append({"PartNumber": number, "ETag": held[number][0]})
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
                 continue
             # Content-MD5: the store checks each part itself. (Its ETag is not always the part's MD5:
             # SSE-KMS and SSE-C buckets answer with another value, so it cannot be compared here.)
@@ -71,6 +74,8 @@ def send_in_parts(fs: Any, notes: OpenUploads | None, local: Path, path: str, sh
                                   f"sending part {number} of {path}", stop=stop)
             stored = True
             parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+            if on_bytes is not None:
+                on_bytes(len(chunk))
         if sent != size:
             raise SyncError(f"{local} changed size while syncing; run 'localvault verify'")
         check_sha256(local, digest.hexdigest(), sha256)

@@ -177,13 +177,22 @@ def _send(vault: Vault, bucket: Bucket, known: Objects, batch: outbox.Batch,
 
     def send_one(item: tuple[Path, str, str, int, str]) -> int | None:
         local, key, sha, size, mime = item
+        told = 0  # of its bytes, those the bar was told of (a big file's parts, as they go)
+
+        def on_bytes(count: int) -> None:
+            nonlocal told
+            step = min(count, size - told)  # (parts sent again after an abort are not counted twice)
+            if step > 0:
+                told += step
+                report(progress, "upload", bytes_advance=step, total=files_total, bytes_total=bytes_total)
+
         try:
             if stop.is_set():
                 raise RetryStopped("the sync stopped")
             if not local.exists():
                 raise FileNotFoundError(str(local))
             under_way.add(key)
-            retrying(lambda: bucket.upload(local, key, sha, size, mime, stop), f"uploading {local} as {key}",
+            retrying(lambda: bucket.upload(local, key, sha, size, mime, stop, on_bytes), f"uploading {local} as {key}",
                      stop=stop)
         except FileNotFoundError:
             if local.exists():  # the store's "no such bucket", not our file
@@ -194,7 +203,7 @@ def _send(vault: Vault, bucket: Bucket, known: Objects, batch: outbox.Batch,
         finally:
             under_way.discard(key)
         known.remember(key, size)
-        report(progress, "upload", advance=1, bytes_advance=size, total=files_total, bytes_total=bytes_total)
+        report(progress, "upload", advance=1, bytes_advance=size - told, total=files_total, bytes_total=bytes_total)
         return size
 
     pool = ThreadPoolExecutor(max_workers=min(UPLOAD_WORKERS, len(todo)), thread_name_prefix="localvault-upload")
