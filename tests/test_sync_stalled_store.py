@@ -195,3 +195,34 @@ def test_ctrl_c_while_a_part_is_stuck_says_what_it_waits_for_and_ends(
         assert vault.db.conn.execute("SELECT count(*) FROM sync_outbox").fetchone()[0] == 1
     finally:
         vault.close()
+
+
+def test_sigterm_ends_a_sync_as_ctrl_c_does(tmp_path: Path, server: str, s3_bucket: Any) -> None:
+    """A service manager's stop (or `timeout`) killed a sync at once, without a word, leaving the terminal's
+    cursor hidden (a sync user's journey); it now ends as Ctrl-C does: exit 130, saying nothing was lost."""
+    import signal
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    big = tmp_path / "big.png"  # (over 8 MiB: sent in parts, the first of which the relay holds)
+    Image.frombytes("RGB", (1536, 2048), os.urandom(1536 * 2048 * 3)).save(big, compress_level=0)
+    with frozen_on_parts(s3_bucket) as (relay, options):
+        with Vault.create(tmp_path / "vault", user_id=USER_A) as vault:
+            vault.library.add(big, prompt="a big one")
+            vault.set_remote(server, f"s3://{s3_bucket.name}", options)
+        proc = subprocess.Popen([sys.executable, "-m", "localvault", "--vault", str(tmp_path / "vault"), "sync"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert relay.froze.wait(60), "the sync never sent a part"
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            threading.Timer(2.0, relay.release).start()  # (the part under way then ends)
+            _out, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert "interrupted: nothing was lost" in err and "waiting for the 1 upload(s) under way" in err, err
+    with Vault.open(tmp_path / "vault") as vault:
+        assert vault.db.conn.execute("SELECT count(*) FROM sync_outbox").fetchone()[0] == 1

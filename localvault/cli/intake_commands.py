@@ -31,6 +31,7 @@ from ..importer import ImportReport, Mode
 from ..progress import ProgressCallback, ProgressEvent
 from . import output
 from .app import Context, json_option, main, pass_ctx
+from .stopping import sigterm_as_ctrl_c
 
 mode_options = [
     click.option("--copy", "copy_mode", is_flag=True, help="Copy files into the vault (default)."),
@@ -132,7 +133,7 @@ def import_(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str 
     vault = ctx.vault()
     # A service manager's stop (or `timeout`) ends it like Ctrl-C: the files under way are cleaned up.
     try:
-        with _import_bar(not as_json and not no_progress) as progress, _sigterm_as_ctrl_c():
+        with _import_bar(not as_json and not no_progress) as progress, sigterm_as_ctrl_c():
             result = vault.workspace.import_folder(folder, recursive=recursive, mode=mode, model=model,
                                                    prompt=prompt, progress=progress, workers=workers)
     except KeyboardInterrupt as exc:
@@ -158,27 +159,6 @@ def import_(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str 
     if failure:
         output.error(failure)
         click.get_current_context().exit(8)
-
-
-def _interrupt(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-@contextmanager
-def _sigterm_as_ctrl_c() -> Iterator[None]:
-    """SIGTERM, and SIGHUP (its terminal closed), raise KeyboardInterrupt in the main thread until the block
-    ends (then the old handlers are back). A SIGHUP ignored (``nohup``) stays ignored."""
-    if threading.current_thread() is not threading.main_thread():  # (an app running the CLI in a thread)
-        yield
-        return
-    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt)}
-    if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
-        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _interrupt)
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 @main.command()
@@ -243,7 +223,7 @@ def watch(ctx: Context, folder: Path, recursive: bool, mode: Mode, model: str | 
     output.show_library_logs(False, still_from=("localvault._recovered", "localvault.importer.notices",
                                                 "localvault.watch.notices", "localvault.pending",
                                                 "localvault._write_intents", "localvault.workspace"))
-    with _sigterm_as_ctrl_c():  # a service manager's stop ends it like Ctrl-C
+    with sigterm_as_ctrl_c():  # a service manager's stop ends it like Ctrl-C
         try:
             watcher.start()
             caught_up.set()

@@ -10,6 +10,7 @@ from ..config import redact_url
 from ..errors import InvalidInputError, VaultCorruptError
 from . import output
 from .app import Context, json_option, main, pass_ctx
+from .stopping import sigterm_as_ctrl_c
 
 
 @main.group()
@@ -118,7 +119,8 @@ def sync(ctx: Context, dry_run: bool, retry_rejected: bool, full: bool, as_json:
 
     vault = ctx.vault()
     try:
-        with output.progress_bars(not as_json, with_bytes=True) as progress:
+        # (a service manager's or a timeout's SIGTERM ends it as Ctrl-C does: the terminal put back, and a word)
+        with sigterm_as_ctrl_c(), output.progress_bars(not as_json, with_bytes=True) as progress:
             result = push(vault, dry_run=dry_run, retry_rejected=retry_rejected, full=full, progress=progress)
     except KeyboardInterrupt:
         raise KeyboardInterrupt("interrupted: nothing was lost; what the server committed stays, and the next "
