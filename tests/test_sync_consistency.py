@@ -227,6 +227,14 @@ def test_the_same_image_kept_by_two_rigs_is_refused_with_what_to_do(vault: Vault
         assert refused.row_id == copy.id and refused.sqlstate == "23505"
         assert "already holds this very image" in refused.message and "localvault rm" in refused.message
         assert set(_objects(s3_bucket.storage_options, s3_bucket.name)) == {first.storage_path, copy.storage_path}
+        # (its last line said "fix them, then run 'localvault sync --retry-rejected'", which cannot help here)
+        from click.testing import CliRunner
+
+        from localvault.cli import main
+
+        rig2.set_remote(remote.database_url, remote.bucket_url, remote.storage_options)
+        shown = CliRunner().invoke(main, ["--vault", str(rig2.root), "status"]).output
+        assert "localvault rm" in shown and "an entry deleted here needs nothing more" in shown, shown
 
         rig2.library.delete(copy.id)
         rig2.sync(remote)

@@ -181,7 +181,8 @@ def status(ctx: Context, offline: bool, as_json: bool) -> None:
         output.console.print(f"refused {item.table_name} {item.row_id} ({item.op}): [{item.sqlstate}] {item.message}",
                              highlight=False)
     if state.rejected:
-        output.console.print("fix them, then run 'localvault sync --retry-rejected'")
+        output.console.print("fix each as its line says, then run 'localvault sync --retry-rejected' (an entry "
+                             "deleted here needs nothing more: the next sync removes it)")
 
 
 def _count(number: int, noun: str) -> str:
