@@ -19,7 +19,8 @@ def schema() -> None:
 
 
 @schema.command(name="apply")
-@click.option("--database-url", required=True, envvar="LOCALVAULT_DATABASE_URL", help="postgresql://… of the server.")
+@click.option("--database-url", required=True, envvar="LOCALVAULT_DATABASE_URL",
+              help="postgresql://… of the server (or $LOCALVAULT_DATABASE_URL).")
 @json_option()
 def schema_apply(database_url: str, as_json: bool) -> None:
     """Create or upgrade the server's tables, RLS, buckets and policies (idempotent)."""
