@@ -517,8 +517,12 @@ def test_show_names_the_collection_beside_its_id(cli, tmp_path: Path) -> None:
     # save and update print what they set, not only the id, type and prompt
     updated = cli("update", kept["id"], "--title", "Red fox", "--add-tag", "snow", "--favorite")
     assert updated.startswith(kept["id"]) and "Red fox" in updated and "tags: snow" in updated and "★" in updated
+    assert "in Foxes of the north" in updated
     renamed = cli("collections", "rename", "Foxes of the north", "Foxes")
     assert renamed.strip() == f"{collection['id']}  Foxes"
+    cli("collections", "create", "Birds")
+    assert "in Birds" in cli("update", kept["id"], "--move-to", "Birds")  # (a sync user's journey: it said nothing)
+    assert " in " not in cli("update", kept["id"], "--no-collection")
 
 
 def test_tags_holding_a_comma_are_shown_quoted(cli, tmp_path: Path) -> None:

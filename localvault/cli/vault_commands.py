@@ -117,7 +117,7 @@ def save(ctx: Context, workspace_asset_id: str, title: str | None, tags: tuple[s
     vault = ctx.vault()
     asset = vault.library.save(vault.resolve_id(workspace_asset_id), title=title, tags=tags, collection=collection,
                                favorite=favorite, visibility=Visibility(visibility))
-    _emit_one(asset, as_json)
+    _emit_one(asset, as_json, vault)
 
 
 @main.command()
@@ -152,7 +152,7 @@ def update(ctx: Context, library_id: str, title: str | None, no_title: bool, add
         remove_tags=remove_tags,
         favorite=favorite if favorite is not None else UNSET, visibility=Visibility(visibility) if visibility else UNSET,
         collection=collection)
-    _emit_one(asset, as_json)
+    _emit_one(asset, as_json, vault)
 
 
 @main.command()
@@ -364,12 +364,15 @@ def collections_delete(ctx: Context, collection: str, as_json: bool) -> None:
         output.console.print(f"deleted collection {collection}", highlight=False)
 
 
-def _emit_one(item: object, as_json: bool) -> None:
+def _emit_one(item: object, as_json: bool, vault: Vault | None = None) -> None:
+    """One line for what a command made or changed (``vault``: to name a library asset's collection)."""
     if as_json:
         output.print_json(item)
     elif isinstance(item, (WorkspaceAsset, LibraryAsset)):  # (a library asset: what save and update set too)
         kept = [item.title or "(no title)", f"tags: {output.tag_list(item.tags)}" if item.tags else "",
-                "★" if item.is_favorite else "", item.visibility.value] if isinstance(item, LibraryAsset) else []
+                "★" if item.is_favorite else "", item.visibility.value,
+                f"in {vault.collections.get(item.collection_id).name}" if item.collection_id and vault else "",
+                ] if isinstance(item, LibraryAsset) else []
         output.console.print("  ".join([item.id, item.mime_type.extension, *filter(None, kept),
                                         output.short(item.original_prompt)]), highlight=False)
     elif isinstance(item, Collection):
