@@ -489,6 +489,8 @@ def test_a_missing_bucket_fails_the_sync_even_with_nothing_to_push(vault_path: P
             _add(vault_path, tmp_path, pending)
         result = run(*vault, "sync")
         assert result.exit_code == 11 and "does not exist" in result.stderr, (pending, result.stderr)
+        # (not "is its disk mounted?", said of a folder: a sync user's journey)
+        assert "in its console or with its tools" in result.stderr and "mounted" not in result.stderr
         state = as_json(run(*vault, "status", "--json"))
         assert state["problem"] == "not_ready" and state["pending_changes"] == pending and state["last_sync"] is None
     assert _server_titles(server) == {}

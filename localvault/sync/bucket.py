@@ -122,9 +122,11 @@ class Bucket:
                     else:
                         self.fs.makedirs(self.root, exist_ok=True)
         except FileNotFoundError:
-            raise SyncError(f"the bucket {self.shown_url} does not exist (for a folder: is its disk mounted?); create "
-                            "it or fix 'localvault remote set' (a bucket made anew is empty: then run 'localvault sync "
-                            "--full' to send the files again)") from None
+            where = ("is its disk mounted?" if self.is_local or self.protocol == "memory" else
+                     "a store's bucket is made there, in its console or with its tools; localvault never makes one")
+            raise SyncError(f"the bucket {self.shown_url} does not exist ({where}); create it or fix 'localvault "
+                            "remote set' (a bucket made anew is empty: then run 'localvault sync --full' to send the "
+                            "files again)") from None
         except PermissionError as exc:
             raise SyncError(f"no access to the bucket {self.shown_url}: {exc}; check the keys") from None
         except Exception as exc:  # network errors come as many types (aiohttp, botocore, OSError)
