@@ -64,13 +64,18 @@ def rig_folder(folder: Path, start: float = 1_700_000_000.0) -> list[Path]:
     return paths
 
 
+def take_by(mode: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Imports examine their files in ``mode``: "threads" (as small imports do) or "processes" (as big ones)."""
+    from localvault import importer
+
+    monkeypatch.setattr(importer, "PROCESS_MIN_FILES", 1 if mode == "processes" else 10**9)
+    return mode
+
+
 @pytest.fixture(autouse=True, params=["threads", "processes"])
 def intake(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every test here runs twice: as small imports do (threads), and as big ones do (worker processes)."""
-    from localvault import importer
-
-    monkeypatch.setattr(importer, "PROCESS_MIN_FILES", 1 if request.param == "processes" else 10**9)
-    return str(request.param)
+    return take_by(str(request.param), monkeypatch)
 
 
 @pytest.fixture

@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +15,22 @@ import pytest
 from click.testing import CliRunner
 from conftest import USER_A
 from mediafiles import make_png
+from test_import import a1111, take_by
+from test_watch import Recorder, wait_for
 
 from localvault import Vault
 from localvault.cli import main
 from localvault.models import MAX_SETTINGS_BYTES
-from localvault.watch import Watcher, WatchEvent
+from localvault.watch import Watcher
 
 USER = "0e0e0e0e-0000-4000-8000-00000000000e"
 A1111_TEXT = "a red fox in snow\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 4242, Size: 64x64, Model: sdxl"
 
 
-def a1111(prompt: str, seed: int) -> dict[str, str]:
-    return {"parameters": f"{prompt}\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, CFG scale: 7, "
-                          f"Seed: {seed}, Size: 64x64, Model: sdxl_base"}
-
-
 @pytest.fixture(params=["threads", "processes"])
 def intake(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """An import test runs twice: as small imports do (threads), and as big ones do (worker processes)."""
-    from localvault import importer
-
-    monkeypatch.setattr(importer, "PROCESS_MIN_FILES", 1 if request.param == "processes" else 10**9)
-    return str(request.param)
+    return take_by(str(request.param), monkeypatch)
 
 
 @pytest.fixture
@@ -62,28 +54,6 @@ def stored_settings(vault: Vault, asset_id: str) -> bytes:
     finally:
         conn.close()
 
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[WatchEvent] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, event: WatchEvent) -> None:
-        with self.lock:
-            self.events.append(event)
-
-    def names(self, kind: str) -> list[str]:
-        with self.lock:
-            return [Path(e.path).name for e in self.events if e.kind == kind]
 
 
 def write_by_rename(folder: Path, name: str, data: bytes) -> None:
