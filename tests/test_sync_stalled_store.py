@@ -226,3 +226,31 @@ def test_sigterm_ends_a_sync_as_ctrl_c_does(tmp_path: Path, server: str, s3_buck
     assert "interrupted: nothing was lost" in err and "waiting for the 1 upload(s) under way" in err, err
     with Vault.open(tmp_path / "vault") as vault:
         assert vault.db.conn.execute("SELECT count(*) FROM sync_outbox").fetchone()[0] == 1
+
+
+def test_an_aiobotocore_that_refuses_socket_factory_is_not_given_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiobotocore took ``socket_factory`` among its connector_args only from its end-2025 releases (s3fs asks for
+    2.19 or later): an older one refused the key, and every call to the store failed. It then gets none."""
+    from aiobotocore.config import AioConfig
+    from botocore.exceptions import ParamValidationError
+
+    real = AioConfig._validate_connector_args
+
+    def older(connector_args: Any, http_session_cls: Any) -> None:
+        if "socket_factory" in connector_args:
+            raise ParamValidationError(report="invalid connector_arg:socket_factory")
+        real(connector_args, http_session_cls)
+
+    monkeypatch.setattr(AioConfig, "_validate_connector_args", staticmethod(older))
+    s3_client._client_takes_socket_factory.cache_clear()
+    try:
+        options: dict[str, Any] = {"anon": True, "config_kwargs": {"connector_args": {"keepalive_timeout": 5}}}
+        s3_client.tune_s3(options)
+        assert options["config_kwargs"]["connector_args"] == {"keepalive_timeout": 5}
+        AioConfig(**options["config_kwargs"])  # (what s3fs makes its client with: no ParamValidationError)
+    finally:
+        monkeypatch.undo()
+        s3_client._client_takes_socket_factory.cache_clear()
+    options = {"anon": True}  # (this aiobotocore takes one)
+    s3_client.tune_s3(options)
+    assert options["config_kwargs"]["connector_args"] == {"socket_factory": s3_client.store_socket}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import socket
 import threading
 from typing import Any
@@ -40,7 +42,8 @@ def tune_s3(options: dict[str, Any]) -> None:
 
     * One pooled connection per upload thread (aiobotocore's default pool is
       10, fewer than the engine's upload threads).
-    * A send timeout on each connection (:data:`SEND_TIMEOUT_MS`, through aiohttp's ``socket_factory``).
+    * A send timeout on each connection (:data:`SEND_TIMEOUT_MS`, through aiohttp's ``socket_factory``, where
+      aiobotocore and aiohttp take one).
     * A 10 s connect timeout instead of 60: an endpoint that does not answer
       is reported as offline in a minute or so (the engine retries), not five.
     * No ``Expect: 100-continue``: botocore adds it to every PUT of a file-like
@@ -59,9 +62,10 @@ def tune_s3(options: dict[str, Any]) -> None:
     """
     config = dict(options.get("config_kwargs") or {})
     config.setdefault("max_pool_connections", UPLOAD_CONNECTIONS)
-    connector = dict(config.get("connector_args") or {})
-    connector.setdefault("socket_factory", store_socket)
-    config["connector_args"] = connector
+    if _client_takes_socket_factory():  # (an older aiobotocore refuses the key: every call to the store failed)
+        connector = dict(config.get("connector_args") or {})
+        connector.setdefault("socket_factory", store_socket)
+        config["connector_args"] = connector
     config.setdefault("connect_timeout", CONNECT_TIMEOUT)
     if _botocore_knows("request_checksum_calculation"):
         config.setdefault("request_checksum_calculation", "when_required")
@@ -71,6 +75,21 @@ def tune_s3(options: dict[str, Any]) -> None:
         options["session"] = _shared_session(options.get("profile"))
     if "retries" not in config and not _retries_set_by_user(options.get("session")):
         config["retries"] = {"mode": "standard", "total_max_attempts": BOTOCORE_ATTEMPTS}
+
+
+@functools.cache
+def _client_takes_socket_factory() -> bool:
+    """Whether aiobotocore takes ``socket_factory`` among its ``connector_args`` (since its end-2025 releases;
+    before, AioConfig refused it as an invalid connector_arg) and aiohttp's TCPConnector does (3.12 and later).
+    Without both, connections carry no send timeout, as before :data:`SEND_TIMEOUT_MS`."""
+    try:
+        import aiohttp
+        from aiobotocore.config import AioConfig
+
+        AioConfig(connector_args={"socket_factory": store_socket})
+        return "socket_factory" in inspect.signature(aiohttp.TCPConnector).parameters
+    except Exception:  # (botocore's ParamValidationError; an aiobotocore or aiohttp without these)
+        return False
 
 
 def store_socket(addr_info: Any) -> socket.socket:
