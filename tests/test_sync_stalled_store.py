@@ -146,7 +146,9 @@ def test_connections_to_the_store_carry_the_send_timeout(s3_bucket: Any) -> None
         seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
         return sock
 
-    options = dict(s3_bucket.storage_options)
+    # A filesystem of its own: fsspec's cached one (an earlier test's, with the same options) has its client made,
+    # its connections open.
+    options = dict(s3_bucket.storage_options, skip_instance_cache=True)
     bucket = Bucket(f"s3://{s3_bucket.name}", options)
     connector = bucket.fs.config_kwargs["connector_args"]
     assert connector["socket_factory"] is real
