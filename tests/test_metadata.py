@@ -412,6 +412,27 @@ def test_a_hidden_payload_bigger_than_its_limit_is_refused_before_its_pixels_are
     assert stealth.hidden_texts(io.BytesIO(path.read_bytes())) is None
 
 
+def test_a_tiny_png_claiming_huge_rows_makes_no_huge_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review's find: 69 bytes claiming an RGBA image 588,000 columns wide had Pillow make the 340 MB of rows
+    that would hold a signature before it found the data short. Data that cannot fill the rows is refused first."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 588_000, 152, 8, 6, 0, 0, 0)
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(100)))
+            + chunk(b"IEND", b""))
+    made: list[tuple[int, int]] = []
+    real = Image.frombytes
+
+    def recorded(mode: str, size: tuple[int, int], *args: Any, **kwargs: Any) -> Image.Image:
+        made.append(size)  # (Pillow's own memory, which tracemalloc does not see)
+        return real(mode, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "frombytes", recorded)
+    assert stealth.hidden_texts(io.BytesIO(data)) is None
+    assert made == []
+
+
 def test_an_image_over_pillow_s_pixel_limit_is_not_decoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = make_stealth_png(tmp_path / "h.png", A1111)
     assert metadata.read(path).seed == 1234567890

@@ -41,6 +41,8 @@ MAX_HIDDEN_BYTES = MAX_JSON_CHARS
 #: Each byte as the character of its least significant bit, "0" or "1" (``int(…, 2)`` then packs them).
 _BIT_CHARS = bytes(0x30 | (value & 1) for value in range(256))
 _MAX_CHUNKS = 200_000
+#: The most bytes deflate makes of one compressed byte (its longest matches: 258 bytes in two bits, ~1032:1).
+_DEFLATE_MAX_RATIO = 1032
 #: The PNG colour types whose pixels can hide bits (8 bits a channel): RGB, RGBA.
 _PNG_MODES = {2: "RGB", 6: "RGBA"}
 
@@ -186,6 +188,10 @@ def _png_rows(f: BinaryIO, mode: str, width: int, rows: int) -> Image.Image:
         if taken >= limit or len(piece) < length:
             break
         f.seek(4, 1)
+    # Deflate makes at most ~1032 bytes of each: data that cannot fill the rows is refused before Pillow makes
+    # the image it would fill (a 69-byte PNG claiming 588,000 columns had it make 340 MB).
+    if taken * _DEFLATE_MAX_RATIO < raw:
+        raise ValueError("too little image data for the rows")
     return Image.frombytes(mode, (width, rows), b"".join(pieces), "zip", mode)
 
 
