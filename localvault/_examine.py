@@ -67,18 +67,20 @@ def examine(candidate: Candidate, known: Container[str], *, in_memory_bytes: int
     with os.fdopen(fd, "rb") as handle:
         st = os.fstat(fd)
         data: bytes | None = None
+        # Hashed first: a file already taken is read for its sidecar (a late one fills its asset), not for
+        # parameters hidden in its pixels, which would be decoded again at every import of the folder.
         if st.st_size <= in_memory_bytes:
             data = whole = _read_all(fd, st.st_size)
             media_type = media.check_data(whole, path)
-            info = read_metadata(path, data=whole, siblings=candidate.sidecars)
             sha = hashlib.sha256(whole).hexdigest()
+            info = read_metadata(path, data=whole, siblings=candidate.sidecars, pixels=sha not in known)
             size = len(whole)
         else:
             size = st.st_size
             media_type = media.check_open(handle, size, path)
-            info = read_metadata(path, handle=handle, siblings=candidate.sidecars)
             handle.seek(0)
             sha = stream_digest(handle)
+            info = read_metadata(path, handle=handle, siblings=candidate.sidecars, pixels=sha not in known)
         examined = Examined(candidate, sha, info, size, group=group_key(info), identity=file_identity(st))
         if sha in known:
             return examined

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 from localvault._disk import NotRegularFileError, open_regular
 from localvault.errors import InvalidInputError, StorageError
-from localvault.models import GenerationInfo, check_path
+from localvault.models import GenerationInfo, check_flag, check_path
 
 from . import a1111, comfyui, images, invokeai, mp4, novelai, sidecar, stealth, xmp
 from ._clean import Found, finish, json_object, merge
@@ -153,23 +153,23 @@ def _open_regular(path: Path) -> BinaryIO:
 
 
 def _embedded(path: Path, data: bytes | None = None, handle: BinaryIO | None = None,
-              file_name: str | None = None) -> Found:
+              file_name: str | None = None, pixels: bool = True) -> Found:
     if handle is not None:
         try:
             handle.seek(0)
         except (OSError, ValueError) as exc:  # a pipe, a closed file
             raise StorageError(f"cannot read the metadata of {file_name!r} from its handle: {exc}; give a file "
                                "open for reading, which can seek") from None
-        return _chunks_of(handle, file_name)
+        return _chunks_of(handle, file_name, pixels)
     with io.BytesIO(data) if data is not None else _open_regular(path) as f:
-        return _chunks_of(f, file_name)
+        return _chunks_of(f, file_name, pixels)
 
 
-def _chunks_of(f: BinaryIO, file_name: str | None) -> Found:
+def _chunks_of(f: BinaryIO, file_name: str | None, pixels: bool) -> Found:
     try:
         found = read_chunks(_texts(f), file_name=file_name)
         # Decoding pixels costs far more than reading chunks: only for a file that gave nothing else.
-        if found.is_empty() and (hidden := stealth.hidden_texts(f)) is not None:
+        if pixels and found.is_empty() and (hidden := stealth.hidden_texts(f)) is not None:
             found = read_chunks(hidden, file_name=file_name)
         return found
     except Exception:  # odd metadata must never stop an import; the fuzz tests
@@ -177,7 +177,8 @@ def _chunks_of(f: BinaryIO, file_name: str | None) -> Found:
 
 
 def read(path: str | os.PathLike[str], *, data: bytes | None = None, handle: BinaryIO | None = None,
-         siblings: Collection[str] | None = None, contents: str | os.PathLike[str] | None = None) -> GenerationInfo:
+         siblings: Collection[str] | None = None, contents: str | os.PathLike[str] | None = None,
+         pixels: bool = True) -> GenerationInfo:
     """How the file at ``path`` was generated, from its embedded metadata and any sidecar file.
 
     Embedded metadata wins; a sidecar (``NAME.json``, ``NAME.ext.json``, ``NAME.txt``)
@@ -193,13 +194,17 @@ def read(path: str | os.PathLike[str], *, data: bytes | None = None, handle: Bin
     very bytes it keeps), sidecars still beside ``path``. One that holds the
     file open passes it as ``handle`` (read from its start, left open): the
     metadata then comes from the very file the caller checks and hashes.
+    ``pixels=False`` leaves out the one costly step: the parameters a PNG or
+    WebP whose chunks hold none may hide in its pixels (:mod:`.stealth`).
     """
     path = check_path(path, "the file to read")
     if contents is not None:
         contents = check_path(contents, "contents")
     if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
         raise InvalidInputError(f"data must be the file's bytes, not {type(data).__name__}")
-    found = _embedded(Path(contents) if contents is not None and data is None else path, data, handle, path.name)
+    pixels = check_flag(pixels, "pixels")
+    found = _embedded(Path(contents) if contents is not None and data is None else path, data, handle, path.name,
+                      pixels)
     try:
         found = merge(found, sidecar.read(path, siblings))
     except Exception:  # same contract as _embedded
