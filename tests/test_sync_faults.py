@@ -1150,3 +1150,40 @@ def test_a_big_files_upload_moves_the_bar_part_by_part(vault: Vault, remote: Rem
     assert before_done[:2] == [part, part], before_done
     assert uploads[-1].advance == 1 and uploads[-1].bytes_advance < part
     assert_mirrors(vault, remote, s3_bucket)
+
+
+def test_parts_told_of_again_after_an_upload_gone_are_counted_once(vault: Vault, remote: Remote, s3_bucket: Any,
+                                                                   tmp_path: Path, fast_retries: None) -> None:
+    """A review's find: an upload tried again (its multipart upload aborted meanwhile: sent anew) told the bar of
+    its first parts again, which filled it before the last part was sent."""
+    from servers import s3_error_xml
+
+    from localvault.sync import multipart
+
+    big = tmp_path / "big.png"
+    Image.frombytes("RGB", (2560, 2304), os.urandom(2560 * 2304 * 3)).save(big, compress_level=0)
+    size, part = big.stat().st_size, multipart.STREAM_BLOCK
+    assert 2 * part < size < 3 * part
+    vault.library.add(big, prompt="big")
+    timeline: list[tuple[str, int]] = []
+    third_part_puts = 0
+
+    def gone_once(method: str, path: str, body: bytes) -> tuple[int, bytes] | None:
+        nonlocal third_part_puts
+        if method == "PUT" and "partNumber=3" in path:
+            third_part_puts += 1
+            if third_part_puts == 1:
+                return 404, s3_error_xml("NoSuchUpload", "The specified upload does not exist.")
+            timeline.append(("third part sent again", 0))
+        return None
+
+    def progress(event: ProgressEvent) -> None:
+        if event.stage == "upload" and event.bytes_advance:
+            timeline.append(("bytes", event.bytes_advance))
+
+    with through_proxy(remote, s3_bucket, gone_once) as proxied:
+        assert vault.sync(proxied, progress=progress).files_uploaded == 1
+    mark = timeline.index(("third part sent again", 0))
+    assert sum(n for what, n in timeline[:mark] if what == "bytes") == 2 * part, timeline
+    assert sum(n for what, n in timeline if what == "bytes") == size
+    assert_mirrors(vault, remote, s3_bucket)

@@ -227,7 +227,7 @@ class Bucket:
             return None
 
     def upload(self, local: Path, key: str, sha256: str, size: int, content_type: str,
-               stop: threading.Event | None = None, on_bytes: Callable[[int], None] | None = None) -> None:
+               stop: threading.Event | None = None, on_part: Callable[[int, int], None] | None = None) -> None:
         """Send one file and check what the store received; SyncError if it differs.
 
         The bytes sent are hashed first: a file that no longer matches its
@@ -235,8 +235,8 @@ class Bucket:
         under a checksum it does not have. A local file that cannot be read
         is a :class:`SyncError` naming it, not a network error to retry.
         ``stop`` set (the sync stopping) ends a multipart upload between parts
-        (:class:`RetryStopped`), and one waiting for its turn. ``on_bytes(n)``: a multipart upload's parts as the
-        store takes them (a big file's progress); other uploads report nothing.
+        (:class:`RetryStopped`), and one waiting for its turn. ``on_part(number, size)``: a multipart upload's
+        parts as the store holds them (a big file's progress); other uploads report nothing.
         """
         path = self.path(key)
         if self.is_s3 and size <= SINGLE_PUT_BYTES:
@@ -255,7 +255,7 @@ class Bucket:
         elif self.is_s3:
             with self._big_uploads:
                 multipart.send_in_parts(self.fs, self.open_uploads, local, path, sha256, size, content_type,
-                                        stop or threading.Event(), on_bytes)
+                                        stop or threading.Event(), on_part)
         elif self.is_local:
             folder_bucket.copy_checked(local, path, sha256, size)
         else:

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def send_in_parts(fs: Any, notes: OpenUploads | None, local: Path, path: str, sha256: str, size: int,
-                  content_type: str, stop: threading.Event, on_bytes: Callable[[int], None] | None = None) -> None:
+                  content_type: str, stop: threading.Event, on_part: Callable[[int, int], None] | None = None) -> None:
     """A multipart upload, completed only once every byte read has matched the row's size and sha256.
 
     The file's content in question (damaged, changed, unreadable, gone) or the
@@ -40,8 +40,8 @@ def send_in_parts(fs: Any, notes: OpenUploads | None, local: Path, path: str, sh
     interruption (the sync stopped or offline, Ctrl-C, a lost connection; a
     kill) leaves an upload that got parts to the store open, noted with the
     file's sha256: the next attempt at the file, in this sync or the next,
-    goes on from the parts the store holds (see :func:`_resumable`). ``on_bytes(n)`` is told of each part the
-    store holds, sent now or before.
+    goes on from the parts the store holds (see :func:`_resumable`). ``on_part(number, size)`` is told of each
+    part the store holds, sent now or before (the same part again, after an attempt cut short).
     """
     bucket, name = path.split("/", 1)
     if stop.is_set():
@@ -61,8 +61,8 @@ def send_in_parts(fs: Any, notes: OpenUploads | None, local: Path, path: str, sh
             md5 = hashlib.md5(chunk, usedforsecurity=False).digest()
             if held.get(number, ("", -1))[1:] == (md5.hex(), len(chunk)):  # sent by an earlier attempt
                 parts.append({"PartNumber": number, "ETag": held[number][0]})
-                if on_bytes is not None:
-                    on_bytes(len(chunk))
+                if on_part is not None:
+                    on_part(number, len(chunk))
                 continue
             # Content-MD5: the store checks each part itself. (Its ETag is not always the part's MD5:
             # SSE-KMS and SSE-C buckets answer with another value, so it cannot be compared here.)
@@ -74,8 +74,8 @@ def send_in_parts(fs: Any, notes: OpenUploads | None, local: Path, path: str, sh
                                   f"sending part {number} of {path}", stop=stop)
             stored = True
             parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-            if on_bytes is not None:
-                on_bytes(len(chunk))
+            if on_part is not None:
+                on_part(number, len(chunk))
         if sent != size:
             raise SyncError(f"{local} changed size while syncing; run 'localvault verify'")
         check_sha256(local, digest.hexdigest(), sha256)

@@ -178,10 +178,12 @@ def _send(vault: Vault, bucket: Bucket, known: Objects, batch: outbox.Batch,
     def send_one(item: tuple[Path, str, str, int, str]) -> int | None:
         local, key, sha, size, mime = item
         told = 0  # of its bytes, those the bar was told of (a big file's parts, as they go)
+        counted: set[int] = set()  # (a part held from an attempt cut short is told of again: counted once)
 
-        def on_bytes(count: int) -> None:
+        def on_part(number: int, count: int) -> None:
             nonlocal told
-            step = min(count, size - told)  # (parts sent again after an abort are not counted twice)
+            step = min(count, size - told) if number not in counted else 0
+            counted.add(number)
             if step > 0:
                 told += step
                 report(progress, "upload", bytes_advance=step, total=files_total, bytes_total=bytes_total)
@@ -192,7 +194,7 @@ def _send(vault: Vault, bucket: Bucket, known: Objects, batch: outbox.Batch,
             if not local.exists():
                 raise FileNotFoundError(str(local))
             under_way.add(key)
-            retrying(lambda: bucket.upload(local, key, sha, size, mime, stop, on_bytes), f"uploading {local} as {key}",
+            retrying(lambda: bucket.upload(local, key, sha, size, mime, stop, on_part), f"uploading {local} as {key}",
                      stop=stop)
         except FileNotFoundError:
             if local.exists():  # the store's "no such bucket", not our file
