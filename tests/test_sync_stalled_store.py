@@ -35,6 +35,7 @@ class FreezingRelay:
         self._target = target
         self._freeze_on = freeze_on
         self.froze = threading.Event()
+        self.frozen_requests = 0  # (each attempt at a part: botocore's, and the sync's retries)
         self._released = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -58,6 +59,7 @@ class FreezingRelay:
         try:
             while data := source.recv(65536):
                 if from_client and self._freeze_on in data:
+                    self.frozen_requests += 1
                     self.froze.set()
                     self._released.wait()  # (reads nothing more: the client's sends pile up)
                 sink.sendall(data)
@@ -126,6 +128,9 @@ def test_a_store_that_stops_reading_mid_part_is_offline_not_waited_on_for_ever(
         remote.close()
     try:
         assert froze, "the relay never saw a part: the test did not test a stalled part"
+        # The part's own retries give up once (8 requests: botocore's two a call); the file's upload around them
+        # does not try them all again (16), nor does a stalled attempt start the budget over.
+        assert relay.frozen_requests <= 10, relay.frozen_requests
         assert took < 90, f"the sync waited on a store that stopped reading for {took:.0f} s"
         assert len(outcome) == 1 and isinstance(outcome[0], OfflineError), outcome
         assert "big" in str(outcome[0]) or "part" in str(outcome[0])
