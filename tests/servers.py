@@ -61,7 +61,9 @@ S3_SECRET = "testing"
 S3_REGION = "us-east-1"
 
 
-_PORTS_PER_WORKER = 1500
+_PORTS_PER_WORKER = 1000
+#: Blocks from port 20000 up to below the kernel's outgoing range (32768): twelve workers each have their own.
+_BLOCKS = 12
 _handed_out: set[int] = set()
 
 
@@ -73,7 +75,7 @@ def free_port() -> int:
     in its own block below that range instead, and a port once handed out (the PostgreSQL of a test that stopped
     it for a while) is not handed out again."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    first = 20000 + (int(worker) % 8 if worker.isdigit() else 0) * _PORTS_PER_WORKER
+    first = 20000 + (int(worker) % _BLOCKS if worker.isdigit() else 0) * _PORTS_PER_WORKER
     start = random.randrange(_PORTS_PER_WORKER)
     for step in range(_PORTS_PER_WORKER):
         port = first + (start + step) % _PORTS_PER_WORKER

@@ -739,6 +739,8 @@ def test_rm_of_a_library_asset_asks_at_a_terminal_and_a_no_keeps_it(tmp_path: Pa
     vault.close()
     code, out, shown = _rm_at_a_terminal(tmp_path / "v", kept.id[:8], b"n\n")
     assert code == 0 and out == "" and '"Fox at dawn"' in shown and "server" in shown and "nothing deleted" in shown
+    code, out, shown = _rm_at_a_terminal(tmp_path / "v", kept.id[:8], b"n\n", "--json")
+    assert code == 0 and json.loads(out) == {"deleted": None, "from": None}  # (stdout held nothing)
     code, out, shown = _rm_at_a_terminal(tmp_path / "v", kept.id[:8], b"\x04")  # end of input at the question
     assert code == 130 and "nothing deleted" in shown
     with Vault.open(tmp_path / "v") as vault:

@@ -169,6 +169,8 @@ def rm(ctx: Context, asset_id: str, yes: bool, as_json: bool) -> None:
     asset_id = vault.resolve_id(asset_id)
     if not yes and sys.stdin.isatty() and not _confirm_library_delete(vault.get(asset_id)):
         output.err_console.print("nothing deleted")
+        if as_json:  # (a script reading stdout gets its answer)
+            output.print_json({"deleted": None, "from": None})
         return
     where = vault.delete(asset_id)
     if as_json:

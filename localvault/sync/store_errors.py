@@ -45,9 +45,10 @@ def network_errors() -> tuple[type[BaseException], ...]:
 
 @functools.cache
 def http_answer_errors() -> tuple[type[BaseException], ...]:
-    """aiohttp's error for an HTTP answer that is no success, from a store fsspec speaks to over plain HTTP (an
-    ``http(s)://`` bucket URL): the answer's status, not the connection, says whether the store refused (4xx) or
-    was busy (5xx). Imported when first asked, as :func:`network_errors`."""
+    """aiohttp's error for an HTTP answer that is no success, from an fsspec filesystem built on aiohttp: the
+    answer's status, not the connection, says whether the store refused (4xx) or was busy (5xx). (An
+    ``http(s)://`` bucket, which raised it first, is refused by :func:`localvault.config.check_bucket_url` now.)
+    Imported when first asked, as :func:`network_errors`."""
     try:
         from aiohttp import ClientResponseError
     except ImportError:  # pragma: no cover - s3fs brings aiohttp
