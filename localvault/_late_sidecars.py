@@ -48,17 +48,18 @@ def fill_from_sidecar(vault: Vault, path: str, asset_id: str, prompt: str | None
         info = metadata.read(path, data=b"")
         if info.source == "none":
             return None
+        # Read outside the write lock: the fill's own WHERE checks the row still holds what is read here.
+        row = vault.db.conn.execute("SELECT generation_settings FROM workspace_assets WHERE id = ? AND user_id = ?",
+                                    (asset_id, vault.user_id)).fetchone()
+        if row is None:  # deleted meanwhile
+            return None
+        name = name_in(row[0])  # (what its import named it: kept)
+        filled = row_values(info, prompt, model, name)
+        if expected is None:
+            expected = row_values(GenerationInfo(), prompt, model, name)
+        if filled == expected:  # (read again, unchanged)
+            return filled
         with vault.db.write() as conn:
-            row = conn.execute("SELECT generation_settings FROM workspace_assets WHERE id = ? AND user_id = ?",
-                               (asset_id, vault.user_id)).fetchone()
-            if row is None:  # deleted meanwhile
-                return None
-            name = name_in(row[0])  # (what its import named it: kept)
-            filled = row_values(info, prompt, model, name)
-            if expected is None:
-                expected = row_values(GenerationInfo(), prompt, model, name)
-            if filled == expected:  # (read again, unchanged)
-                return filled
             changed = conn.execute(_FILL, (*filled, asset_id, vault.user_id, *expected)).rowcount
     except (LocalVaultError, sqlite3.Error, OSError) as exc:
         log.warning("the sidecar of %s came after it was taken, and could not be read into its asset: %s", path, exc)
