@@ -177,16 +177,12 @@ def _send(vault: Vault, bucket: Bucket, known: Objects, batch: outbox.Batch,
 
     def send_one(item: tuple[Path, str, str, int, str]) -> int | None:
         local, key, sha, size, mime = item
-        told = 0  # of its bytes, those the bar was told of (a big file's parts, as they go)
-        counted: set[int] = set()  # (a part held from an attempt cut short is told of again: counted once)
+        parts: dict[int, int] = {}  # the parts the bar was told of, and their bytes (a big file's, as they go)
 
         def on_part(number: int, count: int) -> None:
-            nonlocal told
-            step = min(count, size - told) if number not in counted else 0
-            counted.add(number)
-            if step > 0:
-                told += step
-                report(progress, "upload", bytes_advance=step, total=files_total, bytes_total=bytes_total)
+            if number not in parts:  # (a part held from an attempt cut short is told of again: counted once)
+                parts[number] = count
+                report(progress, "upload", bytes_advance=count, total=files_total, bytes_total=bytes_total)
 
         try:
             if stop.is_set():
@@ -205,7 +201,8 @@ def _send(vault: Vault, bucket: Bucket, known: Objects, batch: outbox.Batch,
         finally:
             under_way.discard(key)
         known.remember(key, size)
-        report(progress, "upload", advance=1, bytes_advance=size - told, total=files_total, bytes_total=bytes_total)
+        report(progress, "upload", advance=1, bytes_advance=size - sum(parts.values()), total=files_total,
+               bytes_total=bytes_total)
         return size
 
     pool = ThreadPoolExecutor(max_workers=min(UPLOAD_WORKERS, len(todo)), thread_name_prefix="localvault-upload")

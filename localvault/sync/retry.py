@@ -117,10 +117,15 @@ def retrying(action: Callable[[], T], what: str, on_retry: Callable[[], None] | 
     raise AssertionError("unreachable")
 
 
+def _retryable_kinds() -> tuple[type[BaseException], ...]:
+    """The errors retried unless they say otherwise: ours, and the stores' (imported when first asked)."""
+    return (*_RETRYABLE, *network_errors(), *http_answer_errors())
+
+
 def is_connection_trouble(exc: BaseException) -> bool:
     """Whether :func:`retrying` would try ``exc``'s action again (a lost connection, a busy store), rather than
     give up at once (a refusal, a file or bucket gone, settings no retry fixes)."""
-    return (isinstance(exc, (*_RETRYABLE, *network_errors(), *http_answer_errors()))
+    return (isinstance(exc, _retryable_kinds())
             and not isinstance(exc, (PermissionError, FileNotFoundError, *settings_errors()))
             and store_refusal(exc) is None)
 
@@ -130,7 +135,7 @@ def _not_retried(exc: Exception, what: str) -> Exception:
     to do."""
     if isinstance(exc, settings_errors()):  # credentials or AWS settings: no retry helps
         return SyncError(f"{what}: {first_line(exc)}; {SETTINGS_HINT}")
-    if not isinstance(exc, (*_RETRYABLE, *network_errors(), *http_answer_errors())) or isinstance(exc, FileNotFoundError):
+    if not isinstance(exc, _retryable_kinds()) or isinstance(exc, FileNotFoundError):
         return exc
     if isinstance(exc, PermissionError):
         if exc.filename and os.path.exists(exc.filename):  # a local file we may not read
