@@ -33,13 +33,6 @@ def intake(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     return take_by(str(request.param), monkeypatch)
 
 
-@pytest.fixture
-def vault(tmp_path: Path):
-    v = Vault.create(tmp_path / "vault", user_id=USER)
-    yield v
-    v.close()
-
-
 def names(vault: Vault) -> dict[str, str]:
     """source_file -> asset id, of every workspace asset (each must have one)."""
     return {a.generation_settings["source_file"]: a.id for a in vault.workspace.list(limit=100).items}
