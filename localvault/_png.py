@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import struct
 import zlib
+from collections.abc import Iterator
 from typing import BinaryIO
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -47,6 +49,21 @@ def chunks_sound(handle: BinaryIO, size: int) -> bool:
         if kind == b"IEND":
             return offset == size
     return False
+
+
+def chunks(f: BinaryIO, limit: int = _MAX_CHUNKS) -> Iterator[tuple[bytes, int]]:
+    """(name, data length) of each chunk of a PNG stream, its signature passed over, ``f`` at the chunk's data as
+    each is given: whatever the caller reads of it, the next is looked for past its data and CRC. At most
+    ``limit`` chunks; CRCs unchecked (see :func:`chunks_sound`)."""
+    offset = len(SIGNATURE)
+    for _ in range(limit):
+        f.seek(offset)
+        head = f.read(8)
+        if len(head) < 8:
+            return
+        length, kind = struct.unpack(">I4s", head)
+        offset += 12 + length
+        yield kind, length
 
 
 #: The bit depths each PNG colour type allows (greyscale, RGB, palette, greyscale+alpha, RGBA).

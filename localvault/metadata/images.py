@@ -12,9 +12,12 @@ import struct
 import unicodedata
 import warnings
 import zlib
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from PIL import Image
+
+from localvault import _png
 
 MAX_TEXT_BYTES = 32 * 1024 * 1024
 #: What one file's texts may come to in all, inflated: a bomb of compressed chunks, each under MAX_TEXT_BYTES,
@@ -94,19 +97,12 @@ def _add_png_text(texts: Texts, kind: bytes, data: bytes) -> None:
 def png_texts(f: BinaryIO) -> dict[str, str]:
     """Text chunks (tEXt, zTXt, iTXt, wherever they are) and the EXIF of a PNG stream."""
     texts = Texts()
-    f.seek(8)
-    for _ in range(_MAX_CHUNKS):
-        head = f.read(8)
-        if len(head) < 8:
-            break
-        length, kind = struct.unpack(">I4s", head)
+    for kind, length in _png.chunks(f, _MAX_CHUNKS):
         if kind == b"IEND" or texts.room <= 0:
             break
         if kind not in _TEXT_CHUNKS or length > MAX_TEXT_BYTES:
-            f.seek(length + 4, 1)
             continue
         data = f.read(length)
-        f.seek(4, 1)
         if kind == b"eXIf":
             texts.add_exif(data)
         else:
@@ -145,22 +141,28 @@ def jpeg_texts(f: BinaryIO) -> dict[str, str]:
 def webp_texts(f: BinaryIO) -> dict[str, str]:
     """The EXIF and XMP chunks of a WebP (RIFF) stream."""
     texts = Texts()
-    f.seek(12)
-    for _ in range(_MAX_CHUNKS):
-        head = f.read(8)
-        if len(head) < 8:
-            break
-        kind, length = struct.unpack("<4sI", head)
+    for kind, length in riff_chunks(f, _MAX_CHUNKS):
         if kind == b"EXIF" and length <= MAX_TEXT_BYTES:
             texts.add_exif(f.read(length))
-            f.seek(length % 2, 1)
         elif kind == b"XMP " and length <= MAX_TEXT_BYTES and texts.wants(XMP_KEY):
             data = f.read(length)
             texts.add(XMP_KEY, data, _text(data))
-            f.seek(length % 2, 1)
-        else:
-            f.seek(length + length % 2, 1)
     return texts.found
+
+
+def riff_chunks(f: BinaryIO, limit: int) -> Iterator[tuple[bytes, int]]:
+    """(name, data length) of each chunk of a WebP (RIFF) stream, ``f`` at the chunk's data as each is given:
+    whatever the caller reads of it, the next is looked for past its data (padded to an even length). At most
+    ``limit`` chunks."""
+    offset = 12
+    for _ in range(limit):
+        f.seek(offset)
+        head = f.read(8)
+        if len(head) < 8:
+            return
+        kind, length = struct.unpack("<4sI", head)
+        offset += 8 + length + length % 2
+        yield kind, length
 
 
 def exif_texts(data: bytes) -> dict[str, str]:

@@ -18,7 +18,6 @@ keeps no such bits, and is not decoded at all.
 from __future__ import annotations
 
 import json
-import struct
 import zlib
 from collections.abc import Callable
 from typing import BinaryIO
@@ -28,6 +27,7 @@ from PIL import Image, WebPImagePlugin
 from localvault import _png
 
 from ._clean import MAX_JSON_CHARS, json_object
+from .images import riff_chunks
 
 #: The signatures of each kind of bit stream (alpha: one bit a pixel; RGB: three), and whether its payload is gzip.
 _SIGNATURES = {True: {b"stealth_pnginfo": False, b"stealth_pngcomp": True},
@@ -171,23 +171,16 @@ def _png_rows(f: BinaryIO, mode: str, width: int, rows: int) -> Image.Image:
     limit = raw + raw // 2 + 1024
     pieces: list[bytes] = []
     taken = 0
-    f.seek(len(_png.SIGNATURE))
-    for _ in range(_MAX_CHUNKS):
-        head = f.read(8)
-        if len(head) < 8:
-            break
-        length, kind = struct.unpack(">I4s", head)
+    for kind, length in _png.chunks(f, _MAX_CHUNKS):
         if kind != b"IDAT":
             if pieces or kind == b"IEND":  # (a PNG's IDAT chunks follow each other)
                 break
-            f.seek(length + 4, 1)
             continue
         piece = f.read(min(length, limit - taken))
         pieces.append(piece)
         taken += len(piece)
         if taken >= limit or len(piece) < length:
             break
-        f.seek(4, 1)
     # Deflate makes at most ~1032 bytes of each: data that cannot fill the rows is refused before Pillow makes
     # the image it would fill (a 69-byte PNG claiming 588,000 columns had it make 340 MB).
     if taken * _DEFLATE_MAX_RATIO < raw:
@@ -214,15 +207,9 @@ def _webp_pixels(f: BinaryIO) -> _Pixels | None:
 def _webp_keeps_bits(f: BinaryIO) -> bool:
     """Whether a WebP may keep bits hidden in its pixels: a lossless one, or one with an alpha channel (``ALPH``,
     lossless unless asked otherwise). A lossy one without it cannot, nor is an animation read."""
-    f.seek(12)
-    for _ in range(64):
-        head = f.read(8)
-        if len(head) < 8:
-            return False
-        kind, length = struct.unpack("<4sI", head)
+    for kind, _length in riff_chunks(f, 64):
         if kind in (b"VP8L", b"ALPH"):
             return True
         if kind in (b"VP8 ", b"ANMF"):
             return False
-        f.seek(length + length % 2, 1)
     return False
