@@ -73,16 +73,17 @@ def examine(candidate: Candidate, known: Container[str], *, in_memory_bytes: int
             data = whole = _read_all(fd, st.st_size)
             media_type = media.check_data(whole, path)
             sha = hashlib.sha256(whole).hexdigest()
-            info = read_metadata(path, data=whole, siblings=candidate.sidecars, pixels=sha not in known)
             size = len(whole)
         else:
             size = st.st_size
             media_type = media.check_open(handle, size, path)
             handle.seek(0)
             sha = stream_digest(handle)
-            info = read_metadata(path, handle=handle, siblings=candidate.sidecars, pixels=sha not in known)
+        taken = sha in known  # (once: in a worker process, a query of the vault's database)
+        info = read_metadata(path, data=data, handle=handle if data is None else None, siblings=candidate.sidecars,
+                             pixels=not taken)
         examined = Examined(candidate, sha, info, size, group=group_key(info), identity=file_identity(st))
-        if sha in known:
+        if taken:
             return examined
         if data is not None and media_type is not models.MediaType.mp4:
             examined.facts = _image_facts(data, media_type, path.name)
