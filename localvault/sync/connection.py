@@ -92,20 +92,19 @@ def connect(database_url: str, connection_class: type[psycopg.Connection[Any]] =
     except psycopg.OperationalError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reason = lines[-1] if lines else type(exc).__name__
-        where = describe(database_url)
-        if any(refusal in reason.lower() for refusal in _REFUSALS):
+        where, lowered = describe(database_url), reason.lower()
+        if any(refusal in lowered for refusal in _REFUSALS):
             reason = reason.split("FATAL:", 1)[-1].strip()
-            raise SyncError(f"PostgreSQL at {where} refused the connection: {reason}; {_refusal_hint(reason)}") \
+            raise SyncError(f"PostgreSQL at {where} refused the connection: {reason}; {_refusal_hint(lowered)}") \
                 from None
         # (libpq's words, and psycopg's, which resolves names itself: offline, or a typo; both are possible)
-        if "could not translate host name" in reason.lower() or "failed to resolve host" in reason.lower():
+        if "could not translate host name" in lowered or "failed to resolve host" in lowered:
             reason += "; offline, or is the host name right?"
         raise OfflineError(f"cannot connect to PostgreSQL at {where}: {reason}") from exc
 
 
-def _refusal_hint(reason: str) -> str:
-    """What to check, for a server's refusal of the connection."""
-    lowered = reason.lower()
+def _refusal_hint(lowered: str) -> str:
+    """What to check, for a server's refusal of the connection (its reason, in lower case)."""
     if "does not support ssl" in lowered:
         return "remove sslmode=require (or verify-…) from the database URL, or turn SSL on at the server"
     if "no password supplied" in lowered:
